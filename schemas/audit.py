@@ -1,0 +1,65 @@
+"""Audit events: metadata of every decision, never a title, a body, a key or a token."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = ["EVENT_TYPES", "AuditEvent", "EventType"]
+
+EventType = Literal[
+    "bulletin.accepted",
+    "bulletin.rejected",
+    "bulletin.denied",
+    "bulletin.routed",
+    "bulletin.received",
+    "receipt.rejected",
+    "agency.enrolled",
+    "key.registered",
+    "subscription.added",
+    "policy.adopted",
+]
+EVENT_TYPES: tuple[EventType, ...] = (
+    "bulletin.accepted",
+    "bulletin.rejected",
+    "bulletin.denied",
+    "bulletin.routed",
+    "bulletin.received",
+    "receipt.rejected",
+    "agency.enrolled",
+    "key.registered",
+    "subscription.added",
+    "policy.adopted",
+)
+
+Short = Annotated[str, StringConstraints(max_length=200)]
+DataValue = str | int | bool | None | tuple[Short, ...]
+
+
+class AuditEvent(BaseModel):
+    """One audit event.
+
+    Attributes:
+        event_id: stable id, so a retried write is harmless (``<bulletin>:<type>:<agency>``
+            style ids, or a random one for one-off events).
+        type: what happened.
+        time: when the broker recorded it, epoch milliseconds.
+        actor: who acted: an agency id, ``relay`` or ``system``.
+        subject: what it is about: a bulletin id, an agency id, a policy version.
+        bulletin_id: the bulletin concerned, if any.
+        reason: a short reason code for rejections and denials.
+        data: further metadata (labels, policy version and ids, digests, counts).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    v: Literal[1] = 1
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=160)]
+    type: EventType
+    time: Annotated[int, Field(ge=0, le=2**50)]
+    actor: Short
+    subject: Short
+    bulletin_id: Short | None = None
+    reason: Short | None = None
+    data: dict[Short, DataValue] = Field(default_factory=dict, max_length=32)

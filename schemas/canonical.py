@@ -1,0 +1,108 @@
+"""Canonical JSON bytes and a strict parser.
+
+Everything that is signed or hashed is the canonical encoding of a typed value: UTF-8 JSON
+with sorted keys, no insignificant white space, no floats, no NaN. Parsing is strict: no
+duplicate keys, bounded size, deep nesting refused, valid UTF-8 only, so the parsed view of a
+message
+and the signed view cannot differ. Base64 fields use the standard alphabet with padding and
+must round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from schemas.errors import EnvelopeError
+
+__all__ = ["MAX_DEPTH", "b64d", "b64e", "canonical_json", "strict_loads"]
+
+MAX_DEPTH = 16
+
+
+def canonical_json(value: Any) -> bytes:
+    """Encode ``value`` (dicts, lists, str, int, bool, None) as canonical JSON bytes."""
+    _reject_floats(value, 0)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _reject_floats(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError("value nested too deeply for canonical JSON")
+    if isinstance(value, float):
+        raise ValueError("floats have no canonical form here; use integers")
+    if isinstance(value, dict):
+        for v in value.values():
+            _reject_floats(v, depth + 1)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _reject_floats(v, depth + 1)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise EnvelopeError(f"duplicate key {key[:40]!r}", code="malformed")
+        out[key] = value
+    return out
+
+
+def _no_float(text: str) -> int:
+    raise EnvelopeError("numbers must be integers", code="malformed")
+
+
+def _no_constant(text: str) -> Any:
+    raise EnvelopeError(f"{text} is not allowed", code="malformed")
+
+
+def strict_loads(raw: bytes, *, max_bytes: int) -> Any:
+    """Parse ``raw`` as strict JSON.
+
+    Raises:
+        EnvelopeError: oversized, not UTF-8, not JSON, duplicate keys, floats, NaN, or
+            nested so deep the parser gives up (caught, never a RecursionError).
+    """
+    if len(raw) > max_bytes:
+        raise EnvelopeError(
+            f"message is {len(raw)} bytes, over the limit of {max_bytes}", code="oversized"
+        )
+    try:
+        text = raw.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError("message is not valid UTF-8", code="malformed") from exc
+    if "\x00" in text:
+        raise EnvelopeError("message contains a NUL character", code="malformed")
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_no_float,
+            parse_constant=_no_constant,
+        )
+    except EnvelopeError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise EnvelopeError("message is not valid JSON", code="malformed") from exc
+
+
+def b64e(data: bytes) -> str:
+    """Standard base64 with padding."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: str, *, field: str, max_bytes: int) -> bytes:
+    """Decode canonical standard base64, or raise EnvelopeError naming ``field``."""
+    if len(text) > (max_bytes + 2) // 3 * 4:
+        raise EnvelopeError(f"{field} is longer than {max_bytes} bytes", code="oversized")
+    try:
+        data = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+        raise EnvelopeError(f"{field} is not valid base64", code="malformed") from exc
+    if base64.b64encode(data).decode("ascii") != text:
+        raise EnvelopeError(f"{field} is not canonical base64", code="malformed")
+    return data

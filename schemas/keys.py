@@ -1,0 +1,191 @@
+"""Key material an agency holds, and the public halves it registers.
+
+Three keys per agency: an Ed25519 signing key, an HPKE encryption key (hybrid
+ML-KEM-768 + X25519 by default, plain X25519 accepted) and a NATS user nkey (handled by the
+client, not here). A key id (``kid``) is derived from the public bytes, so a directory
+cannot name one key and serve another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+
+from schemas.errors import EnvelopeError, SignatureError
+
+__all__ = [
+    "DEFAULT_KEM",
+    "KEMS",
+    "EncryptionKey",
+    "EncryptionPublicKey",
+    "KemName",
+    "SigningKey",
+    "VerifyKey",
+    "encryption_kid",
+    "signing_kid",
+]
+
+KemName = Literal["MLKEM768-X25519", "X25519"]
+KEMS: tuple[KemName, ...] = ("MLKEM768-X25519", "X25519")
+DEFAULT_KEM: KemName = "MLKEM768-X25519"
+
+_MLKEM768_PUB = 1184
+_MLKEM768_SEED = 64
+_X25519 = 32
+
+# Canonical encodings of the Ed25519 points of small order (libsodium's blocklist).
+# Registration refuses them: a small-order key lets signatures verify for many messages.
+_ED25519_SMALL_ORDER = {
+    bytes.fromhex(h)
+    for h in (
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    )
+}
+
+
+def signing_kid(public: bytes) -> str:
+    """Key id of an Ed25519 public key."""
+    return "sig-" + hashlib.sha256(b"istmo/v1/kid/ed25519\x00" + public).hexdigest()[:32]
+
+
+def encryption_kid(kem: KemName, public: bytes) -> str:
+    """Key id of an HPKE public key."""
+    tag = kem.encode("ascii")
+    return "kem-" + hashlib.sha256(b"istmo/v1/kid/" + tag + b"\x00" + public).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class VerifyKey:
+    """An Ed25519 public key with its id."""
+
+    public: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.public) != 32:
+            raise EnvelopeError("Ed25519 public key must be 32 bytes", code="bad_key")
+        if self.public in _ED25519_SMALL_ORDER:
+            raise EnvelopeError("Ed25519 public key is a small-order point", code="bad_key")
+
+    @property
+    def kid(self) -> str:
+        return signing_kid(self.public)
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        """Raise SignatureError unless ``signature`` is valid for ``message``."""
+        if len(signature) != 64:
+            raise SignatureError("signature must be 64 bytes")
+        try:
+            ed25519.Ed25519PublicKey.from_public_bytes(self.public).verify(signature, message)
+        except (InvalidSignature, ValueError) as exc:
+            raise SignatureError("signature does not verify") from exc
+
+
+@dataclass(frozen=True, repr=False)
+class SigningKey:
+    """An Ed25519 private key. Never logged: ``repr`` shows only the kid."""
+
+    private: bytes
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        key = ed25519.Ed25519PrivateKey.generate()
+        return cls(key.private_bytes_raw())
+
+    def __repr__(self) -> str:
+        return f"SigningKey(kid={self.verify_key.kid!r})"
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        key = ed25519.Ed25519PrivateKey.from_private_bytes(self.private)
+        return VerifyKey(key.public_key().public_bytes_raw())
+
+    def sign(self, message: bytes) -> bytes:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(self.private).sign(message)
+
+
+@dataclass(frozen=True)
+class EncryptionPublicKey:
+    """An HPKE public key: for the hybrid KEM, ML-KEM-768 public bytes then X25519's."""
+
+    kem: KemName
+    public: bytes
+
+    def __post_init__(self) -> None:
+        want = _MLKEM768_PUB + _X25519 if self.kem == "MLKEM768-X25519" else _X25519
+        if len(self.public) != want:
+            raise EnvelopeError(f"{self.kem} public key must be {want} bytes", code="bad_key")
+        if self.public[-_X25519:] == bytes(_X25519):
+            raise EnvelopeError("X25519 public key is all zeros", code="bad_key")
+
+    @property
+    def kid(self) -> str:
+        return encryption_kid(self.kem, self.public)
+
+    def hpke_public(self) -> hpke.MLKEM768X25519PublicKey | x25519.X25519PublicKey:
+        xpub = x25519.X25519PublicKey.from_public_bytes(self.public[-_X25519:])
+        if self.kem == "X25519":
+            return xpub
+        mpub = mlkem.MLKEM768PublicKey.from_public_bytes(self.public[:_MLKEM768_PUB])
+        return hpke.MLKEM768X25519PublicKey(mpub, xpub)
+
+
+@dataclass(frozen=True, repr=False)
+class EncryptionKey:
+    """An HPKE private key: for the hybrid KEM, the ML-KEM-768 seed then X25519's key."""
+
+    kem: KemName
+    private: bytes
+
+    @classmethod
+    def generate(cls, kem: KemName = DEFAULT_KEM) -> EncryptionKey:
+        xkey = x25519.X25519PrivateKey.generate().private_bytes_raw()
+        if kem == "X25519":
+            return cls(kem, xkey)
+        return cls(kem, mlkem.MLKEM768PrivateKey.generate().private_bytes_raw() + xkey)
+
+    def __repr__(self) -> str:
+        return f"EncryptionKey(kem={self.kem!r}, kid={self.public_key.kid!r})"
+
+    def _parts(self) -> tuple[mlkem.MLKEM768PrivateKey | None, x25519.X25519PrivateKey]:
+        if self.kem == "X25519":
+            if len(self.private) != _X25519:
+                raise EnvelopeError("X25519 private key must be 32 bytes", code="bad_key")
+            return None, x25519.X25519PrivateKey.from_private_bytes(self.private)
+        if len(self.private) != _MLKEM768_SEED + _X25519:
+            raise EnvelopeError("hybrid private key must be 96 bytes", code="bad_key")
+        return (
+            mlkem.MLKEM768PrivateKey.from_seed_bytes(self.private[:_MLKEM768_SEED]),
+            x25519.X25519PrivateKey.from_private_bytes(self.private[_MLKEM768_SEED:]),
+        )
+
+    @property
+    def public_key(self) -> EncryptionPublicKey:
+        mkey, xkey = self._parts()
+        xpub = xkey.public_key().public_bytes_raw()
+        if mkey is None:
+            return EncryptionPublicKey(self.kem, xpub)
+        return EncryptionPublicKey(self.kem, mkey.public_key().public_bytes_raw() + xpub)
+
+    def hpke_private(self) -> hpke.MLKEM768X25519PrivateKey | x25519.X25519PrivateKey:
+        mkey, xkey = self._parts()
+        if mkey is None:
+            return xkey
+        return hpke.MLKEM768X25519PrivateKey(mkey, xkey)
+
+
+def hpke_suite(kem: KemName) -> hpke.Suite:
+    """The HPKE suite for ``kem``: HKDF-SHA256 and AES-256-GCM in both cases."""
+    k = hpke.KEM.MLKEM768_X25519 if kem == "MLKEM768-X25519" else hpke.KEM.X25519
+    return hpke.Suite(k, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
