@@ -1,0 +1,184 @@
+"""Request/reply operations an agency calls over NATS: ``istmo.api.<agency>.<op>``.
+
+nats-server lets an agency publish only on its own ``istmo.api.<agency>.>`` (its own
+account imports only that service), so the subject names the caller. Requests are small
+strict JSON; replies are JSON, ``{"error": {"code", "message"}}`` on failure. An
+agency learns nothing about bulletins it did not originate: those look "not found".
+
+    resolve    labels -> which agencies may receive, with their keys (signed excerpt)
+    directory  agency ids -> their signed records (public keys)
+    status     bulletin id -> accepted / rejected (reason) / pending, originator only
+    receipts   bulletin id -> routed recipients and their receipts, originator only
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker.config import Settings
+from broker.directory import DirectoryService
+from broker.policy import BulletinFacts
+from broker.registry import Registry
+from schemas.canonical import canonical_json
+from schemas.envelope import Timestamp, parse_model
+from schemas.errors import IstmoError
+from schemas.ids import AgencyIdStr, BulletinIdStr, parse_agency_id
+from schemas.labels import Labels
+
+__all__ = ["AgencyApi"]
+
+_PREVIEW_ID = "00000000-0000-4000-8000-000000000000"
+_STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class ResolveRequest(BaseModel):
+    model_config = _STRICT
+    labels: Labels
+    not_before: Timestamp | None = None
+    expires_at: Timestamp | None = None
+
+
+class DirectoryRequest(BaseModel):
+    model_config = _STRICT
+    agencies: tuple[AgencyIdStr, ...] = Field(min_length=1, max_length=500)
+
+
+class BulletinRequest(BaseModel):
+    model_config = _STRICT
+    bulletin_id: BulletinIdStr
+
+
+def _error(code: str, message: str) -> bytes:
+    return canonical_json({"error": {"code": code, "message": message}})
+
+
+class AgencyApi:
+    """Answers agency requests from the registry and the directory snapshot."""
+
+    def __init__(self, settings: Settings, registry: Registry, directory: DirectoryService):
+        self.settings = settings
+        self.registry = registry
+        self.directory = directory
+
+    def handle(self, subject: str, data: bytes, *, now: int) -> bytes:
+        parts = subject.split(".")
+        if len(parts) != 4:
+            return _error("bad_request", "unknown operation")
+        try:
+            caller = parse_agency_id(parts[2])
+            op = parts[3]
+            if caller not in self.directory.records:
+                return _error("unknown_agency", f"unknown agency {caller}")
+            max_bytes = self.settings.max_request_bytes
+            if op == "resolve":
+                return self._resolve(
+                    caller,
+                    parse_model(ResolveRequest, data, max_bytes=max_bytes, what="request"),
+                    now,
+                )
+            if op == "directory":
+                req = parse_model(DirectoryRequest, data, max_bytes=max_bytes, what="request")
+                return self.directory.excerpt(list(req.agencies), now)
+            if op == "status":
+                return self._status(
+                    caller, parse_model(BulletinRequest, data, max_bytes=max_bytes, what="request")
+                )
+            if op == "receipts":
+                return self._receipts(
+                    caller, parse_model(BulletinRequest, data, max_bytes=max_bytes, what="request")
+                )
+            return _error("bad_request", f"unknown operation {op[:20]!r}")
+        except IstmoError as exc:
+            return _error(exc.code, str(exc)[:300])
+
+    def _resolve(self, caller: str, req: ResolveRequest, now: int) -> bytes:
+        d = self.directory
+        rec = d.records[caller]
+        facts = BulletinFacts(
+            bulletin_id=_PREVIEW_ID,
+            originator=caller,
+            origin_state=rec.state,
+            labels=req.labels,
+            not_before=req.not_before,
+            expires_at=req.expires_at,
+        )
+        publish = d.engine.decide_publish(facts, now)
+        if not publish.allowed:
+            ids = ", ".join(publish.policy_ids) or "no grant matched"
+            return _error("policy_deny", f"the policy does not let {caller} publish this ({ids})")
+        candidates = [c for c in d.candidates(req.labels.topic, req.labels.named) if c != caller]
+        permitted = [
+            dec.agency
+            for dec in d.engine.decide_receive(facts, candidates, now)
+            if dec.allowed and d.records[dec.agency].encryption_key is not None
+        ]
+        excerpt = json.loads(d.excerpt(permitted, now))
+        body: dict[str, Any] = {
+            "recipients": permitted,
+            "policy_version": publish.policy_version,
+            "directory": excerpt,
+        }
+        return canonical_json(body)
+
+    def _status(self, caller: str, req: BulletinRequest) -> bytes:
+        bulletin = self.registry.bulletin(req.bulletin_id)
+        if bulletin is not None and bulletin.originator == caller:
+            decisions = self.registry.decisions(req.bulletin_id)
+            addressed = set(bulletin.recipients.split(","))
+            return canonical_json(
+                {
+                    "state": "accepted",
+                    "bulletin_id": bulletin.id,
+                    "routed": sorted(
+                        r.agency for r in decisions if r.allowed and r.agency in addressed
+                    ),
+                    "denied": [
+                        {
+                            "agency": r.agency,
+                            "policy_ids": [p for p in r.policy_ids.split(",") if p],
+                        }
+                        for r in sorted(decisions, key=lambda r: r.agency)
+                        if not r.allowed
+                    ],
+                    "policy_version": bulletin.policy_version,
+                }
+            )
+        rejection = self.registry.rejection_for(caller, req.bulletin_id)
+        if rejection is not None:
+            return canonical_json(
+                {
+                    "state": "rejected",
+                    "bulletin_id": req.bulletin_id,
+                    "reason": rejection.reason,
+                    "message": rejection.message,
+                }
+            )
+        return canonical_json({"state": "pending", "bulletin_id": req.bulletin_id})
+
+    def _receipts(self, caller: str, req: BulletinRequest) -> bytes:
+        bulletin = self.registry.bulletin(req.bulletin_id)
+        if bulletin is None or bulletin.originator != caller:
+            return _error("not_found", f"no bulletin {req.bulletin_id} of {caller}")
+        addressed = set(bulletin.recipients.split(","))
+        routed = sorted(
+            r.agency
+            for r in self.registry.decisions(req.bulletin_id)
+            if r.allowed and r.agency in addressed
+        )
+        got = {r.recipient: r for r in self.registry.receipts(req.bulletin_id)}
+        return canonical_json(
+            {
+                "bulletin_id": bulletin.id,
+                "recipients": [
+                    {
+                        "agency": a,
+                        "received_at": got[a].received_at if a in got else None,
+                        "signature": got[a].signature if a in got else None,
+                    }
+                    for a in routed
+                ],
+            }
+        )

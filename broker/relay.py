@@ -1,0 +1,398 @@
+"""The relay: ingest -> verify -> decide -> audit -> deliver, and signed receipts.
+
+Effects happen in this order for every batch pulled from the shared ingest consumer:
+  1. verify each envelope (``relay_core.verify_ingest``) and decide with the policy;
+  2. commit bulletin rows, decisions and audit events in one transaction;
+  3. publish each permitted delivery with ``Nats-Msg-Id = <bulletin>:<recipient>``;
+  4. ack the ingest message (term a rejected one: it must not come back).
+A crash anywhere replays the batch: a bulletin already stored under the same stream
+sequence is resumed (its deliveries republished; JetStream and the recipient SDK drop
+duplicates), never decided twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from broker.agency_api import AgencyApi
+from broker.config import Settings
+from broker.directory import DirectoryService
+from broker.policy import BulletinFacts, Decision
+from broker.registry import BulletinRow, DecisionRow, ReceiptRow, Registry, RejectionRow
+from broker.relay_core import IngestLimits, sender_of, verify_ingest
+from schemas.audit import AuditEvent
+from schemas.canonical import canonical_json
+from schemas.envelope import Envelope
+from schemas.errors import EnvelopeError, IstmoError
+from schemas.receipt import parse_receipt, verify_receipt
+from schemas.sealing import envelope_digest
+from schemas.subjects import (
+    INGEST_STREAM,
+    RECEIPT_STREAM,
+    RELAY_INGEST_DURABLE,
+    RELAY_RECEIPT_DURABLE,
+    agency_of_subject,
+    deliver_subject,
+)
+
+__all__ = ["Relay"]
+
+log = logging.getLogger("istmo.relay")
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class _Outcome:
+    msg: Msg
+    deliveries: list[str] = field(default_factory=list)
+    raw: bytes = b""
+    bulletin_id: str = ""
+    rejected: bool = False
+
+
+class Relay:
+    """One relay worker. Many may share the same consumers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        directory: DirectoryService,
+        nc: NATS,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.directory = directory
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=10)
+        self.limits = IngestLimits(settings.max_envelope_bytes, settings.max_clock_skew_s)
+        self.api = AgencyApi(settings, registry, directory)
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pull and process until ``stop`` is set."""
+        ingest = await self.js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM)
+        receipts = await self.js.pull_subscribe_bind(RELAY_RECEIPT_DURABLE, stream=RECEIPT_STREAM)
+        api_sub = await self.nc.subscribe("istmo.api.*.*", queue="relay-api", cb=self._on_api)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._loop(stop, ingest, self._ingest_batch))
+                tg.create_task(self._loop(stop, receipts, self._receipt_batch))
+        finally:
+            await api_sub.unsubscribe()
+
+    async def _loop(self, stop: asyncio.Event, sub: JetStreamContext.PullSubscription, handle):  # type: ignore[no-untyped-def]
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(self.settings.relay_batch, timeout=0.5)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                return
+            await handle(msgs)
+
+    # ------------------------------------------------------------------ ingest
+    async def _ingest_batch(self, msgs: list[Msg]) -> None:
+        now = int(time.time())
+        rows: list = []
+        events: list[AuditEvent] = []
+        outcomes: list[_Outcome] = []
+        seen: dict[str, tuple[int, str]] = {}
+        for msg in msgs:
+            outcome = _Outcome(msg=msg, raw=msg.data)
+            try:
+                self._process(msg, now, rows, events, outcome, seen)
+            except IstmoError as exc:
+                outcome.rejected = True
+                self._reject(msg, exc, now, rows, events, outcome)
+            outcomes.append(outcome)
+        self.registry.record(rows, events)
+        async with asyncio.TaskGroup() as tg:
+            for o in outcomes:
+                for recipient in o.deliveries:
+                    tg.create_task(self._deliver(o, recipient))
+        async with asyncio.TaskGroup() as tg:
+            for o in outcomes:
+                tg.create_task(o.msg.term() if o.rejected else o.msg.ack_sync())
+        self.processed += len(outcomes)
+
+    async def _deliver(self, o: _Outcome, recipient: str) -> None:
+        headers = {"Nats-Msg-Id": f"{o.bulletin_id}:{recipient}"}
+        await self.js.publish(deliver_subject(recipient), o.raw, headers=headers)
+
+    def _process(
+        self,
+        msg: Msg,
+        now: int,
+        rows: list,
+        events: list[AuditEvent],
+        outcome: _Outcome,
+        seen: dict[str, tuple[int, str]],
+    ) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        stored_at = int(meta.timestamp.timestamp())
+        d = self.directory
+        env = verify_ingest(
+            msg.data,
+            subject=msg.subject,
+            stored_at=stored_at,
+            now=now,
+            limits=self.limits,
+            records=d.records,
+            jurisdictions=d.states,
+        )
+        h = env.header
+        bid = h.bulletin_id
+        digest = envelope_digest(env)
+        outcome.bulletin_id = bid
+        # Replays: the same stream message again is a redelivery to finish; anything
+        # else with a known id is refused (NATS dedupe only covers a few minutes).
+        previous = self.registry.bulletin(bid)
+        prior = (previous.ingest_seq, previous.envelope_digest) if previous else seen.get(bid)
+        if prior is not None:
+            if prior[0] == seq:
+                outcome.deliveries = [
+                    r.agency
+                    for r in self.registry.decisions(bid)
+                    if r.allowed and r.agency in h.recipients
+                ]
+                return
+            if prior[1] == digest:
+                raise EnvelopeError(f"bulletin {bid} was already accepted", code="replay")
+            raise EnvelopeError(
+                f"bulletin id {bid} is taken by another bulletin", code="id_conflict"
+            )
+        seen[bid] = (seq, digest)
+        facts = _facts(env, d)
+        publish = d.engine.decide_publish(facts, now)
+        if not publish.allowed:
+            ids = ", ".join(publish.policy_ids) or "no grant matched"
+            raise IstmoError(
+                f"the policy does not let {h.originator} publish this ({ids})", code="policy_deny"
+            )
+        candidates = sorted(set(d.candidates(h.labels.topic, h.labels.named)) | set(h.recipients))
+        candidates = [c for c in candidates if c != h.originator or c in h.recipients]
+        decisions = d.engine.decide_receive(facts, candidates, now)
+        labels_json = canonical_json(h.labels.model_dump(mode="json")).decode()
+        rows.append(
+            BulletinRow(
+                id=bid,
+                originator=h.originator,
+                labels=labels_json,
+                envelope_digest=digest,
+                ingest_seq=seq,
+                created_at=h.created_at,
+                accepted_at=now,
+                expires_at=h.expires_at,
+                recipients=",".join(h.recipients),
+                policy_version=publish.policy_version,
+                directory_version=publish.directory_version,
+            )
+        )
+        t = _ms()
+        events.append(
+            AuditEvent(
+                event_id=f"{bid}:accepted",
+                type="bulletin.accepted",
+                time=t,
+                actor=h.originator,
+                subject=bid,
+                bulletin_id=bid,
+                data={
+                    "topic": h.labels.topic,
+                    "classification": h.labels.classification.value,
+                    "tlp": h.labels.tlp.value,
+                    "rel_to": h.labels.rel_to,
+                    "envelope_digest": digest,
+                    "recipients": h.recipients,
+                    "policy_version": publish.policy_version,
+                    "directory_version": publish.directory_version,
+                    "policy_ids": publish.policy_ids,
+                },
+            )
+        )
+        for dec in decisions:
+            addressed = dec.agency in h.recipients
+            rows.append(_decision_row(bid, dec))
+            if dec.allowed and addressed:
+                outcome.deliveries.append(dec.agency)
+                events.append(_decision_event(bid, dec, "bulletin.routed", t, h.originator))
+            elif not dec.allowed:
+                events.append(_decision_event(bid, dec, "bulletin.denied", t, h.originator))
+
+    def _reject(
+        self,
+        msg: Msg,
+        exc: IstmoError,
+        now: int,
+        rows: list,
+        events: list[AuditEvent],
+        outcome: _Outcome,
+    ) -> None:
+        seq = msg.metadata.sequence.stream
+        sender = sender_of(msg.subject) or "unknown"
+        bid = outcome.bulletin_id or None
+        message = str(exc)[:300]
+        log.info("rejected ingest seq=%d from %s: %s", seq, sender, exc.code)
+        rows.append(
+            RejectionRow(
+                ingest_seq=seq,
+                originator=sender,
+                bulletin_id=bid,
+                reason=exc.code,
+                message=message,
+                time=now,
+            )
+        )
+        events.append(
+            AuditEvent(
+                event_id=f"ingest:{seq}:rejected",
+                type="bulletin.rejected",
+                time=_ms(),
+                actor=sender,
+                subject=bid or f"ingest:{seq}",
+                bulletin_id=bid,
+                reason=exc.code,
+                data={"message": message[:200], "ingest_seq": seq, "size": len(msg.data)},
+            )
+        )
+
+    # ------------------------------------------------------------------ receipts
+    async def _receipt_batch(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            try:
+                self._receipt(msg)
+            except IstmoError as exc:
+                seq = msg.metadata.sequence.stream
+                self.registry.record(
+                    [],
+                    [
+                        AuditEvent(
+                            event_id=f"receipt:{seq}:rejected",
+                            type="receipt.rejected",
+                            time=_ms(),
+                            actor=sender_of(msg.subject.replace(".receipt.", ".ingest."))
+                            or "unknown",
+                            subject=f"receipt:{seq}",
+                            reason=exc.code,
+                            data={"message": str(exc)[:200]},
+                        )
+                    ],
+                )
+                await msg.term()
+                continue
+            await msg.ack_sync()
+
+    def _receipt(self, msg: Msg) -> None:
+        sender = agency_of_subject(msg.subject, "receipt")
+        receipt = parse_receipt(msg.data)
+        if receipt.recipient != sender:
+            raise EnvelopeError(
+                "receipt recipient differs from its sender", code="originator_mismatch"
+            )
+        bulletin = self.registry.bulletin(receipt.bulletin_id)
+        routed = {r.agency for r in self.registry.decisions(receipt.bulletin_id) if r.allowed}
+        if bulletin is None or sender not in routed or sender not in bulletin.recipients.split(","):
+            raise EnvelopeError(
+                "receipt for a bulletin not routed to its sender", code="unknown_bulletin"
+            )
+        if (
+            receipt.originator != bulletin.originator
+            or receipt.envelope_digest != bulletin.envelope_digest
+        ):
+            raise EnvelopeError("receipt does not match the bulletin", code="receipt_mismatch")
+        record = self.directory.records.get(sender)
+        key = (
+            next((k for k in record.signing_keys if k.kid == receipt.kid), None) if record else None
+        )
+        if key is None:
+            raise EnvelopeError("receipt signed by an unknown key", code="key_not_bound_to_sender")
+        verify_receipt(receipt, key.verify_key())
+        bid = receipt.bulletin_id
+        self.registry.record(
+            [
+                ReceiptRow(
+                    bulletin_id=bid,
+                    recipient=sender,
+                    received_at=receipt.received_at,
+                    recorded_at=int(time.time()),
+                    signature=receipt.sig,
+                )
+            ],
+            [
+                AuditEvent(
+                    event_id=f"{bid}:received:{sender}",
+                    type="bulletin.received",
+                    time=_ms(),
+                    actor=sender,
+                    subject=bid,
+                    bulletin_id=bid,
+                    data={
+                        "received_at": receipt.received_at,
+                        "envelope_digest": receipt.envelope_digest,
+                    },
+                )
+            ],
+        )
+
+    # ------------------------------------------------------------------ agency API
+    async def _on_api(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        reply = self.api.handle(msg.subject, msg.data, now=int(time.time()))
+        await self.nc.publish(msg.reply, reply)
+
+
+def _facts(env: Envelope, d: DirectoryService) -> BulletinFacts:
+    h = env.header
+    origin = d.records.get(h.originator)
+    return BulletinFacts(
+        bulletin_id=h.bulletin_id,
+        originator=h.originator,
+        origin_state=origin.state if origin else None,
+        labels=h.labels,
+        not_before=h.not_before,
+        expires_at=h.expires_at,
+    )
+
+
+def _decision_row(bid: str, dec: Decision) -> DecisionRow:
+    return DecisionRow(
+        bulletin_id=bid,
+        agency=dec.agency,
+        allowed=dec.allowed,
+        policy_ids=",".join(dec.policy_ids),
+        reasons=json.dumps(list(dec.reasons)),
+    )
+
+
+def _decision_event(bid: str, dec: Decision, type_: str, t: int, originator: str) -> AuditEvent:
+    kind = "routed" if type_ == "bulletin.routed" else "denied"
+    return AuditEvent(
+        event_id=f"{bid}:{kind}:{dec.agency}",
+        type=type_,  # type: ignore[arg-type]
+        time=t,
+        actor="relay",
+        subject=dec.agency,
+        bulletin_id=bid,
+        reason=None if dec.allowed else ("policy_error" if dec.errors else "policy_deny"),
+        data={
+            "originator": originator,
+            "policy_version": dec.policy_version,
+            "directory_version": dec.directory_version,
+            "policy_ids": dec.policy_ids,
+        },
+    )

@@ -1,0 +1,291 @@
+"""The embedded stack behind ``istmo up`` and the standalone ``istmo relay``.
+
+``istmo up`` starts, in one process: nats-server (from the pinned wheel unless another
+>= 2.12.3 is configured or on PATH) with JetStream in the data directory, SQLite in the
+same directory, the relay and the HTTP API on 127.0.0.1, and the demo directory with a
+keystore per demo agency. A second run on the same directory resumes with the same keys,
+streams and pending deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import nats
+import uvicorn
+
+from broker.api import create_app
+from broker.config import Settings
+from broker.directory import DirectoryService, load_demo_directory
+from broker.natsconf import AgencyUser, NatsLayout
+from broker.natsserver import NatsServer, check_port_free, find_nats_server
+from broker.policy import PolicyBundle
+from broker.registry import EncryptionKeyRow, NatsUserRow, Registry, SigningKeyRow
+from broker.relay import Relay
+from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
+from schemas.audit import AuditEvent
+from schemas.canonical import b64d, b64e
+from schemas.errors import BusUnavailable, ConfigError
+from schemas.keys import SigningKey
+from schemas.keystore import new_keystore
+from schemas.natskeys import new_user_seed, user_public_key
+
+__all__ = ["Stack", "read_stack_file"]
+
+log = logging.getLogger("istmo.stack")
+STACK_FILE = "stack.json"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_stack_file(data_dir: Path) -> dict[str, object] | None:
+    try:
+        loaded: dict[str, object] = json.loads((data_dir / STACK_FILE).read_text())
+        return loaded
+    except (OSError, ValueError):
+        return None
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The stack owns Ctrl-C and shuts every part down in order.
+        yield
+
+
+class Stack:
+    """Files, registry and keys of one data directory, and the services over them."""
+
+    def __init__(self, settings: Settings, out: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.out = out
+        self.registry: Registry | None = None
+        self.directory: DirectoryService | None = None
+        self._lock: IO[str] | None = None
+
+    # ------------------------------------------------------------------ files
+    def prepare(self, *, demo: bool = True) -> None:
+        """Open the data directory: broker keys, registry, policy, demo directory."""
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        bundle = PolicyBundle.load(s.policy_dir)
+        self.directory_key = self._broker_key()
+        self.relay_seed = self._relay_seed()
+        self.registry = Registry(s.db_url)
+        if demo and self.registry.is_empty():
+            self._load_demo()
+        self.directory = DirectoryService(self.registry, bundle, self.directory_key)
+
+    def _broker_key(self) -> SigningKey:
+        path = self.settings.broker_dir / "directory.key"
+        if path.exists():
+            return SigningKey(b64d(path.read_text().strip(), field="directory key", max_bytes=32))
+        key = SigningKey.generate()
+        write_private(path, b64e(key.private).encode() + b"\n")
+        return key
+
+    def _relay_seed(self) -> str:
+        path = self.settings.broker_dir / "relay.seed"
+        if path.exists():
+            return path.read_text().strip()
+        seed = new_user_seed()
+        write_private(path, seed.encode() + b"\n")
+        return seed
+
+    def _load_demo(self) -> None:
+        assert self.registry is not None
+        demo = load_demo_directory(self.settings.policy_dir)
+        now = int(time.time())
+        rows: list = [*demo.jurisdictions, *demo.agencies, *demo.subscriptions]
+        events: list[AuditEvent] = []
+        for agency in demo.agencies:
+            seed = new_user_seed()
+            ks, sk, ek = new_keystore(
+                agency=agency.id,
+                nats_seed=seed,
+                directory_key=self.directory_key.verify_key,
+                now=now,
+            )
+            write_private(
+                self.settings.keys_dir / f"{agency.id}.json", ks.model_dump_json(indent=2).encode()
+            )
+            vk, ep = sk.verify_key, ek.public_key
+            rows += [
+                SigningKeyRow(kid=vk.kid, agency=agency.id, public=b64e(vk.public), created_at=now),
+                EncryptionKeyRow(
+                    kid=ep.kid, agency=agency.id, kem=ep.kem, public=b64e(ep.public), created_at=now
+                ),
+                NatsUserRow(agency=agency.id, nkey_public=user_public_key(seed)),
+            ]
+            t = time.time_ns() // 1_000_000
+            events += [
+                AuditEvent(
+                    event_id=f"enrolled:{agency.id}",
+                    type="agency.enrolled",
+                    time=t,
+                    actor="system",
+                    subject=agency.id,
+                    data={"sector": agency.sector, "state": agency.state, "how": "demo"},
+                ),
+                AuditEvent(
+                    event_id=f"key:{vk.kid}",
+                    type="key.registered",
+                    time=t,
+                    actor="system",
+                    subject=agency.id,
+                    data={"kid": vk.kid, "use": "signing"},
+                ),
+                AuditEvent(
+                    event_id=f"key:{ep.kid}",
+                    type="key.registered",
+                    time=t,
+                    actor="system",
+                    subject=agency.id,
+                    data={"kid": ep.kid, "use": "encryption", "kem": ep.kem},
+                ),
+            ]
+        self.registry.record(rows, events)
+        self.out(
+            f"loaded the demo directory: {len(demo.agencies)} agencies, keystores in {self.settings.keys_dir}"
+        )
+
+    # ------------------------------------------------------------------ services
+    def _take_lock(self) -> None:
+        path = self.settings.data_dir / ".lock"
+        f = path.open("w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            f.close()
+            raise ConfigError(
+                f"another istmo up is already running on {self.settings.data_dir}"
+            ) from exc
+        self._lock = f
+
+    def nats_layout(self) -> NatsLayout:
+        assert self.registry is not None
+        s = self.settings
+        return NatsLayout(
+            port=s.nats_port,
+            http_port=s.nats_http_port,
+            store_dir=(s.data_dir / "nats").resolve(),
+            relay_nkey_public=user_public_key(self.relay_seed),
+            agencies=tuple(AgencyUser(u.agency, u.nkey_public) for u in self.registry.nats_users()),
+            max_payload=s.nats_max_payload,
+        )
+
+    async def up(self, stop: asyncio.Event, *, with_relay: bool = True) -> None:
+        """Run nats-server, relay and API until ``stop`` is set, then shut down in order."""
+        s = self.settings
+        self._take_lock()
+        check_port_free(s.nats_port, "NATS clients (--nats-port)", s.host)
+        check_port_free(s.nats_http_port, "NATS monitoring (--nats-http-port)", s.host)
+        check_port_free(s.api_port, "the HTTP API (--api-port)", s.host)
+        binary = find_nats_server(s.nats_server)
+        server = NatsServer(
+            binary, s.broker_dir / "nats.conf", self.nats_layout(), s.data_dir / "nats.log"
+        )
+        server.write_config()
+        server.start()
+        try:
+            nc = await self.connect_relay(server.url)
+            try:
+                await self.ensure_jetstream(nc)
+                api_url = f"http://{s.host}:{s.api_port}"
+                info = {
+                    "nats_url": server.url,
+                    "api_url": api_url,
+                    "pid": os.getpid(),
+                    "started_at": int(time.time()),
+                }
+                (s.data_dir / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
+                self.out(
+                    f"NATS      {server.url} (JetStream in {s.data_dir / 'nats'}, log {s.data_dir / 'nats.log'})"
+                )
+                self.out(f"HTTP API  {api_url} (docs at {api_url}/docs)")
+                self.out(f"database  {s.db_url}")
+                self.out(f"keystores {s.keys_dir}/<agency>.json")
+                self.out("relay     " + ("running" if with_relay else "not started (--no-relay)"))
+                self.out("ready; Ctrl-C stops")
+                await self._serve(nc, stop, with_relay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await nc.drain()
+                (s.data_dir / STACK_FILE).unlink(missing_ok=True)
+        finally:
+            server.stop()
+            if self.registry is not None:
+                self.registry.close()
+
+    async def _serve(self, nc: nats.NATS, stop: asyncio.Event, with_relay: bool) -> None:
+        assert self.registry is not None and self.directory is not None
+        s = self.settings
+        app = create_app(self.registry, self.directory, lambda: nc.is_connected)
+        api = _Server(
+            uvicorn.Config(app, host=s.host, port=s.api_port, log_level="warning", access_log=False)
+        )
+        async with asyncio.TaskGroup() as tg:
+            api_task = tg.create_task(api.serve())
+            if with_relay:
+                relay = Relay(s, self.registry, self.directory, nc)
+                tg.create_task(relay.run(stop))
+            await stop.wait()
+            api.should_exit = True
+            await api_task
+
+    async def connect_relay(self, url: str) -> nats.NATS:
+        try:
+            return await nats.connect(
+                url,
+                nkeys_seed_str=self.relay_seed,
+                name="istmo-relay",
+                connect_timeout=5,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            raise BusUnavailable(f"NATS is not reachable at {url}") from exc
+
+    async def ensure_jetstream(self, nc: nats.NATS) -> None:
+        assert self.registry is not None
+        js = nc.jetstream(timeout=10)
+        await ensure_streams(
+            js,
+            deliver_max_age_s=self.settings.deliver_max_age_s,
+            duplicate_window_s=self.settings.duplicate_window_s,
+        )
+        await ensure_relay_consumers(js)
+        for user in self.registry.nats_users():
+            await ensure_agency_consumer(js, user.agency)
+
+    async def relay_only(self, stop: asyncio.Event, nats_url: str) -> None:
+        """Run one more relay worker against an already running NATS."""
+        assert self.registry is not None and self.directory is not None
+        nc = await self.connect_relay(nats_url)
+        try:
+            await self.ensure_jetstream(nc)
+            self.out(f"relay connected to {nats_url}; Ctrl-C stops")
+            await Relay(self.settings, self.registry, self.directory, nc).run(stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            self.registry.close()

@@ -1,0 +1,329 @@
+"""The ``istmo`` command line.
+
+Agency commands (publish, receive, receipts, status) live here. Commands that run the
+broker (``up``, ``relay``) come from the ``istmo[server]`` extra through the
+``istmo.commands`` entry point group, so the client never imports the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from clients.keystore import load_keystore, resolve_keystore_path
+from clients.sdk import IstmoClient, ReceivedBulletin
+from schemas.errors import ConfigError, IstmoError
+from schemas.labels import TOPICS, Classification, Handling, Labels, Precedence, Tlp
+
+__all__ = ["main"]
+
+DEFAULT_DATA_DIR = Path(".istmo")
+MAX_BODY_BYTES = 512 * 1024
+
+
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("ISTMO_DATA_DIR", DEFAULT_DATA_DIR)),
+        help="the local stack's data directory (default: ./.istmo, or $ISTMO_DATA_DIR)",
+    )
+
+
+def _agency_args(p: argparse.ArgumentParser) -> None:
+    _data_dir_arg(p)
+    p.add_argument(
+        "--as",
+        dest="who",
+        required=True,
+        metavar="AGENCY",
+        help="an agency id (its keystore in DATA_DIR/keys) or the path of a keystore file",
+    )
+    p.add_argument(
+        "--nats-url",
+        default=os.environ.get("ISTMO_NATS_URL"),
+        help="NATS to connect to (default: the one `istmo up` runs for --data-dir)",
+    )
+
+
+def _nats_url(args: argparse.Namespace, keystore_path: Path) -> str:
+    if args.nats_url:
+        return str(args.nats_url)
+    stack = args.data_dir / "stack.json"
+    try:
+        url = json.loads(stack.read_text()).get("nats_url")
+        if isinstance(url, str):
+            return url
+    except (OSError, ValueError):
+        pass
+    ks_url = load_keystore(keystore_path).nats_url
+    if ks_url:
+        return ks_url
+    raise ConfigError(
+        f"broker not running: no {stack} (start it with `istmo up`, or pass --nats-url)"
+    )
+
+
+async def _client(args: argparse.Namespace) -> IstmoClient:
+    path = resolve_keystore_path(args.who, args.data_dir)
+    return await IstmoClient.connect(path, _nats_url(args, path))
+
+
+_DURATION = re.compile(r"^(\d{1,7})([smhd])$")
+
+
+def _duration(text: str) -> int:
+    m = _DURATION.fullmatch(text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 24h or 7d")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _labels(args: argparse.Namespace) -> Labels:
+    def split(values: list[str] | None) -> tuple[str, ...]:
+        return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
+
+    raw: dict[str, Any] = {
+        "topic": args.topic,
+        "classification": args.classification,
+        "tlp": args.tlp,
+        "rel_to": split(args.rel_to),
+        "handling": split(args.handling),
+        "precedence": args.precedence,
+        "named": split(args.named),
+    }
+    if args.handling_note:
+        raw["handling_note"] = args.handling_note
+    if args.source_grade:
+        raw["source_grade"] = args.source_grade
+    try:
+        return Labels.model_validate_json(json.dumps(raw))
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise IstmoError(f"label not allowed: {field}: {first['msg']}", code="unknown_label") from exc
+
+
+def _read_body(args: argparse.Namespace) -> str:
+    if args.body is not None:
+        return str(args.body)
+    if args.body_file is None:
+        raise ConfigError("give the bulletin text with --body-file FILE (or - for stdin) or --body")
+    try:
+        if str(args.body_file) == "-":
+            data = sys.stdin.buffer.read(MAX_BODY_BYTES + 1)
+        else:
+            with Path(args.body_file).open("rb") as f:
+                data = f.read(MAX_BODY_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the body file {args.body_file}: {exc.strerror}") from exc
+    if len(data) > MAX_BODY_BYTES:
+        raise ConfigError(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the body file {args.body_file} is not UTF-8 text") from exc
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    labels = _labels(args)
+    text = _read_body(args)
+    import time
+
+    now = int(time.time())
+    expires_at = now + args.expires_in if args.expires_in else None
+    client = await _client(args)
+    async with client:
+        result = await client.publish(
+            title=args.title,
+            text=text,
+            labels=labels,
+            expires_at=expires_at,
+            wait=not args.no_wait,
+            timeout=args.timeout,
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "id": result.bulletin_id,
+                    "state": result.state,
+                    "routed": list(result.routed),
+                    "denied": [{"agency": a, "policy_ids": list(p)} for a, p in result.denied],
+                }
+            )
+        )
+        return 0
+    print(result.bulletin_id)
+    if result.state == "accepted":
+        print(
+            f"accepted: routed to {len(result.routed)} agencies"
+            + (f"; {len(result.denied)} candidates denied by policy" if result.denied else ""),
+            file=sys.stderr,
+        )
+    else:
+        print("sent; the relay has not decided yet (check with `istmo status`)", file=sys.stderr)
+    return 0
+
+
+def _show(b: ReceivedBulletin, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(b.to_json(), ensure_ascii=False), flush=True)
+        return
+    when = datetime.fromtimestamp(b.created_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    lab = b.labels
+    print(f"── {b.id} from {b.originator} at {when}")
+    print(
+        f"   {lab.classification.value} TLP:{lab.tlp.value} REL TO {', '.join(lab.rel_to)}"
+        f"  topic {lab.topic}  {lab.precedence.value}"
+    )
+    for caveat in b.caveats:
+        print(f"   caveat: {caveat}")
+    print(f"   {b.title}\n")
+    print(b.body, flush=True)
+
+
+async def _receive(args: argparse.Namespace) -> int:
+    count = None if args.follow else args.count
+    timeout = None if args.follow else args.timeout
+
+    async def handler(b: ReceivedBulletin) -> None:
+        _show(b, args.json)
+
+    client = await _client(args)
+    async with client:
+        got = await client.receive(handler, count=count, timeout=timeout)
+    if count is not None and got < count:
+        print(f"istmo: received {got} of {count} bulletins within {timeout:g} s", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _receipts(args: argparse.Namespace) -> int:
+    client = await _client(args)
+    async with client:
+        report = await client.receipts(args.bulletin_id)
+    if args.json:
+        rows = [{"agency": a, "received_at": t} for a, t in report.recipients]
+        print(json.dumps({"id": report.bulletin_id, "recipients": rows}))
+        return 0
+    got = sum(1 for _, t in report.recipients if t is not None)
+    print(f"{report.bulletin_id}: {got} of {len(report.recipients)} recipients received it")
+    for agency, t in report.recipients:
+        when = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if t else "not yet"
+        print(f"  {agency:<20} {when}")
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    client = await _client(args)
+    async with client:
+        st = await client.status(args.bulletin_id)
+    print(json.dumps(st, indent=None if args.json else 2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="istmo",
+        description=(
+            "Istmo: signed, end-to-end encrypted bulletins between the ministries of Central "
+            "America and the Caribbean. Start a local stack with `istmo up`, then publish and "
+            "receive as its demo agencies."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("publish", help="seal, sign and publish a bulletin", description=(
+        "Seal a bulletin for every agency the policy permits, sign it as --as, publish it "
+        "and wait for the relay's verdict. Prints the bulletin id."))
+    _agency_args(p)
+    p.add_argument("--topic", required=True, choices=TOPICS, help="what the bulletin is about")
+    p.add_argument("--classification", required=True, choices=[c.value for c in Classification])
+    p.add_argument("--tlp", required=True, choices=[t.value for t in Tlp], help="TLP 2.0 level")
+    p.add_argument("--rel-to", action="append", required=True, metavar="CODES",
+                   help="releasable to: state codes (GT, JM) and communities (SICA, CARICOM), "
+                        "comma-separated or repeated")
+    p.add_argument("--handling", action="append", metavar="CODES",
+                   help=f"handling codes ({', '.join(h.value for h in Handling)})")
+    p.add_argument("--handling-note", help="the restriction an H3 handling code stands for")
+    p.add_argument("--precedence", default="ROUTINE", choices=[x.value for x in Precedence])
+    p.add_argument("--source-grade", metavar="A1..F6", help="Admiralty source/information grade")
+    p.add_argument("--named", action="append", metavar="AGENCIES",
+                   help="agencies named as recipients (needed for TLP:RED)")
+    p.add_argument("--title", required=True, help="the bulletin's title (encrypted)")
+    p.add_argument("--body-file", help="file with the bulletin text (encrypted); - for stdin")
+    p.add_argument("--body", help="the bulletin text itself, instead of --body-file")
+    p.add_argument("--expires-in", type=_duration, metavar="DURATION",
+                   help="expiry after publication, like 24h or 7d")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for the relay's verdict")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the verdict")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_publish)
+
+    p = sub.add_parser("receive", help="receive, verify and decrypt bulletins", description=(
+        "Fetch bulletins delivered to --as, verify each against the signed directory, "
+        "decrypt it, print it, acknowledge it and send a signed receipt."))
+    _agency_args(p)
+    p.add_argument("--count", type=int, default=1, help="how many bulletins to wait for")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+    p.add_argument("--follow", action="store_true", help="keep receiving until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="one JSON line per bulletin")
+    p.set_defaults(func=_receive)
+
+    p = sub.add_parser("receipts", help="who has received one of your bulletins")
+    _agency_args(p)
+    p.add_argument("bulletin_id", help="the id `istmo publish` printed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_receipts)
+
+    p = sub.add_parser("status", help="the relay's verdict on one of your bulletins")
+    _agency_args(p)
+    p.add_argument("bulletin_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_status)
+
+    for ep in entry_points(group="istmo.commands"):
+        ep.load()(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result)
+    except IstmoError as exc:
+        print(f"istmo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("istmo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,470 @@
+"""The async Istmo client: publish, receive, receipts.
+
+A client connects to NATS with its agency's own nkey and inbox prefix; nats-server
+confines it to its own subjects. Everything the client accepts from the broker is
+checked: directory excerpts against the pinned directory key, envelopes against the
+originator's registered signing key, and nothing reaches the application unless it
+opened under its own key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from clients.dedupe import DedupeStore
+from clients.keystore import load_keystore
+from schemas.canonical import canonical_json
+from schemas.directory import AgencyRecord, open_excerpt
+from schemas.envelope import Content, Envelope
+from schemas.errors import (
+    BusUnavailable,
+    DecryptionError,
+    EnvelopeError,
+    IstmoError,
+    PolicyDenied,
+    SignatureError,
+)
+from schemas.ids import AgencyId
+from schemas.keys import EncryptionPublicKey
+from schemas.keystore import KeystoreFile
+from schemas.labels import Handling, Labels
+from schemas.receipt import sign_receipt
+from schemas.sealing import encode_envelope, envelope_digest, open_envelope, parse_envelope, seal
+from schemas.subjects import (
+    DELIVER_STREAM,
+    api_subject,
+    deliver_durable,
+    inbox_prefix,
+    ingest_msg_id,
+    ingest_subject,
+    receipt_subject,
+)
+
+__all__ = [
+    "IstmoClient",
+    "PublishRejected",
+    "PublishResult",
+    "ReceiptReport",
+    "ReceivedBulletin",
+]
+
+log = logging.getLogger("istmo.sdk")
+
+CAVEATS = {
+    Handling.H0: "use only for the purpose it was provided for",
+    Handling.H1: "no judicial use without the originator's consent",
+    Handling.H2: "no further dissemination without the originator's consent",
+}
+
+
+class PublishRejected(IstmoError):
+    """The relay refused a bulletin; ``code`` is its reason."""
+
+    default_code = "rejected"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What happened to a published bulletin.
+
+    Attributes:
+        bulletin_id: the id to quote for receipts.
+        state: "accepted" once the relay routed it, "pending" if the wait timed out.
+        routed: agencies it was delivered to.
+        denied: (agency, policy ids) the policy refused, with the deciding policies.
+    """
+
+    bulletin_id: str
+    state: str
+    routed: tuple[str, ...] = ()
+    denied: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class ReceivedBulletin:
+    """A verified, decrypted bulletin, as the application receives it."""
+
+    id: str
+    originator: str
+    labels: Labels
+    title: str
+    body: str
+    created_at: int
+    received_at: int
+    caveats: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "originator": self.originator,
+            "labels": self.labels.model_dump(mode="json", exclude_none=True),
+            "title": self.title,
+            "body": self.body,
+            "created_at": self.created_at,
+            "received_at": self.received_at,
+            "caveats": list(self.caveats),
+        }
+
+
+@dataclass(frozen=True)
+class ReceiptReport:
+    """Who received a bulletin: (agency, received_at or None) per routed recipient."""
+
+    bulletin_id: str
+    recipients: tuple[tuple[str, int | None], ...]
+
+
+Handler = Callable[[ReceivedBulletin], Awaitable[None]]
+
+
+class IstmoClient:
+    """One agency's connection to Istmo.
+
+    Use ``await IstmoClient.connect(...)``, ideally as ``async with``.
+    """
+
+    def __init__(self, keystore: KeystoreFile, nc: NATS, dedupe: DedupeStore) -> None:
+        self.keystore = keystore
+        self.agency = AgencyId(keystore.agency)
+        self._nc = nc
+        self._js = nc.jetstream(timeout=10)
+        self._dedupe = dedupe
+        self._records: dict[str, AgencyRecord] = {}
+        self._pinned = keystore.pinned_directory_key()
+
+    @classmethod
+    async def connect(
+        cls,
+        keystore_path: Path,
+        nats_url: str,
+        *,
+        dedupe_path: Path | None = None,
+        connect_timeout: float = 5.0,
+    ) -> IstmoClient:
+        """Open the keystore and connect to NATS as its agency.
+
+        Raises:
+            ConfigError: the keystore is missing, too open or damaged.
+            BusUnavailable: NATS is not reachable at ``nats_url`` or refused the key.
+        """
+        keystore = load_keystore(keystore_path)
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            # Permission violations reach only this callback; log the subject, no payload.
+            errors.append(str(exc))
+            log.warning("nats: %s", exc)
+
+        try:
+            nc = await nats.connect(
+                nats_url,
+                nkeys_seed_str=keystore.nats_seed,
+                inbox_prefix=inbox_prefix(keystore.agency),
+                name=keystore.agency,
+                connect_timeout=connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=3,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+            )
+        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+            detail = "; ".join(errors[-1:]) or type(exc).__name__
+            raise BusUnavailable(f"broker not running at {nats_url} ({detail})") from exc
+        path = dedupe_path or keystore_path.with_name(keystore_path.stem + ".received.sqlite")
+        return cls(keystore, nc, DedupeStore(path))
+
+    async def __aenter__(self) -> IstmoClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        try:
+            await self._nc.drain()
+        except (nats.errors.Error, asyncio.TimeoutError):
+            await self._nc.close()
+        self._dedupe.close()
+
+    # ------------------------------------------------------------------ requests
+    async def _request(self, op: str, payload: dict[str, Any], timeout: float = 5.0) -> Any:
+        try:
+            msg = await self._nc.request(
+                api_subject(self.agency, op), canonical_json(payload), timeout=timeout
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise BusUnavailable(
+                f"the broker did not answer {op!r} (is the relay running?)"
+            ) from exc
+        answer = json.loads(msg.data)
+        if isinstance(answer, dict) and "error" in answer and len(answer) == 1:
+            err = answer["error"]
+            code = str(err.get("code", "error"))
+            if code == "policy_deny":
+                raise PolicyDenied(str(err.get("message", "")), code=code)
+            raise IstmoError(str(err.get("message", "request failed")), code=code)
+        return answer
+
+    async def _directory(self, agencies: list[str]) -> dict[str, AgencyRecord]:
+        missing = [a for a in agencies if a not in self._records]
+        if missing:
+            msg = await self._nc.request(
+                api_subject(self.agency, "directory"),
+                canonical_json({"agencies": sorted(set(missing))}),
+                timeout=5,
+            )
+            excerpt = open_excerpt(msg.data, self._pinned)
+            for rec in excerpt.agencies:
+                self._records[rec.id] = rec
+        return {a: self._records[a] for a in agencies if a in self._records}
+
+    # ------------------------------------------------------------------ publish
+    async def resolve(
+        self, labels: Labels, *, expires_at: int | None = None, not_before: int | None = None
+    ) -> dict[AgencyId, EncryptionPublicKey]:
+        """Ask the broker who may receive a bulletin with ``labels``, with their keys.
+
+        The answer comes in a directory excerpt signed by the pinned directory key.
+        """
+        req: dict[str, Any] = {"labels": labels.model_dump(mode="json", exclude_none=True)}
+        if expires_at is not None:
+            req["expires_at"] = expires_at
+        if not_before is not None:
+            req["not_before"] = not_before
+        answer = await self._request("resolve", req)
+        excerpt = open_excerpt(canonical_json(answer["directory"]), self._pinned)
+        out: dict[AgencyId, EncryptionPublicKey] = {}
+        for rec in excerpt.agencies:
+            self._records[rec.id] = rec
+            if rec.id in answer["recipients"] and rec.encryption_key is not None:
+                out[AgencyId(rec.id)] = rec.encryption_key.public_key()
+        return out
+
+    async def publish(
+        self,
+        *,
+        title: str,
+        text: str,
+        labels: Labels,
+        expires_at: int | None = None,
+        not_before: int | None = None,
+        wait: bool = True,
+        timeout: float = 10.0,
+    ) -> PublishResult:
+        """Seal, sign and publish a bulletin, then wait for the relay's verdict.
+
+        Raises:
+            PolicyDenied: no agency may receive it, or the originator may not publish it.
+            PublishRejected: the relay refused it; ``code`` names the reason.
+            BusUnavailable: NATS or the relay did not answer.
+        """
+        recipients = await self.resolve(labels, expires_at=expires_at, not_before=not_before)
+        if not recipients:
+            raise PolicyDenied("no agency may receive this bulletin under the current policy")
+        env = seal(
+            content=Content(title=title, text=text),
+            labels=labels,
+            originator=self.agency,
+            signing_key=self.keystore.signing_key(),
+            recipients=recipients,
+            now=int(time.time()),
+            expires_at=expires_at,
+            not_before=not_before,
+        )
+        await self._publish_envelope(env)
+        if not wait:
+            return PublishResult(env.header.bulletin_id, "pending")
+        return await self.wait_for_verdict(env.header.bulletin_id, timeout=timeout)
+
+    async def _publish_envelope(self, env: Envelope, attempts: int = 3) -> None:
+        raw = encode_envelope(env)
+        headers = {"Nats-Msg-Id": ingest_msg_id(self.agency, env.header.bulletin_id)}
+        for attempt in range(attempts):
+            try:
+                await self._js.publish(ingest_subject(self.agency), raw, headers=headers, timeout=5)
+                return
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                if attempt == attempts - 1:
+                    raise BusUnavailable("NATS did not acknowledge the bulletin") from exc
+                await asyncio.sleep(0.5 * (attempt + 1))  # same Nats-Msg-Id: a retry is harmless
+
+    async def status(self, bulletin_id: str) -> dict[str, Any]:
+        """The relay's verdict on one of this agency's bulletins."""
+        answer: dict[str, Any] = await self._request("status", {"bulletin_id": bulletin_id})
+        return answer
+
+    async def wait_for_verdict(self, bulletin_id: str, *, timeout: float = 10.0) -> PublishResult:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            st = await self.status(bulletin_id)
+            if st["state"] == "accepted":
+                return PublishResult(
+                    bulletin_id,
+                    "accepted",
+                    tuple(st["routed"]),
+                    tuple((d["agency"], tuple(d["policy_ids"])) for d in st["denied"]),
+                )
+            if st["state"] == "rejected":
+                raise PublishRejected(
+                    f"bulletin {bulletin_id} rejected: {st['message']}", code=st["reason"]
+                )
+            if time.monotonic() >= deadline:
+                return PublishResult(bulletin_id, "pending")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def receipts(self, bulletin_id: str) -> ReceiptReport:
+        """Which recipients have received one of this agency's bulletins."""
+        answer = await self._request("receipts", {"bulletin_id": bulletin_id})
+        return ReceiptReport(
+            bulletin_id,
+            tuple((r["agency"], r["received_at"]) for r in answer["recipients"]),
+        )
+
+    # ------------------------------------------------------------------ receive
+    async def receive(
+        self,
+        handler: Handler,
+        *,
+        count: int | None = None,
+        timeout: float | None = None,
+        batch: int = 16,
+    ) -> int:
+        """Hand verified bulletins to ``handler``, then ack and send a signed receipt.
+
+        A bulletin is acknowledged only after ``handler`` returned, and its id is then
+        remembered durably, so a redelivery never reaches ``handler`` twice.
+
+        Args:
+            handler: awaited once per new bulletin.
+            count: stop after this many bulletins (None: no limit).
+            timeout: stop after this many seconds (None: no limit).
+            batch: how many messages to fetch at once.
+
+        Returns:
+            How many bulletins were handed over.
+        """
+        sub = await self._js.pull_subscribe_bind(
+            deliver_durable(self.agency), stream=DELIVER_STREAM
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        handed = 0
+        try:
+            while count is None or handed < count:
+                wait = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+                want = batch if count is None else max(1, min(batch, count - handed))
+                try:
+                    msgs = await sub.fetch(want, timeout=wait)
+                except nats.errors.TimeoutError:
+                    continue
+                for i, msg in enumerate(msgs):
+                    if count is not None and handed >= count:
+                        # Not ours to process now: back to the server at once.
+                        for rest in msgs[i:]:
+                            await rest.nak()
+                        break
+                    if await self._handle(msg, handler):
+                        handed += 1
+        finally:
+            await sub.unsubscribe()
+        return handed
+
+    async def _handle(self, msg: Msg, handler: Handler) -> bool:
+        try:
+            env = parse_envelope(msg.data)
+        except EnvelopeError as exc:
+            # Not an Istmo message (e.g. a server-made reply planted on our subject).
+            log.warning("dropped a non-Istmo message on %s: %s", msg.subject, exc.code)
+            await msg.term()
+            return False
+        bid = env.header.bulletin_id
+        digest = envelope_digest(env)
+        if self._dedupe.seen(bid):
+            await msg.ack_sync()
+            return False
+        try:
+            bulletin = await self._open(env)
+        except (SignatureError, DecryptionError, EnvelopeError) as exc:
+            log.warning("refused bulletin %s from %s: %s", bid, env.header.originator, exc.code)
+            await msg.term()
+            return False
+        await handler(bulletin)
+        self._dedupe.remember(bid, digest, bulletin.received_at)
+        await msg.ack_sync()
+        await self._send_receipt(env, digest, bulletin.received_at)
+        return True
+
+    async def _open(self, env: Envelope) -> ReceivedBulletin:
+        h = env.header
+        records = await self._directory([h.originator])
+        rec = records.get(h.originator)
+        key = next((k for k in rec.signing_keys if k.kid == env.sig.kid), None) if rec else None
+        if key is None:
+            self._records.pop(h.originator, None)  # maybe rotated: ask once more
+            rec = (await self._directory([h.originator])).get(h.originator)
+            key = next((k for k in rec.signing_keys if k.kid == env.sig.kid), None) if rec else None
+        if key is None:
+            raise SignatureError("signed by a key the directory does not know")
+        if key.revoked_at is not None and key.revoked_at <= h.created_at:
+            raise SignatureError("signed after its key was revoked", code="key_revoked")
+        wrap = next((w for w in env.wraps if w.recipient == self.agency), None)
+        my_key = self.keystore.encryption_key(wrap.kid) if wrap else None
+        if my_key is None:
+            raise DecryptionError("bulletin does not open", code="recipient_key_unknown")
+        inner = open_envelope(env, recipient=self.agency, key=my_key, sender_key=key.verify_key())
+        caveats = [CAVEATS[c] for c in h.labels.handling if c in CAVEATS]
+        if h.labels.handling_note:
+            caveats.append(h.labels.handling_note)
+        return ReceivedBulletin(
+            id=h.bulletin_id,
+            originator=h.originator,
+            labels=h.labels,
+            title=inner.content.title,
+            body=inner.content.text,
+            created_at=h.created_at,
+            received_at=int(time.time()),
+            caveats=tuple(caveats),
+        )
+
+    async def _send_receipt(self, env: Envelope, digest: str, received_at: int) -> None:
+        h = env.header
+        receipt = sign_receipt(
+            bulletin_id=h.bulletin_id,
+            originator=h.originator,
+            recipient=self.agency,
+            envelope_digest=digest,
+            received_at=received_at,
+            key=self.keystore.signing_key(),
+        )
+        try:
+            await self._js.publish(
+                receipt_subject(self.agency),
+                canonical_json(receipt.model_dump(mode="json")),
+                headers={"Nats-Msg-Id": f"{h.bulletin_id}:{self.agency}:receipt"},
+                timeout=5,
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            # The bulletin is handed over and acked; a lost receipt only leaves the
+            # originator's view incomplete. Say so, without content.
+            log.warning("receipt for %s not acknowledged by NATS", h.bulletin_id)
