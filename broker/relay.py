@@ -28,11 +28,11 @@ from broker.config import Settings
 from broker.directory import DirectoryService
 from broker.policy import BulletinFacts, Decision
 from broker.registry import BulletinRow, DecisionRow, ReceiptRow, Registry, RejectionRow
-from broker.relay_core import IngestLimits, sender_of, verify_ingest
+from broker.relay_core import IngestLimits, check_ingest, parse_ingest, sender_of
 from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
 from schemas.envelope import Envelope
-from schemas.errors import EnvelopeError, IstmoError
+from schemas.errors import AuditStoreError, EnvelopeError, IstmoError
 from schemas.receipt import parse_receipt, verify_receipt
 from schemas.sealing import envelope_digest
 from schemas.subjects import (
@@ -101,7 +101,21 @@ class Relay:
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 return
-            await handle(msgs)
+            except nats.errors.Error as exc:
+                # Reconnecting, or the server is restarting: nothing was taken, try again.
+                log.warning("fetch failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                await handle(msgs)
+            except (nats.errors.Error, AuditStoreError) as exc:
+                # Unacked messages come back after the ack wait; the work is idempotent.
+                log.warning(
+                    "batch of %d not finished (%s); it will be redelivered",
+                    len(msgs),
+                    type(exc).__name__,
+                )
+                await asyncio.sleep(0.5)
 
     # ------------------------------------------------------------------ ingest
     async def _ingest_batch(self, msgs: list[Msg]) -> None:
@@ -145,19 +159,22 @@ class Relay:
         seq = meta.sequence.stream
         stored_at = int(meta.timestamp.timestamp())
         d = self.directory
-        env = verify_ingest(
-            msg.data,
-            subject=msg.subject,
+        sender, env = parse_ingest(msg.data, subject=msg.subject, limits=self.limits)
+        h = env.header
+        # Rejections are filed under (sender, id): the sender can see its own verdict,
+        # and a forged id never touches another agency's bulletin.
+        outcome.bulletin_id = h.bulletin_id
+        check_ingest(
+            env,
+            sender=sender,
             stored_at=stored_at,
             now=now,
             limits=self.limits,
             records=d.records,
             jurisdictions=d.states,
         )
-        h = env.header
         bid = h.bulletin_id
         digest = envelope_digest(env)
-        outcome.bulletin_id = bid
         # Replays: the same stream message again is a redelivery to finish; anything
         # else with a known id is refused (NATS dedupe only covers a few minutes).
         previous = self.registry.bulletin(bid)

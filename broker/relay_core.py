@@ -1,6 +1,6 @@
 """The relay's checks on an ingest message: pure, every input passed in.
 
-``verify_ingest`` is the gate between NATS and the policy. Its numbered steps are the
+``parse_ingest`` and ``check_ingest`` are the gate between NATS and the policy. Its numbered steps are the
 order a reviewer ticks off; each failure raises EnvelopeError (or SignatureError) whose
 ``code`` goes to the audit log and the publisher.
 """
@@ -14,10 +14,11 @@ from schemas.directory import AgencyRecord
 from schemas.envelope import Envelope
 from schemas.errors import EnvelopeError, SignatureError
 from schemas.ids import AgencyId
+from schemas.labels import Labels
 from schemas.sealing import check_envelope_shape, parse_envelope, verify_envelope
 from schemas.subjects import agency_of_subject
 
-__all__ = ["IngestLimits", "verify_ingest"]
+__all__ = ["IngestLimits", "check_ingest", "check_labels", "parse_ingest", "sender_of"]
 
 
 @dataclass(frozen=True)
@@ -26,38 +27,56 @@ class IngestLimits:
     max_clock_skew_s: int
 
 
-def verify_ingest(
-    raw: bytes,
-    *,
-    subject: str,
-    stored_at: int,
-    now: int,
-    limits: IngestLimits,
-    records: Mapping[str, AgencyRecord],
-    jurisdictions: Set[str],
-) -> Envelope:
-    """Check an ingest message before any policy decision.
-
-    Args:
-        raw: the message payload as JetStream stored it.
-        subject: the subject it arrived on (``istmo.ingest.<agency>``).
-        stored_at: when JetStream stored it (server clock, epoch seconds).
-        now: the relay's clock, epoch seconds.
-        limits: size and clock limits.
-        records: the directory, by agency id.
-        jurisdictions: known state and community codes.
-
-    Returns:
-        The parsed, signature-checked envelope.
+def parse_ingest(raw: bytes, *, subject: str, limits: IngestLimits) -> tuple[AgencyId, Envelope]:
+    """Steps 1-2: who sent it, and a strict parse.
 
     Raises:
-        EnvelopeError: with ``code`` naming the failed step.
+        EnvelopeError: not an ingest subject, oversized or malformed.
     """
     # 1. The subject names the sending agency; nats-server let only that agency publish.
     sender = agency_of_subject(subject, "ingest")
     # 2. Size, then a strict parse (no duplicate keys, unknown fields or labels).
     env = parse_envelope(raw, max_bytes=limits.max_envelope_bytes)
     check_envelope_shape(env)
+    return sender, env
+
+
+def check_labels(
+    labels: Labels, records: Mapping[str, AgencyRecord], jurisdictions: Set[str]
+) -> None:
+    """Every label names something the directory knows (EnvelopeError otherwise)."""
+    for code in labels.rel_to:
+        if code not in jurisdictions:
+            raise EnvelopeError(f"label not allowed: releasable to unknown jurisdiction {code}", code="unknown_label")
+    for named in labels.named:
+        if named not in records:
+            raise EnvelopeError(f"label not allowed: names unknown agency {named}", code="unknown_recipient")
+
+
+def check_ingest(
+    env: Envelope,
+    *,
+    sender: AgencyId,
+    stored_at: int,
+    now: int,
+    limits: IngestLimits,
+    records: Mapping[str, AgencyRecord],
+    jurisdictions: Set[str],
+) -> None:
+    """Steps 3-8 on a parsed envelope, before any policy decision.
+
+    Args:
+        env: the parsed envelope.
+        sender: the agency whose ingest subject it arrived on.
+        stored_at: when JetStream stored it (server clock, epoch seconds).
+        now: the relay's clock, epoch seconds.
+        limits: size and clock limits.
+        records: the directory, by agency id.
+        jurisdictions: known state and community codes.
+
+    Raises:
+        EnvelopeError: with ``code`` naming the failed step.
+    """
     header = env.header
     # 3. The signed originator is the agency whose credentials published it.
     if header.originator != sender:
@@ -92,12 +111,7 @@ def verify_ingest(
     if header.expires_at is not None and header.expires_at <= now:
         raise EnvelopeError(f"bulletin expired {now - header.expires_at} s ago", code="expired")
     # 7. Every label names something the directory knows.
-    for code in header.labels.rel_to:
-        if code not in jurisdictions:
-            raise EnvelopeError(f"releasable to unknown jurisdiction {code}", code="unknown_label")
-    for named in header.labels.named:
-        if named not in records:
-            raise EnvelopeError(f"names unknown agency {named}", code="unknown_recipient")
+    check_labels(header.labels, records, jurisdictions)
     # 8. Every wrap is for a known agency, under its current encryption key.
     for wrap in env.wraps:
         rec = records.get(wrap.recipient)
@@ -110,7 +124,6 @@ def verify_ingest(
                 f"wrap for {wrap.recipient} uses a key that is not its current one",
                 code="recipient_key_unknown",
             )
-    return env
 
 
 def sender_of(subject: str) -> AgencyId | None:

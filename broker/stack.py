@@ -65,6 +65,14 @@ def read_stack_file(data_dir: Path) -> dict[str, object] | None:
         return None
 
 
+async def close_quietly(nc: nats.NATS, timeout: float = 5.0) -> None:
+    """Drain ``nc`` within ``timeout`` seconds, else close it."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except (nats.errors.Error, TimeoutError, OSError):
+        await nc.close()
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -228,8 +236,7 @@ class Stack:
                 self.out("ready; Ctrl-C stops")
                 await self._serve(nc, stop, with_relay)
             finally:
-                with contextlib.suppress(Exception):
-                    await nc.drain()
+                await close_quietly(nc)
                 (s.data_dir / STACK_FILE).unlink(missing_ok=True)
         finally:
             server.stop()
@@ -286,6 +293,5 @@ class Stack:
             self.out(f"relay connected to {nats_url}; Ctrl-C stops")
             await Relay(self.settings, self.registry, self.directory, nc).run(stop)
         finally:
-            with contextlib.suppress(Exception):
-                await nc.drain()
+            await close_quietly(nc)
             self.registry.close()

@@ -1,0 +1,1 @@
+"""The Istmo broker: policy decisions, relay and audit around the schemas core."""

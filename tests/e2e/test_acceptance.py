@@ -1,0 +1,208 @@
+"""The README's acceptance path, through the real `istmo` command."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.stackproc import UpProcess, free_port, run_cli
+
+TITLE = "Go-fast boat sighted off Puerto Barrios"
+BODY = "CANARY-7f3a9c Two go-fast boats, 40 bales, heading north-east at 03:10."
+
+
+@pytest.fixture
+def up(tmp_path: Path):
+    proc = UpProcess(tmp_path / "istmo").start()
+    yield proc
+    assert proc.stop() == 0, proc.output
+
+
+def publish(data_dir: Path, *extra: str, who: str = "gt-police", rel_to: str = "SICA"):
+    report = data_dir.parent / "report.md"
+    report.write_text(BODY)
+    return run_cli(
+        "publish", "--as", who, "--topic", "drug-trafficking", "--classification", "RESTRICTED",
+        "--tlp", "AMBER", "--rel-to", rel_to, "--title", TITLE, "--body-file", str(report),
+        *extra, data_dir=data_dir,
+    )
+
+
+def test_publish_receive_receipts_and_denial(up: UpProcess) -> None:
+    d = up.data_dir
+    pub = publish(d)
+    assert pub.returncode == 0, pub.stderr
+    bid = pub.stdout.strip()
+    assert len(bid) == 36
+    assert "accepted" in pub.stderr
+
+    got = run_cli("receive", "--as", "rc-drugs", "--count", "1", "--timeout", "10", "--json", data_dir=d)
+    assert got.returncode == 0, got.stderr
+    line = json.loads(got.stdout)
+    assert line["id"] == bid
+    assert line["originator"] == "gt-police"
+    assert line["title"] == TITLE
+    assert line["body"] == BODY
+    assert line["labels"]["rel_to"] == ["SICA"]
+    assert {"id", "originator", "labels", "title", "body", "received_at"} <= set(line)
+
+    # A CARICOM-only ministry that follows the topic gets nothing ...
+    none = run_cli("receive", "--as", "jm-police", "--count", "1", "--timeout", "2", "--json", data_dir=d)
+    assert none.returncode == 1
+    assert none.stdout == ""
+    # ... and its denial is recorded with the deciding policy and the policy version.
+    db = sqlite3.connect(d / "istmo.db")
+    allowed, policy_ids = db.execute(
+        "SELECT allowed, policy_ids FROM decision WHERE bulletin_id=? AND agency='jm-police'", (bid,)
+    ).fetchone()
+    assert not allowed
+    event = db.execute(
+        "SELECT reason, data FROM audit_event WHERE type='bulletin.denied' AND subject='jm-police'"
+        " AND bulletin_id=?", (bid,)
+    ).fetchone()
+    assert event is not None
+    assert event[0] == "policy_deny"
+    assert json.loads(event[1])["policy_version"]
+    assert policy_ids == "" or "grant" not in policy_ids  # default deny: no grant matched
+
+    receipts = run_cli("receipts", "--as", "gt-police", bid, "--json", data_dir=d)
+    assert receipts.returncode == 0, receipts.stderr
+    rows = {r["agency"]: r["received_at"] for r in json.loads(receipts.stdout)["recipients"]}
+    assert "jm-police" not in rows
+    assert rows["rc-drugs"] is not None or _eventually_received(d, bid, "rc-drugs")
+    assert rows["hn-police"] is None
+
+    # Only the originator sees receipts; to anyone else the bulletin does not exist.
+    other = run_cli("receipts", "--as", "hn-police", bid, data_dir=d)
+    assert other.returncode == 1
+    assert "no bulletin" in other.stderr
+    assert "Traceback" not in other.stderr
+
+
+def _eventually_received(d: Path, bid: str, agency: str) -> bool:
+    import time
+
+    for _ in range(50):
+        r = run_cli("receipts", "--as", "gt-police", bid, "--json", data_dir=d)
+        rows = {x["agency"]: x["received_at"] for x in json.loads(r.stdout)["recipients"]}
+        if rows.get(agency):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_offline_agency_receives_after_restart_with_same_keys(tmp_path: Path) -> None:
+    d = tmp_path / "istmo"
+    first = UpProcess(d).start()
+    try:
+        keystore = (d / "keys" / "hn-police.json").read_bytes()
+        directory_key = (d / "broker" / "directory.key").read_bytes()
+        pub = publish(d)
+        assert pub.returncode == 0, pub.stderr
+        bid = pub.stdout.strip()
+    finally:
+        assert first.stop() == 0, first.output
+    assert not (d / "stack.json").exists()
+
+    second = UpProcess(d, ports=first.ports).start()
+    try:
+        assert "loaded the demo directory" not in second.output
+        assert (d / "keys" / "hn-police.json").read_bytes() == keystore
+        assert (d / "broker" / "directory.key").read_bytes() == directory_key
+        got = run_cli("receive", "--as", "hn-police", "--count", "1", "--timeout", "10", "--json", data_dir=d)
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout)["id"] == bid
+        # Received once: a second receive finds nothing new.
+        again = run_cli("receive", "--as", "hn-police", "--count", "1", "--timeout", "1", data_dir=d)
+        assert again.returncode == 1
+    finally:
+        assert second.stop() == 0, second.output
+
+
+def test_broker_never_holds_plaintext(up: UpProcess) -> None:
+    d = up.data_dir
+    pub = publish(d)
+    assert pub.returncode == 0, pub.stderr
+    got = run_cli("receive", "--as", "sv-police", "--count", "1", "--timeout", "10", data_dir=d)
+    assert got.returncode == 0, got.stderr
+    assert BODY in got.stdout  # the recipient did see it
+    up.stop()
+    needles = [BODY.encode(), TITLE.encode(), b"CANARY-7f3a9c"]
+    hits = []
+    for path in d.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            hits += [f"{path}: {n!r}" for n in needles if n in data]
+    logs = up.output.encode()
+    hits += [f"up log: {n!r}" for n in needles if n in logs]
+    assert hits == []
+    # The SDK's own store (beside the keystore) keeps ids and digests only.
+    stores = list((d / "keys").glob("*.received.sqlite"))
+    assert stores
+    # Keystores are private to their owner.
+    for ks in (d / "keys").glob("*.json"):
+        assert ks.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("publish", "--as", "xx-nobody"), "no keystore for agency 'xx-nobody'"),
+        (("receive", "--as", "/nonexistent/ks.json"), "no keystore at /nonexistent/ks.json"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    extra = ("--topic", "migration", "--classification", "RESTRICTED", "--tlp", "AMBER",
+             "--rel-to", "SICA", "--title", "t", "--body", "b") if args[0] == "publish" else ()
+    r = run_cli(*args, *extra, data_dir=tmp_path)
+    assert r.returncode == 1
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_without_a_running_broker(tmp_path: Path, up: UpProcess) -> None:
+    # A valid keystore, but no stack for this data dir: say so, in one line.
+    r = run_cli("receive", "--as", str(up.data_dir / "keys" / "gt-police.json"), data_dir=tmp_path / "elsewhere")
+    assert r.returncode == 1
+    assert "broker not running" in r.stderr
+    assert "Traceback" not in r.stderr
+    # A stack file pointing at a dead port: name the URL.
+    port = free_port()
+    r = run_cli("receive", "--as", str(up.data_dir / "keys" / "gt-police.json"),
+                "--nats-url", f"nats://127.0.0.1:{port}", data_dir=tmp_path)
+    assert r.returncode == 1
+    assert f"broker not running at nats://127.0.0.1:{port}" in r.stderr
+
+
+def test_label_not_allowed(up: UpProcess) -> None:
+    r = publish(up.data_dir, rel_to="SICA,ATLANTIS")
+    assert r.returncode == 1
+    assert "label not allowed: releasable to unknown jurisdiction ATLANTIS" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = publish(up.data_dir, "--source-grade", "Z9")
+    assert r.returncode == 1
+    assert "label not allowed: source_grade" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_port_taken_is_named(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        proc = UpProcess(tmp_path / "istmo", ports={"nats": taken, "http": free_port(), "api": free_port()})
+        with pytest.raises(RuntimeError, match=f"port {taken} is taken"):
+            proc.start(timeout=30)
+
+
+def test_help_explains_every_command(tmp_path: Path) -> None:
+    for cmd in ("publish", "receive", "receipts", "status", "up", "relay"):
+        r = run_cli(cmd, "--help", data_dir=tmp_path)
+        assert r.returncode == 0
+        assert "--data-dir" in r.stdout

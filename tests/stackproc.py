@@ -1,0 +1,91 @@
+"""Run `istmo` as a user would: the real console script in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ISTMO = str(Path(sys.executable).parent / "istmo")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_cli(*args: str, data_dir: Path, timeout: float = 60, input_: str | None = None):
+    """Run `istmo ARGS --data-dir DATA_DIR` and return the CompletedProcess."""
+    argv = [ISTMO, *args]
+    if args and args[0] not in ("--help", "-h"):
+        argv += ["--data-dir", str(data_dir)]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, input=input_, check=False
+    )
+
+
+@dataclass
+class UpProcess:
+    """`istmo up` running in the background on free ports."""
+
+    data_dir: Path
+    extra: tuple[str, ...] = ()
+    ports: dict[str, int] = field(default_factory=dict)
+    proc: subprocess.Popen[str] | None = None
+    log_path: Path | None = None
+
+    def start(self, timeout: float = 60) -> UpProcess:
+        if not self.ports:
+            self.ports = {"nats": free_port(), "http": free_port(), "api": free_port()}
+        self.log_path = self.data_dir.parent / f"up-{len(list(self.data_dir.parent.glob('up-*.log')))}.log"
+        with self.log_path.open("w") as log:
+            self.proc = self._popen(log)
+        deadline = time.monotonic() + timeout
+        while not (self.data_dir / "stack.json").exists() or "ready" not in self.log_path.read_text():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"istmo up exited: {self.log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"istmo up not ready: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        return self
+
+    def _popen(self, log):
+        return subprocess.Popen(
+            [
+                ISTMO, "up", "--data-dir", str(self.data_dir),
+                "--nats-port", str(self.ports["nats"]),
+                "--nats-http-port", str(self.ports["http"]),
+                "--api-port", str(self.ports["api"]),
+                *self.extra,
+            ],
+            stdout=log, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    @property
+    def nats_url(self) -> str:
+        return str(json.loads((self.data_dir / "stack.json").read_text())["nats_url"])
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+    def stop(self, timeout: float = 30) -> int:
+        """Ctrl-C, as a user would, and wait for a clean exit."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
