@@ -97,7 +97,7 @@ class Relay:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(self.settings.relay_batch, timeout=0.5)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises both its own and asyncio's
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 return

@@ -47,10 +47,15 @@ def check_labels(
     """Every label names something the directory knows (EnvelopeError otherwise)."""
     for code in labels.rel_to:
         if code not in jurisdictions:
-            raise EnvelopeError(f"label not allowed: releasable to unknown jurisdiction {code}", code="unknown_label")
+            raise EnvelopeError(
+                f"label not allowed: releasable to unknown jurisdiction {code}",
+                code="unknown_label",
+            )
     for named in labels.named:
         if named not in records:
-            raise EnvelopeError(f"label not allowed: names unknown agency {named}", code="unknown_recipient")
+            raise EnvelopeError(
+                f"label not allowed: names unknown agency {named}", code="unknown_recipient"
+            )
 
 
 def check_ingest(

@@ -189,6 +189,11 @@ class Stack:
             ) from exc
         self._lock = f
 
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
+
     def nats_layout(self) -> NatsLayout:
         assert self.registry is not None
         s = self.settings
@@ -205,15 +210,18 @@ class Stack:
         """Run nats-server, relay and API until ``stop`` is set, then shut down in order."""
         s = self.settings
         self._take_lock()
-        check_port_free(s.nats_port, "NATS clients (--nats-port)", s.host)
-        check_port_free(s.nats_http_port, "NATS monitoring (--nats-http-port)", s.host)
-        check_port_free(s.api_port, "the HTTP API (--api-port)", s.host)
-        binary = find_nats_server(s.nats_server)
-        server = NatsServer(
-            binary, s.broker_dir / "nats.conf", self.nats_layout(), s.data_dir / "nats.log"
-        )
-        server.write_config()
-        server.start()
+        try:
+            check_port_free(s.nats_port, "NATS clients (--nats-port)", s.host)
+            check_port_free(s.nats_http_port, "NATS monitoring (--nats-http-port)", s.host)
+            check_port_free(s.api_port, "the HTTP API (--api-port)", s.host)
+            binary = find_nats_server(s.nats_server)
+            server = NatsServer(
+                binary, s.broker_dir / "nats.conf", self.nats_layout(), s.data_dir / "nats.log"
+            )
+            server.start()
+        except BaseException:
+            self._release_lock()
+            raise
         try:
             nc = await self.connect_relay(server.url)
             try:
@@ -242,6 +250,7 @@ class Stack:
             server.stop()
             if self.registry is not None:
                 self.registry.close()
+            self._release_lock()
 
     async def _serve(self, nc: nats.NATS, stop: asyncio.Event, with_relay: bool) -> None:
         assert self.registry is not None and self.directory is not None

@@ -113,7 +113,9 @@ def _labels(args: argparse.Namespace) -> Labels:
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise IstmoError(f"label not allowed: {field}: {first['msg']}", code="unknown_label") from exc
+        raise IstmoError(
+            f"label not allowed: {field}: {first['msg']}", code="unknown_label"
+        ) from exc
 
 
 def _read_body(args: argparse.Namespace) -> str:
@@ -247,36 +249,63 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("publish", help="seal, sign and publish a bulletin", description=(
-        "Seal a bulletin for every agency the policy permits, sign it as --as, publish it "
-        "and wait for the relay's verdict. Prints the bulletin id."))
+    p = sub.add_parser(
+        "publish",
+        help="seal, sign and publish a bulletin",
+        description=(
+            "Seal a bulletin for every agency the policy permits, sign it as --as, publish it "
+            "and wait for the relay's verdict. Prints the bulletin id."
+        ),
+    )
     _agency_args(p)
     p.add_argument("--topic", required=True, choices=TOPICS, help="what the bulletin is about")
     p.add_argument("--classification", required=True, choices=[c.value for c in Classification])
     p.add_argument("--tlp", required=True, choices=[t.value for t in Tlp], help="TLP 2.0 level")
-    p.add_argument("--rel-to", action="append", required=True, metavar="CODES",
-                   help="releasable to: state codes (GT, JM) and communities (SICA, CARICOM), "
-                        "comma-separated or repeated")
-    p.add_argument("--handling", action="append", metavar="CODES",
-                   help=f"handling codes ({', '.join(h.value for h in Handling)})")
+    p.add_argument(
+        "--rel-to",
+        action="append",
+        required=True,
+        metavar="CODES",
+        help="releasable to: state codes (GT, JM) and communities (SICA, CARICOM), "
+        "comma-separated or repeated",
+    )
+    p.add_argument(
+        "--handling",
+        action="append",
+        metavar="CODES",
+        help=f"handling codes ({', '.join(h.value for h in Handling)})",
+    )
     p.add_argument("--handling-note", help="the restriction an H3 handling code stands for")
     p.add_argument("--precedence", default="ROUTINE", choices=[x.value for x in Precedence])
     p.add_argument("--source-grade", metavar="A1..F6", help="Admiralty source/information grade")
-    p.add_argument("--named", action="append", metavar="AGENCIES",
-                   help="agencies named as recipients (needed for TLP:RED)")
+    p.add_argument(
+        "--named",
+        action="append",
+        metavar="AGENCIES",
+        help="agencies named as recipients (needed for TLP:RED)",
+    )
     p.add_argument("--title", required=True, help="the bulletin's title (encrypted)")
     p.add_argument("--body-file", help="file with the bulletin text (encrypted); - for stdin")
     p.add_argument("--body", help="the bulletin text itself, instead of --body-file")
-    p.add_argument("--expires-in", type=_duration, metavar="DURATION",
-                   help="expiry after publication, like 24h or 7d")
+    p.add_argument(
+        "--expires-in",
+        type=_duration,
+        metavar="DURATION",
+        help="expiry after publication, like 24h or 7d",
+    )
     p.add_argument("--no-wait", action="store_true", help="do not wait for the relay's verdict")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the verdict")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_publish)
 
-    p = sub.add_parser("receive", help="receive, verify and decrypt bulletins", description=(
-        "Fetch bulletins delivered to --as, verify each against the signed directory, "
-        "decrypt it, print it, acknowledge it and send a signed receipt."))
+    p = sub.add_parser(
+        "receive",
+        help="receive, verify and decrypt bulletins",
+        description=(
+            "Fetch bulletins delivered to --as, verify each against the signed directory, "
+            "decrypt it, print it, acknowledge it and send a signed receipt."
+        ),
+    )
     _agency_args(p)
     p.add_argument("--count", type=int, default=1, help="how many bulletins to wait for")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")

@@ -296,7 +296,7 @@ class IstmoClient:
 
     async def _publish_envelope(self, env: Envelope, attempts: int = 3) -> None:
         raw = encode_envelope(env)
-        headers = {"Nats-Msg-Id": ingest_msg_id(self.agency, env.header.bulletin_id)}
+        headers = {"Nats-Msg-Id": ingest_msg_id(self.agency, envelope_digest(env))}
         for attempt in range(attempts):
             try:
                 await self._js.publish(ingest_subject(self.agency), raw, headers=headers, timeout=5)
@@ -376,7 +376,7 @@ class IstmoClient:
                 want = batch if count is None else max(1, min(batch, count - handed))
                 try:
                     msgs = await sub.fetch(want, timeout=wait)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises both its own and asyncio's
                     continue
                 for i, msg in enumerate(msgs):
                     if count is not None and handed >= count:

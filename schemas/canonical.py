@@ -24,23 +24,41 @@ MAX_DEPTH = 16
 
 def canonical_json(value: Any) -> bytes:
     """Encode ``value`` (dicts, lists, str, int, bool, None) as canonical JSON bytes."""
-    _reject_floats(value, 0)
+    _check_value(value, 0)
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
 
 
-def _reject_floats(value: Any, depth: int) -> None:
+def _check_value(value: Any, depth: int) -> None:
+    """Raise ValueError unless ``value`` has a canonical encoding.
+
+    ``strict_loads`` runs the same walk on what it parsed, so anything it accepts can be
+    re-encoded, and the two cannot disagree on depth or text.
+    """
     if depth > MAX_DEPTH:
-        raise ValueError("value nested too deeply for canonical JSON")
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, float):
         raise ValueError("floats have no canonical form here; use integers")
-    if isinstance(value, dict):
-        for v in value.values():
-            _reject_floats(v, depth + 1)
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str):
+                _check_text(k)
+            _check_value(v, depth + 1)
     elif isinstance(value, list | tuple):
         for v in value:
-            _reject_floats(v, depth + 1)
+            _check_value(v, depth + 1)
+
+
+def _check_text(text: str) -> None:
+    # JSON's "\ud800" escapes decode to lone surrogates, which have no UTF-8 encoding.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError("text holds a lone surrogate") from exc
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -64,8 +82,8 @@ def strict_loads(raw: bytes, *, max_bytes: int) -> Any:
     """Parse ``raw`` as strict JSON.
 
     Raises:
-        EnvelopeError: oversized, not UTF-8, not JSON, duplicate keys, floats, NaN, or
-            nested so deep the parser gives up (caught, never a RecursionError).
+        EnvelopeError: oversized, not UTF-8, not JSON, duplicate keys, floats, NaN, lone
+            surrogate escapes, or nested deeper than ``MAX_DEPTH`` (never a RecursionError).
     """
     if len(raw) > max_bytes:
         raise EnvelopeError(
@@ -78,7 +96,7 @@ def strict_loads(raw: bytes, *, max_bytes: int) -> Any:
     if "\x00" in text:
         raise EnvelopeError("message contains a NUL character", code="malformed")
     try:
-        return json.loads(
+        value = json.loads(
             text,
             object_pairs_hook=_no_duplicates,
             parse_float=_no_float,
@@ -88,6 +106,11 @@ def strict_loads(raw: bytes, *, max_bytes: int) -> Any:
         raise
     except (ValueError, RecursionError) as exc:
         raise EnvelopeError("message is not valid JSON", code="malformed") from exc
+    try:
+        _check_value(value, 0)
+    except ValueError as exc:
+        raise EnvelopeError(f"message is not canonical JSON: {exc}", code="malformed") from exc
+    return value
 
 
 def b64e(data: bytes) -> str:

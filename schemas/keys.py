@@ -40,6 +40,9 @@ _X25519 = 32
 
 # Canonical encodings of the Ed25519 points of small order (libsodium's blocklist).
 # Registration refuses them: a small-order key lets signatures verify for many messages.
+# The check compares y only (sign bit masked) and refuses y >= p, as libsodium does:
+# OpenSSL also loads the non-canonical encodings of these points (identity with the sign bit
+# set, y = p + 1, ...), and under such a key (R = identity, S = 0) verifies for every message.
 _ED25519_SMALL_ORDER = {
     bytes.fromhex(h)
     for h in (
@@ -53,6 +56,34 @@ _ED25519_SMALL_ORDER = {
         "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
     )
 }
+_P25519 = 2**255 - 19
+_LOW_255_BITS = (1 << 255) - 1
+
+
+def _coordinate(public: bytes) -> int:
+    """The 255-bit field element of an Ed25519 (y) or X25519 (u) encoding, top bit masked."""
+    return int.from_bytes(public, "little") & _LOW_255_BITS
+
+
+_ED25519_SMALL_ORDER_Y = frozenset(_coordinate(p) for p in _ED25519_SMALL_ORDER)
+# u-coordinates of the X25519 points of low order (RFC 7748 masks the top bit; libsodium's
+# blocklist). DH with any of them gives the all-zero secret, which HPKE refuses at seal time,
+# so registration must refuse them first.
+_X25519_LOW_ORDER_U = frozenset(
+    (
+        0,
+        1,
+        _coordinate(
+            bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+        ),
+        _coordinate(
+            bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157")
+        ),
+        _P25519 - 1,
+        _P25519,
+        _P25519 + 1,
+    )
+)
 
 
 def signing_kid(public: bytes) -> str:
@@ -75,7 +106,10 @@ class VerifyKey:
     def __post_init__(self) -> None:
         if len(self.public) != 32:
             raise EnvelopeError("Ed25519 public key must be 32 bytes", code="bad_key")
-        if self.public in _ED25519_SMALL_ORDER:
+        y = _coordinate(self.public)
+        if y >= _P25519:
+            raise EnvelopeError("Ed25519 public key is not canonically encoded", code="bad_key")
+        if y in _ED25519_SMALL_ORDER_Y:
             raise EnvelopeError("Ed25519 public key is a small-order point", code="bad_key")
 
     @property
@@ -128,6 +162,8 @@ class EncryptionPublicKey:
             raise EnvelopeError(f"{self.kem} public key must be {want} bytes", code="bad_key")
         if self.public[-_X25519:] == bytes(_X25519):
             raise EnvelopeError("X25519 public key is all zeros", code="bad_key")
+        if _coordinate(self.public[-_X25519:]) in _X25519_LOW_ORDER_U:
+            raise EnvelopeError("X25519 public key is a low-order point", code="bad_key")
 
     @property
     def kid(self) -> str:

@@ -70,7 +70,9 @@ class KeystoreFile(BaseModel):
         """The encryption key ``kid``, current or older, if this keystore has it."""
         for stored in self.encryption_keys:
             if stored.kid == kid:
-                return EncryptionKey(stored.kem, b64d(stored.private, field="kem key", max_bytes=96))
+                return EncryptionKey(
+                    stored.kem, b64d(stored.private, field="kem key", max_bytes=96)
+                )
         return None
 
     def pinned_directory_key(self) -> VerifyKey:
@@ -111,9 +113,13 @@ def new_keystore(
     ks = KeystoreFile(
         v=1,
         agency=agency,
-        signing_keys=(StoredSigningKey(kid=sk.verify_key.kid, private=b64e(sk.private), created_at=now),),
+        signing_keys=(
+            StoredSigningKey(kid=sk.verify_key.kid, private=b64e(sk.private), created_at=now),
+        ),
         encryption_keys=(
-            StoredEncryptionKey(kid=ek.public_key.kid, kem=kem, private=b64e(ek.private), created_at=now),
+            StoredEncryptionKey(
+                kid=ek.public_key.kid, kem=kem, private=b64e(ek.private), created_at=now
+            ),
         ),
         nats_seed=nats_seed,
         directory_key=PinnedKey(kid=directory_key.kid, public=b64e(directory_key.public)),

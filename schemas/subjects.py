@@ -74,9 +74,16 @@ def account_name(agency: str) -> str:
     return "AG_" + _checked(agency).replace("-", "_").upper()
 
 
-def ingest_msg_id(agency: str, bulletin_id: str) -> str:
-    """JetStream dedupe id on ingest, namespaced by originator (S-27)."""
-    return f"{_checked(agency)}:{bulletin_id}"
+def ingest_msg_id(agency: str, envelope_digest: str) -> str:
+    """JetStream dedupe id of an envelope on ingest (S-27).
+
+    JetStream dedupes per stream, across every agency's subject, so an id another agency
+    could predict would let it squat a bulletin: it publishes first with that id, and the
+    real bulletin is dropped as a duplicate. The digest of the sealed envelope (fresh
+    content key and nonce inside) is known to nobody before the originator publishes it,
+    yet the same for every retry of that envelope.
+    """
+    return f"{_checked(agency)}:{envelope_digest}"
 
 
 def agency_of_subject(subject: str, kind: str) -> AgencyId:

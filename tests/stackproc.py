@@ -44,11 +44,15 @@ class UpProcess:
     def start(self, timeout: float = 60) -> UpProcess:
         if not self.ports:
             self.ports = {"nats": free_port(), "http": free_port(), "api": free_port()}
-        self.log_path = self.data_dir.parent / f"up-{len(list(self.data_dir.parent.glob('up-*.log')))}.log"
+        self.log_path = (
+            self.data_dir.parent / f"up-{len(list(self.data_dir.parent.glob('up-*.log')))}.log"
+        )
         with self.log_path.open("w") as log:
             self.proc = self._popen(log)
         deadline = time.monotonic() + timeout
-        while not (self.data_dir / "stack.json").exists() or "ready" not in self.log_path.read_text():
+        while (
+            not (self.data_dir / "stack.json").exists() or "ready" not in self.log_path.read_text()
+        ):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"istmo up exited: {self.log_path.read_text()[-2000:]}")
             if time.monotonic() > deadline:
@@ -60,13 +64,21 @@ class UpProcess:
     def _popen(self, log):
         return subprocess.Popen(
             [
-                ISTMO, "up", "--data-dir", str(self.data_dir),
-                "--nats-port", str(self.ports["nats"]),
-                "--nats-http-port", str(self.ports["http"]),
-                "--api-port", str(self.ports["api"]),
+                ISTMO,
+                "up",
+                "--data-dir",
+                str(self.data_dir),
+                "--nats-port",
+                str(self.ports["nats"]),
+                "--nats-http-port",
+                str(self.ports["http"]),
+                "--api-port",
+                str(self.ports["api"]),
                 *self.extra,
             ],
-            stdout=log, stderr=subprocess.STDOUT, text=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 

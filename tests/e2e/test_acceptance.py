@@ -25,9 +25,23 @@ def publish(data_dir: Path, *extra: str, who: str = "gt-police", rel_to: str = "
     report = data_dir.parent / "report.md"
     report.write_text(BODY)
     return run_cli(
-        "publish", "--as", who, "--topic", "drug-trafficking", "--classification", "RESTRICTED",
-        "--tlp", "AMBER", "--rel-to", rel_to, "--title", TITLE, "--body-file", str(report),
-        *extra, data_dir=data_dir,
+        "publish",
+        "--as",
+        who,
+        "--topic",
+        "drug-trafficking",
+        "--classification",
+        "RESTRICTED",
+        "--tlp",
+        "AMBER",
+        "--rel-to",
+        rel_to,
+        "--title",
+        TITLE,
+        "--body-file",
+        str(report),
+        *extra,
+        data_dir=data_dir,
     )
 
 
@@ -39,7 +53,9 @@ def test_publish_receive_receipts_and_denial(up: UpProcess) -> None:
     assert len(bid) == 36
     assert "accepted" in pub.stderr
 
-    got = run_cli("receive", "--as", "rc-drugs", "--count", "1", "--timeout", "10", "--json", data_dir=d)
+    got = run_cli(
+        "receive", "--as", "rc-drugs", "--count", "1", "--timeout", "10", "--json", data_dir=d
+    )
     assert got.returncode == 0, got.stderr
     line = json.loads(got.stdout)
     assert line["id"] == bid
@@ -50,18 +66,22 @@ def test_publish_receive_receipts_and_denial(up: UpProcess) -> None:
     assert {"id", "originator", "labels", "title", "body", "received_at"} <= set(line)
 
     # A CARICOM-only ministry that follows the topic gets nothing ...
-    none = run_cli("receive", "--as", "jm-police", "--count", "1", "--timeout", "2", "--json", data_dir=d)
+    none = run_cli(
+        "receive", "--as", "jm-police", "--count", "1", "--timeout", "2", "--json", data_dir=d
+    )
     assert none.returncode == 1
     assert none.stdout == ""
     # ... and its denial is recorded with the deciding policy and the policy version.
     db = sqlite3.connect(d / "istmo.db")
     allowed, policy_ids = db.execute(
-        "SELECT allowed, policy_ids FROM decision WHERE bulletin_id=? AND agency='jm-police'", (bid,)
+        "SELECT allowed, policy_ids FROM decision WHERE bulletin_id=? AND agency='jm-police'",
+        (bid,),
     ).fetchone()
     assert not allowed
     event = db.execute(
         "SELECT reason, data FROM audit_event WHERE type='bulletin.denied' AND subject='jm-police'"
-        " AND bulletin_id=?", (bid,)
+        " AND bulletin_id=?",
+        (bid,),
     ).fetchone()
     assert event is not None
     assert event[0] == "policy_deny"
@@ -112,11 +132,15 @@ def test_offline_agency_receives_after_restart_with_same_keys(tmp_path: Path) ->
         assert "loaded the demo directory" not in second.output
         assert (d / "keys" / "hn-police.json").read_bytes() == keystore
         assert (d / "broker" / "directory.key").read_bytes() == directory_key
-        got = run_cli("receive", "--as", "hn-police", "--count", "1", "--timeout", "10", "--json", data_dir=d)
+        got = run_cli(
+            "receive", "--as", "hn-police", "--count", "1", "--timeout", "10", "--json", data_dir=d
+        )
         assert got.returncode == 0, got.stderr
         assert json.loads(got.stdout)["id"] == bid
         # Received once: a second receive finds nothing new.
-        again = run_cli("receive", "--as", "hn-police", "--count", "1", "--timeout", "1", data_dir=d)
+        again = run_cli(
+            "receive", "--as", "hn-police", "--count", "1", "--timeout", "1", data_dir=d
+        )
         assert again.returncode == 1
     finally:
         assert second.stop() == 0, second.output
@@ -155,8 +179,24 @@ def test_broker_never_holds_plaintext(up: UpProcess) -> None:
     ],
 )
 def test_cli_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
-    extra = ("--topic", "migration", "--classification", "RESTRICTED", "--tlp", "AMBER",
-             "--rel-to", "SICA", "--title", "t", "--body", "b") if args[0] == "publish" else ()
+    extra = (
+        (
+            "--topic",
+            "migration",
+            "--classification",
+            "RESTRICTED",
+            "--tlp",
+            "AMBER",
+            "--rel-to",
+            "SICA",
+            "--title",
+            "t",
+            "--body",
+            "b",
+        )
+        if args[0] == "publish"
+        else ()
+    )
     r = run_cli(*args, *extra, data_dir=tmp_path)
     assert r.returncode == 1
     assert message in r.stderr
@@ -166,14 +206,25 @@ def test_cli_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], message:
 
 def test_cli_without_a_running_broker(tmp_path: Path, up: UpProcess) -> None:
     # A valid keystore, but no stack for this data dir: say so, in one line.
-    r = run_cli("receive", "--as", str(up.data_dir / "keys" / "gt-police.json"), data_dir=tmp_path / "elsewhere")
+    r = run_cli(
+        "receive",
+        "--as",
+        str(up.data_dir / "keys" / "gt-police.json"),
+        data_dir=tmp_path / "elsewhere",
+    )
     assert r.returncode == 1
     assert "broker not running" in r.stderr
     assert "Traceback" not in r.stderr
     # A stack file pointing at a dead port: name the URL.
     port = free_port()
-    r = run_cli("receive", "--as", str(up.data_dir / "keys" / "gt-police.json"),
-                "--nats-url", f"nats://127.0.0.1:{port}", data_dir=tmp_path)
+    r = run_cli(
+        "receive",
+        "--as",
+        str(up.data_dir / "keys" / "gt-police.json"),
+        "--nats-url",
+        f"nats://127.0.0.1:{port}",
+        data_dir=tmp_path,
+    )
     assert r.returncode == 1
     assert f"broker not running at nats://127.0.0.1:{port}" in r.stderr
 
@@ -196,7 +247,9 @@ def test_port_taken_is_named(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         taken = s.getsockname()[1]
-        proc = UpProcess(tmp_path / "istmo", ports={"nats": taken, "http": free_port(), "api": free_port()})
+        proc = UpProcess(
+            tmp_path / "istmo", ports={"nats": taken, "http": free_port(), "api": free_port()}
+        )
         with pytest.raises(RuntimeError, match=f"port {taken} is taken"):
             proc.start(timeout=30)
 

