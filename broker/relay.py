@@ -13,6 +13,7 @@ duplicates), never decided twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -91,7 +92,9 @@ class Relay:
                 tg.create_task(self._loop(stop, ingest, self._ingest_batch))
                 tg.create_task(self._loop(stop, receipts, self._receipt_batch))
         finally:
-            await api_sub.unsubscribe()
+            for sub in (api_sub, ingest, receipts):
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
 
     async def _loop(self, stop: asyncio.Event, sub: JetStreamContext.PullSubscription, handle):  # type: ignore[no-untyped-def]
         while not stop.is_set():

@@ -66,11 +66,13 @@ def read_stack_file(data_dir: Path) -> dict[str, object] | None:
 
 
 async def close_quietly(nc: nats.NATS, timeout: float = 5.0) -> None:
-    """Drain ``nc`` within ``timeout`` seconds, else close it."""
+    """Flush what was published, then close. (The relay's loops have ended by now, so a
+    drain would only wait on idle pull subscriptions.)"""
     try:
-        await asyncio.wait_for(nc.drain(), timeout)
+        await asyncio.wait_for(nc.flush(), timeout)
     except (nats.errors.Error, TimeoutError, OSError):
-        await nc.close()
+        pass  # closing anyway; unacked work comes back to the next relay
+    await nc.close()
 
 
 class _Server(uvicorn.Server):

@@ -198,10 +198,12 @@ class IstmoClient:
         await self.close()
 
     async def close(self) -> None:
+        """Flush what was published (receipts included), then close."""
         try:
-            await self._nc.drain()
-        except (nats.errors.Error, asyncio.TimeoutError):
-            await self._nc.close()
+            await asyncio.wait_for(self._nc.flush(), 5)
+        except (nats.errors.Error, TimeoutError, OSError):
+            log.warning("closing before NATS confirmed the last messages")
+        await self._nc.close()
         self._dedupe.close()
 
     # ------------------------------------------------------------------ requests

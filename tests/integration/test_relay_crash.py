@@ -1,0 +1,153 @@
+"""No loss, no duplicates: SIGKILL the relay while 1,000 bulletins are in flight.
+
+The relay runs as its own process (`istmo relay`) beside an embedded NATS; the test kills
+it with SIGKILL mid-stream, starts a new one, and checks with the catalogue's harness that
+every accepted bulletin reached each permitted recipient's application exactly once, and
+nobody else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlmodel import func, select
+
+from broker.registry import AuditRow, BulletinRow
+from broker.stack import Stack
+from clients.sdk import ReceivedBulletin
+from schemas.envelope import Content
+from schemas.labels import Classification, Labels, Tlp
+from schemas.sealing import seal
+from schemas.subjects import DELIVER_STREAM
+from tests.integration.stack_inproc import client, nats_url, running_stack
+
+N = 1000
+RECIPIENTS = ("bz-justice", "bz-military", "bz-police")
+LABELS = Labels(
+    topic="drug-trafficking",
+    classification=Classification.RESTRICTED,
+    tlp=Tlp.AMBER,
+    rel_to=("BZ",),
+)
+ISTMO = str(Path(sys.executable).parent / "istmo")
+
+
+def start_relay(stack: Stack, log: Path) -> subprocess.Popen[bytes]:
+    ready = log.read_text().count("relay connected") if log.exists() else 0
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [ISTMO, "relay", "--data-dir", str(stack.settings.data_dir), "--nats-url", nats_url(stack)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline = time.monotonic() + 30
+    while log.read_text().count("relay connected") == ready:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, "relay did not start"
+        time.sleep(0.05)
+    return proc
+
+
+def stored(stack: Stack) -> int:
+    assert stack.registry is not None
+    with stack.registry.session() as s:
+        return int(s.exec(select(func.count()).select_from(BulletinRow)).one())
+
+
+@pytest.mark.slow
+async def test_sigkill_relay_under_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    log = tmp_path / "relay.log"
+    async with running_stack(tmp_path / "istmo", with_relay=False) as stack:
+        relay = start_relay(stack, log)
+        try:
+            async with await client(stack, "gt-police") as gt:
+                keys = await gt.resolve(LABELS)
+                assert sorted(keys) == list(RECIPIENTS)
+                envelopes = [
+                    seal(
+                        content=Content(title=f"p-{i}", text=f"bulletin p-{i}"),
+                        labels=LABELS,
+                        originator=gt.agency,
+                        signing_key=gt.keystore.signing_key(),
+                        recipients=keys,
+                        now=int(time.time()),
+                    )
+                    for i in range(N)
+                ]
+                attempted = {e.header.bulletin_id for e in envelopes}
+                acked: set[str] = set()
+                killed_at = None
+                for start in range(0, N, 50):
+                    chunk = envelopes[start : start + 50]
+                    await asyncio.gather(*(gt._publish_envelope(e) for e in chunk))
+                    acked |= {e.header.bulletin_id for e in chunk}
+                    done = stored(stack)
+                    if killed_at is None and done >= 150:
+                        relay.send_signal(signal.SIGKILL)
+                        relay.wait()
+                        killed_at = done
+                        relay = start_relay(stack, log)
+            if killed_at is None:  # the relay was slower than the publisher: kill now
+                while stored(stack) < 150:
+                    await asyncio.sleep(0.05)
+                relay.send_signal(signal.SIGKILL)
+                relay.wait()
+                killed_at = stored(stack)
+                relay = start_relay(stack, log)
+            assert killed_at < N, "the kill must land while bulletins are in flight"
+            print(f"\nkilled the relay with {killed_at} of {N} bulletins stored")
+
+            # Every acked bulletin is eventually accepted (redelivery after the ack wait).
+            deadline = time.monotonic() + 120
+            while stored(stack) < N and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            assert stored(stack) == N, log.read_text()[-3000:]
+
+            # Each permitted recipient's application sees each bulletin exactly once.
+            for agency in RECIPIENTS:
+                seen: Counter[str] = Counter()
+
+                async def app(b: ReceivedBulletin, seen: Counter[str] = seen) -> None:
+                    seen[b.id] += 1
+
+                async with await client(stack, agency) as rc:
+                    await rc.receive(app, count=N, timeout=120, batch=100)
+                    assert await rc.receive(app, count=1, timeout=1) == 0
+                lost = acked - set(seen)
+                unexpected = set(seen) - attempted
+                dup_visible = sum(seen.values()) - len(seen)
+                assert (len(lost), len(unexpected), dup_visible) == (0, 0, 0), agency
+
+            # Nobody else got anything: the delivery stream holds only their subjects.
+            nc = await stack.connect_relay(nats_url(stack))
+            try:
+                info = await nc.jetstream().stream_info(DELIVER_STREAM, subjects_filter="istmo.deliver.>")
+                assert set(info.state.subjects or {}) == {f"istmo.deliver.{a}" for a in RECIPIENTS}
+            finally:
+                await nc.close()
+
+            # One accepted event per bulletin and one routed event per recipient.
+            assert stack.registry is not None
+            with stack.registry.session() as s:
+                counts = dict(
+                    s.exec(select(AuditRow.type, func.count()).group_by(AuditRow.type)).all()
+                )
+            assert counts["bulletin.accepted"] == N
+            assert counts["bulletin.routed"] == N * len(RECIPIENTS)
+            assert "bulletin.rejected" not in counts
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            try:
+                relay.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(relay.pid, signal.SIGKILL)
+                relay.wait()
