@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import DEFAULT_API_PORT, DEFAULT_NATS_HTTP_PORT, DEFAULT_NATS_PORT, Settings
+from schemas.errors import ConfigError
 
 __all__ = ["register"]
 
@@ -98,8 +99,20 @@ def _run(coro_factory: Any) -> int:
     return 0
 
 
+def _server_parts() -> Any:
+    """The broker's modules, loaded only for these commands (they need ``istmo[server]``)."""
+    try:
+        from broker import stack
+    except ImportError as exc:
+        raise ConfigError(
+            f"this command needs the server parts ({exc.name} is missing): "
+            "pip install -e '.[server]'"
+        ) from exc
+    return stack
+
+
 def _up(args: argparse.Namespace) -> int:
-    from broker.stack import Stack  # the server's dependencies load only for these commands
+    Stack = _server_parts().Stack
 
     logging.getLogger("istmo").setLevel(logging.INFO)
     settings = Settings.from_env(
@@ -118,8 +131,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _relay(args: argparse.Namespace) -> int:
-    from broker.stack import Stack, read_stack_file
-    from schemas.errors import ConfigError
+    parts = _server_parts()
+    Stack, read_stack_file = parts.Stack, parts.read_stack_file
 
     settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
     url = args.nats_url or (read_stack_file(settings.data_dir) or {}).get("nats_url")

@@ -147,7 +147,9 @@ class DirectoryService:
         ).hexdigest()[:32]
         self.states = {j.code for j in jurisdictions}
         self.agency_rows = {a.id: a for a in rows}
-        self.subscribers = {t: sorted(a for a, ts in subs.items() if t in ts) for t in TOPICS}
+        self.subscribers: dict[str, list[str]] = {
+            t: sorted(a for a, ts in subs.items() if t in ts) for t in TOPICS
+        }
         self.records = records
         self.version = version
         self.engine = PolicyEngine(self.bundle, snapshot)
@@ -165,22 +167,22 @@ class DirectoryService:
             k = max(current, key=lambda k: k.created_at)
             enc = EncryptionKeyRecord(
                 kid=k.kid, kem=k.kem, public=k.public, created_at=k.created_at
-            )  # type: ignore[arg-type]
+            )
         communities = _split(a.communities)
         return AgencyRecord(
             id=a.id,
             name=a.name,
             state=a.state,
             communities=communities,
-            sector=a.sector,  # type: ignore[arg-type]  # checked by AgencyRecord
-            status=a.status,  # type: ignore[arg-type]
+            sector=a.sector,
+            status=a.status,
             signing_keys=tuple(signing),
             encryption_key=enc,
         )
 
     def candidates(self, topic: str, named: tuple[str, ...]) -> list[str]:
         """Agencies that follow ``topic``, plus those named, that exist."""
-        found = set(self.subscribers.get(topic, ())) | {n for n in named if n in self.records}
+        found = set(self.subscribers.get(topic, [])) | {n for n in named if n in self.records}
         return sorted(found)
 
     def excerpt(self, agency_ids: list[str], now: int) -> bytes:

@@ -215,7 +215,7 @@ class Registry:
 
     def agencies(self) -> list[AgencyRow]:
         with self.session() as s:
-            return list(s.exec(select(AgencyRow).order_by(AgencyRow.id)))  # type: ignore[arg-type]
+            return list(s.exec(select(AgencyRow).order_by(AgencyRow.id)))
 
     def agency(self, agency_id: str) -> AgencyRow | None:
         with self.session() as s:
@@ -244,7 +244,7 @@ class Registry:
 
     def nats_users(self) -> list[NatsUserRow]:
         with self.session() as s:
-            return list(s.exec(select(NatsUserRow).order_by(NatsUserRow.agency)))  # type: ignore[arg-type]
+            return list(s.exec(select(NatsUserRow).order_by(NatsUserRow.agency)))
 
     # ---------------------------------------------------------------- bulletins
     def bulletin(self, bulletin_id: str) -> BulletinRow | None:
@@ -310,7 +310,7 @@ class Registry:
                 q = q.where(AuditRow.type == type_)
             if actor is not None:
                 q = q.where(AuditRow.actor == actor)
-            return list(s.exec(q.order_by(AuditRow.seq).limit(limit)))  # type: ignore[arg-type]
+            return list(s.exec(q.order_by(AuditRow.seq).limit(limit)))  # type: ignore[arg-type]  # sqlmodel types a column as its value
 
 
 def _audit_row(e: AuditEvent) -> AuditRow:

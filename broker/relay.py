@@ -23,6 +23,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from sqlmodel import SQLModel
 
 from broker.agency_api import AgencyApi
 from broker.config import Settings
@@ -123,7 +124,7 @@ class Relay:
     # ------------------------------------------------------------------ ingest
     async def _ingest_batch(self, msgs: list[Msg]) -> None:
         now = int(time.time())
-        rows: list = []
+        rows: list[SQLModel] = []
         events: list[AuditEvent] = []
         outcomes: list[_Outcome] = []
         seen: dict[str, tuple[int, str]] = {}
@@ -153,7 +154,7 @@ class Relay:
         self,
         msg: Msg,
         now: int,
-        rows: list,
+        rows: list[SQLModel],
         events: list[AuditEvent],
         outcome: _Outcome,
         seen: dict[str, tuple[int, str]],
@@ -258,7 +259,7 @@ class Relay:
         msg: Msg,
         exc: IstmoError,
         now: int,
-        rows: list,
+        rows: list[SQLModel],
         events: list[AuditEvent],
         outcome: _Outcome,
     ) -> None:

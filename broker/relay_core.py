@@ -1,6 +1,7 @@
 """The relay's checks on an ingest message: pure, every input passed in.
 
-``parse_ingest`` and ``check_ingest`` are the gate between NATS and the policy. Its numbered steps are the
+``parse_ingest`` and ``check_ingest`` are the gate between NATS and the policy. Their
+numbered steps are the
 order a reviewer ticks off; each failure raises EnvelopeError (or SignatureError) whose
 ``code`` goes to the audit log and the publisher.
 """

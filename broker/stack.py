@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import IO
 
 import nats
+import nats.errors
 import uvicorn
+from nats.aio.client import Client as NATS
+from sqlmodel import SQLModel
 
 from broker.api import create_app
 from broker.config import Settings
@@ -65,7 +68,7 @@ def read_stack_file(data_dir: Path) -> dict[str, object] | None:
         return None
 
 
-async def close_quietly(nc: nats.NATS, timeout: float = 5.0) -> None:
+async def close_quietly(nc: NATS, timeout: float = 5.0) -> None:
     """Flush what was published, then close. (The relay's loops have ended by now, so a
     drain would only wait on idle pull subscriptions.)"""
     try:
@@ -102,7 +105,7 @@ class Stack:
         self.relay_seed = self._relay_seed()
         self.registry = Registry(s.db_url)
         if demo and self.registry.is_empty():
-            self._load_demo()
+            self._load_demo(self.registry)
         self.directory = DirectoryService(self.registry, bundle, self.directory_key)
 
     def _broker_key(self) -> SigningKey:
@@ -121,11 +124,10 @@ class Stack:
         write_private(path, seed.encode() + b"\n")
         return seed
 
-    def _load_demo(self) -> None:
-        assert self.registry is not None
+    def _load_demo(self, registry: Registry) -> None:
         demo = load_demo_directory(self.settings.policy_dir)
         now = int(time.time())
-        rows: list = [*demo.jurisdictions, *demo.agencies, *demo.subscriptions]
+        rows: list[SQLModel] = [*demo.jurisdictions, *demo.agencies, *demo.subscriptions]
         events: list[AuditEvent] = []
         for agency in demo.agencies:
             seed = new_user_seed()
@@ -173,10 +175,16 @@ class Stack:
                     data={"kid": ep.kid, "use": "encryption", "kem": ep.kem},
                 ),
             ]
-        self.registry.record(rows, events)
+        registry.record(rows, events)
         self.out(
-            f"loaded the demo directory: {len(demo.agencies)} agencies, keystores in {self.settings.keys_dir}"
+            f"loaded the demo directory: {len(demo.agencies)} agencies, "
+            f"keystores in {self.settings.keys_dir}"
         )
+
+    def _opened(self) -> tuple[Registry, DirectoryService]:
+        if self.registry is None or self.directory is None:
+            raise RuntimeError("call Stack.prepare() first")
+        return self.registry, self.directory
 
     # ------------------------------------------------------------------ services
     def _take_lock(self) -> None:
@@ -197,14 +205,14 @@ class Stack:
             self._lock = None
 
     def nats_layout(self) -> NatsLayout:
-        assert self.registry is not None
+        registry, _ = self._opened()
         s = self.settings
         return NatsLayout(
             port=s.nats_port,
             http_port=s.nats_http_port,
             store_dir=(s.data_dir / "nats").resolve(),
             relay_nkey_public=user_public_key(self.relay_seed),
-            agencies=tuple(AgencyUser(u.agency, u.nkey_public) for u in self.registry.nats_users()),
+            agencies=tuple(AgencyUser(u.agency, u.nkey_public) for u in registry.nats_users()),
             max_payload=s.nats_max_payload,
         )
 
@@ -237,7 +245,8 @@ class Stack:
                 }
                 (s.data_dir / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
                 self.out(
-                    f"NATS      {server.url} (JetStream in {s.data_dir / 'nats'}, log {s.data_dir / 'nats.log'})"
+                    f"NATS      {server.url} (JetStream in {s.data_dir / 'nats'}, "
+                    f"log {s.data_dir / 'nats.log'})"
                 )
                 self.out(f"HTTP API  {api_url} (docs at {api_url}/docs)")
                 self.out(f"database  {s.db_url}")
@@ -254,23 +263,23 @@ class Stack:
                 self.registry.close()
             self._release_lock()
 
-    async def _serve(self, nc: nats.NATS, stop: asyncio.Event, with_relay: bool) -> None:
-        assert self.registry is not None and self.directory is not None
+    async def _serve(self, nc: NATS, stop: asyncio.Event, with_relay: bool) -> None:
+        registry, directory = self._opened()
         s = self.settings
-        app = create_app(self.registry, self.directory, lambda: nc.is_connected)
+        app = create_app(registry, directory, lambda: nc.is_connected)
         api = _Server(
             uvicorn.Config(app, host=s.host, port=s.api_port, log_level="warning", access_log=False)
         )
         async with asyncio.TaskGroup() as tg:
             api_task = tg.create_task(api.serve())
             if with_relay:
-                relay = Relay(s, self.registry, self.directory, nc)
+                relay = Relay(s, registry, directory, nc)
                 tg.create_task(relay.run(stop))
             await stop.wait()
             api.should_exit = True
             await api_task
 
-    async def connect_relay(self, url: str) -> nats.NATS:
+    async def connect_relay(self, url: str) -> NATS:
         try:
             return await nats.connect(
                 url,
@@ -283,8 +292,8 @@ class Stack:
         except (OSError, nats.errors.Error) as exc:
             raise BusUnavailable(f"NATS is not reachable at {url}") from exc
 
-    async def ensure_jetstream(self, nc: nats.NATS) -> None:
-        assert self.registry is not None
+    async def ensure_jetstream(self, nc: NATS) -> None:
+        registry, _ = self._opened()
         js = nc.jetstream(timeout=10)
         await ensure_streams(
             js,
@@ -292,17 +301,17 @@ class Stack:
             duplicate_window_s=self.settings.duplicate_window_s,
         )
         await ensure_relay_consumers(js)
-        for user in self.registry.nats_users():
+        for user in registry.nats_users():
             await ensure_agency_consumer(js, user.agency)
 
     async def relay_only(self, stop: asyncio.Event, nats_url: str) -> None:
         """Run one more relay worker against an already running NATS."""
-        assert self.registry is not None and self.directory is not None
+        registry, directory = self._opened()
         nc = await self.connect_relay(nats_url)
         try:
             await self.ensure_jetstream(nc)
             self.out(f"relay connected to {nats_url}; Ctrl-C stops")
-            await Relay(self.settings, self.registry, self.directory, nc).run(stop)
+            await Relay(self.settings, registry, directory, nc).run(stop)
         finally:
             await close_quietly(nc)
-            self.registry.close()
+            registry.close()

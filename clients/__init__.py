@@ -11,7 +11,7 @@ Typical use (async)::
 ``clients.sync.Istmo`` offers the same calls without ``await`` for scripts.
 """
 
-from clients.sdk import IstmoClient, PublishResult, ReceivedBulletin, ReceiptReport
+from clients.sdk import IstmoClient, PublishResult, ReceiptReport, ReceivedBulletin
 from schemas.labels import Classification, Handling, Labels, Precedence, Tlp
 
 __all__ = [

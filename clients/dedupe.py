@@ -23,7 +23,9 @@ class DedupeStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS handed ("
-            " bulletin_id TEXT PRIMARY KEY, envelope_digest TEXT NOT NULL, handed_at INTEGER NOT NULL)"
+            " bulletin_id TEXT PRIMARY KEY,"
+            " envelope_digest TEXT NOT NULL,"
+            " handed_at INTEGER NOT NULL)"
         )
 
     def seen(self, bulletin_id: str) -> bool:

@@ -37,7 +37,7 @@ from schemas.errors import (
     PolicyDenied,
     SignatureError,
 )
-from schemas.ids import AgencyId
+from schemas.ids import AgencyId, BulletinId
 from schemas.keys import EncryptionPublicKey
 from schemas.keystore import KeystoreFile
 from schemas.labels import Handling, Labels
@@ -180,7 +180,7 @@ class IstmoClient:
                 reconnect_time_wait=0.5,
                 error_cb=on_error,
             )
-        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
             detail = "; ".join(errors[-1:]) or type(exc).__name__
             raise BusUnavailable(f"broker not running at {nats_url} ({detail})") from exc
         path = dedupe_path or keystore_path.with_name(keystore_path.stem + ".received.sqlite")
@@ -452,8 +452,8 @@ class IstmoClient:
     async def _send_receipt(self, env: Envelope, digest: str, received_at: int) -> None:
         h = env.header
         receipt = sign_receipt(
-            bulletin_id=h.bulletin_id,
-            originator=h.originator,
+            bulletin_id=BulletinId(h.bulletin_id),
+            originator=AgencyId(h.originator),
             recipient=self.agency,
             envelope_digest=digest,
             received_at=received_at,

@@ -7,10 +7,9 @@ Subjects an attacker *tries* are spelled out by hand on purpose: they are the at
 
 from __future__ import annotations
 
-import hashlib
-
 import asyncio
 import dataclasses
+import hashlib
 import json
 import socket
 import sys

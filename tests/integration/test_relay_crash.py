@@ -44,7 +44,14 @@ def start_relay(stack: Stack, log: Path) -> subprocess.Popen[bytes]:
     ready = log.read_text().count("relay connected") if log.exists() else 0
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [ISTMO, "relay", "--data-dir", str(stack.settings.data_dir), "--nats-url", nats_url(stack)],
+            [
+                ISTMO,
+                "relay",
+                "--data-dir",
+                str(stack.settings.data_dir),
+                "--nats-url",
+                nats_url(stack),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -130,7 +137,9 @@ async def test_sigkill_relay_under_load_loses_and_duplicates_nothing(tmp_path: P
             # Nobody else got anything: the delivery stream holds only their subjects.
             nc = await stack.connect_relay(nats_url(stack))
             try:
-                info = await nc.jetstream().stream_info(DELIVER_STREAM, subjects_filter="istmo.deliver.>")
+                info = await nc.jetstream().stream_info(
+                    DELIVER_STREAM, subjects_filter="istmo.deliver.>"
+                )
                 assert set(info.state.subjects or {}) == {f"istmo.deliver.{a}" for a in RECIPIENTS}
             finally:
                 await nc.close()

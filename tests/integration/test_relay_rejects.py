@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from sqlmodel import select
 
 from broker.registry import AuditRow, SigningKeyRow
@@ -31,9 +31,14 @@ LABELS = Labels(
 )
 
 
-@pytest.fixture
-async def stack(tmp_path: Path):
-    async with running_stack(tmp_path / "istmo") as s:
+# One stack for the module: every test uses fresh bulletins, and the one that revokes a key
+# uses an agency no other test publishes as.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory):
+    async with running_stack(tmp_path_factory.mktemp("rejects") / "istmo") as s:
         yield s
 
 
@@ -148,9 +153,10 @@ async def test_rejected_with_reason_and_no_delivery(
 
 
 async def test_revoked_key_is_refused(stack: Stack) -> None:
-    assert stack.registry is not None and stack.directory is not None
-    async with await client(stack, "gt-police") as gt:
-        kid = gt.keystore.signing_key().verify_key.kid
+    assert stack.registry is not None
+    assert stack.directory is not None
+    async with await client(stack, "sv-police") as sv:
+        kid = sv.keystore.signing_key().verify_key.kid
         with stack.registry.session() as s:
             row = s.get(SigningKeyRow, kid)
             assert row is not None
@@ -158,11 +164,12 @@ async def test_revoked_key_is_refused(stack: Stack) -> None:
             s.add(row)
             s.commit()
         stack.directory.refresh()
-        env = await sealed(gt)
-        await gt._publish_envelope(env)
+        env = await sealed(sv)
+        await sv._publish_envelope(env)
         with pytest.raises(PublishRejected) as err:
-            await gt.wait_for_verdict(env.header.bulletin_id, timeout=10)
+            await sv.wait_for_verdict(env.header.bulletin_id, timeout=10)
     assert err.value.code == "key_revoked"
+    assert "key_revoked" in audit_reasons(stack, env.header.bulletin_id)
 
 
 async def test_originator_must_match_the_ingest_subject(stack: Stack) -> None:
@@ -252,6 +259,12 @@ async def test_malformed_input_is_audited_and_terminated(
 
 async def test_sdk_drops_non_istmo_and_tampered_deliveries(stack: Stack) -> None:
     """Whatever lands on a delivery subject, only verified bulletins reach the app."""
+
+    async def ignore(_b: ReceivedBulletin) -> None:
+        return None
+
+    async with await client(stack, "hn-police") as hn:  # what earlier tests left for it
+        await hn.receive(ignore, count=100, timeout=1)
     async with await client(stack, "gt-police") as gt:
         good = await sealed(gt)
     tampered = flip_ct(good)

@@ -1,0 +1,100 @@
+"""A blocking facade over the async client, for scripts.
+
+Example::
+
+    from pathlib import Path
+    from clients.sync import Istmo
+    from clients import Classification, Labels, Tlp
+
+    with Istmo(Path(".istmo/keys/gt-police.json"), "nats://127.0.0.1:4244") as istmo:
+        result = istmo.publish(
+            title="Go-fast boats sighted",
+            text="Two boats left Puerto Barrios at 03:10.",
+            labels=Labels(topic="drug-trafficking", classification=Classification.RESTRICTED,
+                          tlp=Tlp.AMBER, rel_to=("SICA",)),
+        )
+        print(result.bulletin_id, result.routed)
+
+Each ``Istmo`` runs its own event loop on the calling thread; do not use it from inside
+a running event loop (use ``IstmoClient`` there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from clients.sdk import IstmoClient, PublishResult, ReceiptReport, ReceivedBulletin
+from schemas.labels import Labels
+
+__all__ = ["Istmo"]
+
+
+class Istmo:
+    """The same calls as ``IstmoClient``, without ``await``."""
+
+    def __init__(self, keystore_path: Path, nats_url: str, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._client: IstmoClient = self._loop.run_until_complete(
+                IstmoClient.connect(keystore_path, nats_url, **options)
+            )
+        except BaseException:
+            self._loop.close()
+            raise
+
+    def __enter__(self) -> Istmo:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._loop.run_until_complete(self._client.close())
+        finally:
+            self._loop.close()
+
+    @property
+    def agency(self) -> str:
+        return self._client.agency
+
+    def publish(self, *, title: str, text: str, labels: Labels, **kw: Any) -> PublishResult:
+        """See ``IstmoClient.publish``."""
+        return self._loop.run_until_complete(
+            self._client.publish(title=title, text=text, labels=labels, **kw)
+        )
+
+    def receive(
+        self,
+        handler: Callable[[ReceivedBulletin], None],
+        *,
+        count: int | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """See ``IstmoClient.receive``; ``handler`` is a plain function here."""
+
+        async def call(b: ReceivedBulletin) -> None:
+            handler(b)
+
+        return self._loop.run_until_complete(
+            self._client.receive(call, count=count, timeout=timeout)
+        )
+
+    def receipts(self, bulletin_id: str) -> ReceiptReport:
+        """See ``IstmoClient.receipts``."""
+        return self._loop.run_until_complete(self._client.receipts(bulletin_id))
+
+    def status(self, bulletin_id: str) -> dict[str, Any]:
+        """See ``IstmoClient.status``."""
+        return self._loop.run_until_complete(self._client.status(bulletin_id))
