@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -112,7 +113,7 @@ class Relay:
                 continue
             try:
                 await handle(msgs)
-            except (nats.errors.Error, AuditStoreError) as exc:
+            except (nats.errors.Error, TimeoutError, AuditStoreError) as exc:
                 # Unacked messages come back after the ack wait; the work is idempotent.
                 log.warning(
                     "batch of %d not finished (%s); it will be redelivered",
@@ -137,13 +138,10 @@ class Relay:
                 self._reject(msg, exc, now, rows, events, outcome)
             outcomes.append(outcome)
         self.registry.record(rows, events)
-        async with asyncio.TaskGroup() as tg:
-            for o in outcomes:
-                for recipient in o.deliveries:
-                    tg.create_task(self._deliver(o, recipient))
-        async with asyncio.TaskGroup() as tg:
-            for o in outcomes:
-                tg.create_task(o.msg.term() if o.rejected else o.msg.ack_sync())
+        # Deliver everything, then ack everything. If any delivery fails, nothing of the
+        # batch is acked: it all comes back after the ack wait and resumes idempotently.
+        await _all(self._deliver(o, r) for o in outcomes for r in o.deliveries)
+        await _all(o.msg.term() if o.rejected else o.msg.ack_sync() for o in outcomes)
         self.processed += len(outcomes)
 
     async def _deliver(self, o: _Outcome, recipient: str) -> None:
@@ -264,7 +262,7 @@ class Relay:
         outcome: _Outcome,
     ) -> None:
         seq = msg.metadata.sequence.stream
-        sender = sender_of(msg.subject) or "unknown"
+        sender = sender_of(msg.subject, "ingest") or "unknown"
         bid = outcome.bulletin_id or None
         message = str(exc)[:300]
         log.info("rejected ingest seq=%d from %s: %s", seq, sender, exc.code)
@@ -305,8 +303,7 @@ class Relay:
                             event_id=f"receipt:{seq}:rejected",
                             type="receipt.rejected",
                             time=_ms(),
-                            actor=sender_of(msg.subject.replace(".receipt.", ".ingest."))
-                            or "unknown",
+                            actor=sender_of(msg.subject, "receipt") or "unknown",
                             subject=f"receipt:{seq}",
                             reason=exc.code,
                             data={"message": str(exc)[:200]},
@@ -375,6 +372,14 @@ class Relay:
             return
         reply = self.api.handle(msg.subject, msg.data, now=int(time.time()))
         await self.nc.publish(msg.reply, reply)
+
+
+async def _all(aws: Iterable[Awaitable[object]]) -> None:
+    """Await all of ``aws`` concurrently; then raise the first failure, if any."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 def _facts(env: Envelope, d: DirectoryService) -> BulletinFacts:

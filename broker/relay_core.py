@@ -132,9 +132,9 @@ def check_ingest(
             )
 
 
-def sender_of(subject: str) -> AgencyId | None:
-    """The agency of an ingest subject, or None if the subject is not one."""
+def sender_of(subject: str, kind: str) -> AgencyId | None:
+    """The agency of an ``istmo.<kind>.<agency>`` subject, or None if it is not one."""
     try:
-        return agency_of_subject(subject, "ingest")
+        return agency_of_subject(subject, kind)
     except EnvelopeError:
         return None

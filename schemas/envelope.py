@@ -51,6 +51,7 @@ Kid = Annotated[str, StringConstraints(pattern=r"^(sig|kem)-[0-9a-f]{32}$")]
 B64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_length=2_000_000)]
 
 M = TypeVar("M", bound=BaseModel)
+_SUITE_FIELDS = {("alg",), ("aead",), ("kem",)}
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 
@@ -178,4 +179,6 @@ def parse_model(model: type[M], raw: bytes, *, max_bytes: int, what: str) -> M:
         code = "unknown_label" if first["loc"][:2] == ("header", "labels") else "malformed"
         if first["type"] == "literal_error" and first["loc"][-1:] == ("v",):
             code = "unsupported_version"
+        elif first["type"] == "literal_error" and first["loc"][-1:] in _SUITE_FIELDS:
+            code = "unsupported_suite"  # an algorithm outside the allowlist, "none" included
         raise EnvelopeError(f"{what} {where}: {first['msg']}", code=code) from exc

@@ -443,9 +443,15 @@ HOSTILE_PARSE: list[Any] = [
     pytest.param(_set(("header", "recipients"), []), "malformed", "recipients", id="no-recips"),
     pytest.param(_set(("extra",), 1), "malformed", "extra", id="unknown-top-field"),
     pytest.param(_set(("header", "sender"), "policia-pa"), "malformed", "sender", id="extra-hdr"),
-    pytest.param(_set(("header", "aead"), "none"), "malformed", "header.aead", id="aead-none"),
-    pytest.param(_set(("sig", "alg"), "none"), "malformed", "sig.alg", id="alg-none"),
-    pytest.param(_set(("wraps", 0, "kem"), "P256"), "malformed", "kem", id="unknown-kem"),
+    # B-18: a suite outside the allowlist, including "none".
+    pytest.param(
+        _set(("header", "aead"), "none"), "unsupported_suite", "header.aead", id="B-18-aead-none"
+    ),
+    pytest.param(_set(("sig", "alg"), "none"), "unsupported_suite", "sig.alg", id="B-18-alg-none"),
+    pytest.param(
+        _set(("sig", "alg"), "Ed448"), "unsupported_suite", "sig.alg", id="B-18-alg-other"
+    ),
+    pytest.param(_set(("wraps", 0, "kem"), "P256"), "unsupported_suite", "kem", id="B-18-kem"),
     # Unknown label values.
     pytest.param(
         _set(("header", "labels", "topic"), "cyber"), "unknown_label", "topic", id="topic"

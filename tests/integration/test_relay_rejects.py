@@ -3,6 +3,7 @@ nothing; the publisher's SDK sees the refusal as a clear error."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -14,13 +15,14 @@ from sqlmodel import select
 from broker.registry import AuditRow, SigningKeyRow
 from broker.stack import Stack
 from clients.sdk import IstmoClient, PublishRejected, ReceivedBulletin
-from schemas.canonical import b64d, b64e
+from schemas.canonical import b64d, b64e, canonical_json
 from schemas.envelope import Content, Envelope
-from schemas.ids import AgencyId
+from schemas.ids import AgencyId, BulletinId
 from schemas.keys import EncryptionKey, SigningKey
 from schemas.labels import Classification, Labels, Tlp
+from schemas.receipt import sign_receipt
 from schemas.sealing import encode_envelope, seal
-from schemas.subjects import DELIVER_STREAM, ingest_msg_id, ingest_subject
+from schemas.subjects import DELIVER_STREAM, ingest_msg_id, ingest_subject, receipt_subject
 from tests.integration.stack_inproc import client, running_stack
 
 LABELS = Labels(
@@ -213,7 +215,7 @@ async def test_replay_and_id_conflict(stack: Stack) -> None:
             reasons = audit_reasons(stack, env.header.bulletin_id)
             if len(reasons) == 2:
                 break
-            await __import__("asyncio").sleep(0.1)
+            await asyncio.sleep(0.1)
     assert sorted(reasons) == ["id_conflict", "replay"]
     assert await deliver_count(stack) == before
 
@@ -239,7 +241,7 @@ async def test_malformed_input_is_audited_and_terminated(
         reasons = audit_reasons(stack)
         if len(reasons) > before:
             break
-        await __import__("asyncio").sleep(0.1)
+        await asyncio.sleep(0.1)
     assert reasons[before:] == [code]
     # Terminated, not redelivered: the ingest consumer has nothing pending.
     nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
@@ -285,3 +287,71 @@ async def test_sdk_drops_non_istmo_and_tampered_deliveries(stack: Stack) -> None
     async with await client(stack, "hn-police") as hn:
         await hn.receive(keep, count=2, timeout=4)
     assert [b.id for b in got] == [good.header.bulletin_id]
+
+
+def receipt_rejections(stack: Stack) -> list[str]:
+    assert stack.registry is not None
+    return [r.reason or "" for r in stack.registry.audit_events(type_="receipt.rejected")]
+
+
+async def test_receipts_are_verified_before_they_count(stack: Stack) -> None:
+    async with await client(stack, "gt-police") as gt:
+        result = await gt.publish(title="t", text="receipt canary", labels=LABELS)
+    bid = result.bulletin_id
+    assert stack.registry is not None
+    digest = stack.registry.bulletin(bid).envelope_digest  # type: ignore[union-attr]
+    now = int(time.time())
+
+    def receipt(recipient: str, key: SigningKey, **kw: str) -> bytes:
+        r = sign_receipt(
+            bulletin_id=BulletinId(bid),
+            originator=AgencyId("gt-police"),
+            recipient=AgencyId(recipient),
+            envelope_digest=kw.get("digest", digest),
+            received_at=now,
+            key=key,
+        )
+        return canonical_json(r.model_dump(mode="json"))
+
+    before = len(receipt_rejections(stack))
+    async with await client(stack, "jm-police") as jm:
+        # jm was never routed this bulletin: its own signed receipt does not count.
+        await jm._js.publish(
+            receipt_subject("jm-police"), receipt("jm-police", jm.keystore.signing_key())
+        )
+    async with await client(stack, "hn-police") as hn:
+        own = hn.keystore.signing_key()
+        await hn._js.publish(
+            receipt_subject("hn-police"), receipt("hn-police", SigningKey.generate())
+        )
+        await hn._js.publish(receipt_subject("hn-police"), receipt("hn-military", own))
+        await hn._js.publish(
+            receipt_subject("hn-police"), receipt("hn-police", own, digest="0" * 64)
+        )
+        await hn._js.publish(receipt_subject("hn-police"), b'{"stream":"ISTMO_INGEST","seq":1}')
+        for _ in range(100):
+            got = receipt_rejections(stack)[before:]
+            if len(got) == 5:
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(got) == sorted(
+            [
+                "unknown_bulletin",
+                "key_not_bound_to_sender",
+                "originator_mismatch",
+                "receipt_mismatch",
+                "malformed",
+            ]
+        )
+        assert stack.registry.receipts(bid) == []
+        # The real one counts, once, even if sent twice.
+        await hn._js.publish(receipt_subject("hn-police"), receipt("hn-police", own))
+        await hn._js.publish(receipt_subject("hn-police"), receipt("hn-police", own))
+        for _ in range(100):
+            if stack.registry.receipts(bid):
+                break
+            await asyncio.sleep(0.1)
+    rows = stack.registry.receipts(bid)
+    assert [r.recipient for r in rows] == ["hn-police"]
+    events = stack.registry.audit_events(bulletin_id=bid, type_="bulletin.received")
+    assert [e.actor for e in events] == ["hn-police"]
