@@ -259,3 +259,67 @@ def test_help_explains_every_command(tmp_path: Path) -> None:
         r = run_cli(cmd, "--help", data_dir=tmp_path)
         assert r.returncode == 0
         assert "--data-dir" in r.stdout
+
+
+def test_follow_keeps_receiving_until_ctrl_c(up: UpProcess) -> None:
+    import queue
+    import signal
+    import subprocess
+    import threading
+
+    from tests.stackproc import ISTMO
+
+    follower = subprocess.Popen(
+        [
+            ISTMO,
+            "receive",
+            "--as",
+            "hn-police",
+            "--follow",
+            "--json",
+            "--data-dir",
+            str(up.data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ids = []
+        for _ in range(2):
+            pub = publish(up.data_dir, rel_to="HN")
+            assert pub.returncode == 0, pub.stderr
+            ids.append(pub.stdout.strip())
+        assert follower.stdout is not None
+        out: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [out.put(x) for x in follower.stdout], daemon=True).start()
+        lines = [json.loads(out.get(timeout=20)) for _ in range(2)]
+        assert [x["id"] for x in lines] == ids
+    finally:
+        follower.send_signal(signal.SIGINT)
+        _out, err = follower.communicate(timeout=20)
+    assert follower.returncode == 130
+    assert "Traceback" not in err
+
+
+def test_http_api_serves_health_and_the_signed_directory(up: UpProcess) -> None:
+    import httpx
+
+    from schemas.directory import open_excerpt
+    from schemas.keystore import KeystoreFile
+
+    base = f"http://127.0.0.1:{up.ports['api']}"
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/readyz").json() == {"nats": "ok", "database": "ok"}
+    pinned = KeystoreFile.parse((up.data_dir / "keys" / "rc-drugs.json").read_bytes())
+    excerpt = open_excerpt(httpx.get(f"{base}/v1/directory").content, pinned.pinned_directory_key())
+    ids = {a.id for a in excerpt.agencies}
+    assert len(ids) == 85
+    assert {"gt-police", "jm-justice", "rc-drugs", "rc-observatory", "auditor"} <= ids
+    assert "cr-military" not in ids  # Costa Rica has no army
+    gt = next(a for a in excerpt.agencies if a.id == "gt-police")
+    assert (gt.state, gt.sector, gt.status) == ("GT", "police", "active")
+    assert gt.encryption_key is not None
+    assert gt.encryption_key.kem == "MLKEM768-X25519"
+    spec = httpx.get(f"{base}/openapi.json").json()
+    assert {"/healthz", "/readyz", "/v1/directory", "/v1/policy"} <= set(spec["paths"])
