@@ -9,11 +9,13 @@ database level: triggers refuse UPDATE and DELETE.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -268,29 +270,43 @@ class Registry:
             )
             return s.exec(q).first()
 
-    def record(self, rows: Sequence[SQLModel], events: Sequence[AuditEvent]) -> None:
-        """Commit ``rows`` and ``events`` in one transaction, ignoring events already there.
+    def record(
+        self,
+        rows: Sequence[SQLModel],
+        events: Sequence[AuditEvent],
+        *,
+        bulk: Mapping[type[SQLModel], Sequence[Mapping[str, Any]]] | None = None,
+    ) -> None:
+        """Insert ``rows``, ``bulk`` (plain column values by table, for the many small rows
+        of a fan-out) and ``events`` in one transaction. Rows and events already there (same
+        primary key or event id) are left as they are, so a retried batch is harmless.
 
         Raises:
             AuditStoreError: the database refused the transaction.
         """
+        by_table: dict[Any, list[Mapping[str, Any]]] = {}
+        for row in rows:
+            by_table.setdefault(type(row).__table__, []).append(row.model_dump())  # type: ignore[attr-defined]
+        for model, values in (bulk or {}).items():
+            by_table.setdefault(model.__table__, []).extend(values)  # type: ignore[attr-defined]
+        audit = [_audit_values(e) for e in events]
         try:
-            with self.session() as s:
-                ids = [e.event_id for e in events]
-                known = set()
-                if ids:
-                    q = select(AuditRow.event_id).where(AuditRow.event_id.in_(ids))  # type: ignore[attr-defined]
-                    known = set(s.exec(q))
-                for row in rows:
-                    s.merge(row)
-                for e in events:
-                    if e.event_id not in known:
-                        s.add(_audit_row(e))
-                s.commit()
+            with self.engine.begin() as conn:
+                for table, values in by_table.items():
+                    if values:
+                        conn.execute(self._insert_new(table), values)
+                if audit:
+                    conn.execute(self._insert_new(AuditRow.__table__), audit)  # type: ignore[attr-defined]
         except SQLAlchemyError as exc:
             raise AuditStoreError(
                 f"the store refused an audit write: {type(exc).__name__}"
             ) from exc
+
+    def _insert_new(self, table: Any) -> Any:
+        """INSERT that skips rows whose key exists (SQLite and PostgreSQL alike)."""
+        if self.engine.dialect.name == "postgresql":
+            return postgresql_insert(table).on_conflict_do_nothing()
+        return sqlite_insert(table).on_conflict_do_nothing()
 
     def audit_events(
         self,
@@ -313,15 +329,16 @@ class Registry:
             return list(s.exec(q.order_by(AuditRow.seq).limit(limit)))  # type: ignore[arg-type]  # sqlmodel types a column as its value
 
 
-def _audit_row(e: AuditEvent) -> AuditRow:
-    data = e.model_dump(mode="json")["data"]
-    return AuditRow(
-        event_id=e.event_id,
-        type=e.type,
-        time=e.time,
-        actor=e.actor,
-        subject=e.subject,
-        bulletin_id=e.bulletin_id,
-        reason=e.reason,
-        data=json.dumps(data, sort_keys=True, separators=(",", ":")),
-    )
+def _audit_values(e: AuditEvent) -> dict[str, Any]:
+    return {
+        "event_id": e.event_id,
+        "type": e.type,
+        "time": e.time,
+        "actor": e.actor,
+        "subject": e.subject,
+        "bulletin_id": e.bulletin_id,
+        "reason": e.reason,
+        "data": json.dumps(
+            e.model_dump(mode="json")["data"], sort_keys=True, separators=(",", ":")
+        ),
+    }

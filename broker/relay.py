@@ -57,6 +57,16 @@ def _ms() -> int:
 
 
 @dataclass
+class _Writes:
+    """What one batch commits, in one transaction, before anything is delivered."""
+
+    rows: list[SQLModel] = field(default_factory=list)
+    decisions: list[dict[str, object]] = field(default_factory=list)
+    events: list[AuditEvent] = field(default_factory=list)
+    seen: dict[str, tuple[int, str]] = field(default_factory=dict)  # bulletin -> (seq, digest)
+
+
+@dataclass
 class _Outcome:
     msg: Msg
     deliveries: list[str] = field(default_factory=list)
@@ -121,23 +131,26 @@ class Relay:
                     type(exc).__name__,
                 )
                 await asyncio.sleep(0.5)
+            except Exception:
+                # A bug, not bad input (bad input is refused and audited). Keep the relay
+                # up for everyone else; the batch is redelivered after the ack wait.
+                log.exception("batch of %d failed unexpectedly; it will be redelivered", len(msgs))
+                await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ ingest
     async def _ingest_batch(self, msgs: list[Msg]) -> None:
         now = int(time.time())
-        rows: list[SQLModel] = []
-        events: list[AuditEvent] = []
+        w = _Writes()
         outcomes: list[_Outcome] = []
-        seen: dict[str, tuple[int, str]] = {}
         for msg in msgs:
             outcome = _Outcome(msg=msg, raw=msg.data)
             try:
-                self._process(msg, now, rows, events, outcome, seen)
+                self._process(msg, now, w, outcome)
             except IstmoError as exc:
                 outcome.rejected = True
-                self._reject(msg, exc, now, rows, events, outcome)
+                self._reject(msg, exc, now, w, outcome)
             outcomes.append(outcome)
-        self.registry.record(rows, events)
+        self.registry.record(w.rows, w.events, bulk={DecisionRow: w.decisions})
         # Deliver everything, then ack everything. If any delivery fails, nothing of the
         # batch is acked: it all comes back after the ack wait and resumes idempotently.
         await _all(self._deliver(o, r) for o in outcomes for r in o.deliveries)
@@ -152,10 +165,8 @@ class Relay:
         self,
         msg: Msg,
         now: int,
-        rows: list[SQLModel],
-        events: list[AuditEvent],
+        w: _Writes,
         outcome: _Outcome,
-        seen: dict[str, tuple[int, str]],
     ) -> None:
         meta = msg.metadata
         seq = meta.sequence.stream
@@ -180,7 +191,7 @@ class Relay:
         # Replays: the same stream message again is a redelivery to finish; anything
         # else with a known id is refused (NATS dedupe only covers a few minutes).
         previous = self.registry.bulletin(bid)
-        prior = (previous.ingest_seq, previous.envelope_digest) if previous else seen.get(bid)
+        prior = (previous.ingest_seq, previous.envelope_digest) if previous else w.seen.get(bid)
         if prior is not None:
             if prior[0] == seq:
                 outcome.deliveries = [
@@ -194,7 +205,7 @@ class Relay:
             raise EnvelopeError(
                 f"bulletin id {bid} is taken by another bulletin", code="id_conflict"
             )
-        seen[bid] = (seq, digest)
+        w.seen[bid] = (seq, digest)
         facts = _facts(env, d)
         publish = d.engine.decide_publish(facts, now)
         if not publish.allowed:
@@ -206,7 +217,7 @@ class Relay:
         candidates = [c for c in candidates if c != h.originator or c in h.recipients]
         decisions = d.engine.decide_receive(facts, candidates, now)
         labels_json = canonical_json(h.labels.model_dump(mode="json")).decode()
-        rows.append(
+        w.rows.append(
             BulletinRow(
                 id=bid,
                 originator=h.originator,
@@ -222,7 +233,7 @@ class Relay:
             )
         )
         t = _ms()
-        events.append(
+        w.events.append(
             AuditEvent(
                 event_id=f"{bid}:accepted",
                 type="bulletin.accepted",
@@ -245,20 +256,19 @@ class Relay:
         )
         for dec in decisions:
             addressed = dec.agency in h.recipients
-            rows.append(_decision_row(bid, dec))
+            w.decisions.append(_decision_values(bid, dec))
             if dec.allowed and addressed:
                 outcome.deliveries.append(dec.agency)
-                events.append(_decision_event(bid, dec, "bulletin.routed", t, h.originator))
+                w.events.append(_decision_event(bid, dec, "bulletin.routed", t, h.originator))
             elif not dec.allowed:
-                events.append(_decision_event(bid, dec, "bulletin.denied", t, h.originator))
+                w.events.append(_decision_event(bid, dec, "bulletin.denied", t, h.originator))
 
     def _reject(
         self,
         msg: Msg,
         exc: IstmoError,
         now: int,
-        rows: list[SQLModel],
-        events: list[AuditEvent],
+        w: _Writes,
         outcome: _Outcome,
     ) -> None:
         seq = msg.metadata.sequence.stream
@@ -266,7 +276,7 @@ class Relay:
         bid = outcome.bulletin_id or None
         message = str(exc)[:300]
         log.info("rejected ingest seq=%d from %s: %s", seq, sender, exc.code)
-        rows.append(
+        w.rows.append(
             RejectionRow(
                 ingest_seq=seq,
                 originator=sender,
@@ -276,7 +286,7 @@ class Relay:
                 time=now,
             )
         )
-        events.append(
+        w.events.append(
             AuditEvent(
                 event_id=f"ingest:{seq}:rejected",
                 type="bulletin.rejected",
@@ -395,14 +405,15 @@ def _facts(env: Envelope, d: DirectoryService) -> BulletinFacts:
     )
 
 
-def _decision_row(bid: str, dec: Decision) -> DecisionRow:
-    return DecisionRow(
-        bulletin_id=bid,
-        agency=dec.agency,
-        allowed=dec.allowed,
-        policy_ids=",".join(dec.policy_ids),
-        reasons=json.dumps(list(dec.reasons)),
-    )
+def _decision_values(bid: str, dec: Decision) -> dict[str, object]:
+    """A DecisionRow's columns (plain values: a fan-out makes dozens per bulletin)."""
+    return {
+        "bulletin_id": bid,
+        "agency": dec.agency,
+        "allowed": dec.allowed,
+        "policy_ids": ",".join(dec.policy_ids),
+        "reasons": json.dumps(list(dec.reasons)),
+    }
 
 
 def _decision_event(bid: str, dec: Decision, type_: str, t: int, originator: str) -> AuditEvent:
