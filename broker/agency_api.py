@@ -14,6 +14,7 @@ agency learns nothing about bulletins it did not originate: those look "not foun
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +24,7 @@ from broker.directory import DirectoryService
 from broker.policy import BulletinFacts
 from broker.registry import Registry
 from broker.relay_core import check_labels
+from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
 from schemas.envelope import Timestamp, parse_model
 from schemas.errors import IstmoError
@@ -50,6 +52,14 @@ class DirectoryRequest(BaseModel):
 class BulletinRequest(BaseModel):
     model_config = _STRICT
     bulletin_id: BulletinIdStr
+
+
+def _looks_like_agency(token: str) -> bool:
+    try:
+        parse_agency_id(token)
+    except IstmoError:
+        return False
+    return True
 
 
 def _error(code: str, message: str) -> bytes:
@@ -93,7 +103,27 @@ class AgencyApi:
                 )
             return _error("bad_request", f"unknown operation {op[:20]!r}")
         except IstmoError as exc:
+            self._audit_refusal(parts, exc, now)
             return _error(exc.code, str(exc)[:300])
+
+    def _audit_refusal(self, parts: list[str], exc: IstmoError, now: int) -> None:
+        """A refused request is an audit event: who asked what, and why it was refused."""
+        caller = parts[2] if _looks_like_agency(parts[2]) else "unknown"
+        op = parts[3][:40]
+        self.registry.record(
+            [],
+            [
+                AuditEvent(
+                    event_id=f"request:{uuid.uuid4()}",
+                    type="request.rejected",
+                    time=now * 1000,
+                    actor=caller,
+                    subject=f"api.{op}",
+                    reason=exc.code,
+                    data={"message": str(exc)[:200]},
+                )
+            ],
+        )
 
     def _resolve(self, caller: str, req: ResolveRequest, now: int) -> bytes:
         d = self.directory

@@ -63,6 +63,8 @@ __all__ = [
 
 log = logging.getLogger("istmo.sdk")
 
+DIRECTORY_TTL_S = 60.0
+
 CAVEATS = {
     Handling.H0: "use only for the purpose it was provided for",
     Handling.H1: "no judicial use without the originator's consent",
@@ -142,7 +144,9 @@ class IstmoClient:
         self._nc = nc
         self._js = nc.jetstream(timeout=10)
         self._dedupe = dedupe
-        self._records: dict[str, AgencyRecord] = {}
+        # Directory records by agency, with when they were fetched: a revocation or a
+        # rotation reaches a long-running client within DIRECTORY_TTL_S.
+        self._records: dict[str, tuple[float, AgencyRecord]] = {}
         self._pinned = keystore.pinned_directory_key()
 
     @classmethod
@@ -226,7 +230,8 @@ class IstmoClient:
         return answer
 
     async def _directory(self, agencies: list[str]) -> dict[str, AgencyRecord]:
-        missing = [a for a in agencies if a not in self._records]
+        fresh_after = time.monotonic() - DIRECTORY_TTL_S
+        missing = [a for a in agencies if self._records.get(a, (0.0, None))[0] < fresh_after]
         if missing:
             msg = await self._nc.request(
                 api_subject(self.agency, "directory"),
@@ -235,8 +240,8 @@ class IstmoClient:
             )
             excerpt = open_excerpt(msg.data, self._pinned)
             for rec in excerpt.agencies:
-                self._records[rec.id] = rec
-        return {a: self._records[a] for a in agencies if a in self._records}
+                self._records[rec.id] = (time.monotonic(), rec)
+        return {a: self._records[a][1] for a in agencies if a in self._records}
 
     # ------------------------------------------------------------------ publish
     async def resolve(
@@ -255,7 +260,7 @@ class IstmoClient:
         excerpt = open_excerpt(canonical_json(answer["directory"]), self._pinned)
         out: dict[AgencyId, EncryptionPublicKey] = {}
         for rec in excerpt.agencies:
-            self._records[rec.id] = rec
+            self._records[rec.id] = (time.monotonic(), rec)
             if rec.id in answer["recipients"] and rec.encryption_key is not None:
                 out[AgencyId(rec.id)] = rec.encryption_key.public_key()
         return out

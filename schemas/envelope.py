@@ -176,7 +176,7 @@ def parse_model(model: type[M], raw: bytes, *, max_bytes: int, what: str) -> M:
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or what
-        code = "unknown_label" if first["loc"][:2] == ("header", "labels") else "malformed"
+        code = "unknown_label" if "labels" in first["loc"] else "malformed"
         if first["type"] == "literal_error" and first["loc"][-1:] == ("v",):
             code = "unsupported_version"
         elif first["type"] == "literal_error" and first["loc"][-1:] in _SUITE_FIELDS:

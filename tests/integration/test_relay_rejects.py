@@ -355,3 +355,26 @@ async def test_receipts_are_verified_before_they_count(stack: Stack) -> None:
     assert [r.recipient for r in rows] == ["hn-police"]
     events = stack.registry.audit_events(bulletin_id=bid, type_="bulletin.received")
     assert [e.actor for e in events] == ["hn-police"]
+
+
+@pytest.mark.parametrize(
+    ("op", "payload", "code"),
+    [
+        ("resolve", b"{not json", "malformed"),
+        ("resolve", b'{"labels":{"topic":"cyber"}}', "unknown_label"),
+        ("status", b'{"bulletin_id":"../../etc/passwd"}', "malformed"),
+        ("directory", b'{"agencies":["' + b"a" * 70_000 + b'"]}', "oversized"),
+        ("receipts", b'{"bulletin_id":"x","extra":1}', "malformed"),
+    ],
+    ids=["not-json", "unknown-topic", "bad-id", "oversized", "extra-field"],
+)
+async def test_bad_requests_are_refused_with_a_reason_and_audited(
+    stack: Stack, op: str, payload: bytes, code: str
+) -> None:
+    assert stack.registry is not None
+    before = len(stack.registry.audit_events(type_="request.rejected", limit=1000))
+    async with await client(stack, "gt-police") as gt:
+        reply = await gt._nc.request(f"istmo.api.gt-police.{op}", payload, timeout=5)
+    assert json.loads(reply.data)["error"]["code"] == code
+    rows = stack.registry.audit_events(type_="request.rejected", limit=1000)[before:]
+    assert [(r.actor, r.subject, r.reason) for r in rows] == [("gt-police", f"api.{op}", code)]
