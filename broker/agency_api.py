@@ -137,14 +137,16 @@ class AgencyApi:
             not_before=req.not_before,
             expires_at=req.expires_at,
         )
-        publish = d.engine.decide_publish(facts, now)
+        # An embargoed bulletin is decided when the embargo ends; preview it as of then.
+        when = max(now, req.not_before or now)
+        publish = d.engine.decide_publish(facts, when)
         if not publish.allowed:
             ids = ", ".join(publish.policy_ids) or "no grant matched"
             return _error("policy_deny", f"the policy does not let {caller} publish this ({ids})")
         candidates = [c for c in d.candidates(req.labels.topic, req.labels.named) if c != caller]
         permitted = [
             dec.agency
-            for dec in d.engine.decide_receive(facts, candidates, now)
+            for dec in d.engine.decide_receive(facts, candidates, when)
             if dec.allowed and d.records[dec.agency].encryption_key is not None
         ]
         excerpt = json.loads(d.excerpt(permitted, now))

@@ -36,6 +36,7 @@ from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
 from schemas.envelope import Envelope
 from schemas.errors import AuditStoreError, EnvelopeError, IstmoError
+from schemas.labels import Precedence
 from schemas.receipt import parse_receipt, verify_receipt
 from schemas.sealing import envelope_digest
 from schemas.subjects import (
@@ -50,6 +51,7 @@ from schemas.subjects import (
 __all__ = ["Relay"]
 
 log = logging.getLogger("istmo.relay")
+MAX_DEFER_S = 3600
 
 
 def _ms() -> int:
@@ -73,6 +75,8 @@ class _Outcome:
     raw: bytes = b""
     bulletin_id: str = ""
     rejected: bool = False
+    defer_s: int = 0  # embargoed: hand back to JetStream for this long
+    rank: int = len(Precedence)  # delivery precedence, FLASH = 0
 
 
 class Relay:
@@ -151,10 +155,15 @@ class Relay:
                 self._reject(msg, exc, now, w, outcome)
             outcomes.append(outcome)
         self.registry.record(w.rows, w.events, bulk={DecisionRow: w.decisions})
-        # Deliver everything, then ack everything. If any delivery fails, nothing of the
-        # batch is acked: it all comes back after the ack wait and resumes idempotently.
-        await _all(self._deliver(o, r) for o in outcomes for r in o.deliveries)
-        await _all(o.msg.term() if o.rejected else o.msg.ack_sync() for o in outcomes)
+        # Deliver everything, most urgent precedence first (one wave per precedence, so
+        # the delivery streams hold FLASH before ROUTINE), then ack everything. If any
+        # delivery fails, nothing of the batch is acked: it all comes back after the ack
+        # wait and resumes idempotently.
+        for rank in sorted({o.rank for o in outcomes if o.deliveries}):
+            await _all(
+                self._deliver(o, r) for o in outcomes if o.rank == rank for r in o.deliveries
+            )
+        await _all(_settle(o) for o in outcomes)
         self.processed += len(outcomes)
 
     async def _deliver(self, o: _Outcome, recipient: str) -> None:
@@ -188,6 +197,7 @@ class Relay:
         )
         bid = h.bulletin_id
         digest = envelope_digest(env)
+        outcome.rank = list(Precedence).index(h.labels.precedence)
         # Replays: the same stream message again is a redelivery to finish; anything
         # else with a known id is refused (NATS dedupe only covers a few minutes).
         previous = self.registry.bulletin(bid)
@@ -205,6 +215,11 @@ class Relay:
             raise EnvelopeError(
                 f"bulletin id {bid} is taken by another bulletin", code="id_conflict"
             )
+        if h.not_before is not None and h.not_before > now:
+            # Embargo: nothing is decided or delivered before not_before. JetStream keeps
+            # the message and hands it back then (at most an hour at a time).
+            outcome.defer_s = min(h.not_before - now, MAX_DEFER_S)
+            return
         w.seen[bid] = (seq, digest)
         facts = _facts(env, d)
         publish = d.engine.decide_publish(facts, now)
@@ -382,6 +397,16 @@ class Relay:
             return
         reply = self.api.handle(msg.subject, msg.data, now=int(time.time()))
         await self.nc.publish(msg.reply, reply)
+
+
+async def _settle(o: _Outcome) -> None:
+    """Ack what is done, term what was refused, hand back what is embargoed."""
+    if o.rejected:
+        await o.msg.term()
+    elif o.defer_s:
+        await o.msg.nak(delay=o.defer_s)
+    else:
+        await o.msg.ack_sync()
 
 
 async def _all(aws: Iterable[Awaitable[object]]) -> None:

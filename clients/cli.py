@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
@@ -142,10 +143,9 @@ def _read_body(args: argparse.Namespace) -> str:
 async def _publish(args: argparse.Namespace) -> int:
     labels = _labels(args)
     text = _read_body(args)
-    import time
-
     now = int(time.time())
     expires_at = now + args.expires_in if args.expires_in else None
+    not_before = now + args.embargo if args.embargo else None
     client = await _client(args)
     async with client:
         result = await client.publish(
@@ -153,6 +153,7 @@ async def _publish(args: argparse.Namespace) -> int:
             text=text,
             labels=labels,
             expires_at=expires_at,
+            not_before=not_before,
             wait=not args.no_wait,
             timeout=args.timeout,
         )
@@ -175,6 +176,8 @@ async def _publish(args: argparse.Namespace) -> int:
             + (f"; {len(result.denied)} candidates denied by policy" if result.denied else ""),
             file=sys.stderr,
         )
+    elif result.state == "embargoed":
+        print("sent; under embargo, the relay will decide and deliver it then", file=sys.stderr)
     else:
         print("sent; the relay has not decided yet (check with `istmo status`)", file=sys.stderr)
     return 0
@@ -292,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration,
         metavar="DURATION",
         help="expiry after publication, like 24h or 7d",
+    )
+    p.add_argument(
+        "--embargo",
+        type=_duration,
+        metavar="DURATION",
+        help="deliver nothing before this long after publication, like 30m",
     )
     p.add_argument("--no-wait", action="store_true", help="do not wait for the relay's verdict")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the verdict")

@@ -84,7 +84,8 @@ class PublishResult:
 
     Attributes:
         bulletin_id: the id to quote for receipts.
-        state: "accepted" once the relay routed it, "pending" if the wait timed out.
+        state: "accepted" once the relay routed it, "pending" if the wait timed out,
+            "embargoed" if it was published with a ``not_before`` still to come.
         routed: agencies it was delivered to.
         denied: (agency, policy ids) the policy refused, with the deciding policies.
     """
@@ -297,6 +298,9 @@ class IstmoClient:
             not_before=not_before,
         )
         await self._publish_envelope(env)
+        if not_before is not None and not_before > env.header.created_at:
+            # The relay decides and delivers it only once the embargo ends.
+            return PublishResult(env.header.bulletin_id, "embargoed")
         if not wait:
             return PublishResult(env.header.bulletin_id, "pending")
         return await self.wait_for_verdict(env.header.bulletin_id, timeout=timeout)

@@ -106,6 +106,9 @@ class Labels(BaseModel):
         handling_note: the text of an H3 restriction.
         precedence: delivery precedence.
         source_grade: Admiralty grading, source reliability A-F and credibility 1-6 ("B2").
+        named: agencies the originator names as recipients (TLP:RED reaches only these).
+        judicial_consent: justice agencies the originator lets use an H1 bulletin in
+            judicial proceedings.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -119,8 +122,9 @@ class Labels(BaseModel):
     precedence: Precedence = Precedence.ROUTINE
     source_grade: SourceGrade | None = None
     named: tuple[AgencyIdStr, ...] = Field(default=(), max_length=64)
+    judicial_consent: tuple[AgencyIdStr, ...] = Field(default=(), max_length=64)
 
-    @field_validator("rel_to", "handling", "named")
+    @field_validator("rel_to", "handling", "named", "judicial_consent")
     @classmethod
     def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(value)) != len(value):

@@ -1,0 +1,93 @@
+"""Embargo and precedence: when and in which order the relay delivers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from broker.relay import Relay
+from clients.sdk import ReceivedBulletin
+from schemas.envelope import Content
+from schemas.labels import Classification, Labels, Precedence, Tlp
+from schemas.sealing import seal
+from tests.integration.stack_inproc import client, nats_url, running_stack
+
+
+def labels(precedence: Precedence = Precedence.ROUTINE) -> Labels:
+    return Labels(
+        topic="border-incident",
+        classification=Classification.RESTRICTED,
+        tlp=Tlp.AMBER,
+        rel_to=("NI",),
+        precedence=precedence,
+    )
+
+
+async def test_flash_is_delivered_before_the_routine_backlog(tmp_path: Path) -> None:
+    async with running_stack(tmp_path / "istmo", with_relay=False) as stack:
+        assert stack.registry is not None
+        assert stack.directory is not None
+        nc = await stack.connect_relay(nats_url(stack))
+        try:
+            stop = asyncio.Event()
+            first = asyncio.create_task(
+                Relay(stack.settings, stack.registry, stack.directory, nc).run(stop)
+            )
+            async with await client(stack, "hn-police") as hn:
+                keys = await hn.resolve(labels())
+                stop.set()
+                await first  # the relay is down while a backlog builds up
+                backlog = [
+                    seal(
+                        content=Content(title=f"r{i}", text="routine"),
+                        labels=labels(Precedence.ROUTINE if i < 20 else Precedence.FLASH),
+                        originator=hn.agency,
+                        signing_key=hn.keystore.signing_key(),
+                        recipients=keys,
+                        now=int(time.time()),
+                    )
+                    for i in range(21)
+                ]
+                for env in backlog:  # FLASH last
+                    await hn._publish_envelope(env)
+            stop = asyncio.Event()
+            second = asyncio.create_task(
+                Relay(stack.settings, stack.registry, stack.directory, nc).run(stop)
+            )
+            order: list[str] = []
+
+            async def app(b: ReceivedBulletin) -> None:
+                order.append(b.labels.precedence.value)
+
+            async with await client(stack, "ni-police") as ni:
+                assert await ni.receive(app, count=21, timeout=20) == 21
+            stop.set()
+            await second
+        finally:
+            await nc.close()
+    assert order[0] == "FLASH"
+    assert order[1:] == ["ROUTINE"] * 20
+
+
+async def test_embargoed_bulletin_waits_for_its_time(tmp_path: Path) -> None:
+    async with running_stack(tmp_path / "istmo") as stack:
+        got: list[tuple[str, float]] = []
+
+        async def app(b: ReceivedBulletin) -> None:
+            got.append((b.id, time.time()))
+
+        async with await client(stack, "hn-police") as hn:
+            not_before = int(time.time()) + 3
+            result = await hn.publish(
+                title="t", text="embargoed", labels=labels(), not_before=not_before
+            )
+            assert result.state == "embargoed"
+            async with await client(stack, "ni-police") as ni:
+                assert await ni.receive(app, count=1, timeout=1.5) == 0
+                assert await ni.receive(app, count=1, timeout=15) == 1
+        assert got[0][0] == result.bulletin_id
+        assert got[0][1] >= not_before
+        async with await client(stack, "hn-police") as hn:
+            st = await hn.status(result.bulletin_id)
+        assert st["state"] == "accepted"
