@@ -3,7 +3,9 @@
     IstmoError                      base of everything we raise on purpose
     ├── EnvelopeError               bad input: malformed, oversized, unknown version or label
     │   ├── SignatureError          a signature or key binding does not verify
-    │   └── DecryptionError         a wrap or ciphertext does not open (uniform to peers)
+    │   ├── DecryptionError         a wrap or ciphertext does not open (uniform to peers)
+    │   ├── ProofError              a Merkle proof does not verify (broker.merkle)
+    │   └── TreeHeadConflict        a tree head rolls back or forks the log (schemas.treehead)
     ├── PolicyDenied                the policy said no
     ├── BusUnavailable              NATS is not reachable or did not answer
     ├── AuditStoreError             the audit store could not record an event

@@ -25,6 +25,7 @@ from schemas.directory import SignedExcerpt
 from schemas.envelope import Envelope, InnerBulletin
 from schemas.labels import Labels
 from schemas.receipt import Receipt
+from schemas.treehead import SignedTreeHead, TreeHead
 
 __all__ = ["JSON_DIR", "MODELS", "SCHEMA_BASE_URI", "diff_files", "main", "render_all"]
 
@@ -40,6 +41,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "labels": Labels,
     "receipt": Receipt,
     "signed-excerpt": SignedExcerpt,
+    "tree-head": TreeHead,
+    "signed-tree-head": SignedTreeHead,
 }
 
 

@@ -39,6 +39,8 @@ def test_every_model_is_exported() -> None:
         "Labels",
         "Receipt",
         "SignedExcerpt",
+        "SignedTreeHead",
+        "TreeHead",
     }
 
 
