@@ -6,6 +6,7 @@ strict JSON; replies are JSON, ``{"error": {"code", "message"}}`` on failure. An
 agency learns nothing about bulletins it did not originate: those look "not found".
 
     resolve    labels -> which agencies may receive, with their keys (signed excerpt)
+    explain    labels -> every candidate: permitted or denied, by which policies, and why
     directory  agency ids -> their signed records (public keys)
     status     bulletin id -> accepted / rejected (reason) / pending, originator only
     receipts   bulletin id -> routed recipients and their receipts, originator only
@@ -90,6 +91,9 @@ class AgencyApi:
                     parse_model(ResolveRequest, data, max_bytes=max_bytes, what="request"),
                     now,
                 )
+            if op == "explain":
+                ask = parse_model(ResolveRequest, data, max_bytes=max_bytes, what="request")
+                return self._explain(caller, ask, now)
             if op == "directory":
                 req = parse_model(DirectoryRequest, data, max_bytes=max_bytes, what="request")
                 return self.directory.excerpt(list(req.agencies), now)
@@ -128,15 +132,7 @@ class AgencyApi:
     def _resolve(self, caller: str, req: ResolveRequest, now: int) -> bytes:
         d = self.directory
         check_labels(req.labels, d.records, d.states)
-        rec = d.records[caller]
-        facts = BulletinFacts(
-            bulletin_id=_PREVIEW_ID,
-            originator=caller,
-            origin_state=rec.state,
-            labels=req.labels,
-            not_before=req.not_before,
-            expires_at=req.expires_at,
-        )
+        facts = self._facts(caller, req)
         # An embargoed bulletin is decided when the embargo ends; preview it as of then.
         when = max(now, req.not_before or now)
         publish = d.engine.decide_publish(facts, when)
@@ -157,6 +153,40 @@ class AgencyApi:
         }
         return canonical_json(body)
 
+    def _explain(self, caller: str, req: ResolveRequest, now: int) -> bytes:
+        """ "Who would receive this, and why not the others?" before publishing."""
+        d = self.directory
+        check_labels(req.labels, d.records, d.states)
+        facts = self._facts(caller, req)
+        when = max(now, req.not_before or now)
+        publish = d.engine.decide_publish(facts, when)
+        candidates = [c for c in d.candidates(req.labels.topic, req.labels.named) if c != caller]
+        return canonical_json(
+            {
+                "policy_version": d.bundle.version,
+                "publish": {"allowed": publish.allowed, "policy_ids": list(publish.policy_ids)},
+                "candidates": [
+                    {
+                        "agency": e.agency,
+                        "allowed": e.allowed,
+                        "summary": e.summary,
+                        "policy_ids": list(e.policy_ids),
+                    }
+                    for e in d.engine.explain(facts, candidates, when)
+                ],
+            }
+        )
+
+    def _facts(self, caller: str, req: ResolveRequest) -> BulletinFacts:
+        return BulletinFacts(
+            bulletin_id=_PREVIEW_ID,
+            originator=caller,
+            origin_state=self.directory.records[caller].state,
+            labels=req.labels,
+            not_before=req.not_before,
+            expires_at=req.expires_at,
+        )
+
     def _status(self, caller: str, req: BulletinRequest) -> bytes:
         bulletin = self.registry.bulletin(req.bulletin_id)
         if bulletin is not None and bulletin.originator == caller:
@@ -173,6 +203,7 @@ class AgencyApi:
                         {
                             "agency": r.agency,
                             "policy_ids": [p for p in r.policy_ids.split(",") if p],
+                            "reasons": json.loads(r.reasons),
                         }
                         for r in sorted(decisions, key=lambda r: r.agency)
                         if not r.allowed

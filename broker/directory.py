@@ -88,6 +88,7 @@ def load_demo_directory(policy_dir: Path) -> DemoDirectory:
                 sector=r["sector"],
                 clearance=Classification(r["clearance"]).level,
                 communities=",".join(r["communities"]),
+                min_source_grade=r.get("min_source_grade"),
             )
         )
         subs.extend(SubscriptionRow(agency=r["id"], topic=t) for t in topics)
@@ -113,6 +114,11 @@ class DirectoryService:
         self.directory_key = directory_key
         self.refresh()
 
+    def use_bundle(self, bundle: PolicyBundle) -> None:
+        """Switch to another policy set (already validated) and rebuild the engine."""
+        self.bundle = bundle
+        self.refresh()
+
     def refresh(self) -> None:
         """Rebuild everything from the registry and swap it in at once."""
         subs = self.registry.subscriptions()
@@ -136,10 +142,12 @@ class DirectoryService:
                 topics=frozenset(subs.get(a.id, set())),
                 state=a.state,
                 communities=_split(a.communities),
+                min_source_grade=a.min_source_grade,
             )
             for a in rows
         ]
         snapshot = DirectorySnapshot.build(jurisdictions, infos, self.bundle)
+        self._jurisdictions, self._infos = jurisdictions, infos
         records = {a.id: self._record(a) for a in rows}
         version = hashlib.sha256(
             snapshot.version.encode()
@@ -153,6 +161,17 @@ class DirectoryService:
         self.records = records
         self.version = version
         self.engine = PolicyEngine(self.bundle, snapshot)
+
+    def engine_for(self, bundle: PolicyBundle) -> PolicyEngine:
+        """An engine for another policy set over the same directory (to check or
+        simulate a candidate); the one in force is untouched.
+
+        Raises:
+            ConfigError: the directory does not fit the candidate's schema.
+        """
+        return PolicyEngine(
+            bundle, DirectorySnapshot.build(self._jurisdictions, self._infos, bundle)
+        )
 
     def _record(self, a: AgencyRow) -> AgencyRecord:
         signing = [

@@ -2,11 +2,14 @@
 
 Loads and lints the policy bundle (``schema.cedarschema``, ``base.cedar`` and
 ``overrides/<community>.cedar``), holds the directory as one parsed Cedar entity set, and
-decides ``publish`` and ``receive`` for one bulletin at a time. Anything but a clean
-``Allow`` (``NoDecision``, an evaluation error, malformed facts, an unknown agency) is a deny.
+decides ``publish`` and ``receive`` for one bulletin at a time, and explains them. Anything
+but a clean ``Allow`` (``NoDecision``, an evaluation error, malformed facts, an unknown
+agency) is a deny.
 
 Left to others: reading the directory from the registry (``broker.directory``), recording
-decisions in the audit log, explain and dry-run tooling, and acting on handling caveats.
+decisions in the audit log, the CLI and HTTP faces of explain and simulate, and acting on
+handling caveats (H0, H2, H3 and the use side of H1 travel with the bulletin: Cedar has no
+obligations). ``broker.policy_explain`` holds the explanation and simulation values.
 """
 
 from __future__ import annotations
@@ -14,26 +17,31 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 import cedarpy
 from cedarpy import Entities, PolicySet, Schema, pst
 
+from broker.policy_explain import Change, Explanation, explanation, simulate
 from schemas.errors import ConfigError
 from schemas.labels import Labels
 
 __all__ = [
     "AgencyInfo",
     "BulletinFacts",
+    "Change",
     "Decision",
     "DirectorySnapshot",
+    "Explanation",
     "JurisdictionInfo",
     "PolicyBundle",
     "PolicyEngine",
     "PolicyLoadError",
+    "simulate",
 ]
 
 Action = Literal["publish", "receive"]
@@ -45,14 +53,21 @@ _OVERRIDES_DIR = "overrides"
 _MAX_ERROR_CHARS = 200
 _SECTORS = frozenset({"police", "military", "foreign", "justice", "regional-centre", "auditor"})
 _STATUSES = frozenset({"active", "suspended", "revoked"})
+_GRADE = re.compile(r"[A-F][1-6]")
 _POSITIONAL_ID = re.compile(r"\bpolicy\d+\b")
 _FOR_POLICY = re.compile(r"^for policy `[^`]*`, ")
+_ID_ANNOTATION = re.compile(r'^\s*@id\s*\(\s*"((?:[^"\\]|\\.)*)"\s*\)', re.MULTILINE)
+_TRAILING_COMMENT = re.compile(r'\s*//[^"]*$')
 
 _Json = dict[str, object]
 
 
 class PolicyLoadError(ConfigError):
-    """The policy bundle is unusable; ``problems`` lists each fault, naming its file."""
+    """The policy bundle is unusable; ``problems`` lists each fault.
+
+    Each problem reads ``file[:line]: [@id: ]what``, e.g.
+    ``base.cedar:88: guard.clearance: attribute `clearence` ... not found``.
+    """
 
     default_code = "policy_bundle"
 
@@ -73,7 +88,11 @@ class JurisdictionInfo:
 
 @dataclass(frozen=True)
 class AgencyInfo:
-    """An agency. Its Cedar parents are ``state`` if set, else ``communities``."""
+    """An agency. Its Cedar parents are ``state`` if set, else ``communities``.
+
+    ``min_source_grade`` ("A1".."F6"), if set, is the worst Admiralty grade the agency
+    accepts on each axis; it then receives no ungraded bulletin.
+    """
 
     id: str
     name: str
@@ -83,6 +102,7 @@ class AgencyInfo:
     topics: frozenset[str]
     state: str | None
     communities: tuple[str, ...]
+    min_source_grade: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,14 +138,25 @@ class Decision:
 
 @dataclass(frozen=True, eq=False)
 class PolicyBundle:
-    """A linted, schema-validated policy set. Build it with ``PolicyBundle.load``."""
+    """A linted, schema-validated policy set: an immutable value. Use ``PolicyBundle.load``.
+
+    ``text`` is the bundle in canonical form (the schema's digest, then each policy file
+    after a ``// ---- <file> (<n> bytes)`` line); ``version`` is its SHA-256, 16 hex.
+    """
 
     version: str
     files: tuple[str, ...]
+    text: str = field(repr=False)
     _schema: Schema = field(repr=False)
     _schema_digest: str = field(repr=False)
     _policies: PolicySet = field(repr=False)
-    _labels: dict[str, tuple[str, str]] = field(repr=False)  # positional id -> (@id, @reason)
+    _grants: PolicySet = field(repr=False)  # the permits alone, for explain
+    _labels: Mapping[str, tuple[str, str]] = field(repr=False)  # positional -> (@id, @reason)
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        """Every policy's ``@reason`` by its ``@id``, in bundle order."""
+        return dict(self._labels.values())
 
     @classmethod
     def load(cls, root: Path) -> PolicyBundle:
@@ -137,7 +168,8 @@ class PolicyBundle:
         ``Istmo::Jurisdiction::"<C>"``; 6. strict validation against the schema.
 
         Raises:
-            PolicyLoadError: with one entry per problem, each naming the file.
+            PolicyLoadError: with one entry per problem, each naming the file, and the
+                line and ``@id`` of the policy where there is one.
         """
         problems: list[str] = []
         overrides = sorted((root / _OVERRIDES_DIR).glob("*.cedar"))
@@ -161,58 +193,141 @@ class PolicyBundle:
         if problems:
             raise PolicyLoadError(problems)
 
-        policies = PolicySet.from_str("\n".join(texts.values()))
+        schema_digest = hashlib.sha256(schema_text.encode()).hexdigest()
+        parts = [f"// ---- {_SCHEMA_FILE} sha256:{schema_digest}\n"]
+        for rel, text in texts.items():
+            parts.append(f"// ---- {rel} ({len(text.encode())} bytes)\n{text}")
+        canonical = "".join(parts)
+        policies = PolicySet.from_str(canonical)
+        tree = policies.to_pst()
         labels = {
             pid: (p.annotations["id"], p.annotations["reason"])
-            for pid, p in policies.to_pst().static_policies.items()
+            for pid, p in tree.static_policies.items()
         }
-        digest = hashlib.sha256()
-        for rel, text in [(_SCHEMA_FILE, schema_text), *texts.items()]:
-            for part in (rel.encode(), text.encode()):
-                digest.update(len(part).to_bytes(8, "big") + part)
-        schema_digest = hashlib.sha256(schema_text.encode()).hexdigest()
-        return cls(digest.hexdigest()[:16], tuple(texts), schema, schema_digest, policies, labels)
+        permits = {pid: p for pid, p in tree.static_policies.items() if p.effect == "permit"}
+        grants = PolicySet.from_pst(
+            pst.PolicySet(pst.FrozenMap(), pst.FrozenMap(permits), template_links=())
+        )
+        version = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        handles = (schema, schema_digest, policies, grants, MappingProxyType(labels))
+        return cls(version, tuple(texts), canonical, *handles)
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Where one policy sits in a file (1-based lines): Cedar reports no positions."""
+
+    first: int
+    last: int
+    policy_id: str | None
+
+
+def _spans(text: str) -> list[_Span]:
+    """A policy starts at its first line after the previous one's closing ``;``.
+
+    Comment and blank lines between policies belong to none of them.
+    """
+    lines = text.splitlines()
+    spans: list[_Span] = []
+    start: int | None = None
+    for n, line in enumerate(lines, 1):
+        code = _TRAILING_COMMENT.sub("", line.strip())
+        if not code or code.startswith("//"):
+            continue
+        start = n if start is None else start
+        if code.endswith(";"):
+            spans.append(_span(lines, start, n))
+            start = None
+    if start is not None:
+        spans.append(_span(lines, start, len(lines)))
+    return spans
+
+
+def _span(lines: list[str], first: int, last: int) -> _Span:
+    found = _ID_ANNOTATION.search("\n".join(lines[first - 1 : last]))
+    return _Span(first, last, found[1] if found else None)
 
 
 def _lint_file(rel: str, text: str, schema: Schema, seen: dict[str, str]) -> list[str]:
-    """Checks 1-6 of ``PolicyBundle.load`` for one file; ``seen`` maps @id -> file."""
+    """Checks 1-6 of ``PolicyBundle.load`` for one file; ``seen`` maps @id -> where."""
+    spans = _spans(text)
     try:
         tree = PolicySet.from_str(text).to_pst()
     except ValueError as exc:
-        return [f"{rel}: parse error: {_shorten(str(exc))}"]
+        return [_parse_problem(rel, text, spans, exc)]
     problems: list[str] = []
-    if _format(text) != text:
-        problems.append(f"{rel}: not in canonical Cedar format (run cedarpy.format_policies)")
+    formatted = _format(text)
+    if formatted != text:
+        problems.append(_format_problem(rel, text, formatted, spans))
     if tree.templates:
         problems.append(f"{rel}: templates are not allowed")
+    # Cedar numbers policies policy0, policy1, ... in file order, as _spans does.
+    policies = list(tree.static_policies.items())
+    lines = dict(zip((pid for pid, _ in policies), spans, strict=False))
+    if len(spans) != len(policies):
+        lines = {}
+
+    def where(pid: str, policy_id: str) -> str:
+        span = lines.get(pid)
+        return rel + (f":{span.first}" if span else "") + (f": {policy_id}" if policy_id else "")
+
     community = rel.removeprefix(f"{_OVERRIDES_DIR}/").removesuffix(".cedar")
     is_override = rel.startswith(f"{_OVERRIDES_DIR}/")
-    for pid, policy in tree.static_policies.items():
+    for n, (pid, policy) in enumerate(policies, 1):
         policy_id = policy.annotations.get("id", "")
-        name = policy_id or pid
+        at = where(pid, policy_id)
         if not policy_id:
-            problems.append(f"{rel}: policy {pid} has no @id")
+            problems.append(f"{at}: policy #{n} in the file has no @id")
         elif policy_id in seen:
-            problems.append(f"{rel}: duplicate @id {policy_id!r} (also in {seen[policy_id]})")
+            problems.append(f"{at}: duplicate @id (first at {seen[policy_id]})")
         else:
-            seen[policy_id] = rel
+            seen[policy_id] = where(pid, "")
         if not policy.annotations.get("reason"):
-            problems.append(f"{rel}: {name}: no @reason")
+            problems.append(f"{at}: no @reason")
         if is_override and not policy_id.startswith(f"{community}."):
-            problems.append(f"{rel}: {name}: override @id must start with {community + '.'!r}")
+            problems.append(f"{at}: an override's @id must start with {community + '.'!r}")
         if is_override and not any(
             u.type == pst.EntityType("Jurisdiction", (_NS,)) and u.id == community.upper()
             for u in pst.entity_uids(policy)
         ):
+            problems.append(f'{at}: does not reference Istmo::Jurisdiction::"{community.upper()}"')
+        if is_override and policy.effect == "permit":
+            # A permit here could reach past rel_to: grants are reviewed centrally.
             problems.append(
-                f'{rel}: {name}: does not reference Jurisdiction::"{community.upper()}"'
+                f"{at}: an override may only add restrictions (forbid); put grants in base.cedar"
             )
     for err in cedarpy.validate_policies(text, schema).errors:
-        ann = tree.static_policies.get(err.policy_id)
-        name = ann.annotations.get("id", err.policy_id) if ann else err.policy_id
+        found = tree.static_policies.get(err.policy_id)
+        policy_id = found.annotations.get("id", "") if found else ""
         detail = _FOR_POLICY.sub("", err.error)
-        problems.append(f"{rel}: [{name}] {_shorten(detail)}")
+        problems.append(f"{where(err.policy_id, policy_id)}: schema: {_shorten(detail)}")
     return problems
+
+
+def _parse_problem(rel: str, text: str, spans: list[_Span], exc: ValueError) -> str:
+    """Name the first policy that does not parse alone, else the file."""
+    lines = text.splitlines()
+    for span in spans:
+        try:
+            PolicySet.from_str("\n".join(lines[span.first - 1 : span.last]))
+        except ValueError as inner:
+            named = f": {span.policy_id}" if span.policy_id else ""
+            return f"{rel}:{span.first}{named}: parse error: {_shorten(str(inner))}"
+    return f"{rel}: parse error: {_shorten(str(exc))}"
+
+
+def _format_problem(rel: str, text: str, formatted: str | None, spans: list[_Span]) -> str:
+    """Point at the first line that differs from the canonical form."""
+    hint = "not in canonical Cedar format (run cedarpy.format_policies)"
+    if formatted is None:
+        return f"{rel}: {hint}"
+    old, new = text.splitlines(), formatted.splitlines()
+    line = next((n for n, (a, b) in enumerate(zip(old, new, strict=False), 1) if a != b), 0)
+    line = line or min(len(old), len(new)) + 1  # one is a prefix of the other
+    named = next(
+        (f": {s.policy_id}" for s in spans if s.first <= line <= s.last and s.policy_id), ""
+    )
+    return f"{rel}:{line}{named}: {hint}"
 
 
 def _format(text: str) -> str | None:
@@ -293,6 +408,9 @@ def _check_directory(
             problems.append(f"{where}: {a.state!r} is not a known state")
         if any(kinds.get(c) != "community" for c in a.communities):
             problems.append(f"{where}: unknown community in {a.communities!r}")
+        grade = a.min_source_grade
+        if grade is not None and not (isinstance(grade, str) and _GRADE.fullmatch(grade)):
+            problems.append(f"{where}: min_source_grade must be 'A1'..'F6' or None")
     return problems
 
 
@@ -302,6 +420,11 @@ def _uid(kind: str, ident: str) -> _Json:
 
 def _ref(kind: str, ident: str) -> _Json:
     return {"__entity": _uid(kind, ident)}
+
+
+def _grade(grade: str) -> _Json:
+    """Admiralty "B2" as Longs, lower is better: reliability A..F = 1..6, credibility 1..6."""
+    return {"reliability": "ABCDEF".index(grade[0]) + 1, "credibility": int(grade[1])}
 
 
 def _jurisdiction_entity(j: JurisdictionInfo) -> _Json:
@@ -322,6 +445,8 @@ def _agency_entity(a: AgencyInfo) -> _Json:
     }
     if a.state is not None:
         attrs["home"] = _ref("Jurisdiction", a.state)
+    if a.min_source_grade is not None:
+        attrs["minSourceGrade"] = _grade(a.min_source_grade)
     parents = [a.state] if a.state is not None else sorted(a.communities)
     return {
         "uid": _uid("Agency", a.id),
@@ -331,6 +456,7 @@ def _agency_entity(a: AgencyInfo) -> _Json:
 
 
 def _bulletin_entity(facts: BulletinFacts) -> _Json:
+    # Precedence and handling_note are not policy inputs (delivery order; caveat text).
     labels = facts.labels
     attrs: _Json = {
         "topic": labels.topic,
@@ -339,8 +465,11 @@ def _bulletin_entity(facts: BulletinFacts) -> _Json:
         "releasableTo": [_ref("Jurisdiction", c) for c in labels.rel_to],
         "namedRecipients": [_ref("Agency", a) for a in labels.named],
         "handling": [h.value for h in labels.handling],
+        "judicialConsent": [_ref("Agency", a) for a in labels.judicial_consent],
         "originator": _ref("Agency", facts.originator),
     }
+    if labels.source_grade is not None:
+        attrs["sourceGrade"] = _grade(labels.source_grade)
     if facts.origin_state is not None:
         attrs["originState"] = _ref("Jurisdiction", facts.origin_state)
     if facts.not_before is not None:
@@ -369,6 +498,16 @@ class PolicyEngine:
         self._bundle = bundle
         self._directory = directory
 
+    @property
+    def bundle(self) -> PolicyBundle:
+        """The policy bundle this engine decides with."""
+        return self._bundle
+
+    @property
+    def directory(self) -> DirectorySnapshot:
+        """The directory snapshot this engine decides over."""
+        return self._directory
+
     def decide_publish(self, facts: BulletinFacts, now: int) -> Decision:
         """May ``facts.originator`` publish this bulletin at ``now``? Never raises."""
         return self._decide(facts, "publish", [facts.originator], now)[0]
@@ -379,12 +518,38 @@ class PolicyEngine:
         """One decision per candidate, in order, from one Cedar batch. Never raises."""
         return self._decide(facts, "receive", candidates, now)
 
+    def explain(
+        self,
+        facts: BulletinFacts,
+        candidates: Sequence[str],
+        now: int,
+        action: Action = "receive",
+    ) -> list[Explanation]:
+        """Why each candidate may or may not take ``action`` on this bulletin. Never raises.
+
+        Two evaluations: the full policy set gives the decision and its deciding policies;
+        the permits alone give the grants that matched, whether or not a guard blocked.
+
+        Returns:
+            One ``Explanation`` per candidate, in order; an unknown agency, malformed facts
+            or an evaluation error explain as a deny carrying the error.
+        """
+        decisions = self._decide(facts, action, candidates, now)
+        grants = self._decide(facts, action, candidates, now, self._bundle._grants)
+        return [explanation(d, g) for d, g in zip(decisions, grants, strict=True)]
+
     def _decide(
-        self, facts: BulletinFacts, action: Action, agencies: Sequence[str], now: int
+        self,
+        facts: BulletinFacts,
+        action: Action,
+        agencies: Sequence[str],
+        now: int,
+        policies: PolicySet | None = None,
     ) -> list[Decision]:
         known = [a for a in agencies if self._directory.agency(a) is not None]
+        policies = self._bundle._policies if policies is None else policies
         try:
-            results = iter(self._evaluate(facts, action, known, now))
+            results = iter(self._evaluate(facts, action, known, now, policies))
         except _Refused as exc:
             return [self._decision(a, action, False, errors=[str(exc)]) for a in agencies]
         return [
@@ -395,7 +560,7 @@ class PolicyEngine:
         ]
 
     def _evaluate(
-        self, facts: BulletinFacts, action: Action, known: list[str], now: int
+        self, facts: BulletinFacts, action: Action, known: list[str], now: int, policies: PolicySet
     ) -> list[cedarpy.AuthzResult]:
         # 1. `now` must be a plain int (bool is an int in Python, not in Cedar).
         if type(now) is not int:
@@ -404,7 +569,7 @@ class PolicyEngine:
         try:
             delta = json.dumps([_bulletin_entity(facts)], allow_nan=False)
             entities = self._directory._entities.with_added_json_str(delta, self._bundle._schema)
-        except (AttributeError, TypeError, ValueError) as exc:
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:
             raise _Refused(f"bulletin facts rejected: {_shorten(str(exc))}") from exc
         # 3. Known agencies go to Cedar in one batch (unknown ones are denied by the caller).
         resource = _uid("Bulletin", facts.bulletin_id)
@@ -415,7 +580,7 @@ class PolicyEngine:
         ]  # fmt: skip
         try:
             results = cedarpy.is_authorized_batch(
-                requests, self._bundle._policies, entities, self._bundle._schema
+                requests, policies, entities, self._bundle._schema
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise _Refused(f"cedar failed: {_shorten(str(exc))}") from exc

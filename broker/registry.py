@@ -21,7 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from schemas.audit import AuditEvent
-from schemas.errors import AuditStoreError
+from schemas.errors import AuditStoreError, ConfigError
+
+SCHEMA_VERSION = 2
 
 __all__ = [
     "AgencyRow",
@@ -30,7 +32,9 @@ __all__ = [
     "DecisionRow",
     "EncryptionKeyRow",
     "JurisdictionRow",
+    "MetaRow",
     "NatsUserRow",
+    "PolicySetRow",
     "ReceiptRow",
     "Registry",
     "RejectionRow",
@@ -56,6 +60,7 @@ class AgencyRow(SQLModel, table=True):
     clearance: int = 0
     state: str | None = Field(default=None, max_length=16)
     communities: str = Field(default="", max_length=400)  # comma-separated, regional bodies
+    min_source_grade: str | None = Field(default=None, max_length=2)  # e.g. "B2"
 
 
 class SubscriptionRow(SQLModel, table=True):
@@ -98,10 +103,28 @@ class BulletinRow(SQLModel, table=True):
     ingest_seq: int
     created_at: int
     accepted_at: int
+    not_before: int | None = None
     expires_at: int | None = None
     recipients: str  # comma-separated signed recipients
     policy_version: str = Field(max_length=64)
     directory_version: str = Field(max_length=64)
+
+
+class PolicySetRow(SQLModel, table=True):
+    """A policy set that was adopted; the newest is active. Files are archived by version."""
+
+    __tablename__ = "policy_set"
+    seq: int | None = Field(default=None, primary_key=True)
+    version: str = Field(index=True, max_length=64)
+    adopted_at: int
+    adopted_by: str = Field(max_length=200)
+    previous: str | None = Field(default=None, max_length=64)
+
+
+class MetaRow(SQLModel, table=True):
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=200)
 
 
 class DecisionRow(SQLModel, table=True):
@@ -191,6 +214,25 @@ class Registry:
             with self.engine.begin() as conn:
                 for ddl in _APPEND_ONLY:
                     conn.execute(text(ddl))
+        self._check_schema_version()
+
+    def _check_schema_version(self) -> None:
+        """Refuse a database made by an older layout (versioned migrations: issue 7)."""
+        with self.session() as s:
+            row = s.get(MetaRow, "schema_version")
+            if row is None:
+                if s.exec(select(AgencyRow).limit(1)).first() is not None:
+                    raise ConfigError(
+                        f"the database {self.url} was made by an older Istmo; "
+                        "start with a new --data-dir"
+                    )
+                s.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
+                s.commit()
+            elif row.value != str(SCHEMA_VERSION):
+                raise ConfigError(
+                    f"the database {self.url} has schema {row.value}, this Istmo needs "
+                    f"{SCHEMA_VERSION}; start with a new --data-dir"
+                )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -248,6 +290,16 @@ class Registry:
         with self.session() as s:
             return list(s.exec(select(NatsUserRow).order_by(NatsUserRow.agency)))
 
+    def active_policy(self) -> PolicySetRow | None:
+        with self.session() as s:
+            q = select(PolicySetRow).order_by(PolicySetRow.seq.desc()).limit(1)  # type: ignore[union-attr]
+            return s.exec(q).first()
+
+    def recent_bulletins(self, limit: int) -> list[BulletinRow]:
+        with self.session() as s:
+            q = select(BulletinRow).order_by(BulletinRow.accepted_at.desc()).limit(limit)  # type: ignore[attr-defined]
+            return list(s.exec(q))
+
     # ---------------------------------------------------------------- bulletins
     def bulletin(self, bulletin_id: str) -> BulletinRow | None:
         with self.session() as s:
@@ -286,9 +338,12 @@ class Registry:
         """
         by_table: dict[Any, list[Mapping[str, Any]]] = {}
         for row in rows:
-            by_table.setdefault(type(row).__table__, []).append(row.model_dump())  # type: ignore[attr-defined]
-        for model, values in (bulk or {}).items():
-            by_table.setdefault(model.__table__, []).extend(values)  # type: ignore[attr-defined]
+            dumped = row.model_dump()
+            if dumped.get("seq", 0) is None:
+                del dumped["seq"]  # an autoincrement key the database assigns
+            by_table.setdefault(type(row).__table__, []).append(dumped)  # type: ignore[attr-defined]
+        for model, many in (bulk or {}).items():
+            by_table.setdefault(model.__table__, []).extend(many)  # type: ignore[attr-defined]
         audit = [_audit_values(e) for e in events]
         try:
             with self.engine.begin() as conn:

@@ -29,7 +29,8 @@ from sqlmodel import SQLModel
 from broker.agency_api import AgencyApi
 from broker.config import Settings
 from broker.directory import DirectoryService
-from broker.policy import BulletinFacts, Decision
+from broker.policy import BulletinFacts, Decision, PolicyBundle
+from broker.policy_store import CONTROL_POLICY_SUBJECT, active_policy_dir
 from broker.registry import BulletinRow, DecisionRow, ReceiptRow, Registry, RejectionRow
 from broker.relay_core import IngestLimits, check_ingest, parse_ingest, sender_of
 from schemas.audit import AuditEvent
@@ -52,6 +53,7 @@ __all__ = ["Relay"]
 
 log = logging.getLogger("istmo.relay")
 MAX_DEFER_S = 3600
+DEFAULT_DENY = "no policy grants it (default deny): not releasable to it, and not named"
 
 
 def _ms() -> int:
@@ -103,12 +105,13 @@ class Relay:
         ingest = await self.js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM)
         receipts = await self.js.pull_subscribe_bind(RELAY_RECEIPT_DURABLE, stream=RECEIPT_STREAM)
         api_sub = await self.nc.subscribe("istmo.api.*.*", queue="relay-api", cb=self._on_api)
+        control_sub = await self.nc.subscribe(CONTROL_POLICY_SUBJECT, cb=self._on_policy)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._loop(stop, ingest, self._ingest_batch))
                 tg.create_task(self._loop(stop, receipts, self._receipt_batch))
         finally:
-            for sub in (api_sub, ingest, receipts):
+            for sub in (api_sub, control_sub, ingest, receipts):
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
 
@@ -241,6 +244,7 @@ class Relay:
                 ingest_seq=seq,
                 created_at=h.created_at,
                 accepted_at=now,
+                not_before=h.not_before,
                 expires_at=h.expires_at,
                 recipients=",".join(h.recipients),
                 policy_version=publish.policy_version,
@@ -391,6 +395,19 @@ class Relay:
             ],
         )
 
+    # ------------------------------------------------------------------ control
+    async def _on_policy(self, msg: Msg) -> None:
+        """An adopted policy set: load the active one from the data directory and swap."""
+        try:
+            bundle = PolicyBundle.load(active_policy_dir(self.settings, self.registry))
+            self.directory.use_bundle(bundle)
+        except IstmoError as exc:
+            # Keep serving with the set in force; the adoption was validated, so this is
+            # a broken archive or a race, worth an operator's eye.
+            log.error("could not switch to the adopted policy set: %s", exc)
+            return
+        log.info("policy set %s now in force", bundle.version)
+
     # ------------------------------------------------------------------ agency API
     async def _on_api(self, msg: Msg) -> None:
         if not msg.reply:
@@ -437,8 +454,23 @@ def _decision_values(bid: str, dec: Decision) -> dict[str, object]:
         "agency": dec.agency,
         "allowed": dec.allowed,
         "policy_ids": ",".join(dec.policy_ids),
-        "reasons": json.dumps(list(dec.reasons)),
+        "reasons": json.dumps(list(dec.reasons) or _why_not(dec)),
     }
+
+
+def _deny_code(dec: Decision) -> str:
+    if dec.errors:
+        return "policy_error"
+    return "policy_deny" if dec.policy_ids else "default_deny"
+
+
+def _why_not(dec: Decision) -> list[str]:
+    """A denial no policy forbade is a default deny: say so rather than nothing."""
+    if dec.allowed:
+        return []
+    if dec.errors:
+        return ["the policy could not be evaluated (fail closed): " + dec.errors[0]]
+    return [DEFAULT_DENY]
 
 
 def _decision_event(bid: str, dec: Decision, type_: str, t: int, originator: str) -> AuditEvent:
@@ -450,7 +482,7 @@ def _decision_event(bid: str, dec: Decision, type_: str, t: int, originator: str
         actor="relay",
         subject=dec.agency,
         bulletin_id=bid,
-        reason=None if dec.allowed else ("policy_error" if dec.errors else "policy_deny"),
+        reason=None if dec.allowed else _deny_code(dec),
         data={
             "originator": originator,
             "policy_version": dec.policy_version,

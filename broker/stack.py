@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from broker.directory import DirectoryService, load_demo_directory
 from broker.natsconf import AgencyUser, NatsLayout
 from broker.natsserver import NatsServer, check_port_free, find_nats_server
 from broker.policy import PolicyBundle
+from broker.policy_store import active_policy_dir
 from broker.registry import EncryptionKeyRow, NatsUserRow, Registry, SigningKeyRow
 from broker.relay import Relay
 from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
@@ -46,6 +48,7 @@ __all__ = ["Stack", "read_stack_file"]
 
 log = logging.getLogger("istmo.stack")
 STACK_FILE = "stack.json"
+NATS_PID_FILE = "nats.pid"
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -97,15 +100,21 @@ class Stack:
 
     # ------------------------------------------------------------------ files
     def prepare(self, *, demo: bool = True) -> None:
-        """Open the data directory: broker keys, registry, policy, demo directory."""
+        """Open the data directory: broker keys, registry, policy, demo directory.
+
+        Two commands preparing one new directory at once take turns (a file lock), so
+        keys and the demo directory are made once.
+        """
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        bundle = PolicyBundle.load(s.policy_dir)
-        self.directory_key = self._broker_key()
-        self.relay_seed = self._relay_seed()
-        self.registry = Registry(s.db_url)
-        if demo and self.registry.is_empty():
-            self._load_demo(self.registry)
+        with (s.data_dir / ".prepare.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.directory_key = self._broker_key()
+            self.relay_seed = self._relay_seed()
+            self.registry = Registry(s.db_url)
+            bundle = PolicyBundle.load(active_policy_dir(s, self.registry))
+            if demo and self.registry.is_empty():
+                self._load_demo(self.registry)
         self.directory = DirectoryService(self.registry, bundle, self.directory_key)
 
     def _broker_key(self) -> SigningKey:
@@ -216,19 +225,60 @@ class Stack:
             max_payload=s.nats_max_payload,
         )
 
-    async def up(self, stop: asyncio.Event, *, with_relay: bool = True) -> None:
-        """Run nats-server, relay and API until ``stop`` is set, then shut down in order."""
+    def claim(self) -> None:
+        """Before anything is written: this data directory is ours to run, a nats-server
+        left behind by a killed ``istmo up`` is stopped, and every port is free.
+
+        Raises:
+            ConfigError: another ``istmo up`` runs here, or a port is taken (named).
+        """
         s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._take_lock()
         try:
+            self._reap_stale_nats()
             check_port_free(s.nats_port, "NATS clients (--nats-port)", s.host)
             check_port_free(s.nats_http_port, "NATS monitoring (--nats-http-port)", s.host)
             check_port_free(s.api_port, "the HTTP API (--api-port)", s.host)
-            binary = find_nats_server(s.nats_server)
+            self._binary = find_nats_server(s.nats_server)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _reap_stale_nats(self) -> None:
+        pid_path = self.settings.data_dir / NATS_PID_FILE
+        try:
+            pid = int(pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            pid_path.unlink(missing_ok=True)
+            return
+        conf = str(self.settings.broker_dir / "nats.conf").encode()
+        if b"nats-server" in cmdline and conf in cmdline:
+            self.out(f"stopping nats-server pid {pid}, left running by an earlier istmo up")
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        pid_path.unlink(missing_ok=True)
+
+    async def up(self, stop: asyncio.Event, *, with_relay: bool = True) -> None:
+        """Run nats-server, relay and API until ``stop`` is set, then shut down in order."""
+        s = self.settings
+        if self._lock is None:
+            self.claim()
+        try:
             server = NatsServer(
-                binary, s.broker_dir / "nats.conf", self.nats_layout(), s.data_dir / "nats.log"
+                self._binary,
+                s.broker_dir / "nats.conf",
+                self.nats_layout(),
+                s.data_dir / "nats.log",
             )
             server.start()
+            (s.data_dir / NATS_PID_FILE).write_text(f"{server.pid}\n")
         except BaseException:
             self._release_lock()
             raise
@@ -248,6 +298,7 @@ class Stack:
                     f"NATS      {server.url} (JetStream in {s.data_dir / 'nats'}, "
                     f"log {s.data_dir / 'nats.log'})"
                 )
+                self.out(f"NATS mon  http://{s.host}:{s.nats_http_port} (nats-server monitoring)")
                 self.out(f"HTTP API  {api_url} (docs at {api_url}/docs)")
                 self.out(f"database  {s.db_url}")
                 self.out(f"keystores {s.keys_dir}/<agency>.json")
@@ -259,6 +310,7 @@ class Stack:
                 (s.data_dir / STACK_FILE).unlink(missing_ok=True)
         finally:
             server.stop()
+            (s.data_dir / NATS_PID_FILE).unlink(missing_ok=True)
             if self.registry is not None:
                 self.registry.close()
             self._release_lock()

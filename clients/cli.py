@@ -26,7 +26,8 @@ from pydantic import ValidationError
 from clients.keystore import load_keystore, resolve_keystore_path
 from clients.sdk import IstmoClient, ReceivedBulletin
 from schemas.errors import ConfigError, IstmoError
-from schemas.labels import TOPICS, Classification, Handling, Labels, Precedence, Tlp
+from schemas.ids import parse_bulletin_id
+from schemas.labels import TOPICS, Classification, Labels, Precedence, Tlp
 
 __all__ = ["main"]
 
@@ -82,6 +83,23 @@ async def _client(args: argparse.Namespace) -> IstmoClient:
     return await IstmoClient.connect(path, _nats_url(args, path))
 
 
+_LABEL_HINTS = {
+    "rel_to": "use upper-case ISO 3166 state codes (GT, JM) or communities (SICA, CARICOM)",
+    "named": "use agency ids such as gt-police",
+    "judicial_consent": "use agency ids such as gt-justice",
+    "source_grade": "use a reliability letter A-F and a credibility digit 1-6, like B2",
+}
+
+
+def _bulletin_id(text: str) -> str:
+    try:
+        return parse_bulletin_id(text)
+    except IstmoError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a bulletin id (a lowercase UUID)"
+        ) from exc
+
+
 _DURATION = re.compile(r"^(\d{1,7})([smhd])$")
 
 
@@ -104,6 +122,7 @@ def _labels(args: argparse.Namespace) -> Labels:
         "handling": split(args.handling),
         "precedence": args.precedence,
         "named": split(args.named),
+        "judicial_consent": split(args.judicial_consent),
     }
     if args.handling_note:
         raw["handling_note"] = args.handling_note
@@ -113,10 +132,11 @@ def _labels(args: argparse.Namespace) -> Labels:
         return Labels.model_validate_json(json.dumps(raw))
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise IstmoError(
-            f"label not allowed: {field}: {first['msg']}", code="unknown_label"
-        ) from exc
+        field = str(first["loc"][0]) if first["loc"] else "labels"
+        why = first["msg"]
+        if first["type"] == "string_pattern_mismatch":
+            why = _LABEL_HINTS.get(field, why)
+        raise IstmoError(f"label not allowed: {field}: {why}", code="unknown_label") from exc
 
 
 def _read_body(args: argparse.Namespace) -> str:
@@ -183,6 +203,39 @@ async def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _preview(args: argparse.Namespace) -> int:
+    labels = _labels(args)
+    now = int(time.time())
+    client = await _client(args)
+    async with client:
+        pv = await client.preview(
+            labels,
+            expires_at=now + args.expires_in if args.expires_in else None,
+            not_before=now + args.embargo if args.embargo else None,
+        )
+    if args.json:
+        rows = [{"agency": a, "allowed": ok, "summary": why} for a, ok, why in pv.candidates]
+        print(
+            json.dumps(
+                {
+                    "policy_version": pv.policy_version,
+                    "may_publish": pv.may_publish,
+                    "candidates": rows,
+                }
+            )
+        )
+        return 0
+    verdict = "may" if pv.may_publish else "may NOT"
+    permitted = sum(1 for _, ok, _ in pv.candidates if ok)
+    print(
+        f"policy {pv.policy_version}: {args.who} {verdict} publish this; "
+        f"{permitted} of {len(pv.candidates)} candidates would receive it"
+    )
+    for agency, _ok, why in pv.candidates:
+        print(f"  {agency:<18} {why}")
+    return 0
+
+
 def _show(b: ReceivedBulletin, as_json: bool) -> None:
     if as_json:
         print(json.dumps(b.to_json(), ensure_ascii=False), flush=True)
@@ -240,6 +293,67 @@ async def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topic", required=True, choices=TOPICS, help="what the bulletin is about")
+    p.add_argument(
+        "--classification",
+        required=True,
+        choices=[c.value for c in Classification],
+        help="protective marking, checked against each recipient's clearance",
+    )
+    p.add_argument("--tlp", required=True, choices=[t.value for t in Tlp], help="TLP 2.0 level")
+    p.add_argument(
+        "--rel-to",
+        action="append",
+        required=True,
+        metavar="CODES",
+        help="releasable to: state codes (GT, JM) and communities (SICA, CARICOM), "
+        "comma-separated or repeated",
+    )
+    p.add_argument(
+        "--handling",
+        action="append",
+        metavar="CODES",
+        help="handling codes: H0 use only for the stated purpose, H1 no judicial use without "
+        "consent, H2 no further dissemination without consent, H3 other (see --handling-note)",
+    )
+    p.add_argument("--handling-note", help="the restriction an H3 handling code stands for")
+    p.add_argument(
+        "--precedence",
+        default="ROUTINE",
+        choices=[x.value for x in Precedence],
+        help="delivery precedence (default ROUTINE); FLASH goes first",
+    )
+    p.add_argument("--source-grade", metavar="A1..F6", help="Admiralty source/information grade")
+    p.add_argument(
+        "--named",
+        action="append",
+        metavar="AGENCIES",
+        help="agencies named as recipients (needed for TLP:RED)",
+    )
+    p.add_argument(
+        "--judicial-consent",
+        action="append",
+        metavar="AGENCIES",
+        help="justice agencies that may use an H1 bulletin in judicial proceedings",
+    )
+
+
+def _time_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--expires-in",
+        type=_duration,
+        metavar="DURATION",
+        help="expiry after publication, like 24h or 7d",
+    )
+    p.add_argument(
+        "--embargo",
+        type=_duration,
+        metavar="DURATION",
+        help="deliver nothing before this long after publication, like 30m",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="istmo",
@@ -261,51 +375,29 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _agency_args(p)
-    p.add_argument("--topic", required=True, choices=TOPICS, help="what the bulletin is about")
-    p.add_argument("--classification", required=True, choices=[c.value for c in Classification])
-    p.add_argument("--tlp", required=True, choices=[t.value for t in Tlp], help="TLP 2.0 level")
-    p.add_argument(
-        "--rel-to",
-        action="append",
-        required=True,
-        metavar="CODES",
-        help="releasable to: state codes (GT, JM) and communities (SICA, CARICOM), "
-        "comma-separated or repeated",
-    )
-    p.add_argument(
-        "--handling",
-        action="append",
-        metavar="CODES",
-        help=f"handling codes ({', '.join(h.value for h in Handling)})",
-    )
-    p.add_argument("--handling-note", help="the restriction an H3 handling code stands for")
-    p.add_argument("--precedence", default="ROUTINE", choices=[x.value for x in Precedence])
-    p.add_argument("--source-grade", metavar="A1..F6", help="Admiralty source/information grade")
-    p.add_argument(
-        "--named",
-        action="append",
-        metavar="AGENCIES",
-        help="agencies named as recipients (needed for TLP:RED)",
-    )
+    _label_args(p)
     p.add_argument("--title", required=True, help="the bulletin's title (encrypted)")
     p.add_argument("--body-file", help="file with the bulletin text (encrypted); - for stdin")
     p.add_argument("--body", help="the bulletin text itself, instead of --body-file")
-    p.add_argument(
-        "--expires-in",
-        type=_duration,
-        metavar="DURATION",
-        help="expiry after publication, like 24h or 7d",
-    )
-    p.add_argument(
-        "--embargo",
-        type=_duration,
-        metavar="DURATION",
-        help="deliver nothing before this long after publication, like 30m",
-    )
+    _time_args(p)
     p.add_argument("--no-wait", action="store_true", help="do not wait for the relay's verdict")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the verdict")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_publish)
+
+    p = sub.add_parser(
+        "preview",
+        help="who would receive a bulletin with these labels, and why not the others",
+        description=(
+            "Ask the policy, before publishing, which agencies would receive a bulletin with "
+            "these labels and which would not, by which policies. Nothing is sent."
+        ),
+    )
+    _agency_args(p)
+    _label_args(p)
+    _time_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_preview)
 
     p = sub.add_parser(
         "receive",
@@ -316,21 +408,28 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _agency_args(p)
-    p.add_argument("--count", type=int, default=1, help="how many bulletins to wait for")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+    p.add_argument(
+        "--count", type=int, default=1, help="how many bulletins to wait for (default 1)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait (default 10); exits 1 if fewer than --count arrived",
+    )
     p.add_argument("--follow", action="store_true", help="keep receiving until Ctrl-C")
     p.add_argument("--json", action="store_true", help="one JSON line per bulletin")
     p.set_defaults(func=_receive)
 
     p = sub.add_parser("receipts", help="who has received one of your bulletins")
     _agency_args(p)
-    p.add_argument("bulletin_id", help="the id `istmo publish` printed")
+    p.add_argument("bulletin_id", type=_bulletin_id, help="the id `istmo publish` printed")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_receipts)
 
     p = sub.add_parser("status", help="the relay's verdict on one of your bulletins")
     _agency_args(p)
-    p.add_argument("bulletin_id")
+    p.add_argument("bulletin_id", type=_bulletin_id, help="the id `istmo publish` printed")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)
 

@@ -55,6 +55,7 @@ from schemas.subjects import (
 
 __all__ = [
     "IstmoClient",
+    "Preview",
     "PublishRejected",
     "PublishResult",
     "ReceiptReport",
@@ -120,6 +121,15 @@ class ReceivedBulletin:
             "received_at": self.received_at,
             "caveats": list(self.caveats),
         }
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The policy's answer before publishing: (agency, permitted, why) per candidate."""
+
+    policy_version: str
+    may_publish: bool
+    candidates: tuple[tuple[str, bool, str], ...]
 
 
 @dataclass(frozen=True)
@@ -265,6 +275,24 @@ class IstmoClient:
             if rec.id in answer["recipients"] and rec.encryption_key is not None:
                 out[AgencyId(rec.id)] = rec.encryption_key.public_key()
         return out
+
+    async def preview(
+        self, labels: Labels, *, expires_at: int | None = None, not_before: int | None = None
+    ) -> Preview:
+        """Who would receive a bulletin with ``labels``, and why not the others."""
+        req: dict[str, Any] = {"labels": labels.model_dump(mode="json", exclude_none=True)}
+        if expires_at is not None:
+            req["expires_at"] = expires_at
+        if not_before is not None:
+            req["not_before"] = not_before
+        answer = await self._request("explain", req)
+        return Preview(
+            policy_version=answer["policy_version"],
+            may_publish=bool(answer["publish"]["allowed"]),
+            candidates=tuple(
+                (c["agency"], bool(c["allowed"]), c["summary"]) for c in answer["candidates"]
+            ),
+        )
 
     async def publish(
         self,

@@ -20,6 +20,7 @@ EventType = Literal[
     "key.registered",
     "subscription.added",
     "policy.adopted",
+    "policy.rejected",
 ]
 EVENT_TYPES: tuple[EventType, ...] = (
     "bulletin.accepted",
@@ -33,6 +34,7 @@ EVENT_TYPES: tuple[EventType, ...] = (
     "key.registered",
     "subscription.added",
     "policy.adopted",
+    "policy.rejected",
 )
 
 Short = Annotated[str, StringConstraints(max_length=200)]

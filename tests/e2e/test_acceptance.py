@@ -84,9 +84,16 @@ def test_publish_receive_receipts_and_denial(up: UpProcess) -> None:
         (bid,),
     ).fetchone()
     assert event is not None
-    assert event[0] == "policy_deny"
+    assert event[0] == "default_deny"  # not releasable to it: no policy grants it
     assert json.loads(event[1])["policy_version"]
-    assert policy_ids == "" or "grant" not in policy_ids  # default deny: no grant matched
+    assert policy_ids == ""
+    reasons = db.execute(
+        "SELECT reasons FROM decision WHERE bulletin_id=? AND agency='jm-police'", (bid,)
+    ).fetchone()[0]
+    assert "default deny" in json.loads(reasons)[0]
+    status = run_cli("status", "--as", "gt-police", bid, "--json", data_dir=d)
+    denied = {x["agency"]: x for x in json.loads(status.stdout)["denied"]}
+    assert "default deny" in denied["jm-police"]["reasons"][0]
 
     receipts = run_cli("receipts", "--as", "gt-police", bid, "--json", data_dir=d)
     assert receipts.returncode == 0, receipts.stderr
@@ -323,3 +330,73 @@ def test_http_api_serves_health_and_the_signed_directory(up: UpProcess) -> None:
     assert gt.encryption_key.kem == "MLKEM768-X25519"
     spec = httpx.get(f"{base}/openapi.json").json()
     assert {"/healthz", "/readyz", "/v1/directory", "/v1/policy"} <= set(spec["paths"])
+
+
+def test_two_ups_at_once_on_a_new_directory(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.stackproc import ISTMO
+
+    d = tmp_path / "istmo"
+    ports = [(free_port(), free_port(), free_port()) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                ISTMO,
+                "up",
+                "--data-dir",
+                str(d),
+                "--nats-port",
+                str(a),
+                "--nats-http-port",
+                str(b),
+                "--api-port",
+                str(c),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for a, b, c in ports
+    ]
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while not (d / "stack.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        loser = next(p for p in procs if p.poll() is not None)
+        out = loser.stdout.read() if loser.stdout else ""
+        assert loser.returncode == 1
+        assert "another istmo up is already running" in out
+        assert "Traceback" not in out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(__import__("signal").SIGINT)
+                p.wait(timeout=30)
+            if p.stdout:
+                p.stdout.close()
+    db = sqlite3.connect(d / "istmo.db")
+    (keys,) = db.execute("SELECT count(*) FROM signing_key").fetchone()
+    (agencies,) = db.execute("SELECT count(*) FROM agency").fetchone()
+    assert keys == agencies == 85
+
+
+def test_a_killed_up_leaves_nothing_in_the_way(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    first = UpProcess(tmp_path / "istmo").start()
+    assert first.proc is not None
+    os.kill(first.proc.pid, signal.SIGKILL)  # nats-server survives its parent
+    first.proc.wait()
+    second = UpProcess(tmp_path / "istmo", ports=first.ports).start()
+    try:
+        assert "left running by an earlier istmo up" in second.output
+        got = publish(second.data_dir)
+        assert got.returncode == 0, got.stderr
+    finally:
+        assert second.stop() == 0, second.output

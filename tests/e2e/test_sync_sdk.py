@@ -32,12 +32,15 @@ def test_publish_receive_receipts_from_a_script(up: UpProcess) -> None:
         tlp=Tlp.AMBER,
         rel_to=("CARICOM",),
         handling=(Handling.H1,),
+        judicial_consent=("tt-justice",),
     )
     with Istmo(keystore(up, "jm-police"), up.nats_url) as jm:
         result = jm.publish(title="Route through Kingston", text="sync canary", labels=labels)
     assert result.state == "accepted"
     assert "tt-justice" in result.routed
     assert not any(r.startswith("gt-") for r in result.routed)  # SICA-only states: no
+    # H1: other justice ministries need the originator's consent for judicial use.
+    assert dict(result.denied)["gy-justice"] == ("guard.h1-judicial-use",)
 
     got: list[ReceivedBulletin] = []
     with Istmo(keystore(up, "tt-justice"), up.nats_url) as tt:
