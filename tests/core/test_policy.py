@@ -810,3 +810,19 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         PolicyBundle.load(root)
     assert len(info.value.problems) == 3  # a duplicate and two policies naming `clearence`
     assert str(info.value).startswith("policy bundle rejected: base.cedar:")
+
+
+def test_an_override_may_not_grant(tmp_path: Path) -> None:
+    """A permit in an override could reach past rel_to: refused at load."""
+    root = tmp_path / "policies"
+    shutil.copytree(POLICIES, root)
+    sica = root / "overrides" / "sica.cedar"
+    grant = (
+        '\n@id("sica.everyone")\n@reason("widen")\n'
+        'permit (principal, action == Istmo::Action::"receive", resource)\n'
+        'when { principal in Istmo::Jurisdiction::"SICA" };\n'
+    )
+    sica.write_text(cedarpy.format_policies(sica.read_text() + grant))
+    with pytest.raises(PolicyLoadError) as err:
+        PolicyBundle.load(root)
+    assert any("sica.everyone" in p and "only add restrictions" in p for p in err.value.problems)
