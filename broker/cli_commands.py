@@ -63,6 +63,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_up)
 
     _policy_commands(sub)
+    _admin_commands(sub)
 
     p = sub.add_parser(
         "relay",
@@ -136,15 +137,41 @@ def _policy_commands(sub: Any) -> None:
     c.set_defaults(func=_lazy("adopt_command"))
 
 
-def _lazy(name: str) -> Any:
-    """A command handler from broker.policy_cli, imported only when it runs."""
+def _admin_commands(sub: Any) -> None:
+    p = sub.add_parser("admin", help="suspend, reinstate or revoke agencies and keys")
+    cmds = p.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    for action, text in (
+        ("suspend", "suspend an agency: it can neither publish nor receive until reinstated"),
+        ("reinstate", "reinstate a suspended agency; its held deliveries then arrive"),
+        ("revoke", "revoke an agency for good"),
+    ):
+        c = cmds.add_parser(action, help=text, description=text)
+        _common(c)
+        c.add_argument("agency", help="the agency id, like gt-police")
+        c.add_argument("--note", default="", help="why, for the audit log (no secrets)")
+        c.set_defaults(func=_lazy_in("admin_cli", "status_command"), status_action=action)
+    c = cmds.add_parser(
+        "revoke-key", help="revoke a signing key: bulletins it signs from now on are refused"
+    )
+    _common(c)
+    c.add_argument("agency")
+    c.add_argument("kid", help="the key id (sig-...) from the directory")
+    c.set_defaults(func=_lazy_in("admin_cli", "key_revoke_command"))
+
+
+def _lazy_in(module: str, name: str) -> Any:
+    """A command handler from ``broker.<module>``, imported only when it runs."""
 
     def run(args: argparse.Namespace) -> int:
-        module = _server_parts("policy_cli")
-        result: int = getattr(module, name)(args)
+        result: int = getattr(_server_parts(module), name)(args)
         return result
 
     return run
+
+
+def _lazy(name: str) -> Any:
+    """A ``policy`` command handler, imported only when it runs."""
+    return _lazy_in("policy_cli", name)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

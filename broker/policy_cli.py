@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import Settings
+from broker.control import notify_running_stack
 from broker.policy import BulletinFacts, PolicyBundle, PolicyLoadError, simulate
 from broker.policy_store import CONTROL_POLICY_SUBJECT, active_policy_dir, adopt
-from broker.stack import Stack, read_stack_file
+from broker.stack import Stack
 from schemas.canonical import strict_loads
-from schemas.errors import BusUnavailable, ConfigError, EnvelopeError
+from schemas.errors import ConfigError, EnvelopeError
 from schemas.ids import parse_agency_id
 from schemas.labels import Labels
 
@@ -210,22 +211,8 @@ def adopt_command(args: argparse.Namespace) -> int:
     print(
         f"adopted policy set {done.version} (was {done.previous}), archived in {done.archived_at}"
     )
-    info = read_stack_file(stack.settings.data_dir)
-    if not info or not isinstance(info.get("nats_url"), str):
+    if asyncio.run(notify_running_stack(stack, CONTROL_POLICY_SUBJECT)):
+        print("the running relay switched to it")
+    else:
         print("no running stack for this data directory: it takes effect at the next `istmo up`")
-        return 0
-    asyncio.run(_notify(stack, str(info["nats_url"])))
-    print("the running relay switched to it")
     return 0
-
-
-async def _notify(stack: Stack, url: str) -> None:
-    try:
-        nc = await stack.connect_relay(url)
-    except BusUnavailable as exc:
-        raise BusUnavailable(f"{exc}; the new set takes effect at the next `istmo up`") from exc
-    try:
-        await nc.publish(CONTROL_POLICY_SUBJECT, b"{}")
-        await nc.flush()
-    finally:
-        await nc.close()

@@ -9,7 +9,7 @@ database level: triggers refuse UPDATE and DELETE.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -356,6 +356,26 @@ class Registry:
             raise AuditStoreError(
                 f"the store refused an audit write: {type(exc).__name__}"
             ) from exc
+
+    def change(self, apply: Callable[[Session], None], events: Sequence[AuditEvent]) -> None:
+        """Run ``apply`` (updates to existing rows) and insert ``events`` in one transaction,
+        so a status or key change and its audit event stand or fall together.
+
+        Raises:
+            AuditStoreError: the database refused the transaction.
+        """
+        try:
+            with self.session() as s:
+                apply(s)
+                s.flush()
+                if events:
+                    s.connection().execute(
+                        self._insert_new(AuditRow.__table__),  # type: ignore[attr-defined]
+                        [_audit_values(e) for e in events],
+                    )
+                s.commit()
+        except SQLAlchemyError as exc:
+            raise AuditStoreError(f"the store refused a change: {type(exc).__name__}") from exc
 
     def _insert_new(self, table: Any) -> Any:
         """INSERT that skips rows whose key exists (SQLite and PostgreSQL alike)."""

@@ -29,6 +29,7 @@ from sqlmodel import SQLModel
 from broker.agency_api import AgencyApi
 from broker.config import Settings
 from broker.directory import DirectoryService
+from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.policy import BulletinFacts, Decision, PolicyBundle
 from broker.policy_store import CONTROL_POLICY_SUBJECT, active_policy_dir
 from broker.registry import BulletinRow, DecisionRow, ReceiptRow, Registry, RejectionRow
@@ -106,12 +107,13 @@ class Relay:
         receipts = await self.js.pull_subscribe_bind(RELAY_RECEIPT_DURABLE, stream=RECEIPT_STREAM)
         api_sub = await self.nc.subscribe("istmo.api.*.*", queue="relay-api", cb=self._on_api)
         control_sub = await self.nc.subscribe(CONTROL_POLICY_SUBJECT, cb=self._on_policy)
+        directory_sub = await self.nc.subscribe(CONTROL_DIRECTORY_SUBJECT, cb=self._on_directory)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._loop(stop, ingest, self._ingest_batch))
                 tg.create_task(self._loop(stop, receipts, self._receipt_batch))
         finally:
-            for sub in (api_sub, control_sub, ingest, receipts):
+            for sub in (api_sub, control_sub, directory_sub, ingest, receipts):
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
 
@@ -407,6 +409,15 @@ class Relay:
             log.error("could not switch to the adopted policy set: %s", exc)
             return
         log.info("policy set %s now in force", bundle.version)
+
+    async def _on_directory(self, msg: Msg) -> None:
+        """An agency or key changed status: decide with the new directory from now on."""
+        try:
+            self.directory.refresh()
+        except IstmoError as exc:
+            log.error("could not refresh the directory: %s", exc)
+            return
+        log.info("directory %s now in force", self.directory.version)
 
     # ------------------------------------------------------------------ agency API
     async def _on_api(self, msg: Msg) -> None:

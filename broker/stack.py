@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -25,11 +25,13 @@ import nats
 import nats.errors
 import uvicorn
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from sqlmodel import SQLModel
 
 from broker.api import create_app
 from broker.config import Settings
 from broker.directory import DirectoryService, load_demo_directory
+from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.natsconf import AgencyUser, NatsLayout
 from broker.natsserver import NatsServer, check_port_free, find_nats_server
 from broker.policy import PolicyBundle
@@ -39,7 +41,7 @@ from broker.relay import Relay
 from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
 from schemas.audit import AuditEvent
 from schemas.canonical import b64d, b64e
-from schemas.errors import BusUnavailable, ConfigError
+from schemas.errors import BusUnavailable, ConfigError, IstmoError
 from schemas.keys import SigningKey
 from schemas.keystore import new_keystore
 from schemas.natskeys import new_user_seed, user_public_key
@@ -216,12 +218,20 @@ class Stack:
     def nats_layout(self) -> NatsLayout:
         registry, _ = self._opened()
         s = self.settings
+        active = {a.id: a.status for a in registry.agencies()}
         return NatsLayout(
             port=s.nats_port,
             http_port=s.nats_http_port,
             store_dir=(s.data_dir / "nats").resolve(),
             relay_nkey_public=user_public_key(self.relay_seed),
-            agencies=tuple(AgencyUser(u.agency, u.nkey_public) for u in registry.nats_users()),
+            # Only active agencies may connect. A suspended or revoked one loses its user:
+            # nats-server closes its connection and refuses new ones (a deny-all user would
+            # keep a zombie connection). Its durable consumer stays, holding its deliveries.
+            agencies=tuple(
+                AgencyUser(u.agency, u.nkey_public)
+                for u in registry.nats_users()
+                if active.get(u.agency) == "active"
+            ),
             max_payload=s.nats_max_payload,
         )
 
@@ -304,7 +314,11 @@ class Stack:
                 self.out(f"keystores {s.keys_dir}/<agency>.json")
                 self.out("relay     " + ("running" if with_relay else "not started (--no-relay)"))
                 self.out("ready; Ctrl-C stops")
+                directory_sub = await nc.subscribe(
+                    CONTROL_DIRECTORY_SUBJECT, cb=self._reload_nats(server)
+                )
                 await self._serve(nc, stop, with_relay)
+                await directory_sub.unsubscribe()
             finally:
                 await close_quietly(nc)
                 (s.data_dir / STACK_FILE).unlink(missing_ok=True)
@@ -330,6 +344,21 @@ class Stack:
             await stop.wait()
             api.should_exit = True
             await api_task
+
+    def _reload_nats(self, server: NatsServer) -> Callable[[Msg], Awaitable[None]]:
+        """On a directory change: give nats-server the new set of agency users."""
+
+        async def on_change(_msg: Msg) -> None:
+            try:
+                _, directory = self._opened()
+                directory.refresh()
+                await asyncio.to_thread(server.reload, self.nats_layout())
+            except IstmoError as exc:
+                log.error("could not apply the directory change to NATS: %s", exc)
+                return
+            log.info("nats-server reloaded for directory %s", directory.version)
+
+        return on_change
 
     async def connect_relay(self, url: str) -> NATS:
         try:

@@ -197,6 +197,12 @@ class IstmoClient:
             )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             detail = "; ".join(errors[-1:]) or type(exc).__name__
+            if any("authorization violation" in e.lower() for e in errors):
+                raise BusUnavailable(
+                    f"NATS at {nats_url} refused {keystore.agency}'s credentials "
+                    "(suspended, revoked, or not in this directory)",
+                    code="not_authorized",
+                ) from exc
             raise BusUnavailable(f"broker not running at {nats_url} ({detail})") from exc
         path = dedupe_path or keystore_path.with_name(keystore_path.stem + ".received.sqlite")
         return cls(keystore, nc, DedupeStore(path))

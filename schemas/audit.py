@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -21,21 +21,14 @@ EventType = Literal[
     "subscription.added",
     "policy.adopted",
     "policy.rejected",
+    "agency.suspended",
+    "agency.reinstated",
+    "agency.revoked",
+    "key.revoked",
+    "auth.refused",
+    "token.issued",
 ]
-EVENT_TYPES: tuple[EventType, ...] = (
-    "bulletin.accepted",
-    "bulletin.rejected",
-    "bulletin.denied",
-    "bulletin.routed",
-    "bulletin.received",
-    "receipt.rejected",
-    "request.rejected",
-    "agency.enrolled",
-    "key.registered",
-    "subscription.added",
-    "policy.adopted",
-    "policy.rejected",
-)
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 
 Short = Annotated[str, StringConstraints(max_length=200)]
 DataValue = str | int | bool | None | tuple[Short, ...]

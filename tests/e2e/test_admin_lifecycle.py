@@ -1,0 +1,126 @@
+"""Suspension, reinstatement and key revocation on a running stack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from clients.sdk import IstmoClient
+from tests.stackproc import UpProcess, run_cli
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory):
+    proc = UpProcess(tmp_path_factory.mktemp("admin") / "istmo").start()
+    yield proc
+    assert proc.stop() == 0, proc.output
+
+
+def publish_to_hn(d: Path, who: str = "gt-police"):
+    return run_cli(
+        "publish",
+        "--as",
+        who,
+        "--topic",
+        "border-incident",
+        "--classification",
+        "RESTRICTED",
+        "--tlp",
+        "AMBER",
+        "--rel-to",
+        "HN",
+        "--title",
+        "t",
+        "--body",
+        "b",
+        "--json",
+        data_dir=d,
+    )
+
+
+def test_suspended_agency_loses_its_connection_and_keeps_its_deliveries(up: UpProcess) -> None:
+    d = up.data_dir
+    held = publish_to_hn(d)
+    assert held.returncode == 0, held.stderr
+    held_id = json.loads(held.stdout)["id"]
+    assert "hn-police" in json.loads(held.stdout)["routed"]
+
+    async def watch() -> float:
+        client = await IstmoClient.connect(d / "keys" / "hn-police.json", up.nats_url)
+        nc = client._nc
+        t0 = time.monotonic()
+        r = await asyncio.to_thread(
+            run_cli, "admin", "suspend", "hn-police", "--note", "test", data_dir=d
+        )
+        assert r.returncode == 0, r.stderr
+        assert "the running stack applied it" in r.stdout
+        for _ in range(400):
+            if not nc.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        lost = time.monotonic() - t0
+        assert not nc.is_connected, "the suspended agency kept its NATS connection"
+        await nc.close()
+        client._dedupe.close()
+        return lost
+
+    lost = asyncio.run(watch())
+    print(f"\nsuspended connection lost its rights {lost:.2f} s after `istmo admin suspend` began")
+
+    refused = run_cli("receive", "--as", "hn-police", "--count", "1", "--timeout", "2", data_dir=d)
+    assert refused.returncode == 1
+    assert "refused hn-police's credentials" in refused.stderr
+    during = publish_to_hn(d)
+    assert during.returncode == 0, during.stderr
+    out = json.loads(during.stdout)
+    assert "hn-police" not in out["routed"]
+    assert dict((x["agency"], x["policy_ids"]) for x in out["denied"])["hn-police"] == [
+        "guard.agency-suspended"
+    ]
+
+    ok = run_cli("admin", "reinstate", "hn-police", data_dir=d)
+    assert ok.returncode == 0, ok.stderr
+    got = run_cli(
+        "receive", "--as", "hn-police", "--count", "2", "--timeout", "5", "--json", data_dir=d
+    )
+    ids = [json.loads(line)["id"] for line in got.stdout.splitlines()]
+    assert ids == [held_id]  # held while suspended, delivered now; nothing decided during it
+
+    db = sqlite3.connect(d / "istmo.db")
+    kinds = [
+        r[0]
+        for r in db.execute(
+            "SELECT type FROM audit_event WHERE subject='hn-police'"
+            " AND type IN ('agency.suspended', 'agency.reinstated') ORDER BY seq"
+        )
+    ]
+    assert kinds == ["agency.suspended", "agency.reinstated"]
+
+
+def test_admin_errors_are_one_line(up: UpProcess) -> None:
+    for args, message in (
+        (("admin", "suspend", "xx-nobody"), "unknown agency xx-nobody"),
+        (("admin", "reinstate", "gt-police"), "already active"),
+        (("admin", "revoke-key", "gt-police", "sig-" + "0" * 32), "has no signing key"),
+    ):
+        r = run_cli(*args, data_dir=up.data_dir)
+        assert r.returncode == 1
+        assert message in r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_revoked_key_refuses_new_bulletins(up: UpProcess) -> None:
+    d = up.data_dir
+    keystore = json.loads((d / "keys" / "sv-police.json").read_text())
+    kid = keystore["signing_keys"][-1]["kid"]
+    r = run_cli("admin", "revoke-key", "sv-police", kid, data_dir=d)
+    assert r.returncode == 0, r.stderr
+    time.sleep(1.1)  # signed strictly after the revocation second
+    refused = publish_to_hn(d, who="sv-police")
+    assert refused.returncode == 1
+    assert "revoked" in refused.stderr
