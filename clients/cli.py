@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -23,7 +24,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from clients.keystore import load_keystore, resolve_keystore_path
+from clients.keystore import (
+    load_keystore,
+    passphrase_from_env,
+    resolve_keystore_path,
+    save_keystore,
+)
 from clients.sdk import IstmoClient, ReceivedBulletin
 from schemas.errors import ConfigError, IstmoError
 from schemas.ids import parse_bulletin_id
@@ -33,6 +39,7 @@ __all__ = ["main"]
 
 DEFAULT_DATA_DIR = Path(".istmo")
 MAX_BODY_BYTES = 512 * 1024
+MIN_PASSPHRASE_CHARS = 12
 
 
 def _data_dir_arg(p: argparse.ArgumentParser) -> None:
@@ -60,7 +67,7 @@ def _agency_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _nats_url(args: argparse.Namespace, keystore_path: Path) -> str:
+def _nats_url(args: argparse.Namespace, keystore_path: Path, ask: Callable[[], str]) -> str:
     if args.nats_url:
         return str(args.nats_url)
     stack = args.data_dir / "stack.json"
@@ -70,7 +77,7 @@ def _nats_url(args: argparse.Namespace, keystore_path: Path) -> str:
             return url
     except (OSError, ValueError):
         pass
-    ks_url = load_keystore(keystore_path).nats_url
+    ks_url = load_keystore(keystore_path, ask).nats_url
     if ks_url:
         return ks_url
     raise ConfigError(
@@ -78,9 +85,48 @@ def _nats_url(args: argparse.Namespace, keystore_path: Path) -> str:
     )
 
 
+def _ask_passphrase(path: Path) -> Callable[[], str]:
+    """Ask for a protected keystore's passphrase on the terminal, if there is one."""
+
+    def ask() -> str:
+        env = passphrase_from_env()
+        if env is not None:
+            return env
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                f"keystore {path} is protected by a passphrase: run interactively, or set "
+                "ISTMO_PASSPHRASE_FILE to a file that holds it"
+            )
+        return getpass.getpass(f"passphrase for {path}: ")
+
+    return ask
+
+
 async def _client(args: argparse.Namespace) -> IstmoClient:
     path = resolve_keystore_path(args.who, args.data_dir)
-    return await IstmoClient.connect(path, _nats_url(args, path))
+    ask = _ask_passphrase(path)
+    return await IstmoClient.connect(path, _nats_url(args, path, ask), passphrase=ask)
+
+
+def _protect(args: argparse.Namespace) -> int:
+    path = resolve_keystore_path(args.who, args.data_dir)
+    keystore = load_keystore(path, _ask_passphrase(path))
+    if args.passphrase_file:
+        try:
+            secret = Path(args.passphrase_file).read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError) as exc:
+            raise ConfigError(f"cannot read a passphrase from {args.passphrase_file}") from exc
+    elif sys.stdin.isatty():
+        secret = getpass.getpass("new passphrase: ")
+        if secret != getpass.getpass("again: "):
+            raise ConfigError("the two passphrases differ; nothing changed")
+    else:
+        raise ConfigError("give --passphrase-file, or run interactively")
+    if len(secret) < MIN_PASSPHRASE_CHARS:
+        raise ConfigError(f"use a passphrase of at least {MIN_PASSPHRASE_CHARS} characters")
+    save_keystore(path, keystore, passphrase=secret)
+    print(f"{path}: protected with a passphrase (scrypt, AES-256-GCM)")
+    return 0
 
 
 _LABEL_HINTS = {
@@ -432,6 +478,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bulletin_id", type=_bulletin_id, help="the id `istmo publish` printed")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)
+
+    p = sub.add_parser("keys", help="manage your keystore")
+    keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    c = keys.add_parser(
+        "protect",
+        help="encrypt a keystore with a passphrase",
+        description=(
+            "Encrypt the keystore of --as with a passphrase (scrypt, then AES-256-GCM). "
+            "Commands then ask for it, or read it from the file named by $ISTMO_PASSPHRASE_FILE."
+        ),
+    )
+    _data_dir_arg(c)
+    c.add_argument("--as", dest="who", required=True, metavar="AGENCY")
+    c.add_argument("--passphrase-file", help="read the new passphrase from this file")
+    c.set_defaults(func=_protect)
 
     for ep in entry_points(group="istmo.commands"):
         ep.load()(sub)

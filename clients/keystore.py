@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from schemas.errors import ConfigError
-from schemas.keystore import MAX_KEYSTORE_BYTES, KeystoreFile
+from schemas.keystore import (
+    MAX_KEYSTORE_BYTES,
+    KeystoreFile,
+    parse_any_keystore,
+    protect_keystore,
+    unprotect_keystore,
+)
 
-__all__ = ["load_keystore", "resolve_keystore_path", "save_keystore"]
+__all__ = [
+    "Passphrase",
+    "load_keystore",
+    "passphrase_from_env",
+    "resolve_keystore_path",
+    "save_keystore",
+]
 
 
 def resolve_keystore_path(who: str, data_dir: Path) -> Path:
@@ -33,11 +46,32 @@ def resolve_keystore_path(who: str, data_dir: Path) -> Path:
     return path
 
 
-def load_keystore(path: Path) -> KeystoreFile:
+Passphrase = str | Callable[[], str] | None
+
+
+def passphrase_from_env() -> str | None:
+    """The passphrase in the file named by ``ISTMO_PASSPHRASE_FILE``, if set (first line)."""
+    name = os.environ.get("ISTMO_PASSPHRASE_FILE")
+    if not name:
+        return None
+    try:
+        with open(name, encoding="utf-8") as f:
+            return f.readline().rstrip("\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot read ISTMO_PASSPHRASE_FILE {name}: {exc.strerror}") from exc
+
+
+def load_keystore(path: Path, passphrase: Passphrase = None) -> KeystoreFile:
     """Load a keystore, refusing one that group or others can read.
 
+    Args:
+        path: the keystore file.
+        passphrase: for a protected keystore: the passphrase, or a function that asks for
+            it; by default the file named by ``ISTMO_PASSPHRASE_FILE``.
+
     Raises:
-        ConfigError: missing, too open, too large or not a keystore.
+        ConfigError: missing, too open, too large, not a keystore, or protected and no
+            (or a wrong) passphrase.
     """
     try:
         st = path.stat()
@@ -47,16 +81,35 @@ def load_keystore(path: Path) -> KeystoreFile:
         raise ConfigError(f"keystore {path} is readable by others; run: chmod 600 {path}")
     if st.st_size > MAX_KEYSTORE_BYTES:
         raise ConfigError(f"keystore {path} is too large to be a keystore")
-    return KeystoreFile.parse(path.read_bytes())
+    stored = parse_any_keystore(path.read_bytes())
+    if isinstance(stored, KeystoreFile):
+        return stored
+    secret = passphrase() if callable(passphrase) else passphrase
+    secret = secret if secret is not None else passphrase_from_env()
+    if secret is None:
+        raise ConfigError(
+            f"keystore {path} is protected by a passphrase: run interactively, or set "
+            "ISTMO_PASSPHRASE_FILE to a file that holds it"
+        )
+    try:
+        return unprotect_keystore(stored, secret)
+    except ConfigError as exc:
+        raise ConfigError(f"keystore {path}: {exc}") from exc
 
 
-def save_keystore(path: Path, keystore: KeystoreFile) -> None:
-    """Write ``keystore`` to ``path`` atomically with mode 0600."""
+def save_keystore(path: Path, keystore: KeystoreFile, passphrase: str | None = None) -> None:
+    """Write ``keystore`` to ``path`` atomically with mode 0600, protected by
+    ``passphrase`` when one is given."""
+    body = (
+        protect_keystore(keystore, passphrase).model_dump_json(indent=2)
+        if passphrase
+        else keystore.model_dump_json(indent=2)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(keystore.model_dump_json(indent=2).encode())
+        f.write(body.encode())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

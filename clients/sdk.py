@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from clients.dedupe import DedupeStore
-from clients.keystore import load_keystore
+from clients.keystore import Passphrase, load_keystore
 from schemas.canonical import canonical_json
 from schemas.directory import AgencyRecord, open_excerpt
 from schemas.envelope import Content, Envelope
@@ -168,6 +168,7 @@ class IstmoClient:
         *,
         dedupe_path: Path | None = None,
         connect_timeout: float = 5.0,
+        passphrase: Passphrase = None,
     ) -> IstmoClient:
         """Open the keystore and connect to NATS as its agency.
 
@@ -175,7 +176,7 @@ class IstmoClient:
             ConfigError: the keystore is missing, too open or damaged.
             BusUnavailable: NATS is not reachable at ``nats_url`` or refused the key.
         """
-        keystore = load_keystore(keystore_path)
+        keystore = load_keystore(keystore_path, passphrase)
         errors: list[str] = []
 
         async def on_error(exc: Exception) -> None:

@@ -7,17 +7,30 @@ kind is the current one, and older encryption keys stay so old bulletins still o
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from schemas.canonical import b64d, b64e
+from schemas.canonical import b64d, b64e, canonical_json, strict_loads
 from schemas.envelope import Kid, Timestamp, parse_model
 from schemas.errors import ConfigError, EnvelopeError
 from schemas.ids import AgencyIdStr
 from schemas.keys import EncryptionKey, KemName, SigningKey, VerifyKey
 
-__all__ = ["KeystoreFile", "StoredEncryptionKey", "StoredSigningKey", "new_keystore"]
+__all__ = [
+    "KeystoreFile",
+    "ProtectedKeystore",
+    "StoredEncryptionKey",
+    "StoredSigningKey",
+    "new_keystore",
+    "parse_any_keystore",
+    "protect_keystore",
+    "unprotect_keystore",
+]
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 Private = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_length=256)]
@@ -125,3 +138,94 @@ def new_keystore(
         directory_key=PinnedKey(kid=directory_key.kid, public=b64e(directory_key.public)),
     )
     return ks, sk, ek
+
+
+# ---------------------------------------------------------------- passphrase protection
+# scrypt parameters: 2^15 x 8 x 1 costs about 32 MiB and 0.1 s, the OWASP-style minimum
+# for interactive use. They are stored in the file, so they can rise later.
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+
+
+class KdfParams(BaseModel):
+    model_config = _STRICT
+    alg: Literal["scrypt"]
+    salt: Annotated[str, StringConstraints(max_length=64)]
+    n: Annotated[int, Field(ge=2**14, le=2**20)]
+    r: Annotated[int, Field(ge=8, le=32)]
+    p: Annotated[int, Field(ge=1, le=16)]
+
+
+class ProtectedKeystore(BaseModel):
+    """A KeystoreFile encrypted with a key derived from a passphrase."""
+
+    model_config = _STRICT
+
+    v: Literal[1]
+    agency: AgencyIdStr
+    kdf: KdfParams
+    aead: Literal["AES-256-GCM"]
+    nonce: Annotated[str, StringConstraints(max_length=32)]
+    ct: Annotated[str, StringConstraints(max_length=MAX_KEYSTORE_BYTES)]
+
+
+def _protect_key(passphrase: str, kdf: KdfParams) -> bytes:
+    salt = b64d(kdf.salt, field="kdf.salt", max_bytes=32)
+    return Scrypt(salt=salt, length=32, n=kdf.n, r=kdf.r, p=kdf.p).derive(passphrase.encode())
+
+
+def _protect_aad(agency: str, kdf: KdfParams) -> bytes:
+    return b"istmo/v1/keystore\x00" + canonical_json({"agency": agency, "kdf": kdf.model_dump()})
+
+
+def protect_keystore(keystore: KeystoreFile, passphrase: str) -> ProtectedKeystore:
+    """Encrypt ``keystore`` under ``passphrase`` (scrypt, then AES-256-GCM).
+
+    Raises:
+        ValueError: an empty passphrase.
+    """
+    if not passphrase:
+        raise ValueError("a passphrase is required")
+    kdf = KdfParams(alg="scrypt", salt=b64e(os.urandom(16)), n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    nonce = os.urandom(12)
+    plain = keystore.model_dump_json().encode()
+    ct = AESGCM(_protect_key(passphrase, kdf)).encrypt(
+        nonce, plain, _protect_aad(keystore.agency, kdf)
+    )
+    return ProtectedKeystore(
+        v=1, agency=keystore.agency, kdf=kdf, aead="AES-256-GCM", nonce=b64e(nonce), ct=b64e(ct)
+    )
+
+
+def unprotect_keystore(protected: ProtectedKeystore, passphrase: str) -> KeystoreFile:
+    """Decrypt a protected keystore.
+
+    Raises:
+        ConfigError: wrong passphrase, or the file was altered.
+    """
+    key = _protect_key(passphrase, protected.kdf)
+    try:
+        plain = AESGCM(key).decrypt(
+            b64d(protected.nonce, field="nonce", max_bytes=12),
+            b64d(protected.ct, field="ct", max_bytes=MAX_KEYSTORE_BYTES),
+            _protect_aad(protected.agency, protected.kdf),
+        )
+    except InvalidTag as exc:
+        raise ConfigError("wrong passphrase, or the keystore was altered") from exc
+    inner = KeystoreFile.parse(plain)
+    if inner.agency != protected.agency:
+        raise ConfigError("keystore is damaged: its agency does not match")
+    return inner
+
+
+def parse_any_keystore(raw: bytes) -> KeystoreFile | ProtectedKeystore:
+    """A keystore file as stored: plain, or protected by a passphrase."""
+    doc = strict_loads(raw, max_bytes=MAX_KEYSTORE_BYTES)
+    model: type[KeystoreFile] | type[ProtectedKeystore] = (
+        ProtectedKeystore if isinstance(doc, dict) and "kdf" in doc else KeystoreFile
+    )
+    try:
+        return parse_model(model, raw, max_bytes=MAX_KEYSTORE_BYTES, what="keystore")
+    except EnvelopeError as exc:
+        raise ConfigError(f"keystore is not valid: {exc}") from exc

@@ -124,3 +124,49 @@ def test_revoked_key_refuses_new_bulletins(up: UpProcess) -> None:
     refused = publish_to_hn(d, who="sv-police")
     assert refused.returncode == 1
     assert "revoked" in refused.stderr
+
+
+def test_protected_keystore_from_the_command_line(up: UpProcess, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.stackproc import ISTMO
+
+    d = up.data_dir
+    secret = tmp_path / "pass"
+    secret.write_text("a long enough passphrase\n")
+    r = run_cli(
+        "keys", "protect", "--as", "ni-foreign", "--passphrase-file", str(secret), data_dir=d
+    )
+    assert r.returncode == 0, r.stderr
+    stored = json.loads((d / "keys" / "ni-foreign.json").read_text())
+    assert set(stored) == {"v", "agency", "kdf", "aead", "nonce", "ct"}
+
+    args = [
+        ISTMO,
+        "receive",
+        "--as",
+        "ni-foreign",
+        "--count",
+        "1",
+        "--timeout",
+        "1",
+        "--data-dir",
+        str(d),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "ISTMO_PASSPHRASE_FILE"}
+    locked = subprocess.run(
+        args, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, check=False
+    )
+    assert locked.returncode == 1
+    assert "protected by a passphrase" in locked.stderr
+    opened = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**env, "ISTMO_PASSPHRASE_FILE": str(secret)},
+        check=False,
+    )
+    assert opened.returncode == 1  # nothing to receive, but it connected
+    assert "received 0 of 1" in opened.stderr
