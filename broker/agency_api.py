@@ -28,6 +28,7 @@ from broker.directory import DirectoryService
 from broker.policy import BulletinFacts
 from broker.registry import Registry
 from broker.relay_core import check_labels
+from broker.rotation import apply_rotation
 from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
 from schemas.envelope import Timestamp, parse_model
@@ -266,6 +267,17 @@ class AgencyApi:
             if op == "status":
                 return canonical_json(q.status(caller, one.bulletin_id))
             return canonical_json(q.receipts(caller, one.bulletin_id))
+        if op == "rotate":
+            answer = apply_rotation(
+                self.registry,
+                self.directory.records,
+                data,
+                caller=caller,
+                now=now,
+                max_skew_s=self.settings.max_clock_skew_s,
+            )
+            self.directory.refresh()  # this relay answers with the new keys at once
+            return canonical_json(answer)
         return _error("bad_request", f"unknown operation {op[:20]!r}")
 
     def _audit_refusal(self, parts: list[str], exc: IstmoError, now: int) -> None:

@@ -20,7 +20,8 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    """Add ``up``, ``relay`` and ``policy`` to the ``istmo`` sub-command parser."""
+    """Add ``up``, ``relay``, ``policy``, ``admin``, ``audit`` and ``sequencer`` to the
+    ``istmo`` sub-command parser."""
     p = sub.add_parser(
         "up",
         help="run the whole stack on this machine",
@@ -64,6 +65,7 @@ def register(sub: Any) -> None:
 
     _policy_commands(sub)
     _admin_commands(sub)
+    _audit_commands(sub)
 
     p = sub.add_parser(
         "relay",
@@ -159,6 +161,89 @@ def _admin_commands(sub: Any) -> None:
     c.set_defaults(func=_lazy_in("admin_cli", "key_revoke_command"))
 
 
+def _audit_commands(sub: Any) -> None:
+    p = sub.add_parser("audit", help="read, export, verify and monitor the audit log")
+    cmds = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+
+    c = cmds.add_parser("tail", help="the last entries of the log (recorded as a query)")
+    _data_dir(c)
+    c.add_argument("-n", type=int, default=20, help="how many entries (default 20, max 1000)")
+    c.add_argument("--follow", action="store_true", help="then print new entries until Ctrl-C")
+    c.set_defaults(func=_lazy_in("audit_cli", "tail_command"))
+
+    c = cmds.add_parser(
+        "search",
+        help="entries by agency, bulletin, type and time (recorded as a query)",
+        description="Entries matching every filter given, oldest first, one page at a time.",
+    )
+    _data_dir(c)
+    c.add_argument("--agency", help="the agency as actor or subject")
+    c.add_argument("--bulletin", help="a bulletin id")
+    c.add_argument("--type", help="an event type, like bulletin.denied")
+    c.add_argument("--since", help="ISO 8601 time, epoch ms, or a span ago (24h, 7d)")
+    c.add_argument("--until", help="as --since; exclusive")
+    c.add_argument("--after-index", type=int, default=-1, help="page on after this index")
+    c.add_argument("--limit", type=int, default=100, help="entries per page (max 1000)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_lazy_in("audit_cli", "search_command"))
+
+    c = cmds.add_parser(
+        "export",
+        help="every entry up to the latest signed tree head (recorded as a query)",
+    )
+    _data_dir(c)
+    c.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    c.add_argument("--out", type=Path, required=True, help="the file to write")
+    c.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: for long exports to a terminal)",
+    )
+    c.set_defaults(func=_lazy_in("audit_cli", "export_command"))
+
+    c = cmds.add_parser(
+        "verify",
+        help="recompute the log and check every signed tree head",
+        description="Rebuild the Merkle tree from the stored entries, check every entry "
+        "against its audit event and every signed tree head; name the first bad index.",
+    )
+    _data_dir(c)
+    c.add_argument("--log-key", type=Path, help="the log's public key (default DATA_DIR/broker)")
+    c.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    c.set_defaults(func=_lazy_in("audit_cli", "verify_command"))
+
+    c = cmds.add_parser(
+        "monitor",
+        help="check the log still extends the tree head seen last (exit 3 on an alarm)",
+        description="Verify the latest signed tree head against the key pinned in STATE "
+        "and a consistency proof from the head seen last; alarm on rollback or fork.",
+    )
+    _data_dir(c)
+    c.add_argument("--state", type=Path, required=True, help="where the monitor remembers")
+    c.add_argument("--log-key", type=Path, help="the log's public key to pin on the first run")
+    c.set_defaults(func=_lazy_in("audit_cli", "monitor_command"))
+
+    p = sub.add_parser(
+        "sequencer",
+        help="integrate the audit outbox into the log, alone, until Ctrl-C",
+        description="Run only the sequencer of DATA_DIR (`istmo up` runs one too; one at a "
+        "time holds DATA_DIR/broker/sequencer.lock).",
+    )
+    _data_dir(p)
+    p.add_argument("--batch", type=int, default=1000, help="entries per signed tree head")
+    p.set_defaults(func=_sequencer)
+
+
+def _data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("ISTMO_DATA_DIR", ".istmo")),
+        help="the broker's data directory (default ./.istmo, or $ISTMO_DATA_DIR)",
+    )
+
+
 def _lazy_in(module: str, name: str) -> Any:
     """A command handler from ``broker.<module>``, imported only when it runs."""
 
@@ -245,3 +330,15 @@ def _relay(args: argparse.Namespace) -> int:
     stack = Stack(settings)
     stack.prepare(demo=False)
     return _run(lambda stop: stack.relay_only(stop, url))
+
+
+def _sequencer(args: argparse.Namespace) -> int:
+    parts = _server_parts("sequencer")
+    if not 1 <= args.batch <= 100_000:
+        raise ConfigError(f"--batch {args.batch} is outside 1..100000")
+    settings = Settings.from_env(data_dir=args.data_dir)
+    seq = parts.open_sequencer(settings, limits=parts.SequencerLimits(batch_entries=args.batch))
+    try:
+        return _run(seq.run)
+    finally:
+        seq.close()

@@ -46,6 +46,7 @@ class Settings:
     duplicate_window_s: int = 600
     relay_batch: int = 64
     status_wait_s: float = 10.0
+    access_token_lifetime_s: int = 300
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -28,16 +28,19 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from sqlmodel import SQLModel
 
+from broker.admins import create_demo_admin
 from broker.api import create_app
 from broker.config import Settings
 from broker.directory import DirectoryService, load_demo_directory
 from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.natsconf import AgencyUser, NatsLayout
 from broker.natsserver import NatsServer, check_port_free, find_nats_server
+from broker.oauth import TokenAuthority, load_token_key
 from broker.policy import PolicyBundle
 from broker.policy_store import active_policy_dir
 from broker.registry import EncryptionKeyRow, NatsUserRow, Registry, SigningKeyRow
 from broker.relay import Relay
+from broker.sequencer import LOG_PUB_FILE, run_in_stack
 from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
 from schemas.audit import AuditEvent
 from schemas.canonical import b64d, b64e
@@ -113,6 +116,7 @@ class Stack:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.directory_key = self._broker_key()
             self.relay_seed = self._relay_seed()
+            self.token_key = load_token_key(s.broker_dir)
             self.registry = Registry(s.db_url)
             bundle = PolicyBundle.load(active_policy_dir(s, self.registry))
             if demo and self.registry.is_empty():
@@ -187,6 +191,7 @@ class Stack:
                 ),
             ]
         registry.record(rows, events)
+        create_demo_admin(registry, self.settings.keys_dir, self.directory_key.verify_key, now=now)
         self.out(
             f"loaded the demo directory: {len(demo.agencies)} agencies, "
             f"keystores in {self.settings.keys_dir}"
@@ -296,28 +301,10 @@ class Stack:
             nc = await self.connect_relay(server.url)
             try:
                 await self.ensure_jetstream(nc)
-                api_url = f"http://{s.host}:{s.api_port}"
-                info = {
-                    "nats_url": server.url,
-                    "api_url": api_url,
-                    "pid": os.getpid(),
-                    "started_at": int(time.time()),
-                }
-                (s.data_dir / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
-                self.out(
-                    f"NATS      {server.url} (JetStream in {s.data_dir / 'nats'}, "
-                    f"log {s.data_dir / 'nats.log'})"
-                )
-                self.out(f"NATS mon  http://{s.host}:{s.nats_http_port} (nats-server monitoring)")
-                self.out(f"HTTP API  {api_url} (docs at {api_url}/docs)")
-                self.out(f"database  {s.db_url}")
-                self.out(f"keystores {s.keys_dir}/<agency>.json")
-                self.out("relay     " + ("running" if with_relay else "not started (--no-relay)"))
-                self.out("ready; Ctrl-C stops")
                 directory_sub = await nc.subscribe(
                     CONTROL_DIRECTORY_SUBJECT, cb=self._reload_nats(server)
                 )
-                await self._serve(nc, stop, with_relay)
+                await self._serve(nc, stop, with_relay, server)
                 await directory_sub.unsubscribe()
             finally:
                 await close_quietly(nc)
@@ -329,10 +316,16 @@ class Stack:
                 self.registry.close()
             self._release_lock()
 
-    async def _serve(self, nc: NATS, stop: asyncio.Event, with_relay: bool) -> None:
+    async def _serve(
+        self, nc: NATS, stop: asyncio.Event, with_relay: bool, server: NatsServer
+    ) -> None:
         registry, directory = self._opened()
         s = self.settings
-        app = create_app(registry, directory, lambda: nc.is_connected)
+        api_url = f"http://{s.host}:{s.api_port}"
+        auth = TokenAuthority(
+            registry, self.token_key, issuer=api_url, lifetime_s=s.access_token_lifetime_s
+        )
+        app = create_app(registry, directory, lambda: nc.is_connected, auth=auth)
         api = _Server(
             uvicorn.Config(app, host=s.host, port=s.api_port, log_level="warning", access_log=False)
         )
@@ -341,9 +334,35 @@ class Stack:
             if with_relay:
                 relay = Relay(s, registry, directory, nc)
                 tg.create_task(relay.run(stop))
+            tg.create_task(run_in_stack(s, stop, self.out))
+            while not api.started and not api_task.done():  # noqa: ASYNC110 -- uvicorn offers no event
+                await asyncio.sleep(0.02)  # "ready" only once the API really listens
+            if api.started:
+                self._announce(server, api_url, with_relay)
             await stop.wait()
             api.should_exit = True
             await api_task
+
+    def _announce(self, server: NatsServer, api_url: str, with_relay: bool) -> None:
+        s = self.settings
+        info = {
+            "nats_url": server.url,
+            "api_url": api_url,
+            "pid": os.getpid(),
+            "started_at": int(time.time()),
+        }
+        (s.data_dir / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        self.out(
+            f"NATS      {server.url} (JetStream in {s.data_dir / 'nats'}, "
+            f"log {s.data_dir / 'nats.log'})"
+        )
+        self.out(f"NATS mon  http://{s.host}:{s.nats_http_port} (nats-server monitoring)")
+        self.out(f"HTTP API  {api_url} (docs at {api_url}/docs; tokens at {api_url}/v1/token)")
+        self.out(f"database  {s.db_url}")
+        self.out(f"keystores {s.keys_dir}/<agency>.json (administrator: {s.keys_dir}/admin.json)")
+        self.out("relay     " + ("running" if with_relay else "not started (--no-relay)"))
+        self.out(f"audit log sequenced here (log key {s.broker_dir / LOG_PUB_FILE})")
+        self.out("ready; Ctrl-C stops")
 
     def _reload_nats(self, server: NatsServer) -> Callable[[Msg], Awaitable[None]]:
         """On a directory change: give nats-server the new set of agency users."""

@@ -33,6 +33,7 @@ from clients.keystore import (
 from clients.sdk import IstmoClient, ReceivedBulletin
 from schemas.errors import ConfigError, IstmoError
 from schemas.ids import parse_bulletin_id
+from schemas.keystore import ProtectedKeystore, parse_any_keystore
 from schemas.labels import TOPICS, Classification, Labels, Precedence, Tlp
 
 __all__ = ["main"]
@@ -106,6 +107,19 @@ async def _client(args: argparse.Namespace) -> IstmoClient:
     path = resolve_keystore_path(args.who, args.data_dir)
     ask = _ask_passphrase(path)
     return await IstmoClient.connect(path, _nats_url(args, path, ask), passphrase=ask)
+
+
+async def _rotate(args: argparse.Namespace) -> int:
+    path = resolve_keystore_path(args.who, args.data_dir)
+    protected = isinstance(parse_any_keystore(path.read_bytes()), ProtectedKeystore)
+    secret = _ask_passphrase(path)() if protected else None
+    client = await IstmoClient.connect(
+        path, _nats_url(args, path, lambda: secret or ""), passphrase=secret
+    )
+    async with client:
+        signing, encryption = await client.rotate_keys(passphrase=secret)
+    print(f"{args.who}: new signing key {signing}, new encryption key {encryption}")
+    return 0
 
 
 def _protect(args: argparse.Namespace) -> int:
@@ -493,6 +507,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--as", dest="who", required=True, metavar="AGENCY")
     c.add_argument("--passphrase-file", help="read the new passphrase from this file")
     c.set_defaults(func=_protect)
+
+    c = keys.add_parser(
+        "rotate",
+        help="register new keys, vouched for by the current ones",
+        description=(
+            "Generate new signing and encryption keys, register them signed by the current "
+            "signing key, and keep the old ones in the keystore so old bulletins still open. "
+            "From now on the broker refuses what the old signing key signs."
+        ),
+    )
+    _agency_args(c)
+    c.set_defaults(func=_rotate)
 
     for ep in entry_points(group="istmo.commands"):
         ep.load()(sub)

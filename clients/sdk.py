@@ -25,9 +25,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from clients.dedupe import DedupeStore
-from clients.keystore import Passphrase, load_keystore
-from schemas.canonical import canonical_json
-from schemas.directory import AgencyRecord, open_excerpt
+from clients.keystore import Passphrase, load_keystore, save_keystore
+from schemas.canonical import b64e, canonical_json
+from schemas.directory import AgencyRecord, EncryptionKeyRecord, open_excerpt
 from schemas.envelope import Content, Envelope
 from schemas.errors import (
     BusUnavailable,
@@ -38,10 +38,11 @@ from schemas.errors import (
     SignatureError,
 )
 from schemas.ids import AgencyId, BulletinId
-from schemas.keys import EncryptionPublicKey
-from schemas.keystore import KeystoreFile
+from schemas.keys import EncryptionKey, EncryptionPublicKey, SigningKey
+from schemas.keystore import KeystoreFile, StoredEncryptionKey, StoredSigningKey
 from schemas.labels import Handling, Labels
 from schemas.receipt import sign_receipt
+from schemas.rotation import sign_rotation
 from schemas.sealing import encode_envelope, envelope_digest, open_envelope, parse_envelope, seal
 from schemas.subjects import (
     DELIVER_STREAM,
@@ -149,7 +150,14 @@ class IstmoClient:
     Use ``await IstmoClient.connect(...)``, ideally as ``async with``.
     """
 
-    def __init__(self, keystore: KeystoreFile, nc: NATS, dedupe: DedupeStore) -> None:
+    def __init__(
+        self,
+        keystore: KeystoreFile,
+        nc: NATS,
+        dedupe: DedupeStore,
+        keystore_path: Path | None = None,
+    ) -> None:
+        self.keystore_path = keystore_path
         self.keystore = keystore
         self.agency = AgencyId(keystore.agency)
         self._nc = nc
@@ -206,7 +214,7 @@ class IstmoClient:
                 ) from exc
             raise BusUnavailable(f"broker not running at {nats_url} ({detail})") from exc
         path = dedupe_path or keystore_path.with_name(keystore_path.stem + ".received.sqlite")
-        return cls(keystore, nc, DedupeStore(path))
+        return cls(keystore, nc, DedupeStore(path), keystore_path)
 
     async def __aenter__(self) -> IstmoClient:
         return self
@@ -385,6 +393,69 @@ class IstmoClient:
             bulletin_id,
             tuple((r["agency"], r["received_at"]) for r in answer["recipients"]),
         )
+
+    # ------------------------------------------------------------------ keys
+    async def rotate_keys(self, *, passphrase: str | None = None) -> tuple[str, str]:
+        """Register new signing and encryption keys, vouched for by the current one.
+
+        The new keys are written beside the keystore first (``<keystore>.rotating``), so
+        nothing is lost if the broker accepts and this process dies before the keystore
+        is replaced; the old keys stay in the keystore (old bulletins still open).
+
+        Args:
+            passphrase: the keystore's passphrase, if it is protected by one.
+
+        Returns:
+            The new signing and encryption key ids.
+
+        Raises:
+            IstmoError: the broker refused the rotation (``code`` says why).
+            RuntimeError: this client was not opened from a keystore file.
+        """
+        if self.keystore_path is None:
+            raise RuntimeError("rotate_keys needs a client opened with IstmoClient.connect")
+        ks = self.keystore
+        current = ks.signing_key()
+        new_sk = SigningKey.generate()
+        new_ek = EncryptionKey.generate(ks.encryption_keys[-1].kem)
+        now = int(time.time())
+        pub = new_ek.public_key
+        request = sign_rotation(
+            agency=self.agency,
+            issued_at=now,
+            current=current,
+            new=new_sk,
+            encryption=EncryptionKeyRecord(
+                kid=pub.kid, kem=pub.kem, public=b64e(pub.public), created_at=now
+            ),
+        )
+        rotated = ks.model_copy(
+            update={
+                "signing_keys": (
+                    *ks.signing_keys,
+                    StoredSigningKey(
+                        kid=new_sk.verify_key.kid, private=b64e(new_sk.private), created_at=now
+                    ),
+                ),
+                "encryption_keys": (
+                    *ks.encryption_keys,
+                    StoredEncryptionKey(
+                        kid=pub.kid, kem=pub.kem, private=b64e(new_ek.private), created_at=now
+                    ),
+                ),
+            }
+        )
+        pending = self.keystore_path.with_name(self.keystore_path.name + ".rotating")
+        save_keystore(pending, rotated, passphrase)
+        try:
+            await self._request("rotate", request.model_dump(mode="json"))
+        except IstmoError:
+            pending.unlink(missing_ok=True)
+            raise
+        pending.replace(self.keystore_path)
+        self.keystore = rotated
+        self._records.pop(self.agency, None)
+        return new_sk.verify_key.kid, pub.kid
 
     # ------------------------------------------------------------------ receive
     async def receive(

@@ -25,8 +25,10 @@ EventType = Literal[
     "agency.reinstated",
     "agency.revoked",
     "key.revoked",
+    "key.rotated",
     "auth.refused",
     "token.issued",
+    "audit.queried",
 ]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 

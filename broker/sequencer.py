@@ -1,0 +1,298 @@
+"""The sequencer: integrates the registry's audit outbox into the Merkle log, in batches.
+
+Loop: take up to ``batch_entries`` outbox rows after the last integrated ``seq``, append
+them to the log with the nodes they complete and a tree head signed with the log key, all in
+one transaction (``AuditLog.integrate``); repeat, or wait a little when the outbox is empty.
+
+One sequencer per database: ``istmo up`` and ``istmo sequencer`` take an exclusive file lock,
+``DATA_DIR/broker/sequencer.lock``, before they create or read the log key; a second one
+stands by (in ``istmo up``) or refuses to start (``istmo sequencer``). The lock only saves
+work: the write transaction itself re-reads the log's tip under the database's write lock,
+so even two sequencers could not integrate a row twice or leave a gap. (PostgreSQL, issue 7:
+the writer already takes ``pg_advisory_xact_lock``; a session-level ``pg_try_advisory_lock``
+should replace the file lock there, and outbox rows must then be read in commit order.)
+
+A SIGKILL at any point loses nothing: a batch either committed whole (entries, nodes, head)
+or not at all, and the next run starts after the last committed ``seq``.
+
+The log key (Ed25519) lives in ``DATA_DIR/broker/log.key`` (mode 0600), apart from the
+directory key; its public half is in ``log.pub`` for auditors to pin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from broker.audit_log import AuditLog, LogCorrupt
+from broker.config import Settings
+from schemas.canonical import b64d, b64e
+from schemas.errors import AuditStoreError, ConfigError
+from schemas.keys import SigningKey, VerifyKey
+
+__all__ = [
+    "DEFAULT_ORIGIN",
+    "LOCK_FILE",
+    "LOG_KEY_FILE",
+    "LOG_PUB_FILE",
+    "Sequencer",
+    "SequencerBusy",
+    "SequencerLimits",
+    "log_verify_key",
+    "open_sequencer",
+    "require_database",
+    "run_in_stack",
+]
+
+log = logging.getLogger("istmo.sequencer")
+
+DEFAULT_ORIGIN = "istmo.local/audit"  # the log's name in its tree heads (Settings: issue 7)
+LOG_KEY_FILE = "log.key"
+LOG_PUB_FILE = "log.pub"
+LOCK_FILE = "sequencer.lock"
+
+
+@dataclass(frozen=True)
+class SequencerLimits:
+    """How the sequencer paces itself (to move into ``Settings``)."""
+
+    batch_entries: int = 1000  # outbox rows per transaction and tree head
+    idle_poll_s: float = 0.2  # wait when the outbox is empty
+    retry_s: float = 1.0  # wait after the database refused a batch
+    status_every_s: float = 10.0  # how often ``run`` reports progress
+
+
+class SequencerBusy(ConfigError):
+    """Another sequencer holds this data directory's lock."""
+
+    default_code = "sequencer_busy"
+
+
+def require_database(settings: Settings) -> None:
+    """Refuse a data directory without a registry, instead of creating an empty one.
+
+    Raises:
+        ConfigError: no ``istmo.db`` in the data directory (and no database URL).
+    """
+    if settings.database_url is None and not (settings.data_dir / "istmo.db").is_file():
+        raise ConfigError(
+            f"no Istmo database in {settings.data_dir}: run `istmo up --data-dir "
+            f"{settings.data_dir}` first"
+        )
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _log_key(broker_dir: Path) -> SigningKey:
+    """The log key, made on first use. Call only while holding the sequencer lock."""
+    path = broker_dir / LOG_KEY_FILE
+    if path.exists():
+        try:
+            key = SigningKey(b64d(path.read_text().strip(), field="log key", max_bytes=32))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the log key {path}") from exc
+    else:
+        key = SigningKey.generate()
+        _write_file(path, b64e(key.private).encode() + b"\n", 0o600)
+    pub = broker_dir / LOG_PUB_FILE
+    line = b64e(key.verify_key.public) + "\n"
+    if not pub.exists() or pub.read_text() != line:
+        _write_file(pub, line.encode(), 0o644)
+    return key
+
+
+def log_verify_key(broker_dir: Path) -> VerifyKey | None:
+    """The log's public key from ``log.pub`` (or ``log.key``), None before the first run.
+
+    Raises:
+        ConfigError: the file is there but unreadable or malformed.
+    """
+    pub, private = broker_dir / LOG_PUB_FILE, broker_dir / LOG_KEY_FILE
+    try:
+        if pub.exists():
+            return VerifyKey(b64d(pub.read_text().strip(), field="log.pub", max_bytes=32))
+        if private.exists():
+            raw = b64d(private.read_text().strip(), field="log key", max_bytes=32)
+            return SigningKey(raw).verify_key
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the log key in {broker_dir}") from exc
+    return None
+
+
+def _try_lock(path: Path) -> IO[str] | None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    f = path.open("w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
+class Sequencer:
+    """Integrates the outbox into the log; the caller holds the lock (``open_sequencer``)."""
+
+    def __init__(
+        self,
+        audit_log: AuditLog,
+        key: SigningKey,
+        *,
+        origin: str = DEFAULT_ORIGIN,
+        limits: SequencerLimits | None = None,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        out: Callable[[str], None] = print,
+        lock: IO[str] | None = None,
+    ) -> None:
+        self.log = audit_log
+        self.key = key
+        self.origin = origin
+        self.limits = limits or SequencerLimits()
+        self._clock_ms = clock_ms
+        self._out = out
+        self._lock = lock
+        self.size = 0  # the log's size after this process's last batch
+
+    def close(self) -> None:
+        """Close the log and release the lock."""
+        self.log.close()
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
+
+    def step(self) -> int:
+        """Integrate one batch.
+
+        Returns:
+            How many entries were appended (0: the outbox is empty).
+
+        Raises:
+            LogCorrupt: the stored tree is not the one the log key last signed.
+            AuditStoreError: the database refused; nothing was integrated.
+        """
+        done = self.log.integrate(
+            self.key,
+            self.origin,
+            now_ms=self._clock_ms(),
+            max_entries=self.limits.batch_entries,
+        )
+        if done is None:
+            return 0
+        self.size = done.head.head.tree_size
+        return done.count
+
+    def drain(self) -> int:
+        """Integrate until the outbox is empty; returns how many entries were appended."""
+        total = 0
+        while n := self.step():
+            total += n
+        return total
+
+    async def run(self, stop: asyncio.Event, *, hint: str = "; Ctrl-C stops") -> None:
+        """Integrate until ``stop`` is set (a batch in progress finishes first).
+
+        Raises:
+            LogCorrupt: as ``step``; the database refusing is retried.
+        """
+        lim = self.limits
+        self.size = await asyncio.to_thread(self.log.size)
+        waiting = await asyncio.to_thread(self.log.pending)
+        self._out(
+            f"sequencer: log size {self.size}, {waiting} events waiting, "
+            f"key {self.key.verify_key.kid}{hint}"
+        )
+        reported, since = time.monotonic(), 0
+        while not stop.is_set():
+            try:
+                n = await asyncio.to_thread(self.step)
+            except LogCorrupt:
+                raise
+            except AuditStoreError as exc:
+                log.warning("sequencer: %s; retrying in %.1f s", exc, lim.retry_s)
+                await _wait(stop, lim.retry_s)
+                continue
+            since += n
+            if since and time.monotonic() - reported >= lim.status_every_s:
+                self._out(f"sequencer: log size {self.size} (+{since})")
+                reported, since = time.monotonic(), 0
+            if n < lim.batch_entries:
+                await _wait(stop, lim.idle_poll_s)
+        self._out(f"sequencer: stopped at log size {self.size}")
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+def _open_locked(settings: Settings, lock: IO[str], **kwargs: object) -> Sequencer:
+    try:
+        key = _log_key(settings.broker_dir)
+        return Sequencer(AuditLog(settings.db_url), key, lock=lock, **kwargs)  # type: ignore[arg-type]  # keyword options passed through
+    except BaseException:
+        lock.close()
+        raise
+
+
+def open_sequencer(settings: Settings, **kwargs: object) -> Sequencer:
+    """Take the sequencer lock of ``settings.data_dir`` and open the log and its key.
+
+    Keyword arguments go to ``Sequencer`` (``limits``, ``out``, ``origin``).
+
+    Raises:
+        ConfigError: no database in the data directory.
+        SequencerBusy: another sequencer holds the lock.
+    """
+    require_database(settings)
+    path = settings.broker_dir / LOCK_FILE
+    lock = _try_lock(path)
+    if lock is None:
+        raise SequencerBusy(f"another sequencer is running on {settings.data_dir} ({path})")
+    return _open_locked(settings, lock, **kwargs)
+
+
+async def run_in_stack(
+    settings: Settings, stop: asyncio.Event, out: Callable[[str], None] = print
+) -> None:
+    """The sequencer task of ``istmo up``: stand by while another holds the lock, then run
+    until ``stop`` is set.
+
+    If the stored tree stops matching the last signed head, sequencing stops with one loud
+    line and the broker goes on serving: events wait, durable, in the outbox, and
+    ``istmo audit verify`` names what was altered.
+    """
+    path = settings.broker_dir / LOCK_FILE
+    lock = _try_lock(path)
+    if lock is None:
+        out(f"sequencer: another sequencer holds {path}; standing by")
+        while lock is None and not stop.is_set():
+            await _wait(stop, 1.0)
+            lock = _try_lock(path)
+        if lock is None:
+            return
+    # Off the event loop: the API and the relay share it.
+    seq = await asyncio.to_thread(_open_locked, settings, lock, out=out)
+    try:
+        await seq.run(stop, hint="")
+    except LogCorrupt as exc:
+        log.error("sequencer stopped: %s", exc)
+        out(f"sequencer: STOPPED: {exc}; run `istmo audit verify`")
+    finally:
+        seq.close()
