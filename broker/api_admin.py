@@ -37,7 +37,7 @@ from broker.api_context import (
 from broker.directory import DirectoryService
 from broker.oauth import Caller
 from broker.policy import BulletinFacts, PolicyBundle, PolicyEngine, PolicyLoadError, simulate
-from broker.registry import Registry
+from broker.policy_store import simulation_cases
 from schemas.envelope import Timestamp
 from schemas.errors import ConfigError
 from schemas.ids import AGENCY_ID_PATTERN, AgencyIdStr
@@ -177,29 +177,6 @@ class AgencyDetail(AgencySummary):
 
 def _split(value: str) -> list[str]:
     return [v for v in value.split(",") if v]
-
-
-def simulation_cases(
-    registry: Registry, directory: DirectoryService, last: int
-) -> list[tuple[BulletinFacts, list[str]]]:
-    """The latest ``last`` bulletins as simulation cases, each with the agencies to decide
-    for (the topic's candidates and the bulletin's actual recipients)."""
-    cases = []
-    for row in registry.recent_bulletins(last):
-        labels = Labels.model_validate_json(row.labels)
-        origin = directory.records.get(row.originator)
-        facts = BulletinFacts(
-            bulletin_id=row.id,
-            originator=row.originator,
-            origin_state=origin.state if origin else None,
-            labels=labels,
-            not_before=row.not_before,
-            expires_at=None,  # replay the rules, not the clock
-        )
-        candidates = set(directory.candidates(labels.topic, labels.named))
-        candidates |= set(row.recipients.split(","))
-        cases.append((facts, sorted(c for c in candidates if c)))
-    return cases
 
 
 def _load_candidate(

@@ -17,7 +17,12 @@ from typing import Any
 from broker.config import Settings
 from broker.control import notify_running_stack
 from broker.policy import BulletinFacts, PolicyBundle, PolicyLoadError, simulate
-from broker.policy_store import CONTROL_POLICY_SUBJECT, active_policy_dir, adopt
+from broker.policy_store import (
+    CONTROL_POLICY_SUBJECT,
+    active_policy_dir,
+    adopt,
+    simulation_cases,
+)
 from broker.stack import Stack
 from schemas.canonical import strict_loads
 from schemas.errors import ConfigError, EnvelopeError
@@ -138,22 +143,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     except PolicyLoadError as exc:
         raise ConfigError(_problems(exc)) from exc
     last = max(1, min(args.last, 100_000))
-    cases = []
-    for row in registry.recent_bulletins(last):
-        labels = Labels.model_validate_json(row.labels)
-        origin = d.records.get(row.originator)
-        facts = BulletinFacts(
-            bulletin_id=row.id,
-            originator=row.originator,
-            origin_state=origin.state if origin else None,
-            labels=labels,
-            not_before=row.not_before,
-            expires_at=None,  # replay the rules, not the clock
-        )
-        candidates = sorted(
-            set(d.candidates(labels.topic, labels.named)) | set(row.recipients.split(","))
-        )
-        cases.append((facts, [c for c in candidates if c]))
+    cases = simulation_cases(registry, d, last)
     now = int(time.time())
     changes = simulate(d.engine, candidate, cases, now)
     if args.json:

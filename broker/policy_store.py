@@ -17,11 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.config import Settings
-from broker.policy import PolicyBundle, PolicyLoadError
+from broker.directory import DirectoryService
+from broker.policy import BulletinFacts, PolicyBundle, PolicyLoadError
 from broker.registry import PolicySetRow, Registry
 from schemas.audit import AuditEvent
+from schemas.labels import Labels
 
-__all__ = ["CONTROL_POLICY_SUBJECT", "Adoption", "active_policy_dir", "adopt"]
+__all__ = [
+    "CONTROL_POLICY_SUBJECT",
+    "Adoption",
+    "active_policy_dir",
+    "adopt",
+    "simulation_cases",
+]
 
 CONTROL_POLICY_SUBJECT = "istmo.control.policy"
 _POLICY_FILES = ("*.cedarschema", "*.cedar", "overrides/*.cedar")
@@ -128,3 +136,26 @@ def adopt(
         ],
     )
     return Adoption(previous=active.version, version=bundle.version, archived_at=target)
+
+
+def simulation_cases(
+    registry: Registry, directory: DirectoryService, last: int
+) -> list[tuple[BulletinFacts, list[str]]]:
+    """The latest ``last`` bulletins as simulation cases, each with the agencies to decide
+    for (the topic's candidates and the bulletin's actual recipients)."""
+    cases = []
+    for row in registry.recent_bulletins(last):
+        labels = Labels.model_validate_json(row.labels)
+        origin = directory.records.get(row.originator)
+        facts = BulletinFacts(
+            bulletin_id=row.id,
+            originator=row.originator,
+            origin_state=origin.state if origin else None,
+            labels=labels,
+            not_before=row.not_before,
+            expires_at=None,  # replay the rules, not the clock
+        )
+        candidates = set(directory.candidates(labels.topic, labels.named))
+        candidates |= set(row.recipients.split(","))
+        cases.append((facts, sorted(c for c in candidates if c)))
+    return cases

@@ -160,9 +160,9 @@ class AuditRow(SQLModel, table=True):
     seq: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True, max_length=160)
     type: str = Field(index=True, max_length=40)
-    time: int
+    time: int = Field(index=True)
     actor: str = Field(index=True, max_length=200)
-    subject: str = Field(max_length=200)
+    subject: str = Field(index=True, max_length=200)  # auditors search by agency
     bulletin_id: str | None = Field(default=None, index=True, max_length=36)
     reason: str | None = Field(default=None, max_length=200)
     data: str  # canonical JSON
