@@ -10,12 +10,12 @@ lifecycle commands).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from sqlmodel import Field, SQLModel
 
+from broker.files import write_private
 from broker.registry import AgencyRow, Registry
 from schemas.audit import AuditEvent
 from schemas.canonical import b64e
@@ -25,7 +25,7 @@ from schemas.keys import VerifyKey
 from schemas.keystore import new_keystore
 from schemas.natskeys import new_user_seed
 
-__all__ = ["AdminRow", "add_admin", "create_demo_admin", "ensure_admin_table", "write_private"]
+__all__ = ["AdminRow", "add_admin", "create_demo_admin", "ensure_admin_table"]
 
 DEMO_ADMIN = "admin"
 _ID = re.compile(AGENCY_ID_PATTERN)
@@ -41,18 +41,6 @@ class AdminRow(SQLModel, table=True):
     public: str = Field(max_length=64)
     status: str = Field(default="active", max_length=16)  # active | suspended | revoked
     created_at: int
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600, atomically (keys and keystores)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def ensure_admin_table(registry: Registry) -> None:

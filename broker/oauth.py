@@ -45,10 +45,11 @@ from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
-from broker.admins import AdminRow, ensure_admin_table, write_private
+from broker.admins import AdminRow, ensure_admin_table
+from broker.files import signing_key_file
 from broker.registry import AgencyRow, Registry
 from schemas.audit import AuditEvent
-from schemas.canonical import b64d, b64e
+from schemas.canonical import b64d
 from schemas.errors import AuditStoreError, ConfigError, EnvelopeError, IstmoError
 from schemas.ids import AGENCY_ID_PATTERN
 from schemas.keys import SigningKey, VerifyKey
@@ -584,9 +585,4 @@ def _scopes_for(agency: AgencyRow) -> frozenset[str]:
 
 def load_token_key(broker_dir: Path) -> SigningKey:
     """The broker's access-token key, ``broker_dir/token.key``; made on first use."""
-    path = broker_dir / "token.key"
-    if path.exists():
-        return SigningKey(b64d(path.read_text().strip(), field="token key", max_bytes=32))
-    key = SigningKey.generate()
-    write_private(path, b64e(key.private).encode() + b"\n")
-    return key
+    return signing_key_file(broker_dir / "token.key", "token key")

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import IO
 
 from broker.audit_log import AuditLog, LogCorrupt
 from broker.config import Settings
+from broker.files import signing_key_file, write_file
 from schemas.canonical import b64d, b64e
 from schemas.errors import AuditStoreError, ConfigError
 from schemas.keys import SigningKey, VerifyKey
@@ -89,32 +89,13 @@ def require_database(settings: Settings) -> None:
         )
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _log_key(broker_dir: Path) -> SigningKey:
     """The log key, made on first use. Call only while holding the sequencer lock."""
-    path = broker_dir / LOG_KEY_FILE
-    if path.exists():
-        try:
-            key = SigningKey(b64d(path.read_text().strip(), field="log key", max_bytes=32))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the log key {path}") from exc
-    else:
-        key = SigningKey.generate()
-        _write_file(path, b64e(key.private).encode() + b"\n", 0o600)
+    key = signing_key_file(broker_dir / LOG_KEY_FILE, "log key")
     pub = broker_dir / LOG_PUB_FILE
     line = b64e(key.verify_key.public) + "\n"
     if not pub.exists() or pub.read_text() != line:
-        _write_file(pub, line.encode(), 0o644)
+        write_file(pub, line.encode(), 0o644)
     return key
 
 

@@ -32,6 +32,7 @@ from broker.admins import create_demo_admin
 from broker.api import create_app
 from broker.config import Settings
 from broker.directory import DirectoryService, load_demo_directory
+from broker.files import signing_key_file, write_private
 from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.natsconf import AgencyUser, NatsLayout
 from broker.natsserver import NatsServer, check_port_free, find_nats_server
@@ -43,7 +44,7 @@ from broker.relay import Relay
 from broker.sequencer import LOG_PUB_FILE, run_in_stack
 from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
 from schemas.audit import AuditEvent
-from schemas.canonical import b64d, b64e
+from schemas.canonical import b64e
 from schemas.errors import BusUnavailable, ConfigError, IstmoError
 from schemas.keys import SigningKey
 from schemas.keystore import new_keystore
@@ -54,18 +55,6 @@ __all__ = ["Stack", "read_stack_file"]
 log = logging.getLogger("istmo.stack")
 STACK_FILE = "stack.json"
 NATS_PID_FILE = "nats.pid"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_stack_file(data_dir: Path) -> dict[str, object] | None:
@@ -124,12 +113,7 @@ class Stack:
         self.directory = DirectoryService(self.registry, bundle, self.directory_key)
 
     def _broker_key(self) -> SigningKey:
-        path = self.settings.broker_dir / "directory.key"
-        if path.exists():
-            return SigningKey(b64d(path.read_text().strip(), field="directory key", max_bytes=32))
-        key = SigningKey.generate()
-        write_private(path, b64e(key.private).encode() + b"\n")
-        return key
+        return signing_key_file(self.settings.broker_dir / "directory.key", "directory key")
 
     def _relay_seed(self) -> str:
         path = self.settings.broker_dir / "relay.seed"
