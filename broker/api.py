@@ -5,15 +5,16 @@ Public: ``/healthz``, ``/readyz``, ``/metrics``, ``/v1/directory`` (signed), ``/
 (versions) and ``POST /v1/token``. Everything else needs an access token with a scope:
 ``bulletins:publish`` (recipient resolution and explain), ``bulletins:read`` (status and
 receipts of the caller's own bulletins; anyone else's look missing), ``admin`` (policy and
-agencies, in ``broker.api_admin``). The answers come from ``broker.agency_api``, the
-functions the NATS door calls too.
+agencies, in ``broker.api_admin``; enrolment tokens and status changes, in
+``broker.api_enrol``), ``audit:read`` (the audit log, its tree heads and proofs, in
+``broker.api_audit``). ``POST /v1/enroll`` is authenticated by a one-time enrolment token.
+The answers come from ``broker.agency_api``, the functions the NATS door calls too.
 
 Every 4xx/5xx is an RFC 9457 problem naming the reason; every 401 and 403 is an audit
 event; bodies are bounded before they are read (``broker.http_guard``). Request bodies are
 parsed by the wire contract's strict parser, as on NATS, not by FastAPI's lenient one.
 
-Left to others: enrolment, key rotation and suspension (the lifecycle commands), the audit
-log's own endpoints, subscriptions.
+Not here yet: subscriptions, policy adoption over HTTP (``istmo policy adopt`` does it).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from starlette.responses import JSONResponse
 
 from broker.agency_api import AgencyQueries, NotFound, ResolveRequest
 from broker.api_admin import admin_router
+from broker.api_audit import audit_router
 from broker.api_context import (
     AUTHED,
     BODY_MODELS,
@@ -45,6 +47,7 @@ from broker.api_context import (
     require,
     state_of,
 )
+from broker.api_enrol import enrol_router
 from broker.directory import DirectoryService
 from broker.http_guard import ApiLimits, Guard, Metrics, problem
 from broker.oauth import ASSERTION_TYPE, TOKEN_PATH, AuthError, Caller, TokenAuthority
@@ -175,6 +178,8 @@ def create_app(
     _add_token_route(app, state)
     _add_agency_routes(app, state)
     app.include_router(admin_router(state))
+    app.include_router(enrol_router(state))
+    app.include_router(audit_router(state))
     app.openapi = _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented hook
     return app
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -92,6 +92,11 @@ class ApiState:
     limits: ApiLimits
     metrics: Metrics
     bus_ok: Callable[[], bool]
+    # Set by the process that serves the API (broker.stack): the NATS URL an enrolling
+    # agency is told, and how to apply a directory change to the running stack (refresh
+    # the directory, reload nats-server, create durable consumers).
+    nats_url: str | None = None
+    directory_changed: Callable[[], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         lim = self.limits

@@ -9,7 +9,8 @@ event. ``verify`` and ``monitor`` reveal no entry and are not recorded.
 Exit codes: 0 fine; 1 an error, or ``verify`` found the log altered (one line naming the
 first bad index); 3 ``monitor`` raised an alarm (rollback, fork, bad signature or proof).
 
-Left to others: the HTTP endpoints and ``--from-url`` (they need issue 5's OAuth scopes).
+Left to others: the HTTP endpoints (``broker.api_audit``), and ``verify``/``monitor``
+``--from-url`` (``clients.audit_verify``, which the client CLI routes to).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,11 +31,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from broker import merkle
-from broker.audit_log import MAX_PAGE, AuditLog, EntryFilter, LogCorrupt, LogEntry
+from broker.audit_log import (
+    MAX_PAGE,
+    AuditLog,
+    EntryFilter,
+    LogCorrupt,
+    LogEntry,
+    queried_event,
+)
 from broker.config import Settings
 from broker.registry import Registry
 from broker.sequencer import DEFAULT_ORIGIN, log_verify_key, require_database
-from schemas.audit import EVENT_TYPES, AuditEvent
+from schemas.audit import EVENT_TYPES
 from schemas.canonical import b64d, b64e
 from schemas.errors import ConfigError, EnvelopeError, SignatureError
 from schemas.keys import VerifyKey
@@ -99,21 +106,7 @@ def _who() -> str:
 
 def _record(local: _Local, command: str, query: dict[str, Any], rows: int) -> None:
     """Record the query before its rows are shown: no access without an audit event."""
-    data = {k: v for k, v in query.items() if v is not None}
-    data["rows"] = rows
-    local.registry.record(
-        [],
-        [
-            AuditEvent(
-                event_id=f"audit-query:{uuid.uuid4()}",
-                type="audit.queried",
-                time=time.time_ns() // 1_000_000,
-                actor=_who(),
-                subject=f"audit.{command}",
-                data=data,
-            )
-        ],
-    )
+    local.registry.record([], [queried_event(_who(), f"audit.{command}", query, rows)])
 
 
 def _iso(ms: int) -> str:

@@ -18,15 +18,16 @@ A leaf is the canonical JSON of the ``AuditEvent`` (``entry_bytes``), stored ver
 auditor hashes exactly what an export or the API hands out.
 
 Left to others: choosing batch sizes, holding the log key and staying the only sequencer
-(``broker.sequencer``), the command line (``broker.audit_cli``), and the Merkle math
-(``broker.merkle``).
+(``broker.sequencer``), the command line (``broker.audit_cli``), the auditors' HTTP
+endpoints (``broker.api_audit``), and the Merkle math (``broker.merkle``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,7 @@ __all__ = [
     "TreeHeadRow",
     "VerifyReport",
     "entry_bytes",
+    "queried_event",
 ]
 
 MAX_PAGE = 1000  # entries per search page
@@ -122,6 +124,27 @@ class MissingNode(LogCorrupt, LookupError):
 def entry_bytes(event_: AuditEvent) -> bytes:
     """The leaf of ``event_``: its canonical JSON (what ``leaf_hash`` hashes)."""
     return canonical_json(event_.model_dump(mode="json"))
+
+
+def queried_event(
+    actor: str, subject: str, query: Mapping[str, Any], rows: int, *, now_ms: int | None = None
+) -> AuditEvent:
+    """The ``audit.queried`` event of one auditor query: who asked, what (``subject``, e.g.
+    ``audit.search``), the filter (None values left out) and how many rows it returned.
+
+    Record it (``Registry.record``) before the rows are shown: no access without an audit
+    event. The local CLI and the HTTP endpoints both use it.
+    """
+    data = {k: v for k, v in query.items() if v is not None}
+    data["rows"] = rows
+    return AuditEvent(
+        event_id=f"audit-query:{uuid.uuid4()}",
+        type="audit.queried",
+        time=time.time_ns() // 1_000_000 if now_ms is None else now_ms,
+        actor=actor[:200],
+        subject=subject[:200],
+        data=data,
+    )
 
 
 def _row_bytes(row: Sequence[Any]) -> bytes:
@@ -508,6 +531,34 @@ class AuditLog:
             ).first()
             return None if row is None else _head_from_row(row)
 
+    def head_document(self, tree_size: int | None = None) -> bytes | None:
+        """The signed tree head at ``tree_size`` (the latest if None) exactly as stored, the
+        bytes the log served since it signed them; None if there is none."""
+        with self._read() as conn:
+            if tree_size is None:
+                q = text("SELECT raw FROM tree_head ORDER BY tree_size DESC LIMIT 1")
+                row = conn.execute(q).first()
+            else:
+                q = text("SELECT raw FROM tree_head WHERE tree_size = :n")
+                row = conn.execute(q, {"n": tree_size}).first()
+            return None if row is None else _blob(row.raw)
+
+    def head_documents(
+        self, after_size: int = -1, limit: int = MAX_PAGE
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` (1..MAX_PAGE) signed tree heads above ``after_size``, smallest
+        first: (tree size, the document as stored)."""
+        limit = max(1, min(limit, MAX_PAGE))
+        with self._read() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT tree_size, raw FROM tree_head WHERE tree_size > :a "
+                    "ORDER BY tree_size LIMIT :n"
+                ),
+                {"a": after_size, "n": limit},
+            ).all()
+        return [(int(r.tree_size), _blob(r.raw)) for r in rows]
+
     def head(self, tree_size: int) -> SignedTreeHead | None:
         """The signed tree head at ``tree_size``, if the log signed one."""
         with self._read() as conn:
@@ -582,6 +633,20 @@ class AuditLog:
                 {"i": index},
             ).first()
             return None if row is None else _entry(row)
+
+    def entries(self, after_index: int = -1, limit: int = MAX_PAGE) -> list[LogEntry]:
+        """Up to ``limit`` (1..MAX_PAGE) entries after ``after_index``, in index order, as
+        stored (whatever the outbox holds: a verifier must see every stored entry)."""
+        limit = max(1, min(limit, MAX_PAGE))
+        with self._read() as conn:
+            rows = conn.execute(
+                text(
+                    'SELECT "index", event_seq, leaf, leaf_hash FROM log_entry '
+                    'WHERE "index" > :a ORDER BY "index" LIMIT :n'
+                ),
+                {"a": after_index, "n": limit},
+            ).all()
+        return [_entry(r) for r in rows]
 
     def tail(self, n: int) -> list[LogEntry]:
         """The last ``n`` (1..MAX_PAGE) entries, oldest first."""

@@ -9,12 +9,15 @@ import asyncio
 import importlib
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
 
 from broker.config import DEFAULT_API_PORT, DEFAULT_NATS_HTTP_PORT, DEFAULT_NATS_PORT, Settings
+from schemas.directory import SECTORS
 from schemas.errors import ConfigError
+from schemas.labels import TOPICS, Classification
 
 __all__ = ["register"]
 
@@ -140,8 +143,9 @@ def _policy_commands(sub: Any) -> None:
 
 
 def _admin_commands(sub: Any) -> None:
-    p = sub.add_parser("admin", help="suspend, reinstate or revoke agencies and keys")
+    p = sub.add_parser("admin", help="add, suspend, reinstate or revoke agencies and keys")
     cmds = p.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    _agency_commands(cmds)
     for action, text in (
         ("suspend", "suspend an agency: it can neither publish nor receive until reinstated"),
         ("reinstate", "reinstate a suspended agency; its held deliveries then arrive"),
@@ -159,6 +163,75 @@ def _admin_commands(sub: Any) -> None:
     c.add_argument("agency")
     c.add_argument("kid", help="the key id (sig-...) from the directory")
     c.set_defaults(func=_lazy_in("admin_cli", "key_revoke_command"))
+
+
+_DURATION = re.compile(r"(\d{1,7})([smhd])")
+
+
+def _duration(text: str) -> int:
+    m = _DURATION.fullmatch(text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a duration like 90m, 24h or 7d")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _agency_commands(cmds: Any) -> None:
+    p = cmds.add_parser("agency", help="add an agency and issue its one-time enrolment token")
+    agency = p.add_subparsers(dest="agency_command", metavar="ACTION", required=True)
+    c = agency.add_parser(
+        "add",
+        help="add an agency to the directory and print its one-time enrolment token",
+        description=(
+            "Add an agency (active, without keys until it enrols) and print a one-time "
+            "enrolment token, once. Hand the token to the agency over a channel you trust; "
+            "it runs `istmo enroll` with it on its own machine. A running stack applies the "
+            "change at once."
+        ),
+    )
+    _common(c)
+    c.add_argument("agency", metavar="ID", help="the new agency id, like gt-customs")
+    c.add_argument("--name", required=True, help="its display name")
+    where = c.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state", metavar="CODE", help="its state (a national agency), like GT")
+    where.add_argument(
+        "--community",
+        action="append",
+        metavar="CODE",
+        help="its community (a regional body), like SICA; repeatable",
+    )
+    c.add_argument("--sector", required=True, choices=SECTORS)
+    c.add_argument("--clearance", required=True, choices=[x.value for x in Classification])
+    c.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        choices=TOPICS,
+        help="a topic it follows; repeatable",
+    )
+    c.add_argument("--min-source-grade", metavar="A1..F6", help="weakest source grade it takes")
+    _token_ttl(c)
+    c.set_defaults(func=_lazy_in("admin_cli", "agency_add_command"))
+
+    c = agency.add_parser(
+        "token",
+        help="a new one-time enrolment token for an agency not enrolled yet",
+        description="Issue a new enrolment token and revoke the agency's unused ones.",
+    )
+    _common(c)
+    c.add_argument("agency", metavar="ID")
+    _token_ttl(c)
+    c.set_defaults(func=_lazy_in("admin_cli", "agency_token_command"))
+
+
+def _token_ttl(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--token-ttl",
+        type=_duration,
+        default=24 * 3600,
+        metavar="DURATION",
+        help="how long the token is good, like 2h or 7d (default 24h, at most 30d)",
+    )
+    c.add_argument("--json", action="store_true", help="print the token and its details as JSON")
 
 
 def _audit_commands(sub: Any) -> None:

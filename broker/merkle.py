@@ -14,7 +14,9 @@ Proof *generation* is split in two so a SQL store can fetch everything in one qu
 ``consistency_proof`` read them through a ``HashStore`` and fold them.
 
 Proof *verification* follows RFC 9162 sections 2.1.3.2 and 2.1.4.2. The leaf index and the
-tree sizes always come from the caller (from a signed tree head), never from the proof.
+tree sizes always come from the caller (from a signed tree head), never from the proof. The
+hashes and verifiers live in ``schemas.merkle_verify`` (pure, for clients without the broker)
+and are re-exported here.
 
 Left to others: storing entries and nodes, choosing which sizes to sign, signing tree heads
 (``schemas.treehead``), and checking that a stored node really is what it claims to be (the
@@ -23,12 +25,20 @@ Left to others: storing entries and nodes, choosing which sizes to sign, signing
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable, Sequence
 from typing import Protocol, TypeAlias
 
-from schemas.errors import EnvelopeError
+# The verifiers are pure and live in ``schemas`` so the client can use them without the
+# broker; they are re-exported here under their old names.
+from schemas.merkle_verify import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    ProofError,
+    leaf_hash,
+    node_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 
 __all__ = [
     "EMPTY_ROOT",
@@ -52,16 +62,6 @@ __all__ = [
     "verify_inclusion",
 ]
 
-HASH_SIZE = 32
-EMPTY_ROOT = hashlib.sha256(b"").digest()
-
-
-class ProofError(EnvelopeError):
-    """An inclusion or consistency proof does not verify."""
-
-    default_code = "proof_invalid"
-
-
 # (level, index): the perfect subtree over leaves [index * 2**level, (index + 1) * 2**level).
 # (level, index, hash): such a subtree and its hash, as stored. Plain tuples, not named ones:
 # appending makes millions of them, and they go straight into SQL ``executemany`` rows.
@@ -79,16 +79,6 @@ class HashStore(Protocol):
             LookupError: the node is not stored (a store's own error may subclass it).
         """
         ...
-
-
-def leaf_hash(entry: bytes) -> bytes:
-    """RFC 9162 leaf hash: SHA-256(0x00 || entry)."""
-    return hashlib.sha256(b"\x00" + entry).digest()
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    """RFC 9162 interior node hash: SHA-256(0x01 || left || right)."""
-    return hashlib.sha256(b"\x01" + left + right).digest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,150 +314,3 @@ def consistency_proof(store: HashStore, old_size: int, new_size: int) -> list[by
         ValueError: unless 0 <= old_size <= new_size.
     """
     return [_read(store, group) for group in consistency_proof_plan(old_size, new_size)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Verifiers
-
-
-def _check_hash(value: bytes, what: str) -> None:
-    if len(value) != HASH_SIZE:
-        raise ProofError(f"{what} is {len(value)} bytes, want {HASH_SIZE}")
-
-
-def _check_proof(proof: Sequence[bytes], want: int, what: str) -> None:
-    if len(proof) != want:
-        raise ProofError(f"{what} has {len(proof)} hashes, want {want}")
-    for i, h in enumerate(proof):
-        _check_hash(h, f"{what} hash {i}")
-
-
-def _inclusion_length(index: int, size: int) -> tuple[int, int]:
-    """(inner, border) hash counts of an inclusion proof (transparency-dev's decomposition)."""
-    inner = (index ^ (size - 1)).bit_length()
-    border = (index >> inner).bit_count()
-    return inner, border
-
-
-def _same(a: bytes, b: bytes) -> bool:
-    return hmac.compare_digest(a, b)
-
-
-def verify_inclusion(
-    leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
-) -> None:
-    """Check that the leaf hashed to ``leaf_hash`` is at ``index`` in the tree ``root``.
-
-    RFC 9162 section 2.1.3.2. ``index`` and ``size`` come from the caller (the entry it
-    asked about and a verified tree head), never from the proof.
-
-    Args:
-        leaf_hash: ``leaf_hash(entry)`` of the entry, 32 bytes.
-        index: the entry's position in the log.
-        size: the tree size of the signed tree head.
-        proof: the inclusion proof, bottom up.
-        root: the root hash of the signed tree head.
-
-    Raises:
-        ProofError: the proof does not show the leaf at ``index`` in this tree.
-    """
-    # 1. The index lies inside the tree, and every hash has the right size.
-    if index < 0 or size < 0 or index >= size:
-        raise ProofError(f"leaf index {index} is outside a tree of size {size}")
-    _check_hash(leaf_hash, "leaf hash")
-    _check_hash(root, "root hash")
-    # 2. The proof has exactly the number of hashes the position calls for.
-    inner, border = _inclusion_length(index, size)
-    _check_proof(proof, inner + border, "inclusion proof")
-    # 3. Hash up from the leaf; fn/sn track the node on the path and the last node.
-    fn, sn = index, size - 1
-    r = leaf_hash
-    for p in proof:
-        if sn == 0:  # pragma: no cover - step 2 already fixed the length
-            raise ProofError("inclusion proof is too long")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:  # the last node has no right sibling here: skip levels
-                while fn and not fn & 1:
-                    fn, sn = fn >> 1, sn >> 1
-        else:
-            r = node_hash(r, p)
-        fn, sn = fn >> 1, sn >> 1
-    # 4. The path reached the top, at the signed root.
-    if sn != 0:  # pragma: no cover - step 2 already fixed the length
-        raise ProofError("inclusion proof is too short")
-    if not _same(r, root):
-        raise ProofError("inclusion proof does not lead to the root")
-
-
-def verify_consistency(
-    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
-) -> None:
-    """Check that the tree ``new_root`` of ``new_size`` leaves extends ``old_root``.
-
-    RFC 9162 section 2.1.4.2, with the sizes from the caller's two verified tree heads. The
-    edge cases:
-
-    - ``old_size == new_size``: the proof is empty and the roots are equal;
-    - ``old_size == 0``: the old root is ``EMPTY_ROOT``, the proof is empty, and any
-      32-byte new root extends it (a consistency proof from the empty tree proves nothing
-      more; the new tree head's signature is what counts);
-    - a tree of size 0 has the root ``EMPTY_ROOT``, never anything else.
-
-    Raises:
-        ProofError: the new tree does not extend the old one, or the inputs are malformed.
-    """
-    # 1. Sizes: the log never shrinks.
-    if old_size < 0 or new_size < 0:
-        raise ProofError(f"tree sizes {old_size} and {new_size} must not be negative")
-    if new_size < old_size:
-        raise ProofError(f"new tree size {new_size} is smaller than old size {old_size}")
-    # 2. The empty tree's root is known, and nothing is proved from it.
-    if old_size == 0 and not _same(old_root, EMPTY_ROOT):
-        raise ProofError("a tree of size 0 must have the empty-tree root")
-    if new_size == old_size:
-        if proof:
-            raise ProofError(f"proof between equal sizes must be empty, got {len(proof)}")
-        if not _same(old_root, new_root):
-            raise ProofError(f"roots differ for the same tree size {old_size}")
-        return
-    if old_size == 0:
-        if proof:
-            raise ProofError(f"proof from the empty tree must be empty, got {len(proof)}")
-        _check_hash(new_root, "new root hash")
-        return
-    _check_hash(old_root, "old root hash")
-    _check_hash(new_root, "new root hash")
-    # 3. The proof has exactly the number of hashes the sizes call for. When old_size is a
-    #    power of two, the old root is the first hash and the proof leaves it out.
-    shift = (old_size & -old_size).bit_length() - 1  # trailing zero bits of old_size
-    inner, border = _inclusion_length(old_size - 1, new_size)
-    seeded = old_size == 1 << shift
-    _check_proof(proof, (0 if seeded else 1) + inner - shift + border, "consistency proof")
-    path = [old_root, *proof] if seeded else list(proof)
-    # 4. Skip the levels where the old tree's last node is a right child of a perfect subtree
-    #    the proof covers with one hash.
-    fn, sn = old_size - 1, new_size - 1
-    while fn & 1:
-        fn, sn = fn >> 1, sn >> 1
-    # 5. Hash up twice: fr rebuilds the old root, sr the new one, from the same hashes.
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:  # pragma: no cover - step 3 already fixed the length
-            raise ProofError("consistency proof is too long")
-        if fn & 1 or fn == sn:
-            fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn, sn = fn >> 1, sn >> 1
-        else:
-            sr = node_hash(sr, c)
-        fn, sn = fn >> 1, sn >> 1
-    # 6. Both roots match and the path reached the top.
-    if sn != 0:  # pragma: no cover - step 3 already fixed the length
-        raise ProofError("consistency proof is too short")
-    if not _same(fr, old_root):
-        raise ProofError("consistency proof does not match the old root")
-    if not _same(sr, new_root):
-        raise ProofError("consistency proof does not match the new root")

@@ -91,6 +91,8 @@ class Stack:
         self.registry: Registry | None = None
         self.directory: DirectoryService | None = None
         self._lock: IO[str] | None = None
+        self._directory_lock = asyncio.Lock()  # one directory change at a time
+        self._consumers: set[str] = set()  # agencies whose durable consumer exists
 
     # ------------------------------------------------------------------ files
     def prepare(self, *, demo: bool = True) -> None:
@@ -286,7 +288,7 @@ class Stack:
             try:
                 await self.ensure_jetstream(nc)
                 directory_sub = await nc.subscribe(
-                    CONTROL_DIRECTORY_SUBJECT, cb=self._reload_nats(server)
+                    CONTROL_DIRECTORY_SUBJECT, cb=self._reload_nats(server, nc)
                 )
                 await self._serve(nc, stop, with_relay, server)
                 await directory_sub.unsubscribe()
@@ -310,6 +312,8 @@ class Stack:
             registry, self.token_key, issuer=api_url, lifetime_s=s.access_token_lifetime_s
         )
         app = create_app(registry, directory, lambda: nc.is_connected, auth=auth)
+        app.state.istmo.nats_url = server.url
+        app.state.istmo.directory_changed = lambda: self.apply_directory_change(server, nc)
         api = _Server(
             uvicorn.Config(app, host=s.host, port=s.api_port, log_level="warning", access_log=False)
         )
@@ -348,20 +352,35 @@ class Stack:
         self.out(f"audit log sequenced here (log key {s.broker_dir / LOG_PUB_FILE})")
         self.out("ready; Ctrl-C stops")
 
-    def _reload_nats(self, server: NatsServer) -> Callable[[Msg], Awaitable[None]]:
-        """On a directory change: give nats-server the new set of agency users."""
+    def _reload_nats(self, server: NatsServer, nc: NATS) -> Callable[[Msg], Awaitable[None]]:
+        """On a directory change (a control message): apply it, logging a failure."""
 
         async def on_change(_msg: Msg) -> None:
             try:
-                _, directory = self._opened()
-                directory.refresh()
-                await asyncio.to_thread(server.reload, self.nats_layout())
+                await self.apply_directory_change(server, nc)
             except IstmoError as exc:
                 log.error("could not apply the directory change to NATS: %s", exc)
-                return
-            log.info("nats-server reloaded for directory %s", directory.version)
 
         return on_change
+
+    async def apply_directory_change(self, server: NatsServer, nc: NATS) -> None:
+        """Refresh the directory, create the durable consumer of every agency enrolled
+        since (before it can connect), then reload nats-server with the active agencies'
+        users. The HTTP API awaits this before answering an enrolment or a status change.
+
+        Raises:
+            IstmoError: JetStream or nats-server refused (the directory is refreshed).
+        """
+        async with self._directory_lock:
+            registry, directory = self._opened()
+            directory.refresh()
+            js = nc.jetstream(timeout=10)
+            for user in registry.nats_users():
+                if user.agency not in self._consumers:
+                    await ensure_agency_consumer(js, user.agency)
+                    self._consumers.add(user.agency)
+            await asyncio.to_thread(server.reload, self.nats_layout())
+            log.info("nats-server reloaded for directory %s", directory.version)
 
     async def connect_relay(self, url: str) -> NATS:
         try:
@@ -387,6 +406,7 @@ class Stack:
         await ensure_relay_consumers(js)
         for user in registry.nats_users():
             await ensure_agency_consumer(js, user.agency)
+            self._consumers.add(user.agency)
 
     async def relay_only(self, stop: asyncio.Event, nats_url: str) -> None:
         """Run one more relay worker against an already running NATS."""

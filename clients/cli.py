@@ -24,6 +24,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from clients.audit_verify import add_remote_audit_parsers
+from clients.enroll import add_enroll_parser
 from clients.keystore import (
     load_keystore,
     passphrase_from_env,
@@ -520,8 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
     _agency_args(c)
     c.set_defaults(func=_rotate)
 
+    add_enroll_parser(sub)
+
     for ep in entry_points(group="istmo.commands"):
         ep.load()(sub)
+    add_remote_audit_parsers(sub)  # after the broker's: `istmo audit ... --from-url`
     return parser
 
 

@@ -253,7 +253,7 @@ class IstmoHttp:
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:
-        if response.status_code != 200:
+        if not 200 <= response.status_code < 300:
             code, detail = _problem(response)
             raise ApiError(detail, code=code, status=response.status_code)
         return response.json()

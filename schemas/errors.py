@@ -4,7 +4,7 @@
     ├── EnvelopeError               bad input: malformed, oversized, unknown version or label
     │   ├── SignatureError          a signature or key binding does not verify
     │   ├── DecryptionError         a wrap or ciphertext does not open (uniform to peers)
-    │   ├── ProofError              a Merkle proof does not verify (broker.merkle)
+    │   ├── ProofError              a Merkle proof does not verify (schemas.merkle_verify)
     │   └── TreeHeadConflict        a tree head rolls back or forks the log (schemas.treehead)
     ├── PolicyDenied                the policy said no
     ├── BusUnavailable              NATS is not reachable or did not answer

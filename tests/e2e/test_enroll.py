@@ -1,0 +1,278 @@
+"""Enrolment on a running `istmo up`, as users do it: the administrator adds an agency
+with `istmo admin agency add`, the agency runs `istmo enroll` against the HTTP API, and
+at once (nats-server reloaded, not restarted) it receives a bulletin published to it and
+publishes one of its own, with `--as KEYSTORE_PATH`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clients.keystore import load_keystore
+from tests.stackproc import ISTMO, UpProcess, run_cli
+
+AGENCY = "gt-customs"
+PASSPHRASE = "customs passphrase, long enough"
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory):
+    proc = UpProcess(tmp_path_factory.mktemp("enrol") / "istmo").start()
+    yield proc
+    assert proc.stop() == 0, proc.output
+
+
+def enroll(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`istmo enroll ARGS` on the agency's machine: no data directory, no terminal."""
+    return subprocess.run(
+        [ISTMO, "enroll", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+def publish(d: Path, who: str, topic: str) -> dict[str, object]:
+    r = run_cli(
+        "publish",
+        "--as",
+        who,
+        "--topic",
+        topic,
+        "--classification",
+        "RESTRICTED",
+        "--tlp",
+        "AMBER",
+        "--rel-to",
+        "GT",
+        "--title",
+        f"from {who}",
+        "--body",
+        "seen at the border",
+        "--json",
+        data_dir=d,
+    )
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout))
+
+
+def receive(d: Path, who: str) -> list[dict[str, object]]:
+    r = run_cli("receive", "--as", who, "--count", "1", "--timeout", "15", "--json", data_dir=d)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_an_agency_added_by_the_admin_enrols_and_works_at_once(
+    up: UpProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = up.data_dir
+    # 1. The administrator adds the agency; the token is printed once.
+    added = run_cli(
+        "admin",
+        "agency",
+        "add",
+        AGENCY,
+        "--name",
+        "Guatemala: Customs",
+        "--state",
+        "GT",
+        "--sector",
+        "police",
+        "--clearance",
+        "CONFIDENTIAL",
+        "--topic",
+        "drug-trafficking",
+        "--topic",
+        "border-incident",
+        "--token-ttl",
+        "2h",
+        "--json",
+        data_dir=d,
+    )
+    assert added.returncode == 0, added.stderr
+    grant = json.loads(added.stdout)
+    assert grant["applied"] is True
+    token, kid, broker = grant["token"], grant["directory_kid"], grant["broker"]
+    assert broker == f"http://127.0.0.1:{up.ports['api']}"
+
+    # 2. On its own machine, the agency enrols: keys made there, keystore protected.
+    machine = tmp_path / "agency"
+    machine.mkdir()
+    (machine / "token").write_text(token + "\n")
+    (machine / "pass").write_text(PASSPHRASE + "\n")
+    keystore = machine / "gt-customs.json"
+    r = enroll(
+        "--broker",
+        broker,
+        "--token-file",
+        "token",
+        "--directory-kid",
+        kid,
+        "--out",
+        str(keystore),
+        "--passphrase-file",
+        "pass",
+        cwd=machine,
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"enrolled as {AGENCY}" in r.stdout
+    assert "checked: the signed directory lists your keys" in r.stdout
+    assert stat.S_IMODE(keystore.stat().st_mode) == 0o600
+    stored = json.loads(keystore.read_text())
+    assert set(stored) == {"v", "agency", "kdf", "aead", "nonce", "ct"}  # protected
+    ks = load_keystore(keystore, PASSPHRASE)
+    assert ks.nats_url == up.nats_url
+    assert ks.directory_key.kid == kid
+
+    # 3. The same token again: refused; nothing written.
+    again = enroll(
+        "--broker", broker, "--token", token, "--out", "second.json", "--no-passphrase", cwd=machine
+    )
+    assert again.returncode == 1
+    assert "was used already" in again.stderr
+    assert not (machine / "second.json").exists()
+
+    # 4. It works at once: it receives a bulletin published to it...
+    monkeypatch.setenv("ISTMO_PASSPHRASE_FILE", str(machine / "pass"))
+    sent = publish(d, "gt-police", "drug-trafficking")
+    assert AGENCY in sent["routed"], sent
+    got = receive(d, str(keystore))
+    assert [b["id"] for b in got] == [sent["id"]]
+    # ...and publishes one, which gt-police receives and verifies.
+    mine = publish(d, str(keystore), "border-incident")
+    assert "gt-police" in mine["routed"], mine
+    theirs = receive(d, "gt-police")
+    assert [(b["id"], b["originator"]) for b in theirs] == [(mine["id"], AGENCY)]
+
+    # 5. nats-server was reloaded, never restarted.
+    assert up.output.count("NATS      nats://") == 1
+    assert up.proc is not None
+    assert up.proc.poll() is None
+
+    # 6. Audited; and no secret in the stack's log or its database.
+    db = sqlite3.connect(d / "istmo.db")
+    kinds = [
+        row[0]
+        for row in db.execute(
+            "SELECT type FROM audit_event WHERE subject = ? ORDER BY seq", (AGENCY,)
+        )
+    ]
+    db.close()
+    assert kinds[:6] == [
+        "agency.enrolled",  # created
+        "agency.enrolled",  # token issued
+        "agency.enrolled",  # keys registered
+        "key.registered",
+        "key.registered",
+        "key.registered",
+    ]
+    stored_bytes = b"".join(p.read_bytes() for p in d.glob("istmo.db*") if p.is_file())
+    secrets = [token, token.rsplit(".", 1)[1], ks.signing_keys[0].private, ks.nats_seed]
+    secrets.append(ks.encryption_keys[0].private)
+    for secret in secrets:
+        assert secret not in up.output
+        assert secret.encode() not in stored_bytes
+
+
+def test_a_forged_token_writes_no_keystore(up: UpProcess, tmp_path: Path) -> None:
+    broker = f"http://127.0.0.1:{up.ports['api']}"
+    forged = "istmo-enrol." + "ab" * 12 + "." + "x" * 43
+    r = enroll(
+        "--broker", broker, "--token", forged, "--out", "ks.json", "--no-passphrase", cwd=tmp_path
+    )
+    assert r.returncode == 1
+    assert "the enrolment token is not valid" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_enroll_refuses_to_write_an_unprotected_keystore_by_default(
+    up: UpProcess, tmp_path: Path
+) -> None:
+    broker = f"http://127.0.0.1:{up.ports['api']}"
+    token = "istmo-enrol." + "cd" * 12 + "." + "y" * 43
+    r = enroll("--broker", broker, "--token", token, "--out", "ks.json", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "needs a passphrase" in r.stderr
+    (tmp_path / "taken.json").write_text("{}")
+    r = enroll(
+        "--broker", broker, "--token", token, "--out", "taken.json", "--no-passphrase", cwd=tmp_path
+    )
+    assert r.returncode == 1
+    assert "never overwritten" in r.stderr
+    assert (tmp_path / "taken.json").read_text() == "{}"
+
+
+def test_over_http_an_admin_adds_and_suspends_an_agency_on_the_live_stack(
+    up: UpProcess, tmp_path: Path
+) -> None:
+    """The administrators' endpoints on the running stack: create, enrol with the SDK,
+    connect to NATS, suspend (its connection drops at once), reinstate."""
+    import asyncio
+    import time
+
+    from clients.enroll import enroll as sdk_enroll
+    from clients.enroll import write_new_keystore
+    from clients.oauth import IstmoHttp
+    from clients.sdk import IstmoClient
+
+    base = f"http://127.0.0.1:{up.ports['api']}"
+    admin_ks = load_keystore(up.data_dir / "keys" / "admin.json")
+    agency = "sv-customs"
+
+    async def scenario() -> float:
+        async with IstmoHttp(base, admin_ks) as api:
+            created = await api.request(
+                "POST",
+                "/v1/agencies",
+                json={
+                    "id": agency,
+                    "name": "El Salvador: Customs",
+                    "sector": "police",
+                    "clearance": "RESTRICTED",
+                    "state": "SV",
+                    "topics": ["border-incident"],
+                },
+            )
+            assert created.status_code == 201, created.text  # IstmoHttp.post wants a 200
+            made = created.json()
+            ks = await sdk_enroll(base, made["token"], directory_kid=made["directory_kid"])
+            path = tmp_path / "sv-customs.json"
+            write_new_keystore(path, ks, None)
+            client = await IstmoClient.connect(path, str(ks.nats_url))
+            nc = client._nc
+            assert nc.is_connected
+            t0 = time.monotonic()
+            answer = await api.post(f"/v1/agencies/{agency}/suspend", json={"note": "test"})
+            assert answer == {
+                "agency": agency,
+                "previous": "active",
+                "status": "suspended",
+                "applied": True,
+            }
+            for _ in range(100):
+                if not nc.is_connected:
+                    break
+                await asyncio.sleep(0.05)
+            lost = time.monotonic() - t0
+            assert not nc.is_connected, "the suspended agency kept its NATS connection"
+            await nc.close()
+            client._dedupe.close()
+            back = await api.post(f"/v1/agencies/{agency}/reinstate", json={})
+            assert back["applied"] is True
+            again = await IstmoClient.connect(path, str(ks.nats_url))
+            await again.close()
+            return lost
+
+    lost = asyncio.run(scenario())
+    assert lost < 5
+    assert up.output.count("NATS      nats://") == 1  # reloaded, never restarted
