@@ -14,7 +14,7 @@ Every 4xx/5xx is an RFC 9457 problem naming the reason; every 401 and 403 is an 
 event; bodies are bounded before they are read (``broker.http_guard``). Request bodies are
 parsed by the wire contract's strict parser, as on NATS, not by FastAPI's lenient one.
 
-Not here yet: subscriptions, policy adoption over HTTP (``istmo policy adopt`` does it).
+Not here yet: subscriptions.
 """
 
 from __future__ import annotations

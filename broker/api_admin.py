@@ -56,6 +56,11 @@ Admin = Annotated[Caller, require("admin")]
 PolicyText = Annotated[str, StringConstraints(max_length=MAX_POLICY_FILE_CHARS)]
 
 
+class AdoptAnswer(BaseModel):
+    previous: str
+    version: str
+
+
 class CandidatePolicy(BaseModel):
     """A candidate policy set: ``schema.cedarschema``, ``base.cedar`` and any
     ``overrides/<community>.cedar``, by name."""
@@ -179,10 +184,8 @@ def _split(value: str) -> list[str]:
     return [v for v in value.split(",") if v]
 
 
-def _load_candidate(
-    files: dict[str, str], directory: DirectoryService
-) -> tuple[PolicyBundle | None, PolicyEngine | None, list[str]]:
-    """Load posted policy files as a bundle checked against the directory.
+def _write_candidate(files: dict[str, str], root: FsPath) -> FsPath:
+    """Lay posted policy files out as a policy directory under ``root``.
 
     Raises:
         ApiProblem: 400 for a file name outside the bundle layout (no path ever comes
@@ -195,11 +198,23 @@ def _load_candidate(
                 "bad_filename",
                 "policy files are schema.cedarschema, base.cedar and overrides/<name>.cedar",
             )
+    (root / "overrides").mkdir(exist_ok=True)
+    for name, text in files.items():
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def _load_candidate(
+    files: dict[str, str], directory: DirectoryService
+) -> tuple[PolicyBundle | None, PolicyEngine | None, list[str]]:
+    """Load posted policy files as a bundle checked against the directory.
+
+    Raises:
+        ApiProblem: 400 for a file name outside the bundle layout (no path ever comes
+            from the request).
+    """
     with tempfile.TemporaryDirectory(prefix="istmo-policy-") as tmp:
-        root = FsPath(tmp)
-        (root / "overrides").mkdir()
-        for name, text in files.items():
-            (root / name).write_text(text, encoding="utf-8")
+        root = _write_candidate(files, FsPath(tmp))
         try:
             bundle = PolicyBundle.load(root)
             return bundle, directory.engine_for(bundle), []
@@ -335,6 +350,33 @@ def admin_router(state: ApiState) -> APIRouter:
                 for c in changes
             ],
         }
+
+    @router.post(
+        "/v1/policy/adopt",
+        summary="Validate a candidate policy set and make it the one in force",
+        description=(
+            "Archives it by version, records a policy.adopted audit event naming the "
+            "administrator and the old and new versions, and switches every relay at once. "
+            "An invalid candidate is a 422 listing the problems, recorded as policy.rejected; "
+            "the set in force is unchanged."
+        ),
+        response_model=AdoptAnswer,
+        responses=problem_responses(400, 422, 503, *AUTHED),
+        openapi_extra=json_body(CandidatePolicy),
+    )
+    async def policy_adopt(
+        who: Expensive, body: Annotated[bytes, Depends(raw_body)]
+    ) -> dict[str, Any]:
+        req = parse_json(CandidatePolicy, body, limits)
+        if state.adopt_policy is None:
+            raise ApiProblem(503, "adoption_unavailable", "this broker cannot adopt policies")
+        with tempfile.TemporaryDirectory(prefix="istmo-adopt-") as tmp:
+            root = _write_candidate(dict(req.files), FsPath(tmp))
+            try:
+                previous, version = await state.adopt_policy(root, f"admin:{who.id}")
+            except PolicyLoadError as exc:
+                raise ApiProblem(422, "invalid_policy", "; ".join(exc.problems)[:500]) from exc
+        return {"previous": previous, "version": version}
 
     @router.get(
         "/v1/agencies",

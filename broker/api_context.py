@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
@@ -97,6 +98,8 @@ class ApiState:
     # the directory, reload nats-server, create durable consumers).
     nats_url: str | None = None
     directory_changed: Callable[[], Awaitable[None]] | None = None
+    # Adopt the policy set in a directory, as the given administrator; set by the stack.
+    adopt_policy: Callable[[Path, str], Awaitable[tuple[str, str]]] | None = None
 
     def __post_init__(self) -> None:
         lim = self.limits

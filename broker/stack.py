@@ -38,7 +38,7 @@ from broker.natsconf import AgencyUser, NatsLayout
 from broker.natsserver import NatsServer, check_port_free, find_nats_server
 from broker.oauth import TokenAuthority, load_token_key
 from broker.policy import PolicyBundle
-from broker.policy_store import active_policy_dir
+from broker.policy_store import CONTROL_POLICY_SUBJECT, active_policy_dir, adopt
 from broker.registry import EncryptionKeyRow, NatsUserRow, Registry, SigningKeyRow
 from broker.relay import Relay
 from broker.sequencer import LOG_PUB_FILE, run_in_stack
@@ -314,6 +314,7 @@ class Stack:
         app = create_app(registry, directory, lambda: nc.is_connected, auth=auth)
         app.state.istmo.nats_url = server.url
         app.state.istmo.directory_changed = lambda: self.apply_directory_change(server, nc)
+        app.state.istmo.adopt_policy = lambda root, who: self.adopt_policy(root, who, nc)
         api = _Server(
             uvicorn.Config(app, host=s.host, port=s.api_port, log_level="warning", access_log=False)
         )
@@ -351,6 +352,26 @@ class Stack:
         self.out("relay     " + ("running" if with_relay else "not started (--no-relay)"))
         self.out(f"audit log sequenced here (log key {s.broker_dir / LOG_PUB_FILE})")
         self.out("ready; Ctrl-C stops")
+
+    async def adopt_policy(self, candidate: Path, who: str, nc: NATS) -> tuple[str, str]:
+        """Adopt the policy set in ``candidate`` (validated, archived, audited) and switch
+        this process and every other relay to it. Returns (previous, new) versions.
+
+        Raises:
+            PolicyLoadError: the candidate is invalid; nothing changed.
+        """
+        registry, directory = self._opened()
+        done = adopt(
+            candidate,
+            settings=self.settings,
+            registry=registry,
+            active=directory.bundle,
+            adopted_by=who,
+            check=directory.engine_for,
+        )
+        directory.use_bundle(PolicyBundle.load(done.archived_at))
+        await nc.publish(CONTROL_POLICY_SUBJECT, b"{}")  # relays in other processes
+        return done.previous or "", done.version
 
     def _reload_nats(self, server: NatsServer, nc: NATS) -> Callable[[Msg], Awaitable[None]]:
         """On a directory change (a control message): apply it, logging a failure."""

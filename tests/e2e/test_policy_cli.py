@@ -179,3 +179,38 @@ def test_simulate_then_adopt_takes_effect_in_the_running_relay(
     assert data["previous_version"] != data["version"]
     check = run_cli("policy", "check", data_dir=d)
     assert data["version"] in check.stdout
+
+
+def test_an_administrator_adopts_over_http(up: UpProcess, tmp_path: Path) -> None:
+    import asyncio
+
+    from clients.keystore import load_keystore
+    from clients.oauth import IstmoHttp
+
+    base = f"http://127.0.0.1:{up.ports['api']}"
+    admin = load_keystore(up.data_dir / "keys" / "admin.json")
+    agency = load_keystore(up.data_dir / "keys" / "gt-police.json")
+    root = candidate(tmp_path, extra=NO_CENTRES.replace("test-no-regional-centres", "http-test"))
+    files = {str(p.relative_to(root)): p.read_text() for p in root.rglob("*.ceda*")}
+
+    async def scenario() -> tuple[int, int, int, dict[str, str]]:
+        async with IstmoHttp(base, agency) as api:
+            denied = await api.request("POST", "/v1/policy/adopt", json={"files": files})
+        async with IstmoHttp(base, admin) as api:
+            bad = await api.request(
+                "POST", "/v1/policy/adopt", json={"files": {**files, "base.cedar": "permit ("}}
+            )
+            ok = await api.request("POST", "/v1/policy/adopt", json={"files": files})
+        return denied.status_code, bad.status_code, ok.status_code, ok.json()
+
+    denied, bad, ok, answer = asyncio.run(scenario())
+    assert denied == 403
+    assert bad == 422
+    assert ok == 200, answer
+    check = run_cli("policy", "check", data_dir=up.data_dir)
+    assert answer["version"] in check.stdout  # in force, and what the next start loads
+    db = sqlite3.connect(up.data_dir / "istmo.db")
+    actor = db.execute(
+        "SELECT actor FROM audit_event WHERE type='policy.adopted' ORDER BY seq DESC LIMIT 1"
+    ).fetchone()[0]
+    assert actor == "admin:admin"
