@@ -1,5 +1,5 @@
 """``istmo admin``: add agencies with their enrolment tokens, suspend, reinstate and revoke
-agencies, revoke keys.
+agencies, revoke keys, show and set subscriptions.
 
 Run where the broker's data directory is. Each change is recorded with an audit event
 and reaches a running stack at once: nats-server is reloaded without a restart, so a
@@ -26,13 +26,16 @@ from broker.lifecycle import (
     set_agency_status,
 )
 from broker.stack import Stack, read_stack_file
+from broker.subscriptions import set_subscriptions, subscriptions_of
 from schemas.enrolment import split_enrolment_token
+from schemas.errors import ConfigError
 
 __all__ = [
     "agency_add_command",
     "agency_token_command",
     "key_revoke_command",
     "status_command",
+    "subscriptions_command",
 ]
 
 
@@ -75,6 +78,28 @@ def key_revoke_command(args: argparse.Namespace) -> int:
     registry, _ = stack._opened()
     revoke_signing_key(registry, args.agency, args.kid, actor=f"local:{getpass.getuser()}")
     print(f"{args.agency}: key {args.kid} revoked")
+    _tell(stack)
+    return 0
+
+
+def subscriptions_command(args: argparse.Namespace) -> int:
+    """Show an agency's topics, or replace them with ``--set`` (empty: none)."""
+    stack = _open(args)
+    registry, _ = stack._opened()
+    if args.set is None:
+        topics = subscriptions_of(registry, args.agency)
+        if topics is None:
+            raise ConfigError(f"unknown agency {args.agency}", code="unknown_agency")
+        print(f"{args.agency}: {', '.join(topics) or 'no topics'}")
+        return 0
+    wanted = [t.strip() for t in args.set.split(",") if t.strip()]
+    change = set_subscriptions(registry, args.agency, wanted, _actor())
+    print(f"{args.agency}: {', '.join(change.topics) or 'no topics'}")
+    if not change.changed:
+        print("no change")
+        return 0
+    added, removed = ", ".join(change.added) or "none", ", ".join(change.removed) or "none"
+    print(f"added: {added}; removed: {removed}")
     _tell(stack)
     return 0
 

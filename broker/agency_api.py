@@ -13,6 +13,8 @@ agency learns nothing about bulletins it did not originate: those look "not foun
     directory  agency ids -> their signed records (public keys)
     status     bulletin id -> accepted / rejected (reason) / pending, originator only
     receipts   bulletin id -> routed recipients and their receipts, originator only
+    rotate     new keys signed by the current one (``broker.rotation``)
+    revoke-key one of the caller's own signing key ids -> revoked from now on
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.config import Settings
 from broker.directory import DirectoryService
+from broker.lifecycle import revoke_signing_key
 from broker.policy import BulletinFacts
 from broker.registry import Registry
 from broker.relay_core import check_labels
 from broker.rotation import apply_rotation
 from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
-from schemas.envelope import Timestamp, parse_model
+from schemas.envelope import Kid, Timestamp, parse_model
 from schemas.errors import IstmoError, PolicyDenied
 from schemas.ids import AgencyIdStr, BulletinIdStr, parse_agency_id
 from schemas.labels import Labels
@@ -43,6 +46,7 @@ __all__ = [
     "DirectoryRequest",
     "NotFound",
     "ResolveRequest",
+    "RevokeKeyRequest",
 ]
 
 _PREVIEW_ID = "00000000-0000-4000-8000-000000000000"
@@ -72,6 +76,13 @@ class DirectoryRequest(BaseModel):
 class BulletinRequest(BaseModel):
     model_config = _STRICT
     bulletin_id: BulletinIdStr
+
+
+class RevokeKeyRequest(BaseModel):
+    """One of the caller's own signing keys, to revoke from now on."""
+
+    model_config = _STRICT
+    kid: Kid
 
 
 def _looks_like_agency(token: str) -> bool:
@@ -278,7 +289,27 @@ class AgencyApi:
             )
             self.directory.refresh()  # this relay answers with the new keys at once
             return canonical_json(answer)
+        if op == "revoke-key":
+            revoke = parse_model(RevokeKeyRequest, data, max_bytes=max_bytes, what="request")
+            return canonical_json(self._revoke_key(caller, revoke.kid, now))
         return _error("bad_request", f"unknown operation {op[:20]!r}")
+
+    def _revoke_key(self, caller: str, kid: str, now: int) -> dict[str, Any]:
+        """Revoke one of ``caller``'s own signing keys from ``now``: what it signs from
+        this second on is refused; what it signed before still verifies.
+
+        Raises:
+            NotFound: no such key of the caller (another agency's key looks the same).
+            IstmoError: ``already_revoked``.
+        """
+        key = self.registry.signing_key(kid)
+        if key is None or key.agency != caller:
+            raise NotFound(f"{caller} has no signing key {kid}")
+        if key.revoked_at is not None:
+            raise IstmoError(f"key {kid} was already revoked", code="already_revoked")
+        revoke_signing_key(self.registry, caller, kid, actor=caller, at=now)
+        self.directory.refresh()  # this relay refuses what the key signs at once
+        return {"agency": caller, "kid": kid, "revoked_at": now}
 
     def _audit_refusal(self, parts: list[str], exc: IstmoError, now: int) -> None:
         """A refused request is an audit event: who asked what, and why it was refused."""

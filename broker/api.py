@@ -14,7 +14,8 @@ Every 4xx/5xx is an RFC 9457 problem naming the reason; every 401 and 403 is an 
 event; bodies are bounded before they are read (``broker.http_guard``). Request bodies are
 parsed by the wire contract's strict parser, as on NATS, not by FastAPI's lenient one.
 
-Not here yet: subscriptions.
+Subscriptions (``bulletins:read`` for one's own, ``admin`` to set them) are in
+``broker.api_subscriptions``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from broker.api_context import (
     state_of,
 )
 from broker.api_enrol import enrol_router
+from broker.api_subscriptions import subscriptions_router
 from broker.directory import DirectoryService
 from broker.http_guard import ApiLimits, Guard, Metrics, problem
 from broker.oauth import ASSERTION_TYPE, TOKEN_PATH, AuthError, Caller, TokenAuthority
@@ -180,6 +182,7 @@ def create_app(
     app.include_router(admin_router(state))
     app.include_router(enrol_router(state))
     app.include_router(audit_router(state))
+    app.include_router(subscriptions_router(state))
     app.openapi = _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented hook
     return app
 

@@ -143,7 +143,9 @@ def _policy_commands(sub: Any) -> None:
 
 
 def _admin_commands(sub: Any) -> None:
-    p = sub.add_parser("admin", help="add, suspend, reinstate or revoke agencies and keys")
+    p = sub.add_parser(
+        "admin", help="add, suspend, reinstate or revoke agencies and keys; subscriptions"
+    )
     cmds = p.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
     _agency_commands(cmds)
     for action, text in (
@@ -163,6 +165,21 @@ def _admin_commands(sub: Any) -> None:
     c.add_argument("agency")
     c.add_argument("kid", help="the key id (sig-...) from the directory")
     c.set_defaults(func=_lazy_in("admin_cli", "key_revoke_command"))
+    c = cmds.add_parser(
+        "subscriptions",
+        help="show or set the topics an agency follows",
+        description=(
+            "Show the topics AGENCY follows, or replace them with --set (a comma-separated "
+            "list; --set '' for none). Each topic added or removed is an audit event; a "
+            "running stack applies it at once."
+        ),
+    )
+    _common(c)
+    c.add_argument("agency", help="the agency id, like gt-police")
+    c.add_argument(
+        "--set", metavar="TOPIC,TOPIC", help="the whole new set, from: " + ", ".join(TOPICS)
+    )
+    c.set_defaults(func=_lazy_in("admin_cli", "subscriptions_command"))
 
 
 _DURATION = re.compile(r"(\d{1,7})([smhd])")

@@ -425,7 +425,7 @@ class Relay:
             return
         reply = self.api.handle(msg.subject, msg.data, now=int(time.time()))
         await self.nc.publish(msg.reply, reply)
-        if msg.subject.endswith(".rotate") and not reply.startswith(b'{"error"'):
+        if msg.subject.endswith((".rotate", ".revoke-key")) and not reply.startswith(b'{"error"'):
             # Keys changed: every other relay (and the stack) rebuilds its directory.
             await self.nc.publish(CONTROL_DIRECTORY_SUBJECT, b"{}")
 

@@ -124,6 +124,13 @@ async def _rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _revoke_key(args: argparse.Namespace) -> int:
+    async with await _client(args) as client:
+        await client.revoke_key(args.kid)
+    print(f"{args.who}: signing key {args.kid} revoked; what it signs from now on is refused")
+    return 0
+
+
 def _protect(args: argparse.Namespace) -> int:
     path = resolve_keystore_path(args.who, args.data_dir)
     keystore = load_keystore(path, _ask_passphrase(path))
@@ -521,6 +528,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _agency_args(c)
     c.set_defaults(func=_rotate)
+
+    c = keys.add_parser(
+        "revoke",
+        help="revoke one of your signing keys (after a leak)",
+        description=(
+            "Revoke one of your own signing keys from now on: the broker refuses what it "
+            "signs from now on; what it signed before still verifies. Revoking your current "
+            "key leaves you nothing to sign with: rotate first, then revoke the old key."
+        ),
+    )
+    _agency_args(c)
+    c.add_argument("kid", help="the key id (sig-...), as in the keystore or the directory")
+    c.set_defaults(func=_revoke_key)
 
     add_enroll_parser(sub)
 

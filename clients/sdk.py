@@ -457,6 +457,24 @@ class IstmoClient:
         self._records.pop(self.agency, None)
         return new_sk.verify_key.kid, pub.kid
 
+    async def revoke_key(self, kid: str) -> int:
+        """Revoke one of this agency's own signing keys, from now on (after a leak).
+
+        What the key signed before still verifies; what it signs from now on is refused
+        (``key_revoked``). Revoking the current key leaves nothing to sign with: rotate
+        first (``rotate_keys``) and revoke the old key, unless the keystore itself leaked.
+
+        Returns:
+            When the revocation took effect (epoch seconds).
+
+        Raises:
+            IstmoError: ``not_found`` (not a signing key of this agency),
+                ``already_revoked``, or ``malformed`` (not a key id).
+        """
+        answer = await self._request("revoke-key", {"kid": kid})
+        self._records.pop(self.agency, None)
+        return int(answer["revoked_at"])
+
     # ------------------------------------------------------------------ receive
     async def receive(
         self,

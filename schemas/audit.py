@@ -19,6 +19,7 @@ EventType = Literal[
     "agency.enrolled",
     "key.registered",
     "subscription.added",
+    "subscription.removed",
     "policy.adopted",
     "policy.rejected",
     "agency.suspended",

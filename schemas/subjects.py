@@ -35,7 +35,7 @@ RELAY_INGEST_DURABLE = "relay-ingest"
 RELAY_RECEIPT_DURABLE = "relay-receipts"
 RELAY_ACCOUNT = "ISTMO"
 # Request/reply operations an agency may call on the broker, on istmo.api.<agency>.<op>.
-API_OPS = ("resolve", "explain", "directory", "status", "receipts", "rotate")
+API_OPS = ("resolve", "explain", "directory", "status", "receipts", "rotate", "revoke-key")
 
 
 def _checked(agency: str) -> AgencyId:

@@ -50,6 +50,8 @@ ENDPOINTS: list[tuple[str, str, str, Any]] = [
     ("POST", "/v1/policy/simulate", "admin", {"files": _policy_files(), "last": 10}),
     ("GET", "/v1/agencies", "admin", None),
     ("GET", "/v1/agencies/gt-police", "admin", None),
+    ("GET", "/v1/subscriptions", "bulletins:read", None),
+    ("GET", "/v1/agencies/gt-police/subscriptions", "admin", None),
 ]
 IDS = [f"{m} {p}" for m, p, _, _ in ENDPOINTS]
 

@@ -8,7 +8,9 @@ is the same every time; about 25 cases per operation keep it well under a minute
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +24,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from broker.config import Settings
 from broker.http_guard import ApiLimits
 from broker.oauth import ADMIN_SCOPES, AGENCY_SCOPES, Client
+from broker.policy_store import adopt
 from tests.api.conftest import Broker
 
 CHECKS = [
@@ -52,6 +56,22 @@ def api_schema(broker: Broker) -> Any:
     app = create_app(
         broker.registry, broker.directory, lambda: True, auth=broker.authority(), limits=limits
     )
+    archive = Settings(data_dir=Path(tempfile.mkdtemp(prefix="istmo-adopt-")))
+
+    async def adopt_hook(root: Path, who: str) -> tuple[str, str]:
+        # The real adoption path (validate, archive, audit), without switching the engine:
+        # a generated candidate is almost always refused (422), which is what is checked.
+        done = adopt(
+            root,
+            settings=archive,
+            registry=broker.registry,
+            active=broker.directory.bundle,
+            adopted_by=who,
+            check=broker.directory.engine_for,
+        )
+        return done.previous or "", done.version
+
+    app.state.istmo.adopt_policy = adopt_hook
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
@@ -72,7 +92,7 @@ def tokens(broker: Broker) -> dict[str, str]:
 def _token_for(path: str, tokens: dict[str, str]) -> str | None:
     if path.startswith(("/v1/policy/", "/v1/agencies")):
         return tokens["admin"]
-    if path.startswith(("/v1/recipients", "/v1/bulletins")):
+    if path.startswith(("/v1/recipients", "/v1/bulletins", "/v1/subscriptions")):
         return tokens["agency"]
     return None
 
