@@ -52,7 +52,7 @@ from broker.enrolment import (
     redeem,
 )
 from broker.http_guard import RateLimiter
-from broker.lifecycle import Status, set_agency_status
+from broker.lifecycle import Status, revoke_signing_key, set_agency_status
 from broker.oauth import Caller
 from schemas.directory import Sector
 from schemas.enrolment import (
@@ -327,6 +327,7 @@ def enrol_router(state: ApiState, limits: EnrolLimits | None = None) -> APIRoute
 
     for action, status in _ACTIONS:
         _status_route(router, state, action, status)
+    _key_revoke_route(router, state)
     return router
 
 
@@ -377,3 +378,43 @@ def _status_route(
         applied = await apply_directory_change(state)
         log.info("agency %s: %s -> %s by %s", agency_id, previous, status, who.id)
         return {"agency": agency_id, "previous": previous, "status": status, "applied": applied}
+
+
+class KeyRevokeAnswer(BaseModel):
+    agency: str
+    kid: str
+    revoked_at: int
+    applied: bool
+
+
+def _key_revoke_route(router: APIRouter, state: ApiState) -> None:
+    @router.post(
+        "/v1/agencies/{agency_id}/keys/{kid}/revoke",
+        summary="Revoke one of an agency's signing keys: what it signs from now on is refused",
+        description=(
+            "Bulletins it signed before stay verifiable; the relay and every SDK refuse "
+            "anything it signs later. Audited with the administrator as actor."
+        ),
+        tags=["administration"],
+        response_model=KeyRevokeAnswer,
+        responses=problem_responses(404, 409, *AUTHED),
+    )
+    async def revoke_key(
+        agency_id: AgencyPath,
+        kid: Annotated[str, Path(pattern=r"^sig-[0-9a-f]{32}$")],
+        who: Admin,
+    ) -> Any:
+        now = int(time.time())
+        try:
+            await asyncio.to_thread(
+                revoke_signing_key, state.registry, agency_id, kid, actor=who.id, at=now
+            )
+        except ConfigError as exc:
+            # No such key of that agency, or revoked already.
+            code = 409 if "already" in str(exc) else 404
+            raise ApiProblem(
+                code, "conflict" if code == 409 else "not_found", str(exc)[:300], client=who.id
+            ) from exc
+        applied = await apply_directory_change(state)
+        log.info("agency %s: key %s revoked by %s", agency_id, kid, who.id)
+        return {"agency": agency_id, "kid": kid, "revoked_at": now, "applied": applied}

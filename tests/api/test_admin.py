@@ -150,3 +150,23 @@ async def test_expensive_calls_are_rate_limited(make_app, broker: Broker) -> Non
         assert codes == [200, 200, 429]
         # Cheap admin reads are not held up.
         assert (await c.get("/v1/agencies", headers=admin)).status_code == 200
+
+
+async def test_an_administrator_revokes_an_agencys_key(
+    client: httpx.AsyncClient, broker: Broker, admin: dict[str, str]
+) -> None:
+    keys = broker.registry.signing_keys("do-foreign")
+    kid = keys[-1].kid
+    agency = bearer(await token(client, broker, "do-police"))
+    r = await client.post(f"/v1/agencies/do-foreign/keys/{kid}/revoke", headers=agency)
+    assert r.status_code == 403  # an agency cannot
+    r = await client.post(f"/v1/agencies/do-foreign/keys/{kid}/revoke", headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["kid"] == kid
+    assert broker.registry.signing_key(kid).revoked_at is not None  # type: ignore[union-attr]
+    again = await client.post(f"/v1/agencies/do-foreign/keys/{kid}/revoke", headers=admin)
+    assert_problem(again, 409)
+    other = await client.post(f"/v1/agencies/do-police/keys/{kid}/revoke", headers=admin)
+    assert_problem(other, 404)  # not that agency's key
+    events = broker.registry.audit_events(type_="key.revoked", actor="admin")
+    assert [e.subject for e in events] == ["do-foreign"]
