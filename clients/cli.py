@@ -210,6 +210,8 @@ def _labels(args: argparse.Namespace) -> Labels:
 
 def _read_body(args: argparse.Namespace) -> str:
     if args.body is not None:
+        if len(args.body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+            raise ConfigError(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
         return str(args.body)
     if args.body_file is None:
         raise ConfigError("give the bulletin text with --body-file FILE (or - for stdin) or --body")
