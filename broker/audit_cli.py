@@ -44,14 +44,14 @@ from broker.registry import Registry
 from broker.sequencer import DEFAULT_ORIGIN, log_verify_key, require_database
 from schemas.audit import EVENT_TYPES
 from schemas.canonical import b64d, b64e
-from schemas.errors import ConfigError, EnvelopeError, SignatureError
+from schemas.errors import ConfigError, SignatureError
 from schemas.keys import VerifyKey
+from schemas.monitor import MonitorState
 from schemas.treehead import (
     SignedTreeHead,
     TreeHead,
     TreeHeadConflict,
     check_monotonic,
-    parse_signed_tree_head,
     verify_tree_head,
 )
 
@@ -379,63 +379,32 @@ def verify_command(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------- monitor
-@dataclass
-class _MonitorState:
-    path: Path
-    log_key: str
-    origin: str
-    head: SignedTreeHead | None
-    alarm: dict[str, Any] | None
-    evidence: list[dict[str, Any]]
-
-    @classmethod
-    def load(cls, path: Path) -> _MonitorState | None:
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise ConfigError(f"cannot read the monitor state {path}: {exc.strerror}") from exc
-        try:
-            doc = json.loads(raw)
-            head = doc.get("head")
-            return cls(
-                path=path,
-                log_key=str(doc["log_key"]),
-                origin=str(doc["origin"]),
-                head=None if head is None else parse_signed_tree_head(json.dumps(head).encode()),
-                alarm=doc.get("alarm"),
-                evidence=list(doc.get("evidence", [])),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError, EnvelopeError) as exc:
-            raise ConfigError(f"the monitor state {path} is not one this monitor wrote") from exc
-
-    def save(self) -> None:
-        doc = {
-            "v": 1,
-            "log_key": self.log_key,
-            "origin": self.origin,
-            "head": None if self.head is None else self.head.model_dump(mode="json"),
-            "alarm": self.alarm,
-            "evidence": self.evidence,
-        }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        os.replace(tmp, self.path)
+def _load_state(path: Path) -> MonitorState | None:
+    try:
+        return MonitorState.parse(path, path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the monitor state {path}: {exc.strerror}") from exc
 
 
-def _alarm(state: _MonitorState, kind: str, message: str, *heads: SignedTreeHead) -> int:
+def _save_state(state: MonitorState) -> None:
+    tmp = state.path.with_name(state.path.name + ".tmp")
+    tmp.write_bytes(state.encode())
+    os.replace(tmp, state.path)
+
+
+def _alarm(state: MonitorState, kind: str, message: str, *heads: SignedTreeHead) -> int:
     """Keep the heads as evidence, stop trusting the log, and say so."""
-    state.alarm = {"kind": kind, "message": message, "at": _iso(time.time_ns() // 1_000_000)}
-    state.evidence += [h.model_dump(mode="json") for h in heads]
-    state.save()
+    state.raise_alarm(kind, message, _iso(time.time_ns() // 1_000_000), heads)
+    _save_state(state)
     kept = f"; {len(heads)} tree heads kept as evidence" if heads else ""
     print(f"istmo: ALARM: {message}{kept} in {state.path}", file=sys.stderr)
     return ALARM_EXIT
 
 
 def monitor_command(args: argparse.Namespace) -> int:
-    state = _MonitorState.load(args.state)
+    state = _load_state(args.state)
     if state is not None and state.alarm is not None:
         print(
             f"istmo: ALARM: the log is not trusted since {state.alarm.get('at')}: "
@@ -450,7 +419,7 @@ def monitor_command(args: argparse.Namespace) -> int:
                 raise ConfigError(
                     f"no log key in {local.settings.broker_dir} to pin: pass --log-key FILE"
                 )
-            state = _MonitorState(args.state, b64e(key.public), DEFAULT_ORIGIN, None, None, [])
+            state = MonitorState(args.state, b64e(key.public), DEFAULT_ORIGIN)
         key = VerifyKey(b64d(state.log_key, field="pinned log key", max_bytes=32))
         if args.log_key is not None and _pinned_key(args, local.settings) != key:
             raise ConfigError(f"--log-key is not the key pinned in {state.path}")
@@ -471,7 +440,7 @@ def monitor_command(args: argparse.Namespace) -> int:
 
 def _check_new_head(
     log: AuditLog,
-    state: _MonitorState,
+    state: MonitorState,
     key: VerifyKey,
     last: SignedTreeHead | None,
     sth: SignedTreeHead,
@@ -484,7 +453,7 @@ def _check_new_head(
         return _alarm(state, "bad_signature", f"the log's tree head: {exc}", *heads)
     if last is None:
         state.head = sth
-        state.save()
+        _save_state(state)
         print(
             f"pinned log key {key.kid} for {state.origin}; tree head size {new.tree_size}, "
             f"root {new.root_hash}, signed {_iso(new.timestamp)}"
@@ -514,6 +483,6 @@ def _check_new_head(
     else:
         note = "unchanged"
     state.head = sth
-    state.save()
+    _save_state(state)
     print(f"tree head size {new.tree_size}, root {new.root_hash}: {note}")
     return 0

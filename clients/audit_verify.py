@@ -59,6 +59,7 @@ from schemas.merkle_verify import (
     verify_consistency,
     verify_inclusion,
 )
+from schemas.monitor import MonitorState
 from schemas.treehead import (
     SignedTreeHead,
     TreeHead,
@@ -603,66 +604,30 @@ async def verify_remote(
 
 
 # ---------------------------------------------------------------------------- monitor
-@dataclass
-class MonitorState:
-    """What a monitor remembers (the local monitor's file format): the pinned key and log,
-    the last verified head, and after an alarm the alarm and its evidence."""
+def _load_state(path: Path) -> MonitorState | None:
+    try:
+        return MonitorState.parse(path, path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the monitor state {path}: {exc.strerror}") from exc
 
-    path: Path
-    log_key: str
-    origin: str
-    head: SignedTreeHead | None
-    alarm: dict[str, Any] | None
-    evidence: list[dict[str, Any]]
 
-    @classmethod
-    def load(cls, path: Path) -> MonitorState | None:
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise ConfigError(f"cannot read the monitor state {path}: {exc.strerror}") from exc
-        try:
-            doc = json.loads(raw)
-            head = doc.get("head")
-            return cls(
-                path=path,
-                log_key=str(doc["log_key"]),
-                origin=str(doc["origin"]),
-                head=None if head is None else parse_signed_tree_head(json.dumps(head).encode()),
-                alarm=doc.get("alarm"),
-                evidence=list(doc.get("evidence", [])),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError, EnvelopeError) as exc:
-            raise ConfigError(f"the monitor state {path} is not one this monitor wrote") from exc
-
-    def save(self) -> None:
-        doc = {
-            "v": 1,
-            "log_key": self.log_key,
-            "origin": self.origin,
-            "head": None if self.head is None else self.head.model_dump(mode="json"),
-            "alarm": self.alarm,
-            "evidence": self.evidence,
-        }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(doc, indent=2) + "\n")
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write the monitor state {self.path}: {exc.strerror}"
-            ) from exc
+def _save_state(state: MonitorState) -> None:
+    tmp = state.path.with_name(state.path.name + ".tmp")
+    try:
+        tmp.write_bytes(state.encode())
+        os.replace(tmp, state.path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the monitor state {state.path}: {exc.strerror}") from exc
 
 
 def _alarm(
     state: MonitorState, kind: str, message: str, *heads: SignedTreeHead, err: TextIO
 ) -> int:
     """Keep the heads as evidence, stop trusting the log, and say so."""
-    state.alarm = {"kind": kind, "message": message, "at": _iso(time.time_ns() // 1_000_000)}
-    state.evidence += [h.model_dump(mode="json") for h in heads]
-    state.save()
+    state.raise_alarm(kind, message, _iso(time.time_ns() // 1_000_000), heads)
+    _save_state(state)
     kept = f"; {len(heads)} tree heads kept as evidence" if heads else ""
     print(f"istmo: ALARM: {message}{kept} in {state.path}", file=err)
     return ALARM_EXIT
@@ -687,7 +652,7 @@ async def monitor_remote(
     """
     out = out or sys.stdout
     err = err or sys.stderr
-    state = MonitorState.load(state_path)
+    state = _load_state(state_path)
     if state is not None and state.alarm is not None:
         print(
             f"istmo: ALARM: the log is not trusted since {state.alarm.get('at')}: "
@@ -703,7 +668,7 @@ async def monitor_remote(
                 "broker's log.pub (or pass --log-key FILE)",
                 file=err,
             )
-        state = MonitorState(state_path, b64e(key.public), origin, None, None, [])
+        state = MonitorState(state_path, b64e(key.public), origin)
     key = VerifyKey(b64d(state.log_key, field="pinned log key", max_bytes=32))
     if pinned is not None and pinned != key:
         raise ConfigError(f"--log-key is not the key pinned in {state.path}")
@@ -732,7 +697,7 @@ async def monitor_remote(
         return _alarm(state, "bad_signature", f"the log's tree head: {exc}", *heads, err=err)
     if last is None:
         state.head = sth
-        state.save()
+        _save_state(state)
         print(
             f"pinned log key {key.kid} for {state.origin}; tree head size {new.tree_size}, "
             f"root {new.root_hash}, signed {_iso(new.timestamp)}",
@@ -767,7 +732,7 @@ async def monitor_remote(
     else:
         note = "unchanged"
     state.head = sth
-    state.save()
+    _save_state(state)
     print(f"tree head size {new.tree_size}, root {new.root_hash}: {note}", file=out)
     return 0
 
