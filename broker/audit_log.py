@@ -44,6 +44,7 @@ from schemas.audit import AuditEvent
 from schemas.canonical import b64e, canonical_json
 from schemas.errors import AuditStoreError, ConfigError, EnvelopeError, SignatureError
 from schemas.keys import SigningKey, VerifyKey
+from schemas.monitor import Findings, Problem
 from schemas.treehead import (
     SignedTreeHead,
     TreeHead,
@@ -228,39 +229,11 @@ class Integrated:
     head: SignedTreeHead
 
 
-@dataclass(frozen=True)
-class Problem:
-    """Something wrong with entries ``index .. end - 1`` (one entry, or the range a signed
-    head or a node covers), and what."""
-
-    index: int
-    message: str
-    end: int
-
-
 @dataclass
-class VerifyReport:
+class VerifyReport(Findings):
     """What ``AuditLog.verify_all`` checked, and the first problem if any."""
 
-    entries: int = 0
-    heads: int = 0
     pending: int = 0  # outbox rows not integrated yet
-    latest: TreeHead | None = None
-    first: Problem | None = None
-    problems: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.first is None
-
-    def add(self, index: int, message: str, end: int | None = None) -> None:
-        """Note a problem. The first is the one whose range ends first: a bad entry wins
-        over the head or node range that holds it, and an earlier range over a later entry."""
-        self.problems += 1
-        p = Problem(index, message, index + 1 if end is None else end)
-        if self.first is None or (p.end, p.index) < (self.first.end, self.first.index):
-            self.first = p
 
 
 class SqlHashStore:

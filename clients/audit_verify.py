@@ -59,10 +59,9 @@ from schemas.merkle_verify import (
     verify_consistency,
     verify_inclusion,
 )
-from schemas.monitor import MonitorState
+from schemas.monitor import Findings, MonitorState
 from schemas.treehead import (
     SignedTreeHead,
-    TreeHead,
     TreeHeadConflict,
     check_monotonic,
     parse_signed_tree_head,
@@ -262,41 +261,15 @@ def _proof(body: Any) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------- verify
-@dataclass(frozen=True)
-class Problem:
-    """Something wrong with entries ``index .. end - 1``, and what."""
-
-    index: int
-    message: str
-    end: int
-
-
 @dataclass
-class RemoteReport:
+class RemoteReport(Findings):
     """What ``verify_remote`` checked, and the first problem if any."""
 
     url: str = ""
     kid: str = ""
     pinned: bool = False
-    entries: int = 0
-    heads: int = 0
     inclusion: int = 0  # inclusion proofs checked
     consistency: int = 0  # consistency proofs checked
-    latest: TreeHead | None = None
-    first: Problem | None = None
-    problems: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.first is None
-
-    def add(self, index: int, message: str, end: int | None = None) -> None:
-        """Note a problem; the first is the one whose range ends first (then the lowest)."""
-        self.problems += 1
-        p = Problem(index, message, index + 1 if end is None else end)
-        if self.first is None or (p.end, p.index) < (self.first.end, self.first.index):
-            self.first = p
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""What an audit-log monitor remembers between runs: the file format both monitors (the
-broker's local one and the auditor's remote one) read and write.
+"""What audit-log verifiers share: the state a monitor remembers between runs (the file
+format both the broker's local monitor and the auditor's remote one read and write), and
+the findings of a verification.
 
 Pure: parsing and encoding only; the callers read and write the file.
 """
@@ -12,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError, EnvelopeError
-from schemas.treehead import SignedTreeHead, parse_signed_tree_head
+from schemas.treehead import SignedTreeHead, TreeHead, parse_signed_tree_head
 
-__all__ = ["MonitorState"]
+__all__ = ["Findings", "MonitorState", "Problem"]
 
 
 @dataclass
@@ -67,3 +68,41 @@ class MonitorState:
         """Record an alarm and keep ``heads`` as evidence."""
         self.alarm = {"kind": kind, "message": message, "at": at}
         self.evidence += [h.model_dump(mode="json") for h in heads]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with log entries ``index .. end - 1`` (one entry, or the range a
+    signed head or a node covers), and what."""
+
+    index: int
+    message: str
+    end: int
+
+
+@dataclass
+class Findings:
+    """What a verification of the audit log checked, and its first problem, if any.
+
+    The first problem is the one whose range ends first (then the lowest index): a bad
+    entry wins over the head or node range that holds it, an earlier range over a later
+    entry. The local and the remote verifiers extend this with what each checks.
+    """
+
+    entries: int = 0
+    heads: int = 0
+    latest: TreeHead | None = None
+    first: Problem | None = None
+    problems: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.first is None
+
+    def add(self, index: int, message: str, end: int | None = None) -> None:
+        """Note a problem with entry ``index`` (or the range up to ``end``)."""
+        self.problems += 1
+        p = Problem(index, message, index + 1 if end is None else end)
+        if self.first is None or (p.end, p.index) < (self.first.end, self.first.index):
+            self.first = p
