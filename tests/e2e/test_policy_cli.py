@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import cedarpy
@@ -96,31 +97,20 @@ def test_explain_and_preview_say_who_and_why(up: UpProcess, tmp_path: Path) -> N
     assert {a: c["allowed"] for a, c in prev.items()} == {a: c["allowed"] for a, c in rows.items()}
 
 
+def publish_graded_sica(d: Path) -> subprocess.CompletedProcess[str]:
+    """A graded SICA drug-trafficking bulletin from gt-police (the observatory takes it)."""
+    return run_cli(
+        "publish", "--as", "gt-police", "--topic", "drug-trafficking",
+        "--classification", "RESTRICTED", "--tlp", "AMBER", "--rel-to", "SICA",
+        "--title", "t", "--body", "b", "--source-grade", "A1", "--json", data_dir=d,
+    )  # fmt: skip
+
+
 def test_simulate_then_adopt_takes_effect_in_the_running_relay(
     up: UpProcess, tmp_path: Path
 ) -> None:
     d = up.data_dir
-    pub = run_cli(
-        "publish",
-        "--as",
-        "gt-police",
-        "--topic",
-        "drug-trafficking",
-        "--classification",
-        "RESTRICTED",
-        "--tlp",
-        "AMBER",
-        "--rel-to",
-        "SICA",
-        "--title",
-        "t",
-        "--body",
-        "b",
-        "--source-grade",
-        "A1",
-        "--json",
-        data_dir=d,
-    )
+    pub = publish_graded_sica(d)
     assert pub.returncode == 0, pub.stderr
     assert "rc-drugs" in json.loads(pub.stdout)["routed"]
     cand = candidate(tmp_path)
@@ -141,27 +131,7 @@ def test_simulate_then_adopt_takes_effect_in_the_running_relay(
     ok = run_cli("policy", "adopt", str(cand), data_dir=d)
     assert ok.returncode == 0, ok.stderr
     assert "switched" in ok.stdout
-    pub = run_cli(
-        "publish",
-        "--as",
-        "gt-police",
-        "--topic",
-        "drug-trafficking",
-        "--classification",
-        "RESTRICTED",
-        "--tlp",
-        "AMBER",
-        "--rel-to",
-        "SICA",
-        "--title",
-        "t",
-        "--body",
-        "b",
-        "--source-grade",
-        "A1",
-        "--json",
-        data_dir=d,
-    )
+    pub = publish_graded_sica(d)
     assert pub.returncode == 0, pub.stderr
     routed = json.loads(pub.stdout)["routed"]
     assert "rc-drugs" not in routed
