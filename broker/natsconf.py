@@ -12,8 +12,13 @@ Shape, per ``reference/NATS-PERMISSIONS.md`` §1 and §3.2:
   land in the agency's own account (the reply-subject hole, S-26).
 
 Both kinds of account deny everything by default, so a user entry without permissions gets
-nothing. Writing the file, validating it and signalling the server is left to
-``broker.natsserver``.
+nothing.
+
+A node of a cluster (``NatsLayout.cluster``) adds a ``cluster`` block: its route port, the
+other nodes' routes, and a route user and password, so that no other local process can join
+the cluster as a route (a route bypasses every account permission). Every node renders the
+same accounts. Writing the file, validating it and signalling the server is left to
+``broker.natsserver`` and ``broker.natscluster``.
 """
 
 from __future__ import annotations
@@ -36,11 +41,18 @@ from schemas.subjects import (
     receipt_subject,
 )
 
-__all__ = ["AgencyUser", "NatsLayout", "agency_publish_subjects", "render_config"]
+__all__ = [
+    "AgencyUser",
+    "ClusterLayout",
+    "NatsLayout",
+    "agency_publish_subjects",
+    "render_config",
+]
 
 # A public user nkey: "U" and 55 more base32 characters.
 _USER_NKEY = re.compile(r"^U[A-Z2-7]{55}$")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_ROUTE_SECRET = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _DENY_ALL = '{ publish: { deny: [">"] }, subscribe: { deny: [">"] } }'
 
 
@@ -50,6 +62,17 @@ class AgencyUser:
 
     agency: str
     nkey_public: str  # "U..."
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """How one node joins its cluster: its route port and the other nodes' route ports."""
+
+    port: int  # this node's route (cluster) port
+    peers: tuple[int, ...]  # the route ports of the other nodes, on the same host
+    route_password: str  # shared by every node; the config file is mode 0600
+    name: str = "istmo"
+    route_user: str = "istmo-route"
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,7 @@ class NatsLayout:
     host: str = "127.0.0.1"
     server_name: str = "istmo-1"
     max_payload: int = 2 * 1024 * 1024
+    cluster: ClusterLayout | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +145,43 @@ def _check(layout: NatsLayout) -> None:
     agencies = [user.agency for user in layout.agencies]
     if len(set(agencies)) != len(agencies):
         raise ValueError("an agency is listed twice")
+    if layout.cluster is not None:
+        _check_cluster(layout, layout.cluster)
+
+
+def _check_cluster(layout: NatsLayout, cluster: ClusterLayout) -> None:
+    ports = (cluster.port, *cluster.peers)
+    for port in ports:
+        if not 0 < port < 65536:
+            raise ValueError(f"cluster port {port} is not a TCP port")
+    if len(set(ports)) != len(ports) or {layout.port, layout.http_port} & set(ports):
+        raise ValueError(f"cluster ports {ports} repeat, or repeat a client or monitoring port")
+    if not cluster.peers:
+        raise ValueError("a cluster node needs at least one peer")
+    for what, name in (("cluster name", cluster.name), ("route user", cluster.route_user)):
+        if _SERVER_NAME.fullmatch(name) is None:
+            raise ValueError(f"invalid {what} {name!r}")
+    if _ROUTE_SECRET.fullmatch(cluster.route_password) is None:
+        raise ValueError("the route password must be 16-128 characters of [A-Za-z0-9_-]")
+
+
+def _cluster_block(layout: NatsLayout, cluster: ClusterLayout) -> list[str]:
+    auth = f"{cluster.route_user}:{cluster.route_password}"
+    routes = [f"nats-route://{auth}@{layout.host}:{port}" for port in cluster.peers]
+    return [
+        "cluster {",
+        f"  name: {_q(cluster.name)}",
+        f"  listen: {_q(f'{layout.host}:{cluster.port}')}",
+        # Without it any local process could connect as a route and see every account.
+        "  authorization {",
+        f"    user: {_q(cluster.route_user)}",
+        f"    password: {_q(cluster.route_password)}",
+        "    timeout: 2",
+        "  }",
+        f"  routes: {_q_list(routes)}",
+        "}",
+        "",
+    ]
 
 
 def _relay_account(layout: NatsLayout) -> list[str]:
@@ -180,7 +241,8 @@ def render_config(layout: NatsLayout) -> str:
         The config file's text; every string is quoted, every subject holding ``$`` too.
 
     Raises:
-        ValueError: a port, nkey or server name is malformed, or a key or agency repeats.
+        ValueError: a port, nkey, server name or cluster setting is malformed, or a key,
+            agency or port repeats.
         EnvelopeError: an agency id is not a valid agency id.
     """
     _check(layout)
@@ -192,6 +254,7 @@ def render_config(layout: NatsLayout) -> str:
         f"http: {_q(f'{layout.host}:{layout.http_port}')}",
         f"max_payload: {layout.max_payload}",
         "",
+        *(_cluster_block(layout, layout.cluster) if layout.cluster else []),
         "jetstream {",
         f"  store_dir: {_q(str(layout.store_dir))}",
         # The default fsyncs every 2 min and loses acknowledged messages on power loss.

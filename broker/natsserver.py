@@ -257,10 +257,25 @@ class NatsServer:
             BusUnavailable: the server runs but is not healthy within ``timeout``.
             RuntimeError: this server is already running.
         """
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Check the ports, write the config and start the process; do not wait for it.
+
+        A cluster node cannot become healthy before a quorum of its peers runs, so
+        ``broker.natscluster`` spawns every node first and waits afterwards.
+
+        Raises:
+            ConfigError: a port is taken or the config is rejected.
+            RuntimeError: this server is already running.
+        """
         if self.pid is not None:
             raise RuntimeError(f"nats-server is already running as pid {self.pid}")
         check_port_free(self.layout.port, "NATS clients", self.layout.host)
         check_port_free(self.layout.http_port, "NATS monitoring", self.layout.host)
+        if self.layout.cluster is not None:
+            check_port_free(self.layout.cluster.port, "NATS cluster routes", self.layout.host)
         self.write_config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._close_log()
@@ -274,6 +289,18 @@ class NatsServer:
             # stops the relay first and the server last, instead of all at once.
             start_new_session=True,
         )
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait until the spawned server reports JetStream healthy and every agency's
+        service imports are wired.
+
+        Raises:
+            ConfigError: the server exited while starting, or left imports unwired.
+            BusUnavailable: the server runs but is not healthy within ``timeout``.
+            RuntimeError: the server was never spawned.
+        """
+        if self._proc is None:
+            raise RuntimeError("spawn() the server first")
         deadline = time.monotonic() + timeout
         while True:
             code = self._proc.poll()
@@ -298,6 +325,10 @@ class NatsServer:
                 f"nats-server started without the service imports of {', '.join(unwired)}; "
                 f"see {self.log_path}"
             )
+
+    def monitor(self, path: str) -> dict[str, Any] | None:
+        """GET a monitoring endpoint (``/jsz``, ``/varz``...); None if it does not answer."""
+        return self._get_json(path)
 
     def _load_time(self) -> object:
         varz = self._get_json("/varz")

@@ -1,8 +1,11 @@
 """Create (or bring up to date) Istmo's JetStream streams and durable consumers.
 
 Idempotent: safe to call on every start. Needs a connection in account ISTMO (the relay's
-user); the agencies never call these. Which agencies exist, and removing their consumers
-when they leave, is left to the registry.
+user); the agencies never call these. Every stream is file-backed with a dedupe window of
+10 minutes by default (the catalogue's deploy defaults); on a cluster each has 3 replicas
+(``replicas=3``), on one node 1. Deletes and purges are denied on the delivery and audit
+streams; the two work queues need neither flag (acks remove their messages). Which
+agencies exist, and removing their consumers when they leave, is left to the registry.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 
 from schemas.errors import BusUnavailable, ConfigError
 from schemas.subjects import (
@@ -53,9 +56,11 @@ def _every_agency(subject_of: Callable[[str], str]) -> str:
 _AUDIT_SUBJECTS = "istmo.audit.>"  # schemas.subjects names the stream, not its subjects
 
 
-def _stream_configs(deliver_max_age_s: int, duplicate_window_s: int) -> list[StreamConfig]:
+def _stream_configs(
+    deliver_max_age_s: int, duplicate_window_s: int, replicas: int
+) -> list[StreamConfig]:
     window = float(duplicate_window_s)
-    return [
+    configs = [
         StreamConfig(
             name=INGEST_STREAM,
             subjects=[_every_agency(ingest_subject)],
@@ -97,6 +102,9 @@ def _stream_configs(deliver_max_age_s: int, duplicate_window_s: int) -> list[Str
             allow_direct=False,
         ),
     ]
+    for config in configs:
+        config.num_replicas = replicas
+    return configs
 
 
 def _bus_error(what: str, exc: Exception) -> BusUnavailable:
@@ -108,6 +116,7 @@ async def ensure_streams(
     *,
     deliver_max_age_s: int = 30 * 24 * 3600,
     duplicate_window_s: int = 600,
+    replicas: int | None = None,
 ) -> None:
     """Create the four Istmo streams, or update them to the wanted configuration.
 
@@ -115,14 +124,21 @@ async def ensure_streams(
         js: a JetStream context on a connection in account ISTMO.
         deliver_max_age_s: how long deliveries wait for an offline agency, in seconds.
         duplicate_window_s: the JetStream dedupe window of every stream, in seconds.
+        replicas: copies of every stream: 1 on one node, 3 on a 3-node cluster; None
+            keeps what an existing stream has (1 for a new one), so a worker that only
+            joins a stack never changes it.
 
     Raises:
         BusUnavailable: JetStream does not answer.
         ConfigError: JetStream refuses a stream configuration (for example a change
             of retention, which it cannot update in place).
     """
-    for config in _stream_configs(deliver_max_age_s, duplicate_window_s):
+    if replicas not in (None, 1, 3, 5):
+        raise ConfigError(f"stream replicas must be 1, 3 or 5, not {replicas}")
+    for config in _stream_configs(deliver_max_age_s, duplicate_window_s, replicas or 1):
         try:
+            if replicas is None:
+                config.num_replicas = await _current_replicas(js, str(config.name))
             try:
                 await js.add_stream(config)
             except BadRequestError as exc:
@@ -136,6 +152,14 @@ async def ensure_streams(
                 f"JetStream refused stream {config.name}: {exc.description} "
                 f"(err_code {exc.err_code})"
             ) from exc
+
+
+async def _current_replicas(js: JetStreamContext, stream: str) -> int:
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return 1
+    return info.config.num_replicas or 1
 
 
 async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
