@@ -1,0 +1,112 @@
+"""F-01/F-02 (single-node profile): SIGKILL the relay repeatedly under load.
+
+``istmo up --no-relay`` runs NATS, the API and the sequencer; the relay is its own
+process, killed with SIGKILL every few seconds while a publisher sends 50 bulletins/s to
+Belize's three ministries, which receive all along. After the load, the checker must find
+nothing lost, nothing unexpected, no duplicate reaching an application, and an audit log
+that verifies with one ``bulletin.accepted`` per acked bulletin and one receipt per
+bulletin an application saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.faults.harness import (
+    BZ_RECIPIENTS,
+    Publisher,
+    Recipient,
+    RelayProcess,
+    Target,
+    check,
+    connect,
+    record_run,
+    wait_until,
+)
+from tests.stackproc import UpProcess
+
+RATE = 50  # bulletins/s
+SECONDS = 15
+KILLS = 4
+KILL_EVERY_S = 3.0
+
+
+def accepted(target: Target) -> int:
+    engine = create_engine(target.database)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    text("SELECT count(*) FROM audit_event WHERE type = 'bulletin.accepted'")
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+async def test_f02_sigkill_relay_repeatedly_under_load(
+    up_no_relay: UpProcess, tmp_path: Path, figures: Path
+) -> None:
+    target = Target.of_up(up_no_relay)
+    relay = RelayProcess(target, tmp_path / "relay.log")
+    relay.start()
+    recovery: list[float] = []
+    try:
+        gt = await connect(target, "gt-police")
+        pub = Publisher(gt)
+        assert await pub.prepare() == BZ_RECIPIENTS
+        recipients = [Recipient(a, await connect(target, a)) for a in BZ_RECIPIENTS]
+        stop = asyncio.Event()
+
+        async def killer() -> None:
+            for _ in range(KILLS):
+                await asyncio.sleep(KILL_EVERY_S)
+                relay.kill()
+                killed = time.monotonic()
+                before = await asyncio.to_thread(accepted, target)
+                await asyncio.to_thread(relay.start)
+                # Recovery: from the kill until the new relay accepts a bulletin again.
+                await wait_until(lambda b=before: accepted(target) > b, timeout=30, interval=0.05)
+                recovery.append(time.monotonic() - killed)
+
+        async with asyncio.TaskGroup() as tg:
+            for r in recipients:
+                tg.create_task(r.run(stop))
+            kills = tg.create_task(killer())
+            took = await pub.run(rate=RATE, count=RATE * SECONDS, duration=SECONDS + 10)
+            await kills
+            # Batches the killed relays held come back after the ack wait (30 s).
+            await wait_until(
+                lambda: all(pub.acked <= {h for h, _ in r.visible} for r in recipients),
+                timeout=90,
+            )
+            await asyncio.sleep(1.0)  # late duplicates would show now
+            stop.set()
+        report = await check(target, [pub], recipients)
+        for r in recipients:
+            await r.client.close()
+        await gt.close()
+        print("\n" + report.summary())
+        print(f"publish took {took:.1f}s; recovery after each kill (s): {recovery}")
+        record_run(
+            figures,
+            "F-02",
+            report,
+            rate=RATE,
+            seconds=SECONDS,
+            kills=KILLS,
+            recipients=len(recipients),
+            recovery_s=[round(x, 2) for x in recovery],
+        )
+        assert len(recovery) == KILLS
+        assert report.acked > 0
+        assert report.unknown == 0, pub.errors
+        assert report.ok, report.summary()
+    finally:
+        relay.stop()
