@@ -414,7 +414,7 @@ def audit_router(state: ApiState) -> APIRouter:
         responses=problem_responses(404, 503),
     )
     def log_key() -> dict[str, Any]:
-        broker_dir = log_key_dir(state.registry.url)
+        broker_dir = state.registry.broker_dir  # the data directory's, on any database
         if broker_dir is None:
             raise ApiProblem(503, "log_key_unavailable", "this broker does not serve its log key")
         try:

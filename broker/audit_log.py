@@ -10,9 +10,12 @@
 A batch's entries, the nodes they complete and the tree head signed over them commit
 together, so every entry is covered by a signed head and an outbox row is integrated at
 most once (``event_seq`` is UNIQUE, and the next batch starts after the last integrated
-``seq``, read in the same transaction). On SQLite all three tables are append-only at the
-database level (triggers, as for ``audit_event``); the writer takes the write lock at BEGIN
-(``BEGIN IMMEDIATE``), so two writers cannot interleave.
+``seq``, read in the same transaction). All three tables are append-only at the database
+level (triggers made by the migration, as for ``audit_event``: UPDATE and DELETE refused,
+and TRUNCATE on PostgreSQL). Writers cannot interleave: on SQLite the writer takes the write
+lock at BEGIN (``BEGIN IMMEDIATE``); on PostgreSQL it takes a transaction-level advisory
+lock (``pg_advisory_xact_lock``) before it reads the log's tip, so two sequencers, on one
+machine or several, append one after the other.
 
 A leaf is the canonical JSON of the ``AuditEvent`` (``entry_bytes``), stored verbatim, so an
 auditor hashes exactly what an export or the API hands out.
@@ -32,14 +35,15 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
 from broker import merkle
+from broker.db import display_url, is_sqlite, make_engine, open_schema
 from broker.merkle import Node, NodeId
-from broker.registry import AuditRow
+from broker.registry import BIGINT, AuditRow
 from schemas.audit import AuditEvent
 from schemas.canonical import b64e, canonical_json
 from schemas.errors import AuditStoreError, ConfigError, EnvelopeError, SignatureError
@@ -78,8 +82,8 @@ _PG_SEQUENCER_LOCK = 0x49_53_54_4D  # "ISTM": pg_advisory_xact_lock key of the w
 
 class LogEntryRow(SQLModel, table=True):
     __tablename__ = "log_entry"
-    index: int = Field(primary_key=True)
-    event_seq: int = Field(unique=True, foreign_key="audit_event.seq")
+    index: int = Field(primary_key=True, sa_type=BIGINT)
+    event_seq: int = Field(unique=True, foreign_key="audit_event.seq", sa_type=BIGINT)
     leaf: bytes  # the exact bytes hashed: canonical JSON of the AuditEvent
     leaf_hash: bytes
 
@@ -88,27 +92,20 @@ class MerkleNodeRow(SQLModel, table=True):
     __tablename__ = "merkle_node"
     __table_args__ = {"sqlite_with_rowid": False}  # SQLAlchemy's own attribute
     level: int = Field(primary_key=True)
-    idx: int = Field(primary_key=True)
+    idx: int = Field(primary_key=True, sa_type=BIGINT)
     hash: bytes
 
 
 class TreeHeadRow(SQLModel, table=True):
     __tablename__ = "tree_head"
-    tree_size: int = Field(primary_key=True)
+    tree_size: int = Field(primary_key=True, sa_type=BIGINT)
     root: bytes
-    timestamp: int
+    timestamp: int = Field(sa_type=BIGINT)
     kid: str = Field(max_length=40)
     sig: str = Field(max_length=100)
     raw: bytes  # the SignedTreeHead document, as served
 
 
-_TABLES = ("log_entry", "merkle_node", "tree_head")
-_APPEND_ONLY = tuple(
-    f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} "
-    f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END"
-    for t in _TABLES
-    for op in ("UPDATE", "DELETE")
-)
 _EVENT_COLUMNS = "seq, event_id, type, time, actor, subject, bulletin_id, reason, data"
 
 
@@ -313,14 +310,14 @@ def _sqlite_setup(immediate: bool) -> tuple[Callable[..., None], Callable[[Conne
 
 
 def _engine(url: str, *, writer: bool) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url)
+    if is_sqlite(url):
+        engine = make_engine(url)
         connect, begin = _sqlite_setup(writer)
         event.listen(engine, "connect", connect)
         event.listen(engine, "begin", begin)
         return engine
     # PostgreSQL: readers see one snapshot; the writer serializes on an advisory lock.
-    return create_engine(url, isolation_level="READ COMMITTED" if writer else "REPEATABLE READ")
+    return make_engine(url, isolation_level="READ COMMITTED" if writer else "REPEATABLE READ")
 
 
 def _blob(value: object) -> bytes:
@@ -339,10 +336,11 @@ class AuditLog:
     """The log in the registry's database (same URL)."""
 
     def __init__(self, url: str) -> None:
-        """Open the log, creating its tables and triggers if needed.
+        """Open the log in the registry's database.
 
         Raises:
-            ConfigError: the database has no ``audit_event`` table (not an Istmo registry).
+            ConfigError: the database has no ``audit_event`` table (not an Istmo registry),
+                or is not at the schema revision this Istmo runs on (SQLite is upgraded).
             AuditStoreError: the database refused.
         """
         self.url = url
@@ -350,22 +348,17 @@ class AuditLog:
         self._reader = _engine(url, writer=False)
         self._sqlite = self._writer.dialect.name == "sqlite"
         try:
-            if not inspect(self._reader).has_table(AuditRow.__tablename__):
-                raise ConfigError(f"no Istmo registry in {url}: it has no audit_event table")
-            with self._writer.begin() as conn:
-                SQLModel.metadata.create_all(
-                    conn,
-                    tables=[
-                        LogEntryRow.__table__,  # type: ignore[attr-defined]  # sqlmodel sets it
-                        MerkleNodeRow.__table__,  # type: ignore[attr-defined]
-                        TreeHeadRow.__table__,  # type: ignore[attr-defined]
-                    ],
-                )
-                if self._sqlite:
-                    for ddl in _APPEND_ONLY:
-                        conn.exec_driver_sql(ddl)
-        except SQLAlchemyError as exc:
-            raise AuditStoreError(f"cannot open the audit log: {type(exc).__name__}") from exc
+            try:
+                if not inspect(self._reader).has_table(AuditRow.__tablename__):
+                    raise ConfigError(
+                        f"no Istmo registry in {display_url(url)}: it has no audit_event table"
+                    )
+            except SQLAlchemyError as exc:
+                raise AuditStoreError(f"cannot open the audit log: {type(exc).__name__}") from exc
+            open_schema(self._reader, url, auto_upgrade=self._sqlite)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         self._writer.dispose()
@@ -917,8 +910,10 @@ class _Verifier:
             )
         extra = self.conn.execute(
             text(
-                "SELECT level, idx FROM merkle_node WHERE (idx + 1) * (1 << level) > :n "
-                "ORDER BY idx * (1 << level) LIMIT 1"
+                # CAST: PostgreSQL shifts an INTEGER within 32 bits
+                "SELECT level, idx FROM merkle_node "
+                "WHERE (idx + 1) * (CAST(1 AS BIGINT) << level) > :n "
+                "ORDER BY idx * (CAST(1 AS BIGINT) << level) LIMIT 1"
             ),
             {"n": self.size},
         ).first()

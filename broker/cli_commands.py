@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import DEFAULT_API_PORT, DEFAULT_NATS_HTTP_PORT, DEFAULT_NATS_PORT, Settings
+from broker.db_cli import add_db_commands
 from schemas.directory import SECTORS
 from schemas.errors import ConfigError
 from schemas.labels import TOPICS, Classification
@@ -69,6 +70,7 @@ def register(sub: Any) -> None:
     _policy_commands(sub)
     _admin_commands(sub)
     _audit_commands(sub)
+    add_db_commands(sub)  # istmo db upgrade | current (broker.db_cli)
 
     p = sub.add_parser(
         "relay",

@@ -19,6 +19,7 @@ __all__ = ["DEFAULT_API_PORT", "DEFAULT_NATS_PORT", "Settings", "default_policy_
 DEFAULT_NATS_PORT = 4244  # not 4222: a system NATS may run there
 DEFAULT_NATS_HTTP_PORT = 8244
 DEFAULT_API_PORT = 8844
+_DATABASE_SCHEMES = ("postgresql://", "postgresql+psycopg://", "postgres://", "sqlite:///")
 
 
 def default_policy_dir() -> Path:
@@ -57,7 +58,7 @@ class Settings:
             values["data_dir"] = Path(env["ISTMO_DATA_DIR"])
         if "ISTMO_NATS_SERVER" in env:
             values["nats_server"] = env["ISTMO_NATS_SERVER"]
-        if "ISTMO_DATABASE_URL" in env:
+        if env.get("ISTMO_DATABASE_URL"):  # set and not empty: PostgreSQL (or another SQLite)
             values["database_url"] = env["ISTMO_DATABASE_URL"]
         if "ISTMO_POLICY_DIR" in env:
             values["policy_dir"] = Path(env["ISTMO_POLICY_DIR"])
@@ -81,6 +82,11 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} {port} is not a TCP port")
+        if self.database_url is not None and not self.database_url.startswith(_DATABASE_SCHEMES):
+            raise ConfigError(
+                "ISTMO_DATABASE_URL must be postgresql://USER@HOST:PORT/DATABASE "
+                "(or sqlite:///PATH)"
+            )
         if not 4096 <= self.max_envelope_bytes <= 16 * 1024 * 1024:
             raise ConfigError("max_envelope_bytes must be between 4 KiB and 16 MiB")
 

@@ -1,9 +1,16 @@
 """The broker's store: directory, bulletin metadata and the append-only audit events.
 
 SQLite through sqlmodel by default (WAL, ``synchronous=FULL``: a committed audit event
-survives a crash), any SQLAlchemy URL otherwise. Bodies are never stored: a bulletin row
+survives a crash), PostgreSQL through one URL (``ISTMO_DATABASE_URL``). The schema is the
+Alembic head (``broker.db``, ``broker/migrations``): SQLite is upgraded on open, PostgreSQL
+must be upgraded with ``istmo db upgrade`` first. Bodies are never stored: a bulletin row
 holds its labels, digest, recipients and decisions. Audit events are append-only at the
-database level: triggers refuse UPDATE and DELETE.
+database level: triggers refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL).
+
+Audit events are the sequencer's outbox, integrated in ``seq`` order; the sequencer must
+never see ``seq`` N committed before a smaller one. SQLite has one writer at a time. On
+PostgreSQL every transaction that writes audit events takes one transaction-level advisory
+lock just before it inserts them and holds it to its commit, so ``seq`` order is commit order.
 """
 
 from __future__ import annotations
@@ -11,19 +18,25 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import BigInteger, Integer, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, select
 
+from broker.db import HEAD_REVISION, display_url, is_sqlite, make_engine, open_schema, sqlite_path
 from schemas.audit import AuditEvent
-from schemas.errors import AuditStoreError, ConfigError
+from schemas.errors import AuditStoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = HEAD_REVISION  # the Alembic revision the broker runs on
+# Sequence numbers, epoch milliseconds and stream positions outgrow 32 bits: BIGINT on
+# PostgreSQL (the parameters are typed from the model), INTEGER (the rowid) on SQLite.
+BIGINT = BigInteger().with_variant(Integer(), "sqlite")
+OUTBOX_LOCK = 0x49_53_54_4F  # "ISTO": pg_advisory_xact_lock key of audit-event writers
 
 __all__ = [
     "AgencyRow",
@@ -40,6 +53,7 @@ __all__ = [
     "RejectionRow",
     "SigningKeyRow",
     "SubscriptionRow",
+    "default_broker_dir",
 ]
 
 
@@ -74,8 +88,8 @@ class SigningKeyRow(SQLModel, table=True):
     kid: str = Field(primary_key=True, max_length=40)
     agency: str = Field(index=True, max_length=32)
     public: str = Field(max_length=64)
-    created_at: int
-    revoked_at: int | None = None
+    created_at: int = Field(sa_type=BIGINT)
+    revoked_at: int | None = Field(default=None, sa_type=BIGINT)
 
 
 class EncryptionKeyRow(SQLModel, table=True):
@@ -84,7 +98,7 @@ class EncryptionKeyRow(SQLModel, table=True):
     agency: str = Field(index=True, max_length=32)
     kem: str = Field(max_length=32)
     public: str = Field(max_length=2048)
-    created_at: int
+    created_at: int = Field(sa_type=BIGINT)
     current: bool = True
 
 
@@ -100,11 +114,11 @@ class BulletinRow(SQLModel, table=True):
     originator: str = Field(index=True, max_length=32)
     labels: str  # canonical JSON of the labels
     envelope_digest: str = Field(max_length=64)
-    ingest_seq: int
-    created_at: int
-    accepted_at: int
-    not_before: int | None = None
-    expires_at: int | None = None
+    ingest_seq: int = Field(sa_type=BIGINT)
+    created_at: int = Field(sa_type=BIGINT)
+    accepted_at: int = Field(sa_type=BIGINT)
+    not_before: int | None = Field(default=None, sa_type=BIGINT)
+    expires_at: int | None = Field(default=None, sa_type=BIGINT)
     recipients: str  # comma-separated signed recipients
     policy_version: str = Field(max_length=64)
     directory_version: str = Field(max_length=64)
@@ -114,9 +128,9 @@ class PolicySetRow(SQLModel, table=True):
     """A policy set that was adopted; the newest is active. Files are archived by version."""
 
     __tablename__ = "policy_set"
-    seq: int | None = Field(default=None, primary_key=True)
+    seq: int | None = Field(default=None, primary_key=True, sa_type=BIGINT)
     version: str = Field(index=True, max_length=64)
-    adopted_at: int
+    adopted_at: int = Field(sa_type=BIGINT)
     adopted_by: str = Field(max_length=200)
     previous: str | None = Field(default=None, max_length=64)
 
@@ -140,27 +154,27 @@ class ReceiptRow(SQLModel, table=True):
     __tablename__ = "receipt"
     bulletin_id: str = Field(primary_key=True, max_length=36)
     recipient: str = Field(primary_key=True, max_length=32)
-    received_at: int
-    recorded_at: int
+    received_at: int = Field(sa_type=BIGINT)
+    recorded_at: int = Field(sa_type=BIGINT)
     signature: str = Field(max_length=128)
 
 
 class RejectionRow(SQLModel, table=True):
     __tablename__ = "rejection"
-    ingest_seq: int = Field(primary_key=True)
+    ingest_seq: int = Field(primary_key=True, sa_type=BIGINT)
     originator: str = Field(index=True, max_length=32)
     bulletin_id: str | None = Field(default=None, index=True, max_length=36)
     reason: str = Field(max_length=64)
     message: str = Field(max_length=300)
-    time: int
+    time: int = Field(sa_type=BIGINT)
 
 
 class AuditRow(SQLModel, table=True):
     __tablename__ = "audit_event"
-    seq: int | None = Field(default=None, primary_key=True)
+    seq: int | None = Field(default=None, primary_key=True, sa_type=BIGINT)
     event_id: str = Field(unique=True, max_length=160)
     type: str = Field(index=True, max_length=40)
-    time: int = Field(index=True)
+    time: int = Field(index=True, sa_type=BIGINT)
     actor: str = Field(index=True, max_length=200)
     subject: str = Field(index=True, max_length=200)  # auditors search by agency
     bulletin_id: str | None = Field(default=None, index=True, max_length=36)
@@ -184,14 +198,6 @@ class AuditRow(SQLModel, table=True):
         )
 
 
-_APPEND_ONLY = (
-    "CREATE TRIGGER IF NOT EXISTS audit_event_no_update BEFORE UPDATE ON audit_event "
-    "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_event_no_delete BEFORE DELETE ON audit_event "
-    "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END",
-)
-
-
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -201,38 +207,50 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def default_broker_dir(url: str) -> Path | None:
+    """Where the broker keeps its keys for the database at ``url`` when no data directory
+    is given: ``istmo up`` lays a data directory out as ``DATA_DIR/istmo.db`` beside
+    ``DATA_DIR/broker``, so for a SQLite file it is the ``broker`` directory beside it.
+    None for PostgreSQL (the data directory names it)."""
+    path = sqlite_path(url)
+    return None if path is None else path.parent / "broker"
+
+
 class Registry:
     """Directory, bulletins and audit events in one database."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine: Engine = create_engine(url)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        SQLModel.metadata.create_all(self.engine)
-        if url.startswith("sqlite"):
-            with self.engine.begin() as conn:
-                for ddl in _APPEND_ONLY:
-                    conn.execute(text(ddl))
-        self._check_schema_version()
+    def __init__(
+        self, url: str, *, broker_dir: Path | None = None, auto_upgrade: bool | None = None
+    ) -> None:
+        """Open the registry at ``url``.
 
-    def _check_schema_version(self) -> None:
-        """Refuse a database made by an older layout (versioned migrations: issue 7)."""
-        with self.session() as s:
-            row = s.get(MetaRow, "schema_version")
-            if row is None:
-                if s.exec(select(AgencyRow).limit(1)).first() is not None:
-                    raise ConfigError(
-                        f"the database {self.url} was made by an older Istmo; "
-                        "start with a new --data-dir"
-                    )
-                s.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
-                s.commit()
-            elif row.value != str(SCHEMA_VERSION):
-                raise ConfigError(
-                    f"the database {self.url} has schema {row.value}, this Istmo needs "
-                    f"{SCHEMA_VERSION}; start with a new --data-dir"
-                )
+        Args:
+            url: a SQLite or PostgreSQL URL.
+            broker_dir: the data directory's ``broker`` directory (log key, directory key);
+                by default the one beside a SQLite file.
+            auto_upgrade: migrate the schema to the head on open; by default for SQLite
+                only (PostgreSQL is upgraded on purpose, by ``istmo db upgrade``).
+
+        Raises:
+            ConfigError: the database is at another schema revision (the message says what
+                to run), or the URL is unusable.
+            AuditStoreError: the database refused.
+        """
+        self.url = url
+        self.shown_url = display_url(url)
+        self.broker_dir = broker_dir if broker_dir is not None else default_broker_dir(url)
+        sqlite = is_sqlite(url)
+        self.engine: Engine = make_engine(url)
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._postgresql = self.engine.dialect.name == "postgresql"
+        try:
+            open_schema(
+                self.engine, url, auto_upgrade=sqlite if auto_upgrade is None else auto_upgrade
+            )
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def close(self) -> None:
         self.engine.dispose()
@@ -351,6 +369,7 @@ class Registry:
                     if values:
                         conn.execute(self._insert_new(table), values)
                 if audit:
+                    self._lock_outbox(conn)
                     conn.execute(self._insert_new(AuditRow.__table__), audit)  # type: ignore[attr-defined]
         except SQLAlchemyError as exc:
             raise AuditStoreError(
@@ -369,6 +388,7 @@ class Registry:
                 apply(s)
                 s.flush()
                 if events:
+                    self._lock_outbox(s.connection())
                     s.connection().execute(
                         self._insert_new(AuditRow.__table__),  # type: ignore[attr-defined]
                         [_audit_values(e) for e in events],
@@ -376,6 +396,12 @@ class Registry:
                 s.commit()
         except SQLAlchemyError as exc:
             raise AuditStoreError(f"the store refused a change: {type(exc).__name__}") from exc
+
+    def _lock_outbox(self, conn: Any) -> None:
+        """PostgreSQL: wait for the writers of earlier audit events to commit (see the
+        module docstring); the lock goes with this transaction. SQLite: already alone."""
+        if self._postgresql:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": OUTBOX_LOCK})
 
     def _insert_new(self, table: Any) -> Any:
         """INSERT that skips rows whose key exists (SQLite and PostgreSQL alike)."""

@@ -31,6 +31,7 @@ from sqlmodel import SQLModel
 from broker.admins import create_demo_admin
 from broker.api import create_app
 from broker.config import Settings
+from broker.db import display_url
 from broker.directory import DirectoryService, load_demo_directory
 from broker.files import signing_key_file, write_private
 from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
@@ -108,7 +109,7 @@ class Stack:
             self.directory_key = self._broker_key()
             self.relay_seed = self._relay_seed()
             self.token_key = load_token_key(s.broker_dir)
-            self.registry = Registry(s.db_url)
+            self.registry = Registry(s.db_url, broker_dir=s.broker_dir)
             bundle = PolicyBundle.load(active_policy_dir(s, self.registry))
             if demo and self.registry.is_empty():
                 self._load_demo(self.registry)
@@ -347,7 +348,7 @@ class Stack:
         )
         self.out(f"NATS mon  http://{s.host}:{s.nats_http_port} (nats-server monitoring)")
         self.out(f"HTTP API  {api_url} (docs at {api_url}/docs; tokens at {api_url}/v1/token)")
-        self.out(f"database  {s.db_url}")
+        self.out(f"database  {display_url(s.db_url)}")
         self.out(f"keystores {s.keys_dir}/<agency>.json (administrator: {s.keys_dir}/admin.json)")
         self.out("relay     " + ("running" if with_relay else "not started (--no-relay)"))
         self.out(f"audit log sequenced here (log key {s.broker_dir / LOG_PUB_FILE})")

@@ -1,10 +1,10 @@
-"""The audit log's store and sequencer on a real SQLite file.
+"""The audit log's store and sequencer, on a real SQLite file and on PostgreSQL.
 
 Batches get consecutive indices in outbox order; proofs read from the store verify against
 the stored signed heads; the tables refuse UPDATE and DELETE; the sequencer will not sign
 over a tree it did not build; one sequencer per data directory; and a SIGKILLed
 ``istmo sequencer`` under a 20,000-row backlog integrates every outbox row exactly once
-(S-25).
+(S-25). Every test that touches the store runs on both engines (``storage``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from broker import merkle
 from broker.audit_log import AuditLog, Integrated, LogCorrupt, entry_bytes
-from broker.config import Settings
 from broker.registry import Registry
 from broker.sequencer import (
     DEFAULT_ORIGIN,
@@ -42,6 +42,7 @@ from schemas.canonical import b64e, canonical_json
 from schemas.errors import ConfigError
 from schemas.keys import SigningKey
 from schemas.treehead import TreeHead, sign_tree_head
+from tests.storage_engines import Storage
 
 KEY = SigningKey(bytes(range(32)))
 ISTMO = str(Path(sys.executable).parent / "istmo")
@@ -65,8 +66,8 @@ def events(n: int, start: int = 0, tag: str = "e") -> list[AuditEvent]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[Registry, AuditLog]]:
-    url = f"sqlite:///{tmp_path / 'istmo.db'}"
+def db(storage: Storage, tmp_path: Path) -> Iterator[tuple[Registry, AuditLog]]:
+    url = storage.url(tmp_path)
     registry = Registry(url)
     log = AuditLog(url)
     yield registry, log
@@ -152,23 +153,30 @@ def test_proofs_from_the_store_verify_against_signed_heads(
         log.inclusion_proof(1537, 1537)
 
 
-@pytest.mark.parametrize("table", ["log_entry", "merkle_node", "tree_head"])
+@pytest.mark.parametrize("table", ["log_entry", "merkle_node", "tree_head", "audit_event"])
 def test_the_log_tables_are_append_only(db: tuple[Registry, AuditLog], table: str) -> None:
     registry, log = db
     registry.record([], events(10))
     integrate_all(log, 4)
-    with sqlite3.connect(registry.engine.url.database) as conn:  # type: ignore[arg-type]
-        column = "idx" if table == "merkle_node" else "rowid"  # merkle_node: WITHOUT ROWID
-        for sql in (f"UPDATE {table} SET {column} = {column}", f"DELETE FROM {table}"):  # noqa: S608  # test constants
-            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-                conn.execute(sql)
+    column = {"merkle_node": "idx", "log_entry": "event_seq"}.get(table, "time")
+    if table == "tree_head":
+        column = "timestamp"
+    refused = [f"UPDATE {table} SET {column} = {column}", f"DELETE FROM {table}"]  # noqa: S608  # test constants
+    if registry.engine.dialect.name == "postgresql":
+        refused.append(f"TRUNCATE {table} CASCADE")  # as the superuser, still refused
+    for sql in refused:
+        with pytest.raises(DBAPIError, match="append-only"), registry.engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+    assert log.verify_all(KEY.verify_key, DEFAULT_ORIGIN).ok
 
 
-def _drop_triggers(registry: Registry) -> None:
-    with registry.engine.begin() as conn:
+def _drop_triggers(engine: Engine) -> None:
+    pg = engine.dialect.name == "postgresql"
+    with engine.begin() as conn:
         for t in ("log_entry", "merkle_node", "tree_head", "audit_event"):
-            for op in ("update", "delete"):
-                conn.execute(text(f"DROP TRIGGER IF EXISTS {t}_no_{op}"))
+            for op in ("update", "delete", "truncate") if pg else ("update", "delete"):
+                on = f" ON {t}" if pg else ""
+                conn.execute(text(f"DROP TRIGGER IF EXISTS {t}_no_{op}{on}"))
 
 
 def test_the_sequencer_never_signs_over_a_tree_it_did_not_build(
@@ -178,9 +186,11 @@ def test_the_sequencer_never_signs_over_a_tree_it_did_not_build(
     registry.record([], events(300))
     integrate_all(log, 100)
     registry.record([], events(10, 300))
-    _drop_triggers(registry)
+    _drop_triggers(registry.engine)
     with registry.engine.begin() as conn:  # a frontier node the next batch hashes onto
-        conn.execute(text("UPDATE merkle_node SET hash = zeroblob(32) WHERE level = 8 AND idx = 0"))
+        conn.execute(
+            text("UPDATE merkle_node SET hash = :h WHERE level = 8 AND idx = 0"), {"h": bytes(32)}
+        )
     with pytest.raises(LogCorrupt, match="does not fold to the signed root"):
         log.integrate(KEY, DEFAULT_ORIGIN, now_ms=1, max_entries=100)
     with pytest.raises(LogCorrupt, match="does not verify"):  # not the key that signed
@@ -202,15 +212,20 @@ def test_a_forged_head_stops_the_sequencer(db: tuple[Registry, AuditLog]) -> Non
                 "INSERT INTO tree_head (tree_size, root, timestamp, kid, sig, raw) "
                 "VALUES (60, :r, 2, :k, :s, :raw)"
             ),
-            {"r": bytes(32), "k": forged.kid, "s": forged.sig, "raw": forged.model_dump_json()},
+            {
+                "r": bytes(32),
+                "k": forged.kid,
+                "s": forged.sig,
+                "raw": forged.model_dump_json().encode(),
+            },
         )
     registry.record([], events(5, 50))
     with pytest.raises(LogCorrupt, match="tree head"):
         log.integrate(KEY, DEFAULT_ORIGIN, now_ms=1, max_entries=10)
 
 
-def test_one_sequencer_per_data_directory(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "istmo")
+def test_one_sequencer_per_data_directory(storage: Storage, tmp_path: Path) -> None:
+    settings = storage.settings(tmp_path / "istmo")
     settings.data_dir.mkdir()
     Registry(settings.db_url).close()
     first = open_sequencer(settings, out=lambda _: None)
@@ -229,51 +244,53 @@ def test_one_sequencer_per_data_directory(tmp_path: Path) -> None:
     assert second.key == first.key  # made once, then kept
 
 
-def _log_size(db_path: Path) -> int:
-    with sqlite3.connect(db_path, timeout=10) as conn:
-        return int(conn.execute("SELECT COALESCE(MAX(tree_size), 0) FROM tree_head").fetchone()[0])
+def _log_size(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT COALESCE(MAX(tree_size), 0) FROM tree_head")).scalar())
 
 
-def _start(data_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def _start(storage: Storage, data_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as out:
         return subprocess.Popen(
             [ISTMO, "sequencer", "--data-dir", str(data_dir), "--batch", "250"],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **storage.env()},
         )
 
 
 @pytest.mark.slow
-def test_sigkill_under_a_backlog_integrates_each_outbox_row_exactly_once(tmp_path: Path) -> None:
+def test_sigkill_under_a_backlog_integrates_each_outbox_row_exactly_once(
+    storage: Storage, tmp_path: Path
+) -> None:
     data_dir = tmp_path / "istmo"
     data_dir.mkdir()
-    settings = Settings(data_dir=data_dir)
+    settings = storage.settings(data_dir)
     registry = Registry(settings.db_url)
     for start in range(0, 20_000, 5000):
         registry.record([], events(5000, start))
-    db_path = data_dir / "istmo.db"
+    engine = registry.engine
     out = tmp_path / "sequencer.log"
     rng = random.Random(7)
     killed_at = []
     try:
         for round_, until in enumerate((1, 6000, 13_000)):
-            proc = _start(data_dir, out)
+            proc = _start(storage, data_dir, out)
             deadline = time.monotonic() + 60
-            while _log_size(db_path) < until:
+            while _log_size(engine) < until:
                 assert proc.poll() is None, out.read_text()[-2000:]
                 assert time.monotonic() < deadline, "the sequencer made no progress"
                 time.sleep(0.002)
             time.sleep(rng.uniform(0, 0.02))  # somewhere inside the next batch's transaction
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            killed_at.append(_log_size(db_path))
+            killed_at.append(_log_size(engine))
             # Writers go on while no sequencer runs: the outbox just grows.
             registry.record([], events(500, 30_000 + 500 * round_, tag="late"))
-        proc = _start(data_dir, out)
+        proc = _start(storage, data_dir, out)
         total = 21_500
         deadline = time.monotonic() + 60
-        while _log_size(db_path) < total:
+        while _log_size(engine) < total:
             assert proc.poll() is None, out.read_text()[-2000:]
             assert time.monotonic() < deadline, "the sequencer did not finish"
             time.sleep(0.05)
@@ -283,9 +300,9 @@ def test_sigkill_under_a_backlog_integrates_each_outbox_row_exactly_once(tmp_pat
         if proc.poll() is None:
             proc.kill()
     assert all(0 < k < total for k in killed_at), killed_at
-    with sqlite3.connect(db_path) as conn:
-        rows = conn.execute('SELECT "index", event_seq FROM log_entry ORDER BY "index"').fetchall()
-        outbox = [r[0] for r in conn.execute("SELECT seq FROM audit_event ORDER BY seq")]
+    with registry.engine.connect() as conn:
+        rows = conn.execute(text('SELECT "index", event_seq FROM log_entry ORDER BY "index"')).all()
+        outbox = [r[0] for r in conn.execute(text("SELECT seq FROM audit_event ORDER BY seq"))]
     assert [r[0] for r in rows] == list(range(total))  # no gaps
     assert [r[1] for r in rows] == outbox  # every outbox row once, in seq order
     log = AuditLog(settings.db_url)
@@ -307,8 +324,10 @@ def test_a_database_without_a_registry_is_refused(tmp_path: Path) -> None:
         AuditLog(f"sqlite:///{tmp_path / 'other.db'}")
 
 
-async def test_the_stack_sequencer_stands_by_then_takes_over(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "istmo")
+async def test_the_stack_sequencer_stands_by_then_takes_over(
+    storage: Storage, tmp_path: Path
+) -> None:
+    settings = storage.settings(tmp_path / "istmo")
     settings.data_dir.mkdir()
     registry = Registry(settings.db_url)
     registry.record([], events(30))
@@ -334,17 +353,19 @@ async def test_the_stack_sequencer_stands_by_then_takes_over(tmp_path: Path) -> 
         registry.close()
 
 
-async def test_the_stack_sequencer_stops_loudly_on_a_tampered_tree(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "istmo")
+async def test_the_stack_sequencer_stops_loudly_on_a_tampered_tree(
+    storage: Storage, tmp_path: Path
+) -> None:
+    settings = storage.settings(tmp_path / "istmo")
     settings.data_dir.mkdir()
     registry = Registry(settings.db_url)
     registry.record([], events(64))
     seq = open_sequencer(settings, out=lambda _: None)
     seq.drain()
     seq.close()
-    _drop_triggers(registry)
+    _drop_triggers(registry.engine)
     with registry.engine.begin() as conn:
-        conn.execute(text("UPDATE merkle_node SET hash = zeroblob(32) WHERE level = 6"))
+        conn.execute(text("UPDATE merkle_node SET hash = :h WHERE level = 6"), {"h": bytes(32)})
     registry.record([], events(5, 64))
     lines: list[str] = []
     # It returns (the broker goes on serving) after one loud line; events stay in the outbox.
