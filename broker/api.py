@@ -50,6 +50,7 @@ from broker.api_context import (
 )
 from broker.api_enrol import enrol_router
 from broker.api_subscriptions import subscriptions_router
+from broker.console import mount_console
 from broker.directory import DirectoryService
 from broker.http_guard import ApiLimits, Guard, Metrics, problem
 from broker.oauth import ASSERTION_TYPE, TOKEN_PATH, AuthError, Caller, TokenAuthority
@@ -138,6 +139,7 @@ def create_app(
     *,
     auth: TokenAuthority | None = None,
     limits: ApiLimits | None = None,
+    console_dev_login: bool = False,
 ) -> FastAPI:
     """Build the app over live services.
 
@@ -148,6 +150,7 @@ def create_app(
         auth: the token authority; without one, everything that needs a token answers
             503 and the public endpoints still work.
         limits: body, page and rate limits.
+        console_dev_login: offer the web console's development login (``istmo up`` only).
     """
     limits = limits or ApiLimits()
     metrics = Metrics()
@@ -183,6 +186,7 @@ def create_app(
     app.include_router(enrol_router(state))
     app.include_router(audit_router(state))
     app.include_router(subscriptions_router(state))
+    mount_console(app, state, dev_login=console_dev_login)  # /console, broker.console
     app.openapi = _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented hook
     return app
 

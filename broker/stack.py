@@ -312,7 +312,9 @@ class Stack:
         auth = TokenAuthority(
             registry, self.token_key, issuer=api_url, lifetime_s=s.access_token_lifetime_s
         )
-        app = create_app(registry, directory, lambda: nc.is_connected, auth=auth)
+        app = create_app(
+            registry, directory, lambda: nc.is_connected, auth=auth, console_dev_login=True
+        )
         app.state.istmo.nats_url = server.url
         app.state.istmo.directory_changed = lambda: self.apply_directory_change(server, nc)
         app.state.istmo.adopt_policy = lambda root, who: self.adopt_policy(root, who, nc)

@@ -30,6 +30,8 @@ EventType = Literal[
     "auth.refused",
     "token.issued",
     "audit.queried",
+    "console.login",
+    "console.logout",
 ]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 

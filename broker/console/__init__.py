@@ -1,0 +1,121 @@
+"""The web console: server-rendered pages for auditors and administrators under ``/console``,
+served by the API's own FastAPI app (``mount_console``, called by ``broker.api.create_app``).
+
+Layout:
+
+    broker/console/web.py        ConsoleState, render, page(scope), checked_form, ConsolePage,
+                                 cookies, ConsoleHeaders (the console's CSP)
+    broker/console/sessions.py   server-side sessions, one-time sign-in links, CSRF compare
+    broker/console/i18n.py       English and Spanish catalogs, Accept-Language negotiation
+    broker/console/auth.py       sign-in (session links, the dev login), sign-out, language
+    broker/console/auditor.py    the auditor's pages (scope audit:read)
+    broker/console/charts.py     small accessible SVG charts, rendered on the server
+    broker/console/admin*.py     the administrator's pages (scope admin; part 2)
+    broker/data/console/templates/        Jinja2 templates (autoescaped); admin/ for part 2
+    broker/data/console/static/           CSS and JS, vendored: no other host is ever asked
+
+Templates and static files live under ``broker/data/`` because that is what the wheel ships
+(``[tool.setuptools.package-data]``).
+
+How to add a page (what part 2 does for ``admin*.py``)::
+
+    from typing import Annotated
+    from fastapi import APIRouter, Request
+    from broker.console.web import PREFIX, ConsoleState, Session, checked_form, page, render
+    from broker.console.i18n import add_strings
+
+    add_strings("en", {"admin.agencies": "Agencies"})
+    add_strings("es", {"admin.agencies": "Agencias"})
+
+    Admin = Annotated[Session, page("admin")]   # a signed-in user with the admin scope
+
+    def admin_router(console: ConsoleState) -> APIRouter:
+        router = APIRouter(prefix=PREFIX + "/admin", include_in_schema=False)
+
+        @router.get("/agencies")
+        def agencies(request: Request, who: Admin):
+            rows = console.api.registry.agencies()
+            return render(request, "admin/agencies.html", {"rows": rows}, session=who)
+
+        @router.post("/agencies/{agency}/suspend")
+        async def suspend(request: Request, agency: str, who: Admin):
+            fields = await checked_form(request, who)   # CSRF first: 403 + audit if wrong
+            ...                                         # act, audit, then redirect (303)
+
+        return router
+
+Then list the router in ``_PAGE_ROUTERS`` below (one line; ``admin_router`` is picked up
+automatically if ``broker.console.admin`` defines it). A template extends the layout::
+
+    {% extends "base.html" %}
+    {% block title %}{{ _("admin.agencies") }}{% endblock %}
+    {% block content %} ... <form method="post" action="...">
+        <input type="hidden" name="csrf" value="{{ csrf }}"> ... {% endblock %}
+
+Rules every page keeps: no inline ``<script>`` or ``style=`` (the CSP refuses them: put CSS
+in ``static/console.css`` and JS in a ``static/*.js`` file), every state change is a POST
+with the CSRF field, every string goes through ``_()`` with English and Spanish, every
+input is bounded (FastAPI ``Query(max_length=...)``), and a refusal is ``raise
+ConsolePage(status, key, audit=reason, who=...)``. The nav shows an "Administration" link
+to ``/console/admin/`` for sessions with the ``admin`` scope.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from fastapi import APIRouter, FastAPI
+from starlette.responses import RedirectResponse
+from starlette.staticfiles import StaticFiles
+
+from broker.api_context import ApiState
+from broker.console.sessions import Session
+from broker.console.web import (
+    PREFIX,
+    STATIC,
+    ConsoleHeaders,
+    ConsolePage,
+    ConsoleState,
+    on_console_page,
+)
+
+__all__ = ["ConsoleState", "Session", "mount_console"]
+
+
+def _page_routers() -> list[Callable[[ConsoleState], APIRouter]]:
+    from broker.console.auditor import auditor_router
+    from broker.console.auth import auth_router
+
+    routers: list[Callable[[ConsoleState], APIRouter]] = [auth_router, auditor_router]
+    try:
+        admin = importlib.import_module("broker.console.admin")
+    except ModuleNotFoundError as exc:
+        if exc.name != "broker.console.admin":
+            raise
+    else:
+        routers.append(admin.admin_router)
+    return routers
+
+
+def mount_console(app: FastAPI, api: ApiState, *, dev_login: bool = False) -> ConsoleState:
+    """Serve the console from ``app`` under ``/console``.
+
+    Args:
+        app: the API's app (its guard is already added; the console's headers go outside).
+        api: the API's state (registry, directory, token authority).
+        dev_login: offer the development login (``istmo up`` only).
+    """
+    console = ConsoleState(api=api, dev_login=dev_login)
+    app.state.console = console
+    app.add_exception_handler(ConsolePage, on_console_page)  # type: ignore[arg-type]  # Starlette's handler type is loose
+    for make in _page_routers():
+        app.include_router(make(console))
+
+    @app.get(PREFIX, include_in_schema=False)
+    def console_root() -> RedirectResponse:
+        return RedirectResponse(f"{PREFIX}/", status_code=307)
+
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
+    app.add_middleware(ConsoleHeaders)
+    return console

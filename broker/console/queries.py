@@ -1,0 +1,482 @@
+"""What the auditor's pages read: a newest-first page of the log with the console's
+filters, one entry with everything a browser needs to verify it, tree heads, a full
+verification, a consistency check, chart figures and the flow of one bulletin.
+
+Reads only (the console records its own ``audit.queried`` events). Bounded: pages of at
+most ``MAX_PAGE`` rows, charts over at most ``MAX_CHART_ROWS`` events.
+
+Left to others: the log and its proofs (``broker.audit_log``, ``broker.merkle``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import statistics
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from broker.api_audit import log_key_dir
+from broker.audit_log import AuditLog, LogEntry
+from broker.directory import DirectoryService
+from broker.merkle import verify_consistency
+from broker.registry import Registry
+from broker.sequencer import DEFAULT_ORIGIN, log_verify_key
+from schemas.audit import AuditEvent
+from schemas.canonical import b64e, canonical_json
+from schemas.errors import ConfigError, EnvelopeError, SignatureError
+from schemas.keys import VerifyKey
+from schemas.treehead import parse_signed_tree_head, verify_tree_head
+
+__all__ = [
+    "LogFilter",
+    "bulletin_flow",
+    "chart_stats",
+    "check_consistency",
+    "entry_with_proof",
+    "log_key_info",
+    "log_page",
+    "tree_heads",
+    "verify_log",
+]
+
+MAX_PAGE = 200
+MAX_CHART_ROWS = 200_000
+_DATA_JSON_LIMIT = 4000
+
+_logs: dict[str, AuditLog] = {}
+_logs_lock = threading.Lock()
+
+
+def _log(url: str) -> AuditLog:
+    with _logs_lock:
+        if url not in _logs:
+            _logs[url] = AuditLog(url)
+        return _logs[url]
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """The log page's filters; every one given must match."""
+
+    agency: str | None = None
+    state: str | None = None
+    sector: str | None = None
+    topic: str | None = None
+    type: str | None = None
+    decision: str | None = None  # permitted | denied
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def as_query(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+_DECISION_TYPES = {"permitted": ("bulletin.routed",), "denied": ("bulletin.denied",)}
+
+
+def _leaf_ok(leaf: bytes, leaf_hash: bytes, outbox: tuple[Any, ...] | None) -> bool:
+    """The row check a page can make: the bytes hash to the stored leaf hash, parse as an
+    audit event, and equal the outbox row they came from. (A careful attacker who rewrites
+    all three is caught by the inclusion proof, which the browser checks.)"""
+    if not hmac.compare_digest(hashlib.sha256(b"\x00" + leaf).digest(), leaf_hash):
+        return False
+    try:
+        AuditEvent.model_validate_json(leaf)
+    except ValueError:
+        return False
+    if outbox is None:
+        return False
+    event_id, type_, time_, actor, subject, bulletin_id, reason, data = outbox
+    try:
+        again = canonical_json(
+            {
+                "v": 1,
+                "event_id": event_id,
+                "type": type_,
+                "time": time_,
+                "actor": actor,
+                "subject": subject,
+                "bulletin_id": bulletin_id,
+                "reason": reason,
+                "data": json.loads(data),
+            }
+        )
+    except (ValueError, TypeError):
+        return False
+    return again == leaf
+
+
+def log_page(
+    registry: Registry,
+    directory: DirectoryService,
+    f: LogFilter,
+    *,
+    before: int | None,
+    after: int | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` entries matching ``f``, newest first: those below ``before``, or the
+    ones just above ``after`` (the newer page), or the newest."""
+    limit = max(1, min(limit, MAX_PAGE))
+    where: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
+    expanding: list[str] = []
+    if f.agency is not None:
+        where.append("(a.actor = :agency OR a.subject = :agency)")
+        params["agency"] = f.agency
+    if f.state is not None or f.sector is not None:
+        ids = [
+            a.id
+            for a in registry.agencies()
+            if (f.state is None or a.state == f.state)
+            and (f.sector is None or a.sector == f.sector)
+        ]
+        where.append("(a.actor IN :ids OR a.subject IN :ids)")
+        params["ids"] = ids or ["-none-"]
+        expanding.append("ids")
+    if f.topic is not None:
+        where.append(
+            "a.bulletin_id IN (SELECT t.bulletin_id FROM audit_event t "
+            "WHERE t.type = 'bulletin.accepted' AND t.data LIKE :topic_like)"
+        )
+        params["topic_like"] = f'%"topic":"{f.topic}"%'  # topics are [a-z-]: no LIKE escapes
+    if f.type is not None:
+        where.append("a.type = :type")
+        params["type"] = f.type
+    if f.decision is not None:
+        where.append("a.type IN :decision_types")
+        params["decision_types"] = list(_DECISION_TYPES[f.decision])
+        expanding.append("decision_types")
+    if f.since_ms is not None:
+        where.append("a.time >= :since")
+        params["since"] = f.since_ms
+    if f.until_ms is not None:
+        where.append("a.time < :until")
+        params["until"] = f.until_ms
+    order = "DESC"
+    if before is not None:
+        where.append('e."index" < :before')
+        params["before"] = before
+    elif after is not None:
+        where.append('e."index" > :after')
+        params["after"] = after
+        order = "ASC"
+    clause = " AND ".join(where) or "1 = 1"
+    q = text(
+        'SELECT e."index", e.leaf, e.leaf_hash, a.event_id, a.type, a.time, a.actor, '  # noqa: S608  # fixed clauses, values bound
+        "a.subject, a.bulletin_id, a.reason, a.data "
+        "FROM log_entry e LEFT JOIN audit_event a ON a.seq = e.event_seq "
+        f'WHERE {clause} ORDER BY e."index" {order} LIMIT :limit'
+    )
+    if expanding:
+        q = q.bindparams(*(bindparam(name, expanding=True) for name in expanding))
+    with registry.engine.connect() as conn:
+        rows = conn.execute(q, params).all()
+    out = []
+    for r in rows:
+        leaf, leaf_hash = bytes(r[1]), bytes(r[2])
+        outbox = tuple(r[3:11]) if r[3] is not None else None
+        try:
+            shown = json.loads(leaf)
+        except ValueError:
+            shown = None
+        if not isinstance(shown, dict):
+            shown = {}
+        out.append(
+            {
+                "index": int(r[0]),
+                "ok": _leaf_ok(leaf, leaf_hash, outbox),
+                "type": str(shown.get("type", "?"))[:40],
+                "time": shown.get("time") if isinstance(shown.get("time"), int) else None,
+                "actor": str(shown.get("actor", ""))[:200],
+                "subject": str(shown.get("subject", ""))[:200],
+                "bulletin_id": shown.get("bulletin_id"),
+                "reason": shown.get("reason"),
+            }
+        )
+    if order == "ASC":
+        out.reverse()
+    return out
+
+
+def _log_key(url: str) -> VerifyKey | None:
+    broker_dir = log_key_dir(url)
+    if broker_dir is None:
+        return None
+    try:
+        return log_verify_key(broker_dir)
+    except ConfigError:
+        return None
+
+
+def log_key_info(url: str) -> dict[str, str] | None:
+    key = _log_key(url)
+    if key is None:
+        return None
+    return {"kid": key.kid, "public": b64e(key.public), "origin": DEFAULT_ORIGIN}
+
+
+def entry_with_proof(url: str, index: int) -> dict[str, Any] | None:
+    """Entry ``index``, its fields, and what the browser needs to verify it: the stored
+    bytes, the latest signed tree head as stored, an inclusion proof into it, the log key.
+    None if there is no such entry."""
+    log = _log(url)
+    entry: LogEntry | None = log.entry(index)
+    if entry is None:
+        return None
+    try:
+        fields = json.loads(entry.leaf)
+    except ValueError:
+        fields = None
+    head_raw = log.head_document(None)
+    size = 0
+    proof: list[str] = []
+    if head_raw is not None:
+        try:
+            size = parse_signed_tree_head(head_raw).head.tree_size
+        except EnvelopeError:
+            size = 0
+        if index < size:
+            try:
+                proof = [b64e(h) for h in log.inclusion_proof(index, size)]
+            except (LookupError, ValueError, SQLAlchemyError):
+                proof = []
+    key = log_key_info(url)
+    check = {
+        "index": index,
+        "leaf": b64e(entry.leaf),
+        "tree_size": size,
+        "proof": proof,
+        "head": head_raw.decode("utf-8", "replace") if head_raw is not None else None,
+        "log_key": key["public"] if key else None,
+        "kid": key["kid"] if key else None,
+        "origin": DEFAULT_ORIGIN,
+    }
+    return {
+        "index": index,
+        "fields": fields if isinstance(fields, dict) else None,
+        "data_json": json.dumps(
+            fields.get("data") if isinstance(fields, dict) else None, indent=2, sort_keys=True
+        )[:_DATA_JSON_LIMIT],
+        "leaf_text": entry.leaf.decode("utf-8", "replace")[:_DATA_JSON_LIMIT],
+        "leaf_hash": b64e(entry.leaf_hash),
+        "covered": index < size,
+        "check": check,
+    }
+
+
+def tree_heads(url: str, *, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest ``limit`` signed tree heads, newest first, each checked against the log
+    key on the server too (``sig_ok``)."""
+    log = _log(url)
+    key = _log_key(url)
+    with log._read() as conn:  # one snapshot; AuditLog offers no newest-first page
+        rows = conn.execute(
+            text("SELECT tree_size, raw FROM tree_head ORDER BY tree_size DESC LIMIT :n"),
+            {"n": max(1, min(limit, 1000))},
+        ).all()
+    out = []
+    for size, raw in rows:
+        doc = bytes(raw)
+        item: dict[str, Any] = {"size": int(size), "raw": doc.decode("utf-8", "replace")}
+        try:
+            sth = parse_signed_tree_head(doc)
+            item.update(
+                root=sth.head.root_hash, timestamp=sth.head.timestamp, kid=sth.kid, sig_ok=False
+            )
+            if key is not None:
+                verify_tree_head(sth, key, DEFAULT_ORIGIN)
+                item["sig_ok"] = True
+        except (EnvelopeError, SignatureError):
+            item.setdefault("root", "?")
+            item.setdefault("timestamp", None)
+            item.setdefault("kid", "?")
+            item["sig_ok"] = False
+        out.append(item)
+    return out
+
+
+def check_consistency(url: str, old: int, new: int) -> dict[str, Any]:
+    """Whether the signed tree of size ``new`` extends the signed tree of size ``old``:
+    both heads verified under the log key, then an RFC 9162 consistency proof."""
+    log = _log(url)
+    key = _log_key(url)
+    result: dict[str, Any] = {"old": old, "new": new, "ok": False, "n": 0}
+    if key is None:
+        result["message"] = "the log key is not available"
+        return result
+    if old > new:
+        result["message"] = f"size {old} is above size {new}"
+        return result
+    try:
+        heads = {}
+        for size in (old, new):
+            raw = log.head_document(size)
+            if raw is None:
+                result["message"] = f"the log signed no tree head at size {size}"
+                return result
+            heads[size] = verify_tree_head(parse_signed_tree_head(raw), key, DEFAULT_ORIGIN)
+        proof = log.consistency_proof(old, new)
+        verify_consistency(old, new, heads[old].root(), heads[new].root(), proof)
+    except (EnvelopeError, SignatureError, LookupError, ValueError, SQLAlchemyError) as exc:
+        result["message"] = str(exc)[:300] or type(exc).__name__
+        return result
+    result.update(ok=True, n=len(proof))
+    return result
+
+
+def verify_log(url: str) -> dict[str, Any]:
+    """Run ``AuditLog.verify_all`` (the same check as ``istmo audit verify``)."""
+    at = time.time_ns() // 1_000_000
+    key = _log_key(url)
+    if key is None:
+        return {
+            "ok": False,
+            "at": at,
+            "seconds": 0.0,
+            "index": 0,
+            "message": "the log key is not available",
+            "entries": 0,
+            "heads": 0,
+        }
+    report = _log(url).verify_all(key, DEFAULT_ORIGIN)
+    return {
+        "ok": report.ok,
+        "at": at,
+        "seconds": round(report.seconds, 2),
+        "entries": report.entries,
+        "heads": report.heads,
+        "index": report.first.index if report.first else None,
+        "message": report.first.message[:300] if report.first else None,
+        "problems": report.problems,
+    }
+
+
+# ---------------------------------------------------------------------- charts
+def chart_stats(registry: Registry, since_ms: int, until_ms: int) -> dict[str, Any]:
+    """Figures for the pictures, from the integrated log's events in [since, until)."""
+    q = text(
+        "SELECT a.type, a.time, a.actor, a.subject, a.bulletin_id, a.reason, a.data "
+        "FROM audit_event a JOIN log_entry e ON e.event_seq = a.seq "
+        "WHERE a.time >= :since AND a.time < :until AND a.type IN :types "
+        "ORDER BY a.time LIMIT :n"
+    ).bindparams(bindparam("types", expanding=True))
+    types = ["bulletin.accepted", "bulletin.denied", "bulletin.routed", "bulletin.received"]
+    with registry.engine.connect() as conn:
+        rows = conn.execute(
+            q, {"since": since_ms, "until": until_ms, "types": types, "n": MAX_CHART_ROWS}
+        ).all()
+    per_day: dict[str, Counter[str]] = defaultdict(Counter)
+    denials: dict[str, Counter[str]] = defaultdict(Counter)
+    routed: dict[tuple[str, str], int] = {}
+    received: dict[tuple[str, str], int] = {}
+    for type_, t, actor, subject, bid, reason, data in rows:
+        if type_ == "bulletin.accepted":
+            try:
+                topic = str(json.loads(data).get("topic", "?"))[:64]
+            except (ValueError, AttributeError):
+                topic = "?"
+            per_day[time.strftime("%Y-%m-%d", time.gmtime(t / 1000))][topic] += 1
+        elif type_ == "bulletin.denied":
+            denials[str(subject)][str(reason or "?")] += 1
+        elif type_ == "bulletin.routed" and bid:
+            routed[(bid, str(subject))] = int(t)
+        elif type_ == "bulletin.received" and bid:
+            received[(bid, str(actor))] = int(t)
+    waits = [
+        (received[k] - t) / 1000 for k, t in routed.items() if k in received and received[k] >= t
+    ]
+    buckets = [
+        ("< 1 s", 1),
+        ("1-10 s", 10),
+        ("10-60 s", 60),
+        ("1-10 min", 600),
+        ("10-60 min", 3600),
+        ("> 1 h", float("inf")),
+    ]
+    counts: Counter[str] = Counter()
+    for w in waits:
+        for label, top in buckets:
+            if w < top:
+                counts[label] += 1
+                break
+    topics = sorted({topic for c in per_day.values() for topic in c})
+    return {
+        "events": len(rows),
+        "days": sorted(per_day),
+        "topics": topics,
+        "per_day": {d: dict(c) for d, c in sorted(per_day.items())},
+        "denials": {a: dict(c) for a, c in sorted(denials.items())},
+        "reasons": sorted({r for c in denials.values() for r in c}),
+        "delivered": len(routed),
+        "received": sum(1 for k in routed if k in received),
+        "ack_buckets": [(label, counts[label]) for label, _ in buckets],
+        "median_ack_s": round(statistics.median(waits), 2) if waits else None,
+    }
+
+
+# ---------------------------------------------------------------------- flow
+def bulletin_flow(registry: Registry, bulletin_id: str) -> dict[str, Any]:
+    """The path of one bulletin from its events: originator and labels, acceptance or
+    rejection, the decision per candidate with its deciding policies, routed, received."""
+    q = text(
+        'SELECT e."index", a.type, a.time, a.actor, a.subject, a.reason, a.data '
+        "FROM audit_event a JOIN log_entry e ON e.event_seq = a.seq "
+        'WHERE a.bulletin_id = :b ORDER BY e."index" LIMIT 5000'
+    )
+    with registry.engine.connect() as conn:
+        rows = conn.execute(q, {"b": bulletin_id}).all()
+    flow: dict[str, Any] = {
+        "events": len(rows),
+        "originator": None,
+        "accepted": None,
+        "rejected": None,
+        "labels": {},
+        "candidates": {},
+    }
+    for index, type_, t, actor, subject, reason, data in rows:
+        try:
+            d = json.loads(data)
+        except ValueError:
+            d = {}
+        if type_ == "bulletin.accepted":
+            flow["originator"] = actor
+            flow["accepted"] = {
+                "time": t,
+                "index": index,
+                "policy_version": d.get("policy_version"),
+            }
+            flow["labels"] = {
+                k: d[k] for k in ("topic", "classification", "tlp", "rel_to") if k in d
+            }
+        elif type_ == "bulletin.rejected":
+            flow["originator"] = actor
+            flow["rejected"] = {"time": t, "index": index, "reason": reason}
+        elif type_ in ("bulletin.routed", "bulletin.denied"):
+            c = flow["candidates"].setdefault(subject, {"agency": subject})
+            c["decision"] = "permitted" if type_ == "bulletin.routed" else "denied"
+            c["policy_ids"] = list(d.get("policy_ids") or [])
+            c["reason"] = reason
+            c["decided_index"] = index
+            if type_ == "bulletin.routed":
+                c["routed"] = t
+            else:
+                c["denied_at"] = t
+            flow["originator"] = flow["originator"] or d.get("originator")
+        elif type_ == "bulletin.received":
+            c = flow["candidates"].setdefault(actor, {"agency": actor})
+            c["received"] = t
+            c["received_index"] = index
+    flow["candidates"] = sorted(
+        flow["candidates"].values(),
+        key=lambda c: (c.get("decision") != "permitted", c["agency"]),
+    )
+    return flow

@@ -1,0 +1,177 @@
+"""The console over the real app, a real data directory (the demo directory, the demo
+administrator, a sequenced audit log with signed tree heads) through httpx.ASGITransport.
+
+``console_broker`` prepares the data directory once per module as ``istmo up`` does;
+``console_app`` builds the real app over it (``dev_login`` on or off); ``signed_in`` gives
+a client whose session came from a real one-time link obtained with a real bearer token.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+
+from broker.admins import create_demo_admin
+from broker.api import create_app
+from broker.config import Settings
+from broker.sequencer import open_sequencer
+from broker.stack import Stack
+from schemas.audit import AuditEvent
+from tests.api.conftest import BASE, TOKEN_URL, Broker, bearer
+
+__all__ = ["BASE", "TOKEN_URL", "csrf_of", "link_for", "sequence", "sign_in", "token_for"]
+
+BULLETIN = "00000000-0000-4000-8000-0000000000b1"
+
+
+def relay_events(now_ms: int) -> list[AuditEvent]:
+    """What the relay writes for one bulletin: accepted, routed to two, denied to one,
+    received by one."""
+    b = BULLETIN
+    data = {"originator": "gt-police", "policy_version": "p1", "directory_version": "d1"}
+    return [
+        AuditEvent(
+            event_id=f"{b}:accepted",
+            type="bulletin.accepted",
+            time=now_ms - 5000,
+            actor="gt-police",
+            subject=b,
+            bulletin_id=b,
+            data={
+                "topic": "drug-trafficking",
+                "classification": "RESTRICTED",
+                "tlp": "AMBER",
+                "rel_to": ("SICA",),
+                "policy_version": "p1",
+            },
+        ),
+        AuditEvent(
+            event_id=f"{b}:routed:rc-drugs",
+            type="bulletin.routed",
+            time=now_ms - 4000,
+            actor="relay",
+            subject="rc-drugs",
+            bulletin_id=b,
+            data={**data, "policy_ids": ("permit-rc",)},
+        ),
+        AuditEvent(
+            event_id=f"{b}:routed:hn-police",
+            type="bulletin.routed",
+            time=now_ms - 4000,
+            actor="relay",
+            subject="hn-police",
+            bulletin_id=b,
+            data={**data, "policy_ids": ("permit-sica",)},
+        ),
+        AuditEvent(
+            event_id=f"{b}:denied:jm-police",
+            type="bulletin.denied",
+            time=now_ms - 4000,
+            actor="relay",
+            subject="jm-police",
+            bulletin_id=b,
+            reason="releasability",
+            data={**data, "policy_ids": ("forbid-rel-to",)},
+        ),
+        AuditEvent(
+            event_id=f"{b}:received:rc-drugs",
+            type="bulletin.received",
+            time=now_ms - 1000,
+            actor="rc-drugs",
+            subject=b,
+            bulletin_id=b,
+            data={"received_at": now_ms - 1000},
+        ),
+    ]
+
+
+def sequence(settings: Settings) -> None:
+    """Integrate every pending audit event and sign a tree head, as the stack's sequencer."""
+    seq = open_sequencer(settings, out=lambda _line: None)
+    try:
+        seq.drain()
+    finally:
+        seq.close()
+
+
+@pytest.fixture(scope="module")
+def console_broker(tmp_path_factory: pytest.TempPathFactory) -> Broker:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("console") / "istmo")
+    stack = Stack(settings, out=lambda _line: None)
+    stack.prepare()
+    assert stack.registry is not None
+    create_demo_admin(
+        stack.registry, settings.keys_dir, stack.directory_key.verify_key, now=int(time.time())
+    )
+    sequence(settings)  # a first signed tree head: the demo directory
+    stack.registry.record([], relay_events(time.time_ns() // 1_000_000))
+    sequence(settings)  # a second one: the bulletin
+    return Broker(stack, settings)
+
+
+AppFactory = Callable[..., FastAPI]
+
+
+@pytest.fixture
+def console_app(console_broker: Broker) -> AppFactory:
+    def make(*, dev_login: bool = False) -> FastAPI:
+        b = console_broker
+        return create_app(
+            b.registry, b.directory, lambda: True, auth=b.authority(), console_dev_login=dev_login
+        )
+
+    return make
+
+
+def connect(app: FastAPI, base: str = BASE) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base)
+
+
+@pytest_asyncio.fixture
+async def web(console_app: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with connect(console_app()) as c:
+        yield c
+
+
+async def token_for(client: httpx.AsyncClient, broker: Broker, who: str) -> str:
+    from clients.oauth import token_form
+
+    r = await client.post(
+        "/v1/token", data=token_form(broker.keystore(who), TOKEN_URL, now=int(time.time()))
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
+
+
+async def link_for(client: httpx.AsyncClient, broker: Broker, who: str) -> str:
+    tok = await token_for(client, broker, who)
+    r = await client.post("/console/session-link", headers=bearer(tok))
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    assert body["expires_in"] == 60
+    return str(body["url"])
+
+
+async def sign_in(client: httpx.AsyncClient, broker: Broker, who: str) -> None:
+    url = await link_for(client, broker, who)
+    r = await client.get(url.removeprefix(BASE))
+    assert r.status_code == 303, r.text
+    assert r.headers["location"] == "/console/"
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "no CSRF field in the page"
+    return m.group(1)
+
+
+def data_dir(broker: Broker) -> Path:
+    return broker.settings.data_dir
