@@ -182,6 +182,32 @@ def _admin_commands(sub: Any) -> None:
         "--set", metavar="TOPIC,TOPIC", help="the whole new set, from: " + ", ".join(TOPICS)
     )
     c.set_defaults(func=_lazy_in("admin_cli", "subscriptions_command"))
+    _dead_letter_commands(cmds)  # broker.dead_letters
+
+
+def _dead_letter_commands(cmds: Any) -> None:
+    c = cmds.add_parser(
+        "dead-letters",
+        help="bulletins that could not be delivered or processed, kept for a redrive",
+        description="List the dead letters recorded in the audit log: deliveries a "
+        "recipient's handler failed 10 times, and ingest messages no relay could process.",
+    )
+    _common(c)
+    c.add_argument("--agency", help="only this agency's (recipient, or publisher for ingest)")
+    c.add_argument("--all", action="store_true", help="include those already redriven")
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    c.set_defaults(func=_lazy_in("dead_letters", "list_command"))
+    c = cmds.add_parser(
+        "redrive",
+        help="deliver dead letters again (after the agency fixed its handler); audited",
+        description="Re-publish dead letters from ISTMO_DEAD to the recipient (or, for "
+        "ingest, to the relay). Each redrive is an audit event; a second run does nothing.",
+    )
+    _common(c)
+    c.add_argument("--dead-seq", type=int, action="append", help="a dead letter (repeatable)")
+    c.add_argument("--agency", help="every pending dead letter of this agency")
+    c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
+    c.set_defaults(func=_lazy_in("dead_letters", "redrive_command"))
 
 
 _DURATION = re.compile(r"(\d{1,7})([smhd])")

@@ -28,6 +28,15 @@ from sqlmodel import SQLModel
 
 from broker.agency_api import AgencyApi
 from broker.config import Settings
+from broker.dead_letters import (
+    ADVISORY_STREAM,
+    DEAD_DURABLE,
+    INGEST_MAX_ATTEMPTS,
+    dead_letter_ingest,
+    ensure_dead_letters,
+    handle_advisory,
+    ingest_attempts_allowed,
+)
 from broker.directory import DirectoryService
 from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.policy import BulletinFacts, Decision, PolicyBundle
@@ -37,7 +46,13 @@ from broker.relay_core import IngestLimits, check_ingest, parse_ingest, sender_o
 from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
 from schemas.envelope import Envelope
-from schemas.errors import AuditStoreError, EnvelopeError, IstmoError
+from schemas.errors import (
+    AuditStoreError,
+    BusUnavailable,
+    ConfigError,
+    EnvelopeError,
+    IstmoError,
+)
 from schemas.labels import Precedence
 from schemas.receipt import parse_receipt, verify_receipt
 from schemas.sealing import envelope_digest
@@ -110,8 +125,9 @@ class Relay:
         directory_sub = await self.nc.subscribe(CONTROL_DIRECTORY_SUBJECT, cb=self._on_directory)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._loop(stop, ingest, self._ingest_batch))
+                tg.create_task(self._loop(stop, ingest, self._ingest_guarded))
                 tg.create_task(self._loop(stop, receipts, self._receipt_batch))
+                tg.create_task(self._dead_letters(stop))
         finally:
             for sub in (api_sub, control_sub, directory_sub, ingest, receipts):
                 with contextlib.suppress(nats.errors.Error):
@@ -147,6 +163,88 @@ class Relay:
                 await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ ingest
+    async def _ingest_guarded(self, msgs: list[Msg]) -> None:
+        """Dead-letter what came back too often, then process the rest; if a batch fails
+        unexpectedly, process its messages one by one, so one poison bulletin cannot hold
+        back (and finally dead-letter) the innocent ones around it."""
+        live = [msg for msg in msgs if not await self._poisoned(msg)]
+        if not live:
+            return
+        try:
+            await self._ingest_batch(live)
+        except (nats.errors.Error, TimeoutError, AuditStoreError):
+            raise
+        except Exception:
+            if len(live) == 1:
+                raise
+            log.exception("batch of %d failed unexpectedly; retrying one by one", len(live))
+            for msg in live:
+                try:
+                    await self._ingest_batch([msg])
+                except (nats.errors.Error, TimeoutError, AuditStoreError):
+                    raise
+                except Exception:
+                    log.exception(
+                        "ingest seq %d failed unexpectedly (delivery %d); it will come back",
+                        msg.metadata.sequence.stream,
+                        msg.metadata.num_delivered,
+                    )
+
+    async def _poisoned(self, msg: Msg) -> bool:
+        """Dead-letter an ingest message that no relay managed to process: it came back
+        more often than ``INGEST_MAX_ATTEMPTS`` plus what an embargo explains (a relay
+        that crashes on it dies before it can catch anything; JetStream counts)."""
+        meta = msg.metadata
+        if meta.num_delivered <= INGEST_MAX_ATTEMPTS:
+            return False
+        if meta.num_delivered <= ingest_attempts_allowed(msg.data, int(meta.timestamp.timestamp())):
+            return False
+        sender = sender_of(msg.subject, "ingest") or "unknown"
+        _, event = await dead_letter_ingest(
+            self.js,
+            sender=sender,
+            seq=meta.sequence.stream,
+            data=msg.data,
+            deliveries=meta.num_delivered,
+        )
+        self.registry.record([], [event])
+        await msg.term()
+        log.error(
+            "ingest seq %d from %s dead-lettered after %d deliveries",
+            meta.sequence.stream,
+            sender,
+            meta.num_delivered,
+        )
+        return True
+
+    async def _dead_letters(self, stop: asyncio.Event) -> None:
+        """Set up the dead-letter streams (retrying while JetStream is away), then turn
+        the delivery consumers' max_deliver advisories into dead letters until ``stop``."""
+        while not stop.is_set():
+            try:
+                await ensure_dead_letters(self.js)
+                dead = await self.js.pull_subscribe_bind(DEAD_DURABLE, stream=ADVISORY_STREAM)
+                break
+            except ConfigError as exc:
+                log.error("dead letters are not captured: %s", exc)
+                return
+            except (BusUnavailable, nats.errors.Error, TimeoutError) as exc:
+                log.warning("dead-letter streams not ready (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(1.0)
+        else:
+            return
+        try:
+            await self._loop(stop, dead, self._dead_batch)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await dead.unsubscribe()
+
+    async def _dead_batch(self, msgs: list[Msg]) -> None:
+        """max_deliver advisories of the delivery consumers: dead-letter each delivery."""
+        for msg in msgs:
+            await handle_advisory(self.js, self.registry, msg.data)
+            await msg.ack_sync()
+
     async def _ingest_batch(self, msgs: list[Msg]) -> None:
         now = int(time.time())
         w = _Writes()

@@ -43,7 +43,10 @@ from schemas.subjects import (
 __all__ = ["ensure_agency_consumer", "ensure_relay_consumers", "ensure_streams"]
 
 ACK_WAIT_S = 30.0
-AGENCY_MAX_DELIVER = 10  # the dead-letter path after the 10th attempt is a later issue
+AGENCY_MAX_DELIVER = 10  # then the max_deliver advisory dead-letters it (broker.dead_letters)
+# Redelivery waits of a delivery nobody acks (replacing ack_wait): about 3 h in all before
+# the 10th attempt. The first equals ACK_WAIT_S, so a slow handler is not hurried.
+AGENCY_BACKOFF_S = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 3600.0)
 RELAY_MAX_ACK_PENDING = 1000
 _STREAM_CONFIG_MISMATCH = 10058  # "stream name already in use with a different configuration"
 
@@ -175,8 +178,17 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCo
         ) from exc
 
 
-async def ensure_agency_consumer(js: JetStreamContext, agency: str) -> None:
+async def ensure_agency_consumer(
+    js: JetStreamContext,
+    agency: str,
+    *,
+    backoff_s: tuple[float, ...] = AGENCY_BACKOFF_S,
+    max_deliver: int = AGENCY_MAX_DELIVER,
+) -> None:
     """Create or update the durable pull consumer ``deliver-<agency>`` on ISTMO_DELIVER.
+
+    ``backoff_s`` (the waits before each redelivery, the last repeating) and
+    ``max_deliver`` default to the deploy defaults; fault tests shorten them.
 
     Raises:
         EnvelopeError: ``agency`` is not a valid agency id.
@@ -190,8 +202,9 @@ async def ensure_agency_consumer(js: JetStreamContext, agency: str) -> None:
         filter_subject=deliver_subject(agency),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT_S,
-        max_deliver=AGENCY_MAX_DELIVER,
+        ack_wait=backoff_s[0] if backoff_s else ACK_WAIT_S,
+        max_deliver=max_deliver,
+        backoff=list(backoff_s) or None,
     )
     await _ensure_consumer(js, DELIVER_STREAM, config)
 

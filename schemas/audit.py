@@ -30,6 +30,12 @@ EventType = Literal[
     "auth.refused",
     "token.issued",
     "audit.queried",
+    "delivery.dead_lettered",
+    "delivery.redriven",
+    "delivery.republished",
+    "delivery.unrecoverable",
+    "ingest.dead_lettered",
+    "ingest.redriven",
     "console.login",
     "console.logout",
 ]

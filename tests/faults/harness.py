@@ -45,13 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats
 import nats.errors
 from nats.aio.msg import Msg
 from sqlalchemy import create_engine, text
 
 from clients.sdk import Handler, IstmoClient, ReceivedBulletin
 from schemas.envelope import Content, Envelope
-from schemas.errors import IstmoError
+from schemas.errors import BusUnavailable, IstmoError
 from schemas.ids import AgencyId
 from schemas.keys import EncryptionPublicKey
 from schemas.labels import Classification, Labels, Tlp
@@ -66,8 +67,11 @@ __all__ = [
     "RelayProcess",
     "Report",
     "Target",
+    "audit_rows",
     "check",
     "connect",
+    "istmo",
+    "operator_connect",
     "wait_until",
 ]
 
@@ -156,6 +160,44 @@ async def connect(
     return client
 
 
+async def operator_connect(target: Target) -> Any:
+    """A NATS connection as the broker's own user (account ISTMO), as an operator's tools
+    would connect: for JetStream administration (consumer settings, stream reads)."""
+    seed = (target.data_dir / "broker" / "relay.seed").read_text().strip()
+    return await nats.connect(
+        list(target.nats_urls), nkeys_seed_str=seed, name="fault-test-operator", connect_timeout=5
+    )
+
+
+def istmo(target: Target, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``istmo ARGS --data-dir <target>`` as an operator would."""
+    return subprocess.run(
+        [ISTMO, *args, "--data-dir", str(target.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=target.subprocess_env(),
+        check=False,
+    )
+
+
+def audit_rows(target: Target, type_: str) -> list[dict[str, Any]]:
+    """Every audit event of ``type_`` (as stored: data is a JSON string)."""
+    engine = create_engine(target.database)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT event_id, actor, subject, bulletin_id, reason, data FROM audit_event "
+                    "WHERE type = :t ORDER BY seq"
+                ),
+                {"t": type_},
+            )
+            return [{**dict(r._mapping), "data": json.loads(r._mapping["data"])} for r in rows]
+    finally:
+        engine.dispose()
+
+
 async def wait_until(predicate: Any, *, timeout: float, interval: float = 0.2) -> bool:
     """Poll ``predicate()`` (sync or async) until true or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
@@ -188,9 +230,17 @@ class Publisher:
     _next: int = 0
 
     async def prepare(self) -> tuple[str, ...]:
-        """Resolve the recipients once; returns them."""
-        self._keys = await self.client.resolve(self.labels)
-        return tuple(sorted(self._keys))
+        """Resolve the recipients once (retrying for 15 s while no relay answers yet);
+        returns them."""
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self._keys = await self.client.resolve(self.labels)
+                return tuple(sorted(self._keys))
+            except BusUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     def envelope(self) -> tuple[str, Envelope]:
         hid = f"{self.name}-{self._next}"
