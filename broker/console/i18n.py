@@ -36,7 +36,7 @@ _EN: dict[str, str] = {
     "signin.after": "It prints a sign-in link that works once, within 60 seconds, and opens "
     "it in your browser.",
     "signin.dev": "Development login",
-    "signin.dev_intro": "This broker runs under `istmo up`: sign in as a demo identity.",
+    "signin.dev_intro": "This broker runs under istmo up: sign in as a demo identity.",
     "signin.dev_as": "Sign in as",
     "signin.link_bad": "This sign-in link is not valid: it was used, expired or mistyped. "
     "Run istmo console login again.",
@@ -157,6 +157,7 @@ _EN: dict[str, str] = {
     "flow.denied": "denied",
     "flow.labels": "Labels",
     "flow.no": "—",
+    "flow.summary": "{permitted} permitted, {denied} denied, {received} received",
 }
 
 _ES: dict[str, str] = {
@@ -178,7 +179,7 @@ _ES: dict[str, str] = {
     "signin.after": "Imprime un enlace de acceso que sirve una sola vez, durante 60 segundos, "
     "y lo abre en su navegador.",
     "signin.dev": "Acceso de desarrollo",
-    "signin.dev_intro": "Este intermediario corre con `istmo up`: entre como una identidad de "
+    "signin.dev_intro": "Este intermediario corre con istmo up: entre como una identidad de "
     "demostración.",
     "signin.dev_as": "Entrar como",
     "signin.link_bad": "Este enlace de acceso no es válido: ya se usó, caducó o está mal "
@@ -302,6 +303,7 @@ _ES: dict[str, str] = {
     "flow.denied": "denegado",
     "flow.labels": "Etiquetas",
     "flow.no": "—",
+    "flow.summary": "{permitted} permitidos, {denied} denegados, {received} recibidos",
 }
 
 _CATALOGS: dict[str, dict[str, str]] = {"en": _EN, "es": _ES}

@@ -263,14 +263,28 @@ def entry_with_proof(url: str, index: int) -> dict[str, Any] | None:
     return {
         "index": index,
         "fields": fields if isinstance(fields, dict) else None,
-        "data_json": json.dumps(
-            fields.get("data") if isinstance(fields, dict) else None, indent=2, sort_keys=True
-        )[:_DATA_JSON_LIMIT],
+        "data_items": _data_items(fields),
         "leaf_text": entry.leaf.decode("utf-8", "replace")[:_DATA_JSON_LIMIT],
         "leaf_hash": b64e(entry.leaf_hash),
         "covered": index < size,
         "check": check,
     }
+
+
+def _data_items(fields: Any) -> list[tuple[str, str]]:
+    """An event's ``data`` as (key, text) rows, lists joined: for reading, not parsing."""
+    data = fields.get("data") if isinstance(fields, dict) else None
+    if not isinstance(data, dict):
+        return []
+    rows = []
+    for key in sorted(data)[:64]:
+        value = data[key]
+        if isinstance(value, list):
+            text_ = ", ".join(str(v) for v in value)
+        else:
+            text_ = "" if value is None else str(value)
+        rows.append((str(key)[:200], text_[:2000]))
+    return rows
 
 
 def tree_heads(url: str, *, limit: int = 100) -> list[dict[str, Any]]:
@@ -409,11 +423,16 @@ def chart_stats(registry: Registry, since_ms: int, until_ms: int) -> dict[str, A
                 counts[label] += 1
                 break
     topics = sorted({topic for c in per_day.values() for topic in c})
+    day_ms = 86_400_000
+    all_days = [
+        time.strftime("%Y-%m-%d", time.gmtime(t / 1000))
+        for t in range(since_ms - since_ms % day_ms, until_ms, day_ms)
+    ][-400:]
     return {
         "events": len(rows),
-        "days": sorted(per_day),
+        "days": all_days if per_day else [],
         "topics": topics,
-        "per_day": {d: dict(c) for d, c in sorted(per_day.items())},
+        "per_day": {d: dict(per_day.get(d, {})) for d in all_days} if per_day else {},
         "denials": {a: dict(c) for a, c in sorted(denials.items())},
         "reasons": sorted({r for c in denials.values() for r in c}),
         "delivered": len(routed),
@@ -475,6 +494,10 @@ def bulletin_flow(registry: Registry, bulletin_id: str) -> dict[str, Any]:
             c = flow["candidates"].setdefault(actor, {"agency": actor})
             c["received"] = t
             c["received_index"] = index
+    cands = flow["candidates"].values()
+    flow["permitted"] = sum(1 for c in cands if c.get("decision") == "permitted")
+    flow["denied"] = sum(1 for c in cands if c.get("decision") == "denied")
+    flow["received"] = sum(1 for c in cands if c.get("received"))
     flow["candidates"] = sorted(
         flow["candidates"].values(),
         key=lambda c: (c.get("decision") != "permitted", c["agency"]),

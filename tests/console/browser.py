@@ -1,0 +1,110 @@
+"""Helpers for driving the console in Debian's Chromium with Playwright, against a real
+`istmo up`: the browser (never downloaded), bulletins published and received through the
+real `istmo` command, and a sign-in link from `istmo console login`.
+
+Shared by tests/console/test_browser.py and scripts/screenshots.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from broker import merkle
+from schemas.canonical import canonical_json
+from tests.stackproc import UpProcess, run_cli
+
+CHROMIUM = Path(os.environ.get("ISTMO_CHROMIUM", "/usr/bin/chromium"))
+VIEWPORT = {"width": 1366, "height": 768}
+
+
+def chromium_missing() -> str | None:
+    """Why the browser tests cannot run, or None when they can."""
+    if not CHROMIUM.exists():
+        return f"browser tests did NOT run: no Chromium at {CHROMIUM} (apt install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401  # only checking it is there
+    except ImportError:
+        return "browser tests did NOT run: the playwright package is not installed"
+    return None
+
+
+def publish(
+    up: UpProcess,
+    who: str,
+    topic: str,
+    *,
+    rel_to: str = "SICA",
+    classification: str = "RESTRICTED",
+    tlp: str = "AMBER",
+    title: str = "Console test bulletin",
+) -> str:
+    """Publish through `istmo publish`; returns the bulletin id."""
+    r = run_cli(
+        "publish", "--as", who, "--topic", topic, "--classification", classification,
+        "--tlp", tlp, "--rel-to", rel_to, "--title", title,
+        "--body", "Body text the console never sees.", data_dir=up.data_dir,
+    )  # fmt: skip
+    if r.returncode != 0:
+        raise RuntimeError(f"publish failed: {r.stderr}")
+    return r.stdout.strip()
+
+
+def receive(up: UpProcess, who: str, count: int = 1, timeout: int = 10) -> list[dict[str, Any]]:
+    r = run_cli(
+        "receive", "--as", who, "--count", str(count), "--timeout", str(timeout), "--json",
+        data_dir=up.data_dir,
+    )  # fmt: skip
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def api_url(up: UpProcess) -> str:
+    return f"http://127.0.0.1:{up.ports['api']}"
+
+
+def console_link(up: UpProcess, who: str = "auditor") -> str:
+    """A one-time sign-in link from `istmo console login --no-open`."""
+    r = run_cli("console", "login", "--as", who, "--no-open", data_dir=up.data_dir)
+    if r.returncode != 0:
+        raise RuntimeError(f"istmo console login failed: {r.stderr}")
+    return r.stdout.strip()
+
+
+def wait_sequenced(up: UpProcess, bulletin_id: str, types: int, timeout: float = 20) -> None:
+    """Wait until the log holds ``types`` entries of the bulletin under a signed head."""
+    deadline = time.monotonic() + timeout
+    db = up.data_dir / "istmo.db"
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db) as conn:
+            n = conn.execute(
+                "SELECT COUNT(*) FROM log_entry e JOIN audit_event a ON a.seq = e.event_seq "
+                "WHERE a.bulletin_id = ?",
+                (bulletin_id,),
+            ).fetchone()[0]
+            size = conn.execute("SELECT MAX(tree_size) FROM tree_head").fetchone()[0] or 0
+            last = conn.execute('SELECT MAX("index") FROM log_entry').fetchone()[0]
+        if n >= types and last is not None and size > last:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"the log did not take {types} events of {bulletin_id} in {timeout} s")
+
+
+def tamper_entry(up: UpProcess, index: int) -> None:
+    """As an attacker with the database: drop the append-only triggers and rewrite entry
+    ``index``'s subject, with a matching leaf hash (the outbox row and the Merkle nodes
+    are left alone)."""
+    with sqlite3.connect(up.data_dir / "istmo.db") as conn:
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+            conn.execute(f'DROP TRIGGER "{name}"')
+        (leaf,) = conn.execute('SELECT leaf FROM log_entry WHERE "index" = ?', (index,)).fetchone()
+        doc = json.loads(leaf)
+        doc["subject"] = "xx-nobody"
+        new = canonical_json(doc)
+        conn.execute(
+            'UPDATE log_entry SET leaf = ?, leaf_hash = ? WHERE "index" = ?',
+            (new, merkle.leaf_hash(new), index),
+        )

@@ -1,0 +1,182 @@
+"""The console end to end, in Debian's Chromium driven by Playwright, against a real
+`istmo up` (nats-server, relay, sequencer, API) started as a user would.
+
+An auditor signs in with `istmo console login`, filters the log, opens an entry and sees
+the browser verify it (SubtleCrypto SHA-256 and Ed25519 against the signed tree head);
+after an attacker rewrites that entry in the SQLite file, the same page shows the loud
+failure and the log flags the row. The page switches to Spanish. The development login
+is offered under `istmo up`. If /usr/bin/chromium is missing, every test here is skipped
+with a reason saying plainly that the browser tests did not run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.console.browser import (
+    CHROMIUM,
+    VIEWPORT,
+    api_url,
+    chromium_missing,
+    console_link,
+    publish,
+    receive,
+    tamper_entry,
+    wait_sequenced,
+)
+from tests.stackproc import UpProcess
+
+pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
+    proc = UpProcess(tmp_path_factory.mktemp("browser") / "istmo").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def bulletin(up: UpProcess) -> str:
+    bid = publish(up, "gt-police", "drug-trafficking")
+    assert [b["id"] for b in receive(up, "rc-drugs")] == [bid]
+    # accepted, routed to several, denied to several, received by rc-drugs
+    wait_sequenced(up, bid, types=4)
+    return bid
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport=VIEWPORT, locale="en-US")
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.errors = errors
+    yield pg
+    context.close()
+
+
+def sign_in(page, up: UpProcess) -> None:  # type: ignore[no-untyped-def]
+    page.goto(console_link(up, "auditor"))
+    assert page.url == api_url(up) + "/console/"  # the code is gone from the address
+    assert "auditor" in page.locator("header .who").inner_text()
+
+
+def test_auditor_filters_opens_and_verifies(page, up: UpProcess, bulletin: str) -> None:  # type: ignore[no-untyped-def]
+    sign_in(page, up)
+    page.get_by_role("link", name="Audit log").first.click()
+    page.select_option("#f-type", "bulletin.denied")
+    page.click("#apply")
+    page.wait_for_url(re.compile(r"type=bulletin\.denied"))
+    types = page.locator("table.log tbody td:nth-child(3)").all_inner_texts()
+    assert types
+    assert set(types) == {"bulletin.denied"}
+    # Narrow to one agency with the keyboard alone: focus, choose, submit.
+    page.select_option("#f-agency", "jm-police")
+    page.focus("#apply")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"agency=jm-police"))
+    rows = page.locator("table.log tbody tr")
+    assert rows.count() >= 1
+    assert "jm-police" in rows.first.inner_text()
+    # Open the entry: the browser checks it against the signed tree head.
+    rows.first.locator("a").first.click()
+    verdict = page.locator("#verdict")
+    page.wait_for_selector("#verdict[data-result]")
+    assert verdict.get_attribute("data-result") == "verified", page.locator("#steps").inner_text()
+    assert "VERIFIED" in verdict.inner_text()
+    assert page.locator("#steps li.ok").count() == 5
+    assert page.errors == []  # no CSP violation, no script error
+
+
+def test_flow_of_the_bulletin(page, up: UpProcess, bulletin: str) -> None:  # type: ignore[no-untyped-def]
+    sign_in(page, up)
+    page.goto(f"{api_url(up)}/console/flow?bulletin={bulletin}")
+    table = page.locator("#candidates").inner_text()
+    assert "rc-drugs" in table
+    assert "jm-police" in table
+    assert "permitted" in table
+    assert "denied" in table
+    assert page.locator("ol.flow").inner_text().count("gt-police") >= 1
+
+
+def test_spanish_switch(page, up: UpProcess, bulletin: str) -> None:  # type: ignore[no-untyped-def]
+    sign_in(page, up)
+    page.goto(f"{api_url(up)}/console/log")
+    page.click("#lang-es")
+    page.wait_for_url(re.compile(r"/console/log"))
+    assert page.locator("html").get_attribute("lang") == "es"
+    assert page.locator("h1").inner_text() == "Registro de auditoría"
+    assert page.get_by_role("button", name="Aplicar filtros").is_visible()
+    page.goto(f"{api_url(up)}/console/integrity")
+    assert page.locator("h1").inner_text() == "Integridad"
+
+
+def test_dev_login_under_istmo_up(page, up: UpProcess) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{api_url(up)}/console/")
+    page.click("#dev-auditor")
+    page.wait_for_url(re.compile(r"/console/$"))
+    assert "auditor" in page.locator("header .who").inner_text()
+    page.click("header form button")  # sign out (a CSRF-checked POST)
+    page.wait_for_url(re.compile(r"out=1"))
+    assert page.locator("#dev-auditor").is_visible()
+
+
+def test_tampered_entry_is_flagged(page, up: UpProcess, bulletin: str) -> None:  # type: ignore[no-untyped-def]
+    # Runs last in this module: it leaves the log altered.
+    sign_in(page, up)
+    page.goto(f"{api_url(up)}/console/log?type=bulletin.accepted")
+    link = page.locator("table.log tbody tr a").first
+    index = int(link.inner_text())
+    link.click()
+    page.wait_for_selector("#verdict[data-result]")
+    assert page.locator("#verdict").get_attribute("data-result") == "verified"
+
+    tamper_entry(up, index)
+
+    page.reload()
+    page.wait_for_selector("#verdict[data-result]")
+    verdict = page.locator("#verdict")
+    assert verdict.get_attribute("data-result") == "failed"
+    assert "VERIFICATION FAILED" in verdict.inner_text()
+    assert verdict.get_attribute("role") == "alert"
+    assert page.locator("#steps li.bad").count() >= 1
+    # The log page flags the row too (its bytes no longer match the outbox row).
+    page.goto(f"{api_url(up)}/console/log?type=bulletin.accepted")
+    row = page.locator("table.log tbody tr", has=page.locator(f'a[href="/console/log/{index}"]'))
+    assert "ALTERED" in row.inner_text()
+    assert "altered" in (row.get_attribute("class") or "")
+    # And the full verification names it.
+    page.goto(f"{api_url(up)}/console/integrity")
+    page.click("#run-verify")
+    page.wait_for_url(re.compile(r"/console/integrity$"))
+    result = page.locator("#verification .verdict")
+    assert result.get_attribute("data-result") == "failed"
+    assert f"entry {index}" in result.inner_text()
+
+
+def test_screenshot_helper_writes_pngs(page, up: UpProcess, bulletin: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sign_in(page, up)
+    page.goto(f"{api_url(up)}/console/charts")
+    out = tmp_path / "charts.png"
+    page.screenshot(path=str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
