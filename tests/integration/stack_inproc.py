@@ -14,9 +14,14 @@ from clients.sdk import IstmoClient
 
 
 @contextlib.asynccontextmanager
-async def running_stack(data_dir: Path, *, with_relay: bool = True) -> AsyncIterator[Stack]:
+async def running_stack(
+    data_dir: Path, *, with_relay: bool = True, database_url: str | None = None
+) -> AsyncIterator[Stack]:
+    """The stack on ``data_dir``; its database is the SQLite file there unless
+    ``database_url`` names another (a migrated PostgreSQL database)."""
     settings = Settings(
         data_dir=data_dir,
+        database_url=database_url,
         nats_port=free_port(),
         nats_http_port=free_port(),
         api_port=free_port(),

@@ -3,7 +3,7 @@
 The relay runs as its own process (`istmo relay`) beside an embedded NATS; the test kills
 it with SIGKILL mid-stream, starts a new one, and checks with the catalogue's harness that
 every accepted bulletin reached each permitted recipient's application exactly once, and
-nobody else's.
+nobody else's. On SQLite and on PostgreSQL (``storage``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from schemas.labels import Classification, Labels, Tlp
 from schemas.sealing import seal
 from schemas.subjects import DELIVER_STREAM
 from tests.integration.stack_inproc import client, nats_url, running_stack
+from tests.storage_engines import Storage
 
 N = 1000
 RECIPIENTS = ("bz-justice", "bz-military", "bz-police")
@@ -40,7 +41,7 @@ LABELS = Labels(
 ISTMO = str(Path(sys.executable).parent / "istmo")
 
 
-def start_relay(stack: Stack, log: Path) -> subprocess.Popen[bytes]:
+def start_relay(stack: Stack, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     ready = log.read_text().count("relay connected") if log.exists() else 0
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -54,7 +55,7 @@ def start_relay(stack: Stack, log: Path) -> subprocess.Popen[bytes]:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
         )
     deadline = time.monotonic() + 30
     while log.read_text().count("relay connected") == ready:
@@ -71,10 +72,14 @@ def stored(stack: Stack) -> int:
 
 
 @pytest.mark.slow
-async def test_sigkill_relay_under_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+async def test_sigkill_relay_under_load_loses_and_duplicates_nothing(
+    storage: Storage, tmp_path: Path
+) -> None:
     log = tmp_path / "relay.log"
-    async with running_stack(tmp_path / "istmo", with_relay=False) as stack:
-        relay = start_relay(stack, log)
+    async with running_stack(
+        tmp_path / "istmo", with_relay=False, database_url=storage.pg_url
+    ) as stack:
+        relay = start_relay(stack, log, storage.env())
         try:
             async with await client(stack, "gt-police") as gt:
                 keys = await gt.resolve(LABELS)
@@ -102,14 +107,14 @@ async def test_sigkill_relay_under_load_loses_and_duplicates_nothing(tmp_path: P
                         relay.send_signal(signal.SIGKILL)
                         relay.wait()
                         killed_at = done
-                        relay = start_relay(stack, log)
+                        relay = start_relay(stack, log, storage.env())
             if killed_at is None:  # the relay was slower than the publisher: kill now
                 while stored(stack) < 150:
                     await asyncio.sleep(0.05)
                 relay.send_signal(signal.SIGKILL)
                 relay.wait()
                 killed_at = stored(stack)
-                relay = start_relay(stack, log)
+                relay = start_relay(stack, log, storage.env())
             assert killed_at < N, "the kill must land while bulletins are in flight"
             print(f"\nkilled the relay with {killed_at} of {N} bulletins stored")
 

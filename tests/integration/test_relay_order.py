@@ -1,4 +1,4 @@
-"""Embargo and precedence: when and in which order the relay delivers."""
+"""Embargo and precedence: when and in which order the relay delivers (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from schemas.envelope import Content
 from schemas.labels import Classification, Labels, Precedence, Tlp
 from schemas.sealing import seal
 from tests.integration.stack_inproc import client, nats_url, running_stack
+from tests.storage_engines import Storage
 
 
 def labels(precedence: Precedence = Precedence.ROUTINE) -> Labels:
@@ -24,8 +25,12 @@ def labels(precedence: Precedence = Precedence.ROUTINE) -> Labels:
     )
 
 
-async def test_flash_is_delivered_before_the_routine_backlog(tmp_path: Path) -> None:
-    async with running_stack(tmp_path / "istmo", with_relay=False) as stack:
+async def test_flash_is_delivered_before_the_routine_backlog(
+    storage: Storage, tmp_path: Path
+) -> None:
+    async with running_stack(
+        tmp_path / "istmo", with_relay=False, database_url=storage.pg_url
+    ) as stack:
         assert stack.registry is not None
         assert stack.directory is not None
         nc = await stack.connect_relay(nats_url(stack))
@@ -70,8 +75,8 @@ async def test_flash_is_delivered_before_the_routine_backlog(tmp_path: Path) -> 
     assert order[1:] == ["ROUTINE"] * 20
 
 
-async def test_embargoed_bulletin_waits_for_its_time(tmp_path: Path) -> None:
-    async with running_stack(tmp_path / "istmo") as stack:
+async def test_embargoed_bulletin_waits_for_its_time(storage: Storage, tmp_path: Path) -> None:
+    async with running_stack(tmp_path / "istmo", database_url=storage.pg_url) as stack:
         got: list[tuple[str, float]] = []
 
         async def app(b: ReceivedBulletin) -> None:

@@ -1,0 +1,26 @@
+-- The broker's own PostgreSQL role: what `istmo db upgrade --grant-role istmo_broker` runs,
+-- for operators who grant by hand. Run it as the role that owns the tables (the one that
+-- ran `istmo db upgrade`), in the broker's database, after the upgrade:
+--
+--     psql -v ON_ERROR_STOP=1 -d istmo -f deploy/postgres/broker-role.sql
+--
+-- Then give the role a password (ALTER ROLE istmo_broker PASSWORD '...') or a client
+-- certificate, and point the broker at it:
+--
+--     ISTMO_DATABASE_URL=postgresql://istmo_broker@db.example:5432/istmo
+--
+-- The registry's tables are read and written; the audit tables (S-18) may only be inserted
+-- into and read, so the broker could not rewrite the log even if the append-only triggers
+-- were dropped. Never give this role ownership of the tables or superuser rights: owners and
+-- superusers can drop triggers. Another database name or role: edit the two names below, or
+-- use `istmo db upgrade --grant-role NAME` with ISTMO_DATABASE_URL pointing at it.
+-- (tests/integration/test_postgres_storage.py checks this file against broker/db_cli.py.)
+
+DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'istmo_broker') THEN CREATE ROLE istmo_broker LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS; END IF; END $$;
+GRANT CONNECT ON DATABASE istmo TO istmo_broker;
+GRANT USAGE ON SCHEMA public TO istmo_broker;
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM istmo_broker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON admin_identity, agency, assertion_jti, bulletin, decision, encryption_key, enrolment_token, jurisdiction, meta, nats_user, policy_set, receipt, rejection, signing_key, subscription TO istmo_broker;
+GRANT SELECT, INSERT ON audit_event, log_entry, merkle_node, tree_head TO istmo_broker;
+GRANT SELECT ON alembic_version TO istmo_broker;
+GRANT USAGE ON SEQUENCE audit_event_seq_seq, policy_set_seq_seq TO istmo_broker;
