@@ -1,0 +1,117 @@
+"""Pure parts of the console: sessions, one-time links, CSRF comparison, language choice,
+the catalogs."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.console.i18n import _CATALOGS, negotiate, translator
+from broker.console.sessions import LinkStore, SessionStore, csrf_ok
+
+AUDIT = frozenset({"audit:read"})
+
+
+def test_session_idle_and_absolute_expiry() -> None:
+    store = SessionStore(idle_s=100, max_s=1000)
+    sid, s = store.create("auditor", "agency", AUDIT, "link", now=0)
+    assert store.get(sid, now=99) is s  # restarts the idle clock
+    assert store.get(sid, now=198) is s
+    assert store.get(sid, now=298) is None  # idle for 100 s
+    sid, s = store.create("auditor", "agency", AUDIT, "link", now=0)
+    for t in range(50, 1000, 50):
+        assert store.get(sid, now=t) is s
+    assert store.get(sid, now=1000) is None  # 8 h (here 1000 s) at most, however active
+
+
+def test_session_ids_are_random_and_not_stored() -> None:
+    store = SessionStore()
+    sid1, s1 = store.create("a", "agency", AUDIT, "link")
+    sid2, _ = store.create("a", "agency", AUDIT, "link")
+    assert sid1 != sid2
+    assert len(sid1) >= 43
+    assert sid1.encode() not in s1.sid_hash
+    assert sid1 not in repr(s1)
+    assert s1.csrf not in repr(s1)
+    assert store.get("x" * 65) is None
+    assert store.get(sid1[:-1] + ("A" if sid1[-1] != "A" else "B")) is None
+
+
+def test_session_store_is_bounded_and_ends() -> None:
+    store = SessionStore(max_sessions=3)
+    sids = [store.create(f"u{i}", "agency", AUDIT, "dev")[0] for i in range(5)]
+    assert len(store) == 3
+    assert store.get(sids[0]) is None  # the oldest went first
+    assert store.get(sids[4]) is not None
+    assert store.end_all("u4") == 1
+    assert store.get(sids[4]) is None
+    assert store.end(sids[3]) is not None
+    assert store.end(sids[3]) is None
+
+
+def test_links_are_single_use_and_short_lived() -> None:
+    links = LinkStore(lifetime_s=60)
+    code = links.issue("auditor", "agency", AUDIT, now=0)
+    assert links.redeem(code, now=59) == ("auditor", "agency", AUDIT)
+    with pytest.raises(LookupError):
+        links.redeem(code, now=59)
+    late = links.issue("auditor", "agency", AUDIT, now=0)
+    with pytest.raises(LookupError):
+        links.redeem(late, now=60)
+    for bad in (None, "", "x", "y" * 500):
+        with pytest.raises(LookupError):
+            links.redeem(bad, now=0)
+
+
+def test_links_store_is_bounded() -> None:
+    links = LinkStore(max_links=2)
+    codes = [links.issue("a", "agency", AUDIT) for _ in range(3)]
+    with pytest.raises(LookupError):
+        links.redeem(codes[0])
+    assert links.redeem(codes[2])[0] == "a"
+
+
+@pytest.mark.parametrize(
+    ("expected", "sent", "ok"),
+    [
+        ("abc", "abc", True),
+        ("abc", "abd", False),
+        ("abc", "", False),
+        ("abc", None, False),
+        ("", "", False),
+        ("abc", "abc" + "x" * 100, False),
+        ("abc", "ab\udcff", False),
+    ],
+)
+def test_csrf_compare(expected: str, sent: str | None, ok: bool) -> None:
+    assert csrf_ok(expected, sent) is ok
+
+
+@pytest.mark.parametrize(
+    ("cookie", "header", "lang"),
+    [
+        (None, None, "en"),
+        (None, "es-GT,es;q=0.9,en;q=0.8", "es"),
+        (None, "en-US,en;q=0.9,es;q=0.8", "en"),
+        (None, "fr-FR,fr;q=0.9,es;q=0.5", "es"),
+        (None, "es;q=0,en", "en"),
+        (None, "de", "en"),
+        (None, "es;q=abc", "en"),
+        ("es", "en", "es"),
+        ("fr", "es", "es"),  # an unknown cookie is ignored
+        (None, "es," * 5000, "es"),  # long headers are cut, not parsed whole
+    ],
+)
+def test_negotiate(cookie: str | None, header: str | None, lang: str) -> None:
+    assert negotiate(cookie, header) == lang
+
+
+def test_catalogs_cover_each_other() -> None:
+    en, es = _CATALOGS["en"], _CATALOGS["es"]
+    missing = sorted(k for k in en if k not in es and not k.startswith("admin"))
+    assert missing == []
+    assert sorted(k for k in es if k not in en) == []
+    t = translator("es")
+    assert t("log.title") == "Registro de auditoría"
+    assert t("no.such.key") == "no.such.key"
+    assert t("refused.scope", scope="admin") == t("refused.scope", scope="admin")  # no crash
+    assert "admin" in t("refused.scope", scope="admin", who="x")
