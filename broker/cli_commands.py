@@ -65,11 +65,31 @@ def register(sub: Any) -> None:
         action="store_true",
         help="start NATS and the API only; run relays with `istmo relay`",
     )
+    p.add_argument(
+        "--no-sequencer",
+        action="store_true",
+        help="do not stand for sequencer here; run `istmo sequencer` (elected) instead",
+    )
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N nats-server nodes (3 or 5) as one JetStream cluster, every stream with 3 "
+        "replicas; node i uses --nats-port, --nats-http-port and --cluster-port plus i-1",
+    )
+    p.add_argument(
+        "--cluster-port",
+        type=int,
+        default=6244,
+        help="route port of the first cluster node (default 6244)",
+    )
     p.set_defaults(func=_up)
 
     _policy_commands(sub)
     _admin_commands(sub)
     _audit_commands(sub)
+    _reconcile_command(sub)  # broker.reconcile
     add_db_commands(sub)  # istmo db upgrade | current (broker.db_cli)
 
     p = sub.add_parser(
@@ -79,7 +99,11 @@ def register(sub: Any) -> None:
         "runs for DATA_DIR (or --nats-url).",
     )
     _common(p)
-    p.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
+    p.add_argument(
+        "--nats-url",
+        default=os.environ.get("ISTMO_NATS_URL"),
+        help="NATS to join (a cluster: its URLs, comma-separated; default: the running stack's)",
+    )
     p.set_defaults(func=_relay)
 
 
@@ -345,11 +369,31 @@ def _audit_commands(sub: Any) -> None:
     p = sub.add_parser(
         "sequencer",
         help="integrate the audit outbox into the log, alone, until Ctrl-C",
-        description="Run only the sequencer of DATA_DIR (`istmo up` runs one too; one at a "
-        "time holds DATA_DIR/broker/sequencer.lock).",
+        description="Run a sequencer for DATA_DIR's audit log. With a running stack (or "
+        "--nats-url) sequencers are elected through NATS KV: one leads, a --standby one takes "
+        "over within about 7 s when it dies. `istmo up` stands for sequencer too unless "
+        "--no-sequencer.",
     )
     _data_dir(p)
     p.add_argument("--batch", type=int, default=1000, help="entries per signed tree head")
+    p.add_argument(
+        "--nats-url",
+        default=os.environ.get("ISTMO_NATS_URL"),
+        help="the region's NATS (a cluster: its URLs, comma-separated; default: the running "
+        "stack's); sequencers there elect one leader, the others stand by",
+    )
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="if another sequencer leads, wait and take over when it stops or dies "
+        "(default: refuse to start)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="without NATS: catch up the log of a stopped stack on this machine, holding "
+        "DATA_DIR/broker/sequencer.lock",
+    )
     p.set_defaults(func=_sequencer)
 
 
@@ -427,10 +471,14 @@ def _up(args: argparse.Namespace) -> int:
         nats_server=args.nats_server,
         policy_dir=args.policy_dir,
     )
-    stack = Stack(settings)
+    stack = Stack(settings, cluster=args.cluster, cluster_port=args.cluster_port)
     stack.claim()  # lock, ports, a stale nats-server: before anything is written
     stack.prepare()
-    code = _run(lambda stop: stack.up(stop, with_relay=not args.no_relay))
+    code = _run(
+        lambda stop: stack.up(
+            stop, with_relay=not args.no_relay, with_sequencer=not args.no_sequencer
+        )
+    )
     print("istmo: stopped cleanly")
     return code
 
@@ -440,14 +488,30 @@ def _relay(args: argparse.Namespace) -> int:
     Stack, read_stack_file = parts.Stack, parts.read_stack_file
 
     settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
-    url = args.nats_url or (read_stack_file(settings.data_dir) or {}).get("nats_url")
-    if not isinstance(url, str):
-        raise ConfigError(
-            f"no stack running for {settings.data_dir}; start `istmo up` or pass --nats-url"
-        )
+    urls = _nats_urls(args.nats_url, read_stack_file(settings.data_dir))
     stack = Stack(settings)
     stack.prepare(demo=False)
-    return _run(lambda stop: stack.relay_only(stop, url))
+    return _run(lambda stop: stack.relay_only(stop, urls))
+
+
+def _nats_urls(given: str | None, stack_file: dict[str, Any] | None) -> list[str]:
+    """``--nats-url`` (comma-separated for a cluster), else every URL the running stack
+    recorded for this data directory.
+
+    Raises:
+        ConfigError: neither is there.
+    """
+    if given:
+        urls = [u.strip() for u in given.split(",") if u.strip()]
+    else:
+        info = stack_file or {}
+        recorded = info.get("nats_urls") or [info.get("nats_url")]
+        urls = [u for u in recorded if isinstance(u, str)]
+    if not urls or len(urls) > 16:
+        raise ConfigError(
+            "no stack running for this data directory; start `istmo up` or pass --nats-url"
+        )
+    return urls
 
 
 def _sequencer(args: argparse.Namespace) -> int:
@@ -455,8 +519,27 @@ def _sequencer(args: argparse.Namespace) -> int:
     if not 1 <= args.batch <= 100_000:
         raise ConfigError(f"--batch {args.batch} is outside 1..100000")
     settings = Settings.from_env(data_dir=args.data_dir)
-    seq = parts.open_sequencer(settings, limits=parts.SequencerLimits(batch_entries=args.batch))
-    try:
-        return _run(seq.run)
-    finally:
-        seq.close()
+    parts.require_database(settings)
+    limits = parts.SequencerLimits(batch_entries=args.batch)
+    urls: list[str] = []
+    if not args.offline:
+        running = _server_parts().read_stack_file(settings.data_dir)
+        if args.nats_url or running:
+            urls = _nats_urls(args.nats_url, running)
+
+    async def run(stop: asyncio.Event) -> None:
+        if not urls:
+            print("sequencer: no NATS; holding the file lock of this data directory")
+            await parts.run_in_stack(settings, stop, print, limits=limits, standby=args.standby)
+            return
+        nc = await parts.connect_broker(urls, settings.broker_dir)
+        try:
+            await parts.run_in_stack(
+                settings, stop, print, nc=nc, replicas=None, limits=limits, standby=args.standby
+            )
+        finally:
+            await nc.close()
+
+    code = _run(run)
+    print("sequencer: stopped")
+    return code

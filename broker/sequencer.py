@@ -4,13 +4,26 @@ Loop: take up to ``batch_entries`` outbox rows after the last integrated ``seq``
 them to the log with the nodes they complete and a tree head signed with the log key, all in
 one transaction (``AuditLog.integrate``); repeat, or wait a little when the outbox is empty.
 
-One sequencer per database: ``istmo up`` and ``istmo sequencer`` take an exclusive file lock,
-``DATA_DIR/broker/sequencer.lock``, before they create or read the log key; a second one
-stands by (in ``istmo up``) or refuses to start (``istmo sequencer``). The lock only saves
-work: the write transaction itself re-reads the log's tip under the database's write lock,
-so even two sequencers could not integrate a row twice or leave a gap. (PostgreSQL, issue 7:
-the writer already takes ``pg_advisory_xact_lock``; a session-level ``pg_try_advisory_lock``
-should replace the file lock there, and outbox rows must then be read in commit order.)
+One active sequencer per region, chosen in one of two ways (decided here, issue 7):
+
+* **Elected through NATS KV** whenever a NATS is at hand: always in ``istmo up`` (one node or
+  a cluster), and in ``istmo sequencer`` when a stack runs for the data directory or
+  ``--nats-url`` is given. Candidates on any machine compete for the key ``sequencer`` of
+  the bucket ``istmo-leaders`` (``broker.election``: create, renew every 2 s, TTL 6 s); the
+  others stand by and one takes over within about 7 s of the leader's death. The leader
+  checks its lease before every batch and stops the moment it lapses (fencing), so a
+  leader paused past the TTL appends nothing when it resumes. One mechanism for one
+  machine and for many, so the embedded stack runs, and its tests exercise, exactly what
+  a region runs.
+* **A file lock** (``DATA_DIR/broker/sequencer.lock``, exclusive) only for ``istmo
+  sequencer`` with no NATS at all: catching up the log of a stopped stack on its machine.
+  Elected sequencers hold the same file *shared*, so the two ways exclude each other on
+  one data directory, while elected candidates never block one another (a paused leader
+  must not keep its successor out).
+
+Neither is what keeps the log sound: the write transaction itself re-reads the log's tip
+under the database's write lock (SQLite's, or the PostgreSQL advisory lock the writer
+takes), so even two sequencers could not integrate a row twice or leave a gap.
 
 A SIGKILL at any point loses nothing: a batch either committed whole (entries, nodes, head)
 or not at all, and the next run starts after the last committed ``seq``.
@@ -26,16 +39,21 @@ import contextlib
 import fcntl
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+
 from broker.audit_log import AuditLog, LogCorrupt
 from broker.config import Settings
+from broker.election import Election, ElectionTiming, holder_id
 from broker.files import signing_key_file, write_file
 from schemas.canonical import b64d, b64e
-from schemas.errors import AuditStoreError, ConfigError
+from schemas.errors import AuditStoreError, BusUnavailable, ConfigError
 from schemas.keys import SigningKey, VerifyKey
 
 __all__ = [
@@ -46,9 +64,11 @@ __all__ = [
     "Sequencer",
     "SequencerBusy",
     "SequencerLimits",
+    "connect_broker",
     "log_verify_key",
     "open_sequencer",
     "require_database",
+    "run_elected",
     "run_in_stack",
 ]
 
@@ -58,6 +78,7 @@ DEFAULT_ORIGIN = "istmo.local/audit"  # the log's name in its tree heads (Settin
 LOG_KEY_FILE = "log.key"
 LOG_PUB_FILE = "log.pub"
 LOCK_FILE = "sequencer.lock"
+ELECTION_KEY = "sequencer"
 
 
 @dataclass(frozen=True)
@@ -117,11 +138,11 @@ def log_verify_key(broker_dir: Path) -> VerifyKey | None:
     return None
 
 
-def _try_lock(path: Path) -> IO[str] | None:
+def _try_lock(path: Path, *, shared: bool = False) -> IO[str] | None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    f = path.open("w")
+    f = path.open("a")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except OSError:
         f.close()
         return None
@@ -150,6 +171,8 @@ class Sequencer:
         self._out = out
         self._lock = lock
         self.size = 0  # the log's size after this process's last batch
+        # The election's lease, checked again just before each batch's transaction.
+        self.may_append: Callable[[], bool] = lambda: True
 
     def close(self) -> None:
         """Close the log and release the lock."""
@@ -168,6 +191,8 @@ class Sequencer:
             LogCorrupt: the stored tree is not the one the log key last signed.
             AuditStoreError: the database refused; nothing was integrated.
         """
+        if not self.may_append():
+            return 0
         done = self.log.integrate(
             self.key,
             self.origin,
@@ -186,13 +211,22 @@ class Sequencer:
             total += n
         return total
 
-    async def run(self, stop: asyncio.Event, *, hint: str = "; Ctrl-C stops") -> None:
-        """Integrate until ``stop`` is set (a batch in progress finishes first).
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        hint: str = "; Ctrl-C stops",
+        may_append: Callable[[], bool] | None = None,
+    ) -> None:
+        """Integrate until ``stop`` is set (a batch in progress finishes first), or until
+        ``may_append`` (checked before every batch: the election's lease) says no.
 
         Raises:
             LogCorrupt: as ``step``; the database refusing is retried.
         """
         lim = self.limits
+        if may_append is not None:
+            self.may_append = may_append
         self.size = await asyncio.to_thread(self.log.size)
         waiting = await asyncio.to_thread(self.log.pending)
         self._out(
@@ -201,6 +235,9 @@ class Sequencer:
         )
         reported, since = time.monotonic(), 0
         while not stop.is_set():
+            if may_append is not None and not may_append():
+                self._out(f"sequencer: lease lapsed at log size {self.size}; standing down")
+                return
             try:
                 n = await asyncio.to_thread(self.step)
             except LogCorrupt:
@@ -223,12 +260,13 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def _open_locked(settings: Settings, lock: IO[str], **kwargs: object) -> Sequencer:
+def _open_locked(settings: Settings, lock: IO[str] | None, **kwargs: object) -> Sequencer:
     try:
         key = _log_key(settings.broker_dir)
         return Sequencer(AuditLog(settings.db_url), key, lock=lock, **kwargs)  # type: ignore[arg-type]  # keyword options passed through
     except BaseException:
-        lock.close()
+        if lock is not None:
+            lock.close()
         raise
 
 
@@ -249,27 +287,60 @@ def open_sequencer(settings: Settings, **kwargs: object) -> Sequencer:
     return _open_locked(settings, lock, **kwargs)
 
 
+async def _wait_for_lock(
+    path: Path, stop: asyncio.Event, out: Callable[[str], None], *, shared: bool, standby: bool
+) -> IO[str] | None:
+    lock = _try_lock(path, shared=shared)
+    if lock is None and not standby:
+        raise SequencerBusy(f"another sequencer holds {path}; add --standby to wait for it")
+    if lock is None:
+        who = "a sequencer without NATS" if shared else "another sequencer"
+        out(f"sequencer: {who} holds {path}; standing by")
+        while lock is None and not stop.is_set():
+            await _wait(stop, 1.0)
+            lock = _try_lock(path, shared=shared)
+    return lock
+
+
 async def run_in_stack(
-    settings: Settings, stop: asyncio.Event, out: Callable[[str], None] = print
+    settings: Settings,
+    stop: asyncio.Event,
+    out: Callable[[str], None] = print,
+    *,
+    nc: NATS | None = None,
+    replicas: int | None = 1,
+    timing: ElectionTiming | None = None,
+    limits: SequencerLimits | None = None,
+    standby: bool = True,
 ) -> None:
-    """The sequencer task of ``istmo up``: stand by while another holds the lock, then run
-    until ``stop`` is set.
+    """The sequencer task of ``istmo up`` (and ``istmo sequencer``): stand by until this
+    process leads, then integrate until ``stop`` is set; stand by again if leadership
+    lapses. Elected through NATS KV when ``nc`` is given, else by the file lock. With
+    ``standby=False`` it raises ``SequencerBusy`` instead of waiting behind a leader.
 
     If the stored tree stops matching the last signed head, sequencing stops with one loud
     line and the broker goes on serving: events wait, durable, in the outbox, and
     ``istmo audit verify`` names what was altered.
     """
-    path = settings.broker_dir / LOCK_FILE
-    lock = _try_lock(path)
+    if nc is not None:
+        await run_elected(
+            settings,
+            nc,
+            stop,
+            out,
+            replicas=replicas,
+            timing=timing,
+            limits=limits,
+            standby=standby,
+        )
+        return
+    lock = await _wait_for_lock(
+        settings.broker_dir / LOCK_FILE, stop, out, shared=False, standby=standby
+    )
     if lock is None:
-        out(f"sequencer: another sequencer holds {path}; standing by")
-        while lock is None and not stop.is_set():
-            await _wait(stop, 1.0)
-            lock = _try_lock(path)
-        if lock is None:
-            return
+        return
     # Off the event loop: the API and the relay share it.
-    seq = await asyncio.to_thread(_open_locked, settings, lock, out=out)
+    seq = await asyncio.to_thread(_open_locked, settings, lock, out=out, limits=limits)
     try:
         await seq.run(stop, hint="")
     except LogCorrupt as exc:
@@ -277,3 +348,108 @@ async def run_in_stack(
         out(f"sequencer: STOPPED: {exc}; run `istmo audit verify`")
     finally:
         seq.close()
+
+
+async def run_elected(
+    settings: Settings,
+    nc: NATS,
+    stop: asyncio.Event,
+    out: Callable[[str], None] = print,
+    *,
+    replicas: int | None = 1,
+    timing: ElectionTiming | None = None,
+    limits: SequencerLimits | None = None,
+    standby: bool = True,
+) -> None:
+    """Compete for the sequencer key; lead while the lease holds, stand by otherwise.
+
+    Raises:
+        SequencerBusy: ``standby`` is False and another sequencer leads.
+        BusUnavailable: JetStream does not answer when the bucket is opened.
+        ConfigError: JetStream refuses the bucket.
+    """
+    shared = await _wait_for_lock(
+        settings.broker_dir / LOCK_FILE, stop, out, shared=True, standby=standby
+    )
+    if shared is None:
+        return
+    try:
+        election = Election(
+            nc.jetstream(timeout=5), ELECTION_KEY, holder_id(), replicas=replicas, timing=timing
+        )
+        await election.open()
+        leader = await election.leader()
+        if leader is not None and not standby:
+            raise SequencerBusy(
+                f"another sequencer leads ({leader}); add --standby to wait and take over"
+            )
+        while not stop.is_set():
+            leader = await election.leader()
+            if leader is not None:
+                out(f"sequencer: standing by; {leader} leads")
+            lease = await election.acquire(stop)
+            if lease is None:
+                return
+            out(f"sequencer: leading (lease revision {lease.revision}, holder {election.holder})")
+            await _lead(settings, election, stop, out, limits)
+    finally:
+        shared.close()
+
+
+async def _lead(
+    settings: Settings,
+    election: Election,
+    stop: asyncio.Event,
+    out: Callable[[str], None],
+    limits: SequencerLimits | None,
+) -> None:
+    lost = asyncio.Event()
+    done = asyncio.Event()
+    seq = await asyncio.to_thread(_open_locked, settings, None, out=out, limits=limits)
+
+    def may_append() -> bool:
+        return not lost.is_set() and election.lease is not None and election.lease.valid()
+
+    async def sequence() -> None:
+        try:
+            await seq.run(stop, hint="", may_append=may_append)
+        except LogCorrupt as exc:
+            log.error("sequencer stopped: %s", exc)
+            out(f"sequencer: STOPPED: {exc}; run `istmo audit verify`")
+            await stop.wait()  # keep the lease: no other sequencer should sign over it
+        finally:
+            done.set()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(sequence())
+            # Renews until the sequencer stops (Ctrl-C, lapse or error) or renewal fails.
+            tg.create_task(election.keep(done, lost))
+    finally:
+        await asyncio.to_thread(seq.close)
+        if stop.is_set():
+            await election.release()
+
+
+async def connect_broker(urls: Sequence[str], broker_dir: Path) -> NATS:
+    """Connect as the broker's own NATS user (its seed in ``broker_dir/relay.seed``).
+
+    Raises:
+        ConfigError: the seed file is missing.
+        BusUnavailable: NATS does not answer.
+    """
+    try:
+        seed = (broker_dir / "relay.seed").read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"no broker NATS key in {broker_dir} (relay.seed)") from exc
+    try:
+        return await nats.connect(
+            list(urls),
+            nkeys_seed_str=seed,
+            name="istmo-sequencer",
+            connect_timeout=5,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+    except (OSError, nats.errors.Error) as exc:
+        raise BusUnavailable(f"NATS is not reachable at {', '.join(urls)}") from exc

@@ -5,6 +5,12 @@
 same directory, the relay and the HTTP API on 127.0.0.1, and the demo directory with a
 keystore per demo agency. A second run on the same directory resumes with the same keys,
 streams and pending deliveries.
+
+``istmo up --cluster 3`` starts three nats-server processes instead, routed into one
+JetStream cluster on loopback ports (``broker.natscluster``), creates every stream with 3
+replicas, and connects the relay to all three; a directory change reloads every node. A
+data directory keeps the shape it was first run with: its JetStream store is either
+``DATA_DIR/nats`` (one node) or ``DATA_DIR/nats-1..3`` (a cluster), never both.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from broker.db import display_url
 from broker.directory import DirectoryService, load_demo_directory
 from broker.files import signing_key_file, write_private
 from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
+from broker.natscluster import ClusterPorts, NatsCluster, check_cluster_ports, route_password
 from broker.natsconf import AgencyUser, NatsLayout
 from broker.natsserver import NatsServer, check_port_free, find_nats_server
 from broker.oauth import TokenAuthority, load_token_key
@@ -55,7 +62,8 @@ __all__ = ["Stack", "read_stack_file"]
 
 log = logging.getLogger("istmo.stack")
 STACK_FILE = "stack.json"
-NATS_PID_FILE = "nats.pid"
+NATS_PID_FILE = "nats.pid"  # one pid per line: one server, or every node of a cluster
+DEFAULT_CLUSTER_PORT = 6244  # route port of node 1 (NATS's own default is 6222)
 
 
 def read_stack_file(data_dir: Path) -> dict[str, object] | None:
@@ -86,9 +94,24 @@ class _Server(uvicorn.Server):
 class Stack:
     """Files, registry and keys of one data directory, and the services over them."""
 
-    def __init__(self, settings: Settings, out: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        out: Callable[[str], None] = print,
+        *,
+        cluster: int = 1,
+        cluster_port: int = DEFAULT_CLUSTER_PORT,
+    ) -> None:
+        """``cluster``: 1 for one nats-server, 3 (or 5) for a JetStream cluster whose node
+        ``i`` uses the client, monitoring and route ports of ``settings`` and
+        ``cluster_port``, each plus ``i - 1``."""
+        if cluster not in (1, 3, 5):
+            raise ConfigError(f"--cluster {cluster}: a cluster has 3 or 5 nodes (1: no cluster)")
         self.settings = settings
         self.out = out
+        self.cluster_size = cluster
+        self.cluster_ports = ClusterPorts(settings.nats_port, settings.nats_http_port, cluster_port)
+        self.nats: NatsServer | NatsCluster | None = None
         self.registry: Registry | None = None
         self.directory: DirectoryService | None = None
         self._lock: IO[str] | None = None
@@ -239,24 +262,49 @@ class Stack:
         self._take_lock()
         try:
             self._reap_stale_nats()
-            check_port_free(s.nats_port, "NATS clients (--nats-port)", s.host)
-            check_port_free(s.nats_http_port, "NATS monitoring (--nats-http-port)", s.host)
+            self._check_store_shape()
+            if self.cluster_size == 1:
+                check_port_free(s.nats_port, "NATS clients (--nats-port)", s.host)
+                check_port_free(s.nats_http_port, "NATS monitoring (--nats-http-port)", s.host)
+            else:
+                check_cluster_ports(self.cluster_ports, self.cluster_size, s.host)
             check_port_free(s.api_port, "the HTTP API (--api-port)", s.host)
             self._binary = find_nats_server(s.nats_server)
         except BaseException:
             self._release_lock()
             raise
 
+    def _check_store_shape(self) -> None:
+        """Refuse to start a cluster on a single node's store, or the other way round:
+        the streams (and the deliveries they hold) would seem to vanish."""
+        d = self.settings.data_dir
+        if self.cluster_size > 1 and (d / "nats").exists():
+            raise ConfigError(
+                f"{d} holds a single-node JetStream store ({d / 'nats'}); run `istmo up` "
+                "without --cluster there, or use another --data-dir for a cluster"
+            )
+        if self.cluster_size == 1 and (d / "nats-1").exists():
+            raise ConfigError(
+                f"{d} holds a cluster's JetStream stores ({d / 'nats-1'}...); run "
+                "`istmo up --cluster 3` there, or use another --data-dir"
+            )
+
     def _reap_stale_nats(self) -> None:
         pid_path = self.settings.data_dir / NATS_PID_FILE
         try:
-            pid = int(pid_path.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            pids = [int(line) for line in pid_path.read_text().split()]
         except (OSError, ValueError):
             pid_path.unlink(missing_ok=True)
             return
-        conf = str(self.settings.broker_dir / "nats.conf").encode()
-        if b"nats-server" in cmdline and conf in cmdline:
+        confs = [str(self.settings.broker_dir / "nats.conf").encode()]
+        confs += [str(self.settings.broker_dir / f"nats-{i}.conf").encode() for i in range(1, 6)]
+        for pid in pids:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"nats-server" not in cmdline or not any(c in cmdline.split(b"\0") for c in confs):
+                continue
             self.out(f"stopping nats-server pid {pid}, left running by an earlier istmo up")
             os.kill(pid, signal.SIGTERM)
             for _ in range(100):
@@ -267,31 +315,62 @@ class Stack:
                 os.kill(pid, signal.SIGKILL)
         pid_path.unlink(missing_ok=True)
 
-    async def up(self, stop: asyncio.Event, *, with_relay: bool = True) -> None:
-        """Run nats-server, relay and API until ``stop`` is set, then shut down in order."""
+    def _make_nats(self) -> NatsServer | NatsCluster:
+        s = self.settings
+        layout = self.nats_layout()
+        if self.cluster_size == 1:
+            return NatsServer(
+                self._binary, s.broker_dir / "nats.conf", layout, s.data_dir / "nats.log"
+            )
+        return NatsCluster.in_dir(
+            self._binary,
+            s.data_dir,
+            s.broker_dir,
+            size=self.cluster_size,
+            ports=self.cluster_ports,
+            relay_nkey_public=layout.relay_nkey_public,
+            agencies=layout.agencies,
+            password=route_password(s.broker_dir),
+            host=s.host,
+            max_payload=layout.max_payload,
+        )
+
+    @property
+    def nats_urls(self) -> list[str]:
+        """The client URLs of the running NATS: one, or every node of the cluster."""
+        if self.nats is None:
+            raise RuntimeError("NATS is not running")
+        return [self.nats.url] if isinstance(self.nats, NatsServer) else self.nats.urls
+
+    async def up(
+        self, stop: asyncio.Event, *, with_relay: bool = True, with_sequencer: bool = True
+    ) -> None:
+        """Run nats-server, relay, sequencer candidate and API until ``stop`` is set, then
+        shut down in order."""
         s = self.settings
         if self._lock is None:
             self.claim()
         try:
-            server = NatsServer(
-                self._binary,
-                s.broker_dir / "nats.conf",
-                self.nats_layout(),
-                s.data_dir / "nats.log",
-            )
-            server.start()
-            (s.data_dir / NATS_PID_FILE).write_text(f"{server.pid}\n")
+            server = self.nats = self._make_nats()
+            if isinstance(server, NatsCluster):
+                self.out(f"starting a {self.cluster_size}-node NATS cluster")
+            # A cluster waits for its quorum (node by node on a loaded machine).
+            await asyncio.to_thread(server.start)
+            pids = [server.pid] if isinstance(server, NatsServer) else server.pids
+            (s.data_dir / NATS_PID_FILE).write_text("".join(f"{p}\n" for p in pids))
         except BaseException:
+            if self.nats is not None:
+                self.nats.stop()
             self._release_lock()
             raise
         try:
-            nc = await self.connect_relay(server.url)
+            nc = await self.connect_relay(self.nats_urls)
             try:
                 await self.ensure_jetstream(nc)
                 directory_sub = await nc.subscribe(
                     CONTROL_DIRECTORY_SUBJECT, cb=self._reload_nats(server, nc)
                 )
-                await self._serve(nc, stop, with_relay, server)
+                await self._serve(nc, stop, with_relay, server, with_sequencer)
                 await directory_sub.unsubscribe()
             finally:
                 await close_quietly(nc)
@@ -304,7 +383,12 @@ class Stack:
             self._release_lock()
 
     async def _serve(
-        self, nc: NATS, stop: asyncio.Event, with_relay: bool, server: NatsServer
+        self,
+        nc: NATS,
+        stop: asyncio.Event,
+        with_relay: bool,
+        server: NatsServer | NatsCluster,
+        with_sequencer: bool = True,
     ) -> None:
         registry, directory = self._opened()
         s = self.settings
@@ -315,7 +399,7 @@ class Stack:
         app = create_app(
             registry, directory, lambda: nc.is_connected, auth=auth, console_dev_login=True
         )
-        app.state.istmo.nats_url = server.url
+        app.state.istmo.nats_url = self.nats_urls[0]
         app.state.istmo.directory_changed = lambda: self.apply_directory_change(server, nc)
         app.state.istmo.adopt_policy = lambda root, who: self.adopt_policy(root, who, nc)
         api = _Server(
@@ -326,7 +410,12 @@ class Stack:
             if with_relay:
                 relay = Relay(s, registry, directory, nc)
                 tg.create_task(relay.run(stop))
-            tg.create_task(run_in_stack(s, stop, self.out))
+            # Elected through NATS KV: any other `istmo up` or `istmo sequencer` on this
+            # region's NATS stands by while this one leads, and takes over if it dies.
+            if with_sequencer:
+                tg.create_task(
+                    run_in_stack(s, stop, self.out, nc=nc, replicas=min(self.cluster_size, 3))
+                )
             while not api.started and not api_task.done():  # noqa: ASYNC110 -- uvicorn offers no event
                 await asyncio.sleep(0.02)  # "ready" only once the API really listens
             if api.started:
@@ -335,20 +424,32 @@ class Stack:
             api.should_exit = True
             await api_task
 
-    def _announce(self, server: NatsServer, api_url: str, with_relay: bool) -> None:
+    def _announce(self, server: NatsServer | NatsCluster, api_url: str, with_relay: bool) -> None:
         s = self.settings
         info = {
-            "nats_url": server.url,
+            # Clients connect to the first and learn the other nodes from it.
+            "nats_url": self.nats_urls[0],
+            "nats_urls": self.nats_urls,
             "api_url": api_url,
             "pid": os.getpid(),
             "started_at": int(time.time()),
         }
         (s.data_dir / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        self.out(
-            f"NATS      {server.url} (JetStream in {s.data_dir / 'nats'}, "
-            f"log {s.data_dir / 'nats.log'})"
-        )
-        self.out(f"NATS mon  http://{s.host}:{s.nats_http_port} (nats-server monitoring)")
+        if isinstance(server, NatsServer):
+            self.out(
+                f"NATS      {server.url} (JetStream in {s.data_dir / 'nats'}, "
+                f"log {s.data_dir / 'nats.log'})"
+            )
+            self.out(f"NATS mon  http://{s.host}:{s.nats_http_port} (nats-server monitoring)")
+        else:
+            for i, node in enumerate(server.nodes, start=1):
+                lay = node.layout
+                routes = lay.cluster.port if lay.cluster else "-"
+                self.out(
+                    f"NATS {i}    {node.url} (monitoring http://{lay.host}:{lay.http_port}, "
+                    f"routes {routes}, JetStream in {lay.store_dir}, log {node.log_path})"
+                )
+            self.out(f"NATS      cluster of {len(server.nodes)}, every stream with 3 replicas")
         self.out(f"HTTP API  {api_url} (docs at {api_url}/docs; tokens at {api_url}/v1/token)")
         self.out(f"database  {display_url(s.db_url)}")
         self.out(f"keystores {s.keys_dir}/<agency>.json (administrator: {s.keys_dir}/admin.json)")
@@ -376,7 +477,9 @@ class Stack:
         await nc.publish(CONTROL_POLICY_SUBJECT, b"{}")  # relays in other processes
         return done.previous or "", done.version
 
-    def _reload_nats(self, server: NatsServer, nc: NATS) -> Callable[[Msg], Awaitable[None]]:
+    def _reload_nats(
+        self, server: NatsServer | NatsCluster, nc: NATS
+    ) -> Callable[[Msg], Awaitable[None]]:
         """On a directory change (a control message): apply it, logging a failure."""
 
         async def on_change(_msg: Msg) -> None:
@@ -387,10 +490,11 @@ class Stack:
 
         return on_change
 
-    async def apply_directory_change(self, server: NatsServer, nc: NATS) -> None:
+    async def apply_directory_change(self, server: NatsServer | NatsCluster, nc: NATS) -> None:
         """Refresh the directory, create the durable consumer of every agency enrolled
-        since (before it can connect), then reload nats-server with the active agencies'
-        users. The HTTP API awaits this before answering an enrolment or a status change.
+        since (before it can connect), then reload nats-server (every node of a cluster)
+        with the active agencies' users. The HTTP API awaits this before answering an
+        enrolment or a status change.
 
         Raises:
             IstmoError: JetStream or nats-server refused (the directory is refreshed).
@@ -403,13 +507,18 @@ class Stack:
                 if user.agency not in self._consumers:
                     await ensure_agency_consumer(js, user.agency)
                     self._consumers.add(user.agency)
-            await asyncio.to_thread(server.reload, self.nats_layout())
+            layout = self.nats_layout()
+            if isinstance(server, NatsServer):
+                await asyncio.to_thread(server.reload, layout)
+            else:
+                await asyncio.to_thread(server.reload_agencies, layout.agencies)
             log.info("nats-server reloaded for directory %s", directory.version)
 
-    async def connect_relay(self, url: str) -> NATS:
+    async def connect_relay(self, url: str | list[str]) -> NATS:
+        """Connect as the broker's own NATS user to ``url`` (or any of a cluster's URLs)."""
         try:
             return await nats.connect(
-                url,
+                url if isinstance(url, str) else list(url),
                 nkeys_seed_str=self.relay_seed,
                 name="istmo-relay",
                 connect_timeout=5,
@@ -426,20 +535,28 @@ class Stack:
             js,
             deliver_max_age_s=self.settings.deliver_max_age_s,
             duplicate_window_s=self.settings.duplicate_window_s,
+            # A worker joining someone else's NATS (istmo relay) keeps what is there.
+            replicas=None if self.nats is None else min(self.cluster_size, 3),
         )
         await ensure_relay_consumers(js)
         for user in registry.nats_users():
             await ensure_agency_consumer(js, user.agency)
             self._consumers.add(user.agency)
 
-    async def relay_only(self, stop: asyncio.Event, nats_url: str) -> None:
-        """Run one more relay worker against an already running NATS."""
+    async def relay_only(self, stop: asyncio.Event, nats_url: str | list[str]) -> None:
+        """Run one more relay worker against an already running NATS (any of a
+        cluster's URLs)."""
         registry, directory = self._opened()
         nc = await self.connect_relay(nats_url)
         try:
             await self.ensure_jetstream(nc)
-            self.out(f"relay connected to {nats_url}; Ctrl-C stops")
-            await Relay(self.settings, registry, directory, nc).run(stop)
+            shown = nats_url if isinstance(nats_url, str) else ", ".join(nats_url)
+            self.out(f"relay connected to {shown}; Ctrl-C stops")
+            relay = Relay(self.settings, registry, directory, nc)
+            try:
+                await relay.run(stop)
+            finally:
+                self.out(f"relay stopped after {relay.processed} ingest messages")
         finally:
             await close_quietly(nc)
             registry.close()

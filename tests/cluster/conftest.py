@@ -1,0 +1,192 @@
+"""A real 3-node NATS JetStream cluster from the wheel, laid out as ``istmo up --cluster 3``.
+
+``cluster_stack`` is the cluster twin of the single-node ``nats_stack`` fixture
+(``tests/conftest.py``): the same accounts and streams (with 3 replicas), and the same
+``NatsStack`` helpers, so the confinement tests run on it unchanged. The relay connects to
+node 1 and every agency to node 2 or 3, so each allowed and denied operation crosses a
+route. ``running_cluster_stack`` runs the whole broker on such a cluster in the test's
+event loop, as ``istmo up --cluster 3`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from broker.config import Settings
+from broker.natscluster import ClusterPorts, NatsCluster
+from broker.natsconf import AgencyUser
+from broker.stack import Stack
+from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
+from schemas.natskeys import new_user_seed, user_public_key
+from tests.conftest import NatsStack
+
+_CONNECT_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 2,
+    "max_reconnect_attempts": 5,
+    "reconnect_time_wait": 0.2,
+    "allow_reconnect": True,
+    "dont_randomize": True,  # the first URL is the node the test means
+}
+
+
+def free_port_run(n: int, host: str = "127.0.0.1") -> int:
+    """The first of ``n`` consecutive TCP ports that were all free a moment ago."""
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no run of {n} free ports found")
+
+
+def cluster_ports() -> ClusterPorts:
+    return ClusterPorts(free_port_run(3), free_port_run(3), free_port_run(3))
+
+
+@dataclass
+class ClusterStack(NatsStack):
+    """``NatsStack`` on a cluster: ``server`` is node 1; agencies connect elsewhere."""
+
+    cluster: NatsCluster | None = None
+    _turn: int = field(default=0)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def _urls(self, first: int) -> list[str]:
+        assert self.cluster is not None
+        urls = self.cluster.urls
+        return urls[first:] + urls[:first]
+
+    async def _connect(self, seed: str, prefix: str | None, **options: Any) -> NATS:
+        errors: list[Exception] | None = options.pop("errors", None)
+
+        async def on_error(exc: Exception) -> None:
+            if errors is not None:
+                errors.append(exc)
+
+        merged = {**_CONNECT_OPTIONS, **options}
+        if prefix is None:
+            first = 0
+        else:
+            merged["inbox_prefix"] = prefix
+            self._turn += 1
+            first = 1 + self._turn % 2
+        nc = await nats.connect(
+            self._urls(first),
+            nkeys_seed_str=seed,
+            error_cb=on_error,
+            name=prefix or "relay",
+            **merged,
+        )
+        self._connections.append(nc)
+        return nc
+
+    def reload_with(self, agencies: Iterable[str]) -> None:
+        """Add fresh seeds for new ``agencies`` and reload every node."""
+        for agency in agencies:
+            self.seeds.setdefault(agency, new_user_seed())
+        users = tuple(AgencyUser(a, user_public_key(s)) for a, s in self.seeds.items())
+        assert self.cluster is not None
+        self.cluster.reload_agencies(users)
+
+
+@pytest.fixture
+async def cluster_stack(
+    nats_binary: Path, tmp_path: Path
+) -> AsyncIterator[Callable[[list[str]], Awaitable[ClusterStack]]]:
+    """Factory: ``stack = await cluster_stack(["gt-police", "jm-police"])``."""
+    stacks: list[ClusterStack] = []
+
+    async def start(agencies: list[str]) -> ClusterStack:
+        home = tmp_path / f"cluster-{len(stacks)}"
+        seeds = {agency: new_user_seed() for agency in agencies}
+        relay_seed = new_user_seed()
+        cluster = NatsCluster.in_dir(
+            nats_binary,
+            home,
+            home,
+            size=3,
+            ports=cluster_ports(),
+            relay_nkey_public=user_public_key(relay_seed),
+            agencies=tuple(AgencyUser(a, user_public_key(s)) for a, s in seeds.items()),
+            password="test-route-password-0123",
+        )
+        stack = ClusterStack(
+            server=cluster.nodes[0], relay_seed=relay_seed, seeds=seeds, cluster=cluster
+        )
+        stacks.append(stack)
+        await asyncio.to_thread(cluster.start)
+        relay = await stack.connect_relay()
+        js = relay.jetstream(timeout=10)
+        await ensure_streams(js, replicas=3)
+        await ensure_relay_consumers(js)
+        for agency in agencies:
+            await ensure_agency_consumer(js, agency)
+        await relay.close()
+        return stack
+
+    try:
+        yield start
+    finally:
+        for stack in stacks:
+            try:
+                await stack.close_connections()
+            finally:
+                assert stack.cluster is not None
+                stack.cluster.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_cluster_stack(
+    data_dir: Path, *, with_relay: bool = True, with_sequencer: bool = True
+) -> AsyncIterator[Stack]:
+    """The whole broker on a 3-node cluster, as ``istmo up --cluster 3`` runs it."""
+    ports = cluster_ports()
+    settings = Settings(
+        data_dir=data_dir,
+        nats_port=ports.client,
+        nats_http_port=ports.http,
+        api_port=free_port_run(1),
+    )
+    stack = Stack(settings, out=lambda _line: None, cluster=3, cluster_port=ports.cluster)
+    stack.prepare()
+    stop = asyncio.Event()
+    task = asyncio.create_task(stack.up(stop, with_relay=with_relay, with_sequencer=with_sequencer))
+    try:
+        for _ in range(1200):
+            if (data_dir / "stack.json").exists() or task.done():
+                break
+            await asyncio.sleep(0.05)
+        if task.done():
+            task.result()  # raises what went wrong
+        assert (data_dir / "stack.json").exists(), "the cluster stack did not come up"
+        yield stack
+    finally:
+        stop.set()
+        done, _ = await asyncio.wait({task}, timeout=60)
+        if not done:
+            task.cancel()
+            raise AssertionError("the cluster stack did not stop within 60 s")
+        task.result()
