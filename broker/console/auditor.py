@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import RedirectResponse, Response
 
+from broker.api_context import ApiProblem
 from broker.audit_log import queried_event
 from broker.console import queries
 from broker.console.sessions import Session
@@ -232,7 +233,10 @@ def auditor_router(console: ConsoleState) -> APIRouter:
     @router.post("/integrity/verify")
     async def run_verification(request: Request, who: Auditor) -> Response:
         await checked_form(request, who)
-        api.limit(api.expensive_limiter, who.who, "console_verify")
+        try:
+            api.limit(api.expensive_limiter, who.who, "console_verify")
+        except ApiProblem as exc:
+            raise ConsolePage(429, "error.rate", seconds=exc.headers.get("Retry-After")) from exc
         result = queries.verify_log(api.registry.url)
         result["who"] = who.who
         console.last_verification = result

@@ -50,6 +50,7 @@ _EN: dict[str, str] = {
     "error.title": "Something is wrong",
     "error.bad_input": "The request is not valid: {what}",
     "error.not_found": "Not found: {what}",
+    "error.rate": "Too many requests: try again in {seconds} s.",
     "home.title": "Welcome",
     "home.auditor": "Read and verify the audit log: entries, signed tree heads, pictures "
     "and the path of one bulletin.",
@@ -195,6 +196,7 @@ _ES: dict[str, str] = {
     "error.title": "Algo no está bien",
     "error.bad_input": "La solicitud no es válida: {what}",
     "error.not_found": "No encontrado: {what}",
+    "error.rate": "Demasiadas solicitudes: inténtelo de nuevo en {seconds} s.",
     "home.title": "Bienvenida",
     "home.auditor": "Lea y verifique el registro de auditoría: entradas, cabeceras de árbol "
     "firmadas, gráficos y el recorrido de un boletín.",

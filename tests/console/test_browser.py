@@ -141,6 +141,37 @@ def test_dev_login_under_istmo_up(page, up: UpProcess) -> None:  # type: ignore[
     assert page.locator("#dev-auditor").is_visible()
 
 
+def test_keyboard_and_laptop_screen(page, up: UpProcess, bulletin: str) -> None:  # type: ignore[no-untyped-def]
+    sign_in(page, up)
+    base = api_url(up)
+    for path in ("/console/log", "/console/integrity", "/console/charts",
+                 f"/console/flow?bulletin={bulletin}", "/console/log/0"):  # fmt: skip
+        page.goto(base + path)
+        # Readable at 1366x768: nothing wider than the window.
+        assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORT["width"], path
+        # Every field has a label; every control is a real button or link.
+        unlabelled = page.evaluate(
+            "[...document.querySelectorAll('input:not([type=hidden]), select')]"
+            ".filter(e => e.labels.length === 0).map(e => e.name)"
+        )
+        assert unlabelled == [], path
+        assert page.locator("[onclick], div[role=button], span[role=button]").count() == 0
+    # The first Tab lands on the skip link, which shows itself and jumps to the content.
+    page.goto(base + "/console/log")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    box = page.locator("a.skip").bounding_box()
+    assert box is not None
+    assert box["x"] >= 0
+    assert box["y"] >= 0
+    page.keyboard.press("Enter")
+    assert page.evaluate("location.hash") == "#main"
+    # Focus is visible: the focused control gets an outline.
+    page.focus("#apply")
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("", "none")
+
+
 def test_tampered_entry_is_flagged(page, up: UpProcess, bulletin: str) -> None:  # type: ignore[no-untyped-def]
     # Runs last in this module: it leaves the log altered.
     sign_in(page, up)

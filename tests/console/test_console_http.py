@@ -316,3 +316,18 @@ async def test_charts_and_flow(auditor: httpx.AsyncClient) -> None:
     assert "forbid-rel-to" in table
     assert "releasability" in table
     assert (await auditor.get("/console/flow", params={"bulletin": "nope"})).status_code == 400
+
+
+async def test_full_verification_is_rate_limited(auditor: httpx.AsyncClient) -> None:
+    page = await auditor.get("/console/integrity")
+    csrf = csrf_of(page.text)
+    statuses = [
+        (await auditor.post("/console/integrity/verify", data={"csrf": csrf})).status_code
+        for _ in range(6)
+    ]
+    assert statuses[:5] == [303] * 5
+    assert statuses[5] == 429
+    r = await auditor.post("/console/integrity/verify", data={"csrf": csrf})
+    assert r.status_code == 429
+    assert "try again in" in r.text
+    assert "text/html" in r.headers["content-type"]
