@@ -90,6 +90,7 @@ def register(sub: Any) -> None:
     _admin_commands(sub)
     _audit_commands(sub)
     _reconcile_command(sub)  # broker.reconcile
+    _reconcile_command(sub)  # broker.reconcile
     add_db_commands(sub)  # istmo db upgrade | current (broker.db_cli)
 
     p = sub.add_parser(
@@ -207,6 +208,24 @@ def _admin_commands(sub: Any) -> None:
     )
     c.set_defaults(func=_lazy_in("admin_cli", "subscriptions_command"))
     _dead_letter_commands(cmds)  # broker.dead_letters
+
+
+def _reconcile_command(sub: Any) -> None:
+    c = sub.add_parser(
+        "reconcile",
+        help="find routed deliveries missing from JetStream and re-publish them (audited)",
+        description="Compare the audit log's bulletin.routed events of the last SPAN with "
+        "the delivery stream; re-publish each missing delivery from the envelope archive "
+        "(delivery.republished), record those with no good copy (delivery.unrecoverable). "
+        "Exit 1 if anything is still missing.",
+    )
+    _common(c)
+    c.add_argument("--since", default="30d", metavar="SPAN", help="like 90m, 24h, 30d (30d)")
+    c.add_argument("--batch", type=int, default=1000, help="at most this many per run (1000)")
+    c.add_argument("--dry-run", action="store_true", help="only count")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
+    c.set_defaults(func=_lazy_in("reconcile", "reconcile_command"))
 
 
 def _dead_letter_commands(cmds: Any) -> None:

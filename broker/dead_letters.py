@@ -72,6 +72,8 @@ __all__ = [
     "ingest_attempts_allowed",
     "list_command",
     "list_dead_letters",
+    "open_stack",
+    "operator_name",
     "redrive",
     "redrive_command",
     "running_nats_url",
@@ -458,14 +460,14 @@ async def redrive(
 
 
 # --------------------------------------------------------------------------- commands
-def _who() -> str:
+def operator_name() -> str:
     try:
         return f"local:{getpass.getuser()}"[:200]
     except (OSError, KeyError):  # no user name for this uid (containers)
         return f"local:uid-{os.getuid()}"
 
 
-def _open_stack(args: argparse.Namespace) -> Any:
+def open_stack(args: argparse.Namespace) -> Any:
     from broker.stack import Stack  # the stack module pulls in the whole server
 
     settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
@@ -488,7 +490,7 @@ def running_nats_url(stack: Any, given: str | None) -> str:
 
 def list_command(args: argparse.Namespace) -> int:
     """``istmo admin dead-letters``: what is waiting for a redrive."""
-    stack = _open_stack(args)
+    stack = open_stack(args)
     try:
         letters = list_dead_letters(stack.registry, agency=args.agency, include_redriven=args.all)
     finally:
@@ -514,7 +516,7 @@ def redrive_command(args: argparse.Namespace) -> int:
     """``istmo admin redrive``: deliver dead letters again, once the agency is fixed."""
     if not args.dead_seq and not args.agency:
         raise ConfigError("name the dead letters: --dead-seq N (repeatable) or --agency ID")
-    stack = _open_stack(args)
+    stack = open_stack(args)
     try:
         pending = list_dead_letters(stack.registry, agency=args.agency)
         if args.dead_seq:
@@ -534,7 +536,7 @@ def redrive_command(args: argparse.Namespace) -> int:
             nc = await stack.connect_relay(url)
             try:
                 return await redrive(
-                    nc.jetstream(timeout=10), stack.registry, pending, actor=_who()
+                    nc.jetstream(timeout=10), stack.registry, pending, actor=operator_name()
                 )
             finally:
                 await nc.close()

@@ -41,6 +41,7 @@ from broker.directory import DirectoryService
 from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.policy import BulletinFacts, Decision, PolicyBundle
 from broker.policy_store import CONTROL_POLICY_SUBJECT, active_policy_dir
+from broker.reconcile import archive_envelope, ensure_archive
 from broker.registry import BulletinRow, DecisionRow, ReceiptRow, Registry, RejectionRow
 from broker.relay_core import IngestLimits, check_ingest, parse_ingest, sender_of
 from schemas.audit import AuditEvent
@@ -118,11 +119,21 @@ class Relay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pull and process until ``stop`` is set."""
-        ingest = await self.js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM)
-        receipts = await self.js.pull_subscribe_bind(RELAY_RECEIPT_DURABLE, stream=RECEIPT_STREAM)
         api_sub = await self.nc.subscribe("istmo.api.*.*", queue="relay-api", cb=self._on_api)
         control_sub = await self.nc.subscribe(CONTROL_POLICY_SUBJECT, cb=self._on_policy)
         directory_sub = await self.nc.subscribe(CONTROL_DIRECTORY_SUBJECT, cb=self._on_directory)
+        try:
+            # Accepted envelopes are archived for reconciliation before they are delivered.
+            await ensure_archive(self.js, max_age_s=self.settings.deliver_max_age_s)
+            ingest = await self.js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM)
+            receipts = await self.js.pull_subscribe_bind(
+                RELAY_RECEIPT_DURABLE, stream=RECEIPT_STREAM
+            )
+        except BaseException:
+            for core in (api_sub, control_sub, directory_sub):
+                with contextlib.suppress(nats.errors.Error):
+                    await core.unsubscribe()
+            raise
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._loop(stop, ingest, self._ingest_guarded))
@@ -262,6 +273,11 @@ class Relay:
         # the delivery streams hold FLASH before ROUTINE), then ack everything. If any
         # delivery fails, nothing of the batch is acked: it all comes back after the ack
         # wait and resumes idempotently.
+        # Keep each accepted envelope (ciphertext) where `istmo reconcile` finds it if a
+        # delivery goes missing from ISTMO_DELIVER (broker.reconcile).
+        await _all(
+            archive_envelope(self.js, o.bulletin_id, o.raw) for o in outcomes if o.deliveries
+        )
         for rank in sorted({o.rank for o in outcomes if o.deliveries}):
             await _all(
                 self._deliver(o, r) for o in outcomes if o.rank == rank for r in o.deliveries
