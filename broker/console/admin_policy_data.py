@@ -295,9 +295,8 @@ def active_schema_text(directory: DirectoryService, registry: Registry) -> str |
     if digest is None:
         return None
     places: list[Path] = []
-    broker_dir = getattr(registry, "broker_dir", None)
-    if isinstance(broker_dir, Path):
-        places.append(broker_dir.parent / "policies" / bundle.version)
+    if registry.broker_dir is not None:  # the data directory's broker/ (None on PostgreSQL)
+        places.append(registry.broker_dir.parent / "policies" / bundle.version)
     places.append(default_policy_dir())
     for root in places:
         try:
