@@ -43,6 +43,7 @@ from broker.console.admin_data import (
     agency_view,
     change_status,
     issue_enrolment_token,
+    revoke_key,
 )
 from broker.console.admin_highlight import highlight_lines
 from broker.console.admin_policy_data import (
@@ -84,6 +85,7 @@ DEFAULT_SIMULATED = 100
 _AGENCY = re.compile(AGENCY_ID_PATTERN)
 _PLACE = re.compile(r"^[A-Z]{2,16}$")
 _VERSION = re.compile(r"^[0-9a-f]{16}$")
+_KID = re.compile(r"^sig-[0-9a-f]{32}$")
 _SCHEMA = "schema.cedarschema"
 
 Admin = Annotated[Session, page(ADMIN)]
@@ -93,6 +95,12 @@ Opt = Annotated[str | None, Query(max_length=40)]
 def _agency_id(text: str) -> str:
     if len(text) > 32 or _AGENCY.fullmatch(text) is None:
         raise ConsolePage(404, "admin.unknown_agency", id=text[:32])
+    return text
+
+
+def _kid(text: str) -> str:
+    if len(text) > 40 or _KID.fullmatch(text) is None:
+        raise ConsolePage(404, "error.not_found", what=text[:40])
     return text
 
 
@@ -195,14 +203,17 @@ def admin_router(console: ConsoleState) -> APIRouter:
         who: Admin,
         done: Opt = None,
         applied: Opt = None,
+        kid: Opt = None,
     ) -> Response:
         view = view_or_404(_agency_id(agency))
+        revoked = kid if done == "key" and kid and _KID.fullmatch(kid) else None
         return render(
             request,
             "admin/agency.html",
             {
                 "a": view,
                 "done": done if done in ACTIONS else None,
+                "revoked_kid": revoked,
                 "not_applied": applied == "0",
                 "actions": [a for a in ACTIONS if view.allows(a)],
             },
@@ -244,6 +255,33 @@ def admin_router(console: ConsoleState) -> APIRouter:
         log.info("agency %s: %s -> %s by %s (console)", agency_id, previous, ACTIONS[act], who.who)
         suffix = "" if applied else "&applied=0"
         return RedirectResponse(f"{BASE}/agencies/{agency_id}?done={act}{suffix}", 303)
+
+    @router.get("/agencies/{agency}/keys/{kid}/revoke")
+    def confirm_key_page(request: Request, agency: str, kid: str, who: Admin) -> Response:
+        view = view_or_404(_agency_id(agency))
+        key = next((k for k in view.keys if k.kind == "signing" and k.kid == _kid(kid)), None)
+        if key is None:
+            raise ConsolePage(404, "error.not_found", what=kid)
+        return render(
+            request,
+            "admin/key_confirm.html",
+            {"a": view, "key": key, "others": view.active_signing - 1},
+            session=who,
+        )
+
+    @router.post("/agencies/{agency}/keys/{kid}/revoke")
+    async def revoke_key_now(request: Request, agency: str, kid: str, who: Admin) -> Response:
+        await checked_form(request, who)  # 1. CSRF first: 403 + audit if wrong
+        agency_id, key_id = _agency_id(agency), _kid(kid)
+        try:
+            await asyncio.to_thread(revoke_key, api.registry, agency_id, key_id, actor=who.who)
+        except ConfigError as exc:  # no such key of that agency, or revoked already
+            reject(request, who, "conflict", str(exc))
+            raise ConsolePage(409, "admin.conflict", what=str(exc)[:300]) from exc
+        applied = await apply_directory_change(api)
+        log.info("agency %s: key %s revoked by %s (console)", agency_id, key_id, who.who)
+        suffix = "" if applied else "&applied=0"
+        return RedirectResponse(f"{BASE}/agencies/{agency_id}?done=key&kid={key_id}{suffix}", 303)
 
     async def _issue_token(request: Request, who: Session, agency_id: str, ttl: str) -> Response:
         if ttl not in TTLS:

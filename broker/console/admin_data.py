@@ -27,7 +27,7 @@ from sqlmodel import select
 
 from broker.directory import DirectoryService
 from broker.enrolment import DEFAULT_TOKEN_TTL_S, issue_token
-from broker.lifecycle import Status, set_agency_status
+from broker.lifecycle import Status, revoke_signing_key, set_agency_status
 from broker.registry import (
     AgencyRow,
     EncryptionKeyRow,
@@ -52,6 +52,7 @@ __all__ = [
     "change_status",
     "fingerprint",
     "issue_enrolment_token",
+    "revoke_key",
 ]
 
 Action = Literal["suspend", "reinstate", "revoke"]
@@ -308,6 +309,20 @@ def change_status(
         ConfigError: unknown agency, no change, or a revoked agency (revocation is final).
     """
     return set_agency_status(registry, agency_id, ACTIONS[action], actor=actor, note=note)
+
+
+def revoke_key(
+    registry: Registry, agency_id: str, kid: str, *, actor: str, now: int | None = None
+) -> int:
+    """Revoke one of ``agency_id``'s signing keys from ``now`` as ``actor``, as ``istmo admin
+    revoke-key`` and ``POST /v1/agencies/<id>/keys/<kid>/revoke`` do; returns the time.
+
+    Raises:
+        ConfigError: the agency has no such key, or it is revoked already.
+    """
+    when = int(time.time()) if now is None else now
+    revoke_signing_key(registry, agency_id, kid, actor=actor, at=when)
+    return when
 
 
 @dataclass(frozen=True)

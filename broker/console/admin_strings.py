@@ -92,6 +92,14 @@ EN: dict[str, str] = {
     "admin.do.reinstate": "Reinstate…",
     "admin.do.revoke": "Revoke…",
     "admin.do.token": "Issue an enrolment token…",
+    "admin.do.revoke_key": "Revoke…",
+    "admin.do.revoke_key_of": "Revoke the key {kid}",
+    "admin.confirm.revoke_key": "Revoke a signing key of {id}?",
+    "admin.explain.revoke_key": "Bulletins it signed until now stay verifiable; anything it "
+    "signs from now on is refused by the relay and by every SDK.",
+    "admin.explain.last_key": "This is the only active signing key of {id}: it cannot "
+    "publish again until it has another (istmo keys rotate, before revoking this one).",
+    "admin.done.key": "Key {kid} is revoked: what it signs from now on is refused.",
     "admin.confirm.suspend": "Suspend {id}?",
     "admin.confirm.reinstate": "Reinstate {id}?",
     "admin.confirm.revoke": "Revoke {id}?",
@@ -276,6 +284,14 @@ ES: dict[str, str] = {
     "admin.do.reinstate": "Reactivar…",
     "admin.do.revoke": "Revocar…",
     "admin.do.token": "Emitir una ficha de alta…",
+    "admin.do.revoke_key": "Revocar…",
+    "admin.do.revoke_key_of": "Revocar la clave {kid}",
+    "admin.confirm.revoke_key": "¿Revocar una clave de firma de {id}?",
+    "admin.explain.revoke_key": "Los boletines firmados con ella hasta ahora siguen siendo "
+    "verificables; todo lo que firme desde ahora lo rechazan el relé y todos los SDK.",
+    "admin.explain.last_key": "Es la única clave de firma activa de {id}: no podrá publicar "
+    "hasta tener otra (istmo keys rotate, antes de revocar esta).",
+    "admin.done.key": "La clave {kid} está revocada: lo que firme desde ahora se rechaza.",
     "admin.confirm.suspend": "¿Suspender {id}?",
     "admin.confirm.reinstate": "¿Reactivar {id}?",
     "admin.confirm.revoke": "¿Revocar {id}?",

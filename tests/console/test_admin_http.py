@@ -415,3 +415,40 @@ async def test_spanish(admin: httpx.AsyncClient) -> None:
     assert "relaciones exteriores" in r.text
     r = await admin.get("/console/admin/policy")
     assert "Política vigente" in r.text
+
+
+async def test_revoke_one_signing_key(admin: httpx.AsyncClient, console_broker: Broker) -> None:
+    after = console_broker.last_seq()
+    [key] = console_broker.registry.signing_keys("pa-police")
+    path = f"/console/admin/agencies/pa-police/keys/{key.kid}/revoke"
+    page = await admin.get("/console/admin/agencies/pa-police")
+    assert f'href="{path}"' in page.text
+    confirm = await admin.get(path)
+    assert confirm.status_code == 200
+    assert 'id="last-key"' in confirm.text  # its only key: the page says what that means
+    r = await admin.post(path, data={"csrf": "wrong"})
+    assert r.status_code == 403
+    assert console_broker.registry.signing_keys("pa-police")[0].revoked_at is None
+    r = await admin.post(path, data={"csrf": csrf_of(confirm.text)})
+    assert r.status_code == 303
+    assert r.headers["location"].startswith(
+        f"/console/admin/agencies/pa-police?done=key&kid={key.kid}"
+    )
+    assert console_broker.registry.signing_keys("pa-police")[0].revoked_at is not None
+    [event] = events(console_broker, "key.revoked", after)
+    assert (event.actor, event.subject) == ("admin", "pa-police")
+    assert json.loads(event.data)["kid"] == key.kid
+    done = await admin.get(r.headers["location"])
+    assert f"Key {key.kid} is revoked" in done.text
+    assert f'href="{path}"' not in done.text
+    again = await admin.post(path, data={"csrf": csrf_of(confirm.text)})
+    assert again.status_code == 409
+    assert "already revoked" in again.text
+    other = f"/console/admin/agencies/gt-police/keys/{key.kid}/revoke"  # not gt-police's key
+    assert (await admin.get(other)).status_code == 404
+    r = await admin.post(other, data={"csrf": csrf_of(confirm.text)})
+    assert r.status_code == 409
+    assert "has no signing key" in r.text
+    assert (
+        await admin.get("/console/admin/agencies/pa-police/keys/nope/revoke")
+    ).status_code == 404
