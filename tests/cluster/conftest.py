@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
+import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import subprocess
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,7 @@ from broker.stack import Stack
 from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
 from schemas.natskeys import new_user_seed, user_public_key
 from tests.conftest import NatsStack
+from tests.stackproc import UpProcess
 
 _CONNECT_OPTIONS: dict[str, Any] = {
     "connect_timeout": 2,
@@ -190,3 +197,122 @@ async def running_cluster_stack(
             task.cancel()
             raise AssertionError("the cluster stack did not stop within 60 s")
         task.result()
+
+
+# ------------------------------------------------------------------ `istmo up --cluster 3`
+def up_cluster_process(data_dir: Path, *extra: str) -> UpProcess:
+    """``istmo up --cluster 3`` as a subprocess on free port runs (not started yet)."""
+    ports = cluster_ports()
+    up = UpProcess(data_dir, extra=("--cluster", "3", "--cluster-port", str(ports.cluster), *extra))
+    up.ports = {"nats": ports.client, "http": ports.http, "api": free_port_run(1)}
+    return up
+
+
+@pytest.fixture
+def up_cluster(tmp_path: Path) -> Iterator[UpProcess]:
+    """``istmo up --cluster 3 --no-relay``: three NATS nodes, the API and the sequencer;
+    relays are the test's (``tests.faults.harness.RelayProcess``)."""
+    up = up_cluster_process(tmp_path / "istmo", "--no-relay").start(timeout=120)
+    try:
+        yield up
+    finally:
+        up.stop(timeout=60)
+
+
+@dataclass
+class ClusterNodes:
+    """The nodes ``istmo up --cluster 3`` started, for fault tests: SIGKILL one (it stays a
+    zombie child of ``istmo up`` until that exits) and start it again from its own config
+    (then it is this object's child, stopped by ``stop_restarted``)."""
+
+    up: UpProcess
+    binary: Path
+    restarted: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return 3
+
+    def _original_pid(self, node: int) -> int:
+        pids = (self.up.data_dir / "nats.pid").read_text().split()
+        return int(pids[node - 1])
+
+    def pid(self, node: int) -> int:
+        proc = self.restarted.get(node)
+        return proc.pid if proc is not None else self._original_pid(node)
+
+    def http(self, node: int) -> str:
+        return f"http://127.0.0.1:{self.up.ports['http'] + node - 1}"
+
+    def _get(self, node: int, path: str) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(self.http(node) + path, timeout=1) as resp:  # noqa: S310
+                body: dict[str, Any] = json.loads(resp.read())
+                return body
+        except (OSError, ValueError):
+            return None
+
+    def alive(self, node: int) -> bool:
+        return self._get(node, "/varz") is not None
+
+    def kill(self, node: int) -> None:
+        os.kill(self.pid(node), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.alive(node):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {node} still answers after SIGKILL")
+            time.sleep(0.02)
+        old = self.restarted.pop(node, None)
+        if old is not None:
+            old.wait()
+
+    def restart(self, node: int) -> None:
+        conf = self.up.data_dir / "broker" / f"nats-{node}.conf"
+        with (self.up.data_dir / f"nats-{node}.log").open("ab") as log:
+            self.restarted[node] = subprocess.Popen(
+                [str(self.binary), "-c", str(conf)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_alive(self, node: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.alive(node):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {node} did not come back")
+            time.sleep(0.05)
+
+    def stream_leader(self, stream: str) -> int | None:
+        """Which node (1-based) leads ``stream`` right now, from ``/jsz``."""
+        for node in range(1, self.size + 1):
+            jsz = self._get(node, "/jsz?acc=ISTMO&streams=true")
+            for acc in (jsz or {}).get("account_details") or []:
+                for info in acc.get("stream_detail") or []:
+                    leader = (info.get("cluster") or {}).get("leader")
+                    if info.get("name") == stream and leader:
+                        return int(str(leader).rsplit("-", 1)[1])
+        return None
+
+    def stop_restarted(self) -> None:
+        for proc in self.restarted.values():
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.restarted.clear()
+
+
+@pytest.fixture
+def cluster_nodes(up_cluster: UpProcess, nats_binary: Path) -> Iterator[ClusterNodes]:
+    nodes = ClusterNodes(up_cluster, nats_binary)
+    try:
+        yield nodes
+    finally:
+        # The stack stops first (its nodes); nodes this test restarted are its own.
+        up_cluster.stop(timeout=60)
+        nodes.stop_restarted()

@@ -1,0 +1,85 @@
+"""Many relays share the ingest consumer: two ``istmo relay`` processes on the 3-node cluster.
+
+``istmo up --cluster 3 --no-relay`` runs NATS, the API and the sequencer; two relay
+processes join the shared durable consumer through all three URLs. A publisher sends 200
+bulletins to Belize's three ministries, which receive all along. The checker must find
+nothing lost, nothing unexpected, no duplicate reaching an application, one
+``bulletin.accepted`` per bulletin, and both relays must have done part of the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.faults.harness import (
+    BZ_RECIPIENTS,
+    Publisher,
+    Recipient,
+    RelayProcess,
+    Target,
+    check,
+    connect,
+    wait_until,
+)
+from tests.stackproc import UpProcess
+
+RATE = 20  # bulletins/s
+COUNT = 200
+
+
+def target_of(up: UpProcess) -> Target:
+    urls = json.loads((up.data_dir / "stack.json").read_text())["nats_urls"]
+    return Target(nats_urls=tuple(urls), data_dir=up.data_dir)
+
+
+def processed(log: Path) -> int:
+    found = re.findall(r"relay stopped after (\d+) ingest messages", log.read_text())
+    assert found, log.read_text()[-2000:]
+    return int(found[-1])
+
+
+@pytest.mark.slow
+async def test_two_relays_share_the_work_and_process_each_bulletin_once(
+    up_cluster: UpProcess, tmp_path: Path
+) -> None:
+    target = target_of(up_cluster)
+    assert len(target.nats_urls) == 3
+    relays = [RelayProcess(target, tmp_path / f"relay-{i}.log") for i in (1, 2)]
+    for relay in relays:
+        await asyncio.to_thread(relay.start)
+    try:
+        gt = await connect(target, "gt-police")
+        pub = Publisher(gt)
+        assert await pub.prepare() == BZ_RECIPIENTS
+        recipients = [Recipient(a, await connect(target, a)) for a in BZ_RECIPIENTS]
+        stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            for r in recipients:
+                tg.create_task(r.run(stop))
+            await pub.run(rate=RATE, count=COUNT, duration=COUNT / RATE + 20)
+            await wait_until(
+                lambda: all(pub.acked <= {h for h, _ in r.visible} for r in recipients),
+                timeout=60,
+            )
+            await asyncio.sleep(1.0)  # late duplicates would show now
+            stop.set()
+        report = await check(target, [pub], recipients)
+        for r in recipients:
+            await r.client.close()
+        await gt.close()
+    finally:
+        for relay in relays:
+            await asyncio.to_thread(relay.stop)
+    shares = [processed(relay.log) for relay in relays]
+    print("\n" + report.summary())
+    print(f"ingest messages per relay: {shares}")
+    assert report.acked == COUNT
+    assert report.ok, report.summary()
+    assert report.accepted_audited == COUNT  # one bulletin.accepted each
+    assert all(n > 0 for n in shares), shares  # both relays did work
+    assert sum(shares) >= COUNT
