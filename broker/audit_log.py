@@ -348,6 +348,8 @@ class AuditLog:
         self._reader = _engine(url, writer=False)
         self._sqlite = self._writer.dialect.name == "sqlite"
         try:
+            if not self._sqlite:  # an empty database: say `istmo db upgrade`, not "no registry"
+                open_schema(self._reader, url, auto_upgrade=False)
             try:
                 if not inspect(self._reader).has_table(AuditRow.__tablename__):
                     raise ConfigError(
@@ -355,7 +357,8 @@ class AuditLog:
                     )
             except SQLAlchemyError as exc:
                 raise AuditStoreError(f"cannot open the audit log: {type(exc).__name__}") from exc
-            open_schema(self._reader, url, auto_upgrade=self._sqlite)
+            if self._sqlite:
+                open_schema(self._reader, url, auto_upgrade=True)
         except BaseException:
             self.close()
             raise
