@@ -209,6 +209,7 @@ def auditor_router(console: ConsoleState) -> APIRouter:
         old: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
         new: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
     ) -> Response:
+        _ = translate_for(request)
         heads = queries.tree_heads(api.registry.url, limit=100)
         record(who, "integrity", {"heads": len(heads)}, len(heads))
         consistency = None
@@ -223,6 +224,10 @@ def auditor_router(console: ConsoleState) -> APIRouter:
                 "latest": heads[0] if heads else None,
                 "last": console.last_verification,
                 "consistency": consistency,
+                "consistency_json": json.dumps(consistency["check"], separators=(",", ":"))
+                if consistency and "check" in consistency
+                else None,
+                "labels_json": json.dumps({k: _(k) for k in _STEP_KEYS}),
                 "old": old if old is not None else (heads[1]["size"] if len(heads) > 1 else 0),
                 "new": new if new is not None else (heads[0]["size"] if heads else 0),
                 "log_key": queries.log_key_info(api.registry.url),

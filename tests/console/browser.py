@@ -7,6 +7,8 @@ Shared by tests/console/test_browser.py and scripts/screenshots.py.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import sqlite3
@@ -107,4 +109,21 @@ def tamper_entry(up: UpProcess, index: int) -> None:
         conn.execute(
             'UPDATE log_entry SET leaf = ?, leaf_hash = ? WHERE "index" = ?',
             (new, merkle.leaf_hash(new), index),
+        )
+
+
+def substitute_head_root(up: UpProcess, tree_size: int) -> None:
+    """As an attacker with the database: put another root in the stored tree head document
+    of ``tree_size`` (its signature, which the attacker cannot redo, left as it was)."""
+    with sqlite3.connect(up.data_dir / "istmo.db") as conn:
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+            conn.execute(f'DROP TRIGGER "{name}"')
+        (raw,) = conn.execute(
+            "SELECT raw FROM tree_head WHERE tree_size = ?", (tree_size,)
+        ).fetchone()
+        doc = json.loads(raw)
+        doc["head"]["root_hash"] = base64.b64encode(hashlib.sha256(b"forged").digest()).decode()
+        conn.execute(
+            "UPDATE tree_head SET raw = ? WHERE tree_size = ?",
+            (canonical_json(doc), tree_size),
         )

@@ -25,6 +25,7 @@ from tests.console.browser import (
     console_link,
     publish,
     receive,
+    substitute_head_root,
     tamper_entry,
     wait_sequenced,
 )
@@ -203,6 +204,25 @@ def test_tampered_entry_is_flagged(page, up: UpProcess, bulletin: str) -> None: 
     result = page.locator("#verification .verdict")
     assert result.get_attribute("data-result") == "failed"
     assert f"entry {index}" in result.inner_text()
+    # The consistency check, in the browser too: honest heads pass ...
+    page.goto(f"{api_url(up)}/console/integrity")
+    sizes = [
+        int(t) for t in page.locator("section:last-of-type tbody td:first-child").all_inner_texts()
+    ]
+    new, old = sizes[0], sizes[-1]
+    page.fill("#old", str(old))
+    page.fill("#new", str(new))
+    page.click("#check-consistency")
+    page.wait_for_selector("#consistency-browser[data-result]")
+    assert page.locator("#consistency").get_attribute("data-result") == "consistent"
+    assert page.locator("#consistency-browser").get_attribute("data-result") == "verified"
+    # ... and a substituted old head (its root changed, its signature kept) fails both.
+    substitute_head_root(up, old)
+    page.reload()
+    page.wait_for_selector("#consistency-browser[data-result]")
+    assert page.locator("#consistency").get_attribute("data-result") == "inconsistent"
+    assert page.locator("#consistency-browser").get_attribute("data-result") == "failed"
+    assert "signature" in page.locator("#consistency-steps").inner_text()
 
 
 def test_screenshot_helper_writes_pngs(page, up: UpProcess, bulletin: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

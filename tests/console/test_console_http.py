@@ -296,6 +296,8 @@ async def test_integrity_verify_and_consistency(auditor: httpx.AsyncClient) -> N
     new, old = sizes[0], sizes[-1]
     r = await auditor.get("/console/integrity", params={"old": old, "new": new})
     assert 'data-result="consistent"' in r.text
+    assert 'id="consistency-data"' in r.text  # checked again in the browser
+    assert "/console/static/verify.js" in r.text
     r = await auditor.get("/console/integrity", params={"old": new, "new": old})
     assert 'data-result="inconsistent"' in r.text
     r = await auditor.get("/console/integrity", params={"old": old + 1, "new": new})
