@@ -22,7 +22,7 @@ from broker.natsserver import NatsServer, find_nats_server, free_port
 from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
 from schemas.natskeys import new_user_seed, user_public_key
 from schemas.subjects import inbox_prefix
-from tests.storage_engines import storage  # noqa: F401  # SQLite and PostgreSQL, per test
+from tests.storage_engines import storage, storage_module  # noqa: F401  # SQLite and PostgreSQL
 
 # Short enough that a denied request fails fast, long enough for a loaded 2-core box.
 _CONNECT_OPTIONS: dict[str, Any] = {

@@ -32,6 +32,7 @@ __all__ = [
     "postgres_reachable",
     "require_postgres",
     "storage",
+    "storage_module",
 ]
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
@@ -116,11 +117,21 @@ ENGINES = [
 ]
 
 
-@pytest.fixture(params=ENGINES)
-def storage(request: pytest.FixtureRequest) -> Iterator[Storage]:
-    """Each engine in turn; the PostgreSQL one with a fresh, migrated database."""
+def _storage(request: pytest.FixtureRequest) -> Iterator[Storage]:
     if request.param == "sqlite":
         yield Storage("sqlite")
         return
     with pg_database() as url:
         yield Storage("postgresql", url)
+
+
+@pytest.fixture(params=ENGINES)
+def storage(request: pytest.FixtureRequest) -> Iterator[Storage]:
+    """Each engine in turn; the PostgreSQL one with a fresh, migrated database."""
+    yield from _storage(request)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def storage_module(request: pytest.FixtureRequest) -> Iterator[Storage]:
+    """``storage`` for a module's shared stack: one database per engine per module."""
+    yield from _storage(request)

@@ -24,6 +24,7 @@ from schemas.receipt import sign_receipt
 from schemas.sealing import encode_envelope, seal
 from schemas.subjects import DELIVER_STREAM, ingest_msg_id, ingest_subject, receipt_subject
 from tests.integration.stack_inproc import client, running_stack
+from tests.storage_engines import Storage
 
 LABELS = Labels(
     topic="drug-trafficking",
@@ -39,8 +40,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory):
-    async with running_stack(tmp_path_factory.mktemp("rejects") / "istmo") as s:
+async def stack(tmp_path_factory: pytest.TempPathFactory, storage_module: Storage):
+    async with running_stack(
+        tmp_path_factory.mktemp("rejects") / "istmo", database_url=storage_module.pg_url
+    ) as s:
         yield s
 
 

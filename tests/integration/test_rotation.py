@@ -20,6 +20,7 @@ from schemas.labels import Classification, Labels, Tlp
 from schemas.rotation import sign_rotation
 from schemas.sealing import seal
 from tests.integration.stack_inproc import client, running_stack
+from tests.storage_engines import Storage
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 LABELS = Labels(
@@ -28,8 +29,10 @@ LABELS = Labels(
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory):
-    async with running_stack(tmp_path_factory.mktemp("rotation") / "istmo") as s:
+async def stack(tmp_path_factory: pytest.TempPathFactory, storage_module: Storage):
+    async with running_stack(
+        tmp_path_factory.mktemp("rotation") / "istmo", database_url=storage_module.pg_url
+    ) as s:
         yield s
 
 

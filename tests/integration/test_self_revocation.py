@@ -16,6 +16,7 @@ from schemas.canonical import canonical_json
 from schemas.errors import IstmoError
 from schemas.labels import Classification, Labels, Tlp
 from tests.integration.stack_inproc import client, running_stack
+from tests.storage_engines import Storage
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 LABELS = Labels(
@@ -27,8 +28,10 @@ LABELS = Labels(
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory):
-    async with running_stack(tmp_path_factory.mktemp("self-revocation") / "istmo") as s:
+async def stack(tmp_path_factory: pytest.TempPathFactory, storage_module: Storage):
+    async with running_stack(
+        tmp_path_factory.mktemp("self-revocation") / "istmo", database_url=storage_module.pg_url
+    ) as s:
         yield s
 
 
