@@ -258,3 +258,14 @@ def test_highlighting_escapes_everything() -> None:
     assert '<span class="cd-kw">forbid</span>' in lines[1].html
     assert '<span class="cd-com">// &lt;/pre&gt;</span>' in lines[1].html
     assert "<b>" not in "".join(line.html for line in lines)
+
+
+def test_every_admin_string_in_both_languages() -> None:
+    from broker.console.admin_strings import EN, ES
+    from broker.console.i18n import translator
+
+    assert set(EN) == set(ES)
+    assert all(k.startswith("admin.") for k in EN)
+    untranslated = {k for k in EN if EN[k] == ES[k]}
+    assert untranslated <= {"admin.f.sector", "admin.filter.sector", "admin.col.sector"}
+    assert translator("es")("admin.confirm.suspend", id="hn-police") == "¿Suspender hn-police?"
