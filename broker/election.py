@@ -218,11 +218,13 @@ class Election:
                 return
 
     async def leader(self) -> str | None:
-        """Who holds the key now (its holder id), None if nobody."""
+        """Who holds the key now (its holder id), None if nobody; never raises."""
         try:
-            entry = await self._bucket().get(self.key)
+            entry = await asyncio.wait_for(self._bucket().get(self.key), self.timing.request_s)
         except (KeyNotFoundError, NotFoundError):
             return None
+        except (TimeoutError, nats.errors.Error, APIError):
+            return "(unknown: NATS does not answer)"
         return entry.value.decode(errors="replace") if entry.value else None
 
     async def release(self) -> None:

@@ -377,7 +377,15 @@ async def run_elected(
         election = Election(
             nc.jetstream(timeout=5), ELECTION_KEY, holder_id(), replicas=replicas, timing=timing
         )
-        await election.open()
+        while True:  # NATS may be restarting: keep trying, as a standby would
+            try:
+                await election.open()
+                break
+            except BusUnavailable as exc:
+                out(f"sequencer: {exc}; retrying")
+                await _wait(stop, 2.0)
+                if stop.is_set():
+                    return
         leader = await election.leader()
         if leader is not None and not standby:
             raise SequencerBusy(

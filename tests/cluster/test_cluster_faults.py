@@ -1,0 +1,199 @@
+"""F-04 and F-05 on the 3-node cluster (PROD shape on one machine, SQLite for storage).
+
+``istmo up --cluster 3 --no-relay`` runs three nats-server nodes (every stream R3, file
+storage, ``sync_interval: always``), the API and the sequencer; two ``istmo relay``
+processes share the ingest consumer. gt-police publishes bulletins to Belize's three
+ministries through the real SDK (the catalogue's harness, ``tests.faults.harness``: each
+retried with the same envelope, hence the same ``Nats-Msg-Id``), and they receive all along.
+
+* F-04: SIGKILL one node at a time, the ISTMO_INGEST stream leader first (found through
+  the monitoring endpoint ``/jsz``), then the ISTMO_DELIVER leader, then whichever is left;
+  each comes back 2 s later from its own config. Nobody touches the clients or relays.
+* F-05: SIGKILL all three nodes at once, start them again 5 s later.
+
+Both pass only if nothing acked is lost, nothing unexpected arrives, no duplicate reaches an
+application and the audit log verifies with one ``bulletin.accepted`` per acked bulletin.
+Figures (load, counts, recovery after each kill) are printed and appended to
+``tests/faults/figures.jsonl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from schemas.subjects import DELIVER_STREAM, INGEST_STREAM
+from tests.cluster.conftest import ClusterNodes
+from tests.faults.harness import (
+    BZ_RECIPIENTS,
+    Publisher,
+    Recipient,
+    RelayProcess,
+    Target,
+    check,
+    connect,
+    record_run,
+    wait_until,
+)
+from tests.stackproc import UpProcess
+
+FIGURES = Path(__file__).resolve().parent.parent / "faults" / "figures.jsonl"
+RATE = 15  # bulletins/s
+COUNT = 300  # about 20 s of load
+
+
+def target_of(up: UpProcess) -> Target:
+    urls = json.loads((up.data_dir / "stack.json").read_text())["nats_urls"]
+    return Target(nats_urls=tuple(urls), data_dir=up.data_dir)
+
+
+def accepted(target: Target) -> int:
+    engine = create_engine(target.database)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    text("SELECT count(*) FROM audit_event WHERE type = 'bulletin.accepted'")
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+async def recovered_after(target: Target, since: float, acked_before: int) -> float:
+    """Seconds from ``since`` until the relays accept a bulletin again."""
+    await wait_until(lambda: accepted(target) > acked_before, timeout=60, interval=0.05)
+    return time.monotonic() - since
+
+
+async def reconnect_if_closed(target: Target, r: Recipient) -> bool:
+    """The SDK gives up after a few reconnect attempts: an application connects again."""
+    if not r.client._nc.is_closed:
+        return False
+    old = r.client
+    r.client = await connect(target, r.agency)
+    r.client.deliveries = old.deliveries  # one wire record across connections
+    await old.close()
+    return True
+
+
+async def run_load(
+    target: Target,
+    tmp_path: Path,
+    fault: object,
+    *,
+    name: str,
+) -> tuple[object, dict[str, object]]:
+    relays = [RelayProcess(target, tmp_path / f"relay-{i}.log") for i in (1, 2)]
+    for relay in relays:
+        await asyncio.to_thread(relay.start)
+    figures: dict[str, object] = {}
+    try:
+        gt = await connect(target, "gt-police")
+        pub = Publisher(gt, retries=10)
+        assert await pub.prepare() == BZ_RECIPIENTS
+        recipients = [Recipient(a, await connect(target, a)) for a in BZ_RECIPIENTS]
+        stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            for r in recipients:
+                tg.create_task(r.run(stop))
+            faults = tg.create_task(fault(pub, recipients, figures))  # type: ignore[operator]
+            took = await pub.run(rate=RATE, count=COUNT, duration=COUNT / RATE + 60)
+            await faults
+            figures["publish_s"] = round(took, 1)
+            reconnected = 0
+            for r in recipients:
+                reconnected += await reconnect_if_closed(target, r)
+            figures["recipients_reconnected_by_app"] = reconnected
+            await wait_until(
+                lambda: all(pub.acked <= {h for h, _ in r.visible} for r in recipients),
+                timeout=120,
+            )
+            await asyncio.sleep(1.0)  # late duplicates would show now
+            stop.set()
+        report = await check(target, [pub], recipients)
+        for r in recipients:
+            await r.client.close()
+        await pub.client.close()
+        figures["publish_errors"] = dict(pub.errors.most_common(5))
+    finally:
+        for relay in relays:
+            await asyncio.to_thread(relay.stop)
+    print(f"\n{name}: " + report.summary())
+    print(f"{name}: {figures}")
+    record_run(FIGURES, name, report, rate=RATE, count=COUNT, recipients=3, **figures)
+    return report, figures
+
+
+@pytest.mark.slow
+async def test_f04_sigkill_one_nats_node_at_a_time_leader_included(
+    up_cluster: UpProcess, cluster_nodes: ClusterNodes, tmp_path: Path
+) -> None:
+    target = target_of(up_cluster)
+    killed: list[str] = []
+    recovery: list[float] = []
+
+    async def fault(_pub: Publisher, _rs: list[Recipient], figures: dict[str, object]) -> None:
+        done: set[int] = set()
+        for stream in (INGEST_STREAM, DELIVER_STREAM, None):
+            await asyncio.sleep(4.0)
+            leader = await asyncio.to_thread(cluster_nodes.stream_leader, stream or "")
+            if stream is None or leader is None or leader in done:
+                leader = next(n for n in (1, 2, 3) if n not in done)
+            done.add(leader)
+            before = await asyncio.to_thread(accepted, target)
+            t0 = time.monotonic()
+            await asyncio.to_thread(cluster_nodes.kill, leader)
+            killed.append(f"istmo-{leader}" + (f" ({stream} leader)" if stream else ""))
+            recovery.append(round(await recovered_after(target, t0, before), 2))
+            await asyncio.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))
+            await asyncio.to_thread(cluster_nodes.restart, leader)
+            await asyncio.to_thread(cluster_nodes.wait_alive, leader)
+        figures["killed"] = killed
+        figures["accepting_again_after_kill_s"] = recovery
+
+    report, _ = await run_load(target, tmp_path, fault, name="F-04")
+    assert len(killed) == 3, killed
+    assert "leader" in killed[0], killed
+    assert report.acked > 0
+    assert report.ok, report.summary()  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+async def test_f05_sigkill_all_three_nats_nodes_and_restart(
+    up_cluster: UpProcess, cluster_nodes: ClusterNodes, tmp_path: Path
+) -> None:
+    target = target_of(up_cluster)
+
+    async def fault(pub: Publisher, rs: list[Recipient], figures: dict[str, object]) -> None:
+        await asyncio.sleep(6.0)
+        before = await asyncio.to_thread(accepted, target)
+        t0 = time.monotonic()
+        for node in (1, 2, 3):
+            await asyncio.to_thread(cluster_nodes.kill, node)
+        await asyncio.sleep(5.0)
+        for node in (1, 2, 3):
+            await asyncio.to_thread(cluster_nodes.restart, node)
+        for node in (1, 2, 3):
+            await asyncio.to_thread(cluster_nodes.wait_alive, node)
+        figures["nodes_back_s"] = round(time.monotonic() - t0, 2)
+        # nats-py gives up reconnecting after a few attempts; applications connect again.
+        figures["publisher_reconnected_by_app"] = pub.client._nc.is_closed
+        if pub.client._nc.is_closed:
+            old, pub.client = pub.client, await connect(target, "gt-police")
+            await old.close()
+        figures["recipients_reconnected_early"] = sum(
+            [await reconnect_if_closed(target, r) for r in rs]
+        )
+        figures["accepting_again_after_kill_s"] = round(
+            await recovered_after(target, t0, before), 2
+        )
+
+    report, _ = await run_load(target, tmp_path, fault, name="F-05")
+    assert report.acked > 0
+    assert report.ok, report.summary()  # type: ignore[attr-defined]
