@@ -86,6 +86,7 @@ _AGENCY = re.compile(AGENCY_ID_PATTERN)
 _PLACE = re.compile(r"^[A-Z]{2,16}$")
 _VERSION = re.compile(r"^[0-9a-f]{16}$")
 _KID = re.compile(r"^sig-[0-9a-f]{32}$")
+_PROBLEM_AT = re.compile(r"^([a-z0-9./-]{1,64}?)(?::(\d{1,6}))?:")
 _SCHEMA = "schema.cedarschema"
 
 Admin = Annotated[Session, page(ADMIN)]
@@ -417,11 +418,19 @@ def admin_router(console: ConsoleState) -> APIRouter:
             simulation = await asyncio.to_thread(
                 simulate_candidate, files, api.registry, api.directory, last=last
             )
+        # An invalid candidate: its changed files, highlighted, each problem linked to its line.
+        shown = (
+            []
+            if check.valid
+            else [(n, highlight_lines(files[n])) for n in check.changed if n in files]
+        )
         return render(
             request,
             "admin/check.html",
             {
                 "check": check,
+                "problems": [(p, _problem_anchor(p, files)) for p in check.problems],
+                "shown": shown,
                 "sim": simulation,
                 "active": api.directory.bundle.version,
                 "max_shown": MAX_SHOWN_CHANGES,
@@ -467,6 +476,15 @@ def admin_router(console: ConsoleState) -> APIRouter:
         return RedirectResponse(f"{BASE}/policy?adopted={version}&previous={previous}", 303)
 
     return router
+
+
+def _problem_anchor(problem: str, files: dict[str, str]) -> str | None:
+    """The line a validation problem names (``base.cedar:12: ...``) as a page anchor."""
+    m = _PROBLEM_AT.match(problem)
+    if m is None or m.group(1) not in files:
+        return None
+    anchor = m.group(1).replace("/", "-").replace(".", "-")
+    return f"{anchor}-L{m.group(2)}" if m.group(2) else anchor
 
 
 def _file_order(name: str) -> tuple[int, str]:

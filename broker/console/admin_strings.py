@@ -167,6 +167,7 @@ EN: dict[str, str] = {
     "admin.check.changed": "Files that differ from the set in force",
     "admin.check.unchanged": "No file differs from the set in force.",
     "admin.check.edit": "Edit the candidate",
+    "admin.check.files": "The files that differ, with their line numbers",
     "admin.sim.title": "Simulation",
     "admin.sim.summary": "The latest {n} bulletins replayed under {active} (in force) and "
     "{candidate} (candidate): {changes} decision(s) would change.",
@@ -356,6 +357,7 @@ ES: dict[str, str] = {
     "admin.check.changed": "Archivos que difieren del conjunto vigente",
     "admin.check.unchanged": "Ningún archivo difiere del conjunto vigente.",
     "admin.check.edit": "Editar el candidato",
+    "admin.check.files": "Los archivos que difieren, con sus números de línea",
     "admin.sim.title": "Simulación",
     "admin.sim.summary": "Los últimos {n} boletines, repetidos con {active} (vigente) y "
     "{candidate} (candidato): cambiarían {changes} decisión(es).",

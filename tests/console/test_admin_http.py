@@ -331,9 +331,12 @@ async def test_a_bad_candidate_is_named(admin: httpx.AsyncClient, console_broker
     r = await admin.post("/console/admin/policy/check", data={"csrf": token, "candidate": broken})
     assert r.status_code == 200
     assert "Not valid: 1 problem(s)" in r.text
-    problems = re.findall(r'<ul class="problems" id="problems">\s*<li class="mono">([^<]+)', r.text)
+    problems = re.findall(r'<li class="mono"><a href="#([^"]+)">([^<]+)</a>', r.text)
     assert problems
-    assert problems[0].startswith("base.cedar:12: grant.publish-own: parse error")
+    assert problems[0][1].startswith("base.cedar:12: grant.publish-own: parse error")
+    assert problems[0][0] == "base-cedar-L12"  # a link to the line, shown highlighted below
+    assert '<span class="line" id="base-cedar-L12"><span class="cd-ann">@id</span>' in r.text
+    assert '<span class="line" id="base-cedar-L14"><span class="cd-kw">permit</span> ((' in r.text
     assert 'id="adopt"' not in r.text
     # too long: refused before anything is parsed, named, audited
     r = await admin.post(
