@@ -46,7 +46,10 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2})?$")
 _TOKEN = re.compile(r"^[a-z0-9-]{1,32}$")
 DECISIONS = ("permitted", "denied")
 CHART_DAYS = (7, 30, 90)
-_STEP_KEYS = tuple(f"entry.step.{k}" for k in ("key", "sig", "origin", "leaf", "root", "fail"))
+_STEP_KEYS = (  # the strings static/verify.js shows, in the page's language
+    *(f"entry.step.{k}" for k in ("key", "sig", "origin", "leaf", "root", "fail")),
+    *(f"integrity.browser.{k}" for k in ("sigs", "proof")),
+)
 
 
 def _when(text: str | None, field: str, *, end: bool = False) -> int | None:
@@ -228,7 +231,7 @@ def auditor_router(console: ConsoleState) -> APIRouter:
                 if consistency and "check" in consistency
                 else None,
                 "labels_json": json.dumps({k: _(k) for k in _STEP_KEYS}),
-                "old": old if old is not None else (heads[1]["size"] if len(heads) > 1 else 0),
+                "old": old if old is not None else (heads[-1]["size"] if len(heads) > 1 else 0),
                 "new": new if new is not None else (heads[0]["size"] if heads else 0),
                 "log_key": queries.log_key_info(api.registry.url),
             },

@@ -216,6 +216,9 @@ def test_tampered_entry_is_flagged(page, up: UpProcess, bulletin: str) -> None: 
     page.wait_for_selector("#consistency-browser[data-result]")
     assert page.locator("#consistency").get_attribute("data-result") == "consistent"
     assert page.locator("#consistency-browser").get_attribute("data-result") == "verified"
+    assert (
+        "Ed25519 signatures of both tree heads" in page.locator("#consistency-steps").inner_text()
+    )
     # ... and a substituted old head (its root changed, its signature kept) fails both.
     substitute_head_root(up, old)
     page.reload()

@@ -297,6 +297,7 @@ async def test_integrity_verify_and_consistency(auditor: httpx.AsyncClient) -> N
     r = await auditor.get("/console/integrity", params={"old": old, "new": new})
     assert 'data-result="consistent"' in r.text
     assert 'id="consistency-data"' in r.text  # checked again in the browser
+    assert "both tree heads" in r.text  # with the step names in the page's language
     assert "/console/static/verify.js" in r.text
     r = await auditor.get("/console/integrity", params={"old": new, "new": old})
     assert 'data-result="inconsistent"' in r.text
