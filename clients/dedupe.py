@@ -34,6 +34,13 @@ class DedupeStore:
         ).fetchone()
         return row is not None
 
+    def handed_at(self, bulletin_id: str) -> int | None:
+        """When the bulletin was handed to the application (None: never)."""
+        row = self._db.execute(
+            "SELECT handed_at FROM handed WHERE bulletin_id = ?", (bulletin_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def remember(self, bulletin_id: str, envelope_digest: str, handed_at: int) -> None:
         self._db.execute(
             "INSERT OR IGNORE INTO handed VALUES (?, ?, ?)",

@@ -535,7 +535,11 @@ class IstmoClient:
             return False
         bid = env.header.bulletin_id
         digest = envelope_digest(env)
-        if self._dedupe.seen(bid):
+        handed_at = self._dedupe.handed_at(bid)
+        if handed_at is not None:
+            # Handed over before, but this process may have died before it acked or sent
+            # the receipt: send the receipt again (stored once by id), then ack.
+            await self._send_receipt(env, digest, handed_at)
             await msg.ack_sync()
             return False
         try:
@@ -546,8 +550,10 @@ class IstmoClient:
             return False
         await handler(bulletin)
         self._dedupe.remember(bid, digest, bulletin.received_at)
-        await msg.ack_sync()
+        # Receipt before ack: a crash in between redelivers it, and the dedupe branch
+        # above sends the receipt again, so no receipt is lost to a crash.
         await self._send_receipt(env, digest, bulletin.received_at)
+        await msg.ack_sync()
         return True
 
     async def _open(self, env: Envelope) -> ReceivedBulletin:
