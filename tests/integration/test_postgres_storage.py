@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -129,6 +130,25 @@ def test_postgresql_is_upgraded_on_purpose_and_says_how() -> None:
         assert current.returncode == 0
         assert "revision 0001" in current.stdout
         Registry(url).close()
+
+
+@pytest.mark.parametrize(
+    "engine", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_two_upgrades_at_once_take_turns(engine: str, tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        if engine == "sqlite":
+            url = f"sqlite:///{tmp_path / 'istmo.db'}"
+        else:
+            url = stack.enter_context(pg_database(migrated=False))
+        results: list[tuple[str | None, str | None]] = []
+        threads = [threading.Thread(target=lambda: results.append(db.upgrade(url))) for _ in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert set(results) == {(None, "0001"), ("0001", "0001")}  # one made it, one found it
+        Registry(url, auto_upgrade=False).close()
 
 
 def test_a_database_from_a_newer_istmo_is_refused(storage: Storage, tmp_path: Path) -> None:
