@@ -84,12 +84,23 @@ def register(sub: Any) -> None:
         default=6244,
         help="route port of the first cluster node (default 6244)",
     )
+    p.add_argument(
+        "--join",
+        metavar="URL,URL,...",
+        help="start no nats-server: join the region's NATS at these URLs (deploy/README.md); "
+        "directory changes then write DATA_DIR/broker/nats-accounts.conf for its nodes",
+    )
+    p.add_argument(
+        "--stream-replicas",
+        type=int,
+        choices=(1, 3, 5),
+        help="with --join: replicas of the Istmo streams (default: as they are, 1 if new)",
+    )
     p.set_defaults(func=_up)
 
     _policy_commands(sub)
     _admin_commands(sub)
     _audit_commands(sub)
-    _reconcile_command(sub)  # broker.reconcile
     _reconcile_command(sub)  # broker.reconcile
     add_db_commands(sub)  # istmo db upgrade | current (broker.db_cli)
 
@@ -490,7 +501,16 @@ def _up(args: argparse.Namespace) -> int:
         nats_server=args.nats_server,
         policy_dir=args.policy_dir,
     )
-    stack = Stack(settings, cluster=args.cluster, cluster_port=args.cluster_port)
+    join = _nats_urls(args.join, None) if args.join else []
+    if join and args.cluster != 1:
+        raise ConfigError("--join and --cluster exclude each other: the NATS to join is running")
+    stack = Stack(
+        settings,
+        cluster=args.cluster,
+        cluster_port=args.cluster_port,
+        join=join,
+        stream_replicas=args.stream_replicas,
+    )
     stack.claim()  # lock, ports, a stale nats-server: before anything is written
     stack.prepare()
     code = _run(

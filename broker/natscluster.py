@@ -21,11 +21,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from broker.files import write_private
-from broker.natsconf import AgencyUser, ClusterLayout, NatsLayout
+from broker.natsconf import AgencyUser, ClusterLayout, NatsLayout, render_accounts
 from broker.natsserver import NatsServer, check_port_free
 from schemas.errors import BusUnavailable, ConfigError
 
-__all__ = ["ClusterPorts", "NatsCluster", "check_cluster_ports", "route_password"]
+__all__ = [
+    "ClusterPorts",
+    "ExternalNats",
+    "NatsCluster",
+    "check_cluster_ports",
+    "route_password",
+]
 
 SECRET_FILE = "cluster.secret"  # noqa: S105 (a file name, not the secret)
 _POLL_S = 0.1
@@ -223,3 +229,44 @@ class NatsCluster:
         """Stop every node (SIGTERM, then SIGKILL after a while). Safe to call twice."""
         for node in self.nodes:
             node.stop()
+
+
+class ExternalNats:
+    """A region's NATS cluster, run by its operators (``deploy/nats``): nothing to start or
+    stop here. A directory change cannot signal servers on other hosts, so it writes the
+    accounts block every node includes (``accounts_path``, mode 0600); the operators'
+    tooling installs it on each node and reloads it (``deploy/README.md``)."""
+
+    def __init__(self, urls: Sequence[str], accounts_path: Path, relay_nkey_public: str) -> None:
+        if not urls:
+            raise ConfigError("no NATS URL to join")
+        self.urls = list(urls)
+        self.accounts_path = accounts_path
+        self.relay_nkey_public = relay_nkey_public
+        self.nodes: list[NatsServer] = []
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @property
+    def pids(self) -> list[int | None]:
+        return []
+
+    def start(self) -> None:
+        """Nothing to start: the servers are the operators'."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    def reload_agencies(self, agencies: tuple[AgencyUser, ...], timeout: float = 5.0) -> None:
+        """Write the accounts block for ``agencies`` to ``accounts_path``."""
+        del timeout  # the reload is the operators'
+        layout = NatsLayout(
+            port=1,  # unused: only the accounts are rendered
+            http_port=2,
+            store_dir=Path("/"),
+            relay_nkey_public=self.relay_nkey_public,
+            agencies=agencies,
+        )
+        write_private(self.accounts_path, render_accounts(layout).encode())

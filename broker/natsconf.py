@@ -46,6 +46,7 @@ __all__ = [
     "ClusterLayout",
     "NatsLayout",
     "agency_publish_subjects",
+    "render_accounts",
     "render_config",
 ]
 
@@ -261,9 +262,20 @@ def render_config(layout: NatsLayout) -> str:
         "  sync_interval: always",
         "}",
         "",
-        "accounts {",
-        *_relay_account(layout),
+        render_accounts(layout),
     ]
+    return "\n".join(lines)
+
+
+def render_accounts(layout: NatsLayout) -> str:
+    """The ``accounts { ... }`` block alone: what a region's NATS nodes ``include`` from
+    their own hand-written config (``deploy/nats``), identical on every node.
+
+    Raises:
+        ValueError, EnvelopeError: as ``render_config``.
+    """
+    _check(layout)
+    lines = ["accounts {", *_relay_account(layout)]
     for user in layout.agencies:
         lines += _agency_account(user)
     lines += ["}", ""]

@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -41,7 +41,13 @@ from broker.db import display_url
 from broker.directory import DirectoryService, load_demo_directory
 from broker.files import signing_key_file, write_private
 from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
-from broker.natscluster import ClusterPorts, NatsCluster, check_cluster_ports, route_password
+from broker.natscluster import (
+    ClusterPorts,
+    ExternalNats,
+    NatsCluster,
+    check_cluster_ports,
+    route_password,
+)
 from broker.natsconf import AgencyUser, NatsLayout
 from broker.natsserver import NatsServer, check_port_free, find_nats_server
 from broker.oauth import TokenAuthority, load_token_key
@@ -101,17 +107,23 @@ class Stack:
         *,
         cluster: int = 1,
         cluster_port: int = DEFAULT_CLUSTER_PORT,
+        join: Sequence[str] = (),
+        stream_replicas: int | None = None,
     ) -> None:
         """``cluster``: 1 for one nats-server, 3 (or 5) for a JetStream cluster whose node
         ``i`` uses the client, monitoring and route ports of ``settings`` and
-        ``cluster_port``, each plus ``i - 1``."""
+        ``cluster_port``, each plus ``i - 1``. ``join``: the URLs of a NATS run by the
+        region's operators instead (nothing started here), whose streams get
+        ``stream_replicas`` (None: as they are, 1 when new)."""
         if cluster not in (1, 3, 5):
             raise ConfigError(f"--cluster {cluster}: a cluster has 3 or 5 nodes (1: no cluster)")
         self.settings = settings
         self.out = out
         self.cluster_size = cluster
         self.cluster_ports = ClusterPorts(settings.nats_port, settings.nats_http_port, cluster_port)
-        self.nats: NatsServer | NatsCluster | None = None
+        self.join = list(join)
+        self.stream_replicas = stream_replicas
+        self.nats: NatsServer | NatsCluster | ExternalNats | None = None
         self.registry: Registry | None = None
         self.directory: DirectoryService | None = None
         self._lock: IO[str] | None = None
@@ -262,6 +274,9 @@ class Stack:
         self._take_lock()
         try:
             self._reap_stale_nats()
+            if self.join:
+                check_port_free(s.api_port, "the HTTP API (--api-port)", s.host)
+                return
             self._check_store_shape()
             if self.cluster_size == 1:
                 check_port_free(s.nats_port, "NATS clients (--nats-port)", s.host)
@@ -315,9 +330,13 @@ class Stack:
                 os.kill(pid, signal.SIGKILL)
         pid_path.unlink(missing_ok=True)
 
-    def _make_nats(self) -> NatsServer | NatsCluster:
+    def _make_nats(self) -> NatsServer | NatsCluster | ExternalNats:
         s = self.settings
         layout = self.nats_layout()
+        if self.join:
+            return ExternalNats(
+                self.join, s.broker_dir / "nats-accounts.conf", layout.relay_nkey_public
+            )
         if self.cluster_size == 1:
             return NatsServer(
                 self._binary, s.broker_dir / "nats.conf", layout, s.data_dir / "nats.log"
@@ -387,7 +406,7 @@ class Stack:
         nc: NATS,
         stop: asyncio.Event,
         with_relay: bool,
-        server: NatsServer | NatsCluster,
+        server: NatsServer | NatsCluster | ExternalNats,
         with_sequencer: bool = True,
     ) -> None:
         registry, directory = self._opened()
@@ -424,7 +443,9 @@ class Stack:
             api.should_exit = True
             await api_task
 
-    def _announce(self, server: NatsServer | NatsCluster, api_url: str, with_relay: bool) -> None:
+    def _announce(
+        self, server: NatsServer | NatsCluster | ExternalNats, api_url: str, with_relay: bool
+    ) -> None:
         s = self.settings
         info = {
             # Clients connect to the first and learn the other nodes from it.
@@ -435,7 +456,10 @@ class Stack:
             "started_at": int(time.time()),
         }
         (s.data_dir / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if isinstance(server, NatsServer):
+        if isinstance(server, ExternalNats):
+            self.out(f"NATS      joined {', '.join(server.urls)} (run by the region's operators)")
+            self.out(f"          directory changes write {server.accounts_path}: install, reload")
+        elif isinstance(server, NatsServer):
             self.out(
                 f"NATS      {server.url} (JetStream in {s.data_dir / 'nats'}, "
                 f"log {s.data_dir / 'nats.log'})"
@@ -478,7 +502,7 @@ class Stack:
         return done.previous or "", done.version
 
     def _reload_nats(
-        self, server: NatsServer | NatsCluster, nc: NATS
+        self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS
     ) -> Callable[[Msg], Awaitable[None]]:
         """On a directory change (a control message): apply it, logging a failure."""
 
@@ -490,7 +514,9 @@ class Stack:
 
         return on_change
 
-    async def apply_directory_change(self, server: NatsServer | NatsCluster, nc: NATS) -> None:
+    async def apply_directory_change(
+        self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS
+    ) -> None:
         """Refresh the directory, create the durable consumer of every agency enrolled
         since (before it can connect), then reload nats-server (every node of a cluster)
         with the active agencies' users. The HTTP API awaits this before answering an
@@ -512,7 +538,15 @@ class Stack:
                 await asyncio.to_thread(server.reload, layout)
             else:
                 await asyncio.to_thread(server.reload_agencies, layout.agencies)
-            log.info("nats-server reloaded for directory %s", directory.version)
+            if isinstance(server, ExternalNats):
+                log.warning(
+                    "directory %s: new NATS accounts in %s; install them on every node "
+                    "and reload it",
+                    directory.version,
+                    server.accounts_path,
+                )
+            else:
+                log.info("nats-server reloaded for directory %s", directory.version)
 
     async def connect_relay(self, url: str | list[str]) -> NATS:
         """Connect as the broker's own NATS user to ``url`` (or any of a cluster's URLs)."""
@@ -536,7 +570,13 @@ class Stack:
             deliver_max_age_s=self.settings.deliver_max_age_s,
             duplicate_window_s=self.settings.duplicate_window_s,
             # A worker joining someone else's NATS (istmo relay) keeps what is there.
-            replicas=None if self.nats is None else min(self.cluster_size, 3),
+            replicas=(
+                None
+                if self.nats is None
+                else self.stream_replicas
+                if self.join
+                else min(self.cluster_size, 3)
+            ),
         )
         await ensure_relay_consumers(js)
         for user in registry.nats_users():
