@@ -3,7 +3,7 @@
 The operator points ``ISTMO_DATABASE_URL`` at an empty database; `istmo up` refuses it and
 names `istmo db upgrade`; after the upgrade the stack starts, a bulletin goes from a
 ministry to a regional centre, its row and audit events are in PostgreSQL (no SQLite file
-is made), and the audit log verifies.
+is made), the audit log verifies, and the API serves the log key.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -90,5 +91,12 @@ def test_istmo_up_on_postgresql_carries_a_bulletin(
                 time.sleep(0.1)
             assert verified.returncode == 0, verified.stdout + verified.stderr
             assert "wait for the sequencer" not in verified.stdout
+
+            # The API serves the log key from the data directory, whatever the database.
+            api = json.loads((d / "stack.json").read_text())["api_url"]
+            served = httpx.get(f"{api}/v1/audit/log-key", timeout=10)
+            assert served.status_code == 200, served.text
+            pub_line = (d / "broker" / "log.pub").read_text().strip()
+            assert served.json()["public"] == pub_line
         finally:
             assert up.stop() == 0, up.output
