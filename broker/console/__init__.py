@@ -9,6 +9,8 @@ Layout:
     broker/console/i18n.py       English and Spanish catalogs, Accept-Language negotiation
     broker/console/auth.py       sign-in (session links, the dev login), sign-out, language
     broker/console/auditor.py    the auditor's pages (scope audit:read)
+    broker/console/queries.py    what the log and integrity pages read
+    broker/console/figures.py    what the pictures and the flow page read
     broker/console/charts.py     small accessible SVG charts, rendered on the server
     broker/console/admin*.py     the administrator's pages (scope admin; part 2)
     broker/data/console/templates/        Jinja2 templates (autoescaped); admin/ for part 2

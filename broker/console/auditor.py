@@ -4,7 +4,8 @@ flow of one bulletin.
 
 Every page that shows log content first records an ``audit.queried`` event (subject
 ``console.<page>``, the filter, the row count), as the API's audit endpoints do: no
-access without an audit event. Reads go through ``broker.console.queries``.
+access without an audit event. Reads go through ``broker.console.queries`` and
+``broker.console.figures``.
 
 Left to others: the log itself (``broker.audit_log``), the charts (``broker.console.charts``).
 """
@@ -22,7 +23,7 @@ from starlette.responses import RedirectResponse, Response
 
 from broker.api_context import ApiProblem
 from broker.audit_log import queried_event
-from broker.console import queries
+from broker.console import figures, queries
 from broker.console.sessions import Session
 from broker.console.web import (
     PREFIX,
@@ -262,7 +263,7 @@ def auditor_router(console: ConsoleState) -> APIRouter:
 
         now_ms = time.time_ns() // 1_000_000
         since = now_ms - days * 86_400_000
-        stats = queries.chart_stats(api.registry, since, now_ms)
+        stats = figures.chart_stats(api.registry, since, now_ms)
         record(who, "charts", {"days": days}, stats["events"])
         return render(
             request,
@@ -287,7 +288,7 @@ def auditor_router(console: ConsoleState) -> APIRouter:
         if bulletin:
             if not re.fullmatch(BULLETIN_ID_PATTERN, bulletin):
                 raise ConsolePage(400, "error.bad_input", what="bulletin: not a bulletin id")
-            flow = queries.bulletin_flow(api.registry, bulletin)
+            flow = figures.bulletin_flow(api.registry, bulletin)
             record(who, "flow", {"bulletin": bulletin}, flow["events"])
         return render(
             request,

@@ -1,11 +1,12 @@
-"""What the auditor's pages read: a newest-first page of the log with the console's
-filters, one entry with everything a browser needs to verify it, tree heads, a full
-verification, a consistency check, chart figures and the flow of one bulletin.
+"""What the auditor's log and integrity pages read: a newest-first page of the log with
+the console's filters, one entry with everything a browser needs to verify it, tree heads,
+a full verification and a consistency check.
 
 Reads only (the console records its own ``audit.queried`` events). Bounded: pages of at
-most ``MAX_PAGE`` rows, charts over at most ``MAX_CHART_ROWS`` events.
+most ``MAX_PAGE`` rows.
 
-Left to others: the log and its proofs (``broker.audit_log``, ``broker.merkle``).
+Left to others: the log and its proofs (``broker.audit_log``, ``broker.merkle``); chart
+figures and the flow of one bulletin (``broker.console.figures``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import statistics
 import threading
 import time
-from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,8 +36,6 @@ from schemas.treehead import parse_signed_tree_head, verify_tree_head
 
 __all__ = [
     "LogFilter",
-    "bulletin_flow",
-    "chart_stats",
     "check_consistency",
     "entry_with_proof",
     "log_key_info",
@@ -48,7 +45,6 @@ __all__ = [
 ]
 
 MAX_PAGE = 200
-MAX_CHART_ROWS = 200_000
 _DATA_JSON_LIMIT = 4000
 
 _logs: dict[str, AuditLog] = {}
@@ -388,134 +384,3 @@ def verify_log(url: str) -> dict[str, Any]:
         "message": report.first.message[:300] if report.first else None,
         "problems": report.problems,
     }
-
-
-# ---------------------------------------------------------------------- charts
-def chart_stats(registry: Registry, since_ms: int, until_ms: int) -> dict[str, Any]:
-    """Figures for the pictures, from the integrated log's events in [since, until)."""
-    q = text(
-        "SELECT a.type, a.time, a.actor, a.subject, a.bulletin_id, a.reason, a.data "
-        "FROM audit_event a JOIN log_entry e ON e.event_seq = a.seq "
-        "WHERE a.time >= :since AND a.time < :until AND a.type IN :types "
-        "ORDER BY a.time LIMIT :n"
-    ).bindparams(bindparam("types", expanding=True))
-    types = ["bulletin.accepted", "bulletin.denied", "bulletin.routed", "bulletin.received"]
-    with registry.engine.connect() as conn:
-        rows = conn.execute(
-            q, {"since": since_ms, "until": until_ms, "types": types, "n": MAX_CHART_ROWS}
-        ).all()
-    per_day: dict[str, Counter[str]] = defaultdict(Counter)
-    denials: dict[str, Counter[str]] = defaultdict(Counter)
-    routed: dict[tuple[str, str], int] = {}
-    received: dict[tuple[str, str], int] = {}
-    for type_, t, actor, subject, bid, reason, data in rows:
-        if type_ == "bulletin.accepted":
-            try:
-                topic = str(json.loads(data).get("topic", "?"))[:64]
-            except (ValueError, AttributeError):
-                topic = "?"
-            per_day[time.strftime("%Y-%m-%d", time.gmtime(t / 1000))][topic] += 1
-        elif type_ == "bulletin.denied":
-            denials[str(subject)][str(reason or "?")] += 1
-        elif type_ == "bulletin.routed" and bid:
-            routed[(bid, str(subject))] = int(t)
-        elif type_ == "bulletin.received" and bid:
-            received[(bid, str(actor))] = int(t)
-    waits = [
-        (received[k] - t) / 1000 for k, t in routed.items() if k in received and received[k] >= t
-    ]
-    buckets = [
-        ("< 1 s", 1),
-        ("1-10 s", 10),
-        ("10-60 s", 60),
-        ("1-10 min", 600),
-        ("10-60 min", 3600),
-        ("> 1 h", float("inf")),
-    ]
-    counts: Counter[str] = Counter()
-    for w in waits:
-        for label, top in buckets:
-            if w < top:
-                counts[label] += 1
-                break
-    topics = sorted({topic for c in per_day.values() for topic in c})
-    day_ms = 86_400_000
-    all_days = [
-        time.strftime("%Y-%m-%d", time.gmtime(t / 1000))
-        for t in range(since_ms - since_ms % day_ms, until_ms, day_ms)
-    ][-400:]
-    return {
-        "events": len(rows),
-        "days": all_days if per_day else [],
-        "topics": topics,
-        "per_day": {d: dict(per_day.get(d, {})) for d in all_days} if per_day else {},
-        "denials": {a: dict(c) for a, c in sorted(denials.items())},
-        "reasons": sorted({r for c in denials.values() for r in c}),
-        "delivered": len(routed),
-        "received": sum(1 for k in routed if k in received),
-        "ack_buckets": [(label, counts[label]) for label, _ in buckets],
-        "median_ack_s": round(statistics.median(waits), 2) if waits else None,
-    }
-
-
-# ---------------------------------------------------------------------- flow
-def bulletin_flow(registry: Registry, bulletin_id: str) -> dict[str, Any]:
-    """The path of one bulletin from its events: originator and labels, acceptance or
-    rejection, the decision per candidate with its deciding policies, routed, received."""
-    q = text(
-        'SELECT e."index", a.type, a.time, a.actor, a.subject, a.reason, a.data '
-        "FROM audit_event a JOIN log_entry e ON e.event_seq = a.seq "
-        'WHERE a.bulletin_id = :b ORDER BY e."index" LIMIT 5000'
-    )
-    with registry.engine.connect() as conn:
-        rows = conn.execute(q, {"b": bulletin_id}).all()
-    flow: dict[str, Any] = {
-        "events": len(rows),
-        "originator": None,
-        "accepted": None,
-        "rejected": None,
-        "labels": {},
-        "candidates": {},
-    }
-    for index, type_, t, actor, subject, reason, data in rows:
-        try:
-            d = json.loads(data)
-        except ValueError:
-            d = {}
-        if type_ == "bulletin.accepted":
-            flow["originator"] = actor
-            flow["accepted"] = {
-                "time": t,
-                "index": index,
-                "policy_version": d.get("policy_version"),
-            }
-            flow["labels"] = {
-                k: d[k] for k in ("topic", "classification", "tlp", "rel_to") if k in d
-            }
-        elif type_ == "bulletin.rejected":
-            flow["originator"] = actor
-            flow["rejected"] = {"time": t, "index": index, "reason": reason}
-        elif type_ in ("bulletin.routed", "bulletin.denied"):
-            c = flow["candidates"].setdefault(subject, {"agency": subject})
-            c["decision"] = "permitted" if type_ == "bulletin.routed" else "denied"
-            c["policy_ids"] = list(d.get("policy_ids") or [])
-            c["reason"] = reason
-            c["decided_index"] = index
-            if type_ == "bulletin.routed":
-                c["routed"] = t
-            else:
-                c["denied_at"] = t
-            flow["originator"] = flow["originator"] or d.get("originator")
-        elif type_ == "bulletin.received":
-            c = flow["candidates"].setdefault(actor, {"agency": actor})
-            c["received"] = t
-            c["received_index"] = index
-    cands = flow["candidates"].values()
-    flow["permitted"] = sum(1 for c in cands if c.get("decision") == "permitted")
-    flow["denied"] = sum(1 for c in cands if c.get("decision") == "denied")
-    flow["received"] = sum(1 for c in cands if c.get("received"))
-    flow["candidates"] = sorted(
-        flow["candidates"].values(),
-        key=lambda c: (c.get("decision") != "permitted", c["agency"]),
-    )
-    return flow
