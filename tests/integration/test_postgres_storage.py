@@ -114,6 +114,7 @@ def test_the_migrated_schema_is_the_models(storage: Storage, tmp_path: Path) -> 
     assert tables == {*REGISTRY_TABLES, *AUDIT_TABLES, "alembic_version"}
 
 
+@pytest.mark.postgres
 def test_postgresql_is_upgraded_on_purpose_and_says_how() -> None:
     with pg_database(migrated=False) as url:
         for opener in (Registry, AuditLog):
