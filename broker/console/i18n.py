@@ -116,8 +116,8 @@ _EN: dict[str, str] = {
     "integrity.verify_ok": "OK: {entries} entries and {heads} signed tree heads check out.",
     "integrity.verify_bad": "FAILED at entry {index}: {message}",
     "integrity.verify_at": "Last run {at}, {seconds} s, by {who}.",
-    "integrity.no_key": "The log key is not available to this broker: the sequencer has not "
-    "run yet.",
+    "integrity.no_key": "The log key is not available to this broker (no sequencer has run, "
+    "or the database is not SQLite): nothing can be checked against it here.",
     "integrity.consistency": "Consistency between two tree heads",
     "integrity.old": "Older size",
     "integrity.new": "Newer size",
@@ -267,8 +267,9 @@ _ES: dict[str, str] = {
     "integrity.verify_ok": "CORRECTO: {entries} entradas y {heads} cabeceras firmadas concuerdan.",
     "integrity.verify_bad": "FALLO en la entrada {index}: {message}",
     "integrity.verify_at": "Última ejecución {at}, {seconds} s, por {who}.",
-    "integrity.no_key": "La clave del registro no está disponible: el secuenciador aún no ha "
-    "corrido.",
+    "integrity.no_key": "La clave del registro no está disponible en este intermediario (el "
+    "secuenciador no ha corrido, o la base de datos no es SQLite): aquí no se puede comprobar "
+    "nada con ella.",
     "integrity.consistency": "Consistencia entre dos cabeceras",
     "integrity.old": "Tamaño anterior",
     "integrity.new": "Tamaño posterior",

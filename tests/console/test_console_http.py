@@ -334,3 +334,22 @@ async def test_full_verification_is_rate_limited(auditor: httpx.AsyncClient) -> 
     assert r.status_code == 429
     assert "try again in" in r.text
     assert "text/html" in r.headers["content-type"]
+
+
+async def test_entry_without_log_key_is_unchecked_not_failed(
+    auditor: httpx.AsyncClient, console_broker: Broker
+) -> None:
+    pub = console_broker.settings.broker_dir / "log.pub"
+    key = console_broker.settings.broker_dir / "log.key"
+    saved = {p: p.read_bytes() for p in (pub, key) if p.exists()}
+    for p in saved:
+        p.rename(p.with_name(p.name + ".moved"))
+    try:
+        r = await auditor.get("/console/log/0")
+        assert '"log_key":null' in r.text.replace("&#34;", '"')
+        assert "data-nokey=" in r.text
+        page = await auditor.get("/console/integrity")
+        assert "not available" in page.text
+    finally:
+        for p in saved:
+            p.with_name(p.name + ".moved").rename(p)

@@ -149,6 +149,11 @@
     const data = JSON.parse(holder.dataset.proof);
     const labels = JSON.parse(holder.dataset.labels);
     if (!verdict || !list || !data.head || data.tree_size <= data.index) return;
+    if (!data.log_key) { // nothing to check against: say so, neither pass nor fail
+      verdict.textContent = verdict.dataset.nokey;
+      verdict.dataset.result = "unchecked";
+      return;
+    }
     const step = stepper(list, labels);
     const finish = finisher(verdict, step);
     try {
