@@ -21,6 +21,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -66,6 +67,8 @@ __all__ = [
 log = logging.getLogger("istmo.sdk")
 
 DIRECTORY_TTL_S = 60.0
+# What JetStream says when a stream or its volume has no room (nats-server's messages).
+_STORE_FULL = ("maximum bytes", "maximum messages", "insufficient resources", "no space")
 
 CAVEATS = {
     Handling.H0: "use only for the purpose it was provided for",
@@ -355,6 +358,15 @@ class IstmoClient:
             try:
                 await self._js.publish(ingest_subject(self.agency), raw, headers=headers, timeout=5)
                 return
+            except nats.js.errors.APIError as exc:
+                # JetStream refused to store it: nothing was stored; say why.
+                text = str(exc.description or "")[:120]
+                full = any(w in text.lower() for w in _STORE_FULL)
+                raise BusUnavailable(
+                    f"NATS refused the bulletin: {'the store is full' if full else 'refused'}"
+                    f" ({text}); nothing was stored, publish it again later",
+                    code="store_full" if full else "refused",
+                ) from exc
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
                 if attempt == attempts - 1:
                     raise BusUnavailable("NATS did not acknowledge the bulletin") from exc

@@ -228,6 +228,7 @@ class Publisher:
     errors: Counter[str] = field(default_factory=Counter)  # error text -> count
     _keys: dict[AgencyId, EncryptionPublicKey] = field(default_factory=dict)
     _next: int = 0
+    _unsent: dict[str, Envelope] = field(default_factory=dict)  # unknown: kept for a retry
 
     async def prepare(self) -> tuple[str, ...]:
         """Resolve the recipients once (retrying for 15 s while no relay answers yet);
@@ -260,6 +261,18 @@ class Publisher:
 
     async def publish_one(self) -> str:
         hid, env = self.envelope()
+        return await self._send(hid, env)
+
+    async def retry_unknown(self) -> int:
+        """Send every failed/unknown bulletin again, same envelope; returns how many
+        NATS acked now."""
+        done = 0
+        for hid, env in list(self._unsent.items()):
+            await self._send(hid, env)
+            done += hid in self.acked
+        return done
+
+    async def _send(self, hid: str, env: Envelope) -> str:
         for attempt in range(self.retries):
             try:
                 await self.client._publish_envelope(env, attempts=1)
@@ -269,8 +282,10 @@ class Publisher:
                 continue
             self.acked.add(hid)
             self.unknown.discard(hid)
+            self._unsent.pop(hid, None)
             return hid
         self.unknown.add(hid)
+        self._unsent[hid] = env
         return hid
 
     async def run(
