@@ -173,6 +173,25 @@ def test_keyboard_and_laptop_screen(page, up: UpProcess, bulletin: str) -> None:
     assert outline not in ("", "none")
 
 
+def test_no_request_leaves_the_broker(page, up: UpProcess, bulletin: str) -> None:  # type: ignore[no-untyped-def]
+    hosts: set[str] = set()
+    page.on("request", lambda req: hosts.add(req.url.split("/")[2]))
+    violations: list[str] = []
+    page.on(
+        "console", lambda m: violations.append(m.text) if "Content Security" in m.text else None
+    )
+    sign_in(page, up)
+    base = api_url(up)
+    pages = ["/console/log", "/console/log/1", "/console/integrity", "/console/charts"]
+    pages += [f"/console/flow?bulletin={bulletin}", "/console/integrity?old=1&new=2"]
+    for path in pages:
+        page.goto(base + path)
+        page.wait_for_load_state("networkidle")
+    assert hosts == {base.split("/")[2]}
+    assert violations == []
+    assert page.errors == []
+
+
 def test_tampered_entry_is_flagged(page, up: UpProcess, bulletin: str) -> None:  # type: ignore[no-untyped-def]
     # Runs last in this module: it leaves the log altered.
     sign_in(page, up)
