@@ -25,15 +25,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker.api_context import AUTHED, BODY_MODELS, ApiProblem, ApiState, problem_responses, require
 from broker.audit_log import (
@@ -53,7 +51,7 @@ from schemas.errors import AuditStoreError, ConfigError, EnvelopeError
 from schemas.ids import BULLETIN_ID_PATTERN
 from schemas.treehead import SignedTreeHead, parse_signed_tree_head
 
-__all__ = ["audit_router", "log_key_dir"]
+__all__ = ["audit_router"]
 
 MAX_INT = 2**53 - 1  # the largest size, index or time a query may name
 _T = TypeVar("_T")
@@ -138,24 +136,6 @@ class LogKey(BaseModel):
 
 
 # ---------------------------------------------------------------------- the log
-def log_key_dir(db_url: str) -> Path | None:
-    """The directory where the sequencer keeps the log key of the registry at ``db_url``.
-
-    ``istmo up`` lays a data directory out as ``DATA_DIR/istmo.db`` and
-    ``DATA_DIR/broker/log.pub``, so for SQLite the broker directory sits beside the
-    database. None for other databases (their settings must name the directory; issue 7).
-    """
-    try:
-        url = make_url(db_url)
-    except ArgumentError:
-        return None
-    if not url.drivername.startswith("sqlite") or not url.database:
-        return None
-    if url.database == ":memory:":
-        return None
-    return Path(url.database).parent / "broker"
-
-
 class _Log:
     """The audit log over the registry's database, opened on first use."""
 

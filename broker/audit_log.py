@@ -752,9 +752,19 @@ class _Verifier:
         entries = stream.execute(
             text('SELECT "index", event_seq, leaf, leaf_hash FROM log_entry ORDER BY "index"')
         )
-        outbox = iter(
-            stream.execute(text(f"SELECT {_EVENT_COLUMNS} FROM audit_event ORDER BY seq"))  # noqa: S608  # constant columns
-        )
+        outbox = stream.execute(text(f"SELECT {_EVENT_COLUMNS} FROM audit_event ORDER BY seq"))  # noqa: S608  # constant columns
+        try:
+            self._walk(entries, iter(outbox))
+        finally:  # PostgreSQL streams through server-side cursors: close the unread rest
+            outbox.close()
+            entries.close()
+        self._flush()
+        self._check_nodes()
+        self.report.entries = self.size
+        self._finish()
+
+    def _walk(self, entries: Any, outbox: Iterator[Any]) -> None:
+        """Checks 2-4 over every stored entry beside the outbox, in index order."""
         ob = next(outbox, None)
         expected = 0
         signed = max((h.size for h in self.heads), default=0)
@@ -794,10 +804,6 @@ class _Verifier:
             self.segment.append(h)
             if self._at_head(self.size + len(self.segment)) or len(self.segment) >= _VERIFY_CHUNK:
                 self._flush()
-        self._flush()
-        self._check_nodes()
-        self.report.entries = self.size
-        self._finish()
 
     # 1. heads ----------------------------------------------------------------------------
     def _load_heads(self) -> None:

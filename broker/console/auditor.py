@@ -186,7 +186,9 @@ def auditor_router(console: ConsoleState) -> APIRouter:
         index: Annotated[int, Path(ge=0, le=MAX_INDEX)],
     ) -> Response:
         _ = translate_for(request)
-        found = queries.entry_with_proof(api.registry.url, index)
+        found = queries.entry_with_proof(
+            api.registry.url, index, broker_dir=api.registry.broker_dir
+        )
         record(who, "entry", {"index": index}, 0 if found is None else 1)
         if found is None:
             raise ConsolePage(404, "error.not_found", what=f"entry {index}")
@@ -214,11 +216,13 @@ def auditor_router(console: ConsoleState) -> APIRouter:
         new: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
     ) -> Response:
         _ = translate_for(request)
-        heads = queries.tree_heads(api.registry.url, limit=100)
+        heads = queries.tree_heads(api.registry.url, broker_dir=api.registry.broker_dir, limit=100)
         record(who, "integrity", {"heads": len(heads)}, len(heads))
         consistency = None
         if old is not None and new is not None:
-            consistency = queries.check_consistency(api.registry.url, old, new)
+            consistency = queries.check_consistency(
+                api.registry.url, old, new, broker_dir=api.registry.broker_dir
+            )
             record(who, "consistency", {"old": old, "new": new}, 1)
         return render(
             request,
@@ -234,7 +238,7 @@ def auditor_router(console: ConsoleState) -> APIRouter:
                 "labels_json": json.dumps({k: _(k) for k in _STEP_KEYS}),
                 "old": old if old is not None else (heads[-1]["size"] if len(heads) > 1 else 0),
                 "new": new if new is not None else (heads[0]["size"] if heads else 0),
-                "log_key": queries.log_key_info(api.registry.url),
+                "log_key": queries.log_key_info(api.registry.broker_dir),
             },
             session=who,
         )
@@ -246,7 +250,7 @@ def auditor_router(console: ConsoleState) -> APIRouter:
             api.limit(api.expensive_limiter, who.who, "console_verify")
         except ApiProblem as exc:
             raise ConsolePage(429, "error.rate", seconds=exc.headers.get("Retry-After")) from exc
-        result = queries.verify_log(api.registry.url)
+        result = queries.verify_log(api.registry.url, broker_dir=api.registry.broker_dir)
         result["who"] = who.who
         console.last_verification = result
         record(who, "verify", {"ok": result["ok"]}, int(result.get("entries", 0)))

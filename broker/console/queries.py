@@ -17,12 +17,12 @@ import json
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.api_audit import log_key_dir
 from broker.audit_log import AuditLog, LogEntry
 from broker.directory import DirectoryService
 from broker.merkle import verify_consistency
@@ -203,8 +203,9 @@ def log_page(
     return out
 
 
-def _log_key(url: str) -> VerifyKey | None:
-    broker_dir = log_key_dir(url)
+def _log_key(broker_dir: Path | None) -> VerifyKey | None:
+    """The log's public key, kept in the data directory's ``broker`` directory (on either
+    database); None where there is none yet."""
     if broker_dir is None:
         return None
     try:
@@ -213,14 +214,14 @@ def _log_key(url: str) -> VerifyKey | None:
         return None
 
 
-def log_key_info(url: str) -> dict[str, str] | None:
-    key = _log_key(url)
+def log_key_info(broker_dir: Path | None) -> dict[str, str] | None:
+    key = _log_key(broker_dir)
     if key is None:
         return None
     return {"kid": key.kid, "public": b64e(key.public), "origin": DEFAULT_ORIGIN}
 
 
-def entry_with_proof(url: str, index: int) -> dict[str, Any] | None:
+def entry_with_proof(url: str, index: int, *, broker_dir: Path | None) -> dict[str, Any] | None:
     """Entry ``index``, its fields, and what the browser needs to verify it: the stored
     bytes, the latest signed tree head as stored, an inclusion proof into it, the log key.
     None if there is no such entry."""
@@ -245,7 +246,7 @@ def entry_with_proof(url: str, index: int) -> dict[str, Any] | None:
                 proof = [b64e(h) for h in log.inclusion_proof(index, size)]
             except (LookupError, ValueError, SQLAlchemyError):
                 proof = []
-    key = log_key_info(url)
+    key = log_key_info(broker_dir)
     check = {
         "index": index,
         "leaf": b64e(entry.leaf),
@@ -283,11 +284,11 @@ def _data_items(fields: Any) -> list[tuple[str, str]]:
     return rows
 
 
-def tree_heads(url: str, *, limit: int = 100) -> list[dict[str, Any]]:
+def tree_heads(url: str, *, broker_dir: Path | None, limit: int = 100) -> list[dict[str, Any]]:
     """The newest ``limit`` signed tree heads, newest first, each checked against the log
     key on the server too (``sig_ok``)."""
     log = _log(url)
-    key = _log_key(url)
+    key = _log_key(broker_dir)
     with log._read() as conn:  # one snapshot; AuditLog offers no newest-first page
         rows = conn.execute(
             text("SELECT tree_size, raw FROM tree_head ORDER BY tree_size DESC LIMIT :n"),
@@ -314,11 +315,11 @@ def tree_heads(url: str, *, limit: int = 100) -> list[dict[str, Any]]:
     return out
 
 
-def check_consistency(url: str, old: int, new: int) -> dict[str, Any]:
+def check_consistency(url: str, old: int, new: int, *, broker_dir: Path | None) -> dict[str, Any]:
     """Whether the signed tree of size ``new`` extends the signed tree of size ``old``:
     both heads verified under the log key, then an RFC 9162 consistency proof."""
     log = _log(url)
-    key = _log_key(url)
+    key = _log_key(broker_dir)
     result: dict[str, Any] = {"old": old, "new": new, "ok": False, "n": 0}
     if key is None:
         result["message"] = "the log key is not available"
@@ -359,10 +360,10 @@ def check_consistency(url: str, old: int, new: int) -> dict[str, Any]:
     return result
 
 
-def verify_log(url: str) -> dict[str, Any]:
+def verify_log(url: str, *, broker_dir: Path | None) -> dict[str, Any]:
     """Run ``AuditLog.verify_all`` (the same check as ``istmo audit verify``)."""
     at = time.time_ns() // 1_000_000
-    key = _log_key(url)
+    key = _log_key(broker_dir)
     if key is None:
         return {
             "ok": False,

@@ -26,6 +26,7 @@ from broker.sequencer import open_sequencer
 from broker.stack import Stack
 from schemas.audit import AuditEvent
 from tests.api.conftest import BASE, TOKEN_URL, Broker, bearer
+from tests.storage_engines import Storage
 
 __all__ = ["BASE", "TOKEN_URL", "csrf_of", "link_for", "sequence", "sign_in", "token_for"]
 
@@ -103,8 +104,9 @@ def sequence(settings: Settings) -> None:
 
 
 @pytest.fixture(scope="module")
-def console_broker(tmp_path_factory: pytest.TempPathFactory) -> Broker:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("console") / "istmo")
+def console_broker(tmp_path_factory: pytest.TempPathFactory, storage_module: Storage) -> Broker:
+    """The broker on each storage engine (SQLite, then a PostgreSQL database of its own)."""
+    settings = storage_module.settings(tmp_path_factory.mktemp("console") / "istmo")
     stack = Stack(settings, out=lambda _line: None)
     stack.prepare()
     assert stack.registry is not None
