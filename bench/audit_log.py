@@ -1,31 +1,39 @@
-"""Figures for the audit log on this machine, run on demand (never by the tests).
+"""6. Audit: the sequencer's integration rate, proof times and ``verify_all`` at
+10k, 100k and 1M entries (quick mode: 10k and 100k).
 
     .venv/bin/python -m bench.audit_log [--sizes 10000,100000,1000000] [--batch 1000]
+
+``python -m bench`` runs this module in a child process (``run``), so the child's peak
+RSS is the sequencer's: it holds the outbox fill, the sequencer, the proofs and the
+verification, nothing else.
 
 Grows one log in a temporary SQLite file (WAL, synchronous=FULL, as the broker runs it) to
 each size in turn and measures:
   1. integration rate: outbox rows integrated per second by the sequencer (entries, nodes
      and a signed tree head per batch, one transaction each), over the growth to that size;
   2. inclusion and consistency proof time from the store against the latest signed head
-     (mean and p99 of 1,000 random proofs, each verified outside the timing);
+     (mean and p99 of 1,000 random proofs, 200 in quick mode, each verified outside the timing);
   3. ``verify_all`` time: the whole log recomputed and every head and entry checked;
   4. database size.
-Filling the outbox (Registry.record) is not timed. Prints a table and writes
-bench/results/audit_log.json.
+Filling the outbox (Registry.record) is not timed. Prints a table and writes the
+result as JSON to ``--out`` (default bench/results/audit_log.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.stats import pct
 from broker import merkle
 from broker.audit_log import AuditLog
 from broker.registry import Registry
@@ -33,6 +41,8 @@ from broker.sequencer import DEFAULT_ORIGIN, Sequencer, SequencerLimits
 from schemas.audit import AuditEvent
 from schemas.keys import SigningKey
 
+NAME = "audit"
+TITLE = "6. Audit log"
 TYPES = ("bulletin.accepted", "bulletin.routed", "bulletin.denied", "bulletin.received")
 
 
@@ -61,19 +71,14 @@ def fill(registry: Registry, start: int, end: int) -> None:
         )
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
-
-
-def proofs(log: AuditLog, size: int, rng: random.Random) -> dict[str, float]:
+def proofs(log: AuditLog, size: int, rng: random.Random, count: int = 1000) -> dict[str, float]:
     sth = log.head(size)
     assert sth is not None
     root = sth.head.root()
     heads = [s for s in range(1000, size, 1000)] or [size]
     inc: list[float] = []
     con: list[float] = []
-    for _ in range(1000):
+    for _ in range(count):
         i = rng.randrange(size)
         t = time.perf_counter()
         proof = log.inclusion_proof(i, size)
@@ -100,12 +105,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "audit_log.json"
+    )
+    ap.add_argument("--tmp", type=Path, default=None, help="where the temporary log goes")
+    ap.add_argument("--proofs", type=int, default=1000, help="random proofs per size")
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     rng = random.Random(9)
     key = SigningKey.generate()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         db = Path(tmp) / "istmo.db"
         url = f"sqlite:///{db}"
         registry = Registry(url)
@@ -125,7 +135,7 @@ def main() -> None:
                 "integrated": integrated,
                 "integrate_per_s": round(integrated / seconds),
             }
-            row.update(proofs(log, size, rng))
+            row.update(proofs(log, size, rng, args.proofs))
             report = log.verify_all(key.verify_key, DEFAULT_ORIGIN)
             assert report.ok, report.first
             row["verify_s"] = round(report.seconds, 2)
@@ -149,9 +159,35 @@ def main() -> None:
         "batch_entries": args.batch,
         "rows": rows,
     }
-    path = Path(__file__).parent / "results" / "audit_log.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def run(ctx: object) -> dict[str, object]:
+    """Run ``main`` in a child process and add the child's peak RSS (``wait4``)."""
+    quick = getattr(ctx, "quick", False)
+    tmp = Path(getattr(ctx, "tmp", tempfile.gettempdir()))
+    out = tmp / "audit_log.json"
+    sizes = "10000,100000" if quick else "10000,100000,1000000"
+    argv = [sys.executable, "-m", "bench.audit_log", "--sizes", sizes, "--out", str(out)]
+    argv += ["--tmp", str(tmp), "--proofs", "200" if quick else "1000"]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(argv, cwd=root)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.audit_log exited with {proc.returncode}")
+    result: dict[str, object] = json.loads(out.read_text())
+    result["sequencer_peak_rss_mib"] = round(usage.ru_maxrss / 1024, 1)
+    note = getattr(ctx, "note", None)
+    if note is not None:
+        note("sequencer (audit benchmark process)", result["sequencer_peak_rss_mib"])
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""What every measurement gets: quick or full, a temporary directory, the shared demo
+stack, and the peak memory of every component seen so far."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.harness import BenchStack
+
+__all__ = ["Context"]
+
+
+@dataclass
+class Context:
+    quick: bool
+    tmp: Path
+    peaks: dict[str, float] = field(default_factory=dict)  # component -> peak RSS, MiB
+    steady: dict[str, float] = field(default_factory=dict)  # component -> RSS when stopped
+    _demo: BenchStack | None = None
+
+    def pick(self, quick: int | float, full: int | float) -> int | float:
+        """A size for this mode."""
+        return quick if self.quick else full
+
+    def demo_stack(self) -> BenchStack:
+        """The stack with the demo directory (85 agencies), started on first use."""
+        if self._demo is None:
+            stack = BenchStack(self.tmp / "demo", "demo")
+            self._demo = stack
+            stack.start()
+        return self._demo
+
+    def note(self, component: str, mib: float | None) -> None:
+        if mib is not None:
+            self.peaks[component] = max(self.peaks.get(component, 0.0), mib)
+
+    def absorb(self, stack: BenchStack, suffix: str = "") -> None:
+        """Take the peaks a stack noted (call after it stopped its processes)."""
+        for k, v in stack.peaks.items():
+            self.note(k + suffix, v)
+        for k, v in stack.steady.items():
+            self.steady[k + suffix] = max(self.steady.get(k + suffix, 0.0), v)
+
+    def note_self(self) -> None:
+        """This process: the SDK clients plus the benchmark harness."""
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.note("sdk (benchmark process: SDK clients + harness)", round(rss, 1))
+
+    def close(self) -> None:
+        if self._demo is not None:
+            self._demo.stop()
+            self.absorb(self._demo)
+            self._demo = None

@@ -1,0 +1,400 @@
+"""The broker as a user runs it, in separate processes, for the benchmarks.
+
+``BenchStack`` starts ``istmo up --no-relay`` (nats-server with ``sync_interval: always``,
+SQLite, the HTTP API and the sequencer) on free loopback ports in a temporary data
+directory, then as many ``istmo relay`` processes, or the bare forwarder, as a measurement
+needs. Every process is stopped, and its peak RSS (``VmHWM``) noted, when the stack stops,
+and at interpreter exit whatever still runs is killed (``atexit``), so a failed benchmark
+leaves nothing behind. Also here: sealing and publishing a backlog through the SDK's own
+publish path, and timing how fast a consumer drains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from broker.natsserver import free_port
+from clients.sdk import IstmoClient
+from schemas.envelope import Content, Envelope
+from schemas.keys import EncryptionPublicKey
+from schemas.labels import Classification, Labels, Tlp
+from schemas.sealing import seal
+from schemas.subjects import INGEST_STREAM, RELAY_INGEST_DURABLE
+
+__all__ = [
+    "BODY",
+    "WIDE_LABELS",
+    "BenchStack",
+    "Proc",
+    "drain",
+    "peak_rss_mib",
+    "publish_backlog",
+    "seal_backlog",
+]
+
+ISTMO = str(Path(sys.executable).parent / "istmo")
+BODY = "x" * 2048  # 2 KiB bulletin bodies, as the issue asks
+# Labels that the demo policy lets gt-police send to most of the directory (the police,
+# military and foreign ministries of SICA and CARICOM follow border incidents, and the
+# observatory follows everything graded B2 or better).
+WIDE_LABELS = Labels(
+    topic="border-incident",
+    classification=Classification.RESTRICTED,
+    tlp=Tlp.GREEN,
+    rel_to=("SICA", "CARICOM"),
+    source_grade="B2",  # the observatory takes only B2 or better
+)
+_LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for p in list(_LIVE):
+        if p.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
+    _LIVE.clear()
+
+
+def peak_rss_mib(pid: int, field: str = "VmHWM") -> float | None:
+    """The peak resident set size (``VmHWM``; or ``VmRSS``, now) of a live process, MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+@dataclass
+class Proc:
+    """One child process (its own process group) with its output in a log file."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen[bytes] | None = None
+    peak_mib: float | None = None
+    last_rss_mib: float | None = None  # VmRSS just before it was stopped
+
+    def start(self) -> Proc:
+        with self.log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                start_new_session=True,
+            )
+        _LIVE.add(self.popen)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_for(self, marker: str, timeout: float) -> None:
+        """Wait until ``marker`` appears in the output; raise if the process dies first."""
+        assert self.popen is not None
+        deadline = time.monotonic() + timeout
+        while marker not in self.output():
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.output()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.name} not ready in {timeout} s: {self.output()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Note the peak RSS, then Ctrl-C (SIGINT) and wait; kill if it hangs."""
+        p = self.popen
+        if p is None:
+            return
+        if p.poll() is None:
+            self.peak_mib = peak_rss_mib(p.pid)
+            self.last_rss_mib = peak_rss_mib(p.pid, "VmRSS")
+            with contextlib.suppress(OSError):
+                p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+        _LIVE.discard(p)
+
+
+class BenchStack:
+    """``istmo up --no-relay`` in ``root``, plus relay or forwarder processes on demand."""
+
+    def __init__(self, root: Path, name: str, *, policy_dir: Path | None = None) -> None:
+        self.root = root
+        self.name = name
+        self.data_dir = root / "istmo"
+        self.policy_dir = policy_dir
+        self.ports = {"nats": free_port(), "http": free_port(), "api": free_port()}
+        self.up: Proc | None = None
+        self.workers: list[Proc] = []
+        self.peaks: dict[str, float] = {}  # component -> highest VmHWM seen, MiB
+        self.steady: dict[str, float] = {}  # component -> highest VmRSS when stopped, MiB
+        self.startup_s = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, timeout: float = 300) -> BenchStack:
+        self.root.mkdir(parents=True, exist_ok=True)
+        argv = [
+            ISTMO,
+            "up",
+            "--no-relay",
+            "--data-dir",
+            str(self.data_dir),
+            "--nats-port",
+            str(self.ports["nats"]),
+            "--nats-http-port",
+            str(self.ports["http"]),
+            "--api-port",
+            str(self.ports["api"]),
+        ]
+        if self.policy_dir is not None:
+            argv += ["--policy-dir", str(self.policy_dir)]
+        t = time.perf_counter()
+        self.up = Proc(f"{self.name}: istmo up", argv, self.root / "up.log").start()
+        self.up.wait_for("ready; Ctrl-C stops", timeout)
+        self.startup_s = time.perf_counter() - t
+        return self
+
+    def stop(self) -> None:
+        self.stop_workers()
+        if self.up is not None:
+            self.up.stop()
+            self._note("api+sequencer (istmo up)", self.up.peak_mib, self.up.last_rss_mib)
+            self.up = None
+
+    def __enter__(self) -> BenchStack:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _note(self, component: str, mib: float | None, rss: float | None = None) -> None:
+        if mib is not None:
+            self.peaks[component] = max(self.peaks.get(component, 0.0), mib)
+        if rss is not None:
+            self.steady[component] = max(self.steady.get(component, 0.0), rss)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def nats_url(self) -> str:
+        info = json.loads((self.data_dir / "stack.json").read_text())
+        return str(info["nats_url"])
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api']}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "istmo.db"
+
+    def keystore(self, agency: str) -> Path:
+        return self.data_dir / "keys" / f"{agency}.json"
+
+    def relay_seed(self) -> str:
+        return (self.data_dir / "broker" / "relay.seed").read_text().strip()
+
+    def nats_server_pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "nats.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def count(self, table: str) -> int:
+        """Rows in one registry table (read-only; the table name is ours, not input)."""
+        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
+        try:
+            return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
+        finally:
+            con.close()
+
+    # ------------------------------------------------------------------ workers
+    def start_relays(self, n: int, timeout: float = 120) -> list[Proc]:
+        """``n`` more ``istmo relay`` processes on the shared ingest consumer."""
+        started = []
+        for _ in range(n):
+            argv = [ISTMO, "relay", "--data-dir", str(self.data_dir), "--nats-url", self.nats_url]
+            if self.policy_dir is not None:
+                argv += ["--policy-dir", str(self.policy_dir)]
+            i = len(self.workers)
+            proc = Proc(f"{self.name}: relay {i}", argv, self.root / f"relay-{i}.log").start()
+            self.workers.append(proc)
+            started.append(proc)
+        for proc in started:
+            proc.wait_for("relay connected", timeout)
+        return started
+
+    def start_forwarder(self, recipients: Sequence[str], timeout: float = 60) -> Proc:
+        """The bare nats-py forwarder (bench/bare_forwarder.py) on the same consumer."""
+        seed = self.root / "relay.seed.copy"
+        if not seed.exists():
+            shutil.copyfile(self.data_dir / "broker" / "relay.seed", seed)
+            seed.chmod(0o600)
+        i = len(self.workers)
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.bare_forwarder",
+            "--nats-url",
+            self.nats_url,
+            "--seed-file",
+            str(seed),
+            "--recipients",
+            ",".join(recipients),
+        ]
+        proc = Proc(f"{self.name}: bare forwarder", argv, self.root / f"fwd-{i}.log").start()
+        self.workers.append(proc)
+        proc.wait_for("ready", timeout)
+        return proc
+
+    def stop_workers(self) -> None:
+        for proc in self.workers:
+            proc.stop()
+            self._note(_kind(proc.name), proc.peak_mib, proc.last_rss_mib)
+        self.workers = []
+
+    def sample_peaks(self) -> None:
+        """Note the peak RSS of every live process now (VmHWM only grows)."""
+        if self.up is not None and self.up.popen is not None:
+            self._note("api+sequencer (istmo up)", peak_rss_mib(self.up.pid))
+        pid = self.nats_server_pid()
+        if pid is not None:
+            self._note("nats-server", peak_rss_mib(pid))
+        for proc in self.workers:
+            if proc.popen is not None and proc.popen.poll() is None:
+                self._note(_kind(proc.name), peak_rss_mib(proc.pid))
+
+    # ------------------------------------------------------------------ NATS
+    async def operator(self) -> NATS:
+        """A NATS connection with the relay's credentials (account ISTMO), for the
+        benchmark's own bookkeeping: consumer state, purges, the bare-JetStream stream."""
+        return await nats.connect(
+            self.nats_url, nkeys_seed_str=self.relay_seed(), name="istmo-bench", connect_timeout=5
+        )
+
+    async def client(self, agency: str) -> IstmoClient:
+        return await IstmoClient.connect(
+            self.keystore(agency),
+            self.nats_url,
+            dedupe_path=self.root / f"{agency}.received.sqlite",
+        )
+
+
+def _kind(name: str) -> str:
+    if "profiled" in name:
+        return "relay under pyinstrument"
+    return "relay (istmo relay)" if "relay" in name else "bare forwarder"
+
+
+def seal_backlog(
+    client: IstmoClient,
+    recipients: dict[str, EncryptionPublicKey],
+    n: int,
+    *,
+    labels: Labels = WIDE_LABELS,
+    body: str = BODY,
+    tag: str = "b",
+) -> list[Envelope]:
+    """``n`` distinct sealed bulletins from ``client``'s agency to ``recipients``."""
+    now = int(time.time())
+    return [
+        seal(
+            content=Content(title=f"{tag}{i}", text=body),
+            labels=labels,
+            originator=client.agency,
+            signing_key=client.keystore.signing_key(),
+            recipients=recipients,  # type: ignore[arg-type]
+            now=now,
+        )
+        for i in range(n)
+    ]
+
+
+async def publish_backlog(client: IstmoClient, envs: list[Envelope], window: int = 100) -> float:
+    """Publish through the SDK's own ingest path, ``window`` at a time; returns seconds."""
+    t = time.perf_counter()
+    for start in range(0, len(envs), window):
+        await asyncio.gather(*(client._publish_envelope(e) for e in envs[start : start + window]))
+    return time.perf_counter() - t
+
+
+async def drain(
+    js: JetStreamContext,
+    expected: int,
+    *,
+    timeout: float,
+    stack: BenchStack | None = None,
+    poll_s: float = 0.05,
+) -> dict[str, object]:
+    """Time how fast the relay's shared ingest consumer drains ``expected`` messages.
+
+    The clock starts at the first poll that sees a message taken (so process start-up is
+    not counted) and stops when nothing is pending or unacked, or at ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    t0: float | None = None
+    done0 = 0
+    done = 0
+    while time.monotonic() < deadline:
+        info = await js.consumer_info(INGEST_STREAM, RELAY_INGEST_DURABLE)
+        now = time.perf_counter()
+        left = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        done = expected - left
+        if t0 is None and int(info.num_pending or 0) < expected:
+            t0, done0 = now, done  # a worker has taken its first batch
+        if t0 is not None and left == 0:
+            break
+        if stack is not None:
+            stack.sample_peaks()
+        await asyncio.sleep(poll_s)
+    end = time.perf_counter()
+    if t0 is None:
+        return {"processed": 0, "seconds": 0.0, "per_s": 0.0, "drained": False}
+    seconds = max(end - t0, 1e-9)
+    return {
+        "processed": done,
+        "seconds": round(seconds, 3),
+        "per_s": round((done - done0) / seconds, 1),
+        "drained": done >= expected,
+    }
+
+
+async def purge_ingest(js: JetStreamContext) -> None:
+    """Drop whatever a time-capped run left in the ingest work queue."""
+    await js.purge_stream(INGEST_STREAM)

@@ -1,0 +1,191 @@
+"""3. Latency: ``publish()`` returned in the SDK -> the recipient's application has the
+decrypted, verified bulletin, at fixed offered loads; and bare JetStream publish -> pull
+delivery in the same run, on the same nats-server.
+
+Open-loop pacing: send ``i`` is started at ``t0 + i / rate`` whether or not earlier ones
+have finished (at most ``MAX_IN_FLIGHT`` at once), for a bounded duration; the achieved
+rate is reported next to the offered one. Istmo: gt-police publishes 2 KiB bulletins
+(drug-trafficking, RESTRICTED, TLP AMBER, releasable to BZ: 3 recipients) with one
+``istmo relay`` process running, and bz-police's SDK receives them (``receive``, batch
+16) in the same process. Bare: a file stream ``BENCH_BARE`` with one durable pull
+consumer; the reader fetches as the SDK does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+
+from bench.context import Context
+from bench.harness import BODY, BenchStack
+from bench.stats import latency_summary
+from clients.sdk import ReceivedBulletin
+from schemas.labels import Classification, Labels, Tlp
+from schemas.subjects import INGEST_STREAM, RELAY_INGEST_DURABLE
+
+NAME = "latency"
+TITLE = "3. Publish -> application latency"
+LABELS = Labels(
+    topic="drug-trafficking",
+    classification=Classification.RESTRICTED,
+    tlp=Tlp.AMBER,
+    rel_to=("BZ",),
+)
+LOADS = (50, 200, 1000)
+MAX_IN_FLIGHT = 256
+
+
+async def paced(rate: float, seconds: float, send: Callable[[int], Awaitable[None]]) -> dict:  # type: ignore[type-arg]
+    """Start ``send(i)`` at ``t0 + i / rate`` for ``seconds``; returns sent count and rate."""
+    total = int(rate * seconds)
+    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+    done = 0
+    failed = 0
+
+    async def one(i: int) -> None:
+        nonlocal done, failed
+        try:
+            await send(i)
+            done += 1
+        except Exception:
+            failed += 1
+        finally:
+            gate.release()
+
+    t0 = time.perf_counter()
+    hard_stop = t0 + seconds * 3 + 5  # bounded even when the sender cannot keep up
+    async with asyncio.TaskGroup() as tg:
+        for i in range(total):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if time.perf_counter() > hard_stop:
+                break
+            await gate.acquire()
+            tg.create_task(one(i))
+    elapsed = time.perf_counter() - t0
+    return {
+        "offered_per_s": rate,
+        "offered": total,
+        "sent": done,
+        "failed": failed,
+        "achieved_per_s": round(done / elapsed, 1),
+    }
+
+
+async def wait_relay_idle(js, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = await js.consumer_info(INGEST_STREAM, RELAY_INGEST_DURABLE)
+        if not info.num_pending and not info.num_ack_pending:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def istmo_level(
+    stack: BenchStack, rate: float, seconds: float, tag: str, wait_s: float = 45
+) -> dict:  # type: ignore[type-arg]
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+
+    async def app(b: ReceivedBulletin) -> None:
+        got[b.id] = time.perf_counter()
+
+    async with await stack.client("gt-police") as gt, await stack.client("bz-police") as bz:
+
+        async def send(i: int) -> None:
+            r = await gt.publish(title=f"{tag}{i}", text=BODY, labels=LABELS, wait=False)
+            sent[r.bulletin_id] = time.perf_counter()
+
+        receiver = asyncio.create_task(bz.receive(app, timeout=seconds * 3 + 60, batch=16))
+        try:
+            pacing = await paced(rate, seconds, send)
+            deadline = time.monotonic() + wait_s  # bounded: an overloaded relay drops out
+            while time.monotonic() < deadline and not set(sent) <= set(got):
+                await asyncio.sleep(0.05)
+        finally:
+            receiver.cancel()
+            try:
+                await receiver
+            except (asyncio.CancelledError, Exception):  # noqa: S110 -- stopping it
+                pass
+    lat = [got[b] - t for b, t in sent.items() if b in got]
+    return {**pacing, **latency_summary(lat), "received": len(lat)}
+
+
+async def bare_level(js, rate: float, seconds: float, tag: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    sent: dict[int, float] = {}
+    got: dict[int, float] = {}
+    body = BODY.encode()
+    sub = await js.pull_subscribe_bind("bench-bare", stream="BENCH_BARE")
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(16, timeout=0.5)
+            except TimeoutError:
+                continue
+            now = time.perf_counter()
+            for m in msgs:
+                got[m.metadata.sequence.stream] = now
+                await m.ack()
+
+    async def send(i: int) -> None:
+        ack = await js.publish(f"bench.bare.{tag}", body)
+        sent[ack.seq] = time.perf_counter()
+
+    task = asyncio.create_task(reader())
+    try:
+        pacing = await paced(rate, seconds, send)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not set(sent) <= set(got):
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await task
+        await sub.unsubscribe()
+    lat = [got[s] - t for s, t in sent.items() if s in got]
+    return {**pacing, **latency_summary(lat), "received": len(lat)}
+
+
+async def run(ctx: Context) -> dict[str, object]:
+    stack = ctx.demo_stack()
+    seconds = float(ctx.pick(1, 8))
+    op = await stack.operator()
+    js = op.jetstream(timeout=10)
+    await js.add_stream(
+        StreamConfig(name="BENCH_BARE", subjects=["bench.bare.>"], storage=StorageType.FILE)
+    )
+    await js.add_consumer(
+        "BENCH_BARE", ConsumerConfig(durable_name="bench-bare", ack_policy=AckPolicy.EXPLICIT)
+    )
+    istmo_rows, bare_rows = [], []
+    try:
+        for rate in LOADS:
+            b = await bare_level(js, rate, seconds, f"l{rate}")
+            bare_rows.append(b)
+            print(f"  bare JetStream at {rate}/s: {b}", flush=True)
+        stack.start_relays(1)
+        for rate in LOADS:
+            await wait_relay_idle(js, float(ctx.pick(20, 60)))
+            r = await istmo_level(stack, rate, seconds, f"l{rate}-", float(ctx.pick(15, 60)))
+            istmo_rows.append(r)
+            print(f"  istmo at {rate}/s: {r}", flush=True)
+            stack.sample_peaks()
+        await wait_relay_idle(js, 60)
+    finally:
+        stack.stop_workers()
+        await js.delete_stream("BENCH_BARE")
+        await op.close()
+    ctx.note_self()
+    return {
+        "seconds_per_load": seconds,
+        "relay_processes": 1,
+        "recipients": 3,
+        "istmo": istmo_rows,
+        "bare_jetstream": bare_rows,
+    }

@@ -1,0 +1,285 @@
+"""10. A peer, side by side: the OASIS TAXII 2.1 reference server ``medallion``.
+
+medallion is installed from PyPI into its own throwaway virtual environment
+(``/tmp/istmo-bench-medallion``, made with ``python -m venv`` + ``pip install medallion``
+on first use and reused afterwards; nothing of it enters the project or its venv), and
+started on 127.0.0.1 on a free port with its memory backend and a generated config: one
+user, one API root, one read/write collection.
+
+Both systems then get the same job, one object per request, with a reader polling or
+pulling at the same time:
+  * medallion: POST 2,000 STIX 2.1 indicators of ~2 KiB (one per request, HTTP basic
+    auth, keep-alive), while a poller GETs the collection's objects with ``added_after``
+    (the last ``X-TAXII-Date-Added-Last`` it saw) in a loop;
+  * Istmo: ``publish()`` 2,000 bulletins with a 2 KiB body to 1 recipient (TLP RED,
+    named bz-police), one after the other, while bz-police's SDK receives.
+Objects per second = objects / time to add all of them; time-to-visibility = from the
+add request returning to the reader first seeing the object (p50/p90/p99/max).
+Quick mode: 100 objects each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from bench.context import Context
+from bench.harness import BODY, Proc, peak_rss_mib
+from bench.stats import latency_summary
+from broker.natsserver import free_port
+from clients.sdk import ReceivedBulletin
+from schemas.labels import Classification, Labels, Tlp
+
+NAME = "peer"
+TITLE = "10. A peer: TAXII 2.1 medallion vs Istmo"
+VENV = Path("/tmp/istmo-bench-medallion")  # noqa: S108 -- the throwaway venv, by design
+TAXII = "application/taxii+json;version=2.1"
+STIX = "application/stix+json;version=2.1"
+ONE_RECIPIENT = Labels(
+    topic="drug-trafficking",
+    classification=Classification.RESTRICTED,
+    tlp=Tlp.RED,
+    rel_to=("BZ",),
+    named=("bz-police",),
+)
+
+
+def ensure_medallion() -> dict[str, object]:
+    """The throwaway venv with medallion; made once (pip from PyPI), then reused."""
+    python = VENV / "bin" / "python"
+    t = time.perf_counter()
+    made = False
+    if not (VENV / "bin" / "medallion").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=120)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "medallion"],
+            check=True,
+            timeout=600,
+            stdout=subprocess.DEVNULL,
+        )
+        made = True
+    version = subprocess.run(
+        [str(python), "-c", "import medallion; print(medallion.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    return {
+        "medallion": version,
+        "installed_now": made,
+        "install_s": round(time.perf_counter() - t, 1),
+    }
+
+
+def write_config(root: Path, port: int, password: str) -> tuple[Path, str]:
+    collection = str(uuid.UUID(int=0x15_7A0, version=4))
+    base = f"http://127.0.0.1:{port}"
+    data = {
+        "/discovery": {
+            "title": "Istmo benchmark TAXII server",
+            "description": "medallion, memory backend, for a side-by-side benchmark",
+            "contact": "nobody@example.invalid",
+            "default": f"{base}/bench/",
+            "api_roots": [f"{base}/bench/"],
+        },
+        "bench": {
+            "information": {
+                "title": "bench",
+                "description": "one API root",
+                "versions": [TAXII],
+                "max_content_length": 10_485_760,
+            },
+            "status": [],
+            "collections": [
+                {
+                    "id": collection,
+                    "title": "indicators",
+                    "description": "read and write",
+                    "can_read": True,
+                    "can_write": True,
+                    "media_types": [STIX],
+                    "objects": [],
+                    "manifest": [],
+                }
+            ],
+        },
+    }
+    (root / "data.json").write_text(json.dumps(data))
+    config = {
+        "backend": {
+            "module": "medallion.backends.memory_backend",
+            "module_class": "MemoryBackend",
+            "filename": str(root / "data.json"),
+        },
+        "users": {"bench": password},
+        "taxii": {"max_page_size": 1000},
+    }
+    path = root / "medallion.json"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path, collection
+
+
+def indicator(i: int) -> dict[str, object]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    obj: dict[str, object] = {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": f"indicator--{uuid.uuid4()}",
+        "created": now,
+        "modified": now,
+        "name": f"go-fast boat {i}",
+        "pattern": "[ipv4-addr:value = '198.51.100.7']",
+        "pattern_type": "stix",
+        "valid_from": now,
+        "description": "",
+    }
+    pad = 2048 - len(json.dumps(obj))
+    obj["description"] = "x" * max(0, pad)  # ~2 KiB, like the bulletin bodies
+    return obj
+
+
+async def medallion_side(ctx: Context, objects: int) -> dict[str, object]:
+    root = ctx.tmp / "medallion"
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    password = uuid.uuid4().hex
+    config, collection = write_config(root, port, password)
+    proc = Proc(
+        "medallion",
+        [str(VENV / "bin" / "medallion"), "--host", "127.0.0.1", "--port", str(port), str(config)],
+        root / "medallion.log",
+    ).start()
+    url = f"http://127.0.0.1:{port}/bench/collections/{collection}/objects/"
+    headers = {"Accept": TAXII, "Content-Type": TAXII}
+    auth = httpx.BasicAuth("bench", password)
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    try:
+        async with httpx.AsyncClient(auth=auth, headers=headers, timeout=30) as http:
+            for _ in range(200):  # wait until it answers
+                try:
+                    if (await http.get(url)).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            stop = asyncio.Event()
+
+            async def poller() -> int:
+                polls = 0
+                after: str | None = None
+                async with httpx.AsyncClient(auth=auth, headers=headers, timeout=30) as p:
+                    while not stop.is_set():
+                        params = {"added_after": after} if after else {}
+                        r = await p.get(url, params=params)
+                        polls += 1
+                        now = time.perf_counter()
+                        if r.status_code == 200:
+                            for o in r.json().get("objects", []):
+                                seen.setdefault(o["id"], now)
+                            after = r.headers.get("X-TAXII-Date-Added-Last") or after
+                        await asyncio.sleep(0.01)
+                return polls
+
+            reader = asyncio.create_task(poller())
+            t0 = time.perf_counter()
+            failed = 0
+            for i in range(objects):
+                obj = indicator(i)
+                r = await http.post(url, content=json.dumps({"objects": [obj]}))
+                if r.status_code != 202:
+                    failed += 1
+                    continue
+                sent[str(obj["id"])] = time.perf_counter()
+            add_s = time.perf_counter() - t0
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not set(sent) <= set(seen):
+                await asyncio.sleep(0.02)
+            stop.set()
+            polls = await reader
+        rss = peak_rss_mib(proc.pid)
+    finally:
+        proc.stop(timeout=3)  # its session-checker thread outlives Ctrl-C: killed after 3 s
+    vis = [max(0.0, seen[k] - t) for k, t in sent.items() if k in seen]
+    return {
+        "objects": objects,
+        "added": len(sent),
+        "failed": failed,
+        "add_seconds": round(add_s, 2),
+        "objects_per_s": round(len(sent) / add_s, 1),
+        "visible": len(vis),
+        "polls": polls,
+        "time_to_visibility": latency_summary(vis),
+        "server_peak_rss_mib": rss,
+    }
+
+
+async def istmo_side(ctx: Context, objects: int) -> dict[str, object]:
+    stack = ctx.demo_stack()
+    stack.start_relays(1)
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+
+    async def app(b: ReceivedBulletin) -> None:
+        got.setdefault(b.id, time.perf_counter())
+
+    try:
+        async with await stack.client("gt-police") as gt, await stack.client("bz-police") as bz:
+            for _ in range(50):  # the relay answers resolve once it has subscribed
+                with contextlib.suppress(Exception):
+                    recipients = await gt.resolve(ONE_RECIPIENT)
+                    break
+                await asyncio.sleep(0.2)
+            receiver = asyncio.create_task(bz.receive(app, timeout=objects / 5 + 60, batch=16))
+            t0 = time.perf_counter()
+            failed = 0
+            for i in range(objects):
+                try:
+                    r = await gt.publish(title=f"p{i}", text=BODY, labels=ONE_RECIPIENT, wait=False)
+                except Exception:
+                    failed += 1
+                    continue
+                sent[r.bulletin_id] = time.perf_counter()
+            add_s = time.perf_counter() - t0
+            deadline = time.monotonic() + float(ctx.pick(20, 60))
+            while time.monotonic() < deadline and not set(sent) <= set(got):
+                await asyncio.sleep(0.02)
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receiver
+        stack.sample_peaks()
+    finally:
+        stack.stop_workers()
+    vis = [max(0.0, got[k] - t) for k, t in sent.items() if k in got]
+    return {
+        "objects": objects,
+        "recipients_resolved": sorted(recipients),
+        "added": len(sent),
+        "failed": failed,
+        "add_seconds": round(add_s, 2),
+        "objects_per_s": round(len(sent) / add_s, 1),
+        "visible": len(vis),
+        "time_to_visibility": latency_summary(vis),
+    }
+
+
+async def run(ctx: Context) -> dict[str, object]:
+    objects = int(ctx.pick(100, 2000))
+    setup = await asyncio.to_thread(ensure_medallion)
+    med = await medallion_side(ctx, objects)
+    print(f"  medallion: {med}", flush=True)
+    ist = await istmo_side(ctx, objects)
+    print(f"  istmo: {ist}", flush=True)
+    ctx.note("medallion server", med.get("server_peak_rss_mib"))  # type: ignore[arg-type]
+    ctx.note_self()
+    return {"setup": setup, "medallion": med, "istmo": ist}

@@ -1,0 +1,90 @@
+"""5. Policy: one decision, a 60-candidate fan-out, and recipient resolution, with the
+directory kept parsed (the relay's ``DirectoryService``, built once, in process).
+
+``decision_figures`` is also item 9's resolution time for a 100- or 3,500-agency
+directory: it opens a data directory prepared from any ``policies/``-shaped folder.
+"""
+
+from __future__ import annotations
+
+import time
+import timeit
+from pathlib import Path
+
+from bench.context import Context
+from bench.harness import WIDE_LABELS
+from broker.agency_api import AgencyQueries, ResolveRequest
+from broker.config import Settings
+from broker.directory import DirectoryService
+from broker.policy import BulletinFacts
+from broker.stack import Stack
+
+NAME = "policy"
+TITLE = "5. Policy decisions"
+
+
+def open_directory(policy_dir: Path | None, data_dir: Path) -> tuple[Stack, DirectoryService]:
+    """A prepared data directory (registry, keys, demo directory) and its parsed view."""
+    kw = {"policy_dir": policy_dir} if policy_dir is not None else {}
+    stack = Stack(Settings(data_dir=data_dir, **kw), out=lambda _l: None)  # type: ignore[arg-type]
+    t = time.perf_counter()
+    stack.prepare()
+    stack.prepare_s = time.perf_counter() - t  # type: ignore[attr-defined]
+    assert stack.directory is not None
+    return stack, stack.directory
+
+
+def _best_ms(fn: object, reps: int) -> float:
+    return min(timeit.repeat(fn, number=reps, repeat=3)) / reps * 1e3  # type: ignore[arg-type]
+
+
+def decision_figures(d: DirectoryService, *, originator: str, reps: int) -> dict[str, object]:
+    """Publish decision, receive decisions for 60 candidates, and a full resolution."""
+    now = int(time.time())
+    origin = d.records[originator]
+    facts = BulletinFacts(
+        bulletin_id="00000000-0000-4000-8000-000000000001",
+        originator=originator,  # type: ignore[arg-type]
+        origin_state=origin.state,
+        labels=WIDE_LABELS,
+        not_before=None,
+        expires_at=None,
+    )
+    candidates = d.candidates(WIDE_LABELS.topic, WIDE_LABELS.named)
+    sixty = [c for c in candidates if c != originator][:60]
+    one = [sixty[0]]
+    q = AgencyQueries(d.registry, d)
+    req = ResolveRequest(labels=WIDE_LABELS)
+    resolved = q.resolve(originator, req, now)
+    return {
+        "agencies": len(d.records),
+        "candidates_for_topic": len(candidates),
+        "permitted": len(resolved["recipients"]),
+        "publish_decision_ms": round(
+            _best_ms(lambda: d.engine.decide_publish(facts, now), reps), 3
+        ),
+        "one_receive_decision_ms": round(
+            _best_ms(lambda: d.engine.decide_receive(facts, one, now), reps), 3
+        ),
+        "fanout_60_ms": round(
+            _best_ms(lambda: d.engine.decide_receive(facts, sixty, now), max(3, reps // 20)), 3
+        ),
+        "fanout_all_candidates_ms": round(
+            _best_ms(lambda: d.engine.decide_receive(facts, candidates, now), 3), 3
+        ),
+        # What the relay answers an SDK's resolve: label checks, publish decision, a
+        # decision per candidate, and the signed directory excerpt of those permitted.
+        "resolve_ms": round(_best_ms(lambda: q.resolve(originator, req, now), 3), 3),
+        "refresh_ms": round(_best_ms(d.refresh, 1), 1),
+    }
+
+
+def run(ctx: Context) -> dict[str, object]:
+    stack, d = open_directory(None, ctx.tmp / "policy-demo")
+    try:
+        out = decision_figures(d, originator="gt-police", reps=int(ctx.pick(200, 1000)))
+    finally:
+        assert stack.registry is not None
+        stack.registry.close()
+    print(f"  {out}", flush=True)
+    return out

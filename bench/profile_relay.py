@@ -1,0 +1,41 @@
+"""Where the relay's time goes: one ``istmo relay`` process under pyinstrument.
+
+The relay drains a backlog of 2 KiB bulletins for 5 recipients (as item 2) while
+pyinstrument samples it; at Ctrl-C the relay stops cleanly and pyinstrument writes its
+call tree to ``bench/results/relay-profile[-quick].txt``. BENCHMARKS.md's closing notes
+read from it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bench.context import Context
+from bench.harness import ISTMO, Proc
+from bench.relay_rate import backlog_rate
+from bench.relay_throughput import five_recipients
+
+NAME = "profile"
+TITLE = "Profile of the relay (pyinstrument)"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+async def run(ctx: Context) -> dict[str, object]:
+    stack = ctx.demo_stack()
+    out = RESULTS / ("relay-profile-quick.txt" if ctx.quick else "relay-profile.txt")
+
+    def start() -> None:
+        argv = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(out)]
+        argv += [ISTMO, "relay", "--data-dir", str(stack.data_dir), "--nats-url", stack.nats_url]
+        proc = Proc(f"{stack.name}: relay (profiled)", argv, stack.root / "relay-prof.log")
+        stack.workers.append(proc.start())
+        proc.wait_for("relay connected", 120)
+
+    async with await stack.client("gt-police") as gt:
+        chosen = await five_recipients(stack, gt)
+        r = await backlog_rate(
+            stack, gt, chosen, int(ctx.pick(100, 600)), start, timeout=ctx.pick(6, 40)
+        )
+    print(f"  profiled relay: {r['per_s']}/s; profile in {out}", flush=True)
+    return {"profile": str(out.relative_to(RESULTS.parent.parent)), "relay": r}

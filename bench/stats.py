@@ -1,0 +1,25 @@
+"""Small statistics for the benchmarks: percentiles and a latency summary."""
+
+from __future__ import annotations
+
+__all__ = ["latency_summary", "pct"]
+
+
+def pct(xs: list[float], p: float) -> float:
+    """The ``p``-th percentile of ``xs`` (nearest rank; ``xs`` must not be empty)."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float | int]:
+    """p50/p90/p99/max in milliseconds, and the sample count."""
+    if not seconds:
+        return {"samples": 0}
+    ms = [x * 1e3 for x in seconds]
+    return {
+        "samples": len(ms),
+        "p50_ms": round(pct(ms, 50), 2),
+        "p90_ms": round(pct(ms, 90), 2),
+        "p99_ms": round(pct(ms, 99), 2),
+        "max_ms": round(max(ms), 2),
+    }

@@ -1,0 +1,139 @@
+"""The benchmark's pure pieces on tiny inputs: the synthetic directory generator, the
+target verdicts and the report renderer (its hand-written sections survive). No timing
+is asserted; the benchmarks themselves run on demand (``python -m bench``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.report import evaluate_targets, hand_sections, render, write_report
+from bench.stats import latency_summary, pct
+from bench.synthetic_directory import synthetic_directory, write_policy_dir
+from broker.directory import load_demo_directory
+from broker.policy import PolicyBundle
+
+
+@pytest.mark.parametrize("agencies", [6, 100, 101, 3500])
+def test_synthetic_directory_has_exactly_the_agencies_asked(tmp_path: Path, agencies: int) -> None:
+    policy_dir = write_policy_dir(tmp_path / "policies", agencies)
+    demo = load_demo_directory(policy_dir)  # the broker's own loader
+    assert len(demo.agencies) == agencies
+    assert len({a.id for a in demo.agencies}) == agencies
+    real = json.loads((Path("policies") / "directory.json").read_text())
+    spec = json.loads((policy_dir / "directory.json").read_text())
+    assert spec["sectors"] == real["sectors"]
+    assert spec["regional"] == real["regional"]
+    assert spec["communities"] == real["communities"]
+    PolicyBundle.load(policy_dir)  # the copied policies still load
+
+
+def test_synthetic_directory_is_deterministic_and_seeded() -> None:
+    assert synthetic_directory(300) == synthetic_directory(300)
+    assert synthetic_directory(300, seed=1) != synthetic_directory(300, seed=2)
+
+
+def test_synthetic_directory_refuses_too_few() -> None:
+    with pytest.raises(ValueError, match="too few"):
+        synthetic_directory(2)
+
+
+def test_latency_summary() -> None:
+    xs = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    s = latency_summary(xs)
+    assert s["samples"] == 100
+    assert s["p50_ms"] == pytest.approx(50.0, abs=1.0)
+    assert s["max_ms"] == pytest.approx(100.0)
+    assert latency_summary([]) == {"samples": 0}
+    assert pct([3.0, 1.0, 2.0], 100) == 3.0
+
+
+def _doc(relay: float, ratio: float, p99: float) -> dict:
+    return {
+        "environment": {"mode": "quick", "when": "2026-11-28T00:00:00Z"},
+        "seconds": 1.0,
+        "results": {
+            "relay_throughput": {
+                "recipients": 5,
+                "rows": [
+                    {
+                        "processes": 1,
+                        "per_s": relay,
+                        "backlog": 10,
+                        "processed": 10,
+                        "seconds": 1.0,
+                        "drained": True,
+                    }
+                ],
+            },
+            "security_cost": {
+                "rows": [
+                    {
+                        "recipients": 5,
+                        "bare_per_s": relay / ratio,
+                        "relay_per_s": relay,
+                        "ratio": ratio,
+                        "bare": {"backlog": 10},
+                        "relay": {"backlog": 10},
+                    }
+                ],
+            },
+            "latency": {
+                "seconds_per_load": 1,
+                "relay_processes": 1,
+                "recipients": 3,
+                "istmo": [
+                    {
+                        "offered_per_s": 200,
+                        "achieved_per_s": 200,
+                        "sent": 200,
+                        "received": 200,
+                        "p50_ms": 5,
+                        "p90_ms": 9,
+                        "p99_ms": p99,
+                        "max_ms": 40,
+                    }
+                ],
+                "bare_jetstream": [],
+            },
+            "audit": {"error": "RuntimeError: boom"},
+        },
+    }
+
+
+def test_targets_met_and_missed() -> None:
+    verdicts = {t["key"]: t["status"] for t in evaluate_targets(_doc(1200, 0.6, 20))}
+    assert verdicts["relay_rate"] == "met"
+    assert verdicts["relay_ratio"] == "met"
+    assert verdicts["latency_p99"] == "met"
+    missed = {t["key"]: t["status"] for t in evaluate_targets(_doc(112, 0.2, 30))}
+    assert missed["relay_rate"] == "missed"
+    assert missed["relay_ratio"] == "missed"
+    assert missed["latency_p99"] == "missed"
+    assert missed["growth"] == "not measured"
+    assert missed["sequencer_rate"] == "not measured"  # its measurement failed
+
+
+def test_report_keeps_hand_written_sections(tmp_path: Path) -> None:
+    md = tmp_path / "BENCHMARKS.md"
+    first = write_report(_doc(112, 0.2, 30), results_path=tmp_path / "r.json", md=md)
+    text = first.read_text()
+    assert "QUICK RUN" in text
+    assert "failed: `RuntimeError: boom`" in text
+    kept = hand_sections(text)
+    assert set(kept) == {"intro", "notes"}
+    edited = text.replace(kept["intro"], "Our own words about the run.")
+    md.write_text(edited)
+    write_report(_doc(1500, 0.9, 10), results_path=tmp_path / "r.json", md=md)
+    again = md.read_text()
+    assert "Our own words about the run." in again
+    assert "| 1,500 |" in again  # regenerated from the new figures
+    assert "| 112 |" not in again
+
+
+def test_render_without_results_says_not_run() -> None:
+    text = render({"environment": {"mode": "full"}, "results": {}}, "r.json", {})
+    assert "QUICK RUN" not in text
+    assert text.count("_not run in this benchmark run._") == 11
