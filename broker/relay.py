@@ -36,6 +36,7 @@ from broker.dead_letters import (
     ensure_dead_letters,
     handle_advisory,
     ingest_attempts_allowed,
+    list_dead_letters,
 )
 from broker.directory import DirectoryService
 from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
@@ -70,6 +71,7 @@ __all__ = ["Relay"]
 
 log = logging.getLogger("istmo.relay")
 MAX_DEFER_S = 3600
+AGENCY_DEAD_LETTERS_MAX = 1000  # newest dead letters an agency gets in one answer
 DEFAULT_DENY = "no policy grants it (default deny): not releasable to it, and not named"
 
 
@@ -537,11 +539,27 @@ class Relay:
     async def _on_api(self, msg: Msg) -> None:
         if not msg.reply:
             return
-        reply = self.api.handle(msg.subject, msg.data, now=int(time.time()))
+        if msg.subject.endswith(".dead-letters"):
+            reply = self._dead_letters_of(msg.subject)
+        else:
+            reply = self.api.handle(msg.subject, msg.data, now=int(time.time()))
         await self.nc.publish(msg.reply, reply)
         if msg.subject.endswith((".rotate", ".revoke-key")) and not reply.startswith(b'{"error"'):
             # Keys changed: every other relay (and the stack) rebuilds its directory.
             await self.nc.publish(CONTROL_DIRECTORY_SUBJECT, b"{}")
+
+    def _dead_letters_of(self, subject: str) -> bytes:
+        """An agency's own dead letters: deliveries to it, and its own ingest messages
+        (nats-server lets an agency ask only on its own ``istmo.api.<agency>.>``)."""
+        parts = subject.split(".")
+        try:
+            caller = agency_of_subject(".".join(parts[:3]), "api")
+        except EnvelopeError:
+            caller = None
+        if len(parts) != 4 or caller is None or caller not in self.directory.records:
+            return canonical_json({"error": {"code": "bad_request", "message": "unknown agency"}})
+        letters = list_dead_letters(self.registry, agency=caller)[-AGENCY_DEAD_LETTERS_MAX:]
+        return canonical_json({"dead_letters": [dl.to_json() for dl in letters]})
 
 
 async def _settle(o: _Outcome) -> None:

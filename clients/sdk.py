@@ -406,6 +406,15 @@ class IstmoClient:
             tuple((r["agency"], r["received_at"]) for r in answer["recipients"]),
         )
 
+    async def dead_letters(self) -> list[dict[str, Any]]:
+        """This agency's dead letters: bulletins its handler failed on 10 times, and its
+        own bulletins no relay could process, each with ``kind``, ``bulletin_id``,
+        ``deliveries``, ``dead_seq`` and ``time_ms``. An operator redrives them (``istmo
+        admin redrive``) once the handler is fixed."""
+        answer = await self._request("dead-letters", {})
+        letters: list[dict[str, Any]] = answer["dead_letters"]
+        return letters
+
     # ------------------------------------------------------------------ keys
     async def rotate_keys(self, *, passphrase: str | None = None) -> tuple[str, str]:
         """Register new signing and encryption keys, vouched for by the current one.

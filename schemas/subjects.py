@@ -35,7 +35,16 @@ RELAY_INGEST_DURABLE = "relay-ingest"
 RELAY_RECEIPT_DURABLE = "relay-receipts"
 RELAY_ACCOUNT = "ISTMO"
 # Request/reply operations an agency may call on the broker, on istmo.api.<agency>.<op>.
-API_OPS = ("resolve", "explain", "directory", "status", "receipts", "rotate", "revoke-key")
+API_OPS = (
+    "resolve",
+    "explain",
+    "directory",
+    "status",
+    "receipts",
+    "rotate",
+    "revoke-key",
+    "dead-letters",
+)
 
 
 def _checked(agency: str) -> AgencyId:

@@ -701,14 +701,15 @@ async def check(
     publishers: Sequence[Publisher],
     recipients: Sequence[Recipient | RecipientProcess],
     *,
-    receipts_timeout: float = 20.0,
+    receipts_timeout: float = 45.0,
     verify: bool = True,
 ) -> Report:
     """The catalogue's checker over everything the publishers and recipients recorded.
 
     Every recipient is expected to see every acked bulletin of every publisher (build the
     publishers' labels so they route to exactly those recipients). Waits up to
-    ``receipts_timeout`` seconds for the relay to audit the recipients' receipts.
+    ``receipts_timeout`` seconds for the relay to audit the recipients' receipts (longer than
+    the relays' 30 s ack wait: a receipt whose recording failed comes back after it).
     """
     attempted: dict[str, str] = {}  # bulletin id -> harness id
     acked: set[str] = set()

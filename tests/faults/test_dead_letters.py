@@ -106,6 +106,12 @@ async def test_f20_handler_always_fails_dead_letter_then_redrive(
 
         assert await police.receive(fixed, timeout=2) == 0
 
+        # The agency sees its own dead letters (and another agency none of them).
+        mine = await police.dead_letters()
+        assert {d["bulletin_id"] for d in mine} == bids
+        assert {(d["kind"], d["deliveries"]) for d in mine} == {("deliver", MAX_DELIVER)}
+        assert await healthy[0].client.dead_letters() == []
+
         # Operators see them, and redrive them once the handler is fixed.
         listed = istmo(target, "admin", "dead-letters", "--json")
         assert listed.returncode == 0, listed.stderr
@@ -121,6 +127,7 @@ async def test_f20_handler_always_fails_dead_letter_then_redrive(
         assert "0 of 0 redriven" in again.stdout  # nothing pending: idempotent
         assert len(audit_rows(target, "delivery.redriven")) == N
         assert istmo(target, "admin", "dead-letters").stdout.startswith("no dead letters")
+        assert await police.dead_letters() == []
 
         fixed_recipient = Recipient(FAILING, police)
         assert await fixed_recipient.drain(pub.acked, timeout=30)
