@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -51,6 +51,7 @@ _SCHEMA_FILE = "schema.cedarschema"
 _BASE_FILE = "base.cedar"
 _OVERRIDES_DIR = "overrides"
 _MAX_ERROR_CHARS = 200
+_DECISION_CACHE = 4096  # distinct (facts, action, candidates, second) kept per engine
 _SECTORS = frozenset({"police", "military", "foreign", "justice", "regional-centre", "auditor"})
 _STATUSES = frozenset({"active", "suspended", "revoked"})
 _GRADE = re.compile(r"[A-F][1-6]")
@@ -291,6 +292,10 @@ def _lint_file(rel: str, text: str, schema: Schema, seen: dict[str, str]) -> lis
             for u in pst.entity_uids(policy)
         ):
             problems.append(f'{at}: does not reference Istmo::Jurisdiction::"{community.upper()}"')
+        if any(u.type == pst.EntityType("Bulletin", (_NS,)) for u in pst.entity_uids(policy)):
+            # Decisions are about labels, never one bulletin: the engine reuses a decision
+            # for bulletins whose facts are the same (PolicyEngine, _DECISION_CACHE).
+            problems.append(f"{at}: names one bulletin; a policy may decide on labels only")
         if is_override and policy.effect == "permit":
             # A permit here could reach past rel_to: grants are reviewed centrally.
             problems.append(
@@ -485,6 +490,12 @@ def _shorten(message: str) -> str:
     return head[:_MAX_ERROR_CHARS]
 
 
+def _cacheable(facts: BulletinFacts, now: int) -> bool:
+    """Only well-typed requests share decisions: a malformed id or time is decided (and
+    refused) on its own."""
+    return type(now) is int and type(facts.bulletin_id) is str and facts.bulletin_id != ""
+
+
 class _Refused(Exception):
     """A whole request is denied before or by Cedar (message is the decision's error)."""
 
@@ -497,6 +508,8 @@ class PolicyEngine:
             raise ValueError("the directory was built against another policy schema")
         self._bundle = bundle
         self._directory = directory
+        self._memo: dict[tuple[BulletinFacts, Action, tuple[str, ...], int], tuple[Decision, ...]]
+        self._memo = {}
 
     @property
     def bundle(self) -> PolicyBundle:
@@ -510,13 +523,34 @@ class PolicyEngine:
 
     def decide_publish(self, facts: BulletinFacts, now: int) -> Decision:
         """May ``facts.originator`` publish this bulletin at ``now``? Never raises."""
-        return self._decide(facts, "publish", [facts.originator], now)[0]
+        return self._cached(facts, "publish", (facts.originator,), now)[0]
 
     def decide_receive(
         self, facts: BulletinFacts, candidates: Sequence[str], now: int
     ) -> list[Decision]:
         """One decision per candidate, in order, from one Cedar batch. Never raises."""
-        return self._decide(facts, "receive", candidates, now)
+        return list(self._cached(facts, "receive", tuple(candidates), now))
+
+    def _cached(
+        self, facts: BulletinFacts, action: Action, agencies: tuple[str, ...], now: int
+    ) -> tuple[Decision, ...]:
+        """Cedar is deterministic, the bundle and directory are fixed for this engine, and
+        no policy may name one bulletin (the linter refuses it): so bulletins whose facts
+        differ only in their id get the same decisions in the same second. A relay batch
+        of bulletins with the same labels asks Cedar once. Bounded; cleared when full."""
+        if not _cacheable(facts, now):
+            return tuple(self._decide(facts, action, agencies, now))
+        key = (replace(facts, bulletin_id=""), action, agencies, now)
+        try:
+            hit = self._memo.get(key)
+        except TypeError:  # an unhashable field: malformed facts, decided on their own
+            return tuple(self._decide(facts, action, agencies, now))
+        if hit is None:
+            hit = tuple(self._decide(facts, action, agencies, now))
+            if len(self._memo) >= _DECISION_CACHE:
+                self._memo.clear()
+            self._memo[key] = hit
+        return hit
 
     def explain(
         self,

@@ -373,6 +373,34 @@ def test_now_beyond_cedar_long_denies(engine: PolicyEngine) -> None:
     assert d.errors[0].startswith("failed to build request")
 
 
+def test_decisions_are_shared_only_by_the_same_facts_in_the_same_second(
+    engine: PolicyEngine,
+) -> None:
+    """The engine reuses a decision for another bulletin with the same facts at the same
+    second; a different second, other labels or a malformed id are decided afresh."""
+    expiring = facts(expires_at=NOW + 1)
+    other = dataclasses.replace(expiring, bulletin_id="00000000-0000-4000-8000-0000000000ff")
+    first = engine.decide_receive(expiring, ["sv-police", "gt-police"], NOW)
+    assert first[0].allowed
+    assert engine.decide_receive(other, ["sv-police", "gt-police"], NOW) == first
+    # One second later the bulletin has expired: not the cached answer.
+    [late] = engine.decide_receive(other, ["sv-police"], NOW + 1)
+    assert (late.allowed, late.policy_ids) == (False, ("guard.expired",))
+    # Other labels: decided on their own (SECRET is above sv-police's clearance).
+    [secret] = engine.decide_receive(
+        dataclasses.replace(other, labels=facts(classification=Classification.SECRET).labels),
+        ["sv-police"],
+        NOW,
+    )
+    assert not secret.allowed
+    # A malformed id after a well-formed twin was allowed: still refused.
+    bad = facts(expires_at=NOW + 1)
+    object.__setattr__(bad, "bulletin_id", None)
+    [refused] = engine.decide_receive(bad, ["sv-police"], NOW)
+    assert not refused.allowed
+    assert refused.errors[0].startswith("bulletin facts rejected")
+
+
 def _raw_entities() -> list[dict[str, Any]]:
     def uid(kind: str, ident: str) -> dict[str, str]:
         return {"type": f"Istmo::{kind}", "id": ident}
@@ -720,6 +748,10 @@ BASE_MUTATIONS = [
      'permit (\n  principal,\n  action == Istmo::Action::"publish",\n  resource\n)',
      'permit (principal, action == Istmo::Action::"publish", resource)',
      f"base.cedar:{L['grant.publish-own'] + 2}: grant.publish-own: {NOT_CANONICAL}"),
+    ("names-one-bulletin", 'when { principal.status != "active" };',
+     'when { principal.status != "active" || resource == Istmo::Bulletin::"b-1" };',
+     f"base.cedar:{L['guard.agency-suspended']}: guard.agency-suspended: names one bulletin; "
+     "a policy may decide on labels only"),
     ("not-canonical-between-policies", "// Istmo base policy set (v2)",
      "\n// Istmo base policy set (v2)", f"base.cedar:1: {NOT_CANONICAL}"),
 ]  # fmt: skip
