@@ -16,7 +16,7 @@ lock just before it inserts them and holds it to its commit, so ``seq`` order is
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from broker.db import HEAD_REVISION, display_url, is_sqlite, make_engine, open_schema, sqlite_path
 from schemas.audit import AuditEvent
@@ -322,6 +322,16 @@ class Registry:
     def bulletin(self, bulletin_id: str) -> BulletinRow | None:
         with self.session() as s:
             return s.get(BulletinRow, bulletin_id)
+
+    def accepted(self, bulletin_ids: Collection[str]) -> dict[str, tuple[int, str]]:
+        """``(ingest_seq, envelope_digest)`` of each of ``bulletin_ids`` already accepted,
+        in one query (the relay asks once per batch)."""
+        if not bulletin_ids:
+            return {}
+        with self.session() as s:
+            q = select(BulletinRow.id, BulletinRow.ingest_seq, BulletinRow.envelope_digest)
+            q = q.where(col(BulletinRow.id).in_(list(bulletin_ids)))
+            return {bid: (seq, digest) for bid, seq, digest in s.exec(q)}
 
     def decisions(self, bulletin_id: str) -> list[DecisionRow]:
         with self.session() as s:

@@ -55,6 +55,7 @@ from schemas.errors import (
     EnvelopeError,
     IstmoError,
 )
+from schemas.ids import AgencyId
 from schemas.labels import Precedence
 from schemas.receipt import parse_receipt, verify_receipt
 from schemas.sealing import envelope_digest
@@ -87,6 +88,7 @@ class _Writes:
     decisions: list[dict[str, object]] = field(default_factory=list)
     events: list[AuditEvent] = field(default_factory=list)
     seen: dict[str, tuple[int, str]] = field(default_factory=dict)  # bulletin -> (seq, digest)
+    known: dict[str, tuple[int, str]] = field(default_factory=dict)  # accepted before the batch
 
 
 @dataclass
@@ -262,10 +264,22 @@ class Relay:
         now = int(time.time())
         w = _Writes()
         outcomes: list[_Outcome] = []
+        parsed: list[tuple[AgencyId, Envelope] | IstmoError] = []
         for msg in msgs:
+            try:
+                parsed.append(parse_ingest(msg.data, subject=msg.subject, limits=self.limits))
+            except IstmoError as exc:
+                parsed.append(exc)
+        # One query for the whole batch: which of these ids were accepted before?
+        w.known = self.registry.accepted(
+            {p[1].header.bulletin_id for p in parsed if not isinstance(p, IstmoError)}
+        )
+        for msg, got in zip(msgs, parsed, strict=True):
             outcome = _Outcome(msg=msg, raw=msg.data)
             try:
-                self._process(msg, now, w, outcome)
+                if isinstance(got, IstmoError):
+                    raise got
+                self._process(msg, got, now, w, outcome)
             except IstmoError as exc:
                 outcome.rejected = True
                 self._reject(msg, exc, now, w, outcome)
@@ -294,6 +308,7 @@ class Relay:
     def _process(
         self,
         msg: Msg,
+        parsed: tuple[AgencyId, Envelope],
         now: int,
         w: _Writes,
         outcome: _Outcome,
@@ -302,7 +317,7 @@ class Relay:
         seq = meta.sequence.stream
         stored_at = int(meta.timestamp.timestamp())
         d = self.directory
-        sender, env = parse_ingest(msg.data, subject=msg.subject, limits=self.limits)
+        sender, env = parsed
         h = env.header
         # Rejections are filed under (sender, id): the sender can see its own verdict,
         # and a forged id never touches another agency's bulletin.
@@ -321,8 +336,7 @@ class Relay:
         outcome.rank = list(Precedence).index(h.labels.precedence)
         # Replays: the same stream message again is a redelivery to finish; anything
         # else with a known id is refused (NATS dedupe only covers a few minutes).
-        previous = self.registry.bulletin(bid)
-        prior = (previous.ingest_seq, previous.envelope_digest) if previous else w.seen.get(bid)
+        prior = w.known.get(bid) or w.seen.get(bid)
         if prior is not None:
             if prior[0] == seq:
                 outcome.deliveries = [
