@@ -62,7 +62,7 @@ async def forward(url: str, seed: str, recipients: list[str]) -> None:
                 await asyncio.gather(*(m.ack_sync() for m in msgs))
             except (nats.errors.Error, TimeoutError) as exc:
                 # As the relay: the batch is not acked and comes back (at once: nak).
-                print(f"batch of {len(msgs)} failed ({type(exc).__name__}); nak", flush=True)
+                print(f"batch of {len(msgs)} failed ({type(exc).__name__}: {exc}); nak", flush=True)
                 await asyncio.gather(*(m.nak() for m in msgs), return_exceptions=True)
     finally:
         await nc.close()

@@ -180,7 +180,7 @@ async def one_size(ctx: Context, agencies: int) -> dict[str, object]:
                     chosen,
                     int(ctx.pick(30, 300)) * procs,
                     lambda p=procs: stack.start_relays(p),
-                    timeout=ctx.pick(5, 30),
+                    timeout=ctx.pick(5, 20),
                 )
                 r["processes"] = procs
                 rates.append(r)

@@ -192,7 +192,7 @@ async def measure(ctx: Context, stack: BenchStack, chosen: dict) -> dict[str, ob
 async def run(ctx: Context) -> dict[str, object]:
     stack = ctx.demo_stack()
     levels = [0, 20_000] if ctx.quick else [0, 100_000, 1_000_000]
-    js_budget = float(ctx.pick(3, 60))
+    js_budget = float(ctx.pick(3, 30))
     rows = []
     async with await stack.client("gt-police") as gt:
         chosen = await five_recipients(stack, gt)

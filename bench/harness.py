@@ -395,6 +395,23 @@ async def drain(
     }
 
 
+async def empty_queue(client: IstmoClient, budget_s: float = 30) -> int:
+    """Receive and drop what earlier measurements left in ``client``'s queue, so a
+    latency measurement does not first chew through an old backlog. Bounded in time."""
+
+    async def drop(_b: object) -> None:
+        return None
+
+    deadline = time.monotonic() + budget_s
+    total = 0
+    while time.monotonic() < deadline:
+        got = await client.receive(drop, count=256, timeout=1.0, batch=64)  # type: ignore[arg-type]
+        total += got
+        if got < 256:
+            break
+    return total
+
+
 async def purge_ingest(js: JetStreamContext) -> None:
     """Drop whatever a time-capped run left in the ingest work queue."""
     await js.purge_stream(INGEST_STREAM)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from bench.context import Context
-from bench.harness import BODY, BenchStack
+from bench.harness import BODY, BenchStack, empty_queue
 from bench.stats import latency_summary
 from clients.sdk import ReceivedBulletin
 from schemas.labels import Classification, Labels, Tlp
@@ -100,6 +100,7 @@ async def istmo_level(
             r = await gt.publish(title=f"{tag}{i}", text=BODY, labels=LABELS, wait=False)
             sent[r.bulletin_id] = time.perf_counter()
 
+        left_over = await empty_queue(bz)
         receiver = asyncio.create_task(bz.receive(app, timeout=seconds * 3 + 60, batch=16))
         try:
             pacing = await paced(rate, seconds, send)
@@ -113,7 +114,7 @@ async def istmo_level(
             except (asyncio.CancelledError, Exception):  # noqa: S110 -- stopping it
                 pass
     lat = [got[b] - t for b, t in sent.items() if b in got]
-    return {**pacing, **latency_summary(lat), "received": len(lat)}
+    return {**pacing, **latency_summary(lat), "received": len(lat), "dropped_first": left_over}
 
 
 async def bare_level(js, rate: float, seconds: float, tag: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
@@ -154,7 +155,7 @@ async def bare_level(js, rate: float, seconds: float, tag: str) -> dict:  # type
 
 async def run(ctx: Context) -> dict[str, object]:
     stack = ctx.demo_stack()
-    seconds = float(ctx.pick(1, 8))
+    seconds = float(ctx.pick(1, 6))
     op = await stack.operator()
     js = op.jetstream(timeout=10)
     await js.add_stream(

@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 
 from bench.context import Context
-from bench.harness import BODY, Proc, peak_rss_mib
+from bench.harness import BODY, Proc, empty_queue, peak_rss_mib
 from bench.stats import latency_summary
 from broker.natsserver import free_port
 from clients.sdk import ReceivedBulletin
@@ -240,6 +240,7 @@ async def istmo_side(ctx: Context, objects: int) -> dict[str, object]:
                     recipients = await gt.resolve(ONE_RECIPIENT)
                     break
                 await asyncio.sleep(0.2)
+            await empty_queue(bz)  # what earlier measurements left for it
             receiver = asyncio.create_task(bz.receive(app, timeout=objects / 5 + 60, batch=16))
             t0 = time.perf_counter()
             failed = 0

@@ -36,6 +36,14 @@ async def backlog_rate(
         js = op.jetstream(timeout=10)
         start_workers()
         result = await drain(js, bulletins, timeout=timeout, stack=stack)
+        said = [
+            line[-300:]
+            for w in stack.workers
+            for line in w.output().splitlines()
+            if "WARNING" in line or "ERROR" in line or "failed" in line
+        ]
+        if said:
+            result["worker_warnings"] = said[-3:]  # what the workers logged, for the reader
         stack.stop_workers()
         if not result["drained"]:
             await purge_ingest(js)

@@ -372,6 +372,7 @@ def s_policy(r: R) -> str:
             "1 receive decision ms",
             "60-candidate fan-out ms",
             "all candidates ms",
+            "60 again (memo hit) ms",
             "relay resolve ms",
         ],
         [
@@ -382,6 +383,7 @@ def s_policy(r: R) -> str:
                 r["one_receive_decision_ms"],
                 r["fanout_60_ms"],
                 r["fanout_all_candidates_ms"],
+                r.get("fanout_60_memo_hit_ms"),
                 r["resolve_ms"],
             ]
         ],
