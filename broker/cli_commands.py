@@ -88,7 +88,7 @@ def register(sub: Any) -> None:
         "--join",
         metavar="URL,URL,...",
         help="start no nats-server: join the region's NATS at these URLs (deploy/README.md); "
-        "directory changes then write DATA_DIR/broker/nats-accounts.conf for its nodes",
+        "directory changes then write DATA_DIR/nats-accounts.conf for its nodes",
     )
     p.add_argument(
         "--stream-replicas",
@@ -512,7 +512,7 @@ def _up(args: argparse.Namespace) -> int:
         stream_replicas=args.stream_replicas,
     )
     stack.claim()  # lock, ports, a stale nats-server: before anything is written
-    stack.prepare()
+    stack.prepare(demo=not join)  # a region's directory is its administrators', never the demo
     code = _run(
         lambda stop: stack.up(
             stop, with_relay=not args.no_relay, with_sequencer=not args.no_sequencer

@@ -335,7 +335,7 @@ class Stack:
         layout = self.nats_layout()
         if self.join:
             return ExternalNats(
-                self.join, s.broker_dir / "nats-accounts.conf", layout.relay_nkey_public
+                self.join, s.data_dir / "nats-accounts.conf", layout.relay_nkey_public
             )
         if self.cluster_size == 1:
             return NatsServer(

@@ -87,7 +87,7 @@ async def test_a_stack_joins_a_cluster_its_operators_run(tmp_path: Path, nats_bi
         stop.set()
         await asyncio.wait_for(task, 60)
         cluster.stop()
-    accounts = settings.broker_dir / "nats-accounts.conf"
+    accounts = settings.data_dir / "nats-accounts.conf"
     assert accounts.read_text() == render_accounts(layout)
     assert oct(accounts.stat().st_mode & 0o777) == "0o600"
     # nats-server includes relative to the including file, as deploy/nats does.
