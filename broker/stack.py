@@ -438,13 +438,17 @@ class Stack:
             while not api.started and not api_task.done():  # noqa: ASYNC110 -- uvicorn offers no event
                 await asyncio.sleep(0.02)  # "ready" only once the API really listens
             if api.started:
-                self._announce(server, api_url, with_relay)
+                self._announce(server, api_url, with_relay, with_sequencer)
             await stop.wait()
             api.should_exit = True
             await api_task
 
     def _announce(
-        self, server: NatsServer | NatsCluster | ExternalNats, api_url: str, with_relay: bool
+        self,
+        server: NatsServer | NatsCluster | ExternalNats,
+        api_url: str,
+        with_relay: bool,
+        with_sequencer: bool = True,
     ) -> None:
         s = self.settings
         info = {
@@ -478,7 +482,13 @@ class Stack:
         self.out(f"database  {display_url(s.db_url)}")
         self.out(f"keystores {s.keys_dir}/<agency>.json (administrator: {s.keys_dir}/admin.json)")
         self.out("relay     " + ("running" if with_relay else "not started (--no-relay)"))
-        self.out(f"audit log sequenced here (log key {s.broker_dir / LOG_PUB_FILE})")
+        if with_sequencer:
+            self.out(
+                "audit log sequenced here while elected (NATS KV lease; "
+                f"log key {s.broker_dir / LOG_PUB_FILE})"
+            )
+        else:
+            self.out("sequencer not here (--no-sequencer): run `istmo sequencer --standby`")
         self.out("ready; Ctrl-C stops")
 
     async def adopt_policy(self, candidate: Path, who: str, nc: NATS) -> tuple[str, str]:
