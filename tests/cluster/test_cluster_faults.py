@@ -14,7 +14,7 @@ retried with the same envelope, hence the same ``Nats-Msg-Id``), and they receiv
 Both pass only if nothing acked is lost, nothing unexpected arrives, no duplicate reaches an
 application and the audit log verifies with one ``bulletin.accepted`` per acked bulletin.
 Figures (load, counts, recovery after each kill) are printed and appended to
-``tests/faults/figures.jsonl``.
+``tests/cluster/figures.jsonl``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from tests.faults.harness import (
 )
 from tests.stackproc import UpProcess
 
-FIGURES = Path(__file__).resolve().parent.parent / "faults" / "figures.jsonl"
+FIGURES = Path(__file__).resolve().parent / "figures.jsonl"
 RATE = 15  # bulletins/s
 COUNT = 300  # about 20 s of load
 
