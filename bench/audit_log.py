@@ -12,7 +12,7 @@ each size in turn and measures:
   1. integration rate: outbox rows integrated per second by the sequencer (entries, nodes
      and a signed tree head per batch, one transaction each), over the growth to that size;
   2. inclusion and consistency proof time from the store against the latest signed head
-     (mean and p99 of ``--proofs`` random proofs: 1,000 by default, 500 from ``run``,
+     (mean and p99 of ``--proofs`` random proofs: 1,000 by default, 300 from ``run``,
      200 in quick mode; each verified outside the timing);
   3. ``verify_all`` time: the whole log recomputed and every head and entry checked;
   4. database size.
@@ -171,7 +171,7 @@ def run(ctx: object) -> dict[str, object]:
     out = tmp / "audit_log.json"
     sizes = "10000,100000" if quick else "10000,100000,1000000"
     argv = [sys.executable, "-m", "bench.audit_log", "--sizes", sizes, "--out", str(out)]
-    argv += ["--tmp", str(tmp), "--proofs", "200" if quick else "500"]
+    argv += ["--tmp", str(tmp), "--proofs", "200" if quick else "300"]
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(argv, cwd=root)
     try:

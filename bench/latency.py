@@ -155,7 +155,7 @@ async def bare_level(js, rate: float, seconds: float, tag: str) -> dict:  # type
 
 async def run(ctx: Context) -> dict[str, object]:
     stack = ctx.demo_stack()
-    seconds = float(ctx.pick(1, 6))
+    seconds = float(ctx.pick(1, 3))
     op = await stack.operator()
     js = op.jetstream(timeout=10)
     await js.add_stream(
@@ -172,8 +172,8 @@ async def run(ctx: Context) -> dict[str, object]:
             print(f"  bare JetStream at {rate}/s: {b}", flush=True)
         stack.start_relays(1)
         for rate in LOADS:
-            await wait_relay_idle(js, float(ctx.pick(20, 60)))
-            r = await istmo_level(stack, rate, seconds, f"l{rate}-", float(ctx.pick(15, 60)))
+            await wait_relay_idle(js, float(ctx.pick(20, 30)))
+            r = await istmo_level(stack, rate, seconds, f"l{rate}-", float(ctx.pick(15, 30)))
             istmo_rows.append(r)
             print(f"  istmo at {rate}/s: {r}", flush=True)
             stack.sample_peaks()

@@ -28,14 +28,14 @@ async def run(ctx: Context) -> dict[str, object]:
     async with await stack.client("gt-police") as gt:
         chosen = await five_recipients(stack, gt)
         for procs in (1, 2):
-            size = int(ctx.pick(100, 1500) * procs)
+            size = int(ctx.pick(100, 500) * procs)
             r = await backlog_rate(
                 stack,
                 gt,
                 chosen,
                 size,
                 lambda p=procs: stack.start_relays(p),
-                timeout=ctx.pick(5, 60),
+                timeout=ctx.pick(5, 15),
             )
             r["processes"] = procs
             rows.append(r)

@@ -548,6 +548,14 @@ def s_directory(r: R) -> str:
         ax.set_yscale("log")
         ax.set_xlabel("agencies in the directory")
 
+    errors = [
+        f"- {x['agencies']:,} agencies: the stack did not start: "
+        f"`{' '.join(str(x['stack_error']).split())[-300:]}`"
+        for x in r["rows"]
+        if x.get("stack_error")
+    ]
+    if errors:
+        t += "\n\n" + "\n".join(errors)
     return (
         f"{t}\n\nSIENA extrapolation:\n\n"
         + "\n".join(siena)

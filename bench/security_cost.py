@@ -18,7 +18,7 @@ NAME = "security_cost"
 # quick? -> recipients -> (bare backlog, relay backlog, time cap in seconds)
 SIZES = {
     True: {1: (300, 100, 5.0), 5: (200, 100, 5.0), 20: (128, 128, 15.0), 60: (64, 64, 20.0)},
-    False: {1: (2000, 600, 15.0), 5: (1000, 600, 15.0), 20: (384, 384, 20.0), 60: (192, 192, 30.0)},
+    False: {1: (1500, 500, 10.0), 5: (800, 500, 10.0), 20: (256, 256, 15.0), 60: (64, 64, 15.0)},
 }
 TITLE = "1. Cost of security: relay vs bare forwarder"
 
