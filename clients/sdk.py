@@ -67,6 +67,11 @@ __all__ = [
 log = logging.getLogger("istmo.sdk")
 
 DIRECTORY_TTL_S = 60.0
+# Ride out a NATS restart or a cluster's leader election (F-04, F-05): about a minute of
+# attempts, 0.5 s apart, before the client gives up and says the broker is gone.
+RECONNECT_ATTEMPTS = 120
+# A receipt NATS did not store: the bulletin is handed back and its receipt sent again.
+RECEIPT_RETRY_S = 2
 # What JetStream says when a stream or its volume has no room (nats-server's messages).
 _STORE_FULL = ("maximum bytes", "maximum messages", "insufficient resources", "no space")
 
@@ -189,11 +194,18 @@ class IstmoClient:
         """
         keystore = load_keystore(keystore_path, passphrase)
         errors: list[str] = []
+        connected: list[NATS] = []
+        closing: set[asyncio.Task[None]] = set()
 
         async def on_error(exc: Exception) -> None:
             # Permission violations reach only this callback; log the subject, no payload.
             errors.append(str(exc))
             log.warning("nats: %s", exc)
+            if connected and "authorization violation" in str(exc).lower():
+                # Suspended or revoked while connected: retrying cannot help; stop now.
+                task = asyncio.get_running_loop().create_task(connected[0].close())
+                closing.add(task)
+                task.add_done_callback(closing.discard)
 
         try:
             nc = await nats.connect(
@@ -203,7 +215,7 @@ class IstmoClient:
                 name=keystore.agency,
                 connect_timeout=connect_timeout,
                 allow_reconnect=True,
-                max_reconnect_attempts=3,
+                max_reconnect_attempts=3,  # a first connection fails fast
                 reconnect_time_wait=0.5,
                 error_cb=on_error,
             )
@@ -216,6 +228,9 @@ class IstmoClient:
                     code="not_authorized",
                 ) from exc
             raise BusUnavailable(f"broker not running at {nats_url} ({detail})") from exc
+        # Once connected, ride out restarts and elections (nats-py reads this per attempt).
+        nc.options["max_reconnect_attempts"] = RECONNECT_ATTEMPTS
+        connected.append(nc)
         path = dedupe_path or keystore_path.with_name(keystore_path.stem + ".received.sqlite")
         return cls(keystore, nc, DedupeStore(path), keystore_path)
 
@@ -560,8 +575,7 @@ class IstmoClient:
         if handed_at is not None:
             # Handed over before, but this process may have died before it acked or sent
             # the receipt: send the receipt again (stored once by id), then ack.
-            await self._send_receipt(env, digest, handed_at)
-            await msg.ack_sync()
+            await self._settle(msg, await self._send_receipt(env, digest, handed_at))
             return False
         try:
             bulletin = await self._open(env)
@@ -573,9 +587,18 @@ class IstmoClient:
         self._dedupe.remember(bid, digest, bulletin.received_at)
         # Receipt before ack: a crash in between redelivers it, and the dedupe branch
         # above sends the receipt again, so no receipt is lost to a crash.
-        await self._send_receipt(env, digest, bulletin.received_at)
-        await msg.ack_sync()
+        await self._settle(msg, await self._send_receipt(env, digest, bulletin.received_at))
         return True
+
+    @staticmethod
+    async def _settle(msg: Msg, receipt_stored: bool) -> None:
+        """Ack once the receipt is stored; otherwise hand the bulletin back for a while: it
+        returns, the dedupe store keeps it from the application, and the receipt is sent
+        again (NATS may be electing a leader, or a node may be down)."""
+        if receipt_stored:
+            await msg.ack_sync()
+        else:
+            await msg.nak(delay=RECEIPT_RETRY_S)
 
     async def _open(self, env: Envelope) -> ReceivedBulletin:
         h = env.header
@@ -609,7 +632,8 @@ class IstmoClient:
             caveats=tuple(caveats),
         )
 
-    async def _send_receipt(self, env: Envelope, digest: str, received_at: int) -> None:
+    async def _send_receipt(self, env: Envelope, digest: str, received_at: int) -> bool:
+        """Sign and send the receipt; True once JetStream has stored it."""
         h = env.header
         receipt = sign_receipt(
             bulletin_id=BulletinId(h.bulletin_id),
@@ -626,7 +650,12 @@ class IstmoClient:
                 headers={"Nats-Msg-Id": f"{h.bulletin_id}:{self.agency}:receipt"},
                 timeout=5,
             )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            # The bulletin is handed over and acked; a lost receipt only leaves the
-            # originator's view incomplete. Say so, without content.
-            log.warning("receipt for %s not acknowledged by NATS", h.bulletin_id)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.APIError):
+            # Not stored: the caller hands the bulletin back, so the receipt is sent again.
+            log.warning(
+                "receipt for %s not acknowledged by NATS; retrying in %d s",
+                h.bulletin_id,
+                RECEIPT_RETRY_S,
+            )
+            return False
+        return True
