@@ -72,7 +72,9 @@ __all__ = [
     "TreeHeadRow",
     "VerifyReport",
     "entry_bytes",
+    "outbox_bytes",
     "queried_event",
+    "same_event",
 ]
 
 MAX_PAGE = 1000  # entries per search page
@@ -145,9 +147,10 @@ def queried_event(
     )
 
 
-def _row_bytes(row: Sequence[Any]) -> bytes:
-    """``entry_bytes`` straight from an ``audit_event`` row (``_EVENT_COLUMNS``), no model."""
-    _seq, event_id, type_, time_, actor, subject, bulletin_id, reason, data = row
+def outbox_bytes(fields: Sequence[Any]) -> bytes:
+    """``entry_bytes`` straight from an ``audit_event`` row's event columns (``_EVENT_COLUMNS``
+    without ``seq``), no model. Raises ValueError or TypeError on a hand-edited row."""
+    event_id, type_, time_, actor, subject, bulletin_id, reason, data = fields
     return canonical_json(
         {
             "v": 1,
@@ -163,9 +166,15 @@ def _row_bytes(row: Sequence[Any]) -> bytes:
     )
 
 
-def _same_event(row: Sequence[Any], leaf: bytes) -> bool:
+def _row_bytes(row: Sequence[Any]) -> bytes:
+    """``outbox_bytes`` of a whole ``audit_event`` row (``_EVENT_COLUMNS``, ``seq`` first)."""
+    return outbox_bytes(row[1:])
+
+
+def same_event(fields: Sequence[Any], leaf: bytes) -> bool:
+    """Whether an outbox row's event columns (no ``seq``) encode to exactly ``leaf``."""
     try:
-        return _row_bytes(row) == leaf
+        return outbox_bytes(fields) == leaf
     except (ValueError, TypeError):  # a hand-edited outbox row
         return False
 
@@ -789,7 +798,7 @@ class _Verifier:
                     "event: entries reordered or duplicated",
                 )
             else:
-                if not _same_event(ob, leaf):
+                if not same_event(ob[1:], leaf):
                     self.report.add(idx, f"entry {idx} differs from audit event seq {seq}")
                 ob = next(outbox, None)
             if idx == signed:  # 4. every entry lies under a signed head

@@ -23,13 +23,13 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.audit_log import AuditLog, LogEntry
+from broker.audit_log import AuditLog, LogEntry, same_event
 from broker.directory import DirectoryService
 from broker.merkle import verify_consistency
 from broker.registry import Registry
 from broker.sequencer import DEFAULT_ORIGIN, log_verify_key
 from schemas.audit import AuditEvent
-from schemas.canonical import b64e, canonical_json
+from schemas.canonical import b64e
 from schemas.errors import ConfigError, EnvelopeError, SignatureError
 from schemas.keys import VerifyKey
 from schemas.treehead import parse_signed_tree_head, verify_tree_head
@@ -88,26 +88,7 @@ def _leaf_ok(leaf: bytes, leaf_hash: bytes, outbox: tuple[Any, ...] | None) -> b
         AuditEvent.model_validate_json(leaf)
     except ValueError:
         return False
-    if outbox is None:
-        return False
-    event_id, type_, time_, actor, subject, bulletin_id, reason, data = outbox
-    try:
-        again = canonical_json(
-            {
-                "v": 1,
-                "event_id": event_id,
-                "type": type_,
-                "time": time_,
-                "actor": actor,
-                "subject": subject,
-                "bulletin_id": bulletin_id,
-                "reason": reason,
-                "data": json.loads(data),
-            }
-        )
-    except (ValueError, TypeError):
-        return False
-    return again == leaf
+    return outbox is not None and same_event(outbox, leaf)
 
 
 def log_page(
