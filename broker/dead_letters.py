@@ -50,12 +50,13 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from broker.config import Settings
 from broker.registry import Registry
+from broker.streams import add_or_update_stream, bus_unavailable
 from schemas.audit import AuditEvent
-from schemas.errors import BusUnavailable, ConfigError, EnvelopeError, IstmoError
+from schemas.errors import ConfigError, EnvelopeError, IstmoError
 from schemas.ids import parse_agency_id
 from schemas.sealing import parse_envelope
 from schemas.subjects import DELIVER_STREAM, INGEST_STREAM, deliver_subject, ingest_subject
@@ -91,7 +92,6 @@ _MAX_ADVISORY_BYTES = 4096
 DEAD_MAX_AGE_S = 365 * 24 * 3600  # a year: an operator has time to redrive
 INGEST_MAX_ATTEMPTS = 10
 EMBARGO_HANDBACK_S = 3600  # the relay hands an embargoed bulletin back at most this long
-_STREAM_CONFIG_MISMATCH = 10058
 REDRIVE_MAX = 1000  # dead letters per redrive command
 
 
@@ -103,10 +103,6 @@ def dead_subject(kind: str, agency: str) -> str:
 
 def _ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _bus_error(what: str, exc: Exception) -> BusUnavailable:
-    return BusUnavailable(f"JetStream did not answer while {what}: {exc!r}")
 
 
 async def ensure_dead_letters(js: JetStreamContext) -> None:
@@ -143,12 +139,7 @@ async def ensure_dead_letters(js: JetStreamContext) -> None:
                 num_replicas=replicas,
             ),
         ):
-            try:
-                await js.add_stream(config)
-            except BadRequestError as exc:
-                if exc.err_code != _STREAM_CONFIG_MISMATCH:
-                    raise
-                await js.update_stream(config)
+            await add_or_update_stream(js, config)
         await js.add_consumer(
             ADVISORY_STREAM,
             ConsumerConfig(
@@ -160,7 +151,7 @@ async def ensure_dead_letters(js: JetStreamContext) -> None:
             ),
         )
     except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-        raise _bus_error("setting up the dead-letter streams", exc) from exc
+        raise bus_unavailable("setting up the dead-letter streams", exc) from exc
     except APIError as exc:
         raise ConfigError(
             f"JetStream refused the dead-letter streams: {exc.description} "
@@ -424,7 +415,7 @@ async def redrive(
             out.append((dl, "copy_missing"))
             continue
         except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-            raise _bus_error("reading a dead letter", exc) from exc
+            raise bus_unavailable("reading a dead letter", exc) from exc
         if dl.kind == "deliver":
             subject = deliver_subject(dl.agency)
             msg_id = f"{dl.bulletin_id}:{dl.agency}:redrive:{dl.dead_seq}"
@@ -436,7 +427,7 @@ async def redrive(
         try:
             ack = await js.publish(subject, copy.data or b"", headers={"Nats-Msg-Id": msg_id})
         except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-            raise _bus_error("redriving a dead letter", exc) from exc
+            raise bus_unavailable("redriving a dead letter", exc) from exc
         registry.record(
             [],
             [

@@ -44,11 +44,12 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from broker.registry import Registry
+from broker.streams import add_or_update_stream, bus_unavailable
 from schemas.audit import AuditEvent
-from schemas.errors import BusUnavailable, ConfigError, IstmoError
+from schemas.errors import ConfigError, IstmoError
 from schemas.ids import parse_bulletin_id
 from schemas.sealing import envelope_digest, parse_envelope
 from schemas.subjects import DELIVER_STREAM, deliver_subject
@@ -67,7 +68,6 @@ log = logging.getLogger("istmo.reconcile")
 
 ARCHIVE_STREAM = "ISTMO_ARCHIVE"
 _ARCHIVE_SUBJECTS = "istmo.archive.*"
-_STREAM_CONFIG_MISMATCH = 10058
 MAX_BATCH = 10_000
 SCAN_PAGE = 1000
 CLOCK_MARGIN_MS = 5 * 60 * 1000  # stream times vs audit times on different clocks
@@ -79,10 +79,6 @@ def archive_subject(bulletin_id: str) -> str:
 
 def _ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _bus(what: str, exc: Exception) -> BusUnavailable:
-    return BusUnavailable(f"JetStream did not answer while {what}: {exc!r}")
 
 
 async def ensure_archive(js: JetStreamContext, *, max_age_s: int) -> None:
@@ -107,14 +103,9 @@ async def ensure_archive(js: JetStreamContext, *, max_age_s: int) -> None:
             allow_direct=False,
             num_replicas=replicas,
         )
-        try:
-            await js.add_stream(config)
-        except BadRequestError as exc:
-            if exc.err_code != _STREAM_CONFIG_MISMATCH:
-                raise
-            await js.update_stream(config)
+        await add_or_update_stream(js, config)
     except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-        raise _bus("setting up the envelope archive", exc) from exc
+        raise bus_unavailable("setting up the envelope archive", exc) from exc
     except APIError as exc:
         raise ConfigError(
             f"JetStream refused stream {ARCHIVE_STREAM}: {exc.description} "
@@ -171,7 +162,7 @@ async def _present(
     try:
         info = await js.stream_info(DELIVER_STREAM)
     except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-        raise _bus("reading the delivery stream", exc) from exc
+        raise bus_unavailable("reading the delivery stream", exc) from exc
     except NotFoundError as exc:
         raise ConfigError(
             f"stream {DELIVER_STREAM} does not exist: start the stack (or a relay) first"
@@ -272,7 +263,7 @@ async def reconcile(
                 )
                 report.republished_new_id += 1
         except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-            raise _bus("re-publishing a delivery", exc) from exc
+            raise bus_unavailable("re-publishing a delivery", exc) from exc
         registry.record(
             [],
             [
@@ -302,7 +293,7 @@ async def _archived(js: JetStreamContext, registry: Registry, bid: str) -> bytes
     except NotFoundError:
         return None
     except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-        raise _bus("reading the envelope archive", exc) from exc
+        raise bus_unavailable("reading the envelope archive", exc) from exc
     try:
         digest = envelope_digest(parse_envelope(msg.data or b""))
     except (IstmoError, ValueError):

@@ -40,7 +40,13 @@ from schemas.subjects import (
     receipt_subject,
 )
 
-__all__ = ["ensure_agency_consumer", "ensure_relay_consumers", "ensure_streams"]
+__all__ = [
+    "add_or_update_stream",
+    "bus_unavailable",
+    "ensure_agency_consumer",
+    "ensure_relay_consumers",
+    "ensure_streams",
+]
 
 ACK_WAIT_S = 30.0
 AGENCY_MAX_DELIVER = 10  # then the max_deliver advisory dead-letters it (broker.dead_letters)
@@ -110,8 +116,21 @@ def _stream_configs(
     return configs
 
 
-def _bus_error(what: str, exc: Exception) -> BusUnavailable:
-    return BusUnavailable(f"JetStream did not answer while setting up {what}: {exc!r}")
+def bus_unavailable(what: str, exc: Exception) -> BusUnavailable:
+    """The error for JetStream not answering while doing ``what`` (raise it ``from exc``)."""
+    return BusUnavailable(f"JetStream did not answer while {what}: {exc!r}")
+
+
+async def add_or_update_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create ``config``'s stream, or update an existing one to it (JetStream refuses to
+    add a stream whose name it already holds with another configuration). The nats
+    errors come through as they are, for the caller to translate."""
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_CONFIG_MISMATCH:
+            raise
+        await js.update_stream(config)
 
 
 async def ensure_streams(
@@ -142,14 +161,9 @@ async def ensure_streams(
         try:
             if replicas is None:
                 config.num_replicas = await _current_replicas(js, str(config.name))
-            try:
-                await js.add_stream(config)
-            except BadRequestError as exc:
-                if exc.err_code != _STREAM_CONFIG_MISMATCH:
-                    raise
-                await js.update_stream(config)
+            await add_or_update_stream(js, config)
         except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-            raise _bus_error(f"stream {config.name}", exc) from exc
+            raise bus_unavailable(f"setting up stream {config.name}", exc) from exc
         except APIError as exc:
             raise ConfigError(
                 f"JetStream refused stream {config.name}: {exc.description} "
@@ -170,7 +184,7 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCo
     try:
         await js.add_consumer(stream, config)
     except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-        raise _bus_error(f"consumer {config.durable_name}", exc) from exc
+        raise bus_unavailable(f"setting up consumer {config.durable_name}", exc) from exc
     except APIError as exc:
         raise ConfigError(
             f"JetStream refused consumer {config.durable_name} on {stream}: "
