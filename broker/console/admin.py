@@ -27,7 +27,6 @@ import re
 import tempfile
 from pathlib import Path as FsPath
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import RedirectResponse, Response
@@ -57,12 +56,12 @@ from broker.console.admin_policy_data import (
 )
 from broker.console.sessions import Session, csrf_ok
 from broker.console.web import (
-    MAX_FORM_FIELDS,
     PREFIX,
     ConsolePage,
     ConsoleState,
     audit_event,
     checked_form,
+    form_fields,
     page,
     render,
 )
@@ -358,19 +357,7 @@ def admin_router(console: ConsoleState) -> APIRouter:
         """A policy form's fields, CSRF-checked like ``checked_form`` but with the
         candidate's text whole (``checked_form`` cuts fields at 10,000 characters; the
         guard bounds the body)."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/x-www-form-urlencoded":
-            raise ConsolePage(400, "error.bad_input", what="send the form as a browser does")
-        body = await request.body()
-        try:
-            pairs = parse_qsl(
-                body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS
-            )
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ConsolePage(400, "error.bad_input", what="the form is not valid") from exc
-        fields: dict[str, str] = {}
-        for key, value in pairs:
-            fields.setdefault(key[:64], value)
+        fields = await form_fields(request, max_value=None)
         if not csrf_ok(who.csrf, fields.get("csrf")):
             raise ConsolePage(403, "refused.csrf", audit="csrf_mismatch", who=who.who)
         try:

@@ -234,8 +234,9 @@ def page(scope: str | None) -> Any:
     return Depends(dependency)
 
 
-async def form_fields(request: Request) -> dict[str, str]:
-    """A urlencoded form body (bounded by the guard), one value per field."""
+async def form_fields(request: Request, *, max_value: int | None = 10_000) -> dict[str, str]:
+    """A urlencoded form body (bounded by the guard), one value per field, each cut at
+    ``max_value`` characters (None: whole, as for a policy candidate's text)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise ConsolePage(400, "error.bad_input", what="send the form as a browser does")
@@ -248,7 +249,7 @@ async def form_fields(request: Request) -> dict[str, str]:
         raise ConsolePage(400, "error.bad_input", what="the form is not valid") from exc
     fields: dict[str, str] = {}
     for key, value in pairs:
-        fields.setdefault(key[:64], value[:10_000])
+        fields.setdefault(key[:64], value[:max_value])
     return fields
 
 
