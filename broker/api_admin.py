@@ -43,7 +43,7 @@ from schemas.errors import ConfigError
 from schemas.ids import AGENCY_ID_PATTERN, AgencyIdStr
 from schemas.labels import Labels
 
-__all__ = ["admin_router", "simulation_cases"]
+__all__ = ["admin_router", "load_candidate", "simulation_cases", "write_candidate"]
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 _PREVIEW_ID = "00000000-0000-4000-8000-000000000000"
@@ -184,7 +184,7 @@ def _split(value: str) -> list[str]:
     return [v for v in value.split(",") if v]
 
 
-def _write_candidate(files: dict[str, str], root: FsPath) -> FsPath:
+def write_candidate(files: dict[str, str], root: FsPath) -> FsPath:
     """Lay posted policy files out as a policy directory under ``root``.
 
     Raises:
@@ -204,7 +204,7 @@ def _write_candidate(files: dict[str, str], root: FsPath) -> FsPath:
     return root
 
 
-def _load_candidate(
+def load_candidate(
     files: dict[str, str], directory: DirectoryService
 ) -> tuple[PolicyBundle | None, PolicyEngine | None, list[str]]:
     """Load posted policy files as a bundle checked against the directory.
@@ -214,7 +214,7 @@ def _load_candidate(
             from the request).
     """
     with tempfile.TemporaryDirectory(prefix="istmo-policy-") as tmp:
-        root = _write_candidate(files, FsPath(tmp))
+        root = write_candidate(files, FsPath(tmp))
         try:
             bundle = PolicyBundle.load(root)
             return bundle, directory.engine_for(bundle), []
@@ -261,7 +261,7 @@ def admin_router(state: ApiState) -> APIRouter:
         _who: Expensive, body: Annotated[bytes, Depends(raw_body)]
     ) -> dict[str, Any]:
         req = parse_json(CandidatePolicy, body, limits)
-        bundle, _engine, problems = _load_candidate(dict(req.files), directory)
+        bundle, _engine, problems = load_candidate(dict(req.files), directory)
         if bundle is None:
             return {"valid": False, "problems": problems}
         return {"valid": True, "version": bundle.version, "files": list(bundle.files)}
@@ -328,7 +328,7 @@ def admin_router(state: ApiState) -> APIRouter:
         _who: Expensive, body: Annotated[bytes, Depends(raw_body)]
     ) -> dict[str, Any]:
         req = parse_json(SimulateRequest, body, limits)
-        bundle, engine, problems = _load_candidate(dict(req.files), directory)
+        bundle, engine, problems = load_candidate(dict(req.files), directory)
         if bundle is None or engine is None:
             raise ApiProblem(422, "invalid_policy", "; ".join(problems)[:300])
         cases = simulation_cases(registry, directory, min(req.last, limits.max_simulate_bulletins))
@@ -371,7 +371,7 @@ def admin_router(state: ApiState) -> APIRouter:
         if state.adopt_policy is None:
             raise ApiProblem(503, "adoption_unavailable", "this broker cannot adopt policies")
         with tempfile.TemporaryDirectory(prefix="istmo-adopt-") as tmp:
-            root = _write_candidate(dict(req.files), FsPath(tmp))
+            root = write_candidate(dict(req.files), FsPath(tmp))
             try:
                 previous, version = await state.adopt_policy(root, f"admin:{who.id}")
             except PolicyLoadError as exc:

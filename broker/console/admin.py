@@ -31,7 +31,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import RedirectResponse, Response
 
-from broker.api_admin import _write_candidate
+from broker.api_admin import write_candidate
 from broker.api_context import ApiProblem
 from broker.api_enrol import apply_directory_change
 from broker.console import admin_strings  # noqa: F401  # adds our strings to the catalog
@@ -453,7 +453,7 @@ def admin_router(console: ConsoleState) -> APIRouter:
         if api.adopt_policy is None:
             raise ConsolePage(503, "admin.adopt.unavailable")
         with tempfile.TemporaryDirectory(prefix="istmo-adopt-") as tmp:
-            root = _write_candidate(files, FsPath(tmp))
+            root = write_candidate(files, FsPath(tmp))
             try:
                 previous, version = await api.adopt_policy(root, f"admin:{who.who}")
             except PolicyLoadError as exc:  # recorded as policy.rejected by the store

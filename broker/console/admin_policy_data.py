@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.api_admin import MAX_POLICY_FILE_CHARS, _load_candidate
+from broker.api_admin import MAX_POLICY_FILE_CHARS, load_candidate
 from broker.api_context import ApiProblem
 from broker.config import default_policy_dir
 from broker.directory import DirectoryService
@@ -187,7 +187,7 @@ def check_candidate(
         if len(text) > MAX_POLICY_FILE_CHARS:
             raise CandidateError(f"{name} is longer than {MAX_POLICY_FILE_CHARS} characters")
     try:
-        bundle, _engine, problems = _load_candidate(dict(files), directory)
+        bundle, _engine, problems = load_candidate(dict(files), directory)
     except ApiProblem as exc:  # a file name outside the layout
         raise CandidateError(exc.detail) from exc
     changed = tuple(sorted(n for n in set(files) | set(active) if files.get(n) != active.get(n)))
@@ -252,7 +252,7 @@ def simulate_candidate(
         CandidateError: the candidate is not a valid policy set (the problems joined).
     """
     try:
-        bundle, engine, problems = _load_candidate(dict(files), directory)
+        bundle, engine, problems = load_candidate(dict(files), directory)
     except ApiProblem as exc:
         raise CandidateError(exc.detail) from exc
     if bundle is None or engine is None:
