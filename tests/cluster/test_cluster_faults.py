@@ -20,12 +20,10 @@ Figures (load, counts, recovery after each kill) are printed and appended to
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from schemas.subjects import DELIVER_STREAM, INGEST_STREAM
 from tests.cluster.conftest import ClusterNodes
@@ -35,6 +33,8 @@ from tests.faults.harness import (
     Recipient,
     RelayProcess,
     Target,
+    accepted_count,
+    all_seen,
     check,
     connect,
     record_run,
@@ -47,27 +47,9 @@ RATE = 15  # bulletins/s
 COUNT = 300  # about 20 s of load
 
 
-def target_of(up: UpProcess) -> Target:
-    urls = json.loads((up.data_dir / "stack.json").read_text())["nats_urls"]
-    return Target(nats_urls=tuple(urls), data_dir=up.data_dir)
-
-
-def accepted(target: Target) -> int:
-    engine = create_engine(target.database)
-    try:
-        with engine.connect() as conn:
-            return int(
-                conn.execute(
-                    text("SELECT count(*) FROM audit_event WHERE type = 'bulletin.accepted'")
-                ).scalar_one()
-            )
-    finally:
-        engine.dispose()
-
-
 async def recovered_after(target: Target, since: float, acked_before: int) -> float:
     """Seconds from ``since`` until the relays accept a bulletin again."""
-    await wait_until(lambda: accepted(target) > acked_before, timeout=60, interval=0.05)
+    await wait_until(lambda: accepted_count(target) > acked_before, timeout=60, interval=0.05)
     return time.monotonic() - since
 
 
@@ -111,7 +93,7 @@ async def run_load(
                 reconnected += await reconnect_if_closed(target, r)
             figures["recipients_reconnected_by_app"] = reconnected
             await wait_until(
-                lambda: all(pub.acked <= {h for h, _ in r.visible} for r in recipients),
+                lambda: all_seen(pub, recipients),
                 timeout=120,
             )
             await asyncio.sleep(1.0)  # late duplicates would show now
@@ -134,7 +116,7 @@ async def run_load(
 async def test_f04_sigkill_one_nats_node_at_a_time_leader_included(
     up_cluster: UpProcess, cluster_nodes: ClusterNodes, tmp_path: Path
 ) -> None:
-    target = target_of(up_cluster)
+    target = Target.of_cluster(up_cluster)
     killed: list[str] = []
     recovery: list[float] = []
 
@@ -146,7 +128,7 @@ async def test_f04_sigkill_one_nats_node_at_a_time_leader_included(
             if stream is None or leader is None or leader in done:
                 leader = next(n for n in (1, 2, 3) if n not in done)
             done.add(leader)
-            before = await asyncio.to_thread(accepted, target)
+            before = await asyncio.to_thread(accepted_count, target)
             t0 = time.monotonic()
             await asyncio.to_thread(cluster_nodes.kill, leader)
             killed.append(f"istmo-{leader}" + (f" ({stream} leader)" if stream else ""))
@@ -168,11 +150,11 @@ async def test_f04_sigkill_one_nats_node_at_a_time_leader_included(
 async def test_f05_sigkill_all_three_nats_nodes_and_restart(
     up_cluster: UpProcess, cluster_nodes: ClusterNodes, tmp_path: Path
 ) -> None:
-    target = target_of(up_cluster)
+    target = Target.of_cluster(up_cluster)
 
     async def fault(pub: Publisher, rs: list[Recipient], figures: dict[str, object]) -> None:
         await asyncio.sleep(6.0)
-        before = await asyncio.to_thread(accepted, target)
+        before = await asyncio.to_thread(accepted_count, target)
         t0 = time.monotonic()
         for node in (1, 2, 3):
             await asyncio.to_thread(cluster_nodes.kill, node)

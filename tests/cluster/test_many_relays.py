@@ -10,7 +10,6 @@ nothing lost, nothing unexpected, no duplicate reaching an application, one
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.faults.harness import (
     Recipient,
     RelayProcess,
     Target,
+    all_seen,
     check,
     connect,
     wait_until,
@@ -30,11 +30,6 @@ from tests.stackproc import UpProcess
 
 RATE = 20  # bulletins/s
 COUNT = 200
-
-
-def target_of(up: UpProcess) -> Target:
-    urls = json.loads((up.data_dir / "stack.json").read_text())["nats_urls"]
-    return Target(nats_urls=tuple(urls), data_dir=up.data_dir)
 
 
 def processed(log: Path) -> int:
@@ -47,7 +42,7 @@ def processed(log: Path) -> int:
 async def test_two_relays_share_the_work_and_process_each_bulletin_once(
     up_cluster: UpProcess, tmp_path: Path
 ) -> None:
-    target = target_of(up_cluster)
+    target = Target.of_cluster(up_cluster)
     assert len(target.nats_urls) == 3
     relays = [RelayProcess(target, tmp_path / f"relay-{i}.log") for i in (1, 2)]
     for relay in relays:
@@ -63,7 +58,7 @@ async def test_two_relays_share_the_work_and_process_each_bulletin_once(
                 tg.create_task(r.run(stop))
             await pub.run(rate=RATE, count=COUNT, duration=COUNT / RATE + 20)
             await wait_until(
-                lambda: all(pub.acked <= {h for h, _ in r.visible} for r in recipients),
+                lambda: all_seen(pub, recipients),
                 timeout=60,
             )
             await asyncio.sleep(1.0)  # late duplicates would show now

@@ -128,6 +128,13 @@ class Target:
         """The target of a running ``tests.stackproc.UpProcess``."""
         return cls(nats_urls=(up.nats_url,), data_dir=up.data_dir, **kw)
 
+    @classmethod
+    def of_cluster(cls, up: Any) -> Target:
+        """The target of a running ``istmo up --cluster 3`` (every node's URL, from the
+        stack's ``stack.json``)."""
+        urls = json.loads((up.data_dir / "stack.json").read_text())["nats_urls"]
+        return cls(nats_urls=tuple(urls), data_dir=up.data_dir)
+
 
 class RecordingClient(IstmoClient):
     """The real SDK, recording each delivery it sees before its own dedupe decides."""
@@ -194,6 +201,20 @@ def audit_rows(target: Target, type_: str) -> list[dict[str, Any]]:
                 {"t": type_},
             )
             return [{**dict(r._mapping), "data": json.loads(r._mapping["data"])} for r in rows]
+    finally:
+        engine.dispose()
+
+
+def accepted_count(target: Target) -> int:
+    """How many ``bulletin.accepted`` events the audit outbox holds so far."""
+    engine = create_engine(target.database)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    text("SELECT count(*) FROM audit_event WHERE type = 'bulletin.accepted'")
+                ).scalar_one()
+            )
     finally:
         engine.dispose()
 
@@ -371,6 +392,11 @@ class Recipient:
     @property
     def deliveries(self) -> list[tuple[str, int]]:
         return list(self.client.deliveries)
+
+
+def all_seen(pub: Publisher, recipients: list[Recipient]) -> bool:
+    """Whether every bulletin ``pub`` had acked reached every one of ``recipients``."""
+    return all(pub.acked <= {h for h, _ in r.visible} for r in recipients)
 
 
 class RecipientProcess:

@@ -28,6 +28,7 @@ from tests.faults.harness import (
     Recipient,
     RelayProcess,
     Target,
+    all_seen,
     audit_rows,
     check,
     connect,
@@ -53,10 +54,6 @@ async def shorten_ingest_ack_wait(target: Target) -> None:
         await js.add_consumer(INGEST_STREAM, config)
     finally:
         await op.close()
-
-
-def all_seen(pub: Publisher, recipients: list[Recipient]) -> bool:
-    return all(pub.acked <= {h for h, _ in r.visible} for r in recipients)
 
 
 async def test_f03_sigstop_relay_past_the_ack_wait(

@@ -33,6 +33,7 @@ from tests.faults.harness import (
     Publisher,
     Recipient,
     Target,
+    all_seen,
     check,
     connect,
     record_run,
@@ -140,7 +141,7 @@ async def _run_under_load(
         t0 = time.monotonic()
         # Batches the relay could not commit come back after the ack wait (30 s).
         caught_up = await wait_until(
-            lambda: all(pub.acked <= {h for h, _ in r.visible} for r in recipients),
+            lambda: all_seen(pub, recipients),
             timeout=120,
         )
         catch_up = time.monotonic() - t0

@@ -25,6 +25,7 @@ from tests.faults.harness import (
     Recipient,
     RecipientProcess,
     Target,
+    all_seen,
     check,
     connect,
     operator_connect,
@@ -79,9 +80,7 @@ async def test_f18_sigkill_recipient_between_receive_and_ack(
             assert await wait_until(
                 lambda: pub.acked <= {h for h, _ in victim.visible}, timeout=60
             ), f"{len(victim.visible)} of {len(pub.acked)} after {killed} kills"
-            await wait_until(
-                lambda: all(pub.acked <= {h for h, _ in r.visible} for r in others), timeout=30
-            )
+            await wait_until(lambda: all_seen(pub, others), timeout=30)
             await asyncio.sleep(2.5)  # a redelivery still due would show now
             stop.set()
         victim.stop()
@@ -125,9 +124,7 @@ async def test_f19_offline_agency_receives_everything_on_return(
             for r in online:
                 tg.create_task(r.run(stop))
             took = await pub.run(rate=rate, count=rate * seconds, duration=seconds + 20)
-            await wait_until(
-                lambda: all(pub.acked <= {h for h, _ in r.visible} for r in online), timeout=60
-            )
+            await wait_until(lambda: all_seen(pub, online), timeout=60)
             stop.set()
         # The offline agency comes back: everything is waiting in its durable consumer.
         t0 = time.monotonic()

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.faults.harness import (
     BZ_RECIPIENTS,
@@ -23,6 +22,8 @@ from tests.faults.harness import (
     Recipient,
     RelayProcess,
     Target,
+    accepted_count,
+    all_seen,
     check,
     connect,
     record_run,
@@ -34,19 +35,6 @@ RATE = 50  # bulletins/s
 SECONDS = 15
 KILLS = 4
 KILL_EVERY_S = 3.0
-
-
-def accepted(target: Target) -> int:
-    engine = create_engine(target.database)
-    try:
-        with engine.connect() as conn:
-            return int(
-                conn.execute(
-                    text("SELECT count(*) FROM audit_event WHERE type = 'bulletin.accepted'")
-                ).scalar_one()
-            )
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.slow
@@ -69,10 +57,12 @@ async def test_f02_sigkill_relay_repeatedly_under_load(
                 await asyncio.sleep(KILL_EVERY_S)
                 relay.kill()
                 killed = time.monotonic()
-                before = await asyncio.to_thread(accepted, target)
+                before = await asyncio.to_thread(accepted_count, target)
                 await asyncio.to_thread(relay.start)
                 # Recovery: from the kill until the new relay accepts a bulletin again.
-                await wait_until(lambda b=before: accepted(target) > b, timeout=30, interval=0.05)
+                await wait_until(
+                    lambda b=before: accepted_count(target) > b, timeout=30, interval=0.05
+                )
                 recovery.append(time.monotonic() - killed)
 
         async with asyncio.TaskGroup() as tg:
@@ -83,7 +73,7 @@ async def test_f02_sigkill_relay_repeatedly_under_load(
             await kills
             # Batches the killed relays held come back after the ack wait (30 s).
             await wait_until(
-                lambda: all(pub.acked <= {h for h, _ in r.visible} for r in recipients),
+                lambda: all_seen(pub, recipients),
                 timeout=90,
             )
             await asyncio.sleep(1.0)  # late duplicates would show now
