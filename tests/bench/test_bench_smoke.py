@@ -116,6 +116,26 @@ def test_targets_met_and_missed() -> None:
     assert missed["sequencer_rate"] == "not measured"  # its measurement failed
 
 
+def test_a_stack_that_does_not_start_misses_the_siena_target() -> None:
+    doc = _doc(100, 0.3, 30)
+    doc["results"]["directory_size"] = {
+        "rows": [
+            {
+                "agencies": 3500,
+                "stack_error": "JetStream refused consumer: maximum consumers limit reached",
+                "resolution": {"resolve_ms": 263.0},
+                "siena": {"assumed": "no relay rate: the stack did not start"},
+            }
+        ]
+    }
+    verdicts = {t["key"]: t for t in evaluate_targets(doc)}
+    assert verdicts["siena"]["status"] == "missed"
+    assert "did not start" in verdicts["siena"]["note"]
+    assert verdicts["resolve_3500"]["status"] == "missed"  # 263 ms > 50 ms
+    text = render(doc, "r.json", {})
+    assert "maximum consumers limit reached" in text
+
+
 def test_report_keeps_hand_written_sections(tmp_path: Path) -> None:
     md = tmp_path / "BENCHMARKS.md"
     first = write_report(_doc(112, 0.2, 30), results_path=tmp_path / "r.json", md=md)
