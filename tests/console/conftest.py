@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,12 @@ from fastapi import FastAPI
 from broker.admins import create_demo_admin
 from broker.api import create_app
 from broker.config import Settings
+from broker.registry import AuditRow
 from broker.sequencer import open_sequencer
 from broker.stack import Stack
 from schemas.audit import AuditEvent
 from tests.api.conftest import BASE, TOKEN_URL, Broker, bearer
+from tests.console.browser import CHROMIUM, VIEWPORT
 from tests.storage_engines import Storage
 
 __all__ = ["BASE", "TOKEN_URL", "csrf_of", "link_for", "sequence", "sign_in", "token_for"]
@@ -169,6 +171,31 @@ async def sign_in(client: httpx.AsyncClient, broker: Broker, who: str) -> None:
     assert r.headers["location"] == "/console/"
 
 
+@pytest_asyncio.fixture
+async def admin(
+    console_app: AppFactory, console_broker: Broker
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client signed in to the console as the demo admin."""
+    async with connect(console_app()) as c:
+        await sign_in(c, console_broker, "admin")
+        yield c
+
+
+@pytest_asyncio.fixture
+async def auditor(
+    console_app: AppFactory, console_broker: Broker
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client signed in to the console as the demo auditor."""
+    async with connect(console_app()) as c:
+        await sign_in(c, console_broker, "auditor")
+        yield c
+
+
+def events_of(broker: Broker, type_: str, after: int) -> list[AuditRow]:
+    """Audit events of ``type_`` recorded after seq ``after``."""
+    return broker.registry.audit_events(type_=type_, after_seq=after, limit=1000)
+
+
 def csrf_of(html: str) -> str:
     m = re.search(r'name="csrf" value="([^"]+)"', html)
     assert m, "no CSRF field in the page"
@@ -177,3 +204,30 @@ def csrf_of(html: str) -> str:
 
 def data_dir(broker: Broker) -> Path:
     return broker.settings.data_dir
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium under Playwright, one per test module (tests/console/browser.py)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page (en-US, the console's viewport); ``page.errors`` collects its console
+    errors and uncaught exceptions."""
+    context = browser.new_context(viewport=VIEWPORT, locale="en-US")
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.errors = errors
+    yield pg
+    context.close()

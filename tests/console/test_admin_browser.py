@@ -31,7 +31,7 @@ from broker.config import default_policy_dir
 from clients.sdk import IstmoClient, PublishResult
 from schemas.errors import BusUnavailable
 from schemas.labels import Labels
-from tests.console.browser import CHROMIUM, VIEWPORT, api_url, chromium_missing, console_link
+from tests.console.browser import api_url, chromium_missing, console_link
 from tests.stackproc import UpProcess
 
 pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
@@ -65,30 +65,6 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
         yield proc
     finally:
         proc.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM))
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport=VIEWPORT, locale="en-US")
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.errors = errors
-    yield pg
-    context.close()
 
 
 def sign_in_admin(page: Any, up: UpProcess) -> None:

@@ -15,21 +15,19 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import cedarpy
 import httpx
 import pytest
-import pytest_asyncio
 from sqlmodel import select
 
 from broker.config import default_policy_dir
 from broker.console.admin_policy_data import MAX_CANDIDATE_CHARS, bundle_text, read_policy_dir
 from broker.enrolment import EnrolmentTokenRow, NewAgency, create_agency
-from broker.registry import AuditRow, BulletinRow
+from broker.registry import BulletinRow
 from schemas.labels import Labels
 from tests.api.conftest import Broker
-from tests.console.conftest import AppFactory, connect, csrf_of, sign_in
+from tests.console.conftest import csrf_of, events_of
 
 NO_MILITARY = """
 @id("sica.test-no-military")
@@ -43,32 +41,10 @@ when
 """
 
 
-def events(broker: Broker, type_: str, after: int) -> list[AuditRow]:
-    return broker.registry.audit_events(type_=type_, after_seq=after, limit=1000)
-
-
 def status_of(broker: Broker, agency: str) -> str:
     row = broker.registry.agency(agency)
     assert row is not None
     return row.status
-
-
-@pytest_asyncio.fixture
-async def admin(
-    console_app: AppFactory, console_broker: Broker
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with connect(console_app()) as c:
-        await sign_in(c, console_broker, "admin")
-        yield c
-
-
-@pytest_asyncio.fixture
-async def auditor(
-    console_app: AppFactory, console_broker: Broker
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with connect(console_app()) as c:
-        await sign_in(c, console_broker, "auditor")
-        yield c
 
 
 async def csrf(client: httpx.AsyncClient, path: str = "/console/admin/") -> str:
@@ -100,10 +76,10 @@ async def test_an_auditor_is_refused_and_audited(
     )
     assert r.status_code == 403
     assert status_of(console_broker, "hn-police") == "active"
-    refused = events(console_broker, "auth.refused", after)
+    refused = events_of(console_broker, "auth.refused", after)
     assert [(e.actor, e.reason) for e in refused] == [("auditor", "insufficient_scope")] * 3
     assert refused[-1].subject == "POST /console/admin/agencies/{agency}/{action}"
-    assert events(console_broker, "agency.suspended", after) == []
+    assert events_of(console_broker, "agency.suspended", after) == []
 
 
 @pytest.mark.parametrize("sent", [None, "", "wrong-token", "x" * 5000])
@@ -116,7 +92,7 @@ async def test_csrf_missing_or_wrong_is_refused(
     assert r.status_code == 403
     assert "security token" in r.text
     assert status_of(console_broker, "hn-police") == "active"
-    refused = events(console_broker, "auth.refused", after)
+    refused = events_of(console_broker, "auth.refused", after)
     assert [(e.actor, e.reason) for e in refused] == [("admin", "csrf_mismatch")]
     # the policy forms check it too, before reading the candidate
     r = await admin.post("/console/admin/policy/check", data={**data, "candidate": "x"})
@@ -170,7 +146,7 @@ async def test_suspend_confirm_reinstate_audited(
     assert r.status_code == 303
     assert r.headers["location"].startswith("/console/admin/agencies/sv-police?done=suspend")
     assert status_of(console_broker, "sv-police") == "suspended"
-    [event] = events(console_broker, "agency.suspended", after)
+    [event] = events_of(console_broker, "agency.suspended", after)
     assert (event.actor, event.subject) == ("admin", "sv-police")
     assert json.loads(event.data)["note"] == "compromised workstation"
     done = await admin.get(r.headers["location"])
@@ -180,12 +156,12 @@ async def test_suspend_confirm_reinstate_audited(
     r = await admin.post("/console/admin/agencies/sv-police/suspend", data={"csrf": token})
     assert r.status_code == 409
     assert "already suspended" in r.text
-    [rejected] = events(console_broker, "request.rejected", after)
+    [rejected] = events_of(console_broker, "request.rejected", after)
     assert (rejected.actor, rejected.reason) == ("admin", "conflict")
     r = await admin.post("/console/admin/agencies/sv-police/reinstate", data={"csrf": token})
     assert r.status_code == 303
     assert status_of(console_broker, "sv-police") == "active"
-    [back] = events(console_broker, "agency.reinstated", after)
+    [back] = events_of(console_broker, "agency.reinstated", after)
     assert back.actor == "admin"
 
 
@@ -244,7 +220,7 @@ async def test_an_enrolment_token_is_shown_once(
     assert secret not in again.text
     [issued] = [
         e
-        for e in events(console_broker, "agency.enrolled", after)
+        for e in events_of(console_broker, "agency.enrolled", after)
         if json.loads(e.data)["stage"] == "token_issued"
     ]
     assert issued.actor == "admin"
@@ -355,9 +331,9 @@ async def test_a_bad_candidate_is_named(admin: httpx.AsyncClient, console_broker
         "/console/admin/policy/check", data={"csrf": token, "candidate": base, "last": "0"}
     )
     assert r.status_code == 400
-    rejected = events(console_broker, "request.rejected", after)
+    rejected = events_of(console_broker, "request.rejected", after)
     assert [e.reason for e in rejected] == ["bad_candidate", "bad_candidate", "bad_attribute"]
-    assert events(console_broker, "policy.adopted", after) == []
+    assert events_of(console_broker, "policy.adopted", after) == []
 
 
 async def test_validate_and_simulate_a_candidate(
@@ -438,7 +414,7 @@ async def test_revoke_one_signing_key(admin: httpx.AsyncClient, console_broker: 
         f"/console/admin/agencies/pa-police?done=key&kid={key.kid}"
     )
     assert console_broker.registry.signing_keys("pa-police")[0].revoked_at is not None
-    [event] = events(console_broker, "key.revoked", after)
+    [event] = events_of(console_broker, "key.revoked", after)
     assert (event.actor, event.subject) == ("admin", "pa-police")
     assert json.loads(event.data)["kid"] == key.kid
     done = await admin.get(r.headers["location"])

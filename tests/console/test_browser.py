@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.console.browser import (
-    CHROMIUM,
     VIEWPORT,
     api_url,
     chromium_missing,
@@ -50,30 +49,6 @@ def bulletin(up: UpProcess) -> str:
     # accepted, routed to several, denied to several, received by rc-drugs
     wait_sequenced(up, bid, types=4)
     return bid
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM))
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def page(browser):  # type: ignore[no-untyped-def]
-    context = browser.new_context(viewport=VIEWPORT, locale="en-US")
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.errors = errors
-    yield pg
-    context.close()
 
 
 def sign_in(page, up: UpProcess) -> None:  # type: ignore[no-untyped-def]

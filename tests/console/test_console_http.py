@@ -5,37 +5,21 @@ development login only when asked for, and the auditor's pages."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import pytest_asyncio
 
-from broker.registry import AuditRow
 from tests.api.conftest import Broker, bearer
 from tests.console.conftest import (
     BASE,
     BULLETIN,
-    AppFactory,
     connect,
     csrf_of,
+    events_of,
     link_for,
     sign_in,
     token_for,
 )
-
-
-def events_of(broker: Broker, type_: str, after: int) -> list[AuditRow]:
-    return broker.registry.audit_events(type_=type_, after_seq=after, limit=1000)
-
-
-@pytest_asyncio.fixture
-async def auditor(
-    console_app: AppFactory, console_broker: Broker
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with connect(console_app()) as c:
-        await sign_in(c, console_broker, "auditor")
-        yield c
 
 
 # ---------------------------------------------------------------------- sign-in
