@@ -77,6 +77,19 @@ class NatsStack:
         """Connect with ``agency``'s own nkey and inbox prefix (``errors=[...]`` as above)."""
         return await self._connect(self.seeds[agency], inbox_prefix(agency), **options)
 
+    async def provision(
+        self, agencies: Iterable[str], *, replicas: int | None = None, timeout: float = 5
+    ) -> None:
+        """As the relay: Istmo's streams (``replicas`` copies), the relay's consumers and
+        one delivery consumer per agency in ``agencies``."""
+        relay = await self.connect_relay()
+        js = relay.jetstream(timeout=timeout)
+        await ensure_streams(js, replicas=replicas)
+        await ensure_relay_consumers(js)
+        for agency in agencies:
+            await ensure_agency_consumer(js, agency)
+        await relay.close()
+
     def layout_with(self, agencies: Iterable[str]) -> NatsLayout:
         """The current layout plus a fresh seed for each new agency in ``agencies``."""
         for agency in agencies:
@@ -119,13 +132,7 @@ async def nats_stack(
         stack = NatsStack(server=server, relay_seed=relay_seed, seeds=seeds)
         stacks.append(stack)
         server.start()
-        relay = await stack.connect_relay()
-        js = relay.jetstream(timeout=5)
-        await ensure_streams(js)
-        await ensure_relay_consumers(js)
-        for agency in agencies:
-            await ensure_agency_consumer(js, agency)
-        await relay.close()
+        await stack.provision(agencies)
         return stack
 
     try:

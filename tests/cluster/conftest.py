@@ -33,7 +33,6 @@ from broker.config import Settings
 from broker.natscluster import ClusterPorts, NatsCluster
 from broker.natsconf import AgencyUser
 from broker.stack import Stack
-from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
 from schemas.natskeys import new_user_seed, user_public_key
 from tests.conftest import NatsStack
 from tests.stackproc import UpProcess
@@ -145,13 +144,7 @@ async def cluster_stack(
         )
         stacks.append(stack)
         await asyncio.to_thread(cluster.start)
-        relay = await stack.connect_relay()
-        js = relay.jetstream(timeout=10)
-        await ensure_streams(js, replicas=3)
-        await ensure_relay_consumers(js)
-        for agency in agencies:
-            await ensure_agency_consumer(js, agency)
-        await relay.close()
+        await stack.provision(agencies, replicas=3, timeout=10)
         return stack
 
     try:
