@@ -28,13 +28,13 @@ import pytest
 from schemas.subjects import DELIVER_STREAM, INGEST_STREAM
 from tests.cluster.conftest import ClusterNodes
 from tests.faults.harness import (
-    BZ_RECIPIENTS,
     Publisher,
     Recipient,
     RelayProcess,
     Target,
     accepted_count,
     all_seen,
+    bz_load,
     check,
     connect,
     record_run,
@@ -76,10 +76,7 @@ async def run_load(
         await asyncio.to_thread(relay.start)
     figures: dict[str, object] = {}
     try:
-        gt = await connect(target, "gt-police")
-        pub = Publisher(gt, retries=10)
-        assert await pub.prepare() == BZ_RECIPIENTS
-        recipients = [Recipient(a, await connect(target, a)) for a in BZ_RECIPIENTS]
+        pub, recipients = await bz_load(target, retries=10)
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             for r in recipients:

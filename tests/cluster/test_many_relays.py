@@ -16,14 +16,11 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import (
-    BZ_RECIPIENTS,
-    Publisher,
-    Recipient,
     RelayProcess,
     Target,
     all_seen,
+    bz_load,
     check,
-    connect,
     wait_until,
 )
 from tests.stackproc import UpProcess
@@ -48,10 +45,7 @@ async def test_two_relays_share_the_work_and_process_each_bulletin_once(
     for relay in relays:
         await asyncio.to_thread(relay.start)
     try:
-        gt = await connect(target, "gt-police")
-        pub = Publisher(gt)
-        assert await pub.prepare() == BZ_RECIPIENTS
-        recipients = [Recipient(a, await connect(target, a)) for a in BZ_RECIPIENTS]
+        pub, recipients = await bz_load(target)
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             for r in recipients:
@@ -66,7 +60,7 @@ async def test_two_relays_share_the_work_and_process_each_bulletin_once(
         report = await check(target, [pub], recipients)
         for r in recipients:
             await r.client.close()
-        await gt.close()
+        await pub.client.close()
     finally:
         for relay in relays:
             await asyncio.to_thread(relay.stop)

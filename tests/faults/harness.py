@@ -394,6 +394,15 @@ class Recipient:
         return list(self.client.deliveries)
 
 
+async def bz_load(target: Target, *, retries: int = 5) -> tuple[Publisher, list[Recipient]]:
+    """gt-police's publisher, prepared (it resolves Belize's three ministries), and one
+    connected ``Recipient`` per ministry: the load every fault test runs. Close
+    ``pub.client`` and each ``r.client`` when done."""
+    pub = Publisher(await connect(target, "gt-police"), retries=retries)
+    assert await pub.prepare() == BZ_RECIPIENTS
+    return pub, [Recipient(a, await connect(target, a)) for a in BZ_RECIPIENTS]
+
+
 def all_seen(pub: Publisher, recipients: list[Recipient]) -> bool:
     """Whether every bulletin ``pub`` had acked reached every one of ``recipients``."""
     return all(pub.acked <= {h for h, _ in r.visible} for r in recipients)

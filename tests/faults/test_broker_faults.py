@@ -30,6 +30,7 @@ from tests.faults.harness import (
     Target,
     all_seen,
     audit_rows,
+    bz_load,
     check,
     connect,
     operator_connect,
@@ -66,10 +67,7 @@ async def test_f03_sigstop_relay_past_the_ack_wait(
     other.start()
     try:
         await shorten_ingest_ack_wait(target)
-        gt = await connect(target, "gt-police")
-        pub = Publisher(gt)
-        assert await pub.prepare() == BZ_RECIPIENTS
-        recipients = [Recipient(a, await connect(target, a)) for a in BZ_RECIPIENTS]
+        pub, recipients = await bz_load(target)
         done = asyncio.Event()
 
         async def stall() -> float:
@@ -107,7 +105,7 @@ async def test_f03_sigstop_relay_past_the_ack_wait(
         assert report.ok, report.summary()
         for r in recipients:
             await r.client.close()
-        await gt.close()
+        await pub.client.close()
     finally:
         stalled.stop()
         other.stop()
@@ -211,10 +209,7 @@ async def test_f17_database_disk_full(
         try:
             target = Target.of_up(up, db_url=db_url)
             await shorten_ingest_ack_wait(target)
-            gt = await connect(target, "gt-police")
-            pub = Publisher(gt)
-            assert await pub.prepare() == BZ_RECIPIENTS
-            recipients = [Recipient(a, await connect(target, a)) for a in BZ_RECIPIENTS]
+            pub, recipients = await bz_load(target)
             stop = asyncio.Event()
             async with asyncio.TaskGroup() as tg:
                 for r in recipients:
@@ -259,6 +254,6 @@ async def test_f17_database_disk_full(
             assert report.ok, report.summary()
             for r in recipients:
                 await r.client.close()
-            await gt.close()
+            await pub.client.close()
         finally:
             up.stop()

@@ -29,13 +29,12 @@ import psycopg
 import pytest
 
 from tests.faults.harness import (
-    BZ_RECIPIENTS,
     Publisher,
     Recipient,
     Target,
     all_seen,
+    bz_load,
     check,
-    connect,
     record_run,
     wait_until,
 )
@@ -127,10 +126,7 @@ async def _run_under_load(
     """Publish RATE/s for SECONDS with recipients receiving and ``fault`` (a coroutine
     function) running; wait until every acked bulletin reached every recipient. Returns
     the publisher, the recipients, the publish time and the catch-up time after the load."""
-    gt = await connect(target, "gt-police")
-    pub = Publisher(gt)
-    assert await pub.prepare() == BZ_RECIPIENTS
-    recipients = [Recipient(a, await connect(target, a)) for a in BZ_RECIPIENTS]
+    pub, recipients = await bz_load(target)
     stop = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         for r in recipients:
@@ -148,7 +144,7 @@ async def _run_under_load(
         await asyncio.sleep(1.0)  # late duplicates would show now
         stop.set()
     assert caught_up, "the recipients did not get every acked bulletin within 120 s"
-    await gt.close()
+    await pub.client.close()
     return pub, recipients, took, catch_up
 
 

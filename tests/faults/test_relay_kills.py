@@ -17,15 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import (
-    BZ_RECIPIENTS,
-    Publisher,
-    Recipient,
     RelayProcess,
     Target,
     accepted_count,
     all_seen,
+    bz_load,
     check,
-    connect,
     record_run,
     wait_until,
 )
@@ -46,10 +43,7 @@ async def test_f02_sigkill_relay_repeatedly_under_load(
     relay.start()
     recovery: list[float] = []
     try:
-        gt = await connect(target, "gt-police")
-        pub = Publisher(gt)
-        assert await pub.prepare() == BZ_RECIPIENTS
-        recipients = [Recipient(a, await connect(target, a)) for a in BZ_RECIPIENTS]
+        pub, recipients = await bz_load(target)
         stop = asyncio.Event()
 
         async def killer() -> None:
@@ -81,7 +75,7 @@ async def test_f02_sigkill_relay_repeatedly_under_load(
         report = await check(target, [pub], recipients)
         for r in recipients:
             await r.client.close()
-        await gt.close()
+        await pub.client.close()
         print("\n" + report.summary())
         print(f"publish took {took:.1f}s; recovery after each kill (s): {recovery}")
         record_run(
