@@ -72,6 +72,7 @@ __all__ = [
     "TreeHeadRow",
     "VerifyReport",
     "entry_bytes",
+    "event_clauses",
     "outbox_bytes",
     "queried_event",
     "same_event",
@@ -177,6 +178,32 @@ def same_event(fields: Sequence[Any], leaf: bytes) -> bool:
         return outbox_bytes(fields) == leaf
     except (ValueError, TypeError):  # a hand-edited outbox row
         return False
+
+
+def event_clauses(
+    *,
+    agency: str | None = None,
+    type_: str | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> tuple[list[str], dict[str, Any]]:
+    """SQL conditions on ``audit_event a`` and their bound values, for those given: the
+    agency as actor or subject, the event type, and ``since_ms <= time < until_ms``."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if agency is not None:
+        where.append("(a.actor = :agency OR a.subject = :agency)")
+        params["agency"] = agency
+    if type_ is not None:
+        where.append("a.type = :type")
+        params["type"] = type_
+    if since_ms is not None:
+        where.append("a.time >= :since")
+        params["since"] = since_ms
+    if until_ms is not None:
+        where.append("a.time < :until")
+        params["until"] = until_ms
+    return where, params
 
 
 @dataclass(frozen=True)
@@ -642,23 +669,14 @@ class AuditLog:
     def search(self, f: EntryFilter) -> list[LogEntry]:
         """Entries matching ``f``, by index, at most ``f.limit`` (a page: go on from the last
         index with ``after_index``)."""
-        where = ['e."index" > :after']
-        params: dict[str, Any] = {"after": f.after_index, "limit": f.limit}
-        if f.agency is not None:
-            where.append("(a.actor = :agency OR a.subject = :agency)")
-            params["agency"] = f.agency
+        where, params = event_clauses(
+            agency=f.agency, type_=f.type, since_ms=f.since_ms, until_ms=f.until_ms
+        )
+        where.append('e."index" > :after')
+        params.update(after=f.after_index, limit=f.limit)
         if f.bulletin_id is not None:
             where.append("a.bulletin_id = :bulletin")
             params["bulletin"] = f.bulletin_id
-        if f.type is not None:
-            where.append("a.type = :type")
-            params["type"] = f.type
-        if f.since_ms is not None:
-            where.append("a.time >= :since")
-            params["since"] = f.since_ms
-        if f.until_ms is not None:
-            where.append("a.time < :until")
-            params["until"] = f.until_ms
         q = text(
             'SELECT e."index", e.event_seq, e.leaf, e.leaf_hash FROM log_entry e '  # noqa: S608  # fixed clauses, values bound
             "JOIN audit_event a ON a.seq = e.event_seq "

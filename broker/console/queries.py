@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.audit_log import AuditLog, LogEntry, same_event
+from broker.audit_log import AuditLog, LogEntry, event_clauses, same_event
 from broker.directory import DirectoryService
 from broker.merkle import verify_consistency
 from broker.registry import Registry
@@ -103,12 +103,11 @@ def log_page(
     """Up to ``limit`` entries matching ``f``, newest first: those below ``before``, or the
     ones just above ``after`` (the newer page), or the newest."""
     limit = max(1, min(limit, MAX_PAGE))
-    where: list[str] = []
-    params: dict[str, Any] = {"limit": limit}
+    where, params = event_clauses(
+        agency=f.agency, type_=f.type, since_ms=f.since_ms, until_ms=f.until_ms
+    )
+    params["limit"] = limit
     expanding: list[str] = []
-    if f.agency is not None:
-        where.append("(a.actor = :agency OR a.subject = :agency)")
-        params["agency"] = f.agency
     if f.state is not None or f.sector is not None:
         ids = [
             a.id
@@ -125,19 +124,10 @@ def log_page(
             "WHERE t.type = 'bulletin.accepted' AND t.data LIKE :topic_like)"
         )
         params["topic_like"] = f'%"topic":"{f.topic}"%'  # topics are [a-z-]: no LIKE escapes
-    if f.type is not None:
-        where.append("a.type = :type")
-        params["type"] = f.type
     if f.decision is not None:
         where.append("a.type IN :decision_types")
         params["decision_types"] = list(_DECISION_TYPES[f.decision])
         expanding.append("decision_types")
-    if f.since_ms is not None:
-        where.append("a.time >= :since")
-        params["since"] = f.since_ms
-    if f.until_ms is not None:
-        where.append("a.time < :until")
-        params["until"] = f.until_ms
     order = "DESC"
     if before is not None:
         where.append('e."index" < :before')
