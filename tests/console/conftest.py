@@ -30,9 +30,32 @@ from tests.api.conftest import BASE, TOKEN_URL, Broker, bearer
 from tests.console.browser import CHROMIUM, VIEWPORT
 from tests.storage_engines import Storage
 
-__all__ = ["BASE", "TOKEN_URL", "csrf_of", "link_for", "sequence", "sign_in", "token_for"]
+__all__ = [
+    "BASE",
+    "NO_MILITARY",
+    "TOKEN_URL",
+    "csrf_of",
+    "events_of",
+    "link_for",
+    "sequence",
+    "sign_in",
+    "token_for",
+]
 
 BULLETIN = "00000000-0000-4000-8000-0000000000b1"
+
+
+# A candidate policy the admin tests adopt, check and simulate.
+NO_MILITARY = """
+@id("sica.test-no-military")
+@reason("test: SICA bulletins go to no military agency")
+forbid (principal, action == Istmo::Action::"receive", resource)
+when
+{
+  principal.sector == "military" &&
+  resource.releasableTo.contains(Istmo::Jurisdiction::"SICA")
+};
+"""
 
 
 def relay_events(now_ms: int) -> list[AuditEvent]:

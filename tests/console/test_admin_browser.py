@@ -32,6 +32,7 @@ from clients.sdk import IstmoClient, PublishResult
 from schemas.errors import BusUnavailable
 from schemas.labels import Labels
 from tests.console.browser import api_url, chromium_missing, console_link
+from tests.console.conftest import NO_MILITARY
 from tests.stackproc import UpProcess
 
 pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
@@ -46,16 +47,6 @@ TO_HN = Labels.model_validate_json(
         }
     )
 )
-NO_MILITARY = """
-@id("sica.test-no-military")
-@reason("test: SICA bulletins go to no military agency")
-forbid (principal, action == Istmo::Action::"receive", resource)
-when
-{
-  principal.sector == "military" &&
-  resource.releasableTo.contains(Istmo::Jurisdiction::"SICA")
-};
-"""
 
 
 @pytest.fixture(scope="module")

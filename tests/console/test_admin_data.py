@@ -35,17 +35,7 @@ from broker.registry import AuditRow, BulletinRow, Registry
 from broker.stack import Stack
 from schemas.errors import ConfigError
 from schemas.labels import Labels
-
-NO_MILITARY = """
-@id("sica.test-no-military")
-@reason("test: SICA bulletins go to no military agency")
-forbid (principal, action == Istmo::Action::"receive", resource)
-when
-{
-  principal.sector == "military" &&
-  resource.releasableTo.contains(Istmo::Jurisdiction::"SICA")
-};
-"""
+from tests.console.conftest import NO_MILITARY
 
 
 @pytest.fixture(scope="module")

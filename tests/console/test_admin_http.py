@@ -27,18 +27,7 @@ from broker.enrolment import EnrolmentTokenRow, NewAgency, create_agency
 from broker.registry import BulletinRow
 from schemas.labels import Labels
 from tests.api.conftest import Broker
-from tests.console.conftest import csrf_of, events_of
-
-NO_MILITARY = """
-@id("sica.test-no-military")
-@reason("test: SICA bulletins go to no military agency")
-forbid (principal, action == Istmo::Action::"receive", resource)
-when
-{
-  principal.sector == "military" &&
-  resource.releasableTo.contains(Istmo::Jurisdiction::"SICA")
-};
-"""
+from tests.console.conftest import NO_MILITARY, csrf_of, events_of
 
 
 def status_of(broker: Broker, agency: str) -> str:
