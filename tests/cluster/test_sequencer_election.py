@@ -12,6 +12,7 @@ ends a hung run).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -19,6 +20,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -127,10 +130,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-@pytest.mark.slow
-async def test_standby_takes_over_when_the_leader_is_killed(tmp_path: Path) -> None:
+@dataclass
+class Pair:
+    """Two ``--standby`` sequencers on a running cluster stack: ``a`` leads, ``b`` stands by."""
+
+    stack: Stack
+    db: Path
+    registry: Registry
+    log_a: Path
+    log_b: Path
+    a: subprocess.Popen[bytes]
+    b: subprocess.Popen[bytes]
+
+
+@contextlib.asynccontextmanager
+async def leader_and_standby(tmp_path: Path) -> AsyncIterator[Pair]:
+    """A cluster stack without its own sequencer, and two sequencers: A leading (started
+    first), then B standing by. Both are stopped at the end."""
     async with running_cluster_stack(tmp_path / "istmo", with_sequencer=False) as stack:
-        db = stack.settings.data_dir / "istmo.db"
         registry = Registry(stack.settings.db_url)
         log_a, log_b = tmp_path / "seq-a.log", tmp_path / "seq-b.log"
         a = start_sequencer(stack, log_a)
@@ -139,67 +156,63 @@ async def test_standby_takes_over_when_the_leader_is_killed(tmp_path: Path) -> N
             await wait_for(log_a, "sequencer: leading", a)
             b = start_sequencer(stack, log_b)
             await wait_for(log_b, "standing by", b)
-            before = log_size(db)  # the demo directory's enrolments
-            registry.record([], events(500, 0))
-            await wait_size(db, before + 200)  # A is integrating
-            registry.record([], events(500, 500))  # a backlog when A dies
-            killed = time.monotonic()
-            a.send_signal(signal.SIGKILL)
-            a.wait()
-            size_at_kill = log_size(db)
-            registry.record([], events(500, 1000))  # writers go on
-            took_over = await wait_for(log_b, "sequencer: leading", b)
-            print(f"\ntakeover after SIGKILL: {took_over - killed:.2f} s (lease TTL 6 s)")
-            await wait_size(db, before + 1500)
-            assert size_at_kill < before + 1500
-            assert_log_complete(stack, 1500, before)
+            yield Pair(stack, stack.settings.data_dir / "istmo.db", registry, log_a, log_b, a, b)
         finally:
             stop(a)
             if b is not None:
                 stop(b)
             registry.close()
+
+
+@pytest.mark.slow
+async def test_standby_takes_over_when_the_leader_is_killed(tmp_path: Path) -> None:
+    async with leader_and_standby(tmp_path) as pair:
+        stack, db, registry = pair.stack, pair.db, pair.registry
+        log_b, a, b = pair.log_b, pair.a, pair.b
+        before = log_size(db)  # the demo directory's enrolments
+        registry.record([], events(500, 0))
+        await wait_size(db, before + 200)  # A is integrating
+        registry.record([], events(500, 500))  # a backlog when A dies
+        killed = time.monotonic()
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        size_at_kill = log_size(db)
+        registry.record([], events(500, 1000))  # writers go on
+        took_over = await wait_for(log_b, "sequencer: leading", b)
+        print(f"\ntakeover after SIGKILL: {took_over - killed:.2f} s (lease TTL 6 s)")
+        await wait_size(db, before + 1500)
+        assert size_at_kill < before + 1500
+        assert_log_complete(stack, 1500, before)
 
 
 @pytest.mark.slow
 async def test_a_leader_paused_past_its_lease_appends_nothing_when_resumed(
     tmp_path: Path,
 ) -> None:
-    async with running_cluster_stack(tmp_path / "istmo", with_sequencer=False) as stack:
-        db = stack.settings.data_dir / "istmo.db"
-        registry = Registry(stack.settings.db_url)
-        log_a, log_b = tmp_path / "seq-a.log", tmp_path / "seq-b.log"
-        a = start_sequencer(stack, log_a)
-        b = None
-        try:
-            await wait_for(log_a, "sequencer: leading", a)
-            b = start_sequencer(stack, log_b)
-            await wait_for(log_b, "standing by", b)
-            before = log_size(db)
-            registry.record([], events(300, 0))
-            await wait_size(db, before + 300)  # A drained the outbox and idles
-            await asyncio.sleep(0.5)
-            paused = time.monotonic()
-            a.send_signal(signal.SIGSTOP)
-            size_at_pause = log_size(db)
-            took_over = await wait_for(log_b, "sequencer: leading", b)
-            print(f"\ntakeover after SIGSTOP: {took_over - paused:.2f} s (lease TTL 6 s)")
-            registry.record([], events(300, 300))
-            await wait_size(db, before + 600)  # B integrates
-            # A wakes with rows waiting in the outbox: it must stand down, not append.
-            registry.record([], events(400, 600))
-            a.send_signal(signal.SIGCONT)
-            await wait_for(log_a, "standing down", a)
-            await wait_for(log_a, "standing by", a, count=1)
-            await wait_size(db, before + 1000)
-            text = read(log_a)
-            sizes = [int(s) for s in re.findall(r"lease lapsed at log size (\d+)", text)]
-            # Its last batch is the one before the pause: nothing appended after it.
-            assert sizes, text[-2000:]
-            assert sizes[-1] <= size_at_pause, text[-2000:]
-            assert a.poll() is None  # it stands by again, alive
-            assert_log_complete(stack, 1000, before)
-        finally:
-            stop(a)
-            if b is not None:
-                stop(b)
-            registry.close()
+    async with leader_and_standby(tmp_path) as pair:
+        stack, db, registry = pair.stack, pair.db, pair.registry
+        log_a, log_b, a, b = pair.log_a, pair.log_b, pair.a, pair.b
+        before = log_size(db)
+        registry.record([], events(300, 0))
+        await wait_size(db, before + 300)  # A drained the outbox and idles
+        await asyncio.sleep(0.5)
+        paused = time.monotonic()
+        a.send_signal(signal.SIGSTOP)
+        size_at_pause = log_size(db)
+        took_over = await wait_for(log_b, "sequencer: leading", b)
+        print(f"\ntakeover after SIGSTOP: {took_over - paused:.2f} s (lease TTL 6 s)")
+        registry.record([], events(300, 300))
+        await wait_size(db, before + 600)  # B integrates
+        # A wakes with rows waiting in the outbox: it must stand down, not append.
+        registry.record([], events(400, 600))
+        a.send_signal(signal.SIGCONT)
+        await wait_for(log_a, "standing down", a)
+        await wait_for(log_a, "standing by", a, count=1)
+        await wait_size(db, before + 1000)
+        text = read(log_a)
+        sizes = [int(s) for s in re.findall(r"lease lapsed at log size (\d+)", text)]
+        # Its last batch is the one before the pause: nothing appended after it.
+        assert sizes, text[-2000:]
+        assert sizes[-1] <= size_at_pause, text[-2000:]
+        assert a.poll() is None  # it stands by again, alive
+        assert_log_complete(stack, 1000, before)
