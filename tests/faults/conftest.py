@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Target
 from tests.stackproc import UpProcess
 
 # Each test appends its measured figures here (load, counts, recovery), one JSON line.
@@ -37,7 +36,3 @@ def up(tmp_path: Path) -> Iterator[UpProcess]:
 @pytest.fixture
 def figures() -> Path:
     return FIGURES
-
-
-def target_of(up: UpProcess) -> Target:
-    return Target.of_up(up)
