@@ -166,6 +166,7 @@ class BenchStack:
         self.peaks: dict[str, float] = {}  # component -> highest VmHWM seen, MiB
         self.steady: dict[str, float] = {}  # component -> highest VmRSS when stopped, MiB
         self.startup_s = 0.0
+        self.last_stopped: list[tuple[str, float | None, float | None]] = []
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 300) -> BenchStack:
@@ -287,6 +288,8 @@ class BenchStack:
         for proc in self.workers:
             proc.stop()
             self._note(_kind(proc.name), proc.peak_mib, proc.last_rss_mib)
+        if self.workers:
+            self.last_stopped = [(p.name, p.peak_mib, p.last_rss_mib) for p in self.workers]
         self.workers = []
 
     def sample_peaks(self) -> None:

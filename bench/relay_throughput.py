@@ -38,6 +38,9 @@ async def run(ctx: Context) -> dict[str, object]:
                 timeout=ctx.pick(5, 15),
             )
             r["processes"] = procs
+            # Each relay's RSS just before it was stopped, after draining the backlog.
+            r["rss_when_stopped_mib"] = [rss for _n, _p, rss in stack.last_stopped]
+            r["peak_rss_mib"] = [peak for _n, peak, _r in stack.last_stopped]
             rows.append(r)
             print(f"  {procs} relay process(es): {r['per_s']} bulletins/s", flush=True)
     ctx.note_self()

@@ -165,14 +165,23 @@ def evaluate_targets(doc: R) -> list[dict[str, Any]]:
     else:
         add("sequencer_rate", "Sequencer >= 5,000 audit events/s", "n/a", None)
         add("inclusion_proof", "Inclusion proof < 2 ms at 1M entries", "n/a", None)
-    steady = _get(res, "memory", "rss_when_stopped_mib", default={}) or {}
-    relay_rss = steady.get("relay (istmo relay)")
+    # Steady state: the relays of item 2 (5 recipients) after draining their backlog; the
+    # memory table also shows relays that went through 60-recipient fan-outs.
+    steady = [
+        v
+        for r in _get(res, "relay_throughput", "rows", default=[])
+        for v in r.get("rss_when_stopped_mib", [])
+        if v is not None
+    ]
+    relay_rss = max(steady) if steady else None
     add(
         "relay_rss",
         "Relay RSS <= 200 MB at steady state",
         _fmt(None if relay_rss is None else round(relay_rss * 1.048576, 1), " MB"),
         None if relay_rss is None else relay_rss * 1.048576 <= 200,
-        f"peak {_fmt(_get(res, 'memory', 'peak_rss_mib', 'relay (istmo relay)'))} MiB",
+        "relays of item 2 after their backlog; any relay: "
+        f"{_fmt(_get(res, 'memory', 'rss_when_stopped_mib', 'relay (istmo relay)'))} MiB when "
+        f"stopped, peak {_fmt(_get(res, 'memory', 'peak_rss_mib', 'relay (istmo relay)'))} MiB",
     )
     drows = _get(res, "directory_size", "rows", default=[])
     big_dir = drows[-1] if drows else None
