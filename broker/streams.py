@@ -65,6 +65,11 @@ def _every_agency(subject_of: Callable[[str], str]) -> str:
 _AUDIT_SUBJECTS = "istmo.audit.>"  # schemas.subjects names the stream, not its subjects
 
 
+# Agencies one region can hold: each has a durable consumer on the delivery stream.
+# Europol's SIENA connects about 3,500 authorities; this leaves room to grow.
+MAX_AGENCIES = 20_000
+
+
 def _stream_configs(
     deliver_max_age_s: int, duplicate_window_s: int, replicas: int
 ) -> list[StreamConfig]:
@@ -91,6 +96,9 @@ def _stream_configs(
             deny_purge=True,
             # Direct get ignores consumer filters; keep it off (defence in depth).
             allow_direct=False,
+            # One durable consumer per agency: nats-server 2.15 caps a stream at 1,000
+            # consumers unless it says otherwise (and reads 0 or -1 as "the default").
+            max_consumers=MAX_AGENCIES,
         ),
         StreamConfig(
             name=RECEIPT_STREAM,

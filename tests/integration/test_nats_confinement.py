@@ -24,7 +24,12 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 from broker.natsserver import NatsServer, check_port_free, find_nats_server, free_port
-from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
+from broker.streams import (
+    MAX_AGENCIES,
+    ensure_agency_consumer,
+    ensure_relay_consumers,
+    ensure_streams,
+)
 from schemas.errors import ConfigError
 from schemas.ids import new_bulletin_id
 from schemas.natskeys import new_user_seed
@@ -464,6 +469,8 @@ async def test_stream_setup_is_idempotent_and_updates_limits(nats_stack: StackFa
 
     info = await rjs.stream_info(DELIVER_STREAM)
     assert (info.config.max_age, info.config.duplicate_window) == (3600, 120)
+    # Room for every agency's consumer (nats-server 2.15's default would stop at 1,000).
+    assert info.config.max_consumers == MAX_AGENCIES
     assert (info.config.deny_delete, info.config.deny_purge, info.config.allow_direct) == (
         True,
         True,
