@@ -45,6 +45,7 @@ from broker.policy_store import CONTROL_POLICY_SUBJECT, active_policy_dir
 from broker.reconcile import archive_envelope, ensure_archive
 from broker.registry import BulletinRow, DecisionRow, ReceiptRow, Registry, RejectionRow
 from broker.relay_core import IngestLimits, check_ingest, parse_ingest, sender_of
+from broker.streams import ACK_WAIT_S
 from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
 from schemas.envelope import Envelope
@@ -73,6 +74,9 @@ __all__ = ["Relay"]
 log = logging.getLogger("istmo.relay")
 MAX_DEFER_S = 3600
 AGENCY_DEAD_LETTERS_MAX = 1000  # newest dead letters an agency gets in one answer
+# JetStream publishes awaiting their acks at once: a batch of 64 bulletins to 60 agencies
+# each (~400 MB in flight) made nats-server answer 429 and stalled the relay.
+IN_FLIGHT = 256
 DEFAULT_DENY = "no policy grants it (default deny): not releasable to it, and not named"
 
 
@@ -164,12 +168,15 @@ class Relay:
             try:
                 await handle(msgs)
             except (nats.errors.Error, TimeoutError, AuditStoreError) as exc:
-                # Unacked messages come back after the ack wait; the work is idempotent.
+                # NATS or the database is away for a moment: hand the batch back to come
+                # again soon (sooner than the ack wait, later with every attempt); the work
+                # is idempotent. Whatever cannot be handed back returns after the ack wait.
                 log.warning(
                     "batch of %d not finished (%s); it will be redelivered",
                     len(msgs),
                     type(exc).__name__,
                 )
+                await _hand_back(msgs)
                 await asyncio.sleep(0.5)
             except Exception:
                 # A bug, not bad input (bad input is refused and audited). Keep the relay
@@ -586,12 +593,28 @@ async def _settle(o: _Outcome) -> None:
         await o.msg.ack_sync()
 
 
-async def _all(aws: Iterable[Awaitable[object]]) -> None:
-    """Await all of ``aws`` concurrently; then raise the first failure, if any."""
-    results = await asyncio.gather(*aws, return_exceptions=True)
+async def _all(aws: Iterable[Awaitable[object]], limit: int = IN_FLIGHT) -> None:
+    """Await all of ``aws``, at most ``limit`` at a time; then raise the first failure."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(aw: Awaitable[object]) -> object:
+        async with gate:
+            return await aw
+
+    results = await asyncio.gather(*(one(aw) for aw in aws), return_exceptions=True)
     for r in results:
         if isinstance(r, BaseException):
             raise r
+
+
+async def _hand_back(msgs: list[Msg]) -> None:
+    """Nak each message with a delay that doubles with its deliveries (2, 4, 8 s ... up to
+    the ack wait), so a short outage costs seconds, not the ack wait, and a long one does
+    not burn through the attempts that dead-letter a poison bulletin."""
+    for msg in msgs:
+        delay = min(2.0 ** max(msg.metadata.num_delivered, 1), ACK_WAIT_S)
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await msg.nak(delay=delay)
 
 
 def _facts(env: Envelope, d: DirectoryService) -> BulletinFacts:
