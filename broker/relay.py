@@ -24,6 +24,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import SQLModel
 
 from broker.agency_api import AgencyApi
@@ -74,6 +75,9 @@ __all__ = ["Relay"]
 log = logging.getLogger("istmo.relay")
 MAX_DEFER_S = 3600
 AGENCY_DEAD_LETTERS_MAX = 1000  # newest dead letters an agency gets in one answer
+# Failures that pass: NATS or the database away for a moment (a registry read raises
+# SQLAlchemy's own errors, a write AuditStoreError). The batch comes back and resumes.
+_TRANSIENT = (nats.errors.Error, TimeoutError, AuditStoreError, OperationalError, InterfaceError)
 # JetStream publishes awaiting their acks at once: a batch of 64 bulletins to 60 agencies
 # each (~400 MB in flight) made nats-server answer 429 and stalled the relay.
 IN_FLIGHT = 256
@@ -167,7 +171,7 @@ class Relay:
                 continue
             try:
                 await handle(msgs)
-            except (nats.errors.Error, TimeoutError, AuditStoreError) as exc:
+            except _TRANSIENT as exc:
                 # NATS or the database is away for a moment: hand the batch back to come
                 # again soon (sooner than the ack wait, later with every attempt); the work
                 # is idempotent. Whatever cannot be handed back returns after the ack wait.
@@ -194,7 +198,7 @@ class Relay:
             return
         try:
             await self._ingest_batch(live)
-        except (nats.errors.Error, TimeoutError, AuditStoreError):
+        except _TRANSIENT:
             raise
         except Exception:
             if len(live) == 1:
@@ -203,7 +207,7 @@ class Relay:
             for msg in live:
                 try:
                     await self._ingest_batch([msg])
-                except (nats.errors.Error, TimeoutError, AuditStoreError):
+                except _TRANSIENT:
                     raise
                 except Exception:
                     log.exception(
@@ -462,6 +466,8 @@ class Relay:
         for msg in msgs:
             try:
                 self._receipt(msg)
+            except (AuditStoreError, BusUnavailable):
+                raise  # the store or NATS is away: not the receipt's fault; it comes back
             except IstmoError as exc:
                 seq = msg.metadata.sequence.stream
                 self.registry.record(
