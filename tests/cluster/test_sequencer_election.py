@@ -102,7 +102,7 @@ async def wait_size(db: Path, size: int) -> None:
 def assert_log_complete(stack: Stack, total_new: int, before: int) -> None:
     """Every outbox row once, in seq order, no gap, and the whole log verifies."""
     db = stack.settings.data_dir / "istmo.db"
-    with sqlite3.connect(db) as conn:
+    with sqlite3.connect(db, timeout=60) as conn:
         rows = conn.execute('SELECT "index", event_seq FROM log_entry ORDER BY "index"').fetchall()
         outbox = [r[0] for r in conn.execute("SELECT seq FROM audit_event ORDER BY seq")]
     assert [r[0] for r in rows] == list(range(len(rows)))  # no gaps, no repeats

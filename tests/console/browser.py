@@ -81,7 +81,7 @@ def wait_sequenced(up: UpProcess, bulletin_id: str, types: int, timeout: float =
     deadline = time.monotonic() + timeout
     db = up.data_dir / "istmo.db"
     while time.monotonic() < deadline:
-        with sqlite3.connect(db) as conn:
+        with sqlite3.connect(db, timeout=60) as conn:
             n = conn.execute(
                 "SELECT COUNT(*) FROM log_entry e JOIN audit_event a ON a.seq = e.event_seq "
                 "WHERE a.bulletin_id = ?",
@@ -99,7 +99,7 @@ def tamper_entry(up: UpProcess, index: int) -> None:
     """As an attacker with the database: drop the append-only triggers and rewrite entry
     ``index``'s subject, with a matching leaf hash (the outbox row and the Merkle nodes
     are left alone)."""
-    with sqlite3.connect(up.data_dir / "istmo.db") as conn:
+    with sqlite3.connect(up.data_dir / "istmo.db", timeout=60) as conn:
         for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
             conn.execute(f'DROP TRIGGER "{name}"')
         (leaf,) = conn.execute('SELECT leaf FROM log_entry WHERE "index" = ?', (index,)).fetchone()
@@ -115,7 +115,7 @@ def tamper_entry(up: UpProcess, index: int) -> None:
 def substitute_head_root(up: UpProcess, tree_size: int) -> None:
     """As an attacker with the database: put another root in the stored tree head document
     of ``tree_size`` (its signature, which the attacker cannot redo, left as it was)."""
-    with sqlite3.connect(up.data_dir / "istmo.db") as conn:
+    with sqlite3.connect(up.data_dir / "istmo.db", timeout=60) as conn:
         for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
             conn.execute(f'DROP TRIGGER "{name}"')
         (raw,) = conn.execute(

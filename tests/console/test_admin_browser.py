@@ -128,7 +128,7 @@ def test_suspend_takes_effect_on_publish_then_reinstate(page: Any, up: UpProcess
     assert page.errors == []  # no CSP violation, no script error
 
     # Both changes are in the audit log under the administrator's id.
-    with sqlite3.connect(up.data_dir / "istmo.db") as db:
+    with sqlite3.connect(up.data_dir / "istmo.db", timeout=60) as db:
         rows = db.execute(
             "SELECT type, actor FROM audit_event WHERE subject = 'hn-police' AND type IN "
             "('agency.suspended', 'agency.reinstated') ORDER BY seq"

@@ -72,7 +72,7 @@ def test_publish_receive_receipts_and_denial(up: UpProcess) -> None:
     assert none.returncode == 1
     assert none.stdout == ""
     # ... and its denial is recorded with the deciding policy and the policy version.
-    db = sqlite3.connect(d / "istmo.db")
+    db = sqlite3.connect(d / "istmo.db", timeout=60)
     allowed, policy_ids = db.execute(
         "SELECT allowed, policy_ids FROM decision WHERE bulletin_id=? AND agency='jm-police'",
         (bid,),
@@ -379,7 +379,7 @@ def test_two_ups_at_once_on_a_new_directory(tmp_path: Path) -> None:
                 p.wait(timeout=30)
             if p.stdout:
                 p.stdout.close()
-    db = sqlite3.connect(d / "istmo.db")
+    db = sqlite3.connect(d / "istmo.db", timeout=60)
     (keys,) = db.execute("SELECT count(*) FROM signing_key").fetchone()
     (agencies,) = db.execute("SELECT count(*) FROM agency").fetchone()
     assert keys == agencies == 85

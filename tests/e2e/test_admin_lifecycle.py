@@ -91,7 +91,7 @@ def test_suspended_agency_loses_its_connection_and_keeps_its_deliveries(up: UpPr
     ids = [json.loads(line)["id"] for line in got.stdout.splitlines()]
     assert ids == [held_id]  # held while suspended, delivered now; nothing decided during it
 
-    db = sqlite3.connect(d / "istmo.db")
+    db = sqlite3.connect(d / "istmo.db", timeout=60)
     kinds = [
         r[0]
         for r in db.execute(

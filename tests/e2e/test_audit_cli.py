@@ -240,7 +240,7 @@ def sealed(tmp_path: Path) -> Path:
 
 def attack(data_dir: Path, change: Callable[[sqlite3.Connection], None]) -> None:
     """Write to the database as an attacker would: drop the triggers, then change rows."""
-    with sqlite3.connect(data_dir / "istmo.db") as conn:
+    with sqlite3.connect(data_dir / "istmo.db", timeout=60) as conn:
         for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
             conn.execute(f'DROP TRIGGER "{name}"')
         change(conn)

@@ -548,7 +548,7 @@ def test_cli_monitor_alarms_on_rollback(up: UpProcess, tmp_path: Path) -> None:
     state = tmp_path / "monitor.json"
     assert remote(up, "monitor", "--state", str(state)).returncode == 0
     saved = json.loads(state.read_text())["head"]["head"]["tree_size"]
-    with sqlite3.connect(up.data_dir / "istmo.db") as conn:
+    with sqlite3.connect(up.data_dir / "istmo.db", timeout=60) as conn:
         (first,) = conn.execute("SELECT MIN(tree_size) FROM tree_head").fetchone()
     assert first < saved - 20
     attack(up.data_dir, truncate_to(first))

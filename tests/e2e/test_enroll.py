@@ -159,7 +159,7 @@ def test_an_agency_added_by_the_admin_enrols_and_works_at_once(
     assert up.proc.poll() is None
 
     # 6. Audited; and no secret in the stack's log or its database.
-    db = sqlite3.connect(d / "istmo.db")
+    db = sqlite3.connect(d / "istmo.db", timeout=60)
     kinds = [
         row[0]
         for row in db.execute(

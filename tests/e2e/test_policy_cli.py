@@ -137,7 +137,7 @@ def test_simulate_then_adopt_takes_effect_in_the_running_relay(
     assert "rc-drugs" not in routed
     assert "hn-police" in routed
 
-    db = sqlite3.connect(d / "istmo.db")
+    db = sqlite3.connect(d / "istmo.db", timeout=60)
     kinds = [
         r[0]
         for r in db.execute("SELECT type FROM audit_event WHERE type LIKE 'policy.%' ORDER BY seq")
@@ -179,7 +179,7 @@ def test_an_administrator_adopts_over_http(up: UpProcess, tmp_path: Path) -> Non
     assert ok == 200, answer
     check = run_cli("policy", "check", data_dir=up.data_dir)
     assert answer["version"] in check.stdout  # in force, and what the next start loads
-    db = sqlite3.connect(up.data_dir / "istmo.db")
+    db = sqlite3.connect(up.data_dir / "istmo.db", timeout=60)
     actor = db.execute(
         "SELECT actor FROM audit_event WHERE type='policy.adopted' ORDER BY seq DESC LIMIT 1"
     ).fetchone()[0]
