@@ -42,6 +42,9 @@ from tests.faults.harness import (
 )
 from tests.stackproc import UpProcess
 
+# Minutes of load and faults: on demand (`./scripts/test -m long`), not in the default run.
+pytestmark = pytest.mark.long
+
 FIGURES = Path(__file__).resolve().parent / "figures.jsonl"
 RATE = 15  # bulletins/s
 COUNT = 300  # about 20 s of load

@@ -39,7 +39,7 @@ from tests.faults.harness import (
 )
 from tests.stackproc import UpProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 SHORT_ACK_WAIT_S = 3.0
 

@@ -41,7 +41,7 @@ from tests.faults.harness import (
 from tests.stackproc import UpProcess
 from tests.storage_engines import pg_database
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.long]
 
 RATE = 40  # bulletins/s (two shared cores; the catalogue's 1,000/s is for PROD hardware)
 SECONDS = 16

@@ -34,7 +34,7 @@ from tests.faults.harness import (
 )
 from tests.stackproc import UpProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 VICTIM = "bz-police"
 

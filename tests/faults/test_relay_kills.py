@@ -28,6 +28,9 @@ from tests.faults.harness import (
 )
 from tests.stackproc import UpProcess
 
+# Minutes of load and faults: on demand (`./scripts/test -m long`), not in the default run.
+pytestmark = pytest.mark.long
+
 RATE = 50  # bulletins/s
 SECONDS = 15
 KILLS = 4
