@@ -1,4 +1,5 @@
-"""``istmo db upgrade`` and ``istmo db current``: the schema revision of the broker's database.
+"""``istmo db upgrade | current | copy``: the broker's database, its schema revision, and a
+region's SQLite database copied into PostgreSQL (``broker.db_copy``).
 
 The database is ``ISTMO_DATABASE_URL`` if set, else the SQLite file of ``--data-dir``. The URL
 is read from the environment only (never a flag: a password on the command line shows in
@@ -46,7 +47,7 @@ _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def add_db_commands(sub: Any) -> None:
-    """Add ``db upgrade`` and ``db current`` to the ``istmo`` sub-command parser."""
+    """Add ``db upgrade``, ``db current`` and ``db copy`` to the ``istmo`` sub-command parser."""
     p = sub.add_parser(
         "db",
         help="the database's schema: upgrade it, show its revision",
@@ -75,6 +76,29 @@ def add_db_commands(sub: Any) -> None:
     )
     _data_dir(c)
     c.set_defaults(func=_current_command)
+    c = cmds.add_parser(
+        "copy",
+        help="copy a region's SQLite database into the empty PostgreSQL ISTMO_DATABASE_URL",
+        description="Copy every table of a region's SQLite database (registry, bulletin "
+        "metadata, audit log) into ISTMO_DATABASE_URL, which must be empty and at this "
+        "Istmo's revision (`istmo db upgrade`). One transaction: the counts are compared and "
+        "the audit log verified before it commits; any failure leaves the target empty. "
+        "Stop `istmo up` first. The SQLite file is only read.",
+    )
+    c.add_argument(
+        "--from-sqlite",
+        metavar="PATH",
+        type=Path,
+        required=True,
+        help="the region's istmo.db, or its data directory",
+    )
+    c.add_argument(
+        "--log-key",
+        metavar="FILE",
+        type=Path,
+        help="the audit log's public key (default: broker/log.pub beside the database)",
+    )
+    c.set_defaults(func=_copy_command)
 
 
 def _data_dir(p: argparse.ArgumentParser) -> None:
@@ -216,3 +240,38 @@ def _current_command(args: argparse.Namespace) -> int:
         "run `istmo db upgrade`"
     )
     return 1
+
+
+def _copy_command(args: argparse.Namespace) -> int:
+    from broker import db
+    from broker.config import Settings
+    from broker.db_copy import copy_sqlite_region, log_key_for, region_database
+    from schemas.errors import ConfigError
+
+    url = Settings.from_env().database_url
+    if url is None:
+        raise ConfigError(
+            "set ISTMO_DATABASE_URL to the PostgreSQL database to copy into (made with "
+            "`istmo db upgrade`)"
+        )
+    source = region_database(args.from_sqlite)
+    report = copy_sqlite_region(source, url, log_key_for(source, args.log_key))
+    rate = report.total_rows / report.seconds if report.seconds > 0 else 0.0
+    print(
+        f"copied {report.total_rows:,} rows into {db.display_url(url)} in "
+        f"{report.seconds:.1f} s ({rate:,.0f} rows/s); row counts equal in every table"
+    )
+    print("next " + ", ".join(f"{k} {v}" for k, v in report.next_values.items()))
+    log = report.log
+    if log is None:
+        print("the audit log is empty: nothing to verify")
+        return 0
+    print(
+        f"audit log verified on PostgreSQL: {log.entries} entries and {log.heads} signed "
+        f"tree heads in {log.seconds:.2f} s"
+    )
+    if log.latest is not None:
+        print(f"latest head: size {log.latest.tree_size}, root {log.latest.root_hash}")
+    if log.pending:
+        print(f"{log.pending} events wait for the sequencer")
+    return 0
