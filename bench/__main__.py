@@ -31,6 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench import timing
 from bench.context import Context
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,20 +103,21 @@ async def run_all(names: list[str], ctx: Context) -> dict[str, Any]:
     for name in names:
         mod = importlib.import_module(f"bench.{modules[name]}")
         print(f"== {mod.TITLE}", flush=True)
+        timing.take(0)  # start afresh
         t = time.perf_counter()
         try:
             value = mod.run(ctx)
             if inspect.isawaitable(value):
                 value = await value
-            value["seconds"] = round(time.perf_counter() - t, 1)
             results[name] = value
         except Exception as exc:
             traceback.print_exc()
-            results[name] = {
-                "error": f"{type(exc).__name__}: {exc}"[:2000],
-                "seconds": round(time.perf_counter() - t, 1),
-            }
-        print(f"   ({results[name]['seconds']} s)", flush=True)
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        seconds = time.perf_counter() - t
+        results[name]["seconds"] = round(seconds, 1)
+        results[name]["phases"] = phases = timing.take(seconds)
+        shown = ", ".join(f"{k} {v}" for k, v in phases.items())
+        print(f"   ({results[name]['seconds']} s: {shown})", flush=True)
     return results
 
 

@@ -35,6 +35,7 @@ from bench.harness import ISTMO, WIDE_LABELS, BenchStack
 from bench.policy_cost import decision_figures, open_directory
 from bench.relay_rate import backlog_rate, resolve_with_relay
 from bench.synthetic_directory import write_policy_dir
+from bench.timing import phase
 from clients.enroll import enroll
 from schemas.subjects import inbox_prefix
 
@@ -166,20 +167,23 @@ async def one_size(ctx: Context, agencies: int) -> dict[str, object]:
             # measured in process (resolution over the prepared directory) still is.
             row["stack_error"] = str(exc)[-600:]
             print(f"  {agencies} agencies: the stack did not start: {exc}", flush=True)
-        local, directory = open_directory(policy_dir, stack.data_dir)
-        try:
-            row["resolution"] = decision_figures(
-                directory, originator="s0001-police", reps=int(ctx.pick(20, 100))
-            )
-        finally:
-            assert local.registry is not None
-            local.registry.close()
+        with phase("resolution in process"):
+            local, directory = open_directory(policy_dir, stack.data_dir)
+            try:
+                row["resolution"] = decision_figures(
+                    directory, originator="s0001-police", reps=int(ctx.pick(20, 100))
+                )
+            finally:
+                assert local.registry is not None
+                local.registry.close()
         del local, directory
         if "stack_error" not in row:
             rates = await _relay_rates(ctx, stack, agencies)
             row["relay"] = rates
-            row["nats_reload_s"] = reload_time(stack)
-            row["confine"] = await confine(stack, "bench-new-police")
+            with phase("nats reload"):
+                row["nats_reload_s"] = reload_time(stack)
+            with phase("confine a new agency"):
+                row["confine"] = await confine(stack, "bench-new-police")
             stack.sample_peaks()
     finally:
         stack.stop()

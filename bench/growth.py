@@ -31,6 +31,7 @@ from bench.harness import BenchStack
 from bench.latency import istmo_level, wait_relay_idle
 from bench.relay_rate import backlog_rate
 from bench.relay_throughput import five_recipients
+from bench.timing import phase
 from schemas.canonical import canonical_json
 from schemas.subjects import deliver_subject
 
@@ -180,9 +181,10 @@ async def measure(ctx: Context, stack: BenchStack, chosen: dict) -> dict[str, ob
     op = await stack.operator()
     try:
         await wait_relay_idle(op.jetstream(timeout=10), 60)
-        lat = await istmo_level(
-            stack, LATENCY_RATE, float(ctx.pick(2, 4)), f"g{time.time_ns()}-", ctx.pick(15, 30)
-        )
+        with phase("latency load"):
+            lat = await istmo_level(
+                stack, LATENCY_RATE, float(ctx.pick(2, 4)), f"g{time.time_ns()}-", ctx.pick(15, 30)
+            )
     finally:
         stack.stop_workers()
         await op.close()
@@ -201,9 +203,12 @@ async def run(ctx: Context) -> dict[str, object]:
     for level in levels:
         row: dict[str, object] = {"stored_bulletins": level}
         if level > done:
-            row.update(seed_sql(stack, done, level))
-            row.update(wait_integrated(stack, float(ctx.pick(60, 180))))
-            js = await seed_jetstream(stack, level - jsdone, js_budget)
+            with phase("seed SQL"):
+                row.update(seed_sql(stack, done, level))
+            with phase("wait for the sequencer"):
+                row.update(wait_integrated(stack, float(ctx.pick(60, 180))))
+            with phase("seed JetStream"):
+                js = await seed_jetstream(stack, level - jsdone, js_budget)
             jsdone += int(js["js_seeded"])  # type: ignore[call-overload]
             row.update(js)
             done = level

@@ -22,6 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from bench.context import Context
 from bench.harness import BODY, BenchStack, empty_queue
 from bench.stats import latency_summary
+from bench.timing import phase
 from clients.sdk import ReceivedBulletin
 from schemas.labels import Classification, Labels, Tlp
 from schemas.subjects import INGEST_STREAM, RELAY_INGEST_DURABLE
@@ -167,17 +168,21 @@ async def run(ctx: Context) -> dict[str, object]:
     istmo_rows, bare_rows = [], []
     try:
         for rate in LOADS:
-            b = await bare_level(js, rate, seconds, f"l{rate}")
+            with phase("bare JetStream loads"):
+                b = await bare_level(js, rate, seconds, f"l{rate}")
             bare_rows.append(b)
             print(f"  bare JetStream at {rate}/s: {b}", flush=True)
         stack.start_relays(1)
         for rate in LOADS:
-            await wait_relay_idle(js, float(ctx.pick(20, 30)))
-            r = await istmo_level(stack, rate, seconds, f"l{rate}-", float(ctx.pick(15, 30)))
+            with phase("wait for an idle relay"):
+                await wait_relay_idle(js, float(ctx.pick(20, 30)))
+            with phase("istmo loads"):
+                r = await istmo_level(stack, rate, seconds, f"l{rate}-", float(ctx.pick(15, 30)))
             istmo_rows.append(r)
             print(f"  istmo at {rate}/s: {r}", flush=True)
             stack.sample_peaks()
-        await wait_relay_idle(js, 60)
+        with phase("wait for an idle relay"):
+            await wait_relay_idle(js, 60)
     finally:
         stack.stop_workers()
         await js.delete_stream("BENCH_BARE")

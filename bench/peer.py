@@ -35,6 +35,7 @@ import httpx
 from bench.context import Context
 from bench.harness import BODY, Proc, empty_queue, peak_rss_mib
 from bench.stats import latency_summary
+from bench.timing import phase
 from broker.natsserver import free_port
 from clients.sdk import ReceivedBulletin
 from schemas.labels import Classification, Labels, Tlp
@@ -296,10 +297,13 @@ async def istmo_side(ctx: Context, objects: int) -> dict[str, object]:
 
 async def run(ctx: Context) -> dict[str, object]:
     objects = int(ctx.pick(100, 2000))
-    setup = await asyncio.to_thread(ensure_medallion)
-    med = await medallion_side(ctx, objects)
+    with phase("medallion venv"):
+        setup = await asyncio.to_thread(ensure_medallion)
+    with phase("medallion side"):
+        med = await medallion_side(ctx, objects)
     print(f"  medallion: {med}", flush=True)
-    ist = await istmo_side(ctx, objects)
+    with phase("istmo side"):
+        ist = await istmo_side(ctx, objects)
     print(f"  istmo: {ist}", flush=True)
     ctx.note("medallion server", med.get("server_peak_rss_mib"))  # type: ignore[arg-type]
     ctx.note_self()
