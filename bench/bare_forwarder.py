@@ -4,11 +4,11 @@
 
 Pulls from the relay's shared ingest consumer (same durable, same batch size as the
 relay's ``relay_batch``), publishes each message to ``istmo.deliver.<r>`` for every
-recipient (``Nats-Msg-Id = <stream seq>:<r>``, awaiting JetStream's ack, concurrently, as
-the relay does), publishes one event to the audit stream, then acks the ingest message
-with ``ack_sync``. No parsing, verification, policy, or audit store: the recipients come
-from the command line. The ratio of the real relay's rate to this one's is the cost of
-security. Runs until SIGINT/SIGTERM.
+recipient (``Nats-Msg-Id = <stream seq>:<r>``, awaiting JetStream's ack, concurrently, at
+most ``IN_FLIGHT`` at once, as the relay does), publishes one event to the audit stream,
+then acks the ingest message with ``ack_sync``. No parsing, verification, policy, or
+audit store: the recipients come from the command line. The ratio of the real relay's
+rate to this one's is the cost of security. Runs until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from nats.aio.msg import Msg
 from schemas.subjects import INGEST_STREAM, RELAY_INGEST_DURABLE, deliver_subject
 
 BATCH = 64  # broker.config.Settings.relay_batch
+# JetStream publishes awaiting their acks at once, as broker.relay.IN_FLIGHT: without a
+# cap a batch of 64 bulletins to 60 agencies made nats-server answer 429 (too many
+# requests) and the forwarder never drained it.
+IN_FLIGHT = 256
 
 
 async def forward(url: str, seed: str, recipients: list[str]) -> None:
@@ -36,18 +40,20 @@ async def forward(url: str, seed: str, recipients: list[str]) -> None:
     js = nc.jetstream(timeout=10)
     sub = await js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM)
     print("ready", flush=True)
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def publish(subject: str, data: bytes, msg_id: str) -> None:
+        async with gate:
+            await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
 
     async def one(msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         await asyncio.gather(
-            *(
-                js.publish(deliver_subject(r), msg.data, headers={"Nats-Msg-Id": f"{seq}:{r}"})
-                for r in recipients
-            ),
-            js.publish(
+            *(publish(deliver_subject(r), msg.data, f"{seq}:{r}") for r in recipients),
+            publish(
                 "istmo.audit.bench",
                 b'{"type":"bulletin.accepted","seq":%d}' % seq,
-                headers={"Nats-Msg-Id": f"audit:{seq}"},
+                f"audit:{seq}",
             ),
         )
 
