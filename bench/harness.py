@@ -30,6 +30,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from bench.timing import phase
 from broker.natsserver import free_port
 from clients.sdk import IstmoClient
 from schemas.envelope import Content, Envelope
@@ -135,20 +136,32 @@ class Proc:
 
     def stop(self, timeout: float = 30) -> None:
         """Note the peak RSS, then Ctrl-C (SIGINT) and wait; kill if it hangs."""
+        self.interrupt()
+        self.wait_stopped(timeout)
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def interrupt(self) -> None:
+        """Note the peak RSS and RSS now, then Ctrl-C (SIGINT); ``wait_stopped`` waits."""
         p = self.popen
-        if p is None:
-            return
-        if p.poll() is None:
+        if p is not None and p.poll() is None:
             self.peak_mib = peak_rss_mib(p.pid)
             self.last_rss_mib = peak_rss_mib(p.pid, "VmRSS")
             with contextlib.suppress(OSError):
                 p.send_signal(signal.SIGINT)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(OSError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+
+    def wait_stopped(self, timeout: float = 30) -> None:
+        """Wait for the process to exit after ``interrupt``; kill it if it hangs."""
+        p = self.popen
+        if p is None:
+            return
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
         _LIVE.discard(p)
 
 
@@ -167,6 +180,8 @@ class BenchStack:
         self.steady: dict[str, float] = {}  # component -> highest VmRSS when stopped, MiB
         self.startup_s = 0.0
         self.last_stopped: list[tuple[str, float | None, float | None]] = []
+        # (agency, labels) -> the relay's resolve answer (recipient -> encryption key)
+        self.resolved: dict[tuple[str, Labels], dict[str, EncryptionPublicKey]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 300) -> BenchStack:
@@ -187,15 +202,17 @@ class BenchStack:
         if self.policy_dir is not None:
             argv += ["--policy-dir", str(self.policy_dir)]
         t = time.perf_counter()
-        self.up = Proc(f"{self.name}: istmo up", argv, self.root / "up.log").start()
-        self.up.wait_for("ready; Ctrl-C stops", timeout)
+        with phase("start istmo up"):
+            self.up = Proc(f"{self.name}: istmo up", argv, self.root / "up.log").start()
+            self.up.wait_for("ready; Ctrl-C stops", timeout)
         self.startup_s = time.perf_counter() - t
         return self
 
     def stop(self) -> None:
         self.stop_workers()
         if self.up is not None:
-            self.up.stop()
+            with phase("stop istmo up"):
+                self.up.stop()
             self._note("api+sequencer (istmo up)", self.up.peak_mib, self.up.last_rss_mib)
             self.up = None
 
@@ -248,6 +265,21 @@ class BenchStack:
     # ------------------------------------------------------------------ workers
     def start_relays(self, n: int, timeout: float = 120) -> list[Proc]:
         """``n`` more ``istmo relay`` processes on the shared ingest consumer."""
+        with phase("start relays"):
+            return self._start_relays(n, timeout)
+
+    def ensure_relays(self, n: int, timeout: float = 120) -> list[Proc]:
+        """Start as many relays as it takes for ``n`` to run (none if they already do).
+
+        Raises:
+            RuntimeError: a bare forwarder runs (it would share their consumer).
+        """
+        if any(w.alive() and _kind(w.name) == "bare forwarder" for w in self.workers):
+            raise RuntimeError("a bare forwarder still runs on the relays' consumer")
+        running = sum(1 for w in self.workers if w.alive())
+        return self.start_relays(n - running, timeout) if n > running else []
+
+    def _start_relays(self, n: int, timeout: float) -> list[Proc]:
         started = []
         for _ in range(n):
             argv = [ISTMO, "relay", "--data-dir", str(self.data_dir), "--nats-url", self.nats_url]
@@ -279,15 +311,28 @@ class BenchStack:
             "--recipients",
             ",".join(recipients),
         ]
-        proc = Proc(f"{self.name}: bare forwarder", argv, self.root / f"fwd-{i}.log").start()
-        self.workers.append(proc)
-        proc.wait_for("ready", timeout)
+        with phase("start forwarder"):
+            proc = Proc(f"{self.name}: bare forwarder", argv, self.root / f"fwd-{i}.log").start()
+            self.workers.append(proc)
+            proc.wait_for("ready", timeout)
         return proc
 
+    def worker_rss(self) -> list[tuple[str, float | None, float | None]]:
+        """(name, peak RSS, RSS now) of every live worker, MiB."""
+        return [
+            (w.name, peak_rss_mib(w.pid), peak_rss_mib(w.pid, "VmRSS"))
+            for w in self.workers
+            if w.alive()
+        ]
+
     def stop_workers(self) -> None:
-        for proc in self.workers:
-            proc.stop()
-            self._note(_kind(proc.name), proc.peak_mib, proc.last_rss_mib)
+        """Stop every worker (Ctrl-C to all, then wait for all: they stop in parallel)."""
+        with phase("stop workers"):
+            for proc in self.workers:
+                proc.interrupt()
+            for proc in self.workers:
+                proc.wait_stopped()
+                self._note(_kind(proc.name), proc.peak_mib, proc.last_rss_mib)
         if self.workers:
             self.last_stopped = [(p.name, p.peak_mib, p.last_rss_mib) for p in self.workers]
         self.workers = []
@@ -336,6 +381,19 @@ def seal_backlog(
 ) -> list[Envelope]:
     """``n`` distinct sealed bulletins from ``client``'s agency to ``recipients``."""
     now = int(time.time())
+    with phase("seal backlog"):
+        return _seal(client, recipients, n, labels, body, tag, now)
+
+
+def _seal(
+    client: IstmoClient,
+    recipients: dict[str, EncryptionPublicKey],
+    n: int,
+    labels: Labels,
+    body: str,
+    tag: str,
+    now: int,
+) -> list[Envelope]:
     return [
         seal(
             content=Content(title=f"{tag}{i}", text=body),
@@ -352,8 +410,10 @@ def seal_backlog(
 async def publish_backlog(client: IstmoClient, envs: list[Envelope], window: int = 100) -> float:
     """Publish through the SDK's own ingest path, ``window`` at a time; returns seconds."""
     t = time.perf_counter()
-    for start in range(0, len(envs), window):
-        await asyncio.gather(*(client._publish_envelope(e) for e in envs[start : start + window]))
+    with phase("publish backlog"):
+        for start in range(0, len(envs), window):
+            batch = envs[start : start + window]
+            await asyncio.gather(*(client._publish_envelope(e) for e in batch))
     return time.perf_counter() - t
 
 
@@ -370,6 +430,17 @@ async def drain(
     The clock starts at the first poll that sees a message taken (so process start-up is
     not counted) and stops when nothing is pending or unacked, or at ``timeout``.
     """
+    with phase("drain backlog"):
+        return await _drain(js, expected, timeout, stack, poll_s)
+
+
+async def _drain(
+    js: JetStreamContext,
+    expected: int,
+    timeout: float,
+    stack: BenchStack | None,
+    poll_s: float,
+) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     t0: float | None = None
     done0 = 0

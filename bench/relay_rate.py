@@ -1,18 +1,38 @@
-"""One relay-rate measurement: seal a backlog, publish it, start the workers, time the
-drain of the shared ingest consumer. Items 1, 2, 7 and 9 use it."""
+"""One relay-rate measurement: seal a backlog, publish it, let the workers drain it, time
+the drain of the shared ingest consumer. Items 1, 2, 7 and 9 use it.
+
+The relays' ingest consumer is paused (a JetStream consumer pause) while the backlog is
+sealed and published, so the workers can start meanwhile, or already run from an earlier
+measurement, without taking a bulletin before the whole backlog is there; the clock
+starts at the first bulletin taken after the pause is lifted.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
+from nats.js import JetStreamContext
+
 from bench.harness import BenchStack, drain, publish_backlog, purge_ingest, seal_backlog
 from clients.sdk import IstmoClient
 from schemas.errors import BusUnavailable
 from schemas.keys import EncryptionPublicKey
 from schemas.labels import Labels
+from schemas.subjects import INGEST_STREAM, RELAY_INGEST_DURABLE
 
-__all__ = ["backlog_rate", "resolve_with_relay"]
+__all__ = ["backlog_rate", "pause_ingest", "resolve_with_relay", "resume_ingest"]
+
+_FOREVER = "2099-01-01T00:00:00Z"
+
+
+async def pause_ingest(js: JetStreamContext) -> None:
+    """Hold the relays' ingest consumer: nothing is handed to a worker until resumed."""
+    await js.pause_consumer(INGEST_STREAM, RELAY_INGEST_DURABLE, _FOREVER)
+
+
+async def resume_ingest(js: JetStreamContext) -> None:
+    await js.resume_consumer(INGEST_STREAM, RELAY_INGEST_DURABLE)
 
 
 async def backlog_rate(
@@ -24,17 +44,30 @@ async def backlog_rate(
     *,
     timeout: float,
     labels: Labels | None = None,
+    keep_workers: bool = False,
 ) -> dict[str, object]:
-    """Bulletins per second the workers ``start_workers`` starts take off a backlog of
-    ``bulletins`` (each sealed for ``recipients``). The workers are stopped and whatever a
-    time-capped run left is purged before returning."""
+    """Bulletins per second the workers take off a backlog of ``bulletins`` (each sealed
+    for ``recipients``).
+
+    ``start_workers`` (called in a thread while the backlog is sealed and published)
+    starts the workers, or makes sure they run (``stack.ensure_relays``). They are stopped
+    before returning, unless ``keep_workers`` and the backlog was drained; whatever a
+    time-capped run left is purged.
+    """
     kw = {"labels": labels} if labels is not None else {}
-    envs = seal_backlog(sender, recipients, bulletins, **kw)  # type: ignore[arg-type]
-    pub_s = await publish_backlog(sender, envs)
     op = await stack.operator()
     try:
         js = op.jetstream(timeout=10)
-        start_workers()
+        await pause_ingest(js)
+        try:
+            starting = asyncio.create_task(asyncio.to_thread(start_workers))
+            try:
+                envs = seal_backlog(sender, recipients, bulletins, **kw)  # type: ignore[arg-type]
+                pub_s = await publish_backlog(sender, envs)
+            finally:
+                await starting
+        finally:
+            await resume_ingest(js)
         result = await drain(js, bulletins, timeout=timeout, stack=stack)
         said = [
             line[-300:]
@@ -44,11 +77,14 @@ async def backlog_rate(
         ]
         if said:
             result["worker_warnings"] = said[-3:]  # what the workers logged, for the reader
-        stack.stop_workers()
+        if not (keep_workers and result["drained"]):
+            stack.stop_workers()
         if not result["drained"]:
             await purge_ingest(js)
-    finally:
+    except BaseException:
         stack.stop_workers()
+        raise
+    finally:
         await op.close()
     result["backlog"] = bulletins
     result["ingest_publish_per_s"] = round(bulletins / pub_s, 1)
@@ -56,20 +92,28 @@ async def backlog_rate(
 
 
 async def resolve_with_relay(
-    stack: BenchStack, client: IstmoClient, labels: Labels
+    stack: BenchStack, client: IstmoClient, labels: Labels, *, keep_relay: bool = False
 ) -> dict[str, EncryptionPublicKey]:
     """``client.resolve(labels)``: the relay answers agency requests, so start one for the
-    question if none runs (and stop it again, leaving the ingest consumer idle)."""
-    started = not stack.workers
+    question if none runs (and stop it again unless ``keep_relay``). The answer is kept
+    on the stack: the same question is asked of the relay once per stack."""
+    key = (client.agency, labels)
+    if key in stack.resolved:
+        return dict(stack.resolved[key])
+    started = not any(w.alive() for w in stack.workers)
     if started:
-        stack.start_relays(1)
+        stack.ensure_relays(1)
     try:
         for _ in range(50):  # "relay connected" is printed just before it subscribes
             try:
-                return dict(await client.resolve(labels))
+                answer = dict(await client.resolve(labels))
+                break
             except BusUnavailable:
                 await asyncio.sleep(0.2)
-        return dict(await client.resolve(labels))
+        else:
+            answer = dict(await client.resolve(labels))
     finally:
-        if started:
+        if started and not keep_relay:
             stack.stop_workers()
+    stack.resolved[key] = answer
+    return dict(answer)
