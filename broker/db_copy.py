@@ -150,8 +150,8 @@ def copy_sqlite_region(
         stack.callback(src_engine.dispose)
         tgt_engine = db.make_engine(target_url)
         stack.callback(tgt_engine.dispose)
-        src = stack.enter_context(_read_snapshot(src_engine))
-        src_tables, version = _check_source(src, source)
+        src, version = _open_source(stack, src_engine, source)
+        src_tables = _check_source(src, source)  # its first read begins the snapshot
         try:
             with tgt_engine.begin() as tgt:
                 tgt_tables = _claim_target(tgt, shown)
@@ -168,7 +168,8 @@ def copy_sqlite_region(
                     )
                     out(f"  {name:<16} {counts[name]:>12,} rows")
                 _check_counts(tgt, counts, shown)
-                if _data_version(src) != version:
+                src.rollback()  # the snapshot ends: did anyone commit since it began?
+                if _data_version(src, source) != version:
                     raise ConfigError(
                         f"{source} changed while it was copied: stop every istmo command "
                         "using it, then run the copy again"
@@ -228,7 +229,8 @@ def _source_engine(path: Path) -> Engine:
     uri = path.resolve().as_uri() + "?mode=ro"  # read-only: the copy never writes the source
 
     def connect() -> sqlite3.Connection:
-        # isolation_level=None: the driver must not BEGIN on its own (_read_snapshot does).
+        # isolation_level=None: the driver must not BEGIN on its own; the engine's begin
+        # event does, so the copy reads one snapshot.
         return sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)
 
     engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
@@ -236,30 +238,37 @@ def _source_engine(path: Path) -> Engine:
     return engine
 
 
-@contextlib.contextmanager
-def _read_snapshot(engine: Engine) -> Iterator[Connection]:
-    """One read transaction on the source: every table is read from the same snapshot."""
-    with engine.begin() as conn:
-        yield conn
+def _open_source(
+    stack: contextlib.ExitStack[Any], engine: Engine, path: Path
+) -> tuple[Connection, int]:
+    """A connection to the source and its data version, read before any snapshot."""
+    try:
+        conn = stack.enter_context(engine.connect())
+    except DBAPIError as exc:
+        raise ConfigError(f"cannot open {path}: {_first_line(exc)}") from exc
+    return conn, _data_version(conn, path)
 
 
-def _data_version(conn: Connection) -> int:
-    """SQLite's count of commits by other connections (it moves when anyone writes)."""
-    return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+def _data_version(conn: Connection, path: Path) -> int:
+    """SQLite's count of commits by other connections: it moves when anyone writes the file,
+    but not inside a read transaction, so it is read through the driver outside one."""
+    raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]  # creator's
+    try:
+        return int(raw.execute("PRAGMA data_version").fetchone()[0])
+    except sqlite3.OperationalError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{path} is not a SQLite database ({exc})") from exc
 
 
-def _check_source(conn: Connection, path: Path) -> tuple[dict[str, Table], int]:
-    """The source's tables and its data version (read before the snapshot starts), once
-    it is an Istmo database at this Istmo's revision."""
+def _check_source(conn: Connection, path: Path) -> dict[str, Table]:
+    """The source's tables, once it is an Istmo database at this Istmo's revision."""
     meta = MetaData()
     try:
-        version = _data_version(conn)
         meta.reflect(conn)
         rev = db.current_revision(conn)
     except DBAPIError as exc:
-        if isinstance(exc.orig, sqlite3.OperationalError):
-            raise ConfigError(f"cannot read {path}: {_first_line(exc)}") from exc
-        raise ConfigError(f"{path} is not a SQLite database ({_first_line(exc)})") from exc
+        raise ConfigError(f"cannot read {path}: {_first_line(exc)}") from exc
     missing = [t for t in TABLES if t not in meta.tables]
     if missing:
         raise ConfigError(f"{path} is not an Istmo database: it has no {missing[0]} table")
@@ -273,7 +282,7 @@ def _check_source(conn: Connection, path: Path) -> tuple[dict[str, Table], int]:
         raise ConfigError(
             f"{path} is at schema revision {rev}, made by a newer Istmo: upgrade Istmo"
         )
-    return {name: meta.tables[name] for name in TABLES}, version
+    return {name: meta.tables[name] for name in TABLES}
 
 
 def _source_counts(conn: Connection, tables: dict[str, Table]) -> dict[str, int]:
@@ -398,7 +407,8 @@ def _verify(conn: Connection, key: VerifyKey, origin: str, shown: str) -> Verify
 def _continue_sequences(conn: Connection) -> dict[str, int]:
     """Each sequence's next value past the copied rows (the copy inserted explicit ones).
 
-    Sequences are not transactional: this runs last, just before the commit.
+    Sequences are not transactional: this runs last, just before the commit. Every result
+    is read to its end: the verifier left the connection streaming (server-side cursors).
     """
     next_values: dict[str, int] = {}
     for sequence in SEQUENCES:
@@ -408,7 +418,7 @@ def _continue_sequences(conn: Connection) -> dict[str, int]:
                 text(f'SELECT COALESCE(MAX("{column}"), 0) + 1 FROM "{table}"')  # noqa: S608  # our names
             ).scalar_one()
         )
-        conn.execute(text("SELECT setval(:s, :n, false)"), {"s": sequence, "n": nxt})
+        conn.execute(text("SELECT setval(:s, :n, false)"), {"s": sequence, "n": nxt}).all()
         next_values[f"{table}.{column}"] = nxt
     return next_values
 
