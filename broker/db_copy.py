@@ -314,6 +314,13 @@ def _claim_target(conn: Connection, shown: str) -> dict[str, Table]:
             f"the database {shown} is in use (its tables stayed locked for {_LOCK_TIMEOUT}): "
             "stop the brokers using it"
         ) from exc
+    except DBAPIError as exc:
+        if not isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
+            raise
+        raise ConfigError(
+            f"{_first_line(exc)}: run the copy as the role that owns the tables (the one "
+            "that ran `istmo db upgrade`), not the broker's"
+        ) from exc
     for name in TABLES:
         found = conn.execute(select(text("1")).select_from(meta.tables[name]).limit(1)).first()
         if found is not None:

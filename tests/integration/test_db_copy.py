@@ -9,7 +9,7 @@ region's log key. Each test copies it into a fresh PostgreSQL database (``pg_dat
   sequence numbers, the sequencer signs on with the same key, the log still verifies.
 - Refused with no side effect: a non-empty target (naming the table), a target or source at
   another revision, a missing file, a file that is not SQLite or not Istmo's, a source a
-  running stack holds.
+  running stack holds, the broker's own role (it may not lock or rewind the audit tables).
 - Rolled back whole, the target left empty: a tampered audit event (verification fails, the
   command exits 1), a row PostgreSQL refuses mid-copy, a write to the source mid-copy.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -32,7 +33,7 @@ from sqlalchemy import MetaData, create_engine, select, text
 
 from broker.audit_log import AuditLog
 from broker.config import Settings
-from broker.db_cli import SEQUENCES
+from broker.db_cli import SEQUENCES, grant_statements
 from broker.db_copy import TABLES, CopyReport, copy_sqlite_region, log_key_for
 from broker.policy import PolicyBundle
 from broker.policy_store import adopt
@@ -43,7 +44,7 @@ from schemas.audit import AuditEvent
 from schemas.errors import AuditStoreError, ConfigError
 from schemas.labels import Classification, Labels, Tlp
 from tests.integration.stack_inproc import client, running_stack
-from tests.storage_engines import pg_database, require_postgres
+from tests.storage_engines import PG_ADMIN_URL, pg_database, require_postgres
 
 pytestmark = pytest.mark.postgres
 
@@ -366,3 +367,21 @@ def test_a_write_to_the_source_mid_copy_rolls_everything_back(source: Path) -> N
         with pytest.raises(ConfigError, match="changed while it was copied"):
             copy_sqlite_region(source, url, log_key_for(source, None), out=meanwhile)
         assert target_state(url) == EMPTY
+
+
+def test_the_brokers_own_role_may_not_copy(source: Path) -> None:
+    role = f"istmo_t_role_{secrets.token_hex(4)}"
+    try:
+        with pg_database() as url:
+            with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as su:
+                for sql in grant_statements(role, url.rsplit("/", 1)[1]):
+                    su.execute(sql)  # our own statements
+            as_role = url.replace("//postgres@", f"//{role}@")
+            with pytest.raises(ConfigError, match=r"permission denied .*the role that owns"):
+                copy(source, as_role)
+            assert target_state(url) == EMPTY
+    finally:
+        with psycopg.connect(
+            PG_ADMIN_URL.replace("+psycopg", "") + "/postgres", autocommit=True
+        ) as su:
+            su.execute(f"DROP ROLE IF EXISTS {role}")  # test-made name
