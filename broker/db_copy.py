@@ -50,9 +50,16 @@ from schemas.canonical import b64d
 from schemas.errors import AuditStoreError, ConfigError
 from schemas.keys import VerifyKey
 
-__all__ = ["BATCH_ROWS", "TABLES", "CopyReport", "copy_sqlite_region", "region_database"]
+__all__ = [
+    "BATCH_ROWS",
+    "TABLES",
+    "CopyReport",
+    "copy_sqlite_region",
+    "log_key_for",
+    "region_database",
+]
 
-BATCH_ROWS = 5000  # rows per read from SQLite and per INSERT round on PostgreSQL
+BATCH_ROWS = 5000  # rows read from SQLite at a time (COPY streams them on to PostgreSQL)
 TABLES = (*REGISTRY_TABLES, *AUDIT_TABLES)
 _LOCK_TIMEOUT = "10s"  # waiting for a broker's transaction on the target to end
 _STACK_LOCK = ".lock"  # held by a running `istmo up` (broker.stack)
@@ -174,12 +181,15 @@ def copy_sqlite_region(
                         f"{source} changed while it was copied: stop every istmo command "
                         "using it, then run the copy again"
                     )
-                report = None if log_key is None else _verify(tgt, log_key, origin, shown)
+                report = None
+                if log_key is not None:
+                    out("verifying the copied audit log (as `istmo audit verify` does)")
+                    report = _verify(tgt, log_key, origin, shown)
                 next_values = _continue_sequences(tgt)
         except SQLAlchemyError as exc:
             raise AuditStoreError(
-                f"the copy into {shown} failed and was rolled back (the target is still "
-                f"empty): {type(exc).__name__}: {_first_line(exc)}"
+                f"the copy into {shown} failed and nothing of it was kept: "
+                f"{type(exc).__name__}: {_first_line(exc)}"
             ) from exc
     return CopyReport(
         source=source,

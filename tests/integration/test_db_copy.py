@@ -34,7 +34,13 @@ from sqlalchemy import MetaData, create_engine, select, text
 from broker.audit_log import AuditLog
 from broker.config import Settings
 from broker.db_cli import SEQUENCES, grant_statements
-from broker.db_copy import TABLES, CopyReport, copy_sqlite_region, log_key_for
+from broker.db_copy import (
+    TABLES,
+    CopyReport,
+    copy_sqlite_region,
+    log_key_for,
+    region_database,
+)
 from broker.policy import PolicyBundle
 from broker.policy_store import adopt
 from broker.registry import Registry
@@ -268,7 +274,7 @@ def test_small_batches_copy_every_row(source: Path) -> None:
         assert report.next_values["audit_event.seq"] == max(r[0] for r in wanted["audit_event"]) + 1
         assert report.next_values["policy_set.seq"] == max(r[0] for r in wanted["policy_set"]) + 1
         assert rows(url) == wanted
-        assert len(lines) == 1 + len(TABLES)
+        assert len(lines) == 2 + len(TABLES)  # a line to start, one a table, one to verify
 
 
 # ---------------------------------------------------------------------- refused, no side effect
@@ -301,9 +307,9 @@ def test_another_revision_is_refused(source: Path) -> None:
 
 def test_what_is_not_an_istmo_sqlite_database_is_refused(source: Path, tmp_path: Path) -> None:
     with pg_database() as url:
-        gone = istmo("db", "copy", "--from-sqlite", str(tmp_path / "nowhere.db"), url=url)
-        assert gone.returncode == 1
-        assert f"no SQLite database at {tmp_path / 'nowhere.db'}" in gone.stderr
+        for gone in (tmp_path / "nowhere.db", tmp_path):  # a file, a data directory
+            with pytest.raises(ConfigError, match="no SQLite database at"):
+                region_database(gone)
         junk = tmp_path / "junk.db"
         junk.write_bytes(b"not sqlite at all, " * 200)
         with pytest.raises(ConfigError, match="is not a SQLite database"):
