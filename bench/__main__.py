@@ -142,21 +142,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"istmo bench ({env['mode']}): {', '.join(chosen)}", flush=True)
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="istmo-bench-"))
-    ctx = Context(quick=args.quick, tmp=tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ctx = Context(quick=args.quick, tmp=tmp, results_dir=out.parent)
     try:
         results = asyncio.run(run_all(chosen, ctx))
     finally:
         ctx.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    doc = {
+    doc: dict[str, Any] = {
         "environment": env,
         "measurements": chosen,
         "seconds": round(time.perf_counter() - t0, 1),
+        "budget_s": timing.BUDGET_S[env["mode"]],
         "results": results,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
+    lines, warning = timing.summary(doc)
+    doc["over_budget"] = warning is not None
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"results: {out} ({doc['seconds']} s)", flush=True)
+    print("where the time went:", *lines, sep="\n", flush=True)
+    if warning:
+        banner = "!" * 78
+        print(f"{banner}\n{warning}\n{banner}", file=sys.stderr, flush=True)
     if not args.no_report:
         from bench.report import write_report
 

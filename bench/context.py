@@ -16,6 +16,7 @@ __all__ = ["Context"]
 class Context:
     quick: bool
     tmp: Path
+    results_dir: Path = Path(__file__).resolve().parent / "results"  # beside the results file
     peaks: dict[str, float] = field(default_factory=dict)  # component -> peak RSS, MiB
     steady: dict[str, float] = field(default_factory=dict)  # component -> RSS when stopped
     _demo: BenchStack | None = None

@@ -2,8 +2,9 @@
 
 The relay drains a backlog of 2 KiB bulletins for 5 recipients (as item 2) while
 pyinstrument samples it; at Ctrl-C the relay stops cleanly and pyinstrument writes its
-call tree to ``bench/results/relay-profile[-quick].txt``. BENCHMARKS.md's closing notes
-read from it.
+call tree to ``relay-profile[-quick].txt`` beside the results file (by default
+``bench/results/``). BENCHMARKS.md's closing notes read from it. The profiled relay starts
+while the backlog is sealed (the ingest consumer paused meanwhile, as in items 1 and 2).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from bench.relay_throughput import five_recipients
 
 NAME = "profile"
 TITLE = "Profile of the relay (pyinstrument)"
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def run(ctx: Context) -> dict[str, object]:
     stack = ctx.demo_stack()
-    out = RESULTS / ("relay-profile-quick.txt" if ctx.quick else "relay-profile.txt")
+    out = ctx.results_dir / ("relay-profile-quick.txt" if ctx.quick else "relay-profile.txt")
 
     def start() -> None:
         argv = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(out)]
@@ -38,4 +39,5 @@ async def run(ctx: Context) -> dict[str, object]:
             stack, gt, chosen, int(ctx.pick(100, 600)), start, timeout=ctx.pick(6, 40)
         )
     print(f"  profiled relay: {r['per_s']}/s; profile in {out}", flush=True)
-    return {"profile": str(out.relative_to(RESULTS.parent.parent)), "relay": r}
+    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    return {"profile": str(shown), "relay": r}

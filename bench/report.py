@@ -340,8 +340,13 @@ def s_latency(r: R) -> str:
         ax.grid(alpha=0.3)
 
     img = _plot("latency", draw)
+    per_load = r["seconds_per_load"]
+    if isinstance(per_load, dict):  # seconds per offered load
+        windows = ", ".join(f"{s} s at {int(rate):,}/s" for rate, s in per_load.items())
+    else:
+        windows = f"{per_load} s per load"
     note = (
-        f"{r['seconds_per_load']} s per load, open-loop pacing, {r['relay_processes']} relay "
+        f"{windows}, open-loop pacing, {r['relay_processes']} relay "
         f"process, {r['recipients']} recipients per bulletin."
     )
     return f"{_table(head, rows)}\n\n{note}\n\n{img or ''}"
@@ -496,6 +501,12 @@ def s_memory(r: R) -> str:
     )
 
 
+def _sdk_resolve(x: R | None) -> Any:
+    if not x:
+        return None
+    return "failed" if x.get("error") else x.get("seconds")
+
+
 def s_directory(r: R) -> str:
     rows = []
     for x in r["rows"]:
@@ -510,6 +521,7 @@ def s_directory(r: R) -> str:
                 res.get("publish_decision_ms"),
                 res.get("fanout_60_ms"),
                 res.get("resolve_ms"),
+                _sdk_resolve(x.get("sdk_resolve")),
                 relays.get(1),
                 relays.get(2),
                 x.get("nats_reload_s"),
@@ -526,6 +538,7 @@ def s_directory(r: R) -> str:
             "publish decision ms",
             "60 decisions ms",
             "resolve ms",
+            "SDK resolve over NATS s",
             "relay /s (1 proc)",
             "relay /s (2 procs)",
             "nats reload s",
@@ -566,6 +579,12 @@ def s_directory(r: R) -> str:
         f"`{' '.join(str(x['stack_error']).split())[-300:]}`"
         for x in r["rows"]
         if x.get("stack_error")
+    ]
+    errors += [
+        f"- {x['agencies']:,} agencies: the SDK's resolve over NATS failed after "
+        f"{_fmt(_get(x, 'sdk_resolve', 'seconds'))} s: `{_get(x, 'sdk_resolve', 'error')}`"
+        for x in r["rows"]
+        if _get(x, "sdk_resolve", "error")
     ]
     if errors:
         t += "\n\n" + "\n".join(errors)
@@ -655,6 +674,35 @@ SECTIONS: list[tuple[str, str, Callable[[R], str]]] = [
 ]
 
 
+def _total(doc: R) -> str:
+    text = f"{doc.get('seconds')} s"
+    budget = doc.get("budget_s")
+    if budget is not None:
+        text += f" (budget {budget:.0f} s" + (
+            ": **over budget**)" if doc.get("over_budget") else ")"
+        )
+    return text
+
+
+def s_time(res: R) -> str:
+    """Each measurement's wall time, slowest first, and its phases (largest first)."""
+    timed = sorted(
+        ((k, r) for k, r in res.items() if isinstance(r, dict) and r.get("seconds") is not None),
+        key=lambda kv: -float(kv[1]["seconds"]),
+    )
+    if not timed:
+        return ""
+    rows = [
+        [
+            name,
+            r["seconds"],
+            ", ".join(f"{p} {_fmt(s)} s" for p, s in r.get("phases", {}).items()) or "n/a",
+        ]
+        for name, r in timed
+    ]
+    return _table(["measurement", "seconds", "of which"], rows)
+
+
 def render(doc: R, results_name: str, kept: dict[str, str]) -> str:
     env = doc.get("environment", {})
     res = doc.get("results", {})
@@ -691,11 +739,14 @@ def render(doc: R, results_name: str, kept: dict[str, str]) -> str:
                     "git commit",
                     str(env.get("git_commit", ""))[:12] + dirty,
                 ],
-                ["total time", f"{doc.get('seconds')} s"],
+                ["total time", _total(doc)],
                 ["results", results_name],
             ],
         )
     )
+    timed = s_time(res)
+    if timed:
+        parts += ["", "### Where the run's time goes", "", timed]
     parts += ["", "## Targets (issue 8)", ""]
     targets = evaluate_targets(doc)
     parts.append(

@@ -13,8 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["phase", "take"]
+__all__ = ["BUDGET_S", "add", "phase", "summary", "take"]
+
+# What a whole run may take on the issue's 2-core machine (issue 8), by mode.
+BUDGET_S = {"quick": 120.0, "full": 600.0}
 
 _spent: dict[str, float] = {}
 _lock = threading.Lock()
@@ -36,6 +40,37 @@ def phase(name: str) -> Iterator[None]:
         if depth == 0:
             with _lock:
                 _spent[name] = _spent.get(name, 0.0) + time.perf_counter() - t
+
+
+def add(name: str, seconds: float) -> None:
+    """Add ``seconds`` timed elsewhere (a child process) to phase ``name``."""
+    with _lock:
+        _spent[name] = _spent.get(name, 0.0) + seconds
+
+
+def summary(doc: dict[str, Any]) -> tuple[list[str], str | None]:
+    """The lines that say where a run's time went (a measurement a line, slowest first,
+    with its three largest phases), and a warning if the run took longer than its mode's
+    budget (``None`` if not)."""
+    results: dict[str, dict[str, Any]] = doc.get("results", {})
+    total = float(doc.get("seconds") or 0.0)
+    mode = str(doc.get("environment", {}).get("mode", "full"))
+    budget = BUDGET_S.get(mode, BUDGET_S["full"])
+    timed = sorted(results.items(), key=lambda kv: -float(kv[1].get("seconds") or 0.0))
+    lines = []
+    for name, r in timed:
+        phases = ", ".join(f"{k} {v}" for k, v in list(r.get("phases", {}).items())[:3])
+        lines.append(f"  {name:<17} {float(r.get('seconds') or 0.0):>6.1f} s  {phases}")
+    outside = total - sum(float(r.get("seconds") or 0.0) for r in results.values())
+    lines.append(f"  {'(between them)':<17} {outside:>6.1f} s")
+    lines.append(f"  {'total':<17} {total:>6.1f} s  (budget for a {mode} run: {budget:.0f} s)")
+    warning = None
+    if total > budget:
+        warning = (
+            f"WARNING: this {mode} run took {total:.0f} s, over the {budget:.0f} s a whole "
+            f"{mode} run may take (issue 8); the slowest measurements are listed above"
+        )
+    return lines, warning
 
 
 def take(total: float) -> dict[str, float]:

@@ -16,6 +16,14 @@ from broker.directory import load_demo_directory
 from broker.policy import PolicyBundle
 
 
+@pytest.fixture(autouse=True)
+def _plots_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report's plots go to a temporary directory, not bench/results/img."""
+    import bench.report
+
+    monkeypatch.setattr(bench.report, "IMG", tmp_path / "img")
+
+
 @pytest.mark.parametrize("agencies", [6, 100, 101, 3500])
 def test_synthetic_directory_has_exactly_the_agencies_asked(tmp_path: Path, agencies: int) -> None:
     policy_dir = write_policy_dir(tmp_path / "policies", agencies)
@@ -157,3 +165,40 @@ def test_render_without_results_says_not_run() -> None:
     text = render({"environment": {"mode": "full"}, "results": {}}, "r.json", {})
     assert "QUICK RUN" not in text
     assert text.count("_not run in this benchmark run._") == 11
+
+
+def test_phases_are_taken_per_measurement_with_the_rest_as_other() -> None:
+    from bench import timing
+
+    timing.take(0)  # start afresh
+    with timing.phase("start relays"):
+        with timing.phase("inner, not counted twice"):
+            pass
+    timing.add("verify", 2.0)
+    phases = timing.take(10.0)
+    assert set(phases) == {"start relays", "verify", "other"}
+    assert phases["verify"] == 2.0
+    assert phases["other"] == pytest.approx(8.0, abs=0.1)
+    assert timing.take(0) == {}  # taken: the next measurement starts afresh
+
+
+def test_the_run_says_where_its_time_went_and_warns_over_budget() -> None:
+    from bench.timing import summary
+
+    doc = _doc(112, 0.2, 30)
+    doc["seconds"] = 150.0
+    doc["results"]["latency"]["seconds"] = 100.0
+    doc["results"]["latency"]["phases"] = {"istmo loads": 80.0, "other": 20.0}
+    doc["results"]["audit"]["seconds"] = 40.0
+    lines, warning = summary(doc)
+    assert lines[0].split()[:2] == ["latency", "100.0"]  # slowest first
+    assert "istmo loads 80.0" in lines[0]
+    assert "(budget for a quick run: 120 s)" in lines[-1]
+    assert warning is not None
+    assert "150 s, over the 120 s" in warning
+    doc["seconds"] = 100.0
+    assert summary(doc)[1] is None
+    doc["budget_s"], doc["over_budget"] = 120.0, False
+    text = render(doc, "r.json", {})
+    assert "100.0 s (budget 120 s)" in text
+    assert "| latency | 100 | istmo loads 80 s, other 20 s |" in text
