@@ -59,7 +59,7 @@ from schemas.audit import AuditEvent
 from schemas.errors import ConfigError, EnvelopeError, IstmoError
 from schemas.ids import parse_agency_id
 from schemas.sealing import parse_envelope
-from schemas.subjects import DELIVER_STREAM, INGEST_STREAM, deliver_subject, ingest_subject
+from schemas.subjects import DELIVER_STREAM, INGEST_STREAM, deliver_subject, gated_subject
 
 __all__ = [
     "ADVISORY_STREAM",
@@ -421,8 +421,9 @@ async def redrive(
             msg_id = f"{dl.bulletin_id}:{dl.agency}:redrive:{dl.dead_seq}"
             type_ = "delivery.redriven"
         else:
-            subject = ingest_subject(dl.agency)
-            msg_id = f"{dl.agency}:redrive:{dl.dead_seq}"
+            # Straight to the stream: the broker is its own gate.
+            subject = gated_subject("ingest", dl.agency)
+            msg_id = f"{dl.agency}/ingest/redrive:{dl.dead_seq}"
             type_ = "ingest.redriven"
         try:
             ack = await js.publish(subject, copy.data or b"", headers={"Nats-Msg-Id": msg_id})

@@ -66,6 +66,7 @@ from schemas.subjects import (
     RECEIPT_STREAM,
     RELAY_INGEST_DURABLE,
     RELAY_RECEIPT_DURABLE,
+    agency_of_gated,
     agency_of_subject,
     deliver_subject,
 )
@@ -489,7 +490,7 @@ class Relay:
             await msg.ack_sync()
 
     def _receipt(self, msg: Msg) -> None:
-        sender = agency_of_subject(msg.subject, "receipt")
+        sender = agency_of_gated(msg.subject, "receipt")
         receipt = parse_receipt(msg.data)
         if receipt.recipient != sender:
             raise EnvelopeError(

@@ -17,7 +17,7 @@ from schemas.errors import EnvelopeError, SignatureError
 from schemas.ids import AgencyId
 from schemas.labels import Labels
 from schemas.sealing import check_envelope_shape, parse_envelope, verify_envelope
-from schemas.subjects import agency_of_subject
+from schemas.subjects import agency_of_gated
 
 __all__ = ["IngestLimits", "check_ingest", "check_labels", "parse_ingest", "sender_of"]
 
@@ -34,8 +34,9 @@ def parse_ingest(raw: bytes, *, subject: str, limits: IngestLimits) -> tuple[Age
     Raises:
         EnvelopeError: not an ingest subject, oversized or malformed.
     """
-    # 1. The subject names the sending agency; nats-server let only that agency publish.
-    sender = agency_of_subject(subject, "ingest")
+    # 1. The subject names the sending agency: nats-server let only that agency publish on
+    #    istmo.ingest.<agency>, and the gate stored it on istmo.gated.ingest.<agency>.
+    sender = agency_of_gated(subject, "ingest")
     # 2. Size, then a strict parse (no duplicate keys, unknown fields or labels).
     env = parse_envelope(raw, max_bytes=limits.max_envelope_bytes)
     check_envelope_shape(env)
@@ -133,8 +134,9 @@ def check_ingest(
 
 
 def sender_of(subject: str, kind: str) -> AgencyId | None:
-    """The agency of an ``istmo.<kind>.<agency>`` subject, or None if it is not one."""
+    """The agency of a stored ``istmo.gated.<kind>.<agency>`` subject, or None if it is
+    not one."""
     try:
-        return agency_of_subject(subject, kind)
+        return agency_of_gated(subject, kind)
     except EnvelopeError:
         return None

@@ -40,6 +40,7 @@ from broker.config import Settings
 from broker.db import display_url
 from broker.directory import DirectoryService, load_demo_directory
 from broker.files import signing_key_file, write_private
+from broker.gate import Gate
 from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.natscluster import (
     ClusterPorts,
@@ -426,6 +427,9 @@ class Stack:
         )
         async with asyncio.TaskGroup() as tg:
             api_task = tg.create_task(api.serve())
+            # Agencies' publishes reach JetStream through a gate, relay or not (broker.gate).
+            gate = Gate(nc)
+            tg.create_task(gate.run(stop))
             if with_relay:
                 relay = Relay(s, registry, directory, nc)
                 tg.create_task(relay.run(stop))
@@ -437,6 +441,7 @@ class Stack:
                 )
             while not api.started and not api_task.done():  # noqa: ASYNC110 -- uvicorn offers no event
                 await asyncio.sleep(0.02)  # "ready" only once the API really listens
+            await gate.ready.wait()  # and agencies' publishes reach JetStream
             if api.started:
                 self._announce(server, api_url, with_relay, with_sequencer)
             await stop.wait()
@@ -604,7 +609,9 @@ class Stack:
             self.out(f"relay connected to {shown}; Ctrl-C stops")
             relay = Relay(self.settings, registry, directory, nc)
             try:
-                await relay.run(stop)
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(Gate(nc).run(stop))
+                    tg.create_task(relay.run(stop))
             finally:
                 self.out(f"relay stopped after {relay.processed} ingest messages")
         finally:

@@ -10,6 +10,7 @@ agencies exist, and removing their consumers when they leave, is left to the reg
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 from nats.errors import NoRespondersError
@@ -26,7 +27,7 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 
-from schemas.errors import BusUnavailable, ConfigError
+from schemas.errors import BusUnavailable, ConfigError, EnvelopeError
 from schemas.subjects import (
     AUDIT_STREAM,
     DELIVER_STREAM,
@@ -34,10 +35,11 @@ from schemas.subjects import (
     RECEIPT_STREAM,
     RELAY_INGEST_DURABLE,
     RELAY_RECEIPT_DURABLE,
+    agency_of_subject,
     deliver_durable,
     deliver_subject,
-    ingest_subject,
-    receipt_subject,
+    gated_msg_id,
+    gated_subject,
 )
 
 __all__ = [
@@ -62,6 +64,14 @@ def _every_agency(subject_of: Callable[[str], str]) -> str:
     return subject_of("any").rsplit(".", 1)[0] + ".*"
 
 
+def _gated_ingest(agency: str) -> str:
+    return gated_subject("ingest", agency)
+
+
+def _gated_receipt(agency: str) -> str:
+    return gated_subject("receipt", agency)
+
+
 _AUDIT_SUBJECTS = "istmo.audit.>"  # schemas.subjects names the stream, not its subjects
 
 
@@ -77,7 +87,9 @@ def _stream_configs(
     configs = [
         StreamConfig(
             name=INGEST_STREAM,
-            subjects=[_every_agency(ingest_subject)],
+            # Only the gate (broker.gate) writes here, never an agency (its subject is
+            # istmo.ingest.<agency>): the gate drops every header an agency sent.
+            subjects=[_every_agency(_gated_ingest)],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             # A full stream refuses the publisher rather than dropping accepted bulletins.
@@ -102,7 +114,7 @@ def _stream_configs(
         ),
         StreamConfig(
             name=RECEIPT_STREAM,
-            subjects=[_every_agency(receipt_subject)],
+            subjects=[_every_agency(_gated_receipt)],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=window,
@@ -170,6 +182,9 @@ async def ensure_streams(
             if replicas is None:
                 config.num_replicas = await _current_replicas(js, str(config.name))
             await add_or_update_stream(js, config)
+            for kind, stream in _GATED_STREAMS:
+                if stream == config.name:
+                    await _move_ungated(js, stream, kind)
         except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
             raise bus_unavailable(f"setting up stream {config.name}", exc) from exc
         except APIError as exc:
@@ -177,6 +192,42 @@ async def ensure_streams(
                 f"JetStream refused stream {config.name}: {exc.description} "
                 f"(err_code {exc.err_code})"
             ) from exc
+
+
+_GATED_STREAMS = (("ingest", INGEST_STREAM), ("receipt", RECEIPT_STREAM))
+
+
+async def _move_ungated(js: JetStreamContext, stream: str, kind: str) -> int:
+    """Re-store what an Istmo without the gate left on ``istmo.<kind>.<agency>``.
+
+    Those subjects are no longer the stream's, so nothing reads such messages; each is
+    stored again on its gated subject (the gate's id and no other header) and then
+    deleted, so an upgrade loses nothing that was waiting. Returns how many moved.
+    """
+    moved = 0
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(stream, seq, subject=f"istmo.{kind}.*", next=True)
+        except NotFoundError:
+            return moved
+        at = msg.seq or seq
+        try:
+            agency = agency_of_subject(msg.subject or "", kind)
+        except EnvelopeError:
+            agency = None  # not an agency's subject; nothing would ever read it
+        if agency is not None:
+            proposed = (msg.headers or {}).get("Nats-Msg-Id")
+            data = msg.data or b""
+            digest = hashlib.sha256(data).hexdigest()
+            await js.publish(
+                gated_subject(kind, agency),
+                data,
+                headers={"Nats-Msg-Id": gated_msg_id(agency, kind, proposed, digest)},
+            )
+            moved += 1
+        await js.delete_msg(stream, at)
+        seq = at + 1
 
 
 async def _current_replicas(js: JetStreamContext, stream: str) -> int:
@@ -239,8 +290,8 @@ async def ensure_relay_consumers(js: JetStreamContext) -> None:
         ConfigError: JetStream refuses a consumer.
     """
     for stream, durable, subject_of in (
-        (INGEST_STREAM, RELAY_INGEST_DURABLE, ingest_subject),
-        (RECEIPT_STREAM, RELAY_RECEIPT_DURABLE, receipt_subject),
+        (INGEST_STREAM, RELAY_INGEST_DURABLE, _gated_ingest),
+        (RECEIPT_STREAM, RELAY_RECEIPT_DURABLE, _gated_receipt),
     ):
         config = ConsumerConfig(
             name=durable,

@@ -73,6 +73,13 @@ RECONNECT_ATTEMPTS = 120
 # A receipt NATS did not store: the bulletin is handed back and its receipt sent again.
 RECEIPT_RETRY_S = 2
 # What JetStream says when a stream or its volume has no room (nats-server's messages).
+# No answer to a JetStream publish: nobody stored it (no broker gate running, JetStream
+# electing a leader); a retry with the same Nats-Msg-Id is harmless.
+_NOT_STORED = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+)
 _STORE_FULL = ("maximum bytes", "maximum messages", "insufficient resources", "no space")
 
 CAVEATS = {
@@ -382,7 +389,7 @@ class IstmoClient:
                     f" ({text}); nothing was stored, publish it again later",
                     code="store_full" if full else "refused",
                 ) from exc
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            except _NOT_STORED as exc:
                 if attempt == attempts - 1:
                     raise BusUnavailable("NATS did not acknowledge the bulletin") from exc
                 await asyncio.sleep(0.5 * (attempt + 1))  # same Nats-Msg-Id: a retry is harmless
@@ -650,7 +657,7 @@ class IstmoClient:
                 headers={"Nats-Msg-Id": f"{h.bulletin_id}:{self.agency}:receipt"},
                 timeout=5,
             )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.APIError):
+        except (*_NOT_STORED, nats.js.errors.APIError):
             # Not stored: the caller hands the bulletin back, so the receipt is sent again.
             log.warning(
                 "receipt for %s not acknowledged by NATS; retrying in %d s",

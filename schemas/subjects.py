@@ -6,30 +6,36 @@ can build a subject out of unchecked text.
 
 from __future__ import annotations
 
+import re
+
 from schemas.ids import AgencyId, parse_agency_id
 
 __all__ = [
     "API_OPS",
     "AUDIT_STREAM",
     "DELIVER_STREAM",
+    "GATED_KINDS",
     "INGEST_STREAM",
     "RECEIPT_STREAM",
     "RELAY_INGEST_DURABLE",
     "RELAY_RECEIPT_DURABLE",
     "account_name",
+    "agency_of_gated",
     "agency_of_subject",
     "api_subject",
     "deliver_durable",
     "deliver_subject",
+    "gated_msg_id",
+    "gated_subject",
     "inbox_prefix",
     "ingest_msg_id",
     "ingest_subject",
     "receipt_subject",
 ]
 
-INGEST_STREAM = "ISTMO_INGEST"  # istmo.ingest.<agency>, work queue
+INGEST_STREAM = "ISTMO_INGEST"  # istmo.gated.ingest.<agency>, work queue
 DELIVER_STREAM = "ISTMO_DELIVER"  # istmo.deliver.<agency>, kept for offline agencies
-RECEIPT_STREAM = "ISTMO_RECEIPTS"  # istmo.receipt.<agency>, work queue
+RECEIPT_STREAM = "ISTMO_RECEIPTS"  # istmo.gated.receipt.<agency>, work queue
 AUDIT_STREAM = "ISTMO_AUDIT"  # istmo.audit.>, for the sequencer of the audit log
 RELAY_INGEST_DURABLE = "relay-ingest"
 RELAY_RECEIPT_DURABLE = "relay-receipts"
@@ -84,13 +90,12 @@ def account_name(agency: str) -> str:
 
 
 def ingest_msg_id(agency: str, envelope_digest: str) -> str:
-    """JetStream dedupe id of an envelope on ingest (S-27).
+    """The JetStream dedupe id the SDK proposes for an envelope on ingest (S-27).
 
-    JetStream dedupes per stream, across every agency's subject, so an id another agency
-    could predict would let it squat a bulletin: it publishes first with that id, and the
-    real bulletin is dropped as a duplicate. The digest of the sealed envelope (fresh
-    content key and nonce inside) is known to nobody before the originator publishes it,
-    yet the same for every retry of that envelope.
+    The digest of the sealed envelope (fresh content key and nonce inside) is the same for
+    every retry of that envelope and known to nobody before the originator publishes it.
+    The gate stores it under the sender's own namespace (``gated_msg_id``), so another
+    agency could not squat it even if it could predict it.
     """
     return f"{_checked(agency)}:{envelope_digest}"
 
@@ -101,3 +106,43 @@ def agency_of_subject(subject: str, kind: str) -> AgencyId:
     if len(parts) != 3 or parts[0] != "istmo" or parts[1] != kind:
         return parse_agency_id("")  # raises with a clear message
     return parse_agency_id(parts[2])
+
+
+# What an agency publishes on istmo.<kind>.<agency> reaches JetStream only through the
+# broker's gate (broker.gate), which stores it on istmo.gated.<kind>.<agency> with headers
+# of its own: nats-server acts on headers an agency could send (Nats-Expected-*, Nats-Rollup,
+# Nats-TTL, ...) and account permissions cannot filter them.
+GATED_KINDS = ("ingest", "receipt")
+_GATED = "istmo.gated"
+# The dedupe id an agency proposes: the SDK's ids fit this; anything else is not used.
+_CLIENT_MSG_ID = re.compile(r"[A-Za-z0-9:._-]{1,128}")
+
+
+def gated_subject(kind: str, agency: str) -> str:
+    """Where the gate stores what ``agency`` published on ``istmo.<kind>.<agency>``."""
+    if kind not in GATED_KINDS:
+        raise ValueError(f"not a gated kind: {kind!r}")
+    return f"{_GATED}.{kind}.{_checked(agency)}"
+
+
+def agency_of_gated(subject: str, kind: str) -> AgencyId:
+    """The agency token of ``istmo.gated.<kind>.<agency>`` (EnvelopeError if not one)."""
+    head, _, agency = subject.rpartition(".")
+    if head != f"{_GATED}.{kind}":
+        return parse_agency_id("")  # raises with a clear message
+    return parse_agency_id(agency)
+
+
+def gated_msg_id(agency: str, kind: str, proposed: str | None, digest: str) -> str:
+    """The JetStream dedupe id the gate stores a message under (S-27).
+
+    Every id lives in the sending agency's own namespace, so no agency can squat another's
+    (JetStream dedupes per stream, across every subject). Within it the agency's proposed
+    ``Nats-Msg-Id`` is kept when well formed (the SDK's retries of one receipt then dedupe
+    even if re-signed); otherwise the digest of the payload stands in, so an identical retry
+    still dedupes.
+    """
+    if kind not in GATED_KINDS:
+        raise ValueError(f"not a gated kind: {kind!r}")
+    own = proposed if proposed and _CLIENT_MSG_ID.fullmatch(proposed) else f"sha256:{digest}"
+    return f"{_checked(agency)}/{kind}/{own}"

@@ -7,6 +7,8 @@ creates the streams and consumers of ``broker.streams``, and stops the server at
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from broker.gate import Gate
 from broker.natsconf import AgencyUser, NatsLayout
 from broker.natsserver import NatsServer, find_nats_server, free_port
 from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
@@ -47,6 +50,8 @@ class NatsStack:
     relay_seed: str
     seeds: dict[str, str]
     _connections: list[NATS] = field(default_factory=list)
+    _gate: asyncio.Task[None] | None = None
+    _gate_stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -81,7 +86,8 @@ class NatsStack:
         self, agencies: Iterable[str], *, replicas: int | None = None, timeout: float = 5
     ) -> None:
         """As the relay: Istmo's streams (``replicas`` copies), the relay's consumers and
-        one delivery consumer per agency in ``agencies``."""
+        one delivery consumer per agency in ``agencies``; and the gate that stores what
+        agencies publish, as every broker process runs it (``broker.gate``)."""
         relay = await self.connect_relay()
         js = relay.jetstream(timeout=timeout)
         await ensure_streams(js, replicas=replicas)
@@ -89,6 +95,11 @@ class NatsStack:
         for agency in agencies:
             await ensure_agency_consumer(js, agency)
         await relay.close()
+        if self._gate is None:
+            gate_nc = await self.connect_relay(max_reconnect_attempts=-1)
+            gate = Gate(gate_nc)
+            self._gate = asyncio.create_task(gate.run(self._gate_stop))
+            await asyncio.wait_for(gate.ready.wait(), timeout)
 
     def layout_with(self, agencies: Iterable[str]) -> NatsLayout:
         """The current layout plus a fresh seed for each new agency in ``agencies``."""
@@ -103,7 +114,16 @@ class NatsStack:
             agencies=users,
         )
 
+    async def close_gate(self) -> None:
+        """Stop the gate ``provision`` started: agencies' publishes then find no one."""
+        if self._gate is not None:
+            self._gate_stop.set()
+            with contextlib.suppress(Exception):
+                await self._gate
+            self._gate = None
+
     async def close_connections(self) -> None:
+        await self.close_gate()
         while self._connections:
             nc = self._connections.pop()
             if not nc.is_closed:

@@ -67,12 +67,13 @@ def test_bad_cluster_settings_are_refused(change: dict[str, object], problem: st
 
 
 def test_a_taken_port_is_named_with_its_node_and_option() -> None:
+    base = free_port_run(3)  # three free ports, the middle one then taken here
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind(("127.0.0.1", base + 1))
         taken.listen()
-        port = taken.getsockname()[1]
-        # Node 2's route port is taken.
-        ports = ClusterPorts(client=free_port_run(3), http=free_port_run(3), cluster=port - 1)
+        port = base + 1
+        # Node 2's route port is taken (not node 1's: a run found free, not a neighbour).
+        ports = ClusterPorts(client=free_port_run(3), http=free_port_run(3), cluster=base)
         with pytest.raises(
             ConfigError, match=rf"port {port} .*routes of node istmo-2.*--cluster-port"
         ):

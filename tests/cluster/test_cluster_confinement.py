@@ -25,6 +25,7 @@ from schemas.subjects import (
     INGEST_STREAM,
     deliver_durable,
     deliver_subject,
+    gated_subject,
     inbox_prefix,
     ingest_subject,
     receipt_subject,
@@ -130,8 +131,9 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
         f"{inbox_prefix(jm_)}.victim",
         f"{inbox_prefix(gt_)}.probe",
     ]
-    for reply in targets:
-        await gt.publish(ingest_subject(gt_), b"inject", reply=reply)  # a PubAck
+    for i, reply in enumerate(targets):
+        # A PubAck (distinct bodies: identical ones would dedupe on their digest).
+        await gt.publish(ingest_subject(gt_), b"inject-%d" % i, reply=reply)
         await gt.publish(next_subject, b'{"batch":1,"no_wait":true}', reply=reply)
         await gt.publish(next_subject, b'{"batch":1,"expires":50000000}', reply=reply)
     await single.barrier(gt)
@@ -153,26 +155,47 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
     assert await single.stored(relay, ingest_subject(gt_)) == len(targets)
 
 
+async def test_a_failing_expected_last_msg_id_cannot_stall_the_clustered_streams(
+    cluster_stack: StackFactory,
+) -> None:
+    """Through the gate, the header that stalls an R3 stream (below) never reaches it:
+    gt's hostile publishes are stored as plain messages, and jm publishes as before."""
+    stack = await cluster_stack([single.GT, single.JM])
+    relay = await stack.connect_relay()
+    gt = await stack.connect_agency(single.GT)
+    jm = await stack.connect_agency(single.JM)
+    for subject_of in (ingest_subject, receipt_subject):
+        gt_js = gt.jetstream(timeout=10)
+        await gt_js.publish(subject_of(single.GT), b"first", headers={"Nats-Msg-Id": "x"})
+        bad = await gt_js.publish(
+            subject_of(single.GT), b"bad", headers={"Nats-Expected-Last-Msg-Id": "nope"}
+        )
+        assert bad.duplicate is None
+
+        ack = await jm.jetstream(timeout=10).publish(subject_of(single.JM), b"innocent")
+
+        assert ack.seq == 3
+        assert await single.stored(relay, subject_of(single.GT)) == 2
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="nats-server 2.15.1: a failing Nats-Expected-Last-Msg-Id on an R3 stream is a "
     "'critical write error' on every replica and the stream loses its leader",
 )
-async def test_a_failing_expected_last_msg_id_stalls_a_clustered_stream(
+async def test_nats_server_still_stalls_on_a_failing_expected_last_msg_id(
     cluster_stack: StackFactory,
 ) -> None:
-    """Any agency can stop ISTMO_INGEST for everyone with one header on its own subject.
-    When nats-server fixes it this test passes, xfail_strict fails it, and S-26 above can
-    take its probe back."""
+    """Why the gate exists: the same header sent straight to the stream (as only the
+    broker's own account still can) stops ISTMO_INGEST for everyone. When nats-server
+    fixes it this test passes and xfail_strict fails it: the gate stays (it also drops
+    rollups, TTLs and the rest), but docs/security.md can say the bug is gone."""
     stack = await cluster_stack([single.GT, single.JM])
-    gt = await stack.connect_agency(single.GT)
+    broker = await stack.connect_relay()
     jm = await stack.connect_agency(single.JM)
-    await gt.jetstream(timeout=5).publish(
-        ingest_subject(single.GT), b"first", headers={"Nats-Msg-Id": "x"}
-    )
-    await gt.publish(
-        ingest_subject(single.GT), b"bad", headers={"Nats-Expected-Last-Msg-Id": "nope"}
-    )
-    await single.barrier(gt)
+    stored_at = gated_subject("ingest", single.GT)
+    await broker.jetstream(timeout=5).publish(stored_at, b"first", headers={"Nats-Msg-Id": "x"})
+    await broker.publish(stored_at, b"bad", headers={"Nats-Expected-Last-Msg-Id": "nope"})
+    await single.barrier(broker)
     ack = await jm.jetstream(timeout=5).publish(ingest_subject(single.JM), b"innocent")
     assert ack.stream == INGEST_STREAM

@@ -40,6 +40,7 @@ from schemas.subjects import (
     api_subject,
     deliver_durable,
     deliver_subject,
+    gated_subject,
     inbox_prefix,
     ingest_msg_id,
     ingest_subject,
@@ -54,15 +55,20 @@ SETTLE_S = 0.3  # time for anything misrouted to arrive
 StackFactory = Callable[[list[str]], Awaitable[Any]]  # conftest's NatsStack
 
 
-def _stream_of(subject: str) -> str:
-    kind = subject.split(".")[1]
-    return {"ingest": INGEST_STREAM, "deliver": DELIVER_STREAM, "receipt": RECEIPT_STREAM}[kind]
+def _stream_of(subject: str) -> tuple[str, str]:
+    """The stream that keeps what is published on ``subject``, and the subject it is
+    kept under (the gate stores ingest and receipts on istmo.gated.<kind>.<agency>)."""
+    _, kind, agency = subject.split(".")
+    if kind == "deliver":
+        return DELIVER_STREAM, subject
+    return {"ingest": INGEST_STREAM, "receipt": RECEIPT_STREAM}[kind], gated_subject(kind, agency)
 
 
 async def stored(relay: NATS, subject: str) -> int:
-    """How many messages the stream holds on exactly ``subject`` (as the relay sees it)."""
-    info = await relay.jetstream(timeout=2).stream_info(_stream_of(subject), subject)
-    return (info.state.subjects or {}).get(subject, 0)
+    """How many messages the stream holds for ``subject`` (as the relay sees it)."""
+    stream, kept = _stream_of(subject)
+    info = await relay.jetstream(timeout=2).stream_info(stream, kept)
+    return (info.state.subjects or {}).get(kept, 0)
 
 
 def violations(errors: list[Exception]) -> list[str]:
@@ -342,16 +348,18 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
         f"{inbox_prefix(JM)}.victim",
         f"{inbox_prefix(GT)}.probe",
     ]
-    # Refused publishes: the error JSON quotes the last stored Nats-Msg-Id, gt's text.
-    for reply in targets:
+    # Before the gate (broker.gate), a failing Nats-Expected-Last-Msg-Id made JetStream
+    # answer with an error quoting the last stored Nats-Msg-Id: gt's text, on any reply
+    # subject. The gate drops the header: the message is stored and answered with a PubAck.
+    for i, reply in enumerate(targets):
         await gt.publish(
             ingest_subject(GT),
-            b"inject-error",
+            b"inject-error-%d" % i,
             reply=reply,
             headers={"Nats-Expected-Last-Msg-Id": "nope"},
         )
-    for reply in targets:
-        await gt.publish(ingest_subject(GT), b"inject", reply=reply)  # a PubAck
+    for i, reply in enumerate(targets):
+        await gt.publish(ingest_subject(GT), b"inject-%d" % i, reply=reply)  # a PubAck
         # gt's own consumer is empty: 404 (no_wait) and 408 (expires) status messages.
         await gt.publish(next_subject, b'{"batch":1,"no_wait":true}', reply=reply)
         await gt.publish(next_subject, b'{"batch":1,"expires":50000000}', reply=reply)
@@ -363,11 +371,13 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
     await until(all_answered)  # the 408 comes once the 50 ms pull expires
     await asyncio.sleep(SETTLE_S)
 
-    # Control: the server answered every probe, on any reply subject, with gt's text inside.
+    # Control: the probes were answered on gt's own reply subject: two PubAcks and two
+    # empty status messages, none carrying an error or gt's text.
     assert len(gt_probe.msgs) == 4
-    errors = [json.loads(m.data)["error"] for m in gt_probe.msgs if m.data.startswith(b'{"error"')]
-    assert [e["err_code"] for e in errors] == [10070]  # wrong last msg ID
-    assert chosen in errors[0]["description"]
+    assert not [m for m in gt_probe.msgs if m.data.startswith(b'{"error"')]
+    assert not [m for m in gt_probe.msgs if chosen.encode() in m.data]
+    acks = [json.loads(m.data) for m in gt_probe.msgs if m.data]
+    assert [a["stream"] for a in acks] == [INGEST_STREAM, INGEST_STREAM]
     assert violations(gt_errors) == []
     # Nothing landed on jm's subjects, its inbox or its durable.
     for subject in (ingest_subject(JM), receipt_subject(JM), deliver_subject(JM)):
@@ -375,8 +385,8 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
     assert jm_victim.msgs == []
     info = await relay.jetstream(timeout=2).consumer_info(DELIVER_STREAM, deliver_durable(JM))
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
-    # gt's own publishes did land (1 + 5 plain; the expected-last-id ones were refused).
-    assert await stored(relay, ingest_subject(GT)) == 1 + len(targets)
+    # gt's own publishes did land: 1 + 5 with the header dropped + 5 plain.
+    assert await stored(relay, ingest_subject(GT)) == 1 + 2 * len(targets)
 
 
 async def test_s27_other_agency_cannot_hijack_a_dedupe_id(nats_stack: StackFactory) -> None:

@@ -22,7 +22,14 @@ from schemas.keys import EncryptionKey, SigningKey
 from schemas.labels import Classification, Labels, Tlp
 from schemas.receipt import sign_receipt
 from schemas.sealing import encode_envelope, seal
-from schemas.subjects import DELIVER_STREAM, ingest_msg_id, ingest_subject, receipt_subject
+from schemas.subjects import (
+    DELIVER_STREAM,
+    INGEST_STREAM,
+    RELAY_INGEST_DURABLE,
+    ingest_msg_id,
+    ingest_subject,
+    receipt_subject,
+)
 from tests.integration.stack_inproc import client, running_stack
 from tests.storage_engines import Storage
 
@@ -75,6 +82,22 @@ async def deliver_count(stack: Stack) -> int:
     try:
         info = await nc.jetstream().stream_info(DELIVER_STREAM)
         return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+async def relay_idle(stack: Stack) -> None:
+    """Wait until the relay has acked everything on ingest: a bulletin's verdict is
+    recorded before its deliveries are published, so a count taken at the verdict races
+    them."""
+    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    try:
+        for _ in range(200):
+            info = await nc.jetstream().consumer_info(INGEST_STREAM, RELAY_INGEST_DURABLE)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the relay did not finish its ingest backlog")
     finally:
         await nc.close()
 
@@ -203,6 +226,7 @@ async def test_replay_and_id_conflict(stack: Stack) -> None:
         env = await sealed(gt)
         await gt._publish_envelope(env)
         assert (await gt.wait_for_verdict(env.header.bulletin_id)).state == "accepted"
+        await relay_idle(stack)
         before = await deliver_count(stack)
         # The same envelope again, past NATS dedupe (another Nats-Msg-Id): a replay.
         raw = encode_envelope(env)

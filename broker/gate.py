@@ -1,0 +1,125 @@
+"""The gate: the only way from an agency to JetStream's ingest and receipt streams.
+
+An agency publishes on ``istmo.ingest.<agency>`` and ``istmo.receipt.<agency>`` (its NATS
+permissions allow nothing else there). No stream listens on those subjects. The gate, a
+queue subscriber in every ``istmo up`` and ``istmo relay`` process, stores each message on
+``istmo.gated.<kind>.<agency>`` with headers of its own and answers the publisher with
+JetStream's own reply (the PubAck, or JetStream's error), so the SDK's JetStream publish
+works unchanged.
+
+Why a hop: nats-server acts on headers the publisher sends, and account permissions cannot
+filter headers. On nats-server 2.15.1 one publish with a failing
+``Nats-Expected-Last-Msg-Id`` on a 3-replica stream is a "critical write error" on every
+replica, and the stream loses its leader for every agency. ``Nats-Rollup``, ``Nats-TTL``,
+schedules, counters, batches and the other ``Nats-Expected-*`` headers act on the stream
+too. The gate drops every header an agency sends and writes only ``Nats-Msg-Id``, in the
+sender's own namespace (``schemas.subjects.gated_msg_id``), so no agency can touch a stream's
+state beyond appending its own message.
+
+The gate reads nothing else: size, schema and signature are the relay's checks (refused and
+audited there). It keeps the order in which messages arrive; it holds at most
+``IN_FLIGHT`` stores at once and ``PENDING_BYTES`` waiting, beyond which nats-server drops
+messages for this subscriber and the publisher, seeing no answer, retries with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from schemas.errors import EnvelopeError
+from schemas.subjects import GATED_KINDS, agency_of_subject, gated_msg_id, gated_subject
+
+__all__ = ["GATE_QUEUE", "Gate"]
+
+log = logging.getLogger("istmo.gate")
+
+GATE_QUEUE = "istmo-gate"
+IN_FLIGHT = 256
+PENDING_BYTES = 64 * 1024 * 1024
+PENDING_MSGS = 20_000
+# Under the SDK's own 5 s, so a publisher never retries while its first store still runs.
+STORE_TIMEOUT_S = 4.0
+
+
+class Gate:
+    """Stores agencies' publishes on the gated subjects. Any number may run at once."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.passed = 0
+        self.unanswered = 0
+        self.ready = asyncio.Event()  # set once nats-server routes publishes to this gate
+        self._slots = asyncio.Semaphore(IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; stores already under way finish first."""
+        subs = []
+        try:
+            for kind in GATED_KINDS:
+                subs.append(
+                    await self.nc.subscribe(
+                        f"istmo.{kind}.*",
+                        queue=GATE_QUEUE,
+                        cb=self._on_msg,
+                        pending_msgs_limit=PENDING_MSGS,
+                        pending_bytes_limit=PENDING_BYTES,
+                    )
+                )
+            await self.nc.flush()
+            self.ready.set()
+            await stop.wait()
+        finally:
+            for sub in subs:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=STORE_TIMEOUT_S + 1)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        # Called in arrival order; a store starts (its PUB is written) before the next
+        # message is taken, so the stream keeps each publisher's order.
+        await self._slots.acquire()
+        task = asyncio.create_task(self._store(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _store(self, msg: Msg) -> None:
+        kind = msg.subject.split(".")[1] if msg.subject.count(".") == 2 else ""
+        try:
+            agency = agency_of_subject(msg.subject, kind)
+        except EnvelopeError:
+            # nats-server lets no agency publish such a subject; only the broker's own
+            # account could. Nothing to store.
+            log.warning("gate: ignored a message on %r", msg.subject[:80])
+            return
+        proposed = (msg.headers or {}).get("Nats-Msg-Id")
+        digest = hashlib.sha256(msg.data).hexdigest()
+        headers = {"Nats-Msg-Id": gated_msg_id(agency, kind, proposed, digest)}
+        try:
+            answer = await self.nc.request(
+                gated_subject(kind, agency), msg.data, timeout=STORE_TIMEOUT_S, headers=headers
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError) as exc:
+            # JetStream did not answer (a leader election, a node away): the publisher sees
+            # no answer either and retries with the same id.
+            self.unanswered += 1
+            log.warning("gate: JetStream did not store a %s of %s (%s)", kind, agency, exc)
+            return
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            return
+        self.passed += 1
+        if msg.reply:
+            with contextlib.suppress(nats.errors.Error):
+                await self.nc.publish(msg.reply, answer.data)
