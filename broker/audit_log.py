@@ -76,6 +76,7 @@ __all__ = [
     "outbox_bytes",
     "queried_event",
     "same_event",
+    "verify_on",
 ]
 
 MAX_PAGE = 1000  # entries per search page
@@ -730,15 +731,28 @@ class AuditLog:
         Returns:
             The report; ``report.first`` is the lowest-index problem, None if all is well.
         """
-        started = time.monotonic()
-        report = VerifyReport()
         try:
             with self._read() as conn:
-                _Verifier(conn, key, origin, report, progress).run()
+                return verify_on(conn, key, origin, progress=progress)
         except SQLAlchemyError as exc:
             raise AuditStoreError(f"cannot read the audit log: {type(exc).__name__}") from exc
-        report.seconds = time.monotonic() - started
-        return report
+
+
+def verify_on(
+    conn: Connection,
+    key: VerifyKey,
+    origin: str,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyReport:
+    """``AuditLog.verify_all``'s checks on a connection the caller holds: what it sees,
+    uncommitted rows of its own transaction included (``istmo db copy`` verifies a copy
+    before it commits)."""
+    started = time.monotonic()
+    report = VerifyReport()
+    _Verifier(conn, key, origin, report, progress).run()
+    report.seconds = time.monotonic() - started
+    return report
 
 
 def _entry(row: Any) -> LogEntry:

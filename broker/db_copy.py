@@ -43,7 +43,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from broker import db
-from broker.audit_log import LogCorrupt, VerifyReport, _Verifier
+from broker.audit_log import LogCorrupt, VerifyReport, verify_on
 from broker.db_cli import AUDIT_TABLES, REGISTRY_TABLES, SEQUENCES
 from broker.sequencer import DEFAULT_ORIGIN, LOCK_FILE, log_verify_key
 from schemas.canonical import b64d
@@ -401,16 +401,9 @@ def _check_counts(conn: Connection, counts: dict[str, int], shown: str) -> None:
 
 
 def _verify(conn: Connection, key: VerifyKey, origin: str, shown: str) -> VerifyReport:
-    """The checks of ``istmo audit verify`` (``AuditLog.verify_all``), on the copy.
-
-    ``verify_all`` reads through a snapshot of its own, which cannot see this uncommitted
-    transaction; the copy must be verified before it commits (the audit tables refuse
-    DELETE: a bad copy could never be taken out), so the same verifier runs here.
-    """
-    started = time.monotonic()
-    report = VerifyReport()
-    _Verifier(conn, key, origin, report, None).run()
-    report.seconds = time.monotonic() - started
+    """The checks of ``istmo audit verify``, on the copy before it commits (the audit
+    tables refuse DELETE: a bad copy could never be taken out)."""
+    report = verify_on(conn, key, origin)
     if report.first is not None:
         more = f" ({report.problems - 1} further problems)" if report.problems > 1 else ""
         raise LogCorrupt(
