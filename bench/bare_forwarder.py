@@ -33,9 +33,18 @@ IN_FLIGHT = 256
 
 async def forward(url: str, seed: str, recipients: list[str]) -> None:
     stop = asyncio.Event()
+    waiting: set[asyncio.Future[list[Msg]]] = set()  # a fetch that has taken nothing yet
+
+    def on_signal() -> None:
+        # Stop at once when idle (a fetch waiting for messages); a batch being forwarded
+        # is finished and acked first.
+        stop.set()
+        for fetch in waiting:
+            fetch.cancel()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     nc = await nats.connect(url, nkeys_seed_str=seed, name="bench-bare-forwarder")
     js = nc.jetstream(timeout=10)
     sub = await js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM)
@@ -59,10 +68,16 @@ async def forward(url: str, seed: str, recipients: list[str]) -> None:
 
     try:
         while not stop.is_set():
+            fetch = asyncio.ensure_future(sub.fetch(BATCH, timeout=0.5))
+            waiting.add(fetch)
             try:
-                msgs = await sub.fetch(BATCH, timeout=0.5)
+                msgs = await fetch
             except TimeoutError:
                 continue
+            except asyncio.CancelledError:
+                break  # stopped while idle
+            finally:
+                waiting.discard(fetch)
             try:
                 await asyncio.gather(*(one(m) for m in msgs))
                 await asyncio.gather(*(m.ack_sync() for m in msgs))
