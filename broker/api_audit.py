@@ -23,7 +23,6 @@ Left to others: the log itself (``broker.audit_log``), the command line
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -42,6 +41,7 @@ from broker.audit_log import (
     LogEntry,
     MissingNode,
     queried_event,
+    shared_log,
 )
 from broker.oauth import Caller
 from broker.sequencer import DEFAULT_ORIGIN, log_verify_key
@@ -136,21 +136,6 @@ class LogKey(BaseModel):
 
 
 # ---------------------------------------------------------------------- the log
-class _Log:
-    """The audit log over the registry's database, opened on first use."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._log: AuditLog | None = None
-        self._lock = threading.Lock()
-
-    def __call__(self) -> AuditLog:
-        with self._lock:
-            if self._log is None:
-                self._log = AuditLog(self._url)
-            return self._log
-
-
 def _reading(what: str, read: Callable[[], _T]) -> _T:
     """Run a read; a database that refuses is a 503, never a 500."""
     try:
@@ -199,7 +184,11 @@ def _b64s(hashes: list[bytes]) -> list[str]:
 def audit_router(state: ApiState) -> APIRouter:
     """The ``audit:read`` endpoints (and the public log key) over ``state``'s registry."""
     router = APIRouter(tags=["audit"])
-    opened = _Log(state.registry.url)
+    url = state.registry.url
+
+    def opened() -> AuditLog:
+        return shared_log(url)
+
     registry = state.registry
 
     def record(who: Caller, what: str, query: dict[str, Any], rows: int) -> None:

@@ -28,6 +28,7 @@ endpoints (``broker.api_audit``), and the Merkle math (``broker.merkle``).
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -753,6 +754,20 @@ def verify_on(
     _Verifier(conn, key, origin, report, progress).run()
     report.seconds = time.monotonic() - started
     return report
+
+
+_shared: dict[str, AuditLog] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_log(url: str) -> AuditLog:
+    """One reading ``AuditLog`` per database for the whole process, opened on first use:
+    every app and console page over ``url`` shares its connection pools, which then
+    live as long as the process (an app dropped without closing leaks none)."""
+    with _shared_lock:
+        if url not in _shared:
+            _shared[url] = AuditLog(url)
+        return _shared[url]
 
 
 def _entry(row: Any) -> LogEntry:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.audit_log import AuditLog, LogEntry, event_clauses, same_event
+from broker.audit_log import LogEntry, event_clauses, same_event, shared_log
 from broker.directory import DirectoryService
 from broker.merkle import verify_consistency
 from broker.registry import Registry
@@ -47,15 +46,7 @@ __all__ = [
 MAX_PAGE = 200
 _DATA_JSON_LIMIT = 4000
 
-_logs: dict[str, AuditLog] = {}
-_logs_lock = threading.Lock()
-
-
-def _log(url: str) -> AuditLog:
-    with _logs_lock:
-        if url not in _logs:
-            _logs[url] = AuditLog(url)
-        return _logs[url]
+_log = shared_log
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from broker.stack import Stack
 from clients.keystore import load_keystore
 from clients.oauth import token_form
 from schemas.keystore import KeystoreFile
+from tests.storage_engines import Storage
 
 BASE = "http://istmo.test"
 TOKEN_URL = f"{BASE}/v1/token"
@@ -96,15 +97,17 @@ class Broker:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Broker:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("api") / "istmo")
+def broker(tmp_path_factory: pytest.TempPathFactory, storage_module: Storage) -> Iterator[Broker]:
+    """The broker on each storage engine (SQLite, then a PostgreSQL database of its own)."""
+    settings = storage_module.settings(tmp_path_factory.mktemp("api") / "istmo")
     stack = Stack(settings, out=lambda _line: None)
     stack.prepare()
     assert stack.registry is not None
     create_demo_admin(
         stack.registry, settings.keys_dir, stack.directory_key.verify_key, now=int(time.time())
     )
-    return Broker(stack, settings)
+    yield Broker(stack, settings)
+    stack.registry.close()  # its pooled connections, before the database is dropped
 
 
 AppFactory = Callable[..., FastAPI]

@@ -226,6 +226,7 @@ async def test_b38_the_audience_must_be_exactly_the_token_endpoint(
 async def test_b39_lifetimes_and_times_are_checked(
     client: httpx.AsyncClient, broker: Broker, shift: int, overrides: dict[str, Any], code: str
 ) -> None:
+    overrides = dict(overrides)  # the parameter is shared by every engine's run: keep it whole
     now = int(time.time()) + shift
     claims = claims_for(GT, now=now)
     if "exp_after" in overrides:
