@@ -37,7 +37,8 @@ from bench.context import Context
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 # In running order: the demo stack's measurements before growth (which seeds it), the
-# memory summary last (it collects what every other one saw).
+# directory sizes after the demo stack's (their 3,500-agency stack stops while the memory
+# summary runs), the memory summary last (it collects what every other one saw).
 MODULES = (
     "sdk_cost",
     "policy_cost",
@@ -46,9 +47,9 @@ MODULES = (
     "relay_throughput",
     "latency",
     "growth",
-    "directory_size",
     "peer",
     "profile_relay",
+    "directory_size",
     "memory",
 )
 
@@ -103,6 +104,10 @@ async def run_all(names: list[str], ctx: Context) -> dict[str, Any]:
     for name in names:
         mod = importlib.import_module(f"bench.{modules[name]}")
         print(f"== {mod.TITLE}", flush=True)
+        if not getattr(mod, "TIMES_NOTHING", False):
+            ctx.wait_stopped()  # a stack still stopping would share the CPU
+        if not getattr(mod, "REUSES_RELAY", False):
+            ctx.stop_demo_workers()  # what the previous measurement left running
         timing.take(0)  # start afresh
         t = time.perf_counter()
         try:

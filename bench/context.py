@@ -20,6 +20,7 @@ class Context:
     peaks: dict[str, float] = field(default_factory=dict)  # component -> peak RSS, MiB
     steady: dict[str, float] = field(default_factory=dict)  # component -> RSS when stopped
     _demo: BenchStack | None = None
+    _stopping: list[BenchStack] = field(default_factory=list)
 
     def pick(self, quick: int | float, full: int | float) -> int | float:
         """A size for this mode."""
@@ -32,6 +33,12 @@ class Context:
             self._demo = stack
             stack.start()
         return self._demo
+
+    def stop_demo_workers(self) -> None:
+        """Stop the relays a measurement left running on the demo stack for the next
+        one (a module that takes them over says ``REUSES_RELAY = True``)."""
+        if self._demo is not None:
+            self._demo.stop_workers()
 
     def note(self, component: str, mib: float | None) -> None:
         if mib is not None:
@@ -49,8 +56,20 @@ class Context:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.note("sdk (benchmark process: SDK clients + harness)", round(rss, 1))
 
+    def stop_later(self, stack: BenchStack) -> None:
+        """Ctrl-C ``stack`` now (its memory is noted) and let it exit while the run goes
+        on; ``wait_stopped`` (or ``close``) waits for it. For a stack that takes long to
+        stop, when what follows does not time anything (or waits first)."""
+        stack.stop(wait=False)
+        self._stopping.append(stack)
+
+    def wait_stopped(self) -> None:
+        while self._stopping:
+            self._stopping.pop().wait_stopped()
+
     def close(self) -> None:
         if self._demo is not None:
             self._demo.stop()
             self.absorb(self._demo)
             self._demo = None
+        self.wait_stopped()

@@ -37,7 +37,12 @@ from schemas.envelope import Content, Envelope
 from schemas.keys import EncryptionPublicKey
 from schemas.labels import Classification, Labels, Tlp
 from schemas.sealing import seal
-from schemas.subjects import INGEST_STREAM, RELAY_INGEST_DURABLE
+from schemas.subjects import (
+    DELIVER_STREAM,
+    INGEST_STREAM,
+    RELAY_INGEST_DURABLE,
+    deliver_durable,
+)
 
 __all__ = [
     "BODY",
@@ -179,6 +184,7 @@ class BenchStack:
         self.peaks: dict[str, float] = {}  # component -> highest VmHWM seen, MiB
         self.steady: dict[str, float] = {}  # component -> highest VmRSS when stopped, MiB
         self.startup_s = 0.0
+        self._nats_pid: int | None = None
         self.last_stopped: list[tuple[str, float | None, float | None]] = []
         # (agency, labels) -> the relay's resolve answer (recipient -> encryption key)
         self.resolved: dict[tuple[str, Labels], dict[str, EncryptionPublicKey]] = {}
@@ -208,12 +214,24 @@ class BenchStack:
         self.startup_s = time.perf_counter() - t
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop the workers, then ``istmo up``; with ``wait=False`` only Ctrl-C it (its
+        memory is noted) and leave ``wait_stopped`` to wait for it to exit."""
         self.stop_workers()
+        if self.up is not None and self.up.alive():
+            self._nats_pid = self.nats_server_pid()  # its file is gone once it stopped
+            self.up.interrupt()
+            self._note("api+sequencer (istmo up)", self.up.peak_mib, self.up.last_rss_mib)
+        if wait:
+            self.wait_stopped()
+
+    def wait_stopped(self, timeout: float = 120) -> None:
+        """Wait for ``istmo up`` to exit (a 3,500-agency stack takes over 30 s); if it had
+        to be killed, its nats-server (a process of its own) is stopped too."""
         if self.up is not None:
             with phase("stop istmo up"):
-                self.up.stop()
-            self._note("api+sequencer (istmo up)", self.up.peak_mib, self.up.last_rss_mib)
+                self.up.wait_stopped(timeout)
+                _stop_pid(self._nats_pid, must_have=str(self.data_dir))
             self.up = None
 
     def __enter__(self) -> BenchStack:
@@ -317,6 +335,18 @@ class BenchStack:
             proc.wait_for("ready", timeout)
         return proc
 
+    def keep_workers(self, n: int) -> None:
+        """Stop every worker but the first ``n`` still running (in parallel)."""
+        extra = [w for w in self.workers if w.alive()][n:]
+        if extra:
+            with phase("stop workers"):
+                for proc in extra:
+                    proc.interrupt()
+                for proc in extra:
+                    proc.wait_stopped()
+                    self._note(_kind(proc.name), proc.peak_mib, proc.last_rss_mib)
+            self.workers = [w for w in self.workers if w not in extra]
+
     def worker_rss(self) -> list[tuple[str, float | None, float | None]]:
         """(name, peak RSS, RSS now) of every live worker, MiB."""
         return [
@@ -362,6 +392,30 @@ class BenchStack:
             self.nats_url,
             dedupe_path=self.root / f"{agency}.received.sqlite",
         )
+
+
+def _stop_pid(pid: int | None, *, must_have: str, timeout: float = 10) -> None:
+    """SIGTERM ``pid`` if it still runs with ``must_have`` in its command line (not a
+    process that took the number over), SIGKILL it after ``timeout`` seconds."""
+    if pid is None:
+        return
+    try:
+        if must_have.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return
+    except OSError:
+        return  # gone
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            return  # gone (or not ours)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return
+            time.sleep(0.05)
 
 
 def _kind(name: str) -> str:
@@ -469,20 +523,30 @@ async def _drain(
     }
 
 
-async def empty_queue(client: IstmoClient, budget_s: float = 30) -> int:
+async def empty_queue(stack: BenchStack, client: IstmoClient, budget_s: float = 30) -> int:
     """Receive and drop what earlier measurements left in ``client``'s queue, so a
-    latency measurement does not first chew through an old backlog. Bounded in time."""
+    latency measurement does not first chew through an old backlog. Bounded in time;
+    asks JetStream whether anything waits first, so an empty queue costs no receive
+    timeout. (Not ``count=`` what waits: a redelivery of a bulletin already handed over
+    is dropped by the SDK without counting, and the count would never be reached.)"""
 
     async def drop(_b: object) -> None:
         return None
 
-    deadline = time.monotonic() + budget_s
-    total = 0
-    while time.monotonic() < deadline:
-        got = await client.receive(drop, count=256, timeout=1.0, batch=64)  # type: ignore[arg-type]
-        total += got
-        if got < 256:
-            break
+    op = await stack.operator()
+    try:
+        js = op.jetstream(timeout=10)
+        durable = deliver_durable(client.agency)
+        deadline = time.monotonic() + budget_s
+        total = 0
+        while time.monotonic() < deadline:
+            info = await js.consumer_info(DELIVER_STREAM, durable)
+            if not info.num_pending:
+                break
+            got = await client.receive(drop, count=256, timeout=0.5, batch=64)  # type: ignore[arg-type]
+            total += got
+    finally:
+        await op.close()
     return total
 
 

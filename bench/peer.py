@@ -2,9 +2,10 @@
 
 medallion is installed from PyPI into its own throwaway virtual environment
 (``/tmp/istmo-bench-medallion``, made with ``python -m venv`` + ``pip install medallion``
-on first use and reused afterwards; nothing of it enters the project or its venv), and
-started on 127.0.0.1 on a free port with its memory backend and a generated config: one
-user, one API root, one read/write collection.
+on first use and reused afterwards while medallion imports in it; nothing of it enters
+the project or its venv), and started on 127.0.0.1 on a free port with its memory
+backend and a generated config: one user, one API root, one read/write collection.
+Istmo's relay starts while medallion does; neither is measured until both are up.
 
 Both systems then get the same job, one object per request, with a reader polling or
 pulling at the same time:
@@ -24,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import httpx
@@ -41,6 +44,7 @@ from clients.sdk import ReceivedBulletin
 from schemas.labels import Classification, Labels, Tlp
 
 NAME = "peer"
+REUSES_RELAY = True  # the relay item 7 left running (one is started if none runs)
 TITLE = "10. A peer: TAXII 2.1 medallion vs Istmo"
 VENV = Path("/tmp/istmo-bench-medallion")  # noqa: S108 -- the throwaway venv, by design
 TAXII = "application/taxii+json;version=2.1"
@@ -55,27 +59,43 @@ ONE_RECIPIENT = Labels(
 )
 
 
+def _medallion_version() -> str | None:
+    """medallion's version in the throwaway venv, or None if it is not (or no longer)
+    usable there: no venv, a venv whose Python is gone, a broken install."""
+    if not (VENV / "bin" / "medallion").exists():
+        return None
+    try:
+        done = subprocess.run(
+            [str(VENV / "bin" / "python"), "-c", "import medallion; print(medallion.__version__)"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
 def ensure_medallion() -> dict[str, object]:
-    """The throwaway venv with medallion; made once (pip from PyPI), then reused."""
-    python = VENV / "bin" / "python"
+    """The throwaway venv with medallion; made once (pip from PyPI), then reused as long
+    as medallion imports in it."""
     t = time.perf_counter()
     made = False
-    if not (VENV / "bin" / "medallion").exists():
+    version = _medallion_version()
+    if version is None:
+        shutil.rmtree(VENV, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=120)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "medallion"],
+            [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", "medallion"],
             check=True,
             timeout=600,
             stdout=subprocess.DEVNULL,
         )
         made = True
-    version = subprocess.run(
-        [str(python), "-c", "import medallion; print(medallion.__version__)"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
+        version = _medallion_version()
+        if version is None:
+            raise RuntimeError(f"medallion does not import in {VENV} after installing it")
     return {
         "medallion": version,
         "installed_now": made,
@@ -151,7 +171,11 @@ def indicator(i: int) -> dict[str, object]:
     return obj
 
 
-async def medallion_side(ctx: Context, objects: int) -> dict[str, object]:
+async def medallion_side(
+    ctx: Context, objects: int, ready: Awaitable[object] | None = None
+) -> dict[str, object]:
+    """medallion's figures; ``ready`` (Istmo's relay starting) is awaited once the server
+    answers, before the clock starts, so the two start-ups overlap but no measurement."""
     root = ctx.tmp / "medallion"
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -176,6 +200,8 @@ async def medallion_side(ctx: Context, objects: int) -> dict[str, object]:
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.1)
+            if ready is not None:
+                await ready
             stop = asyncio.Event()
 
             poll_errors = 0
@@ -244,7 +270,7 @@ async def medallion_side(ctx: Context, objects: int) -> dict[str, object]:
 
 async def istmo_side(ctx: Context, objects: int) -> dict[str, object]:
     stack = ctx.demo_stack()
-    stack.start_relays(1)
+    stack.ensure_relays(1)  # started beside medallion by ``run``
     sent: dict[str, float] = {}
     got: dict[str, float] = {}
 
@@ -258,7 +284,7 @@ async def istmo_side(ctx: Context, objects: int) -> dict[str, object]:
                     recipients = await gt.resolve(ONE_RECIPIENT)
                     break
                 await asyncio.sleep(0.2)
-            await empty_queue(bz)  # what earlier measurements left for it
+            await empty_queue(stack, bz)  # what earlier measurements left for it
             receiver = asyncio.create_task(bz.receive(app, timeout=objects / 5 + 60, batch=16))
             t0 = time.perf_counter()
             failed = 0
@@ -299,8 +325,15 @@ async def run(ctx: Context) -> dict[str, object]:
     objects = int(ctx.pick(100, 2000))
     with phase("medallion venv"):
         setup = await asyncio.to_thread(ensure_medallion)
-    with phase("medallion side"):
-        med = await medallion_side(ctx, objects)
+    stack = ctx.demo_stack()
+    relay = asyncio.create_task(asyncio.to_thread(stack.ensure_relays, 1))
+    try:
+        with phase("medallion side"):
+            med = await medallion_side(ctx, objects, relay)
+    except BaseException:
+        await relay
+        stack.stop_workers()
+        raise
     print(f"  medallion: {med}", flush=True)
     with phase("istmo side"):
         ist = await istmo_side(ctx, objects)

@@ -16,6 +16,7 @@ from bench.context import Context
 from bench.harness import ISTMO, Proc
 from bench.relay_rate import backlog_rate
 from bench.relay_throughput import five_recipients
+from bench.timing import phase
 
 NAME = "profile"
 TITLE = "Profile of the relay (pyinstrument)"
@@ -29,14 +30,15 @@ async def run(ctx: Context) -> dict[str, object]:
     def start() -> None:
         argv = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(out)]
         argv += [ISTMO, "relay", "--data-dir", str(stack.data_dir), "--nats-url", stack.nats_url]
-        proc = Proc(f"{stack.name}: relay (profiled)", argv, stack.root / "relay-prof.log")
-        stack.workers.append(proc.start())
-        proc.wait_for("relay connected", 120)
+        with phase("start profiled relay"):
+            proc = Proc(f"{stack.name}: relay (profiled)", argv, stack.root / "relay-prof.log")
+            stack.workers.append(proc.start())
+            proc.wait_for("relay connected", 120)
 
     async with await stack.client("gt-police") as gt:
         chosen = await five_recipients(stack, gt)
         r = await backlog_rate(
-            stack, gt, chosen, int(ctx.pick(100, 600)), start, timeout=ctx.pick(6, 40)
+            stack, gt, chosen, int(ctx.pick(100, 400)), start, timeout=ctx.pick(6, 30)
         )
     print(f"  profiled relay: {r['per_s']}/s; profile in {out}", flush=True)
     shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out

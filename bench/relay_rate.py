@@ -10,6 +10,7 @@ starts at the first bulletin taken after the pause is lifted.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
@@ -104,14 +105,16 @@ async def resolve_with_relay(
     if started:
         stack.ensure_relays(1)
     try:
-        for _ in range(50):  # "relay connected" is printed just before it subscribes
+        # "relay connected" is printed just before it subscribes: retry for a while.
+        deadline = time.monotonic() + 20
+        while True:
             try:
                 answer = dict(await client.resolve(labels))
                 break
             except BusUnavailable:
+                if time.monotonic() > deadline:
+                    raise
                 await asyncio.sleep(0.2)
-        else:
-            answer = dict(await client.resolve(labels))
     finally:
         if started and not keep_relay:
             stack.stop_workers()
