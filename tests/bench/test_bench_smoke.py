@@ -202,3 +202,35 @@ def test_the_run_says_where_its_time_went_and_warns_over_budget() -> None:
     text = render(doc, "r.json", {})
     assert "100.0 s (budget 120 s)" in text
     assert "| latency | 100 | istmo loads 80 s, other 20 s |" in text
+
+
+def test_growth_seeds_the_rows_a_python_loop_would(tmp_path: Path) -> None:
+    """The SQLite-generated history (bench/growth.py) matches the rows as described:
+    uuid4-shaped ids, negative ingest sequence, one decision and one audit event each."""
+    import sqlite3
+    import uuid
+    from types import SimpleNamespace
+
+    from bench.growth import seed_sql
+    from broker.registry import Registry
+
+    db = tmp_path / "istmo.db"
+    Registry(f"sqlite:///{db}").close()
+    stack = SimpleNamespace(db_path=db)
+    assert seed_sql(stack, 0, 3)["sql_rows"] == 9  # type: ignore[arg-type]
+    assert seed_sql(stack, 3, 5)["sql_rows"] == 6  # type: ignore[arg-type]
+    con = sqlite3.connect(db)
+    rows = con.execute(
+        "SELECT id, originator, envelope_digest, ingest_seq, recipients FROM bulletin ORDER BY id"
+    ).fetchall()
+    ids = [str(uuid.UUID(int=(0xBE << 120) | i, version=4)) for i in range(5)]
+    assert rows == [
+        (ids[i], "gt-police", f"{i:064x}", -1 - i, "bz-police,rc-drugs") for i in range(5)
+    ]
+    assert con.execute("SELECT bulletin_id, agency, allowed FROM decision").fetchall() == [
+        (b, "bz-police", 1) for b in ids
+    ]
+    events = con.execute("SELECT event_id, type, bulletin_id, data FROM audit_event").fetchall()
+    assert [e[:3] for e in events] == [(f"{b}:accepted", "bulletin.accepted", b) for b in ids]
+    assert json.loads(events[0][3])["recipients"] == ["bz-police"]
+    con.close()
