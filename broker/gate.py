@@ -28,15 +28,17 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import threading
+from collections.abc import Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from schemas.errors import EnvelopeError
+from schemas.errors import BusUnavailable, EnvelopeError
 from schemas.subjects import GATED_KINDS, agency_of_subject, gated_msg_id, gated_subject
 
-__all__ = ["GATE_QUEUE", "Gate"]
+__all__ = ["GATE_QUEUE", "Gate", "GateThread"]
 
 log = logging.getLogger("istmo.gate")
 
@@ -123,3 +125,63 @@ class Gate:
         if msg.reply:
             with contextlib.suppress(nats.errors.Error):
                 await self.nc.publish(msg.reply, answer.data)
+
+
+class GateThread:
+    """A gate on its own thread, event loop and NATS connection.
+
+    A broker process's main event loop also runs work that holds it for milliseconds at a
+    time (a relay batch's checks and database commit, the sequencer, the API). A gate there
+    would make every publisher wait for that; on its own loop it answers in between (the
+    interpreter switches threads every few milliseconds).
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[NATS]]) -> None:
+        self._connect = connect
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="istmo-gate", daemon=True)
+        self.gate: Gate | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start, and return once the gate takes publishes (BusUnavailable if NATS does
+        not let it)."""
+        self._thread.start()
+        await asyncio.to_thread(self._ready.wait, timeout)
+        if self._failed is not None:
+            raise BusUnavailable(f"the gate could not start: {self._failed!r}") from self._failed
+        if not self._ready.is_set():
+            raise BusUnavailable(f"the gate did not start within {timeout:.0f} s")
+
+    async def stop(self) -> None:
+        """Stop taking publishes; stores under way finish first."""
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has ended already
+                self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join, STORE_TIMEOUT_S + 10)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:
+            self._failed = exc
+            if self._ready.is_set():
+                log.error("gate stopped: %r", exc)
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        nc = await self._connect()
+        try:
+            self.gate = Gate(nc)
+            task = asyncio.create_task(self.gate.run(self._stop))
+            await self.gate.ready.wait()
+            self._ready.set()
+            await task
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await nc.drain()

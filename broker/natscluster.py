@@ -203,7 +203,7 @@ class NatsCluster:
                 return node
         raise ValueError(f"no node named {server_name!r}")
 
-    def reload_agencies(self, agencies: tuple[AgencyUser, ...], timeout: float = 5.0) -> None:
+    def reload_agencies(self, agencies: tuple[AgencyUser, ...], timeout: float = 30.0) -> None:
         """Reload every running node with ``agencies``; all are tried before an error is
         raised, so one node down does not keep the others on the old directory.
 
@@ -259,7 +259,7 @@ class ExternalNats:
     def stop(self) -> None:
         """Nothing to stop."""
 
-    def reload_agencies(self, agencies: tuple[AgencyUser, ...], timeout: float = 5.0) -> None:
+    def reload_agencies(self, agencies: tuple[AgencyUser, ...], timeout: float = 30.0) -> None:
         """Write the accounts block for ``agencies`` to ``accounts_path``."""
         del timeout  # the reload is the operators'
         layout = NatsLayout(

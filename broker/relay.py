@@ -282,6 +282,7 @@ class Relay:
                 parsed.append(parse_ingest(msg.data, subject=msg.subject, limits=self.limits))
             except IstmoError as exc:
                 parsed.append(exc)
+        await asyncio.sleep(0)  # let the gate (same event loop) store what waits
         # One query for the whole batch: which of these ids were accepted before?
         w.known = self.registry.accepted(
             {p[1].header.bulletin_id for p in parsed if not isinstance(p, IstmoError)}
@@ -296,6 +297,10 @@ class Relay:
                 outcome.rejected = True
                 self._reject(msg, exc, now, w, outcome)
             outcomes.append(outcome)
+            # A bulletin's checks take milliseconds; between them the gate and the API
+            # requests sharing this event loop get their turn (else a batch of 64 holds
+            # every publisher's acknowledgement for its whole length).
+            await asyncio.sleep(0)
         self.registry.record(w.rows, w.events, bulk={DecisionRow: w.decisions})
         # Deliver everything, most urgent precedence first (one wave per precedence, so
         # the delivery streams hold FLASH before ROUTINE), then ack everything. If any
@@ -571,6 +576,19 @@ class Relay:
             reply = self._dead_letters_of(msg.subject)
         else:
             reply = self.api.handle(msg.subject, msg.data, now=int(time.time()))
+        if len(reply) > self.nc.max_payload:
+            # A resolve naming thousands of recipients, each with its public keys: say so
+            # rather than leave the caller waiting for an answer NATS will not carry.
+            reply = canonical_json(
+                {
+                    "error": {
+                        "code": "answer_too_large",
+                        "message": f"the answer is {len(reply)} bytes, over the "
+                        f"{self.nc.max_payload}-byte message limit: narrow the labels "
+                        "(fewer states, named agencies or a topic fewer agencies follow)",
+                    }
+                }
+            )
         await self.nc.publish(msg.reply, reply)
         if msg.subject.endswith((".rotate", ".revoke-key")) and not reply.startswith(b'{"error"'):
             # Keys changed: every other relay (and the stack) rebuilds its directory.

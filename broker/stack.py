@@ -40,7 +40,7 @@ from broker.config import Settings
 from broker.db import display_url
 from broker.directory import DirectoryService, load_demo_directory
 from broker.files import signing_key_file, write_private
-from broker.gate import Gate
+from broker.gate import GateThread
 from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.natscluster import (
     ClusterPorts,
@@ -425,11 +425,29 @@ class Stack:
         api = _Server(
             uvicorn.Config(app, host=s.host, port=s.api_port, log_level="warning", access_log=False)
         )
+        # Agencies' publishes reach JetStream through a gate, relay or not (broker.gate),
+        # on a thread of its own so that this loop's work never holds a publisher.
+        gate = GateThread(lambda: self.connect_relay(self.nats_urls))
+        await gate.start()
+        try:
+            await self._serve_tasks(stop, api, with_relay, server, with_sequencer, nc, api_url)
+        finally:
+            await gate.stop()
+
+    async def _serve_tasks(
+        self,
+        stop: asyncio.Event,
+        api: _Server,
+        with_relay: bool,
+        server: NatsServer | NatsCluster | ExternalNats,
+        with_sequencer: bool,
+        nc: NATS,
+        api_url: str,
+    ) -> None:
+        registry, directory = self._opened()
+        s = self.settings
         async with asyncio.TaskGroup() as tg:
             api_task = tg.create_task(api.serve())
-            # Agencies' publishes reach JetStream through a gate, relay or not (broker.gate).
-            gate = Gate(nc)
-            tg.create_task(gate.run(stop))
             if with_relay:
                 relay = Relay(s, registry, directory, nc)
                 tg.create_task(relay.run(stop))
@@ -441,7 +459,6 @@ class Stack:
                 )
             while not api.started and not api_task.done():  # noqa: ASYNC110 -- uvicorn offers no event
                 await asyncio.sleep(0.02)  # "ready" only once the API really listens
-            await gate.ready.wait()  # and agencies' publishes reach JetStream
             if api.started:
                 self._announce(server, api_url, with_relay, with_sequencer)
             await stop.wait()
@@ -577,7 +594,11 @@ class Stack:
         except (OSError, nats.errors.Error) as exc:
             raise BusUnavailable(f"NATS is not reachable at {url}") from exc
 
-    async def ensure_jetstream(self, nc: NATS) -> None:
+    async def ensure_jetstream(self, nc: NATS, *, agency_consumers: bool = True) -> None:
+        """The streams and the relay's consumers; with ``agency_consumers`` also every
+        agency's delivery consumer (``istmo up`` makes those, and keeps them as agencies
+        come; a relay joining a stack skips them: on a 3-node cluster they are most of a
+        restart's wait)."""
         registry, _ = self._opened()
         js = nc.jetstream(timeout=10)
         await ensure_streams(
@@ -594,6 +615,8 @@ class Stack:
             ),
         )
         await ensure_relay_consumers(js)
+        if not agency_consumers:
+            return
         for user in registry.nats_users():
             await ensure_agency_consumer(js, user.agency)
             self._consumers.add(user.agency)
@@ -604,15 +627,16 @@ class Stack:
         registry, directory = self._opened()
         nc = await self.connect_relay(nats_url)
         try:
-            await self.ensure_jetstream(nc)
+            await self.ensure_jetstream(nc, agency_consumers=False)
             shown = nats_url if isinstance(nats_url, str) else ", ".join(nats_url)
             self.out(f"relay connected to {shown}; Ctrl-C stops")
             relay = Relay(self.settings, registry, directory, nc)
+            gate = GateThread(lambda: self.connect_relay(nats_url))
+            await gate.start()
             try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(Gate(nc).run(stop))
-                    tg.create_task(relay.run(stop))
+                await relay.run(stop)
             finally:
+                await gate.stop()
                 self.out(f"relay stopped after {relay.processed} ingest messages")
         finally:
             await close_quietly(nc)

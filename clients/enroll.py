@@ -86,7 +86,8 @@ async def _send(
     try:
         if client is not None:
             return await client.request(method, url, **kwargs)
-        async with httpx.AsyncClient(timeout=10.0) as own:
+        # Enrolment reloads nats-server with the new account: ~10 s in a 3,500-agency region.
+        async with httpx.AsyncClient(timeout=60.0) as own:
             return await own.request(method, url, **kwargs)
     except httpx.HTTPError as exc:
         raise ApiUnavailable(f"the Istmo API at {url} did not answer") from exc
