@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import secrets
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +47,11 @@ from schemas.audit import AuditEvent
 from schemas.errors import AuditStoreError, ConfigError
 from schemas.labels import Classification, Labels, Tlp
 from tests.integration.stack_inproc import client, running_stack
+from tests.integration.test_postgres_storage import istmo
 from tests.storage_engines import PG_ADMIN_URL, pg_database, require_postgres
 
 pytestmark = pytest.mark.postgres
 
-ISTMO = str(Path(sys.executable).parent / "istmo")
 LABELS = Labels(
     topic="migration", classification=Classification.RESTRICTED, tlp=Tlp.AMBER, rel_to=("CR",)
 )
@@ -135,17 +132,6 @@ def source(region: Path, tmp_path: Path) -> Path:
     return data_dir / "istmo.db"
 
 
-def istmo(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ISTMO, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "ISTMO_DATABASE_URL": url},
-    )
-
-
 def rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, by primary key."""
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
@@ -212,7 +198,9 @@ def test_a_region_moves_to_postgresql_whole_and_goes_on(source: Path) -> None:
 
     with pg_database() as url:
         canary = url.replace("postgres@", "postgres:s3cret-canary@")  # trust auth ignores it
-        done = istmo("db", "copy", "--from-sqlite", str(source.parent), url=canary)
+        done = istmo(
+            "db", "copy", "--from-sqlite", str(source.parent), env={"ISTMO_DATABASE_URL": canary}
+        )
         assert done.returncode == 0, done.stderr
         assert "s3cret-canary" not in done.stdout + done.stderr
         assert "postgres:***@" in done.stdout
@@ -340,7 +328,7 @@ def test_a_tampered_event_fails_verification_and_nothing_lands(source: Path) -> 
         "UPDATE audit_event SET data = '{\"n\": 666}' WHERE event_id = 'extra-100'",
     )
     with pg_database() as url:
-        done = istmo("db", "copy", "--from-sqlite", str(source), url=url)
+        done = istmo("db", "copy", "--from-sqlite", str(source), env={"ISTMO_DATABASE_URL": url})
         assert done.returncode == 1
         assert "copied audit log does not verify, so the copy was rolled back" in done.stderr
         assert "first bad index" in done.stderr

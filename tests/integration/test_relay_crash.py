@@ -28,7 +28,7 @@ from schemas.labels import Classification, Labels, Tlp
 from schemas.sealing import seal
 from schemas.subjects import DELIVER_STREAM
 from tests.integration.stack_inproc import client, nats_url, running_stack
-from tests.storage_engines import Storage
+from tests.storage_engines import ENGINES, Storage
 
 N = 1000
 RECIPIENTS = ("bz-justice", "bz-military", "bz-police")
@@ -72,6 +72,16 @@ def stored(stack: Stack) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "storage",
+    [
+        ENGINES[0],
+        # Over a minute of load: on PostgreSQL with the fault tests (`-m long`), where F-11
+        # and F-12 also kill things under load.
+        pytest.param("postgresql", id="postgresql", marks=[pytest.mark.postgres, pytest.mark.long]),
+    ],
+    indirect=True,
+)
 async def test_sigkill_relay_under_load_loses_and_duplicates_nothing(
     storage: Storage, tmp_path: Path
 ) -> None:
