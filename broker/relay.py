@@ -282,7 +282,6 @@ class Relay:
                 parsed.append(parse_ingest(msg.data, subject=msg.subject, limits=self.limits))
             except IstmoError as exc:
                 parsed.append(exc)
-        await asyncio.sleep(0)  # let the gate (same event loop) store what waits
         # One query for the whole batch: which of these ids were accepted before?
         w.known = self.registry.accepted(
             {p[1].header.bulletin_id for p in parsed if not isinstance(p, IstmoError)}
@@ -297,10 +296,6 @@ class Relay:
                 outcome.rejected = True
                 self._reject(msg, exc, now, w, outcome)
             outcomes.append(outcome)
-            # A bulletin's checks take milliseconds; between them the gate and the API
-            # requests sharing this event loop get their turn (else a batch of 64 holds
-            # every publisher's acknowledgement for its whole length).
-            await asyncio.sleep(0)
         self.registry.record(w.rows, w.events, bulk={DecisionRow: w.decisions})
         # Deliver everything, most urgent precedence first (one wave per precedence, so
         # the delivery streams hold FLASH before ROUTINE), then ack everything. If any
