@@ -478,14 +478,17 @@ async def drain(
     timeout: float,
     stack: BenchStack | None = None,
     poll_s: float = 0.05,
+    released: float | None = None,
 ) -> dict[str, object]:
     """Time how fast the relay's shared ingest consumer drains ``expected`` messages.
 
     The clock starts at the first poll that sees a message taken (so process start-up is
-    not counted) and stops when nothing is pending or unacked, or at ``timeout``.
+    not counted), or at ``released`` (``time.perf_counter()`` when the whole backlog was
+    there for the workers to take) if the first poll already sees one taken, and stops
+    when nothing is pending or unacked, or at ``timeout``.
     """
     with phase("drain backlog"):
-        return await _drain(js, expected, timeout, stack, poll_s)
+        return await _drain(js, expected, timeout, stack, poll_s, released)
 
 
 async def _drain(
@@ -494,18 +497,24 @@ async def _drain(
     timeout: float,
     stack: BenchStack | None,
     poll_s: float,
+    released: float | None = None,
 ) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     t0: float | None = None
     done0 = 0
     done = 0
+    first = True
     while time.monotonic() < deadline:
         info = await js.consumer_info(INGEST_STREAM, RELAY_INGEST_DURABLE)
         now = time.perf_counter()
         left = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         done = expected - left
         if t0 is None and int(info.num_pending or 0) < expected:
-            t0, done0 = now, done  # a worker has taken its first batch
+            if first and released is not None:
+                t0, done0 = released, 0  # taken before this poll: all was pending then
+            else:
+                t0, done0 = now, done  # a worker has taken its first batch
+        first = False
         if t0 is not None and left == 0:
             break
         if stack is not None:
@@ -524,27 +533,33 @@ async def _drain(
 
 
 async def empty_queue(stack: BenchStack, client: IstmoClient, budget_s: float = 30) -> int:
-    """Receive and drop what earlier measurements left in ``client``'s queue, so a
-    latency measurement does not first chew through an old backlog. Bounded in time;
-    asks JetStream whether anything waits first, so an empty queue costs no receive
-    timeout. (Not ``count=`` what waits: a redelivery of a bulletin already handed over
-    is dropped by the SDK without counting, and the count would never be reached.)"""
-
-    async def drop(_b: object) -> None:
-        return None
-
+    """Drop what earlier measurements left in ``client``'s queue, so a latency measurement
+    does not first chew through an old backlog: taken off its durable consumer and acked
+    with the relay's credentials, not opened (a leftover 60-recipient bulletin takes the
+    SDK tens of ms to open, and items 1 and 2 leave bz-police a few hundred; the delivery
+    stream denies purges). Bounded in time; returns how many were dropped."""
     op = await stack.operator()
+    total = 0
     try:
         js = op.jetstream(timeout=10)
         durable = deliver_durable(client.agency)
+        info = await js.consumer_info(DELIVER_STREAM, durable)
+        if not info.num_pending:
+            return 0
+        sub = await js.pull_subscribe_bind(durable, stream=DELIVER_STREAM)
         deadline = time.monotonic() + budget_s
-        total = 0
         while time.monotonic() < deadline:
+            try:
+                msgs = await sub.fetch(256, timeout=0.5)
+            except TimeoutError:
+                break  # nothing more to take (or only what another client holds unacked)
+            for m in msgs:
+                await m.ack()
+            total += len(msgs)
             info = await js.consumer_info(DELIVER_STREAM, durable)
             if not info.num_pending:
                 break
-            got = await client.receive(drop, count=256, timeout=0.5, batch=64)  # type: ignore[arg-type]
-            total += got
+        await sub.unsubscribe()
     finally:
         await op.close()
     return total

@@ -3,8 +3,12 @@ the drain of the shared ingest consumer. Items 1, 2, 7 and 9 use it.
 
 The relays' ingest consumer is paused (a JetStream consumer pause) while the backlog is
 sealed and published, so the workers can start meanwhile, or already run from an earlier
-measurement, without taking a bulletin before the whole backlog is there; the clock
-starts at the first bulletin taken after the pause is lifted.
+measurement, without taking a bulletin before the whole backlog is there. The backlog's
+last bulletin is published just after the pause is lifted: a new message makes
+nats-server hand the backlog to the workers' waiting pull requests at once (lifting the
+pause alone does not: a worker would take its first batch only at its next pull, up to
+0.5 s later). The clock starts as that last bulletin is published, if a worker has taken
+a batch by the first poll of the consumer, or else at the first poll that sees one taken.
 """
 
 from __future__ import annotations
@@ -64,12 +68,14 @@ async def backlog_rate(
             starting = asyncio.create_task(asyncio.to_thread(start_workers))
             try:
                 envs = seal_backlog(sender, recipients, bulletins, **kw)  # type: ignore[arg-type]
-                pub_s = await publish_backlog(sender, envs)
+                pub_s = await publish_backlog(sender, envs[:-1])
             finally:
                 await starting
         finally:
             await resume_ingest(js)
-        result = await drain(js, bulletins, timeout=timeout, stack=stack)
+        released = time.perf_counter()
+        pub_s += await publish_backlog(sender, envs[-1:])
+        result = await drain(js, bulletins, timeout=timeout, stack=stack, released=released)
         said = [
             line[-300:]
             for w in stack.workers
