@@ -56,11 +56,12 @@ class Context:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.note("sdk (benchmark process: SDK clients + harness)", round(rss, 1))
 
-    def stop_later(self, stack: BenchStack) -> None:
+    def stop_later(self, stack: BenchStack, *, kill: bool = False) -> None:
         """Ctrl-C ``stack`` now (its memory is noted) and let it exit while the run goes
         on; ``wait_stopped`` (or ``close``) waits for it. For a stack that takes long to
-        stop, when what follows does not time anything (or waits first)."""
-        stack.stop(wait=False)
+        stop, when what follows does not time anything (or waits first). ``kill``: kill
+        its processes instead (``BenchStack.stop``)."""
+        stack.stop(wait=False, kill=kill)
         self._stopping.append(stack)
 
     def wait_stopped(self) -> None:
@@ -68,8 +69,10 @@ class Context:
             self._stopping.pop().wait_stopped()
 
     def close(self) -> None:
+        """Stop every stack. The demo stack is killed (its memory noted first): its
+        figures are all taken, and nothing measures its orderly stop."""
         if self._demo is not None:
-            self._demo.stop()
+            self._demo.stop(kill=True)
             self.absorb(self._demo)
             self._demo = None
         self.wait_stopped()

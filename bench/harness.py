@@ -3,9 +3,11 @@
 ``BenchStack`` starts ``istmo up --no-relay`` (nats-server with ``sync_interval: always``,
 SQLite, the HTTP API and the sequencer) on free loopback ports in a temporary data
 directory, then as many ``istmo relay`` processes, or the bare forwarder, as a measurement
-needs. Every process is stopped, and its peak RSS (``VmHWM``) noted, when the stack stops,
-and at interpreter exit whatever still runs is killed (``atexit``), so a failed benchmark
-leaves nothing behind. Also here: sealing and publishing a backlog through the SDK's own
+needs. Every process is stopped, and its peak RSS (``VmHWM``) noted, when the stack stops
+(a process whose figures are taken is killed rather than stopped in order: nothing
+measures that, and it takes a relay about a second, a large stack half a minute), and at
+interpreter exit whatever still runs is killed (``atexit``), so a failed benchmark leaves
+nothing behind. Also here: sealing and publishing a backlog through the SDK's own
 publish path, and timing how fast a consumer drains it.
 """
 
@@ -25,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -103,6 +106,9 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
     peak_mib: float | None = None
     last_rss_mib: float | None = None  # VmRSS just before it was stopped
+    # Stopped with Ctrl-C and waited for (a process that writes something as it stops);
+    # otherwise a worker is killed once its work is done (``BenchStack.stop_workers``).
+    graceful: bool = False
 
     def start(self) -> Proc:
         with self.log.open("wb") as out:
@@ -155,6 +161,23 @@ class Proc:
             self.last_rss_mib = peak_rss_mib(p.pid, "VmRSS")
             with contextlib.suppress(OSError):
                 p.send_signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        """Note the peak RSS and RSS now, then kill the process group (SIGKILL); for a
+        process whose work is done and measured. ``wait_stopped`` reaps it."""
+        p = self.popen
+        if p is not None and p.poll() is None:
+            self.peak_mib = peak_rss_mib(p.pid)
+            self.last_rss_mib = peak_rss_mib(p.pid, "VmRSS")
+            with contextlib.suppress(OSError):
+                os.killpg(p.pid, signal.SIGKILL)
+
+    def end(self) -> None:
+        """``interrupt`` if ``graceful``, else ``kill``."""
+        if self.graceful:
+            self.interrupt()
+        else:
+            self.kill()
 
     def wait_stopped(self, timeout: float = 30) -> None:
         """Wait for the process to exit after ``interrupt``; kill it if it hangs."""
@@ -214,13 +237,20 @@ class BenchStack:
         self.startup_s = time.perf_counter() - t
         return self
 
-    def stop(self, *, wait: bool = True) -> None:
+    def stop(self, *, wait: bool = True, kill: bool = False) -> None:
         """Stop the workers, then ``istmo up``; with ``wait=False`` only Ctrl-C it (its
-        memory is noted) and leave ``wait_stopped`` to wait for it to exit."""
+        memory is noted) and leave ``wait_stopped`` to wait for it to exit. ``kill``:
+        kill it and its nats-server instead (memory noted first), for a stack whose
+        figures are all taken: an orderly stop takes seconds (over 30 s with 3,500
+        agencies) that nothing measures."""
         self.stop_workers()
         if self.up is not None and self.up.alive():
             self._nats_pid = self.nats_server_pid()  # its file is gone once it stopped
-            self.up.interrupt()
+            if kill:
+                self.up.kill()
+                _stop_pid(self._nats_pid, must_have=str(self.data_dir), kill=True)
+            else:
+                self.up.interrupt()
             self._note("api+sequencer (istmo up)", self.up.peak_mib, self.up.last_rss_mib)
         if wait:
             self.wait_stopped()
@@ -341,7 +371,7 @@ class BenchStack:
         if extra:
             with phase("stop workers"):
                 for proc in extra:
-                    proc.interrupt()
+                    proc.end()
                 for proc in extra:
                     proc.wait_stopped()
                     self._note(_kind(proc.name), proc.peak_mib, proc.last_rss_mib)
@@ -356,10 +386,12 @@ class BenchStack:
         ]
 
     def stop_workers(self) -> None:
-        """Stop every worker (Ctrl-C to all, then wait for all: they stop in parallel)."""
+        """Stop every worker: kill those whose work is done (a relay or forwarder after
+        its figures: an orderly stop takes a relay ~0.5-1 s of CPU, nothing measures it),
+        Ctrl-C the ``graceful`` ones, then wait for all."""
         with phase("stop workers"):
             for proc in self.workers:
-                proc.interrupt()
+                proc.end()
             for proc in self.workers:
                 proc.wait_stopped()
                 self._note(_kind(proc.name), proc.peak_mib, proc.last_rss_mib)
@@ -394,9 +426,10 @@ class BenchStack:
         )
 
 
-def _stop_pid(pid: int | None, *, must_have: str, timeout: float = 10) -> None:
+def _stop_pid(pid: int | None, *, must_have: str, timeout: float = 10, kill: bool = False) -> None:
     """SIGTERM ``pid`` if it still runs with ``must_have`` in its command line (not a
-    process that took the number over), SIGKILL it after ``timeout`` seconds."""
+    process that took the number over), SIGKILL it after ``timeout`` seconds (at once if
+    ``kill``)."""
     if pid is None:
         return
     try:
@@ -404,7 +437,7 @@ def _stop_pid(pid: int | None, *, must_have: str, timeout: float = 10) -> None:
             return
     except OSError:
         return  # gone
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig in (signal.SIGKILL,) if kill else (signal.SIGTERM, signal.SIGKILL):
         try:
             os.kill(pid, sig)
         except OSError:
@@ -413,6 +446,8 @@ def _stop_pid(pid: int | None, *, must_have: str, timeout: float = 10) -> None:
         while time.monotonic() < deadline:
             try:
                 os.kill(pid, 0)
+                if not Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return  # a zombie: exited, its parent (gone) never reaped it
             except OSError:
                 return
             time.sleep(0.05)
@@ -563,6 +598,18 @@ async def empty_queue(stack: BenchStack, client: IstmoClient, budget_s: float = 
     finally:
         await op.close()
     return total
+
+
+async def stop_receiver(task: asyncio.Task[Any]) -> None:
+    """Cancel an SDK ``receive`` task and wait until it has ended, cancelling again while
+    it runs: on Python 3.11 a cancel that meets a message arriving in the same moment is
+    lost inside nats-py's ``next_msg`` (``asyncio.wait_for`` returns the message), and
+    ``receive`` then goes on fetching until its own timeout (a minute or more)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 async def purge_ingest(js: JetStreamContext) -> None:

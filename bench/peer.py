@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 
 from bench.context import Context
-from bench.harness import BODY, Proc, empty_queue, peak_rss_mib
+from bench.harness import BODY, Proc, empty_queue, peak_rss_mib, stop_receiver
 from bench.stats import latency_summary
 from bench.timing import phase
 from broker.natsserver import free_port
@@ -252,7 +252,8 @@ async def medallion_side(
             polls = await reader
         rss = peak_rss_mib(proc.pid)
     finally:
-        proc.stop(timeout=3)  # its session-checker thread outlives Ctrl-C: killed after 3 s
+        proc.kill()  # done and measured (and its session-checker thread outlives Ctrl-C)
+        proc.wait_stopped()
     vis = [max(0.0, seen[k] - t) for k, t in sent.items() if k in seen]
     return {
         "objects": objects,
@@ -302,9 +303,7 @@ async def istmo_side(ctx: Context, objects: int) -> dict[str, object]:
             deadline = time.monotonic() + float(ctx.pick(20, 60))
             while time.monotonic() < deadline and not set(sent) <= set(got):
                 await asyncio.sleep(0.02)
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiver
+            await stop_receiver(receiver)
         stack.sample_peaks()
     finally:
         stack.stop_workers()
