@@ -35,7 +35,7 @@ async def run(ctx: Context) -> dict[str, object]:
         try:
             chosen = await five_recipients(stack, gt, keep_relay=True)
             for procs in (1, 2):
-                size = int(ctx.pick(100, 400) * procs)
+                size = int(ctx.pick(100, 256) * procs)
                 r = await backlog_rate(
                     stack,
                     gt,
