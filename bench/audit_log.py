@@ -1,5 +1,5 @@
 """6. Audit: the sequencer's integration rate, proof times and ``verify_all`` at
-10k, 100k and 1M entries (quick mode: 10k and 50k).
+10k, 100k and 1M entries (quick mode: 10k and 30k).
 
     .venv/bin/python -m bench.audit_log [--sizes 10000,100000,1000000] [--batch 1000]
 
@@ -226,7 +226,7 @@ def run(ctx: object) -> dict[str, object]:
     quick = getattr(ctx, "quick", False)
     tmp = Path(getattr(ctx, "tmp", tempfile.gettempdir()))
     out = tmp / "audit_log.json"
-    sizes = "10000,50000" if quick else "10000,100000,1000000"
+    sizes = "10000,30000" if quick else "10000,100000,1000000"
     argv = [sys.executable, "-m", "bench.audit_log", "--sizes", sizes, "--out", str(out)]
     argv += ["--tmp", str(tmp), "--proofs", "200" if quick else "300"]
     root = Path(__file__).resolve().parent.parent

@@ -177,16 +177,27 @@ async def one_size(ctx: Context, agencies: int) -> dict[str, object]:
             # measured in process (resolution over the prepared directory) still is.
             row["stack_error"] = str(exc)[-600:]
             print(f"  {agencies} agencies: the stack did not start: {exc}", flush=True)
-        with phase("resolution in process"):
-            local, directory = open_directory(policy_dir, stack.data_dir)
-            try:
+        relay = None
+        if "stack_error" not in row:
+            # The relay (for the SDK's resolve and the backlog) starts while the directory
+            # is opened in process: neither is timed; it is up, and idle, before the
+            # decisions are.
+            relay = asyncio.create_task(asyncio.to_thread(stack.ensure_relays, 1))
+        try:
+            with phase("open the directory in process"):
+                local, directory = open_directory(policy_dir, stack.data_dir)
+        finally:
+            if relay is not None:
+                await relay
+        try:
+            with phase("resolution in process"):
                 row["resolution"] = decision_figures(
                     directory, originator=SENDER, reps=int(ctx.pick(20, 100))
                 )
                 chosen = five_permitted(directory)
-            finally:
-                assert local.registry is not None
-                local.registry.close()
+        finally:
+            assert local.registry is not None
+            local.registry.close()
         del local, directory
         if "stack_error" not in row:
             rates = await _relay_rates(ctx, stack, agencies, chosen, row)
@@ -258,8 +269,8 @@ async def _relay_rates(
     chosen: dict[str, EncryptionPublicKey],
     row: dict[str, object],
 ) -> list[dict[str, object]]:
-    """One relay answers the SDK's resolve and drains the 1-process backlog; a second one
-    joins it for the 2-process backlog."""
+    """One relay (started by ``one_size``) answers the SDK's resolve and drains the
+    1-process backlog; a second one joins it for the 2-process backlog."""
     rates: list[dict[str, object]] = []
     try:
         async with await stack.client(SENDER) as sender:

@@ -193,7 +193,11 @@ async def measure(ctx: Context, stack: BenchStack, chosen: dict) -> dict[str, ob
         await wait_relay_idle(op.jetstream(timeout=10), 60)
         with phase("latency load"):
             lat = await istmo_level(
-                stack, LATENCY_RATE, float(ctx.pick(2, 3)), f"g{time.time_ns()}-", ctx.pick(15, 30)
+                stack,
+                LATENCY_RATE,
+                float(ctx.pick(1.5, 3)),
+                f"g{time.time_ns()}-",
+                ctx.pick(15, 30),
             )
     except BaseException:
         stack.stop_workers()

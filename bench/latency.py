@@ -39,7 +39,7 @@ LABELS = Labels(
 REUSES_RELAY = True  # the relay item 2 left running (one is started if none runs)
 LOADS = (50, 200, 1000)
 # quick? -> offered load -> seconds it is offered for (the same for Istmo and bare)
-WINDOW_S = {True: {50: 1.0, 200: 0.5, 1000: 0.15}, False: {50: 2.0, 200: 2.0, 1000: 0.5}}
+WINDOW_S = {True: {50: 0.6, 200: 0.5, 1000: 0.15}, False: {50: 2.0, 200: 2.0, 1000: 0.5}}
 MAX_IN_FLIGHT = 256
 
 

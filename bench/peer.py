@@ -17,7 +17,7 @@ pulling at the same time:
 Objects per second = objects added / time to add them (at most ``ADD_CAP_S`` per
 system); time-to-visibility = from the add request returning to the reader first seeing
 the object (p50/p90/p99/max).
-Quick mode: 100 objects each.
+Quick mode: 60 objects each.
 """
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ async def istmo_side(ctx: Context, objects: int) -> dict[str, object]:
 
 
 async def run(ctx: Context) -> dict[str, object]:
-    objects = int(ctx.pick(100, 2000))
+    objects = int(ctx.pick(60, 2000))
     with phase("medallion venv"):
         setup = await asyncio.to_thread(ensure_medallion)
     stack = ctx.demo_stack()
