@@ -1,4 +1,4 @@
-"""9. Directory size: 100 against 3,500 agencies (quick mode: 100 against 300).
+"""9. Directory size: 100 against 3,500 agencies (quick mode: 100 against 200).
 
 For each size, a synthetic directory with the structure of ``policies/directory.json``
 (``bench/synthetic_directory.py``, fixed seed) is loaded by a fresh ``istmo up`` (which
@@ -295,7 +295,7 @@ async def _relay_rates(
 
 
 async def run(ctx: Context) -> dict[str, object]:
-    sizes = (100, 300) if ctx.quick else (100, 3500)
+    sizes = (100, 200) if ctx.quick else (100, 3500)
     rows = [await one_size(ctx, n) for n in sizes]
     ctx.note_self()
     return {"sizes": list(sizes), "rows": rows, "siena_bulletins_per_year": SIENA_PER_YEAR}
