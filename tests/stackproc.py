@@ -21,6 +21,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def interrupt(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[str, str]:
+    """Ctrl-C ``proc`` as a user would; its remaining (stdout, stderr). A process still
+    running ``timeout`` seconds later is killed (never left behind for another test's
+    garbage collector to find) and the test fails saying so."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"{proc.args!r} did not stop within {timeout} s of Ctrl-C; stderr: {err[-2000:]}"
+        ) from None
+    return out or "", err or ""
+
+
 def run_cli(*args: str, data_dir: Path, timeout: float = 60, input_: str | None = None):
     """Run `istmo ARGS --data-dir DATA_DIR` and return the CompletedProcess."""
     argv = [ISTMO, *args]

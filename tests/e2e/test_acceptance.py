@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stackproc import UpProcess, free_port, run_cli
+from tests.stackproc import UpProcess, free_port, interrupt, run_cli
 
 TITLE = "Go-fast boat sighted off Puerto Barrios"
 BODY = "CANARY-7f3a9c Two go-fast boats, 40 bales, heading north-east at 03:10."
@@ -270,7 +270,6 @@ def test_help_explains_every_command(tmp_path: Path) -> None:
 
 def test_follow_keeps_receiving_until_ctrl_c(up: UpProcess) -> None:
     import queue
-    import signal
     import subprocess
     import threading
 
@@ -303,8 +302,7 @@ def test_follow_keeps_receiving_until_ctrl_c(up: UpProcess) -> None:
         lines = [json.loads(out.get(timeout=20)) for _ in range(2)]
         assert [x["id"] for x in lines] == ids
     finally:
-        follower.send_signal(signal.SIGINT)
-        _out, err = follower.communicate(timeout=20)
+        _out, err = interrupt(follower)
     assert follower.returncode == 130
     assert "Traceback" not in err
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import signal
 import sqlite3
 import subprocess
 import time
@@ -30,7 +29,7 @@ from schemas.audit import AuditEvent
 from schemas.canonical import b64d, b64e, canonical_json
 from schemas.keys import SigningKey, VerifyKey
 from schemas.treehead import TreeHead, parse_signed_tree_head, sign_tree_head
-from tests.stackproc import ISTMO, UpProcess, run_cli
+from tests.stackproc import ISTMO, UpProcess, interrupt, run_cli
 
 ALARM = 3
 
@@ -132,8 +131,7 @@ def test_tail_follows_new_entries_until_ctrl_c(up: UpProcess, tmp_path: Path) ->
         # The sequencer integrates that query; the follower prints it.
         wait_for(lambda: marker in out_file.read_text(), "the new entry")
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        _, err = interrupt(proc)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     lines = out_file.read_text().splitlines()
