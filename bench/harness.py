@@ -517,10 +517,12 @@ async def drain(
 ) -> dict[str, object]:
     """Time how fast the relay's shared ingest consumer drains ``expected`` messages.
 
-    The clock starts at the first poll that sees a message taken (so process start-up is
-    not counted), or at ``released`` (``time.perf_counter()`` when the whole backlog was
-    there for the workers to take) if the first poll already sees one taken, and stops
-    when nothing is pending or unacked, or at ``timeout``.
+    The consumer is polled every ``poll_s``; the clock starts when a worker takes its
+    first batch (so process start-up is not counted) and stops when nothing is pending
+    or unacked (or at ``timeout``), each taken as the midpoint between the poll that
+    sees it and the one before (or ``released``: ``time.perf_counter()`` when the whole
+    backlog was there for the workers to take, nothing taken yet), so that neither end
+    of the window lags by a poll more than the other.
     """
     with phase("drain backlog"):
         return await _drain(js, expected, timeout, stack, poll_s, released)
@@ -536,26 +538,31 @@ async def _drain(
 ) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     t0: float | None = None
+    end: float | None = None
     done0 = 0
     done = 0
-    first = True
+    last = released  # when the consumer was last seen as before (nothing taken, or some left)
     while time.monotonic() < deadline:
+        asked = time.perf_counter()
         info = await js.consumer_info(INGEST_STREAM, RELAY_INGEST_DURABLE)
-        now = time.perf_counter()
+        seen = (asked + time.perf_counter()) / 2
         left = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         done = expected - left
         if t0 is None and int(info.num_pending or 0) < expected:
-            if first and released is not None:
-                t0, done0 = released, 0  # taken before this poll: all was pending then
-            else:
-                t0, done0 = now, done  # a worker has taken its first batch
-        first = False
+            # A worker took its first batch since ``last`` (nothing was taken then).
+            t0, done0 = ((last + seen) / 2, 0) if last is not None else (seen, done)
         if t0 is not None and left == 0:
+            # The last ack came since ``last`` (something was left then).
+            end = (last + seen) / 2 if last is not None else seen
+            if end <= t0:  # the first take and the last ack between the same two looks
+                t0, end = (last if last is not None else t0), seen
             break
+        last = seen
         if stack is not None:
             stack.sample_peaks()
         await asyncio.sleep(poll_s)
-    end = time.perf_counter()
+    if end is None:
+        end = time.perf_counter()
     if t0 is None:
         return {"processed": 0, "seconds": 0.0, "per_s": 0.0, "drained": False}
     seconds = max(end - t0, 1e-9)

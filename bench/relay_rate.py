@@ -7,8 +7,8 @@ measurement, without taking a bulletin before the whole backlog is there. The ba
 last bulletin is published just after the pause is lifted: a new message makes
 nats-server hand the backlog to the workers' waiting pull requests at once (lifting the
 pause alone does not: a worker would take its first batch only at its next pull, up to
-0.5 s later). The clock starts as that last bulletin is published, if a worker has taken
-a batch by the first poll of the consumer, or else at the first poll that sees one taken.
+0.5 s later). The drain is timed from its first take to its last ack (``drain``: each
+end between two polls of the consumer, the first look being that last publish).
 """
 
 from __future__ import annotations

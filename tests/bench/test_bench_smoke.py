@@ -234,3 +234,47 @@ def test_growth_seeds_the_rows_a_python_loop_would(tmp_path: Path) -> None:
     assert [e[:3] for e in events] == [(f"{b}:accepted", "bulletin.accepted", b) for b in ids]
     assert json.loads(events[0][3])["recipients"] == ["bz-police"]
     con.close()
+
+
+def test_a_drain_is_timed_between_the_midpoints_of_the_polls_around_its_ends() -> None:
+    """bench.harness._drain: the first take and the last ack each count from the midpoint
+    between the poll that sees them and the look before (the release for the first), so
+    neither end lags by a poll more than the other; a drain seen whole between two looks
+    counts the whole interval."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from bench.harness import _drain
+
+    class Js:
+        def __init__(self, states: list[tuple[int, int]]) -> None:
+            self.states = states
+            self.times: list[float] = []
+
+        async def consumer_info(self, _stream: str, _durable: str) -> SimpleNamespace:
+            self.times.append(time.perf_counter())
+            pending, unacked = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+            return SimpleNamespace(num_pending=pending, num_ack_pending=unacked)
+
+    async def run(
+        states: list[tuple[int, int]], released: bool, timeout: float = 5.0
+    ) -> tuple[dict, Js]:  # type: ignore[type-arg]
+        js = Js(states)
+        t = time.perf_counter() if released else None
+        out = await _drain(js, 100, timeout, None, 0.02, t)  # type: ignore[arg-type]
+        return out, js
+
+    out, js = asyncio.run(run([(36, 64), (0, 36), (0, 0)], released=True))
+    assert out["drained"]
+    assert out["processed"] == 100
+    # From before the first look (the release) to between the last two looks.
+    assert 0 < float(out["seconds"]) < js.times[-1] - js.times[0] + 0.02  # type: ignore[arg-type]
+    out, js = asyncio.run(run([(100, 0), (100, 0), (0, 0)], released=False))
+    assert out["drained"]
+    assert out["processed"] == 100
+    # Taken and drained between the second and third look: that whole interval.
+    assert float(out["seconds"]) == pytest.approx(js.times[2] - js.times[1], abs=0.01)  # type: ignore[arg-type]
+    out, _js = asyncio.run(run([(100, 0)], released=True, timeout=0.2))
+    assert not out["drained"]
+    assert out["processed"] == 0
