@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,14 @@ _CONNECT_OPTIONS: dict[str, Any] = {
     "reconnect_time_wait": 0.2,
     "allow_reconnect": True,
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Run under ``cmd &`` from a script, pytest inherits SIGINT ignored, and so would every
+    ``istmo`` it starts: Python then installs no Ctrl-C handler, and the tests that stop a
+    follower or a stack with Ctrl-C wait forever. Ctrl-C means KeyboardInterrupt here."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
