@@ -281,7 +281,8 @@ async def _relay_rates(
                     stack,
                     sender,
                     chosen,
-                    int(ctx.pick(30, 128)) * procs,  # 2 batches of 64 per process
+                    # 2 batches of 64 per process; 1 with thousands of agencies (~15/s)
+                    int(ctx.pick(30, 128 if agencies <= 1000 else 64)) * procs,
                     lambda p=procs: stack.ensure_relays(p),
                     timeout=ctx.pick(5, 15),
                     keep_workers=True,

@@ -233,6 +233,14 @@ def test_growth_seeds_the_rows_a_python_loop_would(tmp_path: Path) -> None:
     events = con.execute("SELECT event_id, type, bulletin_id, data FROM audit_event").fetchall()
     assert [e[:3] for e in events] == [(f"{b}:accepted", "bulletin.accepted", b) for b in ids]
     assert json.loads(events[0][3])["recipients"] == ["bz-police"]
+    # Full mode: the audit event of every tenth bulletin only (i = 10 and 20 of 5..24).
+    assert seed_sql(stack, 5, 25, audit_every=10) == {  # type: ignore[arg-type]
+        "sql_rows": 42,
+        "sql_audit_events": 2,
+        "sql_seconds": pytest.approx(0, abs=60),
+    }
+    tenth = con.execute("SELECT bulletin_id FROM audit_event WHERE rowid > 5").fetchall()
+    assert tenth == [(str(uuid.UUID(int=(0xBE << 120) | i, version=4)),) for i in (10, 20)]
     con.close()
 
 
