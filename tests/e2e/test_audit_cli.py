@@ -239,7 +239,12 @@ def sealed(tmp_path: Path) -> Path:
 def attack(data_dir: Path, change: Callable[[sqlite3.Connection], None]) -> None:
     """Write to the database as an attacker would: drop the triggers, then change rows."""
     with sqlite3.connect(data_dir / "istmo.db", timeout=60) as conn:
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+        # The write lock first, waiting up to the timeout: a read snapshot that turns into a
+        # write after a running stack's sequencer has committed fails at once ("database is
+        # locked", whatever the timeout).
+        conn.execute("BEGIN IMMEDIATE")
+        triggers = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        for (name,) in triggers.fetchall():
             conn.execute(f'DROP TRIGGER "{name}"')
         change(conn)
 
