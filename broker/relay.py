@@ -53,7 +53,6 @@ from schemas.envelope import Envelope
 from schemas.errors import (
     AuditStoreError,
     BusUnavailable,
-    ConfigError,
     EnvelopeError,
     IstmoError,
 )
@@ -144,6 +143,8 @@ class Relay:
             receipts = await self.js.pull_subscribe_bind(
                 RELAY_RECEIPT_DURABLE, stream=RECEIPT_STREAM
             )
+            # The delivery consumers' max_deliver advisories, turned into dead letters.
+            dead = await self.js.pull_subscribe_bind(DEAD_DURABLE, stream=ADVISORY_STREAM)
         except BaseException:
             for core in (api_sub, control_sub, directory_sub):
                 with contextlib.suppress(nats.errors.Error):
@@ -153,9 +154,9 @@ class Relay:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._loop(stop, ingest, self._ingest_guarded))
                 tg.create_task(self._loop(stop, receipts, self._receipt_batch))
-                tg.create_task(self._dead_letters(stop))
+                tg.create_task(self._loop(stop, dead, self._dead_batch))
         finally:
-            for sub in (api_sub, control_sub, directory_sub, ingest, receipts):
+            for sub in (api_sub, control_sub, directory_sub, ingest, receipts, dead):
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
 
@@ -245,28 +246,6 @@ class Relay:
             meta.num_delivered,
         )
         return True
-
-    async def _dead_letters(self, stop: asyncio.Event) -> None:
-        """Set up the dead-letter streams (retrying while JetStream is away), then turn
-        the delivery consumers' max_deliver advisories into dead letters until ``stop``."""
-        while not stop.is_set():
-            try:
-                await ensure_dead_letters(self.js)
-                dead = await self.js.pull_subscribe_bind(DEAD_DURABLE, stream=ADVISORY_STREAM)
-                break
-            except ConfigError as exc:
-                log.error("dead letters are not captured: %s", exc)
-                return
-            except (BusUnavailable, nats.errors.Error, TimeoutError) as exc:
-                log.warning("dead-letter streams not ready (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(1.0)
-        else:
-            return
-        try:
-            await self._loop(stop, dead, self._dead_batch)
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await dead.unsubscribe()
 
     async def _dead_batch(self, msgs: list[Msg]) -> None:
         """max_deliver advisories of the delivery consumers: dead-letter each delivery."""
