@@ -582,14 +582,19 @@ class AuditLog:
 
     def pending(self) -> int:
         """Outbox rows waiting for the sequencer."""
+        return self.pending_since()[0]
+
+    def pending_since(self) -> tuple[int, int | None]:
+        """Outbox rows waiting for the sequencer, and the oldest one's time (ms), if any."""
         with self._read() as conn:
             last = conn.execute(
                 text('SELECT event_seq FROM log_entry ORDER BY "index" DESC LIMIT 1')
             ).scalar()
-            n = conn.execute(
-                text("SELECT COUNT(*) FROM audit_event WHERE seq > :s"), {"s": last or 0}
-            ).scalar()
-            return int(n or 0)
+            row = conn.execute(
+                text("SELECT COUNT(*), MIN(time) FROM audit_event WHERE seq > :s"),
+                {"s": last or 0},
+            ).one()
+            return int(row[0] or 0), None if row[1] is None else int(row[1])
 
     def _signed_size(self, conn: Connection, tree_size: int) -> None:
         found = conn.execute(

@@ -102,6 +102,7 @@ def register(sub: Any) -> None:
     _admin_commands(sub)
     _audit_commands(sub)
     _reconcile_command(sub)  # broker.reconcile
+    _health_command(sub)  # broker.health
     add_db_commands(sub)  # istmo db upgrade | current (broker.db_cli)
 
     p = sub.add_parser(
@@ -237,6 +238,33 @@ def _reconcile_command(sub: Any) -> None:
     c.add_argument("--json", action="store_true")
     c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
     c.set_defaults(func=_lazy_in("reconcile", "reconcile_command"))
+
+
+def _health_command(sub: Any) -> None:
+    c = sub.add_parser(
+        "health",
+        help="operational alarms: stores and volumes filling, deliveries near expiry, "
+        "backlogs, the audit sequencer, dead letters",
+        description="Measure what an operator must act on before users notice: JetStream "
+        "store and volume use, the database volume, each agency's oldest waiting delivery "
+        "against the delivery stream's retention, the ingest backlog, audit events waiting "
+        "for the sequencer, dead letters. Exit 0 all ok, 1 a warning, 3 an alarm; run it "
+        "from cron or a monitoring agent.",
+    )
+    _common(c)
+    c.add_argument("--json", action="store_true", help="one JSON object: level and checks")
+    c.add_argument(
+        "--all", action="store_true", dest="show_all", help="every agency's line, ok ones too"
+    )
+    c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
+    c.add_argument(
+        "--monitor-url",
+        action="append",
+        metavar="URL",
+        help="nats-server monitoring (http://host:8222), repeatable; default: the nodes "
+        "`istmo up` runs",
+    )
+    c.set_defaults(func=_lazy_in("health", "health_command"))
 
 
 def _dead_letter_commands(cmds: Any) -> None:

@@ -87,6 +87,11 @@ class Settings:
                 "ISTMO_DATABASE_URL must be postgresql://USER@HOST:PORT/DATABASE "
                 "(or sqlite:///PATH)"
             )
+        if not 10 <= self.deliver_max_age_s <= 10 * 365 * 86400:
+            raise ConfigError(
+                "ISTMO_DELIVER_MAX_AGE_S (how long deliveries wait for an offline agency) "
+                "must be between 10 seconds and 10 years"
+            )
         if not 4096 <= self.max_envelope_bytes <= 16 * 1024 * 1024:
             raise ConfigError("max_envelope_bytes must be between 4 KiB and 16 MiB")
 

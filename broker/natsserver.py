@@ -190,7 +190,7 @@ class NatsServer:
         return self._proc.pid
 
     @property
-    def _http(self) -> str:
+    def monitor_url(self) -> str:
         return f"http://{self.layout.host}:{self.layout.http_port}"
 
     def write_config(self) -> None:
@@ -231,7 +231,7 @@ class NatsServer:
 
     def _get_json(self, path: str) -> dict[str, Any] | None:
         """GET a monitoring endpoint; None if it does not answer (yet)."""
-        url = self._http + path
+        url = self.monitor_url + path
         try:
             with urllib.request.urlopen(url, timeout=_HTTP_TIMEOUT_S) as resp:  # noqa: S310 (http URL we built)
                 body: dict[str, Any] = json.loads(resp.read())
@@ -240,7 +240,7 @@ class NatsServer:
             return None
 
     def _healthy(self) -> bool:
-        url = self._http + "/healthz?js-enabled-only=true"
+        url = self.monitor_url + "/healthz?js-enabled-only=true"
         try:
             with urllib.request.urlopen(url, timeout=_HTTP_TIMEOUT_S) as resp:  # noqa: S310 (http URL we built)
                 body = json.loads(resp.read())
@@ -335,7 +335,7 @@ class NatsServer:
     def _load_time(self) -> object:
         varz = self._get_json("/varz")
         if varz is None:
-            raise BusUnavailable(f"nats-server monitoring at {self._http} does not answer")
+            raise BusUnavailable(f"nats-server monitoring at {self.monitor_url} does not answer")
         return varz.get("config_load_time")
 
     def _signal_reload(self, pid: int, timeout: float) -> bool:
@@ -363,7 +363,9 @@ class NatsServer:
             )
             subsz = self._get_json(f"/subsz?{query}")
             if subsz is None:
-                raise BusUnavailable(f"nats-server monitoring at {self._http} does not answer")
+                raise BusUnavailable(
+                    f"nats-server monitoring at {self.monitor_url} does not answer"
+                )
             if not subsz.get("total"):
                 missing.append(user.agency)
         return missing

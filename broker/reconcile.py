@@ -81,27 +81,28 @@ def _ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def ensure_archive(js: JetStreamContext, *, max_age_s: int) -> None:
-    """Create (or update) ``ISTMO_ARCHIVE`` with the delivery stream's replicas.
+async def ensure_archive(js: JetStreamContext) -> None:
+    """Create (or update) ``ISTMO_ARCHIVE`` with the delivery stream's replicas and
+    retention (a copy is kept exactly as long as the deliveries it can restore).
 
     Raises:
         BusUnavailable: JetStream does not answer.
         ConfigError: JetStream refuses the configuration.
     """
     try:
-        replicas = (await js.stream_info(DELIVER_STREAM)).config.num_replicas or 1
+        deliver = (await js.stream_info(DELIVER_STREAM)).config
         config = StreamConfig(
             name=ARCHIVE_STREAM,
             subjects=[_ARCHIVE_SUBJECTS],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            max_age=float(max_age_s),
+            max_age=deliver.max_age,
             max_msgs_per_subject=1,
-            duplicate_window=600.0,
+            duplicate_window=deliver.duplicate_window,
             deny_delete=True,
             deny_purge=True,
             allow_direct=False,
-            num_replicas=replicas,
+            num_replicas=deliver.num_replicas or 1,
         )
         await add_or_update_stream(js, config)
     except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:

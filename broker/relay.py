@@ -136,7 +136,7 @@ class Relay:
         directory_sub = await self.nc.subscribe(CONTROL_DIRECTORY_SUBJECT, cb=self._on_directory)
         try:
             # Accepted envelopes are archived for reconciliation before they are delivered.
-            await ensure_archive(self.js, max_age_s=self.settings.deliver_max_age_s)
+            await ensure_archive(self.js)
             # The first batch may hold a message to dead-letter: its stream must be there.
             await ensure_dead_letters(self.js)
             ingest = await self.js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM)

@@ -91,6 +91,10 @@ async def close_quietly(nc: NATS, timeout: float = 5.0) -> None:
     await nc.close()
 
 
+async def _ignore_error(_exc: Exception) -> None:
+    """nats-py's error callback for commands that report the failure themselves."""
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -478,6 +482,14 @@ class Stack:
             "nats_url": self.nats_urls[0],
             "nats_urls": self.nats_urls,
             "api_url": api_url,
+            # nats-server monitoring, where this stack runs it (istmo health reads /jsz).
+            "nats_monitor_urls": (
+                [server.monitor_url]
+                if isinstance(server, NatsServer)
+                else [node.monitor_url for node in server.nodes]
+                if isinstance(server, NatsCluster)
+                else []
+            ),
             "pid": os.getpid(),
             "started_at": int(time.time()),
         }
@@ -580,15 +592,20 @@ class Stack:
             else:
                 log.info("nats-server reloaded for directory %s", directory.version)
 
-    async def connect_relay(self, url: str | list[str]) -> NATS:
-        """Connect as the broker's own NATS user to ``url`` (or any of a cluster's URLs)."""
+    async def connect_relay(self, url: str | list[str], *, reconnects: int = -1) -> NATS:
+        """Connect as the broker's own NATS user to ``url`` (or any of a cluster's URLs),
+        trying again ``reconnects`` times (-1: for ever, as workers do) when it is down.
+        A bounded caller (a command, not a worker) gets BusUnavailable, not nats-py's
+        logged tracebacks of each failed attempt."""
+        quiet = {} if reconnects < 0 else {"error_cb": _ignore_error}
         try:
             return await nats.connect(
                 url if isinstance(url, str) else list(url),
+                **quiet,
                 nkeys_seed_str=self.relay_seed,
                 name="istmo-relay",
                 connect_timeout=5,
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=reconnects,
                 reconnect_time_wait=0.5,
             )
         except (OSError, nats.errors.Error) as exc:

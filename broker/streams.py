@@ -103,7 +103,8 @@ def _stream_configs(
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=float(deliver_max_age_s),
-            duplicate_window=window,
+            # JetStream refuses a dedupe window longer than the messages are kept.
+            duplicate_window=min(window, float(deliver_max_age_s)),
             deny_delete=True,
             deny_purge=True,
             # Direct get ignores consumer filters; keep it off (defence in depth).
@@ -167,8 +168,9 @@ async def ensure_streams(
         deliver_max_age_s: how long deliveries wait for an offline agency, in seconds.
         duplicate_window_s: the JetStream dedupe window of every stream, in seconds.
         replicas: copies of every stream: 1 on one node, 3 on a 3-node cluster; None
-            keeps what an existing stream has (1 for a new one), so a worker that only
-            joins a stack never changes it.
+            keeps what an existing stream has (1 for a new one), and its retention and
+            dedupe window too, so a worker that only joins a stack (``istmo relay``)
+            never changes them, whatever its own settings say.
 
     Raises:
         BusUnavailable: JetStream does not answer.
@@ -180,7 +182,7 @@ async def ensure_streams(
     for config in _stream_configs(deliver_max_age_s, duplicate_window_s, replicas or 1):
         try:
             if replicas is None:
-                config.num_replicas = await _current_replicas(js, str(config.name))
+                _keep_existing(config, await _existing(js, str(config.name)))
             await add_or_update_stream(js, config)
             for kind, stream in _GATED_STREAMS:
                 if stream == config.name:
@@ -230,12 +232,21 @@ async def _move_ungated(js: JetStreamContext, stream: str, kind: str) -> int:
         seq = at + 1
 
 
-async def _current_replicas(js: JetStreamContext, stream: str) -> int:
+async def _existing(js: JetStreamContext, stream: str) -> StreamConfig | None:
     try:
-        info = await js.stream_info(stream)
+        return (await js.stream_info(stream)).config
     except NotFoundError:
-        return 1
-    return info.config.num_replicas or 1
+        return None
+
+
+def _keep_existing(config: StreamConfig, existing: StreamConfig | None) -> None:
+    """What a joining worker leaves as the stack that made the stream set it."""
+    if existing is None:
+        config.num_replicas = 1
+        return
+    config.num_replicas = existing.num_replicas or 1
+    config.max_age = existing.max_age
+    config.duplicate_window = existing.duplicate_window
 
 
 async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:

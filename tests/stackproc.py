@@ -53,6 +53,7 @@ class UpProcess:
 
     data_dir: Path
     extra: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # ISTMO_* settings for this stack
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
@@ -95,7 +96,7 @@ class UpProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
 
     @property

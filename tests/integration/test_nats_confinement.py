@@ -475,9 +475,16 @@ async def test_stream_setup_is_idempotent_and_updates_limits(nats_stack: StackFa
     rjs = relay.jetstream(timeout=2)
     await rjs.publish(deliver_subject(GT), b"kept")
 
-    await ensure_streams(rjs, deliver_max_age_s=3600, duplicate_window_s=120)  # again, changed
+    # Again, changed, as the stack that owns the streams (replicas given) applies it.
+    await ensure_streams(rjs, deliver_max_age_s=3600, duplicate_window_s=120, replicas=1)
     await ensure_relay_consumers(rjs)
     await ensure_agency_consumer(rjs, GT)
+    info = await rjs.stream_info(DELIVER_STREAM)
+    assert (info.config.max_age, info.config.duplicate_window) == (3600, 120)
+    # A worker that only joins (istmo relay: replicas None) keeps them, whatever its own
+    # settings say: a relay started without the stack's ISTMO_DELIVER_MAX_AGE_S once
+    # reset the retention of every delivery to its default.
+    await ensure_streams(rjs, deliver_max_age_s=7200, duplicate_window_s=600)
 
     info = await rjs.stream_info(DELIVER_STREAM)
     assert (info.config.max_age, info.config.duplicate_window) == (3600, 120)

@@ -1,0 +1,204 @@
+"""``istmo health`` against a real stack: each alarm is raised by the condition it stands
+for (a stream about to refuse publishes, a delivery about to expire unread, NATS gone) and
+clears when the condition ends. The thresholds themselves: tests/core/test_health_grades.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas.subjects import INGEST_STREAM
+from tests.faults.harness import (
+    Publisher,
+    RelayProcess,
+    Target,
+    connect,
+    istmo,
+    operator_connect,
+)
+from tests.stackproc import UpProcess, free_port
+
+pytestmark = pytest.mark.slow
+
+# Deliveries are kept 40 s here: the retention alarm (80 %) comes after 32 s, leaving 8 s
+# for `istmo health` to see it and rc-drugs to receive before they expire.
+MAX_AGE_S = 40
+ENV = (("ISTMO_DELIVER_MAX_AGE_S", str(MAX_AGE_S)),)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
+    up = UpProcess(
+        tmp_path_factory.mktemp("health") / "istmo", extra=("--no-relay",), env=dict(ENV)
+    ).start()
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
+def health(target: Target, *extra: str) -> tuple[int, dict[str, Any], str]:
+    """Exit code, the JSON report, stderr."""
+    done = istmo(target, "health", "--json", *extra)
+    report = json.loads(done.stdout) if done.stdout.strip() else {}
+    return done.returncode, report, done.stderr
+
+
+def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in report["checks"]}
+
+
+def publish(target: Target, *extra: str) -> str:
+    done = istmo(
+        target, "publish", "--as", "gt-police", "--topic", "drug-trafficking",
+        "--classification", "RESTRICTED", "--tlp", "AMBER", "--rel-to", "SICA",
+        "--title", "health", "--body", "boats seen", *extra,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[0]
+
+
+def test_a_quiet_stack_is_healthy(stack: UpProcess) -> None:
+    target = Target.of_up(stack, env=ENV)
+    code, report, err = health(target)
+    assert code == 0, (report, err)
+    assert report["level"] == "ok"
+    names = set(checks(report))
+    assert {
+        "database.volume",
+        "audit.sequencer",
+        "dead_letters",
+        "nats.store",
+        "nats.store.volume",
+        "nats.stream.ISTMO_INGEST",
+        "nats.stream.ISTMO_DELIVER",
+        "ingest.backlog",
+        "retention",
+    } <= names
+    text = istmo(target, "health")
+    assert text.returncode == 0
+    assert text.stdout.strip().endswith("health: OK")
+
+
+async def _set_ingest_limit(target: Target, headroom: int | None) -> None:
+    op = await operator_connect(target)
+    try:
+        js = op.jetstream(timeout=10)
+        info = await js.stream_info(INGEST_STREAM)
+        config = info.config
+        config.max_bytes = -1 if headroom is None else info.state.bytes + headroom
+        await js.update_stream(config)
+    finally:
+        await op.close()
+
+
+async def test_a_backlog_is_measured_and_a_stream_near_its_limit_alarms(
+    stack: UpProcess, tmp_path: Path
+) -> None:
+    target = Target.of_up(stack, env=ENV)
+    relay = RelayProcess(target, tmp_path / "relay.log")
+    relay.start()
+    gt = await connect(target, "gt-police")
+    try:
+        pub = Publisher(gt, retries=1)
+        await pub.prepare()  # the relay resolves the recipients, then goes
+        relay.kill()
+        await pub.publish_one()  # it waits in the ingest stream
+        assert len(pub.acked) == 1
+        await asyncio.sleep(1.1)
+        code, report, _ = health(target)
+        backlog = checks(report)["ingest.backlog"]
+        assert backlog["detail"].startswith("1 bulletins for a relay waiting"), backlog
+        assert backlog["value"] >= 1.0
+        assert backlog["level"] == "ok"  # a second is not a stuck relay
+
+        # F-16: the stream's limit cut to just above its content: the alarm comes before
+        # the publishes are refused.
+        await _set_ingest_limit(target, 100)
+        try:
+            code, report, _ = health(target)
+            stream = checks(report)["nats.stream.ISTMO_INGEST"]
+            assert code == 3, report
+            assert report["level"] == "alarm"
+            assert stream["level"] == "alarm"
+            assert stream["value"] >= 0.9
+            assert "publishes are refused" in stream["detail"]
+            text = istmo(target, "health")
+            assert "ALARM  nats.stream.ISTMO_INGEST" in text.stdout
+            assert text.stdout.strip().endswith("health: ALARM")
+        finally:
+            await _set_ingest_limit(target, None)
+        relay.start()
+        deadline = time.monotonic() + 30
+        while True:
+            code, report, _ = health(target)
+            if checks(report)["ingest.backlog"]["detail"].startswith("no bulletins"):
+                break
+            assert time.monotonic() < deadline, report
+            await asyncio.sleep(0.5)
+        assert checks(report)["nats.stream.ISTMO_INGEST"]["level"] == "ok"
+    finally:
+        await gt.close()
+        relay.kill()
+
+
+def test_a_delivery_near_expiry_alarms_until_its_agency_receives(
+    stack: UpProcess, tmp_path: Path
+) -> None:
+    """F-19's alarm: deliveries to an offline agency are kept MAX_AGE_S; at 80 % of that
+    `istmo health` names the agency and how long is left."""
+    target = Target.of_up(stack, env=ENV)
+    relay = RelayProcess(target, tmp_path / "relay.log")
+    relay.start()
+    try:
+        publish(target)
+        deadline = time.monotonic() + MAX_AGE_S
+        while True:
+            code, report, _ = health(target)
+            by_name = checks(report)
+            if by_name.get("retention.rc-drugs", {}).get("level") == "alarm":
+                break
+            assert time.monotonic() < deadline, report
+            time.sleep(0.5)
+        assert code == 3
+        assert by_name["retention"]["level"] == "alarm"
+        assert "expires unread in" in by_name["retention.rc-drugs"]["detail"]
+        assert "retention.jm-police" not in by_name  # not a recipient: nothing waits
+
+        # rc-drugs receives what waits for it; its line goes, the others' stay.
+        got = istmo(target, "receive", "--as", "rc-drugs", "--count", "1", "--timeout", "5")
+        assert got.returncode == 0, got.stderr
+        code, report, _ = health(target)
+        assert "retention.rc-drugs" not in checks(report)
+        assert "retention.sv-police" in checks(report)
+    finally:
+        relay.kill()
+
+
+def test_nats_unreachable_is_an_alarm_not_a_traceback(stack: UpProcess) -> None:
+    target = Target.of_up(stack, env=ENV)
+    dead = f"127.0.0.1:{free_port()}"
+    code, report, err = health(
+        target, "--nats-url", f"nats://{dead}", "--monitor-url", f"http://{dead}"
+    )
+    assert code == 3, err
+    by_name = checks(report)
+    assert "not reachable" in by_name["nats"]["detail"]
+    assert "does not answer" in by_name["nats.store"]["detail"]
+    assert by_name["database.volume"]["level"] == "ok"  # the rest is still measured
+    assert "Traceback" not in err
+
+
+def test_no_stack_running_says_so(tmp_path: Path, stack: UpProcess) -> None:
+    target = Target(nats_urls=(), data_dir=tmp_path / "empty")
+    done = istmo(target, "health")
+    assert done.returncode == 2
+    assert "no stack running" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not target.data_dir.exists()  # nothing created where nothing runs
