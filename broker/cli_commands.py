@@ -256,13 +256,19 @@ def _health_command(sub: Any) -> None:
     c.add_argument(
         "--all", action="store_true", dest="show_all", help="every agency's line, ok ones too"
     )
-    c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
+    c.add_argument(
+        "--nats-url",
+        metavar="URL[,URL...]",
+        default=os.environ.get("ISTMO_NATS_URL"),
+        help="NATS to check (default $ISTMO_NATS_URL, else the stack `istmo up` runs here)",
+    )
     c.add_argument(
         "--monitor-url",
         action="append",
-        metavar="URL",
-        help="nats-server monitoring (http://host:8222), repeatable; default: the nodes "
-        "`istmo up` runs",
+        metavar="URL[,URL...]",
+        default=[u for u in [os.environ.get("ISTMO_NATS_MONITOR_URLS")] if u] or None,
+        help="nats-server monitoring of each node (http://host:8222), comma-separated or "
+        "repeated (default $ISTMO_NATS_MONITOR_URLS, else the nodes `istmo up` runs here)",
     )
     c.set_defaults(func=_lazy_in("health", "health_command"))
 

@@ -409,8 +409,10 @@ def _health(args: argparse.Namespace) -> int:
     url = args.nats_url or running.get("nats_url")
     if not isinstance(url, str):  # checked before anything is opened (or created)
         raise ConfigError(f"no stack running for {data_dir}; start `istmo up` or pass --nats-url")
+    urls = [u for u in url.split(",") if u]
     known = running.get("nats_monitor_urls")
-    monitors = list(args.monitor_url or (known if isinstance(known, list) else []))
+    given = [u for text in args.monitor_url or () for u in text.split(",") if u]
+    monitors = given or (list(known) if isinstance(known, list) else [])
     stack = open_stack(args)
     try:
         registry = stack.registry
@@ -421,7 +423,7 @@ def _health(args: argparse.Namespace) -> int:
 
         async def run() -> HealthReport:
             try:
-                nc = await stack.connect_relay(url, reconnects=1)
+                nc = await stack.connect_relay(urls, reconnects=1)
             except BusUnavailable as exc:
                 return await collect(
                     None, monitor_urls=monitors, agencies=agencies, local=local, bus_error=str(exc)

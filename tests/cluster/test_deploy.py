@@ -210,10 +210,16 @@ def test_kubernetes_manifests_hold_the_region_shape(region: Path, nats_binary: P
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 def test_systemd_units_verify(tmp_path: Path) -> None:
     bindir = Path(sys.executable).parent
-    for unit in sorted((DEPLOY / "systemd").glob("*.service")):
+    units = sorted((DEPLOY / "systemd").glob("*.service")) + sorted(
+        (DEPLOY / "systemd").glob("*.timer")
+    )
+    for unit in units:  # all first: a timer is verified with the service it starts
         # The units name /opt/istmo/venv; verify needs the binaries to exist.
         text = unit.read_text().replace("/opt/istmo/venv/bin", str(bindir))
         (tmp_path / unit.name).write_text(text)
+    for unit in units:
         checked = run("systemd-analyze", "verify", tmp_path / unit.name)
         assert checked.returncode == 0, (unit.name, checked.stdout + checked.stderr)
-        assert "ExecStart=" in text
+        if unit.suffix == ".service":
+            assert "ExecStart=" in unit.read_text()
+    assert (tmp_path / "istmo-health.timer").exists()

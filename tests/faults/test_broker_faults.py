@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from tests.faults.harness import (
     bz_load,
     check,
     connect,
+    istmo,
     operator_connect,
     record_run,
     wait_until,
@@ -228,10 +230,22 @@ async def test_f17_database_disk_full(
                 delivered_while_full = sum(len(r.visible) for r in recipients) - 20 * 3
                 assert up.proc is not None
                 assert up.proc.poll() is None, up.output[-2000:]
+                # The operator's alarm names the full volume.
+                full = await asyncio.to_thread(istmo, target, "health", "--json")
+                volume = {c["name"]: c for c in json.loads(full.stdout)["checks"]}[
+                    "database.volume"
+                ]
+                assert full.returncode == 3, full.stdout + full.stderr
+                assert volume["level"] == "alarm", volume
+                assert str(fs) in volume["detail"]
                 t0 = time.monotonic()
                 filler.unlink()
                 assert await wait_until(lambda: all_seen(pub, recipients), timeout=60)
                 recovery = time.monotonic() - t0
+                cleared = await asyncio.to_thread(istmo, target, "health", "--json")
+                assert {c["name"]: c for c in json.loads(cleared.stdout)["checks"]}[
+                    "database.volume"
+                ]["level"] in ("ok", "warn")  # 16 MiB holding the database
                 await asyncio.sleep(1.0)
                 stop.set()
             report = await check(target, [pub], recipients)
