@@ -7,8 +7,10 @@ rebuilds it (and the records clients see) whenever the registry changes.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,14 @@ from broker.policy import (
     PolicyBundle,
     PolicyEngine,
 )
-from broker.registry import AgencyRow, JurisdictionRow, Registry, SubscriptionRow
+from broker.registry import (
+    AgencyRow,
+    EncryptionKeyRow,
+    JurisdictionRow,
+    Registry,
+    SigningKeyRow,
+    SubscriptionRow,
+)
 from schemas.canonical import canonical_json
 from schemas.directory import (
     AgencyRecord,
@@ -105,6 +114,48 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(v for v in value.split(",") if v)
 
 
+def _record(
+    a: AgencyRow, signing_rows: list[SigningKeyRow], encryption_rows: list[EncryptionKeyRow]
+) -> AgencyRecord:
+    signing = [
+        SigningKeyRecord(
+            kid=k.kid, public=k.public, created_at=k.created_at, revoked_at=k.revoked_at
+        )
+        for k in sorted(signing_rows, key=lambda k: k.created_at)
+    ]
+    current = [k for k in encryption_rows if k.current]
+    enc = None
+    if current:
+        k = max(current, key=lambda k: k.created_at)
+        enc = EncryptionKeyRecord(kid=k.kid, kem=k.kem, public=k.public, created_at=k.created_at)
+    return AgencyRecord(
+        id=a.id,
+        name=a.name,
+        state=a.state,
+        communities=_split(a.communities),
+        sector=a.sector,
+        status=a.status,
+        signing_keys=tuple(signing),
+        encryption_key=enc,
+    )
+
+
+@dataclass(frozen=True)
+class _View:
+    """Everything one rebuild computes, swapped in together."""
+
+    generation: int
+    bundle: PolicyBundle
+    jurisdictions: list[JurisdictionInfo]
+    infos: list[AgencyInfo]
+    states: set[str]
+    agency_rows: dict[str, AgencyRow]
+    subscribers: dict[str, list[str]]
+    records: dict[str, AgencyRecord]
+    version: str
+    engine: PolicyEngine
+
+
 class DirectoryService:
     """A consistent view of the directory: policy engine, client records, candidates."""
 
@@ -112,6 +163,9 @@ class DirectoryService:
         self.registry = registry
         self.bundle = bundle
         self.directory_key = directory_key
+        self._generation_lock = threading.Lock()
+        self._generation = 0  # rebuilds started
+        self._installed = 0  # the newest rebuild swapped in
         self.refresh()
 
     def use_bundle(self, bundle: PolicyBundle) -> None:
@@ -121,6 +175,20 @@ class DirectoryService:
 
     def refresh(self) -> None:
         """Rebuild everything from the registry and swap it in at once."""
+        self._install(self._build())
+
+    async def refresh_async(self) -> None:
+        """``refresh`` with the rebuild (database reads, the policy snapshot: about a
+        second at 3,500 agencies) in a worker thread, so the event loop that serves the
+        API and the relay keeps running; the swap happens on the loop. A rebuild that
+        started before another one already swapped in is dropped, never installed over
+        it."""
+        self._install(await asyncio.to_thread(self._build))
+
+    def _build(self) -> _View:
+        with self._generation_lock:
+            self._generation += 1
+            generation = self._generation
         subs = self.registry.subscriptions()
         jurisdictions = [
             JurisdictionInfo(
@@ -132,6 +200,7 @@ class DirectoryService:
             for j in self.registry.jurisdictions()
         ]
         rows = self.registry.agencies()
+        signing, encryption = self.registry.keys_by_agency()
         infos = [
             AgencyInfo(
                 id=a.id,
@@ -146,21 +215,37 @@ class DirectoryService:
             )
             for a in rows
         ]
-        snapshot = DirectorySnapshot.build(jurisdictions, infos, self.bundle)
-        self._jurisdictions, self._infos = jurisdictions, infos
-        records = {a.id: self._record(a) for a in rows}
+        bundle = self.bundle
+        snapshot = DirectorySnapshot.build(jurisdictions, infos, bundle)
+        records = {a.id: _record(a, signing.get(a.id, []), encryption.get(a.id, [])) for a in rows}
         version = hashlib.sha256(
             snapshot.version.encode()
             + canonical_json([r.model_dump(mode="json") for r in records.values()])
         ).hexdigest()[:32]
-        self.states = {j.code for j in jurisdictions}
-        self.agency_rows = {a.id: a for a in rows}
-        self.subscribers: dict[str, list[str]] = {
-            t: sorted(a for a, ts in subs.items() if t in ts) for t in TOPICS
-        }
-        self.records = records
-        self.version = version
-        self.engine = PolicyEngine(self.bundle, snapshot)
+        return _View(
+            generation=generation,
+            bundle=bundle,
+            jurisdictions=jurisdictions,
+            infos=infos,
+            states={j.code for j in jurisdictions},
+            agency_rows={a.id: a for a in rows},
+            subscribers={t: sorted(a for a, ts in subs.items() if t in ts) for t in TOPICS},
+            records=records,
+            version=version,
+            engine=PolicyEngine(bundle, snapshot),
+        )
+
+    def _install(self, view: _View) -> None:
+        if view.generation <= self._installed or view.bundle is not self.bundle:
+            return  # a newer rebuild (or another policy set) is in force already
+        self._installed = view.generation
+        self._jurisdictions, self._infos = view.jurisdictions, view.infos
+        self.states = view.states
+        self.agency_rows = view.agency_rows
+        self.subscribers = view.subscribers
+        self.records = view.records
+        self.version = view.version
+        self.engine = view.engine
 
     def engine_for(self, bundle: PolicyBundle) -> PolicyEngine:
         """An engine for another policy set over the same directory (to check or
@@ -171,32 +256,6 @@ class DirectoryService:
         """
         return PolicyEngine(
             bundle, DirectorySnapshot.build(self._jurisdictions, self._infos, bundle)
-        )
-
-    def _record(self, a: AgencyRow) -> AgencyRecord:
-        signing = [
-            SigningKeyRecord(
-                kid=k.kid, public=k.public, created_at=k.created_at, revoked_at=k.revoked_at
-            )
-            for k in sorted(self.registry.signing_keys(a.id), key=lambda k: k.created_at)
-        ]
-        current = [k for k in self.registry.encryption_keys(a.id) if k.current]
-        enc = None
-        if current:
-            k = max(current, key=lambda k: k.created_at)
-            enc = EncryptionKeyRecord(
-                kid=k.kid, kem=k.kem, public=k.public, created_at=k.created_at
-            )
-        communities = _split(a.communities)
-        return AgencyRecord(
-            id=a.id,
-            name=a.name,
-            state=a.state,
-            communities=communities,
-            sector=a.sector,
-            status=a.status,
-            signing_keys=tuple(signing),
-            encryption_key=enc,
         )
 
     def candidates(self, topic: str, named: tuple[str, ...]) -> list[str]:

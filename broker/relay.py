@@ -540,7 +540,7 @@ class Relay:
     async def _on_directory(self, msg: Msg) -> None:
         """An agency or key changed status: decide with the new directory from now on."""
         try:
-            self.directory.refresh()
+            await self.directory.refresh_async()
         except IstmoError as exc:
             log.error("could not refresh the directory: %s", exc)
             return

@@ -571,17 +571,30 @@ class Stack:
         """
         async with self._directory_lock:
             registry, directory = self._opened()
-            directory.refresh()
+            t0 = time.perf_counter()
+            await directory.refresh_async()
+            t1 = time.perf_counter()
             js = nc.jetstream(timeout=10)
             for user in registry.nats_users():
                 if user.agency not in self._consumers:
                     await ensure_agency_consumer(js, user.agency)
                     self._consumers.add(user.agency)
-            layout = self.nats_layout()
+            t2 = time.perf_counter()
+            layout = await asyncio.to_thread(self.nats_layout)
+            t3 = time.perf_counter()
             if isinstance(server, NatsServer):
                 await asyncio.to_thread(server.reload, layout)
             else:
                 await asyncio.to_thread(server.reload_agencies, layout.agencies)
+            log.info(
+                "directory change applied in %.2f s: refresh %.2f, consumers %.2f, "
+                "accounts %.2f, nats reload %.2f",
+                time.perf_counter() - t0,
+                t1 - t0,
+                t2 - t1,
+                t3 - t2,
+                time.perf_counter() - t3,
+            )
             if isinstance(server, ExternalNats):
                 log.warning(
                     "directory %s: new NATS accounts in %s; install them on every node "
