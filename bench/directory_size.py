@@ -236,9 +236,9 @@ def five_permitted(directory: DirectoryService) -> dict[str, EncryptionPublicKey
     """The first 5 agencies (but the sender) the policy lets receive ``WIDE_LABELS`` from
     ``SENDER``, with their current encryption keys, from the directory in process."""
     q = AgencyQueries(directory.registry, directory)
-    answer = q.resolve(SENDER, ResolveRequest(labels=WIDE_LABELS), int(time.time()))
+    _, permitted = q.permitted(SENDER, ResolveRequest(labels=WIDE_LABELS), int(time.time()))
     chosen: dict[str, EncryptionPublicKey] = {}
-    for agency in sorted(answer["recipients"]):
+    for agency in sorted(permitted):
         key = directory.records[agency].encryption_key
         if agency != SENDER and key is not None and len(chosen) < 5:
             chosen[agency] = key.public_key()

@@ -34,7 +34,7 @@ from broker.relay_core import check_labels
 from broker.rotation import apply_rotation
 from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
-from schemas.envelope import Kid, Timestamp, parse_model
+from schemas.envelope import MAX_RECIPIENTS, Kid, Timestamp, parse_model
 from schemas.errors import IstmoError, PolicyDenied
 from schemas.ids import AgencyIdStr, BulletinIdStr, parse_agency_id
 from schemas.labels import Labels
@@ -111,6 +111,31 @@ class AgencyQueries:
         Raises:
             EnvelopeError: a label names an unknown jurisdiction or agency.
             PolicyDenied: the caller may not publish it.
+            IstmoError: ``too_many_recipients``, more than an envelope can carry.
+        """
+        policy_version, permitted = self.permitted(caller, req, now)
+        if len(permitted) > MAX_RECIPIENTS:
+            # Each recipient gets its own key wrap; an envelope holds at most this many.
+            raise IstmoError(
+                f"{len(permitted)} agencies may receive this, and one bulletin carries at "
+                f"most {MAX_RECIPIENTS}: narrow the labels (fewer states, named agencies or "
+                "a topic fewer agencies follow), or publish it once per group of states",
+                code="too_many_recipients",
+            )
+        excerpt = json.loads(self.directory.excerpt(permitted, now))
+        return {
+            "recipients": permitted,
+            "policy_version": policy_version,
+            "directory": excerpt,
+        }
+
+    def permitted(self, caller: str, req: ResolveRequest, now: int) -> tuple[str, list[str]]:
+        """The policy version and the agencies (with an encryption key) the policy lets
+        receive this from ``caller``; ``resolve`` without the excerpt or the size limit.
+
+        Raises:
+            EnvelopeError: a label names an unknown jurisdiction or agency.
+            PolicyDenied: the caller may not publish it.
         """
         d = self.directory
         check_labels(req.labels, d.records, d.states)
@@ -127,12 +152,7 @@ class AgencyQueries:
             for dec in d.engine.decide_receive(facts, candidates, when)
             if dec.allowed and d.records[dec.agency].encryption_key is not None
         ]
-        excerpt = json.loads(d.excerpt(permitted, now))
-        return {
-            "recipients": permitted,
-            "policy_version": publish.policy_version,
-            "directory": excerpt,
-        }
+        return publish.policy_version, permitted
 
     def explain(self, caller: str, req: ResolveRequest, now: int) -> dict[str, Any]:
         """ "Who would receive this, and why not the others?" before publishing.

@@ -1,0 +1,67 @@
+"""A bulletin more agencies may receive than an envelope can carry (MAX_RECIPIENTS key
+wraps) is refused at resolve with a reason the publisher can act on, and audited; the
+answer that would not fit in a NATS message is never built. A synthetic region of 800
+agencies (bench/synthetic_directory.py): the wide labels reach about 600 of them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bench.harness import WIDE_LABELS
+from bench.synthetic_directory import write_policy_dir
+from broker.agency_api import AgencyApi, ResolveRequest
+from broker.config import Settings
+from broker.stack import Stack
+from schemas.envelope import MAX_RECIPIENTS
+from schemas.subjects import api_subject
+
+SENDER = "s0001-police"
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("wide")
+    policies = write_policy_dir(root / "policies", 800)
+    stack = Stack(Settings(data_dir=root / "istmo", policy_dir=policies), out=lambda _l: None)
+    stack.prepare()
+    try:
+        yield stack
+    finally:
+        assert stack.registry is not None
+        stack.registry.close()
+
+
+def test_too_many_recipients_is_refused_with_the_limit_named(wide: Stack) -> None:
+    assert wide.registry is not None
+    assert wide.directory is not None
+    api = AgencyApi(wide.settings, wide.registry, wide.directory)
+    now = int(time.time())
+    _, permitted = api.queries.permitted(SENDER, ResolveRequest(labels=WIDE_LABELS), now)
+    assert len(permitted) > MAX_RECIPIENTS  # the premise: this region is wide enough
+
+    ask = ResolveRequest(labels=WIDE_LABELS).model_dump_json().encode()
+    answer = json.loads(api.handle(api_subject(SENDER, "resolve"), ask, now=now))
+    error = answer["error"]
+    assert error["code"] == "too_many_recipients"
+    assert f"{len(permitted)} agencies may receive this" in error["message"]
+    assert f"at most {MAX_RECIPIENTS}" in error["message"]
+    assert "narrow the labels" in error["message"]
+    refused = wide.registry.audit_events(type_="request.rejected", limit=10)
+    assert [(e.actor, e.reason) for e in refused][-1:] == [(SENDER, "too_many_recipients")]
+
+
+def test_a_narrower_bulletin_in_the_same_region_resolves(wide: Stack) -> None:
+    assert wide.registry is not None
+    assert wide.directory is not None
+    api = AgencyApi(wide.settings, wide.registry, wide.directory)
+    narrow = WIDE_LABELS.model_copy(update={"rel_to": ("S0001", "S0002")})
+    ask = ResolveRequest(labels=narrow).model_dump_json().encode()
+    answer = json.loads(api.handle(api_subject(SENDER, "resolve"), ask, now=int(time.time())))
+    assert "error" not in answer, answer
+    assert 0 < len(answer["recipients"]) <= MAX_RECIPIENTS
+    listed = [a["id"] for a in answer["directory"]["excerpt"]["agencies"]]
+    assert listed == sorted(answer["recipients"])
