@@ -131,6 +131,10 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
 def _span(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -173,8 +177,8 @@ def retention_check(agency: str, waiting: int, age_s: float, max_age_s: float) -
     share = age_s / max_age_s
     level = _grade(share, RETENTION_WARN, RETENTION_ALARM)
     detail = (
-        f"{agency}: {waiting} deliveries waiting, the oldest for {_span(age_s)} "
-        f"({share:.0%} of the {_span(max_age_s)} they are kept)"
+        f"{agency}: {_n(waiting, 'delivery', 'deliveries')} waiting, the oldest for "
+        f"{_span(age_s)} ({share:.0%} of the {_span(max_age_s)} deliveries are kept)"
     )
     if level != "ok":
         left = max(0.0, max_age_s - age_s)
@@ -183,14 +187,14 @@ def retention_check(agency: str, waiting: int, age_s: float, max_age_s: float) -
 
 
 def age_check(
-    name: str, waiting: int, age_s: float, warn_s: float, alarm_s: float, what: str
+    name: str, waiting: int, age_s: float, warn_s: float, alarm_s: float, what: tuple[str, str]
 ) -> Check:
-    """``waiting`` items, the oldest ``age_s`` old."""
+    """``waiting`` items, the oldest ``age_s`` old; ``what`` names one item and several."""
     if waiting == 0:
-        return Check(name, "ok", f"no {what} waiting", 0.0)
+        return Check(name, "ok", f"no {what[1]} waiting", 0.0)
     level = _grade(age_s, warn_s, alarm_s)
     return Check(
-        name, level, f"{waiting} {what} waiting, the oldest for {_span(age_s)}", round(age_s, 1)
+        name, level, f"{_n(waiting, *what)} waiting, the oldest for {_span(age_s)}", round(age_s, 1)
     )
 
 
@@ -261,7 +265,12 @@ async def ingest_check(js: JetStreamContext, now: float) -> Check:
         except NotFoundError:
             waiting = 0  # taken meanwhile
     return age_check(
-        "ingest.backlog", waiting, age, BACKLOG_WARN_S, BACKLOG_ALARM_S, "bulletins for a relay"
+        "ingest.backlog",
+        waiting,
+        age,
+        BACKLOG_WARN_S,
+        BACKLOG_ALARM_S,
+        ("bulletin for a relay", "bulletins for a relay"),
     )
 
 
@@ -304,12 +313,15 @@ async def retention_checks(
     busy = sorted((c for n, c in found if n), key=lambda c: -(c.value or 0.0))
     idle = len(found) - len(busy)
     if not busy:
-        return [Check("retention", "ok", f"{idle} agencies have no delivery waiting", 0.0)]
+        return [
+            Check("retention", "ok", f"{_n(idle, 'agency', 'agencies')}: no delivery waiting", 0.0)
+        ]
     oldest = busy[0]
     summary = Check(
         "retention",
         worst(c.level for c in busy),
-        f"{len(busy)} agencies have deliveries waiting, {idle} none; oldest: {oldest.detail}",
+        f"{_n(len(busy), 'agency has', 'agencies have')} deliveries waiting, {idle} none; "
+        f"oldest: {oldest.detail}",
         oldest.value,
     )
     return [summary, *busy]
@@ -337,7 +349,7 @@ def database_checks(db_url: str, pending: int, oldest_ms: int | None, now: float
             age,
             AUDIT_WARN_S,
             AUDIT_ALARM_S,
-            "audit events for the sequencer",
+            ("audit event for the sequencer", "audit events for the sequencer"),
         )
     )
     return checks

@@ -71,12 +71,22 @@ def test_nothing_waiting_is_ok_whatever_the_age() -> None:
 
 
 def test_age_checks_grade_the_oldest_waiting_item() -> None:
-    assert age_check("b", 0, 10_000, BACKLOG_WARN_S, BACKLOG_ALARM_S, "x").level == "ok"
-    assert age_check("b", 5, BACKLOG_WARN_S - 1, BACKLOG_WARN_S, BACKLOG_ALARM_S, "x").level == "ok"
-    assert age_check("b", 5, BACKLOG_WARN_S, BACKLOG_WARN_S, BACKLOG_ALARM_S, "x").level == "warn"
-    check = age_check("audit.sequencer", 7, AUDIT_ALARM_S, 10, AUDIT_ALARM_S, "audit events")
+    assert age_check("b", 0, 10_000, BACKLOG_WARN_S, BACKLOG_ALARM_S, ("x", "xs")).level == "ok"
+    assert (
+        age_check("b", 5, BACKLOG_WARN_S - 1, BACKLOG_WARN_S, BACKLOG_ALARM_S, ("x", "xs")).level
+        == "ok"
+    )
+    assert (
+        age_check("b", 5, BACKLOG_WARN_S, BACKLOG_WARN_S, BACKLOG_ALARM_S, ("x", "xs")).level
+        == "warn"
+    )
+    events = ("audit event", "audit events")
+    check = age_check("audit.sequencer", 7, AUDIT_ALARM_S, 10, AUDIT_ALARM_S, events)
     assert check.level == "alarm"
     assert check.detail == "7 audit events waiting, the oldest for 60 s"
+    assert (
+        age_check("a", 1, 1, 10, 60, events).detail == "1 audit event waiting, the oldest for 1 s"
+    )
 
 
 def test_dead_letters_are_a_warning() -> None:

@@ -114,7 +114,7 @@ async def test_a_backlog_is_measured_and_a_stream_near_its_limit_alarms(
         await asyncio.sleep(1.1)
         code, report, _ = health(target)
         backlog = checks(report)["ingest.backlog"]
-        assert backlog["detail"].startswith("1 bulletins for a relay waiting"), backlog
+        assert backlog["detail"].startswith("1 bulletin for a relay waiting"), backlog
         assert backlog["value"] >= 1.0
         assert backlog["level"] == "ok"  # a second is not a stuck relay
 
