@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -89,10 +90,6 @@ async def close_quietly(nc: NATS, timeout: float = 5.0) -> None:
     except (nats.errors.Error, TimeoutError, OSError):
         pass  # closing anyway; unacked work comes back to the next relay
     await nc.close()
-
-
-async def _ignore_error(_exc: Exception) -> None:
-    """nats-py's error callback for commands that report the failure themselves."""
 
 
 class _Server(uvicorn.Server):
@@ -609,20 +606,43 @@ class Stack:
         """Connect as the broker's own NATS user to ``url`` (or any of a cluster's URLs),
         trying again ``reconnects`` times (-1: for ever, as workers do) when it is down.
         A bounded caller (a command, not a worker) gets BusUnavailable, not nats-py's
-        logged tracebacks of each failed attempt."""
-        quiet = {} if reconnects < 0 else {"error_cb": _ignore_error}
+        logged tracebacks of each failed attempt.
+
+        Raises:
+            BusUnavailable: NATS is not reachable.
+            ConfigError: NATS's TLS certificate does not verify against the trusted CAs
+                (``SSL_CERT_FILE``): retrying cannot help, and nats-py would otherwise
+                hang for ever after the failed handshake (nats-io/nats.py#718).
+        """
+        connected = False
+
+        async def on_error(exc: Exception) -> None:
+            if not connected and isinstance(exc, ssl.SSLError):
+                raise exc  # ends nats.connect: the same handshake fails on every retry
+            if reconnects < 0:
+                log.warning("nats: %s", exc)
+
         try:
-            return await nats.connect(
+            nc = await nats.connect(
                 url if isinstance(url, str) else list(url),
-                **quiet,
+                error_cb=on_error,
                 nkeys_seed_str=self.relay_seed,
                 name="istmo-relay",
                 connect_timeout=5,
                 max_reconnect_attempts=reconnects,
                 reconnect_time_wait=0.5,
             )
+        except ssl.SSLCertVerificationError as exc:
+            raise ConfigError(
+                f"the certificate of NATS at {url} could not be verified "
+                f"({exc.verify_message}): set SSL_CERT_FILE to the region's CA certificate"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise ConfigError(f"TLS with NATS at {url} failed ({exc.reason or exc})") from exc
         except (OSError, nats.errors.Error) as exc:
             raise BusUnavailable(f"NATS is not reachable at {url}") from exc
+        connected = True
+        return nc
 
     async def ensure_jetstream(self, nc: NATS, *, agency_consumers: bool = True) -> None:
         """The streams and the relay's consumers; with ``agency_consumers`` also every

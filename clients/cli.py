@@ -619,6 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NotTlsEofNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -627,6 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # asyncio warns on every TLS connection nats-py closes (nats-io/nats.py#727); it
+    # means nothing to a user and would bury the lines that do.
+    logging.getLogger("asyncio").addFilter(_NotTlsEofNoise())
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

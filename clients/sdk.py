@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -197,7 +198,9 @@ class IstmoClient:
 
         Raises:
             ConfigError: the keystore is missing, too open or damaged.
-            BusUnavailable: NATS is not reachable at ``nats_url`` or refused the key.
+            BusUnavailable: NATS is not reachable at ``nats_url``, refused the key, or
+                presented a certificate that does not verify against the trusted CAs
+                (``SSL_CERT_FILE``; code ``tls_untrusted``).
         """
         keystore = load_keystore(keystore_path, passphrase)
         errors: list[str] = []
@@ -205,6 +208,11 @@ class IstmoClient:
         closing: set[asyncio.Task[None]] = set()
 
         async def on_error(exc: Exception) -> None:
+            if not connected and isinstance(exc, ssl.SSLError):
+                # A TLS handshake that failed (an untrusted certificate, a wrong name) fails
+                # the same way on every retry, and nats-py 2.16 then hangs for ever closing
+                # the socket (nats-io/nats.py#718): raised here, it ends nats.connect.
+                raise exc
             # Permission violations reach only this callback; log the subject, no payload.
             errors.append(str(exc))
             log.warning("nats: %s", exc)
@@ -226,6 +234,16 @@ class IstmoClient:
                 reconnect_time_wait=0.5,
                 error_cb=on_error,
             )
+        except ssl.SSLCertVerificationError as exc:
+            raise BusUnavailable(
+                f"the certificate of NATS at {nats_url} could not be verified "
+                f"({exc.verify_message}): set SSL_CERT_FILE to the region's CA certificate",
+                code="tls_untrusted",
+            ) from exc
+        except ssl.SSLError as exc:
+            raise BusUnavailable(
+                f"TLS with NATS at {nats_url} failed ({exc.reason or exc})", code="tls_failed"
+            ) from exc
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             detail = "; ".join(errors[-1:]) or type(exc).__name__
             if any("authorization violation" in e.lower() for e in errors):

@@ -15,9 +15,12 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -309,3 +313,154 @@ def cluster_nodes(up_cluster: UpProcess, nats_binary: Path) -> Iterator[ClusterN
         # The stack stops first (its nodes); nodes this test restarted are its own.
         up_cluster.stop(timeout=60)
         nodes.stop_restarted()
+
+
+# ------------------------------------------------------------ deploy/: a region's TLS cluster
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+NODES = (1, 2, 3)
+
+
+def run(*argv: str | Path, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, check=False, timeout=60, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Certificates and accounts.conf for the three nodes, made by deploy/nats's tools: the
+    CA in ``ca/``, the broker's data directory (demo directory, keystores) in ``istmo/``."""
+    home = tmp_path_factory.mktemp("region")
+    made = run("sh", DEPLOY / "nats" / "make-test-ca.sh", home / "ca")
+    assert made.returncode == 0, made.stderr
+    rendered = run(
+        sys.executable,
+        DEPLOY / "nats" / "render-accounts.py",
+        "--data-dir",
+        home / "istmo",
+        "--out",
+        home / "accounts.conf",
+        "--demo",
+        cwd=ROOT,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    assert (home / "accounts.conf").stat().st_mode & 0o077 == 0
+    return home
+
+
+def node_config(region: Path, node: int, *, ports: dict[str, int] | None = None) -> Path:
+    """deploy/nats/nats-<node>.conf with its files under ``region`` (and, with ``ports``,
+    its listeners and routes on loopback)."""
+    text = (DEPLOY / "nats" / f"nats-{node}.conf").read_text()
+    text = text.replace("/etc/nats/tls/", f"{region / 'ca' / f'nats-{node}'}/")
+    text = text.replace("/var/lib/nats/jetstream", str(region / f"js-{node}"))
+    if ports is not None:
+        text = text.replace('host: "0.0.0.0"', 'host: "127.0.0.1"')
+        text = text.replace("port: 4222", f"port: {ports['client'] + node - 1}")
+        text = text.replace("port: 6222", f"port: {ports['route'] + node - 1}")
+        text = text.replace('"127.0.0.1:8222"', f'"127.0.0.1:{ports["http"] + node - 1}"')
+        for peer in NODES:
+            text = text.replace(
+                f"nats-{peer}.region.example:6222", f"localhost:{ports['route'] + peer - 1}"
+            )
+    conf_dir = region / f"etc-{node}"
+    conf_dir.mkdir(exist_ok=True)
+    shutil.copy(region / "accounts.conf", conf_dir / "accounts.conf")
+    (conf_dir / "nats.conf").write_text(text)
+    return conf_dir / "nats.conf"
+
+
+def start_node(binary: Path, conf: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(binary), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+@dataclass
+class DeployCluster:
+    """The three deploy/nats configs running as one TLS cluster on loopback ports."""
+
+    region: Path
+    ports: dict[str, int]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def ca(self) -> Path:
+        return self.region / "ca" / "ca.pem"
+
+    @property
+    def urls(self) -> list[str]:
+        """Each node's client URL, by the name its certificate holds."""
+        return [f"tls://localhost:{self.ports['client'] + node - 1}" for node in NODES]
+
+    def log(self, node: int) -> str:
+        return (self.region / f"nats-{node}.log").read_text()
+
+    def start(self, binary: Path) -> None:
+        for node in NODES:
+            conf = node_config(self.region, node, ports=self.ports)
+            self.procs.append(start_node(binary, conf, self.region / f"nats-{node}.log"))
+
+    async def wait_ready(self, timeout: float = 30) -> None:
+        """Until the broker's own user gets an answer from JetStream over TLS (a meta
+        leader was elected)."""
+        tls = ssl.create_default_context(cafile=str(self.ca))
+        relay_seed = (self.region / "istmo" / "broker" / "relay.seed").read_text().strip()
+
+        async def quiet(_exc: Exception) -> None:
+            """A node not listening yet is expected: no logged traceback for it."""
+
+        async def answers() -> bool:
+            try:
+                nc = await asyncio.wait_for(
+                    nats.connect(
+                        self.urls[0],
+                        tls=tls,
+                        nkeys_seed_str=relay_seed,
+                        connect_timeout=2,
+                        allow_reconnect=False,
+                        error_cb=quiet,
+                    ),
+                    10,
+                )
+            except ConnectionRefusedError:
+                return False  # not listening yet
+            try:
+                return await nc.jetstream(timeout=2).account_info() is not None
+            except nats.errors.Error:
+                return False
+            finally:
+                await nc.close()
+
+        deadline = time.monotonic() + timeout
+        while not await answers():
+            for node, proc in zip(NODES, self.procs, strict=True):
+                assert proc.poll() is None, (node, self.log(node)[-2000:])
+            assert time.monotonic() < deadline, self.log(1)[-2000:]
+            await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def deploy_cluster(region: Path, binary: Path) -> Iterator[DeployCluster]:
+    """Start the three deploy/nats nodes on free loopback ports; stop them on the way out."""
+    cluster = DeployCluster(
+        region, {"client": free_port_run(3), "route": free_port_run(3), "http": free_port_run(3)}
+    )
+    try:
+        cluster.start(binary)
+        yield cluster
+    finally:
+        cluster.stop()

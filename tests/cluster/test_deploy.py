@@ -15,79 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import ssl
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import nats
-import nats.errors
 import pytest
 import yaml
 
-from tests.cluster.conftest import free_port_run
-
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-NODES = (1, 2, 3)
-
-
-def run(*argv: str | Path, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(a) for a in argv], capture_output=True, text=True, check=False, timeout=60, **kw
-    )
-
-
-@pytest.fixture(scope="module")
-def region(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Certificates and accounts.conf for the three nodes, made by deploy/nats's tools."""
-    home = tmp_path_factory.mktemp("region")
-    made = run("sh", DEPLOY / "nats" / "make-test-ca.sh", home / "ca")
-    assert made.returncode == 0, made.stderr
-    rendered = run(
-        sys.executable,
-        DEPLOY / "nats" / "render-accounts.py",
-        "--data-dir",
-        home / "istmo",
-        "--out",
-        home / "accounts.conf",
-        "--demo",
-        cwd=ROOT,
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    assert (home / "accounts.conf").stat().st_mode & 0o077 == 0
-    return home
-
-
-def node_config(region: Path, node: int, *, ports: dict[str, int] | None = None) -> Path:
-    """deploy/nats/nats-<node>.conf with its files under ``region`` (and, with ``ports``,
-    its listeners and routes on loopback)."""
-    text = (DEPLOY / "nats" / f"nats-{node}.conf").read_text()
-    text = text.replace("/etc/nats/tls/", f"{region / 'ca' / f'nats-{node}'}/")
-    text = text.replace("/var/lib/nats/jetstream", str(region / f"js-{node}"))
-    if ports is not None:
-        text = text.replace('host: "0.0.0.0"', 'host: "127.0.0.1"')
-        text = text.replace("port: 4222", f"port: {ports['client'] + node - 1}")
-        text = text.replace("port: 6222", f"port: {ports['route'] + node - 1}")
-        text = text.replace('"127.0.0.1:8222"', f'"127.0.0.1:{ports["http"] + node - 1}"')
-        for peer in NODES:
-            text = text.replace(
-                f"nats-{peer}.region.example:6222", f"localhost:{ports['route'] + peer - 1}"
-            )
-    conf_dir = region / f"etc-{node}"
-    conf_dir.mkdir(exist_ok=True)
-    shutil.copy(region / "accounts.conf", conf_dir / "accounts.conf")
-    (conf_dir / "nats.conf").write_text(text)
-    return conf_dir / "nats.conf"
-
-
-def start_node(binary: Path, conf: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [str(binary), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT
-        )
+from tests.cluster.conftest import DEPLOY, NODES, deploy_cluster, node_config, run
 
 
 def test_every_node_config_is_accepted(region: Path, nats_binary: Path) -> None:
@@ -103,47 +38,17 @@ def test_every_node_config_is_accepted(region: Path, nats_binary: Path) -> None:
 async def test_the_nodes_form_a_tls_cluster_and_refuse_plain_clients(
     region: Path, nats_binary: Path
 ) -> None:
-    ports = {"client": free_port_run(3), "route": free_port_run(3), "http": free_port_run(3)}
-    procs = []
-    try:
-        for node in NODES:
-            conf = node_config(region, node, ports=ports)
-            procs.append(start_node(nats_binary, conf, region / f"nats-{node}.log"))
-        ca = ssl.create_default_context(cafile=str(region / "ca" / "ca.pem"))
-        url = f"tls://localhost:{ports['client']}"
-        relay_seed = (region / "istmo" / "broker" / "relay.seed").read_text().strip()
-
-        async def meta_leader() -> str | None:
-            nc = await asyncio.wait_for(
-                nats.connect(
-                    url,
-                    tls=ca,
-                    nkeys_seed_str=relay_seed,
-                    connect_timeout=2,
-                    allow_reconnect=False,
-                ),
-                10,
-            )
-            try:
-                info = await nc.jetstream(timeout=2).account_info()
-                return "ok" if info is not None else None
-            except nats.errors.Error:
-                return None
-            finally:
-                await nc.close()
-
-        deadline = time.monotonic() + 30
-        while await meta_leader() is None:
-            assert time.monotonic() < deadline, (region / "nats-1.log").read_text()[-2000:]
-            await asyncio.sleep(0.2)
+    with deploy_cluster(region, nats_binary) as cluster:
+        # The broker's user reaches JetStream over TLS with the CA: a meta leader exists.
+        await cluster.wait_ready()
 
         # The routes came up over mutual TLS: every node sees the other two.
-        log1 = (region / "nats-1.log").read_text()
+        log1 = cluster.log(1)
         assert "Route connection created" in log1, log1[-2000:]
 
         # S-24: a client that does not start TLS gets an error and nothing else.
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", ports["client"] + 1), 5
+            asyncio.open_connection("127.0.0.1", cluster.ports["client"] + 1), 5
         )
         try:
             info = await asyncio.wait_for(reader.readline(), 5)
@@ -155,15 +60,6 @@ async def test_the_nodes_form_a_tls_cluster_and_refuse_plain_clients(
             assert answer == b"" or b"-ERR" in answer, answer
         finally:
             writer.close()
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _k8s() -> dict[str, dict[str, Any]]:
