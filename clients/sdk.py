@@ -160,6 +160,20 @@ class ReceiptReport:
 Handler = Callable[[ReceivedBulletin], Awaitable[None]]
 
 
+def _cancel_requested() -> bool:
+    """Whether this task was asked to stop and has not taken it back. Python 3.11's
+    ``asyncio.wait_for`` (inside nats-py's fetch) can swallow a cancellation that arrives
+    as its inner wait completes, and a handler may catch one: the request is still
+    counted, so ``receive`` honours it at its next step instead of running on."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _stop_if_cancelled() -> None:
+    if _cancel_requested():
+        raise asyncio.CancelledError
+
+
 class IstmoClient:
     """One agency's connection to Istmo.
 
@@ -566,6 +580,7 @@ class IstmoClient:
         handed = 0
         try:
             while count is None or handed < count:
+                _stop_if_cancelled()
                 wait = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
                 if wait <= 0:
                     break
@@ -575,7 +590,7 @@ class IstmoClient:
                 except TimeoutError:  # nats-py raises both its own and asyncio's
                     continue
                 for i, msg in enumerate(msgs):
-                    if count is not None and handed >= count:
+                    if (count is not None and handed >= count) or _cancel_requested():
                         # Not ours to process now: back to the server at once.
                         for rest in msgs[i:]:
                             await rest.nak()
