@@ -82,6 +82,9 @@ _NOT_STORED = (
     nats.js.errors.NoStreamResponseError,
 )
 _STORE_FULL = ("maximum bytes", "maximum messages", "insufficient resources", "no space")
+# JetStream is still deciding an earlier attempt with the same Nats-Msg-Id (a clustered
+# stream whose leader moved mid-publish): not a refusal; asking again settles it.
+_DUPLICATE_IN_PROCESS = 10158
 
 CAVEATS = {
     Handling.H0: "use only for the purpose it was provided for",
@@ -413,6 +416,15 @@ class IstmoClient:
                 await self._js.publish(ingest_subject(self.agency), raw, headers=headers, timeout=5)
                 return
             except nats.js.errors.APIError as exc:
+                if exc.err_code == _DUPLICATE_IN_PROCESS:
+                    # It may yet be stored: never "nothing was stored". Ask again.
+                    if attempt == attempts - 1:
+                        raise BusUnavailable(
+                            "NATS did not acknowledge the bulletin (an earlier attempt is "
+                            "still being stored, and may yet be)"
+                        ) from exc
+                    await asyncio.sleep(0.5 * (attempt + 1))
+                    continue
                 # JetStream refused to store it: nothing was stored; say why.
                 text = str(exc.description or "")[:120]
                 full = any(w in text.lower() for w in _STORE_FULL)

@@ -281,6 +281,31 @@ class ClusterNodes:
                 raise AssertionError(f"node {node} did not come back")
             time.sleep(0.05)
 
+    def pause(self, node: int) -> None:
+        """SIGSTOP: the node keeps its sockets but answers nothing, like a node cut off by a
+        partition (or a VM frozen), and comes back with whatever it believed before."""
+        os.kill(self.pid(node), signal.SIGSTOP)
+
+    def resume(self, node: int) -> None:
+        os.kill(self.pid(node), signal.SIGCONT)
+
+    def stream_states(self, stream: str) -> dict[int, tuple[int, int, int]]:
+        """Each answering node's own replica of ``stream``: (messages, first seq, last seq)
+        from its ``/jsz``. Equal on every node once the cluster has converged."""
+        states: dict[int, tuple[int, int, int]] = {}
+        for node in range(1, self.size + 1):
+            jsz = self._get(node, "/jsz?acc=ISTMO&streams=true")
+            for acc in (jsz or {}).get("account_details") or []:
+                for info in acc.get("stream_detail") or []:
+                    if info.get("name") == stream:
+                        st = info.get("state") or {}
+                        states[node] = (
+                            int(st.get("messages", 0)),
+                            int(st.get("first_seq", 0)),
+                            int(st.get("last_seq", 0)),
+                        )
+        return states
+
     def stream_leader(self, stream: str) -> int | None:
         """Which node (1-based) leads ``stream`` right now, from ``/jsz``."""
         for node in range(1, self.size + 1):

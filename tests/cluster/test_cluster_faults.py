@@ -11,6 +11,10 @@ retried with the same envelope, hence the same ``Nats-Msg-Id``), and they receiv
   each comes back 2 s later from its own config. Nobody touches the clients or relays.
 * F-05: SIGKILL all three nodes at once, start them again 5 s later.
 * F-01: SIGKILL both relays at once, ten times, each time starting them again at once.
+* F-08 (by pausing): SIGSTOP the ISTMO_INGEST leader for 12 s, then the ISTMO_DELIVER
+  leader: each is cut off as by a partition (no tc/iptables partition between loopback
+  processes here) and comes back believing it leads; afterwards every node's replica of
+  each stream must agree.
 
 Both pass only if nothing acked is lost, nothing unexpected arrives, no duplicate reaches an
 application and the audit log verifies with one ``bulletin.accepted`` per acked bulletin.
@@ -225,3 +229,51 @@ async def test_f01_sigkill_both_relays_repeatedly_under_load(
     assert len(recovery) == F01_KILLS
     assert report.acked > 0
     assert report.ok, report.summary()  # type: ignore[attr-defined]
+
+
+PAUSE_S = 12.0
+
+
+@pytest.mark.slow
+async def test_f08_pause_the_stream_leaders_then_heal(
+    up_cluster: UpProcess, cluster_nodes: ClusterNodes, tmp_path: Path
+) -> None:
+    """F-08, approximated by SIGSTOP: the leader of ISTMO_INGEST, then of ISTMO_DELIVER,
+    is frozen for 12 s under load (the other two elect a new leader and go on), then
+    thawed: it returns with a stale view of who leads and must not make anything it
+    acked on its own count, nor leave its replica apart from the others'."""
+    target = Target.of_cluster(up_cluster)
+    paused: list[str] = []
+    recovery: list[float] = []
+
+    async def fault(_pub: Publisher, _rs: list[Recipient], figures: dict[str, object]) -> None:
+        for stream in (INGEST_STREAM, DELIVER_STREAM):
+            await asyncio.sleep(3.0)
+            leader = await asyncio.to_thread(cluster_nodes.stream_leader, stream)
+            assert leader is not None, f"no leader of {stream}"
+            before = await asyncio.to_thread(accepted_count, target)
+            t0 = time.monotonic()
+            await asyncio.to_thread(cluster_nodes.pause, leader)
+            try:
+                recovery.append(round(await recovered_after(target, t0, before), 2))
+                await asyncio.sleep(max(0.0, PAUSE_S - (time.monotonic() - t0)))
+            finally:
+                await asyncio.to_thread(cluster_nodes.resume, leader)
+            paused.append(f"istmo-{leader} ({stream} leader)")
+        figures["paused"] = paused
+        figures["pause_s"] = PAUSE_S
+        figures["accepting_again_after_pause_s"] = recovery
+
+    report, _ = await run_load(target, tmp_path, fault, name="F-08-pause")
+    assert len(paused) == 2, paused
+    assert report.acked > 0
+    assert report.ok, report.summary()  # type: ignore[attr-defined]
+    # No divergence: once the load is over, every node holds the same replica.
+    for stream in (INGEST_STREAM, DELIVER_STREAM):
+        deadline = time.monotonic() + 30
+        while True:
+            states = await asyncio.to_thread(cluster_nodes.stream_states, stream)
+            if len(states) == 3 and len(set(states.values())) == 1:
+                break
+            assert time.monotonic() < deadline, (stream, states)
+            await asyncio.sleep(0.5)
