@@ -36,8 +36,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -99,6 +100,9 @@ def dead_subject(kind: str, agency: str) -> str:
     if kind not in ("deliver", "ingest"):
         raise ValueError(f"unknown dead-letter kind {kind!r}")
     return f"istmo.dead.{kind}.{parse_agency_id(agency)}"
+
+
+T = TypeVar("T")
 
 
 def _ms() -> int:
@@ -480,6 +484,26 @@ def running_nats_url(stack: Any, given: str | None) -> str:
     return url
 
 
+def on_bus(
+    stack: Any,
+    url: str | list[str],
+    work: Callable[[JetStreamContext], Awaitable[T]],
+    *,
+    reconnects: int = -1,
+) -> T:
+    """Run ``work`` with a JetStream context on the broker's own connection to ``url``,
+    closed afterwards: the shape of every operator command that acts on NATS."""
+
+    async def run() -> T:
+        nc = await stack.connect_relay(url, reconnects=reconnects)
+        try:
+            return await work(nc.jetstream(timeout=10))
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
 def list_command(args: argparse.Namespace) -> int:
     """``istmo admin dead-letters``: what is waiting for a redrive."""
     stack = open_stack(args)
@@ -523,17 +547,9 @@ def redrive_command(args: argparse.Namespace) -> int:
             pending = [dl for dl in pending if dl.dead_seq in wanted]
         pending = pending[:REDRIVE_MAX]
         url = running_nats_url(stack, args.nats_url)
-
-        async def run() -> list[tuple[DeadLetter, str]]:
-            nc = await stack.connect_relay(url)
-            try:
-                return await redrive(
-                    nc.jetstream(timeout=10), stack.registry, pending, actor=operator_name()
-                )
-            finally:
-                await nc.close()
-
-        outcomes = asyncio.run(run())
+        outcomes = on_bus(
+            stack, url, lambda js: redrive(js, stack.registry, pending, actor=operator_name())
+        )
     finally:
         stack.registry.close()
     for dl, outcome in outcomes:

@@ -413,7 +413,7 @@ def health_command(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     from broker.audit_log import shared_log
     from broker.config import Settings
-    from broker.dead_letters import list_dead_letters, open_stack
+    from broker.dead_letters import list_dead_letters, on_bus, open_stack
     from broker.stack import read_stack_file
 
     data_dir = Settings.from_env(data_dir=args.data_dir).data_dir
@@ -433,21 +433,19 @@ def _health(args: argparse.Namespace) -> int:
         local.append(dead_letter_check(len(list_dead_letters(registry))))
         agencies = [a.id for a in registry.agencies() if a.status != "revoked"]
 
-        async def run() -> HealthReport:
-            try:
-                nc = await stack.connect_relay(urls, reconnects=1)
-            except BusUnavailable as exc:
-                return await collect(
+        try:
+            report = on_bus(
+                stack,
+                urls,
+                lambda js: collect(js, monitor_urls=monitors, agencies=agencies, local=local),
+                reconnects=1,
+            )
+        except BusUnavailable as exc:  # NATS away: an alarm, with the rest still measured
+            report = asyncio.run(
+                collect(
                     None, monitor_urls=monitors, agencies=agencies, local=local, bus_error=str(exc)
                 )
-            try:
-                return await collect(
-                    nc.jetstream(timeout=5), monitor_urls=monitors, agencies=agencies, local=local
-                )
-            finally:
-                await nc.close()
-
-        report = asyncio.run(run())
+            )
     finally:
         stack.registry.close()
     if args.json:

@@ -25,7 +25,6 @@ Idempotent: a second run finds the republished deliveries present. Bounded: at m
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import time
@@ -327,7 +326,7 @@ def _since(text: str, now_ms: int) -> int:
 
 def reconcile_command(args: argparse.Namespace) -> int:
     """``istmo reconcile``: exit 0 when nothing is missing afterwards, 1 otherwise."""
-    from broker.dead_letters import open_stack, operator_name, running_nats_url
+    from broker.dead_letters import on_bus, open_stack, operator_name, running_nats_url
 
     stack = open_stack(args)
     try:
@@ -336,21 +335,18 @@ def reconcile_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"--batch {args.batch} is outside 1..{MAX_BATCH}")
         url = running_nats_url(stack, args.nats_url)
 
-        async def run() -> ReconcileReport:
-            nc = await stack.connect_relay(url)
-            try:
-                return await reconcile(
-                    nc.jetstream(timeout=10),
-                    stack.registry,
-                    since_ms=since,
-                    batch=args.batch,
-                    dry_run=args.dry_run,
-                    actor=operator_name(),
-                )
-            finally:
-                await nc.close()
-
-        report = asyncio.run(run())
+        report = on_bus(
+            stack,
+            url,
+            lambda js: reconcile(
+                js,
+                stack.registry,
+                since_ms=since,
+                batch=args.batch,
+                dry_run=args.dry_run,
+                actor=operator_name(),
+            ),
+        )
     finally:
         stack.registry.close()
     if args.json:

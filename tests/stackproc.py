@@ -37,6 +37,15 @@ def interrupt(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[str, st
     return out or "", err or ""
 
 
+def publish_args(title: str, body: str, *, rel_to: str = "SICA") -> list[str]:
+    """``istmo publish`` options for a RESTRICTED, TLP:AMBER drug-trafficking bulletin
+    (the README's example), releasable to ``rel_to``."""
+    return [
+        "--topic", "drug-trafficking", "--classification", "RESTRICTED", "--tlp", "AMBER",
+        "--rel-to", rel_to, "--title", title, "--body", body,
+    ]  # fmt: skip
+
+
 def run_cli(*args: str, data_dir: Path, timeout: float = 60, input_: str | None = None):
     """Run `istmo ARGS --data-dir DATA_DIR` and return the CompletedProcess."""
     argv = [ISTMO, *args]

@@ -42,7 +42,7 @@ import pytest
 
 from schemas.subjects import DELIVER_STREAM
 from tests.cluster.conftest import DEPLOY, DeployCluster, deploy_cluster, free_port_run, run
-from tests.stackproc import ISTMO, UpProcess
+from tests.stackproc import ISTMO, UpProcess, publish_args
 
 pytestmark = pytest.mark.slow
 
@@ -221,18 +221,7 @@ def test_an_agency_publishes_and_another_receives_over_tls(tls_region: TlsRegion
         "publish",
         "--nats-url",
         node2,
-        "--topic",
-        "drug-trafficking",
-        "--classification",
-        "RESTRICTED",
-        "--tlp",
-        "AMBER",
-        "--rel-to",
-        "SICA",
-        "--title",
-        BULLETIN_TITLE,
-        "--body",
-        BULLETIN_BODY,
+        *publish_args(BULLETIN_TITLE, BULLETIN_BODY),
         "--json",
         agency="gt-police",
         trust=tls_region.ca,
@@ -365,18 +354,7 @@ def test_publishing_without_the_region_ca_fails_before_anything_is_sent(
         "publish",
         "--nats-url",
         tls_region.cluster.urls[0],
-        "--topic",
-        "drug-trafficking",
-        "--classification",
-        "RESTRICTED",
-        "--tlp",
-        "AMBER",
-        "--rel-to",
-        "SICA",
-        "--title",
-        "never sent",
-        "--body",
-        "never sent",
+        *publish_args("never sent", "never sent"),
         agency="gt-police",
         trust=None,
         timeout=30,

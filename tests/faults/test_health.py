@@ -22,7 +22,7 @@ from tests.faults.harness import (
     istmo,
     operator_connect,
 )
-from tests.stackproc import UpProcess, free_port
+from tests.stackproc import UpProcess, free_port, publish_args
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +56,8 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def publish(target: Target, *extra: str) -> str:
     done = istmo(
-        target, "publish", "--as", "gt-police", "--topic", "drug-trafficking",
-        "--classification", "RESTRICTED", "--tlp", "AMBER", "--rel-to", "SICA",
-        "--title", "health", "--body", "boats seen", *extra,
-    )  # fmt: skip
+        target, "publish", "--as", "gt-police", *publish_args("health", "boats seen"), *extra
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[0]
 
