@@ -211,7 +211,7 @@ def _node_checks(name: str, base: str) -> list[Check]:
     except (OSError, ValueError) as exc:  # URLError is an OSError
         return [Check(name, "alarm", f"nats-server monitoring at {base} does not answer: {exc}")]
     config = jsz.get("config") or {}
-    used = int(jsz.get("storage", 0)) + int(jsz.get("reserved_storage", 0) or 0)
+    used = int(jsz.get("storage", 0) or 0)  # not reserved_storage: room promised, not used
     limit = int(config.get("max_storage", 0) or 0)
     checks = [usage_check(name, used, limit, f"JetStream store at {base}")]
     store_dir = config.get("store_dir")
