@@ -30,6 +30,8 @@ REGISTRY_TABLES = (
     "agency",
     "assertion_jti",
     "bulletin",
+    "console_link",
+    "console_session",
     "decision",
     "encryption_key",
     "enrolment_token",

@@ -169,6 +169,34 @@ class RejectionRow(SQLModel, table=True):
     time: int = Field(sa_type=BIGINT)
 
 
+class ConsoleSessionRow(SQLModel, table=True):
+    """A signed-in console user (broker.console.sessions): kept in the database so that
+    every API replica knows it and a restart signs nobody out. Only the SHA-256 of the
+    session id is stored; times are epoch milliseconds."""
+
+    __tablename__ = "console_session"
+    sid_hash: str = Field(primary_key=True, max_length=64)
+    who: str = Field(index=True, max_length=64)
+    kind: str = Field(max_length=16)
+    scopes: str = Field(max_length=200)  # space-separated
+    csrf: str = Field(max_length=64)
+    via: str = Field(max_length=16)
+    created: int = Field(sa_type=BIGINT)
+    expires: int = Field(index=True, sa_type=BIGINT)
+    last_seen: int = Field(sa_type=BIGINT)
+
+
+class ConsoleLinkRow(SQLModel, table=True):
+    """A one-time console sign-in link, by the SHA-256 of its code; spent on use."""
+
+    __tablename__ = "console_link"
+    code_hash: str = Field(primary_key=True, max_length=64)
+    who: str = Field(max_length=64)
+    kind: str = Field(max_length=16)
+    scopes: str = Field(max_length=200)
+    expires: int = Field(index=True, sa_type=BIGINT)
+
+
 class AuditRow(SQLModel, table=True):
     __tablename__ = "audit_event"
     seq: int | None = Field(default=None, primary_key=True, sa_type=BIGINT)

@@ -73,13 +73,15 @@ class ConsoleState:
 
     api: ApiState
     dev_login: bool
-    sessions: SessionStore = field(default_factory=SessionStore)
-    links: LinkStore = field(default_factory=LinkStore)
+    sessions: SessionStore = field(init=False)  # in the registry's database
+    links: LinkStore = field(init=False)
     # What the last full verification found (integrity page); None before the first run.
     last_verification: dict[str, Any] | None = None
     env: Environment = field(init=False)
 
     def __post_init__(self) -> None:
+        self.sessions = SessionStore(self.api.registry)
+        self.links = LinkStore(self.api.registry)
         self.env = Environment(
             loader=FileSystemLoader(str(TEMPLATES)),
             autoescape=select_autoescape(default=True, default_for_string=True),

@@ -124,12 +124,12 @@ def test_postgresql_is_upgraded_on_purpose_and_says_how() -> None:
         assert istmo("db", "current", env=env).returncode == 1
         up = istmo("db", "upgrade", env=env)
         assert up.returncode == 0, up.stderr
-        assert "upgraded from revision none to 0001" in up.stdout
+        assert f"upgraded from revision none to {db.HEAD_REVISION}" in up.stdout
         again = istmo("db", "upgrade", env=env)
-        assert "already at revision 0001" in again.stdout
+        assert f"already at revision {db.HEAD_REVISION}" in again.stdout
         current = istmo("db", "current", env=env)
         assert current.returncode == 0
-        assert "revision 0001" in current.stdout
+        assert f"revision {db.HEAD_REVISION}" in current.stdout
         Registry(url).close()
 
 
@@ -148,8 +148,52 @@ def test_two_upgrades_at_once_take_turns(engine: str, tmp_path: Path) -> None:
             t.start()
         for t in threads:
             t.join(60)
-        assert set(results) == {(None, "0001"), ("0001", "0001")}  # one made it, one found it
+        head = db.HEAD_REVISION
+        assert set(results) == {(None, head), (head, head)}  # one made it, one found it
         Registry(url, auto_upgrade=False).close()
+
+
+def test_a_region_at_0001_upgrades_to_console_sessions_in_place(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """A database the previous release made (revision 0001, no console tables) is
+    upgraded with its rows kept: on SQLite when the registry opens it, on PostgreSQL by
+    `istmo db upgrade`."""
+    url = storage.url(tmp_path)
+    if storage.pg_url:
+        with pg_database(migrated=False) as fresh:
+            assert db.upgrade(fresh, "0001") == (None, "0001")
+            _upgrade_keeps_rows(fresh)
+    else:
+        tmp_path.mkdir(exist_ok=True)
+        assert db.upgrade(url, "0001") == (None, "0001")
+        _upgrade_keeps_rows(url)
+
+
+def _upgrade_keeps_rows(url: str) -> None:
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO agency (id, name, sector, status, clearance, communities) "
+                    "VALUES ('gt-police', 'Guatemala: Police', 'police', 'active', 2, '')"
+                )
+            )
+            assert "console_session" not in conn.dialect.get_table_names(conn)
+    finally:
+        engine.dispose()
+    assert db.upgrade(url) == ("0001", db.HEAD_REVISION)
+    reg = Registry(url, auto_upgrade=False)
+    try:
+        agency = reg.agency("gt-police")
+        assert agency is not None
+        assert agency.name == "Guatemala: Police"
+        with reg.session() as s:
+            tables = set(s.connection().dialect.get_table_names(s.connection()))
+        assert {"console_session", "console_link"} <= tables
+    finally:
+        reg.close()
 
 
 def test_a_database_from_a_newer_istmo_is_refused(storage: Storage, tmp_path: Path) -> None:
