@@ -21,7 +21,9 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -82,6 +84,16 @@ def read_stack_file(data_dir: Path) -> dict[str, object] | None:
         return None
 
 
+def _origin_of(data: bytes) -> str | None:
+    """The ``origin`` of a directory-change announcement (None for a bare ``{}``)."""
+    try:
+        loaded = json.loads(data[:512])
+    except ValueError:
+        return None
+    origin = loaded.get("origin") if isinstance(loaded, dict) else None
+    return origin if isinstance(origin, str) else None
+
+
 async def close_quietly(nc: NATS, timeout: float = 5.0) -> None:
     """Flush what was published, then close. (The relay's loops have ended by now, so a
     drain would only wait on idle pull subscriptions.)"""
@@ -131,6 +143,8 @@ class Stack:
         self._lock: IO[str] | None = None
         self._directory_lock = asyncio.Lock()  # one directory change at a time
         self._consumers: set[str] = set()  # agencies whose durable consumer exists
+        # Names this process in the directory-change announcements it publishes.
+        self._origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
     # ------------------------------------------------------------------ files
     def prepare(self, *, demo: bool = True) -> None:
@@ -547,21 +561,26 @@ class Stack:
     ) -> Callable[[Msg], Awaitable[None]]:
         """On a directory change (a control message): apply it, logging a failure."""
 
-        async def on_change(_msg: Msg) -> None:
+        async def on_change(msg: Msg) -> None:
+            if _origin_of(msg.data) == self._origin:
+                return  # our own announcement of a change applied already
             try:
-                await self.apply_directory_change(server, nc)
+                # Not announced again: two API replicas would echo each other for ever.
+                await self.apply_directory_change(server, nc, announce=False)
             except IstmoError as exc:
                 log.error("could not apply the directory change to NATS: %s", exc)
 
         return on_change
 
     async def apply_directory_change(
-        self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS
+        self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS, *, announce: bool = True
     ) -> None:
         """Refresh the directory, create the durable consumer of every agency enrolled
         since (before it can connect), then reload nats-server (every node of a cluster)
         with the active agencies' users. The HTTP API awaits this before answering an
-        enrolment or a status change.
+        enrolment or a status change. With ``announce`` (a change made here) every other
+        process is then told on ``istmo.control.directory``; a change applied because
+        another process announced it is not announced again.
 
         Raises:
             IstmoError: JetStream or nats-server refused (the directory is refreshed).
@@ -601,6 +620,13 @@ class Stack:
                 )
             else:
                 log.info("nats-server reloaded for directory %s", directory.version)
+            if announce:
+                # Every other process (relays, other API replicas) rebuilds its directory
+                # too: an agency enrolled or suspended over this API's HTTP must be known
+                # to the relay that decides its bulletins, wherever it runs.
+                await nc.publish(
+                    CONTROL_DIRECTORY_SUBJECT, json.dumps({"origin": self._origin}).encode()
+                )
 
     async def connect_relay(self, url: str | list[str], *, reconnects: int = -1) -> NATS:
         """Connect as the broker's own NATS user to ``url`` (or any of a cluster's URLs),

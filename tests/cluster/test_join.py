@@ -10,10 +10,14 @@ for the operators to install, and nats-server accepts a config that includes it.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from pathlib import Path
 
+from nats.aio.msg import Msg
+
 from broker.config import Settings
+from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.natscluster import ExternalNats, NatsCluster
 from broker.natsconf import render_accounts
 from broker.stack import Stack
@@ -80,7 +84,23 @@ async def test_a_stack_joins_a_cluster_its_operators_run(tmp_path: Path, nats_bi
         try:
             info = await nc.jetstream(timeout=5).stream_info(INGEST_STREAM)
             assert info.config.num_replicas == 3
+            heard: list[dict[str, str]] = []
+
+            async def listen(msg: Msg) -> None:
+                heard.append(json.loads(msg.data))
+
+            await nc.subscribe(CONTROL_DIRECTORY_SUBJECT, cb=listen)
+            await nc.flush()
+            # A change made here is announced once, so that separate relays and other API
+            # replicas rebuild their directories...
             await stack.apply_directory_change(stack.nats, nc)
+            await asyncio.sleep(1.0)
+            assert [h.get("origin") for h in heard] == [stack._origin]
+            # ...and one another replica announced is applied here, not announced again
+            # (two replicas would otherwise echo each other for ever).
+            await nc.publish(CONTROL_DIRECTORY_SUBJECT, b'{"origin": "api-2:1234:ab"}')
+            await asyncio.sleep(3.0)
+            assert [h.get("origin") for h in heard] == [stack._origin, "api-2:1234:ab"]
         finally:
             await nc.close()
     finally:
