@@ -586,47 +586,55 @@ class Stack:
             IstmoError: JetStream or nats-server refused (the directory is refreshed).
         """
         async with self._directory_lock:
-            registry, directory = self._opened()
-            t0 = time.perf_counter()
-            await directory.refresh_async()
-            t1 = time.perf_counter()
-            js = nc.jetstream(timeout=10)
-            for user in registry.nats_users():
-                if user.agency not in self._consumers:
-                    await ensure_agency_consumer(js, user.agency)
-                    self._consumers.add(user.agency)
-            t2 = time.perf_counter()
-            layout = await asyncio.to_thread(self.nats_layout)
-            t3 = time.perf_counter()
-            if isinstance(server, NatsServer):
-                await asyncio.to_thread(server.reload, layout)
-            else:
-                await asyncio.to_thread(server.reload_agencies, layout.agencies)
-            log.info(
-                "directory change applied in %.2f s: refresh %.2f, consumers %.2f, "
-                "accounts %.2f, nats reload %.2f",
-                time.perf_counter() - t0,
-                t1 - t0,
-                t2 - t1,
-                t3 - t2,
-                time.perf_counter() - t3,
+            try:
+                await self._apply_locally(server, nc)
+            finally:
+                if announce:
+                    # Every other process (relays, other API replicas) rebuilds its
+                    # directory too, even if this node's reload failed: an agency
+                    # enrolled or suspended over this API's HTTP must be known to the
+                    # relay that decides its bulletins, wherever it runs.
+                    await nc.publish(
+                        CONTROL_DIRECTORY_SUBJECT, json.dumps({"origin": self._origin}).encode()
+                    )
+
+    async def _apply_locally(
+        self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS
+    ) -> None:
+        """``apply_directory_change`` in this process: directory, consumers, nats-server."""
+        registry, directory = self._opened()
+        t0 = time.perf_counter()
+        await directory.refresh_async()
+        t1 = time.perf_counter()
+        js = nc.jetstream(timeout=10)
+        for user in registry.nats_users():
+            if user.agency not in self._consumers:
+                await ensure_agency_consumer(js, user.agency)
+                self._consumers.add(user.agency)
+        t2 = time.perf_counter()
+        layout = await asyncio.to_thread(self.nats_layout)
+        t3 = time.perf_counter()
+        if isinstance(server, NatsServer):
+            await asyncio.to_thread(server.reload, layout)
+        else:
+            await asyncio.to_thread(server.reload_agencies, layout.agencies)
+        log.info(
+            "directory change applied in %.2f s: refresh %.2f, consumers %.2f, "
+            "accounts %.2f, nats reload %.2f",
+            time.perf_counter() - t0,
+            t1 - t0,
+            t2 - t1,
+            t3 - t2,
+            time.perf_counter() - t3,
+        )
+        if isinstance(server, ExternalNats):
+            log.warning(
+                "directory %s: new NATS accounts in %s; install them on every node and reload it",
+                directory.version,
+                server.accounts_path,
             )
-            if isinstance(server, ExternalNats):
-                log.warning(
-                    "directory %s: new NATS accounts in %s; install them on every node "
-                    "and reload it",
-                    directory.version,
-                    server.accounts_path,
-                )
-            else:
-                log.info("nats-server reloaded for directory %s", directory.version)
-            if announce:
-                # Every other process (relays, other API replicas) rebuilds its directory
-                # too: an agency enrolled or suspended over this API's HTTP must be known
-                # to the relay that decides its bulletins, wherever it runs.
-                await nc.publish(
-                    CONTROL_DIRECTORY_SUBJECT, json.dumps({"origin": self._origin}).encode()
-                )
+        else:
+            log.info("nats-server reloaded for directory %s", directory.version)
 
     async def connect_relay(self, url: str | list[str], *, reconnects: int = -1) -> NATS:
         """Connect as the broker's own NATS user to ``url`` (or any of a cluster's URLs),
