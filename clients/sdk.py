@@ -61,6 +61,7 @@ __all__ = [
     "Preview",
     "PublishRejected",
     "PublishResult",
+    "PublishUnacknowledged",
     "ReceiptReport",
     "ReceivedBulletin",
 ]
@@ -97,6 +98,21 @@ class PublishRejected(IstmoError):
     """The relay refused a bulletin; ``code`` is its reason."""
 
     default_code = "rejected"
+
+
+class PublishUnacknowledged(BusUnavailable):
+    """NATS never acknowledged the bulletin: it may or may not be stored. Publishing it
+    again makes a new bulletin (a new id); ask ``status(bulletin_id)`` first."""
+
+    default_code = "unacknowledged"
+
+    def __init__(self, bulletin_id: str, why: str) -> None:
+        super().__init__(
+            f"NATS did not acknowledge bulletin {bulletin_id} ({why}): it may or may not "
+            "be stored; check its status before publishing it again, which would make a "
+            "new bulletin"
+        )
+        self.bulletin_id = bulletin_id
 
 
 @dataclass(frozen=True)
@@ -419,9 +435,8 @@ class IstmoClient:
                 if exc.err_code == _DUPLICATE_IN_PROCESS:
                     # It may yet be stored: never "nothing was stored". Ask again.
                     if attempt == attempts - 1:
-                        raise BusUnavailable(
-                            "NATS did not acknowledge the bulletin (an earlier attempt is "
-                            "still being stored, and may yet be)"
+                        raise PublishUnacknowledged(
+                            str(env.header.bulletin_id), "an earlier attempt is still being stored"
                         ) from exc
                     await asyncio.sleep(0.5 * (attempt + 1))
                     continue
@@ -435,7 +450,7 @@ class IstmoClient:
                 ) from exc
             except _NOT_STORED as exc:
                 if attempt == attempts - 1:
-                    raise BusUnavailable("NATS did not acknowledge the bulletin") from exc
+                    raise PublishUnacknowledged(str(env.header.bulletin_id), "no answer") from exc
                 await asyncio.sleep(0.5 * (attempt + 1))  # same Nats-Msg-Id: a retry is harmless
 
     async def status(self, bulletin_id: str) -> dict[str, Any]:

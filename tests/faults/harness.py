@@ -298,7 +298,8 @@ class Publisher:
             try:
                 await self.client._publish_envelope(env, attempts=1)
             except (IstmoError, nats.errors.Error, TimeoutError, OSError) as exc:
-                self.errors[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
+                said = str(exc).replace(str(env.header.bulletin_id), "<id>")
+                self.errors[f"{type(exc).__name__}: {said[:120]}"] += 1
                 await asyncio.sleep(min(0.2 * (attempt + 1), 1.0))
                 continue
             self.acked.add(hid)
