@@ -145,7 +145,6 @@ class _View:
     """Everything one rebuild computes, swapped in together."""
 
     generation: int
-    bundle: PolicyBundle
     jurisdictions: list[JurisdictionInfo]
     infos: list[AgencyInfo]
     states: set[str]
@@ -224,7 +223,6 @@ class DirectoryService:
         ).hexdigest()[:32]
         return _View(
             generation=generation,
-            bundle=bundle,
             jurisdictions=jurisdictions,
             infos=infos,
             states={j.code for j in jurisdictions},
@@ -236,8 +234,9 @@ class DirectoryService:
         )
 
     def _install(self, view: _View) -> None:
-        if view.generation <= self._installed or view.bundle is not self.bundle:
-            return  # a newer rebuild (or another policy set) is in force already
+        if view.generation <= self._installed:
+            # A newer rebuild is in force already (a policy switch rebuilds too, later).
+            return
         self._installed = view.generation
         self._jurisdictions, self._infos = view.jurisdictions, view.infos
         self.states = view.states

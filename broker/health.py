@@ -44,6 +44,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from broker.streams import MAX_AGENCIES
 from schemas.errors import BusUnavailable, ConfigError
 from schemas.subjects import (
     DELIVER_STREAM,
@@ -81,7 +82,6 @@ BACKLOG_WARN_S, BACKLOG_ALARM_S = 60.0, 600.0
 # Seconds the oldest audit event may wait for the sequencer (the log's MMD is 60 s).
 AUDIT_WARN_S, AUDIT_ALARM_S = 10.0, 60.0
 
-MAX_AGENCY_CHECKS = 20_000  # broker.streams.MAX_AGENCIES: every agency a region can hold
 _PARALLEL = 32  # JetStream API requests in flight at once
 _MONITOR_TIMEOUT_S = 3.0
 _MONITOR_MAX_BYTES = 1024 * 1024
@@ -305,7 +305,7 @@ async def retention_checks(
     info = await js.stream_info(DELIVER_STREAM)
     max_age_s = float(info.config.max_age or 0)
     found: list[tuple[int, Check]] = []
-    names = list(agencies)[:MAX_AGENCY_CHECKS]
+    names = list(agencies)[:MAX_AGENCIES]  # every agency a region can hold
     for start in range(0, len(names), _PARALLEL):
         part = names[start : start + _PARALLEL]
         results = await asyncio.gather(*(_retention_one(js, a, max_age_s, now) for a in part))
