@@ -77,7 +77,7 @@ def environment(quick: bool) -> dict[str, Any]:
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
-    from broker.natsserver import find_nats_server
+    from broker.bus.server import find_nats_server
 
     nats_bin = str(find_nats_server(None))
     return {

@@ -37,10 +37,10 @@ from pathlib import Path
 
 from bench import timing
 from bench.stats import pct
-from broker import merkle
-from broker.audit_log import AuditLog
-from broker.registry import Registry
-from broker.sequencer import DEFAULT_ORIGIN, Sequencer, SequencerLimits
+from broker.audit import merkle
+from broker.audit.log import AuditLog
+from broker.audit.sequencer import DEFAULT_ORIGIN, Sequencer, SequencerLimits
+from broker.store.registry import Registry
 from schemas.audit import AuditEvent
 from schemas.keys import SigningKey
 

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from schemas.subjects import INGEST_STREAM, RELAY_INGEST_DURABLE, deliver_subject
 
 BATCH = 64  # broker.config.Settings.relay_batch
-# JetStream publishes awaiting their acks at once, as broker.relay.IN_FLIGHT: without a
+# JetStream publishes awaiting their acks at once, as broker.relay.worker.IN_FLIGHT: without a
 # cap a batch of 64 bulletins to 60 agencies made nats-server answer 429 (too many
 # requests) and the forwarder never drained it.
 IN_FLIGHT = 256

@@ -40,8 +40,8 @@ from bench.policy_cost import decision_figures, open_directory
 from bench.relay_rate import backlog_rate
 from bench.synthetic_directory import write_policy_dir
 from bench.timing import phase
-from broker.agency_api import AgencyQueries, ResolveRequest
-from broker.directory import DirectoryService
+from broker.directory.service import DirectoryService
+from broker.relay.agency_api import AgencyQueries, ResolveRequest
 from clients.enroll import enroll
 from clients.sdk import IstmoClient
 from schemas.keys import EncryptionPublicKey

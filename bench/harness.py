@@ -34,7 +34,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from bench.timing import phase
-from broker.natsserver import free_port
+from broker.bus.server import free_port
 from clients.sdk import IstmoClient
 from schemas.envelope import Content, Envelope
 from schemas.keys import EncryptionPublicKey

@@ -40,7 +40,7 @@ from bench.context import Context
 from bench.harness import BODY, Proc, empty_queue, peak_rss_mib, stop_receiver
 from bench.stats import latency_summary
 from bench.timing import phase
-from broker.natsserver import free_port
+from broker.bus.server import free_port
 from clients.sdk import ReceivedBulletin
 from schemas.labels import Classification, Labels, Tlp
 

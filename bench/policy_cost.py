@@ -18,11 +18,11 @@ from pathlib import Path
 
 from bench.context import Context
 from bench.harness import WIDE_LABELS
-from broker.agency_api import AgencyQueries, ResolveRequest
 from broker.config import Settings
-from broker.directory import DirectoryService
-from broker.policy import BulletinFacts
-from broker.stack import Stack
+from broker.directory.service import DirectoryService
+from broker.policy.engine import BulletinFacts
+from broker.relay.agency_api import AgencyQueries, ResolveRequest
+from broker.runtime.stack import Stack
 
 NAME = "policy"
 TITLE = "5. Policy decisions"
@@ -71,7 +71,7 @@ def decision_figures(d: DirectoryService, *, originator: str, reps: int) -> dict
     req = ResolveRequest(labels=WIDE_LABELS)
     _, resolved = q.permitted(originator, req, now)
     # The engine memoizes decisions for bulletins whose facts differ only in id within
-    # the same second (broker/policy.py): a distinct ``now`` per call makes every call
+    # the same second (broker/policy/engine.py): a distinct ``now`` per call makes every call
     # a real Cedar evaluation; the same ``now`` measures the memo hit a relay batch gets.
     tick = itertools.count(1)
 

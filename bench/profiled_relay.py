@@ -24,7 +24,7 @@ def main() -> int:
 
     from pyinstrument import Profiler
 
-    import broker.stack  # noqa: F401 -- what `istmo relay` imports first, not profiled
+    import broker.runtime.stack  # noqa: F401 -- what `istmo relay` imports first, not profiled
     from clients.cli import main as istmo
 
     profiler = Profiler(interval=args.interval)

@@ -86,7 +86,7 @@ __all__ = [
 ]
 
 ALARM_EXIT = 3
-DEFAULT_ORIGIN = "istmo.local/audit"  # the log's name in its tree heads (broker.sequencer)
+DEFAULT_ORIGIN = "istmo.local/audit"  # the log's name in its tree heads (broker.audit.sequencer)
 DEFAULT_SAMPLE = 32  # inclusion proofs, and consistency proofs from earlier heads
 PAGE = 1000  # entries and heads per request: the API's cap
 MAX_LEAF_BYTES = 64 * 1024

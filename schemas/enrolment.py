@@ -10,7 +10,7 @@ The token is ``istmo-enrol.<id>.<secret>``: 96 bits of id (stored as is, named i
 events) and 256 random bits of secret (the broker stores only a SHA-256 of it).
 
 This module only describes, signs and checks these values; the broker's redemption
-(``broker.enrolment``) and the client (``clients.enroll``) do the rest.
+(``broker.directory.enrolment``) and the client (``clients.enroll``) do the rest.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ signed tree head), never from the proof. ``TreeBuilder`` recomputes the root of 
 its leaf hashes, keeping only the right border of the tree (one hash per level).
 
 Pure (hashlib and ``schemas.errors`` only), so the client package can verify a log over
-HTTP without the broker installed. ``broker.merkle`` re-exports these names and adds the
+HTTP without the broker installed. ``broker.audit.merkle`` re-exports these names and adds the
 store side: appending, stored subtree hashes and proof generation.
 """
 

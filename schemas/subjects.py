@@ -109,7 +109,7 @@ def agency_of_subject(subject: str, kind: str) -> AgencyId:
 
 
 # What an agency publishes on istmo.<kind>.<agency> reaches JetStream only through the
-# broker's gate (broker.gate), which stores it on istmo.gated.<kind>.<agency> with headers
+# broker's gate (broker.bus.gate), which stores it on istmo.gated.<kind>.<agency> with headers
 # of its own: nats-server acts on headers an agency could send (Nats-Expected-*, Nats-Rollup,
 # Nats-TTL, ...) and account permissions cannot filter them.
 GATED_KINDS = ("ingest", "receipt")

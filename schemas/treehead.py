@@ -9,7 +9,7 @@ A tree head means nothing until ``verify_tree_head`` has checked it against the 
 key and origin: there is no "unsigned but the root matches" path (B-48). Between verified
 heads, ``same_size_fork`` spots a split view (B-49) and ``check_monotonic`` a rollback (B-50).
 Whether a larger head *extends* a smaller one takes a consistency proof: that is
-``broker.merkle.verify_consistency``, and remembering heads, alarms and gossip are the
+``broker.audit.merkle.verify_consistency``, and remembering heads, alarms and gossip are the
 monitor's (shell) job.
 """
 

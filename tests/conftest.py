@@ -1,8 +1,8 @@
 """Shared fixtures: a real nats-server per test, laid out exactly as Istmo runs it.
 
 ``nats_stack`` starts nats-server on free ports in the test's tmp dir with the config of
-``broker.natsconf`` (account ISTMO for the relay and JetStream, one account per agency),
-creates the streams and consumers of ``broker.streams``, and stops the server at teardown.
+``broker.bus.natsconf`` (account ISTMO for the relay and JetStream, one account per agency),
+creates the streams and consumers of ``broker.bus.streams``, and stops the server at teardown.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from broker.gate import Gate
-from broker.natsconf import AgencyUser, NatsLayout
-from broker.natsserver import NatsServer, find_nats_server, free_port
-from broker.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
+from broker.bus.gate import Gate
+from broker.bus.natsconf import AgencyUser, NatsLayout
+from broker.bus.server import NatsServer, find_nats_server, free_port
+from broker.bus.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
 from schemas.natskeys import new_user_seed, user_public_key
 from schemas.subjects import inbox_prefix
 from tests.storage_engines import storage, storage_module  # noqa: F401  # SQLite and PostgreSQL
@@ -106,7 +106,7 @@ class NatsStack:
     ) -> None:
         """As the relay: Istmo's streams (``replicas`` copies), the relay's consumers and
         one delivery consumer per agency in ``agencies``; and the gate that stores what
-        agencies publish, as every broker process runs it (``broker.gate``)."""
+        agencies publish, as every broker process runs it (``broker.bus.gate``)."""
         relay = await self.connect_relay()
         js = relay.jetstream(timeout=timeout)
         await ensure_streams(js, replicas=replicas)

@@ -3,7 +3,7 @@
 ``storage`` is parametrised: ``[sqlite]`` uses the data directory's file, as ``istmo up``
 does; ``[postgresql]`` (marked ``postgres``) gets a database of its own on the machine's
 server, ``istmo_t_<random>`` at 127.0.0.1:5432 (user postgres), migrated to the head with
-``broker.db.upgrade`` and dropped after the test. Where that server is not reachable, the
+``broker.store.db.upgrade`` and dropped after the test. Where that server is not reachable, the
 PostgreSQL half skips and says so in the summary (``-ra``).
 """
 
@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 
 from broker.config import Settings
-from broker.db import upgrade
+from broker.store.db import upgrade
 
 __all__ = [
     "PG_ADMIN_URL",

@@ -1,5 +1,5 @@
 """The web console: server-rendered pages for auditors and administrators under ``/console``,
-served by the API's own FastAPI app (``mount_console``, called by ``broker.api.create_app``).
+served by the API's own FastAPI app (``mount_console``, called by ``broker.api.app.create_app``).
 
 Layout:
 
@@ -71,7 +71,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 
-from broker.api_context import ApiState
+from broker.api.context import ApiState
 from broker.console.sessions import Session
 from broker.console.web import (
     PREFIX,

@@ -12,11 +12,11 @@ without the ``admin`` scope gets a refusal page and an ``auth.refused`` audit en
 ``request.rejected`` entry, and changes nothing.
 
 An enrolment token appears in one response only (``Cache-Control: no-store``); it is never
-logged, stored (only its digest is, by ``broker.enrolment``) or put in an address.
+logged, stored (only its digest is, by ``broker.directory.enrolment``) or put in an address.
 
 Left to others: sessions, CSRF, layout and sign-in (``broker.console.web``,
-``broker.console.auth``); the rules of each change (``broker.lifecycle``,
-``broker.enrolment``, ``broker.policy_store``).
+``broker.console.auth``); the rules of each change (``broker.directory.lifecycle``,
+``broker.directory.enrolment``, ``broker.directory.policy_sets``).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import RedirectResponse, Response
 
-from broker.api_admin import write_candidate
-from broker.api_context import ApiProblem
-from broker.api_enrol import apply_directory_change
+from broker.api.admin import write_candidate
+from broker.api.context import ApiProblem
+from broker.api.enrol import apply_directory_change
 from broker.console import admin_strings  # noqa: F401  # adds our strings to the catalog
 from broker.console.admin_data import (
     ACTIONS,
@@ -65,8 +65,8 @@ from broker.console.web import (
     page,
     render,
 )
-from broker.enrolment import DEFAULT_TOKEN_TTL_S
-from broker.policy import PolicyLoadError
+from broker.directory.enrolment import DEFAULT_TOKEN_TTL_S
+from broker.policy.engine import PolicyLoadError
 from schemas.directory import SECTORS
 from schemas.errors import AuditStoreError, ConfigError
 from schemas.ids import AGENCY_ID_PATTERN

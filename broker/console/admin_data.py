@@ -5,11 +5,12 @@ and sector, with their status and keys (kid, algorithm, a SHA-256 fingerprint of
 public key, registration and revocation dates).
 
 Write side: every change goes through the same functions as ``istmo admin`` and the HTTP
-API (``broker.lifecycle.set_agency_status``, ``broker.enrolment.issue_token``), so each
-is audited with the administrator as actor and has the same effect.
+API (``broker.directory.lifecycle.set_agency_status``,
+``broker.directory.enrolment.issue_token``), so each is audited with the administrator
+as actor and has the same effect.
 
 Left to others: HTTP, sessions, CSRF and rendering (``broker.console.admin``); telling the
-running stack (``broker.api_enrol.apply_directory_change``); the policy side
+running stack (``broker.api.enrol.apply_directory_change``); the policy side
 (``broker.console.admin_policy_data``).
 """
 
@@ -25,10 +26,10 @@ from typing import Literal
 
 from sqlmodel import select
 
-from broker.directory import DirectoryService
-from broker.enrolment import DEFAULT_TOKEN_TTL_S, issue_token
-from broker.lifecycle import Status, revoke_signing_key, set_agency_status
-from broker.registry import (
+from broker.directory.enrolment import DEFAULT_TOKEN_TTL_S, issue_token
+from broker.directory.lifecycle import Status, revoke_signing_key, set_agency_status
+from broker.directory.service import DirectoryService
+from broker.store.registry import (
     AgencyRow,
     EncryptionKeyRow,
     NatsUserRow,

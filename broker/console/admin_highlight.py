@@ -7,7 +7,7 @@ escaped; the colours live in the console's stylesheet (no inline styles, no scri
 Whatever it does not recognise is passed through escaped, so a highlighter bug can make
 a page dull but never unsafe or different in content.
 
-Left to others: parsing and validating policies (``broker.policy``).
+Left to others: parsing and validating policies (``broker.policy.engine``).
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ A candidate policy set travels between the console's steps as one text: each fil
 a line ``// ---- <file>`` (the form in which the set in force is shown). Files it leaves
 out are taken from the set in force, unless the administrator asks to replace the whole
 set. It is loaded, checked and simulated by the same code as ``POST /v1/policy/validate``
-and ``/v1/policy/simulate`` (``broker.api_admin``, ``broker.policy_store``); adopting it
+and ``/v1/policy/simulate`` (``broker.api.admin``, ``broker.directory.policy_sets``); adopting it
 is the stack's ``adopt_policy``, as over HTTP.
 
 Left to others: HTTP and rendering (``broker.console.admin``), adoption itself
-(``broker.policy_store.adopt`` behind the stack).
+(``broker.directory.policy_sets.adopt`` behind the stack).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.api_admin import MAX_POLICY_FILE_CHARS, load_candidate
-from broker.api_context import ApiProblem
+from broker.api.admin import MAX_POLICY_FILE_CHARS, load_candidate
+from broker.api.context import ApiProblem
 from broker.config import default_policy_dir
-from broker.directory import DirectoryService
-from broker.policy import PolicyBundle, simulate
-from broker.policy_store import simulation_cases
-from broker.registry import Registry
+from broker.directory.policy_sets import simulation_cases
+from broker.directory.service import DirectoryService
+from broker.policy.engine import PolicyBundle, simulate
+from broker.store.registry import Registry
 
 __all__ = [
     "MAX_CANDIDATE_CHARS",

@@ -7,7 +7,7 @@ Every page that shows log content first records an ``audit.queried`` event (subj
 access without an audit event. Reads go through ``broker.console.queries`` and
 ``broker.console.figures``.
 
-Left to others: the log itself (``broker.audit_log``), the charts (``broker.console.charts``).
+Left to others: the log itself (``broker.audit.log``), the charts (``broker.console.charts``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import RedirectResponse, Response
 
-from broker.api_context import ApiProblem
-from broker.audit_log import queried_event
+from broker.api.context import ApiProblem
+from broker.audit.log import queried_event
 from broker.console import figures, queries
 from broker.console.sessions import Session
 from broker.console.web import (

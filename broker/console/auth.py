@@ -23,8 +23,8 @@ from fastapi import APIRouter, Query, Request, Security
 from sqlmodel import select
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from broker.admins import AdminRow
-from broker.api_context import ApiProblem, caller
+from broker.api.context import ApiProblem, caller
+from broker.api.oauth import ADMIN_SCOPES, AUDITOR_SCOPES, Caller
 from broker.console.i18n import LANG_COOKIE, LANGS
 from broker.console.sessions import LINK_LIFETIME_S, MAX_SECRET_CHARS, Session, new_secret
 from broker.console.web import (
@@ -42,7 +42,7 @@ from broker.console.web import (
     session_of,
     set_cookie,
 )
-from broker.oauth import ADMIN_SCOPES, AUDITOR_SCOPES, Caller
+from broker.directory.admins import AdminRow
 
 __all__ = ["CONSOLE_SCOPES", "auth_router"]
 

@@ -4,7 +4,7 @@ figures over a time window, and the path of one bulletin.
 Reads only. Bounded: charts over at most ``MAX_CHART_ROWS`` events, a flow over at most
 ``MAX_FLOW_EVENTS``.
 
-Left to others: drawing (``broker.console.charts``), the log (``broker.audit_log``).
+Left to others: drawing (``broker.console.charts``), the log (``broker.audit.log``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, text
 
-from broker.registry import Registry
+from broker.store.registry import Registry
 
 __all__ = ["MAX_CHART_ROWS", "bulletin_flow", "chart_stats"]
 

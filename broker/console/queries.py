@@ -5,7 +5,7 @@ a full verification and a consistency check.
 Reads only (the console records its own ``audit.queried`` events). Bounded: pages of at
 most ``MAX_PAGE`` rows.
 
-Left to others: the log and its proofs (``broker.audit_log``, ``broker.merkle``); chart
+Left to others: the log and its proofs (``broker.audit.log``, ``broker.audit.merkle``); chart
 figures and the flow of one bulletin (``broker.console.figures``).
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.audit_log import LogEntry, event_clauses, same_event, shared_log
-from broker.directory import DirectoryService
-from broker.merkle import verify_consistency
-from broker.registry import Registry
-from broker.sequencer import DEFAULT_ORIGIN, log_verify_key
+from broker.audit.log import LogEntry, event_clauses, same_event, shared_log
+from broker.audit.merkle import verify_consistency
+from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key
+from broker.directory.service import DirectoryService
+from broker.store.registry import Registry
 from schemas.audit import AuditEvent
 from schemas.canonical import b64e
 from schemas.errors import ConfigError, EnvelopeError, SignatureError

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import delete, func
 from sqlmodel import col, select
 
-from broker.registry import ConsoleLinkRow, ConsoleSessionRow, Registry
+from broker.store.registry import ConsoleLinkRow, ConsoleSessionRow, Registry
 
 __all__ = [
     "LINK_LIFETIME_S",

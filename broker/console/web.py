@@ -30,10 +30,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.admins import AdminRow
-from broker.api_context import ApiState
+from broker.api.context import ApiState
 from broker.console.i18n import LANG_COOKIE, LANGS, negotiate, translator
 from broker.console.sessions import LinkStore, Session, SessionStore, csrf_ok
+from broker.directory.admins import AdminRow
 from schemas.audit import AuditEvent, EventType
 from schemas.errors import AuditStoreError
 

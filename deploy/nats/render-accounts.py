@@ -18,10 +18,10 @@ import argparse
 import os
 from pathlib import Path
 
+from broker.bus.natsconf import render_accounts
 from broker.config import Settings
-from broker.files import write_private
-from broker.natsconf import render_accounts
-from broker.stack import Stack
+from broker.runtime.stack import Stack
+from broker.store.files import write_private
 
 
 def main() -> None:

@@ -24,15 +24,15 @@ from fastapi import FastAPI
 from sqlalchemy import func
 from sqlmodel import select
 
-from broker.admins import create_demo_admin
-from broker.api import create_app
+from broker.api.app import create_app
+from broker.api.guard import ApiLimits
+from broker.api.oauth import TokenAuthority, load_token_key
 from broker.config import Settings
-from broker.directory import DirectoryService
-from broker.http_guard import ApiLimits
-from broker.oauth import TokenAuthority, load_token_key
-from broker.policy import PolicyBundle
-from broker.registry import AgencyRow, AuditRow, Registry
-from broker.stack import Stack
+from broker.directory.admins import create_demo_admin
+from broker.directory.service import DirectoryService
+from broker.policy.engine import PolicyBundle
+from broker.runtime.stack import Stack
+from broker.store.registry import AgencyRow, AuditRow, Registry
 from clients.keystore import load_keystore
 from clients.oauth import token_form
 from schemas.keystore import KeystoreFile
@@ -116,11 +116,11 @@ AppFactory = Callable[..., FastAPI]
 @pytest.fixture
 def make_app(broker: Broker) -> AppFactory:
     def make(*, registry: Registry | None = None, limits: ApiLimits | None = None, **kw: Any):
-        reg = registry or broker.registry
-        directory = broker.directory
+        reg = registry or broker.store.registry
+        directory = broker.directory.service
         if registry is not None:  # a restart: everything re-opened from the data directory
             bundle = PolicyBundle.load(broker.settings.policy_dir)
-            directory = DirectoryService(reg, bundle, broker.stack.directory_key)
+            directory = DirectoryService(reg, bundle, broker.runtime.stack.directory_key)
         return create_app(
             reg, directory, lambda: True, auth=broker.authority(reg, **kw), limits=limits
         )

@@ -19,10 +19,10 @@ import pytest
 import pytest_asyncio
 import schemathesis
 
-from broker.audit_log import AuditLog
-from broker.http_guard import ApiLimits
-from broker.oauth import AGENCY_SCOPES, AUDITOR_SCOPES, Client
-from broker.sequencer import SequencerLimits, log_verify_key, open_sequencer
+from broker.api.guard import ApiLimits
+from broker.api.oauth import AGENCY_SCOPES, AUDITOR_SCOPES, Client
+from broker.audit.log import AuditLog
+from broker.audit.sequencer import SequencerLimits, log_verify_key, open_sequencer
 from schemas.audit import AuditEvent
 from schemas.canonical import b64d, canonical_json
 from schemas.errors import AuditStoreError
@@ -79,7 +79,7 @@ def events(n: int) -> list[AuditEvent]:
 
 @pytest.fixture(scope="module")
 def log(broker: Broker) -> AuditLog:
-    broker.registry.record([], events(EVENTS))
+    broker.store.registry.record([], events(EVENTS))
     drain(broker)
     audit_log = AuditLog(broker.settings.db_url)
     yield audit_log
@@ -392,7 +392,7 @@ async def test_no_answer_leaves_without_its_audit_event(
     def refuse(*_args: Any, **_kw: Any) -> None:
         raise AuditStoreError("the store refused an audit write: OperationalError")
 
-    monkeypatch.setattr(broker.registry, "record", refuse)
+    monkeypatch.setattr(broker.store.registry, "record", refuse)
     for path, query in ENDPOINTS:
         r = await client.get(path, params=query, headers=auditor)
         body = assert_problem(r, 503, "audit_store")

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.oauth import ADMIN_SCOPES, AGENCY_SCOPES, Client
-from broker.registry import BulletinRow, DecisionRow, ReceiptRow, RejectionRow
+from broker.api.oauth import ADMIN_SCOPES, AGENCY_SCOPES, Client
+from broker.store.registry import BulletinRow, DecisionRow, ReceiptRow, RejectionRow
 from schemas.canonical import canonical_json
 from tests.api.conftest import (
     EXPLAIN_BODY,
@@ -62,7 +62,7 @@ def gt_bulletin(broker: Broker) -> str:
     bid = str(uuid.uuid4())
     now = int(time.time())
     labels = canonical_json(EXPLAIN_BODY["labels"]).decode()
-    broker.registry.record(
+    broker.store.registry.record(
         [
             BulletinRow(
                 id=bid,
@@ -73,8 +73,8 @@ def gt_bulletin(broker: Broker) -> str:
                 created_at=now,
                 accepted_at=now,
                 recipients="hn-police,sv-police",
-                policy_version=broker.directory.bundle.version,
-                directory_version=broker.directory.version,
+                policy_version=broker.directory.service.bundle.version,
+                directory_version=broker.directory.service.version,
             ),
             DecisionRow(
                 bulletin_id=bid, agency=HN, allowed=True, policy_ids="grant.x", reasons="[]"
@@ -279,7 +279,7 @@ async def test_a_rejected_bulletin_of_another_agency_is_also_404(
     client: httpx.AsyncClient, broker: Broker
 ) -> None:
     bid = str(uuid.uuid4())
-    broker.registry.record(
+    broker.store.registry.record(
         [
             RejectionRow(
                 ingest_seq=10**9,

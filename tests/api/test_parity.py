@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from broker.api import create_app
-from broker.oauth import TokenAuthority, load_token_key
-from broker.stack import Stack
+from broker.api.app import create_app
+from broker.api.oauth import TokenAuthority, load_token_key
+from broker.runtime.stack import Stack
 from clients.oauth import IstmoHttp
 from schemas.canonical import canonical_json
 from schemas.directory import open_excerpt

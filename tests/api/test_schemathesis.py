@@ -24,10 +24,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from broker.api.guard import ApiLimits
+from broker.api.oauth import ADMIN_SCOPES, AGENCY_SCOPES, Client
 from broker.config import Settings
-from broker.http_guard import ApiLimits
-from broker.oauth import ADMIN_SCOPES, AGENCY_SCOPES, Client
-from broker.policy_store import adopt
+from broker.directory.policy_sets import adopt
 from tests.api.conftest import Broker
 
 CHECKS = [
@@ -41,7 +41,7 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def api_schema(broker: Broker) -> Any:
-    from broker.api import create_app
+    from broker.api.app import create_app
 
     # Generous rate limits: the run is hundreds of calls a second from one caller.
     limits = ApiLimits(
@@ -54,7 +54,11 @@ def api_schema(broker: Broker) -> Any:
         expensive_burst=10**6,
     )
     app = create_app(
-        broker.registry, broker.directory, lambda: True, auth=broker.authority(), limits=limits
+        broker.store.registry,
+        broker.directory.service,
+        lambda: True,
+        auth=broker.authority(),
+        limits=limits,
     )
     archive = Settings(data_dir=Path(tempfile.mkdtemp(prefix="istmo-adopt-")))
 
@@ -64,10 +68,10 @@ def api_schema(broker: Broker) -> Any:
         done = adopt(
             root,
             settings=archive,
-            registry=broker.registry,
-            active=broker.directory.bundle,
+            registry=broker.store.registry,
+            active=broker.directory.service.bundle,
             adopted_by=who,
-            check=broker.directory.engine_for,
+            check=broker.directory.service.engine_for,
         )
         return done.previous or "", done.version
 

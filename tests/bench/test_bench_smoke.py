@@ -12,8 +12,8 @@ import pytest
 from bench.report import evaluate_targets, hand_sections, render, write_report
 from bench.stats import latency_summary, pct
 from bench.synthetic_directory import synthetic_directory, write_policy_dir
-from broker.directory import load_demo_directory
-from broker.policy import PolicyBundle
+from broker.directory.service import load_demo_directory
+from broker.policy.engine import PolicyBundle
 
 
 @pytest.fixture(autouse=True)
@@ -212,7 +212,7 @@ def test_growth_seeds_the_rows_a_python_loop_would(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from bench.growth import seed_sql
-    from broker.registry import Registry
+    from broker.store.registry import Registry
 
     db = tmp_path / "istmo.db"
     Registry(f"sqlite:///{db}").close()

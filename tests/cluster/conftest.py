@@ -33,10 +33,10 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
+from broker.bus.cluster import ClusterPorts, NatsCluster
+from broker.bus.natsconf import AgencyUser
 from broker.config import Settings
-from broker.natscluster import ClusterPorts, NatsCluster
-from broker.natsconf import AgencyUser
-from broker.stack import Stack
+from broker.runtime.stack import Stack
 from schemas.natskeys import new_user_seed, user_public_key
 from tests.conftest import NatsStack
 from tests.stackproc import UpProcess

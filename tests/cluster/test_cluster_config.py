@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from broker.natscluster import ClusterPorts, check_cluster_ports
-from broker.natsconf import AgencyUser, ClusterLayout, NatsLayout, render_accounts, render_config
+from broker.bus.cluster import ClusterPorts, check_cluster_ports
+from broker.bus.natsconf import (
+    AgencyUser,
+    ClusterLayout,
+    NatsLayout,
+    render_accounts,
+    render_config,
+)
 from schemas.errors import ConfigError
 from schemas.natskeys import new_user_seed, user_public_key
 from tests.cluster.conftest import free_port_run

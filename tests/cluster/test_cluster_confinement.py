@@ -19,7 +19,7 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from broker.streams import ensure_agency_consumer
+from broker.bus.streams import ensure_agency_consumer
 from schemas.subjects import (
     DELIVER_STREAM,
     INGEST_STREAM,

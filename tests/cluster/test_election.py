@@ -1,4 +1,4 @@
-"""``broker.election`` against a real NATS KV bucket: one holder at a time, a stale holder
+"""``broker.bus.election`` against a real NATS KV bucket: one holder at a time, a stale holder
 cannot renew, the lease lapses on the holder's own clock, a clean release hands over at once."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from broker.election import Election, ElectionTiming
+from broker.bus.election import Election, ElectionTiming
 from schemas.errors import ConfigError
 
 StackFactory = Callable[[list[str]], Awaitable[Any]]

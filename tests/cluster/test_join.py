@@ -16,11 +16,11 @@ from pathlib import Path
 
 from nats.aio.msg import Msg
 
+from broker.bus.cluster import ExternalNats, NatsCluster
+from broker.bus.natsconf import render_accounts
 from broker.config import Settings
-from broker.lifecycle import CONTROL_DIRECTORY_SUBJECT
-from broker.natscluster import ExternalNats, NatsCluster
-from broker.natsconf import render_accounts
-from broker.stack import Stack
+from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
+from broker.runtime.stack import Stack
 from clients.sdk import IstmoClient, ReceivedBulletin
 from schemas.labels import Classification, Labels, Tlp
 from schemas.subjects import INGEST_STREAM

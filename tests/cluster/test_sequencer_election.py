@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit_log import AuditLog
-from broker.registry import Registry
-from broker.sequencer import DEFAULT_ORIGIN, log_verify_key
-from broker.stack import Stack
+from broker.audit.log import AuditLog
+from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key
+from broker.runtime.stack import Stack
+from broker.store.registry import Registry
 from schemas.audit import AuditEvent
 from tests.cluster.conftest import running_cluster_stack
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker import merkle
+from broker.audit import merkle
 from schemas.canonical import canonical_json
 from tests.stackproc import UpProcess, run_cli
 

@@ -30,9 +30,9 @@ from broker.console.admin_policy_data import (
     read_policy_dir,
     simulate_candidate,
 )
-from broker.enrolment import NewAgency, create_agency
-from broker.registry import AuditRow, BulletinRow, Registry
-from broker.stack import Stack
+from broker.directory.enrolment import NewAgency, create_agency
+from broker.runtime.stack import Stack
+from broker.store.registry import AuditRow, BulletinRow, Registry
 from schemas.errors import ConfigError
 from schemas.labels import Labels
 from tests.console.conftest import NO_MILITARY
@@ -141,7 +141,7 @@ def test_an_enrolment_token_is_returned_once_and_never_stored(stack: Stack) -> N
 def test_the_active_set_round_trips_as_text() -> None:
     root = default_policy_dir()
     files = read_policy_dir(root)
-    from broker.policy import PolicyBundle
+    from broker.policy.engine import PolicyBundle
 
     bundle = PolicyBundle.load(root)
     assert {k: v for k, v in files.items() if k != "schema.cedarschema"} == bundle_files(bundle)

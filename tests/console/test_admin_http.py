@@ -23,15 +23,15 @@ from sqlmodel import select
 
 from broker.config import default_policy_dir
 from broker.console.admin_policy_data import MAX_CANDIDATE_CHARS, bundle_text, read_policy_dir
-from broker.enrolment import EnrolmentTokenRow, NewAgency, create_agency
-from broker.registry import BulletinRow
+from broker.directory.enrolment import EnrolmentTokenRow, NewAgency, create_agency
+from broker.store.registry import BulletinRow
 from schemas.labels import Labels
 from tests.api.conftest import Broker
 from tests.console.conftest import NO_MILITARY, csrf_of, events_of
 
 
 def status_of(broker: Broker, agency: str) -> str:
-    row = broker.registry.agency(agency)
+    row = broker.store.registry.agency(agency)
     assert row is not None
     return row.status
 
@@ -251,7 +251,7 @@ def store_bulletin(broker: Broker, rel_to: str = "SICA") -> str:
             }
         )
     )
-    broker.registry.add_all(
+    broker.store.registry.add_all(
         [
             BulletinRow(
                 id=bid,

@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from broker.console.i18n import _CATALOGS, negotiate, translator
 from broker.console.sessions import LinkStore, SessionStore, csrf_ok
-from broker.registry import ConsoleSessionRow, Registry
+from broker.store.registry import ConsoleSessionRow, Registry
 from tests.storage_engines import Storage
 
 AUDIT = frozenset({"audit:read"})

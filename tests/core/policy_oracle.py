@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from broker.policy import AgencyInfo, BulletinFacts, JurisdictionInfo
+from broker.policy.engine import AgencyInfo, BulletinFacts, JurisdictionInfo
 
 _LEVEL = {"UNCLASSIFIED": 0, "RESTRICTED": 1, "CONFIDENTIAL": 2, "SECRET": 3}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.health import (
+from broker.runtime.health import (
     AUDIT_ALARM_S,
     BACKLOG_ALARM_S,
     BACKLOG_WARN_S,

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.merkle import (
+from broker.audit.merkle import (
     EMPTY_ROOT,
     MemoryHashStore,
     ProofError,

@@ -1,5 +1,5 @@
 """``schemas.merkle_verify``: the verifiers the client uses without the broker, and
-``TreeBuilder``, checked against the store-based tree of ``broker.merkle``."""
+``TreeBuilder``, checked against the store-based tree of ``broker.audit.merkle``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from broker import merkle
+from broker.audit import merkle
 from schemas import merkle_verify
 from schemas.merkle_verify import EMPTY_ROOT, TreeBuilder, leaf_hash
 

@@ -17,7 +17,7 @@ from typing import Any
 import cedarpy
 import pytest
 
-from broker.policy import (
+from broker.policy.engine import (
     AgencyInfo,
     BulletinFacts,
     Change,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.directory import load_demo_directory
-from broker.policy import (
+from broker.directory.service import load_demo_directory
+from broker.policy.engine import (
     AgencyInfo,
     BulletinFacts,
     DirectorySnapshot,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker.policy import (
+from broker.policy.engine import (
     AgencyInfo,
     BulletinFacts,
     DirectorySnapshot,

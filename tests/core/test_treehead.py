@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from broker.merkle import (
+from broker.audit.merkle import (
     EMPTY_ROOT,
     MemoryHashStore,
     consistency_proof,

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from broker import merkle
+from broker.audit import merkle
+from broker.audit.sequencer import SequencerLimits, open_sequencer
 from broker.config import Settings
-from broker.registry import Registry
-from broker.sequencer import SequencerLimits, open_sequencer
+from broker.store.registry import Registry
 from schemas.audit import AuditEvent
 from schemas.canonical import b64d, b64e, canonical_json
 from schemas.keys import SigningKey, VerifyKey

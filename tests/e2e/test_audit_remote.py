@@ -30,14 +30,14 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from broker import merkle
-from broker.api import create_app
-from broker.audit_log import AuditLog
+from broker.api.app import create_app
+from broker.api.guard import ApiLimits
+from broker.api.oauth import TokenAuthority, load_token_key
+from broker.audit import merkle
+from broker.audit.log import AuditLog
+from broker.audit.sequencer import SequencerLimits, open_sequencer
 from broker.config import Settings
-from broker.http_guard import ApiLimits
-from broker.oauth import TokenAuthority, load_token_key
-from broker.sequencer import SequencerLimits, open_sequencer
-from broker.stack import Stack
+from broker.runtime.stack import Stack
 from clients.audit_verify import (
     ALARM_EXIT,
     AuditApi,

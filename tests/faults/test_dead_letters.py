@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.dead_letters import DEAD_STREAM, INGEST_MAX_ATTEMPTS
-from broker.streams import ensure_agency_consumer
+from broker.bus.streams import ensure_agency_consumer
+from broker.relay.dead_letters import DEAD_STREAM, INGEST_MAX_ATTEMPTS
 from clients.sdk import ReceivedBulletin
 from schemas.subjects import INGEST_STREAM, RELAY_INGEST_DURABLE
 from tests.faults.harness import (

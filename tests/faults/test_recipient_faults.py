@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.streams import ensure_agency_consumer
+from broker.bus.streams import ensure_agency_consumer
 from tests.faults.harness import (
     BZ_RECIPIENTS,
     Publisher,

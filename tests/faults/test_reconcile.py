@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.reconcile import ARCHIVE_STREAM
+from broker.relay.reconcile import ARCHIVE_STREAM
 from schemas.subjects import DELIVER_STREAM
 from tests.faults.harness import (
     BZ_RECIPIENTS,

@@ -7,9 +7,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from broker.bus.server import free_port
 from broker.config import Settings
-from broker.natsserver import free_port
-from broker.stack import Stack
+from broker.runtime.stack import Stack
 from clients.sdk import IstmoClient
 
 

@@ -25,10 +25,9 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from broker import merkle
-from broker.audit_log import AuditLog, Integrated, LogCorrupt, entry_bytes
-from broker.registry import Registry
-from broker.sequencer import (
+from broker.audit import merkle
+from broker.audit.log import AuditLog, Integrated, LogCorrupt, entry_bytes
+from broker.audit.sequencer import (
     DEFAULT_ORIGIN,
     LOG_KEY_FILE,
     LOG_PUB_FILE,
@@ -37,6 +36,7 @@ from broker.sequencer import (
     open_sequencer,
     run_in_stack,
 )
+from broker.store.registry import Registry
 from schemas.audit import AuditEvent
 from schemas.canonical import b64e, canonical_json
 from schemas.errors import ConfigError

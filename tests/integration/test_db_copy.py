@@ -28,20 +28,20 @@ import psycopg
 import pytest
 from sqlalchemy import MetaData, create_engine, select, text
 
-from broker.audit_log import AuditLog
+from broker.audit.log import AuditLog
+from broker.audit.sequencer import DEFAULT_ORIGIN, open_sequencer
+from broker.cli.db import SEQUENCES, grant_statements
 from broker.config import Settings
-from broker.db_cli import SEQUENCES, grant_statements
-from broker.db_copy import (
+from broker.directory.policy_sets import adopt
+from broker.policy.engine import PolicyBundle
+from broker.runtime.db_copy import (
     TABLES,
     CopyReport,
     copy_sqlite_region,
     log_key_for,
     region_database,
 )
-from broker.policy import PolicyBundle
-from broker.policy_store import adopt
-from broker.registry import Registry
-from broker.sequencer import DEFAULT_ORIGIN, open_sequencer
+from broker.store.registry import Registry
 from clients.sdk import ReceivedBulletin
 from schemas.audit import AuditEvent
 from schemas.errors import AuditStoreError, ConfigError

@@ -1,4 +1,4 @@
-"""The gate between agencies and JetStream (``broker.gate``), against a real nats-server.
+"""The gate between agencies and JetStream (``broker.bus.gate``), against a real nats-server.
 
 An agency's publish on its ingest or receipt subject is stored by the gate with only the
 gate's own ``Nats-Msg-Id``: every header nats-server would act on is dropped, the dedupe id
@@ -16,8 +16,8 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from broker.gate import Gate
-from broker.streams import ensure_streams
+from broker.bus.gate import Gate
+from broker.bus.streams import ensure_streams
 from schemas.subjects import (
     INGEST_STREAM,
     RECEIPT_STREAM,

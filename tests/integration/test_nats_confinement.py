@@ -1,7 +1,7 @@
 """Agency confinement by nats-server itself (S-01, S-02, S-26, S-27), against a real server.
 
 Every agency connects with its own nkey into its own account, exactly as deployed
-(``broker.natsconf``); the relay checks the effect on the streams from account ISTMO.
+(``broker.bus.natsconf``); the relay checks the effect on the streams from account ISTMO.
 Subjects an attacker *tries* are spelled out by hand on purpose: they are the attack.
 """
 
@@ -23,8 +23,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
-from broker.natsserver import NatsServer, check_port_free, find_nats_server, free_port
-from broker.streams import (
+from broker.bus.server import NatsServer, check_port_free, find_nats_server, free_port
+from broker.bus.streams import (
     MAX_AGENCIES,
     ensure_agency_consumer,
     ensure_relay_consumers,
@@ -350,7 +350,7 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
         f"{inbox_prefix(JM)}.victim",
         f"{inbox_prefix(GT)}.probe",
     ]
-    # Before the gate (broker.gate), a failing Nats-Expected-Last-Msg-Id made JetStream
+    # Before the gate (broker.bus.gate), a failing Nats-Expected-Last-Msg-Id made JetStream
     # answer with an error quoting the last stored Nats-Msg-Id: gt's text, on any reply
     # subject. The gate drops the header: the message is stored and answered with a PubAck.
     for i, reply in enumerate(targets):

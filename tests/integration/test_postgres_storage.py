@@ -33,21 +33,26 @@ from sqlalchemy import BigInteger, Integer, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
-import broker.admins
-import broker.audit_log
-import broker.enrolment
-import broker.oauth
-from broker import db
-from broker.audit_log import AuditLog
-from broker.db_cli import AUDIT_TABLES, REGISTRY_TABLES, grant_statements
-from broker.registry import SCHEMA_VERSION, Registry
-from broker.sequencer import DEFAULT_ORIGIN
+import broker.api.oauth
+import broker.audit.log
+import broker.directory.admins
+import broker.directory.enrolment
+from broker.audit.log import AuditLog
+from broker.audit.sequencer import DEFAULT_ORIGIN
+from broker.cli.db import AUDIT_TABLES, REGISTRY_TABLES, grant_statements
+from broker.store import db
+from broker.store.registry import SCHEMA_VERSION, Registry
 from schemas.audit import AuditEvent
 from schemas.errors import ConfigError, IstmoError
 from schemas.keys import SigningKey
 from tests.storage_engines import PG_ADMIN_URL, Storage, pg_database
 
-_MODELS = (broker.admins, broker.audit_log, broker.enrolment, broker.oauth)  # their tables
+_MODELS = (
+    broker.directory.admins,
+    broker.audit.log,
+    broker.directory.enrolment,
+    broker.api.oauth,
+)  # their tables
 
 KEY = SigningKey(bytes(range(32)))
 ISTMO = str(Path(sys.executable).parent / "istmo")

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from sqlmodel import func, select
 
-from broker.registry import AuditRow, BulletinRow
-from broker.stack import Stack
+from broker.runtime.stack import Stack
+from broker.store.registry import AuditRow, BulletinRow
 from clients.sdk import ReceivedBulletin
 from schemas.envelope import Content
 from schemas.labels import Classification, Labels, Tlp

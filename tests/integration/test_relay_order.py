@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from broker.relay import Relay
+from broker.relay.worker import Relay
 from clients.sdk import ReceivedBulletin
 from schemas.envelope import Content
 from schemas.labels import Classification, Labels, Precedence, Tlp

@@ -12,8 +12,8 @@ import pytest
 import pytest_asyncio
 from sqlmodel import select
 
-from broker.registry import AuditRow, SigningKeyRow
-from broker.stack import Stack
+from broker.runtime.stack import Stack
+from broker.store.registry import AuditRow, SigningKeyRow
 from clients.sdk import IstmoClient, PublishRejected, ReceivedBulletin
 from schemas.canonical import b64d, b64e, canonical_json
 from schemas.envelope import Content, Envelope

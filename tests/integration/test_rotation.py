@@ -9,7 +9,7 @@ import time
 import pytest
 import pytest_asyncio
 
-from broker.stack import Stack
+from broker.runtime.stack import Stack
 from clients.sdk import PublishRejected, ReceivedBulletin
 from schemas.canonical import b64e, canonical_json
 from schemas.directory import EncryptionKeyRecord

@@ -10,7 +10,7 @@ import json
 import pytest
 import pytest_asyncio
 
-from broker.stack import Stack
+from broker.runtime.stack import Stack
 from clients.sdk import PublishRejected
 from schemas.canonical import canonical_json
 from schemas.errors import IstmoError

@@ -13,9 +13,9 @@ import pytest
 
 from bench.harness import WIDE_LABELS
 from bench.synthetic_directory import write_policy_dir
-from broker.agency_api import AgencyApi, ResolveRequest
 from broker.config import Settings
-from broker.stack import Stack
+from broker.relay.agency_api import AgencyApi, ResolveRequest
+from broker.runtime.stack import Stack
 from schemas.envelope import MAX_RECIPIENTS
 from schemas.subjects import api_subject
 

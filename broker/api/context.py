@@ -1,0 +1,258 @@
+"""What every HTTP endpoint shares: the app's state, the caller dependency (a bearer
+token with the scopes an operation needs), problems as exceptions, and the helpers that
+document bodies we parse ourselves.
+
+Left to others: the endpoints (``broker.api.app``, ``broker.api.admin``), the outer guard
+(``broker.api.guard``), tokens themselves (``broker.api.oauth``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Security
+from fastapi.security import OAuth2, SecurityScopes
+from pydantic import BaseModel
+
+from broker.api.guard import ApiLimits, Metrics, Problem, RateLimiter
+from broker.api.oauth import TOKEN_PATH, Caller, TokenAuthority
+from broker.directory.service import DirectoryService
+from broker.relay.agency_api import AgencyQueries
+from broker.store.registry import Registry
+from schemas.audit import AuditEvent, EventType
+from schemas.directory import SignedExcerpt
+from schemas.envelope import parse_model
+from schemas.errors import AuditStoreError
+
+__all__ = [
+    "AUTHED",
+    "ApiProblem",
+    "ApiState",
+    "caller",
+    "json_body",
+    "parse_json",
+    "problem_responses",
+    "raw_body",
+    "require",
+    "state_of",
+]
+
+log = logging.getLogger("istmo.api")
+
+SCOPE_HELP = {
+    "bulletins:publish": "resolve recipients and explain decisions before publishing",
+    "bulletins:read": "status and receipts of the caller's own bulletins",
+    "audit:read": "read the audit log (auditors)",
+    "admin": "policy and directory administration",
+}
+_BEARER = "bearer "
+
+
+class ApiProblem(Exception):
+    """A refusal the HTTP shell answers with a problem (audited if 401 or 403, or if
+    ``audit`` says so)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        client: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        audit_as: EventType = "auth.refused",
+        audit: bool | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.client = client
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+        self.audit_as = audit_as
+        # Audited: every 401 and 403, and whatever else the raiser asks for.
+        self.audit = status in (401, 403) if audit is None else audit
+
+
+@dataclass
+class ApiState:
+    """Everything the endpoints share: services, limits, rate limiters, metrics."""
+
+    registry: Registry
+    directory: DirectoryService
+    queries: AgencyQueries
+    auth: TokenAuthority | None
+    limits: ApiLimits
+    metrics: Metrics
+    bus_ok: Callable[[], bool]
+    # Set by the process that serves the API (broker.runtime.stack): the NATS URL an enrolling
+    # agency is told, and how to apply a directory change to the running stack (refresh
+    # the directory, reload nats-server, create durable consumers).
+    nats_url: str | None = None
+    directory_changed: Callable[[], Awaitable[None]] | None = None
+    # Adopt the policy set in a directory, as the given administrator; set by the stack.
+    adopt_policy: Callable[[Path, str], Awaitable[tuple[str, str]]] | None = None
+
+    def __post_init__(self) -> None:
+        lim = self.limits
+        self.token_limiter = RateLimiter(lim.token_rate_per_min / 60, lim.token_burst)
+        self.peer_limiter = RateLimiter(lim.peer_token_rate_per_min / 60, lim.token_burst * 5)
+        self.api_limiter = RateLimiter(lim.api_rate_per_s, lim.api_burst)
+        self.expensive_limiter = RateLimiter(lim.expensive_rate_per_min / 60, lim.expensive_burst)
+
+    def authority(self) -> TokenAuthority:
+        if self.auth is None:
+            raise ApiProblem(503, "auth_not_configured", "this broker has no token key configured")
+        return self.auth
+
+    def limit(self, limiter: RateLimiter, key: str, name: str) -> None:
+        """429 with ``Retry-After`` when ``key`` is over ``limiter``'s rate."""
+        wait = limiter.take(key)
+        if wait is not None:
+            self.metrics.rate_limited.labels(name).inc()
+            raise ApiProblem(
+                429,
+                "rate_limited",
+                f"too many requests; retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+
+    def audit_refusal(self, request: Request, exc: ApiProblem) -> None:
+        """An audit event for a 401 or 403: who, what route, why (never the credential)."""
+        self.metrics.refusals.labels(str(exc.status), exc.code).inc()
+        route = getattr(request.scope.get("route"), "path", None) or "<unmatched>"
+        event = AuditEvent(
+            event_id=f"http:{uuid.uuid4()}",
+            type=exc.audit_as,
+            time=time.time_ns() // 1_000_000,
+            actor=exc.client or "unknown",
+            subject=f"{request.method} {route}"[:200],
+            reason=exc.code[:200],
+            data={
+                "status": exc.status,
+                "message": exc.detail[:200],
+                "peer": request.client.host if request.client else None,
+            },
+        )
+        try:
+            self.registry.record([], [event])
+        except AuditStoreError as err:
+            # The refusal stands whether or not it could be written down.
+            log.error("could not audit a refused request: %s", err)
+
+
+def state_of(request: Request) -> ApiState:
+    state: ApiState = request.app.state.istmo
+    return state
+
+
+oauth2_scheme = OAuth2(
+    flows={"clientCredentials": {"tokenUrl": TOKEN_PATH, "scopes": SCOPE_HELP}},
+    scheme_name="istmo_oauth2",
+    description=(
+        "Client credentials with private_key_jwt (RFC 7523): sign a client assertion with "
+        "your agency's Ed25519 key (EdDSA), POST it to /v1/token, send the access token as "
+        "`Authorization: Bearer ...`. See docs/http-api.md."
+    ),
+    auto_error=False,
+)
+
+
+def caller(
+    security_scopes: SecurityScopes,
+    request: Request,
+    authorization: Annotated[str | None, Depends(oauth2_scheme)],
+) -> Caller:
+    """The dependency behind ``require``: a valid bearer token with every scope asked."""
+    state = state_of(request)
+    authority = state.authority()
+    challenge = 'Bearer realm="istmo"'
+    # 1. A bearer token is there at all (RFC 6750 §3: no error code when none was sent).
+    if not authorization:
+        raise ApiProblem(
+            401,
+            "missing_token",
+            "an access token is needed",
+            headers={"WWW-Authenticate": challenge},
+        )
+    if authorization[: len(_BEARER)].lower() != _BEARER:
+        raise ApiProblem(
+            401,
+            "not_bearer",
+            "use the Bearer authorization scheme",
+            headers={"WWW-Authenticate": challenge},
+        )
+    # 2. Signed by us, not expired, holder still active (raises AuthError -> 401).
+    who = authority.verify(authorization[len(_BEARER) :].strip(), int(time.time()))
+    # 3. Every scope this operation needs (403 insufficient_scope).
+    missing = [s for s in security_scopes.scopes if s not in who.scopes]
+    if missing:
+        needed = " ".join(security_scopes.scopes)
+        raise ApiProblem(
+            403,
+            "insufficient_scope",
+            f"this needs the scope {needed}",
+            client=who.id,
+            headers={
+                "WWW-Authenticate": f'{challenge}, error="insufficient_scope", scope="{needed}"'
+            },
+        )
+    # 4. The caller's request rate (S-21).
+    state.limit(state.api_limiter, who.id, "api")
+    return who
+
+
+def require(scope: str) -> Any:
+    """``caller: Caller = require("admin")`` in an endpoint's signature."""
+    return Security(caller, scopes=[scope])
+
+
+async def raw_body(request: Request) -> bytes:
+    """The request body, already bounded by the guard; parsed by the endpoint."""
+    return await request.body()
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problems an operation may answer with."""
+    ref = {"$ref": "#/components/schemas/Problem"}
+    return {
+        s: {
+            "description": _STATUS_HELP.get(s, "Problem"),
+            "content": {"application/problem+json": {"schema": ref}},
+        }
+        for s in statuses
+    }
+
+
+_STATUS_HELP = {
+    400: "Bad request (OAuth errors carry `error` too)",
+    401: "No, expired or invalid credentials (audited)",
+    403: "Authenticated, but not allowed (audited)",
+    404: "No such object for this caller",
+    413: "Request body too large",
+    422: "Request not valid",
+    429: "Rate limited; see Retry-After",
+    503: "A dependency is down",
+}
+AUTHED = (401, 403, 413, 422, 429, 503)
+BODY_MODELS: list[type[BaseModel]] = [Problem, SignedExcerpt]
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON body we parse ourselves, strictly."""
+    if model not in BODY_MODELS:
+        BODY_MODELS.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def parse_json(model: type[Any], body: bytes, limits: ApiLimits) -> Any:
+    return parse_model(model, body, max_bytes=limits.max_policy_body_bytes, what="request")

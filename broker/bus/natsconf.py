@@ -1,0 +1,282 @@
+"""Render the nats-server configuration of one Istmo node (pure: text in, text out).
+
+Shape, per ``reference/NATS-PERMISSIONS.md`` §1 and §3.2:
+
+* account ``ISTMO`` holds JetStream and the relay's user, and exports to each agency only
+  the services that agency needs: its own ingest and receipt subjects, ``MSG.NEXT`` and
+  ``$JS.ACK`` of its own delivery consumer, and ``istmo.api.<agency>.>``;
+* every agency has an account of its own (``schemas.subjects.account_name``) with one nkey
+  user whose allow-lists are exactly those subjects (publish) and its inbox prefix
+  (subscribe), and which imports those services. Because JetStream answers through the
+  service import's response mapping, a reply subject chosen by the agency can only ever
+  land in the agency's own account (the reply-subject hole, S-26).
+
+Both kinds of account deny everything by default, so a user entry without permissions gets
+nothing.
+
+A node of a cluster (``NatsLayout.cluster``) adds a ``cluster`` block: its route port, the
+other nodes' routes, and a route user and password, so that no other local process can join
+the cluster as a route (a route bypasses every account permission). Every node renders the
+same accounts. Writing the file, validating it and signalling the server is left to
+``broker.bus.server`` and ``broker.bus.cluster``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.subjects import (
+    API_OPS,
+    DELIVER_STREAM,
+    RELAY_ACCOUNT,
+    account_name,
+    api_subject,
+    deliver_durable,
+    inbox_prefix,
+    ingest_subject,
+    receipt_subject,
+)
+
+__all__ = [
+    "AgencyUser",
+    "ClusterLayout",
+    "NatsLayout",
+    "agency_publish_subjects",
+    "render_accounts",
+    "render_config",
+]
+
+# A public user nkey: "U" and 55 more base32 characters.
+_USER_NKEY = re.compile(r"^U[A-Z2-7]{55}$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_ROUTE_SECRET = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_DENY_ALL = '{ publish: { deny: [">"] }, subscribe: { deny: [">"] } }'
+
+
+@dataclass(frozen=True)
+class AgencyUser:
+    """One agency's NATS identity: its id and the public half of its user nkey."""
+
+    agency: str
+    nkey_public: str  # "U..."
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """How one node joins its cluster: its route port and the other nodes' route ports."""
+
+    port: int  # this node's route (cluster) port
+    peers: tuple[int, ...]  # the route ports of the other nodes, on the same host
+    route_password: str  # shared by every node; the config file is mode 0600
+    name: str = "istmo"
+    route_user: str = "istmo-route"
+
+
+@dataclass(frozen=True)
+class NatsLayout:
+    """Everything the config of one node depends on."""
+
+    port: int
+    http_port: int
+    store_dir: Path
+    relay_nkey_public: str
+    agencies: tuple[AgencyUser, ...]
+    host: str = "127.0.0.1"
+    server_name: str = "istmo-1"
+    max_payload: int = 2 * 1024 * 1024
+    cluster: ClusterLayout | None = None
+
+
+@dataclass(frozen=True)
+class _Service:
+    subject: str
+    streamed: bool = False  # response_type: stream (many responses to one request)
+
+
+def _services(agency: str) -> tuple[_Service, ...]:
+    """The services account ISTMO exports to one agency, in a fixed order."""
+    durable = deliver_durable(agency)
+    # schemas.subjects names the operations, not the wildcard over them.
+    api_prefix = api_subject(agency, API_OPS[0]).rsplit(".", 1)[0]
+    return (
+        _Service(ingest_subject(agency)),
+        _Service(receipt_subject(agency)),
+        # A fetch is one request answered by many messages and status messages.
+        _Service(f"$JS.API.CONSUMER.MSG.NEXT.{DELIVER_STREAM}.{durable}", streamed=True),
+        # ack, nak, in_progress and term; ack_sync expects one answer.
+        _Service(f"$JS.ACK.{DELIVER_STREAM}.{durable}.>"),
+        _Service(f"{api_prefix}.>"),
+    )
+
+
+def agency_publish_subjects(agency: str) -> tuple[str, ...]:
+    """The exact publish allow-list of an agency's NATS user."""
+    return tuple(service.subject for service in _services(agency))
+
+
+def _q(value: str) -> str:
+    """A double-quoted config string; quoting also keeps '$' from meaning a variable."""
+    return json.dumps(value)
+
+
+def _q_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(_q(value) for value in values) + "]"
+
+
+def _check(layout: NatsLayout) -> None:
+    for what, port in (("port", layout.port), ("http_port", layout.http_port)):
+        if not 0 < port < 65536:
+            raise ValueError(f"{what} {port} is not a TCP port")
+    if layout.port == layout.http_port:
+        raise ValueError(f"port and http_port are both {layout.port}")
+    if layout.max_payload <= 0:
+        raise ValueError(f"max_payload {layout.max_payload} must be positive")
+    if _SERVER_NAME.fullmatch(layout.server_name) is None:
+        raise ValueError(f"invalid server_name {layout.server_name!r}")
+    keys = [layout.relay_nkey_public, *(user.nkey_public for user in layout.agencies)]
+    for key in keys:
+        if _USER_NKEY.fullmatch(key) is None:
+            raise ValueError(f"not a public user nkey: {key[:8]!r}...")
+    if len(set(keys)) != len(keys):
+        raise ValueError("the relay and every agency need a user nkey of their own")
+    agencies = [user.agency for user in layout.agencies]
+    if len(set(agencies)) != len(agencies):
+        raise ValueError("an agency is listed twice")
+    if layout.cluster is not None:
+        _check_cluster(layout, layout.cluster)
+
+
+def _check_cluster(layout: NatsLayout, cluster: ClusterLayout) -> None:
+    ports = (cluster.port, *cluster.peers)
+    for port in ports:
+        if not 0 < port < 65536:
+            raise ValueError(f"cluster port {port} is not a TCP port")
+    if len(set(ports)) != len(ports) or {layout.port, layout.http_port} & set(ports):
+        raise ValueError(f"cluster ports {ports} repeat, or repeat a client or monitoring port")
+    if not cluster.peers:
+        raise ValueError("a cluster node needs at least one peer")
+    for what, name in (("cluster name", cluster.name), ("route user", cluster.route_user)):
+        if _SERVER_NAME.fullmatch(name) is None:
+            raise ValueError(f"invalid {what} {name!r}")
+    if _ROUTE_SECRET.fullmatch(cluster.route_password) is None:
+        raise ValueError("the route password must be 16-128 characters of [A-Za-z0-9_-]")
+
+
+def _cluster_block(layout: NatsLayout, cluster: ClusterLayout) -> list[str]:
+    auth = f"{cluster.route_user}:{cluster.route_password}"
+    routes = [f"nats-route://{auth}@{layout.host}:{port}" for port in cluster.peers]
+    return [
+        "cluster {",
+        f"  name: {_q(cluster.name)}",
+        f"  listen: {_q(f'{layout.host}:{cluster.port}')}",
+        # Without it any local process could connect as a route and see every account.
+        "  authorization {",
+        f"    user: {_q(cluster.route_user)}",
+        f"    password: {_q(cluster.route_password)}",
+        "    timeout: 2",
+        "  }",
+        f"  routes: {_q_list(routes)}",
+        "}",
+        "",
+    ]
+
+
+def _relay_account(layout: NatsLayout) -> list[str]:
+    lines = [
+        f"  {RELAY_ACCOUNT} {{",
+        "    jetstream: enabled",
+        # A user entry that forgets its permissions gets nothing (§6.2).
+        f"    default_permissions: {_DENY_ALL}",
+        "    users: [",
+        f"      {{ nkey: {_q(layout.relay_nkey_public)}",
+        '        permissions: { publish: { allow: [">"] }, subscribe: { allow: [">"] } } }',
+        "    ]",
+        "    exports: [",
+    ]
+    for user in layout.agencies:
+        lines.append(f"      # {user.agency}")
+        account = account_name(user.agency)
+        for service in _services(user.agency):
+            streamed = ", response_type: stream" if service.streamed else ""
+            lines.append(
+                f"      {{ service: {_q(service.subject)}, accounts: [{account}]{streamed} }}"
+            )
+    lines += ["    ]", "  }"]
+    return lines
+
+
+def _agency_account(user: AgencyUser) -> list[str]:
+    services = _services(user.agency)
+    lines = [
+        f"  {account_name(user.agency)} {{",
+        # No JetStream here: the agency reaches ISTMO's streams only through the imports.
+        f"    default_permissions: {_DENY_ALL}",
+        "    users: [",
+        f"      {{ nkey: {_q(user.nkey_public)}",
+        "        permissions: {",
+        f"          publish: {{ allow: {_q_list(s.subject for s in services)} }}",
+        f"          subscribe: {{ allow: {_q_list([inbox_prefix(user.agency) + '.>'])} }}",
+        "        } }",
+        "    ]",
+        "    imports: [",
+    ]
+    for service in services:
+        lines.append(
+            f"      {{ service: {{ account: {RELAY_ACCOUNT}, subject: {_q(service.subject)} }} }}"
+        )
+    lines += ["    ]", "  }"]
+    return lines
+
+
+def render_config(layout: NatsLayout) -> str:
+    """Return the nats-server config text for ``layout``.
+
+    Args:
+        layout: ports, store directory, the relay's and the agencies' public nkeys.
+
+    Returns:
+        The config file's text; every string is quoted, every subject holding ``$`` too.
+
+    Raises:
+        ValueError: a port, nkey, server name or cluster setting is malformed, or a key,
+            agency or port repeats.
+        EnvelopeError: an agency id is not a valid agency id.
+    """
+    _check(layout)
+    lines = [
+        "# Rendered by broker.bus.natsconf.render_config; edits are overwritten.",
+        f"server_name: {_q(layout.server_name)}",
+        f"host: {_q(layout.host)}",
+        f"port: {layout.port}",
+        f"http: {_q(f'{layout.host}:{layout.http_port}')}",
+        f"max_payload: {layout.max_payload}",
+        "",
+        *(_cluster_block(layout, layout.cluster) if layout.cluster else []),
+        "jetstream {",
+        f"  store_dir: {_q(str(layout.store_dir))}",
+        # The default fsyncs every 2 min and loses acknowledged messages on power loss.
+        "  sync_interval: always",
+        "}",
+        "",
+        render_accounts(layout),
+    ]
+    return "\n".join(lines)
+
+
+def render_accounts(layout: NatsLayout) -> str:
+    """The ``accounts { ... }`` block alone: what a region's NATS nodes ``include`` from
+    their own hand-written config (``deploy/nats``), identical on every node.
+
+    Raises:
+        ValueError, EnvelopeError: as ``render_config``.
+    """
+    _check(layout)
+    lines = ["accounts {", *_relay_account(layout)]
+    for user in layout.agencies:
+        lines += _agency_account(user)
+    lines += ["}", ""]
+    return "\n".join(lines)

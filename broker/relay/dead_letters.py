@@ -1,0 +1,558 @@
+"""Dead letters: what the broker could not deliver or process, kept and audited, never dropped.
+
+Two ways a message dies (TEST-CATALOGUE F-20):
+
+* **Delivery.** A recipient's handler fails on a bulletin every time: its durable
+  consumer (``deliver-<agency>``, MaxDeliver 10 with BackOff, see ``broker.bus.streams``)
+  stops offering it after the 10th attempt, and nats-server publishes the
+  ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ISTMO_DELIVER.deliver-<agency>`` advisory.
+  Stream ``ISTMO_DEAD_ADVISORIES`` captures those advisories (so none is lost while no
+  relay runs); a relay takes each one, copies the undeliverable message to
+  ``istmo.dead.deliver.<agency>`` in stream ``ISTMO_DEAD`` and records
+  ``delivery.dead_lettered`` (bulletin, recipient, attempts).
+* **Ingest.** A bulletin no relay manages to process (every attempt ends in a crash or an
+  unexpected error) would be redelivered forever. When an ingest message comes back more
+  than ``INGEST_MAX_ATTEMPTS`` times (plus the hand-backs an embargo explains), the relay
+  copies it to ``istmo.dead.ingest.<agency>`` and records ``ingest.dead_lettered``, then
+  terminates it.
+
+``ISTMO_DEAD`` denies deletes and purges; a copy's ``Nats-Msg-Id`` is derived from the
+source stream sequence, so a retried copy is stored once. An operator lists dead letters
+(``istmo admin dead-letters``) and, once the agency fixed its handler, re-delivers them
+(``istmo admin redrive``): each redrive is a ``delivery.redriven`` (or
+``ingest.redriven``) event. The broker never opens a dead letter: it holds ciphertext.
+
+Left to others: reading the audit log (``broker.store.registry``), creating the main streams
+(``broker.bus.streams``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+
+from broker.bus.streams import add_or_update_stream, bus_unavailable
+from broker.config import Settings
+from broker.store.registry import Registry
+from schemas.audit import AuditEvent
+from schemas.errors import ConfigError, EnvelopeError, IstmoError
+from schemas.ids import parse_agency_id
+from schemas.sealing import parse_envelope
+from schemas.subjects import DELIVER_STREAM, INGEST_STREAM, deliver_subject, gated_subject
+
+__all__ = [
+    "ADVISORY_STREAM",
+    "DEAD_DURABLE",
+    "DEAD_STREAM",
+    "INGEST_MAX_ATTEMPTS",
+    "DeadLetter",
+    "dead_letter_ingest",
+    "ensure_dead_letters",
+    "handle_advisory",
+    "ingest_attempts_allowed",
+    "list_command",
+    "list_dead_letters",
+    "open_stack",
+    "operator_name",
+    "redrive",
+    "redrive_command",
+    "running_nats_url",
+]
+
+log = logging.getLogger("istmo.dead_letters")
+
+DEAD_STREAM = "ISTMO_DEAD"  # istmo.dead.deliver.<agency>, istmo.dead.ingest.<agency>
+ADVISORY_STREAM = "ISTMO_DEAD_ADVISORIES"
+DEAD_DURABLE = "relay-dead-letters"
+_DEAD_SUBJECTS = "istmo.dead.>"
+_ADVISORIES = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{DELIVER_STREAM}.*"
+_ADVISORY_TYPE = "io.nats.jetstream.advisory.v1.max_deliver"
+_MAX_ADVISORY_BYTES = 4096
+DEAD_MAX_AGE_S = 365 * 24 * 3600  # a year: an operator has time to redrive
+INGEST_MAX_ATTEMPTS = 10
+EMBARGO_HANDBACK_S = 3600  # the relay hands an embargoed bulletin back at most this long
+REDRIVE_MAX = 1000  # dead letters per redrive command
+
+
+def dead_subject(kind: str, agency: str) -> str:
+    if kind not in ("deliver", "ingest"):
+        raise ValueError(f"unknown dead-letter kind {kind!r}")
+    return f"istmo.dead.{kind}.{parse_agency_id(agency)}"
+
+
+T = TypeVar("T")
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def ensure_dead_letters(js: JetStreamContext) -> None:
+    """Create (or update) ``ISTMO_DEAD``, ``ISTMO_DEAD_ADVISORIES`` and the relays' shared
+    durable on the advisories, with as many replicas as the delivery stream has.
+
+    Raises:
+        BusUnavailable: JetStream does not answer.
+        ConfigError: JetStream refuses a configuration.
+    """
+    try:
+        info = await js.stream_info(DELIVER_STREAM)
+        replicas = info.config.num_replicas or 1
+        for config in (
+            StreamConfig(
+                name=DEAD_STREAM,
+                subjects=[_DEAD_SUBJECTS],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=float(DEAD_MAX_AGE_S),
+                duplicate_window=600.0,
+                deny_delete=True,
+                deny_purge=True,
+                allow_direct=False,
+                num_replicas=replicas,
+            ),
+            StreamConfig(
+                name=ADVISORY_STREAM,
+                subjects=[_ADVISORIES],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                max_age=float(DEAD_MAX_AGE_S),
+                allow_direct=False,
+                num_replicas=replicas,
+            ),
+        ):
+            await add_or_update_stream(js, config)
+        await js.add_consumer(
+            ADVISORY_STREAM,
+            ConsumerConfig(
+                name=DEAD_DURABLE,
+                durable_name=DEAD_DURABLE,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30.0,
+            ),
+        )
+    except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        raise bus_unavailable("setting up the dead-letter streams", exc) from exc
+    except APIError as exc:
+        raise ConfigError(
+            f"JetStream refused the dead-letter streams: {exc.description} "
+            f"(err_code {exc.err_code})"
+        ) from exc
+
+
+def _bulletin_of(data: bytes | None) -> str | None:
+    """The bulletin id of an envelope, or None if it does not parse."""
+    try:
+        return parse_envelope(data or b"").header.bulletin_id
+    except (IstmoError, ValueError):
+        return None
+
+
+async def handle_advisory(js: JetStreamContext, registry: Registry, raw: bytes) -> str | None:
+    """Dead-letter the delivery one max_deliver advisory names; idempotent.
+
+    Returns:
+        The recipient agency, or None if the advisory is not one of ours (ignored).
+
+    Raises:
+        nats errors, TimeoutError, AuditStoreError: transient; the caller leaves the
+            advisory unacked and it comes back.
+    """
+    if len(raw) > _MAX_ADVISORY_BYTES:
+        log.warning("ignored an oversized advisory (%d bytes)", len(raw))
+        return None
+    try:
+        adv = json.loads(raw)
+        consumer = str(adv["consumer"])
+        seq = int(adv["stream_seq"])
+        deliveries = int(adv["deliveries"])
+        if adv.get("type") != _ADVISORY_TYPE or adv.get("stream") != DELIVER_STREAM:
+            return None
+        if not consumer.startswith("deliver-") or seq <= 0:
+            return None
+        agency = parse_agency_id(consumer.removeprefix("deliver-"))
+    except (ValueError, KeyError, TypeError, EnvelopeError):
+        log.warning("ignored a malformed max_deliver advisory")
+        return None
+    event_id = f"dead:deliver:{seq}"
+    data: dict[str, Any] = {"recipient": agency, "deliveries": deliveries, "deliver_seq": seq}
+    bid: str | None = None
+    try:
+        msg = await js.get_msg(DELIVER_STREAM, seq)
+    except NotFoundError:
+        msg = None
+    if msg is None or msg.subject != deliver_subject(agency):
+        # Gone (max age) before it could be copied: record that, loudly.
+        reason = "message_gone"
+        log.error("dead letter deliver seq %d for %s is no longer in the stream", seq, agency)
+    else:
+        reason = "max_deliver"
+        bid = _bulletin_of(msg.data)
+        ack = await js.publish(
+            dead_subject("deliver", agency),
+            msg.data or b"",
+            headers={
+                "Nats-Msg-Id": event_id,
+                "Istmo-Kind": "deliver",
+                "Istmo-Agency": agency,
+                "Istmo-Bulletin": bid or "",
+                "Istmo-Source-Seq": str(seq),
+                "Istmo-Deliveries": str(deliveries),
+            },
+        )
+        data["dead_seq"] = ack.seq
+    registry.record(
+        [],
+        [
+            AuditEvent(
+                event_id=event_id,
+                type="delivery.dead_lettered",
+                time=_ms(),
+                actor="relay",
+                subject=agency,
+                bulletin_id=bid,
+                reason=reason,
+                data=data,
+            )
+        ],
+    )
+    log.warning(
+        "bulletin %s dead-lettered for %s after %d deliveries", bid or "?", agency, deliveries
+    )
+    return agency
+
+
+def ingest_attempts_allowed(data: bytes, stored_at: int) -> int:
+    """How many deliveries of an ingest message are normal: ``INGEST_MAX_ATTEMPTS``, plus
+    one hand-back per started hour of an embargo set when it was published."""
+    try:
+        env = parse_envelope(data)
+    except (IstmoError, ValueError):
+        return INGEST_MAX_ATTEMPTS
+    nb = env.header.not_before
+    if nb is None or nb <= stored_at:
+        return INGEST_MAX_ATTEMPTS
+    return INGEST_MAX_ATTEMPTS + math.ceil((nb - stored_at) / EMBARGO_HANDBACK_S) + 1
+
+
+async def dead_letter_ingest(
+    js: JetStreamContext,
+    *,
+    sender: str,
+    seq: int,
+    data: bytes,
+    deliveries: int,
+) -> tuple[int, AuditEvent]:
+    """Copy an ingest message no relay could process to ``istmo.dead.ingest.<sender>``.
+
+    Returns:
+        The copy's sequence in ``ISTMO_DEAD`` and the ``ingest.dead_lettered`` event the
+        caller commits before it terminates the message.
+    """
+    event_id = f"dead:ingest:{seq}"
+    bid = _bulletin_of(data)
+    ack = await js.publish(
+        dead_subject("ingest", sender),
+        data,
+        headers={
+            "Nats-Msg-Id": event_id,
+            "Istmo-Kind": "ingest",
+            "Istmo-Agency": sender,
+            "Istmo-Bulletin": bid or "",
+            "Istmo-Source-Seq": str(seq),
+            "Istmo-Deliveries": str(deliveries),
+        },
+    )
+    event = AuditEvent(
+        event_id=event_id,
+        type="ingest.dead_lettered",
+        time=_ms(),
+        actor="relay",
+        subject=sender,
+        bulletin_id=bid,
+        reason="max_attempts",
+        data={"ingest_seq": seq, "deliveries": deliveries, "dead_seq": ack.seq},
+    )
+    return ack.seq, event
+
+
+# --------------------------------------------------------------------------- operators
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter, as the audit log knows it."""
+
+    kind: str  # "deliver" | "ingest"
+    agency: str  # the recipient (deliver) or the publisher (ingest)
+    bulletin_id: str | None
+    dead_seq: int | None  # where the copy is in ISTMO_DEAD (None: the message was gone)
+    source_seq: int
+    deliveries: int
+    time_ms: int
+    redriven: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "agency": self.agency,
+            "bulletin_id": self.bulletin_id,
+            "dead_seq": self.dead_seq,
+            "source_seq": self.source_seq,
+            "deliveries": self.deliveries,
+            "time_ms": self.time_ms,
+            "redriven": self.redriven,
+        }
+
+
+def _events(registry: Registry, type_: str) -> list[AuditEvent]:
+    out: list[AuditEvent] = []
+    after = 0
+    while True:
+        rows = registry.audit_events(type_=type_, after_seq=after, limit=1000)
+        if not rows:
+            return out
+        out += [row.to_event() for row in rows]
+        after = int(rows[-1].seq or 0)
+
+
+def list_dead_letters(
+    registry: Registry, *, agency: str | None = None, include_redriven: bool = False
+) -> list[DeadLetter]:
+    """Dead letters from the audit log, oldest first; redriven ones only if asked."""
+    redriven = {
+        int(e.data["dead_seq"])  # type: ignore[arg-type]  # recorded as an int below
+        for t in ("delivery.redriven", "ingest.redriven")
+        for e in _events(registry, t)
+        if isinstance(e.data.get("dead_seq"), int)
+    }
+    out = []
+    for type_, kind in (("delivery.dead_lettered", "deliver"), ("ingest.dead_lettered", "ingest")):
+        for e in _events(registry, type_):
+            dead_seq = e.data.get("dead_seq")
+            source = e.data.get("deliver_seq", e.data.get("ingest_seq"))
+            deliveries = e.data.get("deliveries")
+            dl = DeadLetter(
+                kind=kind,
+                agency=e.subject,
+                bulletin_id=e.bulletin_id,
+                dead_seq=dead_seq if isinstance(dead_seq, int) else None,
+                source_seq=source if isinstance(source, int) else 0,
+                deliveries=deliveries if isinstance(deliveries, int) else 0,
+                time_ms=e.time,
+                redriven=isinstance(dead_seq, int) and dead_seq in redriven,
+            )
+            if agency is not None and dl.agency != agency:
+                continue
+            if dl.redriven and not include_redriven:
+                continue
+            out.append(dl)
+    return sorted(out, key=lambda d: d.time_ms)
+
+
+async def redrive(
+    js: JetStreamContext,
+    registry: Registry,
+    letters: list[DeadLetter],
+    *,
+    actor: str,
+) -> list[tuple[DeadLetter, str]]:
+    """Re-deliver dead letters from their copies in ``ISTMO_DEAD``; audited, idempotent.
+
+    A delivery goes back on ``istmo.deliver.<agency>`` (the recipient's SDK drops it if
+    its application already has it); an ingest message goes back on
+    ``istmo.ingest.<agency>`` for the relay to process afresh, unless the bulletin was
+    accepted meanwhile (then ``istmo reconcile`` restores any missing delivery).
+
+    Returns:
+        (dead letter, outcome) for each: ``redriven``, ``already_redriven``,
+        ``already_accepted`` or ``copy_missing``.
+
+    Raises:
+        ValueError: more than ``REDRIVE_MAX`` letters.
+        BusUnavailable: JetStream does not answer.
+        AuditStoreError: the audit store refused the event (the message went out; a
+            second run publishes it with the same id, so it is stored once).
+    """
+    if len(letters) > REDRIVE_MAX:
+        raise ValueError(f"at most {REDRIVE_MAX} dead letters per redrive")
+    done = {
+        e.data.get("dead_seq")
+        for t in ("delivery.redriven", "ingest.redriven")
+        for e in _events(registry, t)
+    }
+    out: list[tuple[DeadLetter, str]] = []
+    for dl in letters:
+        if dl.dead_seq is None:
+            out.append((dl, "copy_missing"))
+            continue
+        if dl.dead_seq in done:
+            out.append((dl, "already_redriven"))
+            continue
+        if dl.kind == "ingest" and dl.bulletin_id and registry.bulletin(dl.bulletin_id):
+            out.append((dl, "already_accepted"))
+            continue
+        try:
+            copy = await js.get_msg(DEAD_STREAM, dl.dead_seq)
+        except NotFoundError:
+            out.append((dl, "copy_missing"))
+            continue
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            raise bus_unavailable("reading a dead letter", exc) from exc
+        if dl.kind == "deliver":
+            subject = deliver_subject(dl.agency)
+            msg_id = f"{dl.bulletin_id}:{dl.agency}:redrive:{dl.dead_seq}"
+            type_ = "delivery.redriven"
+        else:
+            # Straight to the stream: the broker is its own gate.
+            subject = gated_subject("ingest", dl.agency)
+            msg_id = f"{dl.agency}/ingest/redrive:{dl.dead_seq}"
+            type_ = "ingest.redriven"
+        try:
+            ack = await js.publish(subject, copy.data or b"", headers={"Nats-Msg-Id": msg_id})
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            raise bus_unavailable("redriving a dead letter", exc) from exc
+        registry.record(
+            [],
+            [
+                AuditEvent(
+                    event_id=f"redrive:{dl.dead_seq}",
+                    type=type_,  # type: ignore[arg-type]  # one of the two literals above
+                    time=_ms(),
+                    actor=actor[:200],
+                    subject=dl.agency,
+                    bulletin_id=dl.bulletin_id,
+                    data={
+                        "dead_seq": dl.dead_seq,
+                        "stream": DELIVER_STREAM if dl.kind == "deliver" else INGEST_STREAM,
+                        "new_seq": ack.seq,
+                    },
+                )
+            ],
+        )
+        out.append((dl, "redriven"))
+    return out
+
+
+# --------------------------------------------------------------------------- commands
+def operator_name() -> str:
+    try:
+        return f"local:{getpass.getuser()}"[:200]
+    except (OSError, KeyError):  # no user name for this uid (containers)
+        return f"local:uid-{os.getuid()}"
+
+
+def open_stack(args: argparse.Namespace) -> Any:
+    from broker.runtime.stack import Stack  # the stack module pulls in the whole server
+
+    settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
+    stack = Stack(settings, out=lambda _line: None)
+    stack.prepare(demo=False)
+    return stack
+
+
+def running_nats_url(stack: Any, given: str | None) -> str:
+    """``--nats-url``, or the URL of the stack running for the data directory."""
+    from broker.runtime.stack import read_stack_file
+
+    url = given or (read_stack_file(stack.settings.data_dir) or {}).get("nats_url")
+    if not isinstance(url, str):
+        raise ConfigError(
+            f"no stack running for {stack.settings.data_dir}; start `istmo up` or pass --nats-url"
+        )
+    return url
+
+
+def on_bus(
+    stack: Any,
+    url: str | list[str],
+    work: Callable[[JetStreamContext], Awaitable[T]],
+    *,
+    reconnects: int = -1,
+) -> T:
+    """Run ``work`` with a JetStream context on the broker's own connection to ``url``,
+    closed afterwards: the shape of every operator command that acts on NATS."""
+
+    async def run() -> T:
+        nc = await stack.connect_relay(url, reconnects=reconnects)
+        try:
+            return await work(nc.jetstream(timeout=10))
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def list_command(args: argparse.Namespace) -> int:
+    """``istmo admin dead-letters``: what is waiting for a redrive."""
+    stack = open_stack(args)
+    try:
+        letters = list_dead_letters(stack.registry, agency=args.agency, include_redriven=args.all)
+    finally:
+        stack.registry.close()
+    if args.json:
+        for dl in letters:
+            print(json.dumps(dl.to_json(), sort_keys=True))
+        return 0
+    if not letters:
+        print("no dead letters" + (f" for {args.agency}" if args.agency else ""))
+        return 0
+    print(f"{'dead_seq':>8}  {'kind':7}  {'agency':16}  {'attempts':>8}  bulletin")
+    for dl in letters:
+        mark = " (redriven)" if dl.redriven else ""
+        print(
+            f"{dl.dead_seq if dl.dead_seq is not None else '-':>8}  {dl.kind:7}  "
+            f"{dl.agency:16}  {dl.deliveries:>8}  {dl.bulletin_id or '?'}{mark}"
+        )
+    return 0
+
+
+def redrive_command(args: argparse.Namespace) -> int:
+    """``istmo admin redrive``: deliver dead letters again, once the agency is fixed."""
+    if not args.dead_seq and not args.agency:
+        raise ConfigError("name the dead letters: --dead-seq N (repeatable) or --agency ID")
+    stack = open_stack(args)
+    try:
+        pending = list_dead_letters(stack.registry, agency=args.agency)
+        if args.dead_seq:
+            wanted = set(args.dead_seq)
+            unknown = wanted - {dl.dead_seq for dl in pending}
+            if unknown:
+                raise ConfigError(
+                    "no pending dead letter with dead_seq "
+                    + ", ".join(str(n) for n in sorted(unknown))
+                    + " (see `istmo admin dead-letters --all`)"
+                )
+            pending = [dl for dl in pending if dl.dead_seq in wanted]
+        pending = pending[:REDRIVE_MAX]
+        url = running_nats_url(stack, args.nats_url)
+        outcomes = on_bus(
+            stack, url, lambda js: redrive(js, stack.registry, pending, actor=operator_name())
+        )
+    finally:
+        stack.registry.close()
+    for dl, outcome in outcomes:
+        print(f"{dl.dead_seq}\t{dl.kind}\t{dl.agency}\t{dl.bulletin_id or '?'}\t{outcome}")
+    print(f"{sum(1 for _, o in outcomes if o == 'redriven')} of {len(outcomes)} redriven")
+    return 1 if any(o == "copy_missing" for _, o in outcomes) else 0

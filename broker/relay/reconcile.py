@@ -1,0 +1,366 @@
+"""Reconciliation (TEST-CATALOGUE F-14): the audit log against the delivery stream.
+
+The audit log, not JetStream, is the system of record: every ``bulletin.routed`` event
+says a delivery must exist on ``istmo.deliver.<agency>``. ``reconcile`` lists the routed
+(bulletin, recipient) pairs of a time window, scans ``ISTMO_DELIVER`` (headers only) for
+the deliveries present, and re-publishes each missing one with its usual
+``Nats-Msg-Id = <bulletin>:<recipient>``, recording ``delivery.republished``. The
+recipient's SDK drops a bulletin its application already has, so a republish is never a
+visible duplicate.
+
+Where the envelope comes from: the delivery stream denies deletes and purges, so a gap
+means storage loss, corruption or a deleted stream, and then the other recipients'
+copies are usually gone too. So the relay keeps one copy of every accepted envelope in
+``ISTMO_ARCHIVE`` (subject ``istmo.archive.<bulletin id>``, deletes and purges denied,
+kept as long as deliveries), a different stream from the one that lost it. A copy is
+used only if its digest equals the one the audit log recorded at acceptance; a gap with
+no good copy is recorded as ``delivery.unrecoverable`` and counted, never silently
+absorbed. Still possible: JetStream deduplicates an id for ``duplicate_window`` even after
+the message is gone; such a republish is sent again under ``<bulletin>:<recipient>:r<seq>``.
+
+Idempotent: a second run finds the republished deliveries present. Bounded: at most
+``batch`` gaps per run (the report says how many remain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+
+from broker.bus.streams import add_or_update_stream, bus_unavailable
+from broker.store.registry import Registry
+from schemas.audit import AuditEvent
+from schemas.errors import ConfigError, IstmoError
+from schemas.ids import parse_bulletin_id
+from schemas.sealing import envelope_digest, parse_envelope
+from schemas.subjects import DELIVER_STREAM, deliver_subject
+
+__all__ = [
+    "ARCHIVE_STREAM",
+    "ReconcileReport",
+    "archive_envelope",
+    "archive_subject",
+    "ensure_archive",
+    "reconcile",
+    "reconcile_command",
+]
+
+log = logging.getLogger("istmo.reconcile")
+
+ARCHIVE_STREAM = "ISTMO_ARCHIVE"
+_ARCHIVE_SUBJECTS = "istmo.archive.*"
+MAX_BATCH = 10_000
+SCAN_PAGE = 1000
+CLOCK_MARGIN_MS = 5 * 60 * 1000  # stream times vs audit times on different clocks
+
+
+def archive_subject(bulletin_id: str) -> str:
+    return f"istmo.archive.{parse_bulletin_id(bulletin_id)}"
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def ensure_archive(js: JetStreamContext) -> None:
+    """Create (or update) ``ISTMO_ARCHIVE`` with the delivery stream's replicas and
+    retention (a copy is kept exactly as long as the deliveries it can restore).
+
+    Raises:
+        BusUnavailable: JetStream does not answer.
+        ConfigError: JetStream refuses the configuration.
+    """
+    try:
+        deliver = (await js.stream_info(DELIVER_STREAM)).config
+        config = StreamConfig(
+            name=ARCHIVE_STREAM,
+            subjects=[_ARCHIVE_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=deliver.max_age,
+            max_msgs_per_subject=1,
+            duplicate_window=deliver.duplicate_window,
+            deny_delete=True,
+            deny_purge=True,
+            allow_direct=False,
+            num_replicas=deliver.num_replicas or 1,
+        )
+        await add_or_update_stream(js, config)
+    except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        raise bus_unavailable("setting up the envelope archive", exc) from exc
+    except APIError as exc:
+        raise ConfigError(
+            f"JetStream refused stream {ARCHIVE_STREAM}: {exc.description} "
+            f"(err_code {exc.err_code})"
+        ) from exc
+
+
+async def archive_envelope(js: JetStreamContext, bulletin_id: str, raw: bytes) -> None:
+    """Keep the accepted envelope (ciphertext) for reconciliation; a retry is stored once."""
+    await js.publish(
+        archive_subject(bulletin_id), raw, headers={"Nats-Msg-Id": f"archive:{bulletin_id}"}
+    )
+
+
+@dataclass
+class ReconcileReport:
+    """What one run found and did."""
+
+    since_ms: int
+    routed: int = 0
+    present: int = 0
+    scanned: int = 0
+    gaps: int = 0
+    republished: int = 0
+    republished_new_id: int = 0
+    unrecoverable: int = 0
+    remaining: int = 0
+    dry_run: bool = False
+    gap_list: list[str] = field(default_factory=list)  # "<bulletin>:<agency>", first 100
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _routed(registry: Registry, since_ms: int) -> set[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    after = 0
+    while True:
+        rows = registry.audit_events(type_="bulletin.routed", after_seq=after, limit=1000)
+        if not rows:
+            return out
+        for row in rows:
+            if row.time >= since_ms and row.bulletin_id:
+                out.add((row.bulletin_id, row.subject))
+        after = int(rows[-1].seq or 0)
+
+
+async def _present(
+    js: JetStreamContext, since_ms: int, report: ReconcileReport
+) -> set[tuple[str, str]]:
+    """(bulletin, agency) of every delivery in ISTMO_DELIVER stored since ``since_ms``
+    (headers only, through an ephemeral consumer that acks nothing)."""
+    start = datetime.fromtimestamp(max(0, since_ms - CLOCK_MARGIN_MS) / 1000, tz=UTC)
+    try:
+        info = await js.stream_info(DELIVER_STREAM)
+    except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        raise bus_unavailable("reading the delivery stream", exc) from exc
+    except NotFoundError as exc:
+        raise ConfigError(
+            f"stream {DELIVER_STREAM} does not exist: start the stack (or a relay) first"
+        ) from exc
+    present: set[tuple[str, str]] = set()
+    if not info.state.messages:
+        return present
+    sub = await js.pull_subscribe(
+        "istmo.deliver.*",
+        stream=DELIVER_STREAM,
+        config=ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=start,
+            headers_only=True,
+            inactive_threshold=30.0,
+        ),
+    )
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(SCAN_PAGE, timeout=2)
+            except TimeoutError:
+                break
+            for msg in msgs:
+                report.scanned += 1
+                msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+                bid, _, rest = msg_id.partition(":")
+                agency = rest.split(":", 1)[0]
+                if bid and agency and msg.subject == f"istmo.deliver.{agency}":
+                    present.add((bid, agency))
+            if msgs and msgs[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return present
+
+
+async def reconcile(
+    js: JetStreamContext,
+    registry: Registry,
+    *,
+    since_ms: int,
+    batch: int = 1000,
+    dry_run: bool = False,
+    actor: str = "reconcile",
+) -> ReconcileReport:
+    """Find routed deliveries missing from ISTMO_DELIVER and re-publish them.
+
+    Args:
+        since_ms: consider bulletins routed from this time on (epoch ms); older
+            deliveries may have expired with the stream's max age.
+        batch: re-publish at most this many gaps in this run (1..10000).
+        dry_run: only count.
+        actor: who runs it, for the audit events.
+
+    Raises:
+        ValueError: ``batch`` out of bounds.
+        BusUnavailable: JetStream does not answer.
+        AuditStoreError: the audit store refused an event (the run can be repeated).
+    """
+    if not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"batch must be 1..{MAX_BATCH}, not {batch}")
+    report = ReconcileReport(since_ms=since_ms, dry_run=dry_run)
+    routed = _routed(registry, since_ms)
+    present = await _present(js, since_ms, report)
+    report.routed = len(routed)
+    report.present = len(routed & present)
+    gaps = sorted(routed - present)
+    report.gaps = len(gaps)
+    report.gap_list = [f"{b}:{a}" for b, a in gaps[:100]]
+    todo = gaps[:batch]
+    report.remaining = len(gaps) - len(todo)
+    if dry_run:
+        return report
+    envelopes: dict[str, bytes | None] = {}
+    for bid, agency in todo:
+        if bid not in envelopes:
+            envelopes[bid] = await _archived(js, registry, bid)
+        raw = envelopes[bid]
+        if raw is None:
+            report.unrecoverable += 1
+            registry.record([], [_unrecoverable(bid, agency, actor)])
+            log.error("delivery of %s to %s is missing and no good copy is left", bid, agency)
+            continue
+        try:
+            ack = await js.publish(
+                deliver_subject(agency), raw, headers={"Nats-Msg-Id": f"{bid}:{agency}"}
+            )
+            reused = not ack.duplicate
+            if ack.duplicate:
+                # JetStream still remembers the id of the lost message: send it again
+                # under an id of its own (the recipient's SDK dedupes by bulletin id).
+                ack = await js.publish(
+                    deliver_subject(agency),
+                    raw,
+                    headers={"Nats-Msg-Id": f"{bid}:{agency}:r{ack.seq}"},
+                )
+                report.republished_new_id += 1
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            raise bus_unavailable("re-publishing a delivery", exc) from exc
+        registry.record(
+            [],
+            [
+                AuditEvent(
+                    event_id=f"republished:{bid}:{agency}:{ack.seq}",
+                    type="delivery.republished",
+                    time=_ms(),
+                    actor=actor[:200],
+                    subject=agency,
+                    bulletin_id=bid,
+                    reason="missing_from_stream",
+                    data={"deliver_seq": ack.seq, "same_msg_id": reused},
+                )
+            ],
+        )
+        report.republished += 1
+    return report
+
+
+async def _archived(js: JetStreamContext, registry: Registry, bid: str) -> bytes | None:
+    """The archived envelope of ``bid`` if it is the one the audit log accepted."""
+    row = registry.bulletin(bid)
+    if row is None:
+        return None
+    try:
+        msg = await js.get_msg(ARCHIVE_STREAM, subject=archive_subject(bid))
+    except NotFoundError:
+        return None
+    except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        raise bus_unavailable("reading the envelope archive", exc) from exc
+    try:
+        digest = envelope_digest(parse_envelope(msg.data or b""))
+    except (IstmoError, ValueError):
+        return None
+    return msg.data if digest == row.envelope_digest else None
+
+
+def _unrecoverable(bid: str, agency: str, actor: str) -> AuditEvent:
+    return AuditEvent(
+        event_id=f"unrecoverable:{bid}:{agency}",
+        type="delivery.unrecoverable",
+        time=_ms(),
+        actor=actor[:200],
+        subject=agency,
+        bulletin_id=bid,
+        reason="no_copy",
+        data={},
+    )
+
+
+# --------------------------------------------------------------------------- command
+_SPANS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def _since(text: str, now_ms: int) -> int:
+    if text[:-1].isdigit() and text[-1:] in _SPANS and len(text) <= 8:
+        return now_ms - int(text[:-1]) * _SPANS[text[-1]] * 1000
+    raise ConfigError(f"--since {text[:20]!r}: give a span like 90m, 24h or 30d")
+
+
+def reconcile_command(args: argparse.Namespace) -> int:
+    """``istmo reconcile``: exit 0 when nothing is missing afterwards, 1 otherwise."""
+    from broker.relay.dead_letters import on_bus, open_stack, operator_name, running_nats_url
+
+    stack = open_stack(args)
+    try:
+        since = _since(args.since, _ms())
+        if not 1 <= args.batch <= MAX_BATCH:
+            raise ConfigError(f"--batch {args.batch} is outside 1..{MAX_BATCH}")
+        url = running_nats_url(stack, args.nats_url)
+
+        report = on_bus(
+            stack,
+            url,
+            lambda js: reconcile(
+                js,
+                stack.registry,
+                since_ms=since,
+                batch=args.batch,
+                dry_run=args.dry_run,
+                actor=operator_name(),
+            ),
+        )
+    finally:
+        stack.registry.close()
+    if args.json:
+        print(json.dumps(report.to_json(), sort_keys=True))
+    else:
+        print(
+            f"routed {report.routed}, present {report.present}, missing {report.gaps} "
+            f"(scanned {report.scanned} deliveries)"
+        )
+        if not report.dry_run:
+            print(
+                f"republished {report.republished} ({report.republished_new_id} under a new "
+                f"id), unrecoverable {report.unrecoverable}, left for the next run "
+                f"{report.remaining}"
+            )
+    healed = report.gaps == report.republished and not report.dry_run
+    return 0 if report.gaps == 0 or healed else 1

@@ -1,0 +1,727 @@
+"""The embedded stack behind ``istmo up`` and the standalone ``istmo relay``.
+
+``istmo up`` starts, in one process: nats-server (from the pinned wheel unless another
+>= 2.12.3 is configured or on PATH) with JetStream in the data directory, SQLite in the
+same directory, the relay and the HTTP API on 127.0.0.1, and the demo directory with a
+keystore per demo agency. A second run on the same directory resumes with the same keys,
+streams and pending deliveries.
+
+``istmo up --cluster 3`` starts three nats-server processes instead, routed into one
+JetStream cluster on loopback ports (``broker.bus.cluster``), creates every stream with 3
+replicas, and connects the relay to all three; a directory change reloads every node. A
+data directory keeps the shape it was first run with: its JetStream store is either
+``DATA_DIR/nats`` (one node) or ``DATA_DIR/nats-1..3`` (a cluster), never both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+import nats
+import nats.errors
+import uvicorn
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from sqlmodel import SQLModel
+
+from broker.api.app import create_app
+from broker.api.oauth import TokenAuthority, load_token_key
+from broker.audit.sequencer import LOG_PUB_FILE, run_in_stack
+from broker.bus.cluster import (
+    ClusterPorts,
+    ExternalNats,
+    NatsCluster,
+    check_cluster_ports,
+    route_password,
+)
+from broker.bus.gate import GateThread
+from broker.bus.natsconf import AgencyUser, NatsLayout
+from broker.bus.server import NatsServer, check_port_free, find_nats_server
+from broker.bus.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
+from broker.config import Settings
+from broker.directory.admins import create_demo_admin
+from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
+from broker.directory.policy_sets import CONTROL_POLICY_SUBJECT, active_policy_dir, adopt
+from broker.directory.service import DirectoryService, load_demo_directory
+from broker.policy.engine import PolicyBundle
+from broker.relay.worker import Relay
+from broker.store.db import display_url
+from broker.store.files import signing_key_file, write_private
+from broker.store.registry import EncryptionKeyRow, NatsUserRow, Registry, SigningKeyRow
+from schemas.audit import AuditEvent
+from schemas.canonical import b64e
+from schemas.errors import BusUnavailable, ConfigError, IstmoError
+from schemas.keys import SigningKey
+from schemas.keystore import new_keystore
+from schemas.natskeys import new_user_seed, user_public_key
+
+__all__ = ["Stack", "read_stack_file"]
+
+log = logging.getLogger("istmo.stack")
+STACK_FILE = "stack.json"
+NATS_PID_FILE = "nats.pid"  # one pid per line: one server, or every node of a cluster
+DEFAULT_CLUSTER_PORT = 6244  # route port of node 1 (NATS's own default is 6222)
+
+
+def read_stack_file(data_dir: Path) -> dict[str, object] | None:
+    try:
+        loaded: dict[str, object] = json.loads((data_dir / STACK_FILE).read_text())
+        return loaded
+    except (OSError, ValueError):
+        return None
+
+
+def _origin_of(data: bytes) -> str | None:
+    """The ``origin`` of a directory-change announcement (None for a bare ``{}``)."""
+    try:
+        loaded = json.loads(data[:512])
+    except ValueError:
+        return None
+    origin = loaded.get("origin") if isinstance(loaded, dict) else None
+    return origin if isinstance(origin, str) else None
+
+
+async def close_quietly(nc: NATS, timeout: float = 5.0) -> None:
+    """Flush what was published, then close. (The relay's loops have ended by now, so a
+    drain would only wait on idle pull subscriptions.)"""
+    try:
+        await asyncio.wait_for(nc.flush(), timeout)
+    except (nats.errors.Error, TimeoutError, OSError):
+        pass  # closing anyway; unacked work comes back to the next relay
+    await nc.close()
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The stack owns Ctrl-C and shuts every part down in order.
+        yield
+
+
+class Stack:
+    """Files, registry and keys of one data directory, and the services over them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        out: Callable[[str], None] = print,
+        *,
+        cluster: int = 1,
+        cluster_port: int = DEFAULT_CLUSTER_PORT,
+        join: Sequence[str] = (),
+        stream_replicas: int | None = None,
+    ) -> None:
+        """``cluster``: 1 for one nats-server, 3 (or 5) for a JetStream cluster whose node
+        ``i`` uses the client, monitoring and route ports of ``settings`` and
+        ``cluster_port``, each plus ``i - 1``. ``join``: the URLs of a NATS run by the
+        region's operators instead (nothing started here), whose streams get
+        ``stream_replicas`` (None: as they are, 1 when new)."""
+        if cluster not in (1, 3, 5):
+            raise ConfigError(f"--cluster {cluster}: a cluster has 3 or 5 nodes (1: no cluster)")
+        self.settings = settings
+        self.out = out
+        self.cluster_size = cluster
+        self.cluster_ports = ClusterPorts(settings.nats_port, settings.nats_http_port, cluster_port)
+        self.join = list(join)
+        self.stream_replicas = stream_replicas
+        self.nats: NatsServer | NatsCluster | ExternalNats | None = None
+        self.registry: Registry | None = None
+        self.directory: DirectoryService | None = None
+        self._lock: IO[str] | None = None
+        self._directory_lock = asyncio.Lock()  # one directory change at a time
+        self._consumers: set[str] = set()  # agencies whose durable consumer exists
+        # Names this process in the directory-change announcements it publishes.
+        self._origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+    # ------------------------------------------------------------------ files
+    def prepare(self, *, demo: bool = True) -> None:
+        """Open the data directory: broker keys, registry, policy, demo directory.
+
+        Two commands preparing one new directory at once take turns (a file lock), so
+        keys and the demo directory are made once.
+        """
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (s.data_dir / ".prepare.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.directory_key = self._broker_key()
+            self.relay_seed = self._relay_seed()
+            self.token_key = load_token_key(s.broker_dir)
+            self.registry = Registry(s.db_url, broker_dir=s.broker_dir)
+            bundle = PolicyBundle.load(active_policy_dir(s, self.registry))
+            if demo and self.registry.is_empty():
+                self._load_demo(self.registry)
+        self.directory = DirectoryService(self.registry, bundle, self.directory_key)
+
+    def _broker_key(self) -> SigningKey:
+        return signing_key_file(self.settings.broker_dir / "directory.key", "directory key")
+
+    def _relay_seed(self) -> str:
+        path = self.settings.broker_dir / "relay.seed"
+        if path.exists():
+            return path.read_text().strip()
+        seed = new_user_seed()
+        write_private(path, seed.encode() + b"\n")
+        return seed
+
+    def _load_demo(self, registry: Registry) -> None:
+        demo = load_demo_directory(self.settings.policy_dir)
+        now = int(time.time())
+        rows: list[SQLModel] = [*demo.jurisdictions, *demo.agencies, *demo.subscriptions]
+        events: list[AuditEvent] = []
+        for agency in demo.agencies:
+            seed = new_user_seed()
+            ks, sk, ek = new_keystore(
+                agency=agency.id,
+                nats_seed=seed,
+                directory_key=self.directory_key.verify_key,
+                now=now,
+            )
+            write_private(
+                self.settings.keys_dir / f"{agency.id}.json", ks.model_dump_json(indent=2).encode()
+            )
+            vk, ep = sk.verify_key, ek.public_key
+            rows += [
+                SigningKeyRow(kid=vk.kid, agency=agency.id, public=b64e(vk.public), created_at=now),
+                EncryptionKeyRow(
+                    kid=ep.kid, agency=agency.id, kem=ep.kem, public=b64e(ep.public), created_at=now
+                ),
+                NatsUserRow(agency=agency.id, nkey_public=user_public_key(seed)),
+            ]
+            t = time.time_ns() // 1_000_000
+            events += [
+                AuditEvent(
+                    event_id=f"enrolled:{agency.id}",
+                    type="agency.enrolled",
+                    time=t,
+                    actor="system",
+                    subject=agency.id,
+                    data={"sector": agency.sector, "state": agency.state, "how": "demo"},
+                ),
+                AuditEvent(
+                    event_id=f"key:{vk.kid}",
+                    type="key.registered",
+                    time=t,
+                    actor="system",
+                    subject=agency.id,
+                    data={"kid": vk.kid, "use": "signing"},
+                ),
+                AuditEvent(
+                    event_id=f"key:{ep.kid}",
+                    type="key.registered",
+                    time=t,
+                    actor="system",
+                    subject=agency.id,
+                    data={"kid": ep.kid, "use": "encryption", "kem": ep.kem},
+                ),
+            ]
+        registry.record(rows, events)
+        create_demo_admin(registry, self.settings.keys_dir, self.directory_key.verify_key, now=now)
+        self.out(
+            f"loaded the demo directory: {len(demo.agencies)} agencies, "
+            f"keystores in {self.settings.keys_dir}"
+        )
+
+    def _opened(self) -> tuple[Registry, DirectoryService]:
+        if self.registry is None or self.directory is None:
+            raise RuntimeError("call Stack.prepare() first")
+        return self.registry, self.directory
+
+    # ------------------------------------------------------------------ services
+    def _take_lock(self) -> None:
+        path = self.settings.data_dir / ".lock"
+        f = path.open("w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            f.close()
+            raise ConfigError(
+                f"another istmo up is already running on {self.settings.data_dir}"
+            ) from exc
+        self._lock = f
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
+
+    def nats_layout(self) -> NatsLayout:
+        registry, _ = self._opened()
+        s = self.settings
+        active = {a.id: a.status for a in registry.agencies()}
+        return NatsLayout(
+            port=s.nats_port,
+            http_port=s.nats_http_port,
+            store_dir=(s.data_dir / "nats").resolve(),
+            relay_nkey_public=user_public_key(self.relay_seed),
+            # Only active agencies may connect. A suspended or revoked one loses its user:
+            # nats-server closes its connection and refuses new ones (a deny-all user would
+            # keep a zombie connection). Its durable consumer stays, holding its deliveries.
+            agencies=tuple(
+                AgencyUser(u.agency, u.nkey_public)
+                for u in registry.nats_users()
+                if active.get(u.agency) == "active"
+            ),
+            max_payload=s.nats_max_payload,
+        )
+
+    def claim(self) -> None:
+        """Before anything is written: this data directory is ours to run, a nats-server
+        left behind by a killed ``istmo up`` is stopped, and every port is free.
+
+        Raises:
+            ConfigError: another ``istmo up`` runs here, or a port is taken (named).
+        """
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._take_lock()
+        try:
+            self._reap_stale_nats()
+            if self.join:
+                check_port_free(s.api_port, "the HTTP API (--api-port)", s.host)
+                return
+            self._check_store_shape()
+            if self.cluster_size == 1:
+                check_port_free(s.nats_port, "NATS clients (--nats-port)", s.host)
+                check_port_free(s.nats_http_port, "NATS monitoring (--nats-http-port)", s.host)
+            else:
+                check_cluster_ports(self.cluster_ports, self.cluster_size, s.host)
+            check_port_free(s.api_port, "the HTTP API (--api-port)", s.host)
+            self._binary = find_nats_server(s.nats_server)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _check_store_shape(self) -> None:
+        """Refuse to start a cluster on a single node's store, or the other way round:
+        the streams (and the deliveries they hold) would seem to vanish."""
+        d = self.settings.data_dir
+        if self.cluster_size > 1 and (d / "nats").exists():
+            raise ConfigError(
+                f"{d} holds a single-node JetStream store ({d / 'nats'}); run `istmo up` "
+                "without --cluster there, or use another --data-dir for a cluster"
+            )
+        if self.cluster_size == 1 and (d / "nats-1").exists():
+            raise ConfigError(
+                f"{d} holds a cluster's JetStream stores ({d / 'nats-1'}...); run "
+                "`istmo up --cluster 3` there, or use another --data-dir"
+            )
+
+    def _reap_stale_nats(self) -> None:
+        pid_path = self.settings.data_dir / NATS_PID_FILE
+        try:
+            pids = [int(line) for line in pid_path.read_text().split()]
+        except (OSError, ValueError):
+            pid_path.unlink(missing_ok=True)
+            return
+        confs = [str(self.settings.broker_dir / "nats.conf").encode()]
+        confs += [str(self.settings.broker_dir / f"nats-{i}.conf").encode() for i in range(1, 6)]
+        for pid in pids:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"nats-server" not in cmdline or not any(c in cmdline.split(b"\0") for c in confs):
+                continue
+            self.out(f"stopping nats-server pid {pid}, left running by an earlier istmo up")
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        pid_path.unlink(missing_ok=True)
+
+    def _make_nats(self) -> NatsServer | NatsCluster | ExternalNats:
+        s = self.settings
+        layout = self.nats_layout()
+        if self.join:
+            return ExternalNats(
+                self.join, s.data_dir / "nats-accounts.conf", layout.relay_nkey_public
+            )
+        if self.cluster_size == 1:
+            return NatsServer(
+                self._binary, s.broker_dir / "nats.conf", layout, s.data_dir / "nats.log"
+            )
+        return NatsCluster.in_dir(
+            self._binary,
+            s.data_dir,
+            s.broker_dir,
+            size=self.cluster_size,
+            ports=self.cluster_ports,
+            relay_nkey_public=layout.relay_nkey_public,
+            agencies=layout.agencies,
+            password=route_password(s.broker_dir),
+            host=s.host,
+            max_payload=layout.max_payload,
+        )
+
+    @property
+    def nats_urls(self) -> list[str]:
+        """The client URLs of the running NATS: one, or every node of the cluster."""
+        if self.nats is None:
+            raise RuntimeError("NATS is not running")
+        return [self.nats.url] if isinstance(self.nats, NatsServer) else self.nats.urls
+
+    async def up(
+        self, stop: asyncio.Event, *, with_relay: bool = True, with_sequencer: bool = True
+    ) -> None:
+        """Run nats-server, relay, sequencer candidate and API until ``stop`` is set, then
+        shut down in order."""
+        s = self.settings
+        if self._lock is None:
+            self.claim()
+        try:
+            server = self.nats = self._make_nats()
+            if isinstance(server, NatsCluster):
+                self.out(f"starting a {self.cluster_size}-node NATS cluster")
+            # A cluster waits for its quorum (node by node on a loaded machine).
+            await asyncio.to_thread(server.start)
+            pids = [server.pid] if isinstance(server, NatsServer) else server.pids
+            (s.data_dir / NATS_PID_FILE).write_text("".join(f"{p}\n" for p in pids))
+        except BaseException:
+            if self.nats is not None:
+                self.nats.stop()
+            self._release_lock()
+            raise
+        try:
+            nc = await self.connect_relay(self.nats_urls)
+            try:
+                await self.ensure_jetstream(nc)
+                directory_sub = await nc.subscribe(
+                    CONTROL_DIRECTORY_SUBJECT, cb=self._reload_nats(server, nc)
+                )
+                await self._serve(nc, stop, with_relay, server, with_sequencer)
+                await directory_sub.unsubscribe()
+            finally:
+                await close_quietly(nc)
+                (s.data_dir / STACK_FILE).unlink(missing_ok=True)
+        finally:
+            server.stop()
+            (s.data_dir / NATS_PID_FILE).unlink(missing_ok=True)
+            if self.registry is not None:
+                self.registry.close()
+            self._release_lock()
+
+    async def _serve(
+        self,
+        nc: NATS,
+        stop: asyncio.Event,
+        with_relay: bool,
+        server: NatsServer | NatsCluster | ExternalNats,
+        with_sequencer: bool = True,
+    ) -> None:
+        registry, directory = self._opened()
+        s = self.settings
+        api_url = f"http://{s.host}:{s.api_port}"
+        auth = TokenAuthority(
+            registry, self.token_key, issuer=api_url, lifetime_s=s.access_token_lifetime_s
+        )
+        app = create_app(
+            registry, directory, lambda: nc.is_connected, auth=auth, console_dev_login=True
+        )
+        app.state.istmo.nats_url = self.nats_urls[0]
+        app.state.istmo.directory_changed = lambda: self.apply_directory_change(server, nc)
+        app.state.istmo.adopt_policy = lambda root, who: self.adopt_policy(root, who, nc)
+        api = _Server(
+            uvicorn.Config(app, host=s.host, port=s.api_port, log_level="warning", access_log=False)
+        )
+        # Agencies' publishes reach JetStream through a gate, relay or not (broker.bus.gate),
+        # on a thread of its own so that this loop's work never holds a publisher.
+        gate = GateThread(lambda: self.connect_relay(self.nats_urls))
+        await gate.start()
+        try:
+            await self._serve_tasks(stop, api, with_relay, server, with_sequencer, nc, api_url)
+        finally:
+            await gate.stop()
+
+    async def _serve_tasks(
+        self,
+        stop: asyncio.Event,
+        api: _Server,
+        with_relay: bool,
+        server: NatsServer | NatsCluster | ExternalNats,
+        with_sequencer: bool,
+        nc: NATS,
+        api_url: str,
+    ) -> None:
+        registry, directory = self._opened()
+        s = self.settings
+        async with asyncio.TaskGroup() as tg:
+            api_task = tg.create_task(api.serve())
+            if with_relay:
+                relay = Relay(s, registry, directory, nc)
+                tg.create_task(relay.run(stop))
+            # Elected through NATS KV: any other `istmo up` or `istmo sequencer` on this
+            # region's NATS stands by while this one leads, and takes over if it dies.
+            if with_sequencer:
+                tg.create_task(
+                    run_in_stack(s, stop, self.out, nc=nc, replicas=min(self.cluster_size, 3))
+                )
+            while not api.started and not api_task.done():  # noqa: ASYNC110 -- uvicorn offers no event
+                await asyncio.sleep(0.02)  # "ready" only once the API really listens
+            if api.started:
+                self._announce(server, api_url, with_relay, with_sequencer)
+            await stop.wait()
+            api.should_exit = True
+            await api_task
+
+    def _announce(
+        self,
+        server: NatsServer | NatsCluster | ExternalNats,
+        api_url: str,
+        with_relay: bool,
+        with_sequencer: bool = True,
+    ) -> None:
+        s = self.settings
+        info = {
+            # Clients connect to the first and learn the other nodes from it.
+            "nats_url": self.nats_urls[0],
+            "nats_urls": self.nats_urls,
+            "api_url": api_url,
+            # nats-server monitoring, where this stack runs it (istmo health reads /jsz).
+            "nats_monitor_urls": (
+                [server.monitor_url]
+                if isinstance(server, NatsServer)
+                else [node.monitor_url for node in server.nodes]
+                if isinstance(server, NatsCluster)
+                else []
+            ),
+            "pid": os.getpid(),
+            "started_at": int(time.time()),
+        }
+        (s.data_dir / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if isinstance(server, ExternalNats):
+            self.out(f"NATS      joined {', '.join(server.urls)} (run by the region's operators)")
+            self.out(f"          directory changes write {server.accounts_path}: install, reload")
+        elif isinstance(server, NatsServer):
+            self.out(
+                f"NATS      {server.url} (JetStream in {s.data_dir / 'nats'}, "
+                f"log {s.data_dir / 'nats.log'})"
+            )
+            self.out(f"NATS mon  http://{s.host}:{s.nats_http_port} (nats-server monitoring)")
+        else:
+            for i, node in enumerate(server.nodes, start=1):
+                lay = node.layout
+                routes = lay.cluster.port if lay.cluster else "-"
+                self.out(
+                    f"NATS {i}    {node.url} (monitoring http://{lay.host}:{lay.http_port}, "
+                    f"routes {routes}, JetStream in {lay.store_dir}, log {node.log_path})"
+                )
+            self.out(f"NATS      cluster of {len(server.nodes)}, every stream with 3 replicas")
+        self.out(f"HTTP API  {api_url} (docs at {api_url}/docs; tokens at {api_url}/v1/token)")
+        self.out(f"database  {display_url(s.db_url)}")
+        self.out(f"keystores {s.keys_dir}/<agency>.json (administrator: {s.keys_dir}/admin.json)")
+        self.out("relay     " + ("running" if with_relay else "not started (--no-relay)"))
+        if with_sequencer:
+            self.out(
+                "audit log sequenced here while elected (NATS KV lease; "
+                f"log key {s.broker_dir / LOG_PUB_FILE})"
+            )
+        else:
+            self.out("sequencer not here (--no-sequencer): run `istmo sequencer --standby`")
+        self.out("ready; Ctrl-C stops")
+
+    async def adopt_policy(self, candidate: Path, who: str, nc: NATS) -> tuple[str, str]:
+        """Adopt the policy set in ``candidate`` (validated, archived, audited) and switch
+        this process and every other relay to it. Returns (previous, new) versions.
+
+        Raises:
+            PolicyLoadError: the candidate is invalid; nothing changed.
+        """
+        registry, directory = self._opened()
+        done = adopt(
+            candidate,
+            settings=self.settings,
+            registry=registry,
+            active=directory.bundle,
+            adopted_by=who,
+            check=directory.engine_for,
+        )
+        directory.use_bundle(PolicyBundle.load(done.archived_at))
+        await nc.publish(CONTROL_POLICY_SUBJECT, b"{}")  # relays in other processes
+        return done.previous or "", done.version
+
+    def _reload_nats(
+        self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS
+    ) -> Callable[[Msg], Awaitable[None]]:
+        """On a directory change (a control message): apply it, logging a failure."""
+
+        async def on_change(msg: Msg) -> None:
+            if _origin_of(msg.data) == self._origin:
+                return  # our own announcement of a change applied already
+            try:
+                # Not announced again: two API replicas would echo each other for ever.
+                await self.apply_directory_change(server, nc, announce=False)
+            except IstmoError as exc:
+                log.error("could not apply the directory change to NATS: %s", exc)
+
+        return on_change
+
+    async def apply_directory_change(
+        self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS, *, announce: bool = True
+    ) -> None:
+        """Refresh the directory, create the durable consumer of every agency enrolled
+        since (before it can connect), then reload nats-server (every node of a cluster)
+        with the active agencies' users. The HTTP API awaits this before answering an
+        enrolment or a status change. With ``announce`` (a change made here) every other
+        process is then told on ``istmo.control.directory``; a change applied because
+        another process announced it is not announced again.
+
+        Raises:
+            IstmoError: JetStream or nats-server refused (the directory is refreshed).
+        """
+        async with self._directory_lock:
+            try:
+                await self._apply_locally(server, nc)
+            finally:
+                if announce:
+                    # Every other process (relays, other API replicas) rebuilds its
+                    # directory too, even if this node's reload failed: an agency
+                    # enrolled or suspended over this API's HTTP must be known to the
+                    # relay that decides its bulletins, wherever it runs.
+                    await nc.publish(
+                        CONTROL_DIRECTORY_SUBJECT, json.dumps({"origin": self._origin}).encode()
+                    )
+
+    async def _apply_locally(
+        self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS
+    ) -> None:
+        """``apply_directory_change`` in this process: directory, consumers, nats-server."""
+        registry, directory = self._opened()
+        t0 = time.perf_counter()
+        await directory.refresh_async()
+        t1 = time.perf_counter()
+        js = nc.jetstream(timeout=10)
+        for user in registry.nats_users():
+            if user.agency not in self._consumers:
+                await ensure_agency_consumer(js, user.agency)
+                self._consumers.add(user.agency)
+        t2 = time.perf_counter()
+        layout = await asyncio.to_thread(self.nats_layout)
+        t3 = time.perf_counter()
+        if isinstance(server, NatsServer):
+            await asyncio.to_thread(server.reload, layout)
+        else:
+            await asyncio.to_thread(server.reload_agencies, layout.agencies)
+        log.info(
+            "directory change applied in %.2f s: refresh %.2f, consumers %.2f, "
+            "accounts %.2f, nats reload %.2f",
+            time.perf_counter() - t0,
+            t1 - t0,
+            t2 - t1,
+            t3 - t2,
+            time.perf_counter() - t3,
+        )
+        if isinstance(server, ExternalNats):
+            log.warning(
+                "directory %s: new NATS accounts in %s; install them on every node and reload it",
+                directory.version,
+                server.accounts_path,
+            )
+        else:
+            log.info("nats-server reloaded for directory %s", directory.version)
+
+    async def connect_relay(self, url: str | list[str], *, reconnects: int = -1) -> NATS:
+        """Connect as the broker's own NATS user to ``url`` (or any of a cluster's URLs),
+        trying again ``reconnects`` times (-1: for ever, as workers do) when it is down.
+        A bounded caller (a command, not a worker) gets BusUnavailable, not nats-py's
+        logged tracebacks of each failed attempt.
+
+        Raises:
+            BusUnavailable: NATS is not reachable.
+            ConfigError: NATS's TLS certificate does not verify against the trusted CAs
+                (``SSL_CERT_FILE``): retrying cannot help, and nats-py would otherwise
+                hang for ever after the failed handshake (nats-io/nats.py#718).
+        """
+        connected = False
+
+        async def on_error(exc: Exception) -> None:
+            if not connected and isinstance(exc, ssl.SSLError):
+                raise exc  # ends nats.connect: the same handshake fails on every retry
+            if reconnects < 0:
+                log.warning("nats: %s", exc)
+
+        try:
+            nc = await nats.connect(
+                url if isinstance(url, str) else list(url),
+                error_cb=on_error,
+                nkeys_seed_str=self.relay_seed,
+                name="istmo-relay",
+                connect_timeout=5,
+                max_reconnect_attempts=reconnects,
+                reconnect_time_wait=0.5,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise ConfigError(
+                f"the certificate of NATS at {url} could not be verified "
+                f"({exc.verify_message}): set SSL_CERT_FILE to the region's CA certificate"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise ConfigError(f"TLS with NATS at {url} failed ({exc.reason or exc})") from exc
+        except (OSError, nats.errors.Error) as exc:
+            raise BusUnavailable(f"NATS is not reachable at {url}") from exc
+        connected = True
+        return nc
+
+    async def ensure_jetstream(self, nc: NATS, *, agency_consumers: bool = True) -> None:
+        """The streams and the relay's consumers; with ``agency_consumers`` also every
+        agency's delivery consumer (``istmo up`` makes those, and keeps them as agencies
+        come; a relay joining a stack skips them: on a 3-node cluster they are most of a
+        restart's wait)."""
+        registry, _ = self._opened()
+        js = nc.jetstream(timeout=10)
+        await ensure_streams(
+            js,
+            deliver_max_age_s=self.settings.deliver_max_age_s,
+            duplicate_window_s=self.settings.duplicate_window_s,
+            # A worker joining someone else's NATS (istmo relay) keeps what is there.
+            replicas=(
+                None
+                if self.nats is None
+                else self.stream_replicas
+                if self.join
+                else min(self.cluster_size, 3)
+            ),
+        )
+        await ensure_relay_consumers(js)
+        if not agency_consumers:
+            return
+        for user in registry.nats_users():
+            await ensure_agency_consumer(js, user.agency)
+            self._consumers.add(user.agency)
+
+    async def relay_only(self, stop: asyncio.Event, nats_url: str | list[str]) -> None:
+        """Run one more relay worker against an already running NATS (any of a
+        cluster's URLs)."""
+        registry, directory = self._opened()
+        nc = await self.connect_relay(nats_url)
+        try:
+            await self.ensure_jetstream(nc, agency_consumers=False)
+            shown = nats_url if isinstance(nats_url, str) else ", ".join(nats_url)
+            self.out(f"relay connected to {shown}; Ctrl-C stops")
+            relay = Relay(self.settings, registry, directory, nc)
+            gate = GateThread(lambda: self.connect_relay(nats_url))
+            await gate.start()
+            try:
+                await relay.run(stop)
+            finally:
+                await gate.stop()
+                self.out(f"relay stopped after {relay.processed} ingest messages")
+        finally:
+            await close_quietly(nc)
+            registry.close()

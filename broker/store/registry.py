@@ -1,0 +1,504 @@
+"""The broker's store: directory, bulletin metadata and the append-only audit events.
+
+SQLite through sqlmodel by default (WAL, ``synchronous=FULL``: a committed audit event
+survives a crash), PostgreSQL through one URL (``ISTMO_DATABASE_URL``). The schema is the
+Alembic head (``broker.store.db``, ``broker/migrations``): SQLite is upgraded on open, PostgreSQL
+must be upgraded with ``istmo db upgrade`` first. Bodies are never stored: a bulletin row
+holds its labels, digest, recipients and decisions. Audit events are append-only at the
+database level: triggers refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL).
+
+Audit events are the sequencer's outbox, integrated in ``seq`` order; the sequencer must
+never see ``seq`` N committed before a smaller one. SQLite has one writer at a time. On
+PostgreSQL every transaction that writes audit events takes one transaction-level advisory
+lock just before it inserts them and holds it to its commit, so ``seq`` order is commit order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import BigInteger, Integer, event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from broker.store.db import (
+    HEAD_REVISION,
+    display_url,
+    is_sqlite,
+    make_engine,
+    open_schema,
+    sqlite_path,
+)
+from schemas.audit import AuditEvent
+from schemas.errors import AuditStoreError
+
+SCHEMA_VERSION = HEAD_REVISION  # the Alembic revision the broker runs on
+# Sequence numbers, epoch milliseconds and stream positions outgrow 32 bits: BIGINT on
+# PostgreSQL (the parameters are typed from the model), INTEGER (the rowid) on SQLite.
+BIGINT = BigInteger().with_variant(Integer(), "sqlite")
+OUTBOX_LOCK = 0x49_53_54_4F  # "ISTO": pg_advisory_xact_lock key of audit-event writers
+
+__all__ = [
+    "AgencyRow",
+    "AuditRow",
+    "BulletinRow",
+    "DecisionRow",
+    "EncryptionKeyRow",
+    "JurisdictionRow",
+    "MetaRow",
+    "NatsUserRow",
+    "PolicySetRow",
+    "ReceiptRow",
+    "Registry",
+    "RejectionRow",
+    "SigningKeyRow",
+    "SubscriptionRow",
+    "default_broker_dir",
+]
+
+
+class JurisdictionRow(SQLModel, table=True):
+    __tablename__ = "jurisdiction"
+    code: str = Field(primary_key=True, max_length=16)
+    kind: str = Field(max_length=16)  # state | community
+    name: str = Field(max_length=200)
+    parents: str = Field(default="", max_length=400)  # comma-separated communities
+
+
+class AgencyRow(SQLModel, table=True):
+    __tablename__ = "agency"
+    id: str = Field(primary_key=True, max_length=32)
+    name: str = Field(max_length=200)
+    sector: str = Field(max_length=32)
+    status: str = Field(default="active", max_length=16)
+    clearance: int = 0
+    state: str | None = Field(default=None, max_length=16)
+    communities: str = Field(default="", max_length=400)  # comma-separated, regional bodies
+    min_source_grade: str | None = Field(default=None, max_length=2)  # e.g. "B2"
+
+
+class SubscriptionRow(SQLModel, table=True):
+    __tablename__ = "subscription"
+    agency: str = Field(primary_key=True, max_length=32)
+    topic: str = Field(primary_key=True, max_length=64)
+
+
+class SigningKeyRow(SQLModel, table=True):
+    __tablename__ = "signing_key"
+    kid: str = Field(primary_key=True, max_length=40)
+    agency: str = Field(index=True, max_length=32)
+    public: str = Field(max_length=64)
+    created_at: int = Field(sa_type=BIGINT)
+    revoked_at: int | None = Field(default=None, sa_type=BIGINT)
+
+
+class EncryptionKeyRow(SQLModel, table=True):
+    __tablename__ = "encryption_key"
+    kid: str = Field(primary_key=True, max_length=40)
+    agency: str = Field(index=True, max_length=32)
+    kem: str = Field(max_length=32)
+    public: str = Field(max_length=2048)
+    created_at: int = Field(sa_type=BIGINT)
+    current: bool = True
+
+
+class NatsUserRow(SQLModel, table=True):
+    __tablename__ = "nats_user"
+    agency: str = Field(primary_key=True, max_length=32)
+    nkey_public: str = Field(max_length=64)
+
+
+class BulletinRow(SQLModel, table=True):
+    __tablename__ = "bulletin"
+    id: str = Field(primary_key=True, max_length=36)
+    originator: str = Field(index=True, max_length=32)
+    labels: str  # canonical JSON of the labels
+    envelope_digest: str = Field(max_length=64)
+    ingest_seq: int = Field(sa_type=BIGINT)
+    created_at: int = Field(sa_type=BIGINT)
+    accepted_at: int = Field(sa_type=BIGINT)
+    not_before: int | None = Field(default=None, sa_type=BIGINT)
+    expires_at: int | None = Field(default=None, sa_type=BIGINT)
+    recipients: str  # comma-separated signed recipients
+    policy_version: str = Field(max_length=64)
+    directory_version: str = Field(max_length=64)
+
+
+class PolicySetRow(SQLModel, table=True):
+    """A policy set that was adopted; the newest is active. Files are archived by version."""
+
+    __tablename__ = "policy_set"
+    seq: int | None = Field(default=None, primary_key=True, sa_type=BIGINT)
+    version: str = Field(index=True, max_length=64)
+    adopted_at: int = Field(sa_type=BIGINT)
+    adopted_by: str = Field(max_length=200)
+    previous: str | None = Field(default=None, max_length=64)
+
+
+class MetaRow(SQLModel, table=True):
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=200)
+
+
+class DecisionRow(SQLModel, table=True):
+    __tablename__ = "decision"
+    bulletin_id: str = Field(primary_key=True, max_length=36)
+    agency: str = Field(primary_key=True, max_length=32)
+    allowed: bool
+    policy_ids: str  # comma-separated, sorted
+    reasons: str  # JSON list of the policies' @reason texts
+
+
+class ReceiptRow(SQLModel, table=True):
+    __tablename__ = "receipt"
+    bulletin_id: str = Field(primary_key=True, max_length=36)
+    recipient: str = Field(primary_key=True, max_length=32)
+    received_at: int = Field(sa_type=BIGINT)
+    recorded_at: int = Field(sa_type=BIGINT)
+    signature: str = Field(max_length=128)
+
+
+class RejectionRow(SQLModel, table=True):
+    __tablename__ = "rejection"
+    ingest_seq: int = Field(primary_key=True, sa_type=BIGINT)
+    originator: str = Field(index=True, max_length=32)
+    bulletin_id: str | None = Field(default=None, index=True, max_length=36)
+    reason: str = Field(max_length=64)
+    message: str = Field(max_length=300)
+    time: int = Field(sa_type=BIGINT)
+
+
+class ConsoleSessionRow(SQLModel, table=True):
+    """A signed-in console user (broker.console.sessions): kept in the database so that
+    every API replica knows it and a restart signs nobody out. Only the SHA-256 of the
+    session id is stored; times are epoch milliseconds."""
+
+    __tablename__ = "console_session"
+    sid_hash: str = Field(primary_key=True, max_length=64)
+    who: str = Field(index=True, max_length=64)
+    kind: str = Field(max_length=16)
+    scopes: str = Field(max_length=200)  # space-separated
+    csrf: str = Field(max_length=64)
+    via: str = Field(max_length=16)
+    created: int = Field(sa_type=BIGINT)
+    expires: int = Field(index=True, sa_type=BIGINT)
+    last_seen: int = Field(sa_type=BIGINT)
+
+
+class ConsoleLinkRow(SQLModel, table=True):
+    """A one-time console sign-in link, by the SHA-256 of its code; spent on use."""
+
+    __tablename__ = "console_link"
+    code_hash: str = Field(primary_key=True, max_length=64)
+    who: str = Field(max_length=64)
+    kind: str = Field(max_length=16)
+    scopes: str = Field(max_length=200)
+    expires: int = Field(index=True, sa_type=BIGINT)
+
+
+class AuditRow(SQLModel, table=True):
+    __tablename__ = "audit_event"
+    seq: int | None = Field(default=None, primary_key=True, sa_type=BIGINT)
+    event_id: str = Field(unique=True, max_length=160)
+    type: str = Field(index=True, max_length=40)
+    time: int = Field(index=True, sa_type=BIGINT)
+    actor: str = Field(index=True, max_length=200)
+    subject: str = Field(index=True, max_length=200)  # auditors search by agency
+    bulletin_id: str | None = Field(default=None, index=True, max_length=36)
+    reason: str | None = Field(default=None, max_length=200)
+    data: str  # canonical JSON
+
+    def to_event(self) -> AuditEvent:
+        return AuditEvent.model_validate_json(
+            json.dumps(
+                {
+                    "event_id": self.event_id,
+                    "type": self.type,
+                    "time": self.time,
+                    "actor": self.actor,
+                    "subject": self.subject,
+                    "bulletin_id": self.bulletin_id,
+                    "reason": self.reason,
+                    "data": json.loads(self.data),
+                }
+            )
+        )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def default_broker_dir(url: str) -> Path | None:
+    """Where the broker keeps its keys for the database at ``url`` when no data directory
+    is given: ``istmo up`` lays a data directory out as ``DATA_DIR/istmo.db`` beside
+    ``DATA_DIR/broker``, so for a SQLite file it is the ``broker`` directory beside it.
+    None for PostgreSQL (the data directory names it)."""
+    path = sqlite_path(url)
+    return None if path is None else path.parent / "broker"
+
+
+class Registry:
+    """Directory, bulletins and audit events in one database."""
+
+    def __init__(
+        self, url: str, *, broker_dir: Path | None = None, auto_upgrade: bool | None = None
+    ) -> None:
+        """Open the registry at ``url``.
+
+        Args:
+            url: a SQLite or PostgreSQL URL.
+            broker_dir: the data directory's ``broker`` directory (log key, directory key);
+                by default the one beside a SQLite file.
+            auto_upgrade: migrate the schema to the head on open; by default for SQLite
+                only (PostgreSQL is upgraded on purpose, by ``istmo db upgrade``).
+
+        Raises:
+            ConfigError: the database is at another schema revision (the message says what
+                to run), or the URL is unusable.
+            AuditStoreError: the database refused.
+        """
+        self.url = url
+        self.shown_url = display_url(url)
+        self.broker_dir = broker_dir if broker_dir is not None else default_broker_dir(url)
+        sqlite = is_sqlite(url)
+        self.engine: Engine = make_engine(url)
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._postgresql = self.engine.dialect.name == "postgresql"
+        try:
+            open_schema(
+                self.engine, url, auto_upgrade=sqlite if auto_upgrade is None else auto_upgrade
+            )
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    # ---------------------------------------------------------------- directory
+    def is_empty(self) -> bool:
+        with self.session() as s:
+            return s.exec(select(AgencyRow).limit(1)).first() is None
+
+    def add_all(self, rows: Iterable[SQLModel]) -> None:
+        with self.session() as s:
+            for row in rows:
+                s.add(row)
+            s.commit()
+
+    def jurisdictions(self) -> list[JurisdictionRow]:
+        with self.session() as s:
+            return list(s.exec(select(JurisdictionRow)))
+
+    def agencies(self) -> list[AgencyRow]:
+        with self.session() as s:
+            return list(s.exec(select(AgencyRow).order_by(AgencyRow.id)))
+
+    def agency(self, agency_id: str) -> AgencyRow | None:
+        with self.session() as s:
+            return s.get(AgencyRow, agency_id)
+
+    def subscriptions(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        with self.session() as s:
+            for row in s.exec(select(SubscriptionRow)):
+                out.setdefault(row.agency, set()).add(row.topic)
+        return out
+
+    def signing_key(self, kid: str) -> SigningKeyRow | None:
+        with self.session() as s:
+            return s.get(SigningKeyRow, kid)
+
+    def signing_keys(self, agency: str) -> list[SigningKeyRow]:
+        with self.session() as s:
+            q = select(SigningKeyRow).where(SigningKeyRow.agency == agency)
+            return list(s.exec(q))
+
+    def encryption_keys(self, agency: str) -> list[EncryptionKeyRow]:
+        with self.session() as s:
+            q = select(EncryptionKeyRow).where(EncryptionKeyRow.agency == agency)
+            return list(s.exec(q))
+
+    def keys_by_agency(
+        self,
+    ) -> tuple[dict[str, list[SigningKeyRow]], dict[str, list[EncryptionKeyRow]]]:
+        """Every agency's signing and encryption keys, in two queries (a directory refresh
+        asked twice per agency: 4 of its 5 s at 3,500 agencies)."""
+        signing: dict[str, list[SigningKeyRow]] = {}
+        encryption: dict[str, list[EncryptionKeyRow]] = {}
+        with self.session() as s:
+            for k in s.exec(select(SigningKeyRow)):
+                signing.setdefault(k.agency, []).append(k)
+            for e in s.exec(select(EncryptionKeyRow)):
+                encryption.setdefault(e.agency, []).append(e)
+        return signing, encryption
+
+    def nats_users(self) -> list[NatsUserRow]:
+        with self.session() as s:
+            return list(s.exec(select(NatsUserRow).order_by(NatsUserRow.agency)))
+
+    def active_policy(self) -> PolicySetRow | None:
+        with self.session() as s:
+            q = select(PolicySetRow).order_by(PolicySetRow.seq.desc()).limit(1)  # type: ignore[union-attr]
+            return s.exec(q).first()
+
+    def recent_bulletins(self, limit: int) -> list[BulletinRow]:
+        with self.session() as s:
+            q = select(BulletinRow).order_by(BulletinRow.accepted_at.desc()).limit(limit)  # type: ignore[attr-defined]
+            return list(s.exec(q))
+
+    # ---------------------------------------------------------------- bulletins
+    def bulletin(self, bulletin_id: str) -> BulletinRow | None:
+        with self.session() as s:
+            return s.get(BulletinRow, bulletin_id)
+
+    def accepted(self, bulletin_ids: Collection[str]) -> dict[str, tuple[int, str]]:
+        """``(ingest_seq, envelope_digest)`` of each of ``bulletin_ids`` already accepted,
+        in one query (the relay asks once per batch)."""
+        if not bulletin_ids:
+            return {}
+        with self.session() as s:
+            q = select(BulletinRow.id, BulletinRow.ingest_seq, BulletinRow.envelope_digest)
+            q = q.where(col(BulletinRow.id).in_(list(bulletin_ids)))
+            return {bid: (seq, digest) for bid, seq, digest in s.exec(q)}
+
+    def decisions(self, bulletin_id: str) -> list[DecisionRow]:
+        with self.session() as s:
+            q = select(DecisionRow).where(DecisionRow.bulletin_id == bulletin_id)
+            return list(s.exec(q))
+
+    def receipts(self, bulletin_id: str) -> list[ReceiptRow]:
+        with self.session() as s:
+            q = select(ReceiptRow).where(ReceiptRow.bulletin_id == bulletin_id)
+            return list(s.exec(q))
+
+    def rejection_for(self, originator: str, bulletin_id: str) -> RejectionRow | None:
+        with self.session() as s:
+            q = select(RejectionRow).where(
+                RejectionRow.originator == originator, RejectionRow.bulletin_id == bulletin_id
+            )
+            return s.exec(q).first()
+
+    def record(
+        self,
+        rows: Sequence[SQLModel],
+        events: Sequence[AuditEvent],
+        *,
+        bulk: Mapping[type[SQLModel], Sequence[Mapping[str, Any]]] | None = None,
+    ) -> None:
+        """Insert ``rows``, ``bulk`` (plain column values by table, for the many small rows
+        of a fan-out) and ``events`` in one transaction. Rows and events already there (same
+        primary key or event id) are left as they are, so a retried batch is harmless.
+
+        Raises:
+            AuditStoreError: the database refused the transaction.
+        """
+        by_table: dict[Any, list[Mapping[str, Any]]] = {}
+        for row in rows:
+            dumped = row.model_dump()
+            if dumped.get("seq", 0) is None:
+                del dumped["seq"]  # an autoincrement key the database assigns
+            by_table.setdefault(type(row).__table__, []).append(dumped)  # type: ignore[attr-defined]
+        for model, many in (bulk or {}).items():
+            by_table.setdefault(model.__table__, []).extend(many)  # type: ignore[attr-defined]
+        audit = [_audit_values(e) for e in events]
+        try:
+            with self.engine.begin() as conn:
+                for table, values in by_table.items():
+                    if values:
+                        conn.execute(self._insert_new(table), values)
+                if audit:
+                    self._lock_outbox(conn)
+                    conn.execute(self._insert_new(AuditRow.__table__), audit)  # type: ignore[attr-defined]
+        except SQLAlchemyError as exc:
+            raise AuditStoreError(
+                f"the store refused an audit write: {type(exc).__name__}"
+            ) from exc
+
+    def change(self, apply: Callable[[Session], None], events: Sequence[AuditEvent]) -> None:
+        """Run ``apply`` (updates to existing rows) and insert ``events`` in one transaction,
+        so a status or key change and its audit event stand or fall together.
+
+        Raises:
+            AuditStoreError: the database refused the transaction.
+        """
+        try:
+            with self.session() as s:
+                apply(s)
+                s.flush()
+                if events:
+                    self._lock_outbox(s.connection())
+                    s.connection().execute(
+                        self._insert_new(AuditRow.__table__),  # type: ignore[attr-defined]
+                        [_audit_values(e) for e in events],
+                    )
+                s.commit()
+        except SQLAlchemyError as exc:
+            raise AuditStoreError(f"the store refused a change: {type(exc).__name__}") from exc
+
+    def _lock_outbox(self, conn: Any) -> None:
+        """PostgreSQL: wait for the writers of earlier audit events to commit (see the
+        module docstring); the lock goes with this transaction. SQLite: already alone."""
+        if self._postgresql:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": OUTBOX_LOCK})
+
+    def _insert_new(self, table: Any) -> Any:
+        """INSERT that skips rows whose key exists (SQLite and PostgreSQL alike)."""
+        if self.engine.dialect.name == "postgresql":
+            return postgresql_insert(table).on_conflict_do_nothing()
+        return sqlite_insert(table).on_conflict_do_nothing()
+
+    def audit_events(
+        self,
+        *,
+        bulletin_id: str | None = None,
+        type_: str | None = None,
+        actor: str | None = None,
+        after_seq: int = 0,
+        limit: int = 1000,
+    ) -> list[AuditRow]:
+        limit = max(1, min(limit, 1000))
+        with self.session() as s:
+            q = select(AuditRow).where(AuditRow.seq > after_seq)  # type: ignore[operator]
+            if bulletin_id is not None:
+                q = q.where(AuditRow.bulletin_id == bulletin_id)
+            if type_ is not None:
+                q = q.where(AuditRow.type == type_)
+            if actor is not None:
+                q = q.where(AuditRow.actor == actor)
+            return list(s.exec(q.order_by(AuditRow.seq).limit(limit)))  # type: ignore[arg-type]  # sqlmodel types a column as its value
+
+
+def _audit_values(e: AuditEvent) -> dict[str, Any]:
+    return {
+        "event_id": e.event_id,
+        "type": e.type,
+        "time": e.time,
+        "actor": e.actor,
+        "subject": e.subject,
+        "bulletin_id": e.bulletin_id,
+        "reason": e.reason,
+        "data": json.dumps(
+            e.model_dump(mode="json")["data"], sort_keys=True, separators=(",", ":")
+        ),
+    }
