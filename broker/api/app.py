@@ -51,7 +51,6 @@ from broker.api.enrol import enrol_router
 from broker.api.guard import ApiLimits, Guard, Metrics, problem
 from broker.api.oauth import ASSERTION_TYPE, TOKEN_PATH, AuthError, Caller, TokenAuthority
 from broker.api.subscriptions import subscriptions_router
-from broker.console import mount_console
 from broker.directory.service import DirectoryService
 from broker.relay.agency_api import AgencyQueries, NotFound, ResolveRequest
 from broker.store.registry import Registry
@@ -65,7 +64,7 @@ from schemas.errors import (
 )
 from schemas.ids import AGENCY_ID_PATTERN, BULLETIN_ID_PATTERN, parse_agency_id
 
-__all__ = ["ApiLimits", "create_app"]
+__all__ = ["ApiLimits", "create_api"]
 
 log = logging.getLogger("istmo.api")
 
@@ -132,16 +131,16 @@ class ExplainAnswer(BaseModel):
 
 
 # ---------------------------------------------------------------------- the app
-def create_app(
+def create_api(
     registry: Registry,
     directory: DirectoryService,
     bus_ok: Callable[[], bool],
     *,
     auth: TokenAuthority | None = None,
     limits: ApiLimits | None = None,
-    console_dev_login: bool = False,
 ) -> FastAPI:
-    """Build the app over live services.
+    """Build the API's app over live services, without the web console (which sits a layer
+    above and mounts itself: ``broker.runtime.app.create_app`` puts the two together).
 
     Args:
         registry: the broker's store.
@@ -150,7 +149,6 @@ def create_app(
         auth: the token authority; without one, everything that needs a token answers
             503 and the public endpoints still work.
         limits: body, page and rate limits.
-        console_dev_login: offer the web console's development login (``istmo up`` only).
     """
     limits = limits or ApiLimits()
     metrics = Metrics()
@@ -186,7 +184,6 @@ def create_app(
     app.include_router(enrol_router(state))
     app.include_router(audit_router(state))
     app.include_router(subscriptions_router(state))
-    mount_console(app, state, dev_login=console_dev_login)  # /console, broker.console
     app.openapi = _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented hook
     return app
 

@@ -46,7 +46,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
 from broker.directory.admins import AdminRow, ensure_admin_table
-from broker.store.files import signing_key_file
+from broker.files import signing_key_file
 from broker.store.registry import AgencyRow, Registry
 from schemas.audit import AuditEvent
 from schemas.canonical import b64d

@@ -44,14 +44,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import nats
-import nats.errors
 from nats.aio.client import Client as NATS
 
 from broker.audit.log import AuditLog, LogCorrupt
+from broker.bus.connect import connect_as_broker
 from broker.bus.election import Election, ElectionTiming, holder_id
 from broker.config import Settings
-from broker.store.files import signing_key_file, write_file
+from broker.files import signing_key_file, write_file
 from schemas.canonical import b64d, b64e
 from schemas.errors import AuditStoreError, BusUnavailable, ConfigError
 from schemas.keys import SigningKey, VerifyKey
@@ -450,14 +449,4 @@ async def connect_broker(urls: Sequence[str], broker_dir: Path) -> NATS:
         seed = (broker_dir / "relay.seed").read_text().strip()
     except OSError as exc:
         raise ConfigError(f"no broker NATS key in {broker_dir} (relay.seed)") from exc
-    try:
-        return await nats.connect(
-            list(urls),
-            nkeys_seed_str=seed,
-            name="istmo-sequencer",
-            connect_timeout=5,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-        )
-    except (OSError, nats.errors.Error) as exc:
-        raise BusUnavailable(f"NATS is not reachable at {', '.join(urls)}") from exc
+    return await connect_as_broker(urls, seed=seed, name="istmo-sequencer")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from broker.bus.natsconf import AgencyUser, ClusterLayout, NatsLayout, render_accounts
 from broker.bus.server import NatsServer, check_port_free
-from broker.store.files import write_private
+from broker.files import write_private
 from schemas.errors import BusUnavailable, ConfigError
 
 __all__ = [

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import time
 from datetime import UTC, datetime
 
+from broker.cli._common import operator_name
 from broker.config import Settings
 from broker.directory.enrolment import NewAgency, create_agency, issue_token
 from broker.directory.lifecycle import (
@@ -26,7 +26,8 @@ from broker.directory.lifecycle import (
 )
 from broker.directory.subscriptions import set_subscriptions, subscriptions_of
 from broker.runtime.control import notify_running_stack
-from broker.runtime.stack import Stack, read_stack_file
+from broker.runtime.datadir import DataDir
+from broker.runtime.stack import read_stack_file
 from schemas.enrolment import split_enrolment_token
 from schemas.errors import ConfigError
 
@@ -42,50 +43,48 @@ __all__ = [
 _STATUS: dict[str, Status] = {"suspend": "suspended", "reinstate": "active", "revoke": "revoked"}
 
 
-def _open(args: argparse.Namespace) -> Stack:
-    stack = Stack(
-        Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir), out=lambda _l: None
-    )
-    stack.prepare()
-    return stack
+def _open(args: argparse.Namespace) -> DataDir:
+    # An empty registry gets the demo directory, as on `istmo up`.
+    settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
+    return DataDir.open(settings, demo=True, out=lambda _line: None)
 
 
-def _tell(stack: Stack) -> None:
-    if asyncio.run(notify_running_stack(stack, CONTROL_DIRECTORY_SUBJECT)):
+def _tell(data: DataDir) -> None:
+    if asyncio.run(notify_running_stack(data, CONTROL_DIRECTORY_SUBJECT)):
         print("the running stack applied it")
     else:
         print("no running stack for this data directory: it applies at the next `istmo up`")
 
 
 def status_command(args: argparse.Namespace) -> int:
-    stack = _open(args)
-    registry, _ = stack._opened()
+    data = _open(args)
+    registry = data.registry
     status: Status = _STATUS[args.status_action]
     before = set_agency_status(
         registry,
         args.agency,
         status,
-        actor=f"local:{getpass.getuser()}",
+        actor=operator_name(),
         note=args.note,
     )
     print(f"{args.agency}: {before} -> {status}")
-    _tell(stack)
+    _tell(data)
     return 0
 
 
 def key_revoke_command(args: argparse.Namespace) -> int:
-    stack = _open(args)
-    registry, _ = stack._opened()
-    revoke_signing_key(registry, args.agency, args.kid, actor=f"local:{getpass.getuser()}")
+    data = _open(args)
+    registry = data.registry
+    revoke_signing_key(registry, args.agency, args.kid, actor=operator_name())
     print(f"{args.agency}: key {args.kid} revoked")
-    _tell(stack)
+    _tell(data)
     return 0
 
 
 def subscriptions_command(args: argparse.Namespace) -> int:
     """Show an agency's topics, or replace them with ``--set`` (empty: none)."""
-    stack = _open(args)
-    registry, _ = stack._opened()
+    data = _open(args)
+    registry = data.registry
     if args.set is None:
         topics = subscriptions_of(registry, args.agency)
         if topics is None:
@@ -100,17 +99,17 @@ def subscriptions_command(args: argparse.Namespace) -> int:
         return 0
     added, removed = ", ".join(change.added) or "none", ", ".join(change.removed) or "none"
     print(f"added: {added}; removed: {removed}")
-    _tell(stack)
+    _tell(data)
     return 0
 
 
 def _actor() -> str:
-    return f"local:{getpass.getuser()}"
+    return operator_name()
 
 
 def agency_add_command(args: argparse.Namespace) -> int:
-    stack = _open(args)
-    registry, _ = stack._opened()
+    data = _open(args)
+    registry = data.registry
     now = int(time.time())
     new = NewAgency(
         id=args.agency,
@@ -130,29 +129,29 @@ def agency_add_command(args: argparse.Namespace) -> int:
         print(
             f"{new.id}: added ({new.sector}, {where}, clearance {new.clearance}; topics {topics})"
         )
-    _show_token(stack, args, token, now)
+    _show_token(data, args, token, now)
     return 0
 
 
 def agency_token_command(args: argparse.Namespace) -> int:
-    stack = _open(args)
-    registry, _ = stack._opened()
+    data = _open(args)
+    registry = data.registry
     now = int(time.time())
     token = issue_token(registry, args.agency, args.token_ttl, _actor(), now=now)
-    _show_token(stack, args, token, now)
+    _show_token(data, args, token, now)
     return 0
 
 
-def _show_token(stack: Stack, args: argparse.Namespace, token: str, now: int) -> None:
+def _show_token(data: DataDir, args: argparse.Namespace, token: str, now: int) -> None:
     """Print the token, once, with what the agency needs to enrol; then tell the stack."""
     parts = split_enrolment_token(token)
     assert parts is not None  # noqa: S101  # issue_token made it
-    info = read_stack_file(stack.settings.data_dir) or {}
-    s = stack.settings
+    info = read_stack_file(data.settings.data_dir) or {}
+    s = data.settings
     broker = str(info.get("api_url") or f"http://{s.host}:{s.api_port}")
-    kid = stack.directory_key.verify_key.kid
+    kid = data.directory_key.verify_key.kid
     expires_at = now + args.token_ttl
-    applied = asyncio.run(notify_running_stack(stack, CONTROL_DIRECTORY_SUBJECT))
+    applied = asyncio.run(notify_running_stack(data, CONTROL_DIRECTORY_SUBJECT))
     if args.json:
         doc = {
             "agency": args.agency,

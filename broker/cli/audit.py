@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import getpass
 import json
 import os
 import re
@@ -40,6 +39,7 @@ from broker.audit.log import (
     queried_event,
 )
 from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key, require_database
+from broker.cli._common import operator_name
 from broker.config import Settings
 from broker.store.registry import Registry
 from schemas.audit import EVENT_TYPES
@@ -97,16 +97,9 @@ def _local(args: argparse.Namespace) -> Iterator[_Local]:
         opened.close()
 
 
-def _who() -> str:
-    try:
-        return f"local:{getpass.getuser()}"[:200]
-    except (OSError, KeyError):  # no user name for this uid (containers)
-        return f"local:uid-{os.getuid()}"
-
-
 def _record(local: _Local, command: str, query: dict[str, Any], rows: int) -> None:
     """Record the query before its rows are shown: no access without an audit event."""
-    local.registry.record([], [queried_event(_who(), f"audit.{command}", query, rows)])
+    local.registry.record([], [queried_event(operator_name(), f"audit.{command}", query, rows)])
 
 
 def _iso(ms: int) -> str:

@@ -5,19 +5,16 @@ through the ``istmo.commands`` entry point group (the client never imports the b
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
-import logging
 import os
 import re
-import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from broker.cli._common import add_data_dir, add_stack_dirs, server_parts
 from broker.cli.db import add_db_commands
-from broker.config import DEFAULT_API_PORT, DEFAULT_NATS_HTTP_PORT, DEFAULT_NATS_PORT, Settings
+from broker.config import DEFAULT_API_PORT, DEFAULT_NATS_HTTP_PORT, DEFAULT_NATS_PORT
 from schemas.directory import SECTORS
-from schemas.errors import ConfigError
 from schemas.labels import TOPICS, Classification
 
 __all__ = ["register"]
@@ -36,7 +33,7 @@ def register(sub: Any) -> None:
             "again on the same DATA_DIR resumes with the same keys, streams and deliveries."
         ),
     )
-    _common(p)
+    add_stack_dirs(p)
     p.add_argument(
         "--nats-port",
         type=int,
@@ -96,7 +93,7 @@ def register(sub: Any) -> None:
         choices=(1, 3, 5),
         help="with --join: replicas of the Istmo streams (default: as they are, 1 if new)",
     )
-    p.set_defaults(func=_up)
+    p.set_defaults(func=_lazy("cli.up", "up_command"))
 
     _policy_commands(sub)
     _admin_commands(sub)
@@ -111,17 +108,17 @@ def register(sub: Any) -> None:
         description="Join the shared ingest consumer of the stack `istmo up` "
         "runs for DATA_DIR (or --nats-url).",
     )
-    _common(p)
+    add_stack_dirs(p)
     p.add_argument(
         "--nats-url",
         default=os.environ.get("ISTMO_NATS_URL"),
         help="NATS to join (a cluster: its URLs, comma-separated; default: the running stack's)",
     )
-    p.set_defaults(func=_relay)
+    p.set_defaults(func=_lazy("cli.up", "relay_command"))
 
 
 def _policy_commands(sub: Any) -> None:
-    common = _common
+    common = add_stack_dirs
     p = sub.add_parser("policy", help="check, explain, simulate and adopt policy sets")
     cmds = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
 
@@ -135,7 +132,7 @@ def _policy_commands(sub: Any) -> None:
     )
     common(c)
     c.add_argument("dir", nargs="?", type=Path, help="default: the active policy set")
-    c.set_defaults(func=_lazy("check_command"))
+    c.set_defaults(func=_lazy("cli.policy", "check_command"))
 
     c = cmds.add_parser(
         "explain",
@@ -154,7 +151,7 @@ def _policy_commands(sub: Any) -> None:
     c.add_argument("--agency", action="append", help="explain only for this agency (repeatable)")
     c.add_argument("--at", type=int, help="decide as of this epoch time (default: now)")
     c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_lazy("explain_command"))
+    c.set_defaults(func=_lazy("cli.policy", "explain_command"))
 
     c = cmds.add_parser(
         "simulate",
@@ -166,7 +163,7 @@ def _policy_commands(sub: Any) -> None:
     c.add_argument("--candidate", required=True, type=Path, help="candidate policy directory")
     c.add_argument("--last", type=int, default=1000, help="how many recent bulletins (max 100000)")
     c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_lazy("simulate_command"))
+    c.set_defaults(func=_lazy("cli.policy", "simulate_command"))
 
     c = cmds.add_parser(
         "adopt",
@@ -178,7 +175,7 @@ def _policy_commands(sub: Any) -> None:
     )
     common(c)
     c.add_argument("dir", type=Path)
-    c.set_defaults(func=_lazy("adopt_command"))
+    c.set_defaults(func=_lazy("cli.policy", "adopt_command"))
 
 
 def _admin_commands(sub: Any) -> None:
@@ -193,17 +190,17 @@ def _admin_commands(sub: Any) -> None:
         ("revoke", "revoke an agency for good"),
     ):
         c = cmds.add_parser(action, help=text, description=text)
-        _common(c)
+        add_stack_dirs(c)
         c.add_argument("agency", help="the agency id, like gt-police")
         c.add_argument("--note", default="", help="why, for the audit log (no secrets)")
-        c.set_defaults(func=_lazy_in("admin_cli", "status_command"), status_action=action)
+        c.set_defaults(func=_lazy("cli.admin", "status_command"), status_action=action)
     c = cmds.add_parser(
         "revoke-key", help="revoke a signing key: bulletins it signs from now on are refused"
     )
-    _common(c)
+    add_stack_dirs(c)
     c.add_argument("agency")
     c.add_argument("kid", help="the key id (sig-...) from the directory")
-    c.set_defaults(func=_lazy_in("admin_cli", "key_revoke_command"))
+    c.set_defaults(func=_lazy("cli.admin", "key_revoke_command"))
     c = cmds.add_parser(
         "subscriptions",
         help="show or set the topics an agency follows",
@@ -213,12 +210,12 @@ def _admin_commands(sub: Any) -> None:
             "running stack applies it at once."
         ),
     )
-    _common(c)
+    add_stack_dirs(c)
     c.add_argument("agency", help="the agency id, like gt-police")
     c.add_argument(
         "--set", metavar="TOPIC,TOPIC", help="the whole new set, from: " + ", ".join(TOPICS)
     )
-    c.set_defaults(func=_lazy_in("admin_cli", "subscriptions_command"))
+    c.set_defaults(func=_lazy("cli.admin", "subscriptions_command"))
     _dead_letter_commands(cmds)  # broker.relay.dead_letters
 
 
@@ -231,13 +228,13 @@ def _reconcile_command(sub: Any) -> None:
         "(delivery.republished), record those with no good copy (delivery.unrecoverable). "
         "Exit 1 if anything is still missing.",
     )
-    _common(c)
+    add_stack_dirs(c)
     c.add_argument("--since", default="30d", metavar="SPAN", help="like 90m, 24h, 30d (30d)")
     c.add_argument("--batch", type=int, default=1000, help="at most this many per run (1000)")
     c.add_argument("--dry-run", action="store_true", help="only count")
     c.add_argument("--json", action="store_true")
     c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
-    c.set_defaults(func=_lazy_in("reconcile", "reconcile_command"))
+    c.set_defaults(func=_lazy("cli.reconcile", "reconcile_command"))
 
 
 def _health_command(sub: Any) -> None:
@@ -251,7 +248,7 @@ def _health_command(sub: Any) -> None:
         "for the sequencer, dead letters. Exit 0 all ok, 1 a warning, 3 an alarm; run it "
         "from cron or a monitoring agent.",
     )
-    _common(c)
+    add_stack_dirs(c)
     c.add_argument("--json", action="store_true", help="one JSON object: level and checks")
     c.add_argument(
         "--all", action="store_true", dest="show_all", help="every agency's line, ok ones too"
@@ -270,7 +267,7 @@ def _health_command(sub: Any) -> None:
         help="nats-server monitoring of each node (http://host:8222), comma-separated or "
         "repeated (default $ISTMO_NATS_MONITOR_URLS, else the nodes `istmo up` runs here)",
     )
-    c.set_defaults(func=_lazy_in("health", "health_command"))
+    c.set_defaults(func=_lazy("cli.health", "health_command"))
 
 
 def _dead_letter_commands(cmds: Any) -> None:
@@ -280,22 +277,22 @@ def _dead_letter_commands(cmds: Any) -> None:
         description="List the dead letters recorded in the audit log: deliveries a "
         "recipient's handler failed 10 times, and ingest messages no relay could process.",
     )
-    _common(c)
+    add_stack_dirs(c)
     c.add_argument("--agency", help="only this agency's (recipient, or publisher for ingest)")
     c.add_argument("--all", action="store_true", help="include those already redriven")
     c.add_argument("--json", action="store_true", help="one JSON object per line")
-    c.set_defaults(func=_lazy_in("dead_letters", "list_command"))
+    c.set_defaults(func=_lazy("cli.dead_letters", "list_command"))
     c = cmds.add_parser(
         "redrive",
         help="deliver dead letters again (after the agency fixed its handler); audited",
         description="Re-publish dead letters from ISTMO_DEAD to the recipient (or, for "
         "ingest, to the relay). Each redrive is an audit event; a second run does nothing.",
     )
-    _common(c)
+    add_stack_dirs(c)
     c.add_argument("--dead-seq", type=int, action="append", help="a dead letter (repeatable)")
     c.add_argument("--agency", help="every pending dead letter of this agency")
     c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
-    c.set_defaults(func=_lazy_in("dead_letters", "redrive_command"))
+    c.set_defaults(func=_lazy("cli.dead_letters", "redrive_command"))
 
 
 _DURATION = re.compile(r"(\d{1,7})([smhd])")
@@ -321,7 +318,7 @@ def _agency_commands(cmds: Any) -> None:
             "change at once."
         ),
     )
-    _common(c)
+    add_stack_dirs(c)
     c.add_argument("agency", metavar="ID", help="the new agency id, like gt-customs")
     c.add_argument("--name", required=True, help="its display name")
     where = c.add_mutually_exclusive_group(required=True)
@@ -343,17 +340,17 @@ def _agency_commands(cmds: Any) -> None:
     )
     c.add_argument("--min-source-grade", metavar="A1..F6", help="weakest source grade it takes")
     _token_ttl(c)
-    c.set_defaults(func=_lazy_in("admin_cli", "agency_add_command"))
+    c.set_defaults(func=_lazy("cli.admin", "agency_add_command"))
 
     c = agency.add_parser(
         "token",
         help="a new one-time enrolment token for an agency not enrolled yet",
         description="Issue a new enrolment token and revoke the agency's unused ones.",
     )
-    _common(c)
+    add_stack_dirs(c)
     c.add_argument("agency", metavar="ID")
     _token_ttl(c)
-    c.set_defaults(func=_lazy_in("admin_cli", "agency_token_command"))
+    c.set_defaults(func=_lazy("cli.admin", "agency_token_command"))
 
 
 def _token_ttl(c: argparse.ArgumentParser) -> None:
@@ -372,17 +369,17 @@ def _audit_commands(sub: Any) -> None:
     cmds = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
 
     c = cmds.add_parser("tail", help="the last entries of the log (recorded as a query)")
-    _data_dir(c)
+    add_data_dir(c)
     c.add_argument("-n", type=int, default=20, help="how many entries (default 20, max 1000)")
     c.add_argument("--follow", action="store_true", help="then print new entries until Ctrl-C")
-    c.set_defaults(func=_lazy_in("audit_cli", "tail_command"))
+    c.set_defaults(func=_lazy("cli.audit", "tail_command"))
 
     c = cmds.add_parser(
         "search",
         help="entries by agency, bulletin, type and time (recorded as a query)",
         description="Entries matching every filter given, oldest first, one page at a time.",
     )
-    _data_dir(c)
+    add_data_dir(c)
     c.add_argument("--agency", help="the agency as actor or subject")
     c.add_argument("--bulletin", help="a bulletin id")
     c.add_argument("--type", help="an event type, like bulletin.denied")
@@ -391,13 +388,13 @@ def _audit_commands(sub: Any) -> None:
     c.add_argument("--after-index", type=int, default=-1, help="page on after this index")
     c.add_argument("--limit", type=int, default=100, help="entries per page (max 1000)")
     c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_lazy_in("audit_cli", "search_command"))
+    c.set_defaults(func=_lazy("cli.audit", "search_command"))
 
     c = cmds.add_parser(
         "export",
         help="every entry up to the latest signed tree head (recorded as a query)",
     )
-    _data_dir(c)
+    add_data_dir(c)
     c.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     c.add_argument("--out", type=Path, required=True, help="the file to write")
     c.add_argument(
@@ -406,7 +403,7 @@ def _audit_commands(sub: Any) -> None:
         default=None,
         help="progress bar on stderr (default: for long exports to a terminal)",
     )
-    c.set_defaults(func=_lazy_in("audit_cli", "export_command"))
+    c.set_defaults(func=_lazy("cli.audit", "export_command"))
 
     c = cmds.add_parser(
         "verify",
@@ -414,10 +411,10 @@ def _audit_commands(sub: Any) -> None:
         description="Rebuild the Merkle tree from the stored entries, check every entry "
         "against its audit event and every signed tree head; name the first bad index.",
     )
-    _data_dir(c)
+    add_data_dir(c)
     c.add_argument("--log-key", type=Path, help="the log's public key (default DATA_DIR/broker)")
     c.add_argument("--progress", action="store_true", help="progress bar on stderr")
-    c.set_defaults(func=_lazy_in("audit_cli", "verify_command"))
+    c.set_defaults(func=_lazy("cli.audit", "verify_command"))
 
     c = cmds.add_parser(
         "monitor",
@@ -425,10 +422,10 @@ def _audit_commands(sub: Any) -> None:
         description="Verify the latest signed tree head against the key pinned in STATE "
         "and a consistency proof from the head seen last; alarm on rollback or fork.",
     )
-    _data_dir(c)
+    add_data_dir(c)
     c.add_argument("--state", type=Path, required=True, help="where the monitor remembers")
     c.add_argument("--log-key", type=Path, help="the log's public key to pin on the first run")
-    c.set_defaults(func=_lazy_in("audit_cli", "monitor_command"))
+    c.set_defaults(func=_lazy("cli.audit", "monitor_command"))
 
     p = sub.add_parser(
         "sequencer",
@@ -438,7 +435,7 @@ def _audit_commands(sub: Any) -> None:
         "over within about 7 s when it dies. `istmo up` stands for sequencer too unless "
         "--no-sequencer.",
     )
-    _data_dir(p)
+    add_data_dir(p)
     p.add_argument("--batch", type=int, default=1000, help="entries per signed tree head")
     p.add_argument(
         "--nats-url",
@@ -458,161 +455,14 @@ def _audit_commands(sub: Any) -> None:
         help="without NATS: catch up the log of a stopped stack on this machine, holding "
         "DATA_DIR/broker/sequencer.lock",
     )
-    p.set_defaults(func=_sequencer)
+    p.set_defaults(func=_lazy("cli.up", "sequencer_command"))
 
 
-def _data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("ISTMO_DATA_DIR", ".istmo")),
-        help="the broker's data directory (default ./.istmo, or $ISTMO_DATA_DIR)",
-    )
-
-
-def _lazy_in(module: str, name: str) -> Any:
-    """A command handler from ``broker.<module>``, imported only when it runs."""
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """The handler ``name`` of ``broker.<module>``, imported only when its command runs."""
 
     def run(args: argparse.Namespace) -> int:
-        result: int = getattr(_server_parts(module), name)(args)
+        result: int = getattr(server_parts(module), name)(args)
         return result
 
     return run
-
-
-def _lazy(name: str) -> Any:
-    """A ``policy`` command handler, imported only when it runs."""
-    return _lazy_in("policy_cli", name)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("ISTMO_DATA_DIR", ".istmo")),
-        help="where keys, JetStream and the database live (default ./.istmo, or $ISTMO_DATA_DIR)",
-    )
-    p.add_argument(
-        "--policy-dir",
-        type=Path,
-        default=None,
-        help="the policies/ directory to load (default: the checkout's)",
-    )
-
-
-def _run(coro_factory: Any) -> int:
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await coro_factory(stop)
-
-    asyncio.run(main())
-    return 0
-
-
-def _server_parts(module: str = "stack") -> Any:
-    """A broker module, loaded only for these commands (they need ``istmo[server]``)."""
-    try:
-        return importlib.import_module(f"broker.{module}")
-    except ImportError as exc:
-        raise ConfigError(
-            f"this command needs the server parts ({exc.name} is missing): "
-            "pip install -e '.[server]'"
-        ) from exc
-
-
-def _up(args: argparse.Namespace) -> int:
-    Stack = _server_parts().Stack
-
-    logging.getLogger("istmo").setLevel(logging.INFO)
-    settings = Settings.from_env(
-        data_dir=args.data_dir,
-        nats_port=args.nats_port,
-        nats_http_port=args.nats_http_port,
-        api_port=args.api_port,
-        nats_server=args.nats_server,
-        policy_dir=args.policy_dir,
-    )
-    join = _nats_urls(args.join, None) if args.join else []
-    if join and args.cluster != 1:
-        raise ConfigError("--join and --cluster exclude each other: the NATS to join is running")
-    stack = Stack(
-        settings,
-        cluster=args.cluster,
-        cluster_port=args.cluster_port,
-        join=join,
-        stream_replicas=args.stream_replicas,
-    )
-    stack.claim()  # lock, ports, a stale nats-server: before anything is written
-    stack.prepare(demo=not join)  # a region's directory is its administrators', never the demo
-    code = _run(
-        lambda stop: stack.up(
-            stop, with_relay=not args.no_relay, with_sequencer=not args.no_sequencer
-        )
-    )
-    print("istmo: stopped cleanly")
-    return code
-
-
-def _relay(args: argparse.Namespace) -> int:
-    parts = _server_parts()
-    Stack, read_stack_file = parts.Stack, parts.read_stack_file
-
-    settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
-    urls = _nats_urls(args.nats_url, read_stack_file(settings.data_dir))
-    stack = Stack(settings)
-    stack.prepare(demo=False)
-    return _run(lambda stop: stack.relay_only(stop, urls))
-
-
-def _nats_urls(given: str | None, stack_file: dict[str, Any] | None) -> list[str]:
-    """``--nats-url`` (comma-separated for a cluster), else every URL the running stack
-    recorded for this data directory.
-
-    Raises:
-        ConfigError: neither is there.
-    """
-    if given:
-        urls = [u.strip() for u in given.split(",") if u.strip()]
-    else:
-        info = stack_file or {}
-        recorded = info.get("nats_urls") or [info.get("nats_url")]
-        urls = [u for u in recorded if isinstance(u, str)]
-    if not urls or len(urls) > 16:
-        raise ConfigError(
-            "no stack running for this data directory; start `istmo up` or pass --nats-url"
-        )
-    return urls
-
-
-def _sequencer(args: argparse.Namespace) -> int:
-    parts = _server_parts("sequencer")
-    if not 1 <= args.batch <= 100_000:
-        raise ConfigError(f"--batch {args.batch} is outside 1..100000")
-    settings = Settings.from_env(data_dir=args.data_dir)
-    parts.require_database(settings)
-    limits = parts.SequencerLimits(batch_entries=args.batch)
-    urls: list[str] = []
-    if not args.offline:
-        running = _server_parts().read_stack_file(settings.data_dir)
-        if args.nats_url or running:
-            urls = _nats_urls(args.nats_url, running)
-
-    async def run(stop: asyncio.Event) -> None:
-        if not urls:
-            print("sequencer: no NATS; holding the file lock of this data directory")
-            await parts.run_in_stack(settings, stop, print, limits=limits, standby=args.standby)
-            return
-        nc = await parts.connect_broker(urls, settings.broker_dir)
-        try:
-            await parts.run_in_stack(
-                settings, stop, print, nc=nc, replicas=None, limits=limits, standby=args.standby
-            )
-        finally:
-            await nc.close()
-
-    code = _run(run)
-    print("sequencer: stopped")
-    return code

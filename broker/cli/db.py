@@ -22,29 +22,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AUDIT_TABLES", "REGISTRY_TABLES", "add_db_commands", "grant_statements"]
+from broker.store.tables import AUDIT_TABLES, REGISTRY_TABLES, SEQUENCES
 
-AUDIT_TABLES = ("audit_event", "log_entry", "merkle_node", "tree_head")
-REGISTRY_TABLES = (
-    "admin_identity",
-    "agency",
-    "assertion_jti",
-    "bulletin",
-    "console_link",
-    "console_session",
-    "decision",
-    "encryption_key",
-    "enrolment_token",
-    "jurisdiction",
-    "meta",
-    "nats_user",
-    "policy_set",
-    "receipt",
-    "rejection",
-    "signing_key",
-    "subscription",
-)
-SEQUENCES = ("audit_event_seq_seq", "policy_set_seq_seq")
+__all__ = ["add_db_commands", "grant_statements"]
+
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 

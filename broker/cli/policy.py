@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+from broker.cli._common import operator_name
 from broker.config import Settings
 from broker.directory.policy_sets import (
     CONTROL_POLICY_SUBJECT,
@@ -23,7 +23,7 @@ from broker.directory.policy_sets import (
 )
 from broker.policy.engine import BulletinFacts, PolicyBundle, PolicyLoadError, simulate
 from broker.runtime.control import notify_running_stack
-from broker.runtime.stack import Stack
+from broker.runtime.datadir import DataDir
 from schemas.canonical import strict_loads
 from schemas.errors import ConfigError, EnvelopeError
 from schemas.ids import parse_agency_id
@@ -35,11 +35,10 @@ _PREVIEW_ID = "00000000-0000-4000-8000-000000000000"
 MAX_HEADER_BYTES = 64 * 1024
 
 
-def _stack(args: argparse.Namespace) -> Stack:
+def _open(args: argparse.Namespace) -> DataDir:
+    # An empty registry gets the demo directory, as on `istmo up`.
     settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
-    stack = Stack(settings, out=lambda _line: None)
-    stack.prepare()
-    return stack
+    return DataDir.open(settings, demo=True, out=lambda _line: None)
 
 
 def _problems(exc: PolicyLoadError) -> str:
@@ -47,9 +46,9 @@ def _problems(exc: PolicyLoadError) -> str:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    stack = _stack(args)
-    registry, directory = stack._opened()
-    root = args.dir or active_policy_dir(stack.settings, registry)
+    data = _open(args)
+    registry, directory = data.registry, data.directory
+    root = args.dir or active_policy_dir(data.settings, registry)
     try:
         bundle = PolicyBundle.load(root)
         directory.engine_for(bundle)
@@ -81,8 +80,8 @@ def _load_header(path: Path) -> tuple[str, Labels, int | None, int | None]:
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    stack = _stack(args)
-    _registry, d = stack._opened()
+    data = _open(args)
+    _registry, d = data.registry, data.directory
     originator, labels, not_before, expires_at = _load_header(args.bulletin)
     origin = d.records.get(originator)
     if origin is None:
@@ -135,8 +134,8 @@ def _explanation_json(e: Any) -> dict[str, Any]:
 
 
 def simulate_command(args: argparse.Namespace) -> int:
-    stack = _stack(args)
-    registry, d = stack._opened()
+    data = _open(args)
+    registry, d = data.registry, data.directory
     try:
         candidate_bundle = PolicyBundle.load(args.candidate)
         candidate = d.engine_for(candidate_bundle)
@@ -184,13 +183,13 @@ def _change_json(c: Any) -> dict[str, Any]:
 
 
 def adopt_command(args: argparse.Namespace) -> int:
-    stack = _stack(args)
-    registry, d = stack._opened()
-    who = f"local:{getpass.getuser()}"
+    data = _open(args)
+    registry, d = data.registry, data.directory
+    who = operator_name()
     try:
         done = adopt(
             args.dir,
-            settings=stack.settings,
+            settings=data.settings,
             registry=registry,
             active=d.bundle,
             adopted_by=who,
@@ -201,7 +200,7 @@ def adopt_command(args: argparse.Namespace) -> int:
     print(
         f"adopted policy set {done.version} (was {done.previous}), archived in {done.archived_at}"
     )
-    if asyncio.run(notify_running_stack(stack, CONTROL_POLICY_SUBJECT)):
+    if asyncio.run(notify_running_stack(data, CONTROL_POLICY_SUBJECT)):
         print("the running relay switched to it")
     else:
         print("no running stack for this data directory: it takes effect at the next `istmo up`")

@@ -1,5 +1,6 @@
 """The web console: server-rendered pages for auditors and administrators under ``/console``,
-served by the API's own FastAPI app (``mount_console``, called by ``broker.api.app.create_app``).
+served by the API's own FastAPI app (``broker.console.mount.mount_console``, called by
+``broker.runtime.app.create_app``).
 
 Layout:
 
@@ -46,7 +47,7 @@ How to add a page (what part 2 does for ``admin*.py``)::
 
         return router
 
-Then list the router in ``_PAGE_ROUTERS`` below (one line; ``admin_router`` is picked up
+Then list the router in ``_page_routers`` in ``mount.py`` (one line; ``admin_router`` is picked up
 automatically if ``broker.console.admin`` defines it). A template extends the layout::
 
     {% extends "base.html" %}
@@ -61,63 +62,3 @@ input is bounded (FastAPI ``Query(max_length=...)``), and a refusal is ``raise
 ConsolePage(status, key, audit=reason, who=...)``. The nav shows an "Administration" link
 to ``/console/admin/`` for sessions with the ``admin`` scope.
 """
-
-from __future__ import annotations
-
-import importlib
-from collections.abc import Callable
-
-from fastapi import APIRouter, FastAPI
-from starlette.responses import RedirectResponse
-from starlette.staticfiles import StaticFiles
-
-from broker.api.context import ApiState
-from broker.console.sessions import Session
-from broker.console.web import (
-    PREFIX,
-    STATIC,
-    ConsoleHeaders,
-    ConsolePage,
-    ConsoleState,
-    on_console_page,
-)
-
-__all__ = ["ConsoleState", "Session", "mount_console"]
-
-
-def _page_routers() -> list[Callable[[ConsoleState], APIRouter]]:
-    from broker.console.auditor import auditor_router
-    from broker.console.auth import auth_router
-
-    routers: list[Callable[[ConsoleState], APIRouter]] = [auth_router, auditor_router]
-    try:
-        admin = importlib.import_module("broker.console.admin")
-    except ModuleNotFoundError as exc:
-        if exc.name != "broker.console.admin":
-            raise
-    else:
-        routers.append(admin.admin_router)
-    return routers
-
-
-def mount_console(app: FastAPI, api: ApiState, *, dev_login: bool = False) -> ConsoleState:
-    """Serve the console from ``app`` under ``/console``.
-
-    Args:
-        app: the API's app (its guard is already added; the console's headers go outside).
-        api: the API's state (registry, directory, token authority).
-        dev_login: offer the development login (``istmo up`` only).
-    """
-    console = ConsoleState(api=api, dev_login=dev_login)
-    app.state.console = console
-    app.add_exception_handler(ConsolePage, on_console_page)  # type: ignore[arg-type]  # Starlette's handler type is loose
-    for make in _page_routers():
-        app.include_router(make(console))
-
-    @app.get(PREFIX, include_in_schema=False)
-    def console_root() -> RedirectResponse:
-        return RedirectResponse(f"{PREFIX}/", status_code=307)
-
-    app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
-    app.add_middleware(ConsoleHeaders)
-    return console

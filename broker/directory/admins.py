@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlmodel import Field, SQLModel
 
-from broker.store.files import write_private
+from broker.files import write_private
 from broker.store.registry import AgencyRow, Registry
 from schemas.audit import AuditEvent
 from schemas.canonical import b64e

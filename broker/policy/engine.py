@@ -9,7 +9,8 @@ agency) is a deny.
 Left to others: reading the directory from the registry (``broker.directory.service``), recording
 decisions in the audit log, the CLI and HTTP faces of explain and simulate, and acting on
 handling caveats (H0, H2, H3 and the use side of H1 travel with the bulletin: Cedar has no
-obligations). ``broker.policy.explain`` holds the explanation and simulation values.
+obligations). The values it decides over and answers are ``broker.policy.model``'s;
+``explain`` and ``simulate`` build on them.
 """
 
 from __future__ import annotations
@@ -21,14 +22,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
 
 import cedarpy
 from cedarpy import Entities, PolicySet, Schema, pst
 
-from broker.policy.explain import Change, Explanation, explanation, simulate
+from broker.policy.explain import Explanation, explanation
+from broker.policy.model import (
+    Action,
+    AgencyInfo,
+    BulletinFacts,
+    Decision,
+    JurisdictionInfo,
+)
+from broker.policy.simulate import Change, simulate
 from schemas.errors import ConfigError
-from schemas.labels import Labels
 
 __all__ = [
     "AgencyInfo",
@@ -44,7 +51,6 @@ __all__ = [
     "simulate",
 ]
 
-Action = Literal["publish", "receive"]
 
 _NS = "Istmo"
 _SCHEMA_FILE = "schema.cedarschema"
@@ -75,66 +81,6 @@ class PolicyLoadError(ConfigError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("policy bundle rejected: " + "; ".join(problems))
         self.problems = problems
-
-
-@dataclass(frozen=True)
-class JurisdictionInfo:
-    """A member state or a community; a state's ``parents`` are its communities."""
-
-    code: str
-    kind: Literal["state", "community"]
-    name: str
-    parents: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class AgencyInfo:
-    """An agency. Its Cedar parents are ``state`` if set, else ``communities``.
-
-    ``min_source_grade`` ("A1".."F6"), if set, is the worst Admiralty grade the agency
-    accepts on each axis; it then receives no ungraded bulletin.
-    """
-
-    id: str
-    name: str
-    sector: str
-    status: str
-    clearance: int
-    topics: frozenset[str]
-    state: str | None
-    communities: tuple[str, ...]
-    min_source_grade: str | None = None
-
-
-@dataclass(frozen=True)
-class BulletinFacts:
-    """What the policy may know about one bulletin (times are epoch seconds)."""
-
-    bulletin_id: str
-    originator: str
-    origin_state: str | None
-    labels: Labels
-    not_before: int | None
-    expires_at: int | None
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One decision, with what is needed to replay and explain it.
-
-    ``policy_ids`` are the sorted ``@id``s of the determining policies (satisfied grants
-    on an allow, satisfied guards on a deny, none on a default deny); ``reasons`` are
-    their ``@reason`` texts in the same order.
-    """
-
-    agency: str
-    action: Action
-    allowed: bool
-    policy_ids: tuple[str, ...]
-    reasons: tuple[str, ...]
-    policy_version: str
-    directory_version: str
-    errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

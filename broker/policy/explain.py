@@ -1,24 +1,18 @@
-"""Explaining policy decisions and simulating a candidate policy bundle.
+"""Explaining policy decisions.
 
 ``Explanation`` answers "who would receive this, and why not the others?" for one
-candidate agency; ``simulate`` replays bulletins under the active and a candidate engine
-and lists every decision that would change. Both are pure: the engines in
-``broker.policy.engine`` do the deciding, this module only compares and words the results.
-
-Left to others: choosing the bulletins to replay (the last N stored headers), printing,
-and adopting a candidate.
+candidate agency. Pure: the engine in ``broker.policy.engine`` decides, this module only
+combines and words the results. Simulation is ``broker.policy.simulate``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    from broker.policy.engine import BulletinFacts, Decision, PolicyEngine
+from broker.policy.model import Decision
 
-__all__ = ["Change", "Explanation", "explanation", "simulate"]
+__all__ = ["Explanation", "explanation"]
 
 
 @dataclass(frozen=True)
@@ -86,57 +80,3 @@ def _summary(decision: Decision, grants: tuple[str, ...]) -> str:
         return "DENY: no grant matched (default deny)"
     also = f"matching grants: {', '.join(grants)}" if grants else "no grant matched either"
     return f"DENY: blocked by {described}; {also}"
-
-
-@dataclass(frozen=True)
-class Change:
-    """One decision that differs between the active and the candidate bundle.
-
-    ``old`` and ``new`` are the whole decisions (allowed, sorted deciding ``@id``s and
-    their reasons, both versions, errors) under the active and the candidate engine.
-    """
-
-    bulletin_id: str
-    agency: str
-    action: Literal["publish", "receive"]
-    old: Decision
-    new: Decision
-
-
-def simulate(
-    active: PolicyEngine,
-    candidate: PolicyEngine,
-    cases: Sequence[tuple[BulletinFacts, Sequence[str]]],
-    now: int,
-    *,
-    include_reason_changes: bool = False,
-) -> list[Change]:
-    """Replay bulletins under both engines; list every decision that would change.
-
-    For each case, the originator's ``publish`` decision and each candidate agency's
-    ``receive`` decision are compared. Build both engines over the same directory rows
-    (each against its own bundle's schema) so that only the policies differ.
-
-    Args:
-        active: the engine in use.
-        candidate: the engine built from the candidate bundle.
-        cases: bulletins, each with the agencies to decide for.
-        now: the decision time (epoch seconds) for every case.
-        include_reason_changes: also report decisions whose outcome stays but whose
-            deciding ``@id``s change (a renamed or an extra guard).
-
-    Returns:
-        The changes, in case order, the publish decision before the receive decisions.
-    """
-    changes: list[Change] = []
-    for facts, agencies in cases:
-        old = [active.decide_publish(facts, now), *active.decide_receive(facts, agencies, now)]
-        new = [
-            candidate.decide_publish(facts, now),
-            *candidate.decide_receive(facts, agencies, now),
-        ]
-        for o, n in zip(old, new, strict=True):
-            changed = o.allowed != n.allowed
-            if changed or (include_reason_changes and o.policy_ids != n.policy_ids):
-                changes.append(Change(facts.bulletin_id, o.agency, o.action, o, n))
-    return changes

@@ -28,15 +28,10 @@ Left to others: reading the audit log (``broker.store.registry``), creating the 
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import getpass
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -54,7 +49,6 @@ from nats.js.api import (
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from broker.bus.streams import add_or_update_stream, bus_unavailable
-from broker.config import Settings
 from broker.store.registry import Registry
 from schemas.audit import AuditEvent
 from schemas.errors import ConfigError, EnvelopeError, IstmoError
@@ -67,18 +61,14 @@ __all__ = [
     "DEAD_DURABLE",
     "DEAD_STREAM",
     "INGEST_MAX_ATTEMPTS",
+    "REDRIVE_MAX",
     "DeadLetter",
     "dead_letter_ingest",
     "ensure_dead_letters",
     "handle_advisory",
     "ingest_attempts_allowed",
-    "list_command",
     "list_dead_letters",
-    "open_stack",
-    "operator_name",
     "redrive",
-    "redrive_command",
-    "running_nats_url",
 ]
 
 log = logging.getLogger("istmo.dead_letters")
@@ -453,106 +443,3 @@ async def redrive(
         )
         out.append((dl, "redriven"))
     return out
-
-
-# --------------------------------------------------------------------------- commands
-def operator_name() -> str:
-    try:
-        return f"local:{getpass.getuser()}"[:200]
-    except (OSError, KeyError):  # no user name for this uid (containers)
-        return f"local:uid-{os.getuid()}"
-
-
-def open_stack(args: argparse.Namespace) -> Any:
-    from broker.runtime.stack import Stack  # the stack module pulls in the whole server
-
-    settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
-    stack = Stack(settings, out=lambda _line: None)
-    stack.prepare(demo=False)
-    return stack
-
-
-def running_nats_url(stack: Any, given: str | None) -> str:
-    """``--nats-url``, or the URL of the stack running for the data directory."""
-    from broker.runtime.stack import read_stack_file
-
-    url = given or (read_stack_file(stack.settings.data_dir) or {}).get("nats_url")
-    if not isinstance(url, str):
-        raise ConfigError(
-            f"no stack running for {stack.settings.data_dir}; start `istmo up` or pass --nats-url"
-        )
-    return url
-
-
-def on_bus(
-    stack: Any,
-    url: str | list[str],
-    work: Callable[[JetStreamContext], Awaitable[T]],
-    *,
-    reconnects: int = -1,
-) -> T:
-    """Run ``work`` with a JetStream context on the broker's own connection to ``url``,
-    closed afterwards: the shape of every operator command that acts on NATS."""
-
-    async def run() -> T:
-        nc = await stack.connect_relay(url, reconnects=reconnects)
-        try:
-            return await work(nc.jetstream(timeout=10))
-        finally:
-            await nc.close()
-
-    return asyncio.run(run())
-
-
-def list_command(args: argparse.Namespace) -> int:
-    """``istmo admin dead-letters``: what is waiting for a redrive."""
-    stack = open_stack(args)
-    try:
-        letters = list_dead_letters(stack.registry, agency=args.agency, include_redriven=args.all)
-    finally:
-        stack.registry.close()
-    if args.json:
-        for dl in letters:
-            print(json.dumps(dl.to_json(), sort_keys=True))
-        return 0
-    if not letters:
-        print("no dead letters" + (f" for {args.agency}" if args.agency else ""))
-        return 0
-    print(f"{'dead_seq':>8}  {'kind':7}  {'agency':16}  {'attempts':>8}  bulletin")
-    for dl in letters:
-        mark = " (redriven)" if dl.redriven else ""
-        print(
-            f"{dl.dead_seq if dl.dead_seq is not None else '-':>8}  {dl.kind:7}  "
-            f"{dl.agency:16}  {dl.deliveries:>8}  {dl.bulletin_id or '?'}{mark}"
-        )
-    return 0
-
-
-def redrive_command(args: argparse.Namespace) -> int:
-    """``istmo admin redrive``: deliver dead letters again, once the agency is fixed."""
-    if not args.dead_seq and not args.agency:
-        raise ConfigError("name the dead letters: --dead-seq N (repeatable) or --agency ID")
-    stack = open_stack(args)
-    try:
-        pending = list_dead_letters(stack.registry, agency=args.agency)
-        if args.dead_seq:
-            wanted = set(args.dead_seq)
-            unknown = wanted - {dl.dead_seq for dl in pending}
-            if unknown:
-                raise ConfigError(
-                    "no pending dead letter with dead_seq "
-                    + ", ".join(str(n) for n in sorted(unknown))
-                    + " (see `istmo admin dead-letters --all`)"
-                )
-            pending = [dl for dl in pending if dl.dead_seq in wanted]
-        pending = pending[:REDRIVE_MAX]
-        url = running_nats_url(stack, args.nats_url)
-        outcomes = on_bus(
-            stack, url, lambda js: redrive(js, stack.registry, pending, actor=operator_name())
-        )
-    finally:
-        stack.registry.close()
-    for dl, outcome in outcomes:
-        print(f"{dl.dead_seq}\t{dl.kind}\t{dl.agency}\t{dl.bulletin_id or '?'}\t{outcome}")
-    print(f"{sum(1 for _, o in outcomes if o == 'redriven')} of {len(outcomes)} redriven")
-    return 1 if any(o == "copy_missing" for _, o in outcomes) else 0

@@ -24,8 +24,6 @@ Idempotent: a second run finds the republished deliveries present. Bounded: at m
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -60,7 +58,6 @@ __all__ = [
     "archive_subject",
     "ensure_archive",
     "reconcile",
-    "reconcile_command",
 ]
 
 log = logging.getLogger("istmo.reconcile")
@@ -312,55 +309,3 @@ def _unrecoverable(bid: str, agency: str, actor: str) -> AuditEvent:
         reason="no_copy",
         data={},
     )
-
-
-# --------------------------------------------------------------------------- command
-_SPANS = {"m": 60, "h": 3600, "d": 86400}
-
-
-def _since(text: str, now_ms: int) -> int:
-    if text[:-1].isdigit() and text[-1:] in _SPANS and len(text) <= 8:
-        return now_ms - int(text[:-1]) * _SPANS[text[-1]] * 1000
-    raise ConfigError(f"--since {text[:20]!r}: give a span like 90m, 24h or 30d")
-
-
-def reconcile_command(args: argparse.Namespace) -> int:
-    """``istmo reconcile``: exit 0 when nothing is missing afterwards, 1 otherwise."""
-    from broker.relay.dead_letters import on_bus, open_stack, operator_name, running_nats_url
-
-    stack = open_stack(args)
-    try:
-        since = _since(args.since, _ms())
-        if not 1 <= args.batch <= MAX_BATCH:
-            raise ConfigError(f"--batch {args.batch} is outside 1..{MAX_BATCH}")
-        url = running_nats_url(stack, args.nats_url)
-
-        report = on_bus(
-            stack,
-            url,
-            lambda js: reconcile(
-                js,
-                stack.registry,
-                since_ms=since,
-                batch=args.batch,
-                dry_run=args.dry_run,
-                actor=operator_name(),
-            ),
-        )
-    finally:
-        stack.registry.close()
-    if args.json:
-        print(json.dumps(report.to_json(), sort_keys=True))
-    else:
-        print(
-            f"routed {report.routed}, present {report.present}, missing {report.gaps} "
-            f"(scanned {report.scanned} deliveries)"
-        )
-        if not report.dry_run:
-            print(
-                f"republished {report.republished} ({report.republished_new_id} under a new "
-                f"id), unrecoverable {report.unrecoverable}, left for the next run "
-                f"{report.remaining}"
-            )
-    healed = report.gaps == report.republished and not report.dry_run
-    return 0 if report.gaps == 0 or healed else 1

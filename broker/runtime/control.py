@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import nats.errors
 
-from broker.runtime.stack import Stack, read_stack_file
+from broker.runtime.datadir import DataDir
+from broker.runtime.stack import read_stack_file
 from schemas.errors import BusUnavailable
 
 __all__ = ["notify_running_stack"]
 
 
-async def notify_running_stack(stack: Stack, subject: str) -> bool:
+async def notify_running_stack(data: DataDir, subject: str) -> bool:
     """Publish on ``subject`` to the stack running for this data directory.
 
     Returns:
@@ -24,11 +25,11 @@ async def notify_running_stack(stack: Stack, subject: str) -> bool:
     Raises:
         BusUnavailable: a stack is recorded as running but its NATS does not answer.
     """
-    info = read_stack_file(stack.settings.data_dir)
+    info = read_stack_file(data.settings.data_dir)
     url = info.get("nats_url") if info else None
     if not isinstance(url, str):
         return False
-    nc = await stack.connect_relay(url)
+    nc = await data.connect(url)
     try:
         await nc.publish(subject, b"{}")
         await nc.flush()

@@ -44,8 +44,8 @@ from sqlalchemy.pool import NullPool
 
 from broker.audit.log import LogCorrupt, VerifyReport, verify_on
 from broker.audit.sequencer import DEFAULT_ORIGIN, LOCK_FILE, log_verify_key
-from broker.cli.db import AUDIT_TABLES, REGISTRY_TABLES, SEQUENCES
 from broker.store import db
+from broker.store.tables import AUDIT_TABLES, REGISTRY_TABLES, SEQUENCES
 from schemas.canonical import b64d
 from schemas.errors import AuditStoreError, ConfigError
 from schemas.keys import VerifyKey

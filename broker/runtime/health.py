@@ -28,11 +28,9 @@ database, each bounded in time and count. Nothing here changes any state.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import shutil
-import sys
 import time
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -45,7 +43,6 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from broker.bus.streams import MAX_AGENCIES
-from schemas.errors import BusUnavailable, ConfigError
 from schemas.subjects import (
     DELIVER_STREAM,
     INGEST_STREAM,
@@ -55,12 +52,14 @@ from schemas.subjects import (
 )
 
 __all__ = [
+    "CANNOT_CHECK_EXIT",
     "Check",
     "HealthReport",
     "age_check",
     "collect",
+    "database_checks",
+    "dead_letter_check",
     "exit_code",
-    "health_command",
     "retention_check",
     "usage_check",
     "volume_check",
@@ -392,64 +391,3 @@ async def collect(
 
 
 # --------------------------------------------------------------------------- command
-def _print(report: HealthReport, show_all: bool) -> None:
-    marks = {"ok": "ok   ", "warn": "WARN ", "alarm": "ALARM"}
-    for c in report.checks:
-        if show_all or c.level != "ok" or not c.name.startswith("retention."):
-            print(f"{marks[c.level]}  {c.name:28}  {c.detail}")
-    print(f"health: {report.level.upper()}")
-
-
-def health_command(args: argparse.Namespace) -> int:
-    """``istmo health``: 0 all ok, 1 a warning, 2 nothing could be measured (no stack
-    here, bad settings), 3 an alarm."""
-    try:
-        return _health(args)
-    except ConfigError as exc:
-        print(f"istmo: {exc}", file=sys.stderr)
-        return CANNOT_CHECK_EXIT
-
-
-def _health(args: argparse.Namespace) -> int:
-    from broker.audit.log import shared_log
-    from broker.config import Settings
-    from broker.relay.dead_letters import list_dead_letters, on_bus, open_stack
-    from broker.runtime.stack import read_stack_file
-
-    data_dir = Settings.from_env(data_dir=args.data_dir).data_dir
-    running = read_stack_file(data_dir) or {}
-    url = args.nats_url or running.get("nats_url")
-    if not isinstance(url, str):  # checked before anything is opened (or created)
-        raise ConfigError(f"no stack running for {data_dir}; start `istmo up` or pass --nats-url")
-    urls = [u for u in url.split(",") if u]
-    known = running.get("nats_monitor_urls")
-    given = [u for text in args.monitor_url or () for u in text.split(",") if u]
-    monitors = given or (list(known) if isinstance(known, list) else [])
-    stack = open_stack(args)
-    try:
-        registry = stack.registry
-        pending, oldest = shared_log(stack.settings.db_url).pending_since()
-        local = database_checks(stack.settings.db_url, pending, oldest, time.time())
-        local.append(dead_letter_check(len(list_dead_letters(registry))))
-        agencies = [a.id for a in registry.agencies() if a.status != "revoked"]
-
-        try:
-            report = on_bus(
-                stack,
-                urls,
-                lambda js: collect(js, monitor_urls=monitors, agencies=agencies, local=local),
-                reconnects=1,
-            )
-        except BusUnavailable as exc:  # NATS away: an alarm, with the rest still measured
-            report = asyncio.run(
-                collect(
-                    None, monitor_urls=monitors, agencies=agencies, local=local, bus_error=str(exc)
-                )
-            )
-    finally:
-        stack.registry.close()
-    if args.json:
-        print(json.dumps(report.to_json(), sort_keys=True))
-    else:
-        _print(report, args.show_all)
-    return exit_code(report.level)

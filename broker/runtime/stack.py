@@ -24,7 +24,6 @@ import os
 import secrets
 import signal
 import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,10 +34,8 @@ import nats.errors
 import uvicorn
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from sqlmodel import SQLModel
 
-from broker.api.app import create_app
-from broker.api.oauth import TokenAuthority, load_token_key
+from broker.api.oauth import TokenAuthority
 from broker.audit.sequencer import LOG_PUB_FILE, run_in_stack
 from broker.bus.cluster import (
     ClusterPorts,
@@ -47,26 +44,23 @@ from broker.bus.cluster import (
     check_cluster_ports,
     route_password,
 )
+from broker.bus.connect import connect_as_broker
 from broker.bus.gate import GateThread
 from broker.bus.natsconf import AgencyUser, NatsLayout
 from broker.bus.server import NatsServer, check_port_free, find_nats_server
 from broker.bus.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
 from broker.config import Settings
-from broker.directory.admins import create_demo_admin
 from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
-from broker.directory.policy_sets import CONTROL_POLICY_SUBJECT, active_policy_dir, adopt
-from broker.directory.service import DirectoryService, load_demo_directory
+from broker.directory.policy_sets import CONTROL_POLICY_SUBJECT, adopt
+from broker.directory.service import DirectoryService
 from broker.policy.engine import PolicyBundle
 from broker.relay.worker import Relay
+from broker.runtime.app import create_app
+from broker.runtime.datadir import DataDir
 from broker.store.db import display_url
-from broker.store.files import signing_key_file, write_private
-from broker.store.registry import EncryptionKeyRow, NatsUserRow, Registry, SigningKeyRow
-from schemas.audit import AuditEvent
-from schemas.canonical import b64e
-from schemas.errors import BusUnavailable, ConfigError, IstmoError
-from schemas.keys import SigningKey
-from schemas.keystore import new_keystore
-from schemas.natskeys import new_user_seed, user_public_key
+from broker.store.registry import Registry
+from schemas.errors import ConfigError, IstmoError
+from schemas.natskeys import user_public_key
 
 __all__ = ["Stack", "read_stack_file"]
 
@@ -148,92 +142,15 @@ class Stack:
 
     # ------------------------------------------------------------------ files
     def prepare(self, *, demo: bool = True) -> None:
-        """Open the data directory: broker keys, registry, policy, demo directory.
-
-        Two commands preparing one new directory at once take turns (a file lock), so
-        keys and the demo directory are made once.
-        """
-        s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with (s.data_dir / ".prepare.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            self.directory_key = self._broker_key()
-            self.relay_seed = self._relay_seed()
-            self.token_key = load_token_key(s.broker_dir)
-            self.registry = Registry(s.db_url, broker_dir=s.broker_dir)
-            bundle = PolicyBundle.load(active_policy_dir(s, self.registry))
-            if demo and self.registry.is_empty():
-                self._load_demo(self.registry)
-        self.directory = DirectoryService(self.registry, bundle, self.directory_key)
-
-    def _broker_key(self) -> SigningKey:
-        return signing_key_file(self.settings.broker_dir / "directory.key", "directory key")
-
-    def _relay_seed(self) -> str:
-        path = self.settings.broker_dir / "relay.seed"
-        if path.exists():
-            return path.read_text().strip()
-        seed = new_user_seed()
-        write_private(path, seed.encode() + b"\n")
-        return seed
-
-    def _load_demo(self, registry: Registry) -> None:
-        demo = load_demo_directory(self.settings.policy_dir)
-        now = int(time.time())
-        rows: list[SQLModel] = [*demo.jurisdictions, *demo.agencies, *demo.subscriptions]
-        events: list[AuditEvent] = []
-        for agency in demo.agencies:
-            seed = new_user_seed()
-            ks, sk, ek = new_keystore(
-                agency=agency.id,
-                nats_seed=seed,
-                directory_key=self.directory_key.verify_key,
-                now=now,
-            )
-            write_private(
-                self.settings.keys_dir / f"{agency.id}.json", ks.model_dump_json(indent=2).encode()
-            )
-            vk, ep = sk.verify_key, ek.public_key
-            rows += [
-                SigningKeyRow(kid=vk.kid, agency=agency.id, public=b64e(vk.public), created_at=now),
-                EncryptionKeyRow(
-                    kid=ep.kid, agency=agency.id, kem=ep.kem, public=b64e(ep.public), created_at=now
-                ),
-                NatsUserRow(agency=agency.id, nkey_public=user_public_key(seed)),
-            ]
-            t = time.time_ns() // 1_000_000
-            events += [
-                AuditEvent(
-                    event_id=f"enrolled:{agency.id}",
-                    type="agency.enrolled",
-                    time=t,
-                    actor="system",
-                    subject=agency.id,
-                    data={"sector": agency.sector, "state": agency.state, "how": "demo"},
-                ),
-                AuditEvent(
-                    event_id=f"key:{vk.kid}",
-                    type="key.registered",
-                    time=t,
-                    actor="system",
-                    subject=agency.id,
-                    data={"kid": vk.kid, "use": "signing"},
-                ),
-                AuditEvent(
-                    event_id=f"key:{ep.kid}",
-                    type="key.registered",
-                    time=t,
-                    actor="system",
-                    subject=agency.id,
-                    data={"kid": ep.kid, "use": "encryption", "kem": ep.kem},
-                ),
-            ]
-        registry.record(rows, events)
-        create_demo_admin(registry, self.settings.keys_dir, self.directory_key.verify_key, now=now)
-        self.out(
-            f"loaded the demo directory: {len(demo.agencies)} agencies, "
-            f"keystores in {self.settings.keys_dir}"
-        )
+        """Open the data directory (``broker.runtime.datadir``): broker keys, registry,
+        policy, and the demo directory when ``demo`` and the registry is empty."""
+        data = DataDir.open(self.settings, demo=demo, out=self.out)
+        self.data = data
+        self.directory_key = data.directory_key
+        self.relay_seed = data.relay_seed
+        self.token_key = data.token_key
+        self.registry = data.registry
+        self.directory = data.directory
 
     def _opened(self) -> tuple[Registry, DirectoryService]:
         if self.registry is None or self.directory is None:
@@ -648,35 +565,9 @@ class Stack:
                 (``SSL_CERT_FILE``): retrying cannot help, and nats-py would otherwise
                 hang for ever after the failed handshake (nats-io/nats.py#718).
         """
-        connected = False
-
-        async def on_error(exc: Exception) -> None:
-            if not connected and isinstance(exc, ssl.SSLError):
-                raise exc  # ends nats.connect: the same handshake fails on every retry
-            if reconnects < 0:
-                log.warning("nats: %s", exc)
-
-        try:
-            nc = await nats.connect(
-                url if isinstance(url, str) else list(url),
-                error_cb=on_error,
-                nkeys_seed_str=self.relay_seed,
-                name="istmo-relay",
-                connect_timeout=5,
-                max_reconnect_attempts=reconnects,
-                reconnect_time_wait=0.5,
-            )
-        except ssl.SSLCertVerificationError as exc:
-            raise ConfigError(
-                f"the certificate of NATS at {url} could not be verified "
-                f"({exc.verify_message}): set SSL_CERT_FILE to the region's CA certificate"
-            ) from exc
-        except ssl.SSLError as exc:
-            raise ConfigError(f"TLS with NATS at {url} failed ({exc.reason or exc})") from exc
-        except (OSError, nats.errors.Error) as exc:
-            raise BusUnavailable(f"NATS is not reachable at {url}") from exc
-        connected = True
-        return nc
+        return await connect_as_broker(
+            url, seed=self.relay_seed, name="istmo-relay", reconnects=reconnects
+        )
 
     async def ensure_jetstream(self, nc: NATS, *, agency_consumers: bool = True) -> None:
         """The streams and the relay's consumers; with ``agency_consumers`` also every

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from broker.bus.natsconf import render_accounts
 from broker.config import Settings
+from broker.files import write_private
 from broker.runtime.stack import Stack
-from broker.store.files import write_private
 
 
 def main() -> None:

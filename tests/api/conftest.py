@@ -24,13 +24,13 @@ from fastapi import FastAPI
 from sqlalchemy import func
 from sqlmodel import select
 
-from broker.api.app import create_app
 from broker.api.guard import ApiLimits
 from broker.api.oauth import TokenAuthority, load_token_key
 from broker.config import Settings
 from broker.directory.admins import create_demo_admin
 from broker.directory.service import DirectoryService
 from broker.policy.engine import PolicyBundle
+from broker.runtime.app import create_app
 from broker.runtime.stack import Stack
 from broker.store.registry import AgencyRow, AuditRow, Registry
 from clients.keystore import load_keystore
@@ -116,11 +116,11 @@ AppFactory = Callable[..., FastAPI]
 @pytest.fixture
 def make_app(broker: Broker) -> AppFactory:
     def make(*, registry: Registry | None = None, limits: ApiLimits | None = None, **kw: Any):
-        reg = registry or broker.store.registry
-        directory = broker.directory.service
+        reg = registry or broker.registry
+        directory = broker.directory
         if registry is not None:  # a restart: everything re-opened from the data directory
             bundle = PolicyBundle.load(broker.settings.policy_dir)
-            directory = DirectoryService(reg, bundle, broker.runtime.stack.directory_key)
+            directory = DirectoryService(reg, bundle, broker.stack.directory_key)
         return create_app(
             reg, directory, lambda: True, auth=broker.authority(reg, **kw), limits=limits
         )

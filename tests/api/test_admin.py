@@ -30,8 +30,8 @@ async def test_the_bundle_in_force_is_its_versioned_text(
 ) -> None:
     r = await client.get("/v1/policy/bundle", headers=admin)
     body = r.json()
-    assert body["version"] == broker.directory.service.bundle.version
-    assert body["text"] == broker.directory.service.bundle.text
+    assert body["version"] == broker.directory.bundle.version
+    assert body["text"] == broker.directory.bundle.text
     public = (await client.get("/v1/policy")).json()
     assert public["policy_version"] == body["version"]
 
@@ -42,8 +42,8 @@ async def test_validate_the_active_files_and_a_broken_candidate(
     r = await client.post("/v1/policy/validate", json={"files": policy_files()}, headers=admin)
     assert r.json() == {
         "valid": True,
-        "version": broker.directory.service.bundle.version,
-        "files": list(broker.directory.service.bundle.files),
+        "version": broker.directory.bundle.version,
+        "files": list(broker.directory.bundle.files),
         "problems": [],
     }
     broken = {**policy_files(), "base.cedar": policy_files()["base.cedar"] + "\npermit(;\n"}
@@ -105,7 +105,7 @@ async def test_simulate_a_candidate(
         "/v1/policy/simulate", json={"files": policy_files(), "last": 10**5}, headers=admin
     )
     body = r.json()
-    assert body["active"] == body["candidate"] == broker.directory.service.bundle.version
+    assert body["active"] == body["candidate"] == broker.directory.bundle.version
     assert body["changes"] == []
     broken = {**policy_files(), "base.cedar": "nonsense"}
     r = await client.post("/v1/policy/simulate", json={"files": broken}, headers=admin)
@@ -124,7 +124,7 @@ async def test_one_agency_with_its_keys(
         "active",
     )
     assert [k["kid"] for k in body["signing_keys"]] == [
-        k.kid for k in broker.store.registry.signing_keys("jm-justice")
+        k.kid for k in broker.registry.signing_keys("jm-justice")
     ]
     assert body["encryption_keys"][0]["kem"] == "MLKEM768-X25519"
     assert body["nats_user"].startswith("U")
@@ -155,7 +155,7 @@ async def test_expensive_calls_are_rate_limited(make_app, broker: Broker) -> Non
 async def test_an_administrator_revokes_an_agencys_key(
     client: httpx.AsyncClient, broker: Broker, admin: dict[str, str]
 ) -> None:
-    keys = broker.store.registry.signing_keys("do-foreign")
+    keys = broker.registry.signing_keys("do-foreign")
     kid = keys[-1].kid
     agency = bearer(await token(client, broker, "do-police"))
     r = await client.post(f"/v1/agencies/do-foreign/keys/{kid}/revoke", headers=agency)
@@ -163,10 +163,10 @@ async def test_an_administrator_revokes_an_agencys_key(
     r = await client.post(f"/v1/agencies/do-foreign/keys/{kid}/revoke", headers=admin)
     assert r.status_code == 200, r.text
     assert r.json()["kid"] == kid
-    assert broker.store.registry.signing_key(kid).revoked_at is not None  # type: ignore[union-attr]
+    assert broker.registry.signing_key(kid).revoked_at is not None  # type: ignore[union-attr]
     again = await client.post(f"/v1/agencies/do-foreign/keys/{kid}/revoke", headers=admin)
     assert_problem(again, 409)
     other = await client.post(f"/v1/agencies/do-police/keys/{kid}/revoke", headers=admin)
     assert_problem(other, 404)  # not that agency's key
-    events = broker.store.registry.audit_events(type_="key.revoked", actor="admin")
+    events = broker.registry.audit_events(type_="key.revoked", actor="admin")
     assert [e.subject for e in events] == ["do-foreign"]

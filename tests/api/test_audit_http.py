@@ -79,7 +79,7 @@ def events(n: int) -> list[AuditEvent]:
 
 @pytest.fixture(scope="module")
 def log(broker: Broker) -> AuditLog:
-    broker.store.registry.record([], events(EVENTS))
+    broker.registry.record([], events(EVENTS))
     drain(broker)
     audit_log = AuditLog(broker.settings.db_url)
     yield audit_log
@@ -392,7 +392,7 @@ async def test_no_answer_leaves_without_its_audit_event(
     def refuse(*_args: Any, **_kw: Any) -> None:
         raise AuditStoreError("the store refused an audit write: OperationalError")
 
-    monkeypatch.setattr(broker.store.registry, "record", refuse)
+    monkeypatch.setattr(broker.registry, "record", refuse)
     for path, query in ENDPOINTS:
         r = await client.get(path, params=query, headers=auditor)
         body = assert_problem(r, 503, "audit_store")

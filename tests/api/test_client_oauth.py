@@ -71,7 +71,7 @@ async def test_a_token_refused_by_the_api_is_replaced_once(
     api = http(client, broker, "gt-police")
     api._token = CachedToken(expired.access_token, expired.scope, time.monotonic() + 999)
     answer = await api.post("/v1/recipients/explain", json=EXPLAIN_BODY)
-    assert answer["policy_version"] == broker.directory.service.bundle.version
+    assert answer["policy_version"] == broker.directory.bundle.version
 
 
 async def test_refusals_are_typed_errors(client: httpx.AsyncClient, broker: Broker) -> None:

@@ -8,7 +8,7 @@ from tests.api.conftest import Broker
 
 
 async def test_refresh_async_applies_a_status_change(broker: Broker) -> None:
-    directory = broker.directory.service
+    directory = broker.directory
     before = directory.version
     broker.set_status("hn-police", "suspended")
     try:
@@ -23,7 +23,7 @@ async def test_refresh_async_applies_a_status_change(broker: Broker) -> None:
 
 
 def test_a_rebuild_older_than_the_one_in_force_is_dropped(broker: Broker) -> None:
-    directory = broker.directory.service
+    directory = broker.directory
     stale = directory._build()  # started before the change, finished after (a slow thread)
     broker.set_status("sv-police", "suspended")
     try:
@@ -39,7 +39,7 @@ def test_a_rebuild_older_than_the_one_in_force_is_dropped(broker: Broker) -> Non
 
 
 def test_keys_by_agency_equals_the_per_agency_queries(broker: Broker) -> None:
-    registry = broker.store.registry
+    registry = broker.registry
     signing, encryption = registry.keys_by_agency()
     agencies = [a.id for a in registry.agencies()]
     assert len(agencies) > 80
@@ -52,6 +52,6 @@ def test_keys_by_agency_equals_the_per_agency_queries(broker: Broker) -> None:
         )
     assert set(signing) <= set(agencies) | {"admin"}
     # Every agency's record carries its current encryption key and every signing key.
-    record = broker.directory.service.records["gt-police"]
+    record = broker.directory.records["gt-police"]
     assert record.encryption_key is not None
     assert {k.kid for k in record.signing_keys} == {k.kid for k in signing["gt-police"]}

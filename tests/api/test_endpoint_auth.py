@@ -62,7 +62,7 @@ def gt_bulletin(broker: Broker) -> str:
     bid = str(uuid.uuid4())
     now = int(time.time())
     labels = canonical_json(EXPLAIN_BODY["labels"]).decode()
-    broker.store.registry.record(
+    broker.registry.record(
         [
             BulletinRow(
                 id=bid,
@@ -73,8 +73,8 @@ def gt_bulletin(broker: Broker) -> str:
                 created_at=now,
                 accepted_at=now,
                 recipients="hn-police,sv-police",
-                policy_version=broker.directory.service.bundle.version,
-                directory_version=broker.directory.service.version,
+                policy_version=broker.directory.bundle.version,
+                directory_version=broker.directory.version,
             ),
             DecisionRow(
                 bulletin_id=bid, agency=HN, allowed=True, policy_ids="grant.x", reasons="[]"
@@ -279,7 +279,7 @@ async def test_a_rejected_bulletin_of_another_agency_is_also_404(
     client: httpx.AsyncClient, broker: Broker
 ) -> None:
     bid = str(uuid.uuid4())
-    broker.store.registry.record(
+    broker.registry.record(
         [
             RejectionRow(
                 ingest_seq=10**9,

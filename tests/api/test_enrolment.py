@@ -98,7 +98,7 @@ async def create(
 
 def counts(broker: Broker) -> dict[str, Any]:
     """Everything a redemption could change, besides audit events."""
-    with broker.store.registry.session() as s:
+    with broker.registry.session() as s:
         out: dict[str, Any] = {
             table.__name__: s.exec(select(func.count()).select_from(table)).one()
             for table in (AgencyRow, SigningKeyRow, EncryptionKeyRow, NatsUserRow)
@@ -138,32 +138,30 @@ async def test_an_agency_is_created_enrols_and_can_authenticate(
     c, calls = api
     agency = new_id()
     made = await create(c, admin, agency)
-    kid = broker.runtime.stack.directory_key.verify_key.kid
+    kid = broker.stack.directory_key.verify_key.kid
     assert made["agency"] == agency
     assert made["directory_kid"] == kid
     assert made["token"].startswith("istmo-enrol.")
     assert len(calls) == 1  # the new agency reaches the running stack's directory
-    assert broker.store.registry.agency(agency).status == "active"  # type: ignore[union-attr]
-    assert broker.store.registry.signing_keys(agency) == []  # no keys until it enrols
+    assert broker.registry.agency(agency).status == "active"  # type: ignore[union-attr]
+    assert broker.registry.signing_keys(agency) == []  # no keys until it enrols
 
     before = broker.last_seq()
     ks = await enroll(BASE, made["token"], directory_kid=kid, client=c)
     assert ks.agency == agency
     assert ks.nats_url == "nats://127.0.0.1:4999"
-    assert ks.pinned_directory_key() == broker.runtime.stack.directory_key.verify_key
+    assert ks.pinned_directory_key() == broker.stack.directory_key.verify_key
     assert len(calls) == 2  # and its keys: the stack reloads NATS and makes its consumer
     await check_enrolment(BASE, ks, client=c)
 
     # Registered: exactly the public halves of the keystore's keys.
-    assert [k.kid for k in broker.store.registry.signing_keys(agency)] == [ks.signing_keys[0].kid]
-    assert [k.kid for k in broker.store.registry.encryption_keys(agency)] == [
-        ks.encryption_keys[0].kid
-    ]
-    nats = {u.agency: u.nkey_public for u in broker.store.registry.nats_users()}
+    assert [k.kid for k in broker.registry.signing_keys(agency)] == [ks.signing_keys[0].kid]
+    assert [k.kid for k in broker.registry.encryption_keys(agency)] == [ks.encryption_keys[0].kid]
+    nats = {u.agency: u.nkey_public for u in broker.registry.nats_users()}
     kp = nkeys.from_seed(ks.nats_seed.encode())
     assert nats[agency] == kp.public_key.decode()
     # Audited in the same transaction: enrolled, and three keys registered.
-    events = broker.store.registry.audit_events(after_seq=before, limit=1000)
+    events = broker.registry.audit_events(after_seq=before, limit=1000)
     mine = [(e.type, e.actor, e.subject) for e in events if e.subject == agency]
     assert mine.count(("key.registered", agency, agency)) == 3
     assert ("agency.enrolled", agency, agency) in mine
@@ -181,7 +179,7 @@ async def test_a_regional_body_enrols_with_communities(
         c, admin, new_id(), state=None, communities=["SICA"], sector="regional-centre"
     )
     ks = await enroll(BASE, made["token"], client=c)
-    row = broker.store.registry.agency(ks.agency)
+    row = broker.registry.agency(ks.agency)
     assert row is not None
     assert row.state is None
     assert row.communities == "SICA"
@@ -196,9 +194,7 @@ async def _used(c: httpx.AsyncClient, admin: dict[str, str], broker: Broker) -> 
 
 async def _expired(c: httpx.AsyncClient, admin: dict[str, str], broker: Broker) -> str:
     made = await create(c, admin)
-    return issue_token(
-        broker.store.registry, made["agency"], 3600, "admin", now=int(time.time()) - 7200
-    )
+    return issue_token(broker.registry, made["agency"], 3600, "admin", now=int(time.time()) - 7200)
 
 
 async def _forged(c: httpx.AsyncClient, admin: dict[str, str], broker: Broker) -> str:
@@ -426,7 +422,7 @@ async def test_admin_endpoints_need_the_admin_scope(
     agency = bearer(await token(c, broker, "hn-police"))
     assert_problem(await c.post(path, json=body, headers=agency), 403, "insufficient_scope")
     assert counts(broker) == before
-    assert broker.store.registry.agency("gt-police").status == "active"  # type: ignore[union-attr]
+    assert broker.registry.agency("gt-police").status == "active"  # type: ignore[union-attr]
     reasons = [e.reason for e in broker.audit("auth.refused", after=seq)]
     assert reasons == ["missing_token", "insufficient_scope"]
 
@@ -447,9 +443,7 @@ async def test_suspend_reinstate_revoke_are_audited_with_the_admin_as_actor(
         "status": "suspended",
         "applied": True,
     }
-    assert (
-        broker.directory.service.records[agency].status == "suspended"
-    )  # applied before the answer
+    assert broker.directory.records[agency].status == "suspended"  # applied before the answer
     refused = await c.post("/v1/token", data=token_form(ks, TOKEN_URL, now=int(time.time())))
     assert_problem(refused, 401, "client_suspended")
     assert_problem(await c.post(f"/v1/agencies/{agency}/suspend", headers=admin), 409, "conflict")
@@ -463,7 +457,7 @@ async def test_suspend_reinstate_revoke_are_audited_with_the_admin_as_actor(
 
     events = [
         (e.type, e.actor, e.subject)
-        for e in broker.store.registry.audit_events(after_seq=seq, limit=1000)
+        for e in broker.registry.audit_events(after_seq=seq, limit=1000)
         if e.type.startswith("agency.")
     ]
     assert events == [
@@ -552,9 +546,9 @@ async def test_no_private_key_or_token_secret_in_logs_answers_audit_or_database(
     )
     audit = "\n".join(
         f"{e.actor} {e.subject} {e.reason} {e.data}"
-        for e in broker.store.registry.audit_events(after_seq=seq, limit=1000)
+        for e in broker.registry.audit_events(after_seq=seq, limit=1000)
     )
-    broker.store.registry.engine.dispose()  # checkpoint nothing, but close handles
+    broker.registry.engine.dispose()  # checkpoint nothing, but close handles
     db = b"".join(p.read_bytes() for p in broker.settings.data_dir.glob("istmo.db*") if p.is_file())
     assert "enrolled" in logged
     for s in secrets:
@@ -563,7 +557,7 @@ async def test_no_private_key_or_token_secret_in_logs_answers_audit_or_database(
         assert s.encode() not in db
         for answer in answers:
             assert s not in answer
-    with broker.store.registry.session() as s:
+    with broker.registry.session() as s:
         row = s.exec(select(EnrolmentTokenRow).where(EnrolmentTokenRow.agency == ks.agency)).one()
     assert row.secret_sha256 != secret
     assert len(row.secret_sha256) == 64

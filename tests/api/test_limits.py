@@ -137,7 +137,7 @@ async def test_an_internal_fault_is_a_bare_500_with_no_trace(
 ) -> None:
     # A damaged public key in the registry: the broker cannot answer, and says no more.
     who = "pa-police"
-    broker.store.registry.record(
+    broker.registry.record(
         [SigningKeyRow(kid="sig-" + "0" * 32, agency=who, public="!!", created_at=1)], []
     )
     from tests.api.conftest import claims_for, form, signed
@@ -204,9 +204,9 @@ def test_rate_limiter_refills_and_forgets_old_keys() -> None:
 
 
 async def test_readyz_reports_the_bus(broker: Broker) -> None:
-    from broker.api.app import create_app
+    from broker.runtime.app import create_app
 
-    app = create_app(broker.store.registry, broker.directory.service, lambda: False)
+    app = create_app(broker.registry, broker.directory, lambda: False)
     async with connect(app) as client:
         r = await client.get("/readyz")
     assert r.status_code == 503

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from broker.api.app import create_app
 from broker.api.oauth import TokenAuthority, load_token_key
+from broker.runtime.app import create_app
 from broker.runtime.stack import Stack
 from clients.oauth import IstmoHttp
 from schemas.canonical import canonical_json

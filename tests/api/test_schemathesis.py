@@ -41,7 +41,7 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def api_schema(broker: Broker) -> Any:
-    from broker.api.app import create_app
+    from broker.runtime.app import create_app
 
     # Generous rate limits: the run is hundreds of calls a second from one caller.
     limits = ApiLimits(
@@ -54,8 +54,8 @@ def api_schema(broker: Broker) -> Any:
         expensive_burst=10**6,
     )
     app = create_app(
-        broker.store.registry,
-        broker.directory.service,
+        broker.registry,
+        broker.directory,
         lambda: True,
         auth=broker.authority(),
         limits=limits,
@@ -68,10 +68,10 @@ def api_schema(broker: Broker) -> Any:
         done = adopt(
             root,
             settings=archive,
-            registry=broker.store.registry,
-            active=broker.directory.service.bundle,
+            registry=broker.registry,
+            active=broker.directory.bundle,
             adopted_by=who,
-            check=broker.directory.service.engine_for,
+            check=broker.directory.engine_for,
         )
         return done.previous or "", done.version
 

@@ -37,7 +37,7 @@ async def test_an_agency_reads_its_own_topics(
     assert r.status_code == 200, r.text
     assert r.json() == {
         "agency": GT,
-        "topics": list(subscriptions_of(broker.store.registry, GT) or ()),
+        "topics": list(subscriptions_of(broker.registry, GT) or ()),
     }
     assert r.json()["topics"] == POLICE_ALL
 
@@ -81,7 +81,7 @@ async def test_scopes_are_enforced_and_refusals_audited(
     publish_only = bearer(await token(client, broker, GT, scope="bulletins:publish"))
     r = await client.get("/v1/subscriptions", headers=publish_only)
     assert_problem(r, 403, "insufficient_scope")
-    assert subscriptions_of(broker.store.registry, GT) == tuple(POLICE_ALL)  # nothing changed
+    assert subscriptions_of(broker.registry, GT) == tuple(POLICE_ALL)  # nothing changed
 
 
 async def test_a_change_is_one_audit_event_per_topic_with_the_admin_as_actor(
@@ -107,7 +107,7 @@ async def test_a_change_is_one_audit_event_per_topic_with_the_admin_as_actor(
         ("admin", "pa-foreign", "border-incident"),
         ("admin", "pa-foreign", "lessons-learned"),
     ]
-    assert "pa-foreign" in broker.directory.service.candidates("drug-trafficking", ())
+    assert "pa-foreign" in broker.directory.candidates("drug-trafficking", ())
     # The same set again changes nothing and records nothing.
     again = broker.last_seq()
     r = await client.put(subs("pa-foreign"), json={"topics": wanted}, headers=admin)
@@ -116,7 +116,7 @@ async def test_a_change_is_one_audit_event_per_topic_with_the_admin_as_actor(
     restore = ["border-incident", "migration", "early-warning", "lessons-learned"]
     r = await client.put(subs("pa-foreign"), json={"topics": restore}, headers=admin)
     assert r.json()["topics"] == restore
-    assert "pa-foreign" not in broker.directory.service.candidates("drug-trafficking", ())
+    assert "pa-foreign" not in broker.directory.candidates("drug-trafficking", ())
 
 
 async def test_an_unknown_topic_is_refused_by_name_and_changes_nothing(
@@ -127,13 +127,13 @@ async def test_an_unknown_topic_is_refused_by_name_and_changes_nothing(
     body = assert_problem(r, 422, "unknown_topic")
     assert "space-piracy" in body["detail"]
     assert "drug-trafficking" in body["detail"]
-    assert subscriptions_of(broker.store.registry, HN) == tuple(POLICE_ALL)
+    assert subscriptions_of(broker.registry, HN) == tuple(POLICE_ALL)
     assert broker.audit("subscription.added", after=before) == []
     with pytest.raises(ConfigError) as err:
-        set_subscriptions(broker.store.registry, HN, ["nope"], "test")
+        set_subscriptions(broker.registry, HN, ["nope"], "test")
     assert err.value.code == "unknown_topic"
     with pytest.raises(ConfigError) as err:
-        set_subscriptions(broker.store.registry, "xx-nobody", [], "test")
+        set_subscriptions(broker.registry, "xx-nobody", [], "test")
     assert err.value.code == "unknown_agency"
 
 
@@ -159,7 +159,7 @@ async def test_bounded_and_strict_input(
 ) -> None:
     r = await client.put(subs(HN), json=body, headers=admin)
     assert_problem(r, status)
-    assert subscriptions_of(broker.store.registry, HN) == tuple(POLICE_ALL)
+    assert subscriptions_of(broker.registry, HN) == tuple(POLICE_ALL)
 
 
 async def test_an_oversized_body_is_413(
@@ -168,7 +168,7 @@ async def test_an_oversized_body_is_413(
     big = b'{"topics": ["' + b"a" * 2_000_000 + b'"]}'
     headers = {**admin, "Content-Type": "application/json"}
     assert_problem(await client.put(subs(HN), content=big, headers=headers), 413)
-    assert subscriptions_of(broker.store.registry, HN) == tuple(POLICE_ALL)
+    assert subscriptions_of(broker.registry, HN) == tuple(POLICE_ALL)
 
 
 async def test_a_removed_topic_is_no_longer_a_candidate_for_resolve(

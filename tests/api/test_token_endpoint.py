@@ -116,7 +116,7 @@ async def test_b35_alg_none_is_refused(client: httpx.AsyncClient, broker: Broker
 async def test_b36_hs256_with_the_public_key_as_secret_is_refused(
     client: httpx.AsyncClient, broker: Broker
 ) -> None:
-    row = broker.store.registry.signing_keys(GT)[0]
+    row = broker.registry.signing_keys(GT)[0]
     public = b64d(row.public, field="public", max_bytes=32)
     for secret in (public, row.public.encode()):  # raw bytes and the base64 text
         await refused(client, broker, form(hs256(secret, claims_for(GT))), "alg_not_allowed")
@@ -324,7 +324,7 @@ async def test_a_revoked_key_signs_nothing_and_a_new_key_works(
     now = int(time.time())
     # Rotate: register a second key, then revoke the first.
     new = SigningKey.generate()
-    broker.store.registry.record(
+    broker.registry.record(
         [
             SigningKeyRow(
                 kid=new.verify_key.kid,
@@ -348,7 +348,7 @@ async def test_a_revoked_key_signs_nothing_and_a_new_key_works(
         }
     )
     old_kid = ks.signing_keys[-1].kid
-    with broker.store.registry.session() as s:
+    with broker.registry.session() as s:
         row = s.get(SigningKeyRow, old_kid)
         assert row is not None
         row.revoked_at = now - 1
@@ -407,9 +407,9 @@ async def test_token_requests_are_rate_limited_per_agency(
 
 
 async def test_an_api_without_a_token_key_answers_503(broker: Broker) -> None:
-    from broker.api.app import create_app
+    from broker.runtime.app import create_app
 
-    app = create_app(broker.store.registry, broker.directory.service, lambda: True)
+    app = create_app(broker.registry, broker.directory, lambda: True)
     async with connect(app) as client:
         r = await client.post("/v1/token", data=form("a.b.c"))
         assert_problem(r, 503, "auth_not_configured")

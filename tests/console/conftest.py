@@ -19,10 +19,10 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from broker.api.app import create_app
 from broker.audit.sequencer import open_sequencer
 from broker.config import Settings
 from broker.directory.admins import create_demo_admin
+from broker.runtime.app import create_app
 from broker.runtime.stack import Stack
 from broker.store.registry import AuditRow
 from schemas.audit import AuditEvent
@@ -216,7 +216,7 @@ async def auditor(
 
 def events_of(broker: Broker, type_: str, after: int) -> list[AuditRow]:
     """Audit events of ``type_`` recorded after seq ``after``."""
-    return broker.store.registry.audit_events(type_=type_, after_seq=after, limit=1000)
+    return broker.registry.audit_events(type_=type_, after_seq=after, limit=1000)
 
 
 def csrf_of(html: str) -> str:

@@ -31,7 +31,7 @@ from tests.console.conftest import NO_MILITARY, csrf_of, events_of
 
 
 def status_of(broker: Broker, agency: str) -> str:
-    row = broker.store.registry.agency(agency)
+    row = broker.registry.agency(agency)
     assert row is not None
     return row.status
 
@@ -251,7 +251,7 @@ def store_bulletin(broker: Broker, rel_to: str = "SICA") -> str:
             }
         )
     )
-    broker.store.registry.add_all(
+    broker.registry.add_all(
         [
             BulletinRow(
                 id=bid,

@@ -30,13 +30,13 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from broker.api.app import create_app
 from broker.api.guard import ApiLimits
 from broker.api.oauth import TokenAuthority, load_token_key
 from broker.audit import merkle
 from broker.audit.log import AuditLog
 from broker.audit.sequencer import SequencerLimits, open_sequencer
 from broker.config import Settings
+from broker.runtime.app import create_app
 from broker.runtime.stack import Stack
 from clients.audit_verify import (
     ALARM_EXIT,

@@ -39,9 +39,10 @@ import broker.directory.admins
 import broker.directory.enrolment
 from broker.audit.log import AuditLog
 from broker.audit.sequencer import DEFAULT_ORIGIN
-from broker.cli.db import AUDIT_TABLES, REGISTRY_TABLES, grant_statements
+from broker.cli.db import grant_statements
 from broker.store import db
 from broker.store.registry import SCHEMA_VERSION, Registry
+from broker.store.tables import AUDIT_TABLES, REGISTRY_TABLES
 from schemas.audit import AuditEvent
 from schemas.errors import ConfigError, IstmoError
 from schemas.keys import SigningKey

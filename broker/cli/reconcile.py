@@ -1,0 +1,62 @@
+"""``istmo reconcile``: find routed deliveries missing from the delivery stream and publish
+them again from the archive (``broker.relay.reconcile`` does the work)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from broker.cli._common import on_bus, open_data_dir, operator_name, running_nats_url
+from broker.relay.reconcile import MAX_BATCH, reconcile
+from schemas.errors import ConfigError
+
+__all__ = ["reconcile_command"]
+
+_SPANS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def _since(text: str, now_ms: int) -> int:
+    if text[:-1].isdigit() and text[-1:] in _SPANS and len(text) <= 8:
+        return now_ms - int(text[:-1]) * _SPANS[text[-1]] * 1000
+    raise ConfigError(f"--since {text[:20]!r}: give a span like 90m, 24h or 30d")
+
+
+def reconcile_command(args: argparse.Namespace) -> int:
+    """``istmo reconcile``: exit 0 when nothing is missing afterwards, 1 otherwise."""
+    data = open_data_dir(args)
+    try:
+        since = _since(args.since, time.time_ns() // 1_000_000)
+        if not 1 <= args.batch <= MAX_BATCH:
+            raise ConfigError(f"--batch {args.batch} is outside 1..{MAX_BATCH}")
+        url = running_nats_url(data, args.nats_url)
+
+        report = on_bus(
+            data,
+            url,
+            lambda js: reconcile(
+                js,
+                data.registry,
+                since_ms=since,
+                batch=args.batch,
+                dry_run=args.dry_run,
+                actor=operator_name(),
+            ),
+        )
+    finally:
+        data.close()
+    if args.json:
+        print(json.dumps(report.to_json(), sort_keys=True))
+    else:
+        print(
+            f"routed {report.routed}, present {report.present}, missing {report.gaps} "
+            f"(scanned {report.scanned} deliveries)"
+        )
+        if not report.dry_run:
+            print(
+                f"republished {report.republished} ({report.republished_new_id} under a new "
+                f"id), unrecoverable {report.unrecoverable}, left for the next run "
+                f"{report.remaining}"
+            )
+    healed = report.gaps == report.republished and not report.dry_run
+    return 0 if report.gaps == 0 or healed else 1

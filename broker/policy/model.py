@@ -1,0 +1,95 @@
+"""The policy's values: what it decides over and what it answers.
+
+Pure data, imported by the engine (``engine.py``), the explanation (``explain.py``) and
+the simulation (``simulate.py``), and by every layer above that records or shows a
+decision. ``Decider`` is the one thing simulation needs of an engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from schemas.labels import Labels
+
+__all__ = [
+    "Action",
+    "AgencyInfo",
+    "BulletinFacts",
+    "Decider",
+    "Decision",
+    "JurisdictionInfo",
+]
+
+Action = Literal["publish", "receive"]
+
+
+@dataclass(frozen=True)
+class JurisdictionInfo:
+    """A member state or a community; a state's ``parents`` are its communities."""
+
+    code: str
+    kind: Literal["state", "community"]
+    name: str
+    parents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AgencyInfo:
+    """An agency. Its Cedar parents are ``state`` if set, else ``communities``.
+
+    ``min_source_grade`` ("A1".."F6"), if set, is the worst Admiralty grade the agency
+    accepts on each axis; it then receives no ungraded bulletin.
+    """
+
+    id: str
+    name: str
+    sector: str
+    status: str
+    clearance: int
+    topics: frozenset[str]
+    state: str | None
+    communities: tuple[str, ...]
+    min_source_grade: str | None = None
+
+
+@dataclass(frozen=True)
+class BulletinFacts:
+    """What the policy may know about one bulletin (times are epoch seconds)."""
+
+    bulletin_id: str
+    originator: str
+    origin_state: str | None
+    labels: Labels
+    not_before: int | None
+    expires_at: int | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision, with what is needed to replay and explain it.
+
+    ``policy_ids`` are the sorted ``@id``s of the determining policies (satisfied grants
+    on an allow, satisfied guards on a deny, none on a default deny); ``reasons`` are
+    their ``@reason`` texts in the same order.
+    """
+
+    agency: str
+    action: Action
+    allowed: bool
+    policy_ids: tuple[str, ...]
+    reasons: tuple[str, ...]
+    policy_version: str
+    directory_version: str
+    errors: tuple[str, ...] = ()
+
+
+class Decider(Protocol):
+    """Decides ``publish`` and ``receive`` for a bulletin (``PolicyEngine`` does)."""
+
+    def decide_publish(self, facts: BulletinFacts, now: int) -> Decision: ...
+
+    def decide_receive(
+        self, facts: BulletinFacts, agencies: Sequence[str], now: int
+    ) -> list[Decision]: ...

@@ -1,0 +1,156 @@
+"""One data directory, opened: the broker's keys, its registry and the live directory.
+
+Every process of a region opens its data directory the same way (``istmo up``, a
+joining ``istmo relay``, and each operator command), through ``DataDir.open``. What
+runs over it (NATS, the relay, the API) is ``broker.runtime.stack``'s.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+from sqlmodel import SQLModel
+
+from broker.api.oauth import load_token_key
+from broker.bus.connect import connect_as_broker
+from broker.config import Settings
+from broker.directory.admins import create_demo_admin
+from broker.directory.policy_sets import active_policy_dir
+from broker.directory.service import DirectoryService, load_demo_directory
+from broker.files import signing_key_file, write_private
+from broker.policy.engine import PolicyBundle
+from broker.store.registry import EncryptionKeyRow, NatsUserRow, Registry, SigningKeyRow
+from schemas.audit import AuditEvent
+from schemas.canonical import b64e
+from schemas.keys import SigningKey
+from schemas.keystore import new_keystore
+from schemas.natskeys import new_user_seed, user_public_key
+
+__all__ = ["DataDir"]
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """The files, registry and keys of one data directory.
+
+    Attributes:
+        settings: where everything lives and the limits in force.
+        registry: the broker's store (SQLite in the directory, or ISTMO_DATABASE_URL).
+        directory: the live directory and policy, signed with ``directory_key``.
+        directory_key: signs the directory excerpts agencies verify.
+        relay_seed: the broker's own NATS user (nkey seed).
+        token_key: signs the API's access tokens.
+    """
+
+    settings: Settings
+    registry: Registry
+    directory: DirectoryService
+    directory_key: SigningKey
+    relay_seed: str
+    token_key: SigningKey
+
+    @classmethod
+    def open(
+        cls, settings: Settings, *, demo: bool = False, out: Callable[[str], None] = print
+    ) -> DataDir:
+        """Open (or make) the data directory of ``settings``.
+
+        Two commands opening one new directory at once take turns (a file lock), so keys
+        and the demo directory are made once.
+
+        Args:
+            settings: the broker's settings.
+            demo: load the demo directory (with a keystore per agency) into an empty registry.
+            out: where to say what was made.
+        """
+        s = settings
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (s.data_dir / ".prepare.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            directory_key = signing_key_file(s.broker_dir / "directory.key", "directory key")
+            relay_seed = _relay_seed(s)
+            token_key = load_token_key(s.broker_dir)
+            registry = Registry(s.db_url, broker_dir=s.broker_dir)
+            bundle = PolicyBundle.load(active_policy_dir(s, registry))
+            if demo and registry.is_empty():
+                _load_demo(s, registry, directory_key, out)
+        directory = DirectoryService(registry, bundle, directory_key)
+        return cls(s, registry, directory, directory_key, relay_seed, token_key)
+
+    async def connect(self, url: str | Sequence[str], *, reconnects: int = -1) -> NATS:
+        """The broker's own connection to NATS (``broker.bus.connect``)."""
+        return await connect_as_broker(
+            url, seed=self.relay_seed, name="istmo-relay", reconnects=reconnects
+        )
+
+    def close(self) -> None:
+        self.registry.close()
+
+
+def _relay_seed(s: Settings) -> str:
+    path = s.broker_dir / "relay.seed"
+    if path.exists():
+        return path.read_text().strip()
+    seed = new_user_seed()
+    write_private(path, seed.encode() + b"\n")
+    return seed
+
+
+def _load_demo(
+    s: Settings, registry: Registry, directory_key: SigningKey, out: Callable[[str], None]
+) -> None:
+    demo = load_demo_directory(s.policy_dir)
+    now = int(time.time())
+    rows: list[SQLModel] = [*demo.jurisdictions, *demo.agencies, *demo.subscriptions]
+    events: list[AuditEvent] = []
+    for agency in demo.agencies:
+        seed = new_user_seed()
+        ks, sk, ek = new_keystore(
+            agency=agency.id,
+            nats_seed=seed,
+            directory_key=directory_key.verify_key,
+            now=now,
+        )
+        write_private(s.keys_dir / f"{agency.id}.json", ks.model_dump_json(indent=2).encode())
+        vk, ep = sk.verify_key, ek.public_key
+        rows += [
+            SigningKeyRow(kid=vk.kid, agency=agency.id, public=b64e(vk.public), created_at=now),
+            EncryptionKeyRow(
+                kid=ep.kid, agency=agency.id, kem=ep.kem, public=b64e(ep.public), created_at=now
+            ),
+            NatsUserRow(agency=agency.id, nkey_public=user_public_key(seed)),
+        ]
+        t = time.time_ns() // 1_000_000
+        events += [
+            AuditEvent(
+                event_id=f"enrolled:{agency.id}",
+                type="agency.enrolled",
+                time=t,
+                actor="system",
+                subject=agency.id,
+                data={"sector": agency.sector, "state": agency.state, "how": "demo"},
+            ),
+            AuditEvent(
+                event_id=f"key:{vk.kid}",
+                type="key.registered",
+                time=t,
+                actor="system",
+                subject=agency.id,
+                data={"kid": vk.kid, "use": "signing"},
+            ),
+            AuditEvent(
+                event_id=f"key:{ep.kid}",
+                type="key.registered",
+                time=t,
+                actor="system",
+                subject=agency.id,
+                data={"kid": ep.kid, "use": "encryption", "kem": ep.kem},
+            ),
+        ]
+    registry.record(rows, events)
+    create_demo_admin(registry, s.keys_dir, directory_key.verify_key, now=now)
+    out(f"loaded the demo directory: {len(demo.agencies)} agencies, keystores in {s.keys_dir}")

@@ -1,0 +1,32 @@
+"""The database's table and sequence names, by who may write them.
+
+Only names, no imports: ``istmo db`` (which loads nothing heavy at start) and the
+SQLite -> PostgreSQL copy both read them, and the grants of ``deploy/postgres`` follow them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AUDIT_TABLES", "REGISTRY_TABLES", "SEQUENCES"]
+
+# Append-only: the broker's role may INSERT and SELECT these, nothing else.
+AUDIT_TABLES = ("audit_event", "log_entry", "merkle_node", "tree_head")
+REGISTRY_TABLES = (
+    "admin_identity",
+    "agency",
+    "assertion_jti",
+    "bulletin",
+    "console_link",
+    "console_session",
+    "decision",
+    "encryption_key",
+    "enrolment_token",
+    "jurisdiction",
+    "meta",
+    "nats_user",
+    "policy_set",
+    "receipt",
+    "rejection",
+    "signing_key",
+    "subscription",
+)
+SEQUENCES = ("audit_event_seq_seq", "policy_set_seq_seq")
