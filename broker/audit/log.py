@@ -27,29 +27,44 @@ endpoints (``broker.api.audit``), and the Merkle math (``broker.audit.merkle``).
 
 from __future__ import annotations
 
-import json
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Field, SQLModel
 
 from broker.audit import merkle
+from broker.audit.entries import (
+    EVENT_COLUMNS,
+    MAX_PAGE,
+    EntryFilter,
+    LogCorrupt,
+    LogEntry,
+    LogEntryRow,
+    MerkleNodeRow,
+    MissingNode,
+    TreeHeadRow,
+    blob,
+    entry_bytes,
+    entry_of_row,
+    event_clauses,
+    outbox_bytes,
+    queried_event,
+    row_bytes,
+    same_event,
+)
 from broker.audit.merkle import Node, NodeId
+from broker.audit.verify import VerifyReport, verify_on
 from broker.store.db import display_url, is_sqlite, make_engine, open_schema
-from broker.store.registry import BIGINT, AuditRow
-from schemas.audit import AuditEvent
-from schemas.canonical import b64e, canonical_json
-from schemas.errors import AuditStoreError, ConfigError, EnvelopeError, SignatureError
+from broker.store.registry import AuditRow
+from schemas.canonical import b64e
+from schemas.errors import AuditStoreError, ConfigError, EnvelopeError
 from schemas.keys import SigningKey, VerifyKey
-from schemas.monitor import Findings, Problem
+from schemas.monitor import Problem
 from schemas.treehead import (
     SignedTreeHead,
     TreeHead,
@@ -80,179 +95,7 @@ __all__ = [
     "verify_on",
 ]
 
-MAX_PAGE = 1000  # entries per search page
-_VERIFY_CHUNK = 8192  # leaves between checks of the stored nodes
 _PG_SEQUENCER_LOCK = 0x49_53_54_4D  # "ISTM": pg_advisory_xact_lock key of the writer
-
-
-class LogEntryRow(SQLModel, table=True):
-    __tablename__ = "log_entry"
-    index: int = Field(primary_key=True, sa_type=BIGINT)
-    event_seq: int = Field(unique=True, foreign_key="audit_event.seq", sa_type=BIGINT)
-    leaf: bytes  # the exact bytes hashed: canonical JSON of the AuditEvent
-    leaf_hash: bytes
-
-
-class MerkleNodeRow(SQLModel, table=True):
-    __tablename__ = "merkle_node"
-    __table_args__ = {"sqlite_with_rowid": False}  # SQLAlchemy's own attribute
-    level: int = Field(primary_key=True)
-    idx: int = Field(primary_key=True, sa_type=BIGINT)
-    hash: bytes
-
-
-class TreeHeadRow(SQLModel, table=True):
-    __tablename__ = "tree_head"
-    tree_size: int = Field(primary_key=True, sa_type=BIGINT)
-    root: bytes
-    timestamp: int = Field(sa_type=BIGINT)
-    kid: str = Field(max_length=40)
-    sig: str = Field(max_length=100)
-    raw: bytes  # the SignedTreeHead document, as served
-
-
-_EVENT_COLUMNS = "seq, event_id, type, time, actor, subject, bulletin_id, reason, data"
-
-
-class LogCorrupt(AuditStoreError):
-    """The stored log contradicts itself or its signed tree heads."""
-
-    default_code = "log_corrupt"
-
-
-class MissingNode(LogCorrupt, LookupError):
-    """A Merkle node the tree needs is not in ``merkle_node``."""
-
-
-def entry_bytes(event_: AuditEvent) -> bytes:
-    """The leaf of ``event_``: its canonical JSON (what ``leaf_hash`` hashes)."""
-    return canonical_json(event_.model_dump(mode="json"))
-
-
-def queried_event(
-    actor: str, subject: str, query: Mapping[str, Any], rows: int, *, now_ms: int | None = None
-) -> AuditEvent:
-    """The ``audit.queried`` event of one auditor query: who asked, what (``subject``, e.g.
-    ``audit.search``), the filter (None values left out) and how many rows it returned.
-
-    Record it (``Registry.record``) before the rows are shown: no access without an audit
-    event. The local CLI and the HTTP endpoints both use it.
-    """
-    data = {k: v for k, v in query.items() if v is not None}
-    data["rows"] = rows
-    return AuditEvent(
-        event_id=f"audit-query:{uuid.uuid4()}",
-        type="audit.queried",
-        time=time.time_ns() // 1_000_000 if now_ms is None else now_ms,
-        actor=actor[:200],
-        subject=subject[:200],
-        data=data,
-    )
-
-
-def outbox_bytes(fields: Sequence[Any]) -> bytes:
-    """``entry_bytes`` straight from an ``audit_event`` row's event columns (``_EVENT_COLUMNS``
-    without ``seq``), no model. Raises ValueError or TypeError on a hand-edited row."""
-    event_id, type_, time_, actor, subject, bulletin_id, reason, data = fields
-    return canonical_json(
-        {
-            "v": 1,
-            "event_id": event_id,
-            "type": type_,
-            "time": time_,
-            "actor": actor,
-            "subject": subject,
-            "bulletin_id": bulletin_id,
-            "reason": reason,
-            "data": json.loads(data),
-        }
-    )
-
-
-def _row_bytes(row: Sequence[Any]) -> bytes:
-    """``outbox_bytes`` of a whole ``audit_event`` row (``_EVENT_COLUMNS``, ``seq`` first)."""
-    return outbox_bytes(row[1:])
-
-
-def same_event(fields: Sequence[Any], leaf: bytes) -> bool:
-    """Whether an outbox row's event columns (no ``seq``) encode to exactly ``leaf``."""
-    try:
-        return outbox_bytes(fields) == leaf
-    except (ValueError, TypeError):  # a hand-edited outbox row
-        return False
-
-
-def event_clauses(
-    *,
-    agency: str | None = None,
-    type_: str | None = None,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
-) -> tuple[list[str], dict[str, Any]]:
-    """SQL conditions on ``audit_event a`` and their bound values, for those given: the
-    agency as actor or subject, the event type, and ``since_ms <= time < until_ms``."""
-    where: list[str] = []
-    params: dict[str, Any] = {}
-    if agency is not None:
-        where.append("(a.actor = :agency OR a.subject = :agency)")
-        params["agency"] = agency
-    if type_ is not None:
-        where.append("a.type = :type")
-        params["type"] = type_
-    if since_ms is not None:
-        where.append("a.time >= :since")
-        params["since"] = since_ms
-    if until_ms is not None:
-        where.append("a.time < :until")
-        params["until"] = until_ms
-    return where, params
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    """One entry: its position, the outbox row it came from, and the bytes hashed."""
-
-    index: int
-    event_seq: int
-    leaf: bytes
-    leaf_hash: bytes
-
-    def event(self) -> dict[str, Any]:
-        """The entry as JSON values (an ``AuditEvent`` dump).
-
-        Raises:
-            LogCorrupt: the stored bytes are not a JSON object (someone edited them).
-        """
-        try:
-            value = json.loads(self.leaf)
-        except ValueError:
-            value = None
-        if not isinstance(value, dict):
-            raise LogCorrupt(f"entry {self.index} is not an audit event: run `istmo audit verify`")
-        return value
-
-
-@dataclass(frozen=True)
-class EntryFilter:
-    """A search: every given field must match; entries after ``after_index``, in order.
-
-    ``agency`` matches the actor or the subject (a routed or denied bulletin names the
-    recipient as subject). Times are epoch milliseconds, ``until_ms`` exclusive.
-    """
-
-    agency: str | None = None
-    bulletin_id: str | None = None
-    type: str | None = None
-    since_ms: int | None = None
-    until_ms: int | None = None
-    after_index: int = -1
-    limit: int = 100
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.limit <= MAX_PAGE:
-            raise ValueError(f"limit {self.limit} is outside 1..{MAX_PAGE}")
-        if self.after_index < -1:
-            raise ValueError(f"after_index {self.after_index} is below -1")
 
 
 @dataclass(frozen=True)
@@ -262,13 +105,6 @@ class Integrated:
     first_index: int
     count: int
     head: SignedTreeHead
-
-
-@dataclass
-class VerifyReport(Findings):
-    """What ``AuditLog.verify_all`` checked, and the first problem if any."""
-
-    pending: int = 0  # outbox rows not integrated yet
 
 
 class SqlHashStore:
@@ -292,7 +128,7 @@ class SqlHashStore:
                 params[f"l{n}"], params[f"i{n}"] = level, idx
             q = text(f"SELECT level, idx, hash FROM merkle_node WHERE {where}")  # noqa: S608  # placeholders only
             for level, idx, h in self._conn.execute(q, params):
-                self._cache[(level, idx)] = _blob(h)
+                self._cache[(level, idx)] = blob(h)
 
     def remember(self, nodes: Iterable[Node]) -> None:
         for level, idx, h in nodes:
@@ -307,26 +143,8 @@ class SqlHashStore:
             ).first()
             if row is None:
                 raise MissingNode(f"merkle node ({level}, {index}) is not stored")
-            h = self._cache[(level, index)] = _blob(row[0])
+            h = self._cache[(level, index)] = blob(row[0])
         return h
-
-
-class _Frontier:
-    """A HashStore holding only the last node of each level: all that appending and
-    roots need (``merkle.append_nodes`` reads left siblings, which are always the latest)."""
-
-    def __init__(self) -> None:
-        self._last: dict[int, tuple[int, bytes]] = {}
-
-    def get(self, level: int, index: int) -> bytes:
-        got = self._last.get(level)
-        if got is None or got[0] != index:
-            raise KeyError((level, index))
-        return got[1]
-
-    def put(self, nodes: Iterable[Node]) -> None:
-        for level, idx, h in nodes:
-            self._last[level] = (idx, h)
 
 
 def _sqlite_setup(immediate: bool) -> tuple[Callable[..., None], Callable[[Connection], None]]:
@@ -358,16 +176,8 @@ def _engine(url: str, *, writer: bool) -> Engine:
     return make_engine(url, isolation_level="READ COMMITTED" if writer else "REPEATABLE READ")
 
 
-def _blob(value: object) -> bytes:
-    """A BLOB column's value as bytes. SQLite stores whatever it is given, so a hand-edited
-    row may hold text or a number: compare it as bytes rather than crash."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    return str(value).encode()
-
-
 def _head_from_row(row: Row[Any]) -> SignedTreeHead:
-    return parse_signed_tree_head(_blob(row.raw))
+    return parse_signed_tree_head(blob(row.raw))
 
 
 class AuditLog:
@@ -445,7 +255,7 @@ class AuditLog:
         # 2. The outbox rows after the last integrated one, in seq order.
         rows = conn.execute(
             text(
-                f"SELECT {_EVENT_COLUMNS} FROM audit_event WHERE seq > :s ORDER BY seq LIMIT :n"  # noqa: S608  # constant columns
+                f"SELECT {EVENT_COLUMNS} FROM audit_event WHERE seq > :s ORDER BY seq LIMIT :n"  # noqa: S608  # constant columns
             ),
             {"s": last_seq, "n": max_entries},
         ).all()
@@ -453,7 +263,7 @@ class AuditLog:
             return None
         # 3. Entries and the nodes they complete (reads only the frontier, prefetched).
         try:
-            leaves = [_row_bytes(r) for r in rows]
+            leaves = [row_bytes(r) for r in rows]
         except (ValueError, TypeError) as exc:  # only a hand-edited outbox row gets here
             raise LogCorrupt(f"an outbox row after seq {last_seq} is not an audit event") from exc
         hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
@@ -548,7 +358,7 @@ class AuditLog:
             else:
                 q = text("SELECT raw FROM tree_head WHERE tree_size = :n")
                 row = conn.execute(q, {"n": tree_size}).first()
-            return None if row is None else _blob(row.raw)
+            return None if row is None else blob(row.raw)
 
     def head_documents(
         self, after_size: int = -1, limit: int = MAX_PAGE
@@ -564,7 +374,7 @@ class AuditLog:
                 ),
                 {"a": after_size, "n": limit},
             ).all()
-        return [(int(r.tree_size), _blob(r.raw)) for r in rows]
+        return [(int(r.tree_size), blob(r.raw)) for r in rows]
 
     def head(self, tree_size: int) -> SignedTreeHead | None:
         """The signed tree head at ``tree_size``, if the log signed one."""
@@ -644,7 +454,7 @@ class AuditLog:
                 ),
                 {"i": index},
             ).first()
-            return None if row is None else _entry(row)
+            return None if row is None else entry_of_row(row)
 
     def entries(self, after_index: int = -1, limit: int = MAX_PAGE) -> list[LogEntry]:
         """Up to ``limit`` (1..MAX_PAGE) entries after ``after_index``, in index order, as
@@ -658,7 +468,7 @@ class AuditLog:
                 ),
                 {"a": after_index, "n": limit},
             ).all()
-        return [_entry(r) for r in rows]
+        return [entry_of_row(r) for r in rows]
 
     def tail(self, n: int) -> list[LogEntry]:
         """The last ``n`` (1..MAX_PAGE) entries, oldest first."""
@@ -671,7 +481,7 @@ class AuditLog:
                 ),
                 {"n": n},
             ).all()
-        return [_entry(r) for r in reversed(rows)]
+        return [entry_of_row(r) for r in reversed(rows)]
 
     def search(self, f: EntryFilter) -> list[LogEntry]:
         """Entries matching ``f``, by index, at most ``f.limit`` (a page: go on from the last
@@ -690,7 +500,7 @@ class AuditLog:
             f'WHERE {" AND ".join(where)} ORDER BY e."index" LIMIT :limit'
         )
         with self._read() as conn:
-            return [_entry(r) for r in conn.execute(q, params)]
+            return [entry_of_row(r) for r in conn.execute(q, params)]
 
     def iter_entries(self, after_index: int = -1, *, page: int = 5000) -> Iterator[LogEntry]:
         """Every entry after ``after_index`` in order, a page per short read transaction."""
@@ -706,7 +516,7 @@ class AuditLog:
             if not rows:
                 return
             for r in rows:
-                yield _entry(r)
+                yield entry_of_row(r)
             after_index = int(rows[-1][0])
 
     # ------------------------------------------------------------------ verifying
@@ -744,23 +554,6 @@ class AuditLog:
             raise AuditStoreError(f"cannot read the audit log: {type(exc).__name__}") from exc
 
 
-def verify_on(
-    conn: Connection,
-    key: VerifyKey,
-    origin: str,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-) -> VerifyReport:
-    """``AuditLog.verify_all``'s checks on a connection the caller holds: what it sees,
-    uncommitted rows of its own transaction included (``istmo db copy`` verifies a copy
-    before it commits)."""
-    started = time.monotonic()
-    report = VerifyReport()
-    _Verifier(conn, key, origin, report, progress).run()
-    report.seconds = time.monotonic() - started
-    return report
-
-
 _shared: dict[str, AuditLog] = {}
 _shared_lock = threading.Lock()
 
@@ -773,233 +566,3 @@ def shared_log(url: str) -> AuditLog:
         if url not in _shared:
             _shared[url] = AuditLog(url)
         return _shared[url]
-
-
-def _entry(row: Any) -> LogEntry:
-    return LogEntry(int(row[0]), int(row[1]), _blob(row[2]), _blob(row[3]))
-
-
-@dataclass
-class _Head:
-    size: int
-    root: bytes | None  # None when the head itself is bad (reported already)
-
-
-@dataclass
-class _Verifier:
-    conn: Connection
-    key: VerifyKey
-    origin: str
-    report: VerifyReport
-    progress: Callable[[int, int], None] | None
-    frontier: _Frontier = field(default_factory=_Frontier)
-    size: int = 0  # leaves hashed into the rebuilt tree
-    segment: list[bytes] = field(default_factory=list)
-    new_nodes: list[Node] = field(default_factory=list)
-    nodes_made: int = 0
-    heads: list[_Head] = field(default_factory=list)
-    next_head: int = 0
-    total: int = 0
-    vouched: int = 0  # entries below this size are covered by a good head so far
-
-    def run(self) -> None:
-        self._load_heads()
-        self.total = int(
-            self.conn.execute(text('SELECT COALESCE(MAX("index") + 1, 0) FROM log_entry')).scalar()
-            or 0
-        )
-        self._heads_at(0)
-        stream = self.conn.execution_options(yield_per=4096)
-        entries = stream.execute(
-            text('SELECT "index", event_seq, leaf, leaf_hash FROM log_entry ORDER BY "index"')
-        )
-        outbox = stream.execute(text(f"SELECT {_EVENT_COLUMNS} FROM audit_event ORDER BY seq"))  # noqa: S608  # constant columns
-        try:
-            self._walk(entries, iter(outbox))
-        finally:  # PostgreSQL streams through server-side cursors: close the unread rest
-            outbox.close()
-            entries.close()
-        self._flush()
-        self._check_nodes()
-        self.report.entries = self.size
-        self._finish()
-
-    def _walk(self, entries: Any, outbox: Iterator[Any]) -> None:
-        """Checks 2-4 over every stored entry beside the outbox, in index order."""
-        ob = next(outbox, None)
-        expected = 0
-        signed = max((h.size for h in self.heads), default=0)
-        for idx, seq, raw_leaf, stored_hash in entries:
-            leaf = _blob(raw_leaf)
-            # 2. Consecutive indices; entry k is the k-th outbox row, with the same bytes.
-            if idx != expected:
-                self.report.add(expected, f"entry {expected} is missing (next stored: {idx})")
-                expected = idx
-            if ob is not None and ob[0] < seq:
-                self.report.add(
-                    idx,
-                    f"entry {idx} holds audit event seq {seq}, but seq {ob[0]} comes first "
-                    "in the outbox: an entry was deleted, reordered or skipped",
-                )
-                while ob is not None and ob[0] < seq:
-                    ob = next(outbox, None)
-            if ob is None or ob[0] != seq:
-                self.report.add(
-                    idx,
-                    f"entry {idx} holds audit event seq {seq}, which is not the next outbox "
-                    "event: entries reordered or duplicated",
-                )
-            else:
-                if not same_event(ob[1:], leaf):
-                    self.report.add(idx, f"entry {idx} differs from audit event seq {seq}")
-                ob = next(outbox, None)
-            if idx == signed:  # 4. every entry lies under a signed head
-                self.report.add(
-                    idx, f"entries {idx}..{self.total - 1} are covered by no signed tree head"
-                )
-            h = merkle.leaf_hash(leaf)
-            if _blob(stored_hash) != h:
-                self.report.add(idx, f"entry {idx}: the stored leaf hash is not its bytes' hash")
-            expected += 1
-            # 3. The tree rebuilt from the bytes, flushed at every head and every chunk.
-            self.segment.append(h)
-            if self._at_head(self.size + len(self.segment)) or len(self.segment) >= _VERIFY_CHUNK:
-                self._flush()
-
-    # 1. heads ----------------------------------------------------------------------------
-    def _load_heads(self) -> None:
-        rows = self.conn.execute(
-            text(
-                "SELECT tree_size, root, timestamp, kid, sig, raw FROM tree_head ORDER BY tree_size"
-            )
-        ).all()
-        prev = 0
-        for row in rows:
-            size = int(row.tree_size)
-            root = self._check_head(row, size, prev)
-            self.heads.append(_Head(size, root))
-            prev = size
-        self.report.heads = len(rows)
-
-    def _check_head(self, row: Any, size: int, prev: int) -> bytes | None:
-        def bad(why: str) -> None:
-            self.report.add(prev, f"tree head at size {size}: {why}", max(size, prev + 1))
-
-        try:
-            sth = parse_signed_tree_head(_blob(row.raw))
-        except EnvelopeError as exc:
-            bad(f"malformed: {exc}")
-            return None
-        head = sth.head
-        if (head.tree_size, head.root(), head.timestamp, sth.kid, sth.sig) != (
-            size,
-            _blob(row.root),
-            row.timestamp,
-            row.kid,
-            row.sig,
-        ):
-            bad("its columns differ from its signed document")
-            return None
-        try:
-            verify_tree_head(sth, self.key, self.origin)
-        except SignatureError as exc:
-            bad(f"{exc} (kid {sth.kid})")
-            return None
-        self.report.latest = head
-        return head.root()
-
-    def _at_head(self, size: int) -> bool:
-        return self.next_head < len(self.heads) and self.heads[self.next_head].size == size
-
-    def _heads_at(self, size: int) -> None:
-        while self._at_head(size):
-            h = self.heads[self.next_head]
-            self.next_head += 1
-            if h.root is None:
-                continue  # a bad head, reported already: it vouches for nothing
-            got = merkle.root(self.frontier, size) if size else merkle.EMPTY_ROOT
-            if got != h.root:
-                self.report.add(
-                    self.vouched,
-                    f"tree head at size {size} signs root {b64e(h.root)}, the entries give "
-                    f"{b64e(got)}: entries {self.vouched}..{size - 1} were changed",
-                    size,
-                )
-            else:
-                self.vouched = size
-
-    def _flush(self) -> None:
-        if self.segment:
-            nodes = merkle.append_nodes(self.frontier, self.size, self.segment)
-            self.frontier.put(nodes)
-            self.new_nodes.extend(nodes)
-            self.size += len(self.segment)
-            self.segment.clear()
-        self._heads_at(self.size)
-        if len(self.new_nodes) >= 2 * _VERIFY_CHUNK:
-            self._check_nodes()
-        if self.progress is not None:
-            self.progress(self.size, self.total)
-
-    def _check_nodes(self) -> None:
-        by_level: dict[int, dict[int, bytes]] = {}
-        for level, idx, h in self.new_nodes:
-            by_level.setdefault(level, {})[idx] = h
-        self.nodes_made += len(self.new_nodes)
-        self.new_nodes.clear()
-        for level, made in by_level.items():
-            lo, hi = min(made), max(made)
-            stored: dict[int, bytes] = dict(
-                self.conn.execute(
-                    text(
-                        "SELECT idx, hash FROM merkle_node "
-                        "WHERE level = :l AND idx BETWEEN :a AND :b"
-                    ),
-                    {"l": level, "a": lo, "b": hi},
-                ).all()
-            )
-            for idx, h in made.items():
-                got = stored.get(idx)
-                if got is None or _blob(got) != h:
-                    first, last = idx << level, ((idx + 1) << level) - 1
-                    what = "is missing" if got is None else "does not match the entries"
-                    self.report.add(
-                        first,
-                        f"merkle node ({level}, {idx}) over entries {first}..{last} {what}",
-                        last + 1,
-                    )
-
-    # 4. coverage --------------------------------------------------------------------------
-    def _finish(self) -> None:
-        for h in self.heads[self.next_head :]:
-            self.report.add(
-                self.size,
-                f"tree head at size {h.size}, but the log holds only {self.size} entries: "
-                f"entries from {self.size} on were removed",
-                h.size,
-            )
-        extra = self.conn.execute(
-            text(
-                # CAST: PostgreSQL shifts an INTEGER within 32 bits
-                "SELECT level, idx FROM merkle_node "
-                "WHERE (idx + 1) * (CAST(1 AS BIGINT) << level) > :n "
-                "ORDER BY idx * (CAST(1 AS BIGINT) << level) LIMIT 1"
-            ),
-            {"n": self.size},
-        ).first()
-        if extra is not None:
-            level, idx = int(extra[0]), int(extra[1])
-            self.report.add(
-                min(idx << level, self.size),
-                f"merkle node ({level}, {idx}) lies beyond the {self.size} entries",
-                (idx + 1) << level,
-            )
-        last_seq = self.conn.execute(
-            text('SELECT event_seq FROM log_entry ORDER BY "index" DESC LIMIT 1')
-        ).scalar()
-        self.report.pending = int(
-            self.conn.execute(
-                text("SELECT COUNT(*) FROM audit_event WHERE seq > :s"), {"s": last_seq or 0}
-            ).scalar()
-            or 0
-        )

@@ -27,6 +27,13 @@ import cedarpy
 from cedarpy import Entities, PolicySet, Schema, pst
 
 from broker.policy.explain import Explanation, explanation
+from broker.policy.lint import (
+    MAX_ERROR_CHARS,
+    NAMESPACE,
+    OVERRIDES_DIR,
+    lint_file,
+    shorten_error,
+)
 from broker.policy.model import (
     Action,
     AgencyInfo,
@@ -52,19 +59,13 @@ __all__ = [
 ]
 
 
-_NS = "Istmo"
 _SCHEMA_FILE = "schema.cedarschema"
 _BASE_FILE = "base.cedar"
-_OVERRIDES_DIR = "overrides"
-_MAX_ERROR_CHARS = 200
 _DECISION_CACHE = 4096  # distinct (facts, action, candidates, second) kept per engine
 _SECTORS = frozenset({"police", "military", "foreign", "justice", "regional-centre", "auditor"})
 _STATUSES = frozenset({"active", "suspended", "revoked"})
 _GRADE = re.compile(r"[A-F][1-6]")
 _POSITIONAL_ID = re.compile(r"\bpolicy\d+\b")
-_FOR_POLICY = re.compile(r"^for policy `[^`]*`, ")
-_ID_ANNOTATION = re.compile(r'^\s*@id\s*\(\s*"((?:[^"\\]|\\.)*)"\s*\)', re.MULTILINE)
-_TRAILING_COMMENT = re.compile(r'\s*//[^"]*$')
 
 _Json = dict[str, object]
 
@@ -119,8 +120,8 @@ class PolicyBundle:
                 line and ``@id`` of the policy where there is one.
         """
         problems: list[str] = []
-        overrides = sorted((root / _OVERRIDES_DIR).glob("*.cedar"))
-        rels = [_BASE_FILE, *(f"{_OVERRIDES_DIR}/{p.name}" for p in overrides)]
+        overrides = sorted((root / OVERRIDES_DIR).glob("*.cedar"))
+        rels = [_BASE_FILE, *(f"{OVERRIDES_DIR}/{p.name}" for p in overrides)]
         texts: dict[str, str] = {}
         for rel in [_SCHEMA_FILE, *rels]:
             try:
@@ -133,10 +134,10 @@ class PolicyBundle:
         try:
             schema = Schema.from_str(schema_text)
         except ValueError as exc:
-            raise PolicyLoadError([f"{_SCHEMA_FILE}: {_shorten(str(exc))}"]) from exc
+            raise PolicyLoadError([f"{_SCHEMA_FILE}: {shorten_error(str(exc))}"]) from exc
         seen: dict[str, str] = {}
         for rel, text in texts.items():
-            problems += _lint_file(rel, text, schema, seen)
+            problems += lint_file(rel, text, schema, seen)
         if problems:
             raise PolicyLoadError(problems)
 
@@ -158,134 +159,6 @@ class PolicyBundle:
         version = hashlib.sha256(canonical.encode()).hexdigest()[:16]
         handles = (schema, schema_digest, policies, grants, MappingProxyType(labels))
         return cls(version, tuple(texts), canonical, *handles)
-
-
-@dataclass(frozen=True)
-class _Span:
-    """Where one policy sits in a file (1-based lines): Cedar reports no positions."""
-
-    first: int
-    last: int
-    policy_id: str | None
-
-
-def _spans(text: str) -> list[_Span]:
-    """A policy starts at its first line after the previous one's closing ``;``.
-
-    Comment and blank lines between policies belong to none of them.
-    """
-    lines = text.splitlines()
-    spans: list[_Span] = []
-    start: int | None = None
-    for n, line in enumerate(lines, 1):
-        code = _TRAILING_COMMENT.sub("", line.strip())
-        if not code or code.startswith("//"):
-            continue
-        start = n if start is None else start
-        if code.endswith(";"):
-            spans.append(_span(lines, start, n))
-            start = None
-    if start is not None:
-        spans.append(_span(lines, start, len(lines)))
-    return spans
-
-
-def _span(lines: list[str], first: int, last: int) -> _Span:
-    found = _ID_ANNOTATION.search("\n".join(lines[first - 1 : last]))
-    return _Span(first, last, found[1] if found else None)
-
-
-def _lint_file(rel: str, text: str, schema: Schema, seen: dict[str, str]) -> list[str]:
-    """Checks 1-6 of ``PolicyBundle.load`` for one file; ``seen`` maps @id -> where."""
-    spans = _spans(text)
-    try:
-        tree = PolicySet.from_str(text).to_pst()
-    except ValueError as exc:
-        return [_parse_problem(rel, text, spans, exc)]
-    problems: list[str] = []
-    formatted = _format(text)
-    if formatted != text:
-        problems.append(_format_problem(rel, text, formatted, spans))
-    if tree.templates:
-        problems.append(f"{rel}: templates are not allowed")
-    # Cedar numbers policies policy0, policy1, ... in file order, as _spans does.
-    policies = list(tree.static_policies.items())
-    lines = dict(zip((pid for pid, _ in policies), spans, strict=False))
-    if len(spans) != len(policies):
-        lines = {}
-
-    def where(pid: str, policy_id: str) -> str:
-        span = lines.get(pid)
-        return rel + (f":{span.first}" if span else "") + (f": {policy_id}" if policy_id else "")
-
-    community = rel.removeprefix(f"{_OVERRIDES_DIR}/").removesuffix(".cedar")
-    is_override = rel.startswith(f"{_OVERRIDES_DIR}/")
-    for n, (pid, policy) in enumerate(policies, 1):
-        policy_id = policy.annotations.get("id", "")
-        at = where(pid, policy_id)
-        if not policy_id:
-            problems.append(f"{at}: policy #{n} in the file has no @id")
-        elif policy_id in seen:
-            problems.append(f"{at}: duplicate @id (first at {seen[policy_id]})")
-        else:
-            seen[policy_id] = where(pid, "")
-        if not policy.annotations.get("reason"):
-            problems.append(f"{at}: no @reason")
-        if is_override and not policy_id.startswith(f"{community}."):
-            problems.append(f"{at}: an override's @id must start with {community + '.'!r}")
-        if is_override and not any(
-            u.type == pst.EntityType("Jurisdiction", (_NS,)) and u.id == community.upper()
-            for u in pst.entity_uids(policy)
-        ):
-            problems.append(f'{at}: does not reference Istmo::Jurisdiction::"{community.upper()}"')
-        if any(u.type == pst.EntityType("Bulletin", (_NS,)) for u in pst.entity_uids(policy)):
-            # Decisions are about labels, never one bulletin: the engine reuses a decision
-            # for bulletins whose facts are the same (PolicyEngine, _DECISION_CACHE).
-            problems.append(f"{at}: names one bulletin; a policy may decide on labels only")
-        if is_override and policy.effect == "permit":
-            # A permit here could reach past rel_to: grants are reviewed centrally.
-            problems.append(
-                f"{at}: an override may only add restrictions (forbid); put grants in base.cedar"
-            )
-    for err in cedarpy.validate_policies(text, schema).errors:
-        found = tree.static_policies.get(err.policy_id)
-        policy_id = found.annotations.get("id", "") if found else ""
-        detail = _FOR_POLICY.sub("", err.error)
-        problems.append(f"{where(err.policy_id, policy_id)}: schema: {_shorten(detail)}")
-    return problems
-
-
-def _parse_problem(rel: str, text: str, spans: list[_Span], exc: ValueError) -> str:
-    """Name the first policy that does not parse alone, else the file."""
-    lines = text.splitlines()
-    for span in spans:
-        try:
-            PolicySet.from_str("\n".join(lines[span.first - 1 : span.last]))
-        except ValueError as inner:
-            named = f": {span.policy_id}" if span.policy_id else ""
-            return f"{rel}:{span.first}{named}: parse error: {_shorten(str(inner))}"
-    return f"{rel}: parse error: {_shorten(str(exc))}"
-
-
-def _format_problem(rel: str, text: str, formatted: str | None, spans: list[_Span]) -> str:
-    """Point at the first line that differs from the canonical form."""
-    hint = "not in canonical Cedar format (run cedarpy.format_policies)"
-    if formatted is None:
-        return f"{rel}: {hint}"
-    old, new = text.splitlines(), formatted.splitlines()
-    line = next((n for n, (a, b) in enumerate(zip(old, new, strict=False), 1) if a != b), 0)
-    line = line or min(len(old), len(new)) + 1  # one is a prefix of the other
-    named = next(
-        (f": {s.policy_id}" for s in spans if s.first <= line <= s.last and s.policy_id), ""
-    )
-    return f"{rel}:{line}{named}: {hint}"
-
-
-def _format(text: str) -> str | None:
-    try:
-        return cedarpy.format_policies(text)
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -322,7 +195,7 @@ class DirectorySnapshot:
             handle = Entities.from_json_str(text, bundle._schema)
         except ValueError as exc:
             raise ConfigError(
-                f"directory does not conform to the policy schema: {_shorten(str(exc))}",
+                f"directory does not conform to the policy schema: {shorten_error(str(exc))}",
                 code="directory",
             ) from exc
         version = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -366,7 +239,7 @@ def _check_directory(
 
 
 def _uid(kind: str, ident: str) -> _Json:
-    return {"type": f"{_NS}::{kind}", "id": ident}
+    return {"type": f"{NAMESPACE}::{kind}", "id": ident}
 
 
 def _ref(kind: str, ident: str) -> _Json:
@@ -428,12 +301,6 @@ def _bulletin_entity(facts: BulletinFacts) -> _Json:
     if facts.expires_at is not None:
         attrs["expiresAt"] = facts.expires_at
     return {"uid": _uid("Bulletin", facts.bulletin_id), "attrs": attrs, "parents": []}
-
-
-def _shorten(message: str) -> str:
-    # Cedar may quote whole entities ({...}) in an error: keep only the text before them.
-    head = message.split("{", 1)[0].strip() or "error (detail withheld)"
-    return head[:_MAX_ERROR_CHARS]
 
 
 def _cacheable(facts: BulletinFacts, now: int) -> bool:
@@ -550,7 +417,7 @@ class PolicyEngine:
             delta = json.dumps([_bulletin_entity(facts)], allow_nan=False)
             entities = self._directory._entities.with_added_json_str(delta, self._bundle._schema)
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
-            raise _Refused(f"bulletin facts rejected: {_shorten(str(exc))}") from exc
+            raise _Refused(f"bulletin facts rejected: {shorten_error(str(exc))}") from exc
         # 3. Known agencies go to Cedar in one batch (unknown ones are denied by the caller).
         resource = _uid("Bulletin", facts.bulletin_id)
         requests: list[_Json] = [
@@ -563,7 +430,7 @@ class PolicyEngine:
                 requests, policies, entities, self._bundle._schema
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise _Refused(f"cedar failed: {_shorten(str(exc))}") from exc
+            raise _Refused(f"cedar failed: {shorten_error(str(exc))}") from exc
         if len(results) != len(requests):
             raise _Refused("cedar returned a short batch")
         return results
@@ -586,7 +453,7 @@ class PolicyEngine:
         """Map Cedar's positional ``policyN`` to its ``@id``; withhold entity JSON."""
         labels = self._bundle._labels
         named = _POSITIONAL_ID.sub(lambda m: labels.get(m[0], (m[0], ""))[0], error)
-        return _shorten(named)
+        return shorten_error(named)
 
     def _decision(
         self,
@@ -598,5 +465,5 @@ class PolicyEngine:
     ) -> Decision:
         ids, reasons = tuple(i for i, _ in labels), tuple(r for _, r in labels)
         versions = (self._bundle.version, self._directory.version)
-        shortened = tuple(e[:_MAX_ERROR_CHARS] for e in errors)
+        shortened = tuple(e[:MAX_ERROR_CHARS] for e in errors)
         return Decision(agency, action, allowed, ids, reasons, *versions, shortened)

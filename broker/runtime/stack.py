@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -56,6 +54,12 @@ from broker.directory.service import DirectoryService
 from broker.policy.engine import PolicyBundle
 from broker.relay.worker import Relay
 from broker.runtime.app import create_app
+from broker.runtime.claim import (
+    NATS_PID_FILE,
+    check_store_shape,
+    reap_stale_nats,
+    take_data_dir_lock,
+)
 from broker.runtime.datadir import DataDir
 from broker.store.db import display_url
 from broker.store.registry import Registry
@@ -66,7 +70,6 @@ __all__ = ["Stack", "read_stack_file"]
 
 log = logging.getLogger("istmo.stack")
 STACK_FILE = "stack.json"
-NATS_PID_FILE = "nats.pid"  # one pid per line: one server, or every node of a cluster
 DEFAULT_CLUSTER_PORT = 6244  # route port of node 1 (NATS's own default is 6222)
 
 
@@ -158,18 +161,6 @@ class Stack:
         return self.registry, self.directory
 
     # ------------------------------------------------------------------ services
-    def _take_lock(self) -> None:
-        path = self.settings.data_dir / ".lock"
-        f = path.open("w")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            f.close()
-            raise ConfigError(
-                f"another istmo up is already running on {self.settings.data_dir}"
-            ) from exc
-        self._lock = f
-
     def _release_lock(self) -> None:
         if self._lock is not None:
             self._lock.close()  # closing the file releases the flock
@@ -204,13 +195,13 @@ class Stack:
         """
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._take_lock()
+        self._lock = take_data_dir_lock(s.data_dir)
         try:
-            self._reap_stale_nats()
+            reap_stale_nats(s, self.out)
             if self.join:
                 check_port_free(s.api_port, "the HTTP API (--api-port)", s.host)
                 return
-            self._check_store_shape()
+            check_store_shape(s.data_dir, self.cluster_size)
             if self.cluster_size == 1:
                 check_port_free(s.nats_port, "NATS clients (--nats-port)", s.host)
                 check_port_free(s.nats_http_port, "NATS monitoring (--nats-http-port)", s.host)
@@ -221,47 +212,6 @@ class Stack:
         except BaseException:
             self._release_lock()
             raise
-
-    def _check_store_shape(self) -> None:
-        """Refuse to start a cluster on a single node's store, or the other way round:
-        the streams (and the deliveries they hold) would seem to vanish."""
-        d = self.settings.data_dir
-        if self.cluster_size > 1 and (d / "nats").exists():
-            raise ConfigError(
-                f"{d} holds a single-node JetStream store ({d / 'nats'}); run `istmo up` "
-                "without --cluster there, or use another --data-dir for a cluster"
-            )
-        if self.cluster_size == 1 and (d / "nats-1").exists():
-            raise ConfigError(
-                f"{d} holds a cluster's JetStream stores ({d / 'nats-1'}...); run "
-                "`istmo up --cluster 3` there, or use another --data-dir"
-            )
-
-    def _reap_stale_nats(self) -> None:
-        pid_path = self.settings.data_dir / NATS_PID_FILE
-        try:
-            pids = [int(line) for line in pid_path.read_text().split()]
-        except (OSError, ValueError):
-            pid_path.unlink(missing_ok=True)
-            return
-        confs = [str(self.settings.broker_dir / "nats.conf").encode()]
-        confs += [str(self.settings.broker_dir / f"nats-{i}.conf").encode() for i in range(1, 6)]
-        for pid in pids:
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"nats-server" not in cmdline or not any(c in cmdline.split(b"\0") for c in confs):
-                continue
-            self.out(f"stopping nats-server pid {pid}, left running by an earlier istmo up")
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                if not Path(f"/proc/{pid}").exists():
-                    break
-                time.sleep(0.1)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        pid_path.unlink(missing_ok=True)
 
     def _make_nats(self) -> NatsServer | NatsCluster | ExternalNats:
         s = self.settings
