@@ -11,12 +11,17 @@ from broker.cli._common import on_bus, open_data_dir, operator_name, running_nat
 from broker.relay.reconcile import MAX_BATCH, reconcile
 from schemas.errors import ConfigError
 
-__all__ = ["reconcile_command"]
+__all__ = ["reconcile_command", "since_ms"]
 
 _SPANS = {"m": 60, "h": 3600, "d": 86400}
 
 
-def _since(text: str, now_ms: int) -> int:
+def since_ms(text: str, now_ms: int) -> int:
+    """The start of ``--since`` (``90m``, ``24h``, ``30d``) before ``now_ms``, in epoch ms.
+
+    Raises:
+        ConfigError: not a count and one of m, h, d.
+    """
     if text[:-1].isdigit() and text[-1:] in _SPANS and len(text) <= 8:
         return now_ms - int(text[:-1]) * _SPANS[text[-1]] * 1000
     raise ConfigError(f"--since {text[:20]!r}: give a span like 90m, 24h or 30d")
@@ -26,7 +31,7 @@ def reconcile_command(args: argparse.Namespace) -> int:
     """``istmo reconcile``: exit 0 when nothing is missing afterwards, 1 otherwise."""
     data = open_data_dir(args)
     try:
-        since = _since(args.since, time.time_ns() // 1_000_000)
+        since = since_ms(args.since, time.time_ns() // 1_000_000)
         if not 1 <= args.batch <= MAX_BATCH:
             raise ConfigError(f"--batch {args.batch} is outside 1..{MAX_BATCH}")
         url = running_nats_url(data, args.nats_url)

@@ -7,13 +7,14 @@ import time
 
 import pytest
 
+from broker.cli.reconcile import since_ms
 from broker.relay.dead_letters import (
     INGEST_MAX_ATTEMPTS,
     dead_subject,
     handle_advisory,
     ingest_attempts_allowed,
 )
-from broker.relay.reconcile import _since, archive_subject
+from broker.relay.reconcile import archive_subject
 from schemas.envelope import Content
 from schemas.errors import ConfigError, EnvelopeError
 from schemas.ids import AgencyId
@@ -108,8 +109,8 @@ def test_subjects_are_built_from_checked_ids() -> None:
 
 
 def test_reconcile_window() -> None:
-    assert _since("90m", 10_000_000) == 10_000_000 - 90 * 60_000
-    assert _since("2d", 500_000_000) == 500_000_000 - 2 * 86_400_000
+    assert since_ms("90m", 10_000_000) == 10_000_000 - 90 * 60_000
+    assert since_ms("2d", 500_000_000) == 500_000_000 - 2 * 86_400_000
     for bad in ("", "1y", "-1h", "h", "99999999d"):
         with pytest.raises(ConfigError, match="--since"):
-            _since(bad, 0)
+            since_ms(bad, 0)
