@@ -1,19 +1,42 @@
 """The one exception tree of Istmo.
 
+Every branch, with the module that defines it where that is not this one::
+
     IstmoError                      base of everything we raise on purpose
     ├── EnvelopeError               bad input: malformed, oversized, unknown version or label
     │   ├── SignatureError          a signature or key binding does not verify
     │   ├── DecryptionError         a wrap or ciphertext does not open (uniform to peers)
     │   ├── ProofError              a Merkle proof does not verify (schemas.merkle_verify)
-    │   └── TreeHeadConflict        a tree head rolls back or forks the log (schemas.treehead)
+    │   ├── TreeHeadConflict        a tree head rolls back or forks the log (schemas.treehead)
+    │   └── RequestRefused          an enrolment request a good token does not admit
+    │                                   (broker.directory.enrolment)
     ├── PolicyDenied                the policy said no
     ├── BusUnavailable              NATS is not reachable or did not answer
-    ├── AuditStoreError             the audit store could not record an event
-    └── ConfigError                 a setting, file or keystore is missing or wrong
+    │   └── PublishUnacknowledged   NATS never acknowledged a bulletin (clients.sdk)
+    ├── AuditStoreError             the database refused or is not reachable
+    │   └── LogCorrupt              the stored log is not what its key signed (broker.audit.entries)
+    │       └── MissingNode         a Merkle node is missing; a LookupError (broker.audit.entries)
+    ├── ConfigError                 a setting, file or keystore is missing or wrong
+    │   ├── PolicyLoadError         a policy set does not load (broker.policy.engine)
+    │   └── SequencerBusy           another sequencer holds the log (broker.audit.sequencer)
+    ├── NotFound                    no such object for this caller (broker.relay.agency_api)
+    ├── AuthError                   a refused token request or access token (broker.api.oauth)
+    ├── TokenRefused                an enrolment token that does not admit its bearer
+    │                                   (broker.directory.enrolment)
+    ├── PublishRejected             the relay refused a bulletin (clients.sdk)
+    ├── ApiError                    the HTTP API refused a request (clients.oauth)
+    │   ├── TokenRefused            the token endpoint refused (clients.oauth)
+    │   └── EnrolmentRefused        the broker refused an enrolment (clients.enroll)
+    ├── ApiUnavailable              the HTTP API is not reachable (clients.oauth)
+    ├── LogAltered                  a served log contradicts its signed heads (clients.audit_verify)
+    └── RemoteLogError              a malformed answer of the audit API (clients.audit_verify)
+
+(``tests/core/test_errors.py`` walks the subclasses and checks this drawing.)
 
 Every error carries a short machine ``code`` (for audit entries and API problems) and a
-message built from attributes, never from keys or plaintext. ``broker`` and ``clients``
-add branches of their own under these.
+message built from attributes, never from keys or plaintext. It may carry a ``hint``: one
+short line saying what to do about it, which the ``istmo`` command prints on a line of its
+own after the message (``diagnostics()``); the HTTP API answers with the message only.
 """
 
 from __future__ import annotations
@@ -31,13 +54,23 @@ __all__ = [
 
 
 class IstmoError(Exception):
-    """Base of every error Istmo raises on purpose."""
+    """Base of every error Istmo raises on purpose. Raise a branch, never this class.
+
+    Attributes:
+        code: a short machine code (``default_code`` of the class unless given).
+        hint: what the user can do about it, one short line, or None.
+    """
 
     default_code = "error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, hint: str | None = None) -> None:
         super().__init__(message)
         self.code = code or self.default_code
+        self.hint = hint
+
+    def diagnostics(self) -> str:
+        """The message, then the hint on a line of its own: what a command line prints."""
+        return f"{self}\n  hint: {self.hint}" if self.hint else str(self)
 
 
 class EnvelopeError(IstmoError):
@@ -71,7 +104,7 @@ class BusUnavailable(IstmoError):
 
 
 class AuditStoreError(IstmoError):
-    """The audit store could not record an event."""
+    """The database (the audit store and the registry beside it) refused or is away."""
 
     default_code = "audit_store"
 
