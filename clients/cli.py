@@ -33,7 +33,7 @@ from clients.keystore import (
     save_keystore,
 )
 from clients.sdk import IstmoClient, ReceivedBulletin
-from schemas.errors import ConfigError, IstmoError
+from schemas.errors import ConfigError, EnvelopeError, IstmoError
 from schemas.ids import parse_bulletin_id
 from schemas.keystore import ProtectedKeystore, parse_any_keystore
 from schemas.labels import TOPICS, Classification, Labels, Precedence, Tlp
@@ -205,7 +205,7 @@ def _labels(args: argparse.Namespace) -> Labels:
         why = first["msg"]
         if first["type"] == "string_pattern_mismatch":
             why = _LABEL_HINTS.get(field, why)
-        raise IstmoError(f"label not allowed: {field}: {why}", code="unknown_label") from exc
+        raise EnvelopeError(f"label not allowed: {field}: {why}", code="unknown_label") from exc
 
 
 def _read_body(args: argparse.Namespace) -> str:
