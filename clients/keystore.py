@@ -6,8 +6,10 @@ keys inside must never leave the agency's machine.
 
 from __future__ import annotations
 
+import getpass
 import os
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from schemas.keystore import (
 
 __all__ = [
     "Passphrase",
+    "ask_passphrase",
     "load_keystore",
     "passphrase_from_env",
     "resolve_keystore_path",
@@ -61,6 +64,31 @@ def passphrase_from_env() -> str | None:
         raise ConfigError(f"cannot read ISTMO_PASSPHRASE_FILE {name}: {exc.strerror}") from exc
 
 
+def ask_passphrase(path: Path) -> Callable[[], str]:
+    """A function that gets the passphrase of the protected keystore ``path``: from the file
+    named by ``ISTMO_PASSPHRASE_FILE`` if set, else asked on the terminal.
+
+    The function raises ConfigError when there is neither (no terminal to ask on).
+    """
+
+    def ask() -> str:
+        env = passphrase_from_env()
+        if env is not None:
+            return env
+        if not sys.stdin.isatty():
+            raise _passphrase_needed(path)
+        return getpass.getpass(f"passphrase for {path}: ")
+
+    return ask
+
+
+def _passphrase_needed(path: Path) -> ConfigError:
+    return ConfigError(
+        f"keystore {path} is protected by a passphrase: run interactively, or set "
+        "ISTMO_PASSPHRASE_FILE to a file that holds it"
+    )
+
+
 def load_keystore(path: Path, passphrase: Passphrase = None) -> KeystoreFile:
     """Load a keystore, refusing one that group or others can read.
 
@@ -87,10 +115,7 @@ def load_keystore(path: Path, passphrase: Passphrase = None) -> KeystoreFile:
     secret = passphrase() if callable(passphrase) else passphrase
     secret = secret if secret is not None else passphrase_from_env()
     if secret is None:
-        raise ConfigError(
-            f"keystore {path} is protected by a passphrase: run interactively, or set "
-            "ISTMO_PASSPHRASE_FILE to a file that holds it"
-        )
+        raise _passphrase_needed(path)
     try:
         return unprotect_keystore(stored, secret)
     except ConfigError as exc:

@@ -28,8 +28,8 @@ Every branch, with the module that defines it where that is not this one::
     │   ├── TokenRefused            the token endpoint refused (clients.oauth)
     │   └── EnrolmentRefused        the broker refused an enrolment (clients.enroll)
     ├── ApiUnavailable              the HTTP API is not reachable (clients.oauth)
-    ├── LogAltered                  a served log contradicts its signed heads (clients.audit_verify)
-    └── RemoteLogError              a malformed answer of the audit API (clients.audit_verify)
+    ├── LogAltered                  a served log contradicts its signed heads (clients.audit_api)
+    └── RemoteLogError              a malformed answer of the audit API (clients.audit_api)
 
 (``tests/core/test_errors.py`` walks the subclasses and checks this drawing.)
 

@@ -17,7 +17,7 @@ log (an index outside the tree, a size the log never signed, old > new) is a 400
 a log the database cannot serve, or one whose stored nodes are gone, is a 503.
 
 Left to others: the log itself (``broker.audit.log``), the command line
-(``broker.cli.audit``, ``clients.audit_verify``).
+(``broker.cli.audit``, ``clients.log_verifier``).
 """
 
 from __future__ import annotations

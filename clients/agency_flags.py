@@ -1,0 +1,73 @@
+"""``--data-dir``, ``--as`` and ``--nats-url``: the keystore an agency command acts with, and
+the NATS it reaches (the one ``istmo up`` runs for the data directory, unless told)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from clients.keystore import ask_passphrase, load_keystore, resolve_keystore_path
+from clients.sdk import IstmoClient
+from schemas.errors import ConfigError
+
+__all__ = ["DEFAULT_DATA_DIR", "add_agency_args", "add_data_dir_arg", "connect", "nats_url"]
+
+DEFAULT_DATA_DIR = Path(".istmo")
+
+
+def add_data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("ISTMO_DATA_DIR", DEFAULT_DATA_DIR)),
+        help="the local stack's data directory (default: ./.istmo, or $ISTMO_DATA_DIR)",
+    )
+
+
+def add_agency_args(p: argparse.ArgumentParser) -> None:
+    add_data_dir_arg(p)
+    p.add_argument(
+        "--as",
+        dest="who",
+        required=True,
+        metavar="AGENCY",
+        help="an agency id (its keystore in DATA_DIR/keys) or the path of a keystore file",
+    )
+    p.add_argument(
+        "--nats-url",
+        default=os.environ.get("ISTMO_NATS_URL"),
+        help="NATS to connect to (default: the one `istmo up` runs for --data-dir)",
+    )
+
+
+def nats_url(args: argparse.Namespace, keystore_path: Path, ask: Callable[[], str]) -> str:
+    """``--nats-url``, else the stack's for ``--data-dir``, else the keystore's.
+
+    Raises:
+        ConfigError: none of them names one.
+    """
+    if args.nats_url:
+        return str(args.nats_url)
+    stack = args.data_dir / "stack.json"
+    try:
+        url = json.loads(stack.read_text()).get("nats_url")
+        if isinstance(url, str):
+            return url
+    except (OSError, ValueError):
+        pass
+    ks_url = load_keystore(keystore_path, ask).nats_url
+    if ks_url:
+        return ks_url
+    raise ConfigError(
+        f"broker not running: no {stack} (start it with `istmo up`, or pass --nats-url)"
+    )
+
+
+async def connect(args: argparse.Namespace) -> IstmoClient:
+    """The SDK client of ``--as``, connected to NATS."""
+    path = resolve_keystore_path(args.who, args.data_dir)
+    ask = ask_passphrase(path)
+    return await IstmoClient.connect(path, nats_url(args, path, ask), passphrase=ask)

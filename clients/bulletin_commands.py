@@ -1,0 +1,248 @@
+"""``istmo publish``, ``preview``, ``receive``, ``receipts`` and ``status``: what an agency
+does with bulletins, through the SDK (``clients.sdk``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from clients.agency_flags import add_agency_args, connect
+from clients.label_flags import add_label_args, add_time_args, bulletin_id, labels_from_args
+from clients.sdk import ReceivedBulletin
+from schemas.errors import ConfigError
+
+__all__ = ["MAX_BODY_BYTES", "add_bulletin_parsers"]
+
+MAX_BODY_BYTES = 512 * 1024
+
+
+def _read_body(args: argparse.Namespace) -> str:
+    if args.body is not None:
+        if len(args.body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+            raise ConfigError(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
+        return str(args.body)
+    if args.body_file is None:
+        raise ConfigError("give the bulletin text with --body-file FILE (or - for stdin) or --body")
+    try:
+        if str(args.body_file) == "-":
+            data = sys.stdin.buffer.read(MAX_BODY_BYTES + 1)
+        else:
+            with Path(args.body_file).open("rb") as f:
+                data = f.read(MAX_BODY_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the body file {args.body_file}: {exc.strerror}") from exc
+    if len(data) > MAX_BODY_BYTES:
+        raise ConfigError(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the body file {args.body_file} is not UTF-8 text") from exc
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    labels = labels_from_args(args)
+    text = _read_body(args)
+    now = int(time.time())
+    expires_at = now + args.expires_in if args.expires_in else None
+    not_before = now + args.embargo if args.embargo else None
+    client = await connect(args)
+    async with client:
+        result = await client.publish(
+            title=args.title,
+            text=text,
+            labels=labels,
+            expires_at=expires_at,
+            not_before=not_before,
+            wait=not args.no_wait,
+            timeout=args.timeout,
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "id": result.bulletin_id,
+                    "state": result.state,
+                    "routed": list(result.routed),
+                    "denied": [{"agency": a, "policy_ids": list(p)} for a, p in result.denied],
+                }
+            )
+        )
+        return 0
+    print(result.bulletin_id)
+    if result.state == "accepted":
+        print(
+            f"accepted: routed to {len(result.routed)} agencies"
+            + (f"; {len(result.denied)} candidates denied by policy" if result.denied else ""),
+            file=sys.stderr,
+        )
+    elif result.state == "embargoed":
+        print("sent; under embargo, the relay will decide and deliver it then", file=sys.stderr)
+    else:
+        print("sent; the relay has not decided yet (check with `istmo status`)", file=sys.stderr)
+    return 0
+
+
+async def _preview(args: argparse.Namespace) -> int:
+    labels = labels_from_args(args)
+    now = int(time.time())
+    client = await connect(args)
+    async with client:
+        pv = await client.preview(
+            labels,
+            expires_at=now + args.expires_in if args.expires_in else None,
+            not_before=now + args.embargo if args.embargo else None,
+        )
+    if args.json:
+        rows = [{"agency": a, "allowed": ok, "summary": why} for a, ok, why in pv.candidates]
+        print(
+            json.dumps(
+                {
+                    "policy_version": pv.policy_version,
+                    "may_publish": pv.may_publish,
+                    "candidates": rows,
+                }
+            )
+        )
+        return 0
+    verdict = "may" if pv.may_publish else "may NOT"
+    permitted = sum(1 for _, ok, _ in pv.candidates if ok)
+    print(
+        f"policy {pv.policy_version}: {args.who} {verdict} publish this; "
+        f"{permitted} of {len(pv.candidates)} candidates would receive it"
+    )
+    for agency, _ok, why in pv.candidates:
+        print(f"  {agency:<18} {why}")
+    return 0
+
+
+def _show(b: ReceivedBulletin, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(b.to_json(), ensure_ascii=False), flush=True)
+        return
+    when = datetime.fromtimestamp(b.created_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    lab = b.labels
+    print(f"── {b.id} from {b.originator} at {when}")
+    print(
+        f"   {lab.classification.value} TLP:{lab.tlp.value} REL TO {', '.join(lab.rel_to)}"
+        f"  topic {lab.topic}  {lab.precedence.value}"
+    )
+    for caveat in b.caveats:
+        print(f"   caveat: {caveat}")
+    print(f"   {b.title}\n")
+    print(b.body, flush=True)
+
+
+async def _receive(args: argparse.Namespace) -> int:
+    count = None if args.follow else args.count
+    timeout = None if args.follow else args.timeout
+
+    async def handler(b: ReceivedBulletin) -> None:
+        _show(b, args.json)
+
+    client = await connect(args)
+    async with client:
+        got = await client.receive(handler, count=count, timeout=timeout)
+    if count is not None and got < count:
+        print(f"istmo: received {got} of {count} bulletins within {timeout:g} s", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _receipts(args: argparse.Namespace) -> int:
+    client = await connect(args)
+    async with client:
+        report = await client.receipts(args.bulletin_id)
+    if args.json:
+        rows = [{"agency": a, "received_at": t} for a, t in report.recipients]
+        print(json.dumps({"id": report.bulletin_id, "recipients": rows}))
+        return 0
+    got = sum(1 for _, t in report.recipients if t is not None)
+    print(f"{report.bulletin_id}: {got} of {len(report.recipients)} recipients received it")
+    for agency, t in report.recipients:
+        when = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if t else "not yet"
+        print(f"  {agency:<20} {when}")
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    client = await connect(args)
+    async with client:
+        st = await client.status(args.bulletin_id)
+    print(json.dumps(st, indent=None if args.json else 2))
+    return 0
+
+
+def add_bulletin_parsers(sub: Any) -> None:
+    """Add ``publish``, ``preview``, ``receive``, ``receipts`` and ``status`` to the
+    ``istmo`` sub-command parser."""
+    p = sub.add_parser(
+        "publish",
+        help="seal, sign and publish a bulletin",
+        description=(
+            "Seal a bulletin for every agency the policy permits, sign it as --as, publish it "
+            "and wait for the relay's verdict. Prints the bulletin id."
+        ),
+    )
+    add_agency_args(p)
+    add_label_args(p)
+    p.add_argument("--title", required=True, help="the bulletin's title (encrypted)")
+    p.add_argument("--body-file", help="file with the bulletin text (encrypted); - for stdin")
+    p.add_argument("--body", help="the bulletin text itself, instead of --body-file")
+    add_time_args(p)
+    p.add_argument("--no-wait", action="store_true", help="do not wait for the relay's verdict")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the verdict")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_publish)
+
+    p = sub.add_parser(
+        "preview",
+        help="who would receive a bulletin with these labels, and why not the others",
+        description=(
+            "Ask the policy, before publishing, which agencies would receive a bulletin with "
+            "these labels and which would not, by which policies. Nothing is sent."
+        ),
+    )
+    add_agency_args(p)
+    add_label_args(p)
+    add_time_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_preview)
+
+    p = sub.add_parser(
+        "receive",
+        help="receive, verify and decrypt bulletins",
+        description=(
+            "Fetch bulletins delivered to --as, verify each against the signed directory, "
+            "decrypt it, print it, acknowledge it and send a signed receipt."
+        ),
+    )
+    add_agency_args(p)
+    p.add_argument(
+        "--count", type=int, default=1, help="how many bulletins to wait for (default 1)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait (default 10); exits 1 if fewer than --count arrived",
+    )
+    p.add_argument("--follow", action="store_true", help="keep receiving until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="one JSON line per bulletin")
+    p.set_defaults(func=_receive)
+
+    p = sub.add_parser("receipts", help="who has received one of your bulletins")
+    add_agency_args(p)
+    p.add_argument("bulletin_id", type=bulletin_id, help="the id `istmo publish` printed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_receipts)
+
+    p = sub.add_parser("status", help="the relay's verdict on one of your bulletins")
+    add_agency_args(p)
+    p.add_argument("bulletin_id", type=bulletin_id, help="the id `istmo publish` printed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_status)
