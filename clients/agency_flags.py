@@ -62,7 +62,7 @@ def nats_url(args: argparse.Namespace, keystore_path: Path, ask: Callable[[], st
     if ks_url:
         return ks_url
     raise ConfigError(
-        f"broker not running: no {stack} (start it with `istmo up`, or pass --nats-url)"
+        f"broker not running: no {stack}", hint="start it with `istmo up`, or pass --nats-url"
     )
 
 

@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = asyncio.run(result)
         return int(result)
     except IstmoError as exc:
-        print(f"istmo: {exc}", file=sys.stderr)
+        print(f"istmo: {exc.diagnostics()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("istmo: interrupted", file=sys.stderr)

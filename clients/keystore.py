@@ -44,7 +44,8 @@ def resolve_keystore_path(who: str, data_dir: Path) -> Path:
         if looks_like_path:
             raise ConfigError(f"no keystore at {path}")
         raise ConfigError(
-            f"no keystore for agency {who!r} at {path} (unknown agency, or another --data-dir?)"
+            f"no keystore for agency {who!r} at {path}",
+            hint="check the agency id, or pass the --data-dir that holds its keystore",
         )
     return path
 
@@ -84,8 +85,8 @@ def ask_passphrase(path: Path) -> Callable[[], str]:
 
 def _passphrase_needed(path: Path) -> ConfigError:
     return ConfigError(
-        f"keystore {path} is protected by a passphrase: run interactively, or set "
-        "ISTMO_PASSPHRASE_FILE to a file that holds it"
+        f"keystore {path} is protected by a passphrase",
+        hint="run interactively, or set ISTMO_PASSPHRASE_FILE to a file that holds it",
     )
 
 
@@ -106,7 +107,7 @@ def load_keystore(path: Path, passphrase: Passphrase = None) -> KeystoreFile:
     except OSError as exc:
         raise ConfigError(f"no keystore at {path}") from exc
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"keystore {path} is readable by others; run: chmod 600 {path}")
+        raise ConfigError(f"keystore {path} is readable by others", hint=f"chmod 600 {path}")
     if st.st_size > MAX_KEYSTORE_BYTES:
         raise ConfigError(f"keystore {path} is too large to be a keystore")
     stored = parse_any_keystore(path.read_bytes())

@@ -104,8 +104,8 @@ def require_database(settings: Settings) -> None:
     """
     if settings.database_url is None and not (settings.data_dir / "istmo.db").is_file():
         raise ConfigError(
-            f"no Istmo database in {settings.data_dir}: run `istmo up --data-dir "
-            f"{settings.data_dir}` first"
+            f"no Istmo database in {settings.data_dir}",
+            hint=f"run `istmo up --data-dir {settings.data_dir}` first",
         )
 
 

@@ -56,8 +56,8 @@ async def connect_as_broker(
         )
     except ssl.SSLCertVerificationError as exc:
         raise ConfigError(
-            f"the certificate of NATS at {shown} could not be verified "
-            f"({exc.verify_message}): set SSL_CERT_FILE to the region's CA certificate"
+            f"the certificate of NATS at {shown} could not be verified ({exc.verify_message})",
+            hint="set SSL_CERT_FILE to the region's CA certificate",
         ) from exc
     except ssl.SSLError as exc:
         raise ConfigError(f"TLS with NATS at {shown} failed ({exc.reason or exc})") from exc

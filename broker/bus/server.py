@@ -149,8 +149,10 @@ def check_port_free(
         try:
             sock.bind((host, port))
         except OSError as exc:
-            hint = f" with {option}" if option else ""
-            raise ConfigError(f"port {port} is taken ({what}); pick another{hint}") from exc
+            raise ConfigError(
+                f"port {port} is taken ({what})",
+                hint=f"pick another with {option}" if option else "pick another port",
+            ) from exc
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -57,8 +57,8 @@ def server_parts(module: str) -> ModuleType:
         return importlib.import_module(f"broker.{module}")
     except ImportError as exc:
         raise ConfigError(
-            f"this command needs the server parts ({exc.name} is missing): "
-            "pip install -e '.[server]'"
+            f"this command needs the server parts ({exc.name} is missing)",
+            hint="pip install -e '.[server]'",
         ) from exc
 
 
@@ -105,7 +105,8 @@ def running_nats_url(data: DataDir, given: str | None) -> str:
     url = given or (read_stack_file(data.settings.data_dir) or {}).get("nats_url")
     if not isinstance(url, str):
         raise ConfigError(
-            f"no stack running for {data.settings.data_dir}; start `istmo up` or pass --nats-url"
+            f"no stack running for {data.settings.data_dir}",
+            hint="start `istmo up`, or pass --nats-url",
         )
     return url
 

@@ -41,7 +41,7 @@ def health_command(args: argparse.Namespace) -> int:
     try:
         return _health(args)
     except ConfigError as exc:
-        print(f"istmo: {exc}", file=sys.stderr)
+        print(f"istmo: {exc.diagnostics()}", file=sys.stderr)
         return CANNOT_CHECK_EXIT
 
 
@@ -50,7 +50,9 @@ def _health(args: argparse.Namespace) -> int:
     running = read_stack_file(data_dir) or {}
     url = args.nats_url or running.get("nats_url")
     if not isinstance(url, str):  # checked before anything is opened (or created)
-        raise ConfigError(f"no stack running for {data_dir}; start `istmo up` or pass --nats-url")
+        raise ConfigError(
+            f"no stack running for {data_dir}", hint="start `istmo up`, or pass --nats-url"
+        )
     urls = [u for u in url.split(",") if u]
     known = running.get("nats_monitor_urls")
     given = [u for text in args.monitor_url or () for u in text.split(",") if u]

@@ -72,7 +72,8 @@ def _nats_urls(given: str | None, stack_file: dict[str, Any] | None) -> list[str
         urls = [u for u in recorded if isinstance(u, str)]
     if not urls or len(urls) > 16:
         raise ConfigError(
-            "no stack running for this data directory; start `istmo up` or pass --nats-url"
+            "no stack running for this data directory",
+            hint="start `istmo up`, or pass --nats-url",
         )
     return urls
 

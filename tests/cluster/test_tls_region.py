@@ -342,9 +342,9 @@ def test_a_relay_without_the_region_ca_stops_with_the_reason(
     )
     assert refused.returncode != 0, refused.stdout + refused.stderr
     _no_traceback(refused)
-    message = refused.stderr.strip().splitlines()[-1]
+    message, hint = refused.stderr.strip().splitlines()[-2:]
     assert UNTRUSTED in message, refused.stderr
-    assert "set SSL_CERT_FILE to the region's CA" in message, message
+    assert hint == "  hint: set SSL_CERT_FILE to the region's CA certificate", refused.stderr
 
 
 def test_publishing_without_the_region_ca_fails_before_anything_is_sent(

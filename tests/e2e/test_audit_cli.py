@@ -45,12 +45,13 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
 
 
 def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    """The error of a failed command: one line, and at most one hint line after it."""
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("  hint: ")), r.stderr
     assert lines[0].startswith("istmo: ")
-    return lines[0]
+    return "\n".join(lines)
 
 
 def search(data_dir: Path, *args: str) -> list[dict[str, Any]]:

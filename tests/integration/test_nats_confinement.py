@@ -526,6 +526,7 @@ def test_check_port_free_names_the_port_and_its_use() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(ConfigError, match=rf"port {port} .*\(NATS clients\).*--nats-port"):
+        with pytest.raises(ConfigError, match=rf"^port {port} is taken \(NATS clients\)$") as err:
             check_port_free(port, "NATS clients", option="--nats-port")
+        assert err.value.hint == "pick another with --nats-port"
     check_port_free(free_port(), "NATS clients")
