@@ -41,8 +41,7 @@ from joserfc.errors import BadSignatureError, ExpiredTokenError, JoseError
 from joserfc.jwa import EdDSAAlgorithm
 from joserfc.jwk import OKPKey
 from joserfc.jws import JWSRegistry
-from sqlalchemy import delete, insert
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import delete
 from sqlmodel import Field, SQLModel
 
 from broker.directory.admins import AdminRow, ensure_admin_table
@@ -50,7 +49,7 @@ from broker.files import signing_key_file
 from broker.store.registry import AgencyRow, Registry
 from schemas.audit import AuditEvent
 from schemas.canonical import b64d
-from schemas.errors import AuditStoreError, ConfigError, EnvelopeError, IstmoError
+from schemas.errors import ConfigError, EnvelopeError, IstmoError
 from schemas.ids import AGENCY_ID_PATTERN
 from schemas.keys import SigningKey, VerifyKey
 
@@ -430,23 +429,20 @@ class TokenAuthority:
             return s.get(AdminRow, admin_id)
 
     def _spend_jti(self, client: str, jti: str, exp: int, now: int) -> bool:
-        """Record ``jti`` as used; False if it was used before (survives restarts)."""
+        """Record ``jti`` as used; False if it was used before (survives restarts).
+
+        Raises:
+            AuditStoreError: the database refused.
+        """
         row = {"client": client, "jti": jti, "expires_at": exp + CLOCK_SKEW_S}
         table = AssertionJtiRow.__table__  # type: ignore[attr-defined]  # sqlmodel table
-        try:
-            with self.registry.engine.begin() as conn:
-                if now - self._last_prune >= _PRUNE_EVERY_S:
-                    # A spent jti whose assertion has expired cannot come back: forget it.
-                    conn.execute(delete(table).where(table.c.expires_at < now))
-                    self._last_prune = now
-                conn.execute(insert(table).values(**row))
-        except IntegrityError:
-            return False
-        except SQLAlchemyError as exc:
-            raise AuditStoreError(
-                f"cannot record a client assertion: {type(exc).__name__}"
-            ) from exc
-        return True
+        with self.registry.begin() as conn:
+            if now - self._last_prune >= _PRUNE_EVERY_S:
+                # A spent jti whose assertion has expired cannot come back: forget it.
+                conn.execute(delete(table).where(table.c.expires_at < now))
+                self._last_prune = now
+            new = self.registry.insert_new(table).values(**row).returning(table.c.jti)
+            return conn.execute(new).first() is not None
 
     def issue(self, client: Client, scope: str | None, now: int) -> IssuedToken:
         """Issue an access token for ``client``, for ``scope`` or all its scopes.

@@ -5,10 +5,9 @@ The database is ``ISTMO_DATABASE_URL`` if set, else the SQLite file of ``--data-
 is read from the environment only (never a flag: a password on the command line shows in
 ``ps``), and printed with its password masked.
 
-``--grant-role NAME`` (PostgreSQL) also makes the broker's own role: it may log in, read and
-write the registry's tables, and only INSERT and SELECT the audit tables (S-18), so even with
-the append-only triggers dropped it could not rewrite the log. The same statements are in
-``deploy/postgres/broker-role.sql`` for operators who grant by hand.
+``--grant-role NAME`` (PostgreSQL) also makes the broker's own role (``broker.store.roles``):
+it may log in, read and write the registry's tables, and only INSERT and SELECT the audit
+tables (S-18), so even with the append-only triggers dropped it could not rewrite the log.
 
 Only ``argparse`` at import time: ``istmo`` loads this module for every command, and the
 client-only install has no SQLAlchemy.
@@ -18,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from broker.store.tables import AUDIT_TABLES, REGISTRY_TABLES, SEQUENCES
+from broker.store.tables import AUDIT_TABLES
 
-__all__ = ["add_db_commands", "grant_statements"]
-
-_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+__all__ = ["add_db_commands"]
 
 
 def add_db_commands(sub: Any) -> None:
@@ -94,31 +90,6 @@ def _data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
-def grant_statements(role: str, database: str) -> list[str]:
-    """The SQL that confines ``role`` to what the broker needs in ``database``.
-
-    Raises:
-        ValueError: ``role`` is not a plain lower-case identifier.
-    """
-    if _ROLE.fullmatch(role) is None:
-        raise ValueError(f"role {role[:70]!r}: use a-z, 0-9 and _, starting with a letter or _")
-    if _ROLE.fullmatch(database) is None:
-        raise ValueError(f"database {database[:70]!r}: not a plain identifier")
-    registry, audit = ", ".join(REGISTRY_TABLES), ", ".join(AUDIT_TABLES)
-    return [
-        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
-        f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS; "
-        "END IF; END $$",
-        f"GRANT CONNECT ON DATABASE {database} TO {role}",
-        f"GRANT USAGE ON SCHEMA public TO {role}",
-        f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {registry} TO {role}",
-        f"GRANT SELECT, INSERT ON {audit} TO {role}",
-        f"GRANT SELECT ON alembic_version TO {role}",
-        f"GRANT USAGE ON SEQUENCE {', '.join(SEQUENCES)} TO {role}",
-    ]
-
-
 def _settings(args: argparse.Namespace) -> Any:
     from broker.config import Settings
 
@@ -144,7 +115,9 @@ def _upgrade_command(args: argparse.Namespace) -> int:
     else:
         print(f"{shown}: upgraded from revision {before or 'none'} to {after}")
     if args.grant_role is not None:
-        _grant(url, args.grant_role)
+        from broker.store.roles import grant_role
+
+        grant_role(url, args.grant_role)
         print(
             f"role {args.grant_role}: registry tables read/write, audit tables "
             f"{', '.join(AUDIT_TABLES)} INSERT and SELECT only"
@@ -152,69 +125,15 @@ def _upgrade_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grant(url: str, role: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from broker.store import db
-    from schemas.errors import AuditStoreError, ConfigError
-
-    engine = db.make_engine(url)
-    try:
-        with engine.begin() as conn:
-            database = str(conn.execute(text("SELECT current_database()")).scalar())
-            try:
-                statements = grant_statements(role, database)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
-            found = conn.execute(
-                text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = :r"),
-                {"r": role},
-            ).first()
-            if found is not None and (found[0] or found[1]):
-                raise ConfigError(
-                    f"role {role} is a superuser (or bypasses row security): no grant can "
-                    "confine it; give the broker a role of its own"
-                )
-            owners = conn.execute(
-                text(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                    "AND tableowner = :r"
-                ),
-                {"r": role},
-            ).all()
-            if owners:
-                raise ConfigError(
-                    f"role {role} owns {owners[0][0]}: an owner can drop the append-only "
-                    "triggers; run `istmo db upgrade` as another role, and grant to this one"
-                )
-            for sql in statements:
-                conn.exec_driver_sql(sql)
-    except SQLAlchemyError as exc:
-        raise AuditStoreError(f"cannot grant to role {role}: {type(exc).__name__}") from exc
-    finally:
-        engine.dispose()
-
-
 def _current_command(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from broker.store import db
-    from schemas.errors import AuditStoreError
 
     url = _settings(args).db_url
     shown = db.display_url(url)
     if (path := db.sqlite_path(url)) is not None and not path.exists():
         print(f"{shown}: no database yet (this Istmo needs revision {db.HEAD_REVISION})")
         return 1
-    engine = db.make_engine(url)
-    try:
-        with engine.connect() as conn:
-            rev = db.current_revision(conn)
-    except SQLAlchemyError as exc:
-        raise AuditStoreError(f"cannot read {shown}: {type(exc).__name__}") from exc
-    finally:
-        engine.dispose()
+    rev = db.revision_at(url)
     if rev == db.HEAD_REVISION:
         print(f"{shown}: revision {rev} (this Istmo's: up to date)")
         return 0

@@ -35,7 +35,7 @@ def chart_stats(registry: Registry, since_ms: int, until_ms: int) -> dict[str, A
         "ORDER BY a.time LIMIT :n"
     ).bindparams(bindparam("types", expanding=True))
     types = ["bulletin.accepted", "bulletin.denied", "bulletin.routed", "bulletin.received"]
-    with registry.engine.connect() as conn:
+    with registry.connect() as conn:
         rows = conn.execute(
             q, {"since": since_ms, "until": until_ms, "types": types, "n": MAX_CHART_ROWS}
         ).all()
@@ -102,7 +102,7 @@ def bulletin_flow(registry: Registry, bulletin_id: str) -> dict[str, Any]:
         "FROM audit_event a JOIN log_entry e ON e.event_seq = a.seq "
         'WHERE a.bulletin_id = :b ORDER BY e."index" LIMIT :n'
     )
-    with registry.engine.connect() as conn:
+    with registry.connect() as conn:
         rows = conn.execute(q, {"b": bulletin_id, "n": MAX_FLOW_EVENTS}).all()
     flow: dict[str, Any] = {
         "events": len(rows),

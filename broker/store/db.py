@@ -14,6 +14,11 @@ is the row of its ``alembic_version`` table. The broker runs only on a database 
 Either way, a database at an older revision, at none, or at one this Istmo does not know
 (made by a newer Istmo) is refused with a message that says what to run.
 
+SQLAlchemy's errors stop here and in ``broker.store.registry``: what they raise is
+``AuditStoreError`` (the database refused or is away) or ``ConfigError`` (it is the wrong
+database), from the original. ``store_errors`` does the same for the other modules that
+run their own SQL on an engine made here.
+
 Left to others: the tables themselves (``broker.store.registry``, ``broker.audit.log``), the
 command line (``broker.cli.db``).
 """
@@ -46,7 +51,10 @@ __all__ = [
     "is_sqlite",
     "make_engine",
     "open_schema",
+    "revision_at",
     "sqlite_path",
+    "store_error",
+    "store_errors",
     "upgrade",
 ]
 
@@ -128,6 +136,22 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(parsed, **kwargs)
 
 
+# ---------------------------------------------------------------------- errors
+def store_error(doing: str, exc: SQLAlchemyError) -> AuditStoreError:
+    """``exc`` as the store's error: what was being done and the error's class (never its
+    text, which may hold the statement's parameters)."""
+    return AuditStoreError(f"the store refused {doing}: {type(exc).__name__}")
+
+
+@contextlib.contextmanager
+def store_errors(doing: str) -> Iterator[None]:
+    """Run the block; a SQLAlchemy error in it is raised as ``store_error(doing, exc)``."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise store_error(doing, exc) from exc
+
+
 # ---------------------------------------------------------------------- revisions
 def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic's configuration, in code (no alembic.ini): the scripts packaged in
@@ -146,6 +170,22 @@ def _known_revisions() -> set[str]:
 def current_revision(conn: Connection) -> str | None:
     """The revision in ``alembic_version``, None if the table is missing or empty."""
     return MigrationContext.configure(conn).get_current_revision()
+
+
+def revision_at(url: str) -> str | None:
+    """The revision of the database at ``url`` (None: no ``alembic_version``), read without
+    changing it.
+
+    Raises:
+        ConfigError: the URL is unusable.
+        AuditStoreError: the database refused or is away.
+    """
+    engine = make_engine(url)
+    try:
+        with store_errors(f"a read of {display_url(url)}"), engine.connect() as conn:
+            return current_revision(conn)
+    finally:
+        engine.dispose()
 
 
 def _legacy_state(conn: Connection) -> str | None:

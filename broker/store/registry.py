@@ -11,6 +11,9 @@ Audit events are the sequencer's outbox, integrated in ``seq`` order; the sequen
 never see ``seq`` N committed before a smaller one. SQLite has one writer at a time. On
 PostgreSQL every transaction that writes audit events takes one transaction-level advisory
 lock just before it inserts them and holds it to its commit, so ``seq`` order is commit order.
+
+No SQLAlchemy error leaves the registry: its sessions and connections (``session``,
+``connect``, ``begin``) raise ``AuditStoreError`` from it, so callers catch ours.
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from broker.store.db import (
@@ -35,9 +37,9 @@ from broker.store.db import (
     make_engine,
     open_schema,
     sqlite_path,
+    store_errors,
 )
 from schemas.audit import AuditEvent
-from schemas.errors import AuditStoreError
 
 SCHEMA_VERSION = HEAD_REVISION  # the Alembic revision the broker runs on
 # Sequence numbers, epoch milliseconds and stream positions outgrow 32 bits: BIGINT on
@@ -292,8 +294,33 @@ class Registry:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as s:
+        """A session (not committed unless the caller commits).
+
+        Raises:
+            AuditStoreError: the database refused what was done in it.
+        """
+        with store_errors("a read or write"), Session(self.engine, expire_on_commit=False) as s:
             yield s
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reads of its own SQL.
+
+        Raises:
+            AuditStoreError: the database refused.
+        """
+        with store_errors("a query"), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection in a transaction, committed if the block ends normally.
+
+        Raises:
+            AuditStoreError: the database refused (nothing of the block was committed).
+        """
+        with store_errors("a transaction"), self.engine.begin() as conn:
+            yield conn
 
     # ---------------------------------------------------------------- directory
     def is_empty(self) -> bool:
@@ -422,18 +449,13 @@ class Registry:
         for model, many in (bulk or {}).items():
             by_table.setdefault(model.__table__, []).extend(many)  # type: ignore[attr-defined]
         audit = [_audit_values(e) for e in events]
-        try:
-            with self.engine.begin() as conn:
-                for table, values in by_table.items():
-                    if values:
-                        conn.execute(self._insert_new(table), values)
-                if audit:
-                    self._lock_outbox(conn)
-                    conn.execute(self._insert_new(AuditRow.__table__), audit)  # type: ignore[attr-defined]
-        except SQLAlchemyError as exc:
-            raise AuditStoreError(
-                f"the store refused an audit write: {type(exc).__name__}"
-            ) from exc
+        with store_errors("an audit write"), self.engine.begin() as conn:
+            for table, values in by_table.items():
+                if values:
+                    conn.execute(self.insert_new(table), values)
+            if audit:
+                self._lock_outbox(conn)
+                conn.execute(self.insert_new(AuditRow.__table__), audit)  # type: ignore[attr-defined]
 
     def change(self, apply: Callable[[Session], None], events: Sequence[AuditEvent]) -> None:
         """Run ``apply`` (updates to existing rows) and insert ``events`` in one transaction,
@@ -442,19 +464,16 @@ class Registry:
         Raises:
             AuditStoreError: the database refused the transaction.
         """
-        try:
-            with self.session() as s:
-                apply(s)
-                s.flush()
-                if events:
-                    self._lock_outbox(s.connection())
-                    s.connection().execute(
-                        self._insert_new(AuditRow.__table__),  # type: ignore[attr-defined]
-                        [_audit_values(e) for e in events],
-                    )
-                s.commit()
-        except SQLAlchemyError as exc:
-            raise AuditStoreError(f"the store refused a change: {type(exc).__name__}") from exc
+        with store_errors("a change"), Session(self.engine, expire_on_commit=False) as s:
+            apply(s)
+            s.flush()
+            if events:
+                self._lock_outbox(s.connection())
+                s.connection().execute(
+                    self.insert_new(AuditRow.__table__),  # type: ignore[attr-defined]
+                    [_audit_values(e) for e in events],
+                )
+            s.commit()
 
     def _lock_outbox(self, conn: Any) -> None:
         """PostgreSQL: wait for the writers of earlier audit events to commit (see the
@@ -462,8 +481,9 @@ class Registry:
         if self._postgresql:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": OUTBOX_LOCK})
 
-    def _insert_new(self, table: Any) -> Any:
-        """INSERT that skips rows whose key exists (SQLite and PostgreSQL alike)."""
+    def insert_new(self, table: Any) -> Any:
+        """INSERT that skips rows whose key exists (SQLite and PostgreSQL alike); with
+        ``.returning(...)`` it returns no row for one that was there already."""
         if self.engine.dialect.name == "postgresql":
             return postgresql_insert(table).on_conflict_do_nothing()
         return sqlite_insert(table).on_conflict_do_nothing()

@@ -14,7 +14,7 @@
 -- were dropped. Never give this role ownership of the tables or superuser rights: owners and
 -- superusers can drop triggers. Another database name or role: edit the two names below, or
 -- use `istmo db upgrade --grant-role NAME` with ISTMO_DATABASE_URL pointing at it.
--- (tests/integration/test_postgres_storage.py checks this file against broker/cli/db.py.)
+-- (tests/integration/test_postgres_storage.py checks this file against broker/store/roles.py.)
 
 DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'istmo_broker') THEN CREATE ROLE istmo_broker LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS; END IF; END $$;
 GRANT CONNECT ON DATABASE istmo TO istmo_broker;

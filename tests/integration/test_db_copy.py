@@ -30,7 +30,6 @@ from sqlalchemy import MetaData, create_engine, select, text
 
 from broker.audit.log import AuditLog
 from broker.audit.sequencer import DEFAULT_ORIGIN, open_sequencer
-from broker.cli.db import grant_statements
 from broker.config import Settings
 from broker.directory.policy_sets import adopt
 from broker.policy.engine import PolicyBundle
@@ -42,6 +41,7 @@ from broker.runtime.db_copy import (
     region_database,
 )
 from broker.store.registry import Registry
+from broker.store.roles import grant_statements
 from broker.store.tables import SEQUENCES
 from clients.sdk import ReceivedBulletin
 from schemas.audit import AuditEvent

@@ -39,12 +39,12 @@ import broker.directory.admins
 import broker.directory.enrolment
 from broker.audit.log import AuditLog
 from broker.audit.sequencer import DEFAULT_ORIGIN
-from broker.cli.db import grant_statements
 from broker.store import db
 from broker.store.registry import SCHEMA_VERSION, Registry
+from broker.store.roles import grant_statements
 from broker.store.tables import AUDIT_TABLES, REGISTRY_TABLES
 from schemas.audit import AuditEvent
-from schemas.errors import ConfigError, IstmoError
+from schemas.errors import AuditStoreError, ConfigError, IstmoError
 from schemas.keys import SigningKey
 from tests.storage_engines import PG_ADMIN_URL, Storage, pg_database
 
@@ -240,6 +240,41 @@ def test_a_sqlite_file_from_before_migrations_is_adopted(tmp_path: Path) -> None
     engine.dispose()
     with pytest.raises(ConfigError, match="older Istmo"):
         Registry(f"sqlite:///{older}")
+
+
+def test_what_the_database_refuses_comes_out_as_the_stores_error(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """No SQLAlchemy error leaves the store: sessions, connections and the revision read
+    raise AuditStoreError from the driver's error, naming its class, never its SQL."""
+    url = storage.url(tmp_path)
+    registry = Registry(url)
+    try:
+        registry.record([], events(1, "refused"))
+        with (
+            pytest.raises(AuditStoreError, match=r"refused a read or write: \w+Error$") as err,
+            registry.session() as s,
+        ):
+            s.connection().execute(text("UPDATE audit_event SET data = '{}'"))  # append-only
+        assert isinstance(err.value.__cause__, DBAPIError)
+        assert "UPDATE" not in str(err.value)
+        engine = storage.admin_engine(tmp_path)
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE subscription"))
+        engine.dispose()
+        with pytest.raises(AuditStoreError, match="refused a read or write") as err:
+            registry.subscriptions()
+        assert isinstance(err.value.__cause__, DBAPIError)
+        with pytest.raises(AuditStoreError, match="refused a query"), registry.connect() as c:
+            c.execute(text("SELECT * FROM subscription"))
+        with pytest.raises(AuditStoreError, match="refused a transaction"), registry.begin() as c:
+            c.execute(text("DELETE FROM subscription"))
+        assert registry.agencies() == []  # the rest of the store still answers
+    finally:
+        registry.close()
+    assert db.revision_at(url) == SCHEMA_VERSION
+    with pytest.raises(AuditStoreError, match=r"refused a read of postgresql://u:\*\*\*@"):
+        db.revision_at("postgresql://u:s3cret-canary@127.0.0.1:1/none")
 
 
 def test_passwords_stay_out_of_messages() -> None:
