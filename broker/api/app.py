@@ -293,8 +293,11 @@ def _add_public_routes(app: FastAPI, state: ApiState) -> None:
         try:
             registry.is_empty()
             db = "ok"
-        except Exception:  # any failure means not ready; the detail stays in the log
+        except AuditStoreError:  # down or refusing: not ready, and no traceback per probe
             log.warning("readiness: the database does not answer")
+            db = "down"
+        except Exception:  # any other failure is a bug: not ready, and its traceback kept
+            log.exception("readiness: the database check failed")
             db = "down"
         if "down" in (bus, db):
             response.status_code = 503

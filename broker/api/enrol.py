@@ -156,8 +156,8 @@ async def apply_directory_change(state: ApiState) -> bool:
         return False
     try:
         await state.directory_changed()
-    except Exception as exc:  # committed already; report it, answer anyway
-        log.error("the running stack could not apply a directory change: %s", type(exc).__name__)
+    except Exception:  # committed already; report it with its traceback, answer anyway
+        log.exception("the running stack could not apply a directory change")
         return False
     return True
 

@@ -168,8 +168,8 @@ class GateThread:
             asyncio.run(self._serve())
         except BaseException as exc:
             self._failed = exc
-            if self._ready.is_set():
-                log.error("gate stopped: %r", exc)
+            if self._ready.is_set():  # else start() raises it
+                log.exception("gate stopped")
             self._ready.set()
 
     async def _serve(self) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from broker.api.guard import ApiLimits, RateLimiter
-from broker.store.registry import SigningKeyRow
+from broker.store.registry import Registry, SigningKeyRow
 from tests.api.conftest import (
     EXPLAIN_BODY,
     AppFactory,
@@ -212,3 +214,26 @@ async def test_readyz_reports_the_bus(broker: Broker) -> None:
     assert r.status_code == 503
     assert r.json() == {"nats": "down", "database": "ok"}
     await asyncio.sleep(0)
+
+
+async def test_readyz_reports_a_database_that_refuses(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store's own error: the database is down, said once, without a traceback (an
+    outage, not a bug; a probe asks every few seconds)."""
+    from broker.runtime.app import create_app
+
+    registry = Registry(f"sqlite:///{tmp_path / 'istmo.db'}")
+    try:
+        with registry.engine.begin() as conn:  # behind the store's back
+            conn.execute(text("PRAGMA foreign_keys=OFF"))
+            conn.execute(text("DROP TABLE agency"))
+        app = create_app(registry, broker.directory, lambda: True)
+        async with connect(app) as client:
+            r = await client.get("/readyz")
+    finally:
+        registry.close()
+    assert r.status_code == 503
+    assert r.json() == {"nats": "ok", "database": "down"}
+    said = [rec for rec in caplog.records if rec.getMessage().startswith("readiness")]
+    assert [(rec.levelname, rec.exc_info) for rec in said] == [("WARNING", None)]
