@@ -44,7 +44,7 @@ from joserfc.jws import JWSRegistry
 from sqlalchemy import delete
 from sqlmodel import Field, SQLModel
 
-from broker.directory.admins import AdminRow, ensure_admin_table
+from broker.directory.admins import AdminRow
 from broker.files import signing_key_file
 from broker.store.registry import AgencyRow, Registry
 from schemas.audit import AuditEvent
@@ -203,14 +203,6 @@ def _int_claim(claims: Mapping[str, Any], name: str) -> int | None:
     return value if type(value) is int else None  # bool is an int in Python, not in JSON
 
 
-def _ensure_tables(registry: Registry) -> None:
-    ensure_admin_table(registry)
-    SQLModel.metadata.create_all(
-        registry.engine,
-        tables=[AssertionJtiRow.__table__],  # type: ignore[attr-defined]  # sqlmodel tables have __table__
-    )
-
-
 class _ClientAssertion(JWTBearerClientAssertion):  # type: ignore[misc]  # authlib is untyped
     """authlib's RFC 7523 checks, hardened. One instance per request (it holds ``now``)."""
 
@@ -325,7 +317,6 @@ class TokenAuthority:
         self._public = _public_jwk(key.verify_key)
         self.kid = key.verify_key.kid
         self._last_prune = 0
-        _ensure_tables(registry)
 
     def __repr__(self) -> str:
         return f"TokenAuthority(issuer={self.issuer!r}, kid={self.kid!r})"

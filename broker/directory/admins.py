@@ -25,7 +25,7 @@ from schemas.keys import VerifyKey
 from schemas.keystore import new_keystore
 from schemas.natskeys import new_user_seed
 
-__all__ = ["AdminRow", "add_admin", "create_demo_admin", "ensure_admin_table"]
+__all__ = ["AdminRow", "add_admin", "create_demo_admin"]
 
 DEMO_ADMIN = "admin"
 _ID = re.compile(AGENCY_ID_PATTERN)
@@ -43,14 +43,6 @@ class AdminRow(SQLModel, table=True):
     created_at: int
 
 
-def ensure_admin_table(registry: Registry) -> None:
-    """Create the ``admin_identity`` table if this database has none yet."""
-    SQLModel.metadata.create_all(
-        registry.engine,
-        tables=[AdminRow.__table__],  # type: ignore[attr-defined]  # sqlmodel tables have __table__
-    )
-
-
 def add_admin(
     registry: Registry, admin_id: str, key: VerifyKey, *, name: str, now: int, actor: str
 ) -> AdminRow:
@@ -61,7 +53,6 @@ def add_admin(
     """
     if _ID.fullmatch(admin_id) is None:
         raise ConfigError(f"invalid administrator id {admin_id[:40]!r}")
-    ensure_admin_table(registry)
     with registry.session() as s:
         if s.get(AdminRow, admin_id) is not None or s.get(AgencyRow, admin_id) is not None:
             raise ConfigError(f"the id {admin_id} is taken")
@@ -89,7 +80,6 @@ def create_demo_admin(
     Returns:
         The keystore path, or None if ``admin`` already exists.
     """
-    ensure_admin_table(registry)
     with registry.session() as s:
         if s.get(AdminRow, DEMO_ADMIN) is not None:
             return None

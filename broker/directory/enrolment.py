@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from sqlalchemy import update
 from sqlmodel import Field, Session, SQLModel, select
 
-from broker.directory.admins import AdminRow, ensure_admin_table
+from broker.directory.admins import AdminRow
 from broker.store.registry import (
     AgencyRow,
     EncryptionKeyRow,
@@ -67,7 +67,6 @@ __all__ = [
     "RequestRefused",
     "TokenRefused",
     "create_agency",
-    "ensure_enrolment_table",
     "issue_token",
     "redeem",
 ]
@@ -160,14 +159,6 @@ class NewAgency:
     min_source_grade: str | None = None
 
 
-def ensure_enrolment_table(registry: Registry) -> None:
-    """Create ``enrolment_token`` if this database has none yet."""
-    SQLModel.metadata.create_all(
-        registry.engine,
-        tables=[EnrolmentTokenRow.__table__],  # type: ignore[attr-defined]  # sqlmodel tables have __table__
-    )
-
-
 def _bad(message: str) -> ConfigError:
     return ConfigError(message, code="bad_attribute")
 
@@ -218,7 +209,6 @@ def create_agency(registry: Registry, agency: NewAgency, *, created_by: str, now
         AuditStoreError: the store refused the change.
     """
     level, topics = _check_new_agency(registry, agency)
-    ensure_admin_table(registry)
 
     def apply(s: Session) -> None:
         if s.get(AgencyRow, agency.id) is not None or s.get(AdminRow, agency.id) is not None:
@@ -281,7 +271,6 @@ def issue_token(
         raise _bad(
             f"the token lifetime must be {MIN_TOKEN_TTL_S} s to {MAX_TOKEN_TTL_S // 86400} d"
         )
-    ensure_enrolment_table(registry)
     token_id, token = new_enrolment_token()
     secret = token.rsplit(".", 1)[1]
     superseded: list[int] = []
@@ -408,7 +397,6 @@ def redeem(
             nothing changes and the token stays good.
         AuditStoreError: the store refused the change.
     """
-    ensure_enrolment_table(registry)
     row = _check_token(registry, token, now)  # 1, 2
     agency = row.agency
     try:

@@ -29,7 +29,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import BigInteger, Integer, create_engine, event, text
+from sqlalchemy import BigInteger, Integer, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
@@ -39,6 +39,7 @@ import broker.directory.admins
 import broker.directory.enrolment
 from broker.audit.log import AuditLog
 from broker.audit.sequencer import DEFAULT_ORIGIN
+from broker.directory.admins import add_admin
 from broker.store import db
 from broker.store.registry import SCHEMA_VERSION, Registry
 from broker.store.roles import grant_statements
@@ -275,6 +276,23 @@ def test_what_the_database_refuses_comes_out_as_the_stores_error(
     assert db.revision_at(url) == SCHEMA_VERSION
     with pytest.raises(AuditStoreError, match=r"refused a read of postgresql://u:\*\*\*@"):
         db.revision_at("postgresql://u:s3cret-canary@127.0.0.1:1/none")
+
+
+def test_the_schema_comes_from_the_migrations_only(storage: Storage, tmp_path: Path) -> None:
+    """No module makes a table beside Alembic: one missing from a migrated database stays
+    missing, and what needs it fails as the store's error."""
+    registry = Registry(storage.url(tmp_path))
+    engine = storage.admin_engine(tmp_path)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE admin_identity"))
+        with pytest.raises(AuditStoreError):
+            add_admin(registry, "ops", KEY.verify_key, name="Ops", now=1, actor="local:test")
+        with engine.connect() as conn:
+            assert "admin_identity" not in inspect(conn).get_table_names()
+    finally:
+        engine.dispose()
+        registry.close()
 
 
 def test_passwords_stay_out_of_messages() -> None:
