@@ -30,7 +30,6 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 
 from broker.api.context import AUTHED, BODY_MODELS, ApiProblem, ApiState, problem_responses, require
 from broker.api.oauth import Caller
@@ -47,7 +46,7 @@ from broker.audit.log import (
 from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key
 from schemas.audit import AuditEvent, EventType
 from schemas.canonical import b64e
-from schemas.errors import AuditStoreError, ConfigError, EnvelopeError
+from schemas.errors import ConfigError, EnvelopeError
 from schemas.ids import BULLETIN_ID_PATTERN
 from schemas.treehead import SignedTreeHead, parse_signed_tree_head
 
@@ -136,14 +135,6 @@ class LogKey(BaseModel):
 
 
 # ---------------------------------------------------------------------- the log
-def _reading(what: str, read: Callable[[], _T]) -> _T:
-    """Run a read; a database that refuses is a 503, never a 500."""
-    try:
-        return read()
-    except SQLAlchemyError as exc:
-        raise AuditStoreError(f"cannot read the audit log ({what}): {type(exc).__name__}") from exc
-
-
 def _entry(e: LogEntry) -> dict[str, Any]:
     # Parsed only if the bytes are an audit event (strict: no NaN, no lone surrogate, no
     # float), so what is shown always serializes; edited bytes are still served as ``leaf``,
@@ -207,7 +198,7 @@ def audit_router(state: ApiState) -> APIRouter:
     )
     def entries(who: Auditor, after_index: AfterIndex = -1, limit: Limit = 100) -> dict[str, Any]:
         size = min(limit, MAX_PAGE)
-        got = _reading("entries", lambda: opened().entries(after_index, size))
+        got = opened().entries(after_index, size)
         record(who, "entries", {"after_index": after_index, "limit": size}, len(got))
         return _page(got, size)
 
@@ -219,7 +210,7 @@ def audit_router(state: ApiState) -> APIRouter:
         responses=problem_responses(404, *AUTHED),
     )
     def entry(who: Auditor, index: Annotated[int, PathParam(ge=0, le=MAX_INT)]) -> dict[str, Any]:
-        got = _reading("entry", lambda: opened().entry(index))
+        got = opened().entry(index)
         record(who, "entry", {"index": index}, 0 if got is None else 1)
         if got is None:
             raise ApiProblem(404, "no_entry", f"the log has no entry {index}")
@@ -263,7 +254,7 @@ def audit_router(state: ApiState) -> APIRouter:
             after_index=after_index,
             limit=size,
         )
-        got = _reading("search", lambda: opened().search(f))
+        got = opened().search(f)
         query = {
             "agency": agency,
             "bulletin": bulletin,
@@ -293,7 +284,7 @@ def audit_router(state: ApiState) -> APIRouter:
         limit: Limit = 100,
     ) -> dict[str, Any]:
         size = min(limit, MAX_PAGE)
-        docs = _reading("tree heads", lambda: opened().head_documents(after_size, size))
+        docs = opened().head_documents(after_size, size)
         heads = [_head(n, raw) for n, raw in docs]
         record(who, "tree_heads", {"after_size": after_size, "limit": size}, len(heads))
         return {
@@ -303,7 +294,7 @@ def audit_router(state: ApiState) -> APIRouter:
         }
 
     def head_document(who: Auditor, tree_size: int | None) -> Response:
-        raw = _reading("tree head", lambda: opened().head_document(tree_size))
+        raw = opened().head_document(tree_size)
         query = {"tree_size": "latest" if tree_size is None else tree_size}
         record(who, "tree_head", query, 0 if raw is None else 1)
         if raw is None:
@@ -406,7 +397,7 @@ def audit_router(state: ApiState) -> APIRouter:
 def _proof(what: str, make: Callable[[], list[bytes]]) -> list[bytes]:
     """A proof from the store: 400 for a request the log cannot answer, 503 if it is broken."""
     try:
-        return _reading(f"{what} proof", make)
+        return make()
     except MissingNode:
         raise  # LogCorrupt: the store lost a node it needs (503, run `istmo audit verify`)
     except LookupError as exc:  # no head signed at that size

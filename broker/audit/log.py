@@ -27,9 +27,9 @@ endpoints (``broker.api.audit``), and the Merkle math (``broker.audit.merkle``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,10 +59,17 @@ from broker.audit.entries import (
 )
 from broker.audit.merkle import Node, NodeId
 from broker.audit.verify import VerifyReport, verify_on
-from broker.store.db import display_url, is_sqlite, make_engine, open_schema
+from broker.store.db import (
+    display_url,
+    is_sqlite,
+    make_engine,
+    open_schema,
+    store_error,
+    store_errors,
+)
 from broker.store.registry import AuditRow
 from schemas.canonical import b64e
-from schemas.errors import AuditStoreError, ConfigError, EnvelopeError
+from schemas.errors import ConfigError, EnvelopeError
 from schemas.keys import SigningKey, VerifyKey
 from schemas.monitor import Problem
 from schemas.treehead import (
@@ -204,7 +211,7 @@ class AuditLog:
                         f"no Istmo registry in {display_url(url)}: it has no audit_event table"
                     )
             except SQLAlchemyError as exc:
-                raise AuditStoreError(f"cannot open the audit log: {type(exc).__name__}") from exc
+                raise store_error("opening the audit log", exc) from exc
             if self._sqlite:
                 open_schema(self._reader, url, auto_upgrade=True)
         except BaseException:
@@ -244,7 +251,7 @@ class AuditLog:
                     )
                 return self._integrate(conn, key, origin, now_ms, max_entries)
         except SQLAlchemyError as exc:
-            raise AuditStoreError(f"the audit log refused a batch: {type(exc).__name__}") from exc
+            raise store_error("a batch of the audit log", exc) from exc
 
     def _integrate(
         self, conn: Connection, key: SigningKey, origin: str, now_ms: int, max_entries: int
@@ -336,9 +343,12 @@ class AuditLog:
         return size, int(last.event_seq)
 
     # ------------------------------------------------------------------ reading
-    def _read(self) -> AbstractContextManager[Connection]:
-        """A read transaction: one snapshot for all its queries."""
-        return self._reader.begin()
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read transaction: one snapshot for all its queries; a database error in it is
+        the store's ``AuditStoreError`` (``broker.store.db.store_errors``)."""
+        with store_errors("a read of the audit log"), self._reader.begin() as conn:
+            yield conn
 
     def latest_head(self) -> SignedTreeHead | None:
         """The last signed tree head, as stored (verify it before trusting it)."""
@@ -551,7 +561,7 @@ class AuditLog:
             with self._read() as conn:
                 return verify_on(conn, key, origin, progress=progress)
         except SQLAlchemyError as exc:
-            raise AuditStoreError(f"cannot read the audit log: {type(exc).__name__}") from exc
+            raise store_error("a read of the audit log", exc) from exc
 
 
 _shared: dict[str, AuditLog] = {}

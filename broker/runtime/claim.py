@@ -34,7 +34,10 @@ def take_data_dir_lock(data_dir: Path) -> IO[str]:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         f.close()
-        raise ConfigError(f"another istmo up is already running on {data_dir}") from exc
+        raise ConfigError(
+            f"another istmo up is already running on {data_dir}",
+            hint="stop it (Ctrl-C), or give this one another --data-dir",
+        ) from exc
     return f
 
 
@@ -48,13 +51,13 @@ def check_store_shape(data_dir: Path, cluster_size: int) -> None:
     d = data_dir
     if cluster_size > 1 and (d / "nats").exists():
         raise ConfigError(
-            f"{d} holds a single-node JetStream store ({d / 'nats'}); run `istmo up` "
-            "without --cluster there, or use another --data-dir for a cluster"
+            f"{d} holds a single-node JetStream store ({d / 'nats'})",
+            hint="run `istmo up` without --cluster there, or use another --data-dir for a cluster",
         )
     if cluster_size == 1 and (d / "nats-1").exists():
         raise ConfigError(
-            f"{d} holds a cluster's JetStream stores ({d / 'nats-1'}...); run "
-            "`istmo up --cluster 3` there, or use another --data-dir"
+            f"{d} holds a cluster's JetStream stores ({d / 'nats-1'}...)",
+            hint="run `istmo up --cluster 3` there, or use another --data-dir",
         )
 
 

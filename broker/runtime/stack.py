@@ -199,15 +199,17 @@ class Stack:
         try:
             reap_stale_nats(s, self.out)
             if self.join:
-                check_port_free(s.api_port, "the HTTP API (--api-port)", s.host)
+                check_port_free(s.api_port, "the HTTP API", s.host, option="--api-port")
                 return
             check_store_shape(s.data_dir, self.cluster_size)
             if self.cluster_size == 1:
-                check_port_free(s.nats_port, "NATS clients (--nats-port)", s.host)
-                check_port_free(s.nats_http_port, "NATS monitoring (--nats-http-port)", s.host)
+                check_port_free(s.nats_port, "NATS clients", s.host, option="--nats-port")
+                check_port_free(
+                    s.nats_http_port, "NATS monitoring", s.host, option="--nats-http-port"
+                )
             else:
                 check_cluster_ports(self.cluster_ports, self.cluster_size, s.host)
-            check_port_free(s.api_port, "the HTTP API (--api-port)", s.host)
+            check_port_free(s.api_port, "the HTTP API", s.host, option="--api-port")
             self._binary = find_nats_server(s.nats_server)
         except BaseException:
             self._release_lock()
@@ -436,6 +438,8 @@ class Stack:
                 await self.apply_directory_change(server, nc, announce=False)
             except IstmoError as exc:
                 log.error("could not apply the directory change to NATS: %s", exc)
+            except Exception:  # a bug: keep serving; the next change or restart applies it
+                log.exception("could not apply the directory change to NATS")
 
         return on_change
 
