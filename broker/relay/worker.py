@@ -11,9 +11,10 @@ sequence is resumed (its deliveries republished; JetStream and the recipient SDK
 duplicates), never decided twice.
 
 This module only does the I/O around those decisions. Left to others: the decision
-(``broker.relay.plan``, with the checks of ``broker.relay.checks``), dead letters
-(``broker.relay.dead_letters``), the envelope archive (``broker.relay.reconcile``) and
-the answers to agencies' requests (``broker.relay.agency_api``).
+(``broker.relay.plan``, with the checks of ``broker.relay.checks``), the checks on a
+receipt (``broker.relay.receipts``), dead letters (``broker.relay.dead_letters``), the
+envelope archive (``broker.relay.reconcile``) and the answers to agencies' requests
+(``broker.relay.agency_api``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from broker.audit import events
 from broker.bus.streams import ACK_WAIT_S
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
@@ -51,19 +53,17 @@ from broker.relay.dead_letters import (
     list_dead_letters,
 )
 from broker.relay.plan import Ingested, Plan, parse, plan_batch
+from broker.relay.receipts import check_receipt, read_receipt
 from broker.relay.reconcile import archive_envelope, ensure_archive
 from broker.store.registry import DecisionRow, ReceiptRow, Registry
-from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
 from schemas.errors import AuditStoreError, BusUnavailable, EnvelopeError, IstmoError
 from schemas.labels import Precedence
-from schemas.receipt import parse_receipt, verify_receipt
 from schemas.subjects import (
     INGEST_STREAM,
     RECEIPT_STREAM,
     RELAY_INGEST_DURABLE,
     RELAY_RECEIPT_DURABLE,
-    agency_of_gated,
     agency_of_subject,
     deliver_subject,
 )
@@ -78,10 +78,6 @@ _TRANSIENT = (nats.errors.Error, TimeoutError, AuditStoreError, OperationalError
 # JetStream publishes awaiting their acks at once: a batch of 64 bulletins to 60 agencies
 # each (~400 MB in flight) made nats-server answer 429 and stalled the relay.
 IN_FLIGHT = 256
-
-
-def _ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -332,76 +328,45 @@ class Relay:
             except (AuditStoreError, BusUnavailable):
                 raise  # the store or NATS is away: not the receipt's fault; it comes back
             except IstmoError as exc:
-                seq = msg.metadata.sequence.stream
-                self.registry.record(
-                    [],
-                    [
-                        AuditEvent(
-                            event_id=f"receipt:{seq}:rejected",
-                            type="receipt.rejected",
-                            time=_ms(),
-                            actor=sender_of(msg.subject, "receipt") or "unknown",
-                            subject=f"receipt:{seq}",
-                            reason=exc.code,
-                            data={"message": str(exc)[:200]},
-                        )
-                    ],
+                refused = events.receipt_rejected(
+                    msg.metadata.sequence.stream,
+                    sender=sender_of(msg.subject, "receipt") or "unknown",
+                    reason=exc.code,
+                    message=str(exc),
+                    at=self.clock.now_ms(),
                 )
+                self.registry.record([], [refused])
                 await msg.term()
                 continue
             await msg.ack_sync()
 
     def _receipt(self, msg: Msg) -> None:
-        sender = agency_of_gated(msg.subject, "receipt")
-        receipt = parse_receipt(msg.data)
-        if receipt.recipient != sender:
-            raise EnvelopeError(
-                "receipt recipient differs from its sender", code="originator_mismatch"
-            )
-        bulletin = self.registry.bulletin(receipt.bulletin_id)
-        routed = {r.agency for r in self.registry.decisions(receipt.bulletin_id) if r.allowed}
-        if bulletin is None or sender not in routed or sender not in bulletin.recipients.split(","):
-            raise EnvelopeError(
-                "receipt for a bulletin not routed to its sender", code="unknown_bulletin"
-            )
-        if (
-            receipt.originator != bulletin.originator
-            or receipt.envelope_digest != bulletin.envelope_digest
-        ):
-            raise EnvelopeError("receipt does not match the bulletin", code="receipt_mismatch")
-        record = self.directory.records.get(sender)
-        key = (
-            next((k for k in record.signing_keys if k.kid == receipt.kid), None) if record else None
-        )
-        if key is None:
-            raise EnvelopeError("receipt signed by an unknown key", code="key_not_bound_to_sender")
-        verify_receipt(receipt, key.verify_key())
+        """Check one receipt (``broker.relay.receipts``) and record it with its event."""
+        sender, receipt = read_receipt(msg.data, subject=msg.subject)
         bid = receipt.bulletin_id
-        self.registry.record(
-            [
-                ReceiptRow(
-                    bulletin_id=bid,
-                    recipient=sender,
-                    received_at=receipt.received_at,
-                    recorded_at=int(time.time()),
-                    signature=receipt.sig,
-                )
-            ],
-            [
-                AuditEvent(
-                    event_id=f"{bid}:received:{sender}",
-                    type="bulletin.received",
-                    time=_ms(),
-                    actor=sender,
-                    subject=bid,
-                    bulletin_id=bid,
-                    data={
-                        "received_at": receipt.received_at,
-                        "envelope_digest": receipt.envelope_digest,
-                    },
-                )
-            ],
+        check_receipt(
+            receipt,
+            sender=sender,
+            bulletin=self.registry.bulletin(bid),
+            routed={r.agency for r in self.registry.decisions(bid) if r.allowed},
+            records=self.directory.records,
         )
+        at = self.clock.now_ms()
+        row = ReceiptRow(
+            bulletin_id=bid,
+            recipient=sender,
+            received_at=receipt.received_at,
+            recorded_at=at // 1000,
+            signature=receipt.sig,
+        )
+        received = events.bulletin_received(
+            bid,
+            sender,
+            received_at=receipt.received_at,
+            envelope_digest=receipt.envelope_digest,
+            at=at,
+        )
+        self.registry.record([row], [received])
 
     # ------------------------------------------------------------------ control
     async def _on_policy(self, msg: Msg) -> None:
