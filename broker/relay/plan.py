@@ -19,14 +19,14 @@ message of the batch is a replay (or a conflict) for the next.
 Nothing here awaits, reads a clock or touches a socket or the database: every input is
 an argument, so the decision is table-tested in milliseconds (``tests/core/
 test_relay_plan.py``). Left to others: fetching, committing, archiving, delivering and
-acking (``broker.relay.worker``), the numbered checks (``broker.relay.checks``), the
-Cedar policy (``broker.policy``) and the routed recipients of a resumed bulletin, which
-are in the registry.
+acking (``broker.relay.worker``), the numbered checks (``broker.relay.checks``), what
+is recorded of each receive decision (``broker.relay.decisions``), the Cedar policy
+(``broker.policy``) and the routed recipients of a resumed bulletin, which are in the
+registry.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -36,6 +36,7 @@ from sqlmodel import SQLModel
 from broker.audit import events
 from broker.policy.model import BulletinFacts, Decider, Decision
 from broker.relay.checks import IngestLimits, check_ingest, parse_ingest, sender_of
+from broker.relay.decisions import Denial, decision_row, denial_of, route
 from broker.store.registry import BulletinRow, RejectionRow
 from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
@@ -47,9 +48,7 @@ from schemas.labels import Precedence
 from schemas.sealing import envelope_digest
 
 __all__ = [
-    "DEFAULT_DENY",
     "MAX_DEFER_S",
-    "Denial",
     "DirectoryView",
     "Ingested",
     "Parsed",
@@ -62,7 +61,6 @@ __all__ = [
 ]
 
 MAX_DEFER_S = 3600  # an embargoed bulletin is handed back at most this long at a time
-DEFAULT_DENY = "no policy grants it (default deny): not releasable to it, and not named"
 _MAX_MESSAGE_CHARS = 300  # a rejection's message as the registry keeps it
 
 Verdict = Literal["accept", "reject", "resume", "defer"]
@@ -118,24 +116,6 @@ class Prior:
 
 
 @dataclass(frozen=True)
-class Denial:
-    """A candidate the policy refused the bulletin.
-
-    Attributes:
-        agency: the candidate.
-        code: ``policy_deny`` (a policy forbade it), ``default_deny`` (none granted it)
-            or ``policy_error`` (the policy could not be evaluated: fail closed).
-        policy_ids: the deciding policies (none on a default deny).
-        reasons: their reasons, or what the relay says instead.
-    """
-
-    agency: str
-    code: str
-    policy_ids: tuple[str, ...]
-    reasons: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class Plan:
     """What the relay does with one ingest message; see the module docstring.
 
@@ -174,16 +154,12 @@ class Plan:
     @property
     def denials(self) -> tuple[Denial, ...]:
         """The candidates refused, with why."""
-        return tuple(
-            Denial(d.agency, _deny_code(d), d.policy_ids, d.reasons or tuple(_why_not(d)))
-            for d in self.decisions
-            if not d.allowed
-        )
+        return tuple(denial_of(d) for d in self.decisions if not d.allowed)
 
     def decision_rows(self) -> list[dict[str, object]]:
         """The ``DecisionRow`` columns of every decision, as plain values (a fan-out makes
         dozens per bulletin; the registry inserts them in bulk)."""
-        return [_decision_values(self.bulletin_id or "", d) for d in self.decisions]
+        return [decision_row(self.bulletin_id or "", d) for d in self.decisions]
 
 
 def parse(msg: Ingested, limits: IngestLimits) -> Parsed:
@@ -329,57 +305,30 @@ def _decide(
         policy_version=publish.policy_version,
         directory_version=publish.directory_version,
     )
-    trail = [
-        events.bulletin_accepted(
-            bid,
-            originator=h.originator,
-            labels=h.labels,
-            envelope_digest=digest,
-            recipients=h.recipients,
-            policy_version=publish.policy_version,
-            directory_version=publish.directory_version,
-            policy_ids=publish.policy_ids,
-            at=now_ms,
-        )
-    ]
-    deliver_to: list[str] = []
-    for dec in decisions:
-        if dec.allowed and dec.agency in h.recipients:
-            deliver_to.append(dec.agency)
-            trail.append(
-                events.bulletin_routed(
-                    bid,
-                    dec.agency,
-                    originator=h.originator,
-                    policy_version=dec.policy_version,
-                    directory_version=dec.directory_version,
-                    policy_ids=dec.policy_ids,
-                    at=now_ms,
-                )
-            )
-        elif not dec.allowed:
-            trail.append(
-                events.bulletin_denied(
-                    bid,
-                    dec.agency,
-                    reason=_deny_code(dec),
-                    originator=h.originator,
-                    policy_version=dec.policy_version,
-                    directory_version=dec.directory_version,
-                    policy_ids=dec.policy_ids,
-                    at=now_ms,
-                )
-            )
+    accepted = events.bulletin_accepted(
+        bid,
+        originator=h.originator,
+        labels=h.labels,
+        envelope_digest=digest,
+        recipients=h.recipients,
+        policy_version=publish.policy_version,
+        directory_version=publish.directory_version,
+        policy_ids=publish.policy_ids,
+        at=now_ms,
+    )
+    routing = route(
+        bid, originator=h.originator, addressed=h.recipients, decisions=decisions, at=now_ms
+    )
     return Plan(
         "accept",
         msg.seq,
         sender,
         bid,
         addressed=tuple(h.recipients),
-        deliver_to=tuple(deliver_to),
+        deliver_to=routing.deliver_to,
         decisions=decisions,
         rows=(row,),
-        events=tuple(trail),
+        events=(accepted, *routing.events),
         rank=rank,
         claim=claim,
     )
@@ -436,28 +385,3 @@ def _facts(env: Envelope, d: DirectoryView) -> BulletinFacts:
         not_before=h.not_before,
         expires_at=h.expires_at,
     )
-
-
-def _decision_values(bid: str, dec: Decision) -> dict[str, object]:
-    return {
-        "bulletin_id": bid,
-        "agency": dec.agency,
-        "allowed": dec.allowed,
-        "policy_ids": ",".join(dec.policy_ids),
-        "reasons": json.dumps(list(dec.reasons) or _why_not(dec)),
-    }
-
-
-def _deny_code(dec: Decision) -> str:
-    if dec.errors:
-        return "policy_error"
-    return "policy_deny" if dec.policy_ids else "default_deny"
-
-
-def _why_not(dec: Decision) -> list[str]:
-    """A denial no policy forbade is a default deny: say so rather than nothing."""
-    if dec.allowed:
-        return []
-    if dec.errors:
-        return ["the policy could not be evaluated (fail closed): " + dec.errors[0]]
-    return [DEFAULT_DENY]

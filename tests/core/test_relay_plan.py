@@ -27,8 +27,8 @@ from broker.policy.engine import (
     PolicyEngine,
 )
 from broker.relay.checks import IngestLimits
+from broker.relay.decisions import DEFAULT_DENY
 from broker.relay.plan import (
-    DEFAULT_DENY,
     MAX_DEFER_S,
     DirectoryView,
     Ingested,
