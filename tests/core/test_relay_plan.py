@@ -432,6 +432,12 @@ def test_rejected_with_its_code_a_row_and_an_event(name: str, make: Any, code: s
     assert "canary" not in str(event.data) + row.message
 
 
+def test_the_refusal_names_what_is_wrong() -> None:
+    stranger = {AgencyId("zz-nobody"): EncryptionKey.generate().public_key}
+    p = decide(ingested(sealed(recipients={**keys_of(*PERMITTED), **stranger})))
+    assert p.message == "wrap list names unknown agency zz-nobody"
+
+
 def test_a_message_that_does_not_parse_is_filed_under_its_sequence() -> None:
     p = decide(ingested(b"not json", seq=41))
     assert p.bulletin_id is None
