@@ -20,9 +20,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 from schemas.audit import AuditEvent, EventType
+from schemas.directory import Status
 from schemas.labels import Labels
 
 __all__ = [
+    "KeyUse",
+    "Refusal",
     "agency_created",
     "agency_enrolled",
     "agency_status_changed",
@@ -56,10 +59,9 @@ __all__ = [
 ]
 
 _MAX = 200  # the schema's limit on actor, subject, reason and every string in data
-AgencyStatus = Literal["active", "suspended", "revoked"]
 KeyUse = Literal["signing", "encryption", "nats"]
 Refusal = Literal["auth.refused", "request.rejected"]
-_STATUS_EVENT: dict[AgencyStatus, EventType] = {
+_STATUS_EVENT: dict[Status, EventType] = {
     "active": "agency.reinstated",
     "suspended": "agency.suspended",
     "revoked": "agency.revoked",
@@ -309,7 +311,7 @@ def _redriven(
 
 def delivery_redriven(
     dead_seq: int | None,
-    recipient: str,
+    agency: str,
     *,
     bulletin_id: str | None,
     stream: str,
@@ -317,12 +319,12 @@ def delivery_redriven(
     actor: str,
     at: int,
 ) -> AuditEvent:
-    """An operator re-delivered dead letter ``dead_seq`` to ``recipient`` (now ``new_seq``
-    of ``stream``)."""
+    """An operator re-delivered dead letter ``dead_seq`` to its recipient ``agency`` (now
+    ``new_seq`` of ``stream``)."""
     return _redriven(
         "delivery.redriven",
         dead_seq,
-        recipient,
+        agency,
         bulletin_id=bulletin_id,
         stream=stream,
         new_seq=new_seq,
@@ -333,7 +335,7 @@ def delivery_redriven(
 
 def ingest_redriven(
     dead_seq: int | None,
-    sender: str,
+    agency: str,
     *,
     bulletin_id: str | None,
     stream: str,
@@ -341,11 +343,12 @@ def ingest_redriven(
     actor: str,
     at: int,
 ) -> AuditEvent:
-    """An operator put dead ingest letter ``dead_seq`` of ``sender`` back on ingest."""
+    """An operator put dead ingest letter ``dead_seq`` of its publisher ``agency`` back on
+    ingest (now ``new_seq`` of ``stream``)."""
     return _redriven(
         "ingest.redriven",
         dead_seq,
-        sender,
+        agency,
         bulletin_id=bulletin_id,
         stream=stream,
         new_seq=new_seq,
@@ -514,7 +517,7 @@ def key_revoked(agency: str, kid: str, *, revoked_at: int, actor: str, at: int) 
 
 
 def agency_status_changed(
-    agency: str, status: AgencyStatus, *, note: str, actor: str, at: int
+    agency: str, status: Status, *, note: str, actor: str, at: int
 ) -> AuditEvent:
     """``agency.suspended``, ``agency.reinstated`` (status ``active``) or
     ``agency.revoked``, with the administrator's note."""
