@@ -119,7 +119,7 @@ class Relay:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=10)
         self.limits = IngestLimits(settings.max_envelope_bytes, settings.max_clock_skew_s)
-        self.api = AgencyApi(settings, registry, directory)
+        self.api = AgencyApi(settings, registry, directory, clock=clock)
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -229,6 +229,7 @@ class Relay:
             seq=meta.sequence.stream,
             data=msg.data,
             deliveries=meta.num_delivered,
+            clock=self.clock,
         )
         self.registry.record([], [event])
         await msg.term()
@@ -243,7 +244,7 @@ class Relay:
     async def _dead_batch(self, msgs: list[Msg]) -> None:
         """max_deliver advisories of the delivery consumers: dead-letter each delivery."""
         for msg in msgs:
-            await handle_advisory(self.js, self.registry, msg.data)
+            await handle_advisory(self.js, self.registry, msg.data, clock=self.clock)
             await msg.ack_sync()
 
     async def _ingest_batch(self, msgs: list[Msg]) -> None:
