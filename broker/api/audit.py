@@ -193,7 +193,8 @@ def audit_router(state: ApiState) -> APIRouter:
 
     def record(who: Caller, what: str, query: dict[str, Any], rows: int) -> None:
         """The query's audit event, before its answer: AuditStoreError (503) otherwise."""
-        registry.record([], [queried_event(who.id, f"audit.{what}", query, rows)])
+        event = queried_event(who.id, f"audit.{what}", query, rows, now_ms=state.clock.now_ms())
+        registry.record([], [event])
 
     @router.get(
         "/v1/audit/entries",
