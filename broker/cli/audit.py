@@ -40,6 +40,7 @@ from broker.audit.log import (
 )
 from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key, require_database
 from broker.cli._common import operator_name
+from broker.clock import SYSTEM_CLOCK
 from broker.config import Settings
 from broker.store.registry import Registry
 from schemas.audit import EVENT_TYPES
@@ -130,7 +131,7 @@ def _when(text: str | None, flag: str) -> int | None:
         return None
     if m := _RELATIVE.fullmatch(text):
         seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return time.time_ns() // 1_000_000 - seconds * 1000
+        return SYSTEM_CLOCK.now_ms() - seconds * 1000
     if text.isdigit() and len(text) >= 10:
         return int(text)
     try:
@@ -389,7 +390,7 @@ def _save_state(state: MonitorState) -> None:
 
 def _alarm(state: MonitorState, kind: str, message: str, *heads: SignedTreeHead) -> int:
     """Keep the heads as evidence, stop trusting the log, and say so."""
-    state.raise_alarm(kind, message, _iso(time.time_ns() // 1_000_000), heads)
+    state.raise_alarm(kind, message, _iso(SYSTEM_CLOCK.now_ms()), heads)
     _save_state(state)
     kept = f"; {len(heads)} tree heads kept as evidence" if heads else ""
     print(f"istmo: ALARM: {message}{kept} in {state.path}", file=sys.stderr)
