@@ -16,7 +16,7 @@ a key or a token (the schema's docstring).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from schemas.audit import AuditEvent, EventType
@@ -29,6 +29,7 @@ __all__ = [
     "agency_created",
     "agency_enrolled",
     "agency_status_changed",
+    "audit_queried",
     "bulletin_accepted",
     "bulletin_denied",
     "bulletin_received",
@@ -61,6 +62,7 @@ __all__ = [
 _MAX = 200  # the schema's limit on actor, subject, reason and every string in data
 KeyUse = Literal["signing", "encryption", "nats"]
 Refusal = Literal["auth.refused", "request.rejected"]
+_Value = str | int | bool | None | tuple[str, ...]  # what an event's data may hold
 _STATUS_EVENT: dict[Status, EventType] = {
     "active": "agency.reinstated",
     "suspended": "agency.suspended",
@@ -584,6 +586,30 @@ def policy_rejected(
             "active_version": active_version,
             "problems": tuple(p[:_MAX] for p in problems[:20]),
         },
+    )
+
+
+# ---------------------------------------------------------------------------- audit log
+def audit_queried(
+    actor: str,
+    subject: str,
+    query: Mapping[str, _Value],
+    rows: int,
+    *,
+    at: int,
+) -> AuditEvent:
+    """One auditor query: who asked, what (``subject``, e.g. ``audit.search``), the filter
+    (None values left out) and how many rows it returned. Record it before the rows are
+    shown: no access without an audit event."""
+    data: dict[str, _Value] = {k: v for k, v in query.items() if v is not None}
+    data["rows"] = rows
+    return AuditEvent(
+        event_id=_one_off("audit-query"),
+        type="audit.queried",
+        time=at,
+        actor=actor[:_MAX],
+        subject=subject[:_MAX],
+        data=dict(data),
     )
 
 

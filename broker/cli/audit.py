@@ -29,14 +29,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from broker.audit import merkle
+from broker.audit import events, merkle
 from broker.audit.log import (
     MAX_PAGE,
     AuditLog,
     EntryFilter,
     LogCorrupt,
     LogEntry,
-    queried_event,
 )
 from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key, require_database
 from broker.cli._common import operator_name
@@ -100,7 +99,10 @@ def _local(args: argparse.Namespace) -> Iterator[_Local]:
 
 def _record(local: _Local, command: str, query: dict[str, Any], rows: int) -> None:
     """Record the query before its rows are shown: no access without an audit event."""
-    local.registry.record([], [queried_event(operator_name(), f"audit.{command}", query, rows)])
+    event = events.audit_queried(
+        operator_name(), f"audit.{command}", query, rows, at=SYSTEM_CLOCK.now_ms()
+    )
+    local.registry.record([], [event])
 
 
 def _iso(ms: int) -> str:

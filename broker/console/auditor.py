@@ -22,7 +22,7 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import RedirectResponse, Response
 
 from broker.api.context import ApiProblem
-from broker.audit.log import queried_event
+from broker.audit import events
 from broker.console import figures, queries
 from broker.console.sessions import Session
 from broker.console.web import (
@@ -95,7 +95,7 @@ def auditor_router(console: ConsoleState) -> APIRouter:
     api = console.api
 
     def record(who: Session, what: str, query: dict[str, Any], rows: int) -> None:
-        event = queried_event(who.who, f"console.{what}", query, rows, now_ms=api.clock.now_ms())
+        event = events.audit_queried(who.who, f"console.{what}", query, rows, at=api.clock.now_ms())
         console.record(event)
 
     # ------------------------------------------------------------------ the log

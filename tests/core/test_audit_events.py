@@ -101,3 +101,12 @@ def test_every_constructor_makes_a_known_event_type() -> None:
         events.token_issued("c", "t", scope="s", expires_at=1, assertion_kid="k", at=AT).type,
     }
     assert made <= set(EVENT_TYPES)
+
+
+def test_an_audit_query_records_its_filter_without_the_blanks() -> None:
+    e = events.audit_queried(
+        "auditor", "audit.search", {"agency": "gt-police", "type": None}, 3, at=AT
+    )
+    assert (e.type, e.actor, e.subject, e.time) == ("audit.queried", "auditor", "audit.search", AT)
+    assert e.data == {"agency": "gt-police", "rows": 3}
+    assert e.event_id.startswith("audit-query:")
