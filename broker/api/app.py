@@ -51,6 +51,7 @@ from broker.api.enrol import enrol_router
 from broker.api.guard import ApiLimits, Guard, Metrics, problem
 from broker.api.oauth import ASSERTION_TYPE, TOKEN_PATH, AuthError, Caller, TokenAuthority
 from broker.api.subscriptions import subscriptions_router
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.directory.service import DirectoryService
 from broker.relay.agency_api import AgencyQueries, NotFound, ResolveRequest
 from broker.store.registry import Registry
@@ -138,6 +139,7 @@ def create_api(
     *,
     auth: TokenAuthority | None = None,
     limits: ApiLimits | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> FastAPI:
     """Build the API's app over live services, without the web console (which sits a layer
     above and mounts itself: ``broker.runtime.app.create_app`` puts the two together).
@@ -149,6 +151,7 @@ def create_api(
         auth: the token authority; without one, everything that needs a token answers
             503 and the public endpoints still work.
         limits: body, page and rate limits.
+        clock: the time of the audit events written over HTTP.
     """
     limits = limits or ApiLimits()
     metrics = Metrics()
@@ -173,6 +176,7 @@ def create_api(
         limits=limits,
         metrics=metrics,
         bus_ok=bus_ok,
+        clock=clock,
     )
     app.state.istmo = state
     app.add_middleware(Guard, limits=limits, metrics=metrics)

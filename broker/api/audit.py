@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from broker.api.context import AUTHED, BODY_MODELS, ApiProblem, ApiState, problem_responses, require
 from broker.api.oauth import Caller
+from broker.audit import events
 from broker.audit.log import (
     MAX_PAGE,
     AuditLog,
@@ -40,7 +41,6 @@ from broker.audit.log import (
     LogCorrupt,
     LogEntry,
     MissingNode,
-    queried_event,
     shared_log,
 )
 from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key
@@ -184,7 +184,8 @@ def audit_router(state: ApiState) -> APIRouter:
 
     def record(who: Caller, what: str, query: dict[str, Any], rows: int) -> None:
         """The query's audit event, before its answer: AuditStoreError (503) otherwise."""
-        registry.record([], [queried_event(who.id, f"audit.{what}", query, rows)])
+        event = events.audit_queried(who.id, f"audit.{what}", query, rows, at=state.clock.now_ms())
+        registry.record([], [event])
 
     @router.get(
         "/v1/audit/entries",

@@ -9,8 +9,6 @@ Left to others: the endpoints (``broker.api.app``, ``broker.api.admin``), the ou
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +20,12 @@ from pydantic import BaseModel
 
 from broker.api.guard import ApiLimits, Metrics, Problem, RateLimiter
 from broker.api.oauth import TOKEN_PATH, Caller, TokenAuthority
+from broker.audit import events
+from broker.audit.events import Refusal
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.directory.service import DirectoryService
 from broker.relay.agency_api import AgencyQueries
 from broker.store.registry import Registry
-from schemas.audit import AuditEvent, EventType
 from schemas.directory import SignedExcerpt
 from schemas.envelope import parse_model
 from schemas.errors import AuditStoreError
@@ -67,7 +67,7 @@ class ApiProblem(Exception):
         client: str | None = None,
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
-        audit_as: EventType = "auth.refused",
+        audit_as: Refusal = "auth.refused",
         audit: bool | None = None,
     ) -> None:
         super().__init__(detail)
@@ -100,6 +100,8 @@ class ApiState:
     directory_changed: Callable[[], Awaitable[None]] | None = None
     # Adopt the policy set in a directory, as the given administrator; set by the stack.
     adopt_policy: Callable[[Path, str], Awaitable[tuple[str, str]]] | None = None
+    # The time of audit events written over HTTP (a test passes its own).
+    clock: Clock = SYSTEM_CLOCK
 
     def __post_init__(self) -> None:
         lim = self.limits
@@ -129,18 +131,16 @@ class ApiState:
         """An audit event for a 401 or 403: who, what route, why (never the credential)."""
         self.metrics.refusals.labels(str(exc.status), exc.code).inc()
         route = getattr(request.scope.get("route"), "path", None) or "<unmatched>"
-        event = AuditEvent(
-            event_id=f"http:{uuid.uuid4()}",
-            type=exc.audit_as,
-            time=time.time_ns() // 1_000_000,
-            actor=exc.client or "unknown",
-            subject=f"{request.method} {route}"[:200],
-            reason=exc.code[:200],
-            data={
-                "status": exc.status,
-                "message": exc.detail[:200],
-                "peer": request.client.host if request.client else None,
-            },
+        event = events.http_refused(
+            exc.audit_as,
+            exc.client,
+            method=request.method,
+            route=route,
+            reason=exc.code,
+            status=exc.status,
+            message=exc.detail,
+            peer=request.client.host if request.client else None,
+            at=self.clock.now_ms(),
         )
         try:
             self.registry.record([], [event])
@@ -191,7 +191,7 @@ def caller(
             headers={"WWW-Authenticate": challenge},
         )
     # 2. Signed by us, not expired, holder still active (raises AuthError -> 401).
-    who = authority.verify(authorization[len(_BEARER) :].strip(), int(time.time()))
+    who = authority.verify(authorization[len(_BEARER) :].strip(), state.clock.now_s())
     # 3. Every scope this operation needs (403 insufficient_scope).
     missing = [s for s in security_scopes.scopes if s not in who.scopes]
     if missing:

@@ -371,7 +371,13 @@ def _status_route(
             raise ApiProblem(404, "not_found", f"no agency {agency_id}")
         try:
             previous = await asyncio.to_thread(
-                set_agency_status, state.registry, agency_id, status, actor=who.id, note=req.note
+                set_agency_status,
+                state.registry,
+                agency_id,
+                status,
+                actor=who.id,
+                note=req.note,
+                clock=state.clock,
             )
         except ConfigError as exc:
             raise ApiProblem(409, "conflict", str(exc)[:300], client=who.id) from exc
@@ -404,10 +410,16 @@ def _key_revoke_route(router: APIRouter, state: ApiState) -> None:
         kid: Annotated[str, Path(pattern=r"^sig-[0-9a-f]{32}$")],
         who: Admin,
     ) -> Any:
-        now = int(time.time())
+        now = state.clock.now_s()
         try:
             await asyncio.to_thread(
-                revoke_signing_key, state.registry, agency_id, kid, actor=who.id, at=now
+                revoke_signing_key,
+                state.registry,
+                agency_id,
+                kid,
+                actor=who.id,
+                at=now,
+                clock=state.clock,
             )
         except ConfigError as exc:
             # No such key of that agency, or revoked already.

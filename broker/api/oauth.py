@@ -44,10 +44,10 @@ from joserfc.jws import JWSRegistry
 from sqlalchemy import delete
 from sqlmodel import Field, SQLModel
 
+from broker.audit import events
 from broker.directory.admins import AdminRow
 from broker.files import signing_key_file
 from broker.store.registry import AgencyRow, Registry
-from schemas.audit import AuditEvent
 from schemas.canonical import b64d
 from schemas.errors import ConfigError, EnvelopeError, IstmoError
 from schemas.ids import AGENCY_ID_PATTERN
@@ -470,24 +470,15 @@ class TokenAuthority:
         }
         header = {"alg": "EdDSA", "typ": "at+jwt", "kid": self.kid}
         token = jwt.encode(header, claims, self._jwk, registry=_REGISTRY)
-        self.registry.record(
-            [],
-            [
-                AuditEvent(
-                    event_id=f"token:{token_id}",
-                    type="token.issued",
-                    time=now * 1000,
-                    actor=client.id,
-                    subject=client.id,
-                    data={
-                        "scope": scope_text,
-                        "token_id": token_id,
-                        "expires_at": now + self.lifetime_s,
-                        "assertion_kid": client.kid,
-                    },
-                )
-            ],
+        issued = events.token_issued(
+            client.id,
+            token_id,
+            scope=scope_text,
+            expires_at=now + self.lifetime_s,
+            assertion_kid=client.kid,
+            at=now * 1000,
         )
+        self.registry.record([], [issued])
         return IssuedToken(token, self.lifetime_s, scope_text, token_id, client.id)
 
     # ------------------------------------------------------------------ resource side

@@ -122,7 +122,7 @@ def subscriptions_router(state: ApiState) -> APIRouter:
         req = parse_json(SubscriptionsBody, body, state.limits)
         try:
             change = await asyncio.to_thread(
-                set_subscriptions, registry, agency_id, req.topics, who.id
+                set_subscriptions, registry, agency_id, req.topics, who.id, clock=state.clock
             )
         except ConfigError as exc:
             status = {"unknown_agency": 404, "unknown_topic": 422}.get(exc.code, 409)

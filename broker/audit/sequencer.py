@@ -49,6 +49,7 @@ from nats.aio.client import Client as NATS
 from broker.audit.log import AuditLog, LogCorrupt
 from broker.bus.connect import connect_as_broker
 from broker.bus.election import Election, ElectionTiming, holder_id
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
 from broker.files import signing_key_file, write_file
 from schemas.canonical import b64d, b64e
@@ -158,7 +159,7 @@ class Sequencer:
         *,
         origin: str = DEFAULT_ORIGIN,
         limits: SequencerLimits | None = None,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        clock: Clock = SYSTEM_CLOCK,
         out: Callable[[str], None] = print,
         lock: IO[str] | None = None,
     ) -> None:
@@ -166,7 +167,7 @@ class Sequencer:
         self.key = key
         self.origin = origin
         self.limits = limits or SequencerLimits()
-        self._clock_ms = clock_ms
+        self._clock = clock  # the time each signed tree head states
         self._out = out
         self._lock = lock
         self.size = 0  # the log's size after this process's last batch
@@ -195,7 +196,7 @@ class Sequencer:
         done = self.log.integrate(
             self.key,
             self.origin,
-            now_ms=self._clock_ms(),
+            now_ms=self._clock.now_ms(),
             max_entries=self.limits.batch_entries,
         )
         if done is None:

@@ -29,17 +29,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from broker.audit import merkle
+from broker.audit import events, merkle
 from broker.audit.log import (
     MAX_PAGE,
     AuditLog,
     EntryFilter,
     LogCorrupt,
     LogEntry,
-    queried_event,
 )
 from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key, require_database
 from broker.cli._common import operator_name
+from broker.clock import SYSTEM_CLOCK
 from broker.config import Settings
 from broker.store.registry import Registry
 from schemas.audit import EVENT_TYPES
@@ -99,7 +99,10 @@ def _local(args: argparse.Namespace) -> Iterator[_Local]:
 
 def _record(local: _Local, command: str, query: dict[str, Any], rows: int) -> None:
     """Record the query before its rows are shown: no access without an audit event."""
-    local.registry.record([], [queried_event(operator_name(), f"audit.{command}", query, rows)])
+    event = events.audit_queried(
+        operator_name(), f"audit.{command}", query, rows, at=SYSTEM_CLOCK.now_ms()
+    )
+    local.registry.record([], [event])
 
 
 def _iso(ms: int) -> str:
@@ -130,7 +133,7 @@ def _when(text: str | None, flag: str) -> int | None:
         return None
     if m := _RELATIVE.fullmatch(text):
         seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return time.time_ns() // 1_000_000 - seconds * 1000
+        return SYSTEM_CLOCK.now_ms() - seconds * 1000
     if text.isdigit() and len(text) >= 10:
         return int(text)
     try:
@@ -389,7 +392,7 @@ def _save_state(state: MonitorState) -> None:
 
 def _alarm(state: MonitorState, kind: str, message: str, *heads: SignedTreeHead) -> int:
     """Keep the heads as evidence, stop trusting the log, and say so."""
-    state.raise_alarm(kind, message, _iso(time.time_ns() // 1_000_000), heads)
+    state.raise_alarm(kind, message, _iso(SYSTEM_CLOCK.now_ms()), heads)
     _save_state(state)
     kept = f"; {len(heads)} tree heads kept as evidence" if heads else ""
     print(f"istmo: ALARM: {message}{kept} in {state.path}", file=sys.stderr)

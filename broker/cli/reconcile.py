@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 from broker.cli._common import on_bus, open_data_dir, operator_name, running_nats_url
+from broker.clock import SYSTEM_CLOCK
 from broker.relay.reconcile import MAX_BATCH, reconcile
 from schemas.errors import ConfigError
 
@@ -31,7 +31,7 @@ def reconcile_command(args: argparse.Namespace) -> int:
     """``istmo reconcile``: exit 0 when nothing is missing afterwards, 1 otherwise."""
     data = open_data_dir(args)
     try:
-        since = since_ms(args.since, time.time_ns() // 1_000_000)
+        since = since_ms(args.since, SYSTEM_CLOCK.now_ms())
         if not 1 <= args.batch <= MAX_BATCH:
             raise ConfigError(f"--batch {args.batch} is outside 1..{MAX_BATCH}")
         url = running_nats_url(data, args.nats_url)

@@ -34,6 +34,7 @@ from starlette.responses import RedirectResponse, Response
 from broker.api.admin import write_candidate
 from broker.api.context import ApiProblem
 from broker.api.enrol import apply_directory_change
+from broker.audit import events
 from broker.console import admin_strings  # noqa: F401  # adds our strings to the catalog
 from broker.console.admin_data import (
     ACTIONS,
@@ -59,7 +60,6 @@ from broker.console.web import (
     PREFIX,
     ConsolePage,
     ConsoleState,
-    audit_event,
     checked_form,
     form_fields,
     page,
@@ -124,12 +124,14 @@ def admin_router(console: ConsoleState) -> APIRouter:
         route = getattr(request.scope.get("route"), "path", None) or request.url.path
         try:
             console.record(
-                audit_event(
+                events.console_refused(
                     "request.rejected",
                     who.who,
-                    f"{request.method} {route}",
+                    method=request.method,
+                    route=route,
                     reason=reason,
-                    message=message[:200],
+                    message=message,
+                    at=api.clock.now_ms(),
                 )
             )
         except AuditStoreError as exc:  # the refusal stands either way

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import RedirectResponse, Response
 
 from broker.api.context import ApiProblem
-from broker.audit.log import queried_event
+from broker.audit import events
 from broker.console import figures, queries
 from broker.console.sessions import Session
 from broker.console.web import (
@@ -95,7 +95,8 @@ def auditor_router(console: ConsoleState) -> APIRouter:
     api = console.api
 
     def record(who: Session, what: str, query: dict[str, Any], rows: int) -> None:
-        console.record(queried_event(who.who, f"console.{what}", query, rows))
+        event = events.audit_queried(who.who, f"console.{what}", query, rows, at=api.clock.now_ms())
+        console.record(event)
 
     # ------------------------------------------------------------------ the log
     @router.get("/log")
@@ -250,7 +251,9 @@ def auditor_router(console: ConsoleState) -> APIRouter:
             api.limit(api.expensive_limiter, who.who, "console_verify")
         except ApiProblem as exc:
             raise ConsolePage(429, "error.rate", seconds=exc.headers.get("Retry-After")) from exc
-        result = queries.verify_log(api.registry.url, broker_dir=api.registry.broker_dir)
+        result = queries.verify_log(
+            api.registry.url, broker_dir=api.registry.broker_dir, at=api.clock.now_ms()
+        )
         result["who"] = who.who
         console.last_verification = result
         record(who, "verify", {"ok": result["ok"]}, int(result.get("entries", 0)))
@@ -265,7 +268,7 @@ def auditor_router(console: ConsoleState) -> APIRouter:
     ) -> Response:
         from broker.console import charts
 
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = api.clock.now_ms()
         since = now_ms - days * 86_400_000
         stats = figures.chart_stats(api.registry, since, now_ms)
         record(who, "charts", {"days": days}, stats["events"])

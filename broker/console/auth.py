@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from broker.api.context import ApiProblem, caller
 from broker.api.oauth import ADMIN_SCOPES, AUDITOR_SCOPES, Caller
+from broker.audit import events
 from broker.console.i18n import LANG_COOKIE, LANGS
 from broker.console.sessions import LINK_LIFETIME_S, MAX_SECRET_CHARS, Session, new_secret
 from broker.console.web import (
@@ -33,7 +34,6 @@ from broker.console.web import (
     SESSION_COOKIE,
     ConsolePage,
     ConsoleState,
-    audit_event,
     checked_form,
     form_fields,
     local_path,
@@ -59,13 +59,13 @@ def _start_session(
 ) -> Response:
     sid, _session = console.sessions.create(who, kind, scopes, via)
     console.record(
-        audit_event(
-            "console.login",
+        events.console_login(
             who,
-            f"{PREFIX}",
+            where=PREFIX,
             via=via,
-            scope=" ".join(sorted(scopes)),
+            scopes=sorted(scopes),
             peer=request.client.host if request.client else None,
+            at=console.api.clock.now_ms(),
         )
     )
     response = RedirectResponse(f"{PREFIX}/", status_code=303)
@@ -135,7 +135,7 @@ def auth_router(console: ConsoleState) -> APIRouter:
     async def logout(request: Request, who: Annotated[Session, page(None)]) -> Response:
         await checked_form(request, who)
         console.sessions.end(request.cookies.get(SESSION_COOKIE))
-        console.record(audit_event("console.logout", who.who, PREFIX))
+        console.record(events.console_logout(who.who, where=PREFIX, at=console.api.clock.now_ms()))
         response = RedirectResponse(f"{PREFIX}/?out=1", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=PREFIX)
         return response

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -321,9 +320,9 @@ def check_consistency(url: str, old: int, new: int, *, broker_dir: Path | None) 
     return result
 
 
-def verify_log(url: str, *, broker_dir: Path | None) -> dict[str, Any]:
-    """Run ``AuditLog.verify_all`` (the same check as ``istmo audit verify``)."""
-    at = time.time_ns() // 1_000_000
+def verify_log(url: str, *, broker_dir: Path | None, at: int) -> dict[str, Any]:
+    """Run ``AuditLog.verify_all`` (the same check as ``istmo audit verify``) at ``at``
+    (epoch ms, reported with the result)."""
     key = _log_key(broker_dir)
     if key is None:
         return {

@@ -18,7 +18,6 @@ Left to others: the sign-in routes (``broker.console.auth``), the pages themselv
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +30,11 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api.context import ApiState
+from broker.audit import events
 from broker.console.i18n import LANG_COOKIE, LANGS, negotiate, translator
 from broker.console.sessions import LinkStore, Session, SessionStore, csrf_ok
 from broker.directory.admins import AdminRow
-from schemas.audit import AuditEvent, EventType
+from schemas.audit import AuditEvent
 from schemas.errors import AuditStoreError
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "ConsolePage",
     "ConsoleState",
     "Session",
-    "audit_event",
     "checked_form",
     "console_of",
     "page",
@@ -117,21 +116,6 @@ def utc_time(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
 
 
-def audit_event(
-    type_: EventType, actor: str, subject: str, *, reason: str | None = None, **data: Any
-) -> AuditEvent:
-    """A one-off console audit event (random id, now)."""
-    return AuditEvent(
-        event_id=f"console:{uuid.uuid4()}",
-        type=type_,
-        time=time.time_ns() // 1_000_000,
-        actor=actor[:200],
-        subject=subject[:200],
-        reason=None if reason is None else reason[:200],
-        data={k: v for k, v in data.items() if v is not None},
-    )
-
-
 # ---------------------------------------------------------------------- refusals
 class ConsolePage(Exception):
     """Answer with a message page (or a redirect) instead of the route's own page.
@@ -168,13 +152,15 @@ def on_console_page(request: Request, exc: ConsolePage) -> Response:
     console = console_of(request)
     if exc.audit:
         route = getattr(request.scope.get("route"), "path", None) or request.url.path
-        event = audit_event(
+        event = events.console_refused(
             "auth.refused",
-            exc.who or "unknown",
-            f"{request.method} {route}",
+            exc.who,
+            method=request.method,
+            route=route,
             reason=exc.audit,
             status=exc.status,
             peer=request.client.host if request.client else None,
+            at=console.api.clock.now_ms(),
         )
         try:
             console.record(event)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from sqlmodel import Field, SQLModel
 
+from broker.audit import events
 from broker.files import write_private
 from broker.store.registry import AgencyRow, Registry
-from schemas.audit import AuditEvent
 from schemas.canonical import b64e
 from schemas.errors import ConfigError
 from schemas.ids import AGENCY_ID_PATTERN
@@ -59,13 +59,8 @@ def add_admin(
     row = AdminRow(
         id=admin_id, name=name[:200], kid=key.kid, public=b64e(key.public), created_at=now
     )
-    event = AuditEvent(
-        event_id=f"key:{key.kid}",
-        type="key.registered",
-        time=now * 1000,
-        actor=actor[:200],
-        subject=admin_id,
-        data={"kid": key.kid, "use": "signing", "role": "admin"},
+    event = events.key_registered(
+        admin_id, key.kid, "signing", at=now * 1000, actor=actor, role="admin"
     )
     registry.record([row], [event])
     return row

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from dataclasses import dataclass
 from sqlalchemy import update
 from sqlmodel import Field, Session, SQLModel, select
 
+from broker.audit import events
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.directory.admins import AdminRow
 from broker.store.registry import (
     AgencyRow,
@@ -41,7 +42,7 @@ from broker.store.registry import (
     SigningKeyRow,
     SubscriptionRow,
 )
-from schemas.audit import AuditEvent, EventType
+from schemas.audit import AuditEvent
 from schemas.canonical import b64e
 from schemas.directory import SECTORS
 from schemas.enrolment import (
@@ -80,7 +81,6 @@ MAX_COMMUNITIES = 16
 # The audit vocabulary (schemas.audit) has no "agency.created" or "enrolment token issued"
 # type: the three steps of an enrolment are "agency.enrolled" events told apart by
 # data["stage"] (created, token_issued, keys_registered).
-_ENROLLED: EventType = "agency.enrolled"
 _ID = re.compile(AGENCY_ID_PATTERN)
 _GRADE = re.compile(r"[A-F][1-6]")
 # Compared against when a token id is unknown, so a miss costs what a hit costs.
@@ -228,20 +228,15 @@ def create_agency(registry: Registry, agency: NewAgency, *, created_by: str, now
         for topic in topics:
             s.add(SubscriptionRow(agency=agency.id, topic=topic))
 
-    event = AuditEvent(
-        event_id=f"enrol-created:{agency.id}",
-        type=_ENROLLED,
-        time=now * 1000,
-        actor=created_by[:200],
-        subject=agency.id,
-        data={
-            "stage": "created",
-            "sector": agency.sector,
-            "state": agency.state,
-            "communities": agency.communities,
-            "clearance": agency.clearance,
-            "topics": topics,
-        },
+    event = events.agency_created(
+        agency.id,
+        sector=agency.sector,
+        state=agency.state,
+        communities=agency.communities,
+        clearance=agency.clearance,
+        topics=topics,
+        actor=created_by,
+        at=now * 1000,
     )
     registry.change(apply, [event])
 
@@ -252,7 +247,13 @@ def _enrolled(s: Session, agency: str) -> bool:
 
 
 def issue_token(
-    registry: Registry, agency: str, ttl_s: int, created_by: str, *, now: int | None = None
+    registry: Registry,
+    agency: str,
+    ttl_s: int,
+    created_by: str,
+    *,
+    now: int | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> str:
     """A one-time enrolment token for ``agency``, valid ``ttl_s`` seconds; revokes the
     ones issued for it before and not used.
@@ -266,7 +267,7 @@ def issue_token(
             (``not_enrollable``).
         AuditStoreError: the store refused the change.
     """
-    now = int(time.time()) if now is None else now
+    now = clock.now_s() if now is None else now
     if not MIN_TOKEN_TTL_S <= ttl_s <= MAX_TOKEN_TTL_S:
         raise _bad(
             f"the token lifetime must be {MIN_TOKEN_TTL_S} s to {MAX_TOKEN_TTL_S // 86400} d"
@@ -306,19 +307,10 @@ def issue_token(
             )
         )
 
-    registry.change(
-        apply,
-        [
-            AuditEvent(
-                event_id=f"enrol-token:{token_id}",
-                type=_ENROLLED,
-                time=now * 1000,
-                actor=created_by[:200],
-                subject=agency,
-                data={"stage": "token_issued", "token_id": token_id, "expires_at": now + ttl_s},
-            )
-        ],
+    issued = events.enrolment_token_issued(
+        agency, token_id, expires_at=now + ttl_s, actor=created_by, at=now * 1000
     )
+    registry.change(apply, [issued])
     return token
 
 
@@ -482,39 +474,11 @@ def _check_unused_in(s: Session, request: EnrolmentRequest) -> None:
 def _redeemed_events(
     agency: str, token_id: str, request: EnrolmentRequest, now: int
 ) -> Sequence[AuditEvent]:
-    t = now * 1000
+    at = now * 1000
     enc = request.encryption
     return [
-        AuditEvent(
-            event_id=f"enrolled:{agency}",
-            type=_ENROLLED,
-            time=t,
-            actor=agency,
-            subject=agency,
-            data={"stage": "keys_registered", "token_id": token_id, "how": "token"},
-        ),
-        AuditEvent(
-            event_id=f"key:{request.signing.kid}",
-            type="key.registered",
-            time=t,
-            actor=agency,
-            subject=agency,
-            data={"kid": request.signing.kid, "use": "signing"},
-        ),
-        AuditEvent(
-            event_id=f"key:{enc.kid}",
-            type="key.registered",
-            time=t,
-            actor=agency,
-            subject=agency,
-            data={"kid": enc.kid, "use": "encryption", "kem": enc.kem},
-        ),
-        AuditEvent(
-            event_id=f"key:{request.nats_user}",
-            type="key.registered",
-            time=t,
-            actor=agency,
-            subject=agency,
-            data={"kid": request.nats_user, "use": "nats"},
-        ),
+        events.agency_enrolled(agency, token_id=token_id, at=at),
+        events.key_registered(agency, request.signing.kid, "signing", at=at, actor=agency),
+        events.key_registered(agency, enc.kid, "encryption", at=at, actor=agency, kem=enc.kem),
+        events.key_registered(agency, request.nats_user, "nats", at=at, actor=agency),
     ]

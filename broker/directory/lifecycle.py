@@ -10,29 +10,27 @@ it is reinstated.
 
 from __future__ import annotations
 
-import time
-import uuid
-from typing import Literal
-
 from sqlmodel import Session
 
+from broker.audit import events
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.store.registry import AgencyRow, Registry, SigningKeyRow
-from schemas.audit import AuditEvent
+from schemas.directory import Status
 from schemas.errors import ConfigError
 
-__all__ = ["CONTROL_DIRECTORY_SUBJECT", "revoke_signing_key", "set_agency_status"]
+__all__ = ["CONTROL_DIRECTORY_SUBJECT", "Status", "revoke_signing_key", "set_agency_status"]
 
 CONTROL_DIRECTORY_SUBJECT = "istmo.control.directory"
-Status = Literal["active", "suspended", "revoked"]
-_EVENT = {
-    "active": "agency.reinstated",
-    "suspended": "agency.suspended",
-    "revoked": "agency.revoked",
-}
 
 
 def set_agency_status(
-    registry: Registry, agency_id: str, status: Status, *, actor: str, note: str = ""
+    registry: Registry,
+    agency_id: str,
+    status: Status,
+    *,
+    actor: str,
+    note: str = "",
+    clock: Clock = SYSTEM_CLOCK,
 ) -> str:
     """Set ``agency_id``'s status and record why; returns the previous status.
 
@@ -53,29 +51,31 @@ def set_agency_status(
         row.status = status
         s.add(row)
 
-    event = AuditEvent(
-        event_id=f"status:{uuid.uuid4()}",
-        type=_EVENT[status],  # type: ignore[arg-type]  # the three keys are event types
-        time=time.time_ns() // 1_000_000,
-        actor=actor[:200],
-        subject=agency_id,
-        data={"status": status, "note": note[:200]},
+    event = events.agency_status_changed(
+        agency_id, status, note=note, actor=actor, at=clock.now_ms()
     )
     registry.change(apply, [event])
     return previous[0]
 
 
 def revoke_signing_key(
-    registry: Registry, agency_id: str, kid: str, *, actor: str, at: int | None = None
+    registry: Registry,
+    agency_id: str,
+    kid: str,
+    *,
+    actor: str,
+    at: int | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> None:
-    """Revoke one of ``agency_id``'s signing keys from ``at`` (default: now).
+    """Revoke one of ``agency_id``'s signing keys from ``at`` (default: now, by ``clock``).
 
     Bulletins signed with it and stored before ``at`` still verify; later ones are refused.
 
     Raises:
         ConfigError: no such key of that agency, or already revoked.
     """
-    when = int(time.time()) if at is None else at
+    now_ms = clock.now_ms()
+    when = now_ms // 1000 if at is None else at
 
     def apply(s: Session) -> None:
         row = s.get(SigningKeyRow, kid)
@@ -86,12 +86,5 @@ def revoke_signing_key(
         row.revoked_at = when
         s.add(row)
 
-    event = AuditEvent(
-        event_id=f"key-revoked:{kid}",
-        type="key.revoked",
-        time=time.time_ns() // 1_000_000,
-        actor=actor[:200],
-        subject=agency_id,
-        data={"kid": kid, "revoked_at": when},
-    )
+    event = events.key_revoked(agency_id, kid, revoked_at=when, actor=actor, at=now_ms)
     registry.change(apply, [event])

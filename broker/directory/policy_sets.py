@@ -10,17 +10,16 @@ can publish there) and swaps its engine without a restart.
 from __future__ import annotations
 
 import shutil
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.audit import events
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
 from broker.directory.service import DirectoryService
 from broker.policy.engine import BulletinFacts, PolicyBundle, PolicyLoadError
 from broker.store.registry import PolicySetRow, Registry
-from schemas.audit import AuditEvent
 from schemas.labels import Labels
 
 __all__ = [
@@ -62,6 +61,7 @@ def adopt(
     active: PolicyBundle,
     adopted_by: str,
     check: Callable[[PolicyBundle], object] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Adoption:
     """Validate ``candidate`` and make it the active policy set.
 
@@ -73,33 +73,25 @@ def adopt(
         adopted_by: who adopts it, for the audit log.
         check: an optional callable taking the new bundle, raising if it cannot serve
             the live directory (the caller builds an engine with it).
+        clock: when it is adopted (or refused).
 
     Raises:
         PolicyLoadError: the candidate is invalid; nothing changed, the refusal is audited.
     """
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = clock.now_ms()
     try:
         bundle = PolicyBundle.load(candidate)
         if check is not None:
             check(bundle)
     except PolicyLoadError as exc:
-        registry.record(
-            [],
-            [
-                AuditEvent(
-                    event_id=f"policy-rejected:{uuid.uuid4()}",
-                    type="policy.rejected",
-                    time=now_ms,
-                    actor=adopted_by[:200],
-                    subject=str(candidate)[:200],
-                    reason="policy_invalid",
-                    data={
-                        "active_version": active.version,
-                        "problems": tuple(p[:200] for p in exc.problems[:20]),
-                    },
-                )
-            ],
+        refused = events.policy_rejected(
+            str(candidate),
+            active_version=active.version,
+            problems=exc.problems,
+            actor=adopted_by,
+            at=now_ms,
         )
+        registry.record([], [refused])
         raise
     target = archive_root(settings) / bundle.version
     if not target.exists():
@@ -121,17 +113,12 @@ def adopt(
             )
         ],
         [
-            AuditEvent(
-                event_id=f"policy-adopted:{uuid.uuid4()}",
-                type="policy.adopted",
-                time=now_ms,
-                actor=adopted_by[:200],
-                subject=bundle.version,
-                data={
-                    "previous_version": active.version,
-                    "version": bundle.version,
-                    "files": tuple(bundle.files),
-                },
+            events.policy_adopted(
+                bundle.version,
+                previous_version=active.version,
+                files=bundle.files,
+                actor=adopted_by,
+                at=now_ms,
             )
         ],
     )

@@ -13,13 +13,13 @@ current one.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 
 from sqlmodel import Session
 
+from broker.audit import events
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.store.registry import EncryptionKeyRow, Registry, SigningKeyRow
-from schemas.audit import AuditEvent
 from schemas.directory import AgencyRecord
 from schemas.errors import EnvelopeError, SignatureError
 from schemas.rotation import parse_rotation, verify_rotation
@@ -35,8 +35,12 @@ def apply_rotation(
     caller: str,
     now: int,
     max_skew_s: int,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> dict[str, str]:
     """Verify and record a rotation sent by ``caller``; returns the new key ids.
+
+    ``now`` (epoch seconds) is when the request is judged and the keys change; ``clock``
+    stamps the audit events.
 
     Raises:
         EnvelopeError, SignatureError: the request is refused (``code`` says why).
@@ -88,38 +92,16 @@ def apply_rotation(
             EncryptionKeyRow(kid=e.kid, agency=caller, kem=e.kem, public=e.public, created_at=now)
         )
 
-    t = time.time_ns() // 1_000_000
-    registry.change(
-        apply,
-        [
-            AuditEvent(
-                event_id=f"key-rotated:{req.signing.kid}",
-                type="key.rotated",
-                time=t,
-                actor=caller,
-                subject=caller,
-                data={
-                    "old_kid": current.kid,
-                    "new_kid": req.signing.kid,
-                    "encryption_kid": req.encryption.kid,
-                },
-            ),
-            AuditEvent(
-                event_id=f"key:{req.signing.kid}",
-                type="key.registered",
-                time=t,
-                actor=caller,
-                subject=caller,
-                data={"kid": req.signing.kid, "use": "signing"},
-            ),
-            AuditEvent(
-                event_id=f"key:{req.encryption.kid}",
-                type="key.registered",
-                time=t,
-                actor=caller,
-                subject=caller,
-                data={"kid": req.encryption.kid, "use": "encryption", "kem": req.encryption.kem},
-            ),
-        ],
-    )
+    at = clock.now_ms()
+    signing, encryption = req.signing, req.encryption
+    trail = [
+        events.key_rotated(
+            caller, old_kid=current.kid, new_kid=signing.kid, encryption_kid=encryption.kid, at=at
+        ),
+        events.key_registered(caller, signing.kid, "signing", at=at, actor=caller),
+        events.key_registered(
+            caller, encryption.kid, "encryption", at=at, actor=caller, kem=encryption.kem
+        ),
+    ]
+    registry.change(apply, trail)
     return {"signing_kid": req.signing.kid, "encryption_kid": req.encryption.kid}

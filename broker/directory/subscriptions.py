@@ -13,15 +13,14 @@ Left to others: telling the running stack (``broker.api.enrol.apply_directory_ch
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlmodel import Session, select
 
+from broker.audit import events
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.store.registry import AgencyRow, Registry, SubscriptionRow
-from schemas.audit import AuditEvent, EventType
 from schemas.errors import ConfigError
 from schemas.labels import TOPICS
 
@@ -61,7 +60,12 @@ def subscriptions_of(registry: Registry, agency: str) -> tuple[str, ...] | None:
 
 
 def set_subscriptions(
-    registry: Registry, agency: str, topics: Iterable[str], actor: str
+    registry: Registry,
+    agency: str,
+    topics: Iterable[str],
+    actor: str,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> SubscriptionChange:
     """Make ``topics`` the whole set ``agency`` follows (duplicates count once).
 
@@ -99,22 +103,8 @@ def set_subscriptions(
         for topic in added:
             s.add(SubscriptionRow(agency=agency, topic=topic))
 
-    now = time.time_ns() // 1_000_000
-    kinds: tuple[tuple[EventType, tuple[str, ...]], ...] = (
-        ("subscription.added", added),
-        ("subscription.removed", removed),
-    )
-    events = [
-        AuditEvent(
-            event_id=f"subscription:{uuid.uuid4()}",
-            type=kind,
-            time=now,
-            actor=actor[:200],
-            subject=agency,
-            data={"topic": topic},
-        )
-        for kind, group in kinds
-        for topic in group
-    ]
-    registry.change(apply, events)
+    at = clock.now_ms()
+    trail = [events.subscription_added(agency, t, actor=actor, at=at) for t in added]
+    trail += [events.subscription_removed(agency, t, actor=actor, at=at) for t in removed]
+    registry.change(apply, trail)
     return change

@@ -20,11 +20,12 @@ agency learns nothing about bulletins it did not originate: those look "not foun
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.audit import events
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
 from broker.directory.lifecycle import revoke_signing_key
 from broker.directory.rotation import apply_rotation
@@ -32,7 +33,6 @@ from broker.directory.service import DirectoryService
 from broker.policy.engine import BulletinFacts
 from broker.relay.checks import check_labels
 from broker.store.registry import Registry
-from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
 from schemas.envelope import MAX_RECIPIENTS, Kid, Timestamp, parse_model
 from schemas.errors import IstmoError, PolicyDenied
@@ -260,10 +260,18 @@ class AgencyQueries:
 class AgencyApi:
     """The NATS face: answers agency requests with ``AgencyQueries``."""
 
-    def __init__(self, settings: Settings, registry: Registry, directory: DirectoryService):
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        directory: DirectoryService,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ):
         self.settings = settings
         self.registry = registry
         self.directory = directory
+        self.clock = clock  # stamps the audit events of rotations and revocations
         self.queries = AgencyQueries(registry, directory)
 
     def handle(self, subject: str, data: bytes, *, now: int) -> bytes:
@@ -306,6 +314,7 @@ class AgencyApi:
                 caller=caller,
                 now=now,
                 max_skew_s=self.settings.max_clock_skew_s,
+                clock=self.clock,
             )
             self.directory.refresh()  # this relay answers with the new keys at once
             return canonical_json(answer)
@@ -327,7 +336,7 @@ class AgencyApi:
             raise NotFound(f"{caller} has no signing key {kid}")
         if key.revoked_at is not None:
             raise IstmoError(f"key {kid} was already revoked", code="already_revoked")
-        revoke_signing_key(self.registry, caller, kid, actor=caller, at=now)
+        revoke_signing_key(self.registry, caller, kid, actor=caller, at=now, clock=self.clock)
         self.directory.refresh()  # this relay refuses what the key signs at once
         return {"agency": caller, "kid": kid, "revoked_at": now}
 
@@ -335,17 +344,7 @@ class AgencyApi:
         """A refused request is an audit event: who asked what, and why it was refused."""
         caller = parts[2] if _looks_like_agency(parts[2]) else "unknown"
         op = parts[3][:40]
-        self.registry.record(
-            [],
-            [
-                AuditEvent(
-                    event_id=f"request:{uuid.uuid4()}",
-                    type="request.rejected",
-                    time=now * 1000,
-                    actor=caller,
-                    subject=f"api.{op}",
-                    reason=exc.code,
-                    data={"message": str(exc)[:200]},
-                )
-            ],
+        event = events.request_rejected(
+            caller, op, reason=exc.code, message=str(exc), at=now * 1000
         )
+        self.registry.record([], [event])

@@ -31,9 +31,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -48,7 +47,9 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from broker.audit import events
 from broker.bus.streams import add_or_update_stream, bus_unavailable
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.store.registry import Registry
 from schemas.audit import AuditEvent
 from schemas.errors import ConfigError, EnvelopeError, IstmoError
@@ -93,10 +94,6 @@ def dead_subject(kind: str, agency: str) -> str:
 
 
 T = TypeVar("T")
-
-
-def _ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 async def ensure_dead_letters(js: JetStreamContext) -> None:
@@ -161,7 +158,9 @@ def _bulletin_of(data: bytes | None) -> str | None:
         return None
 
 
-async def handle_advisory(js: JetStreamContext, registry: Registry, raw: bytes) -> str | None:
+async def handle_advisory(
+    js: JetStreamContext, registry: Registry, raw: bytes, *, clock: Clock = SYSTEM_CLOCK
+) -> str | None:
     """Dead-letter the delivery one max_deliver advisory names; idempotent.
 
     Returns:
@@ -187,9 +186,9 @@ async def handle_advisory(js: JetStreamContext, registry: Registry, raw: bytes) 
     except (ValueError, KeyError, TypeError, EnvelopeError):
         log.warning("ignored a malformed max_deliver advisory")
         return None
-    event_id = f"dead:deliver:{seq}"
-    data: dict[str, Any] = {"recipient": agency, "deliveries": deliveries, "deliver_seq": seq}
+    msg_id = f"dead:deliver:{seq}"  # the copy's, like its event's: stored once
     bid: str | None = None
+    dead_seq: int | None = None
     try:
         msg = await js.get_msg(DELIVER_STREAM, seq)
     except NotFoundError:
@@ -205,7 +204,7 @@ async def handle_advisory(js: JetStreamContext, registry: Registry, raw: bytes) 
             dead_subject("deliver", agency),
             msg.data or b"",
             headers={
-                "Nats-Msg-Id": event_id,
+                "Nats-Msg-Id": msg_id,
                 "Istmo-Kind": "deliver",
                 "Istmo-Agency": agency,
                 "Istmo-Bulletin": bid or "",
@@ -213,22 +212,17 @@ async def handle_advisory(js: JetStreamContext, registry: Registry, raw: bytes) 
                 "Istmo-Deliveries": str(deliveries),
             },
         )
-        data["dead_seq"] = ack.seq
-    registry.record(
-        [],
-        [
-            AuditEvent(
-                event_id=event_id,
-                type="delivery.dead_lettered",
-                time=_ms(),
-                actor="relay",
-                subject=agency,
-                bulletin_id=bid,
-                reason=reason,
-                data=data,
-            )
-        ],
+        dead_seq = ack.seq
+    event = events.delivery_dead_lettered(
+        seq,
+        agency,
+        bulletin_id=bid,
+        reason=reason,
+        deliveries=deliveries,
+        dead_seq=dead_seq,
+        at=clock.now_ms(),
     )
+    registry.record([], [event])
     log.warning(
         "bulletin %s dead-lettered for %s after %d deliveries", bid or "?", agency, deliveries
     )
@@ -255,6 +249,7 @@ async def dead_letter_ingest(
     seq: int,
     data: bytes,
     deliveries: int,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> tuple[int, AuditEvent]:
     """Copy an ingest message no relay could process to ``istmo.dead.ingest.<sender>``.
 
@@ -262,13 +257,13 @@ async def dead_letter_ingest(
         The copy's sequence in ``ISTMO_DEAD`` and the ``ingest.dead_lettered`` event the
         caller commits before it terminates the message.
     """
-    event_id = f"dead:ingest:{seq}"
+    msg_id = f"dead:ingest:{seq}"  # the copy's, like its event's: stored once
     bid = _bulletin_of(data)
     ack = await js.publish(
         dead_subject("ingest", sender),
         data,
         headers={
-            "Nats-Msg-Id": event_id,
+            "Nats-Msg-Id": msg_id,
             "Istmo-Kind": "ingest",
             "Istmo-Agency": sender,
             "Istmo-Bulletin": bid or "",
@@ -276,15 +271,8 @@ async def dead_letter_ingest(
             "Istmo-Deliveries": str(deliveries),
         },
     )
-    event = AuditEvent(
-        event_id=event_id,
-        type="ingest.dead_lettered",
-        time=_ms(),
-        actor="relay",
-        subject=sender,
-        bulletin_id=bid,
-        reason="max_attempts",
-        data={"ingest_seq": seq, "deliveries": deliveries, "dead_seq": ack.seq},
+    event = events.ingest_dead_lettered(
+        seq, sender, bulletin_id=bid, deliveries=deliveries, dead_seq=ack.seq, at=clock.now_ms()
     )
     return ack.seq, event
 
@@ -367,6 +355,7 @@ async def redrive(
     letters: list[DeadLetter],
     *,
     actor: str,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> list[tuple[DeadLetter, str]]:
     """Re-deliver dead letters from their copies in ``ISTMO_DEAD``; audited, idempotent.
 
@@ -413,33 +402,25 @@ async def redrive(
         if dl.kind == "deliver":
             subject = deliver_subject(dl.agency)
             msg_id = f"{dl.bulletin_id}:{dl.agency}:redrive:{dl.dead_seq}"
-            type_ = "delivery.redriven"
+            redriven, stream = events.delivery_redriven, DELIVER_STREAM
         else:
             # Straight to the stream: the broker is its own gate.
             subject = gated_subject("ingest", dl.agency)
             msg_id = f"{dl.agency}/ingest/redrive:{dl.dead_seq}"
-            type_ = "ingest.redriven"
+            redriven, stream = events.ingest_redriven, INGEST_STREAM
         try:
             ack = await js.publish(subject, copy.data or b"", headers={"Nats-Msg-Id": msg_id})
         except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
             raise bus_unavailable("redriving a dead letter", exc) from exc
-        registry.record(
-            [],
-            [
-                AuditEvent(
-                    event_id=f"redrive:{dl.dead_seq}",
-                    type=type_,  # type: ignore[arg-type]  # one of the two literals above
-                    time=_ms(),
-                    actor=actor[:200],
-                    subject=dl.agency,
-                    bulletin_id=dl.bulletin_id,
-                    data={
-                        "dead_seq": dl.dead_seq,
-                        "stream": DELIVER_STREAM if dl.kind == "deliver" else INGEST_STREAM,
-                        "new_seq": ack.seq,
-                    },
-                )
-            ],
+        event = redriven(
+            dl.dead_seq,
+            dl.agency,
+            bulletin_id=dl.bulletin_id,
+            stream=stream,
+            new_seq=ack.seq,
+            actor=actor,
+            at=clock.now_ms(),
         )
+        registry.record([], [event])
         out.append((dl, "redriven"))
     return out

@@ -25,7 +25,6 @@ Idempotent: a second run finds the republished deliveries present. Bounded: at m
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,9 +42,10 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from broker.audit import events
 from broker.bus.streams import add_or_update_stream, bus_unavailable
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.store.registry import Registry
-from schemas.audit import AuditEvent
 from schemas.errors import ConfigError, IstmoError
 from schemas.ids import parse_bulletin_id
 from schemas.sealing import envelope_digest, parse_envelope
@@ -71,10 +71,6 @@ CLOCK_MARGIN_MS = 5 * 60 * 1000  # stream times vs audit times on different cloc
 
 def archive_subject(bulletin_id: str) -> str:
     return f"istmo.archive.{parse_bulletin_id(bulletin_id)}"
-
-
-def _ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 async def ensure_archive(js: JetStreamContext) -> None:
@@ -206,6 +202,7 @@ async def reconcile(
     batch: int = 1000,
     dry_run: bool = False,
     actor: str = "reconcile",
+    clock: Clock = SYSTEM_CLOCK,
 ) -> ReconcileReport:
     """Find routed deliveries missing from ISTMO_DELIVER and re-publish them.
 
@@ -215,6 +212,7 @@ async def reconcile(
         batch: re-publish at most this many gaps in this run (1..10000).
         dry_run: only count.
         actor: who runs it, for the audit events.
+        clock: the time of the audit events.
 
     Raises:
         ValueError: ``batch`` out of bounds.
@@ -242,7 +240,8 @@ async def reconcile(
         raw = envelopes[bid]
         if raw is None:
             report.unrecoverable += 1
-            registry.record([], [_unrecoverable(bid, agency, actor)])
+            lost = events.delivery_unrecoverable(bid, agency, actor=actor, at=clock.now_ms())
+            registry.record([], [lost])
             log.error("delivery of %s to %s is missing and no good copy is left", bid, agency)
             continue
         try:
@@ -261,21 +260,10 @@ async def reconcile(
                 report.republished_new_id += 1
         except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
             raise bus_unavailable("re-publishing a delivery", exc) from exc
-        registry.record(
-            [],
-            [
-                AuditEvent(
-                    event_id=f"republished:{bid}:{agency}:{ack.seq}",
-                    type="delivery.republished",
-                    time=_ms(),
-                    actor=actor[:200],
-                    subject=agency,
-                    bulletin_id=bid,
-                    reason="missing_from_stream",
-                    data={"deliver_seq": ack.seq, "same_msg_id": reused},
-                )
-            ],
+        event = events.delivery_republished(
+            bid, agency, deliver_seq=ack.seq, same_msg_id=reused, actor=actor, at=clock.now_ms()
         )
+        registry.record([], [event])
         report.republished += 1
     return report
 
@@ -296,16 +284,3 @@ async def _archived(js: JetStreamContext, registry: Registry, bid: str) -> bytes
     except (IstmoError, ValueError):
         return None
     return msg.data if digest == row.envelope_digest else None
-
-
-def _unrecoverable(bid: str, agency: str, actor: str) -> AuditEvent:
-    return AuditEvent(
-        event_id=f"unrecoverable:{bid}:{agency}",
-        type="delivery.unrecoverable",
-        time=_ms(),
-        actor=actor[:200],
-        subject=agency,
-        bulletin_id=bid,
-        reason="no_copy",
-        data={},
-    )

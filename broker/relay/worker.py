@@ -1,20 +1,26 @@
 """The relay: ingest -> verify -> decide -> audit -> deliver, and signed receipts.
 
 Effects happen in this order for every batch pulled from the shared ingest consumer:
-  1. verify each envelope (``relay_core.verify_ingest``) and decide with the policy;
+  1. verify and decide each message: ``broker.relay.plan`` (pure) answers accept, reject,
+     resume or defer, with the rows and audit events to write;
   2. commit bulletin rows, decisions and audit events in one transaction;
   3. publish each permitted delivery with ``Nats-Msg-Id = <bulletin>:<recipient>``;
   4. ack the ingest message (term a rejected one: it must not come back).
 A crash anywhere replays the batch: a bulletin already stored under the same stream
 sequence is resumed (its deliveries republished; JetStream and the recipient SDK drop
 duplicates), never decided twice.
+
+This module only does the I/O around those decisions. Left to others: the decision
+(``broker.relay.plan``, with the checks of ``broker.relay.checks``), the checks on a
+receipt (``broker.relay.receipts``), dead letters (``broker.relay.dead_letters``), the
+envelope archive (``broker.relay.reconcile``) and the answers to agencies' requests
+(``broker.relay.agency_api``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Iterable
@@ -25,16 +31,17 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlmodel import SQLModel
 
+from broker.audit import events
 from broker.bus.streams import ACK_WAIT_S
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
 from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.directory.policy_sets import CONTROL_POLICY_SUBJECT, active_policy_dir
 from broker.directory.service import DirectoryService
-from broker.policy.engine import BulletinFacts, Decision, PolicyBundle
+from broker.policy.engine import PolicyBundle
 from broker.relay.agency_api import AgencyApi
-from broker.relay.checks import IngestLimits, check_ingest, parse_ingest, sender_of
+from broker.relay.checks import IngestLimits, sender_of
 from broker.relay.dead_letters import (
     ADVISORY_STREAM,
     DEAD_DURABLE,
@@ -45,27 +52,18 @@ from broker.relay.dead_letters import (
     ingest_attempts_allowed,
     list_dead_letters,
 )
+from broker.relay.plan import Ingested, Plan, parse, plan_batch
+from broker.relay.receipts import check_receipt, read_receipt
 from broker.relay.reconcile import archive_envelope, ensure_archive
-from broker.store.registry import BulletinRow, DecisionRow, ReceiptRow, Registry, RejectionRow
-from schemas.audit import AuditEvent
+from broker.store.registry import DecisionRow, ReceiptRow, Registry
 from schemas.canonical import canonical_json
-from schemas.envelope import Envelope
-from schemas.errors import (
-    AuditStoreError,
-    BusUnavailable,
-    EnvelopeError,
-    IstmoError,
-)
-from schemas.ids import AgencyId
+from schemas.errors import AuditStoreError, BusUnavailable, EnvelopeError, IstmoError
 from schemas.labels import Precedence
-from schemas.receipt import parse_receipt, verify_receipt
-from schemas.sealing import envelope_digest
 from schemas.subjects import (
     INGEST_STREAM,
     RECEIPT_STREAM,
     RELAY_INGEST_DURABLE,
     RELAY_RECEIPT_DURABLE,
-    agency_of_gated,
     agency_of_subject,
     deliver_subject,
 )
@@ -73,7 +71,6 @@ from schemas.subjects import (
 __all__ = ["Relay"]
 
 log = logging.getLogger("istmo.relay")
-MAX_DEFER_S = 3600
 AGENCY_DEAD_LETTERS_MAX = 1000  # newest dead letters an agency gets in one answer
 # Failures that pass: NATS or the database away for a moment (a registry read raises
 # SQLAlchemy's own errors, a write AuditStoreError). The batch comes back and resumes.
@@ -81,22 +78,6 @@ _TRANSIENT = (nats.errors.Error, TimeoutError, AuditStoreError, OperationalError
 # JetStream publishes awaiting their acks at once: a batch of 64 bulletins to 60 agencies
 # each (~400 MB in flight) made nats-server answer 429 and stalled the relay.
 IN_FLIGHT = 256
-DEFAULT_DENY = "no policy grants it (default deny): not releasable to it, and not named"
-
-
-def _ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass
-class _Writes:
-    """What one batch commits, in one transaction, before anything is delivered."""
-
-    rows: list[SQLModel] = field(default_factory=list)
-    decisions: list[dict[str, object]] = field(default_factory=list)
-    events: list[AuditEvent] = field(default_factory=list)
-    seen: dict[str, tuple[int, str]] = field(default_factory=dict)  # bulletin -> (seq, digest)
-    known: dict[str, tuple[int, str]] = field(default_factory=dict)  # accepted before the batch
 
 
 @dataclass
@@ -111,7 +92,16 @@ class _Outcome:
 
 
 class Relay:
-    """One relay worker. Many may share the same consumers."""
+    """One relay worker. Many may share the same consumers.
+
+    Args:
+        settings: limits and the data directory.
+        registry: where decisions, rows and audit events are committed.
+        directory: the directory and policy engine in force (refreshed on control
+            messages).
+        nc: the broker's NATS connection.
+        clock: the time of decisions and audit events (a test passes its own).
+    """
 
     def __init__(
         self,
@@ -119,14 +109,17 @@ class Relay:
         registry: Registry,
         directory: DirectoryService,
         nc: NATS,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.registry = registry
         self.directory = directory
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=10)
         self.limits = IngestLimits(settings.max_envelope_bytes, settings.max_clock_skew_s)
-        self.api = AgencyApi(settings, registry, directory)
+        self.api = AgencyApi(settings, registry, directory, clock=clock)
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -236,6 +229,7 @@ class Relay:
             seq=meta.sequence.stream,
             data=msg.data,
             deliveries=meta.num_delivered,
+            clock=self.clock,
         )
         self.registry.record([], [event])
         await msg.term()
@@ -250,34 +244,39 @@ class Relay:
     async def _dead_batch(self, msgs: list[Msg]) -> None:
         """max_deliver advisories of the delivery consumers: dead-letter each delivery."""
         for msg in msgs:
-            await handle_advisory(self.js, self.registry, msg.data)
+            await handle_advisory(self.js, self.registry, msg.data, clock=self.clock)
             await msg.ack_sync()
 
     async def _ingest_batch(self, msgs: list[Msg]) -> None:
-        now = int(time.time())
-        w = _Writes()
-        outcomes: list[_Outcome] = []
-        parsed: list[tuple[AgencyId, Envelope] | IstmoError] = []
-        for msg in msgs:
-            try:
-                parsed.append(parse_ingest(msg.data, subject=msg.subject, limits=self.limits))
-            except IstmoError as exc:
-                parsed.append(exc)
+        now_ms = self.clock.now_ms()
+        ingested = [
+            Ingested(
+                raw=msg.data,
+                subject=msg.subject,
+                seq=msg.metadata.sequence.stream,
+                stored_at=int(msg.metadata.timestamp.timestamp()),
+            )
+            for msg in msgs
+        ]
+        parsed = [parse(i, self.limits) for i in ingested]
         # One query for the whole batch: which of these ids were accepted before?
-        w.known = self.registry.accepted(
+        accepted = self.registry.accepted(
             {p[1].header.bulletin_id for p in parsed if not isinstance(p, IstmoError)}
         )
-        for msg, got in zip(msgs, parsed, strict=True):
-            outcome = _Outcome(msg=msg, raw=msg.data)
-            try:
-                if isinstance(got, IstmoError):
-                    raise got
-                self._process(msg, got, now, w, outcome)
-            except IstmoError as exc:
-                outcome.rejected = True
-                self._reject(msg, exc, now, w, outcome)
-            outcomes.append(outcome)
-        self.registry.record(w.rows, w.events, bulk={DecisionRow: w.decisions})
+        plans = plan_batch(
+            ingested,
+            parsed,
+            directory=self.directory,
+            limits=self.limits,
+            accepted=accepted,
+            now_ms=now_ms,
+        )
+        outcomes = [self._outcome(msg, p) for msg, p in zip(msgs, plans, strict=True)]
+        self.registry.record(
+            [row for p in plans for row in p.rows],
+            [event for p in plans for event in p.events],
+            bulk={DecisionRow: [values for p in plans for values in p.decision_rows()]},
+        )
         # Deliver everything, most urgent precedence first (one wave per precedence, so
         # the delivery streams hold FLASH before ROUTINE), then ack everything. If any
         # delivery fails, nothing of the batch is acked: it all comes back after the ack
@@ -296,154 +295,31 @@ class Relay:
         self.processed += len(outcomes)
         await _all(_settle(o) for o in outcomes)
 
+    def _outcome(self, msg: Msg, p: Plan) -> _Outcome:
+        """What to deliver and how to settle ``msg``, by its plan. A resumed bulletin is
+        delivered to whom it was routed when it was recorded, not decided again."""
+        outcome = _Outcome(
+            msg=msg,
+            raw=msg.data,
+            bulletin_id=p.bulletin_id or "",
+            rejected=p.verdict == "reject",
+            defer_s=p.defer_s,
+            rank=p.rank,
+            deliveries=list(p.deliver_to),
+        )
+        if p.verdict == "resume":
+            outcome.deliveries = [
+                r.agency
+                for r in self.registry.decisions(outcome.bulletin_id)
+                if r.allowed and r.agency in p.addressed
+            ]
+        elif p.verdict == "reject":
+            log.info("rejected ingest seq=%d from %s: %s", p.seq, p.sender, p.reason)
+        return outcome
+
     async def _deliver(self, o: _Outcome, recipient: str) -> None:
         headers = {"Nats-Msg-Id": f"{o.bulletin_id}:{recipient}"}
         await self.js.publish(deliver_subject(recipient), o.raw, headers=headers)
-
-    def _process(
-        self,
-        msg: Msg,
-        parsed: tuple[AgencyId, Envelope],
-        now: int,
-        w: _Writes,
-        outcome: _Outcome,
-    ) -> None:
-        meta = msg.metadata
-        seq = meta.sequence.stream
-        stored_at = int(meta.timestamp.timestamp())
-        d = self.directory
-        sender, env = parsed
-        h = env.header
-        # Rejections are filed under (sender, id): the sender can see its own verdict,
-        # and a forged id never touches another agency's bulletin.
-        outcome.bulletin_id = h.bulletin_id
-        check_ingest(
-            env,
-            sender=sender,
-            stored_at=stored_at,
-            now=now,
-            limits=self.limits,
-            records=d.records,
-            jurisdictions=d.states,
-        )
-        bid = h.bulletin_id
-        digest = envelope_digest(env)
-        outcome.rank = list(Precedence).index(h.labels.precedence)
-        # Replays: the same stream message again is a redelivery to finish; anything
-        # else with a known id is refused (NATS dedupe only covers a few minutes).
-        prior = w.known.get(bid) or w.seen.get(bid)
-        if prior is not None:
-            if prior[0] == seq:
-                outcome.deliveries = [
-                    r.agency
-                    for r in self.registry.decisions(bid)
-                    if r.allowed and r.agency in h.recipients
-                ]
-                return
-            if prior[1] == digest:
-                raise EnvelopeError(f"bulletin {bid} was already accepted", code="replay")
-            raise EnvelopeError(
-                f"bulletin id {bid} is taken by another bulletin", code="id_conflict"
-            )
-        if h.not_before is not None and h.not_before > now:
-            # Embargo: nothing is decided or delivered before not_before. JetStream keeps
-            # the message and hands it back then (at most an hour at a time).
-            outcome.defer_s = min(h.not_before - now, MAX_DEFER_S)
-            return
-        w.seen[bid] = (seq, digest)
-        facts = _facts(env, d)
-        publish = d.engine.decide_publish(facts, now)
-        if not publish.allowed:
-            ids = ", ".join(publish.policy_ids) or "no grant matched"
-            raise IstmoError(
-                f"the policy does not let {h.originator} publish this ({ids})", code="policy_deny"
-            )
-        candidates = sorted(set(d.candidates(h.labels.topic, h.labels.named)) | set(h.recipients))
-        candidates = [c for c in candidates if c != h.originator or c in h.recipients]
-        decisions = d.engine.decide_receive(facts, candidates, now)
-        labels_json = canonical_json(h.labels.model_dump(mode="json")).decode()
-        w.rows.append(
-            BulletinRow(
-                id=bid,
-                originator=h.originator,
-                labels=labels_json,
-                envelope_digest=digest,
-                ingest_seq=seq,
-                created_at=h.created_at,
-                accepted_at=now,
-                not_before=h.not_before,
-                expires_at=h.expires_at,
-                recipients=",".join(h.recipients),
-                policy_version=publish.policy_version,
-                directory_version=publish.directory_version,
-            )
-        )
-        t = _ms()
-        w.events.append(
-            AuditEvent(
-                event_id=f"{bid}:accepted",
-                type="bulletin.accepted",
-                time=t,
-                actor=h.originator,
-                subject=bid,
-                bulletin_id=bid,
-                data={
-                    "topic": h.labels.topic,
-                    "classification": h.labels.classification.value,
-                    "tlp": h.labels.tlp.value,
-                    "rel_to": h.labels.rel_to,
-                    "envelope_digest": digest,
-                    "recipients": h.recipients,
-                    "policy_version": publish.policy_version,
-                    "directory_version": publish.directory_version,
-                    "policy_ids": publish.policy_ids,
-                },
-            )
-        )
-        for dec in decisions:
-            addressed = dec.agency in h.recipients
-            w.decisions.append(_decision_values(bid, dec))
-            if dec.allowed and addressed:
-                outcome.deliveries.append(dec.agency)
-                w.events.append(_decision_event(bid, dec, "bulletin.routed", t, h.originator))
-            elif not dec.allowed:
-                w.events.append(_decision_event(bid, dec, "bulletin.denied", t, h.originator))
-
-    def _reject(
-        self,
-        msg: Msg,
-        exc: IstmoError,
-        now: int,
-        w: _Writes,
-        outcome: _Outcome,
-    ) -> None:
-        seq = msg.metadata.sequence.stream
-        sender = sender_of(msg.subject, "ingest") or "unknown"
-        bid = outcome.bulletin_id or None
-        message = str(exc)[:300]
-        log.info("rejected ingest seq=%d from %s: %s", seq, sender, exc.code)
-        w.rows.append(
-            RejectionRow(
-                ingest_seq=seq,
-                originator=sender,
-                bulletin_id=bid,
-                reason=exc.code,
-                message=message,
-                time=now,
-            )
-        )
-        w.events.append(
-            AuditEvent(
-                event_id=f"ingest:{seq}:rejected",
-                type="bulletin.rejected",
-                time=_ms(),
-                actor=sender,
-                subject=bid or f"ingest:{seq}",
-                bulletin_id=bid,
-                reason=exc.code,
-                data={"message": message[:200], "ingest_seq": seq, "size": len(msg.data)},
-            )
-        )
 
     # ------------------------------------------------------------------ receipts
     async def _receipt_batch(self, msgs: list[Msg]) -> None:
@@ -453,76 +329,45 @@ class Relay:
             except (AuditStoreError, BusUnavailable):
                 raise  # the store or NATS is away: not the receipt's fault; it comes back
             except IstmoError as exc:
-                seq = msg.metadata.sequence.stream
-                self.registry.record(
-                    [],
-                    [
-                        AuditEvent(
-                            event_id=f"receipt:{seq}:rejected",
-                            type="receipt.rejected",
-                            time=_ms(),
-                            actor=sender_of(msg.subject, "receipt") or "unknown",
-                            subject=f"receipt:{seq}",
-                            reason=exc.code,
-                            data={"message": str(exc)[:200]},
-                        )
-                    ],
+                refused = events.receipt_rejected(
+                    msg.metadata.sequence.stream,
+                    sender=sender_of(msg.subject, "receipt") or "unknown",
+                    reason=exc.code,
+                    message=str(exc),
+                    at=self.clock.now_ms(),
                 )
+                self.registry.record([], [refused])
                 await msg.term()
                 continue
             await msg.ack_sync()
 
     def _receipt(self, msg: Msg) -> None:
-        sender = agency_of_gated(msg.subject, "receipt")
-        receipt = parse_receipt(msg.data)
-        if receipt.recipient != sender:
-            raise EnvelopeError(
-                "receipt recipient differs from its sender", code="originator_mismatch"
-            )
-        bulletin = self.registry.bulletin(receipt.bulletin_id)
-        routed = {r.agency for r in self.registry.decisions(receipt.bulletin_id) if r.allowed}
-        if bulletin is None or sender not in routed or sender not in bulletin.recipients.split(","):
-            raise EnvelopeError(
-                "receipt for a bulletin not routed to its sender", code="unknown_bulletin"
-            )
-        if (
-            receipt.originator != bulletin.originator
-            or receipt.envelope_digest != bulletin.envelope_digest
-        ):
-            raise EnvelopeError("receipt does not match the bulletin", code="receipt_mismatch")
-        record = self.directory.records.get(sender)
-        key = (
-            next((k for k in record.signing_keys if k.kid == receipt.kid), None) if record else None
-        )
-        if key is None:
-            raise EnvelopeError("receipt signed by an unknown key", code="key_not_bound_to_sender")
-        verify_receipt(receipt, key.verify_key())
+        """Check one receipt (``broker.relay.receipts``) and record it with its event."""
+        sender, receipt = read_receipt(msg.data, subject=msg.subject)
         bid = receipt.bulletin_id
-        self.registry.record(
-            [
-                ReceiptRow(
-                    bulletin_id=bid,
-                    recipient=sender,
-                    received_at=receipt.received_at,
-                    recorded_at=int(time.time()),
-                    signature=receipt.sig,
-                )
-            ],
-            [
-                AuditEvent(
-                    event_id=f"{bid}:received:{sender}",
-                    type="bulletin.received",
-                    time=_ms(),
-                    actor=sender,
-                    subject=bid,
-                    bulletin_id=bid,
-                    data={
-                        "received_at": receipt.received_at,
-                        "envelope_digest": receipt.envelope_digest,
-                    },
-                )
-            ],
+        check_receipt(
+            receipt,
+            sender=sender,
+            bulletin=self.registry.bulletin(bid),
+            routed={r.agency for r in self.registry.decisions(bid) if r.allowed},
+            records=self.directory.records,
         )
+        at = self.clock.now_ms()
+        row = ReceiptRow(
+            bulletin_id=bid,
+            recipient=sender,
+            received_at=receipt.received_at,
+            recorded_at=at // 1000,
+            signature=receipt.sig,
+        )
+        received = events.bulletin_received(
+            bid,
+            sender,
+            received_at=receipt.received_at,
+            envelope_digest=receipt.envelope_digest,
+            at=at,
+        )
+        self.registry.record([row], [received])
 
     # ------------------------------------------------------------------ control
     async def _on_policy(self, msg: Msg) -> None:
@@ -618,61 +463,3 @@ async def _hand_back(msgs: list[Msg]) -> None:
         delay = min(2.0 ** max(msg.metadata.num_delivered, 1), ACK_WAIT_S)
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await msg.nak(delay=delay)
-
-
-def _facts(env: Envelope, d: DirectoryService) -> BulletinFacts:
-    h = env.header
-    origin = d.records.get(h.originator)
-    return BulletinFacts(
-        bulletin_id=h.bulletin_id,
-        originator=h.originator,
-        origin_state=origin.state if origin else None,
-        labels=h.labels,
-        not_before=h.not_before,
-        expires_at=h.expires_at,
-    )
-
-
-def _decision_values(bid: str, dec: Decision) -> dict[str, object]:
-    """A DecisionRow's columns (plain values: a fan-out makes dozens per bulletin)."""
-    return {
-        "bulletin_id": bid,
-        "agency": dec.agency,
-        "allowed": dec.allowed,
-        "policy_ids": ",".join(dec.policy_ids),
-        "reasons": json.dumps(list(dec.reasons) or _why_not(dec)),
-    }
-
-
-def _deny_code(dec: Decision) -> str:
-    if dec.errors:
-        return "policy_error"
-    return "policy_deny" if dec.policy_ids else "default_deny"
-
-
-def _why_not(dec: Decision) -> list[str]:
-    """A denial no policy forbade is a default deny: say so rather than nothing."""
-    if dec.allowed:
-        return []
-    if dec.errors:
-        return ["the policy could not be evaluated (fail closed): " + dec.errors[0]]
-    return [DEFAULT_DENY]
-
-
-def _decision_event(bid: str, dec: Decision, type_: str, t: int, originator: str) -> AuditEvent:
-    kind = "routed" if type_ == "bulletin.routed" else "denied"
-    return AuditEvent(
-        event_id=f"{bid}:{kind}:{dec.agency}",
-        type=type_,  # type: ignore[arg-type]
-        time=t,
-        actor="relay",
-        subject=dec.agency,
-        bulletin_id=bid,
-        reason=None if dec.allowed else _deny_code(dec),
-        data={
-            "originator": originator,
-            "policy_version": dec.policy_version,
-            "directory_version": dec.directory_version,
-            "policy_ids": dec.policy_ids,
-        },
-    )

@@ -15,6 +15,7 @@ from broker.api.app import create_api
 from broker.api.context import ApiState
 from broker.api.guard import ApiLimits
 from broker.api.oauth import TokenAuthority
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.console.mount import mount_console
 from broker.directory.service import DirectoryService
 from broker.store.registry import Registry
@@ -30,6 +31,7 @@ def create_app(
     auth: TokenAuthority | None = None,
     limits: ApiLimits | None = None,
     console_dev_login: bool = False,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> FastAPI:
     """Build the API and its console over live services.
 
@@ -41,8 +43,9 @@ def create_app(
             503 and the public endpoints still work.
         limits: body, page and rate limits.
         console_dev_login: offer the web console's development login (``istmo up`` only).
+        clock: the time of the audit events the API and the console write.
     """
-    app = create_api(registry, directory, bus_ok, auth=auth, limits=limits)
+    app = create_api(registry, directory, bus_ok, auth=auth, limits=limits, clock=clock)
     state: ApiState = app.state.istmo
     mount_console(app, state, dev_login=console_dev_login)
     return app

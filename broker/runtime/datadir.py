@@ -8,7 +8,6 @@ runs over it (NATS, the relay, the API) is ``broker.runtime.stack``'s.
 from __future__ import annotations
 
 import fcntl
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +15,9 @@ from nats.aio.client import Client as NATS
 from sqlmodel import SQLModel
 
 from broker.api.oauth import load_token_key
+from broker.audit import events
 from broker.bus.connect import connect_as_broker
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
 from broker.directory.admins import create_demo_admin
 from broker.directory.policy_sets import active_policy_dir
@@ -55,7 +56,12 @@ class DataDir:
 
     @classmethod
     def open(
-        cls, settings: Settings, *, demo: bool = False, out: Callable[[str], None] = print
+        cls,
+        settings: Settings,
+        *,
+        demo: bool = False,
+        out: Callable[[str], None] = print,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> DataDir:
         """Open (or make) the data directory of ``settings``.
 
@@ -66,6 +72,7 @@ class DataDir:
             settings: the broker's settings.
             demo: load the demo directory (with a keystore per agency) into an empty registry.
             out: where to say what was made.
+            clock: when the demo directory's keys and events are made.
         """
         s = settings
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -77,7 +84,7 @@ class DataDir:
             registry = Registry(s.db_url, broker_dir=s.broker_dir)
             bundle = PolicyBundle.load(active_policy_dir(s, registry))
             if demo and registry.is_empty():
-                _load_demo(s, registry, directory_key, out)
+                _load_demo(s, registry, directory_key, out, clock)
         directory = DirectoryService(registry, bundle, directory_key)
         return cls(s, registry, directory, directory_key, relay_seed, token_key)
 
@@ -101,12 +108,17 @@ def _relay_seed(s: Settings) -> str:
 
 
 def _load_demo(
-    s: Settings, registry: Registry, directory_key: SigningKey, out: Callable[[str], None]
+    s: Settings,
+    registry: Registry,
+    directory_key: SigningKey,
+    out: Callable[[str], None],
+    clock: Clock,
 ) -> None:
     demo = load_demo_directory(s.policy_dir)
-    now = int(time.time())
+    at = clock.now_ms()
+    now = at // 1000
     rows: list[SQLModel] = [*demo.jurisdictions, *demo.agencies, *demo.subscriptions]
-    events: list[AuditEvent] = []
+    trail: list[AuditEvent] = []
     for agency in demo.agencies:
         seed = new_user_seed()
         ks, sk, ek = new_keystore(
@@ -124,33 +136,13 @@ def _load_demo(
             ),
             NatsUserRow(agency=agency.id, nkey_public=user_public_key(seed)),
         ]
-        t = time.time_ns() // 1_000_000
-        events += [
-            AuditEvent(
-                event_id=f"enrolled:{agency.id}",
-                type="agency.enrolled",
-                time=t,
-                actor="system",
-                subject=agency.id,
-                data={"sector": agency.sector, "state": agency.state, "how": "demo"},
-            ),
-            AuditEvent(
-                event_id=f"key:{vk.kid}",
-                type="key.registered",
-                time=t,
-                actor="system",
-                subject=agency.id,
-                data={"kid": vk.kid, "use": "signing"},
-            ),
-            AuditEvent(
-                event_id=f"key:{ep.kid}",
-                type="key.registered",
-                time=t,
-                actor="system",
-                subject=agency.id,
-                data={"kid": ep.kid, "use": "encryption", "kem": ep.kem},
+        trail += [
+            events.demo_agency_enrolled(agency.id, sector=agency.sector, state=agency.state, at=at),
+            events.key_registered(agency.id, vk.kid, "signing", at=at, actor="system"),
+            events.key_registered(
+                agency.id, ep.kid, "encryption", at=at, actor="system", kem=ep.kem
             ),
         ]
-    registry.record(rows, events)
+    registry.record(rows, trail)
     create_demo_admin(registry, s.keys_dir, directory_key.verify_key, now=now)
     out(f"loaded the demo directory: {len(demo.agencies)} agencies, keystores in {s.keys_dir}")

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from broker.api.oauth import ADMIN_SCOPES, AGENCY_SCOPES, Client
+from broker.runtime.app import create_app
 from broker.store.registry import BulletinRow, DecisionRow, ReceiptRow, RejectionRow
 from schemas.canonical import canonical_json
 from tests.api.conftest import (
@@ -21,9 +22,11 @@ from tests.api.conftest import (
     assert_problem,
     bearer,
     claims_for,
+    connect,
     signed,
     token,
 )
+from tests.clocks import ManualClock
 
 GT, HN = "gt-police", "hn-police"
 
@@ -331,3 +334,24 @@ async def test_a_bad_bulletin_id_is_refused_without_a_lookup(
         r = await client.get(f"/v1/bulletins/{bad}/status", headers=bearer(tok))
         assert r.status_code in (404, 422)
         assert_problem(r, r.status_code)
+
+
+async def test_the_api_reads_the_time_from_its_clock(broker: Broker) -> None:
+    """A token is judged, and its refusal stamped, by the clock the app is given: a test
+    moves it past the token's lifetime instead of waiting."""
+    issued_at = int(time.time())
+    fresh = broker.authority().issue(
+        Client(GT, "agency", AGENCY_SCOPES, "test"), None, now=issued_at
+    )
+    clock = ManualClock.at(issued_at)
+    app = create_app(
+        broker.registry, broker.directory, lambda: True, auth=broker.authority(), clock=clock
+    )
+    async with connect(app) as c:
+        assert (await c.get("/v1/subscriptions", headers=bearer(fresh.access_token))).is_success
+        clock.advance(fresh.expires_in + 1)
+        before = broker.last_seq()
+        r = await c.get("/v1/subscriptions", headers=bearer(fresh.access_token))
+    assert_problem(r, 401, "token_expired")
+    (refused,) = broker.audit("auth.refused", after=before)
+    assert refused.time == clock.now_ms()

@@ -6,11 +6,14 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from broker.relay.worker import Relay
-from clients.sdk import ReceivedBulletin
+from clients.sdk import PublishRejected, ReceivedBulletin
 from schemas.envelope import Content
 from schemas.labels import Classification, Labels, Precedence, Tlp
 from schemas.sealing import seal
+from tests.clocks import ManualClock
 from tests.integration.stack_inproc import client, nats_url, running_stack
 from tests.storage_engines import Storage
 
@@ -96,3 +99,31 @@ async def test_embargoed_bulletin_waits_for_its_time(storage: Storage, tmp_path:
         async with await client(stack, "hn-police") as hn:
             st = await hn.status(result.bulletin_id)
         assert st["state"] == "accepted"
+
+
+async def test_the_relay_decides_by_its_own_clock(storage: Storage, tmp_path: Path) -> None:
+    """A relay is handed its clock: one an hour ahead finds a bulletin with a minute to
+    live expired, and stamps the refusal with its own time; nothing waits for an hour."""
+    async with running_stack(
+        tmp_path / "istmo", with_relay=False, database_url=storage.pg_url
+    ) as stack:
+        assert stack.registry is not None
+        assert stack.directory is not None
+        clock = ManualClock.at(int(time.time()) + 3600)
+        nc = await stack.connect_relay(nats_url(stack))
+        stop = asyncio.Event()
+        relay = Relay(stack.settings, stack.registry, stack.directory, nc, clock=clock)
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            async with await client(stack, "hn-police") as hn:
+                with pytest.raises(PublishRejected) as err:
+                    await hn.publish(
+                        title="t", text="b", labels=labels(), expires_at=int(time.time()) + 60
+                    )
+        finally:
+            stop.set()
+            await task
+            await nc.close()
+        assert err.value.code == "expired"
+        (row,) = stack.registry.audit_events(type_="bulletin.rejected")
+        assert row.time == clock.now_ms()

@@ -1,24 +1,27 @@
 """The relay refuses bad bulletins with an audit entry naming the reason, and delivers
-nothing; the publisher's SDK sees the refusal as a clear error."""
+nothing; the publisher's SDK sees the refusal as a clear error.
+
+One smoke test per path through the running stack (accept, refuse, refuse what does not
+parse, replay and conflict across batches); every refusal code and denial is decided in
+``tests/core/test_relay_plan.py`` without NATS or a database."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import Callable
 
 import pytest
 import pytest_asyncio
 from sqlmodel import select
 
 from broker.runtime.stack import Stack
-from broker.store.registry import AuditRow, SigningKeyRow
+from broker.store.registry import AuditRow
 from clients.sdk import IstmoClient, PublishRejected, ReceivedBulletin
 from schemas.canonical import b64d, b64e, canonical_json
 from schemas.envelope import Content, Envelope
 from schemas.ids import AgencyId, BulletinId
-from schemas.keys import EncryptionKey, SigningKey
+from schemas.keys import SigningKey
 from schemas.labels import Classification, Labels, Tlp
 from schemas.receipt import sign_receipt
 from schemas.sealing import encode_envelope, seal
@@ -41,8 +44,7 @@ LABELS = Labels(
 )
 
 
-# One stack for the module: every test uses fresh bulletins, and the one that revokes a key
-# uses an agency no other test publishes as.
+# One stack for the module: every test uses fresh bulletins.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
@@ -54,9 +56,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory, storage_module: Storag
         yield s
 
 
-async def sealed(
-    gt: IstmoClient, *, labels: Labels = LABELS, now: int | None = None, **kw: object
-) -> Envelope:
+async def sealed(gt: IstmoClient, *, labels: Labels = LABELS, **kw: object) -> Envelope:
     recipients = await gt.resolve(labels)
     assert recipients, "HN police should be permitted"
     args: dict = {
@@ -65,7 +65,7 @@ async def sealed(
         "originator": gt.agency,
         "signing_key": gt.keystore.signing_key(),
         "recipients": recipients,
-        "now": int(time.time()) if now is None else now,
+        "now": int(time.time()),
     }
     args.update(kw)
     return seal(**args)
@@ -116,7 +116,8 @@ async def test_valid_bulletin_is_accepted_and_delivered(stack: Stack) -> None:
         result = await gt.publish(title="t", text="canary body", labels=LABELS)
     assert result.state == "accepted"
     assert "hn-police" in result.routed
-    assert all(r.startswith("hn-") or r.startswith("rc-") is False for r in result.routed)
+    # Releasable to HN only: every agency it went to is Honduran (no regional centre).
+    assert all(r.startswith("hn-") for r in result.routed)
     got: list[ReceivedBulletin] = []
 
     async def keep(b: ReceivedBulletin) -> None:
@@ -128,97 +129,18 @@ async def test_valid_bulletin_is_accepted_and_delivered(stack: Stack) -> None:
     assert got[0].body == "canary body"
 
 
-def _forge_unregistered(env_kw: dict) -> None:
-    env_kw["signing_key"] = SigningKey.generate()
-
-
-CASES: list[tuple[str, Callable[[Envelope], Envelope] | None, dict, str]] = [
-    ("bad-signature", flip_ct, {}, "signature_invalid"),
-    ("unregistered-key", None, {"signing_key": "fresh"}, "key_not_bound_to_sender"),
-    ("clock-skew-past", None, {"now": -1000}, "timestamp_out_of_window"),
-    ("clock-skew-future", None, {"now": +3600}, "timestamp_out_of_window"),
-    ("expired", None, {"now": -60, "expires_at": -1}, "expired"),
-    ("unknown-jurisdiction", None, {"labels": "XX"}, "unknown_label"),
-]
-
-
-@pytest.mark.parametrize(("name", "mutate", "kw", "code"), CASES, ids=[c[0] for c in CASES])
-async def test_rejected_with_reason_and_no_delivery(
-    stack: Stack, name: str, mutate: Callable[[Envelope], Envelope] | None, kw: dict, code: str
-) -> None:
+async def test_refused_with_reason_and_no_delivery(stack: Stack) -> None:
     before = await deliver_count(stack)
-    now = int(time.time())
     async with await client(stack, "gt-police") as gt:
-        args: dict = {}
-        if kw.get("signing_key") == "fresh":
-            args["signing_key"] = SigningKey.generate()
-        if "now" in kw:
-            args["now"] = now + kw["now"]
-        if "expires_at" in kw:
-            args["expires_at"] = now + kw["expires_at"]
-        env = await sealed(gt, **args)
-        if kw.get("labels"):
-            # A label the directory does not know, signed properly by the originator.
-            bad = LABELS.model_copy(update={"rel_to": ("HN", kw["labels"])})
-            env = seal(
-                content=Content(title="t", text="b"),
-                labels=bad,
-                originator=gt.agency,
-                signing_key=gt.keystore.signing_key(),
-                recipients=await gt.resolve(LABELS),
-                now=now,
-            )
-        if mutate:
-            env = mutate(env)
+        env = flip_ct(await sealed(gt))  # the signature no longer covers the ciphertext
         await gt._publish_envelope(env)
         with pytest.raises(PublishRejected) as err:
             await gt.wait_for_verdict(env.header.bulletin_id, timeout=10)
-    assert err.value.code == code
-    assert code in audit_reasons(stack, env.header.bulletin_id)
+    assert err.value.code == "signature_invalid"
+    assert "signature_invalid" in audit_reasons(stack, env.header.bulletin_id)
     assert await deliver_count(stack) == before
     assert stack.registry is not None
     assert stack.registry.bulletin(env.header.bulletin_id) is None
-
-
-async def test_revoked_key_is_refused(stack: Stack) -> None:
-    assert stack.registry is not None
-    assert stack.directory is not None
-    async with await client(stack, "sv-police") as sv:
-        kid = sv.keystore.signing_key().verify_key.kid
-        with stack.registry.session() as s:
-            row = s.get(SigningKeyRow, kid)
-            assert row is not None
-            row.revoked_at = int(time.time()) - 5
-            s.add(row)
-            s.commit()
-        stack.directory.refresh()
-        env = await sealed(sv)
-        await sv._publish_envelope(env)
-        with pytest.raises(PublishRejected) as err:
-            await sv.wait_for_verdict(env.header.bulletin_id, timeout=10)
-    assert err.value.code == "key_revoked"
-    assert "key_revoked" in audit_reasons(stack, env.header.bulletin_id)
-
-
-async def test_originator_must_match_the_ingest_subject(stack: Stack) -> None:
-    async with await client(stack, "gt-police") as gt:
-        env = await sealed(gt, originator=AgencyId("hn-police"))
-        await gt._publish_envelope(env)
-        with pytest.raises(PublishRejected) as err:
-            await gt.wait_for_verdict(env.header.bulletin_id, timeout=10)
-    assert err.value.code == "originator_mismatch"
-
-
-async def test_wrap_for_unknown_agency(stack: Stack) -> None:
-    async with await client(stack, "gt-police") as gt:
-        recipients = await gt.resolve(LABELS)
-        recipients[AgencyId("zz-nobody")] = EncryptionKey.generate().public_key
-        env = await sealed(gt, recipients=recipients)
-        await gt._publish_envelope(env)
-        with pytest.raises(PublishRejected) as err:
-            await gt.wait_for_verdict(env.header.bulletin_id, timeout=10)
-    assert err.value.code == "unknown_recipient"
-    assert "zz-nobody" in str(err.value)
 
 
 async def test_replay_and_id_conflict(stack: Stack) -> None:
@@ -247,20 +169,9 @@ async def test_replay_and_id_conflict(stack: Stack) -> None:
     assert await deliver_count(stack) == before
 
 
-@pytest.mark.parametrize(
-    ("payload", "code"),
-    [
-        (b"not json", "malformed"),
-        (b'{"v":1,"v":2}', "malformed"),
-        (b'{"v":2}', "unsupported_version"),
-        (b"[" * 5000 + b"]" * 5000, "malformed"),
-        (b'{"v":1,"pad":"' + b"A" * (1024 * 1024 + 10) + b'"}', "oversized"),
-    ],
-    ids=["not-json", "duplicate-keys", "unknown-version", "deep-nesting", "oversized"],
-)
-async def test_malformed_input_is_audited_and_terminated(
-    stack: Stack, payload: bytes, code: str
-) -> None:
+async def test_malformed_input_is_audited_and_terminated(stack: Stack) -> None:
+    # Over the envelope limit, under NATS's: it reaches the relay and is refused there.
+    payload, code = b'{"v":1,"pad":"' + b"A" * (1024 * 1024 + 10) + b'"}', "oversized"
     before = len(audit_reasons(stack))
     async with await client(stack, "gt-police") as gt:
         await gt._js.publish(ingest_subject("gt-police"), payload, timeout=10)

@@ -1,0 +1,112 @@
+"""The named audit-event constructors: one shape per event, the time as given."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.audit import events
+from schemas.audit import EVENT_TYPES
+
+AT = 1_780_000_000_123
+
+
+def test_key_registered_names_the_kem_of_an_encryption_key_only() -> None:
+    signing = events.key_registered("gt-police", "sig-1", "signing", at=AT, actor="system")
+    encryption = events.key_registered(
+        "gt-police", "enc-1", "encryption", at=AT, actor="gt-police", kem="X25519"
+    )
+    admin = events.key_registered("admin", "sig-2", "signing", at=AT, actor="root", role="admin")
+    assert (signing.event_id, signing.type, signing.subject) == (
+        "key:sig-1",
+        "key.registered",
+        "gt-police",
+    )
+    assert signing.data == {"kid": "sig-1", "use": "signing"}
+    assert encryption.data == {"kid": "enc-1", "use": "encryption", "kem": "X25519"}
+    assert admin.data == {"kid": "sig-2", "use": "signing", "role": "admin"}
+    assert {signing.time, encryption.time, admin.time} == {AT}
+
+
+@pytest.mark.parametrize(
+    ("status", "type_"),
+    [
+        ("suspended", "agency.suspended"),
+        ("active", "agency.reinstated"),
+        ("revoked", "agency.revoked"),
+    ],
+)
+def test_a_status_change_is_the_event_of_its_new_status(status: str, type_: str) -> None:
+    e = events.agency_status_changed("hn-police", status, note="n", actor="admin", at=AT)
+    assert (e.type, e.subject, e.data) == (type_, "hn-police", {"status": status, "note": "n"})
+
+
+def test_one_off_events_get_fresh_ids_and_keyed_ones_stable_ids() -> None:
+    a = events.subscription_added("gt-police", "migration", actor="admin", at=AT)
+    b = events.subscription_added("gt-police", "migration", actor="admin", at=AT)
+    assert a.event_id != b.event_id
+    assert a.event_id.startswith("subscription:")
+    r1 = events.bulletin_received("b-1", "hn-police", received_at=1, envelope_digest="d", at=AT)
+    r2 = events.bulletin_received("b-1", "hn-police", received_at=1, envelope_digest="d", at=AT + 5)
+    assert r1.event_id == r2.event_id == "b-1:received:hn-police"  # a retried write is one event
+
+
+def test_free_text_is_cut_to_the_schemas_limit() -> None:
+    long = "x" * 500
+    e = events.agency_status_changed("hn-police", "suspended", note=long, actor=long, at=AT)
+    assert (len(e.actor), len(str(e.data["note"]))) == (200, 200)
+    r = events.receipt_rejected(3, sender="hn-police", reason="malformed", message=long, at=AT)
+    assert len(str(r.data["message"])) == 200
+
+
+def test_console_events_leave_out_what_is_unknown() -> None:
+    login = events.console_login(
+        "auditor", where="/console", via="link", scopes=["b", "a"], peer=None, at=AT
+    )
+    assert login.data == {"via": "link", "scope": "a b"}
+    refused = events.console_refused(
+        "request.rejected", None, method="POST", route="/x", reason="bad", message="m", at=AT
+    )
+    assert (refused.actor, refused.subject, refused.data) == (
+        "unknown",
+        "POST /x",
+        {"message": "m"},
+    )
+
+
+def test_a_dead_letter_without_a_copy_has_no_dead_seq() -> None:
+    gone = events.delivery_dead_lettered(
+        12,
+        "hn-police",
+        bulletin_id=None,
+        reason="message_gone",
+        deliveries=10,
+        dead_seq=None,
+        at=AT,
+    )
+    kept = events.delivery_dead_lettered(
+        12, "hn-police", bulletin_id="b", reason="max_deliver", deliveries=10, dead_seq=4, at=AT
+    )
+    assert "dead_seq" not in gone.data
+    assert kept.data["dead_seq"] == 4
+    assert gone.event_id == kept.event_id == "dead:deliver:12"
+
+
+def test_every_constructor_makes_a_known_event_type() -> None:
+    made = {
+        events.bulletin_rejected(
+            1, sender="s", bulletin_id=None, reason="r", message="", size=0, at=AT
+        ).type,
+        events.request_rejected("gt-police", "resolve", reason="r", message="m", at=AT).type,
+        events.delivery_unrecoverable("b", "hn-police", actor="op", at=AT).type,
+        events.token_issued("c", "t", scope="s", expires_at=1, assertion_kid="k", at=AT).type,
+    }
+    assert made <= set(EVENT_TYPES)
+
+
+def test_an_audit_query_records_its_filter_without_the_blanks() -> None:
+    e = events.audit_queried(
+        "auditor", "audit.search", {"agency": "gt-police", "type": None}, 3, at=AT
+    )
+    assert (e.type, e.actor, e.subject, e.time) == ("audit.queried", "auditor", "audit.search", AT)
+    assert e.data == {"agency": "gt-police", "rows": 3}
+    assert e.event_id.startswith("audit-query:")

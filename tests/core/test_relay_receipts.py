@@ -1,0 +1,119 @@
+"""The relay's checks on a signed receipt (``broker.relay.receipts``), with real keys."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from broker.relay.receipts import check_receipt, read_receipt
+from broker.store.registry import BulletinRow
+from schemas.canonical import b64e, canonical_json
+from schemas.directory import AgencyRecord, SigningKeyRecord
+from schemas.errors import EnvelopeError
+from schemas.ids import AgencyId, BulletinId
+from schemas.keys import SigningKey
+from schemas.receipt import Receipt, sign_receipt
+from schemas.subjects import gated_subject
+
+NOW = 1_780_000_000
+BID = str(uuid.uuid4())
+DIGEST = "ab" * 32
+HN_KEY = SigningKey.generate()
+BULLETIN = BulletinRow(
+    id=BID,
+    originator="gt-police",
+    labels="{}",
+    envelope_digest=DIGEST,
+    ingest_seq=1,
+    created_at=NOW,
+    accepted_at=NOW,
+    recipients="hn-police,sv-police",
+    policy_version="p",
+    directory_version="d",
+)
+RECORDS = {
+    "hn-police": AgencyRecord(
+        id="hn-police",
+        name="Honduras: Police",
+        state="HN",
+        sector="police",
+        status="active",
+        signing_keys=(
+            SigningKeyRecord(
+                kid=HN_KEY.verify_key.kid, public=b64e(HN_KEY.verify_key.public), created_at=1
+            ),
+        ),
+    )
+}
+
+
+def receipt(recipient: str = "hn-police", key: SigningKey = HN_KEY, **kw: Any) -> Receipt:
+    return sign_receipt(
+        bulletin_id=BulletinId(kw.get("bulletin_id", BID)),
+        originator=AgencyId(kw.get("originator", "gt-police")),
+        recipient=AgencyId(recipient),
+        envelope_digest=kw.get("digest", DIGEST),
+        received_at=NOW,
+        key=key,
+    )
+
+
+def read_and_check(r: Receipt, *, sender: str = "hn-police", **kw: Any) -> None:
+    raw = canonical_json(r.model_dump(mode="json"))
+    who, parsed = read_receipt(raw, subject=gated_subject("receipt", sender))
+    check_receipt(
+        parsed,
+        sender=who,
+        bulletin=kw.get("bulletin", BULLETIN),
+        routed=kw.get("routed", {"hn-police", "sv-police"}),
+        records=RECORDS,
+    )
+
+
+def test_a_good_receipt_passes() -> None:
+    read_and_check(receipt())
+
+
+CASES: list[tuple[str, Any, dict[str, Any], str]] = [
+    ("another-agencys-receipt", lambda: receipt("sv-police"), {}, "originator_mismatch"),
+    ("no-such-bulletin", receipt, {"bulletin": None}, "unknown_bulletin"),
+    ("not-routed-to-it", receipt, {"routed": {"sv-police"}}, "unknown_bulletin"),
+    (
+        "not-addressed-to-it",
+        receipt,
+        {"bulletin": BULLETIN.model_copy(update={"recipients": "sv-police"})},
+        "unknown_bulletin",
+    ),
+    ("wrong-digest", lambda: receipt(digest="0" * 64), {}, "receipt_mismatch"),
+    ("wrong-originator", lambda: receipt(originator="sv-police"), {}, "receipt_mismatch"),
+    (
+        "unregistered-key",
+        lambda: receipt(key=SigningKey.generate()),
+        {},
+        "key_not_bound_to_sender",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "kw", "code"), CASES, ids=[c[0] for c in CASES])
+def test_a_receipt_is_refused_with_its_code(
+    name: str, make: Any, kw: dict[str, Any], code: str
+) -> None:
+    with pytest.raises(EnvelopeError) as err:
+        read_and_check(make(), **kw)
+    assert err.value.code == code
+
+
+def test_a_forged_signature_does_not_verify() -> None:
+    r = receipt()
+    forged = r.model_copy(update={"received_at": NOW + 1})
+    with pytest.raises(EnvelopeError) as err:
+        read_and_check(forged)
+    assert err.value.code == "signature_invalid"
+
+
+def test_a_receipt_on_another_subject_is_refused() -> None:
+    with pytest.raises(EnvelopeError):
+        read_receipt(b"{}", subject="istmo.gated.ingest.hn-police")
