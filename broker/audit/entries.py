@@ -9,9 +9,7 @@ entries is ``broker.audit.log``; recomputing it is ``broker.audit.verify``.
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +35,6 @@ __all__ = [
     "entry_of_row",
     "event_clauses",
     "outbox_bytes",
-    "queried_event",
     "row_bytes",
     "same_event",
 ]
@@ -87,27 +84,6 @@ class MissingNode(LogCorrupt, LookupError):
 def entry_bytes(event_: AuditEvent) -> bytes:
     """The leaf of ``event_``: its canonical JSON (what ``leaf_hash`` hashes)."""
     return canonical_json(event_.model_dump(mode="json"))
-
-
-def queried_event(
-    actor: str, subject: str, query: Mapping[str, Any], rows: int, *, now_ms: int | None = None
-) -> AuditEvent:
-    """The ``audit.queried`` event of one auditor query: who asked, what (``subject``, e.g.
-    ``audit.search``), the filter (None values left out) and how many rows it returned.
-
-    Record it (``Registry.record``) before the rows are shown: no access without an audit
-    event. The local CLI and the HTTP endpoints both use it.
-    """
-    data = {k: v for k, v in query.items() if v is not None}
-    data["rows"] = rows
-    return AuditEvent(
-        event_id=f"audit-query:{uuid.uuid4()}",
-        type="audit.queried",
-        time=time.time_ns() // 1_000_000 if now_ms is None else now_ms,
-        actor=actor[:200],
-        subject=subject[:200],
-        data=data,
-    )
 
 
 def outbox_bytes(fields: Sequence[Any]) -> bytes:

@@ -53,7 +53,6 @@ from broker.audit.entries import (
     entry_of_row,
     event_clauses,
     outbox_bytes,
-    queried_event,
     row_bytes,
     same_event,
 )
@@ -97,7 +96,6 @@ __all__ = [
     "entry_bytes",
     "event_clauses",
     "outbox_bytes",
-    "queried_event",
     "same_event",
     "verify_on",
 ]
