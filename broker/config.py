@@ -7,6 +7,7 @@ the broker reads the environment.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +26,9 @@ _DATABASE_SCHEMES = ("postgresql://", "postgresql+psycopg://", "postgres://", "s
 def default_policy_dir() -> Path:
     """``policies/`` of the checkout this package was installed from."""
     return Path(__file__).resolve().parent.parent / "policies"
+
+
+_HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[?[0-9a-f:]{2,39}\]?")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class Settings:
     relay_batch: int = 64
     status_wait_s: float = 10.0
     access_token_lifetime_s: int = 300
+    # Host names the HTTP API answers to besides loopback (ISTMO_ALLOWED_HOSTS, comma-
+    # separated): the names a reverse proxy forwards. Any other Host is refused.
+    allowed_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -62,6 +69,10 @@ class Settings:
             values["database_url"] = env["ISTMO_DATABASE_URL"]
         if "ISTMO_POLICY_DIR" in env:
             values["policy_dir"] = Path(env["ISTMO_POLICY_DIR"])
+        if env.get("ISTMO_ALLOWED_HOSTS"):
+            values["allowed_hosts"] = tuple(
+                h.strip().lower() for h in env["ISTMO_ALLOWED_HOSTS"].split(",") if h.strip()
+            )
         for name in ("max_envelope_bytes", "max_clock_skew_s", "deliver_max_age_s"):
             key = "ISTMO_" + name.upper()
             if key in env:
@@ -92,6 +103,12 @@ class Settings:
                 "ISTMO_DELIVER_MAX_AGE_S (how long deliveries wait for an offline agency) "
                 "must be between 10 seconds and 10 years"
             )
+        for h in self.allowed_hosts:
+            if not _HOST_NAME.fullmatch(h):
+                raise ConfigError(
+                    "ISTMO_ALLOWED_HOSTS holds a name that is not a host name",
+                    hint="give names such as istmo.example.org, comma-separated, without ports",
+                )
         if not 4096 <= self.max_envelope_bytes <= 16 * 1024 * 1024:
             raise ConfigError("max_envelope_bytes must be between 4 KiB and 16 MiB")
 

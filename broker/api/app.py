@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -48,7 +48,7 @@ from broker.api.context import (
     state_of,
 )
 from broker.api.enrol import enrol_router
-from broker.api.guard import ApiLimits, Guard, Metrics, problem
+from broker.api.guard import LOOPBACK_HOSTS, ApiLimits, Guard, Metrics, problem
 from broker.api.oauth import ASSERTION_TYPE, TOKEN_PATH, AuthError, Caller, TokenAuthority
 from broker.api.subscriptions import subscriptions_router
 from broker.clock import SYSTEM_CLOCK, Clock
@@ -140,6 +140,7 @@ def create_api(
     auth: TokenAuthority | None = None,
     limits: ApiLimits | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    allowed_hosts: Collection[str] = (),
 ) -> FastAPI:
     """Build the API's app over live services, without the web console (which sits a layer
     above and mounts itself: ``broker.runtime.app.create_app`` puts the two together).
@@ -152,8 +153,13 @@ def create_api(
             503 and the public endpoints still work.
         limits: body, page and rate limits.
         clock: the time of the audit events written over HTTP.
+        allowed_hosts: host names the API answers to besides loopback and the token
+            issuer's (a request naming any other in ``Host`` is refused).
     """
     limits = limits or ApiLimits()
+    hosts = LOOPBACK_HOSTS | {h.lower() for h in allowed_hosts}
+    if auth is not None and (issuer := urlsplit(auth.issuer).hostname):
+        hosts |= {issuer}
     metrics = Metrics()
     app = FastAPI(
         title="Istmo broker API",
@@ -179,7 +185,7 @@ def create_api(
         clock=clock,
     )
     app.state.istmo = state
-    app.add_middleware(Guard, limits=limits, metrics=metrics)
+    app.add_middleware(Guard, limits=limits, metrics=metrics, allowed_hosts=hosts)
     _add_exception_handlers(app)
     _add_public_routes(app, state)
     _add_token_route(app, state)

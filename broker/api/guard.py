@@ -4,7 +4,10 @@
 app reads a byte of it, sets the security headers on every response, counts and times
 requests for ``/metrics``, and turns any unexpected exception into a bare 500 problem (the
 traceback goes to the log, without the exception's message, never to the client).
-``problem`` renders RFC 9457 ``application/problem+json`` bodies; ``RateLimiter`` is a
+It also answers only to the host names it was given (``allowed_hosts``): a request whose
+``Host`` names anything else (a DNS-rebinding page in an administrator's browser sends its
+own name) is refused with 400 before any route runs. ``problem`` renders RFC 9457
+``application/problem+json`` bodies; ``RateLimiter`` is a
 token bucket per key (agency, client address).
 
 Left to others: which status a fault gets and what is audited (``broker.api.app``).
@@ -28,18 +31,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "LOOPBACK_HOSTS",
     "PROBLEM_BASE_URI",
     "ApiLimits",
     "Guard",
     "Metrics",
     "Problem",
     "RateLimiter",
+    "host_name",
     "problem",
 ]
 
 log = logging.getLogger("istmo.api")
 
 PROBLEM_BASE_URI = "https://istmo.example/problems/"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_MAX_HOST_CHARS = 255
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -219,10 +226,17 @@ class _BodyTooLarge(Exception):
 class Guard:
     """The outermost ASGI layer (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, limits: ApiLimits, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: ApiLimits,
+        metrics: Metrics,
+        allowed_hosts: frozenset[str] = LOOPBACK_HOSTS,
+    ) -> None:
         self.app = app
         self.limits = limits
         self.metrics = metrics
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
 
     def _body_limit(self, path: str) -> int:
         if path.startswith("/v1/policy/"):
@@ -263,6 +277,16 @@ class Guard:
             return message
 
         try:
+            if host_name(scope) not in self.allowed_hosts:
+                # Never echo the name: the refusal says what to configure, not what came.
+                log.warning("refused a request for a host name this broker does not serve")
+                await problem(
+                    400,
+                    "unknown_host",
+                    "this broker does not answer to that host name "
+                    "(an operator adds names with ISTMO_ALLOWED_HOSTS)",
+                )(scope, receive, send_with_headers)
+                return
             declared = _content_length(scope)
             if declared is not None and declared > limit:
                 # 413 before the app runs: nothing of the body is read or parsed.
@@ -287,6 +311,28 @@ class Guard:
             method = scope.get("method", "?")
             self.metrics.requests.labels(method, template, str(status[0])).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
+
+
+def host_name(scope: Scope) -> str | None:
+    """The host name of the request's ``Host`` header, lower case, without the port
+    (``[::1]:8844`` -> ``::1``); None when it is missing, repeated or malformed."""
+    values: list[bytes] = [v for k, v in scope.get("headers", []) if k.lower() == b"host"]
+    if len(values) != 1 or len(values[0]) > _MAX_HOST_CHARS:
+        return None
+    try:
+        host = values[0].decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return None
+    if host.startswith("["):  # an IPv6 literal, maybe with a port
+        end = host.find("]")
+        name, rest = host[1:end], host[end + 1 :]
+        if end < 0 or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return name
+    name, _, port = host.partition(":")
+    if not name or (port and not port.isdigit()) or ":" in port:
+        return None
+    return name
 
 
 _OURS = frozenset(

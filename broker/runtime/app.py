@@ -7,7 +7,7 @@ the deploy units and the tests that exercise both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from fastapi import FastAPI
 
@@ -31,6 +31,7 @@ def create_app(
     auth: TokenAuthority | None = None,
     limits: ApiLimits | None = None,
     console_dev_login: bool = False,
+    allowed_hosts: Collection[str] = (),
     clock: Clock = SYSTEM_CLOCK,
 ) -> FastAPI:
     """Build the API and its console over live services.
@@ -44,8 +45,17 @@ def create_app(
         limits: body, page and rate limits.
         console_dev_login: offer the web console's development login (``istmo up`` only).
         clock: the time of the audit events the API and the console write.
+        allowed_hosts: host names served besides loopback and the token issuer's.
     """
-    app = create_api(registry, directory, bus_ok, auth=auth, limits=limits, clock=clock)
+    app = create_api(
+        registry,
+        directory,
+        bus_ok,
+        auth=auth,
+        limits=limits,
+        clock=clock,
+        allowed_hosts=allowed_hosts,
+    )
     state: ApiState = app.state.istmo
     mount_console(app, state, dev_login=console_dev_login)
     return app

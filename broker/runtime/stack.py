@@ -301,7 +301,12 @@ class Stack:
             registry, self.token_key, issuer=api_url, lifetime_s=s.access_token_lifetime_s
         )
         app = create_app(
-            registry, directory, lambda: nc.is_connected, auth=auth, console_dev_login=True
+            registry,
+            directory,
+            lambda: nc.is_connected,
+            auth=auth,
+            console_dev_login=True,
+            allowed_hosts=s.allowed_hosts,
         )
         app.state.istmo.nats_url = self.nats_urls[0]
         app.state.istmo.directory_changed = lambda: self.apply_directory_change(server, nc)

@@ -39,6 +39,8 @@ from schemas.keystore import KeystoreFile
 from tests.storage_engines import Storage
 
 BASE = "http://istmo.test"
+HOST = "istmo.test"  # an app without a token issuer serves it only when told to
+SCHEMATHESIS_HOST = "testserver"  # where schemathesis sends an ASGI app its requests
 TOKEN_URL = f"{BASE}/v1/token"
 EXPLAIN_BODY = {
     "labels": {
@@ -115,14 +117,25 @@ AppFactory = Callable[..., FastAPI]
 
 @pytest.fixture
 def make_app(broker: Broker) -> AppFactory:
-    def make(*, registry: Registry | None = None, limits: ApiLimits | None = None, **kw: Any):
+    def make(
+        *,
+        registry: Registry | None = None,
+        limits: ApiLimits | None = None,
+        allowed_hosts: tuple[str, ...] = (),
+        **kw: Any,
+    ):
         reg = registry or broker.registry
         directory = broker.directory
         if registry is not None:  # a restart: everything re-opened from the data directory
             bundle = PolicyBundle.load(broker.settings.policy_dir)
             directory = DirectoryService(reg, bundle, broker.stack.directory_key)
         return create_app(
-            reg, directory, lambda: True, auth=broker.authority(reg, **kw), limits=limits
+            reg,
+            directory,
+            lambda: True,
+            auth=broker.authority(reg, **kw),
+            limits=limits,
+            allowed_hosts=allowed_hosts,
         )
 
     return make

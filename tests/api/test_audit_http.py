@@ -28,7 +28,15 @@ from schemas.canonical import b64d, canonical_json
 from schemas.errors import AuditStoreError
 from schemas.merkle_verify import TreeBuilder, leaf_hash, verify_consistency, verify_inclusion
 from schemas.treehead import parse_signed_tree_head, verify_tree_head
-from tests.api.conftest import AppFactory, Broker, assert_problem, bearer, connect, token
+from tests.api.conftest import (
+    SCHEMATHESIS_HOST,
+    AppFactory,
+    Broker,
+    assert_problem,
+    bearer,
+    connect,
+    token,
+)
 from tests.api.test_schemathesis import _run
 
 AUDITOR = "auditor"
@@ -415,7 +423,9 @@ def test_the_audit_endpoints_conform_to_their_openapi_document(
     broker: Broker, log: AuditLog, make_app: AppFactory
 ) -> None:
     limits = ApiLimits(api_rate_per_s=1e6, api_burst=10**6)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", make_app(limits=limits))
+    schema = schemathesis.openapi.from_asgi(
+        "/openapi.json", make_app(limits=limits, allowed_hosts=(SCHEMATHESIS_HOST,))
+    )
     tok = broker.authority().issue(
         Client(AUDITOR, "agency", AUDITOR_SCOPES, "t"), None, int(time.time())
     )

@@ -14,6 +14,7 @@ from broker.api.guard import ApiLimits, RateLimiter
 from broker.store.registry import Registry, SigningKeyRow
 from tests.api.conftest import (
     EXPLAIN_BODY,
+    HOST,
     AppFactory,
     Broker,
     assert_problem,
@@ -208,7 +209,7 @@ def test_rate_limiter_refills_and_forgets_old_keys() -> None:
 async def test_readyz_reports_the_bus(broker: Broker) -> None:
     from broker.runtime.app import create_app
 
-    app = create_app(broker.registry, broker.directory, lambda: False)
+    app = create_app(broker.registry, broker.directory, lambda: False, allowed_hosts=[HOST])
     async with connect(app) as client:
         r = await client.get("/readyz")
     assert r.status_code == 503
@@ -228,7 +229,7 @@ async def test_readyz_reports_a_database_that_refuses(
         with registry.engine.begin() as conn:  # behind the store's back
             conn.execute(text("PRAGMA foreign_keys=OFF"))
             conn.execute(text("DROP TABLE agency"))
-        app = create_app(registry, broker.directory, lambda: True)
+        app = create_app(registry, broker.directory, lambda: True, allowed_hosts=[HOST])
         async with connect(app) as client:
             r = await client.get("/readyz")
     finally:

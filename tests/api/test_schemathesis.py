@@ -28,7 +28,7 @@ from broker.api.guard import ApiLimits
 from broker.api.oauth import ADMIN_SCOPES, AGENCY_SCOPES, Client
 from broker.config import Settings
 from broker.directory.policy_sets import adopt
-from tests.api.conftest import Broker
+from tests.api.conftest import SCHEMATHESIS_HOST, Broker
 
 CHECKS = [
     not_a_server_error,
@@ -59,6 +59,7 @@ def api_schema(broker: Broker) -> Any:
         lambda: True,
         auth=broker.authority(),
         limits=limits,
+        allowed_hosts=(SCHEMATHESIS_HOST,),
     )
     archive = Settings(data_dir=Path(tempfile.mkdtemp(prefix="istmo-adopt-")))
 

@@ -19,6 +19,7 @@ from schemas.canonical import b64d
 from schemas.keys import SigningKey
 from schemas.keystore import KeystoreFile, StoredSigningKey
 from tests.api.conftest import (
+    HOST,
     TOKEN_URL,
     AppFactory,
     Broker,
@@ -409,7 +410,7 @@ async def test_token_requests_are_rate_limited_per_agency(
 async def test_an_api_without_a_token_key_answers_503(broker: Broker) -> None:
     from broker.runtime.app import create_app
 
-    app = create_app(broker.registry, broker.directory, lambda: True)
+    app = create_app(broker.registry, broker.directory, lambda: True, allowed_hosts=[HOST])
     async with connect(app) as client:
         r = await client.post("/v1/token", data=form("a.b.c"))
         assert_problem(r, 503, "auth_not_configured")

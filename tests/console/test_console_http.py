@@ -337,3 +337,28 @@ async def test_entry_without_log_key_is_unchecked_not_failed(
     finally:
         for p in saved:
             p.with_name(p.name + ".moved").rename(p)
+
+
+# ---------------------------------------------------------------------- Host (DNS rebinding)
+async def test_a_foreign_host_reaches_neither_the_console_nor_the_api(console_app) -> None:
+    """A DNS-rebinding page in an administrator's browser talks to 127.0.0.1 with its own
+    name in Host: it gets neither the dev login, nor a CSRF token, nor any API answer."""
+    app = console_app(dev_login=True)
+    async with connect(app, base="http://rebind.evil.example:8844") as c:
+        for r in (
+            await c.get("/console/"),
+            await c.post("/console/dev-login", data={"who": "admin", "pre": "x"}),
+            await c.get("/v1/directory"),
+            await c.get("/healthz"),
+        ):
+            assert r.status_code == 400
+            assert r.json()["type"].endswith("/unknown_host")
+            assert "evil" not in r.text  # never echoed
+            assert "set-cookie" not in r.headers
+    # The same app still answers to loopback and to its token issuer's name.
+    async with connect(app, base="http://127.0.0.1:8844") as c:
+        assert (await c.get("/healthz")).status_code == 200
+    async with connect(app, base="http://[::1]:8844") as c:
+        assert (await c.get("/healthz")).status_code == 200
+    async with connect(app) as c:
+        assert 'id="dev-admin"' in (await c.get("/console/")).text
