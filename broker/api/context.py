@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from broker.api.guard import ApiLimits, Metrics, Problem, RateLimiter
 from broker.api.oauth import TOKEN_PATH, Caller, TokenAuthority
 from broker.directory.service import DirectoryService
-from broker.relay.agency_api import AgencyQueries
+from broker.relay.queries import AgencyQueries
 from broker.store.registry import Registry
 from schemas.audit import AuditEvent, EventType
 from schemas.directory import SignedExcerpt

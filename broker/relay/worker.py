@@ -43,7 +43,6 @@ from broker.relay.dead_letters import (
     ensure_dead_letters,
     handle_advisory,
     ingest_attempts_allowed,
-    list_dead_letters,
 )
 from broker.relay.reconcile import archive_envelope, ensure_archive
 from broker.store.registry import BulletinRow, DecisionRow, ReceiptRow, Registry, RejectionRow
@@ -66,7 +65,6 @@ from schemas.subjects import (
     RELAY_INGEST_DURABLE,
     RELAY_RECEIPT_DURABLE,
     agency_of_gated,
-    agency_of_subject,
     deliver_subject,
 )
 
@@ -74,7 +72,6 @@ __all__ = ["Relay"]
 
 log = logging.getLogger("istmo.relay")
 MAX_DEFER_S = 3600
-AGENCY_DEAD_LETTERS_MAX = 1000  # newest dead letters an agency gets in one answer
 # Failures that pass: NATS or the database away for a moment (a registry read raises
 # SQLAlchemy's own errors, a write AuditStoreError). The batch comes back and resumes.
 _TRANSIENT = (nats.errors.Error, TimeoutError, AuditStoreError, OperationalError, InterfaceError)
@@ -548,42 +545,7 @@ class Relay:
 
     # ------------------------------------------------------------------ agency API
     async def _on_api(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
-        if msg.subject.endswith(".dead-letters"):
-            reply = self._dead_letters_of(msg.subject)
-        else:
-            reply = self.api.handle(msg.subject, msg.data, now=int(time.time()))
-        if len(reply) > self.nc.max_payload:
-            # A resolve naming thousands of recipients, each with its public keys: say so
-            # rather than leave the caller waiting for an answer NATS will not carry.
-            reply = canonical_json(
-                {
-                    "error": {
-                        "code": "answer_too_large",
-                        "message": f"the answer is {len(reply)} bytes, over the "
-                        f"{self.nc.max_payload}-byte message limit: narrow the labels "
-                        "(fewer states, named agencies or a topic fewer agencies follow)",
-                    }
-                }
-            )
-        await self.nc.publish(msg.reply, reply)
-        if msg.subject.endswith((".rotate", ".revoke-key")) and not reply.startswith(b'{"error"'):
-            # Keys changed: every other relay (and the stack) rebuilds its directory.
-            await self.nc.publish(CONTROL_DIRECTORY_SUBJECT, b"{}")
-
-    def _dead_letters_of(self, subject: str) -> bytes:
-        """An agency's own dead letters: deliveries to it, and its own ingest messages
-        (nats-server lets an agency ask only on its own ``istmo.api.<agency>.>``)."""
-        parts = subject.split(".")
-        try:
-            caller = agency_of_subject(".".join(parts[:3]), "api")
-        except EnvelopeError:
-            caller = None
-        if len(parts) != 4 or caller is None or caller not in self.directory.records:
-            return canonical_json({"error": {"code": "bad_request", "message": "unknown agency"}})
-        letters = list_dead_letters(self.registry, agency=caller)[-AGENCY_DEAD_LETTERS_MAX:]
-        return canonical_json({"dead_letters": [dl.to_json() for dl in letters]})
+        await self.api.serve(self.nc, msg, now=int(time.time()))
 
 
 async def _settle(o: _Outcome) -> None:
