@@ -5,6 +5,12 @@ confines it to its own subjects. Everything the client accepts from the broker i
 checked: directory excerpts against the pinned directory key, envelopes against the
 originator's registered signing key, and nothing reaches the application unless it
 opened under its own key.
+
+Its parts live beside it, one concept each: the connection (``clients.connection``),
+the SDK's errors (``clients.errors``), storing bulletins and receipts in JetStream
+(``clients.publishing``), opening a delivery (``clients.opening``), new keys
+(``clients.rotation``) and the values handed back (``clients.results``, importable from
+here too).
 """
 
 from __future__ import annotations
@@ -12,24 +18,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import nats
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from clients.connection import connect_agency
 from clients.dedupe import DedupeStore
+from clients.errors import PublishRejected, PublishUnacknowledged
 from clients.keystore import Passphrase, load_keystore, save_keystore
-from schemas.canonical import b64e, canonical_json
-from schemas.directory import AgencyRecord, EncryptionKeyRecord, open_excerpt
+from clients.opening import open_delivery, signing_key_of
+from clients.publishing import store_envelope, store_receipt
+from clients.results import Preview, PublishResult, ReceiptReport, ReceivedBulletin
+from clients.rotation import new_keys
+from schemas.canonical import canonical_json
+from schemas.directory import AgencyRecord, open_excerpt
 from schemas.envelope import Content, Envelope
 from schemas.errors import (
     BusUnavailable,
@@ -40,23 +48,15 @@ from schemas.errors import (
     SignatureError,
 )
 from schemas.ids import AgencyId, BulletinId
-from schemas.keys import EncryptionKey, EncryptionPublicKey, SigningKey
-from schemas.keystore import KeystoreFile, StoredEncryptionKey, StoredSigningKey
-from schemas.labels import Handling, Labels
+from schemas.keys import EncryptionPublicKey
+from schemas.keystore import KeystoreFile
+from schemas.labels import Labels
 from schemas.receipt import sign_receipt
-from schemas.rotation import sign_rotation
-from schemas.sealing import encode_envelope, envelope_digest, open_envelope, parse_envelope, seal
-from schemas.subjects import (
-    DELIVER_STREAM,
-    api_subject,
-    deliver_durable,
-    inbox_prefix,
-    ingest_msg_id,
-    ingest_subject,
-    receipt_subject,
-)
+from schemas.sealing import envelope_digest, parse_envelope, seal
+from schemas.subjects import DELIVER_STREAM, api_subject, deliver_durable
 
 __all__ = [
+    "Handler",
     "IstmoClient",
     "Preview",
     "PublishRejected",
@@ -69,112 +69,8 @@ __all__ = [
 log = logging.getLogger("istmo.sdk")
 
 DIRECTORY_TTL_S = 60.0
-# Ride out a NATS restart or a cluster's leader election (F-04, F-05): about a minute of
-# attempts, 0.5 s apart, before the client gives up and says the broker is gone.
-RECONNECT_ATTEMPTS = 120
 # A receipt NATS did not store: the bulletin is handed back and its receipt sent again.
 RECEIPT_RETRY_S = 2
-# What JetStream says when a stream or its volume has no room (nats-server's messages).
-# No answer to a JetStream publish: nobody stored it (no broker gate running, JetStream
-# electing a leader); a retry with the same Nats-Msg-Id is harmless.
-_NOT_STORED = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.js.errors.NoStreamResponseError,
-)
-_STORE_FULL = ("maximum bytes", "maximum messages", "insufficient resources", "no space")
-# JetStream is still deciding an earlier attempt with the same Nats-Msg-Id (a clustered
-# stream whose leader moved mid-publish): not a refusal; asking again settles it.
-_DUPLICATE_IN_PROCESS = 10158
-
-CAVEATS = {
-    Handling.H0: "use only for the purpose it was provided for",
-    Handling.H1: "no judicial use without the originator's consent",
-    Handling.H2: "no further dissemination without the originator's consent",
-}
-
-
-class PublishRejected(IstmoError):
-    """The relay refused a bulletin; ``code`` is its reason."""
-
-    default_code = "rejected"
-
-
-class PublishUnacknowledged(BusUnavailable):
-    """NATS never acknowledged the bulletin: it may or may not be stored. Publishing it
-    again makes a new bulletin (a new id); ask ``status(bulletin_id)`` first."""
-
-    default_code = "unacknowledged"
-
-    def __init__(self, bulletin_id: str, why: str) -> None:
-        super().__init__(
-            f"NATS did not acknowledge bulletin {bulletin_id} ({why}): it may or may not "
-            "be stored; check its status before publishing it again, which would make a "
-            "new bulletin"
-        )
-        self.bulletin_id = bulletin_id
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    """What happened to a published bulletin.
-
-    Attributes:
-        bulletin_id: the id to quote for receipts.
-        state: "accepted" once the relay routed it, "pending" if the wait timed out,
-            "embargoed" if it was published with a ``not_before`` still to come.
-        routed: agencies it was delivered to.
-        denied: (agency, policy ids) the policy refused, with the deciding policies.
-    """
-
-    bulletin_id: str
-    state: str
-    routed: tuple[str, ...] = ()
-    denied: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-
-@dataclass(frozen=True)
-class ReceivedBulletin:
-    """A verified, decrypted bulletin, as the application receives it."""
-
-    id: str
-    originator: str
-    labels: Labels
-    title: str
-    body: str
-    created_at: int
-    received_at: int
-    caveats: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "originator": self.originator,
-            "labels": self.labels.model_dump(mode="json", exclude_none=True),
-            "title": self.title,
-            "body": self.body,
-            "created_at": self.created_at,
-            "received_at": self.received_at,
-            "caveats": list(self.caveats),
-        }
-
-
-@dataclass(frozen=True)
-class Preview:
-    """The policy's answer before publishing: (agency, permitted, why) per candidate."""
-
-    policy_version: str
-    may_publish: bool
-    candidates: tuple[tuple[str, bool, str], ...]
-
-
-@dataclass(frozen=True)
-class ReceiptReport:
-    """Who received a bulletin: (agency, received_at or None) per routed recipient."""
-
-    bulletin_id: str
-    recipients: tuple[tuple[str, int | None], ...]
-
 
 Handler = Callable[[ReceivedBulletin], Awaitable[None]]
 
@@ -236,59 +132,7 @@ class IstmoClient:
                 (``SSL_CERT_FILE``; code ``tls_untrusted``).
         """
         keystore = load_keystore(keystore_path, passphrase)
-        errors: list[str] = []
-        connected: list[NATS] = []
-        closing: set[asyncio.Task[None]] = set()
-
-        async def on_error(exc: Exception) -> None:
-            if not connected and isinstance(exc, ssl.SSLError):
-                # A TLS handshake that failed (an untrusted certificate, a wrong name) fails
-                # the same way on every retry, and nats-py 2.16 then hangs for ever closing
-                # the socket (nats-io/nats.py#718): raised here, it ends nats.connect.
-                raise exc
-            # Permission violations reach only this callback; log the subject, no payload.
-            errors.append(str(exc))
-            log.warning("nats: %s", exc)
-            if connected and "authorization violation" in str(exc).lower():
-                # Suspended or revoked while connected: retrying cannot help; stop now.
-                task = asyncio.get_running_loop().create_task(connected[0].close())
-                closing.add(task)
-                task.add_done_callback(closing.discard)
-
-        try:
-            nc = await nats.connect(
-                nats_url,
-                nkeys_seed_str=keystore.nats_seed,
-                inbox_prefix=inbox_prefix(keystore.agency),
-                name=keystore.agency,
-                connect_timeout=connect_timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=3,  # a first connection fails fast
-                reconnect_time_wait=0.5,
-                error_cb=on_error,
-            )
-        except ssl.SSLCertVerificationError as exc:
-            raise BusUnavailable(
-                f"the certificate of NATS at {nats_url} could not be verified "
-                f"({exc.verify_message}): set SSL_CERT_FILE to the region's CA certificate",
-                code="tls_untrusted",
-            ) from exc
-        except ssl.SSLError as exc:
-            raise BusUnavailable(
-                f"TLS with NATS at {nats_url} failed ({exc.reason or exc})", code="tls_failed"
-            ) from exc
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            detail = "; ".join(errors[-1:]) or type(exc).__name__
-            if any("authorization violation" in e.lower() for e in errors):
-                raise BusUnavailable(
-                    f"NATS at {nats_url} refused {keystore.agency}'s credentials "
-                    "(suspended, revoked, or not in this directory)",
-                    code="not_authorized",
-                ) from exc
-            raise BusUnavailable(f"broker not running at {nats_url} ({detail})") from exc
-        # Once connected, ride out restarts and elections (nats-py reads this per attempt).
-        nc.options["max_reconnect_attempts"] = RECONNECT_ATTEMPTS
-        connected.append(nc)
+        nc = await connect_agency(keystore, nats_url, timeout=connect_timeout)
         path = dedupe_path or keystore_path.with_name(keystore_path.stem + ".received.sqlite")
         return cls(keystore, nc, DedupeStore(path), keystore_path)
 
@@ -425,33 +269,7 @@ class IstmoClient:
         return await self.wait_for_verdict(env.header.bulletin_id, timeout=timeout)
 
     async def _publish_envelope(self, env: Envelope, attempts: int = 3) -> None:
-        raw = encode_envelope(env)
-        headers = {"Nats-Msg-Id": ingest_msg_id(self.agency, envelope_digest(env))}
-        for attempt in range(attempts):
-            try:
-                await self._js.publish(ingest_subject(self.agency), raw, headers=headers, timeout=5)
-                return
-            except nats.js.errors.APIError as exc:
-                if exc.err_code == _DUPLICATE_IN_PROCESS:
-                    # It may yet be stored: never "nothing was stored". Ask again.
-                    if attempt == attempts - 1:
-                        raise PublishUnacknowledged(
-                            str(env.header.bulletin_id), "an earlier attempt is still being stored"
-                        ) from exc
-                    await asyncio.sleep(0.5 * (attempt + 1))
-                    continue
-                # JetStream refused to store it: nothing was stored; say why.
-                text = str(exc.description or "")[:120]
-                full = any(w in text.lower() for w in _STORE_FULL)
-                raise BusUnavailable(
-                    f"NATS refused the bulletin: {'the store is full' if full else 'refused'}"
-                    f" ({text}); nothing was stored, publish it again later",
-                    code="store_full" if full else "refused",
-                ) from exc
-            except _NOT_STORED as exc:
-                if attempt == attempts - 1:
-                    raise PublishUnacknowledged(str(env.header.bulletin_id), "no answer") from exc
-                await asyncio.sleep(0.5 * (attempt + 1))  # same Nats-Msg-Id: a retry is harmless
+        await store_envelope(self._js, self.agency, env, attempts=attempts)
 
     async def status(self, bulletin_id: str) -> dict[str, Any]:
         """The relay's verdict on one of this agency's bulletins."""
@@ -516,37 +334,7 @@ class IstmoClient:
         """
         if self.keystore_path is None:
             raise RuntimeError("rotate_keys needs a client opened with IstmoClient.connect")
-        ks = self.keystore
-        current = ks.signing_key()
-        new_sk = SigningKey.generate()
-        new_ek = EncryptionKey.generate(ks.encryption_keys[-1].kem)
-        now = int(time.time())
-        pub = new_ek.public_key
-        request = sign_rotation(
-            agency=self.agency,
-            issued_at=now,
-            current=current,
-            new=new_sk,
-            encryption=EncryptionKeyRecord(
-                kid=pub.kid, kem=pub.kem, public=b64e(pub.public), created_at=now
-            ),
-        )
-        rotated = ks.model_copy(
-            update={
-                "signing_keys": (
-                    *ks.signing_keys,
-                    StoredSigningKey(
-                        kid=new_sk.verify_key.kid, private=b64e(new_sk.private), created_at=now
-                    ),
-                ),
-                "encryption_keys": (
-                    *ks.encryption_keys,
-                    StoredEncryptionKey(
-                        kid=pub.kid, kem=pub.kem, private=b64e(new_ek.private), created_at=now
-                    ),
-                ),
-            }
-        )
+        request, rotated = new_keys(self.keystore, now=int(time.time()))
         pending = self.keystore_path.with_name(self.keystore_path.name + ".rotating")
         save_keystore(pending, rotated, passphrase)
         try:
@@ -557,7 +345,7 @@ class IstmoClient:
         pending.replace(self.keystore_path)
         self.keystore = rotated
         self._records.pop(self.agency, None)
-        return new_sk.verify_key.kid, pub.kid
+        return request.signing.kid, request.encryption.kid
 
     async def revoke_key(self, kid: str) -> int:
         """Revoke one of this agency's own signing keys, from now on (after a leak).
@@ -669,34 +457,17 @@ class IstmoClient:
 
     async def _open(self, env: Envelope) -> ReceivedBulletin:
         h = env.header
-        records = await self._directory([h.originator])
-        rec = records.get(h.originator)
-        key = next((k for k in rec.signing_keys if k.kid == env.sig.kid), None) if rec else None
+        key = signing_key_of((await self._directory([h.originator])).get(h.originator), env.sig.kid)
         if key is None:
             self._records.pop(h.originator, None)  # maybe rotated: ask once more
-            rec = (await self._directory([h.originator])).get(h.originator)
-            key = next((k for k in rec.signing_keys if k.kid == env.sig.kid), None) if rec else None
-        if key is None:
-            raise SignatureError("signed by a key the directory does not know")
-        if key.revoked_at is not None and key.revoked_at <= h.created_at:
-            raise SignatureError("signed after its key was revoked", code="key_revoked")
-        wrap = next((w for w in env.wraps if w.recipient == self.agency), None)
-        my_key = self.keystore.encryption_key(wrap.kid) if wrap else None
-        if my_key is None:
-            raise DecryptionError("bulletin does not open", code="recipient_key_unknown")
-        inner = open_envelope(env, recipient=self.agency, key=my_key, sender_key=key.verify_key())
-        caveats = [CAVEATS[c] for c in h.labels.handling if c in CAVEATS]
-        if h.labels.handling_note:
-            caveats.append(h.labels.handling_note)
-        return ReceivedBulletin(
-            id=h.bulletin_id,
-            originator=h.originator,
-            labels=h.labels,
-            title=inner.content.title,
-            body=inner.content.text,
-            created_at=h.created_at,
-            received_at=int(time.time()),
-            caveats=tuple(caveats),
+            records = await self._directory([h.originator])
+            key = signing_key_of(records.get(h.originator), env.sig.kid)
+        return open_delivery(
+            env,
+            sender_key=key,
+            keystore=self.keystore,
+            agency=self.agency,
+            now=int(time.time()),
         )
 
     async def _send_receipt(self, env: Envelope, digest: str, received_at: int) -> bool:
@@ -710,19 +481,4 @@ class IstmoClient:
             received_at=received_at,
             key=self.keystore.signing_key(),
         )
-        try:
-            await self._js.publish(
-                receipt_subject(self.agency),
-                canonical_json(receipt.model_dump(mode="json")),
-                headers={"Nats-Msg-Id": f"{h.bulletin_id}:{self.agency}:receipt"},
-                timeout=5,
-            )
-        except (*_NOT_STORED, nats.js.errors.APIError):
-            # Not stored: the caller hands the bulletin back, so the receipt is sent again.
-            log.warning(
-                "receipt for %s not acknowledged by NATS; retrying in %d s",
-                h.bulletin_id,
-                RECEIPT_RETRY_S,
-            )
-            return False
-        return True
+        return await store_receipt(self._js, receipt)
