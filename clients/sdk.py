@@ -7,26 +7,27 @@ originator's registered signing key, and nothing reaches the application unless 
 opened under its own key.
 
 Its parts live beside it, one concept each: the connection (``clients.connection``),
-the SDK's errors (``clients.errors``), storing bulletins and receipts in JetStream
-(``clients.publishing``), opening a delivery (``clients.opening``), new keys
-(``clients.rotation``) and the values handed back (``clients.results``, importable from
-here too).
+requests to the broker and their typed replies (``clients.requests``, ``schemas.agency``),
+the SDK's errors and the one each error code raises (``clients.errors``), storing
+bulletins and receipts in JetStream (``clients.publishing``), opening a delivery
+(``clients.opening``), new keys (``clients.rotation``) and the values handed back
+(``clients.results``, importable from here too).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from pydantic import BaseModel
 
 from clients.connection import connect_agency
 from clients.dedupe import DedupeStore
@@ -34,13 +35,29 @@ from clients.errors import PublishRejected, PublishUnacknowledged
 from clients.keystore import Passphrase, load_keystore, save_keystore
 from clients.opening import open_delivery, signing_key_of
 from clients.publishing import store_envelope, store_receipt
+from clients.requests import REQUEST_TIMEOUT_S, ask, make_request
 from clients.results import Preview, PublishResult, ReceiptReport, ReceivedBulletin
 from clients.rotation import new_keys
-from schemas.canonical import canonical_json
-from schemas.directory import AgencyRecord, open_excerpt
+from schemas.agency import (
+    ApiOp,
+    BulletinRequest,
+    DeadLettersReply,
+    DeadLettersRequest,
+    DirectoryRequest,
+    ExplainReply,
+    ReceiptsReply,
+    ResolveReply,
+    ResolveRequest,
+    RevokeKeyReply,
+    RevokeKeyRequest,
+    RotateReply,
+    StatusAccepted,
+    StatusRejected,
+    StatusReply,
+)
+from schemas.directory import AgencyRecord, SignedExcerpt, verify_excerpt
 from schemas.envelope import Content, Envelope
 from schemas.errors import (
-    BusUnavailable,
     DecryptionError,
     EnvelopeError,
     IstmoError,
@@ -53,7 +70,7 @@ from schemas.keystore import KeystoreFile
 from schemas.labels import Labels
 from schemas.receipt import sign_receipt
 from schemas.sealing import envelope_digest, parse_envelope, seal
-from schemas.subjects import DELIVER_STREAM, api_subject, deliver_durable
+from schemas.subjects import DELIVER_STREAM, deliver_durable
 
 __all__ = [
     "Handler",
@@ -67,6 +84,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("istmo.sdk")
+
+R = TypeVar("R", bound=BaseModel)
 
 DIRECTORY_TTL_S = 60.0
 # A receipt NATS did not store: the bulletin is handed back and its receipt sent again.
@@ -157,37 +176,34 @@ class IstmoClient:
         self._dedupe.close()
 
     # ------------------------------------------------------------------ requests
-    async def _request(self, op: str, payload: dict[str, Any], timeout: float = 5.0) -> Any:
-        try:
-            msg = await self._nc.request(
-                api_subject(self.agency, op), canonical_json(payload), timeout=timeout
-            )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            raise BusUnavailable(
-                f"the broker did not answer {op!r} (is the relay running?)"
-            ) from exc
-        answer = json.loads(msg.data)
-        if isinstance(answer, dict) and "error" in answer and len(answer) == 1:
-            err = answer["error"]
-            code = str(err.get("code", "error"))
-            if code == "policy_deny":
-                raise PolicyDenied(str(err.get("message", "")), code=code)
-            raise IstmoError(str(err.get("message", "request failed")), code=code)
-        return answer
+    async def _ask(
+        self, op: ApiOp, request: BaseModel, reply: type[R], timeout: float = REQUEST_TIMEOUT_S
+    ) -> R:
+        """One request to the broker (``clients.requests.ask``) as this agency."""
+        return await ask(self._nc, self.agency, op, request, reply, timeout=timeout)
 
     async def _directory(self, agencies: list[str]) -> dict[str, AgencyRecord]:
+        """The records of ``agencies`` the directory lists, fetched at most
+        ``DIRECTORY_TTL_S`` ago, each excerpt checked against the pinned key.
+
+        Raises:
+            BusUnavailable: the broker did not answer.
+            SignatureError: the excerpt is not signed by the pinned directory key.
+            IstmoError: the broker refused the request (``clients.errors``).
+        """
         fresh_after = time.monotonic() - DIRECTORY_TTL_S
         missing = [a for a in agencies if self._records.get(a, (0.0, None))[0] < fresh_after]
         if missing:
-            msg = await self._nc.request(
-                api_subject(self.agency, "directory"),
-                canonical_json({"agencies": sorted(set(missing))}),
-                timeout=5,
-            )
-            excerpt = open_excerpt(msg.data, self._pinned)
-            for rec in excerpt.agencies:
-                self._records[rec.id] = (time.monotonic(), rec)
+            req = make_request(DirectoryRequest, agencies=tuple(sorted(set(missing))))
+            self._remember(await self._ask("directory", req, SignedExcerpt))
         return {a: self._records[a][1] for a in agencies if a in self._records}
+
+    def _remember(self, signed: SignedExcerpt) -> list[AgencyRecord]:
+        """Check ``signed`` against the pinned key and cache its records."""
+        records = list(verify_excerpt(signed, self._pinned).agencies)
+        for rec in records:
+            self._records[rec.id] = (time.monotonic(), rec)
+        return records
 
     # ------------------------------------------------------------------ publish
     async def resolve(
@@ -196,37 +212,36 @@ class IstmoClient:
         """Ask the broker who may receive a bulletin with ``labels``, with their keys.
 
         The answer comes in a directory excerpt signed by the pinned directory key.
+
+        Raises:
+            PolicyDenied: this agency may not publish it.
+            EnvelopeError: a label names something the broker does not know, or more
+                agencies may receive it than one bulletin carries (``too_many_recipients``).
+            BusUnavailable: the broker did not answer.
         """
-        req: dict[str, Any] = {"labels": labels.model_dump(mode="json", exclude_none=True)}
-        if expires_at is not None:
-            req["expires_at"] = expires_at
-        if not_before is not None:
-            req["not_before"] = not_before
-        answer = await self._request("resolve", req)
-        excerpt = open_excerpt(canonical_json(answer["directory"]), self._pinned)
-        out: dict[AgencyId, EncryptionPublicKey] = {}
-        for rec in excerpt.agencies:
-            self._records[rec.id] = (time.monotonic(), rec)
-            if rec.id in answer["recipients"] and rec.encryption_key is not None:
-                out[AgencyId(rec.id)] = rec.encryption_key.public_key()
-        return out
+        req = make_request(
+            ResolveRequest, labels=labels, expires_at=expires_at, not_before=not_before
+        )
+        answer = await self._ask("resolve", req, ResolveReply)
+        permitted = set(answer.recipients)
+        return {
+            AgencyId(rec.id): rec.encryption_key.public_key()
+            for rec in self._remember(answer.directory)
+            if rec.id in permitted and rec.encryption_key is not None
+        }
 
     async def preview(
         self, labels: Labels, *, expires_at: int | None = None, not_before: int | None = None
     ) -> Preview:
         """Who would receive a bulletin with ``labels``, and why not the others."""
-        req: dict[str, Any] = {"labels": labels.model_dump(mode="json", exclude_none=True)}
-        if expires_at is not None:
-            req["expires_at"] = expires_at
-        if not_before is not None:
-            req["not_before"] = not_before
-        answer = await self._request("explain", req)
+        req = make_request(
+            ResolveRequest, labels=labels, expires_at=expires_at, not_before=not_before
+        )
+        answer = await self._ask("explain", req, ExplainReply)
         return Preview(
-            policy_version=answer["policy_version"],
-            may_publish=bool(answer["publish"]["allowed"]),
-            candidates=tuple(
-                (c["agency"], bool(c["allowed"]), c["summary"]) for c in answer["candidates"]
-            ),
+            policy_version=answer.policy_version,
+            may_publish=answer.publish.allowed,
+            candidates=tuple((c.agency, c.allowed, c.summary) for c in answer.candidates),
         )
 
     async def publish(
@@ -272,25 +287,32 @@ class IstmoClient:
         await store_envelope(self._js, self.agency, env, attempts=attempts)
 
     async def status(self, bulletin_id: str) -> dict[str, Any]:
-        """The relay's verdict on one of this agency's bulletins."""
-        answer: dict[str, Any] = await self._request("status", {"bulletin_id": bulletin_id})
+        """The relay's verdict on one of this agency's bulletins, as JSON: ``state``
+        (``accepted``, ``rejected`` or ``pending``) and the fields of
+        ``schemas.agency.StatusReply`` for it."""
+        reply = await self._status(bulletin_id)
+        answer: dict[str, Any] = reply.root.model_dump(mode="json")
         return answer
+
+    async def _status(self, bulletin_id: str) -> StatusReply:
+        req = make_request(BulletinRequest, bulletin_id=bulletin_id)
+        return await self._ask("status", req, StatusReply)
 
     async def wait_for_verdict(self, bulletin_id: str, *, timeout: float = 10.0) -> PublishResult:
         deadline = time.monotonic() + timeout
         delay = 0.05
         while True:
-            st = await self.status(bulletin_id)
-            if st["state"] == "accepted":
+            st = (await self._status(bulletin_id)).root
+            if isinstance(st, StatusAccepted):
                 return PublishResult(
                     bulletin_id,
                     "accepted",
-                    tuple(st["routed"]),
-                    tuple((d["agency"], tuple(d["policy_ids"])) for d in st["denied"]),
+                    st.routed,
+                    tuple((d.agency, d.policy_ids) for d in st.denied),
                 )
-            if st["state"] == "rejected":
+            if isinstance(st, StatusRejected):
                 raise PublishRejected(
-                    f"bulletin {bulletin_id} rejected: {st['message']}", code=st["reason"]
+                    f"bulletin {bulletin_id} rejected: {st.message}", code=st.reason
                 )
             if time.monotonic() >= deadline:
                 return PublishResult(bulletin_id, "pending")
@@ -298,11 +320,15 @@ class IstmoClient:
             delay = min(delay * 2, 0.5)
 
     async def receipts(self, bulletin_id: str) -> ReceiptReport:
-        """Which recipients have received one of this agency's bulletins."""
-        answer = await self._request("receipts", {"bulletin_id": bulletin_id})
+        """Which recipients have received one of this agency's bulletins.
+
+        Raises:
+            NotFound: no such bulletin of this agency's (``clients.errors``).
+        """
+        req = make_request(BulletinRequest, bulletin_id=bulletin_id)
+        answer = await self._ask("receipts", req, ReceiptsReply)
         return ReceiptReport(
-            bulletin_id,
-            tuple((r["agency"], r["received_at"]) for r in answer["recipients"]),
+            bulletin_id, tuple((r.agency, r.received_at) for r in answer.recipients)
         )
 
     async def dead_letters(self) -> list[dict[str, Any]]:
@@ -310,9 +336,8 @@ class IstmoClient:
         own bulletins no relay could process, each with ``kind``, ``bulletin_id``,
         ``deliveries``, ``dead_seq`` and ``time_ms``. An operator redrives them (``istmo
         admin redrive``) once the handler is fixed."""
-        answer = await self._request("dead-letters", {})
-        letters: list[dict[str, Any]] = answer["dead_letters"]
-        return letters
+        answer = await self._ask("dead-letters", DeadLettersRequest(), DeadLettersReply)
+        return [letter.model_dump(mode="json") for letter in answer.dead_letters]
 
     # ------------------------------------------------------------------ keys
     async def rotate_keys(self, *, passphrase: str | None = None) -> tuple[str, str]:
@@ -329,7 +354,8 @@ class IstmoClient:
             The new signing and encryption key ids.
 
         Raises:
-            IstmoError: the broker refused the rotation (``code`` says why).
+            IstmoError: the broker refused the rotation (``code`` says why; see
+                ``clients.errors``), or did not answer (``BusUnavailable``).
             RuntimeError: this client was not opened from a keystore file.
         """
         if self.keystore_path is None:
@@ -338,7 +364,7 @@ class IstmoClient:
         pending = self.keystore_path.with_name(self.keystore_path.name + ".rotating")
         save_keystore(pending, rotated, passphrase)
         try:
-            await self._request("rotate", request.model_dump(mode="json"))
+            await self._ask("rotate", request, RotateReply)
         except IstmoError:
             pending.unlink(missing_ok=True)
             raise
@@ -358,12 +384,13 @@ class IstmoClient:
             When the revocation took effect (epoch seconds).
 
         Raises:
-            IstmoError: ``not_found`` (not a signing key of this agency),
-                ``already_revoked``, or ``malformed`` (not a key id).
+            NotFound: not a signing key of this agency.
+            EnvelopeError: ``already_revoked``, or ``malformed`` (not a key id).
         """
-        answer = await self._request("revoke-key", {"kid": kid})
+        req = make_request(RevokeKeyRequest, kid=kid)
+        answer = await self._ask("revoke-key", req, RevokeKeyReply)
         self._records.pop(self.agency, None)
-        return int(answer["revoked_at"])
+        return answer.revoked_at
 
     # ------------------------------------------------------------------ receive
     async def receive(
