@@ -17,9 +17,10 @@ bulletins and receipts in JetStream (``clients.publishing``), opening a delivery
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -55,7 +56,7 @@ from schemas.agency import (
     StatusRejected,
     StatusReply,
 )
-from schemas.directory import AgencyRecord, SignedExcerpt, verify_excerpt
+from schemas.directory import AgencyRecord, SignedExcerpt, SigningKeyRecord, verify_excerpt
 from schemas.envelope import Content, Envelope
 from schemas.errors import (
     DecryptionError,
@@ -106,6 +107,14 @@ def _cancel_requested() -> bool:
 def _stop_if_cancelled() -> None:
     if _cancel_requested():
         raise asyncio.CancelledError
+
+
+async def _hand_back(msgs: Iterable[Msg]) -> None:
+    """Give fetched messages back to the server at once (nak), for a later ``receive``.
+    Best effort: what cannot be handed back returns after the ack wait anyway."""
+    for msg in msgs:
+        with contextlib.suppress(nats.errors.Error):
+            await msg.nak()
 
 
 class IstmoClient:
@@ -404,7 +413,8 @@ class IstmoClient:
         """Hand verified bulletins to ``handler``, then ack and send a signed receipt.
 
         A bulletin is acknowledged only after ``handler`` returned, and its id is then
-        remembered durably, so a redelivery never reaches ``handler`` twice.
+        remembered durably, so a redelivery never reaches ``handler`` twice. Waiting for
+        bulletins that do not come is not an error: it ends at ``timeout`` or ``count``.
 
         Args:
             handler: awaited once per new bulletin.
@@ -414,6 +424,13 @@ class IstmoClient:
 
         Returns:
             How many bulletins were handed over.
+
+        Raises:
+            BusUnavailable: the broker did not answer the directory lookup that verifies
+                a bulletin's sender. The bulletin is handed back, unopened and not lost:
+                a later ``receive`` gets it.
+            IstmoError: the directory lookup failed otherwise (its excerpt is not signed
+                by the pinned key, or the broker refused it); handed back likewise.
         """
         sub = await self._js.pull_subscribe_bind(
             deliver_durable(self.agency), stream=DELIVER_STREAM
@@ -434,11 +451,17 @@ class IstmoClient:
                 for i, msg in enumerate(msgs):
                     if (count is not None and handed >= count) or _cancel_requested():
                         # Not ours to process now: back to the server at once.
-                        for rest in msgs[i:]:
-                            await rest.nak()
+                        await _hand_back(msgs[i:])
                         break
-                    if await self._handle(msg, handler):
-                        handed += 1
+                    try:
+                        if await self._handle(msg, handler):
+                            handed += 1
+                    except IstmoError:
+                        # Mostly the broker not answering the lookup that opens a bulletin
+                        # (_handle): the rest of the batch goes back at once, for a later
+                        # receive, rather than after the ack wait.
+                        await _hand_back(msgs[i + 1 :])
+                        raise
         finally:
             await sub.unsubscribe()
         return handed
@@ -460,7 +483,20 @@ class IstmoClient:
             await self._settle(msg, await self._send_receipt(env, digest, handed_at))
             return False
         try:
-            bulletin = await self._open(env)
+            sender_key = await self._sender_key(env)
+        except IstmoError:
+            # Not the bulletin's fault: the broker did not answer (or not as it should).
+            # Back to the server at once, unopened, for a later receive.
+            await _hand_back([msg])
+            raise
+        try:
+            bulletin = open_delivery(
+                env,
+                sender_key=sender_key,
+                keystore=self.keystore,
+                agency=self.agency,
+                now=int(time.time()),
+            )
         except (SignatureError, DecryptionError, EnvelopeError) as exc:
             log.warning("refused bulletin %s from %s: %s", bid, env.header.originator, exc.code)
             await msg.term()
@@ -477,25 +513,30 @@ class IstmoClient:
         """Ack once the receipt is stored; otherwise hand the bulletin back for a while: it
         returns, the dedupe store keeps it from the application, and the receipt is sent
         again (NATS may be electing a leader, or a node may be down)."""
-        if receipt_stored:
-            await msg.ack_sync()
-        else:
+        if not receipt_stored:
             await msg.nak(delay=RECEIPT_RETRY_S)
+            return
+        try:
+            await msg.ack_sync()
+        except nats.errors.TimeoutError:
+            # The ack may not have reached JetStream: then the bulletin comes back after
+            # the ack wait, and the dedupe branch of _handle sends the receipt and acks.
+            log.warning("NATS did not confirm the ack of a delivery; it may come back once")
 
-    async def _open(self, env: Envelope) -> ReceivedBulletin:
-        h = env.header
-        key = signing_key_of((await self._directory([h.originator])).get(h.originator), env.sig.kid)
+    async def _sender_key(self, env: Envelope) -> SigningKeyRecord | None:
+        """The originator's signing key ``env`` names, as the directory lists it (None if
+        it does not); the directory is asked again once if the cached record lacks it
+        (the originator may have rotated).
+
+        Raises:
+            BusUnavailable, SignatureError, IstmoError: as ``_directory``.
+        """
+        originator, kid = env.header.originator, env.sig.kid
+        key = signing_key_of((await self._directory([originator])).get(originator), kid)
         if key is None:
-            self._records.pop(h.originator, None)  # maybe rotated: ask once more
-            records = await self._directory([h.originator])
-            key = signing_key_of(records.get(h.originator), env.sig.kid)
-        return open_delivery(
-            env,
-            sender_key=key,
-            keystore=self.keystore,
-            agency=self.agency,
-            now=int(time.time()),
-        )
+            self._records.pop(originator, None)  # maybe rotated: ask once more
+            key = signing_key_of((await self._directory([originator])).get(originator), kid)
+        return key
 
     async def _send_receipt(self, env: Envelope, digest: str, received_at: int) -> bool:
         """Sign and send the receipt; True once JetStream has stored it."""
