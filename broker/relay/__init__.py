@@ -1,5 +1,5 @@
 """The relay: takes each bulletin from the ingest stream, checks it (``checks``), decides
 (``plan``), audits and delivers (``worker``); serves agencies' requests over NATS
-(``agency_api``); keeps what could not be delivered (``dead_letters``) and heals gaps
-(``reconcile``).
+(``agency_api``, with the answers in ``queries``); keeps what could not be delivered
+(``dead_letters``) and heals gaps (``reconcile``).
 """
