@@ -41,9 +41,10 @@ from bench.relay_rate import backlog_rate
 from bench.synthetic_directory import write_policy_dir
 from bench.timing import phase
 from broker.directory.service import DirectoryService
-from broker.relay.agency_api import AgencyQueries, ResolveRequest
+from broker.relay.queries import AgencyQueries
 from clients.enroll import enroll
 from clients.sdk import IstmoClient
+from schemas.agency import ResolveRequest
 from schemas.keys import EncryptionPublicKey
 from schemas.subjects import inbox_prefix
 

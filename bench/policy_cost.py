@@ -21,8 +21,9 @@ from bench.harness import WIDE_LABELS
 from broker.config import Settings
 from broker.directory.service import DirectoryService
 from broker.policy.engine import BulletinFacts
-from broker.relay.agency_api import AgencyQueries, ResolveRequest
+from broker.relay.queries import AgencyQueries
 from broker.runtime.stack import Stack
+from schemas.agency import ResolveRequest
 
 NAME = "policy"
 TITLE = "5. Policy decisions"

@@ -5,34 +5,60 @@ confines it to its own subjects. Everything the client accepts from the broker i
 checked: directory excerpts against the pinned directory key, envelopes against the
 originator's registered signing key, and nothing reaches the application unless it
 opened under its own key.
+
+Its parts live beside it, one concept each: the connection (``clients.connection``),
+requests to the broker and their typed replies (``clients.requests``, ``schemas.agency``),
+the SDK's errors and the one each error code raises (``clients.errors``), storing
+bulletins and receipts in JetStream (``clients.publishing``), opening a delivery
+(``clients.opening``), new keys (``clients.rotation``) and the values handed back
+(``clients.results``, importable from here too).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-import ssl
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-import nats
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from pydantic import BaseModel
 
+from clients.connection import connect_agency
 from clients.dedupe import DedupeStore
+from clients.errors import PublishRejected, PublishUnacknowledged
 from clients.keystore import Passphrase, load_keystore, save_keystore
-from schemas.canonical import b64e, canonical_json
-from schemas.directory import AgencyRecord, EncryptionKeyRecord, open_excerpt
+from clients.opening import open_delivery, signing_key_of
+from clients.publishing import store_envelope, store_receipt
+from clients.requests import REQUEST_TIMEOUT_S, ask, make_request
+from clients.results import Preview, PublishResult, ReceiptReport, ReceivedBulletin
+from clients.rotation import new_keys
+from schemas.agency import (
+    ApiOp,
+    BulletinRequest,
+    DeadLettersReply,
+    DeadLettersRequest,
+    DirectoryRequest,
+    ExplainReply,
+    ReceiptsReply,
+    ResolveReply,
+    ResolveRequest,
+    RevokeKeyReply,
+    RevokeKeyRequest,
+    RotateReply,
+    StatusAccepted,
+    StatusRejected,
+    StatusReply,
+)
+from schemas.directory import AgencyRecord, SignedExcerpt, SigningKeyRecord, verify_excerpt
 from schemas.envelope import Content, Envelope
 from schemas.errors import (
-    BusUnavailable,
     DecryptionError,
     EnvelopeError,
     IstmoError,
@@ -40,23 +66,15 @@ from schemas.errors import (
     SignatureError,
 )
 from schemas.ids import AgencyId, BulletinId
-from schemas.keys import EncryptionKey, EncryptionPublicKey, SigningKey
-from schemas.keystore import KeystoreFile, StoredEncryptionKey, StoredSigningKey
-from schemas.labels import Handling, Labels
+from schemas.keys import EncryptionPublicKey
+from schemas.keystore import KeystoreFile
+from schemas.labels import Labels
 from schemas.receipt import sign_receipt
-from schemas.rotation import sign_rotation
-from schemas.sealing import encode_envelope, envelope_digest, open_envelope, parse_envelope, seal
-from schemas.subjects import (
-    DELIVER_STREAM,
-    api_subject,
-    deliver_durable,
-    inbox_prefix,
-    ingest_msg_id,
-    ingest_subject,
-    receipt_subject,
-)
+from schemas.sealing import envelope_digest, parse_envelope, seal
+from schemas.subjects import DELIVER_STREAM, deliver_durable
 
 __all__ = [
+    "Handler",
     "IstmoClient",
     "Preview",
     "PublishRejected",
@@ -68,113 +86,11 @@ __all__ = [
 
 log = logging.getLogger("istmo.sdk")
 
+R = TypeVar("R", bound=BaseModel)
+
 DIRECTORY_TTL_S = 60.0
-# Ride out a NATS restart or a cluster's leader election (F-04, F-05): about a minute of
-# attempts, 0.5 s apart, before the client gives up and says the broker is gone.
-RECONNECT_ATTEMPTS = 120
 # A receipt NATS did not store: the bulletin is handed back and its receipt sent again.
 RECEIPT_RETRY_S = 2
-# What JetStream says when a stream or its volume has no room (nats-server's messages).
-# No answer to a JetStream publish: nobody stored it (no broker gate running, JetStream
-# electing a leader); a retry with the same Nats-Msg-Id is harmless.
-_NOT_STORED = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.js.errors.NoStreamResponseError,
-)
-_STORE_FULL = ("maximum bytes", "maximum messages", "insufficient resources", "no space")
-# JetStream is still deciding an earlier attempt with the same Nats-Msg-Id (a clustered
-# stream whose leader moved mid-publish): not a refusal; asking again settles it.
-_DUPLICATE_IN_PROCESS = 10158
-
-CAVEATS = {
-    Handling.H0: "use only for the purpose it was provided for",
-    Handling.H1: "no judicial use without the originator's consent",
-    Handling.H2: "no further dissemination without the originator's consent",
-}
-
-
-class PublishRejected(IstmoError):
-    """The relay refused a bulletin; ``code`` is its reason."""
-
-    default_code = "rejected"
-
-
-class PublishUnacknowledged(BusUnavailable):
-    """NATS never acknowledged the bulletin: it may or may not be stored. Publishing it
-    again makes a new bulletin (a new id); ask ``status(bulletin_id)`` first."""
-
-    default_code = "unacknowledged"
-
-    def __init__(self, bulletin_id: str, why: str) -> None:
-        super().__init__(
-            f"NATS did not acknowledge bulletin {bulletin_id} ({why}): it may or may not "
-            "be stored; check its status before publishing it again, which would make a "
-            "new bulletin"
-        )
-        self.bulletin_id = bulletin_id
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    """What happened to a published bulletin.
-
-    Attributes:
-        bulletin_id: the id to quote for receipts.
-        state: "accepted" once the relay routed it, "pending" if the wait timed out,
-            "embargoed" if it was published with a ``not_before`` still to come.
-        routed: agencies it was delivered to.
-        denied: (agency, policy ids) the policy refused, with the deciding policies.
-    """
-
-    bulletin_id: str
-    state: str
-    routed: tuple[str, ...] = ()
-    denied: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-
-@dataclass(frozen=True)
-class ReceivedBulletin:
-    """A verified, decrypted bulletin, as the application receives it."""
-
-    id: str
-    originator: str
-    labels: Labels
-    title: str
-    body: str
-    created_at: int
-    received_at: int
-    caveats: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "originator": self.originator,
-            "labels": self.labels.model_dump(mode="json", exclude_none=True),
-            "title": self.title,
-            "body": self.body,
-            "created_at": self.created_at,
-            "received_at": self.received_at,
-            "caveats": list(self.caveats),
-        }
-
-
-@dataclass(frozen=True)
-class Preview:
-    """The policy's answer before publishing: (agency, permitted, why) per candidate."""
-
-    policy_version: str
-    may_publish: bool
-    candidates: tuple[tuple[str, bool, str], ...]
-
-
-@dataclass(frozen=True)
-class ReceiptReport:
-    """Who received a bulletin: (agency, received_at or None) per routed recipient."""
-
-    bulletin_id: str
-    recipients: tuple[tuple[str, int | None], ...]
-
 
 Handler = Callable[[ReceivedBulletin], Awaitable[None]]
 
@@ -191,6 +107,14 @@ def _cancel_requested() -> bool:
 def _stop_if_cancelled() -> None:
     if _cancel_requested():
         raise asyncio.CancelledError
+
+
+async def _hand_back(msgs: Iterable[Msg]) -> None:
+    """Give fetched messages back to the server at once (nak), for a later ``receive``.
+    Best effort: what cannot be handed back returns after the ack wait anyway."""
+    for msg in msgs:
+        with contextlib.suppress(nats.errors.Error):
+            await msg.nak()
 
 
 class IstmoClient:
@@ -236,59 +160,7 @@ class IstmoClient:
                 (``SSL_CERT_FILE``; code ``tls_untrusted``).
         """
         keystore = load_keystore(keystore_path, passphrase)
-        errors: list[str] = []
-        connected: list[NATS] = []
-        closing: set[asyncio.Task[None]] = set()
-
-        async def on_error(exc: Exception) -> None:
-            if not connected and isinstance(exc, ssl.SSLError):
-                # A TLS handshake that failed (an untrusted certificate, a wrong name) fails
-                # the same way on every retry, and nats-py 2.16 then hangs for ever closing
-                # the socket (nats-io/nats.py#718): raised here, it ends nats.connect.
-                raise exc
-            # Permission violations reach only this callback; log the subject, no payload.
-            errors.append(str(exc))
-            log.warning("nats: %s", exc)
-            if connected and "authorization violation" in str(exc).lower():
-                # Suspended or revoked while connected: retrying cannot help; stop now.
-                task = asyncio.get_running_loop().create_task(connected[0].close())
-                closing.add(task)
-                task.add_done_callback(closing.discard)
-
-        try:
-            nc = await nats.connect(
-                nats_url,
-                nkeys_seed_str=keystore.nats_seed,
-                inbox_prefix=inbox_prefix(keystore.agency),
-                name=keystore.agency,
-                connect_timeout=connect_timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=3,  # a first connection fails fast
-                reconnect_time_wait=0.5,
-                error_cb=on_error,
-            )
-        except ssl.SSLCertVerificationError as exc:
-            raise BusUnavailable(
-                f"the certificate of NATS at {nats_url} could not be verified "
-                f"({exc.verify_message}): set SSL_CERT_FILE to the region's CA certificate",
-                code="tls_untrusted",
-            ) from exc
-        except ssl.SSLError as exc:
-            raise BusUnavailable(
-                f"TLS with NATS at {nats_url} failed ({exc.reason or exc})", code="tls_failed"
-            ) from exc
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            detail = "; ".join(errors[-1:]) or type(exc).__name__
-            if any("authorization violation" in e.lower() for e in errors):
-                raise BusUnavailable(
-                    f"NATS at {nats_url} refused {keystore.agency}'s credentials "
-                    "(suspended, revoked, or not in this directory)",
-                    code="not_authorized",
-                ) from exc
-            raise BusUnavailable(f"broker not running at {nats_url} ({detail})") from exc
-        # Once connected, ride out restarts and elections (nats-py reads this per attempt).
-        nc.options["max_reconnect_attempts"] = RECONNECT_ATTEMPTS
-        connected.append(nc)
+        nc = await connect_agency(keystore, nats_url, timeout=connect_timeout)
         path = dedupe_path or keystore_path.with_name(keystore_path.stem + ".received.sqlite")
         return cls(keystore, nc, DedupeStore(path), keystore_path)
 
@@ -313,37 +185,34 @@ class IstmoClient:
         self._dedupe.close()
 
     # ------------------------------------------------------------------ requests
-    async def _request(self, op: str, payload: dict[str, Any], timeout: float = 5.0) -> Any:
-        try:
-            msg = await self._nc.request(
-                api_subject(self.agency, op), canonical_json(payload), timeout=timeout
-            )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            raise BusUnavailable(
-                f"the broker did not answer {op!r} (is the relay running?)"
-            ) from exc
-        answer = json.loads(msg.data)
-        if isinstance(answer, dict) and "error" in answer and len(answer) == 1:
-            err = answer["error"]
-            code = str(err.get("code", "error"))
-            if code == "policy_deny":
-                raise PolicyDenied(str(err.get("message", "")), code=code)
-            raise IstmoError(str(err.get("message", "request failed")), code=code)
-        return answer
+    async def _ask(
+        self, op: ApiOp, request: BaseModel, reply: type[R], timeout: float = REQUEST_TIMEOUT_S
+    ) -> R:
+        """One request to the broker (``clients.requests.ask``) as this agency."""
+        return await ask(self._nc, self.agency, op, request, reply, timeout=timeout)
 
     async def _directory(self, agencies: list[str]) -> dict[str, AgencyRecord]:
+        """The records of ``agencies`` the directory lists, fetched at most
+        ``DIRECTORY_TTL_S`` ago, each excerpt checked against the pinned key.
+
+        Raises:
+            BusUnavailable: the broker did not answer.
+            SignatureError: the excerpt is not signed by the pinned directory key.
+            IstmoError: the broker refused the request (``clients.errors``).
+        """
         fresh_after = time.monotonic() - DIRECTORY_TTL_S
         missing = [a for a in agencies if self._records.get(a, (0.0, None))[0] < fresh_after]
         if missing:
-            msg = await self._nc.request(
-                api_subject(self.agency, "directory"),
-                canonical_json({"agencies": sorted(set(missing))}),
-                timeout=5,
-            )
-            excerpt = open_excerpt(msg.data, self._pinned)
-            for rec in excerpt.agencies:
-                self._records[rec.id] = (time.monotonic(), rec)
+            req = make_request(DirectoryRequest, agencies=tuple(sorted(set(missing))))
+            self._remember(await self._ask("directory", req, SignedExcerpt))
         return {a: self._records[a][1] for a in agencies if a in self._records}
+
+    def _remember(self, signed: SignedExcerpt) -> list[AgencyRecord]:
+        """Check ``signed`` against the pinned key and cache its records."""
+        records = list(verify_excerpt(signed, self._pinned).agencies)
+        for rec in records:
+            self._records[rec.id] = (time.monotonic(), rec)
+        return records
 
     # ------------------------------------------------------------------ publish
     async def resolve(
@@ -352,37 +221,36 @@ class IstmoClient:
         """Ask the broker who may receive a bulletin with ``labels``, with their keys.
 
         The answer comes in a directory excerpt signed by the pinned directory key.
+
+        Raises:
+            PolicyDenied: this agency may not publish it.
+            EnvelopeError: a label names something the broker does not know, or more
+                agencies may receive it than one bulletin carries (``too_many_recipients``).
+            BusUnavailable: the broker did not answer.
         """
-        req: dict[str, Any] = {"labels": labels.model_dump(mode="json", exclude_none=True)}
-        if expires_at is not None:
-            req["expires_at"] = expires_at
-        if not_before is not None:
-            req["not_before"] = not_before
-        answer = await self._request("resolve", req)
-        excerpt = open_excerpt(canonical_json(answer["directory"]), self._pinned)
-        out: dict[AgencyId, EncryptionPublicKey] = {}
-        for rec in excerpt.agencies:
-            self._records[rec.id] = (time.monotonic(), rec)
-            if rec.id in answer["recipients"] and rec.encryption_key is not None:
-                out[AgencyId(rec.id)] = rec.encryption_key.public_key()
-        return out
+        req = make_request(
+            ResolveRequest, labels=labels, expires_at=expires_at, not_before=not_before
+        )
+        answer = await self._ask("resolve", req, ResolveReply)
+        permitted = set(answer.recipients)
+        return {
+            AgencyId(rec.id): rec.encryption_key.public_key()
+            for rec in self._remember(answer.directory)
+            if rec.id in permitted and rec.encryption_key is not None
+        }
 
     async def preview(
         self, labels: Labels, *, expires_at: int | None = None, not_before: int | None = None
     ) -> Preview:
         """Who would receive a bulletin with ``labels``, and why not the others."""
-        req: dict[str, Any] = {"labels": labels.model_dump(mode="json", exclude_none=True)}
-        if expires_at is not None:
-            req["expires_at"] = expires_at
-        if not_before is not None:
-            req["not_before"] = not_before
-        answer = await self._request("explain", req)
+        req = make_request(
+            ResolveRequest, labels=labels, expires_at=expires_at, not_before=not_before
+        )
+        answer = await self._ask("explain", req, ExplainReply)
         return Preview(
-            policy_version=answer["policy_version"],
-            may_publish=bool(answer["publish"]["allowed"]),
-            candidates=tuple(
-                (c["agency"], bool(c["allowed"]), c["summary"]) for c in answer["candidates"]
-            ),
+            policy_version=answer.policy_version,
+            may_publish=answer.publish.allowed,
+            candidates=tuple((c.agency, c.allowed, c.summary) for c in answer.candidates),
         )
 
     async def publish(
@@ -425,54 +293,35 @@ class IstmoClient:
         return await self.wait_for_verdict(env.header.bulletin_id, timeout=timeout)
 
     async def _publish_envelope(self, env: Envelope, attempts: int = 3) -> None:
-        raw = encode_envelope(env)
-        headers = {"Nats-Msg-Id": ingest_msg_id(self.agency, envelope_digest(env))}
-        for attempt in range(attempts):
-            try:
-                await self._js.publish(ingest_subject(self.agency), raw, headers=headers, timeout=5)
-                return
-            except nats.js.errors.APIError as exc:
-                if exc.err_code == _DUPLICATE_IN_PROCESS:
-                    # It may yet be stored: never "nothing was stored". Ask again.
-                    if attempt == attempts - 1:
-                        raise PublishUnacknowledged(
-                            str(env.header.bulletin_id), "an earlier attempt is still being stored"
-                        ) from exc
-                    await asyncio.sleep(0.5 * (attempt + 1))
-                    continue
-                # JetStream refused to store it: nothing was stored; say why.
-                text = str(exc.description or "")[:120]
-                full = any(w in text.lower() for w in _STORE_FULL)
-                raise BusUnavailable(
-                    f"NATS refused the bulletin: {'the store is full' if full else 'refused'}"
-                    f" ({text}); nothing was stored, publish it again later",
-                    code="store_full" if full else "refused",
-                ) from exc
-            except _NOT_STORED as exc:
-                if attempt == attempts - 1:
-                    raise PublishUnacknowledged(str(env.header.bulletin_id), "no answer") from exc
-                await asyncio.sleep(0.5 * (attempt + 1))  # same Nats-Msg-Id: a retry is harmless
+        await store_envelope(self._js, self.agency, env, attempts=attempts)
 
     async def status(self, bulletin_id: str) -> dict[str, Any]:
-        """The relay's verdict on one of this agency's bulletins."""
-        answer: dict[str, Any] = await self._request("status", {"bulletin_id": bulletin_id})
+        """The relay's verdict on one of this agency's bulletins, as JSON: ``state``
+        (``accepted``, ``rejected`` or ``pending``) and the fields of
+        ``schemas.agency.StatusReply`` for it."""
+        reply = await self._status(bulletin_id)
+        answer: dict[str, Any] = reply.root.model_dump(mode="json")
         return answer
+
+    async def _status(self, bulletin_id: str) -> StatusReply:
+        req = make_request(BulletinRequest, bulletin_id=bulletin_id)
+        return await self._ask("status", req, StatusReply)
 
     async def wait_for_verdict(self, bulletin_id: str, *, timeout: float = 10.0) -> PublishResult:
         deadline = time.monotonic() + timeout
         delay = 0.05
         while True:
-            st = await self.status(bulletin_id)
-            if st["state"] == "accepted":
+            st = (await self._status(bulletin_id)).root
+            if isinstance(st, StatusAccepted):
                 return PublishResult(
                     bulletin_id,
                     "accepted",
-                    tuple(st["routed"]),
-                    tuple((d["agency"], tuple(d["policy_ids"])) for d in st["denied"]),
+                    st.routed,
+                    tuple((d.agency, d.policy_ids) for d in st.denied),
                 )
-            if st["state"] == "rejected":
+            if isinstance(st, StatusRejected):
                 raise PublishRejected(
-                    f"bulletin {bulletin_id} rejected: {st['message']}", code=st["reason"]
+                    f"bulletin {bulletin_id} rejected: {st.message}", code=st.reason
                 )
             if time.monotonic() >= deadline:
                 return PublishResult(bulletin_id, "pending")
@@ -480,11 +329,15 @@ class IstmoClient:
             delay = min(delay * 2, 0.5)
 
     async def receipts(self, bulletin_id: str) -> ReceiptReport:
-        """Which recipients have received one of this agency's bulletins."""
-        answer = await self._request("receipts", {"bulletin_id": bulletin_id})
+        """Which recipients have received one of this agency's bulletins.
+
+        Raises:
+            NotFound: no such bulletin of this agency's (``clients.errors``).
+        """
+        req = make_request(BulletinRequest, bulletin_id=bulletin_id)
+        answer = await self._ask("receipts", req, ReceiptsReply)
         return ReceiptReport(
-            bulletin_id,
-            tuple((r["agency"], r["received_at"]) for r in answer["recipients"]),
+            bulletin_id, tuple((r.agency, r.received_at) for r in answer.recipients)
         )
 
     async def dead_letters(self) -> list[dict[str, Any]]:
@@ -492,9 +345,8 @@ class IstmoClient:
         own bulletins no relay could process, each with ``kind``, ``bulletin_id``,
         ``deliveries``, ``dead_seq`` and ``time_ms``. An operator redrives them (``istmo
         admin redrive``) once the handler is fixed."""
-        answer = await self._request("dead-letters", {})
-        letters: list[dict[str, Any]] = answer["dead_letters"]
-        return letters
+        answer = await self._ask("dead-letters", DeadLettersRequest(), DeadLettersReply)
+        return [letter.model_dump(mode="json") for letter in answer.dead_letters]
 
     # ------------------------------------------------------------------ keys
     async def rotate_keys(self, *, passphrase: str | None = None) -> tuple[str, str]:
@@ -511,53 +363,24 @@ class IstmoClient:
             The new signing and encryption key ids.
 
         Raises:
-            IstmoError: the broker refused the rotation (``code`` says why).
+            IstmoError: the broker refused the rotation (``code`` says why; see
+                ``clients.errors``), or did not answer (``BusUnavailable``).
             RuntimeError: this client was not opened from a keystore file.
         """
         if self.keystore_path is None:
             raise RuntimeError("rotate_keys needs a client opened with IstmoClient.connect")
-        ks = self.keystore
-        current = ks.signing_key()
-        new_sk = SigningKey.generate()
-        new_ek = EncryptionKey.generate(ks.encryption_keys[-1].kem)
-        now = int(time.time())
-        pub = new_ek.public_key
-        request = sign_rotation(
-            agency=self.agency,
-            issued_at=now,
-            current=current,
-            new=new_sk,
-            encryption=EncryptionKeyRecord(
-                kid=pub.kid, kem=pub.kem, public=b64e(pub.public), created_at=now
-            ),
-        )
-        rotated = ks.model_copy(
-            update={
-                "signing_keys": (
-                    *ks.signing_keys,
-                    StoredSigningKey(
-                        kid=new_sk.verify_key.kid, private=b64e(new_sk.private), created_at=now
-                    ),
-                ),
-                "encryption_keys": (
-                    *ks.encryption_keys,
-                    StoredEncryptionKey(
-                        kid=pub.kid, kem=pub.kem, private=b64e(new_ek.private), created_at=now
-                    ),
-                ),
-            }
-        )
+        request, rotated = new_keys(self.keystore, now=int(time.time()))
         pending = self.keystore_path.with_name(self.keystore_path.name + ".rotating")
         save_keystore(pending, rotated, passphrase)
         try:
-            await self._request("rotate", request.model_dump(mode="json"))
+            await self._ask("rotate", request, RotateReply)
         except IstmoError:
             pending.unlink(missing_ok=True)
             raise
         pending.replace(self.keystore_path)
         self.keystore = rotated
         self._records.pop(self.agency, None)
-        return new_sk.verify_key.kid, pub.kid
+        return request.signing.kid, request.encryption.kid
 
     async def revoke_key(self, kid: str) -> int:
         """Revoke one of this agency's own signing keys, from now on (after a leak).
@@ -570,12 +393,13 @@ class IstmoClient:
             When the revocation took effect (epoch seconds).
 
         Raises:
-            IstmoError: ``not_found`` (not a signing key of this agency),
-                ``already_revoked``, or ``malformed`` (not a key id).
+            NotFound: not a signing key of this agency.
+            EnvelopeError: ``already_revoked``, or ``malformed`` (not a key id).
         """
-        answer = await self._request("revoke-key", {"kid": kid})
+        req = make_request(RevokeKeyRequest, kid=kid)
+        answer = await self._ask("revoke-key", req, RevokeKeyReply)
         self._records.pop(self.agency, None)
-        return int(answer["revoked_at"])
+        return answer.revoked_at
 
     # ------------------------------------------------------------------ receive
     async def receive(
@@ -589,7 +413,8 @@ class IstmoClient:
         """Hand verified bulletins to ``handler``, then ack and send a signed receipt.
 
         A bulletin is acknowledged only after ``handler`` returned, and its id is then
-        remembered durably, so a redelivery never reaches ``handler`` twice.
+        remembered durably, so a redelivery never reaches ``handler`` twice. Waiting for
+        bulletins that do not come is not an error: it ends at ``timeout`` or ``count``.
 
         Args:
             handler: awaited once per new bulletin.
@@ -599,6 +424,13 @@ class IstmoClient:
 
         Returns:
             How many bulletins were handed over.
+
+        Raises:
+            BusUnavailable: the broker did not answer the directory lookup that verifies
+                a bulletin's sender. The bulletin is handed back, unopened and not lost:
+                a later ``receive`` gets it.
+            IstmoError: the directory lookup failed otherwise (its excerpt is not signed
+                by the pinned key, or the broker refused it); handed back likewise.
         """
         sub = await self._js.pull_subscribe_bind(
             deliver_durable(self.agency), stream=DELIVER_STREAM
@@ -619,11 +451,17 @@ class IstmoClient:
                 for i, msg in enumerate(msgs):
                     if (count is not None and handed >= count) or _cancel_requested():
                         # Not ours to process now: back to the server at once.
-                        for rest in msgs[i:]:
-                            await rest.nak()
+                        await _hand_back(msgs[i:])
                         break
-                    if await self._handle(msg, handler):
-                        handed += 1
+                    try:
+                        if await self._handle(msg, handler):
+                            handed += 1
+                    except IstmoError:
+                        # Mostly the broker not answering the lookup that opens a bulletin
+                        # (_handle): the rest of the batch goes back at once, for a later
+                        # receive, rather than after the ack wait.
+                        await _hand_back(msgs[i + 1 :])
+                        raise
         finally:
             await sub.unsubscribe()
         return handed
@@ -645,7 +483,20 @@ class IstmoClient:
             await self._settle(msg, await self._send_receipt(env, digest, handed_at))
             return False
         try:
-            bulletin = await self._open(env)
+            sender_key = await self._sender_key(env)
+        except IstmoError:
+            # Not the bulletin's fault: the broker did not answer (or not as it should).
+            # Back to the server at once, unopened, for a later receive.
+            await _hand_back([msg])
+            raise
+        try:
+            bulletin = open_delivery(
+                env,
+                sender_key=sender_key,
+                keystore=self.keystore,
+                agency=self.agency,
+                now=int(time.time()),
+            )
         except (SignatureError, DecryptionError, EnvelopeError) as exc:
             log.warning("refused bulletin %s from %s: %s", bid, env.header.originator, exc.code)
             await msg.term()
@@ -662,42 +513,30 @@ class IstmoClient:
         """Ack once the receipt is stored; otherwise hand the bulletin back for a while: it
         returns, the dedupe store keeps it from the application, and the receipt is sent
         again (NATS may be electing a leader, or a node may be down)."""
-        if receipt_stored:
-            await msg.ack_sync()
-        else:
+        if not receipt_stored:
             await msg.nak(delay=RECEIPT_RETRY_S)
+            return
+        try:
+            await msg.ack_sync()
+        except nats.errors.TimeoutError:
+            # The ack may not have reached JetStream: then the bulletin comes back after
+            # the ack wait, and the dedupe branch of _handle sends the receipt and acks.
+            log.warning("NATS did not confirm the ack of a delivery; it may come back once")
 
-    async def _open(self, env: Envelope) -> ReceivedBulletin:
-        h = env.header
-        records = await self._directory([h.originator])
-        rec = records.get(h.originator)
-        key = next((k for k in rec.signing_keys if k.kid == env.sig.kid), None) if rec else None
+    async def _sender_key(self, env: Envelope) -> SigningKeyRecord | None:
+        """The originator's signing key ``env`` names, as the directory lists it (None if
+        it does not); the directory is asked again once if the cached record lacks it
+        (the originator may have rotated).
+
+        Raises:
+            BusUnavailable, SignatureError, IstmoError: as ``_directory``.
+        """
+        originator, kid = env.header.originator, env.sig.kid
+        key = signing_key_of((await self._directory([originator])).get(originator), kid)
         if key is None:
-            self._records.pop(h.originator, None)  # maybe rotated: ask once more
-            rec = (await self._directory([h.originator])).get(h.originator)
-            key = next((k for k in rec.signing_keys if k.kid == env.sig.kid), None) if rec else None
-        if key is None:
-            raise SignatureError("signed by a key the directory does not know")
-        if key.revoked_at is not None and key.revoked_at <= h.created_at:
-            raise SignatureError("signed after its key was revoked", code="key_revoked")
-        wrap = next((w for w in env.wraps if w.recipient == self.agency), None)
-        my_key = self.keystore.encryption_key(wrap.kid) if wrap else None
-        if my_key is None:
-            raise DecryptionError("bulletin does not open", code="recipient_key_unknown")
-        inner = open_envelope(env, recipient=self.agency, key=my_key, sender_key=key.verify_key())
-        caveats = [CAVEATS[c] for c in h.labels.handling if c in CAVEATS]
-        if h.labels.handling_note:
-            caveats.append(h.labels.handling_note)
-        return ReceivedBulletin(
-            id=h.bulletin_id,
-            originator=h.originator,
-            labels=h.labels,
-            title=inner.content.title,
-            body=inner.content.text,
-            created_at=h.created_at,
-            received_at=int(time.time()),
-            caveats=tuple(caveats),
-        )
+            self._records.pop(originator, None)  # maybe rotated: ask once more
+            key = signing_key_of((await self._directory([originator])).get(originator), kid)
+        return key
 
     async def _send_receipt(self, env: Envelope, digest: str, received_at: int) -> bool:
         """Sign and send the receipt; True once JetStream has stored it."""
@@ -710,19 +549,4 @@ class IstmoClient:
             received_at=received_at,
             key=self.keystore.signing_key(),
         )
-        try:
-            await self._js.publish(
-                receipt_subject(self.agency),
-                canonical_json(receipt.model_dump(mode="json")),
-                headers={"Nats-Msg-Id": f"{h.bulletin_id}:{self.agency}:receipt"},
-                timeout=5,
-            )
-        except (*_NOT_STORED, nats.js.errors.APIError):
-            # Not stored: the caller hands the bulletin back, so the receipt is sent again.
-            log.warning(
-                "receipt for %s not acknowledged by NATS; retrying in %d s",
-                h.bulletin_id,
-                RECEIPT_RETRY_S,
-            )
-            return False
-        return True
+        return await store_receipt(self._js, receipt)

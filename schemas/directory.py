@@ -26,6 +26,7 @@ __all__ = [
     "SigningKeyRecord",
     "open_excerpt",
     "sign_excerpt",
+    "verify_excerpt",
 ]
 
 Sector = Literal["police", "military", "foreign", "justice", "regional-centre", "auditor"]
@@ -131,6 +132,17 @@ def open_excerpt(raw: bytes, pinned: VerifyKey) -> DirectoryExcerpt:
         SignatureError: not signed by the pinned key.
     """
     signed = parse_model(SignedExcerpt, raw, max_bytes=MAX_EXCERPT_BYTES, what="directory")
+    return verify_excerpt(signed, pinned)
+
+
+def verify_excerpt(signed: SignedExcerpt, pinned: VerifyKey) -> DirectoryExcerpt:
+    """Check an excerpt already parsed (as part of a larger answer) against the pinned
+    directory key.
+
+    Raises:
+        EnvelopeError: the signature is not canonical base64.
+        SignatureError: not signed by the pinned key.
+    """
     if signed.kid != pinned.kid:
         raise SignatureError("directory is signed by an unknown key", code="directory_untrusted")
     pinned.verify(

@@ -20,11 +20,27 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas.agency import (
+    BulletinRequest,
+    DeadLettersReply,
+    DeadLettersRequest,
+    DirectoryRequest,
+    ErrorReply,
+    ExplainReply,
+    ReceiptsReply,
+    ResolveReply,
+    ResolveRequest,
+    RevokeKeyReply,
+    RevokeKeyRequest,
+    RotateReply,
+    StatusReply,
+)
 from schemas.audit import AuditEvent
 from schemas.directory import SignedExcerpt
 from schemas.envelope import Envelope, InnerBulletin
 from schemas.labels import Labels
 from schemas.receipt import Receipt
+from schemas.rotation import RotationRequest
 from schemas.treehead import SignedTreeHead, TreeHead
 
 __all__ = ["JSON_DIR", "MODELS", "SCHEMA_BASE_URI", "diff_files", "main", "render_all"]
@@ -35,6 +51,21 @@ _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 # File stem -> model. Stems are part of the published $id: renaming one is a breaking change.
 MODELS: dict[str, type[BaseModel]] = {
+    # The agency API over NATS (schemas.agency): a request and a reply per operation.
+    "agency-bulletin-request": BulletinRequest,
+    "agency-dead-letters-reply": DeadLettersReply,
+    "agency-dead-letters-request": DeadLettersRequest,
+    "agency-directory-request": DirectoryRequest,
+    "agency-error-reply": ErrorReply,
+    "agency-explain-reply": ExplainReply,
+    "agency-receipts-reply": ReceiptsReply,
+    "agency-resolve-reply": ResolveReply,
+    "agency-resolve-request": ResolveRequest,
+    "agency-revoke-key-reply": RevokeKeyReply,
+    "agency-revoke-key-request": RevokeKeyRequest,
+    "agency-rotate-reply": RotateReply,
+    "agency-status-reply": StatusReply,
+    "rotation-request": RotationRequest,
     "audit-event": AuditEvent,
     "envelope": Envelope,
     "inner-bulletin": InnerBulletin,

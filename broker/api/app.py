@@ -8,7 +8,7 @@ receipts of the caller's own bulletins; anyone else's look missing), ``admin`` (
 agencies, in ``broker.api.admin``; enrolment tokens and status changes, in
 ``broker.api.enrol``), ``audit:read`` (the audit log, its tree heads and proofs, in
 ``broker.api.audit``). ``POST /v1/enroll`` is authenticated by a one-time enrolment token.
-The answers come from ``broker.relay.agency_api``, the functions the NATS door calls too.
+The answers come from ``broker.relay.queries``, the functions the NATS door calls too.
 
 Every 4xx/5xx is an RFC 9457 problem naming the reason; every 401 and 403 is an audit
 event; bodies are bounded before they are read (``broker.api.guard``). Request bodies are
@@ -53,8 +53,10 @@ from broker.api.oauth import ASSERTION_TYPE, TOKEN_PATH, AuthError, Caller, Toke
 from broker.api.subscriptions import subscriptions_router
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.directory.service import DirectoryService
-from broker.relay.agency_api import AgencyQueries, NotFound, ResolveRequest
+from broker.relay.queries import AgencyQueries, NotFound
 from broker.store.registry import Registry
+from schemas.agency import ResolveRequest, StatusPending
+from schemas.canonical import canonical_json
 from schemas.errors import (
     AuditStoreError,
     BusUnavailable,
@@ -352,7 +354,8 @@ def _add_public_routes(app: FastAPI, state: ApiState) -> None:
             ids = [parse_agency_id(a) for a in agency] if agency else list(directory.records)
         except EnvelopeError as exc:  # its message quotes the value; ours does not
             raise ApiProblem(422, "bad_agency_id", "agency: use 3-32 of a-z, 0-9 and '-'") from exc
-        body = state.queries.directory_excerpt(list(ids), int(time.time()))
+        excerpt = state.queries.directory_excerpt(list(ids), int(time.time()))
+        body = canonical_json(excerpt.model_dump(mode="json"))
         return Response(content=body, media_type="application/json")
 
     @app.get("/v1/policy", summary="Active policy and directory versions", tags=["policy"])
@@ -484,7 +487,7 @@ def _add_agency_routes(app: FastAPI, state: ApiState) -> None:
     ) -> dict[str, Any]:
         agency = _known_agency(state, who)
         ask = parse_json(ResolveRequest, body, state.limits)
-        return queries.resolve(agency, ask, int(time.time()))
+        return queries.resolve(agency, ask, int(time.time())).model_dump(mode="json")
 
     @app.post(
         "/v1/recipients/explain",
@@ -500,7 +503,7 @@ def _add_agency_routes(app: FastAPI, state: ApiState) -> None:
     ) -> dict[str, Any]:
         agency = _known_agency(state, who)
         ask = parse_json(ResolveRequest, body, state.limits)
-        return queries.explain(agency, ask, int(time.time()))
+        return queries.explain(agency, ask, int(time.time())).model_dump(mode="json")
 
     @app.get(
         "/v1/bulletins/{bulletin_id}/status",
@@ -519,9 +522,9 @@ def _add_agency_routes(app: FastAPI, state: ApiState) -> None:
         bulletin_id: BulletinIdPath, who: Annotated[Caller, require("bulletins:read")]
     ) -> dict[str, Any]:
         answer = queries.status(who.id, bulletin_id)
-        if answer["state"] == "pending":
+        if isinstance(answer.root, StatusPending):
             raise NotFound(f"no bulletin {bulletin_id} of {who.id}")
-        return answer
+        return answer.root.model_dump(mode="json")
 
     @app.get(
         "/v1/bulletins/{bulletin_id}/receipts",
@@ -534,4 +537,4 @@ def _add_agency_routes(app: FastAPI, state: ApiState) -> None:
     def bulletin_receipts(
         bulletin_id: BulletinIdPath, who: Annotated[Caller, require("bulletins:read")]
     ) -> dict[str, Any]:
-        return queries.receipts(who.id, bulletin_id)
+        return queries.receipts(who.id, bulletin_id).model_dump(mode="json")

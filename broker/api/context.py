@@ -24,7 +24,7 @@ from broker.audit import events
 from broker.audit.events import Refusal
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.directory.service import DirectoryService
-from broker.relay.agency_api import AgencyQueries
+from broker.relay.queries import AgencyQueries
 from broker.store.registry import Registry
 from schemas.directory import SignedExcerpt
 from schemas.envelope import parse_model

@@ -35,6 +35,7 @@ from schemas.directory import (
     AgencyRecord,
     DirectoryExcerpt,
     EncryptionKeyRecord,
+    SignedExcerpt,
     SigningKeyRecord,
     sign_excerpt,
 )
@@ -263,7 +264,11 @@ class DirectoryService:
         return sorted(found)
 
     def excerpt(self, agency_ids: list[str], now: int) -> bytes:
+        """The signed records of ``agency_ids`` (unknown ids are left out), encoded."""
+        return canonical_json(self.signed_excerpt(agency_ids, now).model_dump(mode="json"))
+
+    def signed_excerpt(self, agency_ids: list[str], now: int) -> SignedExcerpt:
         """The signed records of ``agency_ids`` (unknown ids are left out)."""
         recs = tuple(self.records[a] for a in sorted(set(agency_ids)) if a in self.records)
         ex = DirectoryExcerpt(v=1, directory_version=self.version, issued_at=now, agencies=recs)
-        return canonical_json(sign_excerpt(ex, self.directory_key).model_dump(mode="json"))
+        return sign_excerpt(ex, self.directory_key)

@@ -1,264 +1,81 @@
-"""The questions an agency asks the broker, and their NATS face: ``istmo.api.<agency>.<op>``.
-
-``AgencyQueries`` answers them as plain dicts (or raises), so the NATS handler here and the
-HTTP API (``broker.api.app``) give the same answers to the same questions (ADR 0001).
+"""The NATS face of the agency API: ``istmo.api.<agency>.<op>`` requests, typed replies.
 
 nats-server lets an agency publish only on its own ``istmo.api.<agency>.>`` (its own
-account imports only that service), so the subject names the caller. Requests are small
-strict JSON; replies are JSON, ``{"error": {"code", "message"}}`` on failure. An
-agency learns nothing about bulletins it did not originate: those look "not found".
+account imports only that service), so the subject names the caller. ``AgencyApi.handle``
+parses the request of the operation (``schemas.agency``), asks ``AgencyQueries`` (or
+changes keys) and returns the typed reply, or an ``ErrorReply`` whose code is one of
+``schemas.agency.ErrorCode``; ``AgencyApi.serve`` puts it on the wire as canonical JSON.
 
-    resolve    labels -> which agencies may receive, with their keys (signed excerpt)
-    explain    labels -> every candidate: permitted or denied, by which policies, and why
-    directory  agency ids -> their signed records (public keys)
-    status     bulletin id -> accepted / rejected (reason) / pending, originator only
-    receipts   bulletin id -> routed recipients and their receipts, originator only
-    rotate     new keys signed by the current one (``broker.directory.rotation``)
-    revoke-key one of the caller's own signing key ids -> revoked from now on
+    resolve       labels -> which agencies may receive, with their keys (signed excerpt)
+    explain       labels -> every candidate: permitted or denied, by which policies, and why
+    directory     agency ids -> their signed records (public keys)
+    status        bulletin id -> accepted / rejected (reason) / pending, originator only
+    receipts      bulletin id -> routed recipients and their receipts, originator only
+    rotate        new keys signed by the current one (``broker.directory.rotation``)
+    revoke-key    one of the caller's own signing key ids -> revoked from now on
+    dead-letters  the caller's own dead letters
+
+A refused request is an audit event; an answer the caller may not like (a policy denial,
+"not found") is not, and neither is a fault of the broker's own (it is logged).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import logging
+from typing import cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from broker.audit import events
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
-from broker.directory.lifecycle import revoke_signing_key
+from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT, revoke_signing_key
 from broker.directory.rotation import apply_rotation
 from broker.directory.service import DirectoryService
-from broker.policy.engine import BulletinFacts
-from broker.relay.checks import check_labels
+from broker.relay.dead_letters import list_dead_letters
+from broker.relay.queries import AgencyQueries, NotFound
 from broker.store.registry import Registry
-from schemas.canonical import canonical_json
-from schemas.envelope import MAX_RECIPIENTS, Kid, Timestamp, parse_model
-from schemas.errors import IstmoError, PolicyDenied
-from schemas.ids import AgencyIdStr, BulletinIdStr, parse_agency_id
-from schemas.labels import Labels
+from schemas.agency import (
+    ERROR_CODES,
+    AgencyReply,
+    BulletinRequest,
+    DeadLetterEntry,
+    DeadLetterKind,
+    DeadLettersReply,
+    DeadLettersRequest,
+    DirectoryRequest,
+    ErrorCode,
+    ErrorReply,
+    ResolveRequest,
+    RevokeKeyReply,
+    RevokeKeyRequest,
+    RotateReply,
+    encode_reply,
+)
+from schemas.envelope import parse_model
+from schemas.errors import (
+    AuditStoreError,
+    ConfigError,
+    EnvelopeError,
+    IstmoError,
+    PolicyDenied,
+    SignatureError,
+)
+from schemas.ids import parse_agency_id
+from schemas.subjects import API_OPS
 
-__all__ = [
-    "AgencyApi",
-    "AgencyQueries",
-    "BulletinRequest",
-    "DirectoryRequest",
-    "NotFound",
-    "ResolveRequest",
-    "RevokeKeyRequest",
-]
+__all__ = ["AGENCY_DEAD_LETTERS_MAX", "AgencyApi", "error_reply", "reply_bytes"]
 
-_PREVIEW_ID = "00000000-0000-4000-8000-000000000000"
-_STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
+log = logging.getLogger("istmo.relay")
 
-
-class NotFound(IstmoError):
-    """No such object for this caller: missing and not-yours look the same."""
-
-    default_code = "not_found"
-
-
-class ResolveRequest(BaseModel):
-    """Labels of a bulletin about to be published (and its embargo and expiry, if any)."""
-
-    model_config = _STRICT
-    labels: Labels
-    not_before: Timestamp | None = None
-    expires_at: Timestamp | None = None
-
-
-class DirectoryRequest(BaseModel):
-    model_config = _STRICT
-    agencies: tuple[AgencyIdStr, ...] = Field(min_length=1, max_length=500)
-
-
-class BulletinRequest(BaseModel):
-    model_config = _STRICT
-    bulletin_id: BulletinIdStr
-
-
-class RevokeKeyRequest(BaseModel):
-    """One of the caller's own signing keys, to revoke from now on."""
-
-    model_config = _STRICT
-    kid: Kid
-
-
-def _looks_like_agency(token: str) -> bool:
-    try:
-        parse_agency_id(token)
-    except IstmoError:
-        return False
-    return True
-
-
-def _error(code: str, message: str) -> bytes:
-    return canonical_json({"error": {"code": code, "message": message}})
-
-
-class AgencyQueries:
-    """Answers from the registry and the directory snapshot, for a caller already known
-    to be ``caller`` (authenticated by NATS or by an access token)."""
-
-    def __init__(self, registry: Registry, directory: DirectoryService) -> None:
-        self.registry = registry
-        self.directory = directory
-
-    def resolve(self, caller: str, req: ResolveRequest, now: int) -> dict[str, Any]:
-        """Who may receive this, with their keys in a signed excerpt.
-
-        Raises:
-            EnvelopeError: a label names an unknown jurisdiction or agency.
-            PolicyDenied: the caller may not publish it.
-            IstmoError: ``too_many_recipients``, more than an envelope can carry.
-        """
-        policy_version, permitted = self.permitted(caller, req, now)
-        if len(permitted) > MAX_RECIPIENTS:
-            # Each recipient gets its own key wrap; an envelope holds at most this many.
-            raise IstmoError(
-                f"{len(permitted)} agencies may receive this, and one bulletin carries at "
-                f"most {MAX_RECIPIENTS}: narrow the labels (fewer states, named agencies or "
-                "a topic fewer agencies follow), or publish it once per group of states",
-                code="too_many_recipients",
-            )
-        excerpt = json.loads(self.directory.excerpt(permitted, now))
-        return {
-            "recipients": permitted,
-            "policy_version": policy_version,
-            "directory": excerpt,
-        }
-
-    def permitted(self, caller: str, req: ResolveRequest, now: int) -> tuple[str, list[str]]:
-        """The policy version and the agencies (with an encryption key) the policy lets
-        receive this from ``caller``; ``resolve`` without the excerpt or the size limit.
-
-        Raises:
-            EnvelopeError: a label names an unknown jurisdiction or agency.
-            PolicyDenied: the caller may not publish it.
-        """
-        d = self.directory
-        check_labels(req.labels, d.records, d.states)
-        facts = self._facts(caller, req)
-        # An embargoed bulletin is decided when the embargo ends; preview it as of then.
-        when = max(now, req.not_before or now)
-        publish = d.engine.decide_publish(facts, when)
-        if not publish.allowed:
-            ids = ", ".join(publish.policy_ids) or "no grant matched"
-            raise PolicyDenied(f"the policy does not let {caller} publish this ({ids})")
-        candidates = [c for c in d.candidates(req.labels.topic, req.labels.named) if c != caller]
-        permitted = [
-            dec.agency
-            for dec in d.engine.decide_receive(facts, candidates, when)
-            if dec.allowed and d.records[dec.agency].encryption_key is not None
-        ]
-        return publish.policy_version, permitted
-
-    def explain(self, caller: str, req: ResolveRequest, now: int) -> dict[str, Any]:
-        """ "Who would receive this, and why not the others?" before publishing.
-
-        Raises:
-            EnvelopeError: a label names an unknown jurisdiction or agency.
-        """
-        d = self.directory
-        check_labels(req.labels, d.records, d.states)
-        facts = self._facts(caller, req)
-        when = max(now, req.not_before or now)
-        publish = d.engine.decide_publish(facts, when)
-        candidates = [c for c in d.candidates(req.labels.topic, req.labels.named) if c != caller]
-        return {
-            "policy_version": d.bundle.version,
-            "publish": {"allowed": publish.allowed, "policy_ids": list(publish.policy_ids)},
-            "candidates": [
-                {
-                    "agency": e.agency,
-                    "allowed": e.allowed,
-                    "summary": e.summary,
-                    "policy_ids": list(e.policy_ids),
-                }
-                for e in d.engine.explain(facts, candidates, when)
-            ],
-        }
-
-    def directory_excerpt(self, agencies: list[str], now: int) -> bytes:
-        """The signed records of ``agencies`` (unknown ids are left out)."""
-        return self.directory.excerpt(agencies, now)
-
-    def _facts(self, caller: str, req: ResolveRequest) -> BulletinFacts:
-        return BulletinFacts(
-            bulletin_id=_PREVIEW_ID,
-            originator=caller,
-            origin_state=self.directory.records[caller].state,
-            labels=req.labels,
-            not_before=req.not_before,
-            expires_at=req.expires_at,
-        )
-
-    def status(self, caller: str, bulletin_id: str) -> dict[str, Any]:
-        """The relay's verdict on ``caller``'s bulletin: accepted (routed, denied),
-        rejected (reason), or pending (not decided yet, unknown, or another agency's)."""
-        bulletin = self.registry.bulletin(bulletin_id)
-        if bulletin is not None and bulletin.originator == caller:
-            decisions = self.registry.decisions(bulletin_id)
-            addressed = set(bulletin.recipients.split(","))
-            return {
-                "state": "accepted",
-                "bulletin_id": bulletin.id,
-                "routed": sorted(
-                    r.agency for r in decisions if r.allowed and r.agency in addressed
-                ),
-                "denied": [
-                    {
-                        "agency": r.agency,
-                        "policy_ids": [p for p in r.policy_ids.split(",") if p],
-                        "reasons": json.loads(r.reasons),
-                    }
-                    for r in sorted(decisions, key=lambda r: r.agency)
-                    if not r.allowed
-                ],
-                "policy_version": bulletin.policy_version,
-            }
-        rejection = self.registry.rejection_for(caller, bulletin_id)
-        if rejection is not None:
-            return {
-                "state": "rejected",
-                "bulletin_id": bulletin_id,
-                "reason": rejection.reason,
-                "message": rejection.message,
-            }
-        return {"state": "pending", "bulletin_id": bulletin_id}
-
-    def receipts(self, caller: str, bulletin_id: str) -> dict[str, Any]:
-        """The routed recipients of ``caller``'s bulletin and their signed receipts.
-
-        Raises:
-            NotFound: no such bulletin, or not ``caller``'s (the same answer).
-        """
-        bulletin = self.registry.bulletin(bulletin_id)
-        if bulletin is None or bulletin.originator != caller:
-            raise NotFound(f"no bulletin {bulletin_id} of {caller}")
-        addressed = set(bulletin.recipients.split(","))
-        routed = sorted(
-            r.agency
-            for r in self.registry.decisions(bulletin_id)
-            if r.allowed and r.agency in addressed
-        )
-        got = {r.recipient: r for r in self.registry.receipts(bulletin_id)}
-        return {
-            "bulletin_id": bulletin.id,
-            "recipients": [
-                {
-                    "agency": a,
-                    "received_at": got[a].received_at if a in got else None,
-                    "signature": got[a].signature if a in got else None,
-                }
-                for a in routed
-            ],
-        }
+AGENCY_DEAD_LETTERS_MAX = 1000  # newest dead letters an agency gets in one answer
+_INTERNAL = "the broker failed to answer; it is logged"
 
 
 class AgencyApi:
-    """The NATS face: answers agency requests with ``AgencyQueries``."""
+    """Answers agency requests with ``AgencyQueries``, and the key changes an agency may
+    make itself (rotate, revoke one of its signing keys)."""
 
     def __init__(
         self,
@@ -274,40 +91,59 @@ class AgencyApi:
         self.clock = clock  # stamps the audit events of rotations and revocations
         self.queries = AgencyQueries(registry, directory)
 
-    def handle(self, subject: str, data: bytes, *, now: int) -> bytes:
+    async def serve(self, nc: NATS, msg: Msg, *, now: int) -> None:
+        """Answer one request on ``nc``; after a key change, tell every other broker
+        process to rebuild its directory (``istmo.control.directory``)."""
+        if not msg.reply:
+            return
+        answer = self.handle(msg.subject, msg.data, now=now)
+        await nc.publish(msg.reply, reply_bytes(answer, max_bytes=nc.max_payload))
+        if isinstance(answer, RotateReply | RevokeKeyReply):
+            await nc.publish(CONTROL_DIRECTORY_SUBJECT, b"{}")
+
+    def handle(self, subject: str, data: bytes, *, now: int) -> AgencyReply | ErrorReply:
+        """The reply to the request ``data`` on ``subject`` (``istmo.api.<agency>.<op>``).
+
+        Never raises: a refused request, and any fault while answering, is an
+        ``ErrorReply``.
+        """
         parts = subject.split(".")
         if len(parts) != 4:
-            return _error("bad_request", "unknown operation")
+            return ErrorReply.of("bad_request", "unknown operation")
         try:
             caller = parse_agency_id(parts[2])
-            op = parts[3]
             if caller not in self.directory.records:
-                return _error("unknown_agency", f"unknown agency {caller}")
-            return self._answer(caller, op, data, now)
+                return ErrorReply.of("unknown_agency", f"unknown agency {caller}")
+            return self._answer(caller, parts[3], data, now)
         except (PolicyDenied, NotFound) as exc:
             # Answers about the caller's own request, not faults in it: not audited.
-            return _error(exc.code, str(exc)[:300])
+            return error_reply(exc)
+        except (AuditStoreError, ConfigError) as exc:
+            log.error("could not answer api.%s: %s (%s)", parts[3][:40], exc.code, exc)
+            return error_reply(exc)
         except IstmoError as exc:
             self._audit_refusal(parts, exc, now)
-            return _error(exc.code, str(exc)[:300])
+            return error_reply(exc)
+        except Exception:  # a bug or a store that went away: answer, and log it here
+            log.exception("could not answer api.%s", parts[3][:40])
+            return ErrorReply.of("internal", _INTERNAL)
 
-    def _answer(self, caller: str, op: str, data: bytes, now: int) -> bytes:
+    def _answer(self, caller: str, op: str, data: bytes, now: int) -> AgencyReply | ErrorReply:
         max_bytes = self.settings.max_request_bytes
         q = self.queries
         if op in ("resolve", "explain"):
             ask = parse_model(ResolveRequest, data, max_bytes=max_bytes, what="request")
-            answer = q.resolve(caller, ask, now) if op == "resolve" else q.explain(caller, ask, now)
-            return canonical_json(answer)
+            return q.resolve(caller, ask, now) if op == "resolve" else q.explain(caller, ask, now)
         if op == "directory":
             req = parse_model(DirectoryRequest, data, max_bytes=max_bytes, what="request")
             return q.directory_excerpt(list(req.agencies), now)
         if op in ("status", "receipts"):
             one = parse_model(BulletinRequest, data, max_bytes=max_bytes, what="request")
             if op == "status":
-                return canonical_json(q.status(caller, one.bulletin_id))
-            return canonical_json(q.receipts(caller, one.bulletin_id))
+                return q.status(caller, one.bulletin_id)
+            return q.receipts(caller, one.bulletin_id)
         if op == "rotate":
-            answer = apply_rotation(
+            kids = apply_rotation(
                 self.registry,
                 self.directory.records,
                 data,
@@ -316,14 +152,20 @@ class AgencyApi:
                 max_skew_s=self.settings.max_clock_skew_s,
                 clock=self.clock,
             )
-            self.directory.refresh()  # this relay answers with the new keys at once
-            return canonical_json(answer)
+            self._refresh()
+            return RotateReply(
+                signing_kid=kids["signing_kid"], encryption_kid=kids["encryption_kid"]
+            )
         if op == "revoke-key":
             revoke = parse_model(RevokeKeyRequest, data, max_bytes=max_bytes, what="request")
-            return canonical_json(self._revoke_key(caller, revoke.kid, now))
-        return _error("bad_request", f"unknown operation {op[:20]!r}")
+            return self._revoke_key(caller, revoke.kid, now)
+        if op == "dead-letters":
+            parse_model(DeadLettersRequest, data, max_bytes=max_bytes, what="request")
+            return self._dead_letters(caller)
+        # The operation token is the caller's: named by the list it is not in, not echoed.
+        return ErrorReply.of("bad_request", f"unknown operation: use one of {', '.join(API_OPS)}")
 
-    def _revoke_key(self, caller: str, kid: str, now: int) -> dict[str, Any]:
+    def _revoke_key(self, caller: str, kid: str, now: int) -> RevokeKeyReply:
         """Revoke one of ``caller``'s own signing keys from ``now``: what it signs from
         this second on is refused; what it signed before still verifies.
 
@@ -337,14 +179,86 @@ class AgencyApi:
         if key.revoked_at is not None:
             raise IstmoError(f"key {kid} was already revoked", code="already_revoked")
         revoke_signing_key(self.registry, caller, kid, actor=caller, at=now, clock=self.clock)
-        self.directory.refresh()  # this relay refuses what the key signs at once
-        return {"agency": caller, "kid": kid, "revoked_at": now}
+        self._refresh()
+        return RevokeKeyReply(agency=caller, kid=kid, revoked_at=now)
+
+    def _dead_letters(self, caller: str) -> DeadLettersReply:
+        """``caller``'s own dead letters: deliveries to it, and its own ingest messages."""
+        letters = list_dead_letters(self.registry, agency=caller)[-AGENCY_DEAD_LETTERS_MAX:]
+        return DeadLettersReply(
+            dead_letters=tuple(
+                DeadLetterEntry(
+                    kind=cast(DeadLetterKind, dl.kind),
+                    agency=dl.agency,
+                    bulletin_id=dl.bulletin_id,
+                    dead_seq=dl.dead_seq,
+                    source_seq=dl.source_seq,
+                    deliveries=dl.deliveries,
+                    time_ms=dl.time_ms,
+                    redriven=dl.redriven,
+                )
+                for dl in letters
+            )
+        )
+
+    def _refresh(self) -> None:
+        """Rebuild this relay's directory after a key change, so it answers and decides
+        with the new keys at once. The change is committed by now: a failed rebuild is
+        logged, not answered as a failure (the announcement makes every process,
+        this one included, rebuild again)."""
+        try:
+            self.directory.refresh()
+        except IstmoError as exc:
+            log.error("could not rebuild the directory after a key change: %s", exc)
 
     def _audit_refusal(self, parts: list[str], exc: IstmoError, now: int) -> None:
-        """A refused request is an audit event: who asked what, and why it was refused."""
-        caller = parts[2] if _looks_like_agency(parts[2]) else "unknown"
+        """A refused request is an audit event: who asked what, and why it was refused.
+        The refusal is answered even if it cannot be recorded (that is logged)."""
+        try:
+            actor: str = parse_agency_id(parts[2])
+        except IstmoError:
+            actor = "unknown"
         op = parts[3][:40]
-        event = events.request_rejected(
-            caller, op, reason=exc.code, message=str(exc), at=now * 1000
+        event = events.request_rejected(actor, op, reason=exc.code, message=str(exc), at=now * 1000)
+        try:
+            self.registry.record([], [event])
+        except Exception:  # the store is away: the caller still gets its answer
+            log.exception("could not record the refusal of api.%s from %s", op, actor)
+
+
+def error_reply(exc: IstmoError) -> ErrorReply:
+    """The error reply for ``exc``: its own code when the contract has it, else the
+    nearest code of its branch (a code missing from ``ErrorCode`` is a bug, logged)."""
+    if isinstance(exc, ConfigError):
+        # A fault in the broker's setup or data, nothing the caller can act on.
+        return ErrorReply.of("internal", _INTERNAL)
+    if exc.code in ERROR_CODES:
+        return ErrorReply.of(cast(ErrorCode, exc.code), str(exc))
+    fallback: ErrorCode = "internal"
+    if isinstance(exc, SignatureError):
+        fallback = "signature_invalid"
+    elif isinstance(exc, EnvelopeError):
+        fallback = "malformed"
+    elif isinstance(exc, PolicyDenied):
+        fallback = "policy_deny"
+    elif isinstance(exc, AuditStoreError):
+        fallback = "audit_store"
+    log.warning("error code %s is not in the agency contract; answered as %s", exc.code, fallback)
+    message = str(exc) if fallback != "internal" else _INTERNAL
+    return ErrorReply.of(fallback, message)
+
+
+def reply_bytes(answer: AgencyReply | ErrorReply, *, max_bytes: int) -> bytes:
+    """``answer`` as it goes on the wire, or ``answer_too_large`` if NATS would not carry
+    it (a resolve naming thousands of recipients, each with its public keys): say so rather
+    than leave the caller waiting for an answer that never comes."""
+    raw = encode_reply(answer)
+    if len(raw) <= max_bytes:
+        return raw
+    return encode_reply(
+        ErrorReply.of(
+            "answer_too_large",
+            f"the answer is {len(raw)} bytes, over the {max_bytes}-byte message limit: narrow "
+            "the labels (fewer states, named agencies or a topic fewer agencies follow)",
         )
-        self.registry.record([], [event])
+    )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 
@@ -50,28 +49,24 @@ from broker.relay.dead_letters import (
     ensure_dead_letters,
     handle_advisory,
     ingest_attempts_allowed,
-    list_dead_letters,
 )
 from broker.relay.plan import Ingested, Plan, parse, plan_batch
 from broker.relay.receipts import check_receipt, read_receipt
 from broker.relay.reconcile import archive_envelope, ensure_archive
 from broker.store.registry import DecisionRow, ReceiptRow, Registry
-from schemas.canonical import canonical_json
-from schemas.errors import AuditStoreError, BusUnavailable, EnvelopeError, IstmoError
+from schemas.errors import AuditStoreError, BusUnavailable, IstmoError
 from schemas.labels import Precedence
 from schemas.subjects import (
     INGEST_STREAM,
     RECEIPT_STREAM,
     RELAY_INGEST_DURABLE,
     RELAY_RECEIPT_DURABLE,
-    agency_of_subject,
     deliver_subject,
 )
 
 __all__ = ["Relay"]
 
 log = logging.getLogger("istmo.relay")
-AGENCY_DEAD_LETTERS_MAX = 1000  # newest dead letters an agency gets in one answer
 # Failures that pass: NATS or the database away for a moment (a registry read raises
 # SQLAlchemy's own errors, a write AuditStoreError). The batch comes back and resumes.
 _TRANSIENT = (nats.errors.Error, TimeoutError, AuditStoreError, OperationalError, InterfaceError)
@@ -393,42 +388,7 @@ class Relay:
 
     # ------------------------------------------------------------------ agency API
     async def _on_api(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
-        if msg.subject.endswith(".dead-letters"):
-            reply = self._dead_letters_of(msg.subject)
-        else:
-            reply = self.api.handle(msg.subject, msg.data, now=int(time.time()))
-        if len(reply) > self.nc.max_payload:
-            # A resolve naming thousands of recipients, each with its public keys: say so
-            # rather than leave the caller waiting for an answer NATS will not carry.
-            reply = canonical_json(
-                {
-                    "error": {
-                        "code": "answer_too_large",
-                        "message": f"the answer is {len(reply)} bytes, over the "
-                        f"{self.nc.max_payload}-byte message limit: narrow the labels "
-                        "(fewer states, named agencies or a topic fewer agencies follow)",
-                    }
-                }
-            )
-        await self.nc.publish(msg.reply, reply)
-        if msg.subject.endswith((".rotate", ".revoke-key")) and not reply.startswith(b'{"error"'):
-            # Keys changed: every other relay (and the stack) rebuilds its directory.
-            await self.nc.publish(CONTROL_DIRECTORY_SUBJECT, b"{}")
-
-    def _dead_letters_of(self, subject: str) -> bytes:
-        """An agency's own dead letters: deliveries to it, and its own ingest messages
-        (nats-server lets an agency ask only on its own ``istmo.api.<agency>.>``)."""
-        parts = subject.split(".")
-        try:
-            caller = agency_of_subject(".".join(parts[:3]), "api")
-        except EnvelopeError:
-            caller = None
-        if len(parts) != 4 or caller is None or caller not in self.directory.records:
-            return canonical_json({"error": {"code": "bad_request", "message": "unknown agency"}})
-        letters = list_dead_letters(self.registry, agency=caller)[-AGENCY_DEAD_LETTERS_MAX:]
-        return canonical_json({"dead_letters": [dl.to_json() for dl in letters]})
+        await self.api.serve(self.nc, msg, now=self.clock.now_s())
 
 
 async def _settle(o: _Outcome) -> None:

@@ -10,14 +10,16 @@ import pytest
 import pytest_asyncio
 
 from broker.runtime.stack import Stack
+from clients.errors import ERRORS_BY_CODE
 from clients.sdk import PublishRejected, ReceivedBulletin
+from schemas.agency import RotateReply
 from schemas.canonical import b64e, canonical_json
 from schemas.directory import EncryptionKeyRecord
 from schemas.envelope import Content
 from schemas.errors import IstmoError
 from schemas.keys import EncryptionKey, SigningKey
 from schemas.labels import Classification, Labels, Tlp
-from schemas.rotation import sign_rotation
+from schemas.rotation import RotationRequest, sign_rotation
 from schemas.sealing import seal
 from tests.integration.stack_inproc import client, running_stack
 from tests.storage_engines import Storage
@@ -103,12 +105,11 @@ async def test_hostile_rotations_are_refused(stack: Stack) -> None:
             kid=enc.kid, kem=enc.kem, public=b64e(enc.public), created_at=1
         )
 
-        async def send(req: object) -> str:
-            try:
-                await ni._request("rotate", req.model_dump(mode="json"))  # type: ignore[attr-defined]
-            except IstmoError as exc:
-                return exc.code
-            return "accepted"
+        async def send(req: RotationRequest) -> str:
+            with pytest.raises(IstmoError) as refused:
+                await ni._ask("rotate", req, RotateReply)
+            assert isinstance(refused.value, ERRORS_BY_CODE[refused.value.code])  # the table's
+            return refused.value.code
 
         now = int(time.time())
         stranger = sign_rotation(

@@ -11,9 +11,10 @@ import pytest
 import pytest_asyncio
 
 from broker.runtime.stack import Stack
+from clients.errors import NotFound
 from clients.sdk import PublishRejected
 from schemas.canonical import canonical_json
-from schemas.errors import IstmoError
+from schemas.errors import EnvelopeError
 from schemas.labels import Classification, Labels, Tlp
 from tests.integration.stack_inproc import client, running_stack
 from tests.storage_engines import Storage
@@ -52,7 +53,7 @@ async def test_an_agency_revokes_its_own_current_key(stack: Stack) -> None:
         with pytest.raises(PublishRejected) as err:
             await sv.publish(title="after", text="signed after revocation", labels=LABELS)
         assert err.value.code == "key_revoked"
-        with pytest.raises(IstmoError) as again:
+        with pytest.raises(EnvelopeError) as again:
             await sv.revoke_key(kid)
         assert again.value.code == "already_revoked"
     row = stack.registry.signing_key(kid)
@@ -77,12 +78,15 @@ async def test_another_agencys_key_is_refused_as_not_found(stack: Stack) -> None
     assert stack.registry is not None
     theirs = current_kid(stack, "gt-police")
     async with await client(stack, "hn-police") as hn:
-        with pytest.raises(IstmoError) as err:
+        # The error reply's code picks the exception (clients.errors), keeping code and
+        # message: the same NotFound for another agency's key as for a missing one.
+        with pytest.raises(NotFound) as err:
             await hn.revoke_key(theirs)
         assert err.value.code == "not_found"
-        with pytest.raises(IstmoError) as missing:
+        with pytest.raises(NotFound) as missing:
             await hn.revoke_key("sig-" + "0" * 32)
         assert missing.value.code == "not_found"
+        assert str(missing.value) == f"hn-police has no signing key sig-{'0' * 32}"
         assert str(err.value).replace(theirs, "K") == str(missing.value).replace(
             "sig-" + "0" * 32, "K"
         )

@@ -5,7 +5,6 @@ agencies (bench/synthetic_directory.py): the wide labels reach about 600 of them
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 
@@ -14,8 +13,9 @@ import pytest
 from bench.harness import WIDE_LABELS
 from bench.synthetic_directory import write_policy_dir
 from broker.config import Settings
-from broker.relay.agency_api import AgencyApi, ResolveRequest
+from broker.relay.agency_api import AgencyApi
 from broker.runtime.stack import Stack
+from schemas.agency import ErrorReply, ResolveReply, ResolveRequest
 from schemas.envelope import MAX_RECIPIENTS
 from schemas.subjects import api_subject
 
@@ -44,12 +44,13 @@ def test_too_many_recipients_is_refused_with_the_limit_named(wide: Stack) -> Non
     assert len(permitted) > MAX_RECIPIENTS  # the premise: this region is wide enough
 
     ask = ResolveRequest(labels=WIDE_LABELS).model_dump_json().encode()
-    answer = json.loads(api.handle(api_subject(SENDER, "resolve"), ask, now=now))
-    error = answer["error"]
-    assert error["code"] == "too_many_recipients"
-    assert f"{len(permitted)} agencies may receive this" in error["message"]
-    assert f"at most {MAX_RECIPIENTS}" in error["message"]
-    assert "narrow the labels" in error["message"]
+    answer = api.handle(api_subject(SENDER, "resolve"), ask, now=now)
+    assert isinstance(answer, ErrorReply)
+    error = answer.error
+    assert error.code == "too_many_recipients"
+    assert f"{len(permitted)} agencies may receive this" in error.message
+    assert f"at most {MAX_RECIPIENTS}" in error.message
+    assert "narrow the labels" in error.message
     refused = wide.registry.audit_events(type_="request.rejected", limit=10)
     assert [(e.actor, e.reason) for e in refused][-1:] == [(SENDER, "too_many_recipients")]
 
@@ -60,8 +61,8 @@ def test_a_narrower_bulletin_in_the_same_region_resolves(wide: Stack) -> None:
     api = AgencyApi(wide.settings, wide.registry, wide.directory)
     narrow = WIDE_LABELS.model_copy(update={"rel_to": ("S0001", "S0002")})
     ask = ResolveRequest(labels=narrow).model_dump_json().encode()
-    answer = json.loads(api.handle(api_subject(SENDER, "resolve"), ask, now=int(time.time())))
-    assert "error" not in answer, answer
-    assert 0 < len(answer["recipients"]) <= MAX_RECIPIENTS
-    listed = [a["id"] for a in answer["directory"]["excerpt"]["agencies"]]
-    assert listed == sorted(answer["recipients"])
+    answer = api.handle(api_subject(SENDER, "resolve"), ask, now=int(time.time()))
+    assert isinstance(answer, ResolveReply), answer
+    assert 0 < len(answer.recipients) <= MAX_RECIPIENTS
+    listed = [a.id for a in answer.directory.excerpt.agencies]
+    assert listed == sorted(answer.recipients)

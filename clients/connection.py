@@ -1,0 +1,95 @@
+"""Connecting to NATS as one agency, with its own nkey and inbox prefix, and saying
+clearly why a connection failed (no server, refused credentials, untrusted TLS).
+
+nats-server confines the connection to the agency's own subjects; what the SDK does on
+it is ``clients.sdk``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from schemas.errors import BusUnavailable
+from schemas.keystore import KeystoreFile
+from schemas.subjects import inbox_prefix
+
+__all__ = ["RECONNECT_ATTEMPTS", "connect_agency"]
+
+log = logging.getLogger("istmo.sdk")
+
+# Ride out a NATS restart or a cluster's leader election (F-04, F-05): about a minute of
+# attempts, 0.5 s apart, before the client gives up and says the broker is gone.
+RECONNECT_ATTEMPTS = 120
+
+
+async def connect_agency(keystore: KeystoreFile, nats_url: str, *, timeout: float) -> NATS:
+    """Connect to NATS at ``nats_url`` as ``keystore``'s agency.
+
+    Once connected, the connection rides out restarts and elections; a suspension or
+    revocation while connected closes it at once (retrying cannot help).
+
+    Raises:
+        BusUnavailable: NATS is not reachable at ``nats_url``, refused the key (code
+            ``not_authorized``), or presented a certificate that does not verify against
+            the trusted CAs (``SSL_CERT_FILE``; code ``tls_untrusted``, or ``tls_failed``).
+    """
+    errors: list[str] = []
+    connected: list[NATS] = []
+    closing: set[asyncio.Task[None]] = set()
+
+    async def on_error(exc: Exception) -> None:
+        if not connected and isinstance(exc, ssl.SSLError):
+            # A TLS handshake that failed (an untrusted certificate, a wrong name) fails
+            # the same way on every retry, and nats-py 2.16 then hangs for ever closing
+            # the socket (nats-io/nats.py#718): raised here, it ends nats.connect.
+            raise exc
+        # Permission violations reach only this callback; log the subject, no payload.
+        errors.append(str(exc))
+        log.warning("nats: %s", exc)
+        if connected and "authorization violation" in str(exc).lower():
+            # Suspended or revoked while connected: retrying cannot help; stop now.
+            task = asyncio.get_running_loop().create_task(connected[0].close())
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+
+    try:
+        nc = await nats.connect(
+            nats_url,
+            nkeys_seed_str=keystore.nats_seed,
+            inbox_prefix=inbox_prefix(keystore.agency),
+            name=keystore.agency,
+            connect_timeout=timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=3,  # a first connection fails fast
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        raise BusUnavailable(
+            f"the certificate of NATS at {nats_url} could not be verified "
+            f"({exc.verify_message}): set SSL_CERT_FILE to the region's CA certificate",
+            code="tls_untrusted",
+        ) from exc
+    except ssl.SSLError as exc:
+        raise BusUnavailable(
+            f"TLS with NATS at {nats_url} failed ({exc.reason or exc})", code="tls_failed"
+        ) from exc
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        detail = "; ".join(errors[-1:]) or type(exc).__name__
+        if any("authorization violation" in e.lower() for e in errors):
+            raise BusUnavailable(
+                f"NATS at {nats_url} refused {keystore.agency}'s credentials "
+                "(suspended, revoked, or not in this directory)",
+                code="not_authorized",
+            ) from exc
+        raise BusUnavailable(f"broker not running at {nats_url} ({detail})") from exc
+    # Once connected, ride out restarts and elections (nats-py reads this per attempt).
+    nc.options["max_reconnect_attempts"] = RECONNECT_ATTEMPTS
+    connected.append(nc)
+    return nc

@@ -1,0 +1,360 @@
+"""What an agency asks the broker over NATS, and what the broker answers (ADR 0001).
+
+An agency sends one request, canonical JSON, on ``istmo.api.<agency>.<op>``
+(``schemas.subjects.api_subject``); the broker answers with the reply of that operation or
+with an ``ErrorReply``, also canonical JSON::
+
+    op            request                       reply
+    resolve       ResolveRequest                ResolveReply
+    explain       ResolveRequest                ExplainReply
+    directory     DirectoryRequest              SignedExcerpt (schemas.directory)
+    status        BulletinRequest               StatusReply: accepted, rejected or pending
+    receipts      BulletinRequest               ReceiptsReply
+    rotate        RotationRequest (rotation)    RotateReply
+    revoke-key    RevokeKeyRequest              RevokeKeyReply
+    dead-letters  DeadLettersRequest ({})       DeadLettersReply
+
+    any of them fails:                          ErrorReply {"error": {"code", "message"}}
+
+No reply but ``ErrorReply`` has a field named ``error``, so a reader tells an error from an
+answer by its one key. ``ErrorCode`` is the closed set of codes the broker sends; a client
+should still expect codes it does not know from a newer broker.
+
+The models are strict and frozen like the rest of the wire contract. This module leaves
+the answers themselves to the broker (``broker.relay``), who may ask what to nats-server
+(each agency may publish only on its own ``istmo.api.<agency>.>``), and what an error
+means to a program to the SDK (``clients.errors``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
+
+from schemas.canonical import canonical_json
+from schemas.directory import SignedExcerpt
+from schemas.envelope import MAX_RECIPIENTS, Kid, Timestamp
+from schemas.ids import AgencyIdStr, BulletinIdStr
+from schemas.labels import Labels
+
+__all__ = [
+    "ERROR_CODES",
+    "MAX_ERROR_MESSAGE_CHARS",
+    "AgencyReply",
+    "ApiOp",
+    "BulletinRequest",
+    "CandidateVerdict",
+    "DeadLetterEntry",
+    "DeadLetterKind",
+    "DeadLettersReply",
+    "DeadLettersRequest",
+    "DeniedRecipient",
+    "DirectoryReply",
+    "DirectoryRequest",
+    "ErrorCode",
+    "ErrorDetail",
+    "ErrorReply",
+    "ExplainReply",
+    "PublishVerdict",
+    "ReceiptEntry",
+    "ReceiptsReply",
+    "ResolveReply",
+    "ResolveRequest",
+    "RevokeKeyReply",
+    "RevokeKeyRequest",
+    "RotateReply",
+    "StatusAccepted",
+    "StatusPending",
+    "StatusRejected",
+    "StatusReply",
+    "encode_reply",
+    "encode_request",
+]
+
+_STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
+MAX_ERROR_MESSAGE_CHARS = 300
+
+ApiOp = Literal[
+    "resolve", "explain", "directory", "status", "receipts", "rotate", "revoke-key", "dead-letters"
+]
+
+ErrorCode = Literal[
+    # The request itself: its subject, its framing, its fields.
+    "bad_request",  # no such operation, or a subject that is not istmo.api.<agency>.<op>
+    "unknown_agency",  # the caller is not in the broker's directory (yet)
+    "bad_agency_id",  # the subject's agency token is not an agency id
+    "malformed",  # not strict canonical JSON of the request model
+    "oversized",  # over the broker's request limit
+    "unknown_label",  # a label value or jurisdiction the broker does not know
+    "unknown_recipient",  # a named agency the directory does not know
+    "unsupported_version",  # a "v" this broker does not speak
+    "unsupported_suite",  # an algorithm outside the allowlist
+    # Answers that are refusals.
+    "policy_deny",  # the policy does not let the caller publish this
+    "too_many_recipients",  # more may receive it than one envelope carries
+    "answer_too_large",  # the answer is over NATS's message limit
+    "not_found",  # no such bulletin or key of the caller's (missing and not-yours look alike)
+    "already_revoked",  # the key was revoked before
+    # Key rotation (schemas.rotation, broker.directory.rotation).
+    "originator_mismatch",  # the rotation names another agency
+    "agency_not_active",  # a suspended or revoked agency cannot rotate
+    "key_not_current",  # not signed by the caller's current signing key
+    "bad_key",  # a new key is weak, malformed or does not match its id
+    "signature_invalid",  # a signature does not verify
+    "timestamp_out_of_window",  # issued outside the allowed clock skew
+    "key_reused",  # the new keys are registered already
+    # The broker's own faults: nothing about the request; try again later.
+    "audit_store",  # the audit store could not record the change
+    "internal",  # anything else; the broker logs it
+]
+ERROR_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
+
+ErrorMessage = Annotated[str, StringConstraints(max_length=MAX_ERROR_MESSAGE_CHARS)]
+PolicyVersion = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+PolicyId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+ReasonCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+DeadLetterKind = Literal["deliver", "ingest"]
+Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_length=128)]
+
+
+# ---------------------------------------------------------------------------- requests
+class ResolveRequest(BaseModel):
+    """Labels of a bulletin about to be published (and its embargo and expiry, if any)."""
+
+    model_config = _STRICT
+
+    labels: Labels
+    not_before: Timestamp | None = None
+    expires_at: Timestamp | None = None
+
+
+class DirectoryRequest(BaseModel):
+    """Agencies whose signed directory records the caller wants."""
+
+    model_config = _STRICT
+
+    agencies: tuple[AgencyIdStr, ...] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+
+
+class BulletinRequest(BaseModel):
+    """One of the caller's own bulletins (``status``, ``receipts``)."""
+
+    model_config = _STRICT
+
+    bulletin_id: BulletinIdStr
+
+
+class RevokeKeyRequest(BaseModel):
+    """One of the caller's own signing keys, to revoke from now on."""
+
+    model_config = _STRICT
+
+    kid: Kid
+
+
+class DeadLettersRequest(BaseModel):
+    """The caller's own dead letters: the request has no fields (``{}``)."""
+
+    model_config = _STRICT
+
+
+# ---------------------------------------------------------------------------- replies
+class ResolveReply(BaseModel):
+    """Who may receive the bulletin, with their records in an excerpt signed by the
+    directory key (the client checks it against the key it pinned)."""
+
+    model_config = _STRICT
+
+    recipients: tuple[AgencyIdStr, ...] = Field(max_length=MAX_RECIPIENTS)
+    policy_version: PolicyVersion
+    directory: SignedExcerpt
+
+
+class PublishVerdict(BaseModel):
+    """May the caller publish it, and by which policies."""
+
+    model_config = _STRICT
+
+    allowed: bool
+    policy_ids: tuple[PolicyId, ...]
+
+
+class CandidateVerdict(BaseModel):
+    """One candidate recipient: permitted or not, why in words, and by which policies."""
+
+    model_config = _STRICT
+
+    agency: AgencyIdStr
+    allowed: bool
+    summary: str
+    policy_ids: tuple[PolicyId, ...]
+
+
+class ExplainReply(BaseModel):
+    """Who would receive the bulletin, and why not the others."""
+
+    model_config = _STRICT
+
+    policy_version: PolicyVersion
+    publish: PublishVerdict
+    candidates: tuple[CandidateVerdict, ...]
+
+
+DirectoryReply = SignedExcerpt
+
+
+class DeniedRecipient(BaseModel):
+    """A candidate the policy refused, with the deciding policies and their reasons."""
+
+    model_config = _STRICT
+
+    agency: AgencyIdStr
+    policy_ids: tuple[PolicyId, ...]
+    reasons: tuple[str, ...]
+
+
+class StatusAccepted(BaseModel):
+    """The relay accepted the bulletin: whom it routed it to, whom the policy denied."""
+
+    model_config = _STRICT
+
+    state: Literal["accepted"]
+    bulletin_id: BulletinIdStr
+    routed: tuple[AgencyIdStr, ...]
+    denied: tuple[DeniedRecipient, ...]
+    policy_version: PolicyVersion
+
+
+class StatusRejected(BaseModel):
+    """The relay refused the bulletin; ``reason`` is its code."""
+
+    model_config = _STRICT
+
+    state: Literal["rejected"]
+    bulletin_id: BulletinIdStr
+    reason: ReasonCode
+    message: ErrorMessage
+
+
+class StatusPending(BaseModel):
+    """Not decided yet, unknown, or another agency's: the same answer for all three."""
+
+    model_config = _STRICT
+
+    state: Literal["pending"]
+    bulletin_id: BulletinIdStr
+
+
+class StatusReply(RootModel[StatusAccepted | StatusRejected | StatusPending]):
+    """The relay's verdict on one of the caller's bulletins, told apart by ``state``."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    root: Annotated[StatusAccepted | StatusRejected | StatusPending, Field(discriminator="state")]
+
+
+class ReceiptEntry(BaseModel):
+    """A routed recipient, and its signed receipt once it has received the bulletin."""
+
+    model_config = _STRICT
+
+    agency: AgencyIdStr
+    received_at: Timestamp | None
+    signature: Signature | None
+
+
+class ReceiptsReply(BaseModel):
+    """The routed recipients of one of the caller's bulletins, and their receipts."""
+
+    model_config = _STRICT
+
+    bulletin_id: BulletinIdStr
+    recipients: tuple[ReceiptEntry, ...]
+
+
+class RotateReply(BaseModel):
+    """The rotation is recorded: these are the caller's current keys from now on."""
+
+    model_config = _STRICT
+
+    signing_kid: Kid
+    encryption_kid: Kid
+
+
+class RevokeKeyReply(BaseModel):
+    """The key is revoked: what it signs from ``revoked_at`` on is refused."""
+
+    model_config = _STRICT
+
+    agency: AgencyIdStr
+    kid: Kid
+    revoked_at: Timestamp
+
+
+class DeadLetterEntry(BaseModel):
+    """A delivery to the caller its handler kept failing on, or one of its own bulletins
+    no relay could process; ``dead_seq`` is None if the message was gone."""
+
+    model_config = _STRICT
+
+    kind: DeadLetterKind
+    agency: AgencyIdStr
+    bulletin_id: BulletinIdStr | None
+    dead_seq: int | None = Field(ge=0)
+    source_seq: int = Field(ge=0)
+    deliveries: int = Field(ge=0)
+    time_ms: int = Field(ge=0)
+    redriven: bool
+
+
+class DeadLettersReply(BaseModel):
+    """The caller's dead letters, oldest first."""
+
+    model_config = _STRICT
+
+    dead_letters: tuple[DeadLetterEntry, ...]
+
+
+class ErrorDetail(BaseModel):
+    """Why a request failed: a code from ``ErrorCode`` and a short message."""
+
+    model_config = _STRICT
+
+    code: ErrorCode
+    message: ErrorMessage
+
+
+class ErrorReply(BaseModel):
+    """A request failed: the one reply shaped ``{"error": {...}}``."""
+
+    model_config = _STRICT
+
+    error: ErrorDetail
+
+    @classmethod
+    def of(cls, code: ErrorCode, message: str) -> ErrorReply:
+        """An error reply, its message cut to ``MAX_ERROR_MESSAGE_CHARS``."""
+        return cls(error=ErrorDetail(code=code, message=message[:MAX_ERROR_MESSAGE_CHARS]))
+
+
+AgencyReply = (
+    ResolveReply
+    | ExplainReply
+    | SignedExcerpt
+    | StatusReply
+    | ReceiptsReply
+    | RotateReply
+    | RevokeKeyReply
+    | DeadLettersReply
+)
+
+
+def encode_reply(reply: AgencyReply | ErrorReply) -> bytes:
+    """The reply as it goes on the wire: canonical JSON, every field present."""
+    return canonical_json(reply.model_dump(mode="json"))
+
+
+def encode_request(request: BaseModel) -> bytes:
+    """A request as it goes on the wire: canonical JSON, fields left at None omitted."""
+    return canonical_json(request.model_dump(mode="json", exclude_none=True))

@@ -1,0 +1,148 @@
+"""``IstmoClient.receive`` when NATS or the broker does not answer: the SDK's own errors
+come out (never nats-py's), and no bulletin is lost or handed over twice.
+
+Opening a delivery asks the broker's directory for its sender's key. With no relay to
+answer, the lookup fails at once (no responders); with a relay that hangs, it times out.
+Either way ``receive`` raises ``BusUnavailable`` and hands the bulletin back, and a later
+``receive`` gets it. An ack NATS does not confirm is not an error either: the bulletin
+was handed over, and if it comes back the dedupe store recognises it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats.errors
+import pytest
+from nats.aio.msg import Msg
+
+from broker.bus.streams import ensure_agency_consumer
+from broker.relay.worker import Relay
+from broker.runtime.stack import Stack
+from clients.sdk import IstmoClient, ReceivedBulletin
+from schemas.envelope import Envelope
+from schemas.errors import BusUnavailable
+from schemas.labels import Classification, Labels, Tlp
+from tests.integration.stack_inproc import client, nats_url, running_stack
+
+LABELS = Labels(
+    topic="border-incident",
+    classification=Classification.RESTRICTED,
+    tlp=Tlp.AMBER,
+    rel_to=("NI",),
+)
+
+
+@contextlib.asynccontextmanager
+async def relay(stack: Stack) -> AsyncIterator[None]:
+    """A relay worker of the stack's own (``istmo relay``), for as long as the block runs;
+    yields once it answers agency requests."""
+    assert stack.registry is not None
+    assert stack.directory is not None
+    nc = await stack.connect_relay(nats_url(stack), reconnects=0)
+    stop = asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(Relay(stack.settings, stack.registry, stack.directory, nc).run(stop))
+            try:
+                for _ in range(200):  # until its subscriptions are in place
+                    with contextlib.suppress(nats.errors.NoRespondersError):
+                        await nc.request("istmo.api.gt-police.status", b"{}", timeout=5)
+                        break
+                    await asyncio.sleep(0.05)
+                yield
+            finally:
+                stop.set()
+    finally:
+        await nc.close()
+
+
+async def test_a_directory_nobody_answers_is_bus_unavailable_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    seen: list[str] = []
+
+    async def keep(b: ReceivedBulletin) -> None:
+        seen.append(b.id)
+
+    async with running_stack(tmp_path / "istmo", with_relay=False) as stack:
+        async with relay(stack), await client(stack, "hn-police") as hn:
+            sent = await hn.publish(title="while the relay is away", text="x", labels=LABELS)
+        assert sent.state == "accepted"
+        # A delivery nobody acks comes back after 10 min here (30 s by default): one that
+        # comes back within the receive below was handed back, not left to time out.
+        broker = await stack.connect_relay(nats_url(stack), reconnects=0)
+        try:
+            await ensure_agency_consumer(
+                broker.jetstream(timeout=10), "ni-police", backoff_s=(600.0,)
+            )
+        finally:
+            await broker.close()
+        # No relay: nobody serves istmo.api.*, and NATS says so at once.
+        async with await client(stack, "ni-police") as ni:
+            with pytest.raises(BusUnavailable, match="did not answer 'directory'"):
+                await ni.receive(keep, count=1, timeout=30)
+        # A relay that hangs: the lookup times out.
+        hung = await stack.connect_relay(nats_url(stack), reconnects=0)
+
+        async def never_answer(_msg: Msg) -> None:
+            return None
+
+        try:
+            await hung.subscribe("istmo.api.*.*", queue="relay-api", cb=never_answer)
+            await hung.flush()
+            async with await client(stack, "ni-police") as ni:
+                with pytest.raises(BusUnavailable, match="did not answer 'directory'"):
+                    await ni.receive(keep, count=1, timeout=30)
+        finally:
+            await hung.close()
+        assert seen == []
+        # Handed back at once, not lost: with a relay again, the next receive gets it, once.
+        async with relay(stack), await client(stack, "ni-police") as ni:
+            assert await ni.receive(keep, count=1, timeout=60) == 1
+            assert await ni.receive(keep, timeout=1) == 0
+    assert seen == [sent.bulletin_id]
+
+
+class _AckUnconfirmed(IstmoClient):
+    """The real SDK, with nats-server paused (SIGSTOP) once a receipt is stored, so the
+    ack that follows it is never confirmed."""
+
+    nats_pid: int
+
+    async def _send_receipt(self, env: Envelope, digest: str, received_at: int) -> bool:
+        stored = await super()._send_receipt(env, digest, received_at)
+        os.kill(self.nats_pid, signal.SIGSTOP)
+        return stored
+
+
+async def test_an_ack_nats_does_not_confirm_is_not_an_error(tmp_path: Path) -> None:
+    async with running_stack(tmp_path / "istmo") as stack:
+        async with await client(stack, "hn-police") as hn:
+            sent = await hn.publish(title="acked in the dark", text="x", labels=LABELS)
+        assert stack.nats is not None
+        pid = stack.nats.pid
+        assert isinstance(pid, int)
+        seen: list[str] = []
+
+        async def keep(b: ReceivedBulletin) -> None:
+            seen.append(b.id)
+
+        keys = stack.settings.keys_dir / "ni-police.json"
+        ni = await _AckUnconfirmed.connect(keys, nats_url(stack))
+        ni.nats_pid = pid
+        try:
+            assert await ni.receive(keep, count=1, timeout=30) == 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        try:
+            # Whether the ack landed late or the bulletin comes back, it is not handed twice.
+            assert await IstmoClient.receive(ni, keep, timeout=2) == 0
+        finally:
+            await ni.close()
+        assert seen == [sent.bulletin_id]
