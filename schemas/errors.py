@@ -8,22 +8,25 @@ Every branch, with the module that defines it where that is not this one::
     │   ├── DecryptionError         a wrap or ciphertext does not open (uniform to peers)
     │   ├── ProofError              a Merkle proof does not verify (schemas.merkle_verify)
     │   ├── TreeHeadConflict        a tree head rolls back or forks the log (schemas.treehead)
-    │   └── RequestRefused          an enrolment request a good token does not admit
-    │                                   (broker.directory.enrolment)
+    │   ├── RequestRefused          an enrolment request a good token does not admit
+    │   │                               (broker.directory.enrolment)
+    │   ├── RequestRefused          the broker refused a request with a code the SDK does
+    │   │                               not know (clients.errors)
+    │   └── NotFound                no such bulletin or key for this agency (clients.errors)
     ├── PolicyDenied                the policy said no
     ├── BusUnavailable              NATS is not reachable or did not answer
-    │   └── PublishUnacknowledged   NATS never acknowledged a bulletin (clients.sdk)
+    │   └── PublishUnacknowledged   NATS never acknowledged a bulletin (clients.errors)
     ├── AuditStoreError             the database refused or is not reachable
     │   └── LogCorrupt              the stored log is not what its key signed (broker.audit.entries)
     │       └── MissingNode         a Merkle node is missing; a LookupError (broker.audit.entries)
     ├── ConfigError                 a setting, file or keystore is missing or wrong
     │   ├── PolicyLoadError         a policy set does not load (broker.policy.engine)
     │   └── SequencerBusy           another sequencer holds the log (broker.audit.sequencer)
-    ├── NotFound                    no such object for this caller (broker.relay.agency_api)
+    ├── NotFound                    no such object for this caller (broker.relay.queries)
     ├── AuthError                   a refused token request or access token (broker.api.oauth)
     ├── TokenRefused                an enrolment token that does not admit its bearer
     │                                   (broker.directory.enrolment)
-    ├── PublishRejected             the relay refused a bulletin (clients.sdk)
+    ├── PublishRejected             the relay refused a bulletin (clients.errors)
     ├── ApiError                    the HTTP API refused a request (clients.oauth)
     │   ├── TokenRefused            the token endpoint refused (clients.oauth)
     │   └── EnrolmentRefused        the broker refused an enrolment (clients.enroll)
