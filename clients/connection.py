@@ -73,8 +73,9 @@ async def connect_agency(keystore: KeystoreFile, nats_url: str, *, timeout: floa
     except ssl.SSLCertVerificationError as exc:
         raise BusUnavailable(
             f"the certificate of NATS at {nats_url} could not be verified "
-            f"({exc.verify_message}): set SSL_CERT_FILE to the region's CA certificate",
+            f"({exc.verify_message})",
             code="tls_untrusted",
+            hint="set SSL_CERT_FILE to the region's CA certificate",
         ) from exc
     except ssl.SSLError as exc:
         raise BusUnavailable(

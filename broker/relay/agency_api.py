@@ -171,13 +171,13 @@ class AgencyApi:
 
         Raises:
             NotFound: no such key of the caller (another agency's key looks the same).
-            IstmoError: ``already_revoked``.
+            EnvelopeError: ``already_revoked``.
         """
         key = self.registry.signing_key(kid)
         if key is None or key.agency != caller:
             raise NotFound(f"{caller} has no signing key {kid}")
         if key.revoked_at is not None:
-            raise IstmoError(f"key {kid} was already revoked", code="already_revoked")
+            raise EnvelopeError(f"key {kid} was already revoked", code="already_revoked")
         revoke_signing_key(self.registry, caller, kid, actor=caller, at=now, clock=self.clock)
         self._refresh()
         return RevokeKeyReply(agency=caller, kid=kid, revoked_at=now)

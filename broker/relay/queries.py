@@ -32,7 +32,7 @@ from schemas.agency import (
 )
 from schemas.directory import SignedExcerpt
 from schemas.envelope import MAX_RECIPIENTS
-from schemas.errors import IstmoError, PolicyDenied
+from schemas.errors import EnvelopeError, IstmoError, PolicyDenied
 
 __all__ = ["AgencyQueries", "NotFound"]
 
@@ -59,12 +59,12 @@ class AgencyQueries:
         Raises:
             EnvelopeError: a label names an unknown jurisdiction or agency.
             PolicyDenied: the caller may not publish it.
-            IstmoError: ``too_many_recipients``, more than an envelope can carry.
+            EnvelopeError: ``too_many_recipients``, more than an envelope can carry.
         """
         policy_version, permitted = self.permitted(caller, req, now)
         if len(permitted) > MAX_RECIPIENTS:
             # Each recipient gets its own key wrap; an envelope holds at most this many.
-            raise IstmoError(
+            raise EnvelopeError(
                 f"{len(permitted)} agencies may receive this, and one bulletin carries at "
                 f"most {MAX_RECIPIENTS}: narrow the labels (fewer states, named agencies or "
                 "a topic fewer agencies follow), or publish it once per group of states",

@@ -319,10 +319,10 @@ def test_without_the_region_ca_the_cli_says_so(
     assert refused.returncode == 1, (refused.stdout, refused.stderr)
     assert refused.stdout == ""
     _no_traceback(refused)
-    message = refused.stderr.strip().splitlines()[-1]
+    message, hint = refused.stderr.strip().splitlines()[-2:]
     assert message.startswith("istmo: "), refused.stderr
     assert f"the certificate of NATS at {url} {UNTRUSTED}" in message, message
-    assert "set SSL_CERT_FILE to the region's CA" in message, message
+    assert hint == "  hint: set SSL_CERT_FILE to the region's CA certificate", refused.stderr
 
 
 def test_a_relay_without_the_region_ca_stops_with_the_reason(
