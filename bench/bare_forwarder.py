@@ -3,12 +3,14 @@
     python -m bench.bare_forwarder --nats-url URL --seed-file FILE --recipients a,b,c
 
 Pulls from the relay's shared ingest consumer (same durable, same batch size as the
-relay's ``relay_batch``), publishes each message to ``istmo.deliver.<r>`` for every
-recipient (``Nats-Msg-Id = <stream seq>:<r>``, awaiting JetStream's ack, concurrently, at
-most ``IN_FLIGHT`` at once, as the relay does), publishes one event to the audit stream,
-then acks the ingest message with ``ack_sync``. No parsing, verification, policy, or
-audit store: the recipients come from the command line. The ratio of the real relay's
-rate to this one's is the cost of security. Runs until SIGINT/SIGTERM.
+relay's ``relay_batch``) and, as the relay does, stores the whole fetched batch's
+deliveries (one to ``istmo.deliver.<r>`` for every recipient, ``Nats-Msg-Id = <stream
+seq>:<r>``) and one more message per bulletin (an event on the audit stream, for the
+relay's archive copy) as JetStream atomic batches with the relay's own publisher
+(``broker.bus.batch.publish_batch``, the two streams at once), then acks each ingest
+message with ``ack_sync``. No parsing, verification, policy, or audit store: the
+recipients come from the command line. The ratio of the real relay's rate to this one's
+is the cost of security. Runs until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ import nats
 import nats.errors
 from nats.aio.msg import Msg
 
-from schemas.subjects import INGEST_STREAM, RELAY_INGEST_DURABLE, deliver_subject
+from broker.bus.batch import Message, publish_batch
+from schemas.subjects import (
+    AUDIT_STREAM,
+    DELIVER_STREAM,
+    INGEST_STREAM,
+    RELAY_INGEST_DURABLE,
+    deliver_subject,
+)
 
 BATCH = 64  # broker.config.Settings.relay_batch
-# JetStream publishes awaiting their acks at once, as broker.relay.worker.IN_FLIGHT: without a
-# cap a batch of 64 bulletins to 60 agencies made nats-server answer 429 (too many
-# requests) and the forwarder never drained it.
-IN_FLIGHT = 256
 
 
 async def forward(url: str, seed: str, recipients: list[str]) -> None:
@@ -49,21 +54,17 @@ async def forward(url: str, seed: str, recipients: list[str]) -> None:
     js = nc.jetstream(timeout=10)
     sub = await js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM)
     print("ready", flush=True)
-    gate = asyncio.Semaphore(IN_FLIGHT)
 
-    async def publish(subject: str, data: bytes, msg_id: str) -> None:
-        async with gate:
-            await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-
-    async def one(msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
+    async def forward_batch(msgs: list[Msg]) -> None:
+        deliveries, events = [], []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            deliveries += [Message(deliver_subject(r), msg.data, f"{seq}:{r}") for r in recipients]
+            event = b'{"type":"bulletin.accepted","seq":%d}' % seq
+            events.append(Message("istmo.audit.bench", event, f"audit:{seq}"))
         await asyncio.gather(
-            *(publish(deliver_subject(r), msg.data, f"{seq}:{r}") for r in recipients),
-            publish(
-                "istmo.audit.bench",
-                b'{"type":"bulletin.accepted","seq":%d}' % seq,
-                f"audit:{seq}",
-            ),
+            publish_batch(nc, AUDIT_STREAM, events),
+            publish_batch(nc, DELIVER_STREAM, deliveries),
         )
 
     try:
@@ -79,7 +80,7 @@ async def forward(url: str, seed: str, recipients: list[str]) -> None:
             finally:
                 waiting.discard(fetch)
             try:
-                await asyncio.gather(*(one(m) for m in msgs))
+                await forward_batch(msgs)
                 await asyncio.gather(*(m.ack_sync() for m in msgs))
             except (nats.errors.Error, TimeoutError) as exc:
                 # As the relay: the batch is not acked and comes back (at once: nak).

@@ -46,6 +46,7 @@ __all__ = [
     "add_or_update_stream",
     "bus_unavailable",
     "ensure_agency_consumer",
+    "ensure_atomic",
     "ensure_relay_consumers",
     "ensure_streams",
 ]
@@ -112,6 +113,9 @@ def _stream_configs(
             # One durable consumer per agency: nats-server 2.15 caps a stream at 1,000
             # consumers unless it says otherwise (and reads 0 or -1 as "the default").
             max_consumers=MAX_AGENCIES,
+            # The relay stores a fetched batch's deliveries as atomic batches
+            # (broker.bus.batch): one flush per batch, not per delivery.
+            allow_atomic=True,
         ),
         StreamConfig(
             name=RECEIPT_STREAM,
@@ -130,6 +134,7 @@ def _stream_configs(
             deny_delete=True,
             deny_purge=True,
             allow_direct=False,
+            allow_atomic=True,  # for atomic batches (broker.bus.batch)
         ),
     ]
     for config in configs:
@@ -194,6 +199,29 @@ async def ensure_streams(
                 f"JetStream refused stream {config.name}: {exc.description} "
                 f"(err_code {exc.err_code})"
             ) from exc
+
+
+async def ensure_atomic(js: JetStreamContext, stream: str) -> None:
+    """Let ``stream`` take atomic batches (``allow_atomic``) if it does not yet, keeping
+    the rest of its configuration: a relay that joins a stack made by an older Istmo
+    (``istmo relay``) needs it on the delivery stream. JetStream updates it in place.
+
+    Raises:
+        BusUnavailable: JetStream does not answer.
+        ConfigError: there is no such stream, or JetStream refuses the update.
+    """
+    try:
+        config = (await js.stream_info(stream)).config
+        if not config.allow_atomic:
+            config.allow_atomic = True
+            await js.update_stream(config)
+    except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        raise bus_unavailable(f"enabling atomic batches on {stream}", exc) from exc
+    except APIError as exc:
+        raise ConfigError(
+            f"JetStream refused atomic batches on {stream}: {exc.description} "
+            f"(err_code {exc.err_code})"
+        ) from exc
 
 
 _GATED_STREAMS = (("ingest", INGEST_STREAM), ("receipt", RECEIPT_STREAM))

@@ -43,6 +43,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from broker.audit import events
+from broker.bus.batch import Message
 from broker.bus.streams import add_or_update_stream, bus_unavailable
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.store.registry import Registry
@@ -54,7 +55,7 @@ from schemas.subjects import DELIVER_STREAM, deliver_subject
 __all__ = [
     "ARCHIVE_STREAM",
     "ReconcileReport",
-    "archive_envelope",
+    "archive_message",
     "archive_subject",
     "ensure_archive",
     "reconcile",
@@ -95,6 +96,7 @@ async def ensure_archive(js: JetStreamContext) -> None:
             deny_purge=True,
             allow_direct=False,
             num_replicas=deliver.num_replicas or 1,
+            allow_atomic=True,  # the relay archives a batch's envelopes as atomic batches
         )
         await add_or_update_stream(js, config)
     except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
@@ -106,11 +108,10 @@ async def ensure_archive(js: JetStreamContext) -> None:
         ) from exc
 
 
-async def archive_envelope(js: JetStreamContext, bulletin_id: str, raw: bytes) -> None:
-    """Keep the accepted envelope (ciphertext) for reconciliation; a retry is stored once."""
-    await js.publish(
-        archive_subject(bulletin_id), raw, headers={"Nats-Msg-Id": f"archive:{bulletin_id}"}
-    )
+def archive_message(bulletin_id: str, raw: bytes) -> Message:
+    """The archive copy of an accepted envelope (ciphertext), for ``publish_batch`` on
+    ``ARCHIVE_STREAM``; its id makes a retry stored once."""
+    return Message(archive_subject(bulletin_id), raw, f"archive:{bulletin_id}")
 
 
 @dataclass

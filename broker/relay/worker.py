@@ -4,11 +4,15 @@ Effects happen in this order for every batch pulled from the shared ingest consu
   1. verify and decide each message: ``broker.relay.plan`` (pure) answers accept, reject,
      resume or defer, with the rows and audit events to write;
   2. commit bulletin rows, decisions and audit events in one transaction;
-  3. publish each permitted delivery with ``Nats-Msg-Id = <bulletin>:<recipient>``;
-  4. ack the ingest message (term a rejected one: it must not come back).
+  3. store every permitted delivery of the batch (``Nats-Msg-Id = <bulletin>:<recipient>``,
+     most urgent precedence first) and every archive copy as a few JetStream atomic
+     batches (``broker.bus.batch``): one flush per batch, not per message;
+  4. once every batch is committed, ack the ingest messages (term a rejected one: it must
+     not come back).
 A crash anywhere replays the batch: a bulletin already stored under the same stream
-sequence is resumed (its deliveries republished; JetStream and the recipient SDK drop
-duplicates), never decided twice.
+sequence is resumed (its deliveries republished: an atomic batch holding an id already
+stored is sent again one message at a time, which JetStream deduplicates, and the
+recipient SDK drops what still comes twice), never decided twice.
 
 This module only does the I/O around those decisions. Left to others: the decision
 (``broker.relay.plan``, with the checks of ``broker.relay.checks``), the checks on a
@@ -32,7 +36,8 @@ from nats.js import JetStreamContext
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from broker.audit import events
-from broker.bus.streams import ACK_WAIT_S
+from broker.bus.batch import Message, publish_batch
+from broker.bus.streams import ACK_WAIT_S, ensure_atomic
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
 from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
@@ -52,11 +57,12 @@ from broker.relay.dead_letters import (
 )
 from broker.relay.plan import Ingested, Plan, parse, plan_batch
 from broker.relay.receipts import check_receipt, read_receipt
-from broker.relay.reconcile import archive_envelope, ensure_archive
+from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
 from broker.store.registry import DecisionRow, ReceiptRow, Registry
 from schemas.errors import AuditStoreError, BusUnavailable, IstmoError
 from schemas.labels import Precedence
 from schemas.subjects import (
+    DELIVER_STREAM,
     INGEST_STREAM,
     RECEIPT_STREAM,
     RELAY_INGEST_DURABLE,
@@ -123,8 +129,10 @@ class Relay:
         control_sub = await self.nc.subscribe(CONTROL_POLICY_SUBJECT, cb=self._on_policy)
         directory_sub = await self.nc.subscribe(CONTROL_DIRECTORY_SUBJECT, cb=self._on_directory)
         try:
-            # Accepted envelopes are archived for reconciliation before they are delivered.
+            # Accepted envelopes are archived for reconciliation as they are delivered.
             await ensure_archive(self.js)
+            # Deliveries are stored in atomic batches, even on a stream an older Istmo made.
+            await ensure_atomic(self.js, DELIVER_STREAM)
             # The first batch may hold a message to dead-letter: its stream must be there.
             await ensure_dead_letters(self.js)
             ingest = await self.js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM)
@@ -272,18 +280,25 @@ class Relay:
             [event for p in plans for event in p.events],
             bulk={DecisionRow: [values for p in plans for values in p.decision_rows()]},
         )
-        # Deliver everything, most urgent precedence first (one wave per precedence, so
-        # the delivery streams hold FLASH before ROUTINE), then ack everything. If any
-        # delivery fails, nothing of the batch is acked: it all comes back after the ack
-        # wait and resumes idempotently.
-        # Keep each accepted envelope (ciphertext) where `istmo reconcile` finds it if a
-        # delivery goes missing from ISTMO_DELIVER (broker.relay.reconcile).
-        await _all(
-            archive_envelope(self.js, o.bulletin_id, o.raw) for o in outcomes if o.deliveries
-        )
-        for rank in sorted({o.rank for o in outcomes if o.deliveries}):
+        # Deliver everything as a few atomic batches, most urgent precedence first (the
+        # delivery stream holds FLASH before ROUTINE), with each accepted envelope's
+        # archive copy (ciphertext), where `istmo reconcile` finds it if a delivery goes
+        # missing from ISTMO_DELIVER (broker.relay.reconcile); then ack everything. If any
+        # batch fails, nothing of the ingest batch is acked: it all comes back and resumes
+        # idempotently.
+        delivering = sorted((o for o in outcomes if o.deliveries), key=lambda o: o.rank)
+        deliveries = [
+            Message(deliver_subject(r), o.raw, f"{o.bulletin_id}:{r}")
+            for o in delivering
+            for r in o.deliveries
+        ]
+        copies = [archive_message(o.bulletin_id, o.raw) for o in delivering]
+        if deliveries:
             await _all(
-                self._deliver(o, r) for o in outcomes if o.rank == rank for r in o.deliveries
+                (
+                    publish_batch(self.nc, ARCHIVE_STREAM, copies),
+                    publish_batch(self.nc, DELIVER_STREAM, deliveries),
+                )
             )
         # Recorded and delivered: counted before the acks, whose replies can time out
         # under load after the server has taken them (then nothing comes back to count).
@@ -311,10 +326,6 @@ class Relay:
         elif p.verdict == "reject":
             log.info("rejected ingest seq=%d from %s: %s", p.seq, p.sender, p.reason)
         return outcome
-
-    async def _deliver(self, o: _Outcome, recipient: str) -> None:
-        headers = {"Nats-Msg-Id": f"{o.bulletin_id}:{recipient}"}
-        await self.js.publish(deliver_subject(recipient), o.raw, headers=headers)
 
     # ------------------------------------------------------------------ receipts
     async def _receipt_batch(self, msgs: list[Msg]) -> None:
