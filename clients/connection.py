@@ -72,8 +72,7 @@ async def connect_agency(keystore: KeystoreFile, nats_url: str, *, timeout: floa
         )
     except ssl.SSLCertVerificationError as exc:
         raise BusUnavailable(
-            f"the certificate of NATS at {nats_url} could not be verified "
-            f"({exc.verify_message})",
+            f"the certificate of NATS at {nats_url} could not be verified ({exc.verify_message})",
             code="tls_untrusted",
             hint="set SSL_CERT_FILE to the region's CA certificate",
         ) from exc

@@ -102,24 +102,36 @@ async def test_embargoed_bulletin_waits_for_its_time(storage: Storage, tmp_path:
 
 
 async def test_the_relay_decides_by_its_own_clock(storage: Storage, tmp_path: Path) -> None:
-    """A relay is handed its clock: one an hour ahead finds a bulletin with a minute to
-    live expired, and stamps the refusal with its own time; nothing waits for an hour."""
+    """A relay is handed its clock: moved an hour ahead after the bulletin was resolved and
+    sealed (its agency API answers by the same clock), it finds the bulletin with a minute
+    to live expired, and stamps the refusal with its own time; nothing waits for an hour."""
     async with running_stack(
         tmp_path / "istmo", with_relay=False, database_url=storage.pg_url
     ) as stack:
         assert stack.registry is not None
         assert stack.directory is not None
-        clock = ManualClock.at(int(time.time()) + 3600)
+        clock = ManualClock.at(int(time.time()))
         nc = await stack.connect_relay(nats_url(stack))
         stop = asyncio.Event()
         relay = Relay(stack.settings, stack.registry, stack.directory, nc, clock=clock)
         task = asyncio.create_task(relay.run(stop))
         try:
             async with await client(stack, "hn-police") as hn:
+                expires_at = int(time.time()) + 60
+                recipients = await hn.resolve(labels(), expires_at=expires_at)
+                env = seal(
+                    content=Content(title="t", text="b"),
+                    labels=labels(),
+                    originator="hn-police",
+                    signing_key=hn.keystore.signing_key(),
+                    recipients=recipients,
+                    now=int(time.time()),
+                    expires_at=expires_at,
+                )
+                clock.advance(3600)
+                await hn._publish_envelope(env)
                 with pytest.raises(PublishRejected) as err:
-                    await hn.publish(
-                        title="t", text="b", labels=labels(), expires_at=int(time.time()) + 60
-                    )
+                    await hn.wait_for_verdict(env.header.bulletin_id)
         finally:
             stop.set()
             await task
