@@ -26,7 +26,7 @@ from broker.bus.server import NatsServer, find_nats_server, free_port
 from broker.bus.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
 from schemas.natskeys import new_user_seed, user_public_key
 from schemas.subjects import inbox_prefix
-from tests.storage_engines import storage, storage_module  # noqa: F401  # SQLite and PostgreSQL
+from tests.storage_engines import drop_template, storage, storage_module  # noqa: F401  # fixtures
 
 # Short enough that a denied request fails fast, long enough for a loaded 2-core box.
 _CONNECT_OPTIONS: dict[str, Any] = {
@@ -43,6 +43,11 @@ def pytest_configure(config: pytest.Config) -> None:
     follower or a stack with Ctrl-C wait forever. Ctrl-C means KeyboardInterrupt here."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the PostgreSQL template database this session (or xdist worker) migrated."""
+    drop_template()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
