@@ -1,6 +1,7 @@
 """Shared fixtures: a real nats-server per test, laid out exactly as Istmo runs it.
 
-``nats_stack`` starts nats-server on free ports in the test's tmp dir with the config of
+``nats_stack`` starts nats-server on ports it picks itself (``ANY_PORT``: no race with another
+test process for a free port) in the test's tmp dir with the config of
 ``broker.bus.natsconf`` (account ISTMO for the relay and JetStream, one account per agency),
 creates the streams and consumers of ``broker.bus.streams``, and stops the server at teardown.
 """
@@ -22,7 +23,7 @@ from nats.aio.client import Client as NATS
 
 from broker.bus.gate import Gate
 from broker.bus.natsconf import AgencyUser, NatsLayout
-from broker.bus.server import NatsServer, find_nats_server, free_port
+from broker.bus.server import ANY_PORT, NatsServer, find_nats_server
 from broker.bus.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
 from schemas.natskeys import new_user_seed, user_public_key
 from schemas.subjects import inbox_prefix
@@ -166,8 +167,8 @@ async def nats_stack(
         seeds = {agency: new_user_seed() for agency in agencies}
         relay_seed = new_user_seed()
         layout = NatsLayout(
-            port=free_port(),
-            http_port=free_port(),
+            port=ANY_PORT,
+            http_port=ANY_PORT,
             store_dir=home / "jetstream",
             relay_nkey_public=user_public_key(relay_seed),
             agencies=tuple(AgencyUser(a, user_public_key(s)) for a, s in seeds.items()),

@@ -1,4 +1,7 @@
-"""The whole broker (nats-server, relay, API) running inside the test's event loop."""
+"""The whole broker (nats-server, relay, API) running inside the test's event loop.
+
+nats-server binds ports it picks itself (``ANY_PORT``); the HTTP API (uvicorn) still takes
+one that was free a moment before."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from broker.bus.server import free_port
+from broker.bus.server import ANY_PORT, free_port
 from broker.config import Settings
 from broker.runtime.stack import Stack
 from clients.sdk import IstmoClient
@@ -22,8 +25,8 @@ async def running_stack(
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
-        nats_port=free_port(),
-        nats_http_port=free_port(),
+        nats_port=ANY_PORT,
+        nats_http_port=ANY_PORT,
         api_port=free_port(),
     )
     stack = Stack(settings, out=lambda _line: None)
@@ -50,7 +53,8 @@ async def running_stack(
 
 
 def nats_url(stack: Stack) -> str:
-    return f"nats://127.0.0.1:{stack.settings.nats_port}"
+    """The client URL of the stack's running nats-server."""
+    return stack.nats_urls[0]
 
 
 async def client(stack: Stack, agency: str) -> IstmoClient:

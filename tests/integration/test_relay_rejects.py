@@ -30,7 +30,7 @@ from schemas.subjects import (
     ingest_subject,
     receipt_subject,
 )
-from tests.integration.stack_inproc import client, running_stack
+from tests.integration.stack_inproc import client, nats_url, running_stack
 from tests.storage_engines import Storage
 
 LABELS = Labels(
@@ -78,7 +78,7 @@ def flip_ct(env: Envelope) -> Envelope:
 
 
 async def deliver_count(stack: Stack) -> int:
-    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    nc = await stack.connect_relay(nats_url(stack))
     try:
         info = await nc.jetstream().stream_info(DELIVER_STREAM)
         return int(info.state.messages)
@@ -90,7 +90,7 @@ async def relay_idle(stack: Stack) -> None:
     """Wait until the relay has acked everything on ingest: a bulletin's verdict is
     recorded before its deliveries are published, so a count taken at the verdict races
     them."""
-    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    nc = await stack.connect_relay(nats_url(stack))
     try:
         for _ in range(200):
             info = await nc.jetstream().consumer_info(INGEST_STREAM, RELAY_INGEST_DURABLE)
@@ -271,7 +271,7 @@ async def test_malformed_input_is_audited_and_terminated(
         await asyncio.sleep(0.1)
     assert reasons[before:] == [code]
     # Terminated, not redelivered: the ingest consumer has nothing pending.
-    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    nc = await stack.connect_relay(nats_url(stack))
     try:
         info = await nc.jetstream().consumer_info("ISTMO_INGEST", "relay-ingest")
         assert info.num_pending == 0
@@ -297,7 +297,7 @@ async def test_sdk_drops_non_istmo_and_tampered_deliveries(stack: Stack) -> None
     async with await client(stack, "gt-police") as gt:
         good = await sealed(gt)
     tampered = flip_ct(good)
-    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    nc = await stack.connect_relay(nats_url(stack))
     js = nc.jetstream()
     try:
         await js.publish("istmo.deliver.hn-police", b'{"stream":"ISTMO_INGEST","seq":1}')
