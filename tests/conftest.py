@@ -76,6 +76,7 @@ class NatsStack:
     seeds: dict[str, str]
     _connections: list[NATS] = field(default_factory=list)
     _gate: asyncio.Task[None] | None = None
+    _gate_nc: NATS | None = None
     _gate_stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -121,7 +122,7 @@ class NatsStack:
             await ensure_agency_consumer(js, agency)
         await relay.close()
         if self._gate is None:
-            gate_nc = await self.connect_relay(max_reconnect_attempts=-1)
+            gate_nc = self._gate_nc = await self.connect_relay(max_reconnect_attempts=-1)
             gate = Gate(gate_nc)
             self._gate = asyncio.create_task(gate.run(self._gate_stop))
             await asyncio.wait_for(gate.ready.wait(), timeout)
@@ -146,6 +147,15 @@ class NatsStack:
             with contextlib.suppress(Exception):
                 await self._gate
             self._gate = None
+        if self._gate_nc is not None:
+            # The gate has unsubscribed, but nats-server reads that on the gate's connection
+            # in its own time: until then a publish on another connection still goes to the
+            # gate, which never answers it. Two PING/PONG round trips order the two (one
+            # can overtake what nats-py still buffers; see test_nats_confinement.barrier).
+            with contextlib.suppress(Exception):
+                await self._gate_nc.flush()
+                await self._gate_nc.flush()
+            self._gate_nc = None
 
     async def close_connections(self) -> None:
         await self.close_gate()
