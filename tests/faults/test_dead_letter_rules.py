@@ -7,13 +7,14 @@ import time
 
 import pytest
 
+from broker.cli.reconcile import _since
 from broker.relay.dead_letters import (
     INGEST_MAX_ATTEMPTS,
     dead_subject,
     handle_advisory,
     ingest_attempts_allowed,
 )
-from broker.relay.reconcile import _since, archive_subject
+from broker.relay.reconcile import archive_subject
 from schemas.envelope import Content
 from schemas.errors import ConfigError, EnvelopeError
 from schemas.ids import AgencyId
