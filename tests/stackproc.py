@@ -8,9 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.waiting import eventually_sync
 
 ISTMO = str(Path(sys.executable).parent / "istmo")
 
@@ -67,7 +68,7 @@ class UpProcess:
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
 
-    def start(self, timeout: float = 60) -> UpProcess:
+    def start(self, timeout: float = 180) -> UpProcess:
         if not self.ports:
             self.ports = {"nats": free_port(), "http": free_port(), "api": free_port()}
         self.log_path = (
@@ -75,16 +76,24 @@ class UpProcess:
         )
         with self.log_path.open("w") as log:
             self.proc = self._popen(log)
-        deadline = time.monotonic() + timeout
-        while (
-            not (self.data_dir / "stack.json").exists() or "ready" not in self.log_path.read_text()
-        ):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"istmo up exited: {self.log_path.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"istmo up not ready: {self.log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
+        proc, log_path = self.proc, self.log_path
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"istmo up exited: {log_path.read_text()[-2000:]}")
+            return (self.data_dir / "stack.json").exists() and "ready" in log_path.read_text()
+
+        try:
+            eventually_sync(
+                ready,
+                what="istmo up to be ready",
+                timeout=timeout,
+                interval=0.1,
+                context=lambda: self.output,
+            )
+        except AssertionError:
+            self.stop()
+            raise
         return self
 
     def _popen(self, log):

@@ -14,6 +14,7 @@ from broker.bus.server import ANY_PORT, free_port
 from broker.config import Settings
 from broker.runtime.stack import Stack
 from clients.sdk import IstmoClient
+from tests.waiting import eventually
 
 
 @contextlib.asynccontextmanager
@@ -34,10 +35,11 @@ async def running_stack(
     stop = asyncio.Event()
     task = asyncio.create_task(stack.up(stop, with_relay=with_relay))
     try:
-        for _ in range(300):
-            if (data_dir / "stack.json").exists() or task.done():
-                break
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: (data_dir / "stack.json").exists() or task.done(),
+            what=f"the stack on {data_dir} to start",
+            timeout=120,
+        )
         if task.done():
             task.result()  # raises what went wrong
         yield stack

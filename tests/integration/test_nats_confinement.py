@@ -53,6 +53,7 @@ from schemas.subjects import (
     ingest_subject,
     receipt_subject,
 )
+from tests.waiting import eventually
 
 GT = "gt-police"
 JM = "jm-police"
@@ -92,15 +93,6 @@ async def barrier(nc: NATS) -> None:
     """
     await nc.flush()
     await nc.flush()
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:
-    """Poll ``condition`` until it holds (for effects the server applies asynchronously)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def violated(errors: list[Exception], kind: str, subject: str) -> bool:
@@ -162,7 +154,7 @@ async def test_control_flow_on_own_subjects(nats_stack: StackFactory) -> None:
         # On a cluster the ack floor can trail the pending count by a moment.
         return info.num_ack_pending == 0 and floor == 3
 
-    await until(acks_applied, timeout=10)
+    await eventually(acks_applied, what="JetStream to apply gt's acks")
     info = await rjs.consumer_info(DELIVER_STREAM, deliver_durable(GT))
     assert info.ack_floor is not None
     assert (info.num_pending, info.num_ack_pending, info.ack_floor.stream_seq) == (0, 0, 3)
@@ -377,7 +369,8 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
     async def all_answered() -> bool:
         return len(gt_probe.msgs) >= 4
 
-    await until(all_answered)  # the 408 comes once the 50 ms pull expires
+    # The 408 comes once the 50 ms pull expires.
+    await eventually(all_answered, what="gt's four probes answered")
     await asyncio.sleep(SETTLE_S)
 
     # Control: the probes were answered on gt's own reply subject: two PubAcks and two
