@@ -8,9 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.waiting import eventually_sync
 
 ISTMO = str(Path(sys.executable).parent / "istmo")
 
@@ -19,6 +21,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _port_of(url: str) -> int:
+    port = urllib.parse.urlsplit(url).port
+    assert port is not None, url
+    return port
 
 
 def interrupt(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[str, str]:
@@ -58,7 +66,11 @@ def run_cli(*args: str, data_dir: Path, timeout: float = 60, input_: str | None 
 
 @dataclass
 class UpProcess:
-    """`istmo up` running in the background on free ports."""
+    """`istmo up` running in the background: nats-server on ports it picks itself (port 0;
+    clients find them in ``stack.json``), the HTTP API on one that was free a moment before.
+
+    Once started, ``ports`` holds the ports nats-server bound: started again (or another
+    ``UpProcess`` given these ``ports``), the stack comes back where clients knew it."""
 
     data_dir: Path
     extra: tuple[str, ...] = ()
@@ -67,24 +79,36 @@ class UpProcess:
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
 
-    def start(self, timeout: float = 60) -> UpProcess:
+    def start(self, timeout: float = 180) -> UpProcess:
         if not self.ports:
-            self.ports = {"nats": free_port(), "http": free_port(), "api": free_port()}
+            self.ports = {"nats": 0, "http": 0, "api": free_port()}
         self.log_path = (
             self.data_dir.parent / f"up-{len(list(self.data_dir.parent.glob('up-*.log')))}.log"
         )
         with self.log_path.open("w") as log:
             self.proc = self._popen(log)
-        deadline = time.monotonic() + timeout
-        while (
-            not (self.data_dir / "stack.json").exists() or "ready" not in self.log_path.read_text()
-        ):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"istmo up exited: {self.log_path.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"istmo up not ready: {self.log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
+        proc, log_path = self.proc, self.log_path
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"istmo up exited: {log_path.read_text()[-2000:]}")
+            return (self.data_dir / "stack.json").exists() and "ready" in log_path.read_text()
+
+        try:
+            eventually_sync(
+                ready,
+                what="istmo up to be ready",
+                timeout=timeout,
+                interval=0.1,
+                context=lambda: self.output,
+            )
+        except AssertionError:
+            self.stop()
+            raise
+        if self.ports.get("nats") == 0 or self.ports.get("http") == 0:
+            info = json.loads((self.data_dir / "stack.json").read_text())
+            self.ports["nats"] = _port_of(info["nats_url"])
+            self.ports["http"] = _port_of(info["nats_monitor_urls"][0])
         return self
 
     def _popen(self, log):

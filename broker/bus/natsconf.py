@@ -42,6 +42,7 @@ from schemas.subjects import (
 )
 
 __all__ = [
+    "ANY_PORT",
     "AgencyUser",
     "ClusterLayout",
     "NatsLayout",
@@ -50,6 +51,7 @@ __all__ = [
     "render_config",
 ]
 
+ANY_PORT = 0  # in a NatsLayout: nats-server picks a free port itself
 # A public user nkey: "U" and 55 more base32 characters.
 _USER_NKEY = re.compile(r"^U[A-Z2-7]{55}$")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -78,7 +80,11 @@ class ClusterLayout:
 
 @dataclass(frozen=True)
 class NatsLayout:
-    """Everything the config of one node depends on."""
+    """Everything the config of one node depends on.
+
+    ``port`` or ``http_port`` 0 (``ANY_PORT``) lets nats-server pick a free port when it
+    starts (rendered ``-1``); ``broker.bus.server`` reads back the one it bound.
+    """
 
     port: int
     http_port: int
@@ -129,9 +135,9 @@ def _q_list(values: Iterable[str]) -> str:
 
 def _check(layout: NatsLayout) -> None:
     for what, port in (("port", layout.port), ("http_port", layout.http_port)):
-        if not 0 < port < 65536:
+        if not 0 <= port < 65536:
             raise ValueError(f"{what} {port} is not a TCP port")
-    if layout.port == layout.http_port:
+    if layout.port == layout.http_port != ANY_PORT:
         raise ValueError(f"port and http_port are both {layout.port}")
     if layout.max_payload <= 0:
         raise ValueError(f"max_payload {layout.max_payload} must be positive")
@@ -232,6 +238,12 @@ def _agency_account(user: AgencyUser) -> list[str]:
     return lines
 
 
+def _port(port: int) -> int:
+    """A port as nats-server reads it: -1 asks for a random free one (0 would mean the
+    default, 4222)."""
+    return -1 if port == ANY_PORT else port
+
+
 def render_config(layout: NatsLayout) -> str:
     """Return the nats-server config text for ``layout``.
 
@@ -251,8 +263,8 @@ def render_config(layout: NatsLayout) -> str:
         "# Rendered by broker.bus.natsconf.render_config; edits are overwritten.",
         f"server_name: {_q(layout.server_name)}",
         f"host: {_q(layout.host)}",
-        f"port: {layout.port}",
-        f"http: {_q(f'{layout.host}:{layout.http_port}')}",
+        f"port: {_port(layout.port)}",
+        f"http: {_q(f'{layout.host}:{_port(layout.http_port)}')}",
         f"max_payload: {layout.max_payload}",
         "",
         *(_cluster_block(layout, layout.cluster) if layout.cluster else []),

@@ -3,6 +3,11 @@
 A thin shell around ``broker.bus.natsconf`` (which renders the text). Streams and consumers
 are set up by ``broker.bus.streams`` once a client is connected; reading settings from the
 environment is left to the caller.
+
+A layout whose client or monitoring port is ``ANY_PORT`` lets nats-server bind a free port
+itself (tests: no window between choosing a port and binding it, in which another process
+can take it); ``NatsServer`` reads back the ports it bound from the ports file nats-server
+writes (``--ports_file_dir``) once it listens.
 """
 
 from __future__ import annotations
@@ -25,11 +30,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from broker.bus.natsconf import AgencyUser, NatsLayout, render_config
+from broker.bus.natsconf import ANY_PORT, AgencyUser, NatsLayout, render_config
 from schemas.errors import BusUnavailable, ConfigError
 from schemas.subjects import account_name, ingest_subject
 
-__all__ = ["MIN_VERSION", "NatsServer", "check_port_free", "find_nats_server", "free_port"]
+__all__ = [
+    "ANY_PORT",
+    "MIN_VERSION",
+    "NatsServer",
+    "check_port_free",
+    "find_nats_server",
+    "free_port",
+]
 
 # Jepsen's analysis of 2.12.1 prompted the fixes in 2.12.3; Debian's 2.9 predates them.
 MIN_VERSION = (2, 12, 3)
@@ -172,7 +184,12 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 class NatsServer:
-    """One nats-server process, started from a config rendered from a ``NatsLayout``."""
+    """One nats-server process, started from a config rendered from a ``NatsLayout``.
+
+    Where the layout's client or monitoring port is ``ANY_PORT``, nats-server picks it and
+    ``port``, ``http_port``, ``url`` and ``monitor_url`` give the one it bound (known once
+    ``wait_ready`` has returned; a restart binds new ones).
+    """
 
     def __init__(self, binary: Path, config_path: Path, layout: NatsLayout, log_path: Path) -> None:
         self.binary = binary
@@ -181,10 +198,40 @@ class NatsServer:
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        # (client, monitoring) ports the running server bound, read from its ports file.
+        self._bound: tuple[int, int] | None = None
+
+    @property
+    def _picks_ports(self) -> bool:
+        return ANY_PORT in (self.layout.port, self.layout.http_port)
+
+    @property
+    def _ports_dir(self) -> Path:
+        """Where nats-server writes ``<binary>_<pid>.ports`` when it picks its ports."""
+        return self.config_path.with_name(self.config_path.name + ".ports")
+
+    def _bound_ports(self) -> tuple[int, int]:
+        if self._bound is None:
+            raise RuntimeError("nats-server has not reported the ports it bound; start() it")
+        return self._bound
+
+    @property
+    def port(self) -> int:
+        """The client port: the layout's, or the one nats-server bound for ``ANY_PORT``."""
+        if self.layout.port != ANY_PORT:
+            return self.layout.port
+        return self._bound_ports()[0]
+
+    @property
+    def http_port(self) -> int:
+        """The monitoring port: the layout's, or the one nats-server bound for ``ANY_PORT``."""
+        if self.layout.http_port != ANY_PORT:
+            return self.layout.http_port
+        return self._bound_ports()[1]
 
     @property
     def url(self) -> str:
-        return f"nats://{self.layout.host}:{self.layout.port}"
+        return f"nats://{self.layout.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -195,7 +242,7 @@ class NatsServer:
 
     @property
     def monitor_url(self) -> str:
-        return f"http://{self.layout.host}:{self.layout.http_port}"
+        return f"http://{self.layout.host}:{self.http_port}"
 
     def write_config(self, *, validate: bool = True) -> None:
         """Render the layout into ``config_path`` (mode 0600) once nats-server accepts it.
@@ -285,16 +332,25 @@ class NatsServer:
         """
         if self.pid is not None:
             raise RuntimeError(f"nats-server is already running as pid {self.pid}")
-        check_port_free(self.layout.port, "NATS clients", self.layout.host)
-        check_port_free(self.layout.http_port, "NATS monitoring", self.layout.host)
+        if self.layout.port != ANY_PORT:
+            check_port_free(self.layout.port, "NATS clients", self.layout.host)
+        if self.layout.http_port != ANY_PORT:
+            check_port_free(self.layout.http_port, "NATS monitoring", self.layout.host)
         if self.layout.cluster is not None:
             check_port_free(self.layout.cluster.port, "NATS cluster routes", self.layout.host)
         self.write_config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._close_log()
         self._log = self.log_path.open("ab")
+        argv = [str(self.binary), "-c", str(self.config_path)]
+        self._bound = None
+        if self._picks_ports:
+            self._ports_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self._ports_dir.glob("*.ports"):  # of a server killed earlier
+                stale.unlink(missing_ok=True)
+            argv += ["--ports_file_dir", str(self._ports_dir)]
         self._proc = subprocess.Popen(
-            [str(self.binary), "-c", str(self.config_path)],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -305,7 +361,7 @@ class NatsServer:
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         """Wait until the spawned server reports JetStream healthy and every agency's
-        service imports are wired.
+        service imports are wired (and, for ``ANY_PORT``, the ports it bound).
 
         Raises:
             ConfigError: the server exited while starting, or left imports unwired.
@@ -323,7 +379,7 @@ class NatsServer:
                     f"nats-server exited with code {code} while starting; see {self.log_path}: "
                     f"{_tail(self.log_path)}"
                 )
-            if self._healthy():
+            if self._ports_known() and self._healthy():
                 break
             if time.monotonic() > deadline:
                 self.kill()
@@ -338,6 +394,25 @@ class NatsServer:
                 f"nats-server started without the service imports of {', '.join(unwired)}; "
                 f"see {self.log_path}"
             )
+
+    def _ports_known(self) -> bool:
+        """True once the ports are known: fixed in the layout, or read from the ports file
+        nats-server writes when it listens on every port (None before, or half-written)."""
+        if not self._picks_ports or self._bound is not None:
+            return True
+        if self._proc is None:
+            return False
+        for path in self._ports_dir.glob(f"*_{self._proc.pid}.ports"):
+            try:
+                ports = json.loads(path.read_text(encoding="utf-8"))
+                client = urllib.parse.urlsplit(ports["nats"][0]).port
+                monitoring = urllib.parse.urlsplit(ports["monitoring"][0]).port
+            except (OSError, ValueError, KeyError, IndexError, TypeError):
+                return False
+            if client is not None and monitoring is not None:
+                self._bound = (client, monitoring)
+                return True
+        return False
 
     def monitor(self, path: str) -> dict[str, Any] | None:
         """GET a monitoring endpoint (``/jsz``, ``/varz``...); None if it does not answer."""

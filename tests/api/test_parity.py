@@ -3,8 +3,6 @@ running broker (nats-server, relay) and a real bulletin."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,6 +17,7 @@ from schemas.directory import open_excerpt
 from schemas.labels import Classification, Labels, Tlp
 from tests.api.conftest import BASE, connect
 from tests.integration.stack_inproc import client, running_stack
+from tests.waiting import eventually
 
 LABELS = Labels(
     topic="drug-trafficking",
@@ -78,15 +77,18 @@ async def test_resolve_explain_and_status_agree(stack: Stack) -> None:
         # receipts: hn-police receives it over NATS; its receipt shows over both doors
         async with await client(stack, "hn-police") as hn_nats:
             assert await hn_nats.receive(_ignore, count=1, timeout=10) == 1
-        receipts: dict = {}
-        got: dict = {}
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            receipts = await api.get(f"/v1/bulletins/{result.bulletin_id}/receipts")
-            got = {r["agency"]: r["received_at"] for r in receipts["recipients"]}
-            if got.get("hn-police"):
-                break
-            await asyncio.sleep(0.1)
+
+        def received_by_hn(receipts: dict) -> bool:
+            return any(
+                r["agency"] == "hn-police" and r["received_at"] for r in receipts["recipients"]
+            )
+
+        receipts = await eventually(
+            lambda: api.get(f"/v1/bulletins/{result.bulletin_id}/receipts"),
+            until=received_by_hn,
+            what="hn-police's receipt over HTTP",
+        )
+        got = {r["agency"]: r["received_at"] for r in receipts["recipients"]}
         report = await gt.receipts(result.bulletin_id)
         assert [(r["agency"], r["received_at"]) for r in receipts["recipients"]] == list(
             report.recipients

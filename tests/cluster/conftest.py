@@ -21,7 +21,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from broker.runtime.stack import Stack
 from schemas.natskeys import new_user_seed, user_public_key
 from tests.conftest import NatsStack
 from tests.stackproc import UpProcess
+from tests.waiting import eventually, eventually_sync
 
 _CONNECT_OPTIONS: dict[str, Any] = {
     "connect_timeout": 2,
@@ -179,13 +179,13 @@ async def running_cluster_stack(
     stop = asyncio.Event()
     task = asyncio.create_task(stack.up(stop, with_relay=with_relay, with_sequencer=with_sequencer))
     try:
-        for _ in range(1200):
-            if (data_dir / "stack.json").exists() or task.done():
-                break
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: (data_dir / "stack.json").exists() or task.done(),
+            what="the cluster stack to come up",
+            timeout=240,
+        )
         if task.done():
             task.result()  # raises what went wrong
-        assert (data_dir / "stack.json").exists(), "the cluster stack did not come up"
         yield stack
     finally:
         stop.set()
@@ -209,7 +209,7 @@ def up_cluster_process(data_dir: Path, *extra: str) -> UpProcess:
 def up_cluster(tmp_path: Path) -> Iterator[UpProcess]:
     """``istmo up --cluster 3 --no-relay``: three NATS nodes, the API and the sequencer;
     relays are the test's (``tests.faults.harness.RelayProcess``)."""
-    up = up_cluster_process(tmp_path / "istmo", "--no-relay").start(timeout=120)
+    up = up_cluster_process(tmp_path / "istmo", "--no-relay").start(timeout=240)
     try:
         yield up
     finally:
@@ -254,11 +254,9 @@ class ClusterNodes:
 
     def kill(self, node: int) -> None:
         os.kill(self.pid(node), signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while self.alive(node):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"node {node} still answers after SIGKILL")
-            time.sleep(0.02)
+        eventually_sync(
+            lambda: not self.alive(node), what=f"node {node} to die of SIGKILL", interval=0.02
+        )
         old = self.restarted.pop(node, None)
         if old is not None:
             old.wait()
@@ -274,12 +272,8 @@ class ClusterNodes:
                 start_new_session=True,
             )
 
-    def wait_alive(self, node: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.alive(node):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"node {node} did not come back")
-            time.sleep(0.05)
+    def wait_alive(self, node: int, timeout: float = 120) -> None:
+        eventually_sync(lambda: self.alive(node), what=f"node {node} to come back", timeout=timeout)
 
     def pause(self, node: int) -> None:
         """SIGSTOP: the node keeps its sockets but answers nothing, like a node cut off by a
@@ -428,7 +422,7 @@ class DeployCluster:
             conf = node_config(self.region, node, ports=self.ports)
             self.procs.append(start_node(binary, conf, self.region / f"nats-{node}.log"))
 
-    async def wait_ready(self, timeout: float = 30) -> None:
+    async def wait_ready(self, timeout: float = 120) -> None:
         """Until the broker's own user gets an answer from JetStream over TLS (a meta
         leader was elected)."""
         tls = ssl.create_default_context(cafile=str(self.ca))
@@ -459,12 +453,18 @@ class DeployCluster:
             finally:
                 await nc.close()
 
-        deadline = time.monotonic() + timeout
-        while not await answers():
+        async def running_and_answering() -> bool:
             for node, proc in zip(NODES, self.procs, strict=True):
                 assert proc.poll() is None, (node, self.log(node)[-2000:])
-            assert time.monotonic() < deadline, self.log(1)[-2000:]
-            await asyncio.sleep(0.2)
+            return await answers()
+
+        await eventually(
+            running_and_answering,
+            what="JetStream to answer over TLS",
+            timeout=timeout,
+            interval=0.2,
+            context=lambda: self.log(1),
+        )
 
     def stop(self) -> None:
         for proc in self.procs:

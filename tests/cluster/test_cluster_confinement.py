@@ -31,6 +31,7 @@ from schemas.subjects import (
     receipt_subject,
 )
 from tests.integration import test_nats_confinement as single
+from tests.waiting import eventually
 
 StackFactory = Callable[[list[str]], Awaitable[Any]]
 
@@ -141,7 +142,7 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
     async def all_answered() -> bool:
         return len(gt_probe.msgs) >= 3
 
-    await single.until(all_answered, timeout=10)
+    await eventually(all_answered, what="gt's three probes answered")
     await asyncio.sleep(single.SETTLE_S)
 
     # Control: the server answered on gt's own subject (a PubAck, a 404 and a 408).

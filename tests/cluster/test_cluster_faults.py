@@ -46,6 +46,7 @@ from tests.faults.harness import (
     wait_until,
 )
 from tests.stackproc import UpProcess
+from tests.waiting import eventually
 
 # Minutes of load and faults: on demand (`./scripts/test -m long`), not in the default run.
 pytestmark = pytest.mark.long
@@ -270,10 +271,9 @@ async def test_f08_pause_the_stream_leaders_then_heal(
     assert report.ok, report.summary()  # type: ignore[attr-defined]
     # No divergence: once the load is over, every node holds the same replica.
     for stream in (INGEST_STREAM, DELIVER_STREAM):
-        deadline = time.monotonic() + 30
-        while True:
-            states = await asyncio.to_thread(cluster_nodes.stream_states, stream)
-            if len(states) == 3 and len(set(states.values())) == 1:
-                break
-            assert time.monotonic() < deadline, (stream, states)
-            await asyncio.sleep(0.5)
+        await eventually(
+            lambda stream=stream: asyncio.to_thread(cluster_nodes.stream_states, stream),
+            until=lambda states: len(states) == 3 and len(set(states.values())) == 1,
+            what=f"every node to hold the same {stream}",
+            interval=0.5,
+        )

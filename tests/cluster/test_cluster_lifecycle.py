@@ -15,6 +15,7 @@ from clients.keystore import load_keystore
 from schemas.subjects import inbox_prefix
 from tests.cluster.conftest import up_cluster_process
 from tests.stackproc import run_cli
+from tests.waiting import eventually
 
 AGENCY = "hn-police"
 
@@ -49,20 +50,20 @@ async def test_suspend_and_reinstate_apply_on_every_node(tmp_path: Path) -> None
             run_cli, "admin", "suspend", AGENCY, "--note", "test", data_dir=up.data_dir
         )
         assert done.returncode == 0, done.stderr
-        for _ in range(50):  # the stack reloads the nodes one after another
-            if [await admitted(u, seed) for u in urls] == [False, False, False]:
-                break
-            await asyncio.sleep(0.1)
-        assert [await admitted(u, seed) for u in urls] == [False, False, False]
+
+        async def admitted_by_each() -> list[bool]:
+            return [await admitted(u, seed) for u in urls]
+
+        await eventually(  # the stack reloads the nodes one after another
+            admitted_by_each, until=lambda got: got == [False] * 3, what="every node to refuse"
+        )
 
         done = await asyncio.to_thread(
             run_cli, "admin", "reinstate", AGENCY, "--note", "test", data_dir=up.data_dir
         )
         assert done.returncode == 0, done.stderr
-        for _ in range(50):
-            if [await admitted(u, seed) for u in urls] == [True, True, True]:
-                break
-            await asyncio.sleep(0.1)
-        assert [await admitted(u, seed) for u in urls] == [True, True, True]
+        await eventually(
+            admitted_by_each, until=lambda got: got == [True] * 3, what="every node to admit"
+        )
     finally:
         await asyncio.to_thread(up.stop, 60)

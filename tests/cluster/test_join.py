@@ -25,6 +25,7 @@ from clients.sdk import IstmoClient, ReceivedBulletin
 from schemas.labels import Classification, Labels, Tlp
 from schemas.subjects import INGEST_STREAM
 from tests.cluster.conftest import cluster_ports, free_port_run
+from tests.waiting import eventually
 
 LABELS = Labels(
     topic="drug-trafficking",
@@ -57,10 +58,11 @@ async def test_a_stack_joins_a_cluster_its_operators_run(tmp_path: Path, nats_bi
     stop = asyncio.Event()
     task = asyncio.create_task(stack.up(stop))
     try:
-        for _ in range(600):
-            if (data_dir / "stack.json").exists() or task.done():
-                break
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: (data_dir / "stack.json").exists() or task.done(),
+            what="the stack to join the operators' NATS",
+            timeout=180,
+        )
         if task.done():
             task.result()
         assert cluster.pids == [n.pid for n in cluster.nodes]  # nothing started or stopped
@@ -94,7 +96,8 @@ async def test_a_stack_joins_a_cluster_its_operators_run(tmp_path: Path, nats_bi
             # A change made here is announced once, so that separate relays and other API
             # replicas rebuild their directories...
             await stack.apply_directory_change(stack.nats, nc)
-            await asyncio.sleep(1.0)
+            await eventually(lambda: heard, what="the change announced")
+            await asyncio.sleep(1.0)  # a second announcement would show now
             assert [h.get("origin") for h in heard] == [stack._origin]
             # ...and one another replica announced is applied here, not announced again
             # (two replicas would otherwise echo each other for ever).

@@ -32,9 +32,10 @@ from broker.runtime.stack import Stack
 from broker.store.registry import Registry
 from schemas.audit import AuditEvent
 from tests.cluster.conftest import running_cluster_stack
+from tests.waiting import eventually
 
 ISTMO = str(Path(sys.executable).parent / "istmo")
-GIVE_UP_S = 60.0  # only so that a broken election ends the run
+GIVE_UP_S = 120.0  # only so that a broken election ends the run
 
 
 def events(n: int, start: int) -> list[AuditEvent]:
@@ -78,11 +79,14 @@ def read(log: Path) -> str:
 
 async def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], count: int = 1) -> float:
     """Wait until ``text`` appears ``count`` times in ``log``; returns when (monotonic)."""
-    deadline = time.monotonic() + GIVE_UP_S
-    while read(log).count(text) < count:
+
+    def seen() -> bool:
         assert proc.poll() is None, read(log)[-2000:]
-        assert time.monotonic() < deadline, f"no {text!r} in {log.name}: {read(log)[-2000:]}"
-        await asyncio.sleep(0.05)
+        return read(log).count(text) >= count
+
+    await eventually(
+        seen, what=f"{text!r} in {log.name}", timeout=GIVE_UP_S, context=lambda: read(log)
+    )
     return time.monotonic()
 
 
@@ -93,10 +97,9 @@ def log_size(db: Path) -> int:
 
 
 async def wait_size(db: Path, size: int) -> None:
-    deadline = time.monotonic() + GIVE_UP_S
-    while log_size(db) < size:
-        assert time.monotonic() < deadline, f"log stuck at {log_size(db)} of {size}"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: log_size(db), until=lambda n: n >= size, what=f"a log of {size}", timeout=GIVE_UP_S
+    )
 
 
 def assert_log_complete(stack: Stack, total_new: int, before: int) -> None:

@@ -31,7 +31,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ import pytest
 from schemas.subjects import DELIVER_STREAM
 from tests.cluster.conftest import DEPLOY, DeployCluster, deploy_cluster, free_port_run, run
 from tests.stackproc import ISTMO, UpProcess, publish_args
+from tests.waiting import eventually_sync
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ class RelayProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60) -> RelayProcess:
+    def start(self, timeout: float = 120) -> RelayProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 unit_argv("istmo-relay@.service", self.unit_env),
@@ -103,11 +103,20 @@ class RelayProcess:
                 stderr=subprocess.STDOUT,
                 env={**self.unit_env, "PYTHONUNBUFFERED": "1"},
             )
-        deadline = time.monotonic() + timeout
-        while "relay connected" not in self.output:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"istmo relay did not start: {self.output[-2000:]}")
-            time.sleep(0.1)
+        proc = self.proc
+
+        def connected() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"istmo relay exited: {self.output[-2000:]}")
+            return "relay connected" in self.output
+
+        eventually_sync(
+            connected,
+            what="istmo relay to connect",
+            timeout=timeout,
+            interval=0.1,
+            context=lambda: self.output,
+        )
         return self
 
     @property
@@ -265,8 +274,8 @@ def test_an_agency_publishes_and_another_receives_over_tls(tls_region: TlsRegion
     # The receipt goes back over TLS too; asked for through node 1 with a nats:// URL:
     # the nodes require TLS, so the client upgrades and verifies the certificate.
     plain_scheme = node1.replace("tls://", "nats://")
-    deadline = time.monotonic() + 20
-    while True:
+
+    def received_at() -> dict[str, int | None]:
         receipts = tls_region.istmo(
             "receipts",
             bulletin_id,
@@ -278,11 +287,14 @@ def test_an_agency_publishes_and_another_receives_over_tls(tls_region: TlsRegion
         )
         assert receipts.returncode == 0, receipts.stderr
         _no_traceback(receipts)
-        got = {r["agency"]: r["received_at"] for r in json.loads(receipts.stdout)["recipients"]}
-        if got["rc-drugs"] is not None:
-            break
-        assert time.monotonic() < deadline, got
-        time.sleep(0.5)
+        return {r["agency"]: r["received_at"] for r in json.loads(receipts.stdout)["recipients"]}
+
+    eventually_sync(
+        received_at,
+        until=lambda got: got["rc-drugs"] is not None,
+        what="rc-drugs's receipt over TLS",
+        interval=0.5,
+    )
 
     for name, out in (("istmo up", tls_region.api.output), ("relay", tls_region.relay.output)):
         assert "Traceback" not in out, (name, out[-3000:])

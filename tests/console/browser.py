@@ -12,13 +12,13 @@ import hashlib
 import json
 import os
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 from broker.audit import merkle
 from schemas.canonical import canonical_json
 from tests.stackproc import UpProcess, run_cli
+from tests.waiting import eventually_sync
 
 CHROMIUM = Path(os.environ.get("ISTMO_CHROMIUM", "/usr/bin/chromium"))
 VIEWPORT = {"width": 1366, "height": 768}
@@ -76,11 +76,11 @@ def console_link(up: UpProcess, who: str = "auditor") -> str:
     return r.stdout.strip()
 
 
-def wait_sequenced(up: UpProcess, bulletin_id: str, types: int, timeout: float = 20) -> None:
+def wait_sequenced(up: UpProcess, bulletin_id: str, types: int, timeout: float = 60) -> None:
     """Wait until the log holds ``types`` entries of the bulletin under a signed head."""
-    deadline = time.monotonic() + timeout
     db = up.data_dir / "istmo.db"
-    while time.monotonic() < deadline:
+
+    def entries_and_head() -> tuple[int, int, int | None]:
         with sqlite3.connect(db, timeout=60) as conn:
             n = conn.execute(
                 "SELECT COUNT(*) FROM log_entry e JOIN audit_event a ON a.seq = e.event_seq "
@@ -89,10 +89,15 @@ def wait_sequenced(up: UpProcess, bulletin_id: str, types: int, timeout: float =
             ).fetchone()[0]
             size = conn.execute("SELECT MAX(tree_size) FROM tree_head").fetchone()[0] or 0
             last = conn.execute('SELECT MAX("index") FROM log_entry').fetchone()[0]
-        if n >= types and last is not None and size > last:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"the log did not take {types} events of {bulletin_id} in {timeout} s")
+        return n, size, last
+
+    eventually_sync(
+        entries_and_head,
+        until=lambda got: got[0] >= types and got[2] is not None and got[1] > got[2],
+        what=f"{types} events of {bulletin_id} under a signed tree head",
+        timeout=timeout,
+        interval=0.2,
+    )
 
 
 def tamper_entry(up: UpProcess, index: int) -> None:

@@ -14,7 +14,6 @@ import getpass
 import json
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,18 +29,9 @@ from schemas.canonical import b64d, b64e, canonical_json
 from schemas.keys import SigningKey, VerifyKey
 from schemas.treehead import TreeHead, parse_signed_tree_head, sign_tree_head
 from tests.stackproc import ISTMO, UpProcess, interrupt, run_cli
+from tests.waiting import eventually_sync
 
 ALARM = 3
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
@@ -71,13 +61,11 @@ def up(tmp_path_factory: pytest.TempPathFactory):
 
 def test_up_sequences_the_outbox_and_verify_passes(up: UpProcess) -> None:
     assert "audit log sequenced here" in up.output
-    r = wait_for(
-        lambda: (
-            (r := run_cli("audit", "verify", data_dir=up.data_dir)).returncode == 0
-            and "wait for the sequencer" not in r.stdout
-            and r
-        ),
-        "the demo directory's events in the log",
+    r = eventually_sync(
+        lambda: run_cli("audit", "verify", data_dir=up.data_dir),
+        until=lambda r: r.returncode == 0 and "wait for the sequencer" not in r.stdout,
+        what="the demo directory's events in the log",
+        interval=0.2,
     )
     n = int(r.stdout.split("verified ")[1].split()[0])
     enrolled = search(up.data_dir, "--type", "agency.enrolled", "--limit", "1000")
@@ -98,7 +86,7 @@ def test_auditor_queries_become_audit_entries(up: UpProcess, tmp_path: Path) -> 
         got = {e["entry"]["subject"]: e["entry"] for e in search(d, "--type", "audit.queried")}
         return got if {"audit.search", "audit.tail", "audit.export"} <= set(got) else {}
 
-    entries = wait_for(queried, "audit.queried entries")
+    entries = eventually_sync(queried, what="audit.queried entries", interval=0.2)
     first_search = next(
         e["entry"]
         for e in search(d, "--type", "audit.queried", "--limit", "1000")
@@ -127,10 +115,10 @@ def test_tail_follows_new_entries_until_ctrl_c(up: UpProcess, tmp_path: Path) ->
             text=True,
         )
     try:
-        wait_for(out_file.read_text, "the first page")
+        eventually_sync(out_file.read_text, what="the first page", interval=0.2)
         assert run_cli("audit", "search", "--agency", marker, data_dir=up.data_dir).returncode == 0
         # The sequencer integrates that query; the follower prints it.
-        wait_for(lambda: marker in out_file.read_text(), "the new entry")
+        eventually_sync(lambda: marker in out_file.read_text(), what="the new entry", interval=0.2)
     finally:
         _, err = interrupt(proc)
     assert proc.returncode == 0, err
@@ -176,7 +164,7 @@ def test_monitor_follows_the_live_log(up: UpProcess, tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         return r.stdout if f"consistent with size {size}" in r.stdout else ""
 
-    wait_for(grown, "the monitor to see the log grow")
+    eventually_sync(grown, what="the monitor to see the log grow", interval=0.2)
 
 
 def test_errors_are_one_line(up: UpProcess, tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ from schemas.keys import SigningKey
 from schemas.treehead import TreeHead, parse_signed_tree_head, sign_tree_head
 from tests.e2e.test_audit_cli import attack, one_line_error, rebuild_nodes, rewrite_entry, swap
 from tests.stackproc import UpProcess, run_cli
+from tests.waiting import eventually_sync
 
 BASE = "http://istmo.test"
 N, BATCH = 3000, 500  # relay-shaped events after the demo directory's; heads every 500
@@ -408,20 +409,14 @@ def remote(up: UpProcess, command: str, *args: str, who: str = "auditor") -> Any
     return run_cli("audit", command, "--from-url", url_of(up), *extra, *args, data_dir=up.data_dir)
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (got := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return got
-
-
 def test_cli_verify_and_monitor_from_url(up: UpProcess, tmp_path: Path) -> None:
     pub = up.data_dir / "broker" / "log.pub"
-    wait_for(pub.exists, "the sequencer's log key")
-    r = wait_for(
-        lambda: (r := remote(up, "verify", "--log-key", str(pub))).returncode == 0 and r,
-        "a signed log",
+    eventually_sync(pub.exists, what="the sequencer's log key", interval=0.2)
+    r = eventually_sync(
+        lambda: remote(up, "verify", "--log-key", str(pub)),
+        until=lambda r: r.returncode == 0,
+        what="a signed log",
+        interval=0.2,
     )
     assert "verified " in r.stdout
     assert ", pinned)" in r.stdout
@@ -439,7 +434,8 @@ def test_cli_verify_and_monitor_from_url(up: UpProcess, tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
         return again.stdout if f"consistent with size {size}" in again.stdout else ""
 
-    wait_for(grown, "the monitor to see the log grow")  # its own queries are entries
+    # Its own queries are entries.
+    eventually_sync(grown, what="the monitor to see the log grow", interval=0.2)
     unpinned = remote(up, "verify")
     assert unpinned.returncode == 0, unpinned.stderr
     assert "came from the server itself" in unpinned.stderr
@@ -522,7 +518,11 @@ def test_the_auditor_never_sees_bulletin_content(up: UpProcess) -> None:
             texts.append(latest.text)
             return True
 
-    wait_for(lambda: asyncio.run(read_everything()), "the bulletin's entries in the log")
+    eventually_sync(
+        lambda: asyncio.run(read_everything()),
+        what="the bulletin's entries in the log",
+        interval=0.2,
+    )
     leaves = [
         base64.b64decode(e["leaf"]).decode()
         for t in texts

@@ -9,7 +9,6 @@ is made), the audit log verifies, and the API serves the log key.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ import pytest
 
 from tests.stackproc import UpProcess, run_cli
 from tests.storage_engines import pg_database
+from tests.waiting import eventually_sync
 
 BODY = "CANARY-pg-4b1e Two go-fast boats, 40 bales, heading north-east at 03:10."
 
@@ -84,11 +84,12 @@ def test_istmo_up_on_postgresql_carries_a_bulletin(
             assert {"bulletin.accepted", "bulletin.routed", "bulletin.denied"} <= types
             assert body_rows == (0,)  # the broker routes; it never stores what it cannot read
 
-            for _ in range(100):  # the sequencer integrates within its idle poll
-                verified = run_cli("audit", "verify", data_dir=d)
-                if verified.returncode == 0 and "wait for the sequencer" not in verified.stdout:
-                    break
-                time.sleep(0.1)
+            verified = eventually_sync(  # the sequencer integrates within its idle poll
+                lambda: run_cli("audit", "verify", data_dir=d),
+                until=lambda r: r.returncode == 0 and "wait for the sequencer" not in r.stdout,
+                what="the sequencer to integrate every event",
+                interval=0.1,
+            )
             assert verified.returncode == 0, verified.stdout + verified.stderr
             assert "wait for the sequencer" not in verified.stdout
 

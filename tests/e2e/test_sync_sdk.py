@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from clients.sdk import ReceivedBulletin
 from clients.sync import Istmo
 from schemas.errors import BusUnavailable, ConfigError, PolicyDenied
 from tests.stackproc import UpProcess, free_port
+from tests.waiting import eventually_sync
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +50,12 @@ def test_publish_receive_receipts_from_a_script(up: UpProcess) -> None:
     assert got[0].caveats == ("no judicial use without the originator's consent",)
 
     with Istmo(keystore(up, "jm-police"), up.nats_url) as jm:
-        for _ in range(50):
-            report = dict(jm.receipts(result.bulletin_id).recipients)
-            if report.get("tt-justice"):
-                break
-            time.sleep(0.1)
+        report = eventually_sync(
+            lambda: dict(jm.receipts(result.bulletin_id).recipients),
+            until=lambda r: r.get("tt-justice"),
+            what="tt-justice's receipt",
+            interval=0.1,
+        )
     assert report["tt-justice"] is not None
     assert all(report[a] is None for a in report if a != "tt-justice")
 

@@ -57,6 +57,7 @@ from schemas.ids import AgencyId
 from schemas.keys import EncryptionPublicKey
 from schemas.labels import Classification, Labels, Tlp
 from schemas.sealing import parse_envelope, seal
+from tests.waiting import eventually, eventually_sync
 
 __all__ = [
     "BZ_LABELS",
@@ -220,17 +221,15 @@ def accepted_count(target: Target) -> int:
 
 
 async def wait_until(predicate: Any, *, timeout: float, interval: float = 0.2) -> bool:
-    """Poll ``predicate()`` (sync or async) until true or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(interval)
+    """``tests.waiting.eventually`` for the fault runs, which measure rather than fail:
+    True once ``predicate()`` (sync or async) holds, False when ``timeout`` passed first."""
+    try:
+        await eventually(
+            predicate, what="the fault run's condition", timeout=timeout, interval=interval
+        )
+    except AssertionError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- publisher
@@ -252,17 +251,14 @@ class Publisher:
     _unsent: dict[str, Envelope] = field(default_factory=dict)  # unknown: kept for a retry
 
     async def prepare(self) -> tuple[str, ...]:
-        """Resolve the recipients once (retrying for 15 s while no relay answers yet);
-        returns them."""
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self._keys = await self.client.resolve(self.labels)
-                return tuple(sorted(self._keys))
-            except BusUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
+        """Resolve the recipients once (retrying while no relay answers yet); returns them."""
+        self._keys = await eventually(
+            lambda: self.client.resolve(self.labels),
+            what="a relay to answer resolve",
+            interval=0.2,
+            ignoring=(BusUnavailable,),
+        )
+        return tuple(sorted(self._keys))
 
     def envelope(self) -> tuple[str, Envelope]:
         hid = f"{self.name}-{self._next}"
@@ -538,7 +534,7 @@ class RelayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
-    def start(self, timeout: float = 30) -> float:
+    def start(self, timeout: float = 120) -> float:
         """Start and wait until it joined the consumers; returns the seconds it took."""
         t0 = time.monotonic()
         ready = self.log.read_text().count("relay connected") if self.log.exists() else 0
@@ -556,13 +552,16 @@ class RelayProcess:
                 stderr=subprocess.STDOUT,
                 env=self.target.subprocess_env(),
             )
-        deadline = time.monotonic() + timeout
-        while self.log.read_text().count("relay connected") == ready:
-            if self.proc.poll() is not None:
+        proc = self.proc
+
+        def connected() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError("relay exited: " + self.log.read_text()[-2000:])
-            if time.monotonic() > deadline:
-                raise RuntimeError("relay did not start: " + self.log.read_text()[-2000:])
-            time.sleep(0.05)
+            return self.log.read_text().count("relay connected") > ready
+
+        eventually_sync(
+            connected, what="the relay to connect", timeout=timeout, context=self.log.read_text
+        )
         return time.monotonic() - t0
 
     def signal(self, sig: int) -> None:

@@ -40,6 +40,7 @@ from tests.faults.harness import (
 )
 from tests.stackproc import UpProcess
 from tests.storage_engines import pg_database
+from tests.waiting import eventually_sync
 
 pytestmark = [pytest.mark.postgres, pytest.mark.long]
 
@@ -102,10 +103,7 @@ def restart_postgres_immediately() -> float:
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    deadline = time.monotonic() + 60
-    while accepted_probe() is False:
-        assert time.monotonic() < deadline, "PostgreSQL did not come back"
-        time.sleep(0.05)
+    eventually_sync(accepted_probe, what="PostgreSQL to come back", timeout=120)
     return time.monotonic() - t0
 
 

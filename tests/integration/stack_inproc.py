@@ -1,4 +1,7 @@
-"""The whole broker (nats-server, relay, API) running inside the test's event loop."""
+"""The whole broker (nats-server, relay, API) running inside the test's event loop.
+
+nats-server binds ports it picks itself (``ANY_PORT``); the HTTP API (uvicorn) still takes
+one that was free a moment before."""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from broker.bus.server import free_port
+from broker.bus.server import ANY_PORT, free_port
 from broker.config import Settings
 from broker.runtime.stack import Stack
 from clients.sdk import IstmoClient
+from tests.waiting import eventually
 
 
 @contextlib.asynccontextmanager
@@ -22,8 +26,8 @@ async def running_stack(
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
-        nats_port=free_port(),
-        nats_http_port=free_port(),
+        nats_port=ANY_PORT,
+        nats_http_port=ANY_PORT,
         api_port=free_port(),
     )
     stack = Stack(settings, out=lambda _line: None)
@@ -31,10 +35,11 @@ async def running_stack(
     stop = asyncio.Event()
     task = asyncio.create_task(stack.up(stop, with_relay=with_relay))
     try:
-        for _ in range(300):
-            if (data_dir / "stack.json").exists() or task.done():
-                break
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: (data_dir / "stack.json").exists() or task.done(),
+            what=f"the stack on {data_dir} to start",
+            timeout=120,
+        )
         if task.done():
             task.result()  # raises what went wrong
         yield stack
@@ -50,7 +55,8 @@ async def running_stack(
 
 
 def nats_url(stack: Stack) -> str:
-    return f"nats://127.0.0.1:{stack.settings.nats_port}"
+    """The client URL of the stack's running nats-server."""
+    return stack.nats_urls[0]
 
 
 async def client(stack: Stack, agency: str) -> IstmoClient:

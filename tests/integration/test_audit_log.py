@@ -43,6 +43,7 @@ from schemas.errors import ConfigError
 from schemas.keys import SigningKey
 from schemas.treehead import TreeHead, sign_tree_head
 from tests.storage_engines import Storage
+from tests.waiting import eventually, eventually_sync
 
 KEY = SigningKey(bytes(range(32)))
 ISTMO = str(Path(sys.executable).parent / "istmo")
@@ -249,6 +250,24 @@ def _log_size(engine: Engine) -> int:
         return int(conn.execute(text("SELECT COALESCE(MAX(tree_size), 0) FROM tree_head")).scalar())
 
 
+def _integrated(
+    engine: Engine, proc: subprocess.Popen[bytes], out: Path, size: int, interval: float
+) -> None:
+    """Wait until the running sequencer ``proc`` has integrated ``size`` entries."""
+
+    def log_size() -> int:
+        assert proc.poll() is None, out.read_text()[-2000:]
+        return _log_size(engine)
+
+    eventually_sync(
+        log_size,
+        until=lambda n: n >= size,
+        what=f"the sequencer to integrate {size} entries",
+        timeout=120,
+        interval=interval,
+    )
+
+
 def _start(storage: Storage, data_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as out:
         return subprocess.Popen(
@@ -274,13 +293,9 @@ def test_sigkill_under_a_backlog_integrates_each_outbox_row_exactly_once(
     rng = random.Random(7)
     killed_at = []
     try:
-        for round_, until in enumerate((1, 6000, 13_000)):
+        for round_, size in enumerate((1, 6000, 13_000)):
             proc = _start(storage, data_dir, out)
-            deadline = time.monotonic() + 60
-            while _log_size(engine) < until:
-                assert proc.poll() is None, out.read_text()[-2000:]
-                assert time.monotonic() < deadline, "the sequencer made no progress"
-                time.sleep(0.002)
+            _integrated(engine, proc, out, size, interval=0.002)
             time.sleep(rng.uniform(0, 0.02))  # somewhere inside the next batch's transaction
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -289,11 +304,7 @@ def test_sigkill_under_a_backlog_integrates_each_outbox_row_exactly_once(
             registry.record([], events(500, 30_000 + 500 * round_, tag="late"))
         proc = _start(storage, data_dir, out)
         total = 21_500
-        deadline = time.monotonic() + 60
-        while _log_size(engine) < total:
-            assert proc.poll() is None, out.read_text()[-2000:]
-            assert time.monotonic() < deadline, "the sequencer did not finish"
-            time.sleep(0.05)
+        _integrated(engine, proc, out, total, interval=0.05)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0, out.read_text()[-2000:]
     finally:
@@ -336,16 +347,13 @@ async def test_the_stack_sequencer_stands_by_then_takes_over(
     stop = asyncio.Event()
     task = asyncio.create_task(run_in_stack(settings, stop, lines.append))
     try:
-        while not any("standing by" in line for line in lines):
-            await asyncio.sleep(0.02)
+        await eventually(
+            lambda: any("standing by" in line for line in lines), what="the sequencer standing by"
+        )
         assert holder.log.size() == 0
         holder.close()  # the other sequencer goes away
         log = AuditLog(settings.db_url)
-        for _ in range(250):
-            if log.size() == 30:
-                break
-            await asyncio.sleep(0.02)
-        assert log.size() == 30
+        await eventually(log.size, until=lambda n: n == 30, what="the 30 events integrated")
         log.close()
     finally:
         stop.set()

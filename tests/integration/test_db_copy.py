@@ -50,6 +50,7 @@ from schemas.labels import Classification, Labels, Tlp
 from tests.integration.stack_inproc import client, running_stack
 from tests.integration.test_postgres_storage import istmo
 from tests.storage_engines import PG_ADMIN_URL, pg_database, require_postgres
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -87,15 +88,18 @@ async def _live_region(data_dir: Path) -> None:
         async with await client(stack, "cr-foreign") as cr:
             assert await cr.receive(app, count=BULLETINS, timeout=20) == BULLETINS
         registry, log = Registry(stack.settings.db_url), AuditLog(stack.settings.db_url)
+
+        def receipts_and_pending() -> tuple[int, int]:
+            with registry.engine.connect() as conn:
+                receipts = conn.execute(text("SELECT COUNT(*) FROM receipt")).scalar_one()
+            return receipts, log.pending()
+
         try:
-            for _ in range(400):  # receipts recorded, then every event integrated
-                with registry.engine.connect() as conn:
-                    receipts = conn.execute(text("SELECT COUNT(*) FROM receipt")).scalar_one()
-                if receipts == BULLETINS and log.pending() == 0:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the stack did not record and integrate everything")
+            await eventually(
+                receipts_and_pending,
+                until=lambda got: got == (BULLETINS, 0),
+                what="every receipt recorded and every event integrated",
+            )
         finally:
             log.close()
             registry.close()

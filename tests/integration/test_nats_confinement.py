@@ -23,7 +23,14 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
-from broker.bus.server import NatsServer, check_port_free, find_nats_server, free_port
+from broker.bus.natsconf import AgencyUser, NatsLayout, render_config
+from broker.bus.server import (
+    ANY_PORT,
+    NatsServer,
+    check_port_free,
+    find_nats_server,
+    free_port,
+)
 from broker.bus.streams import (
     MAX_AGENCIES,
     ensure_agency_consumer,
@@ -32,7 +39,7 @@ from broker.bus.streams import (
 )
 from schemas.errors import ConfigError
 from schemas.ids import new_bulletin_id
-from schemas.natskeys import new_user_seed
+from schemas.natskeys import new_user_seed, user_public_key
 from schemas.subjects import (
     DELIVER_STREAM,
     INGEST_STREAM,
@@ -46,6 +53,7 @@ from schemas.subjects import (
     ingest_subject,
     receipt_subject,
 )
+from tests.waiting import eventually
 
 GT = "gt-police"
 JM = "jm-police"
@@ -85,15 +93,6 @@ async def barrier(nc: NATS) -> None:
     """
     await nc.flush()
     await nc.flush()
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:
-    """Poll ``condition`` until it holds (for effects the server applies asynchronously)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def violated(errors: list[Exception], kind: str, subject: str) -> bool:
@@ -155,7 +154,7 @@ async def test_control_flow_on_own_subjects(nats_stack: StackFactory) -> None:
         # On a cluster the ack floor can trail the pending count by a moment.
         return info.num_ack_pending == 0 and floor == 3
 
-    await until(acks_applied, timeout=10)
+    await eventually(acks_applied, what="JetStream to apply gt's acks")
     info = await rjs.consumer_info(DELIVER_STREAM, deliver_durable(GT))
     assert info.ack_floor is not None
     assert (info.num_pending, info.num_ack_pending, info.ack_floor.stream_seq) == (0, 0, 3)
@@ -370,7 +369,8 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
     async def all_answered() -> bool:
         return len(gt_probe.msgs) >= 4
 
-    await until(all_answered)  # the 408 comes once the 50 ms pull expires
+    # The 408 comes once the 50 ms pull expires.
+    await eventually(all_answered, what="gt's four probes answered")
     await asyncio.sleep(SETTLE_S)
 
     # Control: the probes were answered on gt's own reply subject: two PubAcks and two
@@ -501,6 +501,56 @@ async def test_stream_setup_is_idempotent_and_updates_limits(nats_stack: StackFa
     # The ingest stream is a work queue that refuses rather than drops.
     ingest = await rjs.stream_info(INGEST_STREAM)
     assert (ingest.config.retention, ingest.config.discard) == ("workqueue", "new")
+
+
+def test_on_any_port_the_server_binds_free_ports_and_reports_them(
+    nats_binary: Path, tmp_path: Path
+) -> None:
+    """``ANY_PORT``: nats-server binds free ports itself, so no other process can take one
+    between its choice and its bind, and ``NatsServer`` reads back which (the ports file)."""
+    servers = []
+    for i in range(2):
+        layout = NatsLayout(
+            port=ANY_PORT,
+            http_port=ANY_PORT,
+            store_dir=tmp_path / f"js-{i}",
+            relay_nkey_public=user_public_key(new_user_seed()),
+            agencies=(),
+        )
+        assert "port: -1\n" in render_config(layout)
+        servers.append(
+            NatsServer(nats_binary, tmp_path / f"n{i}" / "nats.conf", layout, tmp_path / f"{i}.log")
+        )
+    with pytest.raises(RuntimeError, match="not reported the ports"):
+        _ = servers[0].url
+    try:
+        for server in servers:
+            server.start()
+        ports = [p for server in servers for p in (server.port, server.http_port)]
+        assert len(set(ports)) == 4
+        assert 0 not in ports
+        for server in servers:
+            assert server.url == f"nats://127.0.0.1:{server.port}"
+            varz = server.monitor("/varz")  # answers on the monitoring port read back
+            assert varz is not None
+            assert varz["port"] == server.port
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+                assert conn.recv(5) == b"INFO "
+
+        first = servers[0]
+        bound = (first.port, first.http_port)
+        agency = AgencyUser(GT, user_public_key(new_user_seed()))
+        first.reload(dataclasses.replace(first.layout, agencies=(agency,)))
+        assert (first.port, first.http_port) == bound  # a reload keeps them
+
+        first.stop()
+        first.start()  # a restart binds new ones, read back as well
+        varz = first.monitor("/varz")
+        assert varz is not None
+        assert varz["port"] == first.port
+    finally:
+        for server in servers:
+            server.stop()
 
 
 # The process shell's guards, without a server.

@@ -29,6 +29,7 @@ from schemas.sealing import seal
 from schemas.subjects import DELIVER_STREAM
 from tests.integration.stack_inproc import client, nats_url, running_stack
 from tests.storage_engines import ENGINES, Storage
+from tests.waiting import eventually
 
 N = 600
 RECIPIENTS = ("bz-justice", "bz-military", "bz-police")
@@ -41,7 +42,10 @@ LABELS = Labels(
 ISTMO = str(Path(sys.executable).parent / "istmo")
 
 
-def start_relay(stack: Stack, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def spawn_relay(
+    stack: Stack, log: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``istmo relay``; with how many times the log said "relay connected" before."""
     ready = log.read_text().count("relay connected") if log.exists() else 0
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -57,11 +61,17 @@ def start_relay(stack: Stack, log: Path, env: dict[str, str]) -> subprocess.Pope
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
         )
-    deadline = time.monotonic() + 30
-    while log.read_text().count("relay connected") == ready:
+    return proc, ready
+
+
+async def start_relay(stack: Stack, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    proc, ready = spawn_relay(stack, log, env)
+
+    def connected() -> bool:
         assert proc.poll() is None, log.read_text()[-2000:]
-        assert time.monotonic() < deadline, "relay did not start"
-        time.sleep(0.05)
+        return log.read_text().count("relay connected") > ready
+
+    await eventually(connected, what="the relay to connect", context=log.read_text)
     return proc
 
 
@@ -89,7 +99,7 @@ async def test_sigkill_relay_under_load_loses_and_duplicates_nothing(
     async with running_stack(
         tmp_path / "istmo", with_relay=False, database_url=storage.pg_url
     ) as stack:
-        relay = start_relay(stack, log, storage.env())
+        relay = await start_relay(stack, log, storage.env())
         try:
             async with await client(stack, "gt-police") as gt:
                 keys = await gt.resolve(LABELS)
@@ -117,21 +127,27 @@ async def test_sigkill_relay_under_load_loses_and_duplicates_nothing(
                         relay.send_signal(signal.SIGKILL)
                         relay.wait()
                         killed_at = done
-                        relay = start_relay(stack, log, storage.env())
+                        relay = await start_relay(stack, log, storage.env())
             if killed_at is None:  # the relay was slower than the publisher: kill now
-                while stored(stack) < 150:
-                    await asyncio.sleep(0.05)
+                await eventually(
+                    lambda: stored(stack) >= 150, what="150 bulletins stored", context=log.read_text
+                )
                 relay.send_signal(signal.SIGKILL)
                 relay.wait()
                 killed_at = stored(stack)
-                relay = start_relay(stack, log, storage.env())
+                relay = await start_relay(stack, log, storage.env())
             assert killed_at < N, "the kill must land while bulletins are in flight"
             print(f"\nkilled the relay with {killed_at} of {N} bulletins stored")
 
             # Every acked bulletin is eventually accepted (redelivery after the ack wait).
-            deadline = time.monotonic() + 120
-            while stored(stack) < N and time.monotonic() < deadline:
-                await asyncio.sleep(0.5)
+            await eventually(
+                lambda: stored(stack),
+                until=lambda n: n >= N,
+                what=f"all {N} bulletins stored",
+                timeout=240,
+                interval=0.5,
+                context=log.read_text,
+            )
             assert stored(stack) == N, log.read_text()[-3000:]
 
             # Each permitted recipient's application sees each bulletin exactly once.

@@ -7,7 +7,6 @@ parse, replay and conflict across batches); every refusal code and denial is dec
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -33,8 +32,9 @@ from schemas.subjects import (
     ingest_subject,
     receipt_subject,
 )
-from tests.integration.stack_inproc import client, running_stack
+from tests.integration.stack_inproc import client, nats_url, running_stack
 from tests.storage_engines import Storage
+from tests.waiting import eventually
 
 LABELS = Labels(
     topic="drug-trafficking",
@@ -78,7 +78,7 @@ def flip_ct(env: Envelope) -> Envelope:
 
 
 async def deliver_count(stack: Stack) -> int:
-    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    nc = await stack.connect_relay(nats_url(stack))
     try:
         info = await nc.jetstream().stream_info(DELIVER_STREAM)
         return int(info.state.messages)
@@ -90,14 +90,14 @@ async def relay_idle(stack: Stack) -> None:
     """Wait until the relay has acked everything on ingest: a bulletin's verdict is
     recorded before its deliveries are published, so a count taken at the verdict races
     them."""
-    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    nc = await stack.connect_relay(nats_url(stack))
+
+    async def backlog() -> tuple[int, int]:
+        info = await nc.jetstream().consumer_info(INGEST_STREAM, RELAY_INGEST_DURABLE)
+        return info.num_pending, info.num_ack_pending
+
     try:
-        for _ in range(200):
-            info = await nc.jetstream().consumer_info(INGEST_STREAM, RELAY_INGEST_DURABLE)
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("the relay did not finish its ingest backlog")
+        await eventually(backlog, until=lambda b: b == (0, 0), what="the relay's ingest backlog")
     finally:
         await nc.close()
 
@@ -160,11 +160,11 @@ async def test_replay_and_id_conflict(stack: Stack) -> None:
             encode_envelope(other),
             headers={"Nats-Msg-Id": ingest_msg_id("gt-police", "x")},
         )
-        for _ in range(100):
-            reasons = audit_reasons(stack, env.header.bulletin_id)
-            if len(reasons) == 2:
-                break
-            await asyncio.sleep(0.1)
+        reasons = await eventually(
+            lambda: audit_reasons(stack, env.header.bulletin_id),
+            until=lambda r: len(r) == 2,
+            what="both rejections audited",
+        )
     assert sorted(reasons) == ["id_conflict", "replay"]
     assert await deliver_count(stack) == before
 
@@ -175,14 +175,12 @@ async def test_malformed_input_is_audited_and_terminated(stack: Stack) -> None:
     before = len(audit_reasons(stack))
     async with await client(stack, "gt-police") as gt:
         await gt._js.publish(ingest_subject("gt-police"), payload, timeout=10)
-    for _ in range(100):
-        reasons = audit_reasons(stack)
-        if len(reasons) > before:
-            break
-        await asyncio.sleep(0.1)
+    reasons = await eventually(
+        lambda: audit_reasons(stack), until=lambda r: len(r) > before, what="the rejection"
+    )
     assert reasons[before:] == [code]
     # Terminated, not redelivered: the ingest consumer has nothing pending.
-    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    nc = await stack.connect_relay(nats_url(stack))
     try:
         info = await nc.jetstream().consumer_info("ISTMO_INGEST", "relay-ingest")
         assert info.num_pending == 0
@@ -208,7 +206,7 @@ async def test_sdk_drops_non_istmo_and_tampered_deliveries(stack: Stack) -> None
     async with await client(stack, "gt-police") as gt:
         good = await sealed(gt)
     tampered = flip_ct(good)
-    nc = await stack.connect_relay(f"nats://127.0.0.1:{stack.settings.nats_port}")
+    nc = await stack.connect_relay(nats_url(stack))
     js = nc.jetstream()
     try:
         await js.publish("istmo.deliver.hn-police", b'{"stream":"ISTMO_INGEST","seq":1}')
@@ -267,11 +265,11 @@ async def test_receipts_are_verified_before_they_count(stack: Stack) -> None:
             receipt_subject("hn-police"), receipt("hn-police", own, digest="0" * 64)
         )
         await hn._js.publish(receipt_subject("hn-police"), b'{"stream":"ISTMO_INGEST","seq":1}')
-        for _ in range(100):
-            got = receipt_rejections(stack)[before:]
-            if len(got) == 5:
-                break
-            await asyncio.sleep(0.1)
+        got = await eventually(
+            lambda: receipt_rejections(stack)[before:],
+            until=lambda r: len(r) == 5,
+            what="five receipt rejections",
+        )
         assert sorted(got) == sorted(
             [
                 "unknown_bulletin",
@@ -285,10 +283,7 @@ async def test_receipts_are_verified_before_they_count(stack: Stack) -> None:
         # The real one counts, once, even if sent twice.
         await hn._js.publish(receipt_subject("hn-police"), receipt("hn-police", own))
         await hn._js.publish(receipt_subject("hn-police"), receipt("hn-police", own))
-        for _ in range(100):
-            if stack.registry.receipts(bid):
-                break
-            await asyncio.sleep(0.1)
+        await eventually(lambda: stack.registry.receipts(bid), what="hn-police's receipt")
     rows = stack.registry.receipts(bid)
     assert [r.recipient for r in rows] == ["hn-police"]
     events = stack.registry.audit_events(bulletin_id=bid, type_="bulletin.received")

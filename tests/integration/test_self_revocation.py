@@ -4,7 +4,6 @@ agency as the actor. Another agency's key cannot be touched."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -18,6 +17,7 @@ from schemas.errors import EnvelopeError
 from schemas.labels import Classification, Labels, Tlp
 from tests.integration.stack_inproc import client, running_stack
 from tests.storage_engines import Storage
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 LABELS = Labels(
@@ -64,14 +64,14 @@ async def test_an_agency_revokes_its_own_current_key(stack: Stack) -> None:
     ]
     assert (event.actor, event.to_event().data["kid"]) == ("sv-police", kid)
     # The relay told the stack (istmo.control.directory): its directory has the revocation.
-    assert stack.directory is not None
-    for _ in range(100):
-        record = stack.directory.records["sv-police"]
-        if any(k.kid == kid and k.revoked_at == revoked_at for k in record.signing_keys):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the stack's directory did not learn of the revocation")
+    directory = stack.directory
+    assert directory is not None
+
+    def revoked() -> bool:
+        keys = directory.records["sv-police"].signing_keys
+        return any(k.kid == kid and k.revoked_at == revoked_at for k in keys)
+
+    await eventually(revoked, what="the stack's directory to learn of the revocation")
 
 
 async def test_another_agencys_key_is_refused_as_not_found(stack: Stack) -> None:

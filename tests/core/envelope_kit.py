@@ -1,0 +1,102 @@
+"""What the envelope, receipt, directory-excerpt and key tests share: the agencies and
+their keys, the labels and content sealed, one honest envelope (``BASE``) and the
+helpers that change one field of a parsed JSON document."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.envelope import Content, Envelope
+from schemas.ids import AgencyId, parse_agency_id
+from schemas.keys import KEMS, EncryptionKey, EncryptionPublicKey, KemName, SigningKey, VerifyKey
+from schemas.labels import Classification, Handling, Labels, Tlp
+from schemas.sealing import seal
+
+NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
+
+
+@dataclass(frozen=True)
+class Agency:
+    id: AgencyId
+    sign: SigningKey
+    enc: dict[KemName, EncryptionKey]
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        return self.sign.verify_key
+
+    def pub(self, kem: KemName) -> EncryptionPublicKey:
+        return self.enc[kem].public_key
+
+
+def make_agency(name: str) -> Agency:
+    return Agency(
+        parse_agency_id(name), SigningKey.generate(), {k: EncryptionKey.generate(k) for k in KEMS}
+    )
+
+
+A = make_agency("policia-pa")  # the originator
+R1 = make_agency("policia-cr")
+R2 = make_agency("ejercito-gt")
+R3 = make_agency("cancilleria-sv")
+C = make_agency("fiscalia-hn")  # never a recipient
+M = make_agency("policia-ni")  # a registered agency turned attacker
+DIRECTORY_KEY = SigningKey.generate()
+
+LABELS = Labels(
+    topic="drug-trafficking",
+    classification=Classification.CONFIDENTIAL,
+    tlp=Tlp.AMBER,
+    rel_to=("PA", "CR", "SICA"),
+    handling=(Handling.H2,),
+)
+CONTENT = Content(title="Lancha rápida", text="Cargamento previsto el martes. 🚤")
+
+
+def seal_for(
+    kem: KemName,
+    recipients: Sequence[Agency] = (R1, R2, R3),
+    *,
+    originator: Agency = A,
+    **kwargs: Any,
+) -> Envelope:
+    return seal(
+        content=CONTENT,
+        labels=LABELS,
+        originator=originator.id,
+        signing_key=originator.sign,
+        recipients={r.id: r.pub(kem) for r in recipients},
+        now=NOW,
+        **kwargs,
+    )
+
+
+def as_json(d: Any) -> bytes:
+    return json.dumps(d, ensure_ascii=False).encode()
+
+
+BASE = seal_for("X25519", (R1, R2))
+FieldPath = tuple[str | int, ...]
+
+
+def put(path: FieldPath, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(d: dict[str, Any]) -> None:
+        target: Any = d
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = value
+
+    return mutate
+
+
+def drop(path: FieldPath) -> Callable[[dict[str, Any]], None]:
+    def mutate(d: dict[str, Any]) -> None:
+        target: Any = d
+        for step in path[:-1]:
+            target = target[step]
+        del target[path[-1]]
+
+    return mutate
