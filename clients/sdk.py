@@ -427,10 +427,10 @@ class IstmoClient:
 
         Raises:
             BusUnavailable: the broker did not answer the directory lookup that verifies
-                a bulletin's sender. The bulletin is handed back, unopened and not lost:
-                a later ``receive`` gets it.
+                a bulletin's sender. The bulletin stays with the server, unopened and not
+                lost: it comes back on the consumer's backoff (first after 30 s).
             IstmoError: the directory lookup failed otherwise (its excerpt is not signed
-                by the pinned key, or the broker refused it); handed back likewise.
+                by the pinned key, or the broker refused it); it stays likewise.
         """
         sub = await self._js.pull_subscribe_bind(
             deliver_durable(self.agency), stream=DELIVER_STREAM
@@ -453,15 +453,14 @@ class IstmoClient:
                         # Not ours to process now: back to the server at once.
                         await _hand_back(msgs[i:])
                         break
-                    try:
-                        if await self._handle(msg, handler):
-                            handed += 1
-                    except IstmoError:
-                        # Mostly the broker not answering the lookup that opens a bulletin
-                        # (_handle): the rest of the batch goes back at once, for a later
-                        # receive, rather than after the ack wait.
-                        await _hand_back(msgs[i + 1 :])
-                        raise
+                    # An IstmoError here is mostly the broker not answering the lookup
+                    # that opens a bulletin (_handle). Nothing of the batch is handed back
+                    # (nak): an immediate redelivery counts as an attempt, and a caller that
+                    # retries through an outage would spend all of a delivery's attempts
+                    # (AGENCY_MAX_DELIVER) in seconds and dead-letter it. Unsettled, each
+                    # comes back on the consumer's backoff (30 s, 60 s, ... hours).
+                    if await self._handle(msg, handler):
+                        handed += 1
         finally:
             await sub.unsubscribe()
         return handed
@@ -482,13 +481,10 @@ class IstmoClient:
             # the receipt: send the receipt again (stored once by id), then ack.
             await self._settle(msg, await self._send_receipt(env, digest, handed_at))
             return False
-        try:
-            sender_key = await self._sender_key(env)
-        except IstmoError:
-            # Not the bulletin's fault: the broker did not answer (or not as it should).
-            # Back to the server at once, unopened, for a later receive.
-            await _hand_back([msg])
-            raise
+        # Not the bulletin's fault if this fails: the broker did not answer (or not as it
+        # should). The error goes up and the bulletin stays unsettled, unopened, for a
+        # later receive (see receive: no nak, so an outage spends no delivery attempts).
+        sender_key = await self._sender_key(env)
         try:
             bulletin = open_delivery(
                 env,
