@@ -107,11 +107,11 @@ def test_the_api_conforms_to_its_openapi_document(api_schema: Any, tokens: dict[
     # pytest 9 (it reads a private attribute pytest removed), so drive its strategies here.
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 16
-    started = time.monotonic()
+    started = time.process_time()  # CPU (the app runs in this process): load-proof
     statuses: dict[tuple[str, str, int], int] = {}
     for operation in operations:
         _run(operation, _token_for(operation.path, tokens), statuses)
-    assert time.monotonic() - started < 60
+    assert time.process_time() - started < 60
     called = {(method, path) for method, path, _ in statuses}
     assert called == {(op.method.upper(), op.path) for op in operations}
     assert any(status == 200 for _, _, status in statuses)

@@ -141,7 +141,7 @@ def compare(engine: PolicyEngine, oracle: Oracle, facts: BulletinFacts, agencies
 def test_cedar_agrees_with_the_oracle(bundle: PolicyBundle) -> None:
     decisions = 0
     seen: Counter[str] = Counter()
-    started = time.perf_counter()
+    started = time.process_time()  # CPU: the engine's cost, whatever runs beside it
     for seed in SEEDS:
         rng = random.Random(seed)
         agencies = random_agencies(rng)
@@ -157,7 +157,7 @@ def test_cedar_agrees_with_the_oracle(bundle: PolicyBundle) -> None:
     every_policy = set(bundle.reasons)
     assert {p for p in every_policy if seen[p] < 20} == set()
     assert min(seen["allowed"], seen["denied"]) > decisions // 20
-    assert time.perf_counter() - started < 30
+    assert time.process_time() - started < 30
 
 
 def test_demo_directory_agrees_with_the_oracle(bundle: PolicyBundle) -> None:

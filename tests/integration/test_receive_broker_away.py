@@ -30,6 +30,7 @@ from schemas.envelope import Envelope
 from schemas.errors import BusUnavailable
 from schemas.labels import Classification, Labels, Tlp
 from tests.integration.stack_inproc import client, nats_url, running_stack
+from tests.waiting import eventually
 
 LABELS = Labels(
     topic="border-incident",
@@ -51,11 +52,11 @@ async def relay(stack: Stack) -> AsyncIterator[None]:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(Relay(stack.settings, stack.registry, stack.directory, nc).run(stop))
             try:
-                for _ in range(200):  # until its subscriptions are in place
-                    with contextlib.suppress(nats.errors.NoRespondersError):
-                        await nc.request("istmo.api.gt-police.status", b"{}", timeout=5)
-                        break
-                    await asyncio.sleep(0.05)
+                await eventually(  # until its subscriptions are in place
+                    lambda: nc.request("istmo.api.gt-police.status", b"{}", timeout=5),
+                    what="the relay to answer agency requests",
+                    ignoring=(nats.errors.NoRespondersError,),
+                )
                 yield
             finally:
                 stop.set()
