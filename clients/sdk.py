@@ -59,6 +59,7 @@ from schemas.agency import (
 from schemas.directory import AgencyRecord, SignedExcerpt, SigningKeyRecord, verify_excerpt
 from schemas.envelope import Content, Envelope
 from schemas.errors import (
+    BusUnavailable,
     DecryptionError,
     EnvelopeError,
     IstmoError,
@@ -308,10 +309,25 @@ class IstmoClient:
         return await self._ask("status", req, StatusReply)
 
     async def wait_for_verdict(self, bulletin_id: str, *, timeout: float = 10.0) -> PublishResult:
+        """Ask the relay for the bulletin's status until it is decided or ``timeout``
+        passes (then ``pending``). A relay that does not answer for a moment (restarting,
+        reconnecting) is asked again until the deadline.
+
+        Raises:
+            PublishRejected: the relay refused it; ``code`` names the reason.
+            BusUnavailable: no relay answered until the deadline.
+        """
         deadline = time.monotonic() + timeout
         delay = 0.05
         while True:
-            st = (await self._status(bulletin_id)).root
+            try:
+                st = (await self._status(bulletin_id)).root
+            except BusUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
             if isinstance(st, StatusAccepted):
                 return PublishResult(
                     bulletin_id,
