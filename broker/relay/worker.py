@@ -26,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -123,38 +124,62 @@ class Relay:
         self.api = AgencyApi(settings, registry, directory, clock=clock)
         self.processed = 0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Pull and process until ``stop`` is set."""
+    async def run(self, stop: asyncio.Event, *, ready: Callable[[], None] | None = None) -> None:
+        """Pull and process until ``stop`` is set; call ``ready`` once the streams and
+        consumers are bound (before that, only agencies' requests are answered)."""
         api_sub = await self.nc.subscribe("istmo.api.*.*", queue="relay-api", cb=self._on_api)
         control_sub = await self.nc.subscribe(CONTROL_POLICY_SUBJECT, cb=self._on_policy)
         directory_sub = await self.nc.subscribe(CONTROL_DIRECTORY_SUBJECT, cb=self._on_directory)
+        subs: list[Subscription | JetStreamContext.PullSubscription] = [
+            api_sub,
+            control_sub,
+            directory_sub,
+        ]
         try:
-            # Accepted envelopes are archived for reconciliation as they are delivered.
-            await ensure_archive(self.js)
-            # Deliveries are stored in atomic batches, even on a stream an older Istmo made.
-            await ensure_atomic(self.js, DELIVER_STREAM)
-            # The first batch may hold a message to dead-letter: its stream must be there.
-            await ensure_dead_letters(self.js)
-            ingest = await self.js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM)
-            receipts = await self.js.pull_subscribe_bind(
-                RELAY_RECEIPT_DURABLE, stream=RECEIPT_STREAM
-            )
-            # The delivery consumers' max_deliver advisories, turned into dead letters.
-            dead = await self.js.pull_subscribe_bind(DEAD_DURABLE, stream=ADVISORY_STREAM)
-        except BaseException:
-            for core in (api_sub, control_sub, directory_sub):
-                with contextlib.suppress(nats.errors.Error):
-                    await core.unsubscribe()
-            raise
-        try:
+            bound = await self._bind(stop)
+            if bound is None:
+                return
+            subs.extend(bound)
+            if ready is not None:
+                ready()
+            ingest, receipts, dead = bound
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._loop(stop, ingest, self._ingest_guarded))
                 tg.create_task(self._loop(stop, receipts, self._receipt_batch))
                 tg.create_task(self._loop(stop, dead, self._dead_batch))
         finally:
-            for sub in (api_sub, control_sub, directory_sub, ingest, receipts, dead):
+            for sub in subs:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
+
+    async def _bind(
+        self, stop: asyncio.Event
+    ) -> tuple[JetStreamContext.PullSubscription, ...] | None:
+        """Make sure of the streams the relay writes to and bind its three consumers;
+        while JetStream does not answer (a server starting, or this process paused past
+        a request's timeout), try again until ``stop`` (then None). A worker that gave up
+        here would leave the region without a relay until someone restarted it."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                # Accepted envelopes are archived for reconciliation as they are delivered.
+                await ensure_archive(self.js)
+                # Deliveries are stored in atomic batches, even on a stream an older Istmo made.
+                await ensure_atomic(self.js, DELIVER_STREAM)
+                # The first batch may hold a message to dead-letter: its stream must be there.
+                await ensure_dead_letters(self.js)
+                return (
+                    await self.js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM),
+                    await self.js.pull_subscribe_bind(RELAY_RECEIPT_DURABLE, stream=RECEIPT_STREAM),
+                    # The delivery consumers' max_deliver advisories, turned into dead letters.
+                    await self.js.pull_subscribe_bind(DEAD_DURABLE, stream=ADVISORY_STREAM),
+                )
+            except (BusUnavailable, nats.errors.Error, TimeoutError) as exc:
+                log.warning("JetStream not ready for the relay (%s); trying again", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+        return None
 
     async def _loop(self, stop: asyncio.Event, sub: JetStreamContext.PullSubscription, handle):  # type: ignore[no-untyped-def]
         while not stop.is_set():

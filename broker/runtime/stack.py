@@ -563,12 +563,14 @@ class Stack:
         try:
             await self.ensure_jetstream(nc, agency_consumers=False)
             shown = nats_url if isinstance(nats_url, str) else ", ".join(nats_url)
-            self.out(f"relay connected to {shown}; Ctrl-C stops")
             relay = Relay(self.settings, registry, directory, nc)
             gate = GateThread(lambda: self.connect_relay(nats_url))
             await gate.start()
             try:
-                await relay.run(stop)
+                # "connected" once it takes bulletins: scripts and tests wait for this line.
+                await relay.run(
+                    stop, ready=lambda: self.out(f"relay connected to {shown}; Ctrl-C stops")
+                )
             finally:
                 await gate.stop()
                 self.out(f"relay stopped after {relay.processed} ingest messages")

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from clients.sdk import PublishUnacknowledged
+from schemas.errors import BusUnavailable
 from tests.faults.harness import Publisher, RelayProcess, Target, connect
 from tests.stackproc import UpProcess
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +48,15 @@ async def test_an_unacknowledged_publish_names_the_bulletin(
         assert "may or may not be stored" in said
         assert "new bulletin" in said
         await gt._publish_envelope(env)  # the same envelope, once the gates answer again
-        assert (await gt.wait_for_verdict(str(env.header.bulletin_id), timeout=30)).state == (
-            "accepted"
+        verdict = await eventually(
+            lambda: gt.wait_for_verdict(str(env.header.bulletin_id), timeout=5),
+            what="the resumed relay's verdict",
+            until=lambda v: v.state != "pending",
+            timeout=120,
+            ignoring=(BusUnavailable,),
+            context=lambda: relay.log.read_text()[-3000:],
         )
+        assert verdict.state == "accepted"
     finally:
         await gt.close()
         relay.kill()
