@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,8 +174,44 @@ async def _status(args: argparse.Namespace) -> int:
     client = await connect(args)
     async with client:
         st = await client.status(args.bulletin_id)
-    print(json.dumps(st, indent=None if args.json else 2))
-    return 0
+    if args.json:
+        print(json.dumps(st))
+    else:
+        print(status_summary(st))
+    return 1 if st["state"] == "rejected" else 0
+
+
+def status_summary(st: dict[str, Any]) -> str:
+    """A few lines for a person: the verdict first, then whom it reached and who was
+    denied, grouped by the policies that denied them."""
+    bid, state = st["bulletin_id"], st["state"]
+    if state == "rejected":
+        return f"{bid}: rejected ({st['reason']}): {st['message']}"
+    if state != "accepted":
+        return f"{bid}: waiting for the relay (not decided yet, or under embargo)"
+    routed, denied = st["routed"], st["denied"]
+    lines = [
+        f"{bid}: accepted under policy {st['policy_version']}; "
+        f"routed to {len(routed)}, denied {len(denied)}"
+    ]
+    if routed:
+        lines.append(_listed("routed", routed))
+    by_policy: dict[str, list[str]] = {}
+    for d in denied:
+        by_policy.setdefault(", ".join(d["policy_ids"]) or "default deny", []).append(d["agency"])
+    for why, agencies in sorted(by_policy.items()):
+        lines.append(_listed(f"denied by {why} ({len(agencies)})", agencies))
+    return "\n".join(lines)
+
+
+def _listed(what: str, agencies: list[str]) -> str:
+    return textwrap.fill(
+        ", ".join(agencies),
+        width=88,
+        initial_indent=f"  {what}: ",
+        subsequent_indent="    ",
+        break_on_hyphens=False,
+    )
 
 
 def add_bulletin_parsers(sub: Any) -> None:
@@ -241,8 +278,16 @@ def add_bulletin_parsers(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_receipts)
 
-    p = sub.add_parser("status", help="the relay's verdict on one of your bulletins")
+    p = sub.add_parser(
+        "status",
+        help="the relay's verdict on one of your bulletins",
+        description=(
+            "Whether the relay accepted one of your bulletins (whom it routed it to, whom the "
+            "policy denied and by which policies), rejected it (and why), or has not decided "
+            "yet. Exits 1 when it was rejected, or when no bulletin of yours has this id."
+        ),
+    )
     add_agency_args(p)
     p.add_argument("bulletin_id", type=bulletin_id, help="the id `istmo publish` printed")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the relay's whole answer as JSON")
     p.set_defaults(func=_status)

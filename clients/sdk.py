@@ -299,7 +299,12 @@ class IstmoClient:
     async def status(self, bulletin_id: str) -> dict[str, Any]:
         """The relay's verdict on one of this agency's bulletins, as JSON: ``state``
         (``accepted``, ``rejected`` or ``pending``) and the fields of
-        ``schemas.agency.StatusReply`` for it."""
+        ``schemas.agency.StatusReply`` for it.
+
+        Raises:
+            NotFound: no bulletin of this agency's has this id, decided or waiting for the
+                relay (``clients.errors``; another agency's looks the same).
+        """
         reply = await self._status(bulletin_id)
         answer: dict[str, Any] = reply.root.model_dump(mode="json")
         return answer
@@ -315,6 +320,8 @@ class IstmoClient:
 
         Raises:
             PublishRejected: the relay refused it; ``code`` names the reason.
+            NotFound: no bulletin of this agency's has this id (or the relay could not
+                process it: ``dead_letters``).
             BusUnavailable: no relay answered until the deadline.
         """
         deadline = time.monotonic() + timeout

@@ -8,7 +8,8 @@ with an ``ErrorReply``, also canonical JSON::
     resolve       ResolveRequest                ResolveReply
     explain       ResolveRequest                ExplainReply
     directory     DirectoryRequest              SignedExcerpt (schemas.directory)
-    status        BulletinRequest               StatusReply: accepted, rejected or pending
+    status        BulletinRequest               StatusReply: accepted, rejected or pending;
+                                                not_found if none of the caller's
     receipts      BulletinRequest               ReceiptsReply
     rotate        RotationRequest (rotation)    RotateReply
     revoke-key    RevokeKeyRequest              RevokeKeyReply
@@ -238,7 +239,8 @@ class StatusRejected(BaseModel):
 
 
 class StatusPending(BaseModel):
-    """Not decided yet, unknown, or another agency's: the same answer for all three."""
+    """Not decided yet, or embargoed: the caller has bulletins waiting for the relay. An id
+    that is none of the caller's (unknown, or another agency's) is ``not_found`` instead."""
 
     model_config = _STRICT
 

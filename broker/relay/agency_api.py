@@ -10,6 +10,7 @@ changes keys) and returns the typed reply, or an ``ErrorReply`` whose code is on
     explain       labels -> every candidate: permitted or denied, by which policies, and why
     directory     agency ids -> their signed records (public keys)
     status        bulletin id -> accepted / rejected (reason) / pending, originator only
+                  (not_found when nothing of the caller's waits for the relay)
     receipts      bulletin id -> routed recipients and their receipts, originator only
     rotate        new keys signed by the current one (``broker.directory.rotation``)
     revoke-key    one of the caller's own signing key ids -> revoked from now on
@@ -24,6 +25,7 @@ from __future__ import annotations
 import logging
 from typing import cast
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -51,6 +53,8 @@ from schemas.agency import (
     RevokeKeyReply,
     RevokeKeyRequest,
     RotateReply,
+    StatusPending,
+    StatusReply,
     encode_reply,
 )
 from schemas.envelope import parse_model
@@ -63,7 +67,7 @@ from schemas.errors import (
     SignatureError,
 )
 from schemas.ids import parse_agency_id
-from schemas.subjects import API_OPS
+from schemas.subjects import API_OPS, INGEST_STREAM, gated_subject
 
 __all__ = ["AGENCY_DEAD_LETTERS_MAX", "AgencyApi", "error_reply", "reply_bytes"]
 
@@ -97,9 +101,36 @@ class AgencyApi:
         if not msg.reply:
             return
         answer = self.handle(msg.subject, msg.data, now=now)
+        if isinstance(answer, StatusReply) and isinstance(answer.root, StatusPending):
+            answer = await self._pending_or_unknown(nc, msg.subject, answer)
         await nc.publish(msg.reply, reply_bytes(answer, max_bytes=nc.max_payload))
         if isinstance(answer, RotateReply | RevokeKeyReply):
             await nc.publish(CONTROL_DIRECTORY_SUBJECT, b"{}")
+
+    async def _pending_or_unknown(
+        self, nc: NATS, subject: str, pending: StatusReply
+    ) -> StatusReply | ErrorReply:
+        """``pending`` while the caller has anything waiting for the relay (its bulletin
+        may be among it: not decided yet, or embargoed); with nothing of the caller's
+        waiting, no bulletin of its with that id can come: ``not_found``. Only the caller's
+        own ingest subject is counted, so the answer tells nothing about other agencies."""
+        caller = subject.split(".")[2]
+        waiting_on = gated_subject("ingest", caller)
+        try:
+            info = await nc.jetstream(timeout=5).stream_info(
+                INGEST_STREAM, subjects_filter=waiting_on
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("could not count the ingest queue of %s: %s", caller, type(exc).__name__)
+            return pending  # the cautious answer: it may still come
+        if (info.state.subjects or {}).get(waiting_on, 0):
+            return pending
+        return error_reply(
+            NotFound(
+                "no bulletin of yours with this id was decided or is waiting for the relay "
+                "(one the relay could not process is listed by `istmo dead-letters`)"
+            )
+        )
 
     def handle(self, subject: str, data: bytes, *, now: int) -> AgencyReply | ErrorReply:
         """The reply to the request ``data`` on ``subject`` (``istmo.api.<agency>.<op>``).

@@ -95,6 +95,17 @@ def test_publish_receive_receipts_and_denial(up: UpProcess) -> None:
     status = run_cli("status", "--as", "gt-police", bid, "--json", data_dir=d)
     denied = {x["agency"]: x for x in json.loads(status.stdout)["denied"]}
     assert "default deny" in denied["jm-police"]["reasons"][0]
+    summary = run_cli("status", "--as", "gt-police", bid, data_dir=d)
+    assert summary.returncode == 0, summary.stderr
+    assert summary.stdout.startswith(f"{bid}: accepted under policy ")
+    denials = summary.stdout.split("  denied by default deny (")[1]
+    assert "jm-police" in denials.split("  denied by")[0]
+    # Another agency's bulletin: one line, non-zero, nothing about it.
+    not_theirs = run_cli("status", "--as", "hn-police", bid, data_dir=d)
+    assert not_theirs.returncode == 1
+    assert not_theirs.stdout == ""
+    assert "no bulletin of yours" in not_theirs.stderr
+    assert bid not in not_theirs.stderr
 
     receipts = run_cli("receipts", "--as", "gt-police", bid, "--json", data_dir=d)
     assert receipts.returncode == 0, receipts.stderr

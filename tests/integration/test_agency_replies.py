@@ -4,6 +4,7 @@ every refusal is an ``ErrorReply`` that the SDK raises as the exception of its c
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import TypeVar
@@ -77,9 +78,13 @@ async def test_every_answer_is_its_reply_model_on_the_wire(stack: Stack) -> None
         status = read(StatusReply, await ask_raw(gt, "status", {"bulletin_id": sent.bulletin_id}))
         assert isinstance(status.root, StatusAccepted)
         assert status.root.routed == sent.routed
-        unknown = str(uuid.uuid4())
-        pending = read(StatusReply, await ask_raw(gt, "status", {"bulletin_id": unknown}))
-        assert pending.root == StatusPending(state="pending", bulletin_id=unknown)
+        embargoed = await gt.publish(
+            title="later", text="later body", labels=LABELS, not_before=int(time.time()) + 3600
+        )
+        assert embargoed.state == "embargoed"
+        waiting = {"bulletin_id": embargoed.bulletin_id}
+        pending = read(StatusReply, await ask_raw(gt, "status", waiting))
+        assert pending.root == StatusPending(state="pending", bulletin_id=embargoed.bulletin_id)
         receipts = read(
             ReceiptsReply, await ask_raw(gt, "receipts", {"bulletin_id": sent.bulletin_id})
         )
@@ -116,3 +121,21 @@ async def test_the_sdk_raises_the_exception_of_each_code(stack: Stack) -> None:
             await gt.resolve(named)
         assert unknown.value.code == "unknown_recipient"
         assert await gt.dead_letters() == []
+
+
+async def test_another_agencys_bulletin_is_not_found_by_status(stack: Stack) -> None:
+    """hn-police has nothing waiting for the relay (gt-police's embargoed bulletin of the
+    first test is gt's): any id it asks about is decided, or not its."""
+    async with (
+        await client(stack, "gt-police") as gt,
+        await client(stack, "hn-police") as hn,
+    ):
+        sent = await gt.publish(title="mine", text="mine body", labels=LABELS)
+        assert (await gt.status(sent.bulletin_id))["state"] == "accepted"
+        with pytest.raises(NotFound) as theirs:
+            await hn.status(sent.bulletin_id)
+        with pytest.raises(NotFound) as never:
+            await hn.status(str(uuid.uuid4()))
+        assert never.value.code == "not_found"
+        assert str(theirs.value) == str(never.value)  # the same answer: nothing told apart
+        assert sent.bulletin_id not in str(theirs.value)
