@@ -94,6 +94,7 @@ ERRORS_BY_CODE: Mapping[ErrorCode, type[IstmoError]] = MappingProxyType(
         "too_many_recipients": EnvelopeError,  # narrow the labels
         "answer_too_large": EnvelopeError,  # narrow the labels
         "already_revoked": EnvelopeError,
+        "last_key": EnvelopeError,
         "originator_mismatch": EnvelopeError,
         "timestamp_out_of_window": EnvelopeError,  # check this machine's clock
         "key_reused": EnvelopeError,

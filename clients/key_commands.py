@@ -39,7 +39,7 @@ async def _rotate(args: argparse.Namespace) -> int:
 
 async def _revoke_key(args: argparse.Namespace) -> int:
     async with await connect(args) as client:
-        await client.revoke_key(args.kid)
+        await client.revoke_key(args.kid, force=args.force)
     print(f"{args.who}: signing key {args.kid} revoked; what it signs from now on is refused")
     return 0
 
@@ -99,10 +99,15 @@ def add_keys_parser(sub: Any) -> None:
         help="revoke one of your signing keys (after a leak)",
         description=(
             "Revoke one of your own signing keys from now on: the broker refuses what it "
-            "signs from now on; what it signed before still verifies. Revoking your current "
-            "key leaves you nothing to sign with: rotate first, then revoke the old key."
+            "signs from now on; what it signed before still verifies. `istmo keys rotate` "
+            "revokes the old key itself; this is for a key that leaked. Revoking your only "
+            "valid key needs --force: you can then neither publish nor rotate until your "
+            "broker's administrator re-enrols you (`istmo admin agency reenrol`)."
         ),
     )
     add_agency_args(c)
     c.add_argument("kid", help="the key id (sig-...), as in the keystore or the directory")
+    c.add_argument(
+        "--force", action="store_true", help="revoke it even if it is your only valid key"
+    )
     c.set_defaults(func=_revoke_key)

@@ -405,21 +405,25 @@ class IstmoClient:
         self._records.pop(self.agency, None)
         return request.signing.kid, request.encryption.kid
 
-    async def revoke_key(self, kid: str) -> int:
+    async def revoke_key(self, kid: str, *, force: bool = False) -> int:
         """Revoke one of this agency's own signing keys, from now on (after a leak).
 
         What the key signed before still verifies; what it signs from now on is refused
-        (``key_revoked``). Revoking the current key leaves nothing to sign with: rotate
-        first (``rotate_keys``) and revoke the old key, unless the keystore itself leaked.
+        (``key_revoked``). A rotation (``rotate_keys``) already revokes the old key, so
+        this is for a key that leaked: if it is your only valid one (the usual case), the
+        broker refuses (``last_key``) unless ``force``, because afterwards this agency can
+        neither publish nor rotate until its administrator re-enrols it
+        (``istmo admin agency reenrol``), which gives it new keys.
 
         Returns:
             When the revocation took effect (epoch seconds).
 
         Raises:
             NotFound: not a signing key of this agency.
-            EnvelopeError: ``already_revoked``, or ``malformed`` (not a key id).
+            EnvelopeError: ``already_revoked``, ``last_key`` (see above), or ``malformed``
+                (not a key id).
         """
-        req = make_request(RevokeKeyRequest, kid=kid)
+        req = make_request(RevokeKeyRequest, kid=kid, force=True if force else None)
         answer = await self._ask("revoke-key", req, RevokeKeyReply)
         self._records.pop(self.agency, None)
         return answer.revoked_at

@@ -97,6 +97,7 @@ ErrorCode = Literal[
     "answer_too_large",  # the answer is over NATS's message limit
     "not_found",  # no such bulletin or key of the caller's (missing and not-yours look alike)
     "already_revoked",  # the key was revoked before
+    "last_key",  # the caller's last valid signing key: its administrator re-enrols it instead
     # Key rotation (schemas.rotation, broker.directory.rotation).
     "originator_mismatch",  # the rotation names another agency
     "agency_not_active",  # a suspended or revoked agency cannot rotate
@@ -147,11 +148,14 @@ class BulletinRequest(BaseModel):
 
 
 class RevokeKeyRequest(BaseModel):
-    """One of the caller's own signing keys, to revoke from now on."""
+    """One of the caller's own signing keys, to revoke from now on; ``force`` to revoke its
+    last valid one too (the agency can then neither publish nor rotate until its
+    administrator re-enrols it)."""
 
     model_config = _STRICT
 
     kid: Kid
+    force: Literal[True] | None = None
 
 
 class DeadLettersRequest(BaseModel):

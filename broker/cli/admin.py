@@ -14,10 +14,16 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from broker.cli._common import operator_name
 from broker.config import Settings
-from broker.directory.enrolment import NewAgency, create_agency, issue_token
+from broker.directory.enrolment import (
+    NewAgency,
+    create_agency,
+    issue_token,
+    start_reenrolment,
+)
 from broker.directory.lifecycle import (
     CONTROL_DIRECTORY_SUBJECT,
     Status,
@@ -28,11 +34,16 @@ from broker.directory.subscriptions import set_subscriptions, subscriptions_of
 from broker.runtime.control import notify_running_stack
 from broker.runtime.datadir import DataDir
 from broker.runtime.stack import read_stack_file
+from broker.store.registry import Registry
 from schemas.enrolment import split_enrolment_token
 from schemas.errors import ConfigError
+from schemas.labels import Classification
 
 __all__ = [
     "agency_add_command",
+    "agency_list_command",
+    "agency_reenrol_command",
+    "agency_show_command",
     "agency_token_command",
     "key_revoke_command",
     "status_command",
@@ -75,7 +86,7 @@ def status_command(args: argparse.Namespace) -> int:
 def key_revoke_command(args: argparse.Namespace) -> int:
     data = _open(args)
     registry = data.registry
-    revoke_signing_key(registry, args.agency, args.kid, actor=operator_name())
+    revoke_signing_key(registry, args.agency, args.kid, actor=operator_name(), force=args.force)
     print(f"{args.agency}: key {args.kid} revoked")
     _tell(data)
     return 0
@@ -140,6 +151,85 @@ def agency_token_command(args: argparse.Namespace) -> int:
     token = issue_token(registry, args.agency, args.token_ttl, _actor(), now=now)
     _show_token(data, args, token, now)
     return 0
+
+
+def agency_reenrol_command(args: argparse.Namespace) -> int:
+    data = _open(args)
+    now = int(time.time())
+    token = start_reenrolment(data.registry, args.agency, args.token_ttl, _actor(), now=now)
+    if not args.json:
+        print(
+            f"{args.agency}: every key revoked (signing, encryption, NATS user); it is "
+            "disconnected until it enrols new ones"
+        )
+    _show_token(data, args, token, now)
+    return 0
+
+
+def agency_list_command(args: argparse.Namespace) -> int:
+    """Every agency: id, status, sector, state or communities, and whether it enrolled."""
+    registry = _open(args).registry
+    rows = [_agency_doc(registry, a.id) for a in registry.agencies()]
+    if args.json:
+        for doc in rows:
+            print(json.dumps(doc))
+        return 0
+    print(f"{'AGENCY':<20} {'STATUS':<10} {'SECTOR':<10} {'WHERE':<14} KEYS")
+    for doc in rows:
+        where = doc["state"] or ",".join(doc["communities"])
+        valid = sum(1 for k in doc["signing_keys"] if k["revoked_at"] is None)
+        keys = f"{valid} signing" if doc["nats_user"] else "not enrolled"
+        print(f"{doc['id']:<20} {doc['status']:<10} {doc['sector']:<10} {where:<14} {keys}")
+    return 0
+
+
+def agency_show_command(args: argparse.Namespace) -> int:
+    """One agency with its keys: signing (valid or revoked when), encryption, NATS user."""
+    doc = _agency_doc(_open(args).registry, args.agency)
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    print(f"{doc['id']}: {doc['name']} ({doc['sector']}, {doc['status']})")
+    print(f"  where:      {doc['state'] or ', '.join(doc['communities'])}")
+    print(f"  clearance:  {doc['clearance']}")
+    print(f"  topics:     {', '.join(doc['topics']) or 'none'}")
+    for k in doc["signing_keys"]:
+        revoked = k["revoked_at"]
+        print(f"  signing:    {k['kid']}  {'revoked ' + _when(revoked) if revoked else 'valid'}")
+    for k in doc["encryption_keys"]:
+        print(f"  encryption: {k['kid']}  {k['kem']}  {'current' if k['current'] else 'retired'}")
+    print(f"  NATS user:  {doc['nats_user'] or 'none (not enrolled)'}")
+    return 0
+
+
+def _when(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _agency_doc(registry: Registry, agency: str) -> dict[str, Any]:
+    row = registry.agency(agency)
+    if row is None:
+        raise ConfigError(f"unknown agency {agency}", code="unknown_agency")
+    nats = {u.agency: u.nkey_public for u in registry.nats_users()}
+    return {
+        "id": row.id,
+        "name": row.name,
+        "status": row.status,
+        "sector": row.sector,
+        "state": row.state,
+        "communities": [c for c in row.communities.split(",") if c],
+        "clearance": list(Classification)[row.clearance].value,
+        "topics": list(subscriptions_of(registry, agency) or ()),
+        "signing_keys": [
+            {"kid": k.kid, "created_at": k.created_at, "revoked_at": k.revoked_at}
+            for k in registry.signing_keys(agency)
+        ],
+        "encryption_keys": [
+            {"kid": k.kid, "kem": k.kem, "created_at": k.created_at, "current": k.current}
+            for k in registry.encryption_keys(agency)
+        ],
+        "nats_user": nats.get(agency),
+    }
 
 
 def _show_token(data: DataDir, args: argparse.Namespace, token: str, now: int) -> None:

@@ -199,7 +199,13 @@ def _admin_commands(sub: Any) -> None:
     )
     add_stack_dirs(c)
     c.add_argument("agency")
-    c.add_argument("kid", help="the key id (sig-...) from the directory")
+    c.add_argument("kid", help="the key id (sig-...): `istmo admin agency show AGENCY`")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="revoke the agency's last valid signing key too (it can then neither publish "
+        "nor rotate until re-enrolled: `istmo admin agency reenrol`)",
+    )
     c.set_defaults(func=_lazy("cli.admin", "key_revoke_command"))
     c = cmds.add_parser(
         "subscriptions",
@@ -306,7 +312,9 @@ def _duration(text: str) -> int:
 
 
 def _agency_commands(cmds: Any) -> None:
-    p = cmds.add_parser("agency", help="add an agency and issue its one-time enrolment token")
+    p = cmds.add_parser(
+        "agency", help="add, list and show agencies; enrolment tokens and re-enrolment"
+    )
     agency = p.add_subparsers(dest="agency_command", metavar="ACTION", required=True)
     c = agency.add_parser(
         "add",
@@ -351,6 +359,32 @@ def _agency_commands(cmds: Any) -> None:
     c.add_argument("agency", metavar="ID")
     _token_ttl(c)
     c.set_defaults(func=_lazy("cli.admin", "agency_token_command"))
+
+    c = agency.add_parser(
+        "reenrol",
+        help="replace every key of an enrolled agency that lost them; print a new token",
+        description=(
+            "For an agency whose keys are lost or compromised: revoke its signing keys from "
+            "now, retire its encryption keys and NATS user (it is disconnected), and print a "
+            "one-time token with which it enrols new keys (`istmo enroll`). What it published "
+            "before still verifies; deliveries queued for it open only with its old keystore."
+        ),
+    )
+    add_stack_dirs(c)
+    c.add_argument("agency", metavar="ID")
+    _token_ttl(c)
+    c.set_defaults(func=_lazy("cli.admin", "agency_reenrol_command"))
+
+    c = agency.add_parser("list", help="every agency: status, sector, where, keys")
+    add_stack_dirs(c)
+    c.add_argument("--json", action="store_true", help="one JSON object per agency and line")
+    c.set_defaults(func=_lazy("cli.admin", "agency_list_command"))
+
+    c = agency.add_parser("show", help="one agency with its keys (ids, valid or revoked)")
+    add_stack_dirs(c)
+    c.add_argument("agency", metavar="ID")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_lazy("cli.admin", "agency_show_command"))
 
 
 def _token_ttl(c: argparse.ArgumentParser) -> None:

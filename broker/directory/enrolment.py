@@ -70,6 +70,7 @@ __all__ = [
     "create_agency",
     "issue_token",
     "redeem",
+    "start_reenrolment",
 ]
 
 DEFAULT_TOKEN_TTL_S = 24 * 3600
@@ -242,8 +243,13 @@ def create_agency(registry: Registry, agency: NewAgency, *, created_by: str, now
 
 
 def _enrolled(s: Session, agency: str) -> bool:
-    has_key = s.exec(select(SigningKeyRow).where(SigningKeyRow.agency == agency).limit(1)).first()
-    return has_key is not None or s.get(NatsUserRow, agency) is not None
+    """Holds a valid signing key or a NATS user (a re-enrolment withdrew neither)."""
+    valid_key = s.exec(
+        select(SigningKeyRow)
+        .where(SigningKeyRow.agency == agency, SigningKeyRow.revoked_at.is_(None))  # type: ignore[union-attr]
+        .limit(1)
+    ).first()
+    return valid_key is not None or s.get(NatsUserRow, agency) is not None
 
 
 def issue_token(
@@ -267,6 +273,49 @@ def issue_token(
             (``not_enrollable``).
         AuditStoreError: the store refused the change.
     """
+    return _issue(registry, agency, ttl_s, created_by, now, clock, reenrol=False)
+
+
+def start_reenrolment(
+    registry: Registry,
+    agency: str,
+    ttl_s: int,
+    created_by: str,
+    *,
+    now: int | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> str:
+    """Re-enrol an enrolled agency whose keys are lost or compromised: in one transaction
+    revoke every signing key of it from ``now``, retire its encryption keys and its NATS
+    user, and issue a one-time token with which it enrols new ones (``redeem``).
+
+    From then on its NATS connection is refused (once the stack has applied the change),
+    nothing signed with the old keys after ``now`` verifies, and new bulletins are sealed
+    to the new encryption key only. What it published before still verifies; deliveries
+    already queued for it were sealed to the old encryption key and open only with the old
+    keystore. Every key withdrawn is a ``key.revoked`` audit event.
+
+    Returns:
+        The token, as ``issue_token``.
+
+    Raises:
+        ConfigError: as ``issue_token``, and ``not_enrollable`` for an agency that has not
+            enrolled yet (``issue_token`` is for that).
+        AuditStoreError: the store refused the change.
+    """
+    return _issue(registry, agency, ttl_s, created_by, now, clock, reenrol=True)
+
+
+def _issue(
+    registry: Registry,
+    agency: str,
+    ttl_s: int,
+    created_by: str,
+    now: int | None,
+    clock: Clock,
+    *,
+    reenrol: bool,
+) -> str:
     now = clock.now_s() if now is None else now
     if not MIN_TOKEN_TTL_S <= ttl_s <= MAX_TOKEN_TTL_S:
         raise _bad(
@@ -274,7 +323,11 @@ def issue_token(
         )
     token_id, token = new_enrolment_token()
     secret = token.rsplit(".", 1)[1]
-    superseded: list[int] = []
+    issued = events.enrolment_token_issued(
+        agency, token_id, expires_at=now + ttl_s, actor=created_by, at=now * 1000
+    )
+    # The withdrawn keys' events are added by apply: Registry.change reads the list after it.
+    audit: list[AuditEvent] = [issued]
 
     def apply(s: Session) -> None:
         row = s.get(AgencyRow, agency)
@@ -282,20 +335,28 @@ def issue_token(
             raise ConfigError(f"unknown agency {agency}", code="unknown_agency")
         if row.status != "active":
             raise ConfigError(f"agency {agency} is {row.status}", code="not_enrollable")
-        if _enrolled(s, agency):
+        if reenrol:
+            if not _enrolled(s, agency):
+                raise ConfigError(
+                    f"agency {agency} has not enrolled yet",
+                    code="not_enrollable",
+                    hint=f"`istmo admin agency token {agency}` issues a new token for it",
+                )
+            audit[:0] = _withdraw_keys(s, agency, now, created_by)
+        elif _enrolled(s, agency):
             raise ConfigError(
                 f"agency {agency} is enrolled already; it rotates its keys with "
                 "`istmo keys rotate`",
                 code="not_enrollable",
+                hint=f"if its keys are lost, `istmo admin agency reenrol {agency}` replaces them",
             )
         table = EnrolmentTokenRow.__table__  # type: ignore[attr-defined]  # sqlmodel table
-        result = s.connection().execute(
+        s.connection().execute(
             update(table)
             .where(table.c.agency == agency, table.c.used_at.is_(None))
             .where(table.c.revoked_at.is_(None), table.c.expires_at > now)
             .values(revoked_at=now)
         )
-        superseded.append(result.rowcount)
         s.add(
             EnrolmentTokenRow(
                 id=token_id,
@@ -307,11 +368,40 @@ def issue_token(
             )
         )
 
-    issued = events.enrolment_token_issued(
-        agency, token_id, expires_at=now + ttl_s, actor=created_by, at=now * 1000
-    )
-    registry.change(apply, [issued])
+    registry.change(apply, audit)
     return token
+
+
+def _withdraw_keys(s: Session, agency: str, now: int, actor: str) -> list[AuditEvent]:
+    """Revoke ``agency``'s valid signing keys, retire its encryption keys and delete its
+    NATS user; the audit event of each."""
+    at = now * 1000
+    withdrawn: list[AuditEvent] = []
+    for key in s.exec(select(SigningKeyRow).where(SigningKeyRow.agency == agency)).all():
+        if key.revoked_at is None:
+            key.revoked_at = now
+            s.add(key)
+            withdrawn.append(
+                events.key_revoked(agency, key.kid, revoked_at=now, actor=actor, at=at)
+            )
+    for enc in s.exec(select(EncryptionKeyRow).where(EncryptionKeyRow.agency == agency)).all():
+        if enc.current:
+            enc.current = False
+            s.add(enc)
+            withdrawn.append(
+                events.key_revoked(
+                    agency, enc.kid, revoked_at=now, actor=actor, at=at, use="encryption"
+                )
+            )
+    user = s.get(NatsUserRow, agency)
+    if user is not None:
+        s.delete(user)
+        withdrawn.append(
+            events.key_revoked(
+                agency, user.nkey_public, revoked_at=now, actor=actor, at=at, use="nats"
+            )
+        )
+    return withdrawn
 
 
 def _check_token(registry: Registry, token: str, now: int) -> EnrolmentTokenRow:

@@ -10,7 +10,7 @@ it is reinstated.
 
 from __future__ import annotations
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from broker.audit import events
 from broker.clock import SYSTEM_CLOCK, Clock
@@ -66,13 +66,17 @@ def revoke_signing_key(
     actor: str,
     at: int | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    force: bool = False,
 ) -> None:
     """Revoke one of ``agency_id``'s signing keys from ``at`` (default: now, by ``clock``).
 
     Bulletins signed with it and stored before ``at`` still verify; later ones are refused.
+    The agency's last valid signing key only with ``force``: without one it can neither
+    publish nor sign a rotation, until it is re-enrolled (``start_reenrolment``).
 
     Raises:
-        ConfigError: no such key of that agency, or already revoked.
+        ConfigError: no such key of that agency, already revoked, or (``last_key``) its
+            last valid one without ``force``.
     """
     now_ms = clock.now_ms()
     when = now_ms // 1000 if at is None else at
@@ -83,6 +87,20 @@ def revoke_signing_key(
             raise ConfigError(f"agency {agency_id} has no signing key {kid}")
         if row.revoked_at is not None:
             raise ConfigError(f"key {kid} was already revoked")
+        valid = s.exec(
+            select(SigningKeyRow.kid).where(
+                SigningKeyRow.agency == agency_id,
+                SigningKeyRow.revoked_at.is_(None),  # type: ignore[union-attr]
+            )
+        ).all()
+        if list(valid) == [kid] and not force:
+            raise ConfigError(
+                f"{kid} is the last valid signing key of {agency_id}: without it the agency "
+                "can neither publish nor rotate its keys",
+                code="last_key",
+                hint=f"if its keys are lost or compromised, `istmo admin agency reenrol "
+                f"{agency_id}` replaces them all; to revoke this one alone, add --force",
+            )
         row.revoked_at = when
         s.add(row)
 

@@ -189,27 +189,35 @@ class AgencyApi:
             )
         if op == "revoke-key":
             revoke = parse_model(RevokeKeyRequest, data, max_bytes=max_bytes, what="request")
-            return self._revoke_key(caller, revoke.kid, now)
+            return self._revoke_key(caller, revoke.kid, now, force=bool(revoke.force))
         if op == "dead-letters":
             parse_model(DeadLettersRequest, data, max_bytes=max_bytes, what="request")
             return self._dead_letters(caller)
         # The operation token is the caller's: named by the list it is not in, not echoed.
         return ErrorReply.of("bad_request", f"unknown operation: use one of {', '.join(API_OPS)}")
 
-    def _revoke_key(self, caller: str, kid: str, now: int) -> RevokeKeyReply:
+    def _revoke_key(self, caller: str, kid: str, now: int, *, force: bool) -> RevokeKeyReply:
         """Revoke one of ``caller``'s own signing keys from ``now``: what it signs from
         this second on is refused; what it signed before still verifies.
 
         Raises:
             NotFound: no such key of the caller (another agency's key looks the same).
-            EnvelopeError: ``already_revoked``.
+            EnvelopeError: ``already_revoked``, or ``last_key``: the caller's last valid
+                signing key (its administrator re-enrols it instead).
         """
         key = self.registry.signing_key(kid)
         if key is None or key.agency != caller:
             raise NotFound(f"{caller} has no signing key {kid}")
         if key.revoked_at is not None:
             raise EnvelopeError(f"key {kid} was already revoked", code="already_revoked")
-        revoke_signing_key(self.registry, caller, kid, actor=caller, at=now, clock=self.clock)
+        try:
+            revoke_signing_key(
+                self.registry, caller, kid, actor=caller, at=now, clock=self.clock, force=force
+            )
+        except ConfigError as exc:
+            if exc.code != "last_key":
+                raise
+            raise EnvelopeError(str(exc), code="last_key") from exc
         self._refresh()
         return RevokeKeyReply(agency=caller, kid=kid, revoked_at=now)
 

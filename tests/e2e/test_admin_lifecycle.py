@@ -117,7 +117,11 @@ def test_revoked_key_refuses_new_bulletins(up: UpProcess) -> None:
     d = up.data_dir
     keystore = json.loads((d / "keys" / "sv-police.json").read_text())
     kid = keystore["signing_keys"][-1]["kid"]
-    r = run_cli("admin", "revoke-key", "sv-police", kid, data_dir=d)
+    last = run_cli("admin", "revoke-key", "sv-police", kid, data_dir=d)
+    assert last.returncode == 1
+    assert "last valid signing key of sv-police" in last.stderr
+    assert "istmo admin agency reenrol sv-police" in last.stderr
+    r = run_cli("admin", "revoke-key", "sv-police", kid, "--force", data_dir=d)
     assert r.returncode == 0, r.stderr
     time.sleep(1.1)  # signed strictly after the revocation second
     refused = publish_to_hn(d, who="sv-police")

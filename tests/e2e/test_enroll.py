@@ -16,7 +16,7 @@ import pytest
 
 from clients.keystore import load_keystore
 from tests.stackproc import ISTMO, UpProcess, run_cli
-from tests.waiting import eventually
+from tests.waiting import eventually, eventually_sync
 
 AGENCY = "gt-customs"
 PASSPHRASE = "customs passphrase, long enough"
@@ -275,3 +275,60 @@ def test_over_http_an_admin_adds_and_suspends_an_agency_on_the_live_stack(
     lost = asyncio.run(scenario())
     print(f"\nsuspended connection closed {lost:.2f} s after the API call")
     assert up.output.count("NATS      nats://") == 1  # reloaded, never restarted
+
+
+def test_an_agency_that_lost_its_keys_is_reenrolled(up: UpProcess, tmp_path: Path) -> None:
+    """hn-justice's keystore leaked: the administrator withdraws every key of it and
+    issues a token; with it the agency enrols new keys and publishes again."""
+    d = up.data_dir
+    who = "hn-justice"
+    before = json.loads(run_cli("admin", "agency", "show", who, "--json", data_dir=d).stdout)
+    (old_kid,) = [k["kid"] for k in before["signing_keys"] if k["revoked_at"] is None]
+    # A token for an enrolled agency is refused, and names the way out.
+    plain = run_cli("admin", "agency", "token", who, data_dir=d)
+    assert plain.returncode == 1
+    assert f"istmo admin agency reenrol {who}" in plain.stderr
+
+    r = run_cli("admin", "agency", "reenrol", who, "--json", data_dir=d)
+    assert r.returncode == 0, r.stderr
+    grant = json.loads(r.stdout)
+    assert grant["applied"] is True
+    withdrawn = json.loads(run_cli("admin", "agency", "show", who, "--json", data_dir=d).stdout)
+    assert [k["revoked_at"] is not None for k in withdrawn["signing_keys"]] == [True]
+    assert [k["current"] for k in withdrawn["encryption_keys"]] == [False]
+    assert withdrawn["nats_user"] is None
+    # The old keystore no longer gets in: its NATS user is gone.
+    old = run_cli("receive", "--as", who, "--count", "1", "--timeout", "5", data_dir=d)
+    assert old.returncode == 1
+    assert "refused" in old.stderr
+
+    machine = tmp_path / "hn-justice"
+    machine.mkdir()
+    (machine / "token").write_text(grant["token"] + "\n")
+    new = machine / "hn-justice.json"
+    r = enroll(
+        "--broker", grant["broker"], "--token-file", "token", "--directory-kid",
+        grant["directory_kid"], "--out", str(new), "--no-passphrase", cwd=machine,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    sent = publish(d, str(new), "border-incident")
+    assert sent["state"] == "accepted"
+    after = json.loads(run_cli("admin", "agency", "show", who, "--json", data_dir=d).stdout)
+    valid = [k["kid"] for k in after["signing_keys"] if k["revoked_at"] is None]
+    assert len(valid) == 1
+    assert valid != [old_kid]
+    assert after["nats_user"] is not None
+
+    # Every withdrawn key is an audit event, the encryption key and NATS user named so.
+    def withdrawn_uses() -> list[str]:  # once the sequencer has logged them
+        found = run_cli(
+            "audit", "search", "--type", "key.revoked", "--agency", who, "--json", data_dir=d
+        )
+        assert found.returncode == 0, found.stderr
+        entries = json.loads(found.stdout)["entries"]
+        return sorted(e["entry"]["data"].get("use", "signing") for e in entries)
+
+    uses = eventually_sync(
+        withdrawn_uses, what="the key.revoked events", until=lambda u: len(u) >= 3
+    )
+    assert uses == ["encryption", "nats", "signing"]

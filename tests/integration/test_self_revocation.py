@@ -49,7 +49,13 @@ async def test_an_agency_revokes_its_own_current_key(stack: Stack) -> None:
         assert kid == current_kid(stack, "sv-police")
         before = await sv.publish(title="before", text="signed before revocation", labels=LABELS)
         assert before.state == "accepted"
-        revoked_at = await sv.revoke_key(kid)
+        with pytest.raises(EnvelopeError) as last:
+            await sv.revoke_key(kid)  # its only valid key: it would be left with nothing
+        assert last.value.code == "last_key"
+        assert (await sv.publish(title="still", text="still valid", labels=LABELS)).state == (
+            "accepted"
+        )
+        revoked_at = await sv.revoke_key(kid, force=True)
         with pytest.raises(PublishRejected) as err:
             await sv.publish(title="after", text="signed after revocation", labels=LABELS)
         assert err.value.code == "key_revoked"

@@ -10,7 +10,7 @@ from broker.audit.events._common import (
     KeyUse,
     one_off,
 )
-from schemas.audit import AuditEvent
+from schemas.audit import AuditEvent, DataValue
 from schemas.directory import Status
 
 __all__ = [
@@ -77,7 +77,8 @@ def enrolment_token_issued(
 def agency_enrolled(agency: str, *, token_id: str, at: int) -> AuditEvent:
     """The agency redeemed its token and registered its keys (stage ``keys_registered``)."""
     return AuditEvent(
-        event_id=f"enrolled:{agency}",
+        # One per token: a re-enrolled agency enrols again.
+        event_id=f"enrolled:{agency}:{token_id}",
         type="agency.enrolled",
         time=at,
         actor=agency,
@@ -139,15 +140,22 @@ def key_rotated(
     )
 
 
-def key_revoked(agency: str, kid: str, *, revoked_at: int, actor: str, at: int) -> AuditEvent:
-    """A signing key was revoked from ``revoked_at`` (epoch seconds) on."""
+def key_revoked(
+    agency: str, kid: str, *, revoked_at: int, actor: str, at: int, use: KeyUse = "signing"
+) -> AuditEvent:
+    """A key was revoked from ``revoked_at`` (epoch seconds) on: a signing key (``use``
+    absent from the data, as in events before re-enrolment existed), or, when an agency
+    is re-enrolled, its encryption key or NATS user (``use`` says which)."""
+    data: dict[str, DataValue] = {"kid": kid, "revoked_at": revoked_at}
+    if use != "signing":
+        data["use"] = use
     return AuditEvent(
         event_id=f"key-revoked:{kid}",
         type="key.revoked",
         time=at,
         actor=actor[:MAX],
         subject=agency,
-        data={"kid": kid, "revoked_at": revoked_at},
+        data=data,
     )
 
 
