@@ -50,8 +50,11 @@ async def connect_agency(keystore: KeystoreFile, nats_url: str, *, timeout: floa
             # the socket (nats-io/nats.py#718): raised here, it ends nats.connect.
             raise exc
         # Permission violations reach only this callback; log the subject, no payload.
+        # Before the first connection the failures are summed up in the one error raised
+        # below: each attempt's own line ("Authorization Violation", "Connection reset
+        # by peer") would only bury it.
         errors.append(str(exc))
-        log.warning("nats: %s", exc)
+        log.log(logging.WARNING if connected else logging.DEBUG, "nats: %s", exc)
         if connected and "authorization violation" in str(exc).lower():
             # Suspended or revoked while connected: retrying cannot help; stop now.
             task = asyncio.get_running_loop().create_task(connected[0].close())
@@ -85,7 +88,7 @@ async def connect_agency(keystore: KeystoreFile, nats_url: str, *, timeout: floa
         if any("authorization violation" in e.lower() for e in errors):
             raise BusUnavailable(
                 f"NATS at {nats_url} refused {keystore.agency}'s credentials "
-                "(suspended, revoked, or not in this directory)",
+                "(suspended, revoked, re-enrolled, or not in this directory)",
                 code="not_authorized",
             ) from exc
         raise BusUnavailable(f"broker not running at {nats_url} ({detail})") from exc

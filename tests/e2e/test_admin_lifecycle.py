@@ -74,6 +74,8 @@ def test_suspended_agency_loses_its_connection_and_keeps_its_deliveries(up: UpPr
     refused = run_cli("receive", "--as", "hn-police", "--count", "1", "--timeout", "2", data_dir=d)
     assert refused.returncode == 1
     assert "refused hn-police's credentials" in refused.stderr
+    # One line: not preceded by each connection attempt's nats-py complaint.
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     during = publish_to_hn(d)
     assert during.returncode == 0, during.stderr
     out = json.loads(during.stdout)
