@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from schemas.agency import MAX_ANNOUNCE_INTERVAL_S
 from schemas.errors import ConfigError
 from schemas.sealing import DEFAULT_MAX_ENVELOPE_BYTES
 
@@ -51,6 +52,10 @@ class Settings:
     duplicate_window_s: int = 600
     relay_batch: int = 64
     status_wait_s: float = 10.0
+    # How often each relay tells the agencies the directory and policy versions it decides
+    # with (besides at once after a change): the SDKs keep resolve answers only while they
+    # hear it (ADR 0009).
+    announce_interval_s: int = 5
     access_token_lifetime_s: int = 300
     # Host names the HTTP API answers to besides loopback (ISTMO_ALLOWED_HOSTS, comma-
     # separated): the names a reverse proxy forwards. Any other Host is refused.
@@ -73,7 +78,12 @@ class Settings:
             values["allowed_hosts"] = tuple(
                 h.strip().lower() for h in env["ISTMO_ALLOWED_HOSTS"].split(",") if h.strip()
             )
-        for name in ("max_envelope_bytes", "max_clock_skew_s", "deliver_max_age_s"):
+        for name in (
+            "max_envelope_bytes",
+            "max_clock_skew_s",
+            "deliver_max_age_s",
+            "announce_interval_s",
+        ):
             key = "ISTMO_" + name.upper()
             if key in env:
                 try:
@@ -109,6 +119,11 @@ class Settings:
                     "ISTMO_ALLOWED_HOSTS holds a name that is not a host name",
                     hint="give names such as istmo.example.org, comma-separated, without ports",
                 )
+        if not 1 <= self.announce_interval_s <= MAX_ANNOUNCE_INTERVAL_S:
+            raise ConfigError(
+                "ISTMO_ANNOUNCE_INTERVAL_S (how often relays announce the directory version) "
+                f"must be between 1 and {MAX_ANNOUNCE_INTERVAL_S} seconds"
+            )
         if not 4096 <= self.max_envelope_bytes <= 16 * 1024 * 1024:
             raise ConfigError("max_envelope_bytes must be between 4 KiB and 16 MiB")
 

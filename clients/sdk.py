@@ -10,8 +10,9 @@ Its parts live beside it, one concept each: the connection (``clients.connection
 requests to the broker and their typed replies (``clients.requests``, ``schemas.agency``),
 the SDK's errors and the one each error code raises (``clients.errors``), storing
 bulletins and receipts in JetStream (``clients.publishing``), opening a delivery
-(``clients.opening``), new keys (``clients.rotation``) and the values handed back
-(``clients.results``, importable from here too).
+(``clients.opening``), new keys (``clients.rotation``), the resolve answers it keeps
+while the relays' announcements say they hold (``clients.resolve_cache``, ADR 0009) and the
+values handed back (``clients.results``, importable from here too).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
 from clients.connection import connect_agency
@@ -37,9 +39,11 @@ from clients.keystore import Passphrase, load_keystore, save_keystore
 from clients.opening import open_delivery, signing_key_of
 from clients.publishing import store_envelope, store_receipt
 from clients.requests import REQUEST_TIMEOUT_S, ask, make_request
+from clients.resolve_cache import ResolveCache, Versions
 from clients.results import Preview, PublishResult, ReceiptReport, ReceivedBulletin
 from clients.rotation import new_keys
 from schemas.agency import (
+    Announcement,
     ApiOp,
     BulletinRequest,
     DeadLettersReply,
@@ -55,9 +59,10 @@ from schemas.agency import (
     StatusAccepted,
     StatusRejected,
     StatusReply,
+    encode_request,
 )
 from schemas.directory import AgencyRecord, SignedExcerpt, SigningKeyRecord, verify_excerpt
-from schemas.envelope import Content, Envelope
+from schemas.envelope import Content, Envelope, parse_model
 from schemas.errors import (
     BusUnavailable,
     DecryptionError,
@@ -72,7 +77,7 @@ from schemas.keystore import KeystoreFile
 from schemas.labels import Labels
 from schemas.receipt import sign_receipt
 from schemas.sealing import envelope_digest, parse_envelope, seal
-from schemas.subjects import DELIVER_STREAM, deliver_durable
+from schemas.subjects import ANNOUNCE_SUBJECT, DELIVER_STREAM, deliver_durable
 
 __all__ = [
     "Handler",
@@ -92,6 +97,8 @@ R = TypeVar("R", bound=BaseModel)
 DIRECTORY_TTL_S = 60.0
 # A receipt NATS did not store: the bulletin is handed back and its receipt sent again.
 RECEIPT_RETRY_S = 2
+# An announcement is three short fields; anything much larger is not one.
+MAX_ANNOUNCEMENT_BYTES = 1024
 
 Handler = Callable[[ReceivedBulletin], Awaitable[None]]
 
@@ -122,6 +129,9 @@ class IstmoClient:
     """One agency's connection to Istmo.
 
     Use ``await IstmoClient.connect(...)``, ideally as ``async with``.
+
+    ``resolve_cache`` is the ``clients.resolve_cache.ResolveCache`` of resolve answers
+    kept for ``publish`` (None when turned off).
     """
 
     def __init__(
@@ -130,7 +140,11 @@ class IstmoClient:
         nc: NATS,
         dedupe: DedupeStore,
         keystore_path: Path | None = None,
+        *,
+        resolve_cache: bool = True,
     ) -> None:
+        self.resolve_cache = ResolveCache() if resolve_cache else None
+        self._announcements: Subscription | None = None
         self.keystore_path = keystore_path
         self.keystore = keystore
         self.agency = AgencyId(keystore.agency)
@@ -151,8 +165,14 @@ class IstmoClient:
         dedupe_path: Path | None = None,
         connect_timeout: float = 5.0,
         passphrase: Passphrase = None,
+        resolve_cache: bool = True,
     ) -> IstmoClient:
         """Open the keystore and connect to NATS as its agency.
+
+        Args:
+            resolve_cache: keep resolve answers while the relays announce that the
+                directory and policy are unchanged, so publishing again with the same
+                labels asks the relay nothing (ADR 0009). False: ask every time.
 
         Raises:
             ConfigError: the keystore is missing, too open or damaged.
@@ -163,7 +183,44 @@ class IstmoClient:
         keystore = load_keystore(keystore_path, passphrase)
         nc = await connect_agency(keystore, nats_url, timeout=connect_timeout)
         path = dedupe_path or keystore_path.with_name(keystore_path.stem + ".received.sqlite")
-        return cls(keystore, nc, DedupeStore(path), keystore_path)
+        client = cls(keystore, nc, DedupeStore(path), keystore_path, resolve_cache=resolve_cache)
+        try:
+            await client.listen_for_announcements()
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def listen_for_announcements(self) -> None:
+        """Subscribe to the relays' announcements, which ``resolve_cache`` needs before
+        it keeps anything (``connect`` does this; a client built around its own
+        connection calls it once). A broker too old to announce refuses the
+        subscription: nothing is then kept, and NATS logs the refusal once."""
+        if self.resolve_cache is None or self._announcements is not None:
+            return
+        self._announcements = await self._nc.subscribe(ANNOUNCE_SUBJECT, cb=self._on_announcement)
+
+    async def _on_announcement(self, msg: Msg) -> None:
+        cache = self.resolve_cache
+        if cache is None:
+            return
+        try:
+            announced = parse_model(
+                Announcement, msg.data, max_bytes=MAX_ANNOUNCEMENT_BYTES, what="announcement"
+            )
+        except EnvelopeError as exc:
+            log.warning("ignored a malformed announcement (%s); resolving afresh", exc.code)
+            cache.lost()
+            return
+        cache.heard(announced, now=time.monotonic(), epoch=self._epoch())
+
+    def _epoch(self) -> int:
+        """Which connection this is: NATS's reconnect count, -1 while disconnected. What
+        was kept on one connection is not used on the next (announcements may have been
+        missed in between)."""
+        if not self._nc.is_connected:
+            return -1
+        return int(self._nc.stats["reconnects"])
 
     async def __aenter__(self) -> IstmoClient:
         return self
@@ -221,7 +278,9 @@ class IstmoClient:
     ) -> dict[AgencyId, EncryptionPublicKey]:
         """Ask the broker who may receive a bulletin with ``labels``, with their keys.
 
-        The answer comes in a directory excerpt signed by the pinned directory key.
+        The answer comes in a directory excerpt signed by the pinned directory key. With
+        ``resolve_cache`` on, an answer to the same labels, ``expires_at`` and
+        ``not_before`` is used again while the relays announce no change (ADR 0009).
 
         Raises:
             PolicyDenied: this agency may not publish it.
@@ -232,13 +291,33 @@ class IstmoClient:
         req = make_request(
             ResolveRequest, labels=labels, expires_at=expires_at, not_before=not_before
         )
+        cache, key = self.resolve_cache, encode_request(req)
+        ticket = 0
+        if cache is not None:
+            kept = cache.get(
+                key, now=time.monotonic(), wall_now=int(time.time()), epoch=self._epoch()
+            )
+            if kept is not None:
+                return kept
+            ticket = cache.ticket()
         answer = await self._ask("resolve", req, ResolveReply)
         permitted = set(answer.recipients)
-        return {
+        recipients = {
             AgencyId(rec.id): rec.encryption_key.public_key()
             for rec in self._remember(answer.directory)
             if rec.id in permitted and rec.encryption_key is not None
         }
+        if cache is not None:
+            cache.put(
+                key,
+                recipients,
+                Versions(answer.directory.excerpt.directory_version, answer.policy_version),
+                expires_at=expires_at,
+                ticket=ticket,
+                now=time.monotonic(),
+                epoch=self._epoch(),
+            )
+        return recipients
 
     async def preview(
         self, labels: Labels, *, expires_at: int | None = None, not_before: int | None = None

@@ -17,6 +17,12 @@ with an ``ErrorReply``, also canonical JSON::
 
     any of them fails:                          ErrorReply {"error": {"code", "message"}}
 
+Besides the answers, every relay announces on ``istmo.announce``
+(``schemas.subjects.ANNOUNCE_SUBJECT``), which each agency may only listen to, the directory
+and policy versions it decides with (``Announcement``): at once after each change, and every
+``interval_s`` seconds. It is all a client needs to know that an answer it kept (a resolve)
+is out of date (ADR 0009); it names no agency.
+
 No reply but ``ErrorReply`` has a field named ``error``, so a reader tells an error from an
 answer by its one key. ``ErrorCode`` is the closed set of codes the broker sends; a client
 should still expect codes it does not know from a newer broker.
@@ -41,8 +47,10 @@ from schemas.labels import Labels
 
 __all__ = [
     "ERROR_CODES",
+    "MAX_ANNOUNCE_INTERVAL_S",
     "MAX_ERROR_MESSAGE_CHARS",
     "AgencyReply",
+    "Announcement",
     "ApiOp",
     "BulletinRequest",
     "CandidateVerdict",
@@ -69,12 +77,14 @@ __all__ = [
     "StatusPending",
     "StatusRejected",
     "StatusReply",
+    "encode_announcement",
     "encode_reply",
     "encode_request",
 ]
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 MAX_ERROR_MESSAGE_CHARS = 300
+MAX_ANNOUNCE_INTERVAL_S = 300
 
 ApiOp = Literal[
     "resolve", "explain", "directory", "status", "receipts", "rotate", "revoke-key", "dead-letters"
@@ -114,6 +124,7 @@ ERROR_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
 
 ErrorMessage = Annotated[str, StringConstraints(max_length=MAX_ERROR_MESSAGE_CHARS)]
 PolicyVersion = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+DirectoryVersion = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16,64}$")]
 PolicyId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 ReasonCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 DeadLetterKind = Literal["deliver", "ingest"]
@@ -344,6 +355,18 @@ class ErrorReply(BaseModel):
         return cls(error=ErrorDetail(code=code, message=message[:MAX_ERROR_MESSAGE_CHARS]))
 
 
+# ---------------------------------------------------------------------------- announcements
+class Announcement(BaseModel):
+    """What a relay decides with now: the directory version (as in the excerpts it signs)
+    and the policy version (as in its answers), and how often it says so."""
+
+    model_config = _STRICT
+
+    directory_version: DirectoryVersion
+    policy_version: PolicyVersion
+    interval_s: int = Field(ge=1, le=MAX_ANNOUNCE_INTERVAL_S)
+
+
 AgencyReply = (
     ResolveReply
     | ExplainReply
@@ -359,6 +382,11 @@ AgencyReply = (
 def encode_reply(reply: AgencyReply | ErrorReply) -> bytes:
     """The reply as it goes on the wire: canonical JSON, every field present."""
     return canonical_json(reply.model_dump(mode="json"))
+
+
+def encode_announcement(announcement: Announcement) -> bytes:
+    """An announcement as it goes on the wire: canonical JSON."""
+    return canonical_json(announcement.model_dump(mode="json"))
 
 
 def encode_request(request: BaseModel) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas.agency import (
+    Announcement,
     BulletinRequest,
     DeadLettersReply,
     DeadLettersRequest,
@@ -52,6 +53,7 @@ _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 # File stem -> model. Stems are part of the published $id: renaming one is a breaking change.
 MODELS: dict[str, type[BaseModel]] = {
     # The agency API over NATS (schemas.agency): a request and a reply per operation.
+    "agency-announcement": Announcement,
     "agency-bulletin-request": BulletinRequest,
     "agency-dead-letters-reply": DeadLettersReply,
     "agency-dead-letters-request": DeadLettersRequest,

@@ -11,6 +11,7 @@ import re
 from schemas.ids import AgencyId, parse_agency_id
 
 __all__ = [
+    "ANNOUNCE_SUBJECT",
     "API_OPS",
     "AUDIT_STREAM",
     "DELIVER_STREAM",
@@ -40,6 +41,9 @@ AUDIT_STREAM = "ISTMO_AUDIT"  # istmo.audit.>, for the sequencer of the audit lo
 RELAY_INGEST_DURABLE = "relay-ingest"
 RELAY_RECEIPT_DURABLE = "relay-receipts"
 RELAY_ACCOUNT = "ISTMO"
+# The relays' announcements of the directory and policy versions (schemas.agency
+# Announcement): exported by ISTMO as a stream every agency account imports, unchanged.
+ANNOUNCE_SUBJECT = "istmo.announce"
 # Request/reply operations an agency may call on the broker, on istmo.api.<agency>.<op>.
 API_OPS = (
     "resolve",

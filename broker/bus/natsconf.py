@@ -9,7 +9,10 @@ Shape, per ``reference/NATS-PERMISSIONS.md`` §1 and §3.2:
   user whose allow-lists are exactly those subjects (publish) and its inbox prefix
   (subscribe), and which imports those services. Because JetStream answers through the
   service import's response mapping, a reply subject chosen by the agency can only ever
-  land in the agency's own account (the reply-subject hole, S-26).
+  land in the agency's own account (the reply-subject hole, S-26);
+* ``ISTMO`` also exports one stream, the relays' announcements (``ANNOUNCE_SUBJECT``),
+  which every agency account imports unchanged and its user may subscribe to, and only
+  that: a stream import carries messages one way, into the agency (ADR 0009).
 
 Both kinds of account deny everything by default, so a user entry without permissions gets
 nothing.
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.subjects import (
+    ANNOUNCE_SUBJECT,
     API_OPS,
     DELIVER_STREAM,
     RELAY_ACCOUNT,
@@ -211,8 +215,16 @@ def _relay_account(layout: NatsLayout) -> list[str]:
             lines.append(
                 f"      {{ service: {_q(service.subject)}, accounts: [{account}]{streamed} }}"
             )
+    if layout.agencies:  # an empty list would export it to every account
+        accounts = ", ".join(account_name(user.agency) for user in layout.agencies)
+        lines.append(f"      {{ stream: {_q(ANNOUNCE_SUBJECT)}, accounts: [{accounts}] }}")
     lines += ["    ]", "  }"]
     return lines
+
+
+def _listens(agency: str) -> list[str]:
+    """The subscribe allow-list of an agency's NATS user: its inbox and the announcements."""
+    return [inbox_prefix(agency) + ".>", ANNOUNCE_SUBJECT]
 
 
 def _agency_account(user: AgencyUser) -> list[str]:
@@ -225,7 +237,7 @@ def _agency_account(user: AgencyUser) -> list[str]:
         f"      {{ nkey: {_q(user.nkey_public)}",
         "        permissions: {",
         f"          publish: {{ allow: {_q_list(s.subject for s in services)} }}",
-        f"          subscribe: {{ allow: {_q_list([inbox_prefix(user.agency) + '.>'])} }}",
+        f"          subscribe: {{ allow: {_q_list(_listens(user.agency))} }}",
         "        } }",
         "    ]",
         "    imports: [",
@@ -234,6 +246,9 @@ def _agency_account(user: AgencyUser) -> list[str]:
         lines.append(
             f"      {{ service: {{ account: {RELAY_ACCOUNT}, subject: {_q(service.subject)} }} }}"
         )
+    lines.append(
+        f"      {{ stream: {{ account: {RELAY_ACCOUNT}, subject: {_q(ANNOUNCE_SUBJECT)} }} }}"
+    )
     lines += ["    ]", "  }"]
     return lines
 

@@ -60,9 +60,11 @@ from broker.relay.plan import Ingested, Plan, parse, plan_batch
 from broker.relay.receipts import check_receipt, read_receipt
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
 from broker.store.registry import DecisionRow, ReceiptRow, Registry
+from schemas.agency import Announcement, encode_announcement
 from schemas.errors import AuditStoreError, BusUnavailable, IstmoError
 from schemas.labels import Precedence
 from schemas.subjects import (
+    ANNOUNCE_SUBJECT,
     DELIVER_STREAM,
     INGEST_STREAM,
     RECEIPT_STREAM,
@@ -136,14 +138,16 @@ class Relay:
             directory_sub,
         ]
         try:
-            bound = await self._bind(stop)
-            if bound is None:
-                return
-            subs.extend(bound)
-            if ready is not None:
-                ready()
-            ingest, receipts, dead = bound
             async with asyncio.TaskGroup() as tg:
+                # From the first answer on: the SDKs keep resolve answers while they hear it.
+                tg.create_task(self._announce_every(stop))
+                bound = await self._bind(stop)
+                if bound is None:
+                    return
+                subs.extend(bound)
+                if ready is not None:
+                    ready()
+                ingest, receipts, dead = bound
                 tg.create_task(self._loop(stop, ingest, self._ingest_guarded))
                 tg.create_task(self._loop(stop, receipts, self._receipt_batch))
                 tg.create_task(self._loop(stop, dead, self._dead_batch))
@@ -412,6 +416,7 @@ class Relay:
             log.error("could not switch to the adopted policy set: %s", exc)
             return
         log.info("policy set %s now in force", bundle.version)
+        await self._announce()
 
     async def _on_directory(self, msg: Msg) -> None:
         """An agency or key changed status: decide with the new directory from now on."""
@@ -421,6 +426,31 @@ class Relay:
             log.error("could not refresh the directory: %s", exc)
             return
         log.info("directory %s now in force", self.directory.version)
+        await self._announce()
+
+    # ------------------------------------------------------------------ announcements
+    async def _announce(self) -> None:
+        """Tell every agency the directory and policy versions this relay decides with
+        (``schemas.agency.Announcement``): an SDK drops the resolve answers it keeps when
+        they change. Sent after a change is in force here, never before, so an SDK that
+        asks again is answered with the change. Best effort: the next one follows within
+        ``announce_interval_s``, and an SDK that hears none keeps nothing."""
+        d = self.directory
+        announcement = Announcement(
+            directory_version=d.version,
+            policy_version=d.engine.bundle.version,
+            interval_s=self.settings.announce_interval_s,
+        )
+        try:
+            await self.nc.publish(ANNOUNCE_SUBJECT, encode_announcement(announcement))
+        except nats.errors.Error as exc:  # reconnecting: the next one is due soon
+            log.debug("announcement not sent (%s)", type(exc).__name__)
+
+    async def _announce_every(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._announce()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.announce_interval_s)
 
     # ------------------------------------------------------------------ agency API
     async def _on_api(self, msg: Msg) -> None:

@@ -53,6 +53,7 @@ test_s01_agency_cannot_read_another_agencys_consumer_or_stream = (
 test_s01_agency_cannot_call_another_agencys_api = (
     single.test_s01_agency_cannot_call_another_agencys_api
 )
+test_announcements_reach_every_agency_one_way = single.test_announcements_reach_every_agency_one_way
 test_s27_other_agency_cannot_hijack_a_dedupe_id = (
     single.test_s27_other_agency_cannot_hijack_a_dedupe_id
 )

@@ -33,6 +33,7 @@ def test_no_stale_schema_files() -> None:
 def test_every_model_is_exported() -> None:
     assert set(RENDERED) == {f"{stem}.schema.json" for stem in MODELS}
     assert {m.__name__ for m in MODELS.values()} == {
+        "Announcement",
         "BulletinRequest",
         "DeadLettersReply",
         "DeadLettersRequest",

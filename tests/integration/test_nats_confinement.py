@@ -41,6 +41,7 @@ from schemas.errors import ConfigError
 from schemas.ids import new_bulletin_id
 from schemas.natskeys import new_user_seed, user_public_key
 from schemas.subjects import (
+    ANNOUNCE_SUBJECT,
     DELIVER_STREAM,
     INGEST_STREAM,
     RECEIPT_STREAM,
@@ -389,6 +390,81 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
     # gt's own publishes did land: 1 + 5 with the header dropped + 5 plain.
     assert await stored(relay, ingest_subject(GT)) == 1 + 2 * len(targets)
+
+
+async def test_announcements_reach_every_agency_one_way(nats_stack: StackFactory) -> None:
+    """The relays' announcements (ADR 0009) are the one thing of account ISTMO an agency
+    may listen to: it hears them, cannot announce itself (to the others or to ISTMO), and
+    subscribing to anything around them is still refused."""
+    stack = await nats_stack([GT, JM])
+    relay = await stack.connect_relay()
+    gt_errors: list[Exception] = []
+    gt = await stack.connect_agency(GT, errors=gt_errors)
+    jm_errors: list[Exception] = []
+    jm = await stack.connect_agency(JM, errors=jm_errors)
+    heard = {GT: Collector(), JM: Collector()}
+    await gt.subscribe(ANNOUNCE_SUBJECT, cb=heard[GT].cb)
+    await jm.subscribe(ANNOUNCE_SUBJECT, cb=heard[JM].cb)
+    in_istmo = Collector()
+    await relay.subscribe(ANNOUNCE_SUBJECT, cb=in_istmo.cb)
+    around = [
+        "istmo.control.directory",
+        "istmo.control.policy",
+        "istmo.control.>",
+        f"{ANNOUNCE_SUBJECT}.>",
+        "istmo.*",
+    ]
+    wider = Collector()
+    for subject in around:
+        await jm.subscribe(subject, cb=wider.cb)
+    for nc in (gt, jm, relay):
+        await barrier(nc)
+
+    await gt.publish(ANNOUNCE_SUBJECT, b"forged by gt")  # to jm, and to ISTMO
+    await barrier(gt)
+    await relay.publish("istmo.control.directory", b"{}")
+    await relay.publish("istmo.control.policy", b"{}")
+    await relay.publish(ANNOUNCE_SUBJECT, b"announced")
+    await barrier(relay)
+
+    await eventually(
+        lambda: heard[GT].msgs and heard[JM].msgs, what="both agencies to hear the announcement"
+    )
+    await asyncio.sleep(SETTLE_S)
+    for agency in (GT, JM):
+        assert [m.data for m in heard[agency].msgs] == [b"announced"], agency
+    assert [m.data for m in in_istmo.msgs] == [b"announced"]
+    assert violated(gt_errors, "publish", ANNOUNCE_SUBJECT)
+    assert wider.msgs == []
+    for subject in around:
+        assert violated(jm_errors, "subscription", subject), subject
+    assert len(violations(gt_errors)) == 1  # the forgery; its subscription was allowed
+
+
+async def test_announcements_reach_agencies_across_a_reload(nats_stack: StackFactory) -> None:
+    """A directory change reloads nats-server: an agency listening before it still hears
+    the announcements after it, and an agency the reload adds hears them too."""
+    stack = await nats_stack([GT])
+    server: NatsServer = stack.server
+    relay = await stack.connect_relay()
+    gt = await stack.connect_agency(GT)
+    gt_heard = Collector()
+    await gt.subscribe(ANNOUNCE_SUBJECT, cb=gt_heard.cb)
+    await barrier(gt)
+    newcomer = "bz-police"
+
+    await asyncio.to_thread(server.reload, stack.layout_with([GT, newcomer]))
+    bz = await stack.connect_agency(newcomer)
+    bz_heard = Collector()
+    await bz.subscribe(ANNOUNCE_SUBJECT, cb=bz_heard.cb)
+    await barrier(bz)
+    await relay.publish(ANNOUNCE_SUBJECT, b"after the reload")
+
+    await eventually(
+        lambda: gt_heard.msgs and bz_heard.msgs, what="both agencies to hear the announcement"
+    )
+    assert [m.data for m in gt_heard.msgs] == [b"after the reload"]
+    assert [m.data for m in bz_heard.msgs] == [b"after the reload"]
 
 
 async def test_s27_other_agency_cannot_hijack_a_dedupe_id(nats_stack: StackFactory) -> None:
