@@ -228,7 +228,11 @@ def add_bulletin_parsers(sub: Any) -> None:
     add_agency_args(p)
     add_label_args(p)
     p.add_argument("--title", required=True, help="the bulletin's title (encrypted)")
-    p.add_argument("--body-file", help="file with the bulletin text (encrypted); - for stdin")
+    p.add_argument(
+        "--body-file",
+        help=f"file with the bulletin text, UTF-8, at most {MAX_BODY_BYTES // 1024} KiB "
+        "(encrypted); - for stdin",
+    )
     p.add_argument("--body", help="the bulletin text itself, instead of --body-file")
     add_time_args(p)
     p.add_argument("--no-wait", action="store_true", help="do not wait for the relay's verdict")

@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from clients.audit_verify import add_remote_audit_parsers
 from clients.bulletin_commands import add_bulletin_parsers
@@ -27,8 +28,16 @@ from schemas.errors import IstmoError
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Says what was wrong in one line and where the usage is, instead of printing the
+    whole usage (14 lines for ``istmo publish``) above the line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n  hint: `{self.prog} --help` shows every option\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="istmo",
         description=(
             "Istmo: signed, end-to-end encrypted bulletins between the ministries of Central "

@@ -6,6 +6,7 @@ keys inside must never leave the agency's machine.
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import os
 import stat
@@ -43,9 +44,13 @@ def resolve_keystore_path(who: str, data_dir: Path) -> Path:
     if not path.is_file():
         if looks_like_path:
             raise ConfigError(f"no keystore at {path}")
+        known = sorted(p.stem for p in (data_dir / "keys").glob("*.json"))
+        close = difflib.get_close_matches(who, known, n=1, cutoff=0.75)
         raise ConfigError(
             f"no keystore for agency {who!r} at {path}",
-            hint="check the agency id, or pass the --data-dir that holds its keystore",
+            hint=f"did you mean {close[0]}?"
+            if close
+            else "check the agency id, or pass the --data-dir that holds its keystore",
         )
     return path
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -41,6 +42,18 @@ def duration(text: str) -> int:
     if m is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 24h or 7d")
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def any_case(values: list[str]) -> Callable[[str], str]:
+    """An argparse type for ``choices=values`` that takes any case: ``restricted`` is
+    ``RESTRICTED``. What matches none is left as typed, for argparse to refuse with the
+    choices."""
+    canonical = {v.casefold(): v for v in values}
+
+    def parse(text: str) -> str:
+        return canonical.get(text.casefold(), text)
+
+    return parse
 
 
 def labels_from_args(args: argparse.Namespace) -> Labels:
@@ -79,14 +92,27 @@ def labels_from_args(args: argparse.Namespace) -> Labels:
 
 
 def add_label_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--topic", required=True, choices=TOPICS, help="what the bulletin is about")
+    p.add_argument(
+        "--topic",
+        required=True,
+        type=any_case(list(TOPICS)),
+        choices=TOPICS,
+        help="what the bulletin is about",
+    )
     p.add_argument(
         "--classification",
         required=True,
+        type=any_case([c.value for c in Classification]),
         choices=[c.value for c in Classification],
         help="protective marking, checked against each recipient's clearance",
     )
-    p.add_argument("--tlp", required=True, choices=[t.value for t in Tlp], help="TLP 2.0 level")
+    p.add_argument(
+        "--tlp",
+        required=True,
+        type=any_case([t.value for t in Tlp]),
+        choices=[t.value for t in Tlp],
+        help="TLP 2.0 level",
+    )
     p.add_argument(
         "--rel-to",
         action="append",
@@ -106,6 +132,7 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precedence",
         default="ROUTINE",
+        type=any_case([x.value for x in Precedence]),
         choices=[x.value for x in Precedence],
         help="delivery precedence (default ROUTINE); FLASH goes first",
     )

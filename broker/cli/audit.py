@@ -112,6 +112,8 @@ def _iso(ms: int) -> str:
 def _line(e: LogEntry) -> str:
     ev = e.event()
     text = f"{e.index:>8}  {_iso(ev['time'])}  {ev['type']:<18} {ev['actor']} -> {ev['subject']}"
+    if ev.get("bulletin_id"):
+        text += f"  bulletin {ev['bulletin_id']}"
     if ev.get("reason"):
         text += f"  [{ev['reason']}]"
     if ev.get("data"):
@@ -154,8 +156,10 @@ def tail_command(args: argparse.Namespace) -> int:
     with _local(args) as local:
         entries = local.log.tail(n)
         _record(local, "tail", {"n": n, "follow": bool(args.follow)}, len(entries))
+        # --json: one entry per line (JSON Lines), so --follow can stream them.
+        show = (lambda e: json.dumps(_entry_json(e))) if args.json else _line
         for e in entries:
-            print(_line(e), flush=True)
+            print(show(e), flush=True)
         if not args.follow:
             return 0
         last = entries[-1].index if entries else -1
@@ -163,7 +167,7 @@ def tail_command(args: argparse.Namespace) -> int:
             while True:
                 time.sleep(FOLLOW_POLL_S)
                 for e in local.log.search(EntryFilter(after_index=last, limit=MAX_PAGE)):
-                    print(_line(e), flush=True)
+                    print(show(e), flush=True)
                     last = e.index
         except KeyboardInterrupt:
             return 0

@@ -406,6 +406,9 @@ def _audit_commands(sub: Any) -> None:
     add_data_dir(c)
     c.add_argument("-n", type=int, default=20, help="how many entries (default 20, max 1000)")
     c.add_argument("--follow", action="store_true", help="then print new entries until Ctrl-C")
+    c.add_argument(
+        "--json", action="store_true", help="one JSON object per entry and line (JSON Lines)"
+    )
     c.set_defaults(func=_lazy("cli.audit", "tail_command"))
 
     c = cmds.add_parser(

@@ -28,7 +28,7 @@ from schemas.audit import AuditEvent
 from schemas.canonical import b64d, b64e, canonical_json
 from schemas.keys import SigningKey, VerifyKey
 from schemas.treehead import TreeHead, parse_signed_tree_head, sign_tree_head
-from tests.stackproc import ISTMO, UpProcess, interrupt, run_cli
+from tests.stackproc import ISTMO, UpProcess, interrupt, publish_args, run_cli
 from tests.waiting import eventually_sync
 
 ALARM = 3
@@ -433,3 +433,23 @@ def test_the_log_key_is_its_own(up: UpProcess) -> None:
     r = run_cli("audit", "verify", data_dir=up.data_dir)
     assert r.returncode == 0, r.stderr
     assert f"(key {VerifyKey(pub).kid})" in r.stdout
+
+
+def test_tail_json_and_the_bulletin_in_text_lines(up: UpProcess) -> None:
+    d = up.data_dir
+    sent = run_cli("publish", "--as", "gt-police", *publish_args("t", "b"), "--json", data_dir=d)
+    assert sent.returncode == 0, sent.stderr
+    bid = json.loads(sent.stdout)["id"]
+
+    def routed_lines() -> list[str]:
+        r = run_cli("audit", "search", "--type", "bulletin.routed", "--bulletin", bid, data_dir=d)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.splitlines()
+
+    lines = eventually_sync(routed_lines, what="the bulletin's routed entries", interval=0.2)
+    assert all(f"  bulletin {bid}  " in line for line in lines), lines
+    tail = run_cli("audit", "tail", "-n", "3", "--json", data_dir=d)
+    assert tail.returncode == 0, tail.stderr
+    entries = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert len(entries) == 3
+    assert {"index", "leaf_hash", "entry"} == set(entries[0])
