@@ -13,7 +13,14 @@ from clients.keystore import ask_passphrase, load_keystore, resolve_keystore_pat
 from clients.sdk import IstmoClient
 from schemas.errors import ConfigError
 
-__all__ = ["DEFAULT_DATA_DIR", "add_agency_args", "add_data_dir_arg", "connect", "nats_url"]
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "add_agency_args",
+    "add_data_dir_arg",
+    "add_passphrase_file_arg",
+    "connect",
+    "nats_url",
+]
 
 DEFAULT_DATA_DIR = Path(".istmo")
 
@@ -36,10 +43,21 @@ def add_agency_args(p: argparse.ArgumentParser) -> None:
         metavar="AGENCY",
         help="an agency id (its keystore in DATA_DIR/keys) or the path of a keystore file",
     )
+    add_passphrase_file_arg(p)
     p.add_argument(
         "--nats-url",
         default=os.environ.get("ISTMO_NATS_URL"),
         help="NATS to connect to (default: the one `istmo up` runs for --data-dir)",
+    )
+
+
+def add_passphrase_file_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help="a protected keystore's passphrase: the first line of FILE (default: "
+        "$ISTMO_PASSPHRASE_FILE, else asked on the terminal)",
     )
 
 
@@ -69,5 +87,5 @@ def nats_url(args: argparse.Namespace, keystore_path: Path, ask: Callable[[], st
 async def connect(args: argparse.Namespace) -> IstmoClient:
     """The SDK client of ``--as``, connected to NATS."""
     path = resolve_keystore_path(args.who, args.data_dir)
-    ask = ask_passphrase(path)
+    ask = ask_passphrase(path, args.passphrase_file)
     return await IstmoClient.connect(path, nats_url(args, path, ask), passphrase=ask)

@@ -171,7 +171,7 @@ def _keystore(args: argparse.Namespace) -> KeystoreFile:
             "(scope audit:read)"
         )
     path = resolve_keystore_path(args.who, args.data_dir)
-    return load_keystore(path, ask_passphrase(path))
+    return load_keystore(path, ask_passphrase(path, args.passphrase_file))
 
 
 def _url(text: str) -> str:
@@ -243,6 +243,13 @@ def _remote_options(parser: argparse.ArgumentParser, *, alone: bool) -> None:
         help="where --as finds an agency's keystore (default ./.istmo, or $ISTMO_DATA_DIR)",
     )
     _add(parser, "--log-key", type=Path, help="the log's public key (log.pub) to pin")
+    _add(
+        parser,
+        "--passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help="with --from-url: the auditor keystore's passphrase, the first line of FILE",
+    )
 
 
 def _route(parser: argparse.ArgumentParser, remote: Callable[[argparse.Namespace], Any]) -> None:

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from clients.agency_flags import add_data_dir_arg
+from clients.agency_flags import add_data_dir_arg, add_passphrase_file_arg
 from clients.keystore import ask_passphrase, load_keystore, resolve_keystore_path
 from schemas.errors import ConfigError
 
@@ -40,7 +40,7 @@ async def _console_login(args: argparse.Namespace) -> int:
     from clients.oauth import IstmoHttp
 
     path = resolve_keystore_path(args.who, args.data_dir)
-    keystore = load_keystore(path, ask_passphrase(path))
+    keystore = load_keystore(path, ask_passphrase(path, args.passphrase_file))
     base = _api_url(args)
     async with IstmoHttp(base, keystore, timeout=args.timeout) as http:
         answer = await http.post(CONSOLE_LINK_PATH, json={})
@@ -75,6 +75,7 @@ def add_console_parser(sub: Any) -> None:
         metavar="WHO",
         help="an auditor's or administrator's id (its keystore in DATA_DIR/keys) or keystore file",
     )
+    add_passphrase_file_arg(c)
     c.add_argument("--url", help="the broker's API URL (default: the one `istmo up` runs)")
     c.add_argument("--no-open", action="store_true", help="print the link only")
     c.add_argument("--timeout", type=float, default=10.0, help="seconds per request")

@@ -27,7 +27,7 @@ MIN_PASSPHRASE_CHARS = 12
 async def _rotate(args: argparse.Namespace) -> int:
     path = resolve_keystore_path(args.who, args.data_dir)
     protected = isinstance(parse_any_keystore(path.read_bytes()), ProtectedKeystore)
-    secret = ask_passphrase(path)() if protected else None
+    secret = ask_passphrase(path, args.passphrase_file)() if protected else None
     client = await IstmoClient.connect(
         path, nats_url(args, path, lambda: secret or ""), passphrase=secret
     )
@@ -79,7 +79,11 @@ def add_keys_parser(sub: Any) -> None:
     )
     add_data_dir_arg(c)
     c.add_argument("--as", dest="who", required=True, metavar="AGENCY")
-    c.add_argument("--passphrase-file", help="read the new passphrase from this file")
+    c.add_argument(
+        "--passphrase-file",
+        help="read the new passphrase from this file (the current one, if the keystore is "
+        "protected already: $ISTMO_PASSPHRASE_FILE or the terminal)",
+    )
     c.set_defaults(func=_protect)
 
     c = keys.add_parser(

@@ -63,21 +63,29 @@ def passphrase_from_env() -> str | None:
     name = os.environ.get("ISTMO_PASSPHRASE_FILE")
     if not name:
         return None
+    return _first_line(Path(name), "ISTMO_PASSPHRASE_FILE")
+
+
+def _first_line(path: Path, named_by: str) -> str:
     try:
-        with open(name, encoding="utf-8") as f:
+        with path.open(encoding="utf-8") as f:
             return f.readline().rstrip("\n")
     except OSError as exc:
-        raise ConfigError(f"cannot read ISTMO_PASSPHRASE_FILE {name}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {named_by} {path}: {exc.strerror}") from exc
 
 
-def ask_passphrase(path: Path) -> Callable[[], str]:
-    """A function that gets the passphrase of the protected keystore ``path``: from the file
-    named by ``ISTMO_PASSPHRASE_FILE`` if set, else asked on the terminal.
+def ask_passphrase(path: Path, file: Path | str | None = None) -> Callable[[], str]:
+    """A function that gets the passphrase of the protected keystore ``path``: from ``file``
+    (``--passphrase-file``; its first line) if given, else from the file named by
+    ``ISTMO_PASSPHRASE_FILE`` if set, else asked on the terminal.
 
-    The function raises ConfigError when there is neither (no terminal to ask on).
+    The function raises ConfigError when there is none of them (no terminal to ask on), or
+    ``file`` cannot be read.
     """
 
     def ask() -> str:
+        if file is not None:
+            return _first_line(Path(file), "--passphrase-file")
         env = passphrase_from_env()
         if env is not None:
             return env
@@ -91,7 +99,8 @@ def ask_passphrase(path: Path) -> Callable[[], str]:
 def _passphrase_needed(path: Path) -> ConfigError:
     return ConfigError(
         f"keystore {path} is protected by a passphrase",
-        hint="run interactively, or set ISTMO_PASSPHRASE_FILE to a file that holds it",
+        hint="run interactively, or give --passphrase-file (or set ISTMO_PASSPHRASE_FILE to) "
+        "a file that holds it",
     )
 
 

@@ -185,6 +185,13 @@ def _change_json(c: Any) -> dict[str, Any]:
 def adopt_command(args: argparse.Namespace) -> int:
     data = _open(args)
     registry, d = data.registry, data.directory
+    if not Path(args.dir).is_dir():
+        active = active_policy_dir(data.settings, registry)
+        raise ConfigError(
+            f"no policy directory {args.dir}",
+            hint=f"start from a copy of the set in force: cp -r {active} {args.dir}; "
+            f"edit it, then `istmo policy check {args.dir}`",
+        )
     who = operator_name()
     try:
         done = adopt(

@@ -175,3 +175,20 @@ def test_protected_keystore_from_the_command_line(up: UpProcess, tmp_path: Path)
     )
     assert opened.returncode == 1  # nothing to receive, but it connected
     assert "received 0 of 1" in opened.stderr
+    # The same with --passphrase-file, the environment unset.
+    flagged = subprocess.run(
+        [*args, "--passphrase-file", str(secret)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        check=False,
+    )
+    assert flagged.returncode == 1  # nothing to receive, but it connected
+    assert "received 0 of 1" in flagged.stderr
+    status = subprocess.run(
+        [ISTMO, "status", "--as", "ni-foreign", "--data-dir", str(d), "--passphrase-file",
+         str(secret), "00000000-0000-4000-8000-000000000000"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env, check=False,
+    )  # fmt: skip
+    assert "no bulletin of yours" in status.stderr  # it connected and asked
