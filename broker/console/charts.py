@@ -17,7 +17,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-__all__ = ["Chart", "hbars", "render_all", "vbars"]
+__all__ = ["Chart", "axis", "hbars", "render_all", "vbars"]
 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 MAX_SERIES = 8  # more are folded into "other"
@@ -39,11 +39,18 @@ def _fold(series: Sequence[str], totals: Mapping[str, int]) -> list[str]:
     return ranked[:MAX_SERIES]
 
 
-def _nice_max(v: int) -> int:
-    if v <= 5:
-        return max(v, 1)
-    step: int = 10 ** (len(str(v)) - 1)
-    return ((v + step - 1) // step) * step
+def axis(v: int) -> tuple[int, int]:
+    """The top of an axis for values up to ``v`` and its tick step: a step of 1, 2 or 5
+    times a power of ten, at most 5 steps, so every tick is a distinct whole number."""
+    v = max(v, 1)
+    magnitude = 1
+    while True:
+        for m in (1, 2, 5):
+            step = m * magnitude
+            steps = -(-v // step)  # ceil
+            if steps <= 5:
+                return steps * step, step
+        magnitude *= 10
 
 
 def _legend(series: Sequence[str], x: int, y: int) -> list[str]:
@@ -68,7 +75,7 @@ def vbars(
     plot_w = width - left - legend_w - 20
     plot_h = height - bottom - top
     totals = [sum(values.get(c, {}).get(s, 0) for s in series) for c in categories]
-    vmax = _nice_max(max(totals, default=1))
+    vmax, step = axis(max(totals, default=1))
     n = max(1, len(categories))
     slot = plot_w / n
     bar = max(2.0, min(40.0, slot * 0.7))
@@ -77,9 +84,8 @@ def vbars(
         f'aria-labelledby="{cid}-t {cid}-d" class="chart-svg">',
         f'<title id="{cid}-t">{escape(title)}</title><desc id="{cid}-d">{escape(desc)}</desc>',
     ]
-    for k in range(5):
-        v = vmax * k // 4
-        y = top + plot_h - plot_h * k / 4
+    for v in range(0, vmax + 1, step):
+        y = top + plot_h - plot_h * v / vmax
         parts.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
         )
@@ -124,7 +130,7 @@ def hbars(
     plot_w = width - left - right - legend_w
     height = max(top * 2 + row_h * len(categories) + 20, top * 2 + 18 * len(series))
     totals = [sum(values.get(c, {}).get(s, 0) for s in series) for c in categories]
-    vmax = _nice_max(max(totals, default=1))
+    vmax, _step = axis(max(totals, default=1))
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
         f'aria-labelledby="{cid}-t {cid}-d" class="chart-svg">',
@@ -178,14 +184,17 @@ def render_all(stats: Mapping[str, Any], _: Callable[..., str]) -> list[Chart]:
     denials: Mapping[str, Mapping[str, int]] = stats["denials"]
     reason_totals = {r: sum(d.get(r, 0) for d in denials.values()) for r in stats["reasons"]}
     reasons = _fold(stats["reasons"], reason_totals)
-    agencies = sorted(denials, key=lambda a: (-sum(denials[a].values()), a))[:MAX_ROWS]
+    ranked = sorted(denials, key=lambda a: (-sum(denials[a].values()), a))
+    agencies = ranked[:MAX_ROWS]  # the chart; the table has every agency
     c = Chart("denials", _("charts.denials"), empty=not agencies)
     if agencies:
         desc = ", ".join(f"{a} {sum(denials[a].values())}" for a in agencies[:10])
         c.svg = hbars(c.id, c.title, desc, agencies, reasons, denials)
+        if len(ranked) > len(agencies):
+            c.note = _("charts.top", shown=len(agencies), total=len(ranked))
         c.table = {
             "head": [_("log.agency"), *reasons],
-            "rows": [[a, *(denials[a].get(r, 0) for r in reasons)] for a in agencies],
+            "rows": [[a, *(denials[a].get(r, 0) for r in reasons)] for a in ranked],
         }
     charts.append(c)
 

@@ -55,6 +55,14 @@ _EN: dict[str, str] = {
     "home.auditor": "Read and verify the audit log: entries, signed tree heads, pictures "
     "and the path of one bulletin.",
     "home.admin": "Manage agencies and policies.",
+    "home.integrity": "Check that the log is whole: signed tree heads, consistency between "
+    "two of them, and a full verification.",
+    "home.charts": "Pictures of the traffic: bulletins per day, denials per agency, time to "
+    "acknowledge. Empty until bulletins have been published.",
+    "home.flow": "The path of one bulletin, from publication to each receipt: give its id. "
+    "Empty until bulletins have been published.",
+    "charts.top": "The chart shows the {shown} agencies with the most denials, of {total}; the "
+    "table lists all of them.",
     "log.title": "Audit log",
     "log.filters": "Filters",
     "log.agency": "Agency",
@@ -205,6 +213,14 @@ _ES: dict[str, str] = {
     "home.auditor": "Lea y verifique el registro de auditoría: entradas, cabeceras de árbol "
     "firmadas, gráficos y el recorrido de un boletín.",
     "home.admin": "Gestione agencias y políticas.",
+    "home.integrity": "Compruebe que el registro está completo: cabeceras de árbol firmadas, "
+    "consistencia entre dos de ellas y una verificación completa.",
+    "home.charts": "Gráficos del tráfico: boletines por día, denegaciones por agencia, tiempo "
+    "hasta el acuse. Vacíos hasta que se publiquen boletines.",
+    "home.flow": "El recorrido de un boletín, de la publicación a cada acuse: indique su id. "
+    "Vacío hasta que se publiquen boletines.",
+    "charts.top": "El gráfico muestra las {shown} agencias con más denegaciones, de {total}; la "
+    "tabla las lista todas.",
     "log.title": "Registro de auditoría",
     "log.filters": "Filtros",
     "log.agency": "Agencia",

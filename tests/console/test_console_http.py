@@ -121,6 +121,9 @@ async def test_logout_needs_csrf(auditor: httpx.AsyncClient, console_broker: Bro
     )
     assert (await auditor.get("/console/log")).status_code == 200  # still signed in
     page = await auditor.get("/console/")
+    cards = page.text.split('<ul class="cards">')[1].split("</ul>")[0].split("<li>")[1:]
+    assert len(cards) == 4
+    assert all("<p>" in card for card in cards)  # every card says what is behind it
     r = await auditor.post("/console/logout", data={"csrf": csrf_of(page.text)})
     assert r.status_code == 303
     assert events_of(console_broker, "console.logout", after)[-1].actor == "auditor"
