@@ -27,6 +27,7 @@ from broker.api.context import (
     AUTHED,
     ApiProblem,
     ApiState,
+    WholeNumber,
     json_body,
     parse_json,
     problem_responses,
@@ -393,7 +394,7 @@ def admin_router(state: ApiState) -> APIRouter:
     )
     def agencies(
         _who: Admin,
-        limit: Annotated[int, Query(ge=1, le=2**31)] = 100,
+        limit: Annotated[WholeNumber, Query(ge=1, le=2**31)] = 100,
         after: Annotated[str | None, Query(max_length=32, pattern=AGENCY_ID_PATTERN)] = None,
     ) -> dict[str, Any]:
         size = min(limit, limits.max_page_size)

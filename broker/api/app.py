@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -32,6 +32,8 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from broker.api.admin import admin_router
 from broker.api.audit import audit_router
@@ -243,10 +245,32 @@ def _add_exception_handlers(app: FastAPI) -> None:
         return problem(422, "invalid_request", f"{where}: {first.get('msg', 'not valid')}"[:300])
 
     @app.exception_handler(StarletteHTTPException)
-    def on_http(_request: Request, exc: StarletteHTTPException) -> Response:
+    def on_http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "no_such_route", 405: "method_not_allowed"}.get(exc.status_code, "http")
         detail = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
-        return problem(exc.status_code, code, detail, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route matching the path only; a path
+            # served by several routes (GET in one, POST in another) allows them all.
+            headers["Allow"] = ", ".join(allowed_methods(request.app.routes, request.scope))
+        return problem(exc.status_code, code, detail, headers=headers)
+
+
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
+    """Every method some route serves at the request's path (HEAD with GET), sorted: each
+    method is tried against every route's public ``matches`` (FastAPI nests included
+    routers, so the routes themselves cannot simply be listed)."""
+    methods = {
+        m
+        for m in _METHODS
+        if any(route.matches({**scope, "method": m})[0] is Match.FULL for route in routes)
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def _auth_problem(request: Request, exc: AuthError) -> ApiProblem:

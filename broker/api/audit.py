@@ -31,7 +31,15 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
-from broker.api.context import AUTHED, BODY_MODELS, ApiProblem, ApiState, problem_responses, require
+from broker.api.context import (
+    AUTHED,
+    BODY_MODELS,
+    ApiProblem,
+    ApiState,
+    WholeNumber,
+    problem_responses,
+    require,
+)
 from broker.api.oauth import Caller
 from broker.audit import events
 from broker.audit.log import (
@@ -56,15 +64,16 @@ MAX_INT = 2**53 - 1  # the largest size, index or time a query may name
 _T = TypeVar("_T")
 
 Auditor = Annotated[Caller, require("audit:read")]
-Size = Annotated[int, Query(ge=0, le=MAX_INT)]
+Size = Annotated[WholeNumber, Query(ge=0, le=MAX_INT)]
 AfterIndex = Annotated[
-    int, Query(ge=-1, le=MAX_INT, description="Entries after this index (-1: from the start)")
+    WholeNumber,
+    Query(ge=-1, le=MAX_INT, description="Entries after this index (-1: from the start)"),
 ]
 Limit = Annotated[
-    int,
+    WholeNumber,
     Query(ge=1, le=MAX_INT, description=f"Entries per page; above {MAX_PAGE} it is capped"),
 ]
-EpochMs = Annotated[int | None, Query(ge=0, le=MAX_INT, description="Epoch milliseconds")]
+EpochMs = Annotated[WholeNumber | None, Query(ge=0, le=MAX_INT, description="Epoch milliseconds")]
 
 _HEAD_DOC = {
     "description": "The SignedTreeHead document, byte for byte as the log signed and stored it",
@@ -210,7 +219,9 @@ def audit_router(state: ApiState) -> APIRouter:
         response_model=AuditEntry,
         responses=problem_responses(404, *AUTHED),
     )
-    def entry(who: Auditor, index: Annotated[int, PathParam(ge=0, le=MAX_INT)]) -> dict[str, Any]:
+    def entry(
+        who: Auditor, index: Annotated[WholeNumber, PathParam(ge=0, le=MAX_INT)]
+    ) -> dict[str, Any]:
         got = opened().entry(index)
         record(who, "entry", {"index": index}, 0 if got is None else 1)
         if got is None:
@@ -281,7 +292,7 @@ def audit_router(state: ApiState) -> APIRouter:
     )
     def tree_heads(
         who: Auditor,
-        after_size: Annotated[int, Query(ge=-1, le=MAX_INT)] = -1,
+        after_size: Annotated[WholeNumber, Query(ge=-1, le=MAX_INT)] = -1,
         limit: Limit = 100,
     ) -> dict[str, Any]:
         size = min(limit, MAX_PAGE)
@@ -321,7 +332,9 @@ def audit_router(state: ApiState) -> APIRouter:
         response_class=Response,
         responses={200: _HEAD_DOC, **problem_responses(404, *AUTHED)},
     )
-    def tree_head(who: Auditor, tree_size: Annotated[int, PathParam(ge=0, le=MAX_INT)]) -> Response:
+    def tree_head(
+        who: Auditor, tree_size: Annotated[WholeNumber, PathParam(ge=0, le=MAX_INT)]
+    ) -> Response:
         return head_document(who, tree_size)
 
     @router.get(

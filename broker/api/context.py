@@ -9,6 +9,7 @@ Left to others: the endpoints (``broker.api.app``, ``broker.api.admin``), the ou
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.security import OAuth2, SecurityScopes
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from broker.api.guard import ApiLimits, Metrics, Problem, RateLimiter
 from broker.api.oauth import TOKEN_PATH, Caller, TokenAuthority
@@ -34,6 +35,7 @@ __all__ = [
     "AUTHED",
     "ApiProblem",
     "ApiState",
+    "WholeNumber",
     "caller",
     "json_body",
     "parse_json",
@@ -44,6 +46,19 @@ __all__ = [
 ]
 
 log = logging.getLogger("istmo.api")
+
+
+def _integral(value: object) -> object:
+    """``5457.0`` in a query or path is the integer 5457, as JSON Schema's ``integer`` (which
+    the OpenAPI document says) allows; ``5457.5`` stays refused."""
+    if isinstance(value, str) and _INTEGRAL.fullmatch(value):
+        return value.split(".", 1)[0]
+    return value
+
+
+_INTEGRAL = re.compile(r"-?[0-9]{1,20}\.0{1,20}")
+# An integer query or path parameter: whole numbers written with a zero fraction pass too.
+WholeNumber = Annotated[int, BeforeValidator(_integral)]
 
 SCOPE_HELP = {
     "bulletins:publish": "resolve recipients and explain decisions before publishing",

@@ -195,6 +195,12 @@ async def test_pages_are_capped_at_1000_and_walk_the_whole_log(
     assert small["next_after_index"] == 13
     for bad in ({"limit": 0}, {"after_index": -2}, {"limit": 2**60}, {"limit": "x"}):
         assert_problem(await client.get("/v1/audit/entries", params=bad, headers=auditor), 422)
+    # JSON Schema's integer (what the OpenAPI document says) includes 3.0, not 3.5.
+    whole = await get(client, auditor, "/v1/audit/entries", after_index="10.0", limit="3.00")
+    assert [e["index"] for e in whole["entries"]] == [11, 12, 13]
+    assert (await get(client, auditor, "/v1/audit/entries/3.0"))["index"] == 3
+    for bad in ({"limit": "3.5"}, {"limit": "3."}, {"limit": "1e3"}):
+        assert_problem(await client.get("/v1/audit/entries", params=bad, headers=auditor), 422)
 
 
 async def test_an_entry_is_the_exact_bytes_its_leaf_hash_covers(
