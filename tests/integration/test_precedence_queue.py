@@ -6,11 +6,12 @@ Istmo before ADR 7 queued on ``istmo.deliver.<agency>`` is still received after 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from broker.runtime.health import retention_checks
 from broker.runtime.stack import Stack
 from clients.sdk import IstmoClient, ReceivedBulletin
 from schemas.envelope import Content
@@ -20,12 +21,15 @@ from schemas.subjects import (
     DELIVER_STREAM,
     deliver_durable,
     deliver_durables,
+    deliver_subject,
     legacy_deliver_subject,
     urgent_durable,
 )
+from tests.conftest import NatsStack
 from tests.integration.stack_inproc import client, nats_url, running_stack
 from tests.waiting import eventually
 
+NatsStackFactory = Callable[[list[str]], Awaitable[NatsStack]]  # conftest's nats_stack
 PUBLISHER = "hn-police"
 RECIPIENT = "ni-police"
 
@@ -176,3 +180,15 @@ async def test_deliveries_an_older_istmo_queued_survive_the_upgrade(tmp_path: Pa
         async with await client(stack, RECIPIENT) as ni:
             assert await ni.receive(app, count=1, timeout=30) == 1
         assert got == [env.header.bulletin_id]
+
+
+async def test_health_counts_what_waits_on_either_consumer(nats_stack: NatsStackFactory) -> None:
+    stack = await nats_stack([RECIPIENT])
+    relay = await stack.connect_relay()
+    js = relay.jetstream(timeout=5)
+    await js.publish(deliver_subject(RECIPIENT, Precedence.FLASH), b"urgent")
+    await js.publish(deliver_subject(RECIPIENT, Precedence.ROUTINE), b"routine")
+    await js.publish(legacy_deliver_subject(RECIPIENT), b"queued by an older Istmo")
+    _, check = await retention_checks(js, [RECIPIENT], now=time.time() + 600)
+    assert check.name == f"retention.{RECIPIENT}"
+    assert check.detail.startswith(f"{RECIPIENT}: 3 deliveries waiting, the oldest for 10 min")
