@@ -39,6 +39,7 @@ __all__ = [
     "inbox_prefix",
     "ingest_msg_id",
     "ingest_subject",
+    "is_delivery_to",
     "legacy_deliver_subject",
     "precedence_of_delivery",
     "receipt_subject",
@@ -165,6 +166,14 @@ def agency_of_delivery(subject: str) -> AgencyId:
     if len(parts) == 4:
         precedence_of_delivery(subject)
     return agency
+
+
+def is_delivery_to(subject: str, agency: str) -> bool:
+    """Whether ``subject`` is a delivery subject of ``agency`` (per precedence, or legacy)."""
+    try:
+        return agency_of_delivery(subject) == agency
+    except EnvelopeError:
+        return False
 
 
 def precedence_of_delivery(subject: str) -> Precedence | None:

@@ -61,9 +61,9 @@ from schemas.subjects import (
     DELIVER_STREAM,
     INGEST_STREAM,
     agency_of_deliver_durable,
-    agency_of_delivery,
     deliver_subject,
     gated_subject,
+    is_delivery_to,
 )
 
 __all__ = [
@@ -159,14 +159,6 @@ async def ensure_dead_letters(js: JetStreamContext) -> None:
         ) from exc
 
 
-def _delivers_to(subject: str | None, agency: str) -> bool:
-    """Whether ``subject`` is a delivery to ``agency`` (per precedence, or legacy)."""
-    try:
-        return agency_of_delivery(subject or "") == agency
-    except EnvelopeError:
-        return False
-
-
 def _precedence_of(data: bytes | None) -> Precedence:
     """The precedence of an envelope; ROUTINE if it does not parse (its recipient's SDK
     refuses such a message anyway)."""
@@ -219,7 +211,7 @@ async def handle_advisory(
         msg = await js.get_msg(DELIVER_STREAM, seq)
     except NotFoundError:
         msg = None
-    if msg is None or not _delivers_to(msg.subject, agency):
+    if msg is None or not is_delivery_to(msg.subject or "", agency):
         # Gone (max age) before it could be copied: record that, loudly.
         reason = "message_gone"
         log.error("dead letter deliver seq %d for %s is no longer in the stream", seq, agency)

@@ -48,11 +48,11 @@ from broker.bus.batch import Message
 from broker.bus.streams import add_or_update_stream, bus_unavailable
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.store.registry import Registry
-from schemas.errors import ConfigError, EnvelopeError, IstmoError
+from schemas.errors import ConfigError, IstmoError
 from schemas.ids import parse_bulletin_id
 from schemas.labels import Precedence
 from schemas.sealing import envelope_digest, parse_envelope
-from schemas.subjects import DELIVER_STREAM, agency_of_delivery, deliver_subject
+from schemas.subjects import DELIVER_STREAM, deliver_subject, is_delivery_to
 
 __all__ = [
     "ARCHIVE_STREAM",
@@ -188,20 +188,13 @@ async def _present(
                 msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
                 bid, _, rest = msg_id.partition(":")
                 agency = rest.split(":", 1)[0]
-                if bid and agency and _delivers_to(msg.subject, agency):
+                if bid and agency and is_delivery_to(msg.subject, agency):
                     present.add((bid, agency))
             if msgs and msgs[-1].metadata.num_pending == 0:
                 break
     finally:
         await sub.unsubscribe()
     return present
-
-
-def _delivers_to(subject: str, agency: str) -> bool:
-    try:
-        return agency_of_delivery(subject) == agency
-    except EnvelopeError:
-        return False
 
 
 def _precedence(raw: bytes) -> Precedence:

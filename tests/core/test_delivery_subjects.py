@@ -15,6 +15,7 @@ from schemas.subjects import (
     deliver_durables,
     deliver_filter_subjects,
     deliver_subject,
+    is_delivery_to,
     legacy_deliver_subject,
     precedence_of_delivery,
     urgent_durable,
@@ -48,6 +49,9 @@ def test_the_urgent_consumer_is_drained_first_and_the_other_reads_the_legacy_sub
     assert legacy not in deliver_filter_subjects("urgent-gt-police")
     assert precedence_of_delivery(legacy) is None
     assert agency_of_delivery(legacy) == "gt-police"
+    assert is_delivery_to(legacy, "gt-police")
+    assert not is_delivery_to(legacy, "gtx")
+    assert not is_delivery_to("istmo.deliver.gt-police.urgent", "gt-police")
 
 
 @pytest.mark.parametrize("agency", ["gt-police", "urgent-gtx", "deliver-gtx", "abc"])
