@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 
@@ -31,14 +32,20 @@ from schemas.errors import EnvelopeError
 from schemas.labels import Precedence
 from schemas.subjects import deliver_durables, deliver_next_subject, precedence_of_delivery
 
-__all__ = ["PROBE_TIMEOUT_S", "DeliveryQueues", "by_precedence"]
+__all__ = ["PROBE_TIMEOUT_S", "SILENT_RETRY_S", "DeliveryQueues", "by_precedence"]
 
 # A no_wait pull is answered at once; this only bounds the wait for an answer that is lost
 # (a reconnect). Nothing fetched is lost either way: a late answer is kept for later.
 PROBE_TIMEOUT_S = 5.0
+# A consumer that did not answer is asked again only after this long: a broker older than
+# ADR 7 has no urgent consumer (and forbids the pull), which must not cost every round
+# PROBE_TIMEOUT_S.
+SILENT_RETRY_S = 60.0
 # How long past its expiry a wait on an idle queue counts as still open without its end.
 _EXPIRY_MARGIN_S = 1.0
 _HEARTBEAT = "100"  # a status that does not end a pull
+
+log = logging.getLogger("istmo.sdk")
 _ORDER = tuple(Precedence)
 
 
@@ -81,6 +88,7 @@ class DeliveryQueues:
         self._probes: set[str] = set()  # reply subjects of no_wait pulls not yet ended
         # consumer -> (reply subject, when it ends) of its open wait for one message
         self._waits: dict[str, tuple[str, float]] = {}
+        self._silent_until: dict[str, float] = {}  # consumer -> when to ask it again
         self._arrived = asyncio.Event()
         self._count = 0
 
@@ -171,14 +179,20 @@ class DeliveryQueues:
                 async with asyncio.timeout(remaining):
                     await self._arrived.wait()
 
+    def _silent(self, durable: str) -> bool:
+        return self._silent_until.get(durable, 0.0) > time.monotonic()
+
     async def _now(self, durable: str, want: int) -> list[Msg]:
         """What ``durable`` holds now, up to ``want``, without waiting for more."""
         held = self._held[durable]
-        if len(held) < want:
+        if len(held) < want and not self._silent(durable):
             reply = await self._pull(durable, want - len(held), expires_s=None)
             await self._until(
                 lambda: reply not in self._probes or len(held) >= want, PROBE_TIMEOUT_S
             )
+            if reply in self._probes and not held:
+                log.warning("no answer from delivery consumer %s; asking it less often", durable)
+                self._silent_until[durable] = time.monotonic() + SILENT_RETRY_S
             self._probes.discard(reply)
         return self._pop(durable, want)
 
@@ -191,6 +205,8 @@ class DeliveryQueues:
         for durable in self._durables:
             if durable in self._waits and self._waits[durable][1] >= now:
                 continue  # still open: one at a time
+            if self._silent(durable):
+                continue
             await self._pull(durable, 1, expires_s=wait)
         await self._until(lambda: any(self._held.values()), wait)
         got: list[Msg] = []
