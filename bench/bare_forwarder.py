@@ -25,6 +25,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from broker.bus.batch import Message, publish_batch
+from schemas.labels import Precedence
 from schemas.subjects import (
     AUDIT_STREAM,
     DELIVER_STREAM,
@@ -59,7 +60,10 @@ async def forward(url: str, seed: str, recipients: list[str]) -> None:
         deliveries, events = [], []
         for msg in msgs:
             seq = msg.metadata.sequence.stream
-            deliveries += [Message(deliver_subject(r), msg.data, f"{seq}:{r}") for r in recipients]
+            deliveries += [
+                Message(deliver_subject(r, Precedence.ROUTINE), msg.data, f"{seq}:{r}")
+                for r in recipients
+            ]
             event = b'{"type":"bulletin.accepted","seq":%d}' % seq
             events.append(Message("istmo.audit.bench", event, f"audit:{seq}"))
         await asyncio.gather(

@@ -40,6 +40,7 @@ from bench.relay_rate import backlog_rate
 from bench.relay_throughput import five_recipients
 from bench.timing import phase
 from schemas.canonical import canonical_json
+from schemas.labels import Precedence
 from schemas.subjects import deliver_subject
 
 NAME = "growth"
@@ -165,7 +166,7 @@ async def seed_jetstream(
     op = await stack.operator()
     js = op.jetstream(timeout=30)
     body = b"x" * 2048
-    subject = deliver_subject(SINK)
+    subject = deliver_subject(SINK, Precedence.ROUTINE)
     stored = 0
     t = time.perf_counter()
     least, most = (time.monotonic() + s for s in budget_s)

@@ -44,7 +44,7 @@ from schemas.subjects import (
     DELIVER_STREAM,
     INGEST_STREAM,
     RELAY_INGEST_DURABLE,
-    deliver_durable,
+    deliver_durables,
 )
 
 __all__ = [
@@ -584,24 +584,24 @@ async def empty_queue(stack: BenchStack, client: IstmoClient, budget_s: float = 
     total = 0
     try:
         js = op.jetstream(timeout=10)
-        durable = deliver_durable(client.agency)
-        info = await js.consumer_info(DELIVER_STREAM, durable)
-        if not info.num_pending:
-            return 0
-        sub = await js.pull_subscribe_bind(durable, stream=DELIVER_STREAM)
         deadline = time.monotonic() + budget_s
-        while time.monotonic() < deadline:
-            try:
-                msgs = await sub.fetch(256, timeout=0.5)
-            except TimeoutError:
-                break  # nothing more to take (or only what another client holds unacked)
-            for m in msgs:
-                await m.ack()
-            total += len(msgs)
+        for durable in deliver_durables(client.agency):  # urgent-<agency>, deliver-<agency>
             info = await js.consumer_info(DELIVER_STREAM, durable)
             if not info.num_pending:
-                break
-        await sub.unsubscribe()
+                continue
+            sub = await js.pull_subscribe_bind(durable, stream=DELIVER_STREAM)
+            while time.monotonic() < deadline:
+                try:
+                    msgs = await sub.fetch(256, timeout=0.5)
+                except TimeoutError:
+                    break  # nothing more to take (or only what another client holds unacked)
+                for m in msgs:
+                    await m.ack()
+                total += len(msgs)
+                info = await js.consumer_info(DELIVER_STREAM, durable)
+                if not info.num_pending:
+                    break
+            await sub.unsubscribe()
     finally:
         await op.close()
     return total

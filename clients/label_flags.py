@@ -134,7 +134,8 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
         default="ROUTINE",
         type=any_case([x.value for x in Precedence]),
         choices=[x.value for x in Precedence],
-        help="delivery precedence (default ROUTINE); FLASH goes first",
+        help="delivery precedence (default ROUTINE); a recipient gets FLASH, then IMMEDIATE, "
+        "before PRIORITY and ROUTINE, even ahead of those waiting for it",
     )
     p.add_argument("--source-grade", metavar="A1..F6", help="Admiralty source/information grade")
     p.add_argument(

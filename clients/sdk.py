@@ -9,10 +9,11 @@ opened under its own key.
 Its parts live beside it, one concept each: the connection (``clients.connection``),
 requests to the broker and their typed replies (``clients.requests``, ``schemas.agency``),
 the SDK's errors and the one each error code raises (``clients.errors``), storing
-bulletins and receipts in JetStream (``clients.publishing``), opening a delivery
-(``clients.opening``), new keys (``clients.rotation``), the resolve answers it keeps
-while the relays' announcements say they hold (``clients.resolve_cache``, ADR 0009) and the
-values handed back (``clients.results``, importable from here too).
+bulletins and receipts in JetStream (``clients.publishing``), pulling deliveries most
+urgent first (``clients.queues``), opening a delivery (``clients.opening``), new keys
+(``clients.rotation``), the resolve answers it keeps while the relays' announcements say
+they hold (``clients.resolve_cache``, ADR 0009) and the values handed back
+(``clients.results``, importable from here too).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from clients.errors import PublishRejected, PublishUnacknowledged
 from clients.keystore import Passphrase, load_keystore, save_keystore
 from clients.opening import open_delivery, signing_key_of
 from clients.publishing import store_envelope, store_receipt
+from clients.queues import DeliveryQueues
 from clients.requests import REQUEST_TIMEOUT_S, ask, make_request
 from clients.resolve_cache import ResolveCache, Versions
 from clients.results import Preview, PublishResult, ReceiptReport, ReceivedBulletin
@@ -77,7 +79,7 @@ from schemas.keystore import KeystoreFile
 from schemas.labels import Labels
 from schemas.receipt import sign_receipt
 from schemas.sealing import envelope_digest, parse_envelope, seal
-from schemas.subjects import ANNOUNCE_SUBJECT, DELIVER_STREAM, deliver_durable
+from schemas.subjects import ANNOUNCE_SUBJECT
 
 __all__ = [
     "Handler",
@@ -518,6 +520,10 @@ class IstmoClient:
     ) -> int:
         """Hand verified bulletins to ``handler``, then ack and send a signed receipt.
 
+        Most urgent first: every round takes what waits at FLASH or IMMEDIATE before
+        anything at PRIORITY or ROUTINE, however long the agency was away, and hands a
+        batch over in precedence order (``clients.queues``, ADR 7).
+
         A bulletin is acknowledged only after ``handler`` returned, and its id is then
         remembered durably, so a redelivery never reaches ``handler`` twice. Waiting for
         bulletins that do not come is not an error: it ends at ``timeout`` or ``count``.
@@ -538,9 +544,8 @@ class IstmoClient:
             IstmoError: the directory lookup failed otherwise (its excerpt is not signed
                 by the pinned key, or the broker refused it); it stays likewise.
         """
-        sub = await self._js.pull_subscribe_bind(
-            deliver_durable(self.agency), stream=DELIVER_STREAM
-        )
+        queues = DeliveryQueues(self._nc, self.agency)
+        await queues.open()
         deadline = None if timeout is None else time.monotonic() + timeout
         handed = 0
         try:
@@ -550,10 +555,7 @@ class IstmoClient:
                 if wait <= 0:
                     break
                 want = batch if count is None else max(1, min(batch, count - handed))
-                try:
-                    msgs = await sub.fetch(want, timeout=wait)
-                except TimeoutError:  # nats-py raises both its own and asyncio's
-                    continue
+                msgs = await queues.take(want, wait)
                 for i, msg in enumerate(msgs):
                     if (count is not None and handed >= count) or _cancel_requested():
                         # Not ours to process now: back to the server at once.
@@ -568,7 +570,7 @@ class IstmoClient:
                     if await self._handle(msg, handler):
                         handed += 1
         finally:
-            await sub.unsubscribe()
+            await queues.close()
         return handed
 
     async def _handle(self, msg: Msg, handler: Handler) -> bool:

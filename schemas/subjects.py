@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 
+from schemas.errors import EnvelopeError
 from schemas.ids import AgencyId, parse_agency_id
+from schemas.labels import Precedence
 
 __all__ = [
     "ANNOUNCE_SUBJECT",
@@ -20,22 +22,33 @@ __all__ = [
     "RECEIPT_STREAM",
     "RELAY_INGEST_DURABLE",
     "RELAY_RECEIPT_DURABLE",
+    "URGENT_PRECEDENCES",
     "account_name",
+    "agency_of_deliver_durable",
+    "agency_of_delivery",
     "agency_of_gated",
     "agency_of_subject",
     "api_subject",
+    "deliver_ack_subjects",
     "deliver_durable",
+    "deliver_durables",
+    "deliver_filter_subjects",
+    "deliver_next_subject",
     "deliver_subject",
     "gated_msg_id",
     "gated_subject",
     "inbox_prefix",
     "ingest_msg_id",
     "ingest_subject",
+    "is_delivery_to",
+    "legacy_deliver_subject",
+    "precedence_of_delivery",
     "receipt_subject",
+    "urgent_durable",
 ]
 
 INGEST_STREAM = "ISTMO_INGEST"  # istmo.gated.ingest.<agency>, work queue
-DELIVER_STREAM = "ISTMO_DELIVER"  # istmo.deliver.<agency>, kept for offline agencies
+DELIVER_STREAM = "ISTMO_DELIVER"  # istmo.deliver.<agency>.<precedence>, kept while offline
 RECEIPT_STREAM = "ISTMO_RECEIPTS"  # istmo.gated.receipt.<agency>, work queue
 AUDIT_STREAM = "ISTMO_AUDIT"  # istmo.audit.>, for the sequencer of the audit log
 RELAY_INGEST_DURABLE = "relay-ingest"
@@ -65,7 +78,15 @@ def ingest_subject(agency: str) -> str:
     return f"istmo.ingest.{_checked(agency)}"
 
 
-def deliver_subject(agency: str) -> str:
+def deliver_subject(agency: str, precedence: Precedence) -> str:
+    """Where the relay stores a delivery: ``istmo.deliver.<agency>.<precedence>``
+    (lower-case), so that an agency's two consumers can split its queue (ADR 7)."""
+    return f"istmo.deliver.{_checked(agency)}.{Precedence(precedence).value.lower()}"
+
+
+def legacy_deliver_subject(agency: str) -> str:
+    """``istmo.deliver.<agency>``: where an Istmo before ADR 7 stored every delivery. The
+    stream keeps it, and ``deliver-<agency>`` reads it, so nothing queued there is lost."""
     return f"istmo.deliver.{_checked(agency)}"
 
 
@@ -79,8 +100,99 @@ def api_subject(agency: str, op: str) -> str:
     return f"istmo.api.{_checked(agency)}.{op}"
 
 
+# An agency drains two durable consumers on DELIVER_STREAM, the urgent one first (ADR 7):
+# urgent-<agency> (FLASH, IMMEDIATE) and deliver-<agency> (PRIORITY, ROUTINE and the legacy
+# subject). The prefixes differ before the first '-', so no agency id can make one
+# agency's consumer name equal to another's ("deliver-urgent-x" would be agency urgent-x's).
+URGENT_PRECEDENCES = frozenset({Precedence.FLASH, Precedence.IMMEDIATE})
+_NORMAL_PREFIX = "deliver-"
+_URGENT_PREFIX = "urgent-"
+
+
 def deliver_durable(agency: str) -> str:
-    return f"deliver-{_checked(agency)}"
+    """The consumer of an agency's PRIORITY and ROUTINE deliveries (and legacy ones)."""
+    return f"{_NORMAL_PREFIX}{_checked(agency)}"
+
+
+def urgent_durable(agency: str) -> str:
+    """The consumer of an agency's FLASH and IMMEDIATE deliveries."""
+    return f"{_URGENT_PREFIX}{_checked(agency)}"
+
+
+def deliver_durables(agency: str) -> tuple[str, str]:
+    """An agency's two delivery consumers, in the order it drains them: urgent first."""
+    return urgent_durable(agency), deliver_durable(agency)
+
+
+def deliver_filter_subjects(durable: str) -> tuple[str, ...]:
+    """The subjects one of the two delivery consumers (by name) reads.
+
+    Raises:
+        EnvelopeError: ``durable`` is not an agency's delivery consumer.
+    """
+    agency = agency_of_deliver_durable(durable)
+    if durable.startswith(_URGENT_PREFIX):
+        return tuple(deliver_subject(agency, p) for p in Precedence if p in URGENT_PRECEDENCES)
+    normal = tuple(deliver_subject(agency, p) for p in Precedence if p not in URGENT_PRECEDENCES)
+    return (*normal, legacy_deliver_subject(agency))
+
+
+def agency_of_deliver_durable(durable: str) -> AgencyId:
+    """The agency whose delivery consumer is named ``durable`` (EnvelopeError if none)."""
+    for prefix in (_URGENT_PREFIX, _NORMAL_PREFIX):
+        if durable.startswith(prefix):
+            return parse_agency_id(durable.removeprefix(prefix))
+    return parse_agency_id("")  # raises with a clear message
+
+
+def deliver_next_subject(durable: str) -> str:
+    """The JetStream request that pulls from one delivery consumer (``MSG.NEXT``)."""
+    agency_of_deliver_durable(durable)
+    return f"$JS.API.CONSUMER.MSG.NEXT.{DELIVER_STREAM}.{durable}"
+
+
+def deliver_ack_subjects(durable: str) -> str:
+    """Every ack (ack, nak, in progress, term) of one delivery consumer's messages."""
+    agency_of_deliver_durable(durable)
+    return f"$JS.ACK.{DELIVER_STREAM}.{durable}.>"
+
+
+def agency_of_delivery(subject: str) -> AgencyId:
+    """The recipient of a delivery on ``istmo.deliver.<agency>[.<precedence>]``.
+
+    Raises:
+        EnvelopeError: ``subject`` is not a delivery subject.
+    """
+    parts = subject.split(".")
+    if parts[:2] != ["istmo", "deliver"] or len(parts) not in (3, 4):
+        return parse_agency_id("")  # raises with a clear message
+    agency = parse_agency_id(parts[2])
+    if len(parts) == 4:
+        precedence_of_delivery(subject)
+    return agency
+
+
+def is_delivery_to(subject: str, agency: str) -> bool:
+    """Whether ``subject`` is a delivery subject of ``agency`` (per precedence, or legacy)."""
+    try:
+        return agency_of_delivery(subject) == agency
+    except EnvelopeError:
+        return False
+
+
+def precedence_of_delivery(subject: str) -> Precedence | None:
+    """The precedence a delivery subject names; None for the legacy subject (ADR 7).
+
+    Raises:
+        EnvelopeError: the fourth token is not a precedence.
+    """
+    parts = subject.split(".")
+    if len(parts) != 4:
+        return None
+    token = parts[3]
+    if token != token.lower() or token.upper() not in Precedence.__members__:
+        raise EnvelopeError(f"not a delivery precedence: {token[:16]!r}", code="malformed")
+    return Precedence[token.upper()]
 
 
 def inbox_prefix(agency: str) -> str:

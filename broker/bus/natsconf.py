@@ -4,7 +4,8 @@ Shape, per ``reference/NATS-PERMISSIONS.md`` §1 and §3.2:
 
 * account ``ISTMO`` holds JetStream and the relay's user, and exports to each agency only
   the services that agency needs: its own ingest and receipt subjects, ``MSG.NEXT`` and
-  ``$JS.ACK`` of its own delivery consumer, and ``istmo.api.<agency>.>``;
+  ``$JS.ACK`` of each of its own two delivery consumers (ADR 7), and
+  ``istmo.api.<agency>.>``;
 * every agency has an account of its own (``schemas.subjects.account_name``) with one nkey
   user whose allow-lists are exactly those subjects (publish) and its inbox prefix
   (subscribe), and which imports those services. Because JetStream answers through the
@@ -35,11 +36,12 @@ from pathlib import Path
 from schemas.subjects import (
     ANNOUNCE_SUBJECT,
     API_OPS,
-    DELIVER_STREAM,
     RELAY_ACCOUNT,
     account_name,
     api_subject,
-    deliver_durable,
+    deliver_ack_subjects,
+    deliver_durables,
+    deliver_next_subject,
     inbox_prefix,
     ingest_subject,
     receipt_subject,
@@ -109,16 +111,18 @@ class _Service:
 
 def _services(agency: str) -> tuple[_Service, ...]:
     """The services account ISTMO exports to one agency, in a fixed order."""
-    durable = deliver_durable(agency)
     # schemas.subjects names the operations, not the wildcard over them.
     api_prefix = api_subject(agency, API_OPS[0]).rsplit(".", 1)[0]
+    pulls: list[_Service] = []
+    for durable in deliver_durables(agency):  # urgent-<agency>, deliver-<agency>
+        # A fetch is one request answered by many messages and status messages.
+        pulls.append(_Service(deliver_next_subject(durable), streamed=True))
+        # ack, nak, in_progress and term; ack_sync expects one answer.
+        pulls.append(_Service(deliver_ack_subjects(durable)))
     return (
         _Service(ingest_subject(agency)),
         _Service(receipt_subject(agency)),
-        # A fetch is one request answered by many messages and status messages.
-        _Service(f"$JS.API.CONSUMER.MSG.NEXT.{DELIVER_STREAM}.{durable}", streamed=True),
-        # ack, nak, in_progress and term; ack_sync expects one answer.
-        _Service(f"$JS.ACK.{DELIVER_STREAM}.{durable}.>"),
+        *pulls,
         _Service(f"{api_prefix}.>"),
     )
 

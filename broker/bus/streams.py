@@ -36,10 +36,11 @@ from schemas.subjects import (
     RELAY_INGEST_DURABLE,
     RELAY_RECEIPT_DURABLE,
     agency_of_subject,
-    deliver_durable,
-    deliver_subject,
+    deliver_durables,
+    deliver_filter_subjects,
     gated_msg_id,
     gated_subject,
+    legacy_deliver_subject,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "bus_unavailable",
     "ensure_agency_consumer",
     "ensure_atomic",
+    "ensure_deliver_stream",
     "ensure_relay_consumers",
     "ensure_streams",
 ]
@@ -76,9 +78,20 @@ def _gated_receipt(agency: str) -> str:
 _AUDIT_SUBJECTS = "istmo.audit.>"  # schemas.subjects names the stream, not its subjects
 
 
-# Agencies one region can hold: each has a durable consumer on the delivery stream.
-# Europol's SIENA connects about 3,500 authorities; this leaves room to grow.
+# Agencies one region can hold: each has two durable consumers on the delivery stream
+# (urgent-<agency> and deliver-<agency>, ADR 7). Europol's SIENA connects about 3,500
+# authorities; this leaves room to grow.
 MAX_AGENCIES = 20_000
+CONSUMERS_PER_AGENCY = 2
+# Room for `istmo reconcile`'s scans (one ephemeral consumer each) beside them.
+_SPARE_CONSUMERS = 100
+DELIVER_MAX_CONSUMERS = MAX_AGENCIES * CONSUMERS_PER_AGENCY + _SPARE_CONSUMERS
+# istmo.deliver.<agency>.<precedence>, and istmo.deliver.<agency> where an Istmo before
+# ADR 7 delivered (still read by deliver-<agency>, and still written by such a relay).
+_DELIVER_SUBJECTS = [
+    _every_agency(legacy_deliver_subject),
+    _every_agency(legacy_deliver_subject) + ".*",
+]
 
 
 def _stream_configs(
@@ -100,7 +113,7 @@ def _stream_configs(
         ),
         StreamConfig(
             name=DELIVER_STREAM,
-            subjects=[_every_agency(deliver_subject)],
+            subjects=list(_DELIVER_SUBJECTS),
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=float(deliver_max_age_s),
@@ -110,9 +123,10 @@ def _stream_configs(
             deny_purge=True,
             # Direct get ignores consumer filters; keep it off (defence in depth).
             allow_direct=False,
-            # One durable consumer per agency: nats-server 2.15 caps a stream at 1,000
-            # consumers unless it says otherwise (and reads 0 or -1 as "the default").
-            max_consumers=MAX_AGENCIES,
+            # Two durable consumers per agency: nats-server 2.15 caps a stream at 1,000
+            # consumers unless it says otherwise (and reads 0 or -1 as "the default"). It
+            # cannot change this on an existing stream: ensure_streams keeps the old cap.
+            max_consumers=DELIVER_MAX_CONSUMERS,
             # The relay stores a fetched batch's deliveries as atomic batches
             # (broker.bus.batch): one flush per batch, not per delivery.
             allow_atomic=True,
@@ -186,8 +200,13 @@ async def ensure_streams(
         raise ConfigError(f"stream replicas must be 1, 3 or 5, not {replicas}")
     for config in _stream_configs(deliver_max_age_s, duplicate_window_s, replicas or 1):
         try:
+            existing = await _existing(js, str(config.name))
             if replicas is None:
-                _keep_existing(config, await _existing(js, str(config.name)))
+                _keep_existing(config, existing)
+            if existing is not None and existing.max_consumers is not None:
+                # nats-server refuses to change it in place (a stream made before ADR 7
+                # keeps 20,000: room for 10,000 agencies with two consumers each).
+                config.max_consumers = existing.max_consumers
             await add_or_update_stream(js, config)
             for kind, stream in _GATED_STREAMS:
                 if stream == config.name:
@@ -220,6 +239,32 @@ async def ensure_atomic(js: JetStreamContext, stream: str) -> None:
     except APIError as exc:
         raise ConfigError(
             f"JetStream refused atomic batches on {stream}: {exc.description} "
+            f"(err_code {exc.err_code})"
+        ) from exc
+
+
+async def ensure_deliver_stream(js: JetStreamContext) -> None:
+    """Bring a delivery stream an older Istmo made up to what a relay writes, keeping the
+    rest of its configuration: atomic batches, and the per-precedence delivery subjects
+    (ADR 7). A relay that joins a stack (``istmo relay``) calls it; JetStream updates the
+    stream in place and keeps every message.
+
+    Raises:
+        BusUnavailable: JetStream does not answer.
+        ConfigError: there is no such stream, or JetStream refuses the update.
+    """
+    await ensure_atomic(js, DELIVER_STREAM)
+    try:
+        config = (await js.stream_info(DELIVER_STREAM)).config
+        missing = [s for s in _DELIVER_SUBJECTS if s not in (config.subjects or [])]
+        if missing:
+            config.subjects = [*(config.subjects or []), *missing]
+            await js.update_stream(config)
+    except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        raise bus_unavailable(f"updating the subjects of {DELIVER_STREAM}", exc) from exc
+    except APIError as exc:
+        raise ConfigError(
+            f"JetStream refused the subjects of {DELIVER_STREAM}: {exc.description} "
             f"(err_code {exc.err_code})"
         ) from exc
 
@@ -297,7 +342,10 @@ async def ensure_agency_consumer(
     backoff_s: tuple[float, ...] = AGENCY_BACKOFF_S,
     max_deliver: int = AGENCY_MAX_DELIVER,
 ) -> None:
-    """Create or update the durable pull consumer ``deliver-<agency>`` on ISTMO_DELIVER.
+    """Create or update an agency's two durable pull consumers on ISTMO_DELIVER (ADR 7):
+    ``urgent-<agency>`` (FLASH, IMMEDIATE) and ``deliver-<agency>`` (PRIORITY, ROUTINE,
+    and the subject an Istmo before ADR 7 delivered on; an existing one made by such an
+    Istmo is updated in place and keeps its place in the queue).
 
     ``backoff_s`` (the waits before each redelivery, the last repeating) and
     ``max_deliver`` default to the deploy defaults; fault tests shorten them.
@@ -305,20 +353,20 @@ async def ensure_agency_consumer(
     Raises:
         EnvelopeError: ``agency`` is not a valid agency id.
         BusUnavailable: JetStream does not answer.
-        ConfigError: JetStream refuses the consumer.
+        ConfigError: JetStream refuses a consumer.
     """
-    durable = deliver_durable(agency)
-    config = ConsumerConfig(
-        name=durable,
-        durable_name=durable,
-        filter_subject=deliver_subject(agency),
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=backoff_s[0] if backoff_s else ACK_WAIT_S,
-        max_deliver=max_deliver,
-        backoff=list(backoff_s) or None,
-    )
-    await _ensure_consumer(js, DELIVER_STREAM, config)
+    for durable in deliver_durables(agency):
+        config = ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            filter_subjects=list(deliver_filter_subjects(durable)),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=backoff_s[0] if backoff_s else ACK_WAIT_S,
+            max_deliver=max_deliver,
+            backoff=list(backoff_s) or None,
+        )
+        await _ensure_consumer(js, DELIVER_STREAM, config)
 
 
 async def ensure_relay_consumers(js: JetStreamContext) -> None:

@@ -3,9 +3,10 @@
 Two ways a message dies (TEST-CATALOGUE F-20):
 
 * **Delivery.** A recipient's handler fails on a bulletin every time: its durable
-  consumer (``deliver-<agency>``, MaxDeliver 10 with BackOff, see ``broker.bus.streams``)
-  stops offering it after the 10th attempt, and nats-server publishes the
-  ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ISTMO_DELIVER.deliver-<agency>`` advisory.
+  consumer (``deliver-<agency>``, or ``urgent-<agency>`` for FLASH and IMMEDIATE; MaxDeliver
+  10 with BackOff, see ``broker.bus.streams``) stops offering it after the 10th attempt,
+  and nats-server publishes the
+  ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ISTMO_DELIVER.<consumer>`` advisory.
   Stream ``ISTMO_DEAD_ADVISORIES`` captures those advisories (so none is lost while no
   relay runs); a relay takes each one, copies the undeliverable message to
   ``istmo.dead.deliver.<agency>`` in stream ``ISTMO_DEAD`` and records
@@ -54,8 +55,16 @@ from broker.store.registry import Registry
 from schemas.audit import AuditEvent
 from schemas.errors import ConfigError, EnvelopeError, IstmoError
 from schemas.ids import parse_agency_id
+from schemas.labels import Precedence
 from schemas.sealing import parse_envelope
-from schemas.subjects import DELIVER_STREAM, INGEST_STREAM, deliver_subject, gated_subject
+from schemas.subjects import (
+    DELIVER_STREAM,
+    INGEST_STREAM,
+    agency_of_deliver_durable,
+    deliver_subject,
+    gated_subject,
+    is_delivery_to,
+)
 
 __all__ = [
     "ADVISORY_STREAM",
@@ -150,6 +159,15 @@ async def ensure_dead_letters(js: JetStreamContext) -> None:
         ) from exc
 
 
+def _precedence_of(data: bytes | None) -> Precedence:
+    """The precedence of an envelope; ROUTINE if it does not parse (its recipient's SDK
+    refuses such a message anyway)."""
+    try:
+        return parse_envelope(data or b"").header.labels.precedence
+    except (IstmoError, ValueError):
+        return Precedence.ROUTINE
+
+
 def _bulletin_of(data: bytes | None) -> str | None:
     """The bulletin id of an envelope, or None if it does not parse."""
     try:
@@ -180,9 +198,9 @@ async def handle_advisory(
         deliveries = int(adv["deliveries"])
         if adv.get("type") != _ADVISORY_TYPE or adv.get("stream") != DELIVER_STREAM:
             return None
-        if not consumer.startswith("deliver-") or seq <= 0:
+        if seq <= 0:
             return None
-        agency = parse_agency_id(consumer.removeprefix("deliver-"))
+        agency = agency_of_deliver_durable(consumer)  # either of the agency's two
     except (ValueError, KeyError, TypeError, EnvelopeError):
         log.warning("ignored a malformed max_deliver advisory")
         return None
@@ -193,7 +211,7 @@ async def handle_advisory(
         msg = await js.get_msg(DELIVER_STREAM, seq)
     except NotFoundError:
         msg = None
-    if msg is None or msg.subject != deliver_subject(agency):
+    if msg is None or not is_delivery_to(msg.subject or "", agency):
         # Gone (max age) before it could be copied: record that, loudly.
         reason = "message_gone"
         log.error("dead letter deliver seq %d for %s is no longer in the stream", seq, agency)
@@ -359,8 +377,8 @@ async def redrive(
 ) -> list[tuple[DeadLetter, str]]:
     """Re-deliver dead letters from their copies in ``ISTMO_DEAD``; audited, idempotent.
 
-    A delivery goes back on ``istmo.deliver.<agency>`` (the recipient's SDK drops it if
-    its application already has it); an ingest message goes back on
+    A delivery goes back on ``istmo.deliver.<agency>.<precedence>`` (the recipient's SDK
+    drops it if its application already has it); an ingest message goes back on
     ``istmo.ingest.<agency>`` for the relay to process afresh, unless the bulletin was
     accepted meanwhile (then ``istmo reconcile`` restores any missing delivery).
 
@@ -400,7 +418,7 @@ async def redrive(
         except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
             raise bus_unavailable("reading a dead letter", exc) from exc
         if dl.kind == "deliver":
-            subject = deliver_subject(dl.agency)
+            subject = deliver_subject(dl.agency, _precedence_of(copy.data))
             msg_id = f"{dl.bulletin_id}:{dl.agency}:redrive:{dl.dead_seq}"
             redriven, stream = events.delivery_redriven, DELIVER_STREAM
         else:

@@ -1,7 +1,8 @@
 """Reconciliation (TEST-CATALOGUE F-14): the audit log against the delivery stream.
 
 The audit log, not JetStream, is the system of record: every ``bulletin.routed`` event
-says a delivery must exist on ``istmo.deliver.<agency>``. ``reconcile`` lists the routed
+says a delivery must exist on ``istmo.deliver.<agency>.<precedence>`` (or, stored by an
+Istmo before ADR 7, on ``istmo.deliver.<agency>``). ``reconcile`` lists the routed
 (bulletin, recipient) pairs of a time window, scans ``ISTMO_DELIVER`` (headers only) for
 the deliveries present, and re-publishes each missing one with its usual
 ``Nats-Msg-Id = <bulletin>:<recipient>``, recording ``delivery.republished``. The
@@ -49,8 +50,9 @@ from broker.clock import SYSTEM_CLOCK, Clock
 from broker.store.registry import Registry
 from schemas.errors import ConfigError, IstmoError
 from schemas.ids import parse_bulletin_id
+from schemas.labels import Precedence
 from schemas.sealing import envelope_digest, parse_envelope
-from schemas.subjects import DELIVER_STREAM, deliver_subject
+from schemas.subjects import DELIVER_STREAM, deliver_subject, is_delivery_to
 
 __all__ = [
     "ARCHIVE_STREAM",
@@ -165,7 +167,7 @@ async def _present(
     if not info.state.messages:
         return present
     sub = await js.pull_subscribe(
-        "istmo.deliver.*",
+        "istmo.deliver.>",  # both shapes: .<agency>.<precedence> and .<agency>
         stream=DELIVER_STREAM,
         config=ConsumerConfig(
             ack_policy=AckPolicy.NONE,
@@ -186,13 +188,21 @@ async def _present(
                 msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
                 bid, _, rest = msg_id.partition(":")
                 agency = rest.split(":", 1)[0]
-                if bid and agency and msg.subject == f"istmo.deliver.{agency}":
+                if bid and agency and is_delivery_to(msg.subject, agency):
                     present.add((bid, agency))
             if msgs and msgs[-1].metadata.num_pending == 0:
                 break
     finally:
         await sub.unsubscribe()
     return present
+
+
+def _precedence(raw: bytes) -> Precedence:
+    """The precedence of an archived envelope (it parsed when it was archived)."""
+    try:
+        return parse_envelope(raw).header.labels.precedence
+    except (IstmoError, ValueError):
+        return Precedence.ROUTINE
 
 
 async def reconcile(
@@ -245,16 +255,15 @@ async def reconcile(
             registry.record([], [lost])
             log.error("delivery of %s to %s is missing and no good copy is left", bid, agency)
             continue
+        subject = deliver_subject(agency, _precedence(raw))
         try:
-            ack = await js.publish(
-                deliver_subject(agency), raw, headers={"Nats-Msg-Id": f"{bid}:{agency}"}
-            )
+            ack = await js.publish(subject, raw, headers={"Nats-Msg-Id": f"{bid}:{agency}"})
             reused = not ack.duplicate
             if ack.duplicate:
                 # JetStream still remembers the id of the lost message: send it again
                 # under an id of its own (the recipient's SDK dedupes by bulletin id).
                 ack = await js.publish(
-                    deliver_subject(agency),
+                    subject,
                     raw,
                     headers={"Nats-Msg-Id": f"{bid}:{agency}:r{ack.seq}"},
                 )

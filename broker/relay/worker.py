@@ -38,7 +38,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from broker.audit import events
 from broker.bus.batch import Message, publish_batch
-from broker.bus.streams import ACK_WAIT_S, ensure_atomic
+from broker.bus.streams import ACK_WAIT_S, ensure_deliver_stream
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
 from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
@@ -93,6 +93,12 @@ class _Outcome:
     rejected: bool = False
     defer_s: int = 0  # embargoed: hand back to JetStream for this long
     rank: int = len(Precedence)  # delivery precedence, FLASH = 0
+
+    @property
+    def precedence(self) -> Precedence:
+        """The precedence ``rank`` stands for (ROUTINE for none: such is never delivered)."""
+        order = tuple(Precedence)
+        return order[min(self.rank, len(order) - 1)]
 
 
 class Relay:
@@ -168,8 +174,9 @@ class Relay:
             try:
                 # Accepted envelopes are archived for reconciliation as they are delivered.
                 await ensure_archive(self.js)
-                # Deliveries are stored in atomic batches, even on a stream an older Istmo made.
-                await ensure_atomic(self.js, DELIVER_STREAM)
+                # Deliveries are stored in atomic batches and on per-precedence subjects,
+                # even on a stream an older Istmo made.
+                await ensure_deliver_stream(self.js)
                 # The first batch may hold a message to dead-letter: its stream must be there.
                 await ensure_dead_letters(self.js)
                 return (
@@ -315,9 +322,11 @@ class Relay:
         # missing from ISTMO_DELIVER (broker.relay.reconcile); then ack everything. If any
         # batch fails, nothing of the ingest batch is acked: it all comes back and resumes
         # idempotently.
+        # Each on its precedence's subject: FLASH and IMMEDIATE reach the recipient's
+        # urgent consumer, which its SDK drains before the rest (ADR 7).
         delivering = sorted((o for o in outcomes if o.deliveries), key=lambda o: o.rank)
         deliveries = [
-            Message(deliver_subject(r), o.raw, f"{o.bulletin_id}:{r}")
+            Message(deliver_subject(r, o.precedence), o.raw, f"{o.bulletin_id}:{r}")
             for o in delivering
             for r in o.deliveries
         ]

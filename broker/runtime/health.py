@@ -47,8 +47,8 @@ from schemas.subjects import (
     DELIVER_STREAM,
     INGEST_STREAM,
     RELAY_INGEST_DURABLE,
-    deliver_durable,
-    deliver_subject,
+    deliver_durables,
+    deliver_filter_subjects,
 )
 
 __all__ = [
@@ -273,28 +273,46 @@ async def ingest_check(js: JetStreamContext, now: float) -> Check:
     )
 
 
-async def _retention_one(
-    js: JetStreamContext, agency: str, max_age_s: float, now: float
-) -> tuple[int, Check] | None:
-    """(deliveries waiting, the grade of the oldest), or None for an agency that has no
-    consumer yet (one is made when the agency is added or first receives)."""
+async def _waiting_on(js: JetStreamContext, durable: str, now: float) -> tuple[int, float] | None:
+    """(deliveries waiting on one delivery consumer, the age of the oldest in seconds), or
+    None if there is no such consumer."""
     try:
-        info = await js.consumer_info(DELIVER_STREAM, deliver_durable(agency))
+        info = await js.consumer_info(DELIVER_STREAM, durable)
     except NotFoundError:
         return None
     waiting = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-    if waiting:
+    if not waiting:
+        return 0, 0.0
+    ages = []
+    for subject in deliver_filter_subjects(durable):
         try:
             msg = await js.get_msg(
                 DELIVER_STREAM,
                 seq=int(info.ack_floor.stream_seq or 0) + 1,
-                subject=deliver_subject(agency),
+                subject=subject,
                 next=True,
             )
-            return waiting, retention_check(agency, waiting, _age_s(msg.time, now), max_age_s)
         except NotFoundError:
-            waiting = 0  # acked or expired meanwhile
-    return waiting, retention_check(agency, 0, 0.0, max_age_s)
+            continue
+        ages.append(_age_s(msg.time, now))
+    return (waiting, max(ages)) if ages else (0, 0.0)  # none: acked or expired meanwhile
+
+
+async def _retention_one(
+    js: JetStreamContext, agency: str, max_age_s: float, now: float
+) -> tuple[int, Check] | None:
+    """(deliveries waiting on the agency's consumers, the grade of the oldest), or None for
+    an agency that has none yet (they are made when the agency is added)."""
+    found = [
+        r
+        for r in await asyncio.gather(*(_waiting_on(js, d, now) for d in deliver_durables(agency)))
+        if r is not None
+    ]
+    if not found:
+        return None
+    waiting = sum(n for n, _ in found)
+    age = max(a for _, a in found)
+    return waiting, retention_check(agency, waiting, age, max_age_s)
 
 
 async def retention_checks(

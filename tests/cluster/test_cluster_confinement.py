@@ -20,6 +20,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from broker.bus.streams import ensure_agency_consumer
+from schemas.labels import Precedence
 from schemas.subjects import (
     DELIVER_STREAM,
     INGEST_STREAM,
@@ -99,7 +100,7 @@ async def test_reload_adds_an_agency_on_every_node(cluster_stack: StackFactory) 
             assert ack.stream == INGEST_STREAM
         finally:
             await bz.close()
-    await rjs.publish(deliver_subject(newcomer), b"for bz")
+    await rjs.publish(deliver_subject(newcomer, Precedence.ROUTINE), b"for bz")
     bz: NATS = await stack.connect_agency(newcomer)
     sub = await bz.jetstream(timeout=5).pull_subscribe_bind(
         durable=deliver_durable(newcomer), stream=DELIVER_STREAM
@@ -129,7 +130,7 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
     targets = [
         ingest_subject(jm_),
         receipt_subject(jm_),
-        deliver_subject(jm_),
+        deliver_subject(jm_, Precedence.ROUTINE),
         f"{inbox_prefix(jm_)}.victim",
         f"{inbox_prefix(gt_)}.probe",
     ]
@@ -149,7 +150,11 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
     # Control: the server answered on gt's own subject (a PubAck, a 404 and a 408).
     assert len(gt_probe.msgs) == 3
     assert single.violations(gt_errors) == []
-    for subject in (ingest_subject(jm_), receipt_subject(jm_), deliver_subject(jm_)):
+    for subject in (
+        ingest_subject(jm_),
+        receipt_subject(jm_),
+        deliver_subject(jm_, Precedence.ROUTINE),
+    ):
         assert await single.stored(relay, subject) == 0, subject
     assert jm_victim.msgs == []
     info = await relay.jetstream(timeout=5).consumer_info(DELIVER_STREAM, deliver_durable(jm_))

@@ -23,7 +23,7 @@ from schemas.envelope import Envelope, Header, InnerBulletin, SealedBody, Signat
 from schemas.errors import DecryptionError, EnvelopeError, SignatureError
 from schemas.ids import BulletinId, parse_agency_id
 from schemas.keys import KEMS, EncryptionKey, KemName, hpke_suite
-from schemas.labels import Handling
+from schemas.labels import Handling, Precedence
 from schemas.sealing import (
     _commitment,
     _signed_bytes,
@@ -327,7 +327,10 @@ def test_hostile_agency_ids_are_malformed(bad: str, where: str) -> None:
 @pytest.mark.parametrize("bad", _BAD_AGENCY_IDS)
 def test_hostile_agency_ids_never_become_subjects(bad: str) -> None:
     # B-07: subjects are built only from ids that pass parse_agency_id.
-    for build in (ingest_subject, deliver_subject, receipt_subject, parse_agency_id):
+    def deliver_routine(agency: str) -> str:
+        return deliver_subject(agency, Precedence.ROUTINE)
+
+    for build in (ingest_subject, deliver_routine, receipt_subject, parse_agency_id):
         with pytest.raises(EnvelopeError) as exc_info:
             build(bad)
         assert exc_info.value.code == "bad_agency_id"

@@ -20,6 +20,7 @@ import pytest
 from broker.bus.streams import ensure_agency_consumer
 from broker.relay.dead_letters import DEAD_STREAM, INGEST_MAX_ATTEMPTS
 from clients.sdk import ReceivedBulletin
+from schemas.labels import Precedence
 from schemas.subjects import INGEST_STREAM, RELAY_INGEST_DURABLE
 from tests.faults.harness import (
     BZ_RECIPIENTS,
@@ -56,8 +57,11 @@ async def test_f20_handler_always_fails_dead_letter_then_redrive(
         gt = await connect(target, "gt-police")
         pub = Publisher(gt)
         assert await pub.prepare() == BZ_RECIPIENTS
-        for _ in range(N):
+        for _ in range(N - 1):
             await pub.publish_one()
+        # The last is a FLASH: its recipient's urgent consumer (ADR 7) dead-letters it.
+        pub.labels = pub.labels.model_copy(update={"precedence": Precedence.FLASH})
+        await pub.publish_one()
         assert len(pub.acked) == N
         bids = set(pub.attempted.values())
         healthy = [Recipient(a, await connect(target, a)) for a in BZ_RECIPIENTS if a != FAILING]

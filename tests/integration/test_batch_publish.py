@@ -19,6 +19,7 @@ from nats.js.errors import APIError
 
 from broker.bus.batch import MAX_BATCH, Message, chunks, publish_batch
 from broker.bus.streams import ensure_atomic, ensure_streams
+from schemas.labels import Precedence
 from schemas.subjects import AUDIT_STREAM, DELIVER_STREAM, INGEST_STREAM, deliver_subject
 from tests.integration.test_nats_confinement import GT, JM, StackFactory
 
@@ -27,7 +28,7 @@ ATOMIC_DISABLED = 10174  # "atomic publish is disabled"
 
 def _deliveries(ids: range, recipients: tuple[str, ...] = (GT, JM)) -> list[Message]:
     return [
-        Message(deliver_subject(r), f"bulletin-{i}".encode(), f"b{i}:{r}")
+        Message(deliver_subject(r, Precedence.ROUTINE), f"bulletin-{i}".encode(), f"b{i}:{r}")
         for i in ids
         for r in recipients
     ]
@@ -176,7 +177,9 @@ async def test_ensure_streams_lets_an_old_delivery_stream_take_batches(
         config.allow_atomic = None  # as an older Istmo created it
         await js.add_stream(config)
         assert not (await js.stream_info(name)).config.allow_atomic
-    await js.publish(deliver_subject(GT), b"old", headers={"Nats-Msg-Id": "old:" + GT})
+    await js.publish(
+        deliver_subject(GT, Precedence.ROUTINE), b"old", headers={"Nats-Msg-Id": "old:" + GT}
+    )
 
     await ensure_streams(js)
 

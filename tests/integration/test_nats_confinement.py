@@ -32,6 +32,7 @@ from broker.bus.server import (
     free_port,
 )
 from broker.bus.streams import (
+    DELIVER_MAX_CONSUMERS,
     MAX_AGENCIES,
     ensure_agency_consumer,
     ensure_relay_consumers,
@@ -39,6 +40,7 @@ from broker.bus.streams import (
 )
 from schemas.errors import ConfigError
 from schemas.ids import new_bulletin_id
+from schemas.labels import Precedence
 from schemas.natskeys import new_user_seed, user_public_key
 from schemas.subjects import (
     ANNOUNCE_SUBJECT,
@@ -47,12 +49,14 @@ from schemas.subjects import (
     RECEIPT_STREAM,
     api_subject,
     deliver_durable,
+    deliver_durables,
     deliver_subject,
     gated_subject,
     inbox_prefix,
     ingest_msg_id,
     ingest_subject,
     receipt_subject,
+    urgent_durable,
 )
 from tests.waiting import eventually
 
@@ -67,7 +71,7 @@ StackFactory = Callable[[list[str]], Awaitable[Any]]  # conftest's NatsStack
 def _stream_of(subject: str) -> tuple[str, str]:
     """The stream that keeps what is published on ``subject``, and the subject it is
     kept under (the gate stores ingest and receipts on istmo.gated.<kind>.<agency>)."""
-    _, kind, agency = subject.split(".")
+    _, kind, agency = subject.split(".")[:3]
     if kind == "deliver":
         return DELIVER_STREAM, subject
     return {"ingest": INGEST_STREAM, "receipt": RECEIPT_STREAM}[kind], gated_subject(kind, agency)
@@ -137,7 +141,7 @@ async def test_control_flow_on_own_subjects(nats_stack: StackFactory) -> None:
     # The relay delivers three; gt fetches one, then a batch (a streamed service response).
     rjs = relay.jetstream(timeout=2)
     for n in range(3):
-        await rjs.publish(deliver_subject(GT), f"for gt {n}".encode())
+        await rjs.publish(deliver_subject(GT, Precedence.ROUTINE), f"for gt {n}".encode())
     sub = await js.pull_subscribe_bind(durable=deliver_durable(GT), stream=DELIVER_STREAM)
     first = await sub.fetch(1, timeout=2)
     assert [m.data for m in first] == [b"for gt 0"]
@@ -186,11 +190,19 @@ async def test_s02_agency_cannot_publish_as_another(nats_stack: StackFactory) ->
 
     with pytest.raises(nats.errors.TimeoutError):
         await jm_js.publish(ingest_subject(GT), b"forged", headers={"Nats-Msg-Id": "x"})
-    for subject in (ingest_subject(GT), receipt_subject(GT), deliver_subject(GT)):
+    for subject in (
+        ingest_subject(GT),
+        receipt_subject(GT),
+        deliver_subject(GT, Precedence.ROUTINE),
+    ):
         await jm.publish(subject, b"forged")
     await barrier(jm)
 
-    for subject in (ingest_subject(GT), receipt_subject(GT), deliver_subject(GT)):
+    for subject in (
+        ingest_subject(GT),
+        receipt_subject(GT),
+        deliver_subject(GT, Precedence.ROUTINE),
+    ):
         assert violated(jm_errors, "publish", subject), subject
         assert await stored(relay, subject) == 0, subject
     # The connection survives and its own subject still works.
@@ -209,7 +221,7 @@ async def test_s01_agency_cannot_subscribe_to_another_agencys_traffic(
     jm = await stack.connect_agency(JM, errors=jm_errors)
 
     targets = [
-        deliver_subject(GT),
+        deliver_subject(GT, Precedence.ROUTINE),
         receipt_subject(GT),
         "istmo.>",
         ">",
@@ -224,7 +236,7 @@ async def test_s01_agency_cannot_subscribe_to_another_agencys_traffic(
 
     # Traffic that any of those subscriptions would match.
     rjs = relay.jetstream(timeout=2)
-    await rjs.publish(deliver_subject(GT), b"SECRET-for-gt")
+    await rjs.publish(deliver_subject(GT, Precedence.ROUTINE), b"SECRET-for-gt")
     await relay.publish(receipt_subject(GT), b"receipt-for-gt")
     await relay.publish(f"{inbox_prefix(GT)}.probe", b"reply-for-gt")
     await gt.jetstream(timeout=2).publish(ingest_subject(GT), b"gt's bulletin")  # its PubAck
@@ -246,7 +258,7 @@ async def test_s01_agency_cannot_read_another_agencys_consumer_or_stream(
     stack = await nats_stack([GT, JM])
     relay = await stack.connect_relay()
     rjs = relay.jetstream(timeout=2)
-    await rjs.publish(deliver_subject(GT), b"SECRET-for-gt")
+    await rjs.publish(deliver_subject(GT, Precedence.ROUTINE), b"SECRET-for-gt")
     jm_errors: list[Exception] = []
     jm = await stack.connect_agency(JM, errors=jm_errors)
     jm_js = jm.jetstream(timeout=DENIED_WAIT_S)
@@ -260,7 +272,7 @@ async def test_s01_agency_cannot_read_another_agencys_consumer_or_stream(
         (f"$JS.API.CONSUMER.INFO.{DELIVER_STREAM}.{gt_durable}", {}),
         (f"$JS.API.STREAM.MSG.GET.{DELIVER_STREAM}", {"seq": 1}),
         (f"$JS.API.DIRECT.GET.{DELIVER_STREAM}", {"seq": 1}),
-        (f"$JS.API.DIRECT.GET.{DELIVER_STREAM}.{deliver_subject(GT)}", {}),
+        (f"$JS.API.DIRECT.GET.{DELIVER_STREAM}.{deliver_subject(GT, Precedence.ROUTINE)}", {}),
         (f"$JS.API.STREAM.INFO.{DELIVER_STREAM}", {}),
         ("$JS.API.INFO", {}),
         (
@@ -268,7 +280,7 @@ async def test_s01_agency_cannot_read_another_agencys_consumer_or_stream(
             {
                 "stream_name": DELIVER_STREAM,
                 "config": {
-                    "filter_subject": deliver_subject(GT),
+                    "filter_subject": deliver_subject(GT, Precedence.ROUTINE),
                     "deliver_subject": f"{inbox_prefix(JM)}.push",
                     "ack_policy": "none",
                 },
@@ -287,7 +299,10 @@ async def test_s01_agency_cannot_read_another_agencys_consumer_or_stream(
 
     with pytest.raises(nats.errors.TimeoutError):
         await jm_js.add_consumer(
-            DELIVER_STREAM, ConsumerConfig(durable_name="steal", filter_subject=deliver_subject(GT))
+            DELIVER_STREAM,
+            ConsumerConfig(
+                durable_name="steal", filter_subject=deliver_subject(GT, Precedence.ROUTINE)
+            ),
         )
 
     forged_ack = f"$JS.ACK.{DELIVER_STREAM}.{gt_durable}.1.1.1.0.0"
@@ -300,10 +315,48 @@ async def test_s01_agency_cannot_read_another_agencys_consumer_or_stream(
         assert violated(jm_errors, "publish", subject), subject
     # Nothing changed: no new consumer, gt's message still waits for gt alone.
     names = sorted(c.name for c in await rjs.consumers_info(DELIVER_STREAM))
-    assert names == [deliver_durable(GT), deliver_durable(JM)]
+    assert names == sorted([*deliver_durables(GT), *deliver_durables(JM)])
     info = await rjs.consumer_info(DELIVER_STREAM, gt_durable)
     assert info.delivered is not None
     assert (info.num_pending, info.delivered.consumer_seq) == (1, 0)
+
+
+async def test_s01_only_the_agency_pulls_and_acks_its_urgent_consumer(
+    nats_stack: StackFactory,
+) -> None:
+    """ADR 7: urgent-<agency> holds the agency's FLASH and IMMEDIATE deliveries. Its own
+    agency pulls and acks there; another agency can do neither, nor see a message of it."""
+    stack = await nats_stack([GT, JM])
+    relay = await stack.connect_relay()
+    rjs = relay.jetstream(timeout=2)
+    await rjs.publish(deliver_subject(GT, Precedence.FLASH), b"SECRET-flash-for-gt")
+    await rjs.publish(deliver_subject(GT, Precedence.IMMEDIATE), b"SECRET-immediate-for-gt")
+    urgent = urgent_durable(GT)
+    jm_errors: list[Exception] = []
+    jm = await stack.connect_agency(JM, errors=jm_errors)
+    jm_js = jm.jetstream(timeout=DENIED_WAIT_S)
+
+    stolen = await jm_js.pull_subscribe_bind(durable=urgent, stream=DELIVER_STREAM)
+    with pytest.raises(nats.errors.TimeoutError):
+        await stolen.fetch(1, timeout=DENIED_WAIT_S)
+    forged_ack = f"$JS.ACK.{DELIVER_STREAM}.{urgent}.1.1.1.0.0"
+    await jm.publish(forged_ack, b"+TERM")
+    await barrier(jm)
+    for subject in (f"$JS.API.CONSUMER.MSG.NEXT.{DELIVER_STREAM}.{urgent}", forged_ack):
+        assert violated(jm_errors, "publish", subject), subject
+    info = await rjs.consumer_info(DELIVER_STREAM, urgent)
+    assert info.delivered is not None
+    assert (info.num_pending, info.delivered.consumer_seq) == (2, 0)
+
+    gt = await stack.connect_agency(GT)
+    own = await gt.jetstream(timeout=2).pull_subscribe_bind(durable=urgent, stream=DELIVER_STREAM)
+    msgs = await own.fetch(2, timeout=2)
+    assert [m.data for m in msgs] == [b"SECRET-flash-for-gt", b"SECRET-immediate-for-gt"]
+    for msg in msgs:
+        await msg.ack_sync()
+    # The other consumer holds none of them: nothing reaches gt twice.
+    normal = await rjs.consumer_info(DELIVER_STREAM, deliver_durable(GT))
+    assert normal.num_pending == 0
 
 
 async def test_s01_agency_cannot_call_another_agencys_api(nats_stack: StackFactory) -> None:
@@ -346,7 +399,7 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
     targets = [
         ingest_subject(JM),
         receipt_subject(JM),
-        deliver_subject(JM),
+        deliver_subject(JM, Precedence.ROUTINE),
         f"{inbox_prefix(JM)}.victim",
         f"{inbox_prefix(GT)}.probe",
     ]
@@ -383,7 +436,11 @@ async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
     assert [a["stream"] for a in acks] == [INGEST_STREAM, INGEST_STREAM]
     assert violations(gt_errors) == []
     # Nothing landed on jm's subjects, its inbox or its durable.
-    for subject in (ingest_subject(JM), receipt_subject(JM), deliver_subject(JM)):
+    for subject in (
+        ingest_subject(JM),
+        receipt_subject(JM),
+        deliver_subject(JM, Precedence.ROUTINE),
+    ):
         assert await stored(relay, subject) == 0, subject
     assert jm_victim.msgs == []
     info = await relay.jetstream(timeout=2).consumer_info(DELIVER_STREAM, deliver_durable(JM))
@@ -527,7 +584,7 @@ async def test_reload_adds_an_agency_without_restart(nats_stack: StackFactory) -
     bz_js = bz.jetstream(timeout=2)
     ack = await bz_js.publish(ingest_subject(newcomer), b"hello from bz")
     assert ack.stream == INGEST_STREAM
-    await rjs.publish(deliver_subject(newcomer), b"for bz")
+    await rjs.publish(deliver_subject(newcomer, Precedence.ROUTINE), b"for bz")
     sub = await bz_js.pull_subscribe_bind(durable=deliver_durable(newcomer), stream=DELIVER_STREAM)
     (msg,) = await sub.fetch(1, timeout=2)
     assert msg.data == b"for bz"
@@ -549,7 +606,7 @@ async def test_stream_setup_is_idempotent_and_updates_limits(nats_stack: StackFa
     stack = await nats_stack([GT])
     relay = await stack.connect_relay()
     rjs = relay.jetstream(timeout=2)
-    await rjs.publish(deliver_subject(GT), b"kept")
+    await rjs.publish(deliver_subject(GT, Precedence.ROUTINE), b"kept")
 
     # Again, changed, as the stack that owns the streams (replicas given) applies it.
     await ensure_streams(rjs, deliver_max_age_s=3600, duplicate_window_s=120, replicas=1)
@@ -564,8 +621,8 @@ async def test_stream_setup_is_idempotent_and_updates_limits(nats_stack: StackFa
 
     info = await rjs.stream_info(DELIVER_STREAM)
     assert (info.config.max_age, info.config.duplicate_window) == (3600, 120)
-    # Room for every agency's consumer (nats-server 2.15's default would stop at 1,000).
-    assert info.config.max_consumers == MAX_AGENCIES
+    # Room for every agency's two consumers (nats-server 2.15's default would stop at 1,000).
+    assert info.config.max_consumers == DELIVER_MAX_CONSUMERS == 2 * MAX_AGENCIES + 100
     assert (info.config.deny_delete, info.config.deny_purge, info.config.allow_direct) == (
         True,
         True,

@@ -24,9 +24,9 @@ from broker.runtime.stack import Stack
 from broker.store.registry import AuditRow, BulletinRow
 from clients.sdk import ReceivedBulletin
 from schemas.envelope import Content
-from schemas.labels import Classification, Labels, Tlp
+from schemas.labels import Classification, Labels, Precedence, Tlp
 from schemas.sealing import seal
-from schemas.subjects import DELIVER_STREAM
+from schemas.subjects import DELIVER_STREAM, deliver_subject
 from tests.integration.stack_inproc import client, nats_url, running_stack
 from tests.storage_engines import ENGINES, Storage
 from tests.waiting import eventually
@@ -171,7 +171,8 @@ async def test_sigkill_relay_under_load_loses_and_duplicates_nothing(
                 info = await nc.jetstream().stream_info(
                     DELIVER_STREAM, subjects_filter="istmo.deliver.>"
                 )
-                assert set(info.state.subjects or {}) == {f"istmo.deliver.{a}" for a in RECIPIENTS}
+                routine = {deliver_subject(a, Precedence.ROUTINE) for a in RECIPIENTS}
+                assert set(info.state.subjects or {}) == routine
             finally:
                 await nc.close()
 
