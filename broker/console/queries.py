@@ -64,7 +64,12 @@ class LogFilter:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-_DECISION_TYPES = {"permitted": ("bulletin.routed",), "denied": ("bulletin.denied",)}
+# A bulletin.decided event (ADR 8) holds both the permitted and the denied candidates of
+# its bulletin: it matches either filter, and lists each candidate's outcome.
+_DECISION_TYPES = {
+    "permitted": ("bulletin.routed", "bulletin.decided"),
+    "denied": ("bulletin.denied", "bulletin.decided"),
+}
 
 
 def _leaf_ok(leaf: bytes, leaf_hash: bytes, outbox: tuple[Any, ...] | None) -> bool:
