@@ -147,11 +147,21 @@ def _routed(registry: Registry, since_ms: int) -> set[tuple[str, str]]:
                 if row.type == "bulletin.routed":  # written before ADR 8: one per recipient
                     out.add((row.bulletin_id, row.subject))
                     continue
-                for g in events.decided_groups(json.loads(row.data)):
+                for g in events.decided_groups(_data(row.data)):
                     if g.outcome == "routed":
                         out.update((row.bulletin_id, a) for a in g.agencies)
             after = int(rows[-1].seq or 0)
     return out
+
+
+def _data(stored: str) -> dict[str, Any]:
+    """An event's stored data; empty if it is not a JSON object (`istmo audit verify`
+    reports a row edited behind the broker's back)."""
+    try:
+        value = json.loads(stored)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 async def _present(

@@ -44,6 +44,7 @@ from schemas.audit import AuditEvent
 from schemas.errors import AuditStoreError
 
 _ALLOWED_OUTCOMES = ("routed", "unaddressed")  # a decision record's allowed groups
+_RECORD_LISTS = ("agencies", "policy_ids", "reasons")  # each group's lists of strings
 SCHEMA_VERSION = HEAD_REVISION  # the Alembic revision the broker runs on
 # Sequence numbers, epoch milliseconds and stream positions outgrow 32 bits: BIGINT on
 # PostgreSQL (the parameters are typed from the model), INTEGER (the rowid) on SQLite.
@@ -563,24 +564,35 @@ class Registry:
 
 
 def _decisions_of(record: DecisionRecordRow) -> list[StoredDecision]:
-    """The decisions a ``DecisionRecordRow`` holds, by agency."""
+    """The decisions a ``DecisionRecordRow`` holds, by agency.
+
+    Raises:
+        AuditStoreError: it is not laid out as the relay writes it (edited by hand).
+    """
+    unreadable = AuditStoreError(
+        f"the decision record of bulletin {record.bulletin_id} is unreadable"
+    )
     try:
         groups = json.loads(record.groups)
-        out = [
-            StoredDecision(
-                str(a),
-                g["outcome"] in _ALLOWED_OUTCOMES,
-                tuple(map(str, g["policy_ids"])),
-                tuple(map(str, g["reasons"])),
-            )
-            for g in groups
-            for a in g["agencies"]
-        ]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise AuditStoreError(
-            f"the decision record of bulletin {record.bulletin_id} is unreadable"
-        ) from exc
+    except ValueError as exc:
+        raise unreadable from exc
+    out: list[StoredDecision] = []
+    for g in groups if isinstance(groups, list) else [None]:
+        if not isinstance(g, dict):
+            raise unreadable
+        agencies, policy_ids, reasons = (_strings(g.get(k)) for k in _RECORD_LISTS)
+        if agencies is None or policy_ids is None or reasons is None:
+            raise unreadable
+        allowed = g.get("outcome") in _ALLOWED_OUTCOMES
+        out += [StoredDecision(a, allowed, policy_ids, reasons) for a in agencies]
     return sorted(out, key=lambda d: d.agency)
+
+
+def _strings(value: object) -> tuple[str, ...] | None:
+    """``value`` if it is a list of strings, as a tuple; None if it is anything else."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
 
 
 def _audit_values(e: AuditEvent) -> dict[str, Any]:

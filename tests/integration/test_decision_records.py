@@ -34,6 +34,7 @@ from broker.runtime.stack import Stack
 from broker.store import db
 from broker.store.registry import BulletinRow, Registry
 from schemas.agency import DeniedRecipient, ResolveRequest, StatusAccepted
+from schemas.errors import AuditStoreError
 from schemas.labels import Classification, Labels, Tlp
 from tests.integration.stack_inproc import client, running_stack
 from tests.storage_engines import ENGINES, pg_database
@@ -335,3 +336,27 @@ def _old_data_answers(settings: Settings) -> None:
     finally:
         assert stack.data is not None
         stack.data.close()
+
+
+def test_a_decision_record_edited_by_hand_is_a_store_error_not_an_answer(
+    tmp_path: Path,
+) -> None:
+    registry = Registry(f"sqlite:///{tmp_path / 'istmo.db'}")
+    try:
+        for groups in (
+            "not json",
+            '{"outcome": "routed"}',
+            '[{"outcome": "routed"}]',
+            "[1]",
+            '[{"outcome": "routed", "policy_ids": [], "reasons": [], "agencies": "hn-police"}]',
+        ):
+            with registry.begin() as conn:
+                conn.execute(text("DELETE FROM decision_record"))
+                conn.execute(
+                    text("INSERT INTO decision_record VALUES (:b, 'hn-police', :g)"),
+                    {"b": NEW, "g": groups},
+                )
+            with pytest.raises(AuditStoreError, match=f"decision record of bulletin {NEW}"):
+                registry.decisions(NEW)
+    finally:
+        registry.close()
