@@ -234,6 +234,7 @@ async def test_log_filters_and_audit_of_views(
     r = await auditor.get("/console/log", params={"agency": "jm-police"})
     body = r.text.split("<tbody>")[1]
     assert "bulletin.decided" in body
+    assert "jm-police: releasability" in body  # what was decided for it, on the row
     assert "bulletin.denied" in body
     queried = events_of(console_broker, "audit.queried", after)
     assert [e.subject for e in queried] == ["console.log"] * 4
