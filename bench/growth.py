@@ -7,7 +7,7 @@ through a ~100/s relay would take hours). For every seeded bulletin, with raw SQ
 stack's own database:
   * 1 ``bulletin`` row (a unique id, gt-police, the labels and policy/directory versions
     of a real one, ``ingest_seq`` negative so it can never match a real stream sequence);
-  * 1 ``decision`` row (the agency it was routed to);
+  * 1 ``decision_record`` row (the agency it was routed to; ADR 8);
   * 1 ``audit_event`` row (``bulletin.accepted``) for every bulletin in quick mode and
     every tenth in full mode (``AUDIT_EVERY``: 100k events at 1M bulletins; item 6
     measures the sequencer at 1M), which the stack's own sequencer then integrates into
@@ -51,8 +51,22 @@ LATENCY_RATE = 20  # bulletins/s: below the relay's capacity, so latency is not 
 CHUNK = 50_000
 # Full mode seeds the audit event of one bulletin in ten: integrating 1M events is item 6's
 # measurement (about 80 s of the sequencer), and here it only made the run miss its
-# 10-minute budget. The bulletin and decision tables still hold every seeded bulletin.
+# 10-minute budget. The bulletin and decision_record tables still hold every seeded bulletin.
 AUDIT_EVERY = {True: 1, False: 10}  # by ctx.quick
+
+
+# The decision record of a bulletin routed to bz-police alone, as the relay writes it.
+_ROUTED_TO_BZ = json.dumps(
+    [
+        {
+            "outcome": "routed",
+            "policy_ids": ["base.release"],
+            "reasons": [],
+            "agencies": ["bz-police"],
+        }
+    ],
+    separators=(",", ":"),
+)
 
 
 def _columns(con: sqlite3.Connection, table: str) -> list[str]:
@@ -104,8 +118,8 @@ def seed_sql(stack: BenchStack, start: int, end: int, audit_every: int = 1) -> d
     statements = (
         f"INSERT INTO bulletin ({','.join(bcols)}) {rows} "  # noqa: S608 -- our columns
         f"SELECT {','.join(exprs.get(col, 'NULL') for col in bcols)} FROM c",
-        "INSERT INTO decision (bulletin_id, agency, allowed, policy_ids, reasons) "  # noqa: S608
-        f"{rows} SELECT {bid}, 'bz-police', 1, 'base.release', '[]' FROM c",
+        "INSERT INTO decision_record (bulletin_id, routed, groups) "  # noqa: S608
+        f"{rows} SELECT {bid}, 'bz-police', :groups FROM c",
         "INSERT INTO audit_event (event_id, type, time, actor, subject, bulletin_id, "  # noqa: S608
         f"reason, data) {rows} SELECT {bid} || ':accepted', 'bulletin.accepted', "
         f":day_ago * 1000 + i % 1000, 'gt-police', {bid}, {bid}, NULL, :data FROM c "
@@ -121,6 +135,7 @@ def seed_sql(stack: BenchStack, start: int, end: int, audit_every: int = 1) -> d
                 "pv": pv,
                 "dv": dv,
                 "data": data,
+                "groups": _ROUTED_TO_BZ,
                 "every": audit_every,
             }
             with con:

@@ -13,6 +13,7 @@ EventType = Literal[
     "bulletin.rejected",
     "bulletin.denied",
     "bulletin.routed",
+    "bulletin.decided",
     "bulletin.received",
     "receipt.rejected",
     "request.rejected",

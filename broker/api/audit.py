@@ -232,8 +232,10 @@ def audit_router(state: ApiState) -> APIRouter:
         "/v1/audit/search",
         summary="Entries by agency, bulletin, event type and time",
         description=(
-            "Every filter given must match. `agency` matches the actor or the subject (a "
-            "routed or denied bulletin names the recipient as subject). Times are epoch "
+            "Every filter given must match. `agency` matches the actor, the subject, or a "
+            "candidate a `bulletin.decided` event lists (routed or denied); in logs from "
+            "before that event, a `bulletin.routed` or `bulletin.denied` event names the "
+            "candidate as subject. Times are epoch "
             f"milliseconds, `until` exclusive. In index order, at most `limit` (capped at "
             f"{MAX_PAGE}); page on with `after_index`. Recorded as `audit.queried`."
         ),
@@ -243,7 +245,8 @@ def audit_router(state: ApiState) -> APIRouter:
     def search(
         who: Auditor,
         agency: Annotated[
-            str | None, Query(min_length=1, max_length=200, description="actor or subject")
+            str | None,
+            Query(min_length=1, max_length=200, description="actor, subject or candidate"),
         ] = None,
         bulletin: Annotated[
             str | None, Query(pattern=BULLETIN_ID_PATTERN, max_length=36, description="an id")

@@ -126,12 +126,20 @@ def event_clauses(
     until_ms: int | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """SQL conditions on ``audit_event a`` and their bound values, for those given: the
-    agency as actor or subject, the event type, and ``since_ms <= time < until_ms``."""
+    agency as actor or subject or among the candidates a ``bulletin.decided`` event lists
+    (ADR 8), the event type, and ``since_ms <= time < until_ms``."""
     where: list[str] = []
     params: dict[str, Any] = {}
     if agency is not None:
-        where.append("(a.actor = :agency OR a.subject = :agency)")
+        where.append(
+            "(a.actor = :agency OR a.subject = :agency OR "
+            "(a.type = 'bulletin.decided' AND a.data LIKE :agency_like ESCAPE '\\'))"
+        )
         params["agency"] = agency
+        # The id as a JSON string in the event's data: quoted, so "gt-police" is not found
+        # in "gt-police-hq"; LIKE's wildcards in what was asked are matched literally.
+        quoted = json.dumps(agency).replace("\\", "\\\\")
+        params["agency_like"] = "%" + quoted.replace("%", "\\%").replace("_", "\\_") + "%"
     if type_ is not None:
         where.append("a.type = :type")
         params["type"] = type_
@@ -172,8 +180,10 @@ class LogEntry:
 class EntryFilter:
     """A search: every given field must match; entries after ``after_index``, in order.
 
-    ``agency`` matches the actor or the subject (a routed or denied bulletin names the
-    recipient as subject). Times are epoch milliseconds, ``until_ms`` exclusive.
+    ``agency`` matches the actor or the subject (the per-candidate ``bulletin.routed``
+    and ``bulletin.denied`` events of logs before ADR 8 name the candidate as subject), or
+    a candidate a ``bulletin.decided`` event lists. Times are epoch milliseconds,
+    ``until_ms`` exclusive.
     """
 
     agency: str | None = None

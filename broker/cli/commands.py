@@ -417,9 +417,9 @@ def _audit_commands(sub: Any) -> None:
         description="Entries matching every filter given, oldest first, one page at a time.",
     )
     add_data_dir(c)
-    c.add_argument("--agency", help="the agency as actor or subject")
+    c.add_argument("--agency", help="the agency as actor, subject or decided candidate")
     c.add_argument("--bulletin", help="a bulletin id")
-    c.add_argument("--type", help="an event type, like bulletin.denied")
+    c.add_argument("--type", help="an event type, like bulletin.decided")
     c.add_argument("--since", help="ISO 8601 time, epoch ms, or a span ago (24h, 7d)")
     c.add_argument("--until", help="as --since; exclusive")
     c.add_argument("--after-index", type=int, default=-1, help="page on after this index")

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, text
 
+from broker.audit.events import decided_groups
 from broker.store.registry import Registry
 
 __all__ = ["MAX_CHART_ROWS", "bulletin_flow", "chart_stats"]
@@ -34,7 +35,13 @@ def chart_stats(registry: Registry, since_ms: int, until_ms: int) -> dict[str, A
         "WHERE a.time >= :since AND a.time < :until AND a.type IN :types "
         "ORDER BY a.time LIMIT :n"
     ).bindparams(bindparam("types", expanding=True))
-    types = ["bulletin.accepted", "bulletin.denied", "bulletin.routed", "bulletin.received"]
+    types = [
+        "bulletin.accepted",
+        "bulletin.decided",
+        "bulletin.denied",
+        "bulletin.routed",
+        "bulletin.received",
+    ]
     with registry.connect() as conn:
         rows = conn.execute(
             q, {"since": since_ms, "until": until_ms, "types": types, "n": MAX_CHART_ROWS}
@@ -50,7 +57,13 @@ def chart_stats(registry: Registry, since_ms: int, until_ms: int) -> dict[str, A
             except (ValueError, AttributeError):
                 topic = "?"
             per_day[time.strftime("%Y-%m-%d", time.gmtime(t / 1000))][topic] += 1
-        elif type_ == "bulletin.denied":
+        elif type_ == "bulletin.decided" and bid:
+            for agency, outcome, _ in _decided(data):
+                if outcome == "routed":
+                    routed[(bid, agency)] = int(t)
+                elif outcome != "unaddressed":
+                    denials[agency][outcome] += 1
+        elif type_ == "bulletin.denied":  # the per-candidate events of logs before ADR 8
             denials[str(subject)][str(reason or "?")] += 1
         elif type_ == "bulletin.routed" and bid:
             routed[(bid, str(subject))] = int(t)
@@ -130,16 +143,21 @@ def bulletin_flow(registry: Registry, bulletin_id: str) -> dict[str, Any]:
         elif type_ == "bulletin.rejected":
             flow["originator"] = actor
             flow["rejected"] = {"time": t, "index": index, "reason": reason}
-        elif type_ in ("bulletin.routed", "bulletin.denied"):
-            c = flow["candidates"].setdefault(subject, {"agency": subject})
-            c["decision"] = "permitted" if type_ == "bulletin.routed" else "denied"
-            c["policy_ids"] = list(d.get("policy_ids") or [])
-            c["reason"] = reason
+        elif type_ == "bulletin.decided":
+            for agency, outcome, policy_ids in _decided(data):
+                if outcome != "unaddressed":
+                    routed = outcome == "routed"
+                    _candidate(flow, agency, routed, policy_ids, None if routed else outcome)
+                    c = flow["candidates"][agency]
+                    c["decided_index"] = index
+                    c["routed" if routed else "denied_at"] = t
+            flow["originator"] = flow["originator"] or d.get("originator")
+        elif type_ in ("bulletin.routed", "bulletin.denied"):  # logs before ADR 8
+            routed = type_ == "bulletin.routed"
+            _candidate(flow, subject, routed, tuple(d.get("policy_ids") or ()), reason)
+            c = flow["candidates"][subject]
             c["decided_index"] = index
-            if type_ == "bulletin.routed":
-                c["routed"] = t
-            else:
-                c["denied_at"] = t
+            c["routed" if routed else "denied_at"] = t
             flow["originator"] = flow["originator"] or d.get("originator")
         elif type_ == "bulletin.received":
             c = flow["candidates"].setdefault(actor, {"agency": actor})
@@ -154,3 +172,28 @@ def bulletin_flow(registry: Registry, bulletin_id: str) -> dict[str, Any]:
         key=lambda c: (c.get("decision") != "permitted", c["agency"]),
     )
     return flow
+
+
+def _candidate(
+    flow: dict[str, Any],
+    agency: str,
+    routed: bool,
+    policy_ids: tuple[str, ...],
+    reason: str | None,
+) -> None:
+    c = flow["candidates"].setdefault(agency, {"agency": agency})
+    c["decision"] = "permitted" if routed else "denied"
+    c["policy_ids"] = list(policy_ids)
+    c["reason"] = reason
+
+
+def _decided(data: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(agency, outcome, policy ids) of each candidate a ``bulletin.decided`` event
+    lists; nothing from data that is not a JSON object (a hand-edited row)."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return []
+    if not isinstance(value, dict):
+        return []
+    return [(a, g.outcome, g.policy_ids) for g in decided_groups(value) for a in g.agencies]

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, text
 
+from broker.audit.events import decided_groups
 from broker.audit.log import LogEntry, event_clauses, same_event, shared_log
 from broker.audit.merkle import verify_consistency
 from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key
@@ -64,7 +65,12 @@ class LogFilter:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-_DECISION_TYPES = {"permitted": ("bulletin.routed",), "denied": ("bulletin.denied",)}
+# A bulletin.decided event (ADR 8) holds both the permitted and the denied candidates of
+# its bulletin: it matches either filter, and lists each candidate's outcome.
+_DECISION_TYPES = {
+    "permitted": ("bulletin.routed", "bulletin.decided"),
+    "denied": ("bulletin.denied", "bulletin.decided"),
+}
 
 
 def _leaf_ok(leaf: bytes, leaf_hash: bytes, outbox: tuple[Any, ...] | None) -> bool:
@@ -155,12 +161,23 @@ def log_page(
                 "actor": str(shown.get("actor", ""))[:200],
                 "subject": str(shown.get("subject", ""))[:200],
                 "bulletin_id": shown.get("bulletin_id"),
-                "reason": shown.get("reason"),
+                "reason": _reason(shown, f.agency),
             }
         )
     if order == "ASC":
         out.reverse()
     return out
+
+
+def _reason(shown: dict[str, Any], agency: str | None) -> object:
+    """An entry's reason; for a ``bulletin.decided`` entry found by ``agency``, what was
+    decided for it ("jm-police: default_deny"), which its row would not show otherwise."""
+    data = shown.get("data")
+    if agency and shown.get("type") == "bulletin.decided" and isinstance(data, dict):
+        for g in decided_groups(data):
+            if agency in g.agencies:
+                return f"{agency}: {g.outcome}"
+    return shown.get("reason")
 
 
 def _log_key(broker_dir: Path | None) -> VerifyKey | None:

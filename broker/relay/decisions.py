@@ -2,9 +2,12 @@
 
 Pure. For each candidate the policy engine answered, this module says whether the
 bulletin goes to it (allowed, and addressed by the originator's wraps), and what is
-written down: a ``DecisionRow`` per candidate and a ``bulletin.routed`` or
-``bulletin.denied`` event. A denial always carries a code and a reason: the deciding
-policies' own, or, when no policy granted anything, that this is a default deny.
+written down (ADR 8): one ``DecisionRecordRow`` and one ``bulletin.decided`` event per
+bulletin (more parts only for a broadcast to thousands), not a row and an event per
+candidate. Both group the candidates by outcome (``routed``, ``unaddressed``, or the
+denial code) and deciding policies, so a record grows with the number of candidates by
+one agency id each. A denial always carries a code and a reason: the deciding policies'
+own, or, when no policy granted anything, that this is a default deny.
 
 Left to others: asking the engine (``broker.relay.plan``), the policies themselves
 (``broker.policy``), and committing rows and events (``broker.relay.worker``).
@@ -17,12 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from broker.audit import events
+from broker.audit.events import DecisionGroup
 from broker.policy.model import Decision
+from broker.store.registry import DecisionRecordRow
 from schemas.audit import AuditEvent
 
-__all__ = ["DEFAULT_DENY", "Denial", "Routing", "decision_row", "denial_of", "route"]
+__all__ = ["DEFAULT_DENY", "Denial", "Routing", "denial_of", "route"]
 
 DEFAULT_DENY = "no policy grants it (default deny): not releasable to it, and not named"
+# Groups in this order: who got it, who was allowed but not addressed, then the denials.
+_ORDER = {"routed": 0, "unaddressed": 1}
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,10 @@ class Denial:
 
 @dataclass(frozen=True)
 class Routing:
-    """Who gets a bulletin, and the routed and denied events that say so."""
+    """Who gets a bulletin, its decision record and the ``bulletin.decided`` event(s)."""
 
     deliver_to: tuple[str, ...]
+    record: DecisionRecordRow
     events: tuple[AuditEvent, ...]
 
 
@@ -56,59 +64,69 @@ def denial_of(dec: Decision) -> Denial:
     return Denial(dec.agency, _deny_code(dec), dec.policy_ids, dec.reasons or _why_not(dec))
 
 
-def decision_row(bulletin_id: str, dec: Decision) -> dict[str, object]:
-    """A ``DecisionRow``'s columns as plain values (a fan-out makes dozens per bulletin;
-    the registry inserts them in bulk)."""
-    return {
-        "bulletin_id": bulletin_id,
-        "agency": dec.agency,
-        "allowed": dec.allowed,
-        "policy_ids": ",".join(dec.policy_ids),
-        "reasons": json.dumps(list(dec.reasons or _why_not(dec))),
-    }
-
-
 def route(
     bulletin_id: str,
     *,
     originator: str,
     addressed: Sequence[str],
     decisions: Sequence[Decision],
+    policy_version: str,
+    directory_version: str,
     at: int,
 ) -> Routing:
-    """Deliver to every candidate the policy allowed and the originator addressed; an
-    event for each of those and for each refused candidate (an allowed candidate that
-    was not addressed gets neither)."""
-    deliver_to: list[str] = []
-    trail: list[AuditEvent] = []
+    """Deliver to every candidate the policy allowed and the originator addressed; record
+    every decision, grouped, in one row and one event (see the module docstring).
+
+    Args:
+        bulletin_id: the bulletin.
+        originator: its originator.
+        addressed: its signed recipients.
+        decisions: the engine's receive decision on each candidate.
+        policy_version: the policy set the decisions were made under.
+        directory_version: the directory they were made over.
+        at: the decision time, epoch milliseconds.
+    """
+    wrapped = set(addressed)
+    # (outcome, policy ids, reasons) -> agencies: the row keeps the reasons' texts; the
+    # event, as before, the code and policies (the texts are in the policy set).
+    grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
     for dec in decisions:
-        if dec.allowed and dec.agency in addressed:
-            deliver_to.append(dec.agency)
-            trail.append(
-                events.bulletin_routed(
-                    bulletin_id,
-                    dec.agency,
-                    originator=originator,
-                    policy_version=dec.policy_version,
-                    directory_version=dec.directory_version,
-                    policy_ids=dec.policy_ids,
-                    at=at,
-                )
-            )
-        elif not dec.allowed:
-            trail.append(
-                events.bulletin_denied(
-                    bulletin_id,
-                    dec.agency,
-                    reason=_deny_code(dec),
-                    originator=originator,
-                    policy_version=dec.policy_version,
-                    directory_version=dec.directory_version,
-                    policy_ids=dec.policy_ids,
-                    at=at,
-                )
-            )
-    return Routing(tuple(deliver_to), tuple(trail))
+        if dec.allowed:
+            outcome = "routed" if dec.agency in wrapped else "unaddressed"
+            key = (outcome, dec.policy_ids, dec.reasons)
+        else:
+            key = (_deny_code(dec), dec.policy_ids, dec.reasons or _why_not(dec))
+        grouped.setdefault(key, []).append(dec.agency)
+    keys = sorted(grouped, key=lambda k: (_ORDER.get(k[0], 2), k))
+    deliver_to = tuple(sorted(a for k in keys if k[0] == "routed" for a in grouped[k]))
+    record = DecisionRecordRow(
+        bulletin_id=bulletin_id,
+        routed=",".join(deliver_to),
+        groups=json.dumps(
+            [
+                {
+                    "outcome": k[0],
+                    "policy_ids": list(k[1]),
+                    "reasons": list(k[2]),
+                    "agencies": sorted(grouped[k]),
+                }
+                for k in keys
+            ],
+            separators=(",", ":"),
+        ),
+    )
+    audited: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for k in keys:
+        audited.setdefault(k[:2], []).extend(grouped[k])
+    trail = events.bulletin_decided(
+        bulletin_id,
+        originator=originator,
+        policy_version=policy_version,
+        directory_version=directory_version,
+        groups=[DecisionGroup(o, p, tuple(sorted(a))) for (o, p), a in audited.items()],
+        at=at,
+    )
+    return Routing(deliver_to, record, trail)
 
 
 def _deny_code(dec: Decision) -> str:

@@ -6,7 +6,9 @@ the directory and its policy engine, the earlier acceptance of the same bulletin
 there was one, and the time. It answers with a ``Plan``, one of:
 
 * **accept**: the recipients to deliver to, every receive decision (the denials among
-  them with their codes and reasons), and the rows and audit events to commit first;
+  them with their codes and reasons), and the rows and audit events to commit first:
+  the bulletin, its one decision record and ``bulletin.accepted`` and
+  ``bulletin.decided`` (``broker.relay.decisions``, ADR 8);
 * **reject**: the refusal code and message, a rejection row and a ``bulletin.rejected``
   event (the message is then terminated, so it never loops);
 * **resume**: the same stream message came back after its bulletin was recorded (a crash
@@ -36,7 +38,7 @@ from sqlmodel import SQLModel
 from broker.audit import events
 from broker.policy.model import BulletinFacts, Decider, Decision
 from broker.relay.checks import IngestLimits, check_ingest, parse_ingest, sender_of
-from broker.relay.decisions import Denial, decision_row, denial_of, route
+from broker.relay.decisions import Denial, denial_of, route
 from broker.store.registry import BulletinRow, RejectionRow
 from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
@@ -129,7 +131,8 @@ class Plan:
         addressed: the signed recipients (accept and resume).
         deliver_to: who gets it: allowed by the policy and addressed (accept).
         decisions: every receive decision, in candidate order (accept).
-        rows: registry rows to commit (a bulletin or a rejection).
+        rows: registry rows to commit (a bulletin and its decision record, or a
+            rejection).
         events: audit events to commit with them.
         defer_s: how long to hand it back for (defer).
         rank: its precedence, FLASH = 0, for the order of delivery.
@@ -155,11 +158,6 @@ class Plan:
     def denials(self) -> tuple[Denial, ...]:
         """The candidates refused, with why."""
         return tuple(denial_of(d) for d in self.decisions if not d.allowed)
-
-    def decision_rows(self) -> list[dict[str, object]]:
-        """The ``DecisionRow`` columns of every decision, as plain values (a fan-out makes
-        dozens per bulletin; the registry inserts them in bulk)."""
-        return [decision_row(self.bulletin_id or "", d) for d in self.decisions]
 
 
 def parse(msg: Ingested, limits: IngestLimits) -> Parsed:
@@ -317,7 +315,13 @@ def _decide(
         at=now_ms,
     )
     routing = route(
-        bid, originator=h.originator, addressed=h.recipients, decisions=decisions, at=now_ms
+        bid,
+        originator=h.originator,
+        addressed=h.recipients,
+        decisions=decisions,
+        policy_version=publish.policy_version,
+        directory_version=publish.directory_version,
+        at=now_ms,
     )
     return Plan(
         "accept",
@@ -327,7 +331,7 @@ def _decide(
         addressed=tuple(h.recipients),
         deliver_to=routing.deliver_to,
         decisions=decisions,
-        rows=(row,),
+        rows=(row, routing.record),
         events=(accepted, *routing.events),
         rank=rank,
         claim=claim,

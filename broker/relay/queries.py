@@ -10,8 +10,6 @@ parsing requests and turning errors into replies to the doors.
 
 from __future__ import annotations
 
-import json
-
 from broker.directory.service import DirectoryService
 from broker.policy.engine import BulletinFacts
 from broker.relay.checks import check_labels
@@ -156,12 +154,8 @@ class AgencyQueries:
                         sorted(r.agency for r in decisions if r.allowed and r.agency in addressed)
                     ),
                     denied=tuple(
-                        DeniedRecipient(
-                            agency=r.agency,
-                            policy_ids=tuple(p for p in r.policy_ids.split(",") if p),
-                            reasons=tuple(json.loads(r.reasons)),
-                        )
-                        for r in sorted(decisions, key=lambda r: r.agency)
+                        DeniedRecipient(agency=r.agency, policy_ids=r.policy_ids, reasons=r.reasons)
+                        for r in decisions
                         if not r.allowed
                     ),
                     policy_version=bulletin.policy_version,

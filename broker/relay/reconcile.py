@@ -1,6 +1,7 @@
 """Reconciliation (TEST-CATALOGUE F-14): the audit log against the delivery stream.
 
-The audit log, not JetStream, is the system of record: every ``bulletin.routed`` event
+The audit log, not JetStream, is the system of record: every agency a ``bulletin.decided``
+event lists as routed (or, in logs from before ADR 8, every ``bulletin.routed`` event)
 says a delivery must exist on ``istmo.deliver.<agency>.<precedence>`` (or, stored by an
 Istmo before ADR 7, on ``istmo.deliver.<agency>``). ``reconcile`` lists the routed
 (bulletin, recipient) pairs of a time window, scans ``ISTMO_DELIVER`` (headers only) for
@@ -25,6 +26,7 @@ Idempotent: a second run finds the republished deliveries present. Bounded: at m
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -138,15 +140,30 @@ class ReconcileReport:
 
 def _routed(registry: Registry, since_ms: int) -> set[tuple[str, str]]:
     out: set[tuple[str, str]] = set()
-    after = 0
-    while True:
-        rows = registry.audit_events(type_="bulletin.routed", after_seq=after, limit=1000)
-        if not rows:
-            return out
-        for row in rows:
-            if row.time >= since_ms and row.bulletin_id:
-                out.add((row.bulletin_id, row.subject))
-        after = int(rows[-1].seq or 0)
+    for type_ in ("bulletin.decided", "bulletin.routed"):
+        after = 0
+        while rows := registry.audit_events(type_=type_, after_seq=after, limit=1000):
+            for row in rows:
+                if row.time < since_ms or not row.bulletin_id:
+                    continue
+                if row.type == "bulletin.routed":  # written before ADR 8: one per recipient
+                    out.add((row.bulletin_id, row.subject))
+                    continue
+                for g in events.decided_groups(_data(row.data)):
+                    if g.outcome == "routed":
+                        out.update((row.bulletin_id, a) for a in g.agencies)
+            after = int(rows[-1].seq or 0)
+    return out
+
+
+def _data(stored: str) -> dict[str, Any]:
+    """An event's stored data; empty if it is not a JSON object (`istmo audit verify`
+    reports a row edited behind the broker's back)."""
+    try:
+        value = json.loads(stored)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 async def _present(

@@ -59,7 +59,7 @@ from broker.relay.dead_letters import (
 from broker.relay.plan import Ingested, Plan, parse, plan_batch
 from broker.relay.receipts import check_receipt, read_receipt
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
-from broker.store.registry import DecisionRow, ReceiptRow, Registry
+from broker.store.registry import ReceiptRow, Registry
 from schemas.agency import Announcement, encode_announcement
 from schemas.errors import AuditStoreError, BusUnavailable, IstmoError
 from schemas.labels import Precedence
@@ -314,7 +314,6 @@ class Relay:
         self.registry.record(
             [row for p in plans for row in p.rows],
             [event for p in plans for event in p.events],
-            bulk={DecisionRow: [values for p in plans for values in p.decision_rows()]},
         )
         # Deliver everything as a few atomic batches, most urgent precedence first (the
         # delivery stream holds FLASH before ROUTINE), with each accepted envelope's

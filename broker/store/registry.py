@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,10 @@ from broker.store.db import (
     store_errors,
 )
 from schemas.audit import AuditEvent
+from schemas.errors import AuditStoreError
 
+_ALLOWED_OUTCOMES = ("routed", "unaddressed")  # a decision record's allowed groups
+_RECORD_LISTS = ("agencies", "policy_ids", "reasons")  # each group's lists of strings
 SCHEMA_VERSION = HEAD_REVISION  # the Alembic revision the broker runs on
 # Sequence numbers, epoch milliseconds and stream positions outgrow 32 bits: BIGINT on
 # PostgreSQL (the parameters are typed from the model), INTEGER (the rowid) on SQLite.
@@ -51,6 +55,7 @@ __all__ = [
     "AgencyRow",
     "AuditRow",
     "BulletinRow",
+    "DecisionRecordRow",
     "DecisionRow",
     "EncryptionKeyRow",
     "JurisdictionRow",
@@ -61,6 +66,7 @@ __all__ = [
     "Registry",
     "RejectionRow",
     "SigningKeyRow",
+    "StoredDecision",
     "SubscriptionRow",
     "default_broker_dir",
 ]
@@ -151,12 +157,48 @@ class MetaRow(SQLModel, table=True):
 
 
 class DecisionRow(SQLModel, table=True):
+    """A receive decision on one candidate, as Istmo wrote them before the compact
+    ``DecisionRecordRow`` (ADR 8): read for the bulletins of older data directories,
+    no longer written."""
+
     __tablename__ = "decision"
     bulletin_id: str = Field(primary_key=True, max_length=36)
     agency: str = Field(primary_key=True, max_length=32)
     allowed: bool
     policy_ids: str  # comma-separated, sorted
     reasons: str  # JSON list of the policies' @reason texts
+
+
+class DecisionRecordRow(SQLModel, table=True):
+    """Every receive decision on one bulletin, in one row (ADR 8).
+
+    ``routed`` is who got it, comma-separated, sorted. ``groups`` is a JSON list of
+    ``{"outcome", "policy_ids", "reasons", "agencies"}`` objects, one per outcome
+    (``routed``, ``unaddressed`` or a denial code), deciding policies and reasons, with
+    every candidate in exactly one group.
+    """
+
+    __tablename__ = "decision_record"
+    bulletin_id: str = Field(primary_key=True, max_length=36)
+    routed: str
+    groups: str
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    """One candidate's receive decision as the registry holds it, old row or new record.
+
+    Attributes:
+        agency: the candidate.
+        allowed: the policy let it receive the bulletin (delivered only if addressed too).
+        policy_ids: the deciding policies.
+        reasons: their reasons, or what the relay said instead.
+    """
+
+    agency: str
+    allowed: bool
+    policy_ids: tuple[str, ...]
+    reasons: tuple[str, ...]
 
 
 class ReceiptRow(SQLModel, table=True):
@@ -409,10 +451,31 @@ class Registry:
             q = q.where(col(BulletinRow.id).in_(list(bulletin_ids)))
             return {bid: (seq, digest) for bid, seq, digest in s.exec(q)}
 
-    def decisions(self, bulletin_id: str) -> list[DecisionRow]:
+    def decisions(self, bulletin_id: str) -> list[StoredDecision]:
+        """Every receive decision on ``bulletin_id``, by agency: from its decision record,
+        or from the per-candidate rows an older Istmo wrote.
+
+        Raises:
+            AuditStoreError: the database refused, or the record is not one the relay
+                wrote (edited by hand).
+        """
         with self.session() as s:
-            q = select(DecisionRow).where(DecisionRow.bulletin_id == bulletin_id)
-            return list(s.exec(q))
+            record = s.get(DecisionRecordRow, bulletin_id)
+            if record is None:
+                q = select(DecisionRow).where(DecisionRow.bulletin_id == bulletin_id)
+                return sorted(
+                    (
+                        StoredDecision(
+                            r.agency,
+                            r.allowed,
+                            tuple(p for p in r.policy_ids.split(",") if p),
+                            tuple(json.loads(r.reasons)),
+                        )
+                        for r in s.exec(q)
+                    ),
+                    key=lambda d: d.agency,
+                )
+        return _decisions_of(record)
 
     def receipts(self, bulletin_id: str) -> list[ReceiptRow]:
         with self.session() as s:
@@ -426,16 +489,9 @@ class Registry:
             )
             return s.exec(q).first()
 
-    def record(
-        self,
-        rows: Sequence[SQLModel],
-        events: Sequence[AuditEvent],
-        *,
-        bulk: Mapping[type[SQLModel], Sequence[Mapping[str, Any]]] | None = None,
-    ) -> None:
-        """Insert ``rows``, ``bulk`` (plain column values by table, for the many small rows
-        of a fan-out) and ``events`` in one transaction. Rows and events already there (same
-        primary key or event id) are left as they are, so a retried batch is harmless.
+    def record(self, rows: Sequence[SQLModel], events: Sequence[AuditEvent]) -> None:
+        """Insert ``rows`` and ``events`` in one transaction. Rows and events already there
+        (same primary key or event id) are left as they are, so a retried batch is harmless.
 
         Raises:
             AuditStoreError: the database refused the transaction.
@@ -446,8 +502,6 @@ class Registry:
             if dumped.get("seq", 0) is None:
                 del dumped["seq"]  # an autoincrement key the database assigns
             by_table.setdefault(type(row).__table__, []).append(dumped)  # type: ignore[attr-defined]
-        for model, many in (bulk or {}).items():
-            by_table.setdefault(model.__table__, []).extend(many)  # type: ignore[attr-defined]
         audit = [_audit_values(e) for e in events]
         with store_errors("an audit write"), self.engine.begin() as conn:
             for table, values in by_table.items():
@@ -507,6 +561,38 @@ class Registry:
             if actor is not None:
                 q = q.where(AuditRow.actor == actor)
             return list(s.exec(q.order_by(AuditRow.seq).limit(limit)))  # type: ignore[arg-type]  # sqlmodel types a column as its value
+
+
+def _decisions_of(record: DecisionRecordRow) -> list[StoredDecision]:
+    """The decisions a ``DecisionRecordRow`` holds, by agency.
+
+    Raises:
+        AuditStoreError: it is not laid out as the relay writes it (edited by hand).
+    """
+    unreadable = AuditStoreError(
+        f"the decision record of bulletin {record.bulletin_id} is unreadable"
+    )
+    try:
+        groups = json.loads(record.groups)
+    except ValueError as exc:
+        raise unreadable from exc
+    out: list[StoredDecision] = []
+    for g in groups if isinstance(groups, list) else [None]:
+        if not isinstance(g, dict):
+            raise unreadable
+        agencies, policy_ids, reasons = (_strings(g.get(k)) for k in _RECORD_LISTS)
+        if agencies is None or policy_ids is None or reasons is None:
+            raise unreadable
+        allowed = g.get("outcome") in _ALLOWED_OUTCOMES
+        out += [StoredDecision(a, allowed, policy_ids, reasons) for a in agencies]
+    return sorted(out, key=lambda d: d.agency)
+
+
+def _strings(value: object) -> tuple[str, ...] | None:
+    """``value`` if it is a list of strings, as a tuple; None if it is anything else."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
 
 
 def _audit_values(e: AuditEvent) -> dict[str, Any]:

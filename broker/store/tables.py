@@ -18,6 +18,7 @@ REGISTRY_TABLES = (
     "console_link",
     "console_session",
     "decision",
+    "decision_record",
     "encryption_key",
     "enrolment_token",
     "jurisdiction",

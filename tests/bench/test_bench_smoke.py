@@ -206,7 +206,8 @@ def test_the_run_says_where_its_time_went_and_warns_over_budget() -> None:
 
 def test_growth_seeds_the_rows_a_python_loop_would(tmp_path: Path) -> None:
     """The SQLite-generated history (bench/growth.py) matches the rows as described:
-    uuid4-shaped ids, negative ingest sequence, one decision and one audit event each."""
+    uuid4-shaped ids, negative ingest sequence, one decision record and one audit event
+    each."""
     import sqlite3
     import uuid
     from types import SimpleNamespace
@@ -227,9 +228,13 @@ def test_growth_seeds_the_rows_a_python_loop_would(tmp_path: Path) -> None:
     assert rows == [
         (ids[i], "gt-police", f"{i:064x}", -1 - i, "bz-police,rc-drugs") for i in range(5)
     ]
-    assert con.execute("SELECT bulletin_id, agency, allowed FROM decision").fetchall() == [
-        (b, "bz-police", 1) for b in ids
-    ]
+    records = con.execute("SELECT bulletin_id, routed, groups FROM decision_record").fetchall()
+    assert [r[:2] for r in records] == [(b, "bz-police") for b in ids]
+    reg = Registry(f"sqlite:///{db}")
+    try:  # read back as the relay's own records are
+        assert [(d.agency, d.allowed) for d in reg.decisions(ids[0])] == [("bz-police", True)]
+    finally:
+        reg.close()
     events = con.execute("SELECT event_id, type, bulletin_id, data FROM audit_event").fetchall()
     assert [e[:3] for e in events] == [(f"{b}:accepted", "bulletin.accepted", b) for b in ids]
     assert json.loads(events[0][3])["recipients"] == ["bz-police"]

@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
+from broker.audit import events
 from broker.audit.sequencer import open_sequencer
 from broker.config import Settings
 from broker.directory.admins import create_demo_admin
@@ -32,6 +33,8 @@ from tests.storage_engines import Storage
 
 __all__ = [
     "BASE",
+    "BULLETIN",
+    "DECIDED",
     "NO_MILITARY",
     "TOKEN_URL",
     "csrf_of",
@@ -42,7 +45,8 @@ __all__ = [
     "token_for",
 ]
 
-BULLETIN = "00000000-0000-4000-8000-0000000000b1"
+BULLETIN = "00000000-0000-4000-8000-0000000000b1"  # recorded per candidate (before ADR 8)
+DECIDED = "00000000-0000-4000-8000-0000000000b2"  # the same decisions in one event (ADR 8)
 
 
 # A candidate policy the admin tests adopt, check and simulate.
@@ -58,9 +62,25 @@ when
 """
 
 
+def decided_events(now_ms: int) -> tuple[AuditEvent, ...]:
+    """What the relay writes now for DECIDED: the decisions of BULLETIN in one event."""
+    return events.bulletin_decided(
+        DECIDED,
+        originator="gt-police",
+        policy_version="p1",
+        directory_version="d1",
+        groups=[
+            events.DecisionGroup("routed", ("permit-sica",), ("hn-police",)),
+            events.DecisionGroup("routed", ("permit-rc",), ("rc-drugs",)),
+            events.DecisionGroup("releasability", ("forbid-rel-to",), ("jm-police",)),
+        ],
+        at=now_ms - 4000,
+    )
+
+
 def relay_events(now_ms: int) -> list[AuditEvent]:
-    """What the relay writes for one bulletin: accepted, routed to two, denied to one,
-    received by one."""
+    """What the relay wrote for one bulletin before ADR 8: accepted, routed to two,
+    denied to one, received by one."""
     b = BULLETIN
     data = {"originator": "gt-police", "policy_version": "p1", "directory_version": "d1"}
     return [
@@ -139,8 +159,9 @@ def console_broker(tmp_path_factory: pytest.TempPathFactory, storage_module: Sto
         stack.registry, settings.keys_dir, stack.directory_key.verify_key, now=int(time.time())
     )
     sequence(settings)  # a first signed tree head: the demo directory
-    stack.registry.record([], relay_events(time.time_ns() // 1_000_000))
-    sequence(settings)  # a second one: the bulletin
+    now_ms = time.time_ns() // 1_000_000
+    stack.registry.record([], [*relay_events(now_ms), *decided_events(now_ms)])
+    sequence(settings)  # a second one: the bulletins
     return Broker(stack, settings)
 
 

@@ -46,8 +46,8 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
 def bulletin(up: UpProcess) -> str:
     bid = publish(up, "gt-police", "drug-trafficking")
     assert [b["id"] for b in receive(up, "rc-drugs")] == [bid]
-    # accepted, routed to several, denied to several, received by rc-drugs
-    wait_sequenced(up, bid, types=4)
+    # accepted, decided (routed to several, denied to several: ADR 8), received by rc-drugs
+    wait_sequenced(up, bid, types=3)
     return bid
 
 
@@ -60,12 +60,12 @@ def sign_in(page, up: UpProcess) -> None:  # type: ignore[no-untyped-def]
 def test_auditor_filters_opens_and_verifies(page, up: UpProcess, bulletin: str) -> None:  # type: ignore[no-untyped-def]
     sign_in(page, up)
     page.get_by_role("link", name="Audit log").first.click()
-    page.select_option("#f-type", "bulletin.denied")
+    page.select_option("#f-type", "bulletin.decided")
     page.click("#apply")
-    page.wait_for_url(re.compile(r"type=bulletin\.denied"))
+    page.wait_for_url(re.compile(r"type=bulletin\.decided"))
     types = page.locator("table.log tbody td:nth-child(3)").all_inner_texts()
     assert types
-    assert set(types) == {"bulletin.denied"}
+    assert set(types) == {"bulletin.decided"}
     # Narrow to one agency with the keyboard alone: focus, choose, submit.
     page.select_option("#f-agency", "jm-police")
     page.focus("#apply")

@@ -13,6 +13,7 @@ from tests.api.conftest import Broker, bearer
 from tests.console.conftest import (
     BASE,
     BULLETIN,
+    DECIDED,
     connect,
     csrf_of,
     events_of,
@@ -232,8 +233,14 @@ async def test_log_filters_and_audit_of_views(
     assert "bulletin.accepted" not in body
     r = await auditor.get("/console/log", params={"state": "JM"})
     assert "jm-police" in r.text
+    # An agency is found among the candidates of a bulletin.decided event too (ADR 8).
+    r = await auditor.get("/console/log", params={"agency": "jm-police"})
+    body = r.text.split("<tbody>")[1]
+    assert "bulletin.decided" in body
+    assert "jm-police: releasability" in body  # what was decided for it, on the row
+    assert "bulletin.denied" in body
     queried = events_of(console_broker, "audit.queried", after)
-    assert [e.subject for e in queried] == ["console.log"] * 3
+    assert [e.subject for e in queried] == ["console.log"] * 4
     for bad in (
         {"type": "nope"},
         {"since": "yesterday"},
@@ -300,11 +307,13 @@ async def test_charts_and_flow(auditor: httpx.AsyncClient) -> None:
     assert "<title" in r.text
     assert "<desc" in r.text
     assert "drug-trafficking" in r.text
-    r = await auditor.get("/console/flow", params={"bulletin": BULLETIN})
-    table = r.text.split('id="candidates"')[1]
-    assert table.index("hn-police") < table.index("jm-police")  # permitted first
-    assert "forbid-rel-to" in table
-    assert "releasability" in table
+    # The flow of a bulletin recorded per candidate, and of one recorded in one event.
+    for bulletin in (BULLETIN, DECIDED):
+        r = await auditor.get("/console/flow", params={"bulletin": bulletin})
+        table = r.text.split('id="candidates"')[1]
+        assert table.index("hn-police") < table.index("jm-police")  # permitted first
+        assert "forbid-rel-to" in table
+        assert "releasability" in table
     assert (await auditor.get("/console/flow", params={"bulletin": "nope"})).status_code == 400
 
 

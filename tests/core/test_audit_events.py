@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from broker.audit import events
-from schemas.audit import EVENT_TYPES
+from broker.audit.entries import entry_bytes
+from clients.log_verifier import MAX_LEAF_BYTES
+from schemas.audit import EVENT_TYPES, AuditEvent
 
 AT = 1_780_000_000_123
 
@@ -110,3 +114,73 @@ def test_an_audit_query_records_its_filter_without_the_blanks() -> None:
     assert (e.type, e.actor, e.subject, e.time) == ("audit.queried", "auditor", "audit.search", AT)
     assert e.data == {"agency": "gt-police", "rows": 3}
     assert e.event_id.startswith("audit-query:")
+
+
+# ------------------------------------------------------------------ bulletin.decided
+def _decided(groups: list[events.DecisionGroup]) -> tuple[AuditEvent, ...]:
+    return events.bulletin_decided(
+        "b-1",
+        originator="gt-police",
+        policy_version="p1",
+        directory_version="d1",
+        groups=groups,
+        at=AT,
+    )
+
+
+def _agencies(n: int, width: int = 32) -> tuple[str, ...]:
+    return tuple(f"a{i:0{width - 1}d}" for i in range(n))  # the longest ids there are
+
+
+ROUTED = events.DecisionGroup("routed", ("grant.releasable",), ("bz-police", "sv-police"))
+DENIED = events.DecisionGroup("policy_deny", ("guard.clearance",), ("gt-justice",))
+DEFAULT = events.DecisionGroup("default_deny", (), ("jm-police",))
+
+
+@pytest.mark.parametrize(
+    ("groups", "parts"),
+    [
+        ([], 1),  # no candidate: still one event, saying so
+        ([ROUTED, DENIED, DEFAULT], 1),
+        ([DENIED] * events.MAX_DECIDED_GROUPS, 1),
+        ([DENIED] * (events.MAX_DECIDED_GROUPS + 1), 2),  # the schema's 32 data keys
+        ([events.DecisionGroup("default_deny", (), _agencies(10_000))], 12),
+        ([events.DecisionGroup("default_deny", (), _agencies(10_000, width=12))], 5),
+    ],
+    ids=["none", "three", "most-groups", "one-group-too-many", "10k-longest", "10k-typical"],
+)
+def test_a_decided_event_lists_every_candidate_once_in_bounded_parts(
+    groups: list[events.DecisionGroup], parts: int
+) -> None:
+    decided = _decided(groups)
+    assert len(decided) == parts
+    assert [e.event_id for e in decided] == [f"b-1:decided:{n}" for n in range(1, parts + 1)]
+    read: list[tuple[str, tuple[str, ...], str]] = []
+    for n, e in enumerate(decided, 1):
+        assert (e.type, e.subject, e.bulletin_id) == ("bulletin.decided", "b-1", "b-1")
+        assert (e.data["part"], e.data["parts"], e.data["originator"]) == (n, parts, "gt-police")
+        leaf = entry_bytes(e)
+        assert len(leaf) < MAX_LEAF_BYTES // 2  # what a remote verifier accepts, with room
+        again = AuditEvent.model_validate_json(leaf)  # as stored and as a verifier reads it
+        stored = json.loads(leaf)["data"]  # lists, not tuples
+        assert events.decided_groups(stored) == events.decided_groups(again.data)
+        read += [
+            (g.outcome, g.policy_ids, a) for g in events.decided_groups(stored) for a in g.agencies
+        ]
+    assert read == [(g.outcome, g.policy_ids, a) for g in groups for a in g.agencies]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"why.1": "policy_deny", "who.1": ["a"]},  # not a list
+        {"why.1": [], "who.1": ["a"]},  # no outcome
+        {"why.2": ["routed"], "who.2": ["a"]},  # no group 1
+        {"why.1": ["routed"]},  # no agencies
+    ],
+)
+def test_decided_groups_reads_nothing_from_data_not_laid_out_as_written(
+    data: dict[str, object],
+) -> None:
+    assert events.decided_groups(data) == []

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from broker.audit import events
 from broker.policy.engine import (
     AgencyInfo,
     DirectorySnapshot,
@@ -38,7 +39,7 @@ from broker.relay.plan import (
     plan,
     plan_batch,
 )
-from broker.store.registry import BulletinRow, RejectionRow
+from broker.store.registry import BulletinRow, DecisionRecordRow, RejectionRow
 from schemas.canonical import b64d, b64e
 from schemas.directory import AgencyRecord, EncryptionKeyRecord, SigningKeyRecord
 from schemas.envelope import Content, Envelope
@@ -230,20 +231,28 @@ def test_accept_delivers_to_the_permitted_recipients_and_records_every_decision(
     assert p.addressed == PERMITTED
     # Every agency that follows the topic was decided, except the originator.
     assert [d.agency for d in p.decisions] == sorted(a.id for a in INFOS if a.id != "gt-police")
-    (row,) = p.rows
+    row, record = p.rows
     assert isinstance(row, BulletinRow)
     assert (row.id, row.ingest_seq, row.accepted_at) == (bid, 7, NOW)
     assert row.envelope_digest == envelope_digest(env)
     assert row.recipients == ",".join(PERMITTED)
-    assert [(e.type, e.subject) for e in p.events] == [
-        ("bulletin.accepted", bid),
-        ("bulletin.routed", "bz-police"),
-        ("bulletin.denied", "gt-justice"),
-        ("bulletin.denied", "hn-police"),
-        ("bulletin.denied", "jm-police"),
-        ("bulletin.denied", "sica-audit"),
-        ("bulletin.routed", "sv-military"),
-        ("bulletin.routed", "sv-police"),
+    # One decision record and one decided event for the bulletin, not one per candidate.
+    assert isinstance(record, DecisionRecordRow)
+    assert (record.bulletin_id, record.routed) == (bid, ",".join(PERMITTED))
+    assert [(e.type, e.event_id) for e in p.events] == [
+        ("bulletin.accepted", f"{bid}:accepted"),
+        ("bulletin.decided", f"{bid}:decided:1"),
+    ]
+    decided = p.events[1]
+    assert (decided.subject, decided.bulletin_id, decided.actor) == (bid, bid, "relay")
+    assert (decided.data["part"], decided.data["parts"]) == (1, 1)
+    # Who got it first, then the denials by code and deciding policies.
+    assert [(g.outcome, g.policy_ids, g.agencies) for g in events.decided_groups(decided.data)] == [
+        ("routed", ("grant.releasable",), PERMITTED),
+        ("default_deny", (), ("jm-police",)),
+        ("policy_deny", ("guard.agency-suspended",), ("hn-police",)),
+        ("policy_deny", ("guard.auditor-no-content",), ("sica-audit",)),
+        ("policy_deny", ("guard.clearance",), ("gt-justice",)),
     ]
     # The time is the one passed in; the relay's clock is not read here.
     assert {e.time for e in p.events} == {NOW_MS}
@@ -268,12 +277,16 @@ def test_each_denial_names_its_reason(agency: str, code: str, policy_ids: tuple[
     p = decide(ingested(sealed()))
     denial = {d.agency: d for d in p.denials}[agency]
     assert (denial.code, denial.policy_ids) == (code, policy_ids)
-    event = next(e for e in p.events if e.type == "bulletin.denied" and e.subject == agency)
-    assert (event.reason, event.data["policy_ids"]) == (code, policy_ids)
-    assert event.event_id == f"{p.bulletin_id}:denied:{agency}"
-    row = next(r for r in p.decision_rows() if r["agency"] == agency)
-    assert row["allowed"] is False
-    assert json.loads(str(row["reasons"])) == list(denial.reasons)
+    # The audit event says who was refused, with the code and the deciding policies ...
+    (decided,) = [e for e in p.events if e.type == "bulletin.decided"]
+    (group,) = [g for g in events.decided_groups(decided.data) if agency in g.agencies]
+    assert (group.outcome, group.policy_ids) == (code, policy_ids)
+    # ... and the decision record also keeps the reasons' texts.
+    record = p.rows[1]
+    assert isinstance(record, DecisionRecordRow)
+    (kept,) = [g for g in json.loads(record.groups) if agency in g["agencies"]]
+    assert (kept["outcome"], tuple(kept["policy_ids"])) == (code, policy_ids)
+    assert kept["reasons"] == list(denial.reasons)
 
 
 def test_a_default_deny_says_so_rather_than_nothing() -> None:
@@ -292,12 +305,16 @@ def test_an_addressed_agency_the_policy_refuses_is_denied_not_delivered() -> Non
     assert "hn-police" in {d.agency for d in p.denials}
 
 
-def test_an_allowed_agency_not_addressed_gets_nothing_and_no_event() -> None:
+def test_an_allowed_agency_not_addressed_gets_nothing_and_is_recorded_as_such() -> None:
     p = decide(ingested(sealed(to=("sv-police",))))
     assert p.deliver_to == ("sv-police",)
     allowed = {d.agency for d in p.decisions if d.allowed}
     assert allowed == set(PERMITTED)
-    assert not [e for e in p.events if e.subject in ("bz-police", "sv-military")]
+    decided = events.decided_groups(p.events[1].data)
+    assert [(g.outcome, g.agencies) for g in decided[:2]] == [
+        ("routed", ("sv-police",)),
+        ("unaddressed", ("bz-police", "sv-military")),
+    ]
 
 
 def test_the_originator_is_decided_only_when_it_addressed_itself() -> None:

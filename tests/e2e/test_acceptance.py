@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.audit.events import decided_groups
 from tests.stackproc import UpProcess, free_port, interrupt, run_cli
 from tests.waiting import eventually_sync
 
@@ -72,26 +73,22 @@ def test_publish_receive_receipts_and_denial(up: UpProcess) -> None:
     )
     assert none.returncode == 1
     assert none.stdout == ""
-    # ... and its denial is recorded with the deciding policy and the policy version.
+    # ... and its denial is recorded with the deciding policy and the policy version: in
+    # the bulletin's one decision record and one bulletin.decided event (ADR 8).
     db = sqlite3.connect(d / "istmo.db", timeout=60)
-    allowed, policy_ids = db.execute(
-        "SELECT allowed, policy_ids FROM decision WHERE bulletin_id=? AND agency='jm-police'",
-        (bid,),
+    (groups,) = db.execute(
+        "SELECT groups FROM decision_record WHERE bulletin_id=?", (bid,)
     ).fetchone()
-    assert not allowed
-    event = db.execute(
-        "SELECT reason, data FROM audit_event WHERE type='bulletin.denied' AND subject='jm-police'"
-        " AND bulletin_id=?",
-        (bid,),
+    (kept,) = [g for g in json.loads(groups) if "jm-police" in g["agencies"]]
+    assert (kept["outcome"], kept["policy_ids"]) == ("default_deny", [])  # no policy grants it
+    assert "default deny" in kept["reasons"][0]
+    (data,) = db.execute(
+        "SELECT data FROM audit_event WHERE type='bulletin.decided' AND bulletin_id=?", (bid,)
     ).fetchone()
-    assert event is not None
-    assert event[0] == "default_deny"  # not releasable to it: no policy grants it
-    assert json.loads(event[1])["policy_version"]
-    assert policy_ids == ""
-    reasons = db.execute(
-        "SELECT reasons FROM decision WHERE bulletin_id=? AND agency='jm-police'", (bid,)
-    ).fetchone()[0]
-    assert "default deny" in json.loads(reasons)[0]
+    decided = json.loads(data)
+    (logged,) = [g for g in decided_groups(decided) if "jm-police" in g.agencies]
+    assert (logged.outcome, logged.policy_ids) == ("default_deny", ())
+    assert decided["policy_version"]
     status = run_cli("status", "--as", "gt-police", bid, "--json", data_dir=d)
     denied = {x["agency"]: x for x in json.loads(status.stdout)["denied"]}
     assert "default deny" in denied["jm-police"]["reasons"][0]

@@ -81,7 +81,7 @@ def test_istmo_up_on_postgresql_carries_a_bulletin(
                     "SELECT count(*) FROM audit_event WHERE data LIKE %s", ("%CANARY-pg%",)
                 ).fetchone()
             assert originator == "gt-police"
-            assert {"bulletin.accepted", "bulletin.routed", "bulletin.denied"} <= types
+            assert {"bulletin.accepted", "bulletin.decided"} <= types
             assert body_rows == (0,)  # the broker routes; it never stores what it cannot read
 
             verified = eventually_sync(  # the sequencer integrates within its idle poll

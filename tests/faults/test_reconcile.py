@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.audit.events import decided_groups
 from broker.relay.reconcile import ARCHIVE_STREAM
 from schemas.subjects import DELIVER_STREAM
 from tests.faults.harness import (
@@ -56,7 +57,15 @@ async def test_f14_reconcile_restores_a_deleted_delivery_stream(
     await gt.close()
 
     # Let the relay finish (every bulletin archived and routed), then lose the stream.
-    assert len(audit_rows(target, "bulletin.routed")) == N * len(BZ_RECIPIENTS)
+    decided = audit_rows(target, "bulletin.decided")
+    routed = [
+        (row["bulletin_id"], a)
+        for row in decided
+        for g in decided_groups(row["data"])
+        if g.outcome == "routed"
+        for a in g.agencies
+    ]
+    assert (len(decided), len(set(routed))) == (N, N * len(BZ_RECIPIENTS))
     op = await operator_connect(target)
     try:
         js = op.jetstream(timeout=10)

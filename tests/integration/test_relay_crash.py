@@ -176,14 +176,20 @@ async def test_sigkill_relay_under_load_loses_and_duplicates_nothing(
             finally:
                 await nc.close()
 
-            # One accepted event per bulletin and one routed event per recipient.
+            # One accepted and one decided event per bulletin (ADR 8), routed to each.
             assert stack.registry is not None
             with stack.registry.session() as s:
                 counts = dict(
                     s.exec(select(AuditRow.type, func.count()).group_by(AuditRow.type)).all()
                 )
             assert counts["bulletin.accepted"] == N
-            assert counts["bulletin.routed"] == N * len(RECIPIENTS)
+            assert counts["bulletin.decided"] == N
+            assert "bulletin.routed" not in counts
+            registry = stack.registry
+            routed = {
+                frozenset(r.agency for r in registry.decisions(bid) if r.allowed) for bid in acked
+            }
+            assert routed == {frozenset(RECIPIENTS)}
             assert "bulletin.rejected" not in counts
         finally:
             relay.send_signal(signal.SIGTERM)

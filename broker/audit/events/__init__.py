@@ -28,11 +28,14 @@ from broker.audit.events.access import (
     token_issued,
 )
 from broker.audit.events.bulletins import (
+    MAX_DECIDED_BYTES,
+    MAX_DECIDED_GROUPS,
+    DecisionGroup,
     bulletin_accepted,
-    bulletin_denied,
+    bulletin_decided,
     bulletin_received,
     bulletin_rejected,
-    bulletin_routed,
+    decided_groups,
     receipt_rejected,
     request_rejected,
 )
@@ -60,6 +63,9 @@ from broker.audit.events.directory import (
 )
 
 __all__ = [
+    "MAX_DECIDED_BYTES",
+    "MAX_DECIDED_GROUPS",
+    "DecisionGroup",
     "KeyUse",
     "Refusal",
     "agency_created",
@@ -67,13 +73,13 @@ __all__ = [
     "agency_status_changed",
     "audit_queried",
     "bulletin_accepted",
-    "bulletin_denied",
+    "bulletin_decided",
     "bulletin_received",
     "bulletin_rejected",
-    "bulletin_routed",
     "console_login",
     "console_logout",
     "console_refused",
+    "decided_groups",
     "delivery_dead_lettered",
     "delivery_redriven",
     "delivery_republished",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from broker.audit.events._common import (
     MAX,
@@ -12,14 +13,26 @@ from schemas.audit import AuditEvent
 from schemas.labels import Labels
 
 __all__ = [
+    "MAX_DECIDED_BYTES",
+    "MAX_DECIDED_GROUPS",
+    "DecisionGroup",
     "bulletin_accepted",
-    "bulletin_denied",
+    "bulletin_decided",
     "bulletin_received",
     "bulletin_rejected",
-    "bulletin_routed",
+    "decided_groups",
     "receipt_rejected",
     "request_rejected",
 ]
+
+# A ``bulletin.decided`` event stays within 32 KiB, half the leaf a remote verifier accepts
+# (``clients.log_verifier.MAX_LEAF_BYTES``): at most this many bytes of agency and policy
+# ids (2,100 agencies of 12 characters, 900 of the longest, 32), under 1 KiB of fixed
+# fields, and groups few enough that its 5 fixed keys and two per group fit the schema's
+# 32 data keys.
+MAX_DECIDED_BYTES = 31 * 1024
+MAX_DECIDED_GROUPS = 13
+_GROUP_OVERHEAD = 24  # '"why.13":[],"who.13":[],'
 
 
 # ---------------------------------------------------------------------------- bulletins
@@ -58,61 +71,114 @@ def bulletin_accepted(
     )
 
 
-def bulletin_routed(
+@dataclass(frozen=True)
+class DecisionGroup:
+    """Candidates the policy decided alike on one bulletin.
+
+    Attributes:
+        outcome: ``routed`` (allowed and addressed: it was delivered), ``unaddressed``
+            (allowed, but the originator did not seal it for them) or the denial code
+            (``policy_deny``, ``default_deny``, ``policy_error``).
+        policy_ids: the deciding policies' sorted ``@id``s (none on a default deny).
+        agencies: the candidates, sorted.
+    """
+
+    outcome: str
+    policy_ids: tuple[str, ...]
+    agencies: tuple[str, ...]
+
+
+def bulletin_decided(
     bulletin_id: str,
-    recipient: str,
     *,
     originator: str,
     policy_version: str,
     directory_version: str,
-    policy_ids: Sequence[str],
+    groups: Sequence[DecisionGroup],
     at: int,
-) -> AuditEvent:
-    """The policy let ``recipient`` receive the bulletin, and it was addressed to it."""
-    return AuditEvent(
-        event_id=f"{bulletin_id}:routed:{recipient}",
-        type="bulletin.routed",
-        time=at,
-        actor="relay",
-        subject=recipient,
-        bulletin_id=bulletin_id,
-        data={
-            "originator": originator,
-            "policy_version": policy_version,
-            "directory_version": directory_version,
-            "policy_ids": tuple(policy_ids),
-        },
+) -> tuple[AuditEvent, ...]:
+    """The receive decisions on a bulletin: who it was routed to, and every candidate
+    refused with the code and policies that refused it, grouped by outcome and policies.
+
+    One event per bulletin, ``<bulletin>:decided:1``, unless the groups outgrow
+    ``MAX_DECIDED_BYTES`` or ``MAX_DECIDED_GROUPS`` (a broadcast to thousands of
+    agencies): then the next parts are ``:decided:2`` and on, each saying ``part`` of
+    ``parts``. Group ``i`` of a part is ``why.i`` (the outcome, then the policy ids) and
+    ``who.i`` (its agencies); ``decided_groups`` reads them back.
+    """
+    parts = _decided_parts(groups)
+    return tuple(
+        AuditEvent(
+            event_id=f"{bulletin_id}:decided:{n}",
+            type="bulletin.decided",
+            time=at,
+            actor="relay",
+            subject=bulletin_id,
+            bulletin_id=bulletin_id,
+            data={
+                "originator": originator,
+                "policy_version": policy_version,
+                "directory_version": directory_version,
+                "part": n,
+                "parts": len(parts),
+                **{
+                    key: value
+                    for i, g in enumerate(part, 1)
+                    for key, value in (
+                        (f"why.{i}", (g.outcome, *g.policy_ids)),
+                        (f"who.{i}", g.agencies),
+                    )
+                },
+            },
+        )
+        for n, part in enumerate(parts, 1)
     )
 
 
-def bulletin_denied(
-    bulletin_id: str,
-    agency: str,
-    *,
-    reason: str,
-    originator: str,
-    policy_version: str,
-    directory_version: str,
-    policy_ids: Sequence[str],
-    at: int,
-) -> AuditEvent:
-    """The policy refused ``agency`` the bulletin; ``reason`` is ``policy_deny``,
-    ``default_deny`` or ``policy_error``."""
-    return AuditEvent(
-        event_id=f"{bulletin_id}:denied:{agency}",
-        type="bulletin.denied",
-        time=at,
-        actor="relay",
-        subject=agency,
-        bulletin_id=bulletin_id,
-        reason=reason,
-        data={
-            "originator": originator,
-            "policy_version": policy_version,
-            "directory_version": directory_version,
-            "policy_ids": tuple(policy_ids),
-        },
-    )
+def decided_groups(data: Mapping[str, object]) -> list[DecisionGroup]:
+    """The groups of one ``bulletin.decided`` event's data (as stored: lists or tuples),
+    in order; anything not laid out as ``bulletin_decided`` writes it is skipped."""
+    out: list[DecisionGroup] = []
+    for i in range(1, MAX_DECIDED_GROUPS + 1):
+        why, who = data.get(f"why.{i}"), data.get(f"who.{i}")
+        if not isinstance(why, list | tuple) or not isinstance(who, list | tuple) or not why:
+            break
+        out.append(DecisionGroup(str(why[0]), tuple(map(str, why[1:])), tuple(map(str, who))))
+    return out
+
+
+def _decided_parts(groups: Sequence[DecisionGroup]) -> list[list[DecisionGroup]]:
+    """Cut ``groups`` into parts of at most ``MAX_DECIDED_GROUPS`` groups and
+    ``MAX_DECIDED_BYTES`` of ids each; a group too big for what is left of a part goes on
+    in the next, its outcome and policies repeated. Always at least one (maybe empty)
+    part, and every part holds at least one agency of each group in it."""
+    parts: list[list[DecisionGroup]] = [[]]
+    used = 0
+    for g in groups:
+        head = _GROUP_OVERHEAD + sum(_cost(x) for x in (g.outcome, *g.policy_ids))
+        left = g.agencies
+        while True:
+            first = _cost(left[0]) if left else 0
+            if parts[-1] and (
+                len(parts[-1]) == MAX_DECIDED_GROUPS or used + head + first > MAX_DECIDED_BYTES
+            ):
+                parts.append([])
+                used = 0
+            used += head
+            take = 0
+            while take < len(left) and (take == 0 or used + _cost(left[take]) <= MAX_DECIDED_BYTES):
+                used += _cost(left[take])
+                take += 1
+            parts[-1].append(DecisionGroup(g.outcome, g.policy_ids, left[:take]))
+            left = left[take:]
+            if not left:
+                break
+    return parts
+
+
+def _cost(value: str) -> int:
+    """The bytes of one id in the canonical JSON: the id, its quotes and a comma."""
+    return len(value) + 3
 
 
 def bulletin_rejected(
