@@ -36,7 +36,6 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from broker.audit import events
 from broker.bus.batch import Message, publish_batch
 from broker.bus.streams import ACK_WAIT_S, ensure_atomic
 from broker.clock import SYSTEM_CLOCK, Clock
@@ -57,7 +56,7 @@ from broker.relay.dead_letters import (
     ingest_attempts_allowed,
 )
 from broker.relay.plan import Ingested, Plan, parse, plan_batch
-from broker.relay.receipts import check_receipt, read_receipt
+from broker.relay.receipts import IncomingReceipt, judge_batch, read_batch
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
 from broker.store.registry import DecisionRow, ReceiptRow, Registry
 from schemas.errors import AuditStoreError, BusUnavailable, IstmoError
@@ -144,9 +143,12 @@ class Relay:
                 ready()
             ingest, receipts, dead = bound
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._loop(stop, ingest, self._ingest_guarded))
-                tg.create_task(self._loop(stop, receipts, self._receipt_batch))
-                tg.create_task(self._loop(stop, dead, self._dead_batch))
+                batch = self.settings.relay_batch
+                tg.create_task(self._loop(stop, ingest, batch, self._ingest_guarded))
+                tg.create_task(
+                    self._loop(stop, receipts, self.settings.receipt_batch, self._receipt_batch)
+                )
+                tg.create_task(self._loop(stop, dead, batch, self._dead_batch))
         finally:
             for sub in subs:
                 with contextlib.suppress(nats.errors.Error):
@@ -181,10 +183,16 @@ class Relay:
                 delay = min(delay * 2, 5.0)
         return None
 
-    async def _loop(self, stop: asyncio.Event, sub: JetStreamContext.PullSubscription, handle):  # type: ignore[no-untyped-def]
+    async def _loop(
+        self,
+        stop: asyncio.Event,
+        sub: JetStreamContext.PullSubscription,
+        batch: int,
+        handle: Callable[[list[Msg]], Awaitable[None]],
+    ) -> None:
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(self.settings.relay_batch, timeout=0.5)
+                msgs = await sub.fetch(batch, timeout=0.5)
             except TimeoutError:  # nats-py raises both its own and asyncio's
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
@@ -354,51 +362,33 @@ class Relay:
 
     # ------------------------------------------------------------------ receipts
     async def _receipt_batch(self, msgs: list[Msg]) -> None:
-        for msg in msgs:
-            try:
-                self._receipt(msg)
-            except (AuditStoreError, BusUnavailable):
-                raise  # the store or NATS is away: not the receipt's fault; it comes back
-            except IstmoError as exc:
-                refused = events.receipt_rejected(
-                    msg.metadata.sequence.stream,
-                    sender=sender_of(msg.subject, "receipt") or "unknown",
-                    reason=exc.code,
-                    message=str(exc),
-                    at=self.clock.now_ms(),
-                )
-                self.registry.record([], [refused])
-                await msg.term()
-                continue
-            await msg.ack_sync()
-
-    def _receipt(self, msg: Msg) -> None:
-        """Check one receipt (``broker.relay.receipts``) and record it with its event."""
-        sender, receipt = read_receipt(msg.data, subject=msg.subject)
-        bid = receipt.bulletin_id
-        check_receipt(
-            receipt,
-            sender=sender,
-            bulletin=self.registry.bulletin(bid),
-            routed={r.agency for r in self.registry.decisions(bid) if r.allowed},
+        """Judge a batch of receipts (``broker.relay.receipts``, pure) against the bulletins
+        they name (two queries for the batch), record every receipt row, its event and
+        every refusal in one transaction, then ack the good ones and term the refused
+        (they must not come back) with one flush. A lost ack redelivers a receipt, which
+        is recorded again as nothing new: rows and events are keyed by bulletin and
+        recipient, refusals by stream sequence."""
+        batch = [
+            IncomingReceipt(msg.metadata.sequence.stream, msg.subject, msg.data) for msg in msgs
+        ]
+        read = read_batch(batch)
+        named = {got[1].bulletin_id for got in read if not isinstance(got, IstmoError)}
+        verdicts = judge_batch(
+            batch,
+            read,
+            bulletins=self.registry.bulletins(named),
+            routed=self.registry.routed(named),
             records=self.directory.records,
+            at=self.clock.now_ms(),
         )
-        at = self.clock.now_ms()
-        row = ReceiptRow(
-            bulletin_id=bid,
-            recipient=sender,
-            received_at=receipt.received_at,
-            recorded_at=at // 1000,
-            signature=receipt.sig,
+        self.registry.record(
+            [],
+            [v.event for v in verdicts],
+            bulk={ReceiptRow: [v.row for v in verdicts if v.row is not None]},
         )
-        received = events.bulletin_received(
-            bid,
-            sender,
-            received_at=receipt.received_at,
-            envelope_digest=receipt.envelope_digest,
-            at=at,
-        )
-        self.registry.record([row], [received])
+        for msg, verdict in zip(msgs, verdicts, strict=True):
+            await (msg.ack() if verdict.accepted else msg.term())
+        await self.nc.flush()
 
     # ------------------------------------------------------------------ control
     async def _on_policy(self, msg: Msg) -> None:

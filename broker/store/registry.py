@@ -409,6 +409,30 @@ class Registry:
             q = q.where(col(BulletinRow.id).in_(list(bulletin_ids)))
             return {bid: (seq, digest) for bid, seq, digest in s.exec(q)}
 
+    def bulletins(self, bulletin_ids: Collection[str]) -> dict[str, BulletinRow]:
+        """Each of ``bulletin_ids`` that was accepted, by id, in one query (the relay asks
+        once per batch of receipts)."""
+        if not bulletin_ids:
+            return {}
+        with self.session() as s:
+            q = select(BulletinRow).where(col(BulletinRow.id).in_(list(bulletin_ids)))
+            return {row.id: row for row in s.exec(q)}
+
+    def routed(self, bulletin_ids: Collection[str]) -> dict[str, set[str]]:
+        """By bulletin id, the agencies the policy allowed each of ``bulletin_ids``, in one
+        query (the relay asks once per batch of receipts)."""
+        if not bulletin_ids:
+            return {}
+        out: dict[str, set[str]] = {}
+        with self.session() as s:
+            q = select(DecisionRow.bulletin_id, DecisionRow.agency).where(
+                col(DecisionRow.bulletin_id).in_(list(bulletin_ids)),
+                col(DecisionRow.allowed).is_(True),
+            )
+            for bid, agency in s.exec(q):
+                out.setdefault(bid, set()).add(agency)
+        return out
+
     def decisions(self, bulletin_id: str) -> list[DecisionRow]:
         with self.session() as s:
             q = select(DecisionRow).where(DecisionRow.bulletin_id == bulletin_id)
