@@ -8,7 +8,7 @@ Effects happen in this order for every batch pulled from the shared ingest consu
      most urgent precedence first) and every archive copy as a few JetStream atomic
      batches (``broker.bus.batch``): one flush per batch, not per message;
   4. once every batch is committed, ack the ingest messages (term a rejected one: it must
-     not come back).
+     not come back), as plain publishes written out with one flush.
 A crash anywhere replays the batch: a bulletin already stored under the same stream
 sequence is resumed (its deliveries republished: an atomic batch holding an id already
 stored is sent again one message at a time, which JetStream deduplicates, and the
@@ -333,10 +333,15 @@ class Relay:
                     publish_batch(self.nc, DELIVER_STREAM, deliveries),
                 )
             )
-        # Recorded and delivered: counted before the acks, whose replies can time out
-        # under load after the server has taken them (then nothing comes back to count).
+        # Recorded and delivered: counted before the acks, which cannot undo that.
         self.processed += len(outcomes)
-        await _all(_settle(o) for o in outcomes)
+        # Acks, terms and naks are plain publishes, written out with one flush: ack_sync
+        # cost a request and a reply per message (and timed out under load after the
+        # server had taken the ack). An ack that is lost redelivers the bulletin, which
+        # resumes without being decided or delivered twice.
+        for o in outcomes:
+            await _settle(o)
+        await self.nc.flush()
 
     def _outcome(self, msg: Msg, p: Plan) -> _Outcome:
         """What to deliver and how to settle ``msg``, by its plan. A resumed bulletin is
@@ -424,7 +429,7 @@ async def _settle(o: _Outcome) -> None:
     elif o.defer_s:
         await o.msg.nak(delay=o.defer_s)
     else:
-        await o.msg.ack_sync()
+        await o.msg.ack()
 
 
 async def _all(aws: Iterable[Awaitable[object]], limit: int = IN_FLIGHT) -> None:
