@@ -37,6 +37,7 @@ from nats.js import JetStreamContext
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from broker.bus.batch import Message, publish_batch
+from broker.bus.nats_thread import NatsThread
 from broker.bus.streams import ACK_WAIT_S, ensure_atomic
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
@@ -76,6 +77,8 @@ log = logging.getLogger("istmo.relay")
 # Failures that pass: NATS or the database away for a moment (a registry read raises
 # SQLAlchemy's own errors, a write AuditStoreError). The batch comes back and resumes.
 _TRANSIENT = (nats.errors.Error, TimeoutError, AuditStoreError, OperationalError, InterfaceError)
+API_SUBJECTS = "istmo.api.*.*"  # istmo.api.<agency>.<op>
+API_QUEUE = "relay-api"  # one relay answers each request
 # JetStream publishes awaiting their acks at once: a batch of 64 bulletins to 60 agencies
 # each (~400 MB in flight) made nats-server answer 429 and stalled the relay.
 IN_FLIGHT = 256
@@ -102,6 +105,9 @@ class Relay:
             messages).
         nc: the broker's NATS connection.
         clock: the time of decisions and audit events (a test passes its own).
+        api_connect: opens a NATS connection of the agency API's own: with it, agencies'
+            requests are answered on a thread of their own (``broker.bus.nats_thread``),
+            never behind a batch; without it, on ``nc`` between batches.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class Relay:
         nc: NATS,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        api_connect: Callable[[], Awaitable[NATS]] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -121,19 +128,21 @@ class Relay:
         self.js: JetStreamContext = nc.jetstream(timeout=10)
         self.limits = IngestLimits(settings.max_envelope_bytes, settings.max_clock_skew_s)
         self.api = AgencyApi(settings, registry, directory, clock=clock)
+        self._api_connect = api_connect
         self.processed = 0
 
     async def run(self, stop: asyncio.Event, *, ready: Callable[[], None] | None = None) -> None:
         """Pull and process until ``stop`` is set; call ``ready`` once the streams and
         consumers are bound (before that, only agencies' requests are answered)."""
-        api_sub = await self.nc.subscribe("istmo.api.*.*", queue="relay-api", cb=self._on_api)
         control_sub = await self.nc.subscribe(CONTROL_POLICY_SUBJECT, cb=self._on_policy)
         directory_sub = await self.nc.subscribe(CONTROL_DIRECTORY_SUBJECT, cb=self._on_directory)
         subs: list[Subscription | JetStreamContext.PullSubscription] = [
-            api_sub,
             control_sub,
             directory_sub,
         ]
+        api_thread = await self._start_api_thread()
+        if api_thread is None:
+            subs.append(await self.nc.subscribe(API_SUBJECTS, queue=API_QUEUE, cb=self._on_api))
         try:
             bound = await self._bind(stop)
             if bound is None:
@@ -153,6 +162,8 @@ class Relay:
             for sub in subs:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
+            if api_thread is not None:
+                await api_thread.stop()
 
     async def _bind(
         self, stop: asyncio.Event
@@ -418,6 +429,36 @@ class Relay:
         log.info("directory %s now in force", self.directory.version)
 
     # ------------------------------------------------------------------ agency API
+    async def _start_api_thread(self) -> NatsThread | None:
+        """The agency API on a thread of its own, or None (then it is served on ``nc``):
+        without ``api_connect``, or if the thread cannot start (logged; agencies are still
+        answered, between batches)."""
+        if self._api_connect is None:
+            return None
+        thread = NatsThread("istmo-agency-api", self._api_connect, self._serve_api)
+        try:
+            await thread.start()
+        except BusUnavailable as exc:
+            log.error("agency API: no thread of its own (%s); answering between batches", exc)
+            await thread.stop()
+            return None
+        return thread
+
+    async def _serve_api(self, nc: NATS, stop: asyncio.Event, ready: Callable[[], None]) -> None:
+        """On the API's own thread and connection: answer requests until ``stop``."""
+
+        async def on_api(msg: Msg) -> None:
+            await self.api.serve(nc, msg, now=self.clock.now_s())
+
+        sub = await nc.subscribe(API_SUBJECTS, queue=API_QUEUE, cb=on_api)
+        try:
+            await nc.flush()  # nats-server routes requests here from now on
+            ready()
+            await stop.wait()
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
     async def _on_api(self, msg: Msg) -> None:
         await self.api.serve(self.nc, msg, now=self.clock.now_s())
 

@@ -338,7 +338,14 @@ class Stack:
         async with asyncio.TaskGroup() as tg:
             api_task = tg.create_task(api.serve())
             if with_relay:
-                relay = Relay(s, registry, directory, nc)
+                relay = Relay(
+                    s,
+                    registry,
+                    directory,
+                    nc,
+                    # Agencies' requests on a thread of its own, never behind a batch.
+                    api_connect=lambda: self.connect_relay(self.nats_urls),
+                )
                 tg.create_task(relay.run(stop))
             # Elected through NATS KV: any other `istmo up` or `istmo sequencer` on this
             # region's NATS stands by while this one leads, and takes over if it dies.
@@ -563,7 +570,13 @@ class Stack:
         try:
             await self.ensure_jetstream(nc, agency_consumers=False)
             shown = nats_url if isinstance(nats_url, str) else ", ".join(nats_url)
-            relay = Relay(self.settings, registry, directory, nc)
+            relay = Relay(
+                self.settings,
+                registry,
+                directory,
+                nc,
+                api_connect=lambda: self.connect_relay(nats_url),
+            )
             gate = GateThread(lambda: self.connect_relay(nats_url))
             await gate.start()
             try:
