@@ -53,6 +53,7 @@ class Settings:
     # Receipts are small and cheap to hold: fewer, larger transactions (256 recorded 23% more
     # receipts per CPU-second than 64).
     receipt_batch: int = 256
+    relay_metrics_sample_s: float = 5.0  # how often a relay reads its consumers' backlog
     status_wait_s: float = 10.0
     access_token_lifetime_s: int = 300
     # Host names the HTTP API answers to besides loopback (ISTMO_ALLOWED_HOSTS, comma-

@@ -56,6 +56,7 @@ from broker.relay.dead_letters import (
     handle_advisory,
     ingest_attempts_allowed,
 )
+from broker.relay.metrics import RelayMetrics
 from broker.relay.plan import Ingested, Plan, parse, plan_batch
 from broker.relay.receipts import IncomingReceipt, judge_batch, read_batch
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
@@ -108,6 +109,7 @@ class Relay:
         api_connect: opens a NATS connection of the agency API's own: with it, agencies'
             requests are answered on a thread of their own (``broker.bus.nats_thread``),
             never behind a batch; without it, on ``nc`` between batches.
+        metrics: where to count (``broker.relay.metrics``); by default a registry of its own.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class Relay:
         *,
         clock: Clock = SYSTEM_CLOCK,
         api_connect: Callable[[], Awaitable[NATS]] | None = None,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -129,6 +132,7 @@ class Relay:
         self.limits = IngestLimits(settings.max_envelope_bytes, settings.max_clock_skew_s)
         self.api = AgencyApi(settings, registry, directory, clock=clock)
         self._api_connect = api_connect
+        self.metrics = metrics if metrics is not None else RelayMetrics()
         self.processed = 0
 
     async def run(self, stop: asyncio.Event, *, ready: Callable[[], None] | None = None) -> None:
@@ -152,12 +156,13 @@ class Relay:
                 ready()
             ingest, receipts, dead = bound
             async with asyncio.TaskGroup() as tg:
-                batch = self.settings.relay_batch
-                tg.create_task(self._loop(stop, ingest, batch, self._ingest_guarded))
+                batch, receipt_batch = self.settings.relay_batch, self.settings.receipt_batch
+                tg.create_task(self._loop(stop, ingest, batch, "ingest", self._ingest_guarded))
                 tg.create_task(
-                    self._loop(stop, receipts, self.settings.receipt_batch, self._receipt_batch)
+                    self._loop(stop, receipts, receipt_batch, "receipts", self._receipt_batch)
                 )
-                tg.create_task(self._loop(stop, dead, batch, self._dead_batch))
+                tg.create_task(self._loop(stop, dead, batch, "advisories", self._dead_batch))
+                tg.create_task(self._sample_backlog(stop))
         finally:
             for sub in subs:
                 with contextlib.suppress(nats.errors.Error):
@@ -199,6 +204,7 @@ class Relay:
         stop: asyncio.Event,
         sub: JetStreamContext.PullSubscription,
         batch: int,
+        queue: str,
         handle: Callable[[list[Msg]], Awaitable[None]],
     ) -> None:
         while not stop.is_set():
@@ -213,6 +219,7 @@ class Relay:
                 log.warning("fetch failed (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
+            self.metrics.batch.labels(queue).observe(len(msgs))
             try:
                 await handle(msgs)
             except _TRANSIENT as exc:
@@ -231,6 +238,26 @@ class Relay:
                 # up for everyone else; the batch is redelivered after the ack wait.
                 log.exception("batch of %d failed unexpectedly; it will be redelivered", len(msgs))
                 await asyncio.sleep(1.0)
+
+    async def _sample_backlog(self, stop: asyncio.Event) -> None:
+        """Every ``relay_metrics_sample_s``: how many messages wait on the shared ingest and
+        receipt consumers (one request each; a sample that fails is skipped)."""
+        while not stop.is_set():
+            for queue, stream, durable in (
+                ("ingest", INGEST_STREAM, RELAY_INGEST_DURABLE),
+                ("receipts", RECEIPT_STREAM, RELAY_RECEIPT_DURABLE),
+            ):
+                try:
+                    info = await self.js.consumer_info(stream, durable)
+                except (nats.errors.Error, TimeoutError):
+                    continue  # NATS away for a moment: the next sample tells
+                except Exception:  # a bug here must not stop the relay
+                    log.exception("could not sample the %s backlog", queue)
+                    continue
+                waiting = (info.num_pending or 0) + (info.num_ack_pending or 0)
+                self.metrics.backlog.labels(queue).set(waiting)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.relay_metrics_sample_s)
 
     # ------------------------------------------------------------------ ingest
     async def _ingest_guarded(self, msgs: list[Msg]) -> None:
@@ -319,11 +346,12 @@ class Relay:
             now_ms=now_ms,
         )
         outcomes = [self._outcome(msg, p) for msg, p in zip(msgs, plans, strict=True)]
-        self.registry.record(
-            [row for p in plans for row in p.rows],
-            [event for p in plans for event in p.events],
-            bulk={DecisionRow: [values for p in plans for values in p.decision_rows()]},
-        )
+        with self.metrics.commit.labels("ingest").time():
+            self.registry.record(
+                [row for p in plans for row in p.rows],
+                [event for p in plans for event in p.events],
+                bulk={DecisionRow: [values for p in plans for values in p.decision_rows()]},
+            )
         # Deliver everything as a few atomic batches, most urgent precedence first (the
         # delivery stream holds FLASH before ROUTINE), with each accepted envelope's
         # archive copy (ciphertext), where `istmo reconcile` finds it if a delivery goes
@@ -344,6 +372,10 @@ class Relay:
                     publish_batch(self.nc, DELIVER_STREAM, deliveries),
                 )
             )
+            stored_s = self.clock.now_ms() / 1000
+            for o in delivering:
+                waited = stored_s - o.msg.metadata.timestamp.timestamp()
+                self.metrics.publish_to_delivery.observe(max(waited, 0.0))
         # Recorded and delivered: counted before the acks, which cannot undo that.
         self.processed += len(outcomes)
         # Acks, terms and naks are plain publishes, written out with one flush: ack_sync
@@ -353,6 +385,8 @@ class Relay:
         for o in outcomes:
             await _settle(o)
         await self.nc.flush()
+        for p in plans:
+            self.metrics.bulletins.labels(p.verdict).inc()
 
     def _outcome(self, msg: Msg, p: Plan) -> _Outcome:
         """What to deliver and how to settle ``msg``, by its plan. A resumed bulletin is
@@ -397,14 +431,18 @@ class Relay:
             records=self.directory.records,
             at=self.clock.now_ms(),
         )
-        self.registry.record(
-            [],
-            [v.event for v in verdicts],
-            bulk={ReceiptRow: [v.row for v in verdicts if v.row is not None]},
-        )
+        with self.metrics.commit.labels("receipts").time():
+            self.registry.record(
+                [],
+                [v.event for v in verdicts],
+                bulk={ReceiptRow: [v.row for v in verdicts if v.row is not None]},
+            )
         for msg, verdict in zip(msgs, verdicts, strict=True):
             await (msg.ack() if verdict.accepted else msg.term())
         await self.nc.flush()
+        recorded = sum(v.accepted for v in verdicts)
+        self.metrics.receipts.labels("recorded").inc(recorded)
+        self.metrics.receipts.labels("refused").inc(len(verdicts) - recorded)
 
     # ------------------------------------------------------------------ control
     async def _on_policy(self, msg: Msg) -> None:
