@@ -53,7 +53,7 @@ class IncomingReceipt:
 @dataclass(frozen=True)
 class ReceiptVerdict:
     """What to record of one receipt: its ``ReceiptRow`` (as column values, for
-    ``Registry.record``'s ``bulk``) and ``bulletin.received`` event, or (row None) the
+    ``Registry.record_receipts``) and ``bulletin.received`` event, or (row None) the
     ``receipt.rejected`` event of its refusal."""
 
     seq: int

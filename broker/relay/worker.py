@@ -60,7 +60,7 @@ from broker.relay.metrics import RelayMetrics
 from broker.relay.plan import Ingested, Plan, parse, plan_batch
 from broker.relay.receipts import IncomingReceipt, judge_batch, read_batch
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
-from broker.store.registry import DecisionRow, ReceiptRow, Registry
+from broker.store.registry import DecisionRow, Registry
 from schemas.errors import AuditStoreError, BusUnavailable, IstmoError
 from schemas.labels import Precedence
 from schemas.subjects import (
@@ -432,10 +432,8 @@ class Relay:
             at=self.clock.now_ms(),
         )
         with self.metrics.commit.labels("receipts").time():
-            self.registry.record(
-                [],
-                [v.event for v in verdicts],
-                bulk={ReceiptRow: [v.row for v in verdicts if v.row is not None]},
+            self.registry.record_receipts(
+                [v.row for v in verdicts if v.row is not None], [v.event for v in verdicts]
             )
         for msg, verdict in zip(msgs, verdicts, strict=True):
             await (msg.ack() if verdict.accepted else msg.term())
