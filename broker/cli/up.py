@@ -50,11 +50,14 @@ def up_command(args: argparse.Namespace) -> int:
 
 
 def relay_command(args: argparse.Namespace) -> int:
+    port = args.metrics_port
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"--metrics-port {port} is not a TCP port")
     settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
     urls = _nats_urls(args.nats_url, read_stack_file(settings.data_dir))
     stack = Stack(settings)
     stack.prepare(demo=False)
-    return _run(lambda stop: stack.relay_only(stop, urls))
+    return _run(lambda stop: stack.relay_only(stop, urls, metrics_port=port))
 
 
 def _nats_urls(given: str | None, stack_file: dict[str, Any] | None) -> list[str]:

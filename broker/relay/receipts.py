@@ -5,23 +5,67 @@ was routed to that agency and addressed to it, it names the bulletin's originato
 envelope digest, and it is signed by one of the agency's registered signing keys. Each
 failure raises EnvelopeError (or SignatureError) whose ``code`` goes to the audit log.
 
-Left to others: pulling receipts and reading the bulletin and its decisions from the
-registry, then committing the receipt row and its ``bulletin.received`` event
+A batch of receipts is judged at once (``read_batch``, then ``judge_batch`` against what
+the registry holds of every bulletin they name, read in one query): each receipt gets a
+``ReceiptVerdict``, the receipt row and ``bulletin.received`` event to record, or the
+``receipt.rejected`` event that audits its refusal. A refused receipt never holds back the
+good ones beside it.
+
+Left to others: pulling receipts and reading the bulletins and their decisions from the
+registry, then committing a batch's rows and events in one transaction and acking it
 (``broker.relay.worker``); the receipt's wire format and signature (``schemas.receipt``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
 
+from broker.audit import events
+from broker.relay.checks import sender_of
 from broker.store.registry import BulletinRow
+from schemas.audit import AuditEvent
 from schemas.directory import AgencyRecord
-from schemas.errors import EnvelopeError
+from schemas.errors import EnvelopeError, IstmoError
 from schemas.ids import AgencyId
 from schemas.receipt import Receipt, parse_receipt, verify_receipt
 from schemas.subjects import agency_of_gated
 
-__all__ = ["check_receipt", "read_receipt"]
+__all__ = [
+    "IncomingReceipt",
+    "ReceiptVerdict",
+    "check_receipt",
+    "judge_batch",
+    "read_batch",
+    "read_receipt",
+]
+
+
+@dataclass(frozen=True)
+class IncomingReceipt:
+    """One message of the receipt stream: where it was stored and what it holds."""
+
+    seq: int  # its stream sequence, which names a refusal's audit event
+    subject: str
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class ReceiptVerdict:
+    """What to record of one receipt: its ``ReceiptRow`` (as column values, for
+    ``Registry.record_receipts``) and ``bulletin.received`` event, or (row None) the
+    ``receipt.rejected`` event of its refusal."""
+
+    seq: int
+    row: Mapping[str, object] | None
+    event: AuditEvent
+
+    @property
+    def accepted(self) -> bool:
+        return self.row is not None
+
+
+Read = tuple[AgencyId, Receipt] | IstmoError
 
 
 def read_receipt(raw: bytes, *, subject: str) -> tuple[AgencyId, Receipt]:
@@ -79,3 +123,85 @@ def check_receipt(
     if key is None:
         raise EnvelopeError("receipt signed by an unknown key", code="key_not_bound_to_sender")
     verify_receipt(receipt, key.verify_key())
+
+
+def read_batch(batch: Sequence[IncomingReceipt]) -> list[Read]:
+    """``read_receipt`` on each of ``batch``: the sender and receipt, or why it is refused."""
+    out: list[Read] = []
+    for msg in batch:
+        try:
+            out.append(read_receipt(msg.raw, subject=msg.subject))
+        except IstmoError as exc:
+            out.append(exc)
+    return out
+
+
+def judge_batch(
+    batch: Sequence[IncomingReceipt],
+    read: Sequence[Read],
+    *,
+    bulletins: Mapping[str, BulletinRow],
+    routed: Mapping[str, Set[str]],
+    records: Mapping[str, AgencyRecord],
+    at: int,
+) -> list[ReceiptVerdict]:
+    """The verdict on each receipt of ``batch`` (``read`` is ``read_batch(batch)``).
+
+    Args:
+        batch: the receipts as they came off the stream.
+        read: what ``read_batch`` made of each.
+        bulletins: every accepted bulletin the batch names, by id (a missing one was
+            never accepted).
+        routed: by bulletin id, the agencies the policy allowed it.
+        records: the directory, by agency id.
+        at: the time of the audit events and of ``recorded_at``, epoch milliseconds.
+
+    Returns:
+        One verdict per receipt, in order. A second receipt of the same recipient for the
+        same bulletin in one batch is accepted like the first (its row and event are the
+        same; the store keeps one).
+    """
+    verdicts: list[ReceiptVerdict] = []
+    for msg, got in zip(batch, read, strict=True):
+        try:
+            if isinstance(got, IstmoError):
+                raise got
+            sender, receipt = got
+            bid = receipt.bulletin_id
+            check_receipt(
+                receipt,
+                sender=sender,
+                bulletin=bulletins.get(bid),
+                routed=routed.get(bid, frozenset()),
+                records=records,
+            )
+        except IstmoError as exc:
+            verdicts.append(ReceiptVerdict(msg.seq, None, _refused(msg, exc, at)))
+            continue
+        # Plain values: a ReceiptRow each cost as much as verifying its signature.
+        row = {
+            "bulletin_id": bid,
+            "recipient": sender,
+            "received_at": receipt.received_at,
+            "recorded_at": at // 1000,
+            "signature": receipt.sig,
+        }
+        received = events.bulletin_received(
+            bid,
+            sender,
+            received_at=receipt.received_at,
+            envelope_digest=receipt.envelope_digest,
+            at=at,
+        )
+        verdicts.append(ReceiptVerdict(msg.seq, row, received))
+    return verdicts
+
+
+def _refused(msg: IncomingReceipt, exc: IstmoError, at: int) -> AuditEvent:
+    return events.receipt_rejected(
+        msg.seq,
+        sender=sender_of(msg.subject, "receipt") or "unknown",
+        reason=exc.code,
+        message=str(exc),
+        at=at,
+    )

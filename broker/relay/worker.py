@@ -8,7 +8,7 @@ Effects happen in this order for every batch pulled from the shared ingest consu
      most urgent precedence first) and every archive copy as a few JetStream atomic
      batches (``broker.bus.batch``): one flush per batch, not per message;
   4. once every batch is committed, ack the ingest messages (term a rejected one: it must
-     not come back).
+     not come back), as plain publishes written out with one flush.
 A crash anywhere replays the batch: a bulletin already stored under the same stream
 sequence is resumed (its deliveries republished: an atomic batch holding an id already
 stored is sent again one message at a time, which JetStream deduplicates, and the
@@ -36,8 +36,8 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from broker.audit import events
 from broker.bus.batch import Message, publish_batch
+from broker.bus.nats_thread import NatsThread
 from broker.bus.streams import ACK_WAIT_S, ensure_deliver_stream
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
@@ -56,10 +56,11 @@ from broker.relay.dead_letters import (
     handle_advisory,
     ingest_attempts_allowed,
 )
+from broker.relay.metrics import RelayMetrics
 from broker.relay.plan import Ingested, Plan, parse, plan_batch
-from broker.relay.receipts import check_receipt, read_receipt
+from broker.relay.receipts import IncomingReceipt, judge_batch, read_batch
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
-from broker.store.registry import ReceiptRow, Registry
+from broker.store.registry import Registry
 from schemas.agency import Announcement, encode_announcement
 from schemas.errors import AuditStoreError, BusUnavailable, IstmoError
 from schemas.labels import Precedence
@@ -79,6 +80,8 @@ log = logging.getLogger("istmo.relay")
 # Failures that pass: NATS or the database away for a moment (a registry read raises
 # SQLAlchemy's own errors, a write AuditStoreError). The batch comes back and resumes.
 _TRANSIENT = (nats.errors.Error, TimeoutError, AuditStoreError, OperationalError, InterfaceError)
+API_SUBJECTS = "istmo.api.*.*"  # istmo.api.<agency>.<op>
+API_QUEUE = "relay-api"  # one relay answers each request
 # JetStream publishes awaiting their acks at once: a batch of 64 bulletins to 60 agencies
 # each (~400 MB in flight) made nats-server answer 429 and stalled the relay.
 IN_FLIGHT = 256
@@ -111,6 +114,10 @@ class Relay:
             messages).
         nc: the broker's NATS connection.
         clock: the time of decisions and audit events (a test passes its own).
+        api_connect: opens a NATS connection of the agency API's own: with it, agencies'
+            requests are answered on a thread of their own (``broker.bus.nats_thread``),
+            never behind a batch; without it, on ``nc`` between batches.
+        metrics: where to count (``broker.relay.metrics``); by default a registry of its own.
     """
 
     def __init__(
@@ -121,6 +128,8 @@ class Relay:
         nc: NATS,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        api_connect: Callable[[], Awaitable[NATS]] | None = None,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -130,19 +139,22 @@ class Relay:
         self.js: JetStreamContext = nc.jetstream(timeout=10)
         self.limits = IngestLimits(settings.max_envelope_bytes, settings.max_clock_skew_s)
         self.api = AgencyApi(settings, registry, directory, clock=clock)
+        self._api_connect = api_connect
+        self.metrics = metrics if metrics is not None else RelayMetrics()
         self.processed = 0
 
     async def run(self, stop: asyncio.Event, *, ready: Callable[[], None] | None = None) -> None:
         """Pull and process until ``stop`` is set; call ``ready`` once the streams and
         consumers are bound (before that, only agencies' requests are answered)."""
-        api_sub = await self.nc.subscribe("istmo.api.*.*", queue="relay-api", cb=self._on_api)
         control_sub = await self.nc.subscribe(CONTROL_POLICY_SUBJECT, cb=self._on_policy)
         directory_sub = await self.nc.subscribe(CONTROL_DIRECTORY_SUBJECT, cb=self._on_directory)
         subs: list[Subscription | JetStreamContext.PullSubscription] = [
-            api_sub,
             control_sub,
             directory_sub,
         ]
+        api_thread = await self._start_api_thread()
+        if api_thread is None:
+            subs.append(await self.nc.subscribe(API_SUBJECTS, queue=API_QUEUE, cb=self._on_api))
         try:
             async with asyncio.TaskGroup() as tg:
                 # From the first answer on: the SDKs keep resolve answers while they hear it.
@@ -154,13 +166,19 @@ class Relay:
                 if ready is not None:
                     ready()
                 ingest, receipts, dead = bound
-                tg.create_task(self._loop(stop, ingest, self._ingest_guarded))
-                tg.create_task(self._loop(stop, receipts, self._receipt_batch))
-                tg.create_task(self._loop(stop, dead, self._dead_batch))
+                batch, receipt_batch = self.settings.relay_batch, self.settings.receipt_batch
+                tg.create_task(self._loop(stop, ingest, batch, "ingest", self._ingest_guarded))
+                tg.create_task(
+                    self._loop(stop, receipts, receipt_batch, "receipts", self._receipt_batch)
+                )
+                tg.create_task(self._loop(stop, dead, batch, "advisories", self._dead_batch))
+                tg.create_task(self._sample_backlog(stop))
         finally:
             for sub in subs:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
+            if api_thread is not None:
+                await api_thread.stop()
 
     async def _bind(
         self, stop: asyncio.Event
@@ -192,10 +210,17 @@ class Relay:
                 delay = min(delay * 2, 5.0)
         return None
 
-    async def _loop(self, stop: asyncio.Event, sub: JetStreamContext.PullSubscription, handle):  # type: ignore[no-untyped-def]
+    async def _loop(
+        self,
+        stop: asyncio.Event,
+        sub: JetStreamContext.PullSubscription,
+        batch: int,
+        queue: str,
+        handle: Callable[[list[Msg]], Awaitable[None]],
+    ) -> None:
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(self.settings.relay_batch, timeout=0.5)
+                msgs = await sub.fetch(batch, timeout=0.5)
             except TimeoutError:  # nats-py raises both its own and asyncio's
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
@@ -205,6 +230,7 @@ class Relay:
                 log.warning("fetch failed (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
+            self.metrics.batch.labels(queue).observe(len(msgs))
             try:
                 await handle(msgs)
             except _TRANSIENT as exc:
@@ -223,6 +249,26 @@ class Relay:
                 # up for everyone else; the batch is redelivered after the ack wait.
                 log.exception("batch of %d failed unexpectedly; it will be redelivered", len(msgs))
                 await asyncio.sleep(1.0)
+
+    async def _sample_backlog(self, stop: asyncio.Event) -> None:
+        """Every ``relay_metrics_sample_s``: how many messages wait on the shared ingest and
+        receipt consumers (one request each; a sample that fails is skipped)."""
+        while not stop.is_set():
+            for queue, stream, durable in (
+                ("ingest", INGEST_STREAM, RELAY_INGEST_DURABLE),
+                ("receipts", RECEIPT_STREAM, RELAY_RECEIPT_DURABLE),
+            ):
+                try:
+                    info = await self.js.consumer_info(stream, durable)
+                except (nats.errors.Error, TimeoutError):
+                    continue  # NATS away for a moment: the next sample tells
+                except Exception:  # a bug here must not stop the relay
+                    log.exception("could not sample the %s backlog", queue)
+                    continue
+                waiting = (info.num_pending or 0) + (info.num_ack_pending or 0)
+                self.metrics.backlog.labels(queue).set(waiting)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.relay_metrics_sample_s)
 
     # ------------------------------------------------------------------ ingest
     async def _ingest_guarded(self, msgs: list[Msg]) -> None:
@@ -311,10 +357,11 @@ class Relay:
             now_ms=now_ms,
         )
         outcomes = [self._outcome(msg, p) for msg, p in zip(msgs, plans, strict=True)]
-        self.registry.record(
-            [row for p in plans for row in p.rows],
-            [event for p in plans for event in p.events],
-        )
+        with self.metrics.commit.labels("ingest").time():
+            self.registry.record(
+                [row for p in plans for row in p.rows],
+                [event for p in plans for event in p.events],
+            )
         # Deliver everything as a few atomic batches, most urgent precedence first (the
         # delivery stream holds FLASH before ROUTINE), with each accepted envelope's
         # archive copy (ciphertext), where `istmo reconcile` finds it if a delivery goes
@@ -337,10 +384,21 @@ class Relay:
                     publish_batch(self.nc, DELIVER_STREAM, deliveries),
                 )
             )
-        # Recorded and delivered: counted before the acks, whose replies can time out
-        # under load after the server has taken them (then nothing comes back to count).
+            stored_s = self.clock.now_ms() / 1000
+            for o in delivering:
+                waited = stored_s - o.msg.metadata.timestamp.timestamp()
+                self.metrics.publish_to_delivery.observe(max(waited, 0.0))
+        # Recorded and delivered: counted before the acks, which cannot undo that.
         self.processed += len(outcomes)
-        await _all(_settle(o) for o in outcomes)
+        # Acks, terms and naks are plain publishes, written out with one flush: ack_sync
+        # cost a request and a reply per message (and timed out under load after the
+        # server had taken the ack). An ack that is lost redelivers the bulletin, which
+        # resumes without being decided or delivered twice.
+        for o in outcomes:
+            await _settle(o)
+        await self.nc.flush()
+        for p in plans:
+            self.metrics.bulletins.labels(p.verdict).inc()
 
     def _outcome(self, msg: Msg, p: Plan) -> _Outcome:
         """What to deliver and how to settle ``msg``, by its plan. A resumed bulletin is
@@ -366,51 +424,35 @@ class Relay:
 
     # ------------------------------------------------------------------ receipts
     async def _receipt_batch(self, msgs: list[Msg]) -> None:
-        for msg in msgs:
-            try:
-                self._receipt(msg)
-            except (AuditStoreError, BusUnavailable):
-                raise  # the store or NATS is away: not the receipt's fault; it comes back
-            except IstmoError as exc:
-                refused = events.receipt_rejected(
-                    msg.metadata.sequence.stream,
-                    sender=sender_of(msg.subject, "receipt") or "unknown",
-                    reason=exc.code,
-                    message=str(exc),
-                    at=self.clock.now_ms(),
-                )
-                self.registry.record([], [refused])
-                await msg.term()
-                continue
-            await msg.ack_sync()
-
-    def _receipt(self, msg: Msg) -> None:
-        """Check one receipt (``broker.relay.receipts``) and record it with its event."""
-        sender, receipt = read_receipt(msg.data, subject=msg.subject)
-        bid = receipt.bulletin_id
-        check_receipt(
-            receipt,
-            sender=sender,
-            bulletin=self.registry.bulletin(bid),
-            routed={r.agency for r in self.registry.decisions(bid) if r.allowed},
+        """Judge a batch of receipts (``broker.relay.receipts``, pure) against the bulletins
+        they name (two queries for the batch), record every receipt row, its event and
+        every refusal in one transaction, then ack the good ones and term the refused
+        (they must not come back) with one flush. A lost ack redelivers a receipt, which
+        is recorded again as nothing new: rows and events are keyed by bulletin and
+        recipient, refusals by stream sequence."""
+        batch = [
+            IncomingReceipt(msg.metadata.sequence.stream, msg.subject, msg.data) for msg in msgs
+        ]
+        read = read_batch(batch)
+        named = {got[1].bulletin_id for got in read if not isinstance(got, IstmoError)}
+        verdicts = judge_batch(
+            batch,
+            read,
+            bulletins=self.registry.bulletins(named),
+            routed=self.registry.routed(named),
             records=self.directory.records,
+            at=self.clock.now_ms(),
         )
-        at = self.clock.now_ms()
-        row = ReceiptRow(
-            bulletin_id=bid,
-            recipient=sender,
-            received_at=receipt.received_at,
-            recorded_at=at // 1000,
-            signature=receipt.sig,
-        )
-        received = events.bulletin_received(
-            bid,
-            sender,
-            received_at=receipt.received_at,
-            envelope_digest=receipt.envelope_digest,
-            at=at,
-        )
-        self.registry.record([row], [received])
+        with self.metrics.commit.labels("receipts").time():
+            self.registry.record_receipts(
+                [v.row for v in verdicts if v.row is not None], [v.event for v in verdicts]
+            )
+        for msg, verdict in zip(msgs, verdicts, strict=True):
+            await (msg.ack() if verdict.accepted else msg.term())
+        await self.nc.flush()
+        recorded = sum(v.accepted for v in verdicts)
+        self.metrics.receipts.labels("recorded").inc(recorded)
+        self.metrics.receipts.labels("refused").inc(len(verdicts) - recorded)
 
     # ------------------------------------------------------------------ control
     async def _on_policy(self, msg: Msg) -> None:
@@ -461,6 +503,36 @@ class Relay:
                 await asyncio.wait_for(stop.wait(), self.settings.announce_interval_s)
 
     # ------------------------------------------------------------------ agency API
+    async def _start_api_thread(self) -> NatsThread | None:
+        """The agency API on a thread of its own, or None (then it is served on ``nc``):
+        without ``api_connect``, or if the thread cannot start (logged; agencies are still
+        answered, between batches)."""
+        if self._api_connect is None:
+            return None
+        thread = NatsThread("istmo-agency-api", self._api_connect, self._serve_api)
+        try:
+            await thread.start()
+        except BusUnavailable as exc:
+            log.error("agency API: no thread of its own (%s); answering between batches", exc)
+            await thread.stop()
+            return None
+        return thread
+
+    async def _serve_api(self, nc: NATS, stop: asyncio.Event, ready: Callable[[], None]) -> None:
+        """On the API's own thread and connection: answer requests until ``stop``."""
+
+        async def on_api(msg: Msg) -> None:
+            await self.api.serve(nc, msg, now=self.clock.now_s())
+
+        sub = await nc.subscribe(API_SUBJECTS, queue=API_QUEUE, cb=on_api)
+        try:
+            await nc.flush()  # nats-server routes requests here from now on
+            ready()
+            await stop.wait()
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
     async def _on_api(self, msg: Msg) -> None:
         await self.api.serve(self.nc, msg, now=self.clock.now_s())
 
@@ -472,7 +544,7 @@ async def _settle(o: _Outcome) -> None:
     elif o.defer_s:
         await o.msg.nak(delay=o.defer_s)
     else:
-        await o.msg.ack_sync()
+        await o.msg.ack()
 
 
 async def _all(aws: Iterable[Awaitable[object]], limit: int = IN_FLIGHT) -> None:

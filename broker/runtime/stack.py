@@ -52,6 +52,7 @@ from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.directory.policy_sets import CONTROL_POLICY_SUBJECT, adopt
 from broker.directory.service import DirectoryService
 from broker.policy.engine import PolicyBundle
+from broker.relay.metrics import RelayMetrics, serve_metrics
 from broker.relay.worker import Relay
 from broker.runtime.app import create_app
 from broker.runtime.claim import (
@@ -308,6 +309,8 @@ class Stack:
             console_dev_login=True,
             allowed_hosts=s.allowed_hosts,
         )
+        # The relay's metrics are served with the API's own on /metrics.
+        relay_metrics = RelayMetrics(app.state.istmo.metrics.registry)
         app.state.istmo.nats_url = self.nats_urls[0]
         app.state.istmo.directory_changed = lambda: self.apply_directory_change(server, nc)
         app.state.istmo.adopt_policy = lambda root, who: self.adopt_policy(root, who, nc)
@@ -319,7 +322,9 @@ class Stack:
         gate = GateThread(lambda: self.connect_relay(self.nats_urls))
         await gate.start()
         try:
-            await self._serve_tasks(stop, api, with_relay, server, with_sequencer, nc, api_url)
+            await self._serve_tasks(
+                stop, api, with_relay, server, with_sequencer, nc, api_url, relay_metrics
+            )
         finally:
             await gate.stop()
 
@@ -332,13 +337,22 @@ class Stack:
         with_sequencer: bool,
         nc: NATS,
         api_url: str,
+        relay_metrics: RelayMetrics,
     ) -> None:
         registry, directory = self._opened()
         s = self.settings
         async with asyncio.TaskGroup() as tg:
             api_task = tg.create_task(api.serve())
             if with_relay:
-                relay = Relay(s, registry, directory, nc)
+                relay = Relay(
+                    s,
+                    registry,
+                    directory,
+                    nc,
+                    # Agencies' requests on a thread of its own, never behind a batch.
+                    api_connect=lambda: self.connect_relay(self.nats_urls),
+                    metrics=relay_metrics,
+                )
                 tg.create_task(relay.run(stop))
             # Elected through NATS KV: any other `istmo up` or `istmo sequencer` on this
             # region's NATS stands by while this one leads, and takes over if it dies.
@@ -555,15 +569,43 @@ class Stack:
             await ensure_agency_consumer(js, user.agency)
             self._consumers.add(user.agency)
 
-    async def relay_only(self, stop: asyncio.Event, nats_url: str | list[str]) -> None:
+    async def relay_only(
+        self, stop: asyncio.Event, nats_url: str | list[str], *, metrics_port: int | None = None
+    ) -> None:
         """Run one more relay worker against an already running NATS (any of a
-        cluster's URLs)."""
+        cluster's URLs); with ``metrics_port``, serve its metrics on 127.0.0.1 there."""
         registry, directory = self._opened()
+        metrics = RelayMetrics()
+        stop_metrics: Callable[[], None] | None = None
+        if metrics_port is not None:
+            port, stop_metrics = serve_metrics(metrics, metrics_port)
+            self.out(f"relay metrics on http://127.0.0.1:{port}/metrics")
+        try:
+            await self._relay_only(stop, nats_url, registry, directory, metrics)
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
+
+    async def _relay_only(
+        self,
+        stop: asyncio.Event,
+        nats_url: str | list[str],
+        registry: Registry,
+        directory: DirectoryService,
+        metrics: RelayMetrics,
+    ) -> None:
         nc = await self.connect_relay(nats_url)
         try:
             await self.ensure_jetstream(nc, agency_consumers=False)
             shown = nats_url if isinstance(nats_url, str) else ", ".join(nats_url)
-            relay = Relay(self.settings, registry, directory, nc)
+            relay = Relay(
+                self.settings,
+                registry,
+                directory,
+                nc,
+                api_connect=lambda: self.connect_relay(nats_url),
+                metrics=metrics,
+            )
             gate = GateThread(lambda: self.connect_relay(nats_url))
             await gate.start()
             try:

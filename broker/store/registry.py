@@ -451,6 +451,21 @@ class Registry:
             q = q.where(col(BulletinRow.id).in_(list(bulletin_ids)))
             return {bid: (seq, digest) for bid, seq, digest in s.exec(q)}
 
+    def bulletins(self, bulletin_ids: Collection[str]) -> dict[str, BulletinRow]:
+        """Each of ``bulletin_ids`` that was accepted, by id, in one query (the relay asks
+        once per batch of receipts)."""
+        if not bulletin_ids:
+            return {}
+        with self.session() as s:
+            q = select(BulletinRow).where(col(BulletinRow.id).in_(list(bulletin_ids)))
+            return {row.id: row for row in s.exec(q)}
+
+    def routed(self, bulletin_ids: Collection[str]) -> dict[str, set[str]]:
+        """By bulletin id, the agencies the policy allowed each of ``bulletin_ids`` (the
+        relay asks once per batch of receipts; a batch names few bulletins, each receipted
+        by many agencies). Read through ``decisions``, however they are stored."""
+        return {bid: {d.agency for d in self.decisions(bid) if d.allowed} for bid in bulletin_ids}
+
     def decisions(self, bulletin_id: str) -> list[StoredDecision]:
         """Every receive decision on ``bulletin_id``, by agency: from its decision record,
         or from the per-candidate rows an older Istmo wrote.
@@ -507,6 +522,24 @@ class Registry:
             for table, values in by_table.items():
                 if values:
                     conn.execute(self.insert_new(table), values)
+            if audit:
+                self._lock_outbox(conn)
+                conn.execute(self.insert_new(AuditRow.__table__), audit)  # type: ignore[attr-defined]
+
+    def record_receipts(
+        self, receipts: Sequence[Mapping[str, Any]], events: Sequence[AuditEvent]
+    ) -> None:
+        """Insert ``receipts`` (``ReceiptRow`` column values: a batch of thousands costs no
+        model objects) and ``events`` in one transaction; those already there are left as
+        they are, so a redelivered batch records nothing new.
+
+        Raises:
+            AuditStoreError: the database refused the transaction.
+        """
+        audit = [_audit_values(e) for e in events]
+        with store_errors("an audit write"), self.engine.begin() as conn:
+            if receipts:
+                conn.execute(self.insert_new(ReceiptRow.__table__), list(receipts))  # type: ignore[attr-defined]
             if audit:
                 self._lock_outbox(conn)
                 conn.execute(self.insert_new(AuditRow.__table__), audit)  # type: ignore[attr-defined]

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from broker.relay.receipts import check_receipt, read_receipt
+from broker.relay.receipts import (
+    IncomingReceipt,
+    ReceiptVerdict,
+    check_receipt,
+    judge_batch,
+    read_batch,
+    read_receipt,
+)
 from broker.store.registry import BulletinRow
 from schemas.canonical import b64e, canonical_json
 from schemas.directory import AgencyRecord, SigningKeyRecord
@@ -117,3 +124,78 @@ def test_a_forged_signature_does_not_verify() -> None:
 def test_a_receipt_on_another_subject_is_refused() -> None:
     with pytest.raises(EnvelopeError):
         read_receipt(b"{}", subject="istmo.gated.ingest.hn-police")
+
+
+# ---------------------------------------------------------------------- a batch
+SUBJECT = gated_subject("receipt", "hn-police")
+OTHER = BULLETIN.model_copy(update={"id": str(uuid.uuid4()), "recipients": "hn-police"})
+
+
+def incoming(seq: int, raw: bytes, subject: str = SUBJECT) -> IncomingReceipt:
+    return IncomingReceipt(seq=seq, subject=subject, raw=raw)
+
+
+def wire(r: Receipt) -> bytes:
+    return canonical_json(r.model_dump(mode="json"))
+
+
+def judge(batch: list[IncomingReceipt]) -> list[ReceiptVerdict]:
+    return judge_batch(
+        batch,
+        read_batch(batch),
+        bulletins={BID: BULLETIN, OTHER.id: OTHER},
+        routed={BID: {"hn-police", "sv-police"}, OTHER.id: {"hn-police"}},
+        records=RECORDS,
+        at=NOW * 1000 + 7,
+    )
+
+
+def test_a_forged_receipt_in_a_batch_is_refused_and_the_good_ones_around_it_pass() -> None:
+    forged = receipt(bulletin_id=OTHER.id).model_copy(update={"received_at": NOW + 1})
+    batch = [
+        incoming(10, wire(receipt())),
+        incoming(11, wire(forged)),
+        incoming(12, b'{"v":1}'),
+        incoming(13, wire(receipt(bulletin_id=OTHER.id))),
+    ]
+    verdicts = judge(batch)
+    assert [v.accepted for v in verdicts] == [True, False, False, True]
+    assert [v.seq for v in verdicts] == [10, 11, 12, 13]
+    assert [(v.event.type, v.event.reason) for v in verdicts] == [
+        ("bulletin.received", None),
+        ("receipt.rejected", "signature_invalid"),
+        ("receipt.rejected", "malformed"),
+        ("bulletin.received", None),
+    ]
+    assert verdicts[1].event.event_id == "receipt:11:rejected"
+    assert verdicts[1].event.actor == "hn-police"
+    assert verdicts[0].row == {
+        "bulletin_id": BID,
+        "recipient": "hn-police",
+        "received_at": NOW,
+        "recorded_at": NOW,
+        "signature": receipt().sig,
+    }
+    assert verdicts[3].row is not None
+    assert verdicts[3].row["bulletin_id"] == OTHER.id
+
+
+def test_a_receipt_for_a_bulletin_the_batch_did_not_find_is_refused() -> None:
+    stray = receipt(bulletin_id=str(uuid.uuid4()))
+    (verdict,) = judge([incoming(5, wire(stray))])
+    assert not verdict.accepted
+    assert verdict.event.reason == "unknown_bulletin"
+
+
+def test_a_receipt_on_a_subject_naming_no_agency_is_refused_as_unknown() -> None:
+    (verdict,) = judge([incoming(6, wire(receipt()), subject="istmo.gated.ingest.hn-police")])
+    assert not verdict.accepted
+    assert verdict.event.actor == "unknown"
+
+
+def test_a_receipt_twice_in_one_batch_gets_the_same_row_and_event() -> None:
+    first, second = judge([incoming(1, wire(receipt())), incoming(2, wire(receipt()))])
+    assert first.accepted
+    assert second.accepted
+    assert first.row == second.row
+    assert first.event.event_id == second.event.event_id

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from broker.bus.server import ANY_PORT, free_port
 from broker.config import Settings
@@ -19,16 +20,22 @@ from tests.waiting import eventually
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    data_dir: Path, *, with_relay: bool = True, database_url: str | None = None
+    data_dir: Path,
+    *,
+    with_relay: bool = True,
+    database_url: str | None = None,
+    **settings_: Any,
 ) -> AsyncIterator[Stack]:
     """The stack on ``data_dir``; its database is the SQLite file there unless
-    ``database_url`` names another (a migrated PostgreSQL database)."""
+    ``database_url`` names another (a migrated PostgreSQL database). ``settings_`` are
+    more ``Settings`` fields."""
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
         nats_port=ANY_PORT,
         nats_http_port=ANY_PORT,
         api_port=free_port(),
+        **settings_,
     )
     stack = Stack(settings, out=lambda _line: None)
     stack.prepare()
