@@ -39,7 +39,7 @@ from broker.api.context import (
     raw_body,
     require,
 )
-from broker.api.guard import RateLimiter
+from broker.api.guard import RateLimiter, peer_of
 from broker.api.oauth import Caller
 from broker.directory.enrolment import (
     DEFAULT_MAX_SKEW_S,
@@ -217,7 +217,7 @@ def enrol_router(state: ApiState, limits: EnrolLimits | None = None) -> APIRoute
         openapi_extra=json_body(EnrolmentBody),
     )
     async def enroll(request: Request, body: Annotated[bytes, Depends(raw_body)]) -> Any:
-        peer = request.client.host if request.client else "unknown"
+        peer = peer_of(request.scope)
         try:
             state.limit(limiter, f"enrol:{peer}", "enrol")
         except ApiProblem as exc:
