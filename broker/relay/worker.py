@@ -382,6 +382,7 @@ class Relay:
             bulletin=self.registry.bulletin(bid),
             routed={r.agency for r in self.registry.decisions(bid) if r.allowed},
             records=self.directory.records,
+            stored_at=int(msg.metadata.timestamp.timestamp()),
         )
         at = self.clock.now_ms()
         row = ReceiptRow(
