@@ -434,7 +434,7 @@ def _parse_form(request: Request, body: bytes) -> dict[str, str]:
     form: dict[str, str] = {}
     for key, value in pairs:
         if key in form:
-            raise bad(f"{key[:40]} is sent more than once")  # RFC 6749 §3.2
+            raise bad("a form field is sent more than once")  # RFC 6749 §3.2
         form[key] = value
     return form
 
@@ -539,7 +539,7 @@ def _add_agency_routes(app: FastAPI, state: ApiState) -> None:
     ) -> dict[str, Any]:
         answer = queries.status(who.id, bulletin_id)
         if isinstance(answer.root, StatusPending):
-            raise NotFound(f"no bulletin {bulletin_id} of {who.id}")
+            raise NotFound("no such bulletin of yours")
         return answer.root.model_dump(mode="json")
 
     @app.get(

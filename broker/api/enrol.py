@@ -368,7 +368,7 @@ def _status_route(
     ) -> Any:
         req = _parse_optional(StatusNote, body, state)
         if await asyncio.to_thread(state.registry.agency, agency_id) is None:
-            raise ApiProblem(404, "not_found", f"no agency {agency_id}")
+            raise ApiProblem(404, "not_found", "no such agency")
         try:
             previous = await asyncio.to_thread(
                 set_agency_status,

@@ -103,7 +103,7 @@ def test_suspended_agency_loses_its_connection_and_keeps_its_deliveries(up: UpPr
 
 def test_admin_errors_are_one_line(up: UpProcess) -> None:
     for args, message in (
-        (("admin", "suspend", "xx-nobody"), "unknown agency xx-nobody"),
+        (("admin", "suspend", "xx-nobody"), "no such agency"),
         (("admin", "reinstate", "gt-police"), "already active"),
         (("admin", "revoke-key", "gt-police", "sig-" + "0" * 32), "has no signing key"),
     ):
