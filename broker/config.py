@@ -6,6 +6,7 @@ the broker reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -64,6 +65,10 @@ class Settings:
     # Host names the HTTP API answers to besides loopback (ISTMO_ALLOWED_HOSTS, comma-
     # separated): the names a reverse proxy forwards. Any other Host is refused.
     allowed_hosts: tuple[str, ...] = ()
+    # Addresses (or networks) of the reverse proxies whose X-Forwarded-For names the client
+    # (ISTMO_TRUSTED_PROXIES, comma-separated). Empty: the header is ignored and the client
+    # address is the TCP peer's, as per-address rate limits and the audit log see it.
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -81,6 +86,10 @@ class Settings:
         if env.get("ISTMO_ALLOWED_HOSTS"):
             values["allowed_hosts"] = tuple(
                 h.strip().lower() for h in env["ISTMO_ALLOWED_HOSTS"].split(",") if h.strip()
+            )
+        if env.get("ISTMO_TRUSTED_PROXIES"):
+            values["trusted_proxies"] = tuple(
+                p.strip() for p in env["ISTMO_TRUSTED_PROXIES"].split(",") if p.strip()
             )
         for name in (
             "max_envelope_bytes",
@@ -128,6 +137,14 @@ class Settings:
                 "ISTMO_ANNOUNCE_INTERVAL_S (how often relays announce the directory version) "
                 f"must be between 1 and {MAX_ANNOUNCE_INTERVAL_S} seconds"
             )
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as exc:
+                raise ConfigError(
+                    "ISTMO_TRUSTED_PROXIES holds something that is not an IP address",
+                    hint="give the proxies' addresses or networks, e.g. 127.0.0.1,10.0.0.0/24",
+                ) from exc
         if not 4096 <= self.max_envelope_bytes <= 16 * 1024 * 1024:
             raise ConfigError("max_envelope_bytes must be between 4 KiB and 16 MiB")
 

@@ -32,7 +32,14 @@ from schemas.errors import EnvelopeError
 from schemas.labels import Precedence
 from schemas.subjects import deliver_durables, deliver_next_subject, precedence_of_delivery
 
-__all__ = ["PROBE_TIMEOUT_S", "SILENT_RETRY_S", "DeliveryQueues", "by_precedence"]
+__all__ = [
+    "HAND_BACK_DELAY_S",
+    "PROBE_TIMEOUT_S",
+    "SILENT_RETRY_S",
+    "DeliveryQueues",
+    "by_precedence",
+    "hand_back",
+]
 
 # A no_wait pull is answered at once; this only bounds the wait for an answer that is lost
 # (a reconnect). Nothing fetched is lost either way: a late answer is kept for later.
@@ -47,6 +54,23 @@ _HEARTBEAT = "100"  # a status that does not end a pull
 
 log = logging.getLogger("istmo.sdk")
 _ORDER = tuple(Precedence)
+
+
+# A fetched bulletin a receive will not process goes back to the server for this long.
+# Never at once: nats-server (2.15.1) redelivers a nak without a delay at once, whatever
+# the consumer's backoff, and every delivery spends one of its ten attempts (measured:
+# ten immediate naks, ten deliveries in 6 ms, then the dead-letter stream).
+HAND_BACK_DELAY_S = 5.0
+
+
+async def hand_back(msgs: Iterable[Msg]) -> None:
+    """Give fetched messages back to the server (nak) for a later ``receive``, after
+    ``HAND_BACK_DELAY_S``: a receive cancelled again and again spends a delivery attempt
+    each time, so ten in a row take a minute, not milliseconds, to dead-letter a
+    bulletin. Best effort: what cannot be handed back returns after the ack wait anyway."""
+    for msg in msgs:
+        with contextlib.suppress(nats.errors.Error):
+            await msg.nak(delay=HAND_BACK_DELAY_S)
 
 
 def _rank(msg: Msg) -> int:
@@ -96,16 +120,14 @@ class DeliveryQueues:
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
 
     async def close(self) -> None:
-        """Stop listening; give back (nak) what arrived and was not taken, so it comes
-        back at once to the next ``receive`` rather than after the ack wait."""
+        """Stop listening; give back (``hand_back``) what arrived and was not taken, so it
+        comes back to the next ``receive`` soon rather than after the ack wait."""
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
         for held in self._held.values():
-            for msg in held:
-                with contextlib.suppress(nats.errors.Error):
-                    await msg.nak()
+            await hand_back(held)
             held.clear()
 
     async def take(self, want: int, wait: float) -> list[Msg]:

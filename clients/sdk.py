@@ -19,10 +19,9 @@ they hold (``clients.resolve_cache``, ADR 0009) and the values handed back
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -39,7 +38,7 @@ from clients.errors import PublishRejected, PublishUnacknowledged
 from clients.keystore import Passphrase, load_keystore, save_keystore
 from clients.opening import open_delivery, signing_key_of
 from clients.publishing import store_envelope, store_receipt
-from clients.queues import DeliveryQueues
+from clients.queues import DeliveryQueues, hand_back
 from clients.requests import REQUEST_TIMEOUT_S, ask, make_request
 from clients.resolve_cache import ResolveCache, Versions
 from clients.results import Preview, PublishResult, ReceiptReport, ReceivedBulletin
@@ -117,14 +116,6 @@ def _cancel_requested() -> bool:
 def _stop_if_cancelled() -> None:
     if _cancel_requested():
         raise asyncio.CancelledError
-
-
-async def _hand_back(msgs: Iterable[Msg]) -> None:
-    """Give fetched messages back to the server at once (nak), for a later ``receive``.
-    Best effort: what cannot be handed back returns after the ack wait anyway."""
-    for msg in msgs:
-        with contextlib.suppress(nats.errors.Error):
-            await msg.nak()
 
 
 class IstmoClient:
@@ -558,8 +549,8 @@ class IstmoClient:
                 msgs = await queues.take(want, wait)
                 for i, msg in enumerate(msgs):
                     if (count is not None and handed >= count) or _cancel_requested():
-                        # Not ours to process now: back to the server at once.
-                        await _hand_back(msgs[i:])
+                        # Not ours to process now: back to the server, soon.
+                        await hand_back(msgs[i:])
                         break
                     # An IstmoError here is mostly the broker not answering the lookup
                     # that opens a bulletin (_handle). Nothing of the batch is handed back

@@ -84,9 +84,11 @@ class Problem:
 class Findings:
     """What a verification of the audit log checked, and its first problem, if any.
 
-    The first problem is the one whose range ends first (then the lowest index): a bad
-    entry wins over the head or node range that holds it, an earlier range over a later
-    entry. The local and the remote verifiers extend this with what each checks.
+    The first problem is the one whose range ends first, then the narrowest of those (the
+    highest index): a bad entry wins over the head or node range that holds it, even the
+    range that ends with it (a Merkle node over entries 0..1 when entry 1 was edited), and
+    an earlier range over a later entry. The local and the remote verifiers extend this
+    with what each checks.
     """
 
     entries: int = 0
@@ -104,5 +106,5 @@ class Findings:
         """Note a problem with entry ``index`` (or the range up to ``end``)."""
         self.problems += 1
         p = Problem(index, message, index + 1 if end is None else end)
-        if self.first is None or (p.end, p.index) < (self.first.end, self.first.index):
+        if self.first is None or (p.end, -p.index) < (self.first.end, -self.first.index):
             self.first = p

@@ -286,7 +286,7 @@ def admin_router(state: ApiState) -> APIRouter:
         req = parse_json(PolicyExplainRequest, body, limits)
         origin = directory.records.get(req.originator)
         if origin is None:
-            raise ApiProblem(422, "unknown_agency", f"unknown agency {req.originator}")
+            raise ApiProblem(422, "unknown_agency", "originator: not an agency of the directory")
         facts = BulletinFacts(
             bulletin_id=_PREVIEW_ID,
             originator=req.originator,
@@ -417,7 +417,7 @@ def admin_router(state: ApiState) -> APIRouter:
     ) -> dict[str, Any]:
         row = registry.agency(agency_id)
         if row is None:
-            raise ApiProblem(404, "not_found", f"no agency {agency_id}")
+            raise ApiProblem(404, "not_found", "no such agency")
         nats = {u.agency: u.nkey_public for u in registry.nats_users()}
         return {
             **_summary(row),

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -50,7 +51,7 @@ from broker.api.context import (
     state_of,
 )
 from broker.api.enrol import enrol_router
-from broker.api.guard import LOOPBACK_HOSTS, ApiLimits, Guard, Metrics, problem
+from broker.api.guard import LOOPBACK_HOSTS, ApiLimits, Guard, Metrics, peer_of, problem
 from broker.api.oauth import ASSERTION_TYPE, TOKEN_PATH, AuthError, Caller, TokenAuthority
 from broker.api.subscriptions import subscriptions_router
 from broker.clock import SYSTEM_CLOCK, Clock
@@ -177,6 +178,7 @@ def create_api(
         docs_url="/docs",
         openapi_url="/openapi.json",
         redoc_url=None,
+        lifespan=_lifespan,
     )
     state = ApiState(
         registry=registry,
@@ -189,7 +191,13 @@ def create_api(
         clock=clock,
     )
     app.state.istmo = state
-    app.add_middleware(Guard, limits=limits, metrics=metrics, allowed_hosts=hosts)
+    app.add_middleware(
+        Guard,
+        limits=limits,
+        metrics=metrics,
+        allowed_hosts=hosts,
+        foreign_host=state.foreign_host_refused,
+    )
     _add_exception_handlers(app)
     _add_public_routes(app, state)
     _add_token_route(app, state)
@@ -200,6 +208,14 @@ def create_api(
     app.include_router(subscriptions_router(state))
     app.openapi = _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented hook
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    # Stopping: the refusals counted in open aggregation windows are written, not lost.
+    state: ApiState = app.state.istmo
+    state.close_refusal_windows()
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
@@ -225,7 +241,7 @@ def _add_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiProblem)
     def on_problem(request: Request, exc: ApiProblem) -> Response:
         if exc.audit:
-            state_of(request).audit_refusal(request, exc)
+            exc = state_of(request).audit_refusal(request, exc)
         return problem(exc.status, exc.code, exc.detail, headers=exc.headers, extra=exc.extra)
 
     @app.exception_handler(AuthError)
@@ -442,7 +458,7 @@ def _parse_form(request: Request, body: bytes) -> dict[str, str]:
     form: dict[str, str] = {}
     for key, value in pairs:
         if key in form:
-            raise bad(f"{key[:40]} is sent more than once")  # RFC 6749 §3.2
+            raise bad("a form field is sent more than once")  # RFC 6749 §3.2
         form[key] = value
     return form
 
@@ -463,7 +479,7 @@ def _add_token_route(app: FastAPI, state: ApiState) -> None:
     )
     def token(request: Request, body: Annotated[bytes, Depends(raw_body)]) -> JSONResponse:
         authority = state.authority()
-        peer = request.client.host if request.client else "unknown"
+        peer = peer_of(request.scope)
         state.limit(state.peer_limiter, f"peer:{peer}", "token_peer")
         now = int(time.time())
         form = _parse_form(request, body)
@@ -547,7 +563,7 @@ def _add_agency_routes(app: FastAPI, state: ApiState) -> None:
     ) -> dict[str, Any]:
         answer = queries.status(who.id, bulletin_id)
         if isinstance(answer.root, StatusPending):
-            raise NotFound(f"no bulletin {bulletin_id} of {who.id}")
+            raise NotFound("no such bulletin of yours")
         return answer.root.model_dump(mode="json")
 
     @app.get(

@@ -225,7 +225,7 @@ def audit_router(state: ApiState) -> APIRouter:
         got = opened().entry(index)
         record(who, "entry", {"index": index}, 0 if got is None else 1)
         if got is None:
-            raise ApiProblem(404, "no_entry", f"the log has no entry {index}")
+            raise ApiProblem(404, "no_entry", "the log has no such entry")
         return _entry(got)
 
     @router.get(
@@ -313,7 +313,7 @@ def audit_router(state: ApiState) -> APIRouter:
         query = {"tree_size": "latest" if tree_size is None else tree_size}
         record(who, "tree_head", query, 0 if raw is None else 1)
         if raw is None:
-            which = "yet" if tree_size is None else f"at size {tree_size}"
+            which = "yet" if tree_size is None else "at that size"
             raise ApiProblem(404, "no_tree_head", f"the log signed no tree head {which}")
         return Response(content=raw, media_type="application/json")
 
@@ -353,9 +353,7 @@ def audit_router(state: ApiState) -> APIRouter:
     )
     def inclusion(who: Auditor, index: Size, tree_size: Size) -> dict[str, Any]:
         if index >= tree_size:
-            raise ApiProblem(
-                400, "out_of_range", f"entry {index} lies outside a tree of size {tree_size}"
-            )
+            raise ApiProblem(400, "out_of_range", "the entry lies outside a tree of that size")
         proof = _proof("inclusion", lambda: opened().inclusion_proof(index, tree_size))
         record(who, "inclusion_proof", {"index": index, "tree_size": tree_size}, len(proof))
         return {"index": index, "tree_size": tree_size, "proof": _b64s(proof)}
@@ -373,7 +371,7 @@ def audit_router(state: ApiState) -> APIRouter:
     )
     def consistency(who: Auditor, old: Size, new: Size) -> dict[str, Any]:
         if old > new:
-            raise ApiProblem(400, "out_of_range", f"old size {old} is above new size {new}")
+            raise ApiProblem(400, "out_of_range", "the old size is above the new size")
         proof = _proof("consistency", lambda: opened().consistency_proof(old, new))
         record(who, "consistency_proof", {"old": old, "new": new}, len(proof))
         return {"old_size": old, "new_size": new, "proof": _b64s(proof)}

@@ -18,15 +18,18 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Security
 from fastapi.security import OAuth2, SecurityScopes
 from pydantic import BaseModel, BeforeValidator
+from starlette.types import Scope
 
-from broker.api.guard import ApiLimits, Metrics, Problem, RateLimiter
+from broker.api.guard import ApiLimits, Metrics, Problem, RateLimiter, peer_of
 from broker.api.oauth import TOKEN_PATH, Caller, TokenAuthority
+from broker.api.refusals import Kind, RefusalLedger
 from broker.audit import events
 from broker.audit.events import Refusal
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.directory.service import DirectoryService
 from broker.relay.queries import AgencyQueries
 from broker.store.registry import Registry
+from schemas.audit import AuditEvent
 from schemas.directory import SignedExcerpt
 from schemas.envelope import parse_model
 from schemas.errors import AuditStoreError
@@ -124,6 +127,8 @@ class ApiState:
         self.peer_limiter = RateLimiter(lim.peer_token_rate_per_min / 60, lim.token_burst * 5)
         self.api_limiter = RateLimiter(lim.api_rate_per_s, lim.api_burst)
         self.expensive_limiter = RateLimiter(lim.expensive_rate_per_min / 60, lim.expensive_burst)
+        self.refusal_limiter = RateLimiter(lim.refusal_rate_per_min / 60, lim.refusal_burst)
+        self.refusals = RefusalLedger(lim.refusal_window_s * 1000)
 
     def authority(self) -> TokenAuthority:
         if self.auth is None:
@@ -142,26 +147,102 @@ class ApiState:
                 headers={"Retry-After": str(wait)},
             )
 
-    def audit_refusal(self, request: Request, exc: ApiProblem) -> None:
-        """An audit event for a 401 or 403: who, what route, why (never the credential)."""
+    def audit_refusal(self, request: Request, exc: ApiProblem) -> ApiProblem:
+        """Audit a refusal (every 401 and 403, and what else is marked ``audit``): who,
+        what route, why, never the credential; and say what to answer: ``exc``, or a 429
+        when its client address is over the refusal rate."""
         self.metrics.refusals.labels(str(exc.status), exc.code).inc()
-        route = getattr(request.scope.get("route"), "path", None) or "<unmatched>"
         event = events.http_refused(
             exc.audit_as,
             exc.client,
             method=request.method,
-            route=route,
+            route=_route(request.scope),
             reason=exc.code,
             status=exc.status,
             message=exc.detail,
-            peer=request.client.host if request.client else None,
+            peer=peer_of(request.scope),
             at=self.clock.now_ms(),
         )
+        wait = self.refused(request.scope, event)
+        if wait is None:
+            return exc
+        return ApiProblem(
+            429,
+            "rate_limited",
+            f"too many refused requests; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+            audit=False,
+        )
+
+    def foreign_host_refused(self, scope: Scope) -> int | None:
+        """The guard refused a request for a host name we do not serve (``ForeignHostSink``):
+        audited like any refusal, without the name or the path the caller sent."""
+        event = events.http_refused(
+            "request.rejected",
+            None,
+            method=_method(scope),
+            route="<unmatched>",
+            reason="unknown_host",
+            status=400,
+            message="a host name this broker does not serve",
+            peer=peer_of(scope),
+            at=self.clock.now_ms(),
+        )
+        return self.refused(scope, event)
+
+    def refused(self, scope: Scope, event: AuditEvent) -> int | None:
+        """Count one refused request (``event`` says how it would be audited alone)
+        against its client address's refusal rate, and audit it, aggregated
+        (``broker.api.refusals``). Refusals are alike when type, reason, claimed client
+        and route are; what is over the rate is one kind per address, audited as
+        ``rate_limited``.
+
+        Returns:
+            None, or the seconds to wait when the address is over its refusal rate (the
+            caller answers 429 instead).
+        """
+        source = peer_of(scope)
+        now_ms = self.clock.now_ms()
+        wait = self.refusal_limiter.take(f"refused:{source}", now_ms / 1000)
+        kind: Kind = (event.type, event.reason, event.actor, event.subject)
+        if wait is not None:
+            self.metrics.rate_limited.labels("refusals").inc()
+            kind = ("rate_limited",)
+            event = events.http_refused(
+                "request.rejected",
+                event.actor,
+                method=_method(scope),
+                route=_route(scope),
+                reason="rate_limited",
+                status=429,
+                message="too many refused requests from this address",
+                peer=source,
+                at=now_ms,
+            )
+        self._write(self.refusals.note(source, kind, event, now_ms=now_ms))
+        return wait
+
+    def close_refusal_windows(self) -> None:
+        """Write the summaries still owed (the process stops)."""
+        self._write(self.refusals.close_all(self.clock.now_ms()))
+
+    def _write(self, written: list[AuditEvent]) -> None:
+        if not written:
+            return
         try:
-            self.registry.record([], [event])
+            self.registry.record([], written)
         except AuditStoreError as err:
             # The refusal stands whether or not it could be written down.
-            log.error("could not audit a refused request: %s", err)
+            log.error("could not audit %d refused request(s): %s", len(written), err)
+
+
+def _method(scope: Scope) -> str:
+    return str(scope.get("method", "?"))[:16]
+
+
+def _route(scope: Scope) -> str:
+    """The route's template, never the path the caller sent."""
+    return getattr(scope.get("route"), "path", None) or "<unmatched>"
 
 
 def state_of(request: Request) -> ApiState:

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from broker.api.context import (
@@ -39,7 +39,7 @@ from broker.api.context import (
     raw_body,
     require,
 )
-from broker.api.guard import RateLimiter
+from broker.api.guard import RateLimiter, peer_of
 from broker.api.oauth import Caller
 from broker.directory.enrolment import (
     DEFAULT_MAX_SKEW_S,
@@ -217,7 +217,7 @@ def enrol_router(state: ApiState, limits: EnrolLimits | None = None) -> APIRoute
         openapi_extra=json_body(EnrolmentBody),
     )
     async def enroll(request: Request, body: Annotated[bytes, Depends(raw_body)]) -> Any:
-        peer = request.client.host if request.client else "unknown"
+        peer = peer_of(request.scope)
         try:
             state.limit(limiter, f"enrol:{peer}", "enrol")
         except ApiProblem as exc:
@@ -368,7 +368,7 @@ def _status_route(
     ) -> Any:
         req = _parse_optional(StatusNote, body, state)
         if await asyncio.to_thread(state.registry.agency, agency_id) is None:
-            raise ApiProblem(404, "not_found", f"no agency {agency_id}")
+            raise ApiProblem(404, "not_found", "no such agency")
         try:
             previous = await asyncio.to_thread(
                 set_agency_status,
@@ -399,7 +399,9 @@ def _key_revoke_route(router: APIRouter, state: ApiState) -> None:
         summary="Revoke one of an agency's signing keys: what it signs from now on is refused",
         description=(
             "Bulletins it signed before stay verifiable; the relay and every SDK refuse "
-            "anything it signs later. Audited with the administrator as actor."
+            "anything it signs later. Audited with the administrator as actor. The agency's "
+            "last valid signing key is 409 `last_key` unless `force=true`: without one it can "
+            "neither publish nor rotate until it is re-enrolled."
         ),
         tags=["administration"],
         response_model=KeyRevokeAnswer,
@@ -409,6 +411,9 @@ def _key_revoke_route(router: APIRouter, state: ApiState) -> None:
         agency_id: AgencyPath,
         kid: Annotated[str, Path(pattern=r"^sig-[0-9a-f]{32}$")],
         who: Admin,
+        force: Annotated[
+            bool, Query(description="revoke it even if it is the agency's last valid key")
+        ] = False,
     ) -> Any:
         now = state.clock.now_s()
         try:
@@ -420,9 +425,12 @@ def _key_revoke_route(router: APIRouter, state: ApiState) -> None:
                 actor=who.id,
                 at=now,
                 clock=state.clock,
+                force=force,
             )
         except ConfigError as exc:
-            # No such key of that agency, or revoked already.
+            # No such key of that agency, revoked already, or its last one.
+            if exc.code == "last_key":
+                raise ApiProblem(409, "last_key", str(exc)[:300], client=who.id) from exc
             code = 409 if "already" in str(exc) else 404
             raise ApiProblem(
                 code, "conflict" if code == 409 else "not_found", str(exc)[:300], client=who.id

@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +34,13 @@ __all__ = [
     "LOOPBACK_HOSTS",
     "PROBLEM_BASE_URI",
     "ApiLimits",
+    "ForeignHostSink",
     "Guard",
     "Metrics",
     "Problem",
     "RateLimiter",
     "host_name",
+    "peer_of",
     "problem",
 ]
 
@@ -77,6 +79,13 @@ class ApiLimits:
         api_rate_per_s: authenticated requests per second per caller (S-21).
         api_burst: authenticated requests a caller may make at once.
         expensive_rate_per_min: policy validate/explain/simulate calls per minute.
+        refusal_rate_per_min: refused requests (401, 403, audited 4xx, foreign host) per
+            minute per client address; past it and ``refusal_burst``, a refusal is
+            answered 429.
+        refusal_burst: refusals a client address may collect at once.
+        refusal_window_s: the audit log keeps the first refusal of each kind per client
+            address and window, and one summary with the count of the others
+            (``broker.api.refusals``).
     """
 
     max_body_bytes: int = 64 * 1024
@@ -90,6 +99,9 @@ class ApiLimits:
     api_burst: int = 100
     expensive_rate_per_min: float = 30
     expensive_burst: int = 5
+    refusal_rate_per_min: float = 60
+    refusal_burst: int = 20
+    refusal_window_s: int = 60
 
 
 class Problem(BaseModel):
@@ -223,6 +235,11 @@ class _BodyTooLarge(Exception):
     pass
 
 
+# Told of a request refused for its Host (its ASGI scope); answers the seconds to wait if
+# the client address is over its refusal rate (then the answer is 429), else None.
+ForeignHostSink = Callable[[Scope], int | None]
+
+
 class Guard:
     """The outermost ASGI layer (see the module docstring)."""
 
@@ -232,11 +249,13 @@ class Guard:
         limits: ApiLimits,
         metrics: Metrics,
         allowed_hosts: frozenset[str] = LOOPBACK_HOSTS,
+        foreign_host: ForeignHostSink | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
         self.metrics = metrics
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.foreign_host = foreign_host
 
     def _body_limit(self, path: str) -> int:
         if path.startswith("/v1/policy/"):
@@ -280,11 +299,16 @@ class Guard:
             if host_name(scope) not in self.allowed_hosts:
                 # Never echo the name: the refusal says what to configure, not what came.
                 log.warning("refused a request for a host name this broker does not serve")
-                await problem(
-                    400,
-                    "unknown_host",
-                    "this broker does not answer to that host name "
-                    "(an operator adds names with ISTMO_ALLOWED_HOSTS)",
+                wait = self.foreign_host(scope) if self.foreign_host else None
+                await (
+                    _rate_limited(wait)
+                    if wait is not None
+                    else problem(
+                        400,
+                        "unknown_host",
+                        "this broker does not answer to that host name "
+                        "(an operator adds names with ISTMO_ALLOWED_HOSTS)",
+                    )
                 )(scope, receive, send_with_headers)
                 return
             declared = _content_length(scope)
@@ -313,6 +337,14 @@ class Guard:
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
 
 
+def peer_of(scope: Scope) -> str:
+    """The client address a request came from, as the ASGI server saw it: the TCP peer,
+    or, behind a reverse proxy the server was told to trust (``ISTMO_TRUSTED_PROXIES``),
+    the address that proxy forwarded; ``unknown`` when the server gave none."""
+    client = scope.get("client")
+    return str(client[0])[:64] if client else "unknown"
+
+
 def host_name(scope: Scope) -> str | None:
     """The host name of the request's ``Host`` header, lower case, without the port
     (``[::1]:8844`` -> ``::1``); None when it is missing, repeated or malformed."""
@@ -339,6 +371,15 @@ _OURS = frozenset(
     {b"x-content-type-options", b"content-security-policy", b"cache-control"}
     | {k for k, _ in _COMMON_HEADERS}
 )
+
+
+def _rate_limited(wait: int) -> JSONResponse:
+    return problem(
+        429,
+        "rate_limited",
+        f"too many refused requests; retry in {wait} s",
+        headers={"Retry-After": str(wait)},
+    )
 
 
 def _too_large(limit: int) -> JSONResponse:

@@ -234,7 +234,7 @@ class _ClientAssertion(JWTBearerClientAssertion):  # type: ignore[misc]  # authl
                 ) from exc
         if claims is None:
             raise self.refuse(
-                "bad_signature", f"the client assertion is not signed by a key of {self._client}"
+                "bad_signature", "the client assertion is not signed by a key of its client"
             )
         self.verify_claims(claims)
         return claims
@@ -382,7 +382,7 @@ class TokenAuthority:
         kid = header.get("kid")
         if kid is not None:
             if not isinstance(kid, str) or kid not in keys:
-                raise refuse("unknown_key", f"kid is not a usable key of {client_id}")
+                raise refuse("unknown_key", "kid is not a usable key of the client")
             keys = {kid: keys[kid]}
         # 6. Signature, then claims and the jti (authlib, hardened).
         check = _ClientAssertion(self, client_id, now)
@@ -397,22 +397,22 @@ class TokenAuthority:
         agency = self.registry.agency(client_id)
         admin = self._admin(client_id)
         if agency is not None and admin is not None:
-            raise refuse("ambiguous_client", f"{client_id} is both an agency and an administrator")
+            raise refuse("ambiguous_client", "the client is both an agency and an administrator")
         if admin is not None:
             if admin.status != "active":
-                raise refuse(f"client_{admin.status}"[:40], f"{client_id} is {admin.status}")
+                raise refuse(f"client_{admin.status}"[:40], f"the client is {admin.status}")
             return "admin", ADMIN_SCOPES, {admin.kid: _public_jwk(_verify_key(admin.public))}
         if agency is None:
-            raise refuse("unknown_client", f"unknown client {client_id}")
+            raise refuse("unknown_client", "unknown client")
         if agency.status != "active":
-            raise refuse(f"client_{agency.status}"[:40], f"{client_id} is {agency.status}")
+            raise refuse(f"client_{agency.status}"[:40], f"the client is {agency.status}")
         keys = {
             k.kid: _public_jwk(_verify_key(k.public))
             for k in self.registry.signing_keys(client_id)
             if k.revoked_at is None or k.revoked_at > now
         }
         if not keys:
-            raise refuse("no_usable_key", f"{client_id} has no unrevoked signing key")
+            raise refuse("no_usable_key", "the client has no unrevoked signing key")
         return "agency", _scopes_for(agency), keys
 
     def _admin(self, admin_id: str) -> AdminRow | None:

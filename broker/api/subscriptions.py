@@ -78,7 +78,7 @@ def subscriptions_router(state: ApiState) -> APIRouter:
     async def read(agency: str, who: str) -> dict[str, Any]:
         topics = await asyncio.to_thread(subscriptions_of, registry, agency)
         if topics is None:
-            raise ApiProblem(404, "not_found", f"no agency {agency}", client=who)
+            raise ApiProblem(404, "not_found", "no such agency", client=who)
         return {"agency": agency, "topics": list(topics)}
 
     @router.get(

@@ -289,8 +289,10 @@ class _Verifier:
         ).first()
         if extra is not None:
             level, idx = int(extra[0]), int(extra[1])
+            # Its first entry beyond the log is the first one missing: the node may start
+            # below the log's end (entries 36..39 when 37.. were removed).
             self.report.add(
-                min(idx << level, self.size),
+                max(idx << level, self.size),
                 f"merkle node ({level}, {idx}) lies beyond the {self.size} entries",
                 (idx + 1) << level,
             )

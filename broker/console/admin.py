@@ -94,7 +94,7 @@ Opt = Annotated[str | None, Query(max_length=40)]
 
 def _agency_id(text: str) -> str:
     if len(text) > 32 or _AGENCY.fullmatch(text) is None:
-        raise ConsolePage(404, "admin.unknown_agency", id=text[:32])
+        raise ConsolePage(404, "admin.unknown_agency")
     return text
 
 
@@ -140,7 +140,7 @@ def admin_router(console: ConsoleState) -> APIRouter:
     def view_or_404(agency: str) -> Any:
         view = agency_view(api.registry, agency)
         if view is None:
-            raise ConsolePage(404, "admin.unknown_agency", id=agency)
+            raise ConsolePage(404, "admin.unknown_agency")
         return view
 
     # ------------------------------------------------------------------ overview

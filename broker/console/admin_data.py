@@ -316,13 +316,15 @@ def revoke_key(
     registry: Registry, agency_id: str, kid: str, *, actor: str, now: int | None = None
 ) -> int:
     """Revoke one of ``agency_id``'s signing keys from ``now`` as ``actor``, as ``istmo admin
-    revoke-key`` and ``POST /v1/agencies/<id>/keys/<kid>/revoke`` do; returns the time.
+    revoke-key --force`` and ``POST /v1/agencies/<id>/keys/<kid>/revoke?force=true`` do
+    (the console's confirmation page says when it is the agency's last valid key, and what
+    that means: confirming it is the force); returns the time.
 
     Raises:
         ConfigError: the agency has no such key, or it is revoked already.
     """
     when = int(time.time()) if now is None else now
-    revoke_signing_key(registry, agency_id, kid, actor=actor, at=when)
+    revoke_signing_key(registry, agency_id, kid, actor=actor, at=when, force=True)
     return when
 
 

@@ -201,7 +201,7 @@ EN: dict[str, str] = {
     "use istmo policy adopt.",
     # refusals
     "admin.bad_candidate": "The candidate cannot be read: {what}",
-    "admin.unknown_agency": "There is no agency {id}.",
+    "admin.unknown_agency": "There is no such agency.",
     "admin.rate_limited": "Too many checks in a short time; wait {wait} s and try again.",
     "admin.conflict": "Not done: {what}",
 }
@@ -389,7 +389,7 @@ ES: dict[str, str] = {
     "admin.adopt.unavailable": "Este intermediario no puede adoptar políticas aquí (no hay "
     "pila en ejecución); use istmo policy adopt.",
     "admin.bad_candidate": "No se puede leer el candidato: {what}",
-    "admin.unknown_agency": "No existe la agencia {id}.",
+    "admin.unknown_agency": "No existe esa agencia.",
     "admin.rate_limited": "Demasiadas verificaciones seguidas; espere {wait} s e inténtelo "
     "de nuevo.",
     "admin.conflict": "No se hizo: {what}",

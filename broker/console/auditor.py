@@ -192,7 +192,7 @@ def auditor_router(console: ConsoleState) -> APIRouter:
         )
         record(who, "entry", {"index": index}, 0 if found is None else 1)
         if found is None:
-            raise ConsolePage(404, "error.not_found", what=f"entry {index}")
+            raise ConsolePage(404, "error.not_found", what="that entry")
         return render(
             request,
             "entry.html",

@@ -30,12 +30,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api.context import ApiState
+from broker.api.guard import peer_of
 from broker.audit import events
 from broker.console.i18n import LANG_COOKIE, LANGS, negotiate, translator
 from broker.console.sessions import LinkStore, Session, SessionStore, csrf_ok
 from broker.directory.admins import AdminRow
 from schemas.audit import AuditEvent
-from schemas.errors import AuditStoreError
 
 __all__ = [
     "CONSOLE_CSP",
@@ -151,7 +151,8 @@ def on_console_page(request: Request, exc: ConsolePage) -> Response:
     """The exception handler of ``ConsolePage`` (registered by ``mount_console``)."""
     console = console_of(request)
     if exc.audit:
-        route = getattr(request.scope.get("route"), "path", None) or request.url.path
+        route = getattr(request.scope.get("route"), "path", None) or "<unmatched>"
+        source = peer_of(request.scope)
         event = events.console_refused(
             "auth.refused",
             exc.who,
@@ -159,13 +160,13 @@ def on_console_page(request: Request, exc: ConsolePage) -> Response:
             route=route,
             reason=exc.audit,
             status=exc.status,
-            peer=request.client.host if request.client else None,
+            peer=source,
             at=console.api.clock.now_ms(),
         )
-        try:
-            console.record(event)
-        except AuditStoreError:
-            pass  # the refusal stands whether or not it could be written down
+        # Rate-limited and aggregated per client address, as the API's refusals are.
+        wait = console.api.refused(request.scope, event)
+        if wait is not None:
+            exc = ConsolePage(429, "error.rate", seconds=wait)
     if exc.redirect is not None:
         return RedirectResponse(exc.redirect, status_code=303)
     return render(

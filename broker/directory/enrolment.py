@@ -184,15 +184,15 @@ def _check_new_agency(registry: Registry, a: NewAgency) -> tuple[int, tuple[str,
     if (a.state is None) == (not a.communities):
         raise _bad("give a state (a national agency) or communities (a regional body)")
     if a.state is not None and kinds.get(a.state) != "state":
-        raise _bad(f"state: {a.state[:16]!r} is not a state of the directory")
+        raise _bad("state: not a state of the directory")
     if len(a.communities) > MAX_COMMUNITIES or len(set(a.communities)) != len(a.communities):
         raise _bad(f"communities: at most {MAX_COMMUNITIES}, each once")
     for c in a.communities:
         if kinds.get(c) != "community":
-            raise _bad(f"communities: {c[:16]!r} is not a community of the directory")
-    unknown = [t for t in a.topics if t not in TOPICS]
+            raise _bad(f"communities[{a.communities.index(c)}]: not a community of the directory")
+    unknown = [i for i, t in enumerate(a.topics) if t not in TOPICS]
     if unknown:
-        raise _bad(f"topics: {unknown[0][:64]!r} is not one of {', '.join(TOPICS)}")
+        raise _bad(f"topics[{unknown[0]}]: not one of {', '.join(TOPICS)}")
     if a.min_source_grade is not None and _GRADE.fullmatch(a.min_source_grade) is None:
         raise _bad("min_source_grade: a letter A-F and a digit 1-6, like B2")
     return level, tuple(sorted(set(a.topics)))
@@ -213,7 +213,7 @@ def create_agency(registry: Registry, agency: NewAgency, *, created_by: str, now
 
     def apply(s: Session) -> None:
         if s.get(AgencyRow, agency.id) is not None or s.get(AdminRow, agency.id) is not None:
-            raise ConfigError(f"the id {agency.id} is taken", code="id_taken")
+            raise ConfigError("that agency id is taken", code="id_taken")
         s.add(
             AgencyRow(
                 id=agency.id,
@@ -332,23 +332,22 @@ def _issue(
     def apply(s: Session) -> None:
         row = s.get(AgencyRow, agency)
         if row is None:
-            raise ConfigError(f"unknown agency {agency}", code="unknown_agency")
+            raise ConfigError("no such agency", code="unknown_agency")
         if row.status != "active":
-            raise ConfigError(f"agency {agency} is {row.status}", code="not_enrollable")
+            raise ConfigError(f"the agency is {row.status}", code="not_enrollable")
         if reenrol:
             if not _enrolled(s, agency):
                 raise ConfigError(
-                    f"agency {agency} has not enrolled yet",
+                    "the agency has not enrolled yet",
                     code="not_enrollable",
-                    hint=f"`istmo admin agency token {agency}` issues a new token for it",
+                    hint="`istmo admin agency token AGENCY` issues a new token for it",
                 )
             audit[:0] = _withdraw_keys(s, agency, now, created_by)
         elif _enrolled(s, agency):
             raise ConfigError(
-                f"agency {agency} is enrolled already; it rotates its keys with "
-                "`istmo keys rotate`",
+                "the agency is enrolled already; it rotates its keys with `istmo keys rotate`",
                 code="not_enrollable",
-                hint=f"if its keys are lost, `istmo admin agency reenrol {agency}` replaces them",
+                hint="if its keys are lost, `istmo admin agency reenrol AGENCY` replaces them",
             )
         table = EnrolmentTokenRow.__table__  # type: ignore[attr-defined]  # sqlmodel table
         s.connection().execute(
@@ -420,30 +419,28 @@ def _check_token(registry: Registry, token: str, now: int) -> EnrolmentTokenRow:
     #    learns which: a forger never gets past step 1.)
     who = row.agency
     if row.used_at is not None:
-        raise TokenRefused(
-            f"enrolment token {row.id} was used already", code="token_used", agency=who
-        )
+        raise TokenRefused("this enrolment token was used already", code="token_used", agency=who)
     if row.revoked_at is not None:
         raise TokenRefused(
-            f"enrolment token {row.id} was replaced by a newer one",
+            "this enrolment token was replaced by a newer one",
             code="token_revoked",
             agency=who,
         )
     if row.expires_at <= now:
         ago = (now - row.expires_at) // 60
         raise TokenRefused(
-            f"enrolment token {row.id} expired {ago} min ago; ask for a new one",
+            f"this enrolment token expired {ago} min ago; ask for a new one",
             code="token_expired",
             agency=who,
         )
     agency = registry.agency(who)
     if agency is None or agency.status != "active":
         status = "unknown" if agency is None else agency.status
-        raise TokenRefused(f"agency {who} is {status}", code="agency_not_active", agency=who)
+        raise TokenRefused(f"the agency is {status}", code="agency_not_active", agency=who)
     with registry.session() as s:
         if _enrolled(s, who):
             raise TokenRefused(
-                f"agency {who} is enrolled already", code="already_enrolled", agency=who
+                "the agency is enrolled already", code="already_enrolled", agency=who
             )
     return row
 
@@ -507,12 +504,12 @@ def redeem(
         )
         if spent.rowcount != 1:
             raise TokenRefused(
-                f"enrolment token {row.id} was used meanwhile", code="token_used", agency=agency
+                "this enrolment token was used meanwhile", code="token_used", agency=agency
             )
         current = s.get(AgencyRow, agency)
         if current is None or current.status != "active" or _enrolled(s, agency):
             raise TokenRefused(
-                f"agency {agency} changed meanwhile", code="agency_not_active", agency=agency
+                "the agency changed meanwhile", code="agency_not_active", agency=agency
             )
         try:
             _check_unused_in(s, request)

@@ -42,11 +42,11 @@ def set_agency_status(
     def apply(s: Session) -> None:
         row = s.get(AgencyRow, agency_id)
         if row is None:
-            raise ConfigError(f"unknown agency {agency_id}")
+            raise ConfigError("no such agency")
         if row.status == status:
-            raise ConfigError(f"agency {agency_id} is already {status}")
+            raise ConfigError(f"the agency is already {status}")
         if row.status == "revoked":
-            raise ConfigError(f"agency {agency_id} is revoked; revocation is final")
+            raise ConfigError("the agency is revoked; revocation is final")
         previous.append(row.status)
         row.status = status
         s.add(row)
@@ -84,9 +84,9 @@ def revoke_signing_key(
     def apply(s: Session) -> None:
         row = s.get(SigningKeyRow, kid)
         if row is None or row.agency != agency_id:
-            raise ConfigError(f"agency {agency_id} has no signing key {kid}")
+            raise ConfigError("the agency has no signing key by that id")
         if row.revoked_at is not None:
-            raise ConfigError(f"key {kid} was already revoked")
+            raise ConfigError("that key was already revoked")
         valid = s.exec(
             select(SigningKeyRow.kid).where(
                 SigningKeyRow.agency == agency_id,
@@ -95,11 +95,11 @@ def revoke_signing_key(
         ).all()
         if list(valid) == [kid] and not force:
             raise ConfigError(
-                f"{kid} is the last valid signing key of {agency_id}: without it the agency "
-                "can neither publish nor rotate its keys",
+                "that is the agency's last valid signing key: without it the agency can "
+                "neither publish nor rotate its keys",
                 code="last_key",
-                hint=f"if its keys are lost or compromised, `istmo admin agency reenrol "
-                f"{agency_id}` replaces them all; to revoke this one alone, add --force",
+                hint="if its keys are lost or compromised, `istmo admin agency reenrol AGENCY` "
+                "replaces them all; to revoke this one alone, add --force",
             )
         row.revoked_at = when
         s.add(row)

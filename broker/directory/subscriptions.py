@@ -75,15 +75,15 @@ def set_subscriptions(
         AuditStoreError: the database refused the transaction.
     """
     wanted = list(dict.fromkeys(topics))
-    unknown = [t for t in wanted if t not in TOPICS]
+    unknown = [i for i, t in enumerate(topics) if t not in TOPICS]
     if unknown:
         raise ConfigError(
-            f"unknown topic {unknown[0][:64]!r}; topics are: {', '.join(TOPICS)}",
+            f"topics[{unknown[0]}] is not a topic; topics are: {', '.join(TOPICS)}",
             code="unknown_topic",
         )
     with registry.session() as s:
         if s.get(AgencyRow, agency) is None:
-            raise ConfigError(f"unknown agency {agency}", code="unknown_agency")
+            raise ConfigError("no such agency", code="unknown_agency")
         before = _current(s, agency)
     added = _ordered(set(wanted) - before)
     removed = _ordered(before - set(wanted))

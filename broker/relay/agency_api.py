@@ -144,7 +144,7 @@ class AgencyApi:
         try:
             caller = parse_agency_id(parts[2])
             if caller not in self.directory.records:
-                return ErrorReply.of("unknown_agency", f"unknown agency {caller}")
+                return ErrorReply.of("unknown_agency", "this agency is not in the directory")
             return self._answer(caller, parts[3], data, now)
         except (PolicyDenied, NotFound) as exc:
             # Answers about the caller's own request, not faults in it: not audited.
@@ -207,9 +207,9 @@ class AgencyApi:
         """
         key = self.registry.signing_key(kid)
         if key is None or key.agency != caller:
-            raise NotFound(f"{caller} has no signing key {kid}")
+            raise NotFound("no such signing key of yours")
         if key.revoked_at is not None:
-            raise EnvelopeError(f"key {kid} was already revoked", code="already_revoked")
+            raise EnvelopeError("that key was already revoked", code="already_revoked")
         try:
             revoke_signing_key(
                 self.registry, caller, kid, actor=caller, at=now, clock=self.clock, force=force

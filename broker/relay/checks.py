@@ -47,16 +47,18 @@ def check_labels(
     labels: Labels, records: Mapping[str, AgencyRecord], jurisdictions: Set[str]
 ) -> None:
     """Every label names something the directory knows (EnvelopeError otherwise)."""
-    for code in labels.rel_to:
+    # The messages name the label's position, never its value (no echo of the input).
+    for i, code in enumerate(labels.rel_to):
         if code not in jurisdictions:
             raise EnvelopeError(
-                f"label not allowed: releasable to unknown jurisdiction {code}",
+                f"label not allowed: rel_to[{i}] is not a jurisdiction of the directory",
                 code="unknown_label",
             )
-    for named in labels.named:
+    for i, named in enumerate(labels.named):
         if named not in records:
             raise EnvelopeError(
-                f"label not allowed: names unknown agency {named}", code="unknown_recipient"
+                f"label not allowed: named[{i}] is not an agency of the directory",
+                code="unknown_recipient",
             )
 
 

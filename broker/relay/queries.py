@@ -181,7 +181,7 @@ class AgencyQueries:
         """
         bulletin = self.registry.bulletin(bulletin_id)
         if bulletin is None or bulletin.originator != caller:
-            raise NotFound(f"no bulletin {bulletin_id} of {caller}")
+            raise NotFound("no such bulletin of yours")
         addressed = set(bulletin.recipients.split(","))
         routed = sorted(
             r.agency

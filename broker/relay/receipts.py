@@ -2,8 +2,15 @@
 
 A receipt counts only if the agency that sent it is the recipient it names, the bulletin
 was routed to that agency and addressed to it, it names the bulletin's originator and
-envelope digest, and it is signed by one of the agency's registered signing keys. Each
-failure raises EnvelopeError (or SignatureError) whose ``code`` goes to the audit log.
+envelope digest, and it is signed by one of the agency's registered signing keys that was
+not revoked by the time JetStream stored the receipt, nor by the time the receipt claims.
+Each failure raises EnvelopeError (or SignatureError) whose ``code`` goes to the audit log.
+
+A revoked key signs nothing the relay counts from its revocation on, even a receipt that
+says it was signed before: a key is revoked because it may be in someone else's hands,
+and whoever holds it writes any ``received_at`` they like. A true receipt signed just
+before the revocation and sent after it is lost with the forgeries; the bulletin then
+shows no receipt from that agency.
 
 A batch of receipts is judged at once (``read_batch``, then ``judge_batch`` against what
 the registry holds of every bulletin they name, read in one query): each receipt gets a
@@ -26,7 +33,7 @@ from broker.relay.checks import sender_of
 from broker.store.registry import BulletinRow
 from schemas.audit import AuditEvent
 from schemas.directory import AgencyRecord
-from schemas.errors import EnvelopeError, IstmoError
+from schemas.errors import EnvelopeError, IstmoError, SignatureError
 from schemas.ids import AgencyId
 from schemas.receipt import Receipt, parse_receipt, verify_receipt
 from schemas.subjects import agency_of_gated
@@ -48,6 +55,9 @@ class IncomingReceipt:
     seq: int  # its stream sequence, which names a refusal's audit event
     subject: str
     raw: bytes
+    # When JetStream stored it, epoch seconds (the server's clock, which the sender cannot
+    # choose): a key revoked by then cannot have signed it (check_receipt, step 7).
+    stored_at: int
 
 
 @dataclass(frozen=True)
@@ -92,8 +102,9 @@ def check_receipt(
     bulletin: BulletinRow | None,
     routed: Set[str],
     records: Mapping[str, AgencyRecord],
+    stored_at: int,
 ) -> None:
-    """Steps 4-6, against what the registry holds of the bulletin.
+    """Steps 4-7, against what the registry holds of the bulletin.
 
     Args:
         receipt: the parsed receipt.
@@ -101,10 +112,13 @@ def check_receipt(
         bulletin: the bulletin as accepted, or None if no such bulletin was.
         routed: the agencies the policy allowed it.
         records: the directory, by agency id.
+        stored_at: when JetStream stored the receipt, epoch seconds (the server's clock,
+            which the sender cannot choose).
 
     Raises:
         EnvelopeError: with ``code`` naming the failed step.
-        SignatureError: the signature does not verify under the named key.
+        SignatureError: the signature does not verify under the named key, or that
+            key was revoked (``key_revoked``).
     """
     # 4. The bulletin exists and went to the sender.
     if bulletin is None or sender not in routed or sender not in bulletin.recipients.split(","):
@@ -122,6 +136,10 @@ def check_receipt(
     key = next((k for k in record.signing_keys if k.kid == receipt.kid), None) if record else None
     if key is None:
         raise EnvelopeError("receipt signed by an unknown key", code="key_not_bound_to_sender")
+    # 7. That key was not revoked when the receipt was stored, nor when it claims to be
+    #    from (a revoked key may be a stolen one: its holder backdates at will).
+    if key.revoked_at is not None and key.revoked_at <= max(stored_at, receipt.received_at):
+        raise SignatureError("receipt signed by a revoked key", code="key_revoked")
     verify_receipt(receipt, key.verify_key())
 
 
@@ -174,6 +192,7 @@ def judge_batch(
                 bulletin=bulletins.get(bid),
                 routed=routed.get(bid, frozenset()),
                 records=records,
+                stored_at=msg.stored_at,
             )
         except IstmoError as exc:
             verdicts.append(ReceiptVerdict(msg.seq, None, _refused(msg, exc, at)))

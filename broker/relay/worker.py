@@ -431,7 +431,13 @@ class Relay:
         is recorded again as nothing new: rows and events are keyed by bulletin and
         recipient, refusals by stream sequence."""
         batch = [
-            IncomingReceipt(msg.metadata.sequence.stream, msg.subject, msg.data) for msg in msgs
+            IncomingReceipt(
+                msg.metadata.sequence.stream,
+                msg.subject,
+                msg.data,
+                int(msg.metadata.timestamp.timestamp()),
+            )
+            for msg in msgs
         ]
         read = read_batch(batch)
         named = {got[1].bulletin_id for got in read if not isinstance(got, IstmoError)}

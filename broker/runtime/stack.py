@@ -32,6 +32,7 @@ import nats.errors
 import uvicorn
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from starlette.types import ASGIApp
 
 from broker.api.oauth import TokenAuthority
 from broker.audit.sequencer import LOG_PUB_FILE, run_in_stack
@@ -67,7 +68,7 @@ from broker.store.registry import Registry
 from schemas.errors import ConfigError, IstmoError
 from schemas.natskeys import user_public_key
 
-__all__ = ["Stack", "read_stack_file"]
+__all__ = ["Stack", "read_stack_file", "uvicorn_config"]
 
 log = logging.getLogger("istmo.stack")
 STACK_FILE = "stack.json"
@@ -100,6 +101,24 @@ async def close_quietly(nc: NATS, timeout: float = 5.0) -> None:
     except (nats.errors.Error, TimeoutError, OSError):
         pass  # closing anyway; unacked work comes back to the next relay
     await nc.close()
+
+
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """How uvicorn serves the API. The client address (per-address rate limits, the
+    audit log's ``peer``) is the TCP peer's; X-Forwarded-For is believed only from the
+    proxies named in ``ISTMO_TRUSTED_PROXIES`` (uvicorn's own default would believe it
+    from 127.0.0.1, where a local proxy that passes the header on lets any client choose
+    its address)."""
+    trusted = list(settings.trusted_proxies)
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.api_port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or [],
+    )
 
 
 class _Server(uvicorn.Server):
@@ -314,9 +333,7 @@ class Stack:
         app.state.istmo.nats_url = self.nats_urls[0]
         app.state.istmo.directory_changed = lambda: self.apply_directory_change(server, nc)
         app.state.istmo.adopt_policy = lambda root, who: self.adopt_policy(root, who, nc)
-        api = _Server(
-            uvicorn.Config(app, host=s.host, port=s.api_port, log_level="warning", access_log=False)
-        )
+        api = _Server(uvicorn_config(app, s))
         # Agencies' publishes reach JetStream through a gate, relay or not (broker.bus.gate),
         # on a thread of its own so that this loop's work never holds a publisher.
         gate = GateThread(lambda: self.connect_relay(self.nats_urls))

@@ -160,11 +160,20 @@ async def test_an_administrator_revokes_an_agencys_key(
     agency = bearer(await token(client, broker, "do-police"))
     r = await client.post(f"/v1/agencies/do-foreign/keys/{kid}/revoke", headers=agency)
     assert r.status_code == 403  # an agency cannot
-    r = await client.post(f"/v1/agencies/do-foreign/keys/{kid}/revoke", headers=admin)
+    last = await client.post(f"/v1/agencies/do-foreign/keys/{kid}/revoke", headers=admin)
+    assert assert_problem(last, 409, "last_key")["detail"].startswith(
+        "that is the agency's last valid signing key"
+    )
+    assert broker.registry.signing_key(kid).revoked_at is None  # type: ignore[union-attr]
+    r = await client.post(
+        f"/v1/agencies/do-foreign/keys/{kid}/revoke", params={"force": "true"}, headers=admin
+    )
     assert r.status_code == 200, r.text
     assert r.json()["kid"] == kid
     assert broker.registry.signing_key(kid).revoked_at is not None  # type: ignore[union-attr]
-    again = await client.post(f"/v1/agencies/do-foreign/keys/{kid}/revoke", headers=admin)
+    again = await client.post(
+        f"/v1/agencies/do-foreign/keys/{kid}/revoke", params={"force": "true"}, headers=admin
+    )
     assert_problem(again, 409)
     other = await client.post(f"/v1/agencies/do-police/keys/{kid}/revoke", headers=admin)
     assert_problem(other, 404)  # not that agency's key

@@ -102,7 +102,9 @@ def size(log: AuditLog) -> int:
 @pytest_asyncio.fixture
 async def client(make_app: AppFactory, log: AuditLog) -> AsyncIterator[httpx.AsyncClient]:
     """The app with rate limits out of the way (a page walk is many calls)."""
-    limits = ApiLimits(api_rate_per_s=1e6, api_burst=10**6)
+    limits = ApiLimits(
+        api_rate_per_s=1e6, api_burst=10**6, refusal_rate_per_min=1e9, refusal_burst=10**6
+    )
     async with connect(make_app(limits=limits)) as c:
         yield c
 
@@ -428,7 +430,9 @@ async def test_an_agency_token_with_every_scope_it_has_still_gets_nothing(
 def test_the_audit_endpoints_conform_to_their_openapi_document(
     broker: Broker, log: AuditLog, make_app: AppFactory
 ) -> None:
-    limits = ApiLimits(api_rate_per_s=1e6, api_burst=10**6)
+    limits = ApiLimits(
+        api_rate_per_s=1e6, api_burst=10**6, refusal_rate_per_min=1e9, refusal_burst=10**6
+    )
     schema = schemathesis.openapi.from_asgi(
         "/openapi.json", make_app(limits=limits, allowed_hosts=(SCHEMATHESIS_HOST,))
     )

@@ -47,6 +47,8 @@ def api_schema(broker: Broker) -> Any:
     limits = ApiLimits(
         api_rate_per_s=1e6,
         api_burst=10**6,
+        refusal_rate_per_min=1e9,
+        refusal_burst=10**6,
         token_rate_per_min=1e6,
         token_burst=10**6,
         peer_token_rate_per_min=1e6,

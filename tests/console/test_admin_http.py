@@ -113,7 +113,7 @@ async def test_agencies_by_state_and_sector_with_keys(
     assert "Fingerprint (SHA-256)" in r.text
     r = await admin.get("/console/admin/agencies/zz-nobody")
     assert r.status_code == 404
-    assert "There is no agency zz-nobody" in r.text
+    assert "There is no such agency." in r.text  # the message does not echo the id
 
 
 async def test_suspend_confirm_reinstate_audited(

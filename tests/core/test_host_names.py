@@ -46,3 +46,15 @@ def test_allowed_hosts_refuses_what_is_not_a_name(bad: str) -> None:
         Settings.from_env({"ISTMO_ALLOWED_HOSTS": bad})
     assert caught.value.hint is not None
     assert bad not in str(caught.value)
+
+
+def test_trusted_proxies_from_the_environment() -> None:
+    env = {"ISTMO_TRUSTED_PROXIES": " 127.0.0.1, 10.0.0.0/24 ,"}
+    assert Settings.from_env(env).trusted_proxies == ("127.0.0.1", "10.0.0.0/24")
+    assert Settings.from_env({}).trusted_proxies == ()  # X-Forwarded-For ignored
+
+
+@pytest.mark.parametrize("bad", ["proxy.internal", "*", "10.0.0.0/99"])
+def test_trusted_proxies_refuses_what_is_not_an_address(bad: str) -> None:
+    with pytest.raises(ConfigError, match="ISTMO_TRUSTED_PROXIES"):
+        Settings.from_env({"ISTMO_TRUSTED_PROXIES": bad})

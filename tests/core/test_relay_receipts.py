@@ -75,7 +75,8 @@ def read_and_check(r: Receipt, *, sender: str = "hn-police", **kw: Any) -> None:
         sender=who,
         bulletin=kw.get("bulletin", BULLETIN),
         routed=kw.get("routed", {"hn-police", "sv-police"}),
-        records=RECORDS,
+        records=kw.get("records", RECORDS),
+        stored_at=kw.get("stored_at", NOW),
     )
 
 
@@ -132,7 +133,7 @@ OTHER = BULLETIN.model_copy(update={"id": str(uuid.uuid4()), "recipients": "hn-p
 
 
 def incoming(seq: int, raw: bytes, subject: str = SUBJECT) -> IncomingReceipt:
-    return IncomingReceipt(seq=seq, subject=subject, raw=raw)
+    return IncomingReceipt(seq=seq, subject=subject, raw=raw, stored_at=NOW)
 
 
 def wire(r: Receipt) -> bytes:
@@ -199,3 +200,37 @@ def test_a_receipt_twice_in_one_batch_gets_the_same_row_and_event() -> None:
     assert second.accepted
     assert first.row == second.row
     assert first.event.event_id == second.event.event_id
+
+
+def revoked_at(when: int) -> dict[str, AgencyRecord]:
+    """The directory with hn-police's key revoked from ``when``."""
+    hn = RECORDS["hn-police"]
+    key = hn.signing_keys[0].model_copy(update={"revoked_at": when})
+    return {"hn-police": hn.model_copy(update={"signing_keys": (key,)})}
+
+
+@pytest.mark.parametrize(
+    ("name", "revoked", "stored_at", "refused"),
+    [
+        # The receipt says NOW; JetStream stored it at stored_at.
+        ("revoked-long-before", NOW - 3600, NOW, True),
+        ("revoked-the-second-it-was-stored", NOW, NOW, True),
+        # Signed (it says) before the revocation, stored after: a stolen key backdates.
+        ("signed-before-stored-after", NOW + 10, NOW + 60, True),
+        # Claims a time after the revocation, though stored before it: refused too.
+        ("claims-after-stored-before", NOW - 1, NOW - 5, True),
+        ("revoked-after-it-was-stored", NOW + 60, NOW, False),
+    ],
+)
+def test_a_receipt_signed_by_a_revoked_key_is_refused(
+    name: str, revoked: int, stored_at: int, refused: bool
+) -> None:
+    check = lambda: read_and_check(  # noqa: E731  # one call, two outcomes
+        receipt(), records=revoked_at(revoked), stored_at=stored_at
+    )
+    if not refused:
+        check()
+        return
+    with pytest.raises(EnvelopeError) as err:
+        check()
+    assert err.value.code == "key_revoked"

@@ -105,7 +105,7 @@ def test_suspended_agency_loses_its_connection_and_keeps_its_deliveries(up: UpPr
 
 def test_admin_errors_are_one_line(up: UpProcess) -> None:
     for args, message in (
-        (("admin", "suspend", "xx-nobody"), "unknown agency xx-nobody"),
+        (("admin", "suspend", "xx-nobody"), "no such agency"),
         (("admin", "reinstate", "gt-police"), "already active"),
         (("admin", "revoke-key", "gt-police", "sig-" + "0" * 32), "has no signing key"),
     ):
@@ -121,8 +121,8 @@ def test_revoked_key_refuses_new_bulletins(up: UpProcess) -> None:
     kid = keystore["signing_keys"][-1]["kid"]
     last = run_cli("admin", "revoke-key", "sv-police", kid, data_dir=d)
     assert last.returncode == 1
-    assert "last valid signing key of sv-police" in last.stderr
-    assert "istmo admin agency reenrol sv-police" in last.stderr
+    assert "last valid signing key" in last.stderr
+    assert "istmo admin agency reenrol AGENCY" in last.stderr
     r = run_cli("admin", "revoke-key", "sv-police", kid, "--force", data_dir=d)
     assert r.returncode == 0, r.stderr
     time.sleep(1.1)  # signed strictly after the revocation second

@@ -81,7 +81,8 @@ def test_a_protected_keystore_without_a_terminal(tmp_path: Path) -> None:
     r = istmo("keys", "protect", "--as", str(ks), "--data-dir", str(tmp_path))
     assert error_and_hint(r) == (
         f"keystore {ks} is protected by a passphrase",
-        "run interactively, or set ISTMO_PASSPHRASE_FILE to a file that holds it",
+        "run interactively, or give --passphrase-file (or set ISTMO_PASSPHRASE_FILE to) a file "
+        "that holds it",
     )
     ks.chmod(0o644)
     r = istmo("keys", "protect", "--as", str(ks), "--data-dir", str(tmp_path))

@@ -103,6 +103,19 @@ async def test_every_refusal_is_an_error_reply_of_the_contract(stack: Stack) -> 
         assert "frobnicate" not in unknown_op.error.message  # the caller's token, not echoed
         extra = read(ErrorReply, await ask_raw(gt, "dead-letters", {"agency": "hn-police"}))
         assert extra.error.code == "malformed"
+        # No error reply repeats what the caller sent (a bulletin id, a key id, a label).
+        bid = str(uuid.uuid4())
+        kid = "sig-" + "c0ffee00" * 4
+        for op, body, canary in [
+            ("receipts", {"bulletin_id": bid}, bid),
+            ("revoke-key", {"kid": kid}, "c0ffee00"),
+            ("resolve", {"labels": {**LABELS_JSON, "rel_to": ["QZ"]}}, "QZ"),
+            ("resolve", {"labels": {**LABELS_JSON, "named": ["canary-agency"]}}, "canary"),
+            ("status", {"bulletin_id": "CANARY"}, "CANARY"),
+        ]:
+            raw = await ask_raw(gt, op, body)
+            reply = read(ErrorReply, raw)
+            assert canary.encode() not in raw, (op, reply.error)
 
 
 async def test_the_sdk_raises_the_exception_of_each_code(stack: Stack) -> None:
@@ -110,7 +123,7 @@ async def test_the_sdk_raises_the_exception_of_each_code(stack: Stack) -> None:
         with pytest.raises(NotFound) as missing:
             await gt.receipts(str(uuid.uuid4()))
         assert missing.value.code == "not_found"
-        assert str(missing.value).startswith("no bulletin ")
+        assert str(missing.value) == "no such bulletin of yours"  # the id is not echoed
         # The policy forbids publishing what has already expired.
         with pytest.raises(PolicyDenied) as denied:
             await gt.resolve(LABELS, expires_at=1)

@@ -18,11 +18,11 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
 from broker.audit import merkle
@@ -178,6 +178,73 @@ def _drop_triggers(engine: Engine) -> None:
             for op in ("update", "delete", "truncate") if pg else ("update", "delete"):
                 on = f" ON {t}" if pg else ""
                 conn.execute(text(f"DROP TRIGGER IF EXISTS {t}_no_{op}{on}"))
+
+
+def _delete(conn: Connection, *indices: int) -> None:
+    conn.execute(
+        text('DELETE FROM log_entry WHERE "index" IN :i').bindparams(
+            bindparam("i", expanding=True)
+        ),
+        {"i": list(indices)},
+    )
+
+
+def _edit_bytes(conn: Connection, index: int) -> None:
+    """Change one entry's bytes in place (its stored leaf hash left as it was)."""
+    leaf = bytes(
+        conn.execute(
+            text('SELECT leaf FROM log_entry WHERE "index" = :i'), {"i": index}
+        ).scalar_one()
+    )
+    conn.execute(
+        text('UPDATE log_entry SET leaf = :l WHERE "index" = :i'),
+        {"l": leaf.replace(b"jm-police", b"xx-nobody"), "i": index},
+    )
+
+
+def _swap(conn: Connection, k: int) -> None:
+    rows = conn.execute(
+        text(
+            "SELECT event_seq, leaf, leaf_hash FROM log_entry "
+            'WHERE "index" IN (:a, :b) ORDER BY "index"'
+        ),
+        {"a": k, "b": k + 1},
+    ).all()
+    _delete(conn, k, k + 1)
+    conn.execute(
+        text('INSERT INTO log_entry ("index", event_seq, leaf, leaf_hash) VALUES (:i, :s, :l, :h)'),
+        [
+            {"i": k, "s": rows[1][0], "l": rows[1][1], "h": rows[1][2]},
+            {"i": k + 1, "s": rows[0][0], "l": rows[0][1], "h": rows[0][2]},
+        ],
+    )
+
+
+# Issue 21: verify named 2776 when 2778-2780 were deleted (a node over 2776..2779 beyond
+# the log), and 0 when entry 1's bytes were edited (the node over entries 0..1).
+ALTERED: dict[str, tuple[Callable[[Connection], None], int, str]] = {
+    "deleted in the middle": (lambda c: _delete(c, 13), 13, "entry 13 is missing"),
+    "deleted at the end": (lambda c: _delete(c, 37, 38, 39), 37, "entries from 37 on"),
+    "one entry edited": (lambda c: _edit_bytes(c, 1), 1, "entry 1 "),
+    "a pair reordered": (lambda c: _swap(c, 20), 20, "entry 20 holds audit event"),
+}
+
+
+@pytest.mark.parametrize("case", list(ALTERED))
+def test_verify_names_the_first_entry_altered_or_missing(
+    db: tuple[Registry, AuditLog], case: str
+) -> None:
+    registry, log = db
+    registry.record([], events(40))
+    integrate_all(log, 8)  # signed heads at 8, 16, ..., 40
+    assert log.verify_all(KEY.verify_key, DEFAULT_ORIGIN).ok
+    change, index, what = ALTERED[case]
+    _drop_triggers(registry.engine)
+    with registry.engine.begin() as conn:
+        change(conn)
+    report = log.verify_all(KEY.verify_key, DEFAULT_ORIGIN)
+    assert report.first is not None
+    assert (report.first.index, what in report.first.message) == (index, True), report.first
 
 
 def test_the_sequencer_never_signs_over_a_tree_it_did_not_build(

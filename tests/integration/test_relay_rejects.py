@@ -15,7 +15,7 @@ import pytest_asyncio
 from sqlmodel import select
 
 from broker.runtime.stack import Stack
-from broker.store.registry import AuditRow
+from broker.store.registry import AuditRow, SigningKeyRow
 from clients.sdk import IstmoClient, PublishRejected, ReceivedBulletin
 from schemas.canonical import b64d, b64e, canonical_json
 from schemas.envelope import Content, Envelope
@@ -288,6 +288,50 @@ async def test_receipts_are_verified_before_they_count(stack: Stack) -> None:
     assert [r.recipient for r in rows] == ["hn-police"]
     events = stack.registry.audit_events(bulletin_id=bid, type_="bulletin.received")
     assert [e.actor for e in events] == ["hn-police"]
+
+
+async def test_a_receipt_signed_by_a_revoked_key_is_refused_and_audited(stack: Stack) -> None:
+    """A second signing key of hn-police's, revoked an hour ago (its current key stays):
+    a receipt it signs, even one dated before the revocation, does not count."""
+    assert stack.registry is not None
+    assert stack.directory is not None
+    async with await client(stack, "gt-police") as gt:
+        result = await gt.publish(title="t", text="revoked-key receipt", labels=LABELS)
+    bid = result.bulletin_id
+    digest = stack.registry.bulletin(bid).envelope_digest  # type: ignore[union-attr]
+    stolen = SigningKey.generate()
+    now = int(time.time())
+    stack.registry.record(
+        [
+            SigningKeyRow(
+                kid=stolen.verify_key.kid,
+                agency="hn-police",
+                public=b64e(stolen.verify_key.public),
+                created_at=now - 7200,
+                revoked_at=now - 3600,
+            )
+        ],
+        [],
+    )
+    stack.directory.refresh()  # the relay decides with this directory
+    backdated = sign_receipt(
+        bulletin_id=BulletinId(bid),
+        originator=AgencyId("gt-police"),
+        recipient=AgencyId("hn-police"),
+        envelope_digest=digest,
+        received_at=now - 5400,  # "before the revocation"
+        key=stolen,
+    )
+    before = len(receipt_rejections(stack))
+    async with await client(stack, "hn-police") as hn:
+        await hn._js.publish(
+            receipt_subject("hn-police"), canonical_json(backdated.model_dump(mode="json"))
+        )
+        got = await eventually(
+            lambda: receipt_rejections(stack)[before:], what="the receipt's rejection"
+        )
+    assert got == ["key_revoked"]
+    assert stack.registry.receipts(bid) == []
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ async def test_a_swallowed_cancel_still_stops_receive(tmp_path: Path) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await receiving
             assert len(seen) == 1  # the next two were handed back, not to the application
-            # Handed back at once (nak), and not lost: a later receive gets the other two.
+            # Handed back (nak, after HAND_BACK_DELAY_S), not lost: a later receive gets them.
             rest: list[str] = []
 
             async def keep(b: ReceivedBulletin) -> None:

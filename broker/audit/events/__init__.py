@@ -25,6 +25,7 @@ from broker.audit.events.access import (
     console_logout,
     console_refused,
     http_refused,
+    refusals_summarized,
     token_issued,
 )
 from broker.audit.events.bulletins import (
@@ -95,6 +96,7 @@ __all__ = [
     "policy_adopted",
     "policy_rejected",
     "receipt_rejected",
+    "refusals_summarized",
     "request_rejected",
     "subscription_added",
     "subscription_removed",

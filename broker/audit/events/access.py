@@ -18,6 +18,7 @@ __all__ = [
     "console_logout",
     "console_refused",
     "http_refused",
+    "refusals_summarized",
     "token_issued",
 ]
 
@@ -94,6 +95,35 @@ def http_refused(
         subject=f"{method} {route}"[:MAX],
         reason=reason[:MAX],
         data={"status": status, "message": message[:MAX], "peer": peer},
+    )
+
+
+def refusals_summarized(
+    first: AuditEvent,
+    *,
+    count: int,
+    first_at: int,
+    last_at: int,
+    at: int,
+) -> AuditEvent:
+    """``count`` more refusals like ``first`` (of its kind, from the same client address)
+    within one aggregation window, written once the window closed instead of one entry
+    each. The window ran from ``first_at`` (``first``'s refusal) to ``last_at``, epoch
+    milliseconds."""
+    return AuditEvent(
+        event_id=f"{first.event_id}:more"[:160],
+        type=first.type,
+        time=at,
+        actor=first.actor,
+        subject=first.subject,
+        reason=first.reason,
+        data={
+            "peer": first.data.get("peer"),
+            "count": count,
+            "first_at": first_at,
+            "last_at": last_at,
+            "summary_of": first.event_id,
+        },
     )
 
 
