@@ -102,7 +102,7 @@ def test_status_changes_are_the_lifecycle_ones_and_audited(stack: Stack) -> None
     assert change_status(reg, "bz-police", "revoke", actor="admin") == "suspended"
     with pytest.raises(ConfigError, match="revocation is final"):
         change_status(reg, "bz-police", "reinstate", actor="admin")
-    with pytest.raises(ConfigError, match="unknown agency"):
+    with pytest.raises(ConfigError, match="no such agency"):
         change_status(reg, "zz-nobody", "suspend", actor="admin")
     assert agency_view(reg, "zz-nobody") is None
 

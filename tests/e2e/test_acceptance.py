@@ -115,7 +115,7 @@ def test_publish_receive_receipts_and_denial(up: UpProcess) -> None:
     # Only the originator sees receipts; to anyone else the bulletin does not exist.
     other = run_cli("receipts", "--as", "hn-police", bid, data_dir=d)
     assert other.returncode == 1
-    assert "no bulletin" in other.stderr
+    assert "no such bulletin" in other.stderr
     assert "Traceback" not in other.stderr
 
 

@@ -442,11 +442,11 @@ def test_tail_json_and_the_bulletin_in_text_lines(up: UpProcess) -> None:
     bid = json.loads(sent.stdout)["id"]
 
     def routed_lines() -> list[str]:
-        r = run_cli("audit", "search", "--type", "bulletin.routed", "--bulletin", bid, data_dir=d)
+        r = run_cli("audit", "search", "--type", "bulletin.decided", "--bulletin", bid, data_dir=d)
         assert r.returncode == 0, r.stderr
         return r.stdout.splitlines()
 
-    lines = eventually_sync(routed_lines, what="the bulletin's routed entries", interval=0.2)
+    lines = eventually_sync(routed_lines, what="the bulletin's decided entry", interval=0.2)
     assert all(f"  bulletin {bid}  " in line for line in lines), lines
     tail = run_cli("audit", "tail", "-n", "3", "--json", data_dir=d)
     assert tail.returncode == 0, tail.stderr
