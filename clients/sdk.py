@@ -98,6 +98,9 @@ R = TypeVar("R", bound=BaseModel)
 DIRECTORY_TTL_S = 60.0
 # A receipt NATS did not store: the bulletin is handed back and its receipt sent again.
 RECEIPT_RETRY_S = 2
+# Receipts and acks under way at once while receive goes on to the next bulletin: each is a
+# JetStream round trip (and a flush) that need not hold up the next handler.
+SETTLE_IN_FLIGHT = 64
 # An announcement is three short fields; anything much larger is not one.
 MAX_ANNOUNCEMENT_BYTES = 1024
 
@@ -148,6 +151,8 @@ class IstmoClient:
         # rotation reaches a long-running client within DIRECTORY_TTL_S.
         self._records: dict[str, tuple[float, AgencyRecord]] = {}
         self._pinned = keystore.pinned_directory_key()
+        # Receipts being stored and deliveries being acked, behind the handler (_settle_later).
+        self._settling: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(
@@ -561,8 +566,35 @@ class IstmoClient:
                     if await self._handle(msg, handler):
                         handed += 1
         finally:
-            await queues.close()
+            try:
+                await self._settled()
+            finally:
+                await queues.close()
         return handed
+
+    async def _settle_later(self, msg: Msg, env: Envelope, digest: str, handed_at: int) -> None:
+        """Store the receipt, then ack (``_settle``), while ``receive`` goes on: the order
+        for each bulletin stays handler, dedupe record, receipt, ack, so a crash anywhere
+        still redelivers it and the dedupe branch sends the receipt again. At most
+        ``SETTLE_IN_FLIGHT`` at once."""
+        while len(self._settling) >= SETTLE_IN_FLIGHT:
+            await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
+
+        async def settle() -> None:
+            try:
+                await self._settle(msg, await self._send_receipt(env, digest, handed_at))
+            except (nats.errors.Error, IstmoError, OSError) as exc:
+                # Unsettled, it comes back after the ack wait; the dedupe branch settles it.
+                log.warning("could not settle a delivery (%s); it will come back", exc)
+
+        task = asyncio.get_running_loop().create_task(settle())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settled(self) -> None:
+        """Wait for every receipt and ack under way (receive returns only after them)."""
+        while self._settling:
+            await asyncio.wait(set(self._settling))
 
     async def _handle(self, msg: Msg, handler: Handler) -> bool:
         try:
@@ -578,7 +610,7 @@ class IstmoClient:
         if handed_at is not None:
             # Handed over before, but this process may have died before it acked or sent
             # the receipt: send the receipt again (stored once by id), then ack.
-            await self._settle(msg, await self._send_receipt(env, digest, handed_at))
+            await self._settle_later(msg, env, digest, handed_at)
             return False
         # Not the bulletin's fault if this fails: the broker did not answer (or not as it
         # should). The error goes up and the bulletin stays unsettled, unopened, for a
@@ -600,7 +632,7 @@ class IstmoClient:
         self._dedupe.remember(bid, digest, bulletin.received_at)
         # Receipt before ack: a crash in between redelivers it, and the dedupe branch
         # above sends the receipt again, so no receipt is lost to a crash.
-        await self._settle(msg, await self._send_receipt(env, digest, bulletin.received_at))
+        await self._settle_later(msg, env, digest, bulletin.received_at)
         return True
 
     @staticmethod
