@@ -229,18 +229,14 @@ async def ensure_atomic(js: JetStreamContext, stream: str) -> None:
         BusUnavailable: JetStream does not answer.
         ConfigError: there is no such stream, or JetStream refuses the update.
     """
-    try:
-        config = (await js.stream_info(stream)).config
-        if not config.allow_atomic:
-            config.allow_atomic = True
-            await js.update_stream(config)
-    except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-        raise bus_unavailable(f"enabling atomic batches on {stream}", exc) from exc
-    except APIError as exc:
-        raise ConfigError(
-            f"JetStream refused atomic batches on {stream}: {exc.description} "
-            f"(err_code {exc.err_code})"
-        ) from exc
+
+    def allow_atomic(config: StreamConfig) -> bool:
+        if config.allow_atomic:
+            return False
+        config.allow_atomic = True
+        return True
+
+    await _amend(js, stream, allow_atomic, f"atomic batches on {stream}")
 
 
 async def ensure_deliver_stream(js: JetStreamContext) -> None:
@@ -254,18 +250,34 @@ async def ensure_deliver_stream(js: JetStreamContext) -> None:
         ConfigError: there is no such stream, or JetStream refuses the update.
     """
     await ensure_atomic(js, DELIVER_STREAM)
-    try:
-        config = (await js.stream_info(DELIVER_STREAM)).config
+
+    def add_subjects(config: StreamConfig) -> bool:
         missing = [s for s in _DELIVER_SUBJECTS if s not in (config.subjects or [])]
-        if missing:
-            config.subjects = [*(config.subjects or []), *missing]
+        config.subjects = [*(config.subjects or []), *missing]
+        return bool(missing)
+
+    await _amend(js, DELIVER_STREAM, add_subjects, f"the subjects of {DELIVER_STREAM}")
+
+
+async def _amend(
+    js: JetStreamContext, stream: str, amend: Callable[[StreamConfig], bool], what: str
+) -> None:
+    """Update ``stream``'s configuration in place where ``amend`` changed it (it says
+    whether it did); JetStream keeps every message.
+
+    Raises:
+        BusUnavailable: JetStream does not answer.
+        ConfigError: there is no such stream, or JetStream refuses the update.
+    """
+    try:
+        config = (await js.stream_info(stream)).config
+        if amend(config):
             await js.update_stream(config)
     except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-        raise bus_unavailable(f"updating the subjects of {DELIVER_STREAM}", exc) from exc
+        raise bus_unavailable(f"updating {what}", exc) from exc
     except APIError as exc:
         raise ConfigError(
-            f"JetStream refused the subjects of {DELIVER_STREAM}: {exc.description} "
-            f"(err_code {exc.err_code})"
+            f"JetStream refused {what}: {exc.description} (err_code {exc.err_code})"
         ) from exc
 
 
