@@ -75,6 +75,13 @@ log = logging.getLogger("istmo.relay")
 
 AGENCY_DEAD_LETTERS_MAX = 1000  # newest dead letters an agency gets in one answer
 _INTERNAL = "the broker failed to answer; it is logged"
+# A status asked of an id that is none of the caller's, decided or waiting (unknown and
+# another agency's alike; the id is not repeated).
+_UNKNOWN = ErrorReply.of(
+    "not_found",
+    "no bulletin of yours with this id was decided or is waiting for the relay "
+    "(one the relay could not process is listed by `istmo dead-letters`)",
+)
 
 
 class AgencyApi:
@@ -101,19 +108,20 @@ class AgencyApi:
         if not msg.reply:
             return
         answer = self.handle(msg.subject, msg.data, now=now)
-        if isinstance(answer, StatusReply) and isinstance(answer.root, StatusPending):
-            answer = await self._pending_or_unknown(nc, msg.subject, answer)
+        if _pending(answer) and not await self._waiting(nc, msg.subject):
+            # Nothing of the caller's waits now. The relay commits a verdict before it
+            # takes the message off the queue, so asking again tells decided from unknown.
+            again = self.handle(msg.subject, msg.data, now=now)
+            answer = again if not _pending(again) else _UNKNOWN
         await nc.publish(msg.reply, reply_bytes(answer, max_bytes=nc.max_payload))
         if isinstance(answer, RotateReply | RevokeKeyReply):
             await nc.publish(CONTROL_DIRECTORY_SUBJECT, b"{}")
 
-    async def _pending_or_unknown(
-        self, nc: NATS, subject: str, pending: StatusReply
-    ) -> StatusReply | ErrorReply:
-        """``pending`` while the caller has anything waiting for the relay (its bulletin
-        may be among it: not decided yet, or embargoed); with nothing of the caller's
-        waiting, no bulletin of its with that id can come: ``not_found``. Only the caller's
-        own ingest subject is counted, so the answer tells nothing about other agencies."""
+    async def _waiting(self, nc: NATS, subject: str) -> bool:
+        """Whether the caller has anything waiting for the relay (its bulletin may be among
+        it: not decided yet, or embargoed). Only the caller's own ingest subject is
+        counted, so the answer tells nothing about other agencies. True if JetStream does
+        not answer: the cautious answer, it may still come."""
         caller = subject.split(".")[2]
         waiting_on = gated_subject("ingest", caller)
         try:
@@ -122,15 +130,8 @@ class AgencyApi:
             )
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("could not count the ingest queue of %s: %s", caller, type(exc).__name__)
-            return pending  # the cautious answer: it may still come
-        if (info.state.subjects or {}).get(waiting_on, 0):
-            return pending
-        return error_reply(
-            NotFound(
-                "no bulletin of yours with this id was decided or is waiting for the relay "
-                "(one the relay could not process is listed by `istmo dead-letters`)"
-            )
-        )
+            return True
+        return bool((info.state.subjects or {}).get(waiting_on, 0))
 
     def handle(self, subject: str, data: bytes, *, now: int) -> AgencyReply | ErrorReply:
         """The reply to the request ``data`` on ``subject`` (``istmo.api.<agency>.<op>``).
@@ -263,6 +264,10 @@ class AgencyApi:
             self.registry.record([], [event])
         except Exception:  # the store is away: the caller still gets its answer
             log.exception("could not record the refusal of api.%s from %s", op, actor)
+
+
+def _pending(answer: AgencyReply | ErrorReply) -> bool:
+    return isinstance(answer, StatusReply) and isinstance(answer.root, StatusPending)
 
 
 def error_reply(exc: IstmoError) -> ErrorReply:
