@@ -91,26 +91,28 @@ def labels_from_args(args: argparse.Namespace) -> Labels:
         raise EnvelopeError(f"label not allowed: {field}: {why}", code="unknown_label") from exc
 
 
+def _any_case_choices(values: list[str]) -> dict[str, Any]:
+    """``add_argument`` options for a choice among ``values``, typed in any case."""
+    return {"type": any_case(values), "choices": values}
+
+
 def add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--topic",
         required=True,
-        type=any_case(list(TOPICS)),
-        choices=TOPICS,
+        **_any_case_choices(list(TOPICS)),
         help="what the bulletin is about",
     )
     p.add_argument(
         "--classification",
         required=True,
-        type=any_case([c.value for c in Classification]),
-        choices=[c.value for c in Classification],
+        **_any_case_choices([c.value for c in Classification]),
         help="protective marking, checked against each recipient's clearance",
     )
     p.add_argument(
         "--tlp",
         required=True,
-        type=any_case([t.value for t in Tlp]),
-        choices=[t.value for t in Tlp],
+        **_any_case_choices([t.value for t in Tlp]),
         help="TLP 2.0 level",
     )
     p.add_argument(
@@ -132,8 +134,7 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precedence",
         default="ROUTINE",
-        type=any_case([x.value for x in Precedence]),
-        choices=[x.value for x in Precedence],
+        **_any_case_choices([x.value for x in Precedence]),
         help="delivery precedence (default ROUTINE); a recipient gets FLASH, then IMMEDIATE, "
         "before PRIORITY and ROUTINE, even ahead of those waiting for it",
     )
