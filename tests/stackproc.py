@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,10 +18,51 @@ from tests.waiting import eventually_sync
 ISTMO = str(Path(sys.executable).parent / "istmo")
 
 
+def _port_band() -> tuple[int, int]:
+    """This test worker's own band of ports, below the kernel's ephemeral range.
+
+    A port chosen here is free a moment ago, not reserved: the process it is meant for
+    binds it later. Inside the ephemeral range any other test's outgoing connection or
+    ``port 0`` listener may take it in between (CI once lost a cluster node to that), and
+    two xdist workers picking at random may choose the same run. So each worker picks from
+    its own slice of 10000..(first ephemeral port - 1).
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768
+    start, stop = 10_000, max(low, 12_000)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) % workers if worker.isdigit() else 0
+    width = (stop - start) // workers
+    return start + index * width, start + (index + 1) * width
+
+
+def free_port_run(n: int, host: str = "127.0.0.1") -> int:
+    """The first of ``n`` consecutive TCP ports that were all free a moment ago, from this
+    worker's band (``_port_band``)."""
+    band_start, band_stop = _port_band()
+    for _ in range(200):
+        base = random.randrange(band_start, band_stop - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no run of {n} free ports found")
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """One port from this worker's band (``free_port_run``)."""
+    return free_port_run(1)
 
 
 def _port_of(url: str) -> int:

@@ -14,10 +14,8 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -38,7 +36,7 @@ from broker.config import Settings
 from broker.runtime.stack import Stack
 from schemas.natskeys import new_user_seed, user_public_key
 from tests.conftest import NatsStack
-from tests.stackproc import UpProcess
+from tests.stackproc import UpProcess, free_port_run
 from tests.waiting import eventually, eventually_sync
 
 _CONNECT_OPTIONS: dict[str, Any] = {
@@ -48,25 +46,6 @@ _CONNECT_OPTIONS: dict[str, Any] = {
     "allow_reconnect": True,
     "dont_randomize": True,  # the first URL is the node the test means
 }
-
-
-def free_port_run(n: int, host: str = "127.0.0.1") -> int:
-    """The first of ``n`` consecutive TCP ports that were all free a moment ago."""
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000 - n)
-        socks = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind((host, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no run of {n} free ports found")
 
 
 def cluster_ports() -> ClusterPorts:
