@@ -4,6 +4,9 @@ clients' side of the same form (``clients.oauth.canonical_url``)."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from broker.config import MAX_PUBLIC_URL_CHARS, Settings, public_url_of
@@ -104,3 +107,13 @@ def test_base_url_is_the_public_url_else_loopback() -> None:
     assert public.base_url == "https://istmo.example.org"
     assert public.api_url == "http://127.0.0.1:8855"  # where local tools still call
     assert Settings.from_env({}, host="::1", api_port=8855).api_url == "http://[::1]:8855"
+
+
+def test_the_deploy_examples_set_a_valid_public_url() -> None:
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    env = (deploy / "systemd" / "istmo.env.example").read_text()
+    k8s = (deploy / "k8s" / "20-broker.yaml").read_text()
+    found = re.findall(r"^ISTMO_PUBLIC_URL=(\S+)$", env, re.M)
+    found += re.findall(r'^\s+ISTMO_PUBLIC_URL: "([^"]+)"$', k8s, re.M)
+    assert found == ["https://istmo.region.example"] * 2
+    assert all(public_url_of(url) == url for url in found)
