@@ -12,12 +12,20 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from schemas.agency import MAX_ANNOUNCE_INTERVAL_S
 from schemas.errors import ConfigError
 from schemas.sealing import DEFAULT_MAX_ENVELOPE_BYTES
 
-__all__ = ["DEFAULT_API_PORT", "DEFAULT_NATS_PORT", "Settings", "default_policy_dir"]
+__all__ = [
+    "DEFAULT_API_PORT",
+    "DEFAULT_NATS_PORT",
+    "MAX_PUBLIC_URL_CHARS",
+    "Settings",
+    "default_policy_dir",
+    "public_url_of",
+]
 
 DEFAULT_NATS_PORT = 4244  # not 4222: a system NATS may run there
 DEFAULT_NATS_HTTP_PORT = 8244
@@ -31,6 +39,73 @@ def default_policy_dir() -> Path:
 
 
 _HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[?[0-9a-f:]{2,39}\]?")
+# A DNS name: dot-separated labels of letters, digits and inner hyphens (lower case here).
+_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+MAX_PUBLIC_URL_CHARS = 256
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_PUBLIC_URL_HINT = (
+    "give the URL users reach the API at, such as https://istmo.example.org "
+    "(http:// only for 127.0.0.1, localhost or ::1)"
+)
+
+
+def public_url_of(text: str) -> str:
+    """``ISTMO_PUBLIC_URL`` checked, in the one form tokens and links name: scheme and host
+    in lower case, no default port, no trailing slash (``https://istmo.example.org``).
+
+    Raises:
+        ConfigError: naming the setting and what is wrong with it, never the value itself
+            (a URL may carry a password).
+    """
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"ISTMO_PUBLIC_URL (--public-url) {what}", hint=_PUBLIC_URL_HINT)
+
+    # 1. Bounded, printable ASCII: no spaces, controls or look-alike letters.
+    if not 0 < len(text) <= MAX_PUBLIC_URL_CHARS:
+        raise bad(f"must be 1 to {MAX_PUBLIC_URL_CHARS} characters long")
+    if not text.isascii() or not text.isprintable() or " " in text:
+        raise bad("may hold only printable ASCII characters, without spaces")
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    # 2. An origin and nothing else: the API is served at the root of its host.
+    if scheme not in _DEFAULT_PORTS:
+        raise bad("must start with https://")
+    if not parts.netloc:
+        raise bad("names no host: write it as https://HOST")
+    if "@" in parts.netloc:
+        raise bad("must not hold a user name or password")
+    if "?" in text or "#" in text:
+        raise bad("must not hold a query or a fragment")
+    if parts.path not in ("", "/"):
+        raise bad("must not hold a path: the API answers at the root of its host")
+    # 3. A host name or IP address, and a port if any.
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise bad("has a port that is not 1 to 65535")
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is None:
+        # A name whose last label is a number would be read as an IPv4 address by browsers.
+        if not (len(host) <= 253 and _DNS_NAME.fullmatch(host)) or host.rsplit(".")[-1].isdigit():
+            raise bad("names no valid host")
+    elif "%" in host or (ip.version == 6 and not parts.netloc.startswith("[")):
+        raise bad("names no valid host")  # no zone index; an IPv6 address goes in brackets
+    # 4. Plain http only where nothing crosses a network: tokens travel in it.
+    loopback = host == "localhost" or (ip is not None and ip.is_loopback)
+    if scheme == "http" and not loopback:
+        raise bad("must use https:// (http:// is for loopback hosts only)")
+    shown = f"[{ip.compressed}]" if ip is not None and ip.version == 6 else host
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        shown += f":{port}"
+    return f"{scheme}://{shown}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +144,10 @@ class Settings:
     # (ISTMO_TRUSTED_PROXIES, comma-separated). Empty: the header is ignored and the client
     # address is the TCP peer's, as per-address rate limits and the audit log see it.
     trusted_proxies: tuple[str, ...] = ()
+    # The URL users reach the API at, through a TLS reverse proxy (ISTMO_PUBLIC_URL, e.g.
+    # https://istmo.example.org; ``public_url_of`` puts it in one form). Access tokens and
+    # every link the broker builds name it; None: the loopback URL, ``api_url``.
+    public_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -87,6 +166,8 @@ class Settings:
             values["allowed_hosts"] = tuple(
                 h.strip().lower() for h in env["ISTMO_ALLOWED_HOSTS"].split(",") if h.strip()
             )
+        if env.get("ISTMO_PUBLIC_URL"):  # set and not empty
+            values["public_url"] = env["ISTMO_PUBLIC_URL"]
         if env.get("ISTMO_TRUSTED_PROXIES"):
             values["trusted_proxies"] = tuple(
                 p.strip() for p in env["ISTMO_TRUSTED_PROXIES"].split(",") if p.strip()
@@ -104,6 +185,8 @@ class Settings:
                 except ValueError as exc:
                     raise ConfigError(f"{key} must be an integer, got {env[key]!r}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("public_url") is not None:
+            values["public_url"] = public_url_of(str(values["public_url"]))
         settings = replace(cls(), **values)  # type: ignore[arg-type]  # keys checked by replace
         settings.check()
         return settings
@@ -145,8 +228,21 @@ class Settings:
                     "ISTMO_TRUSTED_PROXIES holds something that is not an IP address",
                     hint="give the proxies' addresses or networks, e.g. 127.0.0.1,10.0.0.0/24",
                 ) from exc
+        if self.public_url is not None:
+            public_url_of(self.public_url)
         if not 4096 <= self.max_envelope_bytes <= 16 * 1024 * 1024:
             raise ConfigError("max_envelope_bytes must be between 4 KiB and 16 MiB")
+
+    @property
+    def api_url(self) -> str:
+        """The API's own address on loopback, where tools on this machine reach it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.api_port}"
+
+    @property
+    def base_url(self) -> str:
+        """What access tokens and links name: the public URL, else ``api_url``."""
+        return self.public_url or self.api_url
 
     @property
     def db_url(self) -> str:

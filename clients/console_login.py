@@ -16,17 +16,25 @@ from schemas.errors import ConfigError
 __all__ = ["CONSOLE_LINK_PATH", "add_console_parser"]
 
 CONSOLE_LINK_PATH = "/console/session-link"
+LOGIN_PATH = "/console/login"
 
 
-def _api_url(args: argparse.Namespace) -> str:
+def _stack_urls(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(api_url, public_url) the `istmo up` of --data-dir recorded, each None if not."""
+    try:
+        info = json.loads((args.data_dir / "stack.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(info, dict):
+        return None, None
+    found = (info.get("api_url"), info.get("public_url"))
+    api, public = (u.rstrip("/") if isinstance(u, str) else None for u in found)
+    return api, public
+
+
+def _api_url(args: argparse.Namespace, recorded: str | None) -> str:
     """--url, else $ISTMO_API_URL, else the API `istmo up` runs for --data-dir."""
-    url = args.url or os.environ.get("ISTMO_API_URL")
-    if not url:
-        try:
-            found = json.loads((args.data_dir / "stack.json").read_text()).get("api_url")
-        except (OSError, ValueError, AttributeError):
-            found = None
-        url = found if isinstance(found, str) else "http://127.0.0.1:8844"
+    url = args.url or os.environ.get("ISTMO_API_URL") or recorded or "http://127.0.0.1:8844"
     if not url.startswith(("http://", "https://")) or len(url) > 2000:
         raise ConfigError("--url: give the broker's API URL, like http://127.0.0.1:8844")
     return url.rstrip("/")
@@ -37,15 +45,19 @@ async def _console_login(args: argparse.Namespace) -> int:
     it and open it in the browser. The link works once, within 60 seconds."""
     import webbrowser  # only this command needs it
 
-    from clients.oauth import IstmoHttp
+    from clients.oauth import IstmoHttp, canonical_url
 
     path = resolve_keystore_path(args.who, args.data_dir)
     keystore = load_keystore(path, ask_passphrase(path, args.passphrase_file))
-    base = _api_url(args)
+    recorded, public = _stack_urls(args)
+    base = _api_url(args, recorded)
     async with IstmoHttp(base, keystore, timeout=args.timeout) as http:
         answer = await http.post(CONSOLE_LINK_PATH, json={})
     url = answer.get("url") if isinstance(answer, dict) else None
-    if not isinstance(url, str) or not url.startswith(base + "/console/login?code="):
+    # The link points at the broker asked, or at the public URL its `istmo up` recorded
+    # (asked on loopback, a broker behind a proxy links to its public name): nowhere else.
+    starts = tuple(f"{canonical_url(b)}{LOGIN_PATH}?code=" for b in (base, public) if b)
+    if not isinstance(url, str) or not url.startswith(starts):
         raise ConfigError(f"the broker at {base} did not answer with a console link")
     print(url)
     print(

@@ -3,7 +3,9 @@ helper that fetches, caches and sends access tokens.
 
 The broker's token endpoint takes the client credentials grant with ``private_key_jwt``
 (RFC 7523): a short JWT signed with EdDSA by the keystore's current Ed25519 signing key,
-``iss`` = ``sub`` = the agency id, ``aud`` = the token endpoint's URL, a fresh ``jti``.
+``iss`` = ``sub`` = the agency id, ``aud`` = the token endpoint's URL at the address the
+client was given (the broker's public URL, or its loopback one on its own machine), a fresh
+``jti``.
 Signing a JWS is simple enough to do here with the keystore's key; verifying them is the
 broker's job. Tokens are kept in memory only, until shortly before they expire.
 
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import time
 import uuid
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -38,7 +42,9 @@ __all__ = [
     "CachedToken",
     "IstmoHttp",
     "TokenRefused",
+    "canonical_url",
     "client_assertion",
+    "token_endpoint",
     "token_form",
 ]
 
@@ -106,6 +112,28 @@ def client_assertion(
     return f"{signing_input}.{_b64u(key.sign(signing_input.encode('ascii')))}"
 
 
+def canonical_url(base_url: str) -> str:
+    """The API's URL in the form the broker names it (``ISTMO_PUBLIC_URL``'s): scheme and
+    host in lower case, no default port, no trailing slash.
+    ``https://Istmo.Example.org:443/`` -> ``https://istmo.example.org``."""
+    parts = urlsplit(base_url.strip())
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    try:
+        port = parts.port
+        host = f"[{ipaddress.IPv6Address(host).compressed}]" if ":" in host else host
+    except ValueError:  # not a URL the broker names: left as given, the broker says why
+        return base_url.rstrip("/")
+    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+        host += f":{port}"
+    return f"{scheme}://{host}{parts.path.rstrip('/')}"
+
+
+def token_endpoint(base_url: str) -> str:
+    """The token endpoint's URL, the audience of client assertions, from the API's URL as
+    given: ``https://Istmo.Example.org/`` -> ``https://istmo.example.org/v1/token``."""
+    return canonical_url(base_url) + TOKEN_PATH
+
+
 def token_form(
     keystore: KeystoreFile, audience: str, *, now: int, scope: str | None = None
 ) -> dict[str, str]:
@@ -151,8 +179,8 @@ class IstmoHttp:
         base_url: the API's base URL, e.g. ``http://127.0.0.1:8844``.
         keystore: whose key signs the client assertions.
         scope: the scopes to ask for (space-separated); default: all the client has.
-        audience: the token endpoint URL the broker expects; default ``base_url``
-            followed by ``/v1/token``.
+        audience: the token endpoint URL the broker expects; default
+            ``token_endpoint(base_url)``: ``base_url`` followed by ``/v1/token``.
         client: an ``httpx.AsyncClient`` to use (its ``base_url`` is ignored); one is
             made otherwise.
         timeout: seconds for each HTTP request.
@@ -171,7 +199,7 @@ class IstmoHttp:
         self.base_url = base_url.rstrip("/")
         self.keystore = keystore
         self.scope = scope
-        self.audience = audience or self.base_url + TOKEN_PATH
+        self.audience = audience or token_endpoint(self.base_url)
         self._own_client = client is None
         self._http = client or httpx.AsyncClient(timeout=timeout)
         self._token: CachedToken | None = None

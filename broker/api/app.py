@@ -55,6 +55,7 @@ from broker.api.guard import LOOPBACK_HOSTS, ApiLimits, Guard, Metrics, peer_of,
 from broker.api.oauth import ASSERTION_TYPE, TOKEN_PATH, AuthError, Caller, TokenAuthority
 from broker.api.subscriptions import subscriptions_router
 from broker.clock import SYSTEM_CLOCK, Clock
+from broker.config import DEFAULT_API_PORT
 from broker.directory.service import DirectoryService
 from broker.relay.queries import AgencyQueries, NotFound
 from broker.store.registry import Registry
@@ -146,6 +147,7 @@ def create_api(
     limits: ApiLimits | None = None,
     clock: Clock = SYSTEM_CLOCK,
     allowed_hosts: Collection[str] = (),
+    base_url: str | None = None,
 ) -> FastAPI:
     """Build the API's app over live services, without the web console (which sits a layer
     above and mounts itself: ``broker.runtime.app.create_app`` puts the two together).
@@ -158,13 +160,17 @@ def create_api(
             503 and the public endpoints still work.
         limits: body, page and rate limits.
         clock: the time of the audit events written over HTTP.
-        allowed_hosts: host names the API answers to besides loopback and the token
-            issuer's (a request naming any other in ``Host`` is refused).
+        allowed_hosts: host names the API answers to besides loopback, the token
+            issuer's and ``base_url``'s (a request naming any other in ``Host`` is refused).
+        base_url: where every absolute link the broker builds points (``Settings.base_url``:
+            the public URL, else the loopback one), whatever ``Host`` a request names;
+            default: the token issuer, else ``http://127.0.0.1:8844``.
     """
     limits = limits or ApiLimits()
+    issuer = auth.issuer if auth is not None else None
+    base = (base_url or issuer or f"http://127.0.0.1:{DEFAULT_API_PORT}").rstrip("/")
     hosts = LOOPBACK_HOSTS | {h.lower() for h in allowed_hosts}
-    if auth is not None and (issuer := urlsplit(auth.issuer).hostname):
-        hosts |= {issuer}
+    hosts |= {name for url in (base, issuer) if url and (name := urlsplit(url).hostname)}
     metrics = Metrics()
     app = FastAPI(
         title="Istmo broker API",
@@ -189,6 +195,7 @@ def create_api(
         metrics=metrics,
         bus_ok=bus_ok,
         clock=clock,
+        base_url=base,
     )
     app.state.istmo = state
     app.add_middleware(

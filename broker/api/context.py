@@ -111,6 +111,9 @@ class ApiState:
     limits: ApiLimits
     metrics: Metrics
     bus_ok: Callable[[], bool]
+    # Where the absolute links the broker builds point (the public URL, else loopback),
+    # never the Host a request names.
+    base_url: str
     # Set by the process that serves the API (broker.runtime.stack): the NATS URL an enrolling
     # agency is told, and how to apply a directory change to the running stack (refresh
     # the directory, reload nats-server, create durable consumers).

@@ -4,7 +4,8 @@ The token endpoint's core: the client credentials grant (RFC 6749 §4.4) with cl
 authenticating by ``private_key_jwt`` (RFC 7523 §2.2): a JWT signed with the caller's own
 Ed25519 signing key, the one registered in the directory. authlib's RFC 7523 client
 assertion authenticator does the standard claim checks; this module hardens it (EdDSA only,
-an exact string audience, short lifetimes, a persistent ``jti`` store) and issues short
+an exact string audience: the token endpoint at the public URL or at loopback, short
+lifetimes, a persistent ``jti`` store) and issues short
 access tokens (RFC 9068 profile, ``typ: at+jwt``) signed by the broker's token key, which
 is separate from the directory and log keys. JWS is joserfc's, the JOSE library authlib
 itself uses (``authlib.jose`` is deprecated).
@@ -217,7 +218,7 @@ class _ClientAssertion(JWTBearerClientAssertion):  # type: ignore[misc]  # authl
         return AuthError(message, error="invalid_client", code=code, client=self._client)
 
     def get_audiences(self) -> list[str]:
-        return [self._authority.token_url]
+        return list(self._authority.audiences)
 
     def process_assertion_claims(self, assertion: str, resolve_key: list[OKPKey]) -> dict[str, Any]:
         """Verify the signature with any of the client's usable keys, then the claims."""
@@ -245,12 +246,12 @@ class _ClientAssertion(JWTBearerClientAssertion):  # type: ignore[misc]  # authl
         # 1. iss and sub name the client (authlib checks they are equal).
         if claims.get("iss") != self._client:
             raise self.refuse("issuer_mismatch", "iss and sub must both be the client id")
-        # 2. aud is one string, exactly the token endpoint URL (an array is refused too).
+        # 2. aud is one string, exactly the token endpoint's URL: at the public URL, or at
+        #    loopback (an array is refused too; so are the bare issuer and any other URL).
         aud = claims.get("aud")
-        if not isinstance(aud, str) or aud != self._authority.token_url:
-            raise self.refuse(
-                "audience_mismatch", f"aud must be exactly {self._authority.token_url}"
-            )
+        audiences = self._authority.audiences
+        if not isinstance(aud, str) or aud not in audiences:
+            raise self.refuse("audience_mismatch", f"aud must be exactly {' or '.join(audiences)}")
         # 3. exp and iat are integers; the assertion lives at most five minutes.
         exp, iat = _int_claim(claims, "exp"), _int_claim(claims, "iat")
         if exp is None or iat is None:
@@ -293,8 +294,13 @@ class TokenAuthority:
     Args:
         registry: agencies, their keys, administrators and spent assertion ids.
         key: the broker's token signing key (``load_token_key``).
-        issuer: the API's base URL, e.g. ``http://127.0.0.1:8844``; client assertions
-            must name ``issuer + "/v1/token"`` as their audience.
+        issuer: the URL users reach the API at (``Settings.base_url``: the public URL,
+            e.g. ``https://istmo.example.org``, else the loopback one); access tokens name
+            it as ``iss`` and ``aud``, and client assertions name ``issuer + "/v1/token"``
+            as their audience.
+        local_url: the loopback URL the API listens at, when ``issuer`` is a public URL:
+            assertions naming ``local_url + "/v1/token"`` are accepted too, so that tools
+            on the broker's machine keep working. No other audience ever is.
         lifetime_s: access token lifetime.
     """
 
@@ -304,6 +310,7 @@ class TokenAuthority:
         key: SigningKey,
         *,
         issuer: str,
+        local_url: str | None = None,
         lifetime_s: int = DEFAULT_TOKEN_LIFETIME_S,
     ) -> None:
         if not 10 <= lifetime_s <= 3600:
@@ -311,6 +318,9 @@ class TokenAuthority:
         self.registry = registry
         self.issuer = issuer.rstrip("/")
         self.token_url = self.issuer + TOKEN_PATH
+        # The exact audiences a client assertion may name, the issuer's first.
+        local = self.token_url if local_url is None else local_url.rstrip("/") + TOKEN_PATH
+        self.audiences: tuple[str, ...] = tuple(dict.fromkeys((self.token_url, local)))
         self.lifetime_s = lifetime_s
         self._key = key
         self._jwk = _private_jwk(key)

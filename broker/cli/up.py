@@ -25,6 +25,7 @@ def up_command(args: argparse.Namespace) -> int:
         nats_port=args.nats_port,
         nats_http_port=args.nats_http_port,
         api_port=args.api_port,
+        public_url=args.public_url,
         nats_server=args.nats_server,
         policy_dir=args.policy_dir,
     )

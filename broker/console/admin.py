@@ -302,7 +302,7 @@ def admin_router(console: ConsoleState) -> APIRouter:
             reject(request, who, exc.code or "conflict", str(exc))
             raise ConsolePage(409, "admin.conflict", what=str(exc)[:300]) from exc
         log.info("enrolment token issued for %s by %s (console)", agency_id, who.who)
-        broker = str(request.base_url).rstrip("/")
+        broker = api.base_url  # the public URL: where the agency will enrol from
         response = render(
             request,
             "admin/token.html",

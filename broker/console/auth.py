@@ -3,7 +3,8 @@ language switch and the home page.
 
 1. ``POST /console/session-link`` (a bearer token from ``/v1/token``, scope ``audit:read``
    or ``admin``; what ``istmo console login`` calls) answers a one-time link, valid for
-   ``LINK_LIFETIME_S``; only the SHA-256 of its code is kept.
+   ``LINK_LIFETIME_S``; only the SHA-256 of its code is kept. The link starts with the
+   broker's public URL (``ApiState.base_url``), never with the request's ``Host``.
 2. ``GET /console/login?code=...`` spends the code, starts a session (``console.login``
    audit event) and sends the browser to the console without the code in the address.
 3. ``/console/dev-login`` exists only when the app was built with ``console_dev_login``
@@ -92,9 +93,7 @@ def auth_router(console: ConsoleState) -> APIRouter:
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
     @router.post("/session-link")
-    def session_link(
-        request: Request, who: Annotated[Caller, Security(caller, scopes=[])]
-    ) -> JSONResponse:
+    def session_link(who: Annotated[Caller, Security(caller, scopes=[])]) -> JSONResponse:
         """A one-time console sign-in link for the token's holder (60 s, single use)."""
         scopes = frozenset(s for s in who.scopes if s in CONSOLE_SCOPES)
         if not scopes:
@@ -105,7 +104,7 @@ def auth_router(console: ConsoleState) -> APIRouter:
                 client=who.id,
             )
         code = console.links.issue(who.id, who.kind, scopes)
-        base = str(request.base_url).rstrip("/")
+        base = console.api.base_url
         return JSONResponse(
             {"url": f"{base}{PREFIX}/login?code={code}", "expires_in": LINK_LIFETIME_S},
             headers={"Cache-Control": "no-store"},
@@ -160,7 +159,7 @@ def auth_router(console: ConsoleState) -> APIRouter:
 def _signin_page(request: Request, console: ConsoleState) -> Response:
     context: dict[str, Any] = {
         "signed_out": request.query_params.get("out") == "1",
-        "request_base": str(request.base_url).rstrip("/"),
+        "base_url": console.api.base_url,
     }
     pre = None
     if console.dev_login:

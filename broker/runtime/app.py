@@ -33,6 +33,7 @@ def create_app(
     console_dev_login: bool = False,
     allowed_hosts: Collection[str] = (),
     clock: Clock = SYSTEM_CLOCK,
+    base_url: str | None = None,
 ) -> FastAPI:
     """Build the API and its console over live services.
 
@@ -45,7 +46,10 @@ def create_app(
         limits: body, page and rate limits.
         console_dev_login: offer the web console's development login (``istmo up`` only).
         clock: the time of the audit events the API and the console write.
-        allowed_hosts: host names served besides loopback and the token issuer's.
+        allowed_hosts: host names served besides loopback, the token issuer's and
+            ``base_url``'s.
+        base_url: where the links the API and the console build point
+            (``Settings.base_url``); default: the token issuer.
     """
     app = create_api(
         registry,
@@ -55,6 +59,7 @@ def create_app(
         limits=limits,
         clock=clock,
         allowed_hosts=allowed_hosts,
+        base_url=base_url,
     )
     state: ApiState = app.state.istmo
     mount_console(app, state, dev_login=console_dev_login)

@@ -316,9 +316,15 @@ class Stack:
     ) -> None:
         registry, directory = self._opened()
         s = self.settings
-        api_url = f"http://{s.host}:{s.api_port}"
+        api_url = s.api_url
+        # Tokens and links name the public URL when there is one; tools on this machine
+        # may still name the loopback one (ISTMO_PUBLIC_URL, docs/adr/0011).
         auth = TokenAuthority(
-            registry, self.token_key, issuer=api_url, lifetime_s=s.access_token_lifetime_s
+            registry,
+            self.token_key,
+            issuer=s.base_url,
+            local_url=api_url,
+            lifetime_s=s.access_token_lifetime_s,
         )
         app = create_app(
             registry,
@@ -327,6 +333,7 @@ class Stack:
             auth=auth,
             console_dev_login=True,
             allowed_hosts=s.allowed_hosts,
+            base_url=s.base_url,
         )
         # The relay's metrics are served with the API's own on /metrics.
         relay_metrics = RelayMetrics(app.state.istmo.metrics.registry)
@@ -398,6 +405,8 @@ class Stack:
             "nats_url": self.nats_urls[0],
             "nats_urls": self.nats_urls,
             "api_url": api_url,
+            # Where users reach the API (ISTMO_PUBLIC_URL), or null: then at api_url.
+            "public_url": s.public_url,
             # nats-server monitoring, where this stack runs it (istmo health reads /jsz).
             "nats_monitor_urls": (
                 [server.monitor_url]
@@ -429,6 +438,11 @@ class Stack:
                 )
             self.out(f"NATS      cluster of {len(server.nodes)}, every stream with 3 replicas")
         self.out(f"HTTP API  {api_url} (docs at {api_url}/docs; tokens at {api_url}/v1/token)")
+        if s.public_url is not None:
+            self.out(
+                f"public    {s.public_url} (tokens and links name it; clients call "
+                f"{s.public_url}/v1/token)"
+            )
         self.out(f"database  {display_url(s.db_url)}")
         self.out(f"keystores {s.keys_dir}/<agency>.json (administrator: {s.keys_dir}/admin.json)")
         self.out("relay     " + ("running" if with_relay else "not started (--no-relay)"))
