@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Depends, Request
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -30,7 +30,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api.context import ApiState
-from broker.api.guard import peer_of
+from broker.api.guard import host_name, peer_of
 from broker.audit import events
 from broker.console.i18n import LANG_COOKIE, LANGS, negotiate, translator
 from broker.console.sessions import LinkStore, Session, SessionStore, csrf_ok
@@ -259,7 +259,15 @@ async def checked_form(request: Request, who: Session) -> dict[str, str]:
 
 
 def is_https(request: Request) -> bool:
-    return request.url.scheme == "https"
+    """True when the browser reached the console over https: the request's own scheme
+    (from a trusted proxy's ``X-Forwarded-Proto``), or a request for the host of an https
+    public URL (``ISTMO_PUBLIC_URL``), which only the TLS proxy forwards, even when the
+    proxy does not say so."""
+    if request.url.scheme == "https":
+        return True
+    state: ApiState = request.app.state.istmo
+    base = urlsplit(state.base_url)
+    return base.scheme == "https" and host_name(request.scope) == base.hostname
 
 
 def set_cookie(

@@ -157,6 +157,22 @@ async def test_the_session_link_starts_with_the_public_url_whatever_the_host(
         assert "secure" in r.headers["set-cookie"].lower()  # https: a Secure cookie
 
 
+async def test_console_cookies_are_secure_for_the_public_host_even_over_plain_http(
+    public_app: FastAPI, broker: Broker
+) -> None:
+    # A TLS proxy that forwards plain http and no X-Forwarded-Proto: the request names the
+    # public host, which only the proxy serves, so the browser is on https.
+    for origin, secure in (("http://istmo.example.org", True), ("http://127.0.0.1:8844", False)):
+        async with through(public_app, "http://127.0.0.1:8844") as local:
+            r = await token_named(local, broker, AUDITOR, LOOPBACK + "/v1/token")
+            r = await local.post("/console/session-link", headers=bearer(r.json()["access_token"]))
+            link = r.json()["url"]
+        async with through(public_app, origin) as browser:
+            r = await browser.get(link.removeprefix(PUBLIC))
+            assert r.status_code == 303, r.text
+            assert ("secure" in r.headers["set-cookie"].lower()) is secure, origin
+
+
 async def test_without_a_public_url_links_ignore_the_host_too(
     make_app: AppFactory, broker: Broker
 ) -> None:
