@@ -9,6 +9,9 @@ Effects happen in this order for every batch pulled from the shared ingest consu
      batches (``broker.bus.batch``): one flush per batch, not per message;
   4. once every batch is committed, ack the ingest messages (term a rejected one: it must
      not come back), as plain publishes written out with one flush.
+Steps 3 and 4 of a batch run while steps 1 and 2 of the next one do (at most
+``PIPELINE_DEPTH`` batches waiting on the disk, ``broker.bus.pipeline``): the flush of
+one batch no longer leaves the process idle.
 A crash anywhere replays the batch: a bulletin already stored under the same stream
 sequence is resumed (its deliveries republished: an atomic batch holding an id already
 stored is sent again one message at a time, which JetStream deduplicates, and the
@@ -38,6 +41,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from broker.bus.batch import Message, publish_batch
 from broker.bus.nats_thread import NatsThread
+from broker.bus.pipeline import Pipeline
 from broker.bus.streams import ACK_WAIT_S, ensure_deliver_stream
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
@@ -85,6 +89,9 @@ API_QUEUE = "relay-api"  # one relay answers each request
 # JetStream publishes awaiting their acks at once: a batch of 64 bulletins to 60 agencies
 # each (~400 MB in flight) made nats-server answer 429 and stalled the relay.
 IN_FLIGHT = 256
+# Ingest batches recorded and waiting on their deliveries' flush while the next is
+# decided: 2 keeps the CPU busy during one flush and bounds what a crash replays.
+PIPELINE_DEPTH = 2
 
 
 @dataclass
@@ -142,6 +149,9 @@ class Relay:
         self._api_connect = api_connect
         self.metrics = metrics if metrics is not None else RelayMetrics()
         self.processed = 0
+        # Each ingest batch's deliveries and acks wait on the disk while the next batch is
+        # decided (``broker.bus.pipeline``).
+        self._tails = Pipeline(PIPELINE_DEPTH)
 
     async def run(self, stop: asyncio.Event, *, ready: Callable[[], None] | None = None) -> None:
         """Pull and process until ``stop`` is set; call ``ready`` once the streams and
@@ -167,7 +177,7 @@ class Relay:
                     ready()
                 ingest, receipts, dead = bound
                 batch, receipt_batch = self.settings.relay_batch, self.settings.receipt_batch
-                tg.create_task(self._loop(stop, ingest, batch, "ingest", self._ingest_guarded))
+                tg.create_task(self._ingest_loop(stop, ingest, batch))
                 tg.create_task(
                     self._loop(stop, receipts, receipt_batch, "receipts", self._receipt_batch)
                 )
@@ -249,6 +259,16 @@ class Relay:
                 # up for everyone else; the batch is redelivered after the ack wait.
                 log.exception("batch of %d failed unexpectedly; it will be redelivered", len(msgs))
                 await asyncio.sleep(1.0)
+
+    async def _ingest_loop(
+        self, stop: asyncio.Event, sub: JetStreamContext.PullSubscription, batch: int
+    ) -> None:
+        """The ingest loop; before it ends, the batches still waiting on the disk are
+        delivered and acked."""
+        try:
+            await self._loop(stop, sub, batch, "ingest", self._ingest_guarded)
+        finally:
+            await self._tails.drain()
 
     async def _sample_backlog(self, stop: asyncio.Event) -> None:
         """Every ``relay_metrics_sample_s``: how many messages wait on the shared ingest and
@@ -362,43 +382,65 @@ class Relay:
                 [row for p in plans for row in p.rows],
                 [event for p in plans for event in p.events],
             )
-        # Deliver everything as a few atomic batches, most urgent precedence first (the
-        # delivery stream holds FLASH before ROUTINE), with each accepted envelope's
-        # archive copy (ciphertext), where `istmo reconcile` finds it if a delivery goes
-        # missing from ISTMO_DELIVER (broker.relay.reconcile); then ack everything. If any
-        # batch fails, nothing of the ingest batch is acked: it all comes back and resumes
-        # idempotently.
-        # Each on its precedence's subject: FLASH and IMMEDIATE reach the recipient's
-        # urgent consumer, which its SDK drains before the rest (ADR 7).
-        delivering = sorted((o for o in outcomes if o.deliveries), key=lambda o: o.rank)
-        deliveries = [
-            Message(deliver_subject(r, o.precedence), o.raw, f"{o.bulletin_id}:{r}")
-            for o in delivering
-            for r in o.deliveries
-        ]
-        copies = [archive_message(o.bulletin_id, o.raw) for o in delivering]
-        if deliveries:
-            await _all(
-                (
-                    publish_batch(self.nc, ARCHIVE_STREAM, copies),
-                    publish_batch(self.nc, DELIVER_STREAM, deliveries),
-                )
+        # Recorded: the rest is waiting on the disk (and the acks), done while the next
+        # batch is decided. A bulletin of this batch published again and met in the next
+        # one is resumed from the record, as after a crash.
+        await self._tails.add(self._deliver_and_settle(outcomes, plans))
+
+    async def _deliver_and_settle(self, outcomes: list[_Outcome], plans: list[Plan]) -> None:
+        """Deliver a recorded batch, then settle its ingest messages; on a passing failure
+        hand the batch back (it resumes idempotently)."""
+        try:
+            await self._deliver(outcomes)
+        except _TRANSIENT as exc:
+            log.warning(
+                "batch of %d recorded but not delivered (%s); it will be redelivered",
+                len(outcomes),
+                type(exc).__name__,
             )
-            stored_s = self.clock.now_ms() / 1000
-            for o in delivering:
-                waited = stored_s - o.msg.metadata.timestamp.timestamp()
-                self.metrics.publish_to_delivery.observe(max(waited, 0.0))
+            await _hand_back([o.msg for o in outcomes])
+            await asyncio.sleep(0.5)  # holds a pipeline slot: the next batch waits a moment
+            return
         # Recorded and delivered: counted before the acks, which cannot undo that.
         self.processed += len(outcomes)
         # Acks, terms and naks are plain publishes, written out with one flush: ack_sync
         # cost a request and a reply per message (and timed out under load after the
         # server had taken the ack). An ack that is lost redelivers the bulletin, which
         # resumes without being decided or delivered twice.
-        for o in outcomes:
-            await _settle(o)
-        await self.nc.flush()
+        with contextlib.suppress(*_TRANSIENT):
+            for o in outcomes:
+                await _settle(o)
+            await self.nc.flush()
         for p in plans:
             self.metrics.bulletins.labels(p.verdict).inc()
+
+    async def _deliver(self, outcomes: list[_Outcome]) -> None:
+        """Deliver everything as a few atomic batches, most urgent precedence first (the
+        delivery stream holds FLASH before ROUTINE), with each accepted envelope's archive
+        copy (ciphertext), where ``istmo reconcile`` finds it if a delivery goes missing
+        from ISTMO_DELIVER (``broker.relay.reconcile``). Each delivery goes on its
+        precedence's subject: FLASH and IMMEDIATE reach the recipient's urgent consumer,
+        which its SDK drains before the rest (ADR 7). If any batch fails, nothing of the
+        ingest batch is acked: it all comes back and resumes idempotently."""
+        delivering = sorted((o for o in outcomes if o.deliveries), key=lambda o: o.rank)
+        if not delivering:
+            return
+        deliveries = [
+            Message(deliver_subject(r, o.precedence), o.raw, f"{o.bulletin_id}:{r}")
+            for o in delivering
+            for r in o.deliveries
+        ]
+        copies = [archive_message(o.bulletin_id, o.raw) for o in delivering]
+        await _all(
+            (
+                publish_batch(self.nc, ARCHIVE_STREAM, copies),
+                publish_batch(self.nc, DELIVER_STREAM, deliveries),
+            )
+        )
+        stored_s = self.clock.now_ms() / 1000
+        for o in delivering:
+            waited = stored_s - o.msg.metadata.timestamp.timestamp()
+            self.metrics.publish_to_delivery.observe(max(waited, 0.0))
 
     def _outcome(self, msg: Msg, p: Plan) -> _Outcome:
         """What to deliver and how to settle ``msg``, by its plan. A resumed bulletin is
