@@ -1,10 +1,11 @@
-"""``istmo publish``, ``preview``, ``receive``, ``receipts`` and ``status``: what an agency
-does with bulletins, through the SDK (``clients.sdk``)."""
+"""``istmo publish``, ``preview``, ``receive``, ``receipts``, ``status`` and ``withheld``:
+what an agency does with bulletins, through the SDK (``clients.sdk``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import textwrap
 import time
@@ -14,12 +15,17 @@ from typing import Any
 
 from clients.agency_flags import add_agency_args, connect
 from clients.label_flags import add_label_args, add_time_args, bulletin_id, labels_from_args
-from clients.sdk import ReceivedBulletin
-from schemas.errors import ConfigError
+from clients.sdk import IstmoClient, ReceivedBulletin, Withheld
+from schemas.errors import ConfigError, IstmoError
 
 __all__ = ["MAX_BODY_BYTES", "add_bulletin_parsers"]
 
 MAX_BODY_BYTES = 512 * 1024
+# How long a receive that found nothing waits to add the withheld count: it has its
+# answer already, and a broker that does not answer should not hold it up.
+WITHHELD_TIMEOUT_S = 2.0
+
+log = logging.getLogger("istmo.cli")
 
 
 def _read_body(args: argparse.Namespace) -> str:
@@ -148,10 +154,77 @@ async def _receive(args: argparse.Namespace) -> int:
     client = await connect(args)
     async with client:
         got = await client.receive(handler, count=count, timeout=timeout)
+        # An empty queue: was nothing sent, or did the policy refuse what was?
+        withheld = await _withheld_if_known(client) if got == 0 and count is not None else None
     if count is not None and got < count:
-        print(f"istmo: received {got} of {count} bulletins within {timeout:g} s", file=sys.stderr)
+        line = f"istmo: received {got} of {count} bulletins within {timeout:g} s"
+        if got == 0:
+            line += ": nothing waiting" + _withheld_note(client.agency, withheld)
+        print(line, file=sys.stderr)
         return 1
     return 0
+
+
+async def _withheld_if_known(client: IstmoClient) -> Withheld | None:
+    """The agency's withheld count, or None if the broker does not say (an older broker,
+    or none answering): the receive has its answer already, this only adds to it."""
+    try:
+        return await client.withheld(timeout=WITHHELD_TIMEOUT_S)
+    except IstmoError as exc:
+        log.debug("no withheld count (%s)", exc.code)
+        return None
+
+
+def _withheld_note(agency: str, withheld: Withheld | None) -> str:
+    """What to add to "nothing waiting" when the policy withheld bulletins from ``agency``."""
+    if withheld is None or not withheld.bulletins:
+        return ""
+    return (
+        f"; the policy withheld {_bulletins(withheld.bulletins)} from {agency} "
+        f"(latest {_minute(withheld.latest_at)}): ask the broker's administrators why "
+        f"(`istmo audit search --agency {agency}` finds them)"
+    )
+
+
+async def _withheld(args: argparse.Namespace) -> int:
+    client = await connect(args)
+    async with client:
+        got = await client.withheld()
+        agency = client.agency
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "agency": agency,
+                    "withheld": got.bulletins,
+                    "first_at": got.first_at,
+                    "latest_at": got.latest_at,
+                }
+            )
+        )
+        return 0
+    if not got.bulletins:
+        print(f"{agency}: the policy has withheld no bulletin from you")
+        return 0
+    when = (
+        f"at {_minute(got.latest_at)}"
+        if got.first_at == got.latest_at
+        else f"the first at {_minute(got.first_at)}, the latest at {_minute(got.latest_at)}"
+    )
+    print(
+        f"{agency}: the policy withheld {_bulletins(got.bulletins)} from you, {when}.\n"
+        "Istmo tells you how many, not which or why: ask the broker's administrators "
+        f"(`istmo audit search --agency {agency}` finds them, `istmo policy explain` says why)."
+    )
+    return 0
+
+
+def _bulletins(n: int) -> str:
+    return f"{n} bulletin" if n == 1 else f"{n} bulletins"
+
+
+def _minute(at: int | None) -> str:
+    return "-" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 async def _receipts(args: argparse.Namespace) -> int:
@@ -215,8 +288,8 @@ def _listed(what: str, agencies: list[str]) -> str:
 
 
 def add_bulletin_parsers(sub: Any) -> None:
-    """Add ``publish``, ``preview``, ``receive``, ``receipts`` and ``status`` to the
-    ``istmo`` sub-command parser."""
+    """Add ``publish``, ``preview``, ``receive``, ``receipts``, ``status`` and ``withheld``
+    to the ``istmo`` sub-command parser."""
     p = sub.add_parser(
         "publish",
         help="seal, sign and publish a bulletin",
@@ -295,3 +368,18 @@ def add_bulletin_parsers(sub: Any) -> None:
     p.add_argument("bulletin_id", type=bulletin_id, help="the id `istmo publish` printed")
     p.add_argument("--json", action="store_true", help="the relay's whole answer as JSON")
     p.set_defaults(func=_status)
+
+    p = sub.add_parser(
+        "withheld",
+        help="how many bulletins the policy withheld from you, and when",
+        description=(
+            "How many bulletins meant for --as (on topics it follows, or naming it) the "
+            "policy refused it, and when the first and the latest were, to the minute. "
+            "Nothing about which bulletins they were: the broker's administrators can find "
+            "them (`istmo audit search --agency`) and say why (`istmo policy explain`). "
+            "`istmo receive` says so too when it finds nothing waiting."
+        ),
+    )
+    add_agency_args(p)
+    p.add_argument("--json", action="store_true", help="the count and times as JSON")
+    p.set_defaults(func=_withheld)

@@ -11,7 +11,7 @@ from typing import Any
 
 from schemas.labels import Labels
 
-__all__ = ["Preview", "PublishResult", "ReceiptReport", "ReceivedBulletin"]
+__all__ = ["Preview", "PublishResult", "ReceiptReport", "ReceivedBulletin", "Withheld"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,19 @@ class ReceiptReport:
 
     bulletin_id: str
     recipients: tuple[tuple[str, int | None], ...]
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """How many bulletins the policy withheld from this agency, and when: nothing about
+    which they were.
+
+    Attributes:
+        bulletins: how many (0: none).
+        first_at: when the first was decided, epoch seconds to the minute (None: none).
+        latest_at: when the latest was, likewise.
+    """
+
+    bulletins: int
+    first_at: int | None
+    latest_at: int | None

@@ -41,7 +41,7 @@ from clients.publishing import store_envelope, store_receipt
 from clients.queues import DeliveryQueues, hand_back
 from clients.requests import REQUEST_TIMEOUT_S, ask, make_request
 from clients.resolve_cache import ResolveCache, Versions
-from clients.results import Preview, PublishResult, ReceiptReport, ReceivedBulletin
+from clients.results import Preview, PublishResult, ReceiptReport, ReceivedBulletin, Withheld
 from clients.rotation import new_keys
 from schemas.agency import (
     Announcement,
@@ -60,6 +60,8 @@ from schemas.agency import (
     StatusAccepted,
     StatusRejected,
     StatusReply,
+    WithheldReply,
+    WithheldRequest,
     encode_request,
 )
 from schemas.directory import AgencyRecord, SignedExcerpt, SigningKeyRecord, verify_excerpt
@@ -89,6 +91,7 @@ __all__ = [
     "PublishUnacknowledged",
     "ReceiptReport",
     "ReceivedBulletin",
+    "Withheld",
 ]
 
 log = logging.getLogger("istmo.sdk")
@@ -447,6 +450,24 @@ class IstmoClient:
         admin redrive``) once the handler is fixed."""
         answer = await self._ask("dead-letters", DeadLettersRequest(), DeadLettersReply)
         return [letter.model_dump(mode="json") for letter in answer.dead_letters]
+
+    async def withheld(self, *, timeout: float = REQUEST_TIMEOUT_S) -> Withheld:
+        """How many bulletins the policy withheld from this agency (bulletins on topics it
+        follows, or naming it, that the policy refused it), and when the first and the
+        latest were: nothing about which they were. With an empty queue it tells "nothing
+        was sent" from "the policy refused what was sent"; the broker's administrators
+        can say why (``istmo audit search --agency``).
+
+        Args:
+            timeout: seconds to wait for the broker's answer.
+
+        Raises:
+            BusUnavailable: the broker did not answer.
+            EnvelopeError: a broker older than this SDK, which knows no such request
+                (code ``bad_request``).
+        """
+        answer = await self._ask("withheld", WithheldRequest(), WithheldReply, timeout)
+        return Withheld(answer.withheld, answer.first_at, answer.latest_at)
 
     # ------------------------------------------------------------------ keys
     async def rotate_keys(self, *, passphrase: str | None = None) -> tuple[str, str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from clients.sdk import IstmoClient, PublishResult, ReceiptReport, ReceivedBulletin
+from clients.sdk import IstmoClient, PublishResult, ReceiptReport, ReceivedBulletin, Withheld
 from schemas.labels import Labels
 
 __all__ = ["Istmo"]
@@ -98,3 +98,7 @@ class Istmo:
     def status(self, bulletin_id: str) -> dict[str, Any]:
         """See ``IstmoClient.status``."""
         return self._loop.run_until_complete(self._client.status(bulletin_id))
+
+    def withheld(self) -> Withheld:
+        """See ``IstmoClient.withheld``."""
+        return self._loop.run_until_complete(self._client.withheld())

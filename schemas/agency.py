@@ -14,6 +14,8 @@ with an ``ErrorReply``, also canonical JSON::
     rotate        RotationRequest (rotation)    RotateReply
     revoke-key    RevokeKeyRequest              RevokeKeyReply
     dead-letters  DeadLettersRequest ({})       DeadLettersReply
+    withheld      WithheldRequest ({})          WithheldReply: how many bulletins the policy
+                                                withheld from the caller, nothing about them
 
     any of them fails:                          ErrorReply {"error": {"code", "message"}}
 
@@ -77,6 +79,8 @@ __all__ = [
     "StatusPending",
     "StatusRejected",
     "StatusReply",
+    "WithheldReply",
+    "WithheldRequest",
     "encode_announcement",
     "encode_reply",
     "encode_request",
@@ -87,7 +91,15 @@ MAX_ERROR_MESSAGE_CHARS = 300
 MAX_ANNOUNCE_INTERVAL_S = 300
 
 ApiOp = Literal[
-    "resolve", "explain", "directory", "status", "receipts", "rotate", "revoke-key", "dead-letters"
+    "resolve",
+    "explain",
+    "directory",
+    "status",
+    "receipts",
+    "rotate",
+    "revoke-key",
+    "dead-letters",
+    "withheld",
 ]
 
 ErrorCode = Literal[
@@ -171,6 +183,13 @@ class RevokeKeyRequest(BaseModel):
 
 class DeadLettersRequest(BaseModel):
     """The caller's own dead letters: the request has no fields (``{}``)."""
+
+    model_config = _STRICT
+
+
+class WithheldRequest(BaseModel):
+    """How many bulletins the policy withheld from the caller: no fields (``{}``); the
+    caller is the agency its subject names, never one a request could name."""
 
     model_config = _STRICT
 
@@ -333,6 +352,20 @@ class DeadLettersReply(BaseModel):
     dead_letters: tuple[DeadLetterEntry, ...]
 
 
+class WithheldReply(BaseModel):
+    """How many bulletins the policy withheld from the caller (every refusal the broker
+    recorded, one per bulletin), and when the first and the latest were (epoch seconds,
+    to the minute; None when there were none). Nothing about any bulletin: no id, topic,
+    label or originator. Only a policy refusal counts; a bulletin the originator did not
+    seal for the caller although the policy allowed it does not."""
+
+    model_config = _STRICT
+
+    withheld: int = Field(ge=0)
+    first_at: Timestamp | None
+    latest_at: Timestamp | None
+
+
 class ErrorDetail(BaseModel):
     """Why a request failed: a code from ``ErrorCode`` and a short message."""
 
@@ -376,6 +409,7 @@ AgencyReply = (
     | RotateReply
     | RevokeKeyReply
     | DeadLettersReply
+    | WithheldReply
 )
 
 

@@ -35,6 +35,8 @@ from schemas.agency import (
     RevokeKeyRequest,
     RotateReply,
     StatusReply,
+    WithheldReply,
+    WithheldRequest,
 )
 from schemas.audit import AuditEvent
 from schemas.directory import SignedExcerpt
@@ -67,6 +69,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "agency-revoke-key-request": RevokeKeyRequest,
     "agency-rotate-reply": RotateReply,
     "agency-status-reply": StatusReply,
+    "agency-withheld-reply": WithheldReply,
+    "agency-withheld-request": WithheldRequest,
     "rotation-request": RotationRequest,
     "audit-event": AuditEvent,
     "envelope": Envelope,

@@ -67,6 +67,7 @@ API_OPS = (
     "rotate",
     "revoke-key",
     "dead-letters",
+    "withheld",
 )
 
 

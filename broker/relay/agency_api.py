@@ -15,6 +15,8 @@ changes keys) and returns the typed reply, or an ``ErrorReply`` whose code is on
     rotate        new keys signed by the current one (``broker.directory.rotation``)
     revoke-key    one of the caller's own signing key ids -> revoked from now on
     dead-letters  the caller's own dead letters
+    withheld      how many bulletins the policy withheld from the caller, and when (no
+                  bulletin named); a read like status, not audited
 
 A refused request is an audit event; an answer the caller may not like (a policy denial,
 "not found") is not, and neither is a fault of the broker's own (it is logged).
@@ -55,6 +57,7 @@ from schemas.agency import (
     RotateReply,
     StatusPending,
     StatusReply,
+    WithheldRequest,
     encode_reply,
 )
 from schemas.envelope import parse_model
@@ -194,6 +197,10 @@ class AgencyApi:
         if op == "dead-letters":
             parse_model(DeadLettersRequest, data, max_bytes=max_bytes, what="request")
             return self._dead_letters(caller)
+        if op == "withheld":
+            # The request has no fields: the count is the caller's, named by its subject.
+            parse_model(WithheldRequest, data, max_bytes=max_bytes, what="request")
+            return q.withheld(caller)
         # The operation token is the caller's: named by the list it is not in, not echoed.
         return ErrorReply.of("bad_request", f"unknown operation: use one of {', '.join(API_OPS)}")
 

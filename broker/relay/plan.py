@@ -159,6 +159,12 @@ class Plan:
         """The candidates refused, with why."""
         return tuple(denial_of(d) for d in self.decisions if not d.allowed)
 
+    @property
+    def withheld_from(self) -> tuple[str, ...]:
+        """The candidates the policy refused (an accepted bulletin's only), for their
+        ``withheld`` counts: who, never why."""
+        return tuple(d.agency for d in self.decisions if not d.allowed)
+
 
 def parse(msg: Ingested, limits: IngestLimits) -> Parsed:
     """Steps 1-2 of the checks (``checks.parse_ingest``), a refusal returned as a value:

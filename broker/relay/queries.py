@@ -4,7 +4,8 @@ replies of ``schemas.agency``.
 Both doors call these (ADR 0001): the NATS face (``broker.relay.agency_api``) and the HTTP
 API (``broker.api.app``), so the same question gets the same answer. The caller is already
 authenticated (by its nkey, or by an access token); an agency learns nothing about
-bulletins it did not originate: those look "not found" (or "pending"). This module leaves
+bulletins it did not originate: those look "not found" (or "pending"), and of those the
+policy withheld from it, it learns how many and when, nothing else. This module leaves
 parsing requests and turning errors into replies to the doors.
 """
 
@@ -27,6 +28,7 @@ from schemas.agency import (
     StatusPending,
     StatusRejected,
     StatusReply,
+    WithheldReply,
 )
 from schemas.directory import SignedExcerpt
 from schemas.envelope import MAX_RECIPIENTS
@@ -35,6 +37,7 @@ from schemas.errors import EnvelopeError, IstmoError, PolicyDenied
 __all__ = ["AgencyQueries", "NotFound"]
 
 _PREVIEW_ID = "00000000-0000-4000-8000-000000000000"
+_MINUTE_S = 60  # the times of a withheld count are told to the minute, no finer
 
 
 class NotFound(IstmoError):
@@ -200,3 +203,22 @@ class AgencyQueries:
                 for a in routed
             ),
         )
+
+    def withheld(self, caller: str) -> WithheldReply:
+        """How many bulletins the policy withheld from ``caller``, and when the first and
+        the latest were, to the minute: one read by primary key (``withheld_count``).
+        Nothing names a bulletin; the caller is the one NATS or the token authenticated."""
+        row = self.registry.withheld_count(caller)
+        if row is None:
+            return WithheldReply(withheld=0, first_at=None, latest_at=None)
+        return WithheldReply(
+            withheld=row.bulletins,
+            first_at=_to_the_minute(row.first_at),
+            latest_at=_to_the_minute(row.latest_at),
+        )
+
+
+def _to_the_minute(at: int) -> int:
+    """``at`` (epoch seconds) rounded down to its minute: what a person reads, and no finer
+    a time to set beside other traffic."""
+    return at - at % _MINUTE_S

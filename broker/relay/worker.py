@@ -65,6 +65,7 @@ from broker.relay.plan import Ingested, Plan, parse, plan_batch
 from broker.relay.receipts import IncomingReceipt, judge_batch, read_batch
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
 from broker.store.registry import Registry
+from broker.store.withheld import Withholding
 from schemas.agency import Announcement, encode_announcement
 from schemas.errors import AuditStoreError, BusUnavailable, IstmoError
 from schemas.labels import Precedence
@@ -377,10 +378,18 @@ class Relay:
             now_ms=now_ms,
         )
         outcomes = [self._outcome(msg, p) for msg, p in zip(msgs, plans, strict=True)]
+        # Each refused candidate's count of withheld bulletins goes up in the same
+        # transaction: one upsert per agency for the batch (broker.store.withheld).
+        withheld = [
+            Withholding(p.bulletin_id, p.withheld_from, now_ms // 1000)
+            for p in plans
+            if p.bulletin_id is not None and p.withheld_from
+        ]
         with self.metrics.commit.labels("ingest").time():
             self.registry.record(
                 [row for p in plans for row in p.rows],
                 [event for p in plans for event in p.events],
+                withheld=withheld,
             )
         # Recorded: the rest is waiting on the disk (and the acks), done while the next
         # batch is decided. A bulletin of this batch published again and met in the next

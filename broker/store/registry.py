@@ -40,6 +40,7 @@ from broker.store.db import (
     sqlite_path,
     store_errors,
 )
+from broker.store.withheld import WithheldCountRow, Withholding, count_withheld, tally
 from schemas.audit import AuditEvent
 from schemas.errors import AuditStoreError
 
@@ -492,6 +493,11 @@ class Registry:
                 )
         return _decisions_of(record)
 
+    def withheld_count(self, agency: str) -> WithheldCountRow | None:
+        """How many bulletins the policy withheld from ``agency``, and when (None: none)."""
+        with self.session() as s:
+            return s.get(WithheldCountRow, agency)
+
     def receipts(self, bulletin_id: str) -> list[ReceiptRow]:
         with self.session() as s:
             q = select(ReceiptRow).where(ReceiptRow.bulletin_id == bulletin_id)
@@ -504,9 +510,22 @@ class Registry:
             )
             return s.exec(q).first()
 
-    def record(self, rows: Sequence[SQLModel], events: Sequence[AuditEvent]) -> None:
+    def record(
+        self,
+        rows: Sequence[SQLModel],
+        events: Sequence[AuditEvent],
+        *,
+        withheld: Sequence[Withholding] = (),
+    ) -> None:
         """Insert ``rows`` and ``events`` in one transaction. Rows and events already there
         (same primary key or event id) are left as they are, so a retried batch is harmless.
+
+        Args:
+            rows: registry rows (bulletins, decision records, rejections ...).
+            events: audit events.
+            withheld: the candidates the policy refused each bulletin of ``rows``; each
+                agency's ``withheld_count`` goes up by the bulletins whose decision record
+                this transaction inserts (``broker.store.withheld``).
 
         Raises:
             AuditStoreError: the database refused the transaction.
@@ -518,13 +537,22 @@ class Registry:
                 del dumped["seq"]  # an autoincrement key the database assigns
             by_table.setdefault(type(row).__table__, []).append(dumped)  # type: ignore[attr-defined]
         audit = [_audit_values(e) for e in events]
+        records = DecisionRecordRow.__table__  # type: ignore[attr-defined]
         with store_errors("an audit write"), self.engine.begin() as conn:
+            inserted: set[str] = set()
             for table, values in by_table.items():
-                if values:
+                if values and withheld and table is records:
+                    # Which records are new: a bulletin's refusals are counted once.
+                    stmt = self.insert_new(table).returning(table.c.bulletin_id)
+                    inserted = set(conn.execute(stmt, values).scalars())
+                elif values:
                     conn.execute(self.insert_new(table), values)
-            if audit:
+            counts = tally(withheld, inserted)
+            if audit or counts:
                 self._lock_outbox(conn)
+            if audit:
                 conn.execute(self.insert_new(AuditRow.__table__), audit)  # type: ignore[attr-defined]
+            count_withheld(conn, counts)
 
     def record_receipts(
         self, receipts: Sequence[Mapping[str, Any]], events: Sequence[AuditEvent]

@@ -29,5 +29,6 @@ REGISTRY_TABLES = (
     "rejection",
     "signing_key",
     "subscription",
+    "withheld_count",
 )
 SEQUENCES = ("audit_event_seq_seq", "policy_set_seq_seq")

@@ -34,6 +34,7 @@ from schemas.agency import (
     StatusPending,
     StatusRejected,
     StatusReply,
+    WithheldReply,
     encode_reply,
     encode_request,
 )
@@ -216,6 +217,16 @@ WIRE: list[tuple[str, AgencyReply | ErrorReply, Any]] = [
         },
     ),
     (
+        "withheld",
+        WithheldReply(withheld=3, first_at=1_780_000_020, latest_at=1_780_000_560),
+        {"withheld": 3, "first_at": 1_780_000_020, "latest_at": 1_780_000_560},
+    ),
+    (
+        "withheld-none",
+        WithheldReply(withheld=0, first_at=None, latest_at=None),
+        {"withheld": 0, "first_at": None, "latest_at": None},
+    ),
+    (
         "error",
         ErrorReply.of("not_found", "no bulletin of gt-police"),
         {"error": {"code": "not_found", "message": "no bulletin of gt-police"}},
@@ -246,7 +257,7 @@ def test_only_the_error_reply_has_a_field_named_error() -> None:
     """Readers tell an error from an answer by its one key (``clients.requests``)."""
     replies: list[type[BaseModel]] = [
         ResolveReply, ExplainReply, ReceiptsReply, RotateReply, RevokeKeyReply,
-        DeadLettersReply, StatusAccepted, StatusRejected, StatusPending,
+        DeadLettersReply, StatusAccepted, StatusRejected, StatusPending, WithheldReply,
     ]  # fmt: skip
     assert [m.__name__ for m in replies if "error" in m.model_fields] == []
     assert set(ErrorReply.model_fields) == {"error"}

@@ -48,6 +48,8 @@ def test_every_model_is_exported() -> None:
         "RotateReply",
         "RotationRequest",
         "StatusReply",
+        "WithheldReply",
+        "WithheldRequest",
         "AuditEvent",
         "Envelope",
         "InnerBulletin",

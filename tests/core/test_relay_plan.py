@@ -261,6 +261,8 @@ def test_accept_delivers_to_the_permitted_recipients_and_records_every_decision(
     assert accepted.data["recipients"] == PERMITTED
     assert accepted.data["policy_ids"] == ("grant.publish-own",)
     assert p.claim == Prior(7, envelope_digest(env))
+    # Whom the policy refused it, for their withheld counts: who, not why.
+    assert p.withheld_from == ("gt-justice", "hn-police", "jm-police", "sica-audit")
 
 
 DENIALS = [
@@ -315,6 +317,8 @@ def test_an_allowed_agency_not_addressed_gets_nothing_and_is_recorded_as_such() 
         ("routed", ("sv-police",)),
         ("unaddressed", ("bz-police", "sv-military")),
     ]
+    # The policy allowed them: nothing was withheld from them by the policy.
+    assert not {"bz-police", "sv-military"} & set(p.withheld_from)
 
 
 def test_the_originator_is_decided_only_when_it_addressed_itself() -> None:
@@ -505,6 +509,7 @@ def test_the_same_stream_message_again_resumes_without_deciding() -> None:
     assert (p.verdict, p.bulletin_id) == ("resume", env.header.bulletin_id)
     assert p.addressed == PERMITTED
     assert (p.rows, p.events, p.decisions, p.deliver_to) == ((), (), (), ())
+    assert p.withheld_from == ()  # counted when it was decided, not again
 
 
 def test_the_same_envelope_on_another_message_is_a_replay() -> None:

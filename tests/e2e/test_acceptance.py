@@ -73,6 +73,15 @@ def test_publish_receive_receipts_and_denial(up: UpProcess) -> None:
     )
     assert none.returncode == 1
     assert none.stdout == ""
+    # ... and is told so in one line: how many the policy withheld, never which.
+    (told,) = none.stderr.splitlines()
+    assert "nothing waiting; the policy withheld 1 bulletin from jm-police (latest " in told
+    assert bid not in told
+    asked = run_cli("withheld", "--as", "jm-police", "--json", data_dir=d)
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads(asked.stdout)["withheld"] == 1
+    recipient = run_cli("withheld", "--as", "rc-drugs", data_dir=d)
+    assert recipient.stdout == "rc-drugs: the policy has withheld no bulletin from you\n"
     # ... and its denial is recorded with the deciding policy and the policy version: in
     # the bulletin's one decision record and one bulletin.decided event (ADR 8).
     db = sqlite3.connect(d / "istmo.db", timeout=60)
