@@ -6,6 +6,7 @@ directory document whose signature fails, so a substituted encryption key is cau
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -44,6 +45,16 @@ MAX_EXCERPT_BYTES = 8 * 1024 * 1024
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
+@functools.lru_cache(maxsize=16_384)
+def _verify_key(public: str, kid: str) -> VerifyKey:
+    """The key a registered record names, checked once per (key, id): a relay checks every
+    envelope against its sender's record. Failures are not cached (they raise)."""
+    key = VerifyKey(b64d(public, field="signing key", max_bytes=32))
+    if key.kid != kid:
+        raise SignatureError("directory key id does not match its key", code="bad_key")
+    return key
+
+
 class SigningKeyRecord(BaseModel):
     """A registered Ed25519 public key; valid for signatures made before ``revoked_at``."""
 
@@ -55,10 +66,7 @@ class SigningKeyRecord(BaseModel):
     revoked_at: Timestamp | None = None
 
     def verify_key(self) -> VerifyKey:
-        key = VerifyKey(b64d(self.public, field="signing key", max_bytes=32))
-        if key.kid != self.kid:
-            raise SignatureError("directory key id does not match its key", code="bad_key")
-        return key
+        return _verify_key(self.public, self.kid)
 
 
 class EncryptionKeyRecord(BaseModel):
