@@ -68,6 +68,7 @@ API_OPS = (
     "revoke-key",
     "dead-letters",
     "withheld",
+    "recall",
 )
 
 

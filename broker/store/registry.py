@@ -138,6 +138,7 @@ class BulletinRow(SQLModel, table=True):
     recipients: str  # comma-separated signed recipients
     policy_version: str = Field(max_length=64)
     directory_version: str = Field(max_length=64)
+    supersedes: str | None = Field(default=None, index=True, max_length=36)  # ADR 15
 
 
 class PolicySetRow(SQLModel, table=True):

@@ -41,6 +41,7 @@ def test_every_model_is_exported() -> None:
         "ErrorReply",
         "ExplainReply",
         "ReceiptsReply",
+        "RecallReply",
         "ResolveReply",
         "ResolveRequest",
         "RevokeKeyReply",
@@ -58,6 +59,7 @@ def test_every_model_is_exported() -> None:
         "SignedExcerpt",
         "SignedTreeHead",
         "TreeHead",
+        "Withdrawal",
     }
 
 
