@@ -14,9 +14,10 @@ from __future__ import annotations
 from broker.directory.service import DirectoryService
 from broker.policy.engine import BulletinFacts
 from broker.relay.checks import check_labels
-from broker.store.recalls import corrections_of, withdrawal
+from broker.store.recalls import withdrawal
 from broker.store.registry import Registry
 from schemas.agency import (
+    MAX_SUPERSEDED_BY,
     CandidateVerdict,
     DeniedRecipient,
     ExplainReply,
@@ -167,7 +168,7 @@ class AgencyQueries:
                     policy_version=bulletin.policy_version,
                     withdrawn_at=withdrawn.withdrawn_at if withdrawn is not None else None,
                     supersedes=bulletin.supersedes,
-                    superseded_by=corrections_of(self.registry, bulletin_id, caller),
+                    superseded_by=self.registry.corrections(bulletin_id, caller, MAX_SUPERSEDED_BY),
                 )
             )
         rejection = self.registry.rejection_for(caller, bulletin_id)

@@ -4,7 +4,8 @@
 as the recipients get it (so whichever relay finds the work unfinished can finish it), when
 the broker recorded it, and once done, when, whom the withdrawal reached (``notified``)
 and whose copy was removed before it reached them (``removed``). A correction is a
-bulletin whose ``supersedes`` names the bulletin it corrects (``BulletinRow``).
+bulletin whose ``supersedes`` names the bulletin it corrects (``BulletinRow``; the
+registry finds them, ``Registry.corrections``).
 
 Left to others: the checks on a withdrawal and the work on the delivery stream
 (``broker.relay.recall``), the rows' audit events (``broker.audit.events``).
@@ -12,25 +13,33 @@ Left to others: the checks on a withdrawal and the work on the delivery stream
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 from sqlalchemy import BigInteger, Integer
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from broker.store.registry import BulletinRow, Registry
-from schemas.agency import MAX_SUPERSEDED_BY
 from schemas.audit import AuditEvent
 
 __all__ = [
     "WithdrawalRow",
     "complete_withdrawal",
-    "corrections_of",
     "unfinished_withdrawals",
     "withdrawal",
     "withdrawals",
 ]
 
 _BIGINT = BigInteger().with_variant(Integer(), "sqlite")  # epoch seconds
+
+
+class Registry(Protocol):
+    """What these functions use of ``broker.store.registry.Registry`` (which imports this
+    module for its table, so it is not imported back)."""
+
+    def session(self) -> AbstractContextManager[Session]: ...
+
+    def change(self, apply: Callable[[Session], None], events: Sequence[AuditEvent]) -> None: ...
 
 
 class WithdrawalRow(SQLModel, table=True):
@@ -116,17 +125,3 @@ def complete_withdrawal(
         s.add(row)
 
     registry.change(apply, [event])
-
-
-def corrections_of(registry: Registry, bulletin_id: str, originator: str) -> tuple[str, ...]:
-    """The bulletins of ``originator`` accepted as corrections of ``bulletin_id``, oldest
-    first (at most ``MAX_SUPERSEDED_BY``)."""
-    with registry.session() as s:
-        q = (
-            select(BulletinRow.id)
-            .where(BulletinRow.supersedes == bulletin_id)
-            .where(BulletinRow.originator == originator)
-            .order_by(col(BulletinRow.accepted_at), col(BulletinRow.id))
-            .limit(MAX_SUPERSEDED_BY)
-        )
-        return tuple(s.exec(q))

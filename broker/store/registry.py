@@ -40,6 +40,7 @@ from broker.store.db import (
     sqlite_path,
     store_errors,
 )
+from broker.store.recalls import WithdrawalRow
 from broker.store.withheld import WithheldCountRow, Withholding, count_withheld, tally
 from schemas.audit import AuditEvent
 from schemas.errors import AuditStoreError
@@ -69,6 +70,7 @@ __all__ = [
     "SigningKeyRow",
     "StoredDecision",
     "SubscriptionRow",
+    "WithdrawalRow",
     "default_broker_dir",
 ]
 
@@ -442,6 +444,19 @@ class Registry:
     def bulletin(self, bulletin_id: str) -> BulletinRow | None:
         with self.session() as s:
             return s.get(BulletinRow, bulletin_id)
+
+    def corrections(self, bulletin_id: str, originator: str, limit: int) -> tuple[str, ...]:
+        """The ids of ``originator``'s bulletins accepted as corrections of ``bulletin_id``
+        (ADR 15), oldest first, at most ``limit``."""
+        with self.session() as s:
+            q = (
+                select(BulletinRow.id)
+                .where(BulletinRow.supersedes == bulletin_id)
+                .where(BulletinRow.originator == originator)
+                .order_by(col(BulletinRow.accepted_at), col(BulletinRow.id))
+                .limit(limit)
+            )
+            return tuple(s.exec(q))
 
     def accepted(self, bulletin_ids: Collection[str]) -> dict[str, tuple[int, str]]:
         """``(ingest_seq, envelope_digest)`` of each of ``bulletin_ids`` already accepted,

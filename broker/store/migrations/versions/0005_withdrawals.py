@@ -45,7 +45,11 @@ def upgrade() -> None:
     op.create_index(
         "ix_withdrawal_completed_at", "withdrawal", ["completed_at"], if_not_exists=True
     )
-    op.add_column("bulletin", sa.Column("supersedes", sa.String(36), nullable=True))
+    # Only where missing: a SQLite file made before migrations was made from the models
+    # of the Istmo that adopts it (``create_all``), which have the column already.
+    columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("bulletin")}
+    if "supersedes" not in columns:
+        op.add_column("bulletin", sa.Column("supersedes", sa.String(36), nullable=True))
     op.create_index("ix_bulletin_supersedes", "bulletin", ["supersedes"], if_not_exists=True)
 
 
