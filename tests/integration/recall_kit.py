@@ -15,9 +15,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from broker.relay.recall import copy_recipient, delivery_durable
 from broker.runtime.stack import Stack
 from clients.results import ReceivedBulletin, Withdrawn
+from clients.sdk import IstmoClient
 from schemas.labels import Classification, Labels, Precedence, Tlp
 from schemas.subjects import DELIVER_STREAM
-from tests.integration.stack_inproc import client, nats_url
+from tests.integration.stack_inproc import nats_url
 from tests.waiting import eventually
 
 ISTMO = str(Path(sys.executable).parent / "istmo")
@@ -45,10 +46,14 @@ class Inbox:
         self.withdrawals.append(w)
 
 
-async def take(stack: Stack, agency: str, *, count: int = 1, timeout: float = 10) -> Inbox:
-    """Receive as ``agency`` until ``count`` things (bulletins or withdrawals) or ``timeout``."""
+async def take(
+    stack: Stack, agency: str, *, count: int = 1, timeout: float = 10, node: int = 0
+) -> Inbox:
+    """Receive as ``agency`` (through the stack's NATS node ``node``) until ``count``
+    things (bulletins or withdrawals) or ``timeout``."""
     inbox = Inbox()
-    async with await client(stack, agency) as c:
+    keystore = stack.settings.keys_dir / f"{agency}.json"
+    async with await IstmoClient.connect(keystore, stack.nats_urls[node]) as c:
         await c.receive(
             inbox.bulletin, count=count, timeout=timeout, on_withdrawal=inbox.withdrawal
         )
