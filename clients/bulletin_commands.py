@@ -16,7 +16,7 @@ from typing import Any
 from clients.agency_flags import add_agency_args, connect
 from clients.label_flags import add_label_args, add_time_args, bulletin_id, labels_from_args
 from clients.recall_commands import show_withdrawal
-from clients.results import iso_time
+from clients.results import shown_time
 from clients.sdk import IstmoClient, ReceivedBulletin, Withdrawn, Withheld
 from schemas.errors import ConfigError, IstmoError
 
@@ -146,7 +146,7 @@ def _show(b: ReceivedBulletin, as_json: bool) -> None:
     if b.supersedes:
         print(f"   corrects {b.supersedes}")
     if b.expires_at is not None:
-        print(f"   expires {iso_time(b.expires_at)}")
+        print(f"   expires {shown_time(b.expires_at)}")
     print(f"   {b.title}\n")
     print(b.body, flush=True)
 
@@ -279,7 +279,7 @@ def status_summary(st: dict[str, Any]) -> str:
     ]
     # ADR 15: withdrawn, a correction, corrected (a broker before it says none of these).
     if st.get("withdrawn_at") is not None:
-        lines.append(f"  WITHDRAWN at {iso_time(st['withdrawn_at'])}")
+        lines.append(f"  WITHDRAWN at {shown_time(st['withdrawn_at'])}")
     if st.get("supersedes"):
         lines.append(f"  corrects {st['supersedes']}")
     if st.get("superseded_by"):

@@ -8,7 +8,7 @@ from typing import Any
 
 from clients.agency_flags import add_agency_args, connect
 from clients.label_flags import bulletin_id
-from clients.results import RecallResult, Withdrawn, iso_time
+from clients.results import RecallResult, Withdrawn, iso_time, shown_time
 from schemas.withdrawal import MAX_REASON_CHARS
 
 __all__ = ["add_recall_parser", "recall_summary", "show_withdrawal"]
@@ -20,13 +20,13 @@ def show_withdrawal(w: Withdrawn, as_json: bool) -> None:
         print(json.dumps(w.to_json(), ensure_ascii=False), flush=True)
         return
     had = "you had it" if w.had_it else "it never reached you"
-    print(f"── WITHDRAWN {w.id} by {w.originator} at {iso_time(w.withdrawn_at)} ({had})")
+    print(f"── WITHDRAWN {w.id} by {w.originator} at {shown_time(w.withdrawn_at)} ({had})")
     print(f"   reason: {w.reason}\n", flush=True)
 
 
 def recall_summary(r: RecallResult) -> str:
     """A few lines for a person: what the recall did."""
-    lines = [f"{r.bulletin_id}: withdrawn at {iso_time(r.withdrawn_at)}"]
+    lines = [f"{r.bulletin_id}: withdrawn at {shown_time(r.withdrawn_at)}"]
     if r.state != "done":
         lines.append(
             "  the broker is still removing copies and telling recipients; "

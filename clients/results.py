@@ -21,7 +21,13 @@ __all__ = [
     "Withdrawn",
     "Withheld",
     "iso_time",
+    "shown_time",
 ]
+
+
+def shown_time(at: int) -> str:
+    """Epoch seconds as people read them in ``istmo``'s output (``2026-12-07 10:30:00Z``)."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def iso_time(at: int | None) -> str | None:

@@ -278,6 +278,14 @@ async def test_expiry_removes_undelivered_copies_and_reconcile_leaves_them_out(
     assert report.expired >= len(BZ)
     assert report.withdrawn >= 2  # the first test's two removed copies
     assert (report.gaps, report.republished) == (0, 0)
+    # Recalled once expired: no copy is left to look for, and any recipient may have had
+    # it, so all are told (their SDKs say they never had it).
+    async with await client(stack, "gt-police") as gt:
+        late = await gt.recall(bid, reason="expired anyway")
+    assert (late.removed, late.notified, late.copies_kept) == ((), BZ, 0)
+    (w,) = (await take(stack, "bz-justice")).withdrawals
+    assert (w.id, w.had_it) == (bid, False)
+    await drain(stack, *BZ)
     assert await audit_verifies(stack.settings.data_dir)
 
 
