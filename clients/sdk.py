@@ -673,7 +673,7 @@ class IstmoClient:
                     # retries through an outage would spend all of a delivery's attempts
                     # (AGENCY_MAX_DELIVER) in seconds and dead-letter it. Unsettled, each
                     # comes back on the consumer's backoff (30 s, 60 s, ... hours).
-                    if await self._handle(msg, handler, on_withdrawal):
+                    if await self._dispatch(msg, handler, on_withdrawal):
                         handed += 1
         finally:
             try:
@@ -706,11 +706,15 @@ class IstmoClient:
         while self._settling:
             await asyncio.wait(set(self._settling))
 
-    async def _handle(
-        self, msg: Msg, handler: Handler, on_withdrawal: WithdrawalHandler | None = None
+    async def _dispatch(
+        self, msg: Msg, handler: Handler, on_withdrawal: WithdrawalHandler | None
     ) -> bool:
+        """A delivery is a bulletin, or a withdrawal of one (its ``Istmo-Kind`` header)."""
         if (msg.headers or {}).get(KIND_HEADER) == WITHDRAWAL_KIND:
             return await self._handle_withdrawal(msg, on_withdrawal)
+        return await self._handle(msg, handler)
+
+    async def _handle(self, msg: Msg, handler: Handler) -> bool:
         try:
             env = parse_envelope(msg.data)
         except EnvelopeError as exc:
@@ -719,18 +723,18 @@ class IstmoClient:
             await msg.term()
             return False
         bid = env.header.bulletin_id
-        if self._dedupe.withdrawn_by(bid) == env.header.originator:
-            # Its originator withdrew it before this copy came (a delivery stream made
-            # before ADR 15 keeps copies a recall could not remove).
-            log.info("dropped bulletin %s: withdrawn by %s", bid, env.header.originator)
-            await msg.ack()
-            return False
         digest = envelope_digest(env)
         handed_at = self._dedupe.handed_at(bid)
         if handed_at is not None:
             # Handed over before, but this process may have died before it acked or sent
             # the receipt: send the receipt again (stored once by id), then ack.
             await self._settle_later(msg, env, digest, handed_at)
+            return False
+        if self._dedupe.withdrawn_by(bid) == env.header.originator:
+            # Its originator withdrew it before this copy came (a delivery stream made
+            # before ADR 15 keeps copies a recall could not remove).
+            log.info("dropped bulletin %s: withdrawn by %s", bid, env.header.originator)
+            await msg.ack()
             return False
         # Not the bulletin's fault if this fails: the broker did not answer (or not as it
         # should). The error goes up and the bulletin stays unsettled, unopened, for a
