@@ -9,6 +9,8 @@ agency the wide labels reach (``bench.harness.WIDE_LABELS``):
 
 * the raw bytes of each answer the relay gives over NATS: ``resolve`` (recipients with
   their keys, a signed excerpt) and, on a broker that has it, ``recipients`` (ids only);
+* the relay's cost of each answer (decide, sign, encode), in this process;
+* ``resolve`` latency asking the relay every time (``resolve_cache=False``);
 * ``publish`` latency (seal for every recipient, store, no wait for the relay's verdict),
   median and p90 over ``--rounds``: the first publish of a new client, publishes that ask
   the relay every time (``resolve_cache=False``), publishes whose answer is kept, and the
@@ -34,9 +36,10 @@ from bench.harness import WIDE_LABELS
 from bench.synthetic_directory import write_policy_dir
 from broker.bus.server import ANY_PORT, free_port
 from broker.config import Settings
+from broker.relay.agency_api import AgencyApi
 from broker.runtime.stack import Stack
 from clients.sdk import IstmoClient
-from schemas.agency import ResolveRequest, encode_request
+from schemas.agency import ResolveRequest, encode_reply, encode_request
 from schemas.subjects import API_OPS, api_subject
 
 SENDER = "s0001-police"
@@ -54,8 +57,9 @@ def _ms(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
     return {
-        "median_ms": round(statistics.median(ordered) * 1000, 1),
-        "p90_ms": round(p90 * 1000, 1),
+        "min_ms": round(ordered[0] * 1000, 2),
+        "median_ms": round(statistics.median(ordered) * 1000, 2),
+        "p90_ms": round(p90 * 1000, 2),
     }
 
 
@@ -66,6 +70,11 @@ async def _timed(rounds: int, once: Callable[[int], Awaitable[object]]) -> dict[
         await once(n)
         samples.append(time.perf_counter() - started)
     return _ms(samples)
+
+
+async def _build(api: AgencyApi, op: str, ask: bytes) -> None:
+    answer = api.handle(api_subject(SENDER, op), ask, now=int(time.time()))
+    encode_reply(answer)
 
 
 async def measure(stack: Stack, url: str, rounds: int) -> dict[str, Any]:
@@ -94,8 +103,22 @@ async def measure(stack: Stack, url: str, rounds: int) -> dict[str, Any]:
             firsts.append(time.perf_counter() - started)
     out["publish_first"] = _ms(firsts)
 
+    # The relay's side alone, in this process: decide, build and encode each answer.
+    assert stack.registry is not None
+    assert stack.directory is not None
+    api = AgencyApi(stack.settings, stack.registry, stack.directory)
+    for op in ("resolve", "recipients"):
+        if op in API_OPS:
+            out[f"{op}_answer_built"] = await _timed(
+                rounds,
+                lambda _n, op=op: _build(api, op, ask),  # type: ignore[misc]
+            )
+
     async with await IstmoClient.connect(keystore, url, resolve_cache=False) as uncached:
         await publish(uncached, -1)
+        out["resolve_asking_every_time"] = await _timed(
+            rounds, lambda _n: uncached.resolve(WIDE_LABELS)
+        )
         out["publish_asking_every_time"] = await _timed(rounds, lambda n: publish(uncached, n))
 
     async with await IstmoClient.connect(keystore, url) as cached:

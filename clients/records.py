@@ -41,8 +41,8 @@ log = logging.getLogger("istmo.sdk")
 # the longest KEM key) is 1.6 MB, under Istmo's 2 MiB. Larger is halved on answer_too_large.
 DIRECTORY_PAGE = 100
 # Waits before asking again while the answers are older than required (a relay rebuilding:
-# about a second at 3,500 agencies).
-RETRY_DELAYS_S = (0.1, 0.3, 0.6)
+# about a second at 3,500 agencies, more on a loaded machine).
+RETRY_DELAYS_S = (0.1, 0.3, 0.6, 1.2)
 
 
 class DirectoryRecords:

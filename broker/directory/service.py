@@ -195,6 +195,9 @@ class DirectoryService:
         self._generation_lock = threading.Lock()
         self._generation = 0  # rebuilds started
         self._installed = 0  # the newest rebuild swapped in
+        # Rebuilds are swapped in from the event loop and from the agency API's thread.
+        self._install_lock = threading.Lock()
+        self._view: _View | None = None
         self.refresh()
 
     def use_bundle(self, bundle: PolicyBundle) -> None:
@@ -289,9 +292,16 @@ class DirectoryService:
         )
 
     def _install(self, view: _View) -> None:
-        if view.generation <= self._installed:
-            # A newer rebuild is in force already (a policy switch rebuilds too, later).
-            return
+        with self._install_lock:
+            older = self._view is not None and view.changes.serial < self._view.changes.serial
+            if view.generation <= self._installed or older:
+                # A newer rebuild is in force already (a policy switch rebuilds too, later).
+                # Never older records either: a client that saw them would refuse this
+                # relay's answers as a downgrade (ADR 14).
+                return
+            self._swap(view)
+
+    def _swap(self, view: _View) -> None:
         self._installed = view.generation
         self._view = view  # one assignment: readers on other threads take one whole view
         self._jurisdictions, self._infos = view.jurisdictions, view.infos
@@ -302,6 +312,13 @@ class DirectoryService:
         self.version = view.version
         self.changes = view.changes
         self.engine = view.engine
+
+    def _installed_view(self) -> _View:
+        """The view in force: one whole rebuild, whatever swaps in meanwhile."""
+        view = self._view
+        if view is None:  # __init__ installs one: a bug
+            raise RuntimeError("the directory was never built")
+        return view
 
     def engine_for(self, bundle: PolicyBundle) -> PolicyEngine:
         """An engine for another policy set over the same directory (to check or
@@ -325,7 +342,7 @@ class DirectoryService:
 
     def signed_excerpt(self, agency_ids: list[str], now: int) -> SignedExcerpt:
         """The signed records of ``agency_ids`` (unknown ids are left out)."""
-        view = self._view  # records and version of one rebuild, whatever swaps meanwhile
+        view = self._installed_view()  # records and version of one rebuild
         recs = tuple(view.records[a] for a in sorted(set(agency_ids)) if a in view.records)
         ex = DirectoryExcerpt(v=1, directory_version=view.version, issued_at=now, agencies=recs)
         return sign_excerpt(ex, self.directory_key)
@@ -333,7 +350,7 @@ class DirectoryService:
     def signed_changes(self, since: str, now: int) -> SignedChanges:
         """Which agencies' records changed since version ``since``, up to this view's
         version, signed (``broker.directory.changes.ChangeLog.changed_since``)."""
-        view = self._view
+        view = self._installed_view()
         answer = DirectoryChanges(
             v=1,
             since=since,
