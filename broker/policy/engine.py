@@ -79,6 +79,8 @@ _POSITIONAL_ID = re.compile(r"\bpolicy\d+\b")
 _SLICE_ENTITY_COST = 32
 
 _Json = dict[str, object]
+_AGENCY = f"{NAMESPACE}::Agency"
+_JURISDICTION = f"{NAMESPACE}::Jurisdiction"
 
 
 class PolicyLoadError(ConfigError):
@@ -200,7 +202,7 @@ class DirectorySnapshot:
         bundle: PolicyBundle,
     ) -> DirectorySnapshot:
         """Check the directory, turn it into Cedar entities, parse them once, and index
-        each entity's text and reach for slices (and the prefilter's agency facts).
+        them for slices and for the prefilter.
 
         Raises:
             ConfigError: a record has a wrong type or value, a duplicate id or an unknown
@@ -213,8 +215,7 @@ class DirectorySnapshot:
         entities = [_jurisdiction_entity(j) for j in jurisdictions]
         entities += [_agency_entity(a) for a in agencies]
         entities.sort(key=lambda e: json.dumps(e["uid"], sort_keys=True))
-        index = EntityIndex.build(entities)
-        text = index.text(index.texts)  # the list's canonical JSON text
+        text = json.dumps(entities, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         try:
             handle = Entities.from_json_str(text, bundle._schema)
         except ValueError as exc:
@@ -224,8 +225,19 @@ class DirectorySnapshot:
             ) from exc
         version = hashlib.sha256(text.encode()).hexdigest()[:16]
         agency_map = {a.id: a for a in agencies}
-        receivers = ReceiverIndex.build(entities)
-        return cls(version, handle, agency_map, bundle._schema_digest, index, receivers)
+        codes = {j.code: j for j in jurisdictions}
+
+        def lookup(uid: Uid) -> _Json | None:
+            # The entities just checked, built again from the same frozen records.
+            kind, ident = uid
+            if kind == _JURISDICTION and ident in codes:
+                return _jurisdiction_entity(codes[ident])
+            if kind == _AGENCY and ident in agency_map:
+                return _agency_entity(agency_map[ident])
+            return None
+
+        indexes = (EntityIndex(lookup, len(entities)), ReceiverIndex.build(entities))
+        return cls(version, handle, agency_map, bundle._schema_digest, *indexes)
 
     def agency(self, agency_id: str) -> AgencyInfo | None:
         """The agency ``agency_id``, or None if the directory has no such agency."""
@@ -523,7 +535,7 @@ class PolicyEngine:
         index = self._directory._index
         text = json.dumps(bulletin, sort_keys=True, separators=(",", ":"), allow_nan=False)
         roots = [*self._pinned, *references(bulletin["attrs"])]
-        roots += [(f"{NAMESPACE}::Agency", a) for a in principals]
+        roots += [(_AGENCY, a) for a in principals]
         uids = index.reach(roots)
         if len(uids) > self._slice_limit:
             return self._directory._entities.with_added_json_str(f"[{text}]", self._bundle._schema)

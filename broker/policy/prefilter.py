@@ -181,8 +181,24 @@ class ReceiverIndex:
             attrs = e.get("attrs")
             if uid[0] == _AGENCY and isinstance(attrs, dict):
                 agencies.append((uid[1], attrs))
+        above: dict[Uid, frozenset[Uid]] = {}  # ancestors of a parent, walked once
+
+        def ancestors(start: Uid) -> frozenset[Uid]:
+            found = above.get(start)
+            if found is None:
+                seen = {start}
+                todo = list(parents.get(start, ()))
+                while todo:
+                    up = todo.pop()
+                    if up not in seen:
+                        seen.add(up)
+                        todo.extend(parents.get(up, ()))
+                found = above[start] = frozenset(seen)
+            return found
+
         clearance: dict[str, int] = {}
         topics: dict[str, frozenset[str]] = {}
+        shared: dict[frozenset[str], frozenset[str]] = {}
         members: dict[Uid, set[str]] = {}
         for ident, attrs in agencies:
             level, follows = attrs.get("clearance"), attrs.get("topics")
@@ -191,15 +207,12 @@ class ReceiverIndex:
             if not all(isinstance(t, str) for t in follows):
                 continue
             clearance[ident] = level
-            topics[ident] = frozenset(follows)
-            seen: set[Uid] = set()
-            todo = list(parents[(_AGENCY, ident)])
-            while todo:
-                up = todo.pop()
-                if up not in seen:
-                    seen.add(up)
-                    todo.extend(parents.get(up, ()))
-            for up in seen:
+            followed = frozenset(follows)
+            topics[ident] = shared.setdefault(followed, followed)  # a few distinct sets
+            reached: set[Uid] = set()
+            for parent in parents[(_AGENCY, ident)]:
+                reached |= ancestors(parent)
+            for up in reached:
                 members.setdefault(up, set()).add(ident)
         frozen = {uid: frozenset(ids) for uid, ids in members.items()}
         return cls(clearance, topics, frozen)

@@ -9,16 +9,16 @@ exactly as the whole directory does: every attribute read and every ``in`` finds
 data in both, and an entity outside the slice is one no expression can name
 (ADR 0012 states the argument in full).
 
-``EntityIndex`` keeps each directory entity as its JSON text, with the uids it reaches
-(itself, its ancestors and what its attributes refer to, transitively), computed once when
-the directory is loaded; ``reach`` and ``text`` join those of a request's roots. Left to
-the engine: which roots a request has, parsing the text against the schema, deciding.
+``EntityIndex`` keeps each directory entity with its JSON text and the uids it reaches
+(itself, its ancestors and what its attributes refer to, transitively), each worked out
+once; ``reach`` and ``text`` join those of a request's roots. Left to the engine: which
+roots a request has, parsing the text against the schema, deciding.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cedarpy import pst
@@ -66,60 +66,81 @@ def _direct(entity: Mapping[str, object]) -> list[Uid]:
     return found + list(references(entity.get("attrs")))
 
 
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 @dataclass(frozen=True, eq=False)
 class EntityIndex:
-    """A directory's entities, each as compact JSON text, with the uids each reaches.
+    """A directory's entities by uid, each with its compact JSON text and the uids it
+    reaches. Use ``EntityIndex.build``, or give ``lookup`` (uid to Cedar JSON entity, or
+    None) and the number of entities.
 
-    Build it with ``EntityIndex.build``; ``texts`` are in the order given there.
+    Text and reach are worked out the first time a slice needs them and kept (a reach
+    stops at a neighbour's reach already known: a whole closure, so this is exact). So
+    loading a directory costs nothing more, a request never more than its own slice,
+    and what is kept is strings and tuples of strings, which the garbage collector does
+    not walk. Both are pure functions of the snapshot: two threads that race to fill one
+    entry store the same value.
     """
 
-    texts: Mapping[Uid, str] = field(repr=False)
-    _reach: Mapping[Uid, tuple[Uid, ...]] = field(repr=False)
+    _lookup: Callable[[Uid], Mapping[str, object] | None] = field(repr=False)
+    _size: int
+    _texts: dict[Uid, str] = field(default_factory=dict, repr=False)
+    _reach: dict[Uid, tuple[Uid, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, entities: Sequence[_Json]) -> EntityIndex:
-        """Index Cedar JSON entities (already checked, unique uids).
-
-        Each entity's text is ``json.dumps`` with sorted keys, no spaces and UTF-8 kept:
-        joining them with commas inside brackets gives the list's own canonical text.
-        """
-        texts: dict[Uid, str] = {}
-        edges: dict[Uid, list[Uid]] = {}
+        """Index Cedar JSON entities (already checked: unique uids, no cycle)."""
+        by_uid: dict[Uid, _Json] = {}
         for entity in entities:
             uid = uid_of(entity["uid"])
             if uid is None:
                 raise ValueError("an entity has no uid")
-            texts[uid] = json.dumps(
-                entity, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            )
-            edges[uid] = _direct(entity)
-        reach: dict[Uid, tuple[Uid, ...]] = {}
-        for root in texts:
-            # A walk per entity: reaches are a few jurisdictions deep, and a cycle in the
-            # membership graph (which Cedar would refuse) cannot loop here.
-            seen = {root: None}
-            todo = [root]
-            while todo:
-                for nxt in edges[todo.pop()]:
-                    if nxt in texts and nxt not in seen:
-                        seen[nxt] = None
-                        todo.append(nxt)
-            reach[root] = tuple(seen)
-        return cls(texts, reach)
+            by_uid[uid] = entity
+        return cls(by_uid.get, len(by_uid))
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return self._size
 
     def reach(self, roots: Iterable[Uid]) -> dict[Uid, None]:
         """The indexed uids reachable from ``roots`` (an ordered set); unknown roots add
         nothing, as they are absent from the whole directory too."""
         found: dict[Uid, None] = {}
         for root in roots:
-            for uid in self._reach.get(root, ()):
-                found[uid] = None
+            known = self._reach.get(root)
+            if known is None:
+                entity = self._lookup(root)
+                if entity is None:
+                    continue
+                known = self._walk(root, entity)
+            found.update(dict.fromkeys(known))
         return found
+
+    def _walk(self, root: Uid, entity: Mapping[str, object]) -> tuple[Uid, ...]:
+        seen = {root: None}
+        todo = [entity]
+        while todo:
+            for nxt in _direct(todo.pop()):
+                if nxt in seen:
+                    continue
+                done = self._reach.get(nxt)
+                if done is not None:
+                    seen.update(dict.fromkeys(done))
+                    continue
+                found = self._lookup(nxt)
+                if found is not None:
+                    seen[nxt] = None
+                    todo.append(found)
+        reach = self._reach[root] = tuple(seen)
+        return reach
 
     def text(self, uids: Iterable[Uid], extra: Sequence[str] = ()) -> str:
         """A Cedar JSON entity list of ``uids`` (as ``reach`` returned them) and ``extra``
         entities, each already JSON text."""
-        return "[" + ",".join([*(self.texts[u] for u in uids), *extra]) + "]"
+        parts = []
+        for uid in uids:
+            text = self._texts.get(uid)
+            if text is None:
+                text = self._texts[uid] = _ENCODE(self._lookup(uid))
+            parts.append(text)
+        return "[" + ",".join([*parts, *extra]) + "]"
