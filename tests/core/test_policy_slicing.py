@@ -28,8 +28,8 @@ from broker.policy.engine import (
     JurisdictionInfo,
     PolicyBundle,
     PolicyEngine,
-    _bulletin_entity,
 )
+from broker.policy.entities import bulletin_entity
 from broker.policy.prefilter import Prefilter
 from schemas.labels import TOPICS, Classification, Handling, Labels, Precedence, Tlp
 from tests.core.test_policy_golden import CASES, T0, golden_directory, golden_facts
@@ -153,7 +153,7 @@ def test_prefilter_leaves_out_only_what_it_proves(
     facts = golden_facts({"classification": "SECRET", "rel_to": ["GT"], "named": ["jm-military"]})
     everyone = [a.id for a in golden_directory()[1]] + [GHOST]
     kept = engine.bundle._prefilter.survivors(
-        _bulletin_entity(facts), everyone, engine.directory._receivers
+        bulletin_entity(facts), everyone, engine.directory._receivers
     )
     assert kept == ["gt-police", "gt-military", "gt-foreign", "jm-military", GHOST]
     # Cedar then denies gt-foreign (it does not follow the topic).
@@ -165,7 +165,7 @@ def test_prefilter_leaves_out_only_what_it_proves(
     assert_alike(golden["shipped"], facts, everyone, T0)
     # With no rule proven nothing is left out.
     off = Prefilter(clearance=False, releasability=False)
-    assert off.survivors(_bulletin_entity(facts), everyone, engine.directory._receivers) == everyone
+    assert off.survivors(bulletin_entity(facts), everyone, engine.directory._receivers) == everyone
 
 
 def test_entities_the_policies_name_are_in_every_slice(tmp_path: Path) -> None:
@@ -327,7 +327,7 @@ def test_random_directories_alike(
         now = data.draw(st.integers(NOW - 60, NOW + 60), label="now")
         candidates = data.draw(st.permutations(everyone), label="candidates")
         allowed = assert_alike(these, facts, candidates, now)
-        kept = bundle._prefilter.survivors(_bulletin_entity(facts), candidates,
+        kept = bundle._prefilter.survivors(bulletin_entity(facts), candidates,
                                            these["auto"].directory._receivers)  # fmt: skip
         event(f"{variant}: prefilter left out {'some' if len(kept) < len(everyone) else 'none'}")
         event(f"{variant}: {'some' if allowed else 'none'} allowed")
