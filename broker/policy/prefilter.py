@@ -34,7 +34,6 @@ from broker.policy.slicing import Uid, references, uid_of
 __all__ = ["Prefilter", "ReceiverIndex"]
 
 _AGENCY = f"{NAMESPACE}::Agency"
-_RECEIVE = pst.ActionEq(pst.EntityUid(pst.EntityType("Action", (NAMESPACE,)), "receive"))
 _Json = dict[str, object]
 
 # The proven forms, as base.cedar writes them (annotations do not take part).
@@ -72,6 +71,7 @@ def _shapes(text: str) -> frozenset[_Shape]:
 
 _CLEARANCE_SHAPES = _shapes(_CLEARANCE_GUARD)
 _GRANT_SHAPES = _shapes(_RECEIVE_GRANTS)
+_RECEIVE = next(iter(_CLEARANCE_SHAPES))[2]  # `action == Istmo::Action::"receive"`, as parsed
 
 
 def _may_apply_to_receive(policy: pst.Template) -> bool:
