@@ -7,10 +7,11 @@ relay's ``relay_batch``) and, as the relay does, stores the whole fetched batch'
 deliveries (one to ``istmo.deliver.<r>`` for every recipient, ``Nats-Msg-Id = <stream
 seq>:<r>``) and one more message per bulletin (an event on the audit stream, for the
 relay's archive copy) as JetStream atomic batches with the relay's own publisher
-(``broker.bus.batch.publish_batch``, the two streams at once), then acks each ingest
-message with ``ack_sync``. No parsing, verification, policy, or audit store: the
-recipients come from the command line. The ratio of the real relay's rate to this one's
-is the cost of security. Runs until SIGINT/SIGTERM.
+(``broker.bus.batch.publish_batch``, the two streams at once), then acks the ingest
+messages as plain publishes with one flush; like the relay, it fetches the next batch
+while one is flushed (``broker.bus.pipeline``, the relay's depth). No parsing,
+verification, policy, or audit store: the recipients come from the command line. The
+ratio of the real relay's rate to this one's is the cost of security. Runs until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from broker.bus.batch import Message, publish_batch
+from broker.bus.pipeline import Pipeline
+from broker.relay.worker import PIPELINE_DEPTH
 from schemas.labels import Precedence
 from schemas.subjects import (
     AUDIT_STREAM,
@@ -71,6 +74,21 @@ async def forward(url: str, seed: str, recipients: list[str]) -> None:
             publish_batch(nc, DELIVER_STREAM, deliveries),
         )
 
+    async def forward_and_ack(msgs: list[Msg]) -> None:
+        try:
+            await forward_batch(msgs)
+        except (nats.errors.Error, TimeoutError) as exc:
+            # As the relay: the batch is not acked and comes back.
+            print(f"batch of {len(msgs)} failed ({type(exc).__name__}: {exc}); nak", flush=True)
+            await asyncio.gather(*(m.nak() for m in msgs), return_exceptions=True)
+            return
+        # As the relay: acks as plain publishes, written out with one flush.
+        for m in msgs:
+            await m.ack()
+        await nc.flush()
+
+    # As the relay: the next batch is fetched while this one's flush and acks are awaited.
+    tails = Pipeline(PIPELINE_DEPTH)
     try:
         while not stop.is_set():
             fetch = asyncio.ensure_future(sub.fetch(BATCH, timeout=0.5))
@@ -83,14 +101,9 @@ async def forward(url: str, seed: str, recipients: list[str]) -> None:
                 break  # stopped while idle
             finally:
                 waiting.discard(fetch)
-            try:
-                await forward_batch(msgs)
-                await asyncio.gather(*(m.ack_sync() for m in msgs))
-            except (nats.errors.Error, TimeoutError) as exc:
-                # As the relay: the batch is not acked and comes back (at once: nak).
-                print(f"batch of {len(msgs)} failed ({type(exc).__name__}: {exc}); nak", flush=True)
-                await asyncio.gather(*(m.nak() for m in msgs), return_exceptions=True)
+            await tails.add(forward_and_ack(msgs))
     finally:
+        await tails.drain()
         await nc.close()
 
 

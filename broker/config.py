@@ -199,6 +199,13 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} {port} is not a TCP port")
+        if self.api_port == 0:
+            # NATS may pick its own ports (the stack file says which); the API may not:
+            # its tokens and links name its URL before it listens.
+            raise ConfigError(
+                "the HTTP API needs a fixed port: tokens and links name it",
+                hint="give --api-port a free port, such as 8844",
+            )
         if self.database_url is not None and not self.database_url.startswith(_DATABASE_SCHEMES):
             raise ConfigError(
                 "ISTMO_DATABASE_URL must be postgresql://USER@HOST:PORT/DATABASE "

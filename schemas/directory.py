@@ -17,6 +17,7 @@ holds record by record instead of fetching everything again.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -92,6 +93,16 @@ def directory_serial(version: str) -> int | None:
     return int(version[:_SERIAL_HEX], 16)
 
 
+@functools.lru_cache(maxsize=16_384)
+def _verify_key(public: str, kid: str) -> VerifyKey:
+    """The key a registered record names, checked once per (key, id): a relay checks every
+    envelope against its sender's record. Failures are not cached (they raise)."""
+    key = VerifyKey(b64d(public, field="signing key", max_bytes=32))
+    if key.kid != kid:
+        raise SignatureError("directory key id does not match its key", code="bad_key")
+    return key
+
+
 class SigningKeyRecord(BaseModel):
     """A registered Ed25519 public key; valid for signatures made before ``revoked_at``."""
 
@@ -103,10 +114,7 @@ class SigningKeyRecord(BaseModel):
     revoked_at: Timestamp | None = None
 
     def verify_key(self) -> VerifyKey:
-        key = VerifyKey(b64d(self.public, field="signing key", max_bytes=32))
-        if key.kid != self.kid:
-            raise SignatureError("directory key id does not match its key", code="bad_key")
-        return key
+        return _verify_key(self.public, self.kid)
 
 
 class EncryptionKeyRecord(BaseModel):

@@ -8,6 +8,7 @@ cannot name one key and serve another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Literal
@@ -112,16 +113,21 @@ class VerifyKey:
         if y in _ED25519_SMALL_ORDER_Y:
             raise EnvelopeError("Ed25519 public key is a small-order point", code="bad_key")
 
-    @property
+    # Both are derived once per key: the relay checks every envelope with a key it holds.
+    @functools.cached_property
     def kid(self) -> str:
         return signing_kid(self.public)
+
+    @functools.cached_property
+    def _ed25519(self) -> ed25519.Ed25519PublicKey:
+        return ed25519.Ed25519PublicKey.from_public_bytes(self.public)
 
     def verify(self, signature: bytes, message: bytes) -> None:
         """Raise SignatureError unless ``signature`` is valid for ``message``."""
         if len(signature) != 64:
             raise SignatureError("signature must be 64 bytes")
         try:
-            ed25519.Ed25519PublicKey.from_public_bytes(self.public).verify(signature, message)
+            self._ed25519.verify(signature, message)
         except (InvalidSignature, ValueError) as exc:
             raise SignatureError("signature does not verify") from exc
 

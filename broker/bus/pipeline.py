@@ -41,13 +41,15 @@ class Pipeline:
     async def add(self, tail: Coroutine[Any, Any, None]) -> None:
         """Start ``tail``, first waiting while ``depth`` tails are still running."""
         while self._tails and (len(self._tails) >= self.depth or self._tails[0].done()):
-            await self._finish(self._tails.popleft())
+            await self._finish(self._tails[0])
+            self._tails.popleft()
         self._tails.append(asyncio.create_task(tail))
 
     async def drain(self) -> None:
         """Wait for every tail started so far."""
         while self._tails:
-            await self._finish(self._tails.popleft())
+            await self._finish(self._tails[0])
+            self._tails.popleft()
 
     @staticmethod
     async def _finish(task: asyncio.Task[None]) -> None:

@@ -121,10 +121,12 @@ class AgencyQueries:
             ids = ", ".join(publish.policy_ids) or "no grant matched"
             raise PolicyDenied(f"the policy does not let {caller} publish this ({ids})")
         candidates = [c for c in d.candidates(req.labels.topic, req.labels.named) if c != caller]
+        # Only who is allowed matters here: the engine leaves out, before Cedar, the
+        # candidates the policy set certainly denies (ADR 0012).
         permitted = [
-            dec.agency
-            for dec in d.engine.decide_receive(facts, candidates, when)
-            if dec.allowed and d.records[dec.agency].encryption_key is not None
+            agency
+            for agency in d.engine.permitted_receivers(facts, candidates, when)
+            if d.records[agency].encryption_key is not None
         ]
         return publish.policy_version, permitted
 

@@ -427,7 +427,7 @@ class Stack:
                 f"NATS      {server.url} (JetStream in {s.data_dir / 'nats'}, "
                 f"log {s.data_dir / 'nats.log'})"
             )
-            self.out(f"NATS mon  http://{s.host}:{s.nats_http_port} (nats-server monitoring)")
+            self.out(f"NATS mon  {server.monitor_url} (nats-server monitoring)")
         else:
             for i, node in enumerate(server.nodes, start=1):
                 lay = node.layout

@@ -13,6 +13,7 @@ import pytest
 from bench.harness import WIDE_LABELS
 from bench.synthetic_directory import write_policy_dir
 from broker.config import Settings
+from broker.policy.engine import BulletinFacts, PolicyEngine
 from broker.relay.agency_api import AgencyApi
 from broker.runtime.stack import Stack
 from schemas.agency import (
@@ -96,3 +97,30 @@ def test_a_narrower_bulletin_in_the_same_region_resolves(wide: Stack) -> None:
     assert 0 < len(answer.recipients) <= MAX_RECIPIENTS
     listed = [a.id for a in answer.directory.excerpt.agencies]
     assert listed == sorted(answer.recipients)
+
+
+def test_resolve_lists_whom_the_whole_evaluation_allows(wide: Stack) -> None:
+    """Resolve leaves out, before Cedar, the candidates the policy set certainly denies,
+    and decides the others over slices (ADR 0012): its recipients are those a Cedar
+    evaluation of every candidate over the whole directory allows."""
+    d = wide.directory
+    assert d is not None
+    assert wide.registry is not None
+    queries = AgencyApi(wide.settings, wide.registry, d).queries
+    whole = PolicyEngine(d.engine.bundle, d.engine.directory, entities="whole")
+    now = int(time.time())
+    for rel_to in [("S0001", "S0002"), ("SICA",), ("S0003", "CARICOM")]:
+        labels = WIDE_LABELS.model_copy(update={"rel_to": rel_to})
+        _, permitted = queries.permitted(SENDER, ResolveRequest(labels=labels), now)
+        facts = BulletinFacts(
+            "00000000-0000-4000-8000-000000000000",
+            SENDER,
+            d.records[SENDER].state,
+            labels,
+            None,
+            None,
+        )
+        candidates = [c for c in d.candidates(labels.topic, labels.named) if c != SENDER]
+        decisions = whole.decide_receive(facts, candidates, now)
+        assert permitted == [x.agency for x in decisions if x.allowed], rel_to
+        assert 0 < len(permitted) < len(candidates)
