@@ -26,6 +26,7 @@ from schemas.agency import (
     PublishVerdict,
     ReceiptEntry,
     ReceiptsReply,
+    RecipientsReply,
     ResolveReply,
     ResolveRequest,
     RevokeKeyReply,
@@ -39,7 +40,14 @@ from schemas.agency import (
     encode_request,
 )
 from schemas.canonical import b64e, canonical_json
-from schemas.directory import AgencyRecord, DirectoryExcerpt, SigningKeyRecord, sign_excerpt
+from schemas.directory import (
+    AgencyRecord,
+    DirectoryExcerpt,
+    SignedChanges,
+    SignedExcerpt,
+    SigningKeyRecord,
+    sign_excerpt,
+)
 from schemas.envelope import parse_model
 from schemas.errors import (
     AuditStoreError,
@@ -258,6 +266,7 @@ def test_only_the_error_reply_has_a_field_named_error() -> None:
     replies: list[type[BaseModel]] = [
         ResolveReply, ExplainReply, ReceiptsReply, RotateReply, RevokeKeyReply,
         DeadLettersReply, StatusAccepted, StatusRejected, StatusPending, WithheldReply,
+        RecipientsReply, SignedChanges, SignedExcerpt,
     ]  # fmt: skip
     assert [m.__name__ for m in replies if "error" in m.model_fields] == []
     assert set(ErrorReply.model_fields) == {"error"}
