@@ -20,6 +20,11 @@ makes a keystore, NATS user and durable consumer for every agency). Measured:
   * peak RSS of the relay and ``istmo up`` processes.
 Then SIENA's 2023 volume (1.79 million bulletins) is extrapolated from the relay rate
 with 2 processes (or 1, doubled at best, where 2 were not run).
+
+Each row also has the policy engine's own figures at its size (``bench/policy_scale.py``,
+in process over the same synthetic directory): ``policy_load_ms``, ``decision_ms`` and
+``resolve_ms`` (p50 and p99), ``resolve_wide_ms``. Full mode adds a row of those alone
+for 10,000 agencies (``in_process_only``: no stack is started at that size).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import nats
 from bench.context import Context
 from bench.harness import ISTMO, WIDE_LABELS, BenchStack
 from bench.policy_cost import decision_figures, open_directory
+from bench.policy_scale import engine_figures
 from bench.relay_rate import backlog_rate
 from bench.synthetic_directory import write_policy_dir
 from bench.timing import phase
@@ -52,6 +58,7 @@ NAME = "directory_size"
 TITLE = "9. Directory size"
 SIENA_PER_YEAR = 1_790_000
 SENDER = "s0001-police"
+IN_PROCESS_ONLY = 10_000  # agencies: the engine's figures, without a stack (full mode)
 
 
 def admin_add(stack: BenchStack, agency: str) -> tuple[str, float]:
@@ -200,6 +207,8 @@ async def one_size(ctx: Context, agencies: int) -> dict[str, object]:
             assert local.registry is not None
             local.registry.close()
         del local, directory
+        with phase("policy engine in process"):
+            row.update(_engine_row(ctx, agencies))
         if "stack_error" not in row:
             rates = await _relay_rates(ctx, stack, agencies, chosen, row)
             row["relay"] = rates
@@ -296,8 +305,26 @@ async def _relay_rates(
     return rates
 
 
+def _engine_row(ctx: Context, agencies: int) -> dict[str, object]:
+    """The policy engine's figures at this size, under the names the rows use."""
+    f = engine_figures(agencies, calls=int(ctx.pick(50, 200)), tmp=ctx.tmp)
+    return {
+        "policy_load_ms": f["load_ms"],
+        "decision_ms": f["decision_ms"],
+        "resolve_ms": f["resolve_ms"],
+        "resolve_wide_ms": f["resolve_wide_ms"],
+        "permitted_narrow": f["permitted_narrow"],
+    }
+
+
 async def run(ctx: Context) -> dict[str, object]:
     sizes = (100, 200) if ctx.quick else (100, 3500)
     rows = [await one_size(ctx, n) for n in sizes]
+    if not ctx.quick:
+        with phase("policy engine in process"):
+            rows.append(
+                {"agencies": IN_PROCESS_ONLY, "in_process_only": True}
+                | _engine_row(ctx, IN_PROCESS_ONLY)
+            )
     ctx.note_self()
     return {"sizes": list(sizes), "rows": rows, "siena_bulletins_per_year": SIENA_PER_YEAR}

@@ -183,7 +183,9 @@ def evaluate_targets(doc: R) -> list[dict[str, Any]]:
         f"{_fmt(_get(res, 'memory', 'rss_when_stopped_mib', 'relay (istmo relay)'))} MiB when "
         f"stopped, peak {_fmt(_get(res, 'memory', 'peak_rss_mib', 'relay (istmo relay)'))} MiB",
     )
-    drows = _get(res, "directory_size", "rows", default=[])
+    drows = [
+        r for r in _get(res, "directory_size", "rows", default=[]) if not r.get("in_process_only")
+    ]
     big_dir = drows[-1] if drows else None
     n = _get(big_dir, "agencies")
     resolve = _get(big_dir, "resolution", "resolve_ms")
@@ -508,8 +510,9 @@ def _sdk_resolve(x: R | None) -> Any:
 
 
 def s_directory(r: R) -> str:
+    stacks = [x for x in r["rows"] if not x.get("in_process_only")]
     rows = []
-    for x in r["rows"]:
+    for x in stacks:
         res = x.get("resolution", {})
         relays = {y["processes"]: y["per_s"] for y in x.get("relay", [])}
         conf = x.get("confine", {})
@@ -548,8 +551,35 @@ def s_directory(r: R) -> str:
         ],
         rows,
     )
+    engine = [
+        [
+            x["agencies"],
+            _get(x, "policy_load_ms", "p50"),
+            _get(x, "decision_ms", "p50"),
+            _get(x, "decision_ms", "p99"),
+            _get(x, "resolve_ms", "p50"),
+            _get(x, "resolve_ms", "p99"),
+            _get(x, "resolve_wide_ms", "p50"),
+        ]
+        for x in r["rows"]
+        if "decision_ms" in x
+    ]
+    if engine:
+        t += "\n\nThe policy engine alone, in process (`bench/policy_scale.py`; ADR 0012):\n\n"
+        t += _table(
+            [
+                "agencies",
+                "policy load ms",
+                "1 decision p50 ms",
+                "p99 ms",
+                "resolve p50 ms",
+                "p99 ms",
+                "resolve, all permitted, p50 ms",
+            ],
+            engine,
+        )
     siena = []
-    for x in r["rows"]:
+    for x in stacks:
         s = x.get("siena", {})
         siena.append(
             f"- {x['agencies']:,} agencies: {_fmt(s.get('machine_rate_per_s'))} bulletins/s on "
@@ -559,14 +589,14 @@ def s_directory(r: R) -> str:
         )
 
     def draw(ax: Any) -> None:
-        labels = [f"{x['agencies']:,}" for x in r["rows"]]
+        labels = [f"{x['agencies']:,}" for x in stacks]
         _bars(
             ax,
             labels,
             {
-                "resolve ms": [_get(x, "resolution", "resolve_ms", default=0) for x in r["rows"]],
+                "resolve ms": [_get(x, "resolution", "resolve_ms", default=0) for x in stacks],
                 "60 decisions ms": [
-                    _get(x, "resolution", "fanout_60_ms", default=0) for x in r["rows"]
+                    _get(x, "resolution", "fanout_60_ms", default=0) for x in stacks
                 ],
             },
             "ms",
@@ -577,13 +607,13 @@ def s_directory(r: R) -> str:
     errors = [
         f"- {x['agencies']:,} agencies: the stack did not start: "
         f"`{' '.join(str(x['stack_error']).split())[-300:]}`"
-        for x in r["rows"]
+        for x in stacks
         if x.get("stack_error")
     ]
     errors += [
         f"- {x['agencies']:,} agencies: the SDK's resolve over NATS failed after "
         f"{_fmt(_get(x, 'sdk_resolve', 'seconds'))} s: `{_get(x, 'sdk_resolve', 'error')}`"
-        for x in r["rows"]
+        for x in stacks
         if _get(x, "sdk_resolve", "error")
     ]
     if errors:

@@ -12,8 +12,10 @@ the SDK's errors and the one each error code raises (``clients.errors``), storin
 bulletins and receipts in JetStream (``clients.publishing``), pulling deliveries most
 urgent first (``clients.queues``), opening a delivery (``clients.opening``), new keys
 (``clients.rotation``), the resolve answers it keeps while the relays' announcements say
-they hold (``clients.resolve_cache``, ADR 0009), checking a delivered withdrawal
-(``clients.withdrawals``, ADR 15) and the values handed back (``clients.results``,
+they hold (``clients.resolve_cache``, ADR 0009), the signed directory records it takes
+recipients' and senders' keys from (``clients.directory_cache``, kept current by
+``clients.records``, ADR 0014), checking a delivered withdrawal (``clients.withdrawals``,
+ADR 15) and the values handed back (``clients.results``,
 importable from here too).
 """
 
@@ -35,11 +37,13 @@ from pydantic import BaseModel, ValidationError
 
 from clients.connection import connect_agency
 from clients.dedupe import DedupeStore
+from clients.directory_cache import DirectoryCache
 from clients.errors import PublishRejected, PublishUnacknowledged
 from clients.keystore import Passphrase, load_keystore, save_keystore
 from clients.opening import open_delivery, signing_key_of
 from clients.publishing import store_envelope, store_receipt
 from clients.queues import DeliveryQueues, hand_back
+from clients.records import DirectoryRecords
 from clients.requests import REQUEST_TIMEOUT_S, ask, make_request
 from clients.resolve_cache import ResolveCache, Versions
 from clients.results import (
@@ -59,10 +63,10 @@ from schemas.agency import (
     BulletinRequest,
     DeadLettersReply,
     DeadLettersRequest,
-    DirectoryRequest,
     ExplainReply,
     RecallReply,
     ReceiptsReply,
+    RecipientsReply,
     ResolveReply,
     ResolveRequest,
     RevokeKeyReply,
@@ -75,7 +79,7 @@ from schemas.agency import (
     WithheldRequest,
     encode_request,
 )
-from schemas.directory import AgencyRecord, SignedExcerpt, SigningKeyRecord, verify_excerpt
+from schemas.directory import AgencyRecord, SigningKeyRecord
 from schemas.envelope import Content, Envelope, parse_model
 from schemas.errors import (
     BusUnavailable,
@@ -118,6 +122,8 @@ log = logging.getLogger("istmo.sdk")
 
 R = TypeVar("R", bound=BaseModel)
 
+# How long a directory record is used while no relay's announcement is heard (or the
+# broker predates ADR 14): a change reaches a client that hears none within this.
 DIRECTORY_TTL_S = 60.0
 # A receipt NATS did not store: the bulletin is handed back and its receipt sent again.
 RECEIPT_RETRY_S = 2
@@ -155,7 +161,9 @@ class IstmoClient:
     Use ``await IstmoClient.connect(...)``, ideally as ``async with``.
 
     ``resolve_cache`` is the ``clients.resolve_cache.ResolveCache`` of resolve answers
-    kept for ``publish`` (None when turned off).
+    kept for ``publish`` (None when turned off). ``directory`` is the
+    ``clients.directory_cache.DirectoryCache`` of signed directory records that recipients'
+    and senders' keys are taken from (ADR 14), in memory only.
     """
 
     def __init__(
@@ -175,10 +183,13 @@ class IstmoClient:
         self._nc = nc
         self._js = nc.jetstream(timeout=10)
         self._dedupe = dedupe
-        # Directory records by agency, with when they were fetched: a revocation or a
-        # rotation reaches a long-running client within DIRECTORY_TTL_S.
-        self._records: dict[str, tuple[float, AgencyRecord]] = {}
         self._pinned = keystore.pinned_directory_key()
+        # Directory records by agency, each checked against the pinned key and kept
+        # current by the relays' announcements and signed change lists (ADR 14).
+        self.directory = DirectoryCache(self._pinned, unheard_ttl_s=DIRECTORY_TTL_S)
+        self._records = DirectoryRecords(nc, self.agency, self.directory, self._epoch)
+        # A broker before ADR 14 answers no "recipients": resolve as it did then.
+        self._resolves_with_keys = False
         # Receipts being stored and deliveries being acked, behind the handler (_settle_later).
         self._settling: set[asyncio.Task[None]] = set()
 
@@ -219,26 +230,33 @@ class IstmoClient:
 
     async def listen_for_announcements(self) -> None:
         """Subscribe to the relays' announcements, which ``resolve_cache`` needs before
-        it keeps anything (``connect`` does this; a client built around its own
-        connection calls it once). A broker too old to announce refuses the
-        subscription: nothing is then kept, and NATS logs the refusal once."""
-        if self.resolve_cache is None or self._announcements is not None:
+        it keeps anything and ``directory`` to use its records without asking (``connect``
+        does this; a client built around its own connection calls it once). A broker too
+        old to announce refuses the subscription: nothing is then kept, records are checked
+        with the broker once they are ``DIRECTORY_TTL_S`` old, and NATS logs the refusal
+        once."""
+        if self._announcements is not None:
             return
         self._announcements = await self._nc.subscribe(ANNOUNCE_SUBJECT, cb=self._on_announcement)
 
     async def _on_announcement(self, msg: Msg) -> None:
         cache = self.resolve_cache
-        if cache is None:
-            return
         try:
             announced = parse_model(
                 Announcement, msg.data, max_bytes=MAX_ANNOUNCEMENT_BYTES, what="announcement"
             )
         except EnvelopeError as exc:
             log.warning("ignored a malformed announcement (%s); resolving afresh", exc.code)
-            cache.lost()
+            if cache is not None:
+                cache.lost()
+            self.directory.lost()
             return
-        cache.heard(announced, now=time.monotonic(), epoch=self._epoch())
+        now, epoch = time.monotonic(), self._epoch()
+        if cache is not None:
+            cache.heard(announced, now=now, epoch=epoch)
+        self.directory.heard(
+            announced.directory_version, interval_s=announced.interval_s, now=now, epoch=epoch
+        )
 
     def _epoch(self) -> int:
         """Which connection this is: NATS's reconnect count, -1 while disconnected. What
@@ -275,28 +293,19 @@ class IstmoClient:
         """One request to the broker (``clients.requests.ask``) as this agency."""
         return await ask(self._nc, self.agency, op, request, reply, timeout=timeout)
 
-    async def _directory(self, agencies: list[str]) -> dict[str, AgencyRecord]:
-        """The records of ``agencies`` the directory lists, fetched at most
-        ``DIRECTORY_TTL_S`` ago, each excerpt checked against the pinned key.
+    async def _directory(
+        self, agencies: list[str], *, floor: str | None = None
+    ) -> dict[str, AgencyRecord]:
+        """The records of ``agencies`` the directory lists, as ``directory`` may use them
+        now (``clients.records``: asked for only when missing or out of date).
 
         Raises:
             BusUnavailable: the broker did not answer.
-            SignatureError: the excerpt is not signed by the pinned directory key.
+            SignatureError: an answer is not signed by the pinned directory key, or the
+                relays answer with an older directory than this client holds.
             IstmoError: the broker refused the request (``clients.errors``).
         """
-        fresh_after = time.monotonic() - DIRECTORY_TTL_S
-        missing = [a for a in agencies if self._records.get(a, (0.0, None))[0] < fresh_after]
-        if missing:
-            req = make_request(DirectoryRequest, agencies=tuple(sorted(set(missing))))
-            self._remember(await self._ask("directory", req, SignedExcerpt))
-        return {a: self._records[a][1] for a in agencies if a in self._records}
-
-    def _remember(self, signed: SignedExcerpt) -> list[AgencyRecord]:
-        """Check ``signed`` against the pinned key and cache its records."""
-        records = list(verify_excerpt(signed, self._pinned).agencies)
-        for rec in records:
-            self._records[rec.id] = (time.monotonic(), rec)
-        return records
+        return await self._records.current(agencies, floor=floor)
 
     # ------------------------------------------------------------------ publish
     async def resolve(
@@ -304,14 +313,21 @@ class IstmoClient:
     ) -> dict[AgencyId, EncryptionPublicKey]:
         """Ask the broker who may receive a bulletin with ``labels``, with their keys.
 
-        The answer comes in a directory excerpt signed by the pinned directory key. With
-        ``resolve_cache`` on, an answer to the same labels, ``expires_at`` and
-        ``not_before`` is used again while the relays announce no change (ADR 0009).
+        The broker answers with the recipients' ids (``recipients``); their keys come from
+        the directory records this client keeps (``directory``), each signed by the pinned
+        directory key and at least as new as the answer, fetched when missing or changed
+        (ADR 14). A recipient whose record is not active, or has no encryption key, is
+        left out. With ``resolve_cache`` on, an answer to the same labels, ``expires_at``
+        and ``not_before`` is used again while the relays announce no change (ADR 0009).
 
         Raises:
             PolicyDenied: this agency may not publish it.
             EnvelopeError: a label names something the broker does not know, or more
                 agencies may receive it than one bulletin carries (``too_many_recipients``).
+            SignatureError: a directory answer is not signed by the pinned key
+                (``directory_untrusted``), names an agency not asked for
+                (``directory_mismatch``), or is older than one held
+                (``directory_downgrade``).
             BusUnavailable: the broker did not answer.
         """
         req = make_request(
@@ -326,24 +342,46 @@ class IstmoClient:
             if kept is not None:
                 return kept
             ticket = cache.ticket()
-        answer = await self._ask("resolve", req, ResolveReply)
-        permitted = set(answer.recipients)
-        recipients = {
-            AgencyId(rec.id): rec.encryption_key.public_key()
-            for rec in self._remember(answer.directory)
-            if rec.id in permitted and rec.encryption_key is not None
-        }
+        recipients, versions = await self._ask_recipients(req)
         if cache is not None:
             cache.put(
                 key,
                 recipients,
-                Versions(answer.directory.excerpt.directory_version, answer.policy_version),
+                versions,
                 expires_at=expires_at,
                 ticket=ticket,
                 now=time.monotonic(),
                 epoch=self._epoch(),
             )
         return recipients
+
+    async def _ask_recipients(
+        self, req: ResolveRequest
+    ) -> tuple[dict[AgencyId, EncryptionPublicKey], Versions]:
+        """Who may receive it, with the keys of those whose records let this client seal
+        for them, and the versions the relay decided with."""
+        if not self._resolves_with_keys:
+            try:
+                answer = await self._ask("recipients", req, RecipientsReply)
+            except EnvelopeError as exc:
+                if exc.code != "bad_request":
+                    raise
+                log.info("this broker answers no recipients request; resolving with keys")
+                self._resolves_with_keys = True
+            else:
+                records = await self._directory(
+                    list(answer.recipients), floor=answer.directory_version
+                )
+                return _sealable(answer.recipients, records), Versions(
+                    answer.directory_version, answer.policy_version
+                )
+        old = await self._ask("resolve", req, ResolveReply)
+        excerpt = self.directory.add_excerpt(
+            old.directory, asked=old.recipients, now=time.monotonic()
+        )
+        return _sealable(old.recipients, {r.id: r for r in excerpt.agencies}), Versions(
+            excerpt.directory_version, old.policy_version
+        )
 
     async def preview(
         self, labels: Labels, *, expires_at: int | None = None, not_before: int | None = None
@@ -581,7 +619,7 @@ class IstmoClient:
             raise
         pending.replace(self.keystore_path)
         self.keystore = rotated
-        self._records.pop(self.agency, None)
+        self.directory.forget(self.agency)
         return request.signing.kid, request.encryption.kid
 
     async def revoke_key(self, kid: str, *, force: bool = False) -> int:
@@ -604,7 +642,7 @@ class IstmoClient:
         """
         req = make_request(RevokeKeyRequest, kid=kid, force=True if force else None)
         answer = await self._ask("revoke-key", req, RevokeKeyReply)
-        self._records.pop(self.agency, None)
+        self.directory.forget(self.agency)
         return answer.revoked_at
 
     # ------------------------------------------------------------------ receive
@@ -834,7 +872,7 @@ class IstmoClient:
         """
         key = signing_key_of((await self._directory([originator])).get(originator), kid)
         if key is None:
-            self._records.pop(originator, None)  # maybe rotated: ask once more
+            self.directory.forget(originator)  # maybe rotated: ask once more
             key = signing_key_of((await self._directory([originator])).get(originator), kid)
         return key
 
@@ -850,3 +888,19 @@ class IstmoClient:
             key=self.keystore.signing_key(),
         )
         return await store_receipt(self._js, receipt)
+
+
+def _sealable(
+    recipients: tuple[str, ...], records: dict[str, AgencyRecord]
+) -> dict[AgencyId, EncryptionPublicKey]:
+    """The keys to seal for: of ``recipients``, those whose signed record is active and
+    has an encryption key. A recipient suspended or revoked in the record is never sealed
+    for, whatever the answer that named it (a relay not yet rebuilt) says."""
+    keys: dict[AgencyId, EncryptionPublicKey] = {}
+    for agency in recipients:
+        record = records.get(agency)
+        if record is None or record.status != "active" or record.encryption_key is None:
+            log.info("not sealing for %s: its directory record does not allow it", agency)
+            continue
+        keys[AgencyId(agency)] = record.encryption_key.public_key()
+    return keys

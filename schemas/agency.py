@@ -5,9 +5,15 @@ An agency sends one request, canonical JSON, on ``istmo.api.<agency>.<op>``
 with an ``ErrorReply``, also canonical JSON::
 
     op            request                       reply
-    resolve       ResolveRequest                ResolveReply
+    recipients    ResolveRequest                RecipientsReply: who may receive it (ids
+                                                only) and the versions it was decided at
+    resolve       ResolveRequest                ResolveReply: the same, with every
+                                                recipient's record (kept for SDKs before
+                                                ADR 14; recipients is the op to use)
     explain       ResolveRequest                ExplainReply
     directory     DirectoryRequest              SignedExcerpt (schemas.directory)
+    changes       ChangesRequest                SignedChanges (schemas.directory): whose
+                                                records changed since a version
     status        BulletinRequest               StatusReply: accepted, rejected or pending;
                                                 not_found if none of the caller's
     receipts      BulletinRequest               ReceiptsReply
@@ -25,7 +31,13 @@ Besides the answers, every relay announces on ``istmo.announce``
 (``schemas.subjects.ANNOUNCE_SUBJECT``), which each agency may only listen to, the directory
 and policy versions it decides with (``Announcement``): at once after each change, and every
 ``interval_s`` seconds. It is all a client needs to know that an answer it kept (a resolve)
-is out of date (ADR 0009); it names no agency.
+is out of date (ADR 0009), and which records it holds may be (ADR 0014); it names no
+agency.
+
+A publishing SDK asks ``recipients`` (a reply of at most ``MAX_RECIPIENTS`` ids, whatever
+their keys), takes each recipient's keys from the signed records it keeps, fetches those it
+lacks with ``directory`` (a page of ids at a time), and after a new version is announced
+asks ``changes`` which of its records to fetch again (ADR 0014).
 
 No reply but ``ErrorReply`` has a field named ``error``, so a reader tells an error from an
 answer by its one key. ``ErrorCode`` is the closed set of codes the broker sends; a client
@@ -52,7 +64,7 @@ from pydantic import (
 )
 
 from schemas.canonical import canonical_json
-from schemas.directory import SignedExcerpt
+from schemas.directory import DirectoryVersion, SignedChanges, SignedExcerpt
 from schemas.envelope import MAX_RECIPIENTS, Kid, Timestamp
 from schemas.ids import AgencyIdStr, BulletinIdStr
 from schemas.labels import Labels
@@ -66,6 +78,8 @@ __all__ = [
     "ApiOp",
     "BulletinRequest",
     "CandidateVerdict",
+    "ChangesReply",
+    "ChangesRequest",
     "DeadLetterEntry",
     "DeadLetterKind",
     "DeadLettersReply",
@@ -81,6 +95,7 @@ __all__ = [
     "RecallReply",
     "ReceiptEntry",
     "ReceiptsReply",
+    "RecipientsReply",
     "ResolveReply",
     "ResolveRequest",
     "RevokeKeyReply",
@@ -103,9 +118,11 @@ MAX_ANNOUNCE_INTERVAL_S = 300
 MAX_SUPERSEDED_BY = 100  # corrections of one bulletin a status names
 
 ApiOp = Literal[
+    "recipients",
     "resolve",
     "explain",
     "directory",
+    "changes",
     "status",
     "receipts",
     "rotate",
@@ -149,7 +166,6 @@ ERROR_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
 
 ErrorMessage = Annotated[str, StringConstraints(max_length=MAX_ERROR_MESSAGE_CHARS)]
 PolicyVersion = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-DirectoryVersion = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16,64}$")]
 PolicyId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 ReasonCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 DeadLetterKind = Literal["deliver", "ingest"]
@@ -173,6 +189,14 @@ class DirectoryRequest(BaseModel):
     model_config = _STRICT
 
     agencies: tuple[AgencyIdStr, ...] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+
+
+class ChangesRequest(BaseModel):
+    """Whose directory records changed since ``since`` (a version the caller holds)."""
+
+    model_config = _STRICT
+
+    since: DirectoryVersion
 
 
 class BulletinRequest(BaseModel):
@@ -208,9 +232,22 @@ class WithheldRequest(BaseModel):
 
 
 # ---------------------------------------------------------------------------- replies
+class RecipientsReply(BaseModel):
+    """Who may receive the bulletin: ids only, at most ``MAX_RECIPIENTS`` of them, and the
+    policy and directory versions the relay decided with. The keys are in the signed
+    records the client keeps (``directory``, ``changes``), never here."""
+
+    model_config = _STRICT
+
+    recipients: tuple[AgencyIdStr, ...] = Field(max_length=MAX_RECIPIENTS)
+    policy_version: PolicyVersion
+    directory_version: DirectoryVersion
+
+
 class ResolveReply(BaseModel):
     """Who may receive the bulletin, with their records in an excerpt signed by the
-    directory key (the client checks it against the key it pinned)."""
+    directory key (the client checks it against the key it pinned). Kept for SDKs before
+    ADR 14; it grows with the audience (about 2 KB a recipient)."""
 
     model_config = _STRICT
 
@@ -250,6 +287,7 @@ class ExplainReply(BaseModel):
 
 
 DirectoryReply = SignedExcerpt
+ChangesReply = SignedChanges
 
 
 class DeniedRecipient(BaseModel):
@@ -454,9 +492,11 @@ class Announcement(BaseModel):
 
 
 AgencyReply = (
-    ResolveReply
+    RecipientsReply
+    | ResolveReply
     | ExplainReply
     | SignedExcerpt
+    | SignedChanges
     | StatusReply
     | ReceiptsReply
     | RotateReply

@@ -2,6 +2,17 @@
 
 Clients pin the broker's directory key when they get their keystore and refuse any
 directory document whose signature fails, so a substituted encryption key is caught.
+
+A directory version names the state of the whole directory. Since ADR 14 it is 48 hex
+digits: a serial that grows with every change to an agency's record (its status, its keys;
+``directory_serial`` reads it back), then a digest of the whole directory. Ordering by the
+serial lets a client refuse a directory older than one it already holds; the digest tells
+two states of one serial apart (a subscription changed, not a record). Versions of a broker
+before ADR 14 are 32 hex digits, without a serial.
+
+``DirectoryChanges`` answers "which agencies' records changed since the version I hold?",
+signed by the same key as the excerpts (under another domain), so a client updates what it
+holds record by record instead of fetching everything again.
 """
 
 from __future__ import annotations
@@ -18,15 +29,23 @@ from schemas.ids import AgencyIdStr, JurisdictionStr
 from schemas.keys import EncryptionPublicKey, KemName, SigningKey, VerifyKey
 
 __all__ = [
+    "MAX_CHANGED",
     "SECTORS",
     "AgencyRecord",
+    "DirectoryChanges",
     "DirectoryExcerpt",
+    "DirectoryVersion",
     "EncryptionKeyRecord",
     "Sector",
+    "SignedChanges",
     "SignedExcerpt",
     "SigningKeyRecord",
+    "directory_serial",
+    "directory_version",
     "open_excerpt",
+    "sign_changes",
     "sign_excerpt",
+    "verify_changes",
     "verify_excerpt",
 ]
 
@@ -42,7 +61,36 @@ SECTORS: tuple[Sector, ...] = (
 Status = Literal["active", "suspended", "revoked"]
 PublicB64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_length=4096)]
 MAX_EXCERPT_BYTES = 8 * 1024 * 1024
+# Agencies one DirectoryChanges names at most; more changed, and it says "all" (None).
+MAX_CHANGED = 1000
+DirectoryVersion = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16,64}$")]
+_SERIAL_HEX = 16  # a version's leading hex digits that are its serial
+_DIGEST_HEX = 32
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+def directory_version(serial: int, digest: str) -> str:
+    """The directory version of records at ``serial`` and of a directory whose digest is
+    ``digest`` (hex; its first 32 digits are used).
+
+    Raises:
+        ValueError: ``serial`` is negative or does not fit in 16 hex digits, or ``digest``
+            is not 32 or more lower-case hex digits.
+    """
+    if not 0 <= serial < 16**_SERIAL_HEX:
+        raise ValueError(f"directory serial {serial} is out of range")
+    head = digest[:_DIGEST_HEX]
+    if len(head) != _DIGEST_HEX or head.strip("0123456789abcdef"):
+        raise ValueError("a directory digest is 32 or more lower-case hex digits")
+    return f"{serial:0{_SERIAL_HEX}x}{head}"
+
+
+def directory_serial(version: str) -> int | None:
+    """The serial ``version`` names (its records' changes so far), or None for a version
+    without one (a broker before ADR 14, or not a version at all)."""
+    if len(version) != _SERIAL_HEX + _DIGEST_HEX or version.strip("0123456789abcdef"):
+        return None
+    return int(version[:_SERIAL_HEX], 16)
 
 
 @functools.lru_cache(maxsize=16_384)
@@ -107,7 +155,7 @@ class DirectoryExcerpt(BaseModel):
     model_config = _STRICT
 
     v: Literal[1]
-    directory_version: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16,64}$")]
+    directory_version: DirectoryVersion
     issued_at: Timestamp
     agencies: tuple[AgencyRecord, ...] = Field(max_length=10_000)
 
@@ -157,3 +205,54 @@ def verify_excerpt(signed: SignedExcerpt, pinned: VerifyKey) -> DirectoryExcerpt
         b64d(signed.sig, field="directory.sig", max_bytes=64), _signed_bytes(signed.excerpt)
     )
     return signed.excerpt
+
+
+class DirectoryChanges(BaseModel):
+    """The agencies whose records changed after version ``since`` up to
+    ``directory_version`` (the broker's now), as of ``issued_at``. ``changed`` is None when
+    the broker cannot say (its journal does not reach back to ``since``, ``since`` has no
+    serial, or more than ``MAX_CHANGED`` changed): then every record held from before
+    ``directory_version`` is out of date."""
+
+    model_config = _STRICT
+
+    v: Literal[1]
+    since: DirectoryVersion
+    directory_version: DirectoryVersion
+    issued_at: Timestamp
+    changed: tuple[AgencyIdStr, ...] | None = Field(max_length=MAX_CHANGED)
+
+
+class SignedChanges(BaseModel):
+    """A DirectoryChanges signed by the broker's directory key."""
+
+    model_config = _STRICT
+
+    changes: DirectoryChanges
+    kid: Kid
+    sig: str
+
+
+def _changes_bytes(changes: DirectoryChanges) -> bytes:
+    return b"istmo/v1/directory-changes\x00" + canonical_json(changes.model_dump(mode="json"))
+
+
+def sign_changes(changes: DirectoryChanges, key: SigningKey) -> SignedChanges:
+    """Sign ``changes`` with the broker's directory key."""
+    sig = key.sign(_changes_bytes(changes))
+    return SignedChanges(changes=changes, kid=key.verify_key.kid, sig=b64e(sig))
+
+
+def verify_changes(signed: SignedChanges, pinned: VerifyKey) -> DirectoryChanges:
+    """Check a change list against the pinned directory key.
+
+    Raises:
+        EnvelopeError: the signature is not canonical base64.
+        SignatureError: not signed by the pinned key.
+    """
+    if signed.kid != pinned.kid:
+        raise SignatureError("directory is signed by an unknown key", code="directory_untrusted")
+    pinned.verify(
+        b64d(signed.sig, field="changes.sig", max_bytes=64), _changes_bytes(signed.changes)
+    )
+    return signed.changes

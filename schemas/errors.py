@@ -20,7 +20,7 @@ Every branch, with the module that defines it where that is not this one::
     │   └── LogCorrupt              the stored log is not what its key signed (broker.audit.entries)
     │       └── MissingNode         a Merkle node is missing; a LookupError (broker.audit.entries)
     ├── ConfigError                 a setting, file or keystore is missing or wrong
-    │   ├── PolicyLoadError         a policy set does not load (broker.policy.engine)
+    │   ├── PolicyLoadError         a policy set does not load (broker.policy.bundle)
     │   └── SequencerBusy           another sequencer holds the log (broker.audit.sequencer)
     ├── NotFound                    no such object for this caller (broker.relay.queries)
     ├── AuthError                   a refused token request or access token (broker.api.oauth)

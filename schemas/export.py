@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from schemas.agency import (
     Announcement,
     BulletinRequest,
+    ChangesRequest,
     DeadLettersReply,
     DeadLettersRequest,
     DirectoryRequest,
@@ -30,6 +31,7 @@ from schemas.agency import (
     ExplainReply,
     RecallReply,
     ReceiptsReply,
+    RecipientsReply,
     ResolveReply,
     ResolveRequest,
     RevokeKeyReply,
@@ -40,7 +42,7 @@ from schemas.agency import (
     WithheldRequest,
 )
 from schemas.audit import AuditEvent
-from schemas.directory import SignedExcerpt
+from schemas.directory import SignedChanges, SignedExcerpt
 from schemas.envelope import Envelope, InnerBulletin
 from schemas.labels import Labels
 from schemas.receipt import Receipt
@@ -59,6 +61,7 @@ MODELS: dict[str, type[BaseModel]] = {
     # The agency API over NATS (schemas.agency): a request and a reply per operation.
     "agency-announcement": Announcement,
     "agency-bulletin-request": BulletinRequest,
+    "agency-changes-request": ChangesRequest,
     "agency-dead-letters-reply": DeadLettersReply,
     "agency-dead-letters-request": DeadLettersRequest,
     "agency-directory-request": DirectoryRequest,
@@ -66,6 +69,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "agency-explain-reply": ExplainReply,
     "agency-receipts-reply": ReceiptsReply,
     "agency-recall-reply": RecallReply,
+    "agency-recipients-reply": RecipientsReply,
     "agency-resolve-reply": ResolveReply,
     "agency-resolve-request": ResolveRequest,
     "agency-revoke-key-reply": RevokeKeyReply,
@@ -81,6 +85,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "inner-bulletin": InnerBulletin,
     "labels": Labels,
     "receipt": Receipt,
+    "signed-changes": SignedChanges,
     "signed-excerpt": SignedExcerpt,
     "tree-head": TreeHead,
     "signed-tree-head": SignedTreeHead,

@@ -59,9 +59,11 @@ RELAY_ACCOUNT = "ISTMO"
 ANNOUNCE_SUBJECT = "istmo.announce"
 # Request/reply operations an agency may call on the broker, on istmo.api.<agency>.<op>.
 API_OPS = (
+    "recipients",
     "resolve",
     "explain",
     "directory",
+    "changes",
     "status",
     "receipts",
     "rotate",

@@ -56,6 +56,12 @@ def check_command(args: argparse.Namespace) -> int:
         raise ConfigError(_problems(exc)) from exc
     print(f"{root}: policy set {bundle.version} is valid ({', '.join(bundle.files)})")
     print(f"checked against the directory {directory.version} ({len(directory.records)} agencies)")
+    rules = bundle.prefilter_rules
+    print(
+        f"prefilter: {', '.join(rules)} (resolve leaves out, before Cedar, whom these rules deny)"
+        if rules
+        else "prefilter: off (the set proves none of its rules: Cedar decides every candidate)"
+    )
     return 0
 
 

@@ -3,6 +3,13 @@ signed excerpts for clients.
 
 The policy engine keeps a parsed snapshot of the directory; ``DirectoryService.refresh``
 rebuilds it (and the records clients see) whenever the registry changes.
+
+Its version (``schemas.directory.directory_version``) is the record serial of the rows it
+was built from, then a digest of them. The serial is read before and after the rows
+(``broker.store.journal``): if a change committed in between, the rows are read again, so
+the records of a version are never older than its serial says. With it comes the end of the
+change journal (``broker.directory.changes``), which answers a client's "what changed since
+the version I hold?" (ADR 14).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker.directory.changes import JOURNAL_TAIL, ChangeLog
 from broker.policy.engine import (
     AgencyInfo,
     DirectorySnapshot,
@@ -33,10 +41,14 @@ from broker.store.registry import (
 from schemas.canonical import canonical_json
 from schemas.directory import (
     AgencyRecord,
+    DirectoryChanges,
     DirectoryExcerpt,
     EncryptionKeyRecord,
+    SignedChanges,
     SignedExcerpt,
     SigningKeyRecord,
+    directory_version,
+    sign_changes,
     sign_excerpt,
 )
 from schemas.errors import ConfigError
@@ -44,6 +56,10 @@ from schemas.keys import SigningKey
 from schemas.labels import TOPICS, Classification
 
 __all__ = ["DemoDirectory", "DirectoryService", "load_demo_directory"]
+
+# Reads of the rows while changes keep committing, before a rebuild settles for the serial
+# read first (its records are then newer than the serial says: a client asks again sooner).
+_STABLE_READS = 3
 
 
 @dataclass(frozen=True)
@@ -153,7 +169,20 @@ class _View:
     subscribers: dict[str, list[str]]
     records: dict[str, AgencyRecord]
     version: str
+    changes: ChangeLog
     engine: PolicyEngine
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The registry's rows one rebuild reads."""
+
+    serial: int
+    subscriptions: dict[str, set[str]]
+    jurisdictions: list[JurisdictionRow]
+    agencies: list[AgencyRow]
+    signing: dict[str, list[SigningKeyRow]]
+    encryption: dict[str, list[EncryptionKeyRow]]
 
 
 class DirectoryService:
@@ -166,6 +195,9 @@ class DirectoryService:
         self._generation_lock = threading.Lock()
         self._generation = 0  # rebuilds started
         self._installed = 0  # the newest rebuild swapped in
+        # Rebuilds are swapped in from the event loop and from the agency API's thread.
+        self._install_lock = threading.Lock()
+        self._view: _View | None = None
         self.refresh()
 
     def use_bundle(self, bundle: PolicyBundle) -> None:
@@ -185,11 +217,32 @@ class DirectoryService:
         it."""
         self._install(await asyncio.to_thread(self._build))
 
+    def _read(self) -> _Rows:
+        """The rows of one record serial: read again while changes commit meanwhile."""
+        registry = self.registry
+        serial = registry.directory_serial()
+        for _ in range(_STABLE_READS):
+            rows = _Rows(
+                serial,
+                registry.subscriptions(),
+                registry.jurisdictions(),
+                registry.agencies(),
+                *registry.keys_by_agency(),
+            )
+            after = registry.directory_serial()
+            if after == serial:
+                break
+            serial = after
+        # Still moving: the rows are at least as new as the serial of the last read before
+        # them, which is what the version claims (never newer than the records).
+        return rows
+
     def _build(self) -> _View:
         with self._generation_lock:
             self._generation += 1
             generation = self._generation
-        subs = self.registry.subscriptions()
+        read = self._read()
+        subs = read.subscriptions
         jurisdictions = [
             JurisdictionInfo(
                 code=j.code,
@@ -197,10 +250,10 @@ class DirectoryService:
                 name=j.name,
                 parents=_split(j.parents),
             )
-            for j in self.registry.jurisdictions()
+            for j in read.jurisdictions
         ]
-        rows = self.registry.agencies()
-        signing, encryption = self.registry.keys_by_agency()
+        rows = read.agencies
+        signing, encryption = read.signing, read.encryption
         infos = [
             AgencyInfo(
                 id=a.id,
@@ -218,10 +271,13 @@ class DirectoryService:
         bundle = self.bundle
         snapshot = DirectorySnapshot.build(jurisdictions, infos, bundle)
         records = {a.id: _record(a, signing.get(a.id, []), encryption.get(a.id, [])) for a in rows}
-        version = hashlib.sha256(
+        digest = hashlib.sha256(
             snapshot.version.encode()
             + canonical_json([r.model_dump(mode="json") for r in records.values()])
-        ).hexdigest()[:32]
+        ).hexdigest()
+        entries, complete_after = self.registry.directory_journal(
+            upto=read.serial, limit=JOURNAL_TAIL
+        )
         return _View(
             generation=generation,
             jurisdictions=jurisdictions,
@@ -230,22 +286,39 @@ class DirectoryService:
             agency_rows={a.id: a for a in rows},
             subscribers={t: sorted(a for a, ts in subs.items() if t in ts) for t in TOPICS},
             records=records,
-            version=version,
+            version=directory_version(read.serial, digest),
+            changes=ChangeLog(read.serial, tuple(entries), complete_after),
             engine=PolicyEngine(bundle, snapshot),
         )
 
     def _install(self, view: _View) -> None:
-        if view.generation <= self._installed:
-            # A newer rebuild is in force already (a policy switch rebuilds too, later).
-            return
+        with self._install_lock:
+            older = self._view is not None and view.changes.serial < self._view.changes.serial
+            if view.generation <= self._installed or older:
+                # A newer rebuild is in force already (a policy switch rebuilds too, later).
+                # Never older records either: a client that saw them would refuse this
+                # relay's answers as a downgrade (ADR 14).
+                return
+            self._swap(view)
+
+    def _swap(self, view: _View) -> None:
         self._installed = view.generation
+        self._view = view  # one assignment: readers on other threads take one whole view
         self._jurisdictions, self._infos = view.jurisdictions, view.infos
         self.states = view.states
         self.agency_rows = view.agency_rows
         self.subscribers = view.subscribers
         self.records = view.records
         self.version = view.version
+        self.changes = view.changes
         self.engine = view.engine
+
+    def _installed_view(self) -> _View:
+        """The view in force: one whole rebuild, whatever swaps in meanwhile."""
+        view = self._view
+        if view is None:  # __init__ installs one: a bug
+            raise RuntimeError("the directory was never built")
+        return view
 
     def engine_for(self, bundle: PolicyBundle) -> PolicyEngine:
         """An engine for another policy set over the same directory (to check or
@@ -269,6 +342,20 @@ class DirectoryService:
 
     def signed_excerpt(self, agency_ids: list[str], now: int) -> SignedExcerpt:
         """The signed records of ``agency_ids`` (unknown ids are left out)."""
-        recs = tuple(self.records[a] for a in sorted(set(agency_ids)) if a in self.records)
-        ex = DirectoryExcerpt(v=1, directory_version=self.version, issued_at=now, agencies=recs)
+        view = self._installed_view()  # records and version of one rebuild
+        recs = tuple(view.records[a] for a in sorted(set(agency_ids)) if a in view.records)
+        ex = DirectoryExcerpt(v=1, directory_version=view.version, issued_at=now, agencies=recs)
         return sign_excerpt(ex, self.directory_key)
+
+    def signed_changes(self, since: str, now: int) -> SignedChanges:
+        """Which agencies' records changed since version ``since``, up to this view's
+        version, signed (``broker.directory.changes.ChangeLog.changed_since``)."""
+        view = self._installed_view()
+        answer = DirectoryChanges(
+            v=1,
+            since=since,
+            directory_version=view.version,
+            issued_at=now,
+            changed=view.changes.changed_since(since),
+        )
+        return sign_changes(answer, self.directory_key)

@@ -1,7 +1,7 @@
 """Linting a policy file before it is loaded: positions of each policy (Cedar reports
 none), parse errors and formatting, and the rules every ``@id`` and override keeps.
 
-Checks 1-6 of ``broker.policy.engine.PolicyBundle.load``, one file at a time; the problems
+Checks 1-6 of ``broker.policy.bundle.PolicyBundle.load``, one file at a time; the problems
 are strings ``file[:line]: [@id: ]what``. Left to the engine: the schema, the bundle's
 version and deciding.
 """

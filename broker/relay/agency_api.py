@@ -6,9 +6,11 @@ parses the request of the operation (``schemas.agency``), asks ``AgencyQueries``
 changes keys) and returns the typed reply, or an ``ErrorReply`` whose code is one of
 ``schemas.agency.ErrorCode``; ``AgencyApi.serve`` puts it on the wire as canonical JSON.
 
-    resolve       labels -> which agencies may receive, with their keys (signed excerpt)
+    recipients    labels -> which agencies may receive (ids only) and the versions decided at
+    resolve       labels -> the same, with their keys (signed excerpt; SDKs before ADR 14)
     explain       labels -> every candidate: permitted or denied, by which policies, and why
     directory     agency ids -> their signed records (public keys)
+    changes       a directory version -> whose records changed since (signed; ADR 14)
     status        bulletin id -> accepted / rejected (reason) / pending, originator only
                   (not_found when nothing of the caller's waits for the relay)
     receipts      bulletin id -> routed recipients and their receipts, originator only
@@ -48,6 +50,7 @@ from schemas.agency import (
     ERROR_CODES,
     AgencyReply,
     BulletinRequest,
+    ChangesRequest,
     DeadLetterEntry,
     DeadLetterKind,
     DeadLettersReply,
@@ -202,12 +205,17 @@ class AgencyApi:
     def _answer(self, caller: str, op: str, data: bytes, now: int) -> AgencyReply | ErrorReply:
         max_bytes = self.settings.max_request_bytes
         q = self.queries
-        if op in ("resolve", "explain"):
+        if op in ("recipients", "resolve", "explain"):
             ask = parse_model(ResolveRequest, data, max_bytes=max_bytes, what="request")
+            if op == "recipients":
+                return q.recipients(caller, ask, now)
             return q.resolve(caller, ask, now) if op == "resolve" else q.explain(caller, ask, now)
         if op == "directory":
             req = parse_model(DirectoryRequest, data, max_bytes=max_bytes, what="request")
             return q.directory_excerpt(list(req.agencies), now)
+        if op == "changes":
+            since = parse_model(ChangesRequest, data, max_bytes=max_bytes, what="request").since
+            return q.changes(since, now)
         if op in ("status", "receipts"):
             one = parse_model(BulletinRequest, data, max_bytes=max_bytes, what="request")
             if op == "status":
@@ -337,7 +345,7 @@ def error_reply(exc: IstmoError) -> ErrorReply:
 
 def reply_bytes(answer: AgencyReply | ErrorReply, *, max_bytes: int) -> bytes:
     """``answer`` as it goes on the wire, or ``answer_too_large`` if NATS would not carry
-    it (a resolve naming thousands of recipients, each with its public keys): say so rather
+    it (a ``directory`` page or an old ``resolve`` whose records do not fit): say so rather
     than leave the caller waiting for an answer that never comes."""
     raw = encode_reply(answer)
     if len(raw) <= max_bytes:

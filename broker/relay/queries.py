@@ -24,6 +24,7 @@ from schemas.agency import (
     PublishVerdict,
     ReceiptEntry,
     ReceiptsReply,
+    RecipientsReply,
     ResolveReply,
     ResolveRequest,
     StatusAccepted,
@@ -32,7 +33,7 @@ from schemas.agency import (
     StatusReply,
     WithheldReply,
 )
-from schemas.directory import SignedExcerpt
+from schemas.directory import SignedChanges, SignedExcerpt
 from schemas.envelope import MAX_RECIPIENTS
 from schemas.errors import EnvelopeError, IstmoError, PolicyDenied
 
@@ -56,14 +57,43 @@ class AgencyQueries:
         self.registry = registry
         self.directory = directory
 
-    def resolve(self, caller: str, req: ResolveRequest, now: int) -> ResolveReply:
-        """Who may receive this, with their keys in a signed excerpt.
+    def recipients(self, caller: str, req: ResolveRequest, now: int) -> RecipientsReply:
+        """Who may receive this: ids only, with the policy and directory versions (ADR 14).
+        The caller takes their keys from the signed records it keeps.
 
         Raises:
             EnvelopeError: a label names an unknown jurisdiction or agency.
             PolicyDenied: the caller may not publish it.
             EnvelopeError: ``too_many_recipients``, more than an envelope can carry.
         """
+        # Read first: the decision is made with this view or a newer one, so a client that
+        # takes records at least this new never seals with keys older than the decision's.
+        directory_version = self.directory.version
+        policy_version, permitted = self._bounded(caller, req, now)
+        return RecipientsReply(
+            recipients=tuple(permitted),
+            policy_version=policy_version,
+            directory_version=directory_version,
+        )
+
+    def resolve(self, caller: str, req: ResolveRequest, now: int) -> ResolveReply:
+        """Who may receive this, with their keys in a signed excerpt (the answer of SDKs
+        before ADR 14, and of the HTTP API).
+
+        Raises:
+            EnvelopeError: a label names an unknown jurisdiction or agency.
+            PolicyDenied: the caller may not publish it.
+            EnvelopeError: ``too_many_recipients``, more than an envelope can carry.
+        """
+        policy_version, permitted = self._bounded(caller, req, now)
+        return ResolveReply(
+            recipients=tuple(permitted),
+            policy_version=policy_version,
+            directory=self.directory.signed_excerpt(permitted, now),
+        )
+
+    def _bounded(self, caller: str, req: ResolveRequest, now: int) -> tuple[str, list[str]]:
+        """``permitted``, refused when more may receive it than one envelope carries."""
         policy_version, permitted = self.permitted(caller, req, now)
         if len(permitted) > MAX_RECIPIENTS:
             # Each recipient gets its own key wrap; an envelope holds at most this many.
@@ -73,11 +103,7 @@ class AgencyQueries:
                 "a topic fewer agencies follow), or publish it once per group of states",
                 code="too_many_recipients",
             )
-        return ResolveReply(
-            recipients=tuple(permitted),
-            policy_version=policy_version,
-            directory=self.directory.signed_excerpt(permitted, now),
-        )
+        return policy_version, permitted
 
     def permitted(self, caller: str, req: ResolveRequest, now: int) -> tuple[str, list[str]]:
         """The policy version and the agencies (with an encryption key) the policy lets
@@ -97,10 +123,12 @@ class AgencyQueries:
             ids = ", ".join(publish.policy_ids) or "no grant matched"
             raise PolicyDenied(f"the policy does not let {caller} publish this ({ids})")
         candidates = [c for c in d.candidates(req.labels.topic, req.labels.named) if c != caller]
+        # Only who is allowed matters here: the engine leaves out, before Cedar, the
+        # candidates the policy set certainly denies (ADR 0012).
         permitted = [
-            dec.agency
-            for dec in d.engine.decide_receive(facts, candidates, when)
-            if dec.allowed and d.records[dec.agency].encryption_key is not None
+            agency
+            for agency in d.engine.permitted_receivers(facts, candidates, when)
+            if d.records[agency].encryption_key is not None
         ]
         return publish.policy_version, permitted
 
@@ -133,6 +161,10 @@ class AgencyQueries:
     def directory_excerpt(self, agencies: list[str], now: int) -> SignedExcerpt:
         """The signed records of ``agencies`` (unknown ids are left out)."""
         return self.directory.signed_excerpt(agencies, now)
+
+    def changes(self, since: str, now: int) -> SignedChanges:
+        """Which agencies' records changed since version ``since``, signed (ADR 14)."""
+        return self.directory.signed_changes(since, now)
 
     def _facts(self, caller: str, req: ResolveRequest) -> BulletinFacts:
         return BulletinFacts(

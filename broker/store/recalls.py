@@ -1,4 +1,4 @@
-"""Withdrawn and corrected bulletins in the registry (ADR 15, migration 0005).
+"""Withdrawn and corrected bulletins in the registry (ADR 15, migration 0006).
 
 ``withdrawal`` keeps one row per bulletin its originator recalled: the signed withdrawal
 as the recipients get it (so whichever relay finds the work unfinished can finish it), when

@@ -40,6 +40,12 @@ from broker.store.db import (
     sqlite_path,
     store_errors,
 )
+from broker.store.journal import (
+    journal_changes,
+    journal_serial,
+    journal_tail,
+    touched_agencies,
+)
 from broker.store.recalls import WithdrawalRow
 from broker.store.withheld import WithheldCountRow, Withholding, count_withheld, tally
 from schemas.audit import AuditEvent
@@ -554,6 +560,7 @@ class Registry:
             by_table.setdefault(type(row).__table__, []).append(dumped)  # type: ignore[attr-defined]
         audit = [_audit_values(e) for e in events]
         records = DecisionRecordRow.__table__  # type: ignore[attr-defined]
+        touched = touched_agencies(rows)  # directory records among the rows (ADR 14)
         with store_errors("an audit write"), self.engine.begin() as conn:
             inserted: set[str] = set()
             for table, values in by_table.items():
@@ -564,11 +571,12 @@ class Registry:
                 elif values:
                     conn.execute(self.insert_new(table), values)
             counts = tally(withheld, inserted)
-            if audit or counts:
+            if audit or counts or touched:
                 self._lock_outbox(conn)
             if audit:
                 conn.execute(self.insert_new(AuditRow.__table__), audit)  # type: ignore[attr-defined]
             count_withheld(conn, counts)
+            journal_changes(conn, touched)
 
     def record_receipts(
         self, receipts: Sequence[Mapping[str, Any]], events: Sequence[AuditEvent]
@@ -590,21 +598,49 @@ class Registry:
 
     def change(self, apply: Callable[[Session], None], events: Sequence[AuditEvent]) -> None:
         """Run ``apply`` (updates to existing rows) and insert ``events`` in one transaction,
-        so a status or key change and its audit event stand or fall together.
+        so a status or key change and its audit event stand or fall together. The agencies
+        whose records it changes are journaled in it too (``broker.store.journal``).
 
         Raises:
             AuditStoreError: the database refused the transaction.
         """
         with store_errors("a change"), Session(self.engine, expire_on_commit=False) as s:
+            touched: set[str] = set()
+
+            def collect(session: Session, *_: object) -> None:
+                touched.update(touched_agencies([*session.new, *session.dirty, *session.deleted]))
+
+            event.listen(s, "before_flush", collect)
             apply(s)
             s.flush()
-            if events:
+            if events or touched:
                 self._lock_outbox(s.connection())
+            if events:
                 s.connection().execute(
                     self.insert_new(AuditRow.__table__),  # type: ignore[attr-defined]
                     [_audit_values(e) for e in events],
                 )
+            journal_changes(s.connection(), touched)
             s.commit()
+
+    def directory_serial(self) -> int:
+        """The serial of the newest change to any agency's record (ADR 14; 0: none).
+
+        Raises:
+            AuditStoreError: the database refused.
+        """
+        with self.connect() as conn:
+            return journal_serial(conn)
+
+    def directory_journal(self, *, upto: int, limit: int) -> tuple[list[tuple[int, str]], int]:
+        """The newest ``limit`` record changes up to serial ``upto`` and the serial after
+        which they are complete (``broker.store.journal.journal_tail``).
+
+        Raises:
+            AuditStoreError: the database refused.
+        """
+        with self.connect() as conn:
+            return journal_tail(conn, upto=upto, limit=limit)
 
     def _lock_outbox(self, conn: Any) -> None:
         """PostgreSQL: wait for the writers of earlier audit events to commit (see the

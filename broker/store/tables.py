@@ -19,6 +19,7 @@ REGISTRY_TABLES = (
     "console_session",
     "decision",
     "decision_record",
+    "directory_change",
     "encryption_key",
     "enrolment_token",
     "jurisdiction",
@@ -32,4 +33,4 @@ REGISTRY_TABLES = (
     "withheld_count",
     "withdrawal",
 )
-SEQUENCES = ("audit_event_seq_seq", "policy_set_seq_seq")
+SEQUENCES = ("audit_event_seq_seq", "directory_change_serial_seq", "policy_set_seq_seq")

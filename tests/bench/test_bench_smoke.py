@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.policy_scale import engine_figures
 from bench.report import evaluate_targets, hand_sections, render, write_report
 from bench.stats import latency_summary, pct
 from bench.synthetic_directory import synthetic_directory, write_policy_dir
@@ -218,8 +219,8 @@ def test_growth_seeds_the_rows_a_python_loop_would(tmp_path: Path) -> None:
     db = tmp_path / "istmo.db"
     Registry(f"sqlite:///{db}").close()
     stack = SimpleNamespace(db_path=db)
-    assert seed_sql(stack, 0, 3)["sql_rows"] == 9  # type: ignore[arg-type]
-    assert seed_sql(stack, 3, 5)["sql_rows"] == 6  # type: ignore[arg-type]
+    assert seed_sql(stack, 0, 3)["sql_rows"] == 9
+    assert seed_sql(stack, 3, 5)["sql_rows"] == 6
     con = sqlite3.connect(db)
     rows = con.execute(
         "SELECT id, originator, envelope_digest, ingest_seq, recipients FROM bulletin ORDER BY id"
@@ -239,7 +240,7 @@ def test_growth_seeds_the_rows_a_python_loop_would(tmp_path: Path) -> None:
     assert [e[:3] for e in events] == [(f"{b}:accepted", "bulletin.accepted", b) for b in ids]
     assert json.loads(events[0][3])["recipients"] == ["bz-police"]
     # Full mode: the audit event of every tenth bulletin only (i = 10 and 20 of 5..24).
-    assert seed_sql(stack, 5, 25, audit_every=10) == {  # type: ignore[arg-type]
+    assert seed_sql(stack, 5, 25, audit_every=10) == {
         "sql_rows": 42,
         "sql_audit_events": 2,
         "sql_seconds": pytest.approx(0, abs=60),
@@ -275,19 +276,41 @@ def test_a_drain_is_timed_between_the_midpoints_of_the_polls_around_its_ends() -
     ) -> tuple[dict, Js]:  # type: ignore[type-arg]
         js = Js(states)
         t = time.perf_counter() if released else None
-        out = await _drain(js, 100, timeout, None, 0.02, t)  # type: ignore[arg-type]
+        out = await _drain(js, 100, timeout, None, 0.02, t)
         return out, js
 
     out, js = asyncio.run(run([(36, 64), (0, 36), (0, 0)], released=True))
     assert out["drained"]
     assert out["processed"] == 100
     # From before the first look (the release) to between the last two looks.
-    assert 0 < float(out["seconds"]) < js.times[-1] - js.times[0] + 0.02  # type: ignore[arg-type]
+    assert 0 < float(out["seconds"]) < js.times[-1] - js.times[0] + 0.02
     out, js = asyncio.run(run([(100, 0), (100, 0), (0, 0)], released=False))
     assert out["drained"]
     assert out["processed"] == 100
     # Taken and drained between the second and third look: that whole interval.
-    assert float(out["seconds"]) == pytest.approx(js.times[2] - js.times[1], abs=0.01)  # type: ignore[arg-type]
+    assert float(out["seconds"]) == pytest.approx(js.times[2] - js.times[1], abs=0.01)
     out, _js = asyncio.run(run([(100, 0)], released=True, timeout=0.2))
     assert not out["drained"]
     assert out["processed"] == 0
+
+
+def test_engine_figures_and_their_rows_in_the_report(tmp_path: Path) -> None:
+    """``bench/policy_scale.py`` on a tiny directory; a 10,000-agency row measured in
+    process only is shown in the engine table and never taken for the 3,500 stack."""
+    figures = engine_figures(100, calls=3, tmp=tmp_path)
+    assert figures["agencies"] == 100
+    assert set(figures["decision_ms"]) == {"p50", "p99", "calls"}
+    assert 0 < figures["permitted_narrow"] < figures["candidates_for_topic"]
+    doc = _doc(100, 0.3, 30)
+    engine = {"decision_ms": {"p50": 0.5, "p99": 0.9}, "resolve_ms": {"p50": 6.4, "p99": 18.8}}
+    doc["results"]["directory_size"] = {
+        "rows": [
+            {"agencies": 3500, "resolution": {"resolve_ms": 30.0}, "siena": {}} | engine,
+            {"agencies": 10000, "in_process_only": True} | engine,
+        ]
+    }
+    verdicts = {t["key"]: t for t in evaluate_targets(doc)}
+    assert verdicts["resolve_3500"]["status"] == "met"
+    text = render(doc, "r.json", {})
+    assert "| 10,000 | n/a | 0.5 | 0.9 | 6.4 | 18.8 | n/a |" in text
+    assert "10,000 agencies: n/a bulletins/s" not in text  # no SIENA line for it

@@ -27,6 +27,7 @@ from schemas.agency import (
     RecallReply,
     ReceiptEntry,
     ReceiptsReply,
+    RecipientsReply,
     ResolveReply,
     ResolveRequest,
     RevokeKeyReply,
@@ -40,7 +41,14 @@ from schemas.agency import (
     encode_request,
 )
 from schemas.canonical import b64e, canonical_json
-from schemas.directory import AgencyRecord, DirectoryExcerpt, SigningKeyRecord, sign_excerpt
+from schemas.directory import (
+    AgencyRecord,
+    DirectoryExcerpt,
+    SignedChanges,
+    SignedExcerpt,
+    SigningKeyRecord,
+    sign_excerpt,
+)
 from schemas.envelope import parse_model
 from schemas.errors import (
     AuditStoreError,
@@ -306,7 +314,7 @@ def test_only_the_error_reply_has_a_field_named_error() -> None:
     replies: list[type[BaseModel]] = [
         ResolveReply, ExplainReply, ReceiptsReply, RotateReply, RevokeKeyReply,
         DeadLettersReply, StatusAccepted, StatusRejected, StatusPending, WithheldReply,
-        RecallReply,
+        RecipientsReply, RecallReply, SignedChanges, SignedExcerpt,
     ]  # fmt: skip
     assert [m.__name__ for m in replies if "error" in m.model_fields] == []
     assert set(ErrorReply.model_fields) == {"error"}

@@ -35,6 +35,7 @@ def test_every_model_is_exported() -> None:
     assert {m.__name__ for m in MODELS.values()} == {
         "Announcement",
         "BulletinRequest",
+        "ChangesRequest",
         "DeadLettersReply",
         "DeadLettersRequest",
         "DirectoryRequest",
@@ -42,6 +43,7 @@ def test_every_model_is_exported() -> None:
         "ExplainReply",
         "ReceiptsReply",
         "RecallReply",
+        "RecipientsReply",
         "ResolveReply",
         "ResolveRequest",
         "RevokeKeyReply",
@@ -56,6 +58,7 @@ def test_every_model_is_exported() -> None:
         "InnerBulletin",
         "Labels",
         "Receipt",
+        "SignedChanges",
         "SignedExcerpt",
         "SignedTreeHead",
         "TreeHead",

@@ -29,6 +29,8 @@ from broker.policy.engine import (
     PolicyLoadError,
     simulate,
 )
+from broker.policy.prefilter import ReceiverIndex
+from broker.policy.slicing import EntityIndex
 from schemas.errors import ConfigError
 from schemas.labels import Classification, Labels, Tlp
 
@@ -304,11 +306,21 @@ def test_wrong_type_smuggled_past_the_snapshot_still_denies(bundle: PolicyBundle
         cedarpy.Entities.from_json_str(json.dumps(entities)),
         good._agencies,
         good._schema_digest,
+        EntityIndex.build(entities),
+        ReceiverIndex.build(entities),  # leaves sv-police out: Cedar decides it
     )
-    engine = PolicyEngine(bundle, smuggled)
-    [d] = engine.decide_receive(facts(classification=Classification.SECRET), ["sv-police"], NOW)
+    secret = facts(classification=Classification.SECRET)
+    whole = PolicyEngine(bundle, smuggled, entities="whole")
+    [d] = whole.decide_receive(secret, ["sv-police"], NOW)
     assert (d.allowed, d.policy_ids) == (False, ())  # Cedar itself said Allow (grant.releasable)
     assert d.errors[0].startswith("error while evaluating policy `guard.clearance`: type error")
+    # A slice is parsed against the schema again: refused before Cedar evaluates.
+    sliced = PolicyEngine(bundle, smuggled, entities="slice")
+    [d] = sliced.decide_receive(secret, ["sv-police"], NOW)
+    assert (d.allowed, d.policy_ids) == (False, ())
+    assert d.errors[0].startswith("bulletin facts rejected: entity does not conform")
+    assert whole.permitted_receivers(secret, ["sv-police"], NOW) == []
+    assert sliced.permitted_receivers(secret, ["sv-police"], NOW) == []
 
 
 @pytest.mark.parametrize(

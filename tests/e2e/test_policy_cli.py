@@ -55,6 +55,7 @@ def test_check_names_the_version_and_the_problem(up: UpProcess, tmp_path: Path) 
     ok = run_cli("policy", "check", data_dir=up.data_dir)
     assert ok.returncode == 0, ok.stderr
     assert "is valid" in ok.stdout
+    assert "prefilter: clearance, releasability" in ok.stdout  # the shipped set proves both
     broken = candidate(
         tmp_path,
         extra='@id("sica.x")\nforbid (principal, action, resource) when {',

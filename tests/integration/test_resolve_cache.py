@@ -6,6 +6,7 @@ inside the SDK."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -76,7 +77,7 @@ async def live(gt: IstmoClient) -> Versions:
 async def test_two_publishes_with_the_same_labels_ask_the_relay_once(
     stack: Stack, broker_nc: NATS
 ) -> None:
-    asked = await watch(broker_nc, api_subject(GT, "resolve"))
+    asked = await watch(broker_nc, api_subject(GT, "recipients"))
     async with await client(stack, GT) as gt:
         await live(gt)
         first = await gt.publish(title="one", text="first", labels=TO_SV)
@@ -104,7 +105,7 @@ async def test_a_suspended_recipient_is_not_in_the_next_envelope(
     stack: Stack, broker_nc: NATS
 ) -> None:
     assert stack.registry is not None
-    asked = await watch(broker_nc, api_subject(GT, "resolve"))
+    asked = await watch(broker_nc, api_subject(GT, "recipients"))
     sealed = await watch(broker_nc, ingest_subject(GT))
     async with await client(stack, GT) as gt:
         before = await live(gt)
@@ -121,7 +122,12 @@ async def test_a_suspended_recipient_is_not_in_the_next_envelope(
         await eventually(
             lambda: cache.versions != before, what="gt to hear the new directory version"
         )
+        # The key store too (ADR 14): the record of hn held from before the change is
+        # not used again.
+        assert gt.directory.held(HN) is not None
+        assert gt.directory.usable(HN, now=time.monotonic(), epoch=gt._epoch()) is None
         second = await gt.publish(title="after", text="hn is suspended", labels=TO_HN)
+        assert gt.directory.usable(HN, now=time.monotonic(), epoch=gt._epoch()) is None
     await settled(broker_nc)
 
     assert asked.pending_msgs == 2  # once before the suspension, once after

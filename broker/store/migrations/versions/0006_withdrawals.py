@@ -10,8 +10,8 @@ audit log has ``bulletin.withdrawn`` and ``delivery.withdrawn``).
 and for every bulletin accepted before), indexed so a status finds the corrections of a
 bulletin.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-07
 """
 
@@ -20,8 +20,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,199 @@
+"""The directory and a bulletin as Cedar entities.
+
+``DirectorySnapshot`` checks the directory (what Cedar's schema cannot see, then the
+schema), parses it once as one Cedar entity set, and indexes it for slices (``slicing``)
+and for the prefilter (``prefilter``); ``bulletin_entity`` turns a bulletin's facts into
+its entity. Left to the engine: adding the bulletin and deciding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cedarpy import Entities
+
+from broker.policy.bundle import PolicyBundle
+from broker.policy.lint import NAMESPACE, shorten_error
+from broker.policy.model import AgencyInfo, BulletinFacts, JurisdictionInfo
+from broker.policy.prefilter import ReceiverIndex
+from broker.policy.slicing import EntityIndex, Uid
+from schemas.errors import ConfigError
+
+__all__ = ["AGENCY", "DirectorySnapshot", "bulletin_entity", "entity_uid"]
+
+AGENCY = f"{NAMESPACE}::Agency"
+_JURISDICTION = f"{NAMESPACE}::Jurisdiction"
+_SECTORS = frozenset({"police", "military", "foreign", "justice", "regional-centre", "auditor"})
+_STATUSES = frozenset({"active", "suspended", "revoked"})
+_GRADE = re.compile(r"[A-F][1-6]")
+
+_Json = dict[str, object]
+
+
+@dataclass(frozen=True, eq=False)
+class DirectorySnapshot:
+    """The directory as one parsed, schema-checked Cedar entity set, and as the per-entity
+    texts and reaches slices are cut from. Use ``build``."""
+
+    version: str
+    _entities: Entities = field(repr=False)
+    _agencies: dict[str, AgencyInfo] = field(repr=False)
+    _schema_digest: str = field(repr=False)
+    _index: EntityIndex = field(repr=False)
+    _receivers: ReceiverIndex = field(repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        jurisdictions: Sequence[JurisdictionInfo],
+        agencies: Sequence[AgencyInfo],
+        bundle: PolicyBundle,
+    ) -> DirectorySnapshot:
+        """Check the directory, turn it into Cedar entities, parse them once, and index
+        them for slices and for the prefilter.
+
+        Raises:
+            ConfigError: a record has a wrong type or value, a duplicate id or an unknown
+                parent, or the entities do not conform to the bundle's schema.
+        """
+        problems = _check_directory(jurisdictions, agencies)
+        if problems:
+            shown = "; ".join(problems[:10]) + ("; ..." if len(problems) > 10 else "")
+            raise ConfigError(f"directory rejected: {shown}", code="directory")
+        entities = [_jurisdiction_entity(j) for j in jurisdictions]
+        entities += [_agency_entity(a) for a in agencies]
+        entities.sort(key=lambda e: json.dumps(e["uid"], sort_keys=True))
+        text = json.dumps(entities, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        try:
+            handle = Entities.from_json_str(text, bundle._schema)
+        except ValueError as exc:
+            raise ConfigError(
+                f"directory does not conform to the policy schema: {shorten_error(str(exc))}",
+                code="directory",
+            ) from exc
+        version = hashlib.sha256(text.encode()).hexdigest()[:16]
+        agency_map = {a.id: a for a in agencies}
+        codes = {j.code: j for j in jurisdictions}
+
+        def lookup(uid: Uid) -> _Json | None:
+            # The entities just checked, built again from the same frozen records.
+            kind, ident = uid
+            if kind == _JURISDICTION and ident in codes:
+                return _jurisdiction_entity(codes[ident])
+            if kind == AGENCY and ident in agency_map:
+                return _agency_entity(agency_map[ident])
+            return None
+
+        indexes = (EntityIndex(lookup, len(entities)), ReceiverIndex.build(entities))
+        return cls(version, handle, agency_map, bundle._schema_digest, *indexes)
+
+    def agency(self, agency_id: str) -> AgencyInfo | None:
+        """The agency ``agency_id``, or None if the directory has no such agency."""
+        return self._agencies.get(agency_id)
+
+
+def _check_directory(
+    jurisdictions: Sequence[JurisdictionInfo], agencies: Sequence[AgencyInfo]
+) -> list[str]:
+    """What Cedar's schema cannot see: duplicates, value ranges and references."""
+    problems: list[str] = []
+    kinds = {j.code: j.kind for j in jurisdictions}
+    if len(kinds) != len(jurisdictions):
+        problems.append("duplicate jurisdiction code")
+    for j in jurisdictions:
+        parents_ok = isinstance(j.parents, tuple) and set(j.parents) <= kinds.keys() - {j.code}
+        if j.kind not in ("state", "community") or not parents_ok:
+            problems.append(f"jurisdiction {j.code!r}: bad kind or unknown parent")
+    if len({a.id for a in agencies}) != len(agencies):
+        problems.append("duplicate agency id")
+    for a in agencies:
+        where = f"agency {a.id!r}"
+        if a.sector not in _SECTORS or a.status not in _STATUSES:
+            problems.append(f"{where}: unknown sector or status")
+        if not isinstance(a.topics, frozenset) or not isinstance(a.communities, tuple):
+            problems.append(f"{where}: topics must be a frozenset, communities a tuple")
+        if type(a.clearance) is not int or not 0 <= a.clearance <= 3:
+            problems.append(f"{where}: clearance must be an int 0..3")
+        if a.state is not None and kinds.get(a.state) != "state":
+            problems.append(f"{where}: {a.state!r} is not a known state")
+        if any(kinds.get(c) != "community" for c in a.communities):
+            problems.append(f"{where}: unknown community in {a.communities!r}")
+        grade = a.min_source_grade
+        if grade is not None and not (isinstance(grade, str) and _GRADE.fullmatch(grade)):
+            problems.append(f"{where}: min_source_grade must be 'A1'..'F6' or None")
+    return problems
+
+
+def entity_uid(kind: str, ident: str) -> _Json:
+    """A Cedar uid object of type ``Istmo::<kind>``."""
+    return {"type": f"{NAMESPACE}::{kind}", "id": ident}
+
+
+def _ref(kind: str, ident: str) -> _Json:
+    return {"__entity": entity_uid(kind, ident)}
+
+
+def _grade(grade: str) -> _Json:
+    """Admiralty "B2" as Longs, lower is better: reliability A..F = 1..6, credibility 1..6."""
+    return {"reliability": "ABCDEF".index(grade[0]) + 1, "credibility": int(grade[1])}
+
+
+def _jurisdiction_entity(j: JurisdictionInfo) -> _Json:
+    return {
+        "uid": entity_uid("Jurisdiction", j.code),
+        "attrs": {"kind": j.kind, "name": j.name},
+        "parents": [entity_uid("Jurisdiction", p) for p in sorted(j.parents)],
+    }
+
+
+def _agency_entity(a: AgencyInfo) -> _Json:
+    attrs: _Json = {
+        "name": a.name,
+        "sector": a.sector,
+        "status": a.status,
+        "clearance": a.clearance,
+        "topics": sorted(a.topics),
+    }
+    if a.state is not None:
+        attrs["home"] = _ref("Jurisdiction", a.state)
+    if a.min_source_grade is not None:
+        attrs["minSourceGrade"] = _grade(a.min_source_grade)
+    parents = [a.state] if a.state is not None else sorted(a.communities)
+    return {
+        "uid": entity_uid("Agency", a.id),
+        "attrs": attrs,
+        "parents": [entity_uid("Jurisdiction", p) for p in parents],
+    }
+
+
+def bulletin_entity(facts: BulletinFacts) -> _Json:
+    """The bulletin as a Cedar entity.
+
+    Raises:
+        AttributeError, IndexError, TypeError, ValueError: malformed facts.
+    """
+    # Precedence and handling_note are not policy inputs (delivery order; caveat text).
+    labels = facts.labels
+    attrs: _Json = {
+        "topic": labels.topic,
+        "classification": labels.classification.level,
+        "tlp": labels.tlp.value,
+        "releasableTo": [_ref("Jurisdiction", c) for c in labels.rel_to],
+        "namedRecipients": [_ref("Agency", a) for a in labels.named],
+        "handling": [h.value for h in labels.handling],
+        "judicialConsent": [_ref("Agency", a) for a in labels.judicial_consent],
+        "originator": _ref("Agency", facts.originator),
+    }
+    if labels.source_grade is not None:
+        attrs["sourceGrade"] = _grade(labels.source_grade)
+    if facts.origin_state is not None:
+        attrs["originState"] = _ref("Jurisdiction", facts.origin_state)
+    if facts.not_before is not None:
+        attrs["embargoUntil"] = facts.not_before
+    if facts.expires_at is not None:
+        attrs["expiresAt"] = facts.expires_at
+    return {"uid": entity_uid("Bulletin", facts.bulletin_id), "attrs": attrs, "parents": []}
