@@ -35,7 +35,7 @@ from broker.bus.natsconf import AgencyUser
 from broker.config import Settings
 from broker.runtime.stack import Stack
 from schemas.natskeys import new_user_seed, user_public_key
-from tests.conftest import NatsStack
+from tests.conftest import NatsStack, user_jwt_option
 from tests.stackproc import UpProcess, free_port_run
 from tests.waiting import eventually, eventually_sync
 
@@ -75,7 +75,7 @@ class ClusterStack(NatsStack):
             if errors is not None:
                 errors.append(exc)
 
-        merged = {**_CONNECT_OPTIONS, **options}
+        merged = {**_CONNECT_OPTIONS, **user_jwt_option(options), **options}
         if prefix is None:
             first = 0
         else:

@@ -1,0 +1,228 @@
+"""Operator mode's shell (ADR 0013): the operator's secret on disk, and pushing account JWTs.
+
+``load_operator`` reads (or makes, mode 0600) ``broker_dir/nats-operator.key``, the one
+secret every key of ``broker.bus.natsauth`` derives from. ``ClaimsPusher`` is the broker's
+connection as the system account's user: it pushes account JWTs with
+``$SYS.REQ.CLAIMS.UPDATE``, which every node's ``full`` resolver answers (each stores the
+JWT, applies it to the account if loaded, and replies), and it reads back what a node holds
+with ``$SYS.REQ.CLAIMS.PACK``. What the JWTs say is ``broker.bus.natsauth``'s; when to push
+them is the stack's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from broker.bus.natsauth import NatsOperator
+from broker.files import write_private
+from schemas.errors import BusUnavailable, ConfigError
+
+__all__ = ["OPERATOR_KEY_FILE", "ClaimsPusher", "load_operator"]
+
+log = logging.getLogger("istmo.bus")
+
+OPERATOR_KEY_FILE = "nats-operator.key"
+_MASTER_BYTES = 32
+_UPDATE_SUBJECT = "$SYS.REQ.CLAIMS.UPDATE"
+_PACK_SUBJECT = "$SYS.REQ.CLAIMS.PACK"
+_IN_FLIGHT = 256  # pushes awaiting their answers at once
+_MAX_ANSWER_BYTES = 64 * 1024
+
+
+def load_operator(broker_dir: Path) -> NatsOperator:
+    """The broker's NATS operator, from ``broker_dir/nats-operator.key`` (made on first use).
+
+    Raises:
+        ConfigError: the file exists but does not hold a 32-byte secret.
+    """
+    path = broker_dir / OPERATOR_KEY_FILE
+    if not path.exists():
+        master = secrets.token_bytes(_MASTER_BYTES)
+        write_private(path, base64.b64encode(master) + b"\n")
+        return NatsOperator(master)
+    try:
+        master = base64.b64decode(path.read_text().strip(), validate=True)
+    except (OSError, ValueError, binascii.Error) as exc:
+        raise ConfigError(f"cannot read the NATS operator key {path}") from exc
+    if len(master) != _MASTER_BYTES:
+        raise ConfigError(f"the NATS operator key {path} is not {_MASTER_BYTES} bytes")
+    return NatsOperator(master)
+
+
+class _Batch:
+    """The answers to one batch of pushes, by index (``reply`` ends in ``.<index>``)."""
+
+    def __init__(self, size: int, nodes: int) -> None:
+        self.nodes = nodes
+        self.ok = [0] * size
+        self.errors: list[str] = []
+        self.by_one = 0  # pushes at least one node has stored
+        self.by_all = 0  # pushes every node has stored
+        self.progress = asyncio.Event()
+
+    async def on_answer(self, msg: Msg) -> None:
+        try:
+            index = int(msg.subject.rsplit(".", 1)[1])
+            body = json.loads(msg.data[:_MAX_ANSWER_BYTES])
+        except (ValueError, IndexError):
+            return
+        if not 0 <= index < len(self.ok):
+            return
+        error = body.get("error") if isinstance(body, dict) else None
+        if error:
+            # nats-server's own description, e.g. "jwt validation failed - ...": no secrets.
+            self.errors.append(str(error.get("description", error))[:300])
+        else:
+            self.ok[index] += 1
+            self.by_one += self.ok[index] == 1
+            self.by_all += self.ok[index] == self.nodes
+        self.progress.set()
+
+
+class ClaimsPusher:
+    """The broker's connection as the system account's user, pushing account JWTs.
+
+    Args:
+        nc: a connection as the system user (``connect``).
+        nodes: how many nodes run a resolver (each answers every push).
+        timeout: seconds without any answer after which a push is given up.
+    """
+
+    def __init__(self, nc: NATS, *, nodes: int = 1, timeout: float = 5.0) -> None:
+        self._nc = nc
+        self.nodes = nodes
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(
+        cls,
+        urls: str | Sequence[str],
+        operator: NatsOperator,
+        *,
+        nodes: int = 1,
+        timeout: float = 5.0,
+    ) -> ClaimsPusher:
+        """Connect as the system account's user.
+
+        Raises:
+            BusUnavailable: NATS is not reachable.
+        """
+        token = operator.system_user_jwt(issued_at=int(time.time()))
+        try:
+            nc = await nats.connect(
+                urls if isinstance(urls, str) else list(urls),
+                nkeys_seed_str=operator.system_user_seed,
+                user_jwt_cb=lambda: token.encode(),
+                name="istmo-claims",
+                connect_timeout=5,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            raise BusUnavailable("NATS is not reachable as the system account") from exc
+        return cls(nc, nodes=nodes, timeout=timeout)
+
+    async def close(self) -> None:
+        await self._nc.close()
+
+    async def push(self, jwts: Sequence[str]) -> int:
+        """Push account JWTs; return once every node stored each, or at least one did and
+        the others stayed silent for ``timeout`` seconds (a node that is down catches up
+        from its peers when it starts). Returns how many nodes stored all of them.
+
+        Raises:
+            ConfigError: a node refused a JWT (nats-server's reason is included).
+            BusUnavailable: no node answered a push within ``timeout`` seconds.
+        """
+        if not jwts:
+            return self.nodes
+        batch = _Batch(len(jwts), self.nodes)
+        prefix = self._nc.new_inbox()
+        sub = await self._nc.subscribe(prefix + ".*", cb=batch.on_answer)
+        try:
+            await self._send(jwts, prefix, batch)
+            await self._wait(batch)
+        finally:
+            await sub.unsubscribe()
+        if batch.errors:
+            raise ConfigError(f"NATS refused {len(batch.errors)} account JWT(s): {batch.errors[0]}")
+        stored = min(batch.ok)
+        if stored == 0:
+            raise BusUnavailable(f"no NATS node stored the account JWTs within {self.timeout:g} s")
+        if stored < self.nodes:
+            log.warning(
+                "%d of %d NATS nodes stored the account JWTs; the others catch up from them",
+                stored,
+                self.nodes,
+            )
+        return stored
+
+    async def _send(self, jwts: Sequence[str], prefix: str, batch: _Batch) -> None:
+        for index, token in enumerate(jwts):
+            # At most _IN_FLIGHT unanswered: a node answers in order, a batch of 10,000
+            # would otherwise sit in buffers and time out behind itself.
+            while index - batch.by_one >= _IN_FLIGHT and not batch.errors:
+                batch.progress.clear()
+                try:
+                    await asyncio.wait_for(batch.progress.wait(), self.timeout)
+                except TimeoutError:
+                    return  # _wait reports what did arrive
+            await self._nc.publish(_UPDATE_SUBJECT, token.encode(), reply=f"{prefix}.{index}")
+        await self._nc.flush()
+
+    async def _wait(self, batch: _Batch) -> None:
+        while batch.by_all < len(batch.ok) and not batch.errors:
+            batch.progress.clear()
+            try:
+                await asyncio.wait_for(batch.progress.wait(), self.timeout)
+            except TimeoutError:
+                return
+
+    async def stored(self) -> dict[str, str]:
+        """The account JWTs one node holds, by account public key (``CLAIMS.PACK``).
+
+        Raises:
+            BusUnavailable: no node answered within ``timeout`` seconds.
+        """
+        found: dict[str, str] = {}
+        done = asyncio.Event()
+        progress = asyncio.Event()
+
+        async def on_pack(msg: Msg) -> None:
+            progress.set()
+            if not msg.data:
+                done.set()  # an empty message ends the pack
+                return
+            key, sep, token = msg.data.decode("ascii", "replace").partition("|")
+            if sep:
+                found[key] = token
+
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox, cb=on_pack)
+        try:
+            # Our hash is empty: never equal to the node's, so it sends every JWT it holds.
+            await self._nc.publish(_PACK_SUBJECT, b"", reply=inbox)
+            while not done.is_set():
+                progress.clear()
+                try:
+                    await asyncio.wait_for(progress.wait(), self.timeout)
+                except TimeoutError as exc:
+                    raise BusUnavailable(
+                        f"no NATS node listed its account JWTs within {self.timeout:g} s"
+                    ) from exc
+        finally:
+            await sub.unsubscribe()
+        return found

@@ -1,0 +1,297 @@
+"""The broker as NATS operator (ADR 0013): its keys and every JWT it issues (pure).
+
+In operator mode nats-server trusts one operator, and learns each account from a JWT the
+operator signed; accounts come, change and go by pushing one JWT, with no config reload.
+
+* Keys. Every key is derived from one secret of at least 32 bytes (``broker.bus.claims``
+  keeps it in ``broker_dir/nats-operator.key``, mode 0600): the operator, the system account
+  and its user (through which the broker pushes account JWTs), account ISTMO, one account per
+  agency, and one *signing key per agency and user nkey*. Nothing else needs storing, and
+  every process of the broker that reads the secret derives the same keys.
+* Account ISTMO (the relay and JetStream) exports each kind of agency service once, on a
+  wildcard (``broker.bus.grants.RELAY_SERVICE_EXPORTS``), as a *private* export: an account
+  may import from it only with an activation token ISTMO signed for that account and
+  subject. Its JWT is the same whatever the directory holds.
+* An agency's account imports exactly its own services, each with its activation token, and
+  the announcements; its ``default_permissions`` are the allow-lists of config mode. Its
+  user JWT carries no permissions of its own, so those defaults apply, and nats-server
+  applies a change of them to live connections.
+* Who may connect. An agency's user JWT is signed by the signing key derived for its
+  (agency, user nkey). The account JWT lists that key only while the agency is active and
+  the nkey is its current one: suspending or revoking an agency, or re-enrolling it with a
+  new nkey, pushes an account JWT without it, and nats-server closes the connections of
+  users that key signed at once and refuses them from then on. Reinstating lists it again:
+  the agency's JWT works again unchanged.
+
+Pushing the JWTs is ``broker.bus.claims``'; writing the config that trusts the operator is
+``broker.bus.natsconf``'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker.bus.grants import (
+    RELAY_SERVICE_EXPORTS,
+    RELAY_STREAM_EXPORTS,
+    agency_publish_subjects,
+    agency_services,
+    agency_subscribe_subjects,
+)
+from broker.bus.natsconf import OperatorMode
+from broker.bus.natsjwt import derive_seed, encode_jwt, public_key
+from schemas.ids import parse_agency_id
+from schemas.subjects import ANNOUNCE_SUBJECT, RELAY_ACCOUNT
+
+__all__ = ["SYSTEM_ACCOUNT_NAME", "AgencyAccount", "NatsOperator"]
+
+SYSTEM_ACCOUNT_NAME = "SYS"
+_UNLIMITED = -1
+# nats-io/jwt's defaults for a new account, JetStream off (NewAccountClaims).
+_NATS_LIMITS = {"subs": _UNLIMITED, "data": _UNLIMITED, "payload": _UNLIMITED}
+_ACCOUNT_LIMITS = {
+    **_NATS_LIMITS,
+    "imports": _UNLIMITED,
+    "exports": _UNLIMITED,
+    "wildcards": True,
+    "conn": _UNLIMITED,
+    "leaf": _UNLIMITED,
+}
+_JETSTREAM_LIMITS = {
+    "mem_storage": _UNLIMITED,
+    "disk_storage": _UNLIMITED,
+    "streams": _UNLIMITED,
+    "consumer": _UNLIMITED,
+}
+# An agency's account exports nothing (nats-io/jwt checks it when it validates the JWT).
+_AGENCY_LIMITS = {**_ACCOUNT_LIMITS, "exports": 0, "wildcards": False}
+
+
+@dataclass(frozen=True)
+class AgencyAccount:
+    """What an agency's account JWT depends on: the JWT changes exactly when this does.
+
+    Attributes:
+        agency: the agency id.
+        nkey_public: its current user nkey ("U..."), None while it has none.
+        active: whether it may connect (suspended and revoked agencies may not).
+    """
+
+    agency: str
+    nkey_public: str | None
+    active: bool
+
+    @property
+    def admits(self) -> str | None:
+        """The user nkey that may connect now, if any."""
+        return self.nkey_public if self.active else None
+
+
+class NatsOperator:
+    """The operator's keys, derived from one secret, and the JWTs they sign.
+
+    Args:
+        master: the secret (at least 32 bytes). Keep it like the broker's other keys: every
+            account's identity depends on it, JetStream's streams included (they live under
+            account ISTMO's public key), so it must never change for a data directory.
+    """
+
+    __slots__ = ("_master", "_operator", "_relay", "_system", "_system_user")
+
+    def __init__(self, master: bytes) -> None:
+        self._master = master
+        self._operator = derive_seed(master, "operator", "operator")
+        self._system = derive_seed(master, "account\x00system", "account")
+        self._system_user = derive_seed(master, "user\x00system", "user")
+        self._relay = derive_seed(master, "account\x00relay", "account")
+
+    def __repr__(self) -> str:
+        return f"NatsOperator({self.operator_public})"
+
+    # ---------------------------------------------------------------- public keys
+    @property
+    def operator_public(self) -> str:
+        return public_key(self._operator)
+
+    @property
+    def system_account(self) -> str:
+        """The system account's public key (nats-server's ``system_account``)."""
+        return public_key(self._system)
+
+    @property
+    def relay_account(self) -> str:
+        """Account ISTMO's public key: nats-server names the account by it."""
+        return public_key(self._relay)
+
+    @property
+    def system_user_seed(self) -> str:
+        """The seed of the system account's user, as which the broker pushes JWTs."""
+        return self._system_user
+
+    def agency_account(self, agency: str) -> str:
+        """The public key of ``agency``'s account."""
+        return public_key(self._agency_seed(agency))
+
+    def _agency_seed(self, agency: str) -> str:
+        return derive_seed(
+            self._master, f"account\x00agency\x00{parse_agency_id(agency)}", "account"
+        )
+
+    def _signer(self, agency: str, nkey_public: str) -> str:
+        """The signing key of ``agency``'s users with ``nkey_public`` (see the module)."""
+        return derive_seed(
+            self._master, f"signer\x00{parse_agency_id(agency)}\x00{nkey_public}", "account"
+        )
+
+    def trust(self, resolver_dir: Path, *, issued_at: int) -> OperatorMode:
+        """What a node's config needs to trust this operator (``NatsLayout.operator``):
+        its JWT, and the system account's and ISTMO's JWTs to start with."""
+        return OperatorMode(
+            operator_jwt=self.operator_jwt(issued_at=issued_at),
+            system_account=self.system_account,
+            preload=(
+                (self.system_account, self.system_account_jwt(issued_at=issued_at)),
+                (self.relay_account, self.relay_account_jwt(issued_at=issued_at)),
+            ),
+            resolver_dir=resolver_dir,
+        )
+
+    # ---------------------------------------------------------------- operator, SYS, ISTMO
+    def operator_jwt(self, *, issued_at: int) -> str:
+        """The operator's own JWT, self-signed: the config's ``operator``."""
+        return encode_jwt(
+            "operator",
+            signer=self._operator,
+            subject=self.operator_public,
+            issued_at=issued_at,
+            name="istmo",
+            nats={"system_account": self.system_account},
+        )
+
+    def system_account_jwt(self, *, issued_at: int) -> str:
+        return encode_jwt(
+            "account",
+            signer=self._operator,
+            subject=self.system_account,
+            issued_at=issued_at,
+            name=SYSTEM_ACCOUNT_NAME,
+            nats={"limits": _ACCOUNT_LIMITS},
+        )
+
+    def system_user_jwt(self, *, issued_at: int) -> str:
+        return encode_jwt(
+            "user",
+            signer=self._system,
+            subject=public_key(self._system_user),
+            issued_at=issued_at,
+            name="istmo-claims",
+            nats=_NATS_LIMITS,
+        )
+
+    def relay_account_jwt(self, *, issued_at: int) -> str:
+        """Account ISTMO: JetStream, and every agency service as a private wildcard export
+        (plus the announcements, a public stream)."""
+        exports: list[dict[str, Any]] = [
+            {
+                "name": service.subject,
+                "subject": service.subject,
+                "type": "service",
+                "token_req": True,
+                **({"response_type": "Stream"} if service.streamed else {}),
+            }
+            for service in RELAY_SERVICE_EXPORTS
+        ]
+        exports += [
+            {"name": subject, "subject": subject, "type": "stream"}
+            for subject in RELAY_STREAM_EXPORTS
+        ]
+        return encode_jwt(
+            "account",
+            signer=self._operator,
+            subject=self.relay_account,
+            issued_at=issued_at,
+            name=RELAY_ACCOUNT,
+            nats={"limits": {**_ACCOUNT_LIMITS, **_JETSTREAM_LIMITS}, "exports": exports},
+        )
+
+    def relay_user_jwt(self, relay_nkey_public: str, *, issued_at: int) -> str:
+        """The broker's own user in ISTMO (relays, sequencer, gate): no limits of its own."""
+        return encode_jwt(
+            "user",
+            signer=self._relay,
+            subject=relay_nkey_public,
+            issued_at=issued_at,
+            name="istmo-relay",
+            nats=_NATS_LIMITS,
+        )
+
+    # ---------------------------------------------------------------- agencies
+    def agency_account_jwt(self, account: AgencyAccount, *, issued_at: int) -> str:
+        """The JWT of ``account.agency``'s account: its imports, each with an activation
+        token ISTMO signed for it, its permissions, and the signing key of its user while
+        that user may connect.
+
+        Raises:
+            EnvelopeError: the agency id is not valid.
+        """
+        agency = account.agency
+        subject = self.agency_account(agency)
+        imports: list[dict[str, Any]] = []
+        for service in agency_services(agency):
+            token = encode_jwt(
+                "activation",
+                signer=self._relay,
+                subject=subject,
+                issued_at=issued_at,
+                nats={"subject": service.subject, "kind": "service"},
+            )
+            imports.append(
+                {
+                    "subject": service.subject,
+                    "account": self.relay_account,
+                    "token": token,
+                    "type": "service",
+                }
+            )
+        imports.append(
+            {
+                "subject": ANNOUNCE_SUBJECT,
+                "account": self.relay_account,
+                "type": "stream",
+            }
+        )
+        nats: dict[str, Any] = {
+            "limits": _AGENCY_LIMITS,
+            "imports": imports,
+            "default_permissions": {
+                "pub": {"allow": list(agency_publish_subjects(agency))},
+                "sub": {"allow": list(agency_subscribe_subjects(agency))},
+            },
+        }
+        if account.admits is not None:
+            nats["signing_keys"] = [public_key(self._signer(agency, account.admits))]
+        return encode_jwt(
+            "account",
+            signer=self._operator,
+            subject=subject,
+            issued_at=issued_at,
+            name=agency,
+            nats=nats,
+        )
+
+    def agency_user_jwt(self, agency: str, nkey_public: str, *, issued_at: int) -> str:
+        """The user JWT ``agency`` connects with, for its user nkey ``nkey_public``.
+
+        Not a secret: it names the nkey whose seed must sign the server's nonce. It stays
+        valid for as long as the agency's account JWT lists its signing key (see the module).
+        """
+        return encode_jwt(
+            "user",
+            signer=self._signer(agency, nkey_public),
+            subject=nkey_public,
+            issued_at=issued_at,
+            name=parse_agency_id(agency),
+            nats={"issuer_account": self.agency_account(agency), **_NATS_LIMITS},
+        )
