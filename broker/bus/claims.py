@@ -1,7 +1,9 @@
 """Operator mode's shell (ADR 0013): the operator's secret on disk, and pushing account JWTs.
 
 ``load_operator`` reads (or makes, mode 0600) ``broker_dir/nats-operator.key``, the one
-secret every key of ``broker.bus.natsauth`` derives from. ``ClaimsPusher`` is the broker's
+secret every key of ``broker.bus.natsauth`` derives from; ``broker_dir/nats-auth`` records
+which mode a data directory runs NATS in, and ``broker_user_jwt`` gives the broker's own
+processes the user JWT they connect with in operator mode. ``ClaimsPusher`` is the broker's
 connection as the system account's user: it pushes account JWTs with
 ``$SYS.REQ.CLAIMS.UPDATE``, which every node's ``full`` resolver answers (each stores the
 JWT, applies it to the account if loaded, and replies), and it reads back what a node holds
@@ -27,14 +29,25 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker.bus.natsauth import NatsOperator
+from broker.config import NATS_AUTH_MODES, NatsAuth
 from broker.files import write_private
 from schemas.errors import BusUnavailable, ConfigError
+from schemas.natskeys import user_public_key
 
-__all__ = ["OPERATOR_KEY_FILE", "ClaimsPusher", "load_operator"]
+__all__ = [
+    "NATS_AUTH_FILE",
+    "OPERATOR_KEY_FILE",
+    "ClaimsPusher",
+    "broker_user_jwt",
+    "load_operator",
+    "record_nats_auth",
+    "recorded_nats_auth",
+]
 
 log = logging.getLogger("istmo.bus")
 
 OPERATOR_KEY_FILE = "nats-operator.key"
+NATS_AUTH_FILE = "nats-auth"
 _MASTER_BYTES = 32
 _UPDATE_SUBJECT = "$SYS.REQ.CLAIMS.UPDATE"
 _PACK_SUBJECT = "$SYS.REQ.CLAIMS.PACK"
@@ -60,6 +73,39 @@ def load_operator(broker_dir: Path) -> NatsOperator:
     if len(master) != _MASTER_BYTES:
         raise ConfigError(f"the NATS operator key {path} is not {_MASTER_BYTES} bytes")
     return NatsOperator(master)
+
+
+def recorded_nats_auth(broker_dir: Path) -> NatsAuth | None:
+    """The mode recorded for this data directory when it was first run, if any.
+
+    Raises:
+        ConfigError: the record holds something else.
+    """
+    try:
+        text = (broker_dir / NATS_AUTH_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    for mode in NATS_AUTH_MODES:
+        if text == mode:
+            return mode
+    raise ConfigError(f"{broker_dir / NATS_AUTH_FILE} names no NATS mode")
+
+
+def record_nats_auth(broker_dir: Path, mode: NatsAuth) -> None:
+    write_private(broker_dir / NATS_AUTH_FILE, mode.encode() + b"\n")
+
+
+def broker_user_jwt(broker_dir: Path, relay_seed: str) -> str | None:
+    """The user JWT the broker's own processes connect with, in account ISTMO, when this
+    data directory runs NATS in operator mode (None in config mode: the nkey is enough).
+
+    Raises:
+        ConfigError: the operator key cannot be read.
+    """
+    if recorded_nats_auth(broker_dir) != "operator":
+        return None
+    operator = load_operator(broker_dir)
+    return operator.relay_user_jwt(user_public_key(relay_seed), issued_at=int(time.time()))
 
 
 class _Batch:
@@ -99,12 +145,16 @@ class ClaimsPusher:
         nc: a connection as the system user (``connect``).
         nodes: how many nodes run a resolver (each answers every push).
         timeout: seconds without any answer after which a push is given up.
+        grace: seconds to wait for the last nodes once one node stored every JWT.
     """
 
-    def __init__(self, nc: NATS, *, nodes: int = 1, timeout: float = 5.0) -> None:
+    def __init__(
+        self, nc: NATS, *, nodes: int = 1, timeout: float = 5.0, grace: float = 0.5
+    ) -> None:
         self._nc = nc
         self.nodes = nodes
         self.timeout = timeout
+        self.grace = grace
 
     @classmethod
     async def connect(
@@ -114,6 +164,7 @@ class ClaimsPusher:
         *,
         nodes: int = 1,
         timeout: float = 5.0,
+        grace: float = 0.5,
     ) -> ClaimsPusher:
         """Connect as the system account's user.
 
@@ -133,22 +184,25 @@ class ClaimsPusher:
             )
         except (OSError, nats.errors.Error) as exc:
             raise BusUnavailable("NATS is not reachable as the system account") from exc
-        return cls(nc, nodes=nodes, timeout=timeout)
+        return cls(nc, nodes=nodes, timeout=timeout, grace=grace)
 
     async def close(self) -> None:
         await self._nc.close()
 
-    async def push(self, jwts: Sequence[str]) -> int:
-        """Push account JWTs; return once every node stored each, or at least one did and
-        the others stayed silent for ``timeout`` seconds (a node that is down catches up
-        from its peers when it starts). Returns how many nodes stored all of them.
+    async def push(self, jwts: Sequence[str]) -> list[int]:
+        """Push account JWTs; return how many nodes stored each.
+
+        Returns once every node stored each, or every JWT is stored by at least one node
+        and the others stayed silent for ``grace`` seconds more: a node that is down, or
+        was down, must be sent the JWTs it lacks again (nats-server's resolvers do not
+        pass them on: each answers its own store comparison itself).
 
         Raises:
             ConfigError: a node refused a JWT (nats-server's reason is included).
-            BusUnavailable: no node answered a push within ``timeout`` seconds.
+            BusUnavailable: a JWT no node stored within ``timeout`` seconds.
         """
         if not jwts:
-            return self.nodes
+            return []
         batch = _Batch(len(jwts), self.nodes)
         prefix = self._nc.new_inbox()
         sub = await self._nc.subscribe(prefix + ".*", cb=batch.on_answer)
@@ -159,16 +213,9 @@ class ClaimsPusher:
             await sub.unsubscribe()
         if batch.errors:
             raise ConfigError(f"NATS refused {len(batch.errors)} account JWT(s): {batch.errors[0]}")
-        stored = min(batch.ok)
-        if stored == 0:
+        if min(batch.ok) == 0:
             raise BusUnavailable(f"no NATS node stored the account JWTs within {self.timeout:g} s")
-        if stored < self.nodes:
-            log.warning(
-                "%d of %d NATS nodes stored the account JWTs; the others catch up from them",
-                stored,
-                self.nodes,
-            )
-        return stored
+        return list(batch.ok)
 
     async def _send(self, jwts: Sequence[str], prefix: str, batch: _Batch) -> None:
         for index, token in enumerate(jwts):
@@ -185,14 +232,17 @@ class ClaimsPusher:
 
     async def _wait(self, batch: _Batch) -> None:
         while batch.by_all < len(batch.ok) and not batch.errors:
+            # Once each JWT is stored somewhere, a silent node is down: wait less for it.
+            wait = self.grace if batch.by_one == len(batch.ok) else self.timeout
             batch.progress.clear()
             try:
-                await asyncio.wait_for(batch.progress.wait(), self.timeout)
+                await asyncio.wait_for(batch.progress.wait(), wait)
             except TimeoutError:
                 return
 
     async def stored(self) -> dict[str, str]:
-        """The account JWTs one node holds, by account public key (``CLAIMS.PACK``).
+        """The account JWTs one node holds, by account public key (``CLAIMS.PACK``; the
+        node nearest this connection answers).
 
         Raises:
             BusUnavailable: no node answered within ``timeout`` seconds.

@@ -75,7 +75,7 @@ def agency_subscribe_subjects(agency: str) -> tuple[str, ...]:
 
 
 # Every agency's services, one wildcard each, as account ISTMO exports them in operator mode
-# (each agency imports its own subjects with an activation token ISTMO signed for it).
+# (each agency's account JWT imports its own subjects from them).
 # tests/core/test_nats_claims.py checks that each service of any agency falls in exactly one.
 RELAY_SERVICE_EXPORTS: tuple[Service, ...] = (
     Service("istmo.ingest.*"),

@@ -9,13 +9,15 @@ operator signed; accounts come, change and go by pushing one JWT, with no config
   agency, and one *signing key per agency and user nkey*. Nothing else needs storing, and
   every process of the broker that reads the secret derives the same keys.
 * Account ISTMO (the relay and JetStream) exports each kind of agency service once, on a
-  wildcard (``broker.bus.grants.RELAY_SERVICE_EXPORTS``), as a *private* export: an account
-  may import from it only with an activation token ISTMO signed for that account and
-  subject. Its JWT is the same whatever the directory holds.
-* An agency's account imports exactly its own services, each with its activation token, and
-  the announcements; its ``default_permissions`` are the allow-lists of config mode. Its
-  user JWT carries no permissions of its own, so those defaults apply, and nats-server
-  applies a change of them to live connections.
+  wildcard (``broker.bus.grants.RELAY_SERVICE_EXPORTS``), so its JWT is the same whatever
+  the directory holds. The exports need no activation tokens: an account imports only what
+  its JWT lists, and only this operator signs account JWTs; a token, signed by a key derived
+  from the same secret, would add no second party and cost nats-server four signature
+  checks per import each time it loads an account (ADR 0013).
+* An agency's account imports exactly its own services and the announcements; its
+  ``default_permissions`` are the allow-lists of config mode. Its user JWT carries no
+  permissions of its own, so those defaults apply, and nats-server applies a change of
+  them to live connections.
 * Who may connect. An agency's user JWT is signed by the signing key derived for its
   (agency, user nkey). The account JWT lists that key only while the agency is active and
   the nkey is its current one: suspending or revoking an agency, or re-enrolling it with a
@@ -29,6 +31,8 @@ Pushing the JWTs is ``broker.bus.claims``'; writing the config that trusts the o
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +45,11 @@ from broker.bus.grants import (
     agency_subscribe_subjects,
 )
 from broker.bus.natsconf import OperatorMode
-from broker.bus.natsjwt import derive_seed, encode_jwt, public_key
+from broker.bus.natsjwt import JwtError, Signer, decode_jwt, derive_seed, encode_jwt
 from schemas.ids import parse_agency_id
 from schemas.subjects import ANNOUNCE_SUBJECT, RELAY_ACCOUNT
 
-__all__ = ["SYSTEM_ACCOUNT_NAME", "AgencyAccount", "NatsOperator"]
+__all__ = ["AGENCY_SHAPE", "SYSTEM_ACCOUNT_NAME", "AgencyAccount", "NatsOperator"]
 
 SYSTEM_ACCOUNT_NAME = "SYS"
 _UNLIMITED = -1
@@ -67,6 +71,29 @@ _JETSTREAM_LIMITS = {
 }
 # An agency's account exports nothing (nats-io/jwt checks it when it validates the JWT).
 _AGENCY_LIMITS = {**_ACCOUNT_LIMITS, "exports": 0, "wildcards": False}
+_TEMPLATE_AGENCY = "template-agency"
+
+
+def _agency_shape() -> str:
+    """A tag naming what every agency's account grants (``broker.bus.grants``, the limits):
+    an account JWT stored with another tag was issued by an Istmo that granted otherwise,
+    and is issued again when the stack starts."""
+    grants = {
+        "services": [
+            (s.subject.replace(_TEMPLATE_AGENCY, "{agency}"), s.streamed)
+            for s in agency_services(_TEMPLATE_AGENCY)
+        ],
+        "listens": [
+            s.replace(_TEMPLATE_AGENCY, "{agency}")
+            for s in agency_subscribe_subjects(_TEMPLATE_AGENCY)
+        ],
+        "limits": _AGENCY_LIMITS,
+    }
+    text = json.dumps(grants, sort_keys=True).encode()
+    return "istmo-grants-" + hashlib.sha256(text).hexdigest()[:16]
+
+
+AGENCY_SHAPE = _agency_shape()
 
 
 @dataclass(frozen=True)
@@ -102,10 +129,10 @@ class NatsOperator:
 
     def __init__(self, master: bytes) -> None:
         self._master = master
-        self._operator = derive_seed(master, "operator", "operator")
-        self._system = derive_seed(master, "account\x00system", "account")
+        self._operator = Signer(derive_seed(master, "operator", "operator"))
+        self._system = Signer(derive_seed(master, "account\x00system", "account"))
         self._system_user = derive_seed(master, "user\x00system", "user")
-        self._relay = derive_seed(master, "account\x00relay", "account")
+        self._relay = Signer(derive_seed(master, "account\x00relay", "account"))
 
     def __repr__(self) -> str:
         return f"NatsOperator({self.operator_public})"
@@ -113,17 +140,17 @@ class NatsOperator:
     # ---------------------------------------------------------------- public keys
     @property
     def operator_public(self) -> str:
-        return public_key(self._operator)
+        return self._operator.public
 
     @property
     def system_account(self) -> str:
         """The system account's public key (nats-server's ``system_account``)."""
-        return public_key(self._system)
+        return self._system.public
 
     @property
     def relay_account(self) -> str:
         """Account ISTMO's public key: nats-server names the account by it."""
-        return public_key(self._relay)
+        return self._relay.public
 
     @property
     def system_user_seed(self) -> str:
@@ -132,18 +159,13 @@ class NatsOperator:
 
     def agency_account(self, agency: str) -> str:
         """The public key of ``agency``'s account."""
-        return public_key(self._agency_seed(agency))
+        label = f"account\x00agency\x00{parse_agency_id(agency)}"
+        return Signer(derive_seed(self._master, label, "account")).public
 
-    def _agency_seed(self, agency: str) -> str:
-        return derive_seed(
-            self._master, f"account\x00agency\x00{parse_agency_id(agency)}", "account"
-        )
-
-    def _signer(self, agency: str, nkey_public: str) -> str:
+    def _signer(self, agency: str, nkey_public: str) -> Signer:
         """The signing key of ``agency``'s users with ``nkey_public`` (see the module)."""
-        return derive_seed(
-            self._master, f"signer\x00{parse_agency_id(agency)}\x00{nkey_public}", "account"
-        )
+        label = f"signer\x00{parse_agency_id(agency)}\x00{nkey_public}"
+        return Signer(derive_seed(self._master, label, "account"))
 
     def trust(self, resolver_dir: Path, *, issued_at: int) -> OperatorMode:
         """What a node's config needs to trust this operator (``NatsLayout.operator``):
@@ -184,21 +206,20 @@ class NatsOperator:
         return encode_jwt(
             "user",
             signer=self._system,
-            subject=public_key(self._system_user),
+            subject=Signer(self._system_user).public,
             issued_at=issued_at,
             name="istmo-claims",
             nats=_NATS_LIMITS,
         )
 
     def relay_account_jwt(self, *, issued_at: int) -> str:
-        """Account ISTMO: JetStream, and every agency service as a private wildcard export
-        (plus the announcements, a public stream)."""
+        """Account ISTMO: JetStream, every agency service as a wildcard export, and the
+        announcements as a stream."""
         exports: list[dict[str, Any]] = [
             {
                 "name": service.subject,
                 "subject": service.subject,
                 "type": "service",
-                "token_req": True,
                 **({"response_type": "Stream"} if service.streamed else {}),
             }
             for service in RELAY_SERVICE_EXPORTS
@@ -229,40 +250,21 @@ class NatsOperator:
 
     # ---------------------------------------------------------------- agencies
     def agency_account_jwt(self, account: AgencyAccount, *, issued_at: int) -> str:
-        """The JWT of ``account.agency``'s account: its imports, each with an activation
-        token ISTMO signed for it, its permissions, and the signing key of its user while
-        that user may connect.
+        """The JWT of ``account.agency``'s account: its imports from ISTMO, its permissions,
+        and the signing key of its user while that user may connect.
 
         Raises:
             EnvelopeError: the agency id is not valid.
         """
         agency = account.agency
-        subject = self.agency_account(agency)
-        imports: list[dict[str, Any]] = []
-        for service in agency_services(agency):
-            token = encode_jwt(
-                "activation",
-                signer=self._relay,
-                subject=subject,
-                issued_at=issued_at,
-                nats={"subject": service.subject, "kind": "service"},
-            )
-            imports.append(
-                {
-                    "subject": service.subject,
-                    "account": self.relay_account,
-                    "token": token,
-                    "type": "service",
-                }
-            )
-        imports.append(
-            {
-                "subject": ANNOUNCE_SUBJECT,
-                "account": self.relay_account,
-                "type": "stream",
-            }
-        )
+        relay = self.relay_account
+        imports = [
+            {"subject": service.subject, "account": relay, "type": "service"}
+            for service in agency_services(agency)
+        ]
+        imports.append({"subject": ANNOUNCE_SUBJECT, "account": relay, "type": "stream"})
         nats: dict[str, Any] = {
+            "tags": [AGENCY_SHAPE],
             "limits": _AGENCY_LIMITS,
             "imports": imports,
             "default_permissions": {
@@ -271,14 +273,45 @@ class NatsOperator:
             },
         }
         if account.admits is not None:
-            nats["signing_keys"] = [public_key(self._signer(agency, account.admits))]
+            nats["signing_keys"] = [self._signer(agency, account.admits).public]
         return encode_jwt(
             "account",
             signer=self._operator,
-            subject=subject,
+            subject=self.agency_account(agency),
             issued_at=issued_at,
             name=agency,
             nats=nats,
+        )
+
+    def agency_account_is_current(self, token: str, account: AgencyAccount) -> bool:
+        """Whether ``token`` (as a node holds it) is this operator's JWT of
+        ``account.agency``'s account, granting what this Istmo grants and admitting exactly
+        whom ``account`` says: if so, it need not be pushed again."""
+        try:
+            claims = decode_jwt(token, kind="account")
+        except JwtError:
+            return False
+        admits = account.admits
+        signers = [] if admits is None else [self._signer(account.agency, admits).public]
+        return (
+            claims.issuer == self.operator_public
+            and claims.subject == self.agency_account(account.agency)
+            and claims.name == account.agency
+            and list(claims.nats.get("tags") or ()) == [AGENCY_SHAPE]
+            and list(claims.nats.get("signing_keys") or ()) == signers
+        )
+
+    def is_own_user_jwt(self, token: str, agency: str, nkey_public: str) -> bool:
+        """Whether ``token`` is a user JWT this operator issued to ``agency`` for
+        ``nkey_public`` (a keystore may hold one from another data directory)."""
+        try:
+            claims = decode_jwt(token, kind="user")
+        except JwtError:
+            return False
+        return (
+            claims.issuer == self._signer(agency, nkey_public).public
+            and claims.subject == nkey_public
+            and claims.nats.get("issuer_account") == self.agency_account(agency)
         )
 
     def agency_user_jwt(self, agency: str, nkey_public: str, *, issued_at: int) -> str:

@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 import nkeys
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 __all__ = [
     "MAX_JWT_BYTES",
@@ -41,6 +42,7 @@ __all__ = [
     "JwtKind",
     "NatsClaims",
     "NkeyKind",
+    "Signer",
     "claim_id",
     "decode_jwt",
     "derive_seed",
@@ -53,6 +55,7 @@ NkeyKind = Literal["operator", "account", "user"]
 MAX_JWT_BYTES = 1024 * 1024  # nats-io/jwt's MaxTokenSize
 
 _HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
+_HEADER_B64 = base64.urlsafe_b64encode(b'{"typ":"JWT","alg":"ed25519-nkey"}').rstrip(b"=").decode()
 _PREFIX: dict[NkeyKind, int] = {
     "operator": nkeys.PREFIX_BYTE_OPERATOR,
     "account": nkeys.PREFIX_BYTE_ACCOUNT,
@@ -124,12 +127,35 @@ def claim_id(standard: Mapping[str, object]) -> str:
 
 def public_key(seed: str) -> str:
     """The public nkey of ``seed``."""
-    kp = nkeys.from_seed(bytearray(seed.encode("ascii")))
-    try:
-        public: bytes = kp.public_key
-        return public.decode("ascii")
-    finally:
-        kp.wipe()
+    return Signer(seed).public
+
+
+def _encode_public(raw: bytes, kind: NkeyKind) -> str:
+    body = bytes([_PREFIX[kind]]) + raw
+    return base64.b32encode(body + nkeys.crc16_checksum(body)).decode("ascii").rstrip("=")
+
+
+class Signer:
+    """An nkey that signs: its kind, its public key, and the Ed25519 key (made once, so
+    that signing thousands of JWTs does not decode the seed each time)."""
+
+    __slots__ = ("_key", "kind", "public")
+
+    def __init__(self, seed: str) -> None:
+        prefix, raw = nkeys.decode_seed(bytearray(seed.encode("ascii")))
+        kinds = [kind for kind, byte in _PREFIX.items() if byte == prefix]
+        if not kinds:
+            raise ValueError("not an operator, account or user seed")
+        self.kind: NkeyKind = kinds[0]
+        self._key = Ed25519PrivateKey.from_private_bytes(bytes(raw))
+        raw_public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.public = _encode_public(raw_public, self.kind)
+
+    def __repr__(self) -> str:
+        return f"Signer({self.public})"
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
 
 
 def derive_seed(master: bytes, label: str, kind: NkeyKind) -> str:
@@ -165,7 +191,7 @@ def _nkey_kind(key: str) -> NkeyKind | None:
 def encode_jwt(
     kind: JwtKind,
     *,
-    signer: str,
+    signer: Signer | str,
     subject: str,
     issued_at: int,
     nats: Mapping[str, Any],
@@ -175,7 +201,7 @@ def encode_jwt(
 
     Args:
         kind: what the JWT is (``nats.type``).
-        signer: the issuer's nkey seed; its kind must be allowed to sign ``kind``.
+        signer: the issuer's nkey (or seed); its kind must be allowed to sign ``kind``.
         subject: ``sub``, a public nkey.
         issued_at: ``iat``, Unix seconds.
         nats: the kind's own fields (``type`` and ``version`` are added).
@@ -188,8 +214,9 @@ def encode_jwt(
         ValueError: the signer may not sign ``kind``, ``subject`` is not a public nkey, or
             ``nats`` sets ``type`` or ``version`` itself.
     """
-    issuer = public_key(signer)
-    if _nkey_kind(issuer) not in _SIGNERS[kind]:
+    key = signer if isinstance(signer, Signer) else Signer(signer)
+    issuer = key.public
+    if key.kind not in _SIGNERS[kind]:
         raise ValueError(f"a {issuer[0]}... key cannot sign {kind} claims")
     if _nkey_kind(subject) is None:
         raise ValueError(f"the subject of {kind} claims must be a public nkey")
@@ -199,13 +226,8 @@ def encode_jwt(
     claims: dict[str, object] = {"jti": claim_id(standard)}
     claims.update((k, v) for k, v in standard.items() if v != "")
     claims["nats"] = {**nats, "type": kind, "version": 2}
-    signing_input = _b64(_json(_HEADER)) + "." + _b64(_json(claims))
-    kp = nkeys.from_seed(bytearray(signer.encode("ascii")))
-    try:
-        signature: bytes = kp.sign(signing_input.encode("ascii"))
-    finally:
-        kp.wipe()
-    return signing_input + "." + _b64(signature)
+    signing_input = _HEADER_B64 + "." + _b64(_json(claims))
+    return signing_input + "." + _b64(key.sign(signing_input.encode("ascii")))
 
 
 def decode_jwt(token: str, *, kind: JwtKind | None = None) -> NatsClaims:

@@ -17,7 +17,7 @@ from broker.bus.grants import (
     agency_services,
     agency_subscribe_subjects,
 )
-from broker.bus.natsauth import AgencyAccount, NatsOperator
+from broker.bus.natsauth import AGENCY_SHAPE, AgencyAccount, NatsOperator
 from broker.bus.natsconf import AgencyUser, NatsLayout, render_accounts, render_config
 from broker.bus.natsjwt import decode_jwt
 from schemas.errors import EnvelopeError
@@ -49,7 +49,7 @@ def test_each_agency_service_falls_in_exactly_one_export_of_istmo(agency: str) -
         assert covering[0].streamed == service.streamed, service.subject
 
 
-def test_istmo_exports_every_service_privately_and_never_names_an_agency() -> None:
+def test_istmo_exports_every_service_once_and_never_names_an_agency() -> None:
     claims = decode_jwt(OPERATOR.relay_account_jwt(issued_at=NOW), kind="account")
 
     assert (claims.issuer, claims.subject, claims.name) == (
@@ -59,7 +59,9 @@ def test_istmo_exports_every_service_privately_and_never_names_an_agency() -> No
     )
     services = [e for e in claims.nats["exports"] if e["type"] == "service"]
     assert [e["subject"] for e in services] == [e.subject for e in RELAY_SERVICE_EXPORTS]
-    assert all(e["token_req"] is True for e in services)
+    assert [e.get("response_type") for e in services] == [
+        "Stream" if e.streamed else None for e in RELAY_SERVICE_EXPORTS
+    ]
     streams = [e for e in claims.nats["exports"] if e["type"] == "stream"]
     assert streams == [{"name": ANNOUNCE_SUBJECT, "subject": ANNOUNCE_SUBJECT, "type": "stream"}]
     limits = claims.nats["limits"]
@@ -69,7 +71,7 @@ def test_istmo_exports_every_service_privately_and_never_names_an_agency() -> No
 
 
 @pytest.mark.parametrize("agency", AGENCIES)
-def test_an_agency_account_imports_its_own_services_with_tokens_from_istmo(agency: str) -> None:
+def test_an_agency_account_imports_its_own_services_from_istmo(agency: str) -> None:
     account = OPERATOR.agency_account(agency)
     claims = decode_jwt(
         OPERATOR.agency_account_jwt(AgencyAccount(agency, GT_KEY, True), issued_at=NOW),
@@ -83,12 +85,10 @@ def test_an_agency_account_imports_its_own_services_with_tokens_from_istmo(agenc
     )
     imports = claims.nats["imports"]
     services = [i for i in imports if i["type"] == "service"]
-    assert [i["subject"] for i in services] == list(agency_publish_subjects(agency))
-    for entry in services:
-        assert entry["account"] == OPERATOR.relay_account
-        token = decode_jwt(entry["token"], kind="activation")
-        assert (token.issuer, token.subject) == (OPERATOR.relay_account, account)
-        assert dict(token.nats) == {"subject": entry["subject"], "kind": "service"}
+    assert services == [
+        {"subject": subject, "account": OPERATOR.relay_account, "type": "service"}
+        for subject in agency_publish_subjects(agency)
+    ]
     assert [i for i in imports if i["type"] == "stream"] == [
         {"subject": ANNOUNCE_SUBJECT, "account": OPERATOR.relay_account, "type": "stream"}
     ]
@@ -99,6 +99,32 @@ def test_an_agency_account_imports_its_own_services_with_tokens_from_istmo(agenc
     limits = claims.nats["limits"]
     assert "disk_storage" not in limits  # no JetStream of its own
     assert limits["exports"] == 0
+    assert claims.nats["tags"] == [AGENCY_SHAPE]
+
+
+def test_a_stored_account_is_current_only_if_it_admits_whom_the_registry_says() -> None:
+    active = AgencyAccount("gt-police", GT_KEY, True)
+    token = OPERATOR.agency_account_jwt(active, issued_at=NOW)
+
+    assert OPERATOR.agency_account_is_current(token, active)
+    assert not OPERATOR.agency_account_is_current(token, AgencyAccount("gt-police", GT_KEY, False))
+    other_key = user_public_key(new_user_seed())
+    assert not OPERATOR.agency_account_is_current(
+        token, AgencyAccount("gt-police", other_key, True)
+    )
+    assert not OPERATOR.agency_account_is_current(token, AgencyAccount("jm-police", GT_KEY, True))
+    stranger = NatsOperator(bytes(32))
+    assert not stranger.agency_account_is_current(token, active)
+    assert not OPERATOR.agency_account_is_current("not a jwt", active)
+
+
+def test_a_user_jwt_is_known_as_this_operators_own_for_its_agency_and_key() -> None:
+    token = OPERATOR.agency_user_jwt("gt-police", GT_KEY, issued_at=NOW)
+
+    assert OPERATOR.is_own_user_jwt(token, "gt-police", GT_KEY)
+    assert not OPERATOR.is_own_user_jwt(token, "jm-police", GT_KEY)
+    assert not OPERATOR.is_own_user_jwt(token, "gt-police", user_public_key(new_user_seed()))
+    assert not NatsOperator(bytes(32)).is_own_user_jwt(token, "gt-police", GT_KEY)
 
 
 def test_the_account_lists_the_signer_of_its_current_key_only_while_active() -> None:
