@@ -19,7 +19,6 @@ import binascii
 import json
 import logging
 import secrets
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker.bus.natsauth import NatsOperator
+from broker.clock import SYSTEM_CLOCK
 from broker.config import NATS_AUTH_MODES, NatsAuth
 from broker.files import write_private
 from schemas.errors import BusUnavailable, ConfigError
@@ -105,7 +105,7 @@ def broker_user_jwt(broker_dir: Path, relay_seed: str) -> str | None:
     if recorded_nats_auth(broker_dir) != "operator":
         return None
     operator = load_operator(broker_dir)
-    return operator.relay_user_jwt(user_public_key(relay_seed), issued_at=int(time.time()))
+    return operator.relay_user_jwt(user_public_key(relay_seed), issued_at=SYSTEM_CLOCK.now_s())
 
 
 class _Batch:
@@ -171,7 +171,7 @@ class ClaimsPusher:
         Raises:
             BusUnavailable: NATS is not reachable.
         """
-        token = operator.system_user_jwt(issued_at=int(time.time()))
+        token = operator.system_user_jwt(issued_at=SYSTEM_CLOCK.now_s())
         try:
             nc = await nats.connect(
                 urls if isinstance(urls, str) else list(urls),

@@ -45,7 +45,7 @@ from broker.bus.grants import (
     agency_subscribe_subjects,
 )
 from broker.bus.natsconf import OperatorMode
-from broker.bus.natsjwt import JwtError, Signer, decode_jwt, derive_seed, encode_jwt
+from broker.bus.natsjwt import JwtError, NatsClaims, Signer, decode_jwt, derive_seed, encode_jwt
 from schemas.ids import parse_agency_id
 from schemas.subjects import ANNOUNCE_SUBJECT, RELAY_ACCOUNT
 
@@ -125,10 +125,11 @@ class NatsOperator:
             account ISTMO's public key), so it must never change for a data directory.
     """
 
-    __slots__ = ("_master", "_operator", "_relay", "_system", "_system_user")
+    __slots__ = ("_accounts", "_master", "_operator", "_relay", "_system", "_system_user")
 
     def __init__(self, master: bytes) -> None:
         self._master = master
+        self._accounts: dict[str, str] = {}  # agency -> its account's public key
         self._operator = Signer(derive_seed(master, "operator", "operator"))
         self._system = Signer(derive_seed(master, "account\x00system", "account"))
         self._system_user = derive_seed(master, "user\x00system", "user")
@@ -159,8 +160,13 @@ class NatsOperator:
 
     def agency_account(self, agency: str) -> str:
         """The public key of ``agency``'s account."""
-        label = f"account\x00agency\x00{parse_agency_id(agency)}"
-        return Signer(derive_seed(self._master, label, "account")).public
+        public = self._accounts.get(agency)
+        if public is None:  # derived once: a start compares thousands of accounts
+            label = f"account\x00agency\x00{parse_agency_id(agency)}"
+            public = self._accounts[agency] = Signer(
+                derive_seed(self._master, label, "account")
+            ).public
+        return public
 
     def _signer(self, agency: str, nkey_public: str) -> Signer:
         """The signing key of ``agency``'s users with ``nkey_public`` (see the module)."""
@@ -283,18 +289,15 @@ class NatsOperator:
             nats=nats,
         )
 
-    def agency_account_is_current(self, token: str, account: AgencyAccount) -> bool:
-        """Whether ``token`` (as a node holds it) is this operator's JWT of
+    def agency_account_is_current(self, claims: NatsClaims, account: AgencyAccount) -> bool:
+        """Whether ``claims`` (a stored JWT, decoded and verified) are this operator's of
         ``account.agency``'s account, granting what this Istmo grants and admitting exactly
-        whom ``account`` says: if so, it need not be pushed again."""
-        try:
-            claims = decode_jwt(token, kind="account")
-        except JwtError:
-            return False
+        whom ``account`` says: if so, the JWT need not be pushed again."""
         admits = account.admits
         signers = [] if admits is None else [self._signer(account.agency, admits).public]
         return (
-            claims.issuer == self.operator_public
+            claims.kind == "account"
+            and claims.issuer == self.operator_public
             and claims.subject == self.agency_account(account.agency)
             and claims.name == account.agency
             and list(claims.nats.get("tags") or ()) == [AGENCY_SHAPE]

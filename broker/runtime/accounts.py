@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 from broker.bus.claims import ClaimsPusher
 from broker.bus.natsauth import AgencyAccount, NatsOperator
 from broker.bus.natsjwt import JwtError, decode_jwt
+from broker.clock import SYSTEM_CLOCK, Clock
 from broker.store.registry import Registry
 from schemas.errors import IstmoError
 
@@ -43,7 +43,7 @@ class AccountSync:
         operator: the broker as NATS operator.
         registry: where the agencies, their status and NATS keys are.
         pusher: the system account's connection.
-        clock: Unix seconds now (the JWTs' ``iat``).
+        clock: the time of day (the JWTs' ``iat``).
     """
 
     def __init__(
@@ -52,7 +52,7 @@ class AccountSync:
         registry: Registry,
         pusher: ClaimsPusher,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.operator = operator
         self.registry = registry
@@ -65,13 +65,12 @@ class AccountSync:
 
     def user_jwt(self, agency: str, nkey_public: str) -> str:
         """The user JWT ``agency`` connects with (for the enrolment answer)."""
-        return self.operator.agency_user_jwt(agency, nkey_public, issued_at=int(self._clock()))
+        return self.operator.agency_user_jwt(agency, nkey_public, issued_at=self._clock.now_s())
 
     def _wanted(self) -> dict[str, AgencyAccount]:
-        keys = {u.agency: u.nkey_public for u in self.registry.nats_users()}
         return {
-            a.id: AgencyAccount(a.id, keys.get(a.id), a.status == "active")
-            for a in self.registry.agencies()
+            agency: AgencyAccount(agency, key, status == "active")
+            for agency, status, key in self.registry.nats_admissions()
         }
 
     async def start(self) -> int:
@@ -99,12 +98,13 @@ class AccountSync:
         stale, current = [], {}
         for agency, account in wanted.items():
             token = stored.get(self.operator.agency_account(agency))
-            if token is not None:
-                try:
-                    self._issued[agency] = decode_jwt(token, kind="account").issued_at
-                except JwtError:
-                    pass  # not ours: replaced below
-            if token is not None and self.operator.agency_account_is_current(token, account):
+            try:
+                claims = None if token is None else decode_jwt(token, kind="account")
+            except JwtError:
+                claims = None  # not a JWT of ours: issued anew
+            if claims is not None:
+                self._issued[agency] = claims.issued_at
+            if token and claims and self.operator.agency_account_is_current(claims, account):
                 self._pushed[agency] = account
                 current[agency] = token
             else:
@@ -184,7 +184,7 @@ class AccountSync:
         return len(accounts)
 
     def _render(self, accounts: list[AgencyAccount]) -> list[str]:
-        now = int(self._clock())
+        now = self._clock.now_s()
         tokens = []
         for account in accounts:
             # Later than the account's previous JWT, so every node keeps this one.

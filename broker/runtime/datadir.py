@@ -8,7 +8,6 @@ runs over it (NATS, the relay, the API) is ``broker.runtime.stack``'s.
 from __future__ import annotations
 
 import fcntl
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -107,7 +106,7 @@ class DataDir:
         if self.nats_operator is None:
             return None
         public = user_public_key(self.relay_seed)
-        return self.nats_operator.relay_user_jwt(public, issued_at=int(time.time()))
+        return self.nats_operator.relay_user_jwt(public, issued_at=SYSTEM_CLOCK.now_s())
 
     async def connect(self, url: str | Sequence[str], *, reconnects: int = -1) -> NATS:
         """The broker's own connection to NATS (``broker.bus.connect``)."""
@@ -130,7 +129,7 @@ class DataDir:
         if operator is None:
             return 0
         registered = {u.agency: u.nkey_public for u in self.registry.nats_users()}
-        now = int(time.time())
+        now = SYSTEM_CLOCK.now_s()
         written = 0
         for path in sorted(self.settings.keys_dir.glob("*.json")):
             try:

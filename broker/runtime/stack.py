@@ -52,6 +52,7 @@ from broker.bus.gate import GateThread
 from broker.bus.natsconf import AgencyUser, NatsLayout
 from broker.bus.server import NatsServer, check_port_free, find_nats_server
 from broker.bus.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
+from broker.clock import SYSTEM_CLOCK
 from broker.config import Settings
 from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.directory.policy_sets import CONTROL_POLICY_SUBJECT, adopt
@@ -206,7 +207,7 @@ class Stack:
                 relay_nkey_public=user_public_key(self.relay_seed),
                 agencies=(),
                 max_payload=s.nats_max_payload,
-                operator=operator.trust(store_dir / "resolver", issued_at=int(time.time())),
+                operator=operator.trust(store_dir / "resolver", issued_at=SYSTEM_CLOCK.now_s()),
             )
         active = {a.id: a.status for a in registry.agencies()}
         return NatsLayout(
@@ -562,6 +563,11 @@ class Stack:
         """``apply_directory_change`` in this process: directory, consumers, nats-server."""
         registry, directory = self._opened()
         t0 = time.perf_counter()
+        if self._accounts is not None:
+            # Operator mode: NATS first, so a suspension takes effect there without waiting
+            # for the directory's rebuild; only the accounts that changed, no reload.
+            pushed = await self._accounts.apply()
+            t_nats = time.perf_counter()
         await directory.refresh_async()
         t1 = time.perf_counter()
         js = nc.jetstream(timeout=10)
@@ -570,14 +576,15 @@ class Stack:
                 await ensure_agency_consumer(js, user.agency)
                 self._consumers.add(user.agency)
         t2 = time.perf_counter()
-        if self._accounts is not None:  # operator mode: push what changed, no reload
-            await self._accounts.apply()
+        if self._accounts is not None:
             log.info(
-                "directory change applied in %.2f s: refresh %.2f, consumers %.2f, accounts %.2f",
-                time.perf_counter() - t0,
-                t1 - t0,
+                "directory change applied in %.2f s: %d NATS account(s) pushed in %.2f, "
+                "refresh %.2f, consumers %.2f",
+                t2 - t0,
+                pushed,
+                t_nats - t0,
+                t1 - t_nats,
                 t2 - t1,
-                time.perf_counter() - t2,
             )
             return
         layout = await asyncio.to_thread(self.nats_layout)

@@ -7,6 +7,7 @@ holding exactly these JWTs; here, their content is pinned.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -104,18 +105,18 @@ def test_an_agency_account_imports_its_own_services_from_istmo(agency: str) -> N
 
 def test_a_stored_account_is_current_only_if_it_admits_whom_the_registry_says() -> None:
     active = AgencyAccount("gt-police", GT_KEY, True)
-    token = OPERATOR.agency_account_jwt(active, issued_at=NOW)
+    claims = decode_jwt(OPERATOR.agency_account_jwt(active, issued_at=NOW))
+    current = OPERATOR.agency_account_is_current
 
-    assert OPERATOR.agency_account_is_current(token, active)
-    assert not OPERATOR.agency_account_is_current(token, AgencyAccount("gt-police", GT_KEY, False))
+    assert current(claims, active)
+    assert not current(claims, AgencyAccount("gt-police", GT_KEY, False))
     other_key = user_public_key(new_user_seed())
-    assert not OPERATOR.agency_account_is_current(
-        token, AgencyAccount("gt-police", other_key, True)
-    )
-    assert not OPERATOR.agency_account_is_current(token, AgencyAccount("jm-police", GT_KEY, True))
-    stranger = NatsOperator(bytes(32))
-    assert not stranger.agency_account_is_current(token, active)
-    assert not OPERATOR.agency_account_is_current("not a jwt", active)
+    assert not current(claims, AgencyAccount("gt-police", other_key, True))
+    assert not current(claims, AgencyAccount("jm-police", GT_KEY, True))
+    assert not NatsOperator(bytes(32)).agency_account_is_current(claims, active)
+    # Issued by an Istmo that granted something else (another tag): issued again.
+    retagged = dataclasses.replace(claims, nats={**claims.nats, "tags": ["istmo-grants-old"]})
+    assert not current(retagged, active)
 
 
 def test_a_user_jwt_is_known_as_this_operators_own_for_its_agency_and_key() -> None:

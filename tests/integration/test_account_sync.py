@@ -1,5 +1,5 @@
 """Keeping the agencies' NATS accounts in step with the registry (``broker.runtime.accounts``,
-ADR 0013): a real SQLite registry, a real nats-server in operator mode.
+ADR 0013): a real registry (SQLite and PostgreSQL), a real nats-server in operator mode.
 
 What an agency's account admits follows from (agency, NATS key, active) alone, so a start
 pushes only what the resolver lacks, and a directory change only what changed.
@@ -19,7 +19,9 @@ from broker.runtime.accounts import AccountSync
 from broker.store.registry import AgencyRow, NatsUserRow, Registry
 from schemas.natskeys import new_user_seed, user_public_key
 from schemas.subjects import INGEST_STREAM, ingest_subject
+from tests.clocks import ManualClock
 from tests.integration.test_nats_operator import refused
+from tests.storage_engines import Storage
 from tests.waiting import eventually
 
 GT = "gt-police"
@@ -28,8 +30,9 @@ StackFactory = Callable[..., Awaitable[Any]]
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    reg = Registry(f"sqlite:///{tmp_path / 'istmo.db'}")
+def registry(storage: Storage, tmp_path: Path) -> Iterator[Registry]:
+    """On SQLite and on PostgreSQL: the accounts are read in one query of both tables."""
+    reg = Registry(storage.url(tmp_path))
     yield reg
     reg.close()
 
@@ -103,7 +106,7 @@ async def test_each_new_jwt_of_an_account_is_issued_later_than_the_last(
     so three changes within a second still get three increasing issue times."""
     stack = await nats_stack([GT], auth="operator")
     enrol(registry, stack, [GT])
-    sync = AccountSync(stack.operator, registry, stack.pusher, clock=lambda: 1_800_000_000)
+    sync = AccountSync(stack.operator, registry, stack.pusher, clock=ManualClock.at(1_800_000_000))
     await sync.start()
     issued = []
     for status in ("suspended", "active", "revoked"):
