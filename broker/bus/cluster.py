@@ -106,8 +106,8 @@ class NatsCluster:
     ) -> NatsCluster:
         """A cluster of ``size`` nodes with JetStream in ``home/nats-<i>``, configs in
         ``config_dir/nats-<i>.conf`` and logs in ``home/nats-<i>.log``. With ``operator``
-        (ADR 0013) each node keeps the pushed account JWTs in ``home/nats-<i>/resolver``,
-        and the nodes pass each other what one of them missed."""
+        (ADR 0013) each node keeps the pushed account JWTs in ``home/nats-<i>/resolver``
+        (one a node missed while down is sent to it again: ``broker.runtime.accounts``)."""
         route_ports = [ports.of(i)[2] for i in range(1, size + 1)]
         nodes = []
         for i in range(1, size + 1):

@@ -94,8 +94,9 @@ class OperatorMode:
     system_account: str  # the system account's public key ("A...")
     preload: tuple[tuple[str, str], ...]  # (account public key, its JWT): SYS and ISTMO
     resolver_dir: Path  # where the node keeps the account JWTs pushed to it
-    # How often the nodes of a cluster compare their stores (a node that was down catches
-    # up); nats-server's default is a minute.
+    # How often a node's resolver compares its store (nats-server's default: a minute). The
+    # broker does not count on it to bring a node that missed a push up to date: it sends
+    # the push again (broker.runtime.accounts, ADR 0013).
     sync_interval_s: int = 10
 
 
