@@ -7,8 +7,10 @@ processes the user JWT they connect with in operator mode. ``ClaimsPusher`` is t
 connection as the system account's user: it pushes account JWTs with
 ``$SYS.REQ.CLAIMS.UPDATE``, which every node's ``full`` resolver answers (each stores the
 JWT, applies it to the account if loaded, and replies), and it reads back what a node holds
-with ``$SYS.REQ.CLAIMS.PACK``. What the JWTs say is ``broker.bus.natsauth``'s; when to push
-them is the stack's.
+with ``$SYS.REQ.CLAIMS.PACK``. It reports how many nodes stored each JWT: a node that was
+down must be sent it again, for nats-server's nodes were not seen to pass it on (ADR 0013).
+What the JWTs say is ``broker.bus.natsauth``'s; when to push them is
+``broker.runtime.accounts``'.
 """
 
 from __future__ import annotations

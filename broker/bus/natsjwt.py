@@ -11,9 +11,9 @@ A NATS JWT is ``header.claims.signature``, each part base64url without padding:
 ``jti`` is what nats-io/jwt computes: base32 (no padding) of SHA-512/256 over the standard
 claims alone (``aud``, ``exp``, ``iat``, ``iss``, ``name``, ``nbf``, ``sub``, in that order,
 without ``jti``), not over the ``nats`` object. So two JWTs of one account issued in the same
-second share a ``jti``: nats-server's resolver then keeps whichever it saw first when the
-nodes of a cluster compare stores, which is why ``broker.bus.natsauth`` issues each new JWT
-of an account a later ``iat`` than the one before.
+second share a ``jti``, and nats-server's resolver, merging what another node holds, keeps
+the one it has; which is why ``broker.runtime.accounts`` issues each new JWT of an account a
+later ``iat`` than the one before.
 
 Keys are nkey seeds (``S`` + a kind letter); which kinds may sign which claims follows
 nats-io/jwt. Deriving keys, and what the claims say, is ``broker.bus.natsauth``'s; pushing
