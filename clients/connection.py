@@ -1,6 +1,10 @@
 """Connecting to NATS as one agency, with its own nkey and inbox prefix, and saying
 clearly why a connection failed (no server, refused credentials, untrusted TLS).
 
+Where the broker runs NATS in operator mode (ADR 0013) the keystore also holds the agency's
+user JWT, handed over at enrolment: it names the agency's account, and the nkey still signs
+the server's challenge.
+
 nats-server confines the connection to the agency's own subjects; what the SDK does on
 it is ``clients.sdk``'s.
 """
@@ -62,9 +66,11 @@ async def connect_agency(keystore: KeystoreFile, nats_url: str, *, timeout: floa
             task.add_done_callback(closing.discard)
 
     try:
+        user_jwt = keystore.nats_jwt
         nc = await nats.connect(
             nats_url,
             nkeys_seed_str=keystore.nats_seed,
+            user_jwt_cb=None if user_jwt is None else lambda: user_jwt.encode(),
             inbox_prefix=inbox_prefix(keystore.agency),
             name=keystore.agency,
             connect_timeout=timeout,

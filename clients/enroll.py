@@ -197,6 +197,7 @@ async def enroll(
         nats_seed=nats_seed,
         directory_key=answer.directory_key,
         nats_url=answer.nats_url,
+        nats_jwt=answer.nats_jwt,
     )
     keystore.pinned_directory_key()  # raises if the key does not fit its id
     return keystore

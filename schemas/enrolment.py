@@ -31,7 +31,7 @@ from schemas.envelope import Kid, Timestamp, parse_model
 from schemas.errors import EnvelopeError, SignatureError
 from schemas.ids import AgencyIdStr
 from schemas.keys import EncryptionPublicKey, SigningKey, VerifyKey
-from schemas.keystore import PinnedKey
+from schemas.keystore import NatsJwt, PinnedKey
 
 __all__ = [
     "MAX_ENROLMENT_BYTES",
@@ -129,6 +129,8 @@ class EnrolmentAnswer(BaseModel):
     nats_user: Annotated[str, StringConstraints(pattern=_USER_NKEY)]
     directory_key: PinnedKey
     nats_url: Annotated[str, StringConstraints(max_length=200)] | None = None
+    # In operator mode (ADR 0013): the user JWT the agency connects to NATS with.
+    nats_jwt: NatsJwt | None = None
 
 
 def _signed_bytes(request: EnrolmentRequest) -> bytes:

@@ -22,7 +22,9 @@ from schemas.ids import AgencyIdStr
 from schemas.keys import EncryptionKey, KemName, SigningKey, VerifyKey
 
 __all__ = [
+    "MAX_NATS_JWT_CHARS",
     "KeystoreFile",
+    "NatsJwt",
     "ProtectedKeystore",
     "StoredEncryptionKey",
     "StoredSigningKey",
@@ -35,6 +37,16 @@ __all__ = [
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 Private = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_length=256)]
 MAX_KEYSTORE_BYTES = 256 * 1024
+MAX_NATS_JWT_CHARS = 4096
+# A NATS user JWT (ADR 0013): three base64url parts. Not a secret: it names the agency's
+# NATS key, whose seed must still sign the server's challenge.
+NatsJwt = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+        max_length=MAX_NATS_JWT_CHARS,
+    ),
+]
 
 
 class StoredSigningKey(BaseModel):
@@ -70,6 +82,9 @@ class KeystoreFile(BaseModel):
     nats_seed: Annotated[str, StringConstraints(pattern=r"^SU[A-Z2-7]{56}$")] = Field(repr=False)
     directory_key: PinnedKey
     nats_url: Annotated[str, StringConstraints(max_length=200)] | None = None
+    # The user JWT to connect with when the broker runs NATS in operator mode (ADR 0013);
+    # None: connect with the NATS key alone (config mode).
+    nats_jwt: NatsJwt | None = None
 
     def signing_key(self) -> SigningKey:
         """The current signing key."""

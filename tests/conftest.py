@@ -4,6 +4,8 @@
 test process for a free port) in the test's tmp dir with the config of
 ``broker.bus.natsconf`` (account ISTMO for the relay and JetStream, one account per agency),
 creates the streams and consumers of ``broker.bus.streams``, and stops the server at teardown.
+``nats_stack(agencies, auth="operator")`` runs the same accounts in operator mode (ADR 0013):
+the server trusts a fresh operator, and every agency's account is a JWT pushed to it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +25,9 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from broker.bus.claims import ClaimsPusher
 from broker.bus.gate import Gate
+from broker.bus.natsauth import AgencyAccount, NatsOperator
 from broker.bus.natsconf import AgencyUser, NatsLayout
 from broker.bus.server import ANY_PORT, NatsServer, find_nats_server
 from broker.bus.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
@@ -74,6 +80,9 @@ class NatsStack:
     server: NatsServer
     relay_seed: str
     seeds: dict[str, str]
+    # Operator mode (ADR 0013): the operator, and its system user's connection.
+    operator: NatsOperator | None = None
+    pusher: ClaimsPusher | None = None
     _connections: list[NATS] = field(default_factory=list)
     _gate: asyncio.Task[None] | None = None
     _gate_nc: NATS | None = None
@@ -83,6 +92,10 @@ class NatsStack:
     def url(self) -> str:
         return self.server.url
 
+    @property
+    def auth(self) -> str:
+        return "config" if self.operator is None else "operator"
+
     async def _connect(self, seed: str, prefix: str | None, **options: Any) -> NATS:
         errors: list[Exception] | None = options.pop("errors", None)
 
@@ -90,7 +103,7 @@ class NatsStack:
             if errors is not None:
                 errors.append(exc)
 
-        merged = {**_CONNECT_OPTIONS, **options}
+        merged = {**_CONNECT_OPTIONS, **user_jwt_option(options), **options}
         if prefix is not None:
             merged["inbox_prefix"] = prefix
         nc = await nats.connect(
@@ -99,14 +112,42 @@ class NatsStack:
         self._connections.append(nc)
         return nc
 
+    def relay_jwt(self) -> str | None:
+        """The relay's user JWT in operator mode (None in config mode)."""
+        if self.operator is None:
+            return None
+        public = user_public_key(self.relay_seed)
+        return self.operator.relay_user_jwt(public, issued_at=int(time.time()))
+
+    def agency_jwt(self, agency: str) -> str | None:
+        """``agency``'s user JWT in operator mode (None in config mode)."""
+        if self.operator is None:
+            return None
+        public = user_public_key(self.seeds[agency])
+        return self.operator.agency_user_jwt(agency, public, issued_at=int(time.time()))
+
     async def connect_relay(self, **options: Any) -> NATS:
         """Connect as the relay (account ISTMO, full rights). ``errors=[...]`` collects
         what the server reports through ``error_cb``."""
-        return await self._connect(self.relay_seed, None, **options)
+        return await self._connect(self.relay_seed, None, user_jwt=self.relay_jwt(), **options)
 
     async def connect_agency(self, agency: str, **options: Any) -> NATS:
         """Connect with ``agency``'s own nkey and inbox prefix (``errors=[...]`` as above)."""
+        options.setdefault("user_jwt", self.agency_jwt(agency))
         return await self._connect(self.seeds[agency], inbox_prefix(agency), **options)
+
+    async def admit(self, agencies: Iterable[str], *, active: bool = True) -> None:
+        """Operator mode: push the account JWT of each of ``agencies`` (a fresh seed for a
+        new one), admitting its current nkey (``active``) or nobody."""
+        assert self.operator is not None
+        assert self.pusher is not None
+        now = int(time.time())
+        tokens = []
+        for agency in agencies:
+            seed = self.seeds.setdefault(agency, new_user_seed())
+            account = AgencyAccount(agency, user_public_key(seed), active)
+            tokens.append(self.operator.agency_account_jwt(account, issued_at=now))
+        await self.pusher.push(tokens)
 
     async def provision(
         self, agencies: Iterable[str], *, replicas: int | None = None, timeout: float = 5
@@ -147,6 +188,7 @@ class NatsStack:
             with contextlib.suppress(Exception):
                 await self._gate
             self._gate = None
+            self._gate_stop = asyncio.Event()  # for a gate provision() starts again
         if self._gate_nc is not None:
             # The gate has unsubscribed, but nats-server reads that on the gate's connection
             # in its own time: until then a publish on another connection still goes to the
@@ -163,31 +205,68 @@ class NatsStack:
             nc = self._connections.pop()
             if not nc.is_closed:
                 await nc.close()
+        if self.pusher is not None:
+            await self.pusher.close()
+            self.pusher = None
+
+
+def user_jwt_option(options: dict[str, Any]) -> dict[str, Any]:
+    """Turn ``user_jwt=`` (popped from ``options``) into nats-py's ``user_jwt_cb``: in
+    operator mode the seed signs the nonce and the JWT says whose nkey it is."""
+    token: str | None = options.pop("user_jwt", None)
+    if token is None:
+        return {}
+    return {"user_jwt_cb": lambda: token.encode()}
+
+
+def make_nats_stack(
+    binary: Path, home: Path, agencies: list[str], *, auth: str = "config"
+) -> NatsStack:
+    """nats-server in ``home`` with ``agencies``, laid out as Istmo runs it (``auth``: config
+    or operator); ``start_nats_stack`` starts it, ``server.stop()`` stops it."""
+    seeds = {agency: new_user_seed() for agency in agencies}
+    relay_seed = new_user_seed()
+    operator = NatsOperator(secrets.token_bytes(32)) if auth == "operator" else None
+    layout = NatsLayout(
+        port=ANY_PORT,
+        http_port=ANY_PORT,
+        store_dir=home / "jetstream",
+        relay_nkey_public=user_public_key(relay_seed),
+        agencies=()
+        if operator is not None
+        else tuple(AgencyUser(a, user_public_key(s)) for a, s in seeds.items()),
+        operator=None
+        if operator is None
+        else operator.trust(home / "resolver", issued_at=int(time.time())),
+    )
+    server = NatsServer(binary, home / "nats.conf", layout, home / "nats.log")
+    return NatsStack(server=server, relay_seed=relay_seed, seeds=seeds, operator=operator)
+
+
+async def start_nats_stack(stack: NatsStack) -> None:
+    """Start the server, admit its agencies (operator mode) and create the streams,
+    consumers and gate."""
+    stack.server.start()
+    agencies = list(stack.seeds)
+    if stack.operator is not None:
+        stack.pusher = await ClaimsPusher.connect(stack.server.url, stack.operator)
+        await stack.admit(agencies)
+    await stack.provision(agencies)
 
 
 @pytest.fixture
 async def nats_stack(
     nats_binary: Path, tmp_path: Path
-) -> AsyncIterator[Callable[[list[str]], Awaitable[NatsStack]]]:
-    """Factory: ``stack = await nats_stack(["gt-police", "jm-police"])``."""
+) -> AsyncIterator[Callable[..., Awaitable[NatsStack]]]:
+    """Factory: ``stack = await nats_stack(["gt-police", "jm-police"])`` (and
+    ``auth="operator"`` for operator mode)."""
     stacks: list[NatsStack] = []
 
-    async def start(agencies: list[str]) -> NatsStack:
+    async def start(agencies: list[str], auth: str = "config") -> NatsStack:
         home = tmp_path / f"nats-{len(stacks)}"
-        seeds = {agency: new_user_seed() for agency in agencies}
-        relay_seed = new_user_seed()
-        layout = NatsLayout(
-            port=ANY_PORT,
-            http_port=ANY_PORT,
-            store_dir=home / "jetstream",
-            relay_nkey_public=user_public_key(relay_seed),
-            agencies=tuple(AgencyUser(a, user_public_key(s)) for a, s in seeds.items()),
-        )
-        server = NatsServer(nats_binary, home / "nats.conf", layout, home / "nats.log")
-        stack = NatsStack(server=server, relay_seed=relay_seed, seeds=seeds)
+        stack = make_nats_stack(nats_binary, home, agencies, auth=auth)
         stacks.append(stack)
-        server.start()
-        await stack.provision(agencies)
+        await start_nats_stack(stack)
         return stack
 
     try:

@@ -119,6 +119,9 @@ class ApiState:
     # the directory, reload nats-server, create durable consumers).
     nats_url: str | None = None
     directory_changed: Callable[[], Awaitable[None]] | None = None
+    # In operator mode (ADR 0013): the user JWT of (agency, NATS user key), for the
+    # enrolment answer; set by the stack.
+    nats_user_jwt: Callable[[str, str], str] | None = None
     # Adopt the policy set in a directory, as the given administrator; set by the stack.
     adopt_policy: Callable[[Path, str], Awaitable[tuple[str, str]]] | None = None
     # The time of audit events written over HTTP (a test passes its own).

@@ -10,9 +10,11 @@ administrator as actor.
 
 After every change the running stack is told (``ApiState.directory_changed``, set by the
 process that serves the API): it refreshes the directory, reloads nats-server with the
-active agencies' users and creates new agencies' durable consumers, before the answer
-goes out, so an agency that has just enrolled can connect at once. Without that hook
-(the app alone, in tests) only this app's directory is refreshed.
+active agencies' users (or, in operator mode, pushes the changed agencies' account JWTs)
+and creates new agencies' durable consumers, before the answer goes out, so an agency that
+has just enrolled can connect at once. Without that hook (the app alone, in tests) only
+this app's directory is refreshed. In operator mode the enrolment answer also carries the
+agency's NATS user JWT (``ApiState.nats_user_jwt``).
 
 Left to others: the lifecycle's rules (``broker.directory.lifecycle``,
 ``broker.directory.enrolment``), the stack's reload (``broker.runtime.stack``).
@@ -262,7 +264,12 @@ def enrol_router(state: ApiState, limits: EnrolLimits | None = None) -> APIRoute
             answer.signing_kid,
             parsed.request.token_id,
         )
-        return answer.model_copy(update={"nats_url": state.nats_url})
+        user_jwt = (
+            None
+            if state.nats_user_jwt is None
+            else state.nats_user_jwt(answer.agency, answer.nats_user)
+        )
+        return answer.model_copy(update={"nats_url": state.nats_url, "nats_jwt": user_jwt})
 
     @router.post(
         "/v1/agencies",

@@ -47,6 +47,7 @@ from typing import IO
 from nats.aio.client import Client as NATS
 
 from broker.audit.log import AuditLog, LogCorrupt
+from broker.bus.claims import broker_user_jwt
 from broker.bus.connect import connect_as_broker
 from broker.bus.election import Election, ElectionTiming, holder_id
 from broker.clock import SYSTEM_CLOCK, Clock
@@ -450,4 +451,6 @@ async def connect_broker(urls: Sequence[str], broker_dir: Path) -> NATS:
         seed = (broker_dir / "relay.seed").read_text().strip()
     except OSError as exc:
         raise ConfigError(f"no broker NATS key in {broker_dir} (relay.seed)") from exc
-    return await connect_as_broker(urls, seed=seed, name="istmo-sequencer")
+    return await connect_as_broker(
+        urls, seed=seed, name="istmo-sequencer", user_jwt=broker_user_jwt(broker_dir, seed)
+    )

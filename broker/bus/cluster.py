@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from broker.bus.natsconf import AgencyUser, ClusterLayout, NatsLayout, render_accounts
+from broker.bus.natsconf import (
+    AgencyUser,
+    ClusterLayout,
+    NatsLayout,
+    OperatorMode,
+    render_accounts,
+)
 from broker.bus.server import NatsServer, check_port_free
 from broker.files import write_private
 from schemas.errors import BusUnavailable, ConfigError
@@ -96,17 +102,21 @@ class NatsCluster:
         password: str,
         host: str = "127.0.0.1",
         max_payload: int = 2 * 1024 * 1024,
+        operator: OperatorMode | None = None,
     ) -> NatsCluster:
         """A cluster of ``size`` nodes with JetStream in ``home/nats-<i>``, configs in
-        ``config_dir/nats-<i>.conf`` and logs in ``home/nats-<i>.log``."""
+        ``config_dir/nats-<i>.conf`` and logs in ``home/nats-<i>.log``. With ``operator``
+        (ADR 0013) each node keeps the pushed account JWTs in ``home/nats-<i>/resolver``
+        (one a node missed while down is sent to it again: ``broker.runtime.accounts``)."""
         route_ports = [ports.of(i)[2] for i in range(1, size + 1)]
         nodes = []
         for i in range(1, size + 1):
             client, http, route = ports.of(i)
+            store_dir = (home / f"nats-{i}").resolve()
             layout = NatsLayout(
                 port=client,
                 http_port=http,
-                store_dir=(home / f"nats-{i}").resolve(),
+                store_dir=store_dir,
                 relay_nkey_public=relay_nkey_public,
                 agencies=agencies,
                 host=host,
@@ -117,6 +127,9 @@ class NatsCluster:
                     peers=tuple(p for p in route_ports if p != route),
                     route_password=password,
                 ),
+                operator=None
+                if operator is None
+                else replace(operator, resolver_dir=store_dir / "resolver"),
             )
             nodes.append(
                 NatsServer(binary, config_dir / f"nats-{i}.conf", layout, home / f"nats-{i}.log")

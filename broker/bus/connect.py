@@ -22,10 +22,16 @@ log = logging.getLogger("istmo.bus")
 
 
 async def connect_as_broker(
-    url: str | Sequence[str], *, seed: str, name: str, reconnects: int = -1
+    url: str | Sequence[str],
+    *,
+    seed: str,
+    name: str,
+    reconnects: int = -1,
+    user_jwt: str | None = None,
 ) -> NATS:
-    """Connect as the broker's NATS user (nkey ``seed``) to ``url`` (or any of a cluster's
-    URLs), trying again ``reconnects`` times (-1: for ever, as workers do) when it is down.
+    """Connect as the broker's NATS user (nkey ``seed``, and in operator mode its
+    ``user_jwt``, ADR 0013) to ``url`` (or any of a cluster's URLs), trying again
+    ``reconnects`` times (-1: for ever, as workers do) when it is down.
     A bounded caller (a command, not a worker) gets BusUnavailable, not nats-py's logged
     tracebacks of each failed attempt.
 
@@ -49,6 +55,7 @@ async def connect_as_broker(
             url if isinstance(url, str) else list(url),
             error_cb=on_error,
             nkeys_seed_str=seed,
+            user_jwt_cb=None if user_jwt is None else lambda: user_jwt.encode(),
             name=name,
             connect_timeout=5,
             max_reconnect_attempts=reconnects,

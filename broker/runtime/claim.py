@@ -1,5 +1,6 @@
 """Claiming a data directory before ``istmo up`` writes anything in it: one ``istmo up`` at a
-time, no nats-server left behind by a killed one, and a JetStream store of the right shape.
+time, no nats-server left behind by a killed one, a JetStream store of the right shape, and
+the NATS mode (``nats_auth_of``) the directory was first run in.
 
 Left to others: the ports (``broker.bus.server.check_port_free``) and starting anything
 (``broker.runtime.stack``).
@@ -15,10 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from broker.config import Settings
+from broker.bus.claims import recorded_nats_auth
+from broker.config import NatsAuth, Settings
 from schemas.errors import ConfigError
 
-__all__ = ["NATS_PID_FILE", "check_store_shape", "reap_stale_nats", "take_data_dir_lock"]
+__all__ = [
+    "NATS_PID_FILE",
+    "check_store_shape",
+    "nats_auth_of",
+    "reap_stale_nats",
+    "take_data_dir_lock",
+]
 
 NATS_PID_FILE = "nats.pid"  # one pid per line: one server, or every node of a cluster
 
@@ -59,6 +67,30 @@ def check_store_shape(data_dir: Path, cluster_size: int) -> None:
             f"{d} holds a cluster's JetStream stores ({d / 'nats-1'}...)",
             hint="run `istmo up --cluster 3` there, or use another --data-dir",
         )
+
+
+def nats_auth_of(settings: Settings) -> NatsAuth:
+    """How this data directory runs NATS (ADR 0013): as recorded when it was first run (a
+    JetStream store from before the record is config mode's); for a new one, as asked.
+
+    The mode cannot change for a data directory: in operator mode account ISTMO is named
+    by its public key, so JetStream would look for the streams elsewhere.
+
+    Raises:
+        ConfigError: ``settings.nats_auth`` asks for the other mode than the recorded one.
+    """
+    d = settings.data_dir
+    recorded = recorded_nats_auth(settings.broker_dir)
+    if recorded is None and ((d / "nats").exists() or (d / "nats-1").exists()):
+        recorded = "config"
+    wanted = settings.nats_auth
+    if recorded is not None and wanted is not None and wanted != recorded:
+        raise ConfigError(
+            f"{d} runs NATS in {recorded} mode; it cannot switch to {wanted} mode "
+            "(its streams would seem to vanish)",
+            hint=f"drop --nats-auth (or pass --nats-auth {recorded}), or use another --data-dir",
+        )
+    return recorded or wanted or "config"
 
 
 def reap_stale_nats(settings: Settings, out: Callable[[str], None]) -> None:

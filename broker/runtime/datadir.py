@@ -16,19 +16,23 @@ from sqlmodel import SQLModel
 
 from broker.api.oauth import load_token_key
 from broker.audit import events
+from broker.bus.claims import load_operator
 from broker.bus.connect import connect_as_broker
+from broker.bus.natsauth import NatsOperator
 from broker.clock import SYSTEM_CLOCK, Clock
-from broker.config import Settings
+from broker.config import NatsAuth, Settings
 from broker.directory.admins import create_demo_admin
 from broker.directory.policy_sets import active_policy_dir
 from broker.directory.service import DirectoryService, load_demo_directory
 from broker.files import signing_key_file, write_private
 from broker.policy.engine import PolicyBundle
+from broker.runtime.claim import nats_auth_of
 from broker.store.registry import EncryptionKeyRow, NatsUserRow, Registry, SigningKeyRow
 from schemas.audit import AuditEvent
 from schemas.canonical import b64e
+from schemas.errors import ConfigError
 from schemas.keys import SigningKey
-from schemas.keystore import new_keystore
+from schemas.keystore import KeystoreFile, new_keystore
 from schemas.natskeys import new_user_seed, user_public_key
 
 __all__ = ["DataDir"]
@@ -45,6 +49,8 @@ class DataDir:
         directory_key: signs the directory excerpts agencies verify.
         relay_seed: the broker's own NATS user (nkey seed).
         token_key: signs the API's access tokens.
+        nats_auth: how NATS confines agencies here (``broker.runtime.claim.nats_auth_of``).
+        nats_operator: in operator mode, the broker as NATS operator (ADR 0013).
     """
 
     settings: Settings
@@ -53,6 +59,8 @@ class DataDir:
     directory_key: SigningKey
     relay_seed: str
     token_key: SigningKey
+    nats_auth: NatsAuth = "config"
+    nats_operator: NatsOperator | None = None
 
     @classmethod
     def open(
@@ -81,18 +89,65 @@ class DataDir:
             directory_key = signing_key_file(s.broker_dir / "directory.key", "directory key")
             relay_seed = _relay_seed(s)
             token_key = load_token_key(s.broker_dir)
+            nats_auth = nats_auth_of(s)
+            operator = load_operator(s.broker_dir) if nats_auth == "operator" else None
             registry = Registry(s.db_url, broker_dir=s.broker_dir)
             bundle = PolicyBundle.load(active_policy_dir(s, registry))
             if demo and registry.is_empty():
                 _load_demo(s, registry, directory_key, out, clock)
         directory = DirectoryService(registry, bundle, directory_key)
-        return cls(s, registry, directory, directory_key, relay_seed, token_key)
+        return cls(
+            s, registry, directory, directory_key, relay_seed, token_key, nats_auth, operator
+        )
+
+    @property
+    def relay_jwt(self) -> str | None:
+        """The user JWT of the broker's NATS user in operator mode (None in config mode)."""
+        if self.nats_operator is None:
+            return None
+        public = user_public_key(self.relay_seed)
+        return self.nats_operator.relay_user_jwt(public, issued_at=SYSTEM_CLOCK.now_s())
 
     async def connect(self, url: str | Sequence[str], *, reconnects: int = -1) -> NATS:
         """The broker's own connection to NATS (``broker.bus.connect``)."""
         return await connect_as_broker(
-            url, seed=self.relay_seed, name="istmo-relay", reconnects=reconnects
+            url,
+            seed=self.relay_seed,
+            name="istmo-relay",
+            reconnects=reconnects,
+            user_jwt=self.relay_jwt,
         )
+
+    def issue_nats_jwts(self) -> int:
+        """In operator mode, give each agency keystore this broker keeps (the demo
+        directory's, in ``keys_dir``) the user JWT of its NATS key, if it lacks it or holds
+        another operator's. Returns how many were written.
+
+        A keystore whose NATS key is not the agency's registered one is left alone.
+        """
+        operator = self.nats_operator
+        if operator is None:
+            return 0
+        registered = {u.agency: u.nkey_public for u in self.registry.nats_users()}
+        now = SYSTEM_CLOCK.now_s()
+        written = 0
+        for path in sorted(self.settings.keys_dir.glob("*.json")):
+            try:
+                keystore = KeystoreFile.parse(path.read_bytes())
+            except (OSError, ConfigError):
+                continue  # the administrator's, a protected one, or not a keystore
+            key = user_public_key(keystore.nats_seed)
+            if registered.get(keystore.agency) != key:
+                continue
+            token = operator.agency_user_jwt(keystore.agency, key, issued_at=now)
+            if keystore.nats_jwt is not None and operator.is_own_user_jwt(
+                keystore.nats_jwt, keystore.agency, key
+            ):
+                continue
+            updated = keystore.model_copy(update={"nats_jwt": token})
+            write_private(path, updated.model_dump_json(indent=2).encode())
+            written += 1
+        return written
 
     def close(self) -> None:
         self.registry.close()

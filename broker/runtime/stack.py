@@ -6,6 +6,10 @@ same directory, the relay and the HTTP API on 127.0.0.1, and the demo directory 
 keystore per demo agency. A second run on the same directory resumes with the same keys,
 streams and pending deliveries.
 
+``istmo up --nats-auth operator`` (chosen when a data directory is first run) runs NATS in
+operator mode (ADR 0013): the agencies' accounts are JWTs pushed to nats-server
+(``broker.runtime.accounts``), and a directory change never reloads it.
+
 ``istmo up --cluster 3`` starts three nats-server processes instead, routed into one
 JetStream cluster on loopback ports (``broker.bus.cluster``), creates every stream with 3
 replicas, and connects the relay to all three; a directory change reloads every node. A
@@ -36,6 +40,7 @@ from starlette.types import ASGIApp
 
 from broker.api.oauth import TokenAuthority
 from broker.audit.sequencer import LOG_PUB_FILE, run_in_stack
+from broker.bus.claims import ClaimsPusher, record_nats_auth
 from broker.bus.cluster import (
     ClusterPorts,
     ExternalNats,
@@ -43,11 +48,11 @@ from broker.bus.cluster import (
     check_cluster_ports,
     route_password,
 )
-from broker.bus.connect import connect_as_broker
 from broker.bus.gate import GateThread
 from broker.bus.natsconf import AgencyUser, NatsLayout
 from broker.bus.server import NatsServer, check_port_free, find_nats_server
 from broker.bus.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
+from broker.clock import SYSTEM_CLOCK
 from broker.config import Settings
 from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.directory.policy_sets import CONTROL_POLICY_SUBJECT, adopt
@@ -55,10 +60,12 @@ from broker.directory.service import DirectoryService
 from broker.policy.engine import PolicyBundle
 from broker.relay.metrics import RelayMetrics, serve_metrics
 from broker.relay.worker import Relay
+from broker.runtime.accounts import AccountSync
 from broker.runtime.app import create_app
 from broker.runtime.claim import (
     NATS_PID_FILE,
     check_store_shape,
+    nats_auth_of,
     reap_stale_nats,
     take_data_dir_lock,
 )
@@ -160,6 +167,7 @@ class Stack:
         self._lock: IO[str] | None = None
         self._directory_lock = asyncio.Lock()  # one directory change at a time
         self._consumers: set[str] = set()  # agencies whose durable consumer exists
+        self._accounts: AccountSync | None = None  # operator mode, once NATS runs
         # Names this process in the directory-change announcements it publishes.
         self._origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
@@ -189,11 +197,23 @@ class Stack:
     def nats_layout(self) -> NatsLayout:
         registry, _ = self._opened()
         s = self.settings
+        store_dir = (s.data_dir / "nats").resolve()
+        operator = self.data.nats_operator
+        if operator is not None:  # ADR 0013: the agencies are account JWTs, pushed
+            return NatsLayout(
+                port=s.nats_port,
+                http_port=s.nats_http_port,
+                store_dir=store_dir,
+                relay_nkey_public=user_public_key(self.relay_seed),
+                agencies=(),
+                max_payload=s.nats_max_payload,
+                operator=operator.trust(store_dir / "resolver", issued_at=SYSTEM_CLOCK.now_s()),
+            )
         active = {a.id: a.status for a in registry.agencies()}
         return NatsLayout(
             port=s.nats_port,
             http_port=s.nats_http_port,
-            store_dir=(s.data_dir / "nats").resolve(),
+            store_dir=store_dir,
             relay_nkey_public=user_public_key(self.relay_seed),
             # Only active agencies may connect. A suspended or revoked one loses its user:
             # nats-server closes its connection and refuses new ones (a deny-all user would
@@ -217,6 +237,14 @@ class Stack:
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = take_data_dir_lock(s.data_dir)
         try:
+            mode = nats_auth_of(s)
+            if mode == "operator" and self.join:
+                raise ConfigError(
+                    "--join runs NATS in config mode only: a region's nodes do not trust "
+                    "this broker's operator yet",
+                    hint="drop --nats-auth operator, or use another --data-dir",
+                )
+            record_nats_auth(s.broker_dir, mode)
             reap_stale_nats(s, self.out)
             if self.join:
                 check_port_free(s.api_port, "the HTTP API", s.host, option="--api-port")
@@ -257,6 +285,7 @@ class Stack:
             password=route_password(s.broker_dir),
             host=s.host,
             max_payload=layout.max_payload,
+            operator=layout.operator,
         )
 
     @property
@@ -290,6 +319,7 @@ class Stack:
         try:
             nc = await self.connect_relay(self.nats_urls)
             try:
+                await self._start_accounts(server)
                 await self.ensure_jetstream(nc)
                 directory_sub = await nc.subscribe(
                     CONTROL_DIRECTORY_SUBJECT, cb=self._reload_nats(server, nc)
@@ -298,6 +328,8 @@ class Stack:
                 await directory_sub.unsubscribe()
             finally:
                 await close_quietly(nc)
+                if self._accounts is not None:
+                    await self._accounts.pusher.close()
                 (s.data_dir / STACK_FILE).unlink(missing_ok=True)
         finally:
             server.stop()
@@ -339,6 +371,8 @@ class Stack:
         relay_metrics = RelayMetrics(app.state.istmo.metrics.registry)
         app.state.istmo.nats_url = self.nats_urls[0]
         app.state.istmo.directory_changed = lambda: self.apply_directory_change(server, nc)
+        if self._accounts is not None:
+            app.state.istmo.nats_user_jwt = self._accounts.user_jwt
         app.state.istmo.adopt_policy = lambda root, who: self.adopt_policy(root, who, nc)
         api = _Server(uvicorn_config(app, s))
         # Agencies' publishes reach JetStream through a gate, relay or not (broker.bus.gate),
@@ -384,6 +418,8 @@ class Stack:
                 tg.create_task(
                     run_in_stack(s, stop, self.out, nc=nc, replicas=min(self.cluster_size, 3))
                 )
+            if self._accounts is not None:  # operator mode: resend what a node missed
+                tg.create_task(self._accounts.heal_forever(stop))
             while not api.started and not api_task.done():  # noqa: ASYNC110 -- uvicorn offers no event
                 await asyncio.sleep(0.02)  # "ready" only once the API really listens
             if api.started:
@@ -437,6 +473,8 @@ class Stack:
                     f"routes {routes}, JetStream in {lay.store_dir}, log {node.log_path})"
                 )
             self.out(f"NATS      cluster of {len(server.nodes)}, every stream with 3 replicas")
+        if self._accounts is not None:
+            self.out("          operator mode: agencies' accounts are JWTs pushed to NATS")
         self.out(f"HTTP API  {api_url} (docs at {api_url}/docs; tokens at {api_url}/v1/token)")
         if s.public_url is not None:
             self.out(
@@ -525,6 +563,11 @@ class Stack:
         """``apply_directory_change`` in this process: directory, consumers, nats-server."""
         registry, directory = self._opened()
         t0 = time.perf_counter()
+        if self._accounts is not None:
+            # Operator mode: NATS first, so a suspension takes effect there without waiting
+            # for the directory's rebuild; only the accounts that changed, no reload.
+            pushed = await self._accounts.apply()
+            t_nats = time.perf_counter()
         await directory.refresh_async()
         t1 = time.perf_counter()
         js = nc.jetstream(timeout=10)
@@ -533,6 +576,17 @@ class Stack:
                 await ensure_agency_consumer(js, user.agency)
                 self._consumers.add(user.agency)
         t2 = time.perf_counter()
+        if self._accounts is not None:
+            log.info(
+                "directory change applied in %.2f s: %d NATS account(s) pushed in %.2f, "
+                "refresh %.2f, consumers %.2f",
+                t2 - t0,
+                pushed,
+                t_nats - t0,
+                t1 - t_nats,
+                t2 - t1,
+            )
+            return
         layout = await asyncio.to_thread(self.nats_layout)
         t3 = time.perf_counter()
         if isinstance(server, NatsServer):
@@ -557,6 +611,26 @@ class Stack:
         else:
             log.info("nats-server reloaded for directory %s", directory.version)
 
+    async def _start_accounts(self, server: NatsServer | NatsCluster | ExternalNats) -> None:
+        """Operator mode: connect as the system account's user, push the agencies' accounts
+        the resolver lacks or holds stale, and give the demo keystores their user JWTs."""
+        operator = self.data.nats_operator
+        if operator is None:
+            return
+        registry, _ = self._opened()
+        nodes = len(server.nodes) if isinstance(server, NatsCluster) else 1
+        pusher = await ClaimsPusher.connect(self.nats_urls, operator, nodes=nodes)
+        self._accounts = AccountSync(operator, registry, pusher)
+        t0 = time.perf_counter()
+        pushed = await self._accounts.start()
+        written = await asyncio.to_thread(self.data.issue_nats_jwts)
+        log.info(
+            "NATS accounts in step in %.2f s: %d pushed, %d keystore JWTs written",
+            time.perf_counter() - t0,
+            pushed,
+            written,
+        )
+
     async def connect_relay(self, url: str | list[str], *, reconnects: int = -1) -> NATS:
         """Connect as the broker's own NATS user to ``url`` (or any of a cluster's URLs),
         trying again ``reconnects`` times (-1: for ever, as workers do) when it is down.
@@ -569,9 +643,7 @@ class Stack:
                 (``SSL_CERT_FILE``): retrying cannot help, and nats-py would otherwise
                 hang for ever after the failed handshake (nats-io/nats.py#718).
         """
-        return await connect_as_broker(
-            url, seed=self.relay_seed, name="istmo-relay", reconnects=reconnects
-        )
+        return await self.data.connect(url, reconnects=reconnects)
 
     async def ensure_jetstream(self, nc: NATS, *, agency_consumers: bool = True) -> None:
         """The streams and the relay's consumers; with ``agency_consumers`` also every

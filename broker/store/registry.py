@@ -436,6 +436,17 @@ class Registry:
         with self.session() as s:
             return list(s.exec(select(NatsUserRow).order_by(NatsUserRow.agency)))
 
+    def nats_admissions(self) -> list[tuple[str, str, str | None]]:
+        """``(agency, status, NATS user key or None)`` of every agency, in one query of
+        three columns (operator mode reads it on every directory change: ADR 0013)."""
+        with self.session() as s:
+            q = select(AgencyRow.id, AgencyRow.status, NatsUserRow.nkey_public).join(
+                NatsUserRow,
+                NatsUserRow.agency == AgencyRow.id,  # type: ignore[arg-type]  # a column
+                isouter=True,
+            )
+            return [(agency, status, key) for agency, status, key in s.exec(q)]
+
     def active_policy(self) -> PolicySetRow | None:
         with self.session() as s:
             q = select(PolicySetRow).order_by(PolicySetRow.seq.desc()).limit(1)  # type: ignore[union-attr]

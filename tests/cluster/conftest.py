@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,12 +32,14 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
+from broker.bus.claims import ClaimsPusher
 from broker.bus.cluster import ClusterPorts, NatsCluster
+from broker.bus.natsauth import NatsOperator
 from broker.bus.natsconf import AgencyUser
 from broker.config import Settings
 from broker.runtime.stack import Stack
 from schemas.natskeys import new_user_seed, user_public_key
-from tests.conftest import NatsStack
+from tests.conftest import NatsStack, user_jwt_option
 from tests.stackproc import UpProcess, free_port_run
 from tests.waiting import eventually, eventually_sync
 
@@ -75,7 +79,7 @@ class ClusterStack(NatsStack):
             if errors is not None:
                 errors.append(exc)
 
-        merged = {**_CONNECT_OPTIONS, **options}
+        merged = {**_CONNECT_OPTIONS, **user_jwt_option(options), **options}
         if prefix is None:
             first = 0
         else:
@@ -104,14 +108,16 @@ class ClusterStack(NatsStack):
 @pytest.fixture
 async def cluster_stack(
     nats_binary: Path, tmp_path: Path
-) -> AsyncIterator[Callable[[list[str]], Awaitable[ClusterStack]]]:
-    """Factory: ``stack = await cluster_stack(["gt-police", "jm-police"])``."""
+) -> AsyncIterator[Callable[..., Awaitable[ClusterStack]]]:
+    """Factory: ``stack = await cluster_stack(["gt-police", "jm-police"])`` (and
+    ``auth="operator"`` for operator mode, ADR 0013)."""
     stacks: list[ClusterStack] = []
 
-    async def start(agencies: list[str]) -> ClusterStack:
+    async def start(agencies: list[str], auth: str = "config") -> ClusterStack:
         home = tmp_path / f"cluster-{len(stacks)}"
         seeds = {agency: new_user_seed() for agency in agencies}
         relay_seed = new_user_seed()
+        operator = NatsOperator(secrets.token_bytes(32)) if auth == "operator" else None
         cluster = NatsCluster.in_dir(
             nats_binary,
             home,
@@ -119,14 +125,26 @@ async def cluster_stack(
             size=3,
             ports=cluster_ports(),
             relay_nkey_public=user_public_key(relay_seed),
-            agencies=tuple(AgencyUser(a, user_public_key(s)) for a, s in seeds.items()),
+            agencies=()
+            if operator is not None
+            else tuple(AgencyUser(a, user_public_key(s)) for a, s in seeds.items()),
             password="test-route-password-0123",
+            operator=None
+            if operator is None
+            else operator.trust(home / "unused", issued_at=int(time.time())),
         )
         stack = ClusterStack(
-            server=cluster.nodes[0], relay_seed=relay_seed, seeds=seeds, cluster=cluster
+            server=cluster.nodes[0],
+            relay_seed=relay_seed,
+            seeds=seeds,
+            cluster=cluster,
+            operator=operator,
         )
         stacks.append(stack)
         await asyncio.to_thread(cluster.start)
+        if operator is not None:
+            stack.pusher = await ClaimsPusher.connect(cluster.urls, operator, nodes=3)
+            await stack.admit(agencies)
         await stack.provision(agencies, replicas=3, timeout=10)
         return stack
 

@@ -6,7 +6,9 @@ without its ``Nats-Expected-Last-Msg-Id`` probe: on a clustered stream that head
 fails, stops the whole stream in nats-server 2.15.1 (every agency's publishes time out),
 which ``test_a_failing_expected_last_msg_id_stalls_a_clustered_stream`` records. The relay sits on
 node 1 and each agency on node 2 or 3, so every permission, account boundary and service
-import is exercised across routes. Adding an agency reloads all three nodes.
+import is exercised across routes. Adding an agency reloads all three nodes. Each test that
+asks for ``nats_stack`` runs twice: in config mode and in operator mode (ADR 0013), where
+the account JWTs are pushed to all three nodes.
 """
 
 from __future__ import annotations
@@ -37,10 +39,16 @@ from tests.waiting import eventually
 StackFactory = Callable[[list[str]], Awaitable[Any]]
 
 
-@pytest.fixture
-def nats_stack(cluster_stack: StackFactory) -> StackFactory:
-    """The single-node tests below ask for ``nats_stack``: give them the cluster."""
-    return cluster_stack
+@pytest.fixture(params=single.AUTH_MODES)
+def nats_stack(request: pytest.FixtureRequest, cluster_stack: Any) -> StackFactory:
+    """The single-node tests below ask for ``nats_stack``: give them the cluster, in the
+    mode this run names (config, or operator: ADR 0013)."""
+    auth: str = request.param
+
+    async def start(agencies: list[str]) -> Any:
+        return await cluster_stack(agencies, auth=auth)
+
+    return start
 
 
 test_control_flow_on_own_subjects = single.test_control_flow_on_own_subjects
@@ -112,9 +120,9 @@ async def test_reload_adds_an_agency_on_every_node(cluster_stack: StackFactory) 
 
 
 async def test_s26_reply_subject_injection_lands_nothing_on_other_agency(
-    cluster_stack: StackFactory,
+    nats_stack: StackFactory,
 ) -> None:
-    stack = await cluster_stack([single.GT, single.JM])
+    stack = await nats_stack([single.GT, single.JM])
     gt_, jm_ = single.GT, single.JM
     relay = await stack.connect_relay()
     gt_errors: list[Exception] = []

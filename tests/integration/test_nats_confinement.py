@@ -1,8 +1,11 @@
 """Agency confinement by nats-server itself (S-01, S-02, S-26, S-27), against a real server.
 
-Every agency connects with its own nkey into its own account, exactly as deployed
-(``broker.bus.natsconf``); the relay checks the effect on the streams from account ISTMO.
-Subjects an attacker *tries* are spelled out by hand on purpose: they are the attack.
+Every agency connects with its own nkey into its own account, exactly as deployed; the relay
+checks the effect on the streams from account ISTMO. Each test runs twice: with the accounts
+in the config file (``broker.bus.natsconf``, ADR 0002) and in operator mode, as account JWTs
+pushed to the server (``broker.bus.natsauth``, ADR 0013). The tests of config reloads run in
+config mode only. Subjects an attacker *tries* are spelled out by hand on purpose: they are
+the attack.
 """
 
 from __future__ import annotations
@@ -66,6 +69,19 @@ DENIED_WAIT_S = 0.5  # how long a denied request waits for an answer that never 
 SETTLE_S = 0.3  # time for anything misrouted to arrive
 
 StackFactory = Callable[[list[str]], Awaitable[Any]]  # conftest's NatsStack
+AUTH_MODES = ("config", "operator")
+CONFIG_ONLY = pytest.mark.parametrize("nats_stack", ["config"], indirect=True)
+
+
+@pytest.fixture(params=AUTH_MODES)
+def nats_stack(request: pytest.FixtureRequest, nats_stack: Any) -> StackFactory:
+    """conftest's ``nats_stack``, in the mode this run of the test names."""
+    auth: str = request.param
+
+    async def start(agencies: list[str]) -> Any:
+        return await nats_stack(agencies, auth=auth)
+
+    return start
 
 
 def _stream_of(subject: str) -> tuple[str, str]:
@@ -499,6 +515,7 @@ async def test_announcements_reach_every_agency_one_way(nats_stack: StackFactory
     assert len(violations(gt_errors)) == 1  # the forgery; its subscription was allowed
 
 
+@CONFIG_ONLY
 async def test_announcements_reach_agencies_across_a_reload(nats_stack: StackFactory) -> None:
     """A directory change reloads nats-server: an agency listening before it still hears
     the announcements after it, and an agency the reload adds hears them too."""
@@ -555,6 +572,7 @@ async def test_s27_other_agency_cannot_hijack_a_dedupe_id(nats_stack: StackFacto
     assert await stored(relay, ingest_subject(GT)) == 1
 
 
+@CONFIG_ONLY
 async def test_reload_adds_an_agency_without_restart(nats_stack: StackFactory) -> None:
     stack = await nats_stack([GT])
     server: NatsServer = stack.server
