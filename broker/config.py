@@ -146,6 +146,11 @@ class Settings:
     # with (besides at once after a change): the SDKs keep resolve answers only while they
     # hear it (ADR 0009).
     announce_interval_s: int = 5
+    # A withdrawal a relay recorded and did not finish (it died) is finished by any relay
+    # once it is this old (so the relay that recorded it is not raced), looking every
+    # withdrawal_sweep_s seconds (ADR 15).
+    withdrawal_grace_s: int = 60
+    withdrawal_sweep_s: float = 30.0
     access_token_lifetime_s: int = 300
     # Host names the HTTP API answers to besides loopback (ISTMO_ALLOWED_HOSTS, comma-
     # separated): the names a reverse proxy forwards. Any other Host is refused.
@@ -189,6 +194,7 @@ class Settings:
             "max_clock_skew_s",
             "deliver_max_age_s",
             "announce_interval_s",
+            "withdrawal_grace_s",
         ):
             key = "ISTMO_" + name.upper()
             if key in env:
@@ -256,6 +262,11 @@ class Settings:
             )
         if not 4096 <= self.max_envelope_bytes <= 16 * 1024 * 1024:
             raise ConfigError("max_envelope_bytes must be between 4 KiB and 16 MiB")
+        if not 0 <= self.withdrawal_grace_s <= 86400 or not 0 < self.withdrawal_sweep_s <= 3600:
+            raise ConfigError(
+                "ISTMO_WITHDRAWAL_GRACE_S (how old an unfinished withdrawal must be before "
+                "another relay finishes it) must be between 0 and 86400 seconds"
+            )
 
     @property
     def api_url(self) -> str:

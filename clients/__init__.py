@@ -11,7 +11,14 @@ Typical use (async)::
 ``clients.sync.Istmo`` offers the same calls without ``await`` for scripts.
 """
 
-from clients.sdk import IstmoClient, PublishResult, ReceiptReport, ReceivedBulletin
+from clients.sdk import (
+    IstmoClient,
+    PublishResult,
+    RecallResult,
+    ReceiptReport,
+    ReceivedBulletin,
+    Withdrawn,
+)
 from schemas.labels import Classification, Handling, Labels, Precedence, Tlp
 
 __all__ = [
@@ -21,7 +28,9 @@ __all__ = [
     "Labels",
     "Precedence",
     "PublishResult",
+    "RecallResult",
     "ReceiptReport",
     "ReceivedBulletin",
     "Tlp",
+    "Withdrawn",
 ]

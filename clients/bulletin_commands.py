@@ -15,7 +15,9 @@ from typing import Any
 
 from clients.agency_flags import add_agency_args, connect
 from clients.label_flags import add_label_args, add_time_args, bulletin_id, labels_from_args
-from clients.sdk import IstmoClient, ReceivedBulletin, Withheld
+from clients.recall_commands import show_withdrawal
+from clients.results import shown_time
+from clients.sdk import IstmoClient, ReceivedBulletin, Withdrawn, Withheld
 from schemas.errors import ConfigError, IstmoError
 
 __all__ = ["MAX_BODY_BYTES", "add_bulletin_parsers"]
@@ -67,6 +69,7 @@ async def _publish(args: argparse.Namespace) -> int:
             not_before=not_before,
             wait=not args.no_wait,
             timeout=args.timeout,
+            supersedes=args.supersedes,
         )
     if args.json:
         print(
@@ -140,6 +143,10 @@ def _show(b: ReceivedBulletin, as_json: bool) -> None:
     )
     for caveat in b.caveats:
         print(f"   caveat: {caveat}")
+    if b.supersedes:
+        print(f"   corrects {b.supersedes}")
+    if b.expires_at is not None:
+        print(f"   expires {shown_time(b.expires_at)}")
     print(f"   {b.title}\n")
     print(b.body, flush=True)
 
@@ -151,9 +158,12 @@ async def _receive(args: argparse.Namespace) -> int:
     async def handler(b: ReceivedBulletin) -> None:
         _show(b, args.json)
 
+    async def withdrawn(w: Withdrawn) -> None:
+        show_withdrawal(w, args.json)
+
     client = await connect(args)
     async with client:
-        got = await client.receive(handler, count=count, timeout=timeout)
+        got = await client.receive(handler, count=count, timeout=timeout, on_withdrawal=withdrawn)
         # An empty queue: was nothing sent, or did the policy refuse what was?
         withheld = await _withheld_if_known(client) if got == 0 and count is not None else None
     if count is not None and got < count:
@@ -267,6 +277,13 @@ def status_summary(st: dict[str, Any]) -> str:
         f"{bid}: accepted under policy {st['policy_version']}; "
         f"routed to {len(routed)}, denied {len(denied)}"
     ]
+    # ADR 15: withdrawn, a correction, corrected (a broker before it says none of these).
+    if st.get("withdrawn_at") is not None:
+        lines.append(f"  WITHDRAWN at {shown_time(st['withdrawn_at'])}")
+    if st.get("supersedes"):
+        lines.append(f"  corrects {st['supersedes']}")
+    if st.get("superseded_by"):
+        lines.append(_listed("corrected by", st["superseded_by"]))
     if routed:
         lines.append(_listed("routed", routed))
     by_policy: dict[str, list[str]] = {}
@@ -308,6 +325,13 @@ def add_bulletin_parsers(sub: Any) -> None:
     )
     p.add_argument("--body", help="the bulletin text itself, instead of --body-file")
     add_time_args(p)
+    p.add_argument(
+        "--supersedes",
+        type=bulletin_id,
+        metavar="ID",
+        help="this bulletin corrects your bulletin ID: recipients are told the link (the "
+        "old one stays valid unless you `istmo recall` it)",
+    )
     p.add_argument("--no-wait", action="store_true", help="do not wait for the relay's verdict")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the verdict")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -337,7 +361,10 @@ def add_bulletin_parsers(sub: Any) -> None:
     )
     add_agency_args(p)
     p.add_argument(
-        "--count", type=int, default=1, help="how many bulletins to wait for (default 1)"
+        "--count",
+        type=int,
+        default=1,
+        help="how many bulletins (or withdrawals of bulletins) to wait for (default 1)",
     )
     p.add_argument(
         "--timeout",
@@ -346,7 +373,12 @@ def add_bulletin_parsers(sub: Any) -> None:
         help="seconds to wait (default 10); exits 1 if fewer than --count arrived",
     )
     p.add_argument("--follow", action="store_true", help="keep receiving until Ctrl-C")
-    p.add_argument("--json", action="store_true", help="one JSON line per bulletin")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON line per bulletin ("kind": "bulletin") or withdrawal ("kind": '
+        '"withdrawal"); times in ISO 8601',
+    )
     p.set_defaults(func=_receive)
 
     p = sub.add_parser("receipts", help="who has received one of your bulletins")

@@ -1,7 +1,8 @@
 """The ``istmo`` command line: its parser and its one way of reporting an error.
 
 Agency commands come from ``clients`` (``bulletin_commands``: publish, preview, receive,
-receipts, status; ``key_commands``; ``enroll``; ``console_login``; ``audit_verify``).
+receipts, status; ``recall_commands``; ``key_commands``; ``enroll``; ``console_login``;
+``audit_verify``).
 Commands that run the broker (``up``, ``relay``, ``admin``, ...) come from the
 ``istmo[server]`` extra through the ``istmo.commands`` entry point group, so the client
 never imports the broker.
@@ -23,6 +24,7 @@ from clients.bulletin_commands import add_bulletin_parsers
 from clients.console_login import add_console_parser
 from clients.enroll import add_enroll_parser
 from clients.key_commands import add_keys_parser
+from clients.recall_commands import add_recall_parser
 from schemas.errors import IstmoError
 
 __all__ = ["build_parser", "main"]
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_bulletin_parsers(sub)
+    add_recall_parser(sub)
     add_keys_parser(sub)
     add_enroll_parser(sub)
     add_console_parser(sub)

@@ -1,8 +1,12 @@
-"""The SDK's durable record of bulletins already handed to the application.
+"""The SDK's durable record of bulletins already handed to the application, and of the
+withdrawals it applied.
 
 JetStream delivers at least once and its dedupe window is minutes, so the SDK itself
-remembers, in SQLite with ``synchronous=FULL``, every bulletin id it handed over. The
-store holds ids, digests and times only: never a title, a body or a key.
+remembers, in SQLite with ``synchronous=FULL``, every bulletin id it handed over and
+who originated it (a withdrawal must come from that originator, ADR 15), and every
+withdrawal it told the application of (so a copy that arrives after its withdrawal is
+dropped, and the application is told once). The store holds ids, digests and times only:
+never a title, a body, a reason or a key.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ __all__ = ["DedupeStore"]
 
 
 class DedupeStore:
-    """Bulletin ids already handed to this agency's application."""
+    """Bulletin ids already handed to this agency's application, and withdrawals applied."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +30,16 @@ class DedupeStore:
             " bulletin_id TEXT PRIMARY KEY,"
             " envelope_digest TEXT NOT NULL,"
             " handed_at INTEGER NOT NULL)"
+        )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(handed)")}
+        if "originator" not in columns:
+            # A store made before ADR 15: its rows keep NULL (their originator unknown).
+            self._db.execute("ALTER TABLE handed ADD COLUMN originator TEXT")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS withdrawn ("
+            " bulletin_id TEXT PRIMARY KEY,"
+            " originator TEXT NOT NULL,"
+            " withdrawn_at INTEGER NOT NULL)"
         )
 
     def seen(self, bulletin_id: str) -> bool:
@@ -41,10 +55,39 @@ class DedupeStore:
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def remember(self, bulletin_id: str, envelope_digest: str, handed_at: int) -> None:
+    def handed_by(self, bulletin_id: str) -> tuple[bool, str | None]:
+        """Whether the bulletin was handed to the application, and its originator (None
+        if it was not, or was handed by an SDK before ADR 15, which did not keep it)."""
+        row = self._db.execute(
+            "SELECT originator FROM handed WHERE bulletin_id = ?", (bulletin_id,)
+        ).fetchone()
+        return (False, None) if row is None else (True, row[0])
+
+    def remember(
+        self,
+        bulletin_id: str,
+        envelope_digest: str,
+        handed_at: int,
+        originator: str | None = None,
+    ) -> None:
         self._db.execute(
-            "INSERT OR IGNORE INTO handed VALUES (?, ?, ?)",
-            (bulletin_id, envelope_digest, handed_at),
+            "INSERT OR IGNORE INTO handed (bulletin_id, envelope_digest, handed_at, originator)"
+            " VALUES (?, ?, ?, ?)",
+            (bulletin_id, envelope_digest, handed_at, originator),
+        )
+
+    def withdrawn_by(self, bulletin_id: str) -> str | None:
+        """The originator whose withdrawal of ``bulletin_id`` was applied (None: none)."""
+        row = self._db.execute(
+            "SELECT originator FROM withdrawn WHERE bulletin_id = ?", (bulletin_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def remember_withdrawal(self, bulletin_id: str, originator: str, withdrawn_at: int) -> None:
+        """Record that the application was told of this withdrawal (once: the first stays)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO withdrawn VALUES (?, ?, ?)",
+            (bulletin_id, originator, withdrawn_at),
         )
 
     def count(self) -> int:

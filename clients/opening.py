@@ -8,7 +8,7 @@ from __future__ import annotations
 from clients.results import ReceivedBulletin
 from schemas.directory import AgencyRecord, SigningKeyRecord
 from schemas.envelope import Envelope
-from schemas.errors import DecryptionError, SignatureError
+from schemas.errors import DecryptionError, EnvelopeError, SignatureError
 from schemas.ids import AgencyId
 from schemas.keystore import KeystoreFile
 from schemas.labels import Handling
@@ -44,7 +44,9 @@ def open_delivery(
       1. the directory lists the key the envelope names as its originator's;
       2. the key was not revoked when the bulletin was created;
       3. this agency has the key its wrap names;
-      4. ``schemas.sealing.open_envelope``: signature, wrap, commitment, body, ids.
+      4. ``schemas.sealing.open_envelope``: signature, wrap, commitment, body, ids;
+      5. it has not expired (its signed ``expires_at``): the originator said not to use
+         it after then (ADR 15).
 
     Args:
         env: a parsed envelope, as delivered.
@@ -57,6 +59,7 @@ def open_delivery(
     Raises:
         SignatureError: steps 1, 2 and the signature of step 4.
         DecryptionError: step 3 and the rest of step 4.
+        EnvelopeError: ``expired``, step 5.
     """
     h = env.header
     if sender_key is None:  # 1
@@ -68,6 +71,8 @@ def open_delivery(
     if my_key is None:
         raise DecryptionError("bulletin does not open", code="recipient_key_unknown")
     inner = open_envelope(env, recipient=agency, key=my_key, sender_key=sender_key.verify_key())
+    if h.expires_at is not None and h.expires_at <= now:  # 5
+        raise EnvelopeError(f"bulletin expired {now - h.expires_at} s ago", code="expired")
     caveats = [CAVEATS[c] for c in h.labels.handling if c in CAVEATS]
     if h.labels.handling_note:
         caveats.append(h.labels.handling_note)
@@ -80,4 +85,6 @@ def open_delivery(
         created_at=h.created_at,
         received_at=now,
         caveats=tuple(caveats),
+        expires_at=h.expires_at,
+        supersedes=h.supersedes,
     )

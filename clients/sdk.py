@@ -14,7 +14,8 @@ urgent first (``clients.queues``), opening a delivery (``clients.opening``), new
 (``clients.rotation``), the resolve answers it keeps while the relays' announcements say
 they hold (``clients.resolve_cache``, ADR 0009), the signed directory records it takes
 recipients' and senders' keys from (``clients.directory_cache``, kept current by
-``clients.records``, ADR 0014) and the values handed back (``clients.results``,
+``clients.records``, ADR 0014), checking a delivered withdrawal (``clients.withdrawals``,
+ADR 15) and the values handed back (``clients.results``,
 importable from here too).
 """
 
@@ -32,7 +33,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from clients.connection import connect_agency
 from clients.dedupe import DedupeStore
@@ -45,8 +46,17 @@ from clients.queues import DeliveryQueues, hand_back
 from clients.records import DirectoryRecords
 from clients.requests import REQUEST_TIMEOUT_S, ask, make_request
 from clients.resolve_cache import ResolveCache, Versions
-from clients.results import Preview, PublishResult, ReceiptReport, ReceivedBulletin, Withheld
+from clients.results import (
+    Preview,
+    PublishResult,
+    RecallResult,
+    ReceiptReport,
+    ReceivedBulletin,
+    Withdrawn,
+    Withheld,
+)
 from clients.rotation import new_keys
+from clients.withdrawals import check_delivered_withdrawal
 from schemas.agency import (
     Announcement,
     ApiOp,
@@ -54,6 +64,7 @@ from schemas.agency import (
     DeadLettersReply,
     DeadLettersRequest,
     ExplainReply,
+    RecallReply,
     ReceiptsReply,
     RecipientsReply,
     ResolveReply,
@@ -85,6 +96,12 @@ from schemas.labels import Labels
 from schemas.receipt import sign_receipt
 from schemas.sealing import envelope_digest, parse_envelope, seal
 from schemas.subjects import ANNOUNCE_SUBJECT
+from schemas.withdrawal import (
+    MAX_REASON_CHARS,
+    WITHDRAWAL_KIND,
+    parse_withdrawal,
+    sign_withdrawal,
+)
 
 __all__ = [
     "Handler",
@@ -93,8 +110,11 @@ __all__ = [
     "PublishRejected",
     "PublishResult",
     "PublishUnacknowledged",
+    "RecallResult",
     "ReceiptReport",
     "ReceivedBulletin",
+    "WithdrawalHandler",
+    "Withdrawn",
     "Withheld",
 ]
 
@@ -114,6 +134,11 @@ SETTLE_IN_FLIGHT = 64
 MAX_ANNOUNCEMENT_BYTES = 1024
 
 Handler = Callable[[ReceivedBulletin], Awaitable[None]]
+WithdrawalHandler = Callable[[Withdrawn], Awaitable[None]]
+# What a delivery that is not a bulletin says it is (ADR 15); a bulletin has no such header.
+KIND_HEADER = "Istmo-Kind"
+# A recall may scan the delivery stream for copies before the relay answers.
+RECALL_TIMEOUT_S = 30.0
 
 
 def _cancel_requested() -> bool:
@@ -382,8 +407,14 @@ class IstmoClient:
         not_before: int | None = None,
         wait: bool = True,
         timeout: float = 10.0,
+        supersedes: str | None = None,
     ) -> PublishResult:
         """Seal, sign and publish a bulletin, then wait for the relay's verdict.
+
+        Args:
+            supersedes: the id of one of this agency's accepted bulletins that this one
+                corrects (ADR 15): recipients are handed the link. It does not withdraw
+                the corrected one (``recall`` does).
 
         Raises:
             PolicyDenied: no agency may receive it, or the originator may not publish it.
@@ -402,6 +433,7 @@ class IstmoClient:
             now=int(time.time()),
             expires_at=expires_at,
             not_before=not_before,
+            supersedes=BulletinId(supersedes) if supersedes is not None else None,
         )
         await self._publish_envelope(env)
         if not_before is not None and not_before > env.header.created_at:
@@ -479,6 +511,55 @@ class IstmoClient:
         answer = await self._ask("receipts", req, ReceiptsReply)
         return ReceiptReport(
             bulletin_id, tuple((r.agency, r.received_at) for r in answer.recipients)
+        )
+
+    async def recall(
+        self, bulletin_id: str, *, reason: str, timeout: float = RECALL_TIMEOUT_S
+    ) -> RecallResult:
+        """Withdraw one of this agency's bulletins (ADR 15): the broker removes the copies
+        not yet delivered, and recipients that had it get this withdrawal, signed with this
+        agency's current key, which their SDK checks and applies. Asking again is harmless:
+        the answer is the first recall's.
+
+        Args:
+            bulletin_id: the id ``publish`` returned.
+            reason: why, 1-280 characters without control characters; recipients read it,
+                and the broker carries it in clear: no bulletin content.
+            timeout: seconds to wait for the broker (it may scan for copies first).
+
+        Raises:
+            NotFound: no accepted bulletin of this agency's has this id (another agency's
+                looks the same; the attempt is audited).
+            EnvelopeError: the reason is empty, too long or holds control characters
+                (code ``malformed``), or this machine's clock is off
+                (``timestamp_out_of_window``).
+            SignatureError: the keystore's key is not this agency's current one.
+            BusUnavailable: the broker did not answer; ask again.
+        """
+        # The id's form is checked before anything is signed.
+        request = make_request(BulletinRequest, bulletin_id=bulletin_id)
+        try:
+            withdrawal = sign_withdrawal(
+                bulletin_id=BulletinId(request.bulletin_id),
+                originator=self.agency,
+                reason=reason,
+                issued_at=int(time.time()),
+                key=self.keystore.signing_key(),
+            )
+        except ValidationError as exc:
+            raise EnvelopeError(
+                f"the reason must be 1-{MAX_REASON_CHARS} characters without control "
+                "characters (no line breaks)",
+                code="malformed",
+            ) from exc
+        answer = await self._ask("recall", withdrawal, RecallReply, timeout)
+        return RecallResult(
+            answer.bulletin_id,
+            answer.withdrawn_at,
+            answer.state,
+            answer.removed,
+            answer.notified,
+            answer.copies_kept,
         )
 
     async def dead_letters(self) -> list[dict[str, Any]]:
@@ -572,6 +653,7 @@ class IstmoClient:
         count: int | None = None,
         timeout: float | None = None,
         batch: int = 16,
+        on_withdrawal: WithdrawalHandler | None = None,
     ) -> int:
         """Hand verified bulletins to ``handler``, then ack and send a signed receipt.
 
@@ -583,14 +665,21 @@ class IstmoClient:
         remembered durably, so a redelivery never reaches ``handler`` twice. Waiting for
         bulletins that do not come is not an error: it ends at ``timeout`` or ``count``.
 
+        A bulletin's originator may withdraw it (ADR 15): the SDK checks the signed
+        withdrawal against the directory, remembers it durably, awaits ``on_withdrawal``
+        once with a ``Withdrawn`` (``had_it`` says whether ``handler`` had been given the
+        bulletin), and drops a copy that arrives after it. Without ``on_withdrawal`` it is
+        remembered and logged. A bulletin past its ``expires_at`` is dropped, not handed.
+
         Args:
             handler: awaited once per new bulletin.
-            count: stop after this many bulletins (None: no limit).
+            count: stop after this many bulletins and withdrawals (None: no limit).
             timeout: stop after this many seconds (None: no limit).
             batch: how many messages to fetch at once.
+            on_withdrawal: awaited once per withdrawal of a bulletin.
 
         Returns:
-            How many bulletins were handed over.
+            How many bulletins and withdrawals were handed over.
 
         Raises:
             BusUnavailable: the broker did not answer the directory lookup that verifies
@@ -622,7 +711,7 @@ class IstmoClient:
                     # retries through an outage would spend all of a delivery's attempts
                     # (AGENCY_MAX_DELIVER) in seconds and dead-letter it. Unsettled, each
                     # comes back on the consumer's backoff (30 s, 60 s, ... hours).
-                    if await self._handle(msg, handler):
+                    if await self._dispatch(msg, handler, on_withdrawal):
                         handed += 1
         finally:
             try:
@@ -655,6 +744,14 @@ class IstmoClient:
         while self._settling:
             await asyncio.wait(set(self._settling))
 
+    async def _dispatch(
+        self, msg: Msg, handler: Handler, on_withdrawal: WithdrawalHandler | None
+    ) -> bool:
+        """A delivery is a bulletin, or a withdrawal of one (its ``Istmo-Kind`` header)."""
+        if (msg.headers or {}).get(KIND_HEADER) == WITHDRAWAL_KIND:
+            return await self._handle_withdrawal(msg, on_withdrawal)
+        return await self._handle(msg, handler)
+
     async def _handle(self, msg: Msg, handler: Handler) -> bool:
         try:
             env = parse_envelope(msg.data)
@@ -670,6 +767,12 @@ class IstmoClient:
             # Handed over before, but this process may have died before it acked or sent
             # the receipt: send the receipt again (stored once by id), then ack.
             await self._settle_later(msg, env, digest, handed_at)
+            return False
+        if self._dedupe.withdrawn_by(bid) == env.header.originator:
+            # Its originator withdrew it before this copy came (a delivery stream made
+            # before ADR 15 keeps copies a recall could not remove).
+            log.info("dropped bulletin %s: withdrawn by %s", bid, env.header.originator)
+            await msg.ack()
             return False
         # Not the bulletin's fault if this fails: the broker did not answer (or not as it
         # should). The error goes up and the bulletin stays unsettled, unopened, for a
@@ -688,10 +791,51 @@ class IstmoClient:
             await msg.term()
             return False
         await handler(bulletin)
-        self._dedupe.remember(bid, digest, bulletin.received_at)
+        self._dedupe.remember(bid, digest, bulletin.received_at, env.header.originator)
         # Receipt before ack: a crash in between redelivers it, and the dedupe branch
         # above sends the receipt again, so no receipt is lost to a crash.
         await self._settle_later(msg, env, digest, bulletin.received_at)
+        return True
+
+    async def _handle_withdrawal(self, msg: Msg, on_withdrawal: WithdrawalHandler | None) -> bool:
+        """Check a delivered withdrawal (``clients.withdrawals``), tell the application once,
+        remember it, ack. Refused: dropped (term) and logged. True if the application was
+        told now."""
+        try:
+            w = parse_withdrawal(msg.data)
+        except EnvelopeError as exc:
+            log.warning("dropped a malformed withdrawal on %s: %s", msg.subject, exc.code)
+            await msg.term()
+            return False
+        if self._dedupe.withdrawn_by(w.bulletin_id) is not None:
+            await msg.ack()  # told before: a redelivery
+            return False
+        # As for a bulletin: the broker not answering leaves it unsettled, for later.
+        signer = await self._signing_key(w.originator, w.kid)
+        handed, handed_originator = self._dedupe.handed_by(w.bulletin_id)
+        try:
+            withdrawn = check_delivered_withdrawal(
+                w, signer=signer, handed=handed, handed_originator=handed_originator
+            )
+        except (SignatureError, EnvelopeError) as exc:
+            log.warning(
+                "refused a withdrawal of %s from %s: %s", w.bulletin_id, w.originator, exc.code
+            )
+            await msg.term()
+            return False
+        if on_withdrawal is not None:
+            await on_withdrawal(withdrawn)
+        else:
+            log.warning(
+                "bulletin %s withdrawn by %s; pass on_withdrawal to receive to be told",
+                w.bulletin_id,
+                w.originator,
+            )
+        self._dedupe.remember_withdrawal(w.bulletin_id, w.originator, w.issued_at)
+        try:
+            await msg.ack_sync()
+        except nats.errors.TimeoutError:
+            log.warning("NATS did not confirm the ack of a withdrawal; it may come back once")
         return True
 
     @staticmethod
@@ -717,7 +861,15 @@ class IstmoClient:
         Raises:
             BusUnavailable, SignatureError, IstmoError: as ``_directory``.
         """
-        originator, kid = env.header.originator, env.sig.kid
+        return await self._signing_key(env.header.originator, env.sig.kid)
+
+    async def _signing_key(self, originator: str, kid: str) -> SigningKeyRecord | None:
+        """``originator``'s signing key ``kid`` as the directory lists it (None if it does
+        not), asking the directory again once if the cached record lacks it.
+
+        Raises:
+            BusUnavailable, SignatureError, IstmoError: as ``_directory``.
+        """
         key = signing_key_of((await self._directory([originator])).get(originator), kid)
         if key is None:
             self.directory.forget(originator)  # maybe rotated: ask once more

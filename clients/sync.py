@@ -27,7 +27,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from clients.sdk import IstmoClient, PublishResult, ReceiptReport, ReceivedBulletin, Withheld
+from clients.sdk import (
+    IstmoClient,
+    PublishResult,
+    RecallResult,
+    ReceiptReport,
+    ReceivedBulletin,
+    Withdrawn,
+    Withheld,
+)
 from schemas.labels import Labels
 
 __all__ = ["Istmo"]
@@ -81,15 +89,30 @@ class Istmo:
         *,
         count: int | None = None,
         timeout: float | None = None,
+        on_withdrawal: Callable[[Withdrawn], None] | None = None,
     ) -> int:
-        """See ``IstmoClient.receive``; ``handler`` is a plain function here."""
+        """See ``IstmoClient.receive``; ``handler`` and ``on_withdrawal`` are plain
+        functions here."""
 
         async def call(b: ReceivedBulletin) -> None:
             handler(b)
 
+        async def told(w: Withdrawn) -> None:
+            if on_withdrawal is not None:
+                on_withdrawal(w)
+
         return self._loop.run_until_complete(
-            self._client.receive(call, count=count, timeout=timeout)
+            self._client.receive(
+                call,
+                count=count,
+                timeout=timeout,
+                on_withdrawal=told if on_withdrawal is not None else None,
+            )
         )
+
+    def recall(self, bulletin_id: str, *, reason: str) -> RecallResult:
+        """See ``IstmoClient.recall``."""
+        return self._loop.run_until_complete(self._client.recall(bulletin_id, reason=reason))
 
     def receipts(self, bulletin_id: str) -> ReceiptReport:
         """See ``IstmoClient.receipts``."""

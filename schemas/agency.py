@@ -22,6 +22,8 @@ with an ``ErrorReply``, also canonical JSON::
     dead-letters  DeadLettersRequest ({})       DeadLettersReply
     withheld      WithheldRequest ({})          WithheldReply: how many bulletins the policy
                                                 withheld from the caller, nothing about them
+    recall        Withdrawal (withdrawal)       RecallReply: the caller's bulletin is
+                                                withdrawn (ADR 15)
 
     any of them fails:                          ErrorReply {"error": {"code", "message"}}
 
@@ -49,9 +51,17 @@ means to a program to the SDK (``clients.errors``).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+)
 
 from schemas.canonical import canonical_json
 from schemas.directory import DirectoryVersion, SignedChanges, SignedExcerpt
@@ -82,6 +92,7 @@ __all__ = [
     "ErrorReply",
     "ExplainReply",
     "PublishVerdict",
+    "RecallReply",
     "ReceiptEntry",
     "ReceiptsReply",
     "RecipientsReply",
@@ -104,6 +115,7 @@ __all__ = [
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 MAX_ERROR_MESSAGE_CHARS = 300
 MAX_ANNOUNCE_INTERVAL_S = 300
+MAX_SUPERSEDED_BY = 100  # corrections of one bulletin a status names
 
 ApiOp = Literal[
     "recipients",
@@ -117,6 +129,7 @@ ApiOp = Literal[
     "revoke-key",
     "dead-letters",
     "withheld",
+    "recall",
 ]
 
 ErrorCode = Literal[
@@ -297,6 +310,20 @@ class StatusAccepted(BaseModel):
     routed: tuple[AgencyIdStr, ...]
     denied: tuple[DeniedRecipient, ...]
     policy_version: PolicyVersion
+    # ADR 15: when its originator withdrew it, the bulletin it corrects, and the corrections
+    # accepted since (oldest first). On the wire only when set, so the answer about any
+    # other bulletin is the bytes it always was (and an older SDK still reads it).
+    withdrawn_at: Timestamp | None = None
+    supersedes: BulletinIdStr | None = None
+    superseded_by: tuple[BulletinIdStr, ...] = Field(default=(), max_length=MAX_SUPERSEDED_BY)
+
+    @model_serializer(mode="wrap")
+    def _links_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        for key in ("withdrawn_at", "supersedes", "superseded_by"):
+            if not data.get(key):
+                data.pop(key, None)
+        return data
 
 
 class StatusRejected(BaseModel):
@@ -345,6 +372,32 @@ class ReceiptsReply(BaseModel):
 
     bulletin_id: BulletinIdStr
     recipients: tuple[ReceiptEntry, ...]
+
+
+class RecallReply(BaseModel):
+    """The caller's bulletin is withdrawn (ADR 15).
+
+    Attributes:
+        bulletin_id: the bulletin.
+        withdrawn_at: when the broker recorded the withdrawal (the first, if asked again).
+        state: ``done``, or ``pending``: recorded, and a relay is still removing copies
+            and sending the withdrawal (ask again to see the outcome).
+        removed: recipients whose copy was removed before it reached them; they are not
+            told anything.
+        notified: recipients sent the signed withdrawal: they had the bulletin, or may
+            have had it.
+        copies_kept: undelivered copies the delivery stream would not let go (one made
+            before ADR 15); those recipients' SDKs drop them on arrival.
+    """
+
+    model_config = _STRICT
+
+    bulletin_id: BulletinIdStr
+    withdrawn_at: Timestamp
+    state: Literal["done", "pending"]
+    removed: tuple[AgencyIdStr, ...] = Field(max_length=MAX_RECIPIENTS)
+    notified: tuple[AgencyIdStr, ...] = Field(max_length=MAX_RECIPIENTS)
+    copies_kept: int = Field(ge=0)
 
 
 class RotateReply(BaseModel):
@@ -450,6 +503,7 @@ AgencyReply = (
     | RevokeKeyReply
     | DeadLettersReply
     | WithheldReply
+    | RecallReply
 )
 
 

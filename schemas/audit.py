@@ -15,6 +15,8 @@ EventType = Literal[
     "bulletin.routed",
     "bulletin.decided",
     "bulletin.received",
+    "bulletin.withdrawn",
+    "delivery.withdrawn",
     "receipt.rejected",
     "request.rejected",
     "agency.enrolled",

@@ -67,6 +67,9 @@ class Header(BaseModel):
     created_at: Timestamp
     not_before: Timestamp | None = None
     expires_at: Timestamp | None = None
+    # A correction names the bulletin it corrects (ADR 15); absent on every other, and
+    # absent fields are not signed, so envelopes made before it verify unchanged.
+    supersedes: BulletinIdStr | None = None
     labels: Labels
     recipients: tuple[AgencyIdStr, ...] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     aead: Literal["AES-256-GCM"]
@@ -87,6 +90,8 @@ class Header(BaseModel):
         if self.not_before is not None and self.expires_at is not None:
             if self.not_before >= self.expires_at:
                 raise ValueError("not_before must be before expires_at")
+        if self.supersedes == self.bulletin_id:
+            raise ValueError("a bulletin cannot supersede itself")
         return self
 
 

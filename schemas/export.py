@@ -29,6 +29,7 @@ from schemas.agency import (
     DirectoryRequest,
     ErrorReply,
     ExplainReply,
+    RecallReply,
     ReceiptsReply,
     RecipientsReply,
     ResolveReply,
@@ -47,6 +48,7 @@ from schemas.labels import Labels
 from schemas.receipt import Receipt
 from schemas.rotation import RotationRequest
 from schemas.treehead import SignedTreeHead, TreeHead
+from schemas.withdrawal import Withdrawal
 
 __all__ = ["JSON_DIR", "MODELS", "SCHEMA_BASE_URI", "diff_files", "main", "render_all"]
 
@@ -66,6 +68,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "agency-error-reply": ErrorReply,
     "agency-explain-reply": ExplainReply,
     "agency-receipts-reply": ReceiptsReply,
+    "agency-recall-reply": RecallReply,
     "agency-recipients-reply": RecipientsReply,
     "agency-resolve-reply": ResolveReply,
     "agency-resolve-request": ResolveRequest,
@@ -76,6 +79,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "agency-withheld-reply": WithheldReply,
     "agency-withheld-request": WithheldRequest,
     "rotation-request": RotationRequest,
+    "withdrawal": Withdrawal,
     "audit-event": AuditEvent,
     "envelope": Envelope,
     "inner-bulletin": InnerBulletin,

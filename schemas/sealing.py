@@ -117,6 +117,7 @@ def seal(
     expires_at: int | None = None,
     not_before: int | None = None,
     bulletin_id: BulletinId | None = None,
+    supersedes: BulletinId | None = None,
 ) -> Envelope:
     """Seal ``content`` for ``recipients`` and sign it as ``originator``.
 
@@ -130,6 +131,7 @@ def seal(
         expires_at: optional expiry, epoch seconds.
         not_before: optional embargo, epoch seconds.
         bulletin_id: fixed id (tests, retries); a fresh random one by default.
+        supersedes: the id of the originator's bulletin this one corrects (ADR 15).
 
     Returns:
         The signed envelope.
@@ -149,6 +151,7 @@ def seal(
         created_at=now,
         not_before=not_before,
         expires_at=expires_at,
+        supersedes=supersedes,
         labels=labels,
         recipients=tuple(order),
         aead="AES-256-GCM",

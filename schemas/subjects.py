@@ -70,6 +70,7 @@ API_OPS = (
     "revoke-key",
     "dead-letters",
     "withheld",
+    "recall",
 )
 
 

@@ -59,11 +59,22 @@ IN_FLIGHT = 256  # per-message publishes of the fallback awaiting their acks at 
 
 @dataclass(frozen=True)
 class Message:
-    """One message to store: its subject, payload and optional dedupe id."""
+    """One message to store: its subject, payload, optional dedupe id and optional
+    per-message TTL in seconds (``Nats-TTL``; the stream must have ``allow_msg_ttl``)."""
 
     subject: str
     data: bytes
     msg_id: str | None = None
+    ttl_s: int | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The headers that store it: its dedupe id and TTL, if any."""
+        headers = {}
+        if self.msg_id is not None:
+            headers["Nats-Msg-Id"] = self.msg_id
+        if self.ttl_s is not None:
+            headers["Nats-TTL"] = f"{self.ttl_s}s"
+        return headers
 
 
 @dataclass(frozen=True)
@@ -163,9 +174,7 @@ async def _one_batch(nc: NATS, stream: str, chunk: Sequence[Message], timeout: f
     batch_id = uuid.uuid4().hex
     last = len(chunk)
     for n, message in enumerate(chunk, 1):
-        headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
-        if message.msg_id is not None:
-            headers["Nats-Msg-Id"] = message.msg_id
+        headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n), **message.headers()}
         if n == last:
             headers["Nats-Batch-Commit"] = "1"
         if n in (1, last):
@@ -208,7 +217,7 @@ async def _one_by_one(nc: NATS, stream: str, chunk: Sequence[Message], timeout: 
     gate = asyncio.Semaphore(IN_FLIGHT)
 
     async def one(message: Message) -> tuple[int, bool]:
-        headers = {"Nats-Msg-Id": message.msg_id} if message.msg_id is not None else None
+        headers = message.headers() or None
         async with gate:
             ack = await js.publish(message.subject, message.data, stream=stream, headers=headers)
         return ack.seq, bool(ack.duplicate)

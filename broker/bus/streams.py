@@ -3,8 +3,11 @@
 Idempotent: safe to call on every start. Needs a connection in account ISTMO (the relay's
 user); the agencies never call these. Every stream is file-backed with a dedupe window of
 10 minutes by default (the catalogue's deploy defaults); on a cluster each has 3 replicas
-(``replicas=3``), on one node 1. Deletes and purges are denied on the delivery and audit
-streams; the two work queues need neither flag (acks remove their messages). Which
+(``replicas=3``), on one node 1. Purges are denied on the delivery and audit streams, and
+deletes on the audit stream; the delivery stream lets the relay delete single deliveries
+of a recalled bulletin and lets deliveries carry a TTL (ADR 15; one made before keeps
+``deny_delete``, which nats-server cannot lift); the two work queues need neither flag
+(acks remove their messages). Which
 agencies exist, and removing their consumers when they leave, is left to the registry.
 """
 
@@ -119,8 +122,11 @@ def _stream_configs(
             max_age=float(deliver_max_age_s),
             # JetStream refuses a dedupe window longer than the messages are kept.
             duplicate_window=min(window, float(deliver_max_age_s)),
-            deny_delete=True,
+            # A recall deletes the copies not yet delivered, and an expiring bulletin's
+            # deliveries carry a TTL (ADR 15). Only account ISTMO may call the stream API.
+            deny_delete=False,
             deny_purge=True,
+            allow_msg_ttl=True,
             # Direct get ignores consumer filters; keep it off (defence in depth).
             allow_direct=False,
             # Two durable consumers per agency: nats-server 2.15 caps a stream at 1,000
@@ -207,6 +213,10 @@ async def ensure_streams(
                 # nats-server refuses to change it in place (a stream made before ADR 7
                 # keeps 20,000: room for 10,000 agencies with two consumers each).
                 config.max_consumers = existing.max_consumers
+            if existing is not None and existing.deny_delete:
+                # Nor can it lift deny_delete (err 10052): a delivery stream made before
+                # ADR 15 keeps it, and recalls leave its copies to the SDKs to drop.
+                config.deny_delete = True
             await add_or_update_stream(js, config)
             for kind, stream in _GATED_STREAMS:
                 if stream == config.name:
@@ -241,9 +251,9 @@ async def ensure_atomic(js: JetStreamContext, stream: str) -> None:
 
 async def ensure_deliver_stream(js: JetStreamContext) -> None:
     """Bring a delivery stream an older Istmo made up to what a relay writes, keeping the
-    rest of its configuration: atomic batches, and the per-precedence delivery subjects
-    (ADR 7). A relay that joins a stack (``istmo relay``) calls it; JetStream updates the
-    stream in place and keeps every message.
+    rest of its configuration: atomic batches, the per-precedence delivery subjects
+    (ADR 7) and per-message TTLs (ADR 15). A relay that joins a stack (``istmo relay``)
+    calls it; JetStream updates the stream in place and keeps every message.
 
     Raises:
         BusUnavailable: JetStream does not answer.
@@ -257,6 +267,14 @@ async def ensure_deliver_stream(js: JetStreamContext) -> None:
         return bool(missing)
 
     await _amend(js, DELIVER_STREAM, add_subjects, f"the subjects of {DELIVER_STREAM}")
+
+    def allow_ttl(config: StreamConfig) -> bool:
+        if config.allow_msg_ttl:
+            return False
+        config.allow_msg_ttl = True
+        return True
+
+    await _amend(js, DELIVER_STREAM, allow_ttl, f"per-message TTLs on {DELIVER_STREAM}")
 
 
 async def _amend(

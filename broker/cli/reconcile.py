@@ -57,6 +57,11 @@ def reconcile_command(args: argparse.Namespace) -> int:
             f"routed {report.routed}, present {report.present}, missing {report.gaps} "
             f"(scanned {report.scanned} deliveries)"
         )
+        if report.withdrawn or report.expired:
+            print(
+                f"left out on purpose: {report.withdrawn} of withdrawn bulletins, "
+                f"{report.expired} of expired ones"
+            )
         if not report.dry_run:
             print(
                 f"republished {report.republished} ({report.republished_new_id} under a new "

@@ -19,9 +19,12 @@ changes keys) and returns the typed reply, or an ``ErrorReply`` whose code is on
     dead-letters  the caller's own dead letters
     withheld      how many bulletins the policy withheld from the caller, and when (no
                   bulletin named); a read like status, not audited
+    recall        the caller's signed withdrawal of one of its bulletins: recorded, copies
+                  removed, who had it told (``broker.relay.withdrawals``, ADR 15)
 
 A refused request is an audit event; an answer the caller may not like (a policy denial,
-"not found") is not, and neither is a fault of the broker's own (it is logged).
+"not found") is not, and neither is a fault of the broker's own (it is logged). A recall
+is the exception: refused as "not found", it is audited (by ``Withdrawals.accept``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from broker.directory.rotation import apply_rotation
 from broker.directory.service import DirectoryService
 from broker.relay.dead_letters import list_dead_letters
 from broker.relay.queries import AgencyQueries, NotFound
+from broker.relay.withdrawals import Withdrawals
 from broker.store.registry import Registry
 from schemas.agency import (
     ERROR_CODES,
@@ -54,6 +58,7 @@ from schemas.agency import (
     DirectoryRequest,
     ErrorCode,
     ErrorReply,
+    RecallReply,
     ResolveRequest,
     RevokeKeyReply,
     RevokeKeyRequest,
@@ -107,11 +112,16 @@ class AgencyApi:
         self.directory = directory
         self.clock = clock  # stamps the audit events of rotations and revocations
         self.queries = AgencyQueries(registry, directory)
+        self.recalls = Withdrawals(settings, registry, directory, clock=clock)
 
     async def serve(self, nc: NATS, msg: Msg, *, now: int) -> None:
         """Answer one request on ``nc``; after a key change, tell every other broker
         process to rebuild its directory (``istmo.control.directory``)."""
         if not msg.reply:
+            return
+        if msg.subject.endswith(".recall"):
+            recalled = await self.recall(nc, msg.subject, msg.data, now=now)
+            await nc.publish(msg.reply, reply_bytes(recalled, max_bytes=nc.max_payload))
             return
         answer = self.handle(msg.subject, msg.data, now=now)
         if _pending(answer) and not await self._waiting(nc, msg.subject):
@@ -138,6 +148,32 @@ class AgencyApi:
             log.warning("could not count the ingest queue of %s: %s", caller, type(exc).__name__)
             return True
         return bool((info.state.subjects or {}).get(waiting_on, 0))
+
+    async def recall(
+        self, nc: NATS, subject: str, data: bytes, *, now: int
+    ) -> RecallReply | ErrorReply:
+        """The answer to a ``recall`` on ``subject``: the withdrawal checked and recorded
+        (``Withdrawals.accept``, which audits a refusal), then carried out on ``nc``'s
+        JetStream. Never raises."""
+        parts = subject.split(".")
+        try:
+            caller = parse_agency_id(parts[2])
+            if caller not in self.directory.records:
+                return ErrorReply.of("unknown_agency", "this agency is not in the directory")
+            row = self.recalls.accept(caller, data, now)
+        except (AuditStoreError, ConfigError) as exc:
+            log.error("could not answer api.recall: %s (%s)", exc.code, exc)
+            return error_reply(exc)
+        except IstmoError as exc:  # audited by accept
+            return error_reply(exc)
+        except Exception:
+            log.exception("could not answer api.recall")
+            return ErrorReply.of("internal", _INTERNAL)
+        try:
+            return await self.recalls.carry_out(nc.jetstream(timeout=10), row)
+        except Exception:  # a bug: the withdrawal is recorded; a later pass may finish it
+            log.exception("could not carry out the withdrawal of %s", row.bulletin_id)
+            return ErrorReply.of("internal", _INTERNAL)
 
     def handle(self, subject: str, data: bytes, *, now: int) -> AgencyReply | ErrorReply:
         """The reply to the request ``data`` on ``subject`` (``istmo.api.<agency>.<op>``).

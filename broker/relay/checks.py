@@ -12,14 +12,21 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from schemas.directory import AgencyRecord
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, Header
 from schemas.errors import EnvelopeError, SignatureError
 from schemas.ids import AgencyId
 from schemas.labels import Labels
 from schemas.sealing import check_envelope_shape, parse_envelope, verify_envelope
 from schemas.subjects import agency_of_gated
 
-__all__ = ["IngestLimits", "check_ingest", "check_labels", "parse_ingest", "sender_of"]
+__all__ = [
+    "IngestLimits",
+    "check_ingest",
+    "check_labels",
+    "check_supersedes",
+    "parse_ingest",
+    "sender_of",
+]
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,29 @@ def check_ingest(
                 f"wrap for {wrap.recipient} uses a key that is not its current one",
                 code="recipient_key_unknown",
             )
+
+
+def check_supersedes(header: Header, superseded_originator: str | None) -> None:
+    """Step 9, for a correction (ADR 15): the bulletin it supersedes was accepted, from the
+    same originator. One refusal for an unknown id and for another agency's bulletin, so a
+    correction is no way to learn which ids exist.
+
+    Args:
+        header: the correction's signed header.
+        superseded_originator: the recorded originator of ``header.supersedes`` (None: no
+            such bulletin was accepted).
+
+    Raises:
+        EnvelopeError: ``unknown_superseded``.
+    """
+    if header.supersedes is None:
+        return
+    if superseded_originator != header.originator:
+        raise EnvelopeError(
+            "supersedes no accepted bulletin of yours: correct a bulletin once the relay "
+            "accepted it (`istmo status`)",
+            code="unknown_superseded",
+        )
 
 
 def sender_of(subject: str, kind: str) -> AgencyId | None:

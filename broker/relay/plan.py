@@ -37,7 +37,13 @@ from sqlmodel import SQLModel
 
 from broker.audit import events
 from broker.policy.model import BulletinFacts, Decider, Decision
-from broker.relay.checks import IngestLimits, check_ingest, parse_ingest, sender_of
+from broker.relay.checks import (
+    IngestLimits,
+    check_ingest,
+    check_supersedes,
+    parse_ingest,
+    sender_of,
+)
 from broker.relay.decisions import Denial, denial_of, route
 from broker.store.registry import BulletinRow, RejectionRow
 from schemas.audit import AuditEvent
@@ -137,6 +143,9 @@ class Plan:
         defer_s: how long to hand it back for (defer).
         rank: its precedence, FLASH = 0, for the order of delivery.
         claim: set when this message took the bulletin id for the rest of its batch.
+        expires_at: the signed expiry (accept and resume): its deliveries go when it
+            passes (ADR 15).
+        originator: the signed originator of an accepted bulletin.
     """
 
     verdict: Verdict
@@ -153,6 +162,8 @@ class Plan:
     defer_s: int = 0
     rank: int = len(Precedence)
     claim: Prior | None = None
+    expires_at: int | None = None
+    originator: str | None = None
 
     @property
     def denials(self) -> tuple[Denial, ...]:
@@ -183,6 +194,7 @@ def plan(
     limits: IngestLimits,
     prior: Prior | None,
     now_ms: int,
+    superseded_originator: str | None = None,
 ) -> Plan:
     """Decide what to do with one ingest message.
 
@@ -194,6 +206,8 @@ def plan(
         prior: the earlier acceptance of this bulletin id (by an earlier batch or earlier
             in this one), if any.
         now_ms: the relay's clock, epoch milliseconds.
+        superseded_originator: for a correction, the recorded originator of the bulletin
+            it supersedes (None: no such bulletin was accepted).
 
     Returns:
         The plan; every refusal is a ``reject`` plan, never an exception.
@@ -205,7 +219,7 @@ def plan(
     # Rejections are filed under (sender, id): the sender can see its own verdict, and a
     # forged id never touches another agency's bulletin.
     try:
-        return _decide(msg, parsed[0], env, directory, limits, prior, now_ms)
+        return _decide(msg, parsed[0], env, directory, limits, prior, now_ms, superseded_originator)
     except IstmoError as exc:
         return _rejected(msg, sender, env.header.bulletin_id, exc, now_ms)
 
@@ -218,6 +232,7 @@ def plan_batch(
     limits: IngestLimits,
     accepted: Mapping[str, tuple[int, str]],
     now_ms: int,
+    superseded: Mapping[str, str] | None = None,
 ) -> list[Plan]:
     """``plan`` for each message of a batch, in order.
 
@@ -229,18 +244,34 @@ def plan_batch(
         accepted: ``(ingest_seq, envelope_digest)`` of the batch's bulletin ids that the
             registry holds already (``Registry.accepted``).
         now_ms: the relay's clock, epoch milliseconds, read once for the batch.
+        superseded: the recorded originator of each bulletin the batch's corrections
+            supersede, by id, if the registry holds it (a bulletin accepted earlier in the
+            batch counts too).
     """
     taken: dict[str, Prior] = {}
+    originators = dict(superseded or {})
     plans: list[Plan] = []
     for msg, got in zip(msgs, parsed, strict=True):
         prior: Prior | None = None
+        corrected: str | None = None
         if not isinstance(got, IstmoError):
-            bid = got[1].header.bulletin_id
-            known = accepted.get(bid)
-            prior = Prior(*known) if known is not None else taken.get(bid)
-        p = plan(msg, got, directory=directory, limits=limits, prior=prior, now_ms=now_ms)
+            header = got[1].header
+            known = accepted.get(header.bulletin_id)
+            prior = Prior(*known) if known is not None else taken.get(header.bulletin_id)
+            corrected = originators.get(header.supersedes) if header.supersedes else None
+        p = plan(
+            msg,
+            got,
+            directory=directory,
+            limits=limits,
+            prior=prior,
+            now_ms=now_ms,
+            superseded_originator=corrected,
+        )
         if p.claim is not None and p.bulletin_id is not None:
             taken[p.bulletin_id] = p.claim
+        if p.verdict == "accept" and p.bulletin_id is not None and p.originator is not None:
+            originators[p.bulletin_id] = p.originator
         plans.append(p)
     return plans
 
@@ -253,6 +284,7 @@ def _decide(
     limits: IngestLimits,
     prior: Prior | None,
     now_ms: int,
+    superseded_originator: str | None,
 ) -> Plan:
     """The steps after parsing; raises IstmoError for every refusal."""
     now = now_ms // 1000
@@ -273,7 +305,15 @@ def _decide(
     # with a known id is refused (NATS dedupe only covers a few minutes).
     if prior is not None:
         if prior.seq == msg.seq:
-            return Plan("resume", msg.seq, sender, bid, addressed=tuple(h.recipients), rank=rank)
+            return Plan(
+                "resume",
+                msg.seq,
+                sender,
+                bid,
+                addressed=tuple(h.recipients),
+                rank=rank,
+                expires_at=h.expires_at,
+            )
         if prior.digest == digest:
             raise EnvelopeError(f"bulletin {bid} was already accepted", code="replay")
         raise EnvelopeError(f"bulletin id {bid} is taken by another bulletin", code="id_conflict")
@@ -283,6 +323,8 @@ def _decide(
         return Plan(
             "defer", msg.seq, sender, bid, defer_s=min(h.not_before - now, MAX_DEFER_S), rank=rank
         )
+    # A correction corrects a bulletin of its own originator's (ADR 15).
+    check_supersedes(h, superseded_originator)
     claim = Prior(msg.seq, digest)
     facts = _facts(env, d)
     publish = d.engine.decide_publish(facts, now)
@@ -308,6 +350,7 @@ def _decide(
         recipients=",".join(h.recipients),
         policy_version=publish.policy_version,
         directory_version=publish.directory_version,
+        supersedes=h.supersedes,
     )
     accepted = events.bulletin_accepted(
         bid,
@@ -319,6 +362,7 @@ def _decide(
         directory_version=publish.directory_version,
         policy_ids=publish.policy_ids,
         at=now_ms,
+        supersedes=h.supersedes,
     )
     routing = route(
         bid,
@@ -341,6 +385,8 @@ def _decide(
         events=(accepted, *routing.events),
         rank=rank,
         claim=claim,
+        expires_at=h.expires_at,
+        originator=h.originator,
     )
 
 

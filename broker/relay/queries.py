@@ -14,8 +14,10 @@ from __future__ import annotations
 from broker.directory.service import DirectoryService
 from broker.policy.engine import BulletinFacts
 from broker.relay.checks import check_labels
+from broker.store.recalls import withdrawal
 from broker.store.registry import Registry
 from schemas.agency import (
+    MAX_SUPERSEDED_BY,
     CandidateVerdict,
     DeniedRecipient,
     ExplainReply,
@@ -175,12 +177,14 @@ class AgencyQueries:
         )
 
     def status(self, caller: str, bulletin_id: str) -> StatusReply:
-        """The relay's verdict on ``caller``'s bulletin: accepted (routed, denied),
-        rejected (reason), or pending (not decided yet, unknown, or another agency's)."""
+        """The relay's verdict on ``caller``'s bulletin: accepted (routed, denied; and
+        whether it was withdrawn, what it corrects and what corrected it, ADR 15), rejected
+        (reason), or pending (not decided yet, unknown, or another agency's)."""
         bulletin = self.registry.bulletin(bulletin_id)
         if bulletin is not None and bulletin.originator == caller:
             decisions = self.registry.decisions(bulletin_id)
             addressed = set(bulletin.recipients.split(","))
+            withdrawn = withdrawal(self.registry, bulletin_id)
             return StatusReply(
                 StatusAccepted(
                     state="accepted",
@@ -194,6 +198,9 @@ class AgencyQueries:
                         if not r.allowed
                     ),
                     policy_version=bulletin.policy_version,
+                    withdrawn_at=withdrawn.withdrawn_at if withdrawn is not None else None,
+                    supersedes=bulletin.supersedes,
+                    superseded_by=self.registry.corrections(bulletin_id, caller, MAX_SUPERSEDED_BY),
                 )
             )
         rejection = self.registry.rejection_for(caller, bulletin_id)

@@ -20,6 +20,10 @@ no good copy is recorded as ``delivery.unrecoverable`` and counted, never silent
 absorbed. Still possible: JetStream deduplicates an id for ``duplicate_window`` even after
 the message is gone; such a republish is sent again under ``<bulletin>:<recipient>:r<seq>``.
 
+Not every missing delivery is a gap (ADR 15): a withdrawn bulletin's copies were removed
+on purpose, and an expired one's left with its TTL. Those are left out (``withdrawn``,
+``expired``) and never restored.
+
 Idempotent: a second run finds the republished deliveries present. Bounded: at most
 ``batch`` gaps per run (the report says how many remain).
 """
@@ -49,6 +53,7 @@ from broker.audit import events
 from broker.bus.batch import Message
 from broker.bus.streams import add_or_update_stream, bus_unavailable
 from broker.clock import SYSTEM_CLOCK, Clock
+from broker.store.recalls import withdrawals
 from broker.store.registry import Registry
 from schemas.errors import ConfigError, IstmoError
 from schemas.ids import parse_bulletin_id
@@ -125,6 +130,8 @@ class ReconcileReport:
     since_ms: int
     routed: int = 0
     present: int = 0
+    withdrawn: int = 0  # missing deliveries of withdrawn bulletins, left out (ADR 15)
+    expired: int = 0  # missing deliveries of expired bulletins, left out
     scanned: int = 0
     gaps: int = 0
     republished: int = 0
@@ -254,7 +261,7 @@ async def reconcile(
     present = await _present(js, since_ms, report)
     report.routed = len(routed)
     report.present = len(routed & present)
-    gaps = sorted(routed - present)
+    gaps = _left_out(registry, sorted(routed - present), clock.now_s(), report)
     report.gaps = len(gaps)
     report.gap_list = [f"{b}:{a}" for b, a in gaps[:100]]
     todo = gaps[:batch]
@@ -293,6 +300,26 @@ async def reconcile(
         registry.record([], [event])
         report.republished += 1
     return report
+
+
+def _left_out(
+    registry: Registry, missing: list[tuple[str, str]], now_s: int, report: ReconcileReport
+) -> list[tuple[str, str]]:
+    """``missing`` without the deliveries of withdrawn and expired bulletins, counted in
+    ``report``: their copies went on purpose."""
+    bids = {bid for bid, _ in missing}
+    gone = withdrawals(registry, bids)
+    rows = registry.bulletins(bids)
+    gaps = []
+    for bid, agency in missing:
+        expires_at = rows[bid].expires_at if bid in rows else None
+        if bid in gone:
+            report.withdrawn += 1
+        elif expires_at is not None and expires_at <= now_s:
+            report.expired += 1
+        else:
+            gaps.append((bid, agency))
+    return gaps
 
 
 async def _archived(js: JetStreamContext, registry: Registry, bid: str) -> bytes | None:

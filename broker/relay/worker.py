@@ -104,6 +104,7 @@ class _Outcome:
     rejected: bool = False
     defer_s: int = 0  # embargoed: hand back to JetStream for this long
     rank: int = len(Precedence)  # delivery precedence, FLASH = 0
+    expires_at: int | None = None  # its deliveries go when it expires (ADR 15)
 
     @property
     def precedence(self) -> Precedence:
@@ -184,6 +185,7 @@ class Relay:
                 )
                 tg.create_task(self._loop(stop, dead, batch, "advisories", self._dead_batch))
                 tg.create_task(self._sample_backlog(stop))
+                tg.create_task(self._finish_withdrawals(stop))
         finally:
             for sub in subs:
                 with contextlib.suppress(nats.errors.Error):
@@ -291,6 +293,22 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.relay_metrics_sample_s)
 
+    async def _finish_withdrawals(self, stop: asyncio.Event) -> None:
+        """At start and every ``withdrawal_sweep_s``: finish the withdrawals a relay
+        recorded and did not carry out (it died in between; ADR 15)."""
+        while not stop.is_set():
+            try:
+                finished = await self.api.recalls.finish_unfinished(self.js)
+            except _TRANSIENT as exc:
+                log.warning("could not look for unfinished withdrawals (%s)", type(exc).__name__)
+            except Exception:  # a bug here must not stop the relay
+                log.exception("could not finish the unfinished withdrawals")
+            else:
+                if finished:
+                    log.info("finished %d withdrawals another relay had left", finished)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.withdrawal_sweep_s)
+
     # ------------------------------------------------------------------ ingest
     async def _ingest_guarded(self, msgs: list[Msg]) -> None:
         """Dead-letter what came back too often, then process the rest; if a batch fails
@@ -369,6 +387,13 @@ class Relay:
         accepted = self.registry.accepted(
             {p[1].header.bulletin_id for p in parsed if not isinstance(p, IstmoError)}
         )
+        # Corrections: whose are the bulletins they supersede (no query without one)?
+        corrected = {
+            p[1].header.supersedes
+            for p in parsed
+            if not isinstance(p, IstmoError) and p[1].header.supersedes
+        }
+        superseded = {bid: b.originator for bid, b in self.registry.bulletins(corrected).items()}
         plans = plan_batch(
             ingested,
             parsed,
@@ -376,6 +401,7 @@ class Relay:
             limits=self.limits,
             accepted=accepted,
             now_ms=now_ms,
+            superseded=superseded,
         )
         outcomes = [self._outcome(msg, p) for msg, p in zip(msgs, plans, strict=True)]
         # Each refused candidate's count of withheld bulletins goes up in the same
@@ -434,8 +460,14 @@ class Relay:
         delivering = sorted((o for o in outcomes if o.deliveries), key=lambda o: o.rank)
         if not delivering:
             return
+        now_s = self.clock.now_s()
         deliveries = [
-            Message(deliver_subject(r, o.precedence), o.raw, f"{o.bulletin_id}:{r}")
+            Message(
+                deliver_subject(r, o.precedence),
+                o.raw,
+                f"{o.bulletin_id}:{r}",
+                ttl_s=_ttl(o.expires_at, now_s),
+            )
             for o in delivering
             for r in o.deliveries
         ]
@@ -462,6 +494,7 @@ class Relay:
             defer_s=p.defer_s,
             rank=p.rank,
             deliveries=list(p.deliver_to),
+            expires_at=p.expires_at,
         )
         if p.verdict == "resume":
             outcome.deliveries = [
@@ -592,6 +625,12 @@ class Relay:
 
     async def _on_api(self, msg: Msg) -> None:
         await self.api.serve(self.nc, msg, now=self.clock.now_s())
+
+
+def _ttl(expires_at: int | None, now_s: int) -> int | None:
+    """The per-message TTL of a delivery (ADR 15): JetStream removes it, delivered or not,
+    when the bulletin expires. At least 1 s (JetStream's least); None: it does not expire."""
+    return None if expires_at is None else max(expires_at - now_s, 1)
 
 
 async def _settle(o: _Outcome) -> None:

@@ -46,6 +46,7 @@ from broker.store.journal import (
     journal_tail,
     touched_agencies,
 )
+from broker.store.recalls import WithdrawalRow
 from broker.store.withheld import WithheldCountRow, Withholding, count_withheld, tally
 from schemas.audit import AuditEvent
 from schemas.errors import AuditStoreError
@@ -75,6 +76,7 @@ __all__ = [
     "SigningKeyRow",
     "StoredDecision",
     "SubscriptionRow",
+    "WithdrawalRow",
     "default_broker_dir",
 ]
 
@@ -144,6 +146,7 @@ class BulletinRow(SQLModel, table=True):
     recipients: str  # comma-separated signed recipients
     policy_version: str = Field(max_length=64)
     directory_version: str = Field(max_length=64)
+    supersedes: str | None = Field(default=None, index=True, max_length=36)  # ADR 15
 
 
 class PolicySetRow(SQLModel, table=True):
@@ -458,6 +461,19 @@ class Registry:
     def bulletin(self, bulletin_id: str) -> BulletinRow | None:
         with self.session() as s:
             return s.get(BulletinRow, bulletin_id)
+
+    def corrections(self, bulletin_id: str, originator: str, limit: int) -> tuple[str, ...]:
+        """The ids of ``originator``'s bulletins accepted as corrections of ``bulletin_id``
+        (ADR 15), oldest first, at most ``limit``."""
+        with self.session() as s:
+            q = (
+                select(BulletinRow.id)
+                .where(BulletinRow.supersedes == bulletin_id)
+                .where(BulletinRow.originator == originator)
+                .order_by(col(BulletinRow.accepted_at), col(BulletinRow.id))
+                .limit(limit)
+            )
+            return tuple(s.exec(q))
 
     def accepted(self, bulletin_ids: Collection[str]) -> dict[str, tuple[int, str]]:
         """``(ingest_seq, envelope_digest)`` of each of ``bulletin_ids`` already accepted,

@@ -31,5 +31,6 @@ REGISTRY_TABLES = (
     "signing_key",
     "subscription",
     "withheld_count",
+    "withdrawal",
 )
 SEQUENCES = ("audit_event_seq_seq", "directory_change_serial_seq", "policy_set_seq_seq")

@@ -24,6 +24,7 @@ from schemas.agency import (
     ErrorReply,
     ExplainReply,
     PublishVerdict,
+    RecallReply,
     ReceiptEntry,
     ReceiptsReply,
     RecipientsReply,
@@ -65,6 +66,8 @@ from schemas.labels import Classification, Labels, Tlp
 from schemas.subjects import API_OPS
 
 BID = "8f1c2d3e-1111-4222-8333-444455556666"
+OTHER_BID = "8f1c2d3e-2222-4222-8333-444455556666"
+THIRD_BID = "8f1c2d3e-3333-4222-8333-444455556666"
 KID = "sig-" + "a" * 32
 KEM_KID = "kem-" + "b" * 32
 DIRECTORY_KEY = SigningKey(bytes(range(32)))
@@ -145,6 +148,51 @@ WIRE: list[tuple[str, AgencyReply | ErrorReply, Any]] = [
                 {"agency": "jm-police", "policy_ids": [], "reasons": ["no policy grants it"]}
             ],
             "policy_version": "p" * 16,
+        },
+    ),
+    (
+        # ADR 15: the links are on the wire only when set (above: the bytes as before).
+        "status-withdrawn-correction",
+        StatusReply(
+            StatusAccepted(
+                state="accepted",
+                bulletin_id=BID,
+                routed=("hn-police",),
+                denied=(),
+                policy_version="p" * 16,
+                withdrawn_at=1_780_000_100,
+                supersedes=OTHER_BID,
+                superseded_by=(THIRD_BID,),
+            )
+        ),
+        {
+            "state": "accepted",
+            "bulletin_id": BID,
+            "routed": ["hn-police"],
+            "denied": [],
+            "policy_version": "p" * 16,
+            "withdrawn_at": 1_780_000_100,
+            "supersedes": OTHER_BID,
+            "superseded_by": [THIRD_BID],
+        },
+    ),
+    (
+        "recall",
+        RecallReply(
+            bulletin_id=BID,
+            withdrawn_at=1_780_000_100,
+            state="done",
+            removed=("jm-police",),
+            notified=("hn-police",),
+            copies_kept=0,
+        ),
+        {
+            "bulletin_id": BID,
+            "withdrawn_at": 1_780_000_100,
+            "state": "done",
+            "removed": ["jm-police"],
+            "notified": ["hn-police"],
+            "copies_kept": 0,
         },
     ),
     (
@@ -266,7 +314,7 @@ def test_only_the_error_reply_has_a_field_named_error() -> None:
     replies: list[type[BaseModel]] = [
         ResolveReply, ExplainReply, ReceiptsReply, RotateReply, RevokeKeyReply,
         DeadLettersReply, StatusAccepted, StatusRejected, StatusPending, WithheldReply,
-        RecipientsReply, SignedChanges, SignedExcerpt,
+        RecipientsReply, RecallReply, SignedChanges, SignedExcerpt,
     ]  # fmt: skip
     assert [m.__name__ for m in replies if "error" in m.model_fields] == []
     assert set(ErrorReply.model_fields) == {"error"}

@@ -42,6 +42,7 @@ def test_every_model_is_exported() -> None:
         "ErrorReply",
         "ExplainReply",
         "ReceiptsReply",
+        "RecallReply",
         "RecipientsReply",
         "ResolveReply",
         "ResolveRequest",
@@ -61,6 +62,7 @@ def test_every_model_is_exported() -> None:
         "SignedExcerpt",
         "SignedTreeHead",
         "TreeHead",
+        "Withdrawal",
     }
 
 

@@ -588,3 +588,84 @@ def test_an_embargoed_bulletin_is_deferred_undecided(not_before: int, defer_s: i
 def test_an_embargo_that_has_passed_is_decided() -> None:
     env = sealed(not_before=NOW + 90)
     assert decide(ingested(env), now=NOW + 90).verdict == "accept"
+
+
+# --------------------------------------------------------------------------- corrections (ADR 15)
+
+CORRECTED = "0b1e5a8c-1111-4222-8333-444455556666"  # an accepted bulletin of gt-police's
+
+
+def _batch(*envs: Envelope, superseded: Mapping[str, str]) -> list[Plan]:
+    msgs = [ingested(env, seq=i) for i, env in enumerate(envs, 1)]
+    return plan_batch(
+        msgs,
+        [parse(m, LIMITS) for m in msgs],
+        directory=DIRECTORY,
+        limits=LIMITS,
+        accepted={},
+        now_ms=NOW_MS,
+        superseded=superseded,
+    )
+
+
+@pytest.mark.parametrize(
+    ("superseded", "verdict", "reason"),
+    [
+        ({CORRECTED: "gt-police"}, "accept", None),
+        ({}, "reject", "unknown_superseded"),  # no such bulletin was accepted
+        ({CORRECTED: "sv-police"}, "reject", "unknown_superseded"),  # another agency's
+    ],
+    ids=["own", "unknown", "another-agencys"],
+)
+def test_a_correction_must_supersede_an_accepted_bulletin_of_its_originator(
+    superseded: Mapping[str, str], verdict: str, reason: str | None
+) -> None:
+    env = sealed(supersedes=BulletinId(CORRECTED))
+    (p,) = _batch(env, superseded=superseded)
+    assert (p.verdict, p.reason) == (verdict, reason)
+    if verdict == "reject":
+        # The same words for unknown and another agency's, and no id repeated.
+        assert "supersedes no accepted bulletin of yours" in p.message
+        assert CORRECTED not in p.message
+        return
+    row = p.rows[0]
+    assert isinstance(row, BulletinRow)
+    assert row.supersedes == CORRECTED
+    assert p.events[0].data["supersedes"] == CORRECTED
+
+
+def test_a_bulletin_accepted_earlier_in_the_batch_may_be_corrected_in_it() -> None:
+    first = sealed()
+    fix = sealed(supersedes=BulletinId(first.header.bulletin_id))
+    assert [p.verdict for p in _batch(first, fix, superseded={})] == ["accept", "accept"]
+    # ... but not one refused earlier in it.
+    refused = sealed("gt-justice")
+    fix2 = sealed(supersedes=BulletinId(refused.header.bulletin_id))
+    msgs = [ingested(refused, sender="gt-justice", seq=1), ingested(fix2, seq=2)]
+    plans = plan_batch(
+        msgs,
+        [parse(m, LIMITS) for m in msgs],
+        directory=DIRECTORY,
+        limits=LIMITS,
+        accepted={},
+        now_ms=NOW_MS,
+    )
+    assert [p.reason for p in plans] == ["policy_deny", "unknown_superseded"]
+
+
+def test_a_bulletin_that_corrects_nothing_is_not_asked_about_it() -> None:
+    p = decide(ingested(sealed()))
+    assert p.verdict == "accept"
+    row = p.rows[0]
+    assert isinstance(row, BulletinRow)
+    assert row.supersedes is None
+    assert "supersedes" not in p.events[0].data
+
+
+def test_the_expiry_travels_with_the_plan_for_the_deliveries_ttl() -> None:
+    env = sealed(expires_at=NOW + 3600)
+    accepted = decide(ingested(env))
+    assert (accepted.verdict, accepted.expires_at) == ("accept", NOW + 3600)
+    resumed = decide(ingested(env), prior=Prior(7, envelope_digest(env)))
+    assert (resumed.verdict, resumed.expires_at) == ("resume", NOW + 3600)
+    assert decide(ingested(sealed())).expires_at is None

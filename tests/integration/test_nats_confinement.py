@@ -287,6 +287,7 @@ async def test_s01_agency_cannot_read_another_agencys_consumer_or_stream(
     probes: list[tuple[str, dict[str, Any]]] = [
         (f"$JS.API.CONSUMER.INFO.{DELIVER_STREAM}.{gt_durable}", {}),
         (f"$JS.API.STREAM.MSG.GET.{DELIVER_STREAM}", {"seq": 1}),
+        (f"$JS.API.STREAM.MSG.DELETE.{DELIVER_STREAM}", {"seq": 1}),
         (f"$JS.API.DIRECT.GET.{DELIVER_STREAM}", {"seq": 1}),
         (f"$JS.API.DIRECT.GET.{DELIVER_STREAM}.{deliver_subject(GT, Precedence.ROUTINE)}", {}),
         (f"$JS.API.STREAM.INFO.{DELIVER_STREAM}", {}),
@@ -641,11 +642,13 @@ async def test_stream_setup_is_idempotent_and_updates_limits(nats_stack: StackFa
     assert (info.config.max_age, info.config.duplicate_window) == (3600, 120)
     # Room for every agency's two consumers (nats-server 2.15's default would stop at 1,000).
     assert info.config.max_consumers == DELIVER_MAX_CONSUMERS == 2 * MAX_AGENCIES + 100
+    # Single deletes are the relay's, for recalls (ADR 15); purges nobody's.
     assert (info.config.deny_delete, info.config.deny_purge, info.config.allow_direct) == (
-        True,
+        False,
         True,
         False,
     )
+    assert info.config.allow_msg_ttl  # an expiring bulletin's deliveries carry a TTL
     assert info.state.messages == 1
     consumer = await rjs.consumer_info(DELIVER_STREAM, deliver_durable(GT))
     assert (consumer.num_pending, consumer.config.max_deliver) == (1, 10)

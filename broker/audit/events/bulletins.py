@@ -20,7 +20,9 @@ __all__ = [
     "bulletin_decided",
     "bulletin_received",
     "bulletin_rejected",
+    "bulletin_withdrawn",
     "decided_groups",
+    "delivery_withdrawn",
     "receipt_rejected",
     "request_rejected",
 ]
@@ -47,9 +49,12 @@ def bulletin_accepted(
     directory_version: str,
     policy_ids: Sequence[str],
     at: int,
+    supersedes: str | None = None,
 ) -> AuditEvent:
     """The relay accepted a bulletin: its labels, digest, signed recipients and the
-    publish decision's versions and policies."""
+    publish decision's versions and policies; for a correction, the bulletin it corrects
+    (ADR 15)."""
+    correction = {} if supersedes is None else {"supersedes": supersedes}
     return AuditEvent(
         event_id=f"{bulletin_id}:accepted",
         type="bulletin.accepted",
@@ -67,6 +72,7 @@ def bulletin_accepted(
             "policy_version": policy_version,
             "directory_version": directory_version,
             "policy_ids": tuple(policy_ids),
+            **correction,
         },
     )
 
@@ -235,14 +241,81 @@ def receipt_rejected(
     )
 
 
-def request_rejected(caller: str, op: str, *, reason: str, message: str, at: int) -> AuditEvent:
-    """An agency's request over NATS (``istmo.api.<caller>.<op>``) was refused."""
+def request_rejected(
+    caller: str,
+    op: str,
+    *,
+    reason: str,
+    message: str,
+    at: int,
+    bulletin_id: str | None = None,
+) -> AuditEvent:
+    """An agency's request over NATS (``istmo.api.<caller>.<op>``) was refused; a refused
+    recall names the bulletin it was for (``bulletin_id``, a well-formed id)."""
     return AuditEvent(
         event_id=one_off("request"),
         type="request.rejected",
         time=at,
         actor=caller,
         subject=f"api.{op}",
+        bulletin_id=bulletin_id,
         reason=reason,
         data={"message": message[:MAX]},
+    )
+
+
+# ---------------------------------------------------------------------------- withdrawals
+def bulletin_withdrawn(
+    bulletin_id: str,
+    *,
+    originator: str,
+    reason_sha256: str,
+    reason_chars: int,
+    issued_at: int,
+    kid: str,
+    at: int,
+) -> AuditEvent:
+    """The originator withdrew its bulletin (ADR 15), recorded before any copy is touched.
+    The reason is the originator's free text: only its digest and length are kept here."""
+    return AuditEvent(
+        event_id=f"{bulletin_id}:withdrawn",
+        type="bulletin.withdrawn",
+        time=at,
+        actor=originator,
+        subject=bulletin_id,
+        bulletin_id=bulletin_id,
+        data={
+            "reason_sha256": reason_sha256,
+            "reason_chars": reason_chars,
+            "issued_at": issued_at,
+            "kid": kid,
+        },
+    )
+
+
+def delivery_withdrawn(
+    bulletin_id: str,
+    *,
+    removed: Sequence[str],
+    notified: Sequence[str],
+    copies_removed: int,
+    copies_kept: int,
+    at: int,
+) -> AuditEvent:
+    """A withdrawal was carried out: whose copies were removed before they reached them
+    (``removed``, not told), who was sent the signed withdrawal (``notified``), how many
+    copies the delivery stream gave up and how many it would not."""
+    return AuditEvent(
+        event_id=f"{bulletin_id}:withdrawal-done",
+        type="delivery.withdrawn",
+        time=at,
+        actor="relay",
+        subject=bulletin_id,
+        bulletin_id=bulletin_id,
+        data={
+            "removed": tuple(sorted(removed)),
+            "notified": tuple(sorted(notified)),
+            "copies_removed": copies_removed,
+            "copies_kept": copies_kept,
+        },
     )
