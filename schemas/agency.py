@@ -68,6 +68,7 @@ from schemas.directory import DirectoryVersion, SignedChanges, SignedExcerpt
 from schemas.envelope import MAX_RECIPIENTS, Kid, Timestamp
 from schemas.ids import AgencyIdStr, BulletinIdStr
 from schemas.labels import Labels
+from schemas.subjects import ApiOp
 
 __all__ = [
     "ERROR_CODES",
@@ -117,20 +118,6 @@ MAX_ERROR_MESSAGE_CHARS = 300
 MAX_ANNOUNCE_INTERVAL_S = 300
 MAX_SUPERSEDED_BY = 100  # corrections of one bulletin a status names
 
-ApiOp = Literal[
-    "recipients",
-    "resolve",
-    "explain",
-    "directory",
-    "changes",
-    "status",
-    "receipts",
-    "rotate",
-    "revoke-key",
-    "dead-letters",
-    "withheld",
-    "recall",
-]
 
 ErrorCode = Literal[
     # The request itself: its subject, its framing, its fields.

@@ -7,6 +7,7 @@ can build a subject out of unchecked text.
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
 from schemas.errors import EnvelopeError
 from schemas.ids import AgencyId, parse_agency_id
@@ -23,6 +24,7 @@ __all__ = [
     "RELAY_INGEST_DURABLE",
     "RELAY_RECEIPT_DURABLE",
     "URGENT_PRECEDENCES",
+    "ApiOp",
     "account_name",
     "agency_of_deliver_durable",
     "agency_of_delivery",
@@ -58,7 +60,7 @@ RELAY_ACCOUNT = "ISTMO"
 # Announcement): exported by ISTMO as a stream every agency account imports, unchanged.
 ANNOUNCE_SUBJECT = "istmo.announce"
 # Request/reply operations an agency may call on the broker, on istmo.api.<agency>.<op>.
-API_OPS = (
+ApiOp = Literal[
     "recipients",
     "resolve",
     "explain",
@@ -71,7 +73,8 @@ API_OPS = (
     "dead-letters",
     "withheld",
     "recall",
-)
+]
+API_OPS: tuple[str, ...] = get_args(ApiOp)
 
 
 def _checked(agency: str) -> AgencyId:
