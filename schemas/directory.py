@@ -199,12 +199,20 @@ def verify_excerpt(signed: SignedExcerpt, pinned: VerifyKey) -> DirectoryExcerpt
         EnvelopeError: the signature is not canonical base64.
         SignatureError: not signed by the pinned key.
     """
-    if signed.kid != pinned.kid:
-        raise SignatureError("directory is signed by an unknown key", code="directory_untrusted")
-    pinned.verify(
-        b64d(signed.sig, field="directory.sig", max_bytes=64), _signed_bytes(signed.excerpt)
-    )
+    _check_signature(signed.kid, signed.sig, _signed_bytes(signed.excerpt), pinned, "directory")
     return signed.excerpt
+
+
+def _check_signature(kid: str, sig: str, message: bytes, pinned: VerifyKey, what: str) -> None:
+    """Raise unless ``sig`` over ``message`` is the pinned directory key's (``kid``).
+
+    Raises:
+        EnvelopeError: the signature is not canonical base64.
+        SignatureError: another key, or the signature does not verify.
+    """
+    if kid != pinned.kid:
+        raise SignatureError("directory is signed by an unknown key", code="directory_untrusted")
+    pinned.verify(b64d(sig, field=f"{what}.sig", max_bytes=64), message)
 
 
 class DirectoryChanges(BaseModel):
@@ -250,9 +258,5 @@ def verify_changes(signed: SignedChanges, pinned: VerifyKey) -> DirectoryChanges
         EnvelopeError: the signature is not canonical base64.
         SignatureError: not signed by the pinned key.
     """
-    if signed.kid != pinned.kid:
-        raise SignatureError("directory is signed by an unknown key", code="directory_untrusted")
-    pinned.verify(
-        b64d(signed.sig, field="changes.sig", max_bytes=64), _changes_bytes(signed.changes)
-    )
+    _check_signature(signed.kid, signed.sig, _changes_bytes(signed.changes), pinned, "changes")
     return signed.changes
