@@ -67,6 +67,17 @@ class ClusterStack(NatsStack):
     def url(self) -> str:
         return self.server.url
 
+    async def relay_has_jetstream(self) -> bool:
+        """Whether JetStream answers the relay's account on node 1 (account info)."""
+        relay = await self.connect_relay()
+        try:
+            await relay.jetstream(timeout=2).account_info()
+        except (nats.errors.Error, TimeoutError):
+            return False
+        finally:
+            await relay.close()
+        return True
+
     def _urls(self, first: int) -> list[str]:
         assert self.cluster is not None
         urls = self.cluster.urls
@@ -145,6 +156,13 @@ async def cluster_stack(
         if operator is not None:
             stack.pusher = await ClaimsPusher.connect(cluster.urls, operator, nodes=3)
             await stack.admit(agencies)
+            # Operator mode: a node may answer "JetStream not enabled for account" for a
+            # moment after the cluster is up, until it has the relay account's limits.
+            await eventually(
+                stack.relay_has_jetstream,
+                what="JetStream enabled for the relay's account",
+                timeout=30,
+            )
         await stack.provision(agencies, replicas=3, timeout=10)
         return stack
 
