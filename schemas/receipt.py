@@ -6,11 +6,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-from schemas.canonical import b64d, b64e, canonical_json
 from schemas.envelope import Kid, Timestamp, parse_model
-from schemas.errors import SignatureError
 from schemas.ids import AgencyId, AgencyIdStr, BulletinId, BulletinIdStr
 from schemas.keys import SigningKey, VerifyKey
+from schemas.selfsigned import sign_document, verify_document
 
 __all__ = ["MAX_RECEIPT_BYTES", "Receipt", "parse_receipt", "sign_receipt", "verify_receipt"]
 
@@ -33,11 +32,6 @@ class Receipt(BaseModel):
     sig: str
 
 
-def _signed_bytes(r: Receipt) -> bytes:
-    body = r.model_dump(mode="json", exclude={"sig"})
-    return b"istmo/v1/receipt\x00" + canonical_json(body)
-
-
 def sign_receipt(
     *,
     bulletin_id: BulletinId,
@@ -58,14 +52,12 @@ def sign_receipt(
         kid=key.verify_key.kid,
         sig="",
     )
-    return unsigned.model_copy(update={"sig": b64e(key.sign(_signed_bytes(unsigned)))})
+    return sign_document("receipt", unsigned, key)
 
 
 def verify_receipt(receipt: Receipt, key: VerifyKey) -> None:
     """Raise SignatureError unless ``receipt`` is signed by ``key``."""
-    if key.kid != receipt.kid:
-        raise SignatureError("receipt is signed by another key", code="key_not_bound_to_sender")
-    key.verify(b64d(receipt.sig, field="receipt.sig", max_bytes=64), _signed_bytes(receipt))
+    verify_document("receipt", receipt, kid=receipt.kid, sig=receipt.sig, key=key)
 
 
 def parse_receipt(raw: bytes) -> Receipt:

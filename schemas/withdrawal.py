@@ -18,11 +18,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-from schemas.canonical import b64d, b64e, canonical_json
+from schemas.canonical import canonical_json
 from schemas.envelope import Kid, Timestamp, parse_model
-from schemas.errors import SignatureError
 from schemas.ids import AgencyId, AgencyIdStr, BulletinId, BulletinIdStr
 from schemas.keys import SigningKey, VerifyKey
+from schemas.selfsigned import sign_document, verify_document
 
 __all__ = [
     "MAX_REASON_CHARS",
@@ -63,11 +63,6 @@ class Withdrawal(BaseModel):
     sig: str
 
 
-def _signed_bytes(w: Withdrawal) -> bytes:
-    body = w.model_dump(mode="json", exclude={"sig"})
-    return b"istmo/v1/withdrawal\x00" + canonical_json(body)
-
-
 def sign_withdrawal(
     *,
     bulletin_id: BulletinId,
@@ -90,14 +85,12 @@ def sign_withdrawal(
         kid=key.verify_key.kid,
         sig="",
     )
-    return unsigned.model_copy(update={"sig": b64e(key.sign(_signed_bytes(unsigned)))})
+    return sign_document("withdrawal", unsigned, key)
 
 
 def verify_withdrawal(w: Withdrawal, key: VerifyKey) -> None:
     """Raise SignatureError unless ``w`` is signed by ``key``."""
-    if key.kid != w.kid:
-        raise SignatureError("withdrawal is signed by another key", code="key_not_bound_to_sender")
-    key.verify(b64d(w.sig, field="withdrawal.sig", max_bytes=64), _signed_bytes(w))
+    verify_document("withdrawal", w, kid=w.kid, sig=w.sig, key=key)
 
 
 def encode_withdrawal(w: Withdrawal) -> bytes:
