@@ -49,7 +49,11 @@ MODULES = (
     "growth",
     "peer",
     "profile_relay",
+    "receipts",
     "directory_size",
+    "attachments",
+    "taxii_serve",
+    "broadcast",
     "memory",
 )
 

@@ -2,7 +2,9 @@
 
 For each size, a synthetic directory with the structure of ``policies/directory.json``
 (``bench/synthetic_directory.py``, fixed seed) is loaded by a fresh ``istmo up`` (which
-makes a keystore, NATS user and durable consumer for every agency). Measured:
+makes a keystore, NATS user and durable consumer for every agency), in NATS operator
+mode (``NATS_AUTH``, ADR 0013: agencies' accounts are JWTs pushed to nats-server, the
+mode for large directories). Measured:
   * stack start-up time;
   * recipient resolution in process over the stack's database (``policy_cost``): the
     publish decision, 60 receive decisions, every topic subscriber, and the relay's whole
@@ -20,6 +22,9 @@ makes a keystore, NATS user and durable consumer for every agency). Measured:
   * peak RSS of the relay and ``istmo up`` processes.
 Then SIENA's 2023 volume (1.79 million bulletins) is extrapolated from the relay rate
 with 2 processes (or 1, doubled at best, where 2 were not run).
+
+``ISTMO_BENCH_DIRECTORY_SIZES=100,3500,10000`` chooses other sizes (a stack each), for a
+run on demand: a 10,000-agency stack does not fit the whole run's 10-minute budget.
 
 Each row also has the policy engine's own figures at its size (``bench/policy_scale.py``,
 in process over the same synthetic directory): ``policy_load_ms``, ``decision_ms`` and
@@ -58,6 +63,10 @@ NAME = "directory_size"
 TITLE = "9. Directory size"
 SIENA_PER_YEAR = 1_790_000
 SENDER = "s0001-police"
+# The stacks run in operator mode (ADR 0013): accounts are JWTs pushed to nats-server, so a
+# directory change reloads nothing; config mode re-renders and reloads every account on
+# each change (~25 s to confine a new agency at 3,500 in the 2026-12-06 run).
+NATS_AUTH = "operator"
 IN_PROCESS_ONLY = 10_000  # agencies: the engine's figures, without a stack (full mode)
 
 
@@ -106,6 +115,7 @@ async def confine(stack: BenchStack, agency: str) -> dict[str, object]:
         }
     enrolled = time.perf_counter()
     attempts = 0
+    user_jwt = ks.nats_jwt  # operator mode: the enrolment answer carries it
     deadline = time.monotonic() + 30
     out: dict[str, object] = {
         "admin_add_cli_s": round(add_s, 2),
@@ -117,6 +127,7 @@ async def confine(stack: BenchStack, agency: str) -> dict[str, object]:
             nc = await nats.connect(
                 stack.nats_url,
                 nkeys_seed_str=ks.nats_seed,
+                user_jwt_cb=None if user_jwt is None else user_jwt.encode,
                 inbox_prefix=inbox_prefix(agency),
                 connect_timeout=2,
                 allow_reconnect=False,
@@ -173,8 +184,8 @@ async def one_size(ctx: Context, agencies: int) -> dict[str, object]:
     root = ctx.tmp / f"dir-{agencies}"
     policy_dir = write_policy_dir(root / "policies", agencies)
     ctx.wait_stopped()  # the previous size's stack is gone before this one starts
-    stack = BenchStack(root, f"{agencies} agencies", policy_dir=policy_dir)
-    row: dict[str, object] = {"agencies": agencies}
+    stack = BenchStack(root, f"{agencies} agencies", policy_dir=policy_dir, nats_auth=NATS_AUTH)
+    row: dict[str, object] = {"agencies": agencies, "nats_auth": NATS_AUTH}
     rates: list[dict[str, object]] = []
     try:
         try:
@@ -317,10 +328,26 @@ def _engine_row(ctx: Context, agencies: int) -> dict[str, object]:
     }
 
 
+def sizes_asked() -> tuple[int, ...]:
+    """Directory sizes from ``ISTMO_BENCH_DIRECTORY_SIZES`` ("100,3500,10000"), for a run
+    on demand beyond the 10-minute budget (a 10,000-agency stack); empty if unset."""
+    raw = os.environ.get("ISTMO_BENCH_DIRECTORY_SIZES", "").strip()
+    if not raw:
+        return ()
+    try:
+        sizes = tuple(int(x) for x in raw.split(","))
+    except ValueError:
+        said = f"ISTMO_BENCH_DIRECTORY_SIZES must be numbers, like 100,3500: {raw!r}"
+        raise SystemExit(said) from None
+    if not all(10 <= n <= 20_000 for n in sizes):
+        raise SystemExit("ISTMO_BENCH_DIRECTORY_SIZES: each size must be 10 to 20,000 agencies")
+    return sizes
+
+
 async def run(ctx: Context) -> dict[str, object]:
-    sizes = (100, 200) if ctx.quick else (100, 3500)
+    sizes = sizes_asked() or ((100, 200) if ctx.quick else (100, 3500))
     rows = [await one_size(ctx, n) for n in sizes]
-    if not ctx.quick:
+    if not ctx.quick and IN_PROCESS_ONLY not in sizes:
         with phase("policy engine in process"):
             rows.append(
                 {"agencies": IN_PROCESS_ONLY, "in_process_only": True}

@@ -34,11 +34,13 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from bench.timing import phase
+from broker.bus.claims import load_operator
 from broker.bus.server import free_port
 from clients.sdk import IstmoClient
 from schemas.envelope import Content, Envelope
 from schemas.keys import EncryptionPublicKey
 from schemas.labels import Classification, Labels, Tlp
+from schemas.natskeys import user_public_key
 from schemas.sealing import seal
 from schemas.subjects import (
     DELIVER_STREAM,
@@ -93,6 +95,19 @@ def peak_rss_mib(pid: int, field: str = "VmHWM") -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a live process has used so far, or None."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces: count fields after its closing paren.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -196,8 +211,16 @@ class Proc:
 class BenchStack:
     """``istmo up --no-relay`` in ``root``, plus relay or forwarder processes on demand."""
 
-    def __init__(self, root: Path, name: str, *, policy_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        *,
+        policy_dir: Path | None = None,
+        nats_auth: str = "config",
+    ) -> None:
         self.root = root
+        self.nats_auth = nats_auth  # istmo up --nats-auth (ADR 0013)
         self.name = name
         self.data_dir = root / "istmo"
         self.policy_dir = policy_dir
@@ -230,6 +253,8 @@ class BenchStack:
         ]
         if self.policy_dir is not None:
             argv += ["--policy-dir", str(self.policy_dir)]
+        if self.nats_auth != "config":
+            argv += ["--nats-auth", self.nats_auth]
         t = time.perf_counter()
         with phase("start istmo up"):
             self.up = Proc(f"{self.name}: istmo up", argv, self.root / "up.log").start()
@@ -414,8 +439,17 @@ class BenchStack:
     async def operator(self) -> NATS:
         """A NATS connection with the relay's credentials (account ISTMO), for the
         benchmark's own bookkeeping: consumer state, purges, the bare-JetStream stream."""
+        seed = self.relay_seed()
+        user_jwt = None
+        if self.nats_auth == "operator":  # the broker's user presents its JWT (ADR 0013)
+            operator = load_operator(self.data_dir / "broker")
+            user_jwt = operator.relay_user_jwt(user_public_key(seed), issued_at=int(time.time()))
         return await nats.connect(
-            self.nats_url, nkeys_seed_str=self.relay_seed(), name="istmo-bench", connect_timeout=5
+            self.nats_url,
+            nkeys_seed_str=seed,
+            user_jwt_cb=None if user_jwt is None else user_jwt.encode,
+            name="istmo-bench",
+            connect_timeout=5,
         )
 
     async def client(self, agency: str) -> IstmoClient:
@@ -514,8 +548,11 @@ async def drain(
     stack: BenchStack | None = None,
     poll_s: float = 0.05,
     released: float | None = None,
+    stream: str = INGEST_STREAM,
+    durable: str = RELAY_INGEST_DURABLE,
 ) -> dict[str, object]:
-    """Time how fast the relay's shared ingest consumer drains ``expected`` messages.
+    """Time how fast the relay's shared ingest consumer (or ``durable`` on ``stream``)
+    drains ``expected`` messages.
 
     The consumer is polled every ``poll_s``; the clock starts when a worker takes its
     first batch (so process start-up is not counted) and stops when nothing is pending
@@ -525,7 +562,7 @@ async def drain(
     of the window lags by a poll more than the other.
     """
     with phase("drain backlog"):
-        return await _drain(js, expected, timeout, stack, poll_s, released)
+        return await _drain(js, expected, timeout, stack, poll_s, released, stream, durable)
 
 
 async def _drain(
@@ -535,6 +572,8 @@ async def _drain(
     stack: BenchStack | None,
     poll_s: float,
     released: float | None = None,
+    stream: str = INGEST_STREAM,
+    durable: str = RELAY_INGEST_DURABLE,
 ) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     t0: float | None = None
@@ -544,7 +583,7 @@ async def _drain(
     last = released  # when the consumer was last seen as before (nothing taken, or some left)
     while time.monotonic() < deadline:
         asked = time.perf_counter()
-        info = await js.consumer_info(INGEST_STREAM, RELAY_INGEST_DURABLE)
+        info = await js.consumer_info(stream, durable)
         seen = (asked + time.perf_counter()) / 2
         left = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         done = expected - left

@@ -19,7 +19,14 @@ from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
-from bench.harness import BenchStack, drain, publish_backlog, purge_ingest, seal_backlog
+from bench.harness import (
+    BenchStack,
+    cpu_s,
+    drain,
+    publish_backlog,
+    purge_ingest,
+    seal_backlog,
+)
 from clients.sdk import IstmoClient
 from schemas.errors import BusUnavailable
 from schemas.keys import EncryptionPublicKey
@@ -74,8 +81,10 @@ async def backlog_rate(
         finally:
             await resume_ingest(js)
         released = time.perf_counter()
+        cpu_before = _cpu(stack)
         pub_s += await publish_backlog(sender, envs[-1:])
         result = await drain(js, bulletins, timeout=timeout, stack=stack, released=released)
+        result["cpu_ms_per_bulletin"] = _cpu_per_bulletin(cpu_before, _cpu(stack), bulletins)
         said = [
             line[-300:]
             for w in stack.workers
@@ -96,6 +105,27 @@ async def backlog_rate(
     result["backlog"] = bulletins
     result["ingest_publish_per_s"] = round(bulletins / pub_s, 1)
     return result
+
+
+def _cpu(stack: BenchStack) -> dict[str, float]:
+    """CPU seconds used so far by the workers (summed) and by nats-server."""
+    workers = [cpu_s(w.pid) for w in stack.workers if w.alive()]
+    seen = {"workers": sum(c for c in workers if c is not None)}
+    nats = cpu_s(stack.nats_server_pid())
+    if nats is not None:
+        seen["nats_server"] = nats
+    return seen
+
+
+def _cpu_per_bulletin(
+    before: dict[str, float], after: dict[str, float], bulletins: int
+) -> dict[str, float]:
+    """Milliseconds of CPU a bulletin cost each side while the backlog drained: where the
+    time goes on a machine whose cores the relays and nats-server share (the clock tick
+    is 10 ms, so a small backlog gives a rough figure)."""
+    return {
+        k: round((after[k] - before[k]) * 1000 / max(bulletins, 1), 3) for k in after if k in before
+    }
 
 
 async def resolve_with_relay(

@@ -16,6 +16,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from schemas.agency import MAX_ANNOUNCE_INTERVAL_S
+from schemas.attachments import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS
 from schemas.errors import ConfigError
 from schemas.sealing import DEFAULT_MAX_ENVELOPE_BYTES
 
@@ -130,10 +131,22 @@ class Settings:
     # when a data directory is first run and kept with it; None: as kept, else "config".
     nats_auth: NatsAuth | None = None
     database_url: str | None = None  # default: SQLite in data_dir
+    # The audit log's witnesses (URLs, keys, quorum; docs/audit.md#witnesses), read by the
+    # sequencer. ISTMO_WITNESSES_FILE; default DATA_DIR/broker/witnesses.json if present.
+    witnesses_file: Path | None = None
     policy_dir: Path = field(default_factory=default_policy_dir)
     max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES
     max_request_bytes: int = 64 * 1024
+    # Attachments (ADR 17): the largest file one bulletin may carry, and how many files
+    # (ISTMO_MAX_ATTACHMENT_BYTES, ISTMO_MAX_ATTACHMENTS). Chunks are kept as long as
+    # deliveries (deliver_max_age_s), or until the bulletin expires or is withdrawn.
+    max_attachment_bytes: int = 256 * 1024 * 1024
+    max_attachments: int = 16
     max_clock_skew_s: int = 120
+    # How long a bulletin may wait on a state node cut off from the hub and still be judged
+    # by when the node's gate stored it (ADR 0034; ISTMO_MAX_QUEUE_AGE_S); older ones are
+    # refused as ``queued_too_long``.
+    max_queue_age_s: int = 7 * 86400
     deliver_max_age_s: int = 30 * 24 * 3600
     duplicate_window_s: int = 600
     relay_batch: int = 64
@@ -151,6 +164,13 @@ class Settings:
     # withdrawal_sweep_s seconds (ADR 15).
     withdrawal_grace_s: int = 60
     withdrawal_sweep_s: float = 30.0
+    # How often each relay looks for requests for information past their due time with no
+    # answer, to raise their overdue alarm in the audit log (ADR 16; ISTMO_RFI_SWEEP_S).
+    rfi_sweep_s: int = 30
+    # How often each relay looks for group epochs that became current and brings their
+    # members' delivery consumers to read the epoch's one shared copy (ADR 21); until
+    # then that epoch's bulletins are stored once per recipient.
+    group_delivery_sweep_s: float = 2.0
     access_token_lifetime_s: int = 300
     # Host names the HTTP API answers to besides loopback (ISTMO_ALLOWED_HOSTS, comma-
     # separated): the names a reverse proxy forwards. Any other Host is refused.
@@ -177,6 +197,8 @@ class Settings:
             values["nats_auth"] = env["ISTMO_NATS_AUTH"]
         if env.get("ISTMO_DATABASE_URL"):  # set and not empty: PostgreSQL (or another SQLite)
             values["database_url"] = env["ISTMO_DATABASE_URL"]
+        if env.get("ISTMO_WITNESSES_FILE"):
+            values["witnesses_file"] = Path(env["ISTMO_WITNESSES_FILE"])
         if "ISTMO_POLICY_DIR" in env:
             values["policy_dir"] = Path(env["ISTMO_POLICY_DIR"])
         if env.get("ISTMO_ALLOWED_HOSTS"):
@@ -192,9 +214,13 @@ class Settings:
         for name in (
             "max_envelope_bytes",
             "max_clock_skew_s",
+            "max_queue_age_s",
             "deliver_max_age_s",
             "announce_interval_s",
             "withdrawal_grace_s",
+            "rfi_sweep_s",
+            "max_attachment_bytes",
+            "max_attachments",
         ):
             key = "ISTMO_" + name.upper()
             if key in env:
@@ -234,6 +260,13 @@ class Settings:
                 "ISTMO_DELIVER_MAX_AGE_S (how long deliveries wait for an offline agency) "
                 "must be between 10 seconds and 10 years"
             )
+        # Below the clock window it would refuse the hub's own traffic, whose gate and
+        # nats-server clocks may differ by a second.
+        if not self.max_clock_skew_s <= self.max_queue_age_s <= 365 * 86400:
+            raise ConfigError(
+                "ISTMO_MAX_QUEUE_AGE_S (how long a bulletin may wait on a cut-off state node) "
+                f"must be between ISTMO_MAX_CLOCK_SKEW_S ({self.max_clock_skew_s} s) and 365 days"
+            )
         for h in self.allowed_hosts:
             if not _HOST_NAME.fullmatch(h):
                 raise ConfigError(
@@ -262,10 +295,27 @@ class Settings:
             )
         if not 4096 <= self.max_envelope_bytes <= 16 * 1024 * 1024:
             raise ConfigError("max_envelope_bytes must be between 4 KiB and 16 MiB")
+        if not 1024 * 1024 <= self.max_attachment_bytes <= MAX_ATTACHMENT_BYTES:
+            raise ConfigError(
+                "ISTMO_MAX_ATTACHMENT_BYTES (the largest attachment) must be between 1 MiB "
+                f"and {MAX_ATTACHMENT_BYTES // 1024**3} GiB"
+            )
+        if not 0 <= self.max_attachments <= MAX_ATTACHMENTS:
+            raise ConfigError(
+                f"ISTMO_MAX_ATTACHMENTS must be between 0 and {MAX_ATTACHMENTS} (0: none)"
+            )
         if not 0 <= self.withdrawal_grace_s <= 86400 or not 0 < self.withdrawal_sweep_s <= 3600:
             raise ConfigError(
                 "ISTMO_WITHDRAWAL_GRACE_S (how old an unfinished withdrawal must be before "
                 "another relay finishes it) must be between 0 and 86400 seconds"
+            )
+
+        if not 0 < self.group_delivery_sweep_s <= 3600:
+            raise ConfigError("group_delivery_sweep_s must be between 0 and 3600 seconds")
+        if not 1 <= self.rfi_sweep_s <= 3600:
+            raise ConfigError(
+                "ISTMO_RFI_SWEEP_S (how often a relay looks for overdue requests for "
+                "information) must be between 1 and 3600 seconds"
             )
 
     @property
@@ -290,6 +340,11 @@ class Settings:
     @property
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
+
+    @property
+    def witnesses_path(self) -> Path:
+        """The witnesses trust file the sequencer publishes checkpoints to."""
+        return self.witnesses_file or self.broker_dir / "witnesses.json"
 
     @property
     def nats_max_payload(self) -> int:

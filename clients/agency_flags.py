@@ -61,8 +61,25 @@ def add_passphrase_file_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def leaf_url_of(info: object, agency: object) -> str | None:
+    """The client URL of ``agency``'s state node in a stack's ``stack.json`` (ADR 0030:
+    ``istmo up --leaves``), or None when its state has none."""
+    leaves = info.get("leaves") if isinstance(info, dict) else None
+    if not isinstance(leaves, dict) or not isinstance(agency, str):
+        return None
+    for node in leaves.values():
+        if not isinstance(node, dict):
+            continue
+        agencies = node.get("agencies")
+        url = node.get("nats_url")
+        if isinstance(agencies, list) and agency in agencies and isinstance(url, str):
+            return url
+    return None
+
+
 def nats_url(args: argparse.Namespace, keystore_path: Path, ask: Callable[[], str]) -> str:
-    """``--nats-url``, else the stack's for ``--data-dir``, else the keystore's.
+    """``--nats-url``, else the stack's for ``--data-dir`` (the agency's state node, if the
+    stack runs one), else the keystore's.
 
     Raises:
         ConfigError: none of them names one.
@@ -71,10 +88,11 @@ def nats_url(args: argparse.Namespace, keystore_path: Path, ask: Callable[[], st
         return str(args.nats_url)
     stack = args.data_dir / "stack.json"
     try:
-        url = json.loads(stack.read_text()).get("nats_url")
+        info = json.loads(stack.read_text())
+        url = leaf_url_of(info, getattr(args, "who", None)) or info.get("nats_url")
         if isinstance(url, str):
             return url
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
     ks_url = load_keystore(keystore_path, ask).nats_url
     if ks_url:

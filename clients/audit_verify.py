@@ -5,7 +5,12 @@ check: the log key (compared with a pinned ``log.pub`` when ``--log-key`` is giv
 signed tree head (signature under that key, for the log's origin), every entry (its leaf hash
 is the hash of the bytes served, and those bytes are a canonical audit event), the root of
 the tree rebuilt from the entries at every signed size, inclusion proofs of a sample of
-entries, and consistency proofs from a sample of earlier heads to the latest one.
+entries, and consistency proofs from a sample of earlier heads to the latest one. Then
+the witness quorum (``clients.log_witnesses``): the log's checkpoint must carry the
+cosignatures of the witnesses the auditor trusts (``--witnesses FILE``, ``--witness
+NAME=KEY``, or ``$ISTMO_AUDIT_WITNESSES``). Without them verify refuses, unless told
+``--trust-log-key-alone``, which warns: the log key alone does not stop its holder from
+truncating the log and re-signing its heads.
 
 When a signed root does not match the entries, consistency proofs from the log's own store
 place the change: the first entry whose prefix no longer extends to the signed root. An
@@ -15,8 +20,10 @@ the stored nodes is caught at the start of the first head range that no longer m
 ``istmo audit monitor --from-url URL --as AUDITOR --state FILE`` does what the local monitor
 does, over HTTP: pin the key and the latest head on the first run; afterwards verify the
 new head's signature, refuse a rollback or a split view (``check_monotonic``), and check a
-consistency proof from the head seen last. An alarm keeps both signed heads as evidence in
-the state file (the same format as the local monitor's) and exits 3 on every run after.
+consistency proof from the head seen last. Like verify it requires the witness quorum:
+only a head the witnesses cosigned becomes its state; a later one is reported, not adopted.
+An alarm keeps the signed heads as evidence in the state file (the same format as the local
+monitor's) and exits 3 on every run after.
 
 Exit codes: 0 fine; 1 an error, or ``verify`` found the log altered (one line naming the
 first bad index); 3 ``monitor`` raised an alarm.
@@ -41,14 +48,18 @@ from clients.audit_api import (
     AuditApi,
     LogAltered,
     RemoteLogError,
+    pinned_key,
     read_log_key,
 )
 from clients.keystore import ask_passphrase, load_keystore, resolve_keystore_path
 from clients.log_monitor import ALARM_EXIT, MonitorState, iso_time, monitor_remote
 from clients.log_verifier import DEFAULT_SAMPLE, RemoteReport, verify_remote
+from clients.log_witnesses import check_witnessed, witness_trust
 from clients.oauth import IstmoHttp
+from schemas.checkpoint import AUDIT_WITNESSES_ENV, LOG_KEY_ALONE_WARNING, WitnessTrust
 from schemas.errors import ConfigError
 from schemas.keystore import KeystoreFile
+from schemas.merkle_verify import EMPTY_ROOT
 
 # The names tests and callers import from here; they live in the modules above.
 __all__ = [
@@ -101,32 +112,65 @@ async def verify_command(
     progress: bool = False,
     timeout: float = 30.0,
     http: IstmoHttp | None = None,
+    trust: WitnessTrust | None = None,
+    trust_log_key_alone: bool = False,
 ) -> int:
-    """``istmo audit verify --from-url``: print the result; raise LogAltered if altered."""
+    """``istmo audit verify --from-url``: print the result.
+
+    Args:
+        trust: the witnesses whose quorum the log's checkpoint must carry. Required:
+            without it the log key alone vouches for the log, and whoever holds that key
+            can truncate the log and re-sign its heads.
+        trust_log_key_alone: accept the log on its key alone (no ``trust``); warns.
+
+    Raises:
+        ConfigError: neither ``trust`` nor ``trust_log_key_alone``, or both.
+        LogAltered: the log was altered.
+        QuorumMissing: the log's checkpoint lacks the quorum of ``trust``.
+    """
+    if (trust is None) != trust_log_key_alone:
+        raise ConfigError(
+            "verify needs the witnesses you trust (trust=WitnessTrust) or, for a log "
+            "without witnesses, trust_log_key_alone=True, not both"
+            if trust is not None
+            else "no witnesses to check the audit log against: pass --witnesses FILE or "
+            f"--witness NAME=KEY --quorum K, or name your trust file in ${AUDIT_WITNESSES_ENV}",
+            code=None if trust is not None else "witnesses_required",
+        )
     pinned = read_log_key(log_key) if log_key is not None else None
     client = http or _api(url, keystore, timeout)
+    witnessed = None
     try:
+        api = AuditApi(client)
         report = await verify_remote(
-            AuditApi(client),
+            api,
             pinned=pinned,
             origin=origin,
             sample=sample,
             progress=_Bar(progress).update,
         )
+        if report.first is not None:
+            more = f" ({report.problems - 1} further problems)" if report.problems > 1 else ""
+            raise LogAltered(
+                f"audit log altered: first bad index {report.first.index}: "
+                f"{report.first.message}{more}"
+            )
+        if trust is not None:
+            key = await pinned_key(api, pinned, origin)
+            latest = report.latest
+            size, root = (latest.tree_size, latest.root()) if latest else (0, EMPTY_ROOT)
+            witnessed = await check_witnessed(api, key, origin, trust, size, root)
     finally:
         if http is None:
             await client.aclose()
-    if report.first is not None:
-        more = f" ({report.problems - 1} further problems)" if report.problems > 1 else ""
-        raise LogAltered(
-            f"audit log altered: first bad index {report.first.index}: {report.first.message}{more}"
-        )
     if not report.pinned:
         print(
             f"istmo: the log key {report.kid} came from the server itself: compare it with "
             "the broker's log.pub and pass --log-key FILE",
             file=sys.stderr,
         )
+    if trust is None:
+        print(LOG_KEY_ALONE_WARNING, file=sys.stderr)
     if report.latest is None:
         print(f"the audit log at {url} is empty: nothing to verify yet")
         return 0
@@ -140,6 +184,8 @@ async def verify_command(
         f"signed {iso_time(latest.timestamp)}"
     )
     print(f"proofs: {report.inclusion} inclusion, {report.consistency} consistency, all verify")
+    if witnessed is not None:
+        print(witnessed)
     return 0
 
 
@@ -152,12 +198,31 @@ async def monitor_command(
     origin: str = DEFAULT_ORIGIN,
     timeout: float = 30.0,
     http: IstmoHttp | None = None,
+    trust: WitnessTrust | None = None,
+    trust_log_key_alone: bool = False,
 ) -> int:
-    """``istmo audit monitor --from-url``: one run; 0, or ``ALARM_EXIT``."""
+    """``istmo audit monitor --from-url``: one run; 0, or ``ALARM_EXIT``.
+
+    Args:
+        trust: the witnesses whose quorum a head needs before the monitor adopts it
+            (required, as for ``verify_command``).
+        trust_log_key_alone: adopt each head on the log key alone (no ``trust``); warns.
+
+    Raises:
+        ConfigError: neither ``trust`` nor ``trust_log_key_alone``, or both.
+        QuorumMissing: the log's checkpoint lacks the quorum: the head seen is not adopted.
+    """
     pinned = read_log_key(log_key) if log_key is not None else None
     client = http or _api(url, keystore, timeout)
     try:
-        return await monitor_remote(AuditApi(client), state, pinned=pinned, origin=origin)
+        return await monitor_remote(
+            AuditApi(client),
+            state,
+            pinned=pinned,
+            origin=origin,
+            trust=trust,
+            trust_log_key_alone=trust_log_key_alone,
+        )
     finally:
         if http is None:
             await client.aclose()
@@ -189,6 +254,10 @@ async def _verify_args(args: argparse.Namespace) -> int:
         sample=args.sample,
         progress=bool(args.progress),
         timeout=args.timeout,
+        trust=witness_trust(
+            args.witness, args.quorum, args.witnesses, log_key_alone=args.trust_log_key_alone
+        ),
+        trust_log_key_alone=args.trust_log_key_alone,
     )
 
 
@@ -200,6 +269,10 @@ async def _monitor_args(args: argparse.Namespace) -> int:
         log_key=args.log_key,
         origin=args.origin,
         timeout=args.timeout,
+        trust=witness_trust(
+            args.witness, args.quorum, args.witnesses, log_key_alone=args.trust_log_key_alone
+        ),
+        trust_log_key_alone=args.trust_log_key_alone,
     )
 
 
@@ -274,6 +347,39 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return {}
 
 
+def _witness_options(parser: argparse.ArgumentParser) -> None:
+    """The witnesses a verifier requires, or the explicit opt-out (docs/audit.md#witnesses)."""
+    _add(
+        parser,
+        "--witness",
+        action="append",
+        default=[],
+        metavar="NAME=KEY",
+        help="a witness whose cosignature counts (its verifier key or base64 key); repeat for each",
+    )
+    _add(
+        parser,
+        "--witnesses",
+        type=Path,
+        metavar="FILE",
+        help="a trust file of witnesses and quorum (docs/audit.md#witnesses)",
+    )
+    _add(
+        parser,
+        "--quorum",
+        type=int,
+        metavar="K",
+        help="how many of the witnesses must have cosigned (default all given)",
+    )
+    _add(
+        parser,
+        "--trust-log-key-alone",
+        action="store_true",
+        help="check a log without witnesses on its own key alone (warns: this does not "
+        "protect against whoever holds the log key)",
+    )
+
+
 def add_remote_audit_parsers(sub: Any) -> None:
     """``istmo audit verify|monitor --from-url URL --as AUDITOR``.
 
@@ -299,7 +405,9 @@ def add_remote_audit_parsers(sub: Any) -> None:
             "monitor",
             help="check the log still extends the tree head seen last (exit 3 on an alarm)",
             description="Verify the latest signed tree head against the key pinned in STATE "
-            "and a consistency proof from the head seen last; alarm on rollback or fork.",
+            "and a consistency proof from the head seen last; alarm on rollback or fork. Only "
+            "a head the witness quorum cosigned becomes the new state (--witnesses FILE, "
+            "--witness/--quorum or $ISTMO_AUDIT_WITNESSES; else --trust-log-key-alone).",
         )
     parsers = _subcommands(group)
     verify, monitor = parsers.get("verify"), parsers.get("monitor")
@@ -313,8 +421,10 @@ def add_remote_audit_parsers(sub: Any) -> None:
             f"consistency proof (default {DEFAULT_SAMPLE})",
         )
         _add(verify, "--progress", action="store_true", help="progress bar on stderr")
+        _witness_options(verify)
         _route(verify, _verify_args)
     if monitor is not None:
         _remote_options(monitor, alone=alone)
         _add(monitor, "--state", type=Path, required=True, help="where the monitor remembers")
+        _witness_options(monitor)
         _route(monitor, _monitor_args)

@@ -6,23 +6,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from clients.agency_flags import add_agency_args, connect
+from clients.bulletin_text import MAX_BODY_BYTES, read_body
+from clients.conversation_commands import conversation_lines
+from clients.errors import AttachmentError, NotFound
 from clients.label_flags import add_label_args, add_time_args, bulletin_id, labels_from_args
 from clients.recall_commands import show_withdrawal
 from clients.results import shown_time
 from clients.sdk import IstmoClient, ReceivedBulletin, Withdrawn, Withheld
+from clients.stix import bulletin_of_bundle
 from schemas.errors import ConfigError, IstmoError
 
 __all__ = ["MAX_BODY_BYTES", "add_bulletin_parsers"]
 
-MAX_BODY_BYTES = 512 * 1024
 # How long a receive that found nothing waits to add the withheld count: it has its
 # answer already, and a broker that does not answer should not hold it up.
 WITHHELD_TIMEOUT_S = 2.0
@@ -30,38 +36,25 @@ WITHHELD_TIMEOUT_S = 2.0
 log = logging.getLogger("istmo.cli")
 
 
-def _read_body(args: argparse.Namespace) -> str:
-    if args.body is not None:
-        if len(args.body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
-            raise ConfigError(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
-        return str(args.body)
-    if args.body_file is None:
-        raise ConfigError("give the bulletin text with --body-file FILE (or - for stdin) or --body")
-    try:
-        if str(args.body_file) == "-":
-            data = sys.stdin.buffer.read(MAX_BODY_BYTES + 1)
-        else:
-            with Path(args.body_file).open("rb") as f:
-                data = f.read(MAX_BODY_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the body file {args.body_file}: {exc.strerror}") from exc
-    if len(data) > MAX_BODY_BYTES:
-        raise ConfigError(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"the body file {args.body_file} is not UTF-8 text") from exc
-
-
 async def _publish(args: argparse.Namespace) -> int:
+    if args.stix is not None:
+        text = _stix_bulletin(args)
+    else:
+        if args.tlp is None or args.title is None:
+            raise ConfigError(
+                f"give {'--tlp' if args.tlp is None else '--title'}",
+                hint="or publish a STIX bundle with --stix, whose markings give the TLP level",
+            )
+        text = read_body(args.body, args.body_file)
     labels = labels_from_args(args)
-    text = _read_body(args)
     now = int(time.time())
     expires_at = now + args.expires_in if args.expires_in else None
     not_before = now + args.embargo if args.embargo else None
+    attachments = [_readable(Path(f)) for f in args.attach or ()]
     client = await connect(args)
     async with client:
         result = await client.publish(
+            attachments=attachments,
             title=args.title,
             text=text,
             labels=labels,
@@ -70,18 +63,11 @@ async def _publish(args: argparse.Namespace) -> int:
             wait=not args.no_wait,
             timeout=args.timeout,
             supersedes=args.supersedes,
+            groups=args.groups,
+            reply_all=args.reply_all,
         )
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "id": result.bulletin_id,
-                    "state": result.state,
-                    "routed": list(result.routed),
-                    "denied": [{"agency": a, "policy_ids": list(p)} for a, p in result.denied],
-                }
-            )
-        )
+        print(json.dumps(result.to_json()))
         return 0
     print(result.bulletin_id)
     if result.state == "accepted":
@@ -95,6 +81,48 @@ async def _publish(args: argparse.Namespace) -> int:
     else:
         print("sent; the relay has not decided yet (check with `istmo status`)", file=sys.stderr)
     return 0
+
+
+def _stix_bulletin(args: argparse.Namespace) -> str:
+    """The body of a bulletin carrying the STIX bundle ``--stix`` names; sets ``args.tlp``
+    from its markings and ``args.title`` from its report, unless given (and refuses a
+    ``--tlp`` the markings contradict)."""
+    if args.body is not None or args.body_file is not None:
+        raise ConfigError("--stix is the body: give no --body or --body-file with it")
+    try:
+        with Path(args.stix).open("rb") as f:
+            raw = f.read(MAX_BODY_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the STIX bundle {args.stix}: {exc.strerror}") from exc
+    got = bulletin_of_bundle(raw, title=args.title, max_bytes=MAX_BODY_BYTES)
+    if args.tlp is not None and args.tlp != got.tlp.value:
+        raise ConfigError(
+            f"--tlp {args.tlp} contradicts the bundle's markings (TLP:{got.tlp.value})",
+            hint="leave --tlp out: the bundle's strictest marking gives the level",
+        )
+    for note in got.notes:
+        print(f"istmo: {note}", file=sys.stderr)
+    args.tlp, args.title = got.tlp.value, got.title
+    return got.text
+
+
+def _digest(value: str) -> str:
+    """An envelope digest on the command line: 64 hex digits."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise argparse.ArgumentTypeError(
+            "give the 64 hex digits of envelope_digest that `istmo publish --json` printed"
+        )
+    return value.lower()
+
+
+def _readable(path: Path) -> Path:
+    """``path`` if it is a file this process can read, else ConfigError saying so."""
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ConfigError(
+            f"cannot read the attachment {str(path)[:200]}",
+            hint="give --attach the path of a file you can read",
+        )
+    return path
 
 
 async def _preview(args: argparse.Namespace) -> int:
@@ -130,33 +158,56 @@ async def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(b: ReceivedBulletin, as_json: bool) -> None:
+def _show(b: ReceivedBulletin, as_json: bool, saved: Sequence[Path | None] = ()) -> None:
     if as_json:
-        print(json.dumps(b.to_json(), ensure_ascii=False), flush=True)
+        shown = b.to_json()
+        for entry, path in zip(shown.get("attachments", ()), saved, strict=False):
+            entry["saved_to"] = None if path is None else str(path)
+        print(json.dumps(shown, ensure_ascii=False), flush=True)
         return
     when = datetime.fromtimestamp(b.created_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     lab = b.labels
-    print(f"── {b.id} from {b.originator} at {when}")
+    print(f"── {b.id} from {b.sender} at {when}")
+    if b.forwarded is not None:
+        print(f"   {b.forwarded.describe()}")
     print(
         f"   {lab.classification.value} TLP:{lab.tlp.value} REL TO {', '.join(lab.rel_to)}"
         f"  topic {lab.topic}  {lab.precedence.value}"
     )
+    if lab.source_grade:
+        print(f"   source grade {lab.source_grade}")
     for caveat in b.caveats:
         print(f"   caveat: {caveat}")
     if b.supersedes:
         print(f"   corrects {b.supersedes}")
     if b.expires_at is not None:
         print(f"   expires {shown_time(b.expires_at)}")
+    for line in conversation_lines(b):
+        print(line)
     print(f"   {b.title}\n")
     print(b.body, flush=True)
+    for i, att in enumerate(b.attachments):
+        path = saved[i] if i < len(saved) else None
+        where = f" -> {path}" if path is not None else ""
+        print(f"   attached: {att.name} ({att.media_type}, {att.size} bytes){where}", flush=True)
 
 
 async def _receive(args: argparse.Namespace) -> int:
     count = None if args.follow else args.count
     timeout = None if args.follow else args.timeout
 
+    refused: list[str] = []
+
     async def handler(b: ReceivedBulletin) -> None:
-        _show(b, args.json)
+        saved: list[Path | None] = []
+        if args.save_attachments and b.attachments:
+            try:
+                saved = list(await client.save_attachments(b, args.save_attachments))
+            except (AttachmentError, NotFound) as exc:
+                # The bulletin itself opened: hand it over, say which files are not saved.
+                refused.append(f"istmo: {b.id}: attachments not saved: {exc}")
+                saved = [None] * len(b.attachments)
+        _show(b, args.json, saved)
 
     async def withdrawn(w: Withdrawn) -> None:
         show_withdrawal(w, args.json)
@@ -166,6 +217,10 @@ async def _receive(args: argparse.Namespace) -> int:
         got = await client.receive(handler, count=count, timeout=timeout, on_withdrawal=withdrawn)
         # An empty queue: was nothing sent, or did the policy refuse what was?
         withheld = await _withheld_if_known(client) if got == 0 and count is not None else None
+    for line in refused:
+        print(line, file=sys.stderr)
+    if refused:
+        return 1
     if count is not None and got < count:
         line = f"istmo: received {got} of {count} bulletins within {timeout:g} s"
         if got == 0:
@@ -238,6 +293,10 @@ def _minute(at: int | None) -> str:
 
 
 async def _receipts(args: argparse.Namespace) -> int:
+    if args.verify:
+        return await _verify_receipts(args)
+    if args.digest:
+        raise ConfigError("--digest is what --verify checks receipts against", hint="add --verify")
     client = await connect(args)
     async with client:
         report = await client.receipts(args.bulletin_id)
@@ -251,6 +310,53 @@ async def _receipts(args: argparse.Namespace) -> int:
         when = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if t else "not yet"
         print(f"  {agency:<20} {when}")
     return 0
+
+
+async def _verify_receipts(args: argparse.Namespace) -> int:
+    client = await connect(args)
+    async with client:
+        checked = await client.verify_receipts(args.bulletin_id, envelope_digest=args.digest)
+    failed = len(checked.failed)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "id": checked.bulletin_id,
+                    "envelope_digest": checked.envelope_digest,
+                    "digest_from": checked.digest_from,
+                    "broker_digest": checked.broker_digest,
+                    "failed": failed,
+                    "recipients": [r.to_json() for r in checked.recipients],
+                }
+            )
+        )
+        return 1 if failed else 0
+    verified = sum(1 for r in checked.recipients if r.state == "verified")
+    waiting = sum(1 for r in checked.recipients if r.state == "not_received")
+    print(
+        f"{checked.bulletin_id}: {verified} of {len(checked.recipients)} receipts verified, "
+        f"{waiting} not received yet, {failed} FAILED"
+    )
+    if checked.digest_from == "publisher":
+        print(f"  checked against the envelope you published ({checked.envelope_digest})")
+    else:
+        print(
+            f"  checked against the envelope digest the broker recorded "
+            f"({checked.envelope_digest}): add --digest from `istmo publish --json` to check "
+            "them against what you published"
+        )
+    for r in checked.recipients:
+        if r.state == "verified":
+            revoked = (
+                f"; key revoked since {shown_time(r.key_revoked_at)}" if r.key_revoked_at else ""
+            )
+            line = f"verified {shown_time(r.received_at or 0)} ({r.kid}{revoked})"
+        elif r.state == "not_received":
+            line = "not received yet"
+        else:
+            line = f"FAILED ({r.reason}): {r.message}"
+        print(f"  {r.agency:<20} {line}")
+    return 1 if failed else 0
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -316,14 +422,23 @@ def add_bulletin_parsers(sub: Any) -> None:
         ),
     )
     add_agency_args(p)
-    add_label_args(p)
-    p.add_argument("--title", required=True, help="the bulletin's title (encrypted)")
+    add_label_args(p, tlp_required=False)
+    p.add_argument(
+        "--title",
+        help="the bulletin's title (encrypted; required, but for --stix: its report's name)",
+    )
     p.add_argument(
         "--body-file",
         help=f"file with the bulletin text, UTF-8, at most {MAX_BODY_BYTES // 1024} KiB "
         "(encrypted); - for stdin",
     )
     p.add_argument("--body", help="the bulletin text itself, instead of --body-file")
+    p.add_argument(
+        "--stix",
+        metavar="FILE",
+        help="publish this STIX 2.1 bundle as the bulletin's body: its TLP markings give "
+        "--tlp (the strictest), and a marking Istmo cannot map is refused",
+    )
     add_time_args(p)
     p.add_argument(
         "--supersedes",
@@ -331,6 +446,25 @@ def add_bulletin_parsers(sub: Any) -> None:
         metavar="ID",
         help="this bulletin corrects your bulletin ID: recipients are told the link (the "
         "old one stays valid unless you `istmo recall` it)",
+    )
+    p.add_argument(
+        "--groups",
+        action="store_true",
+        help="for audiences of thousands: seal once under each community group you belong "
+        "to whose members may all receive it, and one key each for the rest (`istmo admin "
+        "group list` on the broker shows the groups)",
+    )
+    p.add_argument(
+        "--reply-all",
+        action="store_true",
+        help="let replies to it reach every recipient, not only you (`istmo reply`)",
+    )
+    p.add_argument(
+        "--attach",
+        action="append",
+        metavar="FILE",
+        help="send FILE with the bulletin, sealed in chunks (repeat for more files); its "
+        "name and type travel encrypted",
     )
     p.add_argument("--no-wait", action="store_true", help="do not wait for the relay's verdict")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the verdict")
@@ -374,6 +508,13 @@ def add_bulletin_parsers(sub: Any) -> None:
     )
     p.add_argument("--follow", action="store_true", help="keep receiving until Ctrl-C")
     p.add_argument(
+        "--save-attachments",
+        metavar="DIR",
+        type=Path,
+        help="fetch each bulletin's files into DIR/<bulletin id>/, each checked against what "
+        "its originator signed (without it, only their names and sizes are shown)",
+    )
+    p.add_argument(
         "--json",
         action="store_true",
         help='one JSON line per bulletin ("kind": "bulletin") or withdrawal ("kind": '
@@ -381,9 +522,28 @@ def add_bulletin_parsers(sub: Any) -> None:
     )
     p.set_defaults(func=_receive)
 
-    p = sub.add_parser("receipts", help="who has received one of your bulletins")
+    p = sub.add_parser(
+        "receipts",
+        help="who has received one of your bulletins",
+        description="Who has received one of your bulletins. With --verify, each "
+        "recipient's signed receipt is checked here, against its key in the signed "
+        "directory, not taken on the broker's word; exit 1 if any fails.",
+    )
     add_agency_args(p)
     p.add_argument("bulletin_id", type=bulletin_id, help="the id `istmo publish` printed")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check each signed receipt yourself: verified (key id), not received yet, "
+        "or FAILED with the reason",
+    )
+    p.add_argument(
+        "--digest",
+        type=_digest,
+        metavar="HEX",
+        help="with --verify: the envelope_digest `istmo publish --json` printed; every "
+        "receipt must name it (default: the digest the broker recorded)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_receipts)
 

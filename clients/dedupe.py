@@ -5,8 +5,10 @@ JetStream delivers at least once and its dedupe window is minutes, so the SDK it
 remembers, in SQLite with ``synchronous=FULL``, every bulletin id it handed over and
 who originated it (a withdrawal must come from that originator, ADR 15), and every
 withdrawal it told the application of (so a copy that arrives after its withdrawal is
-dropped, and the application is told once). The store holds ids, digests and times only:
-never a title, a body, a reason or a key.
+dropped, and the application is told once). Besides ids, digests and times it keeps the
+envelope of each bulletin handed over, sealed as it came (ciphertext: never a title, a
+body, a reason or a key in clear), so that the agency can forward it later (ADR 20); a
+withdrawal drops it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class DedupeStore:
         if "originator" not in columns:
             # A store made before ADR 15: its rows keep NULL (their originator unknown).
             self._db.execute("ALTER TABLE handed ADD COLUMN originator TEXT")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS held (bulletin_id TEXT PRIMARY KEY, envelope BLOB NOT NULL)"
+        )
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS withdrawn ("
             " bulletin_id TEXT PRIMARY KEY,"
@@ -76,6 +81,32 @@ class DedupeStore:
             (bulletin_id, envelope_digest, handed_at, originator),
         )
 
+    def handed(
+        self,
+        bulletin_id: str,
+        envelope_digest: str,
+        handed_at: int,
+        originator: str,
+        envelope: bytes,
+    ) -> None:
+        """``remember`` and ``hold`` in one transaction: one durable write (one fsync)
+        per bulletin handed over instead of two, and never one without the other."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self.remember(bulletin_id, envelope_digest, handed_at, originator)
+            self.hold(bulletin_id, envelope)
+
+    def hold(self, bulletin_id: str, envelope: bytes) -> None:
+        """Keep a handed bulletin's envelope, still sealed, for a later forward."""
+        self._db.execute("INSERT OR IGNORE INTO held VALUES (?, ?)", (bulletin_id, envelope))
+
+    def held(self, bulletin_id: str) -> bytes | None:
+        """The sealed envelope of a bulletin handed over (None: not kept)."""
+        row = self._db.execute(
+            "SELECT envelope FROM held WHERE bulletin_id = ?", (bulletin_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
     def withdrawn_by(self, bulletin_id: str) -> str | None:
         """The originator whose withdrawal of ``bulletin_id`` was applied (None: none)."""
         row = self._db.execute(
@@ -89,6 +120,7 @@ class DedupeStore:
             "INSERT OR IGNORE INTO withdrawn VALUES (?, ?, ?)",
             (bulletin_id, originator, withdrawn_at),
         )
+        self._db.execute("DELETE FROM held WHERE bulletin_id = ?", (bulletin_id,))
 
     def count(self) -> int:
         (n,) = self._db.execute("SELECT count(*) FROM handed").fetchone()

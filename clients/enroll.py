@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from clients.keystore import load_keystore
 from clients.oauth import ApiError, ApiUnavailable
 from schemas.canonical import b64e
 from schemas.directory import open_excerpt
@@ -113,6 +114,7 @@ async def enroll(
     kem: KemName = DEFAULT_KEM,
     client: httpx.AsyncClient | None = None,
     now: int | None = None,
+    same_keys: KeystoreFile | None = None,
 ) -> KeystoreFile:
     """Enrol with a one-time token: make keys here, register their public halves.
 
@@ -124,6 +126,10 @@ async def enroll(
         kem: the encryption key's KEM.
         client: an ``httpx.AsyncClient`` to use (its base URL is ignored).
         now: epoch seconds.
+        same_keys: a keystore this agency holds for another region: its current signing
+            and encryption keys are registered here too, so that a partner link's gateway
+            opens in this region what the other sealed for it (ADR 33); only the NATS key
+            and the pinned directory key are new. None: new keys.
 
     Returns:
         The new keystore (not written anywhere yet): the private keys, the pinned
@@ -148,8 +154,19 @@ async def enroll(
                 "the wrong broker? nothing was sent"
             )
     now = int(time.time()) if now is None else now
-    signing = SigningKey.generate()
-    encryption = EncryptionKey.generate(kem)
+    if same_keys is None:
+        signing, encryption = SigningKey.generate(), EncryptionKey.generate(kem)
+        signing_at = encryption_at = now
+    else:
+        stored = same_keys.encryption_keys[-1]
+        kem = stored.kem
+        signing = same_keys.signing_key()
+        found = same_keys.encryption_key(stored.kid)
+        if found is None:  # the keystore's own last key
+            raise ConfigError("the keystore to reuse is damaged: no current encryption key")
+        encryption = found
+        signing_at = same_keys.signing_keys[-1].created_at
+        encryption_at = stored.created_at
     nats_seed = new_user_seed()
     request = sign_enrolment(
         token_id=parts[0],
@@ -183,7 +200,7 @@ async def enroll(
         agency=answer.agency,
         signing_keys=(
             StoredSigningKey(
-                kid=request.signing.kid, private=b64e(signing.private), created_at=now
+                kid=request.signing.kid, private=b64e(signing.private), created_at=signing_at
             ),
         ),
         encryption_keys=(
@@ -191,7 +208,7 @@ async def enroll(
                 kid=request.encryption.kid,
                 kem=kem,
                 private=b64e(encryption.private),
-                created_at=now,
+                created_at=encryption_at,
             ),
         ),
         nats_seed=nats_seed,
@@ -338,10 +355,17 @@ def _enroll_command(args: argparse.Namespace) -> int:
     if split_enrolment_token(token) is None:
         raise ConfigError("that is not an enrolment token (istmo-enrol.<id>.<secret>)")
     # Everything that can fail locally fails before the token is spent.
+    same_keys = None
+    if args.same_keys_as is not None:
+        same_keys = load_keystore(Path(args.same_keys_as), lambda: getpass.getpass(
+            f"passphrase of {args.same_keys_as}: "
+        ))  # fmt: skip
     fd, tmp = _reserve(out)
     try:
         secret = _new_passphrase(args, getpass.getpass)
-        keystore = asyncio.run(enroll(base, token, directory_kid=args.directory_kid))
+        keystore = asyncio.run(
+            enroll(base, token, directory_kid=args.directory_kid, same_keys=same_keys)
+        )
         data = _keystore_bytes(keystore, secret)
     except BaseException:
         os.close(fd)
@@ -401,5 +425,12 @@ def add_enroll_parser(sub: Any) -> None:
         "--directory-kid",
         metavar="KID",
         help="the directory key id your administrator gave you; refuse any other broker",
+    )
+    p.add_argument(
+        "--same-keys-as",
+        metavar="KEYSTORE",
+        help="register this keystore's signing and encryption keys instead of new ones: a "
+        "partner link's gateway, enrolled in the sending region with KEYSTORE, enrols so "
+        "in its own region to open what crossed (the new keystore has its own NATS key)",
     )
     p.set_defaults(func=_enroll_command)

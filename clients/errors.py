@@ -4,6 +4,7 @@ The SDK's branches of the tree drawn in ``schemas.errors``::
 
     IstmoError
     ├── EnvelopeError
+    │   ├── AttachmentError          an attachment missing, damaged or not opening
     │   ├── NotFound                 no such bulletin or key of this agency's
     │   └── RequestRefused           refused with a code this SDK does not know
     ├── BusUnavailable
@@ -36,6 +37,7 @@ from schemas.errors import (
 
 __all__ = [
     "ERRORS_BY_CODE",
+    "AttachmentError",
     "NotFound",
     "PublishRejected",
     "PublishUnacknowledged",
@@ -56,6 +58,13 @@ class RequestRefused(EnvelopeError):
     ``code`` and the message are the broker's."""
 
     default_code = "refused"
+
+
+class AttachmentError(EnvelopeError):
+    """An attachment could not be fetched as its originator signed it: a chunk is missing
+    or damaged in the broker's store, or does not open. Nothing of it was kept."""
+
+    default_code = "attachment_refused"
 
 
 class PublishRejected(IstmoError):
@@ -95,21 +104,42 @@ ERRORS_BY_CODE: Mapping[ErrorCode, type[IstmoError]] = MappingProxyType(
         "answer_too_large": EnvelopeError,  # narrow the labels
         "already_revoked": EnvelopeError,
         "last_key": EnvelopeError,
+        "not_an_rfi": EnvelopeError,  # rfi-close of a bulletin that asks for nothing
+        "forward_not_received": NotFound,
+        "forward_denied": PolicyDenied,
+        "forward_not_allowed": EnvelopeError,
+        "forward_decided": EnvelopeError,
         "originator_mismatch": EnvelopeError,
         "timestamp_out_of_window": EnvelopeError,  # check this machine's clock
         "key_reused": EnvelopeError,
         "bad_key": EnvelopeError,
         "not_found": NotFound,
+        # Community groups (ADR 18): a stale epoch or roster is asked for again.
+        "unknown_group": NotFound,
+        "stale_group_epoch": EnvelopeError,
+        "roster_changed": EnvelopeError,
+        # A desk summary that does not follow the last one recorded (ADR 31).
+        "summary_out_of_order": EnvelopeError,
+        "attachment_too_large": EnvelopeError,  # send a smaller file
+        "too_many_attachments": EnvelopeError,
+        "chunk_conflict": EnvelopeError,  # publish it again: a new bulletin id
+        "expired": EnvelopeError,
+        # An attachment the broker cannot serve as it was signed (clients.attachments).
+        "chunk_missing": AttachmentError,
+        "chunk_damaged": AttachmentError,
         # A signature of the request does not verify.
         "key_not_current": SignatureError,
         "signature_invalid": SignatureError,
         # The broker will not let this agency do it.
         "policy_deny": PolicyDenied,
+        "rfi_addressee_denied": PolicyDenied,  # ask others, or with labels they may receive
         "agency_not_active": PolicyDenied,  # suspended or revoked
+        "not_group_manager": PolicyDenied,
         # The keystore names an agency this broker's directory does not list (yet).
         "unknown_agency": ConfigError,
         # The broker failed: nothing is wrong with the request; try again later.
         "audit_store": AuditStoreError,
+        "store_full": BusUnavailable,
         "internal": BusUnavailable,
     }
 )

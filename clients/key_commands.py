@@ -1,4 +1,4 @@
-"""``istmo keys protect | rotate | revoke``: an agency's own keystore and signing keys."""
+"""``istmo keys protect | rotate | revoke | monitor``: an agency's own keystore and keys."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.agency_flags import add_agency_args, add_data_dir_arg, connect, nats_url
+from clients.key_log import load_key_log_trust, monitor_own_keys, trust_from_env
 from clients.keystore import (
     ask_passphrase,
     load_keystore,
@@ -19,9 +20,10 @@ from clients.sdk import IstmoClient
 from schemas.errors import ConfigError
 from schemas.keystore import ProtectedKeystore, parse_any_keystore
 
-__all__ = ["MIN_PASSPHRASE_CHARS", "add_keys_parser"]
+__all__ = ["ALARM_EXIT", "MIN_PASSPHRASE_CHARS", "add_keys_parser"]
 
 MIN_PASSPHRASE_CHARS = 12
+ALARM_EXIT = 3  # as `istmo audit monitor`
 
 
 async def _rotate(args: argparse.Namespace) -> int:
@@ -41,6 +43,26 @@ async def _revoke_key(args: argparse.Namespace) -> int:
     async with await connect(args) as client:
         await client.revoke_key(args.kid, force=args.force)
     print(f"{args.who}: signing key {args.kid} revoked; what it signs from now on is refused")
+    return 0
+
+
+async def _monitor(args: argparse.Namespace) -> int:
+    trust = load_key_log_trust(args.key_log) if args.key_log else trust_from_env()
+    async with await connect(args) as client:
+        reply = await client.key_log_entries()
+        report = monitor_own_keys(client.keystore, reply, trust)
+    where = f"size {report.size}" if report.size else "no verified head"
+    print(
+        f"{report.agency}: {len(reply.entries)} key entries in the audit log "
+        f"({report.mode}, {where}); {report.proven} proven"
+    )
+    for line in report.unproven:
+        print(f"  {line}")
+    for alarm in report.alarms:
+        print(f"istmo: ALARM: {alarm}", file=sys.stderr)
+    if report.alarms:
+        return ALARM_EXIT
+    print(f"{report.agency}: every key registered to you is one this keystore holds")
     return 0
 
 
@@ -115,3 +137,22 @@ def add_keys_parser(sub: Any) -> None:
         "--force", action="store_true", help="revoke it even if it is your only valid key"
     )
     c.set_defaults(func=_revoke_key)
+
+    c = keys.add_parser(
+        "monitor",
+        help="check every key registered to you in the audit log is yours (exit 3 if not)",
+        description=(
+            "Ask the broker for your key entries in the audit log, check each is included "
+            "in the checkpoint your witnesses cosigned (--key-log FILE or $ISTMO_KEY_LOG: "
+            "the log key and witnesses), and alarm (exit 3) on any key registered to you "
+            "that this keystore does not hold: a key someone substituted for yours."
+        ),
+    )
+    add_agency_args(c)
+    c.add_argument(
+        "--key-log",
+        type=Path,
+        metavar="FILE",
+        help="the log key and witnesses to check against (default $ISTMO_KEY_LOG)",
+    )
+    c.set_defaults(func=_monitor)

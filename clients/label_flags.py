@@ -96,29 +96,34 @@ def _any_case_choices(values: list[str]) -> dict[str, Any]:
     return {"type": any_case(values), "choices": values}
 
 
-def add_label_args(p: argparse.ArgumentParser) -> None:
+def add_label_args(
+    p: argparse.ArgumentParser, *, required: bool = True, tlp_required: bool | None = None
+) -> None:
+    """The label flags; ``required=False`` where a command checks them itself (``istmo
+    rfi``, whose ``list`` and ``close`` take none); ``tlp_required=False`` where the TLP
+    level may come from elsewhere (``istmo publish --stix``: the bundle's markings)."""
     p.add_argument(
         "--topic",
-        required=True,
+        required=required,
         **_any_case_choices(list(TOPICS)),
         help="what the bulletin is about",
     )
     p.add_argument(
         "--classification",
-        required=True,
+        required=required,
         **_any_case_choices([c.value for c in Classification]),
         help="protective marking, checked against each recipient's clearance",
     )
     p.add_argument(
         "--tlp",
-        required=True,
+        required=required if tlp_required is None else tlp_required,
         **_any_case_choices([t.value for t in Tlp]),
         help="TLP 2.0 level",
     )
     p.add_argument(
         "--rel-to",
         action="append",
-        required=True,
+        required=required,
         metavar="CODES",
         help="releasable to: state codes (GT, JM) and communities (SICA, CARICOM), "
         "comma-separated or repeated",

@@ -336,6 +336,10 @@ async def verify_remote(
 ) -> RemoteReport:
     """Verify the whole log behind ``api`` up to its latest signed tree head.
 
+    The log key's half of a verification only: a report that is ``ok`` does not show the
+    log was not truncated and re-signed by whoever holds that key. ``verify_command``
+    (``clients.audit_verify``) adds the witness quorum, and requires it.
+
     Args:
         api: the audit endpoints, as an auditor.
         pinned: the log key to hold the log to; None takes the server's (say so to the user).

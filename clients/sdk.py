@@ -22,9 +22,11 @@ importable from here too).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -35,23 +37,41 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ValidationError
 
+from clients.attachments import Attachment, download, upload
 from clients.connection import connect_agency
+from clients.conversations import reply_labels, rfi_due, split_addressees
 from clients.dedupe import DedupeStore
 from clients.directory_cache import DirectoryCache
-from clients.errors import PublishRejected, PublishUnacknowledged
+from clients.errors import NotFound, PublishRejected, PublishUnacknowledged
+from clients.group_keys import GroupKeys, Rotation
+from clients.groups import cover
+from clients.key_log import KeyLogCheck, load_key_log_trust, trust_from_env
 from clients.keystore import Passphrase, load_keystore, save_keystore
 from clients.opening import open_delivery, signing_key_of
+from clients.partners import (
+    PartnerPins,
+    PartnerSender,
+    load_partner_pins,
+    partner_pins_path,
+    partner_signing_key,
+)
 from clients.publishing import store_envelope, store_receipt
 from clients.queues import DeliveryQueues, hand_back
+from clients.receipt_checks import check_receipts, keys_named
 from clients.records import DirectoryRecords
 from clients.requests import REQUEST_TIMEOUT_S, ask, make_request
 from clients.resolve_cache import ResolveCache, Versions
 from clients.results import (
+    ForwardOutcome,
+    ForwardRequest,
     Preview,
     PublishResult,
     RecallResult,
     ReceiptReport,
     ReceivedBulletin,
+    ReplyContext,
+    Rfi,
+    VerifiedReceipts,
     Withdrawn,
     Withheld,
 )
@@ -67,10 +87,14 @@ from schemas.agency import (
     RecallReply,
     ReceiptsReply,
     RecipientsReply,
+    ReplyContextReply,
     ResolveReply,
     ResolveRequest,
     RevokeKeyReply,
     RevokeKeyRequest,
+    RfiEntry,
+    RfiListReply,
+    RfiListRequest,
     RotateReply,
     StatusAccepted,
     StatusRejected,
@@ -79,22 +103,40 @@ from schemas.agency import (
     WithheldRequest,
     encode_request,
 )
-from schemas.directory import AgencyRecord, SigningKeyRecord
-from schemas.envelope import Content, Envelope, parse_model
+from schemas.attachments import AttachmentMeta, attachment_key
+from schemas.canonical import b64e
+from schemas.desk_summary import DeskSummaryReply, SummaryCount, sign_summary
+from schemas.directory import AgencyRecord, SignedExcerpt, SigningKeyRecord
+from schemas.envelope import MAX_RECIPIENTS, MAX_WRAPS, Content, Envelope, parse_model
 from schemas.errors import (
     BusUnavailable,
+    ConfigError,
     DecryptionError,
     EnvelopeError,
     IstmoError,
     PolicyDenied,
     SignatureError,
 )
-from schemas.ids import AgencyId, BulletinId
+from schemas.forwarding import (
+    Citation,
+    ForwardAnswer,
+    ForwardAsk,
+    ForwardDecision,
+    ForwardGrant,
+    ForwardRequestsReply,
+    ForwardRequestsRequest,
+    sign_grant,
+)
+from schemas.groups import EpochKey
+from schemas.ids import AgencyId, BulletinId, new_bulletin_id
+from schemas.keylog import KeyLogReply, KeyLogRequest, KeyLogTrust, KeyNotLogged
 from schemas.keys import EncryptionPublicKey
 from schemas.keystore import KeystoreFile
 from schemas.labels import Labels
+from schemas.partner_delivery import LINK_HEADER, parse_partner_record
 from schemas.receipt import sign_receipt
-from schemas.sealing import envelope_digest, parse_envelope, seal
+from schemas.receipt_requests import MAX_SIGNED_RECEIPTS, ReceiptsRequest, SignedReceiptsReply
+from schemas.sealing import envelope_digest, new_content_key, parse_envelope, seal
 from schemas.subjects import ANNOUNCE_SUBJECT
 from schemas.withdrawal import (
     MAX_REASON_CHARS,
@@ -104,6 +146,9 @@ from schemas.withdrawal import (
 )
 
 __all__ = [
+    "Attachment",
+    "ForwardOutcome",
+    "ForwardRequest",
     "Handler",
     "IstmoClient",
     "Preview",
@@ -113,6 +158,9 @@ __all__ = [
     "RecallResult",
     "ReceiptReport",
     "ReceivedBulletin",
+    "ReplyContext",
+    "Rfi",
+    "VerifiedReceipts",
     "WithdrawalHandler",
     "Withdrawn",
     "Withheld",
@@ -125,6 +173,10 @@ R = TypeVar("R", bound=BaseModel)
 # How long a directory record is used while no relay's announcement is heard (or the
 # broker predates ADR 14): a change reaches a client that hears none within this.
 DIRECTORY_TTL_S = 60.0
+# Pages of a signed receipts answer a client reads at most: a bulletin reaches at most
+# MAX_RECIPIENTS agencies, so a broker that goes on is answering wrongly.
+MAX_RECEIPT_PAGES = -(-MAX_RECIPIENTS // MAX_SIGNED_RECEIPTS)
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 # A receipt NATS did not store: the bulletin is handed back and its receipt sent again.
 RECEIPT_RETRY_S = 2
 # Receipts and acks under way at once while receive goes on to the next bulletin: each is a
@@ -139,6 +191,8 @@ WithdrawalHandler = Callable[[Withdrawn], Awaitable[None]]
 KIND_HEADER = "Istmo-Kind"
 # A recall may scan the delivery stream for copies before the relay answers.
 RECALL_TIMEOUT_S = 30.0
+# The title of a human acknowledgement (ADR 27); the flag in its sealed content is what counts.
+ACK_TITLE = "Acknowledged: read and acted on"
 
 
 def _cancel_requested() -> bool:
@@ -174,8 +228,13 @@ class IstmoClient:
         keystore_path: Path | None = None,
         *,
         resolve_cache: bool = True,
+        key_log: KeyLogTrust | None = None,
+        partners: PartnerPins | None = None,
     ) -> None:
         self.resolve_cache = ResolveCache() if resolve_cache else None
+        # Partner regions' directory keys this agency's operator pinned, by link (ADR 33):
+        # none, and nothing that crossed a link is opened.
+        self.partners = partners or PartnerPins()
         self._announcements: Subscription | None = None
         self.keystore_path = keystore_path
         self.keystore = keystore
@@ -188,6 +247,16 @@ class IstmoClient:
         # current by the relays' announcements and signed change lists (ADR 14).
         self.directory = DirectoryCache(self._pinned, unheard_ttl_s=DIRECTORY_TTL_S)
         self._records = DirectoryRecords(nc, self.agency, self.directory, self._epoch)
+        # Recipients' keys seen in the audit log before anything is sealed (ADR 28).
+        self.key_log = KeyLogCheck(key_log, self._ask_key_log)
+        # Community group epoch keys this agency holds, in memory (ADR 18).
+        self.groups = GroupKeys(
+            self.agency,
+            lambda: self.keystore,
+            self._ask,
+            self._directory,
+            check_keys=self.key_log.check,
+        )
         # A broker before ADR 14 answers no "recipients": resolve as it did then.
         self._resolves_with_keys = False
         # Receipts being stored and deliveries being acked, behind the handler (_settle_later).
@@ -203,6 +272,8 @@ class IstmoClient:
         connect_timeout: float = 5.0,
         passphrase: Passphrase = None,
         resolve_cache: bool = True,
+        key_log: KeyLogTrust | Path | None = None,
+        partners: PartnerPins | Path | None = None,
     ) -> IstmoClient:
         """Open the keystore and connect to NATS as its agency.
 
@@ -210,17 +281,39 @@ class IstmoClient:
             resolve_cache: keep resolve answers while the relays announce that the
                 directory and policy are unchanged, so publishing again with the same
                 labels asks the relay nothing (ADR 0009). False: ask every time.
+            key_log: check each recipient's key is in the audit log before sealing for
+                it (ADR 28): the log's key and witnesses (``clients.key_log``), or a
+                trust file with them. None: the file ``ISTMO_KEY_LOG`` names, if any;
+                without one, keys are not checked against the log.
+            partners: the partner regions' directory keys pinned to open bulletins that
+                crossed a partner link (``clients.partners``), or a pins file. None: the
+                file beside the keystore (``<keystore>.partners.json``), if any; without
+                one, no such bulletin is opened.
 
         Raises:
-            ConfigError: the keystore is missing, too open or damaged.
+            ConfigError: the keystore is missing, too open or damaged; the pins file
+                cannot be read.
             BusUnavailable: NATS is not reachable at ``nats_url``, refused the key, or
                 presented a certificate that does not verify against the trusted CAs
                 (``SSL_CERT_FILE``; code ``tls_untrusted``).
         """
         keystore = load_keystore(keystore_path, passphrase)
+        trust = load_key_log_trust(key_log) if isinstance(key_log, Path) else key_log
+        if trust is None:
+            trust = trust_from_env()
+        if not isinstance(partners, PartnerPins):
+            partners = load_partner_pins(partners or partner_pins_path(keystore_path))
         nc = await connect_agency(keystore, nats_url, timeout=connect_timeout)
         path = dedupe_path or keystore_path.with_name(keystore_path.stem + ".received.sqlite")
-        client = cls(keystore, nc, DedupeStore(path), keystore_path, resolve_cache=resolve_cache)
+        client = cls(
+            keystore,
+            nc,
+            DedupeStore(path),
+            keystore_path,
+            resolve_cache=resolve_cache,
+            key_log=trust,
+            partners=partners,
+        )
         try:
             await client.listen_for_announcements()
         except BaseException:
@@ -293,6 +386,35 @@ class IstmoClient:
         """One request to the broker (``clients.requests.ask``) as this agency."""
         return await ask(self._nc, self.agency, op, request, reply, timeout=timeout)
 
+    async def _ask_key_log(self, request: KeyLogRequest) -> KeyLogReply:
+        try:
+            return await self._ask("key-log", request, KeyLogReply)
+        except EnvelopeError as exc:
+            if exc.code != "bad_request":
+                raise
+            raise KeyNotLogged(
+                "this broker answers no key-log request (it is older than ADR 28), and this "
+                "client is set to check recipients' keys against the audit log: nothing sealed",
+                hint="upgrade the broker, or connect without key_log / ISTMO_KEY_LOG",
+            ) from exc
+
+    async def key_log_entries(self) -> KeyLogReply:
+        """This agency's own newest key entries in the audit log, with their proofs (for
+        ``istmo keys monitor``: check each against the keystore, ``schemas.keylog``)."""
+        return await self._ask("key-log", KeyLogRequest(mine=True), KeyLogReply)
+
+    async def _sealable_logged(
+        self, recipients: tuple[str, ...], records: dict[str, AgencyRecord]
+    ) -> dict[AgencyId, EncryptionPublicKey]:
+        """``_sealable``, once every key to seal for is seen in the audit log (ADR 28).
+
+        Raises:
+            KeyNotLogged: a key the log does not show registered to its agency.
+        """
+        keys = _sealable(recipients, records)
+        await self.key_log.check([records[a] for a in keys])
+        return keys
+
     async def _directory(
         self, agencies: list[str], *, floor: str | None = None
     ) -> dict[str, AgencyRecord]:
@@ -309,7 +431,13 @@ class IstmoClient:
 
     # ------------------------------------------------------------------ publish
     async def resolve(
-        self, labels: Labels, *, expires_at: int | None = None, not_before: int | None = None
+        self,
+        labels: Labels,
+        *,
+        expires_at: int | None = None,
+        not_before: int | None = None,
+        in_reply_to: str | None = None,
+        addressees: tuple[str, ...] | None = None,
     ) -> dict[AgencyId, EncryptionPublicKey]:
         """Ask the broker who may receive a bulletin with ``labels``, with their keys.
 
@@ -321,7 +449,9 @@ class IstmoClient:
         and ``not_before`` is used again while the relays announce no change (ADR 0009).
 
         Raises:
-            PolicyDenied: this agency may not publish it.
+            PolicyDenied: this agency may not publish it (for a reply: which label is
+                weaker than the bulletin it answers).
+            NotFound: a reply to a bulletin this agency neither received nor sent.
             EnvelopeError: a label names something the broker does not know, or more
                 agencies may receive it than one bulletin carries (``too_many_recipients``).
             SignatureError: a directory answer is not signed by the pinned key
@@ -331,7 +461,12 @@ class IstmoClient:
             BusUnavailable: the broker did not answer.
         """
         req = make_request(
-            ResolveRequest, labels=labels, expires_at=expires_at, not_before=not_before
+            ResolveRequest,
+            labels=labels,
+            expires_at=expires_at,
+            not_before=not_before,
+            in_reply_to=in_reply_to,
+            addressees=addressees or None,
         )
         cache, key = self.resolve_cache, encode_request(req)
         ticket = 0
@@ -369,17 +504,18 @@ class IstmoClient:
                 log.info("this broker answers no recipients request; resolving with keys")
                 self._resolves_with_keys = True
             else:
+                _fits_wraps(len(answer.recipients))
                 records = await self._directory(
                     list(answer.recipients), floor=answer.directory_version
                 )
-                return _sealable(answer.recipients, records), Versions(
-                    answer.directory_version, answer.policy_version
-                )
+                sealable = await self._sealable_logged(answer.recipients, records)
+                return sealable, Versions(answer.directory_version, answer.policy_version)
         old = await self._ask("resolve", req, ResolveReply)
         excerpt = self.directory.add_excerpt(
             old.directory, asked=old.recipients, now=time.monotonic()
         )
-        return _sealable(old.recipients, {r.id: r for r in excerpt.agencies}), Versions(
+        listed = {r.id: r for r in excerpt.agencies}
+        return await self._sealable_logged(old.recipients, listed), Versions(
             excerpt.directory_version, old.policy_version
         )
 
@@ -408,6 +544,9 @@ class IstmoClient:
         wait: bool = True,
         timeout: float = 10.0,
         supersedes: str | None = None,
+        groups: bool = False,
+        reply_all: bool = False,
+        attachments: Sequence[Attachment | Path | str] = (),
     ) -> PublishResult:
         """Seal, sign and publish a bulletin, then wait for the relay's verdict.
 
@@ -415,33 +554,373 @@ class IstmoClient:
             supersedes: the id of one of this agency's accepted bulletins that this one
                 corrects (ADR 15): recipients are handed the link. It does not withdraw
                 the corrected one (``recall`` does).
+            groups: seal under the community groups this agency holds keys of whose
+                members may all receive it, and one wrap each for the rest (ADR 18): for
+                audiences of thousands. Without it, one wrap per recipient, at most
+                ``MAX_WRAPS``.
+            reply_all: let replies to it reach every recipient, not only this agency
+                (ADR 16).
+            attachments: files to send with it (paths, or ``Attachment`` to give another
+                name or media type). Each is sealed in chunks and stored before the
+                bulletin is published (ADR 17); names and types travel inside it only.
 
         Raises:
             PolicyDenied: no agency may receive it, or the originator may not publish it.
             PublishRejected: the relay refused it; ``code`` names the reason.
-            BusUnavailable: NATS or the relay did not answer.
+            EnvelopeError: an attachment is over the broker's limit
+                (``attachment_too_large``, the message says the limit), there are more than
+                it takes (``too_many_attachments``), or a name is not a plain file name.
+            BusUnavailable: NATS or the relay did not answer (publishing again resumes
+                nothing: a new bulletin uploads its files again).
         """
-        recipients = await self.resolve(labels, expires_at=expires_at, not_before=not_before)
-        if not recipients:
+        return await self._publish(
+            title=title,
+            text=text,
+            labels=labels,
+            expires_at=expires_at,
+            not_before=not_before,
+            wait=wait,
+            timeout=timeout,
+            supersedes=supersedes,
+            reply_all=reply_all,
+            groups=groups,
+            attachments=attachments,
+        )
+
+    async def _publish(
+        self,
+        *,
+        title: str,
+        text: str,
+        labels: Labels,
+        expires_at: int | None = None,
+        not_before: int | None = None,
+        wait: bool = True,
+        timeout: float = 10.0,
+        supersedes: str | None = None,
+        reply_all: bool = False,
+        in_reply_to: str | None = None,
+        thread: str | None = None,
+        rfi_due_at: int | None = None,
+        only: tuple[str, ...] | None = None,
+        addressees: tuple[str, ...] | None = None,
+        now: int | None = None,
+        groups: bool = False,
+        attachments: Sequence[Attachment | Path | str] = (),
+        acknowledges: bool = False,
+    ) -> PublishResult:
+        """``publish``, for a reply (``in_reply_to``, ``thread``), an acknowledgement or an
+        RFI too, sealed only for the agencies in ``only`` when given."""
+        files = [a if isinstance(a, Attachment) else Attachment(Path(a)) for a in attachments]
+        metas = tuple(f.meta() for f in files)  # refuse a bad name before anything is sent
+        keys: tuple[EpochKey, ...] = ()
+        covered: frozenset[str] = frozenset()
+        if groups:
+            recipients, keys, covered = await self._cover(labels, expires_at, not_before)
+        else:
+            recipients = await self.resolve(
+                labels,
+                expires_at=expires_at,
+                not_before=not_before,
+                in_reply_to=in_reply_to,
+                addressees=addressees,
+            )
+        if only is not None:
+            recipients = {a: k for a, k in recipients.items() if a in only}
+        if not recipients and not covered:
             raise PolicyDenied("no agency may receive this bulletin under the current policy")
+        bid, content_key = new_bulletin_id(), new_content_key()
+        refs = []
+        for i, f in enumerate(files):
+            refs.append(
+                await upload(
+                    self._nc,
+                    self.agency,
+                    f.path,
+                    key=attachment_key(content_key, bid, i),
+                    bulletin_id=bid,
+                    index=i,
+                    expires_at=expires_at,
+                )
+            )
         env = seal(
-            content=Content(title=title, text=text),
+            content=Content(
+                title=title,
+                text=text,
+                attachments=metas or None,
+                acknowledges=True if acknowledges else None,
+            ),
+            bulletin_id=bid,
+            content_key=content_key,
+            attachments=tuple(refs) or None,
             labels=labels,
             originator=self.agency,
             signing_key=self.keystore.signing_key(),
             recipients=recipients,
-            now=int(time.time()),
+            now=int(time.time()) if now is None else now,
             expires_at=expires_at,
             not_before=not_before,
             supersedes=BulletinId(supersedes) if supersedes is not None else None,
+            groups=keys,
+            covered=[AgencyId(a) for a in covered],
+            in_reply_to=BulletinId(in_reply_to) if in_reply_to is not None else None,
+            thread=BulletinId(thread) if thread is not None else None,
+            reply_all=reply_all,
+            rfi_due=rfi_due_at,
         )
         await self._publish_envelope(env)
+        digest = envelope_digest(env)  # what each recipient's receipt will name
         if not_before is not None and not_before > env.header.created_at:
             # The relay decides and delivers it only once the embargo ends.
-            return PublishResult(env.header.bulletin_id, "embargoed")
+            return PublishResult(env.header.bulletin_id, "embargoed", envelope_digest=digest)
         if not wait:
-            return PublishResult(env.header.bulletin_id, "pending")
-        return await self.wait_for_verdict(env.header.bulletin_id, timeout=timeout)
+            return PublishResult(env.header.bulletin_id, "pending", envelope_digest=digest)
+        verdict = await self.wait_for_verdict(env.header.bulletin_id, timeout=timeout)
+        return dataclasses.replace(verdict, envelope_digest=digest)
+
+    async def _cover(
+        self, labels: Labels, expires_at: int | None, not_before: int | None
+    ) -> tuple[dict[AgencyId, EncryptionPublicKey], tuple[EpochKey, ...], frozenset[str]]:
+        """Who may receive it, split into what the groups this agency holds cover and the
+        rest, with the rest's keys (ADR 18): records are fetched for the rest only."""
+        req = make_request(
+            ResolveRequest, labels=labels, expires_at=expires_at, not_before=not_before
+        )
+        answer = await self._ask("recipients", req, RecipientsReply)
+        plan = cover(answer.recipients, await self.groups.known(), publisher=self.agency)
+        _fits_wraps(len(plan.rest))
+        records = (
+            await self._directory(list(plan.rest), floor=answer.directory_version)
+            if plan.rest
+            else {}
+        )
+        return await self._sealable_logged(plan.rest, records), plan.keys, plan.covered
+
+    async def rotate_groups(self, *, force: bool = False) -> list[Rotation]:
+        """As a group's manager: make a new epoch of each group this agency manages whose
+        members, their keys or clearances changed (every one with ``force``), wrap its key
+        to each member and post it (ADR 18). Run it after every directory change
+        (``istmo groups rotate --follow`` does).
+
+        Raises:
+            IstmoError: the broker refused (``roster_changed``: run it again).
+        """
+        return await self.groups.rotate(force=force)
+
+    # ------------------------------------------------------------------ conversations
+    async def reply_context(self, bulletin_id: str) -> ReplyContext:
+        """What a reply to ``bulletin_id`` starts from, as the broker recorded it: its
+        originator, labels, thread and who a reply may reach (ADR 16).
+
+        Raises:
+            NotFound: this agency neither received nor sent a bulletin with this id (one
+                that does not exist looks the same; the attempt is audited).
+        """
+        req = make_request(BulletinRequest, bulletin_id=bulletin_id)
+        c = await self._ask("reply-context", req, ReplyContextReply)
+        return ReplyContext(
+            c.bulletin_id, c.originator, c.labels, c.thread, c.reply_all, c.rfi_due, c.audience
+        )
+
+    async def reply(
+        self,
+        bulletin_id: str,
+        *,
+        text: str,
+        title: str | None = None,
+        labels: Labels | None = None,
+        reply_all: bool = False,
+        expires_at: int | None = None,
+        wait: bool = True,
+        timeout: float = 10.0,
+        attachments: Sequence[Attachment | Path | str] = (),
+    ) -> PublishResult:
+        """Answer a bulletin this agency received (or sent): a signed bulletin naming it
+        and its thread, sent to its originator and, if that originator allowed reply-all,
+        to its other recipients; the policy decides each (ADR 16). A reply to a request
+        for information is its answer.
+
+        Args:
+            bulletin_id: the bulletin answered.
+            text: the reply.
+            title: its title (default ``Re: <bulletin id>``).
+            labels: its labels; by default those of the bulletin answered, naming its
+                originator. Stricter labels are fine; weaker ones are refused.
+            reply_all: let replies to this reply reach all its recipients too.
+            expires_at: optional expiry, epoch seconds.
+            attachments: files to send with it, as ``publish`` takes them (ADR 17).
+
+        Raises:
+            NotFound: this agency neither received nor sent ``bulletin_id``.
+            PolicyDenied: a label is weaker than the bulletin answered (the message names
+                the policy and which label), or no agency may receive the reply.
+            PublishRejected: the relay refused it; ``code`` names the reason.
+        """
+        context = await self.reply_context(bulletin_id)
+        return await self._publish(
+            title=title or f"Re: {bulletin_id}",
+            text=text,
+            labels=labels or reply_labels(context, self.agency),
+            expires_at=expires_at,
+            wait=wait,
+            timeout=timeout,
+            reply_all=reply_all,
+            in_reply_to=bulletin_id,
+            thread=context.thread,
+            attachments=attachments,
+        )
+
+    async def acknowledge(
+        self,
+        bulletin_id: str,
+        *,
+        title: str = ACK_TITLE,
+        text: str = "",
+        wait: bool = True,
+        timeout: float = 10.0,
+    ) -> PublishResult:
+        """Tell the originator of a bulletin this agency received that a person read it
+        and acted on it: a signed reply to its originator alone, with the bulletin's
+        labels, whose sealed content says it acknowledges (ADR 27). Apart from the
+        receipt, which the SDK sends by itself on delivery.
+
+        Raises:
+            NotFound: this agency did not receive ``bulletin_id``.
+            ConfigError: this agency sent it (there is nobody to tell).
+            PolicyDenied: the policy no longer lets its originator receive the answer.
+        """
+        context = await self.reply_context(bulletin_id)
+        if context.originator == self.agency:
+            raise ConfigError(
+                f"{bulletin_id} is this agency's own bulletin: there is nobody to tell",
+                hint="acknowledge bulletins other agencies sent",
+            )
+        return await self._publish(
+            title=title,
+            text=text,
+            labels=reply_labels(context, self.agency),
+            wait=wait,
+            timeout=timeout,
+            in_reply_to=bulletin_id,
+            thread=context.thread,
+            only=(context.originator,),
+            acknowledges=True,
+        )
+
+    async def rfi(
+        self,
+        *,
+        to: Sequence[str],
+        title: str,
+        text: str,
+        labels: Labels,
+        due_at: int | None = None,
+        reply_all: bool = False,
+        wait: bool = True,
+        timeout: float = 10.0,
+        attachments: Sequence[Attachment | Path | str] = (),
+    ) -> PublishResult:
+        """Ask for information: a bulletin that says by when answers are due, addressed to
+        agencies and/or states and communities (``to``). Its addressees answer with
+        ``reply``; ``rfis`` says where it stands (ADR 16).
+
+        The agencies in ``to`` are named in its labels, the states and communities added
+        to ``rel_to``. Addressed to agencies only, it is sealed for them alone; with a
+        state or community, for every agency the policy lets receive it there. If the
+        policy does not let a named agency receive it, the relay refuses the whole request
+        and says why.
+
+        Args:
+            to: agency ids and state or community codes.
+            labels: its labels (topic, classification, TLP, rel_to, precedence ...).
+            due_at: when answers are due, epoch seconds; by default its precedence's
+                (FLASH 10 min, IMMEDIATE 30 min, PRIORITY 3 h, ROUTINE 12 h).
+            attachments: files to send with it, as ``publish`` takes them (ADR 17).
+
+        Raises:
+            EnvelopeError: ``bad_due`` (passed, or more than 30 days away), ``malformed``
+                (an entry of ``to`` is neither an agency nor a code).
+            PolicyDenied: ``rfi_addressee_denied``: the policy does not let an agency of
+                ``to`` receive it (the message names it and the policies; nothing is sent,
+                the refusal is audited).
+            PublishRejected: the relay refused it.
+        """
+        agencies, codes = split_addressees(to)
+        now = int(time.time())
+        due = rfi_due(labels.precedence, now=now, due_at=due_at)
+        asked = labels.model_copy(
+            update={
+                "named": tuple(sorted(set(labels.named) | set(agencies))),
+                "rel_to": tuple(dict.fromkeys((*labels.rel_to, *codes))),
+            }
+        )
+        return await self._publish(
+            title=title,
+            text=text,
+            labels=asked,
+            wait=wait,
+            timeout=timeout,
+            reply_all=reply_all,
+            rfi_due_at=due,
+            only=None if codes else agencies,
+            addressees=agencies,
+            now=now,
+            attachments=attachments,
+        )
+
+    async def jurisdictions_of(self, agencies: Sequence[str]) -> list[str]:
+        """The states (or, for a regional body, the communities) of ``agencies``, from the
+        signed directory: where an RFI addressed to them alone is releasable."""
+        records = await self._directory(list(agencies))
+        codes: dict[str, None] = {}
+        for agency in agencies:
+            record = records.get(agency)
+            if record is not None:
+                codes.update(dict.fromkeys([record.state] if record.state else record.communities))
+        return list(codes)
+
+    async def rfis(self, *, closed: bool = False) -> list[Rfi]:
+        """The requests for information this agency asked and those asked of it, newest
+        first (at most 200), each where it stands now; ``closed`` to include closed ones."""
+        req = make_request(RfiListRequest, closed=True if closed else None)
+        answer = await self._ask("rfi-list", req, RfiListReply)
+        return [_rfi(e) for e in answer.rfis]
+
+    async def close_rfi(self, rfi_id: str) -> Rfi:
+        """Close one of this agency's requests for information: no longer open, never
+        overdue. Closing it again changes nothing.
+
+        Raises:
+            NotFound: no RFI of this agency's has this id.
+            EnvelopeError: ``not_an_rfi``: that bulletin of this agency's asks for nothing.
+        """
+        req = make_request(BulletinRequest, bulletin_id=rfi_id)
+        (entry,) = (await self._ask("rfi-close", req, RfiListReply)).rfis
+        return _rfi(entry)
+
+    async def save_attachments(
+        self, bulletin: ReceivedBulletin, directory: Path | str
+    ) -> list[Path]:
+        """Fetch a received bulletin's attachments into ``directory/<bulletin id>/``,
+        each checked against what its originator signed before it gets its name (ADR 17).
+        A download that stopped resumes where it did when asked again.
+
+        Returns:
+            The files written, in the bulletin's order.
+
+        Raises:
+            AttachmentError: a chunk is missing or damaged at the broker, or was altered:
+                nothing of that file is kept.
+            NotFound: the bulletin was withdrawn or has expired (its files went with it).
+            BusUnavailable: the broker stopped answering (ask again: it resumes).
+        """
+        folder = Path(directory) / bulletin.id
+        if bulletin.attachments:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        saved = []
+        for att in bulletin.attachments:
+            saved.append(await download(self._nc, self.agency, bulletin.id, att, folder / att.name))
+        return saved
 
     async def _publish_envelope(self, env: Envelope, attempts: int = 3) -> None:
         await store_envelope(self._js, self.agency, env, attempts=attempts)
@@ -513,6 +992,84 @@ class IstmoClient:
             bulletin_id, tuple((r.agency, r.received_at) for r in answer.recipients)
         )
 
+    async def verify_receipts(
+        self, bulletin_id: str, *, envelope_digest: str | None = None
+    ) -> VerifiedReceipts:
+        """Check every receipt of one of this agency's bulletins here, without trusting
+        the broker with them: each must be signed by its recipient's key from the signed
+        directory (not revoked by the time it claims), for this bulletin and originator,
+        and name the envelope this agency published (``clients.receipt_checks``).
+
+        Args:
+            bulletin_id: the id ``publish`` returned.
+            envelope_digest: ``PublishResult.envelope_digest`` of that publish, hex. Without
+                it, each receipt is checked against the digest the broker recorded, which
+                shows the receipts agree with the broker, not with what was published.
+
+        Returns:
+            One check per routed recipient: ``verified``, ``not_received`` or ``failed``
+            with the reason (``VerifiedReceipts.failed``).
+
+        Raises:
+            NotFound: no such bulletin of this agency's.
+            EnvelopeError: ``envelope_digest`` is not 64 hex digits (``malformed``), or the
+                broker is older than this SDK and cannot give receipts whole
+                (``broker_too_old``).
+            BusUnavailable, SignatureError: as ``resolve`` (the directory).
+        """
+        if envelope_digest is not None:
+            envelope_digest = envelope_digest.lower()
+            if not _DIGEST.fullmatch(envelope_digest):
+                raise EnvelopeError(
+                    "the envelope digest is not 64 hex digits",
+                    code="malformed",
+                    hint="give the envelope_digest `istmo publish --json` printed",
+                )
+        pages = await self._signed_receipts(bulletin_id)
+        kids = keys_named(pages)
+        records = await self._directory(list(kids))
+        stale = [a for a, kid in kids.items() if signing_key_of(records.get(a), kid) is None]
+        if stale:  # maybe rotated since this client fetched the record: ask once more
+            for agency in stale:
+                self.directory.forget(agency)
+            records.update(await self._directory(stale))
+        return check_receipts(
+            pages,
+            bulletin_id=bulletin_id,
+            originator=self.agency,
+            records=records,
+            envelope_digest=envelope_digest,
+        )
+
+    async def _signed_receipts(self, bulletin_id: str) -> list[SignedReceiptsReply]:
+        """Every page of the broker's signed receipts answer."""
+        pages: list[SignedReceiptsReply] = []
+        after: str | None = None
+        while len(pages) < MAX_RECEIPT_PAGES:
+            req = make_request(ReceiptsRequest, bulletin_id=bulletin_id, signed=True, after=after)
+            try:
+                page = await self._ask("receipts", req, SignedReceiptsReply)
+            except NotFound:
+                raise
+            except EnvelopeError as exc:
+                # A broker before signed receipts refuses the field it does not know; an
+                # answer this SDK cannot read says "the receipts answer ..." instead.
+                if exc.code not in ("malformed", "bad_request") or str(exc).startswith("the "):
+                    raise
+                raise EnvelopeError(
+                    "the broker is older than this SDK: receipts cannot be verified",
+                    code="broker_too_old",
+                    hint="ask its operators to upgrade it; `istmo receipts` without --verify "
+                    "still lists who received it",
+                ) from exc
+            pages.append(page)
+            if page.next is None:
+                return pages
+            if after is not None and page.next <= after:
+                break
+            after = page.next
+        raise EnvelopeError("the broker's receipts answer does not end", code="malformed")
+
     async def recall(
         self, bulletin_id: str, *, reason: str, timeout: float = RECALL_TIMEOUT_S
     ) -> RecallResult:
@@ -562,6 +1119,176 @@ class IstmoClient:
             answer.copies_kept,
         )
 
+    # ------------------------------------------------------------------ forward
+    async def forward(
+        self,
+        bulletin_id: str,
+        *,
+        to: str,
+        reason: str | None = None,
+        wait: bool = True,
+        timeout: float = 10.0,
+    ) -> ForwardOutcome:
+        """Pass a bulletin this agency received on to one more agency, with consent
+        (ADR 20). Asks the broker first: if the policy lets this agency forward it
+        without asking, or its originator granted this very forward, the SDK re-seals the
+        bulletin it holds for ``to`` alone, signs it as this agency, cites the original
+        (id, originator, envelope digest, and the grant) and publishes it. Otherwise the
+        originator is asked, and the outcome is ``requested``: call ``forward`` again
+        once it answered (``istmo forward requests`` on its side).
+
+        Args:
+            bulletin_id: a bulletin this client handed to the application.
+            to: the agency to pass it to.
+            reason: shown to the originator (one line, at most 280 characters; the
+                broker carries it in clear: no bulletin content).
+            wait, timeout: as ``publish``.
+
+        Raises:
+            NotFound: this agency was not routed the bulletin, or this client does not
+                hold it (``forward_not_received``).
+            PolicyDenied: the originator refused, or the policy would not let ``to``
+                have it even with consent (``forward_denied``).
+            EnvelopeError: a forward of one's own bulletin, of a forward, of a withdrawn
+                or expired one (``forward_not_allowed``), a bad reason (``malformed``).
+            PublishRejected: the relay refused the forward; ``code`` names why.
+        """
+        try:
+            ask = make_request(ForwardAsk, bulletin_id=bulletin_id, to=to, reason=reason)
+        except EnvelopeError as exc:
+            raise EnvelopeError(
+                "the reason must be 1-280 characters on one line, and the ids well formed",
+                code="malformed",
+            ) from exc
+        answer = await self._ask("forward-request", ask, ForwardAnswer)
+        if answer.state == "refused":
+            raise PolicyDenied(
+                f"{to}: the originator refused this forward: {answer.refusal}",
+                code="forward_refused",
+            )
+        if answer.state == "pending":
+            return ForwardOutcome("requested", bulletin_id, to, request_id=answer.request_id)
+        env = await self._forward_envelope(bulletin_id, to, answer.grant)
+        await self._publish_envelope(env)
+        consent = "originator" if answer.grant is not None else "policy"
+        fid = env.header.bulletin_id
+        if not wait:
+            return ForwardOutcome("pending", bulletin_id, to, answer.request_id, fid, consent)
+        result = await self.wait_for_verdict(fid, timeout=timeout)
+        state = "forwarded" if result.state == "accepted" else result.state
+        return ForwardOutcome(state, bulletin_id, to, answer.request_id, fid, consent)
+
+    async def _forward_envelope(
+        self, bulletin_id: str, to: str, grant: ForwardGrant | None
+    ) -> Envelope:
+        """The original, opened again from the sealed copy this client kept, sealed for
+        ``to`` alone with labels no looser than the original's and citing it, its files
+        with it."""
+        raw = self._dedupe.held(bulletin_id)
+        if raw is None:
+            raise NotFound(
+                "this client does not hold that bulletin: forward one it received and handed "
+                "over (this keystore's received.sqlite)",
+                code="forward_not_received",
+            )
+        original = parse_envelope(raw)
+        opened = open_delivery(
+            original,
+            sender_key=await self._sender_key(original),
+            keystore=self.keystore,
+            agency=self.agency,
+            now=int(time.time()),
+        )
+        oh = original.header
+        labels = oh.labels
+        if grant is not None and to not in labels.named:
+            labels = labels.model_copy(update={"named": (*labels.named, to)})
+        records = await self._directory([to])
+        keys = await self._sealable_logged((to,), records)
+        if not keys:
+            raise PolicyDenied(f"{to} cannot be sealed for: its directory record is not active")
+        # Its files go with it, without a copy (ADR 20): the original's references in the
+        # citation, each file's key (derived, never the content key) in the body; the new
+        # recipient fetches the original's chunks through the forward.
+        files = tuple(
+            AttachmentMeta(name=a.name, media_type=a.media_type, key=b64e(a.key))
+            for a in opened.attachments
+        )
+        return seal(
+            content=Content(title=opened.title, text=opened.body, attachments=files or None),
+            labels=labels,
+            originator=self.agency,
+            signing_key=self.keystore.signing_key(),
+            recipients=keys,
+            now=int(time.time()),
+            expires_at=oh.expires_at,
+            forward_of=Citation(
+                bulletin_id=oh.bulletin_id,
+                originator=oh.originator,
+                envelope_digest=envelope_digest(original),
+                grant=grant,
+                attachments=oh.attachments,
+            ),
+        )
+
+    async def forward_requests(self, *, include_answered: bool = False) -> list[ForwardRequest]:
+        """The requests to forward this agency's bulletins: those waiting for an answer,
+        or every one (``include_answered``), oldest first."""
+        req = ForwardRequestsRequest(all=True if include_answered else None)
+        answer = await self._ask("forward-requests", req, ForwardRequestsReply)
+        return [
+            ForwardRequest(r.request_id, r.bulletin_id, r.forwarder, r.recipient, r.reason,
+                           r.requested_at, r.state)
+            for r in answer.requests
+        ]  # fmt: skip
+
+    async def grant_forward(self, request_id: str, *, valid_for_s: int = 7 * 86400) -> str:
+        """Consent to one request to forward one of this agency's bulletins: a grant
+        signed with this agency's current key, good for ``valid_for_s`` seconds (at most
+        30 days), for exactly that bulletin, forwarder and recipient. Returns the state
+        (``granted``).
+
+        Raises:
+            NotFound: no request with this id was asked of this agency's bulletins.
+            EnvelopeError: it was answered already (``forward_decided``).
+        """
+        asked = {r.request_id: r for r in await self.forward_requests(include_answered=True)}
+        r = asked.get(request_id)
+        if r is None:  # the grant names what was asked: nothing to sign without it
+            raise NotFound("no request to forward a bulletin of yours has this id")
+        now = int(time.time())
+        try:
+            grant = sign_grant(
+                bulletin_id=BulletinId(r.bulletin_id),
+                originator=self.agency,
+                forwarder=AgencyId(r.forwarder),
+                recipient=AgencyId(r.recipient),
+                issued_at=now,
+                expires_at=now + valid_for_s,
+                key=self.keystore.signing_key(),
+            )
+        except ValidationError as exc:
+            raise EnvelopeError("a grant is valid for 1 s to 30 days", code="malformed") from exc
+        decision = ForwardDecision(request_id=request_id, grant=grant)
+        return (await self._ask("forward-decide", decision, ForwardAnswer)).state
+
+    async def refuse_forward(self, request_id: str, *, reason: str) -> str:
+        """Refuse one request to forward one of this agency's bulletins; ``reason`` is
+        shown to the forwarder. Returns the state (``refused``).
+
+        Raises:
+            NotFound: no request with this id was asked of this agency's bulletins.
+            EnvelopeError: it was answered already, or the reason is not one line of
+                1-280 characters.
+        """
+        try:
+            decision = ForwardDecision(request_id=request_id, refusal=reason)
+        except ValidationError as exc:
+            raise EnvelopeError(
+                "the reason must be 1-280 characters on one line", code="malformed"
+            ) from exc
+        return (await self._ask("forward-decide", decision, ForwardAnswer)).state
+
     async def dead_letters(self) -> list[dict[str, Any]]:
         """This agency's dead letters: bulletins its handler failed on 10 times, and its
         own bulletins no relay could process, each with ``kind``, ``bulletin_id``,
@@ -587,6 +1314,53 @@ class IstmoClient:
         """
         answer = await self._ask("withheld", WithheldRequest(), WithheldReply, timeout)
         return Withheld(answer.withheld, answer.first_at, answer.latest_at)
+
+    async def send_desk_summary(
+        self,
+        *,
+        log: str,
+        first_seq: int,
+        last_seq: int,
+        prev_mac: str,
+        head_mac: str,
+        from_at: int,
+        to_at: int,
+        counts: Sequence[SummaryCount],
+        timeout: float = REQUEST_TIMEOUT_S,
+    ) -> DeskSummaryReply:
+        """Send a summary of this agency's desk access log (ADR 31), signed with its
+        current key; the broker records it as a ``desk.summary`` audit event. The desk
+        builds the fields (``clients.desk_summary``): counts by analyst pseudonym and
+        action, the range and its chain MACs, never content. Sending the same summary
+        again is harmless (the answer says ``again``).
+
+        Raises:
+            EnvelopeError: the fields do not add up (``malformed``), the summary does not
+                follow the last one the broker recorded of this log
+                (``summary_out_of_order``), or this machine's clock is off
+                (``timestamp_out_of_window``).
+            SignatureError: the keystore's key is not this agency's current one.
+            BusUnavailable: the broker did not answer; send it again.
+        """
+        try:
+            summary = sign_summary(
+                agency=self.agency,
+                log=log,
+                first_seq=first_seq,
+                last_seq=last_seq,
+                prev_mac=prev_mac,
+                head_mac=head_mac,
+                from_at=from_at,
+                to_at=to_at,
+                counts=tuple(counts),
+                issued_at=int(time.time()),
+                key=self.keystore.signing_key(),
+            )
+        except ValidationError as exc:
+            raise EnvelopeError(
+                f"the desk summary is out of bounds: {exc.error_count()} faults", code="malformed"
+            ) from exc
+        return await self._ask("desk-summary", summary, DeskSummaryReply, timeout)
 
     # ------------------------------------------------------------------ keys
     async def rotate_keys(self, *, passphrase: str | None = None) -> tuple[str, str]:
@@ -671,6 +1445,14 @@ class IstmoClient:
         bulletin), and drops a copy that arrives after it. Without ``on_withdrawal`` it is
         remembered and logged. A bulletin past its ``expires_at`` is dropped, not handed.
 
+        A bulletin that crossed a partner link (ADR 33) is verified against its
+        originator's record signed by the sending region's directory key, as pinned for
+        the link (``partners`` of ``connect``, ``clients.partners``), never against a key
+        from the wire or this region's broker alone; it is handed over with ``region``
+        set, and acked without a receipt (receipts do not cross links). A record signed
+        by another key, forged, or naming an agency of this region is refused (dropped,
+        logged).
+
         Args:
             handler: awaited once per new bulletin.
             count: stop after this many bulletins and withdrawals (None: no limit).
@@ -687,6 +1469,11 @@ class IstmoClient:
                 lost: it comes back on the consumer's backoff (first after 30 s).
             IstmoError: the directory lookup failed otherwise (its excerpt is not signed
                 by the pinned key, or the broker refused it); it stays likewise.
+            ConfigError: ``partner_not_pinned``: a bulletin crossed a partner link this
+                agency pins no key for (the hint says what to pin); it stays likewise.
+            SignatureError: ``partner_untrusted``: its record is signed by another key
+                than the one pinned for its link (a wrong pin, or the partner changed
+                its key); it stays likewise.
         """
         queues = DeliveryQueues(self._nc, self.agency)
         await queues.open()
@@ -724,13 +1511,17 @@ class IstmoClient:
         """Store the receipt, then ack (``_settle``), while ``receive`` goes on: the order
         for each bulletin stays handler, dedupe record, receipt, ack, so a crash anywhere
         still redelivers it and the dedupe branch sends the receipt again. At most
-        ``SETTLE_IN_FLIGHT`` at once."""
+        ``SETTLE_IN_FLIGHT`` at once. A bulletin that crossed a partner link is acked
+        without a receipt: receipts do not cross links (ADR 33), and its originator is
+        not in this region to read one."""
         while len(self._settling) >= SETTLE_IN_FLIGHT:
             await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
+        crossed = LINK_HEADER in (msg.headers or {})
 
         async def settle() -> None:
             try:
-                await self._settle(msg, await self._send_receipt(env, digest, handed_at))
+                stored = crossed or await self._send_receipt(env, digest, handed_at)
+                await self._settle(msg, stored)
             except (nats.errors.Error, IstmoError, OSError) as exc:
                 # Unsettled, it comes back after the ack wait; the dedupe branch settles it.
                 log.warning("could not settle a delivery (%s); it will come back", exc)
@@ -768,6 +1559,12 @@ class IstmoClient:
             # the receipt: send the receipt again (stored once by id), then ack.
             await self._settle_later(msg, env, digest, handed_at)
             return False
+        if self.agency not in env.header.recipients:
+            # A group's one shared copy (ADR 21) reaches every member of its epoch; a member
+            # the bulletin does not address (its originator) has nothing to open.
+            log.debug("dropped bulletin %s: a group copy not addressed to %s", bid, self.agency)
+            await msg.ack()
+            return False
         if self._dedupe.withdrawn_by(bid) == env.header.originator:
             # Its originator withdrew it before this copy came (a delivery stream made
             # before ADR 15 keeps copies a recall could not remove).
@@ -777,7 +1574,33 @@ class IstmoClient:
         # Not the bulletin's fault if this fails: the broker did not answer (or not as it
         # should). The error goes up and the bulletin stays unsettled, unopened, for a
         # later receive (see receive: no nak, so an outage spends no delivery attempts).
-        sender_key = await self._sender_key(env)
+        region: str | None = None
+        try:
+            crossed = parse_partner_record(dict(msg.headers or {}))
+        except EnvelopeError as exc:
+            log.warning("refused bulletin %s: its partner record is %s", bid, exc.code)
+            await msg.term()
+            return False
+        if crossed is None:
+            sender_key = await self._sender_key(env)
+        else:
+            try:
+                found = await self._partner_sender(env, *crossed)
+            except SignatureError as exc:
+                if exc.code == "partner_untrusted":
+                    raise  # a pin to fix: it stays, unopened, for a later receive
+                log.warning("refused bulletin %s from link %s: %s", bid, crossed[0], exc.code)
+                await msg.term()
+                return False
+            sender_key, region = found.key, found.region
+        epoch_keys: list[EpochKey] = []
+        if env.groups and all(w.recipient != self.agency for w in env.wraps):
+            # Sealed under a community group's key (ADR 18): this agency's wrap of it.
+            epoch_keys = await self.groups.keys_for((g.group, g.epoch) for g in env.groups)
+        cite = env.header.forward_of
+        grant_key = None
+        if cite is not None and cite.grant is not None:
+            grant_key = await self._signing_key(cite.grant.originator, cite.grant.kid)
         try:
             bulletin = open_delivery(
                 env,
@@ -785,13 +1608,18 @@ class IstmoClient:
                 keystore=self.keystore,
                 agency=self.agency,
                 now=int(time.time()),
+                epoch_keys=epoch_keys,
+                grant_key=grant_key,
             )
         except (SignatureError, DecryptionError, EnvelopeError) as exc:
             log.warning("refused bulletin %s from %s: %s", bid, env.header.originator, exc.code)
             await msg.term()
             return False
+        if region is not None:
+            bulletin = dataclasses.replace(bulletin, region=region)
         await handler(bulletin)
-        self._dedupe.remember(bid, digest, bulletin.received_at, env.header.originator)
+        # The envelope is kept sealed as it came, for a later forward (ADR 20).
+        self._dedupe.handed(bid, digest, bulletin.received_at, env.header.originator, msg.data)
         # Receipt before ack: a crash in between redelivers it, and the dedupe branch
         # above sends the receipt again, so no receipt is lost to a crash.
         await self._settle_later(msg, env, digest, bulletin.received_at)
@@ -853,6 +1681,29 @@ class IstmoClient:
             # the ack wait, and the dedupe branch of _handle sends the receipt and acks.
             log.warning("NATS did not confirm the ack of a delivery; it may come back once")
 
+    async def _partner_sender(
+        self, env: Envelope, link: str, record: SignedExcerpt
+    ) -> PartnerSender:
+        """The originator of a bulletin that crossed ``link``, from the record that came
+        with it, checked against the key pinned for the link (``partner_signing_key``);
+        and never an agency of this region's own directory: that one's keys come only
+        from this region's directory.
+
+        Raises:
+            ConfigError: ``partner_not_pinned``.
+            SignatureError: ``partner_untrusted``, ``partner_record_forged``,
+                ``partner_unknown_originator``, ``partner_record_local``.
+            BusUnavailable, IstmoError: as ``_directory``.
+        """
+        found = partner_signing_key(env, link, record, self.partners)
+        originator = env.header.originator
+        if (await self._directory([originator])).get(originator) is not None:
+            raise SignatureError(
+                f"a partner's record names {originator}, an agency of this region",
+                code="partner_record_local",
+            )
+        return found
+
     async def _sender_key(self, env: Envelope) -> SigningKeyRecord | None:
         """The originator's signing key ``env`` names, as the directory lists it (None if
         it does not); the directory is asked again once if the cached record lacks it
@@ -888,6 +1739,34 @@ class IstmoClient:
             key=self.keystore.signing_key(),
         )
         return await store_receipt(self._js, receipt)
+
+
+def _fits_wraps(count: int) -> None:
+    """Refuse to seal one wrap each for more recipients than an envelope carries."""
+    if count > MAX_WRAPS:
+        raise EnvelopeError(
+            f"{count} agencies need a key wrap of their own, and one bulletin carries at most "
+            f"{MAX_WRAPS}: publish with community groups (`istmo publish --groups`, "
+            "publish(groups=True)) once an administrator defined one that covers them",
+            code="too_many_recipients",
+        )
+
+
+def _rfi(e: RfiEntry) -> Rfi:
+    return Rfi(
+        e.rfi_id,
+        e.asker,
+        e.topic,
+        e.precedence,
+        e.created_at,
+        e.due_at,
+        e.state,
+        e.addressees,
+        e.acknowledged_by,
+        e.answered_by,
+        e.closed_at,
+        e.overdue_since,
+    )
 
 
 def _sealable(

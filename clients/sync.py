@@ -33,6 +33,7 @@ from clients.sdk import (
     RecallResult,
     ReceiptReport,
     ReceivedBulletin,
+    VerifiedReceipts,
     Withdrawn,
     Withheld,
 )
@@ -110,6 +111,11 @@ class Istmo:
             )
         )
 
+    def save_attachments(self, bulletin: ReceivedBulletin, directory: Path | str) -> list[Path]:
+        """See ``IstmoClient.save_attachments`` (call it after ``receive``, with the
+        bulletins its handler kept)."""
+        return self._loop.run_until_complete(self._client.save_attachments(bulletin, directory))
+
     def recall(self, bulletin_id: str, *, reason: str) -> RecallResult:
         """See ``IstmoClient.recall``."""
         return self._loop.run_until_complete(self._client.recall(bulletin_id, reason=reason))
@@ -117,6 +123,14 @@ class Istmo:
     def receipts(self, bulletin_id: str) -> ReceiptReport:
         """See ``IstmoClient.receipts``."""
         return self._loop.run_until_complete(self._client.receipts(bulletin_id))
+
+    def verify_receipts(
+        self, bulletin_id: str, *, envelope_digest: str | None = None
+    ) -> VerifiedReceipts:
+        """See ``IstmoClient.verify_receipts``."""
+        return self._loop.run_until_complete(
+            self._client.verify_receipts(bulletin_id, envelope_digest=envelope_digest)
+        )
 
     def status(self, bulletin_id: str) -> dict[str, Any]:
         """See ``IstmoClient.status``."""

@@ -16,7 +16,9 @@ with an ``ErrorReply``, also canonical JSON::
                                                 records changed since a version
     status        BulletinRequest               StatusReply: accepted, rejected or pending;
                                                 not_found if none of the caller's
-    receipts      BulletinRequest               ReceiptsReply
+    receipts      ReceiptsRequest               ReceiptsReply; with ``signed``,
+                  (schemas.receipt_requests)    SignedReceiptsReply: every receipt
+                                                whole, for the originator to verify
     rotate        RotationRequest (rotation)    RotateReply
     revoke-key    RevokeKeyRequest              RevokeKeyReply
     dead-letters  DeadLettersRequest ({})       DeadLettersReply
@@ -24,6 +26,23 @@ with an ``ErrorReply``, also canonical JSON::
                                                 withheld from the caller, nothing about them
     recall        Withdrawal (withdrawal)       RecallReply: the caller's bulletin is
                                                 withdrawn (ADR 15)
+    groups, group-roster, group-epoch, group-keys: community group keys (ADR 18), their
+                  models in ``schemas.group_requests``
+    reply-context BulletinRequest               ReplyContextReply: what a reply to a
+                                                bulletin the caller received (or sent)
+                                                starts from; not_found otherwise (ADR 16)
+    rfi-list      RfiListRequest                RfiListReply: the RFIs the caller asked,
+                                                and those asked of it
+    rfi-close     BulletinRequest               RfiListReply: the caller's RFI, closed
+    forward-request   ForwardAsk (forwarding)   ForwardAnswer: may the caller pass a
+                                                bulletin it received on (ADR 20)
+    forward-requests  ForwardRequestsRequest    ForwardRequestsReply: what is asked of
+                                                the caller's bulletins
+    forward-decide    ForwardDecision           ForwardAnswer: the originator's grant or
+                                                refusal, recorded
+    desk-summary  DeskSummary (desk_summary)    DeskSummaryReply: the signed summary of
+                                                the caller's desk access log, recorded
+                                                as a desk.summary audit event (ADR 31)
 
     any of them fails:                          ErrorReply {"error": {"code", "message"}}
 
@@ -64,10 +83,15 @@ from pydantic import (
 )
 
 from schemas.canonical import canonical_json
+from schemas.desk_summary import DeskSummaryReply
 from schemas.directory import DirectoryVersion, SignedChanges, SignedExcerpt
 from schemas.envelope import MAX_RECIPIENTS, Kid, Timestamp
+from schemas.forwarding import ForwardAnswer, ForwardRequestsReply
+from schemas.group_requests import EpochPostReply, GroupKeysReply, GroupsReply, RosterReply
 from schemas.ids import AgencyIdStr, BulletinIdStr
+from schemas.keylog import KeyLogReply
 from schemas.labels import Labels
+from schemas.receipt_requests import SignedReceiptsReply
 from schemas.subjects import ApiOp
 
 __all__ = [
@@ -97,10 +121,14 @@ __all__ = [
     "ReceiptEntry",
     "ReceiptsReply",
     "RecipientsReply",
+    "ReplyContextReply",
     "ResolveReply",
     "ResolveRequest",
     "RevokeKeyReply",
     "RevokeKeyRequest",
+    "RfiEntry",
+    "RfiListReply",
+    "RfiListRequest",
     "RotateReply",
     "StatusAccepted",
     "StatusPending",
@@ -117,6 +145,7 @@ _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 MAX_ERROR_MESSAGE_CHARS = 300
 MAX_ANNOUNCE_INTERVAL_S = 300
 MAX_SUPERSEDED_BY = 100  # corrections of one bulletin a status names
+MAX_RFIS = 200  # RFIs one rfi-list answer names, newest first
 
 
 ErrorCode = Literal[
@@ -132,11 +161,18 @@ ErrorCode = Literal[
     "unsupported_suite",  # an algorithm outside the allowlist
     # Answers that are refusals.
     "policy_deny",  # the policy does not let the caller publish this
+    "rfi_addressee_denied",  # the policy does not let an RFI's addressee receive it
     "too_many_recipients",  # more may receive it than one envelope carries
     "answer_too_large",  # the answer is over NATS's message limit
     "not_found",  # no such bulletin or key of the caller's (missing and not-yours look alike)
     "already_revoked",  # the key was revoked before
     "last_key",  # the caller's last valid signing key: its administrator re-enrols it instead
+    "not_an_rfi",  # rfi-close of a bulletin of the caller's that asks for nothing
+    # Forwarding (schemas.forwarding, ADR 20).
+    "forward_not_received",  # the caller was not routed the bulletin it would forward
+    "forward_denied",  # the policy lets the recipient not have it, even with consent
+    "forward_not_allowed",  # a forward of one's own bulletin, of a forward, or a withdrawn one
+    "forward_decided",  # the request was answered already
     # Key rotation (schemas.rotation, broker.directory.rotation).
     "originator_mismatch",  # the rotation names another agency
     "agency_not_active",  # a suspended or revoked agency cannot rotate
@@ -145,6 +181,21 @@ ErrorCode = Literal[
     "signature_invalid",  # a signature does not verify
     "timestamp_out_of_window",  # issued outside the allowed clock skew
     "key_reused",  # the new keys are registered already
+    # Community groups (schemas.group_requests, ADR 18).
+    "unknown_group",  # no group of that name
+    "not_group_manager",  # only a group's manager may ask for its roster or post an epoch
+    "stale_group_epoch",  # the epoch posted is not the next one (or differs from one begun)
+    "roster_changed",  # the members posted are not the group's roster now: ask it again
+    # Desk access-log summaries (schemas.desk_summary, ADR 31).
+    "summary_out_of_order",  # does not follow the last summary recorded of that desk log
+    # Attachments (schemas.attachments, ADR 17).
+    "attachment_too_large",  # over the broker's limit on one attachment's size
+    "too_many_attachments",  # more attachments than the broker takes on one bulletin
+    "chunk_conflict",  # that chunk is stored already, with other content
+    "chunk_missing",  # the chunk is not in the broker's store (removed, or lost)
+    "chunk_damaged",  # the stored chunk does not match what was recorded of it
+    "expired",  # the bulletin has expired
+    "store_full",  # the broker's store has no room now
     # The broker's own faults: nothing about the request; try again later.
     "audit_store",  # the audit store could not record the change
     "internal",  # anything else; the broker logs it
@@ -161,13 +212,28 @@ Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]*={0,2}$", 
 
 # ---------------------------------------------------------------------------- requests
 class ResolveRequest(BaseModel):
-    """Labels of a bulletin about to be published (and its embargo and expiry, if any)."""
+    """Labels of a bulletin about to be published (and its embargo and expiry, if any);
+    for a reply, the bulletin it answers (ADR 16), whose audience and labels then bound
+    the answer."""
 
     model_config = _STRICT
 
     labels: Labels
     not_before: Timestamp | None = None
     expires_at: Timestamp | None = None
+    in_reply_to: BulletinIdStr | None = None
+    # A request for information addressed to these agencies: each must be let receive it,
+    # or the answer is a refusal that says why (ADR 16).
+    addressees: tuple[AgencyIdStr, ...] | None = Field(default=None, max_length=64)
+
+
+class RfiListRequest(BaseModel):
+    """The RFIs the caller asked and those asked of it; ``closed`` to list closed ones
+    too."""
+
+    model_config = _STRICT
+
+    closed: Literal[True] | None = None
 
 
 class DirectoryRequest(BaseModel):
@@ -187,7 +253,9 @@ class ChangesRequest(BaseModel):
 
 
 class BulletinRequest(BaseModel):
-    """One of the caller's own bulletins (``status``, ``receipts``)."""
+    """One of the caller's own bulletins (``status``, ``reply-context``, ``rfi-close``;
+    ``receipts`` takes ``schemas.receipt_requests.ReceiptsRequest``, of which this is the
+    plain form)."""
 
     model_config = _STRICT
 
@@ -387,6 +455,74 @@ class RecallReply(BaseModel):
     copies_kept: int = Field(ge=0)
 
 
+class ReplyContextReply(BaseModel):
+    """What a reply to ``bulletin_id`` starts from (ADR 16): its originator, labels and
+    thread as the relay recorded them, whether its originator let replies reach every
+    recipient, and who a reply from the caller may reach (the policy still decides each).
+
+    Attributes:
+        bulletin_id: the bulletin answered.
+        originator: its originator.
+        labels: its labels; a reply's may be no weaker.
+        thread: the thread a reply joins (the id of its first bulletin).
+        reply_all: its originator lets replies reach every recipient.
+        rfi_due: set if it is a request for information.
+        audience: who a reply from the caller may reach.
+    """
+
+    model_config = _STRICT
+
+    bulletin_id: BulletinIdStr
+    originator: AgencyIdStr
+    labels: Labels
+    thread: BulletinIdStr
+    reply_all: bool
+    rfi_due: Timestamp | None
+    audience: tuple[AgencyIdStr, ...] = Field(max_length=MAX_RECIPIENTS)
+
+
+class RfiEntry(BaseModel):
+    """One request for information, as the broker knows it: metadata, never content.
+
+    Attributes:
+        rfi_id: the RFI's bulletin id.
+        asker: who asked.
+        topic: its topic label.
+        precedence: its precedence.
+        created_at: when it was asked.
+        due_at: when answers are due.
+        state: open, acknowledged, answered, closed or overdue, at the time of the answer.
+        addressees: who it was routed to (for its asker; empty for an addressee).
+        acknowledged_by: addressees that sent a signed receipt (for its asker).
+        answered_by: addressees that replied (for its asker; an addressee sees itself).
+        closed_at: when its asker closed it.
+        overdue_since: when the broker raised the overdue alarm, if it did.
+    """
+
+    model_config = _STRICT
+
+    rfi_id: BulletinIdStr
+    asker: AgencyIdStr
+    topic: Annotated[str, StringConstraints(max_length=64)]
+    precedence: Annotated[str, StringConstraints(max_length=16)]
+    created_at: Timestamp
+    due_at: Timestamp
+    state: Literal["open", "acknowledged", "answered", "closed", "overdue"]
+    addressees: tuple[AgencyIdStr, ...] = Field(max_length=MAX_RECIPIENTS)
+    acknowledged_by: tuple[AgencyIdStr, ...] = Field(max_length=MAX_RECIPIENTS)
+    answered_by: tuple[AgencyIdStr, ...] = Field(max_length=MAX_RECIPIENTS)
+    closed_at: Timestamp | None
+    overdue_since: Timestamp | None
+
+
+class RfiListReply(BaseModel):
+    """RFIs, newest first: those the caller asked and those asked of it."""
+
+    model_config = _STRICT
+
+    rfis: tuple[RfiEntry, ...] = Field(max_length=MAX_RFIS)
+
+
 class RotateReply(BaseModel):
     """The rotation is recorded: these are the caller's current keys from now on."""
 
@@ -484,13 +620,24 @@ AgencyReply = (
     | ExplainReply
     | SignedExcerpt
     | SignedChanges
+    | KeyLogReply
     | StatusReply
     | ReceiptsReply
+    | SignedReceiptsReply
     | RotateReply
     | RevokeKeyReply
     | DeadLettersReply
     | WithheldReply
     | RecallReply
+    | GroupsReply
+    | RosterReply
+    | EpochPostReply
+    | GroupKeysReply
+    | ReplyContextReply
+    | RfiListReply
+    | ForwardAnswer
+    | ForwardRequestsReply
+    | DeskSummaryReply
 )
 
 

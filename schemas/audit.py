@@ -17,6 +17,12 @@ EventType = Literal[
     "bulletin.received",
     "bulletin.withdrawn",
     "delivery.withdrawn",
+    "rfi.overdue",
+    "rfi.closed",
+    "forward.requested",
+    "forward.granted",
+    "forward.refused",
+    "bulletin.forwarded",
     "receipt.rejected",
     "request.rejected",
     "agency.enrolled",
@@ -41,6 +47,15 @@ EventType = Literal[
     "ingest.redriven",
     "console.login",
     "console.logout",
+    "group.defined",
+    "group.rotated",
+    "desk.summary",
+    "federation.passed",
+    "federation.blocked",
+    "federation.arrived",
+    "federation.mismatch",
+    "federation.refused",
+    "jurisdiction.added",
 ]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 

@@ -4,7 +4,9 @@
     ├── header     labels, originator, recipients, times, key commitment (in clear, signed)
     ├── body       AES-256-GCM ciphertext of the content, bound to the header digest
     ├── wraps      one HPKE wrap of the content key per recipient, bound to header and recipient
-    └── sig        Ed25519 over header, ciphertext digest and wraps
+    ├── groups     optional (ADR 18): the content key under a community group's epoch key,
+    │              for the recipients that group's members cover
+    └── sig        Ed25519 over header, ciphertext digest, wraps and groups
 
 The models here are strict: unknown fields, wrong types, floats, duplicate keys and
 unknown label values are all refused. Cryptographic operations live in ``sealing``.
@@ -24,16 +26,21 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.attachments import MAX_ATTACHMENTS, AttachmentMeta, AttachmentRef
 from schemas.canonical import strict_loads
 from schemas.errors import EnvelopeError
+from schemas.forwarding import Citation
 from schemas.ids import AgencyIdStr, BulletinIdStr
 from schemas.keys import KemName
 from schemas.labels import Labels
 
 __all__ = [
+    "MAX_GROUPS_PER_ENVELOPE",
     "MAX_RECIPIENTS",
+    "MAX_WRAPS",
     "Content",
     "Envelope",
+    "GroupWrap",
     "Header",
     "InnerBulletin",
     "SealedBody",
@@ -42,13 +49,25 @@ __all__ = [
     "parse_model",
 ]
 
-MAX_RECIPIENTS = 500
+# Agencies one bulletin may be addressed to (the header's list): with community group keys
+# (ADR 18) the key section no longer grows with them.
+MAX_RECIPIENTS = 10_000
+# Per-recipient HPKE wraps one envelope carries (~1.5 KB each with the hybrid KEM): past
+# this, a bulletin needs group keys (ADR 18).
+MAX_WRAPS = 500
+# Groups one envelope may use: a cover needs a few; more is a publisher's mistake.
+MAX_GROUPS_PER_ENVELOPE = 64
+GROUP_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,47}$"
 MAX_TITLE_CHARS = 300
 MAX_TEXT_CHARS = 512 * 1024
 # Epoch seconds up to year 36812: rejects 2^63-style overflows outright.
 Timestamp = Annotated[int, Field(ge=0, le=2**40)]
 Kid = Annotated[str, StringConstraints(pattern=r"^(sig|kem)-[0-9a-f]{32}$")]
 B64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_length=2_000_000)]
+
+GroupName = Annotated[str, StringConstraints(pattern=GROUP_NAME_PATTERN)]
+GroupKid = Annotated[str, StringConstraints(pattern=r"^gk-[0-9a-f]{32}$")]
+Epoch = Annotated[int, Field(ge=1, le=2**40)]
 
 M = TypeVar("M", bound=BaseModel)
 _SUITE_FIELDS = {("alg",), ("aead",), ("kem",)}
@@ -70,7 +89,23 @@ class Header(BaseModel):
     # A correction names the bulletin it corrects (ADR 15); absent on every other, and
     # absent fields are not signed, so envelopes made before it verify unchanged.
     supersedes: BulletinIdStr | None = None
+    # Conversations (ADR 16), each absent unless used, like ``supersedes``: a reply names
+    # the bulletin it answers and its thread (the id of the thread's first bulletin); an
+    # originator lets replies reach every recipient with ``reply_all``; a request for
+    # information says by when it wants its answers (``rfi_due``, epoch seconds).
+    in_reply_to: BulletinIdStr | None = None
+    thread: BulletinIdStr | None = None
+    reply_all: Literal[True] | None = None
+    rfi_due: Timestamp | None = None
+    # A forward cites the bulletin it passes on, with the originator's consent (ADR 20);
+    # absent on every other bulletin, so envelopes made before it verify unchanged.
+    forward_of: Citation | None = None
     labels: Labels
+    # Files sealed in chunks beside the envelope (ADR 17): sizes and digests only, never
+    # names. Absent when there are none, so envelopes made before verify unchanged.
+    attachments: tuple[AttachmentRef, ...] | None = Field(
+        default=None, min_length=1, max_length=MAX_ATTACHMENTS
+    )
     recipients: tuple[AgencyIdStr, ...] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     aead: Literal["AES-256-GCM"]
     key_commitment: B64
@@ -92,7 +127,25 @@ class Header(BaseModel):
                 raise ValueError("not_before must be before expires_at")
         if self.supersedes == self.bulletin_id:
             raise ValueError("a bulletin cannot supersede itself")
+        if (self.in_reply_to is None) != (self.thread is None):
+            raise ValueError("a reply names both the bulletin it answers and its thread")
+        if self.bulletin_id in (self.in_reply_to, self.thread):
+            raise ValueError("a bulletin cannot answer itself")
+        if self.rfi_due is not None and self.rfi_due <= self.created_at:
+            raise ValueError("rfi_due must be after created_at")
+        if self.forward_of is not None and self.forward_of.bulletin_id == self.bulletin_id:
+            raise ValueError("a bulletin cannot forward itself")
+        if self.forward_of is not None and self.attachments is not None:
+            # Its files are the original's, cited (ADR 20): none stored under the forward.
+            raise ValueError("a forward passes on the original's files, in forward_of.attachments")
         return self
+
+    def file_refs(self) -> tuple[AttachmentRef, ...]:
+        """The references of the files this bulletin carries: its own (ADR 17), or for a
+        forward the original's it cites (ADR 20); in the order of ``content.attachments``."""
+        if self.forward_of is not None:
+            return self.forward_of.attachments or ()
+        return self.attachments or ()
 
 
 class SealedBody(BaseModel):
@@ -115,6 +168,19 @@ class Wrap(BaseModel):
     enc: B64
 
 
+class GroupWrap(BaseModel):
+    """The content key, sealed under the epoch key ``kid`` of a community group (ADR 18):
+    every member of that epoch opens it."""
+
+    model_config = _STRICT
+
+    group: GroupName
+    epoch: Epoch
+    kid: GroupKid
+    nonce: B64
+    ct: B64
+
+
 class Signature(BaseModel):
     """An Ed25519 signature by the key ``kid``."""
 
@@ -126,20 +192,40 @@ class Signature(BaseModel):
 
 
 class Envelope(BaseModel):
-    """A sealed, signed bulletin. Wraps come in the order of ``header.recipients``."""
+    """A sealed, signed bulletin. Without ``groups``, one wrap per recipient in the order of
+    ``header.recipients``; with them (ADR 18), wraps for the recipients no group covers, in
+    that order, and at most one wrap per group. Which group covers whom is the broker's
+    record of each epoch's members, not the envelope's."""
 
     model_config = _STRICT
 
     v: Literal[1]
     header: Header
     body: SealedBody
-    wraps: tuple[Wrap, ...] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+    wraps: tuple[Wrap, ...] = Field(max_length=MAX_WRAPS)
+    # Absent (not empty) without groups: absent fields are not signed, so envelopes made
+    # before ADR 18 verify unchanged.
+    groups: tuple[GroupWrap, ...] | None = Field(
+        default=None, min_length=1, max_length=MAX_GROUPS_PER_ENVELOPE
+    )
     sig: Signature
 
     @model_validator(mode="after")
     def _wraps_match_recipients(self) -> Envelope:
-        if tuple(w.recipient for w in self.wraps) != self.header.recipients:
-            raise ValueError("wrap list does not match the signed recipients")
+        wrapped = tuple(w.recipient for w in self.wraps)
+        if self.groups is None:
+            if not wrapped:
+                raise ValueError("wraps: a bulletin without group wraps needs one per recipient")
+            if wrapped != self.header.recipients:
+                raise ValueError("wrap list does not match the signed recipients")
+        else:
+            if list(wrapped) != sorted(set(wrapped)) or not set(wrapped) <= set(
+                self.header.recipients
+            ):
+                raise ValueError("wrap list is not a sorted part of the signed recipients")
+            names = [g.group for g in self.groups]
+            if names != sorted(set(names)):
+                raise ValueError("group wraps must be sorted by group and name each once")
         if self.sig.kid != self.header.signer:
             raise ValueError("signature key differs from the header's signer")
         return self
@@ -152,6 +238,13 @@ class Content(BaseModel):
 
     title: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TITLE_CHARS)]
     text: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+    # Names and media types of the attachments, in the header's order (ADR 17).
+    attachments: tuple[AttachmentMeta, ...] | None = Field(
+        default=None, min_length=1, max_length=MAX_ATTACHMENTS
+    )
+    # A person at the replying agency read the bulletin answered and acted on it (ADR 27):
+    # sealed, so only its originator learns it; only on a reply; never false (left out).
+    acknowledges: Literal[True] | None = None
 
 
 class InnerBulletin(BaseModel):

@@ -5,11 +5,19 @@ Every branch, with the module that defines it where that is not this one::
     IstmoError                      base of everything we raise on purpose
     ├── EnvelopeError               bad input: malformed, oversized, unknown version or label
     │   ├── SignatureError          a signature or key binding does not verify
+    │   │   ├── QuorumMissing       too few witness cosignatures on a checkpoint
+    │   │   │                           (schemas.checkpoint)
+    │   │   └── KeyNotLogged        a recipient's key is not in the witnessed log
+    │   │       │                       (schemas.keylog)
+    │   │       └── KeyNotWitnessedYet  its entry is not under a checkpoint yet
+    │   │                                   (schemas.keylog)
     │   ├── DecryptionError         a wrap or ciphertext does not open (uniform to peers)
     │   ├── ProofError              a Merkle proof does not verify (schemas.merkle_verify)
     │   ├── TreeHeadConflict        a tree head rolls back or forks the log (schemas.treehead)
     │   ├── RequestRefused          an enrolment request a good token does not admit
     │   │                               (broker.directory.enrolment)
+    │   ├── AttachmentError         an attachment missing, damaged or not opening
+    │   │                               (clients.errors)
     │   ├── RequestRefused          the broker refused a request with a code the SDK does
     │   │                               not know (clients.errors)
     │   └── NotFound                no such bulletin or key for this agency (clients.errors)

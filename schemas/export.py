@@ -32,20 +32,44 @@ from schemas.agency import (
     RecallReply,
     ReceiptsReply,
     RecipientsReply,
+    ReplyContextReply,
     ResolveReply,
     ResolveRequest,
     RevokeKeyReply,
     RevokeKeyRequest,
+    RfiListReply,
+    RfiListRequest,
     RotateReply,
     StatusReply,
     WithheldReply,
     WithheldRequest,
 )
 from schemas.audit import AuditEvent
+from schemas.desk_summary import DeskSummary, DeskSummaryReply
 from schemas.directory import SignedChanges, SignedExcerpt
 from schemas.envelope import Envelope, InnerBulletin
+from schemas.federation import LinkCounts
+from schemas.forwarding import (
+    ForwardAnswer,
+    ForwardAsk,
+    ForwardDecision,
+    ForwardRequestsReply,
+    ForwardRequestsRequest,
+)
+from schemas.group_requests import (
+    EpochPost,
+    EpochPostReply,
+    GroupKeysReply,
+    GroupKeysRequest,
+    GroupsReply,
+    GroupsRequest,
+    RosterReply,
+    RosterRequest,
+)
+from schemas.keylog import KeyLogReply, KeyLogRequest
 from schemas.labels import Labels
 from schemas.receipt import Receipt
+from schemas.receipt_requests import ReceiptsRequest, SignedReceiptsReply
 from schemas.rotation import RotationRequest
 from schemas.treehead import SignedTreeHead, TreeHead
 from schemas.withdrawal import Withdrawal
@@ -67,22 +91,46 @@ MODELS: dict[str, type[BaseModel]] = {
     "agency-directory-request": DirectoryRequest,
     "agency-error-reply": ErrorReply,
     "agency-explain-reply": ExplainReply,
+    "agency-key-log-request": KeyLogRequest,
+    "agency-key-log-reply": KeyLogReply,
+    "agency-forward-answer": ForwardAnswer,
+    "agency-forward-decision": ForwardDecision,
+    "agency-forward-request": ForwardAsk,
+    "agency-forward-requests-reply": ForwardRequestsReply,
+    "agency-forward-requests-request": ForwardRequestsRequest,
     "agency-receipts-reply": ReceiptsReply,
+    "agency-receipts-request": ReceiptsRequest,
+    "agency-signed-receipts-reply": SignedReceiptsReply,
     "agency-recall-reply": RecallReply,
     "agency-recipients-reply": RecipientsReply,
+    "agency-reply-context-reply": ReplyContextReply,
     "agency-resolve-reply": ResolveReply,
     "agency-resolve-request": ResolveRequest,
     "agency-revoke-key-reply": RevokeKeyReply,
     "agency-revoke-key-request": RevokeKeyRequest,
+    "agency-rfi-list-reply": RfiListReply,
+    "agency-rfi-list-request": RfiListRequest,
     "agency-rotate-reply": RotateReply,
     "agency-status-reply": StatusReply,
     "agency-withheld-reply": WithheldReply,
     "agency-withheld-request": WithheldRequest,
+    "agency-desk-summary": DeskSummary,
+    "agency-desk-summary-reply": DeskSummaryReply,
+    # Community group keys (schemas.group_requests, schemas.groups; ADR 18).
+    "agency-groups-request": GroupsRequest,
+    "agency-groups-reply": GroupsReply,
+    "agency-group-roster-request": RosterRequest,
+    "agency-group-roster-reply": RosterReply,
+    "agency-group-epoch-post": EpochPost,
+    "agency-group-epoch-reply": EpochPostReply,
+    "agency-group-keys-request": GroupKeysRequest,
+    "agency-group-keys-reply": GroupKeysReply,
     "rotation-request": RotationRequest,
     "withdrawal": Withdrawal,
     "audit-event": AuditEvent,
     "envelope": Envelope,
     "inner-bulletin": InnerBulletin,
+    "federation-link-counts": LinkCounts,
     "labels": Labels,
     "receipt": Receipt,
     "signed-changes": SignedChanges,

@@ -146,13 +146,18 @@ class SigningKey:
     def __repr__(self) -> str:
         return f"SigningKey(kid={self.verify_key.kid!r})"
 
-    @property
+    # Parsed once per key, as the verify keys are: an SDK signs every bulletin, receipt
+    # and request with the same key. The object holds no more than ``private`` does.
+    @functools.cached_property
+    def _ed25519(self) -> ed25519.Ed25519PrivateKey:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(self.private)
+
+    @functools.cached_property
     def verify_key(self) -> VerifyKey:
-        key = ed25519.Ed25519PrivateKey.from_private_bytes(self.private)
-        return VerifyKey(key.public_key().public_bytes_raw())
+        return VerifyKey(self._ed25519.public_key().public_bytes_raw())
 
     def sign(self, message: bytes) -> bytes:
-        return ed25519.Ed25519PrivateKey.from_private_bytes(self.private).sign(message)
+        return self._ed25519.sign(message)
 
 
 @dataclass(frozen=True)
@@ -171,11 +176,17 @@ class EncryptionPublicKey:
         if _coordinate(self.public[-_X25519:]) in _X25519_LOW_ORDER_U:
             raise EnvelopeError("X25519 public key is a low-order point", code="bad_key")
 
-    @property
+    # Both derived once per key: an SDK seals for the same recipients bulletin after
+    # bulletin (parsing an ML-KEM-768 public key is most of a wrap's setup).
+    @functools.cached_property
     def kid(self) -> str:
         return encryption_kid(self.kem, self.public)
 
     def hpke_public(self) -> hpke.MLKEM768X25519PublicKey | x25519.X25519PublicKey:
+        return self._hpke
+
+    @functools.cached_property
+    def _hpke(self) -> hpke.MLKEM768X25519PublicKey | x25519.X25519PublicKey:
         xpub = x25519.X25519PublicKey.from_public_bytes(self.public[-_X25519:])
         if self.kem == "X25519":
             return xpub
@@ -200,6 +211,9 @@ class EncryptionKey:
     def __repr__(self) -> str:
         return f"EncryptionKey(kem={self.kem!r}, kid={self.public_key.kid!r})"
 
+    # Parsed once per key (expanding the ML-KEM seed costs about as much as a decapsulation,
+    # once per bulletin received before this); the objects hold no more than ``private``.
+    @functools.cached_property
     def _parts(self) -> tuple[mlkem.MLKEM768PrivateKey | None, x25519.X25519PrivateKey]:
         if self.kem == "X25519":
             if len(self.private) != _X25519:
@@ -212,16 +226,16 @@ class EncryptionKey:
             x25519.X25519PrivateKey.from_private_bytes(self.private[_MLKEM768_SEED:]),
         )
 
-    @property
+    @functools.cached_property
     def public_key(self) -> EncryptionPublicKey:
-        mkey, xkey = self._parts()
+        mkey, xkey = self._parts
         xpub = xkey.public_key().public_bytes_raw()
         if mkey is None:
             return EncryptionPublicKey(self.kem, xpub)
         return EncryptionPublicKey(self.kem, mkey.public_key().public_bytes_raw() + xpub)
 
     def hpke_private(self) -> hpke.MLKEM768X25519PrivateKey | x25519.X25519PrivateKey:
-        mkey, xkey = self._parts()
+        mkey, xkey = self._parts
         if mkey is None:
             return xkey
         return hpke.MLKEM768X25519PrivateKey(mkey, xkey)

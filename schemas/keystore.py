@@ -7,6 +7,7 @@ kind is the current one, and older encryption keys stay so old bulletins still o
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Annotated, Literal
 
@@ -89,19 +90,35 @@ class KeystoreFile(BaseModel):
     def signing_key(self) -> SigningKey:
         """The current signing key."""
         stored = self.signing_keys[-1]
-        key = SigningKey(b64d(stored.private, field="signing key", max_bytes=32))
-        if key.verify_key.kid != stored.kid:
-            raise ConfigError("keystore is damaged: signing key does not match its id")
+        decoded = self._decoded
+        key = decoded.get(stored.kid)
+        if not isinstance(key, SigningKey):
+            key = SigningKey(b64d(stored.private, field="signing key", max_bytes=32))
+            if key.verify_key.kid != stored.kid:
+                raise ConfigError("keystore is damaged: signing key does not match its id")
+            decoded[stored.kid] = key
         return key
 
     def encryption_key(self, kid: str) -> EncryptionKey | None:
         """The encryption key ``kid``, current or older, if this keystore has it."""
+        decoded = self._decoded
+        key = decoded.get(kid)
+        if isinstance(key, EncryptionKey):
+            return key
         for stored in self.encryption_keys:
             if stored.kid == kid:
-                return EncryptionKey(
-                    stored.kem, b64d(stored.private, field="kem key", max_bytes=96)
-                )
+                key = EncryptionKey(stored.kem, b64d(stored.private, field="kem key", max_bytes=96))
+                decoded[kid] = key
+                return key
         return None
+
+    # Keys decoded once per keystore, by kid: the SDK signs and opens bulletin after
+    # bulletin with the same keys, and a key object parses its bytes once
+    # (``schemas.keys``). By kid, not by field, so a copy with rotated keys
+    # (``model_copy``, which copies this dict along) still finds only what it holds.
+    @functools.cached_property
+    def _decoded(self) -> dict[str, SigningKey | EncryptionKey]:
+        return {}
 
     def pinned_directory_key(self) -> VerifyKey:
         key = VerifyKey(b64d(self.directory_key.public, field="directory key", max_bytes=32))

@@ -1,6 +1,7 @@
 """What audit-log verifiers share: the state a monitor remembers between runs (the file
-format both the broker's local monitor and the auditor's remote one read and write), and
-the findings of a verification.
+format both the broker's local monitor and the auditor's remote one read and write), the
+checks that make a tree head witnessed (the only heads a monitor adopts, ADR 24), and the
+findings of a verification.
 
 Pure: parsing and encoding only; the callers read and write the file.
 """
@@ -12,10 +13,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import ConfigError, EnvelopeError
-from schemas.treehead import SignedTreeHead, TreeHead, parse_signed_tree_head
+from schemas.canonical import b64e
+from schemas.checkpoint import (
+    NOTE_ALG,
+    Checkpoint,
+    CosignerKey,
+    QuorumMissing,
+    SignedNote,
+    WitnessTrust,
+)
+from schemas.errors import ConfigError, EnvelopeError, SignatureError
+from schemas.keys import VerifyKey
+from schemas.treehead import (
+    SignedTreeHead,
+    TreeHead,
+    TreeHeadConflict,
+    parse_signed_tree_head,
+    verify_tree_head,
+)
 
-__all__ = ["Findings", "MonitorState", "Problem"]
+__all__ = [
+    "Findings",
+    "MonitorState",
+    "Problem",
+    "cosigned_checkpoint",
+    "witnessed_head",
+    "witnessed_line",
+]
 
 
 @dataclass
@@ -68,6 +92,91 @@ class MonitorState:
         """Record an alarm and keep ``heads`` as evidence."""
         self.alarm = {"kind": kind, "message": message, "at": at}
         self.evidence += [h.model_dump(mode="json") for h in heads]
+
+
+def cosigned_checkpoint(
+    trust: WitnessTrust, note: SignedNote | None, key: VerifyKey, origin: str, where: str
+) -> tuple[Checkpoint, list[str]]:
+    """The log's checkpoint, signed by its key and cosigned by the quorum of ``trust``.
+
+    Args:
+        note: the checkpoint the log keeps (None: it keeps none).
+        where: where it was looked for, for the message.
+
+    Returns:
+        The checkpoint and the names of the witnesses whose cosignatures verify.
+
+    Raises:
+        QuorumMissing: no checkpoint, one not signed by ``key`` for ``origin``, or too few
+            valid cosignatures (each missing witness named).
+    """
+    if note is None:
+        raise QuorumMissing(f"audit log not witnessed: no checkpoint at {where}")
+    try:
+        return trust.verify(note, CosignerKey(origin, key, NOTE_ALG))
+    except (EnvelopeError, SignatureError) as exc:
+        raise QuorumMissing(f"audit log not witnessed: {exc}") from exc
+
+
+def witnessed_head(
+    cp: Checkpoint, head: SignedTreeHead | None, key: VerifyKey, origin: str, latest_size: int
+) -> SignedTreeHead:
+    """The log's own signed head at the size the witnesses cosigned, when it is theirs.
+
+    Args:
+        cp: the cosigned checkpoint (``cosigned_checkpoint``).
+        head: the log's signed tree head at ``cp.size`` (None: it has none there).
+        latest_size: the size of the log's latest verified head (0: it has none).
+
+    Raises:
+        TreeHeadConflict: code ``rollback``: the log no longer reaches the cosigned size
+            (truncated); code ``fork``: its head there has another root (rewritten).
+        SignatureError: its head there is not signed by ``key`` for ``origin``.
+    """
+    if head is None:
+        if cp.size > latest_size:
+            raise TreeHeadConflict(
+                f"the witnesses cosigned size {cp.size}, root {b64e(cp.root)}, but the log's "
+                f"latest head is at size {latest_size}: it was truncated",
+                code="rollback",
+            )
+        raise TreeHeadConflict(
+            f"the witnesses cosigned size {cp.size}, root {b64e(cp.root)}, but the log has "
+            "no signed head at that size: its history was rewritten",
+            code="fork",
+        )
+    verified = verify_tree_head(head, key, origin)
+    if verified.tree_size != cp.size or verified.root() != cp.root:
+        raise TreeHeadConflict(
+            f"the witnesses cosigned root {b64e(cp.root)} at size {cp.size}; the log's head "
+            f"there has root {verified.root_hash}: its history was rewritten",
+            code="fork",
+        )
+    return head
+
+
+def witnessed_line(
+    trust: WitnessTrust,
+    cp: Checkpoint,
+    good: list[str],
+    latest: TreeHead,
+    kept: TreeHead,
+    *,
+    adopted: bool,
+) -> str:
+    """What a monitor says of the witnessed head: ``adopted`` as its new state, or the
+    state ``kept`` (a head it adopted before, as large or larger)."""
+    said = (
+        f"witnessed: size {cp.size} cosigned by {len(good)} of {len(trust.witnesses)} "
+        f"witnesses (quorum {trust.quorum}: {', '.join(good)})"
+    )
+    if latest.tree_size > cp.size:
+        said += (
+            f"; the latest head, size {latest.tree_size}, is not witnessed yet: seen, not adopted"
+        )
+    if adopted:
+        return said + f"; the monitor's state is now size {cp.size}"
+    return said + f"; the monitor's state stays at size {kept.tree_size}"
 
 
 @dataclass(frozen=True)

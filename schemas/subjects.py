@@ -7,17 +7,23 @@ can build a subject out of unchecked text.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Literal, get_args
 
+from schemas.envelope import GROUP_NAME_PATTERN
 from schemas.errors import EnvelopeError
-from schemas.ids import AgencyId, parse_agency_id
+from schemas.ids import AgencyId, parse_agency_id, parse_bulletin_id
 from schemas.labels import Precedence
 
 __all__ = [
     "ANNOUNCE_SUBJECT",
     "API_OPS",
+    "ATTACH_API_SUBJECTS",
+    "ATTACH_OPS",
+    "ATTACH_STREAM",
     "AUDIT_STREAM",
     "DELIVER_STREAM",
+    "GATED_AT_HEADER",
     "GATED_KINDS",
     "INGEST_STREAM",
     "RECEIPT_STREAM",
@@ -25,24 +31,35 @@ __all__ = [
     "RELAY_RECEIPT_DURABLE",
     "URGENT_PRECEDENCES",
     "ApiOp",
+    "AttachOp",
     "account_name",
     "agency_of_deliver_durable",
     "agency_of_delivery",
     "agency_of_gated",
     "agency_of_subject",
     "api_subject",
+    "attach_api_subject",
+    "chunk_subject",
+    "chunks_prefix",
     "deliver_ack_subjects",
     "deliver_durable",
     "deliver_durables",
     "deliver_filter_subjects",
     "deliver_next_subject",
     "deliver_subject",
+    "gated_at_of",
     "gated_msg_id",
     "gated_subject",
+    "group_copy_id",
+    "group_deliver_subject",
+    "group_delivery_of",
+    "group_filter_subjects",
+    "group_token",
     "inbox_prefix",
     "ingest_msg_id",
     "ingest_subject",
     "is_delivery_to",
+    "is_group_delivery",
     "legacy_deliver_subject",
     "precedence_of_delivery",
     "receipt_subject",
@@ -53,6 +70,9 @@ INGEST_STREAM = "ISTMO_INGEST"  # istmo.gated.ingest.<agency>, work queue
 DELIVER_STREAM = "ISTMO_DELIVER"  # istmo.deliver.<agency>.<precedence>, kept while offline
 RECEIPT_STREAM = "ISTMO_RECEIPTS"  # istmo.gated.receipt.<agency>, work queue
 AUDIT_STREAM = "ISTMO_AUDIT"  # istmo.audit.>, for the sequencer of the audit log
+# istmo.attach.<originator>.<bulletin>.<attachment>.<chunk>: attachment chunks (ADR 17),
+# written and read by the relay only, for agencies' att.put and att.get requests.
+ATTACH_STREAM = "ISTMO_ATTACH"
 RELAY_INGEST_DURABLE = "relay-ingest"
 RELAY_RECEIPT_DURABLE = "relay-receipts"
 RELAY_ACCOUNT = "ISTMO"
@@ -66,6 +86,7 @@ ApiOp = Literal[
     "explain",
     "directory",
     "changes",
+    "key-log",
     "status",
     "receipts",
     "rotate",
@@ -73,8 +94,25 @@ ApiOp = Literal[
     "dead-letters",
     "withheld",
     "recall",
+    "groups",
+    "group-roster",
+    "group-epoch",
+    "group-keys",
+    "reply-context",
+    "rfi-list",
+    "rfi-close",
+    "forward-request",
+    "forward-requests",
+    "forward-decide",
+    "desk-summary",
 ]
 API_OPS: tuple[str, ...] = get_args(ApiOp)
+# Chunk operations of attachments (ADR 17), on istmo.api.<agency>.att.<op>: one token
+# deeper than the operations above, so the relays answer them on a subscription of their
+# own, and inside the istmo.api.<agency>.> every agency already imports.
+AttachOp = Literal["put", "have", "get"]
+ATTACH_OPS: tuple[str, ...] = get_args(AttachOp)
+ATTACH_API_SUBJECTS = "istmo.api.*.att.*"
 
 
 def _checked(agency: str) -> AgencyId:
@@ -107,6 +145,24 @@ def api_subject(agency: str, op: str) -> str:
     return f"istmo.api.{_checked(agency)}.{op}"
 
 
+def attach_api_subject(agency: str, op: str) -> str:
+    """Where an agency asks for a chunk operation: ``istmo.api.<agency>.att.<op>``."""
+    if op not in ATTACH_OPS:
+        raise ValueError(f"unknown attachment operation {op!r}")
+    return f"istmo.api.{_checked(agency)}.att.{op}"
+
+
+def chunk_subject(originator: str, bulletin_id: str, attachment: int, chunk: int) -> str:
+    """Where the relay stores one chunk: under its uploader (the bulletin's originator),
+    so no agency can write or read chunks under another's name."""
+    return f"{chunks_prefix(originator, bulletin_id)}.{int(attachment)}.{int(chunk)}"
+
+
+def chunks_prefix(originator: str, bulletin_id: str) -> str:
+    """``istmo.attach.<originator>.<bulletin>``: add ``.>`` for all its chunks."""
+    return f"istmo.attach.{_checked(originator)}.{parse_bulletin_id(bulletin_id)}"
+
+
 # An agency drains two durable consumers on DELIVER_STREAM, the urgent one first (ADR 7):
 # urgent-<agency> (FLASH, IMMEDIATE) and deliver-<agency> (PRIORITY, ROUTINE and the legacy
 # subject). The prefixes differ before the first '-', so no agency id can make one
@@ -131,17 +187,92 @@ def deliver_durables(agency: str) -> tuple[str, str]:
     return urgent_durable(agency), deliver_durable(agency)
 
 
-def deliver_filter_subjects(durable: str) -> tuple[str, ...]:
-    """The subjects one of the two delivery consumers (by name) reads.
+def deliver_filter_subjects(
+    durable: str, groups: Iterable[tuple[str, int]] = ()
+) -> tuple[str, ...]:
+    """The subjects one of the two delivery consumers (by name) reads: the agency's own
+    and, for each (group, epoch) of ``groups``, that epoch's group copies at the
+    consumer's precedences (ADR 21).
 
     Raises:
-        EnvelopeError: ``durable`` is not an agency's delivery consumer.
+        EnvelopeError: ``durable`` is not an agency's delivery consumer, or a group name
+            is not one.
     """
     agency = agency_of_deliver_durable(durable)
-    if durable.startswith(_URGENT_PREFIX):
-        return tuple(deliver_subject(agency, p) for p in Precedence if p in URGENT_PRECEDENCES)
-    normal = tuple(deliver_subject(agency, p) for p in Precedence if p not in URGENT_PRECEDENCES)
-    return (*normal, legacy_deliver_subject(agency))
+    urgent = durable.startswith(_URGENT_PREFIX)
+    mine = [p for p in Precedence if (p in URGENT_PRECEDENCES) == urgent]
+    own = tuple(deliver_subject(agency, p) for p in mine)
+    if not urgent:
+        own = (*own, legacy_deliver_subject(agency))
+    shared = tuple(group_deliver_subject(g, e, p) for g, e in sorted(set(groups)) for p in mine)
+    return (*own, *shared)
+
+
+def group_filter_subjects(durable: str, groups: Iterable[tuple[str, int]]) -> tuple[str, ...]:
+    """Only the group-copy subjects ``deliver_filter_subjects`` adds for ``groups``."""
+    everything = deliver_filter_subjects(durable, groups)
+    return everything[len(deliver_filter_subjects(durable)) :]
+
+
+# One copy of a group-covered bulletin per group epoch (ADR 21):
+# istmo.deliver.group.<group token>.<epoch>.<precedence>. Six tokens, so no agency's
+# istmo.deliver.<agency>[.<precedence>] (three or four) can be one, whatever its id.
+_GROUP_DELIVER = "istmo.deliver.group"
+_GROUP_RE = re.compile(GROUP_NAME_PATTERN)
+_MAX_EPOCH = 2**40
+
+
+def group_token(group: str) -> str:
+    """A group name as one NATS token: '.' (allowed in names) becomes '~' (not allowed),
+    so the mapping is one to one.
+
+    Raises:
+        EnvelopeError: ``group`` is not a group name.
+    """
+    if not isinstance(group, str) or _GROUP_RE.fullmatch(group) is None:
+        raise EnvelopeError("invalid group name", code="bad_group")
+    return group.replace(".", "~")
+
+
+def group_deliver_subject(group: str, epoch: int, precedence: Precedence) -> str:
+    """Where the relay stores the one copy of a bulletin for the members of ``group``'s
+    ``epoch``: their consumers read it while that epoch's copies may be in the stream."""
+    if not isinstance(epoch, int) or not 1 <= epoch <= _MAX_EPOCH:
+        raise EnvelopeError("invalid group epoch", code="bad_group")
+    level = Precedence(precedence).value.lower()
+    return f"{_GROUP_DELIVER}.{group_token(group)}.{epoch}.{level}"
+
+
+def group_copy_id(bulletin_id: str, group: str, epoch: int) -> str:
+    """The dedupe id of a bulletin's one copy for a group epoch (ADR 21). Its second part
+    is never an agency id's shape alone (``group`` is followed by more parts), so no
+    per-recipient reader takes it for a copy to an agency called ``group``."""
+    return f"{parse_bulletin_id(bulletin_id)}:group:{group_token(group)}:{int(epoch)}"
+
+
+def group_delivery_of(subject: str) -> tuple[str, int, Precedence]:
+    """(group, epoch, precedence) of a group copy's subject.
+
+    Raises:
+        EnvelopeError: ``subject`` is not a group copy's subject.
+    """
+    parts = subject.split(".")
+    if len(parts) != 6 or ".".join(parts[:3]) != _GROUP_DELIVER or not parts[4].isdigit():
+        raise EnvelopeError("not a group delivery subject", code="malformed")
+    group = parts[3].replace("~", ".")
+    epoch = int(parts[4])
+    if group_deliver_subject(group, epoch, _precedence_token(parts[5])) != subject:
+        raise EnvelopeError("not a group delivery subject", code="malformed")
+    return group, epoch, _precedence_token(parts[5])
+
+
+def is_group_delivery(subject: str) -> bool:
+    """Whether ``subject`` is a group copy's (``group_delivery_of`` parses it)."""
+    try:
+        group_delivery_of(subject)
+    except EnvelopeError:
+        return False
+    return True
 
 
 def agency_of_deliver_durable(durable: str) -> AgencyId:
@@ -188,15 +319,21 @@ def is_delivery_to(subject: str, agency: str) -> bool:
 
 
 def precedence_of_delivery(subject: str) -> Precedence | None:
-    """The precedence a delivery subject names; None for the legacy subject (ADR 7).
+    """The precedence a delivery subject names, an agency's or a group copy's (ADR 21);
+    None for the legacy subject (ADR 7).
 
     Raises:
-        EnvelopeError: the fourth token is not a precedence.
+        EnvelopeError: the precedence token is not a precedence.
     """
     parts = subject.split(".")
+    if len(parts) == 6:
+        return group_delivery_of(subject)[2]
     if len(parts) != 4:
         return None
-    token = parts[3]
+    return _precedence_token(parts[3])
+
+
+def _precedence_token(token: str) -> Precedence:
     if token != token.lower() or token.upper() not in Precedence.__members__:
         raise EnvelopeError(f"not a delivery precedence: {token[:16]!r}", code="malformed")
     return Precedence[token.upper()]
@@ -237,6 +374,11 @@ def agency_of_subject(subject: str, kind: str) -> AgencyId:
 # Nats-TTL, ...) and account permissions cannot filter them.
 GATED_KINDS = ("ingest", "receipt")
 _GATED = "istmo.gated"
+# When a gate first stored the message, in epoch milliseconds by the gate's clock (ADR 0034).
+# The gate writes it and drops any header the agency sent, so no agency can set it; JetStream
+# sourcing keeps it when a hub takes a state node's messages.
+GATED_AT_HEADER = "Istmo-Gated-At"
+_GATED_AT = re.compile(r"[0-9]{1,15}")  # up to the year 33658: bounded before int()
 # The dedupe id an agency proposes: the SDK's ids fit this; anything else is not used.
 _CLIENT_MSG_ID = re.compile(r"[A-Za-z0-9:._-]{1,128}")
 
@@ -269,3 +411,12 @@ def gated_msg_id(agency: str, kind: str, proposed: str | None, digest: str) -> s
         raise ValueError(f"not a gated kind: {kind!r}")
     own = proposed if proposed and _CLIENT_MSG_ID.fullmatch(proposed) else f"sha256:{digest}"
     return f"{_checked(agency)}/{kind}/{own}"
+
+
+def gated_at_of(value: str | None) -> int | None:
+    """The gate's stamp ``GATED_AT_HEADER`` in epoch seconds (rounded down), or None when
+    there is none or it is not one (digits only, at most 15): the relay then judges the
+    message by when JetStream stored it, as it would an unstamped one."""
+    if value is None or _GATED_AT.fullmatch(value) is None:
+        return None
+    return int(value) // 1000

@@ -70,6 +70,7 @@ from schemas.errors import (
     PolicyDenied,
 )
 from schemas.ids import AGENCY_ID_PATTERN, BULLETIN_ID_PATTERN, parse_agency_id
+from schemas.receipt_requests import MAX_SIGNED_RECEIPTS
 
 __all__ = ["ApiLimits", "create_api"]
 
@@ -111,6 +112,35 @@ class ReceiptEntry(BaseModel):
 class ReceiptsAnswer(BaseModel):
     bulletin_id: str
     recipients: list[ReceiptEntry]
+
+
+class SignedReceipt(BaseModel):
+    """A recipient's signed receipt, every field (schemas/json/receipt.schema.json)."""
+
+    v: int
+    bulletin_id: str
+    originator: str
+    recipient: str
+    envelope_digest: str
+    received_at: int
+    kid: str
+    sig: str
+
+
+class SignedReceiptEntry(BaseModel):
+    agency: str
+    received_at: int | None
+    receipt: SignedReceipt | None
+
+
+class SignedReceiptsAnswer(BaseModel):
+    """schemas/json/agency-signed-receipts-reply.schema.json"""
+
+    bulletin_id: str
+    originator: str
+    envelope_digest: str
+    recipients: list[SignedReceiptEntry]
+    next: str | None
 
 
 class ResolveAnswer(BaseModel):
@@ -576,12 +606,37 @@ def _add_agency_routes(app: FastAPI, state: ApiState) -> None:
     @app.get(
         "/v1/bulletins/{bulletin_id}/receipts",
         summary="Which routed recipients received one of your bulletins",
-        description="Another agency's bulletin is 404, as a missing one is.",
+        description=(
+            "Another agency's bulletin is 404, as a missing one is. With `signed=true`, "
+            "each receipt whole (every field the recipient signed, its key id) with the "
+            "envelope digest the broker recorded, for you to verify: a page of at most "
+            f"{MAX_SIGNED_RECEIPTS} recipients; ask again with `after` set to `next` for the "
+            "rest."
+        ),
         tags=["bulletins"],
-        response_model=ReceiptsAnswer,
-        responses=problem_responses(404, *AUTHED),
+        response_model=ReceiptsAnswer | SignedReceiptsAnswer,
+        responses=problem_responses(404, 422, *AUTHED),
     )
     def bulletin_receipts(
-        bulletin_id: BulletinIdPath, who: Annotated[Caller, require("bulletins:read")]
+        bulletin_id: BulletinIdPath,
+        who: Annotated[Caller, require("bulletins:read")],
+        signed: Annotated[
+            bool, Query(description="every receipt whole, to verify (SignedReceiptsReply)")
+        ] = False,
+        after: Annotated[
+            str | None,
+            Query(
+                max_length=32,
+                pattern=AGENCY_ID_PATTERN,
+                description="with signed: the page after this recipient (the last `next`)",
+            ),
+        ] = None,
     ) -> dict[str, Any]:
-        return queries.receipts(who.id, bulletin_id).model_dump(mode="json")
+        if not signed:
+            if after is not None:
+                # As a query that fails validation: not audited.
+                raise ApiProblem(
+                    422, "invalid_request", "after: pages the signed answer, add signed=true"
+                )
+            return queries.receipts(who.id, bulletin_id).model_dump(mode="json")
+        return queries.signed_receipts(who.id, bulletin_id, after).model_dump(mode="json")

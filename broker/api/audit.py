@@ -52,6 +52,7 @@ from broker.audit.log import (
     shared_log,
 )
 from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key
+from broker.audit.witnessing import read_checkpoint
 from schemas.audit import AuditEvent, EventType
 from schemas.canonical import b64e
 from schemas.errors import ConfigError, EnvelopeError
@@ -375,6 +376,35 @@ def audit_router(state: ApiState) -> APIRouter:
         proof = _proof("consistency", lambda: opened().consistency_proof(old, new))
         record(who, "consistency_proof", {"old": old, "new": new}, len(proof))
         return {"old_size": old, "new_size": new, "proof": _b64s(proof)}
+
+    @router.get(
+        "/v1/audit/checkpoint",
+        summary="The latest checkpoint the witnesses cosigned (C2SP signed note)",
+        description=(
+            "The latest signed tree head in C2SP tlog-checkpoint form, signed by the log key "
+            "and cosigned by at least the configured quorum of witnesses "
+            "(docs/audit.md#witnesses). Verify it with your own witness keys. 404 when no "
+            "checkpoint gathered the quorum yet, or no witnesses are configured. Recorded "
+            "as `audit.queried`."
+        ),
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "the signed note"},
+            **problem_responses(404, 503, *AUTHED),
+        },
+    )
+    def checkpoint(who: Auditor) -> Response:
+        broker_dir = state.registry.broker_dir
+        if broker_dir is None:
+            raise ApiProblem(503, "checkpoint_unavailable", "this broker serves no checkpoint")
+        try:
+            note = read_checkpoint(broker_dir)
+        except (OSError, EnvelopeError) as exc:
+            raise ApiProblem(503, "checkpoint_unavailable", "the checkpoint is unreadable") from exc
+        record(who, "checkpoint", {}, 0 if note is None else 1)
+        if note is None:
+            raise ApiProblem(404, "no_checkpoint", "no checkpoint has a witness quorum yet")
+        return Response(content=note.encode(), media_type="text/plain; charset=utf-8")
 
     @router.get(
         "/v1/audit/log-key",

@@ -77,7 +77,9 @@ AGENCY_SCOPES = frozenset({"bulletins:publish", "bulletins:read"})
 AUDITOR_SCOPES = frozenset({"audit:read"})
 ADMIN_SCOPES = frozenset({"admin"})
 DEFAULT_TOKEN_LIFETIME_S = 300
-MAX_ASSERTION_LIFETIME_S = 300
+# An hour, as standard clients sign them (authlib's default): a jti is spent on first use
+# and remembered until its assertion expires, so a longer life opens no replay window.
+MAX_ASSERTION_LIFETIME_S = 3600
 CLOCK_SKEW_S = 30
 MAX_JWT_CHARS = 4096
 MAX_JTI_CHARS = 128
@@ -252,7 +254,7 @@ class _ClientAssertion(JWTBearerClientAssertion):  # type: ignore[misc]  # authl
         audiences = self._authority.audiences
         if not isinstance(aud, str) or aud not in audiences:
             raise self.refuse("audience_mismatch", f"aud must be exactly {' or '.join(audiences)}")
-        # 3. exp and iat are integers; the assertion lives at most five minutes.
+        # 3. exp and iat are integers; the assertion lives at most an hour.
         exp, iat = _int_claim(claims, "exp"), _int_claim(claims, "iat")
         if exp is None or iat is None:
             raise self.refuse("missing_claim", "exp and iat must be integer NumericDates")

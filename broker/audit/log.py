@@ -510,6 +510,49 @@ class AuditLog:
         with self._read() as conn:
             return [entry_of_row(r) for r in conn.execute(q, params)]
 
+    def key_entries(self, agencies: Iterable[str], limit: int) -> dict[str, list[LogEntry]]:
+        """Per agency, its newest ``limit`` (1..MAX_PAGE) ``key.registered`` entries (the
+        key's owner is the event's subject), oldest first (ADR 28). One query."""
+        limit = max(1, min(limit, MAX_PAGE))
+        wanted = sorted(set(agencies))
+        out: dict[str, list[LogEntry]] = {a: [] for a in wanted}
+        if not wanted:
+            return out
+        names = ", ".join(f":a{i}" for i in range(len(wanted)))
+        q = text(
+            'SELECT e."index", e.event_seq, e.leaf, e.leaf_hash, a.subject FROM log_entry e '  # noqa: S608  # placeholders only
+            "JOIN audit_event a ON a.seq = e.event_seq "
+            f"WHERE a.type = 'key.registered' AND a.subject IN ({names}) "
+            'ORDER BY e."index" DESC'
+        )
+        with self._read() as conn:
+            rows = conn.execute(q, {f"a{i}": a for i, a in enumerate(wanted)}).all()
+        for r in rows:
+            kept = out[str(r[4])]
+            if len(kept) < limit:
+                kept.append(entry_of_row(r))
+        for kept in out.values():
+            kept.reverse()
+        return out
+
+    def inclusion_proofs(
+        self, wanted: Iterable[tuple[int, int]]
+    ) -> dict[tuple[int, int], list[bytes]]:
+        """``inclusion_proof`` of each (index, tree size), in one read transaction and one
+        query per 200 nodes.
+
+        Raises:
+            ValueError, LookupError: as ``inclusion_proof``.
+        """
+        asked = sorted(set(wanted))
+        plans = {w: merkle.inclusion_proof_plan(*w) for w in asked}
+        with self._read() as conn:
+            for size in {s for _i, s in asked}:
+                self._signed_size(conn, size)
+            store = SqlHashStore(conn)
+            store.prefetch(n for plan in plans.values() for group in plan for n in group)
+            return {w: merkle.inclusion_proof(store, *w) for w in asked}
+
     def iter_entries(self, after_index: int = -1, *, page: int = 5000) -> Iterator[LogEntry]:
         """Every entry after ``after_index`` in order, a page per short read transaction."""
         while True:

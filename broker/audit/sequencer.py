@@ -47,6 +47,7 @@ from typing import IO
 from nats.aio.client import Client as NATS
 
 from broker.audit.log import AuditLog, LogCorrupt
+from broker.audit.witnessing import CheckpointPublisher, load_trust
 from broker.bus.claims import broker_user_jwt
 from broker.bus.connect import connect_as_broker
 from broker.bus.election import Election, ElectionTiming, holder_id
@@ -66,6 +67,7 @@ __all__ = [
     "SequencerBusy",
     "SequencerLimits",
     "connect_broker",
+    "ensure_log_key",
     "log_verify_key",
     "open_sequencer",
     "require_database",
@@ -121,6 +123,12 @@ def _log_key(broker_dir: Path) -> SigningKey:
     return key
 
 
+def ensure_log_key(broker_dir: Path) -> VerifyKey:
+    """The log's public key, making the key pair first if no sequencer has run yet (for
+    witnesses started with the stack, which must pin it before the first head)."""
+    return _log_key(broker_dir).verify_key
+
+
 def log_verify_key(broker_dir: Path) -> VerifyKey | None:
     """The log's public key from ``log.pub`` (or ``log.key``), None before the first run.
 
@@ -163,8 +171,11 @@ class Sequencer:
         clock: Clock = SYSTEM_CLOCK,
         out: Callable[[str], None] = print,
         lock: IO[str] | None = None,
+        publisher: CheckpointPublisher | None = None,
     ) -> None:
         self.log = audit_log
+        # Sends each signed head to the witnesses; stores a checkpoint with a quorum.
+        self.publisher = publisher
         self.key = key
         self.origin = origin
         self.limits = limits or SequencerLimits()
@@ -178,6 +189,8 @@ class Sequencer:
     def close(self) -> None:
         """Close the log and release the lock."""
         self.log.close()
+        if self.publisher is not None:
+            self.publisher.close()
         if self._lock is not None:
             self._lock.close()  # closing the file releases the flock
             self._lock = None
@@ -203,6 +216,10 @@ class Sequencer:
         if done is None:
             return 0
         self.size = done.head.head.tree_size
+        if self.publisher is not None:
+            # After the commit: a witness that is slow or down delays this loop by its
+            # timeout at most, and never the entries, which are already durable.
+            self.publisher.publish(done.head.head)
         return done.count
 
     def drain(self) -> int:
@@ -261,10 +278,29 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+def _publisher(
+    settings: Settings, key: SigningKey, audit_log: AuditLog, out: Callable[[str], None]
+) -> CheckpointPublisher | None:
+    path = settings.witnesses_path
+    if settings.witnesses_file is None and not path.exists():
+        return None  # no witnesses configured: heads are signed, checkpoints not published
+    trust = load_trust(path)
+    out(
+        f"sequencer: checkpoints need {trust.quorum} of {len(trust.witnesses)} witness "
+        f"cosignatures ({', '.join(w.key.name for w in trust.witnesses)})"
+    )
+    return CheckpointPublisher(
+        trust, key, DEFAULT_ORIGIN, settings.broker_dir, audit_log.consistency_proof, out=out
+    )
+
+
 def _open_locked(settings: Settings, lock: IO[str] | None, **kwargs: object) -> Sequencer:
     try:
         key = _log_key(settings.broker_dir)
-        return Sequencer(AuditLog(settings.db_url), key, lock=lock, **kwargs)  # type: ignore[arg-type]  # keyword options passed through
+        audit_log = AuditLog(settings.db_url)
+        out = kwargs.get("out", print)
+        publisher = _publisher(settings, key, audit_log, out)  # type: ignore[arg-type]  # a Callable when given
+        return Sequencer(audit_log, key, lock=lock, publisher=publisher, **kwargs)  # type: ignore[arg-type]  # keyword options passed through
     except BaseException:
         if lock is not None:
             lock.close()

@@ -66,10 +66,11 @@ class Message:
     data: bytes
     msg_id: str | None = None
     ttl_s: int | None = None
+    extra: tuple[tuple[str, str], ...] = ()  # more headers, e.g. a crossed bulletin's
 
     def headers(self) -> dict[str, str]:
-        """The headers that store it: its dedupe id and TTL, if any."""
-        headers = {}
+        """The headers that store it: its dedupe id and TTL, if any, and ``extra``."""
+        headers = dict(self.extra)
         if self.msg_id is not None:
             headers["Nats-Msg-Id"] = self.msg_id
         if self.ttl_s is not None:

@@ -14,7 +14,11 @@ replica, and the stream loses its leader for every agency. ``Nats-Rollup``, ``Na
 schedules, counters, batches and the other ``Nats-Expected-*`` headers act on the stream
 too. The gate drops every header an agency sends and writes only ``Nats-Msg-Id``, in the
 sender's own namespace (``schemas.subjects.gated_msg_id``), so no agency can touch a stream's
-state beyond appending its own message.
+state beyond appending its own message, and ``Istmo-Gated-At`` (``GATED_AT_HEADER``): when
+it stored the message, by its own clock. On a state node that is the time the bulletin was
+fresh, however long the node then holds it while its link to the hub is cut; the hub's
+relay judges the bulletin's ``created_at`` against it (ADR 0034). An agency cannot set it:
+whatever it sends under that name is dropped with the rest.
 
 The gate reads nothing else: size, schema and signature are the relay's checks (refused and
 audited there). It keeps the order in which messages arrive; it holds at most
@@ -29,6 +33,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import nats.errors
@@ -36,7 +41,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from schemas.errors import BusUnavailable, EnvelopeError
-from schemas.subjects import GATED_KINDS, agency_of_subject, gated_msg_id, gated_subject
+from schemas.subjects import (
+    GATED_AT_HEADER,
+    GATED_KINDS,
+    agency_of_subject,
+    gated_msg_id,
+    gated_subject,
+)
 
 __all__ = ["GATE_QUEUE", "Gate", "GateThread"]
 
@@ -50,11 +61,25 @@ PENDING_MSGS = 20_000
 STORE_TIMEOUT_S = 4.0
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class Gate:
     """Stores agencies' publishes on the gated subjects. Any number may run at once."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        store_subject: Callable[[str, str], str] = gated_subject,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        """``store_subject(kind, agency)``: where to store; a state node's gate stores on
+        ``broker.bus.leaves.leaf_gated_subject`` instead (ADR 0030). ``clock_ms``: the
+        time it stamps, epoch milliseconds."""
         self.nc = nc
+        self._store_subject = store_subject
+        self._clock_ms = clock_ms
         self.passed = 0
         self.unanswered = 0
         self.ready = asyncio.Event()  # set once nats-server routes publishes to this gate
@@ -108,10 +133,18 @@ class Gate:
             return
         proposed = (msg.headers or {}).get("Nats-Msg-Id")
         digest = hashlib.sha256(msg.data).hexdigest()
-        headers = {"Nats-Msg-Id": gated_msg_id(agency, kind, proposed, digest)}
+        # Only headers of the gate's own: the agency's are dropped, a forged stamp with them.
+        # A retry is stamped anew but deduped by its id: the first store's stamp stays.
+        headers = {
+            "Nats-Msg-Id": gated_msg_id(agency, kind, proposed, digest),
+            GATED_AT_HEADER: str(self._clock_ms()),
+        }
         try:
             answer = await self.nc.request(
-                gated_subject(kind, agency), msg.data, timeout=STORE_TIMEOUT_S, headers=headers
+                self._store_subject(kind, agency),
+                msg.data,
+                timeout=STORE_TIMEOUT_S,
+                headers=headers,
             )
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError) as exc:
             # JetStream did not answer (a leader election, a node away): the publisher sees
@@ -136,8 +169,13 @@ class GateThread:
     interpreter switches threads every few milliseconds).
     """
 
-    def __init__(self, connect: Callable[[], Awaitable[NATS]]) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[NATS]],
+        store_subject: Callable[[str, str], str] = gated_subject,
+    ) -> None:
         self._connect = connect
+        self._store_subject = store_subject
         self._ready = threading.Event()
         self._failed: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -177,7 +215,7 @@ class GateThread:
         self._stop = asyncio.Event()
         nc = await self._connect()
         try:
-            self.gate = Gate(nc)
+            self.gate = Gate(nc, self._store_subject)
             task = asyncio.create_task(self.gate.run(self._stop))
             await self.gate.ready.wait()
             self._ready.set()

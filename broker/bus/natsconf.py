@@ -23,6 +23,16 @@ the node trusts the broker's operator JWT, keeps the account JWTs the broker pus
 ``full`` resolver directory, and is given the system account's and ISTMO's JWTs to start
 with (``resolver_preload``); the JWTs are ``broker.bus.natsauth``'s.
 
+A hub with state nodes (``NatsLayout.leaf_hub``, ADR 0030) listens for leaf nodes and has
+two accounts per state: ``LEAF_GT`` holding that state's link user, and ``STATE_GT`` with
+JetStream and no user, holding the state's ``ISTMO_STATE_GT``; both wired to ISTMO and to
+each other by exports and imports of only what that state's link needs
+(``broker.bus.leaves.link_wiring``), the link user allowed only those subjects
+(``link_permissions``): no state's link sees another's sourcing or replies, and nothing
+its consumers deliver is published in ISTMO. A state node (``NatsLayout.leaf_remote``)
+renders only its own state's agencies and joins the hub as a leaf bound to its own account
+ISTMO. Both run JetStream in a domain of their own (``NatsLayout.domain``).
+
 A node of a cluster (``NatsLayout.cluster``) adds a ``cluster`` block: its route port, the
 other nodes' routes, and a route user and password, so that no other local process can join
 the cluster as a route (a route bypasses every account permission). Every node renders the
@@ -43,12 +53,16 @@ from broker.bus.grants import (
     agency_services,
     agency_subscribe_subjects,
 )
+from broker.bus.leaves import LinkWiring, leaf_domain, leaf_user, link_permissions, link_wiring
 from schemas.subjects import ANNOUNCE_SUBJECT, RELAY_ACCOUNT, account_name
 
 __all__ = [
     "ANY_PORT",
     "AgencyUser",
     "ClusterLayout",
+    "LeafHub",
+    "LeafLink",
+    "LeafRemote",
     "NatsLayout",
     "OperatorMode",
     "agency_publish_subjects",
@@ -86,6 +100,34 @@ class ClusterLayout:
 
 
 @dataclass(frozen=True)
+class LeafLink:
+    """One state's link, as the hub sees it: its user's password and the state's agencies
+    (whose ``istmo.api`` requests it may carry)."""
+
+    state: str
+    password: str  # the config file is mode 0600
+    agencies: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LeafHub:
+    """The hub's side of the state nodes: where it listens for them, and their links."""
+
+    port: int
+    links: tuple[LeafLink, ...]
+
+
+@dataclass(frozen=True)
+class LeafRemote:
+    """A state node's side: the hub's leaf-node address and this state's link password."""
+
+    host: str
+    port: int
+    state: str
+    password: str
+
+
+@dataclass(frozen=True)
 class OperatorMode:
     """How a node trusts the broker as its NATS operator (ADR 0013) instead of a list of
     accounts: every account is a JWT the broker signed, pushed while the node runs."""
@@ -118,6 +160,9 @@ class NatsLayout:
     max_payload: int = 2 * 1024 * 1024
     cluster: ClusterLayout | None = None
     operator: OperatorMode | None = None
+    domain: str | None = None  # JetStream domain (ADR 0030): "hub", or a state's
+    leaf_hub: LeafHub | None = None
+    leaf_remote: LeafRemote | None = None
 
 
 def _q(value: str) -> str:
@@ -152,6 +197,158 @@ def _check(layout: NatsLayout) -> None:
         _check_cluster(layout, layout.cluster)
     if layout.operator is not None:
         _check_operator(layout, layout.operator)
+    _check_leaves(layout)
+
+
+_DOMAIN = re.compile(r"^[a-z]{2,8}$")
+
+
+def _check_leaves(layout: NatsLayout) -> None:
+    if layout.domain is not None and _DOMAIN.fullmatch(layout.domain) is None:
+        raise ValueError(f"invalid JetStream domain {layout.domain!r}")
+    if (layout.leaf_hub or layout.leaf_remote) and layout.domain is None:
+        raise ValueError("a hub or state node needs a JetStream domain")
+    if (layout.leaf_hub or layout.leaf_remote) and layout.operator is not None:
+        raise ValueError("state nodes run in config mode only")
+    if layout.leaf_hub is not None:
+        if not 0 < layout.leaf_hub.port < 65536:
+            raise ValueError(f"leaf node port {layout.leaf_hub.port} is not a TCP port")
+        states = [link.state for link in layout.leaf_hub.links]
+        if len(set(states)) != len(states):
+            raise ValueError("a state has two links")
+        for link in layout.leaf_hub.links:
+            leaf_domain(link.state)  # raises on a bad state code
+            if _ROUTE_SECRET.fullmatch(link.password) is None:
+                raise ValueError("a link password must be 16-128 characters of [A-Za-z0-9_-]")
+    remote = layout.leaf_remote
+    if remote is not None:
+        if layout.domain != leaf_domain(remote.state):
+            raise ValueError(
+                f"state node {remote.state} must run in domain {leaf_domain(remote.state)}"
+            )
+        if not 0 < remote.port < 65536:
+            raise ValueError(f"hub port {remote.port} is not a TCP port")
+        if _ROUTE_SECRET.fullmatch(remote.password) is None:
+            raise ValueError("a link password must be 16-128 characters of [A-Za-z0-9_-]")
+        if re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", remote.host) is None:
+            raise ValueError(f"invalid hub host {remote.host[:40]!r}")
+
+
+def _leaf_block(layout: NatsLayout) -> list[str]:
+    if layout.leaf_hub is not None:
+        # No authorization block: a leaf authenticates as a user of the accounts below,
+        # and that user's permissions bound what crosses the link.
+        return [
+            "leafnodes {",
+            f"  host: {_q(layout.host)}",
+            f"  port: {layout.leaf_hub.port}",
+            # State nodes dial the address they were given, never one the hub gossips
+            # (a proxy, a firewall's or a load balancer's address stays in the path).
+            "  no_advertise: true",
+            "}",
+            "",
+        ]
+    remote = layout.leaf_remote
+    if remote is None:
+        return []
+    user = leaf_user(remote.state)
+    url = f"nats-leaf://{user}:{remote.password}@{remote.host}:{remote.port}"
+    return [
+        "leafnodes {",
+        "  remotes: [",
+        f"    {{ url: {_q(url)}, account: {RELAY_ACCOUNT} }}",
+        "  ]",
+        "}",
+        "",
+    ]
+
+
+def _wirings(layout: NatsLayout) -> list[tuple[LeafLink, LinkWiring]]:
+    links = layout.leaf_hub.links if layout.leaf_hub else ()
+    return [(link, link_wiring(link.state, link.agencies)) for link in links]
+
+
+def _state_account(wiring: LinkWiring) -> list[str]:
+    """One state's JetStream account on the hub: its ``ISTMO_STATE_<S>``, no user. What
+    its stream's consumers deliver is published here, where nothing of ISTMO's is
+    imported but the API of ``ISTMO_DELIVER`` its source uses and that source's flow
+    control (a copy delivered there is not a request JetStream takes)."""
+    istmo = RELAY_ACCOUNT
+    return [
+        f"  {wiring.state_account} {{",
+        "    jetstream: enabled",
+        f"    default_permissions: {_DENY_ALL}",
+        "    exports: [",
+        *(
+            f"      {{ service: {_q(x)}, accounts: [{wiring.account}] }}"
+            for x in wiring.state_services_to_link
+        ),
+        f"      {{ service: {_q(wiring.state_api[0])}, accounts: [{istmo}] }}",
+        *(
+            f"      {{ stream: {_q(x)}, accounts: [{wiring.account}] }}"
+            for x in wiring.state_streams_to_link
+        ),
+        "    ]",
+        "    imports: [",
+        *(
+            f"      {{ service: {{ account: {istmo}, subject: {_q(x)} }}, to: {_q(alias)} }}"
+            for x, alias in wiring.istmo_services_to_state
+        ),
+        *(
+            f"      {{ stream: {{ account: {istmo}, subject: {_q(x)} }} }}"
+            for x in wiring.istmo_streams_to_state
+        ),
+        "    ]",
+        "  }",
+    ]
+
+
+def _link_account(link: LeafLink, wiring: LinkWiring) -> list[str]:
+    """One state's link account on the hub: its link user, what it gives ISTMO and takes
+    from ISTMO and from its state account."""
+    publish, subscribe = link_permissions(link.state, link.agencies)
+    istmo = RELAY_ACCOUNT
+    state = wiring.state_account
+    lines = [
+        f"  {wiring.account} {{",
+        # No JetStream here: the link reaches ISTMO's streams only through the imports.
+        f"    default_permissions: {_DENY_ALL}",
+        "    users: [",
+        f"      {{ user: {_q(leaf_user(link.state))}, password: {_q(link.password)}",
+        "        permissions: {",
+        f"          publish: {{ allow: {_q_list(publish)} }}",
+        f"          subscribe: {{ allow: {_q_list(subscribe)} }}",
+        "        } }",
+        "    ]",
+        "    exports: [",
+        *(f"      {{ service: {_q(x)}, accounts: [{istmo}] }}" for x in wiring.services_to_istmo),
+        *(f"      {{ stream: {_q(x)}, accounts: [{istmo}] }}" for x in wiring.streams_to_istmo),
+        "    ]",
+        "    imports: [",
+        *(
+            f"      {{ service: {{ account: {istmo}, subject: {_q(x)} }} }}"
+            for x in wiring.services_to_link
+        ),
+        *(
+            f"      {{ stream: {{ account: {istmo}, subject: {_q(x)} }} }}"
+            for x in wiring.streams_to_link
+        ),
+        *(
+            f"      {{ service: {{ account: {state}, subject: {_q(x)} }} }}"
+            for x in wiring.state_services_to_link
+        ),
+        *(
+            f"      {{ service: {{ account: {state}, subject: {_q(x)} }}, to: {_q(alias)} }}"
+            for x, alias in wiring.api_aliases
+        ),
+        *(
+            f"      {{ stream: {{ account: {state}, subject: {_q(x)} }} }}"
+            for x in wiring.state_streams_to_link
+        ),
+        "    ]",
+        "  }",
+    ]
+    return lines
 
 
 def _check_operator(layout: NatsLayout, operator: OperatorMode) -> None:
@@ -226,6 +423,21 @@ def _cluster_block(layout: NatsLayout, cluster: ClusterLayout) -> list[str]:
 
 
 def _relay_account(layout: NatsLayout) -> list[str]:
+    wirings = _wirings(layout)
+    # Each service ISTMO exports, with every account that may import it (one entry per
+    # subject: the agency's own account, and its state's link account for istmo.api).
+    services: dict[str, tuple[list[str], bool, str]] = {}
+    for user in layout.agencies:
+        for service in agency_services(user.agency):
+            services[service.subject] = ([account_name(user.agency)], service.streamed, user.agency)
+    for _, wiring in wirings:
+        for subject in wiring.services_to_link:
+            accounts, streamed, note = services.setdefault(subject, ([], False, wiring.account))
+            accounts.append(wiring.account)
+    for _, wiring in wirings:
+        for subject, _alias in wiring.istmo_services_to_state:
+            accounts, _, _ = services.setdefault(subject, ([], False, "the state accounts"))
+            accounts.append(wiring.state_account)
     lines = [
         f"  {RELAY_ACCOUNT} {{",
         "    jetstream: enabled",
@@ -237,18 +449,48 @@ def _relay_account(layout: NatsLayout) -> list[str]:
         "    ]",
         "    exports: [",
     ]
-    for user in layout.agencies:
-        lines.append(f"      # {user.agency}")
-        account = account_name(user.agency)
-        for service in agency_services(user.agency):
-            streamed = ", response_type: stream" if service.streamed else ""
+    last = ""
+    for subject, (accounts, streamed, note) in services.items():
+        if note != last:
+            lines.append(f"      # {note}")
+            last = note
+        rtype = ", response_type: stream" if streamed else ""
+        lines.append(
+            f"      {{ service: {_q(subject)}, accounts: [{', '.join(accounts)}]{rtype} }}"
+        )
+    # The announcements go to every agency and every link; a link's own deliveries to it.
+    # (An empty accounts list would export to every account: never rendered.)
+    listeners = [account_name(u.agency) for u in layout.agencies]
+    listeners += [w.account for _, w in wirings]
+    if listeners:
+        lines.append(
+            f"      {{ stream: {_q(ANNOUNCE_SUBJECT)}, accounts: [{', '.join(listeners)}] }}"
+        )
+    for _, wiring in wirings:
+        for subject in wiring.streams_to_link:
+            if subject != ANNOUNCE_SUBJECT:
+                lines.append(f"      {{ stream: {_q(subject)}, accounts: [{wiring.account}] }}")
+        for subject in wiring.istmo_streams_to_state:
+            lines.append(f"      {{ stream: {_q(subject)}, accounts: [{wiring.state_account}] }}")
+    lines += ["    ]"]
+    if wirings:
+        lines.append("    imports: [")
+        for _, wiring in wirings:
+            lines += [
+                f"      {{ service: {{ account: {wiring.account}, subject: {_q(x)} }} }}"
+                for x in wiring.services_to_istmo
+            ]
+            lines += [
+                f"      {{ stream: {{ account: {wiring.account}, subject: {_q(x)} }} }}"
+                for x in wiring.streams_to_istmo
+            ]
+            api, alias = wiring.state_api
             lines.append(
-                f"      {{ service: {_q(service.subject)}, accounts: [{account}]{streamed} }}"
+                f"      {{ service: {{ account: {wiring.state_account}, subject: {_q(api)} }},"
+                f" to: {_q(alias)} }}"
             )
-    if layout.agencies:  # an empty list would export it to every account
-        accounts = ", ".join(account_name(user.agency) for user in layout.agencies)
-        lines.append(f"      {{ stream: {_q(ANNOUNCE_SUBJECT)}, accounts: [{accounts}] }}")
-    lines += ["    ]", "  }"]
+        lines.append("    ]")
+    lines += ["  }"]
     return lines
 
 
@@ -308,8 +550,10 @@ def render_config(layout: NatsLayout) -> str:
         f"max_payload: {layout.max_payload}",
         "",
         *(_cluster_block(layout, layout.cluster) if layout.cluster else []),
+        *_leaf_block(layout),
         "jetstream {",
         f"  store_dir: {_q(str(layout.store_dir))}",
+        *([f"  domain: {_q(layout.domain)}"] if layout.domain else []),
         # The default fsyncs every 2 min and loses acknowledged messages on power loss.
         "  sync_interval: always",
         "}",
@@ -336,5 +580,8 @@ def render_accounts(layout: NatsLayout) -> str:
     lines = ["accounts {", *_relay_account(layout)]
     for user in layout.agencies:
         lines += _agency_account(user)
+    for link, wiring in _wirings(layout):
+        lines += _link_account(link, wiring)
+        lines += _state_account(wiring)
     lines += ["}", ""]
     return "\n".join(lines)

@@ -13,8 +13,9 @@ agencies exist, and removing their consumers when they leave, is left to the reg
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -32,6 +33,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnav
 
 from schemas.errors import BusUnavailable, ConfigError, EnvelopeError
 from schemas.subjects import (
+    ATTACH_STREAM,
     AUDIT_STREAM,
     DELIVER_STREAM,
     INGEST_STREAM,
@@ -51,6 +53,7 @@ __all__ = [
     "bus_unavailable",
     "ensure_agency_consumer",
     "ensure_atomic",
+    "ensure_attach_stream",
     "ensure_deliver_stream",
     "ensure_relay_consumers",
     "ensure_streams",
@@ -79,6 +82,7 @@ def _gated_receipt(agency: str) -> str:
 
 
 _AUDIT_SUBJECTS = "istmo.audit.>"  # schemas.subjects names the stream, not its subjects
+_ATTACH_SUBJECTS = "istmo.attach.>"  # istmo.attach.<originator>.<bulletin>.<att>.<chunk>
 
 
 # Agencies one region can hold: each has two durable consumers on the delivery stream
@@ -91,9 +95,12 @@ _SPARE_CONSUMERS = 100
 DELIVER_MAX_CONSUMERS = MAX_AGENCIES * CONSUMERS_PER_AGENCY + _SPARE_CONSUMERS
 # istmo.deliver.<agency>.<precedence>, and istmo.deliver.<agency> where an Istmo before
 # ADR 7 delivered (still read by deliver-<agency>, and still written by such a relay).
+# And istmo.deliver.group.<group>.<epoch>.<precedence>: one copy of a bulletin for the
+# members of a community group's epoch (ADR 21).
 _DELIVER_SUBJECTS = [
     _every_agency(legacy_deliver_subject),
     _every_agency(legacy_deliver_subject) + ".*",
+    "istmo.deliver.group.*.*.*",
 ]
 
 
@@ -157,9 +164,54 @@ def _stream_configs(
             allow_atomic=True,  # for atomic batches (broker.bus.batch)
         ),
     ]
+    configs.append(_attach_config(deliver_max_age_s, duplicate_window_s))
     for config in configs:
         config.num_replicas = replicas
     return configs
+
+
+def _attach_config(max_age_s: int, duplicate_window_s: int) -> StreamConfig:
+    """Attachment chunks (ADR 17): one message per chunk subject, kept as long as
+    deliveries, or until the bulletin's expiry (a per-message TTL); a recall purges a
+    bulletin's subjects. Only the relay writes and reads it (account ISTMO)."""
+    return StreamConfig(
+        name=ATTACH_STREAM,
+        subjects=[_ATTACH_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=float(max_age_s),
+        max_msgs_per_subject=1,
+        duplicate_window=min(float(duplicate_window_s), float(max_age_s)),
+        discard=DiscardPolicy.NEW,
+        allow_msg_ttl=True,
+        deny_delete=False,
+        deny_purge=False,
+        # The relay reads a chunk by subject (direct get: raw bytes, no base64). No agency
+        # reaches the stream API.
+        allow_direct=True,
+    )
+
+
+async def ensure_attach_stream(
+    js: JetStreamContext, *, max_age_s: int, duplicate_window_s: int = 600
+) -> None:
+    """Create the attachment stream if a stack made before ADR 17 lacks it (a relay that
+    joins such a stack calls this); an existing one is left as it is.
+
+    Raises:
+        BusUnavailable: JetStream does not answer.
+        ConfigError: JetStream refuses the stream.
+    """
+    try:
+        if await _existing(js, ATTACH_STREAM) is not None:
+            return
+        await js.add_stream(_attach_config(max_age_s, duplicate_window_s))
+    except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        raise bus_unavailable(f"setting up stream {ATTACH_STREAM}", exc) from exc
+    except APIError as exc:
+        raise ConfigError(
+            f"JetStream refused stream {ATTACH_STREAM}: {exc.description} (err_code {exc.err_code})"
+        ) from exc
 
 
 def bus_unavailable(what: str, exc: Exception) -> BusUnavailable:
@@ -177,6 +229,39 @@ async def add_or_update_stream(js: JetStreamContext, config: StreamConfig) -> No
         if exc.err_code != _STREAM_CONFIG_MISMATCH:
             raise
         await js.update_stream(config)
+
+
+_JETSTREAM_NOT_ENABLED = 10039  # "JetStream not enabled for account"
+
+
+async def wait_for_jetstream(js: JetStreamContext, *, timeout_s: float = 30.0) -> None:
+    """Wait until JetStream answers for this connection's account.
+
+    In operator mode a node may answer "JetStream not enabled for account" for a moment
+    after an account's claims were pushed, until it has applied the account's limits;
+    stream set-up right then would fail for good on a passing state.
+
+    Raises:
+        BusUnavailable: JetStream still refuses or does not answer after ``timeout_s``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            await js.account_info()
+            return
+        except APIError as exc:
+            passing = exc.err_code == _JETSTREAM_NOT_ENABLED
+            if not passing and not isinstance(exc, ServiceUnavailableError):
+                return  # JetStream answered: what it said is for stream set-up to report
+            last: Exception = exc
+        except (NatsTimeoutError, NoRespondersError) as exc:
+            last = exc
+        if loop.time() + delay > deadline:
+            raise bus_unavailable(f"waiting {timeout_s:.0f} s for this account", last)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 async def ensure_streams(
@@ -209,6 +294,11 @@ async def ensure_streams(
             existing = await _existing(js, str(config.name))
             if replicas is None:
                 _keep_existing(config, existing)
+            if existing is not None and existing.sources:
+                # The hub's ingest and receipt streams source from the state nodes
+                # (broker.bus.leaves, ADR 0030): dropping a source and adding it again
+                # would source everything again.
+                config.sources = existing.sources
             if existing is not None and existing.max_consumers is not None:
                 # nats-server refuses to change it in place (a stream made before ADR 7
                 # keeps 20,000: room for 10,000 agencies with two consumers each).
@@ -371,11 +461,16 @@ async def ensure_agency_consumer(
     *,
     backoff_s: tuple[float, ...] = AGENCY_BACKOFF_S,
     max_deliver: int = AGENCY_MAX_DELIVER,
+    groups: Iterable[tuple[str, int]] = (),
 ) -> None:
     """Create or update an agency's two durable pull consumers on ISTMO_DELIVER (ADR 7):
     ``urgent-<agency>`` (FLASH, IMMEDIATE) and ``deliver-<agency>`` (PRIORITY, ROUTINE,
     and the subject an Istmo before ADR 7 delivered on; an existing one made by such an
     Istmo is updated in place and keeps its place in the queue).
+
+    ``groups`` are the (group, epoch) pairs whose shared copies the agency reads (ADR 21;
+    ``broker.store.groups.delivery_epochs_of``): the filter is the whole list, so a
+    caller that leaves them out takes them away. An update keeps the consumers' place.
 
     ``backoff_s`` (the waits before each redelivery, the last repeating) and
     ``max_deliver`` default to the deploy defaults; fault tests shorten them.
@@ -385,11 +480,12 @@ async def ensure_agency_consumer(
         BusUnavailable: JetStream does not answer.
         ConfigError: JetStream refuses a consumer.
     """
+    shared = tuple(groups)
     for durable in deliver_durables(agency):
         config = ConsumerConfig(
             name=durable,
             durable_name=durable,
-            filter_subjects=list(deliver_filter_subjects(durable)),
+            filter_subjects=list(deliver_filter_subjects(durable, shared)),
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=backoff_s[0] if backoff_s else ACK_WAIT_S,

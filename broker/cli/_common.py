@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_data_dir",
+    "add_log_key_alone",
     "add_stack_dirs",
+    "add_witness_trust",
     "on_bus",
     "open_data_dir",
     "operator_name",
@@ -68,6 +70,42 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path(os.environ.get("ISTMO_DATA_DIR", ".istmo")),
         help="the broker's data directory (default ./.istmo, or $ISTMO_DATA_DIR)",
+    )
+
+
+def add_witness_trust(c: argparse.ArgumentParser) -> None:
+    """The options that say which witnesses' cosignatures a verifier requires."""
+    c.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="NAME=KEY",
+        help="a witness whose cosignature counts: its name and its verifier key "
+        "(name+keyid+base64, as `istmo witness` prints) or base64 public key; "
+        "repeat for each",
+    )
+    c.add_argument(
+        "--witnesses",
+        type=Path,
+        metavar="FILE",
+        help="a trust file of witnesses and quorum (JSON; docs/audit.md#witnesses)",
+    )
+    c.add_argument(
+        "--quorum",
+        type=int,
+        metavar="K",
+        help="how many of the witnesses must have cosigned (default: all given, "
+        "or the trust file's)",
+    )
+
+
+def add_log_key_alone(c: argparse.ArgumentParser) -> None:
+    """The explicit opt-out of the witness quorum (docs/audit.md#verifying-with-the-quorum)."""
+    c.add_argument(
+        "--trust-log-key-alone",
+        action="store_true",
+        help="check a log without witnesses on its own key alone (warns: this does not "
+        "protect against whoever holds the log key, who can truncate and re-sign the log)",
     )
 
 

@@ -24,6 +24,7 @@ from broker.directory.enrolment import (
     issue_token,
     start_reenrolment,
 )
+from broker.directory.jurisdictions import add_partner
 from broker.directory.lifecycle import (
     CONTROL_DIRECTORY_SUBJECT,
     Status,
@@ -45,6 +46,8 @@ __all__ = [
     "agency_reenrol_command",
     "agency_show_command",
     "agency_token_command",
+    "jurisdiction_add_command",
+    "jurisdiction_list_command",
     "key_revoke_command",
     "status_command",
     "subscriptions_command",
@@ -141,6 +144,27 @@ def agency_add_command(args: argparse.Namespace) -> int:
             f"{new.id}: added ({new.sector}, {where}, clearance {new.clearance}; topics {topics})"
         )
     _show_token(data, args, token, now)
+    return 0
+
+
+def jurisdiction_add_command(args: argparse.Namespace) -> int:
+    """``istmo admin jurisdiction add``: a partner region, for its gateway agency."""
+    data = _open(args)
+    add_partner(data.registry, args.code, args.name, actor=_actor(), now_ms=int(time.time() * 1000))
+    print(
+        f"{args.code}: added (partner region {args.name!r}, in no community); enrol its "
+        f"gateway with `istmo admin agency add ... --state {args.code}`"
+    )
+    _tell(data)
+    return 0
+
+
+def jurisdiction_list_command(args: argparse.Namespace) -> int:
+    """``istmo admin jurisdiction list``: every state, community and partner region."""
+    data = _open(args)
+    for j in sorted(data.registry.jurisdictions(), key=lambda j: (j.kind, j.code)):
+        parents = f" (in {j.parents})" if j.parents else ""
+        print(f"{j.code}\t{j.kind}\t{j.name}{parents}")
     return 0
 
 

@@ -4,7 +4,10 @@ Local mode: each command reads the data directory's database (``--data-dir``), s
 where the broker runs. Every query that shows entries (tail, search, export) is itself
 recorded, before the rows are shown, as an ``audit.queried`` event (actor
 ``local:<os user>``, the filter, the row count); the sequencer integrates it like any other
-event. ``verify`` and ``monitor`` reveal no entry and are not recorded.
+event. ``verify`` and ``monitor`` reveal no entry and are not recorded. Both require the
+witness quorum (ADR 24): witnesses from the options, ``$ISTMO_AUDIT_WITNESSES`` or the
+broker's own witnesses file, else they refuse unless ``--trust-log-key-alone``; ``monitor``
+adopts as its new state only a head the quorum cosigned.
 
 Exit codes: 0 fine; 1 an error, or ``verify`` found the log altered (one line naming the
 first bad index); 3 ``monitor`` raised an alarm (rollback, fork, bad signature or proof).
@@ -38,15 +41,27 @@ from broker.audit.log import (
     LogEntry,
 )
 from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key, require_database
+from broker.audit.witnessing import read_checkpoint, witness_sizes
 from broker.cli._common import operator_name
 from broker.clock import SYSTEM_CLOCK
 from broker.config import Settings
 from broker.store.registry import Registry
 from schemas.audit import EVENT_TYPES
 from schemas.canonical import b64d, b64e
+from schemas.checkpoint import (
+    AUDIT_WITNESSES_ENV,
+    LOG_KEY_ALONE_FLAG,
+    LOG_KEY_ALONE_WARNING,
+    NOTE_ALG,
+    CosignerKey,
+    QuorumMissing,
+    SignedNote,
+    WitnessTrust,
+    required_trust,
+)
 from schemas.errors import ConfigError, SignatureError
 from schemas.keys import VerifyKey
-from schemas.monitor import MonitorState
+from schemas.monitor import MonitorState, cosigned_checkpoint, witnessed_head, witnessed_line
 from schemas.treehead import (
     SignedTreeHead,
     TreeHead,
@@ -344,8 +359,128 @@ def _pinned_key(args: argparse.Namespace, settings: Settings) -> VerifyKey | Non
     return log_verify_key(settings.broker_dir)
 
 
+def _read_trust_file(path: Path, said: str = "") -> tuple[bytes, str]:
+    try:
+        return path.read_bytes(), f"{path}{said}"
+    except OSError as exc:
+        raise ConfigError(f"cannot read the witnesses file {path}{said}") from exc
+
+
+@dataclass(frozen=True)
+class VerifyTrust:
+    """The witnesses a command requires, and a note on where they came from (stderr)."""
+
+    witnesses: WitnessTrust | None  # None: --trust-log-key-alone
+    note: str = ""
+
+
+def witness_trust(args: argparse.Namespace, settings: Settings) -> VerifyTrust:
+    """The witnesses ``verify``, ``monitor`` and ``istmo db copy`` require
+    (docs/audit.md#verifying-with-the-quorum), from, in order:
+    ``--witness``/``--witnesses FILE``/``--quorum``; the trust file
+    ``$ISTMO_AUDIT_WITNESSES`` names (the auditor's own); the broker's own witnesses file
+    (``DATA_DIR/broker/witnesses.json``, or ``ISTMO_WITNESSES_FILE``), said so on stderr.
+    Without any of these, and without ``--trust-log-key-alone``, the command refuses.
+    """
+    file = _read_trust_file(args.witnesses) if args.witnesses is not None else None
+    default, note = None, ""
+    env = os.environ.get(AUDIT_WITNESSES_ENV, "")
+    own = settings.witnesses_path
+    given = bool(args.witness) or file is not None or args.quorum is not None
+    if not given and not args.trust_log_key_alone:
+        if env:
+            default = _read_trust_file(Path(env), f" (${AUDIT_WITNESSES_ENV})")
+        elif own.is_file():
+            default = _read_trust_file(own)
+            note = (
+                f"istmo: the witnesses are the broker's own list ({own}): it catches a "
+                "history rewritten behind that list's back, not one its operator rewrote; "
+                "an auditor passes their own with --witnesses FILE"
+            )
+    trust = required_trust(
+        args.witness,
+        args.quorum,
+        file,
+        log_key_alone=args.trust_log_key_alone,
+        default=default,
+        looked=f"${AUDIT_WITNESSES_ENV} is not set and there is no {own}",
+    )
+    return VerifyTrust(trust, LOG_KEY_ALONE_WARNING if trust is None else note)
+
+
+def _ask_witnesses(trust: WitnessTrust, note: SignedNote, size: int) -> str:
+    """Refuse a checkpoint older than one a witness cosigned (a replayed checkpoint)."""
+    sizes = witness_sizes(trust, note)
+    for name, seen in sizes.items():
+        if isinstance(seen, int) and seen > size:
+            raise LogCorrupt(
+                f"audit log altered: witness {name} cosigned size {seen}, beyond the "
+                f"checkpoint at {size} this log keeps: it was truncated or rolled back"
+            )
+    said = [f"{n} {v}" for n, v in sizes.items()]
+    return f"; witnesses' latest sizes: {', '.join(said) or 'none asked (no URLs)'}"
+
+
+def _witnessed(
+    local: _Local,
+    key: VerifyKey,
+    trust: WitnessTrust,
+    latest: TreeHead | None,
+    *,
+    ask: bool = False,
+) -> str:
+    """Check the stored checkpoint has the quorum and is a head of this log; say what."""
+    note = read_checkpoint(local.settings.broker_dir)
+    if note is None:
+        raise QuorumMissing(
+            f"audit log not witnessed: no checkpoint in {local.settings.broker_dir}/checkpoint",
+            hint="are the witnesses running and configured (DATA_DIR/broker/witnesses.json)?",
+        )
+    try:
+        cp, good = trust.verify(note, CosignerKey(DEFAULT_ORIGIN, key, NOTE_ALG))
+    except SignatureError as exc:
+        raise QuorumMissing(f"audit log not witnessed: {exc}") from exc
+    head = local.log.head(cp.size)
+    size = latest.tree_size if latest else 0
+    if head is None and cp.size > size:
+        raise LogCorrupt(
+            f"audit log altered: the witnesses cosigned size {cp.size}, root "
+            f"{b64e(cp.root)}, but the log holds {size} entries: it was truncated"
+        )
+    if head is None or head.head.root() != cp.root:
+        raise LogCorrupt(
+            f"audit log altered: the witnesses cosigned root {b64e(cp.root)} at size "
+            f"{cp.size}; the log's history there is another: it was rewritten"
+        )
+    after = f"; {size - cp.size} later entries not witnessed yet" if size > cp.size else ""
+    if ask:
+        after += _ask_witnesses(trust, note, cp.size)
+    if latest is not None and cp.size > size:
+        # The sequencer went on after verify's snapshot: that head is checked here, and the
+        # verified tree must be a prefix of it.
+        try:
+            verify_tree_head(head, key, DEFAULT_ORIGIN)
+            merkle.verify_consistency(
+                size, cp.size, latest.root(), cp.root, local.log.consistency_proof(size, cp.size)
+            )
+        except (SignatureError, merkle.ProofError) as exc:
+            raise LogCorrupt(
+                f"audit log altered: the verified head at {size} does not lead to the "
+                f"cosigned tree at {cp.size}: {exc}"
+            ) from exc
+        after = f" (the log grew from {size} while it was checked; consistent)"
+    return (
+        f"witnessed: size {cp.size} cosigned by {len(good)} of {len(trust.witnesses)} "
+        f"witnesses (quorum {trust.quorum}: {', '.join(good)}){after}"
+    )
+
+
 def verify_command(args: argparse.Namespace) -> int:
+    if args.ask_witnesses and args.trust_log_key_alone:
+        raise ConfigError(f"--ask-witnesses asks witnesses: it contradicts {LOG_KEY_ALONE_FLAG}")
     with _local(args) as local:
+        chosen = witness_trust(args, local.settings)
+        trust = chosen.witnesses
         key = _pinned_key(args, local.settings)
         if key is None:
             if local.log.size() == 0:
@@ -358,12 +493,18 @@ def verify_command(args: argparse.Namespace) -> int:
         bar = _Progress("verify", 0, bool(args.progress))
         report = local.log.verify_all(key, DEFAULT_ORIGIN, progress=bar.update)
         bar.update(report.entries, final=True)
-    if report.first is not None:
-        more = f" ({report.problems - 1} further problems)" if report.problems > 1 else ""
-        raise LogCorrupt(
-            f"audit log altered: first bad index {report.first.index}: {report.first.message}{more}"
+        if report.first is not None:
+            more = f" ({report.problems - 1} further problems)" if report.problems > 1 else ""
+            raise LogCorrupt(
+                f"audit log altered: first bad index {report.first.index}: "
+                f"{report.first.message}{more}"
+            )
+        latest = report.latest
+        witnessed = (
+            _witnessed(local, key, trust, latest, ask=args.ask_witnesses)
+            if trust is not None
+            else None
         )
-    latest = report.latest
     print(
         f"verified {report.entries} entries and {report.heads} signed tree heads "
         f"in {report.seconds:.2f} s (key {key.kid})"
@@ -373,8 +514,12 @@ def verify_command(args: argparse.Namespace) -> int:
             f"latest head: size {latest.tree_size}, root {latest.root_hash}, "
             f"signed {_iso(latest.timestamp)}"
         )
+    if witnessed is not None:
+        print(witnessed)
     if report.pending:
         print(f"{report.pending} events wait for the sequencer")
+    if chosen.note:
+        print(chosen.note, file=sys.stderr)
     return 0
 
 
@@ -413,6 +558,7 @@ def monitor_command(args: argparse.Namespace) -> int:
         )
         return ALARM_EXIT
     with _local(args) as local:
+        chosen = witness_trust(args, local.settings)
         if state is None:
             key = _pinned_key(args, local.settings)
             if key is None:
@@ -428,23 +574,30 @@ def monitor_command(args: argparse.Namespace) -> int:
         if sth is None:
             if last is None:
                 print("the log has no signed tree head yet")
-                return 0
-            return _alarm(
-                state,
-                "rollback",
-                f"the log has no tree head, but size {last.head.tree_size} was verified",
-                last,
-            )
-        return _check_new_head(local.log, state, key, last, sth)
+                code = 0
+            else:
+                code = _alarm(
+                    state,
+                    "rollback",
+                    f"the log has no tree head, but size {last.head.tree_size} was verified",
+                    last,
+                )
+        else:
+            code = _check_new_head(local, state, key, last, sth, chosen.witnesses)
+    if chosen.note:
+        print(chosen.note, file=sys.stderr)
+    return code
 
 
 def _check_new_head(
-    log: AuditLog,
+    local: _Local,
     state: MonitorState,
     key: VerifyKey,
     last: SignedTreeHead | None,
     sth: SignedTreeHead,
+    trust: WitnessTrust | None,
 ) -> int:
+    log = local.log
     # 1. The new head is signed by the pinned key for the pinned log.
     try:
         new = verify_tree_head(sth, key, state.origin)
@@ -452,37 +605,94 @@ def _check_new_head(
         heads = (last, sth) if last else (sth,)
         return _alarm(state, "bad_signature", f"the log's tree head: {exc}", *heads)
     if last is None:
-        state.head = sth
-        _save_state(state)
-        print(
+        seen = (
             f"pinned log key {key.kid} for {state.origin}; tree head size {new.tree_size}, "
             f"root {new.root_hash}, signed {_iso(new.timestamp)}"
         )
-        return 0
-    old: TreeHead = last.head
-    # 2. It neither rolls back nor forks the last verified one.
-    try:
-        check_monotonic(old, new)
-    except TreeHeadConflict as exc:
-        return _alarm(state, exc.code, f"{exc.code.replace('_', ' ')}: {exc}", last, sth)
-    # 3. It extends it: a consistency proof from the store, checked against both roots.
-    if new.tree_size > old.tree_size:
+    else:
+        old: TreeHead = last.head
+        # 2. It neither rolls back nor forks the last verified one.
         try:
-            proof = log.consistency_proof(old.tree_size, new.tree_size)
-            merkle.verify_consistency(old.tree_size, new.tree_size, old.root(), new.root(), proof)
+            check_monotonic(old, new)
+        except TreeHeadConflict as exc:
+            return _alarm(state, exc.code, f"{exc.code.replace('_', ' ')}: {exc}", last, sth)
+        # 3. It extends it: a consistency proof from the store, checked against both roots.
+        if new.tree_size > old.tree_size:
+            try:
+                proof = log.consistency_proof(old.tree_size, new.tree_size)
+                merkle.verify_consistency(
+                    old.tree_size, new.tree_size, old.root(), new.root(), proof
+                )
+            except (LookupError, merkle.ProofError) as exc:
+                return _alarm(
+                    state,
+                    "fork",
+                    f"fork: the log at size {new.tree_size} does not extend the head at size "
+                    f"{old.tree_size} seen before ({exc})",
+                    last,
+                    sth,
+                )
+            said = f"consistent with size {old.tree_size} ({len(proof)}-hash proof)"
+        else:
+            said = "unchanged"
+        seen = f"tree head size {new.tree_size}, root {new.root_hash}: {said}"
+    if trust is None:  # --trust-log-key-alone: the signed head is adopted on the key alone
+        state.head = sth
+        _save_state(state)
+        print(seen)
+        return 0
+    # 4. The witness quorum cosigned a head of this log; only that head is adopted.
+    print(seen)
+    return _witnessed_head(local, state, key, last, sth, new, trust) or 0
+
+
+def _witnessed_head(
+    local: _Local,
+    state: MonitorState,
+    key: VerifyKey,
+    last: SignedTreeHead | None,
+    sth: SignedTreeHead,
+    new: TreeHead,
+    trust: WitnessTrust,
+) -> int | None:
+    """Steps 4-6 of ``_check_new_head``: adopt the witnessed head, alarm, or raise."""
+    broker_dir = local.settings.broker_dir
+    stays = f"size {last.head.tree_size}" if last else "no head (nothing saved)"
+    try:
+        cp, good = cosigned_checkpoint(
+            trust, read_checkpoint(broker_dir), key, state.origin, f"{broker_dir}/checkpoint"
+        )
+    except QuorumMissing as exc:
+        raise QuorumMissing(
+            f"{exc}; tree head size {new.tree_size} seen, not adopted: the monitor stays at "
+            f"{stays}",
+            hint="are the witnesses running and configured (DATA_DIR/broker/witnesses.json)?",
+        ) from exc
+    # 5. The log's own head at the cosigned size has the cosigned root.
+    at = local.log.head(cp.size)
+    evidence = tuple(h for h in (last, sth, at) if h is not None)
+    try:
+        witnessed = witnessed_head(cp, at, key, state.origin, new.tree_size)
+    except SignatureError as exc:
+        return _alarm(state, "bad_signature", f"the log's head at size {cp.size}: {exc}", *evidence)
+    except TreeHeadConflict as exc:
+        return _alarm(state, exc.code, f"{exc.code}: {exc}", *evidence)
+    # 6. The latest head extends the witnessed one.
+    if new.tree_size > cp.size:
+        try:
+            proof = local.log.consistency_proof(cp.size, new.tree_size)
+            merkle.verify_consistency(cp.size, new.tree_size, cp.root, new.root(), proof)
         except (LookupError, merkle.ProofError) as exc:
             return _alarm(
                 state,
                 "fork",
-                f"fork: the log at size {new.tree_size} does not extend the head at size "
-                f"{old.tree_size} seen before ({exc})",
-                last,
-                sth,
+                f"fork: the log at size {new.tree_size} does not extend the witnessed head at "
+                f"size {cp.size} ({exc})",
+                *evidence,
             )
-        note = f"consistent with size {old.tree_size} ({len(proof)}-hash proof)"
-    else:
-        note = "unchanged"
-    state.head = sth
-    _save_state(state)
-    print(f"tree head size {new.tree_size}, root {new.root_hash}: {note}")
-    return 0
+    kept = last if last is not None and last.head.tree_size >= cp.size else witnessed
+    if kept is witnessed:
+        state.head = witnessed
+        _save_state(state)
+    print(witnessed_line(trust, cp, good, new, kept.head, adopted=kept is witnessed))
+    return None

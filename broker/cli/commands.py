@@ -11,7 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from broker.cli._common import add_data_dir, add_stack_dirs, server_parts
+from broker.cli._common import (
+    add_data_dir,
+    add_log_key_alone,
+    add_stack_dirs,
+    add_witness_trust,
+    server_parts,
+)
 from broker.cli.db import add_db_commands
 from broker.config import DEFAULT_API_PORT, DEFAULT_NATS_HTTP_PORT, DEFAULT_NATS_PORT
 from schemas.directory import SECTORS
@@ -83,6 +89,20 @@ def register(sub: Any) -> None:
         help="do not stand for sequencer here; run `istmo sequencer` (elected) instead",
     )
     p.add_argument(
+        "--witnesses",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start N local witnesses of the audit log (demos and tests; state in "
+        "DATA_DIR/witnesses); checkpoints are then published only with their quorum",
+    )
+    p.add_argument(
+        "--witness-quorum",
+        type=int,
+        metavar="K",
+        help="with --witnesses: how many must cosign a checkpoint (default a majority)",
+    )
+    p.add_argument(
         "--cluster",
         type=int,
         default=1,
@@ -103,6 +123,18 @@ def register(sub: Any) -> None:
         "directory changes then write DATA_DIR/nats-accounts.conf for its nodes",
     )
     p.add_argument(
+        "--leaves",
+        metavar="STATES",
+        help="also run a NATS leaf node per state (e.g. GT,BZ), each in a JetStream domain "
+        "of its own; the state's agencies connect there (docs/borders.md)",
+    )
+    p.add_argument(
+        "--leaf-port",
+        type=int,
+        default=7422,
+        help="with --leaves: the hub's leaf-node port (default 7422)",
+    )
+    p.add_argument(
         "--stream-replicas",
         type=int,
         choices=(1, 3, 5),
@@ -114,6 +146,7 @@ def register(sub: Any) -> None:
     _admin_commands(sub)
     _audit_commands(sub)
     _reconcile_command(sub)  # broker.relay.reconcile
+    _federation_commands(sub)  # broker.relay.federation, broker.relay.guard
     _health_command(sub)  # broker.runtime.health
     add_db_commands(sub)  # istmo db upgrade | current (broker.cli.db)
 
@@ -206,6 +239,7 @@ def _admin_commands(sub: Any) -> None:
     )
     cmds = p.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
     _agency_commands(cmds)
+    _jurisdiction_commands(cmds)
     for action, text in (
         ("suspend", "suspend an agency: it can neither publish nor receive until reinstated"),
         ("reinstate", "reinstate a suspended agency; its held deliveries then arrive"),
@@ -245,6 +279,35 @@ def _admin_commands(sub: Any) -> None:
     )
     c.set_defaults(func=_lazy("cli.admin", "subscriptions_command"))
     _dead_letter_commands(cmds)  # broker.relay.dead_letters
+    _group_commands(cmds)  # broker.directory.groups
+
+
+def _group_commands(cmds: Any) -> None:
+    g = cmds.add_parser(
+        "group",
+        help="define community groups and their managers (group keys for large audiences)",
+        description="A community group gathers the active agencies of a jurisdiction (or "
+        "all), following a topic (or any), with at least a clearance. Its manager makes "
+        "its epoch keys and hands them to the members (`istmo groups rotate --as "
+        "MANAGER`); a bulletin to thousands then carries one key per group (ADR 18).",
+    )
+    gs = g.add_subparsers(dest="group_command", metavar="ACTION", required=True)
+    c = gs.add_parser("add", help="define (or redefine) a group")
+    add_stack_dirs(c)
+    c.add_argument("name", help="like ALL, SICA or SICA-drugs (letters, digits, _.:-)")
+    c.add_argument("--manager", required=True, help="the agency that makes its epoch keys")
+    c.add_argument("--jurisdiction", help="a state or community (default: every agency)")
+    c.add_argument("--topic", choices=TOPICS, help="only its followers (default: any)")
+    c.add_argument(
+        "--min-clearance",
+        choices=[c.value for c in Classification],
+        help="only agencies cleared this high (default: any)",
+    )
+    c.set_defaults(func=_lazy("cli.groups", "group_add_command"))
+    c = gs.add_parser("list", help="every group, its current epoch and whether one is due")
+    add_stack_dirs(c)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_lazy("cli.groups", "group_list_command"))
 
 
 def _reconcile_command(sub: Any) -> None:
@@ -263,6 +326,142 @@ def _reconcile_command(sub: Any) -> None:
     c.add_argument("--json", action="store_true")
     c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
     c.set_defaults(func=_lazy("cli.reconcile", "reconcile_command"))
+
+
+def _federation_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "federation",
+        help="a partner link: its key, its guard's verdict, daily signed counts, reconciling",
+        description="A link carries bulletins to a partner hub only when their labels allow "
+        "it (docs/borders.md#partner-links, ADR 32).",
+    )
+    cmds = p.add_subparsers(dest="federation_command", metavar="ACTION", required=True)
+    c = cmds.add_parser(
+        "key",
+        help="print this side's public key of a link (made on first use)",
+        description="Print LINK KID PUBLIC-KEY: the other side passes it to `istmo "
+        "federation reconcile` to check this side's counts, and to `istmo federation "
+        "ingest --sender-key` to check what this side's guard sends. With --directory, "
+        "print DIRECTORY KID PUBLIC-KEY for its --directory-key.",
+    )
+    add_data_dir(c)
+    which = c.add_mutually_exclusive_group(required=True)
+    which.add_argument("--link", help="the link's name, e.g. eu-siena")
+    which.add_argument(
+        "--directory",
+        action="store_true",
+        help="print this region's directory key instead (DIRECTORY KID PUBLIC-KEY): the "
+        "partner's `istmo federation ingest --directory-key` pins it",
+    )
+    c.set_defaults(func=_lazy("cli.federation", "key_command"))
+
+    c = cmds.add_parser(
+        "guard",
+        help="run the link's guard: carry what it passes to the partner's ingest",
+        description="Read the link's gateways' deliveries from this region's delivery "
+        "stream (durable consumer federation-LINK), decide each on its labels (audited "
+        "federation.passed or federation.blocked) and send what passed, signed with the "
+        "link key, to the partner's `istmo federation ingest`; a delivery is acked only "
+        "once the partner holds it. Runs until Ctrl-C (ADR 33).",
+    )
+    add_stack_dirs(c)
+    c.add_argument("--link", required=True, help="the link's name")
+    c.add_argument("--link-file", type=Path, help="default DATA_DIR/federation/LINK.json")
+    c.add_argument(
+        "--partner", required=True, help="the partner ingest's base URL, e.g. https://eu-hub:8850"
+    )
+    c.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long one transfer may take before the partner counts as not reached "
+        "(1 to 300; default 10: raise it on a slow link)",
+    )
+    c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
+    c.set_defaults(func=_lazy("cli.federation", "guard_command"))
+
+    c = cmds.add_parser(
+        "ingest",
+        help="take a partner's bulletins over a link (an HTTP server for its guard)",
+        description="Serve POST /v1/federation/LINK/transfers for the partner's guard: "
+        "check each transfer's link signature (--sender-key), the originator's record "
+        "(signed by --directory-key) and signature, then this side's link rules (audited "
+        "federation.arrived, federation.blocked or federation.refused), and deliver what "
+        "arrived to this side's link agencies. Runs until Ctrl-C (ADR 33).",
+    )
+    add_stack_dirs(c)
+    c.add_argument("--link", required=True, help="the link's name")
+    c.add_argument("--link-file", type=Path, help="default DATA_DIR/federation/LINK.json")
+    c.add_argument(
+        "--listen", default="127.0.0.1:8850", help="HOST:PORT to listen on (127.0.0.1:8850)"
+    )
+    c.add_argument(
+        "--sender-key",
+        required=True,
+        help="the sending side's link key (what its `istmo federation key --link` prints)",
+    )
+    c.add_argument(
+        "--directory-key",
+        required=True,
+        help="the sending region's directory key (its `istmo federation key --directory`)",
+    )
+    c.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host the ingest answers to besides the one it listens on and loopback "
+        "(repeatable): the public name your TLS proxy forwards; any other is refused (421)",
+    )
+    c.add_argument("--nats-url", default=os.environ.get("ISTMO_NATS_URL"))
+    c.set_defaults(func=_lazy("cli.federation", "ingest_command"))
+
+    c = cmds.add_parser(
+        "check",
+        help="would the guard let an envelope cross the link? (nothing is sent or recorded)",
+        description="Decide one sealed envelope against the link file on its labels alone. "
+        "Exit 0 if it would pass, 1 if it would be blocked (the reasons are printed).",
+    )
+    add_data_dir(c)
+    c.add_argument("--link", required=True, help="the link's name")
+    c.add_argument(
+        "--link-file",
+        type=Path,
+        help="the link file (default DATA_DIR/federation/LINK.json)",
+    )
+    c.add_argument("envelope", type=Path, help="a sealed envelope (JSON)")
+    c.set_defaults(func=_lazy("cli.federation", "check_command"))
+
+    c = cmds.add_parser(
+        "counts",
+        help="this side's signed counts of a link for one UTC day, per label set",
+        description="Count the link's federation.passed (--side sent) or federation.arrived "
+        "(--side received) audit events of bulletins created on DAY, per topic, "
+        "classification, TLP and handling codes, and sign them with the link key.",
+    )
+    add_data_dir(c)
+    c.add_argument("--link", required=True, help="the link's name")
+    c.add_argument("--day", required=True, metavar="YYYY-MM-DD", help="the UTC day")
+    c.add_argument("--side", required=True, choices=("sent", "received"))
+    c.add_argument("--region", default="istmo", help="this side's name in the file (istmo)")
+    c.add_argument("--out", type=Path, help="write the signed counts here (default: stdout)")
+    c.set_defaults(func=_lazy("cli.federation", "counts_command"))
+
+    c = cmds.add_parser(
+        "reconcile",
+        help="compare the two sides' signed counts; alarm (exit 1, audited) on any difference",
+        description="Verify both counts files with the sides' link keys and compare them "
+        "label set by label set. Any difference, or a file that does not verify, is "
+        "printed, recorded as federation.mismatch in this data directory's audit log, and "
+        "exits 1.",
+    )
+    add_data_dir(c)
+    c.add_argument("--sent", required=True, type=Path, help="the sending side's counts")
+    c.add_argument("--sent-key", required=True, help="its public link key (base64)")
+    c.add_argument("--received", required=True, type=Path, help="the receiving side's counts")
+    c.add_argument("--received-key", required=True, help="its public link key (base64)")
+    c.set_defaults(func=_lazy("cli.federation", "reconcile_command"))
 
 
 def _health_command(sub: Any) -> None:
@@ -409,6 +608,31 @@ def _agency_commands(cmds: Any) -> None:
     c.set_defaults(func=_lazy("cli.admin", "agency_show_command"))
 
 
+def _jurisdiction_commands(cmds: Any) -> None:
+    p = cmds.add_parser(
+        "jurisdiction", help="list jurisdictions; add a partner region for a partner link"
+    )
+    j = p.add_subparsers(dest="jurisdiction_command", metavar="ACTION", required=True)
+    c = j.add_parser(
+        "add",
+        help="add a partner region (contained in no community) for its gateway agency",
+        description=(
+            "Add a partner region, like EU-SIENA, as a jurisdiction of its own, in no "
+            "community: only a bulletin whose REL TO names it can reach the gateway agency "
+            "you then enrol in it (`istmo admin agency add ID --state CODE ...`). States and "
+            "communities come from the directory file (docs/borders.md#partner-links)."
+        ),
+    )
+    add_stack_dirs(c)
+    c.add_argument("code", help="its code in REL TO, like EU-SIENA")
+    c.add_argument("--name", required=True, help="its display name")
+    c.set_defaults(func=_lazy("cli.admin", "jurisdiction_add_command"))
+
+    c = j.add_parser("list", help="every state, community and partner region")
+    add_stack_dirs(c)
+    c.set_defaults(func=_lazy("cli.admin", "jurisdiction_list_command"))
+
+
 def _token_ttl(c: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--token-ttl",
@@ -466,24 +690,42 @@ def _audit_commands(sub: Any) -> None:
 
     c = cmds.add_parser(
         "verify",
-        help="recompute the log and check every signed tree head",
+        help="recompute the log and check every signed tree head and the witness quorum",
         description="Rebuild the Merkle tree from the stored entries, check every entry "
-        "against its audit event and every signed tree head; name the first bad index.",
+        "against its audit event and every signed tree head; name the first bad index. "
+        "Then require the witness quorum on the log's checkpoint: witnesses from --witnesses "
+        "FILE or --witness/--quorum, else the file $ISTMO_AUDIT_WITNESSES names, else the "
+        "broker's own DATA_DIR/broker/witnesses.json; without any, verify refuses unless "
+        "--trust-log-key-alone.",
     )
     add_data_dir(c)
     c.add_argument("--log-key", type=Path, help="the log's public key (default DATA_DIR/broker)")
     c.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    add_witness_trust(c)
+    add_log_key_alone(c)
+    c.add_argument(
+        "--ask-witnesses",
+        action="store_true",
+        help="also ask each witness of --witnesses FILE (by its url) the size it last "
+        "cosigned, and refuse a checkpoint older than that (a replayed checkpoint)",
+    )
     c.set_defaults(func=_lazy("cli.audit", "verify_command"))
 
     c = cmds.add_parser(
         "monitor",
-        help="check the log still extends the tree head seen last (exit 3 on an alarm)",
+        help="check the log still extends the witnessed tree head seen last (exit 3 on an alarm)",
         description="Verify the latest signed tree head against the key pinned in STATE "
-        "and a consistency proof from the head seen last; alarm on rollback or fork.",
+        "and a consistency proof from the head seen last; alarm on rollback or fork. A head "
+        "becomes the monitor's new state only when the witness quorum cosigned it: the "
+        "witnesses as for verify (--witnesses FILE or --witness/--quorum, else the file "
+        "$ISTMO_AUDIT_WITNESSES names, else the broker's own DATA_DIR/broker/witnesses.json); "
+        "without any, monitor refuses unless --trust-log-key-alone.",
     )
     add_data_dir(c)
     c.add_argument("--state", type=Path, required=True, help="where the monitor remembers")
     c.add_argument("--log-key", type=Path, help="the log's public key to pin on the first run")
+    add_witness_trust(c)
+    add_log_key_alone(c)
     c.set_defaults(func=_lazy("cli.audit", "monitor_command"))
 
     p = sub.add_parser(
@@ -515,6 +757,42 @@ def _audit_commands(sub: Any) -> None:
         "DATA_DIR/broker/sequencer.lock",
     )
     p.set_defaults(func=_lazy("cli.up", "sequencer_command"))
+
+    p = sub.add_parser(
+        "witness",
+        help="run a witness that cosigns the audit log's checkpoints (c2sp.org/tlog-witness)",
+        description="Cosign each checkpoint of the audit log only after checking the log's "
+        "signature and a consistency proof from the last one cosigned; refuse (409) a "
+        "smaller or conflicting tree. Its key and state live in --state DIR.",
+    )
+    p.add_argument(
+        "--as",
+        dest="name",
+        required=True,
+        metavar="NAME",
+        help="the witness's name, e.g. witness.gt-justice (its key name)",
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where to listen (default 127.0.0.1, a free port)",
+    )
+    p.add_argument(
+        "--log-key",
+        type=Path,
+        required=True,
+        help="the log's public key (the broker's DATA_DIR/broker/log.pub)",
+    )
+    p.add_argument("--origin", default="istmo.local/audit", help="the log's origin")
+    p.add_argument(
+        "--state",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the witness's key and state (made on first start, 0700)",
+    )
+    p.set_defaults(func=_lazy("cli.witness", "witness_command"))
 
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+from broker.cli._common import add_log_key_alone, add_witness_trust
 from broker.store.tables import AUDIT_TABLES
 
 __all__ = ["add_db_commands"]
@@ -61,8 +63,12 @@ def add_db_commands(sub: Any) -> None:
         description="Copy every table of a region's SQLite database (registry, bulletin "
         "metadata, audit log) into ISTMO_DATABASE_URL, which must be empty and at this "
         "Istmo's revision (`istmo db upgrade`). One transaction: the counts are compared and "
-        "the audit log verified before it commits; any failure leaves the target empty. "
-        "Stop `istmo up` first. The SQLite file is only read.",
+        "the audit log verified before it commits, with the witness quorum on the region's "
+        "checkpoint (witnesses as for `istmo audit verify`: --witnesses FILE or "
+        "--witness/--quorum, else the file $ISTMO_AUDIT_WITNESSES names, else the region's "
+        "own broker/witnesses.json; without any, the copy refuses unless "
+        "--trust-log-key-alone); any failure leaves the target empty. Stop `istmo up` first. "
+        "The SQLite file is only read.",
     )
     c.add_argument(
         "--from-sqlite",
@@ -77,6 +83,8 @@ def add_db_commands(sub: Any) -> None:
         type=Path,
         help="the audit log's public key (default: broker/log.pub beside the database)",
     )
+    add_witness_trust(c)
+    add_log_key_alone(c)
     c.set_defaults(func=_copy_command)
 
 
@@ -145,6 +153,7 @@ def _current_command(args: argparse.Namespace) -> int:
 
 
 def _copy_command(args: argparse.Namespace) -> int:
+    from broker.cli.audit import witness_trust
     from broker.config import Settings
     from broker.runtime.db_copy import copy_sqlite_region, log_key_for, region_database
     from broker.store import db
@@ -157,7 +166,15 @@ def _copy_command(args: argparse.Namespace) -> int:
             "`istmo db upgrade`)"
         )
     source = region_database(args.from_sqlite)
-    report = copy_sqlite_region(source, url, log_key_for(source, args.log_key))
+    # The witnesses as `istmo audit verify` takes them; the region's own list by default.
+    chosen = witness_trust(args, Settings.from_env(data_dir=source.parent))
+    report = copy_sqlite_region(
+        source,
+        url,
+        log_key_for(source, args.log_key),
+        trust=chosen.witnesses,
+        trust_log_key_alone=chosen.witnesses is None,
+    )
     rate = report.total_rows / report.seconds if report.seconds > 0 else 0.0
     print(
         f"copied {report.total_rows:,} rows into {db.display_url(url)} in "
@@ -167,13 +184,17 @@ def _copy_command(args: argparse.Namespace) -> int:
     log = report.log
     if log is None:
         print("the audit log is empty: nothing to verify")
-        return 0
-    print(
-        f"audit log verified on PostgreSQL: {log.entries} entries and {log.heads} signed "
-        f"tree heads in {log.seconds:.2f} s"
-    )
-    if log.latest is not None:
-        print(f"latest head: size {log.latest.tree_size}, root {log.latest.root_hash}")
-    if log.pending:
-        print(f"{log.pending} events wait for the sequencer")
+    else:
+        print(
+            f"audit log verified on PostgreSQL: {log.entries} entries and {log.heads} signed "
+            f"tree heads in {log.seconds:.2f} s"
+        )
+        if log.latest is not None:
+            print(f"latest head: size {log.latest.tree_size}, root {log.latest.root_hash}")
+        if report.witnessed is not None:
+            print(report.witnessed)
+        if log.pending:
+            print(f"{log.pending} events wait for the sequencer")
+    if chosen.note:
+        print(chosen.note, file=sys.stderr)
     return 0

@@ -20,8 +20,10 @@ from broker.runtime.health import (
     database_checks,
     dead_letter_check,
     exit_code,
+    rfi_check,
 )
 from broker.runtime.stack import read_stack_file
+from broker.store.rfi_book import overdue_count
 from schemas.errors import BusUnavailable, ConfigError
 
 __all__ = ["health_command"]
@@ -63,6 +65,8 @@ def _health(args: argparse.Namespace) -> int:
         pending, oldest = shared_log(data.settings.db_url).pending_since()
         local = database_checks(data.settings.db_url, pending, oldest, time.time())
         local.append(dead_letter_check(len(list_dead_letters(registry))))
+        now = time.time()
+        local.append(rfi_check(*overdue_count(registry, now=int(now)), now))
         agencies = [a.id for a in registry.agencies() if a.status != "revoked"]
 
         try:

@@ -12,6 +12,7 @@ from typing import Any
 from broker.cli._common import server_parts
 from broker.config import Settings
 from broker.runtime.stack import Stack, read_stack_file
+from broker.runtime.statenodes import parse_leaves
 from schemas.errors import ConfigError
 
 __all__ = ["relay_command", "sequencer_command", "up_command"]
@@ -39,14 +40,29 @@ def up_command(args: argparse.Namespace) -> int:
         cluster_port=args.cluster_port,
         join=join,
         stream_replicas=args.stream_replicas,
+        leaves=parse_leaves(args.leaves) if args.leaves else (),
+        leaf_port=args.leaf_port,
     )
     stack.claim()  # lock, ports, a stale nats-server: before anything is written
     stack.prepare(demo=not join)  # a region's directory is its administrators', never the demo
-    code = _run(
-        lambda stop: stack.up(
-            stop, with_relay=not args.no_relay, with_sequencer=not args.no_sequencer
+    witnesses = server_parts("runtime.witnesses")
+    local = None
+    if args.witnesses:
+        logging.getLogger("istmo.witness").setLevel(logging.WARNING)  # refusals only
+        local = witnesses.start_local_witnesses(settings, args.witnesses, args.witness_quorum)
+    elif args.witness_quorum is not None:
+        raise ConfigError("--witness-quorum needs --witnesses N")
+    elif witnesses.forget_local_witnesses(settings):
+        print("witnesses none (removed the local witnesses file of an earlier --witnesses)")
+    try:
+        code = _run(
+            lambda stop: stack.up(
+                stop, with_relay=not args.no_relay, with_sequencer=not args.no_sequencer
+            )
         )
-    )
+    finally:
+        if local is not None:
+            local.stop()
     print("istmo: stopped cleanly")
     return code
 

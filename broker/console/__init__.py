@@ -7,7 +7,7 @@ Layout:
     broker/console/web.py        ConsoleState, render, page(scope), checked_form, ConsolePage,
                                  cookies, ConsoleHeaders (the console's CSP)
     broker/console/sessions.py   server-side sessions, one-time sign-in links, CSRF compare
-    broker/console/i18n.py       English and Spanish catalogs, Accept-Language negotiation
+    broker/console/i18n.py       catalogues (data/console/i18n/*.json), plurals, negotiation
     broker/console/auth.py       sign-in (session links, the dev login), sign-out, language
     broker/console/auditor.py    the auditor's pages (scope audit:read)
     broker/console/queries.py    what the log and integrity pages read
@@ -25,10 +25,7 @@ How to add a page (what part 2 does for ``admin*.py``)::
     from typing import Annotated
     from fastapi import APIRouter, Request
     from broker.console.web import PREFIX, ConsoleState, Session, checked_form, page, render
-    from broker.console.i18n import add_strings
-
-    add_strings("en", {"admin.agencies": "Agencies"})
-    add_strings("es", {"admin.agencies": "Agencias"})
+    # its words: add "admin.agencies" to each of broker/data/console/i18n/{en,es,fr,nl}.json
 
     Admin = Annotated[Session, page("admin")]   # a signed-in user with the admin scope
 

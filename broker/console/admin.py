@@ -35,7 +35,6 @@ from broker.api.admin import write_candidate
 from broker.api.context import ApiProblem
 from broker.api.enrol import apply_directory_change
 from broker.audit import events
-from broker.console import admin_strings  # noqa: F401  # adds our strings to the catalog
 from broker.console.admin_data import (
     ACTIONS,
     Action,
@@ -176,11 +175,11 @@ def admin_router(console: ConsoleState) -> APIRouter:
     ) -> Response:
         places = sorted(j.code for j in api.registry.jurisdictions())
         if place and place not in places:
-            raise ConsolePage(400, "error.bad_input", what="place: not a state or community")
+            raise ConsolePage(400, "error.bad_field", field="place", hint="hint.place")
         if sector and sector not in SECTORS:
-            raise ConsolePage(400, "error.bad_input", what="sector: not a sector")
+            raise ConsolePage(400, "error.bad_field", field="sector", hint="hint.sector")
         if status and status not in STATUSES:
-            raise ConsolePage(400, "error.bad_input", what="status: not a status")
+            raise ConsolePage(400, "error.bad_field", field="status", hint="hint.status")
         groups = agency_groups(
             api.registry, place=place or None, sector=sector or None, status=status or None
         )
@@ -288,7 +287,7 @@ def admin_router(console: ConsoleState) -> APIRouter:
     async def _issue_token(request: Request, who: Session, agency_id: str, ttl: str) -> Response:
         if ttl not in TTLS:
             reject(request, who, "bad_attribute", "ttl: hour, day or week")
-            raise ConsolePage(400, "error.bad_input", what="ttl: hour, day or week")
+            raise ConsolePage(400, "error.bad_field", field="ttl", hint="hint.ttl")
         try:
             issued = await asyncio.to_thread(
                 issue_enrolment_token,
@@ -400,7 +399,7 @@ def admin_router(console: ConsoleState) -> APIRouter:
         limit = api.limits.max_simulate_bulletins
         if not 1 <= last <= limit:
             reject(request, who, "bad_attribute", f"last: 1 to {limit}")
-            raise ConsolePage(400, "error.bad_input", what=f"last: 1 to {limit}")
+            raise ConsolePage(400, "error.bad_field", field="last", hint="hint.last", limit=limit)
         check = await checked(request, who, files)
         simulation = None
         if check.valid:

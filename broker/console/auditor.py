@@ -59,7 +59,7 @@ def _when(text: str | None, field: str, *, end: bool = False) -> int | None:
     if not text:
         return None
     if not _DATE.fullmatch(text):
-        raise ConsolePage(400, "error.bad_input", what=f"{field}: use YYYY-MM-DD")
+        raise ConsolePage(400, "error.bad_field", field=field, hint="hint.date")
     try:
         if "T" in text:
             parsed = time.strptime(text, "%Y-%m-%dT%H:%M")
@@ -68,7 +68,7 @@ def _when(text: str | None, field: str, *, end: bool = False) -> int | None:
             parsed = time.strptime(text, "%Y-%m-%d")
             extra = 86_400_000 if end else 0
     except ValueError as exc:
-        raise ConsolePage(400, "error.bad_input", what=f"{field}: not a date") from exc
+        raise ConsolePage(400, "error.bad_field", field=field, hint="hint.not_date") from exc
     return calendar.timegm(parsed) * 1000 + extra
 
 
@@ -76,7 +76,7 @@ def _token(text: str | None, field: str) -> str | None:
     if not text:
         return None
     if not _TOKEN.fullmatch(text):
-        raise ConsolePage(400, "error.bad_input", what=f"{field}: use a-z, 0-9 and '-'")
+        raise ConsolePage(400, "error.bad_field", field=field, hint="hint.token")
     return text
 
 
@@ -115,11 +115,11 @@ def auditor_router(console: ConsoleState) -> APIRouter:
         after: Annotated[int | None, Query(ge=-1, le=MAX_INDEX)] = None,
     ) -> Response:
         if type and type not in EVENT_TYPES:
-            raise ConsolePage(400, "error.bad_input", what="type: not an event type")
+            raise ConsolePage(400, "error.bad_field", field="type", hint="hint.event_type")
         if decision and decision not in DECISIONS:
-            raise ConsolePage(400, "error.bad_input", what="decision: permitted or denied")
+            raise ConsolePage(400, "error.bad_field", field="decision", hint="hint.decision")
         if topic and topic not in TOPICS:
-            raise ConsolePage(400, "error.bad_input", what="topic: not a topic")
+            raise ConsolePage(400, "error.bad_field", field="topic", hint="hint.topic")
         f = queries.LogFilter(
             agency=_token(agency, "agency"),
             state=_state(state),
@@ -192,7 +192,7 @@ def auditor_router(console: ConsoleState) -> APIRouter:
         )
         record(who, "entry", {"index": index}, 0 if found is None else 1)
         if found is None:
-            raise ConsolePage(404, "error.not_found", what="that entry")
+            raise ConsolePage(404, "error.no_entry")
         return render(
             request,
             "entry.html",
@@ -294,7 +294,7 @@ def auditor_router(console: ConsoleState) -> APIRouter:
         flow = None
         if bulletin:
             if not re.fullmatch(BULLETIN_ID_PATTERN, bulletin):
-                raise ConsolePage(400, "error.bad_input", what="bulletin: not a bulletin id")
+                raise ConsolePage(400, "error.bad_field", field="bulletin", hint="hint.bulletin")
             flow = figures.bulletin_flow(api.registry, bulletin)
             record(who, "flow", {"bulletin": bulletin}, flow["events"])
         return render(

@@ -158,6 +158,12 @@ def hbars(
     return Markup("".join(parts))  # noqa: S704  # every value above is escaped or a number
 
 
+def word(_: Callable[..., str], kind: str, code: str) -> str:
+    """The word for ``code`` when the translator has words (the console's has), else it."""
+    lookup = getattr(_, "word", None)
+    return str(lookup(kind, code)) if lookup is not None else code
+
+
 def render_all(stats: Mapping[str, Any], _: Callable[..., str]) -> list[Chart]:
     """The three pictures of the charts page, with their tables."""
     charts: list[Chart] = []
@@ -170,12 +176,13 @@ def render_all(stats: Mapping[str, Any], _: Callable[..., str]) -> list[Chart]:
     c = Chart("per-day", _("charts.per_day"), empty=not days)
     if days:
         total = sum(topic_totals.values())
-        desc = f"{total} {_('charts.bulletins')}, {len(days)} {_('charts.day').lower()}(s): " + (
-            ", ".join(f"{t} {topic_totals[t]}" for t in topics)
+        desc = f"{_('charts.n_bulletins', n=total)}, {_('charts.n_days', n=len(days))}: " + (
+            ", ".join(f"{word(_, 'topic', t)} {topic_totals[t]}" for t in topics)
         )
-        c.svg = vbars(c.id, c.title, desc, days, topics, per_day)
+        named = {d: {word(_, "topic", t): v for t, v in per_day[d].items()} for d in days}
+        c.svg = vbars(c.id, c.title, desc, days, [word(_, "topic", t) for t in topics], named)
         c.table = {
-            "head": [_("charts.day"), *topics],
+            "head": [_("charts.day"), *(word(_, "topic", t) for t in topics)],
             "rows": [[d, *(per_day[d].get(t, 0) for t in topics)] for d in days],
         }
     charts.append(c)
@@ -189,11 +196,13 @@ def render_all(stats: Mapping[str, Any], _: Callable[..., str]) -> list[Chart]:
     c = Chart("denials", _("charts.denials"), empty=not agencies)
     if agencies:
         desc = ", ".join(f"{a} {sum(denials[a].values())}" for a in agencies[:10])
-        c.svg = hbars(c.id, c.title, desc, agencies, reasons, denials)
+        shown = [word(_, "reason", r) for r in reasons]
+        named = {a: {word(_, "reason", r): v for r, v in denials[a].items()} for a in agencies}
+        c.svg = hbars(c.id, c.title, desc, agencies, shown, named)
         if len(ranked) > len(agencies):
             c.note = _("charts.top", shown=len(agencies), total=len(ranked))
         c.table = {
-            "head": [_("log.agency"), *reasons],
+            "head": [_("log.agency"), *shown],
             "rows": [[a, *(denials[a].get(r, 0) for r in reasons)] for a in ranked],
         }
     charts.append(c)

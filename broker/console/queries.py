@@ -161,6 +161,7 @@ def log_page(
                 "actor": str(shown.get("actor", ""))[:200],
                 "subject": str(shown.get("subject", ""))[:200],
                 "bulletin_id": shown.get("bulletin_id"),
+                "reason_for": _reason_for(shown, f.agency),
                 "reason": _reason(shown, f.agency),
             }
         )
@@ -169,15 +170,27 @@ def log_page(
     return out
 
 
-def _reason(shown: dict[str, Any], agency: str | None) -> object:
-    """An entry's reason; for a ``bulletin.decided`` entry found by ``agency``, what was
-    decided for it ("jm-police: default_deny"), which its row would not show otherwise."""
+def _decided_for(shown: dict[str, Any], agency: str | None) -> str | None:
+    """For a ``bulletin.decided`` entry found by ``agency``, what was decided for it
+    (``default_deny``), which its row would not show otherwise."""
     data = shown.get("data")
     if agency and shown.get("type") == "bulletin.decided" and isinstance(data, dict):
         for g in decided_groups(data):
             if agency in g.agencies:
-                return f"{agency}: {g.outcome}"
-    return shown.get("reason")
+                return g.outcome
+    return None
+
+
+def _reason_for(shown: dict[str, Any], agency: str | None) -> str | None:
+    """The agency a row's reason is about, when it is one candidate's outcome."""
+    return agency if _decided_for(shown, agency) is not None else None
+
+
+def _reason(shown: dict[str, Any], agency: str | None) -> object:
+    """An entry's reason (a code where the broker wrote one), or the outcome for the
+    agency searched for ("jm-police: default_deny" on the page)."""
+    outcome = _decided_for(shown, agency)
+    return outcome if outcome is not None else shown.get("reason")
 
 
 def _log_key(broker_dir: Path | None) -> VerifyKey | None:

@@ -169,14 +169,16 @@ def on_console_page(request: Request, exc: ConsolePage) -> Response:
             exc = ConsolePage(429, "error.rate", seconds=wait)
     if exc.redirect is not None:
         return RedirectResponse(exc.redirect, status_code=303)
+    _ = translator(lang_of(request))
+    values = {"who": exc.who or "?", **exc.values}
+    if "hint" in values:  # the hint is a key too: "type: not an event type", in words
+        values["hint"] = _(str(values["hint"]), **values)
     return render(
         request,
         "message.html",
         {
             "title_key": "refused.title" if exc.status in (401, 403) else "error.title",
-            "message": translator(lang_of(request))(
-                exc.key, **{"who": exc.who or "?", **exc.values}
-            ),
+            "message": _(exc.key, **values),
         },
         status=exc.status,
     )
@@ -228,14 +230,14 @@ async def form_fields(request: Request, *, max_value: int | None = 10_000) -> di
     ``max_value`` characters (None: whole, as for a policy candidate's text)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
-        raise ConsolePage(400, "error.bad_input", what="send the form as a browser does")
+        raise ConsolePage(400, "error.form_type")
     body = await request.body()
     try:
         pairs = parse_qsl(
             body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS
         )
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ConsolePage(400, "error.bad_input", what="the form is not valid") from exc
+        raise ConsolePage(400, "error.form_invalid") from exc
     fields: dict[str, str] = {}
     for key, value in pairs:
         fields.setdefault(key[:64], value[:max_value])

@@ -34,6 +34,7 @@ from sqlmodel import Field, Session, SQLModel, select
 from broker.audit import events
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.directory.admins import AdminRow
+from broker.directory.jurisdictions import PARTNER
 from broker.store.registry import (
     AgencyRow,
     EncryptionKeyRow,
@@ -43,7 +44,7 @@ from broker.store.registry import (
     SubscriptionRow,
 )
 from schemas.audit import AuditEvent
-from schemas.canonical import b64e
+from schemas.canonical import b64d, b64e
 from schemas.directory import SECTORS
 from schemas.enrolment import (
     EnrolmentAnswer,
@@ -183,8 +184,8 @@ def _check_new_agency(registry: Registry, a: NewAgency) -> tuple[int, tuple[str,
     kinds = {j.code: j.kind for j in registry.jurisdictions()}
     if (a.state is None) == (not a.communities):
         raise _bad("give a state (a national agency) or communities (a regional body)")
-    if a.state is not None and kinds.get(a.state) != "state":
-        raise _bad("state: not a state of the directory")
+    if a.state is not None and kinds.get(a.state) not in ("state", PARTNER):
+        raise _bad("state: not a state or partner region of the directory")
     if len(a.communities) > MAX_COMMUNITIES or len(set(a.communities)) != len(a.communities):
         raise _bad(f"communities: at most {MAX_COMMUNITIES}, each once")
     for c in a.communities:
@@ -558,6 +559,11 @@ def _check_unused_in(s: Session, request: EnrolmentRequest) -> None:
         raise EnvelopeError("a key in the request is registered already", code="key_reused")
 
 
+def _raw(public: str) -> bytes:
+    """A public key of a request as bytes (the request's model checked it is base64)."""
+    return b64d(public, field="public key", max_bytes=4096)
+
+
 def _redeemed_events(
     agency: str, token_id: str, request: EnrolmentRequest, now: int
 ) -> Sequence[AuditEvent]:
@@ -565,7 +571,29 @@ def _redeemed_events(
     enc = request.encryption
     return [
         events.agency_enrolled(agency, token_id=token_id, at=at),
-        events.key_registered(agency, request.signing.kid, "signing", at=at, actor=agency),
-        events.key_registered(agency, enc.kid, "encryption", at=at, actor=agency, kem=enc.kem),
-        events.key_registered(agency, request.nats_user, "nats", at=at, actor=agency),
+        events.key_registered(
+            agency,
+            request.signing.kid,
+            "signing",
+            at=at,
+            actor=agency,
+            public=_raw(request.signing.public),
+        ),
+        events.key_registered(
+            agency,
+            enc.kid,
+            "encryption",
+            at=at,
+            actor=agency,
+            kem=enc.kem,
+            public=_raw(enc.public),
+        ),
+        events.key_registered(
+            agency,
+            request.nats_user,
+            "nats",
+            at=at,
+            actor=agency,
+            public=request.nats_user.encode(),
+        ),
     ]

@@ -20,6 +20,7 @@ from sqlmodel import Session
 from broker.audit import events
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.store.registry import EncryptionKeyRow, Registry, SigningKeyRow
+from schemas.canonical import b64d
 from schemas.directory import AgencyRecord
 from schemas.errors import EnvelopeError, SignatureError
 from schemas.rotation import parse_rotation, verify_rotation
@@ -98,9 +99,22 @@ def apply_rotation(
         events.key_rotated(
             caller, old_kid=current.kid, new_kid=signing.kid, encryption_kid=encryption.kid, at=at
         ),
-        events.key_registered(caller, signing.kid, "signing", at=at, actor=caller),
         events.key_registered(
-            caller, encryption.kid, "encryption", at=at, actor=caller, kem=encryption.kem
+            caller,
+            signing.kid,
+            "signing",
+            at=at,
+            actor=caller,
+            public=b64d(signing.public, field="signing key", max_bytes=32),
+        ),
+        events.key_registered(
+            caller,
+            encryption.kid,
+            "encryption",
+            at=at,
+            actor=caller,
+            kem=encryption.kem,
+            public=b64d(encryption.public, field="kem key", max_bytes=1216),
         ),
     ]
     registry.change(apply, trail)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.directory.changes import JOURNAL_TAIL, ChangeLog
+from broker.directory.jurisdictions import PARTNER
 from broker.policy.engine import (
     AgencyInfo,
     DirectorySnapshot,
@@ -246,7 +247,9 @@ class DirectoryService:
         jurisdictions = [
             JurisdictionInfo(
                 code=j.code,
-                kind="state" if j.kind == "state" else "community",
+                # A partner region (ADR 33) is a state of its own to the policy: in no
+                # community, so only a REL TO naming it covers it.
+                kind="state" if j.kind in ("state", PARTNER) else "community",
                 name=j.name,
                 parents=_split(j.parents),
             )
@@ -306,6 +309,7 @@ class DirectoryService:
         self._view = view  # one assignment: readers on other threads take one whole view
         self._jurisdictions, self._infos = view.jurisdictions, view.infos
         self.states = view.states
+        self.jurisdiction_parents = {j.code: j.parents for j in view.jurisdictions}
         self.agency_rows = view.agency_rows
         self.subscribers = view.subscribers
         self.records = view.records

@@ -2,7 +2,8 @@
 loaded, linted (``lint``) and validated at once, as one immutable value.
 
 Also derived when a bundle loads: the entities its policies name (every slice holds them,
-``slicing``) and the prefilter rules it proves (``prefilter``). Left to others: the
+``slicing``), the prefilter rules it proves (``prefilter``) and the attributes it reads
+(``classes``). Left to others: the
 directory (``entities``) and deciding (``engine``).
 """
 
@@ -16,6 +17,7 @@ from types import MappingProxyType
 
 from cedarpy import PolicySet, Schema, pst
 
+from broker.policy.classes import attributes_read
 from broker.policy.lint import OVERRIDES_DIR, lint_file, shorten_error
 from broker.policy.prefilter import Prefilter
 from broker.policy.slicing import Uid, literals
@@ -59,6 +61,7 @@ class PolicyBundle:
     _labels: Mapping[str, tuple[str, str]] = field(repr=False)  # positional -> (@id, @reason)
     _literals: frozenset[Uid] = field(repr=False)  # entities the policies name
     _prefilter: Prefilter = field(repr=False)
+    _read: frozenset[str] = field(repr=False)  # attribute names the policies read
 
     @property
     def reasons(self) -> dict[str, str]:
@@ -122,5 +125,5 @@ class PolicyBundle:
         )
         version = hashlib.sha256(canonical.encode()).hexdigest()[:16]
         handles = (schema, schema_digest, policies, grants, MappingProxyType(labels))
-        derived = (literals(tree), Prefilter.derive(tree))
+        derived = (literals(tree), Prefilter.derive(tree), attributes_read(tree))
         return cls(version, tuple(texts), canonical, *handles, *derived)

@@ -196,4 +196,13 @@ def bulletin_entity(facts: BulletinFacts) -> _Json:
         attrs["embargoUntil"] = facts.not_before
     if facts.expires_at is not None:
         attrs["expiresAt"] = facts.expires_at
+    answered = facts.in_reply_to
+    if answered is not None:
+        attrs["inReplyTo"] = {
+            "classification": answered.labels.classification.level,
+            "tlp": answered.labels.tlp.value,
+            "releasableWithin": [_ref("Jurisdiction", c) for c in answered.releasable_within],
+            "handling": [h.value for h in answered.labels.handling],
+            "audience": [_ref("Agency", a) for a in answered.audience],
+        }
     return {"uid": entity_uid("Bulletin", facts.bulletin_id), "attrs": attrs, "parents": []}

@@ -8,9 +8,8 @@ combines and words the results. Simulation is ``broker.policy.simulate``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from broker.policy.model import Decision
+from broker.policy.model import Action, Decision
 
 __all__ = ["Explanation", "explanation"]
 
@@ -36,7 +35,7 @@ class Explanation:
     """
 
     agency: str
-    action: Literal["publish", "receive"]
+    action: Action
     allowed: bool
     policy_ids: tuple[str, ...]
     reasons: tuple[str, ...]

@@ -20,9 +20,10 @@ __all__ = [
     "Decider",
     "Decision",
     "JurisdictionInfo",
+    "ReplyFacts",
 ]
 
-Action = Literal["publish", "receive"]
+Action = Literal["publish", "receive", "forward"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,25 @@ class AgencyInfo:
 
 
 @dataclass(frozen=True)
+class ReplyFacts:
+    """What the relay recorded of the bulletin a reply answers (ADR 16).
+
+    Attributes:
+        labels: that bulletin's labels, which the reply's may not weaken.
+        releasable_within: its ``rel_to`` and every state that belongs to one of them,
+            sorted: the jurisdictions a reply may be releasable to.
+        audience: who a reply may reach, sorted.
+    """
+
+    labels: Labels
+    releasable_within: tuple[str, ...]
+    audience: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class BulletinFacts:
-    """What the policy may know about one bulletin (times are epoch seconds)."""
+    """What the policy may know about one bulletin (times are epoch seconds); for a
+    reply, what it answers (``in_reply_to``)."""
 
     bulletin_id: str
     originator: str
@@ -64,6 +82,7 @@ class BulletinFacts:
     labels: Labels
     not_before: int | None
     expires_at: int | None
+    in_reply_to: ReplyFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -86,10 +105,15 @@ class Decision:
 
 
 class Decider(Protocol):
-    """Decides ``publish`` and ``receive`` for a bulletin (``PolicyEngine`` does)."""
+    """Decides ``publish``, ``receive`` and ``forward`` for a bulletin (``PolicyEngine``
+    does)."""
 
     def decide_publish(self, facts: BulletinFacts, now: int) -> Decision: ...
 
     def decide_receive(
         self, facts: BulletinFacts, agencies: Sequence[str], now: int
     ) -> list[Decision]: ...
+
+    def decide_forward(
+        self, facts: BulletinFacts, forwarder: str, recipient: str, now: int, *, consent: bool
+    ) -> Decision: ...

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-from broker.policy.model import BulletinFacts, Decider, Decision
+from broker.policy.model import Action, BulletinFacts, Decider, Decision
 
 __all__ = ["Change", "simulate"]
 
@@ -26,7 +25,7 @@ class Change:
 
     bulletin_id: str
     agency: str
-    action: Literal["publish", "receive"]
+    action: Action
     old: Decision
     new: Decision
 

@@ -102,6 +102,10 @@ class EntityIndex:
     def __len__(self) -> int:
         return self._size
 
+    def entity(self, uid: Uid) -> Mapping[str, object] | None:
+        """The Cedar JSON entity ``uid``, or None if the directory has none."""
+        return self._lookup(uid)
+
     def reach(self, roots: Iterable[Uid]) -> dict[Uid, None]:
         """The indexed uids reachable from ``roots`` (an ordered set); unknown roots add
         nothing, as they are absent from the whole directory too."""

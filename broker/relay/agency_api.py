@@ -11,9 +11,13 @@ changes keys) and returns the typed reply, or an ``ErrorReply`` whose code is on
     explain       labels -> every candidate: permitted or denied, by which policies, and why
     directory     agency ids -> their signed records (public keys)
     changes       a directory version -> whose records changed since (signed; ADR 14)
+    key-log       keys (agency, key id) -> their registration entries in the audit log,
+                  with inclusion proofs against the witnessed checkpoint (ADR 28); or the
+                  caller's own key entries, for its monitor
     status        bulletin id -> accepted / rejected (reason) / pending, originator only
                   (not_found when nothing of the caller's waits for the relay)
-    receipts      bulletin id -> routed recipients and their receipts, originator only
+    receipts      bulletin id -> routed recipients and their receipts, originator only;
+                  with ``signed``, each receipt whole, a page at a time, to verify
     rotate        new keys signed by the current one (``broker.directory.rotation``)
     revoke-key    one of the caller's own signing key ids -> revoked from now on
     dead-letters  the caller's own dead letters
@@ -21,10 +25,25 @@ changes keys) and returns the typed reply, or an ``ErrorReply`` whose code is on
                   bulletin named); a read like status, not audited
     recall        the caller's signed withdrawal of one of its bulletins: recorded, copies
                   removed, who had it told (``broker.relay.withdrawals``, ADR 15)
+    groups, group-roster, group-epoch, group-keys
+                  community group keys (``broker.relay.group_api``, ADR 18)
+    reply-context bulletin id -> what a reply to it starts from: its labels, thread and
+                  who a reply may reach; not_found (audited) unless the caller received
+                  or sent it (``broker.relay.conversations``, ADR 16)
+    rfi-list      the RFIs the caller asked and those asked of it, where each stands
+    rfi-close     one of the caller's RFIs -> closed (audited)
+    forward-request, forward-requests, forward-decide
+                  consent to forward a bulletin: asked by a recipient, listed and answered
+                  by the originator (``broker.relay.forward_requests``, ADR 20)
+    desk-summary  the caller's signed summary of its desk's access log -> a desk.summary
+                  audit event (``broker.relay.desk_summaries``, ADR 31)
 
 A refused request is an audit event; an answer the caller may not like (a policy denial,
 "not found") is not, and neither is a fault of the broker's own (it is logged). A recall
-is the exception: refused as "not found", it is audited (by ``Withdrawals.accept``).
+and a reply-context are the exceptions: refused as "not found", each is audited (by
+``Withdrawals.accept``, ``Conversations.reply_context``), naming the bulletin; so are the
+forwarding operations' refusals, "not found" included (by ``ForwardRequests``), and a
+desk summary's (by ``DeskSummaries``).
 """
 
 from __future__ import annotations
@@ -37,12 +56,18 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker.audit import events
+from broker.bus.leaves import leaf_domain, waiting_on_state_node
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
 from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT, revoke_signing_key
 from broker.directory.rotation import apply_rotation
 from broker.directory.service import DirectoryService
+from broker.relay.conversations import Conversations
 from broker.relay.dead_letters import list_dead_letters
+from broker.relay.desk_summaries import DeskSummaries
+from broker.relay.forward_requests import ForwardRequests
+from broker.relay.group_api import GROUP_OPS, GroupApi
+from broker.relay.key_log import key_log_reply
 from broker.relay.queries import AgencyQueries, NotFound
 from broker.relay.withdrawals import Withdrawals
 from broker.store.registry import Registry
@@ -62,6 +87,7 @@ from schemas.agency import (
     ResolveRequest,
     RevokeKeyReply,
     RevokeKeyRequest,
+    RfiListRequest,
     RotateReply,
     StatusPending,
     StatusReply,
@@ -78,6 +104,8 @@ from schemas.errors import (
     SignatureError,
 )
 from schemas.ids import parse_agency_id
+from schemas.keylog import KeyLogRequest
+from schemas.receipt_requests import ReceiptsRequest
 from schemas.subjects import API_OPS, INGEST_STREAM, gated_subject
 
 __all__ = ["AGENCY_DEAD_LETTERS_MAX", "AgencyApi", "error_reply", "reply_bytes"]
@@ -113,6 +141,10 @@ class AgencyApi:
         self.clock = clock  # stamps the audit events of rotations and revocations
         self.queries = AgencyQueries(registry, directory)
         self.recalls = Withdrawals(settings, registry, directory, clock=clock)
+        self.groups = GroupApi(settings, registry, directory, clock=clock)
+        self.conversations = Conversations(settings, registry, directory, clock=clock)
+        self.forwards = ForwardRequests(settings, registry, directory, clock=clock)
+        self.desk_summaries = DeskSummaries(settings, registry, directory, clock=clock)
 
     async def serve(self, nc: NATS, msg: Msg, *, now: int) -> None:
         """Answer one request on ``nc``; after a key change, tell every other broker
@@ -147,7 +179,17 @@ class AgencyApi:
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("could not count the ingest queue of %s: %s", caller, type(exc).__name__)
             return True
-        return bool((info.state.subjects or {}).get(waiting_on, 0))
+        if (info.state.subjects or {}).get(waiting_on, 0):
+            return True
+        # ADR 0030: on a state node, the publish may not have reached the hub yet.
+        row = self.registry.agency(caller)
+        if row is None or row.state is None:
+            return False
+        try:
+            leaf_domain(row.state)
+        except ValueError:
+            return False
+        return await waiting_on_state_node(nc, row.state, caller)
 
     async def recall(
         self, nc: NATS, subject: str, data: bytes, *, now: int
@@ -188,9 +230,16 @@ class AgencyApi:
             caller = parse_agency_id(parts[2])
             if caller not in self.directory.records:
                 return ErrorReply.of("unknown_agency", "this agency is not in the directory")
+            if parts[3].startswith("forward-"):
+                return self._forward(caller, parts[3], data, now)
+            if parts[3] == "desk-summary":
+                return self._desk_summary(caller, data, now)
             return self._answer(caller, parts[3], data, now)
         except (PolicyDenied, NotFound) as exc:
-            # Answers about the caller's own request, not faults in it: not audited.
+            # Answers about the caller's own request, not faults in it: not audited, but
+            # for an RFI to an agency the policy refuses (an auditor's concern; ADR 16).
+            if exc.code == "rfi_addressee_denied":
+                self._audit_refusal(parts, exc, now)
             return error_reply(exc)
         except (AuditStoreError, ConfigError) as exc:
             log.error("could not answer api.%s: %s (%s)", parts[3][:40], exc.code, exc)
@@ -202,25 +251,61 @@ class AgencyApi:
             log.exception("could not answer api.%s", parts[3][:40])
             return ErrorReply.of("internal", _INTERNAL)
 
+    def _forward(self, caller: str, op: str, data: bytes, now: int) -> AgencyReply | ErrorReply:
+        """The forwarding operations (ADR 20); they audit their own refusals."""
+        try:
+            if op == "forward-request":
+                return self.forwards.ask(caller, data, now)
+            if op == "forward-requests":
+                return self.forwards.requests(caller, data)
+            if op == "forward-decide":
+                return self.forwards.decide(caller, data, now)
+        except (AuditStoreError, ConfigError):
+            raise
+        except IstmoError as exc:  # audited by ForwardRequests
+            return error_reply(exc)
+        return ErrorReply.of("bad_request", f"unknown operation: use one of {', '.join(API_OPS)}")
+
+    def _desk_summary(self, caller: str, data: bytes, now: int) -> AgencyReply | ErrorReply:
+        """A desk's access-log summary (ADR 31); ``DeskSummaries`` audits its refusals."""
+        try:
+            return self.desk_summaries.accept(caller, data, now)
+        except (AuditStoreError, ConfigError):
+            raise
+        except IstmoError as exc:
+            return error_reply(exc)
+
     def _answer(self, caller: str, op: str, data: bytes, now: int) -> AgencyReply | ErrorReply:
         max_bytes = self.settings.max_request_bytes
         q = self.queries
         if op in ("recipients", "resolve", "explain"):
             ask = parse_model(ResolveRequest, data, max_bytes=max_bytes, what="request")
+            # A reply: what the registry holds of the bulletin it answers (ADR 16).
+            answered = None
+            if ask.in_reply_to is not None:
+                answered = self.conversations.answered([ask.in_reply_to]).get(ask.in_reply_to)
             if op == "recipients":
-                return q.recipients(caller, ask, now)
-            return q.resolve(caller, ask, now) if op == "resolve" else q.explain(caller, ask, now)
+                return q.recipients(caller, ask, now, answered)
+            if op == "resolve":
+                return q.resolve(caller, ask, now, answered)
+            return q.explain(caller, ask, now, answered)
         if op == "directory":
             req = parse_model(DirectoryRequest, data, max_bytes=max_bytes, what="request")
             return q.directory_excerpt(list(req.agencies), now)
         if op == "changes":
             since = parse_model(ChangesRequest, data, max_bytes=max_bytes, what="request").since
             return q.changes(since, now)
-        if op in ("status", "receipts"):
+        if op == "key-log":
+            keys = parse_model(KeyLogRequest, data, max_bytes=max_bytes, what="request")
+            return key_log_reply(self.settings, caller, keys)
+        if op == "status":
             one = parse_model(BulletinRequest, data, max_bytes=max_bytes, what="request")
-            if op == "status":
-                return q.status(caller, one.bulletin_id)
-            return q.receipts(caller, one.bulletin_id)
+            return q.status(caller, one.bulletin_id)
+        if op == "receipts":
+            asked = parse_model(ReceiptsRequest, data, max_bytes=max_bytes, what="request")
+            if asked.signed:
+                return q.signed_receipts(caller, asked.bulletin_id, asked.after)
+            return q.receipts(caller, asked.bulletin_id)
         if op == "rotate":
             kids = apply_rotation(
                 self.registry,
@@ -241,10 +326,20 @@ class AgencyApi:
         if op == "dead-letters":
             parse_model(DeadLettersRequest, data, max_bytes=max_bytes, what="request")
             return self._dead_letters(caller)
+        if op in ("reply-context", "rfi-close"):
+            one = parse_model(BulletinRequest, data, max_bytes=max_bytes, what="request")
+            if op == "reply-context":
+                return self.conversations.reply_context(caller, one.bulletin_id, now)
+            return self.conversations.rfi_close(caller, one.bulletin_id, now)
+        if op == "rfi-list":
+            listing = parse_model(RfiListRequest, data, max_bytes=max_bytes, what="request")
+            return self.conversations.rfi_list(caller, closed=bool(listing.closed), now=now)
         if op == "withheld":
             # The request has no fields: the count is the caller's, named by its subject.
             parse_model(WithheldRequest, data, max_bytes=max_bytes, what="request")
             return q.withheld(caller)
+        if op in GROUP_OPS:
+            return self.groups.answer(caller, op, data, now)
         # The operation token is the caller's: named by the list it is not in, not echoed.
         return ErrorReply.of("bad_request", f"unknown operation: use one of {', '.join(API_OPS)}")
 

@@ -56,6 +56,7 @@ from schemas.audit import AuditEvent
 from schemas.errors import ConfigError, EnvelopeError, IstmoError
 from schemas.ids import parse_agency_id
 from schemas.labels import Precedence
+from schemas.partner_delivery import LINK_HEADER, PARTNER_RECORD_HEADER
 from schemas.sealing import parse_envelope
 from schemas.subjects import (
     DELIVER_STREAM,
@@ -64,6 +65,7 @@ from schemas.subjects import (
     deliver_subject,
     gated_subject,
     is_delivery_to,
+    is_group_delivery,
 )
 
 __all__ = [
@@ -211,7 +213,9 @@ async def handle_advisory(
         msg = await js.get_msg(DELIVER_STREAM, seq)
     except NotFoundError:
         msg = None
-    if msg is None or not is_delivery_to(msg.subject or "", agency):
+    # The agency's own copy, or a group copy its consumer read as a member (ADR 21).
+    subject = msg.subject or "" if msg is not None else ""
+    if msg is None or not (is_delivery_to(subject, agency) or is_group_delivery(subject)):
         # Gone (max age) before it could be copied: record that, loudly.
         reason = "message_gone"
         log.error("dead letter deliver seq %d for %s is no longer in the stream", seq, agency)
@@ -228,6 +232,7 @@ async def handle_advisory(
                 "Istmo-Bulletin": bid or "",
                 "Istmo-Source-Seq": str(seq),
                 "Istmo-Deliveries": str(deliveries),
+                **_crossed(msg.headers),
             },
         )
         dead_seq = ack.seq
@@ -417,17 +422,20 @@ async def redrive(
             continue
         except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
             raise bus_unavailable("reading a dead letter", exc) from exc
+        headers = {}
         if dl.kind == "deliver":
             subject = deliver_subject(dl.agency, _precedence_of(copy.data))
             msg_id = f"{dl.bulletin_id}:{dl.agency}:redrive:{dl.dead_seq}"
             redriven, stream = events.delivery_redriven, DELIVER_STREAM
+            headers = _crossed(copy.headers)  # it crossed a link: it still opens
         else:
             # Straight to the stream: the broker is its own gate.
             subject = gated_subject("ingest", dl.agency)
             msg_id = f"{dl.agency}/ingest/redrive:{dl.dead_seq}"
             redriven, stream = events.ingest_redriven, INGEST_STREAM
         try:
-            ack = await js.publish(subject, copy.data or b"", headers={"Nats-Msg-Id": msg_id})
+            headers["Nats-Msg-Id"] = msg_id
+            ack = await js.publish(subject, copy.data or b"", headers=headers)
         except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
             raise bus_unavailable("redriving a dead letter", exc) from exc
         event = redriven(
@@ -442,3 +450,9 @@ async def redrive(
         registry.record([], [event])
         out.append((dl, "redriven"))
     return out
+
+
+def _crossed(headers: dict[str, str] | None) -> dict[str, str]:
+    """The headers of a delivery that crossed a partner link (ADR 33): kept with its
+    dead letter and its redrive, or its gateway could not open it."""
+    return {k: v for k, v in (headers or {}).items() if k in (LINK_HEADER, PARTNER_RECORD_HEADER)}

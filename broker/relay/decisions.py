@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from broker.audit import events
 from broker.audit.events import DecisionGroup
 from broker.policy.model import Decision
-from broker.store.registry import DecisionRecordRow
+from broker.store.registry import DecisionRecordRow, Insert, row_values
 from schemas.audit import AuditEvent
 
 __all__ = ["DEFAULT_DENY", "Denial", "Routing", "denial_of", "route"]
@@ -55,7 +55,7 @@ class Routing:
     """Who gets a bulletin, its decision record and the ``bulletin.decided`` event(s)."""
 
     deliver_to: tuple[str, ...]
-    record: DecisionRecordRow
+    record: Insert  # a DecisionRecordRow's values
     events: tuple[AuditEvent, ...]
 
 
@@ -99,7 +99,8 @@ def route(
         grouped.setdefault(key, []).append(dec.agency)
     keys = sorted(grouped, key=lambda k: (_ORDER.get(k[0], 2), k))
     deliver_to = tuple(sorted(a for k in keys if k[0] == "routed" for a in grouped[k]))
-    record = DecisionRecordRow(
+    record = row_values(
+        DecisionRecordRow,
         bulletin_id=bulletin_id,
         routed=",".join(deliver_to),
         groups=json.dumps(

@@ -36,7 +36,8 @@ from typing import Literal, Protocol
 from sqlmodel import SQLModel
 
 from broker.audit import events
-from broker.policy.model import BulletinFacts, Decider, Decision
+from broker.policy.model import BulletinFacts, Decider, Decision, ReplyFacts
+from broker.relay.attachment_checks import AttachmentLimits, StoredChunk, check_attachments
 from broker.relay.checks import (
     IngestLimits,
     check_ingest,
@@ -44,16 +45,20 @@ from broker.relay.checks import (
     parse_ingest,
     sender_of,
 )
+from broker.relay.cover import check_cover
 from broker.relay.decisions import Denial, denial_of, route
-from broker.store.registry import BulletinRow, RejectionRow
+from broker.relay.forwards import ForwardVerdict, Original, check_forward
+from broker.relay.replies import Answered, check_reply, check_rfi
+from broker.store.groups import CurrentEpoch
+from broker.store.registry import BulletinRow, Insert, RejectionRow, row_values
+from broker.store.rfis import RfiAddresseeRow, RfiRow
 from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
 from schemas.directory import AgencyRecord
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, Header
 from schemas.errors import EnvelopeError, IstmoError, PolicyDenied
 from schemas.ids import AgencyId
 from schemas.labels import Precedence
-from schemas.sealing import envelope_digest
 
 __all__ = [
     "MAX_DEFER_S",
@@ -66,9 +71,14 @@ __all__ = [
     "parse",
     "plan",
     "plan_batch",
+    "publish_refusal",
 ]
 
-MAX_DEFER_S = 3600  # an embargoed bulletin is handed back at most this long at a time
+MAX_DEFER_S = 3600
+# A broker that takes no attachments (the default of a plan's callers that pass none).
+NO_ATTACHMENTS = AttachmentLimits(
+    max_attachment_bytes=0, max_attachments=0
+)  # an embargoed bulletin is handed back at most this long at a time
 _MAX_MESSAGE_CHARS = 300  # a rejection's message as the registry keeps it
 
 Verdict = Literal["accept", "reject", "resume", "defer"]
@@ -99,6 +109,12 @@ class DirectoryView(Protocol):
 
 
 @dataclass(frozen=True)
+class _Attached:
+    chunks: Mapping[tuple[int, int], StoredChunk]
+    limits: AttachmentLimits
+
+
+@dataclass(frozen=True)
 class Ingested:
     """One ingest message as JetStream handed it over.
 
@@ -107,12 +123,15 @@ class Ingested:
         subject: ``istmo.gated.ingest.<agency>``: the agency that published it.
         seq: its sequence in ``ISTMO_INGEST``.
         stored_at: when JetStream stored it, epoch seconds (the server's clock).
+        gated_at: when a gate first stored it, epoch seconds (its ``Istmo-Gated-At``
+            stamp, ``schemas.subjects.gated_at_of``), or None if unstamped.
     """
 
     raw: bytes
     subject: str
     seq: int
     stored_at: int
+    gated_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -137,15 +156,17 @@ class Plan:
         addressed: the signed recipients (accept and resume).
         deliver_to: who gets it: allowed by the policy and addressed (accept).
         decisions: every receive decision, in candidate order (accept).
-        rows: registry rows to commit (a bulletin and its decision record, or a
-            rejection).
+        rows: registry rows to commit (a bulletin and its decision record as ``Insert``
+            values, or a rejection).
         events: audit events to commit with them.
         defer_s: how long to hand it back for (defer).
         rank: its precedence, FLASH = 0, for the order of delivery.
         claim: set when this message took the bulletin id for the rest of its batch.
         expires_at: the signed expiry (accept and resume): its deliveries go when it
             passes (ADR 15).
-        originator: the signed originator of an accepted bulletin.
+        originator: the signed originator of an accepted or resumed bulletin.
+        groups: the (group, epoch) pairs its envelope is sealed under (accept and
+            resume): their members may share one copy (ADR 21).
     """
 
     verdict: Verdict
@@ -157,13 +178,14 @@ class Plan:
     addressed: tuple[str, ...] = ()
     deliver_to: tuple[str, ...] = ()
     decisions: tuple[Decision, ...] = ()
-    rows: tuple[SQLModel, ...] = ()
+    rows: tuple[SQLModel | Insert, ...] = ()
     events: tuple[AuditEvent, ...] = ()
     defer_s: int = 0
     rank: int = len(Precedence)
     claim: Prior | None = None
     expires_at: int | None = None
     originator: str | None = None
+    groups: tuple[tuple[str, int], ...] = ()
 
     @property
     def denials(self) -> tuple[Denial, ...]:
@@ -195,6 +217,11 @@ def plan(
     prior: Prior | None,
     now_ms: int,
     superseded_originator: str | None = None,
+    epochs: Mapping[str, CurrentEpoch] | None = None,
+    answered: Answered | None = None,
+    stored_chunks: Mapping[tuple[int, int], StoredChunk] | None = None,
+    attachment_limits: AttachmentLimits = NO_ATTACHMENTS,
+    original: Original | None = None,
 ) -> Plan:
     """Decide what to do with one ingest message.
 
@@ -208,6 +235,16 @@ def plan(
         now_ms: the relay's clock, epoch milliseconds.
         superseded_originator: for a correction, the recorded originator of the bulletin
             it supersedes (None: no such bulletin was accepted).
+        epochs: the current epoch of each community group the message's envelope uses
+            (ADR 18; ``broker.relay.cover``).
+        answered: for a reply, what the registry recorded of the bulletin it answers
+            (None: no such bulletin was accepted; ADR 16).
+        stored_chunks: what the attachment stream holds of this bulletin under its
+            originator, by (attachment, chunk) (ADR 17); for a forward that cites files,
+            what it holds of the original under the original's originator (ADR 20).
+        attachment_limits: the broker's limits on attachments.
+        original: for a forward, the bulletin it cites as the registry holds it (None:
+            never accepted; ADR 20).
 
     Returns:
         The plan; every refusal is a ``reject`` plan, never an exception.
@@ -219,7 +256,20 @@ def plan(
     # Rejections are filed under (sender, id): the sender can see its own verdict, and a
     # forged id never touches another agency's bulletin.
     try:
-        return _decide(msg, parsed[0], env, directory, limits, prior, now_ms, superseded_originator)
+        return _decide(
+            msg,
+            parsed[0],
+            env,
+            directory,
+            limits,
+            prior,
+            now_ms,
+            superseded_originator,
+            epochs or {},
+            answered,
+            _Attached(stored_chunks or {}, attachment_limits),
+            original,
+        )
     except IstmoError as exc:
         return _rejected(msg, sender, env.header.bulletin_id, exc, now_ms)
 
@@ -233,6 +283,11 @@ def plan_batch(
     accepted: Mapping[str, tuple[int, str]],
     now_ms: int,
     superseded: Mapping[str, str] | None = None,
+    epochs: Mapping[str, CurrentEpoch] | None = None,
+    answered: Mapping[str, Answered] | None = None,
+    attachments: Mapping[str, Mapping[tuple[int, int], StoredChunk]] | None = None,
+    attachment_limits: AttachmentLimits = NO_ATTACHMENTS,
+    originals: Mapping[str, Original] | None = None,
 ) -> list[Plan]:
     """``plan`` for each message of a batch, in order.
 
@@ -247,6 +302,12 @@ def plan_batch(
         superseded: the recorded originator of each bulletin the batch's corrections
             supersede, by id, if the registry holds it (a bulletin accepted earlier in the
             batch counts too).
+        epochs: the current epoch of each community group the batch's envelopes use.
+        answered: what the registry recorded of each bulletin the batch's replies answer,
+            by id (ADR 16). A reply to a bulletin of the same batch is refused: nobody can
+            have received that bulletin yet.
+        originals: the bulletins the batch's forwards cite, by id, as the registry holds
+            them (ADR 20).
     """
     taken: dict[str, Prior] = {}
     originators = dict(superseded or {})
@@ -254,11 +315,19 @@ def plan_batch(
     for msg, got in zip(msgs, parsed, strict=True):
         prior: Prior | None = None
         corrected: str | None = None
+        replied: Answered | None = None
+        chunks: Mapping[tuple[int, int], StoredChunk] | None = None
+        original: Original | None = None
         if not isinstance(got, IstmoError):
             header = got[1].header
             known = accepted.get(header.bulletin_id)
             prior = Prior(*known) if known is not None else taken.get(header.bulletin_id)
             corrected = originators.get(header.supersedes) if header.supersedes else None
+            if header.in_reply_to is not None and answered is not None:
+                replied = answered.get(header.in_reply_to)
+            chunks = (attachments or {}).get(header.bulletin_id)
+            if header.forward_of is not None:
+                original = (originals or {}).get(header.forward_of.bulletin_id)
         p = plan(
             msg,
             got,
@@ -267,6 +336,11 @@ def plan_batch(
             prior=prior,
             now_ms=now_ms,
             superseded_originator=corrected,
+            epochs=epochs,
+            answered=replied,
+            stored_chunks=chunks,
+            attachment_limits=attachment_limits,
+            original=original,
         )
         if p.claim is not None and p.bulletin_id is not None:
             taken[p.bulletin_id] = p.claim
@@ -285,21 +359,25 @@ def _decide(
     prior: Prior | None,
     now_ms: int,
     superseded_originator: str | None,
+    epochs: Mapping[str, CurrentEpoch],
+    answered: Answered | None,
+    attached: _Attached,
+    original: Original | None,
 ) -> Plan:
     """The steps after parsing; raises IstmoError for every refusal."""
     now = now_ms // 1000
     h = env.header
     bid = h.bulletin_id
-    check_ingest(
+    digest = check_ingest(
         env,
         sender=sender,
         stored_at=msg.stored_at,
+        gated_at=msg.gated_at,
         now=now,
         limits=limits,
         records=d.records,
         jurisdictions=d.states,
-    )
-    digest = envelope_digest(env)
+    ).digest  # the encoding that verified the signature: not made a second time
     rank = list(Precedence).index(h.labels.precedence)
     # Replays: the same stream message again is a redelivery to finish; anything else
     # with a known id is refused (NATS dedupe only covers a few minutes).
@@ -313,6 +391,8 @@ def _decide(
                 addressed=tuple(h.recipients),
                 rank=rank,
                 expires_at=h.expires_at,
+                originator=h.originator,
+                groups=_groups(env),
             )
         if prior.digest == digest:
             raise EnvelopeError(f"bulletin {bid} was already accepted", code="replay")
@@ -325,19 +405,57 @@ def _decide(
         )
     # A correction corrects a bulletin of its own originator's (ADR 15).
     check_supersedes(h, superseded_originator)
+    # A reply answers a bulletin its originator received, in that bulletin's thread; the
+    # policy bounds its labels and audience with what the relay recorded (ADR 16).
+    reply = check_reply(h, answered, sender)
+    # 10. Its attachments are stored, under its originator, as signed (ADR 17).
+    check_attachments(h.attachments, attached.chunks, attached.limits)
+    # A forward passes on a bulletin the sender received, with consent (ADR 20).
+    forwarded: ForwardVerdict | None = None
+    if h.forward_of is not None:
+        forwarded = check_forward(
+            h,
+            sender=sender,
+            original=original,
+            records=d.records,
+            engine=d.engine,
+            now=now,
+            cited_chunks=attached.chunks,
+        )
     claim = Prior(msg.seq, digest)
-    facts = _facts(env, d)
+    facts = _facts(env, d, reply)
     publish = d.engine.decide_publish(facts, now)
     if not publish.allowed:
-        ids = ", ".join(publish.policy_ids) or "no grant matched"
-        refusal = PolicyDenied(f"the policy does not let {h.originator} publish this ({ids})")
+        refusal = PolicyDenied(publish_refusal(h.originator, publish, reply is not None))
         # The id stays taken for the rest of the batch, as it always has: another copy in
         # the same batch is a replay, not a second policy decision.
         return _rejected(msg, sender, bid, refusal, now_ms, claim=claim)
-    candidates = sorted(set(d.candidates(h.labels.topic, h.labels.named)) | set(h.recipients))
-    candidates = [c for c in candidates if c != h.originator or c in h.recipients]
-    decisions = tuple(d.engine.decide_receive(facts, candidates, now))
-    row = BulletinRow(
+    if forwarded is None:
+        # A reply's candidates are its audience (and whom it was sealed for, which the
+        # policy refuses outside the audience), never every follower of its topic: they
+        # would each count a withheld bulletin.
+        audience = (
+            reply.audience if reply is not None else d.candidates(h.labels.topic, h.labels.named)
+        )
+        candidates = sorted(set(audience) | set(h.recipients))
+        candidates = [c for c in candidates if c != h.originator or c in h.recipients]
+        decisions = tuple(d.engine.decide_receive(facts, candidates, now))
+    else:
+        # Only its one recipient is asked, on the original's facts: a forward reaches no
+        # one the original's rules would refuse, and nothing moves if it is refused.
+        decisions = tuple(d.engine.decide_receive(forwarded.receive_facts, h.recipients, now))
+        refused = [x for x in decisions if not x.allowed]
+        if refused:
+            ids = ", ".join(refused[0].policy_ids) or "no grant matched"
+            denied = PolicyDenied(
+                f"the policy does not let {refused[0].agency} have it ({ids})",
+                code="forward_denied",
+            )
+            return _rejected(msg, sender, bid, denied, now_ms, claim=claim)
+    # A group's epoch key may open it only if every holder is permitted (ADR 18).
+    check_cover(env, allowed={x.agency for x in decisions if x.allowed}, epochs=epochs)
+    row = row_values(
+        BulletinRow,
         id=bid,
         originator=h.originator,
         labels=canonical_json(h.labels.model_dump(mode="json")).decode(),
@@ -351,6 +469,10 @@ def _decide(
         policy_version=publish.policy_version,
         directory_version=publish.directory_version,
         supersedes=h.supersedes,
+        in_reply_to=h.in_reply_to,
+        thread=h.thread,
+        reply_all=h.reply_all,
+        forward_of=h.forward_of.bulletin_id if h.forward_of is not None else None,
     )
     accepted = events.bulletin_accepted(
         bid,
@@ -363,6 +485,9 @@ def _decide(
         policy_ids=publish.policy_ids,
         at=now_ms,
         supersedes=h.supersedes,
+        in_reply_to=h.in_reply_to,
+        thread=h.thread,
+        rfi_due=h.rfi_due,
     )
     routing = route(
         bid,
@@ -373,6 +498,23 @@ def _decide(
         directory_version=publish.directory_version,
         at=now_ms,
     )
+    # A request for information: every agency it names was allowed, and it reached one.
+    check_rfi(h, decisions, routing.deliver_to)
+    also: tuple[AuditEvent, ...] = ()
+    if forwarded is not None and h.forward_of is not None:
+        also = (
+            events.bulletin_forwarded(
+                bid,
+                bulletin_id=h.forward_of.bulletin_id,
+                originator=h.forward_of.originator,
+                forwarder=h.originator,
+                recipient=h.recipients[0],
+                consent=forwarded.consent,
+                policy_ids=forwarded.decision.policy_ids,
+                at=now_ms,
+                files=len(h.forward_of.attachments or ()),
+            ),
+        )
     return Plan(
         "accept",
         msg.seq,
@@ -381,13 +523,19 @@ def _decide(
         addressed=tuple(h.recipients),
         deliver_to=routing.deliver_to,
         decisions=decisions,
-        rows=(row, routing.record),
-        events=(accepted, *routing.events),
+        rows=(row, routing.record, *_rfi_rows(h, routing.deliver_to)),
+        events=(accepted, *routing.events, *also),
         rank=rank,
         claim=claim,
         expires_at=h.expires_at,
         originator=h.originator,
+        groups=_groups(env),
     )
+
+
+def _groups(env: Envelope) -> tuple[tuple[str, int], ...]:
+    """The (group, epoch) pairs of an envelope's group wraps (ADR 18), in its order."""
+    return tuple((g.group, g.epoch) for g in env.groups or ())
 
 
 def _rejected(
@@ -430,7 +578,7 @@ def _rejected(
     )
 
 
-def _facts(env: Envelope, d: DirectoryView) -> BulletinFacts:
+def _facts(env: Envelope, d: DirectoryView, reply: ReplyFacts | None) -> BulletinFacts:
     h = env.header
     origin = d.records.get(h.originator)
     return BulletinFacts(
@@ -440,4 +588,35 @@ def _facts(env: Envelope, d: DirectoryView) -> BulletinFacts:
         labels=h.labels,
         not_before=h.not_before,
         expires_at=h.expires_at,
+        in_reply_to=reply,
     )
+
+
+def publish_refusal(originator: str, publish: Decision, reply: bool) -> str:
+    """Why the policy refused ``originator`` this bulletin: the deciding policies, and for
+    a reply their reasons too (which label it weakened, ADR 16)."""
+    ids = ", ".join(publish.policy_ids) or "no grant matched"
+    if not reply:
+        return f"the policy does not let {originator} publish this ({ids})"
+    why = "; ".join(
+        f"{pid}: {reason}" for pid, reason in zip(publish.policy_ids, publish.reasons, strict=False)
+    )
+    return (
+        f"the policy does not let {originator} send this reply ({why or ids}): give it "
+        "labels at least as strict as the bulletin it answers"
+    )
+
+
+def _rfi_rows(h: Header, routed: tuple[str, ...]) -> tuple[SQLModel, ...]:
+    """A request for information's row and its addressees' (ADR 16); none otherwise."""
+    if h.rfi_due is None:
+        return ()
+    rfi = RfiRow(
+        bulletin_id=h.bulletin_id,
+        asker=h.originator,
+        topic=h.labels.topic,
+        precedence=h.labels.precedence.value,
+        created_at=h.created_at,
+        due_at=h.rfi_due,
+    )
+    return (rfi, *(RfiAddresseeRow(rfi_id=h.bulletin_id, agency=a) for a in routed))

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
+from broker.relay.own_documents import check_fresh, check_signed_by_caller
 from broker.relay.queries import NotFound
 from broker.store.registry import BulletinRow
 from schemas.directory import AgencyRecord
-from schemas.errors import EnvelopeError, SignatureError
 from schemas.labels import Precedence
 from schemas.subjects import URGENT_PRECEDENCES, deliver_durable, urgent_durable
 from schemas.withdrawal import Withdrawal, verify_withdrawal
@@ -67,33 +67,17 @@ def check_withdrawal(
         NotFound: (5) the bulletin was not accepted, or not from the caller: the same
             answer for both.
     """
-    # 1. The withdrawal is the caller's own: it names the agency NATS authenticated.
-    if w.originator != caller:
-        raise EnvelopeError(
-            "the withdrawal names another agency as originator", code="originator_mismatch"
-        )
-    # 2. It is signed by a signing key of the caller's that is not revoked (its current one).
-    record = records.get(caller)
-    key = next((k for k in record.signing_keys if k.kid == w.kid), None) if record else None
-    if key is None or key.revoked_at is not None:
-        raise SignatureError(
-            "the withdrawal is not signed by your current signing key", code="key_not_current"
-        )
-    # 3. The signature covers every field.
-    try:
-        verify_withdrawal(w, key.verify_key())
-    except SignatureError as exc:
-        raise SignatureError(
-            "the withdrawal's signature does not verify", code="signature_invalid"
-        ) from exc
+    # 1-3. The caller's own, signed by its current key, the signature covering it.
+    check_signed_by_caller(
+        "withdrawal",
+        named=w.originator,
+        kid=w.kid,
+        caller=caller,
+        records=records,
+        verify=lambda key: verify_withdrawal(w, key),
+    )
     # 4. It was made now, not replayed from long ago.
-    skew = w.issued_at - now
-    if abs(skew) > max_skew_s:
-        direction = "ahead of" if skew > 0 else "behind"
-        raise EnvelopeError(
-            f"issued_at is {abs(skew)} s {direction} the broker clock (allowed {max_skew_s} s)",
-            code="timestamp_out_of_window",
-        )
+    check_fresh(w.issued_at, now=now, max_skew_s=max_skew_s)
     # 5. The bulletin was accepted, and the caller is its recorded originator.
     if bulletin is None or bulletin.originator != caller:
         raise NotFound(NOT_YOURS)

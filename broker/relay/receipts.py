@@ -18,6 +18,12 @@ the registry holds of every bulletin they name, read in one query): each receipt
 ``receipt.rejected`` event that audits its refusal. A refused receipt never holds back the
 good ones beside it.
 
+For the originator's signed answer, ``attributed`` rebuilds a recorded receipt whole from
+its row and the bulletin's: the fields the relay checked equal to the bulletin's, the
+time, signature and key id the row keeps. A row recorded before the relay kept key ids
+gets the first of the recipient's signing keys its signature verifies under, or None:
+the broker never names a key it cannot show signed the receipt.
+
 Left to others: pulling receipts and reading the bulletins and their decisions from the
 registry, then committing a batch's rows and events in one transaction and acking it
 (``broker.relay.worker``); the receipt's wire format and signature (``schemas.receipt``).
@@ -28,19 +34,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from broker.audit import events
 from broker.relay.checks import sender_of
-from broker.store.registry import BulletinRow
+from broker.store.registry import BulletinRow, ReceiptRow
 from schemas.audit import AuditEvent
-from schemas.directory import AgencyRecord
+from schemas.directory import AgencyRecord, SigningKeyRecord
 from schemas.errors import EnvelopeError, IstmoError, SignatureError
 from schemas.ids import AgencyId
 from schemas.receipt import Receipt, parse_receipt, verify_receipt
+from schemas.receipt_requests import SignedReceiptEntry
 from schemas.subjects import agency_of_gated
 
 __all__ = [
     "IncomingReceipt",
     "ReceiptVerdict",
+    "attributed",
     "check_receipt",
     "judge_batch",
     "read_batch",
@@ -204,6 +214,7 @@ def judge_batch(
             "received_at": receipt.received_at,
             "recorded_at": at // 1000,
             "signature": receipt.sig,
+            "kid": receipt.kid,
         }
         received = events.bulletin_received(
             bid,
@@ -214,6 +225,70 @@ def judge_batch(
         )
         verdicts.append(ReceiptVerdict(msg.seq, row, received))
     return verdicts
+
+
+def attributed(
+    agency: str, row: ReceiptRow | None, *, bulletin: BulletinRow, record: AgencyRecord | None
+) -> SignedReceiptEntry:
+    """What the originator's signed answer says of routed recipient ``agency``.
+
+    Args:
+        agency: the routed recipient.
+        row: its recorded receipt, or None if it has sent none (yet).
+        bulletin: the bulletin, as accepted.
+        record: the recipient's directory record (its signing keys), or None.
+
+    Returns:
+        The entry: no receipt yet; the receipt whole, its ``kid`` the one the relay
+        recorded or, for a row recorded before it kept them, the recipient's signing key
+        that verifies it; or ``received_at`` alone when no key does (or the row is not one
+        the relay wrote).
+    """
+    if row is None:
+        return SignedReceiptEntry(agency=agency, received_at=None, receipt=None)
+    kids = [row.kid] if row.kid is not None else _kids_to_try(record, row.received_at)
+    for kid in kids:
+        try:
+            receipt = Receipt(
+                v=1,
+                bulletin_id=bulletin.id,
+                originator=bulletin.originator,
+                recipient=agency,
+                envelope_digest=bulletin.envelope_digest,
+                received_at=row.received_at,
+                kid=kid,
+                sig=row.signature,
+            )
+        except ValidationError:  # a row edited by hand: nothing to show signed
+            break
+        if row.kid is not None or _verifies(receipt, record):
+            return SignedReceiptEntry(agency=agency, received_at=row.received_at, receipt=receipt)
+    return SignedReceiptEntry(agency=agency, received_at=row.received_at, receipt=None)
+
+
+def _kids_to_try(record: AgencyRecord | None, received_at: int) -> list[str]:
+    """The recipient's signing keys, the likeliest first: the newest of those it held at
+    ``received_at`` (the key it signed with then), then the rest, newest first. Each try
+    is a signature check, so the usual row costs one."""
+    if record is None:
+        return []
+
+    def held_then(k: SigningKeyRecord) -> bool:
+        return k.created_at <= received_at and (k.revoked_at is None or k.revoked_at > received_at)
+
+    order = sorted(record.signing_keys, key=lambda k: (not held_then(k), -k.created_at))
+    return [k.kid for k in order]
+
+
+def _verifies(receipt: Receipt, record: AgencyRecord | None) -> bool:
+    key = next((k for k in record.signing_keys if k.kid == receipt.kid), None) if record else None
+    if key is None:
+        return False
+    try:
+        verify_receipt(receipt, key.verify_key())
+    except IstmoError:
+        return False
+    return True
 
 
 def _refused(msg: IncomingReceipt, exc: IstmoError, at: int) -> AuditEvent:

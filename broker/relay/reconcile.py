@@ -20,6 +20,10 @@ no good copy is recorded as ``delivery.unrecoverable`` and counted, never silent
 absorbed. Still possible: JetStream deduplicates an id for ``duplicate_window`` even after
 the message is gone; such a republish is sent again under ``<bulletin>:<recipient>:r<seq>``.
 
+A group epoch's one copy (``istmo.deliver.group.<group>.<epoch>.<precedence>``, ADR 21)
+counts as present for every member of that epoch; a missing one is restored as a copy
+for each of its routed members, on their own subjects.
+
 Not every missing delivery is a gap (ADR 15): a withdrawn bulletin's copies were removed
 on purpose, and an expired one's left with its TTL. Those are left out (``withdrawn``,
 ``expired``) and never restored.
@@ -51,15 +55,24 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from broker.audit import events
 from broker.bus.batch import Message
+from broker.bus.leaves import node_agencies
 from broker.bus.streams import add_or_update_stream, bus_unavailable
 from broker.clock import SYSTEM_CLOCK, Clock
+from broker.store.groups import ready_epochs
 from broker.store.recalls import withdrawals
 from broker.store.registry import Registry
 from schemas.errors import ConfigError, IstmoError
 from schemas.ids import parse_bulletin_id
 from schemas.labels import Precedence
 from schemas.sealing import envelope_digest, parse_envelope
-from schemas.subjects import DELIVER_STREAM, deliver_subject, is_delivery_to
+from schemas.subjects import (
+    DELIVER_STREAM,
+    deliver_subject,
+    group_copy_id,
+    group_delivery_of,
+    is_delivery_to,
+    is_group_delivery,
+)
 
 __all__ = [
     "ARCHIVE_STREAM",
@@ -174,10 +187,14 @@ def _data(stored: str) -> dict[str, Any]:
 
 
 async def _present(
-    js: JetStreamContext, since_ms: int, report: ReconcileReport
+    js: JetStreamContext, registry: Registry, since_ms: int, report: ReconcileReport
 ) -> set[tuple[str, str]]:
     """(bulletin, agency) of every delivery in ISTMO_DELIVER stored since ``since_ms``
-    (headers only, through an ephemeral consumer that acks nothing)."""
+    (headers only, through an ephemeral consumer that acks nothing); a group epoch's one
+    copy counts for each of its members (ADR 21), except those whose deliveries reach a
+    state node, which group copies do not: each must have its own (ADR 30, amendment), and
+    one missing is restored on its own subject like any other."""
+    shared: dict[tuple[str, int], set[str]] = {}
     start = datetime.fromtimestamp(max(0, since_ms - CLOCK_MARGIN_MS) / 1000, tz=UTC)
     try:
         info = await js.stream_info(DELIVER_STREAM)
@@ -214,10 +231,23 @@ async def _present(
                 agency = rest.split(":", 1)[0]
                 if bid and agency and is_delivery_to(msg.subject, agency):
                     present.add((bid, agency))
+                elif bid and is_group_delivery(msg.subject):
+                    # One copy for a group epoch's members (ADR 21): present for each.
+                    group, epoch, _ = group_delivery_of(msg.subject)
+                    if msg_id == group_copy_id(bid, group, epoch):
+                        shared.setdefault((group, epoch), set()).add(bid)
             if msgs and msgs[-1].metadata.num_pending == 0:
                 break
     finally:
         await sub.unsubscribe()
+    if not shared:
+        return present
+    try:
+        on_nodes = await node_agencies(js)
+    except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        raise bus_unavailable("reading the state nodes' streams", exc) from exc
+    for pair, members in ready_epochs(registry, list(shared)).items():
+        present.update((bid, m) for bid in shared[pair] for m in members - on_nodes)
     return present
 
 
@@ -258,7 +288,7 @@ async def reconcile(
         raise ValueError(f"batch must be 1..{MAX_BATCH}, not {batch}")
     report = ReconcileReport(since_ms=since_ms, dry_run=dry_run)
     routed = _routed(registry, since_ms)
-    present = await _present(js, since_ms, report)
+    present = await _present(js, registry, since_ms, report)
     report.routed = len(routed)
     report.present = len(routed & present)
     gaps = _left_out(registry, sorted(routed - present), clock.now_s(), report)

@@ -8,7 +8,8 @@ no other effect.
 
 ``Withdrawals.carry_out`` does the rest, all idempotent:
   1. find the bulletin's copies in ``ISTMO_DELIVER``: one ephemeral, headers-only consumer
-     on the routed recipients' subjects at its precedence, from a little before its
+     on the routed recipients' subjects and the group copies' at its precedence (one
+     group copy stands for each routed member of its epoch, ADR 21), from a little before its
      acceptance (``NEAR_MARGIN_S``; for copies not found then, again from
      ``FAR_MARGIN_S`` before), stopping when every copy is found, at the end of the
      stream, or after ``MAX_SCAN`` messages;
@@ -32,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import nats.errors
@@ -41,9 +42,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from broker.audit import events
-from broker.clock import SYSTEM_CLOCK, Clock
-from broker.config import Settings
-from broker.directory.service import DirectoryService
+from broker.relay.api_part import ApiPart
+from broker.relay.attachments import purge_chunks
 from broker.relay.recall import (
     CopyFate,
     check_withdrawal,
@@ -53,18 +53,24 @@ from broker.relay.recall import (
     notice_precedence,
     split_recipients,
 )
+from broker.store.groups import ready_epochs
 from broker.store.recalls import (
     WithdrawalRow,
     complete_withdrawal,
     unfinished_withdrawals,
     withdrawal,
 )
-from broker.store.registry import Registry
 from schemas.agency import RecallReply
 from schemas.envelope import parse_model
 from schemas.errors import AuditStoreError, IstmoError
 from schemas.labels import Labels, Precedence
-from schemas.subjects import DELIVER_STREAM, deliver_subject
+from schemas.subjects import (
+    DELIVER_STREAM,
+    deliver_subject,
+    group_copy_id,
+    group_delivery_of,
+    is_group_delivery,
+)
 from schemas.withdrawal import WITHDRAWAL_KIND, encode_withdrawal, parse_withdrawal
 
 __all__ = ["KIND_HEADER", "MAX_SCAN", "Withdrawals"]
@@ -76,6 +82,9 @@ KIND_HEADER = "Istmo-Kind"  # what a delivery is when it is not a bulletin
 # the ~7,700 headers/s measured here (ADR 15), while the agency API waits.
 MAX_SCAN = 50_000
 SCAN_PAGE = 1000
+# Every group epoch's copies at one precedence (ADR 21): a recall does not know which
+# groups a bulletin used without opening its archived envelope, and need not.
+_GROUP_COPIES = "istmo.deliver.group.*.*.{}"
 # Where the scan for copies starts, before the bulletin's acceptance: stream times are
 # nats-server's clock, ``accepted_at`` the relay's. First a little before (clocks that
 # agree: the scan reads only what those recipients got in these seconds); for the copies
@@ -90,21 +99,8 @@ IN_FLIGHT = 64  # deletes, consumer reads and notices awaiting their answers at 
 _TRANSIENT = (nats.errors.Error, TimeoutError, AuditStoreError)
 
 
-class Withdrawals:
+class Withdrawals(ApiPart):
     """Records and carries out agencies' recalls of their own bulletins."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        registry: Registry,
-        directory: DirectoryService,
-        *,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.directory = directory
-        self.clock = clock
 
     # ------------------------------------------------------------------ accept
     def accept(self, caller: str, data: bytes, now: int) -> WithdrawalRow:
@@ -208,13 +204,14 @@ class Withdrawals:
         found: dict[str, list[int]] = {}
         if bulletin.expires_at is None or bulletin.expires_at > self.clock.now_s():
             near = bulletin.accepted_at - NEAR_MARGIN_S
-            found = await _find_copies(js, bid, routed, precedence, near)
+            found = await _find_copies(js, bid, routed, precedence, near, self._members)
             missing = [a for a in routed if a not in found]
             if missing:
                 far = bulletin.accepted_at - FAR_MARGIN_S
-                found |= await _find_copies(js, bid, missing, precedence, far)
-        # 2. Remove them.
+                found |= await _find_copies(js, bid, missing, precedence, far, self._members)
+        # 2. Remove them, and its attachments' chunks (ADR 17).
         removed_seqs, kept = await _delete(js, [s for seqs in found.values() for s in seqs])
+        await purge_chunks(js, bulletin.originator, bid)
         # 3. Who never had it.
         durables = {a: delivery_durable(a, precedence) for a in found}
         delivered = await _delivered(js, durables)
@@ -259,6 +256,10 @@ class Withdrawals:
         stored = withdrawal(self.registry, bid)
         return _reply(stored or row, "done")
 
+    def _members(self, group: str, epoch: int) -> frozenset[str]:
+        """The members of a group epoch whose one copy a scan found (ADR 21)."""
+        return ready_epochs(self.registry, [(group, epoch)]).get((group, epoch), frozenset())
+
     async def finish_unfinished(self, js: JetStreamContext) -> int:
         """Finish the withdrawals a relay recorded at least ``withdrawal_grace_s`` ago and
         did not finish (it died in between); how many were finished."""
@@ -282,17 +283,28 @@ def _reply(row: WithdrawalRow, state: str) -> RecallReply:
 
 
 async def _find_copies(
-    js: JetStreamContext, bulletin_id: str, routed: list[str], precedence: Precedence, since: int
+    js: JetStreamContext,
+    bulletin_id: str,
+    routed: list[str],
+    precedence: Precedence,
+    since: int,
+    members: Callable[[str, int], frozenset[str]],
 ) -> dict[str, list[int]]:
-    """The stream sequences of ``bulletin_id``'s copies, by recipient."""
+    """The stream sequences of ``bulletin_id``'s copies, by recipient: its own, or the one
+    copy of a group epoch it is a member of (ADR 21; ``members`` names them), whose
+    sequence then counts for each routed member."""
     found: dict[str, list[int]] = {}
     if not routed:
         return found
+    wanted = set(routed)
     sub = await js.pull_subscribe(
         "",
         stream=DELIVER_STREAM,
         config=ConsumerConfig(
-            filter_subjects=[deliver_subject(a, precedence) for a in routed],
+            filter_subjects=[
+                *(deliver_subject(a, precedence) for a in routed),
+                _GROUP_COPIES.format(precedence.value.lower()),
+            ],
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_TIME,
             opt_start_time=datetime.fromtimestamp(max(since, 0), UTC),
@@ -311,9 +323,16 @@ async def _find_copies(
                 break
             for msg in msgs:
                 scanned += 1
-                agency = copy_recipient((msg.headers or {}).get("Nats-Msg-Id", ""), bulletin_id)
+                msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+                seq = msg.metadata.sequence.stream
+                agency = copy_recipient(msg_id, bulletin_id)
                 if agency is not None and msg.subject == deliver_subject(agency, precedence):
-                    found.setdefault(agency, []).append(msg.metadata.sequence.stream)
+                    found.setdefault(agency, []).append(seq)
+                elif is_group_delivery(msg.subject):
+                    group, epoch, _ = group_delivery_of(msg.subject)
+                    if msg_id == group_copy_id(bulletin_id, group, epoch):
+                        for member in members(group, epoch) & wanted:
+                            found.setdefault(member, []).append(seq)
             if not msgs or msgs[-1].metadata.num_pending == 0:
                 break
     finally:

@@ -5,6 +5,7 @@ Effects happen in this order for every batch pulled from the shared ingest consu
      resume or defer, with the rows and audit events to write;
   2. commit bulletin rows, decisions and audit events in one transaction;
   3. store every permitted delivery of the batch (``Nats-Msg-Id = <bulletin>:<recipient>``,
+     or one copy per ready group epoch, ``<bulletin>:group:<group>:<epoch>``, ADR 21;
      most urgent precedence first) and every archive copy as a few JetStream atomic
      batches (``broker.bus.batch``): one flush per batch, not per message;
   4. once every batch is committed, ack the ingest messages (term a rejected one: it must
@@ -29,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -40,9 +41,10 @@ from nats.js import JetStreamContext
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from broker.bus.batch import Message, publish_batch
+from broker.bus.leaves import node_agencies
 from broker.bus.nats_thread import NatsThread
 from broker.bus.pipeline import Pipeline
-from broker.bus.streams import ACK_WAIT_S, ensure_deliver_stream
+from broker.bus.streams import ACK_WAIT_S, ensure_attach_stream, ensure_deliver_stream
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import Settings
 from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
@@ -50,6 +52,8 @@ from broker.directory.policy_sets import CONTROL_POLICY_SUBJECT, active_policy_d
 from broker.directory.service import DirectoryService
 from broker.policy.engine import PolicyBundle
 from broker.relay.agency_api import AgencyApi
+from broker.relay.attachment_checks import AttachmentLimits, StoredChunk
+from broker.relay.attachments import Attachments, scan_chunks
 from broker.relay.checks import IngestLimits, sender_of
 from broker.relay.dead_letters import (
     ADVISORY_STREAM,
@@ -60,10 +64,14 @@ from broker.relay.dead_letters import (
     handle_advisory,
     ingest_attempts_allowed,
 )
+from broker.relay.fanout import fan_out
+from broker.relay.forward_requests import originals_of
+from broker.relay.group_delivery import open_group_delivery
 from broker.relay.metrics import RelayMetrics
-from broker.relay.plan import Ingested, Plan, parse, plan_batch
-from broker.relay.receipts import IncomingReceipt, judge_batch, read_batch
+from broker.relay.plan import Ingested, Parsed, Plan, parse, plan_batch
+from broker.relay.receipts import IncomingReceipt, ReceiptVerdict, judge_batch, read_batch
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
+from broker.store.groups import current_epochs, ready_epochs
 from broker.store.registry import Registry
 from broker.store.withheld import Withholding
 from schemas.agency import Announcement, encode_announcement
@@ -72,11 +80,15 @@ from schemas.labels import Precedence
 from schemas.subjects import (
     ANNOUNCE_SUBJECT,
     DELIVER_STREAM,
+    GATED_AT_HEADER,
     INGEST_STREAM,
     RECEIPT_STREAM,
     RELAY_INGEST_DURABLE,
     RELAY_RECEIPT_DURABLE,
     deliver_subject,
+    gated_at_of,
+    group_copy_id,
+    group_deliver_subject,
 )
 
 __all__ = ["Relay"]
@@ -93,6 +105,7 @@ IN_FLIGHT = 256
 # Ingest batches recorded and waiting on their deliveries' flush while the next is
 # decided: 2 keeps the CPU busy during one flush and bounds what a crash replays.
 PIPELINE_DEPTH = 2
+_PRECEDENCES = tuple(Precedence)  # by rank: FLASH first
 
 
 @dataclass
@@ -105,12 +118,12 @@ class _Outcome:
     defer_s: int = 0  # embargoed: hand back to JetStream for this long
     rank: int = len(Precedence)  # delivery precedence, FLASH = 0
     expires_at: int | None = None  # its deliveries go when it expires (ADR 15)
+    shared: tuple[tuple[str, int], ...] = ()  # one copy per group epoch (ADR 21)
 
     @property
     def precedence(self) -> Precedence:
         """The precedence ``rank`` stands for (ROUTINE for none: such is never delivered)."""
-        order = tuple(Precedence)
-        return order[min(self.rank, len(order) - 1)]
+        return _PRECEDENCES[min(self.rank, len(_PRECEDENCES) - 1)]
 
 
 class Relay:
@@ -146,14 +159,28 @@ class Relay:
         self.directory = directory
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=10)
-        self.limits = IngestLimits(settings.max_envelope_bytes, settings.max_clock_skew_s)
+        self.limits = IngestLimits(
+            settings.max_envelope_bytes, settings.max_clock_skew_s, settings.max_queue_age_s
+        )
         self.api = AgencyApi(settings, registry, directory, clock=clock)
+        # Attachment chunks (ADR 17): answered on a thread and connection of their own.
+        self.attachments = Attachments(settings, registry, directory, clock=clock)
+        self.attachment_limits = AttachmentLimits(
+            settings.max_attachment_bytes, settings.max_attachments
+        )
         self._api_connect = api_connect
         self.metrics = metrics if metrics is not None else RelayMetrics()
         self.processed = 0
         # Each ingest batch's deliveries and acks wait on the disk while the next batch is
         # decided (``broker.bus.pipeline``).
         self._tails = Pipeline(PIPELINE_DEPTH)
+        # Each receipt batch's commit (its wait on the disk) runs on a thread while the
+        # next batch is fetched and judged; one at a time, so one writer and in order.
+        self._receipt_tails = Pipeline(1)
+        # Agencies whose deliveries reach a state node (ADR 30), which group copies do
+        # not: each gets a copy of its own. None until first read: then no group copy is
+        # used at all (everyone gets its own), never one a node's agency would miss.
+        self._on_nodes: frozenset[str] | None = None
 
     async def run(self, stop: asyncio.Event, *, ready: Callable[[], None] | None = None) -> None:
         """Pull and process until ``stop`` is set; call ``ready`` once the streams and
@@ -167,8 +194,11 @@ class Relay:
         api_thread = await self._start_api_thread()
         if api_thread is None:
             subs.append(await self.nc.subscribe(API_SUBJECTS, queue=API_QUEUE, cb=self._on_api))
+        att_thread = await self._start_attachments_thread()
         try:
             async with asyncio.TaskGroup() as tg:
+                if att_thread is None:
+                    tg.create_task(self.attachments.serve_all(self.nc, stop))
                 # From the first answer on: the SDKs keep resolve answers while they hear it.
                 tg.create_task(self._announce_every(stop))
                 bound = await self._bind(stop)
@@ -178,20 +208,23 @@ class Relay:
                 if ready is not None:
                     ready()
                 ingest, receipts, dead = bound
+                await self._read_state_nodes()
                 batch, receipt_batch = self.settings.relay_batch, self.settings.receipt_batch
                 tg.create_task(self._ingest_loop(stop, ingest, batch))
-                tg.create_task(
-                    self._loop(stop, receipts, receipt_batch, "receipts", self._receipt_batch)
-                )
+                tg.create_task(self._receipts_loop(stop, receipts, receipt_batch))
                 tg.create_task(self._loop(stop, dead, batch, "advisories", self._dead_batch))
                 tg.create_task(self._sample_backlog(stop))
                 tg.create_task(self._finish_withdrawals(stop))
+                tg.create_task(self._sweep_rfis(stop))
+                tg.create_task(self._open_group_delivery(stop))
         finally:
             for sub in subs:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
             if api_thread is not None:
                 await api_thread.stop()
+            if att_thread is not None:
+                await att_thread.stop()
 
     async def _bind(
         self, stop: asyncio.Event
@@ -210,6 +243,12 @@ class Relay:
                 await ensure_deliver_stream(self.js)
                 # The first batch may hold a message to dead-letter: its stream must be there.
                 await ensure_dead_letters(self.js)
+                # Attachment chunks, on a stack made before ADR 17 too.
+                await ensure_attach_stream(
+                    self.js,
+                    max_age_s=self.settings.deliver_max_age_s,
+                    duplicate_window_s=self.settings.duplicate_window_s,
+                )
                 return (
                     await self.js.pull_subscribe_bind(RELAY_INGEST_DURABLE, stream=INGEST_STREAM),
                     await self.js.pull_subscribe_bind(RELAY_RECEIPT_DURABLE, stream=RECEIPT_STREAM),
@@ -231,37 +270,57 @@ class Relay:
         queue: str,
         handle: Callable[[list[Msg]], Awaitable[None]],
     ) -> None:
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(batch, timeout=0.5)
-            except TimeoutError:  # nats-py raises both its own and asyncio's
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-                return
-            except nats.errors.Error as exc:
-                # Reconnecting, or the server is restarting: nothing was taken, try again.
-                log.warning("fetch failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(0.5)
-                continue
-            self.metrics.batch.labels(queue).observe(len(msgs))
-            try:
-                await handle(msgs)
-            except _TRANSIENT as exc:
-                # NATS or the database is away for a moment: hand the batch back to come
-                # again soon (sooner than the ack wait, later with every attempt); the work
-                # is idempotent. Whatever cannot be handed back returns after the ack wait.
-                log.warning(
-                    "batch of %d not finished (%s); it will be redelivered",
-                    len(msgs),
-                    type(exc).__name__,
-                )
-                await _hand_back(msgs)
-                await asyncio.sleep(0.5)
-            except Exception:
-                # A bug, not bad input (bad input is refused and audited). Keep the relay
-                # up for everyone else; the batch is redelivered after the ack wait.
-                log.exception("batch of %d failed unexpectedly; it will be redelivered", len(msgs))
-                await asyncio.sleep(1.0)
+        ahead: asyncio.Task[list[Msg]] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    if ahead is None:
+                        msgs = await sub.fetch(batch, timeout=0.5)
+                    else:
+                        taken, ahead = ahead, None
+                        msgs = await taken
+                except TimeoutError:  # nats-py raises both its own and asyncio's
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                    return
+                except nats.errors.Error as exc:
+                    # Reconnecting, or the server is restarting: nothing was taken, try again.
+                    log.warning("fetch failed (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(0.5)
+                    continue
+                if len(msgs) == batch and not stop.is_set():
+                    # A full batch: more is likely waiting. Ask for it now, so that
+                    # nats-server reads and sends it while this batch is decided.
+                    ahead = asyncio.create_task(sub.fetch(batch, timeout=0.5))
+                    await _let_requests_out()
+                await self._handle_batch(msgs, queue, handle)
+        finally:
+            if ahead is not None:
+                await _give_back_prefetched(ahead)
+
+    async def _handle_batch(
+        self, msgs: list[Msg], queue: str, handle: Callable[[list[Msg]], Awaitable[None]]
+    ) -> None:
+        """Handle one fetched batch; what fails is handed back or left to the ack wait."""
+        self.metrics.batch.labels(queue).observe(len(msgs))
+        try:
+            await handle(msgs)
+        except _TRANSIENT as exc:
+            # NATS or the database is away for a moment: hand the batch back to come
+            # again soon (sooner than the ack wait, later with every attempt); the work
+            # is idempotent. Whatever cannot be handed back returns after the ack wait.
+            log.warning(
+                "batch of %d not finished (%s); it will be redelivered",
+                len(msgs),
+                type(exc).__name__,
+            )
+            await _hand_back(msgs)
+            await asyncio.sleep(0.5)
+        except Exception:
+            # A bug, not bad input (bad input is refused and audited). Keep the relay
+            # up for everyone else; the batch is redelivered after the ack wait.
+            log.exception("batch of %d failed unexpectedly; it will be redelivered", len(msgs))
+            await asyncio.sleep(1.0)
 
     async def _ingest_loop(
         self, stop: asyncio.Event, sub: JetStreamContext.PullSubscription, batch: int
@@ -272,6 +331,20 @@ class Relay:
             await self._loop(stop, sub, batch, "ingest", self._ingest_guarded)
         finally:
             await self._tails.drain()
+
+    async def _receipts_loop(
+        self, stop: asyncio.Event, sub: JetStreamContext.PullSubscription, batch: int
+    ) -> None:
+        """The receipts loop; before it ends, the batch still being recorded is recorded
+        and acked."""
+
+        async def handle(msgs: list[Msg]) -> None:
+            await self._receipt_batch(msgs, pipeline=self._receipt_tails)
+
+        try:
+            await self._loop(stop, sub, batch, "receipts", handle)
+        finally:
+            await self._receipt_tails.drain()
 
     async def _sample_backlog(self, stop: asyncio.Event) -> None:
         """Every ``relay_metrics_sample_s``: how many messages wait on the shared ingest and
@@ -292,6 +365,51 @@ class Relay:
                 self.metrics.backlog.labels(queue).set(waiting)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.relay_metrics_sample_s)
+
+    async def _sweep_rfis(self, stop: asyncio.Event) -> None:
+        """At start and every ``rfi_sweep_s``: raise the overdue alarm of the requests for
+        information past their due time with no answer (ADR 16), once each."""
+        while not stop.is_set():
+            try:
+                raised = await asyncio.to_thread(self.api.conversations.sweep)
+            except _TRANSIENT as exc:
+                log.warning("could not look for overdue RFIs (%s)", type(exc).__name__)
+            except Exception:  # a bug here must not stop the relay
+                log.exception("could not look for overdue RFIs")
+            else:
+                if raised:
+                    log.info("raised the overdue alarm of %d RFIs", raised)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.rfi_sweep_s)
+
+    async def _open_group_delivery(self, stop: asyncio.Event) -> None:
+        """At start and every ``group_delivery_sweep_s``: bring the members of group epochs
+        that became current to read the epoch's one shared copy (ADR 21)."""
+        while not stop.is_set():
+            try:
+                # First: an epoch made ready below is fanned out with the nodes as now.
+                await self._read_state_nodes()
+                now = self.clock.now_s()
+                await open_group_delivery(
+                    self.js,
+                    self.registry,
+                    since=now - self.settings.deliver_max_age_s,
+                    now=now,
+                )
+            except _TRANSIENT as exc:
+                log.warning("could not open group delivery (%s)", type(exc).__name__)
+            except Exception:  # a bug here must not stop the relay
+                log.exception("could not open group delivery")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.group_delivery_sweep_s)
+
+    async def _read_state_nodes(self) -> None:
+        """Read which agencies' deliveries the state nodes receive (the hub's
+        ``ISTMO_STATE_<S>`` filters); on a passing failure keep what was read before."""
+        try:
+            self._on_nodes = await node_agencies(self.js)
+        except _TRANSIENT as exc:
+            log.warning("could not read the state nodes' agencies (%s)", type(exc).__name__)
 
     async def _finish_withdrawals(self, stop: asyncio.Event) -> None:
         """At start and every ``withdrawal_sweep_s``: finish the withdrawals a relay
@@ -379,6 +497,7 @@ class Relay:
                 subject=msg.subject,
                 seq=msg.metadata.sequence.stream,
                 stored_at=int(msg.metadata.timestamp.timestamp()),
+                gated_at=gated_at_of((msg.headers or {}).get(GATED_AT_HEADER)),
             )
             for msg in msgs
         ]
@@ -394,6 +513,27 @@ class Relay:
             if not isinstance(p, IstmoError) and p[1].header.supersedes
         }
         superseded = {bid: b.originator for bid, b in self.registry.bulletins(corrected).items()}
+        # Community groups the batch's envelopes use: their current epochs (ADR 18).
+        named_groups = {
+            g.group for p in parsed if not isinstance(p, IstmoError) for g in p[1].groups or ()
+        }
+        epochs = current_epochs(self.registry, named_groups) if named_groups else {}
+        # Replies: what was recorded of the bulletins they answer (ADR 16; none without one).
+        answered = self.api.conversations.answered(
+            {
+                p[1].header.in_reply_to
+                for p in parsed
+                if not isinstance(p, IstmoError) and p[1].header.in_reply_to
+            }
+        )
+        attachments = await self._stored_attachments(parsed, accepted)
+        # Forwards: the bulletins they cite, as recorded (no query without one; ADR 20).
+        cited = {
+            p[1].header.forward_of.bulletin_id
+            for p in parsed
+            if not isinstance(p, IstmoError) and p[1].header.forward_of is not None
+        }
+        originals = originals_of(self.registry, cited)
         plans = plan_batch(
             ingested,
             parsed,
@@ -402,8 +542,20 @@ class Relay:
             accepted=accepted,
             now_ms=now_ms,
             superseded=superseded,
+            epochs=epochs,
+            answered=answered,
+            attachments=attachments,
+            attachment_limits=self.attachment_limits,
+            originals=originals,
         )
-        outcomes = [self._outcome(msg, p) for msg, p in zip(msgs, plans, strict=True)]
+        # Group epochs whose members' consumers read one shared copy (ADR 21).
+        # Until the state nodes' agencies are known, none: one copy each, as before.
+        ready = (
+            ready_epochs(self.registry, {pair for p in plans for pair in p.groups})
+            if self._on_nodes is not None
+            else {}
+        )
+        outcomes = [self._outcome(msg, p, ready) for msg, p in zip(msgs, plans, strict=True)]
         # Each refused candidate's count of withheld bulletins goes up in the same
         # transaction: one upsert per agency for the batch (broker.store.withheld).
         withheld = [
@@ -421,6 +573,30 @@ class Relay:
         # batch is decided. A bulletin of this batch published again and met in the next
         # one is resumed from the record, as after a crash.
         await self._tails.add(self._deliver_and_settle(outcomes, plans))
+
+    async def _stored_attachments(
+        self, parsed: list[Parsed], accepted: Mapping[str, object]
+    ) -> dict[str, dict[tuple[int, int], StoredChunk]]:
+        """What is stored of the attachments of each new bulletin of a batch that has any
+        (ADR 17), by its id: one headers-only read per such bulletin. For a forward,
+        what is stored of the original, under the originator it cites (the plan checks
+        that citation against the registry): all of it must be cited (ADR 20)."""
+        stored: dict[str, dict[tuple[int, int], StoredChunk]] = {}
+        for p in parsed:
+            if isinstance(p, IstmoError):
+                continue
+            if not p[1].header.file_refs() and p[1].header.forward_of is None:
+                continue
+            h = p[1].header
+            if h.bulletin_id in accepted or h.bulletin_id in stored:
+                continue
+            owner, of = str(p[0]), h.bulletin_id
+            if h.forward_of is not None:
+                owner, of = h.forward_of.originator, h.forward_of.bulletin_id
+            # One more than named: a forward that leaves a file out shows (F7).
+            most = sum(a.chunks for a in h.file_refs())
+            stored[h.bulletin_id] = await scan_chunks(self.js, owner, of, most=most + 1)
+        return stored
 
     async def _deliver_and_settle(self, outcomes: list[_Outcome], plans: list[Plan]) -> None:
         """Deliver a recorded batch, then settle its ingest messages; on a passing failure
@@ -457,18 +633,19 @@ class Relay:
         precedence's subject: FLASH and IMMEDIATE reach the recipient's urgent consumer,
         which its SDK drains before the rest (ADR 7). If any batch fails, nothing of the
         ingest batch is acked: it all comes back and resumes idempotently."""
-        delivering = sorted((o for o in outcomes if o.deliveries), key=lambda o: o.rank)
+        delivering = sorted((o for o in outcomes if o.deliveries or o.shared), key=lambda o: o.rank)
         if not delivering:
             return
         now_s = self.clock.now_s()
+        # Each bulletin's precedence and time to live, worked out once for all its copies.
+        each = [(o, o.precedence, _ttl(o.expires_at, now_s)) for o in delivering]
         deliveries = [
-            Message(
-                deliver_subject(r, o.precedence),
-                o.raw,
-                f"{o.bulletin_id}:{r}",
-                ttl_s=_ttl(o.expires_at, now_s),
-            )
-            for o in delivering
+            Message(group_deliver_subject(g, e, p), o.raw, group_copy_id(o.bulletin_id, g, e), t)
+            for o, p, t in each
+            for g, e in o.shared
+        ] + [
+            Message(deliver_subject(r, p), o.raw, f"{o.bulletin_id}:{r}", t)
+            for o, p, t in each
             for r in o.deliveries
         ]
         copies = [archive_message(o.bulletin_id, o.raw) for o in delivering]
@@ -483,9 +660,12 @@ class Relay:
             waited = stored_s - o.msg.metadata.timestamp.timestamp()
             self.metrics.publish_to_delivery.observe(max(waited, 0.0))
 
-    def _outcome(self, msg: Msg, p: Plan) -> _Outcome:
+    def _outcome(
+        self, msg: Msg, p: Plan, ready: Mapping[tuple[str, int], frozenset[str]]
+    ) -> _Outcome:
         """What to deliver and how to settle ``msg``, by its plan. A resumed bulletin is
-        delivered to whom it was routed when it was recorded, not decided again."""
+        delivered to whom it was routed when it was recorded, not decided again. Members
+        of a ready group epoch share one copy (``broker.relay.fanout``)."""
         outcome = _Outcome(
             msg=msg,
             raw=msg.data,
@@ -504,16 +684,27 @@ class Relay:
             ]
         elif p.verdict == "reject":
             log.info("rejected ingest seq=%d from %s: %s", p.seq, p.sender, p.reason)
+        if outcome.deliveries and p.groups:
+            split = fan_out(
+                outcome.deliveries,
+                originator=p.originator,
+                groups=p.groups,
+                ready=ready,
+                on_nodes=self._on_nodes or frozenset(),
+            )
+            outcome.shared, outcome.deliveries = split.shared, list(split.individual)
         return outcome
 
     # ------------------------------------------------------------------ receipts
-    async def _receipt_batch(self, msgs: list[Msg]) -> None:
+    async def _receipt_batch(self, msgs: list[Msg], *, pipeline: Pipeline | None = None) -> None:
         """Judge a batch of receipts (``broker.relay.receipts``, pure) against the bulletins
-        they name (two queries for the batch), record every receipt row, its event and
-        every refusal in one transaction, then ack the good ones and term the refused
-        (they must not come back) with one flush. A lost ack redelivers a receipt, which
-        is recorded again as nothing new: rows and events are keyed by bulletin and
-        recipient, refusals by stream sequence."""
+        they name (two queries for the batch, whatever their number), then record every
+        receipt row, its event and every refusal in one transaction and ack the good ones
+        and term the refused (they must not come back) with one flush, after the commit.
+        With ``pipeline``, that second part runs as its tail while the caller goes on with
+        the next batch. A lost ack redelivers a receipt, which is recorded again as
+        nothing new: rows and events are keyed by bulletin and recipient, refusals by
+        stream sequence."""
         batch = [
             IncomingReceipt(
                 msg.metadata.sequence.stream,
@@ -533,10 +724,31 @@ class Relay:
             records=self.directory.records,
             at=self.clock.now_ms(),
         )
-        with self.metrics.commit.labels("receipts").time():
-            self.registry.record_receipts(
-                [v.row for v in verdicts if v.row is not None], [v.event for v in verdicts]
+        if pipeline is None:
+            await self._record_receipts(msgs, verdicts)
+        else:
+            await pipeline.add(self._settle_receipts(msgs, verdicts))
+
+    async def _settle_receipts(self, msgs: list[Msg], verdicts: list[ReceiptVerdict]) -> None:
+        """``_record_receipts`` as a pipelined tail: on a passing failure the batch is
+        handed back (recording it again is harmless)."""
+        try:
+            await self._record_receipts(msgs, verdicts)
+        except _TRANSIENT as exc:
+            log.warning(
+                "receipt batch of %d not recorded (%s); it will be redelivered",
+                len(msgs),
+                type(exc).__name__,
             )
+            await _hand_back(msgs)
+
+    async def _record_receipts(self, msgs: list[Msg], verdicts: list[ReceiptVerdict]) -> None:
+        """Commit the verdicts' rows and events (on a thread: the commit waits on the
+        disk), then ack the accepted receipts and term the refused ones."""
+        rows = [v.row for v in verdicts if v.row is not None]
+        events = [v.event for v in verdicts]
+        with self.metrics.commit.labels("receipts").time():
+            await asyncio.to_thread(self.registry.record_receipts, rows, events)
         for msg, verdict in zip(msgs, verdicts, strict=True):
             await (msg.ack() if verdict.accepted else msg.term())
         await self.nc.flush()
@@ -608,6 +820,25 @@ class Relay:
             return None
         return thread
 
+    async def _start_attachments_thread(self) -> NatsThread | None:
+        """Chunk requests on a thread and connection of their own (ADR 17), or None
+        (served on ``nc`` then)."""
+        if self._api_connect is None:
+            return None
+
+        async def serve(nc: NATS, stop: asyncio.Event, ready: Callable[[], None]) -> None:
+            ready()
+            await self.attachments.serve_all(nc, stop)
+
+        thread = NatsThread("istmo-attachments", self._api_connect, serve)
+        try:
+            await thread.start()
+        except BusUnavailable as exc:
+            log.error("attachments: no thread of their own (%s); answering on the relay's", exc)
+            await thread.stop()
+            return None
+        return thread
+
     async def _serve_api(self, nc: NATS, stop: asyncio.Event, ready: Callable[[], None]) -> None:
         """On the API's own thread and connection: answer requests until ``stop``."""
 
@@ -655,6 +886,27 @@ async def _all(aws: Iterable[Awaitable[object]], limit: int = IN_FLIGHT) -> None
     for r in results:
         if isinstance(r, BaseException):
             raise r
+
+
+async def _let_requests_out() -> None:
+    """Yield to the event loop until a request just made is written to the socket: the
+    task making it runs to its first wait, then nats-py's flusher writes it (a few turns
+    of the loop, no round trip)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def _give_back_prefetched(ahead: asyncio.Task[list[Msg]]) -> None:
+    """A batch asked for ahead and never handled (the loop stopped): hand it back at once,
+    for another relay (or this one, started again) to take without waiting for the ack
+    wait."""
+    try:
+        msgs = await ahead
+    except (TimeoutError, nats.errors.Error, asyncio.CancelledError):
+        return
+    for msg in msgs:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await msg.nak()
 
 
 async def _hand_back(msgs: list[Msg]) -> None:

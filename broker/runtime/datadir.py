@@ -193,9 +193,19 @@ def _load_demo(
         ]
         trail += [
             events.demo_agency_enrolled(agency.id, sector=agency.sector, state=agency.state, at=at),
-            events.key_registered(agency.id, vk.kid, "signing", at=at, actor="system"),
             events.key_registered(
-                agency.id, ep.kid, "encryption", at=at, actor="system", kem=ep.kem
+                agency.id, vk.kid, "signing", at=at, actor="system", public=vk.public
+            ),
+            events.key_registered(
+                agency.id, ep.kid, "encryption", at=at, actor="system", kem=ep.kem, public=ep.public
+            ),
+            events.key_registered(
+                agency.id,
+                user_public_key(seed),
+                "nats",
+                at=at,
+                actor="system",
+                public=user_public_key(seed).encode(),
             ),
         ]
     registry.record(rows, trail)

@@ -16,7 +16,11 @@ What it guarantees, in order:
    read snapshot of the source, inside one transaction on the target.
 4. Before that transaction commits: the row counts are equal, the source did not change
    while it was read, and the audit log verifies on the target exactly as
-   ``istmo audit verify`` checks it. Then the sequences continue after the copied rows.
+   ``istmo audit verify`` checks it: every entry and signed head on the log key, then the
+   witness quorum (ADR 24) on the region's checkpoint (``DATA_DIR/broker/checkpoint``),
+   whose cosigned size and root the copied log must hold. Without witnesses the caller says
+   ``trust_log_key_alone`` (``--trust-log-key-alone``). Then the sequences continue after
+   the copied rows.
 
 Any failure rolls the whole copy back and the target stays empty: the audit tables refuse
 DELETE, so nothing half-trusted may ever land there.
@@ -42,13 +46,18 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from broker.audit.entries import blob
 from broker.audit.log import LogCorrupt, VerifyReport, verify_on
 from broker.audit.sequencer import DEFAULT_ORIGIN, LOCK_FILE, log_verify_key
+from broker.audit.witnessing import CHECKPOINT_FILE, read_checkpoint
 from broker.store import db
 from broker.store.tables import AUDIT_TABLES, REGISTRY_TABLES, SEQUENCES
 from schemas.canonical import b64d
-from schemas.errors import AuditStoreError, ConfigError
+from schemas.checkpoint import AUDIT_WITNESSES_ENV, QuorumMissing, WitnessTrust
+from schemas.errors import AuditStoreError, ConfigError, SignatureError
 from schemas.keys import VerifyKey
+from schemas.monitor import cosigned_checkpoint, witnessed_head
+from schemas.treehead import TreeHeadConflict, parse_signed_tree_head
 
 __all__ = [
     "BATCH_ROWS",
@@ -77,6 +86,8 @@ class CopyReport:
         log: the audit log's verification on the target (None: the log was empty and
             there was no log key to check it with).
         seconds: the whole copy, checks included.
+        witnessed: what the witness check found (None: ``trust_log_key_alone``, or no log
+            to check).
     """
 
     source: Path
@@ -85,6 +96,7 @@ class CopyReport:
     next_values: dict[str, int]
     log: VerifyReport | None
     seconds: float
+    witnessed: str | None = None
 
     @property
     def total_rows(self) -> int:
@@ -126,6 +138,8 @@ def copy_sqlite_region(
     origin: str = DEFAULT_ORIGIN,
     batch_rows: int = BATCH_ROWS,
     out: Callable[[str], None] = print,
+    trust: WitnessTrust | None = None,
+    trust_log_key_alone: bool = False,
 ) -> CopyReport:
     """Copy the Istmo SQLite database ``source`` into the empty PostgreSQL ``target_url``.
 
@@ -136,18 +150,35 @@ def copy_sqlite_region(
         origin: the log's name in its tree heads.
         batch_rows: rows per batch (memory stays bounded by one batch).
         out: where progress lines go.
+        trust: the witnesses whose quorum the region's checkpoint must carry. Required:
+            without it the log key alone vouches for the copied log, and whoever holds that
+            key can truncate the log and re-sign its heads.
+        trust_log_key_alone: check the copy on the log key alone (no ``trust``).
 
     Returns:
         What was copied and verified; the copy is committed.
 
     Raises:
         ConfigError: the source or target is not what it must be (named), or a running
-            stack uses the source: nothing was written.
-        LogCorrupt: the copied log does not verify: the copy was rolled back.
+            stack uses the source, or neither ``trust`` nor ``trust_log_key_alone`` (or
+            both): nothing was written.
+        LogCorrupt: the copied log does not verify, or is not the log the witnesses
+            cosigned: the copy was rolled back.
+        QuorumMissing: the region's checkpoint lacks the quorum of ``trust``: the copy
+            was rolled back.
         AuditStoreError: a database refused: the copy was rolled back.
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows {batch_rows} must be at least 1")
+    if (trust is None) != trust_log_key_alone:
+        raise ConfigError(
+            "the copy needs the witnesses you trust (trust=WitnessTrust) or, for a log "
+            "without witnesses, trust_log_key_alone=True, not both"
+            if trust is not None
+            else "no witnesses to check the copied audit log against: pass --witnesses FILE "
+            f"or --witness NAME=KEY --quorum K, or name your trust file in ${AUDIT_WITNESSES_ENV}",
+            code=None if trust is not None else "witnesses_required",
+        )
     if db.is_sqlite(target_url):
         raise ConfigError("the copy goes into PostgreSQL: ISTMO_DATABASE_URL names SQLite")
     started = time.monotonic()
@@ -181,10 +212,12 @@ def copy_sqlite_region(
                         f"{source} changed while it was copied: stop every istmo command "
                         "using it, then run the copy again"
                     )
-                report = None
+                report, witnessed = None, None
                 if log_key is not None:
                     out("verifying the copied audit log (as `istmo audit verify` does)")
                     report = _verify(tgt, log_key, origin, shown)
+                    if trust is not None:
+                        witnessed = _witnessed(tgt, trust, source, log_key, origin, report, shown)
                 next_values = _continue_sequences(tgt)
         except SQLAlchemyError as exc:
             raise AuditStoreError(
@@ -198,6 +231,7 @@ def copy_sqlite_region(
         next_values=next_values,
         log=report,
         seconds=time.monotonic() - started,
+        witnessed=witnessed,
     )
 
 
@@ -412,6 +446,48 @@ def _verify(conn: Connection, key: VerifyKey, origin: str, shown: str) -> Verify
             f"{report.first.message}{more}"
         )
     return report
+
+
+def _witnessed(
+    conn: Connection,
+    trust: WitnessTrust,
+    source: Path,
+    key: VerifyKey,
+    origin: str,
+    report: VerifyReport,
+    shown: str,
+) -> str:
+    """The witness quorum of ``istmo audit verify``, on the copy before it commits: the
+    region's checkpoint carries it, and the copied log holds the cosigned tree."""
+    broker_dir = source.parent / "broker"
+    note = read_checkpoint(broker_dir)
+    latest = report.latest.tree_size if report.latest is not None else 0
+    if note is None and latest == 0:
+        return "the audit log has no signed tree head yet: nothing for the witnesses to cosign"
+    back = f"so the copy was rolled back (the target {shown} is still empty)"
+    try:
+        cp, good = cosigned_checkpoint(trust, note, key, origin, str(broker_dir / CHECKPOINT_FILE))
+    except QuorumMissing as exc:
+        raise QuorumMissing(
+            f"{exc}, {back}",
+            hint="are the region's witnesses running and configured "
+            "(DATA_DIR/broker/witnesses.json)?",
+        ) from exc
+    row = conn.execute(
+        text("SELECT raw FROM tree_head WHERE tree_size = :n"), {"n": cp.size}
+    ).first()
+    head = None if row is None else parse_signed_tree_head(blob(row.raw))
+    try:
+        witnessed_head(cp, head, key, origin, latest)
+    except (TreeHeadConflict, SignatureError) as exc:
+        raise LogCorrupt(
+            f"the copied audit log is not the one the witnesses cosigned, {back}: {exc}"
+        ) from exc
+    later = f"; {latest - cp.size} later entries not witnessed yet" if latest > cp.size else ""
+    return (
+        f"witnessed: size {cp.size} cosigned by {len(good)} of {len(trust.witnesses)} "
+        f"witnesses (quorum {trust.quorum}: {', '.join(good)}){later}"
+    )
 
 
 def _continue_sequences(conn: Connection) -> dict[str, int]:

@@ -284,7 +284,8 @@ async def _waiting_on(js: JetStreamContext, durable: str, now: float) -> tuple[i
     if not waiting:
         return 0, 0.0
     ages = []
-    for subject in deliver_filter_subjects(durable):
+    # What it reads: its own subjects and its group epochs' (ADR 21).
+    for subject in info.config.filter_subjects or deliver_filter_subjects(durable):
         try:
             msg = await js.get_msg(
                 DELIVER_STREAM,
@@ -370,6 +371,22 @@ def database_checks(db_url: str, pending: int, oldest_ms: int | None, now: float
         )
     )
     return checks
+
+
+def rfi_check(overdue: int, oldest_due: int | None, now: float) -> Check:
+    """Requests for information past their due time with no answer (ADR 16): counted for
+    monitoring, never a warning of the broker's own (their askers see the alarm in
+    ``istmo rfi list``; nothing an operator does answers them)."""
+    if not overdue:
+        return Check("rfis", "ok", "no request for information is overdue", 0.0)
+    late = _span(max(now - (oldest_due or now), 0.0))
+    return Check(
+        "rfis",
+        "ok",
+        f"{_n(overdue, 'request for information', 'requests for information')} overdue "
+        f"with no answer (the oldest due {late} ago); their askers see it in `istmo rfi list`",
+        float(overdue),
+    )
 
 
 def dead_letter_check(count: int) -> Check:

@@ -15,6 +15,9 @@ JetStream cluster on loopback ports (``broker.bus.cluster``), creates every stre
 replicas, and connects the relay to all three; a directory change reloads every node. A
 data directory keeps the shape it was first run with: its JetStream store is either
 ``DATA_DIR/nats`` (one node) or ``DATA_DIR/nats-1..3`` (a cluster), never both.
+
+``istmo up --leaves GT,BZ`` adds a NATS leaf node per state, each in a JetStream domain of
+its own, where that state's agencies connect (``broker.runtime.statenodes``, ADR 0030).
 """
 
 from __future__ import annotations
@@ -51,9 +54,15 @@ from broker.bus.cluster import (
 from broker.bus.gate import GateThread
 from broker.bus.natsconf import AgencyUser, NatsLayout
 from broker.bus.server import NatsServer, check_port_free, find_nats_server
-from broker.bus.streams import ensure_agency_consumer, ensure_relay_consumers, ensure_streams
+from broker.bus.streams import (
+    ensure_agency_consumer,
+    ensure_relay_consumers,
+    ensure_streams,
+    wait_for_jetstream,
+)
 from broker.clock import SYSTEM_CLOCK
 from broker.config import Settings
+from broker.directory.keylog import backfill_key_entries
 from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
 from broker.directory.policy_sets import CONTROL_POLICY_SUBJECT, adopt
 from broker.directory.service import DirectoryService
@@ -70,7 +79,9 @@ from broker.runtime.claim import (
     take_data_dir_lock,
 )
 from broker.runtime.datadir import DataDir
+from broker.runtime.statenodes import DEFAULT_LEAF_PORT, StateNodes
 from broker.store.db import display_url
+from broker.store.groups import delivery_epochs
 from broker.store.registry import Registry
 from schemas.errors import ConfigError, IstmoError
 from schemas.natskeys import user_public_key
@@ -147,14 +158,25 @@ class Stack:
         cluster_port: int = DEFAULT_CLUSTER_PORT,
         join: Sequence[str] = (),
         stream_replicas: int | None = None,
+        leaves: Sequence[str] = (),
+        leaf_port: int = DEFAULT_LEAF_PORT,
+        leaf_link_port: int | None = None,
     ) -> None:
         """``cluster``: 1 for one nats-server, 3 (or 5) for a JetStream cluster whose node
         ``i`` uses the client, monitoring and route ports of ``settings`` and
         ``cluster_port``, each plus ``i - 1``. ``join``: the URLs of a NATS run by the
         region's operators instead (nothing started here), whose streams get
-        ``stream_replicas`` (None: as they are, 1 when new)."""
+        ``stream_replicas`` (None: as they are, 1 when new). ``leaves``: state codes, each
+        given a NATS leaf node of its own (ADR 0030) that dials the hub's ``leaf_port``
+        (or ``leaf_link_port``, where a test puts a proxy it can cut)."""
         if cluster not in (1, 3, 5):
             raise ConfigError(f"--cluster {cluster}: a cluster has 3 or 5 nodes (1: no cluster)")
+        if leaves and (cluster != 1 or join):
+            raise ConfigError("--leaves runs with one hub nats-server: drop --cluster or --join")
+        self.leaves = list(leaves)
+        self.leaf_port = leaf_port
+        self.leaf_link_port = leaf_link_port
+        self.state_nodes: StateNodes | None = None
         self.settings = settings
         self.out = out
         self.cluster_size = cluster
@@ -182,6 +204,11 @@ class Stack:
         self.token_key = data.token_key
         self.registry = data.registry
         self.directory = data.directory
+        # Keys registered before ADR 28 (or written behind the registry's back) get the
+        # entry SDKs check before sealing for them, and agencies' monitors see.
+        logged = backfill_key_entries(data.registry)
+        if logged:
+            self.out(f"keys      logged {logged} key(s) registered before the key log (ADR 28)")
 
     def _opened(self) -> tuple[Registry, DirectoryService]:
         if self.registry is None or self.directory is None:
@@ -210,7 +237,7 @@ class Stack:
                 operator=operator.trust(store_dir / "resolver", issued_at=SYSTEM_CLOCK.now_s()),
             )
         active = {a.id: a.status for a in registry.agencies()}
-        return NatsLayout(
+        layout = NatsLayout(
             port=s.nats_port,
             http_port=s.nats_http_port,
             store_dir=store_dir,
@@ -225,6 +252,29 @@ class Stack:
             ),
             max_payload=s.nats_max_payload,
         )
+        if self.leaves:
+            return self._state_nodes().hub_layout(layout, self._state_of())
+        return layout
+
+    def _state_of(self) -> dict[str, str | None]:
+        registry, _ = self._opened()
+        return {a.id: a.state for a in registry.agencies()}
+
+    def _state_nodes(self) -> StateNodes:
+        if self.state_nodes is None:
+            s = self.settings
+            self.state_nodes = StateNodes(
+                self.leaves,
+                binary=find_nats_server(s.nats_server),
+                data_dir=s.data_dir,
+                broker_dir=s.broker_dir,
+                host=s.host,
+                hub_port=self.leaf_port,
+                link_port=self.leaf_link_port,
+                client_base=s.nats_port,
+                monitor_base=s.nats_http_port,
+            )
+        return self.state_nodes
 
     def claim(self) -> None:
         """Before anything is written: this data directory is ours to run, a nats-server
@@ -244,12 +294,20 @@ class Stack:
                     "this broker's operator yet",
                     hint="drop --nats-auth operator, or use another --data-dir",
                 )
+            if mode == "operator" and self.leaves:
+                raise ConfigError(
+                    "--leaves runs NATS in config mode only: state nodes render the "
+                    "agencies' accounts into their config (ADR 0030)",
+                    hint="drop --nats-auth operator, or use another --data-dir",
+                )
             record_nats_auth(s.broker_dir, mode)
             reap_stale_nats(s, self.out)
             if self.join:
                 check_port_free(s.api_port, "the HTTP API", s.host, option="--api-port")
                 return
             check_store_shape(s.data_dir, self.cluster_size)
+            if self.leaves:
+                check_port_free(self.leaf_port, "NATS leaf nodes", s.host, option="--leaf-port")
             if self.cluster_size == 1:
                 check_port_free(s.nats_port, "NATS clients", s.host, option="--nats-port")
                 check_port_free(
@@ -310,8 +368,14 @@ class Stack:
             # A cluster waits for its quorum (node by node on a loaded machine).
             await asyncio.to_thread(server.start)
             pids = [server.pid] if isinstance(server, NatsServer) else server.pids
+            if self.leaves and isinstance(server, NatsServer):
+                self.out(f"starting {len(self.leaves)} state node(s): {', '.join(self.leaves)}")
+                await asyncio.to_thread(self._state_nodes().start, server.layout, self._state_of())
+                pids += self._state_nodes().pids
             (s.data_dir / NATS_PID_FILE).write_text("".join(f"{p}\n" for p in pids))
         except BaseException:
+            if self.state_nodes is not None:
+                self.state_nodes.stop()
             if self.nats is not None:
                 self.nats.stop()
             self._release_lock()
@@ -321,17 +385,32 @@ class Stack:
             try:
                 await self._start_accounts(server)
                 await self.ensure_jetstream(nc)
+                if self.state_nodes is not None:
+                    await self.state_nodes.set_up(
+                        nc,
+                        self.connect_relay,
+                        self._state_of(),
+                        [u.agency for u in server.layout.agencies]
+                        if isinstance(server, NatsServer)
+                        else [],
+                        max_age_s=s.deliver_max_age_s,
+                        duplicate_window_s=s.duplicate_window_s,
+                    )
                 directory_sub = await nc.subscribe(
                     CONTROL_DIRECTORY_SUBJECT, cb=self._reload_nats(server, nc)
                 )
                 await self._serve(nc, stop, with_relay, server, with_sequencer)
                 await directory_sub.unsubscribe()
             finally:
+                if self.state_nodes is not None:
+                    await self.state_nodes.stop_gates()
                 await close_quietly(nc)
                 if self._accounts is not None:
                     await self._accounts.pusher.close()
                 (s.data_dir / STACK_FILE).unlink(missing_ok=True)
         finally:
+            if self.state_nodes is not None:
+                self.state_nodes.stop()
             server.stop()
             (s.data_dir / NATS_PID_FILE).unlink(missing_ok=True)
             if self.registry is not None:
@@ -436,7 +515,7 @@ class Stack:
         with_sequencer: bool = True,
     ) -> None:
         s = self.settings
-        info = {
+        info: dict[str, object] = {
             # Clients connect to the first and learn the other nodes from it.
             "nats_url": self.nats_urls[0],
             "nats_urls": self.nats_urls,
@@ -454,6 +533,9 @@ class Stack:
             "pid": os.getpid(),
             "started_at": int(time.time()),
         }
+        if self.state_nodes is not None:
+            # ADR 0030: a state's agencies connect to their state node.
+            info["leaves"] = self.state_nodes.describe()
         (s.data_dir / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if isinstance(server, ExternalNats):
             self.out(f"NATS      joined {', '.join(server.urls)} (run by the region's operators)")
@@ -475,6 +557,13 @@ class Stack:
             self.out(f"NATS      cluster of {len(server.nodes)}, every stream with 3 replicas")
         if self._accounts is not None:
             self.out("          operator mode: agencies' accounts are JWTs pushed to NATS")
+        for state, leaf in (self.state_nodes.nodes if self.state_nodes else {}).items():
+            names = ", ".join(sorted(u.agency for u in leaf.server.layout.agencies))
+            self.out(
+                f"NATS {state:<4} {leaf.server.url} (state node, JetStream domain "
+                f"{leaf.server.layout.domain}, log {leaf.server.log_path}; agencies "
+                f"{names or 'none'})"
+            )
         self.out(f"HTTP API  {api_url} (docs at {api_url}/docs; tokens at {api_url}/v1/token)")
         if s.public_url is not None:
             self.out(
@@ -571,10 +660,12 @@ class Stack:
         await directory.refresh_async()
         t1 = time.perf_counter()
         js = nc.jetstream(timeout=10)
-        for user in registry.nats_users():
-            if user.agency not in self._consumers:
-                await ensure_agency_consumer(js, user.agency)
-                self._consumers.add(user.agency)
+        fresh = [u.agency for u in registry.nats_users() if u.agency not in self._consumers]
+        if fresh:
+            shared = self._group_epochs(registry)  # ADR 21: their group copies too
+            for agency in fresh:
+                await ensure_agency_consumer(js, agency, groups=shared.get(agency, ()))
+                self._consumers.add(agency)
         t2 = time.perf_counter()
         if self._accounts is not None:
             log.info(
@@ -591,6 +682,15 @@ class Stack:
         t3 = time.perf_counter()
         if isinstance(server, NatsServer):
             await asyncio.to_thread(server.reload, layout)
+            if self.state_nodes is not None:
+                await self.state_nodes.apply_directory(
+                    nc,
+                    self.connect_relay,
+                    layout,
+                    self._state_of(),
+                    max_age_s=self.settings.deliver_max_age_s,
+                    duplicate_window_s=self.settings.duplicate_window_s,
+                )
         else:
             await asyncio.to_thread(server.reload_agencies, layout.agencies)
         log.info(
@@ -652,6 +752,8 @@ class Stack:
         restart's wait)."""
         registry, _ = self._opened()
         js = nc.jetstream(timeout=10)
+        if self.data.nats_operator is not None:
+            await wait_for_jetstream(js)  # the relay account's claims may still be landing
         await ensure_streams(
             js,
             deliver_max_age_s=self.settings.deliver_max_age_s,
@@ -668,9 +770,15 @@ class Stack:
         await ensure_relay_consumers(js)
         if not agency_consumers:
             return
+        shared = self._group_epochs(registry)  # ADR 21: the group copies each reads
         for user in registry.nats_users():
-            await ensure_agency_consumer(js, user.agency)
+            await ensure_agency_consumer(js, user.agency, groups=shared.get(user.agency, ()))
             self._consumers.add(user.agency)
+
+    def _group_epochs(self, registry: Registry) -> dict[str, list[tuple[str, int]]]:
+        """The group epochs whose shared copies each agency's consumers read (ADR 21)."""
+        since = int(time.time()) - self.settings.deliver_max_age_s
+        return delivery_epochs(registry, since=since)
 
     async def relay_only(
         self, stop: asyncio.Event, nats_url: str | list[str], *, metrics_port: int | None = None

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Field, SQLModel, col
 
 __all__ = [
+    "JOURNALED_TABLES",
     "JOURNAL_KEEP",
     "DirectoryChangeRow",
     "journal_changes",
@@ -45,6 +46,8 @@ _BIGINT = BigInteger().with_variant(Integer(), "sqlite")
 JOURNAL_KEEP = 50_000
 # The tables of an agency's record, and the column that names the agency in each.
 _RECORD_TABLES = {"agency": "id", "signing_key": "agency", "encryption_key": "agency"}
+# The tables whose rows are part of an agency's directory record.
+JOURNALED_TABLES = frozenset(_RECORD_TABLES)
 
 
 class DirectoryChangeRow(SQLModel, table=True):

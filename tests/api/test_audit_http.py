@@ -23,9 +23,20 @@ from broker.api.guard import ApiLimits
 from broker.api.oauth import AGENCY_SCOPES, AUDITOR_SCOPES, Client
 from broker.audit.log import AuditLog
 from broker.audit.sequencer import SequencerLimits, log_verify_key, open_sequencer
+from broker.audit.witnessing import CHECKPOINT_FILE
+from broker.files import signing_key_file
 from schemas.audit import AuditEvent
 from schemas.canonical import b64d, canonical_json
+from schemas.checkpoint import (
+    Checkpoint,
+    CosignerKey,
+    cosign,
+    parse_note,
+    sign_checkpoint,
+    verify_checkpoint,
+)
 from schemas.errors import AuditStoreError
+from schemas.keys import SigningKey
 from schemas.merkle_verify import TreeBuilder, leaf_hash, verify_consistency, verify_inclusion
 from schemas.treehead import parse_signed_tree_head, verify_tree_head
 from tests.api.conftest import (
@@ -288,6 +299,33 @@ async def test_tree_heads_are_the_documents_the_log_signed(
     assert_problem(await client.get("/v1/audit/tree-heads/-1", headers=auditor), 422)
 
 
+async def test_the_checkpoint_is_the_cosigned_note_as_stored(
+    client: httpx.AsyncClient, broker: Broker, auditor: dict[str, str], log: AuditLog
+) -> None:
+    stored = broker.settings.broker_dir / CHECKPOINT_FILE
+    stored.unlink(missing_ok=True)
+    r = await client.get("/v1/audit/checkpoint", headers=auditor)
+    assert_problem(r, 404, "no_checkpoint")
+    latest = log.latest_head()
+    assert latest is not None
+    witness = SigningKey.generate()
+    key = signing_key_file(broker.settings.broker_dir / "log.key", "log key")
+    note = sign_checkpoint(Checkpoint(ORIGIN, latest.head.tree_size, latest.head.root()), key)
+    note = note.with_signatures([cosign(note.body, "witness.test", witness, 1_767_225_600)])
+    stored.write_bytes(note.encode())
+    try:
+        r = await client.get("/v1/audit/checkpoint", headers=auditor)
+        assert r.status_code == 200, r.text
+        assert r.content == note.encode()
+        trusted = [CosignerKey("witness.test", witness.verify_key)]
+        log_key = CosignerKey(ORIGIN, pinned(broker), 0x01)
+        cp, good = verify_checkpoint(parse_note(r.content), log_key, trusted, 1)
+        assert (cp.size, good) == (latest.head.tree_size, ["witness.test"])
+        assert (await client.get("/v1/audit/checkpoint")).status_code == 401
+    finally:
+        stored.unlink()
+
+
 # ------------------------------------------------------------------------------ proofs
 async def test_proofs_from_the_api_verify(
     client: httpx.AsyncClient, broker: Broker, auditor: dict[str, str], log: AuditLog, size: int
@@ -442,7 +480,7 @@ def test_the_audit_endpoints_conform_to_their_openapi_document(
     operations = [
         op.ok() for op in schema.get_all_operations() if op.ok().path.startswith("/v1/audit/")
     ]
-    assert len(operations) == 9
+    assert len(operations) == 10  # with /v1/audit/checkpoint
     statuses: dict[tuple[str, str, int], int] = {}
     for op in operations:
         public = op.path == "/v1/audit/log-key"

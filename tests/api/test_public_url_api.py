@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -210,14 +211,19 @@ async def test_authlibs_own_client_with_the_public_token_endpoint(
     okp = OKPKey.import_key(
         {"kty": "OKP", "crv": "Ed25519", "x": b64u(key.verify_key.public), "d": b64u(key.private)}
     )
-    # authlib's assertions last an hour unless told; the broker takes at most 300 s.
-    method = PrivateKeyJWT(alg="Ed25519", claims={"exp": int(time.time()) + 60})
-    headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    url, headers, body = ClientAuth(AUDITOR, okp, method).prepare(
-        "POST", PUBLIC + "/v1/token", headers, "grant_type=client_credentials"
-    )
-    r = await proxied.post(url, content=body, headers=headers)
-    assert r.status_code == 200, r.text
-    answer = r.json()
-    assert answer["scope"] == "audit:read"
-    assert payload(answer["access_token"])["iss"] == PUBLIC
+    # Stock settings: authlib signs assertions that last an hour, a fresh jti each.
+    method = PrivateKeyJWT(alg="Ed25519")
+    for _ in range(2):  # and the next request is not taken for a replay
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        url, headers, body = ClientAuth(AUDITOR, okp, method).prepare(
+            "POST", PUBLIC + "/v1/token", headers, "grant_type=client_credentials"
+        )
+        assertion = parse_qs(body)["client_assertion"][0]
+        claims = payload(assertion)
+        assert claims["exp"] - claims["iat"] == 3600
+        r = await proxied.post(url, content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["scope"] == "audit:read"
+        assert payload(answer["access_token"])["iss"] == PUBLIC
+    assert_problem(await proxied.post(url, content=body, headers=headers), 401, "replayed_jti")

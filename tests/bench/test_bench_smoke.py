@@ -165,7 +165,7 @@ def test_report_keeps_hand_written_sections(tmp_path: Path) -> None:
 def test_render_without_results_says_not_run() -> None:
     text = render({"environment": {"mode": "full"}, "results": {}}, "r.json", {})
     assert "QUICK RUN" not in text
-    assert text.count("_not run in this benchmark run._") == 11
+    assert text.count("_not run in this benchmark run._") == 13
 
 
 def test_phases_are_taken_per_measurement_with_the_rest_as_other() -> None:
@@ -314,3 +314,52 @@ def test_engine_figures_and_their_rows_in_the_report(tmp_path: Path) -> None:
     text = render(doc, "r.json", {})
     assert "| 10,000 | n/a | 0.5 | 0.9 | 6.4 | 18.8 | n/a |" in text
     assert "10,000 agencies: n/a bulletins/s" not in text  # no SIENA line for it
+
+
+def test_attachments_section_renders_the_stable_keys() -> None:
+    from bench.report import s_attachments
+
+    rows = [{"mb": 100, "up_mb_s": 50.0, "down_mb_s": 90.0, "rss_growth_mb": 10.7}]
+    text = s_attachments({"rows": rows, "chunk_bytes": 512 * 1024})
+    assert "| 100 | 50 |" in text
+    assert "| 10.7 |" in text
+    assert "512 KiB chunks" in text
+
+
+def _receipts(per_s: float, *, recorded: int = 20000) -> dict:
+    return {
+        "rows": [
+            {
+                "processes": 1,
+                "receipts": 20000,
+                "per_s": per_s,
+                "seconds": 20000 / per_s,
+                "recorded": recorded,
+                "refused": 0,
+                "all_recorded": recorded == 20000,
+                "per_cpu_s": 4100.0,
+                "relay_cpu_s": 4.9,
+                "recipients": 20,
+                "bulletins": 1000,
+            }
+        ]
+    }
+
+
+def test_the_receipts_target_needs_the_rate_and_every_receipt_recorded() -> None:
+    from bench.report import s_receipts
+
+    def verdict(receipts: dict | None) -> str:
+        doc = _doc(1200, 0.6, 20)
+        if receipts is not None:
+            doc["results"]["receipts"] = receipts
+        (t,) = [t for t in evaluate_targets(doc) if t["key"] == "receipts"]
+        return str(t["status"])
+
+    assert verdict(_receipts(5200.0)) == "met"
+    assert verdict(_receipts(4900.0)) == "missed"
+    assert verdict(_receipts(5200.0, recorded=19999)) == "missed"  # fast, but one lost
+    assert verdict(None) == "not measured"
+    text = s_receipts(_receipts(5200.0))
+    assert "| 1 | 20,000 | 5,200 | 3.846 | 4,100 | 4.9 | yes | 0 |" in text
+    assert "20 recipients" in text

@@ -36,10 +36,12 @@ from broker.bus.claims import ClaimsPusher
 from broker.bus.cluster import ClusterPorts, NatsCluster
 from broker.bus.natsauth import NatsOperator
 from broker.bus.natsconf import AgencyUser
+from broker.bus.streams import wait_for_jetstream
 from broker.config import Settings
 from broker.runtime.stack import Stack
 from schemas.natskeys import new_user_seed, user_public_key
 from tests.conftest import NatsStack, user_jwt_option
+from tests.integration.stack_inproc import serving
 from tests.stackproc import UpProcess, free_port_run
 from tests.waiting import eventually, eventually_sync
 
@@ -53,7 +55,11 @@ _CONNECT_OPTIONS: dict[str, Any] = {
 
 
 def cluster_ports() -> ClusterPorts:
-    return ClusterPorts(free_port_run(3), free_port_run(3), free_port_run(3))
+    # One run of nine, split: three runs picked one after another were each free, but
+    # could overlap one another (nothing binds them until the nodes start), and the
+    # cluster then refused its own ports or found one taken.
+    base = free_port_run(9)
+    return ClusterPorts(base, base + 3, base + 6)
 
 
 @dataclass
@@ -66,17 +72,6 @@ class ClusterStack(NatsStack):
     @property
     def url(self) -> str:
         return self.server.url
-
-    async def relay_has_jetstream(self) -> bool:
-        """Whether JetStream answers the relay's account on node 1 (account info)."""
-        relay = await self.connect_relay()
-        try:
-            await relay.jetstream(timeout=2).account_info()
-        except (nats.errors.Error, TimeoutError):
-            return False
-        finally:
-            await relay.close()
-        return True
 
     def _urls(self, first: int) -> list[str]:
         assert self.cluster is not None
@@ -157,12 +152,12 @@ async def cluster_stack(
             stack.pusher = await ClaimsPusher.connect(cluster.urls, operator, nodes=3)
             await stack.admit(agencies)
             # Operator mode: a node may answer "JetStream not enabled for account" for a
-            # moment after the cluster is up, until it has the relay account's limits.
-            await eventually(
-                stack.relay_has_jetstream,
-                what="JetStream enabled for the relay's account",
-                timeout=30,
-            )
+            # moment after the cluster is up; istmo up waits for it the same way.
+            relay = await stack.connect_relay()
+            try:
+                await wait_for_jetstream(relay.jetstream(timeout=2))
+            finally:
+                await relay.close()
         await stack.provision(agencies, replicas=3, timeout=10)
         return stack
 
@@ -190,25 +185,14 @@ async def running_cluster_stack(
         api_port=free_port_run(1),
     )
     stack = Stack(settings, out=lambda _line: None, cluster=3, cluster_port=ports.cluster)
-    stack.prepare()
-    stop = asyncio.Event()
-    task = asyncio.create_task(stack.up(stop, with_relay=with_relay, with_sequencer=with_sequencer))
-    try:
-        await eventually(
-            lambda: (data_dir / "stack.json").exists() or task.done(),
-            what="the cluster stack to come up",
-            timeout=240,
-        )
-        if task.done():
-            task.result()  # raises what went wrong
-        yield stack
-    finally:
-        stop.set()
-        done, _ = await asyncio.wait({task}, timeout=60)
-        if not done:
-            task.cancel()
-            raise AssertionError("the cluster stack did not stop within 60 s")
-        task.result()
+    async with serving(
+        stack,
+        "the cluster stack to come up",
+        start_timeout=240,
+        with_relay=with_relay,
+        with_sequencer=with_sequencer,
+    ) as up:
+        yield up
 
 
 # ------------------------------------------------------------------ `istmo up --cluster 3`

@@ -73,13 +73,13 @@ def test_bad_cluster_settings_are_refused(change: dict[str, object], problem: st
 
 
 def test_a_taken_port_is_named_with_its_node_and_option() -> None:
-    base = free_port_run(3)  # three free ports, the middle one then taken here
+    base = free_port_run(9)  # nine free ports; the second then taken here
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", base + 1))
         taken.listen()
         port = base + 1
         # Node 2's route port is taken (not node 1's: a run found free, not a neighbour).
-        ports = ClusterPorts(client=free_port_run(3), http=free_port_run(3), cluster=base)
+        ports = ClusterPorts(client=base + 3, http=base + 6, cluster=base)
         with pytest.raises(ConfigError, match=rf"port {port} .*routes of node istmo-2") as err:
             check_cluster_ports(ports, 3)
         assert err.value.hint == "pick another with --cluster-port (node 2 uses it + 1)"

@@ -18,9 +18,12 @@ from typing import Any
 from broker.audit import merkle
 from schemas.canonical import canonical_json
 from tests.stackproc import UpProcess, run_cli
+from tests.tamper import attack
 from tests.waiting import eventually_sync
 
 CHROMIUM = Path(os.environ.get("ISTMO_CHROMIUM", "/usr/bin/chromium"))
+_AXE_RUN = """() => axe.run(document, {resultTypes: ['violations']}).then(r =>
+  r.violations.map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', ')))"""
 VIEWPORT = {"width": 1366, "height": 768}
 
 
@@ -33,6 +36,20 @@ def chromium_missing() -> str | None:
     except ImportError:
         return "browser tests did NOT run: the playwright package is not installed"
     return None
+
+
+def axe_violations(page: Any) -> list[str]:
+    """axe-core's violations on ``page`` (``rule: the elements``), none if it passes.
+
+    axe-core comes with the axe-playwright-python package (its axe.min.js, MPL-2.0),
+    evaluated in the page through the DevTools protocol: a page's content security policy
+    does not stop it, and the page's own scripts are not changed."""
+    import axe_playwright_python
+
+    script = Path(axe_playwright_python.__file__).parent / "axe.min.js"
+    page.evaluate(script.read_text())
+    found: list[str] = page.evaluate(_AXE_RUN)
+    return found
 
 
 def publish(
@@ -104,9 +121,8 @@ def tamper_entry(up: UpProcess, index: int) -> None:
     """As an attacker with the database: drop the append-only triggers and rewrite entry
     ``index``'s subject, with a matching leaf hash (the outbox row and the Merkle nodes
     are left alone)."""
-    with sqlite3.connect(up.data_dir / "istmo.db", timeout=60) as conn:
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
-            conn.execute(f'DROP TRIGGER "{name}"')
+
+    def change(conn: sqlite3.Connection) -> None:
         (leaf,) = conn.execute('SELECT leaf FROM log_entry WHERE "index" = ?', (index,)).fetchone()
         doc = json.loads(leaf)
         doc["subject"] = "xx-nobody"
@@ -116,13 +132,14 @@ def tamper_entry(up: UpProcess, index: int) -> None:
             (new, merkle.leaf_hash(new), index),
         )
 
+    attack(up.data_dir / "istmo.db", change)
+
 
 def substitute_head_root(up: UpProcess, tree_size: int) -> None:
     """As an attacker with the database: put another root in the stored tree head document
     of ``tree_size`` (its signature, which the attacker cannot redo, left as it was)."""
-    with sqlite3.connect(up.data_dir / "istmo.db", timeout=60) as conn:
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
-            conn.execute(f'DROP TRIGGER "{name}"')
+
+    def change(conn: sqlite3.Connection) -> None:
         (raw,) = conn.execute(
             "SELECT raw FROM tree_head WHERE tree_size = ?", (tree_size,)
         ).fetchone()
@@ -132,3 +149,5 @@ def substitute_head_root(up: UpProcess, tree_size: int) -> None:
             "UPDATE tree_head SET raw = ? WHERE tree_size = ?",
             (canonical_json(doc), tree_size),
         )
+
+    attack(up.data_dir / "istmo.db", change)

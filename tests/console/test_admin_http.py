@@ -104,7 +104,7 @@ async def test_agencies_by_state_and_sector_with_keys(
     assert re.findall(r'id="row-([a-z0-9-]+)"', r.text) == ["hn-justice"]
     r = await admin.get("/console/admin/agencies?sector=pirates")
     assert r.status_code == 400
-    assert "sector: not a sector" in r.text
+    assert "sector: not a sector" in r.text  # the parameter named as in the URL
     r = await admin.get("/console/admin/agencies/jm-justice")
     key = console_broker.registry.signing_keys("jm-justice")[0]
     assert key.kid in r.text
@@ -295,13 +295,17 @@ async def test_a_bad_candidate_is_named(admin: httpx.AsyncClient, console_broker
     broken = base.replace("permit (", "permit ((", 1)
     r = await admin.post("/console/admin/policy/check", data={"csrf": token, "candidate": broken})
     assert r.status_code == 200
-    assert "Not valid: 1 problem(s)" in r.text
+    assert "Not valid: 1 problem." in r.text
     problems = re.findall(r'<li class="mono"><a href="#([^"]+)">([^<]+)</a>', r.text)
     assert problems
-    assert problems[0][1].startswith("base.cedar:12: grant.publish-own: parse error")
-    assert problems[0][0] == "base-cedar-L12"  # a link to the line, shown highlighted below
-    assert '<span class="line" id="base-cedar-L12"><span class="cd-ann">@id</span>' in r.text
-    assert '<span class="line" id="base-cedar-L14"><span class="cd-kw">permit</span> ((' in r.text
+    # The first policy's @id line, and its permit two lines below (wherever the header
+    # comment of base.cedar ends).
+    at = base.splitlines().index('@id("grant.publish-own")') + 1
+    assert problems[0][1].startswith(f"base.cedar:{at}: grant.publish-own: parse error")
+    assert problems[0][0] == f"base-cedar-L{at}"  # a link to the line, shown highlighted below
+    assert f'<span class="line" id="base-cedar-L{at}"><span class="cd-ann">@id</span>' in r.text
+    permit = f'<span class="line" id="base-cedar-L{at + 2}"><span class="cd-kw">permit</span> (('
+    assert permit in r.text
     assert 'id="adopt"' not in r.text
     # too long: refused before anything is parsed, named, audited
     r = await admin.post(
@@ -383,6 +387,32 @@ async def test_spanish(admin: httpx.AsyncClient) -> None:
     assert "relaciones exteriores" in r.text
     r = await admin.get("/console/admin/policy")
     assert "Política vigente" in r.text
+
+
+async def test_counts_agree_with_their_number(admin: httpx.AsyncClient) -> None:
+    """The agency counts take the plural form of their number in each language (the
+    console once said "1 activas")."""
+    from broker.console.i18n import plural_form
+
+    words = {
+        "en": ("active", "active"),
+        "es": ("agencia activa", "agencias activas"),
+        "fr": ("agence active", "agences actives"),
+        "nl": ("actieve instantie", "actieve instanties"),
+    }
+    for lang, (one, other) in words.items():
+        r = await admin.get("/console/admin/", headers={"Accept-Language": lang})
+        assert f'lang="{lang}"' in r.text
+        m = re.search(r'class="st st-active">(\d+) ([^<]+)</span>', r.text)
+        assert m, r.text
+        n = int(m.group(1))
+        assert m.group(2) == (one if plural_form(lang, n) == "one" else other), (lang, n)
+    r = await admin.get("/console/admin/agencies", headers={"Accept-Language": "fr"})
+    shown = re.search(r'id="shown">(\d+) ([^<]+)</p>', r.text)
+    assert shown
+    assert shown.group(2) == (
+        "agence affichée." if int(shown.group(1)) < 2 else "agences affichées."
+    )
 
 
 async def test_revoke_one_signing_key(admin: httpx.AsyncClient, console_broker: Broker) -> None:

@@ -65,7 +65,7 @@ def test_auditor_filters_opens_and_verifies(page, up: UpProcess, bulletin: str) 
     page.wait_for_url(re.compile(r"type=bulletin\.decided"))
     types = page.locator("table.log tbody td:nth-child(3)").all_inner_texts()
     assert types
-    assert set(types) == {"bulletin.decided"}
+    assert set(types) == {"recipients decided"}  # the type in words; its code in the title
     # Narrow to one agency with the keyboard alone: focus, choose, submit.
     page.select_option("#f-agency", "jm-police")
     page.focus("#apply")

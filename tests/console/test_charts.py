@@ -65,7 +65,8 @@ def test_more_denied_agencies_than_the_chart_shows_are_said_and_tabled() -> None
     denied = render_all(_stats({}, denials), translator("en"))[1]
     assert str(denied.svg).count("<rect") == 30 + 1  # 30 bars and the legend's swatch
     assert denied.note == (
-        "The chart shows the 30 agencies with the most denials, of 39; the table lists all of them."
+        "The chart shows the agencies with the most denials (30 of 39); "
+        "the table lists all of them."
     )
     assert len(denied.table["rows"]) == 39
 

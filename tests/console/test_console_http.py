@@ -178,7 +178,7 @@ async def test_language(web: httpx.AsyncClient) -> None:
     r = await web.get("/console/", headers={"Accept-Language": "es-GT,es;q=0.9,en;q=0.5"})
     assert 'lang="es"' in r.text
     assert "Iniciar sesión" in r.text
-    r = await web.get("/console/", headers={"Accept-Language": "fr, en;q=0.1"})
+    r = await web.get("/console/", headers={"Accept-Language": "de, en;q=0.1"})
     assert 'lang="en"' in r.text
     assert "Sign in" in r.text
     r = await web.get("/console/lang/es", params={"next": "/console/"})
@@ -190,7 +190,34 @@ async def test_language(web: httpx.AsyncClient) -> None:
     for bad in ("https://evil.example/", "//evil.example/", "/console/\\evil", "/other"):
         r = await web.get("/console/lang/en", params={"next": bad})
         assert r.headers["location"] == "/console/", bad
-    assert (await web.get("/console/lang/fr")).status_code == 404
+    assert (await web.get("/console/lang/de")).status_code == 404
+
+
+async def test_french_and_dutch_pages(auditor: httpx.AsyncClient) -> None:
+    """Accept-Language picks French or Dutch: the layout, the words for codes (event
+    types, topics) and plural forms; the code stays in the option's value."""
+    r = await auditor.get("/console/log", headers={"Accept-Language": "fr-HT,fr;q=0.9,en;q=0.5"})
+    assert 'lang="fr"' in r.text
+    assert "<h1>Journal d&#39;audit</h1>" in r.text
+    assert '<option value="bulletin.decided">destinataires décidés</option>' in r.text
+    assert '<option value="drug-trafficking">trafic de stupéfiants</option>' in r.text
+    assert "Appliquer les filtres" in r.text
+    r = await auditor.get(
+        "/console/log", params={"agency": "hn-police"}, headers={"Accept-Language": "fr"}
+    )
+    assert "hn-police: acheminé" in r.text  # the outcome for the agency searched, in words
+    r = await auditor.get("/console/log", headers={"Accept-Language": "nl-SR,nl;q=0.9"})
+    assert 'lang="nl"' in r.text
+    assert "<h1>Auditlogboek</h1>" in r.text
+    assert '<option value="bulletin.decided">ontvangers bepaald</option>' in r.text
+    r = await auditor.get("/console/charts", params={"days": 7}, headers={"Accept-Language": "nl"})
+    assert "Laatste 7 dagen" in r.text
+    assert "Laatste 30 dagen" in r.text
+    r = await auditor.get("/console/charts", headers={"Accept-Language": "fr"})
+    assert "7 derniers jours" in r.text
+    r = await auditor.get("/console/log", params={"type": "x"}, headers={"Accept-Language": "nl"})
+    assert r.status_code == 400
+    assert "Het verzoek is niet geldig: type: geen soort gebeurtenis" in r.text
 
 
 # ---------------------------------------------------------------------- dev login
@@ -237,9 +264,9 @@ async def test_log_filters_and_audit_of_views(
     # An agency is found among the candidates of a bulletin.decided event too (ADR 8).
     r = await auditor.get("/console/log", params={"agency": "jm-police"})
     body = r.text.split("<tbody>")[1]
-    assert "bulletin.decided" in body
+    assert 'title="bulletin.decided">recipients decided' in body
     assert "jm-police: releasability" in body  # what was decided for it, on the row
-    assert "bulletin.denied" in body
+    assert 'title="bulletin.denied">bulletin denied' in body
     queried = events_of(console_broker, "audit.queried", after)
     assert [e.subject for e in queried] == ["console.log"] * 4
     for bad in (
@@ -307,7 +334,7 @@ async def test_charts_and_flow(auditor: httpx.AsyncClient) -> None:
     assert r.text.count('role="img"') == 3
     assert "<title" in r.text
     assert "<desc" in r.text
-    assert "drug-trafficking" in r.text
+    assert "drug trafficking" in r.text
     # The flow of a bulletin recorded per candidate, and of one recorded in one event.
     for bulletin in (BULLETIN, DECIDED):
         r = await auditor.get("/console/flow", params={"bulletin": bulletin})

@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.canonical import b64e
+from schemas.directory import AgencyRecord, SigningKeyRecord
 from schemas.envelope import Content, Envelope
 from schemas.ids import AgencyId, parse_agency_id
 from schemas.keys import KEMS, EncryptionKey, EncryptionPublicKey, KemName, SigningKey, VerifyKey
@@ -100,3 +102,27 @@ def drop(path: FieldPath) -> Callable[[dict[str, Any]], None]:
         del target[path[-1]]
 
     return mutate
+
+
+def agency_record(
+    agency: str, *keys: tuple[SigningKey, int | None], now: int = NOW
+) -> AgencyRecord:
+    """A directory record of an active SICA police ``agency`` with these signing keys,
+    each (key, revoked at or None), registered a day before ``now``."""
+    return AgencyRecord(
+        id=agency,
+        name=agency,
+        state=agency[:2].upper(),
+        communities=("SICA",),
+        sector="police",
+        status="active",
+        signing_keys=tuple(
+            SigningKeyRecord(
+                kid=k.verify_key.kid,
+                public=b64e(k.verify_key.public),
+                created_at=now - 86400,
+                revoked_at=revoked,
+            )
+            for k, revoked in keys
+        ),
+    )

@@ -381,3 +381,24 @@ def test_an_answer_over_the_message_limit_is_replaced_by_a_refusal() -> None:
     refused = json.loads(reply_bytes(reply, max_bytes=len(raw) - 1))
     assert refused["error"]["code"] == "answer_too_large"
     assert f"the answer is {len(raw)} bytes" in refused["error"]["message"]
+
+
+def test_a_receipts_request_reads_old_and_new_and_an_old_broker_refuses_signed() -> None:
+    """An SDK before signed receipts sends a plain ``BulletinRequest``: this broker reads it
+    as the plain request. A broker before it reads a signed request as a ``BulletinRequest``
+    and refuses it as ``malformed``, which the SDK reports as a broker too old."""
+    from schemas.agency import BulletinRequest
+    from schemas.receipt_requests import ReceiptsRequest
+
+    bid = "5f0c7d2e-9a41-4c36-8d0b-1e2f3a4b5c6d"
+    old = encode_request(BulletinRequest(bulletin_id=bid))
+    assert parse_model(ReceiptsRequest, old, max_bytes=1000, what="request").signed is None
+    signed = encode_request(ReceiptsRequest(bulletin_id=bid, signed=True))
+    assert signed == canonical_json({"bulletin_id": bid, "signed": True})
+    with pytest.raises(EnvelopeError) as refused:
+        parse_model(BulletinRequest, signed, max_bytes=1000, what="request")
+    assert refused.value.code == "malformed"
+    unsigned_page = canonical_json({"bulletin_id": bid, "after": "hn-police"})
+    with pytest.raises(EnvelopeError) as paged:
+        parse_model(ReceiptsRequest, unsigned_page, max_bytes=1000, what="request")
+    assert paged.value.code == "malformed"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from broker.audit import events
 from broker.audit.entries import entry_bytes
+from broker.audit.events import bulletins
 from clients.log_verifier import MAX_LEAF_BYTES
 from schemas.audit import EVENT_TYPES, AuditEvent
 
@@ -168,6 +170,49 @@ def test_a_decided_event_lists_every_candidate_once_in_bounded_parts(
             (g.outcome, g.policy_ids, a) for g in events.decided_groups(stored) for a in g.agencies
         ]
     assert read == [(g.outcome, g.policy_ids, a) for g in groups for a in g.agencies]
+
+
+def _parts_one_by_one(groups: list[events.DecisionGroup]) -> list[list[events.DecisionGroup]]:
+    """The cut as first written: agency by agency (the fast path must cut the same)."""
+    parts: list[list[events.DecisionGroup]] = [[]]
+    used = 0
+    for g in groups:
+        head = bulletins._GROUP_OVERHEAD + sum(len(x) + 3 for x in (g.outcome, *g.policy_ids))
+        left = g.agencies
+        while True:
+            first = len(left[0]) + 3 if left else 0
+            if parts[-1] and (
+                len(parts[-1]) == events.MAX_DECIDED_GROUPS
+                or used + head + first > events.MAX_DECIDED_BYTES
+            ):
+                parts.append([])
+                used = 0
+            used += head
+            take = 0
+            while take < len(left) and (
+                take == 0 or used + len(left[take]) + 3 <= events.MAX_DECIDED_BYTES
+            ):
+                used += len(left[take]) + 3
+                take += 1
+            parts[-1].append(events.DecisionGroup(g.outcome, g.policy_ids, left[:take]))
+            left = left[take:]
+            if not left:
+                break
+    return parts
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_decided_parts_cut_as_one_agency_at_a_time(seed: int) -> None:
+    rng = random.Random(seed)
+    groups = [
+        events.DecisionGroup(
+            rng.choice(["routed", "policy_deny", "default_deny"]),
+            tuple(f"p.{rng.randrange(9)}" for _ in range(rng.randrange(3))),
+            _agencies(rng.choice([0, 1, 3, 60, 500, 2_000, 6_000]), width=rng.randrange(2, 33)),
+        )
+        for _ in range(rng.randrange(1, 40))
+    ]
+    assert bulletins._decided_parts(groups) == _parts_one_by_one(groups)
 
 
 @pytest.mark.parametrize(

@@ -26,13 +26,16 @@ from broker.policy.engine import (
     JurisdictionInfo,
     PolicyBundle,
     PolicyEngine,
+    ReplyFacts,
 )
 from schemas.labels import TOPICS, Classification, Handling, Labels, Precedence, Tlp
 from tests.core.policy_oracle import Oracle
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 NOW = 1_780_000_000
-SEEDS = range(8)
+# Three seeded directories in CI (about 20 s of CPU); eight more with `-m long`.
+SEEDS = range(3)
+MORE_SEEDS = range(3, 11)
 BULLETINS_PER_DIRECTORY = 250
 SECTORS = ("police", "military", "foreign", "justice")
 GRADES = [f"{r}{c}" for r in "ABCDEF" for c in "123456"]
@@ -96,12 +99,33 @@ def random_facts(rng: random.Random, agencies: list[AgencyInfo]) -> BulletinFact
     else:
         origin = originator.id
         origin_state = originator.state if rng.random() < 0.9 else rng.choice([None, *STATES])
+
+    def some(pool: list[str], p: float) -> tuple[str, ...]:
+        return tuple(x for x in pool if rng.random() < p)
+
+    def moment() -> int | None:
+        return rng.choice([None, None, None, NOW + rng.randint(-100, 100), NOW])
+
+    # A third are replies (ADR 16), answering a bulletin of random labels.
+    in_reply_to = None
+    if rng.random() < 0.35:
+        in_reply_to = ReplyFacts(
+            random_labels(rng, ids, agencies),
+            some([*STATES, *COMMUNITIES], 0.5),
+            some([*ids, "zz-ghost"], 0.3),
+        )
+    return BulletinFacts(str(uuid.UUID(int=rng.getrandbits(128))), origin, origin_state,
+                         random_labels(rng, ids, agencies), moment(), moment(),
+                         in_reply_to)  # fmt: skip
+
+
+def random_labels(rng: random.Random, ids: list[str], agencies: list[AgencyInfo]) -> Labels:
     handling = tuple(h for h in Handling if rng.random() < 0.3)
 
     def some(pool: list[str], p: float) -> tuple[str, ...]:
         return tuple(x for x in pool if rng.random() < p)
 
-    labels = Labels(
+    return Labels(
         topic=rng.choice(TOPICS),
         classification=rng.choice(list(Classification)),
         tlp=rng.choice(list(Tlp)),
@@ -113,12 +137,6 @@ def random_facts(rng: random.Random, agencies: list[AgencyInfo]) -> BulletinFact
         named=some([*ids, "zz-ghost"], 0.08),
         judicial_consent=some([a.id for a in agencies if a.sector == "justice"], 0.4),
     )
-
-    def moment() -> int | None:
-        return rng.choice([None, None, None, NOW + rng.randint(-100, 100), NOW])
-
-    return BulletinFacts(str(uuid.UUID(int=rng.getrandbits(128))), origin, origin_state,
-                         labels, moment(), moment())  # fmt: skip
 
 
 def compare(engine: PolicyEngine, oracle: Oracle, facts: BulletinFacts, agencies: list[str],
@@ -135,14 +153,35 @@ def compare(engine: PolicyEngine, oracle: Oracle, facts: BulletinFacts, agencies
         assert e.errors == (() if e.agency in oracle.agencies else ("unknown agency",))
         seen.update(e.policy_ids)
         seen["allowed" if e.allowed else "denied"] += 1
-    return 1 + len(agencies)
+    return 1 + len(agencies) + compare_forwards(engine, oracle, facts, agencies, now, seen)
 
 
-def test_cedar_agrees_with_the_oracle(bundle: PolicyBundle) -> None:
+def compare_forwards(engine: PolicyEngine, oracle: Oracle, facts: BulletinFacts,
+                     agencies: list[str], now: int, seen: Counter[str]) -> int:  # fmt: skip
+    """Forward decisions (ADR 20) on a few pairs drawn from the bulletin's id, with and
+    without the originator's consent; return how many were made."""
+    rng = random.Random(facts.bulletin_id)
+    made = 0
+    for _ in range(4):
+        forwarder, to = rng.choice(agencies), rng.choice(agencies)
+        for consent in (False, True):
+            got = engine.decide_forward(facts, forwarder, to, now, consent=consent)
+            want = oracle.decide(facts, forwarder, "forward", now, to=to, consent=consent)
+            assert (got.allowed, got.policy_ids) == (want.allowed, want.policy_ids), (
+                forwarder, to, consent, facts)  # fmt: skip
+            seen.update(got.policy_ids)
+            made += 1
+    return made
+
+
+@pytest.mark.parametrize(
+    "seeds", [pytest.param(SEEDS, id="3"), pytest.param(MORE_SEEDS, id="8", marks=pytest.mark.long)]
+)
+def test_cedar_agrees_with_the_oracle(bundle: PolicyBundle, seeds: range) -> None:
     decisions = 0
     seen: Counter[str] = Counter()
     started = time.process_time()  # CPU: the engine's cost, whatever runs beside it
-    for seed in SEEDS:
+    for seed in seeds:
         rng = random.Random(seed)
         agencies = random_agencies(rng)
         engine = PolicyEngine(bundle, DirectorySnapshot.build(JURISDICTIONS, agencies, bundle))
@@ -152,7 +191,7 @@ def test_cedar_agrees_with_the_oracle(bundle: PolicyBundle) -> None:
             facts = random_facts(rng, agencies)
             now = rng.choice([NOW, NOW + rng.randint(-100, 100)])
             decisions += compare(engine, oracle, facts, candidates, now, seen)
-    assert decisions > 10_000
+    assert decisions > 1_200 * len(seeds)
     # Not vacuous: every policy decided some requests, and both outcomes are common.
     every_policy = set(bundle.reasons)
     assert {p for p in every_policy if seen[p] < 20} == set()

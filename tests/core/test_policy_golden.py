@@ -19,6 +19,7 @@ from broker.policy.engine import (
     JurisdictionInfo,
     PolicyBundle,
     PolicyEngine,
+    ReplyFacts,
 )
 from schemas.labels import TOPICS, Classification, Handling, Labels, Precedence, Tlp
 from tests.core.policy_oracle import Oracle
@@ -53,8 +54,7 @@ def golden_directory() -> tuple[list[JurisdictionInfo], list[AgencyInfo]]:
     return jurisdictions, agencies
 
 
-def golden_facts(changes: dict[str, Any]) -> BulletinFacts:
-    b = {**GOLDEN["bulletin_defaults"], **changes}
+def golden_labels(b: dict[str, Any]) -> Labels:
     labels = {k: v for k, v in b.items() if k in LABEL_FIELDS}
     for key in ("rel_to", "handling", "named", "judicial_consent"):
         labels[key] = tuple(labels[key])
@@ -62,6 +62,19 @@ def golden_facts(changes: dict[str, Any]) -> BulletinFacts:
     labels["tlp"] = Tlp(labels["tlp"])
     labels["precedence"] = Precedence(labels["precedence"])
     labels["handling"] = tuple(Handling(h) for h in labels["handling"])
+    return Labels(**labels)
+
+
+def golden_facts(changes: dict[str, Any]) -> BulletinFacts:
+    b = {**GOLDEN["bulletin_defaults"], **changes}
+    answered = b.get("in_reply_to")
+    in_reply_to = None
+    if answered is not None:
+        in_reply_to = ReplyFacts(
+            golden_labels({**GOLDEN["bulletin_defaults"], **answered}),
+            tuple(answered["releasable_within"]),
+            tuple(answered["audience"]),
+        )
 
     def at(offset: int | None) -> int | None:
         return None if offset is None else T0 + offset
@@ -70,9 +83,10 @@ def golden_facts(changes: dict[str, Any]) -> BulletinFacts:
         BULLETIN_ID,
         b["originator"],
         b["origin_state"],
-        Labels(**labels),
+        golden_labels(b),
         at(b["not_before"]),
         at(b["expires_at"]),
+        in_reply_to,
     )
 
 
@@ -99,11 +113,16 @@ def test_golden(engine: PolicyEngine, oracle: Oracle, case: dict[str, Any]) -> N
     if action == "publish":
         assert facts.originator == case["agency"], "a publish case asks for the originator"
         d = engine.decide_publish(facts, now)
+    elif action == "forward":
+        to, consent = case["to"], case["consent"]
+        d = engine.decide_forward(facts, case["agency"], to, now, consent=consent)
     else:
         [d] = engine.decide_receive(facts, [case["agency"]], now)
     expected = (case["agency"], action, case["allowed"], tuple(case["policy_ids"]), ())
     assert (d.agency, d.action, d.allowed, d.policy_ids, d.errors) == expected
-    verdict = oracle.decide(facts, case["agency"], action, now)
+    verdict = oracle.decide(
+        facts, case["agency"], action, now, to=case.get("to"), consent=case.get("consent", False)
+    )
     assert (verdict.allowed, verdict.policy_ids) == expected[2:4], "the oracle disagrees"
 
 
@@ -130,7 +149,12 @@ def test_golden_table_covers_every_rule_and_label_value(engine: PolicyEngine) ->
     assert used("handling") >= {h.value for h in Handling}
     assert used("precedence") >= {p.value for p in Precedence}
     assert used("source_grade") >= {None, "A1", "A2", "B2", "B3", "C1", "C3", "F6"}
-    assert {"publish", "receive"} == {c.get("action", "receive") for c in CASES}
+    assert {"publish", "receive", "forward"} == {c.get("action", "receive") for c in CASES}
+    forwards = [c for c in CASES if c.get("action") == "forward"]
+    assert {True, False} == {c["consent"] for c in forwards}
+    for code in ("H0", "H2", "H3"):  # each enforced: a forward it refuses and one it allows
+        with_code = [c for c in forwards if code in c["bulletin"].get("handling", [])]
+        assert {True, False} == {c["allowed"] for c in with_code}, code
     assert any(c["bulletin"].get("named") for c in CASES)
     assert any(c["bulletin"].get("judicial_consent") for c in CASES)
 

@@ -1,13 +1,14 @@
 """Slices and the prefilter decide exactly as the whole directory does (ADR 0012).
 
 Engines over one directory: ``whole`` (every batch over the whole directory plus the
-bulletin: the evaluation before ADR 0012), ``slice`` (always the entities the requests can
-reach) and ``auto`` (the one the broker runs). For every request their decisions must be
-equal in full (allowed, deciding ``@id``s, reasons, errors, versions), ``explain`` too,
-and ``permitted_receivers`` (the prefilter, then Cedar) must list exactly the agencies
-the whole evaluation allows. Over the golden cases, and over directories and bulletins
-hypothesis draws, under the shipped policy set and under variants that switch a prefilter
-rule off (which must then not over-deny).
+bulletin, one Cedar request per candidate: the evaluation before ADRs 0012 and 0035),
+``slice`` (always the entities the requests can reach) and ``auto`` (the one the broker
+runs), both asking Cedar once per class of candidates (``test_policy_classes``). For
+every request their decisions must be equal in full (allowed, deciding ``@id``s,
+reasons, errors, versions), ``explain`` too, and ``permitted_receivers`` (the prefilter,
+then Cedar) must list exactly the agencies the whole evaluation allows. Over the golden
+cases, and over directories and bulletins hypothesis draws, under the shipped policy set
+and under variants that switch a prefilter rule off (which must then not over-deny).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def test_the_variants_switch_exactly_one_rule_off(bundles: dict[str, PolicyBundl
 
 def engines(bundle: PolicyBundle, directory: DirectorySnapshot) -> dict[str, PolicyEngine]:
     return {
-        "whole": PolicyEngine(bundle, directory, entities="whole"),
+        # The evaluation before ADRs 0012 and 0035: one request per candidate, whole.
+        "whole": PolicyEngine(bundle, directory, entities="whole", classes=False),
         "slice": PolicyEngine(bundle, directory, entities="slice"),
         "auto": PolicyEngine(bundle, directory),
     }

@@ -26,7 +26,7 @@ from broker.store.registry import BulletinRow
 from clients.opening import open_delivery
 from clients.withdrawals import check_delivered_withdrawal
 from schemas.canonical import b64e
-from schemas.directory import AgencyRecord, SigningKeyRecord
+from schemas.directory import SigningKeyRecord
 from schemas.envelope import Header
 from schemas.errors import EnvelopeError, IstmoError, SignatureError
 from schemas.ids import AgencyId, BulletinId
@@ -42,7 +42,7 @@ from schemas.withdrawal import (
     parse_withdrawal,
     sign_withdrawal,
 )
-from tests.core.envelope_kit import CONTENT, LABELS, NOW, R1, A, as_json, seal_for
+from tests.core.envelope_kit import CONTENT, LABELS, NOW, R1, A, agency_record, as_json, seal_for
 
 BID = "0b1e5a8c-1111-4222-8333-444455556666"
 GT, SV = "gt-police", "sv-police"
@@ -50,29 +50,9 @@ SKEWED = "timestamp_out_of_window"
 GT_KEY, GT_OLD, SV_KEY = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
 
 
-def _record(agency: str, *keys: tuple[SigningKey, int | None]) -> AgencyRecord:
-    return AgencyRecord(
-        id=agency,
-        name=agency,
-        state=agency[:2].upper(),
-        communities=("SICA",),
-        sector="police",
-        status="active",
-        signing_keys=tuple(
-            SigningKeyRecord(
-                kid=k.verify_key.kid,
-                public=b64e(k.verify_key.public),
-                created_at=NOW - 86400,
-                revoked_at=revoked,
-            )
-            for k, revoked in keys
-        ),
-    )
-
-
 RECORDS = {
-    GT: _record(GT, (GT_OLD, NOW - 3600), (GT_KEY, None)),
-    SV: _record(SV, (SV_KEY, None)),
+    GT: agency_record(GT, (GT_OLD, NOW - 3600), (GT_KEY, None)),
+    SV: agency_record(SV, (SV_KEY, None)),
 }
 
 

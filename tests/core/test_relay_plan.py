@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from broker.relay.plan import (
     plan,
     plan_batch,
 )
-from broker.store.registry import BulletinRow, DecisionRecordRow, RejectionRow
+from broker.store.registry import BulletinRow, DecisionRecordRow, Insert, RejectionRow
 from schemas.canonical import b64d, b64e
 from schemas.directory import AgencyRecord, EncryptionKeyRecord, SigningKeyRecord
 from schemas.envelope import Content, Envelope
@@ -213,6 +213,13 @@ def decide(
     )
 
 
+def values_of(row: object, table: type[Any]) -> Mapping[str, Any]:
+    """The column values of a plan's row of ``table`` (plain values, no ORM object)."""
+    assert isinstance(row, Insert)
+    assert row.table is table
+    return row.values
+
+
 def flip_ct(env: Envelope) -> Envelope:
     ct = bytearray(b64d(env.body.ct, field="ct", max_bytes=10**6))
     ct[0] ^= 1
@@ -231,14 +238,12 @@ def test_accept_delivers_to_the_permitted_recipients_and_records_every_decision(
     assert p.addressed == PERMITTED
     # Every agency that follows the topic was decided, except the originator.
     assert [d.agency for d in p.decisions] == sorted(a.id for a in INFOS if a.id != "gt-police")
-    row, record = p.rows
-    assert isinstance(row, BulletinRow)
-    assert (row.id, row.ingest_seq, row.accepted_at) == (bid, 7, NOW)
-    assert row.envelope_digest == envelope_digest(env)
-    assert row.recipients == ",".join(PERMITTED)
+    row, record = (values_of(p.rows[0], BulletinRow), values_of(p.rows[1], DecisionRecordRow))
+    assert (row["id"], row["ingest_seq"], row["accepted_at"]) == (bid, 7, NOW)
+    assert row["envelope_digest"] == envelope_digest(env)
+    assert row["recipients"] == ",".join(PERMITTED)
     # One decision record and one decided event for the bulletin, not one per candidate.
-    assert isinstance(record, DecisionRecordRow)
-    assert (record.bulletin_id, record.routed) == (bid, ",".join(PERMITTED))
+    assert (record["bulletin_id"], record["routed"]) == (bid, ",".join(PERMITTED))
     assert [(e.type, e.event_id) for e in p.events] == [
         ("bulletin.accepted", f"{bid}:accepted"),
         ("bulletin.decided", f"{bid}:decided:1"),
@@ -284,9 +289,8 @@ def test_each_denial_names_its_reason(agency: str, code: str, policy_ids: tuple[
     (group,) = [g for g in events.decided_groups(decided.data) if agency in g.agencies]
     assert (group.outcome, group.policy_ids) == (code, policy_ids)
     # ... and the decision record also keeps the reasons' texts.
-    record = p.rows[1]
-    assert isinstance(record, DecisionRecordRow)
-    (kept,) = [g for g in json.loads(record.groups) if agency in g["agencies"]]
+    record = values_of(p.rows[1], DecisionRecordRow)
+    (kept,) = [g for g in json.loads(record["groups"]) if agency in g["agencies"]]
     assert (kept["outcome"], tuple(kept["policy_ids"])) == (code, policy_ids)
     assert kept["reasons"] == list(denial.reasons)
 
@@ -500,6 +504,23 @@ def test_expiry_is_by_the_relays_clock_and_skew_by_the_stored_time() -> None:
     assert decide(late, now=NOW + 3600).verdict == "accept"
 
 
+def test_a_bulletin_queued_on_a_state_node_is_judged_by_its_gates_stamp() -> None:
+    """ADR 0034: an hour on a cut-off node, stored on the hub after the heal. The gate's
+    stamp decides its freshness; the hub's store time its key's revocation."""
+    env = sealed(created_at=NOW - 3600)
+    stamped = replace(ingested(env, stored_at=NOW), gated_at=NOW - 3600 + 2)
+    assert decide(stamped).verdict == "accept"
+    assert decide(ingested(env, stored_at=NOW)).reason == "timestamp_out_of_window"
+    # Its copy sourced again later (a new stream message, the same envelope): a replay.
+    again = replace(stamped, seq=8)
+    assert decide(again, prior=Prior(7, envelope_digest(env))).reason == "replay"
+    # A key revoked during the cut: refused by the hub's store time, whatever the stamp.
+    old = PARTIES["sv-military"].revoked
+    queued = sealed("sv-military", signing_key=old, created_at=NOW - 3600)
+    msg = replace(ingested(queued, sender="sv-military", stored_at=NOW + 1), gated_at=NOW - 3600)
+    assert decide(msg, now=NOW + 1, directory=_directory(revoked_at=NOW)).reason == "key_revoked"
+
+
 # --------------------------------------------------------------------------- replay
 
 
@@ -628,9 +649,8 @@ def test_a_correction_must_supersede_an_accepted_bulletin_of_its_originator(
         assert "supersedes no accepted bulletin of yours" in p.message
         assert CORRECTED not in p.message
         return
-    row = p.rows[0]
-    assert isinstance(row, BulletinRow)
-    assert row.supersedes == CORRECTED
+    row = values_of(p.rows[0], BulletinRow)
+    assert row["supersedes"] == CORRECTED
     assert p.events[0].data["supersedes"] == CORRECTED
 
 
@@ -656,9 +676,8 @@ def test_a_bulletin_accepted_earlier_in_the_batch_may_be_corrected_in_it() -> No
 def test_a_bulletin_that_corrects_nothing_is_not_asked_about_it() -> None:
     p = decide(ingested(sealed()))
     assert p.verdict == "accept"
-    row = p.rows[0]
-    assert isinstance(row, BulletinRow)
-    assert row.supersedes is None
+    row = values_of(p.rows[0], BulletinRow)
+    assert row["supersedes"] is None
     assert "supersedes" not in p.events[0].data
 
 

@@ -10,18 +10,19 @@ import pytest
 from broker.relay.receipts import (
     IncomingReceipt,
     ReceiptVerdict,
+    attributed,
     check_receipt,
     judge_batch,
     read_batch,
     read_receipt,
 )
-from broker.store.registry import BulletinRow
+from broker.store.registry import BulletinRow, ReceiptRow
 from schemas.canonical import b64e, canonical_json
 from schemas.directory import AgencyRecord, SigningKeyRecord
 from schemas.errors import EnvelopeError
 from schemas.ids import AgencyId, BulletinId
 from schemas.keys import SigningKey
-from schemas.receipt import Receipt, sign_receipt
+from schemas.receipt import Receipt, sign_receipt, verify_receipt
 from schemas.subjects import gated_subject
 
 NOW = 1_780_000_000
@@ -176,6 +177,7 @@ def test_a_forged_receipt_in_a_batch_is_refused_and_the_good_ones_around_it_pass
         "received_at": NOW,
         "recorded_at": NOW,
         "signature": receipt().sig,
+        "kid": HN_KEY.verify_key.kid,  # kept since migration 0010: the originator verifies it
     }
     assert verdicts[3].row is not None
     assert verdicts[3].row["bulletin_id"] == OTHER.id
@@ -234,3 +236,69 @@ def test_a_receipt_signed_by_a_revoked_key_is_refused(
     with pytest.raises(EnvelopeError) as err:
         check()
     assert err.value.code == "key_revoked"
+
+
+# --- the originator's signed answer: a recorded receipt rebuilt whole ----------------------
+OLD_KEY = SigningKey.generate()  # hn-police's key before it rotated
+ROTATED = RECORDS["hn-police"].model_copy(
+    update={
+        "signing_keys": (
+            SigningKeyRecord(
+                kid=OLD_KEY.verify_key.kid,
+                public=b64e(OLD_KEY.verify_key.public),
+                created_at=0,
+                revoked_at=NOW + 10,
+            ),
+            *RECORDS["hn-police"].signing_keys,
+        )
+    }
+)
+
+
+def row_of(r: Receipt, *, kid: bool = True) -> ReceiptRow:
+    """The row the relay records of ``r``: with its kid, or (``kid=False``) as a relay
+    before migration 0010 recorded it."""
+    return ReceiptRow(
+        bulletin_id=r.bulletin_id,
+        recipient=r.recipient,
+        received_at=r.received_at,
+        recorded_at=NOW + 1,
+        signature=r.sig,
+        kid=r.kid if kid else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "signed_with", "kid", "record", "shown"),
+    [
+        ("recorded with its kid", HN_KEY, True, RECORDS["hn-police"], True),
+        ("recorded before kids, current key", HN_KEY, False, RECORDS["hn-police"], True),
+        ("recorded before kids, a key rotated away since", OLD_KEY, False, ROTATED, True),
+        ("recorded before kids, no key of the recipient verifies", OLD_KEY, False,
+         RECORDS["hn-police"], False),
+        ("recorded before kids, recipient not in the directory", HN_KEY, False, None, False),
+    ],
+)  # fmt: skip
+def test_a_recorded_receipt_is_shown_whole_or_said_unverifiable(
+    case: str, signed_with: SigningKey, kid: bool, record: AgencyRecord | None, shown: bool
+) -> None:
+    r = receipt(key=signed_with)
+    entry = attributed("hn-police", row_of(r, kid=kid), bulletin=BULLETIN, record=record)
+    assert entry.agency == "hn-police"
+    assert entry.received_at == NOW
+    if not shown:
+        assert entry.receipt is None  # never a key the broker cannot show signed it
+        return
+    assert entry.receipt == r  # every field the recipient signed, byte for byte
+    verify_receipt(entry.receipt, signed_with.verify_key)
+
+
+def test_a_recipient_without_a_receipt_is_listed_without_one() -> None:
+    entry = attributed("sv-police", None, bulletin=BULLETIN, record=None)
+    assert (entry.received_at, entry.receipt) == (None, None)
+
+
+def test_a_row_edited_by_hand_is_shown_unsigned_not_refused() -> None:
+    bad = row_of(receipt()).model_copy(update={"kid": "not-a-kid"})
+    entry = attributed("hn-police", bad, bulletin=BULLETIN, record=RECORDS["hn-police"])
+    assert (entry.received_at, entry.receipt) == (NOW, None)

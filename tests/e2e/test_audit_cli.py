@@ -28,10 +28,14 @@ from schemas.audit import AuditEvent
 from schemas.canonical import b64d, b64e, canonical_json
 from schemas.keys import SigningKey, VerifyKey
 from schemas.treehead import TreeHead, parse_signed_tree_head, sign_tree_head
+from tests import tamper
 from tests.stackproc import ISTMO, UpProcess, interrupt, publish_args, run_cli
 from tests.waiting import eventually_sync
 
 ALARM = 3
+# These stacks run no witnesses; the log key's own checks are what these tests are about
+# (tests/e2e/test_audit_witness.py verifies with the witness quorum).
+LOG_KEY_ALONE = "--trust-log-key-alone"
 
 
 def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
@@ -62,7 +66,7 @@ def up(tmp_path_factory: pytest.TempPathFactory):
 def test_up_sequences_the_outbox_and_verify_passes(up: UpProcess) -> None:
     assert "audit log sequenced here" in up.output
     r = eventually_sync(
-        lambda: run_cli("audit", "verify", data_dir=up.data_dir),
+        lambda: run_cli("audit", "verify", LOG_KEY_ALONE, data_dir=up.data_dir),
         until=lambda r: r.returncode == 0 and "wait for the sequencer" not in r.stdout,
         what="the demo directory's events in the log",
         interval=0.2,
@@ -153,14 +157,14 @@ def test_export_rebuilds_the_signed_root(up: UpProcess, tmp_path: Path) -> None:
 
 def test_monitor_follows_the_live_log(up: UpProcess, tmp_path: Path) -> None:
     state = tmp_path / "monitor.json"
-    first = run_cli("audit", "monitor", "--state", str(state), data_dir=up.data_dir)
+    first = run_cli("audit", "monitor", "--state", str(state), LOG_KEY_ALONE, data_dir=up.data_dir)
     assert first.returncode == 0, first.stderr
     assert "pinned log key sig-" in first.stdout
     size = json.loads(state.read_text())["head"]["head"]["tree_size"]
     run_cli("audit", "search", "--limit", "1", data_dir=up.data_dir)  # one more entry
 
     def grown() -> str:
-        r = run_cli("audit", "monitor", "--state", str(state), data_dir=up.data_dir)
+        r = run_cli("audit", "monitor", "--state", str(state), LOG_KEY_ALONE, data_dir=up.data_dir)
         assert r.returncode == 0, r.stderr
         return r.stdout if f"consistent with size {size}" in r.stdout else ""
 
@@ -182,7 +186,9 @@ def test_errors_are_one_line(up: UpProcess, tmp_path: Path) -> None:
     )
     state = tmp_path / "state.json"
     state.write_text("{not json")
-    msg = one_line_error(run_cli("audit", "monitor", "--state", str(state), data_dir=d))
+    msg = one_line_error(
+        run_cli("audit", "monitor", "--state", str(state), LOG_KEY_ALONE, data_dir=d)
+    )
     assert "monitor state" in msg
 
 
@@ -227,15 +233,7 @@ def sealed(tmp_path: Path) -> Path:
 
 def attack(data_dir: Path, change: Callable[[sqlite3.Connection], None]) -> None:
     """Write to the database as an attacker would: drop the triggers, then change rows."""
-    with sqlite3.connect(data_dir / "istmo.db", timeout=60) as conn:
-        # The write lock first, waiting up to the timeout: a read snapshot that turns into a
-        # write after a running stack's sequencer has committed fails at once ("database is
-        # locked", whatever the timeout).
-        conn.execute("BEGIN IMMEDIATE")
-        triggers = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        for (name,) in triggers.fetchall():
-            conn.execute(f'DROP TRIGGER "{name}"')
-        change(conn)
+    tamper.attack(data_dir / "istmo.db", change)
 
 
 def leaf_of(conn: sqlite3.Connection, index: int) -> dict[str, Any]:
@@ -325,19 +323,93 @@ TAMPERING: dict[str, tuple[Callable[[sqlite3.Connection], None], int, str]] = {
 
 @pytest.mark.parametrize("case", list(TAMPERING))
 def test_verify_names_the_first_bad_index(sealed: Path, case: str) -> None:
-    ok = run_cli("audit", "verify", data_dir=sealed)
+    ok = run_cli("audit", "verify", LOG_KEY_ALONE, data_dir=sealed)
     assert ok.returncode == 0, ok.stderr
     assert f"verified {N} entries and {N // BATCH} signed tree heads" in ok.stdout
     change, index, what = TAMPERING[case]
     attack(sealed, change)
-    msg = one_line_error(run_cli("audit", "verify", data_dir=sealed))
+    msg = one_line_error(run_cli("audit", "verify", LOG_KEY_ALONE, data_dir=sealed))
     assert f"first bad index {index}:" in msg
     assert what in msg
 
 
+def test_verify_refuses_without_witnesses_unless_told_to_trust_the_log_key_alone(
+    sealed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No witnesses given, none in $ISTMO_AUDIT_WITNESSES, none configured: refused (exit 1).
+    msg = one_line_error(run_cli("audit", "verify", data_dir=sealed))
+    assert "no witnesses to check the audit log against" in msg
+    assert "--witnesses FILE" in msg
+    assert "$ISTMO_AUDIT_WITNESSES" in msg
+    assert "hint: for a log without witnesses, --trust-log-key-alone" in msg
+    # The opt-out passes a good log, and says what it does not protect against.
+    ok = run_cli("audit", "verify", LOG_KEY_ALONE, data_dir=sealed)
+    assert ok.returncode == 0, ok.stderr
+    assert f"verified {N} entries" in ok.stdout
+    assert ok.stderr.strip() == (
+        "istmo: WARNING: checked on the log key alone (--trust-log-key-alone): this does not "
+        "protect against whoever holds the log key, who can truncate the log and re-sign "
+        "its heads; give the witnesses you trust with --witnesses FILE"
+    )
+    # Opting out and naming witnesses contradict each other; so does asking them.
+    trust = tmp_path / "trust.json"
+    trust.write_text('{"quorum": 1, "witnesses": []}')
+    both = run_cli("audit", "verify", LOG_KEY_ALONE, "--witnesses", str(trust), data_dir=sealed)
+    assert "contradict each other" in one_line_error(both)
+    ask = run_cli("audit", "verify", LOG_KEY_ALONE, "--ask-witnesses", data_dir=sealed)
+    assert "contradicts --trust-log-key-alone" in one_line_error(ask)
+    # A trust file without witnesses is no trust, given or from the environment.
+    assert "names no witnesses" in one_line_error(
+        run_cli("audit", "verify", "--witnesses", str(trust), data_dir=sealed)
+    )
+    monkeypatch.setenv("ISTMO_AUDIT_WITNESSES", str(trust))
+    msg = one_line_error(run_cli("audit", "verify", data_dir=sealed))
+    assert "names no witnesses" in msg
+    assert "($ISTMO_AUDIT_WITNESSES)" in msg
+    monkeypatch.setenv("ISTMO_AUDIT_WITNESSES", str(tmp_path / "missing.json"))
+    assert "cannot read the witnesses file" in one_line_error(
+        run_cli("audit", "verify", data_dir=sealed)
+    )
+
+
+def test_monitor_refuses_without_witnesses_unless_told_to_trust_the_log_key_alone(
+    sealed: Path, tmp_path: Path
+) -> None:
+    # As verify: no witnesses given or found, refused (exit 1), and nothing pinned.
+    state = tmp_path / "monitor.json"
+    msg = one_line_error(run_cli("audit", "monitor", "--state", str(state), data_dir=sealed))
+    assert "no witnesses to check the audit log against" in msg
+    assert "--witnesses FILE" in msg
+    assert "$ISTMO_AUDIT_WITNESSES" in msg
+    assert "hint: for a log without witnesses, --trust-log-key-alone" in msg
+    assert not state.exists()
+    # The opt-out adopts the head on the log key alone, and warns.
+    ok = run_cli("audit", "monitor", "--state", str(state), LOG_KEY_ALONE, data_dir=sealed)
+    assert ok.returncode == 0, ok.stderr
+    assert f"tree head size {N}" in ok.stdout
+    assert ok.stderr.strip() == (
+        "istmo: WARNING: checked on the log key alone (--trust-log-key-alone): this does not "
+        "protect against whoever holds the log key, who can truncate the log and re-sign "
+        "its heads; give the witnesses you trust with --witnesses FILE"
+    )
+    assert json.loads(state.read_text())["head"]["head"]["tree_size"] == N
+    trust = tmp_path / "trust.json"
+    trust.write_text('{"quorum": 1, "witnesses": []}')
+    both = run_cli(
+        "audit", "monitor", "--state", str(state), LOG_KEY_ALONE, "--witnesses", str(trust),
+        data_dir=sealed,
+    )  # fmt: skip
+    assert "contradict each other" in one_line_error(both)
+
+
 def test_a_head_resigned_over_another_root_with_another_key(sealed: Path, tmp_path: Path) -> None:
     state = tmp_path / "monitor.json"
-    assert run_cli("audit", "monitor", "--state", str(state), data_dir=sealed).returncode == 0
+    assert (
+        run_cli(
+            "audit", "monitor", "--state", str(state), LOG_KEY_ALONE, data_dir=sealed
+        ).returncode
+        == 0
+    )
     mallory = SigningKey.generate()
 
     def resign(conn: sqlite3.Connection) -> None:
@@ -358,11 +430,11 @@ def test_a_head_resigned_over_another_root_with_another_key(sealed: Path, tmp_pa
         )
 
     attack(sealed, resign)
-    msg = one_line_error(run_cli("audit", "verify", data_dir=sealed))
+    msg = one_line_error(run_cli("audit", "verify", LOG_KEY_ALONE, data_dir=sealed))
     assert "first bad index 2500:" in msg
     assert "tree head at size 3000" in msg
     assert "unknown key" in msg
-    r = run_cli("audit", "monitor", "--state", str(state), data_dir=sealed)
+    r = run_cli("audit", "monitor", "--state", str(state), LOG_KEY_ALONE, data_dir=sealed)
     assert r.returncode == ALARM
     assert "ALARM" in r.stderr
     assert "unknown key" in r.stderr
@@ -370,7 +442,12 @@ def test_a_head_resigned_over_another_root_with_another_key(sealed: Path, tmp_pa
 
 def test_truncated_then_regrown_log_is_caught_by_the_monitor(sealed: Path, tmp_path: Path) -> None:
     state = tmp_path / "monitor.json"
-    assert run_cli("audit", "monitor", "--state", str(state), data_dir=sealed).returncode == 0
+    assert (
+        run_cli(
+            "audit", "monitor", "--state", str(state), LOG_KEY_ALONE, data_dir=sealed
+        ).returncode
+        == 0
+    )
     saved = state.read_text()
 
     def truncate(conn: sqlite3.Connection) -> None:
@@ -383,14 +460,15 @@ def test_truncated_then_regrown_log_is_caught_by_the_monitor(sealed: Path, tmp_p
         conn.execute("DELETE FROM audit_event WHERE seq > ?", (last_seq,))
 
     attack(sealed, truncate)
-    # The database alone is consistent again: only a monitor's saved head can tell (S-05).
-    ok = run_cli("audit", "verify", data_dir=sealed)
+    # The database alone is consistent again: only a monitor's saved head, or witnesses
+    # (tests/e2e/test_audit_witness.py), can tell (S-05).
+    ok = run_cli("audit", "verify", LOG_KEY_ALONE, data_dir=sealed)
     assert ok.returncode == 0, ok.stderr
-    r = run_cli("audit", "monitor", "--state", str(state), data_dir=sealed)
+    r = run_cli("audit", "monitor", "--state", str(state), LOG_KEY_ALONE, data_dir=sealed)
     assert r.returncode == ALARM
     assert "rollback" in r.stderr
     assert "3000" in r.stderr
-    again = run_cli("audit", "monitor", "--state", str(state), data_dir=sealed)
+    again = run_cli("audit", "monitor", "--state", str(state), LOG_KEY_ALONE, data_dir=sealed)
     assert again.returncode == ALARM
     assert "not trusted" in again.stderr  # it stopped trusting the log
     assert len(json.loads(state.read_text())["evidence"]) == 2
@@ -400,7 +478,7 @@ def test_truncated_then_regrown_log_is_caught_by_the_monitor(sealed: Path, tmp_p
     registry.record([], events(500, 10_000, tag="other"))
     sequence(sealed)
     state.write_text(saved)
-    r = run_cli("audit", "monitor", "--state", str(state), data_dir=sealed)
+    r = run_cli("audit", "monitor", "--state", str(state), LOG_KEY_ALONE, data_dir=sealed)
     assert r.returncode == ALARM
     assert "split view" in r.stderr
     evidence = [parse_signed_tree_head(json.dumps(h).encode()) for h in _evidence(state)]
@@ -412,7 +490,7 @@ def test_truncated_then_regrown_log_is_caught_by_the_monitor(sealed: Path, tmp_p
     registry.close()
     sequence(sealed)
     state.write_text(saved)
-    r = run_cli("audit", "monitor", "--state", str(state), data_dir=sealed)
+    r = run_cli("audit", "monitor", "--state", str(state), LOG_KEY_ALONE, data_dir=sealed)
     assert r.returncode == ALARM
     assert "fork" in r.stderr
     assert [h["head"]["tree_size"] for h in _evidence(state)] == [N, N + 400]
@@ -430,7 +508,7 @@ def test_the_log_key_is_its_own(up: UpProcess) -> None:
     assert log_key.stat().st_mode & 0o777 == 0o600
     assert log_key.read_text() != (broker / "directory.key").read_text()
     pub = b64d((broker / "log.pub").read_text().strip(), field="log.pub", max_bytes=32)
-    r = run_cli("audit", "verify", data_dir=up.data_dir)
+    r = run_cli("audit", "verify", LOG_KEY_ALONE, data_dir=up.data_dir)
     assert r.returncode == 0, r.stderr
     assert f"(key {VerifyKey(pub).kid})" in r.stdout
 

@@ -46,12 +46,14 @@ from clients.audit_verify import (
     add_remote_audit_parsers,
     monitor_remote,
     read_log_key,
+    verify_command,
     verify_remote,
 )
 from clients.keystore import load_keystore
 from clients.oauth import IstmoHttp
 from schemas.audit import AuditEvent
 from schemas.canonical import b64e
+from schemas.checkpoint import trust_from_options
 from schemas.errors import ConfigError
 from schemas.keys import SigningKey
 from schemas.treehead import TreeHead, parse_signed_tree_head, sign_tree_head
@@ -188,6 +190,24 @@ async def test_a_pinned_key_that_is_not_the_logs_is_refused(sealed: Sealed, api:
         await verify_remote(api, pinned=None, origin="elsewhere/audit")
 
 
+async def test_the_sdk_verify_requires_witnesses_or_the_opt_out(
+    sealed: Sealed, api: AuditApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keystore = load_keystore(sealed.settings.keys_dir / "auditor.json")
+    kw: dict[str, Any] = {"log_key": sealed.log_pub, "http": api.http}
+    with pytest.raises(ConfigError, match="no witnesses to check the audit log") as refused:
+        await verify_command(BASE, keystore, **kw)
+    assert refused.value.code == "witnesses_required"
+    trust = trust_from_options(["w=" + b64e(SigningKey.generate().verify_key.public)], None)
+    with pytest.raises(ConfigError, match="not both"):
+        await verify_command(BASE, keystore, **kw, trust=trust, trust_log_key_alone=True)
+    capsys.readouterr()
+    assert await verify_command(BASE, keystore, **kw, trust_log_key_alone=True) == 0
+    out = capsys.readouterr()
+    assert f"verified {sealed.size()} entries" in out.out
+    assert "WARNING: checked on the log key alone" in out.err
+
+
 def resign_head(size: int, edit: int) -> Callable[[sqlite3.Connection], None]:
     """Rewrite entry ``edit``, recompute every node, and sign the head at ``size`` with
     another key (a careful attacker without the log key)."""
@@ -300,23 +320,23 @@ async def test_remote_monitor_follows_then_alarms_on_rollback_split_view_and_for
 ) -> None:
     state = tmp_path / "monitor.json"
     pub = read_log_key(sealed.log_pub)
-    assert await monitor_remote(api, state, pinned=pub) == 0
+    assert await monitor_remote(api, state, pinned=pub, trust_log_key_alone=True) == 0
     assert "pinned log key sig-" in capsys.readouterr().out
     first = json.loads(state.read_text())["head"]["head"]["tree_size"]
     sealed.record(events(10, 50_000, tag="more"))
     sealed.sequence()
-    assert await monitor_remote(api, state, pinned=None) == 0
+    assert await monitor_remote(api, state, pinned=None, trust_log_key_alone=True) == 0
     assert f"consistent with size {first}" in capsys.readouterr().out
     size = json.loads(state.read_text())["head"]["head"]["tree_size"]
     assert size > first
     saved = state.read_text()
 
     attack(sealed.settings.data_dir, truncate_to(2500))
-    assert await monitor_remote(api, state, pinned=None) == ALARM_EXIT
+    assert await monitor_remote(api, state, pinned=None, trust_log_key_alone=True) == ALARM_EXIT
     err = capsys.readouterr().err
     assert "ALARM: rollback" in err
     assert f"below the last verified size {size}" in err
-    assert await monitor_remote(api, state, pinned=None) == ALARM_EXIT
+    assert await monitor_remote(api, state, pinned=None, trust_log_key_alone=True) == ALARM_EXIT
     assert "not trusted" in capsys.readouterr().err
     assert len(json.loads(state.read_text())["evidence"]) == 2
 
@@ -325,7 +345,7 @@ async def test_remote_monitor_follows_then_alarms_on_rollback_split_view_and_for
     sealed.sequence()
     assert sealed.size() == size
     state.write_text(saved)
-    assert await monitor_remote(api, state, pinned=None) == ALARM_EXIT
+    assert await monitor_remote(api, state, pinned=None, trust_log_key_alone=True) == ALARM_EXIT
     assert "split view" in capsys.readouterr().err
     evidence = [parse_signed_tree_head(json.dumps(h).encode()) for h in _evidence(state)]
     assert [h.head.tree_size for h in evidence] == [size, size]
@@ -335,22 +355,39 @@ async def test_remote_monitor_follows_then_alarms_on_rollback_split_view_and_for
     sealed.record(events(400, 20_000, tag="fork"))
     sealed.sequence()
     state.write_text(saved)
-    assert await monitor_remote(api, state, pinned=None) == ALARM_EXIT
+    assert await monitor_remote(api, state, pinned=None, trust_log_key_alone=True) == ALARM_EXIT
     assert "fork: the log at size" in capsys.readouterr().err
     assert [h["head"]["tree_size"] for h in _evidence(state)] == [size, sealed.size()]
+
+
+async def test_remote_monitor_requires_witnesses_unless_told_to_trust_the_log_key_alone(
+    sealed: Sealed, api: AuditApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "monitor.json"
+    with pytest.raises(ConfigError, match="no witnesses to check the audit log against") as e:
+        await monitor_remote(api, state, pinned=None)
+    assert e.value.code == "witnesses_required"
+    assert not state.exists()
+    assert await monitor_remote(api, state, pinned=None, trust_log_key_alone=True) == 0
+    assert "does not protect against whoever holds the log key" in capsys.readouterr().err
 
 
 async def test_remote_monitor_alarms_on_a_head_signed_by_another_key(
     sealed: Sealed, api: AuditApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     state = tmp_path / "monitor.json"
-    assert await monitor_remote(api, state, pinned=read_log_key(sealed.log_pub)) == 0
+    assert (
+        await monitor_remote(
+            api, state, pinned=read_log_key(sealed.log_pub), trust_log_key_alone=True
+        )
+        == 0
+    )
     other = tmp_path / "other.pub"
     other.write_text(b64e(SigningKey.generate().verify_key.public) + "\n")
     with pytest.raises(ConfigError, match="not the key pinned"):
-        await monitor_remote(api, state, pinned=read_log_key(other))
+        await monitor_remote(api, state, pinned=read_log_key(other), trust_log_key_alone=True)
     attack(sealed.settings.data_dir, resign_head(sealed.size(), 2600))
-    assert await monitor_remote(api, state, pinned=None) == ALARM_EXIT
+    assert await monitor_remote(api, state, pinned=None, trust_log_key_alone=True) == ALARM_EXIT
     err = capsys.readouterr().err
     assert "ALARM: the log's tree head: tree head is signed by an unknown key" in err
     assert len(_evidence(state)) == 2
@@ -412,31 +449,39 @@ def remote(up: UpProcess, command: str, *args: str, who: str = "auditor") -> Any
 def test_cli_verify_and_monitor_from_url(up: UpProcess, tmp_path: Path) -> None:
     pub = up.data_dir / "broker" / "log.pub"
     eventually_sync(pub.exists, what="the sequencer's log key", interval=0.2)
+    # Without witnesses (this stack runs none) verify refuses, unless told to trust the
+    # log key alone; then it warns (tests/e2e/test_audit_witness.py gives witnesses).
+    refused = one_line_error(remote(up, "verify", "--log-key", str(pub)))
+    assert "no witnesses to check the audit log against" in refused
+    assert "--trust-log-key-alone" in refused
     r = eventually_sync(
-        lambda: remote(up, "verify", "--log-key", str(pub)),
+        lambda: remote(up, "verify", "--log-key", str(pub), "--trust-log-key-alone"),
         until=lambda r: r.returncode == 0,
         what="a signed log",
         interval=0.2,
     )
     assert "verified " in r.stdout
+    assert "WARNING: checked on the log key alone" in r.stderr
     assert ", pinned)" in r.stdout
     assert "proofs: 32 inclusion" in r.stdout
     assert "from the server itself" not in r.stderr
     print(r.stdout.splitlines()[0])  # the timing, over real HTTP
     state = tmp_path / "monitor.json"
-    first = remote(up, "monitor", "--state", str(state), "--log-key", str(pub))
+    first = remote(
+        up, "monitor", "--trust-log-key-alone", "--state", str(state), "--log-key", str(pub)
+    )
     assert first.returncode == 0, first.stderr
     assert "pinned log key sig-" in first.stdout
     size = json.loads(state.read_text())["head"]["head"]["tree_size"]
 
     def grown() -> str:
-        again = remote(up, "monitor", "--state", str(state))
+        again = remote(up, "monitor", "--trust-log-key-alone", "--state", str(state))
         assert again.returncode == 0, again.stderr
         return again.stdout if f"consistent with size {size}" in again.stdout else ""
 
     # Its own queries are entries.
     eventually_sync(grown, what="the monitor to see the log grow", interval=0.2)
-    unpinned = remote(up, "verify")
+    unpinned = remote(up, "verify", "--trust-log-key-alone")
     assert unpinned.returncode == 0, unpinned.stderr
     assert "came from the server itself" in unpinned.stderr
 
@@ -444,22 +489,33 @@ def test_cli_verify_and_monitor_from_url(up: UpProcess, tmp_path: Path) -> None:
 def test_cli_errors_are_one_line(up: UpProcess, tmp_path: Path) -> None:
     other = tmp_path / "other.pub"
     other.write_text(b64e(SigningKey.generate().verify_key.public) + "\n")
-    msg = one_line_error(remote(up, "verify", "--log-key", str(other)))
+    msg = one_line_error(remote(up, "verify", "--log-key", str(other), "--trust-log-key-alone"))
     assert "not the pinned" in msg
     assert "--from-url needs --as" in one_line_error(remote(up, "verify", who=""))
     assert "needs an auditor's keystore (scope audit:read)" in one_line_error(
-        remote(up, "verify", who="gt-police")
+        remote(up, "verify", "--trust-log-key-alone", who="gt-police")
     )
     local_as = run_cli("audit", "verify", "--as", "auditor", data_dir=up.data_dir)
     assert "--as is for --from-url" in one_line_error(local_as)
     dead = run_cli(
         "audit", "verify", "--from-url", "http://127.0.0.1:9", "--as", "auditor",
-        data_dir=up.data_dir,
+        "--trust-log-key-alone", data_dir=up.data_dir,
     )  # fmt: skip
     assert "did not answer" in one_line_error(dead)
     garbage = tmp_path / "garbage.pub"
     garbage.write_text("not base64!\n")
-    assert "is not a log key" in one_line_error(remote(up, "verify", "--log-key", str(garbage)))
+    alone = "--trust-log-key-alone"
+    assert "is not a log key" in one_line_error(
+        remote(up, "verify", "--log-key", str(garbage), alone)
+    )
+    both = one_line_error(remote(up, "verify", alone, "--witness", "w=" + b64e(bytes(32))))
+    assert "contradict each other" in both
+    # The monitor, as verify: no witnesses and no opt-out, refused; nothing pinned.
+    state = tmp_path / "monitor.json"
+    msg = one_line_error(remote(up, "monitor", "--state", str(state)))
+    assert "no witnesses to check the audit log against" in msg
+    assert "--trust-log-key-alone" in msg or "$ISTMO_AUDIT_WITNESSES" in msg
+    assert not state.exists()
 
 
 def test_a_client_without_the_server_dependencies_verifies(up: UpProcess) -> None:
@@ -471,7 +527,7 @@ def test_a_client_without_the_server_dependencies_verifies(up: UpProcess) -> Non
         "from clients.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    argv = ["audit", "verify", "--from-url", url_of(up), "--as", "auditor"]
+    argv = ["audit", "verify", "--from-url", url_of(up), "--as", "auditor", "--trust-log-key-alone"]
     r = subprocess.run(
         [sys.executable, "-c", code, *argv, "--data-dir", str(up.data_dir)],
         capture_output=True,
@@ -538,24 +594,24 @@ def test_the_auditor_never_sees_bulletin_content(up: UpProcess) -> None:
 
 # These two change the live database: keep them last.
 def test_cli_verify_names_the_first_bad_index_after_an_edit(up: UpProcess) -> None:
-    assert remote(up, "verify").returncode == 0
+    assert remote(up, "verify", "--trust-log-key-alone").returncode == 0
     attack(up.data_dir, lambda c: rewrite_entry(c, 100, outbox=False, log=True))
-    msg = one_line_error(remote(up, "verify"))
+    msg = one_line_error(remote(up, "verify", "--trust-log-key-alone"))
     assert "audit log altered: first bad index 100: entry 100 is not the entry" in msg
 
 
 def test_cli_monitor_alarms_on_rollback(up: UpProcess, tmp_path: Path) -> None:
     state = tmp_path / "monitor.json"
-    assert remote(up, "monitor", "--state", str(state)).returncode == 0
+    assert remote(up, "monitor", "--trust-log-key-alone", "--state", str(state)).returncode == 0
     saved = json.loads(state.read_text())["head"]["head"]["tree_size"]
     with sqlite3.connect(up.data_dir / "istmo.db", timeout=60) as conn:
         (first,) = conn.execute("SELECT MIN(tree_size) FROM tree_head").fetchone()
     assert first < saved - 20
     attack(up.data_dir, truncate_to(first))
-    r = remote(up, "monitor", "--state", str(state))
+    r = remote(up, "monitor", "--trust-log-key-alone", "--state", str(state))
     assert r.returncode == ALARM_EXIT, (r.stdout, r.stderr)
     assert "ALARM: rollback" in r.stderr
     assert f"below the last verified size {saved}" in r.stderr
-    again = remote(up, "monitor", "--state", str(state))
+    again = remote(up, "monitor", "--trust-log-key-alone", "--state", str(state))
     assert again.returncode == ALARM_EXIT
     assert "not trusted" in again.stderr

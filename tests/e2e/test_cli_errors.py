@@ -122,3 +122,16 @@ def test_the_server_parts_missing(tmp_path: Path) -> None:
         "this command needs the server parts (sqlalchemy is missing)",
         "pip install -e '.[server]'",
     )
+
+
+def test_a_receipts_digest_needs_verify_and_hex(tmp_path: Path) -> None:
+    bid = "5f0c7d2e-9a41-4c36-8d0b-1e2f3a4b5c6d"
+    args = ("receipts", "--as", "gt-police", "--data-dir", str(tmp_path), bid, "--digest")
+    r = istmo(*args, "ab" * 32)
+    assert error_and_hint(r) == (
+        "--digest is what --verify checks receipts against",
+        "add --verify",
+    )
+    bad = istmo(*args, "not-a-digest", "--verify")
+    assert bad.returncode == 2  # argparse's usage error, before anything else
+    assert "envelope_digest that `istmo publish --json` printed" in bad.stderr

@@ -85,7 +85,7 @@ def test_istmo_up_on_postgresql_carries_a_bulletin(
             assert body_rows == (0,)  # the broker routes; it never stores what it cannot read
 
             verified = eventually_sync(  # the sequencer integrates within its idle poll
-                lambda: run_cli("audit", "verify", data_dir=d),
+                lambda: run_cli("audit", "verify", "--trust-log-key-alone", data_dir=d),
                 until=lambda r: r.returncode == 0 and "wait for the sequencer" not in r.stdout,
                 what="the sequencer to integrate every event",
                 interval=0.1,

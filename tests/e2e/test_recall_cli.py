@@ -80,7 +80,7 @@ def test_recall_correct_and_expire_from_the_command_line(up: UpProcess) -> None:
     assert [(x["kind"], x["id"]) for x in later] == [("bulletin", fix)]
 
     verified = eventually_sync(
-        lambda: run_cli("audit", "verify", data_dir=d),
+        lambda: run_cli("audit", "verify", "--trust-log-key-alone", data_dir=d),
         until=lambda r: r.returncode == 0 and "wait for the sequencer" not in r.stdout,
         what="istmo audit verify to pass",
         interval=0.3,

@@ -721,7 +721,8 @@ def audit_counts(
 def audit_verify(target: Target) -> tuple[bool, str]:
     """``istmo audit verify`` on the target's data directory: (passed, its output)."""
     done = subprocess.run(
-        [ISTMO, "audit", "verify", "--data-dir", str(target.data_dir)],
+        # The stacks under fault have no witnesses: the log key's checks are the point here.
+        [ISTMO, "audit", "verify", "--trust-log-key-alone", "--data-dir", str(target.data_dir)],
         capture_output=True,
         text=True,
         timeout=120,

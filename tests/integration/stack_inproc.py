@@ -38,26 +38,46 @@ async def running_stack(
         **settings_,
     )
     stack = Stack(settings, out=lambda _line: None)
+    async with serving(
+        stack, f"the stack on {data_dir} to start", stop_timeout=30, with_relay=with_relay
+    ) as up:
+        yield up
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    stack: Stack,
+    what: str,
+    *,
+    start_timeout: float = 120,
+    stop_timeout: float = 60,
+    **up_options: bool,
+) -> AsyncIterator[Stack]:
+    """Prepare ``stack`` and run it in this event loop (``Stack.up`` with ``up_options``)
+    until the block ends; ``what`` is the wait's name in a failure. Raises what went wrong
+    if it stops on its own (or is not up within ``start_timeout`` s), and fails if it does
+    not stop within ``stop_timeout`` s."""
+    data_dir = stack.settings.data_dir
     stack.prepare()
     stop = asyncio.Event()
-    task = asyncio.create_task(stack.up(stop, with_relay=with_relay))
+    task = asyncio.create_task(stack.up(stop, **up_options))
     try:
         await eventually(
             lambda: (data_dir / "stack.json").exists() or task.done(),
-            what=f"the stack on {data_dir} to start",
-            timeout=120,
+            what=what,
+            timeout=start_timeout,
         )
         if task.done():
             task.result()  # raises what went wrong
         yield stack
     finally:
         stop.set()
-        done, _ = await asyncio.wait({task}, timeout=30)
+        done, _ = await asyncio.wait({task}, timeout=stop_timeout)
         if not done:
             for t in asyncio.all_tasks():
                 t.print_stack(limit=8)
             task.cancel()
-            raise AssertionError("the stack did not stop within 30 s")
+            raise AssertionError(f"the stack did not stop within {stop_timeout:g} s")
         task.result()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import secrets
 import shutil
 import sqlite3
@@ -30,8 +31,10 @@ from sqlalchemy import MetaData, create_engine, select, text
 
 from broker.audit.log import AuditLog
 from broker.audit.sequencer import DEFAULT_ORIGIN, open_sequencer
+from broker.audit.witnessing import CHECKPOINT_FILE
 from broker.config import Settings
 from broker.directory.policy_sets import adopt
+from broker.files import signing_key_file
 from broker.policy.engine import PolicyBundle
 from broker.runtime.db_copy import (
     TABLES,
@@ -45,7 +48,10 @@ from broker.store.roles import grant_statements
 from broker.store.tables import SEQUENCES
 from clients.sdk import ReceivedBulletin
 from schemas.audit import AuditEvent
+from schemas.canonical import b64e
+from schemas.checkpoint import Checkpoint, cosign, sign_checkpoint
 from schemas.errors import AuditStoreError, ConfigError
+from schemas.keys import SigningKey
 from schemas.labels import Classification, Labels, Tlp
 from tests.integration.stack_inproc import client, running_stack
 from tests.integration.test_postgres_storage import istmo
@@ -58,6 +64,7 @@ LABELS = Labels(
     topic="migration", classification=Classification.RESTRICTED, tlp=Tlp.AMBER, rel_to=("CR",)
 )
 BULLETINS = 3
+LOG_KEY_ALONE = "--trust-log-key-alone"
 EXTRA_EVENTS = 1500  # integrated after the stack, in batches of 1000: two more tree heads
 
 
@@ -170,7 +177,10 @@ EMPTY = {**dict.fromkeys(TABLES, 0), **dict.fromkeys(SEQUENCES, (1, False))}  # 
 
 
 def copy(source: Path, url: str, **kw: object) -> CopyReport:
-    return copy_sqlite_region(source, url, log_key_for(source, None), out=lambda _l: None, **kw)  # type: ignore[arg-type]
+    """The copy on the log key alone: these tests are about the copy, not its witnesses
+    (test_the_copy_requires_the_witness_quorum is)."""
+    kw = {"trust_log_key_alone": True, "out": lambda _l: None, **kw}
+    return copy_sqlite_region(source, url, log_key_for(source, None), **kw)  # type: ignore[arg-type]
 
 
 def sha256(path: Path) -> str:
@@ -204,9 +214,11 @@ def test_a_region_moves_to_postgresql_whole_and_goes_on(source: Path) -> None:
     with pg_database() as url:
         canary = url.replace("postgres@", "postgres:s3cret-canary@")  # trust auth ignores it
         done = istmo(
-            "db", "copy", "--from-sqlite", str(source.parent), env={"ISTMO_DATABASE_URL": canary}
-        )
+            "db", "copy", "--from-sqlite", str(source.parent), LOG_KEY_ALONE,
+            env={"ISTMO_DATABASE_URL": canary},
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr
+        assert "WARNING: checked on the log key alone" in done.stderr
         assert "s3cret-canary" not in done.stdout + done.stderr
         assert "postgres:***@" in done.stdout
         for name in TABLES:
@@ -258,7 +270,12 @@ def test_small_batches_copy_every_row(source: Path) -> None:
     with pg_database() as url:
         lines: list[str] = []
         report = copy_sqlite_region(
-            source, url, log_key_for(source, None), batch_rows=7, out=lines.append
+            source,
+            url,
+            log_key_for(source, None),
+            batch_rows=7,
+            out=lines.append,
+            trust_log_key_alone=True,
         )
         assert report.rows == {name: len(wanted[name]) for name in report.rows}
         assert list(report.rows)[-1] == "log_entry"  # after audit_event, its parent
@@ -268,6 +285,57 @@ def test_small_batches_copy_every_row(source: Path) -> None:
         assert report.next_values["policy_set.seq"] == max(r[0] for r in wanted["policy_set"]) + 1
         assert rows(url) == wanted
         assert len(lines) == 2 + len(TABLES)  # a line to start, one a table, one to verify
+
+
+def _cosigned(source: Path, root: bytes | None = None) -> Path:
+    """Witness the region's latest head as two witnesses would (quorum 2): its checkpoint,
+    cosigned, in broker/checkpoint and their keys in broker/witnesses.json. ``root``: a
+    checkpoint of another tree (what the log key's holder could not make them cosign)."""
+    broker_dir = source.parent / "broker"
+    log = AuditLog(Settings(data_dir=source.parent).db_url)
+    latest = log.latest_head()
+    log.close()
+    assert latest is not None
+    cp = Checkpoint(DEFAULT_ORIGIN, latest.head.tree_size, root or latest.head.root())
+    note = sign_checkpoint(cp, signing_key_file(broker_dir / "log.key", "log key"))
+    ws = {f"witness.w{i}.test": SigningKey.generate() for i in (1, 2)}
+    note = note.with_signatures(cosign(cp.body(), n, k, 1_700_000_000) for n, k in ws.items())
+    (broker_dir / CHECKPOINT_FILE).write_bytes(note.encode())
+    listed = [{"name": n, "key": b64e(k.verify_key.public)} for n, k in ws.items()]
+    trust = broker_dir / "witnesses.json"
+    trust.write_text(json.dumps({"quorum": 2, "witnesses": listed}))
+    return trust
+
+
+def test_the_copy_requires_the_witness_quorum(source: Path, tmp_path: Path) -> None:
+    env = {"ISTMO_WITNESSES_FILE": "", "ISTMO_AUDIT_WITNESSES": ""}
+    with pg_database() as url:
+        env["ISTMO_DATABASE_URL"] = url
+        # No witnesses given, none in $ISTMO_AUDIT_WITNESSES, none in the region: refused.
+        refused = istmo("db", "copy", "--from-sqlite", str(source), env=env)
+        assert refused.returncode == 1
+        assert "no witnesses to check the audit log against" in refused.stderr
+        assert "--trust-log-key-alone" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert target_state(url) == EMPTY
+        with pytest.raises(ConfigError, match="no witnesses to check the copied audit log"):
+            copy_sqlite_region(source, url, log_key_for(source, None), out=lambda _l: None)
+        # A checkpoint of another tree, cosigned: the copy is not the log they witnessed.
+        _cosigned(source, root=bytes(32))
+        forged = istmo("db", "copy", "--from-sqlite", str(source), env=env)
+        assert forged.returncode == 1
+        assert "not the one the witnesses cosigned, so the copy was rolled back" in forged.stderr
+        assert "its history was rewritten" in forged.stderr
+        assert target_state(url) == EMPTY
+        # The quorum met, with the auditor's own trust file (not the region's: none left).
+        trust = _cosigned(source)
+        mine = tmp_path / "mine.json"
+        trust.rename(mine)
+        done = istmo("db", "copy", "--from-sqlite", str(source), "--witnesses", str(mine), env=env)
+        assert done.returncode == 0, done.stderr
+        assert "witnessed: size" in done.stdout
+        assert "cosigned by 2 of 2 witnesses (quorum 2" in done.stdout
+        assert done.stderr == ""
 
 
 # ---------------------------------------------------------------------- refused, no side effect
@@ -333,7 +401,10 @@ def test_a_tampered_event_fails_verification_and_nothing_lands(source: Path) -> 
         "UPDATE audit_event SET data = '{\"n\": 666}' WHERE event_id = 'extra-100'",
     )
     with pg_database() as url:
-        done = istmo("db", "copy", "--from-sqlite", str(source), env={"ISTMO_DATABASE_URL": url})
+        done = istmo(
+            "db", "copy", "--from-sqlite", str(source), LOG_KEY_ALONE,
+            env={"ISTMO_DATABASE_URL": url},
+        )  # fmt: skip
         assert done.returncode == 1
         assert "copied audit log does not verify, so the copy was rolled back" in done.stderr
         assert "first bad index" in done.stderr
@@ -348,7 +419,7 @@ def test_a_row_postgresql_refuses_late_in_the_copy_rolls_everything_back(source:
     with pg_database() as url:
         lines: list[str] = []
         with pytest.raises(AuditStoreError, match="refused a row of table subscription") as err:
-            copy_sqlite_region(source, url, log_key_for(source, None), out=lines.append)
+            copy(source, url, out=lines.append)
         assert "value too long" in str(err.value)
         assert "still empty" in str(err.value)
         assert any(line.split()[:1] == ["merkle_node"] for line in lines)  # copied, then undone
@@ -364,7 +435,7 @@ def test_a_write_to_the_source_mid_copy_rolls_everything_back(source: Path) -> N
 
     with pg_database() as url:
         with pytest.raises(ConfigError, match="changed while it was copied"):
-            copy_sqlite_region(source, url, log_key_for(source, None), out=meanwhile)
+            copy(source, url, out=meanwhile)
         assert target_state(url) == EMPTY
 
 

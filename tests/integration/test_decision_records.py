@@ -287,6 +287,16 @@ def _old_data_answers(settings: Settings) -> None:
                 update={"bulletin_id": bid}
             )
             assert registry.decisions(bid) == registry.decisions(OLD)
+        # Who the policy allowed, as the relay reads it for a batch of receipts: the old
+        # rows and the new record in one call, and nobody for a bulletin never decided.
+        never = "00000000-0000-4000-8000-0000000000ff"
+        permitted = {"hn-police", "sv-police"}
+        assert registry.routed([OLD, NEW, never, OLD]) == {
+            OLD: permitted,
+            NEW: permitted,
+            never: set(),
+        }
+        assert registry.routed([]) == {}
         old_receipts = queries.receipts("gt-police", OLD).recipients
         assert [(r.agency, r.received_at) for r in old_receipts] == [
             ("hn-police", 5),
@@ -358,5 +368,7 @@ def test_a_decision_record_edited_by_hand_is_a_store_error_not_an_answer(
                 )
             with pytest.raises(AuditStoreError, match=f"decision record of bulletin {NEW}"):
                 registry.decisions(NEW)
+            with pytest.raises(AuditStoreError, match=f"decision record of bulletin {NEW}"):
+                registry.routed([NEW])  # a receipt for it is not judged on a guess
     finally:
         registry.close()

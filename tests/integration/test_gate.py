@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from typing import Any
 
 import nats.js.errors
@@ -19,6 +20,7 @@ from nats.aio.client import Client as NATS
 from broker.bus.gate import Gate
 from broker.bus.streams import ensure_streams
 from schemas.subjects import (
+    GATED_AT_HEADER,
     INGEST_STREAM,
     RECEIPT_STREAM,
     gated_msg_id,
@@ -44,6 +46,8 @@ HOSTILE_HEADERS: dict[str, str] = {
     "Nats-Batch-Id": "b1",
     "Nats-Batch-Sequence": "1",
     "Istmo-Kind": "deliver",
+    # A forged stamp a week old would widen the relay's clock window (ADR 0034).
+    GATED_AT_HEADER: "1",
     "X-Whatever": "agency text",
 }
 
@@ -66,13 +70,18 @@ async def test_every_header_an_agency_sends_is_dropped(
     js = gt.jetstream(timeout=5)
     await js.publish(subject_of(GT), b"first", headers={"Nats-Msg-Id": "m-1"})
 
+    before_ms = time.time_ns() // 1_000_000
     ack = await js.publish(
         subject_of(GT), b"hostile", headers={**HOSTILE_HEADERS, "Nats-Msg-Id": "m-2"}
     )
+    after_ms = time.time_ns() // 1_000_000
 
     # Stored as a plain message, answered with JetStream's own PubAck.
     assert (ack.stream, ack.seq, ack.duplicate) == (stream, 2, None)
     kept = await _kept_headers(relay, stream, gated_subject(kind, GT))
+    # The gate's own stamp, of when it stored it: not the agency's forged one.
+    stamp = kept.pop(GATED_AT_HEADER)
+    assert before_ms <= int(stamp) <= after_ms
     assert kept == {"Nats-Msg-Id": gated_msg_id(GT, kind, "m-2", "")}
     # No rollup or TTL took effect: both messages are still there.
     assert await stored(relay, subject_of(GT)) == 2
@@ -126,7 +135,8 @@ async def test_an_unusable_proposed_id_falls_back_to_the_payload_digest(
     assert (first.duplicate, again.duplicate) == (None, True)
     kept = await _kept_headers(relay, INGEST_STREAM, gated_subject("ingest", GT))
     digest = hashlib.sha256(payload).hexdigest()
-    assert kept == {"Nats-Msg-Id": f"{GT}/ingest/sha256:{digest}"}
+    assert kept.keys() == {"Nats-Msg-Id", GATED_AT_HEADER}
+    assert kept["Nats-Msg-Id"] == f"{GT}/ingest/sha256:{digest}"
 
 
 async def test_no_gate_no_store_and_a_second_gate_takes_over(nats_stack: StackFactory) -> None:

@@ -55,6 +55,7 @@ from schemas.subjects import (
     deliver_durables,
     deliver_subject,
     gated_subject,
+    group_deliver_subject,
     inbox_prefix,
     ingest_msg_id,
     ingest_subject,
@@ -189,7 +190,14 @@ async def test_control_flow_on_own_subjects(nats_stack: StackFactory) -> None:
 
     await relay.subscribe(api_subject(GT, "status"), cb=answer)
     await barrier(relay)
-    reply = await gt.request(api_subject(GT, "status"), b"ping", timeout=2)
+    # On a cluster gt may sit on another node than the relay; the relay's interest reaches
+    # that node over the route a moment after its own server has it.
+    reply = await eventually(
+        lambda: gt.request(api_subject(GT, "status"), b"ping", timeout=2),
+        what="the relay's API subscription to reach gt's server",
+        until=lambda _msg: True,
+        ignoring=(nats.errors.NoRespondersError,),
+    )
     assert reply.data == b"pong:ping"
     assert [m.subject for m in seen] == [api_subject(GT, "status")]
     # The relay sees a mapped reply subject, never the agency's own inbox.
@@ -734,3 +742,59 @@ def test_check_port_free_names_the_port_and_its_use() -> None:
             check_port_free(port, "NATS clients", option="--nats-port")
         assert err.value.hint == "pick another with --nats-port"
     check_port_free(free_port(), "NATS clients")
+
+
+async def test_s01_an_agency_cannot_read_a_group_copy_of_a_group_it_is_not_in(
+    nats_stack: StackFactory,
+) -> None:
+    """ADR 21: a group epoch's one copy is read by its members' own consumers only. A
+    non-member's consumers do not read it, and every other way to the message (another
+    consumer, a consumer of its own on the group subject, a get by sequence or subject)
+    is refused by NATS."""
+    stack = await nats_stack([GT, JM])
+    relay = await stack.connect_relay()
+    rjs = relay.jetstream(timeout=2)
+    await ensure_agency_consumer(rjs, GT, groups=[("SICA-drugs", 1)])
+    shared = group_deliver_subject("SICA-drugs", 1, Precedence.FLASH)
+    await rjs.publish(shared, b"SECRET-for-the-group")
+    jm_errors: list[Exception] = []
+    jm = await stack.connect_agency(JM, errors=jm_errors)
+    jm_js = jm.jetstream(timeout=DENIED_WAIT_S)
+
+    # Its own urgent consumer holds nothing of the group's.
+    own = await jm_js.pull_subscribe_bind(durable=urgent_durable(JM), stream=DELIVER_STREAM)
+    with pytest.raises(nats.errors.TimeoutError):
+        await own.fetch(1, timeout=DENIED_WAIT_S)
+    probes: list[tuple[str, dict[str, Any]]] = [
+        (f"$JS.API.STREAM.MSG.GET.{DELIVER_STREAM}", {"last_by_subj": shared}),
+        (f"$JS.API.DIRECT.GET.{DELIVER_STREAM}.{shared}", {}),
+        (
+            f"$JS.API.CONSUMER.CREATE.{DELIVER_STREAM}",
+            {
+                "stream_name": DELIVER_STREAM,
+                "config": {
+                    "filter_subject": shared,
+                    "deliver_subject": f"{inbox_prefix(JM)}.push",
+                    "ack_policy": "none",
+                },
+            },
+        ),
+        (f"$JS.API.CONSUMER.MSG.NEXT.{DELIVER_STREAM}.{urgent_durable(GT)}", {"batch": 1}),
+    ]
+    for subject, body in probes:
+        with pytest.raises(nats.errors.TimeoutError):
+            await jm.request(subject, json.dumps(body).encode(), timeout=DENIED_WAIT_S)
+    await barrier(jm)
+    for subject, _ in probes:
+        assert violated(jm_errors, "publish", subject), subject
+    jm_urgent = await rjs.consumer_info(DELIVER_STREAM, urgent_durable(JM))
+    assert jm_urgent.num_pending == 0
+
+    # The member reads it through its own consumer.
+    gt = await stack.connect_agency(GT)
+    mine = await gt.jetstream(timeout=2).pull_subscribe_bind(
+        durable=urgent_durable(GT), stream=DELIVER_STREAM
+    )
+    msgs = await mine.fetch(1, timeout=2)
+    assert [(m.subject, m.data) for m in msgs] == [(shared, b"SECRET-for-the-group")]
+    await msgs[0].ack_sync()

@@ -163,7 +163,12 @@ async def test_deliveries_an_older_istmo_queued_survive_the_upgrade(tmp_path: Pa
         try:
             js = nc.jetstream(timeout=5)
             info = await js.stream_info(DELIVER_STREAM)
-            assert info.config.subjects == ["istmo.deliver.*", "istmo.deliver.*.*"]
+            # Per precedence (ADR 7) and the group epochs' copies (ADR 21), added in place.
+            assert info.config.subjects == [
+                "istmo.deliver.*",
+                "istmo.deliver.*.*",
+                "istmo.deliver.group.*.*.*",
+            ]
             assert info.config.max_consumers == 20_000  # nats-server cannot change it
             old = await js.consumer_info(DELIVER_STREAM, deliver_durable(RECIPIENT))
             assert legacy_deliver_subject(RECIPIENT) in (old.config.filter_subjects or [])

@@ -13,9 +13,11 @@ from clients.sdk import PublishRejected, ReceivedBulletin
 from schemas.envelope import Content
 from schemas.labels import Classification, Labels, Precedence, Tlp
 from schemas.sealing import seal
+from schemas.subjects import DELIVER_STREAM
 from tests.clocks import ManualClock
 from tests.integration.stack_inproc import client, nats_url, running_stack
 from tests.storage_engines import Storage
+from tests.waiting import eventually
 
 
 def labels(precedence: Precedence = Precedence.ROUTINE) -> Labels:
@@ -63,6 +65,15 @@ async def test_flash_is_delivered_before_the_routine_backlog(
             second = asyncio.create_task(
                 Relay(stack.settings, stack.registry, stack.directory, nc).run(stop)
             )
+            js = nc.jetstream(timeout=10)
+
+            async def queued() -> int:  # an offline recipient's queue, filled by the relay
+                info = await js.stream_info(
+                    DELIVER_STREAM, subjects_filter="istmo.deliver.ni-police.>"
+                )
+                return sum((info.state.subjects or {}).values())
+
+            await eventually(queued, until=lambda n: n == 21, what="21 copies queued for ni-police")
             order: list[str] = []
 
             async def app(b: ReceivedBulletin) -> None:

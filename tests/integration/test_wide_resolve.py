@@ -1,7 +1,10 @@
-"""A bulletin more agencies may receive than an envelope can carry (MAX_RECIPIENTS key
-wraps) is refused at resolve with a reason the publisher can act on, and audited; the
-answer that would not fit in a NATS message is never built. A synthetic region of 800
-agencies (bench/synthetic_directory.py): the wide labels reach about 600 of them."""
+"""A bulletin more agencies may receive than an envelope can carry one wrap each for
+(MAX_WRAPS) is refused at resolve (the answer with keys, for SDKs that seal no other way)
+with a reason the publisher can act on, and audited; the answer that would not fit in a
+NATS message is never built. The ids-only answer (``recipients``) lists them, up to
+MAX_RECIPIENTS, for an SDK that seals under community group keys (ADR 18). A synthetic
+region of 800 agencies (bench/synthetic_directory.py): the wide labels reach about 600 of
+them."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from schemas.agency import (
     ResolveRequest,
     encode_reply,
 )
-from schemas.envelope import MAX_RECIPIENTS
+from schemas.envelope import MAX_RECIPIENTS, MAX_WRAPS
 from schemas.subjects import api_subject
 
 SENDER = "s0001-police"
@@ -42,14 +45,14 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.registry.close()
 
 
-@pytest.mark.parametrize("op", ["recipients", "resolve"])
-def test_too_many_recipients_is_refused_with_the_limit_named(wide: Stack, op: str) -> None:
+def test_too_many_recipients_is_refused_with_the_limit_named(wide: Stack) -> None:
+    op = "resolve"
     assert wide.registry is not None
     assert wide.directory is not None
     api = AgencyApi(wide.settings, wide.registry, wide.directory)
     now = int(time.time())
     _, permitted = api.queries.permitted(SENDER, ResolveRequest(labels=WIDE_LABELS), now)
-    assert len(permitted) > MAX_RECIPIENTS  # the premise: this region is wide enough
+    assert len(permitted) > MAX_WRAPS  # the premise: this region is wide enough
 
     ask = ResolveRequest(labels=WIDE_LABELS).model_dump_json().encode()
     answer = api.handle(api_subject(SENDER, op), ask, now=now)
@@ -57,12 +60,26 @@ def test_too_many_recipients_is_refused_with_the_limit_named(wide: Stack, op: st
     error = answer.error
     assert error.code == "too_many_recipients"
     assert f"{len(permitted)} agencies may receive this" in error.message
-    assert f"at most {MAX_RECIPIENTS}" in error.message
+    assert f"at most {MAX_WRAPS}" in error.message
     assert "narrow the labels" in error.message
     refused = wide.registry.audit_events(type_="request.rejected", limit=10)
     assert [(e.actor, e.subject, e.reason) for e in refused][-1:] == [
         (SENDER, f"api.{op}", "too_many_recipients")
     ]
+
+
+def test_the_ids_only_answer_lists_more_than_one_envelope_wraps(wide: Stack) -> None:
+    """``recipients`` answers past MAX_WRAPS: the SDK seals under group keys for them."""
+    assert wide.registry is not None
+    assert wide.directory is not None
+    api = AgencyApi(wide.settings, wide.registry, wide.directory)
+    now = int(time.time())
+    _, permitted = api.queries.permitted(SENDER, ResolveRequest(labels=WIDE_LABELS), now)
+    ask = ResolveRequest(labels=WIDE_LABELS).model_dump_json().encode()
+    answer = api.handle(api_subject(SENDER, "recipients"), ask, now=now)
+    assert isinstance(answer, RecipientsReply), answer
+    assert list(answer.recipients) == permitted
+    assert MAX_WRAPS < len(answer.recipients) <= MAX_RECIPIENTS
 
 
 def test_the_recipients_answer_grows_by_an_id_a_recipient(wide: Stack) -> None:
@@ -80,7 +97,7 @@ def test_the_recipients_answer_grows_by_an_id_a_recipient(wide: Stack) -> None:
     assert isinstance(small, RecipientsReply), small
     assert isinstance(large, ResolveReply), large
     n = len(small.recipients)
-    assert 200 < n <= MAX_RECIPIENTS
+    assert 200 < n <= MAX_WRAPS
     assert set(small.recipients) == set(large.recipients)
     assert len(encode_reply(small)) < 200 + 40 * n
     assert len(encode_reply(large)) > 1500 * n

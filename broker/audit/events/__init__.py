@@ -42,6 +42,7 @@ from broker.audit.events.bulletins import (
     receipt_rejected,
     request_rejected,
 )
+from broker.audit.events.conversations import rfi_closed, rfi_overdue
 from broker.audit.events.dead_letters import (
     delivery_dead_lettered,
     delivery_redriven,
@@ -50,12 +51,14 @@ from broker.audit.events.dead_letters import (
     ingest_dead_lettered,
     ingest_redriven,
 )
+from broker.audit.events.desk import desk_summary, desk_summary_subject
 from broker.audit.events.directory import (
     agency_created,
     agency_enrolled,
     agency_status_changed,
     demo_agency_enrolled,
     enrolment_token_issued,
+    jurisdiction_added,
     key_registered,
     key_revoked,
     key_rotated,
@@ -64,6 +67,21 @@ from broker.audit.events.directory import (
     subscription_added,
     subscription_removed,
 )
+from broker.audit.events.federation import (
+    federation_arrived,
+    federation_blocked,
+    federation_mismatch,
+    federation_passed,
+    federation_refused,
+    federation_subject,
+)
+from broker.audit.events.forwards import (
+    bulletin_forwarded,
+    forward_granted,
+    forward_refused,
+    forward_requested,
+)
+from broker.audit.events.groups import group_defined, group_rotated
 
 __all__ = [
     "MAX_DECIDED_BYTES",
@@ -77,6 +95,7 @@ __all__ = [
     "audit_queried",
     "bulletin_accepted",
     "bulletin_decided",
+    "bulletin_forwarded",
     "bulletin_received",
     "bulletin_rejected",
     "bulletin_withdrawn",
@@ -90,10 +109,24 @@ __all__ = [
     "delivery_unrecoverable",
     "delivery_withdrawn",
     "demo_agency_enrolled",
+    "desk_summary",
+    "desk_summary_subject",
     "enrolment_token_issued",
+    "federation_arrived",
+    "federation_blocked",
+    "federation_mismatch",
+    "federation_passed",
+    "federation_refused",
+    "federation_subject",
+    "forward_granted",
+    "forward_refused",
+    "forward_requested",
+    "group_defined",
+    "group_rotated",
     "http_refused",
     "ingest_dead_lettered",
     "ingest_redriven",
+    "jurisdiction_added",
     "key_registered",
     "key_revoked",
     "key_rotated",
@@ -102,6 +135,8 @@ __all__ = [
     "receipt_rejected",
     "refusals_summarized",
     "request_rejected",
+    "rfi_closed",
+    "rfi_overdue",
     "subscription_added",
     "subscription_removed",
     "token_issued",

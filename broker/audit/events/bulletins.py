@@ -50,11 +50,18 @@ def bulletin_accepted(
     policy_ids: Sequence[str],
     at: int,
     supersedes: str | None = None,
+    in_reply_to: str | None = None,
+    thread: str | None = None,
+    rfi_due: int | None = None,
 ) -> AuditEvent:
     """The relay accepted a bulletin: its labels, digest, signed recipients and the
     publish decision's versions and policies; for a correction, the bulletin it corrects
-    (ADR 15)."""
-    correction = {} if supersedes is None else {"supersedes": supersedes}
+    (ADR 15); for a reply, what it answers and its thread, and for a request for
+    information, when answers are due (ADR 16). Each only when set."""
+    links = {"supersedes": supersedes, "in_reply_to": in_reply_to, "thread": thread}
+    correction: dict[str, str | int] = {k: v for k, v in links.items() if v is not None}
+    if rfi_due is not None:
+        correction["rfi_due"] = rfi_due
     return AuditEvent(
         event_id=f"{bulletin_id}:accepted",
         type="bulletin.accepted",
@@ -171,10 +178,16 @@ def _decided_parts(groups: Sequence[DecisionGroup]) -> list[list[DecisionGroup]]
                 parts.append([])
                 used = 0
             used += head
-            take = 0
-            while take < len(left) and (take == 0 or used + _cost(left[take]) <= MAX_DECIDED_BYTES):
-                used += _cost(left[take])
-                take += 1
+            whole = sum(map(len, left)) + 3 * len(left)  # the common case: it all fits
+            if used + whole <= MAX_DECIDED_BYTES:
+                take, used = len(left), used + whole
+            else:
+                take = 0
+                while take < len(left) and (
+                    take == 0 or used + _cost(left[take]) <= MAX_DECIDED_BYTES
+                ):
+                    used += _cost(left[take])
+                    take += 1
             parts[-1].append(DecisionGroup(g.outcome, g.policy_ids, left[:take]))
             left = left[take:]
             if not left:

@@ -12,6 +12,7 @@ from broker.audit.events._common import (
 )
 from schemas.audit import AuditEvent, DataValue
 from schemas.directory import Status
+from schemas.keylog import key_sha256
 
 __all__ = [
     "agency_created",
@@ -19,6 +20,7 @@ __all__ = [
     "agency_status_changed",
     "demo_agency_enrolled",
     "enrolment_token_issued",
+    "jurisdiction_added",
     "key_registered",
     "key_revoked",
     "key_rotated",
@@ -30,6 +32,18 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------- directory
+def jurisdiction_added(code: str, kind: str, name: str, *, actor: str, at: int) -> AuditEvent:
+    """An administrator added the jurisdiction ``code`` (a partner region, ADR 33)."""
+    return AuditEvent(
+        event_id=f"jurisdiction-added:{code}",
+        type="jurisdiction.added",
+        time=at,
+        actor=actor[:MAX],
+        subject=code,
+        data={"kind": kind, "name": name[:MAX]},
+    )
+
+
 def agency_created(
     agency: str,
     *,
@@ -108,16 +122,29 @@ def key_registered(
     actor: str,
     kem: str | None = None,
     role: str | None = None,
+    public: bytes | None = None,
+    how: str | None = None,
 ) -> AuditEvent:
     """A public key (signing, encryption or NATS user) was registered to ``agency`` (or
-    to an administrator: ``role="admin"``). ``kem`` names an encryption key's KEM."""
+    to an administrator: ``role="admin"``). ``kem`` names an encryption key's KEM.
+
+    ``public``: the key's bytes (a NATS user's: its public nkey's text), committed to as
+    ``key_sha256`` so that an SDK can check a directory record's key is the logged one
+    (ADR 28). ``how="backfill"``: logged at a broker's start for a key registered before
+    ADR 28 (another event id, as the key's own ``key:<kid>`` may exist already)."""
     data: dict[str, str] = {"kid": kid, "use": use}
     if kem is not None:
         data["kem"] = kem
     if role is not None:
         data["role"] = role
+    if public is not None:
+        data["key_sha256"] = key_sha256(public)
+    if how is not None:
+        data["how"] = how
     return AuditEvent(
-        event_id=f"key:{kid}",
+        event_id=f"key:{kid}"
+        if how is None
+        else f"key-{how}:{kid}:{data.get('key_sha256', '')[:16]}",
         type="key.registered",
         time=at,
         actor=actor[:MAX],

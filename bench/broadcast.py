@@ -1,0 +1,230 @@
+"""10. Broadcast: one FLASH bulletin to thousands, sealed under a group key and stored once
+for the group (ADR 21). Quick mode: 400 agencies; full: 4,700 (about 3,500 of them
+follow drug-trafficking, the bulletin's topic).
+
+A fresh ``istmo up`` on a synthetic directory (``bench/synthetic_directory.py``) and one
+``istmo relay`` process; the group ``ALL-drugs`` (every agency following drug-trafficking,
+managed by rc-drugs) gets its first epoch from the manager's SDK, and the relay opens its
+delivery (every member's two consumers read the epoch's subjects). Then, per round, one
+agency's SDK publishes one FLASH bulletin with ``groups=True`` (releasable to SICA and
+CARICOM, source graded A1: every member is permitted).
+
+The recipients are *not* 3,500 SDK processes: this process pulls each recipient's urgent
+consumer with one raw ``MSG.NEXT`` request each (as the relay's NATS user, over one
+connection), opened before the publish, and notes when each copy arrives. Measured:
+  * ``seal_ms``: sealing the bulletin for that audience under one group key, in process
+    (p50 over the rounds; the SDK's publish includes it);
+  * ``delivered_p50_ms`` / ``delivered_p99_ms``: from the SDK's ``publish`` call (resolve,
+    seal, ingest, the relay's decisions, storage) to each recipient's copy arriving here,
+    over every recipient of every round;
+  * ``stored_bytes``: what ISTMO_DELIVER grew by for one bulletin, against
+    ``per_recipient_bytes`` (one copy each, as before ADR 21: the envelope times the
+    recipients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from bench.context import Context
+from bench.harness import ISTMO, BenchStack
+from bench.synthetic_directory import write_policy_dir
+from bench.timing import phase
+from clients.sdk import IstmoClient
+from schemas.envelope import Content
+from schemas.groups import new_epoch_key
+from schemas.ids import AgencyId
+from schemas.keys import SigningKey
+from schemas.labels import Classification, Labels, Precedence, Tlp
+from schemas.sealing import encode_envelope, seal
+from schemas.subjects import DELIVER_STREAM, deliver_next_subject, urgent_durable
+
+NAME = "broadcast"
+TITLE = "10. Broadcast to a community group"
+GROUP = "ALL-drugs"
+MANAGER = "rc-drugs"
+PUBLISHER = "s0001-police"
+LABELS = Labels(
+    topic="drug-trafficking",
+    classification=Classification.RESTRICTED,
+    tlp=Tlp.AMBER,
+    rel_to=("SICA", "CARICOM"),
+    source_grade="A1",
+    precedence=Precedence.FLASH,
+)
+TEXT = "x" * 2000
+RECEIVERS_PER_CONNECTION = 200
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * q))]
+
+
+def _delivery_open(stack: BenchStack) -> bool:
+    con = sqlite3.connect(f"file:{stack.db_path}?mode=ro", uri=True, timeout=30)
+    try:
+        row = con.execute(
+            'SELECT delivery_at FROM group_epoch WHERE "group" = ? ORDER BY epoch DESC',
+            (GROUP,),
+        ).fetchone()
+    finally:
+        con.close()
+    return row is not None and row[0] is not None
+
+
+async def _round(
+    pub: IstmoClient | None, ncs: list[NATS], recipients: list[str]
+) -> tuple[float, list[float], int, int]:
+    """One bulletin: (publish call s, arrival ms per recipient, stored bytes, envelope
+    bytes). Without ``pub`` only take what waits (one copy each)."""
+    arrived: dict[str, float] = {}
+    size = 0
+    done = asyncio.Event()
+
+    def on_msg_for(agency: str, rc: NATS) -> Callable[[Msg], Awaitable[None]]:
+        # A pulled message comes with its stream subject, not the inbox: one
+        # subscription per recipient tells them apart.
+        async def on_msg(msg: Msg) -> None:
+            nonlocal size
+            if not msg.data:  # a status message (408 on expiry): not a delivery
+                return
+            arrived.setdefault(agency, time.perf_counter())
+            size = len(msg.data)
+            if msg.reply:
+                await rc.publish(msg.reply, b"+ACK")
+            if len(arrived) == len(recipients):
+                done.set()
+
+        return on_msg
+
+    subs = []
+    body = json.dumps({"batch": 1, "expires": 60_000_000_000}).encode()
+    for i, agency in enumerate(recipients):
+        rc = ncs[i % len(ncs)]
+        inbox = f"_INBOX.bcast.{agency}"
+        subs.append(await rc.subscribe(inbox, cb=on_msg_for(agency, rc)))
+        await rc.publish(deliver_next_subject(urgent_durable(agency)), body, reply=inbox)
+    for rc in ncs:
+        await rc.flush(timeout=60)
+    nc = ncs[0]
+    before = (await nc.jetstream(timeout=30).stream_info(DELIVER_STREAM)).state.bytes
+    t0 = time.perf_counter()
+    if pub is not None:
+        await pub.publish(title="FLASH", text=TEXT, labels=LABELS, groups=True, wait=False)
+    published = time.perf_counter() - t0
+    try:
+        await asyncio.wait_for(done.wait(), 60)
+    except TimeoutError:
+        pass
+    for sub in subs:
+        await sub.unsubscribe()
+    stored = (await nc.jetstream(timeout=30).stream_info(DELIVER_STREAM)).state.bytes - before
+    ms = [(t - t0) * 1000 for t in arrived.values()]
+    missing = len(recipients) - len(arrived)
+    if missing:
+        raise RuntimeError(f"{missing} of {len(recipients)} recipients got nothing in 60 s")
+    return published, ms, stored, size
+
+
+def _seal_ms(recipients: list[str], rounds: int) -> float:
+    signer, epoch = SigningKey.generate(), new_epoch_key(GROUP, 1)
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        env = seal(
+            content=Content(title="FLASH", text=TEXT),
+            labels=LABELS,
+            originator=AgencyId(PUBLISHER),
+            signing_key=signer,
+            recipients={},
+            now=int(time.time()),
+            groups=[epoch],
+            covered=[AgencyId(a) for a in recipients],
+        )
+        encode_envelope(env)
+        times.append((time.perf_counter() - t) * 1000)
+    return _pct(times, 0.5)
+
+
+async def measure(ctx: Context, agencies: int, rounds: int) -> dict[str, object]:
+    root = ctx.tmp / f"broadcast-{agencies}"
+    policy = write_policy_dir(root / "policies", agencies)
+    stack = BenchStack(root, f"broadcast {agencies}", policy_dir=policy).start()
+    try:
+        data = ["--data-dir", str(stack.data_dir)]
+        argv = [ISTMO, "admin", "group", "add", GROUP, "--manager", MANAGER]
+        argv += ["--topic", "drug-trafficking", *data]
+        # Before anything is timed: a blocking call is fine here.
+        await asyncio.to_thread(subprocess.run, argv, check=True, capture_output=True, timeout=120)
+        stack.start_relays(1)
+        with phase("group epoch"):
+            t = time.perf_counter()
+            async with await IstmoClient.connect(stack.keystore(MANAGER), stack.nats_url) as rc:
+                await rc.rotate_groups()
+            epoch_s = time.perf_counter() - t
+            t = time.perf_counter()
+            while not _delivery_open(stack):
+                if time.perf_counter() - t > 300:
+                    raise RuntimeError("the relay did not open group delivery in 300 s")
+                await asyncio.sleep(0.2)
+            open_s = time.perf_counter() - t
+        # A connection per RECEIVERS_PER_CONNECTION recipients: one connection taking
+        # every copy at once is a slow consumer to nats-server (64 MB pending), and closed.
+        ncs = [
+            await nats.connect(stack.nats_url, nkeys_seed_str=stack.relay_seed())
+            for _ in range(max(1, -(-agencies // RECEIVERS_PER_CONNECTION)))
+        ]
+        rows: list[dict[str, object]] = []
+        try:
+            async with await IstmoClient.connect(stack.keystore(PUBLISHER), stack.nats_url) as pub:
+                # Warm-up: the SDK fetches the group key and records, the relay its caches;
+                # its copies are taken before the measured rounds.
+                warm = await pub.publish(title="warm", text=TEXT, labels=LABELS, groups=True)
+                recipients = sorted(warm.routed)
+                await _round(None, ncs, recipients)
+                arrivals: list[float] = []
+                publish_s, stored, size = [], 0, 0
+                for _ in range(rounds):
+                    p, ms, stored, size = await _round(pub, ncs, recipients)
+                    publish_s.append(p)
+                    arrivals += ms
+        finally:
+            for nc in ncs:
+                await nc.close()
+        rows.append(
+            {
+                "agencies": agencies,
+                "recipients": len(recipients),
+                "rounds": rounds,
+                "seal_ms": round(_seal_ms(recipients, 20), 1),
+                "publish_call_ms": round(_pct(publish_s, 0.5) * 1000, 1),
+                "delivered_p50_ms": round(_pct(arrivals, 0.5), 1),
+                "delivered_p99_ms": round(_pct(arrivals, 0.99), 1),
+                "delivered_max_ms": round(max(arrivals), 1),
+                "envelope_bytes": size,
+                "stored_bytes": stored,
+                "per_recipient_bytes": size * len(recipients),
+                "epoch_s": round(epoch_s, 2),
+                "delivery_open_s": round(open_s, 2),
+            }
+        )
+        return rows[0]
+    finally:
+        stack.stop(kill=True)
+        ctx.absorb(stack)
+
+
+async def run(ctx: Context) -> dict[str, object]:
+    sizes = [400] if ctx.quick else [4700]
+    rows = [await measure(ctx, n, int(ctx.pick(2, 3))) for n in sizes]
+    return {"rows": rows}

@@ -1,0 +1,212 @@
+"""Classes of candidates the policy set cannot tell apart: Cedar decides one of each.
+
+For one bulletin, call *fixed* the entities reachable from the request's common roots:
+the bulletin, what it refers to, and the entities the policies name, with what they
+reach (``slicing``). A candidate outside them is *plain* when each entity its data refers
+to (a parent, or a reference in an attribute) is fixed, or is *simple*: outside the fixed
+entities, not the candidate, and referring to fixed entities only. Its *shape* is its
+entity type, the attributes some policy reads (by name: ``GetAttr`` and ``has`` anywhere
+in the set) and its tags, with each reference replaced by its slot (first appearance
+first), the fixed ones named by uid and the simple ones by their own shape.
+
+Two plain candidates ``p`` and ``q`` of one shape are decided alike (ADR 0035). Cedar
+decides a request over its slice as over the whole directory (ADR 0012); the slice of
+``p`` is ``p``, its simple neighbours and the fixed entities, and nothing in it refers to
+``p`` or to a simple neighbour but ``p`` itself (the fixed entities reach neither; a simple
+neighbour reaches fixed entities only). Mapping ``p`` to ``q``, each simple neighbour of
+``p`` to ``q``'s in the same slot, and each fixed entity to itself, is then a one-to-one
+map of one slice onto the other that keeps every entity's type, read attributes, tags
+and ancestors; the policies and the request's other parts name fixed entities only (the
+context of a receive holds no entity). Cedar can compare entities only by uid, read
+attributes only by a literal name (or tags), cannot list entities or turn a uid into a
+string: so every expression evaluates alike in both, up to that map, and so do the
+decision and its deciding policies. An unread attribute, and what it refers to, is beyond
+every expression, so it takes no part. Error texts may name a uid: the engine reuses a
+decision only when Cedar returned no error for it.
+
+Anything this module cannot read as above (an entity missing from the directory, a
+reference in a form other than ``{"__entity": uid}``) makes the candidate its own class.
+Left to the engine: the fixed set, asking Cedar, and re-deciding a class whose decision
+carried an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+
+from cedarpy import pst
+
+from broker.policy.slicing import Uid, uid_of
+
+__all__ = ["Shape", "Shapes", "attributes_read", "shape_of"]
+
+_Json = dict[str, object]
+# An entity with its uid left out, unread attributes dropped and each reference replaced
+# by a slot; and the uids in those slots, in order.
+Shape = tuple[str, tuple[Uid, ...]]
+
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def attributes_read(tree: pst.PolicySet) -> frozenset[str]:
+    """Every attribute name a policy reads or tests (``x.name``, ``x["name"]``,
+    ``x has name``), on any entity or record."""
+    found: set[str] = set()
+    stack: list[object] = [tree]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, pst.GetAttr):
+            found.add(value.attr)
+        elif isinstance(value, pst.HasAttr):
+            found.update(value.attrs)
+        if isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, tuple):
+            stack.extend(value)
+        elif is_dataclass(value) and not isinstance(value, type):
+            stack.extend(getattr(value, f.name) for f in fields(value))
+    return frozenset(found)
+
+
+class _Opaque(Exception):
+    """An entity whose references cannot all be read (its candidates are their own class)."""
+
+
+def shape_of(entity: Mapping[str, object], read: frozenset[str]) -> Shape:
+    """The shape of a Cedar JSON entity (see the module docstring).
+
+    Raises:
+        _Opaque: a reference of another form than ``{"__entity": uid}`` (or a value that
+            might be one), or a parent that is not a uid.
+    """
+    slots: dict[Uid, int] = {}
+
+    def slot(uid: Uid) -> _Json:
+        return {"__slot": slots.setdefault(uid, len(slots))}
+
+    def sub(value: object) -> object:
+        if isinstance(value, dict):
+            if "__entity" in value or "__slot" in value or "type" in value:
+                ref = uid_of(value.get("__entity"))
+                if ref is None or len(value) != 1:
+                    raise _Opaque  # a reference we cannot read, or one Cedar may infer
+                return slot(ref)
+            return {k: sub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [sub(v) for v in value]
+        return value
+
+    uid = uid_of(entity.get("uid"))
+    attrs = entity.get("attrs", {})
+    parents = entity.get("parents", [])
+    if uid is None or not isinstance(attrs, dict) or not isinstance(parents, list):
+        raise _Opaque
+    kept = {k: sub(v) for k, v in attrs.items() if k in read}
+    ups = []
+    for parent in parents:
+        up = uid_of(parent)
+        if up is None:
+            raise _Opaque
+        ups.append(slot(up))
+    rest = {k: sub(v) for k, v in entity.items() if k not in ("uid", "attrs", "parents")}
+    return _ENCODE([uid[0], kept, ups, rest]), tuple(slots)
+
+
+_UNSEEN = object()
+
+
+@dataclass(frozen=True, eq=False)
+class Shapes:
+    """Candidates' shapes for one policy set over one directory, each worked out the
+    first time it is needed and kept (a pure function of both: two threads that race to
+    fill one entry store the same value).
+
+    ``lookup`` gives a directory entity's Cedar JSON by uid (None if absent); ``read`` is
+    ``attributes_read`` of the policy set; ``kind`` the candidates' entity type.
+    """
+
+    _lookup: Callable[[Uid], Mapping[str, object] | None] = field(repr=False)
+    _read: frozenset[str]
+    _kind: str
+    _shapes: dict[Uid, Shape | None] = field(default_factory=dict, repr=False)
+    _candidates: dict[str, Shape | None] = field(default_factory=dict, repr=False)
+    _texts: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def _shape(self, uid: Uid) -> Shape | None:
+        """``uid``'s shape; None if it is absent, opaque or refers to itself (then it is
+        its own class as a candidate, and not simple as a neighbour)."""
+        try:
+            return self._shapes[uid]
+        except KeyError:
+            pass
+        entity = self._lookup(uid)
+        found: Shape | None = None
+        if entity is not None:
+            try:
+                found = shape_of(entity, self._read)
+            except _Opaque:
+                found = None
+            if found is not None and uid in found[1]:
+                found = None
+        self._shapes[uid] = found
+        return found
+
+    def representatives(self, candidates: Sequence[str], fixed: Collection[Uid]) -> dict[str, str]:
+        """Each candidate with the first candidate of its class: itself when it is not
+        plain or is the first of its shape.
+
+        ``fixed``: the uids reachable from the bulletin, what it refers to and the
+        entities the policies name (``EntityIndex.reach`` of those roots).
+        """
+        kind, cache = self._kind, self._candidates
+        fixed_here = {ident for t, ident in fixed if t == kind}
+        # Each neighbour's label for this bulletin, as a small int (equal labels, equal
+        # ints), or None: ints make the class keys cheap to hash.
+        labels: dict[Uid, int | None] = {}
+        numbers: dict[Hashable, int] = {}
+        first: dict[tuple[object, ...], str] = {}
+        out: dict[str, str] = {}
+        for agency in candidates:
+            try:
+                shape = cache[agency]
+            except KeyError:
+                shape = cache[agency] = self._interned(self._shape((kind, agency)))
+            if shape is None or agency in fixed_here:
+                out[agency] = agency
+                continue
+            text, neighbours = shape
+            key: list[object] = [text]
+            for n in neighbours:
+                label = labels.get(n, _UNSEEN)
+                if label is _UNSEEN:
+                    found = self._label(n, fixed)
+                    label = labels[n] = None if found is None else numbers.setdefault(
+                        found, len(numbers))  # fmt: skip
+                if label is None:
+                    break
+                key.append(label)
+            else:
+                out[agency] = first.setdefault(tuple(key), agency)
+                continue
+            out[agency] = agency
+        return out
+
+    def _interned(self, shape: Shape | None) -> Shape | None:
+        """A candidate's shape with its text shared by every candidate of that text
+        (equal keys then compare by identity; a string keeps its hash). Not a number
+        drawn from a counter: two threads could draw the same one for two texts."""
+        if shape is None:
+            return None
+        return self._texts.setdefault(shape[0], shape[0]), shape[1]
+
+    def _label(self, uid: Uid, fixed: Collection[Uid]) -> Hashable | None:
+        """A neighbour's label: its uid if fixed, its shape (marked apart from a uid) if
+        simple, else None."""
+        if uid in fixed:
+            return uid
+        shape = self._shape(uid)
+        if shape is None or not all(n in fixed for n in shape[1]):
+            return None
+        return ("simple", *shape)

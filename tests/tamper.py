@@ -1,0 +1,21 @@
+"""Writing to a running stack's SQLite database as an attacker with the file would."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+
+def attack(db: Path, change: Callable[[sqlite3.Connection], None]) -> None:
+    """Drop the append-only triggers of database file ``db``, then ``change`` rows, in
+    one transaction."""
+    with sqlite3.connect(db, timeout=60) as conn:
+        # The write lock first, waiting up to the timeout: a read snapshot that turns into a
+        # write after a running stack's sequencer has committed fails at once ("database is
+        # locked", whatever the timeout).
+        conn.execute("BEGIN IMMEDIATE")
+        triggers = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        for (name,) in triggers.fetchall():
+            conn.execute(f'DROP TRIGGER "{name}"')
+        change(conn)
