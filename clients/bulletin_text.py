@@ -26,6 +26,11 @@ def read_body(body: str | None, body_file: str | None) -> str:
         raise ConfigError("give the bulletin text with --body-file FILE (or - for stdin) or --body")
     try:
         if str(body_file) == "-":
+            if sys.stdin is None:
+                raise ConfigError(
+                    "--body-file - reads standard input, and this command has none",
+                    hint="give the text in a file: --body-file FILE",
+                )
             data = sys.stdin.buffer.read(MAX_BODY_BYTES + 1)
         else:
             with Path(body_file).open("rb") as f:

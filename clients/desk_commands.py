@@ -31,6 +31,7 @@ from clients.desk_drafts import DraftContent
 from clients.desk_people import ROLES, DeskPeople, check_password
 from clients.desk_summary import pseudonym, sdk_sender, send_summaries
 from clients.inbox_commands import add_archive_args, open_archive
+from clients.keystore import on_a_terminal
 from clients.results import Preview, PublishResult, ReceivedBulletin, Withdrawn, shown_time
 from clients.sdk import IstmoClient
 from schemas.errors import ConfigError
@@ -251,7 +252,7 @@ def _new_password(file: Path | None) -> str:
                 return check_password(f.readline(1100).rstrip("\n"))
         except OSError as exc:
             raise ConfigError(f"cannot read the password file {file}: {exc.strerror}") from exc
-    if not sys.stdin.isatty():
+    if not on_a_terminal():
         raise ConfigError(
             "the analyst's password is needed", hint="give --password-file FILE (one line)"
         )

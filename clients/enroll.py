@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from clients.keystore import load_keystore
+from clients.keystore import load_keystore, on_a_terminal
 from clients.oauth import ApiError, ApiUnavailable
 from schemas.canonical import b64e
 from schemas.directory import open_excerpt
@@ -322,7 +322,7 @@ def _new_passphrase(args: argparse.Namespace, ask: Callable[[str], str]) -> str 
                 secret = f.readline().rstrip("\n")
         except OSError as exc:
             raise ConfigError(f"cannot read a passphrase from {args.passphrase_file}") from exc
-    elif sys.stdin.isatty():
+    elif on_a_terminal():
         secret = ask("passphrase for the new keystore: ")
         if secret != ask("again: "):
             raise ConfigError("the two passphrases differ; nothing was sent")

@@ -27,7 +27,7 @@ from clients.agency_flags import add_agency_args, nats_url
 from clients.archive import FLAGS, MAX_PAGE, Archive, ArchiveEntry, ArchiveFilter, archive_path
 from clients.archive_keys import MAX_KEY_FILE_BYTES, ArchiveSecret
 from clients.conversation_commands import conversation_lines
-from clients.keystore import resolve_keystore_path
+from clients.keystore import on_a_terminal, resolve_keystore_path
 from clients.label_flags import any_case, bulletin_id, duration
 from clients.results import ReceivedBulletin, Withdrawn, shown_time
 from clients.sdk import IstmoClient
@@ -66,7 +66,7 @@ def _passphrase(file: Path | None, what: Path) -> Callable[[], str]:
                 raise ConfigError(
                     f"cannot read the passphrase file {name}: {exc.strerror}"
                 ) from exc
-        if not sys.stdin.isatty():
+        if not on_a_terminal():
             raise ConfigError(
                 f"the archive {what} needs a passphrase or a key file",
                 hint="give --passphrase-file FILE (or set ISTMO_PASSPHRASE_FILE), or "

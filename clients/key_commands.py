@@ -13,6 +13,7 @@ from clients.key_log import load_key_log_trust, monitor_own_keys, trust_from_env
 from clients.keystore import (
     ask_passphrase,
     load_keystore,
+    on_a_terminal,
     resolve_keystore_path,
     save_keystore,
 )
@@ -74,7 +75,7 @@ def _protect(args: argparse.Namespace) -> int:
             secret = Path(args.passphrase_file).read_text(encoding="utf-8").splitlines()[0]
         except (OSError, IndexError) as exc:
             raise ConfigError(f"cannot read a passphrase from {args.passphrase_file}") from exc
-    elif sys.stdin.isatty():
+    elif on_a_terminal():
         secret = getpass.getpass("new passphrase: ")
         if secret != getpass.getpass("again: "):
             raise ConfigError("the two passphrases differ; nothing changed")

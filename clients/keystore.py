@@ -27,6 +27,7 @@ __all__ = [
     "Passphrase",
     "ask_passphrase",
     "load_keystore",
+    "on_a_terminal",
     "passphrase_from_env",
     "resolve_keystore_path",
     "save_keystore",
@@ -56,6 +57,16 @@ def resolve_keystore_path(who: str, data_dir: Path) -> Path:
 
 
 Passphrase = str | Callable[[], str] | None
+
+
+def on_a_terminal() -> bool:
+    """Whether a prompt can be answered: standard input is open and is a terminal.
+
+    A command started by cron, a service manager or CI may have no standard input at all
+    (``sys.stdin`` is None when descriptor 0 is closed); that is "not a terminal" too, so
+    the caller says which file to give instead of failing with a traceback.
+    """
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 def passphrase_from_env() -> str | None:
@@ -89,7 +100,7 @@ def ask_passphrase(path: Path, file: Path | str | None = None) -> Callable[[], s
         env = passphrase_from_env()
         if env is not None:
             return env
-        if not sys.stdin.isatty():
+        if not on_a_terminal():
             raise _passphrase_needed(path)
         return getpass.getpass(f"passphrase for {path}: ")
 

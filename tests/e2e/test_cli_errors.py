@@ -89,6 +89,22 @@ def test_a_protected_keystore_without_a_terminal(tmp_path: Path) -> None:
     assert error_and_hint(r) == (f"keystore {ks} is readable by others", f"chmod 600 {ks}")
 
 
+def test_no_standard_input_at_all(tmp_path: Path) -> None:
+    """Started by cron or a service manager, a command may have descriptor 0 closed
+    (``sys.stdin`` is None): the same error and hint as without a terminal, no traceback."""
+    ks = keystore(tmp_path / "gt-police.json", passphrase=PASSPHRASE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISTMO_")}
+    r = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", ISTMO, "keys", "protect", "--as", str(ks)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert error_and_hint(r)[0] == f"keystore {ks} is protected by a passphrase"
+
+
 def test_a_port_taken(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
