@@ -15,7 +15,11 @@ from broker.bus.server import ANY_PORT, free_port
 from broker.config import Settings
 from broker.runtime.stack import Stack
 from clients.sdk import IstmoClient
+from schemas.errors import BusUnavailable
+from schemas.labels import Labels
 from tests.waiting import eventually
+
+RelayTask = tuple[asyncio.Event, "asyncio.Task[None]"]
 
 
 @contextlib.asynccontextmanager
@@ -88,3 +92,25 @@ def nats_url(stack: Stack) -> str:
 
 async def client(stack: Stack, agency: str) -> IstmoClient:
     return await IstmoClient.connect(stack.settings.keys_dir / f"{agency}.json", nats_url(stack))
+
+
+async def start_relay(stack: Stack, agency: str, labels: Labels) -> RelayTask:
+    """One relay worker in this process (``istmo relay``'s code) on a stack started
+    ``with_relay=False``; returns once it answers ``agency``'s resolve of ``labels``.
+
+    A test that changes the streams under the relay (an upgrade, an older data directory)
+    stops it first (``stop_relay``): a relay still binding that meets no stream stops
+    with a ConfigError, and takes the stack down with it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(stack.relay_only(stop, nats_url(stack)))
+    async with await client(stack, agency) as who:
+        await eventually(
+            lambda: who.resolve(labels), ignoring=(BusUnavailable,), what="the relay answering"
+        )
+    return stop, task
+
+
+async def stop_relay(relay: RelayTask) -> None:
+    stop, task = relay
+    stop.set()
+    await asyncio.wait_for(task, 60)

@@ -26,7 +26,13 @@ from schemas.subjects import (
     urgent_durable,
 )
 from tests.conftest import NatsStack
-from tests.integration.stack_inproc import client, nats_url, running_stack
+from tests.integration.stack_inproc import (
+    client,
+    nats_url,
+    running_stack,
+    start_relay,
+    stop_relay,
+)
 from tests.waiting import eventually
 
 NatsStackFactory = Callable[[list[str]], Awaitable[NatsStack]]  # conftest's nats_stack
@@ -116,17 +122,23 @@ async def test_deliveries_an_older_istmo_queued_survive_the_upgrade(tmp_path: Pa
     ``istmo.deliver.<agency>``, and a bulletin waits there. ``istmo up`` brings the stream
     and consumers up to date in place, and the recipient receives the waiting bulletin."""
     data_dir = tmp_path / "istmo"
-    async with running_stack(data_dir) as stack:
-        async with await client(stack, PUBLISHER) as hn:
-            keys = await hn.resolve(labels(Precedence.FLASH))
-            env = seal(
-                content=Content(title="old", text="queued before the upgrade"),
-                labels=labels(Precedence.FLASH),
-                originator=hn.agency,
-                signing_key=hn.keystore.signing_key(),
-                recipients=keys,
-                now=int(time.time()),
-            )
+    # The stream is swapped with no relay running (one still binding would meet no stream
+    # and stop, taking the stack down); the relay runs only for the publisher's resolve.
+    async with running_stack(data_dir, with_relay=False) as stack:
+        relay = await start_relay(stack, PUBLISHER, labels(Precedence.FLASH))
+        try:
+            async with await client(stack, PUBLISHER) as hn:
+                keys = await hn.resolve(labels(Precedence.FLASH))
+                env = seal(
+                    content=Content(title="old", text="queued before the upgrade"),
+                    labels=labels(Precedence.FLASH),
+                    originator=hn.agency,
+                    signing_key=hn.keystore.signing_key(),
+                    recipients=keys,
+                    now=int(time.time()),
+                )
+        finally:
+            await stop_relay(relay)
         nc = await stack.connect_relay(nats_url(stack))
         try:
             js = nc.jetstream(timeout=5)

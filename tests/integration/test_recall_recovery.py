@@ -13,7 +13,6 @@ withdrawal drops it, so the application never sees the bulletin.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -25,43 +24,29 @@ from broker.bus.streams import (
     ensure_streams,
 )
 from broker.relay.withdrawals import Withdrawals
-from broker.runtime.stack import Stack
 from broker.store.recalls import withdrawal
-from schemas.errors import BusUnavailable
 from schemas.ids import AgencyId, BulletinId
 from schemas.labels import Precedence
 from schemas.subjects import DELIVER_STREAM
 from schemas.withdrawal import encode_withdrawal, sign_withdrawal
 from tests.integration.recall_kit import BZ, LABELS, audit_verifies, copies, take, waiting
-from tests.integration.stack_inproc import client, nats_url, running_stack
+from tests.integration.stack_inproc import (
+    client,
+    nats_url,
+    running_stack,
+    start_relay,
+    stop_relay,
+)
 from tests.waiting import eventually
 
 REASON = "wrong recipients"
-
-
-async def start_relay(stack: Stack) -> tuple[asyncio.Event, asyncio.Task[None]]:
-    """One relay worker in this process (``istmo relay``'s code), on the stack's NATS,
-    once it answers agencies."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(stack.relay_only(stop, nats_url(stack)))
-    async with await client(stack, "gt-police") as gt:
-        await eventually(
-            lambda: gt.resolve(LABELS), ignoring=(BusUnavailable,), what="the relay answering"
-        )
-    return stop, task
-
-
-async def stop_relay(relay: tuple[asyncio.Event, asyncio.Task[None]]) -> None:
-    stop, task = relay
-    stop.set()
-    await asyncio.wait_for(task, 60)
 
 
 async def test_a_recall_the_relay_did_not_finish_is_finished_by_the_next(tmp_path: Path) -> None:
     async with running_stack(
         tmp_path / "istmo", with_relay=False, withdrawal_grace_s=0, withdrawal_sweep_s=0.5
     ) as stack:
-        relay = await start_relay(stack)
+        relay = await start_relay(stack, "gt-police", LABELS)
         try:
             async with await client(stack, "gt-police") as gt:
                 published = await gt.publish(title="half recalled", text="body", labels=LABELS)
@@ -88,7 +73,7 @@ async def test_a_recall_the_relay_did_not_finish_is_finished_by_the_next(tmp_pat
         assert row.completed_at is None
         assert await copies(stack, bid) == dict.fromkeys(BZ, 1)
 
-        relay = await start_relay(stack)
+        relay = await start_relay(stack, "gt-police", LABELS)
         try:
             # The next relay finishes it on its own.
             await eventually(
