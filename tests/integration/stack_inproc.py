@@ -1,7 +1,8 @@
 """The whole broker (nats-server, relay, API) running inside the test's event loop.
 
 nats-server binds ports it picks itself (``ANY_PORT``); the HTTP API (uvicorn) still takes
-one that was free a moment before."""
+one that was free a moment before, from this xdist worker's band below the ephemeral range
+(``tests.stackproc.free_port``), where no outgoing connection can take it meanwhile."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from broker.bus.server import ANY_PORT, free_port
+from broker.bus.server import ANY_PORT
 from broker.config import Settings
 from broker.runtime.stack import Stack
 from clients.sdk import IstmoClient
 from schemas.errors import BusUnavailable
 from schemas.labels import Labels
+from tests.stackproc import free_port
 from tests.waiting import eventually
 
 RelayTask = tuple[asyncio.Event, "asyncio.Task[None]"]
