@@ -87,6 +87,35 @@ def interrupt(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[str, st
     return out or "", err or ""
 
 
+def _thread_states(pid: int) -> list[str]:
+    """The scheduler state of each thread of ``pid`` (``R``, ``S``, ``T`` ...)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile
+        states.append(stat.rsplit(")", 1)[1].split()[0])
+    return states
+
+
+def pause(pid: int, timeout: float = 30) -> None:
+    """SIGSTOP ``pid`` and return once every one of its threads has stopped.
+
+    A SIGSTOP sent to a process wakes one of its threads, which then stops the others. On
+    a busy machine that thread can wait for a CPU while the others go on: a broker's gate
+    thread stored and acknowledged a publish 10 ms after its process was sent SIGSTOP.
+    A test that needs the process frozen waits for that here."""
+    os.kill(pid, signal.SIGSTOP)
+    eventually_sync(
+        lambda: all(state in ("T", "t") for state in _thread_states(pid)),
+        what=f"every thread of process {pid} to stop",
+        timeout=timeout,
+        interval=0.005,
+        context=lambda: _thread_states(pid),
+    )
+
+
 def publish_args(title: str, body: str, *, rel_to: str = "SICA") -> list[str]:
     """``istmo publish`` options for a RESTRICTED, TLP:AMBER drug-trafficking bulletin
     (the README's example), releasable to ``rel_to``."""

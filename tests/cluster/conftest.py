@@ -42,7 +42,7 @@ from broker.runtime.stack import Stack
 from schemas.natskeys import new_user_seed, user_public_key
 from tests.conftest import NatsStack, user_jwt_option
 from tests.integration.stack_inproc import serving
-from tests.stackproc import UpProcess, free_port_run
+from tests.stackproc import UpProcess, free_port_run, pause
 from tests.waiting import eventually, eventually_sync
 
 _CONNECT_OPTIONS: dict[str, Any] = {
@@ -277,7 +277,7 @@ class ClusterNodes:
     def pause(self, node: int) -> None:
         """SIGSTOP: the node keeps its sockets but answers nothing, like a node cut off by a
         partition (or a VM frozen), and comes back with whatever it believed before."""
-        os.kill(self.pid(node), signal.SIGSTOP)
+        pause(self.pid(node))
 
     def resume(self, node: int) -> None:
         os.kill(self.pid(node), signal.SIGCONT)

@@ -32,6 +32,7 @@ from broker.runtime.stack import Stack
 from broker.store.registry import Registry
 from schemas.audit import AuditEvent
 from tests.cluster.conftest import running_cluster_stack
+from tests.stackproc import pause
 from tests.waiting import eventually
 
 ISTMO = str(Path(sys.executable).parent / "istmo")
@@ -200,7 +201,7 @@ async def test_a_leader_paused_past_its_lease_appends_nothing_when_resumed(
         await wait_size(db, before + 300)  # A drained the outbox and idles
         await asyncio.sleep(0.5)
         paused = time.monotonic()
-        a.send_signal(signal.SIGSTOP)
+        pause(a.pid)
         size_at_pause = log_size(db)
         took_over = await wait_for(log_b, "sequencer: leading", b)
         print(f"\ntakeover after SIGSTOP: {took_over - paused:.2f} s (lease TTL 6 s)")

@@ -57,6 +57,7 @@ from schemas.ids import AgencyId
 from schemas.keys import EncryptionPublicKey
 from schemas.labels import Classification, Labels, Tlp
 from schemas.sealing import parse_envelope, seal
+from tests.stackproc import pause
 from tests.waiting import eventually, eventually_sync
 
 __all__ = [
@@ -565,8 +566,12 @@ class RelayProcess:
         return time.monotonic() - t0
 
     def signal(self, sig: int) -> None:
+        """Send ``sig``; a SIGSTOP returns once every thread has stopped (``pause``)."""
         assert self.proc is not None
-        self.proc.send_signal(sig)
+        if sig == signal.SIGSTOP:
+            pause(self.proc.pid)
+        else:
+            self.proc.send_signal(sig)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -30,6 +30,7 @@ from schemas.envelope import Envelope
 from schemas.errors import BusUnavailable
 from schemas.labels import Classification, Labels, Tlp
 from tests.integration.stack_inproc import client, nats_url, running_stack
+from tests.stackproc import pause
 from tests.waiting import eventually
 
 LABELS = Labels(
@@ -124,7 +125,7 @@ class _AckUnconfirmed(IstmoClient):
 
     async def _send_receipt(self, env: Envelope, digest: str, received_at: int) -> bool:
         stored = await super()._send_receipt(env, digest, received_at)
-        os.kill(self.nats_pid, signal.SIGSTOP)
+        pause(self.nats_pid)
         return stored
 
 
