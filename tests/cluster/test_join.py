@@ -102,7 +102,8 @@ async def test_a_stack_joins_a_cluster_its_operators_run(tmp_path: Path, nats_bi
             # ...and one another replica announced is applied here, not announced again
             # (two replicas would otherwise echo each other for ever).
             await nc.publish(CONTROL_DIRECTORY_SUBJECT, b'{"origin": "api-2:1234:ab"}')
-            await asyncio.sleep(3.0)
+            await eventually(lambda: len(heard) >= 2, what="the other replica's announcement")
+            await asyncio.sleep(3.0)  # an echo of it would show now
             assert [h.get("origin") for h in heard] == [stack._origin, "api-2:1234:ab"]
         finally:
             await nc.close()

@@ -510,7 +510,8 @@ async def test_announcements_reach_every_agency_one_way(nats_stack: StackFactory
     await barrier(relay)
 
     await eventually(
-        lambda: heard[GT].msgs and heard[JM].msgs, what="both agencies to hear the announcement"
+        lambda: heard[GT].msgs and heard[JM].msgs and in_istmo.msgs,
+        what="both agencies and the broker's account to hear the announcement",
     )
     await asyncio.sleep(SETTLE_S)
     for agency in (GT, JM):
