@@ -26,7 +26,6 @@ from tests.stackproc import ISTMO, UpProcess, publish_args, run_cli
 from tests.waiting import eventually
 
 AGENCY = "gt-customs"
-TAKES_EFFECT_S = 2.0  # ADR 0013's bound for a directory change to reach NATS
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +91,16 @@ def test_an_enrolled_agency_connects_at_once_without_a_reload(
         timeout=60, check=False,
     )  # fmt: skip
     assert enrolled.returncode == 0, enrolled.stderr
-    done = time.monotonic()
     ks = load_keystore(keystore, None)
     assert ks.nats_jwt is not None
 
-    async def connect() -> float:
+    async def connect() -> None:
+        # At the first try: enrolment answers once the account is pushed (ADR 0013; how
+        # soon is the bench's to measure, item 9).
         client = await IstmoClient.connect(keystore, up.nats_url)
-        took = time.monotonic() - done
         await client.close()
-        return took
 
-    assert asyncio.run(connect()) < TAKES_EFFECT_S
+    asyncio.run(connect())
     sent = publish(d, "gt-police", "GT")
     assert AGENCY in sent["routed"], sent
     assert receive(d, str(keystore)) == [sent["id"]]
