@@ -51,7 +51,7 @@ async def test_the_sdk_hands_back_later_and_a_raw_nak_comes_back_at_once(
             attempts = [msg.metadata.num_delivered]
             await msg.nak()
             while attempts[-1] < 10:
-                (msg,) = await sub.fetch(1, timeout=HAND_BACK_DELAY_S / 5)
+                (msg,) = await sub.fetch(1, timeout=10)
                 attempts.append(msg.metadata.num_delivered)
                 await msg.nak()
             burned_s = time.monotonic() - started
@@ -61,7 +61,7 @@ async def test_the_sdk_hands_back_later_and_a_raw_nak_comes_back_at_once(
                 await sub.fetch(1, timeout=1)
             await sub.unsubscribe()
         assert attempts == list(range(2, 11))
-        assert burned_s < HAND_BACK_DELAY_S  # not spaced by the consumer's 30 s backoff
+        assert burned_s < 30  # nine attempts, not spaced by the consumer's 30 s backoff
         assert stack.registry is not None
         registry = stack.registry
         (dead,) = await eventually(
