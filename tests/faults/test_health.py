@@ -203,7 +203,7 @@ async def test_a_delivery_near_expiry_alarms_until_its_agency_receives(
         assert "expires unread in" in by_name["retention.rc-drugs"].detail
 
         # rc-drugs receives what waits for it; its line goes, the others' stay.
-        got = istmo(target, "receive", "--as", "rc-drugs", "--count", "1", "--timeout", "5")
+        got = istmo(target, "receive", "--as", "rc-drugs", "--count", "1", "--timeout", "30")
         assert got.returncode == 0, got.stderr
         _, report, _ = health(target)
         assert "retention.rc-drugs" not in checks(report)
