@@ -40,7 +40,7 @@ from pydantic import BaseModel, ValidationError
 from clients.attachments import Attachment, download, upload
 from clients.connection import connect_agency
 from clients.conversations import reply_labels, rfi_due, split_addressees
-from clients.dedupe import DedupeStore
+from clients.dedupe import DedupeStore, DedupeWriteError, Record
 from clients.directory_cache import DirectoryCache
 from clients.errors import NotFound, PublishRejected, PublishUnacknowledged
 from clients.group_keys import GroupKeys, Rotation
@@ -377,7 +377,7 @@ class IstmoClient:
         except (nats.errors.Error, TimeoutError, OSError):
             log.warning("closing before NATS confirmed the last messages")
         await self._nc.close()
-        self._dedupe.close()
+        self._dedupe.close()  # commits what is queued, then stops its writer
 
     # ------------------------------------------------------------------ requests
     async def _ask(
@@ -1507,18 +1507,34 @@ class IstmoClient:
                 await queues.close()
         return handed
 
-    async def _settle_later(self, msg: Msg, env: Envelope, digest: str, handed_at: int) -> None:
-        """Store the receipt, then ack (``_settle``), while ``receive`` goes on: the order
-        for each bulletin stays handler, dedupe record, receipt, ack, so a crash anywhere
-        still redelivers it and the dedupe branch sends the receipt again. At most
-        ``SETTLE_IN_FLIGHT`` at once. A bulletin that crossed a partner link is acked
-        without a receipt: receipts do not cross links (ADR 33), and its originator is
-        not in this region to read one."""
+    async def _settle_later(
+        self, msg: Msg, env: Envelope, digest: str, handed_at: int, record: Record | None
+    ) -> None:
+        """Wait until the bulletin's dedupe ``record`` is durable (the store's writer
+        commits what is queued a transaction at a time, ``clients.dedupe``), store the
+        receipt, then ack (``_settle``), while ``receive`` goes on: the order for each
+        bulletin stays handler, dedupe record, receipt, ack, so a crash anywhere still
+        redelivers it and the dedupe branch sends the receipt again. A record that could
+        not be written leaves the bulletin unsettled: it comes back after the ack wait and
+        is handed over again. At most ``SETTLE_IN_FLIGHT`` at once. A bulletin that
+        crossed a partner link is acked without a receipt: receipts do not cross links
+        (ADR 33), and its originator is not in this region to read one."""
         while len(self._settling) >= SETTLE_IN_FLIGHT:
             await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
         crossed = LINK_HEADER in (msg.headers or {})
 
         async def settle() -> None:
+            if record is not None:
+                try:
+                    await asyncio.wrap_future(record)
+                except DedupeWriteError as exc:
+                    # Not acked: it comes back after the ack wait (ids and causes only).
+                    log.error(
+                        "left bulletin %s unsettled: its dedupe record failed (%s)",
+                        env.header.bulletin_id,
+                        exc,
+                    )
+                    return
             try:
                 stored = crossed or await self._send_receipt(env, digest, handed_at)
                 await self._settle(msg, stored)
@@ -1553,11 +1569,12 @@ class IstmoClient:
             return False
         bid = env.header.bulletin_id
         digest = envelope_digest(env)
-        handed_at = self._dedupe.handed_at(bid)
+        handed_at, record = self._dedupe.handed_record(bid)
         if handed_at is not None:
             # Handed over before, but this process may have died before it acked or sent
-            # the receipt: send the receipt again (stored once by id), then ack.
-            await self._settle_later(msg, env, digest, handed_at)
+            # the receipt: send the receipt again (stored once by id), then ack; if its
+            # record is still queued, once it is durable.
+            await self._settle_later(msg, env, digest, handed_at, record)
             return False
         if self.agency not in env.header.recipients:
             # A group's one shared copy (ADR 21) reaches every member of its epoch; a member
@@ -1618,11 +1635,14 @@ class IstmoClient:
         if region is not None:
             bulletin = dataclasses.replace(bulletin, region=region)
         await handler(bulletin)
-        # The envelope is kept sealed as it came, for a later forward (ADR 20).
-        self._dedupe.handed(bid, digest, bulletin.received_at, env.header.originator, msg.data)
-        # Receipt before ack: a crash in between redelivers it, and the dedupe branch
-        # above sends the receipt again, so no receipt is lost to a crash.
-        await self._settle_later(msg, env, digest, bulletin.received_at)
+        # The envelope is kept sealed as it came, for a later forward (ADR 20). Queued,
+        # not waited for: the next bulletin is opened while the writer commits.
+        record = self._dedupe.queue_handed(
+            bid, digest, bulletin.received_at, env.header.originator, msg.data
+        )
+        # Record, then receipt, then ack: a crash in between redelivers it, and the
+        # dedupe branch above sends the receipt again, so no receipt is lost to a crash.
+        await self._settle_later(msg, env, digest, bulletin.received_at, record)
         return True
 
     async def _handle_withdrawal(self, msg: Msg, on_withdrawal: WithdrawalHandler | None) -> bool:
@@ -1659,7 +1679,16 @@ class IstmoClient:
                 w.bulletin_id,
                 w.originator,
             )
-        self._dedupe.remember_withdrawal(w.bulletin_id, w.originator, w.issued_at)
+        try:
+            await asyncio.wrap_future(
+                self._dedupe.queue_withdrawal(w.bulletin_id, w.originator, w.issued_at)
+            )
+        except DedupeWriteError as exc:
+            # Not acked: it comes back, and the application may be told again.
+            log.error(
+                "left a withdrawal of %s unsettled: its record failed (%s)", w.bulletin_id, exc
+            )
+            return True
         try:
             await msg.ack_sync()
         except nats.errors.TimeoutError:
