@@ -38,7 +38,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 
 from broker.bus.batch import Message, publish_batch
 from broker.bus.leaves import node_agencies
@@ -174,6 +174,10 @@ class Relay:
         # Each ingest batch's deliveries and acks wait on the disk while the next batch is
         # decided (``broker.bus.pipeline``).
         self._tails = Pipeline(PIPELINE_DEPTH)
+        # The bulletins of batches whose record is still being committed by a tail, and
+        # the lock that keeps those commits one at a time, in the order they were decided.
+        self._recording: set[str] = set()
+        self._record_lock = asyncio.Lock()
         # Each receipt batch's commit (its wait on the disk) runs on a thread while the
         # next batch is fetched and judged; one at a time, so one writer and in order.
         self._receipt_tails = Pipeline(1)
@@ -502,6 +506,14 @@ class Relay:
             for msg in msgs
         ]
         parsed = [parse(i, self.limits) for i in ingested]
+        if self._recording and any(
+            p[1].header.bulletin_id in self._recording
+            for p in parsed
+            if not isinstance(p, IstmoError)
+        ):
+            # A bulletin met again while the batch that decided it is still being
+            # committed: wait for that record, so it is resumed from it, not decided twice.
+            await self._tails.drain()
         # One query for the whole batch: which of these ids were accepted before?
         accepted = self.registry.accepted(
             {p[1].header.bulletin_id for p in parsed if not isinstance(p, IstmoError)}
@@ -563,16 +575,78 @@ class Relay:
             for p in plans
             if p.bulletin_id is not None and p.withheld_from
         ]
-        with self.metrics.commit.labels("ingest").time():
-            self.registry.record(
-                [row for p in plans for row in p.rows],
-                [event for p in plans for event in p.events],
-                withheld=withheld,
-            )
-        # Recorded: the rest is waiting on the disk (and the acks), done while the next
-        # batch is decided. A bulletin of this batch published again and met in the next
-        # one is resumed from the record, as after a crash.
-        await self._tails.add(self._deliver_and_settle(outcomes, plans))
+        # The rest waits on the disk: the record's commit, then the deliveries and the
+        # acks, done while the next batch is decided. A bulletin of this batch published
+        # again and met in a later one is resumed from the record, as after a crash.
+        deciding = {p.bulletin_id for p in plans if p.bulletin_id is not None}
+        self._recording |= deciding
+        await self._tails.add(self._record_deliver_settle(outcomes, plans, withheld, deciding))
+
+    async def _record_deliver_settle(
+        self,
+        outcomes: list[_Outcome],
+        plans: list[Plan],
+        withheld: list[Withholding],
+        deciding: set[str],
+    ) -> None:
+        """A decided batch's tail: commit its record (on a thread, one batch at a time, in
+        the order they were decided), then deliver and settle what was recorded. Nothing
+        is delivered or acked before its decision record and audit events are committed.
+
+        If the database is away for a moment, the whole batch is handed back (it resumes
+        idempotently). If it refuses the record (a constraint: the content, not the
+        moment, is at fault), each bulletin's record is tried alone, so one bad bulletin
+        cannot hold back the others; the one refused is left unacked, comes back after
+        the ack wait and is finally dead-lettered (``_poisoned``)."""
+        try:
+            try:
+                await self._record(plans, withheld)
+            except Exception as exc:
+                if not _refused_by_database(exc):
+                    if not isinstance(exc, _TRANSIENT):
+                        raise
+                    log.warning(
+                        "batch of %d decided but not recorded (%s); it will be redelivered",
+                        len(outcomes),
+                        type(exc).__name__,
+                    )
+                    await _hand_back([o.msg for o in outcomes])
+                    return
+                if len(plans) == 1:
+                    log.error("the database refused the record of ingest seq %d", plans[0].seq)
+                    return
+                kept = [
+                    (o, p)
+                    for o, p in zip(outcomes, plans, strict=True)
+                    if await self._record_alone(p, withheld)
+                ]
+                if not kept:
+                    return
+                outcomes, plans = [o for o, _ in kept], [p for _, p in kept]
+            await self._deliver_and_settle(outcomes, plans)
+        finally:
+            self._recording -= deciding
+
+    async def _record_alone(self, plan: Plan, withheld: list[Withholding]) -> bool:
+        """Commit one bulletin's record after its batch's was refused; False (logged) if
+        the database refuses this one too."""
+        try:
+            await self._record([plan], [w for w in withheld if w.bulletin_id == plan.bulletin_id])
+        except Exception as exc:
+            if not _refused_by_database(exc):
+                raise
+            log.error("the database refused the record of ingest seq %d", plan.seq)
+            return False
+        return True
+
+    async def _record(self, plans: list[Plan], withheld: list[Withholding]) -> None:
+        """Commit the plans' rows and events, and the withheld counts, in one transaction
+        on a thread (the commit waits on the disk), one batch at a time."""
+        rows = [row for p in plans for row in p.rows]
+        events = [event for p in plans for event in p.events]
+        async with self._record_lock:
+            with self.metrics.commit.labels("ingest").time():
+                await asyncio.to_thread(self.registry.record, rows, events, withheld=withheld)
 
     async def _stored_attachments(
         self, parsed: list[Parsed], accepted: Mapping[str, object]
@@ -856,6 +930,12 @@ class Relay:
 
     async def _on_api(self, msg: Msg) -> None:
         await self.api.serve(self.nc, msg, now=self.clock.now_s())
+
+
+def _refused_by_database(exc: BaseException) -> bool:
+    """Whether the database refused a write for what it holds (a constraint, a value it
+    cannot store), as opposed to being away or busy: retrying the same rows cannot help."""
+    return isinstance(exc.__cause__, (IntegrityError, DataError))
 
 
 def _ttl(expires_at: int | None, now_s: int) -> int | None:
