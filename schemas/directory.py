@@ -18,6 +18,7 @@ holds record by record instead of fetching everything again.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -43,8 +44,10 @@ __all__ = [
     "directory_serial",
     "directory_version",
     "open_excerpt",
+    "record_bytes",
     "sign_changes",
     "sign_excerpt",
+    "sign_excerpt_of",
     "verify_changes",
     "verify_excerpt",
 ]
@@ -178,14 +181,79 @@ class SignedExcerpt(BaseModel):
     sig: str
 
 
+_EXCERPT_DOMAIN = b"istmo/v1/directory\x00"
+
+
 def _signed_bytes(excerpt: DirectoryExcerpt) -> bytes:
-    return b"istmo/v1/directory\x00" + canonical_json(excerpt.model_dump(mode="json"))
+    return _EXCERPT_DOMAIN + canonical_json(excerpt.model_dump(mode="json"))
 
 
 def sign_excerpt(excerpt: DirectoryExcerpt, key: SigningKey) -> SignedExcerpt:
     """Sign ``excerpt`` with the broker's directory key."""
     sig = key.sign(_signed_bytes(excerpt))
     return SignedExcerpt(excerpt=excerpt, kid=key.verify_key.kid, sig=b64e(sig))
+
+
+def record_bytes(record: AgencyRecord) -> bytes:
+    """The canonical encoding of one record, as it appears in an excerpt's ``agencies``."""
+    return canonical_json(record.model_dump(mode="json"))
+
+
+def sign_excerpt_of(
+    directory_version: str,
+    issued_at: int,
+    records: Sequence[AgencyRecord],
+    encoded: Sequence[bytes],
+    key: SigningKey,
+) -> tuple[SignedExcerpt, bytes]:
+    """``sign_excerpt`` of the excerpt of ``records`` at ``directory_version`` as of
+    ``issued_at``, and the canonical encoding of the signed excerpt, both built from
+    ``encoded``, each record's ``record_bytes`` in the same order (worked out once per
+    directory version by the broker, not again for every excerpt). The signature and the
+    bytes are those ``sign_excerpt`` and ``canonical_json`` give for the same excerpt.
+
+    Raises:
+        ValueError: ``encoded`` does not pair with ``records``.
+        pydantic.ValidationError: not a valid excerpt (a version or time out of form).
+    """
+    if len(encoded) != len(records):
+        raise ValueError("one encoding a record")
+    excerpt = DirectoryExcerpt(
+        v=1, directory_version=directory_version, issued_at=issued_at, agencies=tuple(records)
+    )
+    # canonical_json(excerpt) with its members in name order, each record's bytes copied
+    # once (the excerpt of 7,497 records is 15 MB), behind the signature's domain.
+    pieces = [_EXCERPT_DOMAIN, b'{"agencies":[']
+    for n, one in enumerate(encoded):
+        if n:
+            pieces.append(b",")
+        pieces.append(one)
+    pieces += (
+        b'],"directory_version":',
+        canonical_json(excerpt.directory_version),
+        b',"issued_at":',
+        canonical_json(excerpt.issued_at),
+        b',"v":',
+        canonical_json(excerpt.v),
+        b"}",
+    )
+    signing_input = b"".join(pieces)
+    sig = b64e(key.sign(signing_input))
+    kid = key.verify_key.kid
+    signed = SignedExcerpt(excerpt=excerpt, kid=kid, sig=sig)
+    body = memoryview(signing_input)[len(_EXCERPT_DOMAIN) :]
+    raw = b"".join(
+        (
+            b'{"excerpt":',
+            body,
+            b',"kid":',
+            canonical_json(kid),
+            b',"sig":',
+            canonical_json(sig),
+            b"}",
+        )
+    )
+    return signed, raw
 
 
 def open_excerpt(raw: bytes, pinned: VerifyKey) -> DirectoryExcerpt:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.directory.changes import JOURNAL_TAIL, ChangeLog
+from broker.directory.excerpts import Excerpts
 from broker.directory.jurisdictions import PARTNER
 from broker.policy.engine import (
     AgencyInfo,
@@ -39,18 +40,16 @@ from broker.store.registry import (
     SigningKeyRow,
     SubscriptionRow,
 )
-from schemas.canonical import canonical_json
 from schemas.directory import (
     AgencyRecord,
     DirectoryChanges,
-    DirectoryExcerpt,
     EncryptionKeyRecord,
     SignedChanges,
     SignedExcerpt,
     SigningKeyRecord,
     directory_version,
+    record_bytes,
     sign_changes,
-    sign_excerpt,
 )
 from schemas.errors import ConfigError
 from schemas.keys import SigningKey
@@ -172,6 +171,7 @@ class _View:
     version: str
     changes: ChangeLog
     engine: PolicyEngine
+    excerpts: Excerpts  # the signed excerpts of these records (dropped with the view)
 
 
 @dataclass(frozen=True)
@@ -274,10 +274,13 @@ class DirectoryService:
         bundle = self.bundle
         snapshot = DirectorySnapshot.build(jurisdictions, infos, bundle)
         records = {a.id: _record(a, signing.get(a.id, []), encryption.get(a.id, [])) for a in rows}
+        # Each record encoded once: the digest is canonical_json of the list of them, and
+        # every excerpt of this view joins the same bytes.
+        encoded = {a: record_bytes(r) for a, r in records.items()}
         digest = hashlib.sha256(
-            snapshot.version.encode()
-            + canonical_json([r.model_dump(mode="json") for r in records.values()])
+            b"".join((snapshot.version.encode(), b"[", b",".join(encoded.values()), b"]"))
         ).hexdigest()
+        version = directory_version(read.serial, digest)
         entries, complete_after = self.registry.directory_journal(
             upto=read.serial, limit=JOURNAL_TAIL
         )
@@ -289,9 +292,10 @@ class DirectoryService:
             agency_rows={a.id: a for a in rows},
             subscribers={t: sorted(a for a, ts in subs.items() if t in ts) for t in TOPICS},
             records=records,
-            version=directory_version(read.serial, digest),
+            version=version,
             changes=ChangeLog(read.serial, tuple(entries), complete_after),
             engine=PolicyEngine(bundle, snapshot),
+            excerpts=Excerpts(version, records, encoded, self.directory_key),
         )
 
     def _install(self, view: _View) -> None:
@@ -342,14 +346,23 @@ class DirectoryService:
 
     def excerpt(self, agency_ids: list[str], now: int) -> bytes:
         """The signed records of ``agency_ids`` (unknown ids are left out), encoded."""
-        return canonical_json(self.signed_excerpt(agency_ids, now).model_dump(mode="json"))
+        return self._installed_view().excerpts.sign(agency_ids, now).raw
 
     def signed_excerpt(self, agency_ids: list[str], now: int) -> SignedExcerpt:
-        """The signed records of ``agency_ids`` (unknown ids are left out)."""
-        view = self._installed_view()  # records and version of one rebuild
-        recs = tuple(view.records[a] for a in sorted(set(agency_ids)) if a in view.records)
-        ex = DirectoryExcerpt(v=1, directory_version=view.version, issued_at=now, agencies=recs)
-        return sign_excerpt(ex, self.directory_key)
+        """The signed records of ``agency_ids`` (unknown ids are left out), as of ``now``."""
+        return self._installed_view().excerpts.sign(agency_ids, now).signed
+
+    def answer_excerpt(self, agency_ids: list[str], now: int) -> SignedExcerpt:
+        """``signed_excerpt`` for an agency's question (``resolve``, ``directory``): the
+        same records, but the excerpt of the same agencies may be one signed for an
+        earlier answer in this view, at most ``EXCERPT_REUSE_S`` before ``now``
+        (``broker.directory.excerpts``); ``encoded_excerpt`` has its bytes."""
+        return self._installed_view().excerpts.answer(agency_ids, now).signed
+
+    def encoded_excerpt(self, signed: SignedExcerpt) -> bytes | None:
+        """The canonical encoding of ``signed``, an excerpt ``answer_excerpt`` gave in the
+        view still in force and still kept, else None (encode it then)."""
+        return self._installed_view().excerpts.encoded(signed)
 
     def signed_changes(self, since: str, now: int) -> SignedChanges:
         """Which agencies' records changed since version ``since``, up to this view's

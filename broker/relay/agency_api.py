@@ -84,6 +84,7 @@ from schemas.agency import (
     ErrorCode,
     ErrorReply,
     RecallReply,
+    ResolveReply,
     ResolveRequest,
     RevokeKeyReply,
     RevokeKeyRequest,
@@ -94,6 +95,8 @@ from schemas.agency import (
     WithheldRequest,
     encode_reply,
 )
+from schemas.canonical import canonical_members, join_members
+from schemas.directory import SignedExcerpt
 from schemas.envelope import parse_model
 from schemas.errors import (
     AuditStoreError,
@@ -108,7 +111,13 @@ from schemas.keylog import KeyLogRequest
 from schemas.receipt_requests import ReceiptsRequest
 from schemas.subjects import API_OPS, INGEST_STREAM, gated_subject
 
-__all__ = ["AGENCY_DEAD_LETTERS_MAX", "AgencyApi", "error_reply", "reply_bytes"]
+__all__ = [
+    "AGENCY_DEAD_LETTERS_MAX",
+    "AgencyApi",
+    "encoded_answer",
+    "error_reply",
+    "reply_bytes",
+]
 
 log = logging.getLogger("istmo.relay")
 
@@ -161,7 +170,8 @@ class AgencyApi:
             # takes the message off the queue, so asking again tells decided from unknown.
             again = self.handle(msg.subject, msg.data, now=now)
             answer = again if not _pending(again) else _UNKNOWN
-        await nc.publish(msg.reply, reply_bytes(answer, max_bytes=nc.max_payload))
+        raw = reply_bytes(answer, max_bytes=nc.max_payload, directory=self.directory)
+        await nc.publish(msg.reply, raw)
         if isinstance(answer, RotateReply | RevokeKeyReply):
             await nc.publish(CONTROL_DIRECTORY_SUBJECT, b"{}")
 
@@ -438,11 +448,18 @@ def error_reply(exc: IstmoError) -> ErrorReply:
     return ErrorReply.of(fallback, message)
 
 
-def reply_bytes(answer: AgencyReply | ErrorReply, *, max_bytes: int) -> bytes:
+def reply_bytes(
+    answer: AgencyReply | ErrorReply,
+    *,
+    max_bytes: int,
+    directory: DirectoryService | None = None,
+) -> bytes:
     """``answer`` as it goes on the wire, or ``answer_too_large`` if NATS would not carry
     it (a ``directory`` page or an old ``resolve`` whose records do not fit): say so rather
-    than leave the caller waiting for an answer that never comes."""
-    raw = encode_reply(answer)
+    than leave the caller waiting for an answer that never comes. With the ``directory``
+    that answered, the signed excerpt an answer carries is not encoded again
+    (``encoded_answer``)."""
+    raw = encode_reply(answer) if directory is None else encoded_answer(answer, directory)
     if len(raw) <= max_bytes:
         return raw
     return encode_reply(
@@ -452,3 +469,20 @@ def reply_bytes(answer: AgencyReply | ErrorReply, *, max_bytes: int) -> bytes:
             "the labels (fewer states, named agencies or a topic fewer agencies follow)",
         )
     )
+
+
+def encoded_answer(answer: AgencyReply | ErrorReply, directory: DirectoryService) -> bytes:
+    """``encode_reply(answer)``, the same bytes; for a ``directory`` or ``resolve`` answer
+    whose signed excerpt ``directory`` gave and kept the encoding of
+    (``DirectoryService.encoded_excerpt``), built from that encoding, the excerpt's
+    records not encoded again."""
+    if isinstance(answer, SignedExcerpt):
+        kept = directory.encoded_excerpt(answer)
+        if kept is not None:
+            return kept
+    elif isinstance(answer, ResolveReply):
+        kept = directory.encoded_excerpt(answer.directory)
+        if kept is not None:
+            rest = canonical_members(answer.model_dump(mode="json", exclude={"directory"}))
+            return join_members({**rest, "directory": kept})
+    return encode_reply(answer)

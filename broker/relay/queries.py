@@ -86,7 +86,9 @@ class AgencyQueries:
         self, caller: str, req: ResolveRequest, now: int, answered: Answered | None = None
     ) -> ResolveReply:
         """Who may receive this, with their keys in a signed excerpt (the answer of SDKs
-        before ADR 14, and of the HTTP API).
+        before ADR 14, and of the HTTP API): one signed for an earlier answer listing the
+        same agencies in this directory view, if at most ``EXCERPT_REUSE_S`` old
+        (``broker.directory.excerpts``).
 
         Raises:
             EnvelopeError: a label names an unknown jurisdiction or agency.
@@ -98,7 +100,7 @@ class AgencyQueries:
         return ResolveReply(
             recipients=tuple(permitted),
             policy_version=policy_version,
-            directory=self.directory.signed_excerpt(permitted, now),
+            directory=self.directory.answer_excerpt(permitted, now),
         )
 
     def _bounded(
@@ -187,8 +189,9 @@ class AgencyQueries:
         )
 
     def directory_excerpt(self, agencies: list[str], now: int) -> SignedExcerpt:
-        """The signed records of ``agencies`` (unknown ids are left out)."""
-        return self.directory.signed_excerpt(agencies, now)
+        """The signed records of ``agencies`` (unknown ids are left out); as ``resolve``,
+        an excerpt kept from an earlier answer for the same agencies may be given again."""
+        return self.directory.answer_excerpt(agencies, now)
 
     def changes(self, since: str, now: int) -> SignedChanges:
         """Which agencies' records changed since version ``since``, signed (ADR 14)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import resolve_scale
 from bench.policy_scale import engine_figures
 from bench.report import evaluate_targets, hand_sections, render, write_report
 from bench.stats import latency_summary, pct
@@ -363,3 +364,14 @@ def test_the_receipts_target_needs_the_rate_and_every_receipt_recorded() -> None
     text = s_receipts(_receipts(5200.0))
     assert "| 1 | 20,000 | 5,200 | 3.846 | 4,100 | 4.9 | yes | 0 |" in text
     assert "20 recipients" in text
+
+
+def test_resolve_scale_times_each_part_of_a_wide_resolve(tmp_path: Path) -> None:
+    """``bench/resolve_scale.py`` on a small directory: every part timed, and the wide
+    labels reach most of it."""
+    row = resolve_scale.figures(120, tmp_path, 2)
+    assert row["agencies"] == 120
+    assert 0 < row["permitted_wide"] < 120  # type: ignore[operator]
+    timed = [k for k in row if k.endswith("_ms")]
+    assert len(timed) == 7
+    assert all(set(row[k]) == {"p50", "p99", "calls"} for k in timed)  # type: ignore[arg-type]

@@ -33,6 +33,7 @@ from schemas.agency import (
     encode_request,
 )
 from schemas.canonical import b64e, canonical_json
+from schemas.directory import verify_excerpt
 from schemas.envelope import parse_model
 from schemas.errors import SignatureError
 from schemas.keys import SigningKey
@@ -118,6 +119,10 @@ async def test_the_answer_names_ids_and_the_keys_come_from_the_records(
         with_keys = parse_model(ResolveReply, old, max_bytes=1 << 22, what="old answer")
         assert set(with_keys.recipients) == set(answer.recipients)
         assert len(old) > 1000 * n > 20 * len(raw)
+        # The relay sends the bytes of the excerpt it keeps: those of the answer, signed.
+        assert old == canonical_json(with_keys.model_dump(mode="json"))
+        assert stack.directory is not None
+        verify_excerpt(with_keys.directory, stack.directory.directory_key.verify_key)
 
         # 2. Publishing fetches the records a page at a time, then seals for each.
         gt._records.page = 4
