@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.canonical import b64e
-from schemas.directory import AgencyRecord, SigningKeyRecord
+from schemas.directory import AgencyRecord, EncryptionKeyRecord, SigningKeyRecord
 from schemas.envelope import Content, Envelope
 from schemas.ids import AgencyId, parse_agency_id
 from schemas.keys import KEMS, EncryptionKey, EncryptionPublicKey, KemName, SigningKey, VerifyKey
@@ -126,3 +126,26 @@ def agency_record(
             for k, revoked in keys
         ),
     )
+
+
+def record_of(ag: Agency, kem: KemName = "MLKEM768-X25519", **overrides: Any) -> AgencyRecord:
+    """The directory record of ``ag``: an active SICA police agency of Panama with its
+    signing key and its ``kem`` encryption key, registered a day before ``NOW``;
+    ``overrides`` replace any field."""
+    vk, pub = ag.verify_key, ag.pub(kem)
+    fields: dict[str, Any] = {
+        "id": ag.id,
+        "name": "Policía Nacional",
+        "state": "PA",
+        "communities": ("SICA",),
+        "sector": "police",
+        "status": "active",
+        "signing_keys": (
+            SigningKeyRecord(kid=vk.kid, public=b64e(vk.public), created_at=NOW - 86400),
+        ),
+        "encryption_key": EncryptionKeyRecord(
+            kid=pub.kid, kem=kem, public=b64e(pub.public), created_at=NOW - 86400
+        ),
+    }
+    fields.update(overrides)
+    return AgencyRecord(**fields)

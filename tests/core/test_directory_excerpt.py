@@ -11,7 +11,6 @@ import pytest
 
 from schemas.canonical import b64e, canonical_json
 from schemas.directory import (
-    AgencyRecord,
     DirectoryExcerpt,
     EncryptionKeyRecord,
     SigningKeyRecord,
@@ -19,35 +18,24 @@ from schemas.directory import (
     sign_excerpt,
 )
 from schemas.errors import EnvelopeError, SignatureError
-from schemas.keys import KemName, SigningKey
-from tests.core.envelope_kit import DIRECTORY_KEY, NOW, R1, A, Agency, M, as_json, drop, put
-
-
-def _record(ag: Agency, kem: KemName = "MLKEM768-X25519", **overrides: Any) -> AgencyRecord:
-    vk, pub = ag.verify_key, ag.pub(kem)
-    fields: dict[str, Any] = {
-        "id": ag.id,
-        "name": "Policía Nacional",
-        "state": "PA",
-        "communities": ("SICA",),
-        "sector": "police",
-        "status": "active",
-        "signing_keys": (
-            SigningKeyRecord(kid=vk.kid, public=b64e(vk.public), created_at=NOW - 86400),
-        ),
-        "encryption_key": EncryptionKeyRecord(
-            kid=pub.kid, kem=kem, public=b64e(pub.public), created_at=NOW - 86400
-        ),
-    }
-    fields.update(overrides)
-    return AgencyRecord(**fields)
-
+from schemas.keys import SigningKey
+from tests.core.envelope_kit import (
+    DIRECTORY_KEY,
+    NOW,
+    R1,
+    A,
+    M,
+    as_json,
+    drop,
+    put,
+    record_of,
+)
 
 EXCERPT = DirectoryExcerpt(
     v=1,
     directory_version="00112233445566778899aabbccddeeff",
     issued_at=NOW,
-    agencies=(_record(A), _record(R1, "X25519")),
+    agencies=(record_of(A), record_of(R1, "X25519")),
 )
 
 

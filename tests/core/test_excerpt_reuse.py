@@ -6,56 +6,32 @@ the same agencies, signed at most ``EXCERPT_REUSE_S`` earlier, never later."""
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import pytest
 
 from broker.directory.excerpts import _KEPT, EXCERPT_REUSE_S, Excerpts
 from schemas.canonical import b64e, canonical_json
 from schemas.directory import (
-    AgencyRecord,
     DirectoryExcerpt,
-    EncryptionKeyRecord,
     SigningKeyRecord,
     open_excerpt,
     record_bytes,
     sign_excerpt,
     sign_excerpt_of,
 )
-from schemas.keys import KemName
-from tests.core.envelope_kit import DIRECTORY_KEY, NOW, R1, R2, R3, A, Agency, C
+from tests.core.envelope_kit import DIRECTORY_KEY, NOW, R1, R2, R3, A, C, record_of
 
 VERSION = "0000000000000007" + "ab" * 16
-
-
-def _record(ag: Agency, kem: KemName = "MLKEM768-X25519", **overrides: Any) -> AgencyRecord:
-    vk, pub = ag.verify_key, ag.pub(kem)
-    fields: dict[str, Any] = {
-        "id": ag.id,
-        "name": "Policía Nacional",
-        "state": "PA",
-        "communities": ("SICA",),
-        "sector": "police",
-        "status": "active",
-        "signing_keys": (
-            SigningKeyRecord(kid=vk.kid, public=b64e(vk.public), created_at=NOW - 86400),
-        ),
-        "encryption_key": EncryptionKeyRecord(
-            kid=pub.kid, kem=kem, public=b64e(pub.public), created_at=NOW - 86400
-        ),
-    }
-    fields.update(overrides)
-    return AgencyRecord(**fields)
 
 
 RECORDS = {
     r.id: r
     for r in (
-        _record(A),
-        _record(R1, "X25519"),
-        _record(R2, name='Ejército "GT" \\ 🚤', state=None, communities=()),
-        _record(R3, status="suspended", encryption_key=None),
-        _record(
+        record_of(A),
+        record_of(R1, "X25519"),
+        record_of(R2, name='Ejército "GT" \\ 🚤', state=None, communities=()),
+        record_of(R3, status="suspended", encryption_key=None),
+        record_of(
             C,
             signing_keys=(
                 SigningKeyRecord(
