@@ -336,10 +336,11 @@ def s_relay(r: R) -> str:
 
 def s_latency(r: R) -> str:
     head = ["system", "offered /s", "achieved /s", "sent", "received", "p50 ms", "p90 ms"]
-    head += ["p99 ms", "max ms"]
+    head += ["p99 ms", "max ms", "p50 first / last third ms"]
     rows = []
     for system, key in (("Istmo", "istmo"), ("bare JetStream", "bare_jetstream")):
         for x in r[key]:
+            thirds = (x.get("p50_first_third_ms"), x.get("p50_last_third_ms"))
             rows.append(
                 [
                     system,
@@ -351,6 +352,7 @@ def s_latency(r: R) -> str:
                     x.get("p90_ms"),
                     x.get("p99_ms"),
                     x.get("max_ms"),
+                    " / ".join(str(v) for v in thirds) if None not in thirds else "",
                 ]
             )
 
@@ -374,7 +376,9 @@ def s_latency(r: R) -> str:
         windows = f"{per_load} s per load"
     note = (
         f"{windows}, open-loop pacing, {r['relay_processes']} relay "
-        f"process, {r['recipients']} recipients per bulletin."
+        f"process, {r['recipients']} recipients per bulletin. The last column is the p50 "
+        "of the first and of the last third of the bulletins sent: far apart, the level did "
+        "not settle (a queue was building) and a longer window would show more."
     )
     return f"{_table(head, rows)}\n\n{note}\n\n{img or ''}"
 

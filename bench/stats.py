@@ -23,3 +23,16 @@ def latency_summary(seconds: list[float]) -> dict[str, float | int]:
         "p99_ms": round(pct(ms, 99), 2),
         "max_ms": round(max(ms), 2),
     }
+
+
+def drift(seconds: list[float]) -> dict[str, float]:
+    """The p50 of the first and of the last third of ``seconds`` (latencies in the order
+    they were sent), in milliseconds: a level that settled shows two close figures, a
+    queue that builds up a last third far above the first. Empty under 30 samples."""
+    third = len(seconds) // 3
+    if third < 10:
+        return {}
+    return {
+        "p50_first_third_ms": round(pct(seconds[:third], 50) * 1e3, 2),
+        "p50_last_third_ms": round(pct(seconds[-third:], 50) * 1e3, 2),
+    }

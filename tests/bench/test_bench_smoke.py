@@ -12,7 +12,7 @@ import pytest
 from bench import resolve_scale
 from bench.policy_scale import engine_figures
 from bench.report import evaluate_targets, hand_sections, render, write_report
-from bench.stats import latency_summary, pct
+from bench.stats import drift, latency_summary, pct
 from bench.synthetic_directory import synthetic_directory, write_policy_dir
 from broker.directory.service import load_demo_directory
 from broker.policy.engine import PolicyBundle
@@ -375,3 +375,18 @@ def test_resolve_scale_times_each_part_of_a_wide_resolve(tmp_path: Path) -> None
     timed = [k for k in row if k.endswith("_ms")]
     assert len(timed) == 7
     assert all(set(row[k]) == {"p50", "p99", "calls"} for k in timed)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "want"),
+    [
+        ([0.01] * 29, {}),  # too few to split in thirds
+        ([0.01] * 30, {"p50_first_third_ms": 10.0, "p50_last_third_ms": 10.0}),
+        (
+            [0.01] * 10 + [0.05] * 10 + [0.2] * 10,
+            {"p50_first_third_ms": 10.0, "p50_last_third_ms": 200.0},
+        ),
+    ],
+)
+def test_drift_compares_the_first_and_last_thirds(seconds: list[float], want: dict) -> None:
+    assert drift(seconds) == want
