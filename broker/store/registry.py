@@ -467,10 +467,13 @@ class Registry:
             return s.get(AgencyRow, agency_id)
 
     def subscriptions(self) -> dict[str, set[str]]:
+        """Each agency's topics. Two columns, not ORM objects: a directory refresh reads
+        every row (about 45,000 at 10,000 agencies), and building an instance of each was
+        a quarter of the refresh."""
         out: dict[str, set[str]] = {}
         with self.session() as s:
-            for row in s.exec(select(SubscriptionRow)):
-                out.setdefault(row.agency, set()).add(row.topic)
+            for agency, topic in s.exec(select(SubscriptionRow.agency, SubscriptionRow.topic)):
+                out.setdefault(agency, set()).add(topic)
         return out
 
     def signing_key(self, kid: str) -> SigningKeyRow | None:
