@@ -34,10 +34,10 @@ from broker.policy.engine import (
 )
 from broker.store.registry import (
     AgencyRow,
-    EncryptionKeyRow,
+    EncryptionKeyValues,
     JurisdictionRow,
     Registry,
-    SigningKeyRow,
+    SigningKeyValues,
     SubscriptionRow,
 )
 from schemas.directory import (
@@ -132,7 +132,9 @@ def _split(value: str) -> tuple[str, ...]:
 
 
 def _record(
-    a: AgencyRow, signing_rows: list[SigningKeyRow], encryption_rows: list[EncryptionKeyRow]
+    a: AgencyRow,
+    signing_rows: list[SigningKeyValues],
+    encryption_rows: list[EncryptionKeyValues],
 ) -> AgencyRecord:
     signing = [
         SigningKeyRecord(
@@ -182,8 +184,8 @@ class _Rows:
     subscriptions: dict[str, set[str]]
     jurisdictions: list[JurisdictionRow]
     agencies: list[AgencyRow]
-    signing: dict[str, list[SigningKeyRow]]
-    encryption: dict[str, list[EncryptionKeyRow]]
+    signing: dict[str, list[SigningKeyValues]]
+    encryption: dict[str, list[EncryptionKeyValues]]
 
 
 class DirectoryService:

@@ -23,9 +23,10 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, Integer, event, text
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -70,6 +71,7 @@ __all__ = [
     "DecisionRecordRow",
     "DecisionRow",
     "EncryptionKeyRow",
+    "EncryptionKeyValues",
     "ForwardRequestRow",
     "GroupEpochRow",
     "GroupRow",
@@ -85,6 +87,7 @@ __all__ = [
     "RfiAddresseeRow",
     "RfiRow",
     "SigningKeyRow",
+    "SigningKeyValues",
     "StoredDecision",
     "SubscriptionRow",
     "WithdrawalRow",
@@ -136,6 +139,25 @@ class EncryptionKeyRow(SQLModel, table=True):
     public: str = Field(max_length=2048)
     created_at: int = Field(sa_type=BIGINT)
     current: bool = True
+
+
+class SigningKeyValues(NamedTuple):
+    """A ``SigningKeyRow``'s values, without its ORM object (``keys_by_agency``)."""
+
+    kid: str
+    public: str
+    created_at: int
+    revoked_at: int | None
+
+
+class EncryptionKeyValues(NamedTuple):
+    """An ``EncryptionKeyRow``'s values, without its ORM object (``keys_by_agency``)."""
+
+    kid: str
+    kem: str
+    public: str
+    created_at: int
+    current: bool
 
 
 class NatsUserRow(SQLModel, table=True):
@@ -492,16 +514,24 @@ class Registry:
 
     def keys_by_agency(
         self,
-    ) -> tuple[dict[str, list[SigningKeyRow]], dict[str, list[EncryptionKeyRow]]]:
+    ) -> tuple[dict[str, list[SigningKeyValues]], dict[str, list[EncryptionKeyValues]]]:
         """Every agency's signing and encryption keys, in two queries (a directory refresh
-        asked twice per agency: 4 of its 5 s at 3,500 agencies)."""
-        signing: dict[str, list[SigningKeyRow]] = {}
-        encryption: dict[str, list[EncryptionKeyRow]] = {}
+        asked twice per agency: 4 of its 5 s at 3,500 agencies), as plain values: an ORM
+        object a key cost 0.3-0.5 s of a refresh at 10,000 agencies."""
+        signing: dict[str, list[SigningKeyValues]] = {}
+        encryption: dict[str, list[EncryptionKeyValues]] = {}
+        sk = SigningKeyRow.__table__.c  # type: ignore[attr-defined]
+        ek = EncryptionKeyRow.__table__.c  # type: ignore[attr-defined]
         with self.session() as s:
-            for k in s.exec(select(SigningKeyRow)):
-                signing.setdefault(k.agency, []).append(k)
-            for e in s.exec(select(EncryptionKeyRow)):
-                encryption.setdefault(e.agency, []).append(e)
+            conn = s.connection()
+            for agency, *values in conn.execute(
+                sa_select(sk.agency, sk.kid, sk.public, sk.created_at, sk.revoked_at)
+            ):
+                signing.setdefault(agency, []).append(SigningKeyValues(*values))
+            for agency, *values in conn.execute(
+                sa_select(ek.agency, ek.kid, ek.kem, ek.public, ek.created_at, ek.current)
+            ):
+                encryption.setdefault(agency, []).append(EncryptionKeyValues(*values))
         return signing, encryption
 
     def nats_users(self) -> list[NatsUserRow]:
