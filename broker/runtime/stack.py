@@ -118,7 +118,12 @@ async def close_quietly(nc: NATS, timeout: float = 5.0) -> None:
         await asyncio.wait_for(nc.flush(), timeout)
     except (nats.errors.Error, TimeoutError, OSError):
         pass  # closing anyway; unacked work comes back to the next relay
-    await nc.close()
+    try:
+        await nc.close()
+    except OSError as exc:
+        # nats-server went away first (it died, or was stopped): nats-py's close still
+        # flushes the lost socket and raises. Stopping must not fail for that.
+        log.warning("NATS was already gone when the stack closed its connection (%s)", exc)
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
