@@ -29,11 +29,10 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from bench.harness import WIDE_LABELS
-from bench.stats import pct
+from bench.stats import call_ms
 from bench.synthetic_directory import write_policy_dir
 from broker.directory.service import load_demo_directory
 from broker.policy.engine import (
@@ -75,15 +74,6 @@ def _directory(policy_dir: Path) -> tuple[list[JurisdictionInfo], list[AgencyInf
     return jurisdictions, agencies
 
 
-def _ms(fn: Callable[[], object], calls: int) -> dict[str, float]:
-    spent = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn()
-        spent.append((time.perf_counter() - t) * 1e3)
-    return {"p50": round(pct(spent, 50), 3), "p99": round(pct(spent, 99), 3), "calls": calls}
-
-
 def engine_figures(
     agencies: int, *, seed: int = 8, calls: int = 200, tmp: Path | None = None
 ) -> dict[str, object]:
@@ -96,7 +86,7 @@ def engine_figures(
     def load() -> PolicyEngine:
         return PolicyEngine(bundle, DirectorySnapshot.build(jurisdictions, infos, bundle))
 
-    load_ms = _ms(load, 3)
+    load_ms = call_ms(load, 3)
     engine = load()
     # What DirectoryService keeps: each topic's subscribers, sorted, built at refresh.
     subscribers: dict[str, list[str]] = {}
@@ -135,10 +125,12 @@ def engine_figures(
         "permitted_narrow": len(resolve(NARROW_LABELS)),
         "permitted_wide": len(resolve(WIDE_LABELS)),
         "load_ms": load_ms,
-        "decision_ms": _ms(lambda: engine.decide_receive(narrow, one, now + next(tick)), calls),
-        "publish_decision_ms": _ms(lambda: engine.decide_publish(wide, now + next(tick)), calls),
-        "resolve_ms": _ms(lambda: resolve(NARROW_LABELS), max(10, calls // 4)),
-        "resolve_wide_ms": _ms(lambda: resolve(WIDE_LABELS), max(3, calls // 40)),
+        "decision_ms": call_ms(lambda: engine.decide_receive(narrow, one, now + next(tick)), calls),
+        "publish_decision_ms": call_ms(
+            lambda: engine.decide_publish(wide, now + next(tick)), calls
+        ),
+        "resolve_ms": call_ms(lambda: resolve(NARROW_LABELS), max(10, calls // 4)),
+        "resolve_wide_ms": call_ms(lambda: resolve(WIDE_LABELS), max(3, calls // 40)),
     }
 
 

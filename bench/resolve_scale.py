@@ -36,7 +36,6 @@ import argparse
 import functools
 import itertools
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import WIDE_LABELS
-from bench.stats import pct
+from bench.stats import call_ms
 from bench.synthetic_directory import write_policy_dir
 from broker.config import Settings
 from broker.relay import agency_api
@@ -65,17 +64,8 @@ _PAST_REUSE_S = 61  # seconds between calls that must sign afresh (EXCERPT_REUSE
 NARROW_LABELS = WIDE_LABELS.model_copy(update={"rel_to": ("S0001", "S0002")})
 
 
-def _cpu_ms(fn: Callable[[], object], calls: int) -> dict[str, float]:
-    spent = []
-    for _ in range(calls):
-        t = time.process_time()
-        fn()
-        spent.append((time.process_time() - t) * 1e3)
-    return {
-        "p50": round(statistics.median(spent), 2),
-        "p99": round(pct(spent, 99), 2),
-        "calls": calls,
-    }
+# Each part in process CPU time: the machine may be shared.
+cpu_ms = functools.partial(call_ms, clock=time.process_time)
 
 
 def open_stack(agencies: int, keep: Path) -> Stack:
@@ -138,22 +128,22 @@ def figures(agencies: int, keep: Path, calls: int) -> dict[str, object]:
         return once
 
     signed = answer_excerpt(permitted, now)  # kept, where a broker keeps them
-    encoded = _cpu_ms(reply, calls)
+    encoded = cpu_ms(reply, calls)
     first = handled("resolve", narrow, 1)()
     assert b'"recipients"' in first, first[:200]
     out: dict[str, object] = {
         "agencies": len(d.records),
         "permitted_wide": len(permitted),
         "resolve_reply_bytes": len(resolve(_PAST_REUSE_S)()),
-        "policy_ms": _cpu_ms(lambda: q.permitted(SENDER, req, now + next(tick)), calls),
-        "excerpt_signed_afresh_ms": _cpu_ms(
+        "policy_ms": cpu_ms(lambda: q.permitted(SENDER, req, now + next(tick)), calls),
+        "excerpt_signed_afresh_ms": cpu_ms(
             lambda: d.signed_excerpt(permitted, now + next(tick)), calls
         ),
         "reply_encoded_ms": encoded,
-        "resolve_signed_afresh_ms": _cpu_ms(resolve(_PAST_REUSE_S), calls),
-        "resolve_again_ms": _cpu_ms(resolve(1), calls),
-        "directory_page_100_ms": _cpu_ms(handled("directory", page, _PAST_REUSE_S), calls * 5),
-        "narrow_resolve_ms": _cpu_ms(handled("resolve", narrow, _PAST_REUSE_S), calls * 5),
+        "resolve_signed_afresh_ms": cpu_ms(resolve(_PAST_REUSE_S), calls),
+        "resolve_again_ms": cpu_ms(resolve(1), calls),
+        "directory_page_100_ms": cpu_ms(handled("directory", page, _PAST_REUSE_S), calls * 5),
+        "narrow_resolve_ms": cpu_ms(handled("resolve", narrow, _PAST_REUSE_S), calls * 5),
     }
     stack.registry.close()
     return out

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["latency_summary", "pct"]
+import time
+from collections.abc import Callable
+
+__all__ = ["call_ms", "drift", "latency_summary", "pct"]
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -36,3 +39,16 @@ def drift(seconds: list[float]) -> dict[str, float]:
         "p50_first_third_ms": round(pct(seconds[:third], 50) * 1e3, 2),
         "p50_last_third_ms": round(pct(seconds[-third:], 50) * 1e3, 2),
     }
+
+
+def call_ms(
+    fn: Callable[[], object], calls: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
+    """Call ``fn`` ``calls`` times: p50 and p99 of each call in milliseconds by ``clock``
+    (``time.process_time`` for CPU time on a shared machine), and the count."""
+    spent = []
+    for _ in range(calls):
+        t = clock()
+        fn()
+        spent.append((clock() - t) * 1e3)
+    return {"p50": round(pct(spent, 50), 3), "p99": round(pct(spent, 99), 3), "calls": calls}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,19 @@ from tests.stackproc import free_port
 from tests.waiting import eventually
 
 RelayTask = tuple[asyncio.Event, "asyncio.Task[None]"]
+
+
+@contextlib.contextmanager
+def prepared_stack(data_dir: Path, **settings_: Any) -> Iterator[Stack]:
+    """The stack on ``data_dir`` prepared (registry, directory, keys) but not started, for
+    what the relay computes in process; ``settings_`` are more ``Settings`` fields."""
+    stack = Stack(Settings(data_dir=data_dir, **settings_), out=lambda _line: None)
+    stack.prepare()
+    try:
+        yield stack
+    finally:
+        assert stack.registry is not None
+        stack.registry.close()
 
 
 @contextlib.asynccontextmanager

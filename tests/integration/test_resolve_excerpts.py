@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.config import Settings
 from broker.directory.excerpts import EXCERPT_REUSE_S
 from broker.directory.lifecycle import set_agency_status
 from broker.relay.agency_api import AgencyApi, reply_bytes
@@ -32,8 +31,10 @@ from schemas.canonical import canonical_json
 from schemas.directory import AgencyRecord, SignedExcerpt, directory_version, open_excerpt
 from schemas.labels import Classification, Labels, Tlp
 from schemas.subjects import api_subject
+from tests.integration.stack_inproc import prepared_stack
 
 GT, HN = "gt-police", "hn-police"
+
 TO_SICA = Labels(
     topic="drug-trafficking",
     classification=Classification.RESTRICTED,
@@ -46,14 +47,8 @@ BIG = 64 * 1024 * 1024  # no answer here is too large
 
 @pytest.fixture
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("excerpts")
-    stack = Stack(Settings(data_dir=root / "istmo"), out=lambda _l: None)
-    stack.prepare()
-    try:
+    with prepared_stack(tmp_path_factory.mktemp("excerpts") / "istmo") as stack:
         yield stack
-    finally:
-        assert stack.registry is not None
-        stack.registry.close()
 
 
 def _api(stack: Stack) -> AgencyApi:

@@ -15,7 +15,6 @@ import pytest
 
 from bench.harness import WIDE_LABELS
 from bench.synthetic_directory import write_policy_dir
-from broker.config import Settings
 from broker.policy.engine import BulletinFacts, PolicyEngine
 from broker.relay.agency_api import AgencyApi
 from broker.runtime.stack import Stack
@@ -28,6 +27,7 @@ from schemas.agency import (
 )
 from schemas.envelope import MAX_RECIPIENTS, MAX_WRAPS
 from schemas.subjects import api_subject
+from tests.integration.stack_inproc import prepared_stack
 
 SENDER = "s0001-police"
 
@@ -36,13 +36,8 @@ SENDER = "s0001-police"
 def wide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("wide")
     policies = write_policy_dir(root / "policies", 800)
-    stack = Stack(Settings(data_dir=root / "istmo", policy_dir=policies), out=lambda _l: None)
-    stack.prepare()
-    try:
+    with prepared_stack(root / "istmo", policy_dir=policies) as stack:
         yield stack
-    finally:
-        assert stack.registry is not None
-        stack.registry.close()
 
 
 def test_too_many_recipients_is_refused_with_the_limit_named(wide: Stack) -> None:
