@@ -342,9 +342,10 @@ class DirectoryService:
         )
 
     def candidates(self, topic: str, named: tuple[str, ...]) -> list[str]:
-        """Agencies that follow ``topic``, plus those named, that exist."""
-        found = set(self.subscribers.get(topic, [])) | {n for n in named if n in self.records}
-        return sorted(found)
+        """Agencies that follow ``topic``, plus those named, that exist, sorted."""
+        followers = self.subscribers.get(topic, [])  # sorted at refresh
+        extra = {n for n in named if n in self.records} - set(followers) if named else ()
+        return sorted({*followers, *extra}) if extra else list(followers)
 
     def excerpt(self, agency_ids: list[str], now: int) -> bytes:
         """The signed records of ``agency_ids`` (unknown ids are left out), encoded."""

@@ -115,6 +115,47 @@ def shape_of(entity: Mapping[str, object], read: frozenset[str]) -> Shape:
 
 
 _UNSEEN = object()
+_PARTITIONS = 64  # candidate lists whose classes over the base are kept, per engine
+
+
+@dataclass(frozen=True, eq=False)
+class _Partition:
+    """One candidate list's classes when only the base entities are fixed, and what a
+    bulletin's own fixed entities would change (``Shapes.partition``).
+
+    ``touch`` gives, for an entity, the candidates that have it as a neighbour or as a
+    neighbour's neighbour; ``position`` each candidate's place in the list; ``class_of``
+    its class, by index into ``classes``.
+    """
+
+    base: frozenset[Uid]
+    classes: tuple[tuple[str, ...], ...]
+    class_of: dict[str, int]
+    position: dict[str, int]
+    touch: dict[Uid, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, shapes: Shapes, candidates: tuple[str, ...], base: Collection[Uid]) -> _Partition:
+        firsts: dict[str, list[str]] = {}
+        for agency, first in shapes.representatives(candidates, base).items():
+            firsts.setdefault(first, []).append(agency)
+        classes = tuple(tuple(m) for m in firsts.values())
+        class_of = {a: i for i, members in enumerate(classes) for a in members}
+        touch: dict[Uid, set[str]] = {}
+        for agency in class_of:
+            shape = shapes._candidates.get(agency)
+            for n in shape[1] if shape is not None else ():
+                touch.setdefault(n, set()).add(agency)
+                far = shapes._shape(n)
+                for m in far[1] if far is not None else ():
+                    touch.setdefault(m, set()).add(agency)
+        return cls(
+            frozenset(base),
+            classes,
+            class_of,
+            {a: i for i, a in enumerate(candidates)},
+            {uid: tuple(found) for uid, found in touch.items()},
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,6 +174,7 @@ class Shapes:
     _shapes: dict[Uid, Shape | None] = field(default_factory=dict, repr=False)
     _candidates: dict[str, Shape | None] = field(default_factory=dict, repr=False)
     _texts: dict[str, str] = field(default_factory=dict, repr=False)
+    _partitions: dict[tuple[str, ...], _Partition] = field(default_factory=dict, repr=False)
 
     def _shape(self, uid: Uid) -> Shape | None:
         """``uid``'s shape; None if it is absent, opaque or refers to itself (then it is
@@ -191,6 +233,50 @@ class Shapes:
                 out[agency] = first.setdefault(tuple(key), agency)
                 continue
             out[agency] = agency
+        return out
+
+    def partition(
+        self, candidates: tuple[str, ...], fixed: Collection[Uid], base: Collection[Uid]
+    ) -> list[tuple[str, ...]]:
+        """``candidates`` in classes, each in candidate order, its first member first: the
+        classes of ``representatives(candidates, fixed)``, except that a class may be cut
+        in two (which only costs a Cedar request more).
+
+        ``base`` must be the part of every ``fixed`` that no bulletin changes (what the
+        policies name, and what that reaches). The classes over ``base`` are kept per
+        candidate list; for one bulletin only the candidates its own fixed entities touch
+        are classed again: those that are fixed, and those one of whose neighbours, or a
+        neighbour's neighbour, is (the only ones whose class key can differ). So a bulletin
+        costs about its touched candidates and the number of classes, not one step per
+        candidate.
+        """
+        kept = self._partitions.get(candidates)
+        if kept is None:
+            kept = _Partition.of(self, candidates, base)
+            if len(self._partitions) >= _PARTITIONS:
+                self._partitions.clear()
+            self._partitions[candidates] = kept
+        touched: set[str] = set()
+        for uid in fixed:
+            if uid in kept.base:
+                continue
+            if uid[0] == self._kind and uid[1] in kept.position:
+                touched.add(uid[1])
+            touched.update(kept.touch.get(uid, ()))
+        if not touched:
+            return list(kept.classes)
+        out = []
+        cut = {kept.class_of[a] for a in touched}
+        for i, members in enumerate(kept.classes):
+            if i in cut:
+                members = tuple(m for m in members if m not in touched)
+            if members:
+                out.append(members)
+        again = sorted(touched, key=kept.position.__getitem__)
+        firsts: dict[str, list[str]] = {}
+        for agency, first in self.representatives(again, fixed).items():
+            firsts.setdefault(first, []).append(agency)
+        out += (tuple(m) for m in firsts.values())
         return out
 
     def _interned(self, shape: Shape | None) -> Shape | None:

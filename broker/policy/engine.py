@@ -36,6 +36,7 @@ from broker.policy.model import (
     Action,
     AgencyInfo,
     BulletinFacts,
+    DecidedAlike,
     Decision,
     JurisdictionInfo,
     ReplyFacts,
@@ -81,13 +82,10 @@ def _referenced_agency(context: _Json) -> str:
     return str(uid["id"])
 
 
-def _for(decision: Decision, agency: str) -> Decision:
-    """``decision`` (a clean one, of another candidate of the same class) as ``agency``'s."""
-    if decision.agency == agency:
-        return decision
-    d = decision  # the constructor, not dataclasses.replace: 4x faster, for thousands
-    return Decision(agency, d.action, d.allowed, d.policy_ids, d.reasons, d.policy_version,
-                    d.directory_version, d.errors)  # fmt: skip
+def _each(classes: Sequence[DecidedAlike], agencies: Sequence[str]) -> list[Decision]:
+    """One decision per agency of ``agencies``, in order, from the classes they are in."""
+    own = {d.agency: d for c in classes for d in c.each()}
+    return [own[a] for a in agencies]
 
 
 def _cacheable(facts: BulletinFacts, now: int) -> bool:
@@ -129,6 +127,8 @@ class PolicyEngine:
         self._pinned = tuple(directory._index.reach(bundle._literals))
         self._memo: dict[_MemoKey, tuple[Decision, ...]] = {}
         self._allowed_memo: dict[_MemoKey, tuple[str, ...]] = {}  # permitted_receivers'
+        self._class_memo: dict[_MemoKey, tuple[DecidedAlike, ...]] = {}  # receive_classes'
+        self._base = frozenset(self._pinned)  # in every request's fixed entities
         # Candidates the policies cannot tell apart share one Cedar request (ADR 0035).
         self._shapes = Shapes(directory._index.entity, bundle._read, AGENCY) if classes else None
 
@@ -151,6 +151,20 @@ class PolicyEngine:
     ) -> list[Decision]:
         """One decision per candidate, in order, from one Cedar batch. Never raises."""
         return list(self._cached(facts, "receive", tuple(candidates), now))
+
+    def receive_classes(
+        self, facts: BulletinFacts, candidates: Sequence[str], now: int
+    ) -> tuple[DecidedAlike, ...]:
+        """``decide_receive``'s decisions as the engine made them: the candidates in
+        classes decided alike, each candidate in one class (duplicates once). Building no
+        decision per candidate, a caller that records by outcome (the relay) pays per
+        class. Equal calls in the same second give the same tuple. Never raises."""
+        agencies = tuple(candidates)
+
+        def decide() -> tuple[DecidedAlike, ...]:
+            return self._decide_classes(facts, "receive", agencies, now)[0]
+
+        return self._memoised(self._class_memo, facts, "receive", agencies, now, decide)
 
     def decide_forward(
         self, facts: BulletinFacts, forwarder: str, recipient: str, now: int, *, consent: bool
@@ -186,31 +200,19 @@ class PolicyEngine:
         asked = tuple(kept)
 
         def allowed() -> tuple[str, ...]:
-            return self._allowed(facts, asked, now)
+            classes = self._decide_classes(facts, "receive", asked, now)[0]
+            found = set().union(*(c.agencies for c in classes if c.decision.allowed))
+            return tuple(filter(found.__contains__, asked))
 
         found = self._memoised(self._allowed_memo, facts, "receive", asked, now, allowed)
         return list(found)
-
-    def _allowed(
-        self, facts: BulletinFacts, agencies: tuple[str, ...], now: int
-    ) -> tuple[str, ...]:
-        """The agencies ``decide_receive`` allows, in order, without building each one's
-        decision (a class shares the decision of its first candidate)."""
-        directory = self._directory._agencies
-        known = [a for a in agencies if a in directory]
-        policies = (self._bundle._policies,)
-        try:
-            asked, batches, first = self._by_class(facts, "receive", known, now, policies, None)
-        except _Refused:
-            return ()
-        results = zip(asked, batches[0], strict=True)
-        allowed = {a for a, r in results if self._convert(a, "receive", r).allowed}
-        return tuple(a for a in agencies if first.get(a) in allowed)
 
     def _cached(
         self, facts: BulletinFacts, action: Action, agencies: tuple[str, ...], now: int
     ) -> tuple[Decision, ...]:
         def decide() -> tuple[Decision, ...]:
+            if action == "receive":
+                return tuple(_each(self.receive_classes(facts, agencies, now), agencies))
             return tuple(self._decide(facts, action, agencies, now)[0])
 
         return self._memoised(self._memo, facts, action, agencies, now, decide)
@@ -273,41 +275,57 @@ class PolicyEngine:
     ) -> list[list[Decision]]:
         """Decisions under the bundle's policies, then under each of ``also``, over the
         same entities (``context``: a forward's, with its recipient and consent)."""
-        known = [a for a in agencies if self._directory.agency(a) is not None]
+        found = self._decide_classes(facts, action, agencies, now, *also, context=context)
+        return [_each(classes, agencies) for classes in found]
+
+    def _decide_classes(
+        self,
+        facts: BulletinFacts,
+        action: Action,
+        agencies: Sequence[str],
+        now: int,
+        *also: PolicySet,
+        context: _Json | None = None,
+    ) -> list[tuple[DecidedAlike, ...]]:
+        """``_decide``'s decisions in classes (``receive_classes``), per policy set."""
+        directory = self._directory._agencies
+        unique = tuple(dict.fromkeys(agencies))
+        known = tuple(filter(directory.__contains__, unique))
         policy_sets = (self._bundle._policies, *also)
         try:
-            asked, batches, first = self._by_class(facts, action, known, now, policy_sets,
-                                                   context)  # fmt: skip
+            classes, batches = self._by_class(facts, action, known, now, policy_sets, context)
         except _Refused as exc:
-            refused = [self._decision(a, action, False, errors=[str(exc)]) for a in agencies]
-            return [refused for _ in policy_sets]
-        out = []
-        for batch in batches:
-            decided = {a: self._convert(a, action, r) for a, r in zip(asked, batch, strict=True)}
-            out.append([
-                _for(decided[first[a]], a)
-                if a in first
-                else self._decision(a, action, False, errors=["unknown agency"])
-                for a in agencies
-            ])  # fmt: skip
-        return out
+            if not unique:
+                return [() for _ in policy_sets]
+            refused = self._decision(unique[0], action, False, errors=[str(exc)])
+            return [(DecidedAlike(refused, unique),) for _ in policy_sets]
+        unknown = () if len(known) == len(unique) else tuple(
+            DecidedAlike(self._decision(a, action, False, errors=["unknown agency"]), (a,))
+            for a in unique
+            if a not in directory
+        )  # fmt: skip
+        return [
+            (*(DecidedAlike(self._convert(c[0], action, r), c)
+               for c, r in zip(classes, batch, strict=True)), *unknown)
+            for batch in batches
+        ]  # fmt: skip
 
     def _by_class(
         self,
         facts: BulletinFacts,
         action: Action,
-        known: list[str],
+        known: tuple[str, ...],
         now: int,
         policy_sets: Sequence[PolicySet],
         context: _Json | None,
-    ) -> tuple[list[str], list[list[cedarpy.AuthzResult]], dict[str, str]]:
-        """Cedar's results for the first candidate of each class (``classes``), and each
-        known candidate with the one whose result is its own. A class whose result carried
-        an error (its text may name the agency) or no clean decision is asked again, one
-        candidate each: only a clean Allow or Deny is shared."""
-        first = {a: a for a in known}
+    ) -> tuple[list[tuple[str, ...]], list[list[cedarpy.AuthzResult]]]:
+        """The known candidates (no duplicates) in classes, and Cedar's results for the
+        first of each (``classes``). A class whose result carried an error (its text may
+        name the agency) or no clean decision is asked again, one candidate each: only a
+        clean Allow or Deny is shared."""
+        classes: list[tuple[str, ...]] | None = None
         shapes = self._shapes
-        if shapes is not None and context is None and len(first) > 1:
+        if shapes is not None and context is None and len(known) > 1:
             try:
                 bulletin = bulletin_entity(facts)
             except (AttributeError, IndexError, TypeError, ValueError):
@@ -315,22 +333,25 @@ class PolicyEngine:
             else:
                 roots = [*self._pinned, *references(bulletin["attrs"])]
                 fixed = self._directory._index.reach(roots)
-                first = shapes.representatives(known, fixed)
-        asked = list(dict.fromkeys(first.values()))
+                classes = shapes.partition(known, fixed, self._base)
+        if classes is None:
+            classes = [(a,) for a in known]
+        asked = [c[0] for c in classes]
         batches = self._evaluate(facts, action, asked, now, policy_sets, context)
-        shared = len(asked) < len(first)
-        unclean = set() if not shared else {
-            a for batch in batches for a, r in zip(asked, batch, strict=True)
-            if r.diagnostics.errors or r.correlation_id != a
-            or r.decision == cedarpy.Decision.NoDecision
+        if len(asked) == len(known):
+            return classes, batches
+        unclean = {
+            i for batch in batches for i, (a, r) in enumerate(zip(asked, batch, strict=True))
+            if len(classes[i]) > 1 and (r.diagnostics.errors or r.correlation_id != a
+                                        or r.decision == cedarpy.Decision.NoDecision)
         }  # fmt: skip
-        again = [a for a, f in first.items() if f in unclean and f != a]
-        if again:
+        if unclean:
+            again = [a for i in sorted(unclean) for a in classes[i][1:]]
             more = self._evaluate(facts, action, again, now, policy_sets, context)
             batches = [b + m for b, m in zip(batches, more, strict=True)]
-            asked += again
-            first.update((a, a) for a in again)
-        return asked, batches, first
+            classes = [c[:1] if i in unclean else c for i, c in enumerate(classes)]
+            classes += [(a,) for a in again]
+        return classes, batches
 
     def _evaluate(
         self,

@@ -16,12 +16,13 @@ Left to others: asking the engine (``broker.relay.plan``), the policies themselv
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain, filterfalse
 
 from broker.audit import events
 from broker.audit.events import DecisionGroup
-from broker.policy.model import Decision
+from broker.policy.model import DecidedAlike, Decision
 from broker.store.registry import DecisionRecordRow, Insert, row_values
 from schemas.audit import AuditEvent
 
@@ -69,7 +70,7 @@ def route(
     *,
     originator: str,
     addressed: Sequence[str],
-    decisions: Sequence[Decision],
+    decided: Sequence[DecidedAlike],
     policy_version: str,
     directory_version: str,
     at: int,
@@ -81,24 +82,32 @@ def route(
         bulletin_id: the bulletin.
         originator: its originator.
         addressed: its signed recipients.
-        decisions: the engine's receive decision on each candidate.
+        decided: the engine's receive decisions on the candidates, in classes decided
+            alike (``PolicyEngine.receive_classes``): the work here is per class and
+            per group, the agencies only copied and sorted.
         policy_version: the policy set the decisions were made under.
         directory_version: the directory they were made over.
         at: the decision time, epoch milliseconds.
     """
-    wrapped = set(addressed)
-    # (outcome, policy ids, reasons) -> agencies: the row keeps the reasons' texts; the
-    # event, as before, the code and policies (the texts are in the policy set).
-    grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
-    for dec in decisions:
-        if dec.allowed:
-            outcome = "routed" if dec.agency in wrapped else "unaddressed"
-            key = (outcome, dec.policy_ids, dec.reasons)
-        else:
+    wrapped = frozenset(addressed)
+    # (outcome, policy ids, reasons) -> runs of agencies: the row keeps the reasons'
+    # texts; the event, as before, the code and policies (the texts are in the policy set).
+    grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[Iterable[str]]] = {}
+    for alike in decided:
+        dec = alike.decision
+        if not dec.allowed:
             key = (_deny_code(dec), dec.policy_ids, dec.reasons or _why_not(dec))
-        grouped.setdefault(key, []).append(dec.agency)
+            grouped.setdefault(key, []).append(alike.agencies)
+            continue
+        routed = wrapped & alike.members
+        if routed:
+            grouped.setdefault(("routed", dec.policy_ids, dec.reasons), []).append(routed)
+        if len(routed) < len(alike.members):
+            rest = filterfalse(routed.__contains__, alike.agencies) if routed else alike.agencies
+            grouped.setdefault(("unaddressed", dec.policy_ids, dec.reasons), []).append(rest)
     keys = sorted(grouped, key=lambda k: (_ORDER.get(k[0], 2), k))
-    deliver_to = tuple(sorted(a for k in keys if k[0] == "routed" for a in grouped[k]))
+    who = {k: sorted(chain.from_iterable(grouped[k])) for k in keys}
+    deliver_to = tuple(sorted(chain.from_iterable(who[k] for k in keys if k[0] == "routed")))
     record = row_values(
         DecisionRecordRow,
         bulletin_id=bulletin_id,
@@ -109,22 +118,25 @@ def route(
                     "outcome": k[0],
                     "policy_ids": list(k[1]),
                     "reasons": list(k[2]),
-                    "agencies": sorted(grouped[k]),
+                    "agencies": who[k],
                 }
                 for k in keys
             ],
             separators=(",", ":"),
         ),
     )
-    audited: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    audited: dict[tuple[str, tuple[str, ...]], list[list[str]]] = {}
     for k in keys:
-        audited.setdefault(k[:2], []).extend(grouped[k])
+        audited.setdefault(k[:2], []).append(who[k])
     trail = events.bulletin_decided(
         bulletin_id,
         originator=originator,
         policy_version=policy_version,
         directory_version=directory_version,
-        groups=[DecisionGroup(o, p, tuple(sorted(a))) for (o, p), a in audited.items()],
+        groups=[
+            DecisionGroup(o, p, tuple(a[0] if len(a) == 1 else sorted(chain.from_iterable(a))))
+            for (o, p), a in audited.items()
+        ],
         at=at,
     )
     return Routing(deliver_to, record, trail)

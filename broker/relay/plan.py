@@ -29,14 +29,16 @@ registry.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
+from itertools import chain
 from typing import Literal, Protocol
 
 from sqlmodel import SQLModel
 
 from broker.audit import events
-from broker.policy.model import BulletinFacts, Decider, Decision, ReplyFacts
+from broker.policy.model import BulletinFacts, DecidedAlike, Decider, Decision, ReplyFacts
 from broker.relay.attachment_checks import AttachmentLimits, StoredChunk, check_attachments
 from broker.relay.checks import (
     IngestLimits,
@@ -177,7 +179,7 @@ class Plan:
     message: str = ""
     addressed: tuple[str, ...] = ()
     deliver_to: tuple[str, ...] = ()
-    decisions: tuple[Decision, ...] = ()
+    decided: tuple[DecidedAlike, ...] = ()
     rows: tuple[SQLModel | Insert, ...] = ()
     events: tuple[AuditEvent, ...] = ()
     defer_s: int = 0
@@ -188,6 +190,11 @@ class Plan:
     groups: tuple[tuple[str, int], ...] = ()
 
     @property
+    def decisions(self) -> tuple[Decision, ...]:
+        """Each candidate's receive decision, by agency (built from ``decided``)."""
+        return tuple(sorted(_each(self.decided), key=lambda d: d.agency))
+
+    @property
     def denials(self) -> tuple[Denial, ...]:
         """The candidates refused, with why."""
         return tuple(denial_of(d) for d in self.decisions if not d.allowed)
@@ -195,8 +202,9 @@ class Plan:
     @property
     def withheld_from(self) -> tuple[str, ...]:
         """The candidates the policy refused (an accepted bulletin's only), for their
-        ``withheld`` counts: who, never why."""
-        return tuple(d.agency for d in self.decisions if not d.allowed)
+        ``withheld`` counts: who, never why. Sorted."""
+        refused = (c.agencies for c in self.decided if not c.decision.allowed)
+        return tuple(sorted(chain.from_iterable(refused)))
 
 
 def parse(msg: Ingested, limits: IngestLimits) -> Parsed:
@@ -437,14 +445,13 @@ def _decide(
         audience = (
             reply.audience if reply is not None else d.candidates(h.labels.topic, h.labels.named)
         )
-        candidates = sorted(set(audience) | set(h.recipients))
-        candidates = [c for c in candidates if c != h.originator or c in h.recipients]
-        decisions = tuple(d.engine.decide_receive(facts, candidates, now))
+        candidates = _candidates(audience, h.recipients, h.originator)
+        decided = d.engine.receive_classes(facts, candidates, now)
     else:
         # Only its one recipient is asked, on the original's facts: a forward reaches no
         # one the original's rules would refuse, and nothing moves if it is refused.
-        decisions = tuple(d.engine.decide_receive(forwarded.receive_facts, h.recipients, now))
-        refused = [x for x in decisions if not x.allowed]
+        decided = d.engine.receive_classes(forwarded.receive_facts, h.recipients, now)
+        refused = [c.decision for c in decided if not c.decision.allowed]
         if refused:
             ids = ", ".join(refused[0].policy_ids) or "no grant matched"
             denied = PolicyDenied(
@@ -453,7 +460,9 @@ def _decide(
             )
             return _rejected(msg, sender, bid, denied, now_ms, claim=claim)
     # A group's epoch key may open it only if every holder is permitted (ADR 18).
-    check_cover(env, allowed={x.agency for x in decisions if x.allowed}, epochs=epochs)
+    if env.groups is not None:
+        allowed = frozenset().union(*(c.agencies for c in decided if c.decision.allowed))
+        check_cover(env, allowed=allowed, epochs=epochs)
     row = row_values(
         BulletinRow,
         id=bid,
@@ -493,13 +502,14 @@ def _decide(
         bid,
         originator=h.originator,
         addressed=h.recipients,
-        decisions=decisions,
+        decided=decided,
         policy_version=publish.policy_version,
         directory_version=publish.directory_version,
         at=now_ms,
     )
     # A request for information: every agency it names was allowed, and it reached one.
-    check_rfi(h, decisions, routing.deliver_to)
+    if h.rfi_due is not None:
+        check_rfi(h, _each(decided), routing.deliver_to)
     also: tuple[AuditEvent, ...] = ()
     if forwarded is not None and h.forward_of is not None:
         also = (
@@ -522,7 +532,7 @@ def _decide(
         bid,
         addressed=tuple(h.recipients),
         deliver_to=routing.deliver_to,
-        decisions=decisions,
+        decided=decided,
         rows=(row, routing.record, *_rfi_rows(h, routing.deliver_to)),
         events=(accepted, *routing.events, *also),
         rank=rank,
@@ -531,6 +541,32 @@ def _decide(
         originator=h.originator,
         groups=_groups(env),
     )
+
+
+def _candidates(
+    audience: Sequence[str], recipients: Sequence[str], originator: str
+) -> tuple[str, ...]:
+    """Whom to decide on: the audience (sorted, no duplicates) and the addressed
+    recipients, sorted, without the originator unless it addressed itself. Copied, not
+    rebuilt, in the usual case (every recipient in the audience): a topic may have
+    thousands of followers."""
+    out = tuple(audience)
+    if any(not _has(out, r) for r in recipients):
+        out = tuple(sorted(set(out) | set(recipients)))
+    if originator not in recipients and _has(out, originator):
+        at = bisect_left(out, originator)
+        out = out[:at] + out[at + 1 :]
+    return out
+
+
+def _has(ordered: tuple[str, ...], value: str) -> bool:
+    at = bisect_left(ordered, value)
+    return at < len(ordered) and ordered[at] == value
+
+
+def _each(decided: Sequence[DecidedAlike]) -> list[Decision]:
+    """Every candidate's own decision (a list as long as the candidates)."""
+    return [d for c in decided for d in c.each()]
 
 
 def _groups(env: Envelope) -> tuple[tuple[str, int], ...]:

@@ -110,8 +110,21 @@ def classes(engine: PolicyEngine, facts: BulletinFacts, candidates: list[str]) -
     roots = [*engine._pinned, *references(bulletin_entity(facts)["attrs"])]
     fixed = engine.directory._index.reach(roots)
     assert engine._shapes is not None
-    known = [c for c in candidates if engine.directory.agency(c) is not None]
-    return len(set(engine._shapes.representatives(known, fixed).values()))
+    known = tuple(dict.fromkeys(c for c in candidates if engine.directory.agency(c) is not None))
+    parts = engine._shapes.partition(known, fixed, engine._base)
+    assert_refines(parts, engine._shapes.representatives(known, fixed), known)
+    return len(parts)
+
+
+def assert_refines(parts: list[tuple[str, ...]], firsts: dict[str, str], known: tuple[str, ...]):
+    """``parts`` (``Shapes.partition``) holds each candidate once, each part in candidate
+    order, and no part joins candidates ``representatives`` puts in different classes
+    (cutting a class is allowed: it only costs a request)."""
+    assert sorted(a for part in parts for a in part) == sorted(known)
+    order = {a: i for i, a in enumerate(known)}
+    for part in parts:
+        assert list(part) == sorted(part, key=order.__getitem__)
+        assert len({firsts[a] for a in part}) == 1, part
 
 
 # --------------------------------------------------------------------------- hypothesis
@@ -170,6 +183,9 @@ def test_classes_decide_as_each_candidate(
         candidates += data.draw(st.lists(st.sampled_from(everyone), max_size=2), label="again")
         assert_alike(reference, fast, facts, candidates, now)
         asked = classes(fast["auto"], facts, candidates)
+        # The same list again, under this bulletin's fixed entities: the classes kept
+        # for it from an earlier bulletin are cut where this one touches them.
+        classes(fast["auto"], facts, everyone)
         event(f"{variant}: {'shared' if asked < len(set(agencies)) else 'not shared'}")
 
 
@@ -239,16 +255,14 @@ def test_a_class_with_an_error_is_asked_one_by_one(bundles: dict[str, PolicyBund
     engine = fast["auto"]
     assert classes(engine, facts, everyone) == 2  # ag0, the originator; ag1..ag3
     policies = (bundle._policies,)
-    asked, _, first = engine._by_class(facts, "receive", everyone, NOW, policies, None)
-    assert sorted(asked) == everyone
-    assert first == {a: a for a in everyone}
+    parts, _ = engine._by_class(facts, "receive", tuple(everyone), NOW, policies, None)
+    assert sorted(parts) == [(a,) for a in everyone]
     # Under the shipped set the same class shares one request.
     plain = bundles["shipped"]
     shipped = PolicyEngine(plain, DirectorySnapshot.build(jurisdictions, agencies, plain))
     policies = (plain._policies,)
-    asked, _, first = shipped._by_class(facts, "receive", everyone, NOW, policies, None)
-    assert asked == ["ag0", "ag1"]
-    assert first == {"ag0": "ag0", "ag1": "ag1", "ag2": "ag1", "ag3": "ag1"}
+    parts, _ = shipped._by_class(facts, "receive", tuple(everyone), NOW, policies, None)
+    assert parts == [("ag0",), ("ag1", "ag2", "ag3")]
 
 
 # --------------------------------------------------------------------------- parts

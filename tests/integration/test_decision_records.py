@@ -27,7 +27,7 @@ from broker.audit.log import AuditLog
 from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key, open_sequencer
 from broker.config import Settings
 from broker.console.figures import bulletin_flow, chart_stats
-from broker.policy.model import Decision
+from broker.policy.model import DecidedAlike, Decision
 from broker.relay.decisions import DEFAULT_DENY, route
 from broker.relay.queries import AgencyQueries
 from broker.runtime.stack import Stack
@@ -232,7 +232,7 @@ def _record_new_version(registry: Registry) -> None:
         NEW,
         originator="gt-police",
         addressed=ADDRESSED,
-        decisions=decisions,
+        decided=[DecidedAlike(d, (d.agency,)) for d in decisions],
         policy_version="p1",
         directory_version="d1",
         at=AT_MS + 1,

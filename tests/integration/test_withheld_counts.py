@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 
 from broker.config import Settings
-from broker.policy.model import Decision
+from broker.policy.model import DecidedAlike, Decision
 from broker.relay.decisions import DEFAULT_DENY, route
 from broker.store import db
 from broker.store.registry import BulletinRow, Registry
@@ -135,7 +135,7 @@ def _decided(registry: Registry, bid: str, at: int) -> None:
         bid,
         originator="gt-police",
         addressed=ADDRESSED,
-        decisions=decisions,
+        decided=[DecidedAlike(d, (d.agency,)) for d in decisions],
         policy_version="p1",
         directory_version="d1",
         at=at * 1000,

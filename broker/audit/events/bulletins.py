@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from broker.audit.events._common import (
     MAX,
@@ -182,12 +184,15 @@ def _decided_parts(groups: Sequence[DecisionGroup]) -> list[list[DecisionGroup]]
             if used + whole <= MAX_DECIDED_BYTES:
                 take, used = len(left), used + whole
             else:
-                take = 0
-                while take < len(left) and (
-                    take == 0 or used + _cost(left[take]) <= MAX_DECIDED_BYTES
-                ):
-                    used += _cost(left[take])
-                    take += 1
+                # As many as fit (at least one): the ids' running cost, searched.
+                running = list(accumulate(map(len, left)))
+                fits = bisect_right(
+                    range(len(left)),
+                    MAX_DECIDED_BYTES - used,
+                    key=lambda i: running[i] + 3 * (i + 1),
+                )
+                take = max(fits, 1)
+                used += running[take - 1] + 3 * take
             parts[-1].append(DecisionGroup(g.outcome, g.policy_ids, left[:take]))
             left = left[take:]
             if not left:
