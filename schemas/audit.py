@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-__all__ = ["EVENT_TYPES", "AuditEvent", "EventType"]
+__all__ = ["EVENT_TYPES", "AuditEvent", "EventType", "agency_set_digest"]
 
 EventType = Literal[
     "bulletin.accepted",
@@ -14,6 +17,7 @@ EventType = Literal[
     "bulletin.denied",
     "bulletin.routed",
     "bulletin.decided",
+    "agencies.listed",
     "bulletin.received",
     "bulletin.withdrawn",
     "delivery.withdrawn",
@@ -89,3 +93,12 @@ class AuditEvent(BaseModel):
     bulletin_id: Short | None = None
     reason: Short | None = None
     data: dict[Short, DataValue] = Field(default_factory=dict, max_length=32)
+
+
+def agency_set_digest(agencies: Sequence[str]) -> str:
+    """The name of a set of agencies that ``bulletin.decided`` events and decision
+    records refer to, and that an ``agencies.listed`` event lists (ADR 36): SHA-256, in
+    lower-case hex, of its sorted ids as a JSON array without spaces (agency ids are
+    ASCII, so this is also the array's canonical JSON)."""
+    text = json.dumps(sorted(agencies), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -127,15 +127,19 @@ def event_clauses(
 ) -> tuple[list[str], dict[str, Any]]:
     """SQL conditions on ``audit_event a`` and their bound values, for those given: the
     agency as actor or subject or among the candidates a ``bulletin.decided`` event lists
-    (ADR 8), the event type, and ``since_ms <= time < until_ms``."""
+    (ADR 8), also through an agency set it names (ADR 36), the event type, and
+    ``since_ms <= time < until_ms``."""
     where: list[str] = []
     params: dict[str, Any] = {}
     if agency is not None:
         where.append(
             "(a.actor = :agency OR a.subject = :agency OR "
-            "(a.type = 'bulletin.decided' AND a.data LIKE :agency_like ESCAPE '\\'))"
+            "(a.type = 'bulletin.decided' AND (a.data LIKE :agency_like ESCAPE '\\' OR "
+            "EXISTS (SELECT 1 FROM agency_set s WHERE s.agencies LIKE :agency_like "
+            "ESCAPE '\\' AND a.data LIKE :any || s.digest || :any))))"
         )
         params["agency"] = agency
+        params["any"] = "%"  # a set's digest anywhere in the data (hex: no wildcard in it)
         # The id as a JSON string in the event's data: quoted, so "gt-police" is not found
         # in "gt-police-hq"; LIKE's wildcards in what was asked are matched literally.
         quoted = json.dumps(agency).replace("\\", "\\\\")

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, text
 
-from broker.audit.events import decided_groups
+from broker.audit.events import UnknownSet, decided_groups
 from broker.store.registry import Registry
 
 __all__ = ["MAX_CHART_ROWS", "bulletin_flow", "chart_stats"]
@@ -58,7 +58,7 @@ def chart_stats(registry: Registry, since_ms: int, until_ms: int) -> dict[str, A
                 topic = "?"
             per_day[time.strftime("%Y-%m-%d", time.gmtime(t / 1000))][topic] += 1
         elif type_ == "bulletin.decided" and bid:
-            for agency, outcome, _ in _decided(data):
+            for agency, outcome, _ in _decided(data, registry):
                 if outcome == "routed":
                     routed[(bid, agency)] = int(t)
                 elif outcome != "unaddressed":
@@ -144,7 +144,7 @@ def bulletin_flow(registry: Registry, bulletin_id: str) -> dict[str, Any]:
             flow["originator"] = actor
             flow["rejected"] = {"time": t, "index": index, "reason": reason}
         elif type_ == "bulletin.decided":
-            for agency, outcome, policy_ids in _decided(data):
+            for agency, outcome, policy_ids in _decided(data, registry):
                 if outcome != "unaddressed":
                     routed = outcome == "routed"
                     _candidate(flow, agency, routed, policy_ids, None if routed else outcome)
@@ -187,13 +187,18 @@ def _candidate(
     c["reason"] = reason
 
 
-def _decided(data: str) -> list[tuple[str, str, tuple[str, ...]]]:
+def _decided(data: str, registry: Registry) -> list[tuple[str, str, tuple[str, ...]]]:
     """(agency, outcome, policy ids) of each candidate a ``bulletin.decided`` event
-    lists; nothing from data that is not a JSON object (a hand-edited row)."""
+    lists, a group written by reference read from its agency set (ADR 36); nothing from
+    data that is not a JSON object (a hand-edited row) or names a set not recorded."""
     try:
         value = json.loads(data)
     except ValueError:
         return []
     if not isinstance(value, dict):
         return []
-    return [(a, g.outcome, g.policy_ids) for g in decided_groups(value) for a in g.agencies]
+    try:
+        groups = decided_groups(value, registry.agency_set)
+    except UnknownSet:
+        return []
+    return [(a, g.outcome, g.policy_ids) for g in groups for a in g.agencies]

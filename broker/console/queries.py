@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, text
 
-from broker.audit.events import decided_groups
+from broker.audit.events import UnknownSet, decided_groups
 from broker.audit.log import LogEntry, event_clauses, same_event, shared_log
 from broker.audit.merkle import verify_consistency
 from broker.audit.sequencer import DEFAULT_ORIGIN, log_verify_key
@@ -161,8 +161,8 @@ def log_page(
                 "actor": str(shown.get("actor", ""))[:200],
                 "subject": str(shown.get("subject", ""))[:200],
                 "bulletin_id": shown.get("bulletin_id"),
-                "reason_for": _reason_for(shown, f.agency),
-                "reason": _reason(shown, f.agency),
+                "reason_for": _reason_for(shown, f.agency, registry),
+                "reason": _reason(shown, f.agency, registry),
             }
         )
     if order == "ASC":
@@ -170,26 +170,31 @@ def log_page(
     return out
 
 
-def _decided_for(shown: dict[str, Any], agency: str | None) -> str | None:
+def _decided_for(shown: dict[str, Any], agency: str | None, registry: Registry) -> str | None:
     """For a ``bulletin.decided`` entry found by ``agency``, what was decided for it
-    (``default_deny``), which its row would not show otherwise."""
+    (``default_deny``), which its row would not show otherwise; a group written by
+    reference is read from its agency set (ADR 36)."""
     data = shown.get("data")
     if agency and shown.get("type") == "bulletin.decided" and isinstance(data, dict):
-        for g in decided_groups(data):
+        try:
+            groups = decided_groups(data, registry.agency_set)
+        except UnknownSet:
+            return None
+        for g in groups:
             if agency in g.agencies:
                 return g.outcome
     return None
 
 
-def _reason_for(shown: dict[str, Any], agency: str | None) -> str | None:
+def _reason_for(shown: dict[str, Any], agency: str | None, registry: Registry) -> str | None:
     """The agency a row's reason is about, when it is one candidate's outcome."""
-    return agency if _decided_for(shown, agency) is not None else None
+    return agency if _decided_for(shown, agency, registry) is not None else None
 
 
-def _reason(shown: dict[str, Any], agency: str | None) -> object:
+def _reason(shown: dict[str, Any], agency: str | None, registry: Registry) -> object:
     """An entry's reason (a code where the broker wrote one), or the outcome for the
     agency searched for ("jm-police: default_deny" on the page)."""
-    outcome = _decided_for(shown, agency)
+    outcome = _decided_for(shown, agency, registry)
     return outcome if outcome is not None else shown.get("reason")
 
 

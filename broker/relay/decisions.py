@@ -5,8 +5,9 @@ bulletin goes to it (allowed, and addressed by the originator's wraps), and what
 written down (ADR 8): one ``DecisionRecordRow`` and one ``bulletin.decided`` event per
 bulletin (more parts only for a broadcast to thousands), not a row and an event per
 candidate. Both group the candidates by outcome (``routed``, ``unaddressed``, or the
-denial code) and deciding policies, so a record grows with the number of candidates by
-one agency id each. A denial always carries a code and a reason: the deciding policies'
+denial code) and deciding policies. A refused or unaddressed group drawn from big classes
+names their agency set by digest, less the agencies of it left out (ADR 36), so a record
+does not grow with the candidates; small groups and the routed one list their agencies. A denial always carries a code and a reason: the deciding policies'
 own, or, when no policy granted anything, that this is a default deny.
 
 Left to others: asking the engine (``broker.relay.plan``), the policies themselves
@@ -21,14 +22,15 @@ from dataclasses import dataclass
 from itertools import chain, filterfalse
 
 from broker.audit import events
-from broker.audit.events import DecisionGroup
+from broker.audit.events import SET_MIN_AGENCIES, DecisionGroup
 from broker.policy.model import DecidedAlike, Decision
 from broker.store.registry import DecisionRecordRow, Insert, row_values
-from schemas.audit import AuditEvent
+from schemas.audit import AuditEvent, agency_set_digest
 
 __all__ = ["DEFAULT_DENY", "Denial", "Routing", "denial_of", "route"]
 
 DEFAULT_DENY = "no policy grants it (default deny): not releasable to it, and not named"
+_Key = tuple[str, tuple[str, ...], tuple[str, ...]]  # outcome, policy ids, reasons
 # Groups in this order: who got it, who was allowed but not addressed, then the denials.
 _ORDER = {"routed": 0, "unaddressed": 1}
 
@@ -53,11 +55,13 @@ class Denial:
 
 @dataclass(frozen=True)
 class Routing:
-    """Who gets a bulletin, its decision record and the ``bulletin.decided`` event(s)."""
+    """Who gets a bulletin, its decision record and the ``bulletin.decided`` event(s), and
+    the agency sets they name by digest (ADR 36), each with its agencies, sorted."""
 
     deliver_to: tuple[str, ...]
     record: Insert  # a DecisionRecordRow's values
     events: tuple[AuditEvent, ...]
+    listed: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def denial_of(dec: Decision) -> Denial:
@@ -74,6 +78,7 @@ def route(
     policy_version: str,
     directory_version: str,
     at: int,
+    listed_from: int = SET_MIN_AGENCIES,
 ) -> Routing:
     """Deliver to every candidate the policy allowed and the originator addressed; record
     every decision, grouped, in one row and one event (see the module docstring).
@@ -88,58 +93,122 @@ def route(
         policy_version: the policy set the decisions were made under.
         directory_version: the directory they were made over.
         at: the decision time, epoch milliseconds.
+        listed_from: a refused or unaddressed group drawn from classes of more
+            candidates than this is written by reference to their set (ADR 36).
     """
     wrapped = frozenset(addressed)
     # (outcome, policy ids, reasons) -> runs of agencies: the row keeps the reasons'
     # texts; the event, as before, the code and policies (the texts are in the policy set).
-    grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[Iterable[str]]] = {}
+    grouped: dict[_Key, list[Iterable[str]]] = {}
+    # For the groups that may be written by reference: the classes each is drawn from,
+    # and the agencies of those classes it leaves out (routed ones).
+    drawn: dict[_Key, tuple[list[tuple[str, ...]], list[str]]] = {}
     for alike in decided:
         dec = alike.decision
         if not dec.allowed:
             key = (_deny_code(dec), dec.policy_ids, dec.reasons or _why_not(dec))
             grouped.setdefault(key, []).append(alike.agencies)
+            drawn.setdefault(key, ([], []))[0].append(alike.agencies)
             continue
         routed = wrapped & alike.members
         if routed:
             grouped.setdefault(("routed", dec.policy_ids, dec.reasons), []).append(routed)
         if len(routed) < len(alike.members):
+            key = ("unaddressed", dec.policy_ids, dec.reasons)
             rest = filterfalse(routed.__contains__, alike.agencies) if routed else alike.agencies
-            grouped.setdefault(("unaddressed", dec.policy_ids, dec.reasons), []).append(rest)
+            grouped.setdefault(key, []).append(rest)
+            classes, left_out = drawn.setdefault(key, ([], []))
+            classes.append(alike.agencies)
+            left_out.extend(routed)
     keys = sorted(grouped, key=lambda k: (_ORDER.get(k[0], 2), k))
     who = {k: sorted(chain.from_iterable(grouped[k])) for k in keys}
     deliver_to = tuple(sorted(chain.from_iterable(who[k] for k in keys if k[0] == "routed")))
+    listed: dict[str, tuple[str, ...]] = {}
+
+    def by_reference(key: _Key) -> tuple[str, tuple[str, ...]] | None:
+        """(digest, left out) if ``key``'s group is written by reference, else None."""
+        classes, left_out = drawn.get(key, ((), ()))
+        if sum(map(len, classes)) <= listed_from:
+            return None
+        digest, members = _listed(classes)
+        listed[digest] = members
+        return digest, tuple(sorted(left_out))
+
+    refs = {k: by_reference(k) for k in keys}
     record = row_values(
         DecisionRecordRow,
         bulletin_id=bulletin_id,
         routed=",".join(deliver_to),
         groups=json.dumps(
-            [
-                {
-                    "outcome": k[0],
-                    "policy_ids": list(k[1]),
-                    "reasons": list(k[2]),
-                    "agencies": who[k],
-                }
-                for k in keys
-            ],
+            [_record_group(k, who[k], refs[k]) for k in keys],
             separators=(",", ":"),
         ),
     )
-    audited: dict[tuple[str, tuple[str, ...]], list[list[str]]] = {}
+    audited: dict[tuple[str, tuple[str, ...]], list[_Key]] = {}
     for k in keys:
-        audited.setdefault(k[:2], []).append(who[k])
+        audited.setdefault(k[:2], []).append(k)
+    groups = []
+    for (outcome, policies), merged in audited.items():
+        ref = refs[merged[0]] if len(merged) == 1 else None
+        if len(merged) > 1 and all(refs[k] is not None for k in merged):
+            # Same outcome and policies, other reasons (errors): one set for the event.
+            classes = [c for k in merged for c in drawn[k][0]]
+            digest, members = _listed(classes)
+            listed[digest] = members
+            ref = digest, tuple(sorted(chain.from_iterable(drawn[k][1] for k in merged)))
+        if ref is not None:
+            groups.append(DecisionGroup(outcome, policies, (), ref[0], ref[1]))
+        else:
+            agencies = sorted(chain.from_iterable(who[k] for k in merged))
+            groups.append(DecisionGroup(outcome, policies, tuple(agencies)))
     trail = events.bulletin_decided(
         bulletin_id,
         originator=originator,
         policy_version=policy_version,
         directory_version=directory_version,
-        groups=[
-            DecisionGroup(o, p, tuple(a[0] if len(a) == 1 else sorted(chain.from_iterable(a))))
-            for (o, p), a in audited.items()
-        ],
+        groups=groups,
         at=at,
     )
-    return Routing(deliver_to, record, trail)
+    return Routing(deliver_to, record, trail, tuple(listed.items()))
+
+
+def _record_group(
+    key: _Key, agencies: list[str], ref: tuple[str, tuple[str, ...]] | None
+) -> dict[str, object]:
+    """One group of the decision record: its agencies, or the set they are drawn from
+    and the agencies of it left out (ADR 36)."""
+    group: dict[str, object] = {
+        "outcome": key[0],
+        "policy_ids": list(key[1]),
+        "reasons": list(key[2]),
+    }
+    if ref is None:
+        group["agencies"] = agencies
+    else:
+        group["listed"], group["but"] = ref[0], list(ref[1])
+    return group
+
+
+# Digests of the engine's classes, by the identity of their agency tuples (which the
+# engine keeps while it keeps its decisions): a wide topic's set is hashed once a
+# second, not once a bulletin. Each entry holds its tuple, so an id is never reused.
+_DIGESTS: dict[int, tuple[tuple[str, ...], str, tuple[str, ...]]] = {}
+_KEPT_DIGESTS = 256
+
+
+def _listed(classes: Sequence[tuple[str, ...]]) -> tuple[str, tuple[str, ...]]:
+    """The digest and sorted agencies of the union of ``classes`` (no agency in two)."""
+    if len(classes) == 1:
+        kept = _DIGESTS.get(id(classes[0]))
+        if kept is not None and kept[0] is classes[0]:
+            return kept[1], kept[2]
+    members = tuple(sorted(chain.from_iterable(classes)))
+    digest = agency_set_digest(members)
+    if len(classes) == 1:
+        if len(_DIGESTS) >= _KEPT_DIGESTS:
+            _DIGESTS.clear()
+        _DIGESTS[id(classes[0])] = (classes[0], digest, members)
+    return digest, members
 
 
 def _deny_code(dec: Decision) -> str:

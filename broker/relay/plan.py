@@ -29,6 +29,7 @@ registry.
 
 from __future__ import annotations
 
+import json
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from broker.relay.decisions import Denial, denial_of, route
 from broker.relay.forwards import ForwardVerdict, Original, check_forward
 from broker.relay.replies import Answered, check_reply, check_rfi
 from broker.store.groups import CurrentEpoch
-from broker.store.registry import BulletinRow, Insert, RejectionRow, row_values
+from broker.store.registry import AgencySetRow, BulletinRow, Insert, RejectionRow, row_values
 from broker.store.rfis import RfiAddresseeRow, RfiRow
 from schemas.audit import AuditEvent
 from schemas.canonical import canonical_json
@@ -74,6 +75,7 @@ __all__ = [
     "plan",
     "plan_batch",
     "publish_refusal",
+    "set_records",
 ]
 
 MAX_DEFER_S = 3600
@@ -188,6 +190,8 @@ class Plan:
     expires_at: int | None = None
     originator: str | None = None
     groups: tuple[tuple[str, int], ...] = ()
+    listed: tuple[str, ...] = ()  # digests of the agency sets its rows record (ADR 36)
+    sets: tuple[tuple[str, tuple[str, ...]], ...] = ()  # every set its record names
 
     @property
     def decisions(self) -> tuple[Decision, ...]:
@@ -230,6 +234,7 @@ def plan(
     stored_chunks: Mapping[tuple[int, int], StoredChunk] | None = None,
     attachment_limits: AttachmentLimits = NO_ATTACHMENTS,
     original: Original | None = None,
+    listed: Set[str] = frozenset(),
 ) -> Plan:
     """Decide what to do with one ingest message.
 
@@ -253,6 +258,8 @@ def plan(
         attachment_limits: the broker's limits on attachments.
         original: for a forward, the bulletin it cites as the registry holds it (None:
             never accepted; ADR 20).
+        listed: digests of agency sets already recorded (ADR 36): a set the decision
+            record names that is not among them is recorded with it.
 
     Returns:
         The plan; every refusal is a ``reject`` plan, never an exception.
@@ -277,6 +284,7 @@ def plan(
             answered,
             _Attached(stored_chunks or {}, attachment_limits),
             original,
+            listed,
         )
     except IstmoError as exc:
         return _rejected(msg, sender, env.header.bulletin_id, exc, now_ms)
@@ -296,6 +304,7 @@ def plan_batch(
     attachments: Mapping[str, Mapping[tuple[int, int], StoredChunk]] | None = None,
     attachment_limits: AttachmentLimits = NO_ATTACHMENTS,
     originals: Mapping[str, Original] | None = None,
+    listed: Set[str] = frozenset(),
 ) -> list[Plan]:
     """``plan`` for each message of a batch, in order.
 
@@ -316,8 +325,11 @@ def plan_batch(
             have received that bulletin yet.
         originals: the bulletins the batch's forwards cite, by id, as the registry holds
             them (ADR 20).
+        listed: digests of agency sets already recorded (ADR 36); a set is recorded with
+            the first plan of the batch that names it.
     """
     taken: dict[str, Prior] = {}
+    recorded = set(listed)
     originators = dict(superseded or {})
     plans: list[Plan] = []
     for msg, got in zip(msgs, parsed, strict=True):
@@ -349,7 +361,9 @@ def plan_batch(
             stored_chunks=chunks,
             attachment_limits=attachment_limits,
             original=original,
+            listed=recorded,
         )
+        recorded.update(p.listed)
         if p.claim is not None and p.bulletin_id is not None:
             taken[p.bulletin_id] = p.claim
         if p.verdict == "accept" and p.bulletin_id is not None and p.originator is not None:
@@ -371,6 +385,7 @@ def _decide(
     answered: Answered | None,
     attached: _Attached,
     original: Original | None,
+    listed: Set[str],
 ) -> Plan:
     """The steps after parsing; raises IstmoError for every refusal."""
     now = now_ms // 1000
@@ -525,6 +540,9 @@ def _decide(
                 files=len(h.forward_of.attachments or ()),
             ),
         )
+    # The agency sets the record names by digest, the first time (ADR 36): before it.
+    new_sets = [(d, members) for d, members in routing.listed if d not in listed]
+    set_rows, set_events = set_records(new_sets, now_ms)
     return Plan(
         "accept",
         msg.seq,
@@ -533,14 +551,30 @@ def _decide(
         addressed=tuple(h.recipients),
         deliver_to=routing.deliver_to,
         decided=decided,
-        rows=(row, routing.record, *_rfi_rows(h, routing.deliver_to)),
-        events=(accepted, *routing.events, *also),
+        rows=(*set_rows, row, routing.record, *_rfi_rows(h, routing.deliver_to)),
+        events=(*set_events, accepted, *routing.events, *also),
+        listed=tuple(d for d, _ in new_sets),
+        sets=routing.listed,
         rank=rank,
         claim=claim,
         expires_at=h.expires_at,
         originator=h.originator,
         groups=_groups(env),
     )
+
+
+def set_records(
+    sets: Sequence[tuple[str, tuple[str, ...]]], now_ms: int
+) -> tuple[tuple[Insert, ...], tuple[AuditEvent, ...]]:
+    """The rows and ``agencies.listed`` events that record agency sets (ADR 36), given
+    as (digest, sorted agencies)."""
+    rows = tuple(
+        row_values(AgencySetRow, digest=d, agencies=json.dumps(m, separators=(",", ":")),
+                   count=len(m))
+        for d, m in sets
+    )  # fmt: skip
+    trail = tuple(e for d, m in sets for e in events.agencies_listed(d, m, at=now_ms))
+    return rows, trail
 
 
 def _candidates(

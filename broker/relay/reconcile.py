@@ -169,7 +169,9 @@ def _routed(registry: Registry, since_ms: int) -> set[tuple[str, str]]:
                 if row.type == "bulletin.routed":  # written before ADR 8: one per recipient
                     out.add((row.bulletin_id, row.subject))
                     continue
-                for g in events.decided_groups(_data(row.data)):
+                # Routed groups are always listed in full (ADR 36); the rest may name
+                # agency sets, read from the registry.
+                for g in events.decided_groups(_data(row.data), registry.agency_set):
                     if g.outcome == "routed":
                         out.update((row.bulletin_id, a) for a in g.agencies)
             after = int(rows[-1].seq or 0)

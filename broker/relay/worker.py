@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -68,7 +68,7 @@ from broker.relay.fanout import fan_out
 from broker.relay.forward_requests import originals_of
 from broker.relay.group_delivery import open_group_delivery
 from broker.relay.metrics import RelayMetrics
-from broker.relay.plan import Ingested, Parsed, Plan, parse, plan_batch
+from broker.relay.plan import Ingested, Parsed, Plan, parse, plan_batch, set_records
 from broker.relay.receipts import IncomingReceipt, ReceiptVerdict, judge_batch, read_batch
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
 from broker.store.groups import current_epochs, ready_epochs
@@ -102,6 +102,7 @@ API_QUEUE = "relay-api"  # one relay answers each request
 # JetStream publishes awaiting their acks at once: a batch of 64 bulletins to 60 agencies
 # each (~400 MB in flight) made nats-server answer 429 and stalled the relay.
 IN_FLIGHT = 256
+_KEPT_LISTED = 4096  # digests of recorded agency sets a relay remembers (ADR 36)
 # Ingest batches recorded and waiting on their deliveries' flush while the next is
 # decided: 2 keeps the CPU busy during one flush and bounds what a crash replays.
 PIPELINE_DEPTH = 2
@@ -177,6 +178,8 @@ class Relay:
         # The bulletins of batches whose record is still being committed by a tail, and
         # the lock that keeps those commits one at a time, in the order they were decided.
         self._recording: set[str] = set()
+        # Digests of agency sets this relay has recorded or seen recorded (ADR 36).
+        self._listed: set[str] = set()
         self._record_lock = asyncio.Lock()
         # Each receipt batch's commit (its wait on the disk) runs on a thread while the
         # next batch is fetched and judged; one at a time, so one writer and in order.
@@ -559,6 +562,7 @@ class Relay:
             attachments=attachments,
             attachment_limits=self.attachment_limits,
             originals=originals,
+            listed=self._listed,
         )
         # Group epochs whose members' consumers read one shared copy (ADR 21).
         # Until the state nodes' agencies are known, none: one copy each, as before.
@@ -629,9 +633,13 @@ class Relay:
 
     async def _record_alone(self, plan: Plan, withheld: list[Withholding]) -> bool:
         """Commit one bulletin's record after its batch's was refused; False (logged) if
-        the database refuses this one too."""
+        the database refuses this one too. The agency sets it names go with it, also
+        those another plan of the batch was to record (already there: left as they are)."""
+        borrowed = [s for s in plan.sets if s[0] not in plan.listed]
+        rows, trail = set_records(borrowed, self.clock.now_ms())
+        alone = replace(plan, rows=(*rows, *plan.rows), events=(*trail, *plan.events))
         try:
-            await self._record([plan], [w for w in withheld if w.bulletin_id == plan.bulletin_id])
+            await self._record([alone], [w for w in withheld if w.bulletin_id == plan.bulletin_id])
         except Exception as exc:
             if not _refused_by_database(exc):
                 raise
@@ -647,6 +655,10 @@ class Relay:
         async with self._record_lock:
             with self.metrics.commit.labels("ingest").time():
                 await asyncio.to_thread(self.registry.record, rows, events, withheld=withheld)
+        # Their agency sets are recorded: later bulletins name them without them (ADR 36).
+        if len(self._listed) >= _KEPT_LISTED:
+            self._listed.clear()
+        self._listed.update(d for p in plans for d, _ in p.sets)
 
     async def _stored_attachments(
         self, parsed: list[Parsed], accepted: Mapping[str, object]

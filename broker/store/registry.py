@@ -53,11 +53,11 @@ from broker.store.journal import (
 from broker.store.recalls import WithdrawalRow
 from broker.store.rfis import RfiAddresseeRow, RfiRow
 from broker.store.withheld import WithheldCountRow, Withholding, count_withheld, tally
-from schemas.audit import AuditEvent
+from schemas.audit import AuditEvent, agency_set_digest
 from schemas.errors import AuditStoreError
 
 _ALLOWED_OUTCOMES = ("routed", "unaddressed")  # a decision record's allowed groups
-_RECORD_LISTS = ("agencies", "policy_ids", "reasons")  # each group's lists of strings
+_KEPT_SETS = 64  # agency sets a registry keeps once read (each up to the directory's size)
 SCHEMA_VERSION = HEAD_REVISION  # the Alembic revision the broker runs on
 # Sequence numbers, epoch milliseconds and stream positions outgrow 32 bits: BIGINT on
 # PostgreSQL (the parameters are typed from the model), INTEGER (the rowid) on SQLite.
@@ -66,6 +66,7 @@ OUTBOX_LOCK = 0x49_53_54_4F  # "ISTO": pg_advisory_xact_lock key of audit-event 
 
 __all__ = [
     "AgencyRow",
+    "AgencySetRow",
     "AuditRow",
     "BulletinRow",
     "DecisionRecordRow",
@@ -224,13 +225,26 @@ class DecisionRecordRow(SQLModel, table=True):
     ``routed`` is who got it, comma-separated, sorted. ``groups`` is a JSON list of
     ``{"outcome", "policy_ids", "reasons", "agencies"}`` objects, one per outcome
     (``routed``, ``unaddressed`` or a denial code), deciding policies and reasons, with
-    every candidate in exactly one group.
+    every candidate in exactly one group. A big group has ``"listed"`` (an
+    ``AgencySetRow``'s digest) and ``"but"`` (the agencies of that set not in the group)
+    in place of ``"agencies"`` (ADR 36).
     """
 
     __tablename__ = "decision_record"
     bulletin_id: str = Field(primary_key=True, max_length=36)
     routed: str
     groups: str
+
+
+class AgencySetRow(SQLModel, table=True):
+    """A set of agencies that decision records and ``bulletin.decided`` events name by
+    ``digest`` (ADR 36; ``broker.audit.events.agency_set_digest``). ``agencies`` is the
+    sorted ids as a JSON array. Written once, never changed."""
+
+    __tablename__ = "agency_set"
+    digest: str = Field(primary_key=True, max_length=64)
+    agencies: str
+    count: int
 
 
 @dataclass(frozen=True)
@@ -424,6 +438,8 @@ class Registry:
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._postgresql = self.engine.dialect.name == "postgresql"
+        # Agency sets by digest, as read (ADR 36): a set never changes, so it is kept.
+        self._sets: dict[str, tuple[str, ...]] = {}
         try:
             open_schema(
                 self.engine, url, auto_upgrade=sqlite if auto_upgrade is None else auto_upgrade
@@ -614,7 +630,8 @@ class Registry:
             q = select(DecisionRecordRow).where(col(DecisionRecordRow.bulletin_id).in_(ids))
             records = list(s.exec(q))
             for record in records:
-                out[record.bulletin_id] = {d.agency for d in _decisions_of(record) if d.allowed}
+                decided = _decisions_of(record, lambda d: self._agency_set(s, d))
+                out[record.bulletin_id] = {d.agency for d in decided if d.allowed}
             older = set(ids) - {r.bulletin_id for r in records}
             if older:
                 rows = select(DecisionRow.bulletin_id, DecisionRow.agency).where(
@@ -648,7 +665,37 @@ class Registry:
                     ),
                     key=lambda d: d.agency,
                 )
-        return _decisions_of(record)
+            return _decisions_of(record, lambda d: self._agency_set(s, d))
+
+    def agency_set(self, digest: str) -> tuple[str, ...] | None:
+        """The agencies of the set named ``digest`` (ADR 36), sorted; None if no such set
+        is recorded.
+
+        Raises:
+            AuditStoreError: the database refused, or the stored set does not match its
+                digest (edited behind the broker's back).
+        """
+        with self.session() as s:
+            return self._agency_set(s, digest)
+
+    def _agency_set(self, s: Session, digest: str) -> tuple[str, ...] | None:
+        kept = self._sets.get(digest)
+        if kept is not None:
+            return kept
+        row = s.get(AgencySetRow, digest)
+        if row is None:
+            return None
+        try:
+            agencies = json.loads(row.agencies)
+        except ValueError:
+            agencies = None
+        found = _strings(agencies)
+        if found is None or agency_set_digest(found) != digest or list(found) != sorted(found):
+            raise AuditStoreError(f"the agency set {digest[:16]} does not match its digest")
+        if len(self._sets) >= _KEPT_SETS:
+            self._sets.clear()
+        self._sets[digest] = found
+        return found
 
     def withheld_count(self, agency: str) -> WithheldCountRow | None:
         """How many bulletins the policy withheld from ``agency``, and when (None: none)."""
@@ -832,11 +879,16 @@ class Registry:
             return s.exec(q.order_by(AuditRow.seq.desc()).limit(1)).first()  # type: ignore[union-attr]
 
 
-def _decisions_of(record: DecisionRecordRow) -> list[StoredDecision]:
-    """The decisions a ``DecisionRecordRow`` holds, by agency.
+def _decisions_of(
+    record: DecisionRecordRow, listed: Callable[[str], tuple[str, ...] | None]
+) -> list[StoredDecision]:
+    """The decisions a ``DecisionRecordRow`` holds, by agency; a group written by
+    reference (ADR 36: ``listed``, a set's digest, and ``but``, the agencies of that set
+    not in the group) is read through ``listed``.
 
     Raises:
-        AuditStoreError: it is not laid out as the relay writes it (edited by hand).
+        AuditStoreError: it is not laid out as the relay writes it (edited by hand), or it
+            names a set that is not recorded.
     """
     unreadable = AuditStoreError(
         f"the decision record of bulletin {record.bulletin_id} is unreadable"
@@ -849,7 +901,16 @@ def _decisions_of(record: DecisionRecordRow) -> list[StoredDecision]:
     for g in groups if isinstance(groups, list) else [None]:
         if not isinstance(g, dict):
             raise unreadable
-        agencies, policy_ids, reasons = (_strings(g.get(k)) for k in _RECORD_LISTS)
+        policy_ids, reasons = _strings(g.get("policy_ids")), _strings(g.get("reasons"))
+        if "listed" in g:
+            digest, but = g.get("listed"), _strings(g.get("but"))
+            members = listed(digest) if isinstance(digest, str) else None
+            if members is None or but is None:
+                raise unreadable
+            left_out = set(but)
+            agencies: tuple[str, ...] | None = tuple(a for a in members if a not in left_out)
+        else:
+            agencies = _strings(g.get("agencies"))
         if agencies is None or policy_ids is None or reasons is None:
             raise unreadable
         allowed = g.get("outcome") in _ALLOWED_OUTCOMES

@@ -13,6 +13,7 @@ AUDIT_TABLES = ("audit_event", "log_entry", "merkle_node", "tree_head")
 REGISTRY_TABLES = (
     "admin_identity",
     "agency",
+    "agency_set",
     "assertion_jti",
     "bulletin",
     "community_group",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -11,13 +11,17 @@ from broker.audit.events._common import (
     MAX,
     one_off,
 )
-from schemas.audit import AuditEvent
+from schemas.audit import AuditEvent, agency_set_digest
 from schemas.labels import Labels
 
 __all__ = [
     "MAX_DECIDED_BYTES",
     "MAX_DECIDED_GROUPS",
+    "SET_MIN_AGENCIES",
     "DecisionGroup",
+    "UnknownSet",
+    "agencies_listed",
+    "agency_set_digest",
     "bulletin_accepted",
     "bulletin_decided",
     "bulletin_received",
@@ -37,6 +41,10 @@ __all__ = [
 MAX_DECIDED_BYTES = 31 * 1024
 MAX_DECIDED_GROUPS = 13
 _GROUP_OVERHEAD = 24  # '"why.13":[],"who.13":[],'
+# A group of more candidates than this that the policy decided alike is recorded by
+# reference to an ``agencies.listed`` set (ADR 36): the set once, each bulletin a digest.
+SET_MIN_AGENCIES = 64
+_DIGEST_COST = 70  # a set's digest, quoted, with a comma
 
 
 # ---------------------------------------------------------------------------- bulletins
@@ -95,12 +103,49 @@ class DecisionGroup:
             (allowed, but the originator did not seal it for them) or the denial code
             (``policy_deny``, ``default_deny``, ``policy_error``).
         policy_ids: the deciding policies' sorted ``@id``s (none on a default deny).
-        agencies: the candidates, sorted.
+        agencies: the candidates, sorted (for a group written by reference: those of
+            the set that are not in ``but``).
+        listed: written by reference: the digest of the ``agencies.listed`` set they
+            are drawn from (ADR 36), or None.
+        but: the agencies of that set that are not in the group, sorted.
     """
 
     outcome: str
     policy_ids: tuple[str, ...]
     agencies: tuple[str, ...]
+    listed: str | None = None
+    but: tuple[str, ...] = ()
+
+
+class UnknownSet(LookupError):
+    """A ``bulletin.decided`` event names an ``agencies.listed`` set its reader does not
+    hold (``args[0]``: the digest)."""
+
+
+def agencies_listed(digest: str, agencies: Sequence[str], *, at: int) -> tuple[AuditEvent, ...]:
+    """A set of agencies that ``bulletin.decided`` events refer to by ``digest`` (ADR 36),
+    in parts of at most ``MAX_DECIDED_BYTES`` of ids: ``agencies:<digest>:<n>``, each with
+    the set's digest and size, its ``part`` of ``parts`` and its ``who``. Written once,
+    before the first event that refers to it; the same set again is the same events."""
+    ordered = tuple(sorted(agencies))
+    parts = _decided_parts([DecisionGroup("listed", (), ordered)])
+    return tuple(
+        AuditEvent(
+            event_id=f"agencies:{digest}:{n}",
+            type="agencies.listed",
+            time=at,
+            actor="relay",
+            subject=digest,
+            data={
+                "digest": digest,
+                "count": len(ordered),
+                "part": n,
+                "parts": len(parts),
+                "who": part[0].agencies if part else (),
+            },
+        )
+        for n, part in enumerate(parts, 1)
+    )
 
 
 def bulletin_decided(
@@ -141,7 +186,9 @@ def bulletin_decided(
                     for i, g in enumerate(part, 1)
                     for key, value in (
                         (f"why.{i}", (g.outcome, *g.policy_ids)),
-                        (f"who.{i}", g.agencies),
+                        (f"from.{i}", (g.listed, *g.but))
+                        if g.listed is not None
+                        else (f"who.{i}", g.agencies),
                     )
                 },
             },
@@ -150,15 +197,38 @@ def bulletin_decided(
     )
 
 
-def decided_groups(data: Mapping[str, object]) -> list[DecisionGroup]:
+def decided_groups(
+    data: Mapping[str, object],
+    listed: Callable[[str], Sequence[str] | None] | None = None,
+) -> list[DecisionGroup]:
     """The groups of one ``bulletin.decided`` event's data (as stored: lists or tuples),
-    in order; anything not laid out as ``bulletin_decided`` writes it is skipped."""
+    in order, each with its agencies; anything not laid out as ``bulletin_decided``
+    writes it is skipped.
+
+    A group written by reference (``from.i``: a set's digest, then the agencies of the
+    set left out) is read through ``listed``, which gives a set's agencies by digest.
+
+    Raises:
+        UnknownSet: a group refers to a set ``listed`` does not give (or none was passed).
+    """
     out: list[DecisionGroup] = []
     for i in range(1, MAX_DECIDED_GROUPS + 1):
-        why, who = data.get(f"why.{i}"), data.get(f"who.{i}")
-        if not isinstance(why, list | tuple) or not isinstance(who, list | tuple) or not why:
+        why, who, ref = data.get(f"why.{i}"), data.get(f"who.{i}"), data.get(f"from.{i}")
+        if not isinstance(why, list | tuple) or not why:
             break
-        out.append(DecisionGroup(str(why[0]), tuple(map(str, why[1:])), tuple(map(str, who))))
+        outcome, policies = str(why[0]), tuple(map(str, why[1:]))
+        if isinstance(who, list | tuple):
+            out.append(DecisionGroup(outcome, policies, tuple(map(str, who))))
+            continue
+        if not isinstance(ref, list | tuple) or not ref:
+            break
+        digest, but = str(ref[0]), tuple(map(str, ref[1:]))
+        members = listed(digest) if listed is not None else None
+        if members is None:
+            raise UnknownSet(digest)
+        left_out = set(but)
+        agencies = tuple(a for a in members if a not in left_out)
+        out.append(DecisionGroup(outcome, policies, agencies, digest, but))
     return out
 
 
@@ -171,6 +241,17 @@ def _decided_parts(groups: Sequence[DecisionGroup]) -> list[list[DecisionGroup]]
     used = 0
     for g in groups:
         head = _GROUP_OVERHEAD + sum(_cost(x) for x in (g.outcome, *g.policy_ids))
+        if g.listed is not None:
+            # By reference: a digest and the few left out, never cut across parts.
+            cost = head + _DIGEST_COST + sum(map(len, g.but)) + 3 * len(g.but)
+            if parts[-1] and (
+                len(parts[-1]) == MAX_DECIDED_GROUPS or used + cost > MAX_DECIDED_BYTES
+            ):
+                parts.append([])
+                used = 0
+            parts[-1].append(g)
+            used += cost
+            continue
         left = g.agencies
         while True:
             first = _cost(left[0]) if left else 0
