@@ -7,8 +7,9 @@ bulletin (more parts only for a broadcast to thousands), not a row and an event 
 candidate. Both group the candidates by outcome (``routed``, ``unaddressed``, or the
 denial code) and deciding policies. A refused or unaddressed group drawn from big classes
 names their agency set by digest, less the agencies of it left out (ADR 36), so a record
-does not grow with the candidates; small groups and the routed one list their agencies. A denial always carries a code and a reason: the deciding policies'
-own, or, when no policy granted anything, that this is a default deny.
+does not grow with the candidates; small groups and the routed one list their agencies.
+A denial always carries a code and a reason: the deciding policies' own, or, when no
+policy granted anything, that this is a default deny.
 
 Left to others: asking the engine (``broker.relay.plan``), the policies themselves
 (``broker.policy``), and committing rows and events (``broker.relay.worker``).
@@ -121,8 +122,16 @@ def route(
             classes.append(alike.agencies)
             left_out.extend(routed)
     keys = sorted(grouped, key=lambda k: (_ORDER.get(k[0], 2), k))
-    who = {k: sorted(chain.from_iterable(grouped[k])) for k in keys}
-    deliver_to = tuple(sorted(chain.from_iterable(who[k] for k in keys if k[0] == "routed")))
+    sorted_runs: dict[_Key, list[str]] = {}
+
+    def who(key: _Key) -> list[str]:
+        """``key``'s agencies, sorted (made only for a group written in full)."""
+        found = sorted_runs.get(key)
+        if found is None:
+            found = sorted_runs[key] = sorted(chain.from_iterable(grouped[key]))
+        return found
+
+    deliver_to = tuple(sorted(chain.from_iterable(who(k) for k in keys if k[0] == "routed")))
     listed: dict[str, tuple[str, ...]] = {}
 
     def by_reference(key: _Key) -> tuple[str, tuple[str, ...]] | None:
@@ -140,7 +149,7 @@ def route(
         bulletin_id=bulletin_id,
         routed=",".join(deliver_to),
         groups=json.dumps(
-            [_record_group(k, who[k], refs[k]) for k in keys],
+            [_record_group(k, refs[k] or who(k)) for k in keys],
             separators=(",", ":"),
         ),
     )
@@ -159,7 +168,7 @@ def route(
         if ref is not None:
             groups.append(DecisionGroup(outcome, policies, (), ref[0], ref[1]))
         else:
-            agencies = sorted(chain.from_iterable(who[k] for k in merged))
+            agencies = sorted(chain.from_iterable(who(k) for k in merged))
             groups.append(DecisionGroup(outcome, policies, tuple(agencies)))
     trail = events.bulletin_decided(
         bulletin_id,
@@ -172,42 +181,39 @@ def route(
     return Routing(deliver_to, record, trail, tuple(listed.items()))
 
 
-def _record_group(
-    key: _Key, agencies: list[str], ref: tuple[str, tuple[str, ...]] | None
-) -> dict[str, object]:
-    """One group of the decision record: its agencies, or the set they are drawn from
-    and the agencies of it left out (ADR 36)."""
+def _record_group(key: _Key, written: tuple[str, tuple[str, ...]] | list[str]) -> dict[str, object]:
+    """One group of the decision record: its agencies (a list), or the set they are
+    drawn from and the agencies of it left out (a digest and a tuple; ADR 36)."""
     group: dict[str, object] = {
         "outcome": key[0],
         "policy_ids": list(key[1]),
         "reasons": list(key[2]),
     }
-    if ref is None:
-        group["agencies"] = agencies
+    if isinstance(written, list):
+        group["agencies"] = written
     else:
-        group["listed"], group["but"] = ref[0], list(ref[1])
+        group["listed"], group["but"] = written[0], list(written[1])
     return group
 
 
-# Digests of the engine's classes, by the identity of their agency tuples (which the
-# engine keeps while it keeps its decisions): a wide topic's set is hashed once a
-# second, not once a bulletin. Each entry holds its tuple, so an id is never reused.
-_DIGESTS: dict[int, tuple[tuple[str, ...], str, tuple[str, ...]]] = {}
+# Sets of the engine's classes, by the identity of their agency tuples (which the engine
+# keeps while it keeps its decisions): a wide topic's set is sorted and hashed once a
+# second, not once a bulletin. Each entry holds its tuples, so an id is never reused.
+_DIGESTS: dict[tuple[int, ...], tuple[tuple[tuple[str, ...], ...], str, tuple[str, ...]]] = {}
 _KEPT_DIGESTS = 256
 
 
 def _listed(classes: Sequence[tuple[str, ...]]) -> tuple[str, tuple[str, ...]]:
     """The digest and sorted agencies of the union of ``classes`` (no agency in two)."""
-    if len(classes) == 1:
-        kept = _DIGESTS.get(id(classes[0]))
-        if kept is not None and kept[0] is classes[0]:
-            return kept[1], kept[2]
+    key = tuple(map(id, classes))
+    kept = _DIGESTS.get(key)
+    if kept is not None and all(a is b for a, b in zip(kept[0], classes, strict=True)):
+        return kept[1], kept[2]
     members = tuple(sorted(chain.from_iterable(classes)))
     digest = agency_set_digest(members)
-    if len(classes) == 1:
-        if len(_DIGESTS) >= _KEPT_DIGESTS:
-            _DIGESTS.clear()
-        _DIGESTS[id(classes[0])] = (classes[0], digest, members)
+    if len(_DIGESTS) >= _KEPT_DIGESTS:
+        _DIGESTS.clear()
+    _DIGESTS[key] = (tuple(classes), digest, members)
     return digest, members
 
 
