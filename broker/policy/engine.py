@@ -42,7 +42,7 @@ from broker.policy.model import (
     ReplyFacts,
 )
 from broker.policy.simulate import Change, simulate
-from broker.policy.slicing import references
+from broker.policy.slicing import Uid, references
 
 __all__ = [
     "AgencyInfo",
@@ -67,6 +67,7 @@ _POSITIONAL_ID = re.compile(r"\bpolicy\d+\b")
 # of the directory is decided over the whole directory plus the bulletin. Both give the
 # same decisions (ADR 0012); only the cost differs.
 _SLICE_ENTITY_COST = 32
+_KEPT_SLICES = 256  # parsed slices of the directory an engine keeps (each under 1/32 of it)
 
 _Json = dict[str, object]
 _MemoKey = tuple[BulletinFacts, Action, tuple[str, ...], int]
@@ -129,6 +130,7 @@ class PolicyEngine:
         self._allowed_memo: dict[_MemoKey, tuple[str, ...]] = {}  # permitted_receivers'
         self._class_memo: dict[_MemoKey, tuple[DecidedAlike, ...]] = {}  # receive_classes'
         self._base = frozenset(self._pinned)  # in every request's fixed entities
+        self._slices: dict[frozenset[Uid], Entities] = {}  # parsed, by their uids
         # Candidates the policies cannot tell apart share one Cedar request (ADR 0035).
         self._shapes = Shapes(directory._index.entity, bundle._read, AGENCY) if classes else None
 
@@ -406,9 +408,20 @@ class PolicyEngine:
         roots = [*self._pinned, *references(bulletin["attrs"])]
         roots += [(AGENCY, a) for a in principals]
         uids = index.reach(roots)
+        schema = self._bundle._schema
         if len(uids) > self._slice_limit:
-            return self._directory._entities.with_added_json_str(f"[{text}]", self._bundle._schema)
-        return Entities.from_json_str(index.text(uids, [text]), self._bundle._schema)
+            return self._directory._entities.with_added_json_str(f"[{text}]", schema)
+        # The directory's part of a slice recurs (an originator's bulletins, a topic's
+        # classes): parsed once and kept, then copied with the bulletin added, as the
+        # whole directory is (ADR 12: both decide alike).
+        key = frozenset(uids)
+        part = self._slices.get(key)
+        if part is None:
+            part = Entities.from_json_str(index.text(uids), schema)
+            if len(self._slices) >= _KEPT_SLICES:
+                self._slices.clear()
+            self._slices[key] = part
+        return part.with_added_json_str(f"[{text}]", schema)
 
     def _convert(self, agency: str, action: Action, result: cedarpy.AuthzResult) -> Decision:
         # 4. Fail closed: allow only a clean Allow (no errors) for the agency we asked about.
