@@ -133,6 +133,9 @@ class _Partition:
     class_of: dict[str, int]
     position: dict[str, int]
     touch: dict[Uid, tuple[str, ...]]
+    # The classes cut for a bulletin, by its fixed entities beyond the base: a class's
+    # members depend on nothing else, so an originator's bulletins get the same tuples.
+    cuts: dict[frozenset[Uid], tuple[tuple[str, ...], ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, shapes: Shapes, candidates: tuple[str, ...], base: Collection[Uid]) -> _Partition:
@@ -256,10 +259,12 @@ class Shapes:
             if len(self._partitions) >= _PARTITIONS:
                 self._partitions.clear()
             self._partitions[candidates] = kept
+        extra = frozenset(uid for uid in fixed if uid not in kept.base)
+        done = kept.cuts.get(extra)
+        if done is not None:
+            return list(done)  # the same tuples again: their sets are hashed once
         touched: set[str] = set()
-        for uid in fixed:
-            if uid in kept.base:
-                continue
+        for uid in extra:
             if uid[0] == self._kind and uid[1] in kept.position:
                 touched.add(uid[1])
             touched.update(kept.touch.get(uid, ()))
@@ -277,6 +282,9 @@ class Shapes:
         for agency, first in self.representatives(again, fixed).items():
             firsts.setdefault(first, []).append(agency)
         out += (tuple(m) for m in firsts.values())
+        if len(kept.cuts) >= _PARTITIONS:
+            kept.cuts.clear()
+        kept.cuts[extra] = tuple(out)
         return out
 
     def _interned(self, shape: Shape | None) -> Shape | None:
