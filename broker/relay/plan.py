@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Literal, Protocol
 
@@ -460,8 +460,12 @@ def _decide(
         audience = (
             reply.audience if reply is not None else d.candidates(h.labels.topic, h.labels.named)
         )
-        candidates = _candidates(audience, h.recipients, h.originator)
+        # The same candidate list for every originator on the topic (the engine keeps its
+        # classes per list); the originator, its own class, is taken out afterwards.
+        candidates = _candidates(audience, h.recipients)
         decided = d.engine.receive_classes(facts, candidates, now)
+        if h.originator not in h.recipients and _has(candidates, h.originator):
+            decided = _without(decided, h.originator)
     else:
         # Only its one recipient is asked, on the original's facts: a forward reaches no
         # one the original's rules would refuse, and nothing moves if it is refused.
@@ -577,20 +581,32 @@ def set_records(
     return rows, trail
 
 
-def _candidates(
-    audience: Sequence[str], recipients: Sequence[str], originator: str
-) -> tuple[str, ...]:
+def _candidates(audience: Sequence[str], recipients: Sequence[str]) -> tuple[str, ...]:
     """Whom to decide on: the audience (sorted, no duplicates) and the addressed
-    recipients, sorted, without the originator unless it addressed itself. Copied, not
-    rebuilt, in the usual case (every recipient in the audience): a topic may have
-    thousands of followers."""
+    recipients, sorted. Copied, not rebuilt, in the usual case (every recipient in the
+    audience): a topic may have thousands of followers."""
     out = tuple(audience)
     if any(not _has(out, r) for r in recipients):
         out = tuple(sorted(set(out) | set(recipients)))
-    if originator not in recipients and _has(out, originator):
-        at = bisect_left(out, originator)
-        out = out[:at] + out[at + 1 :]
     return out
+
+
+def _without(decided: Sequence[DecidedAlike], agency: str) -> tuple[DecidedAlike, ...]:
+    """``decided`` without ``agency`` (the originator, not a candidate unless it addressed
+    itself). The bulletin refers to it, so it is its own class, which is dropped; were it
+    in a bigger one, that class loses it all the same."""
+    alone = [i for i, c in enumerate(decided) if c.agencies == (agency,)]
+    if alone:
+        return (*decided[: alone[0]], *decided[alone[0] + 1 :])
+    out = []
+    for c in decided:
+        if agency in c.members:
+            rest = tuple(a for a in c.agencies if a != agency)
+            first = c.decision if c.decision.agency != agency else replace(
+                c.decision, agency=rest[0])  # fmt: skip
+            c = DecidedAlike(first, rest)
+        out.append(c)
+    return tuple(out)
 
 
 def _has(ordered: tuple[str, ...], value: str) -> bool:
