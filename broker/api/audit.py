@@ -234,7 +234,8 @@ def audit_router(state: ApiState) -> APIRouter:
         summary="Entries by agency, bulletin, event type and time",
         description=(
             "Every filter given must match. `agency` matches the actor, the subject, or a "
-            "candidate a `bulletin.decided` event lists (routed or denied); in logs from "
+            "candidate a `bulletin.decided` event lists (routed or denied), also through an "
+            "agency set it names (`from.N`, listed once by `agencies.listed` events); in logs from "
             "before that event, a `bulletin.routed` or `bulletin.denied` event names the "
             "candidate as subject. Times are epoch "
             f"milliseconds, `until` exclusive. In index order, at most `limit` (capped at "
