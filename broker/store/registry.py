@@ -630,8 +630,10 @@ class Registry:
             q = select(DecisionRecordRow).where(col(DecisionRecordRow.bulletin_id).in_(ids))
             records = list(s.exec(q))
             for record in records:
-                decided = _decisions_of(record, lambda d: self._agency_set(s, d))
-                out[record.bulletin_id] = {d.agency for d in decided if d.allowed}
+                allowed = out[record.bulletin_id]
+                for ok, _, _, agencies in _groups_of(record, lambda d: self._agency_set(s, d)):
+                    if ok:
+                        allowed.update(agencies)  # a set's thousands, without an object each
             older = set(ids) - {r.bulletin_id for r in records}
             if older:
                 rows = select(DecisionRow.bulletin_id, DecisionRow.agency).where(
@@ -882,9 +884,26 @@ class Registry:
 def _decisions_of(
     record: DecisionRecordRow, listed: Callable[[str], tuple[str, ...] | None]
 ) -> list[StoredDecision]:
-    """The decisions a ``DecisionRecordRow`` holds, by agency; a group written by
-    reference (ADR 36: ``listed``, a set's digest, and ``but``, the agencies of that set
-    not in the group) is read through ``listed``.
+    """The decisions a ``DecisionRecordRow`` holds, by agency (``_groups_of``).
+
+    Raises:
+        AuditStoreError: it is not laid out as the relay writes it (edited by hand), or it
+            names a set that is not recorded.
+    """
+    out = [
+        StoredDecision(a, allowed, policy_ids, reasons)
+        for allowed, policy_ids, reasons, agencies in _groups_of(record, listed)
+        for a in agencies
+    ]
+    return sorted(out, key=lambda d: d.agency)
+
+
+def _groups_of(
+    record: DecisionRecordRow, listed: Callable[[str], tuple[str, ...] | None]
+) -> list[tuple[bool, tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
+    """The groups a ``DecisionRecordRow`` holds: (allowed, policy ids, reasons, agencies).
+    A group written by reference (ADR 36: ``listed``, a set's digest, and ``but``, the
+    agencies of that set not in the group) is read through ``listed``.
 
     Raises:
         AuditStoreError: it is not laid out as the relay writes it (edited by hand), or it
@@ -897,7 +916,7 @@ def _decisions_of(
         groups = json.loads(record.groups)
     except ValueError as exc:
         raise unreadable from exc
-    out: list[StoredDecision] = []
+    out = []
     for g in groups if isinstance(groups, list) else [None]:
         if not isinstance(g, dict):
             raise unreadable
@@ -908,14 +927,15 @@ def _decisions_of(
             if members is None or but is None:
                 raise unreadable
             left_out = set(but)
-            agencies: tuple[str, ...] | None = tuple(a for a in members if a not in left_out)
+            agencies: tuple[str, ...] | None = (
+                tuple(a for a in members if a not in left_out) if left_out else members
+            )
         else:
             agencies = _strings(g.get("agencies"))
         if agencies is None or policy_ids is None or reasons is None:
             raise unreadable
-        allowed = g.get("outcome") in _ALLOWED_OUTCOMES
-        out += [StoredDecision(a, allowed, policy_ids, reasons) for a in agencies]
-    return sorted(out, key=lambda d: d.agency)
+        out.append((g.get("outcome") in _ALLOWED_OUTCOMES, policy_ids, reasons, agencies))
+    return out
 
 
 def _strings(value: object) -> tuple[str, ...] | None:
