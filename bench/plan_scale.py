@@ -15,7 +15,9 @@ in milliseconds a bulletin:
 * ``one_originator``: one bulletin a second from the same originator (nothing memoised,
   its slices and classes kept);
 * ``new_originator``: one bulletin from each of 100 originators in turn (nothing kept for
-  it but the topic's classes): SIENA's traffic, from thousands of authorities, is this.
+  it but the topic's classes): SIENA's traffic, from thousands of authorities, is this;
+* ``narrow_memoised``: as ``memoised``, releasable to two states only (``S0001``,
+  ``S0002``): 5 permitted, every other follower refused.
 
 It runs against whatever ``broker`` is importable, so the same script measures before and
 after a change (check out the older commit in a worktree and set ``PYTHONPATH``).
@@ -28,7 +30,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.harness import WIDE_LABELS
@@ -99,9 +101,14 @@ def figures(agencies: int, n: int) -> dict[str, object]:
     to = [a for a in permitted if a != SENDER][:5]
     seq = iter(range(1, 10**9))
 
-    def sealed(originator: str) -> Ingested:
-        keys = {AgencyId(a): pub for a in to if a != originator}
-        env = seal(content=Content(title="bench", text="x" * 2048), labels=WIDE_LABELS,
+    narrow_labels = WIDE_LABELS.model_copy(update={"rel_to": ("S0001", "S0002")})
+    narrow_to = [a for a in engine.permitted_receivers(
+        replace(facts, labels=narrow_labels), candidates, now) if a != SENDER][:5]  # fmt: skip
+
+    def sealed(originator: str, *, narrow: bool = False) -> Ingested:
+        keys = {AgencyId(a): pub for a in (narrow_to if narrow else to) if a != originator}
+        labels = narrow_labels if narrow else WIDE_LABELS
+        env = seal(content=Content(title="bench", text="x" * 2048), labels=labels,
                    originator=AgencyId(originator), signing_key=signing, recipients=keys,
                    now=now)  # fmt: skip
         return Ingested(raw=encode_envelope(env), subject=gated_subject("ingest", originator),
@@ -126,6 +133,12 @@ def figures(agencies: int, n: int) -> dict[str, object]:
         ),
         "one_originator": cpu_ms([[sealed(SENDER)] for _ in range(100)], lambda i: now + 10 + i),
         "new_originator": cpu_ms([[sealed(o)] for o in originators], lambda i: now - 110 + i),
+        # Releasable to two states: 5 permitted, the others refused (each one's withheld
+        # count goes up); a batch as in "memoised".
+        "narrow_memoised": cpu_ms(
+            [[sealed(SENDER, narrow=True) for _ in range(n)] for _ in range(4)],
+            lambda i: now + 200 + i,
+        ),
     }
 
 
