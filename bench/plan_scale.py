@@ -122,6 +122,15 @@ def figures(agencies: int, n: int) -> dict[str, object]:
             assert all(p.verdict == "accept" for p in plans), plans[0].message
         return round((time.process_time() - started) / sum(map(len, batches)) * 1e3, 3)
 
+    def sets_named(senders: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i, o in enumerate(senders):
+            msg = sealed(o)
+            (p,) = plan_batch([msg], [parse(msg, LIMITS)], directory=view, limits=LIMITS,
+                              accepted={}, now_ms=(now - 110 + i) * 1000)  # fmt: skip
+            found.update(digest for digest, _ in getattr(p, "sets", ()))  # none before ADR 36
+        return found
+
     originators = [a for a in permitted if a.endswith("-police")][:100]
     cpu_ms([[sealed(SENDER)]], lambda _: now)  # the topic's classes, kept from here on
     return {
@@ -133,6 +142,9 @@ def figures(agencies: int, n: int) -> dict[str, object]:
         ),
         "one_originator": cpu_ms([[sealed(SENDER)] for _ in range(100)], lambda i: now + 10 + i),
         "new_originator": cpu_ms([[sealed(o)] for o in originators], lambda i: now - 110 + i),
+        # How many agency sets those 100 originators' records name (ADR 36): each is
+        # recorded once, so this is what SIENA-like traffic adds to the registry.
+        "sets_named_by_100_originators": len(sets_named(originators)),
         # Releasable to two states: 5 permitted, the others refused (each one's withheld
         # count goes up); a batch as in "memoised".
         "narrow_memoised": cpu_ms(

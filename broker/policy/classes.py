@@ -40,12 +40,15 @@ from cedarpy import pst
 
 from broker.policy.slicing import Uid, uid_of
 
-__all__ = ["Shape", "Shapes", "attributes_read", "shape_of"]
+__all__ = ["Cut", "Shape", "Shapes", "attributes_read", "shape_of"]
 
 _Json = dict[str, object]
 # An entity with its uid left out, unread attributes dropped and each reference replaced
 # by a slot; and the uids in those slots, in order.
 Shape = tuple[str, tuple[Uid, ...]]
+# A class of one bulletin's candidates: its members, the kept class it is what is left of
+# (None for candidates classed again), and the members taken out of that one.
+Cut = tuple[tuple[str, ...], tuple[str, ...] | None, tuple[str, ...]]
 
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
@@ -135,7 +138,7 @@ class _Partition:
     touch: dict[Uid, tuple[str, ...]]
     # The classes cut for a bulletin, by its fixed entities beyond the base: a class's
     # members depend on nothing else, so an originator's bulletins get the same tuples.
-    cuts: dict[frozenset[Uid], tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    cuts: dict[frozenset[Uid], tuple[Cut, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, shapes: Shapes, candidates: tuple[str, ...], base: Collection[Uid]) -> _Partition:
@@ -241,6 +244,12 @@ class Shapes:
     def partition(
         self, candidates: tuple[str, ...], fixed: Collection[Uid], base: Collection[Uid]
     ) -> list[tuple[str, ...]]:
+        """``candidates`` in classes (``cut_classes``, their members only)."""
+        return [members for members, _, _ in self.cut_classes(candidates, fixed, base)]
+
+    def cut_classes(
+        self, candidates: tuple[str, ...], fixed: Collection[Uid], base: Collection[Uid]
+    ) -> list[Cut]:
         """``candidates`` in classes, each in candidate order, its first member first: the
         classes of ``representatives(candidates, fixed)``, except that a class may be cut
         in two (which only costs a Cedar request more).
@@ -252,6 +261,11 @@ class Shapes:
         neighbour's neighbour, is (the only ones whose class key can differ). So a bulletin
         costs about its touched candidates and the number of classes, not one step per
         candidate.
+
+        Each class comes as a ``Cut``: its members, the kept class it is (what is left of)
+        and the members taken out of that one, or, for the touched candidates classed
+        again, no kept class. A kept class is the same tuple for every bulletin on this
+        list: a caller may key what it derives from one (a set's digest) by identity.
         """
         kept = self._partitions.get(candidates)
         if kept is None:
@@ -262,26 +276,28 @@ class Shapes:
         extra = frozenset(uid for uid in fixed if uid not in kept.base)
         done = kept.cuts.get(extra)
         if done is not None:
-            return list(done)  # the same tuples again: their sets are hashed once
+            return list(done)
         touched: set[str] = set()
         for uid in extra:
             if uid[0] == self._kind and uid[1] in kept.position:
                 touched.add(uid[1])
             touched.update(kept.touch.get(uid, ()))
         if not touched:
-            return list(kept.classes)
-        out = []
+            return [(members, members, ()) for members in kept.classes]
+        out: list[Cut] = []
         cut = {kept.class_of[a] for a in touched}
-        for i, members in enumerate(kept.classes):
-            if i in cut:
-                members = tuple(m for m in members if m not in touched)
+        for i, whole in enumerate(kept.classes):
+            if i not in cut:
+                out.append((whole, whole, ()))
+                continue
+            members = tuple(m for m in whole if m not in touched)
             if members:
-                out.append(members)
+                out.append((members, whole, tuple(m for m in whole if m in touched)))
         again = sorted(touched, key=kept.position.__getitem__)
         firsts: dict[str, list[str]] = {}
         for agency, first in self.representatives(again, fixed).items():
             firsts.setdefault(first, []).append(agency)
-        out += (tuple(m) for m in firsts.values())
+        out += ((tuple(m), None, ()) for m in firsts.values())
         if len(kept.cuts) >= _PARTITIONS:
             kept.cuts.clear()
         kept.cuts[extra] = tuple(out)

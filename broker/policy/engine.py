@@ -28,7 +28,7 @@ import cedarpy
 from cedarpy import Entities, PolicySet
 
 from broker.policy.bundle import PolicyBundle, PolicyLoadError
-from broker.policy.classes import Shapes
+from broker.policy.classes import Cut, Shapes
 from broker.policy.entities import AGENCY, DirectorySnapshot, bulletin_entity, entity_uid
 from broker.policy.explain import Explanation, explanation
 from broker.policy.lint import MAX_ERROR_CHARS, shorten_error
@@ -307,7 +307,7 @@ class PolicyEngine:
             if a not in directory
         )  # fmt: skip
         return [
-            (*(DecidedAlike(self._convert(c[0], action, r), c)
+            (*(DecidedAlike(self._convert(c[0][0], action, r), *c)
                for c, r in zip(classes, batch, strict=True)), *unknown)
             for batch in batches
         ]  # fmt: skip
@@ -320,12 +320,12 @@ class PolicyEngine:
         now: int,
         policy_sets: Sequence[PolicySet],
         context: _Json | None,
-    ) -> tuple[list[tuple[str, ...]], list[list[cedarpy.AuthzResult]]]:
-        """The known candidates (no duplicates) in classes, and Cedar's results for the
-        first of each (``classes``). A class whose result carried an error (its text may
-        name the agency) or no clean decision is asked again, one candidate each: only a
-        clean Allow or Deny is shared."""
-        classes: list[tuple[str, ...]] | None = None
+    ) -> tuple[list[Cut], list[list[cedarpy.AuthzResult]]]:
+        """The known candidates (no duplicates) in classes (``Shapes.cut_classes``), and
+        Cedar's results for the first of each. A class whose result carried an error (its
+        text may name the agency) or no clean decision is asked again, one candidate each:
+        only a clean Allow or Deny is shared."""
+        classes: list[Cut] | None = None
         shapes = self._shapes
         if shapes is not None and context is None and len(known) > 1:
             try:
@@ -335,24 +335,24 @@ class PolicyEngine:
             else:
                 roots = [*self._pinned, *references(bulletin["attrs"])]
                 fixed = self._directory._index.reach(roots)
-                classes = shapes.partition(known, fixed, self._base)
+                classes = shapes.cut_classes(known, fixed, self._base)
         if classes is None:
-            classes = [(a,) for a in known]
-        asked = [c[0] for c in classes]
+            classes = [((a,), None, ()) for a in known]
+        asked = [c[0][0] for c in classes]
         batches = self._evaluate(facts, action, asked, now, policy_sets, context)
         if len(asked) == len(known):
             return classes, batches
         unclean = {
             i for batch in batches for i, (a, r) in enumerate(zip(asked, batch, strict=True))
-            if len(classes[i]) > 1 and (r.diagnostics.errors or r.correlation_id != a
-                                        or r.decision == cedarpy.Decision.NoDecision)
+            if len(classes[i][0]) > 1 and (r.diagnostics.errors or r.correlation_id != a
+                                           or r.decision == cedarpy.Decision.NoDecision)
         }  # fmt: skip
         if unclean:
-            again = [a for i in sorted(unclean) for a in classes[i][1:]]
+            again = [a for i in sorted(unclean) for a in classes[i][0][1:]]
             more = self._evaluate(facts, action, again, now, policy_sets, context)
             batches = [b + m for b, m in zip(batches, more, strict=True)]
-            classes = [c[:1] if i in unclean else c for i, c in enumerate(classes)]
-            classes += [(a,) for a in again]
+            classes = [(c[0][:1], None, ()) if i in unclean else c for i, c in enumerate(classes)]
+            classes += [((a,), None, ()) for a in again]
         return classes, batches
 
     def _evaluate(

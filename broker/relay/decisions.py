@@ -101,15 +101,15 @@ def route(
     # (outcome, policy ids, reasons) -> runs of agencies: the row keeps the reasons'
     # texts; the event, as before, the code and policies (the texts are in the policy set).
     grouped: dict[_Key, list[Iterable[str]]] = {}
-    # For the groups that may be written by reference: the classes each is drawn from,
-    # and the agencies of those classes it leaves out (routed ones).
-    drawn: dict[_Key, tuple[list[tuple[str, ...]], list[str]]] = {}
+    # For the groups that may be written by reference: their classes, each with the
+    # agencies of it the group leaves out (those routed).
+    drawn: dict[_Key, list[tuple[DecidedAlike, frozenset[str]]]] = {}
     for alike in decided:
         dec = alike.decision
         if not dec.allowed:
             key = (_deny_code(dec), dec.policy_ids, dec.reasons or _why_not(dec))
             grouped.setdefault(key, []).append(alike.agencies)
-            drawn.setdefault(key, ([], []))[0].append(alike.agencies)
+            drawn.setdefault(key, []).append((alike, frozenset()))
             continue
         routed = wrapped & alike.members
         if routed:
@@ -118,9 +118,7 @@ def route(
             key = ("unaddressed", dec.policy_ids, dec.reasons)
             rest = filterfalse(routed.__contains__, alike.agencies) if routed else alike.agencies
             grouped.setdefault(key, []).append(rest)
-            classes, left_out = drawn.setdefault(key, ([], []))
-            classes.append(alike.agencies)
-            left_out.extend(routed)
+            drawn.setdefault(key, []).append((alike, routed))
     keys = sorted(grouped, key=lambda k: (_ORDER.get(k[0], 2), k))
     sorted_runs: dict[_Key, list[str]] = {}
 
@@ -134,24 +132,28 @@ def route(
     deliver_to = tuple(sorted(chain.from_iterable(who(k) for k in keys if k[0] == "routed")))
     listed: dict[str, tuple[str, ...]] = {}
 
-    def by_reference(key: _Key) -> tuple[str, tuple[str, ...]] | None:
-        """(digest, left out) if ``key``'s group is written by reference, else None."""
-        classes, left_out = drawn.get(key, ((), ()))
-        if sum(map(len, classes)) <= listed_from:
-            return None
-        digest, members = _listed(classes)
-        listed[digest] = members
-        return digest, tuple(sorted(left_out))
+    def by_reference(key: _Key) -> _ByReference | None:
+        """How ``key``'s group is written by reference, or None to list it in full."""
+        found = _by_reference(drawn.get(key, []), listed_from)
+        if found is not None:
+            listed[found.digest] = found.members
+        return found
 
     refs = {k: by_reference(k) for k in keys}
+    rows: list[dict[str, object]] = []
+    for k in keys:
+        ref = refs[k]
+        if ref is None:
+            rows.append(_record_group(k, who(k)))
+            continue
+        rows.append(_record_group(k, (ref.digest, ref.but)))
+        if ref.loose:
+            rows.append(_record_group(k, list(ref.loose)))
     record = row_values(
         DecisionRecordRow,
         bulletin_id=bulletin_id,
         routed=",".join(deliver_to),
-        groups=json.dumps(
-            [_record_group(k, refs[k] or who(k)) for k in keys],
-            separators=(",", ":"),
-        ),
+        groups=json.dumps(rows, separators=(",", ":")),
     )
     audited: dict[tuple[str, tuple[str, ...]], list[_Key]] = {}
     for k in keys:
@@ -159,17 +161,15 @@ def route(
     groups = []
     for (outcome, policies), merged in audited.items():
         ref = refs[merged[0]] if len(merged) == 1 else None
-        if len(merged) > 1 and all(refs[k] is not None for k in merged):
-            # Same outcome and policies, other reasons (errors): one set for the event.
-            classes = [c for k in merged for c in drawn[k][0]]
-            digest, members = _listed(classes)
-            listed[digest] = members
-            ref = digest, tuple(sorted(chain.from_iterable(drawn[k][1] for k in merged)))
-        if ref is not None:
-            groups.append(DecisionGroup(outcome, policies, (), ref[0], ref[1]))
-        else:
+        if ref is None:
+            # In full; also keys of the same outcome and policies that differ only in
+            # their reasons (errors), which the event does not keep apart.
             agencies = sorted(chain.from_iterable(who(k) for k in merged))
             groups.append(DecisionGroup(outcome, policies, tuple(agencies)))
+            continue
+        groups.append(DecisionGroup(outcome, policies, (), ref.digest, ref.but))
+        if ref.loose:
+            groups.append(DecisionGroup(outcome, policies, ref.loose))
     trail = events.bulletin_decided(
         bulletin_id,
         originator=originator,
@@ -179,6 +179,57 @@ def route(
         at=at,
     )
     return Routing(deliver_to, record, trail, tuple(listed.items()))
+
+
+@dataclass(frozen=True)
+class _ByReference:
+    """A group written as an agency set (``digest``, its sorted ``members``) less ``but``,
+    and ``loose``, its agencies outside that set (listed in a group of their own)."""
+
+    digest: str
+    members: tuple[str, ...]
+    but: tuple[str, ...]
+    loose: tuple[str, ...]
+
+
+def _by_reference(
+    entries: Sequence[tuple[DecidedAlike, frozenset[str]]], listed_from: int
+) -> _ByReference | None:
+    """A refused or unaddressed group by reference, given its classes and what of each it
+    leaves out (routed agencies); None if it is better listed in full.
+
+    The set is the engine's kept classes the group's classes are what is left of (ADR 35,
+    amended): the same tuples for every bulletin on the topic, whoever publishes it, so
+    their set is recorded once. Left out of it: what the engine took out of those classes
+    for this bulletin, and the routed, unless the group has them back through a class of
+    its own; the group's agencies outside the set are ``loose``. A group of classes the
+    engine did not keep (classed on their own) is the set of those classes, less the
+    routed.
+    """
+    kept = [(alike, routed) for alike, routed in entries if alike.base is not None]
+    if not kept:
+        sources = [alike.agencies for alike, _ in entries]
+        left_out = {a for _, routed in entries for a in routed}
+        loose: set[str] = set()
+    else:
+        sources = [alike.base for alike, _ in kept if alike.base is not None]
+        # The group's agencies in classes of their own, which may be in those sets.
+        alone = {
+            a
+            for alike, routed in entries
+            if alike.base is None
+            for a in alike.agencies
+            if a not in routed
+        }
+        left_out = {a for alike, routed in kept for a in (*alike.cut, *routed)} - alone
+        whole = [_members_of(s) for s in sources]
+        loose = {a for a in alone if not any(a in w for w in whole)}
+    size = sum(map(len, sources))
+    in_group = size - len(left_out) + len(loose)
+    if size <= listed_from or len(left_out) + len(loose) >= in_group:
+        return None
+    digest, members = _listed(sources)
+    return _ByReference(digest, members, tuple(sorted(left_out)), tuple(sorted(loose)))
 
 
 def _record_group(key: _Key, written: tuple[str, tuple[str, ...]] | list[str]) -> dict[str, object]:
@@ -201,6 +252,21 @@ def _record_group(key: _Key, written: tuple[str, tuple[str, ...]] | list[str]) -
 # second, not once a bulletin. Each entry holds its tuples, so an id is never reused.
 _DIGESTS: dict[tuple[int, ...], tuple[tuple[tuple[str, ...], ...], str, tuple[str, ...]]] = {}
 _KEPT_DIGESTS = 256
+
+
+_MEMBERS: dict[int, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+
+def _members_of(kept: tuple[str, ...]) -> frozenset[str]:
+    """A kept class's agencies as a set, made once per class (by identity, as above)."""
+    found = _MEMBERS.get(id(kept))
+    if found is not None and found[0] is kept:
+        return found[1]
+    members = frozenset(kept)
+    if len(_MEMBERS) >= _KEPT_DIGESTS:
+        _MEMBERS.clear()
+    _MEMBERS[id(kept)] = (kept, members)
+    return members
 
 
 def _listed(classes: Sequence[tuple[str, ...]]) -> tuple[str, tuple[str, ...]]:

@@ -604,7 +604,7 @@ def _without(decided: Sequence[DecidedAlike], agency: str) -> tuple[DecidedAlike
             rest = tuple(a for a in c.agencies if a != agency)
             first = c.decision if c.decision.agency != agency else replace(
                 c.decision, agency=rest[0])  # fmt: skip
-            c = DecidedAlike(first, rest)
+            c = DecidedAlike(first, rest, c.base, (*c.cut, agency) if c.base else ())
         out.append(c)
     return tuple(out)
 

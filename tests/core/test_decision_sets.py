@@ -14,7 +14,7 @@ import pytest
 
 from broker.audit.events import MAX_DECIDED_BYTES, UnknownSet, agencies_listed, decided_groups
 from broker.policy.model import DecidedAlike, Decision
-from broker.relay.decisions import route
+from broker.relay.decisions import Routing, route
 from schemas.audit import agency_set_digest
 from schemas.canonical import canonical_json
 
@@ -201,15 +201,15 @@ def test_a_batch_records_each_new_set_once_before_the_record_that_names_it() -> 
     assert [d for d, _ in second.sets] == [digest]
     set_rows = [r for r in first.rows if r.table is AgencySetRow]  # type: ignore[union-attr]
     (row,) = set_rows
-    # The set is the whole class the policy allowed alike; the record leaves out of it
-    # the 3 it was routed to.
+    # The set is the engine's kept class for the topic (the originator in it too); the
+    # record leaves out of it the originator, not a candidate, and the 3 it was routed to.
     members = json.loads(row.values["agencies"])  # type: ignore[union-attr]
     assert {a.id for a in many} <= set(members)
     assert members == sorted(members)
     record = next(r for r in first.rows if r.table.__name__ == "DecisionRecordRow")  # type: ignore[union-attr]
     (unaddressed,) = [g for g in json.loads(record.values["groups"]) if "listed" in g]  # type: ignore[union-attr]
     assert (unaddressed["outcome"], unaddressed["listed"], unaddressed["but"]) == (
-        "unaddressed", digest, list(to))  # fmt: skip
+        "unaddressed", digest, ["gt-police", *to])  # fmt: skip
     assert first.rows[0] is row  # before the record that names it
     types = [e.type for e in first.events]
     assert types[: types.index("bulletin.accepted")] == ["agencies.listed"]
@@ -219,3 +219,82 @@ def test_a_batch_records_each_new_set_once_before_the_record_that_names_it() -> 
                        now_ms=T.NOW_MS, listed={digest})  # fmt: skip
     assert again[0].listed == ()
     assert not [r for r in again[0].rows if r.table is AgencySetRow]  # type: ignore[union-attr]
+
+
+# ------------------------------------------------- classes the engine kept, and cut
+def cut_layout(seed: int) -> tuple[list[DecidedAlike], tuple[str, ...], list[tuple[str, ...]]]:
+    """As the engine answers for one bulletin (``Shapes.cut_classes``): kept classes, some
+    cut by the candidates this bulletin touches, those classed on their own, one of them
+    (the originator) dropped; with decisions drawn at random. Returns the classes, the
+    addressed agencies and the kept classes."""
+    rng = random.Random(seed)
+    sizes = [rng.choice([3, 40, 70, 300]) for _ in range(rng.randint(1, 4))]
+    pool = iter(sorted(rng.sample(range(100_000), sum(sizes))))
+    kept = [tuple(f"s{next(pool):05d}-police" for _ in range(n)) for n in sizes]
+    everyone = [a for k in kept for a in k]
+    touched = set(rng.sample(everyone, min(len(everyone), rng.randint(0, 12))))
+    verdicts = [(True, ("g1",)), (True, ("g2",)), (False, ()), (False, ("x1",))]
+
+    def decided(members: tuple[str, ...], **kw: object) -> DecidedAlike:
+        ok, ids = rng.choice(verdicts)
+        return DecidedAlike(decision(members[0], ok, *ids), members, **kw)  # type: ignore[arg-type]
+
+    out = []
+    for k in kept:
+        rest = tuple(a for a in k if a not in touched)
+        if rest:
+            out.append(decided(rest, base=k, cut=tuple(a for a in k if a in touched)))
+    alone = sorted(touched)
+    rng.shuffle(alone)
+    while alone:
+        take = rng.randint(1, 3)
+        out.append(decided(tuple(sorted(alone[:take]))))
+        alone = alone[take:]
+    singles = [c for c in out if c.base is None and len(c.agencies) == 1]
+    if singles and rng.random() < 0.7:
+        out.remove(rng.choice(singles))  # the originator: not a candidate
+    allowed = [a for c in out if c.decision.allowed for a in c.agencies]
+    addressed = tuple(rng.sample(allowed, min(len(allowed), rng.randint(0, 6))))
+    return out, addressed, kept
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_groups_drawn_from_kept_classes_read_back_alike(seed: int) -> None:
+    decided, addressed, kept = cut_layout(seed)
+    compact, full, sets = routed_both_ways(decided, addressed)
+    assert compact.deliver_to == full.deliver_to  # type: ignore[attr-defined]
+    rec_c, rec_f = compact.record.values, full.record.values  # type: ignore[attr-defined]
+
+    def by_agency(groups: list[dict[str, object]]) -> list[tuple[object, ...]]:
+        return sorted(
+            (str(a), g["outcome"], tuple(g["policy_ids"]), tuple(g["reasons"]))  # type: ignore[arg-type]
+            for g in groups
+            for a in g["agencies"]  # type: ignore[attr-defined]
+        )
+
+    assert by_agency(expanded(rec_c["groups"], sets)) == by_agency(json.loads(rec_f["groups"]))
+    read_c = [g for e in compact.events for g in decided_groups(e.data, sets.get)]  # type: ignore[attr-defined]
+    read_f = [g for e in full.events for g in decided_groups(e.data)]  # type: ignore[attr-defined]
+    key = lambda gs: sorted((g.outcome, g.policy_ids, a) for g in gs for a in g.agencies)  # noqa: E731
+    assert key(read_c) == key(read_f)
+    # Every set named is one of the engine's kept classes or a union of them.
+    for members in sets.values():
+        assert set(members) <= {a for k in kept for a in k}
+
+
+def test_the_set_is_the_kept_class_whoever_publishes() -> None:
+    """Two bulletins whose originators (and their states' agencies) cut the same kept class
+    differently name the same set: recorded once, not once per originator."""
+    k = tuple(sorted(f"s{i:05d}-police" for i in range(200)))
+
+    def bulletin(touched: set[str], to: tuple[str, ...]) -> Routing:
+        rest = tuple(a for a in k if a not in touched)
+        classes = [DecidedAlike(decision(rest[0], True, "g"), rest, k, tuple(sorted(touched)))]
+        classes += [DecidedAlike(decision(a, True, "g"), (a,)) for a in sorted(touched)[1:]]
+        return route("b", originator=sorted(touched)[0], addressed=to, decided=classes,
+                     policy_version="p", directory_version="d", at=AT)  # fmt: skip
+
+    first = bulletin({k[0], k[1], k[2]}, (k[50],))
+    second = bulletin({k[100], k[101]}, (k[7], k[8]))
+    assert [d for d, _ in first.listed] == [d for d, _ in second.listed]
+    assert first.listed[0][1] == k
