@@ -302,8 +302,10 @@ async def _relay_rates(
                     stack,
                     sender,
                     chosen,
-                    # 2 batches of 64 per process; 1 with thousands of agencies (~15/s)
-                    int(ctx.pick(30, 128 if agencies <= 1000 else 64)) * procs,
+                    # 4 batches of 64 per process at any size: since session 14 a relay
+                    # plans a wide bulletin in about a millisecond at 3,500 agencies, and
+                    # a backlog of one batch measured mostly its start
+                    int(ctx.pick(30, 256)) * procs,
                     lambda p=procs: stack.ensure_relays(p),
                     timeout=ctx.pick(5, 15),
                     keep_workers=True,
