@@ -789,8 +789,10 @@ class Stack:
         await ensure_relay_consumers(js)
         if not agency_consumers:
             return
+        t0 = time.perf_counter()
         shared = self._group_epochs(registry)  # ADR 21: the group copies each reads
-        agencies = iter([user.agency for user in registry.nats_users()])
+        listed = [user.agency for user in registry.nats_users()]
+        agencies = iter(listed)
 
         async def make_consumers() -> None:
             for agency in agencies:  # shared: each agency is taken by one of them
@@ -800,6 +802,11 @@ class Stack:
         # A few requests in flight: nats-server works on one while the next is on its way
         # (thousands of agencies, two consumers each, were one round trip at a time).
         await _together(*(make_consumers() for _ in range(_CONSUMERS_IN_FLIGHT)))
+        log.info(
+            "delivery consumers of %d agencies in step in %.2f s",
+            len(listed),
+            time.perf_counter() - t0,
+        )
 
     def _group_epochs(self, registry: Registry) -> dict[str, list[tuple[str, int]]]:
         """The group epochs whose shared copies each agency's consumers read (ADR 21)."""
