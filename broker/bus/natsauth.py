@@ -125,11 +125,20 @@ class NatsOperator:
             account ISTMO's public key), so it must never change for a data directory.
     """
 
-    __slots__ = ("_accounts", "_master", "_operator", "_relay", "_system", "_system_user")
+    __slots__ = (
+        "_accounts",
+        "_master",
+        "_operator",
+        "_relay",
+        "_signers",
+        "_system",
+        "_system_user",
+    )
 
     def __init__(self, master: bytes) -> None:
         self._master = master
         self._accounts: dict[str, str] = {}  # agency -> its account's public key
+        self._signers: dict[tuple[str, str], str] = {}  # (agency, nkey) -> signer's public
         self._operator = Signer(derive_seed(master, "operator", "operator"))
         self._system = Signer(derive_seed(master, "account\x00system", "account"))
         self._system_user = derive_seed(master, "user\x00system", "user")
@@ -171,7 +180,15 @@ class NatsOperator:
     def _signer(self, agency: str, nkey_public: str) -> Signer:
         """The signing key of ``agency``'s users with ``nkey_public`` (see the module)."""
         label = f"signer\x00{parse_agency_id(agency)}\x00{nkey_public}"
-        return Signer(derive_seed(self._master, label, "account"))
+        signer = Signer(derive_seed(self._master, label, "account"))
+        self._signers[(agency, nkey_public)] = signer.public
+        return signer
+
+    def _signer_public(self, agency: str, nkey_public: str) -> str:
+        """The public key of ``_signer(agency, nkey_public)``, derived once (only the
+        public half is kept: a start lists and checks thousands of them)."""
+        public = self._signers.get((agency, nkey_public))
+        return public if public is not None else self._signer(agency, nkey_public).public
 
     def trust(self, resolver_dir: Path, *, issued_at: int) -> OperatorMode:
         """What a node's config needs to trust this operator (``NatsLayout.operator``):
@@ -279,7 +296,7 @@ class NatsOperator:
             },
         }
         if account.admits is not None:
-            nats["signing_keys"] = [self._signer(agency, account.admits).public]
+            nats["signing_keys"] = [self._signer_public(agency, account.admits)]
         return encode_jwt(
             "account",
             signer=self._operator,
@@ -294,7 +311,7 @@ class NatsOperator:
         ``account.agency``'s account, granting what this Istmo grants and admitting exactly
         whom ``account`` says: if so, the JWT need not be pushed again."""
         admits = account.admits
-        signers = [] if admits is None else [self._signer(account.agency, admits).public]
+        signers = [] if admits is None else [self._signer_public(account.agency, admits)]
         return (
             claims.kind == "account"
             and claims.issuer == self.operator_public
@@ -312,7 +329,7 @@ class NatsOperator:
         except JwtError:
             return False
         return (
-            claims.issuer == self._signer(agency, nkey_public).public
+            claims.issuer == self._signer_public(agency, nkey_public)
             and claims.subject == nkey_public
             and claims.nats.get("issuer_account") == self.agency_account(agency)
         )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import fcntl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 from sqlmodel import SQLModel
@@ -37,6 +38,8 @@ from schemas.natskeys import new_user_seed, user_public_key
 
 __all__ = ["DataDir"]
 
+_KEYSTORE_WRITERS = 4  # threads writing the demo keystores (each write waits on an fsync)
+
 
 @dataclass(frozen=True)
 class DataDir:
@@ -51,6 +54,8 @@ class DataDir:
         token_key: signs the API's access tokens.
         nats_auth: how NATS confines agencies here (``broker.runtime.claim.nats_auth_of``).
         nats_operator: in operator mode, the broker as NATS operator (ADR 0013).
+        issued: the agencies whose keystores this open made, each with its user JWT
+            already (operator mode): ``issue_nats_jwts`` need not read them back.
     """
 
     settings: Settings
@@ -61,6 +66,7 @@ class DataDir:
     token_key: SigningKey
     nats_auth: NatsAuth = "config"
     nats_operator: NatsOperator | None = None
+    issued: frozenset[str] = field(default=frozenset(), repr=False)
 
     @classmethod
     def open(
@@ -93,11 +99,20 @@ class DataDir:
             operator = load_operator(s.broker_dir) if nats_auth == "operator" else None
             registry = Registry(s.db_url, broker_dir=s.broker_dir)
             bundle = PolicyBundle.load(active_policy_dir(s, registry))
+            issued: frozenset[str] = frozenset()
             if demo and registry.is_empty():
-                _load_demo(s, registry, directory_key, out, clock)
+                issued = _load_demo(s, registry, directory_key, out, clock, operator)
         directory = DirectoryService(registry, bundle, directory_key)
         return cls(
-            s, registry, directory, directory_key, relay_seed, token_key, nats_auth, operator
+            s,
+            registry,
+            directory,
+            directory_key,
+            relay_seed,
+            token_key,
+            nats_auth,
+            operator,
+            issued,
         )
 
     @property
@@ -123,7 +138,8 @@ class DataDir:
         directory's, in ``keys_dir``) the user JWT of its NATS key, if it lacks it or holds
         another operator's. Returns how many were written.
 
-        A keystore whose NATS key is not the agency's registered one is left alone.
+        A keystore whose NATS key is not the agency's registered one is left alone. The
+        keystores this open made (``issued``) hold their JWT already and are not read.
         """
         operator = self.nats_operator
         if operator is None:
@@ -132,6 +148,8 @@ class DataDir:
         now = SYSTEM_CLOCK.now_s()
         written = 0
         for path in sorted(self.settings.keys_dir.glob("*.json")):
+            if path.stem in self.issued:
+                continue
             try:
                 keystore = KeystoreFile.parse(path.read_bytes())
             except (OSError, ConfigError):
@@ -139,11 +157,11 @@ class DataDir:
             key = user_public_key(keystore.nats_seed)
             if registered.get(keystore.agency) != key:
                 continue
-            token = operator.agency_user_jwt(keystore.agency, key, issued_at=now)
             if keystore.nats_jwt is not None and operator.is_own_user_jwt(
                 keystore.nats_jwt, keystore.agency, key
             ):
                 continue
+            token = operator.agency_user_jwt(keystore.agency, key, issued_at=now)
             updated = keystore.model_copy(update={"nats_jwt": token})
             write_private(path, updated.model_dump_json(indent=2).encode())
             written += 1
@@ -168,46 +186,70 @@ def _load_demo(
     directory_key: SigningKey,
     out: Callable[[str], None],
     clock: Clock,
-) -> None:
+    operator: NatsOperator | None = None,
+) -> frozenset[str]:
+    """Load the demo directory into an empty registry, with a keystore per agency (in
+    operator mode holding its user JWT). Returns the agencies given one with a JWT.
+
+    The keystores are written (each fsynced) on a few threads while the next agencies'
+    keys are made; every one is on disk before the registry records the agencies."""
     demo = load_demo_directory(s.policy_dir)
     at = clock.now_ms()
     now = at // 1000
     rows: list[SQLModel] = [*demo.jurisdictions, *demo.agencies, *demo.subscriptions]
     trail: list[AuditEvent] = []
-    for agency in demo.agencies:
-        seed = new_user_seed()
-        ks, sk, ek = new_keystore(
-            agency=agency.id,
-            nats_seed=seed,
-            directory_key=directory_key.verify_key,
-            now=now,
-        )
-        write_private(s.keys_dir / f"{agency.id}.json", ks.model_dump_json(indent=2).encode())
-        vk, ep = sk.verify_key, ek.public_key
-        rows += [
-            SigningKeyRow(kid=vk.kid, agency=agency.id, public=b64e(vk.public), created_at=now),
-            EncryptionKeyRow(
-                kid=ep.kid, agency=agency.id, kem=ep.kem, public=b64e(ep.public), created_at=now
-            ),
-            NatsUserRow(agency=agency.id, nkey_public=user_public_key(seed)),
-        ]
-        trail += [
-            events.demo_agency_enrolled(agency.id, sector=agency.sector, state=agency.state, at=at),
-            events.key_registered(
-                agency.id, vk.kid, "signing", at=at, actor="system", public=vk.public
-            ),
-            events.key_registered(
-                agency.id, ep.kid, "encryption", at=at, actor="system", kem=ep.kem, public=ep.public
-            ),
-            events.key_registered(
-                agency.id,
-                user_public_key(seed),
-                "nats",
-                at=at,
-                actor="system",
-                public=user_public_key(seed).encode(),
-            ),
-        ]
+    with ThreadPoolExecutor(max_workers=_KEYSTORE_WRITERS) as writers:
+        written = []
+        for agency in demo.agencies:
+            seed = new_user_seed()
+            nkey = user_public_key(seed)
+            ks, sk, ek = new_keystore(
+                agency=agency.id,
+                nats_seed=seed,
+                directory_key=directory_key.verify_key,
+                now=now,
+            )
+            if operator is not None:
+                jwt = operator.agency_user_jwt(agency.id, nkey, issued_at=SYSTEM_CLOCK.now_s())
+                ks = ks.model_copy(update={"nats_jwt": jwt})
+            written.append(
+                writers.submit(
+                    write_private,
+                    s.keys_dir / f"{agency.id}.json",
+                    ks.model_dump_json(indent=2).encode(),
+                )
+            )
+            vk, ep = sk.verify_key, ek.public_key
+            rows += [
+                SigningKeyRow(kid=vk.kid, agency=agency.id, public=b64e(vk.public), created_at=now),
+                EncryptionKeyRow(
+                    kid=ep.kid, agency=agency.id, kem=ep.kem, public=b64e(ep.public), created_at=now
+                ),
+                NatsUserRow(agency=agency.id, nkey_public=nkey),
+            ]
+            trail += [
+                events.demo_agency_enrolled(
+                    agency.id, sector=agency.sector, state=agency.state, at=at
+                ),
+                events.key_registered(
+                    agency.id, vk.kid, "signing", at=at, actor="system", public=vk.public
+                ),
+                events.key_registered(
+                    agency.id,
+                    ep.kid,
+                    "encryption",
+                    at=at,
+                    actor="system",
+                    kem=ep.kem,
+                    public=ep.public,
+                ),
+                events.key_registered(
+                    agency.id, nkey, "nats", at=at, actor="system", public=nkey.encode()
+                ),
+            ]
+        for done in written:
+            done.result()  # a keystore that could not be written stops the load here
     registry.record(rows, trail)
     create_demo_admin(registry, s.keys_dir, directory_key.verify_key, now=now)
     out(f"loaded the demo directory: {len(demo.agencies)} agencies, keystores in {s.keys_dir}")
+    return frozenset(a.id for a in demo.agencies) if operator is not None else frozenset()

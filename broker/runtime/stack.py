@@ -91,6 +91,7 @@ __all__ = ["Stack", "read_stack_file", "uvicorn_config"]
 log = logging.getLogger("istmo.stack")
 STACK_FILE = "stack.json"
 DEFAULT_CLUSTER_PORT = 6244  # route port of node 1 (NATS's own default is 6222)
+_CONSUMERS_IN_FLIGHT = 4  # agencies whose consumers are being made at once, at start
 
 
 def read_stack_file(data_dir: Path) -> dict[str, object] | None:
@@ -124,6 +125,18 @@ async def close_quietly(nc: NATS, timeout: float = 5.0) -> None:
         # nats-server went away first (it died, or was stopped): nats-py's close still
         # flushes the lost socket and raises. Stopping must not fail for that.
         log.warning("NATS was already gone when the stack closed its connection (%s)", exc)
+
+
+async def _together(*steps: Awaitable[None]) -> None:
+    """Run ``steps`` at once; the first to fail cancels the others, and its exception is
+    raised as it is (not in an ExceptionGroup: callers and the CLI catch IstmoError)."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
@@ -388,8 +401,9 @@ class Stack:
         try:
             nc = await self.connect_relay(self.nats_urls)
             try:
-                await self._start_accounts(server)
-                await self.ensure_jetstream(nc)
+                # Independent, so at once: nats-server creates the consumers (its own
+                # file work) while this process renders and pushes the accounts.
+                await _together(self._start_accounts(server), self.ensure_jetstream(nc))
                 if self.state_nodes is not None:
                     await self.state_nodes.set_up(
                         nc,
@@ -775,10 +789,24 @@ class Stack:
         await ensure_relay_consumers(js)
         if not agency_consumers:
             return
+        t0 = time.perf_counter()
         shared = self._group_epochs(registry)  # ADR 21: the group copies each reads
-        for user in registry.nats_users():
-            await ensure_agency_consumer(js, user.agency, groups=shared.get(user.agency, ()))
-            self._consumers.add(user.agency)
+        listed = [user.agency for user in registry.nats_users()]
+        agencies = iter(listed)
+
+        async def make_consumers() -> None:
+            for agency in agencies:  # shared: each agency is taken by one of them
+                await ensure_agency_consumer(js, agency, groups=shared.get(agency, ()))
+                self._consumers.add(agency)
+
+        # A few requests in flight: nats-server works on one while the next is on its way
+        # (thousands of agencies, two consumers each, were one round trip at a time).
+        await _together(*(make_consumers() for _ in range(_CONSUMERS_IN_FLIGHT)))
+        log.info(
+            "delivery consumers of %d agencies in step in %.2f s",
+            len(listed),
+            time.perf_counter() - t0,
+        )
 
     def _group_epochs(self, registry: Registry) -> dict[str, list[tuple[str, int]]]:
         """The group epochs whose shared copies each agency's consumers read (ADR 21)."""

@@ -144,6 +144,29 @@ def test_the_account_lists_the_signer_of_its_current_key_only_while_active() -> 
     assert signers(AgencyAccount("jm-police", GT_KEY, True)) != [user.issuer]
 
 
+def test_remembered_signers_are_those_derived_afresh_and_follow_a_new_key() -> None:
+    """The operator keeps each (agency, key)'s signer once derived (a start lists and
+    checks thousands): what it lists is what an operator of the same secret derives
+    afresh, and a re-keyed agency's account admits its new key's JWTs, not the old."""
+    warm = NatsOperator(bytes(range(32)))
+    old_jwt = warm.agency_user_jwt("gt-police", GT_KEY, issued_at=NOW)
+    new_key = user_public_key(new_user_seed())
+
+    def signers(operator: NatsOperator, key: str) -> list[str]:
+        token = operator.agency_account_jwt(AgencyAccount("gt-police", key, True), issued_at=NOW)
+        return list(decode_jwt(token).nats["signing_keys"])
+
+    for key in (GT_KEY, new_key, GT_KEY):  # remembered, then a new key, then the old again
+        assert signers(warm, key) == signers(NatsOperator(bytes(range(32))), key)
+    rekeyed = decode_jwt(
+        warm.agency_account_jwt(AgencyAccount("gt-police", new_key, True), issued_at=NOW)
+    )
+    assert decode_jwt(old_jwt, kind="user").issuer not in rekeyed.nats["signing_keys"]
+    assert not warm.is_own_user_jwt(old_jwt, "gt-police", new_key)
+    assert warm.is_own_user_jwt(old_jwt, "gt-police", GT_KEY)
+    assert not warm.agency_account_is_current(rekeyed, AgencyAccount("gt-police", GT_KEY, True))
+
+
 def test_an_agency_user_jwt_binds_its_nkey_to_its_account_and_nothing_more() -> None:
     user = decode_jwt(OPERATOR.agency_user_jwt("gt-police", GT_KEY, issued_at=NOW), kind="user")
 
