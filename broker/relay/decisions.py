@@ -94,8 +94,9 @@ def route(
         policy_version: the policy set the decisions were made under.
         directory_version: the directory they were made over.
         at: the decision time, epoch milliseconds.
-        listed_from: a refused or unaddressed group drawn from classes of more
-            candidates than this is written by reference to their set (ADR 36).
+        listed_from: a refused or unaddressed group whose agency set (the engine's kept
+            classes it is drawn from) holds more agencies than this is written by
+            reference to that set (ADR 36).
     """
     wrapped = frozenset(addressed)
     # (outcome, policy ids, reasons) -> runs of agencies: the row keeps the reasons'
