@@ -197,6 +197,7 @@ class NatsServer:
         self.layout = layout
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False  # stop() or kill() was called: its exit is expected
         self._log: IO[bytes] | None = None
         # (client, monitoring) ports the running server bound, read from its ports file.
         self._bound: tuple[int, int] | None = None
@@ -518,8 +519,25 @@ class NatsServer:
                 f"after reload; restart it (see {self.log_path})"
             )
 
+    def gone(self) -> str | None:
+        """If the server exited without being stopped here: how (its exit code or the
+        signal that ended it) and the last lines of its log; else None. For a watchdog:
+        whatever killed it, the operator learns at once, not from clients' timeouts."""
+        proc = self._proc
+        if proc is None or self._stopping or (code := proc.poll()) is None:
+            return None
+        if code >= 0:
+            how = f"exited with {code}"
+        else:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        return f"nats-server (pid {proc.pid}) {how}; {self.log_path} ends: {_tail(self.log_path)}"
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Safe to call twice."""
+        self._stopping = True
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -532,6 +550,7 @@ class NatsServer:
 
     def kill(self) -> None:
         """SIGKILL at once, as a crash would (for fault tests)."""
+        self._stopping = True
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -89,6 +89,7 @@ from schemas.natskeys import user_public_key
 __all__ = ["Stack", "read_stack_file", "uvicorn_config"]
 
 log = logging.getLogger("istmo.stack")
+_NATS_WATCH_S = 1.0  # how often the stack checks that its nats-server still runs
 STACK_FILE = "stack.json"
 DEFAULT_CLUSTER_PORT = 6244  # route port of node 1 (NATS's own default is 6222)
 _CONSUMERS_IN_FLIGHT = 4  # agencies whose consumers are being made at once, at start
@@ -100,6 +101,19 @@ def read_stack_file(data_dir: Path) -> dict[str, object] | None:
         return loaded
     except (OSError, ValueError):
         return None
+
+
+async def _watch_nats(server: NatsServer, stop: asyncio.Event) -> None:
+    """Say once, as an error, if this stack's nats-server exits without being stopped
+    (its exit code or signal and its log's last lines): agencies' clients and the relay
+    only see timeouts and refused connections."""
+    while not stop.is_set():
+        how = server.gone()
+        if how is not None:
+            log.error("%s", how)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), _NATS_WATCH_S)
 
 
 def _origin_of(data: bytes) -> str | None:
@@ -518,6 +532,8 @@ class Stack:
                 )
             if self._accounts is not None:  # operator mode: resend what a node missed
                 tg.create_task(self._accounts.heal_forever(stop))
+            if isinstance(server, NatsServer):
+                tg.create_task(_watch_nats(server, stop))
             while not api.started and not api_task.done():  # noqa: ASYNC110 -- uvicorn offers no event
                 await asyncio.sleep(0.02)  # "ready" only once the API really listens
             if api.started:
