@@ -13,7 +13,7 @@ import pytest
 from clients.sdk import PublishUnacknowledged
 from schemas.errors import BusUnavailable
 from tests.faults.harness import Publisher, RelayProcess, Target, connect
-from tests.stackproc import UpProcess
+from tests.stackproc import UpProcess, pause
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ async def test_an_unacknowledged_publish_names_the_bulletin(
         _, env = pub.envelope()
         for proc in frozen:  # every gate: istmo up's and the relay's
             assert proc is not None
-            proc.send_signal(signal.SIGSTOP)
+            pause(proc.pid)  # every thread, the gate's too, stopped before publishing
         try:
             with pytest.raises(PublishUnacknowledged) as caught:
                 await gt._publish_envelope(env, attempts=2)
