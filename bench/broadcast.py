@@ -149,7 +149,7 @@ def _seal_ms(recipients: list[str], rounds: int) -> float:
             recipients={},
             now=int(time.time()),
             groups=[epoch],
-            covered=[AgencyId(a) for a in recipients],
+            members={GROUP: recipients},
         )
         encode_envelope(env)
         times.append((time.perf_counter() - t) * 1000)

@@ -58,7 +58,7 @@ def run(n: int, rounds: int) -> None:
             recipients={},
             now=int(time.time()),
             groups=[epoch],
-            covered=ids,
+            members={"ALL": ids},
         )
         raw = encode_envelope(env)
         group_times.append(time.perf_counter() - t)

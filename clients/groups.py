@@ -14,6 +14,7 @@ Left to others: asking the broker (``clients.sdk``), the crypto (``schemas.group
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,11 +44,14 @@ class KnownEpoch:
 
 @dataclass(frozen=True)
 class Cover:
-    """How to seal: under these epoch keys for ``covered``, one wrap each for ``rest``."""
+    """How to seal: under these epoch keys for ``covered``, one wrap each for ``rest``.
+    ``members`` gives each group's signed members, which the header addresses as a whole
+    (ADR 37)."""
 
     keys: tuple[EpochKey, ...]
     covered: frozenset[str]
     rest: tuple[str, ...]
+    members: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
 
 def _manager_key(signed: SignedEpoch, manager: AgencyRecord | None):  # type: ignore[no-untyped-def]
@@ -112,6 +116,7 @@ def cover(permitted: Collection[str], known: Sequence[KnownEpoch], *, publisher:
     usable = [k for k in known if k.members <= allowed | {publisher}]
     left = set(allowed)
     chosen: list[EpochKey] = []
+    members: dict[str, frozenset[str]] = {}
     covered: set[str] = set()
     while usable and len(chosen) < MAX_GROUPS_PER_ENVELOPE:
         best = max(usable, key=lambda k: (len(k.members & left), k.key.group))
@@ -119,10 +124,11 @@ def cover(permitted: Collection[str], known: Sequence[KnownEpoch], *, publisher:
         if not gain:
             break
         chosen.append(best.key)
+        members[best.key.group] = best.members
         covered |= best.members & allowed
         left -= gain
         usable.remove(best)
-    return Cover(tuple(chosen), frozenset(covered), tuple(sorted(left)))
+    return Cover(tuple(chosen), frozenset(covered), tuple(sorted(left)), members)
 
 
 def needed(

@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -614,9 +614,9 @@ class IstmoClient:
         files = [a if isinstance(a, Attachment) else Attachment(Path(a)) for a in attachments]
         metas = tuple(f.meta() for f in files)  # refuse a bad name before anything is sent
         keys: tuple[EpochKey, ...] = ()
-        covered: frozenset[str] = frozenset()
+        members: Mapping[str, frozenset[str]] | None = None
         if groups:
-            recipients, keys, covered = await self._cover(labels, expires_at, not_before)
+            recipients, keys, members = await self._cover(labels, expires_at, not_before, only)
         else:
             recipients = await self.resolve(
                 labels,
@@ -627,7 +627,7 @@ class IstmoClient:
             )
         if only is not None:
             recipients = {a: k for a, k in recipients.items() if a in only}
-        if not recipients and not covered:
+        if not recipients and not keys:
             raise PolicyDenied("no agency may receive this bulletin under the current policy")
         bid, content_key = new_bulletin_id(), new_content_key()
         refs = []
@@ -662,7 +662,7 @@ class IstmoClient:
             not_before=not_before,
             supersedes=BulletinId(supersedes) if supersedes is not None else None,
             groups=keys,
-            covered=[AgencyId(a) for a in covered],
+            members=members if keys else None,
             in_reply_to=BulletinId(in_reply_to) if in_reply_to is not None else None,
             thread=BulletinId(thread) if thread is not None else None,
             reply_all=reply_all,
@@ -679,22 +679,33 @@ class IstmoClient:
         return dataclasses.replace(verdict, envelope_digest=digest)
 
     async def _cover(
-        self, labels: Labels, expires_at: int | None, not_before: int | None
-    ) -> tuple[dict[AgencyId, EncryptionPublicKey], tuple[EpochKey, ...], frozenset[str]]:
-        """Who may receive it, split into what the groups this agency holds cover and the
-        rest, with the rest's keys (ADR 18): records are fetched for the rest only."""
+        self,
+        labels: Labels,
+        expires_at: int | None,
+        not_before: int | None,
+        only: tuple[str, ...] | None,
+    ) -> tuple[
+        dict[AgencyId, EncryptionPublicKey], tuple[EpochKey, ...], Mapping[str, frozenset[str]]
+    ]:
+        """Who may receive it (of ``only``, when given), split into the groups this agency
+        holds whose members may all have it and the rest, with the rest's keys (ADR 18):
+        records are fetched for the rest only. The groups' epochs are addressed as a
+        whole, by their signed members (ADR 37)."""
         req = make_request(
             ResolveRequest, labels=labels, expires_at=expires_at, not_before=not_before
         )
         answer = await self._ask("recipients", req, RecipientsReply)
-        plan = cover(answer.recipients, await self.groups.known(), publisher=self.agency)
+        permitted = answer.recipients
+        if only is not None:
+            permitted = tuple(a for a in permitted if a in only)
+        plan = cover(permitted, await self.groups.known(), publisher=self.agency)
         _fits_wraps(len(plan.rest))
         records = (
             await self._directory(list(plan.rest), floor=answer.directory_version)
             if plan.rest
             else {}
         )
-        return await self._sealable_logged(plan.rest, records), plan.keys, plan.covered
+        return await self._sealable_logged(plan.rest, records), plan.keys, plan.members
 
     async def rotate_groups(self, *, force: bool = False) -> list[Rotation]:
         """As a group's manager: make a new epoch of each group this agency manages whose
@@ -1576,7 +1587,7 @@ class IstmoClient:
             # record is still queued, once it is durable.
             await self._settle_later(msg, env, digest, handed_at, record)
             return False
-        if self.agency not in env.header.recipients:
+        if not env.header.addresses(self.agency):
             # A group's one shared copy (ADR 21) reaches every member of its epoch; a member
             # the bulletin does not address (its originator) has nothing to open.
             log.debug("dropped bulletin %s: a group copy not addressed to %s", bid, self.agency)

@@ -1,7 +1,8 @@
 """The sealed envelope, version 1: what travels from publisher to recipients.
 
     Envelope
-    ├── header     labels, originator, recipients, times, key commitment (in clear, signed)
+    ├── header     labels, originator, recipients (and group epochs addressed whole, ADR 37),
+    │              times, key commitment (in clear, signed)
     ├── body       AES-256-GCM ciphertext of the content, bound to the header digest
     ├── wraps      one HPKE wrap of the content key per recipient, bound to header and recipient
     ├── groups     optional (ADR 18): the content key under a community group's epoch key,
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_GROUPS_PER_ENVELOPE",
     "MAX_RECIPIENTS",
     "MAX_WRAPS",
+    "Audience",
     "Content",
     "Envelope",
     "GroupWrap",
@@ -68,11 +70,26 @@ B64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_le
 GroupName = Annotated[str, StringConstraints(pattern=GROUP_NAME_PATTERN)]
 GroupKid = Annotated[str, StringConstraints(pattern=r"^gk-[0-9a-f]{32}$")]
 Epoch = Annotated[int, Field(ge=1, le=2**40)]
+MembersDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 M = TypeVar("M", bound=BaseModel)
 _SUITE_FIELDS = {("alg",), ("aead",), ("kem",)}
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class Audience(BaseModel):
+    """A community group's epoch, addressed as a whole (ADR 37): every member its manager
+    signed (``member_count`` of them, hashing to ``members_digest`` as in the epoch's
+    statement), but the bulletin's originator. The envelope carries the epoch, not the
+    list, so a bulletin to thousands stays a few kilobytes."""
+
+    model_config = _STRICT
+
+    group: GroupName
+    epoch: Epoch
+    member_count: int = Field(ge=1, le=MAX_RECIPIENTS)
+    members_digest: MembersDigest
 
 
 class Header(BaseModel):
@@ -106,7 +123,14 @@ class Header(BaseModel):
     attachments: tuple[AttachmentRef, ...] | None = Field(
         default=None, min_length=1, max_length=MAX_ATTACHMENTS
     )
-    recipients: tuple[AgencyIdStr, ...] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+    # Agencies addressed by name, each with a wrap of its own when ``audience`` is given;
+    # empty only then.
+    recipients: tuple[AgencyIdStr, ...] = Field(max_length=MAX_RECIPIENTS)
+    # Group epochs addressed as a whole (ADR 37), each opened with its group wrap. Absent
+    # otherwise, so envelopes made before it verify unchanged.
+    audience: tuple[Audience, ...] | None = Field(
+        default=None, min_length=1, max_length=MAX_GROUPS_PER_ENVELOPE
+    )
     aead: Literal["AES-256-GCM"]
     key_commitment: B64
     signer: Kid
@@ -118,8 +142,25 @@ class Header(BaseModel):
             raise ValueError("recipients must be sorted and unique")
         return value
 
+    @field_validator("audience")
+    @classmethod
+    def _audience_sorted(cls, value: tuple[Audience, ...] | None) -> tuple[Audience, ...] | None:
+        if value is not None and [a.group for a in value] != sorted({a.group for a in value}):
+            raise ValueError("audience must be sorted by group and name each once")
+        return value
+
+    def addresses(self, agency: str) -> bool:
+        """Whether ``agency`` may be addressed by this header: named in ``recipients``,
+        or, with an ``audience``, any agency but the originator (that it is a member of
+        one of the epochs is proven by the group key it opens with, ADR 37)."""
+        if agency in self.recipients:
+            return True
+        return self.audience is not None and agency != self.originator
+
     @model_validator(mode="after")
     def _times(self) -> Header:
+        if not self.recipients and self.audience is None:
+            raise ValueError("recipients: a bulletin needs at least one recipient")
         if self.expires_at is not None and self.expires_at <= self.created_at:
             raise ValueError("expires_at must be after created_at")
         if self.not_before is not None and self.expires_at is not None:
@@ -213,7 +254,15 @@ class Envelope(BaseModel):
     @model_validator(mode="after")
     def _wraps_match_recipients(self) -> Envelope:
         wrapped = tuple(w.recipient for w in self.wraps)
-        if self.groups is None:
+        audience = self.header.audience
+        if audience is not None:
+            # ADR 37: a wrap for each named recipient, a group wrap for each epoch.
+            if wrapped != self.header.recipients:
+                raise ValueError("wrap list does not match the signed recipients")
+            used = [(g.group, g.epoch) for g in self.groups or ()]
+            if used != [(a.group, a.epoch) for a in audience]:
+                raise ValueError("group wraps must be one for each epoch of the audience")
+        elif self.groups is None:
             if not wrapped:
                 raise ValueError("wraps: a bulletin without group wraps needs one per recipient")
             if wrapped != self.header.recipients:
@@ -258,8 +307,18 @@ class InnerBulletin(BaseModel):
 
     bulletin_id: BulletinIdStr
     originator: AgencyIdStr
-    recipients: tuple[AgencyIdStr, ...] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+    recipients: tuple[AgencyIdStr, ...] = Field(max_length=MAX_RECIPIENTS)
+    # The header's audience (ADR 37), absent without one.
+    audience: tuple[Audience, ...] | None = Field(
+        default=None, min_length=1, max_length=MAX_GROUPS_PER_ENVELOPE
+    )
     content: Content
+
+    @model_validator(mode="after")
+    def _addressed(self) -> InnerBulletin:
+        if not self.recipients and self.audience is None:
+            raise ValueError("recipients: a bulletin needs at least one recipient")
+        return self
 
 
 def parse_model(model: type[M], raw: bytes, *, max_bytes: int, what: str) -> M:

@@ -10,7 +10,9 @@ Construction (envelope v1):
      bulletin or recipient.
   5. with community groups (ADR 18), wraps only for the recipients no group covers, and per
      group gw = AES-256-GCM(E_group, nonce, K, aad bound to hd, group and epoch)
-     (``schemas.groups``).
+     (``schemas.groups``). Since ADR 37 the header names those groups' epochs in
+     ``audience`` (count and digest of their signed members) instead of listing each
+     member, and ``recipients`` only the agencies with wraps.
   6. sig = Ed25519("istmo/v1/envelope" || 0 || canonical({header, body_digest, wraps[,
      groups]})); ``groups`` is signed only when present, so envelopes without it sign as
      before.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from schemas.attachments import AttachmentRef
 from schemas.canonical import b64d, b64e, canonical_json, canonical_members, join_members
 from schemas.envelope import (
+    Audience,
     Content,
     Envelope,
     GroupWrap,
@@ -44,7 +47,13 @@ from schemas.envelope import (
 )
 from schemas.errors import DecryptionError, EnvelopeError, SignatureError
 from schemas.forwarding import Citation
-from schemas.groups import EpochKey, check_group_wrap_shape, open_group_wrap, seal_group_wrap
+from schemas.groups import (
+    EpochKey,
+    check_group_wrap_shape,
+    members_digest,
+    open_group_wrap,
+    seal_group_wrap,
+)
 from schemas.ids import AgencyId, BulletinId, new_bulletin_id
 from schemas.keys import EncryptionKey, EncryptionPublicKey, SigningKey, VerifyKey, hpke_suite
 from schemas.labels import Labels
@@ -186,6 +195,7 @@ def seal(
     supersedes: BulletinId | None = None,
     groups: Sequence[EpochKey] = (),
     covered: Iterable[AgencyId] = (),
+    members: Mapping[str, Collection[str]] | None = None,
     in_reply_to: BulletinId | None = None,
     thread: BulletinId | None = None,
     reply_all: bool = False,
@@ -196,10 +206,14 @@ def seal(
 ) -> Envelope:
     """Seal ``content`` for ``recipients`` and sign it as ``originator``.
 
-    With ``groups`` (ADR 18), the bulletin is addressed to ``recipients`` and ``covered``,
-    wrapped per recipient for ``recipients`` and under each epoch key of ``groups`` for
-    the rest: the caller (``clients.groups.cover``) has checked that the members of those
-    epochs are all permitted, and the relay checks it again.
+    With ``groups`` and ``members`` (ADR 37), the bulletin is addressed to ``recipients``
+    by name, each with a wrap, and to each group's epoch as a whole: the header's
+    ``audience`` gives the epoch, the count and the digest of ``members[group]``, the
+    members its manager signed, and each group gets one wrap under its epoch key. With
+    ``groups`` and ``covered`` instead (ADR 18, the form before ADR 37), every member
+    covered is listed in the header. Either way the caller (``clients.groups.cover``)
+    has checked that the members of those epochs are all permitted, and the relay checks
+    it again.
 
     Args:
         content: title and text; never leaves the SDK in clear.
@@ -212,8 +226,9 @@ def seal(
         not_before: optional embargo, epoch seconds.
         bulletin_id: fixed id (tests, retries); a fresh random one by default.
         supersedes: the id of the originator's bulletin this one corrects (ADR 15).
-        groups: epoch keys whose members cover ``covered``.
-        covered: the recipients the groups cover and no wrap does.
+        groups: the epoch keys of the groups used.
+        covered: (ADR 18 form) the recipients the groups cover and no wrap does.
+        members: (ADR 37 form) each group's signed members, by group name.
         in_reply_to: the bulletin this one answers, and ``thread`` the id of its thread's
             first bulletin (ADR 16); both or neither.
         reply_all: let replies to it reach every recipient, not only the originator.
@@ -234,9 +249,12 @@ def seal(
             is not 32 bytes, or attachments that do not match ``content.attachments``.
     """
     extra = set(covered) - set(recipients)
-    if extra and not groups:
+    if (extra or members is not None) and not groups:
         raise ValueError("recipients covered by groups need the groups' keys")
-    if not recipients and not extra:
+    if members is not None and extra:
+        raise ValueError("a group's members are addressed by its epoch or listed, not both")
+    audience = _audience(groups, members) if members is not None else None
+    if not recipients and not extra and audience is None:
         raise ValueError("a bulletin needs at least one recipient")
     cited = forward_of.attachments if forward_of is not None else None
     if forward_of is not None and attachments:
@@ -267,13 +285,18 @@ def seal(
         labels=labels,
         attachments=attachments or None,
         recipients=addressed,
+        audience=audience,
         aead="AES-256-GCM",
         key_commitment=b64e(_commitment(key)),
         signer=signing_key.verify_key.kid,
     )
     hd = header_digest(header)
     inner = InnerBulletin(
-        bulletin_id=bid, originator=originator, recipients=addressed, content=content
+        bulletin_id=bid,
+        originator=originator,
+        recipients=addressed,
+        audience=audience,
+        content=content,
     )
     nonce = os.urandom(_NONCE_BYTES)
     # Absent optional fields stay absent, so an SDK that predates them still parses it.
@@ -299,6 +322,28 @@ def seal(
         wraps=wrap_tuple,
         groups=group_tuple,
         sig=Signature(alg="Ed25519", kid=header.signer, value=b64e(sig)),
+    )
+
+
+def _audience(
+    groups: Sequence[EpochKey], members: Mapping[str, Collection[str]]
+) -> tuple[Audience, ...]:
+    """The header's ``audience`` (ADR 37): each group's epoch and its members' count and
+    digest, as its manager signed them.
+
+    Raises:
+        ValueError: a group without its members, or members without a group key.
+    """
+    if set(members) != {g.group for g in groups}:
+        raise ValueError("members must be given for exactly the groups sealed under")
+    return tuple(
+        Audience(
+            group=g.group,
+            epoch=g.epoch,
+            member_count=len(set(members[g.group])),
+            members_digest=members_digest(members[g.group]),
+        )
+        for g in sorted(groups, key=lambda g: g.group)
     )
 
 
@@ -353,8 +398,9 @@ def open_envelope_keyed(
 
     Steps, each failing closed before any plaintext is returned:
       1. the signature verifies under the originator's key;
-      2. ``recipient`` is among the signed recipients, and either its wrap names ``key``,
-         or (no wrap of its own) one of ``epoch_keys`` is the key of a group wrap;
+      2. ``recipient`` is among the signed recipients (or, with an audience, is not the
+         originator: ADR 37), and either its wrap names ``key``, or (no wrap of its own)
+         one of ``epoch_keys`` is the key of a group wrap, which only a member holds;
       3. the HPKE wrap opens with the info bound to header digest, recipient and kid (or
          the group wrap opens under the epoch key, bound to header digest, group, epoch);
       4. the content key matches the signed commitment;
@@ -369,7 +415,7 @@ def open_envelope_keyed(
     """
     verify_envelope(env, sender_key)
     header = env.header
-    if recipient not in header.recipients:
+    if not header.addresses(recipient):
         raise DecryptionError("bulletin does not open", code="not_a_recipient")
     hd = header_digest(header)
     wrap = next((w for w in env.wraps if w.recipient == recipient), None)
@@ -402,6 +448,7 @@ def open_envelope_keyed(
         inner.bulletin_id != header.bulletin_id
         or inner.originator != header.originator
         or inner.recipients != header.recipients
+        or inner.audience != header.audience
         or len(inner.content.attachments or ()) != len(header.file_refs())
         or not _keys_as_they_must_be(inner.content, forward=header.forward_of is not None)
     ):

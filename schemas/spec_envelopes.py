@@ -48,7 +48,7 @@ from schemas.spec_forwarding import (
     recipient_check,
     spoilt_citation,
 )
-from schemas.spec_groups import EPOCH, epoch_key, group_wrap_trace
+from schemas.spec_groups import EPOCH, GROUP, MEMBERS, epoch_key, group_wrap_trace
 from schemas.spec_keys import (
     AGENCIES,
     DIRECTORY_OWNER,
@@ -156,6 +156,23 @@ CASES: dict[str, dict[str, Any]] = {
         ),
         "content": Content(title="Alerta: lanchas hacia el noreste", text="Salieron a las 03:10."),
     },
+    # The same, the group's epoch addressed as a whole (ADR 37): the header names the
+    # epoch, its member count and digest, not its members; gt-police, a member, is its
+    # originator and so not addressed by it.
+    "group-addressed": {
+        "bulletin_id": "6c7d8e9f-0a1b-4c2d-9e3f-4a5b6c7d8e9f",
+        "recipients": ["cr-police"],
+        "groups": True,
+        "audience": True,
+        "labels": Labels(
+            topic="drug-trafficking",
+            classification=Classification.RESTRICTED,
+            tlp=Tlp.AMBER,
+            rel_to=("SICA",),
+            precedence=Precedence.FLASH,
+        ),
+        "content": Content(title="Alerta regional: lanchas", text="Salieron a las 03:40."),
+    },
     # Two files (ADR 17): their chunks are in attachments.json.
     "attachments": {
         "bulletin_id": "e3f4a5b6-c7d8-4e9f-8a0b-1c2d3e4f5a6b",
@@ -223,6 +240,7 @@ def _seal_case(case: dict[str, Any], forward_of: Citation | None = None) -> Enve
         supersedes=case.get("supersedes"),
         groups=_epoch_keys(case),
         covered=[AgencyId(r) for r in case.get("covered", ())],
+        members={GROUP: MEMBERS} if case.get("audience") else None,
         in_reply_to=case.get("in_reply_to"),
         thread=case.get("thread"),
         reply_all=bool(case.get("reply_all")),
@@ -231,6 +249,15 @@ def _seal_case(case: dict[str, Any], forward_of: Citation | None = None) -> Enve
         attachments=refs,
         forward_of=forward_of,
     )
+
+
+def _addressed(env: Envelope) -> list[str]:
+    """Whom ``env`` addresses: its recipients and, for an audience (ADR 37), the spec
+    group's members but the originator."""
+    out = set(env.header.recipients)
+    if env.header.audience is not None:
+        out |= set(MEMBERS) - {env.header.originator}
+    return sorted(out)
 
 
 def _dump(model: BaseModel) -> Any:
@@ -288,7 +315,7 @@ def _derive(
         recipient_check(env.header, RECIPIENT)  # its grant checks out
     keys = _epoch_keys(case)
     opened = []
-    for agency in env.header.recipients:
+    for agency in _addressed(env):
         inner, content_key = open_envelope_keyed(
             env,
             recipient=AgencyId(agency),
@@ -333,7 +360,7 @@ def _derive(
         "wraps": wraps,
     }
     if env.groups is not None:
-        out["covered"] = sorted(set(env.header.recipients) - {w.recipient for w in env.wraps})
+        out["covered"] = sorted(set(_addressed(env)) - {w.recipient for w in env.wraps})
         out["group_wraps"] = [group_wrap_trace(g, hd, content_key) for g in env.groups]
     return out
 
@@ -361,6 +388,7 @@ def envelopes(existing: dict[str, Any] | None) -> dict[str, Any]:
         "cases": cases,
         "failures": _failures(cases[0])
         + _group_failures(_named(cases, "group-sealed"))
+        + _audience_failures(_named(cases, "group-addressed"))
         + _forward_failures(existing, _named(cases, ORIGINAL_CASE)),
     }
 
@@ -373,6 +401,18 @@ def _held(*keys: EpochKey) -> list[dict[str, Any]]:
     return [
         {"group": k.group, "epoch": k.epoch, "kid": k.kid, "key_hex": hex_of(k.key)} for k in keys
     ]
+
+
+def _audience_failures(case: dict[str, Any]) -> list[dict[str, Any]]:
+    """An envelope addressed to the group's epoch as a whole (ADR 37) that its originator,
+    a member holding the key, must refuse: it is not addressed by its own bulletin."""
+    out = [
+        {"why": "the originator, a member, is not addressed by the epoch", "open_as": "gt-police",
+         "epoch_keys": _held(epoch_key()), "fails": "not_a_recipient",
+         "envelope": case["envelope"]},
+    ]  # fmt: skip
+    _check_failures(out, case["originator"])
+    return out
 
 
 def _group_failures(case: dict[str, Any]) -> list[dict[str, Any]]:
@@ -402,7 +442,18 @@ def _group_failures(case: dict[str, Any]) -> list[dict[str, Any]]:
          "open_as": "rc-drugs", "epoch_keys": _held(epoch_key()), "fails": "wrap_invalid",
          "envelope": text_of(canonical_json(resigned))},
     ]  # fmt: skip
-    sender = key.verify_key
+    _check_failures(out, case["originator"])
+    return out
+
+
+def _check_failures(out: list[dict[str, Any]], originator: str) -> None:
+    """Each failure vector fails as it says when opened (its ``open_as``, holding its
+    ``epoch_keys``).
+
+    Raises:
+        AssertionError: one opens, or fails with another code.
+    """
+    sender = signing_key(originator).verify_key
     for failure in out:
         env = parse_envelope(failure["envelope"].encode())
         agency = AgencyId(failure["open_as"])
@@ -421,7 +472,6 @@ def _group_failures(case: dict[str, Any]) -> list[dict[str, Any]]:
                 raise AssertionError(f"'{failure['why']}' fails with {exc.code}") from exc
             continue
         raise AssertionError(f"the failure vector '{failure['why']}' opened")
-    return out
 
 
 def _failures(case: dict[str, Any]) -> list[dict[str, Any]]:

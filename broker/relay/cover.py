@@ -14,6 +14,11 @@ epoch became current. So, before anything is delivered:
   3. every addressed recipient has a wrap of its own or is a member of a group used
      (``uncovered_recipient``).
 
+Since ADR 37 a header may address an epoch as a whole (``audience``) instead of listing
+its members: ``addressed`` expands it from the registry's record of the epoch, after
+checking that the record holds as many members, hashing to the same digest, as the
+originator signed (``audience_mismatch``). The steps above then run on that list.
+
 Each refusal is an ``EnvelopeError`` whose code goes to the rejection row, the audit log
 and the publisher (``broker.relay.plan``).
 """
@@ -22,27 +27,69 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Set
 
-from broker.store.groups import CurrentEpoch
-from schemas.envelope import Envelope
+from broker.store.groups import CurrentEpoch, EpochMembers
+from schemas.envelope import Envelope, Header
 from schemas.errors import EnvelopeError
 
-__all__ = ["check_cover"]
+__all__ = ["addressed", "check_cover"]
 
 
-def check_cover(env: Envelope, *, allowed: Set[str], epochs: Mapping[str, CurrentEpoch]) -> None:
+def addressed(header: Header, members: Mapping[tuple[str, int], EpochMembers]) -> tuple[str, ...]:
+    """Every agency ``header`` addresses, sorted: its ``recipients`` and, for each epoch of
+    its ``audience`` (ADR 37), that epoch's recorded members but the originator.
+
+    Args:
+        header: the verified header.
+        members: the recorded members of the epochs the audience names
+            (``broker.store.groups.epoch_members``).
+
+    Raises:
+        EnvelopeError: an epoch never became current (``unknown_group``), or its record
+            differs from what the originator signed (``audience_mismatch``).
+    """
+    if header.audience is None:
+        return header.recipients
+    out = set(header.recipients)
+    for a in header.audience:
+        got = members.get((a.group, a.epoch))
+        if got is None:
+            raise EnvelopeError(
+                f"group {a.group} has no epoch {a.epoch}: seal for its members one by one",
+                code="unknown_group",
+            )
+        if got.count != a.member_count or got.digest != a.members_digest:
+            raise EnvelopeError(
+                f"group {a.group} epoch {a.epoch} has other members than the bulletin "
+                "names: publish again (the SDK reads the epoch's signed members)",
+                code="audience_mismatch",
+            )
+        out |= got.members
+    out.discard(header.originator)
+    return tuple(sorted(out))
+
+
+def check_cover(
+    env: Envelope,
+    *,
+    allowed: Set[str],
+    epochs: Mapping[str, CurrentEpoch],
+    to: Set[str] | None = None,
+) -> None:
     """Steps 1-3 above; nothing to check without group wraps.
 
     Args:
         env: the parsed, verified envelope.
         allowed: the candidates this bulletin's receive decisions allow.
         epochs: the current epoch of each group the bulletin uses, as recorded.
+        to: every agency the bulletin addresses (``addressed``); its header's recipients
+            when not given.
 
     Raises:
         EnvelopeError: with ``code`` naming the failed step.
     """
     if env.groups is None:
         return
-    addressed = set(env.header.recipients)
+    addressed = set(env.header.recipients) if to is None else set(to)
     covered = {w.recipient for w in env.wraps}
     for g in env.groups:
         current = epochs.get(g.group)

@@ -222,6 +222,9 @@ def check_forward(
             "the citation does not match the bulletin you received (originator or envelope digest)",
             code="forward_citation_mismatch",
         )
+    # F4 first: sealed for one recipient alone, by name (never a group's epoch, ADR 37).
+    if len(header.recipients) != 1 or header.audience is not None:
+        raise EnvelopeError("a forward is sealed for one recipient", code="forward_not_allowed")
     # F3. An original that still stands; one new recipient, neither sender nor originator.
     try:
         check_ask(
@@ -235,9 +238,6 @@ def check_forward(
         if exc.code == "unknown_recipient":
             raise
         raise EnvelopeError(str(exc), code="forward_not_allowed") from exc
-    # F4. Sealed for that recipient alone.
-    if len(header.recipients) != 1:
-        raise EnvelopeError("a forward is sealed for one recipient", code="forward_not_allowed")
     recipient = header.recipients[0]
     # F5. Labels no looser than the original's, and no longer valid.
     check_not_weaker(original.labels, header.labels, recipient=recipient)

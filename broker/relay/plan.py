@@ -48,11 +48,11 @@ from broker.relay.checks import (
     parse_ingest,
     sender_of,
 )
-from broker.relay.cover import check_cover
+from broker.relay.cover import addressed, check_cover
 from broker.relay.decisions import Denial, denial_of, route
 from broker.relay.forwards import ForwardVerdict, Original, check_forward
 from broker.relay.replies import Answered, check_reply, check_rfi
-from broker.store.groups import CurrentEpoch
+from broker.store.groups import CurrentEpoch, EpochMembers
 from broker.store.registry import AgencySetRow, BulletinRow, Insert, RejectionRow, row_values
 from broker.store.rfis import RfiAddresseeRow, RfiRow
 from schemas.audit import AuditEvent
@@ -230,6 +230,7 @@ def plan(
     now_ms: int,
     superseded_originator: str | None = None,
     epochs: Mapping[str, CurrentEpoch] | None = None,
+    members: Mapping[tuple[str, int], EpochMembers] | None = None,
     answered: Answered | None = None,
     stored_chunks: Mapping[tuple[int, int], StoredChunk] | None = None,
     attachment_limits: AttachmentLimits = NO_ATTACHMENTS,
@@ -250,6 +251,8 @@ def plan(
             it supersedes (None: no such bulletin was accepted).
         epochs: the current epoch of each community group the message's envelope uses
             (ADR 18; ``broker.relay.cover``).
+        members: the recorded members of each group epoch its header's audience names
+            (ADR 37).
         answered: for a reply, what the registry recorded of the bulletin it answers
             (None: no such bulletin was accepted; ADR 16).
         stored_chunks: what the attachment stream holds of this bulletin under its
@@ -281,6 +284,7 @@ def plan(
             now_ms,
             superseded_originator,
             epochs or {},
+            members or {},
             answered,
             _Attached(stored_chunks or {}, attachment_limits),
             original,
@@ -300,6 +304,7 @@ def plan_batch(
     now_ms: int,
     superseded: Mapping[str, str] | None = None,
     epochs: Mapping[str, CurrentEpoch] | None = None,
+    members: Mapping[tuple[str, int], EpochMembers] | None = None,
     answered: Mapping[str, Answered] | None = None,
     attachments: Mapping[str, Mapping[tuple[int, int], StoredChunk]] | None = None,
     attachment_limits: AttachmentLimits = NO_ATTACHMENTS,
@@ -320,6 +325,7 @@ def plan_batch(
             supersede, by id, if the registry holds it (a bulletin accepted earlier in the
             batch counts too).
         epochs: the current epoch of each community group the batch's envelopes use.
+        members: the recorded members of each group epoch the batch's audiences name.
         answered: what the registry recorded of each bulletin the batch's replies answer,
             by id (ADR 16). A reply to a bulletin of the same batch is refused: nobody can
             have received that bulletin yet.
@@ -357,6 +363,7 @@ def plan_batch(
             now_ms=now_ms,
             superseded_originator=corrected,
             epochs=epochs,
+            members=members,
             answered=replied,
             stored_chunks=chunks,
             attachment_limits=attachment_limits,
@@ -382,6 +389,7 @@ def _decide(
     now_ms: int,
     superseded_originator: str | None,
     epochs: Mapping[str, CurrentEpoch],
+    members: Mapping[tuple[str, int], EpochMembers],
     answered: Answered | None,
     attached: _Attached,
     original: Original | None,
@@ -402,6 +410,8 @@ def _decide(
         jurisdictions=d.states,
     ).digest  # the encoding that verified the signature: not made a second time
     rank = list(Precedence).index(h.labels.precedence)
+    # Everyone it addresses: named, or as the members of a group epoch (ADR 37).
+    to = addressed(h, members)
     # Replays: the same stream message again is a redelivery to finish; anything else
     # with a known id is refused (NATS dedupe only covers a few minutes).
     if prior is not None:
@@ -411,7 +421,7 @@ def _decide(
                 msg.seq,
                 sender,
                 bid,
-                addressed=tuple(h.recipients),
+                addressed=to,
                 rank=rank,
                 expires_at=h.expires_at,
                 originator=h.originator,
@@ -462,9 +472,9 @@ def _decide(
         )
         # The same candidate list for every originator on the topic (the engine keeps its
         # classes per list); the originator, its own class, is taken out afterwards.
-        candidates = _candidates(audience, h.recipients)
+        candidates = _candidates(audience, to)
         decided = d.engine.receive_classes(facts, candidates, now)
-        if h.originator not in h.recipients and _has(candidates, h.originator):
+        if h.originator not in to and _has(candidates, h.originator):
             decided = _without(decided, h.originator)
     else:
         # Only its one recipient is asked, on the original's facts: a forward reaches no
@@ -481,7 +491,7 @@ def _decide(
     # A group's epoch key may open it only if every holder is permitted (ADR 18).
     if env.groups is not None:
         allowed = frozenset().union(*(c.agencies for c in decided if c.decision.allowed))
-        check_cover(env, allowed=allowed, epochs=epochs)
+        check_cover(env, allowed=allowed, epochs=epochs, to=frozenset(to))
     row = row_values(
         BulletinRow,
         id=bid,
@@ -493,7 +503,7 @@ def _decide(
         accepted_at=now,
         not_before=h.not_before,
         expires_at=h.expires_at,
-        recipients=",".join(h.recipients),
+        recipients=",".join(to),
         policy_version=publish.policy_version,
         directory_version=publish.directory_version,
         supersedes=h.supersedes,
@@ -507,7 +517,7 @@ def _decide(
         originator=h.originator,
         labels=h.labels,
         envelope_digest=digest,
-        recipients=h.recipients,
+        recipients=to,
         policy_version=publish.policy_version,
         directory_version=publish.directory_version,
         policy_ids=publish.policy_ids,
@@ -520,7 +530,7 @@ def _decide(
     routing = route(
         bid,
         originator=h.originator,
-        addressed=h.recipients,
+        addressed=to,
         decided=decided,
         policy_version=publish.policy_version,
         directory_version=publish.directory_version,
@@ -552,7 +562,7 @@ def _decide(
         msg.seq,
         sender,
         bid,
-        addressed=tuple(h.recipients),
+        addressed=to,
         deliver_to=routing.deliver_to,
         decided=decided,
         rows=(*set_rows, row, routing.record, *_rfi_rows(h, routing.deliver_to)),

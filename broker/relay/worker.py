@@ -71,7 +71,7 @@ from broker.relay.metrics import RelayMetrics
 from broker.relay.plan import Ingested, Parsed, Plan, parse, plan_batch, set_records
 from broker.relay.receipts import IncomingReceipt, ReceiptVerdict, judge_batch, read_batch
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
-from broker.store.groups import current_epochs, ready_epochs
+from broker.store.groups import current_epochs, epoch_members, ready_epochs
 from broker.store.registry import Registry
 from broker.store.withheld import Withholding
 from schemas.agency import Announcement, encode_announcement
@@ -533,6 +533,16 @@ class Relay:
             g.group for p in parsed if not isinstance(p, IstmoError) for g in p[1].groups or ()
         }
         epochs = current_epochs(self.registry, named_groups) if named_groups else {}
+        # Group epochs addressed as a whole (ADR 37): their recorded members.
+        members = epoch_members(
+            self.registry,
+            {
+                (a.group, a.epoch)
+                for p in parsed
+                if not isinstance(p, IstmoError)
+                for a in p[1].header.audience or ()
+            },
+        )
         # Replies: what was recorded of the bulletins they answer (ADR 16; none without one).
         answered = self.api.conversations.answered(
             {
@@ -558,6 +568,7 @@ class Relay:
             now_ms=now_ms,
             superseded=superseded,
             epochs=epochs,
+            members=members,
             answered=answered,
             attachments=attachments,
             attachment_limits=self.attachment_limits,

@@ -26,15 +26,18 @@ from sqlalchemy import BigInteger, Integer
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from schemas.audit import AuditEvent
+from schemas.groups import SignedEpoch
 
 __all__ = [
     "CurrentEpoch",
+    "EpochMembers",
     "GroupEpochRow",
     "GroupRow",
     "GroupWrapRow",
     "current_epochs",
     "define_group",
     "delivery_epochs",
+    "epoch_members",
     "epoch_row",
     "epochs_awaiting_delivery",
     "group_rows",
@@ -114,6 +117,36 @@ class CurrentEpoch:
     members: frozenset[str]
     roster: str
     statement: str
+
+
+@dataclass(frozen=True)
+class EpochMembers:
+    """An epoch's members as recorded, and their count and digest as its manager signed
+    them: what a bulletin addressed to the epoch as a whole names (ADR 37)."""
+
+    members: frozenset[str]
+    count: int
+    digest: str
+
+
+def epoch_members(
+    registry: Registry, pairs: Collection[tuple[str, int]]
+) -> dict[tuple[str, int], EpochMembers]:
+    """The members of each of ``pairs`` that became current (an epoch posted but never
+    completed is left out: no bulletin may use it)."""
+    if not pairs:
+        return {}
+    out: dict[tuple[str, int], EpochMembers] = {}
+    with registry.session() as s:
+        for group, epoch in sorted(set(pairs)):
+            row = s.get(GroupEpochRow, (group, epoch))
+            if row is None or row.current_at is None:
+                continue
+            st = SignedEpoch.model_validate_json(row.statement).statement
+            out[(group, epoch)] = EpochMembers(
+                frozenset(row.member_ids), st.member_count, st.members_digest
+            )
+    return out
 
 
 def define_group(registry: Registry, row: GroupRow, event: AuditEvent) -> None:

@@ -12,15 +12,18 @@ The two properties of issue 16 point 4, at the level of the keys and of the rela
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from broker.relay.cover import check_cover
-from broker.store.groups import CurrentEpoch
+from broker.relay.cover import addressed, check_cover
+from broker.store.groups import CurrentEpoch, EpochMembers
 from schemas.canonical import b64e
 from schemas.errors import DecryptionError, EnvelopeError, SignatureError
 from schemas.groups import (
     EpochKey,
     epoch_statement,
+    members_digest,
     new_epoch_key,
     sign_epoch,
     unwrap_epoch_key,
@@ -227,4 +230,140 @@ def test_the_relay_checks_every_group_of_a_cover(  # type: ignore[no-untyped-def
         return
     with pytest.raises(EnvelopeError) as refused:
         check_cover(env, allowed=allowed, epochs=epochs)
+    assert refused.value.code == code, case
+
+
+# ------------------------------------------------- addressed by epoch (ADR 37)
+def _seal_epochs(individual: list[Agency], groups: list[tuple[EpochKey, list[Agency]]]):  # type: ignore[no-untyped-def]
+    return seal(
+        content=CONTENT,
+        labels=LABELS,
+        originator=A.id,
+        signing_key=A.sign,
+        recipients={r.id: r.pub(KEM) for r in individual},
+        now=NOW,
+        groups=[k for k, _ in groups],
+        members={k.group: [m.id for m in ms] for k, ms in groups},
+    )
+
+
+def _members(key: EpochKey, members: list[Agency]) -> dict[tuple[str, int], EpochMembers]:
+    ids = [m.id for m in members]
+    return {(key.group, key.epoch): EpochMembers(frozenset(ids), len(ids), members_digest(ids))}
+
+
+def test_an_epoch_addressed_whole_names_no_member_and_each_member_opens_it() -> None:
+    key, made = _epoch("SICA", 1, [R1, R2, MANAGER])
+    env = parse_envelope(encode_envelope(_seal_epochs([C], [(key, [R1, R2, MANAGER])])))
+    assert env.header.recipients == (C.id,)
+    assert env.header.audience is not None
+    (aud,) = env.header.audience
+    assert (aud.group, aud.epoch, aud.member_count) == ("SICA", 1, 3)
+    assert aud.members_digest == members_digest([R1.id, R2.id, MANAGER.id])
+    assert R1.id.encode() not in encode_envelope(env)  # members are not listed
+    for member in (R1, R2, MANAGER):
+        inner = open_envelope(
+            env, recipient=member.id, key=None, sender_key=A.verify_key,
+            epoch_keys=[_held(member, made)],
+        )  # fmt: skip
+        assert inner.content == CONTENT
+        assert inner.audience == env.header.audience
+    assert open_envelope(env, recipient=C.id, key=C.enc[KEM], sender_key=A.verify_key)
+    # Not a member: no key opens it; the originator is never addressed by an epoch.
+    with pytest.raises(DecryptionError) as outside:
+        open_envelope(env, recipient=M.id, key=M.enc[KEM], sender_key=A.verify_key)
+    assert outside.value.code == "no_group_key"
+    with pytest.raises(DecryptionError) as own:
+        open_envelope(
+            env, recipient=A.id, key=None, sender_key=A.verify_key,
+            epoch_keys=[_held(R1, made)],
+        )  # fmt: skip
+    assert own.value.code == "not_a_recipient"
+
+
+def test_an_epoch_addressed_whole_stays_small_for_thousands() -> None:
+    """The size no longer grows with the audience: 3,500 members, one group wrap."""
+    many = [f"agency-{i:05d}" for i in range(3_500)]
+    key = new_epoch_key("ALL", 7)
+    env = seal(
+        content=CONTENT, labels=LABELS, originator=A.id, signing_key=A.sign,
+        recipients={}, now=NOW, groups=[key], members={"ALL": many},
+    )  # fmt: skip
+    raw = encode_envelope(env)
+    assert len(raw) < 4_000
+    inner = open_envelope(env, recipient=many[9], key=None, sender_key=A.verify_key,
+                          epoch_keys=[key])  # fmt: skip
+    assert inner.recipients == ()
+
+
+@pytest.mark.parametrize(
+    ("case", "change"),
+    [
+        ("another member count", lambda a: a.model_copy(update={"member_count": 4})),
+        ("another digest", lambda a: a.model_copy(update={"members_digest": "0" * 64})),
+        ("another epoch", lambda a: a.model_copy(update={"epoch": 2})),
+    ],
+)
+def test_the_audience_is_signed(case, change) -> None:  # type: ignore[no-untyped-def]
+    key, made = _epoch("SICA", 1, [R1, R2, MANAGER])
+    env = _seal_epochs([], [(key, [R1, R2, MANAGER])])
+    assert env.header.audience is not None
+    header = env.header.model_copy(update={"audience": (change(env.header.audience[0]),)})
+    with pytest.raises(SignatureError):
+        open_envelope(
+            env.model_copy(update={"header": header}), recipient=R1.id, key=None,
+            sender_key=A.verify_key, epoch_keys=[_held(R1, made)],
+        )  # fmt: skip
+
+
+def test_an_audience_without_its_group_wrap_or_sorted_is_malformed() -> None:
+    key, _ = _epoch("SICA", 1, [R1, MANAGER])
+    other, _ = _epoch("CARICOM", 1, [R2, MANAGER])
+    doc = json.loads(encode_envelope(_seal_epochs([], [(key, [R1, MANAGER])])))
+    bad = dict(doc, groups=None)
+    del bad["groups"]
+    with pytest.raises(EnvelopeError):
+        parse_envelope(json.dumps(bad).encode())
+    both = _seal_epochs([], [(key, [R1, MANAGER]), (other, [R2, MANAGER])])
+    doc = json.loads(encode_envelope(both))
+    doc["header"]["audience"].reverse()
+    with pytest.raises(EnvelopeError):
+        parse_envelope(json.dumps(doc).encode())
+    with pytest.raises(ValueError, match="members"):
+        seal(
+            content=CONTENT, labels=LABELS, originator=A.id, signing_key=A.sign,
+            recipients={}, now=NOW, groups=[key], members={"OTHER": [R1.id]},
+        )  # fmt: skip
+
+
+AK, _ = _epoch("SICA", 3, [R1, R2, MANAGER])
+BY_EPOCH = _seal_epochs([C], [(AK, [R1, R2, MANAGER])])
+
+
+@pytest.mark.parametrize(
+    ("case", "members", "allowed", "code"),
+    [
+        ("as recorded, all permitted", _members(AK, [R1, R2, MANAGER]), ALL3 | {C.id}, None),
+        ("never current", {}, ALL3 | {C.id}, "unknown_group"),
+        ("recorded with another member", _members(AK, [R1, R2, MANAGER, M]), ALL3 | {C.id},
+         "audience_mismatch"),
+        ("recorded with one fewer", _members(AK, [R1, MANAGER]), ALL3 | {C.id},
+         "audience_mismatch"),
+        ("a member the policy denies", _members(AK, [R1, R2, MANAGER]), {R1.id, MANAGER.id, C.id},
+         "group_member_denied"),
+    ],
+)  # fmt: skip
+def test_the_relay_expands_an_epoch_from_its_record(case, members, allowed, code) -> None:  # type: ignore[no-untyped-def]
+    epochs = {"SICA": _current(AK, [R1, R2, MANAGER])}
+
+    def judge() -> tuple[str, ...]:
+        to = addressed(BY_EPOCH.header, members)
+        check_cover(BY_EPOCH, allowed=allowed, epochs=epochs, to=frozenset(to))
+        return to
+
+    if code is None:
+        assert judge() == tuple(sorted({C.id, R1.id, R2.id, MANAGER.id}))  # not the originator
+        return
+    with pytest.raises(EnvelopeError) as refused:
+        judge()
     assert refused.value.code == code, case

@@ -22,7 +22,7 @@ dozen recipients, reaches them and opens with the key each fetches.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import pytest
 import pytest_asyncio
@@ -45,7 +45,7 @@ from schemas.errors import BusUnavailable, DecryptionError, PolicyDenied
 from schemas.group_requests import EpochRef, GroupKeysReply, GroupKeysRequest
 from schemas.ids import AgencyId
 from schemas.labels import Classification, Labels, Tlp
-from schemas.sealing import parse_envelope, seal
+from schemas.sealing import encode_envelope, parse_envelope, seal
 from schemas.subjects import DELIVER_STREAM, api_subject
 from tests.integration.recall_kit import take
 from tests.integration.stack_inproc import client, running_stack
@@ -109,7 +109,16 @@ def members(stack: Stack) -> frozenset[str]:
 
 async def delivered_copy(stack: Stack, agency: str, bulletin_id: str) -> Envelope:
     """The envelope as the delivery stream holds it for ``agency``: on its own subject, or
-    its group's (ADR 21)."""
+    its group's (ADR 21). The verdict is recorded before the copies are stored: waited for."""
+    found = await eventually(
+        lambda: _stored_copy(stack, agency, bulletin_id),
+        what=f"a copy of {bulletin_id} for {agency}",
+    )
+    assert found is not None
+    return found
+
+
+async def _stored_copy(stack: Stack, agency: str, bulletin_id: str) -> Envelope | None:
     nc = await stack.connect_relay(stack.nats_urls[0])
     try:
         js = nc.jetstream()
@@ -125,11 +134,11 @@ async def delivered_copy(stack: Stack, agency: str, bulletin_id: str) -> Envelop
             except Exception:  # noqa: S112 (not on this subject)
                 continue
             env = parse_envelope(msg.data)
-            if env.header.bulletin_id == bulletin_id and agency in env.header.recipients:
+            if env.header.bulletin_id == bulletin_id and env.header.addresses(agency):
                 return env
     finally:
         await nc.close()
-    raise AssertionError(f"no copy of {bulletin_id} for {agency}")
+    return None
 
 
 def rejections(stack: Stack, bulletin_id: str) -> list[AuditRow]:
@@ -155,6 +164,24 @@ async def publish_by_hand(gt: IstmoClient, labels: Labels, *, leave_out: set[str
         now=int(time.time()),
         groups=[known.key],
         covered=[AgencyId(a) for a in addressed],
+    )
+    await gt._publish_envelope(env)
+    return env.header.bulletin_id
+
+
+async def publish_by_epoch(gt: IstmoClient, labels: Labels, members: Collection[str]) -> str:
+    """An envelope addressed to the group's current epoch as a whole (ADR 37), naming
+    ``members`` as its members (their count and digest), whatever the policy says."""
+    known = {k.key.group: k for k in await gt.groups.known()}[GROUP]
+    env = seal(
+        content=Content(title="by epoch", text="addressed to the epoch regardless"),
+        labels=labels,
+        originator=AgencyId(GT),
+        signing_key=gt.keystore.signing_key(),
+        recipients={},
+        now=int(time.time()),
+        groups=[known.key],
+        members={GROUP: members},
     )
     await gt._publish_envelope(env)
     return env.header.bulletin_id
@@ -275,3 +302,39 @@ async def test_a_suspended_agency_cannot_open_what_is_sealed_after_its_suspensio
 
     set_agency_status(stack.registry, SV, "active", actor="test", note="groups")
     await broker_nc.publish(CONTROL_DIRECTORY_SUBJECT, b"{}")
+
+
+async def test_an_epoch_addressed_whole_is_checked_against_its_record(stack: Stack) -> None:
+    """ADR 37: the relay expands an epoch from its own record of the members, refuses one
+    naming other members than that record, and still refuses one a member may not have."""
+    async with await client(stack, GT) as gt:
+        known = {k.key.group: k for k in await gt.groups.known()}[GROUP]
+        cases = [
+            (NO_GRADE, known.members, "group_member_denied"),
+            (GRADED, known.members - {HN}, "audience_mismatch"),
+            (GRADED, known.members | {"ag-police"}, "audience_mismatch"),  # not a member
+        ]
+        for labels, named, code in cases:
+            bid = await publish_by_epoch(gt, labels, named)
+            with pytest.raises(PublishRejected) as refused:
+                await gt.wait_for_verdict(bid, timeout=10)
+            assert refused.value.code == code
+            assert [r.reason for r in rejections(stack, bid)] == [code]
+            assert stack.registry is not None
+            assert stack.registry.decisions(bid) == []
+        # As recorded: every member but the originator is routed it, and opens it.
+        bid = await publish_by_epoch(gt, GRADED, known.members)
+        verdict = await gt.wait_for_verdict(bid, timeout=10)
+    assert verdict.state == "accepted"
+    assert set(verdict.routed) == members(stack) - {GT}
+    env = await delivered_copy(stack, HN, bid)
+    assert env.header.recipients == ()
+    assert env.header.audience is not None
+    assert len(encode_envelope(env)) < 8_000
+    seen: list[str] = []
+
+    async def opened() -> bool:
+        seen.extend(b.id for b in (await take(stack, HN, count=1, timeout=5)).bulletins)
+        return bid in seen
+
+    await eventually(opened, what="hn-police to open the bulletin addressed by epoch")

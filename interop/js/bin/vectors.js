@@ -159,7 +159,17 @@ group("envelopes.json: digests, signing input, HPKE step by step, opening", () =
         eq(canonicalText(inner), c.inner_plaintext, `${c.name}/${r}: inner bulletin by the group`);
       }
     }
-    eq((c.covered ?? []).length + c.wraps.length, e.header.recipients.length, `${c.name}: every recipient opens it`);
+    if (e.header.audience) {
+      // The epoch addressed whole (ADR 37): its members, less the originator, open it by
+      // the group wrap; the header names their count and digest, not them.
+      const g = load("groups.json");
+      const [a] = e.header.audience;
+      eq(`${a.member_count} ${a.members_digest}`, `${g.members.length} ${groups.membersDigest(g.members)}`, `${c.name}: the audience names the epoch's members`);
+      eq(c.covered.join(","), g.members.filter((m) => m !== c.originator).join(","), `${c.name}: every member but the originator opens it`);
+      eq(c.wraps.length, e.header.recipients.length, `${c.name}: a wrap for each named recipient`);
+    } else {
+      eq((c.covered ?? []).length + c.wraps.length, e.header.recipients.length, `${c.name}: every recipient opens it`);
+    }
   }
   for (const f of envs.failures) {
     const code = { signature: "signature", parse: "malformed" }[f.fails] ?? f.fails;

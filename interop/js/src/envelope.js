@@ -65,7 +65,10 @@ const refuse = (code) => {
  */
 export function openEnvelopeKeyed(env, { recipient, keys, senderPublic, epochKeys = [], grantKey = null }) {
   verifyEnvelope(env, senderPublic); // 1
-  if (!env.header.recipients.includes(recipient)) refuse("not_a_recipient"); // 2
+  // 2: named, or (an audience, ADR 37) any agency but the originator: that it is a member
+  // of an epoch addressed is proven by the epoch key it opens the group wrap with.
+  const named = env.header.recipients.includes(recipient);
+  if (!named && (env.header.audience === undefined || recipient === env.header.originator)) refuse("not_a_recipient");
   const hd = headerDigest(env.header);
   const wrap = env.wraps.find((w) => w.recipient === recipient);
   let contentKey;
@@ -103,6 +106,7 @@ export function openEnvelopeKeyed(env, { recipient, keys, senderPublic, epochKey
   }
   const h = env.header; // 6
   if (inner.bulletin_id !== h.bulletin_id || inner.originator !== h.originator || inner.recipients.join(",") !== h.recipients.join(",")
+    || JSON.stringify(inner.audience ?? null) !== JSON.stringify(h.audience ?? null)
     || (inner.content.attachments?.length ?? 0) !== (h.attachments?.length ?? 0)) {
     refuse("inner_outer_mismatch");
   }

@@ -88,11 +88,25 @@ export function labels(l, where = "labels") {
   return out;
 }
 
+/** Group epochs a header addresses as a whole (envelope.md, ADR 37), sorted by group. */
+export function audience(a, where) {
+  const out = list(a, where, (x, k) => {
+    exactKeys(x, k, ["group", "epoch", "member_count", "members_digest"]);
+    str(x.group, `${k}.group`, GROUP_NAME);
+    int(x.epoch, `${k}.epoch`, 1, MAX_TS);
+    int(x.member_count, `${k}.member_count`, 1, MAX_RECIPIENTS);
+    str(x.members_digest, `${k}.members_digest`, HEX64);
+  }, { min: 1, max: MAX_GROUPS }).map((x) => ({ group: x.group, epoch: x.epoch, member_count: x.member_count, members_digest: x.members_digest }));
+  const names = out.map((x) => x.group);
+  if ([...new Set(names)].sort().join(",") !== names.join(",")) bad(where, "audience must be sorted by group and name each once");
+  return out;
+}
+
 /** The header in normal form (what is signed and digested). */
 export function header(h) {
   const w = "envelope.header";
   exactKeys(h, w, ["v", "bulletin_id", "originator", "created_at", "labels", "recipients", "aead", "key_commitment", "signer"],
-    ["not_before", "expires_at", "supersedes", "in_reply_to", "thread", "reply_all", "rfi_due", "forward_of", "attachments"]);
+    ["not_before", "expires_at", "supersedes", "in_reply_to", "thread", "reply_all", "rfi_due", "forward_of", "attachments", "audience"]);
   version(h.v, `${w}.v`);
   const out = {
     v: 1,
@@ -100,13 +114,15 @@ export function header(h) {
     originator: str(h.originator, `${w}.originator`, AGENCY_ID),
     created_at: ts(h.created_at, `${w}.created_at`),
     labels: labels(h.labels, `${w}.labels`),
-    recipients: list(h.recipients, `${w}.recipients`, (x, k) => str(x, k, AGENCY_ID), { min: 1, max: MAX_RECIPIENTS }),
+    recipients: list(h.recipients, `${w}.recipients`, (x, k) => str(x, k, AGENCY_ID), { max: MAX_RECIPIENTS }),
     aead: oneOf(h.aead, `${w}.aead`, ["AES-256-GCM"], "unsupported_suite"),
     key_commitment: str(h.key_commitment, `${w}.key_commitment`, B64, 2_000_000),
     signer: str(h.signer, `${w}.signer`, KID),
   };
   const sorted = [...new Set(out.recipients)].sort();
   if (sorted.join(",") !== out.recipients.join(",")) bad(`${w}.recipients`, "must be sorted and unique");
+  if (h.audience != null) out.audience = audience(h.audience, `${w}.audience`);
+  if (out.recipients.length === 0 && out.audience === undefined) bad(`${w}.recipients`, "a bulletin needs at least one recipient");
   for (const k of ["not_before", "expires_at"]) {
     const t = optTs(h[k], `${w}.${k}`);
     if (t !== undefined) out[k] = t;
@@ -210,7 +226,12 @@ export function envelope(e) {
   oneOf(e.sig.alg, "envelope.sig.alg", ["Ed25519"], "unsupported_suite");
   const sig = { alg: "Ed25519", kid: str(e.sig.kid, "envelope.sig.kid", KID), value: str(e.sig.value, "envelope.sig.value", B64, 2_000_000) };
   const wrapped = wraps.map((x) => x.recipient);
-  if (groups === undefined) {
+  if (h.audience !== undefined) {
+    // A wrap for each named recipient, a group wrap for each epoch of the audience.
+    if (wrapped.join(",") !== h.recipients.join(",")) bad("envelope", "wrap list does not match the signed recipients");
+    const used = (groups ?? []).map((g) => `${g.group}@${g.epoch}`).join(",");
+    if (used !== h.audience.map((a) => `${a.group}@${a.epoch}`).join(",")) bad("envelope", "group wraps must be one for each epoch of the audience");
+  } else if (groups === undefined) {
     if (wrapped.length === 0) bad("envelope.wraps", "a bulletin without group wraps needs one per recipient");
     if (wrapped.join(",") !== h.recipients.join(",")) bad("envelope", "wrap list does not match the signed recipients");
   } else {
@@ -236,7 +257,7 @@ export function fileName(name, where) {
 /** The plaintext inside the body. */
 export function innerBulletin(x) {
   const w = "inner bulletin";
-  exactKeys(x, w, ["bulletin_id", "originator", "recipients", "content"]);
+  exactKeys(x, w, ["bulletin_id", "originator", "recipients", "content"], ["audience"]);
   exactKeys(x.content, `${w}.content`, ["title", "text"], ["attachments", "acknowledges"]);
   if (x.content.acknowledges != null && x.content.acknowledges !== true) bad(`${w}.content.acknowledges`, "only true, or left out");
   const title = x.content.title;
@@ -245,9 +266,11 @@ export function innerBulletin(x) {
   const out = {
     bulletin_id: str(x.bulletin_id, `${w}.bulletin_id`, BULLETIN_ID),
     originator: str(x.originator, `${w}.originator`, AGENCY_ID),
-    recipients: list(x.recipients, `${w}.recipients`, (r, k) => str(r, k, AGENCY_ID), { min: 1, max: MAX_RECIPIENTS }),
+    recipients: list(x.recipients, `${w}.recipients`, (r, k) => str(r, k, AGENCY_ID), { max: MAX_RECIPIENTS }),
     content: { title, text: x.content.text },
   };
+  if (x.audience != null) out.audience = audience(x.audience, `${w}.audience`);
+  if (out.recipients.length === 0 && out.audience === undefined) bad(`${w}.recipients`, "a bulletin needs at least one recipient");
   if (x.content.attachments != null) {
     out.content.attachments = list(x.content.attachments, `${w}.content.attachments`, (a, k) => {
       exactKeys(a, k, ["name"], ["media_type"]);
