@@ -17,9 +17,17 @@ connection), opened before the publish, and notes when each copy arrives. Measur
   * ``delivered_p50_ms`` / ``delivered_p99_ms``: from the SDK's ``publish`` call (resolve,
     seal, ingest, the relay's decisions, storage) to each recipient's copy arriving here,
     over every recipient of every round;
+  * ``stored_p50_ms``: from the ``publish`` call until JetStream stored the copy each
+    recipient got (its stored timestamp): the SDK's and the relay's part of the above;
   * ``stored_bytes``: what ISTMO_DELIVER grew by for one bulletin, against
     ``per_recipient_bytes`` (one copy each, as before ADR 21: the envelope times the
-    recipients).
+    recipients);
+  * ``bare_delivered_p50_ms`` / ``_p99_ms`` / ``_max_ms``: the bare backbone in the same
+    run (``bench.bare_broadcast``): one message of the envelope's size published straight
+    to a stream with as many pull consumers as there were recipients, shaped like
+    Istmo's, each waiting with one request, and acked as it arrives. nats-server writes
+    each consumer's state (a new file, fsynced and renamed) when it delivers and when it
+    is acked, so this is the floor JetStream sets on this disk.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from bench import bare_broadcast
 from bench.context import Context
 from bench.harness import ISTMO, BenchStack
 from bench.synthetic_directory import write_policy_dir
@@ -84,10 +93,12 @@ def _delivery_open(stack: BenchStack) -> bool:
 
 async def _round(
     pub: IstmoClient | None, ncs: list[NATS], recipients: list[str]
-) -> tuple[float, list[float], int, int]:
+) -> tuple[float, list[float], int, int, list[float]]:
     """One bulletin: (publish call s, arrival ms per recipient, stored bytes, envelope
-    bytes). Without ``pub`` only take what waits (one copy each)."""
+    bytes, ms until JetStream stored the copy each recipient got, by the server's clock).
+    Without ``pub`` only take what waits (one copy each)."""
     arrived: dict[str, float] = {}
+    stored_at: dict[str, float] = {}  # when JetStream stored the copy each one got (wall clock)
     size = 0
     done = asyncio.Event()
 
@@ -101,6 +112,7 @@ async def _round(
             arrived.setdefault(agency, time.perf_counter())
             size = len(msg.data)
             if msg.reply:
+                stored_at.setdefault(agency, msg.metadata.timestamp.timestamp())
                 await rc.publish(msg.reply, b"+ACK")
             if len(arrived) == len(recipients):
                 done.set()
@@ -118,7 +130,7 @@ async def _round(
         await rc.flush(timeout=60)
     nc = ncs[0]
     before = (await nc.jetstream(timeout=30).stream_info(DELIVER_STREAM)).state.bytes
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     if pub is not None:
         await pub.publish(title="FLASH", text=TEXT, labels=LABELS, groups=True, wait=False)
     published = time.perf_counter() - t0
@@ -133,7 +145,8 @@ async def _round(
     missing = len(recipients) - len(arrived)
     if missing:
         raise RuntimeError(f"{missing} of {len(recipients)} recipients got nothing in 60 s")
-    return published, ms, stored, size
+    kept = [(t - wall0) * 1000 for t in stored_at.values()]
+    return published, ms, stored, size, kept
 
 
 def _seal_ms(recipients: list[str], rounds: int) -> float:
@@ -193,11 +206,13 @@ async def measure(ctx: Context, agencies: int, rounds: int) -> dict[str, object]
                 recipients = sorted(warm.routed)
                 await _round(None, ncs, recipients)
                 arrivals: list[float] = []
+                kept: list[float] = []
                 publish_s, stored, size = [], 0, 0
                 for _ in range(rounds):
-                    p, ms, stored, size = await _round(pub, ncs, recipients)
+                    p, ms, stored, size, at = await _round(pub, ncs, recipients)
                     publish_s.append(p)
                     arrivals += ms
+                    kept += at
         finally:
             for nc in ncs:
                 await nc.close()
@@ -211,6 +226,9 @@ async def measure(ctx: Context, agencies: int, rounds: int) -> dict[str, object]
                 "delivered_p50_ms": round(_pct(arrivals, 0.5), 1),
                 "delivered_p99_ms": round(_pct(arrivals, 0.99), 1),
                 "delivered_max_ms": round(max(arrivals), 1),
+                # The relay's part: from the publish call until its copy was stored.
+                "stored_p50_ms": round(_pct(kept, 0.5), 1),
+                "stored_max_ms": round(max(kept), 1),
                 "envelope_bytes": size,
                 "stored_bytes": stored,
                 "per_recipient_bytes": size * len(recipients),
@@ -226,5 +244,13 @@ async def measure(ctx: Context, agencies: int, rounds: int) -> dict[str, object]
 
 async def run(ctx: Context) -> dict[str, object]:
     sizes = [400] if ctx.quick else [4700]
-    rows = [await measure(ctx, n, int(ctx.pick(2, 3))) for n in sizes]
+    rounds = int(ctx.pick(2, 3))
+    rows = [await measure(ctx, n, rounds) for n in sizes]
+    for row in rows:
+        with phase("bare backbone"):
+            bare = await bare_broadcast.measure(
+                int(str(row["recipients"])), rounds, int(str(row["envelope_bytes"])), False
+            )
+        for k in ("delivered_p50_ms", "delivered_p99_ms", "delivered_max_ms"):
+            row[f"bare_{k}"] = bare[k]
     return {"rows": rows}
