@@ -166,7 +166,7 @@ def test_report_keeps_hand_written_sections(tmp_path: Path) -> None:
 def test_render_without_results_says_not_run() -> None:
     text = render({"environment": {"mode": "full"}, "results": {}}, "r.json", {})
     assert "QUICK RUN" not in text
-    assert text.count("_not run in this benchmark run._") == 13
+    assert text.count("_not run in this benchmark run._") == 14
 
 
 def test_phases_are_taken_per_measurement_with_the_rest_as_other() -> None:
@@ -390,3 +390,32 @@ def test_resolve_scale_times_each_part_of_a_wide_resolve(tmp_path: Path) -> None
 )
 def test_drift_compares_the_first_and_last_thirds(seconds: list[float], want: dict) -> None:
     assert drift(seconds) == want
+
+
+def test_the_broadcast_target_reads_the_last_arrival_beside_the_bare_backbone() -> None:
+    from bench.report import s_broadcast
+
+    def row(recipients: int, last: float) -> dict:
+        return {
+            "agencies": 4700, "recipients": recipients, "envelope_bytes": 4102,
+            "seal_ms": 1.9, "publish_call_ms": 25.0, "stored_p50_ms": 56.1,
+            "delivered_p50_ms": 700.0, "delivered_p99_ms": 950.0, "delivered_max_ms": last,
+            "bare_delivered_p50_ms": 2000.0, "bare_delivered_p99_ms": 3000.0,
+            "bare_delivered_max_ms": 3100.0,
+        }  # fmt: skip
+
+    def verdict(broadcast: dict | None) -> str:
+        doc = _doc(1200, 0.6, 20)
+        if broadcast is not None:
+            doc["results"]["broadcast"] = broadcast
+        (t,) = [t for t in evaluate_targets(doc) if t["key"] == "broadcast"]
+        return str(t["status"])
+
+    assert verdict({"rows": [row(3523, 990.0)]}) == "met"
+    assert verdict({"rows": [row(3523, 1010.0)]}) == "missed"
+    assert verdict({"rows": [row(298, 50.0)]}) == "not measured"  # quick mode's size
+    assert verdict(None) == "not measured"
+    text = s_broadcast({"rows": [row(3523, 990.0)]})
+    assert "| 4,700 | 3,523 | 4,102 |" in text
+    assert "700 / 950 / 990" in text
+    assert "2,000 / 3,000 / 3,100" in text
