@@ -19,6 +19,10 @@ mode for large directories). Measured:
   * the time to confine a new agency in NATS: ``istmo admin agency add`` (timed
     separately: a CLI process), then from the SDK's ``enroll`` call over HTTP (keys made,
     registered, nats-server reloaded) until the new agency's NATS connection is accepted;
+  * the time for a suspension to take effect in NATS (``suspend_effective_s``): with that
+    agency connected, from the start of ``istmo admin suspend`` (a CLI process, as an
+    administrator runs it) until nats-server has closed its connection and refuses a new
+    one; ``suspend_cli_s`` is the CLI process's own time;
   * peak RSS of the relay and ``istmo up`` processes.
 Then SIENA's 2023 volume (1.79 million bulletins) is extrapolated from the relay rate
 with 2 processes (or 1, doubled at best, where 2 were not run).
@@ -41,8 +45,10 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Awaitable
 
 import nats
+from nats.aio.client import Client as NATS
 
 from bench.context import Context
 from bench.harness import ISTMO, WIDE_LABELS, BenchStack
@@ -150,7 +156,63 @@ async def confine(stack: BenchStack, agency: str) -> dict[str, object]:
             await asyncio.sleep(0.05)
     out["enroll_to_connect_s"] = round(time.perf_counter() - t0, 3)
     out["connect_attempts"] = attempts
+    out.update(await _suspend(stack, agency, ks.nats_seed, user_jwt))
     return out
+
+
+async def _suspend(
+    stack: BenchStack, agency: str, seed: str, user_jwt: str | None
+) -> dict[str, object]:
+    """Suspend ``agency`` while it is connected: how long until its connection is closed
+    and a new one is refused."""
+
+    def dial() -> Awaitable[NATS]:
+        return nats.connect(
+            stack.nats_url,
+            nkeys_seed_str=seed,
+            user_jwt_cb=None if user_jwt is None else user_jwt.encode,
+            inbox_prefix=inbox_prefix(agency),
+            connect_timeout=2,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=_quiet,
+        )
+
+    held = await dial()
+    argv = [ISTMO, "admin", "suspend", agency, "--note", "bench", "--data-dir", str(stack.data_dir)]
+    if stack.policy_dir is not None:
+        argv += ["--policy-dir", str(stack.policy_dir)]
+    t0 = time.perf_counter()
+    done = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=120, check=False
+    )
+    cli_s = time.perf_counter() - t0
+    if done.returncode != 0:
+        await held.close()
+        return {"suspend_error": f"istmo admin suspend failed: {done.stderr[-600:]}"}
+    deadline = time.monotonic() + 30
+    closed_at = refused_at = None
+    while closed_at is None or refused_at is None:
+        if closed_at is None and not held.is_connected:
+            closed_at = time.perf_counter()
+        if refused_at is None:
+            try:
+                await (await dial()).close()
+            except (OSError, TimeoutError, nats.errors.Error):
+                refused_at = time.perf_counter()
+        if time.monotonic() > deadline:
+            await held.close()
+            return {
+                "suspend_cli_s": round(cli_s, 3),
+                "suspend_error": "not in effect within 30 s "
+                f"(closed: {closed_at is not None}, refused: {refused_at is not None})",
+            }
+        await asyncio.sleep(0.02)
+    await held.close()
+    return {
+        "suspend_cli_s": round(cli_s, 3),
+        "suspend_effective_s": round(max(closed_at, refused_at) - t0, 3),
+    }
 
 
 async def _quiet(_exc: Exception) -> None:

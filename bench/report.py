@@ -222,6 +222,16 @@ def evaluate_targets(doc: R) -> list[dict[str, Any]]:
         ok,
         note,
     )
+    suspend = _get(big_dir, "confine", "suspend_effective_s")
+    failed = str(_get(big_dir, "confine", "suspend_error", default=""))
+    ok = suspend <= 1 if suspend is not None else (False if "not in effect" in failed else None)
+    add(
+        "suspension",
+        "A suspension in effect in NATS (connection closed, new one refused) in <= 1 s",
+        f"{_fmt(suspend, ' s')} at {_fmt(n)} agencies",
+        ok,
+        failed,
+    )
     cast = next(iter(_get(res, "broadcast", "rows", default=[])), None)
     last = _get(cast, "delivered_max_ms")
     many = (_get(cast, "recipients") or 0) >= 3500
@@ -569,6 +579,7 @@ def s_directory(r: R) -> str:
                 relays.get(2),
                 x.get("nats_reload_s"),
                 conf.get("enroll_to_connect_s", conf.get("error", "n/a")),
+                conf.get("suspend_effective_s", conf.get("suspend_error", "n/a")),
                 _get(x, "peak_rss_mib", "relay (istmo relay)"),
                 _get(x, "peak_rss_mib", "api+sequencer (istmo up)"),
             ]
@@ -586,6 +597,7 @@ def s_directory(r: R) -> str:
             "relay /s (2 procs)",
             "nats reload s",
             "enrol -> connect s",
+            "suspension effective s",
             "relay peak MiB",
             "up peak MiB",
         ],

@@ -419,3 +419,18 @@ def test_the_broadcast_target_reads_the_last_arrival_beside_the_bare_backbone() 
     assert "| 4,700 | 3,523 | 4,102 |" in text
     assert "700 / 950 / 990" in text
     assert "2,000 / 3,000 / 3,100" in text
+
+
+def test_the_suspension_target_reads_the_largest_stack() -> None:
+    def verdict(confine: dict | None) -> str:
+        doc = _doc(1200, 0.6, 20)
+        if confine is not None:
+            doc["results"]["directory_size"] = {"rows": [{"agencies": 3500, "confine": confine}]}
+        (t,) = [t for t in evaluate_targets(doc) if t["key"] == "suspension"]
+        return str(t["status"])
+
+    assert verdict({"suspend_effective_s": 0.4}) == "met"
+    assert verdict({"suspend_effective_s": 1.3}) == "missed"
+    assert verdict({"suspend_error": "not in effect within 30 s"}) == "missed"
+    assert verdict({"suspend_error": "istmo admin suspend failed: boom"}) == "not measured"
+    assert verdict(None) == "not measured"
