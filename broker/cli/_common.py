@@ -138,7 +138,7 @@ def running_nats_url(data: DataDir, given: str | None) -> str:
     Raises:
         ConfigError: neither is there.
     """
-    from broker.runtime.stack import read_stack_file
+    from broker.runtime.stackfile import read_stack_file
 
     url = given or (read_stack_file(data.settings.data_dir) or {}).get("nats_url")
     if not isinstance(url, str):

@@ -34,7 +34,7 @@ from broker.directory.lifecycle import (
 from broker.directory.subscriptions import set_subscriptions, subscriptions_of
 from broker.runtime.control import notify_running_stack
 from broker.runtime.datadir import DataDir
-from broker.runtime.stack import read_stack_file
+from broker.runtime.stackfile import read_stack_file
 from broker.store.registry import Registry
 from schemas.enrolment import split_enrolment_token
 from schemas.errors import ConfigError

@@ -22,7 +22,7 @@ from broker.runtime.health import (
     exit_code,
     rfi_check,
 )
-from broker.runtime.stack import read_stack_file
+from broker.runtime.stackfile import read_stack_file
 from broker.store.rfi_book import overdue_count
 from schemas.errors import BusUnavailable, ConfigError
 

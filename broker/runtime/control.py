@@ -10,7 +10,7 @@ from __future__ import annotations
 import nats.errors
 
 from broker.runtime.datadir import DataDir
-from broker.runtime.stack import read_stack_file
+from broker.runtime.stackfile import read_stack_file
 from schemas.errors import BusUnavailable
 
 __all__ = ["notify_running_stack"]

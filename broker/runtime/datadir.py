@@ -11,6 +11,7 @@ import fcntl
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from nats.aio.client import Client as NATS
 from sqlmodel import SQLModel
@@ -48,7 +49,10 @@ class DataDir:
     Attributes:
         settings: where everything lives and the limits in force.
         registry: the broker's store (SQLite in the directory, or ISTMO_DATABASE_URL).
-        directory: the live directory and policy, signed with ``directory_key``.
+        policy: the policy set in force when it was opened.
+        directory: the live directory and policy, signed with ``directory_key``: made on
+            first use, for at a few thousand agencies it takes about a second, which a
+            command that only changes the registry (``istmo admin suspend``) never pays.
         directory_key: signs the directory excerpts agencies verify.
         relay_seed: the broker's own NATS user (nkey seed).
         token_key: signs the API's access tokens.
@@ -60,7 +64,7 @@ class DataDir:
 
     settings: Settings
     registry: Registry
-    directory: DirectoryService
+    policy: PolicyBundle
     directory_key: SigningKey
     relay_seed: str
     token_key: SigningKey
@@ -102,18 +106,22 @@ class DataDir:
             issued: frozenset[str] = frozenset()
             if demo and registry.is_empty():
                 issued = _load_demo(s, registry, directory_key, out, clock, operator)
-        directory = DirectoryService(registry, bundle, directory_key)
         return cls(
-            s,
-            registry,
-            directory,
-            directory_key,
-            relay_seed,
-            token_key,
-            nats_auth,
-            operator,
-            issued,
+            settings=s,
+            registry=registry,
+            policy=bundle,
+            directory_key=directory_key,
+            relay_seed=relay_seed,
+            token_key=token_key,
+            nats_auth=nats_auth,
+            nats_operator=operator,
+            issued=issued,
         )
+
+    @cached_property
+    def directory(self) -> DirectoryService:
+        """The live directory and policy (see the class's attributes), made once."""
+        return DirectoryService(self.registry, self.policy, self.directory_key)
 
     @property
     def relay_jwt(self) -> str | None:

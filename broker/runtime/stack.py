@@ -79,6 +79,7 @@ from broker.runtime.claim import (
     take_data_dir_lock,
 )
 from broker.runtime.datadir import DataDir
+from broker.runtime.stackfile import STACK_FILE, read_stack_file
 from broker.runtime.statenodes import DEFAULT_LEAF_PORT, StateNodes
 from broker.store.db import display_url
 from broker.store.groups import delivery_epochs
@@ -90,17 +91,8 @@ __all__ = ["Stack", "read_stack_file", "uvicorn_config"]
 
 log = logging.getLogger("istmo.stack")
 _NATS_WATCH_S = 1.0  # how often the stack checks that its nats-server still runs
-STACK_FILE = "stack.json"
 DEFAULT_CLUSTER_PORT = 6244  # route port of node 1 (NATS's own default is 6222)
 _CONSUMERS_IN_FLIGHT = 4  # agencies whose consumers are being made at once, at start
-
-
-def read_stack_file(data_dir: Path) -> dict[str, object] | None:
-    try:
-        loaded: dict[str, object] = json.loads((data_dir / STACK_FILE).read_text())
-        return loaded
-    except (OSError, ValueError):
-        return None
 
 
 async def _watch_nats(server: NatsServer, stop: asyncio.Event) -> None:
