@@ -131,17 +131,7 @@ async def confine(stack: BenchStack, agency: str) -> dict[str, object]:
     while True:
         attempts += 1
         try:
-            nc = await nats.connect(
-                stack.nats_url,
-                nkeys_seed_str=ks.nats_seed,
-                user_jwt_cb=None if user_jwt is None else user_jwt.encode,
-                inbox_prefix=inbox_prefix(agency),
-                connect_timeout=2,
-                allow_reconnect=False,
-                max_reconnect_attempts=0,
-                error_cb=_quiet,
-            )
-            await nc.close()
+            await (await _dial(stack, agency, ks.nats_seed, user_jwt)).close()
             break
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             if time.monotonic() > deadline:
@@ -161,25 +151,26 @@ async def confine(stack: BenchStack, agency: str) -> dict[str, object]:
     return out
 
 
+def _dial(stack: BenchStack, agency: str, seed: str, user_jwt: str | None) -> Awaitable[NATS]:
+    """``agency``'s NATS connection, as its SDK makes it, not retried."""
+    return nats.connect(
+        stack.nats_url,
+        nkeys_seed_str=seed,
+        user_jwt_cb=None if user_jwt is None else user_jwt.encode,
+        inbox_prefix=inbox_prefix(agency),
+        connect_timeout=2,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        error_cb=_quiet,
+    )
+
+
 async def _suspend(
     stack: BenchStack, agency: str, seed: str, user_jwt: str | None
 ) -> dict[str, object]:
     """Suspend ``agency`` while it is connected: how long until its connection is closed
     and a new one is refused."""
-
-    def dial() -> Awaitable[NATS]:
-        return nats.connect(
-            stack.nats_url,
-            nkeys_seed_str=seed,
-            user_jwt_cb=None if user_jwt is None else user_jwt.encode,
-            inbox_prefix=inbox_prefix(agency),
-            connect_timeout=2,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-            error_cb=_quiet,
-        )
-
-    held = await dial()
+    held = await _dial(stack, agency, seed, user_jwt)
     argv = [ISTMO, "admin", "suspend", agency, "--note", "bench", "--data-dir", str(stack.data_dir)]
     if stack.policy_dir is not None:
         argv += ["--policy-dir", str(stack.policy_dir)]
@@ -214,7 +205,7 @@ async def _suspend(
             closed_at = time.perf_counter()
         if refused_at is None:
             try:
-                await (await dial()).close()
+                await (await _dial(stack, agency, seed, user_jwt)).close()
             except (OSError, TimeoutError, nats.errors.Error):
                 refused_at = time.perf_counter()
         if time.monotonic() > deadline:

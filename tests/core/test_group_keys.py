@@ -53,7 +53,7 @@ def _held(agency: Agency, made: dict[str, object]) -> EpochKey:
     return unwrap_epoch_key(st, made["wraps"][agency.id], agency.id, agency.enc[KEM])  # type: ignore[index]
 
 
-def _seal(individual: list[Agency], groups: list[EpochKey], covered: list[Agency]):  # type: ignore[no-untyped-def]
+def _seal(individual: list[Agency], groups: list[EpochKey], covered: list[Agency], **more):  # type: ignore[no-untyped-def]
     return seal(
         content=CONTENT,
         labels=LABELS,
@@ -63,6 +63,7 @@ def _seal(individual: list[Agency], groups: list[EpochKey], covered: list[Agency
         now=NOW,
         groups=groups,
         covered=[c.id for c in covered],
+        **more,
     )
 
 
@@ -235,16 +236,8 @@ def test_the_relay_checks_every_group_of_a_cover(  # type: ignore[no-untyped-def
 
 # ------------------------------------------------- addressed by epoch (ADR 37)
 def _seal_epochs(individual: list[Agency], groups: list[tuple[EpochKey, list[Agency]]]):  # type: ignore[no-untyped-def]
-    return seal(
-        content=CONTENT,
-        labels=LABELS,
-        originator=A.id,
-        signing_key=A.sign,
-        recipients={r.id: r.pub(KEM) for r in individual},
-        now=NOW,
-        groups=[k for k, _ in groups],
-        members={k.group: [m.id for m in ms] for k, ms in groups},
-    )
+    members = {k.group: [m.id for m in ms] for k, ms in groups}
+    return _seal(individual, [k for k, _ in groups], [], members=members)
 
 
 def _members(key: EpochKey, members: list[Agency]) -> dict[tuple[str, int], EpochMembers]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Collection
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -150,11 +151,10 @@ def rejections(stack: Stack, bulletin_id: str) -> list[AuditRow]:
         return list(s.exec(q))
 
 
-async def publish_by_hand(gt: IstmoClient, labels: Labels, *, leave_out: set[str]) -> str:
-    """An envelope sealed under the group's current key whatever the policy says: what a
-    publisher that ignores its SDK's cover check could send."""
+async def _publish_under_group(gt: IstmoClient, labels: Labels, **addressing: Any) -> str:
+    """An envelope sealed under the group's current key and addressed as ``addressing``
+    says (``seal``'s ``covered`` or ``members``), whatever the policy says."""
     known = {k.key.group: k for k in await gt.groups.known()}[GROUP]
-    addressed = sorted(known.members - {GT} - leave_out)
     env = seal(
         content=Content(title="by hand", text="sealed under the group key regardless"),
         labels=labels,
@@ -163,28 +163,24 @@ async def publish_by_hand(gt: IstmoClient, labels: Labels, *, leave_out: set[str
         recipients={},
         now=int(time.time()),
         groups=[known.key],
-        covered=[AgencyId(a) for a in addressed],
+        **addressing,
     )
     await gt._publish_envelope(env)
     return env.header.bulletin_id
+
+
+async def publish_by_hand(gt: IstmoClient, labels: Labels, *, leave_out: set[str]) -> str:
+    """Every member but ``leave_out`` listed (the form before ADR 37): what a publisher
+    that ignores its SDK's cover check could send."""
+    known = {k.key.group: k for k in await gt.groups.known()}[GROUP]
+    listed = [AgencyId(a) for a in sorted(known.members - {GT} - leave_out)]
+    return await _publish_under_group(gt, labels, covered=listed)
 
 
 async def publish_by_epoch(gt: IstmoClient, labels: Labels, members: Collection[str]) -> str:
-    """An envelope addressed to the group's current epoch as a whole (ADR 37), naming
-    ``members`` as its members (their count and digest), whatever the policy says."""
-    known = {k.key.group: k for k in await gt.groups.known()}[GROUP]
-    env = seal(
-        content=Content(title="by epoch", text="addressed to the epoch regardless"),
-        labels=labels,
-        originator=AgencyId(GT),
-        signing_key=gt.keystore.signing_key(),
-        recipients={},
-        now=int(time.time()),
-        groups=[known.key],
-        members={GROUP: members},
-    )
-    await gt._publish_envelope(env)
-    return env.header.bulletin_id
+    """The group's current epoch addressed as a whole (ADR 37), naming ``members`` as its
+    members (their count and digest)."""
+    return await _publish_under_group(gt, labels, members={GROUP: members})
 
 
 async def test_a_bulletin_sealed_under_the_group_key_reaches_and_opens_for_its_members(
