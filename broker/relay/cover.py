@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 
 from broker.store.groups import CurrentEpoch, EpochMembers
-from schemas.envelope import Envelope, Header
+from schemas.envelope import MAX_RECIPIENTS, Envelope, Header
 from schemas.errors import EnvelopeError
 
 __all__ = ["addressed", "check_cover"]
@@ -44,8 +44,9 @@ def addressed(header: Header, members: Mapping[tuple[str, int], EpochMembers]) -
             (``broker.store.groups.epoch_members``).
 
     Raises:
-        EnvelopeError: an epoch never became current (``unknown_group``), or its record
-            differs from what the originator signed (``audience_mismatch``).
+        EnvelopeError: an epoch never became current (``unknown_group``), its record
+            differs from what the originator signed (``audience_mismatch``), or together
+            they address more agencies than one bulletin may (``too_many_recipients``).
     """
     if header.audience is None:
         return header.recipients
@@ -65,6 +66,12 @@ def addressed(header: Header, members: Mapping[tuple[str, int], EpochMembers]) -
             )
         out |= got.members
     out.discard(header.originator)
+    if len(out) > MAX_RECIPIENTS:
+        raise EnvelopeError(
+            f"the bulletin addresses {len(out)} agencies, more than one bulletin may "
+            f"({MAX_RECIPIENTS}): split it",
+            code="too_many_recipients",
+        )
     return tuple(sorted(out))
 
 

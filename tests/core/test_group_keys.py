@@ -329,6 +329,26 @@ def test_an_audience_without_its_group_wrap_or_sorted_is_malformed() -> None:
         )  # fmt: skip
 
 
+def test_an_audience_addresses_no_more_than_one_bulletin_may() -> None:
+    """Two epochs of 6,000 members each: 12,000 agencies, over MAX_RECIPIENTS."""
+    groups = [(new_epoch_key(g, 1), [f"{g.lower()}-{i:05d}" for i in range(6_000)])
+              for g in ("CARIB", "ISTMO")]  # fmt: skip
+    env = seal(
+        content=CONTENT, labels=LABELS, originator=A.id, signing_key=A.sign, recipients={},
+        now=NOW, groups=[k for k, _ in groups], members={k.group: m for k, m in groups},
+    )  # fmt: skip
+    record = {
+        (k.group, k.epoch): EpochMembers(frozenset(m), len(m), members_digest(m)) for k, m in groups
+    }
+    with pytest.raises(EnvelopeError) as refused:
+        addressed(env.header, record)
+    assert refused.value.code == "too_many_recipients"
+    one = dict(list(record.items())[:1])  # one epoch alone: 6,000, within the bound
+    with pytest.raises(EnvelopeError) as other:
+        addressed(env.header, one)
+    assert other.value.code == "unknown_group"  # the second is not recorded
+
+
 AK, _ = _epoch("SICA", 3, [R1, R2, MANAGER])
 BY_EPOCH = _seal_epochs([C], [(AK, [R1, R2, MANAGER])])
 
