@@ -79,6 +79,14 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------- envelopes
+# A FLASH alert to a community group (ADR 18, ADR 37).
+_GROUP_LABELS = Labels(
+    topic="drug-trafficking",
+    classification=Classification.RESTRICTED,
+    tlp=Tlp.AMBER,
+    rel_to=("SICA",),
+    precedence=Precedence.FLASH,
+)
 _RFI_LABELS = Labels(
     topic="drug-trafficking",
     classification=Classification.RESTRICTED,
@@ -147,13 +155,7 @@ CASES: dict[str, dict[str, Any]] = {
         "recipients": ["cr-police"],
         "covered": ["rc-drugs", "sv-police"],
         "groups": True,
-        "labels": Labels(
-            topic="drug-trafficking",
-            classification=Classification.RESTRICTED,
-            tlp=Tlp.AMBER,
-            rel_to=("SICA",),
-            precedence=Precedence.FLASH,
-        ),
+        "labels": _GROUP_LABELS,
         "content": Content(title="Alerta: lanchas hacia el noreste", text="Salieron a las 03:10."),
     },
     # The same, the group's epoch addressed as a whole (ADR 37): the header names the
@@ -164,13 +166,7 @@ CASES: dict[str, dict[str, Any]] = {
         "recipients": ["cr-police"],
         "groups": True,
         "audience": True,
-        "labels": Labels(
-            topic="drug-trafficking",
-            classification=Classification.RESTRICTED,
-            tlp=Tlp.AMBER,
-            rel_to=("SICA",),
-            precedence=Precedence.FLASH,
-        ),
+        "labels": _GROUP_LABELS,
         "content": Content(title="Alerta regional: lanchas", text="Salieron a las 03:40."),
     },
     # Two files (ADR 17): their chunks are in attachments.json.
