@@ -777,6 +777,8 @@ def s_broadcast(r: R) -> str:
             "publish call ms",
             "stored after ms",
             "delivered p50 / p99 / max ms",
+            "pushed",
+            "queued copy p50 / p99 / max ms",
             "bare JetStream p50 / p99 / max ms",
         ],
         [
@@ -789,6 +791,9 @@ def s_broadcast(r: R) -> str:
                 x.get("stored_p50_ms"),
                 f"{_fmt(x.get('delivered_p50_ms'))} / {_fmt(x.get('delivered_p99_ms'))} / "
                 f"{_fmt(x.get('delivered_max_ms'))}",
+                x.get("pushed"),
+                f"{_fmt(x.get('queued_p50_ms'))} / {_fmt(x.get('queued_p99_ms'))} / "
+                f"{_fmt(x.get('queued_max_ms'))}",
                 f"{_fmt(x.get('bare_delivered_p50_ms'))} / {_fmt(x.get('bare_delivered_p99_ms'))}"
                 f" / {_fmt(x.get('bare_delivered_max_ms'))}",
             ]
@@ -798,7 +803,9 @@ def s_broadcast(r: R) -> str:
     return (
         f"{table}\n\nOne FLASH bulletin sealed under a community group's key, addressed to the "
         "group's epoch as a whole (ADR 37) and stored once for the group (ADR 21); every "
-        "recipient's urgent consumer waits with one pull request, taken by this process. "
+        "recipient's urgent consumer waits with one pull request, taken by this process, and "
+        "each recipient keeps a push wait open (ADR 38): delivered is the first of the two "
+        "copies, pushed how many came over core NATS (of recipients times rounds). "
         "Times from the SDK's publish call; stored after: until JetStream stored the copy. "
         "Bare JetStream: the same message published straight to a stream with as many pull "
         "consumers, in the same run: nats-server writes each consumer's state to a new "

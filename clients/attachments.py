@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from clients.errors import AttachmentError
 from clients.requests import read_reply
 from clients.results import ReceivedAttachment
+from schemas.agency import KIND_HEADER
 from schemas.attachments import (
     CHUNK_HEADER,
     CHUNK_KIND,
@@ -74,7 +75,6 @@ REQUEST_TIMEOUT_S = 10.0  # one chunk request
 # How long one chunk may keep failing (the connection dropped, a relay restarting) before
 # the transfer gives up; the next attempt resumes where this one stopped.
 TRANSFER_TIMEOUT_S = 60.0
-_KIND_HEADER = "Istmo-Kind"
 
 
 @dataclass(frozen=True)
@@ -292,7 +292,7 @@ async def _fetch(
         None,
         deadline_s=deadline_s,
     )
-    if headers.get(_KIND_HEADER) != CHUNK_KIND:
+    if headers.get(KIND_HEADER) != CHUNK_KIND:
         read_reply(raw, ChunkStored, op="att.get")  # raises the error it carries
         raise EnvelopeError("the broker's answer to att.get is not a chunk", code="malformed")
     return raw

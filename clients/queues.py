@@ -12,6 +12,14 @@ subject names.
 Every pull answers on one inbox subscription (``<inbox>.<n>``, a token per request), so an
 answer that comes late is not lost: its messages are kept for the next ``take``. Opening,
 acking and receipts are left to ``clients.sdk``.
+
+Besides the queues, one ``push`` request stays open (ADR 38, ``broker.relay.push``),
+answered on the same inbox (``<inbox>.p<n>``): a relay answers it with a FLASH or
+IMMEDIATE bulletin routed to the agency as soon as its queued copy is stored, before
+JetStream hands that copy over. ``take`` returns such a ``Pushed`` bulletin before
+anything else; its queued copy comes later, and the SDK's dedupe store settles it. A
+broker that does not push (before ADR 38), or a newer wait of the same agency taking the
+place of this one, turns pushes off for ``PUSH_RETRY_S``; the queues deliver as before.
 """
 
 from __future__ import annotations
@@ -21,22 +29,33 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from schemas.agency import KIND_HEADER, PUSH_KIND, PUSH_STATE_HEADER, PushRequest
+from schemas.canonical import canonical_json
 from schemas.errors import EnvelopeError
 from schemas.labels import Precedence
-from schemas.subjects import deliver_durables, deliver_next_subject, precedence_of_delivery
+from schemas.subjects import (
+    api_subject,
+    deliver_durables,
+    deliver_next_subject,
+    precedence_of_delivery,
+)
 
 __all__ = [
     "HAND_BACK_DELAY_S",
     "PROBE_TIMEOUT_S",
+    "PUSH_RETRY_S",
+    "PUSH_WAIT_S",
     "SILENT_RETRY_S",
     "DeliveryQueues",
+    "Pushed",
     "by_precedence",
     "hand_back",
 ]
@@ -51,6 +70,13 @@ SILENT_RETRY_S = 60.0
 # How long past its expiry a wait on an idle queue counts as still open without its end.
 _EXPIRY_MARGIN_S = 1.0
 _HEARTBEAT = "100"  # a status that does not end a pull
+# How long one push request waits at the relay (at most schemas.agency.MAX_PUSH_WAIT_S); it
+# is asked again at once when answered, and when its answer is overdue by _EXPIRY_MARGIN_S.
+PUSH_WAIT_S = 25
+# No pushes asked for this long after a broker refused one (before ADR 38), or a newer wait
+# of the same agency took this one's place (another receiver of the agency gets them).
+PUSH_RETRY_S = 60.0
+_NO_RESPONDERS_RETRY_S = 5.0  # no relay answers the API now (one restarting)
 
 log = logging.getLogger("istmo.sdk")
 _ORDER = tuple(Precedence)
@@ -63,12 +89,25 @@ _ORDER = tuple(Precedence)
 HAND_BACK_DELAY_S = 5.0
 
 
-async def hand_back(msgs: Iterable[Msg]) -> None:
+@dataclass(frozen=True)
+class Pushed:
+    """A bulletin's envelope a relay pushed ahead of its queued copy (ADR 38): nothing to
+    ack or hand back; the queued copy is settled when it comes."""
+
+    data: bytes
+    subject: str  # the inbox subject it came on
+    headers: dict[str, str] | None = None  # none: a pushed bulletin never crossed a link
+
+
+async def hand_back(msgs: Iterable[Msg | Pushed]) -> None:
     """Give fetched messages back to the server (nak) for a later ``receive``, after
     ``HAND_BACK_DELAY_S``: a receive cancelled again and again spends a delivery attempt
     each time, so ten in a row take a minute, not milliseconds, to dead-letter a
-    bulletin. Best effort: what cannot be handed back returns after the ack wait anyway."""
+    bulletin. Best effort: what cannot be handed back returns after the ack wait anyway.
+    A pushed bulletin is skipped: its queued copy still waits on the server."""
     for msg in msgs:
+        if isinstance(msg, Pushed):
+            continue
         with contextlib.suppress(nats.errors.Error):
             await msg.nak(delay=HAND_BACK_DELAY_S)
 
@@ -103,7 +142,7 @@ class DeliveryQueues:
     and was not taken). One ``take`` at a time.
     """
 
-    def __init__(self, nc: NATS, agency: str) -> None:
+    def __init__(self, nc: NATS, agency: str, *, push: bool = True) -> None:
         self._nc = nc
         self._durables = deliver_durables(agency)  # urgent first
         self._inbox = nc.new_inbox()
@@ -115,9 +154,16 @@ class DeliveryQueues:
         self._silent_until: dict[str, float] = {}  # consumer -> when to ask it again
         self._arrived = asyncio.Event()
         self._count = 0
+        # Pushed bulletins (ADR 38): the open push request, (reply subject, when its
+        # answer is overdue), and when to ask again after a refusal.
+        self._push_subject = api_subject(agency, "push") if push else None
+        self._pushed: list[Pushed] = []
+        self._push_wait: tuple[str, float] | None = None
+        self._push_off_until = 0.0
 
     async def open(self) -> None:
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        await self._ask_push()
 
     async def close(self) -> None:
         """Stop listening; give back (``hand_back``) what arrived and was not taken, so it
@@ -126,25 +172,79 @@ class DeliveryQueues:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
+        self._pushed.clear()  # their queued copies wait on the server
         for held in self._held.values():
             await hand_back(held)
             held.clear()
 
-    async def take(self, want: int, wait: float) -> list[Msg]:
-        """Up to ``want`` deliveries, most urgent first: whatever the urgent consumer
-        holds, else whatever the other one holds, else the first to arrive on either
-        within ``wait`` seconds (then maybe none).
+    async def take(self, want: int, wait: float) -> Sequence[Msg | Pushed]:
+        """Up to ``want`` deliveries, most urgent first: bulletins pushed ahead of their
+        queued copies, else whatever the urgent consumer holds, else whatever the other
+        one holds, else the first to arrive on either or pushed within ``wait`` seconds
+        (then maybe none).
         """
         if want < 1:
             raise ValueError(f"want must be at least 1, not {want}")
+        await self._ask_push()
+        if self._pushed:
+            return self._take_pushed(want)
         for durable in self._durables:
             got = await self._now(durable, want)
             if got:
                 return by_precedence(got)
-        return by_precedence(await self._either(want, wait))
+        got = await self._either(want, wait)
+        if not got and self._pushed:
+            return self._take_pushed(want)
+        return by_precedence(got)
 
     # ------------------------------------------------------------------ internals
+    def _take_pushed(self, want: int) -> list[Pushed]:
+        taken = self._pushed[:want]
+        del self._pushed[:want]
+        return taken
+
+    async def _ask_push(self) -> None:
+        """Send a push request unless one is open (and not overdue), pushes are off for
+        now, or the queues are closed."""
+        now = time.monotonic()
+        if self._push_subject is None or self._sub is None or self._push_off_until > now:
+            return
+        if self._push_wait is not None and self._push_wait[1] > now:
+            return
+        self._count += 1
+        reply = f"{self._inbox}.p{self._count}"
+        self._push_wait = (reply, now + PUSH_WAIT_S + PROBE_TIMEOUT_S)
+        body = canonical_json(PushRequest(wait_s=PUSH_WAIT_S).model_dump(mode="json"))
+        try:
+            await self._nc.publish(self._push_subject, body, reply)
+        except nats.errors.Error:
+            self._push_wait = None  # asked again on the next take
+
+    async def _on_push(self, msg: Msg) -> None:
+        """The answer to a push request: a bulletin, a wait that ran out (ask again), or
+        a refusal (ask again later)."""
+        if self._push_wait is None or msg.subject != self._push_wait[0]:
+            return  # an answer to a request given up on: its bulletin is queued too
+        self._push_wait = None
+        headers = msg.headers or {}
+        if msg.data and headers.get(KIND_HEADER) == PUSH_KIND:
+            self._pushed.append(Pushed(msg.data, msg.subject))
+            self._arrived.set()
+        elif not msg.data and headers.get(PUSH_STATE_HEADER) == "idle":
+            pass
+        elif _status(msg) == "503":  # no responders: no relay answers the API now
+            self._push_off_until = time.monotonic() + _NO_RESPONDERS_RETRY_S
+        else:
+            # Replaced by a newer wait of this agency's, or refused (an ErrorReply; a
+            # broker before ADR 38 knows no push): the queues alone deliver for a while.
+            log.info("no pushed bulletins for %.0f s; the queues deliver them", PUSH_RETRY_S)
+            self._push_off_until = time.monotonic() + PUSH_RETRY_S
+        await self._ask_push()
+
     async def _on_msg(self, msg: Msg) -> None:
+        if msg.subject.startswith(f"{self._inbox}.p"):
+            await self._on_push(msg)
+            return
         status = _status(msg)
         if status is not None:
             # The end of a pull (404 no messages, 408 expired, 409 ...): its reply subject.
@@ -230,7 +330,7 @@ class DeliveryQueues:
             if self._silent(durable):
                 continue
             await self._pull(durable, 1, expires_s=wait)
-        await self._until(lambda: any(self._held.values()), wait)
+        await self._until(lambda: any(self._held.values()) or bool(self._pushed), wait)
         got: list[Msg] = []
         for durable in self._durables:
             got += self._pop(durable, want - len(got))

@@ -56,7 +56,7 @@ from clients.partners import (
     partner_signing_key,
 )
 from clients.publishing import store_envelope, store_receipt
-from clients.queues import DeliveryQueues, hand_back
+from clients.queues import DeliveryQueues, Pushed, hand_back
 from clients.receipt_checks import check_receipts, keys_named
 from clients.records import DirectoryRecords
 from clients.requests import REQUEST_TIMEOUT_S, ask, make_request
@@ -78,6 +78,7 @@ from clients.results import (
 from clients.rotation import new_keys
 from clients.withdrawals import check_delivered_withdrawal
 from schemas.agency import (
+    KIND_HEADER,
     Announcement,
     ApiOp,
     BulletinRequest,
@@ -188,7 +189,6 @@ MAX_ANNOUNCEMENT_BYTES = 1024
 Handler = Callable[[ReceivedBulletin], Awaitable[None]]
 WithdrawalHandler = Callable[[Withdrawn], Awaitable[None]]
 # What a delivery that is not a bulletin says it is (ADR 15); a bulletin has no such header.
-KIND_HEADER = "Istmo-Kind"
 # A recall may scan the delivery stream for copies before the relay answers.
 RECALL_TIMEOUT_S = 30.0
 # The title of a human acknowledgement (ADR 27); the flag in its sealed content is what counts.
@@ -1439,12 +1439,19 @@ class IstmoClient:
         timeout: float | None = None,
         batch: int = 16,
         on_withdrawal: WithdrawalHandler | None = None,
+        push: bool = True,
     ) -> int:
         """Hand verified bulletins to ``handler``, then ack and send a signed receipt.
 
         Most urgent first: every round takes what waits at FLASH or IMMEDIATE before
         anything at PRIORITY or ROUTINE, however long the agency was away, and hands a
         batch over in precedence order (``clients.queues``, ADR 7).
+
+        With ``push`` (the default), a FLASH or IMMEDIATE bulletin routed to the agency
+        while it receives comes at once over core NATS, ahead of its queued copy (ADR
+        38): it is verified and opened the same way, handed over and receipted; its
+        queued copy, when it comes, is only acked. Pushes go to one receiving process
+        per agency (the one that asked last); run ``push=False`` in any other.
 
         A bulletin is acknowledged only after ``handler`` returned, and its id is then
         remembered durably, so a redelivery never reaches ``handler`` twice. Waiting for
@@ -1470,6 +1477,7 @@ class IstmoClient:
             timeout: stop after this many seconds (None: no limit).
             batch: how many messages to fetch at once.
             on_withdrawal: awaited once per withdrawal of a bulletin.
+            push: ask the relays to push urgent bulletins ahead of their queued copies.
 
         Returns:
             How many bulletins and withdrawals were handed over.
@@ -1486,7 +1494,7 @@ class IstmoClient:
                 than the one pinned for its link (a wrong pin, or the partner changed
                 its key); it stays likewise.
         """
-        queues = DeliveryQueues(self._nc, self.agency)
+        queues = DeliveryQueues(self._nc, self.agency, push=push)
         await queues.open()
         deadline = None if timeout is None else time.monotonic() + timeout
         handed = 0
@@ -1519,7 +1527,12 @@ class IstmoClient:
         return handed
 
     async def _settle_later(
-        self, msg: Msg, env: Envelope, digest: str, handed_at: int, record: Record | None
+        self,
+        msg: Msg | Pushed,
+        env: Envelope,
+        digest: str,
+        handed_at: int,
+        record: Record | None,
     ) -> None:
         """Wait until the bulletin's dedupe ``record`` is durable (the store's writer
         commits what is queued a transaction at a time, ``clients.dedupe``), store the
@@ -1529,7 +1542,9 @@ class IstmoClient:
         not be written leaves the bulletin unsettled: it comes back after the ack wait and
         is handed over again. At most ``SETTLE_IN_FLIGHT`` at once. A bulletin that
         crossed a partner link is acked without a receipt: receipts do not cross links
-        (ADR 33), and its originator is not in this region to read one."""
+        (ADR 33), and its originator is not in this region to read one. A pushed
+        bulletin (ADR 38) is receipted, with nothing to ack: its queued copy is acked
+        when it comes (and receipted again, stored once)."""
         while len(self._settling) >= SETTLE_IN_FLIGHT:
             await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
         crossed = LINK_HEADER in (msg.headers or {})
@@ -1548,7 +1563,8 @@ class IstmoClient:
                     return
             try:
                 stored = crossed or await self._send_receipt(env, digest, handed_at)
-                await self._settle(msg, stored)
+                if isinstance(msg, Msg):
+                    await self._settle(msg, stored)
             except (nats.errors.Error, IstmoError, OSError) as exc:
                 # Unsettled, it comes back after the ack wait; the dedupe branch settles it.
                 log.warning("could not settle a delivery (%s); it will come back", exc)
@@ -1563,41 +1579,50 @@ class IstmoClient:
             await asyncio.wait(set(self._settling))
 
     async def _dispatch(
-        self, msg: Msg, handler: Handler, on_withdrawal: WithdrawalHandler | None
+        self, msg: Msg | Pushed, handler: Handler, on_withdrawal: WithdrawalHandler | None
     ) -> bool:
-        """A delivery is a bulletin, or a withdrawal of one (its ``Istmo-Kind`` header)."""
+        """A delivery is a bulletin, or a withdrawal of one (its ``Istmo-Kind`` header).
+        A pushed bulletin (ADR 38) is only ever sooner: if it cannot be opened now (the
+        broker did not answer a lookup), its queued copy will be."""
+        if isinstance(msg, Pushed):
+            try:
+                return await self._handle(msg, handler)
+            except IstmoError as exc:
+                log.info("left a pushed bulletin to its queued copy (%s)", exc.code)
+                return False
         if (msg.headers or {}).get(KIND_HEADER) == WITHDRAWAL_KIND:
             return await self._handle_withdrawal(msg, on_withdrawal)
         return await self._handle(msg, handler)
 
-    async def _handle(self, msg: Msg, handler: Handler) -> bool:
+    async def _handle(self, msg: Msg | Pushed, handler: Handler) -> bool:
         try:
             env = parse_envelope(msg.data)
         except EnvelopeError as exc:
             # Not an Istmo message (e.g. a server-made reply planted on our subject).
             log.warning("dropped a non-Istmo message on %s: %s", msg.subject, exc.code)
-            await msg.term()
+            await _term(msg)
             return False
         bid = env.header.bulletin_id
         digest = envelope_digest(env)
         handed_at, record = self._dedupe.handed_record(bid)
         if handed_at is not None:
-            # Handed over before, but this process may have died before it acked or sent
-            # the receipt: send the receipt again (stored once by id), then ack; if its
-            # record is still queued, once it is durable.
-            await self._settle_later(msg, env, digest, handed_at, record)
+            # Handed over before (or pushed, ADR 38), but this process may have died
+            # before it acked or sent the receipt: send the receipt again (stored once by
+            # id), then ack; if its record is still queued, once it is durable.
+            if isinstance(msg, Msg):
+                await self._settle_later(msg, env, digest, handed_at, record)
             return False
         if not env.header.addresses(self.agency):
             # A group's one shared copy (ADR 21) reaches every member of its epoch; a member
             # the bulletin does not address (its originator) has nothing to open.
             log.debug("dropped bulletin %s: a group copy not addressed to %s", bid, self.agency)
-            await msg.ack()
+            await _ack(msg)
             return False
         if self._dedupe.withdrawn_by(bid) == env.header.originator:
             # Its originator withdrew it before this copy came (a delivery stream made
             # before ADR 15 keeps copies a recall could not remove).
             log.info("dropped bulletin %s: withdrawn by %s", bid, env.header.originator)
-            await msg.ack()
+            await _ack(msg)
             return False
         # Not the bulletin's fault if this fails: the broker did not answer (or not as it
         # should). The error goes up and the bulletin stays unsettled, unopened, for a
@@ -1607,7 +1632,7 @@ class IstmoClient:
             crossed = parse_partner_record(dict(msg.headers or {}))
         except EnvelopeError as exc:
             log.warning("refused bulletin %s: its partner record is %s", bid, exc.code)
-            await msg.term()
+            await _term(msg)
             return False
         if crossed is None:
             sender_key = await self._sender_key(env)
@@ -1618,7 +1643,7 @@ class IstmoClient:
                 if exc.code == "partner_untrusted":
                     raise  # a pin to fix: it stays, unopened, for a later receive
                 log.warning("refused bulletin %s from link %s: %s", bid, crossed[0], exc.code)
-                await msg.term()
+                await _term(msg)
                 return False
             sender_key, region = found.key, found.region
         epoch_keys: list[EpochKey] = []
@@ -1641,7 +1666,7 @@ class IstmoClient:
             )
         except (SignatureError, DecryptionError, EnvelopeError) as exc:
             log.warning("refused bulletin %s from %s: %s", bid, env.header.originator, exc.code)
-            await msg.term()
+            await _term(msg)
             return False
         if region is not None:
             bulletin = dataclasses.replace(bulletin, region=region)
@@ -1779,6 +1804,18 @@ class IstmoClient:
             key=self.keystore.signing_key(),
         )
         return await store_receipt(self._js, receipt)
+
+
+async def _term(msg: Msg | Pushed) -> None:
+    """Refuse a delivery for good; a pushed one has nothing to refuse (its queued copy is
+    refused when it comes)."""
+    if isinstance(msg, Msg):
+        await msg.term()
+
+
+async def _ack(msg: Msg | Pushed) -> None:
+    if isinstance(msg, Msg):
+        await msg.ack()
 
 
 def _fits_wraps(count: int) -> None:

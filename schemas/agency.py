@@ -43,6 +43,14 @@ with an ``ErrorReply``, also canonical JSON::
     desk-summary  DeskSummary (desk_summary)    DeskSummaryReply: the signed summary of
                                                 the caller's desk access log, recorded
                                                 as a desk.summary audit event (ADR 31)
+    push          PushRequest                   not JSON: the envelope of the next FLASH
+                                                or IMMEDIATE bulletin routed to the
+                                                caller (header Istmo-Kind: push), or an
+                                                empty answer (header Istmo-Push: idle
+                                                after wait_s, replaced when a newer
+                                                wait of the caller's took its place);
+                                                the bulletin is queued as ever besides
+                                                (ADR 38)
 
     any of them fails:                          ErrorReply {"error": {"code", "message"}}
 
@@ -96,8 +104,12 @@ from schemas.subjects import ApiOp
 
 __all__ = [
     "ERROR_CODES",
+    "KIND_HEADER",
     "MAX_ANNOUNCE_INTERVAL_S",
     "MAX_ERROR_MESSAGE_CHARS",
+    "MAX_PUSH_WAIT_S",
+    "PUSH_KIND",
+    "PUSH_STATE_HEADER",
     "AgencyReply",
     "Announcement",
     "ApiOp",
@@ -117,6 +129,8 @@ __all__ = [
     "ErrorReply",
     "ExplainReply",
     "PublishVerdict",
+    "PushRequest",
+    "PushState",
     "RecallReply",
     "ReceiptEntry",
     "ReceiptsReply",
@@ -146,6 +160,14 @@ MAX_ERROR_MESSAGE_CHARS = 300
 MAX_ANNOUNCE_INTERVAL_S = 300
 MAX_SUPERSEDED_BY = 100  # corrections of one bulletin a status names
 MAX_RFIS = 200  # RFIs one rfi-list answer names, newest first
+MAX_PUSH_WAIT_S = 30  # the longest a push wait is kept open (ADR 38)
+# A pushed bulletin's answer carries ``Istmo-Kind: push``; an empty answer says why in
+# ``Istmo-Push``: the wait ran out (idle: ask again), or a newer wait of the same agency
+# took its place (replaced: another receiver of the agency waits; ask later).
+KIND_HEADER = "Istmo-Kind"  # what a message is when it is not a bulletin or a reply
+PUSH_KIND = "push"
+PUSH_STATE_HEADER = "Istmo-Push"
+PushState = Literal["idle", "replaced"]
 
 
 ErrorCode = Literal[
@@ -277,6 +299,16 @@ class DeadLettersRequest(BaseModel):
     """The caller's own dead letters: the request has no fields (``{}``)."""
 
     model_config = _STRICT
+
+
+class PushRequest(BaseModel):
+    """Wait up to ``wait_s`` seconds for a FLASH or IMMEDIATE bulletin routed to the
+    caller, pushed over core NATS as soon as its queued copy is stored (ADR 38). One
+    wait per agency is kept: a newer one replaces it (answered ``replaced``)."""
+
+    model_config = _STRICT
+
+    wait_s: int = Field(ge=1, le=MAX_PUSH_WAIT_S)
 
 
 class WithheldRequest(BaseModel):

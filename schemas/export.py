@@ -29,6 +29,7 @@ from schemas.agency import (
     DirectoryRequest,
     ErrorReply,
     ExplainReply,
+    PushRequest,
     RecallReply,
     ReceiptsReply,
     RecipientsReply,
@@ -114,6 +115,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "agency-status-reply": StatusReply,
     "agency-withheld-reply": WithheldReply,
     "agency-withheld-request": WithheldRequest,
+    "agency-push-request": PushRequest,
     "agency-desk-summary": DeskSummary,
     "agency-desk-summary-reply": DeskSummaryReply,
     # Community group keys (schemas.group_requests, schemas.groups; ADR 18).

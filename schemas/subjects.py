@@ -105,6 +105,7 @@ ApiOp = Literal[
     "forward-requests",
     "forward-decide",
     "desk-summary",
+    "push",
 ]
 API_OPS: tuple[str, ...] = get_args(ApiOp)
 # Chunk operations of attachments (ADR 17), on istmo.api.<agency>.att.<op>: one token

@@ -37,6 +37,9 @@ changes keys) and returns the typed reply, or an ``ErrorReply`` whose code is on
                   by the originator (``broker.relay.forward_requests``, ADR 20)
     desk-summary  the caller's signed summary of its desk's access log -> a desk.summary
                   audit event (``broker.relay.desk_summaries``, ADR 31)
+    push          a wait for the next FLASH or IMMEDIATE bulletin routed to the caller,
+                  answered with its envelope, or empty when the wait runs out
+                  (``broker.relay.push``, ADR 38)
 
 A refused request is an audit event; an answer the caller may not like (a policy denial,
 "not found") is not, and neither is a fault of the broker's own (it is logged). A recall
@@ -49,7 +52,8 @@ desk summary's (by ``DeskSummaries``).
 from __future__ import annotations
 
 import logging
-from typing import cast
+from collections.abc import Callable
+from typing import TypeVar, cast
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -68,6 +72,7 @@ from broker.relay.desk_summaries import DeskSummaries
 from broker.relay.forward_requests import ForwardRequests
 from broker.relay.group_api import GROUP_OPS, GroupApi
 from broker.relay.key_log import key_log_reply
+from broker.relay.push import PushDoor
 from broker.relay.queries import AgencyQueries, NotFound
 from broker.relay.withdrawals import Withdrawals
 from broker.store.registry import Registry
@@ -83,6 +88,7 @@ from schemas.agency import (
     DirectoryRequest,
     ErrorCode,
     ErrorReply,
+    PushRequest,
     RecallReply,
     ResolveReply,
     ResolveRequest,
@@ -106,7 +112,7 @@ from schemas.errors import (
     PolicyDenied,
     SignatureError,
 )
-from schemas.ids import parse_agency_id
+from schemas.ids import AgencyId, parse_agency_id
 from schemas.keylog import KeyLogRequest
 from schemas.receipt_requests import ReceiptsRequest
 from schemas.subjects import API_OPS, INGEST_STREAM, gated_subject
@@ -120,6 +126,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("istmo.relay")
+_T = TypeVar("_T")
 
 AGENCY_DEAD_LETTERS_MAX = 1000  # newest dead letters an agency gets in one answer
 _INTERNAL = "the broker failed to answer; it is logged"
@@ -154,6 +161,8 @@ class AgencyApi:
         self.conversations = Conversations(settings, registry, directory, clock=clock)
         self.forwards = ForwardRequests(settings, registry, directory, clock=clock)
         self.desk_summaries = DeskSummaries(settings, registry, directory, clock=clock)
+        # Waits for pushed bulletins: on the loop that serves the API (ADR 38).
+        self.push = PushDoor()
 
     async def serve(self, nc: NATS, msg: Msg, *, now: int) -> None:
         """Answer one request on ``nc``; after a key change, tell every other broker
@@ -163,6 +172,13 @@ class AgencyApi:
         if msg.subject.endswith(".recall"):
             recalled = await self.recall(nc, msg.subject, msg.data, now=now)
             await nc.publish(msg.reply, reply_bytes(recalled, max_bytes=nc.max_payload))
+            return
+        if msg.subject.endswith(".push"):
+            asked = self.push_request(msg.subject, msg.data, now=now)
+            if isinstance(asked, ErrorReply):
+                await nc.publish(msg.reply, reply_bytes(asked, max_bytes=nc.max_payload))
+            else:
+                await self.push.wait(nc, asked[0], msg.reply, asked[1].wait_s)
             return
         answer = self.handle(msg.subject, msg.data, now=now)
         if _pending(answer) and not await self._waiting(nc, msg.subject):
@@ -233,6 +249,33 @@ class AgencyApi:
         Never raises: a refused request, and any fault while answering, is an
         ``ErrorReply``.
         """
+
+        def answer(caller: AgencyId, op: str) -> AgencyReply | ErrorReply:
+            if op.startswith("forward-"):
+                return self._forward(caller, op, data, now)
+            if op == "desk-summary":
+                return self._desk_summary(caller, data, now)
+            return self._answer(caller, op, data, now)
+
+        return self._guarded(subject, now, answer)
+
+    def push_request(
+        self, subject: str, data: bytes, *, now: int
+    ) -> tuple[AgencyId, PushRequest] | ErrorReply:
+        """The caller and its ``push`` request on ``subject``, or the refusal (audited as
+        any request's, by ``_guarded``)."""
+        max_bytes = self.settings.max_request_bytes
+
+        def asked(caller: AgencyId, _op: str) -> tuple[AgencyId, PushRequest]:
+            return caller, parse_model(PushRequest, data, max_bytes=max_bytes, what="request")
+
+        return self._guarded(subject, now, asked)
+
+    def _guarded(
+        self, subject: str, now: int, answer: Callable[[AgencyId, str], _T]
+    ) -> _T | ErrorReply:
+        """``answer(caller, op)`` for a request on ``subject`` from an agency in the
+        directory; any refusal or fault of it as an ``ErrorReply`` (a refusal audited)."""
         parts = subject.split(".")
         if len(parts) != 4:
             return ErrorReply.of("bad_request", "unknown operation")
@@ -240,11 +283,7 @@ class AgencyApi:
             caller = parse_agency_id(parts[2])
             if caller not in self.directory.records:
                 return ErrorReply.of("unknown_agency", "this agency is not in the directory")
-            if parts[3].startswith("forward-"):
-                return self._forward(caller, parts[3], data, now)
-            if parts[3] == "desk-summary":
-                return self._desk_summary(caller, data, now)
-            return self._answer(caller, parts[3], data, now)
+            return answer(caller, parts[3])
         except (PolicyDenied, NotFound) as exc:
             # Answers about the caller's own request, not faults in it: not audited, but
             # for an RFI to an agency the policy refuses (an auditor's concern; ADR 16).
@@ -350,6 +389,8 @@ class AgencyApi:
             return q.withheld(caller)
         if op in GROUP_OPS:
             return self.groups.answer(caller, op, data, now)
+        if op == "push":  # answered only when a bulletin comes (serve)
+            return ErrorReply.of("bad_request", "push is a wait: ask it over NATS")
         # The operation token is the caller's: named by the list it is not in, not echoed.
         return ErrorReply.of("bad_request", f"unknown operation: use one of {', '.join(API_OPS)}")
 

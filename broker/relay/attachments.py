@@ -53,7 +53,7 @@ from broker.relay.attachment_checks import (
 )
 from broker.store.recalls import withdrawal
 from broker.store.registry import Registry
-from schemas.agency import ErrorCode, ErrorReply, encode_reply
+from schemas.agency import KIND_HEADER, ErrorCode, ErrorReply, encode_reply
 from schemas.attachments import (
     CHUNK_HEADER,
     CHUNK_KIND,
@@ -77,7 +77,6 @@ from schemas.subjects import (
 )
 
 __all__ = [
-    "KIND_HEADER",
     "SHA_HEADER",
     "Attachments",
     "purge_chunks",
@@ -86,7 +85,6 @@ __all__ = [
 
 log = logging.getLogger("istmo.relay")
 
-KIND_HEADER = "Istmo-Kind"
 SHA_HEADER = "Istmo-Sha256"  # hex SHA-256 of the chunk ciphertext, computed by the relay
 _WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence failed: stored already
 _STORE_FULL = (10047, 10028)  # insufficient resources, maximum bytes/messages

@@ -60,7 +60,7 @@ from broker.store.recalls import (
     unfinished_withdrawals,
     withdrawal,
 )
-from schemas.agency import RecallReply
+from schemas.agency import KIND_HEADER, RecallReply
 from schemas.envelope import parse_model
 from schemas.errors import AuditStoreError, IstmoError
 from schemas.labels import Labels, Precedence
@@ -73,11 +73,10 @@ from schemas.subjects import (
 )
 from schemas.withdrawal import WITHDRAWAL_KIND, encode_withdrawal, parse_withdrawal
 
-__all__ = ["KIND_HEADER", "MAX_SCAN", "Withdrawals"]
+__all__ = ["MAX_SCAN", "Withdrawals"]
 
 log = logging.getLogger("istmo.relay")
 
-KIND_HEADER = "Istmo-Kind"  # what a delivery is when it is not a bulletin
 # Delivery headers one pass of a recall reads at most looking for copies: about 6.5 s at
 # the ~7,700 headers/s measured here (ADR 15), while the agency API waits.
 MAX_SCAN = 50_000

@@ -69,6 +69,7 @@ from broker.relay.forward_requests import originals_of
 from broker.relay.group_delivery import open_group_delivery
 from broker.relay.metrics import RelayMetrics
 from broker.relay.plan import Ingested, Parsed, Plan, parse, plan_batch, set_records
+from broker.relay.push import publish_push
 from broker.relay.receipts import IncomingReceipt, ReceiptVerdict, judge_batch, read_batch
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
 from broker.store.groups import current_epochs, epoch_members, ready_epochs
@@ -85,6 +86,7 @@ from schemas.subjects import (
     RECEIPT_STREAM,
     RELAY_INGEST_DURABLE,
     RELAY_RECEIPT_DURABLE,
+    URGENT_PRECEDENCES,
     deliver_subject,
     gated_at_of,
     group_copy_id,
@@ -120,6 +122,7 @@ class _Outcome:
     rank: int = len(Precedence)  # delivery precedence, FLASH = 0
     expires_at: int | None = None  # its deliveries go when it expires (ADR 15)
     shared: tuple[tuple[str, int], ...] = ()  # one copy per group epoch (ADR 21)
+    routed: list[str] = field(default_factory=list)  # every agency it goes to (ADR 38)
 
     @property
     def precedence(self) -> Precedence:
@@ -206,6 +209,8 @@ class Relay:
             async with asyncio.TaskGroup() as tg:
                 if att_thread is None:
                     tg.create_task(self.attachments.serve_all(self.nc, stop))
+                if api_thread is None:
+                    tg.create_task(self.api.push.serve(self.nc, stop))
                 # From the first answer on: the SDKs keep resolve answers while they hear it.
                 tg.create_task(self._announce_every(stop))
                 bound = await self._bind(stop)
@@ -230,6 +235,8 @@ class Relay:
                     await sub.unsubscribe()
             if api_thread is not None:
                 await api_thread.stop()
+            else:
+                await self.api.push.close(self.nc)
             if att_thread is not None:
                 await att_thread.stop()
 
@@ -752,6 +759,11 @@ class Relay:
                 publish_batch(self.nc, DELIVER_STREAM, deliveries),
             )
         )
+        # Stored: an urgent bulletin also goes at once to its recipients' open waits,
+        # whichever relay holds them (ADR 38). Written by the flush that settles the batch.
+        for o, p, _ in each:
+            if p in URGENT_PRECEDENCES:
+                await publish_push(self.nc, o.routed, o.raw)
         stored_s = self.clock.now_ms() / 1000
         for o in delivering:
             waited = stored_s - o.msg.metadata.timestamp.timestamp()
@@ -781,6 +793,7 @@ class Relay:
             ]
         elif p.verdict == "reject":
             log.info("rejected ingest seq=%d from %s: %s", p.seq, p.sender, p.reason)
+        outcome.routed = list(outcome.deliveries)
         if outcome.deliveries and p.groups:
             split = fan_out(
                 outcome.deliveries,
@@ -946,10 +959,11 @@ class Relay:
         try:
             await nc.flush()  # nats-server routes requests here from now on
             ready()
-            await stop.wait()
+            await self.api.push.serve(nc, stop)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+            await self.api.push.close(nc)
 
     async def _on_api(self, msg: Msg) -> None:
         await self.api.serve(self.nc, msg, now=self.clock.now_s())

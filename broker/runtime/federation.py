@@ -52,8 +52,8 @@ from broker.directory.service import DirectoryService
 from broker.relay.federation import guard
 from broker.relay.guard import Link
 from broker.relay.link_transfer import Arrival, receive, transfer_for
-from broker.relay.withdrawals import KIND_HEADER
 from broker.store.registry import Registry
+from schemas.agency import KIND_HEADER
 from schemas.envelope import Envelope
 from schemas.errors import AuditStoreError, BusUnavailable
 from schemas.keys import SigningKey, VerifyKey

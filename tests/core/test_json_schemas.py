@@ -65,6 +65,7 @@ def test_every_model_is_exported() -> None:
         "StatusReply",
         "WithheldReply",
         "WithheldRequest",
+        "PushRequest",
         "DeskSummary",
         "DeskSummaryReply",
         "GroupsRequest",

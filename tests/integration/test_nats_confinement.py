@@ -41,6 +41,7 @@ from broker.bus.streams import (
     ensure_relay_consumers,
     ensure_streams,
 )
+from broker.relay.push import PUSH_SUBJECT, push_message
 from schemas.errors import ConfigError
 from schemas.ids import new_bulletin_id
 from schemas.labels import Precedence
@@ -220,7 +221,15 @@ async def test_s02_agency_cannot_publish_as_another(nats_stack: StackFactory) ->
         deliver_subject(GT, Precedence.ROUTINE),
     ):
         await jm.publish(subject, b"forged")
+    # A forged push for GT (ADR 38): only relays publish there.
+    pushes = Collector()
+    await relay.subscribe(PUSH_SUBJECT, cb=pushes.cb)
+    await barrier(relay)
+    await jm.publish(PUSH_SUBJECT, push_message([GT], b"forged"))
     await barrier(jm)
+    await barrier(relay)
+    assert violated(jm_errors, "publish", PUSH_SUBJECT)
+    assert pushes.msgs == []
 
     for subject in (
         ingest_subject(GT),
@@ -252,6 +261,7 @@ async def test_s01_agency_cannot_subscribe_to_another_agencys_traffic(
         "_INBOX.>",
         f"{inbox_prefix(GT)}.>",
         "$JS.ACK.>",
+        PUSH_SUBJECT,  # the relays' pushed bulletins, with their recipients (ADR 38)
     ]
     got = Collector()
     for subject in targets:
@@ -263,6 +273,7 @@ async def test_s01_agency_cannot_subscribe_to_another_agencys_traffic(
     await rjs.publish(deliver_subject(GT, Precedence.ROUTINE), b"SECRET-for-gt")
     await relay.publish(receipt_subject(GT), b"receipt-for-gt")
     await relay.publish(f"{inbox_prefix(GT)}.probe", b"reply-for-gt")
+    await relay.publish(PUSH_SUBJECT, push_message([GT], b"SECRET-pushed-to-gt"))
     await gt.jetstream(timeout=2).publish(ingest_subject(GT), b"gt's bulletin")  # its PubAck
     gt_sub = await gt.jetstream(timeout=2).pull_subscribe_bind(
         durable=deliver_durable(GT), stream=DELIVER_STREAM

@@ -9,7 +9,7 @@ export const API_OPS = [
   "rotate", "revoke-key", "dead-letters", "withheld", "recall",
   "groups", "group-roster", "group-epoch", "group-keys",
   "reply-context", "rfi-list", "rfi-close",
-  "forward-request", "forward-requests", "forward-decide", "desk-summary",
+  "forward-request", "forward-requests", "forward-decide", "desk-summary", "push",
 ];
 
 export function checked(agency) {
