@@ -33,6 +33,7 @@ connection), opened before the publish, and notes when each copy arrives. Measur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -96,6 +97,7 @@ def _delivery_open(stack: BenchStack) -> bool:
 class _Round:
     publish_s: float
     delivered_ms: list[float]  # per recipient: its first copy, pushed or queued
+    pushed_ms: list[float]  # per recipient pushed to: its pushed copy
     queued_ms: list[float]  # per recipient: its queued copy
     pushed: int  # recipients whose push came
     stored: int  # bytes ISTMO_DELIVER grew by
@@ -111,6 +113,7 @@ async def _round(pub: IstmoClient | None, ncs: list[NATS], recipients: list[str]
     stored_at: dict[str, float] = {}  # when JetStream stored the copy each one got (wall clock)
     size = 0
     done = asyncio.Event()
+    all_pushed = asyncio.Event()
 
     def on_msg_for(agency: str, rc: NATS) -> Callable[[Msg], Awaitable[None]]:
         # A pulled message comes with its stream subject, not the inbox: one
@@ -133,6 +136,8 @@ async def _round(pub: IstmoClient | None, ncs: list[NATS], recipients: list[str]
         async def on_push(msg: Msg) -> None:
             if msg.data:  # not an empty answer (the wait ran out)
                 pushed.setdefault(agency, time.perf_counter())
+                if len(pushed) == len(recipients):
+                    all_pushed.set()
 
         return on_push
 
@@ -163,6 +168,9 @@ async def _round(pub: IstmoClient | None, ncs: list[NATS], recipients: list[str]
         await asyncio.wait_for(done.wait(), 60)
     except TimeoutError:
         pass
+    if pub is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_pushed.wait(), 10)
     for sub in subs:
         await sub.unsubscribe()
     stored = (await nc.jetstream(timeout=30).stream_info(DELIVER_STREAM)).state.bytes - before
@@ -173,6 +181,7 @@ async def _round(pub: IstmoClient | None, ncs: list[NATS], recipients: list[str]
     return _Round(
         publish_s=published,
         delivered_ms=[(t - t0) * 1000 for t in first.values()],
+        pushed_ms=[(t - t0) * 1000 for t in pushed.values()],
         queued_ms=[(t - t0) * 1000 for t in arrived.values()],
         pushed=len(pushed),
         stored=stored,
@@ -239,6 +248,7 @@ async def measure(ctx: Context, agencies: int, rounds: int) -> dict[str, object]
                 await _round(None, ncs, recipients)
                 arrivals: list[float] = []
                 queued: list[float] = []
+                pushed_ms: list[float] = []
                 kept: list[float] = []
                 publish_s, stored, size, pushes = [], 0, 0, 0
                 for _ in range(rounds):
@@ -246,6 +256,7 @@ async def measure(ctx: Context, agencies: int, rounds: int) -> dict[str, object]
                     publish_s.append(r.publish_s)
                     arrivals += r.delivered_ms
                     queued += r.queued_ms
+                    pushed_ms += r.pushed_ms
                     kept += r.kept_ms
                     stored, size, pushes = r.stored, r.size, pushes + r.pushed
         finally:
@@ -264,6 +275,9 @@ async def measure(ctx: Context, agencies: int, rounds: int) -> dict[str, object]
                 # Pushed over core NATS (ADR 38): how many copies came so, and the queue's
                 # own time, which the push goes ahead of.
                 "pushed": pushes,
+                "pushed_p50_ms": round(_pct(pushed_ms, 0.5), 1) if pushed_ms else None,
+                "pushed_p99_ms": round(_pct(pushed_ms, 0.99), 1) if pushed_ms else None,
+                "pushed_max_ms": round(max(pushed_ms), 1) if pushed_ms else None,
                 "queued_p50_ms": round(_pct(queued, 0.5), 1),
                 "queued_p99_ms": round(_pct(queued, 0.99), 1),
                 "queued_max_ms": round(max(queued), 1),

@@ -69,7 +69,7 @@ from broker.relay.forward_requests import originals_of
 from broker.relay.group_delivery import open_group_delivery
 from broker.relay.metrics import RelayMetrics
 from broker.relay.plan import Ingested, Parsed, Plan, parse, plan_batch, set_records
-from broker.relay.push import publish_push
+from broker.relay.push import push_first
 from broker.relay.receipts import IncomingReceipt, ReceiptVerdict, judge_batch, read_batch
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
 from broker.store.groups import current_epochs, epoch_members, ready_epochs
@@ -753,17 +753,17 @@ class Relay:
             for r in o.deliveries
         ]
         copies = [archive_message(o.bulletin_id, o.raw) for o in delivering]
+        # Recorded: an urgent bulletin also goes at once to its recipients' open waits,
+        # whichever relay holds them (ADR 38), before its copies keep nats-server busy.
+        await push_first(
+            self.nc, [(o.routed, o.raw) for o, p, _ in each if p in URGENT_PRECEDENCES]
+        )
         await _all(
             (
                 publish_batch(self.nc, ARCHIVE_STREAM, copies),
                 publish_batch(self.nc, DELIVER_STREAM, deliveries),
             )
         )
-        # Stored: an urgent bulletin also goes at once to its recipients' open waits,
-        # whichever relay holds them (ADR 38). Written by the flush that settles the batch.
-        for o, p, _ in each:
-            if p in URGENT_PRECEDENCES:
-                await publish_push(self.nc, o.routed, o.raw)
         stored_s = self.clock.now_ms() / 1000
         for o in delivering:
             waited = stored_s - o.msg.metadata.timestamp.timestamp()
