@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "add_agency_args",
     "add_data_dir_arg",
+    "add_no_push_arg",
     "add_passphrase_file_arg",
     "connect",
     "nats_url",
@@ -31,6 +32,16 @@ def add_data_dir_arg(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path(os.environ.get("ISTMO_DATA_DIR", DEFAULT_DATA_DIR)),
         help="the local stack's data directory (default: ./.istmo, or $ISTMO_DATA_DIR)",
+    )
+
+
+def add_no_push_arg(p: argparse.ArgumentParser) -> None:
+    """``--no-push``, for a command that receives (ADR 38)."""
+    p.add_argument(
+        "--no-push",
+        action="store_true",
+        help="take FLASH and IMMEDIATE bulletins from the queue only, not pushed ahead of "
+        "it: for a second receiver of the same agency (the broker pushes to one)",
     )
 
 

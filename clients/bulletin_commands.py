@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from clients.agency_flags import add_agency_args, connect
+from clients.agency_flags import add_agency_args, add_no_push_arg, connect
 from clients.bulletin_text import MAX_BODY_BYTES, read_body
 from clients.conversation_commands import conversation_lines
 from clients.errors import AttachmentError, NotFound
@@ -214,7 +214,13 @@ async def _receive(args: argparse.Namespace) -> int:
 
     client = await connect(args)
     async with client:
-        got = await client.receive(handler, count=count, timeout=timeout, on_withdrawal=withdrawn)
+        got = await client.receive(
+            handler,
+            count=count,
+            timeout=timeout,
+            on_withdrawal=withdrawn,
+            push=not args.no_push,
+        )
         # An empty queue: was nothing sent, or did the policy refuse what was?
         withheld = await _withheld_if_known(client) if got == 0 and count is not None else None
     for line in refused:
@@ -507,6 +513,7 @@ def add_bulletin_parsers(sub: Any) -> None:
         help="seconds to wait (default 10); exits 1 if fewer than --count arrived",
     )
     p.add_argument("--follow", action="store_true", help="keep receiving until Ctrl-C")
+    add_no_push_arg(p)
     p.add_argument(
         "--save-attachments",
         metavar="DIR",

@@ -81,7 +81,15 @@ class SdkLink:
             archive.withdraw(w)
 
         async with await self._client() as client:
-            await client.receive(keep, count=SYNC_MAX, timeout=SYNC_SECONDS, on_withdrawal=withdraw)
+            # A sync is a short poll, now and then: a push wait it left would take the
+            # pushes from an agency's receiver that runs all along (ADR 38).
+            await client.receive(
+                keep,
+                count=SYNC_MAX,
+                timeout=SYNC_SECONDS,
+                on_withdrawal=withdraw,
+                push=False,
+            )
         return new
 
     async def save(self, bulletin: ReceivedBulletin, directory: Path) -> list[Path]:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from clients.agency_flags import add_agency_args, nats_url
+from clients.agency_flags import add_agency_args, add_no_push_arg, nats_url
 from clients.archive import FLAGS, MAX_PAGE, Archive, ArchiveEntry, ArchiveFilter, archive_path
 from clients.archive_keys import MAX_KEY_FILE_BYTES, ArchiveSecret
 from clients.conversation_commands import conversation_lines
@@ -147,6 +147,7 @@ async def _sync(args: argparse.Namespace) -> int:
                 count=args.count,
                 timeout=None if args.follow else args.timeout,
                 on_withdrawal=withdraw,
+                push=not args.no_push,
             )
         total = archive.count()
     finally:
@@ -385,6 +386,7 @@ def add_inbox_parser(sub: Any) -> None:
         "--timeout", type=float, default=5.0, help="stop after this many seconds (default 5)"
     )
     s.add_argument("--follow", action="store_true", help="keep receiving until Ctrl-C")
+    add_no_push_arg(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_sync)
 

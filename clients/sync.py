@@ -91,6 +91,7 @@ class Istmo:
         count: int | None = None,
         timeout: float | None = None,
         on_withdrawal: Callable[[Withdrawn], None] | None = None,
+        push: bool = True,
     ) -> int:
         """See ``IstmoClient.receive``; ``handler`` and ``on_withdrawal`` are plain
         functions here."""
@@ -108,6 +109,7 @@ class Istmo:
                 count=count,
                 timeout=timeout,
                 on_withdrawal=told if on_withdrawal is not None else None,
+                push=push,
             )
         )
 

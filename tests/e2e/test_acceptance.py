@@ -137,7 +137,10 @@ def test_publish_receive_receipts_and_denial(up: UpProcess) -> None:
         "SELECT envelope_digest FROM bulletin WHERE id=?", (second["id"],)
     ).fetchone()
     assert second["envelope_digest"] == recorded
-    got = run_cli("receive", "--as", "rc-drugs", "--count", "1", "--timeout", "10", data_dir=d)
+    # A second receiver of an agency asks for no pushes (ADR 38); the queue still delivers.
+    got = run_cli(
+        "receive", "--as", "rc-drugs", "--count", "1", "--timeout", "10", "--no-push", data_dir=d
+    )  # fmt: skip
     assert got.returncode == 0, got.stderr
 
     def verified() -> subprocess.CompletedProcess[str]:

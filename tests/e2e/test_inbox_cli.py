@@ -38,7 +38,9 @@ def test_sync_list_search_show_and_no_plaintext(up: UpProcess, tmp_path: Path) -
     passphrase.write_text("the desk's passphrase\n")
     inbox = ["--as", "sv-police", "--passphrase-file", str(passphrase)]
 
-    synced = run_cli("inbox", "sync", *inbox, "--count", "1", "--timeout", "20", data_dir=d)
+    synced = run_cli(
+        "inbox", "sync", *inbox, "--count", "1", "--timeout", "20", "--no-push", data_dir=d
+    )  # fmt: skip
     assert synced.returncode == 0, synced.stderr
     assert "archived 1 new bulletin;" in synced.stdout
     # The receipt went out as `istmo receive` sends it.
