@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.cli._common import add_log_key_alone, add_witness_trust
-from broker.store.tables import AUDIT_TABLES
+from broker.store.tables import AUDIT_TABLES, RECORD_TABLES
 
 __all__ = ["add_db_commands"]
 
@@ -127,8 +127,8 @@ def _upgrade_command(args: argparse.Namespace) -> int:
 
         grant_role(url, args.grant_role)
         print(
-            f"role {args.grant_role}: registry tables read/write, audit tables "
-            f"{', '.join(AUDIT_TABLES)} INSERT and SELECT only"
+            f"role {args.grant_role}: registry tables read/write, audit and decision "
+            f"tables {', '.join((*RECORD_TABLES, *AUDIT_TABLES))} INSERT and SELECT only"
         )
     return 0
 

@@ -51,7 +51,7 @@ from broker.audit.log import LogCorrupt, VerifyReport, verify_on
 from broker.audit.sequencer import DEFAULT_ORIGIN, LOCK_FILE, log_verify_key
 from broker.audit.witnessing import CHECKPOINT_FILE, read_checkpoint
 from broker.store import db
-from broker.store.tables import AUDIT_TABLES, REGISTRY_TABLES, SEQUENCES
+from broker.store.tables import AUDIT_TABLES, RECORD_TABLES, REGISTRY_TABLES, SEQUENCES
 from schemas.canonical import b64d
 from schemas.checkpoint import AUDIT_WITNESSES_ENV, QuorumMissing, WitnessTrust
 from schemas.errors import AuditStoreError, ConfigError, SignatureError
@@ -69,7 +69,7 @@ __all__ = [
 ]
 
 BATCH_ROWS = 5000  # rows read from SQLite at a time (COPY streams them on to PostgreSQL)
-TABLES = (*REGISTRY_TABLES, *AUDIT_TABLES)
+TABLES = (*REGISTRY_TABLES, *RECORD_TABLES, *AUDIT_TABLES)
 _LOCK_TIMEOUT = "10s"  # waiting for a broker's transaction on the target to end
 _STACK_LOCK = ".lock"  # held by a running `istmo up` (broker.runtime.stack)
 

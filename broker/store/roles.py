@@ -1,6 +1,7 @@
 """The broker's own PostgreSQL role, confined to what the broker needs (S-18): it may log in,
-read and write the registry's tables, and only INSERT and SELECT the audit tables, so even
-with the append-only triggers dropped it could not rewrite the log. The same statements are
+read and write the registry's tables, and only INSERT and SELECT the audit tables and the
+relay's decision records, so even with the append-only triggers dropped it could not
+rewrite the log or a decision. The same statements are
 in ``deploy/postgres/broker-role.sql`` for operators who grant by hand.
 
 Left to others: the command that asks for it (``istmo db upgrade --grant-role``,
@@ -14,7 +15,7 @@ import re
 from sqlalchemy import text
 
 from broker.store import db
-from broker.store.tables import AUDIT_TABLES, REGISTRY_TABLES, SEQUENCES
+from broker.store.tables import AUDIT_TABLES, RECORD_TABLES, REGISTRY_TABLES, SEQUENCES
 from schemas.errors import ConfigError
 
 __all__ = ["grant_role", "grant_statements"]
@@ -32,7 +33,7 @@ def grant_statements(role: str, database: str) -> list[str]:
         raise ValueError(f"role {role[:70]!r}: use a-z, 0-9 and _, starting with a letter or _")
     if _ROLE.fullmatch(database) is None:
         raise ValueError(f"database {database[:70]!r}: not a plain identifier")
-    registry, audit = ", ".join(REGISTRY_TABLES), ", ".join(AUDIT_TABLES)
+    registry, audit = ", ".join(REGISTRY_TABLES), ", ".join((*RECORD_TABLES, *AUDIT_TABLES))
     return [
         f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
         f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS; "

@@ -6,21 +6,21 @@ SQLite -> PostgreSQL copy both read them, and the grants of ``deploy/postgres`` 
 
 from __future__ import annotations
 
-__all__ = ["AUDIT_TABLES", "REGISTRY_TABLES", "SEQUENCES"]
+__all__ = ["AUDIT_TABLES", "RECORD_TABLES", "REGISTRY_TABLES", "SEQUENCES"]
 
 # Append-only: the broker's role may INSERT and SELECT these, nothing else.
 AUDIT_TABLES = ("audit_event", "log_entry", "merkle_node", "tree_head")
+# The relay's decision records, append-only likewise (migration 0013).
+RECORD_TABLES = ("agency_set", "decision", "decision_record")
+# Read and written.
 REGISTRY_TABLES = (
     "admin_identity",
     "agency",
-    "agency_set",
     "assertion_jti",
     "bulletin",
     "community_group",
     "console_link",
     "console_session",
-    "decision",
-    "decision_record",
     "directory_change",
     "encryption_key",
     "enrolment_token",

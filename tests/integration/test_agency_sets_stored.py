@@ -30,6 +30,7 @@ from broker.runtime.stack import Stack
 from broker.store.registry import BulletinRow, Registry
 from schemas.errors import AuditStoreError
 from tests.storage_engines import ENGINES, pg_database
+from tests.tamper import drop_append_only
 
 BY_SET = "00000000-0000-4000-8000-0000000000b1"
 IN_FULL = "00000000-0000-4000-8000-0000000000b2"
@@ -150,11 +151,17 @@ def _readers_agree(settings: Settings) -> None:
             fresh.close()
 
         # Edited behind the broker's back: one agency dropped from a set, then the set gone.
+        # The database refuses it (migration 0013) until the tables' owner drops the triggers.
         with registry.begin() as conn:
             digest, members = conn.execute(
                 text("SELECT digest, agencies FROM agency_set WHERE count = 12")
             ).one()
-            shorter = json.dumps(json.loads(members)[1:], separators=(",", ":"))
+        shorter = json.dumps(json.loads(members)[1:], separators=(",", ":"))
+        with pytest.raises(AuditStoreError) as refused, registry.begin() as conn:
+            conn.execute(text("DELETE FROM agency_set WHERE digest = :d"), {"d": digest})
+        assert "append-only" in str(refused.value.__cause__)
+        with registry.begin() as conn:
+            drop_append_only(conn, ["agency_set"])
             conn.execute(
                 text("UPDATE agency_set SET agencies = :a WHERE digest = :d"),
                 {"a": shorter, "d": digest},

@@ -37,12 +37,14 @@ from broker.audit.sequencer import (
     run_in_stack,
 )
 from broker.store.registry import Registry
+from broker.store.tables import AUDIT_TABLES, RECORD_TABLES
 from schemas.audit import AuditEvent
 from schemas.canonical import b64e, canonical_json
 from schemas.errors import ConfigError
 from schemas.keys import SigningKey
 from schemas.treehead import TreeHead, sign_tree_head
 from tests.storage_engines import Storage
+from tests.tamper import drop_append_only
 from tests.waiting import eventually, eventually_sync
 
 KEY = SigningKey(bytes(range(32)))
@@ -171,13 +173,36 @@ def test_the_log_tables_are_append_only(db: tuple[Registry, AuditLog], table: st
     assert log.verify_all(KEY.verify_key, DEFAULT_ORIGIN).ok
 
 
+ROW_OF = {
+    "agency_set": "INSERT INTO agency_set VALUES ('" + "0" * 64 + "', '[\"gt-police\"]', 1)",
+    "decision": "INSERT INTO decision VALUES ('b1', 'gt-police', true, 'base.a', '[]')",
+    "decision_record": "INSERT INTO decision_record VALUES ('b1', 'gt-police', '[]')",
+}
+
+
+@pytest.mark.parametrize(
+    ("table", "column"),
+    [("agency_set", "count"), ("decision", "allowed"), ("decision_record", "groups")],
+)
+def test_the_decision_records_are_append_only(
+    db: tuple[Registry, AuditLog], table: str, column: str
+) -> None:
+    """Migration 0013: what the relay decided is kept as written, like the log."""
+    registry, _ = db
+    assert table in RECORD_TABLES
+    with registry.engine.begin() as conn:  # one row each: a row trigger needs a row
+        conn.exec_driver_sql(ROW_OF[table])
+    refused = [f"UPDATE {table} SET {column} = {column}", f"DELETE FROM {table}"]  # noqa: S608  # test constants
+    if registry.engine.dialect.name == "postgresql":
+        refused.append(f"TRUNCATE {table} CASCADE")
+    for sql in refused:
+        with pytest.raises(DBAPIError, match="append-only"), registry.engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+
+
 def _drop_triggers(engine: Engine) -> None:
-    pg = engine.dialect.name == "postgresql"
     with engine.begin() as conn:
-        for t in ("log_entry", "merkle_node", "tree_head", "audit_event"):
-            for op in ("update", "delete", "truncate") if pg else ("update", "delete"):
-                on = f" ON {t}" if pg else ""
-                conn.execute(text(f"DROP TRIGGER IF EXISTS {t}_no_{op}{on}"))
+        drop_append_only(conn, AUDIT_TABLES)
 
 
 def _delete(conn: Connection, *indices: int) -> None:

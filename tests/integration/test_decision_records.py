@@ -38,6 +38,7 @@ from schemas.errors import AuditStoreError
 from schemas.labels import Classification, Labels, Tlp
 from tests.integration.stack_inproc import client, running_stack
 from tests.storage_engines import ENGINES, pg_database
+from tests.tamper import drop_append_only
 from tests.waiting import eventually
 
 LABELS = Labels(
@@ -353,6 +354,8 @@ def test_a_decision_record_edited_by_hand_is_a_store_error_not_an_answer(
 ) -> None:
     registry = Registry(f"sqlite:///{tmp_path / 'istmo.db'}")
     try:
+        with registry.begin() as conn:  # as the tables' owner could (migration 0013)
+            drop_append_only(conn, ["decision_record"])
         for groups in (
             "not json",
             '{"outcome": "routed"}',

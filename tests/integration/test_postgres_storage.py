@@ -43,7 +43,7 @@ from broker.directory.admins import add_admin
 from broker.store import db
 from broker.store.registry import SCHEMA_VERSION, Registry
 from broker.store.roles import grant_statements
-from broker.store.tables import AUDIT_TABLES, REGISTRY_TABLES
+from broker.store.tables import AUDIT_TABLES, RECORD_TABLES, REGISTRY_TABLES
 from schemas.audit import AuditEvent
 from schemas.errors import AuditStoreError, ConfigError, IstmoError
 from schemas.keys import SigningKey
@@ -118,7 +118,7 @@ def test_the_migrated_schema_is_the_models(storage: Storage, tmp_path: Path) -> 
     finally:
         engine.dispose()
     assert diffs == []
-    assert tables == {*REGISTRY_TABLES, *AUDIT_TABLES, "alembic_version"}
+    assert tables == {*REGISTRY_TABLES, *RECORD_TABLES, *AUDIT_TABLES, "alembic_version"}
 
 
 @pytest.mark.postgres
@@ -343,6 +343,9 @@ def test_the_broker_role_may_only_insert_and_select_the_audit_tables(tmp_path: P
                 role_refused(f"DELETE FROM {table}")  # noqa: S608  # constants
                 role_refused(f"TRUNCATE {table} CASCADE")
                 role_refused(f"DROP TRIGGER {table}_no_update ON {table}")
+            for table in RECORD_TABLES:  # nor a decision (migration 0013)
+                role_refused(f"DELETE FROM {table}")  # noqa: S608  # constants
+                role_refused(f"TRUNCATE {table} CASCADE")
             # Even with every trigger gone, the role still cannot rewrite the log.
             with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as su:
                 for table in AUDIT_TABLES:
