@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from schemas.agency import MAX_ANNOUNCE_INTERVAL_S
-from schemas.attachments import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS
 from schemas.errors import ConfigError
-from schemas.sealing import DEFAULT_MAX_ENVELOPE_BYTES
+from schemas.limits import (
+    DEFAULT_MAX_ENVELOPE_BYTES,
+    MAX_ANNOUNCE_INTERVAL_S,
+    MAX_ATTACHMENT_BYTES,
+    MAX_ATTACHMENTS,
+)
 
 __all__ = [
     "DEFAULT_API_PORT",

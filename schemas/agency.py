@@ -99,6 +99,7 @@ from schemas.group_requests import EpochPostReply, GroupKeysReply, GroupsReply, 
 from schemas.ids import AgencyIdStr, BulletinIdStr
 from schemas.keylog import KeyLogReply
 from schemas.labels import Labels
+from schemas.limits import MAX_ANNOUNCE_INTERVAL_S
 from schemas.receipt_requests import SignedReceiptsReply
 from schemas.subjects import ApiOp
 
@@ -157,7 +158,6 @@ __all__ = [
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 MAX_ERROR_MESSAGE_CHARS = 300
-MAX_ANNOUNCE_INTERVAL_S = 300
 MAX_SUPERSEDED_BY = 100  # corrections of one bulletin a status names
 MAX_RFIS = 200  # RFIs one rfi-list answer names, newest first
 MAX_PUSH_WAIT_S = 30  # the longest a push wait is kept open (ADR 38)

@@ -52,6 +52,7 @@ from pydantic import (
 
 from schemas.errors import DecryptionError
 from schemas.ids import BulletinIdStr
+from schemas.limits import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS
 
 __all__ = [
     "CHUNK_HEADER",
@@ -81,8 +82,6 @@ __all__ = [
 ]
 
 # Protocol ceilings; a broker sets its own limits under them (``broker.config``).
-MAX_ATTACHMENTS = 32
-MAX_ATTACHMENT_BYTES = 4 * 1024**3
 # A chunk and its request fit NATS's message limit (2 MiB under ``istmo up``) with room.
 MIN_CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_BYTES = 1024 * 1024

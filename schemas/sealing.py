@@ -57,6 +57,7 @@ from schemas.groups import (
 from schemas.ids import AgencyId, BulletinId, new_bulletin_id
 from schemas.keys import EncryptionKey, EncryptionPublicKey, SigningKey, VerifyKey, hpke_suite
 from schemas.labels import Labels
+from schemas.limits import DEFAULT_MAX_ENVELOPE_BYTES
 
 __all__ = [
     "DEFAULT_MAX_ENVELOPE_BYTES",
@@ -74,7 +75,6 @@ __all__ = [
     "verify_envelope",
 ]
 
-DEFAULT_MAX_ENVELOPE_BYTES = 1024 * 1024
 _KEY_BYTES = 32
 _NONCE_BYTES = 12
 _MAX_WRAP_BYTES = 4096

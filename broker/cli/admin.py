@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.cli._common import operator_name
+from broker.cli.agency_status import tell_running_stack
 from broker.config import Settings
 from broker.directory.enrolment import (
     NewAgency,
@@ -27,9 +28,7 @@ from broker.directory.enrolment import (
 from broker.directory.jurisdictions import add_partner
 from broker.directory.lifecycle import (
     CONTROL_DIRECTORY_SUBJECT,
-    Status,
     revoke_signing_key,
-    set_agency_status,
 )
 from broker.directory.subscriptions import set_subscriptions, subscriptions_of
 from broker.runtime.control import notify_running_stack
@@ -49,12 +48,8 @@ __all__ = [
     "jurisdiction_add_command",
     "jurisdiction_list_command",
     "key_revoke_command",
-    "status_command",
     "subscriptions_command",
 ]
-
-
-_STATUS: dict[str, Status] = {"suspend": "suspended", "reinstate": "active", "revoke": "revoked"}
 
 
 def _open(args: argparse.Namespace) -> DataDir:
@@ -64,26 +59,7 @@ def _open(args: argparse.Namespace) -> DataDir:
 
 
 def _tell(data: DataDir) -> None:
-    if asyncio.run(notify_running_stack(data, CONTROL_DIRECTORY_SUBJECT)):
-        print("the running stack applied it")
-    else:
-        print("no running stack for this data directory: it applies at the next `istmo up`")
-
-
-def status_command(args: argparse.Namespace) -> int:
-    data = _open(args)
-    registry = data.registry
-    status: Status = _STATUS[args.status_action]
-    before = set_agency_status(
-        registry,
-        args.agency,
-        status,
-        actor=operator_name(),
-        note=args.note,
-    )
-    print(f"{args.agency}: {before} -> {status}")
-    _tell(data)
-    return 0
+    tell_running_stack(data.settings)
 
 
 def key_revoke_command(args: argparse.Namespace) -> int:
@@ -268,7 +244,7 @@ def _show_token(data: DataDir, args: argparse.Namespace, token: str, now: int) -
     broker = s.public_url or (recorded if isinstance(recorded, str) else s.api_url)
     kid = data.directory_key.verify_key.kid
     expires_at = now + args.token_ttl
-    applied = asyncio.run(notify_running_stack(data, CONTROL_DIRECTORY_SUBJECT))
+    applied = asyncio.run(notify_running_stack(data.settings, CONTROL_DIRECTORY_SUBJECT))
     if args.json:
         doc = {
             "agency": args.agency,

@@ -249,7 +249,7 @@ def _admin_commands(sub: Any) -> None:
         add_stack_dirs(c)
         c.add_argument("agency", help="the agency id, like gt-police")
         c.add_argument("--note", default="", help="why, for the audit log (no secrets)")
-        c.set_defaults(func=_lazy("cli.admin", "status_command"), status_action=action)
+        c.set_defaults(func=_lazy("cli.agency_status", "status_command"), status_action=action)
     c = cmds.add_parser(
         "revoke-key", help="revoke a signing key: bulletins it signs from now on are refused"
     )

@@ -47,7 +47,7 @@ def group_add_command(args: argparse.Namespace) -> int:
         f"group {row.name}: managed by {row.manager}; its manager makes the first epoch with "
         f"`istmo groups rotate --as {row.manager}` (or keeps them current with --follow)"
     )
-    if asyncio.run(notify_running_stack(data, CONTROL_DIRECTORY_SUBJECT)):
+    if asyncio.run(notify_running_stack(data.settings, CONTROL_DIRECTORY_SUBJECT)):
         print("the running stack knows it")
     return 0
 

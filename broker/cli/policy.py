@@ -213,7 +213,7 @@ def adopt_command(args: argparse.Namespace) -> int:
     print(
         f"adopted policy set {done.version} (was {done.previous}), archived in {done.archived_at}"
     )
-    if asyncio.run(notify_running_stack(data, CONTROL_POLICY_SUBJECT)):
+    if asyncio.run(notify_running_stack(data.settings, CONTROL_POLICY_SUBJECT)):
         print("the running relay switched to it")
     else:
         print("no running stack for this data directory: it takes effect at the next `istmo up`")

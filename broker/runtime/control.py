@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import nats.errors
 
-from broker.runtime.datadir import DataDir
+from broker.config import Settings
+from broker.runtime.broker_user import connect_broker
 from broker.runtime.stackfile import read_stack_file
 from schemas.errors import BusUnavailable
 
 __all__ = ["notify_running_stack"]
 
 
-async def notify_running_stack(data: DataDir, subject: str) -> bool:
-    """Publish on ``subject`` to the stack running for this data directory.
+async def notify_running_stack(settings: Settings, subject: str) -> bool:
+    """Publish on ``subject`` to the stack running for the data directory of ``settings``
+    (as the broker's own NATS user, without opening the rest of the directory).
 
     Returns:
         False when no stack runs for it (the change takes effect at the next start).
@@ -25,11 +27,11 @@ async def notify_running_stack(data: DataDir, subject: str) -> bool:
     Raises:
         BusUnavailable: a stack is recorded as running but its NATS does not answer.
     """
-    info = read_stack_file(data.settings.data_dir)
+    info = read_stack_file(settings.data_dir)
     url = info.get("nats_url") if info else None
     if not isinstance(url, str):
         return False
-    nc = await data.connect(url)
+    nc = await connect_broker(settings, url)
     try:
         await nc.publish(subject, b"{}")
         await nc.flush()

@@ -19,7 +19,6 @@ from sqlmodel import SQLModel
 from broker.api.oauth import load_token_key
 from broker.audit import events
 from broker.bus.claims import load_operator
-from broker.bus.connect import connect_as_broker
 from broker.bus.natsauth import NatsOperator
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.config import NatsAuth, Settings
@@ -28,6 +27,7 @@ from broker.directory.policy_sets import active_policy_dir
 from broker.directory.service import DirectoryService, load_demo_directory
 from broker.files import signing_key_file, write_private
 from broker.policy.engine import PolicyBundle
+from broker.runtime.broker_user import connect_broker, relay_jwt, relay_seed
 from broker.runtime.claim import nats_auth_of
 from broker.store.registry import EncryptionKeyRow, NatsUserRow, Registry, SigningKeyRow
 from schemas.audit import AuditEvent
@@ -97,7 +97,7 @@ class DataDir:
         with (s.data_dir / ".prepare.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             directory_key = signing_key_file(s.broker_dir / "directory.key", "directory key")
-            relay_seed = _relay_seed(s)
+            seed = relay_seed(s)
             token_key = load_token_key(s.broker_dir)
             nats_auth = nats_auth_of(s)
             operator = load_operator(s.broker_dir) if nats_auth == "operator" else None
@@ -111,7 +111,7 @@ class DataDir:
             registry=registry,
             policy=bundle,
             directory_key=directory_key,
-            relay_seed=relay_seed,
+            relay_seed=seed,
             token_key=token_key,
             nats_auth=nats_auth,
             nats_operator=operator,
@@ -126,19 +126,16 @@ class DataDir:
     @property
     def relay_jwt(self) -> str | None:
         """The user JWT of the broker's NATS user in operator mode (None in config mode)."""
-        if self.nats_operator is None:
-            return None
-        public = user_public_key(self.relay_seed)
-        return self.nats_operator.relay_user_jwt(public, issued_at=SYSTEM_CLOCK.now_s())
+        return relay_jwt(self.nats_operator, self.relay_seed)
 
     async def connect(self, url: str | Sequence[str], *, reconnects: int = -1) -> NATS:
-        """The broker's own connection to NATS (``broker.bus.connect``)."""
-        return await connect_as_broker(
+        """The broker's own connection to NATS (``broker.runtime.broker_user``)."""
+        return await connect_broker(
+            self.settings,
             url,
             seed=self.relay_seed,
-            name="istmo-relay",
+            operator=self.nats_operator,
             reconnects=reconnects,
-            user_jwt=self.relay_jwt,
         )
 
     def issue_nats_jwts(self) -> int:
@@ -177,15 +174,6 @@ class DataDir:
 
     def close(self) -> None:
         self.registry.close()
-
-
-def _relay_seed(s: Settings) -> str:
-    path = s.broker_dir / "relay.seed"
-    if path.exists():
-        return path.read_text().strip()
-    seed = new_user_seed()
-    write_private(path, seed.encode() + b"\n")
-    return seed
 
 
 def _load_demo(
