@@ -147,6 +147,14 @@ async def confine(stack: BenchStack, agency: str) -> dict[str, object]:
             await asyncio.sleep(0.05)
     out["enroll_to_connect_s"] = round(time.perf_counter() - t0, 3)
     out["connect_attempts"] = attempts
+    # Where the enrolment's wait went: the stack logs each directory change it applies.
+    applied = [
+        ln
+        for ln in (stack.up.output() if stack.up else "").splitlines()
+        if "directory change applied in" in ln
+    ]
+    if applied:
+        out["enroll_applied"] = applied[-1].split("directory change ", 1)[1][:200]
     out.update(await _suspend(stack, agency, ks.nats_seed, user_jwt))
     return out
 
