@@ -15,9 +15,12 @@ the version I hold?" (ADR 14).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +128,36 @@ def _topic(name: str) -> str:
     if name not in TOPICS:
         raise ConfigError(f"directory.json names an unknown topic {name!r}")
     return name
+
+
+class _Deferral:
+    """The builds under way that hold off the cyclic garbage collector, on any thread of
+    the process, and whether the first of them found it on."""
+
+    lock = threading.Lock()
+    builds = 0
+    was_enabled = False
+
+
+@contextlib.contextmanager
+def _collections_deferred() -> Iterator[None]:
+    """Hold off Python's cyclic garbage collector while a view is built: a rebuild makes
+    tens of thousands of objects, and each full collection it sets off walks the whole heap
+    of a long-running relay or API. Measured at 3,500 agencies: a rebuild in 0.52 s
+    instead of 0.76-0.85 s. The view's objects are freed by reference counting as ever;
+    what cycles there are wait for the next collection after it."""
+    with _Deferral.lock:
+        _Deferral.builds += 1
+        if _Deferral.builds == 1:
+            _Deferral.was_enabled = gc.isenabled()
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _Deferral.lock:
+            _Deferral.builds -= 1
+            if _Deferral.builds == 0 and _Deferral.was_enabled:
+                gc.enable()
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -244,6 +277,10 @@ class DirectoryService:
         with self._generation_lock:
             self._generation += 1
             generation = self._generation
+        with _collections_deferred():
+            return self._build_view(generation)
+
+    def _build_view(self, generation: int) -> _View:
         read = self._read()
         subs = read.subscriptions
         jurisdictions = [

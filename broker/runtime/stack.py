@@ -39,6 +39,7 @@ import nats.errors
 import uvicorn
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
 from starlette.types import ASGIApp
 
 from broker.api.oauth import TokenAuthority
@@ -673,6 +674,16 @@ class Stack:
                         CONTROL_DIRECTORY_SUBJECT, json.dumps({"origin": self._origin}).encode()
                     )
 
+    async def _new_consumers(self, registry: Registry, js: JetStreamContext) -> None:
+        """The two delivery consumers of every agency enrolled since the last change (with
+        its group copies, ADR 21), before it can connect."""
+        fresh = [u.agency for u in registry.nats_users() if u.agency not in self._consumers]
+        if fresh:
+            shared = self._group_epochs(registry)  # ADR 21: their group copies too
+            for agency in fresh:
+                await ensure_agency_consumer(js, agency, groups=shared.get(agency, ()))
+                self._consumers.add(agency)
+
     async def _apply_locally(
         self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS
     ) -> None:
@@ -684,25 +695,31 @@ class Stack:
             # for the directory's rebuild; only the accounts that changed, no reload.
             pushed = await self._accounts.apply()
             t_nats = time.perf_counter()
-        await directory.refresh_async()
-        t1 = time.perf_counter()
+        else:
+            t_nats = t0
+        # The rebuild (on a thread) and the new agencies' consumers (JetStream requests)
+        # need nothing of each other: both at once. Both finish before anything is raised.
         js = nc.jetstream(timeout=10)
-        fresh = [u.agency for u in registry.nats_users() if u.agency not in self._consumers]
-        if fresh:
-            shared = self._group_epochs(registry)  # ADR 21: their group copies too
-            for agency in fresh:
-                await ensure_agency_consumer(js, agency, groups=shared.get(agency, ()))
-                self._consumers.add(agency)
+        refreshed, made = await asyncio.gather(
+            _timed(directory.refresh_async()),
+            _timed(self._new_consumers(registry, js)),
+            return_exceptions=True,
+        )
+        if isinstance(refreshed, BaseException):
+            raise refreshed
+        if isinstance(made, BaseException):
+            raise made
+        refresh_s, consumers_s = refreshed, made
         t2 = time.perf_counter()
         if self._accounts is not None:
             log.info(
                 "directory change applied in %.2f s: %d NATS account(s) pushed in %.2f, "
-                "refresh %.2f, consumers %.2f",
+                "refresh %.2f, consumers %.2f (at once)",
                 t2 - t0,
                 pushed,
                 t_nats - t0,
-                t1 - t_nats,
-                t2 - t1,
+                refresh_s,
+                consumers_s,
             )
             return
         layout = await asyncio.to_thread(self.nats_layout)
@@ -721,11 +738,11 @@ class Stack:
         else:
             await asyncio.to_thread(server.reload_agencies, layout.agencies)
         log.info(
-            "directory change applied in %.2f s: refresh %.2f, consumers %.2f, "
+            "directory change applied in %.2f s: refresh %.2f, consumers %.2f (at once), "
             "accounts %.2f, nats reload %.2f",
             time.perf_counter() - t0,
-            t1 - t0,
-            t2 - t1,
+            refresh_s,
+            consumers_s,
             t3 - t2,
             time.perf_counter() - t3,
         )
@@ -871,3 +888,10 @@ class Stack:
         finally:
             await close_quietly(nc)
             registry.close()
+
+
+async def _timed(aw: Awaitable[object]) -> float:
+    """Seconds ``aw`` took."""
+    t = time.perf_counter()
+    await aw
+    return time.perf_counter() - t

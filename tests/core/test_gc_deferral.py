@@ -1,0 +1,54 @@
+"""A directory rebuild holds off the cyclic garbage collector and leaves it as it found
+it, whatever other builds run at the same time on other threads."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+
+from broker.directory.service import _collections_deferred
+
+
+def test_the_collector_is_off_during_a_build_and_back_on_after() -> None:
+    assert gc.isenabled()
+    with _collections_deferred():
+        assert not gc.isenabled()
+        with _collections_deferred():  # a second build at once
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the first one still builds
+    assert gc.isenabled()
+
+
+def test_a_collector_someone_turned_off_stays_off() -> None:
+    gc.disable()
+    try:
+        with _collections_deferred():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_build_that_fails_turns_it_back_on() -> None:
+    with pytest.raises(RuntimeError), _collections_deferred():
+        raise RuntimeError("the registry went away")
+    assert gc.isenabled()
+
+
+def test_builds_on_many_threads_leave_it_on() -> None:
+    start = threading.Barrier(8)
+
+    def build() -> None:
+        start.wait()
+        for _ in range(200):
+            with _collections_deferred():
+                pass
+
+    threads = [threading.Thread(target=build) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert gc.isenabled()
