@@ -15,8 +15,8 @@ acking and receipts are left to ``clients.sdk``.
 
 Besides the queues, one ``push`` request stays open (ADR 38, ``broker.relay.push``),
 answered on the same inbox (``<inbox>.p<n>``): a relay answers it with a FLASH or
-IMMEDIATE bulletin routed to the agency as soon as its queued copy is stored, before
-JetStream hands that copy over. ``take`` returns such a ``Pushed`` bulletin before
+IMMEDIATE bulletin routed to the agency as soon as it has recorded its decision, before
+its queued copy is stored and handed over. ``take`` returns such a ``Pushed`` bulletin before
 anything else; its queued copy comes later, and the SDK's dedupe store settles it. A
 broker that does not push (before ADR 38), or a newer wait of the same agency taking the
 place of this one, turns pushes off for ``PUSH_RETRY_S``; the queues deliver as before.
@@ -71,7 +71,7 @@ SILENT_RETRY_S = 60.0
 _EXPIRY_MARGIN_S = 1.0
 _HEARTBEAT = "100"  # a status that does not end a pull
 # How long one push request waits at the relay (at most schemas.agency.MAX_PUSH_WAIT_S); it
-# is asked again at once when answered, and when its answer is overdue by _EXPIRY_MARGIN_S.
+# is asked again at once when answered, and when its answer is overdue by PROBE_TIMEOUT_S.
 PUSH_WAIT_S = 25
 # No pushes asked for this long after a broker refused one (before ADR 38), or a newer wait
 # of the same agency took this one's place (another receiver of the agency gets them).

@@ -303,7 +303,7 @@ class DeadLettersRequest(BaseModel):
 
 class PushRequest(BaseModel):
     """Wait up to ``wait_s`` seconds for a FLASH or IMMEDIATE bulletin routed to the
-    caller, pushed over core NATS as soon as its queued copy is stored (ADR 38). One
+    caller, pushed over core NATS as soon as the relay has recorded it (ADR 38). One
     wait per agency is kept: a newer one replaces it (answered ``replaced``)."""
 
     model_config = _STRICT
