@@ -24,7 +24,7 @@ from broker.store.registry import AuditRow
 from clients.sdk import IstmoClient, ReceivedBulletin
 from schemas.agency import KIND_HEADER, PUSH_KIND, PUSH_STATE_HEADER, PushRequest
 from schemas.canonical import canonical_json
-from schemas.labels import Classification, Labels, Precedence, Tlp
+from schemas.labels import Precedence
 from schemas.sealing import parse_envelope
 from schemas.subjects import DELIVER_STREAM, api_subject, urgent_durable
 from tests.integration.stack_inproc import (
@@ -34,21 +34,11 @@ from tests.integration.stack_inproc import (
     start_relay,
     stop_relay,
 )
+from tests.integration.test_precedence_queue import PUBLISHER, RECIPIENT, labels
 from tests.waiting import eventually
 
-PUBLISHER = "hn-police"
-RECIPIENT = "ni-police"
+# The queue tests' publisher, recipient and labels (releasable to NI only).
 OUTSIDER = "gt-police"  # not releasable: rel_to names NI only
-
-
-def labels(precedence: Precedence) -> Labels:
-    return Labels(
-        topic="border-incident",
-        classification=Classification.RESTRICTED,
-        tlp=Tlp.AMBER,
-        rel_to=("NI",),
-        precedence=precedence,
-    )
 
 
 def push_body(wait_s: int) -> bytes:
