@@ -49,6 +49,7 @@ from schemas.subjects import (
 )
 
 __all__ = [
+    "ACCOUNT_SETTLE_S",
     "add_or_update_stream",
     "bus_unavailable",
     "ensure_agency_consumer",
@@ -66,6 +67,8 @@ AGENCY_MAX_DELIVER = 10  # then the max_deliver advisory dead-letters it (broker
 AGENCY_BACKOFF_S = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 3600.0)
 RELAY_MAX_ACK_PENDING = 1000
 _STREAM_CONFIG_MISMATCH = 10058  # "stream name already in use with a different configuration"
+_ACCOUNT_NOT_FOUND = 10035  # "account not found": the JetStream leader lacks its claims yet
+ACCOUNT_SETTLE_S = 30.0  # how long stream set-up waits for that to pass
 
 
 def _every_agency(subject_of: Callable[[str], str]) -> str:
@@ -219,16 +222,34 @@ def bus_unavailable(what: str, exc: Exception) -> BusUnavailable:
     return BusUnavailable(f"JetStream did not answer while {what}: {exc!r}")
 
 
-async def add_or_update_stream(js: JetStreamContext, config: StreamConfig) -> None:
+async def add_or_update_stream(
+    js: JetStreamContext, config: StreamConfig, *, settle_s: float = ACCOUNT_SETTLE_S
+) -> None:
     """Create ``config``'s stream, or update an existing one to it (JetStream refuses to
     add a stream whose name it already holds with another configuration). The nats
-    errors come through as they are, for the caller to translate."""
-    try:
-        await js.add_stream(config)
-    except BadRequestError as exc:
-        if exc.err_code != _STREAM_CONFIG_MISMATCH:
-            raise
-        await js.update_stream(config)
+    errors come through as they are, for the caller to translate.
+
+    In operator mode on a cluster, the node that leads JetStream may not hold the
+    account's claims yet a moment after they were pushed ("account not found", although
+    the node this connection is on answers for the account): that is asked again, with
+    a growing pause, for up to ``settle_s`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settle_s
+    delay = 0.1
+    while True:
+        try:
+            try:
+                await js.add_stream(config)
+            except BadRequestError as exc:
+                if exc.err_code != _STREAM_CONFIG_MISMATCH:
+                    raise
+                await js.update_stream(config)
+            return
+        except ServiceUnavailableError as exc:
+            if exc.err_code != _ACCOUNT_NOT_FOUND or loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 _JETSTREAM_NOT_ENABLED = 10039  # "JetStream not enabled for account"
