@@ -135,7 +135,6 @@ class PushDoor:
 
     def __init__(self) -> None:
         self.waits = PushWaits()
-        self.pushed = 0  # answers that carried a bulletin
         self.serving = False  # listening to the relays' pushes
         self._closed = False
 
@@ -197,7 +196,6 @@ class PushDoor:
         for reply in replies:
             with contextlib.suppress(nats.errors.Error):
                 await nc.publish(reply, envelope, headers=headers)
-        self.pushed += len(replies)
         return len(replies)
 
 

@@ -63,6 +63,14 @@ async def wait_open(agency: IstmoClient, wait_s: int) -> asyncio.Future[Msg]:
     return answer
 
 
+async def emptied(answer: asyncio.Future[Msg]) -> str | None:
+    """Why a wait was answered without a bulletin (``Istmo-Push``); fails if it carried
+    one."""
+    msg = await asyncio.wait_for(answer, 60)
+    assert msg.data == b""
+    return (msg.headers or {}).get(PUSH_STATE_HEADER)
+
+
 async def publish(stack: Stack, precedence: Precedence) -> str:
     async with await client(stack, PUBLISHER) as hn:
         result = await hn.publish(title="boats", text="two boats", labels=labels(precedence))
@@ -81,9 +89,7 @@ async def test_a_flash_bulletin_answers_the_recipients_wait_and_nobody_elses(
             assert (msg.headers or {}).get(KIND_HEADER) == PUSH_KIND
             assert parse_envelope(msg.data).header.bulletin_id == bid
             # The agency not routed the bulletin only sees its wait run out.
-            other = await asyncio.wait_for(idle, 60)
-            assert other.data == b""
-            assert (other.headers or {}).get(PUSH_STATE_HEADER) == "idle"
+            assert await emptied(idle) == "idle"
 
 
 async def test_routine_bulletins_are_only_queued(tmp_path: Path) -> None:
@@ -91,9 +97,7 @@ async def test_routine_bulletins_are_only_queued(tmp_path: Path) -> None:
         async with await client(stack, RECIPIENT) as ni:
             idle = await wait_open(ni, 2)
             await publish(stack, Precedence.ROUTINE)
-            msg = await asyncio.wait_for(idle, 60)
-            assert msg.data == b""
-            assert (msg.headers or {}).get(PUSH_STATE_HEADER) == "idle"
+            assert await emptied(idle) == "idle"
 
 
 async def test_a_newer_wait_replaces_the_older(tmp_path: Path) -> None:
@@ -101,8 +105,7 @@ async def test_a_newer_wait_replaces_the_older(tmp_path: Path) -> None:
         async with await client(stack, RECIPIENT) as ni:
             older = await wait_open(ni, 30)
             newer = await wait_open(ni, 30)
-            msg = await asyncio.wait_for(older, 60)
-            assert (msg.headers or {}).get(PUSH_STATE_HEADER) == "replaced"
+            assert await emptied(older) == "replaced"
             bid = await publish(stack, Precedence.IMMEDIATE)
             got = await asyncio.wait_for(newer, 60)
             assert parse_envelope(got.data).header.bulletin_id == bid
