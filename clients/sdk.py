@@ -376,7 +376,16 @@ class IstmoClient:
             await asyncio.wait_for(self._nc.flush(), 5)
         except (nats.errors.Error, TimeoutError, OSError):
             log.warning("closing before NATS confirmed the last messages")
-        await self._nc.close()
+        try:
+            await self._nc.close()
+        except asyncio.CancelledError:
+            # nats-py closing a socket the server dropped (this agency suspended) while it
+            # reconnects can raise the cancellation of its own waiter. Only a cancellation
+            # of this task goes on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.warning("NATS was reconnecting when the client closed")
         self._dedupe.close()  # commits what is queued, then stops its writer
 
     # ------------------------------------------------------------------ requests

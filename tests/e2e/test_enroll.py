@@ -264,8 +264,7 @@ def test_over_http_an_admin_adds_and_suspends_an_agency_on_the_live_stack(
                 lambda: not nc.is_connected, what="the suspended agency to lose its connection"
             )
             lost = time.monotonic() - t0
-            await nc.close()
-            client._dedupe.close()
+            await client.close()
             back = await api.post(f"/v1/agencies/{agency}/reinstate", json={})
             assert back["applied"] is True
             again = await IstmoClient.connect(path, str(ks.nats_url))
