@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.attachments import AttachmentRef
-from schemas.canonical import b64d, b64e, canonical_json, canonical_members, join_members
+from schemas.canonical import b64d, b64e, canonical_json, join_members, model_members
 from schemas.envelope import (
     Audience,
     Content,
@@ -151,7 +151,7 @@ def envelope_bytes(env: Envelope) -> EnvelopeBytes:
         ValueError: a value without a canonical encoding (as ``canonical_json``).
     """
     body_digest = _body_digest(env.body)
-    members = canonical_members(_dump(env))
+    members = model_members(_dump(env))
     signed = {
         "header": members["header"],
         "body_digest": canonical_json(body_digest),

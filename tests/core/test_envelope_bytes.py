@@ -212,6 +212,19 @@ def test_envelope_bytes_of_non_canonical_input_are_the_re_encoding(
             verify_envelope(env, key)
 
 
+def test_an_envelope_with_a_lone_surrogate_is_refused_as_before() -> None:
+    # The envelope's encodings skip the float and depth walk (the model holds neither);
+    # text without a UTF-8 encoding is still the same ValueError, not an encoding error.
+    env = parse_envelope(CASES[0]["envelope"].encode())
+    labels = env.header.labels.model_copy(update={"handling_note": "tr\ud800ap"})
+    bad = env.model_copy(update={"header": env.header.model_copy(update={"labels": labels})})
+    with pytest.raises(ValueError, match="lone surrogate") as fast:
+        envelope_bytes(bad)
+    assert type(fast.value) is ValueError
+    with pytest.raises(ValueError, match="lone surrogate"):
+        encode_envelope(bad)
+
+
 # ------------------------------------------------------------ the check walk
 
 

@@ -81,6 +81,35 @@ async def test_more_than_a_thousand_are_chunked_and_kept_in_order(
     assert await _stored(js, DELIVER_STREAM) == [(m.subject, m.data, m.msg_id) for m in messages]
 
 
+async def test_the_middle_of_a_batch_is_stored_with_its_headers_as_published(
+    nats_stack: StackFactory,
+) -> None:
+    """The middle messages go as frames ``broker.bus.batch`` writes, except one whose
+    header nats-py would trim, which goes through ``publish``: all are stored in order,
+    each with the headers ``publish`` would have stored."""
+    nc = await _relay(nats_stack)
+    js = nc.jetstream()
+    link = (("Istmo-Link", "partner-a"),)
+    messages = [
+        Message(deliver_subject(GT, Precedence.ROUTINE), b"first", "m1", None, link),
+        Message(deliver_subject(JM, Precedence.FLASH), b"framed", "m2", 60, link),
+        Message(deliver_subject(GT, Precedence.FLASH), b"trimmed", "m3", None, (("K", " v "),)),
+        Message(deliver_subject(JM, Precedence.ROUTINE), b"framed too", "m4", None, link),
+        Message(deliver_subject(GT, Precedence.ROUTINE), b"last", "m5"),
+    ]
+
+    (ack,) = (await publish_batch(nc, DELIVER_STREAM, messages)).acks
+
+    assert (ack.count, ack.atomic) == (5, True)
+    assert await _stored(js, DELIVER_STREAM) == [(m.subject, m.data, m.msg_id) for m in messages]
+    first = (await js.stream_info(DELIVER_STREAM)).state.first_seq
+    stored = [(await js.get_msg(DELIVER_STREAM, first + i)).headers or {} for i in range(5)]
+    assert [h.get("Nats-Batch-Sequence") for h in stored] == ["1", "2", "3", "4", "5"]
+    assert stored[1]["Istmo-Link"] == stored[3]["Istmo-Link"] == "partner-a"
+    assert stored[1]["Nats-TTL"] == "60s"
+    assert stored[2]["K"] == "v"  # trimmed, as nats-py does
+
+
 def test_chunks_bound_messages_and_bytes_and_keep_order() -> None:
     messages = [Message("s", b"x" * 40, str(i)) for i in range(10)]
     assert [len(c) for c in chunks(messages, size=4)] == [4, 4, 2]
