@@ -815,15 +815,11 @@ class Relay:
         the next batch. A lost ack redelivers a receipt, which is recorded again as
         nothing new: rows and events are keyed by bulletin and recipient, refusals by
         stream sequence."""
-        batch = [
-            IncomingReceipt(
-                msg.metadata.sequence.stream,
-                msg.subject,
-                msg.data,
-                int(msg.metadata.timestamp.timestamp()),
-            )
-            for msg in msgs
-        ]
+        batch = []
+        for msg in msgs:
+            meta = msg.metadata  # worked out from the reply subject on each read
+            stored_at = int(meta.timestamp.timestamp())
+            batch.append(IncomingReceipt(meta.sequence.stream, msg.subject, msg.data, stored_at))
         read = read_batch(batch)
         named = {got[1].bulletin_id for got in read if not isinstance(got, IstmoError)}
         verdicts = judge_batch(
