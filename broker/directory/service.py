@@ -19,6 +19,7 @@ import contextlib
 import gc
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from broker.policy.engine import (
     PolicyBundle,
     PolicyEngine,
 )
+from broker.policy.lint import shorten_error
 from broker.store.registry import (
     AgencyRow,
     EncryptionKeyValues,
@@ -59,6 +61,8 @@ from schemas.keys import SigningKey
 from schemas.labels import TOPICS, Classification
 
 __all__ = ["DemoDirectory", "DirectoryService", "load_demo_directory"]
+
+log = logging.getLogger(__name__)
 
 # Reads of the rows while changes keep committing, before a rebuild settles for the serial
 # read first (its records are then newer than the serial says: a client asks again sooner).
@@ -205,6 +209,7 @@ class _View:
     records: dict[str, AgencyRecord]
     version: str
     changes: ChangeLog
+    snapshot: DirectorySnapshot
     engine: PolicyEngine
     excerpts: Excerpts  # the signed excerpts of these records (dropped with the view)
 
@@ -242,16 +247,28 @@ class DirectoryService:
         self.refresh()
 
     def refresh(self) -> None:
-        """Rebuild everything from the registry and swap it in at once."""
-        self._install(self._build())
+        """Rebuild everything from the registry and swap it in at once. The whole
+        directory is checked against the policy schema before (``ConfigError``)."""
+        self._install(self._build(parse=True))
 
     async def refresh_async(self) -> None:
         """``refresh`` with the rebuild (database reads, the policy snapshot: about a
         second at 3,500 agencies) in a worker thread, so the event loop that serves the
         API and the relay keeps running; the swap happens on the loop. A rebuild that
         started before another one already swapped in is dropped, never installed over
-        it."""
-        self._install(await asyncio.to_thread(self._build))
+        it.
+
+        For a change of the directory (the policy set and its schema as before, every
+        record checked as ever): the whole directory's Cedar parse, which only decisions
+        over more agencies than a slice holds need (half a rebuild at 10,000 agencies),
+        is left out of the rebuild and done on a thread right after the swap. A decision
+        that needs it sooner waits for it; if it fails, such decisions are refused, and
+        the error is logged."""
+        view = await asyncio.to_thread(self._build, parse=False)
+        if self._install(view):
+            threading.Thread(
+                target=_parse_whole, args=(view,), name="istmo-directory-parse", daemon=True
+            ).start()
 
     def _read(self) -> _Rows:
         """The rows of one record serial: read again while changes commit meanwhile."""
@@ -273,14 +290,14 @@ class DirectoryService:
         # them, which is what the version claims (never newer than the records).
         return rows
 
-    def _build(self) -> _View:
+    def _build(self, *, parse: bool) -> _View:
         with self._generation_lock:
             self._generation += 1
             generation = self._generation
         with _collections_deferred():
-            return self._build_view(generation)
+            return self._build_view(generation, parse=parse)
 
-    def _build_view(self, generation: int) -> _View:
+    def _build_view(self, generation: int, *, parse: bool) -> _View:
         read = self._read()
         subs = read.subscriptions
         jurisdictions = [
@@ -311,7 +328,7 @@ class DirectoryService:
             for a in rows
         ]
         bundle = self.bundle
-        snapshot = DirectorySnapshot.build(jurisdictions, infos, bundle)
+        snapshot = DirectorySnapshot.build(jurisdictions, infos, bundle, parse=parse)
         records = {a.id: _record(a, signing.get(a.id, []), encryption.get(a.id, [])) for a in rows}
         # Each record encoded once: the digest is canonical_json of the list of them, and
         # every excerpt of this view joins the same bytes.
@@ -333,19 +350,22 @@ class DirectoryService:
             records=records,
             version=version,
             changes=ChangeLog(read.serial, tuple(entries), complete_after),
+            snapshot=snapshot,
             engine=PolicyEngine(bundle, snapshot),
             excerpts=Excerpts(version, records, encoded, self.directory_key),
         )
 
-    def _install(self, view: _View) -> None:
+    def _install(self, view: _View) -> bool:
+        """Swap ``view`` in, unless a newer one is in force; whether it was."""
         with self._install_lock:
             older = self._view is not None and view.changes.serial < self._view.changes.serial
             if view.generation <= self._installed or older:
                 # A newer rebuild is in force already (a policy switch rebuilds too, later).
                 # Never older records either: a client that saw them would refuse this
                 # relay's answers as a downgrade (ADR 14).
-                return
+                return False
             self._swap(view)
+            return True
 
     def _swap(self, view: _View) -> None:
         self._installed = view.generation
@@ -416,3 +436,16 @@ class DirectoryService:
             changed=view.changes.changed_since(since),
         )
         return sign_changes(answer, self.directory_key)
+
+
+def _parse_whole(view: _View) -> None:
+    """Parse ``view``'s whole directory now, before a decision needs it."""
+    try:
+        view.snapshot.entities()
+    except ValueError as exc:
+        log.error(
+            "directory %s does not conform to the policy schema (%s): decisions over more "
+            "agencies than a slice holds are refused until it is mended",
+            view.version,
+            shorten_error(str(exc)),
+        )

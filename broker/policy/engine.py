@@ -410,7 +410,7 @@ class PolicyEngine:
         uids = index.reach(roots)
         schema = self._bundle._schema
         if len(uids) > self._slice_limit:
-            return self._directory._entities.with_added_json_str(f"[{text}]", schema)
+            return self._directory.entities().with_added_json_str(f"[{text}]", schema)
         # The directory's part of a slice recurs (an originator's bulletins, a topic's
         # classes): parsed once and kept, then copied with the bulletin added, as the
         # whole directory is (ADR 12: both decide alike).

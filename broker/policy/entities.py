@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cedarpy import Entities
+from cedarpy import Entities, Schema
 
 from broker.policy.bundle import PolicyBundle
 from broker.policy.lint import NAMESPACE, shorten_error
@@ -34,13 +35,47 @@ _GRADE = re.compile(r"[A-F][1-6]")
 _Json = dict[str, object]
 
 
+class _Whole:
+    """The whole directory as one Cedar entity set, parsed once, when first needed (by
+    one thread; the others wait for it). cedarpy lets go of the GIL while it parses."""
+
+    def __init__(self, text: str, schema: Schema | None) -> None:
+        self._text = text
+        self._schema = schema
+        self._lock = threading.Lock()
+        self._parsed: Entities | None = None
+
+    @classmethod
+    def parsed(cls, entities: Entities) -> _Whole:
+        """A set parsed already (by whoever made it: a test, without a schema)."""
+        whole = cls("", None)
+        whole._parsed = entities
+        return whole
+
+    def get(self) -> Entities:
+        """The parsed set.
+
+        Raises:
+            ValueError: the entities do not conform to the schema (raised again on
+                each call).
+        """
+        parsed = self._parsed
+        if parsed is None:
+            with self._lock:
+                parsed = self._parsed
+                if parsed is None:
+                    parsed = Entities.from_json_str(self._text, self._schema)
+                    self._parsed, self._text = parsed, ""  # the text is not needed again
+        return parsed
+
+
 @dataclass(frozen=True, eq=False)
 class DirectorySnapshot:
-    """The directory as one parsed, schema-checked Cedar entity set, and as the per-entity
-    texts and reaches slices are cut from. Use ``build``."""
+    """The directory as one schema-checked Cedar entity set, and as the per-entity texts
+    and reaches slices are cut from. Use ``build``."""
 
     version: str
-    _entities: Entities = field(repr=False)
+    _whole: _Whole = field(repr=False)
     _agencies: dict[str, AgencyInfo] = field(repr=False)
     _schema_digest: str = field(repr=False)
     _index: EntityIndex = field(repr=False)
@@ -52,13 +87,16 @@ class DirectorySnapshot:
         jurisdictions: Sequence[JurisdictionInfo],
         agencies: Sequence[AgencyInfo],
         bundle: PolicyBundle,
+        *,
+        parse: bool = True,
     ) -> DirectorySnapshot:
-        """Check the directory, turn it into Cedar entities, parse them once, and index
-        them for slices and for the prefilter.
+        """Check the directory, turn it into Cedar entities, parse them (or, with
+        ``parse`` False, leave that to the first use of ``entities``: half a rebuild at
+        10,000 agencies), and index them for slices and for the prefilter.
 
         Raises:
             ConfigError: a record has a wrong type or value, a duplicate id or an unknown
-                parent, or the entities do not conform to the bundle's schema.
+                parent, or (parsed now) the entities do not conform to the bundle's schema.
         """
         problems = _check_directory(jurisdictions, agencies)
         if problems:
@@ -68,13 +106,15 @@ class DirectorySnapshot:
         entities += [_agency_entity(a) for a in agencies]
         entities.sort(key=lambda e: json.dumps(e["uid"], sort_keys=True))
         text = json.dumps(entities, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        try:
-            handle = Entities.from_json_str(text, bundle._schema)
-        except ValueError as exc:
-            raise ConfigError(
-                f"directory does not conform to the policy schema: {shorten_error(str(exc))}",
-                code="directory",
-            ) from exc
+        whole = _Whole(text, bundle._schema)
+        if parse:
+            try:
+                whole.get()
+            except ValueError as exc:
+                raise ConfigError(
+                    f"directory does not conform to the policy schema: {shorten_error(str(exc))}",
+                    code="directory",
+                ) from exc
         version = hashlib.sha256(text.encode()).hexdigest()[:16]
         agency_map = {a.id: a for a in agencies}
         codes = {j.code: j for j in jurisdictions}
@@ -89,7 +129,16 @@ class DirectorySnapshot:
             return None
 
         indexes = (EntityIndex(lookup, len(entities)), ReceiverIndex.build(entities))
-        return cls(version, handle, agency_map, bundle._schema_digest, *indexes)
+        return cls(version, whole, agency_map, bundle._schema_digest, *indexes)
+
+    def entities(self) -> Entities:
+        """The whole directory as one Cedar entity set.
+
+        Raises:
+            ValueError: built with ``parse`` False, and the entities do not conform to
+                the schema.
+        """
+        return self._whole.get()
 
     def agency(self, agency_id: str) -> AgencyInfo | None:
         """The agency ``agency_id``, or None if the directory has no such agency."""

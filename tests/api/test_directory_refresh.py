@@ -1,10 +1,15 @@
 """The directory's rebuild off the event loop (``refresh_async``): it sees what changed, it
-never swaps an older rebuild over a newer one, and its two-query key load equals the
-per-agency queries it replaced. On SQLite and PostgreSQL (the ``broker`` fixture)."""
+never swaps an older rebuild over a newer one, it parses the whole directory for Cedar
+after the swap, and its two-query key load equals the per-agency queries it replaced. On
+SQLite and PostgreSQL (the ``broker`` fixture)."""
 
 from __future__ import annotations
 
+from broker.policy.engine import PolicyEngine
+from broker.policy.model import BulletinFacts
+from schemas.labels import Classification, Labels, Tlp
 from tests.api.conftest import Broker
+from tests.waiting import eventually
 
 
 async def test_refresh_async_applies_a_status_change(broker: Broker) -> None:
@@ -22,9 +27,41 @@ async def test_refresh_async_applies_a_status_change(broker: Broker) -> None:
     assert directory.version == before  # the same directory, the same version
 
 
+async def test_after_a_change_the_whole_directory_is_parsed_behind_the_swap(
+    broker: Broker,
+) -> None:
+    directory = broker.directory
+    labels = Labels(topic="drug-trafficking", classification=Classification.RESTRICTED,
+                    tlp=Tlp.AMBER, rel_to=("SICA", "CARICOM"))  # fmt: skip
+    facts = BulletinFacts(
+        "0f8fad5b-d9cb-469f-a165-70867728950e", "gt-police", "GT", labels, None, None
+    )
+    everyone = sorted(directory.records)
+    broker.set_status("hn-police", "suspended")
+    try:
+        await directory.refresh_async()
+        view = directory._view
+        assert view is not None
+        # Installed at once; the parse follows on its own thread, and is then kept.
+        await eventually(
+            lambda: view.snapshot._whole._parsed is not None, what="the whole directory parsed"
+        )
+        whole = PolicyEngine(directory.bundle, view.snapshot, entities="whole")
+        sliced = PolicyEngine(directory.bundle, view.snapshot, entities="slice")
+        now = 1_780_000_000
+        got = whole.decide_receive(facts, everyone, now)
+        assert got == sliced.decide_receive(facts, everyone, now)
+        assert not next(d for d in got if d.agency == "hn-police").allowed
+    finally:
+        broker.set_status("hn-police", "active")
+        await directory.refresh_async()
+
+
 def test_a_rebuild_older_than_the_one_in_force_is_dropped(broker: Broker) -> None:
     directory = broker.directory
-    stale = directory._build()  # started before the change, finished after (a slow thread)
+    stale = directory._build(
+        parse=True
+    )  # started before the change, finished after (a slow thread)
     broker.set_status("sv-police", "suspended")
     try:
         directory.refresh()

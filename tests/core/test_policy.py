@@ -29,6 +29,7 @@ from broker.policy.engine import (
     PolicyLoadError,
     simulate,
 )
+from broker.policy.entities import _Whole
 from broker.policy.prefilter import ReceiverIndex
 from broker.policy.slicing import EntityIndex
 from schemas.errors import ConfigError
@@ -295,15 +296,39 @@ def test_directory_type_caught_only_by_cedar_schema_is_refused(bundle: PolicyBun
         DirectorySnapshot.build(JURISDICTIONS, [*AGENCIES[:3], bad], bundle)
 
 
+def test_a_directory_parsed_later_refuses_what_the_schema_refuses(bundle: PolicyBundle) -> None:
+    """A rebuild after a directory change leaves the whole directory's parse to its first
+    use: the same schema error then, and every decision that needs it refused."""
+    bad = dataclasses.replace(AGENCIES[3])
+    object.__setattr__(bad, "name", 42)
+    later = DirectorySnapshot.build(JURISDICTIONS, [*AGENCIES[:3], bad], bundle, parse=False)
+    for _ in range(2):  # the same each time it is asked for
+        with pytest.raises(ValueError, match="does not conform to the schema"):
+            later.entities()
+    whole = PolicyEngine(bundle, later, entities="whole")
+    got = whole.decide_receive(facts(), [a.id for a in AGENCIES[:3]], NOW)
+    assert [d.allowed for d in got] == [False, False, False]
+    assert all(d.errors for d in got)
+    # Conforming, parsed later or at once: the same decisions.
+    now = PolicyEngine(
+        bundle, DirectorySnapshot.build(JURISDICTIONS, AGENCIES, bundle), entities="whole"
+    )
+    late = DirectorySnapshot.build(JURISDICTIONS, AGENCIES, bundle, parse=False)
+    ids = [a.id for a in AGENCIES]
+    assert PolicyEngine(bundle, late, entities="whole").decide_receive(facts(), ids, NOW) == (
+        now.decide_receive(facts(), ids, NOW)
+    )
+
+
 def test_wrong_type_smuggled_past_the_snapshot_still_denies(bundle: PolicyBundle) -> None:
     """The sample's fail-open: clearance "SECRET" (a string) made guard.clearance error."""
     good = DirectorySnapshot.build(JURISDICTIONS, AGENCIES, bundle)
-    entities = json.loads(str(good._entities))
+    entities = json.loads(str(good.entities()))
     [sv] = [e for e in entities if e["uid"]["id"] == "sv-police"]
     sv["attrs"]["clearance"] = "SECRET"
     smuggled = DirectorySnapshot(  # bypasses build(): no Python checks, no schema
         "0" * 16,
-        cedarpy.Entities.from_json_str(json.dumps(entities)),
+        _Whole.parsed(cedarpy.Entities.from_json_str(json.dumps(entities))),
         good._agencies,
         good._schema_digest,
         EntityIndex.build(entities),
