@@ -5,6 +5,10 @@ SQLite and PostgreSQL (the ``broker`` fixture)."""
 
 from __future__ import annotations
 
+import pytest
+
+from broker.directory import service
+from broker.directory.service import DirectoryService
 from broker.policy.engine import PolicyEngine
 from broker.policy.model import BulletinFacts
 from schemas.labels import Classification, Labels, Tlp
@@ -55,6 +59,52 @@ async def test_after_a_change_the_whole_directory_is_parsed_behind_the_swap(
     finally:
         broker.set_status("hn-police", "active")
         await directory.refresh_async()
+
+
+async def test_a_view_replaced_before_its_parse_is_never_parsed(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "PARSE_AFTER_S", 3600.0)  # no timer fires in this test
+    directory = broker.directory
+    broker.set_status("hn-police", "suspended")
+    try:
+        await directory.refresh_async()
+        replaced = directory._view
+        broker.set_status("hn-police", "active")
+        await directory.refresh_async()
+        current = directory._view
+        assert replaced is not None
+        assert current is not None
+        assert replaced is not current
+        directory._parse_if_in_force(replaced)  # its timer fires after the next swap
+        directory._parse_if_in_force(current)
+        assert replaced.snapshot._whole._parsed is None
+        assert current.snapshot._whole._parsed is not None
+    finally:
+        broker.set_status("hn-police", "active")
+        await directory.refresh_async()
+
+
+def test_a_rebuild_makes_again_only_the_records_that_changed(broker: Broker) -> None:
+    directory = broker.directory
+    before = dict(directory.records)
+    broker.set_status("hn-police", "suspended")
+    try:
+        directory.refresh()
+        assert directory.records["hn-police"].status == "suspended"
+        kept = [a for a, r in before.items() if directory.records[a] is r]
+        assert sorted(kept) == sorted(set(before) - {"hn-police"})
+        # The same records, version and excerpts as a directory built afresh.
+        fresh = DirectoryService(broker.registry, directory.bundle, directory.directory_key)
+        assert fresh.records == directory.records
+        assert fresh.version == directory.version
+        assert fresh.excerpt(["hn-police", "gt-police"], 1) == directory.excerpt(
+            ["hn-police", "gt-police"], 1
+        )
+    finally:
+        broker.set_status("hn-police", "active")
+        directory.refresh()
+    assert directory.records["hn-police"] == before["hn-police"]
 
 
 def test_a_rebuild_older_than_the_one_in_force_is_dropped(broker: Broker) -> None:
