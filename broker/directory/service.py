@@ -65,8 +65,9 @@ __all__ = ["PARSE_AFTER_S", "DemoDirectory", "DirectoryService", "load_demo_dire
 log = logging.getLogger(__name__)
 
 # Seconds after a directory change is swapped in before the whole directory is parsed
-# for Cedar (``DirectoryService.refresh_async``).
-PARSE_AFTER_S = 1.0
+# for Cedar (``DirectoryService.refresh_async``): past the burst a change comes in (an
+# addition, the enrolment, a suspension; every process of the stack rebuilding at once).
+PARSE_AFTER_S = 5.0
 
 # Reads of the rows while changes keep committing, before a rebuild settles for the serial
 # read first (its records are then newer than the serial says: a client asks again sooner).
@@ -282,11 +283,11 @@ class DirectoryService:
         record checked as ever): the whole directory's Cedar parse, which only decisions
         over more agencies than a slice holds need (a third of a rebuild at 10,000
         agencies), is left out of the rebuild and done on a thread ``PARSE_AFTER_S``
-        after the swap, if this view is still in force: changes come in bursts (an
-        agency added, then enrolled; every process of the stack rebuilding at once), and
-        the parse waits for them to settle. A decision that needs it sooner parses it
-        (once; the others wait); if it fails, such decisions are refused, and the error
-        is logged."""
+        after the swap, if no rebuild started since: changes come in bursts (an agency
+        added, enrolled, maybe suspended; every process of the stack rebuilding at
+        once, on a machine of few cores), and a parse in their midst takes CPU from
+        them. A decision that needs it sooner parses it (once; the others wait); if it
+        fails, such decisions are refused, and the error is logged."""
         view = await asyncio.to_thread(self._build, parse=False)
         if self._install(view):
             later = threading.Timer(PARSE_AFTER_S, self._parse_if_in_force, args=(view,))
@@ -294,8 +295,9 @@ class DirectoryService:
             later.start()
 
     def _parse_if_in_force(self, view: _View) -> None:
-        """Parse ``view``'s whole directory now, unless a newer view replaced it."""
-        if self._view is not view:
+        """Parse ``view``'s whole directory now, unless a rebuild started since (its
+        view, if swapped in, is parsed later in turn)."""
+        if self._view is not view or self._generation != view.generation:
             return
         try:
             view.snapshot.entities()
