@@ -14,7 +14,7 @@ middle ones as plain publishes, the last as a request with ``Nats-Batch-Commit: 
 answered with the batch's PubAck or an error.
 
 The middle messages of a batch go to nats-py's outgoing buffer as protocol frames this
-module writes, all in one call (``_frames``): its ``publish`` spent about 19 us a message
+module writes (``frame``), all in one call: its ``publish`` spent about 19 us a message
 checking and encoding the same four headers, a tenth of the relay's work. The frames
 are the bytes ``publish`` writes; a message whose header nats-py would trim, rewrite or
 refuse, or a client without that buffer, goes through ``publish`` as before.
