@@ -13,12 +13,6 @@ server answers with an empty reply, or an error when it refuses the batch at onc
 middle ones as plain publishes, the last as a request with ``Nats-Batch-Commit: 1``,
 answered with the batch's PubAck or an error.
 
-The middle messages of a batch go to nats-py's outgoing buffer as protocol frames this
-module writes (``frame``), all in one call: its ``publish`` spent about 19 us a message
-checking and encoding the same four headers, a tenth of the relay's work. The frames
-are the bytes ``publish`` writes; a message whose header nats-py would trim, rewrite or
-refuse, or a client without that buffer, goes through ``publish`` as before.
-
 A batch holding any ``Nats-Msg-Id`` the stream already has (within its dedupe window) is
 refused whole (err_code 10201), not deduplicated message by message. That is what a retry
 after a crash or an unanswered commit meets, so such a batch is sent again one message
@@ -36,13 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
@@ -54,7 +46,6 @@ __all__ = [
     "BatchResult",
     "Message",
     "chunks",
-    "frame",
     "publish_batch",
 ]
 
@@ -183,84 +174,23 @@ async def publish_batch(
 async def _one_batch(nc: NATS, stream: str, chunk: Sequence[Message], timeout: float) -> BatchAck:
     batch_id = uuid.uuid4().hex
     last = len(chunk)
-
-    def headers(n: int, message: Message) -> dict[str, str]:
-        return {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n), **message.headers()}
-
-    async def ask(n: int) -> dict[str, object]:
-        message = chunk[n - 1]
-        sent = headers(n, message) | ({"Nats-Batch-Commit": "1"} if n == last else {})
-        reply = await nc.request(message.subject, message.data, timeout, headers=sent)
-        answer: dict[str, object] = json.loads(reply.data) if reply.data else {}
-        return answer
-
-    answer = await ask(1)
-    if last > 1 and "error" not in answer:
-        await _send_middle(nc, [(m.subject, m.data, headers(n, m)) for n, m in _middle(chunk)])
-        answer = await ask(last)
-    error = answer.get("error")
-    if isinstance(error, dict):
-        if error.get("err_code") == DUPLICATE_IN_BATCH:
-            return await _one_by_one(nc, stream, chunk, timeout)
-        _refused(error)
-    if error is not None:
-        _refused({"code": 500, "description": f"unexpected error {error!r}"})
-    return _committed(stream, answer, last)
-
-
-def _middle(chunk: Sequence[Message]) -> Iterator[tuple[int, Message]]:
-    """The messages between the first and the last, numbered from 2."""
-    return zip(range(2, len(chunk)), chunk[1:-1], strict=True)
-
-
-# What nats-py checks a header name against; values it trims and rids of CR and LF.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_PLAIN_NAMES = frozenset(
-    {"Nats-Batch-Id", "Nats-Batch-Sequence", "Nats-Msg-Id", "Nats-TTL", "Nats-Batch-Commit"}
-)
-
-
-def frame(subject: str, data: bytes, headers: dict[str, str]) -> bytes | None:
-    """The HPUB frame nats-py's ``publish`` writes for this message, or None if
-    ``publish`` would trim, rewrite or refuse a header or the subject (then it is left
-    to ``publish``)."""
-    if not subject or " " in subject or "\t" in subject or "\r" in subject or "\n" in subject:
-        return None
-    lines = ["NATS/1.0\r\n"]
-    for name, value in headers.items():
-        if name not in _PLAIN_NAMES and not _HEADER_NAME.fullmatch(name):
-            return None
-        if value != value.strip() or "\r" in value or "\n" in value:
-            return None
-        lines.append(f"{name}: {value}\r\n")
-    lines.append("\r\n")
-    head = "".join(lines).encode()
-    size = len(head) + len(data)
-    return b"".join((f"HPUB {subject}  {len(head)} {size}\r\n".encode(), head, data, b"\r\n"))
-
-
-async def _send_middle(nc: NATS, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
-    """Send these plain publishes in order: as frames in one piece where nats-py's
-    buffer takes them, each through ``publish`` otherwise."""
-    buffer = getattr(nc, "_send_command", None)
-    if buffer is None:
-        for subject, data, headers in messages:
-            await nc.publish(subject, data, headers=headers)
-        return
-    if nc.is_closed or nc.is_draining_pubs:
-        raise nats_errors.ConnectionClosedError
-    pieces: list[bytes] = []
-    for subject, data, headers in messages:
-        framed = frame(subject, data, headers) if len(data) <= nc.max_payload else None
-        if framed is not None:
-            pieces.append(framed)
-            continue
-        if pieces:
-            await buffer(b"".join(pieces))
-            pieces = []
-        await nc.publish(subject, data, headers=headers)
-    if pieces:
-        await buffer(b"".join(pieces))
+    for n, message in enumerate(chunk, 1):
+        headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n), **message.headers()}
+        if n == last:
+            headers["Nats-Batch-Commit"] = "1"
+        if n in (1, last):
+            reply = await nc.request(message.subject, message.data, timeout, headers=headers)
+            answer = json.loads(reply.data) if reply.data else {}
+            error = answer.get("error")
+            if error is not None:
+                if error.get("err_code") == DUPLICATE_IN_BATCH:
+                    return await _one_by_one(nc, stream, chunk, timeout)
+                _refused(error)
+            if n == last:
+                return _committed(stream, answer, last)
+        else:
+            await nc.publish(message.subject, message.data, headers=headers)
+    raise AssertionError("unreachable: an empty batch is never sent")
 
 
 def _refused(error: dict[str, object]) -> NoReturn:

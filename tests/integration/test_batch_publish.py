@@ -81,12 +81,11 @@ async def test_more_than_a_thousand_are_chunked_and_kept_in_order(
     assert await _stored(js, DELIVER_STREAM) == [(m.subject, m.data, m.msg_id) for m in messages]
 
 
-async def test_the_middle_of_a_batch_is_stored_with_its_headers_as_published(
+async def test_each_message_of_a_batch_is_stored_with_its_own_headers(
     nats_stack: StackFactory,
 ) -> None:
-    """The middle messages go as frames ``broker.bus.batch`` writes, except one whose
-    header nats-py would trim, which goes through ``publish``: all are stored in order,
-    each with the headers ``publish`` would have stored."""
+    """Every message of a batch keeps its own headers (a link's, a TTL, one nats-py
+    trims), with the batch's sequence, in order."""
     nc = await _relay(nats_stack)
     js = nc.jetstream()
     link = (("Istmo-Link", "partner-a"),)
