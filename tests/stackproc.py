@@ -16,6 +16,7 @@ from pathlib import Path
 from tests.waiting import eventually_sync
 
 ISTMO = str(Path(sys.executable).parent / "istmo")
+READY = "ready; Ctrl-C stops"  # what istmo up prints once it is ready
 
 
 def _port_band() -> tuple[int, int]:
@@ -163,7 +164,8 @@ class UpProcess:
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"istmo up exited: {log_path.read_text()[-2000:]}")
-            return (self.data_dir / "stack.json").exists() and "ready" in log_path.read_text()
+            # The line printed last: "ready" alone is also in words of earlier lines.
+            return (self.data_dir / "stack.json").exists() and READY in log_path.read_text()
 
         try:
             eventually_sync(
@@ -173,13 +175,13 @@ class UpProcess:
                 interval=0.1,
                 context=lambda: self.output,
             )
-        except AssertionError:
-            self.stop()
+            if self.ports.get("nats") == 0 or self.ports.get("http") == 0:
+                info = json.loads((self.data_dir / "stack.json").read_text())
+                self.ports["nats"] = _port_of(info["nats_url"])
+                self.ports["http"] = _port_of(info["nats_monitor_urls"][0])
+        except BaseException:
+            self.stop()  # never a stack left running behind a failed start
             raise
-        if self.ports.get("nats") == 0 or self.ports.get("http") == 0:
-            info = json.loads((self.data_dir / "stack.json").read_text())
-            self.ports["nats"] = _port_of(info["nats_url"])
-            self.ports["http"] = _port_of(info["nats_monitor_urls"][0])
         return self
 
     def _popen(self, log):

@@ -832,7 +832,7 @@ class Stack:
         # (thousands of agencies, two consumers each, were one round trip at a time).
         await _together(*(make_consumers() for _ in range(_CONSUMERS_IN_FLIGHT)))
         log.info(
-            "delivery consumers of %d agencies in step in %.2f s (%d consumers there already)",
+            "delivery consumers of %d agencies in step in %.2f s (%d found in place)",
             len(listed),
             time.perf_counter() - t0,
             len(existing),
