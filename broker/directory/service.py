@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,8 +175,8 @@ def _split(value: str) -> tuple[str, ...]:
 
 def _record(
     a: AgencyRow,
-    signing_rows: list[SigningKeyValues],
-    encryption_rows: list[EncryptionKeyValues],
+    signing_rows: Sequence[SigningKeyValues],
+    encryption_rows: Sequence[EncryptionKeyValues],
 ) -> AgencyRecord:
     signing = [
         SigningKeyRecord(
@@ -381,7 +381,7 @@ class DirectoryService:
             key = (a.id, a.name, a.state, a.communities, a.sector, a.status, sk, ek)
             found = made.get(key)
             if found is None:
-                record = _record(a, list(sk), list(ek))
+                record = _record(a, sk, ek)
                 found = (record, record_bytes(record))
             kept[key] = found
             records[a.id], encoded[a.id] = found

@@ -328,7 +328,7 @@ def test_wrong_type_smuggled_past_the_snapshot_still_denies(bundle: PolicyBundle
     sv["attrs"]["clearance"] = "SECRET"
     smuggled = DirectorySnapshot(  # bypasses build(): no Python checks, no schema
         "0" * 16,
-        _Whole.parsed(cedarpy.Entities.from_json_str(json.dumps(entities))),
+        _Whole(json.dumps(entities), None),  # parsed on first use, without a schema
         good._agencies,
         good._schema_digest,
         EntityIndex.build(entities),
