@@ -22,7 +22,7 @@ from typing import Protocol
 
 from broker.audit import events
 from broker.store.groups import GroupRow, define_group
-from broker.store.registry import AgencyRow, Registry
+from broker.store.registry import AgencyValues, Registry
 from schemas.canonical import canonical_json
 from schemas.directory import AgencyRecord
 from schemas.envelope import GROUP_NAME_PATTERN
@@ -58,7 +58,7 @@ class Roster:
 
 class RosterView(Protocol):
     @property
-    def agency_rows(self) -> Mapping[str, AgencyRow]: ...
+    def agency_rows(self) -> Mapping[str, AgencyValues]: ...
 
     @property
     def records(self) -> Mapping[str, AgencyRecord]: ...
@@ -70,7 +70,7 @@ class RosterView(Protocol):
     def jurisdiction_parents(self) -> Mapping[str, tuple[str, ...]]: ...
 
 
-def _in(a: AgencyRow, code: str, parents: Mapping[str, tuple[str, ...]]) -> bool:
+def _in(a: AgencyValues, code: str, parents: Mapping[str, tuple[str, ...]]) -> bool:
     if a.state == code or (a.state is not None and code in parents.get(a.state, ())):
         return True
     return code in tuple(c for c in a.communities.split(",") if c)

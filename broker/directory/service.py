@@ -39,6 +39,7 @@ from broker.policy.engine import (
 from broker.policy.lint import shorten_error
 from broker.store.registry import (
     AgencyRow,
+    AgencyValues,
     EncryptionKeyValues,
     JurisdictionRow,
     Registry,
@@ -174,7 +175,7 @@ def _split(value: str) -> tuple[str, ...]:
 
 
 def _record(
-    a: AgencyRow,
+    a: AgencyValues,
     signing_rows: Sequence[SigningKeyValues],
     encryption_rows: Sequence[EncryptionKeyValues],
 ) -> AgencyRecord:
@@ -201,6 +202,20 @@ def _record(
     )
 
 
+def _followers(subscriptions: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Each topic's followers, sorted (every topic of ``TOPICS``, followed or not; no
+    other)."""
+    out: dict[str, list[str]] = {t: [] for t in TOPICS}
+    for agency, topics in subscriptions.items():
+        for t in topics:
+            followers = out.get(t)
+            if followers is not None:
+                followers.append(agency)
+    for followers in out.values():
+        followers.sort()
+    return out
+
+
 # What an agency's record is made from: its row's values, its keys' values.
 _RecordKey = tuple[
     str,
@@ -222,7 +237,7 @@ class _View:
     jurisdictions: list[JurisdictionInfo]
     infos: list[AgencyInfo]
     states: set[str]
-    agency_rows: dict[str, AgencyRow]
+    agency_rows: dict[str, AgencyValues]
     subscribers: dict[str, list[str]]
     records: dict[str, AgencyRecord]
     version: str
@@ -239,7 +254,7 @@ class _Rows:
     serial: int
     subscriptions: dict[str, set[str]]
     jurisdictions: list[JurisdictionRow]
-    agencies: list[AgencyRow]
+    agencies: list[AgencyValues]
     signing: dict[str, list[SigningKeyValues]]
     encryption: dict[str, list[EncryptionKeyValues]]
 
@@ -318,7 +333,7 @@ class DirectoryService:
                 serial,
                 registry.subscriptions(),
                 registry.jurisdictions(),
-                registry.agencies(),
+                registry.agency_values(),
                 *registry.keys_by_agency(),
             )
             after = registry.directory_serial()
@@ -367,7 +382,11 @@ class DirectoryService:
             for a in rows
         ]
         bundle = self.bundle
-        snapshot = DirectorySnapshot.build(jurisdictions, infos, bundle, parse=parse)
+        # What the view in force worked out for an agency is kept if its values are the same.
+        previous = self._view.snapshot if self._view is not None else None
+        snapshot = DirectorySnapshot.build(
+            jurisdictions, infos, bundle, parse=parse, previous=previous
+        )
         # Each record encoded once: the digest is canonical_json of the list of them, and
         # every excerpt of this view joins the same bytes. A record whose values are those
         # of the last rebuild is taken from it, made and encoded again only if they
@@ -399,7 +418,7 @@ class DirectoryService:
             infos=infos,
             states={j.code for j in jurisdictions},
             agency_rows={a.id: a for a in rows},
-            subscribers={t: sorted(a for a, ts in subs.items() if t in ts) for t in TOPICS},
+            subscribers=_followers(subs),
             records=records,
             version=version,
             changes=ChangeLog(read.serial, tuple(entries), complete_after),
@@ -448,7 +467,13 @@ class DirectoryService:
             ConfigError: the directory does not fit the candidate's schema.
         """
         return PolicyEngine(
-            bundle, DirectorySnapshot.build(self._jurisdictions, self._infos, bundle)
+            bundle,
+            DirectorySnapshot.build(
+                self._jurisdictions,
+                self._infos,
+                bundle,
+                previous=self._installed_view().snapshot,
+            ),
         )
 
     def candidates(self, topic: str, named: tuple[str, ...]) -> list[str]:

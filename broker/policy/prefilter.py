@@ -23,7 +23,7 @@ so both see the same values. Left to the engine: building that data and deciding
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cedarpy import PolicySet, pst
@@ -31,7 +31,7 @@ from cedarpy import PolicySet, pst
 from broker.policy.lint import NAMESPACE
 from broker.policy.slicing import Uid, references, uid_of
 
-__all__ = ["Prefilter", "ReceiverIndex"]
+__all__ = ["Ancestors", "Prefilter", "ReceiverFacts", "ReceiverIndex", "ancestry"]
 
 _AGENCY = f"{NAMESPACE}::Agency"
 _Json = dict[str, object]
@@ -155,6 +155,71 @@ class Prefilter:
         return kept
 
 
+Ancestors = Callable[[Uid], frozenset[Uid]]
+
+
+def ancestry(entities: Iterable[_Json]) -> Ancestors:
+    """Each uid's ancestors in the parents graph of ``entities``, itself included, each
+    walked once (and kept) the first time it is asked for."""
+    parents: dict[Uid, list[Uid]] = {}
+    for e in entities:
+        uid, raw = uid_of(e["uid"]), e.get("parents")
+        if uid is not None and isinstance(raw, list):
+            parents[uid] = [p for p in map(uid_of, raw) if p]
+    above: dict[Uid, frozenset[Uid]] = {}
+
+    def ancestors(start: Uid) -> frozenset[Uid]:
+        found = above.get(start)
+        if found is None:
+            seen = {start}
+            todo = list(parents.get(start, ()))
+            while todo:
+                up = todo.pop()
+                if up not in seen:
+                    seen.add(up)
+                    todo.extend(parents.get(up, ()))
+            found = above[start] = frozenset(seen)
+        return found
+
+    return ancestors
+
+
+@dataclass(frozen=True)
+class ReceiverFacts:
+    """What the rules read of one agency: its ``clearance``, its ``topics``, and
+    ``within``, every uid it is ``in`` through its parents."""
+
+    ident: str
+    clearance: int
+    topics: frozenset[str]
+    within: frozenset[Uid]
+
+    @classmethod
+    def of(cls, entity: Mapping[str, object], ancestors: Ancestors) -> ReceiverFacts | None:
+        """From an agency's Cedar JSON entity already checked against the schema; None
+        for another entity, or an agency without an int ``clearance`` or a set of string
+        ``topics`` (left out of the index, and so kept as a candidate: Cedar decides it).
+
+        Args:
+            ancestors: of the directory's jurisdictions (``ancestry``).
+        """
+        uid, raw, attrs = uid_of(entity["uid"]), entity.get("parents"), entity.get("attrs")
+        if uid is None or uid[0] != _AGENCY or not isinstance(raw, list):
+            return None
+        if not isinstance(attrs, dict):
+            return None
+        level, follows = attrs.get("clearance"), attrs.get("topics")
+        if type(level) is not int or not isinstance(follows, list):
+            return None
+        if not all(isinstance(t, str) for t in follows):
+            return None
+        within: set[Uid] = set()
+        for parent in map(uid_of, raw):
+            if parent is not None:
+                within |= ancestors(parent)
+        return cls(uid[1], level, frozenset(follows), frozenset(within))
+
+
 @dataclass(frozen=True, eq=False)
 class ReceiverIndex:
     """What the rules read of each agency, from its Cedar entity, precomputed when the
@@ -167,52 +232,24 @@ class ReceiverIndex:
 
     @classmethod
     def build(cls, entities: Sequence[_Json]) -> ReceiverIndex:
-        """From Cedar JSON entities already checked against the schema: an agency without
-        an int ``clearance`` or a set of string ``topics`` is left out (and so kept as a
-        candidate: Cedar decides it)."""
-        parents: dict[Uid, list[Uid]] = {}
-        agencies: list[tuple[str, _Json]] = []
-        for e in entities:
-            uid = uid_of(e["uid"])
-            raw = e.get("parents")
-            if uid is None or not isinstance(raw, list):
-                continue
-            parents[uid] = [p for p in map(uid_of, raw) if p]
-            attrs = e.get("attrs")
-            if uid[0] == _AGENCY and isinstance(attrs, dict):
-                agencies.append((uid[1], attrs))
-        above: dict[Uid, frozenset[Uid]] = {}  # ancestors of a parent, walked once
+        """From Cedar JSON entities already checked against the schema (an agency
+        ``ReceiverFacts.of`` leaves out is kept as a candidate: Cedar decides it)."""
+        ancestors = ancestry(entities)
+        facts = (ReceiverFacts.of(e, ancestors) for e in entities)
+        return cls.assemble(f for f in facts if f is not None)
 
-        def ancestors(start: Uid) -> frozenset[Uid]:
-            found = above.get(start)
-            if found is None:
-                seen = {start}
-                todo = list(parents.get(start, ()))
-                while todo:
-                    up = todo.pop()
-                    if up not in seen:
-                        seen.add(up)
-                        todo.extend(parents.get(up, ()))
-                found = above[start] = frozenset(seen)
-            return found
-
+    @classmethod
+    def assemble(cls, facts: Iterable[ReceiverFacts]) -> ReceiverIndex:
+        """From each agency's facts (a rebuild keeps those of agencies that did not
+        change)."""
         clearance: dict[str, int] = {}
         topics: dict[str, frozenset[str]] = {}
         shared: dict[frozenset[str], frozenset[str]] = {}
         members: dict[Uid, set[str]] = {}
-        for ident, attrs in agencies:
-            level, follows = attrs.get("clearance"), attrs.get("topics")
-            if type(level) is not int or not isinstance(follows, list):
-                continue
-            if not all(isinstance(t, str) for t in follows):
-                continue
-            clearance[ident] = level
-            followed = frozenset(follows)
-            topics[ident] = shared.setdefault(followed, followed)  # a few distinct sets
-            reached: set[Uid] = set()
-            for parent in parents[(_AGENCY, ident)]:
-                reached |= ancestors(parent)
-            for up in reached:
-                members.setdefault(up, set()).add(ident)
+        for f in facts:
+            clearance[f.ident] = f.clearance
+            topics[f.ident] = shared.setdefault(f.topics, f.topics)  # a few distinct sets
+            for up in f.within:
+                members.setdefault(up, set()).add(f.ident)
         frozen = {uid: frozenset(ids) for uid, ids in members.items()}
         return cls(clearance, topics, frozen)

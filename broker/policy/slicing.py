@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from cedarpy import pst
 
-__all__ = ["EntityIndex", "Uid", "literals", "references", "uid_of"]
+__all__ = ["EntityIndex", "Uid", "entity_text", "literals", "references", "uid_of"]
 
 Uid = tuple[str, str]  # (entity type with its namespace, id), e.g. ("Istmo::Agency", "gt-police")
 _Json = dict[str, object]
@@ -66,7 +66,8 @@ def _direct(entity: Mapping[str, object]) -> list[Uid]:
     return found + list(references(entity.get("attrs")))
 
 
-_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+# A Cedar JSON entity's compact text, as the whole directory's list holds it.
+entity_text = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,6 +146,6 @@ class EntityIndex:
         for uid in uids:
             text = self._texts.get(uid)
             if text is None:
-                text = self._texts[uid] = _ENCODE(self._lookup(uid))
+                text = self._texts[uid] = entity_text(self._lookup(uid))
             parts.append(text)
         return "[" + ",".join([*parts, *extra]) + "]"

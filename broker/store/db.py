@@ -136,7 +136,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 # ---------------------------------------------------------------------- errors
-def store_error(doing: str, exc: SQLAlchemyError) -> AuditStoreError:
+def store_error(doing: str, exc: Exception) -> AuditStoreError:
     """``exc`` as the store's error: what was being done and the error's class (never its
     text, which may hold the statement's parameters)."""
     return AuditStoreError(f"the store refused {doing}: {type(exc).__name__}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, Integer, event, text
+from sqlalchemy import BigInteger, Integer, Select, event, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -39,6 +39,7 @@ from broker.store.db import (
     make_engine,
     open_schema,
     sqlite_path,
+    store_error,
     store_errors,
 )
 from broker.store.forwards import ForwardRequestRow
@@ -67,6 +68,7 @@ OUTBOX_LOCK = 0x49_53_54_4F  # "ISTO": pg_advisory_xact_lock key of audit-event 
 __all__ = [
     "AgencyRow",
     "AgencySetRow",
+    "AgencyValues",
     "AuditRow",
     "BulletinRow",
     "DecisionRecordRow",
@@ -140,6 +142,19 @@ class EncryptionKeyRow(SQLModel, table=True):
     public: str = Field(max_length=2048)
     created_at: int = Field(sa_type=BIGINT)
     current: bool = True
+
+
+class AgencyValues(NamedTuple):
+    """An ``AgencyRow``'s values, without its ORM object (``agency_values``)."""
+
+    id: str
+    name: str
+    sector: str
+    status: str
+    clearance: int
+    state: str | None
+    communities: str
+    min_source_grade: str | None
 
 
 class SigningKeyValues(NamedTuple):
@@ -410,6 +425,24 @@ def default_broker_dir(url: str) -> Path | None:
     return None if path is None else path.parent / "broker"
 
 
+def _driver_rows(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
+    """The rows of ``query`` as the database driver gives them, plain tuples: a row
+    object each, made and unpacked by SQLAlchemy, was half of a directory rebuild's reads
+    at 10,000 agencies (about 0.2 s). For columns of text and integers only, which need
+    no conversion (a boolean comes as 0 or 1 from SQLite: the caller converts it).
+
+    Raises:
+        AuditStoreError: the database refused.
+    """
+    result = conn.execute(query)
+    try:
+        return list(result.cursor.fetchall())
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise store_error("a read", exc) from exc
+    finally:
+        result.close()
+
+
 class Registry:
     """Directory, bulletins and audit events in one database."""
 
@@ -500,6 +533,16 @@ class Registry:
         with self.session() as s:
             return list(s.exec(select(AgencyRow).order_by(AgencyRow.id)))
 
+    def agency_values(self) -> list[AgencyValues]:
+        """Every agency's values by id, as ``agencies`` gives them but without an ORM
+        object each: a directory rebuild reads them all, and at 10,000 agencies making
+        and reading the objects was a tenth of it."""
+        c = AgencyRow.__table__.c  # type: ignore[attr-defined]
+        columns = [getattr(c, name) for name in AgencyValues._fields]
+        with self.session() as s:
+            rows = _driver_rows(s.connection(), sa_select(*columns).order_by(c.id))
+            return [AgencyValues(*row) for row in rows]
+
     def agency(self, agency_id: str) -> AgencyRow | None:
         with self.session() as s:
             return s.get(AgencyRow, agency_id)
@@ -509,8 +552,9 @@ class Registry:
         every row (about 45,000 at 10,000 agencies), and building an instance of each was
         a quarter of the refresh."""
         out: dict[str, set[str]] = {}
+        c = SubscriptionRow.__table__.c  # type: ignore[attr-defined]
         with self.session() as s:
-            for agency, topic in s.exec(select(SubscriptionRow.agency, SubscriptionRow.topic)):
+            for agency, topic in _driver_rows(s.connection(), sa_select(c.agency, c.topic)):
                 out.setdefault(agency, set()).add(topic)
         return out
 
@@ -540,14 +584,16 @@ class Registry:
         ek = EncryptionKeyRow.__table__.c  # type: ignore[attr-defined]
         with self.session() as s:
             conn = s.connection()
-            for agency, *values in conn.execute(
-                sa_select(sk.agency, sk.kid, sk.public, sk.created_at, sk.revoked_at)
+            for agency, *values in _driver_rows(
+                conn, sa_select(sk.agency, sk.kid, sk.public, sk.created_at, sk.revoked_at)
             ):
                 signing.setdefault(agency, []).append(SigningKeyValues(*values))
-            for agency, *values in conn.execute(
-                sa_select(ek.agency, ek.kid, ek.kem, ek.public, ek.created_at, ek.current)
+            for agency, kid, kem, public, created_at, current in _driver_rows(
+                conn, sa_select(ek.agency, ek.kid, ek.kem, ek.public, ek.created_at, ek.current)
             ):
-                encryption.setdefault(agency, []).append(EncryptionKeyValues(*values))
+                encryption.setdefault(agency, []).append(
+                    EncryptionKeyValues(kid, kem, public, created_at, bool(current))
+                )
         return signing, encryption
 
     def nats_users(self) -> list[NatsUserRow]:

@@ -11,6 +11,7 @@ from broker.directory import service
 from broker.directory.service import DirectoryService
 from broker.policy.engine import PolicyEngine
 from broker.policy.model import BulletinFacts
+from broker.store.registry import AgencyValues, EncryptionKeyValues, SigningKeyValues
 from schemas.labels import Classification, Labels, Tlp
 from tests.api.conftest import Broker
 from tests.waiting import eventually
@@ -130,18 +131,32 @@ def test_a_rebuild_older_than_the_one_in_force_is_dropped(broker: Broker) -> Non
     assert directory.records["sv-police"].status == "active"
 
 
-def test_keys_by_agency_equals_the_per_agency_queries(broker: Broker) -> None:
+def test_the_rebuilds_plain_reads_equal_the_orm_queries(broker: Broker) -> None:
+    """The rows a rebuild reads as the driver gives them (``_driver_rows``) hold the values
+    the ORM objects hold, of the same types (a boolean a bool, also from SQLite)."""
     registry = broker.registry
     signing, encryption = registry.keys_by_agency()
-    agencies = [a.id for a in registry.agencies()]
+    rows = registry.agencies()
+    agencies = [a.id for a in rows]
     assert len(agencies) > 80
+    plain = registry.agency_values()
+    assert [tuple(a) for a in plain] == [
+        tuple(getattr(a, f) for f in AgencyValues._fields) for a in rows
+    ]
+    assert {type(v) for a in plain for v in (a.clearance, a.status)} == {int, str}
     for agency in agencies:
-        assert sorted(k.kid for k in signing.get(agency, [])) == sorted(
-            k.kid for k in registry.signing_keys(agency)
+        assert sorted(signing.get(agency, [])) == sorted(
+            SigningKeyValues(k.kid, k.public, k.created_at, k.revoked_at)
+            for k in registry.signing_keys(agency)
         )
-        assert sorted(k.kid for k in encryption.get(agency, [])) == sorted(
-            k.kid for k in registry.encryption_keys(agency)
+        assert sorted(encryption.get(agency, [])) == sorted(
+            EncryptionKeyValues(k.kid, k.kem, k.public, k.created_at, k.current)
+            for k in registry.encryption_keys(agency)
         )
+        assert all(type(k.current) is bool for k in encryption.get(agency, []))
+    subscriptions = registry.subscriptions()
+    assert sum(map(len, subscriptions.values())) > 80
+    assert all(type(a) is str and type(t) is str for a, ts in subscriptions.items() for t in ts)
     assert set(signing) <= set(agencies) | {"admin"}
     # Every agency's record carries its current encryption key and every signing key.
     record = broker.directory.records["gt-police"]
