@@ -1,11 +1,11 @@
-"""``istmo admin suspend | reinstate | revoke``: an agency's status, changed in the registry
-with its audit event and told to the running stack at once.
+"""``istmo admin suspend | reinstate | revoke``: an agency's status, changed with its audit
+event and applied at once.
 
-Only the registry and the broker's NATS user are opened (``broker.runtime.broker_user``):
-the rest of the data directory (the policy engine, the directory service, the API's token
-keys) would cost most of a second of imports before a suspension takes effect (issue 16).
-A registry still empty gets the demo directory first, as every ``istmo admin`` command
-gives it (``DataDir``).
+With a stack running, the command asks it over NATS (``broker.runtime.status_requests``):
+the stack's registry is open, and the command imports neither the registry's stack nor
+the rest of the data directory, about a second before a suspension takes effect (issue
+16). With none, it writes the registry itself, opening only that; a registry still empty
+gets the demo directory first, as every ``istmo admin`` command gives it (``DataDir``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import asyncio
 
 from broker.cli._common import operator_name, server_parts
 from broker.config import Settings
-from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT, set_agency_status
 from broker.runtime.control import notify_running_stack
-from broker.store.registry import Registry
-from schemas.directory import Status
+from broker.runtime.status_requests import Status, StatusRequest, ask_running_stack
+from schemas.errors import ConfigError
 
 __all__ = ["status_command", "tell_running_stack"]
 
@@ -27,6 +26,26 @@ _STATUS: dict[str, Status] = {"suspend": "suspended", "reinstate": "active", "re
 
 def status_command(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
+    status = _STATUS[args.status_action]
+    request = StatusRequest(args.agency, status, operator_name(), args.note)
+    answer = asyncio.run(ask_running_stack(settings, request))
+    if answer is None:  # no stack runs: the registry is written here
+        return _write_here(settings, request)
+    if answer.error is not None:
+        raise ConfigError(answer.error, code=answer.code)
+    print(f"{args.agency}: {answer.previous} -> {status}")
+    if not answer.applied:
+        print("recorded; the running stack could not apply it to NATS yet (its log says why)")
+        return 1
+    print("the running stack applied it")
+    return 0
+
+
+def _write_here(settings: Settings, request: StatusRequest) -> int:
+    # The registry's stack is imported here only: with a stack running it is not needed.
+    from broker.directory.lifecycle import set_agency_status
+    from broker.store.registry import Registry
+
     registry = Registry(settings.db_url, broker_dir=settings.broker_dir)
     if registry.is_empty():
         registry.close()
@@ -35,14 +54,13 @@ def status_command(args: argparse.Namespace) -> int:
             .DataDir.open(settings, demo=True, out=lambda _line: None)
             .registry
         )
-    status = _STATUS[args.status_action]
     try:
         before = set_agency_status(
-            registry, args.agency, status, actor=operator_name(), note=args.note
+            registry, request.agency, request.status, actor=request.actor, note=request.note
         )
     finally:
         registry.close()
-    print(f"{args.agency}: {before} -> {status}")
+    print(f"{request.agency}: {before} -> {request.status}")
     tell_running_stack(settings)
     return 0
 
@@ -50,6 +68,8 @@ def status_command(args: argparse.Namespace) -> int:
 def tell_running_stack(settings: Settings) -> None:
     """Tell the stack running for ``settings``' data directory that its directory
     changed, and say whether one did."""
+    from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
+
     if asyncio.run(notify_running_stack(settings, CONTROL_DIRECTORY_SUBJECT)):
         print("the running stack applied it")
     else:

@@ -31,7 +31,7 @@ async def notify_running_stack(settings: Settings, subject: str) -> bool:
     url = info.get("nats_url") if info else None
     if not isinstance(url, str):
         return False
-    nc = await connect_broker(settings, url)
+    nc = await connect_broker(settings, url, reconnects=1)  # -1 would wait for ever
     try:
         await nc.publish(subject, b"{}")
         await nc.flush()

@@ -65,7 +65,7 @@ from broker.bus.streams import (
 from broker.clock import SYSTEM_CLOCK
 from broker.config import Settings
 from broker.directory.keylog import backfill_key_entries
-from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT
+from broker.directory.lifecycle import CONTROL_DIRECTORY_SUBJECT, set_agency_status
 from broker.directory.policy_sets import CONTROL_POLICY_SUBJECT, adopt
 from broker.directory.service import DirectoryService
 from broker.policy.engine import PolicyBundle
@@ -83,6 +83,12 @@ from broker.runtime.claim import (
 from broker.runtime.datadir import DataDir
 from broker.runtime.stackfile import STACK_FILE, read_stack_file
 from broker.runtime.statenodes import DEFAULT_LEAF_PORT, StateNodes
+from broker.runtime.status_requests import (
+    STATUS_REQUEST_QUEUE,
+    STATUS_REQUEST_SUBJECT,
+    StatusAnswer,
+    StatusRequest,
+)
 from broker.store.db import display_url
 from broker.store.groups import delivery_epochs
 from broker.store.registry import Registry
@@ -426,7 +432,13 @@ class Stack:
                 directory_sub = await nc.subscribe(
                     CONTROL_DIRECTORY_SUBJECT, cb=self._reload_nats(server, nc)
                 )
+                status_sub = await nc.subscribe(
+                    STATUS_REQUEST_SUBJECT,
+                    queue=STATUS_REQUEST_QUEUE,
+                    cb=self._status_requests(server, nc),
+                )
                 await self._serve(nc, stop, with_relay, server, with_sequencer)
+                await status_sub.unsubscribe()
                 await directory_sub.unsubscribe()
             finally:
                 if self.state_nodes is not None:
@@ -630,6 +642,49 @@ class Stack:
         directory.use_bundle(PolicyBundle.load(done.archived_at))
         await nc.publish(CONTROL_POLICY_SUBJECT, b"{}")  # relays in other processes
         return done.previous or "", done.version
+
+    def _status_requests(
+        self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS
+    ) -> Callable[[Msg], Awaitable[None]]:
+        """Answer an operator's ``istmo admin suspend | reinstate | revoke``
+        (``broker.runtime.status_requests``)."""
+
+        async def on_request(msg: Msg) -> None:
+            answer = await self.change_status(server, nc, msg.data)
+            if msg.reply:
+                await msg.respond(answer.encode())
+
+        return on_request
+
+    async def change_status(
+        self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS, data: bytes
+    ) -> StatusAnswer:
+        """Record the status change ``data`` asks for (``StatusRequest``) with its audit
+        event, and apply it as the HTTP API does: NATS first, then the directory and every
+        other process. A refused request changes nothing."""
+        try:
+            req = StatusRequest.parse(data)
+            previous = await asyncio.to_thread(
+                set_agency_status,
+                self._opened()[0],
+                req.agency,
+                req.status,
+                actor=req.actor,
+                note=req.note,
+            )
+        except IstmoError as exc:  # a bad request, no such change, the store refused
+            log.warning("status request refused: %s", exc)
+            return StatusAnswer(error=str(exc)[:300], code=exc.code)
+        except Exception:  # a bug: answer, so the command does not wait for nothing
+            log.exception("status request failed")
+            return StatusAnswer(error="the stack failed; its log says why", code="internal")
+        log.info("agency %s: %s -> %s by %s", req.agency, previous, req.status, req.actor)
+        try:
+            await self.apply_directory_change(server, nc)
+        except IstmoError as exc:
+            log.error("agency %s: recorded, but not applied to NATS yet: %s", req.agency, exc)
+            return StatusAnswer(previous=previous, applied=False)
+        return StatusAnswer(previous=previous, applied=True)
 
     def _reload_nats(
         self, server: NatsServer | NatsCluster | ExternalNats, nc: NATS

@@ -8,8 +8,13 @@ import sqlite3
 import time
 from pathlib import Path
 
+import nats.errors
 import pytest
 
+from broker.cli._common import operator_name
+from broker.config import Settings
+from broker.runtime.broker_user import connect_broker
+from broker.runtime.status_requests import STATUS_REQUEST_SUBJECT, StatusAnswer
 from clients.sdk import IstmoClient
 from tests.stackproc import UpProcess, run_cli
 from tests.waiting import eventually
@@ -93,14 +98,83 @@ def test_suspended_agency_loses_its_connection_and_keeps_its_deliveries(up: UpPr
     assert ids == [held_id]  # held while suspended, delivered now; nothing decided during it
 
     db = sqlite3.connect(d / "istmo.db", timeout=60)
-    kinds = [
-        r[0]
-        for r in db.execute(
-            "SELECT type FROM audit_event WHERE subject='hn-police'"
-            " AND type IN ('agency.suspended', 'agency.reinstated') ORDER BY seq"
-        )
+    events = db.execute(
+        "SELECT type, actor FROM audit_event WHERE subject='hn-police'"
+        " AND type IN ('agency.suspended', 'agency.reinstated') ORDER BY seq"
+    ).fetchall()
+    # Made by the running stack at the command's request, in the operator's name.
+    assert events == [
+        ("agency.suspended", operator_name()),
+        ("agency.reinstated", operator_name()),
     ]
-    assert kinds == ["agency.suspended", "agency.reinstated"]
+
+
+def _status_events(d: Path) -> list[tuple[str, str]]:
+    db = sqlite3.connect(d / "istmo.db", timeout=60)
+    try:
+        return db.execute(
+            "SELECT type, subject FROM audit_event WHERE type LIKE 'agency.%' ORDER BY seq"
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def test_a_status_request_the_stack_cannot_take_changes_nothing(up: UpProcess) -> None:
+    """Asked over NATS as the broker's own user (as the command asks): every bad request
+    gets an answer naming what is wrong, and neither a change nor an audit event."""
+    d = up.data_dir
+    before = _status_events(d)
+    good = {"agency": "gt-police", "status": "suspended", "actor": "local:test", "note": ""}
+    bad = [
+        (b"not json", "JSON object"),
+        (json.dumps({**good, "status": "frozen"}).encode(), "status is one of"),
+        (json.dumps({**good, "agency": "GT.police"}).encode(), "invalid agency id"),
+        (json.dumps({**good, "note": "x" * 201}).encode(), "at most 200"),
+        (json.dumps({**good, "actor": ""}).encode(), "actor is a name"),
+        (json.dumps({**good, "extra": 1}).encode(), "holds agency, status"),
+        (b"{" + b" " * 4096 + b"}", "at most 2048 bytes"),
+        (json.dumps({**good, "agency": "xx-nobody"}).encode(), "no such agency"),
+        (json.dumps({**good, "status": "active"}).encode(), "already active"),
+    ]
+
+    async def ask_all() -> list[StatusAnswer]:
+        settings = Settings.from_env(data_dir=d)
+        nc = await connect_broker(settings, up.nats_url, reconnects=1)
+        try:
+            return [
+                StatusAnswer.parse((await nc.request(STATUS_REQUEST_SUBJECT, b, timeout=30)).data)
+                for b, _ in bad
+            ]
+        finally:
+            await nc.close()
+
+    for answer, (_, said) in zip(asyncio.run(ask_all()), bad, strict=True):
+        assert answer.previous is None
+        assert answer.error is not None
+        assert said in answer.error
+    assert _status_events(d) == before
+    shown = run_cli("admin", "agency", "show", "gt-police", data_dir=d).stdout
+    assert "(police, active)" in shown
+
+
+def test_an_agency_cannot_ask_for_a_status_change(up: UpProcess) -> None:
+    """An agency's NATS user reaches no one on the stack's control subjects."""
+    d = up.data_dir
+    before = _status_events(d)
+    wanted = {"agency": "gt-police", "status": "revoked", "actor": "local:jm", "note": ""}
+
+    async def ask() -> None:
+        client = await IstmoClient.connect(d / "keys" / "jm-police.json", up.nats_url)
+        try:
+            with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+                await client._nc.request(
+                    STATUS_REQUEST_SUBJECT, json.dumps(wanted).encode(), timeout=3
+                )
+        finally:
+            await client.close()
+
+    asyncio.run(ask())
+    assert _status_events(d) == before
 
 
 def test_admin_errors_are_one_line(up: UpProcess) -> None:
@@ -192,3 +266,23 @@ def test_protected_keystore_from_the_command_line(up: UpProcess, tmp_path: Path)
         capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env, check=False,
     )  # fmt: skip
     assert "no bulletin of yours" in status.stderr  # it connected and asked
+
+
+def test_without_a_running_stack_the_command_writes_the_registry(tmp_path: Path) -> None:
+    """No stack: the command records the change itself; a stack recorded as running whose
+    NATS is gone (it crashed) does not hold the command up, and the change is kept."""
+    d = tmp_path / "istmo"
+    assert run_cli("admin", "agency", "list", data_dir=d).returncode == 0  # the demo directory
+    r = run_cli("admin", "suspend", "gt-police", "--note", "no stack", data_dir=d)
+    assert r.returncode == 0, r.stderr
+    assert "gt-police: active -> suspended" in r.stdout
+    assert "no running stack for this data directory" in r.stdout
+    (d / "stack.json").write_text(json.dumps({"nats_url": "nats://127.0.0.1:1"}))
+    r = run_cli("admin", "reinstate", "gt-police", data_dir=d)
+    assert r.returncode == 1
+    assert "gt-police: suspended -> active" in r.stdout
+    assert "NATS is not reachable at nats://127.0.0.1:1" in r.stderr
+    assert _status_events(d)[-2:] == [
+        ("agency.suspended", "gt-police"),
+        ("agency.reinstated", "gt-police"),
+    ]
