@@ -22,8 +22,10 @@ mode for large directories). Measured:
   * the time for a suspension to take effect in NATS (``suspend_effective_s``): with that
     agency connected, from the start of ``istmo admin suspend`` (a CLI process, as an
     administrator runs it) until nats-server has closed its connection and refuses a new
-    one; ``suspend_cli_s`` is the CLI process's own time, and ``suspend_after_record_s``
-    the stack's part: from the command saying it recorded the change until then;
+    one; ``suspend_cli_s`` is the CLI process's own time (it ends when the running stack
+    answers that it applied the change), ``suspend_after_record_s`` the stack's part: from
+    the time of the change's audit event (the stack's clock, this machine's) until then,
+    and ``suspend_applied`` what the stack logged of applying it;
   * peak RSS of the relay and ``istmo up`` processes.
 Then SIENA's 2023 volume (1.79 million bulletins) is extrapolated from the relay rate
 with 2 processes (or 1, doubled at best, where 2 were not run).
@@ -43,6 +45,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -194,36 +197,29 @@ async def _suspend(
     argv = [ISTMO, "admin", "suspend", agency, "--note", "bench", "--data-dir", str(stack.data_dir)]
     if stack.policy_dir is not None:
         argv += ["--policy-dir", str(stack.policy_dir)]
-    t0 = time.perf_counter()
+    before = len(_applied(stack))
+    t0, t0_wall = time.perf_counter(), time.time()
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # its lines as it prints them
     )
     exited: list[float] = []
-    waiter = asyncio.create_task(proc.wait())
+    waiter = asyncio.create_task(proc.communicate())
     waiter.add_done_callback(lambda _t: exited.append(time.perf_counter()))
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    committed_at = None  # when it said the change is recorded ("<agency>: active -> ...")
-    while committed_at is None:
-        line = await asyncio.wait_for(proc.stdout.readline(), 120)
-        if not line:
-            break
-        if b" -> " in line:
-            committed_at = time.perf_counter()
-    if committed_at is None:
-        said = (await proc.stderr.read()).decode(errors="replace")[-600:]
-        await waiter
-        await held.close()
-        return {"suspend_error": f"istmo admin suspend failed: {said}"}
+    # Watched from the start: the command ends only once the stack has applied the change
+    # and rebuilt its directory. Its connection is watched until nats-server closes it
+    # (cheap), then new connections are tried until one is refused.
     deadline = time.monotonic() + 30
     closed_at = refused_at = None
     while closed_at is None or refused_at is None:
+        if waiter.done() and proc.returncode != 0:
+            _out, err = waiter.result()
+            await held.close()
+            return {"suspend_error": f"istmo admin suspend failed: {err.decode()[-600:]}"}
         if closed_at is None and not held.is_connected:
             closed_at = time.perf_counter()
-        if refused_at is None:
+        if closed_at is not None and refused_at is None:
             try:
                 await (await _dial(stack, agency, seed, user_jwt)).close()
             except (OSError, TimeoutError, nats.errors.Error):
@@ -236,16 +232,37 @@ async def _suspend(
                 "suspend_error": "not in effect within 30 s "
                 f"(closed: {closed_at is not None}, refused: {refused_at is not None})",
             }
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.01)
     await held.close()
     await waiter
     effective = max(closed_at, refused_at)
-    return {
+    out: dict[str, object] = {
         "suspend_cli_s": round(exited[0] - t0, 3),
         "suspend_effective_s": round(effective - t0, 3),
-        # The stack's part: from the command's recorded change until NATS enforced it.
-        "suspend_after_record_s": round(effective - committed_at, 3),
     }
+    recorded_ms = _recorded_ms(stack, agency)
+    if recorded_ms is not None:
+        # The stack's part: from the change's audit event until NATS enforced it.
+        out["suspend_after_record_s"] = round(effective - t0 + t0_wall - recorded_ms / 1000, 3)
+    applied = _applied(stack)
+    if len(applied) > before:
+        out["suspend_applied"] = applied[-1]
+    return out
+
+
+def _recorded_ms(stack: BenchStack, agency: str) -> int | None:
+    """When the stack's registry recorded ``agency``'s suspension (its audit event's time,
+    epoch ms), read from its SQLite database."""
+    db = sqlite3.connect(stack.data_dir / "istmo.db", timeout=30)
+    try:
+        row = db.execute(
+            "SELECT time FROM audit_event WHERE type = 'agency.suspended' AND subject = ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (agency,),
+        ).fetchone()
+    finally:
+        db.close()
+    return int(row[0]) if row else None
 
 
 async def _quiet(_exc: Exception) -> None:
