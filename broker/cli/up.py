@@ -44,7 +44,9 @@ def up_command(args: argparse.Namespace) -> int:
         leaf_port=args.leaf_port,
     )
     stack.claim()  # lock, ports, a stale nats-server: before anything is written
-    stack.prepare(demo=not join)  # a region's directory is its administrators', never the demo
+    # A region's directory is its administrators', never the demo; the directory itself is
+    # built while nats-server starts.
+    stack.prepare(demo=not join, directory_later=True)
     witnesses = server_parts("runtime.witnesses")
     local = None
     if args.witnesses:
