@@ -8,7 +8,6 @@ is the same every time; about 25 cases per operation keep it well under a minute
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def api_schema(broker: Broker) -> Any:
+def api_schema(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from broker.runtime.app import create_app
 
     # Generous rate limits: the run is hundreds of calls a second from one caller.
@@ -63,7 +62,7 @@ def api_schema(broker: Broker) -> Any:
         limits=limits,
         allowed_hosts=(SCHEMATHESIS_HOST,),
     )
-    archive = Settings(data_dir=Path(tempfile.mkdtemp(prefix="istmo-adopt-")))
+    archive = Settings(data_dir=tmp_path_factory.mktemp("adopt"))  # pytest removes it
 
     async def adopt_hook(root: Path, who: str) -> tuple[str, str]:
         # The real adoption path (validate, archive, audit), without switching the engine:
