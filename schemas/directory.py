@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from schemas.agency_status import Status
 from schemas.canonical import b64d, b64e, canonical_json
 from schemas.envelope import Kid, Timestamp, parse_model
 from schemas.errors import SignatureError
@@ -61,7 +62,6 @@ SECTORS: tuple[Sector, ...] = (
     "regional-centre",
     "auditor",
 )
-Status = Literal["active", "suspended", "revoked"]
 PublicB64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]*={0,2}$", max_length=4096)]
 MAX_EXCERPT_BYTES = 8 * 1024 * 1024
 # Agencies one DirectoryChanges names at most; more changed, and it says "all" (None).

@@ -16,7 +16,8 @@ import asyncio
 from broker.cli._common import operator_name, server_parts
 from broker.config import Settings
 from broker.runtime.control import notify_running_stack
-from broker.runtime.status_requests import Status, StatusRequest, ask_running_stack
+from broker.runtime.status_requests import StatusRequest, ask_running_stack
+from schemas.agency_status import Status
 from schemas.errors import ConfigError
 
 __all__ = ["status_command", "tell_running_stack"]

@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from broker.audit import events
 from broker.clock import SYSTEM_CLOCK, Clock
 from broker.store.registry import AgencyRow, Registry, SigningKeyRow
-from schemas.directory import Status
+from schemas.agency_status import Status
 from schemas.errors import ConfigError
 
 __all__ = ["CONTROL_DIRECTORY_SUBJECT", "Status", "revoke_signing_key", "set_agency_status"]

@@ -22,15 +22,16 @@ from broker.policy.bundle import PolicyBundle
 from broker.policy.lint import NAMESPACE, shorten_error
 from broker.policy.model import AgencyInfo, BulletinFacts, JurisdictionInfo
 from broker.policy.prefilter import Ancestors, ReceiverFacts, ReceiverIndex, ancestry
-from broker.policy.slicing import EntityIndex, Uid, entity_text
+from broker.policy.slicing import EntityIndex, Uid, entity_text, uid_of
+from schemas.agency_status import STATUSES
+from schemas.directory import SECTORS
 from schemas.errors import ConfigError
 
 __all__ = ["AGENCY", "DirectorySnapshot", "bulletin_entity", "entity_uid"]
 
 AGENCY = f"{NAMESPACE}::Agency"
 _JURISDICTION = f"{NAMESPACE}::Jurisdiction"
-_SECTORS = frozenset({"police", "military", "foreign", "justice", "regional-centre", "auditor"})
-_STATUSES = frozenset({"active", "suspended", "revoked"})
+_SECTORS = frozenset(SECTORS)
 _GRADE = re.compile(r"[A-F][1-6]")
 
 _Json = dict[str, object]
@@ -78,7 +79,9 @@ class _Part:
 
 
 def _part(entity: _Json) -> tuple[Uid, str, str]:
-    uid = (str(entity["uid"]["type"]), str(entity["uid"]["id"]))  # type: ignore[index]
+    uid = uid_of(entity["uid"])
+    if uid is None:  # every entity here is one this module made
+        raise ConfigError(f"an entity without a uid: {entity['uid']!r:.80}")
     key = json.dumps(entity["uid"], sort_keys=True)
     return uid, key, entity_text(entity)
 
@@ -235,7 +238,7 @@ def _agency_problems(a: AgencyInfo, kinds: Mapping[str, str]) -> list[str]:
     """What Cedar's schema cannot see of an agency: value ranges and references."""
     problems: list[str] = []
     where = f"agency {a.id!r}"
-    if a.sector not in _SECTORS or a.status not in _STATUSES:
+    if a.sector not in _SECTORS or a.status not in STATUSES:
         problems.append(f"{where}: unknown sector or status")
     if not isinstance(a.topics, frozenset) or not isinstance(a.communities, tuple):
         problems.append(f"{where}: topics must be a frozenset, communities a tuple")

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Literal, cast
+from typing import cast
 
 import nats.errors
 
 from broker.config import Settings
-from broker.runtime.broker_user import connect_broker
-from broker.runtime.stackfile import read_stack_file
+from broker.runtime.control import connect_running_stack
+from schemas.agency_status import STATUSES, Status
 from schemas.errors import BusUnavailable, ConfigError, EnvelopeError
 
 __all__ = [
@@ -44,9 +44,6 @@ _MAX_REQUEST = 2048
 _MAX_ACTOR = 200
 # Long enough for a reload of every account in config mode at 10,000 agencies.
 ANSWER_WITHIN_S = 60.0
-
-Status = Literal["active", "suspended", "revoked"]
-_STATUSES: frozenset[str] = frozenset({"active", "suspended", "revoked"})
 
 
 @dataclass(frozen=True)
@@ -84,7 +81,7 @@ class StatusRequest:
             parse_agency_id(agency)
         except EnvelopeError as exc:
             raise ConfigError(str(exc)) from exc
-        if status not in _STATUSES:
+        if status not in STATUSES:
             raise ConfigError("status is one of active, suspended, revoked")
         if not isinstance(actor, str) or not 0 < len(actor) <= _MAX_ACTOR:
             raise ConfigError(f"actor is a name of 1 to {_MAX_ACTOR} characters")
@@ -132,14 +129,13 @@ async def ask_running_stack(
         BusUnavailable: the stack did not answer within ``within_s`` (the change may
             have been made: ``istmo admin agency show`` tells).
     """
-    info = read_stack_file(settings.data_dir)
-    url = info.get("nats_url") if info else None
-    if not isinstance(url, str):
-        return None
     try:
-        nc = await connect_broker(settings, url, reconnects=1)
+        running = await connect_running_stack(settings)
     except BusUnavailable:
         return None  # recorded but gone: written here; telling it then says so
+    if running is None:
+        return None
+    nc, url = running
     try:
         reply = await nc.request(STATUS_REQUEST_SUBJECT, request.encode(), timeout=within_s)
     except nats.errors.NoRespondersError:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
+from schemas.agency_status import Status
 from schemas.audit import EventType
-from schemas.directory import Status
 
 __all__ = ["MAX", "STATUS_EVENT", "KeyUse", "Refusal", "Value", "one_off"]
 

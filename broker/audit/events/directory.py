@@ -10,8 +10,8 @@ from broker.audit.events._common import (
     KeyUse,
     one_off,
 )
+from schemas.agency_status import Status
 from schemas.audit import AuditEvent, DataValue
-from schemas.directory import Status
 from schemas.keylog import key_sha256
 
 __all__ = [
