@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.waiting import eventually_sync
+from tests.warm import run_istmo
 
 ISTMO = str(Path(sys.executable).parent / "istmo")
 READY = "ready; Ctrl-C stops"  # what istmo up prints once it is ready
@@ -131,9 +132,7 @@ def run_cli(*args: str, data_dir: Path, timeout: float = 60, input_: str | None 
     argv = [ISTMO, *args]
     if args and args[0] not in ("--help", "-h"):
         argv += ["--data-dir", str(data_dir)]
-    return subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, input=input_, check=False
-    )
+    return run_istmo(argv, input=input_, timeout=timeout)
 
 
 @dataclass

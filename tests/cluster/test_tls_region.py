@@ -43,6 +43,7 @@ from schemas.subjects import DELIVER_STREAM
 from tests.cluster.conftest import DEPLOY, DeployCluster, deploy_cluster, free_port_run, run
 from tests.stackproc import ISTMO, UpProcess, publish_args
 from tests.waiting import eventually_sync
+from tests.warm import run_istmo
 
 pytestmark = pytest.mark.slow
 
@@ -161,12 +162,9 @@ class TlsRegion:
         if trust is not None:
             env["SSL_CERT_FILE"] = str(trust)
         command, *rest = args
-        return subprocess.run(
+        return run_istmo(
             [ISTMO, command, "--as", str(self.keystore(agency)), *rest],
-            capture_output=True,
-            text=True,
             timeout=timeout,
-            check=False,
             env=env,
             cwd=self.agencies / agency,  # no ./.istmo here: nothing but --nats-url to go by
         )

@@ -18,6 +18,7 @@ from broker.runtime.status_requests import STATUS_REQUEST_SUBJECT, StatusAnswer
 from clients.sdk import IstmoClient
 from tests.stackproc import UpProcess, run_cli
 from tests.waiting import eventually
+from tests.warm import run_istmo
 
 
 @pytest.fixture(scope="module")
@@ -260,10 +261,10 @@ def test_protected_keystore_from_the_command_line(up: UpProcess, tmp_path: Path)
     )
     assert flagged.returncode == 1  # nothing to receive, but it connected
     assert "received 0 of 1" in flagged.stderr
-    status = subprocess.run(
+    status = run_istmo(
         [ISTMO, "status", "--as", "ni-foreign", "--data-dir", str(d), "--passphrase-file",
          str(secret), "00000000-0000-4000-8000-000000000000"],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env, check=False,
+        env=env,
     )  # fmt: skip
     assert "no bulletin of yours" in status.stderr  # it connected and asked
 

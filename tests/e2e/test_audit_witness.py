@@ -32,6 +32,7 @@ from tests import tamper
 from tests.e2e.test_audit_cli import events, one_line_error
 from tests.stackproc import ISTMO, UpProcess, free_port, interrupt, run_cli
 from tests.waiting import eventually_sync
+from tests.warm import run_istmo
 
 # Tens of seconds of stack start-up: run among the first files (tests/conftest.py).
 pytestmark = pytest.mark.slow
@@ -182,10 +183,7 @@ def test_the_forged_history_gets_no_cosignature_and_verify_refuses_it(witnessed)
     assert "holds 2500 entries: it was truncated" in msg
     assert one_line_error(run_cli("audit", "verify", data_dir=data_dir)) == msg
     env = {**os.environ, "ISTMO_AUDIT_WITNESSES": str(data_dir.parent / "trust.json")}
-    by_env = subprocess.run(
-        [ISTMO, "audit", "verify", "--data-dir", str(data_dir)],
-        capture_output=True, text=True, env=env, check=False, timeout=60,
-    )  # fmt: skip
+    by_env = run_istmo([ISTMO, "audit", "verify", "--data-dir", str(data_dir)], env=env)
     assert one_line_error(by_env) == msg
 
     # Regrown to 3000 with other events and signed with the log key: same size, other root.

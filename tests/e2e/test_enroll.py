@@ -17,6 +17,7 @@ import pytest
 from clients.keystore import load_keystore
 from tests.stackproc import ISTMO, UpProcess, run_cli
 from tests.waiting import eventually, eventually_sync
+from tests.warm import run_istmo
 
 AGENCY = "gt-customs"
 PASSPHRASE = "customs passphrase, long enough"
@@ -31,15 +32,7 @@ def up(tmp_path_factory: pytest.TempPathFactory):
 
 def enroll(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """`istmo enroll ARGS` on the agency's machine: no data directory, no terminal."""
-    return subprocess.run(
-        [ISTMO, "enroll", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
+    return run_istmo([ISTMO, "enroll", *args], cwd=cwd)
 
 
 def publish(d: Path, who: str, topic: str) -> dict[str, object]:

@@ -6,13 +6,13 @@ publish through them (and a suspended one would still receive)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.faults.harness import RelayProcess, Target
 from tests.stackproc import ISTMO, UpProcess, publish_args, run_cli
+from tests.warm import run_istmo
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +36,13 @@ def test_an_agency_enrolled_over_http_publishes_through_a_separate_relay(
         machine = tmp_path / "agency"
         machine.mkdir()
         keystore = machine / f"{AGENCY}.json"
-        enrolled = subprocess.run(
+        enrolled = run_istmo(
             [
                 ISTMO, "enroll", "--broker", grant["broker"], "--token", grant["token"],
                 "--directory-kid", grant["directory_kid"], "--out", str(keystore),
                 "--no-passphrase",
             ],
-            capture_output=True, text=True, cwd=machine, timeout=60, check=False,
+            cwd=machine,
         )  # fmt: skip
         assert enrolled.returncode == 0, enrolled.stderr
         # Its keys were registered over HTTP by the API; only the relay decides.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -24,6 +23,7 @@ from clients.sdk import IstmoClient
 from schemas.errors import ConfigError
 from tests.stackproc import ISTMO, UpProcess, publish_args, run_cli
 from tests.waiting import eventually
+from tests.warm import run_istmo
 
 AGENCY = "gt-customs"
 
@@ -84,11 +84,10 @@ def test_an_enrolled_agency_connects_at_once_without_a_reload(
     assert added.returncode == 0, added.stderr
     grant = json.loads(added.stdout)
     keystore = tmp_path / f"{AGENCY}.json"
-    enrolled = subprocess.run(
+    enrolled = run_istmo(
         [ISTMO, "enroll", "--broker", grant["broker"], "--token", grant["token"],
          "--out", str(keystore), "--no-passphrase"],
-        capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL,
-        timeout=60, check=False,
+        cwd=tmp_path,
     )  # fmt: skip
     assert enrolled.returncode == 0, enrolled.stderr
     ks = load_keystore(keystore, None)

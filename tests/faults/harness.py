@@ -59,6 +59,7 @@ from schemas.labels import Classification, Labels, Tlp
 from schemas.sealing import parse_envelope, seal
 from tests.stackproc import pause
 from tests.waiting import eventually, eventually_sync
+from tests.warm import run_istmo
 
 __all__ = [
     "BZ_LABELS",
@@ -180,13 +181,10 @@ async def operator_connect(target: Target) -> Any:
 
 def istmo(target: Target, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``istmo ARGS --data-dir <target>`` as an operator would."""
-    return subprocess.run(
+    return run_istmo(
         [ISTMO, *args, "--data-dir", str(target.data_dir)],
-        capture_output=True,
-        text=True,
         timeout=timeout,
         env=target.subprocess_env(),
-        check=False,
     )
 
 
@@ -725,14 +723,11 @@ def audit_counts(
 
 def audit_verify(target: Target) -> tuple[bool, str]:
     """``istmo audit verify`` on the target's data directory: (passed, its output)."""
-    done = subprocess.run(
+    done = run_istmo(
         # The stacks under fault have no witnesses: the log key's checks are the point here.
         [ISTMO, "audit", "verify", "--trust-log-key-alone", "--data-dir", str(target.data_dir)],
-        capture_output=True,
-        text=True,
         timeout=120,
         env=target.subprocess_env(),
-        check=False,
     )
     return done.returncode == 0, (done.stdout + done.stderr).strip()[-500:]
 

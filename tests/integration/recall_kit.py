@@ -20,6 +20,7 @@ from schemas.labels import Classification, Labels, Precedence, Tlp
 from schemas.subjects import DELIVER_STREAM
 from tests.integration.stack_inproc import nats_url
 from tests.waiting import eventually
+from tests.warm import run_istmo
 
 ISTMO = str(Path(sys.executable).parent / "istmo")
 # gt-police's bulletin releasable to Belize reaches exactly these three (the demo policy).
@@ -117,12 +118,9 @@ async def audit_verifies(data_dir: Path) -> str:
     on a thread: the stack under test shares this event loop)."""
 
     def verify() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        return run_istmo(
             [ISTMO, "audit", "verify", "--trust-log-key-alone", "--data-dir", str(data_dir)],
-            capture_output=True,
-            text=True,
             timeout=120,
-            check=False,
         )
 
     done = await eventually(

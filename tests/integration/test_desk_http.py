@@ -30,6 +30,7 @@ from schemas.labels import Classification, Labels, Precedence, Tlp
 from schemas.natskeys import new_user_seed
 from tests.stackproc import ISTMO, free_port, interrupt
 from tests.waiting import eventually_sync
+from tests.warm import run_istmo
 
 # Tens of seconds of stack start-up: run among the first files (tests/conftest.py).
 pytestmark = pytest.mark.slow
@@ -61,13 +62,7 @@ def bulletin(n: int, **extra: object) -> ReceivedBulletin:
 
 
 def run(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ISTMO, *args, "--passphrase-file", str(data / "pass")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_istmo([ISTMO, *args, "--passphrase-file", str(data / "pass")], timeout=120)
 
 
 @dataclass

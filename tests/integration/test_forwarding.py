@@ -51,6 +51,7 @@ from schemas.sealing import parse_envelope, seal
 from schemas.subjects import ATTACH_STREAM, api_subject, chunk_subject, chunks_prefix
 from tests.integration.recall_kit import BZ, ISTMO, LABELS, audit_verifies, take
 from tests.integration.stack_inproc import client, nats_url, running_stack
+from tests.warm import run_istmo
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -287,10 +288,10 @@ async def forwarded_with_consent(stack: Stack, bid: str, to: str = "jm-police") 
 def istmo_receive(stack: Stack, agency: str, inbox: Path) -> subprocess.CompletedProcess[str]:
     """``istmo receive --save-attachments`` as ``agency``, the real command (this
     checkout's code: it inherits PYTHONPATH), against the stack's data directory."""
-    return subprocess.run(
+    return run_istmo(
         [ISTMO, "receive", "--as", agency, "--data-dir", str(stack.settings.data_dir),
          "--count", "1", "--timeout", "20", "--json", "--save-attachments", str(inbox)],
-        capture_output=True, text=True, timeout=120, check=False,
+        timeout=120,
     )  # fmt: skip
 
 

@@ -48,6 +48,7 @@ from schemas.audit import AuditEvent
 from schemas.errors import AuditStoreError, ConfigError, IstmoError
 from schemas.keys import SigningKey
 from tests.storage_engines import PG_ADMIN_URL, Storage, pg_database
+from tests.warm import run_istmo
 
 _MODELS = (
     broker.directory.admins,
@@ -83,14 +84,7 @@ def events(n: int, tag: str) -> list[AuditEvent]:
 
 
 def istmo(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ISTMO, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, **env},
-    )
+    return run_istmo([ISTMO, *args], timeout=120, env={**os.environ, **env})
 
 
 # ---------------------------------------------------------------------- revisions
