@@ -58,13 +58,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files holding tests marked ``slow`` (fault tests of tens of seconds) run first.
+    """Files holding tests marked ``slow`` (fault tests of tens of seconds) run first, then
+    the other files that start stacks, and the many quick files of pure logic last.
 
-    ``scripts/test`` hands whole files to two pytest-xdist workers in collection order;
-    started last, the slow files left one worker running alone for minutes. The order
-    within a file is kept, and so are module fixtures."""
+    ``scripts/test`` hands whole files to the pytest-xdist workers in collection order;
+    started last, the slow files left one worker running alone for minutes, and with the
+    e2e and integration files after ``tests/core`` (alphabetical) the last tenth of the
+    suite took a third of its time (2026-12-07: 4.8 of 15.3 min). The quick files at the
+    end fill the workers' gaps instead. The order within a file is kept, and so are
+    module fixtures."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: False sorts first
+
+    def rank(item: pytest.Item) -> tuple[bool, bool]:
+        quick = item.path.parent.name in _QUICK_DIRECTORIES
+        return (item.path not in slow_files, quick)  # stable: False sorts first
+
+    items.sort(key=rank)
+
+
+# Directories of tests that start no stack (pure logic, vectors, the bench's own checks).
+_QUICK_DIRECTORIES = frozenset({"core", "vectors", "bench", "interop"})
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.waiting import eventually_sync
-from tests.warm import run_istmo
+from tests.warm import WarmPopen, run_istmo, start_istmo
 
 ISTMO = str(Path(sys.executable).parent / "istmo")
 READY = "ready; Ctrl-C stops"  # what istmo up prints once it is ready
@@ -147,7 +147,7 @@ class UpProcess:
     extra: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)  # ISTMO_* settings for this stack
     ports: dict[str, int] = field(default_factory=dict)
-    proc: subprocess.Popen[str] | None = None
+    proc: subprocess.Popen[str] | WarmPopen | None = None
     log_path: Path | None = None
 
     def start(self, timeout: float = 180) -> UpProcess:
@@ -184,7 +184,7 @@ class UpProcess:
         return self
 
     def _popen(self, log):
-        return subprocess.Popen(
+        return start_istmo(
             [
                 ISTMO,
                 "up",
@@ -198,9 +198,7 @@ class UpProcess:
                 str(self.ports["api"]),
                 *self.extra,
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
+            output=log.fileno(),
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
 

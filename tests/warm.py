@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["run_istmo"]
+__all__ = ["WarmPopen", "run_istmo", "start_istmo"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 _MAX_REQUEST = 1 << 20
@@ -97,6 +97,10 @@ class _Zygote:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                # Its children's stdout and stderr are the zygote's Python objects on new
+                # descriptors: unbuffered, so that a long-running command's lines (``istmo
+                # up``'s "ready") reach its log as they are printed.
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         atexit.register(self.close)
         deadline = time.monotonic() + _START_WITHIN_S
@@ -121,6 +125,26 @@ class _Zygote:
                 cls._this = cls()
             return cls._this
 
+    def fork(self, request: dict[str, object], fds: Sequence[int]) -> tuple[_Lines, int]:
+        """Have a child run ``request`` on ``fds`` (its stdin, stdout, stderr): the
+        connection its exit status will come on, and its pid."""
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lines = _Lines(conn)
+        try:
+            conn.connect(self.path)
+            payload = json.dumps(request).encode()
+            socket.send_fds(conn, [len(payload).to_bytes(4, "big") + payload], list(fds))
+            pid = int(lines.next() or b"0")
+        except BaseException:
+            conn.close()
+            raise
+        if pid <= 0:
+            conn.close()
+            raise RuntimeError(
+                f"the zygote did not start {request['argv']}: {self.log.read_text()}"
+            )
+        return lines, pid
+
     def run(
         self, request: dict[str, object], text_in: str, timeout: float
     ) -> subprocess.CompletedProcess[str]:
@@ -128,19 +152,16 @@ class _Zygote:
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            conn.connect(self.path)
-            payload = json.dumps(request).encode()
-            socket.send_fds(conn, [len(payload).to_bytes(4, "big") + payload], [in_r, out_w, err_w])
+            lines, pid = self.fork(request, (in_r, out_w, err_w))
+        except BaseException:
+            for fd in (in_w, out_r, err_r):
+                os.close(fd)
+            raise
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
-        lines = _Lines(conn)
         try:
-            pid = int(lines.next() or b"0")
-            if pid <= 0:
-                raise RuntimeError(f"the zygote did not start {argv}: {self.log.read_text()}")
             chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
             pumps = [threading.Thread(target=_drain, args=(fd, chunks[fd])) for fd in chunks]
             pumps.append(threading.Thread(target=_feed, args=(in_w, text_in.encode())))
@@ -158,7 +179,7 @@ class _Zygote:
                     argv, timeout, output=_text(chunks[out_r]), stderr=_text(chunks[err_r])
                 ) from None
         finally:
-            conn.close()
+            lines.conn.close()
         for t in pumps:
             t.join()
         if not line:
@@ -166,6 +187,73 @@ class _Zygote:
         return subprocess.CompletedProcess(
             argv, int(line), _text(chunks[out_r]), _text(chunks[err_r])
         )
+
+
+class WarmPopen:
+    """A long-running ``istmo`` command started by the zygote, as much of
+    ``subprocess.Popen`` as the tests use: ``pid``, ``returncode``, ``poll``, ``wait``,
+    ``send_signal``, ``terminate``, ``kill``."""
+
+    def __init__(self, args: list[str], lines: _Lines, pid: int) -> None:
+        self.args, self.pid, self._lines = args, pid, lines
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                self._status(0.0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            try:
+                self._status(timeout)
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
+        assert self.returncode is not None
+        return self.returncode
+
+    def _status(self, timeout: float | None) -> None:
+        line = self._lines.next(timeout)
+        self._lines.conn.close()
+        if not line:
+            raise RuntimeError(f"the tests' zygote lost {self.args} (pid {self.pid})")
+        self.returncode = int(line)
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def start_istmo(
+    argv: Sequence[str], *, output: int, env: Mapping[str, str]
+) -> subprocess.Popen[str] | WarmPopen:
+    """``subprocess.Popen(argv, stdout=output, stderr=STDOUT, env=env)`` for a
+    long-running ``istmo`` command (``istmo up``), from this worker's zygote; standard
+    input empty."""
+    if not warm_enabled():
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(env),
+        )
+    request = {"argv": [str(a) for a in argv], "env": dict(env), "cwd": str(Path.cwd())}
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    try:
+        lines, pid = _Zygote.get().fork(request, (stdin, output, output))
+    finally:
+        os.close(stdin)
+    return WarmPopen(list(request["argv"]), lines, pid)
 
 
 class _Lines:
@@ -179,10 +267,11 @@ class _Lines:
         deadline = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self.buffer:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            if left == 0.0:
-                raise TimeoutError
-            self.conn.settimeout(left)
-            chunk = self.conn.recv(4096)
+            self.conn.settimeout(left)  # 0.0: what has come, without waiting
+            try:
+                chunk = self.conn.recv(4096)
+            except BlockingIOError:
+                raise TimeoutError from None
             if not chunk:
                 line, self.buffer = self.buffer, b""
                 return line
