@@ -26,7 +26,9 @@ mode for large directories). Measured:
     answers that it applied the change), ``suspend_after_record_s`` the stack's part: from
     the time of the change's audit event (the stack's clock, this machine's) until then,
     and ``suspend_applied`` what the stack logged of applying it;
-  * peak RSS of the relay and ``istmo up`` processes.
+  * peak RSS of the relay and ``istmo up`` processes;
+  * with ``ISTMO_BENCH_DIRECTORY_SIZES`` (on demand), ``restart_s``: ``istmo up`` again
+    on the same data directory after an orderly stop.
 Then SIENA's 2023 volume (1.79 million bulletins) is extrapolated from the relay rate
 with 2 processes (or 1, doubled at best, where 2 were not run).
 
@@ -292,6 +294,20 @@ def reload_time(stack: BenchStack, timeout: float = 120) -> float | None:
     return round(time.perf_counter() - t, 3)
 
 
+def restart_time(stack: BenchStack, *, timeout: float) -> float | None:
+    """Seconds for ``istmo up`` to start again on the data directory it made (everything
+    in place: agencies, keystores, accounts, consumers), after an orderly stop, as an
+    operator restarts a deployment; None when it did not start again."""
+    with phase("stop for a restart"):
+        stack.stop()
+    try:
+        stack.start(timeout=timeout)
+    except RuntimeError as exc:
+        print(f"  the stack did not start again: {exc}", flush=True)
+        return None
+    return round(stack.startup_s, 1)
+
+
 async def one_size(ctx: Context, agencies: int) -> dict[str, object]:
     root = ctx.tmp / f"dir-{agencies}"
     policy_dir = write_policy_dir(root / "policies", agencies)
@@ -340,6 +356,8 @@ async def one_size(ctx: Context, agencies: int) -> dict[str, object]:
             with phase("confine a new agency"):
                 row["confine"] = await confine(stack, "bench-new-police")
             stack.sample_peaks()
+            if sizes_asked():
+                row["restart_s"] = restart_time(stack, timeout=float(ctx.pick(240, 400)))
     finally:
         # Its figures are taken: killed (its memory noted first), for an orderly stop of
         # a 3,500-agency stack takes over 30 s that nothing measures.
