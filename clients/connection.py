@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import weakref
 
 import nats
 import nats.errors
@@ -23,9 +24,30 @@ from schemas.errors import BusUnavailable
 from schemas.keystore import KeystoreFile
 from schemas.subjects import inbox_prefix
 
-__all__ = ["RECONNECT_ATTEMPTS", "connect_agency"]
+__all__ = ["RECONNECT_ATTEMPTS", "connect_agency", "connection_lost"]
 
 log = logging.getLogger("istmo.sdk")
+
+# Connections closed because NATS refused the agency's credentials once connected
+# (suspended, revoked or re-enrolled while connected, or just as it connected).
+_REFUSED: weakref.WeakSet[NATS] = weakref.WeakSet()
+
+
+def _refused(nats_url: str, agency: str) -> BusUnavailable:
+    return BusUnavailable(
+        f"NATS at {nats_url} refused {agency}'s credentials "
+        "(suspended, revoked, re-enrolled, or not in this directory)",
+        code="not_authorized",
+    )
+
+
+def connection_lost(nc: NATS, nats_url: str, agency: str) -> BusUnavailable:
+    """What to raise for an operation on ``nc`` that found it closed: refused credentials
+    where that is why (``connect_agency`` closed it), else NATS gone."""
+    if nc in _REFUSED:
+        return _refused(nats_url, agency)
+    return BusUnavailable(f"the connection to NATS at {nats_url} is closed")
+
 
 # Ride out a NATS restart or a cluster's leader election (F-04, F-05): about a minute of
 # attempts, 0.5 s apart, before the client gives up and says the broker is gone.
@@ -61,6 +83,7 @@ async def connect_agency(keystore: KeystoreFile, nats_url: str, *, timeout: floa
         log.log(logging.WARNING if connected else logging.DEBUG, "nats: %s", exc)
         if connected and "authorization violation" in str(exc).lower():
             # Suspended or revoked while connected: retrying cannot help; stop now.
+            _REFUSED.add(connected[0])
             task = asyncio.get_running_loop().create_task(connected[0].close())
             closing.add(task)
             task.add_done_callback(closing.discard)
@@ -92,11 +115,7 @@ async def connect_agency(keystore: KeystoreFile, nats_url: str, *, timeout: floa
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         detail = "; ".join(errors[-1:]) or type(exc).__name__
         if any("authorization violation" in e.lower() for e in errors):
-            raise BusUnavailable(
-                f"NATS at {nats_url} refused {keystore.agency}'s credentials "
-                "(suspended, revoked, re-enrolled, or not in this directory)",
-                code="not_authorized",
-            ) from exc
+            raise _refused(nats_url, keystore.agency) from exc
         raise BusUnavailable(f"broker not running at {nats_url} ({detail})") from exc
     # Once connected, ride out restarts and elections (nats-py reads this per attempt).
     nc.options["max_reconnect_attempts"] = RECONNECT_ATTEMPTS

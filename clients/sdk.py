@@ -38,7 +38,7 @@ from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ValidationError
 
 from clients.attachments import Attachment, download, upload
-from clients.connection import connect_agency
+from clients.connection import connect_agency, connection_lost
 from clients.conversations import reply_labels, rfi_due, split_addressees
 from clients.dedupe import DedupeStore, DedupeWriteError, Record
 from clients.directory_cache import DirectoryCache
@@ -316,6 +316,11 @@ class IstmoClient:
         )
         try:
             await client.listen_for_announcements()
+        except nats.errors.ConnectionClosedError as exc:
+            # Refused just after it was let in (a re-enrolment's reload landing as it
+            # connected), or NATS gone: said as such, not as nats-py's traceback.
+            await client.close()
+            raise connection_lost(nc, nats_url, keystore.agency) from exc
         except BaseException:
             await client.close()
             raise

@@ -20,6 +20,10 @@ from nats.aio.client import Client as NATS
 
 from broker.bus.natsauth import NatsOperator
 from broker.bus.natsjwt import derive_seed, encode_jwt, public_key
+from clients.connection import connect_agency as sdk_connect
+from clients.connection import connection_lost
+from schemas.keys import SigningKey
+from schemas.keystore import new_keystore
 from schemas.natskeys import new_user_seed, user_public_key
 from schemas.subjects import INGEST_STREAM, inbox_prefix, ingest_subject
 from tests.waiting import eventually
@@ -214,3 +218,34 @@ async def test_accounts_come_back_after_a_server_restart(nats_stack: StackFactor
         nc = await stack.connect_agency(agency)
         ack = await nc.jetstream(timeout=2).publish(ingest_subject(agency), b"after restart")
         assert ack.stream == INGEST_STREAM
+
+
+async def test_the_sdk_says_refused_when_a_connection_is_refused_once_made(
+    nats_stack: StackFactory,
+) -> None:
+    """An agency refused just after NATS let it in (a re-enrolment's change landing as it
+    connected; CI once saw `istmo receive` print nats-py's ConnectionClosedError there):
+    the SDK's connection is closed, and what then fails on it says the credentials were
+    refused, not that NATS is gone."""
+    stack = await nats_stack([GT], auth="operator")
+    keystore, _, _ = new_keystore(
+        agency=GT,
+        nats_seed=stack.seeds[GT],
+        directory_key=SigningKey.generate().verify_key,
+        now=int(time.time()),
+    )
+    keystore = keystore.model_copy(update={"nats_jwt": stack.agency_jwt(GT)})
+    nc = await sdk_connect(keystore, stack.url, timeout=5)
+    try:
+        assert str(connection_lost(nc, stack.url, GT)) == (
+            f"the connection to NATS at {stack.url} is closed"
+        )
+        await stack.admit([GT], active=False)
+        await eventually(lambda: nc.is_closed, what="the SDK to close the refused connection")
+        with pytest.raises(nats.errors.ConnectionClosedError):
+            await nc.subscribe("istmo.announce")
+        lost = connection_lost(nc, stack.url, GT)
+        assert lost.code == "not_authorized"
+        assert f"NATS at {stack.url} refused {GT}'s credentials" in str(lost)
+    finally:
+        await nc.close()
