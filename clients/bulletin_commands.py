@@ -242,6 +242,8 @@ async def _withheld_if_known(client: IstmoClient) -> Withheld | None:
     try:
         return await client.withheld(timeout=WITHHELD_TIMEOUT_S)
     except IstmoError as exc:
+        if exc.code == "not_authorized":
+            raise  # NATS refused the agency: that, not "nothing waiting", is the answer
         log.debug("no withheld count (%s)", exc.code)
         return None
 

@@ -143,6 +143,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        closed = _connection_closed(exc)
+        if closed is None:
+            raise
+        print(f"istmo: {closed.diagnostics()}", file=sys.stderr)
+        return 1
+
+
+def _connection_closed(exc: Exception) -> IstmoError | None:
+    """The error to say for nats-py's "connection closed" raised out of a command (NATS
+    refused the agency just after letting it in, or went away): which, in one line
+    instead of a traceback; None for any other exception. nats-py is looked at only if
+    the command loaded it."""
+    errors = sys.modules.get("nats.errors")
+    if errors is None or not isinstance(exc, errors.ConnectionClosedError):
+        return None
+    from clients.connection import connection_closed
+
+    return connection_closed()
 
 
 if __name__ == "__main__":

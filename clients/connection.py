@@ -24,13 +24,14 @@ from schemas.errors import BusUnavailable
 from schemas.keystore import KeystoreFile
 from schemas.subjects import inbox_prefix
 
-__all__ = ["RECONNECT_ATTEMPTS", "connect_agency", "connection_lost"]
+__all__ = ["RECONNECT_ATTEMPTS", "connect_agency", "connection_closed", "connection_lost"]
 
 log = logging.getLogger("istmo.sdk")
 
 # Connections closed because NATS refused the agency's credentials once connected
-# (suspended, revoked or re-enrolled while connected, or just as it connected).
-_REFUSED: weakref.WeakSet[NATS] = weakref.WeakSet()
+# (suspended, revoked or re-enrolled while connected, or just as it connected), and the
+# address each was made to.
+_REFUSED: weakref.WeakKeyDictionary[NATS, tuple[str, str]] = weakref.WeakKeyDictionary()
 
 
 def _refused(nats_url: str, agency: str) -> BusUnavailable:
@@ -41,12 +42,21 @@ def _refused(nats_url: str, agency: str) -> BusUnavailable:
     )
 
 
-def connection_lost(nc: NATS, nats_url: str, agency: str) -> BusUnavailable:
+def connection_lost(nc: NATS, agency: str) -> BusUnavailable:
     """What to raise for an operation on ``nc`` that found it closed: refused credentials
     where that is why (``connect_agency`` closed it), else NATS gone."""
-    if nc in _REFUSED:
-        return _refused(nats_url, agency)
-    return BusUnavailable(f"the connection to NATS at {nats_url} is closed")
+    refused = _REFUSED.get(nc)
+    if refused is not None:
+        return _refused(*refused)
+    return BusUnavailable(f"{agency}'s connection to NATS is closed")
+
+
+def connection_closed() -> BusUnavailable:
+    """For a command that found its connection closed under it, wherever in the SDK: the
+    refusal, if NATS refused one of this process's connections, else NATS gone."""
+    for url, agency in list(_REFUSED.values()):
+        return _refused(url, agency)
+    return BusUnavailable("the connection to NATS was closed", hint="is the broker running?")
 
 
 # Ride out a NATS restart or a cluster's leader election (F-04, F-05): about a minute of
@@ -83,7 +93,7 @@ async def connect_agency(keystore: KeystoreFile, nats_url: str, *, timeout: floa
         log.log(logging.WARNING if connected else logging.DEBUG, "nats: %s", exc)
         if connected and "authorization violation" in str(exc).lower():
             # Suspended or revoked while connected: retrying cannot help; stop now.
-            _REFUSED.add(connected[0])
+            _REFUSED[connected[0]] = (nats_url, keystore.agency)
             task = asyncio.get_running_loop().create_task(connected[0].close())
             closing.add(task)
             task.add_done_callback(closing.discard)

@@ -15,6 +15,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ValidationError
 
+from clients.connection import connection_lost
 from clients.errors import error_for
 from schemas.agency import MAX_ERROR_MESSAGE_CHARS, ApiOp, encode_request
 from schemas.canonical import strict_loads
@@ -47,7 +48,8 @@ async def ask(
 
     Raises:
         BusUnavailable: nobody answered within ``timeout`` (no relay running, or it hung),
-            or the broker answered that it failed (code ``internal``).
+            the broker answered that it failed (code ``internal``), or the connection is
+            closed (code ``not_authorized`` where NATS refused the agency's credentials).
         IstmoError: the broker refused the request: the exception ``clients.errors``
             names for its code (``PolicyDenied``, ``NotFound``, ``EnvelopeError`` ...).
         EnvelopeError: the answer is neither the reply nor an error reply.
@@ -56,6 +58,8 @@ async def ask(
         msg = await nc.request(api_subject(agency, op), encode_request(request), timeout=timeout)
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
         raise BusUnavailable(f"the broker did not answer {op!r} (is the relay running?)") from exc
+    except nats.errors.ConnectionClosedError as exc:
+        raise connection_lost(nc, agency) from exc
     return read_reply(msg.data, reply, op=op)
 
 

@@ -320,7 +320,7 @@ class IstmoClient:
             # Refused just after it was let in (a re-enrolment's reload landing as it
             # connected), or NATS gone: said as such, not as nats-py's traceback.
             await client.close()
-            raise connection_lost(nc, nats_url, keystore.agency) from exc
+            raise connection_lost(nc, keystore.agency) from exc
         except BaseException:
             await client.close()
             raise

@@ -461,7 +461,8 @@ def _zygote_main(path: str) -> NoReturn:
     try:
         _serve(path)
     except _Become as become:
-        _become(become.request, become.fds)
+        request, fds = become.request, become.fds
+    _become(request, fds)  # outside the handler: the command's tracebacks are its own
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ from broker.bus.natsauth import NatsOperator
 from broker.bus.natsjwt import derive_seed, encode_jwt, public_key
 from clients.connection import connect_agency as sdk_connect
 from clients.connection import connection_lost
+from clients.requests import ask
+from schemas.agency import WithheldReply, WithheldRequest
+from schemas.errors import BusUnavailable
 from schemas.keys import SigningKey
 from schemas.keystore import new_keystore
 from schemas.natskeys import new_user_seed, user_public_key
@@ -237,15 +240,17 @@ async def test_the_sdk_says_refused_when_a_connection_is_refused_once_made(
     keystore = keystore.model_copy(update={"nats_jwt": stack.agency_jwt(GT)})
     nc = await sdk_connect(keystore, stack.url, timeout=5)
     try:
-        assert str(connection_lost(nc, stack.url, GT)) == (
-            f"the connection to NATS at {stack.url} is closed"
-        )
+        assert str(connection_lost(nc, GT)) == f"{GT}'s connection to NATS is closed"
         await stack.admit([GT], active=False)
         await eventually(lambda: nc.is_closed, what="the SDK to close the refused connection")
         with pytest.raises(nats.errors.ConnectionClosedError):
             await nc.subscribe("istmo.announce")
-        lost = connection_lost(nc, stack.url, GT)
+        lost = connection_lost(nc, GT)
         assert lost.code == "not_authorized"
         assert f"NATS at {stack.url} refused {GT}'s credentials" in str(lost)
+        # A request to the broker on it (what `istmo receive` asks last) says so too.
+        with pytest.raises(BusUnavailable) as asked:
+            await ask(nc, GT, "withheld", WithheldRequest(), WithheldReply)
+        assert (asked.value.code, str(asked.value)) == (lost.code, str(lost))
     finally:
         await nc.close()
