@@ -54,8 +54,9 @@ def connection_lost(nc: NATS, agency: str) -> BusUnavailable:
 def connection_closed() -> BusUnavailable:
     """For a command that found its connection closed under it, wherever in the SDK: the
     refusal, if NATS refused one of this process's connections, else NATS gone."""
-    for url, agency in list(_REFUSED.values()):
-        return _refused(url, agency)
+    refused = next(iter(list(_REFUSED.values())), None)
+    if refused is not None:
+        return _refused(*refused)
     return BusUnavailable("the connection to NATS was closed", hint="is the broker running?")
 
 

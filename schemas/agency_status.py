@@ -1,7 +1,7 @@
 """An agency's standing in the directory, spelt once.
 
-Kept free of pydantic so that a command which only names a status (``istmo admin
-suspend``, which asks the running stack over NATS) starts without importing the models.
+A literal and its values, no models: the directory's records, the audit events, the
+policy's checks and the running stack's status requests all take them from here.
 """
 
 from __future__ import annotations
