@@ -5,8 +5,11 @@ reading the delivery stream as the relay, and checking the audit log with the re
 from __future__ import annotations
 
 import asyncio
+import io
+import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,5 +131,32 @@ async def audit_verifies(data_dir: Path) -> str:
         until=lambda r: r.returncode == 0 and "wait for the sequencer" not in r.stdout,
         what="istmo audit verify to pass with every event in the log",
         interval=0.3,
+        context=lambda: _sequencer_state(data_dir),
     )
     return done.stdout
+
+
+def _sequencer_state(data_dir: Path) -> str:
+    """What a failed wait for the sequencer names: the events still waiting, and where
+    this event loop's sequencer tasks stand."""
+    db = sqlite3.connect(f"file:{data_dir / 'istmo.db'}?mode=ro", uri=True)
+    try:
+        last = db.execute('SELECT event_seq FROM log_entry ORDER BY "index" DESC LIMIT 1')
+        seq = (last.fetchone() or (0,))[0]
+        waiting = db.execute(
+            "SELECT seq, type, actor, time FROM audit_event WHERE seq > ? ORDER BY seq LIMIT 5",
+            (seq,),
+        ).fetchall()
+        heads = db.execute("SELECT MAX(tree_size), MAX(timestamp) FROM tree_head").fetchone()
+    finally:
+        db.close()
+    tasks = []
+    for t in asyncio.all_tasks():
+        if any(name in repr(t.get_coro()) for name in ("sequence", "keep", "run_elected")):
+            shown = io.StringIO()
+            t.print_stack(limit=4, file=shown)
+            tasks.append(shown.getvalue())
+    return (
+        f"last integrated event {seq}; waiting {waiting}; last head (size, ms) {heads}; "
+        f"now {int(time.time() * 1000)} ms; sequencer tasks: {tasks or 'none'}"
+    )
