@@ -49,6 +49,7 @@ from schemas.forwarding import ForwardDecision, sign_grant
 from schemas.ids import AgencyId, BulletinId
 from schemas.sealing import parse_envelope, seal
 from schemas.subjects import ATTACH_STREAM, api_subject, chunk_subject, chunks_prefix
+from tests.canary import files_holding
 from tests.integration.recall_kit import BZ, ISTMO, LABELS, audit_verifies, take
 from tests.integration.stack_inproc import client, nats_url, running_stack
 from tests.warm import run_istmo
@@ -334,10 +335,7 @@ async def test_a_forward_carries_the_originals_file(stack: Stack, tmp_path: Path
         chunk_subject("gt-police", bid, 0, 0), chunk_subject("gt-police", bid, 0, 1)]  # fmt: skip
     assert await stored_chunk_subjects(stack, "bz-police", str(done.forward_id)) == []
     # And not a byte of the file in clear anywhere in the broker's data directory.
-    found = [
-        p for p in stack.settings.data_dir.rglob("*") if p.is_file() and CANARY in p.read_bytes()
-    ]
-    assert found == []
+    assert files_holding(stack.settings.data_dir, CANARY) == []
     [fwd] = events_of(stack, "bulletin.forwarded", bid)
     assert json.loads(fwd.data)["files"] == 1
     assert await audit_verifies(stack.settings.data_dir)
