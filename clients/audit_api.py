@@ -8,14 +8,13 @@ served (bytes, hashes, lists of heads), and ``clients.log_verifier`` and
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from clients.oauth import IstmoHttp, TokenRefused
+from clients.oauth import IstmoHttp, TokenRefused, waiting_out_rate_limits
 from schemas.canonical import b64d
 from schemas.errors import ConfigError, EnvelopeError, IstmoError
 from schemas.keys import VerifyKey
@@ -34,8 +33,6 @@ __all__ = [
 
 DEFAULT_ORIGIN = "istmo.local/audit"  # the log's name in its tree heads (broker.audit.sequencer)
 PAGE = 1000  # entries and heads per request: the API's cap
-_MAX_RETRIES = 8  # on 429, each after Retry-After (at most _MAX_WAIT_S)
-_MAX_WAIT_S = 10.0
 
 
 class LogAltered(IstmoError):
@@ -84,25 +81,18 @@ class AuditApi:
         self.base_url = http.base_url
 
     async def _get(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
-        for _ in range(_MAX_RETRIES):
-            try:
-                response = await self.http.request("GET", path, params=params)
-            except TokenRefused as exc:
-                if exc.code != "invalid_scope":
-                    raise
-                raise TokenRefused(
-                    f"{exc}: reading the audit log needs an auditor's keystore (scope audit:read)",
-                    code=exc.code,
-                    status=exc.status,
-                ) from exc
-            if response.status_code != 429:
-                return response
-            try:
-                wait = float(response.headers.get("Retry-After", "1"))
-            except ValueError:
-                wait = 1.0
-            await asyncio.sleep(min(max(wait, 0.1), _MAX_WAIT_S))
-        return response
+        try:
+            return await waiting_out_rate_limits(
+                lambda: self.http.request("GET", path, params=params)
+            )
+        except TokenRefused as exc:
+            if exc.code != "invalid_scope":
+                raise
+            raise TokenRefused(
+                f"{exc}: reading the audit log needs an auditor's keystore (scope audit:read)",
+                code=exc.code,
+                status=exc.status,
+            ) from exc
 
     async def json(self, path: str, **params: Any) -> Any:
         """GET ``path``: the JSON body of a 200, ``ApiError`` otherwise."""

@@ -24,6 +24,7 @@ import ipaddress
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -46,12 +47,38 @@ __all__ = [
     "client_assertion",
     "token_endpoint",
     "token_form",
+    "waiting_out_rate_limits",
 ]
 
 TOKEN_PATH = "/v1/token"  # noqa: S105  # a URL path, not a secret
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME_S = 60
 REFRESH_MARGIN_S = 30.0
+# A 429 is asked again after its Retry-After, this many times at most, each wait at most
+# RATE_LIMIT_MAX_WAIT_S (a longer one is the caller's to decide: the 429 is returned).
+RATE_LIMIT_RETRIES = 8
+RATE_LIMIT_MAX_WAIT_S = 10.0
+
+
+async def waiting_out_rate_limits(
+    send: Callable[[], Awaitable[httpx.Response]],
+) -> httpx.Response:
+    """``send()``'s response, sent again after the server's ``Retry-After`` while it
+    answers 429 Too Many Requests (each wait at most ``RATE_LIMIT_MAX_WAIT_S``,
+    ``RATE_LIMIT_RETRIES`` times); the last response otherwise, whatever its status."""
+    response = await send()
+    for _ in range(RATE_LIMIT_RETRIES):
+        if response.status_code != 429:
+            return response
+        try:
+            wait = float(response.headers.get("Retry-After", "1"))
+        except ValueError:
+            wait = 1.0
+        if not 0 <= wait <= RATE_LIMIT_MAX_WAIT_S:
+            return response
+        await asyncio.sleep(max(wait, 0.1))
+        response = await send()
+    return response
 
 
 class ApiError(IstmoError):
@@ -236,9 +263,15 @@ class IstmoHttp:
             return self._token.value
 
     async def _fetch(self) -> CachedToken:
-        form = token_form(self.keystore, self.audience, now=int(time.time()), scope=self.scope)
+        def ask() -> Awaitable[httpx.Response]:
+            # A fresh assertion each time: the broker may hold its id as used.
+            form = token_form(self.keystore, self.audience, now=int(time.time()), scope=self.scope)
+            return self._send("POST", self.base_url + TOKEN_PATH, data=form)
+
         asked = time.monotonic()
-        response = await self._send("POST", self.base_url + TOKEN_PATH, data=form)
+        # Commands that run one after another each ask for a token: a burst the token
+        # endpoint's rate limit answers with a short Retry-After.
+        response = await waiting_out_rate_limits(ask)
         if response.status_code != 200:
             code, detail = _problem(response)
             raise TokenRefused(detail, code=code, status=response.status_code)

@@ -108,3 +108,29 @@ async def test_admin_reads_agencies(make_app: AppFactory, broker: Broker) -> Non
     async with connect(make_app()) as c, http(c, broker, "admin") as api:
         page = await api.get("/v1/agencies", limit=2)
         assert [a["id"] for a in page["agencies"]] == ["ag-foreign", "ag-justice"]
+
+
+async def test_a_token_asked_for_too_often_waits_out_a_short_retry_after(
+    make_app: AppFactory, broker: Broker
+) -> None:
+    """Commands run one after another each ask for a token: past the burst, the one that
+    meets a 429 with a short Retry-After waits it out; a long one is the caller's error."""
+    from broker.api.guard import ApiLimits
+    from tests.api.conftest import connect
+
+    before = broker.last_seq()
+    async with connect(make_app(limits=ApiLimits(token_rate_per_min=60, token_burst=1))) as c:
+        first, second = http(c, broker, "sv-police"), http(c, broker, "sv-police")
+        await first.token()
+        asked = time.monotonic()
+        await second.token()  # refused once (retry in 1 s), then issued
+        assert time.monotonic() - asked >= 0.9
+        assert 'istmo_rate_limited_total{limit="token"} 1.0' in (await c.get("/metrics")).text
+    assert len(broker.audit("token.issued", after=before)) == 2
+    async with connect(make_app(limits=ApiLimits(token_rate_per_min=1, token_burst=1))) as c:
+        await http(c, broker, "sv-justice").token()
+        asked = time.monotonic()
+        with pytest.raises(TokenRefused) as refused:
+            await http(c, broker, "sv-justice").token()  # retry in 60 s: not waited
+        assert (refused.value.status, refused.value.code) == (429, "rate_limited")
+        assert time.monotonic() - asked < 30
