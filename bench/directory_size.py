@@ -5,7 +5,10 @@ For each size, a synthetic directory with the structure of ``policies/directory.
 makes a keystore, NATS user and durable consumer for every agency), in NATS operator
 mode (``NATS_AUTH``, ADR 0013: agencies' accounts are JWTs pushed to nats-server, the
 mode for large directories). Measured:
-  * stack start-up time;
+  * stack start-up time: ``startup_s`` until ``istmo up`` says it is ready, and
+    ``consumers_made_s`` until every agency's delivery consumers exist (past 1,000
+    agencies a fresh start makes most of them once it is up, ADR 39; everything after
+    is measured once they all exist);
   * recipient resolution in process over the stack's database (``policy_cost``): the
     publish decision, 60 receive decisions, every topic subscriber, and the relay's whole
     ``resolve`` answer (decisions + signed excerpt);
@@ -319,6 +322,7 @@ async def one_size(ctx: Context, agencies: int) -> dict[str, object]:
         try:
             stack.start(timeout=float(ctx.pick(240, 400)))
             row["startup_s"] = round(stack.startup_s, 1)
+            row["consumers_made_s"] = round(stack.consumers_s, 1)
         except RuntimeError as exc:
             # A finding, not a crash: say what the stack said; what can still be
             # measured in process (resolution over the prepared directory) still is.

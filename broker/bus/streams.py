@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 
+from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -52,6 +54,7 @@ __all__ = [
     "ACCOUNT_SETTLE_S",
     "add_or_update_stream",
     "bus_unavailable",
+    "create_agency_consumers",
     "delivery_consumers",
     "ensure_agency_consumer",
     "ensure_atomic",
@@ -69,6 +72,7 @@ AGENCY_MAX_DELIVER = 10  # then the max_deliver advisory dead-letters it (broker
 AGENCY_BACKOFF_S = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 3600.0)
 RELAY_MAX_ACK_PENDING = 1000
 _STREAM_CONFIG_MISMATCH = 10058  # "stream name already in use with a different configuration"
+_CONSUMER_EXISTS = 10148  # "consumer already exists" (action create, another config)
 _ACCOUNT_NOT_FOUND = 10035  # "account not found": the JetStream leader lacks its claims yet
 ACCOUNT_SETTLE_S = 30.0  # how long stream set-up waits for that to pass
 
@@ -507,9 +511,26 @@ async def ensure_agency_consumer(
         BusUnavailable: JetStream does not answer.
         ConfigError: JetStream refuses a consumer.
     """
+    for config in _agency_consumer_configs(
+        agency, groups=groups, backoff_s=backoff_s, max_deliver=max_deliver
+    ):
+        if existing is not None and same_consumer(config, existing.get(config.durable_name or "")):
+            continue
+        await _ensure_consumer(js, DELIVER_STREAM, config)
+
+
+def _agency_consumer_configs(
+    agency: str,
+    *,
+    groups: Iterable[tuple[str, int]] = (),
+    backoff_s: tuple[float, ...] = AGENCY_BACKOFF_S,
+    max_deliver: int = AGENCY_MAX_DELIVER,
+) -> list[ConsumerConfig]:
+    """The configurations of ``agency``'s two delivery consumers (``ensure_agency_consumer``
+    says what each setting is for)."""
     shared = tuple(groups)
-    for durable in deliver_durables(agency):
-        config = ConsumerConfig(
+    return [
+        ConsumerConfig(
             name=durable,
             durable_name=durable,
             filter_subjects=list(deliver_filter_subjects(durable, shared)),
@@ -519,9 +540,39 @@ async def ensure_agency_consumer(
             max_deliver=max_deliver,
             backoff=list(backoff_s) or None,
         )
-        if existing is not None and same_consumer(config, existing.get(durable)):
-            continue
-        await _ensure_consumer(js, DELIVER_STREAM, config)
+        for durable in deliver_durables(agency)
+    ]
+
+
+async def create_agency_consumers(
+    nc: NATS, agency: str, *, groups: Iterable[tuple[str, int]] = (), timeout: float = 10
+) -> None:
+    """Create ``agency``'s two delivery consumers, leaving alone one that another writer
+    made meanwhile, whatever its filter: JetStream's create action, never an update. The
+    relay's group delivery (``broker.relay.group_delivery``) may have given it a group
+    epoch this caller's ``groups``, read a moment earlier, lack.
+
+    Raises:
+        BusUnavailable: JetStream does not answer.
+        ConfigError: JetStream refuses a consumer for another reason.
+    """
+    for config in _agency_consumer_configs(agency, groups=groups):
+        name = config.durable_name
+        body = {"stream_name": DELIVER_STREAM, "config": config.as_dict(), "action": "create"}
+        try:
+            msg = await nc.request(
+                f"$JS.API.CONSUMER.CREATE.{DELIVER_STREAM}.{name}",
+                json.dumps(body).encode(),
+                timeout=timeout,
+            )
+        except (NatsTimeoutError, NoRespondersError) as exc:
+            raise bus_unavailable(f"creating consumer {name}", exc) from exc
+        error = json.loads(msg.data).get("error")
+        if error and error.get("err_code") != _CONSUMER_EXISTS:
+            raise ConfigError(
+                f"JetStream refused consumer {name} on {DELIVER_STREAM}: "
+                f"{error.get('description')} (err_code {error.get('err_code')})"
+            )
 
 
 async def delivery_consumers(js: JetStreamContext) -> dict[str, ConsumerConfig]:

@@ -39,6 +39,7 @@ import nats.errors
 import uvicorn
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
 from starlette.types import ASGIApp
 
@@ -56,6 +57,7 @@ from broker.bus.gate import GateThread
 from broker.bus.natsconf import AgencyUser, NatsLayout
 from broker.bus.server import NatsServer, check_port_free, find_nats_server
 from broker.bus.streams import (
+    create_agency_consumers,
     delivery_consumers,
     ensure_agency_consumer,
     ensure_relay_consumers,
@@ -94,6 +96,7 @@ from broker.store.groups import delivery_epochs
 from broker.store.registry import Registry
 from schemas.errors import ConfigError, IstmoError
 from schemas.natskeys import user_public_key
+from schemas.subjects import deliver_durables
 
 __all__ = ["Stack", "read_stack_file", "uvicorn_config"]
 
@@ -101,6 +104,12 @@ log = logging.getLogger("istmo.stack")
 _NATS_WATCH_S = 1.0  # how often the stack checks that its nats-server still runs
 DEFAULT_CLUSTER_PORT = 6244  # route port of node 1 (NATS's own default is 6222)
 _CONSUMERS_IN_FLIGHT = 4  # agencies whose consumers are being made at once, at start
+# A fresh start makes this many agencies' delivery consumers before it says it is up, and
+# the rest just after (ADR 39): nats-server makes ~400 a second here, so 10,000 agencies'
+# 20,000 would hold the start for most of a minute. Deliveries wait in the stream for a
+# consumer made later; an SDK asking one not made yet asks again within 5 s.
+CONSUMERS_BEFORE_UP = 1000
+_LATER_STEP = 200  # agencies _make_later's worker makes before it reads groups again
 
 
 async def _watch_nats(server: NatsServer, stop: asyncio.Event) -> None:
@@ -221,6 +230,10 @@ class Stack:
         self._lock: IO[str] | None = None
         self._directory_lock = asyncio.Lock()  # one directory change at a time
         self._consumers: set[str] = set()  # agencies whose durable consumer exists
+        # How many agencies' consumers a start makes before it is up; the others it makes
+        # once it is (``_make_later``), the ones in ``_later`` meanwhile.
+        self.consumers_before_up = CONSUMERS_BEFORE_UP
+        self._later: list[str] = []
         self._accounts: AccountSync | None = None  # operator mode, once NATS runs
         # Names this process in the directory-change announcements it publishes.
         self._origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -562,6 +575,7 @@ class Stack:
                 await asyncio.sleep(0.02)  # "ready" only once the API really listens
             if api.started:
                 self._announce(server, api_url, with_relay, with_sequencer)
+            tg.create_task(self._make_later(nc, stop))
             await stop.wait()
             api.should_exit = True
             await api_task
@@ -639,6 +653,11 @@ class Stack:
             )
         else:
             self.out("sequencer not here (--no-sequencer): run `istmo sequencer --standby`")
+        if self._later:
+            self.out(
+                f"consumers {len(self._later)} agencies' delivery consumers being made "
+                "(their deliveries wait in the stream meanwhile)"
+            )
         self.out("ready; Ctrl-C stops")
 
     async def adopt_policy(self, candidate: Path, who: str, nc: NATS) -> tuple[str, str]:
@@ -751,7 +770,12 @@ class Stack:
     async def _new_consumers(self, registry: Registry, js: JetStreamContext) -> None:
         """The two delivery consumers of every agency enrolled since the last change (with
         its group copies, ADR 21), before it can connect."""
-        fresh = [u.agency for u in registry.nats_users() if u.agency not in self._consumers]
+        later = set(self._later)  # being made by _make_later
+        fresh = [
+            u.agency
+            for u in registry.nats_users()
+            if u.agency not in self._consumers and u.agency not in later
+        ]
         if fresh:
             shared = self._group_epochs(registry)  # ADR 21: their group copies too
             for agency in fresh:
@@ -889,27 +913,78 @@ class Stack:
         if not agency_consumers:
             return
         t0 = time.perf_counter()
-        shared = self._group_epochs(registry)  # ADR 21: the group copies each reads
         listed = [user.agency for user in registry.nats_users()]
-        agencies = iter(listed)
         # A restart finds them made already: those exactly as wanted are left alone.
         existing = await delivery_consumers(js)
+        # Agencies with neither consumer yet, past the first consumers_before_up of them,
+        # get theirs once the stack is up; the others now (made, updated, or in place).
+        absent = [a for a in listed if not any(d in existing for d in deliver_durables(a))]
+        self._later = absent[self.consumers_before_up :]
+        later = set(self._later)
+        now = [a for a in listed if a not in later]
+        await self._make_consumers(js, now, existing)
+        log.info(
+            "delivery consumers of %d agencies in step in %.2f s (%d found in place)%s",
+            len(now),
+            time.perf_counter() - t0,
+            len(existing),
+            f"; {len(later)} more once the stack is up" if later else "",
+        )
 
-        async def make_consumers() -> None:
-            for agency in agencies:  # shared: each agency is taken by one of them
+    async def _make_consumers(
+        self, js: JetStreamContext, agencies: list[str], existing: dict[str, ConsumerConfig]
+    ) -> None:
+        """The delivery consumers of ``agencies`` (those in ``existing`` exactly as wanted
+        are left alone), a few requests in flight: nats-server works on one while the
+        next is on its way (thousands of agencies, two consumers each, were one round
+        trip at a time)."""
+        registry = self._registry()
+        shared = self._group_epochs(registry)  # ADR 21: the group copies each reads
+        todo = iter(agencies)
+
+        async def make() -> None:
+            for agency in todo:  # shared: each agency is taken by one of them
                 groups = shared.get(agency, ())
                 await ensure_agency_consumer(js, agency, groups=groups, existing=existing)
                 self._consumers.add(agency)
 
-        # A few requests in flight: nats-server works on one while the next is on its way
-        # (thousands of agencies, two consumers each, were one round trip at a time).
-        await _together(*(make_consumers() for _ in range(_CONSUMERS_IN_FLIGHT)))
-        log.info(
-            "delivery consumers of %d agencies in step in %.2f s (%d found in place)",
-            len(listed),
-            time.perf_counter() - t0,
-            len(existing),
-        )
+        await _together(*(make() for _ in range(_CONSUMERS_IN_FLIGHT)))
+
+    async def _make_later(self, nc: NATS, stop: asyncio.Event) -> None:
+        """Create the delivery consumers ``ensure_jetstream`` left for after the stack is
+        up (ADR 39). Deliveries to those agencies wait in the stream meanwhile. Create,
+        never update: the relay may have made one already, for a group epoch. If
+        JetStream refuses, the ones not made are left to the next directory change."""
+        later = self._later
+        if not later:
+            return
+        t0 = time.perf_counter()
+        registry = self._registry()
+        todo = iter(later)
+
+        async def make() -> None:
+            shared: dict[str, list[tuple[str, int]]] = {}
+            for n, agency in enumerate(todo):  # shared: each agency is taken by one
+                if stop.is_set():
+                    return
+                if n % _LATER_STEP == 0:  # stale is harmless: a create never replaces
+                    shared = await asyncio.to_thread(self._group_epochs, registry)
+                await create_agency_consumers(nc, agency, groups=shared.get(agency, ()))
+                self._consumers.add(agency)
+
+        try:
+            await _together(*(make() for _ in range(_CONSUMERS_IN_FLIGHT)))
+        except IstmoError as exc:
+            log.error("delivery consumers not made: %s; the next directory change makes them", exc)
+            self.out(f"consumers NOT all made: {exc}")
+            return
+        finally:
+            self._later = []
+        if not stop.is_set():
+            self.out(
+                f"consumers all {len(self._consumers)} agencies' delivery consumers made "
+                f"({len(later)} in {time.perf_counter() - t0:.1f} s after the start)"
+            )
 
     def _group_epochs(self, registry: Registry) -> dict[str, list[tuple[str, int]]]:
         """The group epochs whose shared copies each agency's consumers read (ADR 21)."""
