@@ -1497,9 +1497,11 @@ class IstmoClient:
             How many bulletins and withdrawals were handed over.
 
         Raises:
-            BusUnavailable: the broker did not answer the directory lookup that verifies
-                a bulletin's sender. The bulletin stays with the server, unopened and not
-                lost: it comes back on the consumer's backoff (first after 30 s).
+            BusUnavailable: the connection closed under it (code ``not_authorized``: NATS
+                refused this agency's credentials, as for a suspension), or the broker
+                did not answer the directory lookup that verifies a bulletin's sender
+                (the bulletin stays with the server, unopened and not lost: it comes
+                back on the consumer's backoff, first after 30 s).
             IstmoError: the directory lookup failed otherwise (its excerpt is not signed
                 by the pinned key, or the broker refused it); it stays likewise.
             ConfigError: ``partner_not_pinned``: a bulletin crossed a partner link this
@@ -1509,10 +1511,10 @@ class IstmoClient:
                 its key); it stays likewise.
         """
         queues = DeliveryQueues(self._nc, self.agency, push=push)
-        await queues.open()
         deadline = None if timeout is None else time.monotonic() + timeout
         handed = 0
         try:
+            await queues.open()
             while count is None or handed < count:
                 _stop_if_cancelled()
                 wait = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
@@ -1533,6 +1535,9 @@ class IstmoClient:
                     # comes back on the consumer's backoff (30 s, 60 s, ... hours).
                     if await self._dispatch(msg, handler, on_withdrawal):
                         handed += 1
+        except nats.errors.ConnectionClosedError as exc:
+            # Closed under it: refused credentials (a suspension) or NATS gone.
+            raise connection_lost(self._nc, self.agency) from exc
         finally:
             try:
                 await self._settled()
