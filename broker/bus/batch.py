@@ -8,10 +8,14 @@ of one stream as a few atomic batches (at most ``MAX_BATCH`` messages and about
 holds them in that order. Each batch is stored whole or not at all.
 
 The wire (nats-py has no API for it): every message carries ``Nats-Batch-Id`` (a fresh
-id per batch) and ``Nats-Batch-Sequence`` (1..n); the first is sent as a request (the
-server answers with an empty reply, or an error when it refuses the batch at once), the
-middle ones as plain publishes, the last as a request with ``Nats-Batch-Commit: 1``,
-answered with the batch's PubAck or an error.
+id per batch) and ``Nats-Batch-Sequence`` (1..n); all but the last go as plain
+publishes, the last as a request with ``Nats-Batch-Commit: 1``, answered with the batch's
+PubAck or an error: one round trip a batch. nats-server checks the whole batch at its
+commit (duplicate ids, TTLs, the stream's settings), so every refusal comes in that
+answer; a batch it would not even start (too many in flight) is answered "incomplete".
+The first message was once sent as a request too, to hear such a refusal sooner: at
+200 bulletins/s that second round trip was a third of the relay's time from a
+bulletin's fetch to its deliveries stored (30 ms a batch against 20 ms without it).
 
 A batch holding any ``Nats-Msg-Id`` the stream already has (within its dedupe window) is
 refused whole (err_code 10201), not deduplicated message by message. That is what a retry
@@ -178,7 +182,7 @@ async def _one_batch(nc: NATS, stream: str, chunk: Sequence[Message], timeout: f
         headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n), **message.headers()}
         if n == last:
             headers["Nats-Batch-Commit"] = "1"
-        if n in (1, last):
+        if n == last:
             reply = await nc.request(message.subject, message.data, timeout, headers=headers)
             answer = json.loads(reply.data) if reply.data else {}
             error = answer.get("error")
