@@ -567,7 +567,10 @@ async def create_agency_consumers(
             )
         except (NatsTimeoutError, NoRespondersError) as exc:
             raise bus_unavailable(f"creating consumer {name}", exc) from exc
-        error = json.loads(msg.data).get("error")
+        try:
+            error = json.loads(msg.data).get("error")
+        except (ValueError, AttributeError) as exc:
+            raise ConfigError(f"JetStream's answer creating consumer {name} is not JSON") from exc
         if error and error.get("err_code") != _CONSUMER_EXISTS:
             raise ConfigError(
                 f"JetStream refused consumer {name} on {DELIVER_STREAM}: "

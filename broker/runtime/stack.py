@@ -978,6 +978,10 @@ class Stack:
             log.error("delivery consumers not made: %s; the next directory change makes them", exc)
             self.out(f"consumers NOT all made: {exc}")
             return
+        except Exception:  # a bug: keep serving; the next directory change makes the rest
+            log.exception("delivery consumers not made")
+            self.out("consumers NOT all made (see the log); the next directory change makes them")
+            return
         finally:
             self._later = []
         if not stop.is_set():
