@@ -57,6 +57,7 @@ __all__ = [
     "HealthReport",
     "age_check",
     "collect",
+    "consumers_check",
     "database_checks",
     "dead_letter_check",
     "exit_code",
@@ -328,12 +329,14 @@ async def retention_checks(
         part = names[start : start + _PARALLEL]
         results = await asyncio.gather(*(_retention_one(js, a, max_age_s, now) for a in part))
         found.extend(r for r in results if r is not None)
+    lacking = consumers_check(len(names) - len(found))
     busy = sorted((c for n, c in found if n), key=lambda c: -(c.value or 0.0))
     idle = len(found) - len(busy)
     if not busy:
-        return [
-            Check("retention", "ok", f"{_n(idle, 'agency', 'agencies')}: no delivery waiting", 0.0)
-        ]
+        done = Check(
+            "retention", "ok", f"{_n(idle, 'agency', 'agencies')}: no delivery waiting", 0.0
+        )
+        return [done, *lacking]
     oldest = busy[0]
     summary = Check(
         "retention",
@@ -342,7 +345,24 @@ async def retention_checks(
         f"oldest: {oldest.detail}",
         oldest.value,
     )
-    return [summary, *busy]
+    return [summary, *lacking, *busy]
+
+
+def consumers_check(missing: int) -> list[Check]:
+    """A warning for agencies with no delivery consumer (ADR 39: a fresh start of a large
+    directory makes most of them once it is up); none when every agency has them."""
+    if missing <= 0:
+        return []
+    return [
+        Check(
+            "consumers",
+            "warn",
+            f"{_n(missing, 'agency has', 'agencies have')} no delivery consumer yet: their "
+            "deliveries wait in the stream until it is made (a fresh start makes them "
+            "once it is up, else the next directory change does)",
+            float(missing),
+        )
+    ]
 
 
 def database_checks(db_url: str, pending: int, oldest_ms: int | None, now: float) -> list[Check]:

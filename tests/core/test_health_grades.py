@@ -11,6 +11,7 @@ from broker.runtime.health import (
     Check,
     HealthReport,
     age_check,
+    consumers_check,
     dead_letter_check,
     exit_code,
     retention_check,
@@ -103,3 +104,16 @@ def test_the_worst_check_sets_the_exit_code() -> None:
     assert exit_code(HealthReport((warn, alarm, ok)).level) == 3
     assert HealthReport(()).level == "ok"
     assert HealthReport((ok, alarm)).to_json()["level"] == "alarm"
+
+
+@pytest.mark.parametrize(
+    ("missing", "shown"), [(0, None), (1, "1 agency has"), (8000, "8000 agencies have")]
+)
+def test_agencies_without_a_delivery_consumer_warn(missing: int, shown: str | None) -> None:
+    checks = consumers_check(missing)
+    if shown is None:
+        assert checks == []
+        return
+    [check] = checks
+    assert (check.name, check.level, check.value) == ("consumers", "warn", float(missing))
+    assert check.detail.startswith(f"{shown} no delivery consumer yet")

@@ -12,6 +12,7 @@ delivery gives members' consumers their group epochs).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest_asyncio
 from broker.bus.server import ANY_PORT
 from broker.bus.streams import create_agency_consumers, delivery_consumers, ensure_agency_consumer
 from broker.config import Settings
+from broker.runtime.health import retention_checks
 from broker.runtime.stack import Stack
 from schemas.subjects import DELIVER_STREAM, deliver_durables
 from tests.integration.recall_kit import BZ, LABELS, take
@@ -54,18 +56,26 @@ async def test_a_delivery_waits_for_a_consumer_made_after_it(
     stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="istmo.sdk")
+    assert stack.registry is not None
     nc = await stack.connect_relay(nats_url(stack))
     try:
         js = nc.jetstream(timeout=10)
         for durable in deliver_durables("bz-police"):
             await js.delete_consumer(DELIVER_STREAM, durable)
         bid = await publish_to_bz(stack, "before bz-police had a consumer")
+        # What `istmo health` says meanwhile: one agency without its consumers.
+        agencies = [u.agency for u in stack.registry.nats_users()]
+        checks = await retention_checks(js, agencies, time.time())
+        [lacking] = [c for c in checks if c.name == "consumers"]
+        assert (lacking.level, lacking.value) == ("warn", 1.0)
         # Asked while there is none: nothing yet, and the SDK did not give up on it.
         assert (await take(stack, "bz-police", count=1, timeout=2)).bulletins == []
         assert SILENCED not in caplog.text
         await create_agency_consumers(nc, "bz-police")
         got = await take(stack, "bz-police", count=1, timeout=30)
         assert [b.id for b in got.bulletins] == [bid]
+        checks = await retention_checks(js, agencies, time.time())
+        assert [c for c in checks if c.name == "consumers"] == []
     finally:
         await nc.close()
 
