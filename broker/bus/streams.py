@@ -550,7 +550,8 @@ async def create_agency_consumers(
     """Create ``agency``'s two delivery consumers, leaving alone one that another writer
     made meanwhile, whatever its filter: JetStream's create action, never an update. The
     relay's group delivery (``broker.relay.group_delivery``) may have given it a group
-    epoch this caller's ``groups``, read a moment earlier, lack.
+    epoch this caller's ``groups``, read a moment earlier, lack. ``nc`` reaches the hub's
+    JetStream API at its default prefix (``$JS.API``), as the stack's own connection does.
 
     Raises:
         BusUnavailable: JetStream does not answer.

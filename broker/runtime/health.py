@@ -304,7 +304,8 @@ async def _retention_one(
     js: JetStreamContext, agency: str, max_age_s: float, now: float
 ) -> tuple[int, Check] | None:
     """(deliveries waiting on the agency's consumers, the grade of the oldest), or None for
-    an agency that has none yet (they are made when the agency is added)."""
+    an agency that has none yet (made when the agency is added, or just after a fresh
+    start of a large directory, ADR 39: ``consumers_check`` counts those)."""
     found = [
         r
         for r in await asyncio.gather(*(_waiting_on(js, d, now) for d in deliver_durables(agency)))
