@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from broker.bus.server import find_nats_server
+from broker.bus.server import find_nats_server, server_environment
 
 STREAM = "BARE_DELIVER"
 GROUP_SUBJECT = "bare.deliver.group.G.1"
@@ -56,6 +56,7 @@ def _start(root: Path, sync: str) -> tuple[subprocess.Popen[bytes], str]:
         [str(find_nats_server(None)), "-c", str(conf), "-l", str(log)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
+        env=server_environment(),  # as the stack runs it
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -436,10 +436,9 @@ async def _relay_rates(
                     stack,
                     sender,
                     chosen,
-                    # 4 batches of 64 per process at any size: since session 14 a relay
-                    # plans a wide bulletin in about a millisecond at 3,500 agencies, and
-                    # a backlog of one batch measured mostly its start
-                    int(ctx.pick(30, 256)) * procs,
+                    # 1,000 per process, as item 2: a backlog of 256 drained in under half
+                    # a second, of which the drain's 50 ms poll alone was a tenth
+                    int(ctx.pick(30, 1000)) * procs,
                     lambda p=procs: stack.ensure_relays(p),
                     timeout=ctx.pick(5, 15),
                     keep_workers=True,

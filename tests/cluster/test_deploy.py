@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from broker.bus.server import server_environment
 from tests.cluster.conftest import DEPLOY, NODES, deploy_cluster, node_config, run
 
 
@@ -101,6 +102,16 @@ def test_kubernetes_manifests_hold_the_region_shape(region: Path, nats_binary: P
         nats_binary, "-c", conf_dir / "nats.conf", "-t", env={"POD_NAME": "nats-0", "PATH": ""}
     )
     assert checked.returncode == 0, checked.stderr
+
+
+def test_nats_nodes_run_with_the_stacks_go_settings() -> None:
+    """systemd and Kubernetes give nats-server the GODEBUG ``istmo up`` gives it (ADR 40)."""
+    godebug = server_environment({})["GODEBUG"]
+    unit = (DEPLOY / "systemd" / "istmo-nats.service").read_text()
+    assert f"Environment=GODEBUG={godebug}\n" in unit
+    nats = _k8s()["StatefulSet/nats"]["spec"]["template"]["spec"]["containers"][0]
+    assert nats["name"] == "nats"
+    assert {e["name"]: e.get("value") for e in nats["env"]}["GODEBUG"] == godebug
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
