@@ -108,12 +108,16 @@ async def backlog_rate(
 
 
 def _cpu(stack: BenchStack) -> dict[str, float]:
-    """CPU seconds used so far by the workers (summed) and by nats-server."""
+    """CPU seconds used so far by the workers (summed), by nats-server and by ``istmo up``
+    (the API and the sequencer, which writes the relays' audit events to the log)."""
     workers = [cpu_s(w.pid) for w in stack.workers if w.alive()]
     seen = {"workers": sum(c for c in workers if c is not None)}
     nats = cpu_s(stack.nats_server_pid())
     if nats is not None:
         seen["nats_server"] = nats
+    up = cpu_s(stack.up.pid) if stack.up is not None and stack.up.alive() else None
+    if up is not None:
+        seen["up"] = up
     return seen
 
 

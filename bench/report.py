@@ -335,6 +335,7 @@ def s_relay(r: R) -> str:
                 "drained",
                 "relay CPU ms / bulletin",
                 "nats-server CPU ms / bulletin",
+                "istmo up CPU ms / bulletin",
             ],
             [
                 [
@@ -346,12 +347,14 @@ def s_relay(r: R) -> str:
                     x["drained"],
                     x.get("cpu_ms_per_bulletin", {}).get("workers", "n/a"),
                     x.get("cpu_ms_per_bulletin", {}).get("nats_server", "n/a"),
+                    x.get("cpu_ms_per_bulletin", {}).get("up", "n/a"),
                 ]
                 for x in r["rows"]
             ],
         )
         + f"\n\n{r['recipients']} recipients per bulletin; CPU is what the relay processes"
-        " (together) and nats-server used while the backlog drained, per bulletin."
+        " (together), nats-server and `istmo up` (the API and the sequencer, which logs the"
+        " relays' audit events) used while the backlog drained, per bulletin."
     )
 
 
