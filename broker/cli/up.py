@@ -43,6 +43,7 @@ def up_command(args: argparse.Namespace) -> int:
         leaves=parse_leaves(args.leaves) if args.leaves else (),
         leaf_port=args.leaf_port,
     )
+    stack.settles_heap = True
     stack.claim()  # lock, ports, a stale nats-server: before anything is written
     # A region's directory is its administrators', never the demo; the directory itself is
     # built while nats-server starts.
@@ -76,6 +77,7 @@ def relay_command(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir, policy_dir=args.policy_dir)
     urls = _nats_urls(args.nats_url, read_stack_file(settings.data_dir))
     stack = Stack(settings)
+    stack.settles_heap = True
     stack.prepare(demo=False)
     return _run(lambda stop: stack.relay_only(stop, urls, metrics_port=port))
 

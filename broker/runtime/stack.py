@@ -234,6 +234,10 @@ class Stack:
         # once it is (``_make_later``), the ones in ``_later`` meanwhile.
         self.consumers_before_up = CONSUMERS_BEFORE_UP
         self._later: list[str] = []
+        # A process that runs for the stack's life (``istmo up``, ``istmo relay``; not an
+        # in-process test stack): settle its heap once up and after each directory change
+        # (``DirectoryService.keep_heap_settled``).
+        self.settles_heap = False
         self._accounts: AccountSync | None = None  # operator mode, once NATS runs
         # Names this process in the directory-change announcements it publishes.
         self._origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -658,6 +662,10 @@ class Stack:
                 f"consumers {len(self._later)} agencies' delivery consumers being made "
                 "(their deliveries wait in the stream meanwhile)"
             )
+        if self.settles_heap and self.directory is not None:
+            # What start-up made stays for the process's life: out of the collector's
+            # full passes from now on (and after each directory change).
+            self.directory.keep_heap_settled()
         self.out("ready; Ctrl-C stops")
 
     async def adopt_policy(self, candidate: Path, who: str, nc: NATS) -> tuple[str, str]:
@@ -1032,13 +1040,17 @@ class Stack:
                 api_connect=lambda: self.connect_relay(nats_url),
                 metrics=metrics,
             )
+
+            def ready() -> None:
+                if self.settles_heap:
+                    directory.keep_heap_settled()  # as ``up`` does before "ready"
+                # "connected" once it takes bulletins: scripts and tests wait for it.
+                self.out(f"relay connected to {shown}; Ctrl-C stops")
+
             gate = GateThread(lambda: self.connect_relay(nats_url))
             await gate.start()
             try:
-                # "connected" once it takes bulletins: scripts and tests wait for this line.
-                await relay.run(
-                    stop, ready=lambda: self.out(f"relay connected to {shown}; Ctrl-C stops")
-                )
+                await relay.run(stop, ready=ready)
             finally:
                 await gate.stop()
                 self.out(f"relay stopped after {relay.processed} ingest messages")

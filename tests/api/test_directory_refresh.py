@@ -5,6 +5,9 @@ SQLite and PostgreSQL (the ``broker`` fixture)."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from broker.directory import service
@@ -129,6 +132,30 @@ def test_a_rebuild_older_than_the_one_in_force_is_dropped(broker: Broker) -> Non
         broker.set_status("sv-police", "active")
         directory.refresh()
     assert directory.records["sv-police"].status == "active"
+
+
+def test_a_settled_directory_lets_the_view_it_replaced_go(broker: Broker) -> None:
+    """``keep_heap_settled`` (``istmo up``, ``istmo relay``): the heap is frozen, and after
+    a rebuild the view it replaced is collected, even held in a cycle made before."""
+    assert gc.get_freeze_count() == 0
+    key = broker.stack.directory_key
+    assert key is not None
+    directory = DirectoryService(broker.registry, broker.directory.bundle, key)
+    try:
+        directory.refresh()
+        assert gc.get_freeze_count() == 0  # not asked to: a command that exits soon
+        old = directory._installed_view()
+        cycle: list[object] = [old]
+        cycle.append(cycle)
+        gone = weakref.ref(old)
+        directory.keep_heap_settled()
+        assert gc.get_freeze_count() > 0
+        del cycle, old
+        directory.refresh()
+        assert gone() is None
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_the_rebuilds_plain_reads_equal_the_orm_queries(broker: Broker) -> None:
