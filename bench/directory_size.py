@@ -16,7 +16,10 @@ mode for large directories). Measured:
     holds the keys of every permitted agency, and must fit a NATS message);
   * relay throughput, 1 process (and 2 in full mode), 5 recipients, labels as item 1
     (the 5 and their keys are taken from the directory in process, so the rate does not
-    depend on the SDK's resolve);
+    depend on the SDK's resolve); in full mode also ``relay_mixed``: 2 processes on a
+    backlog of 2,000 from 50 originators in turn (police agencies the policy lets receive
+    it), since the policy engine shares a decision only between bulletins from one
+    originator;
   * how long nats-server takes to apply a reload of that configuration (SIGHUP until
     ``/varz`` shows the new load time);
   * the time to confine a new agency in NATS: ``istmo admin agency add`` (timed
@@ -33,7 +36,8 @@ mode for large directories). Measured:
   * with ``ISTMO_BENCH_DIRECTORY_SIZES`` (on demand), ``restart_s``: ``istmo up`` again
     on the same data directory after an orderly stop.
 Then SIENA's 2023 volume (1.79 million bulletins) is extrapolated from the relay rate
-with 2 processes (or 1, doubled at best, where 2 were not run).
+with 2 processes (or 1, doubled at best, where 2 were not run), and, as ``siena_mixed``,
+from the mixed backlog's.
 
 ``ISTMO_BENCH_DIRECTORY_SIZES=100,3500,10000`` chooses other sizes (a stack each), for a
 run on demand: a 10,000-agency stack does not fit the whole run's 10-minute budget.
@@ -77,6 +81,8 @@ from schemas.subjects import inbox_prefix
 NAME = "directory_size"
 TITLE = "9. Directory size"
 SIENA_PER_YEAR = 1_790_000
+MIXED_ORIGINATORS = 50  # agencies the mixed backlog comes from, in turn
+MIXED_BACKLOG = 2_000
 SENDER = "s0001-police"
 # The stacks run in operator mode (ADR 0013): accounts are JWTs pushed to nats-server, so a
 # directory change reloads nothing; config mode re-renders and reloads every account on
@@ -346,6 +352,13 @@ async def one_size(ctx: Context, agencies: int) -> dict[str, object]:
                     directory, originator=SENDER, reps=int(ctx.pick(20, 100))
                 )
                 chosen = five_permitted(directory)
+                # The mixed backlog's originators: police agencies that may receive it
+                # (so their bulletins pass the same policy), none of the recipients.
+                originators = [
+                    a
+                    for a in _permitted(directory)
+                    if a.endswith("-police") and a not in chosen and a != SENDER
+                ][: MIXED_ORIGINATORS - 1]
         finally:
             assert local.registry is not None
             local.registry.close()
@@ -353,7 +366,7 @@ async def one_size(ctx: Context, agencies: int) -> dict[str, object]:
         with phase("policy engine in process"):
             row.update(_engine_row(ctx, agencies))
         if "stack_error" not in row:
-            rates = await _relay_rates(ctx, stack, agencies, chosen, row)
+            rates = await _relay_rates(ctx, stack, agencies, chosen, row, originators)
             row["relay"] = rates
             with phase("nats reload"):
                 row["nats_reload_s"] = reload_time(stack)
@@ -387,13 +400,18 @@ async def one_size(ctx: Context, agencies: int) -> dict[str, object]:
     return row
 
 
+def _permitted(directory: DirectoryService) -> list[str]:
+    """The agencies the policy lets receive ``WIDE_LABELS`` from ``SENDER``, sorted."""
+    q = AgencyQueries(directory.registry, directory)
+    _, permitted = q.permitted(SENDER, ResolveRequest(labels=WIDE_LABELS), int(time.time()))
+    return sorted(permitted)
+
+
 def five_permitted(directory: DirectoryService) -> dict[str, EncryptionPublicKey]:
     """The first 5 agencies (but the sender) the policy lets receive ``WIDE_LABELS`` from
     ``SENDER``, with their current encryption keys, from the directory in process."""
-    q = AgencyQueries(directory.registry, directory)
-    _, permitted = q.permitted(SENDER, ResolveRequest(labels=WIDE_LABELS), int(time.time()))
     chosen: dict[str, EncryptionPublicKey] = {}
-    for agency in sorted(permitted):
+    for agency in _permitted(directory):
         key = directory.records[agency].encryption_key
         if agency != SENDER and key is not None and len(chosen) < 5:
             chosen[agency] = key.public_key()
@@ -423,6 +441,7 @@ async def _relay_rates(
     agencies: int,
     chosen: dict[str, EncryptionPublicKey],
     row: dict[str, object],
+    originators: list[str],
 ) -> list[dict[str, object]]:
     """One relay (started by ``one_size``) answers the SDK's resolve and drains the
     1-process backlog; a second one joins it for the 2-process backlog."""
@@ -446,9 +465,49 @@ async def _relay_rates(
                 r["processes"] = procs
                 rates.append(r)
                 print(f"  {agencies} agencies, {procs} relay(s): {r['per_s']}/s", flush=True)
+            if not ctx.quick and originators:
+                row["relay_mixed"] = await _mixed_rate(stack, sender, chosen, row, originators)
     finally:
         stack.stop_workers()
     return rates
+
+
+async def _mixed_rate(
+    stack: BenchStack,
+    sender: IstmoClient,
+    chosen: dict[str, EncryptionPublicKey],
+    row: dict[str, object],
+    originators: list[str],
+) -> dict[str, object]:
+    """The 2-relay backlog again, each bulletin from ``SENDER`` or one of
+    ``originators`` in turn: the relay decides each originator's bulletins apart (the
+    policy engine shares a decision only between bulletins from one originator), so this
+    is nearer a region's traffic than one originator's backlog."""
+    others = [await stack.client(a) for a in originators]
+    try:
+        r = await backlog_rate(
+            stack,
+            sender,
+            chosen,
+            MIXED_BACKLOG,
+            lambda: stack.ensure_relays(2),
+            timeout=30,
+            keep_workers=True,
+            senders=others,
+        )
+    finally:
+        for c in others:
+            await c.close()
+    r["processes"] = 2
+    r["originators"] = 1 + len(others)
+    minutes = SIENA_PER_YEAR / float(r["per_s"]) / 60 if r.get("per_s") else None  # type: ignore[arg-type]
+    row["siena_mixed"] = {
+        "originators": r["originators"],
+        "machine_rate_per_s": r.get("per_s"),
+        "minutes_for_1_79M": round(minutes, 1) if minutes else None,
+    }
+    print(f"  mixed originators, 2 relays: {r['per_s']}/s", flush=True)
+    return r
 
 
 def _engine_row(ctx: Context, agencies: int) -> dict[str, object]:

@@ -537,13 +537,24 @@ def _seal(
     ]
 
 
-async def publish_backlog(client: IstmoClient, envs: list[Envelope], window: int = 100) -> float:
-    """Publish through the SDK's own ingest path, ``window`` at a time; returns seconds."""
+async def publish_backlog(
+    client: IstmoClient,
+    envs: list[Envelope],
+    window: int = 100,
+    *,
+    by: Sequence[IstmoClient] = (),
+) -> float:
+    """Publish through the SDK's own ingest path, ``window`` at a time, envelope ``i``
+    through ``by[i]`` if given (each its originator's client), else ``client``; returns
+    seconds."""
     t = time.perf_counter()
     with phase("publish backlog"):
         for start in range(0, len(envs), window):
             batch = envs[start : start + window]
-            await asyncio.gather(*(client._publish_envelope(e) for e in batch))
+            sends = by[start : start + window] if by else [client] * len(batch)
+            await asyncio.gather(
+                *(c._publish_envelope(e) for c, e in zip(sends, batch, strict=True))
+            )
     return time.perf_counter() - t
 
 

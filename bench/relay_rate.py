@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from nats.js import JetStreamContext
 
@@ -57,9 +57,11 @@ async def backlog_rate(
     timeout: float,
     labels: Labels | None = None,
     keep_workers: bool = False,
+    senders: Sequence[IstmoClient] = (),
 ) -> dict[str, object]:
     """Bulletins per second the workers take off a backlog of ``bulletins`` (each sealed
-    for ``recipients``).
+    for ``recipients``), from ``sender``, or from ``sender`` and ``senders`` in turn (each
+    bulletin from the next originator, as a region's traffic comes).
 
     ``start_workers`` (called in a thread while the backlog is sealed and published)
     starts the workers, or makes sure they run (``stack.ensure_relays``). They are stopped
@@ -74,15 +76,22 @@ async def backlog_rate(
         try:
             starting = asyncio.create_task(asyncio.to_thread(start_workers))
             try:
-                envs = seal_backlog(sender, recipients, bulletins, **kw)  # type: ignore[arg-type]
-                pub_s = await publish_backlog(sender, envs[:-1])
+                # Round robin: bulletin i from originator i mod k.
+                everyone, k = [sender, *senders], 1 + len(senders)
+                sealed = [
+                    seal_backlog(c, recipients, len(range(i, bulletins, k)), **kw)  # type: ignore[arg-type]
+                    for i, c in enumerate(everyone)
+                ]
+                envs = [sealed[i % k][i // k] for i in range(bulletins)]
+                by = [everyone[i % k] for i in range(bulletins)] if senders else []
+                pub_s = await publish_backlog(sender, envs[:-1], by=by[:-1])
             finally:
                 await starting
         finally:
             await resume_ingest(js)
         released = time.perf_counter()
         cpu_before = _cpu(stack)
-        pub_s += await publish_backlog(sender, envs[-1:])
+        pub_s += await publish_backlog(sender, envs[-1:], by=by[-1:])
         result = await drain(js, bulletins, timeout=timeout, stack=stack, released=released)
         result["cpu_ms_per_bulletin"] = _cpu_per_bulletin(cpu_before, _cpu(stack), bulletins)
         said = [

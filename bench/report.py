@@ -212,6 +212,12 @@ def evaluate_targets(doc: R) -> list[dict[str, Any]]:
     minutes = _get(big_dir, "siena", "minutes_for_1_79M")
     ok: bool | None = None if minutes is None or n != 3500 else minutes < 30
     note = "" if n == 3500 else "3,500 is measured in full mode only"
+    mixed = _get(big_dir, "siena_mixed", "minutes_for_1_79M")
+    if mixed is not None:
+        note = (
+            f"from {_get(big_dir, 'siena_mixed', 'originators')} originators in turn: "
+            f"{_fmt(mixed, ' min')} ({_fmt(_get(big_dir, 'siena_mixed', 'machine_rate_per_s'))}/s)"
+        )
     if n == 3500 and _get(big_dir, "stack_error"):
         ok, note = False, "the stack did not start with 3,500 agencies (item 9)"
     add(
@@ -642,6 +648,13 @@ def s_directory(r: R) -> str:
             f"{_fmt(s.get('minutes_for_1_79M'))} minutes: "
             f"{'under' if s.get('under_30_min') else 'not under'} 30 minutes."
         )
+        m = x.get("siena_mixed")
+        if m:
+            siena.append(
+                f"- {x['agencies']:,} agencies, the same backlog from {m.get('originators')} "
+                f"originators in turn (2 processes): {_fmt(m.get('machine_rate_per_s'))}/s, "
+                f"so {_fmt(m.get('minutes_for_1_79M'))} minutes."
+            )
 
     def draw(ax: Any) -> None:
         labels = [f"{x['agencies']:,}" for x in stacks]
