@@ -16,10 +16,10 @@ mode for large directories). Measured:
     holds the keys of every permitted agency, and must fit a NATS message);
   * relay throughput, 1 process (and 2 in full mode), 5 recipients, labels as item 1
     (the 5 and their keys are taken from the directory in process, so the rate does not
-    depend on the SDK's resolve); in full mode also ``relay_mixed``: 2 processes on a
-    backlog of 2,000 from 50 originators in turn (police agencies the policy lets receive
-    it), since the policy engine shares a decision only between bulletins from one
-    originator;
+    depend on the SDK's resolve); in full mode from 3,500 agencies also ``relay_mixed``:
+    2 processes on a backlog of 2,000 from 50 originators in turn (police agencies the
+    policy lets receive it), since the policy engine shares a decision only between
+    bulletins from one originator;
   * how long nats-server takes to apply a reload of that configuration (SIGHUP until
     ``/varz`` shows the new load time);
   * the time to confine a new agency in NATS: ``istmo admin agency add`` (timed
@@ -83,6 +83,7 @@ TITLE = "9. Directory size"
 SIENA_PER_YEAR = 1_790_000
 MIXED_ORIGINATORS = 50  # agencies the mixed backlog comes from, in turn
 MIXED_BACKLOG = 2_000
+MIXED_FROM = 3_500  # SIENA's size: the mixed backlog is drained at this size and above
 SENDER = "s0001-police"
 # The stacks run in operator mode (ADR 0013): accounts are JWTs pushed to nats-server, so a
 # directory change reloads nothing; config mode re-renders and reloads every account on
@@ -465,7 +466,7 @@ async def _relay_rates(
                 r["processes"] = procs
                 rates.append(r)
                 print(f"  {agencies} agencies, {procs} relay(s): {r['per_s']}/s", flush=True)
-            if not ctx.quick and originators:
+            if not ctx.quick and originators and agencies >= MIXED_FROM:
                 row["relay_mixed"] = await _mixed_rate(stack, sender, chosen, row, originators)
     finally:
         stack.stop_workers()
