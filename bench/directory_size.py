@@ -484,8 +484,10 @@ async def _mixed_rate(
     ``originators`` in turn: the relay decides each originator's bulletins apart (the
     policy engine shares a decision only between bulletins from one originator), so this
     is nearer a region's traffic than one originator's backlog."""
-    others = [await stack.client(a) for a in originators]
+    others: list[IstmoClient] = []
     try:
+        for agency in originators:
+            others.append(await stack.client(agency))
         r = await backlog_rate(
             stack,
             sender,
