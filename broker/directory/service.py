@@ -183,11 +183,11 @@ def settle_heap() -> None:
     A long-running relay or API holds the directory's view, its policy engine and the
     libraries' own objects, hundreds of thousands of them at 3,500 agencies; every full
     pass walked them all (100-185 ms each at that size, one of them in the middle of a
-    relay's drain of 2,000 bulletins), with every bulletin in flight waiting (ADR 41). Frozen objects are still freed
-    when nothing refers to them; only a cycle among them would outlive its use, so the
-    frozen ones are thawed and collected first: the view a rebuild replaced goes then,
-    whole. Skipped while a build holds the collector off (``_collections_deferred``):
-    the rebuild that follows settles it."""
+    relay's drain of 2,000 bulletins), with every bulletin in flight waiting (ADR 41).
+    Frozen objects are still freed when nothing refers to them; only a cycle among them
+    would outlive its use, so the frozen ones are thawed and collected first: the view a
+    rebuild replaced goes then, whole. Skipped while a build holds the collector off
+    (``_collections_deferred``): the rebuild that follows settles it."""
     with _Deferral.lock:
         if _Deferral.builds or not gc.isenabled():
             return
