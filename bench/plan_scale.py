@@ -14,8 +14,11 @@ in milliseconds a bulletin:
   directory-size item sends them (the engine decides the first, the rest share it);
 * ``one_originator``: one bulletin a second from the same originator (nothing memoised,
   its slices and classes kept);
-* ``new_originator``: one bulletin from each of 100 originators in turn (nothing kept for
-  it but the topic's classes): SIENA's traffic, from thousands of authorities, is this;
+* ``new_originator``: one bulletin from each of 100 originators in turn, each in its own
+  second (nothing kept for it but the topic's classes);
+* ``new_originators_one_second``: as ``new_originator``, 100 others in one second, as a
+  relay meets SIENA's traffic from thousands of authorities: a decision made for one
+  originator's bulletin serves another's of the same outline (ADR 42);
 * ``narrow_memoised``: as ``memoised``, releasable to two states only (``S0001``,
   ``S0002``): 5 permitted, every other follower refused.
 
@@ -131,7 +134,8 @@ def figures(agencies: int, n: int) -> dict[str, object]:
             found.update(digest for digest, _ in getattr(p, "sets", ()))  # none before ADR 36
         return found
 
-    originators = [a for a in permitted if a.endswith("-police")][:100]
+    police = [a for a in permitted if a.endswith("-police")]
+    originators, others = police[:100], police[100:200]
     cpu_ms([[sealed(SENDER)]], lambda _: now)  # the topic's classes, kept from here on
     return {
         "agencies": len(infos),
@@ -142,6 +146,8 @@ def figures(agencies: int, n: int) -> dict[str, object]:
         ),
         "one_originator": cpu_ms([[sealed(SENDER)] for _ in range(100)], lambda i: now + 10 + i),
         "new_originator": cpu_ms([[sealed(o)] for o in originators], lambda i: now - 110 + i),
+        # 100 other originators, none seen before, in one second (ADR 42).
+        "new_originators_one_second": cpu_ms([[sealed(o)] for o in others], lambda _: now + 100),
         # How many agency sets those 100 originators' records name (ADR 36): each is
         # recorded once, so this is what SIENA-like traffic adds to the registry.
         "sets_named_by_100_originators": len(sets_named(originators)),

@@ -24,6 +24,12 @@ decision and its deciding policies. An unread attribute, and what it refers to, 
 every expression, so it takes no part. Error texts may name a uid: the engine reuses a
 decision only when Cedar returned no error for it.
 
+The same argument runs between bulletins (ADR 0042). A bulletin's *outline* is its entity
+and the entities it reaches outside the base, each as its shape, with references by slot
+(or by uid in the base); a candidate's *role* in it is its slot, its uid, or its shape with
+neighbours so labelled. Matching slots map one bulletin's slice onto the other's, so
+candidates of one role in bulletins of one outline are decided alike.
+
 Anything this module cannot read as above (an entity missing from the directory, a
 reference in a form other than ``{"__entity": uid}``) makes the candidate its own class.
 Left to the engine: the fixed set, asking Cedar, and re-deciding a class whose decision
@@ -40,7 +46,7 @@ from cedarpy import pst
 
 from broker.policy.slicing import Uid, uid_of
 
-__all__ = ["Cut", "Shape", "Shapes", "attributes_read", "shape_of"]
+__all__ = ["Cut", "Outline", "Shape", "Shapes", "attributes_read", "shape_of"]
 
 _Json = dict[str, object]
 # An entity with its uid left out, unread attributes dropped and each reference replaced
@@ -49,6 +55,11 @@ Shape = tuple[str, tuple[Uid, ...]]
 # A class of one bulletin's candidates: its members, the kept class it is what is left of
 # (None for candidates classed again), and the members taken out of that one.
 Cut = tuple[tuple[str, ...], tuple[str, ...] | None, tuple[str, ...]]
+
+# A bulletin's outline (``Shapes.outline``): its shape and those of the entities it
+# reaches beyond the base, each reference by its slot (first reached first) or, in the
+# base, by uid; and each of those entities' slot.
+Outline = tuple[tuple[object, ...], dict[Uid, int]]
 
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
@@ -302,6 +313,80 @@ class Shapes:
             kept.cuts.clear()
         kept.cuts[extra] = tuple(out)
         return out
+
+    def outline(self, entity: Mapping[str, object], base: Collection[Uid]) -> Outline | None:
+        """The outline of a request's resource (a bulletin's Cedar JSON entity) over
+        ``base`` (as for ``cut_classes``): two bulletins of one outline are the same up to
+        renaming the entities they reach outside the base (ADR 0042). None when one of
+        those entities is absent, opaque or refers to itself (its bulletin shares nothing).
+
+        The resource's own attributes are all kept, read or not (so that one of an outline
+        fits the schema when another does). Beyond it only read attributes and parents are
+        followed: what an unread attribute refers to is beyond every expression, as for a
+        candidate's shape."""
+        attrs = entity.get("attrs")
+        if not isinstance(attrs, dict):
+            return None
+        try:
+            text, neighbours = shape_of(entity, frozenset(attrs))
+        except _Opaque:
+            return None
+        slots: dict[Uid, int] = {}
+        order: list[Uid] = []
+
+        def canon(uid: Uid) -> object:
+            if uid in base:
+                return uid
+            slot = slots.get(uid)
+            if slot is None:
+                slot = slots[uid] = len(order)
+                order.append(uid)
+            return slot
+
+        key: list[object] = [(text, tuple(map(canon, neighbours)))]
+        for uid in order:  # grows as entities are reached
+            shape = self._shape(uid)
+            if shape is None:
+                return None
+            key.append((shape[0], tuple(map(canon, shape[1]))))
+        return tuple(key), slots
+
+    def role(self, agency: str, slots: Mapping[Uid, int], base: Collection[Uid]) -> Hashable | None:
+        """What decides ``agency``'s request about a bulletin whose outline gave ``slots``
+        (ADR 0042): its slot, if the bulletin reaches it; its uid, if it is in ``base``;
+        else its shape with each neighbour by slot, by uid, or, when the neighbour's own
+        neighbours all have one of those, by that neighbour's shape so labelled. Two
+        candidates of equal roles in bulletins of one outline are decided alike. None: no
+        role (a neighbour reaching further, or something opaque)."""
+        uid = (self._kind, agency)
+        if uid in slots:
+            return ("slot", slots[uid])
+        if uid in base:
+            return ("uid", uid)
+        shape = self._candidates.get(agency) or self._interned(self._shape(uid))
+        if shape is None:
+            return None
+
+        def label(n: Uid) -> Hashable | None:
+            if n in slots:
+                return slots[n]
+            if n in base:
+                return n
+            return None
+
+        key: list[Hashable] = [shape[0]]
+        for n in shape[1]:
+            found = label(n)
+            if found is None:
+                far = self._shape(n)
+                if far is None:
+                    return None
+                inner = tuple(map(label, far[1]))
+                if None in inner:
+                    return None
+                found = ("simple", far[0], inner)
+            key.append(found)
+        return ("plain", *key)
 
     def _interned(self, shape: Shape | None) -> Shape | None:
         """A candidate's shape with its text shared by every candidate of that text

@@ -3,7 +3,8 @@
 Decides ``publish`` and ``receive`` for one bulletin at a time with a policy bundle
 (``bundle``) over the directory (``entities``), giving Cedar only the entities each batch
 can reach (``slicing``) and one request per class of candidates the policies cannot tell
-apart (``classes``), and explains them. Anything but a clean ``Allow``
+apart (``classes``), taking what it decided in the same second for a bulletin of the same
+outline (ADR 0042), and explains them. Anything but a clean ``Allow``
 (``NoDecision``, an evaluation error, malformed facts, an unknown agency) is a deny.
 ``permitted_receivers`` leaves out, before Cedar, the candidates the policy set certainly
 denies (``prefilter``). Re-exports the package's public names.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
 from typing import Literal, TypeVar
 
@@ -28,7 +29,7 @@ import cedarpy
 from cedarpy import Entities, PolicySet
 
 from broker.policy.bundle import PolicyBundle, PolicyLoadError
-from broker.policy.classes import Cut, Shapes
+from broker.policy.classes import Cut, Outline, Shapes
 from broker.policy.entities import AGENCY, DirectorySnapshot, bulletin_entity, entity_uid
 from broker.policy.explain import Explanation, explanation
 from broker.policy.lint import MAX_ERROR_CHARS, shorten_error
@@ -61,6 +62,7 @@ __all__ = [
 
 
 _DECISION_CACHE = 4096  # distinct (facts, action, candidates, second) kept per engine
+_SHARED = 16384  # decisions kept for other bulletins of one outline (ADR 0042), per engine
 _POSITIONAL_ID = re.compile(r"\bpolicy\d+\b")
 # Cedar parses an entity of a slice in about 45 us and copies one of the parsed whole
 # directory in about 1.5 us (10,000 agencies): a request whose slice holds more than 1/32
@@ -71,6 +73,9 @@ _KEPT_SLICES = 256  # parsed slices of the directory an engine keeps (each under
 
 _Json = dict[str, object]
 _MemoKey = tuple[BulletinFacts, Action, tuple[str, ...], int]
+# A bulletin's outline, the action, the second and a candidate's role (ADR 0042).
+_ShareKey = tuple[tuple[object, ...], Action, int, Hashable]
+_Result = cedarpy.AuthzResult | Decision
 _T = TypeVar("_T")
 
 
@@ -129,9 +134,12 @@ class PolicyEngine:
         self._memo: dict[_MemoKey, tuple[Decision, ...]] = {}
         self._allowed_memo: dict[_MemoKey, tuple[str, ...]] = {}  # permitted_receivers'
         self._class_memo: dict[_MemoKey, tuple[DecidedAlike, ...]] = {}  # receive_classes'
+        self._shared: dict[_ShareKey, Decision] = {}  # by outline and role (ADR 0042)
+        self.shared_taken = 0  # classes decided by a decision made for another bulletin
         self._base = frozenset(self._pinned)  # in every request's fixed entities
         self._slices: dict[frozenset[Uid], Entities] = {}  # parsed, by their uids
-        # Candidates the policies cannot tell apart share one Cedar request (ADR 0035).
+        # Candidates the policies cannot tell apart share one Cedar request (ADR 0035), and
+        # bulletins of one outline share decisions (ADR 0042).
         self._shapes = Shapes(directory._index.entity, bundle._read, AGENCY) if classes else None
 
     @property
@@ -307,7 +315,7 @@ class PolicyEngine:
             if a not in directory
         )  # fmt: skip
         return [
-            (*(DecidedAlike(self._convert(c[0][0], action, r), *c)
+            (*(DecidedAlike(self._settle(c[0][0], action, r), *c)
                for c, r in zip(classes, batch, strict=True)), *unknown)
             for batch in batches
         ]  # fmt: skip
@@ -320,37 +328,65 @@ class PolicyEngine:
         now: int,
         policy_sets: Sequence[PolicySet],
         context: _Json | None,
-    ) -> tuple[list[Cut], list[list[cedarpy.AuthzResult]]]:
+    ) -> tuple[list[Cut], list[list[_Result]]]:
         """The known candidates (no duplicates) in classes (``Shapes.cut_classes``), and
-        Cedar's results for the first of each. A class whose result carried an error (its
-        text may name the agency) or no clean decision is asked again, one candidate each:
-        only a clean Allow or Deny is shared."""
+        the decision of the first of each: Cedar's result, or a clean decision made for an
+        earlier bulletin of the same outline in the same second (ADR 0042). A class whose
+        result carried an error (its text may name the agency) or no clean decision is
+        asked again, one candidate each: only a clean Allow or Deny is shared."""
         classes: list[Cut] | None = None
         shapes = self._shapes
-        if shapes is not None and context is None and len(known) > 1:
+        outline: Outline | None = None
+        if shapes is not None and context is None:
             try:
                 bulletin = bulletin_entity(facts)
             except (AttributeError, IndexError, TypeError, ValueError):
                 pass  # refused whole by _evaluate
             else:
-                roots = [*self._pinned, *references(bulletin["attrs"])]
-                fixed = self._directory._index.reach(roots)
-                classes = shapes.cut_classes(known, fixed, self._base)
+                if len(known) > 1:
+                    roots = [*self._pinned, *references(bulletin["attrs"])]
+                    fixed = self._directory._index.reach(roots)
+                    classes = shapes.cut_classes(known, fixed, self._base)
+                if len(policy_sets) == 1 and _cacheable(facts, now):
+                    outline = shapes.outline(bulletin, self._base)
         if classes is None:
             classes = [((a,), None, ()) for a in known]
-        asked = [c[0][0] for c in classes]
-        batches = self._evaluate(facts, action, asked, now, policy_sets, context)
-        if len(asked) == len(known):
+        firsts = [c[0][0] for c in classes]
+        # Decisions an earlier bulletin of this outline made in this second, by role.
+        keys: list[_ShareKey | None] = [None] * len(classes)
+        if outline is not None and shapes is not None:
+            for i, first in enumerate(firsts):
+                role = shapes.role(first, outline[1], self._base)
+                if role is not None:
+                    keys[i] = (outline[0], action, now, role)
+        shared = [None if k is None else self._shared.get(k) for k in keys]
+        asked = [a for a, d in zip(firsts, shared, strict=True) if d is None]
+        self.shared_taken += len(firsts) - len(asked)
+        found = self._evaluate(facts, action, asked, now, policy_sets, context) if asked else [
+            [] for _ in policy_sets]  # fmt: skip
+        batches: list[list[_Result]] = [list(b) for b in found]
+        if len(asked) < len(firsts):
+            answers = iter(found[0])  # shared only under the bundle's policies alone
+            batches = [[d if d is not None else next(answers) for d in shared]]
+        if len(known) == len(classes) and outline is None:
             return classes, batches
         unclean = {
-            i for batch in batches for i, (a, r) in enumerate(zip(asked, batch, strict=True))
-            if len(classes[i][0]) > 1 and (r.diagnostics.errors or r.correlation_id != a
-                                           or r.decision == cedarpy.Decision.NoDecision)
+            i for batch in batches for i, (a, r) in enumerate(zip(firsts, batch, strict=True))
+            if not isinstance(r, Decision) and (r.diagnostics.errors or r.correlation_id != a
+                                                or r.decision == cedarpy.Decision.NoDecision)
         }  # fmt: skip
+        for i, (first, key) in enumerate(zip(firsts, keys, strict=True)):
+            result = batches[0][i]
+            if key is not None and i not in unclean and not isinstance(result, Decision):
+                decision = batches[0][i] = self._convert(first, action, result)
+                if len(self._shared) >= _SHARED:
+                    self._shared.clear()
+                self._shared[key] = decision
+        unclean = {i for i in unclean if len(classes[i][0]) > 1}
         if unclean:
             again = [a for i in sorted(unclean) for a in classes[i][0][1:]]
             more = self._evaluate(facts, action, again, now, policy_sets, context)
-            batches = [b + m for b, m in zip(batches, more, strict=True)]
+            batches = [[*b, *m] for b, m in zip(batches, more, strict=True)]
             classes = [(c[0][:1], None, ()) if i in unclean else c for i, c in enumerate(classes)]
             classes += [((a,), None, ()) for a in again]
         return classes, batches
@@ -422,6 +458,14 @@ class PolicyEngine:
                 self._slices.clear()
             self._slices[key] = part
         return part.with_added_json_str(f"[{text}]", schema)
+
+    def _settle(self, agency: str, action: Action, result: _Result) -> Decision:
+        """``agency``'s decision from Cedar's result, or from a decision shared with it."""
+        if not isinstance(result, Decision):
+            return self._convert(agency, action, result)
+        if result.agency == agency:
+            return result
+        return replace(result, agency=agency)
 
     def _convert(self, agency: str, action: Action, result: cedarpy.AuthzResult) -> Decision:
         # 4. Fail closed: allow only a clean Allow (no errors) for the agency we asked about.

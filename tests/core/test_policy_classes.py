@@ -14,6 +14,7 @@ golden cases and the oracle differential test run the same engines too
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cedarpy
@@ -25,6 +26,7 @@ from broker.policy.classes import Shapes, _Opaque, attributes_read, shape_of
 from broker.policy.engine import (
     AgencyInfo,
     BulletinFacts,
+    Decision,
     DirectorySnapshot,
     JurisdictionInfo,
     PolicyBundle,
@@ -189,6 +191,36 @@ def test_classes_decide_as_each_candidate(
         event(f"{variant}: {'shared' if asked < len(set(agencies)) else 'not shared'}")
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@settings(max_examples=30, deadline=None, database=None)
+@given(data=st.data())
+def test_bulletins_of_one_outline_share_decisions(
+    bundles: dict[str, PolicyBundle], variant: str, data: st.DataObject
+) -> None:
+    """ADR 0042: bulletins alike but for their originator (and its state) or a named
+    agency, decided in one second by the same engines, one after another (so each may
+    take what the ones before decided), decide as the reference does each on its own."""
+    jurisdictions, agencies = data.draw(cloned_directories(), label="directory")
+    bundle = bundles[variant]
+    reference, fast = reference_and_fast(
+        bundle, DirectorySnapshot.build(jurisdictions, agencies, bundle)
+    )
+    everyone = [a.id for a in agencies] + [GHOST]
+    first = data.draw(bulletins(jurisdictions, agencies), label="bulletin")
+    now = data.draw(st.integers(NOW - 60, NOW + 60), label="now")
+    before = fast["auto"].shared_taken
+    for n in range(4):
+        who = data.draw(st.sampled_from(agencies), label="originator")
+        named = data.draw(st.lists(st.sampled_from(everyone), unique=True, max_size=2))
+        labels = first.labels.model_copy(update={"named": tuple(named)}) if n % 2 else first.labels
+        facts = replace(first, bulletin_id=f"b{n}", originator=who.id,
+                        origin_state=who.state, labels=labels)  # fmt: skip
+        assert_alike(reference, fast, facts, everyone, now)
+        # The originator's publish decision is shared by role too.
+        assert fast["auto"].decide_publish(facts, now) == reference.decide_publish(facts, now)
+    event(f"{variant}: {'shared' if fast['auto'].shared_taken > before else 'not shared'}")
+
+
 # --------------------------------------------------------------------------- fixed cases
 
 
@@ -266,6 +298,96 @@ def test_a_class_with_an_error_is_asked_one_by_one(bundles: dict[str, PolicyBund
 
 
 # --------------------------------------------------------------------------- parts
+
+
+@pytest.mark.parametrize(
+    ("variant", "shared"),
+    [
+        # ag1's bulletin is ag0's with ST1 for ST0: its decisions, and the originator's
+        # publish decision, come from ag0's by role.
+        ("shipped", True),
+        # A policy reads names: the originators differ, so their bulletins' outlines do.
+        ("reads-names", False),
+        # A policy names ST1: ag1's bulletin reaches it by uid, ag0's ST0 by slot.
+        ("names-entities", False),
+    ],
+)
+def test_who_shares_across_bulletins(
+    bundles: dict[str, PolicyBundle], variant: str, shared: bool
+) -> None:
+    bundle = bundles[variant]
+    jurisdictions, agencies = clones(6)
+    reference, fast = reference_and_fast(
+        bundle, DirectorySnapshot.build(jurisdictions, agencies, bundle)
+    )
+    engine = fast["auto"]
+    everyone = tuple(a.id for a in agencies)
+    policies = (bundle._policies,)
+    one = facts_for(("CM0",))
+    other = replace(one, bulletin_id="another", originator="ag1", origin_state="ST1")
+
+    def taken(facts: BulletinFacts, now: int) -> list[tuple[str, ...]]:
+        """The classes decided by a decision made for another bulletin."""
+        parts, batches = engine._by_class(facts, "receive", everyone, now, policies, None)
+        return [p[0] for p, r in zip(parts, batches[0], strict=True)
+                if isinstance(r, Decision) and r.agency != p[0][0]]  # fmt: skip
+
+    assert taken(one, NOW) == []
+    if shared:
+        # Nothing is asked of Cedar: ag1, the originator, takes the decision ag0 had as
+        # the originator of the first; ag0, now one of the others, that of ag2..ag5.
+        assert taken(other, NOW) == [("ag0", "ag2", "ag3", "ag4", "ag5"), ("ag1",)]
+    else:
+        assert taken(other, NOW) == []
+    # A second later nothing is shared: the context's time differs.
+    assert taken(other, NOW + 1) == []
+    for facts in (one, other):
+        assert_alike(reference, fast, facts, list(everyone), NOW)
+        assert engine.decide_publish(facts, NOW) == reference.decide_publish(facts, NOW)
+
+
+def test_an_outline_keeps_the_bulletins_own_attributes_and_follows_read_ones() -> None:
+    """Two bulletins differing only in an attribute no policy reads have different
+    outlines (one may fit the schema, the other not); an entity they reach is followed
+    through read attributes only, and one absent from the directory shares nothing."""
+
+    def ref(kind: str, ident: str) -> dict[str, object]:
+        return {"__entity": {"type": f"Istmo::{kind}", "id": ident}}
+
+    directory = {
+        ("Istmo::Agency", "a"): {"uid": {"type": AGENCY, "id": "a"},
+                                 "attrs": {"home": ref("Jurisdiction", "S1"), "name": "A",
+                                           "mate": ref("Agency", "zz")},
+                                 "parents": []},
+        ("Istmo::Agency", "b"): {"uid": {"type": AGENCY, "id": "b"},
+                                 "attrs": {"home": ref("Jurisdiction", "S2"), "name": "B"},
+                                 "parents": []},
+        ("Istmo::Jurisdiction", "S1"): {"uid": {"type": "Istmo::Jurisdiction", "id": "S1"},
+                                        "attrs": {}, "parents": []},
+        ("Istmo::Jurisdiction", "S2"): {"uid": {"type": "Istmo::Jurisdiction", "id": "S2"},
+                                        "attrs": {}, "parents": []},
+    }  # fmt: skip
+    shapes = Shapes(directory.get, frozenset({"home", "originator"}), AGENCY)
+
+    def bulletin(originator: str, **more: object) -> dict[str, object]:
+        attrs = {"originator": ref("Agency", originator), **more}
+        return {"uid": {"type": "Istmo::Bulletin", "id": "x"}, "attrs": attrs, "parents": []}
+
+    one, two = shapes.outline(bulletin("a"), ()), shapes.outline(bulletin("b"), ())
+    assert one is not None
+    assert two is not None
+    assert one[0] == two[0]  # "mate" and "name" are read by no policy
+    assert one[1] == {("Istmo::Agency", "a"): 0, ("Istmo::Jurisdiction", "S1"): 1}
+    assert shapes.role("a", one[1], ()) == shapes.role("b", two[1], ()) == ("slot", 0)
+    odd = shapes.outline(bulletin("a", tlp="x"), ())
+    assert odd is not None
+    assert odd[0] != one[0]
+    assert shapes.outline(bulletin("zz"), ()) is None
+    # In the base, an entity is named by uid: S1 and S2 no longer look alike.
+    base = {("Istmo::Jurisdiction", "S1")}
+    three = shapes.outline(bulletin("a"), base)
+    assert three is not None
+    assert three[0] != one[0]
 
 
 def test_attributes_read_finds_every_form() -> None:
