@@ -209,22 +209,32 @@ def evaluate_targets(doc: R) -> list[dict[str, Any]]:
         None if resolve is None or n != 3500 else resolve < 50,
         "" if n == 3500 else "3,500 is measured in full mode only",
     )
-    minutes = _get(big_dir, "siena", "minutes_for_1_79M")
-    ok: bool | None = None if minutes is None or n != 3500 else minutes < 30
-    note = "" if n == 3500 else "3,500 is measured in full mode only"
+    # SIENA's traffic comes from thousands of originators: the backlog from many in turn
+    # is the verdict where it was measured, one originator's backlog the note.
+    one = _get(big_dir, "siena", "minutes_for_1_79M")
+    one_text = (
+        f"{_fmt(one, ' min')} ({_fmt(_get(big_dir, 'siena', 'machine_rate_per_s'))}/s, "
+        f"{_get(big_dir, 'siena', 'assumed', default='')})"
+    )
     mixed = _get(big_dir, "siena_mixed", "minutes_for_1_79M")
+    minutes, measured, note = one, one_text, ""
     if mixed is not None:
-        note = (
-            f"from {_get(big_dir, 'siena_mixed', 'originators')} originators in turn: "
-            f"{_fmt(mixed, ' min')} ({_fmt(_get(big_dir, 'siena_mixed', 'machine_rate_per_s'))}/s)"
+        minutes = mixed
+        measured = (
+            f"{_fmt(mixed, ' min')} ({_fmt(_get(big_dir, 'siena_mixed', 'machine_rate_per_s'))}"
+            f"/s, from {_get(big_dir, 'siena_mixed', 'originators')} originators in turn, "
+            "2 processes)"
         )
+        note = f"from one originator: {one_text}"
+    ok: bool | None = None if minutes is None or n != 3500 else minutes < 30
+    if n != 3500:
+        note = "3,500 is measured in full mode only"
     if n == 3500 and _get(big_dir, "stack_error"):
         ok, note = False, "the stack did not start with 3,500 agencies (item 9)"
     add(
         "siena",
         "3,500 agencies: SIENA's 1.79M bulletins relayed in < 30 min on one machine",
-        f"{_fmt(minutes, ' min')} ({_fmt(_get(big_dir, 'siena', 'machine_rate_per_s'))}/s, "
-        f"{_get(big_dir, 'siena', 'assumed', default='')})",
+        measured,
         ok,
         note,
     )

@@ -146,6 +146,29 @@ def test_a_stack_that_does_not_start_misses_the_siena_target() -> None:
     assert "maximum consumers limit reached" in text
 
 
+@pytest.mark.parametrize(
+    ("one", "mixed", "status"),
+    [(25.0, None, "met"), (25.0, 36.3, "missed"), (35.0, 28.0, "met")],
+)
+def test_siena_is_judged_on_many_originators_where_measured(
+    one: float, mixed: float | None, status: str
+) -> None:
+    row: dict[str, object] = {
+        "agencies": 3500,
+        "siena": {"minutes_for_1_79M": one, "machine_rate_per_s": 1000.0, "assumed": "2"},
+    }
+    if mixed is not None:
+        row["siena_mixed"] = {"originators": 500, "minutes_for_1_79M": mixed,
+                              "machine_rate_per_s": 900.0}  # fmt: skip
+    doc = _doc(100, 0.3, 30)
+    doc["results"]["directory_size"] = {"rows": [row]}
+    siena = {t["key"]: t for t in evaluate_targets(doc)}["siena"]
+    assert siena["status"] == status
+    if mixed is not None:
+        assert "500 originators" in siena["figure"]
+        assert f"from one originator: {one:g} min" in siena["note"]
+
+
 def test_report_keeps_hand_written_sections(tmp_path: Path) -> None:
     md = tmp_path / "BENCHMARKS.md"
     first = write_report(_doc(112, 0.2, 30), results_path=tmp_path / "r.json", md=md)
