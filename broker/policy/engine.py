@@ -63,6 +63,7 @@ __all__ = [
 
 _DECISION_CACHE = 4096  # distinct (facts, action, candidates, second) kept per engine
 _SHARED = 16384  # decisions kept for other bulletins of one outline (ADR 0042), per engine
+_KEPT_LISTS = 64  # candidate lists kept without duplicates and unknown agencies, per engine
 _POSITIONAL_ID = re.compile(r"\bpolicy\d+\b")
 # Cedar parses an entity of a slice in about 45 us and copies one of the parsed whole
 # directory in about 1.5 us (10,000 agencies): a request whose slice holds more than 1/32
@@ -136,6 +137,7 @@ class PolicyEngine:
         self._class_memo: dict[_MemoKey, tuple[DecidedAlike, ...]] = {}  # receive_classes'
         self._shared: dict[_ShareKey, Decision] = {}  # by outline and role (ADR 0042)
         self.shared_taken = 0  # classes decided by a decision made for another bulletin
+        self._lists: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._base = frozenset(self._pinned)  # in every request's fixed entities
         self._slices: dict[frozenset[Uid], Entities] = {}  # parsed, by their uids
         # Candidates the policies cannot tell apart share one Cedar request (ADR 0035), and
@@ -299,8 +301,7 @@ class PolicyEngine:
     ) -> list[tuple[DecidedAlike, ...]]:
         """``_decide``'s decisions in classes (``receive_classes``), per policy set."""
         directory = self._directory._agencies
-        unique = tuple(dict.fromkeys(agencies))
-        known = tuple(filter(directory.__contains__, unique))
+        unique, known = self._listed(agencies)
         policy_sets = (self._bundle._policies, *also)
         try:
             classes, batches = self._by_class(facts, action, known, now, policy_sets, context)
@@ -319,6 +320,19 @@ class PolicyEngine:
                for c, r in zip(classes, batch, strict=True)), *unknown)
             for batch in batches
         ]  # fmt: skip
+
+    def _listed(self, agencies: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """``agencies`` without duplicates, and those of them in the directory: kept per
+        list (a topic's followers come again with every bulletin on it)."""
+        key = tuple(agencies)
+        found = self._lists.get(key)
+        if found is None:
+            unique = tuple(dict.fromkeys(key))
+            found = unique, tuple(filter(self._directory._agencies.__contains__, unique))
+            if len(self._lists) >= _KEPT_LISTS:
+                self._lists.clear()
+            self._lists[key] = found
+        return found
 
     def _by_class(
         self,

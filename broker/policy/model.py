@@ -117,7 +117,8 @@ class DecidedAlike:
     decision: Decision
     agencies: tuple[str, ...]
     # The engine's kept class these are what is left of, and the members it took out for
-    # this bulletin (ADR 35, amended); None for candidates classed on their own.
+    # this bulletin (ADR 35, amended): ``agencies`` is ``base`` less ``cut``, in order.
+    # None for candidates classed on their own.
     base: tuple[str, ...] | None = None
     cut: tuple[str, ...] = ()
 

@@ -112,10 +112,10 @@ def route(
             grouped.setdefault(key, []).append(alike.agencies)
             drawn.setdefault(key, []).append((alike, frozenset()))
             continue
-        routed = wrapped & alike.members
+        routed = _routed(wrapped, alike)
         if routed:
             grouped.setdefault(("routed", dec.policy_ids, dec.reasons), []).append(routed)
-        if len(routed) < len(alike.members):
+        if len(routed) < len(alike.agencies):
             key = ("unaddressed", dec.policy_ids, dec.reasons)
             rest = filterfalse(routed.__contains__, alike.agencies) if routed else alike.agencies
             grouped.setdefault(key, []).append(rest)
@@ -268,6 +268,16 @@ def _members_of(kept: tuple[str, ...]) -> frozenset[str]:
         _MEMBERS.clear()
     _MEMBERS[id(kept)] = (kept, members)
     return members
+
+
+def _routed(wrapped: frozenset[str], alike: DecidedAlike) -> frozenset[str]:
+    """The agencies of ``alike`` that ``wrapped`` holds. A class drawn from one the engine
+    keeps is that class less what it cut: its set is made once per kept class, not once
+    per bulletin (a new originator's bulletin brings new classes, of kept members)."""
+    if alike.base is None:
+        return wrapped & alike.members
+    found = wrapped & _members_of(alike.base)
+    return found.difference(alike.cut) if alike.cut else found
 
 
 def _listed(classes: Sequence[tuple[str, ...]]) -> tuple[str, tuple[str, ...]]:
