@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
+from itertools import chain
 
 from cedarpy import pst
 
@@ -139,12 +140,12 @@ class _Partition:
 
     ``touch`` gives, for an entity, the candidates that have it as a neighbour or as a
     neighbour's neighbour; ``position`` each candidate's place in the list; ``class_of``
-    its class, by index into ``classes``.
+    its class, by index into ``classes``, and its place in that class.
     """
 
     base: frozenset[Uid]
     classes: tuple[tuple[str, ...], ...]
-    class_of: dict[str, int]
+    class_of: dict[str, tuple[int, int]]
     position: dict[str, int]
     touch: dict[Uid, tuple[str, ...]]
     # The classes cut for a bulletin, by its fixed entities beyond the base: a class's
@@ -157,7 +158,7 @@ class _Partition:
         for agency, first in shapes.representatives(candidates, base).items():
             firsts.setdefault(first, []).append(agency)
         classes = tuple(tuple(m) for m in firsts.values())
-        class_of = {a: i for i, members in enumerate(classes) for a in members}
+        class_of = {a: (i, j) for i, members in enumerate(classes) for j, a in enumerate(members)}
         touch: dict[Uid, set[str]] = {}
         for agency in class_of:
             shape = shapes._candidates.get(agency)
@@ -296,14 +297,22 @@ class Shapes:
         if not touched:
             return [(members, members, ()) for members in kept.classes]
         out: list[Cut] = []
-        cut = {kept.class_of[a] for a in touched}
+        cut: dict[int, list[int]] = {}  # class -> the places in it of its touched members
+        for agency in touched:
+            i, j = kept.class_of[agency]
+            cut.setdefault(i, []).append(j)
         for i, whole in enumerate(kept.classes):
-            if i not in cut:
+            at = cut.get(i)
+            if at is None:
                 out.append((whole, whole, ()))
                 continue
-            members = tuple(m for m in whole if m not in touched)
+            at.sort()
+            # What lies between the touched members, joined in C: a kept class can hold
+            # thousands of agencies, of which a bulletin touches a few dozen.
+            bounds = zip((-1, *at), (*at, len(whole)), strict=True)
+            members = tuple(chain.from_iterable(whole[a + 1 : b] for a, b in bounds))
             if members:
-                out.append((members, whole, tuple(m for m in whole if m in touched)))
+                out.append((members, whole, tuple(whole[j] for j in at)))
         again = sorted(touched, key=kept.position.__getitem__)
         firsts: dict[str, list[str]] = {}
         for agency, first in self.representatives(again, fixed).items():
