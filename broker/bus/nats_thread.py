@@ -28,6 +28,8 @@ __all__ = ["NatsThread", "Serve"]
 
 log = logging.getLogger("istmo.bus")
 
+_READY_POLL_S = 0.2  # how often start() looks at its caller's stop while it waits
+
 # serve(nc, stop, ready): call ready() once it takes work; return once stop is set.
 Serve = Callable[[NATS, asyncio.Event, Callable[[], None]], Awaitable[None]]
 
@@ -49,26 +51,43 @@ class NatsThread:
         self._failed: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._abandoned = False  # stop() came first: give up connecting
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
-    async def start(self, timeout: float = 30.0) -> None:
+    async def start(self, timeout: float = 30.0, *, stop: asyncio.Event | None = None) -> None:
         """Start, and return once ``serve`` is ready.
 
         Raises:
-            BusUnavailable: it did not connect or get ready within ``timeout`` seconds.
+            BusUnavailable: it did not connect or get ready within ``timeout`` seconds, or
+                ``stop`` was set first (its process is stopping: NATS may be gone, and a
+                connection would be retried for the whole ``timeout``).
         """
         self._thread.start()
-        await asyncio.to_thread(self._ready.wait, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._ready.is_set():
+            left = deadline - loop.time()
+            if left <= 0 or (stop is not None and stop.is_set()):
+                break
+            await asyncio.to_thread(self._ready.wait, min(left, _READY_POLL_S))
         if self._failed is not None:
             raise BusUnavailable(f"{self.name} could not start: {self._failed!r}") from self._failed
         if not self._ready.is_set():
+            if stop is not None and stop.is_set():
+                raise BusUnavailable(f"{self.name} was stopped before it was ready")
             raise BusUnavailable(f"{self.name} did not start within {timeout:.0f} s")
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Tell ``serve`` to stop and wait (up to ``timeout`` seconds) for the thread."""
-        if self._loop is not None and self._stop is not None:
+        """Tell ``serve`` to stop and wait (up to ``timeout`` seconds) for the thread. Not
+        ready yet, it gives up connecting."""
+        self._abandoned = True
+        if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # its loop has ended already
-                self._loop.call_soon_threadsafe(self._stop.set)
+                if self._ready.is_set() and self._stop is not None:
+                    self._loop.call_soon_threadsafe(self._stop.set)
+                elif self._task is not None:
+                    self._loop.call_soon_threadsafe(self._task.cancel)
         if self._thread.is_alive():
             await asyncio.to_thread(self._thread.join, timeout)
 
@@ -82,8 +101,11 @@ class NatsThread:
             self._ready.set()
 
     async def _run(self) -> None:
+        self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        if self._abandoned:  # stopped before its loop ran: nothing to cancel yet
+            raise BusUnavailable(f"{self.name} was stopped before it was ready")
         nc = await self._connect()
         try:
             await self._serve_fn(nc, self._stop, self._ready.set)

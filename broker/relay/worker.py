@@ -201,10 +201,10 @@ class Relay:
             control_sub,
             directory_sub,
         ]
-        api_thread = await self._start_api_thread()
+        api_thread = await self._start_api_thread(stop)
         if api_thread is None:
             subs.append(await self.nc.subscribe(API_SUBJECTS, queue=API_QUEUE, cb=self._on_api))
-        att_thread = await self._start_attachments_thread()
+        att_thread = await self._start_attachments_thread(stop)
         try:
             async with asyncio.TaskGroup() as tg:
                 if att_thread is None:
@@ -911,22 +911,17 @@ class Relay:
                 await asyncio.wait_for(stop.wait(), self.settings.announce_interval_s)
 
     # ------------------------------------------------------------------ agency API
-    async def _start_api_thread(self) -> NatsThread | None:
+    async def _start_api_thread(self, stop: asyncio.Event) -> NatsThread | None:
         """The agency API on a thread of its own, or None (then it is served on ``nc``):
         without ``api_connect``, or if the thread cannot start (logged; agencies are still
         answered, between batches)."""
         if self._api_connect is None:
             return None
         thread = NatsThread("istmo-agency-api", self._api_connect, self._serve_api)
-        try:
-            await thread.start()
-        except BusUnavailable as exc:
-            log.error("agency API: no thread of its own (%s); answering between batches", exc)
-            await thread.stop()
-            return None
-        return thread
+        return await _started(thread, stop, "agency API: no thread of its own (%s); "
+                              "answering between batches")  # fmt: skip
 
-    async def _start_attachments_thread(self) -> NatsThread | None:
+    async def _start_attachments_thread(self, stop: asyncio.Event) -> NatsThread | None:
         """Chunk requests on a thread and connection of their own (ADR 17), or None
         (served on ``nc`` then)."""
         if self._api_connect is None:
@@ -937,13 +932,8 @@ class Relay:
             await self.attachments.serve_all(nc, stop)
 
         thread = NatsThread("istmo-attachments", self._api_connect, serve)
-        try:
-            await thread.start()
-        except BusUnavailable as exc:
-            log.error("attachments: no thread of their own (%s); answering on the relay's", exc)
-            await thread.stop()
-            return None
-        return thread
+        return await _started(thread, stop, "attachments: no thread of their own (%s); "
+                              "answering on the relay's")  # fmt: skip
 
     async def _serve_api(self, nc: NATS, stop: asyncio.Event, ready: Callable[[], None]) -> None:
         """On the API's own thread and connection: answer requests until ``stop``."""
@@ -1030,3 +1020,16 @@ async def _hand_back(msgs: list[Msg]) -> None:
         delay = min(2.0 ** max(msg.metadata.num_delivered, 1), ACK_WAIT_S)
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await msg.nak(delay=delay)
+
+
+async def _started(thread: NatsThread, stop: asyncio.Event, failed: str) -> NatsThread | None:
+    """``thread`` once ready, or None if it cannot start (``failed`` logged, with why) or
+    the relay is stopping meanwhile (nothing logged: NATS may be what went)."""
+    try:
+        await thread.start(stop=stop)
+    except BusUnavailable as exc:
+        if not stop.is_set():
+            log.error(failed, exc)
+        await thread.stop()
+        return None
+    return thread
