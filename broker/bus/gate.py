@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -40,7 +39,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from schemas.errors import BusUnavailable, EnvelopeError
+from broker.bus.nats_thread import NatsThread
+from schemas.errors import EnvelopeError
 from schemas.subjects import (
     GATED_AT_HEADER,
     GATED_KINDS,
@@ -161,7 +161,7 @@ class Gate:
 
 
 class GateThread:
-    """A gate on its own thread, event loop and NATS connection.
+    """A gate on its own thread, event loop and NATS connection (a ``NatsThread``).
 
     A broker process's main event loop also runs work that holds it for milliseconds at a
     time (a relay batch's checks and database commit, the sequencer, the API). A gate there
@@ -174,52 +174,22 @@ class GateThread:
         connect: Callable[[], Awaitable[NATS]],
         store_subject: Callable[[str, str], str] = gated_subject,
     ) -> None:
-        self._connect = connect
         self._store_subject = store_subject
-        self._ready = threading.Event()
-        self._failed: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, name="istmo-gate", daemon=True)
+        self._thread = NatsThread("istmo-gate", connect, self._serve)
         self.gate: Gate | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start, and return once the gate takes publishes (BusUnavailable if NATS does
         not let it)."""
-        self._thread.start()
-        await asyncio.to_thread(self._ready.wait, timeout)
-        if self._failed is not None:
-            raise BusUnavailable(f"the gate could not start: {self._failed!r}") from self._failed
-        if not self._ready.is_set():
-            raise BusUnavailable(f"the gate did not start within {timeout:.0f} s")
+        await self._thread.start(timeout)
 
     async def stop(self) -> None:
         """Stop taking publishes; stores under way finish first."""
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):  # its loop has ended already
-                self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join, STORE_TIMEOUT_S + 10)
+        await self._thread.stop(STORE_TIMEOUT_S + 10)
 
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:
-            self._failed = exc
-            if self._ready.is_set():  # else start() raises it
-                log.exception("gate stopped")
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        nc = await self._connect()
-        try:
-            self.gate = Gate(nc, self._store_subject)
-            task = asyncio.create_task(self.gate.run(self._stop))
-            await self.gate.ready.wait()
-            self._ready.set()
-            await task
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await nc.drain()
+    async def _serve(self, nc: NATS, stop: asyncio.Event, ready: Callable[[], None]) -> None:
+        self.gate = Gate(nc, self._store_subject)
+        task = asyncio.create_task(self.gate.run(stop))
+        await self.gate.ready.wait()
+        ready()
+        await task

@@ -8,7 +8,7 @@ few milliseconds, and a thread blocked in the database or in OpenSSL lets the ot
 
 Left to others: what the service does (``serve``), and its own thread safety: whatever it
 shares with the main loop (a registry, a directory) must be safe to use from two threads.
-``broker.bus.gate`` runs the gate the same way.
+``broker.bus.gate`` runs the gate on one.
 """
 
 from __future__ import annotations
