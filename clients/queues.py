@@ -14,10 +14,13 @@ answer that comes late is not lost: its messages are kept for the next ``take``.
 acking and receipts are left to ``clients.sdk``.
 
 Besides the queues, one ``push`` request stays open (ADR 38, ``broker.relay.push``),
-answered on the same inbox (``<inbox>.p<n>``): a relay answers it with a FLASH or
-IMMEDIATE bulletin routed to the agency as soon as it has recorded its decision, before
-its queued copy is stored and handed over. ``take`` returns such a ``Pushed`` bulletin before
-anything else; its queued copy comes later, and the SDK's dedupe store settles it. A
+answered on the same inbox (``<inbox>.p<n>``): a relay answers it with the bulletins of a
+batch routed to the agency (``schemas.push``: FLASH and IMMEDIATE ones always, the others
+while the relay keeps up, ADR 43) as soon as it has recorded its decisions, before their
+queued copies are stored and handed over. ``take`` returns a pushed urgent bulletin before
+anything else, and another one after what the queues hold at that moment (both are
+asked first, without waiting), so a push never overtakes a bulletin that waited longer;
+its queued copy comes later, and the SDK's dedupe store settles it. A
 broker that does not push (before ADR 38), or a newer wait of the same agency taking the
 place of this one, turns pushes off for ``PUSH_RETRY_S``; the queues deliver as before.
 """
@@ -31,6 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -41,7 +45,9 @@ from schemas.agency import KIND_HEADER, PUSH_KIND, PUSH_STATE_HEADER, PushReques
 from schemas.canonical import canonical_json
 from schemas.errors import EnvelopeError
 from schemas.labels import Precedence
+from schemas.push import PUSH_FRAMES_HEADER, decode_push_frames
 from schemas.subjects import (
+    URGENT_PRECEDENCES,
     api_subject,
     deliver_durables,
     deliver_next_subject,
@@ -91,12 +97,21 @@ HAND_BACK_DELAY_S = 5.0
 
 @dataclass(frozen=True)
 class Pushed:
-    """A bulletin's envelope a relay pushed ahead of its queued copy (ADR 38): nothing to
-    ack or hand back; the queued copy is settled when it comes."""
+    """A bulletin's envelope a relay pushed ahead of its queued copy (ADR 38, ADR 43):
+    nothing to ack or hand back; the queued copy is settled when it comes."""
 
     data: bytes
     subject: str  # the inbox subject it came on
     headers: dict[str, str] | None = None  # none: a pushed bulletin never crossed a link
+    # As the relay says; a relay before ADR 43 pushed only FLASH and IMMEDIATE ones.
+    precedence: Precedence = Precedence.FLASH
+
+    @property
+    def urgent(self) -> bool:
+        return self.precedence in URGENT_PRECEDENCES
+
+
+_M = TypeVar("_M", Msg, Msg | Pushed)
 
 
 async def hand_back(msgs: Iterable[Msg | Pushed]) -> None:
@@ -112,9 +127,28 @@ async def hand_back(msgs: Iterable[Msg | Pushed]) -> None:
             await msg.nak(delay=HAND_BACK_DELAY_S)
 
 
-def _rank(msg: Msg) -> int:
-    """FLASH = 0 ... ROUTINE = 3, from the delivery subject; a delivery an Istmo before
-    ADR 7 stored (no precedence on its subject) counts as ROUTINE, anything else last."""
+def _pushed(data: bytes, subject: str, frames: str | None) -> list[Pushed]:
+    """The bulletins of a push answer: framed (``schemas.push``, ADR 43), or one envelope
+    alone (a relay before it). A malformed answer is dropped: the queue has them all."""
+    if frames is None:
+        return [Pushed(data, subject)]
+    try:
+        count = int(frames) if frames.isdigit() else -1
+        return [
+            Pushed(f.envelope, subject, precedence=f.precedence)
+            for f in decode_push_frames(data, count=count)
+        ]
+    except EnvelopeError as exc:
+        log.warning("dropped a malformed push (%s); the queue delivers it", exc.code)
+        return []
+
+
+def _rank(msg: Msg | Pushed) -> int:
+    """FLASH = 0 ... ROUTINE = 3, from the delivery subject (a pushed bulletin's, as its
+    relay said); a delivery an Istmo before ADR 7 stored (no precedence on its subject)
+    counts as ROUTINE, anything else last."""
+    if isinstance(msg, Pushed):
+        return _ORDER.index(msg.precedence)
     try:
         precedence = precedence_of_delivery(msg.subject)
     except EnvelopeError:
@@ -122,7 +156,7 @@ def _rank(msg: Msg) -> int:
     return _ORDER.index(precedence or Precedence.ROUTINE)
 
 
-def by_precedence(msgs: Iterable[Msg]) -> list[Msg]:
+def by_precedence(msgs: Iterable[_M]) -> list[_M]:
     """``msgs`` most urgent first, in the order they came within one precedence."""
     return sorted(msgs, key=_rank)
 
@@ -186,21 +220,32 @@ class DeliveryQueues:
         if want < 1:
             raise ValueError(f"want must be at least 1, not {want}")
         await self._ask_push()
-        if self._pushed:
-            return self._take_pushed(want)
+        if any(p.urgent for p in self._pushed):
+            return self._take_pushed(want, urgent=True)
+        # Other pushed bulletins go after whatever the queues hold now (ADR 43): a push
+        # is sooner than its queued copy, never ahead of a bulletin that waited longer.
+        pending = bool(self._pushed)
+        queued: list[Msg] = []
         for durable in self._durables:
-            got = await self._now(durable, want)
-            if got:
-                return by_precedence(got)
+            queued += await self._now(durable, want - len(queued))
+            if queued and (not pending or len(queued) >= want):
+                return by_precedence(queued)
+        if pending:
+            return by_precedence([*queued, *self._take_pushed(want - len(queued))])
         got = await self._either(want, wait)
         if not got and self._pushed:
+            # The queues were empty and a push came first.
             return self._take_pushed(want)
         return by_precedence(got)
 
     # ------------------------------------------------------------------ internals
-    def _take_pushed(self, want: int) -> list[Pushed]:
-        taken = self._pushed[:want]
-        del self._pushed[:want]
+    def _take_pushed(self, want: int, *, urgent: bool = False) -> list[Pushed]:
+        """Up to ``want`` pushed bulletins, most urgent first; only FLASH and IMMEDIATE
+        ones if ``urgent``."""
+        ranked = sorted(self._pushed, key=lambda p: _ORDER.index(p.precedence))
+        taken = [p for p in ranked if p.urgent or not urgent][:want]
+        chosen = {id(p) for p in taken}
+        self._pushed = [p for p in self._pushed if id(p) not in chosen]
         return taken
 
     async def _ask_push(self) -> None:
@@ -228,7 +273,7 @@ class DeliveryQueues:
         self._push_wait = None
         headers = msg.headers or {}
         if msg.data and headers.get(KIND_HEADER) == PUSH_KIND:
-            self._pushed.append(Pushed(msg.data, msg.subject))
+            self._pushed += _pushed(msg.data, msg.subject, headers.get(PUSH_FRAMES_HEADER))
             self._arrived.set()
         elif not msg.data and headers.get(PUSH_STATE_HEADER) == "idle":
             pass

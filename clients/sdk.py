@@ -183,6 +183,9 @@ RECEIPT_RETRY_S = 2
 # Receipts and acks under way at once while receive goes on to the next bulletin: each is a
 # JetStream round trip (and a flush) that need not hold up the next handler.
 SETTLE_IN_FLIGHT = 64
+# How many bulletins' stored receipts a client remembers, so that the queued copy of a
+# bulletin pushed to it (ADR 38, ADR 43) is acked without sending its receipt again.
+RECEIPTED_KEPT = 4096
 # An announcement is three short fields; anything much larger is not one.
 MAX_ANNOUNCEMENT_BYTES = 1024
 
@@ -261,6 +264,9 @@ class IstmoClient:
         self._resolves_with_keys = False
         # Receipts being stored and deliveries being acked, behind the handler (_settle_later).
         self._settling: set[asyncio.Task[None]] = set()
+        # Bulletins whose receipt this client stored, latest last (at most
+        # RECEIPTED_KEPT): a pushed bulletin's queued copy is then only acked.
+        self._receipted: dict[str, None] = {}
 
     @classmethod
     async def connect(
@@ -1563,7 +1569,8 @@ class IstmoClient:
         crossed a partner link is acked without a receipt: receipts do not cross links
         (ADR 33), and its originator is not in this region to read one. A pushed
         bulletin (ADR 38) is receipted, with nothing to ack: its queued copy is acked
-        when it comes (and receipted again, stored once)."""
+        when it comes, without a second receipt while this client remembers storing
+        the first (``RECEIPTED_KEPT``)."""
         while len(self._settling) >= SETTLE_IN_FLIGHT:
             await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
         crossed = LINK_HEADER in (msg.headers or {})
@@ -1580,8 +1587,15 @@ class IstmoClient:
                         exc,
                     )
                     return
+            bid = env.header.bulletin_id
             try:
-                stored = crossed or await self._send_receipt(env, digest, handed_at)
+                stored = (
+                    crossed
+                    or bid in self._receipted
+                    or await self._send_receipt(env, digest, handed_at)
+                )
+                if stored and not crossed:
+                    self._remember_receipt(bid)
                 if isinstance(msg, Msg):
                     await self._settle(msg, stored)
             except (nats.errors.Error, IstmoError, OSError) as exc:
@@ -1591,6 +1605,14 @@ class IstmoClient:
         task = asyncio.get_running_loop().create_task(settle())
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+
+    def _remember_receipt(self, bulletin_id: str) -> None:
+        """Keep ``bulletin_id`` among the bulletins whose receipt is stored (the latest
+        ``RECEIPTED_KEPT``): a copy of it that comes again is acked without one."""
+        self._receipted.pop(bulletin_id, None)
+        self._receipted[bulletin_id] = None
+        if len(self._receipted) > RECEIPTED_KEPT:
+            del self._receipted[next(iter(self._receipted))]
 
     async def _settled(self) -> None:
         """Wait for every receipt and ack under way (receive returns only after them)."""

@@ -43,9 +43,10 @@ with an ``ErrorReply``, also canonical JSON::
     desk-summary  DeskSummary (desk_summary)    DeskSummaryReply: the signed summary of
                                                 the caller's desk access log, recorded
                                                 as a desk.summary audit event (ADR 31)
-    push          PushRequest                   not JSON: the envelope of the next FLASH
-                                                or IMMEDIATE bulletin routed to the
-                                                caller (header Istmo-Kind: push), or an
+    push          PushRequest                   not JSON: the envelopes of the next
+                                                bulletins routed to the caller, framed
+                                                (schemas.push; headers Istmo-Kind: push,
+                                                Istmo-Push-Frames: n), or an
                                                 empty answer (header Istmo-Push: idle
                                                 after wait_s, replaced when a newer
                                                 wait of the caller's took its place);

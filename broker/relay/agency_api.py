@@ -37,9 +37,10 @@ changes keys) and returns the typed reply, or an ``ErrorReply`` whose code is on
                   by the originator (``broker.relay.forward_requests``, ADR 20)
     desk-summary  the caller's signed summary of its desk's access log -> a desk.summary
                   audit event (``broker.relay.desk_summaries``, ADR 31)
-    push          a wait for the next FLASH or IMMEDIATE bulletin routed to the caller,
-                  answered with its envelope, or empty when the wait runs out
-                  (``broker.relay.push``, ADR 38)
+    push          a wait for the next bulletins routed to the caller (FLASH and
+                  IMMEDIATE ones always, the others while the relay keeps up), answered
+                  with their envelopes, framed, or empty when the wait runs out
+                  (``broker.relay.push``, ADR 38, ADR 43)
 
 A refused request is an audit event; an answer the caller may not like (a policy denial,
 "not found") is not, and neither is a fault of the broker's own (it is logged). A recall

@@ -1,26 +1,31 @@
-"""FLASH and IMMEDIATE bulletins pushed to waiting agencies over core NATS (ADR 38).
+"""Bulletins pushed to waiting agencies over core NATS (ADR 38, ADR 43).
 
 A recipient's queued copy reaches it through JetStream, which writes each consumer's state
 to disk as it delivers: for one bulletin to thousands of agencies that is a file per
-recipient, seconds in all. So an urgent bulletin also goes the way a reply does, with no
-disk on the path:
+recipient, seconds in all, and for any bulletin the copies' atomic batch staged and
+fsynced before the recipient can fetch it. So a bulletin also goes the way a reply does,
+with no disk on the path: every FLASH and IMMEDIATE one, and every other one while the
+relay keeps up with its traffic (``PUSH_ALL_BELOW``: a batch that small means nothing
+waits behind it; under a backlog the queue paces delivery and a push would only add work):
 
   * an agency's SDK keeps one ``push`` request open (``istmo.api.<agency>.push``, inside
     the API every agency already imports, so no new grant): ``PushWaits`` keeps its reply
     subject for at most ``wait_s`` seconds, one per agency (a newer wait replaces it);
-  * once the relay has recorded its decision on a FLASH or IMMEDIATE bulletin, it
-    publishes the envelope with the agencies it routed it to on ``PUSH_SUBJECT``, inside
-    the broker's own account (no agency imports it), then stores the queued copies; every
-    relay's API loop hears it (each keeps the waits it was asked for) and answers each
-    listed agency's wait with the envelope;
+  * once the relay has recorded its decisions on a batch, it publishes the pushed
+    envelopes, each with the agencies it routed it to (``push_bundles``, framed by
+    ``schemas.push``), on ``PUSH_SUBJECT``, inside the broker's own account (no agency
+    imports it), then stores the queued copies; every relay's API loop hears them (each
+    keeps the waits it was asked for) and answers each listed agency's wait once, with
+    all of that batch's bulletins for it, most urgent first;
   * storing one copy that thousands of consumers read keeps nats-server busy for a second
     or more (a state file per consumer), and core messages wait behind it: measured here,
     3,523 pushes took 3.3 s to the median recipient with the copy stored at the same
-    time, 0.1 s with the copy stored 0.2 s later. So a push to ``HOLD_ABOVE`` agencies or
-    more holds the copies back until a relay answers that it has pushed (at most
+    time, 0.1 s with the copy stored 0.2 s later. So pushes to ``HOLD_ABOVE`` agencies or
+    more hold the copies back until a relay answers that it has pushed (at most
     ``PUSH_HOLD_S``);
-  * the SDK opens and hands it over at once; the queued copy comes later and is dropped
-    by the SDK's dedupe store, which then sends the receipt and acks it.
+  * the SDK opens and hands it over (an urgent one at once; another once nothing queued
+    is as urgent, so a push never overtakes what waited longer); the queued copy comes
+    later and is dropped by the SDK's dedupe store, which acks it.
 
 A push is only ever sooner, never the record: it goes after the decision and its audit
 events are committed, only to agencies the relay routed the bulletin to, sealed as it is
@@ -36,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 import nats.errors
@@ -45,18 +50,26 @@ from nats.aio.msg import Msg
 
 from schemas.agency import KIND_HEADER, PUSH_KIND, PUSH_STATE_HEADER, PushState
 from schemas.errors import EnvelopeError
-from schemas.ids import AgencyId, parse_agency_id
+from schemas.push import (
+    PUSH_FRAMES_HEADER,
+    PushFrame,
+    decode_push_frames,
+    encode_push_frames,
+    frame_size,
+)
 
 __all__ = [
     "HOLD_ABOVE",
+    "PUSH_ALL_BELOW",
     "PUSH_HOLD_S",
     "PUSH_SUBJECT",
     "SWEEP_S",
     "PushDoor",
     "PushWaits",
-    "parse_push",
+    "answers_by_agency",
+    "parse_bundle",
+    "push_bundles",
     "push_first",
-    "push_message",
 ]
 
 log = logging.getLogger("istmo.relay")
@@ -69,8 +82,13 @@ SWEEP_S = 1.0  # how often waits that ran out are answered
 # (more relays) are waited for while they come within _MORE_ANSWERS_S of each other.
 HOLD_ABOVE = 100
 PUSH_HOLD_S = 0.5
+# A decided batch of fewer bulletins than this pushes every one of them, whatever its
+# precedence: the relay emptied its ingest queue. A larger one pushes only FLASH and
+# IMMEDIATE bulletins (``URGENT_PRECEDENCES``).
+PUSH_ALL_BELOW = 16
 _MORE_ANSWERS_S = 0.02
-_SEP = b"\n"  # between the recipients' line and the envelope
+# Room left in a NATS message for its headers beside a bundle or an answer.
+_HEADROOM = 1024
 
 
 @dataclass(frozen=True)
@@ -95,13 +113,13 @@ class PushWaits:
         self._by_agency[agency] = _Wait(reply, until)
         return None if before is None else before.reply
 
-    def take(self, agencies: Iterable[str]) -> list[str]:
-        """The reply subjects of those of ``agencies`` that wait, no longer kept."""
+    def take(self, agencies: Iterable[str]) -> list[tuple[str, str]]:
+        """(agency, reply subject) of those of ``agencies`` that wait, no longer kept."""
         found = []
         for agency in agencies:
             wait = self._by_agency.pop(agency, None)
             if wait is not None:
-                found.append(wait.reply)
+                found.append((agency, wait.reply))
         return found
 
     def expired(self, now: float) -> list[str]:
@@ -110,23 +128,57 @@ class PushWaits:
         return [self._by_agency.pop(a).reply for a in gone]
 
 
-def push_message(recipients: Iterable[str], envelope: bytes) -> bytes:
-    """What a relay publishes on ``PUSH_SUBJECT``: the recipients' ids, comma-separated,
-    a newline, then the envelope as stored."""
-    return ",".join(recipients).encode() + _SEP + envelope
+def push_bundles(frames: Iterable[PushFrame], limit: int) -> list[bytes]:
+    """What a relay publishes on ``PUSH_SUBJECT`` for a batch: its pushes, each with the
+    agencies it was routed to (``schemas.push``), in as few messages of at most ``limit``
+    bytes as hold them, in order. A push alone over ``limit`` is left to the queue."""
+    bundles: list[bytes] = []
+    part: list[PushFrame] = []
+    size = 0
+    for frame in frames:
+        need = frame_size(frame)
+        if need > limit:
+            log.info("a push over NATS's message limit: queued only")
+            continue
+        if part and size + need > limit:
+            bundles.append(encode_push_frames(part))
+            part, size = [], 0
+        part.append(frame)
+        size += need
+    if part:
+        bundles.append(encode_push_frames(part))
+    return bundles
 
 
-def parse_push(data: bytes) -> tuple[list[AgencyId], bytes]:
-    """(recipients, envelope) of a ``push_message``.
+def parse_bundle(data: bytes) -> list[PushFrame]:
+    """The pushes of a ``push_bundles`` message.
 
     Raises:
-        EnvelopeError: it is not one (no newline, an id that is not an agency's, nothing
-            after it).
+        EnvelopeError: it is not one (``schemas.push.decode_push_frames``).
     """
-    head, sep, envelope = data.partition(_SEP)
-    if not sep or not envelope or not head:
-        raise EnvelopeError("not a push message", code="malformed")
-    return [parse_agency_id(a) for a in head.decode("ascii", "replace").split(",")], envelope
+    frames = decode_push_frames(data, routed=True)
+    if not frames:
+        raise EnvelopeError("an empty push", code="malformed")
+    return frames
+
+
+def answers_by_agency(
+    frames: Iterable[PushFrame], limit: int, *, only: Set[str]
+) -> dict[str, list[PushFrame]]:
+    """The pushes of a bundle for each agency of ``only`` they were routed to, in order
+    and without the recipients, as many as fit one answer of ``limit`` bytes (the rest
+    are queued anyway)."""
+    by_agency: dict[str, list[PushFrame]] = {}
+    sizes: dict[str, int] = {}
+    for frame in frames:
+        bare = PushFrame(frame.precedence, frame.envelope)
+        need = frame_size(bare)
+        for agency in frame.recipients:
+            if agency not in only or sizes.get(agency, 0) + need > limit:
+                continue
+            by_agency.setdefault(agency, []).append(bare)
+            sizes[agency] = sizes.get(agency, 0) + need
+    return by_agency
 
 
 class PushDoor:
@@ -184,42 +236,42 @@ class PushDoor:
             await nc.flush(timeout=2)
 
     async def deliver(self, nc: NATS, data: bytes) -> int:
-        """Answer the waits of the recipients a push names with its envelope; how many
-        were answered. A malformed push (none but a relay can publish one) is logged."""
+        """Answer the waits of the agencies a bundle's pushes were routed to, each with its
+        own pushes (``schemas.push``); how many waits were answered. A malformed bundle
+        (none but a relay can publish one) is logged."""
         try:
-            recipients, envelope = parse_push(data)
+            frames = parse_bundle(data)
         except EnvelopeError as exc:
             log.warning("dropped a malformed push (%s)", exc.code)
             return 0
-        replies = self.waits.take(recipients)
-        headers = {KIND_HEADER: PUSH_KIND}
-        for reply in replies:
+        waiting = self.waits.take(dict.fromkeys(a for f in frames for a in f.recipients))
+        if not waiting:
+            return 0
+        mine = answers_by_agency(frames, nc.max_payload - _HEADROOM, only={a for a, _ in waiting})
+        for agency, reply in waiting:
+            pushed = mine.get(agency)
+            if not pushed:  # over the limit: queued only; the SDK asks again after idle
+                await _answer_empty(nc, reply, "idle")
+                continue
+            headers = {KIND_HEADER: PUSH_KIND, PUSH_FRAMES_HEADER: str(len(pushed))}
             with contextlib.suppress(nats.errors.Error):
-                await nc.publish(reply, envelope, headers=headers)
-        return len(replies)
+                await nc.publish(reply, encode_push_frames(pushed), headers=headers)
+        return len(waiting)
 
 
-async def push_first(
-    nc: NATS, pushes: list[tuple[list[str], bytes]], *, hold_s: float = PUSH_HOLD_S
-) -> int:
-    """Publish each (recipients, envelope) of ``pushes`` on ``nc``, skipping one with no
-    recipients or over NATS's message limit (the queue alone delivers it). If they name
-    ``HOLD_ABOVE`` agencies or more, return once the relays answered that they pushed them
-    (at most ``hold_s``): the caller stores the copies after. Returns how many answers
-    came (0 when not held)."""
-    sent = [
-        (recipients, data)
-        for recipients, envelope in pushes
-        if recipients and (data := push_message(recipients, envelope))
-    ]
-    fit = [(r, d) for r, d in sent if len(d) <= nc.max_payload]
-    if len(fit) < len(sent):
-        log.info("%d pushes over NATS's message limit: queued only", len(sent) - len(fit))
+async def push_first(nc: NATS, pushes: list[PushFrame], *, hold_s: float = PUSH_HOLD_S) -> int:
+    """Publish ``pushes`` (each with the agencies it was routed to; one with none is
+    skipped) on ``nc`` in as few bundles as hold them; one over NATS's message limit is
+    left to the queue. If they name ``HOLD_ABOVE`` agencies or more, return once the
+    relays answered that they pushed them (at most ``hold_s``): the caller stores the
+    copies after. Returns how many answers came (0 when not held)."""
+    routed = [f for f in pushes if f.recipients]
+    fit = push_bundles(routed, nc.max_payload - _HEADROOM)
     if not fit:
         return 0
-    if sum(len(r) for r, _ in fit) < HOLD_ABOVE:
+    if sum(len(f.recipients) for f in routed) < HOLD_ABOVE:
         with contextlib.suppress(nats.errors.Error):
-            for _, data in fit:
+            for data in fit:
                 await nc.publish(PUSH_SUBJECT, data)
         return 0
     answers: asyncio.Queue[bool] = asyncio.Queue()  # False: no relay listens
@@ -237,7 +289,7 @@ async def push_first(
         log.info("pushes not sent (%s); the queue delivers them", type(exc).__name__)
         return 0
     try:
-        for _, data in fit:
+        for data in fit:
             await nc.publish(PUSH_SUBJECT, data, reply=inbox)
         return await _answered(answers, len(fit), time.monotonic() + hold_s)
     except nats.errors.Error as exc:

@@ -69,7 +69,7 @@ from broker.relay.forward_requests import originals_of
 from broker.relay.group_delivery import open_group_delivery
 from broker.relay.metrics import RelayMetrics
 from broker.relay.plan import Ingested, Parsed, Plan, parse, plan_batch, set_records
-from broker.relay.push import push_first
+from broker.relay.push import PUSH_ALL_BELOW, push_first
 from broker.relay.receipts import IncomingReceipt, ReceiptVerdict, judge_batch, read_batch
 from broker.relay.reconcile import ARCHIVE_STREAM, archive_message, ensure_archive
 from broker.store.groups import current_epochs, epoch_members, ready_epochs
@@ -78,6 +78,7 @@ from broker.store.withheld import Withholding
 from schemas.agency import Announcement, encode_announcement
 from schemas.errors import AuditStoreError, BusUnavailable, IstmoError
 from schemas.labels import Precedence
+from schemas.push import PushFrame
 from schemas.subjects import (
     ANNOUNCE_SUBJECT,
     DELIVER_STREAM,
@@ -754,9 +755,16 @@ class Relay:
         ]
         copies = [archive_message(o.bulletin_id, o.raw) for o in delivering]
         # Recorded: an urgent bulletin also goes at once to its recipients' open waits,
-        # whichever relay holds them (ADR 38), before its copies keep nats-server busy.
+        # whichever relay holds them (ADR 38), before its copies keep nats-server busy;
+        # so does every bulletin of a batch small enough that nothing waits (ADR 43).
+        every = len(outcomes) < PUSH_ALL_BELOW
         await push_first(
-            self.nc, [(o.routed, o.raw) for o, p, _ in each if p in URGENT_PRECEDENCES]
+            self.nc,
+            [
+                PushFrame(p, o.raw, tuple(o.routed))
+                for o, p, _ in each
+                if every or p in URGENT_PRECEDENCES
+            ],
         )
         await _all(
             (

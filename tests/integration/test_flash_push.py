@@ -1,9 +1,10 @@
-"""Urgent bulletins pushed ahead of their queued copies (ADR 38), on a real stack.
+"""Bulletins pushed ahead of their queued copies (ADR 38, ADR 43), on a real stack.
 
-A relay answers an agency's open ``push`` wait with a FLASH or IMMEDIATE bulletin routed
-to it, once the queued copies are stored; the SDK hands it over and receipts it, and only
-acks the queued copy when it comes. Nothing else is ever pushed, and never to an agency
-the bulletin was not routed to."""
+A relay answers an agency's open ``push`` wait with the bulletins of a decided batch
+routed to it (every one while the relay keeps up, only FLASH and IMMEDIATE ones under a
+backlog), once their decisions are recorded; the SDK hands them over and receipts them,
+never ahead of a bulletin that waited longer in its queue, and only acks the queued copy
+when it comes. Nothing is ever pushed to an agency the bulletin was not routed to."""
 
 from __future__ import annotations
 
@@ -19,14 +20,23 @@ from nats.aio.msg import Msg
 from nats.js.manager import JetStreamManager
 from sqlmodel import select
 
+from broker.relay.push import PUSH_ALL_BELOW
 from broker.runtime.stack import Stack
 from broker.store.registry import AuditRow
 from clients.sdk import IstmoClient, ReceivedBulletin
 from schemas.agency import KIND_HEADER, PUSH_KIND, PUSH_STATE_HEADER, PushRequest
 from schemas.canonical import canonical_json
 from schemas.labels import Precedence
+from schemas.push import PUSH_FRAMES_HEADER, decode_push_frames
 from schemas.sealing import parse_envelope
-from schemas.subjects import DELIVER_STREAM, api_subject, urgent_durable
+from schemas.subjects import (
+    DELIVER_STREAM,
+    INGEST_STREAM,
+    RELAY_INGEST_DURABLE,
+    api_subject,
+    deliver_durable,
+    urgent_durable,
+)
 from tests.integration.stack_inproc import (
     client,
     nats_url,
@@ -63,6 +73,16 @@ async def wait_open(agency: IstmoClient, wait_s: int) -> asyncio.Future[Msg]:
     return answer
 
 
+def pushed_ids(msg: Msg) -> list[tuple[Precedence, str]]:
+    """(precedence, bulletin id) of each bulletin a push answer carries."""
+    assert (msg.headers or {}).get(KIND_HEADER) == PUSH_KIND
+    count = int((msg.headers or {})[PUSH_FRAMES_HEADER])
+    return [
+        (f.precedence, parse_envelope(f.envelope).header.bulletin_id)
+        for f in decode_push_frames(msg.data, count=count)
+    ]
+
+
 async def emptied(answer: asyncio.Future[Msg]) -> str | None:
     """Why a wait was answered without a bulletin (``Istmo-Push``); fails if it carried
     one."""
@@ -86,18 +106,54 @@ async def test_a_flash_bulletin_answers_the_recipients_wait_and_nobody_elses(
             idle = await wait_open(gt, 2)
             bid = await publish(stack, Precedence.FLASH)
             msg = await asyncio.wait_for(pushed, 60)
-            assert (msg.headers or {}).get(KIND_HEADER) == PUSH_KIND
-            assert parse_envelope(msg.data).header.bulletin_id == bid
+            assert pushed_ids(msg) == [(Precedence.FLASH, bid)]
             # The agency not routed the bulletin only sees its wait run out.
             assert await emptied(idle) == "idle"
 
 
-async def test_routine_bulletins_are_only_queued(tmp_path: Path) -> None:
+async def test_a_routine_bulletin_is_pushed_while_the_relay_keeps_up(tmp_path: Path) -> None:
     async with running_stack(tmp_path / "istmo") as stack:
-        async with await client(stack, RECIPIENT) as ni:
-            idle = await wait_open(ni, 2)
-            await publish(stack, Precedence.ROUTINE)
+        async with await client(stack, RECIPIENT) as ni, await client(stack, OUTSIDER) as gt:
+            pushed = await wait_open(ni, 30)
+            idle = await wait_open(gt, 2)
+            bid = await publish(stack, Precedence.ROUTINE)
+            assert pushed_ids(await asyncio.wait_for(pushed, 60)) == [(Precedence.ROUTINE, bid)]
             assert await emptied(idle) == "idle"
+
+
+async def test_under_a_backlog_only_urgent_bulletins_are_pushed_all_in_one_answer(
+    tmp_path: Path,
+) -> None:
+    """A batch of PUSH_ALL_BELOW bulletins or more means the relay fell behind: its
+    ROUTINE ones are only queued, and its urgent ones reach the wait together."""
+    async with running_stack(tmp_path / "istmo") as stack:
+        nc = await stack.connect_relay(nats_url(stack))
+        jsm = nc.jsm()
+        await jsm.pause_consumer(INGEST_STREAM, RELAY_INGEST_DURABLE, "2099-01-01T00:00:00Z")
+        try:
+            async with await client(stack, PUBLISHER) as hn:
+                # Stored for the relay, which decides them all in one batch once it runs.
+                routine = [
+                    await hn.publish(
+                        title="b", text="t", labels=labels(Precedence.ROUTINE), wait=False
+                    )
+                    for _ in range(PUSH_ALL_BELOW)
+                ]
+                urgent = [
+                    (
+                        await hn.publish(title="b", text="t", labels=labels(p), wait=False)
+                    ).bulletin_id
+                    for p in (Precedence.IMMEDIATE, Precedence.FLASH)
+                ]
+            async with await client(stack, RECIPIENT) as ni:
+                pushed = await wait_open(ni, 30)
+                await jsm.resume_consumer(INGEST_STREAM, RELAY_INGEST_DURABLE)
+                got = pushed_ids(await asyncio.wait_for(pushed, 60))
+        finally:
+            await nc.close()
+        # Most urgent first, as the relay stores them.
+        assert got == [(Precedence.FLASH, urgent[1]), (Precedence.IMMEDIATE, urgent[0])]
+        assert len(routine) == PUSH_ALL_BELOW
 
 
 async def test_a_newer_wait_replaces_the_older(tmp_path: Path) -> None:
@@ -108,7 +164,7 @@ async def test_a_newer_wait_replaces_the_older(tmp_path: Path) -> None:
             assert await emptied(older) == "replaced"
             bid = await publish(stack, Precedence.IMMEDIATE)
             got = await asyncio.wait_for(newer, 60)
-            assert parse_envelope(got.data).header.bulletin_id == bid
+            assert pushed_ids(got) == [(Precedence.IMMEDIATE, bid)]
 
 
 @pytest.mark.parametrize(
@@ -234,3 +290,38 @@ async def test_after_a_relay_restart_the_sdk_waits_again(tmp_path: Path) -> None
                 with contextlib.suppress(asyncio.CancelledError):
                     await receiving
                 await stop_relay(relay)
+
+
+async def test_a_pushed_routine_bulletin_never_overtakes_one_that_waited_longer(
+    tmp_path: Path,
+) -> None:
+    """Three ROUTINE bulletins wait in the queue; the receiver takes one at a time, and
+    while it handles the first a fourth is published and pushed to it. It is handed
+    over after the three, and its queued copy is settled, not handed twice."""
+    handed: list[ReceivedBulletin] = []
+    async with running_stack(tmp_path / "istmo") as stack:
+        older = [await publish(stack, Precedence.ROUTINE) for _ in range(3)]
+        newer: list[str] = []
+        nc = await stack.connect_relay(nats_url(stack))
+        js = nc.jetstream(timeout=10)
+
+        async def queued_copy_stored() -> bool:
+            info = await js.consumer_info(DELIVER_STREAM, deliver_durable(RECIPIENT))
+            return info.num_pending + info.num_ack_pending >= 4
+
+        async def app(b: ReceivedBulletin) -> None:
+            handed.append(b)
+            if len(handed) == 1:
+                # Pushed before its copy is stored, so it is there by then.
+                newer.append(await publish(stack, Precedence.ROUTINE))
+                await eventually(queued_copy_stored, what="the fourth bulletin's copy")
+
+        try:
+            async with await client(stack, RECIPIENT) as ni:
+                await ni.receive(app, count=4, timeout=120, batch=1)
+                await eventually(
+                    lambda: ni.receive(app, timeout=0.5), until=lambda n: n == 0, what="no more"
+                )
+        finally:
+            await nc.close()
+        assert [b.id for b in handed] == [*older, *newer]

@@ -41,11 +41,12 @@ from broker.bus.streams import (
     ensure_relay_consumers,
     ensure_streams,
 )
-from broker.relay.push import PUSH_SUBJECT, push_message
+from broker.relay.push import PUSH_SUBJECT
 from schemas.errors import ConfigError
 from schemas.ids import new_bulletin_id
 from schemas.labels import Precedence
 from schemas.natskeys import new_user_seed, user_public_key
+from schemas.push import PushFrame, encode_push_frames
 from schemas.subjects import (
     ANNOUNCE_SUBJECT,
     DELIVER_STREAM,
@@ -225,7 +226,9 @@ async def test_s02_agency_cannot_publish_as_another(nats_stack: StackFactory) ->
     pushes = Collector()
     await relay.subscribe(PUSH_SUBJECT, cb=pushes.cb)
     await barrier(relay)
-    await jm.publish(PUSH_SUBJECT, push_message([GT], b"forged"))
+    await jm.publish(
+        PUSH_SUBJECT, encode_push_frames([PushFrame(Precedence.FLASH, b"forged", (GT,))])
+    )
     await barrier(jm)
     await barrier(relay)
     assert violated(jm_errors, "publish", PUSH_SUBJECT)
@@ -273,7 +276,10 @@ async def test_s01_agency_cannot_subscribe_to_another_agencys_traffic(
     await rjs.publish(deliver_subject(GT, Precedence.ROUTINE), b"SECRET-for-gt")
     await relay.publish(receipt_subject(GT), b"receipt-for-gt")
     await relay.publish(f"{inbox_prefix(GT)}.probe", b"reply-for-gt")
-    await relay.publish(PUSH_SUBJECT, push_message([GT], b"SECRET-pushed-to-gt"))
+    await relay.publish(
+        PUSH_SUBJECT,
+        encode_push_frames([PushFrame(Precedence.FLASH, b"SECRET-pushed-to-gt", (GT,))]),
+    )
     await gt.jetstream(timeout=2).publish(ingest_subject(GT), b"gt's bulletin")  # its PubAck
     gt_sub = await gt.jetstream(timeout=2).pull_subscribe_bind(
         durable=deliver_durable(GT), stream=DELIVER_STREAM
