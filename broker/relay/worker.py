@@ -109,6 +109,11 @@ _KEPT_LISTED = 4096  # digests of recorded agency sets a relay remembers (ADR 36
 # Ingest batches recorded and waiting on their deliveries' flush while the next is
 # decided: 2 keeps the CPU busy during one flush and bounds what a crash replays.
 PIPELINE_DEPTH = 2
+# After a batch of receipts that was not full, the receipts loop waits this long before it
+# fetches again: receipts trickle in one by one at a light load, and each batch costs a
+# fetch, a transaction and a flush of acks whatever its size. Nothing waits on a receipt
+# being recorded sooner; under a backlog every batch is full and none waits.
+RECEIPT_LINGER_S = 0.05
 _PRECEDENCES = tuple(Precedence)  # by rank: FLASH first
 
 
@@ -284,7 +289,12 @@ class Relay:
         batch: int,
         queue: str,
         handle: Callable[[list[Msg]], Awaitable[None]],
+        *,
+        linger_s: float = 0.0,
     ) -> None:
+        """Fetch batches of up to ``batch`` and ``handle`` each, until ``stop``; after a
+        batch that was not full, wait ``linger_s`` (or until ``stop``) for more to
+        gather before fetching again."""
         ahead: asyncio.Task[list[Msg]] | None = None
         try:
             while not stop.is_set():
@@ -309,6 +319,9 @@ class Relay:
                     ahead = asyncio.create_task(sub.fetch(batch, timeout=0.5))
                     await _let_requests_out()
                 await self._handle_batch(msgs, queue, handle)
+                if linger_s and len(msgs) < batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), linger_s)
         finally:
             if ahead is not None:
                 await _give_back_prefetched(ahead)
@@ -357,7 +370,7 @@ class Relay:
             await self._receipt_batch(msgs, pipeline=self._receipt_tails)
 
         try:
-            await self._loop(stop, sub, batch, "receipts", handle)
+            await self._loop(stop, sub, batch, "receipts", handle, linger_s=RECEIPT_LINGER_S)
         finally:
             await self._receipt_tails.drain()
 
