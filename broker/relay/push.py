@@ -82,9 +82,9 @@ SWEEP_S = 1.0  # how often waits that ran out are answered
 # (more relays) are waited for while they come within _MORE_ANSWERS_S of each other.
 HOLD_ABOVE = 100
 PUSH_HOLD_S = 0.5
-# A decided batch of fewer bulletins than this pushes every one of them, whatever its
-# precedence: the relay emptied its ingest queue. A larger one pushes only FLASH and
-# IMMEDIATE bulletins (``URGENT_PRECEDENCES``).
+# A decided batch of fewer bulletins than this (and not full) pushes every one of them,
+# whatever its precedence: the relay emptied its ingest queue. A larger one pushes only
+# FLASH and IMMEDIATE bulletins (``URGENT_PRECEDENCES``).
 PUSH_ALL_BELOW = 16
 _MORE_ANSWERS_S = 0.02
 # Room left in a NATS message for its headers beside a bundle or an answer.

@@ -770,7 +770,8 @@ class Relay:
         # Recorded: an urgent bulletin also goes at once to its recipients' open waits,
         # whichever relay holds them (ADR 38), before its copies keep nats-server busy;
         # so does every bulletin of a batch small enough that nothing waits (ADR 43).
-        every = len(outcomes) < PUSH_ALL_BELOW
+        # (A full batch means a backlog even where the configured batch is smaller.)
+        every = len(outcomes) < min(PUSH_ALL_BELOW, self.settings.relay_batch)
         await push_first(
             self.nc,
             [
