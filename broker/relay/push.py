@@ -167,7 +167,7 @@ def answers_by_agency(
 ) -> dict[str, list[PushFrame]]:
     """The pushes of a bundle for each agency of ``only`` they were routed to, in order
     and without the recipients, as many as fit one answer of ``limit`` bytes (the rest
-    are queued anyway)."""
+    are queued anyway). Every agency's list holds the same frame objects."""
     by_agency: dict[str, list[PushFrame]] = {}
     sizes: dict[str, int] = {}
     for frame in frames:
@@ -248,14 +248,19 @@ class PushDoor:
         if not waiting:
             return 0
         mine = answers_by_agency(frames, nc.max_payload - _HEADROOM, only={a for a, _ in waiting})
+        # Agencies given the same pushes (a broadcast's thousands) share one encoding.
+        encoded: dict[tuple[int, ...], bytes] = {}
         for agency, reply in waiting:
             pushed = mine.get(agency)
             if not pushed:  # over the limit: queued only; the SDK asks again after idle
                 await _answer_empty(nc, reply, "idle")
                 continue
+            key = tuple(map(id, pushed))
+            if key not in encoded:
+                encoded[key] = encode_push_frames(pushed)
             headers = {KIND_HEADER: PUSH_KIND, PUSH_FRAMES_HEADER: str(len(pushed))}
             with contextlib.suppress(nats.errors.Error):
-                await nc.publish(reply, encode_push_frames(pushed), headers=headers)
+                await nc.publish(reply, encoded[key], headers=headers)
         return len(waiting)
 
 

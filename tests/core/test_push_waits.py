@@ -90,6 +90,7 @@ def test_each_waiting_agency_gets_its_own_pushes_in_order_up_to_the_limit() -> N
     bare = {x.envelope[:1]: PushFrame(x.precedence, x.envelope) for x in (a, b, c)}
     mine = answers_by_agency([a, b, c], limit=10_000, only={"gt-police", "sv-police"})
     assert mine == {"gt-police": [bare[b"a"], bare[b"b"], bare[b"c"]], "sv-police": [bare[b"b"]]}
+    assert mine["gt-police"][1] is mine["sv-police"][0]  # one object: encoded once for both
     # Two frames fit; the third is queued only.
     tight = answers_by_agency(
         [a, b, c], limit=frame_size(bare[b"a"]) + frame_size(bare[b"b"]), only={"gt-police"}
