@@ -133,7 +133,7 @@ def _pushed(data: bytes, subject: str, frames: str | None) -> list[Pushed]:
     if frames is None:
         return [Pushed(data, subject)]
     try:
-        count = int(frames) if frames.isdigit() else -1
+        count = int(frames) if frames.isdigit() and len(frames) <= 4 else -1  # <= 4096
         return [
             Pushed(f.envelope, subject, precedence=f.precedence)
             for f in decode_push_frames(data, count=count)

@@ -10,6 +10,7 @@ from broker.relay.push import (
     parse_bundle,
     push_bundles,
 )
+from clients.queues import _pushed as pushed_answer
 from schemas.errors import EnvelopeError
 from schemas.labels import Precedence
 from schemas.push import PushFrame, decode_push_frames, encode_push_frames, frame_size
@@ -96,3 +97,28 @@ def test_each_waiting_agency_gets_its_own_pushes_in_order_up_to_the_limit() -> N
         [a, b, c], limit=frame_size(bare[b"a"]) + frame_size(bare[b"b"]), only={"gt-police"}
     )
     assert tight == {"gt-police": [bare[b"a"], bare[b"b"]]}
+
+
+TWO = encode_push_frames(
+    [PushFrame(Precedence.FLASH, b"{1}"), PushFrame(Precedence.ROUTINE, b"{2}")]
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "header", "expected"),
+    [
+        # A relay before ADR 43: one envelope, and only urgent ones were pushed.
+        (b"{1}", None, [(Precedence.FLASH, b"{1}")]),
+        (TWO, "2", [(Precedence.FLASH, b"{1}"), (Precedence.ROUTINE, b"{2}")]),
+        (TWO, "3", []),  # not what the header says: dropped, the queue has them
+        (TWO, "x", []),
+        (TWO, "9" * 5000, []),  # no int of 5,000 digits is even tried
+        (b"FLASH 9\n{1}", "1", []),
+    ],
+)
+def test_the_sdk_reads_a_push_answer_or_drops_it(
+    data: bytes, header: str | None, expected: list[tuple[Precedence, bytes]]
+) -> None:
+    got = pushed_answer(data, "_INBOX.x.p1", header)
+    assert [(p.precedence, p.data) for p in got] == expected
+    assert all(p.subject == "_INBOX.x.p1" for p in got)
