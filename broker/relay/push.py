@@ -237,8 +237,11 @@ class PushDoor:
 
     async def deliver(self, nc: NATS, data: bytes) -> int:
         """Answer the waits of the agencies a bundle's pushes were routed to, each with its
-        own pushes (``schemas.push``); how many waits were answered. A malformed bundle
-        (none but a relay can publish one) is logged."""
+        own pushes (``schemas.push``); how many waits were answered. A door that keeps no
+        wait does not read the bundle; one that does logs a malformed bundle (none but a
+        relay can publish one)."""
+        if not len(self.waits):
+            return 0  # nobody waits here: nothing to read
         try:
             frames = parse_bundle(data)
         except EnvelopeError as exc:
