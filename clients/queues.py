@@ -242,7 +242,7 @@ class DeliveryQueues:
     def _take_pushed(self, want: int, *, urgent: bool = False) -> list[Pushed]:
         """Up to ``want`` pushed bulletins, most urgent first; only FLASH and IMMEDIATE
         ones if ``urgent``."""
-        ranked = sorted(self._pushed, key=lambda p: _ORDER.index(p.precedence))
+        ranked = sorted(self._pushed, key=_rank)
         taken = [p for p in ranked if p.urgent or not urgent][:want]
         chosen = {id(p) for p in taken}
         self._pushed = [p for p in self._pushed if id(p) not in chosen]
