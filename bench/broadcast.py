@@ -44,6 +44,8 @@ from dataclasses import dataclass
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.js.errors import ServiceUnavailableError
 
 from bench import bare_broadcast
 from bench.context import Context
@@ -159,7 +161,7 @@ async def _round(pub: IstmoClient | None, ncs: list[NATS], recipients: list[str]
                 api_subject(recipients[i % len(recipients)], "withheld"), b"{}", timeout=60
             )
     nc = ncs[0]
-    before = (await nc.jetstream(timeout=30).stream_info(DELIVER_STREAM)).state.bytes
+    before = await _stored_bytes(nc)
     t0, wall0 = time.perf_counter(), time.time()
     if pub is not None:
         await pub.publish(title="FLASH", text=TEXT, labels=LABELS, groups=True, wait=False)
@@ -173,7 +175,7 @@ async def _round(pub: IstmoClient | None, ncs: list[NATS], recipients: list[str]
             await asyncio.wait_for(all_pushed.wait(), 10)
     for sub in subs:
         await sub.unsubscribe()
-    stored = (await nc.jetstream(timeout=30).stream_info(DELIVER_STREAM)).state.bytes - before
+    stored = await _stored_bytes(nc) - before
     missing = len(recipients) - len(arrived)
     if missing:
         raise RuntimeError(f"{missing} of {len(recipients)} recipients got nothing in 60 s")
@@ -188,6 +190,20 @@ async def _round(pub: IstmoClient | None, ncs: list[NATS], recipients: list[str]
         size=size,
         kept_ms=[(t - wall0) * 1000 for t in stored_at.values()],
     )
+
+
+async def _stored_bytes(nc: NATS) -> int:
+    """The delivery stream's size in bytes. Right after thousands of pull requests (and
+    once in a full run, after the items before it) the JetStream API did not answer at
+    once (no responders): asked again for up to a minute before the round gives up."""
+    js, deadline = nc.jetstream(timeout=30), time.monotonic() + 60
+    while True:
+        try:
+            return (await js.stream_info(DELIVER_STREAM)).state.bytes
+        except (ServiceUnavailableError, NoRespondersError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 def _seal_ms(recipients: list[str], rounds: int) -> float:
