@@ -138,7 +138,7 @@ from schemas.partner_delivery import LINK_HEADER, parse_partner_record
 from schemas.receipt import sign_receipt
 from schemas.receipt_requests import MAX_SIGNED_RECEIPTS, ReceiptsRequest, SignedReceiptsReply
 from schemas.sealing import envelope_digest, new_content_key, parse_envelope, seal
-from schemas.subjects import ANNOUNCE_SUBJECT
+from schemas.subjects import ANNOUNCE_SUBJECT, delivered_bulletin
 from schemas.withdrawal import (
     MAX_REASON_CHARS,
     WITHDRAWAL_KIND,
@@ -1631,8 +1631,15 @@ class IstmoClient:
             except IstmoError as exc:
                 log.info("left a pushed bulletin to its queued copy (%s)", exc.code)
                 return False
-        if (msg.headers or {}).get(KIND_HEADER) == WITHDRAWAL_KIND:
+        headers = msg.headers or {}
+        if headers.get(KIND_HEADER) == WITHDRAWAL_KIND:
             return await self._handle_withdrawal(msg, on_withdrawal)
+        if delivered_bulletin(headers.get("Nats-Msg-Id"), self.agency) in self._receipted:
+            # The queued copy of a bulletin this client was pushed (ADR 43), handed over
+            # and receipted: its dedupe record was durable before the receipt was sent,
+            # so there is nothing left to do but ack it; no need to parse it again.
+            await _ack(msg)
+            return False
         return await self._handle(msg, handler)
 
     async def _handle(self, msg: Msg | Pushed, handler: Handler) -> bool:

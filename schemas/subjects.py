@@ -48,6 +48,8 @@ __all__ = [
     "deliver_filter_subjects",
     "deliver_next_subject",
     "deliver_subject",
+    "delivered_bulletin",
+    "delivery_msg_id",
     "gated_at_of",
     "gated_msg_id",
     "gated_subject",
@@ -247,6 +249,23 @@ def group_deliver_subject(group: str, epoch: int, precedence: Precedence) -> str
         raise EnvelopeError("invalid group epoch", code="bad_group")
     level = Precedence(precedence).value.lower()
     return f"{_GROUP_DELIVER}.{group_token(group)}.{epoch}.{level}"
+
+
+def delivery_msg_id(bulletin_id: str, agency: str) -> str:
+    """The ``Nats-Msg-Id`` of a bulletin's copy to one agency: the stream keeps one copy per
+    recipient, and the recipient's SDK may know the copy by it without parsing the bulletin
+    (a copy of a bulletin it was pushed and has receipted, ADR 43)."""
+    return f"{bulletin_id}:{agency}"
+
+
+def delivered_bulletin(msg_id: str | None, agency: str) -> str | None:
+    """The bulletin id a delivery's ``Nats-Msg-Id`` names for ``agency``, or None if it
+    names none (a group copy, a republished copy, no header). Only as good as the broker
+    that wrote it: use it to skip what is already handled, never to trust content."""
+    if not msg_id:
+        return None
+    bulletin_id, sep, to = msg_id.rpartition(":")
+    return bulletin_id if sep and to == agency and bulletin_id else None
 
 
 def group_copy_id(bulletin_id: str, group: str, epoch: int) -> str:

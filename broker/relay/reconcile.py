@@ -68,6 +68,7 @@ from schemas.sealing import envelope_digest, parse_envelope
 from schemas.subjects import (
     DELIVER_STREAM,
     deliver_subject,
+    delivery_msg_id,
     group_copy_id,
     group_delivery_of,
     is_delivery_to,
@@ -313,7 +314,9 @@ async def reconcile(
             continue
         subject = deliver_subject(agency, _precedence(raw))
         try:
-            ack = await js.publish(subject, raw, headers={"Nats-Msg-Id": f"{bid}:{agency}"})
+            ack = await js.publish(
+                subject, raw, headers={"Nats-Msg-Id": delivery_msg_id(bid, agency)}
+            )
             reused = not ack.duplicate
             if ack.duplicate:
                 # JetStream still remembers the id of the lost message: send it again

@@ -89,6 +89,7 @@ from schemas.subjects import (
     RELAY_RECEIPT_DURABLE,
     URGENT_PRECEDENCES,
     deliver_subject,
+    delivery_msg_id,
     gated_at_of,
     group_copy_id,
     group_deliver_subject,
@@ -762,7 +763,7 @@ class Relay:
             for o, p, t in each
             for g, e in o.shared
         ] + [
-            Message(deliver_subject(r, p), o.raw, f"{o.bulletin_id}:{r}", t)
+            Message(deliver_subject(r, p), o.raw, delivery_msg_id(o.bulletin_id, r), t)
             for o, p, t in each
             for r in o.deliveries
         ]

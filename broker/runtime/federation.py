@@ -59,7 +59,12 @@ from schemas.errors import AuditStoreError, BusUnavailable
 from schemas.keys import SigningKey, VerifyKey
 from schemas.link_transfer import max_transfer_bytes
 from schemas.partner_delivery import crossed_headers
-from schemas.subjects import DELIVER_STREAM, deliver_subject, legacy_deliver_subject
+from schemas.subjects import (
+    DELIVER_STREAM,
+    deliver_subject,
+    delivery_msg_id,
+    legacy_deliver_subject,
+)
 from schemas.withdrawal import WITHDRAWAL_KIND
 
 __all__ = [
@@ -340,7 +345,7 @@ async def _hand_on(nc: NATS, link: Link, env: Envelope, arrival: Arrival, clock:
         Message(
             deliver_subject(agency, h.labels.precedence),
             arrival.raw,
-            f"{h.bulletin_id}:{agency}",
+            delivery_msg_id(h.bulletin_id, agency),
             ttl,
             extra,
         )

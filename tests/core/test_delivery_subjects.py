@@ -15,6 +15,9 @@ from schemas.subjects import (
     deliver_durables,
     deliver_filter_subjects,
     deliver_subject,
+    delivered_bulletin,
+    delivery_msg_id,
+    group_copy_id,
     is_delivery_to,
     legacy_deliver_subject,
     precedence_of_delivery,
@@ -98,3 +101,26 @@ def test_an_agency_may_pull_and_ack_on_its_own_two_consumers_only() -> None:
         "$JS.API.CONSUMER.MSG.NEXT.ISTMO_DELIVER.deliver-gt-police",
         "$JS.ACK.ISTMO_DELIVER.deliver-gt-police.>",
     ]
+
+
+BID = "54d35fe7-7eee-4be5-84f4-5f653d3dbc86"
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "agency", "named"),
+    [
+        (delivery_msg_id(BID, "ni-police"), "ni-police", BID),
+        # Another agency's copy, a group's copy, a republished copy, no id: none named.
+        (delivery_msg_id(BID, "ni-police"), "gt-police", None),
+        (group_copy_id(BID, "sica", 3), "ni-police", None),
+        (f"{delivery_msg_id(BID, 'ni-police')}:r17", "ni-police", None),
+        (None, "ni-police", None),
+        ("", "ni-police", None),
+        ("ni-police", "ni-police", None),
+        (":ni-police", "ni-police", None),
+    ],
+)
+def test_a_delivery_id_names_its_bulletin_only_to_its_recipient(
+    msg_id: str | None, agency: str, named: str | None
+) -> None:
+    assert delivered_bulletin(msg_id, agency) == named

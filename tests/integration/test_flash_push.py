@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from schemas.subjects import (
     RELAY_INGEST_DURABLE,
     api_subject,
     deliver_durable,
+    deliver_subject,
+    delivery_msg_id,
     urgent_durable,
 )
 from tests.integration.stack_inproc import (
@@ -241,17 +244,19 @@ async def settled(stack: Stack, handed: list[ReceivedBulletin], published: list[
 
 
 async def test_the_sdk_hands_a_pushed_flash_once_and_settles_its_queued_copy(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With the queue held, the bulletin handed over can only have been pushed; once the
     queue runs again its queued copy is acked, not handed twice, and the receipt is
-    stored."""
+    stored. A later copy under that bulletin's delivery id is acked by its id alone,
+    unread (here it is not even an envelope); one under any other id is read, and
+    dropped as what it is."""
     handed: list[ReceivedBulletin] = []
 
     async def app(b: ReceivedBulletin) -> None:
         handed.append(b)
 
-    async with running_stack(tmp_path / "istmo") as stack:
+    async with running_stack(tmp_path / "istmo", duplicate_window_s=1) as stack:
         async with await client(stack, RECIPIENT) as ni:
             receiving = asyncio.create_task(ni.receive(app, timeout=600))
             try:
@@ -265,6 +270,28 @@ async def test_the_sdk_hands_a_pushed_flash_once_and_settles_its_queued_copy(
                             what="the pushed bulletin's receipt",
                         )
                 await settled(stack, handed, published)
+                caplog.set_level(logging.WARNING, logger="istmo.sdk")
+                nc = await stack.connect_relay(nats_url(stack))
+                js = nc.jetstream(timeout=10)
+
+                async def stored(msg_id: str) -> bool:
+                    """Stored once the stream's duplicate window (1 s here) let it in."""
+                    ack = await js.publish(
+                        deliver_subject(RECIPIENT, Precedence.FLASH),
+                        b"not an envelope",
+                        headers={"Nats-Msg-Id": msg_id},
+                    )
+                    return not ack.duplicate
+
+                try:
+                    known = delivery_msg_id(first, RECIPIENT)
+                    for msg_id in (known, f"{known}:r1"):
+                        await eventually(lambda m=msg_id: stored(m), what=f"{msg_id} stored")
+                finally:
+                    await nc.close()
+                await settled(stack, handed, published)
+                dropped = [r for r in caplog.records if "non-Istmo message" in r.getMessage()]
+                assert len(dropped) == 1
             finally:
                 receiving.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
