@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, Integer, Select, event, text
+from sqlalchemy import BigInteger, Integer, Select, bindparam, event, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -443,6 +443,13 @@ def _driver_rows(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
         result.close()
 
 
+# Registry.accepted's one statement, compiled once (an expanding IN of the batch's ids).
+_BULLETINS = BulletinRow.__table__  # type: ignore[attr-defined]
+_ACCEPTED = sa_select(_BULLETINS.c.id, _BULLETINS.c.ingest_seq, _BULLETINS.c.envelope_digest).where(
+    _BULLETINS.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
 class Registry:
     """Directory, bulletins and audit events in one database."""
 
@@ -644,10 +651,11 @@ class Registry:
         in one query (the relay asks once per batch)."""
         if not bulletin_ids:
             return {}
-        with self.session() as s:
-            q = select(BulletinRow.id, BulletinRow.ingest_seq, BulletinRow.envelope_digest)
-            q = q.where(col(BulletinRow.id).in_(list(bulletin_ids)))
-            return {bid: (seq, digest) for bid, seq, digest in s.exec(q)}
+        # Core, not a Session: the relay asks once per batch, and at a light load every
+        # batch is one bulletin; the ORM path cost 4x the CPU (about 190 us a call).
+        with self.connect() as conn:
+            found = conn.execute(_ACCEPTED, {"ids": list(bulletin_ids)})
+            return {bid: (seq, digest) for bid, seq, digest in found}
 
     def bulletins(self, bulletin_ids: Collection[str]) -> dict[str, BulletinRow]:
         """Each of ``bulletin_ids`` that was accepted, by id, in one query (the relay asks

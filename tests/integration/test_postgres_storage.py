@@ -41,7 +41,7 @@ from broker.audit.log import AuditLog
 from broker.audit.sequencer import DEFAULT_ORIGIN
 from broker.directory.admins import add_admin
 from broker.store import db
-from broker.store.registry import SCHEMA_VERSION, Registry
+from broker.store.registry import SCHEMA_VERSION, BulletinRow, Registry
 from broker.store.roles import grant_statements
 from broker.store.tables import AUDIT_TABLES, RECORD_TABLES, REGISTRY_TABLES
 from schemas.audit import AuditEvent
@@ -270,6 +270,37 @@ def test_what_the_database_refuses_comes_out_as_the_stores_error(
     assert db.revision_at(url) == SCHEMA_VERSION
     with pytest.raises(AuditStoreError, match=r"refused a read of postgresql://u:\*\*\*@"):
         db.revision_at("postgresql://u:s3cret-canary@127.0.0.1:1/none")
+
+
+def test_the_relays_accepted_query_answers_alike_on_both_engines(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """``Registry.accepted`` (Core, one expanding IN): the ingest sequence and digest of
+    each id accepted, nothing for an id never accepted or for no id at all."""
+    ids = [f"00000000-0000-4000-8000-00000000000{n}" for n in (1, 2, 3)]
+    registry = Registry(storage.url(tmp_path))
+    try:
+        rows = [
+            BulletinRow(
+                id=bid,
+                originator="gt-police",
+                labels="{}",
+                envelope_digest=f"d{n}",
+                ingest_seq=n,
+                created_at=1,
+                accepted_at=1,
+                recipients="bz-police",
+                policy_version="p1",
+                directory_version="d1",
+            )
+            for n, bid in enumerate(ids[:2], start=1)
+        ]
+        registry.record(rows, [])
+        assert registry.accepted(ids) == {ids[0]: (1, "d1"), ids[1]: (2, "d2")}
+        assert registry.accepted([ids[2]]) == {}
+        assert registry.accepted(set()) == {}
+    finally:
+        registry.close()
 
 
 def test_the_schema_comes_from_the_migrations_only(storage: Storage, tmp_path: Path) -> None:
