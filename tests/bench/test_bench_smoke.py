@@ -114,7 +114,7 @@ def _doc(relay: float, ratio: float, p99: float) -> dict:
 
 
 def test_targets_met_and_missed() -> None:
-    verdicts = {t["key"]: t["status"] for t in evaluate_targets(_doc(1200, 0.6, 20))}
+    verdicts = {t["key"]: t["status"] for t in evaluate_targets(_doc(1200, 0.75, 20))}
     assert verdicts["relay_rate"] == "met"
     assert verdicts["relay_ratio"] == "met"
     assert verdicts["latency_p99"] == "met"
@@ -124,6 +124,27 @@ def test_targets_met_and_missed() -> None:
     assert missed["latency_p99"] == "missed"
     assert missed["growth"] == "not measured"
     assert missed["sequencer_rate"] == "not measured"  # its measurement failed
+    assert missed["relay_scaling"] == "not measured"  # one process only
+    assert missed["latency_p50"] == "not measured"  # no 50/s level
+    # Issue 15's ratio is 0.7, not issue 8's 0.5.
+    assert {t["key"]: t["status"] for t in evaluate_targets(_doc(1200, 0.6, 20))}[
+        "relay_ratio"
+    ] == "missed"
+
+
+@pytest.mark.parametrize(
+    ("two", "p50", "scaling", "latency"),
+    [(1920.0, 10.0, "met", "met"), (1800.0, 10.5, "missed", "missed")],
+)
+def test_two_relays_and_the_p50_at_50_per_s_are_graded(
+    two: float, p50: float, scaling: str, latency: str
+) -> None:
+    doc = _doc(1200, 0.75, 20)
+    res = doc["results"]
+    res["relay_throughput"]["rows"].append({"processes": 2, "per_s": two})
+    res["latency"]["istmo"].append({"offered_per_s": 50, "achieved_per_s": 50, "p50_ms": p50})
+    verdicts = {t["key"]: t["status"] for t in evaluate_targets(doc)}
+    assert (verdicts["relay_scaling"], verdicts["latency_p50"]) == (scaling, latency)
 
 
 def test_a_stack_that_does_not_start_misses_the_siena_target() -> None:
