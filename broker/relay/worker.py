@@ -32,6 +32,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import ParamSpec
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -119,6 +120,7 @@ PIPELINE_DEPTH = 2
 # the relay's CPU a bulletin fell from 5.9-7.0 ms to 4.9-5.6 ms.
 RECEIPT_LINGER_S = 0.25
 _PRECEDENCES = tuple(Precedence)  # by rank: FLASH first
+_P = ParamSpec("_P")
 
 
 @dataclass
@@ -194,8 +196,8 @@ class Relay:
         # Digests of agency sets this relay has recorded or seen recorded (ADR 36).
         self._listed: set[str] = set()
         self._record_lock = asyncio.Lock()
-        # Each receipt batch's commit (its wait on the disk) runs on a thread while the
-        # next batch is fetched and judged; one at a time, so one writer and in order.
+        # Each receipt batch's commit and acks run as a tail while the next batch is
+        # fetched and judged; one at a time, so one writer and in order.
         self._receipt_tails = Pipeline(1)
         # Agencies whose deliveries reach a state node (ADR 30), which group copies do
         # not: each gets a copy of its own. None until first read: then no group copy is
@@ -629,7 +631,7 @@ class Relay:
         withheld: list[Withholding],
         deciding: set[str],
     ) -> None:
-        """A decided batch's tail: commit its record (on a thread, one batch at a time, in
+        """A decided batch's tail: commit its record (``_write``, one batch at a time, in
         the order they were decided), then deliver and settle what was recorded. Nothing
         is delivered or acked before its decision record and audit events are committed.
 
@@ -685,12 +687,12 @@ class Relay:
 
     async def _record(self, plans: list[Plan], withheld: list[Withholding]) -> None:
         """Commit the plans' rows and events, and the withheld counts, in one transaction
-        on a thread (the commit waits on the disk), one batch at a time."""
+        (``_write``), one batch at a time."""
         rows = [row for p in plans for row in p.rows]
         events = [event for p in plans for event in p.events]
         async with self._record_lock:
             with self.metrics.commit.labels("ingest").time():
-                await asyncio.to_thread(self.registry.record, rows, events, withheld=withheld)
+                await self._write(self.registry.record, rows, events, withheld=withheld)
         # Their agency sets are recorded: later bulletins name them without them (ADR 36).
         if len(self._listed) >= _KEPT_LISTED:
             self._listed.clear()
@@ -874,13 +876,26 @@ class Relay:
             )
             await _hand_back(msgs)
 
+    async def _write(self, write: Callable[_P, None], *args: _P.args, **kwargs: _P.kwargs) -> None:
+        """Run a registry write: on this thread for SQLite, on a worker thread for
+        PostgreSQL. A PostgreSQL commit waits on the network and a server, time the
+        event loop can spend on the next batch. A SQLite commit waits only on the local
+        disk (an fsync of the WAL, a fraction of a millisecond), while a worker thread
+        has to win the GIL back from the busy event loop for each of its statements:
+        at 100 bulletins a second that made a one-bulletin record take 15 ms, not 3,
+        and doubled publish -> application latency (BENCHMARKS.md, session 25)."""
+        if self.registry.local:
+            write(*args, **kwargs)
+        else:
+            await asyncio.to_thread(write, *args, **kwargs)
+
     async def _record_receipts(self, msgs: list[Msg], verdicts: list[ReceiptVerdict]) -> None:
-        """Commit the verdicts' rows and events (on a thread: the commit waits on the
-        disk), then ack the accepted receipts and term the refused ones."""
+        """Commit the verdicts' rows and events (``_write``), then ack the accepted
+        receipts and term the refused ones."""
         rows = [v.row for v in verdicts if v.row is not None]
         events = [v.event for v in verdicts]
         with self.metrics.commit.labels("receipts").time():
-            await asyncio.to_thread(self.registry.record_receipts, rows, events)
+            await self._write(self.registry.record_receipts, rows, events)
         for msg, verdict in zip(msgs, verdicts, strict=True):
             await (msg.ack() if verdict.accepted else msg.term())
         await self.nc.flush()

@@ -491,6 +491,12 @@ class Registry:
     def close(self) -> None:
         self.engine.dispose()
 
+    @property
+    def local(self) -> bool:
+        """Whether the database is a file on this machine (SQLite), not a server reached
+        over the network (PostgreSQL): a commit then waits only on the local disk."""
+        return not self._postgresql
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session (not committed unless the caller commits).

@@ -303,6 +303,16 @@ def test_the_relays_accepted_query_answers_alike_on_both_engines(
         registry.close()
 
 
+def test_only_a_sqlite_registry_is_local(storage: Storage, tmp_path: Path) -> None:
+    """The relay commits on its event loop's thread only where the database is a local
+    file (``Relay._write``); PostgreSQL is reached over the network."""
+    registry = Registry(storage.url(tmp_path))
+    try:
+        assert registry.local is not storage.postgresql
+    finally:
+        registry.close()
+
+
 def test_the_schema_comes_from_the_migrations_only(storage: Storage, tmp_path: Path) -> None:
     """No module makes a table beside Alembic: one missing from a migrated database stays
     missing, and what needs it fails as the store's error."""
