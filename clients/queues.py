@@ -18,9 +18,9 @@ answered on the same inbox (``<inbox>.p<n>``): a relay answers it with the bulle
 batch routed to the agency (``schemas.push``: FLASH and IMMEDIATE ones always, the others
 while the relay keeps up, ADR 43) as soon as it has recorded its decisions, before their
 queued copies are stored and handed over. ``take`` returns a pushed urgent bulletin before
-anything else, and another one after what the queues hold at that moment (both are
-asked first, without waiting), so a push never overtakes a bulletin that waited longer;
-its queued copy comes later, and the SDK's dedupe store settles it. A
+anything else, and another one after what the queues hold at that moment (both are asked
+first, at once and without waiting), so a push never overtakes a bulletin that waited
+longer; its queued copy comes later, and the SDK's dedupe store settles it. A
 broker that does not push (before ADR 38), or a newer wait of the same agency taking the
 place of this one, turns pushes off for ``PUSH_RETRY_S``; the queues deliver as before.
 """
@@ -224,14 +224,16 @@ class DeliveryQueues:
             return self._take_pushed(want, urgent=True)
         # Other pushed bulletins go after whatever the queues hold now (ADR 43): a push
         # is sooner than its queued copy, never ahead of a bulletin that waited longer.
-        pending = bool(self._pushed)
-        queued: list[Msg] = []
-        for durable in self._durables:
-            queued += await self._now(durable, want - len(queued))
-            if queued and (not pending or len(queued) >= want):
-                return by_precedence(queued)
-        if pending:
+        # Both queues are asked at once then: one round trip, not two (whatever the
+        # deliver queue gives beyond ``want`` is kept for the next take).
+        if self._pushed:
+            queued = await self._now(self._durables, want)
             return by_precedence([*queued, *self._take_pushed(want - len(queued))])
+        queued = []
+        for durable in self._durables:
+            queued += await self._now((durable,), want - len(queued))
+            if queued:
+                return by_precedence(queued)
         got = await self._either(want, wait)
         if not got and self._pushed:
             # The queues were empty and a push came first.
@@ -349,19 +351,31 @@ class DeliveryQueues:
     def _silent(self, durable: str) -> bool:
         return self._silent_until.get(durable, 0.0) > time.monotonic()
 
-    async def _now(self, durable: str, want: int) -> list[Msg]:
-        """What ``durable`` holds now, up to ``want``, without waiting for more."""
-        held = self._held[durable]
-        if len(held) < want and not self._silent(durable):
-            reply = await self._pull(durable, want - len(held), expires_s=None)
-            await self._until(
-                lambda: reply not in self._probes or len(held) >= want, PROBE_TIMEOUT_S
-            )
-            if reply in self._probes and not held:
+    async def _now(self, durables: Sequence[str], want: int) -> list[Msg]:
+        """What ``durables`` hold now, up to ``want``, most urgent first, without waiting
+        for more: each is asked at once (a no_wait pull each, all answered in one round
+        trip) for what it lacks of ``want``; what is taken beyond ``want`` stays held."""
+        asked: dict[str, str] = {}
+        for durable in durables:
+            held = self._held[durable]
+            if len(held) < want and not self._silent(durable):
+                asked[durable] = await self._pull(durable, want - len(held), expires_s=None)
+        await self._until(
+            lambda: all(
+                reply not in self._probes or len(self._held[d]) >= want
+                for d, reply in asked.items()
+            ),
+            PROBE_TIMEOUT_S,
+        )
+        for durable, reply in asked.items():
+            if reply in self._probes and not self._held[durable]:
                 log.warning("no answer from delivery consumer %s; asking it less often", durable)
                 self._silent_until[durable] = time.monotonic() + SILENT_RETRY_S
             self._probes.discard(reply)
-        return self._pop(durable, want)
+        taken: list[Msg] = []
+        for durable in durables:
+            taken += self._pop(durable, want - len(taken))
+        return taken
 
     async def _either(self, want: int, wait: float) -> list[Msg]:
         """Wait up to ``wait`` seconds for a delivery on either consumer, most urgent

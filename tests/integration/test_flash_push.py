@@ -357,3 +357,40 @@ async def test_a_pushed_routine_bulletin_never_overtakes_one_that_waited_longer(
         finally:
             await nc.close()
         assert [b.id for b in handed] == [*older, *newer]
+
+
+async def test_with_a_push_waiting_both_queues_still_come_first_most_urgent_first(
+    tmp_path: Path,
+) -> None:
+    """Three ROUTINE and two IMMEDIATE bulletins wait in the two queues; the receiver
+    takes one at a time, and while it handles the first a ROUTINE one is published and
+    pushed to it. With that push waiting, both queues are asked at once (each for one):
+    the IMMEDIATE one is taken, the ROUTINE one kept for the next round; what they hold
+    still comes first, most urgent first, and nothing is lost or handed twice."""
+    handed: list[ReceivedBulletin] = []
+    async with running_stack(tmp_path / "istmo") as stack:
+        routine = [await publish(stack, Precedence.ROUTINE) for _ in range(3)]
+        immediate = [await publish(stack, Precedence.IMMEDIATE) for _ in range(2)]
+        newer: list[str] = []
+        nc = await stack.connect_relay(nats_url(stack))
+        js = nc.jetstream(timeout=10)
+
+        async def queued_copy_stored() -> bool:
+            info = await js.consumer_info(DELIVER_STREAM, deliver_durable(RECIPIENT))
+            return info.num_pending + info.num_ack_pending >= 4
+
+        async def app(b: ReceivedBulletin) -> None:
+            handed.append(b)
+            if len(handed) == 1:
+                newer.append(await publish(stack, Precedence.ROUTINE))
+                await eventually(queued_copy_stored, what="the newer bulletin's copy")
+
+        try:
+            async with await client(stack, RECIPIENT) as ni:
+                await ni.receive(app, count=6, timeout=120, batch=1)
+                await eventually(
+                    lambda: ni.receive(app, timeout=0.5), until=lambda n: n == 0, what="no more"
+                )
+        finally:
+            await nc.close()
+        assert [b.id for b in handed] == [*immediate, *routine, *newer]
