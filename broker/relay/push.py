@@ -14,9 +14,11 @@ waits behind it; under a backlog the queue paces delivery and a push would only 
   * once the relay has recorded its decisions on a batch, it publishes the pushed
     envelopes, each with the agencies it routed it to (``push_bundles``, framed by
     ``schemas.push``), on ``PUSH_SUBJECT``, inside the broker's own account (no agency
-    imports it), then stores the queued copies; every relay's API loop hears them (each
-    keeps the waits it was asked for) and answers each listed agency's wait once, with
-    all of that batch's bulletins for it, most urgent first;
+    imports it), answers the waits its own API loop keeps itself, on its own connection
+    (``PushDoor.answer``: no hop through NATS and the API's thread), then stores the
+    queued copies; every other relay's API loop hears the bundle (each keeps the waits it
+    was asked for) and answers each listed agency's wait once, with all of that batch's
+    bulletins for it, most urgent first;
   * storing one copy that thousands of consumers read keeps nats-server busy for a second
     or more (a state file per consumer), and core messages wait behind it: measured here,
     3,523 pushes took 3.3 s to the median recipient with the copy stored at the same
@@ -40,8 +42,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 
 import nats.errors
@@ -98,10 +101,13 @@ class _Wait:
 
 
 class PushWaits:
-    """Who waits for a push: one reply subject per agency, until a deadline (pure)."""
+    """Who waits for a push: one reply subject per agency, until a deadline. Safe to use
+    from two threads: the loop serving the agency API keeps the waits, and the relay's
+    own loop takes those its decided batches answer (``PushDoor.answer``)."""
 
     def __init__(self) -> None:
         self._by_agency: dict[str, _Wait] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._by_agency)
@@ -109,23 +115,26 @@ class PushWaits:
     def add(self, agency: str, reply: str, until: float) -> str | None:
         """Keep ``reply`` as ``agency``'s wait until ``until``; returns the reply subject
         of the wait it replaces, if any (to be answered ``replaced``)."""
-        before = self._by_agency.pop(agency, None)
-        self._by_agency[agency] = _Wait(reply, until)
+        with self._lock:
+            before = self._by_agency.pop(agency, None)
+            self._by_agency[agency] = _Wait(reply, until)
         return None if before is None else before.reply
 
     def take(self, agencies: Iterable[str]) -> list[tuple[str, str]]:
         """(agency, reply subject) of those of ``agencies`` that wait, no longer kept."""
         found = []
-        for agency in agencies:
-            wait = self._by_agency.pop(agency, None)
-            if wait is not None:
-                found.append((agency, wait.reply))
+        with self._lock:
+            for agency in agencies:
+                wait = self._by_agency.pop(agency, None)
+                if wait is not None:
+                    found.append((agency, wait.reply))
         return found
 
     def expired(self, now: float) -> list[str]:
         """The reply subjects of the waits that ran out by ``now``, no longer kept."""
-        gone = [a for a, w in self._by_agency.items() if w.until <= now]
-        return [self._by_agency.pop(a).reply for a in gone]
+        with self._lock:
+            gone = [a for a, w in self._by_agency.items() if w.until <= now]
+            return [self._by_agency.pop(a).reply for a in gone]
 
 
 def push_bundles(frames: Iterable[PushFrame], limit: int) -> list[bytes]:
@@ -182,8 +191,10 @@ def answers_by_agency(
 
 
 class PushDoor:
-    """The waits one relay was asked for, and their answers; on the loop and connection
-    that serve the agency API (``broker.relay.agency_api``), never shared across loops."""
+    """The waits one relay was asked for, and their answers: kept on the loop and
+    connection that serve the agency API (``broker.relay.agency_api``), answered there
+    for the bundles other relays publish, and on the relay's own loop and connection for
+    the batches it decides itself (``answer``)."""
 
     def __init__(self) -> None:
         self.waits = PushWaits()
@@ -247,6 +258,16 @@ class PushDoor:
         except EnvelopeError as exc:
             log.warning("dropped a malformed push (%s)", exc.code)
             return 0
+        return await self.answer(nc, frames)
+
+    async def answer(self, nc: NATS, frames: Sequence[PushFrame]) -> int:
+        """Answer on ``nc`` the waits kept here of the agencies ``frames`` were routed to,
+        each with its own pushes; how many were answered. The relay calls it for a batch
+        it decided, after publishing the batch's bundle for the other relays: the answer
+        then skips a hop through NATS and the API's thread, which must win the
+        interpreter lock from the busy relay loop (3-4 ms at 100 bulletins a second), and
+        the bundle reaches this relay's API loop before any wait its answer prompts, so
+        nothing is pushed twice."""
         waiting = self.waits.take(dict.fromkeys(a for f in frames for a in f.recipients))
         if not waiting:
             return 0

@@ -778,14 +778,15 @@ class Relay:
         # so does every bulletin of a batch small enough that nothing waits (ADR 43).
         # (A full batch means a backlog even where the configured batch is smaller.)
         every = len(outcomes) < min(PUSH_ALL_BELOW, self.settings.relay_batch)
-        await push_first(
-            self.nc,
-            [
-                PushFrame(p, o.raw, tuple(o.routed))
-                for o, p, _ in each
-                if every or p in URGENT_PRECEDENCES
-            ],
-        )
+        pushes = [
+            PushFrame(p, o.raw, tuple(o.routed))
+            for o, p, _ in each
+            if (every or p in URGENT_PRECEDENCES) and o.routed
+        ]
+        if pushes:
+            # Published for every relay's waits, then this relay's own answered at once.
+            await push_first(self.nc, pushes)
+            await self.api.push.answer(self.nc, pushes)
         await _all(
             (
                 publish_batch(self.nc, ARCHIVE_STREAM, copies),
