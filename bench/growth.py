@@ -233,14 +233,14 @@ async def measure(ctx: Context, stack: BenchStack, chosen: dict) -> dict[str, ob
                 )
         stack.ensure_relays(1)  # the same relay, unless a time-capped drain stopped it
         await wait_relay_idle(op.jetstream(timeout=10), 60)
-        with phase("latency load"):
-            lat = await istmo_level(
-                stack,
-                LATENCY_RATE,
-                float(ctx.pick(1.5, LATENCY_S)),
-                f"g{time.time_ns()}-",
-                ctx.pick(15, 30),
-            )
+        lat = await istmo_level(
+            stack,
+            LATENCY_RATE,
+            float(ctx.pick(1.5, LATENCY_S)),
+            f"g{time.time_ns()}-",
+            ctx.pick(15, 30),
+            load_phase="latency load",
+        )
     except BaseException:
         stack.stop_workers()
         raise

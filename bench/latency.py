@@ -101,8 +101,15 @@ async def wait_relay_idle(js, timeout: float) -> None:  # type: ignore[no-untype
 
 
 async def istmo_level(
-    stack: BenchStack, rate: float, seconds: float, tag: str, wait_s: float = 45
+    stack: BenchStack,
+    rate: float,
+    seconds: float,
+    tag: str,
+    wait_s: float = 45,
+    load_phase: str = "istmo loads",
 ) -> dict:  # type: ignore[type-arg]
+    """One offered load through Istmo; its steps are timed as phases, the load itself
+    (and the wait for its last arrivals) as ``load_phase``."""
     sent: dict[str, float] = {}
     arrivals = stack.root / f"arrivals-{tag.strip('-')}.txt"
 
@@ -120,17 +127,22 @@ async def istmo_level(
             r = await gt.publish(title=f"{tag}{i}", text=BODY, labels=LABELS, wait=False)
             sent[r.bulletin_id] = time.perf_counter()
 
-        async with await stack.client("bz-police") as bz:
-            left_over = await empty_queue(stack, bz)
-        receiver = start_receiver(stack, "bz-police", arrivals)
+        with phase("empty the recipient's queue"):
+            async with await stack.client("bz-police") as bz:
+                left_over = await empty_queue(stack, bz)
+        with phase("start the receiver"):
+            receiver = start_receiver(stack, "bz-police", arrivals)
         try:
-            await announced(gt)
-            pacing = await paced(rate, seconds, send)
-            deadline = time.monotonic() + wait_s  # bounded: an overloaded relay drops out
-            while time.monotonic() < deadline and not set(sent) <= set(got()):
-                await asyncio.sleep(0.05)
+            with phase("hear the relays' announcement"):
+                await announced(gt)
+            with phase(load_phase):
+                pacing = await paced(rate, seconds, send)
+                deadline = time.monotonic() + wait_s  # bounded: an overloaded relay drops out
+                while time.monotonic() < deadline and not set(sent) <= set(got()):
+                    await asyncio.sleep(0.05)
         finally:
-            receiver.stop()
+            with phase("stop the receiver"):
+                receiver.stop()
     arrived = got()
     lat = [arrived[b] - t for b, t in sent.items() if b in arrived]  # in the order sent
     return {
@@ -231,10 +243,7 @@ async def run(ctx: Context) -> dict[str, object]:
         for rate in LOADS:
             with phase("wait for an idle relay"):
                 await wait_relay_idle(js, float(ctx.pick(20, 30)))
-            with phase("istmo loads"):
-                r = await istmo_level(
-                    stack, rate, windows[rate], f"l{rate}-", float(ctx.pick(15, 30))
-                )
+            r = await istmo_level(stack, rate, windows[rate], f"l{rate}-", float(ctx.pick(15, 30)))
             istmo_rows.append(r)
             print(f"  istmo at {rate}/s: {r}", flush=True)
             stack.sample_peaks()

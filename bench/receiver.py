@@ -7,7 +7,7 @@ machine, receives (``IstmoClient.receive``, batch 16) and appends one line per b
 its handler is given to ``--out``: the bulletin id and ``time.perf_counter()`` at that
 moment. On Linux ``perf_counter`` reads ``CLOCK_MONOTONIC``, one clock for the whole
 machine, so the benchmark process compares it with the time its ``publish()`` returned.
-Prints ``receiving`` once connected; stops at Ctrl-C.
+Prints ``receiving`` once connected; stops at Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import time
 from pathlib import Path
 
@@ -28,8 +29,17 @@ async def receive(keystore: Path, nats_url: str, dedupe: Path, out: Path) -> Non
             log.write(f"{b.id} {time.perf_counter()!r}\n")
 
         async with await IstmoClient.connect(keystore, nats_url, dedupe_path=dedupe) as client:
+            # Ctrl-C and SIGTERM end the receive, whatever this process inherited: a
+            # shell starts a background job with SIGINT ignored, and the benchmark's
+            # Ctrl-C then waited out its 30 s before killing it (90 s of a full run).
+            receiving = asyncio.current_task()
+            assert receiving is not None
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, receiving.cancel)
             print("receiving", flush=True)
-            await client.receive(app, timeout=3600, batch=16)
+            with contextlib.suppress(asyncio.CancelledError):
+                await client.receive(app, timeout=3600, batch=16)
 
 
 def main() -> None:
