@@ -884,7 +884,9 @@ class Relay:
         disk (an fsync of the WAL, a fraction of a millisecond), while a worker thread
         has to win the GIL back from the busy event loop for each of its statements:
         at 100 bulletins a second that made a one-bulletin record take 15 ms, not 3,
-        and doubled publish -> application latency (BENCHMARKS.md, session 25)."""
+        and doubled publish -> application latency (BENCHMARKS.md, session 25). The
+        loop also waits out another writer's lock (a second relay, the sequencer):
+        their transactions take milliseconds, and the thread waited for it as well."""
         if self.registry.local:
             write(*args, **kwargs)
         else:
