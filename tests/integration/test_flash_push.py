@@ -324,15 +324,20 @@ async def test_after_a_relay_restart_the_sdk_waits_again(tmp_path: Path) -> None
                 await stop_relay(relay)
 
 
+@pytest.mark.parametrize("immediate", [0, 2])
 async def test_a_pushed_routine_bulletin_never_overtakes_one_that_waited_longer(
-    tmp_path: Path,
+    tmp_path: Path, immediate: int
 ) -> None:
-    """Three ROUTINE bulletins wait in the queue; the receiver takes one at a time, and
-    while it handles the first a fourth is published and pushed to it. It is handed
-    over after the three, and its queued copy is settled, not handed twice."""
+    """Three ROUTINE bulletins (and ``immediate`` IMMEDIATE ones, in the urgent queue)
+    wait; the receiver takes one at a time, and while it handles the first another
+    ROUTINE one is published and pushed to it. It is handed over after all of them, most
+    urgent first, and its queued copy is settled, not handed twice. With IMMEDIATE ones
+    waiting, both queues are asked at once while the push waits (each for one): the
+    IMMEDIATE one is taken and the ROUTINE one it gave kept for the next round."""
     handed: list[ReceivedBulletin] = []
     async with running_stack(tmp_path / "istmo") as stack:
         older = [await publish(stack, Precedence.ROUTINE) for _ in range(3)]
+        urgent = [await publish(stack, Precedence.IMMEDIATE) for _ in range(immediate)]
         newer: list[str] = []
         nc = await stack.connect_relay(nats_url(stack))
         js = nc.jetstream(timeout=10)
@@ -346,51 +351,14 @@ async def test_a_pushed_routine_bulletin_never_overtakes_one_that_waited_longer(
             if len(handed) == 1:
                 # Pushed before its copy is stored, so it is there by then.
                 newer.append(await publish(stack, Precedence.ROUTINE))
-                await eventually(queued_copy_stored, what="the fourth bulletin's copy")
-
-        try:
-            async with await client(stack, RECIPIENT) as ni:
-                await ni.receive(app, count=4, timeout=120, batch=1)
-                await eventually(
-                    lambda: ni.receive(app, timeout=0.5), until=lambda n: n == 0, what="no more"
-                )
-        finally:
-            await nc.close()
-        assert [b.id for b in handed] == [*older, *newer]
-
-
-async def test_with_a_push_waiting_both_queues_still_come_first_most_urgent_first(
-    tmp_path: Path,
-) -> None:
-    """Three ROUTINE and two IMMEDIATE bulletins wait in the two queues; the receiver
-    takes one at a time, and while it handles the first a ROUTINE one is published and
-    pushed to it. With that push waiting, both queues are asked at once (each for one):
-    the IMMEDIATE one is taken, the ROUTINE one kept for the next round; what they hold
-    still comes first, most urgent first, and nothing is lost or handed twice."""
-    handed: list[ReceivedBulletin] = []
-    async with running_stack(tmp_path / "istmo") as stack:
-        routine = [await publish(stack, Precedence.ROUTINE) for _ in range(3)]
-        immediate = [await publish(stack, Precedence.IMMEDIATE) for _ in range(2)]
-        newer: list[str] = []
-        nc = await stack.connect_relay(nats_url(stack))
-        js = nc.jetstream(timeout=10)
-
-        async def queued_copy_stored() -> bool:
-            info = await js.consumer_info(DELIVER_STREAM, deliver_durable(RECIPIENT))
-            return info.num_pending + info.num_ack_pending >= 4
-
-        async def app(b: ReceivedBulletin) -> None:
-            handed.append(b)
-            if len(handed) == 1:
-                newer.append(await publish(stack, Precedence.ROUTINE))
                 await eventually(queued_copy_stored, what="the newer bulletin's copy")
 
         try:
             async with await client(stack, RECIPIENT) as ni:
-                await ni.receive(app, count=6, timeout=120, batch=1)
+                await ni.receive(app, count=4 + immediate, timeout=120, batch=1)
                 await eventually(
                     lambda: ni.receive(app, timeout=0.5), until=lambda n: n == 0, what="no more"
                 )
         finally:
             await nc.close()
-        assert [b.id for b in handed] == [*immediate, *routine, *newer]
+        assert [b.id for b in handed] == [*urgent, *older, *newer]
